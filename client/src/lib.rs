@@ -1,0 +1,1 @@
+//! edgestream's browser client.

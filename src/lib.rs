@@ -1,0 +1,3 @@
+//! edgestream core: the Durable Streams protocol, sans-IO.
+#![no_std]
+extern crate alloc;
