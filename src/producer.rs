@@ -1,0 +1,287 @@
+//! The idempotent-producer state machine (Kafka-style exactly-once appends).
+//!
+//! A producer sends `(id, epoch, seq)` with each append. The server keeps, per stream and producer
+//! id, the epoch and the highest sequence it accepted. [`decide`] compares an incoming pair with
+//! that state; the caller commits `Accept`'s new state in the same transaction as the data.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::headers::{PRODUCER_EPOCH, PRODUCER_EXPECTED_SEQ, PRODUCER_RECEIVED_SEQ, PRODUCER_SEQ};
+
+/// What the server remembers about one producer on one stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducerState {
+    pub epoch: u64,
+    /// Highest sequence accepted in `epoch`.
+    pub last_seq: u64,
+}
+
+/// The outcome of checking an append's producer headers against the stored state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProducerDecision {
+    /// New data: append it and store `state` with it (200).
+    Accept { state: ProducerState },
+    /// Already appended: acknowledge without appending (204). `highest_seq` is the highest
+    /// accepted sequence, not the request's, so pipelining clients can confirm what landed.
+    Duplicate { epoch: u64, highest_seq: u64 },
+    /// A zombie from an older epoch (403); `current_epoch` tells it what to beat.
+    StaleEpoch { current_epoch: u64 },
+    /// Sequence numbers were skipped (409).
+    Gap { expected: u64, received: u64 },
+    /// A new epoch must start at sequence 0 (400).
+    NewEpochBadSeq,
+}
+
+/// Checks `(epoch, seq)` against the stored state of this producer, if any.
+pub fn decide(stored: Option<ProducerState>, epoch: u64, seq: u64) -> ProducerDecision {
+    let Some(state) = stored else {
+        // An unknown producer must start at 0: anything else means earlier batches were lost.
+        return if seq == 0 {
+            ProducerDecision::Accept {
+                state: ProducerState { epoch, last_seq: 0 },
+            }
+        } else {
+            ProducerDecision::Gap {
+                expected: 0,
+                received: seq,
+            }
+        };
+    };
+    if epoch < state.epoch {
+        return ProducerDecision::StaleEpoch {
+            current_epoch: state.epoch,
+        };
+    }
+    if epoch > state.epoch {
+        return if seq == 0 {
+            ProducerDecision::Accept {
+                state: ProducerState { epoch, last_seq: 0 },
+            }
+        } else {
+            ProducerDecision::NewEpochBadSeq
+        };
+    }
+    if seq <= state.last_seq {
+        return ProducerDecision::Duplicate {
+            epoch,
+            highest_seq: state.last_seq,
+        };
+    }
+    if seq == state.last_seq + 1 {
+        return ProducerDecision::Accept {
+            state: ProducerState {
+                epoch,
+                last_seq: seq,
+            },
+        };
+    }
+    ProducerDecision::Gap {
+        expected: state.last_seq + 1,
+        received: seq,
+    }
+}
+
+impl ProducerDecision {
+    /// The HTTP status this decision answers with.
+    pub fn status(self) -> u16 {
+        match self {
+            ProducerDecision::Accept { .. } => 200,
+            ProducerDecision::Duplicate { .. } => 204,
+            ProducerDecision::StaleEpoch { .. } => 403,
+            ProducerDecision::Gap { .. } => 409,
+            ProducerDecision::NewEpochBadSeq => 400,
+        }
+    }
+
+    /// True when the append may proceed (new data) or is already done (duplicate).
+    pub fn is_success(self) -> bool {
+        matches!(
+            self,
+            ProducerDecision::Accept { .. } | ProducerDecision::Duplicate { .. }
+        )
+    }
+
+    /// The producer response headers that go with the decision.
+    pub fn headers(self) -> Vec<(&'static str, String)> {
+        use alloc::string::ToString;
+        match self {
+            ProducerDecision::Accept { state } => alloc::vec![
+                (PRODUCER_EPOCH, state.epoch.to_string()),
+                (PRODUCER_SEQ, state.last_seq.to_string()),
+            ],
+            ProducerDecision::Duplicate { epoch, highest_seq } => alloc::vec![
+                (PRODUCER_EPOCH, epoch.to_string()),
+                (PRODUCER_SEQ, highest_seq.to_string()),
+            ],
+            ProducerDecision::StaleEpoch { current_epoch } => {
+                alloc::vec![(PRODUCER_EPOCH, current_epoch.to_string())]
+            }
+            ProducerDecision::Gap { expected, received } => alloc::vec![
+                (PRODUCER_EXPECTED_SEQ, expected.to_string()),
+                (PRODUCER_RECEIVED_SEQ, received.to_string()),
+            ],
+            ProducerDecision::NewEpochBadSeq => Vec::new(),
+        }
+    }
+
+    /// A short text for error bodies.
+    pub fn message(self) -> &'static str {
+        match self {
+            ProducerDecision::Accept { .. } | ProducerDecision::Duplicate { .. } => "",
+            ProducerDecision::StaleEpoch { .. } => "producer epoch is stale",
+            ProducerDecision::Gap { .. } => "producer sequence gap",
+            ProducerDecision::NewEpochBadSeq => "a new producer epoch must start at sequence 0",
+        }
+    }
+}
+
+/// The producer append that closed a stream; a retry of exactly this append is a duplicate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClosingProducer {
+    pub id: String,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl ClosingProducer {
+    /// Whether `(id, epoch, seq)` is the append that closed the stream.
+    pub fn is(&self, id: &str, epoch: u64, seq: u64) -> bool {
+        self.id == id && self.epoch == epoch && self.seq == seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ProducerDecision::*;
+
+    const S: fn(u64, u64) -> Option<ProducerState> =
+        |epoch, last_seq| Some(ProducerState { epoch, last_seq });
+
+    #[test]
+    fn new_producer_starts_at_zero() {
+        assert_eq!(
+            decide(None, 0, 0),
+            Accept {
+                state: ProducerState {
+                    epoch: 0,
+                    last_seq: 0
+                }
+            }
+        );
+        assert_eq!(
+            decide(None, 7, 0),
+            Accept {
+                state: ProducerState {
+                    epoch: 7,
+                    last_seq: 0
+                }
+            }
+        );
+        assert_eq!(
+            decide(None, 0, 3),
+            Gap {
+                expected: 0,
+                received: 3
+            }
+        );
+    }
+
+    #[test]
+    fn same_epoch_sequences() {
+        assert_eq!(
+            decide(S(1, 4), 1, 5),
+            Accept {
+                state: ProducerState {
+                    epoch: 1,
+                    last_seq: 5
+                }
+            }
+        );
+        assert_eq!(
+            decide(S(1, 4), 1, 4),
+            Duplicate {
+                epoch: 1,
+                highest_seq: 4
+            }
+        );
+        assert_eq!(
+            decide(S(1, 4), 1, 0),
+            Duplicate {
+                epoch: 1,
+                highest_seq: 4
+            }
+        );
+        assert_eq!(
+            decide(S(1, 4), 1, 7),
+            Gap {
+                expected: 5,
+                received: 7
+            }
+        );
+    }
+
+    #[test]
+    fn epochs_fence_zombies() {
+        assert_eq!(decide(S(2, 9), 1, 10), StaleEpoch { current_epoch: 2 });
+        assert_eq!(
+            decide(S(2, 9), 3, 0),
+            Accept {
+                state: ProducerState {
+                    epoch: 3,
+                    last_seq: 0
+                }
+            }
+        );
+        assert_eq!(decide(S(2, 9), 3, 1), NewEpochBadSeq);
+    }
+
+    #[test]
+    fn statuses_and_headers() {
+        assert_eq!(decide(None, 0, 0).status(), 200);
+        assert_eq!(decide(S(0, 0), 0, 0).status(), 204);
+        assert_eq!(decide(S(1, 0), 0, 0).status(), 403);
+        assert_eq!(decide(S(0, 0), 0, 2).status(), 409);
+        assert_eq!(decide(S(0, 0), 1, 2).status(), 400);
+        let h = decide(S(0, 5), 0, 3).headers();
+        assert!(h.contains(&(PRODUCER_SEQ, "5".into())));
+        let h = decide(S(0, 5), 0, 9).headers();
+        assert!(h.contains(&(PRODUCER_EXPECTED_SEQ, "6".into())));
+        assert!(h.contains(&(PRODUCER_RECEIVED_SEQ, "9".into())));
+        assert_eq!(
+            decide(S(4, 0), 1, 0).headers(),
+            [(PRODUCER_EPOCH, "4".into())]
+        );
+    }
+
+    #[test]
+    fn closing_producer_identity() {
+        let c = ClosingProducer {
+            id: "p".into(),
+            epoch: 1,
+            seq: 2,
+        };
+        assert!(c.is("p", 1, 2));
+        assert!(!c.is("p", 1, 3));
+        assert!(!c.is("q", 1, 2));
+    }
+
+    proptest::proptest! {
+        /// Replaying any accepted history in order is accepted again only at the next sequence,
+        /// and every earlier sequence of the current epoch is a duplicate.
+        #[test]
+        fn accepted_history_is_idempotent(n in 1u64..50) {
+            let mut state = None;
+            for seq in 0..n {
+                match decide(state, 0, seq) {
+                    Accept { state: s } => state = Some(s),
+                    other => proptest::prop_assert!(false, "{other:?}"),
+                }
+            }
+            for seq in 0..n {
+                proptest::prop_assert_eq!(decide(state, 0, seq), Duplicate { epoch: 0, highest_seq: n - 1 });
+            }
+        }
+    }
+}

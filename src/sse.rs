@@ -1,0 +1,679 @@
+//! Server-Sent Events: the encoder the server uses and the incremental decoder the client uses.
+//!
+//! Durable Streams sends two event types: `data` (a batch of the stream's bytes, UTF-8 or base64)
+//! and `control` (a JSON object with the next offset, cursor, and up-to-date and closed flags).
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use crate::base64;
+use crate::headers::SseEncoding;
+
+/// Longest `data:` line the encoder writes for base64 payloads; long payloads wrap.
+const BASE64_LINE: usize = 16 * 1024;
+
+/// Appends an `event: data` event carrying `payload` to `out`.
+///
+/// UTF-8 mode splits the text at every CR, LF or CRLF into separate `data:` lines, so no line
+/// ever holds a raw line break (which would let stream content forge events); a decoder joins
+/// them back with LF. Invalid UTF-8 is replaced with U+FFFD. Base64 mode writes standard padded
+/// base64, wrapped every 16 KiB.
+pub fn encode_data(payload: &[u8], encoding: SseEncoding, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"event: data\n");
+    match encoding {
+        SseEncoding::Utf8 => {
+            let text = String::from_utf8_lossy(payload);
+            let bytes = text.as_bytes();
+            let mut start = 0;
+            let mut i = 0;
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'\r' | b'\n' => {
+                        write_data_line(&bytes[start..i], out);
+                        if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+                            i += 1;
+                        }
+                        start = i + 1;
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            write_data_line(&bytes[start..], out);
+        }
+        SseEncoding::Base64 => {
+            let mut text = Vec::new();
+            base64::encode_into(payload, &mut text);
+            if text.is_empty() {
+                write_data_line(b"", out);
+            }
+            for line in text.chunks(BASE64_LINE) {
+                write_data_line(line, out);
+            }
+        }
+    }
+    out.push(b'\n');
+}
+
+/// Writes `data:<line>`. Decoders strip one space after the colon, so a line that itself starts
+/// with a space gets one extra; other lines get none (clients match `data:{` literally).
+fn write_data_line(line: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(if line.first() == Some(&b' ') {
+        b"data: "
+    } else {
+        b"data:"
+    });
+    out.extend_from_slice(line);
+    out.push(b'\n');
+}
+
+/// The contents of a `control` event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Control {
+    /// Where the next read starts.
+    pub next_offset: String,
+    /// The cursor to echo on reconnection; omitted once the stream is closed.
+    pub cursor: Option<String>,
+    /// The reader has every byte that existed when the event was written.
+    pub up_to_date: bool,
+    /// The stream is closed and the reader is at its end: EOF.
+    pub closed: bool,
+}
+
+impl Control {
+    /// The JSON object, e.g. `{"streamNextOffset":"…","streamCursor":"7","upToDate":true}`.
+    pub fn to_json(&self) -> String {
+        let mut s = String::with_capacity(96);
+        s.push_str("{\"streamNextOffset\":");
+        write_json_string(&self.next_offset, &mut s);
+        if let (Some(cursor), false) = (&self.cursor, self.closed) {
+            s.push_str(",\"streamCursor\":");
+            write_json_string(cursor, &mut s);
+        }
+        if self.up_to_date || self.closed {
+            s.push_str(",\"upToDate\":true");
+        }
+        if self.closed {
+            s.push_str(",\"streamClosed\":true");
+        }
+        s.push('}');
+        s
+    }
+
+    /// Reads a control event's JSON. Unknown fields are ignored; `streamNextOffset` is required.
+    pub fn parse(data: &str) -> Result<Control, ControlError> {
+        let mut control = Control::default();
+        let mut has_offset = false;
+        let mut r = MiniJson {
+            s: data.as_bytes(),
+            i: 0,
+        };
+        r.ws();
+        r.eat(b'{')?;
+        r.ws();
+        if r.peek() == Some(b'}') {
+            r.i += 1;
+        } else {
+            loop {
+                r.ws();
+                let key = r.string()?;
+                r.ws();
+                r.eat(b':')?;
+                r.ws();
+                match key.as_str() {
+                    "streamNextOffset" => {
+                        control.next_offset = r.string()?;
+                        has_offset = true;
+                    }
+                    "streamCursor" => control.cursor = r.string_or_number()?,
+                    "upToDate" => control.up_to_date = r.boolean()?,
+                    "streamClosed" => control.closed = r.boolean()?,
+                    _ => r.skip_value()?,
+                }
+                r.ws();
+                match r.peek() {
+                    Some(b',') => r.i += 1,
+                    Some(b'}') => {
+                        r.i += 1;
+                        break;
+                    }
+                    _ => return Err(ControlError::Syntax),
+                }
+            }
+        }
+        r.ws();
+        if r.i != r.s.len() {
+            return Err(ControlError::Syntax);
+        }
+        if !has_offset {
+            return Err(ControlError::MissingOffset);
+        }
+        Ok(control)
+    }
+}
+
+/// Why a control event could not be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlError {
+    /// Not a JSON object of the expected shape.
+    Syntax,
+    /// No `streamNextOffset` field.
+    MissingOffset,
+}
+
+impl core::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            ControlError::Syntax => "control event is not a valid JSON object",
+            ControlError::MissingOffset => "control event has no streamNextOffset",
+        })
+    }
+}
+
+fn write_json_string(value: &str, out: &mut String) {
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Appends an `event: control` event to `out`.
+pub fn encode_control(control: &Control, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"event: control\ndata:");
+    out.extend_from_slice(control.to_json().as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+/// Just enough JSON to read a control object without pulling a JSON library into the client.
+struct MiniJson<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl MiniJson<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+    fn eat(&mut self, c: u8) -> Result<(), ControlError> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(ControlError::Syntax)
+        }
+    }
+    fn string(&mut self) -> Result<String, ControlError> {
+        self.eat(b'"')?;
+        let mut out: Vec<u8> = Vec::new();
+        loop {
+            let c = self.peek().ok_or(ControlError::Syntax)?;
+            self.i += 1;
+            match c {
+                b'"' => return String::from_utf8(out).map_err(|_| ControlError::Syntax),
+                b'\\' => {
+                    let e = self.peek().ok_or(ControlError::Syntax)?;
+                    self.i += 1;
+                    let ch = match e {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => {
+                            let hex = self.s.get(self.i..self.i + 4).ok_or(ControlError::Syntax)?;
+                            let hex =
+                                core::str::from_utf8(hex).map_err(|_| ControlError::Syntax)?;
+                            let code =
+                                u32::from_str_radix(hex, 16).map_err(|_| ControlError::Syntax)?;
+                            self.i += 4;
+                            char::from_u32(code).unwrap_or('\u{fffd}')
+                        }
+                        _ => return Err(ControlError::Syntax),
+                    };
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                }
+                c => out.push(c),
+            }
+        }
+    }
+    fn string_or_number(&mut self) -> Result<Option<String>, ControlError> {
+        match self.peek() {
+            Some(b'"') => self.string().map(Some),
+            Some(b'n') => self.word(b"null").map(|_| None),
+            Some(b'-' | b'0'..=b'9') => {
+                let start = self.i;
+                while matches!(
+                    self.peek(),
+                    Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                ) {
+                    self.i += 1;
+                }
+                let text = core::str::from_utf8(&self.s[start..self.i])
+                    .map_err(|_| ControlError::Syntax)?;
+                Ok(Some(String::from(text)))
+            }
+            _ => Err(ControlError::Syntax),
+        }
+    }
+    fn word(&mut self, w: &[u8]) -> Result<(), ControlError> {
+        if self.s.get(self.i..self.i + w.len()) == Some(w) {
+            self.i += w.len();
+            Ok(())
+        } else {
+            Err(ControlError::Syntax)
+        }
+    }
+    fn boolean(&mut self) -> Result<bool, ControlError> {
+        match self.peek() {
+            Some(b't') => self.word(b"true").map(|_| true),
+            Some(b'f') => self.word(b"false").map(|_| false),
+            Some(b'n') => self.word(b"null").map(|_| false),
+            _ => Err(ControlError::Syntax),
+        }
+    }
+    /// Skips any value, using the core's strict scanner on the remaining text.
+    fn skip_value(&mut self) -> Result<(), ControlError> {
+        let rest = &self.s[self.i..];
+        // Find the shortest prefix that is one valid value by scanning with depth tracking.
+        let mut depth = 0usize;
+        let mut in_str = false;
+        let mut esc = false;
+        for (k, &c) in rest.iter().enumerate() {
+            if in_str {
+                if esc {
+                    esc = false;
+                } else if c == b'\\' {
+                    esc = true;
+                } else if c == b'"' {
+                    in_str = false;
+                    if depth == 0 {
+                        self.i += k + 1;
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+            match c {
+                b'"' => in_str = true,
+                b'[' | b'{' => depth += 1,
+                b']' | b'}' if depth > 0 => {
+                    depth -= 1;
+                    if depth == 0 {
+                        self.i += k + 1;
+                        return Ok(());
+                    }
+                }
+                b',' | b'}' | b']' if depth == 0 => {
+                    if k == 0 {
+                        return Err(ControlError::Syntax);
+                    }
+                    self.i += k;
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        Err(ControlError::Syntax)
+    }
+}
+
+/// One event, as the SSE format defines it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` field; `message` when absent.
+    pub event: String,
+    /// The `data:` lines joined with LF.
+    pub data: String,
+    /// The last `id:` seen in the stream so far, if any.
+    pub id: Option<String>,
+}
+
+/// An incremental SSE parser following the WHATWG event-stream rules: input may be split
+/// anywhere (even inside a CRLF or a UTF-8 sequence) and events come out as they complete.
+#[derive(Debug, Default)]
+pub struct SseDecoder {
+    /// Bytes of the current, unfinished line.
+    line: Vec<u8>,
+    /// A CR ended the last line; an LF right after it belongs to the same line break.
+    after_cr: bool,
+    /// The byte-order mark check is still pending at the start of the stream.
+    started: bool,
+    event: String,
+    data: String,
+    has_data: bool,
+    last_id: Option<String>,
+    /// The reconnection time a `retry:` field asked for, in milliseconds.
+    pub retry_ms: Option<u32>,
+    ready: alloc::collections::VecDeque<SseEvent>,
+}
+
+impl SseDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds bytes; completed events become available through [`SseDecoder::next_event`].
+    pub fn push(&mut self, chunk: &[u8]) {
+        for &b in chunk {
+            if !self.started {
+                self.line.push(b);
+                if self.line.len() < 3 && b"\xEF\xBB\xBF".starts_with(&self.line) {
+                    continue;
+                }
+                self.started = true;
+                let pending = core::mem::take(&mut self.line);
+                let rest = pending.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&pending);
+                for &c in rest {
+                    self.byte(c);
+                }
+                continue;
+            }
+            self.byte(b);
+        }
+    }
+
+    fn byte(&mut self, b: u8) {
+        match b {
+            b'\n' if self.after_cr => self.after_cr = false,
+            b'\n' => self.end_line(),
+            b'\r' => {
+                self.end_line();
+                self.after_cr = true;
+            }
+            _ => {
+                self.after_cr = false;
+                self.line.push(b);
+            }
+        }
+    }
+
+    /// The next completed event, if any.
+    pub fn next_event(&mut self) -> Option<SseEvent> {
+        self.ready.pop_front()
+    }
+
+    fn end_line(&mut self) {
+        let line = core::mem::take(&mut self.line);
+        let line = String::from_utf8_lossy(&line);
+        if line.is_empty() {
+            self.dispatch();
+            return;
+        }
+        if line.starts_with(':') {
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (&*line, ""),
+        };
+        match field {
+            "event" => self.event = String::from(value),
+            "data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.has_data = true;
+            }
+            "id" if !value.contains('\0') => self.last_id = Some(String::from(value)),
+            "retry" if !value.is_empty() && value.bytes().all(|c| c.is_ascii_digit()) => {
+                self.retry_ms = value.parse().ok();
+            }
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self) {
+        let event = core::mem::take(&mut self.event);
+        if !self.has_data {
+            return;
+        }
+        self.has_data = false;
+        let data = core::mem::take(&mut self.data);
+        self.ready.push_back(SseEvent {
+            event: if event.is_empty() {
+                String::from("message")
+            } else {
+                event
+            },
+            data,
+            id: self.last_id.clone(),
+        });
+    }
+}
+
+/// The bytes of a `data` event, decoding base64 when the response said so.
+pub fn decode_data(data: &str, encoding: SseEncoding) -> Result<Vec<u8>, base64::Base64Error> {
+    match encoding {
+        SseEncoding::Utf8 => Ok(data.as_bytes().to_vec()),
+        SseEncoding::Base64 => base64::decode(data.as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+    use alloc::vec;
+
+    fn decode_all(bytes: &[u8], cuts: &[usize]) -> Vec<SseEvent> {
+        let mut d = SseDecoder::new();
+        let mut last = 0;
+        let mut events = Vec::new();
+        for &c in cuts {
+            let c = c.min(bytes.len()).max(last);
+            d.push(&bytes[last..c]);
+            last = c;
+            while let Some(e) = d.next_event() {
+                events.push(e);
+            }
+        }
+        d.push(&bytes[last..]);
+        while let Some(e) = d.next_event() {
+            events.push(e);
+        }
+        events
+    }
+
+    #[test]
+    fn utf8_data_splits_lines() {
+        let mut out = Vec::new();
+        encode_data(b"a\nb\r\nc\rd", SseEncoding::Utf8, &mut out);
+        assert_eq!(out, b"event: data\ndata:a\ndata:b\ndata:c\ndata:d\n\n");
+        let events = decode_all(&out, &[]);
+        assert_eq!(events[0].event, "data");
+        assert_eq!(events[0].data, "a\nb\nc\nd");
+    }
+
+    #[test]
+    fn forged_events_stay_data() {
+        let mut out = Vec::new();
+        encode_data(
+            b"x\n\nevent: control\ndata: {}\n\n",
+            SseEncoding::Utf8,
+            &mut out,
+        );
+        let events = decode_all(&out, &[]);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event, "data");
+        assert_eq!(events[0].data, "x\n\nevent: control\ndata: {}\n\n");
+    }
+
+    #[test]
+    fn base64_data() {
+        let mut out = Vec::new();
+        encode_data(
+            &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+            SseEncoding::Base64,
+            &mut out,
+        );
+        assert_eq!(out, b"event: data\ndata:AQIDBAUGBwgJCg==\n\n");
+        let mut out = Vec::new();
+        encode_data(&[], SseEncoding::Base64, &mut out);
+        assert_eq!(out, b"event: data\ndata:\n\n");
+        let events = decode_all(&out, &[]);
+        assert_eq!(
+            decode_data(&events[0].data, SseEncoding::Base64).unwrap(),
+            b""
+        );
+    }
+
+    #[test]
+    fn long_base64_wraps_and_decodes() {
+        let payload: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+        let mut out = Vec::new();
+        encode_data(&payload, SseEncoding::Base64, &mut out);
+        assert!(out
+            .split(|&b| b == b'\n')
+            .all(|l| l.len() <= BASE64_LINE + 5));
+        let events = decode_all(&out, &[7, 100, 20_000]);
+        assert_eq!(
+            decode_data(&events[0].data, SseEncoding::Base64).unwrap(),
+            payload
+        );
+    }
+
+    #[test]
+    fn control_json() {
+        let c = Control {
+            next_offset: "0000000000000000_0000000000000005".into(),
+            cursor: Some("123".into()),
+            up_to_date: true,
+            closed: false,
+        };
+        assert_eq!(
+            c.to_json(),
+            r#"{"streamNextOffset":"0000000000000000_0000000000000005","streamCursor":"123","upToDate":true}"#
+        );
+        assert_eq!(Control::parse(&c.to_json()), Ok(c.clone()));
+        let closed = Control { closed: true, ..c };
+        assert_eq!(
+            closed.to_json(),
+            r#"{"streamNextOffset":"0000000000000000_0000000000000005","upToDate":true,"streamClosed":true}"#
+        );
+        let mut out = Vec::new();
+        encode_control(&closed, &mut out);
+        assert!(out.starts_with(b"event: control\ndata:{"));
+        assert!(out.ends_with(b"}\n\n"));
+    }
+
+    #[test]
+    fn control_parse_tolerates_unknown_fields_and_numeric_cursor() {
+        let c = Control::parse(r#" {"x":[1,{"y":"}"}],"streamNextOffset":"a\"b","streamCursor":42,"upToDate":false,"z":null} "#)
+            .unwrap();
+        assert_eq!(c.next_offset, "a\"b");
+        assert_eq!(c.cursor.as_deref(), Some("42"));
+        assert!(!c.up_to_date);
+        assert_eq!(Control::parse("{}"), Err(ControlError::MissingOffset));
+        assert_eq!(
+            Control::parse("{\"streamNextOffset\":"),
+            Err(ControlError::Syntax)
+        );
+        assert_eq!(Control::parse("[]"), Err(ControlError::Syntax));
+    }
+
+    #[test]
+    fn decoder_follows_the_whatwg_rules() {
+        let text = "\u{feff}: comment\r\nevent:control\rdata: one\r\ndata:two\nid: 7\nretry: 1500\n\ndata\n\nevent: lonely\n\n";
+        let events = decode_all(text.as_bytes(), &[1, 2, 3, 14, 15]);
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            events[0],
+            SseEvent {
+                event: "control".into(),
+                data: "one\ntwo".into(),
+                id: Some("7".into())
+            }
+        );
+        assert_eq!(
+            events[1],
+            SseEvent {
+                event: "message".into(),
+                data: "".into(),
+                id: Some("7".into())
+            }
+        );
+    }
+
+    #[test]
+    fn decoder_reports_retry() {
+        let mut d = SseDecoder::new();
+        d.push(b"retry: 250\n\n");
+        assert_eq!(d.retry_ms, Some(250));
+    }
+
+    #[test]
+    fn crlf_split_across_chunks_is_one_break() {
+        let events = decode_all(b"data:a\r\ndata:b\r\n\r\n", &[7, 15, 16, 17]);
+        assert_eq!(
+            events,
+            vec![SseEvent {
+                event: "message".into(),
+                data: "a\nb".into(),
+                id: None
+            }]
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn base64_round_trips_under_any_chunking(
+            payloads in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 1..5),
+            cuts in proptest::collection::vec(0usize..2000, 0..8),
+        ) {
+            let mut out = Vec::new();
+            for p in &payloads {
+                encode_data(p, SseEncoding::Base64, &mut out);
+                encode_control(&Control { next_offset: "o".to_string(), ..Control::default() }, &mut out);
+            }
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let events = decode_all(&out, &cuts);
+            let data: Vec<Vec<u8>> = events.iter().filter(|e| e.event == "data")
+                .map(|e| decode_data(&e.data, SseEncoding::Base64).unwrap()).collect();
+            proptest::prop_assert_eq!(data, payloads);
+        }
+
+        #[test]
+        fn utf8_round_trips_without_cr(
+            text in "[^\r]{0,200}",
+            cuts in proptest::collection::vec(0usize..400, 0..8),
+        ) {
+            let mut out = Vec::new();
+            encode_data(text.as_bytes(), SseEncoding::Utf8, &mut out);
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let events = decode_all(&out, &cuts);
+            proptest::prop_assert_eq!(events.len(), 1);
+            proptest::prop_assert_eq!(&events[0].data, &text);
+        }
+
+        #[test]
+        fn decoder_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512), cut in 0usize..512) {
+            let _ = decode_all(&bytes, &[cut]);
+        }
+
+        #[test]
+        fn control_parse_never_panics(s in ".{0,100}") {
+            let _ = Control::parse(&s);
+        }
+    }
+}

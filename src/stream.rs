@@ -1,0 +1,695 @@
+//! The stream state machine's rules: create-or-match, append precedence, closing, expiry, forks
+//! and cache policy. Pure functions over the stored state and the parsed request; the server
+//! does the storage and the client can reuse the same rules to predict outcomes.
+
+use alloc::string::String;
+
+use crate::error::ProtocolError;
+use crate::headers::{ContentType, HeaderError, ProducerHeaders};
+use crate::offset::Offset;
+use crate::producer::{self, ClosingProducer, ProducerDecision, ProducerState};
+
+/// When a stream expires.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Expiry {
+    /// Never.
+    #[default]
+    Never,
+    /// After this many seconds without a read or write (HEAD does not count).
+    Ttl(u64),
+    /// At this instant (Unix milliseconds).
+    At(i64),
+}
+
+impl Expiry {
+    /// From `Stream-TTL` and `Stream-Expires-At`; sending both is an error.
+    pub fn from_headers(
+        ttl: Option<&str>,
+        expires_at: Option<&str>,
+    ) -> Result<Expiry, HeaderError> {
+        match (ttl, expires_at) {
+            (Some(_), Some(_)) => Err(HeaderError::TtlAndExpiresAt),
+            (Some(t), None) => crate::headers::parse_ttl(t).map(Expiry::Ttl),
+            (None, Some(e)) => crate::headers::parse_expires_at(e).map(Expiry::At),
+            (None, None) => Ok(Expiry::Never),
+        }
+    }
+
+    /// The instant the stream expires, given when it was last read or written.
+    pub fn deadline(self, last_access_ms: i64) -> Option<i64> {
+        match self {
+            Expiry::Never => None,
+            Expiry::Ttl(s) => {
+                let ms = i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000);
+                Some(last_access_ms.saturating_add(ms))
+            }
+            Expiry::At(at) => Some(at),
+        }
+    }
+
+    /// Whether the stream has expired at `now_ms`.
+    pub fn is_expired(self, last_access_ms: i64, now_ms: i64) -> bool {
+        self.deadline(last_access_ms).is_some_and(|d| now_ms >= d)
+    }
+
+    /// A fork's expiry from its source's and its own request (PROTOCOL.md §4.2): a fork that asks
+    /// for nothing inherits the source's TTL value or absolute deadline; anything asked for wins.
+    pub fn for_fork(source: Expiry, requested: Expiry) -> Expiry {
+        match requested {
+            Expiry::Never => source,
+            own => own,
+        }
+    }
+
+    /// `Stream-TTL` value to report, if any.
+    pub fn ttl_seconds(self) -> Option<u64> {
+        match self {
+            Expiry::Ttl(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// `Stream-Expires-At` instant to report, if any.
+    pub fn expires_at_ms(self) -> Option<i64> {
+        match self {
+            Expiry::At(at) => Some(at),
+            _ => None,
+        }
+    }
+}
+
+/// The fork part of a stream's creation request, as the client asked for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForkRequest {
+    /// The source stream's path.
+    pub source: String,
+    /// Divergence point as asked (`None`: the source's tail at creation).
+    pub offset: Option<Offset>,
+    /// Messages or bytes past `offset`.
+    pub sub_offset: u64,
+}
+
+/// What a PUT asks for.
+#[derive(Clone, Debug)]
+pub struct CreateRequest {
+    /// `None` when the request had no `Content-Type` (default type, or the fork source's).
+    pub content_type: Option<ContentType>,
+    pub expiry: Expiry,
+    pub closed: bool,
+    pub fork: Option<ForkRequest>,
+}
+
+/// The configuration of an existing stream, for idempotent-create comparison.
+#[derive(Clone, Debug)]
+pub struct ExistingConfig<'a> {
+    pub content_type: &'a ContentType,
+    /// The expiry the stream was created with (as resolved at creation, forks included).
+    pub expiry: Expiry,
+    /// Whether the stream is closed now.
+    pub closed: bool,
+    pub fork: Option<&'a ForkRequest>,
+}
+
+/// What a PUT on an existing stream gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// Same configuration: 200.
+    Matches,
+    /// Different configuration (or closure status): 409.
+    Conflict,
+}
+
+impl CreateRequest {
+    /// Compares this request with an existing stream. Absent content type and expiry on a fork
+    /// mean "inherit", which is what the stream already has; on a plain stream they mean the
+    /// defaults. Closure is compared with the stream's current status, as the protocol asks.
+    pub fn compare(&self, existing: &ExistingConfig<'_>) -> CreateOutcome {
+        let is_fork = self.fork.is_some();
+        let type_matches = match &self.content_type {
+            Some(ct) => ct.matches(existing.content_type),
+            None if is_fork => true,
+            None => ContentType::default_type().matches(existing.content_type),
+        };
+        let expiry_matches = match self.expiry {
+            Expiry::Never if is_fork => true,
+            asked => asked == existing.expiry,
+        };
+        if type_matches
+            && expiry_matches
+            && self.closed == existing.closed
+            && self.fork.as_ref() == existing.fork
+        {
+            CreateOutcome::Matches
+        } else {
+            CreateOutcome::Conflict
+        }
+    }
+}
+
+/// The stored state an append is checked against.
+#[derive(Clone, Copy, Debug)]
+pub struct AppendTarget<'a> {
+    pub content_type: &'a ContentType,
+    pub closed: bool,
+    pub closed_by: Option<&'a ClosingProducer>,
+    pub tail: Offset,
+    pub last_stream_seq: Option<&'a str>,
+}
+
+/// What a POST carries, after header parsing.
+#[derive(Clone, Debug)]
+pub struct AppendRequest<'a> {
+    /// The raw `Content-Type` header, if any.
+    pub content_type: Option<&'a str>,
+    pub body_len: usize,
+    /// `Stream-Closed: true`.
+    pub close: bool,
+    pub stream_seq: Option<&'a str>,
+    pub producer: Option<ProducerHeaders<'a>>,
+}
+
+/// What the server should do with an append that passed every check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendPlan {
+    /// Write the body (it may be empty for close-only), store the producer state with it, and
+    /// close the stream if `close`. Answer 200 with producer headers, else 204.
+    Write {
+        producer: Option<ProducerState>,
+        close: bool,
+    },
+    /// Nothing to write: a producer retry of something already appended (204 with the
+    /// producer's headers), or a repeated close (204 with `Stream-Closed`).
+    AlreadyDone {
+        duplicate: Option<ProducerDecision>,
+        closed: bool,
+    },
+}
+
+/// Checks an append in the protocol's precedence: closed stream first, then body and content
+/// type, then the idempotent producer (so retries dedupe before `Stream-Seq` is compared), then
+/// `Stream-Seq`. `stored_producer` is the state of `request.producer`'s id, if any.
+pub fn plan_append(
+    target: &AppendTarget<'_>,
+    request: &AppendRequest<'_>,
+    stored_producer: Option<ProducerState>,
+) -> Result<AppendPlan, ProtocolError> {
+    let has_body = request.body_len > 0;
+    if target.closed {
+        if let Some(p) = &request.producer {
+            if target.closed_by.is_some_and(|c| c.is(p.id, p.epoch, p.seq)) {
+                let duplicate = ProducerDecision::Duplicate {
+                    epoch: p.epoch,
+                    highest_seq: p.seq,
+                };
+                return Ok(AppendPlan::AlreadyDone {
+                    duplicate: Some(duplicate),
+                    closed: true,
+                });
+            }
+            if let d @ ProducerDecision::StaleEpoch { .. } =
+                producer::decide(stored_producer, p.epoch, p.seq)
+            {
+                return Err(ProtocolError::Producer(d));
+            }
+        }
+        if request.close && !has_body {
+            return Ok(AppendPlan::AlreadyDone {
+                duplicate: None,
+                closed: true,
+            });
+        }
+        return Err(ProtocolError::Closed {
+            final_offset: target.tail,
+        });
+    }
+    if !has_body && !request.close {
+        return Err(ProtocolError::EmptyBody);
+    }
+    if has_body {
+        let raw = request.content_type.filter(|c| !c.trim().is_empty());
+        let ct = ContentType::parse(raw.ok_or(ProtocolError::MissingContentType)?)?;
+        if !ct.matches(target.content_type) {
+            return Err(ProtocolError::ContentTypeMismatch);
+        }
+    }
+    let mut producer_state = None;
+    if let Some(p) = &request.producer {
+        match producer::decide(stored_producer, p.epoch, p.seq) {
+            ProducerDecision::Accept { state } => producer_state = Some(state),
+            d @ ProducerDecision::Duplicate { .. } => {
+                return Ok(AppendPlan::AlreadyDone {
+                    duplicate: Some(d),
+                    closed: false,
+                });
+            }
+            refusal => return Err(ProtocolError::Producer(refusal)),
+        }
+    }
+    if let (Some(seq), Some(last)) = (request.stream_seq, target.last_stream_seq) {
+        if seq.as_bytes() <= last.as_bytes() {
+            return Err(ProtocolError::StreamSeqRegression);
+        }
+    }
+    Ok(AppendPlan::Write {
+        producer: producer_state,
+        close: request.close,
+    })
+}
+
+/// Which kind of response a `Cache-Control` is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheKind {
+    /// A read that returned data: immutable by position, so CDN-cacheable.
+    Data,
+    /// A read that returned nothing at the tail: may change at any moment.
+    EmptyAtTail,
+    /// `offset=now`, HEAD, long-poll timeouts, writes and errors.
+    NoStore,
+    /// SSE and other live streams.
+    Live,
+}
+
+/// The `Cache-Control` value. `shared` is false for streams read with credentials, which
+/// must not be stored in shared caches.
+pub fn cache_control(kind: CacheKind, shared: bool) -> &'static str {
+    match (kind, shared) {
+        (CacheKind::Data, true) => "public, max-age=60, stale-while-revalidate=300",
+        (CacheKind::Data, false) => "private, max-age=60, stale-while-revalidate=300",
+        (CacheKind::EmptyAtTail, _) => "no-cache",
+        (CacheKind::NoStore, _) => "no-store",
+        (CacheKind::Live, _) => "no-cache",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::headers::HeaderError;
+
+    fn ct(s: &str) -> ContentType {
+        ContentType::parse(s).unwrap()
+    }
+
+    #[test]
+    fn expiry_headers() {
+        assert_eq!(Expiry::from_headers(None, None), Ok(Expiry::Never));
+        assert_eq!(Expiry::from_headers(Some("60"), None), Ok(Expiry::Ttl(60)));
+        assert_eq!(
+            Expiry::from_headers(None, Some("1970-01-01T00:00:01Z")),
+            Ok(Expiry::At(1000))
+        );
+        assert_eq!(
+            Expiry::from_headers(Some("60"), Some("1970-01-01T00:00:01Z")),
+            Err(HeaderError::TtlAndExpiresAt)
+        );
+        assert_eq!(
+            Expiry::from_headers(Some("1.5"), None),
+            Err(HeaderError::Ttl)
+        );
+    }
+
+    #[test]
+    fn expiry_arithmetic() {
+        assert!(!Expiry::Never.is_expired(0, i64::MAX));
+        assert!(!Expiry::Ttl(2).is_expired(1000, 2999));
+        assert!(Expiry::Ttl(2).is_expired(1000, 3000));
+        assert!(Expiry::Ttl(0).is_expired(1000, 1000));
+        assert!(!Expiry::At(5000).is_expired(0, 4999));
+        assert!(Expiry::At(5000).is_expired(9_999_999, 5000));
+        assert_eq!(Expiry::Ttl(u64::MAX).deadline(i64::MAX - 1), Some(i64::MAX));
+    }
+
+    #[test]
+    fn fork_expiry_table() {
+        use Expiry::*;
+        let rows = [
+            (Never, Never, Never),
+            (Never, Ttl(5), Ttl(5)),
+            (Never, At(9), At(9)),
+            (Ttl(7), Never, Ttl(7)),
+            (Ttl(7), Ttl(5), Ttl(5)),
+            (Ttl(7), At(9), At(9)),
+            (At(3), Never, At(3)),
+            (At(3), Ttl(5), Ttl(5)),
+            (At(3), At(9), At(9)),
+        ];
+        for (source, asked, got) in rows {
+            assert_eq!(Expiry::for_fork(source, asked), got, "{source:?} {asked:?}");
+        }
+    }
+
+    fn plain(content_type: Option<&str>, expiry: Expiry, closed: bool) -> CreateRequest {
+        CreateRequest {
+            content_type: content_type.map(ct),
+            expiry,
+            closed,
+            fork: None,
+        }
+    }
+
+    #[test]
+    fn create_matching() {
+        let text = ct("text/plain");
+        let existing = ExistingConfig {
+            content_type: &text,
+            expiry: Expiry::Ttl(60),
+            closed: false,
+            fork: None,
+        };
+        assert_eq!(
+            plain(Some("TEXT/PLAIN; charset=utf-8"), Expiry::Ttl(60), false).compare(&existing),
+            CreateOutcome::Matches
+        );
+        assert_eq!(
+            plain(Some("application/json"), Expiry::Ttl(60), false).compare(&existing),
+            CreateOutcome::Conflict
+        );
+        assert_eq!(
+            plain(Some("text/plain"), Expiry::Ttl(61), false).compare(&existing),
+            CreateOutcome::Conflict
+        );
+        assert_eq!(
+            plain(Some("text/plain"), Expiry::Never, false).compare(&existing),
+            CreateOutcome::Conflict
+        );
+        assert_eq!(
+            plain(Some("text/plain"), Expiry::Ttl(60), true).compare(&existing),
+            CreateOutcome::Conflict
+        );
+        assert_eq!(
+            plain(None, Expiry::Ttl(60), false).compare(&existing),
+            CreateOutcome::Conflict
+        );
+        let octet = ContentType::default_type();
+        let closed = ExistingConfig {
+            content_type: &octet,
+            expiry: Expiry::Never,
+            closed: true,
+            fork: None,
+        };
+        assert_eq!(
+            plain(None, Expiry::Never, true).compare(&closed),
+            CreateOutcome::Matches
+        );
+        assert_eq!(
+            plain(None, Expiry::Never, false).compare(&closed),
+            CreateOutcome::Conflict
+        );
+    }
+
+    #[test]
+    fn fork_create_matching() {
+        let text = ct("text/plain");
+        let fork = ForkRequest {
+            source: "/v1/stream/a".into(),
+            offset: None,
+            sub_offset: 0,
+        };
+        let existing = ExistingConfig {
+            content_type: &text,
+            expiry: Expiry::Ttl(60),
+            closed: false,
+            fork: Some(&fork),
+        };
+        let again = CreateRequest {
+            content_type: None,
+            expiry: Expiry::Never,
+            closed: false,
+            fork: Some(fork.clone()),
+        };
+        assert_eq!(again.compare(&existing), CreateOutcome::Matches);
+        let other_offset = CreateRequest {
+            fork: Some(ForkRequest {
+                offset: Some(Offset::ZERO),
+                ..fork.clone()
+            }),
+            ..again.clone()
+        };
+        assert_eq!(other_offset.compare(&existing), CreateOutcome::Conflict);
+        let not_a_fork = plain(Some("text/plain"), Expiry::Ttl(60), false);
+        assert_eq!(not_a_fork.compare(&existing), CreateOutcome::Conflict);
+    }
+
+    fn target<'a>(
+        content_type: &'a ContentType,
+        closed: bool,
+        closed_by: Option<&'a ClosingProducer>,
+        last_seq: Option<&'a str>,
+    ) -> AppendTarget<'a> {
+        AppendTarget {
+            content_type,
+            closed,
+            closed_by,
+            tail: Offset::new(10).unwrap(),
+            last_stream_seq: last_seq,
+        }
+    }
+
+    fn req<'a>(content_type: Option<&'a str>, body_len: usize, close: bool) -> AppendRequest<'a> {
+        AppendRequest {
+            content_type,
+            body_len,
+            close,
+            stream_seq: None,
+            producer: None,
+        }
+    }
+
+    #[test]
+    fn plain_appends() {
+        let text = ct("text/plain");
+        let t = target(&text, false, None, None);
+        assert_eq!(
+            plan_append(&t, &req(Some("text/plain"), 3, false), None),
+            Ok(AppendPlan::Write {
+                producer: None,
+                close: false
+            })
+        );
+        assert_eq!(
+            plan_append(&t, &req(Some("TEXT/PLAIN;charset=utf-8"), 3, true), None),
+            Ok(AppendPlan::Write {
+                producer: None,
+                close: true
+            })
+        );
+        assert_eq!(
+            plan_append(&t, &req(Some("text/plain"), 0, false), None),
+            Err(ProtocolError::EmptyBody)
+        );
+        assert_eq!(
+            plan_append(&t, &req(None, 3, false), None),
+            Err(ProtocolError::MissingContentType)
+        );
+        assert_eq!(
+            plan_append(&t, &req(Some(""), 3, false), None),
+            Err(ProtocolError::MissingContentType)
+        );
+        assert_eq!(
+            plan_append(&t, &req(Some("application/json"), 3, false), None),
+            Err(ProtocolError::ContentTypeMismatch)
+        );
+        assert_eq!(
+            plan_append(&t, &req(Some("garbage"), 3, false), None),
+            Err(ProtocolError::Header(HeaderError::ContentType))
+        );
+        // Close-only ignores the content type entirely.
+        assert_eq!(
+            plan_append(&t, &req(Some("application/json"), 0, true), None),
+            Ok(AppendPlan::Write {
+                producer: None,
+                close: true
+            })
+        );
+        assert_eq!(
+            plan_append(&t, &req(None, 0, true), None),
+            Ok(AppendPlan::Write {
+                producer: None,
+                close: true
+            })
+        );
+    }
+
+    #[test]
+    fn closed_streams_come_first() {
+        let text = ct("text/plain");
+        let t = target(&text, true, None, None);
+        // Closed beats content-type mismatch.
+        assert_eq!(
+            plan_append(&t, &req(Some("application/json"), 3, false), None),
+            Err(ProtocolError::Closed {
+                final_offset: Offset::new(10).unwrap()
+            })
+        );
+        assert_eq!(
+            plan_append(&t, &req(Some("text/plain"), 3, true), None),
+            Err(ProtocolError::Closed {
+                final_offset: Offset::new(10).unwrap()
+            })
+        );
+        assert_eq!(
+            plan_append(&t, &req(None, 0, true), None),
+            Ok(AppendPlan::AlreadyDone {
+                duplicate: None,
+                closed: true
+            })
+        );
+        assert_eq!(
+            plan_append(&t, &req(None, 0, false), None),
+            Err(ProtocolError::Closed {
+                final_offset: Offset::new(10).unwrap()
+            })
+        );
+    }
+
+    #[test]
+    fn closing_producer_retry_is_a_duplicate() {
+        let text = ct("text/plain");
+        let closer = ClosingProducer {
+            id: "p".into(),
+            epoch: 2,
+            seq: 5,
+        };
+        let t = target(&text, true, Some(&closer), None);
+        let stored = Some(ProducerState {
+            epoch: 2,
+            last_seq: 5,
+        });
+        let with = |epoch, seq| AppendRequest {
+            producer: Some(ProducerHeaders {
+                id: "p",
+                epoch,
+                seq,
+            }),
+            ..req(Some("text/plain"), 3, true)
+        };
+        assert_eq!(
+            plan_append(&t, &with(2, 5), stored),
+            Ok(AppendPlan::AlreadyDone {
+                duplicate: Some(ProducerDecision::Duplicate {
+                    epoch: 2,
+                    highest_seq: 5
+                }),
+                closed: true
+            })
+        );
+        assert_eq!(
+            plan_append(&t, &with(2, 6), stored),
+            Err(ProtocolError::Closed {
+                final_offset: Offset::new(10).unwrap()
+            })
+        );
+        assert_eq!(
+            plan_append(&t, &with(1, 0), stored),
+            Err(ProtocolError::Producer(ProducerDecision::StaleEpoch {
+                current_epoch: 2
+            }))
+        );
+    }
+
+    #[test]
+    fn producer_before_stream_seq() {
+        let text = ct("text/plain");
+        let t = target(&text, false, None, Some("app-001"));
+        let r = AppendRequest {
+            stream_seq: Some("app-001"),
+            producer: Some(ProducerHeaders {
+                id: "p",
+                epoch: 0,
+                seq: 0,
+            }),
+            ..req(Some("text/plain"), 3, false)
+        };
+        let stored = Some(ProducerState {
+            epoch: 0,
+            last_seq: 0,
+        });
+        assert_eq!(
+            plan_append(&t, &r, stored),
+            Ok(AppendPlan::AlreadyDone {
+                duplicate: Some(ProducerDecision::Duplicate {
+                    epoch: 0,
+                    highest_seq: 0
+                }),
+                closed: false
+            })
+        );
+        // A new producer append with a regressing Stream-Seq is refused, and nothing is planned.
+        assert_eq!(
+            plan_append(&t, &r, None),
+            Err(ProtocolError::StreamSeqRegression)
+        );
+    }
+
+    #[test]
+    fn stream_seq_is_bytewise() {
+        let text = ct("text/plain");
+        let with = |last: &'static str, next: &'static str| {
+            let t = target(&text, false, None, Some(last));
+            plan_append(
+                &t,
+                &AppendRequest {
+                    stream_seq: Some(next),
+                    ..req(Some("text/plain"), 1, false)
+                },
+                None,
+            )
+        };
+        assert!(with("2", "10").is_err());
+        assert!(with("09", "10").is_ok());
+        assert!(with("a", "B").is_err());
+        assert!(with("B", "a").is_ok());
+        assert!(with("001", "001").is_err());
+    }
+
+    #[test]
+    fn producer_refusals() {
+        let text = ct("text/plain");
+        let t = target(&text, false, None, None);
+        let with = |epoch, seq| AppendRequest {
+            producer: Some(ProducerHeaders {
+                id: "p",
+                epoch,
+                seq,
+            }),
+            ..req(Some("text/plain"), 3, false)
+        };
+        let stored = Some(ProducerState {
+            epoch: 1,
+            last_seq: 3,
+        });
+        assert_eq!(
+            plan_append(&t, &with(0, 9), stored).unwrap_err().status(),
+            403
+        );
+        assert_eq!(
+            plan_append(&t, &with(1, 9), stored).unwrap_err().status(),
+            409
+        );
+        assert_eq!(
+            plan_append(&t, &with(2, 1), stored).unwrap_err().status(),
+            400
+        );
+        assert_eq!(
+            plan_append(&t, &with(1, 4), stored),
+            Ok(AppendPlan::Write {
+                producer: Some(ProducerState {
+                    epoch: 1,
+                    last_seq: 4
+                }),
+                close: false
+            })
+        );
+    }
+
+    #[test]
+    fn cache_policy() {
+        assert_eq!(
+            cache_control(CacheKind::Data, true),
+            "public, max-age=60, stale-while-revalidate=300"
+        );
+        assert!(cache_control(CacheKind::Data, false).starts_with("private"));
+        assert_eq!(cache_control(CacheKind::NoStore, true), "no-store");
+        assert!(cache_control(CacheKind::Live, true).contains("no-cache"));
+    }
+}
