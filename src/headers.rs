@@ -155,6 +155,11 @@ pub fn parse_expires_at(text: &str) -> Result<i64, HeaderError> {
 /// `Stream-Closed`: present only when exactly `true` (any case). Other values are not errors;
 /// the protocol says to treat them as absent.
 pub fn is_closed(value: Option<&str>) -> bool {
+    is_true(value)
+}
+
+/// A boolean protocol header (`Stream-Closed`, `Stream-Up-To-Date`): true only for `true`.
+pub fn is_true(value: Option<&str>) -> bool {
     value.is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
