@@ -1,1 +1,22 @@
-//! edgestream's Cloudflare Worker.
+//! edgestream's Cloudflare Worker: the Durable Streams protocol at the edge.
+//!
+//! - [`edge`]: the fetch handler every request enters; validates and routes, holds live readers.
+//! - [`object`]: `StreamObject`, one SQLite-backed Durable Object per stream.
+//! - [`frame`]: the frames an object sends its live readers.
+//! - [`path`], [`config`], [`http`], [`reply`], [`socket`]: the pieces both sides share.
+
+pub mod config;
+pub mod edge;
+pub mod frame;
+pub mod http;
+pub mod object;
+pub mod path;
+pub mod reply;
+pub mod socket;
+
+use worker::{event, Context, Env, Request, Response, Result};
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    edge::handle(req, env).await
+}

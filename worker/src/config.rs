@@ -1,0 +1,57 @@
+//! Settings from `[vars]` in wrangler.toml (or `--var` on the command line).
+
+use worker::Env;
+
+/// Server settings. Every field has a default so a bare deployment works.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How long a long-poll waits for data before answering 204.
+    pub long_poll_timeout_ms: u64,
+    /// Largest append body accepted; larger ones get 413.
+    pub max_append_bytes: u64,
+    /// How long an SSE response stays open before the server closes it (clients reconnect).
+    pub sse_connection_ms: u64,
+    /// `Access-Control-Allow-Origin` value(s): `*` or a comma-separated list of origins.
+    pub cors_origins: String,
+}
+
+impl Config {
+    pub const DEFAULT_LONG_POLL_TIMEOUT_MS: u64 = 30_000;
+    pub const DEFAULT_MAX_APPEND_BYTES: u64 = 16 * 1024 * 1024;
+    pub const DEFAULT_SSE_CONNECTION_MS: u64 = 60_000;
+
+    pub fn from_env(env: &Env) -> Config {
+        let number = |name: &str, default: u64, max: u64| -> u64 {
+            env.var(name)
+                .ok()
+                .and_then(|v| v.to_string().trim().parse::<u64>().ok())
+                .filter(|v| *v > 0)
+                .map_or(default, |v| v.min(max))
+        };
+        Config {
+            long_poll_timeout_ms: number(
+                "LONG_POLL_TIMEOUT_MS",
+                Self::DEFAULT_LONG_POLL_TIMEOUT_MS,
+                600_000,
+            ),
+            // SQLite rows are capped at 2 MB, but appends are split across rows; the cap here
+            // bounds the memory one request may pin in the object.
+            max_append_bytes: number(
+                "MAX_APPEND_BYTES",
+                Self::DEFAULT_MAX_APPEND_BYTES,
+                64 * 1024 * 1024,
+            ),
+            sse_connection_ms: number(
+                "SSE_CONNECTION_MS",
+                Self::DEFAULT_SSE_CONNECTION_MS,
+                3_600_000,
+            ),
+            cors_origins: env
+                .var("CORS_ORIGINS")
+                .map(|v| v.to_string())
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| "*".into()),
+        }
+    }
+}

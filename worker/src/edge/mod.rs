@@ -1,0 +1,239 @@
+//! The edge Worker: routes `/v1/stream/<name>` to the stream's Durable Object.
+//!
+//! It refuses what it can check without storage (method, path, offset and header syntax, body
+//! size) so bad requests never wake an object, holds live readers itself (see [`live`]), and
+//! puts the security and CORS headers on every response, errors included.
+
+mod live;
+
+use edgestream::headers::{self as h, ContentType, ForkHeaders, LiveMode, ProducerHeaders};
+use edgestream::stream::Expiry;
+use edgestream::{ProtocolError, ReadFrom};
+use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Stub};
+
+use crate::config::Config;
+use crate::http::{self, header};
+use crate::path::{PathError, StreamName, STREAM_PREFIX};
+
+/// Handles one request from the outside world.
+pub async fn handle(req: Request, env: Env) -> Result<Response> {
+    let config = Config::from_env(&env);
+    let origin = header(req.headers(), "origin");
+    let resp = match route(req, &env, &config).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            worker::console_error!("edge: {e}");
+            http::unavailable("temporary failure; retry")?
+        }
+    };
+    decorate(resp, &config, origin.as_deref())
+}
+
+/// Security and CORS headers for every response.
+fn decorate(resp: Response, config: &Config, origin: Option<&str>) -> Result<Response> {
+    if resp.status_code() == 101 {
+        return Ok(resp);
+    }
+    let resp = http::mutable(resp)?;
+    let headers = resp.headers();
+    headers.set("x-content-type-options", "nosniff")?;
+    headers.set("cross-origin-resource-policy", "cross-origin")?;
+    if let Some(allowed) = allowed_origin(config, origin) {
+        headers.set("access-control-allow-origin", &allowed)?;
+        if allowed != "*" {
+            headers.append("vary", "Origin")?;
+        }
+    }
+    headers.set("access-control-expose-headers", h::CORS_EXPOSE_HEADERS)?;
+    Ok(resp)
+}
+
+/// `*`, or the request's origin when it is on the configured list.
+fn allowed_origin(config: &Config, origin: Option<&str>) -> Option<String> {
+    if config.cors_origins.trim() == "*" {
+        return Some("*".into());
+    }
+    let origin = origin?;
+    config
+        .cors_origins
+        .split(',')
+        .map(str::trim)
+        .any(|o| o.eq_ignore_ascii_case(origin))
+        .then(|| origin.to_string())
+}
+
+async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
+    let url = req.url()?;
+    if req.method() == Method::Options {
+        return preflight();
+    }
+    let name = match StreamName::from_url_path(url.path()) {
+        Ok(name) => name,
+        Err(PathError::NotAStream) => return http::text(404, "not found"),
+        Err(e) => return http::text(e.status(), e.message()),
+    };
+    if name.is_reserved() {
+        return http::text(404, "not found");
+    }
+    match req.method() {
+        Method::Get => get(req, &url, &name, env, config).await,
+        Method::Head | Method::Delete => forward(req, &url, &name, env).await,
+        Method::Put => {
+            if let Err(e) = check_create(req.headers(), config) {
+                return http::error(&e);
+            }
+            let created = forward(req, &url, &name, env).await?;
+            if created.status_code() == 201 {
+                let created = http::mutable(created)?;
+                let location = format!("{}{}", url.origin().ascii_serialization(), url.path());
+                created.headers().set(h::LOCATION, &location)?;
+                return Ok(created);
+            }
+            Ok(created)
+        }
+        Method::Post => {
+            if let Err(e) = check_append(req.headers(), config) {
+                return http::error(&e);
+            }
+            forward(req, &url, &name, env).await
+        }
+        _ => {
+            let resp = http::error(&ProtocolError::MethodNotAllowed)?;
+            resp.headers()
+                .set("allow", "GET, HEAD, PUT, POST, DELETE, OPTIONS")?;
+            Ok(resp)
+        }
+    }
+}
+
+/// CORS preflight: every method and protocol header is allowed.
+fn preflight() -> Result<Response> {
+    let headers = Headers::new();
+    headers.set(
+        "access-control-allow-methods",
+        "GET, HEAD, PUT, POST, DELETE, OPTIONS",
+    )?;
+    headers.set("access-control-allow-headers", h::CORS_ALLOW_HEADERS)?;
+    headers.set("access-control-max-age", "86400")?;
+    Ok(Response::empty()?.with_status(204).with_headers(headers))
+}
+
+/// PUT headers that can be checked without the stream.
+fn check_create(headers: &Headers, config: &Config) -> std::result::Result<(), ProtocolError> {
+    check_length(headers, config)?;
+    if let Some(ct) = header(headers, h::CONTENT_TYPE).filter(|v| !v.trim().is_empty()) {
+        ContentType::parse(&ct)?;
+    }
+    Expiry::from_headers(
+        header(headers, h::STREAM_TTL).as_deref(),
+        header(headers, h::STREAM_EXPIRES_AT).as_deref(),
+    )?;
+    let forked_from = header(headers, h::STREAM_FORKED_FROM);
+    let fork_offset = header(headers, h::STREAM_FORK_OFFSET);
+    let sub_offset = header(headers, h::STREAM_FORK_SUB_OFFSET);
+    if let Some(fork) = ForkHeaders::parse(
+        forked_from.as_deref(),
+        fork_offset.as_deref(),
+        sub_offset.as_deref(),
+    )? {
+        StreamName::from_header_path(fork.source)
+            .map_err(|_| ProtocolError::Header(h::HeaderError::ForkedFrom))?;
+    }
+    Ok(())
+}
+
+/// POST headers that can be checked without the stream.
+fn check_append(headers: &Headers, config: &Config) -> std::result::Result<(), ProtocolError> {
+    check_length(headers, config)?;
+    let id = header(headers, h::PRODUCER_ID);
+    let epoch = header(headers, h::PRODUCER_EPOCH);
+    let seq = header(headers, h::PRODUCER_SEQ);
+    ProducerHeaders::parse(id.as_deref(), epoch.as_deref(), seq.as_deref())?;
+    if let Some(seq) = header(headers, h::STREAM_SEQ) {
+        h::parse_stream_seq(&seq)?;
+    }
+    Ok(())
+}
+
+fn check_length(headers: &Headers, config: &Config) -> std::result::Result<(), ProtocolError> {
+    match header(headers, h::CONTENT_LENGTH).map(|v| v.trim().parse::<u64>()) {
+        Some(Ok(len)) if len > config.max_append_bytes => Err(ProtocolError::PayloadTooLarge {
+            limit: config.max_append_bytes,
+        }),
+        Some(Err(_)) => Err(ProtocolError::BadRequest("Content-Length is not a number")),
+        _ => Ok(()),
+    }
+}
+
+async fn get(
+    req: Request,
+    url: &worker::Url,
+    name: &StreamName,
+    env: &Env,
+    config: &Config,
+) -> Result<Response> {
+    let offsets = http::query_values(url, "offset");
+    let from = match ReadFrom::from_query(offsets.iter().map(String::as_str)) {
+        Ok(from) => from,
+        Err(e) => return http::error(&e.into()),
+    };
+    let mode = match LiveMode::parse(http::query_value(url, "live").as_deref()) {
+        Ok(mode) => mode,
+        Err(e) => return http::error(&e.into()),
+    };
+    let Some(mode) = mode else {
+        return forward(req, url, name, env).await;
+    };
+    if offsets.is_empty() {
+        return http::error(&ProtocolError::BadRequest("live reads require an offset"));
+    }
+    let cursor = http::query_value(url, "cursor");
+    let stub = stub_for(env, name)?;
+    match mode {
+        LiveMode::LongPoll => live::long_poll(&stub, name, from, cursor.as_deref(), config).await,
+        LiveMode::Sse => live::sse(stub, name.clone(), from, cursor, config).await,
+        LiveMode::WebSocket => http::text(400, "live=ws is not supported yet"),
+    }
+}
+
+pub fn stub_for(env: &Env, name: &StreamName) -> Result<Stub> {
+    env.durable_object("STREAMS")?
+        .id_from_name(name.as_str())?
+        .get_stub()
+}
+
+/// The object-side URL of a stream: the validated name re-encoded, so the object never sees a
+/// client's raw path or host.
+pub fn object_url(name: &StreamName, query: Option<&str>) -> String {
+    match query {
+        Some(q) if !q.is_empty() => format!(
+            "https://edgestream{STREAM_PREFIX}{}?{q}",
+            name.url_encoded()
+        ),
+        _ => format!("https://edgestream{STREAM_PREFIX}{}", name.url_encoded()),
+    }
+}
+
+/// Passes a request to the stream's object, body streamed through.
+async fn forward(
+    req: Request,
+    url: &worker::Url,
+    name: &StreamName,
+    env: &Env,
+) -> Result<Response> {
+    let stub = stub_for(env, name)?;
+    let headers = Headers::new();
+    for (key, value) in req.headers().entries() {
+        if key.eq_ignore_ascii_case("upgrade") {
+            continue;
+        }
+        headers.append(&key, &value)?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(req.method()).with_headers(headers);
+    if matches!(req.method(), Method::Put | Method::Post) {
+        init.with_body(req.inner().body().map(Into::into));
+    }
+    let inner = Request::new_with_init(&object_url(name, url.query()), &init)?;
+    stub.fetch_with_request(inner).await
+}

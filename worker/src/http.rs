@@ -1,0 +1,113 @@
+//! Small HTTP helpers shared by the edge and the Durable Object: errors, headers, bodies, time.
+
+use edgestream::headers as h;
+use edgestream::ProtocolError;
+use futures_util::StreamExt;
+use worker::{Headers, Request, Response, ResponseBody, Result};
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    js_sys::Date::now() as i64
+}
+
+/// A random `u32` (cursor jitter, instance ids). Not for secrets.
+pub fn random_u32() -> u32 {
+    (js_sys::Math::random() * f64::from(u32::MAX)) as u32
+}
+
+/// A header's value, treating a runtime error as absent.
+pub fn header(headers: &Headers, name: &str) -> Option<String> {
+    headers.get(name).ok().flatten()
+}
+
+/// A short plain-text response.
+pub fn text(status: u16, message: &str) -> Result<Response> {
+    let mut body = message.to_string();
+    body.push('\n');
+    let headers = Headers::new();
+    headers.set(h::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    headers.set(h::CACHE_CONTROL, "no-store")?;
+    Ok(Response::from_bytes(body.into_bytes())?
+        .with_status(status)
+        .with_headers(headers))
+}
+
+/// The response for a protocol refusal: status, short text, and the headers it carries.
+pub fn error(e: &ProtocolError) -> Result<Response> {
+    let resp = text(e.status(), &e.message())?;
+    for (name, value) in e.headers() {
+        resp.headers().set(name, &value)?;
+    }
+    Ok(resp)
+}
+
+/// A 503 asking the client to retry, for transient failures inside the platform.
+pub fn unavailable(message: &str) -> Result<Response> {
+    let resp = text(503, message)?;
+    resp.headers().set(h::RETRY_AFTER, "1")?;
+    Ok(resp)
+}
+
+/// Copies a response (fetched responses have immutable headers) into one whose headers can be
+/// changed, keeping its status and body.
+pub fn mutable(resp: Response) -> Result<Response> {
+    let status = resp.status_code();
+    let source = resp.headers().clone();
+    let (_, body) = resp.into_parts();
+    rebuild(status, &source, body)
+}
+
+/// A fresh response with `status`, a copy of `source`'s headers, and `body`.
+pub fn rebuild(status: u16, source: &Headers, body: ResponseBody) -> Result<Response> {
+    let headers = Headers::new();
+    for (name, value) in source.entries() {
+        headers.append(&name, &value)?;
+    }
+    Ok(Response::builder()
+        .with_status(status)
+        .with_headers(headers)
+        .body(body))
+}
+
+/// Reads a request body completely, refusing it as soon as it grows past `max` bytes, so a
+/// huge or endless body cannot exhaust the isolate's memory.
+pub async fn read_body(
+    req: &mut Request,
+    max: u64,
+) -> Result<std::result::Result<Vec<u8>, ProtocolError>> {
+    if let Some(len) =
+        header(req.headers(), h::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        if len > max {
+            return Ok(Err(ProtocolError::PayloadTooLarge { limit: max }));
+        }
+    }
+    let mut body = Vec::new();
+    let Ok(mut stream) = req.stream() else {
+        // No body at all.
+        return Ok(Ok(body));
+    };
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if (body.len() + chunk.len()) as u64 > max {
+            return Ok(Err(ProtocolError::PayloadTooLarge { limit: max }));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Ok(body))
+}
+
+/// All values of a query parameter, decoded.
+pub fn query_values(url: &worker::Url, name: &str) -> Vec<String> {
+    url.query_pairs()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .collect()
+}
+
+/// The single value of a query parameter (the first, if repeated).
+pub fn query_value(url: &worker::Url, name: &str) -> Option<String> {
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}

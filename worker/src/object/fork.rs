@@ -1,0 +1,310 @@
+//! Forks: object-to-object calls between a fork and its source.
+//!
+//! A fork shares its source's offsets below its divergence point (`base`) and stores only its
+//! own appends. Creating a fork takes a reference on the source; deleting (or expiring) the fork
+//! gives it back. A deleted source with forks is kept, soft-deleted, until the last one goes,
+//! and the clean-up cascades up the chain.
+
+use edgestream::json;
+use edgestream::stream::{Expiry, ForkRequest};
+use edgestream::{ContentType, Offset, ProtocolError};
+use serde::{Deserialize, Serialize};
+use worker::{Env, Method, Request, RequestInit, Response, Result};
+
+use super::store::{Meta, Page};
+use super::{new_instance, Lookup, StreamObject};
+use crate::http::{self, header, now_ms};
+use crate::path::StreamName;
+use crate::reply::X_PAGE_END;
+
+/// What a fork asks of its source.
+#[derive(Serialize, Deserialize)]
+struct AcquireRequest {
+    offset: Option<u64>,
+    sub_offset: u64,
+    content_type: Option<String>,
+}
+
+/// What the source answers: its type and expiry (which the fork may inherit) and the position
+/// the fork diverges at.
+#[derive(Serialize, Deserialize)]
+struct AcquireReply {
+    content_type: String,
+    expiry_kind: u8,
+    expiry_value: i64,
+    point: u64,
+}
+
+fn expiry_to_wire(e: Expiry) -> (u8, i64) {
+    match e {
+        Expiry::Never => (0, 0),
+        Expiry::Ttl(s) => (1, i64::try_from(s).unwrap_or(i64::MAX)),
+        Expiry::At(at) => (2, at),
+    }
+}
+
+fn expiry_from_wire(kind: u8, value: i64) -> Expiry {
+    match kind {
+        1 => Expiry::Ttl(u64::try_from(value).unwrap_or(0)),
+        2 => Expiry::At(value),
+        _ => Expiry::Never,
+    }
+}
+
+/// Calls another stream's object.
+async fn call(
+    env: &Env,
+    path: &str,
+    op: &str,
+    query: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Response> {
+    let name = StreamName::from_url_path(path)
+        .map_err(|e| worker::Error::RustError(e.message().into()))?;
+    let stub = env
+        .durable_object("STREAMS")?
+        .id_from_name(name.as_str())?
+        .get_stub()?;
+    let mut init = RequestInit::new();
+    match body {
+        Some(body) => {
+            init.with_method(Method::Post);
+            init.with_body(Some(js_sys::Uint8Array::from(&body[..]).into()));
+        }
+        None => {
+            init.with_method(Method::Get);
+        }
+    }
+    let req = Request::new_with_init(&format!("https://edgestream/internal/{op}?{query}"), &init)?;
+    stub.fetch_with_request(req).await
+}
+
+async fn page_of(mut resp: Response) -> Result<Page> {
+    let end = header(resp.headers(), X_PAGE_END)
+        .and_then(|v| v.parse::<u64>().ok())
+        .and_then(Offset::new)
+        .ok_or_else(|| worker::Error::RustError("internal read without an end".into()))?;
+    Ok(Page {
+        data: resp.bytes().await?,
+        end,
+    })
+}
+
+/// Reads `[from, to)` of a source stream (which may itself be a fork).
+pub async fn read_source(
+    env: &Env,
+    source: &str,
+    from: Offset,
+    to: Offset,
+    budget: usize,
+) -> Result<std::result::Result<Page, ProtocolError>> {
+    let query = format!(
+        "from={}&to={}&budget={budget}",
+        from.position(),
+        to.position()
+    );
+    let resp = call(env, source, "read", &query, None).await?;
+    match resp.status_code() {
+        200 => Ok(Ok(page_of(resp).await?)),
+        400 => Ok(Err(ProtocolError::BadRequest(
+            "offset is inside a JSON message",
+        ))),
+        404 => Ok(Err(ProtocolError::Gone)),
+        status => Err(worker::Error::RustError(format!(
+            "fork source read failed with {status}"
+        ))),
+    }
+}
+
+/// The bytes from `at` to the end of the append holding it, but not past `cap` (a fork's base
+/// is a boundary too). `None` when there is no data at `at`.
+pub async fn append_from(
+    obj: &StreamObject,
+    meta: &Meta,
+    at: Offset,
+    cap: Offset,
+) -> Result<Option<Page>> {
+    if at < meta.base {
+        let Some(fork) = &meta.fork else {
+            return Ok(None);
+        };
+        let query = format!("at={}&cap={}", at.position(), cap.min(meta.base).position());
+        let resp = call(&obj.env, &fork.source, "append-from", &query, None).await?;
+        return match resp.status_code() {
+            200 => Ok(Some(page_of(resp).await?)),
+            _ => Ok(None),
+        };
+    }
+    let Some(mut page) = obj.store()?.append_from(at)? else {
+        return Ok(None);
+    };
+    if page.end > cap {
+        page.data.truncate(cap.distance_from(at) as usize);
+        page.end = cap;
+    }
+    Ok(Some(page))
+}
+
+/// On the source: checks a fork request, resolves its divergence point and takes a reference.
+pub async fn acquire(obj: &StreamObject, body: &[u8]) -> Result<Response> {
+    let Ok(ask) = serde_json::from_slice::<AcquireRequest>(body) else {
+        return http::text(400, "bad fork request");
+    };
+    let meta = match obj.lookup(now_ms()).await? {
+        Lookup::Live(meta) => meta,
+        Lookup::Deleted => return http::error(&ProtocolError::ForkSourceGone),
+        Lookup::Missing => return http::error(&ProtocolError::ForkSourceNotFound),
+    };
+    if let Some(asked) = ask.content_type.as_deref() {
+        match ContentType::parse(asked) {
+            Ok(ct) if ct.matches(&meta.content_type) => {}
+            _ => return http::error(&ProtocolError::ContentTypeMismatch),
+        }
+    }
+    let anchor = match ask.offset {
+        None => meta.tail,
+        Some(p) => match Offset::new(p) {
+            Some(o) if o <= meta.tail => o,
+            _ => return http::error(&ProtocolError::ForkOffsetOutOfRange),
+        },
+    };
+    let point = if ask.sub_offset == 0 {
+        anchor
+    } else {
+        let Some(page) = append_from(obj, &meta, anchor, meta.tail).await? else {
+            return http::error(&ProtocolError::ForkOffsetOutOfRange);
+        };
+        let within = if meta.is_json() {
+            let ends = json::message_ends(&page.data);
+            usize::try_from(ask.sub_offset - 1)
+                .ok()
+                .and_then(|i| ends.get(i))
+                .map(|&e| e as u64)
+        } else {
+            Some(ask.sub_offset).filter(|&s| s <= page.data.len() as u64)
+        };
+        match within.and_then(|w| anchor.checked_add(w)) {
+            Some(point) => point,
+            None => return http::error(&ProtocolError::ForkOffsetOutOfRange),
+        }
+    };
+    // Reading may have awaited; take the reference on the current state.
+    let Some(mut current) = obj.meta()? else {
+        return http::error(&ProtocolError::ForkSourceNotFound);
+    };
+    if current.deleted {
+        return http::error(&ProtocolError::ForkSourceGone);
+    }
+    current.forks += 1;
+    obj.save(&current)?;
+    let (expiry_kind, expiry_value) = expiry_to_wire(current.expiry);
+    let reply = AcquireReply {
+        content_type: current.content_type.as_str().to_string(),
+        expiry_kind,
+        expiry_value,
+        point: point.position(),
+    };
+    Response::from_json(&reply)
+}
+
+/// Gives back a fork's reference on its source.
+pub async fn release(env: &Env, source: &str) -> Result<()> {
+    let resp = call(env, source, "fork-release", "", Some(Vec::new())).await?;
+    match resp.status_code() {
+        200..=299 | 404 => Ok(()),
+        status => Err(worker::Error::RustError(format!(
+            "fork release failed with {status}"
+        ))),
+    }
+}
+
+/// On the source: a fork went away. The last fork of a deleted source takes it along.
+pub async fn on_release(obj: &StreamObject) -> Result<Response> {
+    let Some(mut meta) = obj.meta()? else {
+        return Response::ok("");
+    };
+    meta.forks = meta.forks.saturating_sub(1);
+    if meta.deleted && meta.forks == 0 {
+        obj.remove(meta).await?;
+    } else {
+        obj.save(&meta)?;
+    }
+    Response::ok("")
+}
+
+impl StreamObject {
+    /// PUT with `Stream-Forked-From`.
+    pub(super) async fn create_fork(
+        &self,
+        name: &StreamName,
+        request: &edgestream::stream::CreateRequest,
+        fork: ForkRequest,
+        body: Vec<u8>,
+        now: i64,
+    ) -> Result<Response> {
+        if fork.source == name.full_path() {
+            return http::error(&ProtocolError::ForkSourceNotFound);
+        }
+        let ask = AcquireRequest {
+            offset: fork.offset.map(Offset::position),
+            sub_offset: fork.sub_offset,
+            content_type: request
+                .content_type
+                .as_ref()
+                .map(|c| c.as_str().to_string()),
+        };
+        let ask = serde_json::to_vec(&ask).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        let mut resp = call(&self.env, &fork.source, "fork-acquire", "", Some(ask)).await?;
+        let reply: AcquireReply = match resp.status_code() {
+            200 => resp.json().await?,
+            400 => return http::error(&ProtocolError::ForkOffsetOutOfRange),
+            404 => return http::error(&ProtocolError::ForkSourceNotFound),
+            409 => {
+                let text = resp.text().await.unwrap_or_default();
+                return http::text(409, text.trim());
+            }
+            status => {
+                return Err(worker::Error::RustError(format!(
+                    "fork acquire failed with {status}"
+                )))
+            }
+        };
+        // Someone may have created this stream while we waited for the source.
+        match self.lookup(now).await? {
+            Lookup::Missing => {}
+            other => {
+                release(&self.env, &fork.source).await?;
+                return match other {
+                    Lookup::Live(meta) => self.existing(&meta, request),
+                    _ => http::error(&ProtocolError::PathInUse),
+                };
+            }
+        }
+        let content_type =
+            ContentType::parse(&reply.content_type).unwrap_or_else(|_| ContentType::default_type());
+        let point = Offset::new(reply.point).unwrap_or(Offset::ZERO);
+        let meta = Meta {
+            path: name.full_path(),
+            instance: new_instance(),
+            content_type,
+            expiry: Expiry::for_fork(
+                expiry_from_wire(reply.expiry_kind, reply.expiry_value),
+                request.expiry,
+            ),
+            accessed_ms: now,
+            closed: request.closed,
+            closed_by: None,
+            base: point,
+            tail: point,
+            last_stream_seq: None,
+            fork: Some(fork.clone()),
+            forks: 0,
+            deleted: false,
+        };
+        let created = self.finish_create(meta, &body).await?;
+        if created.status_code() >= 400 {
+            release(&self.env, &fork.source).await?;
+        }
+        Ok(created)
+    }
+}

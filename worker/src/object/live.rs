@@ -1,0 +1,189 @@
+//! Live readers, held as hibernating WebSockets so open readers never keep the object awake.
+//!
+//! The edge opens one internal socket per reader (workerd does not let one socket serve several
+//! incoming requests). Each append is encoded once as a [`frame`](crate::frame) and the same
+//! bytes go to every socket; the edge turns frames into SSE, long-poll or WebSocket messages.
+
+use edgestream::headers::LiveMode;
+use edgestream::{json, Offset, ProtocolError};
+use worker::{Response, Result, State, WebSocketPair};
+
+use super::store::{Meta, ReadError, Store};
+use crate::frame;
+use crate::http;
+
+/// Largest frame payload: under the platform's WebSocket message limit, with room to spare.
+pub const FRAME_BYTES: usize = 512 * 1024;
+
+fn tag(mode: LiveMode) -> &'static str {
+    match mode {
+        LiveMode::LongPoll => "long-poll",
+        LiveMode::Sse => "sse",
+        LiveMode::WebSocket => "ws",
+    }
+}
+
+/// Accepts a live reader at `start`, which must be within one frame of the tail. SSE and
+/// WebSocket readers get the backlog (or an empty frame, so they learn they are up to date)
+/// at once; long-polls wait for the next append.
+pub fn accept(
+    state: &State,
+    store: &Store,
+    meta: &Meta,
+    start: Offset,
+    mode: LiveMode,
+) -> Result<Response> {
+    let backlog = if mode == LiveMode::LongPoll {
+        None
+    } else {
+        match store.read(start, meta.tail, usize::MAX, meta.is_json())? {
+            Ok(page) => Some(page),
+            Err(ReadError::NotABoundary) => {
+                return http::error(&ProtocolError::BadRequest(
+                    "offset is inside a JSON message",
+                ));
+            }
+        }
+    };
+    let pair = WebSocketPair::new()?;
+    state.accept_websocket_with_tags(&pair.server, &[tag(mode)]);
+    if let Some(page) = backlog {
+        let bytes = frame::encode_data(
+            start,
+            page.end,
+            meta.closed,
+            page.end >= meta.tail,
+            &page.data,
+        );
+        pair.server.send_with_bytes(bytes)?;
+    }
+    Response::from_websocket(pair.client)
+}
+
+/// Sends an append (`data` = log bytes `[start, end)`) to every live reader, in frames of at
+/// most [`FRAME_BYTES`] cut on JSON message boundaries, each encoded once for all readers.
+pub fn publish(
+    state: &State,
+    start: Offset,
+    end: Offset,
+    closed: bool,
+    data: &[u8],
+    json_stream: bool,
+) {
+    let sockets = state.get_websockets();
+    if sockets.is_empty() {
+        return;
+    }
+    let cuts = frame_cuts(data, json_stream);
+    let mut at = 0usize;
+    for (i, &cut) in cuts.iter().enumerate() {
+        let last = i + 1 == cuts.len();
+        let from = Offset::new(start.position() + at as u64).unwrap_or(start);
+        let to = if last {
+            end
+        } else {
+            Offset::new(start.position() + cut as u64).unwrap_or(end)
+        };
+        let bytes = frame::encode_data(from, to, closed && last, last, &data[at..cut]);
+        send_all(&sockets, &bytes);
+        at = cut;
+    }
+    // Long-polls are answered by their first frame; a closed stream has nothing more to say.
+    for ws in sockets {
+        let is_long_poll = state.get_tags(&ws).iter().any(|t| t == "long-poll");
+        if closed || is_long_poll {
+            let _ = ws.close(
+                Some(1000),
+                Some(if closed { "stream closed" } else { "done" }),
+            );
+        }
+    }
+}
+
+/// Tells every reader the stream is gone, and closes their sockets.
+pub fn gone(state: &State) {
+    let sockets = state.get_websockets();
+    send_all(&sockets, &frame::encode_gone());
+    for ws in sockets {
+        let _ = ws.close(Some(1000), Some("stream gone"));
+    }
+}
+
+fn send_all(sockets: &[worker::WebSocket], bytes: &[u8]) {
+    // One JS buffer shared by every send.
+    let buffer = js_sys::Uint8Array::from(bytes);
+    for ws in sockets {
+        let raw: &worker::web_sys::WebSocket = ws.as_ref();
+        // A socket that is closing refuses the send; its reader reconnects and resumes.
+        let _ = raw.send_with_array_buffer_view(&buffer);
+    }
+}
+
+/// End positions of each frame's payload within `data`: at most `FRAME_BYTES` each, JSON cut
+/// only after whole messages (a single larger message gets a frame of its own).
+fn frame_cuts(data: &[u8], json_stream: bool) -> Vec<usize> {
+    if data.len() <= FRAME_BYTES {
+        return vec![data.len()];
+    }
+    if !json_stream {
+        let mut cuts: Vec<usize> = (1..=data.len() / FRAME_BYTES)
+            .map(|i| i * FRAME_BYTES)
+            .collect();
+        if cuts.last() != Some(&data.len()) {
+            cuts.push(data.len());
+        }
+        return cuts;
+    }
+    let mut cuts = Vec::new();
+    let mut frame_start = 0;
+    let mut prev = 0;
+    for end in json::message_ends(data) {
+        if end - frame_start > FRAME_BYTES && prev > frame_start {
+            cuts.push(prev);
+            frame_start = prev;
+        }
+        prev = end;
+    }
+    if cuts.last() != Some(&data.len()) {
+        cuts.push(data.len());
+    }
+    cuts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_appends_are_one_frame() {
+        assert_eq!(frame_cuts(b"abc", false), vec![3]);
+        assert_eq!(frame_cuts(b"", false), vec![0]);
+    }
+
+    #[test]
+    fn byte_appends_split_evenly() {
+        let data = vec![0u8; FRAME_BYTES * 2 + 1];
+        assert_eq!(
+            frame_cuts(&data, false),
+            vec![FRAME_BYTES, FRAME_BYTES * 2, FRAME_BYTES * 2 + 1]
+        );
+        let exact = vec![0u8; FRAME_BYTES * 2];
+        assert_eq!(
+            frame_cuts(&exact, false),
+            vec![FRAME_BYTES, FRAME_BYTES * 2]
+        );
+    }
+
+    #[test]
+    fn json_frames_hold_whole_messages() {
+        let data = "1,".repeat(FRAME_BYTES);
+        let cuts = frame_cuts(data.as_bytes(), true);
+        assert_eq!(*cuts.last().unwrap(), data.len());
+        let mut prev = 0;
+        for c in cuts {
+            assert!(c - prev <= FRAME_BYTES);
+            assert_eq!(c % 2, 0, "cut inside a message");
+            prev = c;
+        }
+    }
+}

@@ -1,0 +1,763 @@
+//! `StreamObject`: the Durable Object that owns one stream.
+//!
+//! It holds the stream's SQLite log, metadata and producer state, answers the protocol's
+//! operations, and feeds live readers through hibernating WebSockets so that open readers
+//! never keep it awake. Appends read the whole body first and then run to completion without
+//! an `await`, so validation, the data rows, the tail and the producer state commit together.
+
+mod fork;
+mod live;
+pub mod store;
+
+use std::cell::RefCell;
+
+use edgestream::headers::{self as h, ContentType, LiveMode, ProducerHeaders};
+use edgestream::json::{self, Purpose};
+use edgestream::producer::ClosingProducer;
+use edgestream::stream::{
+    self, AppendPlan, AppendRequest, AppendTarget, CreateOutcome, CreateRequest, ExistingConfig,
+    Expiry,
+};
+use edgestream::{Offset, ProtocolError, ReadFrom};
+use worker::{
+    durable_object, DurableObject, Env, Headers, Method, Request, Response, Result, State,
+    WebSocket, WebSocketIncomingMessage,
+};
+
+use crate::config::Config;
+use crate::http::{self, header, now_ms};
+use crate::path::StreamName;
+use crate::reply::{self, ReadReply, X_PAGE_END};
+use store::{Meta, Page, ReadError, Store, MAX_POSITION};
+
+/// Catch-up reads return at most this much (rounded up to a whole JSON message).
+pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Sliding TTLs are refreshed at most this often (and at most every 5% of the TTL), so a busy
+/// stream is not a storage write per read, yet expiry stays accurate for short TTLs.
+const TOUCH_EVERY_MS: i64 = 1000;
+
+#[durable_object]
+pub struct StreamObject {
+    state: State,
+    env: Env,
+    config: Config,
+    store: Option<Store>,
+    /// The metadata row, once loaded: `Some(None)` means no stream here.
+    meta: RefCell<Option<Option<Meta>>>,
+}
+
+/// The stream as a request finds it. Lives briefly on the stack, so `Meta` is not boxed.
+#[allow(clippy::large_enum_variant)]
+enum Lookup {
+    Missing,
+    /// Soft-deleted: forks still read through it.
+    Deleted,
+    Live(Meta),
+}
+
+impl DurableObject for StreamObject {
+    fn new(state: State, env: Env) -> Self {
+        let config = Config::from_env(&env);
+        let store = match Store::open(state.storage().sql()) {
+            Ok(store) => Some(store),
+            Err(e) => {
+                worker::console_error!("stream object: cannot open storage: {e}");
+                None
+            }
+        };
+        StreamObject {
+            state,
+            env,
+            config,
+            store,
+            meta: RefCell::new(None),
+        }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        match self.route(req).await {
+            Ok(resp) => Ok(resp),
+            Err(e) => {
+                // Storage or runtime failure: nothing was acknowledged, so the client may retry.
+                worker::console_error!("stream object: {e}");
+                self.meta.replace(None);
+                http::unavailable("temporary storage failure; retry")
+            }
+        }
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        let now = now_ms();
+        if let Some(meta) = self.meta()? {
+            match meta.expiry.deadline(meta.accessed_ms) {
+                Some(deadline) if now >= deadline => self.expire(meta).await?,
+                Some(deadline) => self.schedule_alarm(deadline).await?,
+                None => {}
+            }
+        }
+        Response::ok("")
+    }
+
+    async fn websocket_message(
+        &self,
+        _ws: WebSocket,
+        _message: WebSocketIncomingMessage,
+    ) -> Result<()> {
+        // Readers only listen; anything they send is ignored.
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        _code: usize,
+        _reason: String,
+        _was_clean: bool,
+    ) -> Result<()> {
+        let _ = ws.close(Some(1000), Some("closed"));
+        Ok(())
+    }
+
+    async fn websocket_error(&self, _ws: WebSocket, _error: worker::Error) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl StreamObject {
+    async fn route(&self, req: Request) -> Result<Response> {
+        let url = req.url()?;
+        if let Some(op) = url.path().strip_prefix("/internal/") {
+            let op = op.to_string();
+            return self.internal(&op, req, &url).await;
+        }
+        let name = match StreamName::from_url_path(url.path()) {
+            Ok(name) => name,
+            Err(e) => return http::text(e.status(), e.message()),
+        };
+        match req.method() {
+            Method::Put => self.create(req, &name).await,
+            Method::Post => self.append(req).await,
+            Method::Get if is_upgrade(&req) => self.subscribe(&req, &url).await,
+            Method::Get => self.read(&req, &url).await,
+            Method::Head => self.head().await,
+            Method::Delete => self.delete().await,
+            _ => http::error(&ProtocolError::MethodNotAllowed),
+        }
+    }
+
+    fn store(&self) -> Result<&Store> {
+        self.store
+            .as_ref()
+            .ok_or_else(|| worker::Error::RustError("storage unavailable".into()))
+    }
+
+    /// The metadata, from memory once loaded.
+    fn meta(&self) -> Result<Option<Meta>> {
+        if let Some(cached) = self.meta.borrow().as_ref() {
+            return Ok(cached.clone());
+        }
+        let loaded = self.store()?.load_meta()?;
+        self.meta.replace(Some(loaded.clone()));
+        Ok(loaded)
+    }
+
+    fn save(&self, meta: &Meta) -> Result<()> {
+        self.store()?.save_meta(meta)?;
+        self.meta.replace(Some(Some(meta.clone())));
+        Ok(())
+    }
+
+    async fn lookup(&self, now: i64) -> Result<Lookup> {
+        Ok(match self.meta()? {
+            None => Lookup::Missing,
+            Some(meta) if meta.expiry.is_expired(meta.accessed_ms, now) => {
+                self.expire(meta).await?;
+                Lookup::Missing
+            }
+            Some(meta) if meta.deleted => Lookup::Deleted,
+            Some(meta) => Lookup::Live(meta),
+        })
+    }
+
+    /// Refreshes a sliding TTL on a read or write.
+    fn touch(&self, meta: &mut Meta, now: i64) -> Result<()> {
+        let Expiry::Ttl(ttl_seconds) = meta.expiry else {
+            return Ok(());
+        };
+        let every = TOUCH_EVERY_MS.min(ttl_seconds.saturating_mul(50).min(1000) as i64);
+        if now - meta.accessed_ms >= every {
+            meta.accessed_ms = now;
+            self.store()?.touch(now)?;
+            self.meta.replace(Some(Some(meta.clone())));
+        }
+        Ok(())
+    }
+
+    async fn schedule_alarm(&self, deadline_ms: i64) -> Result<()> {
+        let when = js_sys::Date::new(&js_sys::Number::from(deadline_ms as f64));
+        self.state
+            .storage()
+            .set_alarm(worker::ScheduledTime::new(when))
+            .await
+    }
+
+    /// An expired stream goes away, unless forks still read through it.
+    async fn expire(&self, meta: Meta) -> Result<()> {
+        if meta.forks > 0 {
+            if !meta.deleted {
+                let mut meta = meta;
+                meta.deleted = true;
+                meta.expiry = Expiry::Never;
+                self.save(&meta)?;
+                live::gone(&self.state);
+            }
+            Ok(())
+        } else {
+            self.remove(meta).await
+        }
+    }
+
+    /// Deletes every row and, for a fork, lets go of the source.
+    async fn remove(&self, meta: Meta) -> Result<()> {
+        self.store()?.purge()?;
+        self.meta.replace(Some(None));
+        live::gone(&self.state);
+        let _ = self.state.storage().delete_alarm().await;
+        if let Some(fork) = &meta.fork {
+            fork::release(&self.env, &fork.source).await?;
+        }
+        Ok(())
+    }
+
+    async fn create(&self, mut req: Request, name: &StreamName) -> Result<Response> {
+        let body = match http::read_body(&mut req, self.config.max_append_bytes).await? {
+            Ok(body) => body,
+            Err(e) => return http::error(&e),
+        };
+        let headers = req.headers();
+        let request = match parse_create(headers) {
+            Ok(r) => r,
+            Err(e) => return http::error(&e),
+        };
+        let now = now_ms();
+        match self.lookup(now).await? {
+            Lookup::Live(meta) => return self.existing(&meta, &request),
+            Lookup::Deleted => return http::error(&ProtocolError::PathInUse),
+            Lookup::Missing => {}
+        }
+        if let Some(fork) = &request.fork {
+            return self
+                .create_fork(name, &request, fork.clone(), body, now)
+                .await;
+        }
+        let content_type = request
+            .content_type
+            .clone()
+            .unwrap_or_else(ContentType::default_type);
+        let meta = Meta {
+            path: name.full_path(),
+            instance: new_instance(),
+            content_type,
+            expiry: request.expiry,
+            accessed_ms: now,
+            closed: request.closed,
+            closed_by: None,
+            base: Offset::ZERO,
+            tail: Offset::ZERO,
+            last_stream_seq: None,
+            fork: None,
+            forks: 0,
+            deleted: false,
+        };
+        self.finish_create(meta, &body).await
+    }
+
+    /// Writes a new stream's metadata and initial body, and answers 201.
+    async fn finish_create(&self, mut meta: Meta, body: &[u8]) -> Result<Response> {
+        let data = match initial_data(&meta, body) {
+            Ok(data) => data,
+            Err(e) => return http::error(&e),
+        };
+        let Some(tail) = meta
+            .base
+            .checked_add(data.len() as u64)
+            .filter(|t| t.position() <= MAX_POSITION)
+        else {
+            return http::error(&ProtocolError::StreamFull);
+        };
+        self.store()?.append(meta.base, &data, meta.is_json())?;
+        meta.tail = tail;
+        self.save(&meta)?;
+        if let Some(deadline) = meta.expiry.deadline(meta.accessed_ms) {
+            self.schedule_alarm(deadline).await?;
+        }
+        let resp = Response::empty()?.with_status(201);
+        let headers = resp.headers();
+        headers.set(h::CONTENT_TYPE, meta.content_type.as_str())?;
+        headers.set(h::STREAM_NEXT_OFFSET, &meta.tail.to_string())?;
+        if meta.closed {
+            headers.set(h::STREAM_CLOSED, "true")?;
+        }
+        Ok(resp)
+    }
+
+    /// PUT on a stream that exists: 200 when the configuration matches, else 409.
+    fn existing(&self, meta: &Meta, request: &CreateRequest) -> Result<Response> {
+        let config = ExistingConfig {
+            content_type: &meta.content_type,
+            expiry: meta.expiry,
+            closed: meta.closed,
+            fork: meta.fork.as_ref(),
+        };
+        match request.compare(&config) {
+            CreateOutcome::Conflict => http::error(&ProtocolError::ConfigMismatch),
+            CreateOutcome::Matches => {
+                let resp = Response::empty()?;
+                let headers = resp.headers();
+                headers.set(h::CONTENT_TYPE, meta.content_type.as_str())?;
+                headers.set(h::STREAM_NEXT_OFFSET, &meta.tail.to_string())?;
+                if meta.closed {
+                    headers.set(h::STREAM_CLOSED, "true")?;
+                }
+                Ok(resp)
+            }
+        }
+    }
+
+    async fn append(&self, mut req: Request) -> Result<Response> {
+        let body = match http::read_body(&mut req, self.config.max_append_bytes).await? {
+            Ok(body) => body,
+            Err(e) => return http::error(&e),
+        };
+        // From here on there is no await until the response: the append is one atomic turn.
+        let headers = req.headers();
+        let now = now_ms();
+        let mut meta = match self.lookup(now).await? {
+            Lookup::Live(meta) => meta,
+            Lookup::Deleted => return http::error(&ProtocolError::Gone),
+            Lookup::Missing => return http::error(&ProtocolError::NotFound),
+        };
+        let producer_id = header(headers, h::PRODUCER_ID);
+        let producer_epoch = header(headers, h::PRODUCER_EPOCH);
+        let producer_seq = header(headers, h::PRODUCER_SEQ);
+        let producer = match ProducerHeaders::parse(
+            producer_id.as_deref(),
+            producer_epoch.as_deref(),
+            producer_seq.as_deref(),
+        ) {
+            Ok(p) => p,
+            Err(e) => return http::error(&e.into()),
+        };
+        let stream_seq = header(headers, h::STREAM_SEQ);
+        let content_type = header(headers, h::CONTENT_TYPE);
+        let request = AppendRequest {
+            content_type: content_type.as_deref(),
+            body_len: body.len(),
+            close: h::is_closed(header(headers, h::STREAM_CLOSED).as_deref()),
+            stream_seq: stream_seq.as_deref(),
+            producer: producer.clone(),
+        };
+        let store = self.store()?;
+        let stored = match &producer {
+            Some(p) => store.producer(p.id)?,
+            None => None,
+        };
+        let target = AppendTarget {
+            content_type: &meta.content_type,
+            closed: meta.closed,
+            closed_by: meta.closed_by.as_ref(),
+            tail: meta.tail,
+            last_stream_seq: meta.last_stream_seq.as_deref(),
+        };
+        let plan = match stream::plan_append(&target, &request, stored) {
+            Ok(plan) => plan,
+            Err(e) => return http::error(&e),
+        };
+        let (producer_state, close) = match plan {
+            AppendPlan::AlreadyDone { duplicate, closed } => {
+                let resp = Response::empty()?.with_status(204);
+                let out = resp.headers();
+                out.set(h::STREAM_NEXT_OFFSET, &meta.tail.to_string())?;
+                if closed {
+                    out.set(h::STREAM_CLOSED, "true")?;
+                }
+                for (name, value) in duplicate.map(|d| d.headers()).unwrap_or_default() {
+                    out.set(name, &value)?;
+                }
+                return Ok(resp);
+            }
+            AppendPlan::Write { producer, close } => (producer, close),
+        };
+        let data = if meta.is_json() && !body.is_empty() {
+            match json::split_messages(&body, Purpose::Append) {
+                Ok(spans) => json::frame(&body, &spans),
+                Err(e) => return http::error(&e.into()),
+            }
+        } else {
+            body
+        };
+        let start = meta.tail;
+        let Some(tail) = start
+            .checked_add(data.len() as u64)
+            .filter(|t| t.position() <= MAX_POSITION)
+        else {
+            return http::error(&ProtocolError::StreamFull);
+        };
+        store.append(start, &data, meta.is_json())?;
+        if let (Some(p), Some(state)) = (&producer, producer_state) {
+            store.save_producer(p.id, state, now)?;
+        }
+        meta.tail = tail;
+        if let Some(seq) = stream_seq {
+            meta.last_stream_seq = Some(seq);
+        }
+        if close {
+            meta.closed = true;
+            meta.closed_by = producer.as_ref().map(|p| ClosingProducer {
+                id: p.id.to_string(),
+                epoch: p.epoch,
+                seq: p.seq,
+            });
+        }
+        if matches!(meta.expiry, Expiry::Ttl(_)) {
+            meta.accessed_ms = now;
+        }
+        self.save(&meta)?;
+        live::publish(&self.state, start, tail, meta.closed, &data, meta.is_json());
+
+        // A producer's data append is acknowledged with 200; a close-only request has no data.
+        let status = if producer_state.is_some() && !data.is_empty() {
+            200
+        } else {
+            204
+        };
+        let resp = Response::empty()?.with_status(status);
+        let out = resp.headers();
+        out.set(h::STREAM_NEXT_OFFSET, &tail.to_string())?;
+        if meta.closed {
+            out.set(h::STREAM_CLOSED, "true")?;
+        }
+        if let Some(state) = producer_state {
+            out.set(h::PRODUCER_EPOCH, &state.epoch.to_string())?;
+            out.set(h::PRODUCER_SEQ, &state.last_seq.to_string())?;
+        }
+        Ok(resp)
+    }
+
+    async fn head(&self) -> Result<Response> {
+        let meta = match self.lookup(now_ms()).await? {
+            Lookup::Live(meta) => meta,
+            Lookup::Deleted => return http::error(&ProtocolError::Gone),
+            Lookup::Missing => return http::error(&ProtocolError::NotFound),
+        };
+        let headers = Headers::new();
+        headers.set(h::CONTENT_TYPE, meta.content_type.as_str())?;
+        headers.set(h::STREAM_NEXT_OFFSET, &meta.tail.to_string())?;
+        headers.set(h::CACHE_CONTROL, "no-store")?;
+        if let Some(ttl) = meta.expiry.ttl_seconds() {
+            headers.set(h::STREAM_TTL, &ttl.to_string())?;
+        }
+        if let Some(at) = meta.expiry.expires_at_ms() {
+            headers.set(h::STREAM_EXPIRES_AT, &edgestream::time::format_rfc3339(at))?;
+        }
+        if meta.closed {
+            headers.set(h::STREAM_CLOSED, "true")?;
+        }
+        Ok(Response::empty()?.with_headers(headers))
+    }
+
+    async fn delete(&self) -> Result<Response> {
+        let meta = match self.lookup(now_ms()).await? {
+            Lookup::Live(meta) => meta,
+            Lookup::Deleted => return http::error(&ProtocolError::Gone),
+            Lookup::Missing => return http::error(&ProtocolError::NotFound),
+        };
+        if meta.forks > 0 {
+            let mut meta = meta;
+            meta.deleted = true;
+            self.save(&meta)?;
+            live::gone(&self.state);
+        } else {
+            self.remove(meta).await?;
+        }
+        Ok(Response::empty()?.with_status(204))
+    }
+
+    /// Resolves a read's starting point against the stream, refusing offsets past the tail.
+    fn start_of(from: ReadFrom, meta: &Meta) -> std::result::Result<Offset, ProtocolError> {
+        match from {
+            ReadFrom::Start => Ok(Offset::ZERO),
+            ReadFrom::Now => Ok(meta.tail),
+            ReadFrom::At(o) if o > meta.tail => Err(ProtocolError::BadRequest(
+                "offset is beyond the end of the stream",
+            )),
+            ReadFrom::At(o) => Ok(o),
+        }
+    }
+
+    /// Catch-up read.
+    async fn read(&self, req: &Request, url: &worker::Url) -> Result<Response> {
+        let now = now_ms();
+        let mut meta = match self.lookup(now).await? {
+            Lookup::Live(meta) => meta,
+            Lookup::Deleted => return http::error(&ProtocolError::Gone),
+            Lookup::Missing => return http::error(&ProtocolError::NotFound),
+        };
+        let from = match ReadFrom::from_query(
+            http::query_values(url, "offset").iter().map(String::as_str),
+        ) {
+            Ok(from) => from,
+            Err(e) => return http::error(&e.into()),
+        };
+        self.touch(&mut meta, now)?;
+        if from == ReadFrom::Now {
+            return reply::at_now(
+                meta.content_type.as_str(),
+                meta.is_json(),
+                meta.tail,
+                meta.closed,
+            );
+        }
+        let start = match Self::start_of(from, &meta) {
+            Ok(start) => start,
+            Err(e) => return http::error(&e),
+        };
+        self.page_response(req, meta, start, None).await
+    }
+
+    /// Reads one page from `start` and answers it as a catch-up response.
+    async fn page_response(
+        &self,
+        req: &Request,
+        meta: Meta,
+        start: Offset,
+        cursor: Option<u64>,
+    ) -> Result<Response> {
+        let page = match self.read_page(&meta, start, meta.tail, PAGE_BYTES).await? {
+            Ok(page) => page,
+            Err(e) => return http::error(&e),
+        };
+        // A fork's read may have awaited its source; report closure as it stands now.
+        let now_meta = self.meta()?.unwrap_or(meta);
+        let up_to_date = page.end >= now_meta.tail;
+        let reply = ReadReply {
+            content_type: now_meta.content_type.as_str(),
+            json: now_meta.is_json(),
+            data: &page.data,
+            start,
+            end: page.end,
+            up_to_date,
+            closed: now_meta.closed && up_to_date,
+            instance: &now_meta.instance,
+            cursor,
+        };
+        reply.respond(header(req.headers(), h::IF_NONE_MATCH).as_deref())
+    }
+
+    /// Reads `[from, to)` up to `budget` bytes, stitching a fork's inherited range from its
+    /// source with its own rows.
+    async fn read_page(
+        &self,
+        meta: &Meta,
+        from: Offset,
+        to: Offset,
+        budget: usize,
+    ) -> Result<std::result::Result<Page, ProtocolError>> {
+        let mut page = Page {
+            data: Vec::new(),
+            end: from,
+        };
+        if from < meta.base {
+            let Some(fork) = &meta.fork else {
+                return Ok(Err(ProtocolError::BadRequest(
+                    "offset is before the stream's data",
+                )));
+            };
+            let inherited_to = to.min(meta.base);
+            match fork::read_source(&self.env, &fork.source, from, inherited_to, budget).await? {
+                Ok(p) => page = p,
+                Err(e) => return Ok(Err(e)),
+            }
+            if page.end < inherited_to || page.data.len() >= budget {
+                return Ok(Ok(page));
+            }
+        }
+        let own_to = to.min(meta.tail);
+        if page.end >= own_to {
+            return Ok(Ok(page));
+        }
+        match self
+            .store()?
+            .read(page.end, own_to, budget - page.data.len(), meta.is_json())?
+        {
+            Ok(own) => {
+                page.data.extend_from_slice(&own.data);
+                page.end = own.end;
+                Ok(Ok(page))
+            }
+            Err(ReadError::NotABoundary) => Ok(Err(ProtocolError::BadRequest(
+                "offset is inside a JSON message",
+            ))),
+        }
+    }
+
+    /// A live reader from the edge: long-poll, SSE or WebSocket follow.
+    async fn subscribe(&self, req: &Request, url: &worker::Url) -> Result<Response> {
+        let now = now_ms();
+        let mut meta = match self.lookup(now).await? {
+            Lookup::Live(meta) => meta,
+            Lookup::Deleted => return http::error(&ProtocolError::Gone),
+            Lookup::Missing => return http::error(&ProtocolError::NotFound),
+        };
+        let mode = match LiveMode::parse(http::query_value(url, "live").as_deref()) {
+            Ok(Some(mode)) => mode,
+            Ok(None) => LiveMode::Sse,
+            Err(e) => return http::error(&e.into()),
+        };
+        let from = match ReadFrom::from_query(
+            http::query_values(url, "offset").iter().map(String::as_str),
+        ) {
+            Ok(from) => from,
+            Err(e) => return http::error(&e.into()),
+        };
+        let start = match Self::start_of(from, &meta) {
+            Ok(start) => start,
+            Err(e) => return http::error(&e),
+        };
+        self.touch(&mut meta, now)?;
+        let long_poll = mode == LiveMode::LongPoll;
+        let backlog = meta.tail.distance_from(start);
+        if start < meta.base || (long_poll && backlog > 0) || backlog > live::FRAME_BYTES as u64 {
+            // Data is already there: answer it as a page; the edge comes back for the rest.
+            return self.page_response(req, meta, start, None).await;
+        }
+        if long_poll && meta.closed {
+            return reply::no_content(meta.tail, true, None);
+        }
+        let resp = live::accept(&self.state, self.store()?, &meta, start, mode)?;
+        let headers = resp.headers();
+        headers.set(reply::X_CONTENT_TYPE, meta.content_type.as_str())?;
+        headers.set(reply::X_INSTANCE, &meta.instance)?;
+        headers.set(h::STREAM_NEXT_OFFSET, &start.to_string())?;
+        if meta.closed {
+            headers.set(h::STREAM_CLOSED, "true")?;
+        }
+        Ok(resp)
+    }
+
+    /// Object-to-object calls: forks and their sources.
+    async fn internal(&self, op: &str, mut req: Request, url: &worker::Url) -> Result<Response> {
+        let position = |name: &str| -> Option<Offset> {
+            http::query_value(url, name)
+                .and_then(|v| v.parse::<u64>().ok())
+                .and_then(Offset::new)
+        };
+        match op {
+            "read" => {
+                let (Some(from), Some(to), Some(budget)) =
+                    (position("from"), position("to"), position("budget"))
+                else {
+                    return http::text(400, "bad internal read");
+                };
+                let Some(meta) = self.meta()? else {
+                    return http::error(&ProtocolError::NotFound);
+                };
+                match self
+                    .read_page(&meta, from, to.min(meta.tail), budget.position() as usize)
+                    .await?
+                {
+                    Ok(page) => {
+                        let resp = Response::from_bytes(page.data)?;
+                        resp.headers()
+                            .set(X_PAGE_END, &page.end.position().to_string())?;
+                        Ok(resp)
+                    }
+                    Err(e) => http::error(&e),
+                }
+            }
+            "append-from" => {
+                let (Some(at), Some(cap)) = (position("at"), position("cap")) else {
+                    return http::text(400, "bad internal append-from");
+                };
+                let Some(meta) = self.meta()? else {
+                    return http::error(&ProtocolError::NotFound);
+                };
+                match fork::append_from(self, &meta, at, cap).await? {
+                    Some(page) => {
+                        let resp = Response::from_bytes(page.data)?;
+                        resp.headers()
+                            .set(X_PAGE_END, &page.end.position().to_string())?;
+                        Ok(resp)
+                    }
+                    None => http::error(&ProtocolError::ForkOffsetOutOfRange),
+                }
+            }
+            "fork-acquire" => {
+                let body = req.bytes().await?;
+                fork::acquire(self, &body).await
+            }
+            "fork-release" => fork::on_release(self).await,
+            _ => http::text(404, "unknown internal operation"),
+        }
+    }
+}
+
+fn is_upgrade(req: &Request) -> bool {
+    header(req.headers(), "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// A random id for a new incarnation of a stream.
+fn new_instance() -> String {
+    format!("{:08x}{:08x}", http::random_u32(), http::random_u32())
+}
+
+/// The request headers of a PUT, parsed.
+fn parse_create(headers: &Headers) -> std::result::Result<CreateRequest, ProtocolError> {
+    let content_type = match header(headers, h::CONTENT_TYPE).filter(|v| !v.trim().is_empty()) {
+        Some(v) => Some(ContentType::parse(&v)?),
+        None => None,
+    };
+    let expiry = Expiry::from_headers(
+        header(headers, h::STREAM_TTL).as_deref(),
+        header(headers, h::STREAM_EXPIRES_AT).as_deref(),
+    )?;
+    let closed = h::is_closed(header(headers, h::STREAM_CLOSED).as_deref());
+    let forked_from = header(headers, h::STREAM_FORKED_FROM);
+    let fork_offset = header(headers, h::STREAM_FORK_OFFSET);
+    let sub_offset = header(headers, h::STREAM_FORK_SUB_OFFSET);
+    let fork = match h::ForkHeaders::parse(
+        forked_from.as_deref(),
+        fork_offset.as_deref(),
+        sub_offset.as_deref(),
+    )? {
+        None => None,
+        Some(f) => {
+            let source = StreamName::from_header_path(f.source)
+                .map_err(|_| ProtocolError::Header(h::HeaderError::ForkedFrom))?;
+            Some(stream::ForkRequest {
+                source: source.full_path(),
+                offset: f.offset,
+                sub_offset: f.sub_offset,
+            })
+        }
+    };
+    Ok(CreateRequest {
+        content_type,
+        expiry,
+        closed,
+        fork,
+    })
+}
+
+/// A PUT body as stored: JSON bodies are validated and framed (`[]` means no messages).
+fn initial_data(meta: &Meta, body: &[u8]) -> std::result::Result<Vec<u8>, ProtocolError> {
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
+    if meta.is_json() {
+        let spans = json::split_messages(body, Purpose::Create)?;
+        Ok(json::frame(body, &spans))
+    } else {
+        Ok(body.to_vec())
+    }
+}

@@ -1,0 +1,542 @@
+//! The stream's SQLite schema and every row it reads or writes.
+//!
+//! One Durable Object holds one stream: a single `stream` row of metadata, the `log` of data rows
+//! keyed by their start position, and one `producers` row per idempotent producer. Every call
+//! here is synchronous, so a sequence of calls with no `await` between them commits atomically.
+
+use edgestream::json;
+use edgestream::producer::{ClosingProducer, ProducerState};
+use edgestream::stream::{Expiry, ForkRequest};
+use edgestream::{ContentType, Offset};
+use worker::{Result, SqlStorage, SqlStorageValue};
+
+/// Largest data row. SQLite rows in Durable Objects are capped at 2 MB; larger appends span rows.
+pub const ROW_BYTES: usize = 1024 * 1024;
+/// Largest position a stream may reach: JavaScript numbers carry positions through SQLite.
+pub const MAX_POSITION: u64 = (1 << 53) - 1;
+
+/// Row flag: the row ends on a message boundary (end of an append, or of a JSON message).
+const ENDS_MESSAGE: i64 = 1;
+/// Row flag: the row starts on a message boundary.
+const STARTS_MESSAGE: i64 = 2;
+/// Row flag: the row is the last of an append.
+const ENDS_APPEND: i64 = 4;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS stream (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  path TEXT NOT NULL,
+  instance TEXT NOT NULL,
+  content_type TEXT NOT NULL,
+  expiry_kind INTEGER NOT NULL,
+  expiry_value INTEGER NOT NULL,
+  accessed_ms INTEGER NOT NULL,
+  closed INTEGER NOT NULL,
+  closed_by_id TEXT,
+  closed_by_epoch INTEGER,
+  closed_by_seq INTEGER,
+  base INTEGER NOT NULL,
+  tail INTEGER NOT NULL,
+  last_stream_seq TEXT,
+  fork_source TEXT,
+  fork_offset INTEGER,
+  fork_sub_offset INTEGER,
+  forks INTEGER NOT NULL,
+  deleted INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS log (
+  start INTEGER PRIMARY KEY,
+  data BLOB NOT NULL,
+  flags INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS producers (
+  id TEXT PRIMARY KEY,
+  epoch INTEGER NOT NULL,
+  last_seq INTEGER NOT NULL,
+  updated_ms INTEGER NOT NULL
+);
+";
+
+/// The stream's metadata row.
+#[derive(Clone, Debug)]
+pub struct Meta {
+    /// Full path (`/v1/stream/<name>`).
+    pub path: String,
+    /// Random id of this incarnation of the stream; a stream recreated at the same path gets a
+    /// new one, so old ETags never match.
+    pub instance: String,
+    pub content_type: ContentType,
+    pub expiry: Expiry,
+    pub accessed_ms: i64,
+    pub closed: bool,
+    pub closed_by: Option<ClosingProducer>,
+    /// For forks, the divergence point: positions below it are read from the source.
+    pub base: Offset,
+    pub tail: Offset,
+    pub last_stream_seq: Option<String>,
+    pub fork: Option<ForkRequest>,
+    /// Live forks that read through this stream.
+    pub forks: u64,
+    /// Deleted while forks still read through it: 410 to clients, data kept for the forks.
+    pub deleted: bool,
+}
+
+impl Meta {
+    pub fn is_json(&self) -> bool {
+        self.content_type.is_json()
+    }
+}
+
+/// A contiguous range of the log.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub data: Vec<u8>,
+    pub end: Offset,
+}
+
+/// Why a read position is unusable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// Inside a JSON message: a read from here could not produce a JSON array.
+    NotABoundary,
+}
+
+pub struct Store {
+    sql: SqlStorage,
+}
+
+fn int(v: Option<&SqlStorageValue>) -> i64 {
+    match v {
+        Some(SqlStorageValue::Integer(i)) => *i,
+        Some(SqlStorageValue::Float(f)) => *f as i64,
+        Some(SqlStorageValue::Boolean(b)) => i64::from(*b),
+        _ => 0,
+    }
+}
+
+fn opt_int(v: Option<&SqlStorageValue>) -> Option<i64> {
+    match v {
+        None | Some(SqlStorageValue::Null) => None,
+        other => Some(int(other)),
+    }
+}
+
+fn text(v: Option<&SqlStorageValue>) -> Option<String> {
+    match v {
+        Some(SqlStorageValue::String(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn offset(v: Option<&SqlStorageValue>) -> Offset {
+    Offset::new(u64::try_from(int(v)).unwrap_or(0)).unwrap_or(Offset::ZERO)
+}
+
+fn pos(o: Offset) -> SqlStorageValue {
+    SqlStorageValue::Integer(o.position() as i64)
+}
+
+fn opt_text(s: Option<&str>) -> SqlStorageValue {
+    s.map_or(SqlStorageValue::Null, |s| {
+        SqlStorageValue::String(s.to_string())
+    })
+}
+
+impl Store {
+    /// Opens the store, creating the schema on first use.
+    pub fn open(sql: SqlStorage) -> Result<Store> {
+        sql.exec(SCHEMA, None)?;
+        Ok(Store { sql })
+    }
+
+    fn rows(
+        &self,
+        query: &str,
+        bindings: Vec<SqlStorageValue>,
+    ) -> Result<Vec<Vec<SqlStorageValue>>> {
+        self.sql.exec(query, bindings)?.raw().collect()
+    }
+
+    /// The metadata row, if a stream exists here.
+    pub fn load_meta(&self) -> Result<Option<Meta>> {
+        let rows = self.rows(
+            "SELECT path, instance, content_type, expiry_kind, expiry_value, accessed_ms, closed,
+                    closed_by_id, closed_by_epoch, closed_by_seq, base, tail, last_stream_seq,
+                    fork_source, fork_offset, fork_sub_offset, forks, deleted
+             FROM stream WHERE id = 1",
+            vec![],
+        )?;
+        let Some(r) = rows.first() else {
+            return Ok(None);
+        };
+        let g = |i: usize| r.get(i);
+        let content_type = text(g(2))
+            .and_then(|t| ContentType::parse(&t).ok())
+            .unwrap_or_else(ContentType::default_type);
+        let expiry = match int(g(3)) {
+            1 => Expiry::Ttl(u64::try_from(int(g(4))).unwrap_or(0)),
+            2 => Expiry::At(int(g(4))),
+            _ => Expiry::Never,
+        };
+        let closed_by = text(g(7)).map(|id| ClosingProducer {
+            id,
+            epoch: u64::try_from(int(g(8))).unwrap_or(0),
+            seq: u64::try_from(int(g(9))).unwrap_or(0),
+        });
+        let fork = text(g(13)).map(|source| ForkRequest {
+            source,
+            offset: opt_int(g(14)).and_then(|p| Offset::new(u64::try_from(p).ok()?)),
+            sub_offset: u64::try_from(int(g(15))).unwrap_or(0),
+        });
+        Ok(Some(Meta {
+            path: text(g(0)).unwrap_or_default(),
+            instance: text(g(1)).unwrap_or_default(),
+            content_type,
+            expiry,
+            accessed_ms: int(g(5)),
+            closed: int(g(6)) != 0,
+            closed_by,
+            base: offset(g(10)),
+            tail: offset(g(11)),
+            last_stream_seq: text(g(12)),
+            fork,
+            forks: u64::try_from(int(g(16))).unwrap_or(0),
+            deleted: int(g(17)) != 0,
+        }))
+    }
+
+    /// Writes the whole metadata row.
+    pub fn save_meta(&self, m: &Meta) -> Result<()> {
+        let (kind, value) = match m.expiry {
+            Expiry::Never => (0, 0),
+            Expiry::Ttl(s) => (1, i64::try_from(s).unwrap_or(i64::MAX)),
+            Expiry::At(at) => (2, at),
+        };
+        let closed_by = m.closed_by.as_ref();
+        self.sql.exec(
+            "INSERT OR REPLACE INTO stream (id, path, instance, content_type, expiry_kind, expiry_value,
+                accessed_ms, closed, closed_by_id, closed_by_epoch, closed_by_seq, base, tail,
+                last_stream_seq, fork_source, fork_offset, fork_sub_offset, forks, deleted)
+             VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                m.path.clone().into(),
+                m.instance.clone().into(),
+                m.content_type.as_str().into(),
+                SqlStorageValue::Integer(kind),
+                SqlStorageValue::Integer(value),
+                SqlStorageValue::Integer(m.accessed_ms),
+                SqlStorageValue::Integer(i64::from(m.closed)),
+                opt_text(closed_by.map(|c| c.id.as_str())),
+                closed_by.map_or(SqlStorageValue::Null, |c| SqlStorageValue::Integer(c.epoch as i64)),
+                closed_by.map_or(SqlStorageValue::Null, |c| SqlStorageValue::Integer(c.seq as i64)),
+                pos(m.base),
+                pos(m.tail),
+                opt_text(m.last_stream_seq.as_deref()),
+                opt_text(m.fork.as_ref().map(|f| f.source.as_str())),
+                m.fork.as_ref().and_then(|f| f.offset).map_or(SqlStorageValue::Null, pos),
+                SqlStorageValue::Integer(m.fork.as_ref().map_or(0, |f| f.sub_offset as i64)),
+                SqlStorageValue::Integer(m.forks as i64),
+                SqlStorageValue::Integer(i64::from(m.deleted)),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records a read or write for the sliding TTL.
+    pub fn touch(&self, accessed_ms: i64) -> Result<()> {
+        self.sql.exec(
+            "UPDATE stream SET accessed_ms = ? WHERE id = 1",
+            vec![SqlStorageValue::Integer(accessed_ms)],
+        )?;
+        Ok(())
+    }
+
+    /// Appends `data` at `start`, split into rows that never exceed [`ROW_BYTES`]. JSON data is
+    /// cut at message boundaries where a message fits in a row; anything else at append ends.
+    pub fn append(&self, start: Offset, data: &[u8], json: bool) -> Result<()> {
+        let mut at = start.position();
+        let mut insert = |bytes: &[u8], flags: i64| -> Result<()> {
+            if bytes.is_empty() {
+                return Ok(());
+            }
+            self.sql.exec(
+                "INSERT INTO log (start, data, flags) VALUES (?, ?, ?)",
+                vec![
+                    SqlStorageValue::Integer(at as i64),
+                    SqlStorageValue::Blob(bytes.to_vec()),
+                    SqlStorageValue::Integer(flags),
+                ],
+            )?;
+            at += bytes.len() as u64;
+            Ok(())
+        };
+        let pieces = split_rows(data, json);
+        let last = pieces.len().saturating_sub(1);
+        for (i, piece) in pieces.iter().enumerate() {
+            let flags = if i == last {
+                piece.flags | ENDS_APPEND
+            } else {
+                piece.flags
+            };
+            insert(&data[piece.range.clone()], flags)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the log from `from` towards `to`, stopping once `budget` bytes are gathered. JSON
+    /// pages end on message boundaries (a single message larger than the budget is returned
+    /// whole); other pages end exactly at the budget.
+    pub fn read(
+        &self,
+        from: Offset,
+        to: Offset,
+        budget: usize,
+        json: bool,
+    ) -> Result<std::result::Result<Page, ReadError>> {
+        let mut page = Page {
+            data: Vec::new(),
+            end: from,
+        };
+        if from >= to {
+            return Ok(Ok(page));
+        }
+        let floor = self
+            .rows(
+                "SELECT start FROM log WHERE start <= ? ORDER BY start DESC LIMIT 1",
+                vec![pos(from)],
+            )?
+            .first()
+            .map_or(0, |r| int(r.first()));
+        let cursor = self.sql.exec(
+            "SELECT start, data, flags FROM log WHERE start >= ? AND start < ? ORDER BY start",
+            vec![SqlStorageValue::Integer(floor), pos(to)],
+        )?;
+        let mut first = true;
+        for row in cursor.raw() {
+            let row = row?;
+            let start = u64::try_from(int(row.first())).unwrap_or(0);
+            let Some(SqlStorageValue::Blob(data)) = row.get(1) else {
+                continue;
+            };
+            let flags = int(row.get(2));
+            let end = start + data.len() as u64;
+            if end <= from.position() {
+                continue;
+            }
+            let lo = from.position().saturating_sub(start) as usize;
+            if first && lo > 0 && json {
+                let aligned =
+                    flags & STARTS_MESSAGE != 0 && json::message_ends(&data[..]).contains(&lo);
+                if !aligned {
+                    return Ok(Err(ReadError::NotABoundary));
+                }
+            }
+            first = false;
+            let hi = (end.min(to.position()) - start) as usize;
+            let mut slice = &data[lo..hi];
+            if !json {
+                let room = budget.saturating_sub(page.data.len());
+                slice = &slice[..slice.len().min(room)];
+            }
+            page.data.extend_from_slice(slice);
+            page.end = Offset::new(start + (lo + slice.len()) as u64).unwrap_or(page.end);
+            let at_boundary = hi < data.len() || flags & ENDS_MESSAGE != 0;
+            if page.data.len() >= budget && (!json || at_boundary) {
+                break;
+            }
+        }
+        Ok(Ok(page))
+    }
+
+    /// The bytes from `at` to the end of the append that holds `at`, or `None` when no data
+    /// starts at or after `at`. Fork sub-offsets may not reach past this boundary.
+    pub fn append_from(&self, at: Offset) -> Result<Option<Page>> {
+        let cursor = self.sql.exec(
+            "SELECT start, data, flags FROM log
+             WHERE start >= (SELECT coalesce(max(start), 0) FROM log WHERE start <= ?) ORDER BY start",
+            vec![pos(at)],
+        )?;
+        let mut page: Option<Page> = None;
+        for row in cursor.raw() {
+            let row = row?;
+            let start = u64::try_from(int(row.first())).unwrap_or(0);
+            let Some(SqlStorageValue::Blob(data)) = row.get(1) else {
+                continue;
+            };
+            let end = start + data.len() as u64;
+            if end <= at.position() {
+                continue;
+            }
+            let lo = at.position().saturating_sub(start) as usize;
+            let p = page.get_or_insert_with(Page::default);
+            p.data.extend_from_slice(&data[lo..]);
+            p.end = Offset::new(end).unwrap_or(p.end);
+            if int(row.get(2)) & ENDS_APPEND != 0 {
+                break;
+            }
+        }
+        Ok(page)
+    }
+
+    /// The stored state of one producer.
+    pub fn producer(&self, id: &str) -> Result<Option<ProducerState>> {
+        let rows = self.rows(
+            "SELECT epoch, last_seq FROM producers WHERE id = ?",
+            vec![id.into()],
+        )?;
+        Ok(rows.first().map(|r| ProducerState {
+            epoch: u64::try_from(int(r.first())).unwrap_or(0),
+            last_seq: u64::try_from(int(r.get(1))).unwrap_or(0),
+        }))
+    }
+
+    /// Stores a producer's state (in the same turn as the data it accepted).
+    pub fn save_producer(&self, id: &str, state: ProducerState, now_ms: i64) -> Result<()> {
+        self.sql.exec(
+            "INSERT OR REPLACE INTO producers (id, epoch, last_seq, updated_ms) VALUES (?, ?, ?, ?)",
+            vec![
+                id.into(),
+                SqlStorageValue::Integer(state.epoch as i64),
+                SqlStorageValue::Integer(state.last_seq as i64),
+                SqlStorageValue::Integer(now_ms),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes the stream: metadata, data and producers.
+    pub fn purge(&self) -> Result<()> {
+        self.sql.exec(
+            "DELETE FROM log; DELETE FROM producers; DELETE FROM stream;",
+            None,
+        )?;
+        Ok(())
+    }
+}
+
+/// One row's worth of an append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RowPiece {
+    range: core::ops::Range<usize>,
+    flags: i64,
+}
+
+/// Cuts appended data into rows of at most [`ROW_BYTES`]. Byte streams: the append is one
+/// message. JSON: framed messages are packed whole into rows; an oversized message spans rows.
+fn split_rows(data: &[u8], json: bool) -> Vec<RowPiece> {
+    let mut pieces = Vec::new();
+    let push_message = |range: core::ops::Range<usize>, pieces: &mut Vec<RowPiece>| {
+        let mut at = range.start;
+        while at < range.end {
+            let end = (at + ROW_BYTES).min(range.end);
+            let mut flags = 0;
+            if at == range.start {
+                flags |= STARTS_MESSAGE;
+            }
+            if end == range.end {
+                flags |= ENDS_MESSAGE;
+            }
+            pieces.push(RowPiece {
+                range: at..end,
+                flags,
+            });
+            at = end;
+        }
+    };
+    if !json {
+        push_message(0..data.len(), &mut pieces);
+        return pieces;
+    }
+    let mut row_start = 0;
+    let mut prev_end = 0;
+    for end in json::message_ends(data) {
+        if end - row_start > ROW_BYTES && prev_end > row_start {
+            pieces.push(RowPiece {
+                range: row_start..prev_end,
+                flags: STARTS_MESSAGE | ENDS_MESSAGE,
+            });
+            row_start = prev_end;
+        }
+        if end - row_start > ROW_BYTES {
+            push_message(row_start..end, &mut pieces);
+            row_start = end;
+        }
+        prev_end = end;
+    }
+    if prev_end > row_start {
+        pieces.push(RowPiece {
+            range: row_start..prev_end,
+            flags: STARTS_MESSAGE | ENDS_MESSAGE,
+        });
+    }
+    pieces
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn covers(pieces: &[RowPiece], len: usize) -> bool {
+        let mut at = 0;
+        for p in pieces {
+            if p.range.start != at || p.range.len() > ROW_BYTES || p.range.is_empty() {
+                return false;
+            }
+            at = p.range.end;
+        }
+        at == len
+    }
+
+    #[test]
+    fn byte_appends_split_at_the_row_limit() {
+        let data = vec![7u8; ROW_BYTES * 2 + 5];
+        let pieces = split_rows(&data, false);
+        assert_eq!(pieces.len(), 3);
+        assert!(covers(&pieces, data.len()));
+        assert_eq!(pieces[0].flags, STARTS_MESSAGE);
+        assert_eq!(pieces[1].flags, 0);
+        assert_eq!(pieces[2].flags, ENDS_MESSAGE);
+        assert_eq!(
+            split_rows(b"abc", false),
+            vec![RowPiece {
+                range: 0..3,
+                flags: 3
+            }]
+        );
+    }
+
+    #[test]
+    fn json_rows_hold_whole_messages() {
+        let small = "1,".repeat(ROW_BYTES / 2 + 10);
+        let pieces = split_rows(small.as_bytes(), true);
+        assert_eq!(pieces.len(), 2);
+        assert!(covers(&pieces, small.len()));
+        assert!(pieces
+            .iter()
+            .all(|p| p.flags == STARTS_MESSAGE | ENDS_MESSAGE));
+        assert!(pieces.iter().all(|p| p.range.len() % 2 == 0));
+    }
+
+    #[test]
+    fn oversized_json_messages_span_rows() {
+        let big = format!("1,\"{}\",2,", "x".repeat(ROW_BYTES + 100));
+        let pieces = split_rows(big.as_bytes(), true);
+        assert!(covers(&pieces, big.len()));
+        assert_eq!(
+            pieces[0],
+            RowPiece {
+                range: 0..2,
+                flags: 3
+            }
+        );
+        assert_eq!(pieces[1].flags, STARTS_MESSAGE);
+        assert_eq!(pieces[2].flags, ENDS_MESSAGE);
+        assert_eq!(
+            pieces[3],
+            RowPiece {
+                range: big.len() - 2..big.len(),
+                flags: 3
+            }
+        );
+    }
+}

@@ -1,0 +1,100 @@
+//! Responses to reads, built the same way by the object (catch-up) and the edge (long-poll).
+
+use edgestream::headers as h;
+use edgestream::stream::{cache_control, CacheKind};
+use edgestream::{etag, json, Offset};
+use worker::{Headers, Response, Result};
+
+/// Headers the object puts on its WebSocket upgrade so the edge knows the stream's shape.
+pub const X_CONTENT_TYPE: &str = "x-edgestream-content-type";
+pub const X_INSTANCE: &str = "x-edgestream-instance";
+/// The position an internal read page ends at.
+pub const X_PAGE_END: &str = "x-edgestream-page-end";
+
+/// A page of a stream, ready to be answered.
+pub struct ReadReply<'a> {
+    pub content_type: &'a str,
+    pub json: bool,
+    /// Log bytes (framed JSON for JSON streams).
+    pub data: &'a [u8],
+    pub start: Offset,
+    pub end: Offset,
+    pub up_to_date: bool,
+    pub closed: bool,
+    /// The stream incarnation, for the ETag.
+    pub instance: &'a str,
+    /// `Stream-Cursor`, for live reads.
+    pub cursor: Option<u64>,
+}
+
+impl ReadReply<'_> {
+    /// 200 with the body, or 304 when `if_none_match` names this exact page.
+    pub fn respond(&self, if_none_match: Option<&str>) -> Result<Response> {
+        let tag = etag::etag(self.instance, self.start, self.end, self.closed);
+        let kind = if self.data.is_empty() {
+            CacheKind::EmptyAtTail
+        } else {
+            CacheKind::Data
+        };
+        let headers = Headers::new();
+        headers.set(h::ETAG, &tag)?;
+        headers.set(h::CACHE_CONTROL, cache_control(kind, true))?;
+        headers.set(h::STREAM_NEXT_OFFSET, &self.end.to_string())?;
+        if self.up_to_date {
+            headers.set(h::STREAM_UP_TO_DATE, "true")?;
+        }
+        if self.closed {
+            headers.set(h::STREAM_CLOSED, "true")?;
+        }
+        if let (Some(cursor), false) = (self.cursor, self.closed) {
+            headers.set(h::STREAM_CURSOR, &cursor.to_string())?;
+        }
+        if if_none_match.is_some_and(|v| h::if_none_match(v, &tag)) {
+            return Ok(Response::empty()?.with_status(304).with_headers(headers));
+        }
+        headers.set(h::CONTENT_TYPE, self.content_type)?;
+        let body = if self.json {
+            json::render_array(self.data)
+        } else {
+            self.data.to_vec()
+        };
+        Ok(Response::from_bytes(body)?.with_headers(headers))
+    }
+}
+
+/// 200 for `offset=now` catch-up reads: no data, the tail, never cached.
+pub fn at_now(
+    content_type: &str,
+    json_stream: bool,
+    tail: Offset,
+    closed: bool,
+) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set(h::CONTENT_TYPE, content_type)?;
+    headers.set(h::CACHE_CONTROL, cache_control(CacheKind::NoStore, true))?;
+    headers.set(h::STREAM_NEXT_OFFSET, &tail.to_string())?;
+    headers.set(h::STREAM_UP_TO_DATE, "true")?;
+    if closed {
+        headers.set(h::STREAM_CLOSED, "true")?;
+    }
+    let body = if json_stream {
+        b"[]".to_vec()
+    } else {
+        Vec::new()
+    };
+    Ok(Response::from_bytes(body)?.with_headers(headers))
+}
+
+/// 204 for a long-poll with nothing new: the tail, up to date, and a cursor while open.
+pub fn no_content(tail: Offset, closed: bool, cursor: Option<u64>) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set(h::CACHE_CONTROL, cache_control(CacheKind::NoStore, true))?;
+    headers.set(h::STREAM_NEXT_OFFSET, &tail.to_string())?;
+    headers.set(h::STREAM_UP_TO_DATE, "true")?;
+    if closed {
+        headers.set(h::STREAM_CLOSED, "true")?;
+    } else if let Some(cursor) = cursor {
+        headers.set(h::STREAM_CURSOR, &cursor.to_string())?;
+    }
+    Ok(Response::empty()?.with_status(204).with_headers(headers))
+}

@@ -1,0 +1,132 @@
+//! An owned WebSocket event queue.
+//!
+//! `worker::WebSocket::events()` borrows its socket, which cannot live inside a `'static`
+//! response body stream, and it panics if an event arrives after the stream is dropped. This
+//! wrapper owns the socket and its listeners, ignores events nobody waits for, and removes its
+//! listeners when dropped.
+
+use futures_channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
+use futures_util::StreamExt;
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::JsCast;
+use worker::web_sys;
+
+/// What a socket reported.
+#[derive(Debug)]
+pub enum SocketEvent {
+    Binary(Vec<u8>),
+    Text(String),
+    /// Closed (cleanly or not), or failed: nothing more will arrive.
+    Closed,
+}
+
+type Listener<T> = Closure<dyn FnMut(T)>;
+
+/// A WebSocket with its incoming events queued for `next().await`.
+pub struct Socket {
+    ws: web_sys::WebSocket,
+    rx: UnboundedReceiver<SocketEvent>,
+    on_message: Listener<web_sys::MessageEvent>,
+    on_close: Listener<web_sys::CloseEvent>,
+    on_error: Listener<web_sys::Event>,
+    finished: bool,
+}
+
+fn forward<T>(
+    tx: &UnboundedSender<SocketEvent>,
+    f: impl Fn(T) -> SocketEvent + 'static,
+) -> Listener<T>
+where
+    T: wasm_bindgen::convert::FromWasmAbi + 'static,
+{
+    let tx = tx.clone();
+    Closure::wrap(Box::new(move |event: T| {
+        // A send fails only when the receiver is gone, and then nobody is waiting.
+        let _ = tx.unbounded_send(f(event));
+    }) as Box<dyn FnMut(T)>)
+}
+
+impl Socket {
+    /// Starts listening on `ws` and accepts it (for sockets from `fetch` or a `WebSocketPair`).
+    pub fn accept(ws: worker::WebSocket) -> worker::Result<Socket> {
+        let socket = Socket::listen(ws.as_ref().clone())?;
+        ws.accept()?;
+        Ok(socket)
+    }
+
+    fn listen(ws: web_sys::WebSocket) -> worker::Result<Socket> {
+        let (tx, rx) = unbounded();
+        let on_message = forward(&tx, |e: web_sys::MessageEvent| {
+            let data = e.data();
+            if let Some(text) = data.as_string() {
+                SocketEvent::Text(text)
+            } else if let Some(buffer) = data.dyn_ref::<js_sys::ArrayBuffer>() {
+                SocketEvent::Binary(js_sys::Uint8Array::new(buffer).to_vec())
+            } else if let Some(bytes) = data.dyn_ref::<js_sys::Uint8Array>() {
+                SocketEvent::Binary(bytes.to_vec())
+            } else {
+                SocketEvent::Closed
+            }
+        });
+        let on_close = forward(&tx, |_: web_sys::CloseEvent| SocketEvent::Closed);
+        let on_error = forward(&tx, |_: web_sys::Event| SocketEvent::Closed);
+        ws.add_event_listener_with_callback("message", on_message.as_ref().unchecked_ref())?;
+        ws.add_event_listener_with_callback("close", on_close.as_ref().unchecked_ref())?;
+        ws.add_event_listener_with_callback("error", on_error.as_ref().unchecked_ref())?;
+        Ok(Socket {
+            ws,
+            rx,
+            on_message,
+            on_close,
+            on_error,
+            finished: false,
+        })
+    }
+
+    /// The next event; `Closed` forever once the socket has closed.
+    pub async fn next(&mut self) -> SocketEvent {
+        if self.finished {
+            return SocketEvent::Closed;
+        }
+        match self.rx.next().await {
+            Some(SocketEvent::Closed) | None => {
+                self.finished = true;
+                SocketEvent::Closed
+            }
+            Some(event) => event,
+        }
+    }
+
+    pub fn send_bytes(&self, bytes: &[u8]) -> worker::Result<()> {
+        self.ws.send_with_u8_array(bytes)?;
+        Ok(())
+    }
+
+    pub fn send_text(&self, text: &str) -> worker::Result<()> {
+        self.ws.send_with_str(text)?;
+        Ok(())
+    }
+
+    /// Closes the socket; errors (already closed) are ignored.
+    pub fn close(&self, code: u16, reason: &str) {
+        let _ = self.ws.close_with_code_and_reason(code, reason);
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        let _ = self.ws.remove_event_listener_with_callback(
+            "message",
+            self.on_message.as_ref().unchecked_ref(),
+        );
+        let _ = self
+            .ws
+            .remove_event_listener_with_callback("close", self.on_close.as_ref().unchecked_ref());
+        let _ = self
+            .ws
+            .remove_event_listener_with_callback("error", self.on_error.as_ref().unchecked_ref());
+        if !self.finished {
+            let _ = self.ws.close_with_code_and_reason(1000, "done");
+        }
+    }
+}
