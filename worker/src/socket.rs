@@ -55,15 +55,17 @@ impl Socket {
     }
 
     fn listen(ws: web_sys::WebSocket) -> worker::Result<Socket> {
+        // Newer compatibility dates deliver binary messages as `Blob`s unless told otherwise.
+        ws.set_binary_type(web_sys::BinaryType::Arraybuffer);
         let (tx, rx) = unbounded();
         let on_message = forward(&tx, |e: web_sys::MessageEvent| {
             let data = e.data();
             if let Some(text) = data.as_string() {
                 SocketEvent::Text(text)
-            } else if let Some(buffer) = data.dyn_ref::<js_sys::ArrayBuffer>() {
-                SocketEvent::Binary(js_sys::Uint8Array::new(buffer).to_vec())
-            } else if let Some(bytes) = data.dyn_ref::<js_sys::Uint8Array>() {
-                SocketEvent::Binary(bytes.to_vec())
+            } else if data.is_object() {
+                // An ArrayBuffer, possibly from another realm (the Durable Object's), where
+                // `instanceof ArrayBuffer` is false: view it instead of type-checking it.
+                SocketEvent::Binary(js_sys::Uint8Array::new(&data).to_vec())
             } else {
                 SocketEvent::Closed
             }

@@ -178,6 +178,8 @@ struct SseReader {
     socket: Option<Socket>,
     /// The offset and up-to-date flag of the last control event, to skip repeats.
     last_control: Option<(String, bool)>,
+    /// The previous catch-up page moved nothing.
+    stalled: bool,
     done: bool,
 }
 
@@ -215,6 +217,7 @@ pub async fn sse(
         pending: Some(first),
         socket: None,
         last_control: None,
+        stalled: false,
         done: false,
     };
     let body = stream::unfold(reader, |mut reader| async move {
@@ -287,8 +290,10 @@ impl SseReader {
                     Some(Frame::Gone) | None => return Ok(self.finish()),
                 },
                 SocketEvent::Text(_) => {}
-                // The object restarted or dropped us: subscribe again from where we are.
-                SocketEvent::Closed => self.socket = None,
+                // The object restarted or dropped us. End the response rather than subscribe
+                // again here: the client resumes from its last offset, and a socket that keeps
+                // failing can never turn into a loop inside this request.
+                SocketEvent::Closed => return Ok(self.finish()),
             }
         }
     }
@@ -325,10 +330,13 @@ impl SseReader {
             sse::encode_data(&body, self.encoding, &mut out);
         }
         self.control(end, up_to_date, closed, &mut out);
-        self.offset = ReadFrom::At(end);
-        if closed {
+        // A page that moved nothing twice in a row would only repeat itself: end instead.
+        let progress = has_data || self.offset != ReadFrom::At(end);
+        if closed || (!progress && self.stalled) {
             self.done = true;
         }
+        self.stalled = !progress;
+        self.offset = ReadFrom::At(end);
         Ok(Some(out))
     }
 

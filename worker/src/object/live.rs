@@ -6,7 +6,10 @@
 
 use edgestream::headers::LiveMode;
 use edgestream::{json, Offset, ProtocolError};
-use worker::{Response, Result, State, WebSocketPair};
+use wasm_bindgen::JsValue;
+use worker::web_sys::WebSocket;
+use worker::worker_sys::DurableObjectState;
+use worker::{Response, Result, WebSocketPair};
 
 use super::store::{Meta, ReadError, Store};
 use crate::frame;
@@ -15,9 +18,37 @@ use crate::http;
 /// Largest frame payload: under the platform's WebSocket message limit, with room to spare.
 pub const FRAME_BYTES: usize = 512 * 1024;
 
+/// The object's hibernatable sockets. `worker::State`'s socket methods unwrap the runtime's
+/// errors (for instance its per-object socket limit), and a panic would kill every reader in
+/// the isolate, so this talks to the runtime directly and returns errors instead.
+pub struct Hub {
+    state: DurableObjectState,
+}
+
+impl Hub {
+    pub fn new(state: DurableObjectState) -> Hub {
+        Hub { state }
+    }
+
+    fn accept(&self, ws: &WebSocket, tag: &str) -> std::result::Result<(), JsValue> {
+        self.state
+            .accept_websocket_with_tags(ws, vec![JsValue::from_str(tag)])
+    }
+
+    fn sockets(&self) -> Vec<WebSocket> {
+        self.state.get_websockets().unwrap_or_default()
+    }
+
+    fn sockets_tagged(&self, tag: &str) -> Vec<WebSocket> {
+        self.state.get_websockets_with_tag(tag).unwrap_or_default()
+    }
+}
+
+const LONG_POLL: &str = "long-poll";
+
 fn tag(mode: LiveMode) -> &'static str {
     match mode {
-        LiveMode::LongPoll => "long-poll",
+        LiveMode::LongPoll => LONG_POLL,
         LiveMode::Sse => "sse",
         LiveMode::WebSocket => "ws",
     }
@@ -27,7 +58,7 @@ fn tag(mode: LiveMode) -> &'static str {
 /// WebSocket readers get the backlog (or an empty frame, so they learn they are up to date)
 /// at once; long-polls wait for the next append.
 pub fn accept(
-    state: &State,
+    hub: &Hub,
     store: &Store,
     meta: &Meta,
     start: Offset,
@@ -46,7 +77,10 @@ pub fn accept(
         }
     };
     let pair = WebSocketPair::new()?;
-    state.accept_websocket_with_tags(&pair.server, &[tag(mode)]);
+    if let Err(e) = hub.accept(pair.server.as_ref(), tag(mode)) {
+        worker::console_warn!("stream object: cannot accept a reader: {e:?}");
+        return http::unavailable("too many live readers on this stream; retry");
+    }
     if let Some(page) = backlog {
         let bytes = frame::encode_data(
             start,
@@ -63,14 +97,14 @@ pub fn accept(
 /// Sends an append (`data` = log bytes `[start, end)`) to every live reader, in frames of at
 /// most [`FRAME_BYTES`] cut on JSON message boundaries, each encoded once for all readers.
 pub fn publish(
-    state: &State,
+    hub: &Hub,
     start: Offset,
     end: Offset,
     closed: bool,
     data: &[u8],
     json_stream: bool,
 ) {
-    let sockets = state.get_websockets();
+    let sockets = hub.sockets();
     if sockets.is_empty() {
         return;
     }
@@ -89,33 +123,32 @@ pub fn publish(
         at = cut;
     }
     // Long-polls are answered by their first frame; a closed stream has nothing more to say.
+    if closed {
+        close_all(&sockets, "stream closed");
+    } else {
+        close_all(&hub.sockets_tagged(LONG_POLL), "done");
+    }
+}
+
+fn close_all(sockets: &[WebSocket], reason: &str) {
     for ws in sockets {
-        let is_long_poll = state.get_tags(&ws).iter().any(|t| t == "long-poll");
-        if closed || is_long_poll {
-            let _ = ws.close(
-                Some(1000),
-                Some(if closed { "stream closed" } else { "done" }),
-            );
-        }
+        let _ = ws.close_with_code_and_reason(1000, reason);
     }
 }
 
 /// Tells every reader the stream is gone, and closes their sockets.
-pub fn gone(state: &State) {
-    let sockets = state.get_websockets();
+pub fn gone(hub: &Hub) {
+    let sockets = hub.sockets();
     send_all(&sockets, &frame::encode_gone());
-    for ws in sockets {
-        let _ = ws.close(Some(1000), Some("stream gone"));
-    }
+    close_all(&sockets, "stream gone");
 }
 
-fn send_all(sockets: &[worker::WebSocket], bytes: &[u8]) {
+fn send_all(sockets: &[WebSocket], bytes: &[u8]) {
     // One JS buffer shared by every send.
     let buffer = js_sys::Uint8Array::from(bytes);
     for ws in sockets {
-        let raw: &worker::web_sys::WebSocket = ws.as_ref();
         // A socket that is closing refuses the send; its reader reconnects and resumes.
-        let _ = raw.send_with_array_buffer_view(&buffer);
+        let _ = ws.send_with_array_buffer_view(&buffer);
     }
 }
 

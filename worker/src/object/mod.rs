@@ -39,6 +39,7 @@ const TOUCH_EVERY_MS: i64 = 1000;
 #[durable_object]
 pub struct StreamObject {
     state: State,
+    hub: live::Hub,
     env: Env,
     config: Config,
     store: Option<Store>,
@@ -57,6 +58,10 @@ enum Lookup {
 
 impl DurableObject for StreamObject {
     fn new(state: State, env: Env) -> Self {
+        let raw = state._inner();
+        // The runtime object is shared, not copied: both handles reach the same state.
+        let hub = live::Hub::new(wasm_bindgen::JsCast::unchecked_into(raw.clone()));
+        let state = State::from(raw);
         let config = Config::from_env(&env);
         let store = match Store::open(state.storage().sql()) {
             Ok(store) => Some(store),
@@ -67,6 +72,7 @@ impl DurableObject for StreamObject {
         };
         StreamObject {
             state,
+            hub,
             env,
             config,
             store,
@@ -209,7 +215,7 @@ impl StreamObject {
                 meta.deleted = true;
                 meta.expiry = Expiry::Never;
                 self.save(&meta)?;
-                live::gone(&self.state);
+                live::gone(&self.hub);
             }
             Ok(())
         } else {
@@ -221,7 +227,7 @@ impl StreamObject {
     async fn remove(&self, meta: Meta) -> Result<()> {
         self.store()?.purge()?;
         self.meta.replace(Some(None));
-        live::gone(&self.state);
+        live::gone(&self.hub);
         let _ = self.state.storage().delete_alarm().await;
         if let Some(fork) = &meta.fork {
             fork::release(&self.env, &fork.source).await?;
@@ -423,7 +429,7 @@ impl StreamObject {
             meta.accessed_ms = now;
         }
         self.save(&meta)?;
-        live::publish(&self.state, start, tail, meta.closed, &data, meta.is_json());
+        live::publish(&self.hub, start, tail, meta.closed, &data, meta.is_json());
 
         // A producer's data append is acknowledged with 200; a close-only request has no data.
         let status = if producer_state.is_some() && !data.is_empty() {
@@ -476,7 +482,7 @@ impl StreamObject {
             let mut meta = meta;
             meta.deleted = true;
             self.save(&meta)?;
-            live::gone(&self.state);
+            live::gone(&self.hub);
         } else {
             self.remove(meta).await?;
         }
@@ -634,7 +640,7 @@ impl StreamObject {
         if long_poll && meta.closed {
             return reply::no_content(meta.tail, true, None);
         }
-        let resp = live::accept(&self.state, self.store()?, &meta, start, mode)?;
+        let resp = live::accept(&self.hub, self.store()?, &meta, start, mode)?;
         let headers = resp.headers();
         headers.set(reply::X_CONTENT_TYPE, meta.content_type.as_str())?;
         headers.set(reply::X_INSTANCE, &meta.instance)?;
