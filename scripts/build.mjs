@@ -1,0 +1,43 @@
+// Builds what `wrangler dev` serves: the Worker (Rust → wasm, offline) and the demo's assets.
+import { cp, mkdir, rm } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { bin, root, run, step } from './run.mjs';
+
+function which(tool) {
+  return execFileSync('bash', ['-lc', `command -v ${tool}`], { encoding: 'utf8' }).trim();
+}
+
+/** worker-build, told to use our pinned binaries instead of downloading them from GitHub. */
+export async function buildWorker() {
+  await run('worker-build', ['--release'], {
+    cwd: path.join(root, 'worker'),
+    env: {
+      ...process.env,
+      WASM_BINDGEN_BIN: which('wasm-bindgen'),
+      WASM_OPT_BIN: bin('wasm-opt'),
+      ESBUILD_BIN: bin('esbuild'),
+    },
+  });
+}
+
+/** The demo app's static files, as the Worker serves them (wrangler.toml [assets]). */
+export async function buildAssets() {
+  const out = path.join(root, 'www', 'dist');
+  await rm(out, { recursive: true, force: true });
+  await mkdir(out, { recursive: true });
+  await cp(path.join(root, 'www', 'public'), out, { recursive: true });
+}
+
+export async function buildAll() {
+  await step('build: worker', buildWorker);
+  await step('build: demo assets', buildAssets);
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1]).href) {
+  buildAll().catch((e) => {
+    console.error(e.message);
+    process.exit(1);
+  });
+}

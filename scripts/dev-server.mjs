@@ -1,0 +1,158 @@
+// Starts `wrangler dev` on a free port for tests and benchmarks, and always stops it by PID.
+//
+//   import { startServer } from './dev-server.mjs'
+//   const server = await startServer({ vars: { LONG_POLL_TIMEOUT_MS: '1000' } })
+//   ... server.baseUrl ...
+//   await server.restart()   // same state directory: a crash-and-recover test
+//   await server.stop()
+//
+// CLI: node scripts/dev-server.mjs [--port N] [--var NAME:VALUE ...]
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { bin, root } from './run.mjs';
+
+/** A TCP port nobody listens on right now. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+const running = new Set();
+function stopAllSync() {
+  for (const child of running) {
+    try {
+      process.kill(-child.pid, 'SIGKILL');
+    } catch {}
+  }
+  running.clear();
+}
+process.on('exit', stopAllSync);
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => {
+    stopAllSync();
+    process.exit(130);
+  });
+}
+
+async function waitUntilUp(baseUrl, child, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`wrangler exited early (code ${child.exitCode})`);
+    try {
+      const res = await fetch(`${baseUrl}/v1/stream/__health`, { method: 'HEAD' });
+      await res.arrayBuffer();
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  throw new Error(`wrangler did not answer on ${baseUrl} within ${timeoutMs} ms`);
+}
+
+/**
+ * Starts the built Worker. Options: port (default: a free one), vars ({ NAME: value }),
+ * persistTo (default: a fresh temporary directory, removed on stop), quiet (default true:
+ * wrangler's output goes to a log kept in memory and printed if start-up fails).
+ */
+export async function startServer(options = {}) {
+  const port = options.port ?? (await freePort());
+  const inspector = await freePort();
+  const ownState = !options.persistTo;
+  const persistTo = options.persistTo ?? mkdtempSync(path.join(tmpdir(), 'edgestream-state-'));
+  const baseUrl = `http://127.0.0.1:${port}`;
+  const args = [
+    'dev', '--local', '--ip', '127.0.0.1', '--port', String(port),
+    '--inspector-port', String(inspector),
+    '--show-interactive-dev-session=false', '--persist-to', persistTo, '--log-level', 'warn',
+  ];
+  for (const [name, value] of Object.entries(options.vars ?? {})) args.push('--var', `${name}:${value}`);
+  let child;
+  let log = '';
+  const launch = async () => {
+    log = '';
+    child = spawn(bin('wrangler'), args, {
+      cwd: root,
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, WRANGLER_SEND_METRICS: 'false', CLOUDFLARE_CF_FETCH_ENABLED: 'false' },
+    });
+    running.add(child);
+    const keep = (chunk) => {
+      log += chunk;
+      if (log.length > 200_000) log = log.slice(-100_000);
+      if (options.quiet === false) process.stderr.write(chunk);
+    };
+    child.stdout.on('data', keep);
+    child.stderr.on('data', keep);
+    try {
+      await waitUntilUp(baseUrl, child, options.startTimeoutMs ?? 60_000);
+    } catch (e) {
+      console.error(log);
+      await kill();
+      throw e;
+    }
+  };
+  const kill = async (signal = 'SIGTERM') => {
+    if (!child) return;
+    const c = child;
+    child = undefined;
+    running.delete(c);
+    if (c.exitCode !== null) return;
+    const exited = new Promise((resolve) => c.once('exit', resolve));
+    try {
+      process.kill(-c.pid, signal);
+    } catch {}
+    const timer = setTimeout(() => {
+      try {
+        process.kill(-c.pid, 'SIGKILL');
+      } catch {}
+    }, 5_000);
+    await exited;
+    clearTimeout(timer);
+  };
+  await launch();
+  return {
+    baseUrl,
+    port,
+    persistTo,
+    get pid() {
+      return child?.pid;
+    },
+    log: () => log,
+    /** Stops and starts again on the same port and state (SIGKILL when `hard`). */
+    async restart({ hard = false } = {}) {
+      await kill(hard ? 'SIGKILL' : 'SIGTERM');
+      await launch();
+    },
+    async stop() {
+      await kill();
+      if (ownState) rmSync(persistTo, { recursive: true, force: true });
+    },
+  };
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const argv = process.argv.slice(2);
+  const vars = {};
+  let port;
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--port') port = Number(argv[++i]);
+    else if (argv[i] === '--var') {
+      const [name, ...rest] = argv[++i].split(':');
+      vars[name] = rest.join(':');
+    }
+  }
+  const server = await startServer({ port, vars, quiet: false });
+  console.log(`edgestream dev server on ${server.baseUrl} (pid ${server.pid}); Ctrl-C stops it`);
+}

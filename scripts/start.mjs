@@ -1,0 +1,22 @@
+// `npm start`: bootstrap, build, then serve the Worker and the demo with `wrangler dev`.
+// Flags after `--` go to wrangler (e.g. `npm start -- --port 9000 --var NAME:VALUE`).
+import { bin, root, run, step } from './run.mjs';
+import { buildAll } from './build.mjs';
+
+const extra = process.argv.slice(2);
+const has = (flag) => extra.some((a) => a === flag || a.startsWith(`${flag}=`));
+
+await step('bootstrap', () => run('bash', ['scripts/bootstrap.sh']));
+await buildAll();
+const args = ['dev', '--local', '--show-interactive-dev-session=false'];
+if (!has('--ip')) args.push('--ip', '127.0.0.1');
+if (!has('--port')) args.push('--port', '8787');
+args.push(...extra);
+console.log(`\nedgestream: wrangler ${args.join(' ')}`);
+await run(bin('wrangler'), args, {
+  cwd: root,
+  env: { ...process.env, WRANGLER_SEND_METRICS: 'false', CLOUDFLARE_CF_FETCH_ENABLED: 'false' },
+}).catch((e) => {
+  console.error(e.message);
+  process.exit(1);
+});

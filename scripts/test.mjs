@@ -1,0 +1,31 @@
+// `npm test`: every check, in order, stopping at the first failure.
+// EDGESTREAM_TEST_ONLY=<substring> runs only the steps whose title contains it (for quick local loops).
+import { bin, run, step } from './run.mjs';
+import { buildAll } from './build.mjs';
+
+const only = process.env.EDGESTREAM_TEST_ONLY;
+const steps = [
+  ['bootstrap', () => run('bash', ['scripts/bootstrap.sh'])],
+  ['cargo fmt --check', () => run('cargo', ['fmt', '--all', '--check'])],
+  ['cargo clippy', () => run('cargo', ['clippy', '--workspace', '--all-targets', '--', '-D', 'warnings'])],
+  ['cargo test', () => run('cargo', ['test', '--workspace'])],
+  [
+    'core: no_std build for wasm32',
+    () => run('cargo', ['build', '-p', 'edgestream', '--no-default-features', '--target', 'wasm32-unknown-unknown']),
+  ],
+  ['tsc --noEmit', () => run(bin('tsc'), ['--noEmit', '-p', 'tsconfig.json'])],
+  ['build', buildAll],
+  ['end-to-end suites (vitest)', () => run(bin('vitest'), ['run', '--config', 'tests/vitest.config.ts'])],
+];
+
+const started = Date.now();
+try {
+  for (const [title, fn] of steps) {
+    if (only && title !== 'bootstrap' && !title.includes(only)) continue;
+    await step(title, fn);
+  }
+  console.log(`\nnpm test: all steps passed in ${((Date.now() - started) / 1000).toFixed(0)} s`);
+} catch (e) {
+  console.error(`\nnpm test: FAILED: ${e.message}`);
+  process.exit(1);
+}
