@@ -1,0 +1,67 @@
+//! A batch as the reader hands it out: the data of one response, SSE control event or WebSocket
+//! control frame, and where the stream stands after it.
+
+use js_sys::{Array, Object};
+use wasm_bindgen::JsValue;
+
+use crate::{error, js};
+
+/// The position after a batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Position {
+    pub offset: String,
+    pub cursor: Option<String>,
+    pub up_to_date: bool,
+    pub closed: bool,
+}
+
+/// Builds `{ items | bytes, offset, cursor, upToDate, closed }`.
+///
+/// JSON streams deliver each part (a response body, an SSE data event, a WebSocket text frame) as
+/// a JSON array of messages; the arrays are parsed with the host's `JSON.parse` and flattened into
+/// `items`. Other streams deliver bytes, concatenated into `bytes`.
+pub fn to_js(parts: &[Vec<u8>], json: bool, pos: &Position) -> Result<Object, JsValue> {
+    let out = Object::new();
+    if json {
+        let items = Array::new();
+        for part in parts {
+            if part.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            let text = core::str::from_utf8(part)
+                .map_err(|_| parse_error("JSON stream data is not valid UTF-8"))?;
+            let value = js_sys::JSON::parse(text).map_err(|e| {
+                let why = js::get_string(&e, "message").unwrap_or_default();
+                parse_error(&error::msg(&["JSON stream data does not parse: ", &why]))
+            })?;
+            if Array::is_array(&value) {
+                let arr: Array = value.into();
+                for item in arr.iter() {
+                    items.push(&item);
+                }
+            } else {
+                items.push(&value);
+            }
+        }
+        js::set(&out, "items", items);
+    } else {
+        let total: usize = parts.iter().map(Vec::len).sum();
+        let mut bytes = Vec::with_capacity(total);
+        for part in parts {
+            bytes.extend_from_slice(part);
+        }
+        js::set(&out, "bytes", js::bytes_to_js(&bytes));
+    }
+    js::set(&out, "offset", pos.offset.as_str());
+    if let Some(cursor) = &pos.cursor {
+        js::set(&out, "cursor", cursor.as_str());
+    }
+    js::set(&out, "upToDate", pos.up_to_date);
+    js::set(&out, "closed", pos.closed);
+    Ok(out)
+}
+
+/// A `PARSE_ERROR`.
+pub fn parse_error(message: &str) -> JsValue {
+    error::new(error::PARSE_ERROR, message, None).into()
+}

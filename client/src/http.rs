@@ -1,0 +1,396 @@
+//! One request to the server: URL and headers built fresh each time (so header and parameter
+//! functions can refresh tokens), sent with `fetch`, retried with backoff when the failure is
+//! transient, and turned into a typed error when it is not.
+
+use edgestream::headers;
+use js_sys::{Array, Object};
+use wasm_bindgen::{JsCast, JsValue};
+use web_sys::{AbortController, AbortSignal, Response};
+
+use crate::backoff::{self, RetryPolicy};
+use crate::{error, js};
+
+/// Caller-supplied headers and query parameters: an object whose values are strings or
+/// (async) functions, or a function returning such an object. Evaluated before every request.
+#[derive(Clone, Default)]
+pub struct Dynamic {
+    pub headers: JsValue,
+    pub params: JsValue,
+}
+
+impl Dynamic {
+    pub fn from_options(options: &JsValue) -> Dynamic {
+        Dynamic {
+            headers: js::get(options, "headers"),
+            params: js::get(options, "params"),
+        }
+    }
+}
+
+/// Evaluates a header or parameter map to name/value pairs. Values that are `undefined` or
+/// `null` are left out, so a function can decide per request whether to send a header.
+pub async fn resolve_map(source: &JsValue) -> Result<Vec<(String, String)>, JsValue> {
+    let mut value = source.clone();
+    if value.is_function() {
+        let f: &js_sys::Function = value.unchecked_ref();
+        value = js::settle(f.call0(&JsValue::UNDEFINED)?).await?;
+    }
+    let mut out = Vec::new();
+    if value.is_undefined() || value.is_null() {
+        return Ok(out);
+    }
+    if !value.is_object() {
+        return Err(error::invalid("headers and params must be objects"));
+    }
+    if let Some(headers) = value.dyn_ref::<web_sys::Headers>() {
+        let entries = js_sys::try_iter(headers)?;
+        if let Some(entries) = entries {
+            for pair in entries {
+                let pair: Array = pair?.unchecked_into();
+                out.push((js::to_text(&pair.get(0)), js::to_text(&pair.get(1))));
+            }
+        }
+        return Ok(out);
+    }
+    let entries = Object::entries(value.unchecked_ref());
+    for pair in entries.iter() {
+        let pair: Array = pair.unchecked_into();
+        let name = js::to_text(&pair.get(0));
+        let mut v = pair.get(1);
+        if v.is_function() {
+            let f: &js_sys::Function = v.unchecked_ref();
+            v = js::settle(f.call0(&JsValue::UNDEFINED)?).await?;
+        }
+        if v.is_undefined() || v.is_null() {
+            continue;
+        }
+        out.push((name, js::to_text(&v)));
+    }
+    Ok(out)
+}
+
+/// `base` with `params` appended as a query string (keeping any query `base` already has).
+pub fn with_query(base: &str, params: &[(String, String)]) -> String {
+    let (without_fragment, fragment) = match base.find('#') {
+        Some(i) => (&base[..i], &base[i..]),
+        None => (base, ""),
+    };
+    let mut url = String::from(without_fragment);
+    let mut sep = if url.contains('?') { '&' } else { '?' };
+    for (k, v) in params {
+        url.push(sep);
+        url.push_str(&String::from(js_sys::encode_uri_component(k)));
+        url.push('=');
+        url.push_str(&String::from(js_sys::encode_uri_component(v)));
+        sep = '&';
+    }
+    url.push_str(fragment);
+    url
+}
+
+/// What to send.
+pub struct Request<'a> {
+    pub method: &'static str,
+    pub url: &'a str,
+    /// Protocol query parameters (`offset`, `live`, `cursor`); the caller's come after them.
+    pub query: Vec<(String, String)>,
+    /// Protocol headers; the caller's dynamic headers are added first and these win.
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Option<JsValue>,
+    pub dynamic: &'a Dynamic,
+}
+
+/// Query parameters the client sets itself; a caller's parameter of the same name is dropped.
+const RESERVED_PARAMS: [&str; 3] = ["offset", "live", "cursor"];
+
+/// A response with its status, and the headers and parameters actually sent (for diagnostics).
+pub struct Sent {
+    pub response: Response,
+    pub status: u16,
+    pub headers_sent: Vec<(String, String)>,
+    pub params_sent: Vec<(String, String)>,
+}
+
+/// Why a single attempt failed.
+pub enum Failure {
+    /// The caller cancelled (or the tab was hidden and the request was paused).
+    Aborted,
+    /// No response: connection refused, reset, DNS...
+    Network(JsValue),
+    /// An error before anything was sent (a header function threw, bad arguments).
+    Fatal(JsValue),
+}
+
+/// Sends one attempt of `req`, aborting when `signal` does.
+pub async fn send_once(req: &Request<'_>, signal: Option<&AbortSignal>) -> Result<Sent, Failure> {
+    let dynamic_headers = resolve_map(&req.dynamic.headers)
+        .await
+        .map_err(Failure::Fatal)?;
+    let params = resolve_map(&req.dynamic.params)
+        .await
+        .map_err(Failure::Fatal)?;
+    let mut query = req.query.clone();
+    for (k, v) in &params {
+        if !RESERVED_PARAMS.contains(&k.as_str()) {
+            query.push((k.clone(), v.clone()));
+        }
+    }
+    let url = with_query(req.url, &query);
+    let header_obj = Object::new();
+    for (k, v) in &dynamic_headers {
+        js::set(&header_obj, k, v.as_str());
+    }
+    for (k, v) in &req.headers {
+        js::set(&header_obj, k, v.as_str());
+    }
+    let init = Object::new();
+    js::set(&init, "method", req.method);
+    js::set(&init, "headers", header_obj);
+    if let Some(body) = &req.body {
+        js::set(&init, "body", body.clone());
+    }
+    if let Some(signal) = signal {
+        js::set(&init, "signal", signal.clone());
+    }
+    let promise = js::es_fetch(&url, &init).map_err(Failure::Network)?;
+    match js::wait(promise).await {
+        Ok(value) => {
+            let response: Response = value.unchecked_into();
+            let status = response.status();
+            Ok(Sent {
+                response,
+                status,
+                headers_sent: dynamic_headers,
+                params_sent: params,
+            })
+        }
+        Err(e) => {
+            if signal.is_some_and(|s| s.aborted()) || error::is_abort(&e) {
+                Err(Failure::Aborted)
+            } else {
+                Err(Failure::Network(e))
+            }
+        }
+    }
+}
+
+/// Sends `req`, retrying network failures and retryable statuses per `policy`. Returns the first
+/// response that is not retryable (which may be an error status for the caller to interpret).
+pub async fn send(
+    req: &Request<'_>,
+    policy: &RetryPolicy,
+    signal: Option<&AbortSignal>,
+) -> Result<Sent, JsValue> {
+    let mut attempt: u32 = 0;
+    loop {
+        let failure = match send_once(req, signal).await {
+            Ok(sent) if !backoff::is_retryable_status(sent.status) => return Ok(sent),
+            Ok(sent) => {
+                if attempt >= policy.max_retries {
+                    return Err(
+                        status_error(req.method, req.url, &sent.response, sent.status).await,
+                    );
+                }
+                let ra = header(&sent.response, headers::RETRY_AFTER)
+                    .and_then(|v| backoff::retry_after_ms(&v, js_sys::Date::now()));
+                attempt += 1;
+                let _ = cancel_body(&sent.response);
+                js::sleep(policy.delay_ms(attempt, js_sys::Math::random(), ra), signal).await;
+                continue;
+            }
+            Err(f) => f,
+        };
+        match failure {
+            Failure::Aborted => return Err(aborted()),
+            Failure::Fatal(e) => return Err(e),
+            Failure::Network(e) => {
+                if attempt >= policy.max_retries {
+                    return Err(network_error(req.method, req.url, &e).into());
+                }
+                attempt += 1;
+                js::sleep(
+                    policy.delay_ms(attempt, js_sys::Math::random(), None),
+                    signal,
+                )
+                .await;
+            }
+        }
+        if signal.is_some_and(|s| s.aborted()) {
+            return Err(aborted());
+        }
+    }
+}
+
+/// The error for a cancelled operation.
+pub fn aborted() -> JsValue {
+    error::new(error::ABORTED, "the operation was cancelled", None).into()
+}
+
+/// A `NETWORK_ERROR` naming what failed and why.
+pub fn network_error(method: &str, url: &str, cause: &JsValue) -> js_sys::Error {
+    let why = js::get_string(cause, "message").unwrap_or_else(|| js::to_text(cause));
+    let detail = js::get(cause, "cause");
+    let detail = js::get_string(&detail, "message")
+        .or_else(|| js::get_string(&detail, "code"))
+        .unwrap_or_default();
+    let mut parts = vec![method, " ", url, ": network error: ", why.as_str()];
+    if !detail.is_empty() {
+        parts.extend_from_slice(&[" (", detail.as_str(), ")"]);
+    }
+    error::with(
+        error::new(error::NETWORK_ERROR, &error::msg(&parts), None),
+        "cause",
+        cause.clone(),
+    )
+}
+
+/// A response header by (lowercase) name.
+pub fn header(response: &Response, name: &str) -> Option<String> {
+    response.headers().get(name).ok().flatten()
+}
+
+/// Releases a response body we will not read, so the connection can be reused.
+pub fn cancel_body(response: &Response) -> Option<()> {
+    let body = response.body()?;
+    js::es_quiet(&body.cancel());
+    Some(())
+}
+
+/// The body as text, or empty when it cannot be read.
+pub async fn text(response: &Response) -> String {
+    match response.text() {
+        Ok(p) => js::wait(p)
+            .await
+            .ok()
+            .and_then(|v| v.as_string())
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Turns an error status into a typed error. 409s are told apart by their headers: a closed
+/// stream, a producer sequence gap, or a plain conflict.
+pub async fn status_error(method: &str, url: &str, response: &Response, status: u16) -> JsValue {
+    let body = text(response).await;
+    let body = body.trim();
+    let short: String = body.chars().take(200).collect();
+    let status_text = crate::js::u64_text(u64::from(status));
+    let message = |what: &str| {
+        let mut parts = vec![
+            method,
+            " ",
+            url,
+            ": ",
+            what,
+            " (",
+            status_text.as_str(),
+            ")",
+        ];
+        if !short.is_empty() {
+            parts.extend_from_slice(&[": ", short.as_str()]);
+        }
+        error::msg(&parts)
+    };
+    let err = match status {
+        404 => error::new(error::NOT_FOUND, &message("stream not found"), Some(status)),
+        410 => error::new(error::GONE, &message("stream was deleted"), Some(status)),
+        400 => {
+            let code = if method == "GET" && short.to_ascii_lowercase().contains("offset") {
+                error::INVALID_OFFSET
+            } else {
+                error::BAD_REQUEST
+            };
+            error::new(code, &message("bad request"), Some(status))
+        }
+        401 => error::new(error::UNAUTHORIZED, &message("unauthorized"), Some(status)),
+        403 => match header(response, headers::PRODUCER_EPOCH).and_then(|v| parse_int(&v)) {
+            Some(epoch) => error::with(
+                error::new(
+                    error::STALE_EPOCH,
+                    &message("producer epoch is stale"),
+                    Some(status),
+                ),
+                "currentEpoch",
+                epoch as f64,
+            ),
+            None => error::new(error::FORBIDDEN, &message("forbidden"), Some(status)),
+        },
+        409 => {
+            let closed = headers::is_true(header(response, headers::STREAM_CLOSED).as_deref());
+            let expected =
+                header(response, headers::PRODUCER_EXPECTED_SEQ).and_then(|v| parse_int(&v));
+            let received =
+                header(response, headers::PRODUCER_RECEIVED_SEQ).and_then(|v| parse_int(&v));
+            if closed {
+                let err = error::new(
+                    error::STREAM_CLOSED,
+                    &message("stream is closed"),
+                    Some(status),
+                );
+                match header(response, headers::STREAM_NEXT_OFFSET) {
+                    Some(o) => error::with(err, "finalOffset", o),
+                    None => err,
+                }
+            } else if let (Some(expected), Some(received)) = (expected, received) {
+                let err = error::new(
+                    error::SEQUENCE_GAP,
+                    &message("producer sequence gap"),
+                    Some(status),
+                );
+                let err = error::with(err, "expectedSeq", expected as f64);
+                error::with(err, "receivedSeq", received as f64)
+            } else if short.to_ascii_lowercase().contains("seq") {
+                error::new(
+                    error::SEQUENCE_CONFLICT,
+                    &message("sequence conflict"),
+                    Some(status),
+                )
+            } else {
+                error::new(error::CONFLICT, &message("conflict"), Some(status))
+            }
+        }
+        413 => error::new(
+            error::PAYLOAD_TOO_LARGE,
+            &message("payload too large"),
+            Some(status),
+        ),
+        _ => error::new(
+            error::UNEXPECTED_STATUS,
+            &message("unexpected status"),
+            Some(status),
+        ),
+    };
+    err.into()
+}
+
+/// A producer integer header (0..=2^53-1).
+pub fn parse_int(text: &str) -> Option<u64> {
+    let t = text.trim();
+    if t.is_empty() || t.len() > 16 || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    t.parse::<u64>()
+        .ok()
+        .filter(|&v| v <= headers::MAX_SAFE_INTEGER)
+}
+
+/// An `AbortController`, or `None` where the host has none.
+pub fn controller() -> Option<AbortController> {
+    AbortController::new().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_int;
+
+    #[test]
+    fn producer_integers() {
+        assert_eq!(parse_int("0"), Some(0));
+        assert_eq!(parse_int(" 42 "), Some(42));
+        assert_eq!(parse_int("9007199254740991"), Some(9007199254740991));
+        assert_eq!(parse_int("9007199254740992"), None);
+        assert_eq!(parse_int("-1"), None);
+        assert_eq!(parse_int(""), None);
+        assert_eq!(parse_int("1e3"), None);
+    }
+}

@@ -1,0 +1,190 @@
+//! The few host facilities the client needs, bound so they work in browsers, workers and Node 20.
+//!
+//! `fetch`, timers and `document` are reached through `globalThis` rather than `window`, so the
+//! same wasm runs in a page, a web worker and Node. The WebSocket and visibility helpers are small
+//! JS shims because their callbacks are easiest to turn into promises on the JS side.
+
+use js_sys::{Function, Object, Promise, Reflect};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+
+#[wasm_bindgen(inline_js = r#"
+export function es_fetch(url, init) { return globalThis.fetch(url, init); }
+export function es_quiet(p) { if (p && typeof p.catch === 'function') p.catch(() => {}); }
+export function es_sleep(ms, signal) {
+  return new Promise((resolve) => {
+    if (signal && signal.aborted) return resolve();
+    const done = () => { clearTimeout(timer); if (signal) signal.removeEventListener('abort', done); resolve(); };
+    const timer = setTimeout(done, ms);
+    if (signal) signal.addEventListener('abort', done, { once: true });
+  });
+}
+const doc = () => (typeof document !== 'undefined' && document && typeof document.addEventListener === 'function' ? document : null);
+export function es_hidden() { const d = doc(); return !!d && d.visibilityState === 'hidden'; }
+export function es_when_visible(signal) {
+  return new Promise((resolve) => {
+    const d = doc();
+    if (!d || d.visibilityState !== 'hidden' || (signal && signal.aborted)) return resolve();
+    const done = () => {
+      if (d.visibilityState === 'hidden' && !(signal && signal.aborted)) return;
+      d.removeEventListener('visibilitychange', done);
+      if (signal) signal.removeEventListener('abort', done);
+      resolve();
+    };
+    d.addEventListener('visibilitychange', done);
+    if (signal) signal.addEventListener('abort', done, { once: true });
+  });
+}
+export function es_on_hidden(callback) {
+  const d = doc();
+  if (!d) return () => {};
+  const f = () => { if (d.visibilityState === 'hidden') callback(); };
+  d.addEventListener('visibilitychange', f);
+  return () => d.removeEventListener('visibilitychange', f);
+}
+export function es_ws_open(url) {
+  const WS = globalThis.WebSocket;
+  if (typeof WS !== 'function') return null;
+  const socket = new WS(url);
+  socket.binaryType = 'arraybuffer';
+  const queue = [];
+  let waiter = null;
+  const push = (item) => { if (waiter) { const w = waiter; waiter = null; w(item); } else queue.push(item); };
+  socket.onopen = () => push({ kind: 'open' });
+  socket.onmessage = (e) => push(typeof e.data === 'string' ? { kind: 'text', data: e.data } : { kind: 'binary', data: new Uint8Array(e.data) });
+  socket.onerror = () => push({ kind: 'error' });
+  socket.onclose = (e) => push({ kind: 'close', code: e.code, reason: e.reason });
+  return {
+    next() { return queue.length ? Promise.resolve(queue.shift()) : new Promise((r) => { waiter = r; }); },
+    close() { try { socket.close(1000); } catch {} push({ kind: 'close', code: 1000, reason: 'closed by client' }); },
+  };
+}
+"#)]
+extern "C" {
+    /// `globalThis.fetch(url, init)`.
+    #[wasm_bindgen(catch)]
+    pub fn es_fetch(url: &str, init: &Object) -> Result<Promise, JsValue>;
+    /// Marks a promise we do not await as handled (its rejection after a cancel is expected).
+    pub fn es_quiet(promise: &Promise);
+    /// Resolves after `ms`, or at once when `signal` aborts.
+    pub fn es_sleep(ms: f64, signal: Option<&web_sys::AbortSignal>) -> Promise;
+    /// True in a page whose tab is hidden.
+    pub fn es_hidden() -> bool;
+    /// Resolves when the page is visible again (or `signal` aborts).
+    pub fn es_when_visible(signal: Option<&web_sys::AbortSignal>) -> Promise;
+    /// Calls `callback` whenever the page becomes hidden; returns the function that unregisters it.
+    pub fn es_on_hidden(callback: &Function) -> Function;
+    /// Opens a WebSocket and returns `{ next(), close() }`, or null where there is no WebSocket.
+    #[wasm_bindgen(catch)]
+    pub fn es_ws_open(url: &str) -> Result<JsValue, JsValue>;
+}
+
+/// Reads `obj[key]`, or `undefined` when `obj` is not an object.
+pub fn get(obj: &JsValue, key: &str) -> JsValue {
+    if !obj.is_object() && !obj.is_function() {
+        return JsValue::UNDEFINED;
+    }
+    Reflect::get(obj, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+}
+
+/// Sets `obj[key] = value` on an object the client created.
+pub fn set(obj: &Object, key: &str, value: impl Into<JsValue>) {
+    let _ = Reflect::set(obj, &JsValue::from_str(key), &value.into());
+}
+
+/// Reads a string property, if present and a string.
+pub fn get_string(obj: &JsValue, key: &str) -> Option<String> {
+    get(obj, key).as_string()
+}
+
+/// Reads a number property, if present and a number.
+pub fn get_f64(obj: &JsValue, key: &str) -> Option<f64> {
+    get(obj, key).as_f64()
+}
+
+/// Reads a boolean property; `None` when absent or not a boolean.
+pub fn get_bool(obj: &JsValue, key: &str) -> Option<bool> {
+    get(obj, key).as_bool()
+}
+
+/// Awaits `value` if it is a promise (or any thenable); returns it as is otherwise.
+pub async fn settle(value: JsValue) -> Result<JsValue, JsValue> {
+    if get(&value, "then").is_function() {
+        JsFuture::from(Promise::resolve(&value)).await
+    } else {
+        Ok(value)
+    }
+}
+
+/// A value as text: strings as they are, everything else through `String(value)`.
+pub fn to_text(value: &JsValue) -> String {
+    match value.as_string() {
+        Some(s) => s,
+        None => String::from(js_sys::JsString::from(value.clone())),
+    }
+}
+
+/// Awaits a promise.
+pub async fn wait(promise: Promise) -> Result<JsValue, JsValue> {
+    JsFuture::from(promise).await
+}
+
+/// Sleeps `ms`, cut short when `signal` aborts.
+pub async fn sleep(ms: f64, signal: Option<&web_sys::AbortSignal>) {
+    let _ = wait(es_sleep(ms, signal)).await;
+}
+
+/// A fresh `Uint8Array` holding `bytes`.
+pub fn bytes_to_js(bytes: &[u8]) -> js_sys::Uint8Array {
+    js_sys::Uint8Array::from(bytes)
+}
+
+/// The bytes of a `Uint8Array`, `ArrayBuffer` or string (UTF-8).
+pub fn body_bytes(value: &JsValue) -> Option<Vec<u8>> {
+    if let Some(s) = value.as_string() {
+        return Some(s.into_bytes());
+    }
+    if let Some(a) = value.dyn_ref::<js_sys::Uint8Array>() {
+        return Some(a.to_vec());
+    }
+    if let Some(b) = value.dyn_ref::<js_sys::ArrayBuffer>() {
+        return Some(js_sys::Uint8Array::new(b).to_vec());
+    }
+    if js_sys::ArrayBuffer::is_view(value) {
+        let buffer = get(value, "buffer");
+        let offset = get_f64(value, "byteOffset").unwrap_or(0.0) as u32;
+        let len = get_f64(value, "byteLength").unwrap_or(0.0) as u32;
+        let b = buffer.dyn_into::<js_sys::ArrayBuffer>().ok()?;
+        return Some(js_sys::Uint8Array::new_with_byte_offset_and_length(&b, offset, len).to_vec());
+    }
+    None
+}
+
+/// Decimal text of a non-negative integer, without `core::fmt` (which would add kilobytes).
+pub fn u64_text(mut n: u64) -> String {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    digits[i..].iter().map(|&d| d as char).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::u64_text;
+
+    #[test]
+    fn decimal_text() {
+        assert_eq!(u64_text(0), "0");
+        assert_eq!(u64_text(7), "7");
+        assert_eq!(u64_text(1234567890), "1234567890");
+        assert_eq!(u64_text(u64::MAX), "18446744073709551615");
+    }
+}

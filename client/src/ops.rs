@@ -1,0 +1,308 @@
+//! Single operations on a stream: create (PUT), head (HEAD), append and close (POST), delete.
+//! Each resolves to a plain object with what the response said, or rejects with a typed error.
+
+use edgestream::headers;
+use js_sys::{Object, Promise};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::future_to_promise;
+
+use crate::backoff::RetryPolicy;
+use crate::http::{self, Dynamic, Request, Sent};
+use crate::{error, js};
+
+/// Options every operation takes: `url`, `headers`, `params`, `retry`, `signal`.
+struct Common {
+    url: String,
+    dynamic: Dynamic,
+    policy: RetryPolicy,
+    signal: Option<web_sys::AbortSignal>,
+}
+
+impl Common {
+    fn from_js(options: &JsValue) -> Result<Common, JsValue> {
+        let url = js::get_string(options, "url")
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| error::invalid("url is required"))?;
+        let signal = js::get(options, "signal");
+        let signal = if signal.is_undefined() || signal.is_null() {
+            None
+        } else {
+            Some(signal.unchecked_into::<web_sys::AbortSignal>())
+        };
+        Ok(Common {
+            url,
+            dynamic: Dynamic::from_options(options),
+            policy: RetryPolicy::from_js(&js::get(options, "retry"))?,
+            signal,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: &'static str,
+        headers: Vec<(&'static str, String)>,
+        body: Option<JsValue>,
+    ) -> Result<Sent, JsValue> {
+        let req = Request {
+            method,
+            url: &self.url,
+            query: Vec::new(),
+            headers,
+            body,
+            dynamic: &self.dynamic,
+        };
+        http::send(&req, &self.policy, self.signal.as_ref()).await
+    }
+}
+
+fn body_of(options: &JsValue) -> Result<Option<JsValue>, JsValue> {
+    let body = js::get(options, "body");
+    if body.is_undefined() || body.is_null() {
+        return Ok(None);
+    }
+    if body.is_string()
+        || body.is_instance_of::<js_sys::Uint8Array>()
+        || body.is_instance_of::<js_sys::ArrayBuffer>()
+    {
+        return Ok(Some(body));
+    }
+    if js_sys::ArrayBuffer::is_view(&body) {
+        return Ok(js::body_bytes(&body).map(|b| js::bytes_to_js(&b).into()));
+    }
+    Err(error::invalid(
+        "body must be a string, Uint8Array or ArrayBuffer",
+    ))
+}
+
+fn header_text(sent: &Sent, name: &str) -> Option<String> {
+    http::header(&sent.response, name)
+}
+
+fn sent_info(out: &Object, sent: &Sent) {
+    let h = Object::new();
+    for (k, v) in &sent.headers_sent {
+        js::set(&h, k, v.as_str());
+    }
+    js::set(out, "headersSent", h);
+    let p = Object::new();
+    for (k, v) in &sent.params_sent {
+        js::set(&p, k, v.as_str());
+    }
+    js::set(out, "paramsSent", p);
+}
+
+/// PUT: creates the stream, or confirms it exists with the same configuration.
+/// Options: `contentType`, `ttlSeconds`, `expiresAt`, `closed`, `body`.
+#[wasm_bindgen(js_name = createStream)]
+pub fn create_stream(options: JsValue) -> Promise {
+    future_to_promise(async move {
+        let common = Common::from_js(&options)?;
+        let mut hdrs = Vec::new();
+        if let Some(ct) = js::get_string(&options, "contentType") {
+            hdrs.push((headers::CONTENT_TYPE, ct));
+        }
+        if let Some(ttl) = js::get_f64(&options, "ttlSeconds") {
+            if !(ttl >= 0.0 && ttl.fract() == 0.0 && ttl <= headers::MAX_TTL_SECONDS as f64) {
+                return Err(error::invalid(
+                    "ttlSeconds must be a whole number of seconds >= 0",
+                ));
+            }
+            hdrs.push((headers::STREAM_TTL, js::u64_text(ttl as u64)));
+        }
+        if let Some(at) = js::get_string(&options, "expiresAt") {
+            headers::parse_expires_at(&at).map_err(|e| error::invalid(e.message()))?;
+            hdrs.push((headers::STREAM_EXPIRES_AT, at));
+        }
+        if js::get_bool(&options, "closed") == Some(true) {
+            hdrs.push((headers::STREAM_CLOSED, String::from("true")));
+        }
+        let body = body_of(&options)?;
+        let sent = common.send("PUT", hdrs, body).await?;
+        if sent.status != 200 && sent.status != 201 {
+            return Err(http::status_error("PUT", &common.url, &sent.response, sent.status).await);
+        }
+        let out = Object::new();
+        js::set(&out, "status", sent.status);
+        js::set(&out, "created", sent.status == 201);
+        if let Some(o) = header_text(&sent, headers::STREAM_NEXT_OFFSET) {
+            js::set(&out, "offset", o);
+        }
+        if let Some(ct) = header_text(&sent, headers::CONTENT_TYPE) {
+            js::set(&out, "contentType", ct);
+        }
+        js::set(
+            &out,
+            "closed",
+            headers::is_true(header_text(&sent, headers::STREAM_CLOSED).as_deref()),
+        );
+        let _ = http::cancel_body(&sent.response);
+        Ok(out.into())
+    })
+}
+
+/// HEAD: the stream's tail offset, type, expiry and whether it is closed.
+#[wasm_bindgen(js_name = headStream)]
+pub fn head_stream(options: JsValue) -> Promise {
+    future_to_promise(async move {
+        let common = Common::from_js(&options)?;
+        let sent = common.send("HEAD", Vec::new(), None).await?;
+        if sent.status != 200 {
+            return Err(http::status_error("HEAD", &common.url, &sent.response, sent.status).await);
+        }
+        let out = Object::new();
+        js::set(&out, "status", sent.status);
+        if let Some(o) = header_text(&sent, headers::STREAM_NEXT_OFFSET) {
+            js::set(&out, "offset", o);
+        }
+        if let Some(ct) = header_text(&sent, headers::CONTENT_TYPE) {
+            js::set(&out, "contentType", ct);
+        }
+        if let Some(ttl) =
+            header_text(&sent, headers::STREAM_TTL).and_then(|t| headers::parse_decimal(t.trim()))
+        {
+            js::set(&out, "ttlSeconds", ttl as f64);
+        }
+        if let Some(at) = header_text(&sent, headers::STREAM_EXPIRES_AT) {
+            js::set(&out, "expiresAt", at);
+        }
+        if let Some(etag) = header_text(&sent, headers::ETAG) {
+            js::set(&out, "etag", etag);
+        }
+        js::set(
+            &out,
+            "closed",
+            headers::is_true(header_text(&sent, headers::STREAM_CLOSED).as_deref()),
+        );
+        Ok(out.into())
+    })
+}
+
+/// DELETE.
+#[wasm_bindgen(js_name = deleteStream)]
+pub fn delete_stream(options: JsValue) -> Promise {
+    future_to_promise(async move {
+        let common = Common::from_js(&options)?;
+        let sent = common.send("DELETE", Vec::new(), None).await?;
+        if !(200..300).contains(&sent.status) {
+            return Err(
+                http::status_error("DELETE", &common.url, &sent.response, sent.status).await,
+            );
+        }
+        let out = Object::new();
+        js::set(&out, "status", sent.status);
+        let _ = http::cancel_body(&sent.response);
+        Ok(out.into())
+    })
+}
+
+/// An idempotent producer's identity on one request.
+struct ProducerTuple {
+    id: String,
+    epoch: u64,
+    seq: u64,
+}
+
+fn safe_integer(value: &JsValue, what: &str) -> Result<u64, JsValue> {
+    match value.as_f64() {
+        Some(n) if n >= 0.0 && n.fract() == 0.0 && n <= headers::MAX_SAFE_INTEGER as f64 => {
+            Ok(n as u64)
+        }
+        _ => Err(error::invalid(&error::msg(&[
+            what,
+            " must be an integer from 0 to 2^53-1",
+        ]))),
+    }
+}
+
+fn producer_of(options: &JsValue) -> Result<Option<ProducerTuple>, JsValue> {
+    let p = js::get(options, "producer");
+    if p.is_undefined() || p.is_null() {
+        return Ok(None);
+    }
+    let id = js::get_string(&p, "id")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| error::invalid("producer.id must be a non-empty string"))?;
+    Ok(Some(ProducerTuple {
+        id,
+        epoch: safe_integer(&js::get(&p, "epoch"), "producer.epoch")?,
+        seq: safe_integer(&js::get(&p, "seq"), "producer.seq")?,
+    }))
+}
+
+/// POST: appends `body`; with `close: true` also closes the stream (the body may then be empty).
+/// Options: `body`, `contentType`, `seq` (`Stream-Seq`), `close`, `producer: { id, epoch, seq }`.
+///
+/// Resolves to `{ status, offset, closed, duplicate, producerEpoch, producerSeq }`. A producer
+/// append the server already has (204) is a success with `duplicate: true`.
+#[wasm_bindgen(js_name = appendStream)]
+pub fn append_stream(options: JsValue) -> Promise {
+    future_to_promise(async move {
+        let common = Common::from_js(&options)?;
+        let close = js::get_bool(&options, "close") == Some(true);
+        let body = body_of(&options)?;
+        let empty = match &body {
+            None => true,
+            Some(b) => js::body_bytes(b).is_none_or(|v| v.is_empty()),
+        };
+        let mut hdrs = Vec::new();
+        if !(empty && close) {
+            let ct = js::get_string(&options, "contentType")
+                .unwrap_or_else(|| String::from(headers::DEFAULT_CONTENT_TYPE));
+            hdrs.push((headers::CONTENT_TYPE, ct));
+        }
+        let seq = js::get(&options, "seq");
+        if !seq.is_undefined() && !seq.is_null() {
+            let seq = js::to_text(&seq);
+            headers::parse_stream_seq(&seq).map_err(|e| error::invalid(e.message()))?;
+            hdrs.push((headers::STREAM_SEQ, seq));
+        }
+        let producer = producer_of(&options)?;
+        if let Some(p) = &producer {
+            hdrs.push((headers::PRODUCER_ID, p.id.clone()));
+            hdrs.push((headers::PRODUCER_EPOCH, js::u64_text(p.epoch)));
+            hdrs.push((headers::PRODUCER_SEQ, js::u64_text(p.seq)));
+        }
+        if close {
+            hdrs.push((headers::STREAM_CLOSED, String::from("true")));
+        }
+        // An empty append is sent as is: the server refuses it (400) with its own words.
+        let body = if empty && close {
+            None
+        } else {
+            body.or_else(|| Some(JsValue::from_str("")))
+        };
+        let sent = common.send("POST", hdrs, body).await?;
+        let status = sent.status;
+        let closed = headers::is_true(header_text(&sent, headers::STREAM_CLOSED).as_deref());
+        if !(200..300).contains(&status) {
+            return Err(http::status_error("POST", &common.url, &sent.response, status).await);
+        }
+        let out = Object::new();
+        js::set(&out, "status", status);
+        if let Some(o) = header_text(&sent, headers::STREAM_NEXT_OFFSET) {
+            js::set(&out, "offset", o);
+        }
+        js::set(&out, "closed", closed);
+        js::set(&out, "duplicate", producer.is_some() && status == 204);
+        if let Some(e) =
+            header_text(&sent, headers::PRODUCER_EPOCH).and_then(|v| http::parse_int(&v))
+        {
+            js::set(&out, "producerEpoch", e as f64);
+        }
+        if let Some(s) = header_text(&sent, headers::PRODUCER_SEQ).and_then(|v| http::parse_int(&v))
+        {
+            js::set(&out, "producerSeq", s as f64);
+        }
+        sent_info(&out, &sent);
+        let _ = http::cancel_body(&sent.response);
+        Ok(out.into())
+    })
+}
+
+/// Checks retry options (`maxRetries`, `initialDelayMs`, `maxDelayMs`, `multiplier`); throws an
+/// `INVALID_ARGUMENT` error naming the bad option.
+#[wasm_bindgen(js_name = validateRetryOptions)]
+pub fn validate_retry_options(options: &JsValue) -> Result<(), JsValue> {
+    RetryPolicy::from_js(options).map(|_| ())
+}

@@ -1,0 +1,840 @@
+//! Following a stream: a catch-up read first (cacheable by CDNs), then live mode over SSE,
+//! long-poll or WebSocket, resuming from the last offset after every disconnection.
+//!
+//! The reader only moves its offset forward when the server has said where a batch ends
+//! (`Stream-Next-Offset`, or a control event), so a dropped connection never produces a gap or
+//! a duplicate: data that arrived without its control event is dropped and read again.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use edgestream::headers::{self, ContentType};
+use edgestream::sse::Control;
+use js_sys::{Function, Object, Uint8Array};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use web_sys::{AbortController, ReadableStreamDefaultReader};
+
+use crate::backoff::RetryPolicy;
+use crate::batch::{self, Position};
+use crate::http::{self, Dynamic, Failure, Request};
+use crate::offset::{self, Start};
+use crate::sse::{self, Event, SseReader};
+use crate::{error, js};
+
+/// How the reader follows the stream once it has caught up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Live {
+    /// Catch up and stop.
+    Off,
+    /// SSE, falling back to long-poll when SSE connections keep ending early.
+    Auto,
+    Sse,
+    LongPoll,
+    WebSocket,
+}
+
+impl Live {
+    fn parse(value: &JsValue) -> Result<Live, JsValue> {
+        if value.is_undefined() || value.is_null() || value.as_bool() == Some(true) {
+            return Ok(Live::Auto);
+        }
+        if value.as_bool() == Some(false) {
+            return Ok(Live::Off);
+        }
+        match value.as_string().as_deref() {
+            Some("auto") => Ok(Live::Auto),
+            Some("sse") => Ok(Live::Sse),
+            Some("long-poll") => Ok(Live::LongPoll),
+            Some("ws") => Ok(Live::WebSocket),
+            _ => Err(error::invalid(
+                "live must be false, true, 'auto', 'sse', 'long-poll' or 'ws'",
+            )),
+        }
+    }
+}
+
+/// Which kind of request comes next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    CatchUp,
+    Sse,
+    LongPoll,
+    WebSocket,
+}
+
+/// An SSE connection ended sooner than this counts as "short".
+const SHORT_SSE_MS: f64 = 1_000.0;
+/// After this many short SSE connections in a row, `auto` and `sse` readers use long-poll.
+const SHORT_SSE_LIMIT: u32 = 3;
+
+struct SseConn {
+    reader: ReadableStreamDefaultReader,
+    parser: SseReader,
+    opened_at: f64,
+    delivered: bool,
+}
+
+struct WsConn {
+    socket: JsValue,
+    parts: Vec<Vec<u8>>,
+    opened_at: f64,
+    delivered: bool,
+}
+
+struct Inner {
+    url: String,
+    live: Live,
+    phase: Phase,
+    json: Option<bool>,
+    content_type: Option<String>,
+    dynamic: Dynamic,
+    policy: RetryPolicy,
+    pos: Position,
+    status: u16,
+    started: bool,
+    done: bool,
+    cancelled: bool,
+    /// The tab was hidden and the current request was aborted to pause reading.
+    paused: bool,
+    emitted_any: bool,
+    short_sse: u32,
+    /// Consecutive failures of live connections (reset by any successful batch).
+    failures: u32,
+    controller: Option<AbortController>,
+    sse: Option<SseConn>,
+    ws: Option<WsConn>,
+    ready: VecDeque<Object>,
+    headers_sent: Vec<(String, String)>,
+    params_sent: Vec<(String, String)>,
+    unlisten_hidden: Option<Function>,
+    _on_hidden: Option<Closure<dyn FnMut()>>,
+}
+
+/// A stream reader. JS calls `next()` until it resolves to `undefined`.
+#[wasm_bindgen]
+pub struct Reader {
+    inner: Rc<RefCell<Inner>>,
+}
+
+#[wasm_bindgen]
+impl Reader {
+    /// Options: `url`, `offset`, `live`, `json`, `headers`, `params`, `retry`, `pauseWhenHidden`.
+    #[wasm_bindgen(constructor)]
+    pub fn new(options: &JsValue) -> Result<Reader, JsValue> {
+        let url = js::get_string(options, "url")
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| error::invalid("url is required"))?;
+        let offset_value = js::get(options, "offset");
+        let offset_text = if offset_value.is_undefined() || offset_value.is_null() {
+            None
+        } else {
+            Some(
+                offset_value
+                    .as_string()
+                    .ok_or_else(|| error::invalid("offset must be a string"))?,
+            )
+        };
+        let start = Start::parse(offset_text.as_deref())
+            .map_err(|e| JsValue::from(error::new(error::INVALID_OFFSET, e.message(), None)))?;
+        let live = Live::parse(&js::get(options, "live"))?;
+        let policy = RetryPolicy::from_js(&js::get(options, "retry"))?;
+        let inner = Rc::new(RefCell::new(Inner {
+            url,
+            live,
+            phase: Phase::CatchUp,
+            json: js::get_bool(options, "json"),
+            content_type: None,
+            dynamic: Dynamic::from_options(options),
+            policy,
+            pos: Position {
+                offset: String::from(start.as_param()),
+                ..Position::default()
+            },
+            status: 0,
+            started: false,
+            done: false,
+            cancelled: false,
+            paused: false,
+            emitted_any: false,
+            short_sse: 0,
+            failures: 0,
+            controller: None,
+            sse: None,
+            ws: None,
+            ready: VecDeque::new(),
+            headers_sent: Vec::new(),
+            params_sent: Vec::new(),
+            unlisten_hidden: None,
+            _on_hidden: None,
+        }));
+        if start == Start::Now && live != Live::Off {
+            // Nothing to catch up on: wait for new data straight away.
+            inner.borrow_mut().go_live();
+        }
+        if js::get_bool(options, "pauseWhenHidden") != Some(false) {
+            let weak = Rc::downgrade(&inner);
+            let on_hidden = Closure::<dyn FnMut()>::new(move || {
+                if let Some(inner) = weak.upgrade() {
+                    if let Ok(mut s) = inner.try_borrow_mut() {
+                        s.pause();
+                    }
+                }
+            });
+            let unlisten = js::es_on_hidden(on_hidden.as_ref().unchecked_ref());
+            let mut s = inner.borrow_mut();
+            s.unlisten_hidden = Some(unlisten);
+            s._on_hidden = Some(on_hidden);
+        }
+        Ok(Reader { inner })
+    }
+
+    /// The next batch, or `undefined` once the stream is closed (or the reader cancelled, or
+    /// caught up with `live: false`). Rejects with a typed error on a permanent failure.
+    pub fn next(&self) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let result = next_batch(&inner).await;
+            if result.is_err() {
+                inner.borrow_mut().finish();
+            }
+            result
+        })
+    }
+
+    /// Stops reading: aborts the request in flight and ends iteration.
+    pub fn cancel(&self) {
+        let mut s = self.inner.borrow_mut();
+        s.cancelled = true;
+        s.finish();
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn offset(&self) -> String {
+        self.inner.borrow().pos.offset.clone()
+    }
+    #[wasm_bindgen(getter)]
+    pub fn cursor(&self) -> Option<String> {
+        self.inner.borrow().pos.cursor.clone()
+    }
+    #[wasm_bindgen(getter, js_name = upToDate)]
+    pub fn up_to_date(&self) -> bool {
+        self.inner.borrow().pos.up_to_date
+    }
+    #[wasm_bindgen(getter)]
+    pub fn closed(&self) -> bool {
+        self.inner.borrow().pos.closed
+    }
+    #[wasm_bindgen(getter)]
+    pub fn done(&self) -> bool {
+        self.inner.borrow().done
+    }
+    /// The HTTP status of the last response.
+    #[wasm_bindgen(getter)]
+    pub fn status(&self) -> u16 {
+        self.inner.borrow().status
+    }
+    #[wasm_bindgen(getter, js_name = contentType)]
+    pub fn content_type(&self) -> Option<String> {
+        self.inner.borrow().content_type.clone()
+    }
+    /// The live transport in use: `catch-up`, `sse`, `long-poll` or `ws`.
+    #[wasm_bindgen(getter)]
+    pub fn mode(&self) -> String {
+        String::from(match self.inner.borrow().phase {
+            Phase::CatchUp => "catch-up",
+            Phase::Sse => "sse",
+            Phase::LongPoll => "long-poll",
+            Phase::WebSocket => "ws",
+        })
+    }
+    /// The caller's dynamic headers as sent on the last request (`{ name: value }`).
+    #[wasm_bindgen(getter, js_name = headersSent)]
+    pub fn headers_sent(&self) -> Object {
+        pairs_to_object(&self.inner.borrow().headers_sent)
+    }
+    /// The caller's dynamic query parameters as sent on the last request.
+    #[wasm_bindgen(getter, js_name = paramsSent)]
+    pub fn params_sent(&self) -> Object {
+        pairs_to_object(&self.inner.borrow().params_sent)
+    }
+}
+
+fn pairs_to_object(pairs: &[(String, String)]) -> Object {
+    let o = Object::new();
+    for (k, v) in pairs {
+        js::set(&o, k, v.as_str());
+    }
+    o
+}
+
+impl Inner {
+    /// Tab hidden: abort the live request; the loop waits for the tab to return.
+    fn pause(&mut self) {
+        if self.done || self.phase == Phase::CatchUp {
+            return;
+        }
+        self.paused = true;
+        self.drop_connections();
+    }
+
+    fn drop_connections(&mut self) {
+        if let Some(c) = self.controller.take() {
+            c.abort();
+        }
+        if let Some(conn) = self.sse.take() {
+            js::es_quiet(&conn.reader.cancel());
+        }
+        if let Some(ws) = self.ws.take() {
+            let close = js::get(&ws.socket, "close");
+            if let Some(f) = close.dyn_ref::<Function>() {
+                let _ = f.call0(&ws.socket);
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        self.drop_connections();
+        self.ready.clear();
+        if let Some(unlisten) = self.unlisten_hidden.take() {
+            let _ = unlisten.call0(&JsValue::UNDEFINED);
+        }
+        self._on_hidden = None;
+    }
+
+    fn is_json(&self) -> bool {
+        self.json.unwrap_or_else(|| {
+            self.content_type
+                .as_deref()
+                .and_then(|ct| ContentType::parse(ct).ok())
+                .is_some_and(|ct| ct.is_json())
+        })
+    }
+
+    /// Applies a position the server reported and decides whether the batch is worth handing
+    /// out: it has data, it is the first, or it changes `upToDate` or `closed`.
+    fn accept(&mut self, parts: &[Vec<u8>], next: Position) -> Result<(), JsValue> {
+        if !offset::is_usable(&next.offset) {
+            return Err(batch::parse_error("server sent an unusable offset"));
+        }
+        let has_data = parts.iter().any(|p| !p.is_empty());
+        let changed = next.up_to_date != self.pos.up_to_date || next.closed != self.pos.closed;
+        let first = !self.emitted_any;
+        let cursor = next.cursor.clone().or_else(|| self.pos.cursor.clone());
+        self.pos = Position { cursor, ..next };
+        self.failures = 0;
+        if has_data || changed || first {
+            let obj = batch::to_js(parts, self.is_json(), &self.pos)?;
+            self.emitted_any = true;
+            self.ready.push_back(obj);
+        }
+        if self.pos.closed {
+            self.done = true;
+        }
+        Ok(())
+    }
+
+    /// What to do after the reader caught up.
+    fn go_live(&mut self) {
+        self.phase = match self.live {
+            Live::Off => {
+                self.done = true;
+                Phase::CatchUp
+            }
+            Live::Auto | Live::Sse => {
+                if self.short_sse >= SHORT_SSE_LIMIT {
+                    Phase::LongPoll
+                } else {
+                    Phase::Sse
+                }
+            }
+            Live::LongPoll => Phase::LongPoll,
+            Live::WebSocket => Phase::WebSocket,
+        };
+    }
+
+    fn query(&self, live: Option<&str>) -> Vec<(String, String)> {
+        let mut q = vec![(String::from("offset"), self.pos.offset.clone())];
+        if let Some(live) = live {
+            q.push((String::from("live"), String::from(live)));
+            if let Some(cursor) = &self.pos.cursor {
+                q.push((String::from("cursor"), cursor.clone()));
+            }
+        }
+        q
+    }
+
+    fn new_controller(&mut self) -> Option<web_sys::AbortSignal> {
+        let c = http::controller()?;
+        let signal = c.signal();
+        self.controller = Some(c);
+        Some(signal)
+    }
+}
+
+/// Where a response says the stream stands.
+fn position_from(response: &web_sys::Response, fallback: &str) -> Position {
+    let h = |name| http::header(response, name);
+    Position {
+        offset: h(headers::STREAM_NEXT_OFFSET).unwrap_or_else(|| String::from(fallback)),
+        cursor: h(headers::STREAM_CURSOR),
+        up_to_date: headers::is_true(h(headers::STREAM_UP_TO_DATE).as_deref()),
+        closed: headers::is_true(h(headers::STREAM_CLOSED).as_deref()),
+    }
+}
+
+/// Waits while the page is hidden, and clears the pause flag.
+async fn wait_if_paused(inner: &Rc<RefCell<Inner>>) {
+    let paused = {
+        let mut s = inner.borrow_mut();
+        let p =
+            s.paused || (s.phase != Phase::CatchUp && js::es_hidden() && s._on_hidden.is_some());
+        s.paused = false;
+        p
+    };
+    if paused {
+        let _ = js::wait(js::es_when_visible(None)).await;
+    }
+}
+
+/// Sleeps before reconnecting after a failure; errors once the retries are used up.
+async fn back_off(
+    inner: &Rc<RefCell<Inner>>,
+    cause: JsValue,
+    retry_after: Option<f64>,
+) -> Result<(), JsValue> {
+    let (delay, signal) = {
+        let mut s = inner.borrow_mut();
+        s.failures += 1;
+        if s.failures > s.policy.max_retries {
+            return Err(cause);
+        }
+        let delay = s
+            .policy
+            .delay_ms(s.failures, js_sys::Math::random(), retry_after);
+        (delay, s.new_controller())
+    };
+    js::sleep(delay, signal.as_ref()).await;
+    Ok(())
+}
+
+async fn next_batch(inner: &Rc<RefCell<Inner>>) -> Result<JsValue, JsValue> {
+    loop {
+        {
+            let mut s = inner.borrow_mut();
+            if let Some(b) = s.ready.pop_front() {
+                return Ok(b.into());
+            }
+            if s.done || s.cancelled {
+                s.finish();
+                return Ok(JsValue::UNDEFINED);
+            }
+        }
+        wait_if_paused(inner).await;
+        if inner.borrow().cancelled {
+            continue;
+        }
+        let phase = inner.borrow().phase;
+        match phase {
+            Phase::CatchUp | Phase::LongPoll => poll(inner, phase).await?,
+            Phase::Sse => sse_step(inner).await?,
+            Phase::WebSocket => ws_step(inner).await?,
+        }
+    }
+}
+
+/// One catch-up or long-poll request, retried on transient failures.
+async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
+    let (url, query, dynamic, policy, signal) = {
+        let mut s = inner.borrow_mut();
+        let live = (phase == Phase::LongPoll).then_some("long-poll");
+        let q = s.query(live);
+        let signal = s.new_controller();
+        (s.url.clone(), q, s.dynamic.clone(), s.policy, signal)
+    };
+    let req = Request {
+        method: "GET",
+        url: &url,
+        query,
+        headers: Vec::new(),
+        body: None,
+        dynamic: &dynamic,
+    };
+    let mut attempt = 0u32;
+    loop {
+        let sent = match http::send_once(&req, signal.as_ref()).await {
+            Ok(sent) => sent,
+            Err(Failure::Aborted) => return Ok(()),
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Network(e)) => {
+                attempt += 1;
+                if attempt > policy.max_retries {
+                    return Err(http::network_error("GET", &url, &e).into());
+                }
+                js::sleep(
+                    policy.delay_ms(attempt, js_sys::Math::random(), None),
+                    signal.as_ref(),
+                )
+                .await;
+                if signal.as_ref().is_some_and(|s| s.aborted()) {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let status = sent.status;
+        {
+            let mut s = inner.borrow_mut();
+            s.status = status;
+            s.headers_sent = sent.headers_sent.clone();
+            s.params_sent = sent.params_sent.clone();
+        }
+        if crate::backoff::is_retryable_status(status) {
+            attempt += 1;
+            if attempt > policy.max_retries {
+                return Err(http::status_error("GET", &url, &sent.response, status).await);
+            }
+            let ra = http::header(&sent.response, headers::RETRY_AFTER)
+                .and_then(|v| crate::backoff::retry_after_ms(&v, js_sys::Date::now()));
+            let _ = http::cancel_body(&sent.response);
+            js::sleep(
+                policy.delay_ms(attempt, js_sys::Math::random(), ra),
+                signal.as_ref(),
+            )
+            .await;
+            if signal.as_ref().is_some_and(|s| s.aborted()) {
+                return Ok(());
+            }
+            continue;
+        }
+        if status != 200 && status != 204 {
+            return Err(http::status_error("GET", &url, &sent.response, status).await);
+        }
+        let body = if status == 200 {
+            let buf = match sent.response.array_buffer() {
+                Ok(p) => js::wait(p).await,
+                Err(e) => Err(e),
+            };
+            match buf {
+                Ok(buf) => Uint8Array::new(&buf).to_vec(),
+                Err(e) => {
+                    // The body broke off: nothing was consumed, so the same request is retried.
+                    if signal.as_ref().is_some_and(|s| s.aborted()) {
+                        return Ok(());
+                    }
+                    attempt += 1;
+                    if attempt > policy.max_retries {
+                        return Err(http::network_error("GET", &url, &e).into());
+                    }
+                    js::sleep(
+                        policy.delay_ms(attempt, js_sys::Math::random(), None),
+                        signal.as_ref(),
+                    )
+                    .await;
+                    continue;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let mut s = inner.borrow_mut();
+        if s.content_type.is_none() && status == 200 {
+            s.content_type = http::header(&sent.response, headers::CONTENT_TYPE);
+        }
+        let mut next = position_from(&sent.response, &s.pos.offset.clone());
+        if status == 204 {
+            // A long-poll that timed out: nothing new, and the reader is at the tail.
+            next.up_to_date = true;
+        }
+        s.started = true;
+        s.accept(&[body], next)?;
+        if phase == Phase::CatchUp && s.pos.up_to_date && !s.done {
+            s.go_live();
+        }
+        return Ok(());
+    }
+}
+
+/// Opens an SSE connection if needed and reads until it yields a batch or ends.
+async fn sse_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
+    if inner.borrow().sse.is_none() {
+        let (url, query, dynamic, policy, signal) = {
+            let mut s = inner.borrow_mut();
+            let q = s.query(Some("sse"));
+            let signal = s.new_controller();
+            (s.url.clone(), q, s.dynamic.clone(), s.policy, signal)
+        };
+        let req = Request {
+            method: "GET",
+            url: &url,
+            query,
+            headers: vec![("accept", String::from("text/event-stream"))],
+            body: None,
+            dynamic: &dynamic,
+        };
+        let sent = match http::send(&req, &policy, signal.as_ref()).await {
+            Ok(sent) => sent,
+            Err(e) if error::is_abort(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        {
+            let mut s = inner.borrow_mut();
+            s.status = sent.status;
+            s.headers_sent = sent.headers_sent.clone();
+            s.params_sent = sent.params_sent.clone();
+        }
+        if sent.status != 200 {
+            return Err(http::status_error("GET", &url, &sent.response, sent.status).await);
+        }
+        let is_sse = http::header(&sent.response, headers::CONTENT_TYPE)
+            .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("text/event-stream"));
+        let body = sent.response.body();
+        let (true, Some(body)) = (is_sse, body) else {
+            // Not an event stream (a proxy, or a server without SSE): follow by long-poll.
+            let _ = http::cancel_body(&sent.response);
+            let mut s = inner.borrow_mut();
+            s.short_sse = SHORT_SSE_LIMIT;
+            s.phase = Phase::LongPoll;
+            return Ok(());
+        };
+        let encoding = sse::encoding_of(
+            http::header(&sent.response, headers::STREAM_SSE_DATA_ENCODING).as_deref(),
+        );
+        let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+        inner.borrow_mut().sse = Some(SseConn {
+            reader,
+            parser: SseReader::new(encoding),
+            opened_at: js_sys::Date::now(),
+            delivered: false,
+        });
+    }
+    let Some(reader) = inner.borrow().sse.as_ref().map(|c| c.reader.clone()) else {
+        return Ok(());
+    };
+    let chunk = js::wait(reader.read()).await;
+    if let Some((cause, retry_ms)) = on_sse_chunk(inner, chunk)? {
+        back_off(inner, cause, retry_ms).await?;
+    }
+    Ok(())
+}
+
+/// Handles one read from an SSE body; returns a reason to back off before reconnecting.
+#[allow(clippy::type_complexity)]
+fn on_sse_chunk(
+    inner: &Rc<RefCell<Inner>>,
+    chunk: Result<JsValue, JsValue>,
+) -> Result<Option<(JsValue, Option<f64>)>, JsValue> {
+    let mut s = inner.borrow_mut();
+    if s.done || s.cancelled || s.paused {
+        return Ok(None);
+    }
+    let ended = match &chunk {
+        Ok(result) => js::get_bool(result, "done").unwrap_or(true),
+        Err(_) => true,
+    };
+    if !ended {
+        let value = chunk
+            .map(|r| js::get(&r, "value"))
+            .unwrap_or(JsValue::UNDEFINED);
+        let bytes = js::body_bytes(&value).unwrap_or_default();
+        let events = match s.sse.as_mut() {
+            Some(conn) => conn.parser.push(&bytes),
+            None => return Ok(None),
+        };
+        let events = events.map_err(|e| batch::parse_error(e.message()))?;
+        for Event::Batch { parts, control } in events {
+            if let Some(conn) = s.sse.as_mut() {
+                conn.delivered = true;
+            }
+            let Control {
+                next_offset,
+                cursor,
+                up_to_date,
+                closed,
+            } = control;
+            s.accept(
+                &parts,
+                Position {
+                    offset: next_offset,
+                    cursor,
+                    up_to_date,
+                    closed,
+                },
+            )?;
+            if s.done {
+                s.drop_connections();
+                break;
+            }
+        }
+        if s.sse.as_ref().is_some_and(|c| c.delivered) {
+            s.short_sse = 0;
+        }
+        return Ok(None);
+    }
+    // The connection ended (servers close SSE about once a minute, or it broke): resume from
+    // the last offset. Connections that keep ending at once suggest a buffering proxy.
+    let conn = s.sse.take();
+    let lived = conn
+        .as_ref()
+        .map(|c| js_sys::Date::now() - c.opened_at)
+        .unwrap_or(0.0);
+    let delivered = conn.as_ref().is_some_and(|c| c.delivered);
+    let retry_ms = conn.as_ref().and_then(|c| c.parser.retry_ms());
+    let short = lived < SHORT_SSE_MS && !delivered;
+    if !short {
+        s.short_sse = 0;
+        return Ok(None);
+    }
+    s.short_sse += 1;
+    if s.short_sse >= SHORT_SSE_LIMIT {
+        s.phase = Phase::LongPoll;
+        return Ok(None);
+    }
+    let cause = match chunk {
+        Err(e) => http::network_error("GET", &s.url, &e).into(),
+        Ok(_) => error::new(error::NETWORK_ERROR, "SSE connection closed early", None).into(),
+    };
+    Ok(Some((cause, retry_ms.map(f64::from))))
+}
+
+/// `http(s)://` to `ws(s)://`.
+fn ws_url(url: &str) -> String {
+    if let Some(rest) = url.strip_prefix("https://") {
+        error::msg(&["wss://", rest])
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        error::msg(&["ws://", rest])
+    } else {
+        String::from(url)
+    }
+}
+
+/// Opens a WebSocket if needed and reads frames until one completes a batch or the socket closes.
+///
+/// Frames: binary frames carry data of non-JSON streams; text frames holding a JSON object are
+/// control frames (the SSE control event's fields); text frames holding a JSON array are data of
+/// JSON streams. Browsers cannot set headers on a WebSocket, so only `params` are sent.
+async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
+    if inner.borrow().ws.is_none() {
+        let (url, query, params_src) = {
+            let s = inner.borrow();
+            (s.url.clone(), s.query(Some("ws")), s.dynamic.params.clone())
+        };
+        let params = http::resolve_map(&params_src).await?;
+        let mut q = query;
+        for (k, v) in &params {
+            if !matches!(k.as_str(), "offset" | "live" | "cursor") {
+                q.push((k.clone(), v.clone()));
+            }
+        }
+        let full = ws_url(&http::with_query(&url, &q));
+        let socket = js::es_ws_open(&full)?;
+        if socket.is_null() || socket.is_undefined() {
+            return Err(error::new(
+                error::NOT_SUPPORTED,
+                "live: 'ws' needs a WebSocket implementation (globalThis.WebSocket)",
+                None,
+            )
+            .into());
+        }
+        inner.borrow_mut().params_sent = params;
+        inner.borrow_mut().ws = Some(WsConn {
+            socket,
+            parts: Vec::new(),
+            opened_at: js_sys::Date::now(),
+            delivered: false,
+        });
+    }
+    let Some(socket) = inner.borrow().ws.as_ref().map(|c| c.socket.clone()) else {
+        return Ok(());
+    };
+    let next = js::get(&socket, "next");
+    let Some(next) = next.dyn_ref::<Function>() else {
+        return Ok(());
+    };
+    let frame = js::settle(next.call0(&socket)?).await?;
+    if let Some(cause) = on_ws_frame(inner, &frame)? {
+        back_off(inner, cause, None).await?;
+    }
+    Ok(())
+}
+
+/// Handles one WebSocket event; returns a reason to back off before reconnecting.
+fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsValue>, JsValue> {
+    let mut s = inner.borrow_mut();
+    if s.done || s.cancelled || s.paused {
+        return Ok(None);
+    }
+    match js::get_string(frame, "kind").as_deref() {
+        Some("open") => Ok(None),
+        Some("binary") => {
+            let bytes = js::body_bytes(&js::get(frame, "data")).unwrap_or_default();
+            if let Some(c) = s.ws.as_mut() {
+                c.parts.push(bytes);
+            }
+            Ok(None)
+        }
+        Some("text") => {
+            let text = js::get_string(frame, "data").unwrap_or_default();
+            if text.trim_start().starts_with('{') {
+                let control = Control::parse(&text).map_err(|_| {
+                    batch::parse_error("WebSocket control frame is not a valid JSON object")
+                })?;
+                let parts = match s.ws.as_mut() {
+                    Some(c) => {
+                        c.delivered = true;
+                        core::mem::take(&mut c.parts)
+                    }
+                    None => Vec::new(),
+                };
+                s.accept(
+                    &parts,
+                    Position {
+                        offset: control.next_offset,
+                        cursor: control.cursor,
+                        up_to_date: control.up_to_date,
+                        closed: control.closed,
+                    },
+                )?;
+                if s.done {
+                    s.drop_connections();
+                }
+            } else if let Some(c) = s.ws.as_mut() {
+                c.parts.push(text.into_bytes());
+            }
+            Ok(None)
+        }
+        _ => {
+            // Closed or failed: resume from the last control frame's offset.
+            let conn = s.ws.take();
+            let delivered = conn.as_ref().is_some_and(|c| c.delivered);
+            let lived = conn
+                .map(|c| js_sys::Date::now() - c.opened_at)
+                .unwrap_or(0.0);
+            if delivered && lived >= SHORT_SSE_MS {
+                s.failures = 0;
+                return Ok(None);
+            }
+            let reason = js::get_string(frame, "reason").unwrap_or_default();
+            let cause = error::new(
+                error::NETWORK_ERROR,
+                &error::msg(&["WebSocket ", &s.url, " closed: ", &reason]),
+                None,
+            );
+            Ok(Some(cause.into()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ws_url;
+
+    #[test]
+    fn websocket_urls() {
+        assert_eq!(ws_url("http://h/v1/stream/a?x=1"), "ws://h/v1/stream/a?x=1");
+        assert_eq!(ws_url("https://h/a"), "wss://h/a");
+        assert_eq!(ws_url("ws://h/a"), "ws://h/a");
+    }
+}
