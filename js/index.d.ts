@@ -1,0 +1,233 @@
+// Types for `edgestream`, the Durable Streams client (hand-written; the runtime is js/src/*.js).
+
+/** A header or query value: a string, or a function called before every request (token refresh). */
+export type DynamicValue = string | (() => string | undefined | Promise<string | undefined>);
+/** Header or query parameter map; the whole map may also be an (async) function. */
+export type DynamicMap =
+  | Record<string, DynamicValue | undefined>
+  | (() => Record<string, string> | Promise<Record<string, string>>);
+
+/** Reconnection policy. Defaults: 5 retries, 100 ms doubling to 5 s, with jitter. */
+export interface RetryOptions {
+  maxRetries?: number;
+  initialDelayMs?: number;
+  maxDelayMs?: number;
+  multiplier?: number;
+}
+
+/** How a reader follows the stream after catching up. `true` is the same as `'auto'`. */
+export type LiveMode = 'auto' | 'sse' | 'ws' | 'long-poll' | false | true;
+
+export interface StreamOptions {
+  url: string | URL;
+  /** Where to start: an offset from an earlier batch, `'-1'` (start, the default) or `'now'` (tail). */
+  offset?: string;
+  /** Default `'auto'`: SSE, falling back to long-poll behind proxies that break it. */
+  live?: LiveMode;
+  /** Parse data as JSON messages (`items`). Default: when the stream's type is application/json. */
+  json?: boolean;
+  headers?: DynamicMap;
+  params?: DynamicMap;
+  retry?: RetryOptions;
+  /** Aborting it cancels the reader and the request in flight. */
+  signal?: AbortSignal;
+  /** Stop live requests while the page is hidden and resume when shown. Default true. */
+  pauseWhenHidden?: boolean;
+}
+
+interface BatchBase {
+  /** Where the next read starts: store it to resume later. */
+  offset: string;
+  cursor?: string;
+  /** The reader has everything the stream held when this batch was sent. */
+  upToDate: boolean;
+  /** The stream is closed and this is its last batch. */
+  closed: boolean;
+}
+/** A batch of a JSON stream: the messages, in order. */
+export interface JsonBatch<T = unknown> extends BatchBase {
+  items: T[];
+  bytes?: undefined;
+}
+/** A batch of any other stream: the bytes, in order. */
+export interface BytesBatch extends BatchBase {
+  bytes: Uint8Array;
+  items?: undefined;
+}
+export type Batch<T = unknown> = JsonBatch<T> | BytesBatch;
+
+export declare class StreamHandle<T = unknown> implements AsyncIterableIterator<Batch<T>> {
+  readonly offset: string;
+  readonly upToDate: boolean;
+  readonly closed: boolean;
+  readonly cursor: string | undefined;
+  /** HTTP status of the last response (0 before the first). */
+  readonly status: number;
+  readonly contentType: string | undefined;
+  readonly mode: 'catch-up' | 'sse' | 'long-poll' | 'ws';
+  readonly lastRequest: { headers: Record<string, string>; params: Record<string, string> };
+  /** Resolves when iteration ends (closed, caught up with live: false, or cancelled); rejects on failure. */
+  readonly finished: Promise<void>;
+  next(): Promise<IteratorResult<Batch<T>, undefined>>;
+  return(): Promise<IteratorResult<Batch<T>, undefined>>;
+  [Symbol.asyncIterator](): this;
+  /** Calls `callback` for each batch, awaiting it before reading on. Returns an unsubscribe function. */
+  subscribe(callback: (batch: Batch<T>) => void | Promise<void>, onError?: (error: unknown) => void): () => void;
+  cancel(): void;
+  /** Collects the items of a JSON stream until it is closed (or caught up with `live: false`). */
+  items(): Promise<T[]>;
+  /** Collects the bytes until the stream is closed (or caught up with `live: false`). */
+  bytes(): Promise<Uint8Array>;
+  text(): Promise<string>;
+}
+
+/** Follows a stream: a catch-up read, then live updates. */
+export declare function stream<T = unknown>(options: StreamOptions): StreamHandle<T>;
+
+/** Loads the wasm early (optional: it loads on first use). Accepts a URL, Response, bytes or Module. */
+export declare function init(input?: URL | string | Response | BufferSource | WebAssembly.Module): Promise<void>;
+
+export interface StreamHandleOptions {
+  url: string | URL;
+  /** The stream's content type; learnt from create/head when omitted. */
+  contentType?: string;
+  headers?: DynamicMap;
+  params?: DynamicMap;
+  retry?: RetryOptions;
+  signal?: AbortSignal;
+}
+
+export interface CreateOptions {
+  contentType?: string;
+  ttlSeconds?: number;
+  expiresAt?: string;
+  /** Create the stream already closed. */
+  closed?: boolean;
+  /** Initial content. */
+  body?: string | Uint8Array | ArrayBuffer | unknown;
+}
+
+export interface CreateResult {
+  /** 201 created, 200 already existed with the same configuration. */
+  status: number;
+  created: boolean;
+  offset?: string;
+  contentType?: string;
+  closed: boolean;
+}
+
+export interface HeadResult {
+  status: number;
+  offset?: string;
+  contentType?: string;
+  ttlSeconds?: number;
+  expiresAt?: string;
+  etag?: string;
+  closed: boolean;
+}
+
+export interface AppendResult {
+  status: number;
+  offset?: string;
+  closed: boolean;
+  /** The server already had this producer batch (HTTP 204). */
+  duplicate: boolean;
+  producerEpoch?: number;
+  producerSeq?: number;
+  headersSent: Record<string, string>;
+  paramsSent: Record<string, string>;
+}
+
+export declare class DurableStream {
+  constructor(options: StreamHandleOptions & CreateOptions);
+  readonly url: string;
+  contentType: string | undefined;
+  static create(options: StreamHandleOptions & CreateOptions): Promise<DurableStream>;
+  static connect(options: StreamHandleOptions): Promise<DurableStream>;
+  static head(options: StreamHandleOptions): Promise<HeadResult>;
+  static delete(options: StreamHandleOptions): Promise<{ status: number }>;
+  create(options?: CreateOptions): Promise<CreateResult>;
+  head(): Promise<HeadResult>;
+  /** JSON streams take any JSON value (strings are JSON text); others take strings or bytes. */
+  append(data: unknown, options?: { seq?: string; contentType?: string }): Promise<AppendResult>;
+  close(options?: { body?: unknown; contentType?: string }): Promise<AppendResult & { finalOffset?: string }>;
+  delete(): Promise<{ status: number }>;
+  stream<T = unknown>(options?: Omit<StreamOptions, 'url'>): StreamHandle<T>;
+}
+
+export interface ProducerOptions {
+  /** Starting epoch (default 0). */
+  epoch?: number;
+  /** On a stale epoch (403), claim the next one and retry. Default false. */
+  autoClaim?: boolean;
+  /** How long a batch waits for more data. Default 5 ms. */
+  lingerMs?: number;
+  /** A batch is sent once it holds this many bytes. Default 1 MiB. */
+  maxBatchBytes?: number;
+  /** A batch is sent once it holds this many items. Default unlimited. */
+  maxBatchItems?: number;
+  /** Batches in flight at once. Default 5. */
+  maxInFlight?: number;
+  /** JSON stream? Default: from the stream's content type. */
+  json?: boolean;
+  onError?: (error: DurableStreamError) => void;
+}
+
+export declare class IdempotentProducer {
+  constructor(stream: DurableStream | string | URL, producerId: string, options?: ProducerOptions);
+  readonly epoch: number;
+  readonly nextSeq: number;
+  readonly offset: string | undefined;
+  /** Queues data; throws StreamClosedError once closed. */
+  append(data: unknown): void;
+  /** Sends what is queued and resolves when every batch is acknowledged (rejects with the first error). */
+  flush(): Promise<void>;
+  /** Flushes and closes the stream, optionally with a last message. Idempotent. */
+  close(data?: unknown): Promise<{ finalOffset?: string; duplicate: boolean }>;
+  /** Flushes and stops, leaving the stream open. */
+  detach(): Promise<void>;
+}
+
+export type ErrorCode =
+  | 'NOT_FOUND'
+  | 'GONE'
+  | 'CONFLICT'
+  | 'SEQUENCE_CONFLICT'
+  | 'STREAM_CLOSED'
+  | 'STALE_EPOCH'
+  | 'SEQUENCE_GAP'
+  | 'BAD_REQUEST'
+  | 'INVALID_OFFSET'
+  | 'UNAUTHORIZED'
+  | 'FORBIDDEN'
+  | 'PAYLOAD_TOO_LARGE'
+  | 'UNEXPECTED_STATUS'
+  | 'NETWORK_ERROR'
+  | 'PARSE_ERROR'
+  | 'INVALID_ARGUMENT'
+  | 'NOT_SUPPORTED'
+  | 'ABORTED';
+
+export declare class DurableStreamError extends Error {
+  readonly code: ErrorCode;
+  readonly status?: number;
+  readonly cause?: unknown;
+}
+export declare class StreamClosedError extends DurableStreamError {
+  readonly code: 'STREAM_CLOSED';
+  readonly finalOffset?: string;
+}
+export declare class StaleEpochError extends DurableStreamError {
+  readonly code: 'STALE_EPOCH';
+  readonly currentEpoch?: number;
+}
+export declare class SequenceGapError extends DurableStreamError {
+  readonly code: 'SEQUENCE_GAP';
+  readonly expectedSeq?: number;
+  readonly receivedSeq?: number;
+}
+
+/** Throws INVALID_ARGUMENT for a bad producer id or option. */
+export declare function checkProducerOptions(producerId: string, options?: ProducerOptions): void;
+/** Rejects with INVALID_ARGUMENT for bad retry options. */
+export declare function checkRetryOptions(options: RetryOptions): Promise<void>;

@@ -1,0 +1,108 @@
+// Builds the browser client (client/ → js/dist) and runs its tests.
+//
+//   import { buildClient, testClient } from './client.mjs'
+//   node scripts/client.mjs build | test | size
+//
+// The build is offline: cargo for wasm32, the wasm-bindgen CLI pinned by bootstrap.sh, and
+// wasm-opt from the npm package binaryen. It prints the gzip size of the wasm plus its JS glue,
+// which the issue budgets at 60 KB.
+import { mkdir, readdir, readFile, rm, stat, copyFile } from 'node:fs/promises';
+import { gzipSync } from 'node:zlib';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { bin, root, run, step } from './run.mjs';
+
+const js = path.join(root, 'js');
+const dist = path.join(js, 'dist');
+const targetDir = path.join(root, 'target', 'client');
+// Size-tuned release settings for the client only, without touching the workspace profile
+// (the Worker's build keeps its own) — hence the separate target directory.
+const releaseEnv = {
+  ...process.env,
+  CARGO_PROFILE_RELEASE_OPT_LEVEL: 'z',
+  CARGO_PROFILE_RELEASE_PANIC: 'abort',
+  CARGO_PROFILE_RELEASE_LTO: 'true',
+  CARGO_PROFILE_RELEASE_CODEGEN_UNITS: '1',
+};
+const WASM_FEATURES = [
+  '--enable-bulk-memory',
+  '--enable-sign-ext',
+  '--enable-nontrapping-float-to-int',
+  '--enable-mutable-globals',
+  '--enable-reference-types',
+  '--enable-multivalue',
+];
+
+/** Every file the package ships that a browser downloads: the wasm, the glue and our JS. */
+async function shippedFiles() {
+  const files = [];
+  const walk = async (dir) => {
+    for (const entry of await readdir(dir, { withFileTypes: true })) {
+      const p = path.join(dir, entry.name);
+      if (entry.isDirectory()) await walk(p);
+      else if (/\.(js|wasm)$/.test(entry.name)) files.push(p);
+    }
+  };
+  await walk(dist);
+  await walk(path.join(js, 'src'));
+  return files.filter((f) => !f.endsWith(path.join('src', 'node.js')));
+}
+
+/** Gzip sizes (level 9) of what a browser loads, per file and in total. */
+export async function clientSize() {
+  const rows = [];
+  let total = 0;
+  for (const file of await shippedFiles()) {
+    const gz = gzipSync(await readFile(file), { level: 9 }).length;
+    rows.push([path.relative(root, file), (await stat(file)).size, gz]);
+    total += gz;
+  }
+  return { rows, total };
+}
+
+export async function printClientSize() {
+  const { rows, total } = await clientSize();
+  for (const [file, raw, gz] of rows) console.log(`  ${file}: ${raw} B, ${gz} B gzip`);
+  const kb = (total / 1024).toFixed(1);
+  console.log(`client size: ${kb} KB gzip (wasm + JS glue; budget 60 KB)`);
+  return total;
+}
+
+export async function buildClient() {
+  await run(
+    'cargo',
+    ['build', '--release', '--target', 'wasm32-unknown-unknown', '-p', 'edgestream-client', '--target-dir', targetDir],
+    { env: releaseEnv },
+  );
+  await rm(dist, { recursive: true, force: true });
+  await mkdir(dist, { recursive: true });
+  const raw = path.join(targetDir, 'wasm32-unknown-unknown', 'release', 'edgestream_client.wasm');
+  await run('wasm-bindgen', ['--target', 'web', '--out-dir', dist, '--out-name', 'edgestream_client', '--no-typescript', raw]);
+  const wasm = path.join(dist, 'edgestream_client_bg.wasm');
+  const optimised = path.join(dist, 'edgestream_client_bg.opt.wasm');
+  await run(bin('wasm-opt'), ['-Oz', ...WASM_FEATURES, '--strip-debug', '--strip-producers', wasm, '-o', optimised]);
+  await copyFile(optimised, wasm);
+  await rm(optimised);
+  await printClientSize();
+}
+
+/** Client tests: the conformance suite against the reference server (and our Worker). */
+export async function testClient() {
+  await step('client: cargo test (native)', () => run('cargo', ['test', '-p', 'edgestream-client']));
+  await step('client: conformance (reference server)', () =>
+    run('node', [path.join('tests', 'client-conformance', 'run.mjs')]),
+  );
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const what = process.argv[2] ?? 'build';
+  const job = { build: buildClient, test: testClient, size: printClientSize }[what];
+  if (!job) {
+    console.error('usage: node scripts/client.mjs build|test|size');
+    process.exit(2);
+  }
+  job().catch((e) => {
+    console.error(e.message);
+    process.exit(1);
+  });
+}
