@@ -86,9 +86,29 @@ export async function buildClient() {
   await printClientSize();
 }
 
-/** Client tests: the conformance suite against the reference server (and our Worker). */
+/** Browser tests (client/tests/browser.rs) in headless Chromium against the reference server. */
+export async function testClientInBrowser() {
+  const { DurableStreamTestServer } = await import('@durable-streams/server');
+  const server = new DurableStreamTestServer({ port: 0, host: '127.0.0.1', longPollTimeout: 500 });
+  await server.start();
+  try {
+    await run('wasm-pack', ['test', '--mode', 'no-install', '--headless', '--chrome', 'client'], {
+      env: {
+        ...process.env,
+        EDGESTREAM_TEST_URL: server.url,
+        EDGESTREAM_TEST_FAULTS: '1',
+        CHROMEDRIVER: process.env.CHROMEDRIVER ?? '/usr/bin/chromedriver',
+      },
+    });
+  } finally {
+    await server.stop();
+  }
+}
+
+/** Client tests: native unit tests, the browser tests and the conformance suite. */
 export async function testClient() {
   await step('client: cargo test (native)', () => run('cargo', ['test', '-p', 'edgestream-client']));
+  await step('client: browser tests (wasm-pack, headless Chromium)', testClientInBrowser);
   await step('client: conformance (reference server)', () =>
     run('node', [path.join('tests', 'client-conformance', 'run.mjs')]),
   );
@@ -96,9 +116,9 @@ export async function testClient() {
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {
   const what = process.argv[2] ?? 'build';
-  const job = { build: buildClient, test: testClient, size: printClientSize }[what];
+  const job = { build: buildClient, test: testClient, browser: testClientInBrowser, size: printClientSize }[what];
   if (!job) {
-    console.error('usage: node scripts/client.mjs build|test|size');
+    console.error('usage: node scripts/client.mjs build|test|browser|size');
     process.exit(2);
   }
   job().catch((e) => {
