@@ -502,7 +502,8 @@ const injectsFaults = (test) =>
 async function startServer() {
   if (serverKind === 'worker') {
     const { startServer: startWorker } = await import(path.join(root, 'scripts', 'dev-server.mjs'));
-    const s = await startWorker();
+    // The suite's long-poll cases assume the reference server's 500 ms long-poll timeout.
+    const s = await startWorker({ vars: { LONG_POLL_TIMEOUT_MS: '500' } });
     return { url: `${s.baseUrl}/v1/stream`, stop: () => s.stop() };
   }
   const { DurableStreamTestServer } = await import('@durable-streams/server');
