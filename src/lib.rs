@@ -11,6 +11,7 @@
 //! - [`json`]: JSON mode: validation, one-level flattening, the stored framing.
 //! - [`sse`]: the SSE encoder and the incremental decoder.
 //! - [`cursor`], [`etag`]: CDN collapsing and cache validation.
+//! - [`subscription`]: glob links, lease bounds and webhook retry for `__ds/subscriptions`.
 //! - [`error`]: every refusal with its status, text and headers.
 //! - [`base64`], [`time`]: small codecs kept in-crate to keep the wasm client small.
 #![no_std]
@@ -30,6 +31,7 @@ pub mod offset;
 pub mod producer;
 pub mod sse;
 pub mod stream;
+pub mod subscription;
 pub mod time;
 
 pub use error::ProtocolError;
