@@ -11,6 +11,8 @@ await buildAll();
 const args = ['dev', '--local', '--show-interactive-dev-session=false'];
 if (!has('--ip')) args.push('--ip', '127.0.0.1');
 if (!has('--port')) args.push('--port', '8787');
+// Local development: subscriptions may call webhooks on this machine.
+if (!extra.some((a) => a.startsWith('WEBHOOK_ALLOW_LOCALHOST'))) args.push('--var', 'WEBHOOK_ALLOW_LOCALHOST:true');
 args.push(...extra);
 console.log(`\nedgestream: wrangler ${args.join(' ')}`);
 await run(bin('wrangler'), args, {

@@ -13,6 +13,8 @@ pub struct Config {
     pub sse_connection_ms: u64,
     /// `Access-Control-Allow-Origin` value(s): `*` or a comma-separated list of origins.
     pub cors_origins: String,
+    /// Whether subscriptions may call `http://localhost` / `127.0.0.x` webhooks (development).
+    pub webhook_allow_localhost: bool,
 }
 
 impl Config {
@@ -52,6 +54,10 @@ impl Config {
                 .ok()
                 .filter(|v| !v.trim().is_empty())
                 .unwrap_or_else(|| "*".into()),
+            webhook_allow_localhost: env
+                .var("WEBHOOK_ALLOW_LOCALHOST")
+                .map(|v| edgestream::headers::is_true(Some(v.to_string().trim())))
+                .unwrap_or(false),
         }
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`edge`]: the fetch handler every request enters; validates and routes, holds live readers.
 //! - [`object`]: `StreamObject`, one SQLite-backed Durable Object per stream.
+//! - [`subscription`]: the reserved `__ds` subscription APIs (webhooks, pull-wake).
 //! - [`frame`]: the frames an object sends its live readers.
 //! - [`path`], [`config`], [`http`], [`reply`], [`socket`]: the pieces both sides share.
 
@@ -13,6 +14,7 @@ pub mod object;
 pub mod path;
 pub mod reply;
 pub mod socket;
+pub mod subscription;
 
 use worker::{event, Context, Env, Request, Response, Result};
 

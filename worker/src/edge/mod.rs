@@ -67,6 +67,14 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
     if req.method() == Method::Options {
         return preflight();
     }
+    if let Some(rest) = url
+        .path()
+        .strip_prefix(STREAM_PREFIX)
+        .and_then(|p| p.strip_prefix("__ds/"))
+    {
+        let rest = rest.to_string();
+        return crate::subscription::route(req, &url, &rest, env).await;
+    }
     let name = match StreamName::from_url_path(url.path()) {
         Ok(name) => name,
         Err(PathError::NotAStream) => return http::text(404, "not found"),

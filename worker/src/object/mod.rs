@@ -8,6 +8,7 @@
 mod fork;
 mod live;
 pub mod store;
+mod subscribers;
 
 use std::cell::RefCell;
 
@@ -232,6 +233,7 @@ impl StreamObject {
         if let Some(fork) = &meta.fork {
             fork::release(&self.env, &fork.source).await?;
         }
+        subscribers::removed(&self.env, &meta).await?;
         Ok(())
     }
 
@@ -297,6 +299,7 @@ impl StreamObject {
         if let Some(deadline) = meta.expiry.deadline(meta.accessed_ms) {
             self.schedule_alarm(deadline).await?;
         }
+        subscribers::created(&self.env, self.store()?, &meta).await?;
         let resp = Response::empty()?.with_status(201);
         let headers = resp.headers();
         headers.set(h::CONTENT_TYPE, meta.content_type.as_str())?;
@@ -430,6 +433,7 @@ impl StreamObject {
         }
         self.save(&meta)?;
         live::publish(&self.hub, start, tail, meta.closed, &data, meta.is_json());
+        subscribers::appended(&self.env, store, &meta).await?;
 
         // A producer's data append is acknowledged with 200; a close-only request has no data.
         let status = if producer_state.is_some() && !data.is_empty() {
@@ -703,6 +707,20 @@ impl StreamObject {
                 fork::acquire(self, &body).await
             }
             "fork-release" => fork::on_release(self).await,
+            "sub-link" => {
+                let body = req.bytes().await?;
+                let Some(id) = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_string))
+                else {
+                    return http::text(400, "bad internal sub-link");
+                };
+                let Some(meta) = self.meta()?.filter(|m| !m.deleted) else {
+                    return http::error(&ProtocolError::NotFound);
+                };
+                self.store()?.add_subscriber(&id)?;
+                crate::subscription::json(200, &serde_json::json!({ "tail": meta.tail.position() }))
+            }
             _ => http::text(404, "unknown internal operation"),
         }
     }

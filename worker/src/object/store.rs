@@ -49,6 +49,9 @@ CREATE TABLE IF NOT EXISTS log (
   data BLOB NOT NULL,
   flags INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS subscribers (
+  id TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS producers (
   id TEXT PRIMARY KEY,
   epoch INTEGER NOT NULL,
@@ -405,9 +408,34 @@ impl Store {
     }
 
     /// Deletes the stream: metadata, data and producers.
+    /// Subscriptions to notify after each append.
+    pub fn subscribers(&self) -> Result<Vec<String>> {
+        Ok(self
+            .rows("SELECT id FROM subscribers ORDER BY id", vec![])?
+            .iter()
+            .filter_map(|r| text(r.first()))
+            .collect())
+    }
+
+    pub fn add_subscriber(&self, id: &str) -> Result<()> {
+        self.sql.exec(
+            "INSERT OR IGNORE INTO subscribers (id) VALUES (?)",
+            vec![SqlStorageValue::String(id.to_string())],
+        )?;
+        Ok(())
+    }
+
+    pub fn remove_subscriber(&self, id: &str) -> Result<()> {
+        self.sql.exec(
+            "DELETE FROM subscribers WHERE id = ?",
+            vec![SqlStorageValue::String(id.to_string())],
+        )?;
+        Ok(())
+    }
+
     pub fn purge(&self) -> Result<()> {
         self.sql.exec(
-            "DELETE FROM log; DELETE FROM producers; DELETE FROM stream;",
+            "DELETE FROM log; DELETE FROM producers; DELETE FROM subscribers; DELETE FROM stream;",
             None,
         )?;
         Ok(())

@@ -1,0 +1,222 @@
+//! The reserved subscription APIs under `/v1/stream/__ds/`: durable cursors over sets of
+//! streams that wake workers by signed webhook or by a wake event on a pull-wake stream.
+//!
+//! - [`object`]: `SubscriptionObject`, one Durable Object per subscription (its cursors, wake
+//!   generation, lease, webhook retries).
+//! - [`registry`]: `RegistryObject`, one Durable Object that lists streams and subscription
+//!   links, so patterns can be backfilled and new streams find their subscriptions; it also
+//!   holds the webhook signing key.
+//! - [`webhook`], [`crypto`]: SSRF rules, signing, tokens.
+//!
+//! Streams tell their subscriptions about appends themselves (`notify`), so appends never pass
+//! through the registry.
+
+pub mod crypto;
+pub mod object;
+pub mod registry;
+pub mod webhook;
+
+use edgestream::subscription::SubscriptionError;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Stub, Url};
+
+use crate::http::{self, header};
+
+/// The public origin of the request, passed to objects so URLs they hand out are absolute.
+pub const X_ORIGIN: &str = "x-edgestream-origin";
+/// The subscription id, passed to its object.
+pub const X_SUBSCRIPTION: &str = "x-edgestream-subscription";
+
+/// The registry is a single object.
+const REGISTRY_NAME: &str = "registry";
+
+pub fn registry_stub(env: &Env) -> Result<Stub> {
+    env.durable_object("REGISTRY")?
+        .id_from_name(REGISTRY_NAME)?
+        .get_stub()
+}
+
+pub fn subscription_stub(env: &Env, id: &str) -> Result<Stub> {
+    env.durable_object("SUBSCRIPTIONS")?
+        .id_from_name(id)?
+        .get_stub()
+}
+
+pub fn stream_stub(env: &Env, path: &str) -> Result<Stub> {
+    env.durable_object("STREAMS")?
+        .id_from_name(path)?
+        .get_stub()
+}
+
+/// Calls an object's internal operation with a JSON body; answers the status and JSON reply.
+pub async fn call<B: Serialize, R: DeserializeOwned>(
+    stub: &Stub,
+    op: &str,
+    body: &B,
+) -> Result<(u16, Option<R>)> {
+    let bytes = serde_json::to_vec(body).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(js_sys::Uint8Array::from(&bytes[..]).into()));
+    let req = Request::new_with_init(&format!("https://edgestream/internal/{op}"), &init)?;
+    let mut resp = stub.fetch_with_request(req).await?;
+    let status = resp.status_code();
+    let reply = resp.bytes().await?;
+    Ok((status, serde_json::from_slice(&reply).ok()))
+}
+
+/// A JSON response.
+pub fn json(status: u16, value: &serde_json::Value) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    headers.set("cache-control", "no-store")?;
+    Ok(Response::from_bytes(value.to_string().into_bytes())?
+        .with_status(status)
+        .with_headers(headers))
+}
+
+/// A subscription error as the protocol shapes it: `{"error": {"code", "message"}}`.
+pub fn error(e: SubscriptionError) -> Result<Response> {
+    json(
+        e.status(),
+        &serde_json::json!({ "error": { "code": e.code(), "message": e.message() } }),
+    )
+}
+
+/// A subscription id: what clients may choose (it names a Durable Object and appears in URLs).
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Routes `/v1/stream/__ds/<rest>` from the edge.
+pub async fn route(req: Request, url: &Url, rest: &str, env: &Env) -> Result<Response> {
+    let origin = url.origin().ascii_serialization();
+    if rest == "jwks.json" {
+        if req.method() != Method::Get && req.method() != Method::Head {
+            return http::text(405, "method not allowed");
+        }
+        return forward(req, &registry_stub(env)?, "jwks", None, &origin, None).await;
+    }
+    let Some(rest) = rest.strip_prefix("subscriptions/") else {
+        return http::text(404, "not found");
+    };
+    let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
+    if !valid_id(id) {
+        return error(SubscriptionError::InvalidRequest(
+            "subscription id must be 1-200 characters of letters, digits, - _ . :",
+        ));
+    }
+    let method = req.method();
+    let (op, path) = match (action, &method) {
+        ("", Method::Put) => ("create", None),
+        ("", Method::Get) => ("get", None),
+        ("", Method::Delete) => ("delete", None),
+        ("streams", Method::Post) => ("add-streams", None),
+        ("callback", Method::Post) => ("callback", None),
+        ("claim", Method::Post) => ("claim", None),
+        ("ack", Method::Post) => ("ack", None),
+        ("release", Method::Post) => ("release", None),
+        (a, Method::Delete) if a.starts_with("streams/") => {
+            let encoded = &a["streams/".len()..];
+            match percent_decode(encoded) {
+                Some(path) => ("remove-stream", Some(path)),
+                None => {
+                    return error(SubscriptionError::InvalidRequest(
+                        "stream path is not valid UTF-8",
+                    ))
+                }
+            }
+        }
+        ("" | "streams" | "callback" | "claim" | "ack" | "release", _) => {
+            return http::text(405, "method not allowed")
+        }
+        _ => return http::text(404, "not found"),
+    };
+    let stub = subscription_stub(env, id)?;
+    forward(req, &stub, op, path.as_deref(), &origin, Some(id)).await
+}
+
+/// Decodes `%XX` escapes (a path may arrive encoded, slashes included).
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Passes a client request to an object's operation, with the origin and id as headers.
+async fn forward(
+    mut req: Request,
+    stub: &Stub,
+    op: &str,
+    path: Option<&str>,
+    origin: &str,
+    id: Option<&str>,
+) -> Result<Response> {
+    let body = match http::read_body(&mut req, 1024 * 1024).await? {
+        Ok(body) => body,
+        Err(e) => return http::error(&e),
+    };
+    let headers = Headers::new();
+    headers.set(X_ORIGIN, origin)?;
+    if let Some(id) = id {
+        headers.set(X_SUBSCRIPTION, id)?;
+    }
+    if let Some(auth) = header(req.headers(), "authorization") {
+        headers.set("authorization", &auth)?;
+    }
+    let mut target = Url::parse(&format!("https://edgestream/{op}"))?;
+    if let Some(path) = path {
+        target.query_pairs_mut().append_pair("path", path);
+    }
+    let mut init = RequestInit::new();
+    init.with_method(req.method()).with_headers(headers);
+    if !body.is_empty() {
+        init.with_body(Some(js_sys::Uint8Array::from(&body[..]).into()));
+    }
+    stub.fetch_with_request(Request::new_with_init(target.as_str(), &init)?)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("sub-1"));
+        assert!(valid_id("pull-1700000000000"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("a/b"));
+        assert!(!valid_id("a b"));
+        assert!(!valid_id(&"x".repeat(201)));
+    }
+
+    #[test]
+    fn decoding() {
+        assert_eq!(percent_decode("manual%2Fb").as_deref(), Some("manual/b"));
+        assert_eq!(percent_decode("a/b").as_deref(), Some("a/b"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+}

@@ -1,0 +1,317 @@
+//! `RegistryObject`: the one object that knows every stream path and every subscription link.
+//!
+//! It is consulted when a stream is created or removed and when a subscription's links change,
+//! never on appends. It also keeps the webhook signing key, so every subscription signs with
+//! the same key and the JWKS endpoint can publish it.
+
+use edgestream::subscription::{glob_matches, literal_prefix};
+use serde::{Deserialize, Serialize};
+use worker::{
+    durable_object, DurableObject, Env, Request, Response, Result, SqlStorage, SqlStorageValue,
+    State,
+};
+
+use super::crypto::SigningKey;
+use super::json;
+use crate::http;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS streams (path TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS links (
+  sub TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  pattern TEXT NOT NULL,
+  prefix TEXT NOT NULL,
+  PRIMARY KEY (sub, kind, pattern)
+);
+CREATE INDEX IF NOT EXISTS links_by_prefix ON links (prefix);
+CREATE TABLE IF NOT EXISTS keys (kid TEXT PRIMARY KEY, x TEXT NOT NULL, d TEXT NOT NULL, created_ms INTEGER NOT NULL);
+";
+
+pub const GLOB: &str = "glob";
+pub const EXPLICIT: &str = "explicit";
+
+#[derive(Serialize, Deserialize)]
+pub struct StreamPath {
+    pub path: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SubscriptionIds {
+    pub subs: Vec<String>,
+}
+
+/// A subscription's links: its pattern and its explicit streams.
+#[derive(Serialize, Deserialize)]
+pub struct Links {
+    pub id: String,
+    pub pattern: Option<String>,
+    pub explicit: Vec<String>,
+    /// Replace the subscription's links (create), or add to them (add-streams).
+    pub replace: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct RemoveExplicit {
+    pub id: String,
+    pub path: String,
+}
+
+/// Existing streams a subscription now links, with how.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Matched {
+    pub path: String,
+    pub glob: bool,
+    pub explicit: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct MatchedStreams {
+    pub streams: Vec<Matched>,
+}
+
+#[durable_object]
+pub struct RegistryObject {
+    sql: SqlStorage,
+    ready: bool,
+}
+
+fn s(v: &str) -> SqlStorageValue {
+    SqlStorageValue::String(v.to_string())
+}
+
+fn col(row: &[SqlStorageValue], i: usize) -> String {
+    match row.get(i) {
+        Some(SqlStorageValue::String(s)) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+impl DurableObject for RegistryObject {
+    fn new(state: State, _env: Env) -> Self {
+        let sql = state.storage().sql();
+        let ready = match sql.exec(SCHEMA, None) {
+            Ok(_) => true,
+            Err(e) => {
+                worker::console_error!("registry: cannot open storage: {e}");
+                false
+            }
+        };
+        RegistryObject { sql, ready }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        if !self.ready {
+            return http::unavailable("registry storage unavailable; retry");
+        }
+        match self.route(req).await {
+            Ok(resp) => Ok(resp),
+            Err(e) => {
+                worker::console_error!("registry: {e}");
+                http::unavailable("temporary storage failure; retry")
+            }
+        }
+    }
+}
+
+impl RegistryObject {
+    fn rows(&self, q: &str, b: Vec<SqlStorageValue>) -> Result<Vec<Vec<SqlStorageValue>>> {
+        self.sql.exec(q, b)?.raw().collect()
+    }
+
+    async fn route(&self, mut req: Request) -> Result<Response> {
+        let url = req.url()?;
+        let op = url.path().trim_start_matches('/').to_string();
+        if op == "jwks" {
+            return self.jwks().await;
+        }
+        let body = req.bytes().await.unwrap_or_default();
+        let parse_err = || http::text(400, "bad registry request");
+        match op.as_str() {
+            "internal/stream-created" => {
+                let Ok(p) = serde_json::from_slice::<StreamPath>(&body) else {
+                    return parse_err();
+                };
+                self.sql.exec(
+                    "INSERT OR IGNORE INTO streams (path) VALUES (?)",
+                    vec![s(&p.path)],
+                )?;
+                let subs = self.subscriptions_of(&p.path)?;
+                reply(&SubscriptionIds { subs })
+            }
+            "internal/stream-removed" => {
+                let Ok(p) = serde_json::from_slice::<StreamPath>(&body) else {
+                    return parse_err();
+                };
+                self.sql
+                    .exec("DELETE FROM streams WHERE path = ?", vec![s(&p.path)])?;
+                reply(&serde_json::json!({}))
+            }
+            "internal/links" => {
+                let Ok(links) = serde_json::from_slice::<Links>(&body) else {
+                    return parse_err();
+                };
+                let streams = self.set_links(&links)?;
+                reply(&MatchedStreams { streams })
+            }
+            "internal/remove-explicit" => {
+                let Ok(r) = serde_json::from_slice::<RemoveExplicit>(&body) else {
+                    return parse_err();
+                };
+                self.sql.exec(
+                    "DELETE FROM links WHERE sub = ? AND kind = ? AND pattern = ?",
+                    vec![s(&r.id), s(EXPLICIT), s(&r.path)],
+                )?;
+                reply(&serde_json::json!({}))
+            }
+            "internal/subscription-removed" => {
+                let Ok(p) = serde_json::from_slice::<StreamPath>(&body) else {
+                    return parse_err();
+                };
+                self.sql
+                    .exec("DELETE FROM links WHERE sub = ?", vec![s(&p.path)])?;
+                reply(&serde_json::json!({}))
+            }
+            "internal/key" => reply(&self.key().await?),
+            _ => http::text(404, "unknown registry operation"),
+        }
+    }
+
+    /// Subscriptions whose pattern or explicit list names `path`.
+    fn subscriptions_of(&self, path: &str) -> Result<Vec<String>> {
+        // Only links whose literal prefix starts the path can match.
+        let rows = self.rows(
+            "SELECT DISTINCT sub, kind, pattern FROM links
+             WHERE substr(?1, 1, length(prefix)) = prefix",
+            vec![s(path)],
+        )?;
+        let mut subs: Vec<String> = rows
+            .iter()
+            .filter(|r| {
+                let pattern = col(r, 2);
+                if col(r, 1) == GLOB {
+                    glob_matches(&pattern, path)
+                } else {
+                    pattern == path
+                }
+            })
+            .map(|r| col(r, 0))
+            .collect();
+        subs.dedup();
+        Ok(subs)
+    }
+
+    /// Records a subscription's links and answers the existing streams they cover.
+    fn set_links(&self, links: &Links) -> Result<Vec<Matched>> {
+        if links.replace {
+            self.sql
+                .exec("DELETE FROM links WHERE sub = ?", vec![s(&links.id)])?;
+        }
+        let mut matched: Vec<Matched> = Vec::new();
+        if let Some(pattern) = &links.pattern {
+            let prefix = literal_prefix(pattern);
+            self.sql.exec(
+                "INSERT OR IGNORE INTO links (sub, kind, pattern, prefix) VALUES (?, ?, ?, ?)",
+                vec![s(&links.id), s(GLOB), s(pattern), s(&prefix)],
+            )?;
+            let rows = self.rows(
+                "SELECT path FROM streams WHERE substr(path, 1, ?2) = ?1 ORDER BY path",
+                vec![
+                    s(&prefix),
+                    SqlStorageValue::Integer(prefix.chars().count() as i64),
+                ],
+            )?;
+            for r in rows {
+                let path = col(&r, 0);
+                if glob_matches(pattern, &path) {
+                    matched.push(Matched {
+                        path,
+                        glob: true,
+                        explicit: false,
+                    });
+                }
+            }
+        }
+        for path in &links.explicit {
+            self.sql.exec(
+                "INSERT OR IGNORE INTO links (sub, kind, pattern, prefix) VALUES (?, ?, ?, ?)",
+                vec![s(&links.id), s(EXPLICIT), s(path), s(path)],
+            )?;
+            let exists = !self
+                .rows("SELECT 1 FROM streams WHERE path = ?", vec![s(path)])?
+                .is_empty();
+            if !exists {
+                continue;
+            }
+            match matched.iter_mut().find(|m| &m.path == path) {
+                Some(m) => m.explicit = true,
+                None => matched.push(Matched {
+                    path: path.clone(),
+                    glob: false,
+                    explicit: true,
+                }),
+            }
+        }
+        Ok(matched)
+    }
+
+    /// The signing key, created on first use and kept.
+    async fn key(&self) -> Result<SigningKey> {
+        if let Some(key) = self.stored_key()? {
+            return Ok(key);
+        }
+        let key = SigningKey::generate().await?;
+        // Another request may have made one while we awaited: keep the first.
+        if let Some(existing) = self.stored_key()? {
+            return Ok(existing);
+        }
+        self.sql.exec(
+            "INSERT INTO keys (kid, x, d, created_ms) VALUES (?, ?, ?, ?)",
+            vec![
+                s(&key.kid),
+                s(&key.x),
+                s(&key.d),
+                SqlStorageValue::Integer(http::now_ms()),
+            ],
+        )?;
+        Ok(key)
+    }
+
+    fn stored_key(&self) -> Result<Option<SigningKey>> {
+        let rows = self.rows(
+            "SELECT kid, x, d FROM keys ORDER BY created_ms DESC LIMIT 1",
+            vec![],
+        )?;
+        Ok(rows.first().map(|r| SigningKey {
+            kid: col(r, 0),
+            x: col(r, 1),
+            d: col(r, 2),
+        }))
+    }
+
+    async fn jwks(&self) -> Result<Response> {
+        self.key().await?;
+        let keys: Vec<serde_json::Value> = self
+            .rows("SELECT kid, x, d FROM keys ORDER BY created_ms", vec![])?
+            .iter()
+            .map(|r| {
+                SigningKey {
+                    kid: col(r, 0),
+                    x: col(r, 1),
+                    d: String::new(),
+                }
+                .public_jwk()
+            })
+            .collect();
+        let resp = json(200, &serde_json::json!({ "keys": keys }))?;
+        resp.headers()
+            .set("content-type", "application/jwk-set+json")?;
+        resp.headers().set("cache-control", "public, max-age=300")?;
+        Ok(resp)
+    }
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Response> {
+    let value = serde_json::to_value(value).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    json(200, &value)
+}

@@ -1,0 +1,177 @@
+//! Webhook targets: which URLs a subscription may call (SSRF rules), and how a delivery is
+//! signed.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use edgestream::subscription::SubscriptionError;
+use worker::Url;
+
+/// Checks a webhook URL: `https://` to a public host, or, when `allow_localhost` is set (local
+/// development), `http(s)://localhost` and `http(s)://127.0.0.x`. Private, link-local,
+/// loopback and other local targets are refused.
+pub fn validate_url(raw: &str, allow_localhost: bool) -> Result<Url, SubscriptionError> {
+    let reject = SubscriptionError::WebhookUrlRejected;
+    let url = Url::parse(raw).map_err(|_| reject("webhook url is not a valid URL"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(reject("webhook url must not carry credentials"));
+    }
+    let scheme = url.scheme();
+    if scheme != "https" && scheme != "http" {
+        return Err(reject("webhook url must use https"));
+    }
+    let local_dev = match url.host() {
+        Some(worker::url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            if d == "localhost" || d.ends_with(".localhost") {
+                true
+            } else if d.ends_with(".local") || d.ends_with(".internal") || !d.contains('.') {
+                return Err(reject("webhook url must name a public host"));
+            } else {
+                false
+            }
+        }
+        Some(worker::url::Host::Ipv4(ip)) => {
+            let o = ip.octets();
+            if o[0] == 127 && o[1] == 0 && o[2] == 0 {
+                true
+            } else if !is_public_v4(ip) {
+                return Err(reject(
+                    "webhook url must not target a private or local address",
+                ));
+            } else {
+                false
+            }
+        }
+        Some(worker::url::Host::Ipv6(ip)) => {
+            if !is_public_v6(ip) {
+                return Err(reject(
+                    "webhook url must not target a private or local address",
+                ));
+            }
+            false
+        }
+        None => return Err(reject("webhook url has no host")),
+    };
+    if local_dev {
+        if !allow_localhost {
+            return Err(reject("localhost webhooks are disabled on this server"));
+        }
+        return Ok(url);
+    }
+    if scheme != "https" {
+        return Err(reject("webhook url must use https"));
+    }
+    Ok(url)
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    !(ip.is_private()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || o[0] == 0
+        // carrier-grade NAT 100.64.0.0/10
+        || (o[0] == 100 && (64..128).contains(&o[1]))
+        // benchmarking 198.18.0.0/15, reserved 240.0.0.0/4
+        || (o[0] == 198 && (o[1] == 18 || o[1] == 19))
+        || o[0] >= 240)
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    let first = ip.segments()[0];
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        // unique local fc00::/7, link-local fe80::/10, documentation 2001:db8::/32
+        || (first & 0xfe00) == 0xfc00
+        || (first & 0xffc0) == 0xfe80
+        || (first == 0x2001 && ip.segments()[1] == 0x0db8))
+}
+
+/// The `Webhook-Signature` header value for a body signed at `timestamp` (Unix seconds).
+pub fn signature_header(timestamp: i64, kid: &str, signature: &str) -> String {
+    format!("t={timestamp},kid={kid},ed25519={signature}")
+}
+
+/// The bytes that are signed: `<timestamp>.<raw body>`.
+pub fn signed_message(timestamp: i64, body: &[u8]) -> Vec<u8> {
+    let mut message = format!("{timestamp}.").into_bytes();
+    message.extend_from_slice(body);
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(raw: &str, allow: bool) -> Result<(), &'static str> {
+        validate_url(raw, allow).map(|_| ()).map_err(|e| e.code())
+    }
+
+    #[test]
+    fn public_https_is_accepted() {
+        assert!(code("https://hooks.example.com/x", false).is_ok());
+        assert!(code("https://93.184.216.34/hook", false).is_ok());
+    }
+
+    #[test]
+    fn plain_http_to_public_hosts_is_refused() {
+        assert_eq!(
+            code("http://hooks.example.com/x", true),
+            Err("WEBHOOK_URL_REJECTED")
+        );
+    }
+
+    #[test]
+    fn private_and_local_targets_are_refused() {
+        for url in [
+            "http://10.0.0.1/hook",
+            "https://10.0.0.1/hook",
+            "https://192.168.1.1/",
+            "https://172.16.0.5/",
+            "https://169.254.169.254/latest/meta-data",
+            "https://127.0.1.1/",
+            "https://0.0.0.0/",
+            "https://100.64.0.1/",
+            "https://[::1]/",
+            "https://[fe80::1]/",
+            "https://[fd00::1]/",
+            "https://[::ffff:10.0.0.1]/",
+            "https://intranet/",
+            "https://printer.local/",
+            "ftp://example.com/",
+            "https://user:pw@example.com/",
+            "not a url",
+        ] {
+            assert_eq!(code(url, true), Err("WEBHOOK_URL_REJECTED"), "{url}");
+        }
+    }
+
+    #[test]
+    fn localhost_only_when_allowed() {
+        for url in [
+            "http://localhost:8080/hook",
+            "http://127.0.0.1:9000/webhook",
+            "http://127.0.0.7/",
+        ] {
+            assert!(code(url, true).is_ok(), "{url}");
+            assert_eq!(code(url, false), Err("WEBHOOK_URL_REJECTED"), "{url}");
+        }
+    }
+
+    #[test]
+    fn signature_layout() {
+        assert_eq!(
+            signature_header(1700000000, "ds_k", "c2ln"),
+            "t=1700000000,kid=ds_k,ed25519=c2ln"
+        );
+        assert_eq!(signed_message(12, b"{}"), b"12.{}".to_vec());
+    }
+}
