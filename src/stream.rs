@@ -212,7 +212,9 @@ pub fn plan_append(
                 return Err(ProtocolError::Producer(d));
             }
         }
-        if request.close && !has_body {
+        // Closing again is idempotent, but not for a producer that did not close it: its
+        // close did not happen and it must learn the stream was closed by someone else.
+        if request.close && !has_body && request.producer.is_none() {
             return Ok(AppendPlan::AlreadyDone {
                 duplicate: None,
                 closed: true,
@@ -584,6 +586,29 @@ mod tests {
             Err(ProtocolError::Producer(ProducerDecision::StaleEpoch {
                 current_epoch: 2
             }))
+        );
+        // Another producer's close-only request: the stream was closed by someone else.
+        let other = AppendRequest {
+            producer: Some(ProducerHeaders {
+                id: "q",
+                epoch: 0,
+                seq: 0,
+            }),
+            ..req(None, 0, true)
+        };
+        assert_eq!(
+            plan_append(&t, &other, None),
+            Err(ProtocolError::Closed {
+                final_offset: Offset::new(10).unwrap()
+            })
+        );
+        // A plain close-only request stays idempotent.
+        assert_eq!(
+            plan_append(&t, &req(None, 0, true), None),
+            Ok(AppendPlan::AlreadyDone {
+                duplicate: None,
+                closed: true
+            })
         );
     }
 
