@@ -12,6 +12,7 @@
 //! - [`sse`]: the SSE encoder and the incremental decoder.
 //! - [`cursor`], [`etag`]: CDN collapsing and cache validation.
 //! - [`subscription`]: glob links, lease bounds and webhook retry for `__ds/subscriptions`.
+//! - [`token`]: access tokens: operations, path-prefix scopes, expiry.
 //! - [`error`]: every refusal with its status, text and headers.
 //! - [`base64`], [`time`]: small codecs kept in-crate to keep the wasm client small.
 #![no_std]
@@ -33,6 +34,7 @@ pub mod sse;
 pub mod stream;
 pub mod subscription;
 pub mod time;
+pub mod token;
 
 pub use error::ProtocolError;
 pub use headers::{ContentType, SseEncoding};

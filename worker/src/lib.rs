@@ -3,10 +3,13 @@
 //! - [`edge`]: the fetch handler every request enters; validates and routes, holds live readers.
 //! - [`object`]: `StreamObject`, one SQLite-backed Durable Object per stream.
 //! - [`subscription`]: the reserved `__ds` subscription APIs (webhooks, pull-wake).
+//! - [`auth`]: access tokens (HMAC-SHA256, scoped to a path prefix and operations).
 //! - [`frame`]: the frames an object sends its live readers.
 //! - [`path`], [`config`], [`http`], [`reply`], [`socket`]: the pieces both sides share.
 
+pub mod auth;
 pub mod config;
+pub mod crypto;
 pub mod edge;
 pub mod frame;
 pub mod http;

@@ -8,9 +8,11 @@ mod live;
 
 use edgestream::headers::{self as h, ContentType, ForkHeaders, LiveMode, ProducerHeaders};
 use edgestream::stream::Expiry;
+use edgestream::token::{AuthError, Operation};
 use edgestream::{ProtocolError, ReadFrom};
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Stub};
 
+use crate::auth;
 use crate::config::Config;
 use crate::http::{self, header};
 use crate::path::{PathError, StreamName, STREAM_PREFIX};
@@ -73,6 +75,15 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
         .and_then(|p| p.strip_prefix("__ds/"))
     {
         let rest = rest.to_string();
+        // The key set is public; callbacks, acks and releases carry their own wake tokens.
+        let own_token = ["/callback", "/ack", "/release"]
+            .iter()
+            .any(|s| rest.ends_with(s));
+        if rest != "jwks.json" && !own_token {
+            if let Err(e) = auth::authorize(&req, &url, env, Operation::Admin, "").await? {
+                return refuse(e);
+            }
+        }
         return crate::subscription::route(req, &url, &rest, env).await;
     }
     let name = match StreamName::from_url_path(url.path()) {
@@ -82,6 +93,11 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
     };
     if name.is_reserved() {
         return http::text(404, "not found");
+    }
+    if let Some(op) = Operation::for_method(&req.method().to_string()) {
+        if let Err(e) = auth::authorize(&req, &url, env, op, name.as_str()).await? {
+            return refuse(e);
+        }
     }
     match req.method() {
         Method::Get => get(req, &url, &name, env, config).await,
@@ -112,6 +128,16 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
             Ok(resp)
         }
     }
+}
+
+/// 401 or 403 for a request without the access it needs.
+fn refuse(e: AuthError) -> Result<Response> {
+    let resp = http::text(e.status(), e.message())?;
+    if e.status() == 401 {
+        resp.headers()
+            .set("www-authenticate", "Bearer realm=\"edgestream\"")?;
+    }
+    Ok(resp)
 }
 
 /// CORS preflight: every method and protocol header is allowed.

@@ -6,12 +6,12 @@
 //! - [`registry`]: `RegistryObject`, one Durable Object that lists streams and subscription
 //!   links, so patterns can be backfilled and new streams find their subscriptions; it also
 //!   holds the webhook signing key.
-//! - [`webhook`], [`crypto`]: SSRF rules, signing, tokens.
+//! - [`webhook`]: SSRF rules and the signature header; keys and tokens come from
+//!   [`crate::crypto`].
 //!
 //! Streams tell their subscriptions about appends themselves (`notify`), so appends never pass
 //! through the registry.
 
-pub mod crypto;
 pub mod object;
 pub mod registry;
 pub mod webhook;

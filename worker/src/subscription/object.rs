@@ -16,9 +16,9 @@ use worker::{
     Result, SqlStorage, SqlStorageValue, State, Url,
 };
 
-use super::crypto::{self, SigningKey};
 use super::registry::{Links, Matched, MatchedStreams, RemoveExplicit, StreamPath};
 use super::{call, error, json, registry_stub, stream_stub, webhook, X_ORIGIN, X_SUBSCRIPTION};
+use crate::crypto::{self, SigningKey};
 use crate::http::{self, header, now_ms, random_u32};
 use crate::path::STREAM_PREFIX;
 

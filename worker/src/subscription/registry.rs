@@ -11,8 +11,8 @@ use worker::{
     State,
 };
 
-use super::crypto::SigningKey;
 use super::json;
+use crate::crypto::SigningKey;
 use crate::http;
 
 const SCHEMA: &str = "

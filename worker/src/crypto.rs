@@ -1,5 +1,6 @@
-//! Secrets and signatures through the runtime's WebCrypto: random tokens, and the Ed25519 key
-//! that signs webhook deliveries. Using WebCrypto keeps a signature library out of the wasm.
+//! Secrets and signatures through the runtime's WebCrypto: random tokens, HMAC verification of
+//! access tokens, and the Ed25519 key that signs webhook deliveries. Using WebCrypto keeps
+//! signature libraries out of the wasm.
 
 use js_sys::{Array, Object, Reflect, Uint8Array};
 use serde::{Deserialize, Serialize};
@@ -80,6 +81,38 @@ fn usages(names: &[&str]) -> JsValue {
         .map(|n| JsValue::from_str(n))
         .collect::<Array>()
         .into()
+}
+
+/// Whether `signature` is the HMAC-SHA256 of `message` under `secret` (constant time, by
+/// WebCrypto's `verify`).
+pub async fn hmac_sha256_verify(secret: &[u8], message: &[u8], signature: &[u8]) -> Result<bool> {
+    let algorithm = Object::new();
+    Reflect::set(&algorithm, &"name".into(), &"HMAC".into()).map_err(|e| js_err("hmac", e))?;
+    Reflect::set(&algorithm, &"hash".into(), &"SHA-256".into()).map_err(|e| js_err("hmac", e))?;
+    let key = call_async(
+        &subtle()?,
+        "importKey",
+        &[
+            "raw".into(),
+            Uint8Array::from(secret).into(),
+            algorithm.clone().into(),
+            JsValue::FALSE,
+            usages(&["verify"]),
+        ],
+    )
+    .await?;
+    let valid = call_async(
+        &subtle()?,
+        "verify",
+        &[
+            algorithm.into(),
+            key,
+            Uint8Array::from(signature).into(),
+            Uint8Array::from(message).into(),
+        ],
+    )
+    .await?;
+    Ok(valid.as_bool() == Some(true))
 }
 
 /// A webhook signing key as it is stored: the private JWK's `d` and `x`, and its `kid`.

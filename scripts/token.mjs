@@ -1,0 +1,49 @@
+// Mints an edgestream access token (HMAC-SHA256), as the Worker verifies it.
+//
+//   npm run token -- --prefix rooms/ --ops read,append --ttl 3600
+//
+// The secret comes from --secret or the AUTH_SECRET environment variable, and must equal the
+// Worker's (`wrangler secret put AUTH_SECRET`, or `--var AUTH_SECRET:...` locally).
+import { createHmac } from 'node:crypto';
+import { pathToFileURL } from 'node:url';
+
+const OPERATIONS = ['read', 'append', 'create', 'delete', 'admin'];
+
+/**
+ * Returns a token granting `ops` on `prefix` (a stream path such as `rooms/lobby`, `rooms/` for
+ * everything under rooms, or `` for every path) until `expiresAt` (Unix seconds).
+ */
+export function mintToken({ secret, prefix = '', ops, expiresAt }) {
+  if (!secret) throw new Error('a secret is required');
+  if (!Array.isArray(ops) || ops.length === 0) throw new Error('ops must list at least one operation');
+  for (const op of ops) {
+    if (!OPERATIONS.includes(op)) throw new Error(`unknown operation ${op} (use ${OPERATIONS.join(', ')})`);
+  }
+  if (!Number.isInteger(expiresAt)) throw new Error('expiresAt must be Unix seconds');
+  const payload = Buffer.from(JSON.stringify({ prefix, ops, exp: expiresAt })).toString('base64url');
+  const signature = createHmac('sha256', secret).update(payload).digest('base64url');
+  return `${payload}.${signature}`;
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const args = process.argv.slice(2);
+  const opt = (name, fallback) => {
+    const i = args.indexOf(`--${name}`);
+    return i >= 0 && i + 1 < args.length ? args[i + 1] : fallback;
+  };
+  try {
+    const ttl = Number(opt('ttl', '3600'));
+    if (!Number.isInteger(ttl) || ttl <= 0) throw new Error('--ttl must be a positive number of seconds');
+    const token = mintToken({
+      secret: opt('secret', process.env.AUTH_SECRET),
+      prefix: opt('prefix', ''),
+      ops: opt('ops', 'read').split(',').map((s) => s.trim()).filter(Boolean),
+      expiresAt: Math.floor(Date.now() / 1000) + ttl,
+    });
+    console.log(token);
+  } catch (e) {
+    console.error(`token: ${e.message}`);
+    console.error('usage: npm run token -- [--secret S] [--prefix P] [--ops read,append,create,delete,admin] [--ttl SECONDS]');
+    process.exit(2);
+  }
+}

@@ -1,0 +1,127 @@
+//! Access control at the edge, before any Durable Object is touched.
+//!
+//! With `AUTH_SECRET` set (`wrangler secret put AUTH_SECRET`), every request needs a token (see
+//! [`edgestream::token`]) as `Authorization: Bearer <token>` or `?token=<token>` (EventSource
+//! and browser WebSockets cannot set headers). Without a secret, access is open, and the Worker
+//! says so once in its log.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use edgestream::token::{self, AuthError, Grant, Operation};
+use serde::Deserialize;
+use worker::{Env, Request, Url};
+
+use crate::crypto;
+use crate::http::header;
+
+static WARNED_OPEN: AtomicBool = AtomicBool::new(false);
+
+/// The outcome of checking a request.
+pub enum Access {
+    /// No secret configured: everything is allowed.
+    Open,
+    /// A verified token; later checks (WebSocket appends) consult it.
+    Granted(Grant),
+}
+
+impl Access {
+    /// Whether this access also allows `op` on `path` now.
+    pub fn allows(&self, op: Operation, path: &str) -> Result<(), AuthError> {
+        match self {
+            Access::Open => Ok(()),
+            Access::Granted(grant) => grant.check(op, path, now_secs()),
+        }
+    }
+}
+
+fn now_secs() -> i64 {
+    crate::http::now_ms() / 1000
+}
+
+fn secret(env: &Env) -> Option<String> {
+    env.secret("AUTH_SECRET")
+        .map(|s| s.to_string())
+        .or_else(|_| env.var("AUTH_SECRET").map(|v| v.to_string()))
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// The token a request carries: the bearer header first, then the `token` query parameter.
+fn presented(req: &Request, url: &Url) -> Option<String> {
+    header(req.headers(), "authorization")
+        .and_then(|v| v.strip_prefix("Bearer ").map(|t| t.trim().to_string()))
+        .or_else(|| {
+            url.query_pairs()
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v.into_owned())
+        })
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    prefix: String,
+    ops: Vec<String>,
+    exp: i64,
+}
+
+/// Checks that the request may do `op` on `path` (root-relative).
+pub async fn authorize(
+    req: &Request,
+    url: &Url,
+    env: &Env,
+    op: Operation,
+    path: &str,
+) -> worker::Result<Result<Access, AuthError>> {
+    let Some(secret) = secret(env) else {
+        if !WARNED_OPEN.swap(true, Ordering::Relaxed) {
+            worker::console_warn!(
+                "edgestream: AUTH_SECRET is not set, so access is open to everyone (fine for local development)"
+            );
+        }
+        return Ok(Ok(Access::Open));
+    };
+    let Some(token) = presented(req, url) else {
+        return Ok(Err(AuthError::Missing));
+    };
+    let grant = match verify(&secret, &token).await? {
+        Ok(grant) => grant,
+        Err(e) => return Ok(Err(e)),
+    };
+    if let Err(e) = grant.check(op, path, now_secs()) {
+        return Ok(Err(e));
+    }
+    Ok(Ok(Access::Granted(grant)))
+}
+
+/// Verifies a token's signature and reads its claims.
+async fn verify(secret: &str, token: &str) -> worker::Result<Result<Grant, AuthError>> {
+    let (payload, signature) = match token::split(token) {
+        Ok(parts) => parts,
+        Err(e) => return Ok(Err(e)),
+    };
+    let Ok(signature) = token::base64url_decode(signature) else {
+        return Ok(Err(AuthError::Invalid));
+    };
+    if !crypto::hmac_sha256_verify(secret.as_bytes(), payload.as_bytes(), &signature).await? {
+        return Ok(Err(AuthError::Invalid));
+    }
+    let Ok(json) = token::base64url_decode(payload) else {
+        return Ok(Err(AuthError::Invalid));
+    };
+    let Ok(claims) = serde_json::from_slice::<Claims>(&json) else {
+        return Ok(Err(AuthError::Invalid));
+    };
+    let mut ops = Vec::new();
+    for name in &claims.ops {
+        match Operation::parse(name) {
+            Some(op) => ops.push(op),
+            None => return Ok(Err(AuthError::Invalid)),
+        }
+    }
+    Ok(Ok(Grant {
+        prefix: claims.prefix,
+        ops,
+        expires_at: claims.exp,
+    }))
+}
