@@ -100,8 +100,43 @@ impl Socket {
     }
 
     pub fn send_bytes(&self, bytes: &[u8]) -> worker::Result<()> {
-        self.ws.send_with_u8_array(bytes)?;
+        send_copy(&self.ws, bytes)
+    }
+
+    pub fn send_text(&self, text: &str) -> worker::Result<()> {
+        self.ws.send_with_str(text)?;
         Ok(())
+    }
+
+    /// Closes the socket; errors (already closed) are ignored.
+    pub fn close(&self, code: u16, reason: &str) {
+        let _ = self.ws.close_with_code_and_reason(code, reason);
+    }
+
+    /// A handle that sends on this socket, for a task that sends while another awaits `next()`.
+    pub fn sender(&self) -> SocketSender {
+        SocketSender {
+            ws: self.ws.clone(),
+        }
+    }
+}
+
+/// Sends a copy of `bytes`. The runtime may read a message after `send` returns, so it must
+/// not be a view into wasm memory that later allocations reuse.
+fn send_copy(ws: &web_sys::WebSocket, bytes: &[u8]) -> worker::Result<()> {
+    ws.send_with_array_buffer_view(&js_sys::Uint8Array::from(bytes))?;
+    Ok(())
+}
+
+/// The sending half of a [`Socket`]. It holds no listeners; the `Socket` still owns those.
+#[derive(Clone)]
+pub struct SocketSender {
+    ws: web_sys::WebSocket,
+}
+
+impl SocketSender {
+    pub fn send_bytes(&self, bytes: &[u8]) -> worker::Result<()> {
+        send_copy(&self.ws, bytes)
     }
 
     pub fn send_text(&self, text: &str) -> worker::Result<()> {
