@@ -24,18 +24,18 @@ use crate::reply::{self, ReadReply, X_CONTENT_TYPE, X_INSTANCE};
 use crate::socket::{Socket, SocketEvent};
 
 /// How the object answered a subscription.
-enum Subscription {
+pub(super) enum Subscription {
     /// Over HTTP: a page of data that was already there, or an error.
     Page(Response),
     /// Upgraded: frames will follow.
     Live(LiveSocket),
 }
 
-struct LiveSocket {
-    socket: Socket,
+pub(super) struct LiveSocket {
+    pub(super) socket: Socket,
     /// Where the reader starts (the tail, for `offset=now`).
-    start: Offset,
-    content_type: String,
+    pub(super) start: Offset,
+    pub(super) content_type: String,
     instance: String,
     closed: bool,
 }
@@ -48,7 +48,9 @@ fn offset_token(from: ReadFrom) -> String {
     }
 }
 
-async fn subscribe(
+/// Asks the stream's object for a live subscription at `from`: a page over HTTP when data is
+/// already waiting (or on error), else an upgraded internal socket.
+pub(super) async fn subscribe(
     stub: &Stub,
     name: &StreamName,
     from: ReadFrom,

@@ -5,6 +5,7 @@
 //! puts the security and CORS headers on every response, errors included.
 
 mod live;
+mod ws;
 
 use edgestream::headers::{self as h, ContentType, ForkHeaders, LiveMode, ProducerHeaders};
 use edgestream::stream::Expiry;
@@ -226,7 +227,9 @@ async fn get(
     match mode {
         LiveMode::LongPoll => live::long_poll(&stub, name, from, cursor.as_deref(), config).await,
         LiveMode::Sse => live::sse(stub, name.clone(), from, cursor, config).await,
-        LiveMode::WebSocket => http::text(400, "live=ws is not supported yet"),
+        LiveMode::WebSocket => {
+            ws::websocket(&req, url, env, stub, name.clone(), from, cursor, config).await
+        }
     }
 }
 
