@@ -1,0 +1,674 @@
+// edgestream's WebSocket extension (docs/websocket.md), end to end against the built Worker on
+// wrangler dev: follow and append over one socket, JSON and binary streams, resuming from the
+// last offset without duplicates or gaps, producer dedupe across reconnects, and bad frames.
+import { request as httpRequest } from 'node:http';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WebSocket } from 'undici';
+import { startServer } from '../scripts/dev-server.mjs';
+import { mintToken } from '../scripts/token.mjs';
+
+let server: Awaited<ReturnType<typeof startServer>>;
+
+beforeAll(async () => {
+  server = await startServer();
+});
+
+afterAll(async () => {
+  await server?.stop();
+});
+
+type Control = {
+  type: 'control';
+  streamNextOffset: string;
+  streamCursor?: string;
+  upToDate?: boolean;
+  streamClosed?: boolean;
+};
+type Message =
+  | { kind: 'binary'; bytes: Buffer }
+  | { kind: 'text'; json: { type: string; [key: string]: unknown } };
+
+/** A request body fetch accepts (its types refuse a Buffer). */
+const bodyOf = (body?: string | Buffer) =>
+  body === undefined || typeof body === 'string' ? body : new Uint8Array(body);
+
+/** A WebSocket whose messages queue up for `next()`. */
+class Client {
+  private queue: Message[] = [];
+  private wake: (() => void) | undefined;
+  closed: Promise<{ code: number; reason: string }>;
+
+  private constructor(readonly ws: WebSocket) {
+    ws.binaryType = 'arraybuffer';
+    ws.addEventListener('message', (e) => {
+      const data = e.data as string | ArrayBuffer;
+      this.queue.push(
+        typeof data === 'string'
+          ? { kind: 'text', json: JSON.parse(data) }
+          : { kind: 'binary', bytes: Buffer.from(data) },
+      );
+      this.wake?.();
+    });
+    this.closed = new Promise((resolve) =>
+      ws.addEventListener('close', (e) => {
+        resolve({ code: e.code, reason: e.reason });
+        this.wake?.();
+      }),
+    );
+  }
+
+  static async open(name: string, query: string, baseUrl = server.baseUrl): Promise<Client> {
+    const url = `${baseUrl.replace(/^http/, 'ws')}/v1/stream/${name}?${query}`;
+    const ws = new WebSocket(url);
+    const client = new Client(ws);
+    await new Promise<void>((resolve, reject) => {
+      ws.addEventListener('open', () => resolve());
+      ws.addEventListener('error', () => reject(new Error(`cannot open ${url}`)));
+    });
+    return client;
+  }
+
+  /** The next message; throws after `timeoutMs` or when the socket closes first. */
+  async next(timeoutMs = 5_000): Promise<Message> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const message = this.queue.shift();
+      if (message) return message;
+      if (this.ws.readyState === WebSocket.CLOSED) throw new Error('socket closed');
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error('no message in time');
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.wake = undefined;
+    }
+  }
+
+  /** The next text message, which must have type `type`. */
+  async expect(type: string): Promise<Record<string, any>> {
+    const message = await this.next();
+    if (message.kind !== 'text') throw new Error(`expected ${type}, got a binary message`);
+    expect(message.json.type).toBe(type);
+    return message.json;
+  }
+
+  /** Whatever is queued now, without waiting. */
+  drain(): Message[] {
+    return this.queue.splice(0);
+  }
+
+  send(frame: object | Buffer) {
+    this.ws.send(Buffer.isBuffer(frame) ? frame : JSON.stringify(frame));
+  }
+}
+
+/** Reads data and control messages until a control reaches `offset` (or the stream closes). */
+async function follow(client: Client, until: (c: Control) => boolean) {
+  const chunks: Buffer[] = [];
+  const items: unknown[] = [];
+  const controls: Control[] = [];
+  for (;;) {
+    const message = await client.next();
+    if (message.kind === 'binary') {
+      chunks.push(message.bytes);
+      continue;
+    }
+    const json = message.json;
+    if (json.type === 'data') {
+      items.push(...(json.items as unknown[]));
+    } else if (json.type === 'control') {
+      controls.push(json as Control);
+      if (until(json as Control)) break;
+    }
+  }
+  return { bytes: Buffer.concat(chunks), items, controls, last: controls[controls.length - 1] };
+}
+
+const base = () => `${server.baseUrl}/v1/stream`;
+let counter = 0;
+const unique = (prefix: string) => `${prefix}-${process.pid}-${Date.now()}-${counter++}`;
+
+async function create(name: string, contentType: string, body?: string | Buffer) {
+  const res = await fetch(`${base()}/${name}`, {
+    method: 'PUT',
+    headers: { 'content-type': contentType },
+    body: bodyOf(body),
+  });
+  expect(res.status).toBe(201);
+  return res.headers.get('stream-next-offset')!;
+}
+
+async function post(name: string, contentType: string, body: string | Buffer) {
+  const res = await fetch(`${base()}/${name}`, {
+    method: 'POST',
+    headers: { 'content-type': contentType },
+    body: bodyOf(body),
+  });
+  expect(res.status).toBe(204);
+  return res.headers.get('stream-next-offset')!;
+}
+
+async function readAll(name: string) {
+  const res = await fetch(`${base()}/${name}?offset=-1`);
+  expect(res.status).toBe(200);
+  return Buffer.from(await res.arrayBuffer());
+}
+
+/** The status of a WebSocket handshake, with raw node:http (fetch refuses Upgrade). */
+function handshakeStatus(path: string, baseUrl = server.baseUrl): Promise<number> {
+  const url = new URL(baseUrl);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({
+      host: url.hostname,
+      port: url.port,
+      path,
+      headers: {
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-version': '13',
+        'sec-websocket-key': Buffer.from('0123456789abcdef').toString('base64'),
+      },
+    });
+    req.on('upgrade', (res, socket) => {
+      socket.destroy();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('response', (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('WebSocket follow', () => {
+  it('sends catch-up and live data of a binary stream as binary messages', async () => {
+    const name = unique('bin');
+    const bytes = Buffer.from([0, 1, 2, 255, 254, 10, 13]);
+    await create(name, 'application/octet-stream', bytes);
+    const client = await Client.open(name, 'offset=-1&live=ws');
+    const first = await follow(client, (c) => c.upToDate === true);
+    expect(first.bytes.equals(bytes)).toBe(true);
+    expect(first.last.streamCursor).toMatch(/^\d+$/);
+
+    const more = Buffer.from([7, 7, 0, 7]);
+    const tail = await post(name, 'application/octet-stream', more);
+    const live = await follow(client, (c) => c.streamNextOffset === tail);
+    expect(live.bytes.equals(more)).toBe(true);
+    expect(live.last.upToDate).toBe(true);
+    client.ws.close();
+  });
+
+  it('sends JSON streams as data messages with items', async () => {
+    const name = unique('json');
+    await create(name, 'application/json', JSON.stringify([{ a: 1 }, 'two']));
+    const client = await Client.open(name, 'offset=-1&live=ws');
+    const first = await follow(client, (c) => c.upToDate === true);
+    expect(first.items).toEqual([{ a: 1 }, 'two']);
+    const tail = await post(name, 'application/json', JSON.stringify([3, [4], null]));
+    const live = await follow(client, (c) => c.streamNextOffset === tail);
+    expect(live.items).toEqual([3, [4], null]);
+    client.ws.close();
+  });
+
+  it('starts at the tail for offset=now and then delivers only new data', async () => {
+    const name = unique('now');
+    const tail = await create(name, 'text/plain', 'old');
+    const client = await Client.open(name, 'offset=now&live=ws');
+    const control = await client.expect('control');
+    expect(control.streamNextOffset).toBe(tail);
+    expect(control.upToDate).toBe(true);
+    const next = await post(name, 'text/plain', 'new');
+    const live = await follow(client, (c) => c.streamNextOffset === next);
+    expect(live.bytes.toString()).toBe('new');
+    client.ws.close();
+  });
+
+  it('splits a large catch-up into messages of at most 1 MiB and loses nothing', async () => {
+    const name = unique('large');
+    const size = 5 * 1024 * 1024 + 123;
+    const body = Buffer.alloc(size);
+    for (let i = 0; i < size; i++) body[i] = (i * 31 + (i >> 11)) & 0xff;
+    await create(name, 'application/octet-stream', body.subarray(0, 3 * 1024 * 1024));
+    await post(name, 'application/octet-stream', body.subarray(3 * 1024 * 1024));
+    const client = await Client.open(name, 'offset=-1&live=ws');
+    const chunks: Buffer[] = [];
+    for (;;) {
+      const message = await client.next(15_000);
+      if (message.kind === 'binary') {
+        expect(message.bytes.length).toBeLessThanOrEqual(1024 * 1024);
+        chunks.push(message.bytes);
+      } else if (message.json.type === 'control' && message.json.upToDate) {
+        break;
+      }
+    }
+    expect(Buffer.concat(chunks).equals(body)).toBe(true);
+    client.ws.close();
+  });
+
+  it('splits a large JSON catch-up on message boundaries', async () => {
+    const name = unique('large-json');
+    const messages = Array.from({ length: 3000 }, (_, i) => ({ i, pad: 'x'.repeat(1000) }));
+    await create(name, 'application/json', JSON.stringify(messages.slice(0, 1500)));
+    await post(name, 'application/json', JSON.stringify(messages.slice(1500)));
+    const client = await Client.open(name, 'offset=-1&live=ws');
+    const items: unknown[] = [];
+    let dataMessages = 0;
+    for (;;) {
+      const message = await client.next(15_000);
+      if (message.kind !== 'text') throw new Error('binary message on a JSON stream');
+      if (message.json.type === 'data') {
+        dataMessages++;
+        items.push(...(message.json.items as unknown[]));
+      } else if (message.json.type === 'control' && message.json.upToDate) {
+        break;
+      }
+    }
+    expect(dataMessages).toBeGreaterThan(2);
+    expect(items).toEqual(messages);
+    client.ws.close();
+  });
+
+  it('resumes from the last offset without duplicates or gaps while a writer appends', async () => {
+    const name = unique('resume');
+    await create(name, 'text/plain');
+    let writing = true;
+    let written = 0;
+    const writer = (async () => {
+      while (writing) {
+        await post(name, 'text/plain', `<${written++}>`);
+      }
+    })();
+    let offset = '-1';
+    const received: Buffer[] = [];
+    try {
+      for (let round = 0; round < 6; round++) {
+        const client = await Client.open(name, `offset=${offset}&live=ws`);
+        // Read a few controls' worth, then drop the connection mid-stream.
+        let controls = 0;
+        let pending: Buffer[] = [];
+        while (controls < 3 + round) {
+          const message = await client.next();
+          if (message.kind === 'binary') {
+            pending.push(message.bytes);
+          } else if (message.json.type === 'control') {
+            // Data counts once its control arrives: that is the offset a client resumes from.
+            received.push(...pending);
+            pending = [];
+            offset = message.json.streamNextOffset as string;
+            controls++;
+          }
+        }
+        client.ws.close();
+        await client.closed;
+      }
+    } finally {
+      writing = false;
+      await writer;
+    }
+    // Catch up to the end once more, then compare with what the stream holds.
+    const client = await Client.open(name, `offset=${offset}&live=ws`);
+    const rest = await follow(client, (c) => c.upToDate === true);
+    received.push(rest.bytes);
+    client.ws.close();
+    const text = Buffer.concat(received).toString();
+    expect(text).toBe((await readAll(name)).toString());
+    const numbers = [...text.matchAll(/<(\d+)>/g)].map((m) => Number(m[1]));
+    expect(numbers).toEqual(numbers.map((_, i) => i));
+    expect(numbers.length).toBe(written);
+    expect(written).toBeGreaterThan(10);
+  });
+
+  it('closes with 1000 after the final control when the stream closes', async () => {
+    const name = unique('closing');
+    await create(name, 'text/plain', 'a');
+    const client = await Client.open(name, 'offset=-1&live=ws');
+    await follow(client, (c) => c.upToDate === true);
+    const res = await fetch(`${base()}/${name}`, {
+      method: 'POST',
+      headers: { 'content-type': 'text/plain', 'stream-closed': 'true' },
+      body: 'z',
+    });
+    expect(res.status).toBe(204);
+    const end = await follow(client, (c) => c.streamClosed === true);
+    expect(end.bytes.toString()).toBe('z');
+    expect(end.last.streamCursor).toBeUndefined();
+    expect((await client.closed).code).toBe(1000);
+  });
+
+  it('tells a follower when the stream is deleted', async () => {
+    const name = unique('deleted');
+    await create(name, 'text/plain', 'a');
+    const client = await Client.open(name, 'offset=-1&live=ws');
+    await follow(client, (c) => c.upToDate === true);
+    expect((await fetch(`${base()}/${name}`, { method: 'DELETE' })).status).toBe(204);
+    const error = await client.expect('error');
+    expect(error.status).toBe(404);
+    expect((await client.closed).code).toBe(1000);
+  });
+
+  it('refuses the handshake like a read: 404, 400, and 426 without Upgrade', async () => {
+    const name = unique('handshake');
+    await create(name, 'text/plain', 'abc');
+    expect(await handshakeStatus(`/v1/stream/${unique('missing')}?offset=-1&live=ws`)).toBe(404);
+    expect(await handshakeStatus(`/v1/stream/${name}?live=ws`)).toBe(400);
+    expect(await handshakeStatus(`/v1/stream/${name}?offset=zzz&live=ws`)).toBe(400);
+    expect(await handshakeStatus(`/v1/stream/${name}?offset=-1&live=ws`)).toBe(101);
+    const plain = await fetch(`${base()}/${name}?offset=-1&live=ws`);
+    expect(plain.status).toBe(426);
+  });
+});
+
+describe('WebSocket append', () => {
+  it('appends text and acknowledges each append with its offset, seen by followers', async () => {
+    const name = unique('append-text');
+    await create(name, 'text/plain');
+    const writer = await Client.open(name, 'offset=now&live=ws');
+    await writer.expect('control');
+    const reader = await Client.open(name, 'offset=now&live=ws');
+    await reader.expect('control');
+
+    writer.send({ type: 'append', id: 'a1', data: 'hello ' });
+    writer.send({ type: 'append', id: 2, data: 'wörld' });
+    const acks: Record<string, any>[] = [];
+    while (acks.length < 2) {
+      const message = await writer.next();
+      if (message.kind === 'text' && message.json.type === 'ack') acks.push(message.json);
+    }
+    expect(acks.map((a) => a.id)).toEqual(['a1', 2]);
+    expect(acks.map((a) => a.status)).toEqual([204, 204]);
+    const seen = await follow(reader, (c) => c.streamNextOffset === acks[1].streamNextOffset);
+    expect(seen.bytes.toString()).toBe('hello wörld');
+    expect((await readAll(name)).toString()).toBe('hello wörld');
+    writer.ws.close();
+    reader.ws.close();
+  });
+
+  it('appends JSON values, flattening a top-level array as POST does', async () => {
+    const name = unique('append-json');
+    await create(name, 'application/json');
+    const client = await Client.open(name, 'offset=-1&live=ws');
+    await client.expect('control');
+    client.send({ type: 'append', id: 1, data: { n: 1 } });
+    client.send({ type: 'append', id: 2, data: [2, 'three', null] });
+    client.send({ type: 'append', id: 3, data: null });
+    client.send({ type: 'append', id: 4, data: [] });
+    const replies: Record<string, any>[] = [];
+    const items: unknown[] = [];
+    let offset = '';
+    while (replies.length < 4 || offset !== replies[2].streamNextOffset) {
+      const message = await client.next();
+      if (message.kind !== 'text') throw new Error('binary message on a JSON stream');
+      const json = message.json;
+      if (json.type === 'data') items.push(...(json.items as unknown[]));
+      else if (json.type === 'control') offset = json.streamNextOffset as string;
+      else replies.push(json);
+    }
+    expect(replies.map((r) => [r.type, r.id, r.status])).toEqual([
+      ['ack', 1, 204],
+      ['ack', 2, 204],
+      ['ack', 3, 204],
+      ['error', 4, 400],
+    ]);
+    expect(items).toEqual([{ n: 1 }, 2, 'three', null, null]);
+    const body = await fetch(`${base()}/${name}?offset=-1`).then((r) => r.json());
+    expect(body).toEqual([{ n: 1 }, 2, 'three', null, null]);
+    client.ws.close();
+  });
+
+  it('appends bytes from binary frames with a JSON header', async () => {
+    const name = unique('append-bin');
+    await create(name, 'application/octet-stream');
+    const client = await Client.open(name, 'offset=now&live=ws');
+    await client.expect('control');
+    const payload = Buffer.from([0, 255, 1, 254, 0]);
+    const header = Buffer.from(
+      JSON.stringify({ type: 'append', id: 9, producerId: 'bin', producerEpoch: 0, producerSeq: 0 }),
+    );
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(header.length);
+    client.send(Buffer.concat([length, header, payload]));
+    let ack: Record<string, any> | undefined;
+    const data: Buffer[] = [];
+    while (!ack || data.length === 0) {
+      const message = await client.next();
+      if (message.kind === 'binary') data.push(message.bytes);
+      else if (message.json.type === 'ack') ack = message.json;
+    }
+    expect(ack).toMatchObject({ id: 9, status: 200, producerEpoch: 0, producerSeq: 0 });
+    expect(Buffer.concat(data).equals(payload)).toBe(true);
+    expect((await readAll(name)).equals(payload)).toBe(true);
+    client.ws.close();
+  });
+
+  it('follows the rules and errors of POST, and keeps the socket open after them', async () => {
+    const name = unique('rules');
+    await create(name, 'text/plain');
+    const client = await Client.open(name, 'offset=now&live=ws');
+    await client.expect('control');
+    const reply = async (frame: object) => {
+      client.send(frame);
+      for (;;) {
+        const message = await client.next();
+        if (message.kind === 'text' && (message.json.type === 'ack' || message.json.type === 'error')) {
+          return message.json;
+        }
+      }
+    };
+    expect(await reply({ type: 'append', id: 1 })).toMatchObject({ type: 'error', id: 1, status: 400 });
+    expect(await reply({ type: 'append', id: 2, data: 'x', producerId: 'p' })).toMatchObject({
+      type: 'error',
+      status: 400,
+      message: expect.stringContaining('Producer'),
+    });
+    expect(await reply({ type: 'append', id: 3, data: 'x', producerId: 'p', producerEpoch: -1, producerSeq: 0 }))
+      .toMatchObject({ type: 'error', status: 400 });
+    expect(await reply({ type: 'append', id: 4, data: 'x', streamSeq: 'b' })).toMatchObject({ type: 'ack', status: 204 });
+    expect(await reply({ type: 'append', id: 5, data: 'y', streamSeq: 'a' })).toMatchObject({ type: 'error', status: 409 });
+    expect(await reply({ type: 'append', id: 6, data: 'z', close: true })).toMatchObject({
+      type: 'ack',
+      id: 6,
+      streamClosed: true,
+    });
+    // The stream is closed: the socket ends with 1000 after the final control.
+    expect((await client.closed).code).toBe(1000);
+    expect((await readAll(name)).toString()).toBe('xz');
+
+    // A new socket on the closed stream gets POST's 409 for appends.
+    const again = await Client.open(name, 'offset=now&live=ws');
+    const control = await again.expect('control');
+    expect(control.streamClosed).toBe(true);
+    expect((await again.closed).code).toBe(1000);
+  });
+
+  it('deduplicates a producer across a reconnect', async () => {
+    const name = unique('dedupe');
+    await create(name, 'text/plain');
+    const producer = { producerId: 'writer-1', producerEpoch: 0 };
+    // First connection: send five appends and drop the socket before reading the acks.
+    const first = await Client.open(name, 'offset=now&live=ws');
+    await first.expect('control');
+    for (let seq = 0; seq < 5; seq++) {
+      first.send({ type: 'append', id: seq, data: `[${seq}]`, ...producer, producerSeq: seq });
+    }
+    // Wait until the server has the first three, then vanish.
+    const deadline = Date.now() + 10_000;
+    while (!(await readAll(name)).toString().includes('[2]')) {
+      if (Date.now() > deadline) throw new Error('appends did not arrive');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    first.ws.close();
+    await first.closed;
+
+    // Reconnect and retry everything from seq 0, as a writer unsure of its acks does.
+    const second = await Client.open(name, 'offset=now&live=ws');
+    await second.expect('control');
+    for (let seq = 0; seq < 7; seq++) {
+      second.send({ type: 'append', id: seq, data: `[${seq}]`, ...producer, producerSeq: seq });
+    }
+    const acks: Record<string, any>[] = [];
+    while (acks.length < 7) {
+      const message = await second.next();
+      if (message.kind === 'text' && (message.json.type === 'ack' || message.json.type === 'error')) {
+        acks.push(message.json);
+      }
+    }
+    acks.forEach((ack, seq) => {
+      expect(ack).toMatchObject({ type: 'ack', id: seq, producerEpoch: 0 });
+      if (ack.status === 200) {
+        expect(ack.producerSeq).toBe(seq);
+      } else {
+        // A duplicate: acknowledged with the highest sequence the stream already has.
+        expect(ack.status).toBe(204);
+        expect(ack.producerSeq).toBeGreaterThanOrEqual(seq);
+      }
+    });
+    expect(acks[0].status).toBe(204); // seq 0 was already there
+    expect(acks[6].status).toBe(200);
+    expect((await readAll(name)).toString()).toBe('[0][1][2][3][4][5][6]');
+
+    // A stale epoch is refused as POST refuses it.
+    second.send({ type: 'append', id: 'old', data: 'x', producerId: 'writer-1', producerEpoch: 0, producerSeq: 7 });
+    second.send({ type: 'append', id: 'new', data: '+', producerId: 'writer-1', producerEpoch: 1, producerSeq: 0 });
+    second.send({ type: 'append', id: 'stale', data: 'x', producerId: 'writer-1', producerEpoch: 0, producerSeq: 8 });
+    const replies: Record<string, any>[] = [];
+    while (replies.length < 3) {
+      const message = await second.next();
+      if (message.kind === 'text' && (message.json.type === 'ack' || message.json.type === 'error')) {
+        replies.push(message.json);
+      }
+    }
+    expect(replies[0]).toMatchObject({ type: 'ack', id: 'old', status: 200 });
+    expect(replies[1]).toMatchObject({ type: 'ack', id: 'new', status: 200, producerEpoch: 1 });
+    expect(replies[2]).toMatchObject({ type: 'error', id: 'stale', status: 403, producerEpoch: 1 });
+    second.ws.close();
+  });
+});
+
+describe('WebSocket bad frames', () => {
+  async function refused(name: string, frame: string | Buffer) {
+    const client = await Client.open(name, 'offset=now&live=ws');
+    await client.expect('control');
+    client.ws.send(frame);
+    const error = await client.expect('error');
+    expect(error.status).toBe(400);
+    expect(typeof error.message).toBe('string');
+    return { error, close: await client.closed };
+  }
+
+  it('closes with 1007 for frames that are not JSON or have a broken binary header', async () => {
+    const name = unique('bad-1007');
+    await create(name, 'text/plain');
+    expect((await refused(name, '{"type":"append",')).close.code).toBe(1007);
+    expect((await refused(name, 'append please')).close.code).toBe(1007);
+    expect((await refused(name, Buffer.from([0, 0]))).close.code).toBe(1007);
+    expect((await refused(name, Buffer.from([0, 0, 0, 50, 123]))).close.code).toBe(1007);
+  });
+
+  it('closes with 1008 for frames that break the protocol', async () => {
+    const name = unique('bad-1008');
+    await create(name, 'text/plain');
+    expect((await refused(name, '[1,2]')).close.code).toBe(1008);
+    expect((await refused(name, '{"type":"subscribe"}')).close.code).toBe(1008);
+    expect((await refused(name, '{"type":"append","data":5}')).close.code).toBe(1008);
+    expect((await refused(name, '{"type":"append","data":"x","producerSeq":true}')).close.code).toBe(1008);
+    expect((await refused(name, '{"type":"append","data":"x","prodcerId":"typo"}')).close.code).toBe(1008);
+    const header = Buffer.from('{"type":"append","data":"inline"}');
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(header.length);
+    expect((await refused(name, Buffer.concat([length, header]))).close.code).toBe(1008);
+    // Nothing was appended, and the stream still serves.
+    expect((await readAll(name)).length).toBe(0);
+    const client = await Client.open(name, 'offset=now&live=ws');
+    await client.expect('control');
+    client.send({ type: 'append', id: 1, data: 'ok' });
+    let ack: Record<string, any> | undefined;
+    while (!ack) {
+      const message = await client.next();
+      if (message.kind === 'text' && message.json.type !== 'control') ack = message.json;
+    }
+    expect(ack).toMatchObject({ type: 'ack', id: 1, status: 204 });
+    client.ws.close();
+  });
+});
+
+describe('WebSocket access control', () => {
+  const secret = 'ws-secret-' + Math.random().toString(36).slice(2);
+  let guarded: Awaited<ReturnType<typeof startServer>>;
+  const inAnHour = () => Math.floor(Date.now() / 1000) + 3600;
+  const token = (ops: string[], expiresAt = inAnHour()) =>
+    encodeURIComponent(mintToken({ secret, prefix: 'ws-auth/', ops, expiresAt }));
+
+  beforeAll(async () => {
+    guarded = await startServer({ vars: { AUTH_SECRET: secret } });
+    const res = await fetch(`${guarded.baseUrl}/v1/stream/ws-auth/a`, {
+      method: 'PUT',
+      headers: { 'content-type': 'text/plain', authorization: `Bearer ${decodeURIComponent(token(['create']))}` },
+    });
+    expect(res.status).toBe(201);
+  });
+
+  afterAll(async () => {
+    await guarded?.stop();
+  });
+
+  async function replyTo(client: Client, frame: object) {
+    client.send(frame);
+    for (;;) {
+      const message = await client.next();
+      if (message.kind === 'text' && message.json.type !== 'control') return message.json;
+    }
+  }
+
+  it('needs a read token to connect and an append token to append, as POST does', async () => {
+    expect(await handshakeStatus('/v1/stream/ws-auth/a?offset=-1&live=ws', guarded.baseUrl)).toBe(401);
+    expect(
+      await handshakeStatus(`/v1/stream/other/a?offset=-1&live=ws&token=${token(['read'])}`, guarded.baseUrl),
+    ).toBe(403);
+
+    const reader = await Client.open('ws-auth/a', `offset=-1&live=ws&token=${token(['read'])}`, guarded.baseUrl);
+    await reader.expect('control');
+    expect(await replyTo(reader, { type: 'append', id: 1, data: 'x' })).toMatchObject({
+      type: 'error',
+      id: 1,
+      status: 403,
+    });
+    reader.ws.close();
+
+    const writer = await Client.open(
+      'ws-auth/a',
+      `offset=-1&live=ws&token=${token(['read', 'append'])}`,
+      guarded.baseUrl,
+    );
+    await writer.expect('control');
+    expect(await replyTo(writer, { type: 'append', id: 2, data: 'y' })).toMatchObject({
+      type: 'ack',
+      id: 2,
+      status: 204,
+    });
+    writer.ws.close();
+  });
+
+  it('refuses appends once the token expires, though the socket stays open', async () => {
+    const expiresAt = Math.floor(Date.now() / 1000) + 3;
+    const writer = await Client.open(
+      'ws-auth/a',
+      `offset=now&live=ws&token=${token(['read', 'append'], expiresAt)}`,
+      guarded.baseUrl,
+    );
+    await writer.expect('control');
+    expect(await replyTo(writer, { type: 'append', id: 'before', data: 'b' })).toMatchObject({ type: 'ack' });
+    await new Promise((r) => setTimeout(r, Math.max(0, expiresAt * 1000 - Date.now()) + 100));
+    expect(await replyTo(writer, { type: 'append', id: 'after', data: 'a' })).toMatchObject({
+      type: 'error',
+      id: 'after',
+      status: 401,
+    });
+    writer.ws.close();
+  });
+});
