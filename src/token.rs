@@ -157,7 +157,7 @@ pub fn base64url_decode(text: &str) -> Result<Vec<u8>, AuthError> {
             other => other,
         })
         .collect();
-    while standard.len() % 4 != 0 {
+    while !standard.len().is_multiple_of(4) {
         standard.push(b'=');
     }
     crate::base64::decode(&standard).map_err(|_| AuthError::Invalid)

@@ -5,7 +5,6 @@
 //! puts the security and CORS headers on every response, errors included.
 
 mod live;
-mod ws;
 
 use edgestream::headers::{self as h, ContentType, ForkHeaders, LiveMode, ProducerHeaders};
 use edgestream::stream::Expiry;
@@ -95,7 +94,7 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
     if name.is_reserved() {
         return http::text(404, "not found");
     }
-    if let Some(op) = Operation::for_method(&req.method().to_string()) {
+    if let Some(op) = Operation::for_method(req.method().as_ref()) {
         if let Err(e) = auth::authorize(&req, &url, env, op, name.as_str()).await? {
             return refuse(e);
         }
