@@ -5,6 +5,7 @@
 //! puts the security and CORS headers on every response, errors included.
 
 mod live;
+mod ws;
 
 use edgestream::headers::{self as h, ContentType, ForkHeaders, LiveMode, ProducerHeaders};
 use edgestream::stream::Expiry;
