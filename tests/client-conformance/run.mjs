@@ -25,7 +25,7 @@ const opt = (name, fallback) => {
 const serverKind = opt('server', 'reference');
 const filter = opt('filter', process.env.CONFORMANCE_FILTER ?? '');
 const verbose = args.includes('--verbose');
-const casesDir = opt('cases', path.resolve(root, '..', 'shared', 'client-conformance', 'cases'));
+const casesDir = opt('cases', path.join(root, 'tests', 'client-conformance', 'cases'));
 const COMMAND_TIMEOUT_MS = 30_000;
 
 // ---------------------------------------------------------------------------------------------
