@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { bin, root, run, step } from './run.mjs';
+import { buildClient } from './client.mjs';
 
 function which(tool) {
   return execFileSync('bash', ['-lc', `command -v ${tool}`], { encoding: 'utf8' }).trim();
@@ -22,16 +23,24 @@ export async function buildWorker() {
   });
 }
 
-/** The demo app's static files, as the Worker serves them (wrangler.toml [assets]). */
+/**
+ * The demo app's static files, as the Worker serves them (wrangler.toml [assets]): www/public,
+ * plus the npm package (js/src and the built js/dist) under vendor/edgestream, which the page
+ * imports through an import map, as a plain `<script type="module">` user would.
+ */
 export async function buildAssets() {
   const out = path.join(root, 'www', 'dist');
   await rm(out, { recursive: true, force: true });
   await mkdir(out, { recursive: true });
   await cp(path.join(root, 'www', 'public'), out, { recursive: true });
+  const vendor = path.join(out, 'vendor', 'edgestream');
+  await cp(path.join(root, 'js', 'src'), path.join(vendor, 'src'), { recursive: true });
+  await cp(path.join(root, 'js', 'dist'), path.join(vendor, 'dist'), { recursive: true });
 }
 
 export async function buildAll() {
   await step('build: worker', buildWorker);
+  await step('build: client (wasm + JS glue, gzip size)', buildClient);
   await step('build: demo assets', buildAssets);
 }
 

@@ -1,0 +1,177 @@
+// The demo app in a real browser (Debian Chromium through playwright-core) against wrangler dev:
+// rooms deliver across pages, a reload resumes without gap or duplicate, a cut network
+// reconnects and catches up, the live table converges, and each view is screenshotted.
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startServer } from '../../scripts/dev-server.mjs';
+
+const shots = path.join(path.dirname(fileURLToPath(import.meta.url)), 'screenshots');
+let server: Awaited<ReturnType<typeof startServer>>;
+let browser: Browser;
+
+beforeAll(async () => {
+  server = await startServer({ vars: { LONG_POLL_TIMEOUT_MS: '2000' } });
+  browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+  });
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+async function openPage(context?: BrowserContext): Promise<{ page: Page; context: BrowserContext }> {
+  const ctx = context ?? (await browser.newContext({ viewport: { width: 1200, height: 800 } }));
+  const page = await ctx.newPage();
+  const errors: string[] = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(`${server.baseUrl}/`);
+  await expect.poll(() => page.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
+  expect(errors).toEqual([]);
+  return { page, context: ctx };
+}
+
+async function openRoom(page: Page, room: string) {
+  await page.fill('#room-name', room);
+  await page.click('#room-form button');
+  await expect.poll(() => page.locator('#room-title').textContent()).toBe(`#${room}`);
+  await expect.poll(() => page.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
+}
+
+async function send(page: Page, who: string, text: string) {
+  await page.fill('#who', who);
+  await page.fill('#message', text);
+  await page.click('#message-form button');
+}
+
+const messages = (page: Page) => page.locator('#messages li .text').allTextContents();
+
+describe('rooms', () => {
+  test('a message sent in one page appears in another within a second', async () => {
+    const room = `r${Date.now()}`;
+    const a = await openPage();
+    const b = await openPage();
+    await openRoom(a.page, room);
+    await openRoom(b.page, room);
+    const sentAt = Date.now();
+    await send(a.page, 'ada', 'hello from a');
+    await expect.poll(() => messages(b.page), { timeout: 1_000, interval: 25 }).toEqual(['hello from a']);
+    expect(Date.now() - sentAt).toBeLessThan(1_000);
+    await send(b.page, 'bob', 'hi ada');
+    await expect.poll(() => messages(a.page), { timeout: 1_000, interval: 25 }).toEqual(['hello from a', 'hi ada']);
+    await a.page.screenshot({ path: path.join(shots, 'rooms.png') });
+    await a.context.close();
+    await b.context.close();
+  });
+
+  test('a reload resumes from the stored offset: no re-download, no gap, no duplicate', async () => {
+    const room = `reload${Date.now()}`;
+    const { page, context } = await openPage();
+    await openRoom(page, room);
+    for (let i = 0; i < 5; i++) await send(page, 'ada', `m${i}`);
+    await expect.poll(() => messages(page)).toEqual(['m0', 'm1', 'm2', 'm3', 'm4']);
+    // The tab goes away; someone else writes meanwhile.
+    await page.goto('about:blank');
+    const other = await openPage();
+    await openRoom(other.page, room);
+    await send(other.page, 'bob', 'while you were away');
+    await expect.poll(() => messages(other.page)).toContain('while you were away');
+
+    const firstRead = page.waitForRequest((r) => r.method() === 'GET' && r.url().includes(`/v1/stream/rooms/${room}`));
+    await page.goto(`${server.baseUrl}/`);
+    const offset = new URL((await firstRead).url()).searchParams.get('offset');
+    // It resumed from the stored offset, not from the beginning.
+    expect(offset).not.toBeNull();
+    expect(offset).not.toBe('-1');
+    await expect.poll(() => messages(page), { timeout: 10_000 }).toEqual(['m0', 'm1', 'm2', 'm3', 'm4', 'while you were away']);
+    await send(page, 'ada', 'after reload');
+    await expect.poll(() => messages(page)).toEqual(['m0', 'm1', 'm2', 'm3', 'm4', 'while you were away', 'after reload']);
+    await context.close();
+    await other.context.close();
+  });
+
+  test('with the network cut and restored, the page reconnects and catches up', async () => {
+    const room = `cut${Date.now()}`;
+    const { page, context } = await openPage();
+    await openRoom(page, room);
+    await send(page, 'ada', 'before');
+    await expect.poll(() => messages(page)).toEqual(['before']);
+    // Offline ends the open live connection too; the route keeps new requests failing.
+    // Cut the network: new requests fail, and a server restart drops the open live connection.
+    await context.route('**/v1/stream/**', (route) => route.abort('internetdisconnected'));
+    await server.restart();
+    // Written by someone else while this page is cut off:
+    for (const text of ['during 1', 'during 2']) {
+      const res = await fetch(`${server.baseUrl}/v1/stream/rooms/${room}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ id: text, user: 'bob', text, at: Date.now() }),
+      });
+      expect(res.status).toBe(204);
+    }
+    await page.waitForTimeout(1_000);
+    expect(await messages(page)).toEqual(['before']);
+    // Restore the network: the page reconnects from its offset and catches up.
+    await context.unroute('**/v1/stream/**');
+    await expect.poll(() => messages(page), { timeout: 20_000 }).toEqual(['before', 'during 1', 'during 2']);
+    await send(page, 'ada', 'after');
+    await expect.poll(() => messages(page), { timeout: 5_000 }).toEqual(['before', 'during 1', 'during 2', 'after']);
+    await context.close();
+  });
+});
+
+describe('live table', () => {
+  test('both pages converge after an insert, an update and a delete', async () => {
+    const a = await openPage();
+    const b = await openPage();
+    for (const p of [a.page, b.page]) {
+      await p.click('#tab-table');
+      await expect.poll(() => p.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
+    }
+    const name = `widget-${Date.now()}`;
+    await a.page.fill('#row-name', name);
+    await a.page.fill('#row-qty', '3');
+    await a.page.click('#row-form button');
+    const rowIn = (p: Page) => p.locator(`#rows tr[data-name="${name}"]`);
+    await expect.poll(() => rowIn(b.page).count(), { timeout: 2_000 }).toBe(1);
+    const id = await rowIn(b.page).getAttribute('data-id');
+
+    // Update in page B; page A sees the new quantity.
+    await b.page.locator(`#rows tr[data-id="${id}"] input[type=number]`).fill('7');
+    await b.page.locator(`#rows tr[data-id="${id}"] button:has-text("Save")`).click();
+    await expect.poll(() => a.page.locator(`#rows tr[data-id="${id}"] input[type=number]`).inputValue(), { timeout: 2_000 }).toBe('7');
+    await a.page.screenshot({ path: path.join(shots, 'table.png') });
+
+    // Delete in page A; both lose the row.
+    await a.page.locator(`#rows tr[data-id="${id}"] button:has-text("Delete")`).click();
+    for (const p of [a.page, b.page]) {
+      await expect.poll(() => p.locator(`#rows tr[data-id="${id}"]`).count(), { timeout: 2_000 }).toBe(0);
+    }
+    const snapshot = async (p: Page) => p.locator('#rows tr').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-id')));
+    expect(await snapshot(a.page)).toEqual(await snapshot(b.page));
+    await a.context.close();
+    await b.context.close();
+  });
+});
+
+describe('tail', () => {
+  test('lines appended are followed live, in every live mode', async () => {
+    const { page, context } = await openPage();
+    await page.click('#tab-tail');
+    for (const mode of ['sse', 'long-poll', 'ws']) {
+      await page.selectOption('#mode', mode);
+      await expect.poll(() => page.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
+      const line = `line via ${mode} ${Date.now()}`;
+      await page.fill('#line', line);
+      await page.click('#tail-form button');
+      await expect.poll(() => page.locator('#tail').textContent(), { timeout: 5_000 }).toContain(line);
+      await expect.poll(() => page.locator('#info-mode').textContent(), { timeout: 5_000 }).toBe(mode);
+    }
+    await page.screenshot({ path: path.join(shots, 'tail.png') });
+    await context.close();
+  });
+});

@@ -1,0 +1,371 @@
+// The edgestream demo: three views, each one durable stream, built on the `edgestream` package
+// exactly as an app of yours would be. Each view keeps what it has rendered and the offset it
+// reached in localStorage, so a reload resumes from there: nothing is downloaded twice.
+import { stream, DurableStream } from 'edgestream';
+
+const API = `${location.origin}/v1/stream`;
+const $ = (id) => document.getElementById(id);
+
+/** localStorage with JSON values; a full or disabled storage only loses the resume point. */
+const saved = {
+  get(key, fallback) {
+    try {
+      const raw = localStorage.getItem(`edgestream-demo:${key}`);
+      return raw === null ? fallback : JSON.parse(raw);
+    } catch {
+      return fallback;
+    }
+  },
+  set(key, value) {
+    try {
+      localStorage.setItem(`edgestream-demo:${key}`, JSON.stringify(value));
+    } catch {}
+  },
+};
+
+// ---- the live connection of the visible view ----
+
+let mode = saved.get('mode', 'auto');
+let active = null; // { handle, controller, path }
+
+/** Creates the stream if needed (an identical PUT is a no-op), then follows it from `offset`. */
+async function follow({ path, contentType, offset, onBatch }) {
+  stopFollowing();
+  const controller = new AbortController();
+  const url = `${API}/${path}`;
+  active = { handle: null, controller, path, hadBatch: false };
+  const mine = active;
+  $('info-url').textContent = `/v1/stream/${path}`;
+  await ensureStream(url, contentType);
+  if (controller.signal.aborted) return;
+  const handle = stream({ url, offset, live: mode, signal: controller.signal });
+  mine.handle = handle;
+  handle.subscribe(
+    (batch) => {
+      mine.hadBatch = true;
+      onBatch(batch);
+      showStatus();
+    },
+    (error) => {
+      console.error('edgestream demo:', error);
+      setState('reconnecting');
+      // The reader gave up (for instance the stream was deleted): start over from the stored offset.
+      if (!controller.signal.aborted) setTimeout(() => active === mine && restartView(), 2000);
+    },
+  );
+}
+
+function stopFollowing() {
+  active?.controller.abort();
+  active = null;
+}
+
+const created = new Set();
+async function ensureStream(url, contentType) {
+  if (created.has(url)) return;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await DurableStream.create({ url, contentType });
+      created.add(url);
+      return;
+    } catch (e) {
+      // Offline or a transient error: keep trying; the UI shows the state.
+      setState(navigator.onLine ? 'reconnecting' : 'offline');
+      await new Promise((r) => setTimeout(r, Math.min(4000, 250 * 2 ** attempt)));
+    }
+  }
+}
+
+function setState(state) {
+  const pill = $('state');
+  pill.dataset.state = state;
+  pill.textContent = state;
+}
+
+function showStatus() {
+  const handle = active?.handle;
+  $('info-offset').textContent = handle ? handle.offset : '-';
+  $('info-mode').textContent = handle ? handle.mode : '-';
+  if (!navigator.onLine) return setState('offline');
+  if (!handle || !active.hadBatch) return setState('connecting');
+  if (handle.status === 0 || handle.status >= 500) return setState('reconnecting');
+  setState(handle.upToDate ? 'live' : 'catching up');
+}
+setInterval(showStatus, 500);
+addEventListener('online', showStatus);
+addEventListener('offline', showStatus);
+
+async function post(path, body, contentType = 'application/json') {
+  const res = await fetch(`${API}/${path}`, {
+    method: 'POST',
+    headers: { 'content-type': contentType },
+    body: contentType === 'application/json' ? JSON.stringify(body) : body,
+  });
+  if (!res.ok) throw new Error(`append failed: ${res.status} ${await res.text()}`);
+}
+
+const newId = () => (crypto.randomUUID?.() ?? `${Date.now()}-${Math.random()}`).slice(0, 8);
+const clock = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+
+// ---- Rooms: chat channels named by path ----
+
+const rooms = {
+  list: saved.get('rooms', ['lobby', 'dev', 'random']),
+  current: saved.get('room', 'lobby'),
+  /** Per room: the messages rendered so far and the offset after them. */
+  cache(room) {
+    return saved.get(`room:${room}`, { offset: '-1', messages: [] });
+  },
+  renderList() {
+    const ul = $('room-list');
+    ul.replaceChildren(
+      ...this.list.map((room) => {
+        const li = document.createElement('li');
+        const button = document.createElement('button');
+        button.type = 'button';
+        button.textContent = `#${room}`;
+        if (room === this.current) button.setAttribute('aria-current', 'true');
+        button.addEventListener('click', () => this.open(room));
+        li.append(button);
+        return li;
+      }),
+    );
+  },
+  renderMessage(m) {
+    const li = document.createElement('li');
+    li.dataset.id = m.id;
+    const who = document.createElement('span');
+    who.className = 'who';
+    who.textContent = m.user;
+    const text = document.createElement('span');
+    text.className = 'text';
+    text.textContent = m.text;
+    const time = document.createElement('time');
+    time.dateTime = new Date(m.at).toISOString();
+    time.textContent = clock(m.at);
+    li.append(who, text, time);
+    return li;
+  },
+  open(room) {
+    this.current = room;
+    saved.set('room', room);
+    this.renderList();
+    $('room-title').textContent = `#${room}`;
+    const cache = this.cache(room);
+    const list = $('messages');
+    list.replaceChildren(...cache.messages.map((m) => this.renderMessage(m)));
+    list.scrollTop = list.scrollHeight;
+    follow({
+      path: `rooms/${room}`,
+      contentType: 'application/json',
+      offset: cache.offset,
+      onBatch: (batch) => {
+        const fresh = batch.items ?? [];
+        for (const m of fresh) list.append(this.renderMessage(m));
+        cache.messages.push(...fresh);
+        cache.messages = cache.messages.slice(-500);
+        cache.offset = batch.offset;
+        saved.set(`room:${room}`, cache);
+        if (fresh.length) list.scrollTop = list.scrollHeight;
+      },
+    });
+  },
+  init() {
+    $('who').value = saved.get('who', '');
+    $('who').addEventListener('change', () => saved.set('who', $('who').value.trim()));
+    $('room-form').addEventListener('submit', (e) => {
+      e.preventDefault();
+      const name = $('room-name').value.trim().toLowerCase();
+      if (!/^[a-z0-9-]{1,32}$/.test(name)) return;
+      if (!this.list.includes(name)) this.list.push(name);
+      saved.set('rooms', this.list);
+      $('room-name').value = '';
+      this.open(name);
+    });
+    $('message-form').addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const user = $('who').value.trim();
+      const text = $('message').value.trim();
+      if (!user || !text) return;
+      saved.set('who', user);
+      $('message').value = '';
+      try {
+        await post(`rooms/${this.current}`, { id: newId(), user, text, at: Date.now() });
+      } catch (err) {
+        $('message').value = text;
+        alert(err.message);
+      }
+    });
+  },
+};
+
+// ---- Live table: insert/update/delete events folded into rows ----
+
+const table = {
+  path: 'tables/inventory',
+  state: saved.get('table', { offset: '-1', rows: {} }),
+  apply(event) {
+    const rows = this.state.rows;
+    if (event.op === 'delete') delete rows[event.id];
+    else if (event.op === 'insert' || event.op === 'update') {
+      rows[event.id] = { ...(rows[event.id] ?? {}), ...event.fields, updatedAt: event.at };
+    }
+  },
+  render(changed = new Set()) {
+    const body = $('rows');
+    const ids = Object.keys(this.state.rows).sort((a, b) => (this.state.rows[a].createdAt ?? 0) - (this.state.rows[b].createdAt ?? 0) || a.localeCompare(b));
+    body.replaceChildren(
+      ...ids.map((id) => {
+        const row = this.state.rows[id];
+        const tr = document.createElement('tr');
+        tr.dataset.id = id;
+        tr.dataset.name = row.name ?? '';
+        if (changed.has(id)) tr.className = 'flash';
+        const cell = (content) => {
+          const td = document.createElement('td');
+          td.append(content);
+          return td;
+        };
+        const name = document.createElement('input');
+        name.value = row.name ?? '';
+        name.setAttribute('aria-label', `Item ${id}`);
+        const qty = document.createElement('input');
+        qty.type = 'number';
+        qty.min = '0';
+        qty.value = String(row.qty ?? 0);
+        qty.setAttribute('aria-label', `Quantity of ${id}`);
+        const save = document.createElement('button');
+        save.type = 'button';
+        save.className = 'quiet';
+        save.textContent = 'Save';
+        save.addEventListener('click', () =>
+          post(this.path, { op: 'update', id, fields: { name: name.value.trim(), qty: Number(qty.value) }, at: Date.now() }),
+        );
+        const remove = document.createElement('button');
+        remove.type = 'button';
+        remove.className = 'danger';
+        remove.textContent = 'Delete';
+        remove.setAttribute('aria-label', `Delete ${row.name ?? id}`);
+        remove.addEventListener('click', () => post(this.path, { op: 'delete', id, at: Date.now() }));
+        const actions = cell(save);
+        actions.className = 'actions';
+        actions.append(remove);
+        tr.append(cell(id), cell(name), cell(qty), cell(row.updatedAt ? clock(row.updatedAt) : ''), actions);
+        return tr;
+      }),
+    );
+  },
+  open() {
+    this.render();
+    follow({
+      path: this.path,
+      contentType: 'application/json',
+      offset: this.state.offset,
+      onBatch: (batch) => {
+        const changed = new Set();
+        for (const event of batch.items ?? []) {
+          this.apply(event);
+          changed.add(event.id);
+        }
+        this.state.offset = batch.offset;
+        saved.set('table', this.state);
+        if (changed.size) this.render(changed);
+      },
+    });
+  },
+  init() {
+    $('row-form').addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const name = $('row-name').value.trim();
+      if (!name) return;
+      const now = Date.now();
+      await post(this.path, { op: 'insert', id: newId(), fields: { name, qty: Number($('row-qty').value), createdAt: now }, at: now });
+      $('row-name').value = '';
+    });
+  },
+};
+
+// ---- Tail: a text stream, followed like tail -f ----
+
+const tail = {
+  path: 'tail/demo',
+  state: saved.get('tail', { offset: '-1', text: '' }),
+  open() {
+    const pre = $('tail');
+    pre.textContent = this.state.text;
+    const decoder = new TextDecoder();
+    follow({
+      path: this.path,
+      contentType: 'text/plain',
+      offset: this.state.offset,
+      onBatch: (batch) => {
+        if (batch.bytes?.length) {
+          const text = decoder.decode(batch.bytes, { stream: true });
+          this.state.text = (this.state.text + text).slice(-100_000);
+          pre.append(text);
+          pre.scrollTop = pre.scrollHeight;
+        }
+        this.state.offset = batch.offset;
+        saved.set('tail', this.state);
+      },
+    });
+  },
+  init() {
+    $('tail-form').addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const line = $('line').value;
+      if (!line) return;
+      $('line').value = '';
+      await post(this.path, `${line}\n`, 'text/plain');
+    });
+  },
+};
+
+// ---- tabs and mode ----
+
+const views = { rooms: () => rooms.open(rooms.current), table: () => table.open(), tail: () => tail.open() };
+let currentView = saved.get('view', 'rooms');
+
+function show(view) {
+  currentView = view;
+  saved.set('view', view);
+  for (const name of Object.keys(views)) {
+    const tab = $(`tab-${name}`);
+    const selected = name === view;
+    tab.setAttribute('aria-selected', String(selected));
+    tab.tabIndex = selected ? 0 : -1;
+    $(`view-${name}`).hidden = !selected;
+  }
+  views[view]();
+}
+
+function restartView() {
+  show(currentView);
+}
+
+const tabNames = Object.keys(views);
+for (const name of tabNames) {
+  const tab = $(`tab-${name}`);
+  tab.addEventListener('click', () => show(name));
+  tab.addEventListener('keydown', (e) => {
+    const i = tabNames.indexOf(name);
+    const next = e.key === 'ArrowRight' ? tabNames[(i + 1) % tabNames.length] : e.key === 'ArrowLeft' ? tabNames[(i + tabNames.length - 1) % tabNames.length] : null;
+    if (next) {
+      show(next);
+      $(`tab-${next}`).focus();
+    }
+  });
+}
+
+$('mode').value = mode;
+$('mode').addEventListener('change', () => {
+  mode = $('mode').value;
+  saved.set('mode', mode);
+  restartView();
+});
+
+rooms.init();
+table.init();
+tail.init();
+rooms.renderList();
+show(tabNames.includes(currentView) ? currentView : 'rooms');
