@@ -110,6 +110,27 @@ export async function testClientInBrowser() {
   }
 }
 
+/**
+ * The same browser tests against our Worker on wrangler dev (built first), WebSocket following
+ * included; fault injection is the reference server's, so those cases run only there.
+ */
+export async function testClientInBrowserAgainstWorker() {
+  const { startServer } = await import('./dev-server.mjs');
+  const server = await startServer({ vars: { LONG_POLL_TIMEOUT_MS: '500' } });
+  try {
+    await run('wasm-pack', ['test', '--mode', 'no-install', '--headless', '--chrome', 'client'], {
+      env: {
+        ...process.env,
+        EDGESTREAM_TEST_URL: `${server.baseUrl}/v1/stream`,
+        EDGESTREAM_TEST_WS: '1',
+        CHROMEDRIVER: process.env.CHROMEDRIVER ?? '/usr/bin/chromedriver',
+      },
+    });
+  } finally {
+    await server.stop();
+  }
+}
+
 /** Client tests: native unit tests, the browser tests and the conformance suite. */
 export async function testClient() {
   await step('client: cargo test (native)', () => run('cargo', ['test', '-p', 'edgestream-client']));
@@ -121,7 +142,13 @@ export async function testClient() {
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {
   const what = process.argv[2] ?? 'build';
-  const job = { build: buildClient, test: testClient, browser: testClientInBrowser, size: printClientSize }[what];
+  const job = {
+    build: buildClient,
+    test: testClient,
+    browser: testClientInBrowser,
+    'browser-worker': testClientInBrowserAgainstWorker,
+    size: printClientSize,
+  }[what];
   if (!job) {
     console.error('usage: node scripts/client.mjs build|test|browser|size');
     process.exit(2);
