@@ -1,0 +1,718 @@
+// `npm run bench`: edgestream beside the reference Node server (@durable-streams/server), on the
+// same machine, with the same load generator. Writes bench/results/latest.json and latest.md.
+//
+//   node bench/run.mjs [--quick] [--only edgestream,ref-memory,ref-file] [--skip appends,catchup,fanout]
+//                      [--rate 50] [--sse 1000] [--ws 200] [--messages 1000] [--catchup-mb 50]
+//
+// Servers run one at a time so they never compete for the two cores. Each runs every
+// workload; its processes' RSS and CPU time are sampled from /proc throughout: for edgestream
+// the whole `wrangler dev` tree (the wrangler Node process, its proxy workerd and the workerd
+// running the Worker and its Durable Objects), for the reference server its Node process.
+// The Worker must be built first (`npm run build`).
+import { fork, spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startServer } from '../scripts/dev-server.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.dirname(here);
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+function options(argv) {
+  const get = (name, fallback) => {
+    const i = argv.indexOf(`--${name}`);
+    return i >= 0 && i + 1 < argv.length ? argv[i + 1] : fallback;
+  };
+  const quick = argv.includes('--quick');
+  const list = (name, all) => (get(name) ? get(name).split(',').map((s) => s.trim()) : all);
+  const number = (name, full, small) => Number(get(name, quick ? small : full));
+  return {
+    quick,
+    only: list('only', ['edgestream', 'ref-memory', 'ref-file']),
+    skip: list('skip', []),
+    appendBytes: 100,
+    sequentialAppends: number('sequential', 2000, 200),
+    concurrentWriters: 16,
+    appendsPerWriter: number('per-writer', 250, 25),
+    catchupMb: number('catchup-mb', 50, 5),
+    catchupRuns: 3,
+    sseReaders: number('sse', 1000, 100),
+    wsReaders: number('ws', 200, 20),
+    messages: number('messages', 1000, 100),
+    rate: number('rate', 50, 50),
+    readerProcesses: 2,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP with keep-alive, without fetch's overhead: both servers get the same client.
+
+const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+
+function request(method, url, { headers = {}, body } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method, agent, headers }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }));
+      res.on('error', reject);
+    });
+    req.setTimeout(60_000, () => req.destroy(new Error(`${method} ${url}: no answer in 60 s`)));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** Reads a response without keeping it: for catch-up throughput. */
+function drain(url) {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { agent }, (res) => {
+      let bytes = 0;
+      res.on('data', (c) => (bytes += c.length));
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, bytes }));
+      res.on('error', reject);
+    });
+    req.setTimeout(120_000, () => req.destroy(new Error(`GET ${url}: no answer in 120 s`)));
+    req.on('error', reject);
+  });
+}
+
+async function must(promise, expected, what) {
+  const res = await promise;
+  if (!expected.includes(res.status)) {
+    throw new Error(`${what}: HTTP ${res.status} ${res.body?.toString().slice(0, 200) ?? ''}`);
+  }
+  return res;
+}
+
+const nowMs = () => performance.timeOrigin + performance.now();
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function withTimeout(promise, ms, what) {
+  let timer;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms / 1000} s`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function percentile(sorted, p) {
+  if (sorted.length === 0) return null;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i];
+}
+
+function stats(latencies) {
+  const sorted = Float64Array.from(latencies).sort();
+  return {
+    count: sorted.length,
+    p50: round(percentile(sorted, 50)),
+    p99: round(percentile(sorted, 99)),
+    max: round(sorted.length ? sorted[sorted.length - 1] : null),
+  };
+}
+
+const round = (x, digits = 2) => (x === null || x === undefined || !Number.isFinite(x) ? null : Number(x.toFixed(digits)));
+
+// ---------------------------------------------------------------------------------------------
+// Process accounting from /proc: RSS and CPU time of a process tree, sampled.
+
+const CLK_TCK = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
+function readStat(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const ppid = Number(rest[1]);
+    const ticks = Number(rest[11]) + Number(rest[12]);
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const rss = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) * 1024;
+    return { ppid, ticks, rss };
+  } catch {
+    return null;
+  }
+}
+
+function descendants(rootPid) {
+  const children = new Map();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const s = readStat(entry);
+    if (!s) continue;
+    const list = children.get(s.ppid) ?? [];
+    list.push(Number(entry));
+    children.set(s.ppid, list);
+  }
+  const out = [rootPid];
+  for (let i = 0; i < out.length; i++) out.push(...(children.get(out[i]) ?? []));
+  return out;
+}
+
+function roleOf(pid, port) {
+  let args = '';
+  try {
+    args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
+  } catch {}
+  if (args.includes('workerd')) {
+    return args.includes(`entry=127.0.0.1:${port} `) || args.endsWith(`entry=127.0.0.1:${port}`)
+      ? 'workerd (wrangler proxy)'
+      : 'workerd (Worker and objects)';
+  }
+  if (args.includes('ref-server.mjs')) return 'node (reference server)';
+  if (args.includes('wrangler-dist')) return 'node (wrangler)';
+  if (args.includes('wrangler')) return 'node (wrangler launcher)';
+  return args.split(' ')[0] || `pid ${pid}`;
+}
+
+/** Samples a process tree every `everyMs`: peak RSS (total and per role) and CPU seconds. */
+class ProcessMonitor {
+  constructor(rootPid, port, everyMs = 200) {
+    this.rootPid = rootPid;
+    this.port = port;
+    this.pids = new Map(); // pid → { role, ticks, rss }
+    this.peakRss = 0;
+    this.peakByRole = {};
+    this.sample();
+    this.timer = setInterval(() => this.sample(), everyMs);
+  }
+
+  sample() {
+    let total = 0;
+    const byRole = {};
+    for (const pid of descendants(this.rootPid)) {
+      const s = readStat(pid);
+      if (!s) continue;
+      const known = this.pids.get(pid) ?? { role: roleOf(pid, this.port), ticks: 0, rss: 0 };
+      known.ticks = s.ticks;
+      known.rss = s.rss;
+      this.pids.set(pid, known);
+      total += s.rss;
+      byRole[known.role] = (byRole[known.role] ?? 0) + s.rss;
+    }
+    this.lastRss = total;
+    this.peakRss = Math.max(this.peakRss, total);
+    for (const [role, rss] of Object.entries(byRole)) {
+      this.peakByRole[role] = Math.max(this.peakByRole[role] ?? 0, rss);
+    }
+    return total;
+  }
+
+  /** CPU seconds so far, in total and per role. */
+  cpu() {
+    this.sample();
+    const byRole = {};
+    let total = 0;
+    for (const { role, ticks } of this.pids.values()) {
+      byRole[role] = (byRole[role] ?? 0) + ticks / CLK_TCK;
+      total += ticks / CLK_TCK;
+    }
+    return { total, byRole };
+  }
+
+  stop() {
+    clearInterval(this.timer);
+  }
+}
+
+function cpuDelta(before, after) {
+  const byRole = {};
+  for (const [role, seconds] of Object.entries(after.byRole)) {
+    byRole[role] = round(seconds - (before.byRole[role] ?? 0));
+  }
+  return { total: round(after.total - before.total), byRole };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers
+
+async function startEdgestream() {
+  const server = await startServer({ startTimeoutMs: 90_000 });
+  return {
+    baseUrl: server.baseUrl,
+    pid: server.pid,
+    port: server.port,
+    webSocket: true,
+    stop: () => server.stop(),
+  };
+}
+
+async function startReference(dataDir) {
+  const args = [path.join(here, 'ref-server.mjs')];
+  if (dataDir) args.push('--data-dir', dataDir);
+  const child = spawn(process.execPath, args, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stderr.on('data', (c) => (log += c));
+  const url = await withTimeout(
+    new Promise((resolve, reject) => {
+      let out = '';
+      child.stdout.on('data', (c) => {
+        out += c;
+        const line = out.split('\n').find((l) => l.startsWith('{'));
+        if (line) resolve(JSON.parse(line).url);
+      });
+      child.on('exit', (code) => reject(new Error(`reference server exited (${code}): ${log}`)));
+    }),
+    30_000,
+    'reference server start',
+  );
+  return {
+    baseUrl: url,
+    pid: child.pid,
+    port: Number(new URL(url).port),
+    webSocket: false,
+    async stop() {
+      if (child.exitCode !== null) return;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
+      await exited;
+      clearTimeout(timer);
+      if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+const SERVERS = {
+  edgestream: { label: 'edgestream (wrangler dev: workerd)', start: startEdgestream },
+  'ref-memory': { label: '@durable-streams/server 0.3.7, in-memory', start: () => startReference() },
+  'ref-file': {
+    label: '@durable-streams/server 0.3.7, file-backed',
+    start: () => startReference(mkdtempSync(path.join(os.tmpdir(), 'ds-ref-'))),
+  },
+};
+
+// ---------------------------------------------------------------------------------------------
+// Workloads
+
+const streamUrl = (server, name) => `${server.baseUrl}/v1/stream/${name}`;
+const runId = Date.now().toString(36);
+
+async function createStream(server, name, contentType) {
+  await must(request('PUT', streamUrl(server, name), { headers: { 'content-type': contentType } }), [200, 201], `PUT ${name}`);
+}
+
+function payload(bytes, i) {
+  const head = `${i}:`;
+  return Buffer.from(head + 'x'.repeat(Math.max(0, bytes - head.length)));
+}
+
+/** Workload 1a: 100 B appends, one after another, on one stream. */
+async function appendsSequential(server, opt) {
+  const name = `bench-seq-${runId}`;
+  await createStream(server, name, 'application/octet-stream');
+  const url = streamUrl(server, name);
+  const headers = { 'content-type': 'application/octet-stream' };
+  for (let i = 0; i < 50; i++) await must(request('POST', url, { headers, body: payload(opt.appendBytes, i) }), [200, 204], 'warm-up');
+  const latencies = new Float64Array(opt.sequentialAppends);
+  const start = performance.now();
+  for (let i = 0; i < opt.sequentialAppends; i++) {
+    const t = performance.now();
+    await must(request('POST', url, { headers, body: payload(opt.appendBytes, i) }), [200, 204], 'append');
+    latencies[i] = performance.now() - t;
+  }
+  const seconds = (performance.now() - start) / 1000;
+  return { appends: opt.sequentialAppends, seconds: round(seconds), perSecond: round(opt.sequentialAppends / seconds, 0), latencyMs: stats(latencies) };
+}
+
+/** Workload 1b: 16 writers on 16 streams at once, each appending one after another. */
+async function appendsConcurrent(server, opt) {
+  const names = Array.from({ length: opt.concurrentWriters }, (_, i) => `bench-par-${runId}-${i}`);
+  for (const name of names) await createStream(server, name, 'application/octet-stream');
+  const headers = { 'content-type': 'application/octet-stream' };
+  await Promise.all(names.map(async (name) => {
+    for (let i = 0; i < 10; i++) await must(request('POST', streamUrl(server, name), { headers, body: payload(opt.appendBytes, i) }), [200, 204], 'warm-up');
+  }));
+  const latencies = [];
+  const start = performance.now();
+  await Promise.all(names.map(async (name) => {
+    const url = streamUrl(server, name);
+    for (let i = 0; i < opt.appendsPerWriter; i++) {
+      const t = performance.now();
+      await must(request('POST', url, { headers, body: payload(opt.appendBytes, i) }), [200, 204], 'append');
+      latencies.push(performance.now() - t);
+    }
+  }));
+  const seconds = (performance.now() - start) / 1000;
+  const appends = opt.concurrentWriters * opt.appendsPerWriter;
+  return { writers: opt.concurrentWriters, appends, seconds: round(seconds), perSecond: round(appends / seconds, 0), latencyMs: stats(latencies) };
+}
+
+/** Workload 2: fill a stream with `catchupMb` MB, then read it all from -1, page by page. */
+async function catchup(server, opt) {
+  const name = `bench-catchup-${runId}`;
+  await createStream(server, name, 'application/octet-stream');
+  const url = streamUrl(server, name);
+  const chunk = Buffer.alloc(1024 * 1024);
+  for (let i = 0; i < chunk.length; i++) chunk[i] = (i * 131 + 7) & 0xff;
+  const total = opt.catchupMb * chunk.length;
+  const fillStart = performance.now();
+  for (let i = 0; i < opt.catchupMb; i++) {
+    await must(request('POST', url, { headers: { 'content-type': 'application/octet-stream' }, body: chunk }), [200, 204], 'fill');
+  }
+  const fillSeconds = (performance.now() - fillStart) / 1000;
+  const runs = [];
+  for (let run = 0; run < opt.catchupRuns; run++) {
+    let offset = '-1';
+    let bytes = 0;
+    let requests = 0;
+    const start = performance.now();
+    for (;;) {
+      const res = await drain(`${url}?offset=${encodeURIComponent(offset)}`);
+      requests++;
+      if (res.status !== 200) throw new Error(`catch-up read: HTTP ${res.status}`);
+      bytes += res.bytes;
+      const next = res.headers['stream-next-offset'];
+      if (res.headers['stream-up-to-date'] === 'true' || next === offset || !next) break;
+      offset = next;
+      if (requests > 10_000) throw new Error('catch-up read does not advance');
+    }
+    const seconds = (performance.now() - start) / 1000;
+    if (bytes !== total) throw new Error(`catch-up read returned ${bytes} bytes, expected ${total}`);
+    runs.push({ seconds, requests, mbPerSecond: total / 1e6 / seconds });
+  }
+  const sorted = [...runs].sort((a, b) => a.mbPerSecond - b.mbPerSecond);
+  const median = sorted[Math.floor(sorted.length / 2)];
+  return {
+    megabytes: round(total / 1e6, 1),
+    fillMbPerSecond: round(total / 1e6 / fillSeconds, 1),
+    runs: runs.length,
+    requestsPerRead: median.requests,
+    mbPerSecond: round(median.mbPerSecond, 1),
+    bestMbPerSecond: round(sorted[sorted.length - 1].mbPerSecond, 1),
+  };
+}
+
+/** Workload 3: many live readers on one stream while one writer appends `messages` messages. */
+async function fanout(server, opt, monitor) {
+  const name = `bench-fanout-${runId}`;
+  await createStream(server, name, 'application/json');
+  const wsReaders = server.webSocket ? opt.wsReaders : 0;
+  const procs = opt.readerProcesses;
+  const children = [];
+  const progress = [];
+  const results = [];
+  const split = (n, i) => Math.floor(n / procs) + (i < n % procs ? 1 : 0);
+  const baselineRss = monitor.sample();
+  try {
+    for (let i = 0; i < procs; i++) {
+      const child = fork(path.join(here, 'fanout-readers.mjs'), [], { serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      progress[i] = { ready: 0, complete: 0, connected: 0 };
+      child.on('message', (m) => {
+        if (m.type === 'progress') progress[i] = m;
+        else if (m.type === 'result') results[i] = m;
+      });
+      children.push(child);
+      child.send({ cmd: 'start', baseUrl: server.baseUrl, path: name, sse: split(opt.sseReaders, i), ws: split(wsReaders, i), messages: opt.messages, staggerMs: 2 });
+    }
+    const readers = opt.sseReaders + wsReaders;
+    const sum = (key) => progress.reduce((n, p) => n + p[key], 0);
+    const readyStart = performance.now();
+    while (sum('ready') < readers) {
+      if (performance.now() - readyStart > 120_000) throw new Error(`only ${sum('ready')} of ${readers} readers connected`);
+      await sleep(100);
+    }
+    const connectSeconds = (performance.now() - readyStart) / 1000;
+    await sleep(1000);
+    const readyRss = monitor.sample();
+
+    const url = streamUrl(server, name);
+    const interval = 1000 / opt.rate;
+    const appendLatencies = new Float64Array(opt.messages);
+    const writeStart = performance.now();
+    for (let seq = 0; seq < opt.messages; seq++) {
+      const due = writeStart + seq * interval;
+      const wait = due - performance.now();
+      if (wait > 0) await sleep(wait);
+      const t = nowMs();
+      const body = JSON.stringify({ seq, t });
+      const sent = performance.now();
+      await must(request('POST', url, { headers: { 'content-type': 'application/json' }, body }), [200, 204], 'fan-out append');
+      appendLatencies[seq] = performance.now() - sent;
+    }
+    const writeSeconds = (performance.now() - writeStart) / 1000;
+    const deliverStart = performance.now();
+    while (sum('complete') < readers && performance.now() - deliverStart < 30_000) await sleep(100);
+    const drainSeconds = (performance.now() - deliverStart) / 1000;
+
+    for (const child of children) child.send({ cmd: 'finish' });
+    const collectStart = performance.now();
+    while (results.filter(Boolean).length < procs) {
+      if (performance.now() - collectStart > 30_000) throw new Error('reader processes did not report');
+      await sleep(50);
+    }
+    const merge = (kind) => {
+      const parts = results.map((r) => r[kind]);
+      const latencies = new Float64Array(parts.reduce((n, p) => n + p.latencies.length, 0));
+      let at = 0;
+      for (const p of parts) {
+        latencies.set(p.latencies, at);
+        at += p.latencies.length;
+      }
+      const readersOfKind = parts.reduce((n, p) => n + p.readers, 0);
+      const delivered = parts.reduce((n, p) => n + p.delivered, 0);
+      const duplicates = parts.reduce((n, p) => n + p.duplicates, 0);
+      const gaps = parts.reduce((n, p) => n + p.gaps, 0);
+      const complete = parts.reduce((n, p) => n + p.complete, 0);
+      return {
+        readers: readersOfKind,
+        expected: readersOfKind * opt.messages,
+        delivered,
+        complete,
+        duplicates,
+        gaps,
+        reconnects: parts.reduce((n, p) => n + p.reconnects, 0),
+        errors: parts.reduce((n, p) => n + p.errors, 0),
+        exactlyOnceInOrder: readersOfKind > 0 && complete === readersOfKind && duplicates === 0 && gaps === 0 && delivered === readersOfKind * opt.messages,
+        latencyMs: stats(latencies),
+      };
+    };
+    const all = results.flatMap((r) => [r.sse.latencies, r.ws.latencies]);
+    const allLatencies = new Float64Array(all.reduce((n, a) => n + a.length, 0));
+    let at = 0;
+    for (const a of all) {
+      allLatencies.set(a, at);
+      at += a.length;
+    }
+    return {
+      messages: opt.messages,
+      ratePerSecond: opt.rate,
+      connectSeconds: round(connectSeconds, 1),
+      writeSeconds: round(writeSeconds, 1),
+      drainSeconds: round(drainSeconds, 1),
+      appendLatencyMs: stats(appendLatencies),
+      sse: merge('sse'),
+      ws: wsReaders > 0 ? merge('ws') : null,
+      all: stats(allLatencies),
+      rssBaselineMb: round(baselineRss / 2 ** 20, 1),
+      rssWithReadersMb: round(readyRss / 2 ** 20, 1),
+      kbPerReader: round((readyRss - baselineRss) / 1024 / readers, 1),
+    };
+  } finally {
+    for (const child of children) {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
+  }
+}
+
+const WORKLOADS = [
+  { id: 'appendsSequential', group: 'appends', run: appendsSequential, timeoutMs: 300_000 },
+  { id: 'appendsConcurrent', group: 'appends', run: appendsConcurrent, timeoutMs: 300_000 },
+  { id: 'catchup', group: 'catchup', run: catchup, timeoutMs: 600_000 },
+  { id: 'fanout', group: 'fanout', run: fanout, timeoutMs: 600_000 },
+];
+
+// ---------------------------------------------------------------------------------------------
+// One server: start, run everything, account, always stop.
+
+async function benchServer(id, opt) {
+  const def = SERVERS[id];
+  console.log(`\n== ${def.label}`);
+  const result = { label: def.label, workloads: {}, cpuSeconds: {}, errors: {} };
+  const server = await def.start();
+  const monitor = new ProcessMonitor(server.pid, server.port);
+  try {
+    await sleep(1000);
+    result.idleRssMb = round(monitor.sample() / 2 ** 20, 1);
+    const cpuStart = monitor.cpu();
+    for (const w of WORKLOADS) {
+      if (opt.skip.includes(w.group) || opt.skip.includes(w.id)) continue;
+      const before = monitor.cpu();
+      const t = performance.now();
+      process.stdout.write(`   ${w.id} … `);
+      try {
+        result.workloads[w.id] = await withTimeout(w.run(server, opt, monitor), w.timeoutMs, w.id);
+        console.log(`done in ${((performance.now() - t) / 1000).toFixed(1)} s`);
+      } catch (e) {
+        result.errors[w.id] = e.message;
+        console.log(`FAILED: ${e.message}`);
+      }
+      result.cpuSeconds[w.id] = cpuDelta(before, monitor.cpu());
+    }
+    result.cpuSeconds.total = cpuDelta(cpuStart, monitor.cpu());
+    result.peakRssMb = round(monitor.peakRss / 2 ** 20, 1);
+    result.peakRssByRoleMb = Object.fromEntries(Object.entries(monitor.peakByRole).map(([k, v]) => [k, round(v / 2 ** 20, 1)]));
+  } finally {
+    monitor.stop();
+    await server.stop();
+  }
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+function machine() {
+  const cpus = os.cpus();
+  return {
+    cpus: cpus.length,
+    model: cpus[0]?.model ?? 'unknown',
+    memoryGb: round(os.totalmem() / 2 ** 30, 1),
+    os: `${os.type()} ${os.release()}`,
+    node: process.version,
+  };
+}
+
+const get = (obj, dotted) => dotted.split('.').reduce((o, k) => (o == null ? undefined : o[k]), obj);
+
+/** Rows of the comparison: [label, path in a server's result, unit, higher-is-better]. */
+const ROWS = [
+  ['1a. sequential appends (100 B)', 'workloads.appendsSequential.perSecond', 'appends/s', true],
+  ['1a. latency p50', 'workloads.appendsSequential.latencyMs.p50', 'ms', false],
+  ['1a. latency p99', 'workloads.appendsSequential.latencyMs.p99', 'ms', false],
+  ['1b. 16 concurrent writers (100 B)', 'workloads.appendsConcurrent.perSecond', 'appends/s', true],
+  ['1b. latency p50', 'workloads.appendsConcurrent.latencyMs.p50', 'ms', false],
+  ['1b. latency p99', 'workloads.appendsConcurrent.latencyMs.p99', 'ms', false],
+  ['2. catch-up read from -1', 'workloads.catchup.mbPerSecond', 'MB/s', true],
+  ['3. fan-out SSE: append→receipt p50', 'workloads.fanout.sse.latencyMs.p50', 'ms', false],
+  ['3. fan-out SSE: append→receipt p99', 'workloads.fanout.sse.latencyMs.p99', 'ms', false],
+  ['3. fan-out WS: append→receipt p50', 'workloads.fanout.ws.latencyMs.p50', 'ms', false],
+  ['3. fan-out WS: append→receipt p99', 'workloads.fanout.ws.latencyMs.p99', 'ms', false],
+  ['3. fan-out: append (POST) p99', 'workloads.fanout.appendLatencyMs.p99', 'ms', false],
+  ['3. memory per live reader', 'workloads.fanout.kbPerReader', 'KB', false],
+  ['4. idle RSS', 'idleRssMb', 'MB', false],
+  ['4. peak RSS', 'peakRssMb', 'MB', false],
+  ['4. CPU, all workloads', 'cpuSeconds.total.total', 's', false],
+  ['4. CPU, fan-out', 'cpuSeconds.fanout.total', 's', false],
+];
+
+function ratios(servers) {
+  const ours = servers.edgestream;
+  if (!ours) return {};
+  const out = {};
+  for (const id of Object.keys(servers)) {
+    if (id === 'edgestream') continue;
+    out[id] = {};
+    for (const [label, key, , higherIsBetter] of ROWS) {
+      const a = get(ours, key);
+      const b = get(servers[id], key);
+      if (typeof a !== 'number' || typeof b !== 'number' || b === 0) continue;
+      out[id][key] = { label, ratio: round(a / b, 2), better: higherIsBetter ? a >= b : a <= b };
+    }
+  }
+  return out;
+}
+
+function fmt(x) {
+  if (x === null || x === undefined) return '–';
+  if (typeof x === 'number') return x >= 100 ? Math.round(x).toLocaleString('en-US') : String(x);
+  return String(x);
+}
+
+function deliveryLine(f, kind) {
+  const d = f?.[kind];
+  if (!d) return 'n/a';
+  const verdict = d.exactlyOnceInOrder ? 'every message exactly once, in order' : 'NOT exactly once in order';
+  return `${d.complete}/${d.readers} readers complete, ${d.delivered.toLocaleString('en-US')}/${d.expected.toLocaleString('en-US')} delivered, ${d.duplicates} duplicates, ${d.gaps} missing or out of order, ${d.reconnects} reconnects: ${verdict}`;
+}
+
+function markdown(report) {
+  const ids = Object.keys(report.servers);
+  const refs = ids.filter((id) => id !== 'edgestream');
+  const lines = [];
+  lines.push(`# Benchmark: edgestream beside the reference server`, '');
+  lines.push(`Run ${report.date} on ${report.machine.cpus} × ${report.machine.model}, ${report.machine.memoryGb} GB, ${report.machine.os}, Node ${report.machine.node}. Generated by \`npm run bench\` (bench/run.mjs)${report.options.quick ? ' with --quick (small sizes: not comparable to a full run)' : ''}.`, '');
+  lines.push(`Servers ran one at a time on this machine, each with the same load generator (Node, keep-alive HTTP, fan-out readers in ${report.options.readerProcesses} child processes). edgestream is \`wrangler dev\` with the release build: every request passes wrangler's local proxy (a second workerd) before the Worker, which production does not have. Its memory and CPU count the whole wrangler tree.`, '');
+  lines.push('## Results', '');
+  const header = ['workload', 'unit', ...ids.map((id) => id), ...refs.map((id) => `edgestream ÷ ${id}`)];
+  lines.push(`| ${header.join(' | ')} |`);
+  lines.push(`|${header.map(() => '---').join('|')}|`);
+  for (const [label, key, unit, higherIsBetter] of ROWS) {
+    const values = ids.map((id) => fmt(get(report.servers[id], key)));
+    if (values.every((v) => v === '–')) continue;
+    const rs = refs.map((id) => {
+      const r = report.ratios[id]?.[key];
+      return r ? `${r.ratio}× ${r.better ? '(better)' : '(worse)'}` : '–';
+    });
+    lines.push(`| ${label} | ${unit}${higherIsBetter ? ', higher is better' : ''} | ${values.join(' | ')} | ${rs.join(' | ')} |`);
+  }
+  lines.push('');
+  lines.push('## Fan-out delivery', '');
+  const o = report.options;
+  lines.push(`One JSON stream, ${o.sseReaders} SSE readers${o.wsReaders ? ` and ${o.wsReaders} WebSocket readers (edgestream only: the reference server has no WebSocket mode)` : ''}, one writer appending ${o.messages} messages at ${o.rate}/s. Latency is from just before the POST to the reader parsing the message (one clock).`, '');
+  for (const id of ids) {
+    const f = report.servers[id].workloads.fanout;
+    if (!f) continue;
+    lines.push(`- **${id}**: SSE: ${deliveryLine(f, 'sse')}.${f.ws ? ` WS: ${deliveryLine(f, 'ws')}.` : ''} Readers connected in ${f.connectSeconds} s; RSS ${f.rssBaselineMb} MB before readers, ${f.rssWithReadersMb} MB with them.`);
+  }
+  lines.push('');
+  lines.push('## Memory and CPU by process', '');
+  for (const id of ids) {
+    const s = report.servers[id];
+    const peak = Object.entries(s.peakRssByRoleMb ?? {}).map(([role, mb]) => `${role} ${mb} MB`).join(', ');
+    const cpu = Object.entries(s.cpuSeconds?.total?.byRole ?? {}).map(([role, sec]) => `${role} ${sec} s`).join(', ');
+    lines.push(`- **${id}**: peak RSS ${peak}; CPU over all workloads: ${cpu}.`);
+    const fan = s.cpuSeconds?.fanout?.byRole;
+    if (fan) lines.push(`  Fan-out CPU: ${Object.entries(fan).map(([role, sec]) => `${role} ${sec} s`).join(', ')}.`);
+  }
+  lines.push('');
+  const ours = report.servers.edgestream;
+  if (ours) {
+    lines.push('## Targets (issue 4)', '');
+    const f = ours.workloads.fanout;
+    const p99 = f?.sse?.latencyMs?.p99;
+    lines.push(`- Fan-out p99 under 50 ms for ${o.sseReaders} SSE readers, every message delivered: ${p99 == null ? 'not measured' : `p99 ${p99} ms, ${f.sse.exactlyOnceInOrder ? 'all delivered' : 'NOT all delivered'}: ${p99 < 50 && f.sse.exactlyOnceInOrder ? 'met' : 'NOT met'}`}.`);
+    for (const id of refs) {
+      const r = report.ratios[id] ?? {};
+      const verdict = (key) => (r[key] ? (r[key].better ? 'met' : 'NOT met') : 'not measured');
+      lines.push(`- Against ${id}: sequential appends ${verdict('workloads.appendsSequential.perSecond')}, concurrent appends ${verdict('workloads.appendsConcurrent.perSecond')}, catch-up ${verdict('workloads.catchup.mbPerSecond')}, memory per live reader ${verdict('workloads.fanout.kbPerReader')}.`);
+    }
+    lines.push('');
+  }
+  const errors = ids.flatMap((id) => Object.entries(report.servers[id].errors ?? {}).map(([w, e]) => `- ${id} / ${w}: ${e}`));
+  if (errors.length) lines.push('## Failures', '', ...errors, '');
+  return lines.join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main() {
+  const opt = options(process.argv.slice(2));
+  try {
+    readFileSync(path.join(root, 'worker', 'build', 'index.js'));
+  } catch {
+    throw new Error('the Worker is not built: run `npm run build` first');
+  }
+  const report = { date: new Date().toISOString(), machine: machine(), options: opt, servers: {} };
+  for (const id of opt.only) {
+    if (!SERVERS[id]) throw new Error(`unknown server ${id} (use ${Object.keys(SERVERS).join(', ')})`);
+    try {
+      report.servers[id] = await benchServer(id, opt);
+    } catch (e) {
+      report.servers[id] = { label: SERVERS[id].label, workloads: {}, errors: { start: e.message } };
+      console.log(`   FAILED: ${e.message}`);
+    }
+  }
+  report.ratios = ratios(report.servers);
+  const out = path.join(here, 'results');
+  mkdirSync(out, { recursive: true });
+  writeFileSync(path.join(out, 'latest.json'), `${JSON.stringify(report, null, 2)}\n`);
+  const md = markdown(report);
+  writeFileSync(path.join(out, 'latest.md'), `${md}\n`);
+  console.log(`\n${md}\nWrote bench/results/latest.md and latest.json`);
+}
+
+main().then(
+  () => process.exit(0),
+  (e) => {
+    console.error(e.stack ?? e.message);
+    process.exit(1);
+  },
+);
