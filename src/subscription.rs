@@ -135,11 +135,18 @@ fn wildcard_match<P, T>(
 }
 
 /// The literal start of a pattern (whole segments before the first wildcard, with the
-/// trailing `/`), so a store can range-scan instead of testing every path.
+/// trailing `/`), so a store can range-scan instead of testing every path. Every path the
+/// pattern matches starts with it.
 pub fn literal_prefix(pattern: &str) -> String {
     let mut prefix = String::new();
-    for segment in pattern.split('/') {
+    let mut segments = pattern.split('/');
+    while let Some(segment) = segments.next() {
         if segment.contains('*') {
+            // Trailing `**`s may match no segment at all (`events/**` matches `events`), and then
+            // the path ends where the literal part does, without the `/`.
+            if segment == "**" && segments.all(|s| s == "**") {
+                prefix.pop();
+            }
             return prefix;
         }
         prefix.push_str(segment);
@@ -228,10 +235,34 @@ mod tests {
     #[test]
     fn literal_prefixes() {
         assert_eq!(literal_prefix("events/*"), "events/");
-        assert_eq!(literal_prefix("a/b/**"), "a/b/");
+        assert_eq!(literal_prefix("a/b/**"), "a/b");
+        assert_eq!(literal_prefix("a/**/z"), "a/");
         assert_eq!(literal_prefix("**"), "");
         assert_eq!(literal_prefix("ev*/x"), "");
         assert_eq!(literal_prefix("manual/a"), "manual/a");
+    }
+
+    /// Found by `cargo fuzz run paths` (input `/**` against the empty path): a trailing `**`
+    /// matches zero segments, so the prefix a store scans by must not end in `/`, or a
+    /// subscription to `events/**` would never be woken for the stream `events`.
+    #[test]
+    fn every_match_lies_inside_the_literal_prefix() {
+        for (pattern, path) in [
+            ("/**", ""),
+            ("events/**", "events"),
+            ("events/**/**", "events"),
+            ("a/b/**", "a/b"),
+            ("a/**/z", "a/z"),
+            ("a/*", "a/x"),
+            ("**", "x"),
+        ] {
+            assert!(glob_matches(pattern, path), "{pattern:?} {path:?}");
+            let prefix = literal_prefix(pattern);
+            assert!(
+                path.starts_with(&prefix),
+                "{path:?} matches {pattern:?} but not its prefix {prefix:?}"
+            );
+        }
     }
 
     #[test]
@@ -271,6 +302,13 @@ mod tests {
         #[test]
         fn glob_never_panics(pattern in "[a-z*/]{0,12}", path in "[a-z/]{0,12}") {
             let _ = glob_matches(&pattern, &path);
+        }
+
+        #[test]
+        fn matches_start_with_the_literal_prefix(pattern in "[a*/]{0,10}", path in "[a/]{0,10}") {
+            if glob_matches(&pattern, &path) {
+                proptest::prop_assert!(path.starts_with(&literal_prefix(&pattern)));
+            }
         }
 
         #[test]
