@@ -61,13 +61,13 @@ pub enum HeaderError {
     TtlAndExpiresAt,
     /// Only some of `Producer-Id`, `Producer-Epoch`, `Producer-Seq` were sent.
     ProducerPartial,
-    /// `Producer-Id` is empty.
+    /// `Producer-Id` is empty or longer than [`MAX_PRODUCER_ID_LEN`].
     ProducerId,
     /// `Producer-Epoch` is not an integer in 0..=2^53-1.
     ProducerEpoch,
     /// `Producer-Seq` is not an integer in 0..=2^53-1.
     ProducerSeq,
-    /// `Stream-Seq` is empty.
+    /// `Stream-Seq` is empty or longer than [`MAX_STREAM_SEQ_LEN`].
     StreamSeq,
     /// `Content-Type` is not a media type.
     ContentType,
@@ -93,10 +93,10 @@ impl HeaderError {
             HeaderError::ProducerPartial => {
                 "Producer-Id, Producer-Epoch and Producer-Seq must be sent together"
             }
-            HeaderError::ProducerId => "Producer-Id must not be empty",
+            HeaderError::ProducerId => "Producer-Id must be 1 to 256 bytes",
             HeaderError::ProducerEpoch => "Producer-Epoch must be an integer from 0 to 2^53-1",
             HeaderError::ProducerSeq => "Producer-Seq must be an integer from 0 to 2^53-1",
-            HeaderError::StreamSeq => "Stream-Seq must not be empty",
+            HeaderError::StreamSeq => "Stream-Seq must be 1 to 256 bytes",
             HeaderError::ContentType => "Content-Type is not a valid media type",
             HeaderError::ForkedFrom => "Stream-Forked-From must be a stream path on this server",
             HeaderError::ForkOffset(e) => match e {
@@ -163,9 +163,15 @@ pub fn is_true(value: Option<&str>) -> bool {
     value.is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
-/// `Stream-Seq`: an opaque writer sequence compared byte-wise; it must not be empty.
+/// Longest `Producer-Id`: the id is stored with each stream's producer state, so a client must
+/// not be able to make that state arbitrarily large.
+pub const MAX_PRODUCER_ID_LEN: usize = 256;
+/// Longest `Stream-Seq`, which is stored as the stream's last sequence, for the same reason.
+pub const MAX_STREAM_SEQ_LEN: usize = 256;
+
+/// `Stream-Seq`: an opaque writer sequence compared byte-wise; 1 to 256 bytes.
 pub fn parse_stream_seq(value: &str) -> Result<&str, HeaderError> {
-    if value.is_empty() {
+    if value.is_empty() || value.len() > MAX_STREAM_SEQ_LEN {
         Err(HeaderError::StreamSeq)
     } else {
         Ok(value)
@@ -190,7 +196,7 @@ impl<'a> ProducerHeaders<'a> {
         match (id, epoch, seq) {
             (None, None, None) => Ok(None),
             (Some(id), Some(epoch), Some(seq)) => {
-                if id.is_empty() {
+                if id.is_empty() || id.len() > MAX_PRODUCER_ID_LEN {
                     return Err(HeaderError::ProducerId);
                 }
                 let epoch = parse_safe_integer(epoch).ok_or(HeaderError::ProducerEpoch)?;
@@ -458,6 +464,21 @@ mod tests {
             ProducerHeaders::parse(Some(""), Some("0"), Some("0")),
             Err(HeaderError::ProducerId)
         );
+    }
+
+    #[test]
+    fn producer_id_and_stream_seq_are_bounded() {
+        let longest = "p".repeat(MAX_PRODUCER_ID_LEN);
+        assert!(ProducerHeaders::parse(Some(&longest), Some("0"), Some("0")).is_ok());
+        let too_long = "p".repeat(MAX_PRODUCER_ID_LEN + 1);
+        assert_eq!(
+            ProducerHeaders::parse(Some(&too_long), Some("0"), Some("0")),
+            Err(HeaderError::ProducerId)
+        );
+        let seq = "9".repeat(MAX_STREAM_SEQ_LEN);
+        assert_eq!(parse_stream_seq(&seq), Ok(seq.as_str()));
+        let seq = "9".repeat(MAX_STREAM_SEQ_LEN + 1);
+        assert_eq!(parse_stream_seq(&seq), Err(HeaderError::StreamSeq));
     }
 
     #[test]

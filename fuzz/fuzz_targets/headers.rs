@@ -22,8 +22,8 @@ use arbitrary::Arbitrary;
 use edgestream::cursor::{interval_at, next_cursor, MAX_JITTER_S};
 use edgestream::headers::{
     if_none_match, is_closed, is_true, parse_decimal, parse_expires_at, parse_stream_seq,
-    parse_ttl, ForkHeaders, HeaderError, LiveMode, ProducerHeaders, MAX_SAFE_INTEGER,
-    MAX_TTL_SECONDS,
+    parse_ttl, ForkHeaders, HeaderError, LiveMode, ProducerHeaders, MAX_PRODUCER_ID_LEN,
+    MAX_SAFE_INTEGER, MAX_STREAM_SEQ_LEN, MAX_TTL_SECONDS,
 };
 use edgestream::offset::Offset;
 use edgestream::stream::Expiry;
@@ -134,7 +134,11 @@ fn check_producer(id: Option<&str>, epoch: Option<&str>, seq: Option<&str>) {
         (Some(id), Some(e), Some(s)) => {
             let safe =
                 |t: &str| loose_decimal(t).filter(|&v| t.len() <= 20 && v <= MAX_SAFE_INTEGER);
-            let expected = match (id.is_empty(), safe(e), safe(s)) {
+            let expected = match (
+                id.is_empty() || id.len() > MAX_PRODUCER_ID_LEN,
+                safe(e),
+                safe(s),
+            ) {
                 (true, _, _) => Err(HeaderError::ProducerId),
                 (false, None, _) => Err(HeaderError::ProducerEpoch),
                 (false, Some(_), None) => Err(HeaderError::ProducerSeq),
@@ -245,12 +249,12 @@ fuzz_target!(|input: Input<'_>| {
     // Stream-Seq.
     match parse_stream_seq(input.stream_seq) {
         Ok(s) => {
-            assert!(!s.is_empty());
+            assert!(!s.is_empty() && s.len() <= MAX_STREAM_SEQ_LEN);
             assert!(core::ptr::eq(s, input.stream_seq));
         }
         Err(e) => {
             assert_eq!(e, HeaderError::StreamSeq);
-            assert!(input.stream_seq.is_empty());
+            assert!(input.stream_seq.is_empty() || input.stream_seq.len() > MAX_STREAM_SEQ_LEN);
         }
     }
 

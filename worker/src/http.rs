@@ -69,6 +69,9 @@ pub fn rebuild(status: u16, source: &Headers, body: ResponseBody) -> Result<Resp
         .body(body))
 }
 
+/// How much of an oversized streamed body is read and thrown away before the 413 is sent.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+
 /// Reads a request body completely, refusing it as soon as it grows past `max` bytes, so a
 /// huge or endless body cannot exhaust the isolate's memory.
 pub async fn read_body(
@@ -90,6 +93,17 @@ pub async fn read_body(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         if (body.len() + chunk.len()) as u64 > max {
+            drop(body);
+            // Answering before the body has been read leaves a streamed (chunked) upload half
+            // sent, and a proxy in front of us may then wedge the client's keep-alive
+            // connection. Discard the rest, up to a bound, so the 413 arrives on a clean one.
+            let mut discarded = chunk.len() as u64;
+            while discarded < DRAIN_LIMIT {
+                match stream.next().await {
+                    Some(Ok(chunk)) => discarded += chunk.len() as u64,
+                    _ => break,
+                }
+            }
             return Ok(Err(ProtocolError::PayloadTooLarge { limit: max }));
         }
         body.extend_from_slice(&chunk);

@@ -65,7 +65,19 @@ fn allowed_origin(config: &Config, origin: Option<&str>) -> Option<String> {
         .then(|| origin.to_string())
 }
 
+/// Largest total size of a request's header names and values. Every protocol header is short;
+/// anything near this is an attack or a mistake, refused before it reaches storage.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
+    let header_bytes: usize = req
+        .headers()
+        .entries()
+        .map(|(name, value)| name.len() + value.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return http::text(431, "request headers are too large");
+    }
     let url = req.url()?;
     if req.method() == Method::Options {
         return preflight();

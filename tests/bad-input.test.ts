@@ -1,0 +1,346 @@
+// The bad-input matrix of docs/reliability.md: every malformed request gets a clear 4xx with a
+// short text body, and leaves the store as it was. Requests go out through node:http rather
+// than fetch, so paths are sent exactly as written (fetch would normalise them) and headers
+// can be repeated.
+import http, { type OutgoingHttpHeaders } from 'node:http';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { WebSocket } from 'undici';
+import { startServer } from '../scripts/dev-server.mjs';
+import { mintToken } from '../scripts/token.mjs';
+
+const LIMIT = 64 * 1024; // MAX_APPEND_BYTES for this server, so oversized bodies stay small
+let server: Awaited<ReturnType<typeof startServer>>;
+const S = '/v1/stream/bad';
+const CANARY = 'canary: nothing may change me\n';
+
+type Reply = { status: number; headers: http.IncomingHttpHeaders; body: Buffer };
+
+/** One request on a fresh connection (or on `agent`), with the path sent verbatim. */
+function raw(
+  method: string,
+  path: string,
+  headers: OutgoingHttpHeaders = {},
+  body?: string | Buffer,
+  agent: http.Agent | false = false,
+): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port: server.port, method, path, headers, agent }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+      res.on('error', reject);
+    });
+    req.setTimeout(20_000, () => req.destroy(new Error(`${method} ${path}: no answer in 20 s`)));
+    req.on('error', reject);
+    if (body !== undefined) req.write(body);
+    req.end();
+  });
+}
+
+/** A refusal: the status, a short text/plain body, never a 5xx. */
+function expectRefusal(reply: Reply, status: number, message?: RegExp) {
+  const text = reply.body.toString('utf8');
+  expect(reply.status, text).toBe(status);
+  expect(reply.headers['content-type']).toMatch(/^text\/plain/);
+  expect(text.length).toBeGreaterThan(0);
+  expect(text.length).toBeLessThan(200);
+  if (message) expect(text).toMatch(message);
+}
+
+async function contents(name: string): Promise<Reply> {
+  return raw('GET', `${S}/${name}?offset=-1`);
+}
+
+async function exists(path: string): Promise<boolean> {
+  const head = await raw('HEAD', path);
+  return head.status === 200;
+}
+
+beforeAll(async () => {
+  server = await startServer({ vars: { MAX_APPEND_BYTES: String(LIMIT) } });
+  expect((await raw('PUT', `${S}/canary`, { 'content-type': 'text/plain' }, CANARY)).status).toBe(201);
+  expect((await raw('PUT', `${S}/json`, { 'content-type': 'application/json' }, '[{"n":0}]')).status).toBe(201);
+  expect((await raw('PUT', `${S}/text`, { 'content-type': 'text/plain' }, 'x')).status).toBe(201);
+});
+
+afterAll(async () => {
+  await server?.stop();
+});
+
+// After every case: the store is intact and the server still answers.
+afterEach(async () => {
+  const canary = await contents('canary');
+  expect(canary.status).toBe(200);
+  expect(canary.body.toString()).toBe(CANARY);
+  const json = await contents('json');
+  expect(JSON.parse(json.body.toString())).toEqual([{ n: 0 }]);
+  expect((await contents('text')).body.toString()).toBe('x');
+});
+
+describe('malformed and repeated headers', () => {
+  const put = (name: string, headers: OutgoingHttpHeaders) =>
+    raw('PUT', `${S}/${name}`, { 'content-type': 'text/plain', ...headers });
+  const post = (headers: OutgoingHttpHeaders, body = 'y') =>
+    raw('POST', `${S}/text`, { 'content-type': 'text/plain', ...headers }, body);
+  const producer = { 'producer-id': 'p', 'producer-epoch': '0', 'producer-seq': '0' };
+
+  it.each([
+    ['Stream-TTL not a number', { 'stream-ttl': 'abc' }],
+    ['Stream-TTL negative', { 'stream-ttl': '-5' }],
+    ['Stream-TTL fractional', { 'stream-ttl': '1.5' }],
+    ['Stream-TTL with a leading zero', { 'stream-ttl': '010' }],
+    ['Stream-TTL repeated', { 'stream-ttl': ['10', '20'] }],
+    ['Stream-Expires-At not a timestamp', { 'stream-expires-at': 'tomorrow' }],
+    ['Stream-TTL and Stream-Expires-At together', { 'stream-ttl': '10', 'stream-expires-at': '2099-01-01T00:00:00Z' }],
+    ['Content-Type not a media type', { 'content-type': 'not a type' }],
+    ['Stream-Fork-Offset without Stream-Forked-From', { 'stream-fork-offset': '-1' }],
+  ])('PUT with %s: 400, nothing created', async (_, headers) => {
+    const name = `h-${Math.random().toString(36).slice(2)}`;
+    expectRefusal(await put(name, headers), 400);
+    expect(await exists(`${S}/${name}`)).toBe(false);
+  });
+
+  it.each([
+    ['Producer-Id alone', { 'producer-id': 'p' }],
+    ['Producer-Epoch not a number', { ...producer, 'producer-epoch': 'x' }],
+    ['Producer-Seq beyond 2^53-1', { ...producer, 'producer-seq': '99999999999999999999999' }],
+    ['Producer-Seq negative', { ...producer, 'producer-seq': '-1' }],
+    ['Producer-Seq repeated', { ...producer, 'producer-seq': ['1', '2'] }],
+    ['Producer-Id empty', { ...producer, 'producer-id': '' }],
+    ['Producer-Id of 10 KB', { ...producer, 'producer-id': 'p'.repeat(10_000) }],
+    ['Stream-Seq of 10 KB', { 'stream-seq': 's'.repeat(10_000) }],
+    ['Content-Type not a media type', { 'content-type': 'not a type' }],
+  ])('POST with %s: 400, nothing appended', async (_, headers) => {
+    expectRefusal(await post(headers), 400);
+  });
+
+  it('POST with another content type: 409, nothing appended', async () => {
+    expectRefusal(await post({ 'content-type': 'application/octet-stream' }), 409);
+  });
+
+  it.each([
+    ['offset with illegal characters', '?offset=abc!'],
+    ['offset empty', '?offset='],
+    ['offset repeated', '?offset=-1&offset=0'],
+    ['live mode unknown', '?offset=-1&live=bogus'],
+    ['live without an offset', '?live=sse'],
+  ])('GET with %s: 400', async (_, query) => {
+    expectRefusal(await raw('GET', `${S}/canary${query}`), 400);
+  });
+
+  it('headers over 32 KiB in all: 431, before any storage is touched', async () => {
+    const name = `huge-${Math.random().toString(36).slice(2)}`;
+    const big = { 'x-padding': 'a'.repeat(40_000) };
+    expectRefusal(await put(name, big), 431);
+    expect(await exists(`${S}/${name}`)).toBe(false);
+    expectRefusal(await post(big), 431);
+    // Thirty headers of 2 KB each add up the same way.
+    const many: OutgoingHttpHeaders = {};
+    for (let i = 0; i < 30; i++) many[`x-pad-${i}`] = 'b'.repeat(2_000);
+    expectRefusal(await post(many), 431);
+  });
+
+  it('an unknown method: 405 with Allow', async () => {
+    const reply = await raw('PATCH', `${S}/canary`, {}, 'z');
+    expectRefusal(reply, 405);
+    expect(reply.headers.allow).toContain('POST');
+  });
+});
+
+describe('bodies', () => {
+  const postJson = (body: string | Buffer) =>
+    raw('POST', `${S}/json`, { 'content-type': 'application/json' }, body);
+
+  it.each([
+    ['invalid JSON', '[1,'],
+    ['trailing garbage after JSON', '{"a":1} x'],
+    ['an empty JSON array', '[]'],
+    ['an empty body', ''],
+    ['JSON nested 10,000 deep', '['.repeat(10_000) + ']'.repeat(10_000)],
+  ])('JSON stream, %s: 400, nothing appended', async (_, body) => {
+    expectRefusal(await postJson(body), 400);
+  });
+
+  it('JSON stream, invalid UTF-8: 400, nothing appended', async () => {
+    expectRefusal(await postJson(Buffer.from([0x5b, 0x22, 0xff, 0xfe, 0x22, 0x5d])), 400, /UTF-8/);
+  });
+
+  it('JSON stream, invalid UTF-8 at create: 400, nothing created', async () => {
+    const reply = await raw('PUT', `${S}/json-bad-create`, { 'content-type': 'application/json' }, Buffer.from([0x22, 0xc3, 0x28, 0x22]));
+    expectRefusal(reply, 400);
+    expect(await exists(`${S}/json-bad-create`)).toBe(false);
+  });
+
+  it('an empty body without Stream-Closed: 400', async () => {
+    expectRefusal(await raw('POST', `${S}/text`, { 'content-type': 'text/plain' }, ''), 400);
+  });
+
+  it('a body over the limit with Content-Length: 413, refused at the edge', async () => {
+    expectRefusal(await raw('POST', `${S}/text`, { 'content-type': 'text/plain' }, 'z'.repeat(LIMIT + 1)), 413);
+  });
+
+  it('a streamed (chunked) body over the limit: 413, and the keep-alive connection still works', async () => {
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const big = Buffer.alloc(5 * LIMIT, 'z');
+      const reply = await raw('POST', `${S}/text`, { 'content-type': 'text/plain', 'transfer-encoding': 'chunked' }, big, agent);
+      expectRefusal(reply, 413);
+      const next = await raw('GET', `${S}/canary?offset=-1`, {}, undefined, agent);
+      expect(next.status).toBe(200);
+      expect(next.body.toString()).toBe(CANARY);
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  it('a body exactly at the limit is accepted (and the text stream restored after)', async () => {
+    const name = `limit-${Math.random().toString(36).slice(2)}`;
+    expect((await raw('PUT', `${S}/${name}`, { 'content-type': 'text/plain' })).status).toBe(201);
+    const reply = await raw('POST', `${S}/${name}`, { 'content-type': 'text/plain' }, 'z'.repeat(LIMIT));
+    expect(reply.status).toBe(204);
+    expect((await contents(name)).body.length).toBe(LIMIT);
+  });
+});
+
+describe('stream paths', () => {
+  it.each([
+    ['an encoded slash', `${S}%2Fcanary`, /encoded slash/],
+    ['an encoded backslash', `${S}%5Ccanary`, /encoded slash/],
+    ['a NUL byte', `${S}/%00canary`, /control characters/],
+    ['a control character', `${S}/can%0Aary`, /control characters/],
+    ['a malformed escape', `${S}/%zz`, /malformed/],
+    ['a truncated escape', `${S}/abc%4`, /malformed/],
+    ['invalid UTF-8', `${S}/%C3%28`, /UTF-8/],
+    ['an empty segment', `${S}//canary`, /empty segments/],
+    ['a trailing slash', `${S}/`, /empty segments/],
+    ['a name over 1024 bytes', `${S}/${'n'.repeat(1100)}`, /too long/],
+    ['a name over 1024 bytes once decoded', `${S}/${'%C3%A9'.repeat(520)}`, /too long/],
+  ])('%s: 400 for every method, nothing created', async (_, path, message) => {
+    for (const method of ['GET', 'HEAD', 'PUT', 'POST', 'DELETE']) {
+      const reply = await raw(method, method === 'GET' ? `${path}?offset=-1` : path, { 'content-type': 'text/plain' }, method === 'POST' ? 'q' : undefined);
+      if (method === 'HEAD') expect(reply.status).toBe(400);
+      else expectRefusal(reply, 400, message);
+    }
+  });
+
+  it('the empty name and paths outside /v1/stream/: 400 or 404', async () => {
+    expectRefusal(await raw('PUT', '/v1/stream/'), 400);
+    expectRefusal(await raw('PUT', '/v1/streams/x'), 404);
+    expectRefusal(await raw('PUT', '/v1/stream/__ds/x'), 404);
+  });
+
+  // `.` and `..` segments (plain or %2e-encoded) are resolved by URL parsing before the Worker
+  // runs, as a browser resolves them: `/v1/stream/bad/x/../canary` *is* `/v1/stream/bad/canary`.
+  // They can never leave /v1/stream/, and access control sees the resolved path.
+  it('dot segments resolve like a browser would, and never escape the prefix', async () => {
+    for (const path of [`${S}/x/../canary`, `${S}/x/%2e%2e/canary`, `${S}/./canary`, `${S}/%2E/canary`]) {
+      const reply = await raw('GET', `${path}?offset=-1`);
+      expect(reply.status, path).toBe(200);
+      expect(reply.body.toString()).toBe(CANARY);
+    }
+    for (const path of ['/v1/stream/../../etc/passwd', '/v1/stream/%2e%2e/%2e%2e/x', '/v1/stream/..']) {
+      const reply = await raw('PUT', path, { 'content-type': 'text/plain' });
+      expect(reply.status, path).toBe(404);
+    }
+  });
+
+  it('dot segments cannot escape a token prefix', async () => {
+    const secret = 'bad-input-secret';
+    const guarded = await startServer({ vars: { AUTH_SECRET: secret } });
+    try {
+      const token = mintToken({ secret, prefix: 'tenant-a/', ops: ['read', 'create', 'append'], expiresAt: Math.floor(Date.now() / 1000) + 600 });
+      const auth = { authorization: `Bearer ${token}` };
+      const send = (method: string, path: string, body?: string) =>
+        new Promise<number>((resolve, reject) => {
+          const req = http.request({ host: '127.0.0.1', port: guarded.port, method, path, headers: { 'content-type': 'text/plain', ...auth }, agent: false }, (res) => {
+            res.resume();
+            res.on('end', () => resolve(res.statusCode ?? 0));
+          });
+          req.on('error', reject);
+          if (body) req.write(body);
+          req.end();
+        });
+      expect(await send('PUT', '/v1/stream/tenant-a/own')).toBe(201);
+      for (const path of ['/v1/stream/tenant-a/../tenant-b/x', '/v1/stream/tenant-a/%2e%2e/tenant-b/x', '/v1/stream/tenant-a%2F..%2Ftenant-b/x']) {
+        const status = await send('PUT', path);
+        expect([400, 403], path).toContain(status);
+      }
+      expect(await send('POST', '/v1/stream/tenant-a/./own', 'ok')).toBe(204);
+    } finally {
+      await guarded.stop();
+    }
+  });
+});
+
+describe('a flood of streams', () => {
+  it('1,000 creates, 50 at a time: each gets 201 or a 503 with Retry-After, and all of them exist', async () => {
+    const names = Array.from({ length: 1000 }, (_, i) => `flood/${i}`);
+    const statuses = new Map<number, number>();
+    const created: string[] = [];
+    let next = 0;
+    const worker = async () => {
+      while (next < names.length) {
+        const name = names[next++];
+        const reply = await raw('PUT', `${S}/${name}`, { 'content-type': 'text/plain' }, name);
+        statuses.set(reply.status, (statuses.get(reply.status) ?? 0) + 1);
+        if (reply.status === 503) expect(reply.headers['retry-after']).toBeDefined();
+        else expect(reply.status).toBe(201);
+        if (reply.status === 201) created.push(name);
+      }
+    };
+    await Promise.all(Array.from({ length: 50 }, worker));
+    expect([...statuses.keys()].every((s) => s === 201 || s === 503)).toBe(true);
+    expect(created.length).toBeGreaterThan(0);
+    for (const name of created.filter((_, i) => i % 50 === 0)) {
+      const reply = await contents(name);
+      expect(reply.body.toString()).toBe(name);
+    }
+  }, 120_000);
+});
+
+describe('WebSocket frames', () => {
+  /** Opens a follower on the text stream, sends `frame`, returns the error message and close. */
+  async function send(frame: string | Buffer) {
+    const ws = new WebSocket(`ws://127.0.0.1:${server.port}${S}/text?offset=now&live=ws`);
+    ws.binaryType = 'arraybuffer';
+    const messages: unknown[] = [];
+    ws.addEventListener('message', (e) => {
+      if (typeof e.data === 'string') messages.push(JSON.parse(e.data));
+    });
+    const closed = new Promise<{ code: number; reason: string }>((resolve) =>
+      ws.addEventListener('close', (e) => resolve({ code: e.code, reason: e.reason })),
+    );
+    await new Promise<void>((resolve, reject) => {
+      ws.addEventListener('open', () => resolve());
+      ws.addEventListener('error', () => reject(new Error('handshake failed')));
+    });
+    ws.send(typeof frame === 'string' ? frame : new Uint8Array(frame));
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline && !messages.some((m) => (m as { type: string }).type === 'error')) {
+      if (ws.readyState === WebSocket.CLOSED) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const error = messages.find((m) => (m as { type: string }).type === 'error') as Record<string, unknown> | undefined;
+    ws.close();
+    return { error, close: await closed };
+  }
+
+  it('a text append over the limit gets a 413 error and appends nothing', async () => {
+    const { error } = await send(JSON.stringify({ type: 'append', id: 7, data: 'z'.repeat(LIMIT + 1) }));
+    expect(error).toMatchObject({ type: 'error', id: 7, status: 413 });
+  });
+
+  it('a binary append over the limit gets a 413 error and appends nothing', async () => {
+    const header = Buffer.from(JSON.stringify({ type: 'append', id: 8 }));
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(header.length);
+    const { error } = await send(Buffer.concat([length, header, Buffer.alloc(LIMIT + 1, 'z')]));
+    expect(error).toMatchObject({ type: 'error', id: 8, status: 413 });
+  });
+
+  it('malformed frames close the socket with 1007 or 1008 and append nothing', async () => {
+    expect((await send('{"type":"append",')).close.code).toBe(1007);
+    expect((await send(Buffer.from([0, 0, 0, 99, 1]))).close.code).toBe(1007);
+    expect((await send('{"type":"append","data":5}')).close.code).toBe(1008);
+  });
+});
