@@ -118,3 +118,50 @@ describe('scoped tokens', () => {
     expect((await fetch(url('__ds/jwks.json'))).status).toBe(200);
   });
 });
+
+describe('CORS origins restricted by CORS_ORIGINS', () => {
+  let restricted: Awaited<ReturnType<typeof startServer>>;
+  const allowed = ['https://app.example', 'https://admin.example'];
+
+  beforeAll(async () => {
+    restricted = await startServer({ vars: { CORS_ORIGINS: allowed.join(', ') } });
+    const res = await fetch(`${restricted.baseUrl}/v1/stream/cors/a`, { method: 'PUT', headers: { 'content-type': 'text/plain' } });
+    expect(res.status).toBe(201);
+  });
+
+  afterAll(async () => {
+    await restricted?.stop();
+  });
+
+  test('a listed origin is echoed with Vary: Origin; others get no Access-Control-Allow-Origin', async () => {
+    const get = (origin: string) => fetch(`${restricted.baseUrl}/v1/stream/cors/a?offset=-1`, { headers: { origin } });
+    for (const origin of allowed) {
+      const res = await get(origin);
+      expect(res.status).toBe(200);
+      expect(res.headers.get('access-control-allow-origin')).toBe(origin);
+      expect(res.headers.get('vary')).toContain('Origin');
+    }
+    for (const origin of ['https://evil.example', 'https://app.example.evil.example', 'null']) {
+      const res = await get(origin);
+      expect(res.headers.get('access-control-allow-origin')).toBeNull();
+    }
+    // Errors carry the same headers, so a listed page can read why it was refused.
+    const missing = await fetch(`${restricted.baseUrl}/v1/stream/cors/nope?offset=-1`, { headers: { origin: allowed[0] } });
+    expect(missing.status).toBe(404);
+    expect(missing.headers.get('access-control-allow-origin')).toBe(allowed[0]);
+  });
+
+  test('preflights are answered for listed origins only', async () => {
+    const preflight = (origin: string) =>
+      fetch(`${restricted.baseUrl}/v1/stream/cors/a`, {
+        method: 'OPTIONS',
+        headers: { origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'producer-id' },
+      });
+    const ok = await preflight(allowed[1]);
+    expect(ok.status).toBe(204);
+    expect(ok.headers.get('access-control-allow-origin')).toBe(allowed[1]);
+    expect(ok.headers.get('access-control-allow-methods')).toContain('POST');
+    const evil = await preflight('https://evil.example');
+    expect(evil.headers.get('access-control-allow-origin')).toBeNull();
+  });
+});
