@@ -131,8 +131,11 @@ async function followSse(name: string): Promise<Followed> {
       const decoder = new TextDecoder();
       let buffer = '';
       let pending: Buffer[] = [];
-      for await (const chunk of res.body) {
-        buffer += decoder.decode(chunk, { stream: true });
+      const body = res.body.getReader();
+      for (;;) {
+        const { done, value } = await body.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
         let end: number;
         while ((end = buffer.indexOf('\n\n')) >= 0) {
           const block = buffer.slice(0, end);
