@@ -324,6 +324,32 @@ describe('WebSocket follow', () => {
     expect(written).toBeGreaterThan(10);
   });
 
+  it('delivers a burst of concurrent appends in fewer frames, each byte once and in order', async () => {
+    const name = unique('burst');
+    const start = await create(name, 'text/plain');
+    const client = await Client.open(name, 'offset=now&live=ws');
+    await client.expect('control');
+    const appends = 60;
+    const offsets = await Promise.all(Array.from({ length: appends }, (_, i) => post(name, 'text/plain', `<${i}>`)));
+    const tail = offsets.sort().at(-1)!;
+    let frames = 0;
+    const received: Buffer[] = [];
+    for (let offset = start; offset !== tail; ) {
+      const message = await client.next();
+      if (message.kind === 'binary') {
+        frames++;
+        received.push(message.bytes);
+      } else if (message.json.type === 'control') offset = message.json.streamNextOffset as string;
+    }
+    client.ws.close();
+    expect(Buffer.concat(received).toString()).toBe((await readAll(name)).toString());
+    const numbers = [...Buffer.concat(received).toString().matchAll(/<(\d+)>/g)].map((m) => Number(m[1]));
+    expect([...numbers].sort((a, b) => a - b)).toEqual(numbers.map((_, i) => i));
+    // The object merges appends that arrive while others are in flight into one frame.
+    console.log(`burst: ${appends} concurrent appends reached the follower in ${frames} frames`);
+    expect(frames).toBeLessThan(appends);
+  });
+
   it('closes with 1000 after the final control when the stream closes', async () => {
     const name = unique('closing');
     await create(name, 'text/plain', 'a');

@@ -1,8 +1,11 @@
 //! Live readers, held as hibernating WebSockets so open readers never keep the object awake.
 //!
 //! The edge opens one internal socket per reader (workerd does not let one socket serve several
-//! incoming requests). Each append is encoded once as a [`frame`](crate::frame) and the same
-//! bytes go to every socket; the edge turns frames into SSE, long-poll or WebSocket messages.
+//! incoming requests). Appends are queued and flushed as [`frame`](crate::frame)s, each encoded
+//! once with the same bytes going to every socket; a burst of concurrent appends is flushed as
+//! one frame. The edge turns frames into SSE, long-poll or WebSocket messages.
+
+use std::cell::RefCell;
 
 use edgestream::headers::LiveMode;
 use edgestream::{json, Offset, ProtocolError};
@@ -23,11 +26,25 @@ pub const FRAME_BYTES: usize = 512 * 1024;
 /// the isolate, so this talks to the runtime directly and returns errors instead.
 pub struct Hub {
     state: DurableObjectState,
+    /// Appended log bytes not yet sent to the readers: one contiguous range.
+    pending: RefCell<Option<Pending>>,
+}
+
+/// Log bytes `[start, end)` waiting to be sent as one frame (or a few, when large).
+struct Pending {
+    start: Offset,
+    end: Offset,
+    closed: bool,
+    json_stream: bool,
+    data: Vec<u8>,
 }
 
 impl Hub {
     pub fn new(state: DurableObjectState) -> Hub {
-        Hub { state }
+        Hub {
+            state,
+            pending: RefCell::new(None),
+        }
     }
 
     fn accept(&self, ws: &WebSocket, tag: &str) -> std::result::Result<(), JsValue> {
@@ -64,6 +81,9 @@ pub fn accept(
     start: Offset,
     mode: LiveMode,
 ) -> Result<Response> {
+    // Queued appends go out first, so the new reader's backlog (read up to the tail) and the
+    // frames it receives later never overlap.
+    flush(hub);
     let backlog = if mode == LiveMode::LongPoll {
         None
     } else {
@@ -94,21 +114,64 @@ pub fn accept(
     Response::from_websocket(pair.client)
 }
 
-/// Sends an append (`data` = log bytes `[start, end)`) to every live reader, in frames of at
-/// most [`FRAME_BYTES`] cut on JSON message boundaries, each encoded once for all readers.
-pub fn publish(
-    hub: &Hub,
-    start: Offset,
-    end: Offset,
-    closed: bool,
-    data: &[u8],
-    json_stream: bool,
-) {
+/// Queues an append (`data` = log bytes `[start, end)`) for the live readers; [`flush`] sends
+/// it. Appends queued before one flush are merged, so a burst costs one frame per reader.
+pub fn queue(hub: &Hub, start: Offset, end: Offset, closed: bool, data: &[u8], json_stream: bool) {
+    let mut pending = hub.pending.borrow_mut();
+    if let Some(p) = pending.as_mut() {
+        if p.end == start && !p.closed {
+            p.data.extend_from_slice(data);
+            p.end = end;
+            p.closed = closed;
+            return;
+        }
+    }
+    // Not contiguous (cannot happen while appends are serialised, but never send a gap).
+    let previous = pending.take();
+    drop(pending);
+    if let Some(p) = previous {
+        send(hub, p);
+    }
+    if hub.sockets().is_empty() {
+        return;
+    }
+    *hub.pending.borrow_mut() = Some(Pending {
+        start,
+        end,
+        closed,
+        json_stream,
+        data: data.to_vec(),
+    });
+}
+
+/// Whether appends are waiting to be sent.
+pub fn has_pending(hub: &Hub) -> bool {
+    hub.pending.borrow().is_some()
+}
+
+/// Sends every queued append to every live reader.
+pub fn flush(hub: &Hub) {
+    let pending = hub.pending.borrow_mut().take();
+    if let Some(p) = pending {
+        send(hub, p);
+    }
+}
+
+/// Sends log bytes in frames of at most [`FRAME_BYTES`] cut on JSON message boundaries, each
+/// encoded once for all readers.
+fn send(hub: &Hub, p: Pending) {
     let sockets = hub.sockets();
     if sockets.is_empty() {
         return;
     }
-    let cuts = frame_cuts(data, json_stream);
+    let Pending {
+        start,
+        end,
+        closed,
+        json_stream,
+        data,
+    } = p;
+    let cuts = frame_cuts(&data, json_stream);
     let mut at = 0usize;
     for (i, &cut) in cuts.iter().enumerate() {
         let last = i + 1 == cuts.len();
@@ -138,6 +201,8 @@ fn close_all(sockets: &[WebSocket], reason: &str) {
 
 /// Tells every reader the stream is gone, and closes their sockets.
 pub fn gone(hub: &Hub) {
+    // What was acknowledged before the delete still reaches the readers, then the news.
+    flush(hub);
     let sockets = hub.sockets();
     send_all(&sockets, &frame::encode_gone());
     close_all(&sockets, "stream gone");

@@ -10,7 +10,8 @@ mod live;
 pub mod store;
 mod subscribers;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
 
 use edgestream::headers::{self as h, ContentType, LiveMode, ProducerHeaders};
 use edgestream::json::{self, Purpose};
@@ -21,7 +22,7 @@ use edgestream::stream::{
 };
 use edgestream::{Offset, ProtocolError, ReadFrom};
 use worker::{
-    durable_object, DurableObject, Env, Headers, Method, Request, Response, Result, State,
+    durable_object, Delay, DurableObject, Env, Headers, Method, Request, Response, Result, State,
     WebSocket, WebSocketIncomingMessage,
 };
 
@@ -46,6 +47,8 @@ pub struct StreamObject {
     store: Option<Store>,
     /// The metadata row, once loaded: `Some(None)` means no stream here.
     meta: RefCell<Option<Option<Meta>>>,
+    /// POSTs being handled right now; more than one means a burst worth batching.
+    appends_in_flight: Cell<u32>,
 }
 
 /// The stream as a request finds it. Lives briefly on the stack, so `Meta` is not boxed.
@@ -78,11 +81,16 @@ impl DurableObject for StreamObject {
             config,
             store,
             meta: RefCell::new(None),
+            appends_in_flight: Cell::new(0),
         }
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
-        match self.route(req).await {
+        let result = self.route(req).await;
+        // A batching append flushes its own frame after one turn; should that turn never come
+        // (a cancelled request), the next request of any kind to finish sends what is queued.
+        live::flush(&self.hub);
+        match result {
             Ok(resp) => Ok(resp),
             Err(e) => {
                 // Storage or runtime failure: nothing was acknowledged, so the client may retry.
@@ -143,7 +151,12 @@ impl StreamObject {
         };
         match req.method() {
             Method::Put => self.create(req, &name).await,
-            Method::Post => self.append(req).await,
+            Method::Post => {
+                self.appends_in_flight.set(self.appends_in_flight.get() + 1);
+                let resp = self.append(req).await;
+                self.appends_in_flight.set(self.appends_in_flight.get() - 1);
+                resp
+            }
             Method::Get if is_upgrade(&req) => self.subscribe(&req, &url).await,
             Method::Get => self.read(&req, &url).await,
             Method::Head => self.head().await,
@@ -432,7 +445,15 @@ impl StreamObject {
             meta.accessed_ms = now;
         }
         self.save(&meta)?;
-        live::publish(&self.hub, start, tail, meta.closed, &data, meta.is_json());
+        live::queue(&self.hub, start, tail, meta.closed, &data, meta.is_json());
+        if live::has_pending(&self.hub) {
+            if self.appends_in_flight.get() > 1 {
+                // Other appends are on their way in: give them one turn of the event loop to
+                // join this frame, so a burst costs every reader one frame instead of many.
+                Delay::from(Duration::ZERO).await;
+            }
+            live::flush(&self.hub);
+        }
         subscribers::appended(&self.env, store, &meta).await?;
 
         // A producer's data append is acknowledged with 200; a close-only request has no data.
