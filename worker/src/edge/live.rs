@@ -176,6 +176,9 @@ struct SseReader {
     encoding: SseEncoding,
     json: bool,
     deadline_ms: i64,
+    /// One timer for the connection's deadline, shared by every wait: a timer per live frame
+    /// would cost each reader a setTimeout and a clearTimeout per append.
+    deadline: Delay,
     pending: Option<Subscription>,
     socket: Option<Socket>,
     /// The offset and up-to-date flag of the last control event, to skip repeats.
@@ -216,6 +219,7 @@ pub async fn sse(
         encoding: ct.sse_encoding(),
         json: ct.is_json(),
         deadline_ms: now_ms() + config.sse_connection_ms as i64,
+        deadline: Delay::from(Duration::from_millis(config.sse_connection_ms)),
         pending: Some(first),
         socket: None,
         last_control: None,
@@ -268,8 +272,7 @@ impl SseReader {
                     Some(subscribe(&self.stub, &self.name, self.offset, LiveMode::Sse).await?);
                 continue;
             };
-            let timeout = Delay::from(Duration::from_millis(left as u64));
-            let event = match select(Box::pin(socket.next()), timeout).await {
+            let event = match select(Box::pin(socket.next()), &mut self.deadline).await {
                 Either::Left((event, _)) => Some(event),
                 Either::Right(_) => None,
             };
