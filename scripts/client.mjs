@@ -1,7 +1,7 @@
 // Builds the browser client (client/ → js/dist) and runs its tests.
 //
 //   import { buildClient, testClient } from './client.mjs'
-//   node scripts/client.mjs build | test | size
+//   node scripts/client.mjs build | test | browser | browser-worker | node | size
 //
 // The build is offline: cargo for wasm32, the wasm-bindgen CLI pinned by bootstrap.sh, and
 // wasm-opt from the npm package binaryen. It prints the gzip size of the wasm plus its JS glue,
@@ -91,6 +91,12 @@ export async function buildClient() {
   await printClientSize();
 }
 
+/**
+ * Seconds the wasm-bindgen test runner waits for the whole browser run (its default, 20, is less
+ * than the hidden-page and short-SSE tests take together).
+ */
+const BROWSER_TEST_TIMEOUT_S = '180';
+
 /** Browser tests (client/tests/browser.rs) in headless Chromium against the reference server. */
 export async function testClientInBrowser() {
   const { DurableStreamTestServer } = await import('@durable-streams/server');
@@ -103,6 +109,7 @@ export async function testClientInBrowser() {
         EDGESTREAM_TEST_URL: server.url,
         EDGESTREAM_TEST_FAULTS: '1',
         CHROMEDRIVER: process.env.CHROMEDRIVER ?? '/usr/bin/chromedriver',
+        WASM_BINDGEN_TEST_TIMEOUT: process.env.WASM_BINDGEN_TEST_TIMEOUT ?? BROWSER_TEST_TIMEOUT_S,
       },
     });
   } finally {
@@ -124,6 +131,7 @@ export async function testClientInBrowserAgainstWorker() {
         EDGESTREAM_TEST_URL: `${server.baseUrl}/v1/stream`,
         EDGESTREAM_TEST_WS: '1',
         CHROMEDRIVER: process.env.CHROMEDRIVER ?? '/usr/bin/chromedriver',
+        WASM_BINDGEN_TEST_TIMEOUT: process.env.WASM_BINDGEN_TEST_TIMEOUT ?? BROWSER_TEST_TIMEOUT_S,
       },
     });
   } finally {
@@ -131,10 +139,16 @@ export async function testClientInBrowserAgainstWorker() {
   }
 }
 
-/** Client tests: native unit tests, the browser tests and the conformance suite. */
+/** Node tests of the package's JS (js/test: the producer's batching), against the reference server. */
+export async function testClientInNode() {
+  await run('node', ['--test', path.join(js, 'test')]);
+}
+
+/** Client tests: native unit tests, the browser tests, the Node tests and the conformance suite. */
 export async function testClient() {
   await step('client: cargo test (native)', () => run('cargo', ['test', '-p', 'edgestream-client']));
   await step('client: browser tests (wasm-pack, headless Chromium)', testClientInBrowser);
+  await step('client: Node tests (js/test)', testClientInNode);
   await step('client: conformance (reference server)', () =>
     run('node', [path.join('tests', 'client-conformance', 'run.mjs')]),
   );
@@ -147,10 +161,11 @@ if (import.meta.url === pathToFileURL(process.argv[1]).href) {
     test: testClient,
     browser: testClientInBrowser,
     'browser-worker': testClientInBrowserAgainstWorker,
+    node: testClientInNode,
     size: printClientSize,
   }[what];
   if (!job) {
-    console.error('usage: node scripts/client.mjs build|test|browser|size');
+    console.error('usage: node scripts/client.mjs build|test|browser|browser-worker|node|size');
     process.exit(2);
   }
   job().catch((e) => {

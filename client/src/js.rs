@@ -12,6 +12,7 @@ use wasm_bindgen_futures::JsFuture;
 #[wasm_bindgen(inline_js = r#"
 export function es_fetch(url, init) { return globalThis.fetch(url, init); }
 export function es_quiet(p) { if (p && typeof p.catch === 'function') p.catch(() => {}); }
+export function es_text(v) { return String(v); }
 export function es_sleep(ms, signal) {
   return new Promise((resolve) => {
     if (signal && signal.aborted) return resolve();
@@ -67,6 +68,8 @@ extern "C" {
     pub fn es_fetch(url: &str, init: &Object) -> Result<Promise, JsValue>;
     /// Marks a promise we do not await as handled (its rejection after a cancel is expected).
     pub fn es_quiet(promise: &Promise);
+    /// `String(value)`.
+    pub fn es_text(value: &JsValue) -> String;
     /// Resolves after `ms`, or at once when `signal` aborts.
     pub fn es_sleep(ms: f64, signal: Option<&web_sys::AbortSignal>) -> Promise;
     /// True in a page whose tab is hidden.
@@ -119,10 +122,9 @@ pub async fn settle(value: JsValue) -> Result<JsValue, JsValue> {
 
 /// A value as text: strings as they are, everything else through `String(value)`.
 pub fn to_text(value: &JsValue) -> String {
-    match value.as_string() {
-        Some(s) => s,
-        None => String::from(js_sys::JsString::from(value.clone())),
-    }
+    // Not `String::from(JsString::from(value))`: that cast does not convert, and throws for
+    // anything but a string (a number in `headers`, `params` or `seq`).
+    value.as_string().unwrap_or_else(|| es_text(value))
 }
 
 /// Awaits a promise.

@@ -73,6 +73,8 @@ struct SseConn {
     reader: ReadableStreamDefaultReader,
     parser: SseReader,
     opened_at: f64,
+    /// Data arrived on this connection (control events alone do not count: a proxy that cuts
+    /// connections short lets the server's first control event through every time).
     delivered: bool,
 }
 
@@ -385,17 +387,21 @@ fn position_from(response: &web_sys::Response, fallback: &str) -> Position {
     }
 }
 
-/// Waits while the page is hidden, and clears the pause flag.
+/// Waits while the page is hidden, and clears the pause flag. `cancel()` ends the wait (through
+/// the reader's abort controller), so a pending `next()` does not outlive the reader.
 async fn wait_if_paused(inner: &Rc<RefCell<Inner>>) {
-    let paused = {
-        let mut s = inner.borrow_mut();
-        let p =
-            s.paused || (s.phase != Phase::CatchUp && js::es_hidden() && s._on_hidden.is_some());
-        s.paused = false;
-        p
-    };
-    if paused {
-        let _ = js::wait(js::es_when_visible(None)).await;
+    loop {
+        let signal = {
+            let mut s = inner.borrow_mut();
+            let hidden = s.phase != Phase::CatchUp && s._on_hidden.is_some() && js::es_hidden();
+            let wait = (s.paused || hidden) && !s.cancelled && !s.done;
+            s.paused = false;
+            if !wait {
+                return;
+            }
+            s.new_controller()
+        };
+        let _ = js::wait(js::es_when_visible(signal.as_ref())).await;
     }
 }
 
@@ -645,8 +651,10 @@ fn on_sse_chunk(
         };
         let events = events.map_err(|e| batch::parse_error(e.message()))?;
         for Event::Batch { parts, control } in events {
-            if let Some(conn) = s.sse.as_mut() {
-                conn.delivered = true;
+            if parts.iter().any(|p| !p.is_empty()) {
+                if let Some(conn) = s.sse.as_mut() {
+                    conn.delivered = true;
+                }
             }
             let Control {
                 next_offset,
@@ -674,7 +682,9 @@ fn on_sse_chunk(
         return Ok(None);
     }
     // The connection ended (servers close SSE about once a minute, or it broke): resume from
-    // the last offset. Connections that keep ending at once suggest a buffering proxy.
+    // the last offset. Connections that keep ending at once without data suggest a buffering
+    // proxy; each is followed by a backoff, so a proxy that lets control events through cannot
+    // turn the reader into a busy loop.
     let conn = s.sse.take();
     let lived = conn
         .as_ref()
