@@ -2,7 +2,7 @@
 // EDGESTREAM_TEST_ONLY=<substring> runs only the steps whose title contains it (for quick local loops).
 import { bin, run, step } from './run.mjs';
 import { buildAll } from './build.mjs';
-import { testClientInBrowser, testClientInBrowserAgainstWorker } from './client.mjs';
+import { testClientInBrowser, testClientInBrowserAgainstWorker, testClientInNode } from './client.mjs';
 
 const only = process.env.EDGESTREAM_TEST_ONLY;
 const steps = [
@@ -19,6 +19,7 @@ const steps = [
   ['end-to-end suites (vitest)', () => run(bin('vitest'), ['run', '--config', 'tests/vitest.config.ts'])],
   ['client: browser tests, reference server with faults (wasm-pack, headless Chromium)', testClientInBrowser],
   ['client: browser tests, our Worker with WebSocket (wasm-pack, headless Chromium)', testClientInBrowserAgainstWorker],
+  ['client: Node tests (js/test: producer batching)', testClientInNode],
   ['client: conformance (reference server)', () => run('node', ['tests/client-conformance/run.mjs'])],
 ];
 

@@ -18,6 +18,7 @@ pub mod path;
 pub mod reply;
 pub mod socket;
 pub mod subscription;
+pub mod timer;
 
 use worker::{event, Context, Env, Request, Response, Result};
 

@@ -22,6 +22,7 @@ use crate::http::{self, header, now_ms, random_u32};
 use crate::path::StreamName;
 use crate::reply::{self, ReadReply, X_CONTENT_TYPE, X_INSTANCE};
 use crate::socket::{Socket, SocketEvent};
+use crate::timer::Deadline;
 
 /// How the object answered a subscription.
 pub(super) enum Subscription {
@@ -178,7 +179,7 @@ struct SseReader {
     deadline_ms: i64,
     /// One timer for the connection's deadline, shared by every wait: a timer per live frame
     /// would cost each reader a setTimeout and a clearTimeout per append.
-    deadline: Delay,
+    deadline: Deadline,
     pending: Option<Subscription>,
     socket: Option<Socket>,
     /// The offset and up-to-date flag of the last control event, to skip repeats.
@@ -219,7 +220,7 @@ pub async fn sse(
         encoding: ct.sse_encoding(),
         json: ct.is_json(),
         deadline_ms: now_ms() + config.sse_connection_ms as i64,
-        deadline: Delay::from(Duration::from_millis(config.sse_connection_ms)),
+        deadline: Deadline::after(Duration::from_millis(config.sse_connection_ms)),
         pending: Some(first),
         socket: None,
         last_control: None,

@@ -1,0 +1,69 @@
+// Live reads end on time: an SSE response closes after SSE_CONNECTION_MS even while frames keep
+// arriving (clients then resume from their offset), and a long-poll with nothing to say answers
+// 204 after LONG_POLL_TIMEOUT_MS.
+import { afterAll, beforeAll, expect, test } from 'vitest';
+import { startServer } from '../scripts/dev-server.mjs';
+
+let server: Awaited<ReturnType<typeof startServer>>;
+const url = (name: string) => `${server.baseUrl}/v1/stream/live-test/${name}`;
+
+beforeAll(async () => {
+  server = await startServer({ vars: { SSE_CONNECTION_MS: '2000', LONG_POLL_TIMEOUT_MS: '1000' } });
+});
+
+afterAll(async () => {
+  await server?.stop();
+});
+
+test('an SSE response ends after SSE_CONNECTION_MS, with or without frames arriving, and resumes', async () => {
+  const name = `sse-${Date.now()}`;
+  expect((await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'text/plain' } })).status).toBe(201);
+  let writing = true;
+  let written = 0;
+  const writer = (async () => {
+    while (writing) {
+      await fetch(url(name), { method: 'POST', headers: { 'content-type': 'text/plain' }, body: `<${written++}>` });
+      await new Promise((r) => setTimeout(r, 150));
+    }
+  })();
+  let offset = '-1';
+  let received = '';
+  try {
+    for (let round = 0; round < 3; round++) {
+      const started = Date.now();
+      const res = await fetch(`${url(name)}?offset=${encodeURIComponent(offset)}&live=sse`, { signal: AbortSignal.timeout(15_000) });
+      expect(res.status).toBe(200);
+      const text = await res.text(); // resolves only when the server ends the response
+      const elapsed = Date.now() - started;
+      expect(elapsed).toBeGreaterThanOrEqual(1800);
+      expect(elapsed).toBeLessThan(6000);
+      for (const block of text.split('\n\n')) {
+        if (block.startsWith('event: data')) received += block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).replace(/^ /, '')).join('\n');
+        if (block.startsWith('event: control')) offset = JSON.parse(block.slice(block.indexOf('data:') + 5)).streamNextOffset;
+      }
+    }
+  } finally {
+    writing = false;
+    await writer;
+  }
+  const all = await (await fetch(`${url(name)}?offset=-1`)).text();
+  expect(all.startsWith(received)).toBe(true);
+  expect(received.length).toBeGreaterThan(0);
+  // An idle stream: the response still ends on time.
+  const idleStart = Date.now();
+  const idle = await fetch(`${url(name)}?offset=now&live=sse`, { signal: AbortSignal.timeout(15_000) });
+  await idle.text();
+  expect(Date.now() - idleStart).toBeLessThan(6000);
+}, 60_000);
+
+test('a long-poll with nothing new answers 204 after LONG_POLL_TIMEOUT_MS', async () => {
+  const name = `lp-${Date.now()}`;
+  const created = await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'text/plain' } });
+  const tail = created.headers.get('stream-next-offset')!;
+  const started = Date.now();
+  const res = await fetch(`${url(name)}?offset=${encodeURIComponent(tail)}&live=long-poll`);
+  expect(res.status).toBe(204);
+  const elapsed = Date.now() - started;
+  expect(elapsed).toBeGreaterThanOrEqual(800);
+  expect(elapsed).toBeLessThan(4000);
+});
