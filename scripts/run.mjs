@@ -25,3 +25,22 @@ export async function step(title, fn) {
   await fn();
   console.log(`=== ${title}: ok (${((Date.now() - started) / 1000).toFixed(1)} s)`);
 }
+
+/**
+ * Runs `[title, fn]` steps in order and stops at the first failure, exiting 1.
+ * EDGESTREAM_TEST_ONLY=<substring> runs only the steps whose title contains it (plus bootstrap).
+ */
+export async function runSteps(name, steps) {
+  const only = process.env.EDGESTREAM_TEST_ONLY;
+  const started = Date.now();
+  try {
+    for (const [title, fn] of steps) {
+      if (only && title !== 'bootstrap' && !title.includes(only)) continue;
+      await step(title, fn);
+    }
+    console.log(`\n${name}: all steps passed in ${((Date.now() - started) / 1000).toFixed(0)} s`);
+  } catch (e) {
+    console.error(`\n${name}: FAILED: ${e.message}`);
+    process.exit(1);
+  }
+}

@@ -1,10 +1,9 @@
 // `npm run test:slow`: the long suites that CI runs after `npm test`: the SIGKILL chaos test
 // (tests/slow/) and a bounded fuzzing run of every core target (scripts/fuzz.mjs).
 // CHAOS_KILLS and FUZZ_SECONDS scale them; EDGESTREAM_TEST_ONLY=<substring> picks steps.
-import { bin, run, step } from './run.mjs';
+import { bin, run, runSteps } from './run.mjs';
 import { buildWorker } from './build.mjs';
 
-const only = process.env.EDGESTREAM_TEST_ONLY;
 const steps = [
   ['bootstrap', () => run('bash', ['scripts/bootstrap.sh'])],
   ['build: worker', buildWorker],
@@ -12,14 +11,4 @@ const steps = [
   ['fuzz: every core target, bounded', () => run('node', ['scripts/fuzz.mjs'])],
 ];
 
-const started = Date.now();
-try {
-  for (const [title, fn] of steps) {
-    if (only && title !== 'bootstrap' && !title.includes(only)) continue;
-    await step(title, fn);
-  }
-  console.log(`\nnpm run test:slow: all steps passed in ${((Date.now() - started) / 1000).toFixed(0)} s`);
-} catch (e) {
-  console.error(`\nnpm run test:slow: FAILED: ${e.message}`);
-  process.exit(1);
-}
+await runSteps('npm run test:slow', steps);

@@ -1,10 +1,9 @@
 // `npm test`: every check, in order, stopping at the first failure.
 // EDGESTREAM_TEST_ONLY=<substring> runs only the steps whose title contains it (for quick local loops).
-import { bin, run, step } from './run.mjs';
+import { bin, run, runSteps } from './run.mjs';
 import { buildAll } from './build.mjs';
 import { testClientInBrowser, testClientInBrowserAgainstWorker, testClientInNode } from './client.mjs';
 
-const only = process.env.EDGESTREAM_TEST_ONLY;
 const steps = [
   ['bootstrap', () => run('bash', ['scripts/bootstrap.sh'])],
   ['cargo fmt --check', () => run('cargo', ['fmt', '--all', '--check'])],
@@ -23,14 +22,4 @@ const steps = [
   ['client: conformance (reference server)', () => run('node', ['tests/client-conformance/run.mjs'])],
 ];
 
-const started = Date.now();
-try {
-  for (const [title, fn] of steps) {
-    if (only && title !== 'bootstrap' && !title.includes(only)) continue;
-    await step(title, fn);
-  }
-  console.log(`\nnpm test: all steps passed in ${((Date.now() - started) / 1000).toFixed(0)} s`);
-} catch (e) {
-  console.error(`\nnpm test: FAILED: ${e.message}`);
-  process.exit(1);
-}
+await runSteps('npm test', steps);

@@ -113,24 +113,53 @@ async function producer(i: number, stop: () => boolean) {
 type Followed = { bytes: Buffer; checkpoints: [string, number][]; connections: number };
 
 /**
- * Follows over SSE from -1 until the stream closes, reconnecting from the last control's offset
- * whenever the connection drops. Data counts only once its control has arrived.
+ * What a follower has seen. Data counts only once its control has arrived; a dropped
+ * connection discards the rest, and the next one resumes from the last control's offset.
  */
+class Follower {
+  offset = '-1';
+  closed = false;
+  connections = 0;
+  private committed: Buffer[] = [];
+  private length = 0;
+  private pending: Buffer[] = [];
+  private checkpoints: [string, number][] = [];
+
+  connected() {
+    this.connections++;
+    this.pending = [];
+  }
+
+  data(bytes: Buffer) {
+    this.pending.push(bytes);
+  }
+
+  control(control: { streamNextOffset: string; streamClosed?: boolean }) {
+    for (const b of this.pending) {
+      this.committed.push(b);
+      this.length += b.length;
+    }
+    this.pending = [];
+    this.offset = control.streamNextOffset;
+    this.checkpoints.push([this.offset, this.length]);
+    if (control.streamClosed) this.closed = true;
+  }
+
+  result(): Followed {
+    return { bytes: Buffer.concat(this.committed), checkpoints: this.checkpoints, connections: this.connections };
+  }
+}
+
+/** Follows over SSE from -1 until the stream closes, reconnecting whenever the connection drops. */
 async function followSse(name: string): Promise<Followed> {
-  const committed: Buffer[] = [];
-  let length = 0;
-  const checkpoints: [string, number][] = [];
-  let offset = '-1';
-  let connections = 0;
-  for (;;) {
-    let closed = false;
+  const f = new Follower();
+  while (!f.closed) {
     try {
-      const res = await fetch(`${streamUrl(name)}?offset=${encodeURIComponent(offset)}&live=sse`);
+      const res = await fetch(`${streamUrl(name)}?offset=${encodeURIComponent(f.offset)}&live=sse`);
       if (res.status !== 200 || !res.body) throw new Error(`status ${res.status}`);
-      connections++;
+      f.connected();
       const decoder = new TextDecoder();
       let buffer = '';
-      let pending: Buffer[] = [];
       const body = res.body.getReader();
       for (;;) {
         const { done, value } = await body.read();
@@ -146,68 +175,43 @@ async function followSse(name: string): Promise<Followed> {
             if (line.startsWith('event:')) event = line.slice(6).trim();
             else if (line.startsWith('data:')) data.push(line.slice(line.startsWith('data: ') ? 6 : 5));
           }
-          if (event === 'data') pending.push(Buffer.from(data.join('\n')));
-          else if (event === 'control') {
-            const control = JSON.parse(data.join('\n'));
-            for (const b of pending) {
-              committed.push(b);
-              length += b.length;
-            }
-            pending = [];
-            offset = control.streamNextOffset;
-            checkpoints.push([offset, length]);
-            if (control.streamClosed) closed = true;
-          }
+          if (event === 'data') f.data(Buffer.from(data.join('\n')));
+          else if (event === 'control') f.control(JSON.parse(data.join('\n')));
         }
       }
     } catch {
       // dropped by a kill: resume from the last control
     }
-    if (closed) return { bytes: Buffer.concat(committed), checkpoints, connections };
-    await sleep(100 + random() * 200);
+    if (!f.closed) await sleep(100 + random() * 200);
   }
+  return f.result();
 }
 
 /** The same over `live=ws`: binary messages are data, text messages are controls. */
 async function followWs(name: string): Promise<Followed> {
-  const committed: Buffer[] = [];
-  let length = 0;
-  const checkpoints: [string, number][] = [];
-  let offset = '-1';
-  let connections = 0;
-  for (;;) {
-    const closed = await new Promise<boolean>((resolve) => {
-      const ws = new WebSocket(`${streamUrl(name).replace('http', 'ws')}?offset=${encodeURIComponent(offset)}&live=ws`);
+  const f = new Follower();
+  while (!f.closed) {
+    await new Promise<void>((resolve) => {
+      const ws = new WebSocket(`${streamUrl(name).replace('http', 'ws')}?offset=${encodeURIComponent(f.offset)}&live=ws`);
       ws.binaryType = 'arraybuffer';
-      let pending: Buffer[] = [];
-      let ended = false;
-      ws.addEventListener('open', () => connections++);
+      ws.addEventListener('open', () => f.connected());
       ws.addEventListener('message', (e) => {
-        if (typeof e.data !== 'string') {
-          pending.push(Buffer.from(e.data as ArrayBuffer));
-          return;
+        if (typeof e.data !== 'string') f.data(Buffer.from(e.data as ArrayBuffer));
+        else {
+          const message = JSON.parse(e.data);
+          if (message.type === 'control') f.control(message);
         }
-        const message = JSON.parse(e.data);
-        if (message.type !== 'control') return;
-        for (const b of pending) {
-          committed.push(b);
-          length += b.length;
-        }
-        pending = [];
-        offset = message.streamNextOffset;
-        checkpoints.push([offset, length]);
-        if (message.streamClosed) ended = true;
       });
-      ws.addEventListener('close', () => resolve(ended));
+      ws.addEventListener('close', () => resolve());
       ws.addEventListener('error', () => {
         try {
           ws.close();
         } catch {}
       });
     });
-    if (closed) return { bytes: Buffer.concat(committed), checkpoints, connections };
-    await sleep(100 + random() * 200);
+    if (!f.closed) await sleep(100 + random() * 200);
   }
+  return f.result();
 }
 
 /** Tokens `<tag><n>;` of one writer, in stream order. */
