@@ -20,6 +20,10 @@ const steps = [
   ['client: browser tests, our Worker with WebSocket (wasm-pack, headless Chromium)', testClientInBrowserAgainstWorker],
   ['client: Node tests (js/test: producer batching)', testClientInNode],
   ['client: conformance (reference server)', () => run('node', ['tests/client-conformance/run.mjs'])],
+  [
+    'client: conformance (our Worker, cases without fault injection)',
+    () => run('node', ['tests/client-conformance/run.mjs', '--server', 'worker']),
+  ],
 ];
 
 await runSteps('npm test', steps);
