@@ -99,18 +99,9 @@ impl Socket {
         }
     }
 
-    pub fn send_bytes(&self, bytes: &[u8]) -> worker::Result<()> {
-        send_copy(&self.ws, bytes)
-    }
-
-    pub fn send_text(&self, text: &str) -> worker::Result<()> {
-        self.ws.send_with_str(text)?;
-        Ok(())
-    }
-
     /// Closes the socket; errors (already closed) are ignored.
     pub fn close(&self, code: u16, reason: &str) {
-        let _ = self.ws.close_with_code_and_reason(code, reason);
+        self.sender().close(code, reason);
     }
 
     /// A handle that sends on this socket, for a task that sends while another awaits `next()`.

@@ -116,37 +116,36 @@ pub fn accept(
 
 /// Queues an append (`data` = log bytes `[start, end)`) for the live readers; [`flush`] sends
 /// it. Appends queued before one flush are merged, so a burst costs one frame per reader.
-pub fn queue(hub: &Hub, start: Offset, end: Offset, closed: bool, data: &[u8], json_stream: bool) {
+/// Whether anyone is listening is asked once, when the frame is sent.
+pub fn queue(
+    hub: &Hub,
+    start: Offset,
+    end: Offset,
+    closed: bool,
+    data: Vec<u8>,
+    json_stream: bool,
+) {
     let mut pending = hub.pending.borrow_mut();
     if let Some(p) = pending.as_mut() {
         if p.end == start && !p.closed {
-            p.data.extend_from_slice(data);
+            p.data.extend_from_slice(&data);
             p.end = end;
             p.closed = closed;
             return;
         }
     }
     // Not contiguous (cannot happen while appends are serialised, but never send a gap).
-    let previous = pending.take();
-    drop(pending);
-    if let Some(p) = previous {
-        send(hub, p);
-    }
-    if hub.sockets().is_empty() {
-        return;
-    }
-    *hub.pending.borrow_mut() = Some(Pending {
+    let previous = pending.replace(Pending {
         start,
         end,
         closed,
         json_stream,
-        data: data.to_vec(),
+        data,
     });
-}
-
-/// Whether appends are waiting to be sent.
-pub fn has_pending(hub: &Hub) -> bool {
-    hub.pending.borrow().is_some()
+    drop(pending);
+    if let Some(p) = previous {
+        send(hub, p);
+    }
 }
 
 /// Sends every queued append to every live reader.

@@ -313,14 +313,7 @@ impl StreamObject {
             self.schedule_alarm(deadline).await?;
         }
         subscribers::created(&self.env, self.store()?, &meta).await?;
-        let resp = Response::empty()?.with_status(201);
-        let headers = resp.headers();
-        headers.set(h::CONTENT_TYPE, meta.content_type.as_str())?;
-        headers.set(h::STREAM_NEXT_OFFSET, &meta.tail.to_string())?;
-        if meta.closed {
-            headers.set(h::STREAM_CLOSED, "true")?;
-        }
-        Ok(resp)
+        described(201, &meta)
     }
 
     /// PUT on a stream that exists: 200 when the configuration matches, else 409.
@@ -333,16 +326,7 @@ impl StreamObject {
         };
         match request.compare(&config) {
             CreateOutcome::Conflict => http::error(&ProtocolError::ConfigMismatch),
-            CreateOutcome::Matches => {
-                let resp = Response::empty()?;
-                let headers = resp.headers();
-                headers.set(h::CONTENT_TYPE, meta.content_type.as_str())?;
-                headers.set(h::STREAM_NEXT_OFFSET, &meta.tail.to_string())?;
-                if meta.closed {
-                    headers.set(h::STREAM_CLOSED, "true")?;
-                }
-                Ok(resp)
-            }
+            CreateOutcome::Matches => described(200, meta),
         }
     }
 
@@ -445,23 +429,21 @@ impl StreamObject {
             meta.accessed_ms = now;
         }
         self.save(&meta)?;
-        live::queue(&self.hub, start, tail, meta.closed, &data, meta.is_json());
-        if live::has_pending(&self.hub) {
-            if self.appends_in_flight.get() > 1 {
-                // Other appends are on their way in: give them one turn of the event loop to
-                // join this frame, so a burst costs every reader one frame instead of many.
-                Delay::from(Duration::ZERO).await;
-            }
-            live::flush(&self.hub);
-        }
-        subscribers::appended(&self.env, store, &meta).await?;
-
         // A producer's data append is acknowledged with 200; a close-only request has no data.
         let status = if producer_state.is_some() && !data.is_empty() {
             200
         } else {
             204
         };
+        live::queue(&self.hub, start, tail, meta.closed, data, meta.is_json());
+        if self.appends_in_flight.get() > 1 {
+            // Other appends are on their way in: give them one turn of the event loop to join
+            // this frame, so a burst costs every reader one frame instead of many.
+            Delay::from(Duration::ZERO).await;
+        }
+        live::flush(&self.hub);
+        subscribers::appended(&self.env, store, &meta).await?;
+
         let resp = Response::empty()?.with_status(status);
         let out = resp.headers();
         out.set(h::STREAM_NEXT_OFFSET, &tail.to_string())?;
@@ -481,9 +463,8 @@ impl StreamObject {
             Lookup::Deleted => return http::error(&ProtocolError::Gone),
             Lookup::Missing => return http::error(&ProtocolError::NotFound),
         };
-        let headers = Headers::new();
-        headers.set(h::CONTENT_TYPE, meta.content_type.as_str())?;
-        headers.set(h::STREAM_NEXT_OFFSET, &meta.tail.to_string())?;
+        let resp = described(200, &meta)?;
+        let headers = resp.headers();
         headers.set(h::CACHE_CONTROL, "no-store")?;
         if let Some(ttl) = meta.expiry.ttl_seconds() {
             headers.set(h::STREAM_TTL, &ttl.to_string())?;
@@ -491,10 +472,7 @@ impl StreamObject {
         if let Some(at) = meta.expiry.expires_at_ms() {
             headers.set(h::STREAM_EXPIRES_AT, &edgestream::time::format_rfc3339(at))?;
         }
-        if meta.closed {
-            headers.set(h::STREAM_CLOSED, "true")?;
-        }
-        Ok(Response::empty()?.with_headers(headers))
+        Ok(resp)
     }
 
     async fn delete(&self) -> Result<Response> {
@@ -805,4 +783,17 @@ fn initial_data(meta: &Meta, body: &[u8]) -> std::result::Result<Vec<u8>, Protoc
     } else {
         Ok(body.to_vec())
     }
+}
+
+/// An empty response describing the stream: its content type, tail and closed state, as PUT
+/// and HEAD answer.
+fn described(status: u16, meta: &Meta) -> Result<Response> {
+    let resp = Response::empty()?.with_status(status);
+    let headers = resp.headers();
+    headers.set(h::CONTENT_TYPE, meta.content_type.as_str())?;
+    headers.set(h::STREAM_NEXT_OFFSET, &meta.tail.to_string())?;
+    if meta.closed {
+        headers.set(h::STREAM_CLOSED, "true")?;
+    }
+    Ok(resp)
 }
