@@ -36,6 +36,7 @@ function options(argv) {
     quick,
     only: list('only', ['edgestream', 'ref-memory', 'ref-file']),
     skip: list('skip', []),
+    reuse: list('reuse', []),
     appendBytes: 100,
     sequentialAppends: number('sequential', 2000, 200),
     concurrentWriters: 16,
@@ -748,7 +749,7 @@ async function main() {
   const report = { date: new Date().toISOString(), machine: machine(), options: opt, servers: {} };
   // --reuse ref-file: keep that server's results from the previous latest.json instead of
   // running it again (its fan-out alone takes ten minutes).
-  const reuse = (process.argv[process.argv.indexOf('--reuse') + 1] ?? '').split(',').filter((id) => process.argv.includes('--reuse') && id);
+  const reuse = opt.reuse;
   if (reuse.length) {
     const previous = JSON.parse(readFileSync(path.join(here, 'results', 'latest.json'), 'utf8'));
     for (const id of reuse) {

@@ -4,6 +4,7 @@
 // operations that led to it. MODEL_SEEDS and MODEL_STEPS scale it up; MODEL_SEED replays one.
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
+import { seeded } from './support/random';
 
 const SEEDS = Number(process.env.MODEL_SEEDS ?? 6);
 const STEPS = Number(process.env.MODEL_STEPS ?? 150);
@@ -19,21 +20,6 @@ afterAll(async () => {
   await server?.stop();
 });
 
-function rng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return {
-    int: (n: number) => Math.floor(next() * n),
-    chance: (p: number) => next() < p,
-    pick: <T>(xs: readonly T[]): T => xs[Math.floor(next() * xs.length)],
-  };
-}
 
 type Kind = 'text' | 'json';
 /** What the model believes about one path. */
@@ -68,7 +54,7 @@ async function call(url: string, init: RequestInit = {}) {
 }
 
 /** A random body for the stream's kind, and what the model adds for it. */
-function payload(r: ReturnType<typeof rng>, kind: Kind): { body: string; text?: string; messages?: unknown[] } {
+function payload(r: ReturnType<typeof seeded>, kind: Kind): { body: string; text?: string; messages?: unknown[] } {
   if (kind === 'text') {
     const text = Array.from({ length: 1 + r.int(12) }, () => r.pick(['a', 'b', 'é', '\n', ' ', '日', 'z'])).join('');
     return { body: text, text };
@@ -81,7 +67,7 @@ function payload(r: ReturnType<typeof rng>, kind: Kind): { body: string; text?: 
 }
 
 async function runSeed(seed: number) {
-  const r = rng(seed);
+  const r = seeded(seed);
   const base = `${server.baseUrl}/v1/stream/model/${seed}-${Math.random().toString(36).slice(2, 8)}`;
   const paths: [string, Kind][] = [
     ['a', 'text'],

@@ -8,6 +8,7 @@
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { WebSocket } from 'undici';
 import { startServer } from '../../scripts/dev-server.mjs';
+import { seeded } from '../support/random';
 
 const KILLS = Number(process.env.CHAOS_KILLS ?? 8);
 const SEED = Number(process.env.CHAOS_SEED ?? Date.now() % 1_000_000);
@@ -18,18 +19,7 @@ let server: Awaited<ReturnType<typeof startServer>>;
 const streamUrl = (name: string) => `${server.baseUrl}/v1/stream/chaos/${name}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** mulberry32: a small seeded generator, so a failing run can be replayed. */
-function rng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const random = rng(SEED);
+const random = seeded(SEED).next;
 
 beforeAll(async () => {
   server = await startServer({ vars: { LONG_POLL_TIMEOUT_MS: '1000', SSE_CONNECTION_MS: '5000' } });
