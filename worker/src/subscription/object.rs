@@ -788,25 +788,59 @@ impl SubscriptionObject {
             self.wake_if_pending(&mut record)?;
         }
         if record.deliver && record.next_attempt_at.is_none_or(|t| t <= now) {
+            // Saved before the delivery is awaited: other requests (a claim prompted by the
+            // wake event, a webhook's callback) may run meanwhile, and must see this state.
+            self.save(&record)?;
+            let before = serde_json::to_string(&record).unwrap_or_default();
+            let wake = (record.wake_id.clone(), record.generation);
             let delivered = match record.kind {
                 Kind::Webhook => self.post_webhook(&mut record).await,
-                Kind::PullWake => self.post_wake_event(&record).await,
+                Kind::PullWake => self.post_wake_event(&record).await.map(|()| {
+                    // The wake event is in the wake stream; claims take it from here.
+                    record.deliver = false;
+                }),
             };
-            match delivered {
-                Ok(()) => {
-                    record.failures = 0;
-                    record.next_attempt_at = None;
+            let Some(current) = self.load()?.filter(|r| !r.deleted) else {
+                return Ok(());
+            };
+            if serde_json::to_string(&current).unwrap_or_default() != before {
+                // A request changed the subscription while the delivery was in flight (it
+                // claimed, acked or released the wake): its state wins over this stale copy,
+                // except that a wake it still holds was delivered.
+                record = current;
+                match delivered {
+                    Ok(()) if (record.wake_id.clone(), record.generation) == wake => {
+                        record.deliver = false;
+                        record.failures = 0;
+                        record.next_attempt_at = None;
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        worker::console_warn!("subscription {}: delivery failed: {e}", record.id)
+                    }
                 }
-                Err(e) => {
-                    worker::console_warn!("subscription {}: delivery failed: {e}", record.id);
-                    record.failures += 1;
-                    record.next_attempt_at =
-                        Some(now + rules::retry_delay_ms(record.failures, random_u32()) as i64);
-                }
+            } else {
+                Self::delivery_outcome(&mut record, delivered, now);
             }
         }
         self.save(&record)?;
         self.schedule(&record).await
+    }
+
+    /// Records a delivery attempt: a failure is retried with backoff.
+    fn delivery_outcome(record: &mut Record, delivered: Result<()>, now: i64) {
+        match delivered {
+            Ok(()) => {
+                record.failures = 0;
+                record.next_attempt_at = None;
+            }
+            Err(e) => {
+                worker::console_warn!("subscription {}: delivery failed: {e}", record.id);
+                record.failures += 1;
+                record.next_attempt_at =
+                    Some(now + rules::retry_delay_ms(record.failures, random_u32()) as i64);
+            }
+        }
     }
 
     /// Posts the signed wake to the webhook. `{"done": true}` acks the snapshot at once.
