@@ -15,6 +15,7 @@ pub mod frame;
 pub mod http;
 pub mod object;
 pub mod path;
+pub mod pipe;
 pub mod reply;
 pub mod socket;
 pub mod subscription;

@@ -20,6 +20,22 @@ pub enum SocketEvent {
     Closed,
 }
 
+impl SocketEvent {
+    /// What a `message` event carried.
+    pub fn from_message(e: &web_sys::MessageEvent) -> SocketEvent {
+        let data = e.data();
+        if let Some(text) = data.as_string() {
+            SocketEvent::Text(text)
+        } else if data.is_object() {
+            // An ArrayBuffer, possibly from another realm (the Durable Object's), where
+            // `instanceof ArrayBuffer` is false: view it instead of type-checking it.
+            SocketEvent::Binary(js_sys::Uint8Array::new(&data).to_vec())
+        } else {
+            SocketEvent::Closed
+        }
+    }
+}
+
 type Listener<T> = Closure<dyn FnMut(T)>;
 
 /// A WebSocket with its incoming events queued for `next().await`.
@@ -59,16 +75,7 @@ impl Socket {
         ws.set_binary_type(web_sys::BinaryType::Arraybuffer);
         let (tx, rx) = unbounded();
         let on_message = forward(&tx, |e: web_sys::MessageEvent| {
-            let data = e.data();
-            if let Some(text) = data.as_string() {
-                SocketEvent::Text(text)
-            } else if data.is_object() {
-                // An ArrayBuffer, possibly from another realm (the Durable Object's), where
-                // `instanceof ArrayBuffer` is false: view it instead of type-checking it.
-                SocketEvent::Binary(js_sys::Uint8Array::new(&data).to_vec())
-            } else {
-                SocketEvent::Closed
-            }
+            SocketEvent::from_message(&e)
         });
         let on_close = forward(&tx, |_: web_sys::CloseEvent| SocketEvent::Closed);
         let on_error = forward(&tx, |_: web_sys::Event| SocketEvent::Closed);
@@ -102,6 +109,32 @@ impl Socket {
     /// Closes the socket; errors (already closed) are ignored.
     pub fn close(&self, code: u16, reason: &str) {
         self.sender().close(code, reason);
+    }
+
+    /// Stops queueing: removes this socket's listeners and returns the socket with the events
+    /// already queued, for a caller that handles events in listeners of its own. Nothing can
+    /// arrive in between, as long as the caller attaches its listeners before it next awaits.
+    pub fn detach(mut self) -> (web_sys::WebSocket, Vec<SocketEvent>) {
+        let mut queued = Vec::new();
+        while let Ok(event) = self.rx.try_recv() {
+            queued.push(event);
+        }
+        self.remove_listeners();
+        // The caller owns the socket now: dropping `self` must not close it.
+        self.finished = true;
+        (self.ws.clone(), queued)
+    }
+
+    fn remove_listeners(&self) {
+        let ws = &self.ws;
+        let _ = ws.remove_event_listener_with_callback(
+            "message",
+            self.on_message.as_ref().unchecked_ref(),
+        );
+        let _ =
+            ws.remove_event_listener_with_callback("close", self.on_close.as_ref().unchecked_ref());
+        let _ =
+            ws.remove_event_listener_with_callback("error", self.on_error.as_ref().unchecked_ref());
     }
 
     /// A handle that sends on this socket, for a task that sends while another awaits `next()`.
@@ -143,16 +176,7 @@ impl SocketSender {
 
 impl Drop for Socket {
     fn drop(&mut self) {
-        let _ = self.ws.remove_event_listener_with_callback(
-            "message",
-            self.on_message.as_ref().unchecked_ref(),
-        );
-        let _ = self
-            .ws
-            .remove_event_listener_with_callback("close", self.on_close.as_ref().unchecked_ref());
-        let _ = self
-            .ws
-            .remove_event_listener_with_callback("error", self.on_error.as_ref().unchecked_ref());
+        self.remove_listeners();
         if !self.finished {
             let _ = self.ws.close_with_code_and_reason(1000, "done");
         }

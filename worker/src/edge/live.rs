@@ -5,6 +5,8 @@
 //! object with thousands of open readers sleeps between appends. Catch-up ranges the object can
 //! answer at once come back as plain pages; the edge relays them and subscribes again.
 
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use edgestream::cursor;
@@ -12,17 +14,19 @@ use edgestream::headers::{self as h, ContentType, LiveMode, SseEncoding};
 use edgestream::sse::{self, Control};
 use edgestream::{json, Offset, ReadFrom};
 use futures_util::future::{select, Either};
-use futures_util::stream;
-use worker::{Delay, Headers, Method, Request, RequestInit, Response, Result, Stub};
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::JsCast;
+use worker::web_sys::{self, WorkerGlobalScope};
+use worker::{Delay, Headers, Method, Request, RequestInit, Response, ResponseBody, Result, Stub};
 
 use super::object_url;
 use crate::config::Config;
 use crate::frame::{self, Frame};
 use crate::http::{self, header, now_ms, random_u32};
 use crate::path::StreamName;
+use crate::pipe::{body_pipe, BodyWriter};
 use crate::reply::{self, ReadReply, X_CONTENT_TYPE, X_INSTANCE};
 use crate::socket::{Socket, SocketEvent};
-use crate::timer::Deadline;
 
 /// How the object answered a subscription.
 pub(super) enum Subscription {
@@ -168,29 +172,27 @@ pub async fn long_poll(
     }
 }
 
-/// The state of one SSE response, advanced one chunk at a time.
-struct SseReader {
-    stub: Stub,
-    name: StreamName,
+/// What one SSE response has told its reader, and how it encodes what comes next.
+struct SseState {
     offset: ReadFrom,
     cursor: u64,
     encoding: SseEncoding,
     json: bool,
-    deadline_ms: i64,
-    /// One timer for the connection's deadline, shared by every wait: a timer per live frame
-    /// would cost each reader a setTimeout and a clearTimeout per append.
-    deadline: Deadline,
-    pending: Option<Subscription>,
-    socket: Option<Socket>,
     /// The offset and up-to-date flag of the last control event, to skip repeats.
     last_control: Option<(String, bool)>,
     /// The previous catch-up page moved nothing.
     stalled: bool,
+    /// Nothing more may be written: the stream closed, or a frame did not follow on.
     done: bool,
 }
 
 /// `live=sse`: catch-up pages, then live frames, as SSE `data` and `control` events. The server
 /// closes the response after `SSE_CONNECTION_MS`; clients reconnect from the last offset.
+///
+/// Catch-up runs as a task that waits for the reader to take each page. Once the reader is
+/// live, each frame from the object becomes SSE events inside the socket's own `message`
+/// handler ([`SseFollower`]), with no task, channel or promise between them: with a thousand
+/// readers on a stream, that per-frame path is where the edge spends its time.
 pub async fn sse(
     stub: Stub,
     name: StreamName,
@@ -212,32 +214,19 @@ pub async fn sse(
         }
     };
     let ct = ContentType::parse(&content_type).unwrap_or_else(|_| ContentType::default_type());
-    let reader = SseReader {
-        stub,
-        name,
+    let state = SseState {
         offset: from,
         cursor: cursor::next_cursor(now_ms(), client_cursor.as_deref(), random_u32()),
         encoding: ct.sse_encoding(),
         json: ct.is_json(),
-        deadline_ms: now_ms() + config.sse_connection_ms as i64,
-        deadline: Deadline::after(Duration::from_millis(config.sse_connection_ms)),
-        pending: Some(first),
-        socket: None,
         last_control: None,
         stalled: false,
         done: false,
     };
-    let body = stream::unfold(reader, |mut reader| async move {
-        match reader.step().await {
-            Ok(Some(chunk)) => Some((Ok::<Vec<u8>, worker::Error>(chunk), reader)),
-            Ok(None) => None,
-            Err(e) => {
-                worker::console_error!("sse: {e}");
-                None
-            }
-        }
-    });
-    let resp = Response::from_stream(body)?;
+    let (readable, body) = body_pipe()?;
+    let deadline_ms = now_ms() + config.sse_connection_ms as i64;
+    wasm_bindgen_futures::spawn_local(catch_up(stub, name, state, first, body, deadline_ms));
+    let resp = Response::from_body(ResponseBody::Stream(readable))?;
     let headers = resp.headers();
     headers.set(h::CONTENT_TYPE, "text/event-stream")?;
     headers.set(h::CACHE_CONTROL, "no-cache")?;
@@ -247,40 +236,177 @@ pub async fn sse(
     Ok(resp)
 }
 
-impl SseReader {
-    /// The next chunk of the event stream, or `None` when the response should end.
-    async fn step(&mut self) -> Result<Option<Vec<u8>>> {
-        loop {
-            if self.done {
-                return Ok(None);
-            }
-            let left = self.deadline_ms - now_ms();
-            if left <= 0 {
-                return Ok(self.finish());
-            }
-            if let Some(sub) = self.pending.take() {
-                match sub {
-                    Subscription::Page(resp) => return self.page(resp).await,
-                    Subscription::Live(live) => {
-                        self.offset = ReadFrom::At(live.start);
-                        self.socket = Some(live.socket);
-                        continue;
+/// Relays pages until the object hands over a live socket, then leaves the rest to an
+/// [`SseFollower`]. Each page waits for the reader to take it before the next is fetched.
+async fn catch_up(
+    stub: Stub,
+    name: StreamName,
+    mut state: SseState,
+    first: Subscription,
+    body: BodyWriter,
+    deadline_ms: i64,
+) {
+    let mut pending = Some(first);
+    loop {
+        let left = deadline_ms - now_ms();
+        if left <= 0 || state.done {
+            return body.close();
+        }
+        let sub = match pending.take() {
+            Some(sub) => sub,
+            None => match subscribe(&stub, &name, state.offset, LiveMode::Sse).await {
+                Ok(sub) => sub,
+                Err(e) => {
+                    worker::console_error!("sse: {e}");
+                    return body.close();
+                }
+            },
+        };
+        match sub {
+            Subscription::Page(mut resp) => {
+                if resp.status_code() != 200 {
+                    return body.close();
+                }
+                let meta = resp.headers().clone();
+                let bytes = match resp.bytes().await {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        worker::console_error!("sse: {e}");
+                        return body.close();
                     }
+                };
+                match state.page(&meta, &bytes) {
+                    Some(chunk) => {
+                        if !body.send_and_wait(&chunk).await {
+                            return body.close();
+                        }
+                    }
+                    None => return body.close(),
                 }
             }
-            let Some(socket) = self.socket.as_mut() else {
-                self.pending =
-                    Some(subscribe(&self.stub, &self.name, self.offset, LiveMode::Sse).await?);
-                continue;
+            Subscription::Live(live) => {
+                state.offset = ReadFrom::At(live.start);
+                return SseFollower::start(live.socket, state, body, left);
+            }
+        }
+    }
+}
+
+/// The live part of one SSE response: the object's frames, handled as they arrive.
+struct SseFollower {
+    state: SseState,
+    /// Both `None` once finished, which also breaks the cycle between this and its listeners.
+    socket: Option<web_sys::WebSocket>,
+    body: Option<BodyWriter>,
+    timeout_id: Option<i32>,
+}
+
+type SharedFollower = Rc<RefCell<SseFollower>>;
+
+/// How long past its deadline a follower may still hold its socket and body.
+const ABANDON_AFTER_MS: i64 = 10_000;
+
+thread_local! {
+    /// Every follower that may still be running, with the time after which it is abandoned.
+    /// When a client disconnects, workerd cancels its request and runs none of its callbacks
+    /// again, so neither the deadline timer nor `on_gone` fires; the follower's references to
+    /// its socket and body would then keep it, its listeners and the socket alive for good.
+    /// Starting a follower drops those references for any follower well past its deadline.
+    static FOLLOWERS: RefCell<Vec<(i64, Weak<RefCell<SseFollower>>)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// Registers `follower` and abandons the ones whose requests must have been cancelled.
+fn track(follower: &SharedFollower, deadline_ms: i64) {
+    let now = now_ms();
+    FOLLOWERS.with(|all| {
+        let mut all = all.borrow_mut();
+        all.retain(|(abandon_at, weak)| {
+            let Some(f) = weak.upgrade() else {
+                return false;
             };
-            let event = match select(Box::pin(socket.next()), &mut self.deadline).await {
-                Either::Left((event, _)) => Some(event),
-                Either::Right(_) => None,
+            if *abandon_at > now {
+                return true;
+            }
+            if let Ok(mut f) = f.try_borrow_mut() {
+                // No method calls: the objects belong to a request that no longer runs.
+                f.state.done = true;
+                f.socket = None;
+                f.body = None;
+                f.timeout_id = None;
+            }
+            false
+        });
+        all.push((deadline_ms + ABANDON_AFTER_MS, Rc::downgrade(follower)));
+    });
+}
+
+impl SseFollower {
+    /// Takes over `socket`: events it already queued first, then its listeners, a deadline
+    /// timer after `left_ms`, and a watch on the reader going away. All of these end in
+    /// [`SseFollower::finish`], which drops the follower's references so the runtime can
+    /// collect the socket, the listeners and with them this follower.
+    fn start(socket: Socket, state: SseState, body: BodyWriter, left_ms: i64) {
+        let (ws, queued) = socket.detach();
+        let follower = Rc::new(RefCell::new(SseFollower {
+            state,
+            socket: Some(ws.clone()),
+            body: Some(body),
+            timeout_id: None,
+        }));
+        track(&follower, now_ms() + left_ms);
+        for event in queued {
+            SseFollower::on_event(&follower, event);
+        }
+        if follower.borrow().socket.is_none() {
+            return;
+        }
+        let listen = |name: &str, f: Box<dyn FnMut(web_sys::Event)>| {
+            let listener = Closure::wrap(f);
+            let _ = ws.add_event_listener_with_callback(name, listener.as_ref().unchecked_ref());
+            // The socket owns it from here (freed when the socket is collected).
+            listener.forget();
+        };
+        let f = follower.clone();
+        listen(
+            "message",
+            Box::new(move |e| {
+                let event = SocketEvent::from_message(e.unchecked_ref());
+                SseFollower::on_event(&f, event);
+            }),
+        );
+        for name in ["close", "error"] {
+            let f = follower.clone();
+            listen(name, Box::new(move |_| SseFollower::finish(&f)));
+        }
+        let f = follower.clone();
+        let on_timeout = Closure::once(move || SseFollower::finish(&f));
+        let global: WorkerGlobalScope = js_sys::global().unchecked_into();
+        let ms = i32::try_from(left_ms).unwrap_or(i32::MAX);
+        let timeout_id = global
+            .set_timeout_with_callback_and_timeout_and_arguments_0(
+                on_timeout.as_ref().unchecked_ref(),
+                ms,
+            )
+            .ok();
+        on_timeout.forget();
+        let f = follower.clone();
+        let mut this = follower.borrow_mut();
+        this.timeout_id = timeout_id;
+        if let Some(body) = &this.body {
+            body.on_gone(move || SseFollower::finish(&f));
+        }
+    }
+
+    fn on_event(follower: &SharedFollower, event: SocketEvent) {
+        let done = {
+            let Ok(mut this) = follower.try_borrow_mut() else {
+                return;
             };
-            let Some(event) = event else {
-                return Ok(self.finish());
-            };
-            match event {
+            if this.socket.is_none() {
+                return;
+            }
+            let chunk = match event {
                 SocketEvent::Binary(bytes) => match frame::decode(&bytes) {
                     Some(Frame::Data {
                         start,
@@ -288,43 +414,63 @@ impl SseReader {
                         closed,
                         up_to_date,
                         payload,
-                    }) => {
-                        if let Some(chunk) = self.frame(start, end, closed, up_to_date, payload) {
-                            return Ok(Some(chunk));
-                        }
+                    }) => this.state.frame(start, end, closed, up_to_date, payload),
+                    Some(Frame::Gone) | None => {
+                        this.state.done = true;
+                        None
                     }
-                    Some(Frame::Gone) | None => return Ok(self.finish()),
                 },
-                SocketEvent::Text(_) => {}
+                SocketEvent::Text(_) => None,
                 // The object restarted or dropped us. End the response rather than subscribe
-                // again here: the client resumes from its last offset, and a socket that keeps
+                // again: the client resumes from its last offset, and a socket that keeps
                 // failing can never turn into a loop inside this request.
-                SocketEvent::Closed => return Ok(self.finish()),
+                SocketEvent::Closed => {
+                    this.state.done = true;
+                    None
+                }
+            };
+            if let Some(chunk) = chunk {
+                if !this.body.as_ref().is_some_and(|body| body.send(&chunk)) {
+                    this.state.done = true;
+                }
             }
-        }
-    }
-
-    fn finish(&mut self) -> Option<Vec<u8>> {
-        self.done = true;
-        if let Some(socket) = self.socket.take() {
-            socket.close(1000, "reader done");
-        }
-        None
-    }
-
-    /// A page the object answered over HTTP (catch-up, or the inherited part of a fork).
-    async fn page(&mut self, mut resp: Response) -> Result<Option<Vec<u8>>> {
-        if resp.status_code() != 200 {
-            return Ok(self.finish());
-        }
-        let meta = resp.headers().clone();
-        let Some(end) = header(&meta, h::STREAM_NEXT_OFFSET).and_then(|v| Offset::parse(&v).ok())
-        else {
-            return Ok(self.finish());
+            this.state.done
         };
-        let up_to_date = h::is_true(header(&meta, h::STREAM_UP_TO_DATE).as_deref());
-        let closed = h::is_true(header(&meta, h::STREAM_CLOSED).as_deref());
-        let body = resp.bytes().await?;
+        if done {
+            SseFollower::finish(follower);
+        }
+    }
+
+    /// Ends the response and closes the internal socket, once.
+    fn finish(follower: &SharedFollower) {
+        let Ok(mut this) = follower.try_borrow_mut() else {
+            return;
+        };
+        this.state.done = true;
+        if let Some(body) = this.body.take() {
+            body.close();
+        }
+        if let Some(ws) = this.socket.take() {
+            let _ = ws.close_with_code_and_reason(1000, "reader done");
+        }
+        if let Some(id) = this.timeout_id.take() {
+            let global: WorkerGlobalScope = js_sys::global().unchecked_into();
+            global.clear_timeout_with_handle(id);
+        }
+    }
+}
+
+impl SseState {
+    /// A page the object answered over HTTP (catch-up, or the inherited part of a fork);
+    /// `None` when it ends the response.
+    fn page(&mut self, meta: &Headers, body: &[u8]) -> Option<Vec<u8>> {
+        let Some(end) = header(meta, h::STREAM_NEXT_OFFSET).and_then(|v| Offset::parse(&v).ok())
+        else {
+            self.done = true;
+            return None;
+        };
+        let up_to_date = h::is_true(header(meta, h::STREAM_UP_TO_DATE).as_deref());
+        let closed = h::is_true(header(meta, h::STREAM_CLOSED).as_deref());
         let mut out = Vec::with_capacity(body.len() + 128);
         let has_data = if self.json {
             body.len() > 2
@@ -333,7 +479,7 @@ impl SseReader {
         };
         if has_data {
             // JSON pages arrive already rendered as one array.
-            sse::encode_data(&body, self.encoding, &mut out);
+            sse::encode_data(body, self.encoding, &mut out);
         }
         self.control(end, up_to_date, closed, &mut out);
         // A page that moved nothing twice in a row would only repeat itself: end instead.
@@ -343,7 +489,7 @@ impl SseReader {
         }
         self.stalled = !progress;
         self.offset = ReadFrom::At(end);
-        Ok(Some(out))
+        Some(out)
     }
 
     /// A live frame: a data event (when it carries bytes) and its control event.
@@ -358,7 +504,8 @@ impl SseReader {
         if let ReadFrom::At(expected) = self.offset {
             if start != expected {
                 // A gap or overlap would corrupt the reader's view: end, and let it resume.
-                return self.finish();
+                self.done = true;
+                return None;
             }
         }
         let mut out = Vec::with_capacity(payload.len() + 160);
@@ -372,7 +519,7 @@ impl SseReader {
         self.control(end, up_to_date, closed, &mut out);
         self.offset = ReadFrom::At(end);
         if closed {
-            self.finish();
+            self.done = true;
         }
         (!out.is_empty()).then_some(out)
     }

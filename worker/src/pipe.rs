@@ -1,0 +1,126 @@
+//! A response body written from event handlers.
+//!
+//! `Response::from_stream` pulls a Rust stream: each chunk costs a pull call, a promise and a
+//! task poll. A live reader's chunks come from socket events, so the edge writes them straight
+//! into workerd's native `IdentityTransformStream`, whose readable side is the response body.
+//! Every binding here catches JS exceptions: an uncaught one would trap the whole wasm
+//! instance, and every live reader in the isolate with it.
+
+use std::cell::Cell;
+
+use js_sys::{Promise, Uint8Array};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use worker::web_sys::ReadableStream;
+
+#[wasm_bindgen]
+extern "C" {
+    type IdentityTransformStream;
+    #[wasm_bindgen(constructor, catch)]
+    fn new() -> Result<IdentityTransformStream, JsValue>;
+    #[wasm_bindgen(method, getter)]
+    fn readable(this: &IdentityTransformStream) -> ReadableStream;
+    #[wasm_bindgen(method, getter)]
+    fn writable(this: &IdentityTransformStream) -> WritableStream;
+
+    type WritableStream;
+    #[wasm_bindgen(method, catch, js_name = getWriter)]
+    fn get_writer(this: &WritableStream) -> Result<Writer, JsValue>;
+
+    type Writer;
+    #[wasm_bindgen(method, catch)]
+    fn write(this: &Writer, chunk: &Uint8Array) -> Result<Promise, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    fn close(this: &Writer) -> Result<Promise, JsValue>;
+    #[wasm_bindgen(method, getter, catch)]
+    fn closed(this: &Writer) -> Result<Promise, JsValue>;
+}
+
+thread_local! {
+    /// Swallows the rejection of a write nobody awaits (the reader has gone; `on_gone` says so).
+    static IGNORE: Closure<dyn FnMut(JsValue)> = Closure::new(|_| {});
+}
+
+/// Creates a pipe: the readable side is a response body, the [`BodyWriter`] feeds it.
+pub fn body_pipe() -> worker::Result<(ReadableStream, BodyWriter)> {
+    let pipe = IdentityTransformStream::new().map_err(js_error)?;
+    let writer = pipe.writable().get_writer().map_err(js_error)?;
+    Ok((
+        pipe.readable(),
+        BodyWriter {
+            writer,
+            open: Cell::new(true),
+        },
+    ))
+}
+
+fn js_error(e: JsValue) -> worker::Error {
+    worker::Error::JsError(format!("{e:?}"))
+}
+
+/// The writing end of a [`body_pipe`].
+pub struct BodyWriter {
+    writer: Writer,
+    open: Cell<bool>,
+}
+
+impl BodyWriter {
+    /// Queues `bytes` without waiting for the reader; false once the body can take no more.
+    pub fn send(&self, bytes: &[u8]) -> bool {
+        match self.start_write(bytes) {
+            Some(p) => {
+                IGNORE.with(|ignore| {
+                    let _ = p.catch(ignore);
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes `bytes` and waits until the reader has taken them (backpressure for catch-up).
+    pub async fn send_and_wait(&self, bytes: &[u8]) -> bool {
+        match self.start_write(bytes) {
+            Some(p) => JsFuture::from(p).await.is_ok(),
+            None => false,
+        }
+    }
+
+    fn start_write(&self, bytes: &[u8]) -> Option<Promise> {
+        if !self.open.get() {
+            return None;
+        }
+        // A copy: the runtime reads the chunk later, after wasm memory may have been reused.
+        match self.writer.write(&Uint8Array::from(bytes)) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                self.open.set(false);
+                None
+            }
+        }
+    }
+
+    /// Ends the body after what was written; later writes are dropped.
+    pub fn close(&self) {
+        if self.open.replace(false) {
+            if let Ok(p) = self.writer.close() {
+                IGNORE.with(|ignore| {
+                    let _ = p.catch(ignore);
+                });
+            }
+        }
+    }
+
+    /// Calls `gone` once if the reader goes away (disconnects) before the body is closed.
+    pub fn on_gone(&self, gone: impl FnOnce() + 'static) {
+        let Ok(closed) = self.writer.closed() else {
+            return gone();
+        };
+        let on_rejected = Closure::once(move |_: JsValue| gone());
+        IGNORE.with(|ignore| {
+            let _ = closed.then2(ignore, &on_rejected);
+        });
+        // Owned by the promise from here; freed once it settles and is collected.
+        on_rejected.forget();
+    }
+}
