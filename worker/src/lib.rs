@@ -19,7 +19,6 @@ pub mod pipe;
 pub mod reply;
 pub mod socket;
 pub mod subscription;
-pub mod timer;
 
 use worker::{event, Context, Env, Request, Response, Result};
 
