@@ -5,6 +5,13 @@
 //! wrapper owns the socket and its listeners, ignores events nobody waits for, and removes its
 //! listeners when dropped.
 
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::ops::ControlFlow;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
 use futures_channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures_util::StreamExt;
 use wasm_bindgen::closure::Closure;
@@ -125,6 +132,46 @@ impl Socket {
         (self.ws.clone(), queued)
     }
 
+    /// Hands every event to `handler` inside the runtime's callback, with no channel or task
+    /// wake-up in between, until it breaks or the socket closes (`Closed` is handed over too).
+    /// With one socket per live reader, that per-frame path is most of a fan-out's cost.
+    pub fn handle<T: 'static>(
+        self,
+        handler: impl FnMut(SocketEvent) -> ControlFlow<T> + 'static,
+    ) -> HandledSocket<T> {
+        let (ws, queued) = self.detach();
+        let shared = Rc::new(Handling {
+            handler: RefCell::new(Box::new(handler)),
+            outcome: RefCell::new(None),
+            done: Cell::new(false),
+            waker: RefCell::new(None),
+        });
+        for event in queued {
+            shared.deliver(event);
+        }
+        let listener = |f: Box<dyn FnMut(web_sys::Event)>| Closure::wrap(f);
+        let s = shared.clone();
+        let on_message = listener(Box::new(move |e| {
+            s.deliver(SocketEvent::from_message(e.unchecked_ref()));
+        }));
+        let s = shared.clone();
+        let on_close = listener(Box::new(move |_| s.deliver(SocketEvent::Closed)));
+        let s = shared.clone();
+        let on_error = listener(Box::new(move |_| s.deliver(SocketEvent::Closed)));
+        for (name, f) in [
+            ("message", &on_message),
+            ("close", &on_close),
+            ("error", &on_error),
+        ] {
+            let _ = ws.add_event_listener_with_callback(name, f.as_ref().unchecked_ref());
+        }
+        HandledSocket {
+            ws,
+            shared,
+            listeners: [on_message, on_close, on_error],
+        }
+    }
+
     fn remove_listeners(&self) {
         let ws = &self.ws;
         let _ = ws.remove_event_listener_with_callback(
@@ -180,5 +227,78 @@ impl Drop for Socket {
         if !self.finished {
             let _ = self.ws.close_with_code_and_reason(1000, "done");
         }
+    }
+}
+
+type Handler<T> = Box<dyn FnMut(SocketEvent) -> ControlFlow<T>>;
+
+struct Handling<T> {
+    handler: RefCell<Handler<T>>,
+    outcome: RefCell<Option<T>>,
+    done: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl<T> Handling<T> {
+    fn deliver(&self, event: SocketEvent) {
+        if self.done.get() {
+            return;
+        }
+        let closed = matches!(event, SocketEvent::Closed);
+        let Ok(mut handler) = self.handler.try_borrow_mut() else {
+            return;
+        };
+        if let ControlFlow::Break(outcome) = handler(event) {
+            *self.outcome.borrow_mut() = Some(outcome);
+            self.done.set(true);
+        } else if closed {
+            self.done.set(true);
+        }
+        drop(handler);
+        if self.done.get() {
+            if let Some(waker) = self.waker.borrow_mut().take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// A socket whose events go straight to a handler (see [`Socket::handle`]). Dropping it removes
+/// the listeners and closes the socket.
+pub struct HandledSocket<T> {
+    ws: web_sys::WebSocket,
+    shared: Rc<Handling<T>>,
+    listeners: [Listener<web_sys::Event>; 3],
+}
+
+impl<T> HandledSocket<T> {
+    /// Waits until the handler breaks (its value) or the socket closes (`None`).
+    pub fn finished(&self) -> impl Future<Output = Option<T>> + '_ {
+        Finished(&self.shared)
+    }
+}
+
+struct Finished<'a, T>(&'a Rc<Handling<T>>);
+
+impl<T> Future for Finished<'_, T> {
+    type Output = Option<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        if self.0.done.get() {
+            return Poll::Ready(self.0.outcome.borrow_mut().take());
+        }
+        *self.0.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl<T> Drop for HandledSocket<T> {
+    fn drop(&mut self) {
+        for (name, f) in ["message", "close", "error"].iter().zip(&self.listeners) {
+            let _ = self
+                .ws
+                .remove_event_listener_with_callback(name, f.as_ref().unchecked_ref());
+        }
+        let _ = self.ws.close_with_code_and_reason(1000, "done");
     }
 }

@@ -10,7 +10,9 @@
 //! messages, [`Appender`] reads append frames one at a time (so a producer's appends keep
 //! their order) and answers each with an ack or an error.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::ops::ControlFlow;
+use std::rc::Rc;
 use std::time::Duration;
 
 use edgestream::cursor;
@@ -145,13 +147,14 @@ impl Session {
         let mut follower = Follower {
             stub: &self.stub,
             name: &self.name,
-            out: &self.out,
-            json: self.json,
-            cursor: self.cursor,
-            offset: from,
+            emit: Rc::new(RefCell::new(Emitter {
+                out: self.out.clone(),
+                json: self.json,
+                cursor: self.cursor,
+                offset: from,
+                last_control: None,
+            })),
             pending: Some(first),
-            socket: None,
-            last_control: None,
             stalled: false,
             drops: 0,
         };
@@ -210,19 +213,21 @@ impl Session {
 struct Follower<'a> {
     stub: &'a Stub,
     name: &'a StreamName,
-    out: &'a SocketSender,
-    json: bool,
-    cursor: u64,
-    /// Where the client is: everything before it has been sent.
-    offset: ReadFrom,
+    /// What the client has been sent; shared with the live socket's handler.
+    emit: Rc<RefCell<Emitter>>,
     pending: Option<Subscription>,
-    socket: Option<Socket>,
-    /// The offset and up-to-date flag of the last control message, to skip repeats.
-    last_control: Option<(Offset, bool)>,
     /// The previous catch-up page moved nothing.
     stalled: bool,
     /// Internal subscriptions lost in a row without a frame.
     drops: u32,
+}
+
+/// How a live subscription ended.
+enum LiveEnd {
+    /// The session is over.
+    End(End),
+    /// A gap, a bad frame or a closed socket: follow again from what the client has.
+    Lost,
 }
 
 impl Follower<'_> {
@@ -236,28 +241,42 @@ impl Follower<'_> {
                         }
                     }
                     Subscription::Live(live) => {
-                        self.offset = ReadFrom::At(live.start);
-                        self.socket = Some(live.socket);
+                        self.emit.borrow_mut().offset = ReadFrom::At(live.start);
+                        match self.live(live.socket).await {
+                            LiveEnd::End(end) => return end,
+                            LiveEnd::Lost => self.drops += 1,
+                        }
+                        if self.drops > MAX_DROPS {
+                            return End::Restart("stream restarting");
+                        }
                     }
                 }
                 continue;
             }
-            let Some(socket) = self.socket.as_mut() else {
-                if self.drops > 0 {
-                    // The object went away; give it a moment to come back.
-                    let wait = 50 * u64::from(self.drops);
-                    Delay::from(Duration::from_millis(wait)).await;
+            if self.drops > 0 {
+                // The object went away; give it a moment to come back.
+                let wait = 50 * u64::from(self.drops);
+                Delay::from(Duration::from_millis(wait)).await;
+            }
+            let offset = self.emit.borrow().offset;
+            match subscribe(self.stub, self.name, offset, LiveMode::WebSocket).await {
+                Ok(sub) => self.pending = Some(sub),
+                Err(e) => {
+                    worker::console_warn!("ws: cannot subscribe: {e}");
+                    return End::Restart("stream unavailable");
                 }
-                match subscribe(self.stub, self.name, self.offset, LiveMode::WebSocket).await {
-                    Ok(sub) => self.pending = Some(sub),
-                    Err(e) => {
-                        worker::console_warn!("ws: cannot subscribe: {e}");
-                        return End::Restart("stream unavailable");
-                    }
-                }
-                continue;
-            };
-            match socket.next().await {
+            }
+        }
+    }
+
+    /// Follows one internal socket. Its frames are sent on to the client inside the socket's
+    /// own message handler; this only waits for the subscription to end.
+    async fn live(&mut self, socket: Socket) -> LiveEnd {
+        let emit = self.emit.clone();
+        let delivered = Rc::new(Cell::new(false));
+        let seen = delivered.clone();
+        let handled = socket.handle(move |event| {
+            let outcome = match event {
                 SocketEvent::Binary(bytes) => match frame::decode(&bytes) {
                     Some(Frame::Data {
                         start,
@@ -266,33 +285,31 @@ impl Follower<'_> {
                         up_to_date,
                         payload,
                     }) => {
-                        if self.offset != ReadFrom::At(start) {
-                            // A gap or an overlap: follow again from what the client has.
-                            self.lost_subscription();
+                        let mut emit = emit.borrow_mut();
+                        if emit.offset != ReadFrom::At(start) {
+                            Some(LiveEnd::Lost)
                         } else {
-                            self.drops = 0;
-                            if let Some(end) = self.frame(end, closed, up_to_date, payload) {
-                                return end;
-                            }
+                            seen.set(true);
+                            emit.frame(end, closed, up_to_date, payload)
+                                .map(LiveEnd::End)
                         }
                     }
-                    Some(Frame::Gone) => return End::Gone,
-                    None => self.lost_subscription(),
+                    Some(Frame::Gone) => Some(LiveEnd::End(End::Gone)),
+                    None => Some(LiveEnd::Lost),
                 },
-                SocketEvent::Text(_) => {}
-                SocketEvent::Closed => self.lost_subscription(),
+                SocketEvent::Text(_) => None,
+                SocketEvent::Closed => Some(LiveEnd::Lost),
+            };
+            match outcome {
+                Some(outcome) => ControlFlow::Break(outcome),
+                None => ControlFlow::Continue(()),
             }
-            if self.drops > MAX_DROPS {
-                return End::Restart("stream restarting");
-            }
+        });
+        let end = handled.finished().await.unwrap_or(LiveEnd::Lost);
+        if delivered.get() {
+            self.drops = 0;
         }
-    }
-
-    fn lost_subscription(&mut self) {
-        if let Some(socket) = self.socket.take() {
-            socket.close(close::NORMAL, "resubscribing");
-        }
-        self.drops += 1;
+        end
     }
 
     /// A page the object answered over HTTP (catch-up, or the inherited part of a fork).
@@ -316,21 +333,22 @@ impl Follower<'_> {
         let Ok(body) = resp.bytes().await else {
             return Some(End::Restart("stream read failed"));
         };
-        let sent = if self.json {
-            self.send_json_page(&body)
+        let mut emit = self.emit.borrow_mut();
+        let sent = if emit.json {
+            emit.send_json_page(&body)
         } else {
-            self.send_binary_page(&body)
+            emit.send_binary_page(&body)
         };
         let has_data = match sent {
             Ok(has_data) => has_data,
             Err(_) => return Some(End::ClientGone),
         };
-        if self.control(end, up_to_date, closed, has_data).is_err() {
+        if emit.control(end, up_to_date, closed, has_data).is_err() {
             return Some(End::ClientGone);
         }
         // A page that moved nothing twice in a row would only repeat itself.
-        let progress = has_data || self.offset != ReadFrom::At(end);
-        self.offset = ReadFrom::At(end);
+        let progress = has_data || emit.offset != ReadFrom::At(end);
+        emit.offset = ReadFrom::At(end);
         if closed {
             return Some(End::StreamClosed);
         }
@@ -340,7 +358,20 @@ impl Follower<'_> {
         self.stalled = !progress;
         None
     }
+}
 
+/// Sends data and control messages to the client and remembers what it sent.
+struct Emitter {
+    out: SocketSender,
+    json: bool,
+    cursor: u64,
+    /// Where the client is: everything before it has been sent.
+    offset: ReadFrom,
+    /// The offset and up-to-date flag of the last control message, to skip repeats.
+    last_control: Option<(Offset, bool)>,
+}
+
+impl Emitter {
     fn send_binary_page(&self, body: &[u8]) -> Result<bool> {
         for chunk in body.chunks(MAX_MESSAGE_BYTES) {
             self.out.send_bytes(chunk)?;
