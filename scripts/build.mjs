@@ -24,7 +24,7 @@ export async function buildWorker() {
 }
 
 /**
- * The demo app's static files, as the Worker serves them (wrangler.toml [assets]): www/public,
+ * The demo app's static files, which the Worker embeds (worker/build.rs): www/public,
  * plus the npm package (js/src and the built js/dist) under vendor/edgestream, which the page
  * imports through an import map, as a plain `<script type="module">` user would.
  */
@@ -39,9 +39,10 @@ export async function buildAssets() {
 }
 
 export async function buildAll() {
-  await step('build: worker', buildWorker);
+  // The Worker embeds the demo, and the demo vendors the client: build in that order.
   await step('build: client (wasm + JS glue, gzip size)', buildClient);
   await step('build: demo assets', buildAssets);
+  await step('build: worker', buildWorker);
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {

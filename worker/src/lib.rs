@@ -5,11 +5,13 @@
 //! - [`subscription`]: the reserved `__ds` subscription APIs (webhooks, pull-wake).
 //! - [`auth`]: access tokens (HMAC-SHA256, scoped to a path prefix and operations).
 //! - [`frame`]: the frames an object sends its live readers.
+//! - [`demo`]: the demo app, embedded at build time and served outside `/v1/`.
 //! - [`path`], [`config`], [`http`], [`reply`], [`socket`]: the pieces both sides share.
 
 pub mod auth;
 pub mod config;
 pub mod crypto;
+pub mod demo;
 pub mod edge;
 pub mod frame;
 pub mod http;

@@ -101,7 +101,7 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
     }
     let name = match StreamName::from_url_path(url.path()) {
         Ok(name) => name,
-        Err(PathError::NotAStream) => return http::text(404, "not found"),
+        Err(PathError::NotAStream) => return crate::demo::serve(&req, url.path()),
         Err(e) => return http::text(e.status(), e.message()),
     };
     if name.is_reserved() {
