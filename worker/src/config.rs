@@ -22,7 +22,16 @@ impl Config {
     pub const DEFAULT_MAX_APPEND_BYTES: u64 = 16 * 1024 * 1024;
     pub const DEFAULT_SSE_CONNECTION_MS: u64 = 60_000;
 
+    /// The settings, read from `env` once per isolate: `[vars]` cannot change while an isolate
+    /// lives (a new deployment starts new isolates), and reading them costs JS calls.
     pub fn from_env(env: &Env) -> Config {
+        thread_local! {
+            static CACHED: std::cell::OnceCell<Config> = const { std::cell::OnceCell::new() };
+        }
+        CACHED.with(|cell| cell.get_or_init(|| Config::read(env)).clone())
+    }
+
+    fn read(env: &Env) -> Config {
         let number = |name: &str, default: u64, max: u64| -> u64 {
             env.var(name)
                 .ok()

@@ -22,9 +22,10 @@ pub mod reply;
 pub mod socket;
 pub mod subscription;
 
-use worker::{event, Context, Env, Request, Response, Result};
+use worker::worker_sys::web_sys;
+use worker::{event, Context, Env, Response, Result};
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
-    edge::handle(req, env).await
+async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> Result<Response> {
+    edge::handle(http::request_without_cf(req), env).await
 }

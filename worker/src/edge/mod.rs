@@ -37,9 +37,20 @@ fn decorate(resp: Response, config: &Config, origin: Option<&str>) -> Result<Res
     if resp.status_code() == 101 {
         return Ok(resp);
     }
-    let resp = http::mutable(resp)?;
+    // Responses made here take headers as they are; fetched ones (from an object) are
+    // immutable and are copied first.
+    let resp = if resp
+        .headers()
+        .set("x-content-type-options", "nosniff")
+        .is_ok()
+    {
+        resp
+    } else {
+        let resp = http::mutable(resp)?;
+        resp.headers().set("x-content-type-options", "nosniff")?;
+        resp
+    };
     let headers = resp.headers();
-    headers.set("x-content-type-options", "nosniff")?;
     headers.set("cross-origin-resource-policy", "cross-origin")?;
     if let Some(allowed) = allowed_origin(config, origin) {
         headers.set("access-control-allow-origin", &allowed)?;
@@ -271,13 +282,8 @@ async fn forward(
     env: &Env,
 ) -> Result<Response> {
     let stub = stub_for(env, name)?;
-    let headers = Headers::new();
-    for (key, value) in req.headers().entries() {
-        if key.eq_ignore_ascii_case("upgrade") {
-            continue;
-        }
-        headers.append(&key, &value)?;
-    }
+    let headers = http::copy_headers(req.headers())?;
+    headers.delete("upgrade")?;
     let mut init = RequestInit::new();
     init.with_method(req.method()).with_headers(headers);
     if matches!(req.method(), Method::Put | Method::Post) {
