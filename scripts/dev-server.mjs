@@ -9,7 +9,7 @@
 // CLI: node scripts/dev-server.mjs [--port N] [--var NAME:VALUE ...]
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -58,6 +58,45 @@ async function waitUntilUp(baseUrl, child, timeoutMs) {
     }
   }
   throw new Error(`wrangler did not answer on ${baseUrl} within ${timeoutMs} ms`);
+}
+
+/** TCP ports listened on by the processes of process group `pgid` (Linux /proc). */
+function listeningPorts(pgid) {
+  const inodes = new Set();
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      // Field 5 of /proc/<pid>/stat is the process group; the name before it may hold spaces.
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2]) !== pgid) continue;
+      for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+        if (m) inodes.add(m[1]);
+      }
+    } catch {} // the process ended while we looked
+  }
+  const ports = [];
+  for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f[3] === '0A' && inodes.has(f[9])) ports.push(parseInt(f[1].split(':')[1], 16));
+  }
+  return ports;
+}
+
+/**
+ * The Worker's own workerd socket, behind wrangler dev's proxy. The proxy (a second workerd)
+ * funnels every request through one Durable Object of its own before it reaches the Worker,
+ * which production does not do; the benchmark measures the Worker here, and the proxy apart.
+ */
+async function findWorkerUrl(pgid, skip) {
+  for (const port of listeningPorts(pgid)) {
+    if (skip.includes(port)) continue;
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/v1/stream/__health`, { method: 'HEAD' });
+      await res.arrayBuffer();
+      if (res.headers.get('access-control-expose-headers')?.includes('stream-next-offset')) return `http://127.0.0.1:${port}`;
+    } catch {}
+  }
+  throw new Error('the Worker\'s own workerd socket was not found');
 }
 
 /**
@@ -125,11 +164,15 @@ export async function startServer(options = {}) {
   return {
     baseUrl,
     port,
+    /** wrangler's inspector (Chrome DevTools protocol), for profiling the Worker. */
+    inspectorPort: inspector,
     persistTo,
     get pid() {
       return child?.pid;
     },
     log: () => log,
+    /** The Worker's own socket, bypassing wrangler's proxy (see findWorkerUrl). */
+    workerUrl: () => findWorkerUrl(child.pid, [port, inspector]),
     /** Stops and starts again on the same port and state (SIGKILL when `hard`). */
     async restart({ hard = false } = {}) {
       await kill(hard ? 'SIGKILL' : 'SIGTERM');

@@ -34,6 +34,12 @@ extern "C" {
     fn close(this: &Writer) -> Result<Promise, JsValue>;
     #[wasm_bindgen(method, getter, catch)]
     fn closed(this: &Writer) -> Result<Promise, JsValue>;
+
+    /// A promise seen through `then` with plain functions, so a one-shot callback can be
+    /// handed over to it.
+    type Thenable;
+    #[wasm_bindgen(method, js_name = then)]
+    fn then_functions(this: &Thenable, resolve: &js_sys::Function, reject: &js_sys::Function);
 }
 
 thread_local! {
@@ -116,11 +122,14 @@ impl BodyWriter {
         let Ok(closed) = self.writer.closed() else {
             return gone();
         };
-        let on_rejected = Closure::once(move |_: JsValue| gone());
+        // Handed over as a plain JS function: freed once the promise is collected. (A
+        // `forget`-ed `Closure` would keep its slot in wasm-bindgen's table, and with it the
+        // function and everything the callback holds, for the life of the isolate.)
+        let on_rejected = Closure::once_into_js(move |_: JsValue| gone());
         IGNORE.with(|ignore| {
-            let _ = closed.then2(ignore, &on_rejected);
+            closed
+                .unchecked_ref::<Thenable>()
+                .then_functions(ignore.as_ref().unchecked_ref(), on_rejected.unchecked_ref());
         });
-        // Owned by the promise from here; freed once it settles and is collected.
-        on_rejected.forget();
     }
 }

@@ -362,10 +362,11 @@ impl SseFollower {
             return;
         }
         let listen = |name: &str, f: Box<dyn FnMut(web_sys::Event)>| {
-            let listener = Closure::wrap(f);
-            let _ = ws.add_event_listener_with_callback(name, listener.as_ref().unchecked_ref());
-            // The socket owns it from here (freed when the socket is collected).
-            listener.forget();
+            // The socket holds the only reference from here: the listener, and the follower it
+            // holds, are freed once the socket is collected. (`Closure::forget` would keep them
+            // for the life of the isolate.)
+            let listener = Closure::wrap(f).into_js_value();
+            let _ = ws.add_event_listener_with_callback(name, listener.unchecked_ref());
         };
         let f = follower.clone();
         listen(
@@ -379,22 +380,27 @@ impl SseFollower {
             let f = follower.clone();
             listen(name, Box::new(move |_| SseFollower::finish(&f)));
         }
-        let f = follower.clone();
-        let on_timeout = Closure::once(move || SseFollower::finish(&f));
+        // The timer and the body's watch hold the follower weakly: the runtime may keep their
+        // callbacks after it cancels the request (a reader that hung up), and they must not keep
+        // the follower's state with them. The socket's listeners keep it alive until then.
+        let f = Rc::downgrade(&follower);
+        let on_timeout = Closure::once_into_js(move || SseFollower::finish_weak(&f));
         let global: WorkerGlobalScope = js_sys::global().unchecked_into();
         let ms = i32::try_from(left_ms).unwrap_or(i32::MAX);
         let timeout_id = global
-            .set_timeout_with_callback_and_timeout_and_arguments_0(
-                on_timeout.as_ref().unchecked_ref(),
-                ms,
-            )
+            .set_timeout_with_callback_and_timeout_and_arguments_0(on_timeout.unchecked_ref(), ms)
             .ok();
-        on_timeout.forget();
-        let f = follower.clone();
+        let f = Rc::downgrade(&follower);
         let mut this = follower.borrow_mut();
         this.timeout_id = timeout_id;
         if let Some(body) = &this.body {
-            body.on_gone(move || SseFollower::finish(&f));
+            body.on_gone(move || SseFollower::finish_weak(&f));
+        }
+    }
+
+    fn finish_weak(follower: &Weak<RefCell<SseFollower>>) {
+        if let Some(f) = follower.upgrade() {
+            SseFollower::finish(&f);
         }
     }
 

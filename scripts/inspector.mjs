@@ -1,0 +1,60 @@
+// A Chrome DevTools protocol session on the Worker's isolate, through wrangler dev's inspector
+// (`startServer().inspectorPort`): CPU profiles for bench/profile.mjs, heap counts for the
+// memory tests.
+import { WebSocket } from 'undici';
+
+export async function inspect(port) {
+  // wrangler's inspector proxy only admits local origins.
+  const socket = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { Origin: 'http://localhost' } });
+  await new Promise((resolve, reject) => {
+    socket.addEventListener('open', resolve, { once: true });
+    socket.addEventListener('error', () => reject(new Error('the inspector refused the connection')), { once: true });
+  });
+  let id = 0;
+  const pending = new Map();
+  const listeners = new Map();
+  socket.addEventListener('message', (e) => {
+    const m = JSON.parse(e.data);
+    if (m.method) listeners.get(m.method)?.(m.params);
+    pending.get(m.id)?.(m);
+    pending.delete(m.id);
+  });
+  const call = (method, params = {}) =>
+    new Promise((resolve) => {
+      pending.set(++id, resolve);
+      socket.send(JSON.stringify({ id, method, params }));
+    });
+  return {
+    call,
+    /** Sends without waiting for an answer (wrangler's proxy drops some, such as a snapshot's). */
+    send: (method, params = {}) => socket.send(JSON.stringify({ id: ++id, method, params })),
+    /** Calls `f(params)` for each event `method` (one listener per method). */
+    on: (method, f) => listeners.set(method, f),
+    close: () => socket.close(),
+  };
+}
+
+/**
+ * Takes a heap snapshot, which collects garbage first (workerd does not answer
+ * HeapProfiler.collectGarbage), and counts what is left: { closures, contexts, objects, usedBytes }.
+ */
+export async function heapCounts(session) {
+  const chunks = [];
+  session.on('HeapProfiler.addHeapSnapshotChunk', (p) => chunks.push(p.chunk));
+  await session.call('HeapProfiler.enable');
+  session.send('HeapProfiler.takeHeapSnapshot', { reportProgress: false });
+  // The isolate answers in order: this comes back once the snapshot has been sent.
+  const { result } = await session.call('Runtime.getHeapUsage');
+  const { snapshot, nodes, strings } = JSON.parse(chunks.join(''));
+  const fields = snapshot.meta.node_fields;
+  const types = snapshot.meta.node_types[0];
+  const [type, name] = [fields.indexOf('type'), fields.indexOf('name')];
+  const counts = { closures: 0, contexts: 0, objects: 0 };
+  for (let i = 0; i < nodes.length; i += fields.length) {
+    const t = types[nodes[i + type]];
+    if (t === 'closure') counts.closures++;
+    else if (t === 'object' && strings[nodes[i + name]] === 'system / Context') counts.contexts++;
+    else if (t === 'object') counts.objects++;
+  }
+  return { ...counts, usedBytes: result.usedSize };
+}
