@@ -31,5 +31,8 @@ const stop = async () => {
   }
 };
 process.on('SIGTERM', stop);
+// The benchmark asks for a collection before it samples memory (node --expose-gc), so the
+// garbage of an earlier workload does not hide what live readers cost.
+process.on('SIGUSR2', () => globalThis.gc?.());
 process.on('SIGINT', stop);
 process.on('disconnect', stop);

@@ -1,0 +1,126 @@
+// CPU profile of the Worker's isolate, taken through wrangler dev's inspector (the Chrome
+// DevTools protocol), while the Worker serves a fan-out or a loop of small requests. Prints the
+// functions with the most self time, per delivery or per request. This is how the reasons in
+// bench/results/latest.md were found; it is not part of `npm run bench`.
+//
+//   node bench/profile.mjs fanout [--sse 600] [--ws 0] [--messages 200] [--rate 50]
+//   node bench/profile.mjs requests [--kind append|head|404] [--count 2000]
+//
+// Names: `(program)` is the runtime's own native work, `(idle)` is waiting, `__wbg_*` are the
+// wasm-bindgen imports (a JS call made from Rust), `write` and `send` the runtime's stream write
+// and WebSocket send. Sampling adds overhead: compare shares, not absolute times.
+import { fork } from 'node:child_process';
+import http from 'node:http';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startServer } from '../scripts/dev-server.mjs';
+import { inspect } from '../scripts/inspector.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const argv = process.argv.slice(2);
+const mode = argv[0] ?? 'fanout';
+const option = (name, fallback) => {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < argv.length ? argv[i + 1] : fallback;
+};
+
+/** Self time by function, biggest first: [name, microseconds]. */
+function selfTimes(profile) {
+  const nodes = new Map(profile.nodes.map((n) => [n.id, n]));
+  const self = new Map();
+  profile.samples.forEach((id, i) => {
+    const f = nodes.get(id).callFrame;
+    const where = f.url ? ` (${f.url.split('/').pop()})` : '';
+    const key = `${f.functionName || '(anonymous)'}${where}`;
+    self.set(key, (self.get(key) ?? 0) + (profile.timeDeltas[i] ?? 0));
+  });
+  return [...self].sort((a, b) => b[1] - a[1]);
+}
+
+const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+function request(base, method, target, body) {
+  return new Promise((resolve, reject) => {
+    const req = http.request(`${base}${target}`, { method, agent, headers: { 'content-type': 'application/json' } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+const server = await startServer();
+let readers;
+try {
+  const base = await server.workerUrl();
+  const stream = `/v1/stream/profile-${Date.now().toString(36)}`;
+  await request(base, 'PUT', stream);
+  let units;
+  let run;
+  if (mode === 'fanout') {
+    const sse = Number(option('sse', 600));
+    const ws = Number(option('ws', 0));
+    const messages = Number(option('messages', 200));
+    const rate = Number(option('rate', 50));
+    readers = fork(path.join(here, 'fanout-readers.mjs'), [], { serialization: 'advanced' });
+    let ready = 0;
+    readers.on('message', (m) => {
+      if (m.type === 'progress') ready = m.ready;
+    });
+    readers.send({ cmd: 'start', baseUrl: base, path: stream.slice('/v1/stream/'.length), sse, ws, messages, staggerMs: 2 });
+    const deadline = Date.now() + 120_000;
+    while (ready < sse + ws) {
+      if (Date.now() > deadline) throw new Error(`only ${ready} of ${sse + ws} readers connected`);
+      await sleep(100);
+    }
+    await sleep(1000);
+    units = { count: messages * (sse + ws), name: 'delivery', plural: 'deliveries' };
+    run = async () => {
+      const start = performance.now();
+      for (let seq = 0; seq < messages; seq++) {
+        const wait = start + (seq * 1000) / rate - performance.now();
+        if (wait > 0) await sleep(wait);
+        await request(base, 'POST', stream, JSON.stringify({ seq, t: performance.timeOrigin + performance.now() }));
+      }
+    };
+  } else if (mode === 'requests') {
+    const kind = option('kind', 'append');
+    const count = Number(option('count', 2000));
+    const one = {
+      append: (i) => request(base, 'POST', stream, JSON.stringify({ i })),
+      head: () => request(base, 'HEAD', stream),
+      404: () => request(base, 'GET', '/no-such-file'),
+    }[kind];
+    if (!one) throw new Error(`--kind ${kind}: expected append, head or 404`);
+    for (let i = 0; i < 50; i++) await one(i);
+    units = { count, name: 'request', plural: 'requests' };
+    run = async () => {
+      for (let i = 0; i < count; i++) await one(i);
+    };
+  } else {
+    throw new Error(`mode ${mode}: expected fanout or requests`);
+  }
+
+  const inspector = await inspect(server.inspectorPort);
+  await inspector.call('Profiler.enable');
+  await inspector.call('Profiler.setSamplingInterval', { interval: 100 });
+  await inspector.call('Profiler.start');
+  const started = performance.now();
+  await run();
+  const seconds = (performance.now() - started) / 1000;
+  const { result } = await inspector.call('Profiler.stop');
+  inspector.close();
+
+  const rows = selfTimes(result.profile);
+  const total = rows.reduce((sum, [, us]) => sum + us, 0);
+  const idle = rows.find(([name]) => name === '(idle)')?.[1] ?? 0;
+  console.log(`${mode}: ${units.count.toLocaleString('en-US')} ${units.plural} in ${seconds.toFixed(1)} s`);
+  console.log(`isolate busy ${((total - idle) / 1e6).toFixed(2)} s: ${((total - idle) / units.count).toFixed(1)} µs per ${units.name}\n`);
+  for (const [name, us] of rows.slice(0, 30)) {
+    console.log(`${(us / units.count).toFixed(2).padStart(8)} µs  ${((100 * us) / total).toFixed(1).padStart(5)}%  ${name}`);
+  }
+} finally {
+  readers?.kill();
+  await server.stop();
+}
