@@ -20,14 +20,22 @@ pub fn random_u32() -> u32 {
 /// `Request::from` reads eagerly and nothing here uses. Building it was the largest single cost
 /// of a small request at the edge in a CPU profile (a JSON parse per request under wrangler dev).
 pub fn request_without_cf(req: web_sys::Request) -> Request {
-    let descriptor = js_sys::Object::new();
-    let _ = js_sys::Reflect::set(
-        &descriptor,
-        &"value".into(),
-        &wasm_bindgen::JsValue::UNDEFINED,
-    );
+    thread_local! {
+        /// `{ value: undefined }`, made once per isolate rather than once per request.
+        static UNDEFINED_VALUE: js_sys::Object = {
+            let descriptor = js_sys::Object::new();
+            let _ = js_sys::Reflect::set(
+                &descriptor,
+                &"value".into(),
+                &wasm_bindgen::JsValue::UNDEFINED,
+            );
+            descriptor
+        };
+    }
     // An own property shadows the prototype's getter; if the runtime refuses, `cf` is built.
-    let _ = js_sys::Reflect::define_property(&req, &"cf".into(), &descriptor);
+    UNDEFINED_VALUE.with(|descriptor| {
+        let _ = js_sys::Reflect::define_property(&req, &"cf".into(), descriptor);
+    });
     Request::from(req)
 }
 

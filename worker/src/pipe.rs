@@ -38,8 +38,12 @@ extern "C" {
     /// A promise seen through `then` with plain functions, so a one-shot callback can be
     /// handed over to it.
     type Thenable;
-    #[wasm_bindgen(method, js_name = then)]
-    fn then_functions(this: &Thenable, resolve: &js_sys::Function, reject: &js_sys::Function);
+    #[wasm_bindgen(method, catch, js_name = then)]
+    fn then_functions(
+        this: &Thenable,
+        resolve: &js_sys::Function,
+        reject: &js_sys::Function,
+    ) -> Result<JsValue, JsValue>;
 }
 
 thread_local! {
@@ -127,7 +131,7 @@ impl BodyWriter {
         // function and everything the callback holds, for the life of the isolate.)
         let on_rejected = Closure::once_into_js(move |_: JsValue| gone());
         IGNORE.with(|ignore| {
-            closed
+            let _ = closed
                 .unchecked_ref::<Thenable>()
                 .then_functions(ignore.as_ref().unchecked_ref(), on_rejected.unchecked_ref());
         });
