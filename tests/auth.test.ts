@@ -139,8 +139,21 @@ describe('CORS origins restricted by CORS_ORIGINS', () => {
       const res = await get(origin);
       expect(res.status).toBe(200);
       expect(res.headers.get('access-control-allow-origin')).toBe(origin);
-      expect(res.headers.get('vary')).toContain('Origin');
+      // Decorated once, by the stream's object: not again at the edge.
+      expect(res.headers.get('vary')).toBe('Origin');
+      expect(res.headers.get('x-content-type-options')).toBe('nosniff');
+      expect(res.headers.get('cross-origin-resource-policy')).toBe('cross-origin');
     }
+    // An append answered by the object, and a refusal made at the edge, carry them too.
+    const append = await fetch(`${restricted.baseUrl}/v1/stream/cors/a`, { method: 'POST', headers: { origin: allowed[0], 'content-type': 'text/plain' }, body: 'x' });
+    expect(append.status).toBe(204);
+    expect(append.headers.get('access-control-allow-origin')).toBe(allowed[0]);
+    expect(append.headers.get('vary')).toBe('Origin');
+    expect(append.headers.get('access-control-expose-headers')).toContain('stream-next-offset');
+    const refused = await fetch(`${restricted.baseUrl}/v1/stream/cors/a`, { method: 'PATCH', headers: { origin: allowed[0] } });
+    expect(refused.status).toBe(405);
+    expect(refused.headers.get('access-control-allow-origin')).toBe(allowed[0]);
+    expect(refused.headers.get('x-content-type-options')).toBe('nosniff');
     for (const origin of ['https://evil.example', 'https://app.example.evil.example', 'null']) {
       const res = await get(origin);
       expect(res.headers.get('access-control-allow-origin')).toBeNull();

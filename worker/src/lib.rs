@@ -6,6 +6,7 @@
 //! - [`auth`]: access tokens (HMAC-SHA256, scoped to a path prefix and operations).
 //! - [`frame`]: the frames an object sends its live readers.
 //! - [`demo`]: the demo app, embedded at build time and served outside `/v1/`.
+//! - [`security`]: the security and CORS headers on every response.
 //! - [`path`], [`config`], [`http`], [`reply`], [`socket`]: the pieces both sides share.
 
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod object;
 pub mod path;
 pub mod pipe;
 pub mod reply;
+pub mod security;
 pub mod socket;
 pub mod subscription;
 

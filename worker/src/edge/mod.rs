@@ -2,7 +2,7 @@
 //!
 //! It refuses what it can check without storage (method, path, offset and header syntax, body
 //! size) so bad requests never wake an object, holds live readers itself (see [`live`]), and
-//! puts the security and CORS headers on every response, errors included.
+//! puts the security and CORS headers on every response it makes (see [`security`]).
 
 mod live;
 mod ws;
@@ -17,6 +17,7 @@ use crate::auth;
 use crate::config::Config;
 use crate::http::{self, header};
 use crate::path::{PathError, StreamName, STREAM_PREFIX};
+use crate::security;
 
 /// Handles one request from the outside world.
 pub async fn handle(req: Request, env: Env) -> Result<Response> {
@@ -29,51 +30,7 @@ pub async fn handle(req: Request, env: Env) -> Result<Response> {
             http::unavailable("temporary failure; retry")?
         }
     };
-    decorate(resp, &config, origin.as_deref())
-}
-
-/// Security and CORS headers for every response.
-fn decorate(resp: Response, config: &Config, origin: Option<&str>) -> Result<Response> {
-    if resp.status_code() == 101 {
-        return Ok(resp);
-    }
-    // Responses made here take headers as they are; fetched ones (from an object) are
-    // immutable and are copied first.
-    let resp = if resp
-        .headers()
-        .set("x-content-type-options", "nosniff")
-        .is_ok()
-    {
-        resp
-    } else {
-        let resp = http::mutable(resp)?;
-        resp.headers().set("x-content-type-options", "nosniff")?;
-        resp
-    };
-    let headers = resp.headers();
-    headers.set("cross-origin-resource-policy", "cross-origin")?;
-    if let Some(allowed) = allowed_origin(config, origin) {
-        headers.set("access-control-allow-origin", &allowed)?;
-        if allowed != "*" {
-            headers.append("vary", "Origin")?;
-        }
-    }
-    headers.set("access-control-expose-headers", h::CORS_EXPOSE_HEADERS)?;
-    Ok(resp)
-}
-
-/// `*`, or the request's origin when it is on the configured list.
-fn allowed_origin(config: &Config, origin: Option<&str>) -> Option<String> {
-    if config.cors_origins.trim() == "*" {
-        return Some("*".into());
-    }
-    let origin = origin?;
-    config
-        .cors_origins
-        .split(',')
-        .map(str::trim)
-        .any(|o| o.eq_ignore_ascii_case(origin))
-        .then(|| origin.to_string())
+    security::decorate(resp, &config, origin.as_deref())
 }
 
 /// Largest total size of a request's header names and values. Every protocol header is short;

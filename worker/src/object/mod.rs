@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::http::{self, header, now_ms};
 use crate::path::StreamName;
 use crate::reply::{self, ReadReply, X_PAGE_END};
+use crate::security;
 use store::{Meta, Page, ReadError, Store, MAX_POSITION};
 
 /// Catch-up reads return at most this much (rounded up to a whole JSON message).
@@ -86,19 +87,22 @@ impl DurableObject for StreamObject {
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
+        let origin = header(req.headers(), "origin");
         let result = self.route(req).await;
         // A batching append flushes its own frame after one turn; should that turn never come
         // (a cancelled request), the next request of any kind to finish sends what is queued.
         live::flush(&self.hub);
-        match result {
-            Ok(resp) => Ok(resp),
+        let resp = match result {
+            Ok(resp) => resp,
             Err(e) => {
                 // Storage or runtime failure: nothing was acknowledged, so the client may retry.
                 worker::console_error!("stream object: {e}");
                 self.meta.replace(None);
-                http::unavailable("temporary storage failure; retry")
+                http::unavailable("temporary storage failure; retry")?
             }
-        }
+        };
+        // Decorated here, where the headers are still mutable, rather than copied at the edge.
+        security::decorate(resp, &self.config, origin.as_deref())
     }
 
     async fn alarm(&self) -> Result<Response> {
