@@ -67,3 +67,28 @@ test('a long-poll with nothing new answers 204 after LONG_POLL_TIMEOUT_MS', asyn
   expect(elapsed).toBeGreaterThanOrEqual(800);
   expect(elapsed).toBeLessThan(4000);
 });
+
+test('readers that start together are released apart: SSE closes and long-poll timeouts are staggered', async () => {
+  const name = `stagger-${Date.now()}`;
+  const created = await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'text/plain' } });
+  const tail = encodeURIComponent(created.headers.get('stream-next-offset')!);
+  const readers = 24;
+  const endTimes = async (mode: 'sse' | 'long-poll') => {
+    const started = Date.now();
+    return Promise.all(
+      Array.from({ length: readers }, async () => {
+        const res = await fetch(`${url(name)}?offset=${tail}&live=${mode}`, { signal: AbortSignal.timeout(15_000) });
+        await res.text();
+        return Date.now() - started;
+      }),
+    );
+  };
+  // Up to 10% early at random: 200 ms of spread for SSE (2 s), 100 ms for long-polls (1 s).
+  // Without a stagger they all ended within about 50 ms of each other.
+  for (const [mode, period] of [['sse', 2000], ['long-poll', 1000]] as const) {
+    const times = await endTimes(mode);
+    const spread = Math.max(...times) - Math.min(...times);
+    expect(Math.min(...times)).toBeGreaterThanOrEqual(period * 0.9 - 50);
+    expect(spread).toBeGreaterThan(period * 0.04);
+  }
+}, 30_000);

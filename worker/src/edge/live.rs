@@ -112,6 +112,13 @@ fn with_cursor(resp: Response, cursor: u64) -> Result<Response> {
     Ok(resp)
 }
 
+/// `ms` less up to 10%, at random. Readers that started together (a deploy, a burst of
+/// reconnects) should not all come back together: a stampede on each SSE close or long-poll
+/// timeout would repeat itself forever, and delay live delivery to everyone while it lasts.
+fn staggered(ms: u64) -> u64 {
+    ms - ms / 10 * u64::from(random_u32() % 1000) / 1000
+}
+
 /// `live=long-poll`: data at once if there is any, else wait for the next append or time out.
 pub async fn long_poll(
     stub: &Stub,
@@ -125,9 +132,7 @@ pub async fn long_poll(
         Subscription::Page(resp) => return with_cursor(resp, cursor),
         Subscription::Live(live) => live,
     };
-    // Readers that started together should not all come back together: stagger by up to 10%.
-    let jitter = config.long_poll_timeout_ms / 10 * u64::from(random_u32() % 1000) / 1000;
-    let mut timeout = Delay::from(Duration::from_millis(config.long_poll_timeout_ms - jitter));
+    let mut timeout = Delay::from(Duration::from_millis(staggered(config.long_poll_timeout_ms)));
     let json_stream = ContentType::parse(&live.content_type).is_ok_and(|c| c.is_json());
     loop {
         let event = match select(Box::pin(live.socket.next()), &mut timeout).await {
@@ -224,7 +229,7 @@ pub async fn sse(
         done: false,
     };
     let (readable, body) = body_pipe()?;
-    let deadline_ms = now_ms() + config.sse_connection_ms as i64;
+    let deadline_ms = now_ms() + staggered(config.sse_connection_ms) as i64;
     wasm_bindgen_futures::spawn_local(catch_up(stub, name, state, first, body, deadline_ms));
     let resp = Response::from_body(ResponseBody::Stream(readable))?;
     let headers = resp.headers();
