@@ -1,0 +1,69 @@
+// What one idle live reader costs the Worker's workerd: opens `--readers` readers of one mode on
+// a fresh server, lets them settle, and prints the growth of the process's RSS and of the
+// isolate's JS heap (through wrangler dev's inspector). Not part of `npm run bench`.
+//
+//   node bench/reader-memory.mjs [--readers 1000] [--mode sse|long-poll|ws]
+//
+// Readers start at the tail (`offset=now`), so each holds its request, its internal socket to
+// the stream's object and (SSE) its response stream, and nothing else.
+import http from 'node:http';
+import { readFileSync } from 'node:fs';
+import { execSync } from 'node:child_process';
+import { WebSocket } from 'undici';
+import { startServer } from '../scripts/dev-server.mjs';
+import { inspect } from '../scripts/inspector.mjs';
+
+const argv = process.argv.slice(2);
+const option = (name, fallback) => {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < argv.length ? argv[i + 1] : fallback;
+};
+const readers = Number(option('readers', 1000));
+const mode = option('mode', 'sse');
+if (!['sse', 'long-poll', 'ws'].includes(mode)) throw new Error(`--mode ${mode}: expected sse, long-poll or ws`);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+const server = await startServer({ vars: { LONG_POLL_TIMEOUT_MS: '120000' } });
+const sockets = [];
+try {
+  const base = await server.workerUrl();
+  const pid = execSync(`ss -Hltnp 'sport = :${new URL(base).port}'`).toString().match(/pid=(\d+)/)?.[1];
+  if (!pid) throw new Error("cannot find the Worker's workerd");
+  const rssMb = () => Number(readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)[1]) / 1024;
+  const session = await inspect(server.inspectorPort);
+  const heapMb = async () => {
+    const r = await session.call('Runtime.getHeapUsage');
+    return (r.usedSize ?? r.result?.usedSize ?? 0) / 1e6;
+  };
+  const stream = `${base}/v1/stream/reader-memory-${Date.now().toString(36)}`;
+  await fetch(stream, { method: 'PUT', headers: { 'content-type': 'application/json' } });
+  const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
+  const open = async (n) => {
+    for (let i = 0; i < n; i++) {
+      if (mode === 'ws') {
+        const ws = new WebSocket(`${stream.replace('http', 'ws')}?offset=now&live=ws`);
+        ws.addEventListener('error', () => {});
+        sockets.push(ws);
+      } else {
+        const req = http.get(`${stream}?offset=now&live=${mode}`, { agent }, (res) => res.on('data', () => {}).on('error', () => {}));
+        req.on('error', () => {});
+        sockets.push(req);
+      }
+      if (i % 50 === 49) await sleep(20);
+    }
+  };
+  // A first batch pays for what is made once (compiled code, the object, its socket list).
+  await open(100);
+  await sleep(3000);
+  const [rss0, heap0] = [rssMb(), await heapMb()];
+  await open(readers);
+  await sleep(5000);
+  const [rss1, heap1] = [rssMb(), await heapMb()];
+  const each = (mb) => ((mb * 1024) / readers).toFixed(1);
+  console.log(`${readers} idle ${mode} readers: RSS +${(rss1 - rss0).toFixed(0)} MB (${each(rss1 - rss0)} KB each), JS heap +${(heap1 - heap0).toFixed(1)} MB (${each(heap1 - heap0)} KB each)`);
+  session.close();
+} finally {
+  for (const s of sockets) (s.close ?? s.destroy).call(s);
+  await server.stop();
+}
+process.exit(0);
