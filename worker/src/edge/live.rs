@@ -132,7 +132,9 @@ pub async fn long_poll(
         Subscription::Page(resp) => return with_cursor(resp, cursor),
         Subscription::Live(live) => live,
     };
-    let mut timeout = Delay::from(Duration::from_millis(staggered(config.long_poll_timeout_ms)));
+    let mut timeout = Delay::from(Duration::from_millis(staggered(
+        config.long_poll_timeout_ms,
+    )));
     let json_stream = ContentType::parse(&live.content_type).is_ok_and(|c| c.is_json());
     loop {
         let event = match select(Box::pin(live.socket.next()), &mut timeout).await {
