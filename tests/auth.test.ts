@@ -164,6 +164,24 @@ describe('CORS origins restricted by CORS_ORIGINS', () => {
     expect(missing.headers.get('access-control-allow-origin')).toBe(allowed[0]);
   });
 
+  test('live reads answered by the object are allowed for a listed origin too', async () => {
+    const origin = allowed[0];
+    const base = `${restricted.baseUrl}/v1/stream/cors`;
+    // The edge asks the object for these itself, without the client's Origin.
+    const longPoll = await fetch(`${base}/a?offset=-1&live=long-poll`, { headers: { origin } });
+    expect(longPoll.status).toBe(200);
+    expect(longPoll.headers.get('access-control-allow-origin')).toBe(origin);
+    expect(longPoll.headers.get('vary')).toBe('Origin');
+    for (const live of ['long-poll', 'sse']) {
+      const missing = await fetch(`${base}/nope?offset=-1&live=${live}`, { headers: { origin } });
+      expect(missing.status).toBe(404);
+      expect(missing.headers.get('access-control-allow-origin')).toBe(origin);
+      expect(missing.headers.get('x-content-type-options')).toBe('nosniff');
+    }
+    const evil = await fetch(`${base}/a?offset=-1&live=long-poll`, { headers: { origin: 'https://evil.example' } });
+    expect(evil.headers.get('access-control-allow-origin')).toBeNull();
+  });
+
   test('preflights are answered for listed origins only', async () => {
     const preflight = (origin: string) =>
       fetch(`${restricted.baseUrl}/v1/stream/cors/a`, {

@@ -13,33 +13,58 @@ use edgestream::headers as h;
 
 /// The header whose presence says a response is decorated already.
 const MARKER: &str = "cross-origin-resource-policy";
+const ALLOW_ORIGIN: &str = "access-control-allow-origin";
 
 /// Adds the headers to `resp`, copying it first only if its headers are immutable.
+///
+/// A response the object decorated for the same origin passes untouched. One it decorated for
+/// no origin (the edge's own requests to it, a live read's page, carry none) gets its CORS
+/// header redone when the allowed origin differs, which only happens with `CORS_ORIGINS` set.
 pub fn decorate(resp: Response, config: &Config, origin: Option<&str>) -> Result<Response> {
-    if resp.status_code() == 101 || resp.headers().has(MARKER).unwrap_or(false) {
+    if resp.status_code() == 101 {
         return Ok(resp);
     }
-    match set_headers(resp.headers(), config, origin) {
+    let allowed = allowed_origin(config, origin);
+    let decorated = resp.headers().has(MARKER).unwrap_or(false);
+    if decorated && http::header(resp.headers(), ALLOW_ORIGIN) == allowed {
+        return Ok(resp);
+    }
+    let set = |headers: &Headers| {
+        if decorated {
+            set_cors(headers, allowed.as_deref())
+        } else {
+            set_headers(headers, allowed.as_deref())
+        }
+    };
+    match set(resp.headers()) {
         Ok(()) => Ok(resp),
         Err(_) => {
-            // Fetched from elsewhere without decoration: copy, then decorate.
+            // Fetched from elsewhere, so immutable: copy, then decorate.
             let resp = http::mutable(resp)?;
-            set_headers(resp.headers(), config, origin)?;
+            set(resp.headers())?;
             Ok(resp)
         }
     }
 }
 
-fn set_headers(headers: &Headers, config: &Config, origin: Option<&str>) -> Result<()> {
+fn set_headers(headers: &Headers, allowed: Option<&str>) -> Result<()> {
     headers.set(MARKER, "cross-origin")?;
     headers.set("x-content-type-options", "nosniff")?;
-    if let Some(allowed) = allowed_origin(config, origin) {
-        headers.set("access-control-allow-origin", &allowed)?;
-        if allowed != "*" {
-            headers.append("vary", "Origin")?;
+    headers.set("access-control-expose-headers", h::CORS_EXPOSE_HEADERS)?;
+    set_cors(headers, allowed)
+}
+
+fn set_cors(headers: &Headers, allowed: Option<&str>) -> Result<()> {
+    match allowed {
+        Some(allowed) => {
+            headers.set(ALLOW_ORIGIN, allowed)?;
+            if allowed != "*" {
+                headers.append("vary", "Origin")?;
+            }
+            Ok(())
         }
+        None => headers.delete(ALLOW_ORIGIN),
     }
-    headers.set("access-control-expose-headers", h::CORS_EXPOSE_HEADERS)
 }
 
 /// `*`, or the request's origin when it is on the configured list.
