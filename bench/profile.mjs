@@ -7,9 +7,10 @@
 //   node bench/profile.mjs requests [--kind append|head|404] [--count 2000]
 //
 // Names: `(program)` is the runtime's own native work, `(idle)` is waiting, `__wbg_*` are the
-// wasm-bindgen imports (a JS call made from Rust), `write` and `send` the runtime's stream write
-// and WebSocket send. Sampling adds overhead: compare shares, not absolute times.
+// wasm-bindgen imports (a JS call made from Rust; their names are read from wrangler's bundle),
+// `write` and `send` the runtime's stream write and WebSocket send. Sampling adds overhead: compare shares, not absolute times.
 import { fork } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -24,17 +25,68 @@ const option = (name, fallback) => {
   return i >= 0 && i + 1 < argv.length ? argv[i + 1] : fallback;
 };
 
+/**
+ * A readable name for a profiled function. The wasm-bindgen imports are anonymous functions in
+ * wrangler's bundle; the import's name (`__wbg_write_…`) sits on the line that defines them, so
+ * it is read from the bundle itself.
+ */
+const bundles = new Map();
+function bundleLines(url) {
+  if (!bundles.has(url)) {
+    let lines = [];
+    try {
+      // The inspector names wrangler's bundle only `index.js`: the newest under .wrangler/tmp.
+      const tmp = path.join(here, '..', '.wrangler', 'tmp');
+      const newest = readdirSync(tmp)
+        .filter((d) => d.startsWith('dev-'))
+        .map((d) => path.join(tmp, d, url))
+        .filter((f) => existsSync(f))
+        .sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0];
+      if (newest) lines = readFileSync(newest, 'utf8').split('\n');
+    } catch {
+      // No bundle to read: names stay anonymous.
+    }
+    bundles.set(url, lines);
+  }
+  return bundles.get(url);
+}
+
+function nameOf(f) {
+  if (!f.url) return f.functionName || '(anonymous)';
+  const file = f.url.split('/').pop();
+  if (f.functionName) return `${f.functionName} (${file})`;
+  if (file.endsWith('.js')) {
+    // The line also closes the previous import, by name: take the one being defined.
+    const imported = bundleLines(f.url)[f.lineNumber]?.match(/(__wbg_\w+?)_[0-9a-f]{16}:/);
+    if (imported) return `${imported[1]} (${file})`;
+  }
+  return `(anonymous) (${file}:${f.lineNumber + 1})`;
+}
+
 /** Self time by function, biggest first: [name, microseconds]. */
 function selfTimes(profile) {
   const nodes = new Map(profile.nodes.map((n) => [n.id, n]));
   const self = new Map();
   profile.samples.forEach((id, i) => {
-    const f = nodes.get(id).callFrame;
-    const where = f.url ? ` (${f.url.split('/').pop()})` : '';
-    const key = `${f.functionName || '(anonymous)'}${where}`;
+    const key = nameOf(nodes.get(id).callFrame);
     self.set(key, (self.get(key) ?? 0) + (profile.timeDeltas[i] ?? 0));
   });
   return [...self].sort((a, b) => b[1] - a[1]);
+}
+
+/** Self time by kind of code. */
+function byKind(rows) {
+  const wasm = 'wasm (our code and the crates it uses)';
+  const js = 'JS (wasm-bindgen glue, the worker-build shim, wrangler middleware)';
+  const runtime = 'the runtime (native calls, its own work, GC)';
+  const kinds = { [wasm]: 0, [js]: 0, [runtime]: 0, idle: 0 };
+  for (const [name, us] of rows) {
+    if (name.startsWith('(idle)')) kinds.idle += us;
+    else if (name.includes('.wasm')) kinds[wasm] += us;
+    else if (name.includes('.js')) kinds[js] += us;
+    else kinds[runtime] += us;
+  }
+  return kinds;
 }
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
@@ -117,6 +169,10 @@ try {
   const idle = rows.find(([name]) => name === '(idle)')?.[1] ?? 0;
   console.log(`${mode}: ${units.count.toLocaleString('en-US')} ${units.plural} in ${seconds.toFixed(1)} s`);
   console.log(`isolate busy ${((total - idle) / 1e6).toFixed(2)} s: ${((total - idle) / units.count).toFixed(1)} µs per ${units.name}\n`);
+  for (const [kind, us] of Object.entries(byKind(rows))) {
+    if (kind !== 'idle') console.log(`${(us / units.count).toFixed(1).padStart(8)} µs  ${kind}`);
+  }
+  console.log('');
   for (const [name, us] of rows.slice(0, 30)) {
     console.log(`${(us / units.count).toFixed(2).padStart(8)} µs  ${((100 * us) / total).toFixed(1).padStart(5)}%  ${name}`);
   }
