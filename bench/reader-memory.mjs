@@ -8,7 +8,6 @@
 // the stream's object and (SSE) its response stream, and nothing else.
 import http from 'node:http';
 import { readFileSync } from 'node:fs';
-import { execSync } from 'node:child_process';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
 import { inspect } from '../scripts/inspector.mjs';
@@ -27,8 +26,7 @@ const server = await startServer({ vars: { LONG_POLL_TIMEOUT_MS: '120000' } });
 const sockets = [];
 try {
   const base = await server.workerUrl();
-  const pid = execSync(`ss -Hltnp 'sport = :${new URL(base).port}'`).toString().match(/pid=(\d+)/)?.[1];
-  if (!pid) throw new Error("cannot find the Worker's workerd");
+  const pid = await server.workerPid();
   const rssMb = () => Number(readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)[1]) / 1024;
   const session = await inspect(server.inspectorPort);
   const heapMb = async () => {

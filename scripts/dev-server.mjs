@@ -60,9 +60,9 @@ async function waitUntilUp(baseUrl, child, timeoutMs) {
   throw new Error(`wrangler did not answer on ${baseUrl} within ${timeoutMs} ms`);
 }
 
-/** TCP ports listened on by the processes of process group `pgid` (Linux /proc). */
-function listeningPorts(pgid) {
-  const inodes = new Set();
+/** TCP ports listened on by the processes of process group `pgid`, with their pid (Linux /proc). */
+function listeningSockets(pgid) {
+  const owners = new Map(); // socket inode → pid
   for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
     try {
       // Field 5 of /proc/<pid>/stat is the process group; the name before it may hold spaces.
@@ -70,30 +70,31 @@ function listeningPorts(pgid) {
       if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2]) !== pgid) continue;
       for (const fd of readdirSync(`/proc/${pid}/fd`)) {
         const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
-        if (m) inodes.add(m[1]);
+        if (m) owners.set(m[1], Number(pid));
       }
     } catch {} // the process ended while we looked
   }
-  const ports = [];
+  const sockets = [];
   for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
     const f = line.trim().split(/\s+/);
-    if (f[3] === '0A' && inodes.has(f[9])) ports.push(parseInt(f[1].split(':')[1], 16));
+    if (f[3] === '0A' && owners.has(f[9])) sockets.push({ port: parseInt(f[1].split(':')[1], 16), pid: owners.get(f[9]) });
   }
-  return ports;
+  return sockets;
 }
 
 /**
- * The Worker's own workerd socket, behind wrangler dev's proxy. The proxy (a second workerd)
- * funnels every request through one Durable Object of its own before it reaches the Worker,
- * which production does not do; the benchmark measures the Worker here, and the proxy apart.
+ * The Worker's own workerd socket, behind wrangler dev's proxy, and the workerd that listens on
+ * it: { url, pid }. The proxy (a second workerd) funnels every request through one Durable Object
+ * of its own before it reaches the Worker, which production does not do; the benchmark measures
+ * the Worker here, and the proxy apart.
  */
-async function findWorkerUrl(pgid, skip) {
-  for (const port of listeningPorts(pgid)) {
+async function findWorker(pgid, skip) {
+  for (const { port, pid } of listeningSockets(pgid)) {
     if (skip.includes(port)) continue;
     try {
       const res = await fetch(`http://127.0.0.1:${port}/v1/stream/__health`, { method: 'HEAD' });
       await res.arrayBuffer();
-      if (res.headers.get('access-control-expose-headers')?.includes('stream-next-offset')) return `http://127.0.0.1:${port}`;
+      if (res.headers.get('access-control-expose-headers')?.includes('stream-next-offset')) return { url: `http://127.0.0.1:${port}`, pid };
     } catch {}
   }
   throw new Error('the Worker\'s own workerd socket was not found');
@@ -171,8 +172,10 @@ export async function startServer(options = {}) {
       return child?.pid;
     },
     log: () => log,
-    /** The Worker's own socket, bypassing wrangler's proxy (see findWorkerUrl). */
-    workerUrl: () => findWorkerUrl(child.pid, [port, inspector]),
+    /** The Worker's own socket, bypassing wrangler's proxy (see findWorker). */
+    workerUrl: async () => (await findWorker(child.pid, [port, inspector])).url,
+    /** The pid of the workerd that runs the Worker and its objects. */
+    workerPid: async () => (await findWorker(child.pid, [port, inspector])).pid,
     /** Stops and starts again on the same port and state (SIGKILL when `hard`). */
     async restart({ hard = false } = {}) {
       await kill(hard ? 'SIGKILL' : 'SIGTERM');

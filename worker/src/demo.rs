@@ -48,7 +48,7 @@ pub fn serve(req: &Request, path: &str) -> Result<Response> {
     headers.set(h::ETAG, file.etag)?;
     // Always revalidate: the files change whenever the demo or the client is rebuilt.
     headers.set(h::CACHE_CONTROL, "no-cache")?;
-    let current = http::header(req.headers(), "if-none-match")
+    let current = http::header(req.headers(), h::IF_NONE_MATCH)
         .is_some_and(|value| if_none_match(&value, file.etag));
     if current {
         return Ok(Response::empty()?.with_status(304).with_headers(headers));
@@ -56,7 +56,7 @@ pub fn serve(req: &Request, path: &str) -> Result<Response> {
     headers.set(h::CONTENT_TYPE, file.content_type)?;
     if req.method() == Method::Head {
         // The runtime drops a HEAD response's body, and its length with it: state it.
-        headers.set("content-length", &file.body.len().to_string())?;
+        headers.set(h::CONTENT_LENGTH, &file.body.len().to_string())?;
         return Ok(Response::empty()?.with_headers(headers));
     }
     Ok(Response::from_bytes(file.body.to_vec())?.with_headers(headers))
