@@ -74,6 +74,7 @@ const seeds = {
     '[]',
     ' "\\u00e9\\n\\"" ',
     '{"k":[{"n":{"m":[]}}]}',
+    '["\\ud83d\\ude00", "\\udc00", "a\\ud93A"]',
   ],
   sse: [
     sseInput([7, 20], 'event: data\ndata:hello\n\nevent: control\ndata:{"streamNextOffset":"0000000000000000_0000000000000005","upToDate":true}\n\n'),

@@ -465,6 +465,10 @@ mod tests {
             "1e+2",
             "\"\\u00e9\\n\\\"\"",
             "\"é\"",
+            // Lone UTF-16 surrogates: JSON's grammar and JSON.parse allow them.
+            "\"a\\ud93A\"",
+            "\"\\udc00x\"",
+            "\"\\ud800\\u0041\"",
             "{}",
             "[]",
             "{\"a\":{\"b\":[1,{\"c\":null}]}}",
