@@ -98,6 +98,9 @@ impl DurableObject for StreamObject {
                 // Storage or runtime failure: nothing was acknowledged, so the client may retry.
                 worker::console_error!("stream object: {e}");
                 self.meta.replace(None);
+                if let Some(store) = &self.store {
+                    store.forget_cached();
+                }
                 http::unavailable("temporary storage failure; retry")?
             }
         };

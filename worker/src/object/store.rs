@@ -4,6 +4,8 @@
 //! keyed by their start position, and one `producers` row per idempotent producer. Every call
 //! here is synchronous, so a sequence of calls with no `await` between them commits atomically.
 
+use std::cell::RefCell;
+
 use edgestream::json;
 use edgestream::producer::{ClosingProducer, ProducerState};
 use edgestream::stream::{Expiry, ForkRequest};
@@ -106,6 +108,8 @@ pub enum ReadError {
 
 pub struct Store {
     sql: SqlStorage,
+    /// The subscribers table, read once rather than on every append; any change clears it.
+    subscribers: RefCell<Option<Vec<String>>>,
 }
 
 fn int(v: Option<&SqlStorageValue>) -> i64 {
@@ -149,7 +153,10 @@ impl Store {
     /// Opens the store, creating the schema on first use.
     pub fn open(sql: SqlStorage) -> Result<Store> {
         sql.exec(SCHEMA, None)?;
-        Ok(Store { sql })
+        Ok(Store {
+            sql,
+            subscribers: RefCell::new(None),
+        })
     }
 
     fn rows(
@@ -410,14 +417,20 @@ impl Store {
     /// Deletes the stream: metadata, data and producers.
     /// Subscriptions to notify after each append.
     pub fn subscribers(&self) -> Result<Vec<String>> {
-        Ok(self
+        if let Some(cached) = self.subscribers.borrow().as_ref() {
+            return Ok(cached.clone());
+        }
+        let ids: Vec<String> = self
             .rows("SELECT id FROM subscribers ORDER BY id", vec![])?
             .iter()
             .filter_map(|r| text(r.first()))
-            .collect())
+            .collect();
+        self.subscribers.replace(Some(ids.clone()));
+        Ok(ids)
     }
 
     pub fn add_subscriber(&self, id: &str) -> Result<()> {
+        self.subscribers.replace(None);
         self.sql.exec(
             "INSERT OR IGNORE INTO subscribers (id) VALUES (?)",
             vec![SqlStorageValue::String(id.to_string())],
@@ -426,6 +439,7 @@ impl Store {
     }
 
     pub fn remove_subscriber(&self, id: &str) -> Result<()> {
+        self.subscribers.replace(None);
         self.sql.exec(
             "DELETE FROM subscribers WHERE id = ?",
             vec![SqlStorageValue::String(id.to_string())],
@@ -433,7 +447,13 @@ impl Store {
         Ok(())
     }
 
+    /// Drops what is cached, after a failure that may have rolled storage back.
+    pub fn forget_cached(&self) {
+        self.subscribers.replace(None);
+    }
+
     pub fn purge(&self) -> Result<()> {
+        self.subscribers.replace(None);
         self.sql.exec(
             "DELETE FROM log; DELETE FROM producers; DELETE FROM subscribers; DELETE FROM stream;",
             None,
