@@ -173,7 +173,7 @@ try {
     if (kind !== 'idle') console.log(`${(us / units.count).toFixed(1).padStart(8)} µs  ${kind}`);
   }
   console.log('');
-  for (const [name, us] of rows.slice(0, 30)) {
+  for (const [name, us] of rows.slice(0, Number(option("top", 30)))) {
     console.log(`${(us / units.count).toFixed(2).padStart(8)} µs  ${((100 * us) / total).toFixed(1).padStart(5)}%  ${name}`);
   }
 } finally {
