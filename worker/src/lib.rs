@@ -7,7 +7,6 @@
 //! - [`frame`]: the frames an object sends its live readers.
 //! - [`demo`]: the demo app, embedded at build time and served outside `/v1/`.
 //! - [`security`]: the security and CORS headers on every response.
-//! - [`rpc`]: how the edge calls a stream's object (RPC, not `fetch()`, except for upgrades).
 //! - [`path`], [`config`], [`http`], [`reply`], [`socket`]: the pieces both sides share.
 
 pub mod auth;
@@ -21,7 +20,6 @@ pub mod object;
 pub mod path;
 pub mod pipe;
 pub mod reply;
-pub mod rpc;
 pub mod security;
 pub mod socket;
 pub mod subscription;

@@ -11,13 +11,12 @@ use edgestream::headers::{self as h, ContentType, ForkHeaders, LiveMode, Produce
 use edgestream::stream::Expiry;
 use edgestream::token::{AuthError, Operation};
 use edgestream::{ProtocolError, ReadFrom};
-use worker::{Env, Headers, Method, Request, Response, Result, Stub};
+use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Stub};
 
 use crate::auth;
 use crate::config::Config;
 use crate::http::{self, header};
 use crate::path::{PathError, StreamName, STREAM_PREFIX};
-use crate::rpc::ObjectRpc;
 use crate::security;
 
 /// Handles one request from the outside world.
@@ -39,7 +38,12 @@ pub async fn handle(req: Request, env: Env) -> Result<Response> {
 const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
-    if http::header_bytes(req.headers()) > MAX_HEADER_BYTES {
+    let header_bytes: usize = req
+        .headers()
+        .entries()
+        .map(|(name, value)| name.len() + value.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
         return http::text(431, "request headers are too large");
     }
     let url = req.url()?;
@@ -227,20 +231,21 @@ pub fn object_url(name: &StreamName, query: Option<&str>) -> String {
     }
 }
 
-/// Passes a request to the stream's object over RPC, body streamed through.
+/// Passes a request to the stream's object, body streamed through.
 async fn forward(
     req: Request,
     url: &worker::Url,
     name: &StreamName,
     env: &Env,
 ) -> Result<Response> {
-    let object = ObjectRpc::new(stub_for(env, name)?);
+    let stub = stub_for(env, name)?;
     let headers = http::copy_headers(req.headers())?;
     headers.delete("upgrade")?;
-    let body = match req.method() {
-        Method::Put | Method::Post => req.inner().body().map(Into::into),
-        _ => None,
-    };
-    let url = object_url(name, url.query());
-    object.call(req.method(), &url, &headers, body).await
+    let mut init = RequestInit::new();
+    init.with_method(req.method()).with_headers(headers);
+    if matches!(req.method(), Method::Put | Method::Post) {
+        init.with_body(req.inner().body().map(Into::into));
+    }
+    let inner = Request::new_with_init(&object_url(name, url.query()), &init)?;
+    stub.fetch_with_request(inner).await
 }

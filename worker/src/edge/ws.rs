@@ -23,7 +23,9 @@ use edgestream::{json, Offset, ProtocolError, ReadFrom};
 use futures_util::future::{select, Either};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
-use worker::{Delay, Env, Headers, Method, Request, Response, Result, Stub, Url, WebSocketPair};
+use worker::{
+    Delay, Env, Headers, Method, Request, RequestInit, Response, Result, Stub, Url, WebSocketPair,
+};
 
 use super::live::{subscribe, Subscription};
 use super::object_url;
@@ -32,7 +34,6 @@ use crate::config::Config;
 use crate::frame::{self, Frame};
 use crate::http::{self, header, now_ms, random_u32};
 use crate::path::StreamName;
-use crate::rpc::ObjectRpc;
 use crate::socket::{Socket, SocketEvent, SocketSender};
 
 /// Largest message the edge sends: bigger catch-up pages go out in several data messages, cut
@@ -96,7 +97,6 @@ pub async fn websocket(
     let pair = WebSocketPair::new()?;
     let client = Socket::accept(pair.server)?;
     let session = Session {
-        object: ObjectRpc::new(super::stub_for(env, &name)?),
         stub,
         name,
         json: content_type.is_json(),
@@ -128,10 +128,7 @@ enum End {
 }
 
 struct Session {
-    /// For following: subscriptions upgrade, so they use `fetch()`.
     stub: Stub,
-    /// For appends.
-    object: ObjectRpc,
     name: StreamName,
     content_type: ContentType,
     json: bool,
@@ -650,13 +647,13 @@ impl Appender<'_> {
         if let Err(e) = super::check_append(&headers, &session.config) {
             return Ok(Err(e));
         }
-        let body = (!body.is_empty()).then(|| js_sys::Uint8Array::from(body.as_slice()).into());
-        let url = object_url(&session.name, None);
-        let resp = session
-            .object
-            .call(Method::Post, &url, &headers, body)
-            .await?;
-        Ok(Ok(resp))
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post).with_headers(headers);
+        if !body.is_empty() {
+            init.with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
+        }
+        let req = Request::new_with_init(&object_url(&session.name, None), &init)?;
+        Ok(Ok(session.stub.fetch_with_request(req).await?))
     }
 }
 
