@@ -1,7 +1,7 @@
 // `npm run bench`: edgestream beside the reference Node server (@durable-streams/server), on the
 // same machine, with the same load generator. Writes bench/results/latest.json and latest.md.
 //
-//   node bench/run.mjs [--quick] [--only edgestream,ref-memory,ref-file] [--skip appends,catchup,fanout]
+//   node bench/run.mjs [--quick] [--only edgestream,ref-memory,ref-file] [--skip appends,catchup,fanout,floor]
 //                      [--rate 50] [--sse 1000] [--ws 200] [--messages 1000] [--catchup-mb 50]
 //   node bench/run.mjs --report-only     # rewrite latest.md from latest.json
 //
@@ -17,6 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServer } from '../scripts/dev-server.mjs';
+import { floorTable, measureFloor } from './floor.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.dirname(here);
@@ -740,9 +741,24 @@ function markdown(report) {
     lines.push('');
   }
   if (ours) lines.push(...shortfalls(report), '');
+  if (report.floor) {
+    const fl = report.floor;
+    lines.push('## The runtime floor', '');
+    lines.push(`workerd CPU per request, in µs, for edgestream and for a plain JS Worker and Durable Object that do the least each request needs (bench/floor/: no wasm, no protocol checks). Sequential requests to each Worker's own socket; the median of ${fl.rounds} runs of ${fl.count.toLocaleString('en-US')}. The floor also calls its object with \`fetch()\` as well as RPC, and forwards the incoming request itself, to show what the way of calling costs.`, '');
+    lines.push(floorTable(fl), '');
+  }
   const errors = ids.flatMap((id) => Object.entries(report.servers[id].errors ?? {}).map(([w, e]) => `- ${id} / ${w}: ${e}`));
   if (errors.length) lines.push('## Failures', '', ...errors, '');
   return lines.join('\n');
+}
+
+/** What the runtime floor says about an append's cost, as a sentence (or nothing). */
+function floorAppend(report) {
+  const ours = report.floor?.ours?.append;
+  const floor = report.floor?.floor?.append;
+  if (!ours || !floor) return '';
+  const cheapest = Math.min(...['append', 'appendFetch', 'appendForward'].map((k) => report.floor.floor[k]).filter(Boolean));
+  return ` Most of that is the runtime's: a plain JS Worker and object that only store the row (bench/floor/) cost ${floor.toLocaleString('en-US')} µs per sequential append (${cheapest.toLocaleString('en-US')} µs the cheapest way of calling the object) against ${ours.toLocaleString('en-US')} µs for ours, so even with no code of ours one thread would cap near ${Math.round(1e6 / cheapest).toLocaleString('en-US')} appends/s.`;
 }
 
 /** CPU seconds of the roles whose name matches `pattern`, in one phase (`total` or `fanout`). */
@@ -784,7 +800,7 @@ function shortfalls(report) {
   if (concurrent?.perSecond && workerAppends) {
     const runs = report.options.throughputRuns ?? 1;
     const msEach = (workerAppends * 1000) / (concurrent.appends * runs);
-    lines.push(`- **Concurrent writers share that one thread.** 16 writers on 16 streams are 16 Durable Objects, but workerd runs them and the edge on one thread: each append cost ${round(msEach, 2)} ms of its CPU (${round(workerAppends, 1)} s for ${(concurrent.appends * runs).toLocaleString('en-US')} appends), which caps it near ${Math.round(1000 / msEach).toLocaleString('en-US')} appends/s with nothing else to do; it managed ${concurrent.perSecond.toLocaleString('en-US')}. The file-backed reference also waits for a disk sync per append, but in libuv's thread pool, off its event loop, and lets concurrent appends to a file share one sync.`);
+    lines.push(`- **Concurrent writers share that one thread.** 16 writers on 16 streams are 16 Durable Objects, but workerd runs them and the edge on one thread: each append cost ${round(msEach, 2)} ms of its CPU (${round(workerAppends, 1)} s for ${(concurrent.appends * runs).toLocaleString('en-US')} appends), which caps it near ${Math.round(1000 / msEach).toLocaleString('en-US')} appends/s with nothing else to do; it managed ${concurrent.perSecond.toLocaleString('en-US')}.${floorAppend(report)} The file-backed reference also waits for a disk sync per append, but in libuv's thread pool, off its event loop, and lets concurrent appends to a file share one sync.`);
   }
   const kb = f?.kbPerReader;
   if (kb && ref?.workloads?.fanout?.kbPerReader && kb > ref.workloads.fanout.kbPerReader) {
@@ -833,6 +849,16 @@ async function main() {
       report.servers[id] = await benchServer(id, opt);
     } catch (e) {
       report.servers[id] = { label: SERVERS[id].label, workloads: {}, errors: { start: e.message } };
+      console.log(`   FAILED: ${e.message}`);
+    }
+  }
+  if (opt.only.includes('edgestream') && !opt.skip.includes('floor')) {
+    // The runtime's own cost per request (bench/floor.mjs), so the report can say how much of
+    // edgestream's is ours.
+    console.log('\n== the runtime floor (bench/floor.mjs)');
+    try {
+      report.floor = await measureFloor({ count: opt.quick ? 500 : 3000, rounds: opt.quick ? 1 : 3 });
+    } catch (e) {
       console.log(`   FAILED: ${e.message}`);
     }
   }

@@ -101,7 +101,8 @@ async function findWorker(pgid, skip) {
 }
 
 /**
- * Starts the built Worker. Options: port (default: a free one), vars ({ NAME: value }),
+ * Starts the built Worker (or the Worker of another wrangler.toml: `config`). Options: port
+ * (default: a free one), vars ({ NAME: value }),
  * persistTo (default: a fresh temporary directory, removed on stop), quiet (default true:
  * wrangler's output goes to a log kept in memory and printed if start-up fails).
  */
@@ -116,6 +117,7 @@ export async function startServer(options = {}) {
     '--inspector-port', String(inspector),
     '--show-interactive-dev-session=false', '--persist-to', persistTo, '--log-level', 'warn',
   ];
+  if (options.config) args.push('--config', options.config);
   for (const [name, value] of Object.entries(options.vars ?? {})) args.push('--var', `${name}:${value}`);
   let child;
   let log = '';
