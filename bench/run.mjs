@@ -1,7 +1,7 @@
 // `npm run bench`: edgestream beside the reference Node server (@durable-streams/server), on the
 // same machine, with the same load generator. Writes bench/results/latest.json and latest.md.
 //
-//   node bench/run.mjs [--quick] [--only edgestream,ref-memory,ref-file] [--skip appends,catchup,fanout,floor]
+//   node bench/run.mjs [--quick] [--only edgestream,ref-memory,ref-file] [--skip appends,catchup,fanout,floor,syncs]
 //                      [--rate 50] [--sse 1000] [--ws 200] [--messages 1000] [--catchup-mb 50]
 //   node bench/run.mjs --report-only     # rewrite latest.md from latest.json
 //
@@ -18,6 +18,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServer } from '../scripts/dev-server.mjs';
 import { floorTable, measureFloor } from './floor.mjs';
+import { canTrace, measureSyncs } from './syncs.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.dirname(here);
@@ -752,13 +753,20 @@ function markdown(report) {
   return lines.join('\n');
 }
 
+/** What the sync trace says about an append's cost, as a sentence (or nothing). */
+function syncsSentence(report) {
+  const m = report.syncs?.mainThread;
+  if (!m) return '';
+  return ` The thread also waits on disk: traced with \`perf trace\` (bench/syncs.mjs), the commit of each append synced to disk on that same thread (${m.calls.toLocaleString('en-US')} syncs for ${report.syncs.appends.toLocaleString('en-US')} appends, ${m.avgUs} µs each on average with tracing, ${m.minUs} µs the shortest), and nothing else ran meanwhile: ${Math.round(m.blockedShare * 100)}% of the traced run.`;
+}
+
 /** What the runtime floor says about an append's cost, as a sentence (or nothing). */
 function floorAppend(report) {
   const ours = report.floor?.ours?.append;
   const floor = report.floor?.floor?.append;
   if (!ours || !floor) return '';
   const cheapest = Math.min(...['append', 'appendFetch', 'appendForward'].map((k) => report.floor.floor[k]).filter(Boolean));
-  return ` Most of that is the runtime's: a plain JS Worker and object that only store the row (bench/floor/) cost ${floor.toLocaleString('en-US')} µs per sequential append (${cheapest.toLocaleString('en-US')} µs the cheapest way of calling the object) against ${ours.toLocaleString('en-US')} µs for ours, so even with no code of ours one thread would cap near ${Math.round(1e6 / cheapest).toLocaleString('en-US')} appends/s.`;
+  return ` Most of that CPU is the runtime's: a plain JS Worker and object that only store the row (bench/floor/) cost ${floor.toLocaleString('en-US')} µs per sequential append (${cheapest.toLocaleString('en-US')} µs the cheapest way of calling the object) against ${ours.toLocaleString('en-US')} µs for ours, so even with no code of ours one thread would cap near ${Math.round(1e6 / cheapest).toLocaleString('en-US')} appends/s.`;
 }
 
 /** CPU seconds of the roles whose name matches `pattern`, in one phase (`total` or `fanout`). */
@@ -800,7 +808,7 @@ function shortfalls(report) {
   if (concurrent?.perSecond && workerAppends) {
     const runs = report.options.throughputRuns ?? 1;
     const msEach = (workerAppends * 1000) / (concurrent.appends * runs);
-    lines.push(`- **Concurrent writers share that one thread.** 16 writers on 16 streams are 16 Durable Objects, but workerd runs them and the edge on one thread: each append cost ${round(msEach, 2)} ms of its CPU (${round(workerAppends, 1)} s for ${(concurrent.appends * runs).toLocaleString('en-US')} appends), which caps it near ${Math.round(1000 / msEach).toLocaleString('en-US')} appends/s with nothing else to do; it managed ${concurrent.perSecond.toLocaleString('en-US')}.${floorAppend(report)} The file-backed reference also waits for a disk sync per append, but in libuv's thread pool, off its event loop, and lets concurrent appends to a file share one sync.`);
+    lines.push(`- **Concurrent writers share that one thread.** 16 writers on 16 streams are 16 Durable Objects, but workerd runs them and the edge on one thread: each append cost ${round(msEach, 2)} ms of its CPU (${round(workerAppends, 1)} s for ${(concurrent.appends * runs).toLocaleString('en-US')} appends), which caps it near ${Math.round(1000 / msEach).toLocaleString('en-US')} appends/s with nothing else to do; it managed ${concurrent.perSecond.toLocaleString('en-US')}.${floorAppend(report)}${syncsSentence(report)} The file-backed reference also waits for a disk sync per append, but in libuv's thread pool, off its event loop, and lets concurrent appends to a file share one sync.`);
   }
   const kb = f?.kbPerReader;
   if (kb && ref?.workloads?.fanout?.kbPerReader && kb > ref.workloads.fanout.kbPerReader) {
@@ -858,6 +866,15 @@ async function main() {
     console.log('\n== the runtime floor (bench/floor.mjs)');
     try {
       report.floor = await measureFloor({ count: opt.quick ? 500 : 3000, rounds: opt.quick ? 1 : 3 });
+    } catch (e) {
+      console.log(`   FAILED: ${e.message}`);
+    }
+  }
+  if (opt.only.includes('edgestream') && !opt.skip.includes('syncs') && canTrace()) {
+    // Disk syncs on the Worker's thread during concurrent appends (bench/syncs.mjs).
+    console.log('\n== disk syncs on the Worker\'s thread (bench/syncs.mjs, perf trace)');
+    try {
+      report.syncs = await measureSyncs({ writers: opt.concurrentWriters, appends: opt.quick ? 400 : 3200 });
     } catch (e) {
       console.log(`   FAILED: ${e.message}`);
     }
