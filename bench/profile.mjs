@@ -5,12 +5,13 @@
 //
 //   node bench/profile.mjs fanout [--sse 600] [--ws 0] [--messages 200] [--rate 50]
 //   node bench/profile.mjs requests [--kind append|head|404] [--count 2000]
+//   (either: [--top 30] rows to print, [--save FILE.cpuprofile] to keep the raw profile)
 //
 // Names: `(program)` is the runtime's own native work, `(idle)` is waiting, `__wbg_*` are the
 // wasm-bindgen imports (a JS call made from Rust; their names are read from wrangler's bundle),
 // `write` and `send` the runtime's stream write and WebSocket send. Sampling adds overhead: compare shares, not absolute times.
 import { fork } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -164,6 +165,8 @@ try {
   const { result } = await inspector.call('Profiler.stop');
   inspector.close();
 
+  // --save FILE keeps the raw profile (a .cpuprofile that Chrome DevTools opens).
+  if (option('save')) writeFileSync(option('save'), JSON.stringify(result.profile));
   const rows = selfTimes(result.profile);
   const total = rows.reduce((sum, [, us]) => sum + us, 0);
   const idle = rows.find(([name]) => name === '(idle)')?.[1] ?? 0;
