@@ -414,7 +414,6 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes the stream: metadata, data and producers.
     /// Subscriptions to notify after each append.
     pub fn subscribers(&self) -> Result<Vec<String>> {
         if let Some(cached) = self.subscribers.borrow().as_ref() {
@@ -452,6 +451,7 @@ impl Store {
         self.subscribers.replace(None);
     }
 
+    /// Deletes the stream: metadata, data, producers and subscribers.
     pub fn purge(&self) -> Result<()> {
         self.subscribers.replace(None);
         self.sql.exec(
