@@ -429,7 +429,7 @@ impl Store {
     }
 
     pub fn add_subscriber(&self, id: &str) -> Result<()> {
-        self.subscribers.replace(None);
+        self.forget_cached();
         self.sql.exec(
             "INSERT OR IGNORE INTO subscribers (id) VALUES (?)",
             vec![SqlStorageValue::String(id.to_string())],
@@ -438,7 +438,7 @@ impl Store {
     }
 
     pub fn remove_subscriber(&self, id: &str) -> Result<()> {
-        self.subscribers.replace(None);
+        self.forget_cached();
         self.sql.exec(
             "DELETE FROM subscribers WHERE id = ?",
             vec![SqlStorageValue::String(id.to_string())],
@@ -446,14 +446,15 @@ impl Store {
         Ok(())
     }
 
-    /// Drops what is cached, after a failure that may have rolled storage back.
+    /// Drops what is cached: on any change to it, and after a failure that may have rolled
+    /// storage back.
     pub fn forget_cached(&self) {
         self.subscribers.replace(None);
     }
 
     /// Deletes the stream: metadata, data, producers and subscribers.
     pub fn purge(&self) -> Result<()> {
-        self.subscribers.replace(None);
+        self.forget_cached();
         self.sql.exec(
             "DELETE FROM log; DELETE FROM producers; DELETE FROM subscribers; DELETE FROM stream;",
             None,
