@@ -5,11 +5,11 @@
 // proxy). `npm run bench` runs it too and quotes it in bench/results/latest.md.
 //
 //   node bench/floor.mjs [--count 3000] [--rounds 3] [--only edgestream|floor]
-import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { startServer } from '../scripts/dev-server.mjs';
+import { cpuSeconds, option, send } from './common.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const WARMUP = 200;
@@ -24,25 +24,6 @@ export const FLOOR_KINDS = {
   appendForward: { label: 'the same, fetch() of the incoming request', floor: ['POST', '/forward/append'] },
 };
 
-/** CPU seconds (user + system) a process has used so far. */
-function cpuSeconds(pid) {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
-function request(agent, url, method, body) {
-  return new Promise((resolve, reject) => {
-    const headers = body ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } : {};
-    const req = http.request(url, { method, agent, headers }, (res) => {
-      res.resume();
-      res.on('end', () => (res.statusCode >= 500 ? reject(new Error(`${method} ${url}: ${res.statusCode}`)) : resolve(res.statusCode)));
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
 const message = (i) => JSON.stringify({ i, pad: 'x'.repeat(80) });
 
 /** Median workerd CPU per request, in µs, for each kind `side` ('ours' or 'floor') has. */
@@ -51,7 +32,7 @@ async function measure(server, side, { count, rounds }) {
   const pid = await server.workerPid();
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
   const stream = `/v1/stream/floor-${Date.now()}`;
-  if (side === 'ours') await request(agent, base + stream, 'PUT', '[]');
+  if (side === 'ours') await send(agent, 'PUT', base + stream, '[]');
   const results = {};
   try {
     for (const [id, kind] of Object.entries(FLOOR_KINDS)) {
@@ -61,9 +42,9 @@ async function measure(server, side, { count, rounds }) {
       const body = method === 'POST' ? message : () => undefined;
       const samples = [];
       for (let round = 0; round < rounds; round++) {
-        for (let i = 0; i < WARMUP; i++) await request(agent, url, method, body(i));
+        for (let i = 0; i < WARMUP; i++) await send(agent, method, url, body(i));
         const before = cpuSeconds(pid);
-        for (let i = 0; i < count; i++) await request(agent, url, method, body(i));
+        for (let i = 0; i < count; i++) await send(agent, method, url, body(i));
         samples.push(((cpuSeconds(pid) - before) * 1e6) / count);
       }
       samples.sort((a, b) => a - b);
@@ -103,14 +84,10 @@ export function floorTable({ ours, floor }) {
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {
   const argv = process.argv.slice(2);
-  const option = (name) => {
-    const i = argv.indexOf(`--${name}`);
-    return i >= 0 && i + 1 < argv.length ? argv[i + 1] : undefined;
-  };
   const result = await measureFloor({
-    count: Number(option('count') ?? 3000),
-    rounds: Number(option('rounds') ?? 3),
-    only: option('only'),
+    count: Number(option(argv, 'count', 3000)),
+    rounds: Number(option(argv, 'rounds', 3)),
+    only: option(argv, 'only'),
   });
   console.log(`workerd CPU per request, µs (median of ${result.rounds} × ${result.count} sequential requests)\n`);
   console.log(floorTable(result));

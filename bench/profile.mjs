@@ -17,14 +17,11 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServer } from '../scripts/dev-server.mjs';
 import { inspect } from '../scripts/inspector.mjs';
+import { option } from './common.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const argv = process.argv.slice(2);
 const mode = argv[0] ?? 'fanout';
-const option = (name, fallback) => {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < argv.length ? argv[i + 1] : fallback;
-};
 
 /**
  * A readable name for a profiled function. The wasm-bindgen imports are anonymous functions in
@@ -112,10 +109,10 @@ try {
   let units;
   let run;
   if (mode === 'fanout') {
-    const sse = Number(option('sse', 600));
-    const ws = Number(option('ws', 0));
-    const messages = Number(option('messages', 200));
-    const rate = Number(option('rate', 50));
+    const sse = Number(option(argv, 'sse', 600));
+    const ws = Number(option(argv, 'ws', 0));
+    const messages = Number(option(argv, 'messages', 200));
+    const rate = Number(option(argv, 'rate', 50));
     readers = fork(path.join(here, 'fanout-readers.mjs'), [], { serialization: 'advanced' });
     let ready = 0;
     readers.on('message', (m) => {
@@ -138,8 +135,8 @@ try {
       }
     };
   } else if (mode === 'requests') {
-    const kind = option('kind', 'append');
-    const count = Number(option('count', 2000));
+    const kind = option(argv, 'kind', 'append');
+    const count = Number(option(argv, 'count', 2000));
     const one = {
       append: (i) => request(base, 'POST', stream, JSON.stringify({ i })),
       head: () => request(base, 'HEAD', stream),
@@ -166,7 +163,7 @@ try {
   inspector.close();
 
   // --save FILE keeps the raw profile (a .cpuprofile that Chrome DevTools opens).
-  if (option('save')) writeFileSync(option('save'), JSON.stringify(result.profile));
+  if (option(argv, 'save')) writeFileSync(option(argv, 'save'), JSON.stringify(result.profile));
   const rows = selfTimes(result.profile);
   const total = rows.reduce((sum, [, us]) => sum + us, 0);
   const idle = rows.find(([name]) => name === '(idle)')?.[1] ?? 0;
@@ -176,7 +173,7 @@ try {
     if (kind !== 'idle') console.log(`${(us / units.count).toFixed(1).padStart(8)} µs  ${kind}`);
   }
   console.log('');
-  for (const [name, us] of rows.slice(0, Number(option("top", 30)))) {
+  for (const [name, us] of rows.slice(0, Number(option(argv, 'top', 30)))) {
     console.log(`${(us / units.count).toFixed(2).padStart(8)} µs  ${((100 * us) / total).toFixed(1).padStart(5)}%  ${name}`);
   }
 } finally {

@@ -7,18 +7,14 @@
 // Readers start at the tail (`offset=now`), so each holds its request, its internal socket to
 // the stream's object and (SSE) its response stream, and nothing else.
 import http from 'node:http';
-import { readFileSync } from 'node:fs';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
 import { inspect } from '../scripts/inspector.mjs';
+import { option, readStat } from './common.mjs';
 
 const argv = process.argv.slice(2);
-const option = (name, fallback) => {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < argv.length ? argv[i + 1] : fallback;
-};
-const readers = Number(option('readers', 1000));
-const mode = option('mode', 'sse');
+const readers = Number(option(argv, 'readers', 1000));
+const mode = option(argv, 'mode', 'sse');
 if (!['sse', 'long-poll', 'ws'].includes(mode)) throw new Error(`--mode ${mode}: expected sse, long-poll or ws`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -27,7 +23,7 @@ const sockets = [];
 try {
   const base = await server.workerUrl();
   const pid = await server.workerPid();
-  const rssMb = () => Number(readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)[1]) / 1024;
+  const rssMb = () => readStat(pid).rss / (1024 * 1024);
   const session = await inspect(server.inspectorPort);
   const heapMb = async () => {
     const r = await session.call('Runtime.getHeapUsage');

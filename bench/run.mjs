@@ -17,6 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServer } from '../scripts/dev-server.mjs';
+import { CLK_TCK, readStat } from './common.mjs';
 import { floorTable, measureFloor } from './floor.mjs';
 import { canTrace, measureSyncs } from './syncs.mjs';
 
@@ -132,29 +133,6 @@ const round = (x, digits = 2) => (x === null || x === undefined || !Number.isFin
 
 // ---------------------------------------------------------------------------------------------
 // Process accounting from /proc: RSS and CPU time of a process tree, sampled.
-
-const CLK_TCK = (() => {
-  try {
-    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
-
-function readStat(pid) {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const ppid = Number(rest[1]);
-    const ticks = Number(rest[11]) + Number(rest[12]);
-    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    const rss = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) * 1024;
-    return { ppid, ticks, rss };
-  } catch {
-    return null;
-  }
-}
 
 function descendants(rootPid) {
   const children = new Map();

@@ -13,32 +13,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { startServer } from '../scripts/dev-server.mjs';
+import { option, send } from './common.mjs';
 
 /** Whether `perf trace` can run here. */
 export function canTrace() {
   return spawnSync('perf', ['--version'], { stdio: 'ignore' }).status === 0;
-}
-
-function post(agent, url, body) {
-  return new Promise((resolve, reject) => {
-    const req = http.request(url, { method: 'POST', agent, headers: { 'content-type': 'application/json' } }, (res) => {
-      res.resume();
-      res.on('end', () => (res.statusCode < 300 ? resolve() : reject(new Error(`POST ${url}: ${res.statusCode}`))));
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
-function put(agent, url) {
-  return new Promise((resolve, reject) => {
-    const req = http.request(url, { method: 'PUT', agent, headers: { 'content-type': 'application/json' } }, (res) => {
-      res.resume();
-      res.on('end', resolve);
-    });
-    req.on('error', reject);
-    req.end();
-  });
 }
 
 /**
@@ -78,16 +57,21 @@ export async function measureSyncs({ writers = 16, appends = 3200 } = {}) {
     const pid = await server.workerPid();
     const agent = new http.Agent({ keepAlive: true, maxSockets: writers });
     const streams = Array.from({ length: writers }, (_, i) => `${base}/v1/stream/syncs-${Date.now()}-${i}`);
+    /** An append; anything but a 2xx would make the trace meaningless. */
+    const append = async (s, body) => {
+      const status = await send(agent, 'POST', s, body);
+      if (status >= 300) throw new Error(`POST ${s}: ${status}`);
+    };
     for (const s of streams) {
-      await put(agent, s);
-      for (let i = 0; i < 20; i++) await post(agent, s, '{"warm":true}');
+      await send(agent, 'PUT', s, '');
+      for (let i = 0; i < 20; i++) await append(s, '{"warm":true}');
     }
     const tracer = spawn('perf', ['trace', '-s', '-e', 'fsync,fdatasync', '-p', String(pid), '-o', out], { stdio: 'ignore' });
     const exited = new Promise((resolve) => tracer.on('exit', resolve));
     await new Promise((resolve) => setTimeout(resolve, 1000)); // perf attaches
     const started = performance.now();
     await Promise.all(streams.map(async (s) => {
-      for (let i = 0; i < appends / writers; i++) await post(agent, s, JSON.stringify({ i }));
+      for (let i = 0; i < appends / writers; i++) await append(s, JSON.stringify({ i }));
     }));
     const seconds = (performance.now() - started) / 1000;
     tracer.kill('SIGINT');
@@ -114,11 +98,7 @@ if (import.meta.url === pathToFileURL(process.argv[1]).href) {
     process.exit(2);
   }
   const argv = process.argv.slice(2);
-  const option = (name, fallback) => {
-    const i = argv.indexOf(`--${name}`);
-    return i >= 0 && i + 1 < argv.length ? Number(argv[i + 1]) : fallback;
-  };
-  const r = await measureSyncs({ writers: option('writers', 16), appends: option('appends', 3200) });
+  const r = await measureSyncs({ writers: Number(option(argv, 'writers', 16)), appends: Number(option(argv, 'appends', 3200)) });
   console.log(`${r.appends} appends by ${r.writers} writers in ${r.seconds} s, traced`);
   if (r.mainThread) {
     const m = r.mainThread;
