@@ -10,13 +10,14 @@
 // the whole `wrangler dev` tree (the wrangler Node process, its proxy workerd and the workerd
 // running the Worker and its Durable Objects), for the reference server its Node process.
 // The Worker must be built first (`npm run build`).
-import { fork, spawn, execFileSync } from 'node:child_process';
+import { fork } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServer } from '../scripts/dev-server.mjs';
+import { startReferenceServer } from '../scripts/reference-server.mjs';
 import { CLK_TCK, readStat } from './common.mjs';
 import { floorTable, measureFloor } from './floor.mjs';
 import { canTrace, measureSyncs } from './syncs.mjs';
@@ -159,7 +160,7 @@ function roleOf(pid, port) {
       ? 'workerd (wrangler proxy)'
       : 'workerd (Worker and objects)';
   }
-  if (args.includes('ref-server.mjs')) return 'node (reference server)';
+  if (args.includes('reference-server.mjs')) return 'node (reference server)';
   if (args.includes('wrangler-dist')) return 'node (wrangler)';
   if (args.includes('wrangler')) return 'node (wrangler launcher)';
   return args.split(' ')[0] || `pid ${pid}`;
@@ -241,41 +242,19 @@ async function startEdgestream() {
 }
 
 async function startReference(dataDir) {
-  const args = ['--expose-gc', path.join(here, 'ref-server.mjs')];
-  if (dataDir) args.push('--data-dir', dataDir);
-  const child = spawn(process.execPath, args, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  child.stderr.on('data', (c) => (log += c));
-  const url = await withTimeout(
-    new Promise((resolve, reject) => {
-      let out = '';
-      child.stdout.on('data', (c) => {
-        out += c;
-        const line = out.split('\n').find((l) => l.startsWith('{'));
-        if (line) resolve(JSON.parse(line).url);
-      });
-      child.on('exit', (code) => reject(new Error(`reference server exited (${code}): ${log}`)));
-    }),
-    30_000,
-    'reference server start',
-  );
+  const server = await startReferenceServer({ nodeArgs: ['--expose-gc'], compression: false, dataDir, startTimeoutMs: 30_000 });
   return {
-    baseUrl: url,
-    pid: child.pid,
-    port: Number(new URL(url).port),
+    baseUrl: server.url,
+    pid: server.pid,
+    port: Number(new URL(server.url).port),
     webSocket: false,
-    /** A full collection in the server process (see ref-server.mjs), before memory is sampled. */
+    /** A full collection in the server process, before memory is sampled. */
     async collectGarbage() {
-      child.kill('SIGUSR2');
+      server.collectGarbage();
       await sleep(500);
     },
     async stop() {
-      if (child.exitCode !== null) return;
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
-      await exited;
-      clearTimeout(timer);
+      await server.stop();
       if (dataDir) rmSync(dataDir, { recursive: true, force: true });
     },
   };

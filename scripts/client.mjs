@@ -99,9 +99,8 @@ const BROWSER_TEST_TIMEOUT_S = '180';
 
 /** Browser tests (client/tests/browser.rs) in headless Chromium against the reference server. */
 export async function testClientInBrowser() {
-  const { DurableStreamTestServer } = await import('@durable-streams/server');
-  const server = new DurableStreamTestServer({ port: 0, host: '127.0.0.1', longPollTimeout: 500 });
-  await server.start();
+  const { startReferenceServer } = await import('./reference-server.mjs');
+  const server = await startReferenceServer({ longPollTimeoutMs: 500 });
   try {
     await run('wasm-pack', ['test', '--mode', 'no-install', '--headless', '--chrome', 'client'], {
       env: {

@@ -523,10 +523,8 @@ async function startServer() {
     const s = await startWorker({ vars: { LONG_POLL_TIMEOUT_MS: '500' } });
     return { url: `${s.baseUrl}/v1/stream`, stop: () => s.stop() };
   }
-  const { DurableStreamTestServer } = await import('@durable-streams/server');
-  const server = new DurableStreamTestServer({ port: 0, host: '127.0.0.1', longPollTimeout: 500 });
-  await server.start();
-  return { url: server.url, stop: () => server.stop() };
+  const { startReferenceServer } = await import(path.join(root, 'scripts', 'reference-server.mjs'));
+  return startReferenceServer({ longPollTimeoutMs: 500 });
 }
 
 const suites = loadSuites(casesDir);
