@@ -47,6 +47,7 @@ function options(argv) {
     appendsPerWriter: number('per-writer', 250, 25),
     catchupMb: number('catchup-mb', 50, 5),
     catchupRuns: 3,
+    idleMs: 15_000,
     throughputRuns: number('runs', 3, 1),
     sseReaders: number('sse', 1000, 100),
     wsReaders: number('ws', 200, 20),
@@ -237,6 +238,8 @@ async function startEdgestream() {
     pid: server.pid,
     port: server.port,
     webSocket: true,
+    /** The stream's object marks the response of the request that started (or woke) it. */
+    coldStart: (res) => /\bcold-start\b/.test(res.headers['server-timing'] ?? ''),
     stop: () => server.stop(),
   };
 }
@@ -412,6 +415,15 @@ async function fanout(server, opt, monitor) {
     const readyRss = monitor.sample();
 
     const url = streamUrl(server, name);
+    // The cost claim behind holding readers at the edge: with every reader open and nothing
+    // appended for a while, the runtime evicts the stream's object (workerd after about 10 s
+    // without a request), so the next request has to start it again.
+    let sleptWithReaders = null;
+    if (server.coldStart) {
+      await must(request('HEAD', url), [200], 'fan-out probe');
+      await sleep(opt.idleMs);
+      sleptWithReaders = server.coldStart(await must(request('HEAD', url), [200], 'fan-out probe'));
+    }
     const interval = 1000 / opt.rate;
     const appendLatencies = new Float64Array(opt.messages);
     const writeStart = performance.now();
@@ -482,6 +494,8 @@ async function fanout(server, opt, monitor) {
       rssBaselineMb: round(baselineRss / 2 ** 20, 1),
       rssWithReadersMb: round(readyRss / 2 ** 20, 1),
       kbPerReader: round((readyRss - baselineRss) / 1024 / readers, 1),
+      idleSeconds: sleptWithReaders === null ? null : opt.idleMs / 1000,
+      sleptWithReaders,
     };
   } finally {
     for (const child of children) {
@@ -672,7 +686,8 @@ function markdown(report) {
   for (const id of ids) {
     const f = report.servers[id].workloads.fanout;
     if (!f) continue;
-    lines.push(`- **${id}**: SSE: ${deliveryLine(f, 'sse')}.${f.ws ? ` WS: ${deliveryLine(f, 'ws')}.` : ''} The writer, which waits for each append, managed ${f.writeSeconds ? round(o.messages / f.writeSeconds, 1) : '?'} appends/s. Readers connected in ${f.connectSeconds} s; RSS ${f.rssBaselineMb} MB before readers, ${f.rssWithReadersMb} MB with them.`);
+    const slept = f.sleptWithReaders == null ? '' : ` With all ${f.sse.readers + (f.ws?.readers ?? 0)} readers open and ${f.idleSeconds} s without a request, the stream's object ${f.sleptWithReaders ? 'was evicted (hibernated): the next request started it again' : 'was still running: the readers kept it awake'}.`;
+    lines.push(`- **${id}**: SSE: ${deliveryLine(f, 'sse')}.${f.ws ? ` WS: ${deliveryLine(f, 'ws')}.` : ''} The writer, which waits for each append, managed ${f.writeSeconds ? round(o.messages / f.writeSeconds, 1) : '?'} appends/s. Readers connected in ${f.connectSeconds} s; RSS ${f.rssBaselineMb} MB before readers, ${f.rssWithReadersMb} MB with them.${slept}`);
   }
   lines.push('');
   lines.push('## Memory and CPU by process', '');

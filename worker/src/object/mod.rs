@@ -50,7 +50,14 @@ pub struct StreamObject {
     meta: RefCell<Option<Option<Meta>>>,
     /// POSTs being handled right now; more than one means a burst worth batching.
     appends_in_flight: Cell<u32>,
+    /// No request has reached this instance yet: the next one started (or woke) the object.
+    cold: Cell<bool>,
 }
+
+/// `Server-Timing` metric on the response to the request that started the stream's object.
+/// Open readers are meant to let the object hibernate; this shows whether one had to wake it.
+const COLD_START: &str = "cold-start;desc=\"stream object started\"";
+const SERVER_TIMING: &str = "server-timing";
 
 /// The stream as a request finds it. Lives briefly on the stack, so `Meta` is not boxed.
 #[allow(clippy::large_enum_variant)]
@@ -83,10 +90,12 @@ impl DurableObject for StreamObject {
             store,
             meta: RefCell::new(None),
             appends_in_flight: Cell::new(0),
+            cold: Cell::new(true),
         }
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
+        let cold = self.cold.replace(false);
         let origin = header(req.headers(), "origin");
         let result = self.route(req).await;
         // A batching append flushes its own frame after one turn; should that turn never come
@@ -104,6 +113,7 @@ impl DurableObject for StreamObject {
                 http::unavailable("temporary storage failure; retry")?
             }
         };
+        let resp = if cold { mark_cold(resp)? } else { resp };
         // Decorated here, where the headers are still mutable, rather than copied at the edge.
         security::decorate(resp, &self.config, origin.as_deref())
     }
@@ -737,6 +747,20 @@ fn is_upgrade(req: &Request) -> bool {
 }
 
 /// A random id for a new incarnation of a stream.
+/// Adds [`COLD_START`] to `resp` (an upgrade keeps its headers as they are).
+fn mark_cold(resp: Response) -> Result<Response> {
+    if resp.status_code() == 101 {
+        return Ok(resp);
+    }
+    let resp = match resp.headers().append(SERVER_TIMING, COLD_START) {
+        Ok(()) => return Ok(resp),
+        // Fetched from elsewhere (a fork's source), so immutable: copy it first.
+        Err(_) => http::mutable(resp)?,
+    };
+    resp.headers().append(SERVER_TIMING, COLD_START)?;
+    Ok(resp)
+}
+
 fn new_instance() -> String {
     format!("{:08x}{:08x}", http::random_u32(), http::random_u32())
 }
