@@ -4,7 +4,7 @@
 // bench/results/latest.md were found; it is not part of `npm run bench`.
 //
 //   node bench/profile.mjs fanout [--sse 600] [--ws 0] [--messages 200] [--rate 50]
-//   node bench/profile.mjs requests [--kind append|head|404] [--count 2000]
+//   node bench/profile.mjs requests [--kind append|head|404|catchup] [--count 2000]
 //   (either: [--top 30] rows to print, [--save FILE.cpuprofile] to keep the raw profile)
 //
 // Names: `(program)` is the runtime's own native work, `(idle)` is waiting, `__wbg_*` are the
@@ -88,9 +88,9 @@ function byKind(rows) {
 }
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-function request(base, method, target, body) {
+function request(base, method, target, body, contentType = 'application/json') {
   return new Promise((resolve, reject) => {
-    const req = http.request(`${base}${target}`, { method, agent, headers: { 'content-type': 'application/json' } }, (res) => {
+    const req = http.request(`${base}${target}`, { method, agent, headers: { 'content-type': contentType } }, (res) => {
       res.resume();
       res.on('end', () => resolve(res.statusCode));
     });
@@ -137,12 +137,19 @@ try {
   } else if (mode === 'requests') {
     const kind = option(argv, 'kind', 'append');
     const count = Number(option(argv, 'count', 2000));
+    if (kind === 'catchup') {
+      // A binary stream of 4 MiB: each read from -1 is one full catch-up page.
+      const chunk = Buffer.alloc(1 << 20, 7);
+      await request(base, 'PUT', `${stream}-bytes`, undefined, 'application/octet-stream');
+      for (let i = 0; i < 4; i++) await request(base, 'POST', `${stream}-bytes`, chunk, 'application/octet-stream');
+    }
     const one = {
       append: (i) => request(base, 'POST', stream, JSON.stringify({ i })),
       head: () => request(base, 'HEAD', stream),
       404: () => request(base, 'GET', '/no-such-file'),
+      catchup: () => request(base, 'GET', `${stream}-bytes?offset=-1`),
     }[kind];
-    if (!one) throw new Error(`--kind ${kind}: expected append, head or 404`);
+    if (!one) throw new Error(`--kind ${kind}: expected append, head, 404 or catchup`);
     for (let i = 0; i < 50; i++) await one(i);
     units = { count, name: 'request', plural: 'requests' };
     run = async () => {

@@ -1,9 +1,12 @@
 //! Responses to reads, built the same way by the object (catch-up) and the edge (long-poll).
 
+use std::borrow::Cow;
+
 use edgestream::headers as h;
 use edgestream::stream::{cache_control, CacheKind};
 use edgestream::{etag, json, Offset};
-use worker::{Headers, Response, Result};
+use js_sys::Uint8Array;
+use worker::{web_sys, Headers, Response, Result};
 
 /// Headers the object puts on its WebSocket upgrade so the edge knows the stream's shape.
 pub const X_CONTENT_TYPE: &str = "x-edgestream-content-type";
@@ -11,12 +14,41 @@ pub const X_INSTANCE: &str = "x-edgestream-instance";
 /// The position an internal read page ends at.
 pub const X_PAGE_END: &str = "x-edgestream-page-end";
 
+/// The bytes of a page.
+pub enum PageData<'a> {
+    /// Log bytes (framed JSON for JSON streams): owned when the page was read for this reply,
+    /// so the body takes them without another copy.
+    Bytes(Cow<'a, [u8]>),
+    /// A non-JSON page already in a JS buffer, which becomes the body as it is.
+    Js(Uint8Array),
+}
+
+impl PageData<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            PageData::Bytes(bytes) => bytes.is_empty(),
+            PageData::Js(buffer) => buffer.length() == 0,
+        }
+    }
+}
+
+impl<'a> From<&'a [u8]> for PageData<'a> {
+    fn from(bytes: &'a [u8]) -> Self {
+        PageData::Bytes(Cow::Borrowed(bytes))
+    }
+}
+
+impl From<Vec<u8>> for PageData<'_> {
+    fn from(bytes: Vec<u8>) -> Self {
+        PageData::Bytes(Cow::Owned(bytes))
+    }
+}
+
 /// A page of a stream, ready to be answered.
 pub struct ReadReply<'a> {
     pub content_type: &'a str,
     pub json: bool,
-    /// Log bytes (framed JSON for JSON streams).
-    pub data: &'a [u8],
+    pub data: PageData<'a>,
     pub start: Offset,
     pub end: Offset,
     pub up_to_date: bool,
@@ -29,7 +61,7 @@ pub struct ReadReply<'a> {
 
 impl ReadReply<'_> {
     /// 200 with the body, or 304 when `if_none_match` names this exact page.
-    pub fn respond(&self, if_none_match: Option<&str>) -> Result<Response> {
+    pub fn respond(self, if_none_match: Option<&str>) -> Result<Response> {
         let tag = etag::etag(self.instance, self.start, self.end, self.closed);
         let kind = if self.data.is_empty() {
             CacheKind::EmptyAtTail
@@ -53,10 +85,16 @@ impl ReadReply<'_> {
             return Ok(Response::empty()?.with_status(304).with_headers(headers));
         }
         headers.set(h::CONTENT_TYPE, self.content_type)?;
-        let body = if self.json {
-            json::render_array(self.data)
-        } else {
-            self.data.to_vec()
+        let body = match self.data {
+            PageData::Bytes(bytes) if self.json => json::render_array(&bytes),
+            PageData::Bytes(bytes) => bytes.into_owned(),
+            PageData::Js(buffer) => {
+                let init = web_sys::ResponseInit::new();
+                init.set_headers(&headers.0);
+                let resp =
+                    web_sys::Response::new_with_opt_buffer_source_and_init(Some(&buffer), &init)?;
+                return Ok(Response::from(resp));
+            }
         };
         Ok(Response::from_bytes(body)?.with_headers(headers))
     }

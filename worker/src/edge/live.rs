@@ -159,7 +159,7 @@ pub async fn long_poll(
                     let page = ReadReply {
                         content_type: &live.content_type,
                         json: json_stream,
-                        data: payload,
+                        data: payload.into(),
                         start,
                         end,
                         up_to_date,

@@ -8,13 +8,13 @@
 use std::cell::RefCell;
 
 use edgestream::headers::LiveMode;
-use edgestream::{json, Offset, ProtocolError};
+use edgestream::{json, Offset};
 use wasm_bindgen::JsValue;
 use worker::web_sys::WebSocket;
 use worker::worker_sys::DurableObjectState;
 use worker::{Response, Result, WebSocketPair};
 
-use super::store::{Meta, ReadError, Store};
+use super::store::{Meta, Store};
 use crate::frame;
 use crate::http;
 
@@ -89,11 +89,7 @@ pub fn accept(
     } else {
         match store.read(start, meta.tail, usize::MAX, meta.is_json())? {
             Ok(page) => Some(page),
-            Err(ReadError::NotABoundary) => {
-                return http::error(&ProtocolError::BadRequest(
-                    "offset is inside a JSON message",
-                ));
-            }
+            Err(e) => return http::error(&e.into_protocol()),
         }
     };
     let pair = WebSocketPair::new()?;

@@ -29,7 +29,7 @@ use worker::{
 use crate::config::Config;
 use crate::http::{self, header, now_ms};
 use crate::path::StreamName;
-use crate::reply::{self, ReadReply, X_PAGE_END};
+use crate::reply::{self, PageData, ReadReply, X_PAGE_END};
 use crate::security;
 use store::{Meta, Page, ReadError, Store, MAX_POSITION};
 
@@ -559,19 +559,30 @@ impl StreamObject {
         start: Offset,
         cursor: Option<u64>,
     ) -> Result<Response> {
-        let page = match self.read_page(&meta, start, meta.tail, PAGE_BYTES).await? {
-            Ok(page) => page,
+        let read = if !meta.is_json() && start >= meta.base {
+            // All the object's own bytes: straight from the rows into the body.
+            self.store()?
+                .read_js(start, meta.tail, PAGE_BYTES)?
+                .map(|(buffer, end)| (PageData::Js(buffer), end))
+                .map_err(ReadError::into_protocol)
+        } else {
+            self.read_page(&meta, start, meta.tail, PAGE_BYTES)
+                .await?
+                .map(|page| (page.data.into(), page.end))
+        };
+        let (data, end) = match read {
+            Ok(read) => read,
             Err(e) => return http::error(&e),
         };
         // A fork's read may have awaited its source; report closure as it stands now.
         let now_meta = self.meta()?.unwrap_or(meta);
-        let up_to_date = page.end >= now_meta.tail;
+        let up_to_date = end >= now_meta.tail;
         let reply = ReadReply {
             content_type: now_meta.content_type.as_str(),
             json: now_meta.is_json(),
-            data: &page.data,
+            data,
             start,
-            end: page.end,
+            end,
             up_to_date,
             closed: now_meta.closed && up_to_date,
             instance: &now_meta.instance,
@@ -616,14 +627,14 @@ impl StreamObject {
             .store()?
             .read(page.end, own_to, budget - page.data.len(), meta.is_json())?
         {
+            // Nothing inherited before it: the page is the object's own, not a copy of it.
+            Ok(own) if page.data.is_empty() => Ok(Ok(own)),
             Ok(own) => {
                 page.data.extend_from_slice(&own.data);
                 page.end = own.end;
                 Ok(Ok(page))
             }
-            Err(ReadError::NotABoundary) => Ok(Err(ProtocolError::BadRequest(
-                "offset is inside a JSON message",
-            ))),
+            Err(e) => Ok(Err(e.into_protocol())),
         }
     }
 

@@ -9,8 +9,10 @@ use std::cell::RefCell;
 use edgestream::json;
 use edgestream::producer::{ClosingProducer, ProducerState};
 use edgestream::stream::{Expiry, ForkRequest};
-use edgestream::{ContentType, Offset};
-use worker::{Result, SqlStorage, SqlStorageValue};
+use edgestream::{ContentType, Offset, ProtocolError};
+use js_sys::Uint8Array;
+use wasm_bindgen::{JsCast, JsValue};
+use worker::{worker_sys, Result, SqlStorage, SqlStorageValue};
 
 /// Largest data row. SQLite rows in Durable Objects are capped at 2 MB; larger appends span rows.
 pub const ROW_BYTES: usize = 1024 * 1024;
@@ -99,11 +101,56 @@ pub struct Page {
     pub end: Offset,
 }
 
+/// A page as views of the rows that hold it.
+struct Pieces {
+    views: Vec<Uint8Array>,
+    /// Their total length.
+    len: usize,
+    end: Offset,
+}
+
+/// One row of `log` as `SELECT start, data, flags` returns it.
+struct LogRow {
+    start: u64,
+    /// A view of the runtime's copy of the blob.
+    data: Uint8Array,
+    flags: i64,
+}
+
+impl LogRow {
+    fn from_js(row: &JsValue) -> Result<LogRow> {
+        let row: &js_sys::Array = row.unchecked_ref();
+        let number = |i| row.get(i).as_f64().unwrap_or(0.0);
+        let data = row.get(1);
+        let data = if data.is_instance_of::<Uint8Array>() {
+            data.unchecked_into()
+        } else if data.is_instance_of::<js_sys::ArrayBuffer>() {
+            Uint8Array::new(&data)
+        } else {
+            return Err(worker::Error::RustError("log row without data".into()));
+        };
+        Ok(LogRow {
+            start: number(0) as u64,
+            data,
+            flags: number(2) as i64,
+        })
+    }
+}
+
 /// Why a read position is unusable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadError {
     /// Inside a JSON message: a read from here could not produce a JSON array.
     NotABoundary,
+}
+
+impl ReadError {
+    /// What the client is told.
+    pub fn into_protocol(self) -> ProtocolError {
+        match self {
+            ReadError::NotABoundary => ProtocolError::BadRequest("offset is inside a JSON message"),
+        }
+    }
 }
 
 pub struct Store {
@@ -157,6 +204,24 @@ impl Store {
             sql,
             subscribers: RefCell::new(None),
         })
+    }
+
+    /// Log rows with their data left in the runtime's buffers: `worker`'s row conversion would
+    /// copy every row into a zero-filled `Vec` first, which for a 4 MiB catch-up page is most
+    /// of the object's work.
+    fn log_rows(
+        &self,
+        query: &str,
+        bindings: &[SqlStorageValue],
+    ) -> Result<impl Iterator<Item = Result<LogRow>>> {
+        let sql: &worker_sys::SqlStorage = self.sql.as_ref().unchecked_ref();
+        let bindings: js_sys::Array = bindings.iter().cloned().map(JsValue::from).collect();
+        let rows = sql.exec(query, bindings)?.raw();
+        Ok(std::iter::from_fn(move || match rows.next() {
+            Err(e) => Some(Err(e.into())),
+            Ok(next) if next.done() => None,
+            Ok(next) => Some(LogRow::from_js(&next.value())),
+        }))
     }
 
     fn rows(
@@ -303,12 +368,64 @@ impl Store {
         budget: usize,
         json: bool,
     ) -> Result<std::result::Result<Page, ReadError>> {
-        let mut page = Page {
-            data: Vec::new(),
+        let pieces = match self.pieces(from, to, budget, json)? {
+            Ok(pieces) => pieces,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut data = Vec::with_capacity(pieces.len);
+        for piece in &pieces.views {
+            let at = data.len();
+            let n = piece.length() as usize;
+            let copied = piece
+                .copy_to_uninit(&mut data.spare_capacity_mut()[..n])
+                .len();
+            // SAFETY: `copy_to_uninit` initialised the `copied` bytes after `at`, and returns
+            // them; the capacity covers every piece.
+            unsafe { data.set_len(at + copied) };
+        }
+        Ok(Ok(Page {
+            data,
+            end: pieces.end,
+        }))
+    }
+
+    /// [`Store::read`] for a non-JSON stream, into one JS buffer that can be a response body as
+    /// it is: a catch-up page is copied once, and never through wasm memory (which would keep
+    /// the page's size for the life of the instance).
+    pub fn read_js(
+        &self,
+        from: Offset,
+        to: Offset,
+        budget: usize,
+    ) -> Result<std::result::Result<(Uint8Array, Offset), ReadError>> {
+        let pieces = match self.pieces(from, to, budget, false)? {
+            Ok(pieces) => pieces,
+            Err(e) => return Ok(Err(e)),
+        };
+        let body = Uint8Array::new_with_length(u32::try_from(pieces.len).unwrap_or(u32::MAX));
+        let mut at = 0u32;
+        for piece in &pieces.views {
+            body.set(piece, at);
+            at += piece.length();
+        }
+        Ok(Ok((body, pieces.end)))
+    }
+
+    /// The views of log rows that make up a page, left in the runtime's row buffers.
+    fn pieces(
+        &self,
+        from: Offset,
+        to: Offset,
+        budget: usize,
+        json: bool,
+    ) -> Result<std::result::Result<Pieces, ReadError>> {
+        let mut pieces = Pieces {
+            views: Vec::new(),
+            len: 0,
             end: from,
         };
         if from >= to {
-            return Ok(Ok(page));
+            return Ok(Ok(pieces));
         }
         let floor = self
             .rows(
@@ -317,45 +434,44 @@ impl Store {
             )?
             .first()
             .map_or(0, |r| int(r.first()));
-        let cursor = self.sql.exec(
+        let rows = self.log_rows(
             "SELECT start, data, flags FROM log WHERE start >= ? AND start < ? ORDER BY start",
-            vec![SqlStorageValue::Integer(floor), pos(to)],
+            &[SqlStorageValue::Integer(floor), pos(to)],
         )?;
         let mut first = true;
-        for row in cursor.raw() {
-            let row = row?;
-            let start = u64::try_from(int(row.first())).unwrap_or(0);
-            let Some(SqlStorageValue::Blob(data)) = row.get(1) else {
-                continue;
-            };
-            let flags = int(row.get(2));
-            let end = start + data.len() as u64;
+        for row in rows {
+            let LogRow { start, data, flags } = row?;
+            let len = data.length() as usize;
+            let end = start + len as u64;
             if end <= from.position() {
                 continue;
             }
             let lo = from.position().saturating_sub(start) as usize;
             if first && lo > 0 && json {
                 let aligned =
-                    flags & STARTS_MESSAGE != 0 && json::message_ends(&data[..]).contains(&lo);
+                    flags & STARTS_MESSAGE != 0 && json::message_ends(&data.to_vec()).contains(&lo);
                 if !aligned {
                     return Ok(Err(ReadError::NotABoundary));
                 }
             }
             first = false;
             let hi = (end.min(to.position()) - start) as usize;
-            let mut slice = &data[lo..hi];
+            let mut take = hi - lo;
             if !json {
-                let room = budget.saturating_sub(page.data.len());
-                slice = &slice[..slice.len().min(room)];
+                take = take.min(budget.saturating_sub(pieces.len));
             }
-            page.data.extend_from_slice(slice);
-            page.end = Offset::new(start + (lo + slice.len()) as u64).unwrap_or(page.end);
-            let at_boundary = hi < data.len() || flags & ENDS_MESSAGE != 0;
-            if page.data.len() >= budget && (!json || at_boundary) {
+            // `lo + take <= len <= ROW_BYTES`, so both fit in u32.
+            pieces
+                .views
+                .push(data.subarray(lo as u32, (lo + take) as u32));
+            pieces.len += take;
+            pieces.end = Offset::new(start + (lo + take) as u64).unwrap_or(pieces.end);
+            let at_boundary = hi < len || flags & ENDS_MESSAGE != 0;
+            if pieces.len >= budget && (!json || at_boundary) {
                 break;
             }
         }
-        Ok(Ok(page))
+        Ok(Ok(pieces))
     }
 
     /// The bytes from `at` to the end of the append that holds `at`, or `None` when no data
