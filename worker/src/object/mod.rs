@@ -757,7 +757,6 @@ fn is_upgrade(req: &Request) -> bool {
     header(req.headers(), "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-/// A random id for a new incarnation of a stream.
 /// Adds [`COLD_START`] to `resp` (an upgrade keeps its headers as they are).
 fn mark_cold(resp: Response) -> Result<Response> {
     if resp.status_code() == 101 {
@@ -772,6 +771,7 @@ fn mark_cold(resp: Response) -> Result<Response> {
     Ok(resp)
 }
 
+/// A random id for a new incarnation of a stream.
 fn new_instance() -> String {
     format!("{:08x}{:08x}", http::random_u32(), http::random_u32())
 }
