@@ -2,9 +2,11 @@
 // sequential requests against edgestream and against bench/floor/, a plain JS Worker and
 // Durable Object doing the least each request needs, and reports the workerd CPU per request
 // (from /proc: the Worker's own workerd only; requests go to its own socket, not wrangler's
-// proxy). `npm run bench` runs it too and quotes it in bench/results/latest.md.
+// proxy). It also runs 16 concurrent writers on 16 objects against each, since that is where
+// one workerd thread caps the append rate. `npm run bench` runs it too and quotes it in
+// bench/results/latest.md.
 //
-//   node bench/floor.mjs [--count 3000] [--rounds 3] [--only edgestream|floor]
+//   node bench/floor.mjs [--count 3000] [--rounds 3] [--appends 500] [--only edgestream|floor]
 import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -56,8 +58,44 @@ async function measure(server, side, { count, rounds }) {
   return results;
 }
 
+/**
+ * `writers` writers, each appending `appends` times in turn to its own stream (ours) or object
+ * (the floor): appends per second and latency percentiles, in ms.
+ */
+async function concurrent(server, side, { writers, appends }) {
+  const base = await server.workerUrl();
+  const agent = new http.Agent({ keepAlive: true, maxSockets: writers });
+  const tag = Date.now().toString(36);
+  const urls = Array.from({ length: writers }, (_, i) =>
+    side === 'ours' ? `${base}/v1/stream/floor-writer-${tag}-${i}` : `${base}/fetch/append?o=writer-${tag}-${i}`,
+  );
+  try {
+    for (const url of urls) {
+      if (side === 'ours') await send(agent, 'PUT', url, '[]');
+      await send(agent, 'POST', url, message(0));
+    }
+    const latencies = [];
+    const started = performance.now();
+    await Promise.all(
+      urls.map(async (url) => {
+        for (let i = 0; i < appends; i++) {
+          const t = performance.now();
+          await send(agent, 'POST', url, message(i));
+          latencies.push(performance.now() - t);
+        }
+      }),
+    );
+    const seconds = (performance.now() - started) / 1000;
+    latencies.sort((a, b) => a - b);
+    const at = (p) => Math.round(latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * p))] * 10) / 10;
+    return { writers, appends: latencies.length, perSecond: Math.round(latencies.length / seconds), p50: at(0.5), p99: at(0.99) };
+  } finally {
+    agent.destroy();
+  }
+}
+
 /** Measures both Workers, one after the other: { ours, floor, count, rounds }. */
-export async function measureFloor({ count = 3000, rounds = 3, only } = {}) {
+export async function measureFloor({ count = 3000, rounds = 3, writers = 16, appends = 500, only } = {}) {
   const out = { count, rounds, ours: {}, floor: {} };
   const sides = [
     ['ours', {}],
@@ -68,6 +106,7 @@ export async function measureFloor({ count = 3000, rounds = 3, only } = {}) {
     const server = await startServer(serverOptions);
     try {
       out[side] = await measure(server, side, { count, rounds });
+      out[side].concurrent = await concurrent(server, side, { writers, appends });
     } finally {
       await server.stop();
     }
@@ -79,7 +118,22 @@ export async function measureFloor({ count = 3000, rounds = 3, only } = {}) {
 export function floorTable({ ours, floor }) {
   const cell = (v) => (v === undefined ? '' : v.toLocaleString('en-US'));
   const rows = Object.entries(FLOOR_KINDS).map(([id, k]) => `| ${k.label} | ${cell(ours[id])} | ${cell(floor[id])} |`);
-  return ['| request | edgestream | plain JS floor |', '|---|---|---|', ...rows].join('\n');
+  const table = ['| request | edgestream | plain JS floor |', '|---|---|---|', ...rows];
+  const [a, b] = [ours.concurrent, floor.concurrent];
+  if (a || b) {
+    const writers = (a ?? b).writers;
+    table.push(
+      '',
+      `${writers} concurrent writers, each on its own stream (edgestream) or object (the floor, called with \`fetch()\`):`,
+      '',
+      '| | edgestream | plain JS floor |',
+      '|---|---|---|',
+      `| appends/s | ${cell(a?.perSecond)} | ${cell(b?.perSecond)} |`,
+      `| latency p50, ms | ${cell(a?.p50)} | ${cell(b?.p50)} |`,
+      `| latency p99, ms | ${cell(a?.p99)} | ${cell(b?.p99)} |`,
+    );
+  }
+  return table.join('\n');
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {
@@ -87,6 +141,7 @@ if (import.meta.url === pathToFileURL(process.argv[1]).href) {
   const result = await measureFloor({
     count: Number(option(argv, 'count', 3000)),
     rounds: Number(option(argv, 'rounds', 3)),
+    appends: Number(option(argv, 'appends', 500)),
     only: option(argv, 'only'),
   });
   console.log(`workerd CPU per request, µs (median of ${result.rounds} × ${result.count} sequential requests)\n`);

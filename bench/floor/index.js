@@ -5,6 +5,7 @@
 //   /fetch/append edge -> object with stub.fetch(), one SQLite insert
 //   /rpc/append   edge -> object over RPC with the same Request and Response, one SQLite insert
 //   /forward/append  edge -> object with stub.fetch(request): the incoming request itself
+// `?o=<name>` picks the object (one named `floor` by default), for concurrent writers.
 import { DurableObject } from 'cloudflare:workers';
 
 export class Floor extends DurableObject {
@@ -27,14 +28,14 @@ export class Floor extends DurableObject {
 
 export default {
   async fetch(request, env) {
-    const { pathname } = new URL(request.url);
+    const { pathname, searchParams } = new URL(request.url);
     if (pathname === '/v1/stream/__health') {
       // What scripts/dev-server.mjs looks for to find the Worker's own socket.
       return new Response(null, { headers: { 'access-control-expose-headers': 'stream-next-offset' } });
     }
     const [, via] = pathname.split('/');
     if (!['fetch', 'rpc', 'forward'].includes(via)) return new Response('not found', { status: 404 });
-    const stub = env.OBJECTS.get(env.OBJECTS.idFromName('floor'));
+    const stub = env.OBJECTS.get(env.OBJECTS.idFromName(searchParams.get('o') ?? 'floor'));
     if (via === 'forward') return stub.fetch(request);
     const url = 'https://floor/stream';
     const body = request.method === 'POST' ? request.body : null;
