@@ -1,6 +1,7 @@
 // Catch-up reads of a binary stream larger than one page: the object answers at most 4 MiB per
 // response, cut wherever the budget ends (inside a 1 MiB storage row as often as not), and the
 // reader follows Stream-Next-Offset. Every byte must come back once, in order, from any offset.
+// JSON streams are read in whole messages: an offset inside one is refused.
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
 
@@ -73,4 +74,36 @@ test('a binary stream of several pages reads back exactly, from the start and fr
   expect(tail.status).toBe(200);
   expect(tail.headers.get('stream-up-to-date')).toBe('true');
   expect((await tail.arrayBuffer()).byteLength).toBe(0);
+}, 60_000);
+
+test('a JSON stream answers every offset at a message boundary and refuses one inside a message, for catch-up and live reads', async () => {
+  const name = `json-${Date.now()}`;
+  const messages = [{ a: 1 }, 'two', [3, { c: 'x' }]];
+  const created = await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(messages) });
+  expect(created.status).toBe(201);
+  const tail = created.headers.get('stream-next-offset')!;
+  const [epoch, position] = tail.split('_');
+  const end = Number(position);
+  const at = (p: number) => `${epoch}_${String(p).padStart(position.length, '0')}`;
+  const suffixes = messages.map((_, i) => JSON.stringify(messages.slice(i)));
+  let refused = 0;
+  for (let p = 0; p < end; p++) {
+    const res = await fetch(`${url(name)}?offset=${at(p)}`);
+    if (res.status === 400) {
+      refused++;
+      expect(await res.text()).toMatch(/inside a JSON message/);
+      // Live reads from there are refused the same way, before anything is streamed.
+      for (const live of ['sse', 'long-poll']) {
+        const lr = await fetch(`${url(name)}?offset=${at(p)}&live=${live}`);
+        expect(lr.status).toBe(400);
+        await lr.arrayBuffer();
+      }
+    } else {
+      expect(res.status).toBe(200);
+      // A boundary: the rest of the messages, whole.
+      expect(suffixes).toContain(JSON.stringify(await res.json()));
+    }
+  }
+  expect(refused).toBeGreaterThan(0);
+  expect(end - refused).toBe(messages.length);
 }, 60_000);
