@@ -387,6 +387,12 @@ describe('WebSocket follow', () => {
     expect(await handshakeStatus(`/v1/stream/${name}?offset=-1&live=ws`)).toBe(101);
     const plain = await fetch(`${base()}/${name}?offset=-1&live=ws`);
     expect(plain.status).toBe(426);
+    // An offset inside a JSON message: the object refuses it, and so does the handshake.
+    const json = unique('handshake-json');
+    await create(json, 'application/json', '[{"a":1},{"b":2}]');
+    const tail = (await fetch(`${base()}/${json}?offset=-1`)).headers.get('stream-next-offset')!;
+    const inside = tail.replace(/\d+$/, (p) => '1'.padStart(p.length, '0'));
+    expect(await handshakeStatus(`/v1/stream/${json}?offset=${inside}&live=ws`)).toBe(400);
   });
 });
 
