@@ -96,6 +96,17 @@ pub fn mutable(resp: Response) -> Result<Response> {
     rebuild(status, &source, body)
 }
 
+/// Applies `edit` to `resp`'s headers, copying the response first only if they are immutable
+/// (fetched from elsewhere).
+pub fn edit_headers(resp: Response, edit: impl Fn(&Headers) -> Result<()>) -> Result<Response> {
+    if edit(resp.headers()).is_ok() {
+        return Ok(resp);
+    }
+    let resp = mutable(resp)?;
+    edit(resp.headers())?;
+    Ok(resp)
+}
+
 /// A fresh response with `status`, a copy of `source`'s headers, and `body`.
 pub fn rebuild(status: u16, source: &Headers, body: ResponseBody) -> Result<Response> {
     let headers = copy_headers(source)?;

@@ -36,15 +36,7 @@ pub fn decorate(resp: Response, config: &Config, origin: Option<&str>) -> Result
             set_headers(headers, allowed.as_deref())
         }
     };
-    match set(resp.headers()) {
-        Ok(()) => Ok(resp),
-        Err(_) => {
-            // Fetched from elsewhere, so immutable: copy, then decorate.
-            let resp = http::mutable(resp)?;
-            set(resp.headers())?;
-            Ok(resp)
-        }
-    }
+    http::edit_headers(resp, set)
 }
 
 fn set_headers(headers: &Headers, allowed: Option<&str>) -> Result<()> {

@@ -762,13 +762,7 @@ fn mark_cold(resp: Response) -> Result<Response> {
     if resp.status_code() == 101 {
         return Ok(resp);
     }
-    let resp = match resp.headers().append(SERVER_TIMING, COLD_START) {
-        Ok(()) => return Ok(resp),
-        // Fetched from elsewhere (a fork's source), so immutable: copy it first.
-        Err(_) => http::mutable(resp)?,
-    };
-    resp.headers().append(SERVER_TIMING, COLD_START)?;
-    Ok(resp)
+    http::edit_headers(resp, |headers| headers.append(SERVER_TIMING, COLD_START))
 }
 
 /// A random id for a new incarnation of a stream.
