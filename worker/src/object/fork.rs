@@ -11,7 +11,7 @@ use edgestream::{ContentType, Offset, ProtocolError};
 use serde::{Deserialize, Serialize};
 use worker::{Env, Method, Request, RequestInit, Response, Result};
 
-use super::store::{Meta, Page};
+use super::store::{Meta, Page, ReadError};
 use super::{new_instance, Lookup, StreamObject};
 use crate::http::{self, header, now_ms};
 use crate::path::StreamName;
@@ -106,9 +106,9 @@ pub async fn read_source(
     let resp = call(env, source, "read", &query, None).await?;
     match resp.status_code() {
         200 => Ok(Ok(page_of(resp).await?)),
-        400 => Ok(Err(ProtocolError::BadRequest(
-            "offset is inside a JSON message",
-        ))),
+        // `from` inside a JSON message (the source's other 400, a malformed internal query,
+        // cannot come from this call).
+        400 => Ok(Err(ReadError::NotABoundary.into_protocol())),
         404 => Ok(Err(ProtocolError::Gone)),
         status => Err(worker::Error::RustError(format!(
             "fork source read failed with {status}"

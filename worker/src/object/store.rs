@@ -477,27 +477,28 @@ impl Store {
     /// The bytes from `at` to the end of the append that holds `at`, or `None` when no data
     /// starts at or after `at`. Fork sub-offsets may not reach past this boundary.
     pub fn append_from(&self, at: Offset) -> Result<Option<Page>> {
-        let cursor = self.sql.exec(
+        let rows = self.log_rows(
             "SELECT start, data, flags FROM log
              WHERE start >= (SELECT coalesce(max(start), 0) FROM log WHERE start <= ?) ORDER BY start",
-            vec![pos(at)],
+            &[pos(at)],
         )?;
         let mut page: Option<Page> = None;
-        for row in cursor.raw() {
-            let row = row?;
-            let start = u64::try_from(int(row.first())).unwrap_or(0);
-            let Some(SqlStorageValue::Blob(data)) = row.get(1) else {
-                continue;
-            };
-            let end = start + data.len() as u64;
+        for row in rows {
+            let LogRow { start, data, flags } = row?;
+            let len = data.length() as usize;
+            let end = start + len as u64;
             if end <= at.position() {
                 continue;
             }
             let lo = at.position().saturating_sub(start) as usize;
             let p = page.get_or_insert_with(Page::default);
-            p.data.extend_from_slice(&data[lo..]);
+            let from = p.data.len();
+            p.data.resize(from + (len - lo), 0);
+            // `lo < len <= ROW_BYTES`, so both fit in u32.
+            data.subarray(lo as u32, len as u32)
+                .copy_to(&mut p.data[from..]);
             p.end = Offset::new(end).unwrap_or(p.end);
-            if int(row.get(2)) & ENDS_APPEND != 0 {
+            if flags & ENDS_APPEND != 0 {
                 break;
             }
         }
