@@ -1,8 +1,9 @@
-// Open readers must not keep a stream's Durable Object awake: the edge holds their responses and
-// the object only holds hibernatable internal sockets, so between appends the runtime may evict
-// it (workerd does after about 10 s without a request) and billing stops. The object marks the
-// response of the request that started it with `Server-Timing: cold-start`, which is how this
-// test sees an eviction from outside.
+// Open readers must not keep a stream's Durable Object awake: the edge holds SSE and long-poll
+// responses, and the object holds only hibernatable sockets (the edge's internal ones, and
+// WebSocket clients' own), so between appends the runtime may evict it (workerd does after
+// about 10 s without a request) and billing stops. The object marks the response of the request
+// that started it with `Server-Timing: cold-start`, which is how this test sees an eviction
+// from outside.
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
@@ -62,10 +63,12 @@ function sseReader(streamUrl: string, signal: AbortSignal) {
 function wsReader(streamUrl: string) {
   const ws = new WebSocket(`${streamUrl.replace(/^http/, 'ws')}?offset=-1&live=ws`);
   ws.binaryType = 'arraybuffer';
-  const reader = { ws, data: [] as string[], controls: 0 };
+  const reader = { ws, data: [] as string[], controls: 0, acks: [] as Record<string, unknown>[] };
   ws.addEventListener('message', (e) => {
     if (typeof e.data === 'string') {
-      if (JSON.parse(e.data).type === 'control') reader.controls++;
+      const message = JSON.parse(e.data);
+      if (message.type === 'control') reader.controls++;
+      else reader.acks.push(message);
     } else {
       reader.data.push(Buffer.from(e.data as ArrayBuffer).toString());
     }
@@ -113,9 +116,22 @@ test('the stream object hibernates with SSE, long-poll and WebSocket readers ope
     for (const r of await Promise.all(longPolls)) expect(r).toEqual({ status: 200, body: 'second' });
     await sleep(200); // room for a duplicate to show up
     for (const r of [...sse, ...ws]) expect(r.data).toEqual(['first', 'second']);
+
+    // The object holds the WebSocket clients itself. After another idle spell as long as the
+    // one that evicted it above, an append frame on one of them wakes it, and the ack and the
+    // data reach everyone: the socket's attachment, which says how to serve it, outlived the
+    // instance.
+    await sleep(IDLE_MS);
+    ws[0].ws.send(JSON.stringify({ type: 'append', id: 'after-sleep', data: 'third' }));
+    await until(() => ws[0].acks.length > 0, 'the ack');
+    expect(ws[0].acks).toEqual([expect.objectContaining({ type: 'ack', id: 'after-sleep', status: 204 })]);
+    await until(() => sse.every((r) => r.data.length >= 3) && ws.every((r) => r.data.length >= 3), 'the third append');
+    expect(cold(await fetch(url(name), { method: 'HEAD' }))).toBe(false); // the frame woke it
+    await sleep(200);
+    for (const r of [...sse, ...ws]) expect(r.data).toEqual(['first', 'second', 'third']);
     expect(sse.filter((r) => r.failed)).toEqual([]);
   } finally {
     abort.abort();
     for (const r of ws) r.ws.close();
   }
-}, 60_000);
+}, 90_000);

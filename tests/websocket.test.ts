@@ -251,6 +251,76 @@ describe('WebSocket follow', () => {
     client.ws.close();
   });
 
+  it('serves sockets far behind or in a fork\'s inherited range like those at the tail', async () => {
+    // The object holds a socket that starts within a page (4 MiB) of the tail; one further
+    // behind, or reading a fork's inherited bytes, is caught up and followed by the edge. Both
+    // kinds follow and append side by side on the same stream, and see the same bytes.
+    const name = unique('paths');
+    const size = 4 * 1024 * 1024 + 4096;
+    const body = Buffer.alloc(size, 0x61);
+    for (let i = 0; i < size; i += 4096) body[i] = 0x62;
+    await create(name, 'application/octet-stream', body);
+    const far = await Client.open(name, 'offset=-1&live=ws');
+    const near = await Client.open(name, 'offset=now&live=ws');
+    const caughtUp = await follow(far, (c) => c.upToDate === true);
+    expect(caughtUp.bytes.equals(body)).toBe(true);
+    expect((await near.expect('control')).upToDate).toBe(true);
+
+    const fork = unique('paths-fork');
+    const forked = await fetch(`${base()}/${fork}`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/octet-stream', 'stream-forked-from': `/v1/stream/${name}` },
+    });
+    expect(forked.status).toBe(201);
+    const inherited = await Client.open(fork, 'offset=-1&live=ws');
+    const forkCaughtUp = await follow(inherited, (c) => c.upToDate === true);
+    expect(forkCaughtUp.bytes.equals(body)).toBe(true);
+    /** The bytes of `stream` after `offset` (one page, which holds them all). */
+    const after = async (stream: string, offset: string) => {
+      const res = await fetch(`${base()}/${stream}?offset=${offset}`);
+      expect(res.status).toBe(200);
+      return Buffer.from(await res.arrayBuffer()).toString();
+    };
+
+    const appendBytes = (client: Client, id: number, text: string) => {
+      const header = Buffer.from(JSON.stringify({ type: 'append', id }));
+      const length = Buffer.alloc(4);
+      length.writeUInt32BE(header.length);
+      client.send(Buffer.concat([length, header, Buffer.from(text)]));
+    };
+    appendBytes(far, 1, 'from-far;');
+    appendBytes(near, 2, 'from-near;');
+    appendBytes(inherited, 3, 'in-fork;');
+    /** Replies and data on `client` until the ack of `id` and `length` bytes of data arrived. */
+    const acks = async (client: Client, id: number, length: number) => {
+      const seen: Record<string, any>[] = [];
+      const bytes: Buffer[] = [];
+      while (!seen.some((m) => m.type === 'ack' && m.id === id) || Buffer.concat(bytes).length < length) {
+        const message = await client.next();
+        if (message.kind === 'binary') bytes.push(message.bytes);
+        else if (message.json.type !== 'control') seen.push(message.json);
+      }
+      return { replies: seen, bytes: Buffer.concat(bytes).toString() };
+    };
+    const [fromFar, fromNear, fromFork] = await Promise.all([
+      acks(far, 1, 19),
+      acks(near, 2, 19),
+      acks(inherited, 3, 8),
+    ]);
+    expect(fromFar.replies).toEqual([expect.objectContaining({ type: 'ack', id: 1, status: 204 })]);
+    expect(fromNear.replies).toEqual([expect.objectContaining({ type: 'ack', id: 2, status: 204 })]);
+    // One order, the stream's, for both.
+    expect(['from-far;from-near;', 'from-near;from-far;']).toContain(fromFar.bytes);
+    expect(fromNear.bytes).toBe(fromFar.bytes);
+    expect(await after(name, caughtUp.last.streamNextOffset)).toBe(fromFar.bytes);
+    expect(fromFork).toEqual({
+      replies: [expect.objectContaining({ type: 'ack', id: 3, status: 204 })],
+      bytes: 'in-fork;',
+    });
+    expect(await after(fork, forkCaughtUp.last.streamNextOffset)).toBe('in-fork;');
+    for (const client of [far, near, inherited]) client.ws.close();
+  });
+
   it('splits a large JSON catch-up on message boundaries', async () => {
     const name = unique('large-json');
     const messages = Array.from({ length: 3000 }, (_, i) => ({ i, pad: 'x'.repeat(1000) }));

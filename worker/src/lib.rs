@@ -23,6 +23,7 @@ pub mod reply;
 pub mod security;
 pub mod socket;
 pub mod subscription;
+pub mod wsproto;
 
 use worker::worker_sys::web_sys;
 use worker::{event, Context, Env, Response, Result};

@@ -205,16 +205,18 @@ pub struct SocketSender {
     ws: web_sys::WebSocket,
 }
 
-impl SocketSender {
-    pub fn send_bytes(&self, bytes: &[u8]) -> worker::Result<()> {
+impl crate::wsproto::Sink for SocketSender {
+    fn send_bytes(&self, bytes: &[u8]) -> worker::Result<()> {
         send_copy(&self.ws, bytes)
     }
 
-    pub fn send_text(&self, text: &str) -> worker::Result<()> {
+    fn send_text(&self, text: &str) -> worker::Result<()> {
         self.ws.send_with_str(text)?;
         Ok(())
     }
+}
 
+impl SocketSender {
     /// Closes the socket; errors (already closed) are ignored.
     pub fn close(&self, code: u16, reason: &str) {
         let _ = self.ws.close_with_code_and_reason(code, reason);

@@ -61,22 +61,7 @@ pub(super) async fn subscribe(
     from: ReadFrom,
     mode: LiveMode,
 ) -> Result<Subscription> {
-    let live = match mode {
-        LiveMode::LongPoll => "long-poll",
-        LiveMode::Sse => "sse",
-        LiveMode::WebSocket => "ws",
-    };
-    let url = object_url(
-        name,
-        Some(&format!("offset={}&live={live}", offset_token(from))),
-    );
-    let headers = Headers::new();
-    headers.set("upgrade", "websocket")?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Get).with_headers(headers);
-    let resp = stub
-        .fetch_with_request(Request::new_with_init(&url, &init)?)
-        .await?;
+    let resp = ask_object(stub, name, from, mode, &[]).await?;
     if resp.status_code() != 101 {
         return Ok(Subscription::Page(resp));
     }
@@ -98,6 +83,34 @@ pub(super) async fn subscribe(
         instance,
         closed,
     }))
+}
+
+/// The live request for `from` in `mode` to the stream's object, with `extra` headers.
+pub(super) async fn ask_object(
+    stub: &Stub,
+    name: &StreamName,
+    from: ReadFrom,
+    mode: LiveMode,
+    extra: &[(&str, &str)],
+) -> Result<Response> {
+    let live = match mode {
+        LiveMode::LongPoll => "long-poll",
+        LiveMode::Sse => "sse",
+        LiveMode::WebSocket => "ws",
+    };
+    let url = object_url(
+        name,
+        Some(&format!("offset={}&live={live}", offset_token(from))),
+    );
+    let headers = Headers::new();
+    headers.set("upgrade", "websocket")?;
+    for (name, value) in extra {
+        headers.set(name, value)?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(Method::Get).with_headers(headers);
+    stub.fetch_with_request(Request::new_with_init(&url, &init)?)
+        .await
 }
 
 /// Adds the cursor to a page the object answered directly.

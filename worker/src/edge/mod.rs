@@ -158,7 +158,10 @@ fn check_create(headers: &Headers, config: &Config) -> std::result::Result<(), P
 }
 
 /// POST headers that can be checked without the stream.
-fn check_append(headers: &Headers, config: &Config) -> std::result::Result<(), ProtocolError> {
+pub(crate) fn check_append(
+    headers: &Headers,
+    config: &Config,
+) -> std::result::Result<(), ProtocolError> {
     check_length(headers, config)?;
     let id = header(headers, h::PRODUCER_ID);
     let epoch = header(headers, h::PRODUCER_EPOCH);

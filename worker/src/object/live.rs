@@ -1,22 +1,27 @@
 //! Live readers, held as hibernating WebSockets so open readers never keep the object awake.
 //!
-//! The edge opens one internal socket per reader (workerd does not let one socket serve several
-//! incoming requests). Appends are queued and flushed as [`frame`](crate::frame)s, each encoded
-//! once with the same bytes going to every socket; a burst of concurrent appends is flushed as
-//! one frame. The edge turns frames into SSE, long-poll or WebSocket messages.
+//! The edge opens one internal socket per SSE or long-poll reader (workerd does not let one
+//! socket serve several incoming requests). Appends are queued and flushed as
+//! [`frame`](crate::frame)s, each encoded once with the same bytes going to every socket; a burst
+//! of concurrent appends is flushed as one frame. The edge turns frames into SSE or long-poll
+//! messages. Client WebSockets held here directly get the same data as client messages
+//! ([`clients`](super::clients)).
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use edgestream::headers::LiveMode;
-use edgestream::{json, Offset};
+use edgestream::Offset;
 use wasm_bindgen::JsValue;
 use worker::web_sys::WebSocket;
 use worker::worker_sys::DurableObjectState;
 use worker::{Response, Result, WebSocketPair};
 
+use super::clients::{self, Group};
 use super::store::{Meta, Store};
 use crate::frame;
 use crate::http;
+use crate::wsproto;
 
 /// Largest frame payload: under the platform's WebSocket message limit, with room to spare.
 pub const FRAME_BYTES: usize = 512 * 1024;
@@ -28,6 +33,9 @@ pub struct Hub {
     state: DurableObjectState,
     /// Appended log bytes not yet sent to the readers: one contiguous range.
     pending: RefCell<Option<Pending>>,
+    clients: clients::Cached,
+    /// The client socket whose append is being applied: it gets its ack before any close.
+    appending: RefCell<Option<WebSocket>>,
 }
 
 /// Log bytes `[start, end)` waiting to be sent as one frame (or a few, when large).
@@ -44,16 +52,40 @@ impl Hub {
         Hub {
             state,
             pending: RefCell::new(None),
+            clients: RefCell::new(None),
+            appending: RefCell::new(None),
         }
     }
 
-    fn accept(&self, ws: &WebSocket, tag: &str) -> std::result::Result<(), JsValue> {
-        self.state
-            .accept_websocket_with_tags(ws, vec![JsValue::from_str(tag)])
+    /// Marks `ws` as the socket whose append is being applied, until the guard is dropped.
+    pub fn appending(&self, ws: &WebSocket) -> Appending<'_> {
+        self.appending.replace(Some(ws.clone()));
+        Appending(self)
     }
 
+    pub fn accept(&self, ws: &WebSocket, tags: &[&str]) -> std::result::Result<(), JsValue> {
+        let tags = tags.iter().map(|t| JsValue::from_str(t)).collect();
+        self.state.accept_websocket_with_tags(ws, tags)
+    }
+
+    /// The edge's internal sockets.
     fn sockets(&self) -> Vec<WebSocket> {
-        self.state.get_websockets().unwrap_or_default()
+        self.sockets_tagged(EDGE)
+    }
+
+    /// The client sockets held here, grouped; read from their attachments once per change.
+    fn clients(&self) -> Rc<Vec<Group>> {
+        if let Some(groups) = self.clients.borrow().as_ref() {
+            return groups.clone();
+        }
+        let groups = Rc::new(clients::groups(self.sockets_tagged(clients::TAG)));
+        self.clients.replace(Some(groups.clone()));
+        groups
+    }
+
+    /// A client socket was accepted or closed: the groups are read again when next needed.
+    pub fn clients_changed(&self) {
+        self.clients.replace(None);
     }
 
     fn sockets_tagged(&self, tag: &str) -> Vec<WebSocket> {
@@ -61,7 +93,18 @@ impl Hub {
     }
 }
 
+/// See [`Hub::appending`].
+pub struct Appending<'a>(&'a Hub);
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        self.0.appending.replace(None);
+    }
+}
+
 const LONG_POLL: &str = "long-poll";
+/// Every internal socket of the edge's, whatever its mode.
+const EDGE: &str = "edge";
 
 fn tag(mode: LiveMode) -> &'static str {
     match mode {
@@ -93,7 +136,7 @@ pub fn accept(
         }
     };
     let pair = WebSocketPair::new()?;
-    if let Err(e) = hub.accept(pair.server.as_ref(), tag(mode)) {
+    if let Err(e) = hub.accept(pair.server.as_ref(), &[tag(mode), EDGE]) {
         worker::console_warn!("stream object: cannot accept a reader: {e:?}");
         return http::unavailable("too many live readers on this stream; retry");
     }
@@ -156,7 +199,8 @@ pub fn flush(hub: &Hub) {
 /// encoded once for all readers.
 fn send(hub: &Hub, p: Pending) {
     let sockets = hub.sockets();
-    if sockets.is_empty() {
+    let clients = hub.clients();
+    if sockets.is_empty() && clients.is_empty() {
         return;
     }
     let Pending {
@@ -176,13 +220,22 @@ fn send(hub: &Hub, p: Pending) {
         } else {
             Offset::new(start.position() + cut as u64).unwrap_or(end)
         };
-        let bytes = frame::encode_data(from, to, closed && last, last, &data[at..cut]);
-        send_all(&sockets, &bytes);
+        let payload = &data[at..cut];
+        if !sockets.is_empty() {
+            let bytes = frame::encode_data(from, to, closed && last, last, payload);
+            send_all(&sockets, &bytes);
+        }
+        clients::deliver(&clients, json_stream, payload, to, closed && last, last);
         at = cut;
     }
     // Long-polls are answered by their first frame; a closed stream has nothing more to say.
     if closed {
         close_all(&sockets, "stream closed");
+        if !clients.is_empty() {
+            let appending = hub.appending.borrow();
+            clients::close_all(&clients, None, "stream closed", appending.as_ref());
+            hub.clients_changed();
+        }
     } else {
         close_all(&hub.sockets_tagged(LONG_POLL), "done");
     }
@@ -201,6 +254,11 @@ pub fn gone(hub: &Hub) {
     let sockets = hub.sockets();
     send_all(&sockets, &frame::encode_gone());
     close_all(&sockets, "stream gone");
+    let clients = hub.clients();
+    if !clients.is_empty() {
+        clients::close_all(&clients, Some(&wsproto::gone()), "stream not found", None);
+        hub.clients_changed();
+    }
 }
 
 fn send_all(sockets: &[WebSocket], bytes: &[u8]) {
@@ -227,20 +285,7 @@ fn frame_cuts(data: &[u8], json_stream: bool) -> Vec<usize> {
         }
         return cuts;
     }
-    let mut cuts = Vec::new();
-    let mut frame_start = 0;
-    let mut prev = 0;
-    for end in json::message_ends(data) {
-        if end - frame_start > FRAME_BYTES && prev > frame_start {
-            cuts.push(prev);
-            frame_start = prev;
-        }
-        prev = end;
-    }
-    if cuts.last() != Some(&data.len()) {
-        cuts.push(data.len());
-    }
-    cuts
+    wsproto::message_cuts(data, FRAME_BYTES)
 }
 
 #[cfg(test)]

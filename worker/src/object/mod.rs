@@ -5,6 +5,7 @@
 //! never keep it awake. Appends read the whole body first and then run to completion without
 //! an `await`, so validation, the data rows, the tail and the producer state commit together.
 
+mod clients;
 mod fork;
 mod live;
 pub mod store;
@@ -31,6 +32,7 @@ use crate::http::{self, header, now_ms};
 use crate::path::StreamName;
 use crate::reply::{self, PageData, ReadReply, X_PAGE_END};
 use crate::security;
+use crate::wsproto::{self, ClientHello, ErrorReply, Incoming};
 use store::{Meta, Page, ReadError, Store, MAX_POSITION};
 
 /// Catch-up reads return at most this much (rounded up to a whole JSON message).
@@ -52,6 +54,8 @@ pub struct StreamObject {
     appends_in_flight: Cell<u32>,
     /// No request has reached this instance yet: the next one started (or woke) the object.
     cold: Cell<bool>,
+    /// Client sockets' append frames, applied one at a time in arrival order.
+    socket_appends: clients::Turnstile,
 }
 
 /// `Server-Timing` metric on the response to the request that started the stream's object.
@@ -91,6 +95,7 @@ impl DurableObject for StreamObject {
             meta: RefCell::new(None),
             appends_in_flight: Cell::new(0),
             cold: Cell::new(true),
+            socket_appends: clients::Turnstile::default(),
         }
     }
 
@@ -106,10 +111,7 @@ impl DurableObject for StreamObject {
             Err(e) => {
                 // Storage or runtime failure: nothing was acknowledged, so the client may retry.
                 worker::console_error!("stream object: {e}");
-                self.meta.replace(None);
-                if let Some(store) = &self.store {
-                    store.forget_cached();
-                }
+                self.forget_cached();
                 http::unavailable("temporary storage failure; retry")?
             }
         };
@@ -132,10 +134,37 @@ impl DurableObject for StreamObject {
 
     async fn websocket_message(
         &self,
-        _ws: WebSocket,
-        _message: WebSocketIncomingMessage,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
     ) -> Result<()> {
-        // Readers only listen; anything they send is ignored.
+        // The turn is taken before anything else, so frames keep the order they arrived in.
+        let _turn = self.socket_appends.enter().await;
+        self.cold.set(false);
+        // The edge's readers only listen; anything they send is ignored.
+        let Some(state) = clients::ClientState::of(ws.as_ref()) else {
+            return Ok(());
+        };
+        let incoming = match &message {
+            WebSocketIncomingMessage::String(text) => Incoming::Text(text),
+            WebSocketIncomingMessage::Binary(bytes) => Incoming::Binary(bytes),
+        };
+        let reply = match wsproto::parse_append(incoming, state.json) {
+            Ok((frame, body)) => {
+                // Should this append close the stream, this socket is closed after its ack.
+                let _appending = self.hub.appending(ws.as_ref());
+                self.socket_append(&frame, body, &state.hello).await
+            }
+            Err(bad) => {
+                let _ = ws.send_with_str(bad.reply());
+                let _ = ws.close(Some(bad.code), Some(bad.reason));
+                return Ok(());
+            }
+        };
+        let _ = ws.send_with_str(reply);
+        if matches!(self.meta(), Ok(Some(meta)) if meta.closed) {
+            let _ = ws.close(Some(wsproto::close::NORMAL), Some("stream closed"));
+            self.hub.clients_changed();
+        }
         Ok(())
     }
 
@@ -146,7 +175,12 @@ impl DurableObject for StreamObject {
         _reason: String,
         _was_clean: bool,
     ) -> Result<()> {
+        // Answer the close frame (workerd leaves that to the application).
         let _ = ws.close(Some(1000), Some("closed"));
+        // The edge's sockets come and go all the time; only a client's changes the groups.
+        if clients::ClientState::of(ws.as_ref()).is_some() {
+            self.hub.clients_changed();
+        }
         Ok(())
     }
 
@@ -352,8 +386,63 @@ impl StreamObject {
             Ok(body) => body,
             Err(e) => return http::error(&e),
         };
+        self.append_body(req.headers(), body).await
+    }
+
+    /// A client socket's append frame, applied as the POST it stands for; the reply is an ack
+    /// or an error.
+    async fn socket_append(
+        &self,
+        frame: &wsproto::AppendFrame<'_>,
+        body: Vec<u8>,
+        hello: &ClientHello,
+    ) -> String {
+        // The token's expiry counts at each append, as at the edge.
+        if let Some(refusal) = hello.append.refusal(frame.id, now_ms() / 1000) {
+            return refusal;
+        }
+        let result = match self.meta() {
+            Ok(meta) => {
+                let content_type = meta
+                    .map(|m| m.content_type)
+                    .unwrap_or_else(ContentType::default_type);
+                wsproto::append_headers(frame, &body, content_type.as_str(), &self.config)
+            }
+            Err(e) => Err(e),
+        };
+        let result = match result {
+            Ok(Ok(headers)) => {
+                self.appends_in_flight.set(self.appends_in_flight.get() + 1);
+                let resp = self.append_body(&headers, body).await;
+                self.appends_in_flight.set(self.appends_in_flight.get() - 1);
+                live::flush(&self.hub);
+                resp.map(Ok)
+            }
+            Ok(Err(e)) => Ok(Err(e)),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(Ok(resp)) => wsproto::reply_to(frame.id, resp).await,
+            Ok(Err(e)) => ErrorReply::new(frame.id, &e).to_json(),
+            Err(e) => {
+                worker::console_error!("stream object: socket append: {e}");
+                self.forget_cached();
+                wsproto::retry_later(frame.id)
+            }
+        }
+    }
+
+    /// Drops what memory holds of storage after a failure, so the next request reads it anew.
+    fn forget_cached(&self) {
+        self.meta.replace(None);
+        if let Some(store) = &self.store {
+            store.forget_cached();
+        }
+    }
+
+    /// Appends `body` with the request headers `headers` (POST's, or a socket frame's).
+    async fn append_body(&self, headers: &Headers, body: Vec<u8>) -> Result<Response> {
         // From here on there is no await until the response: the append is one atomic turn.
-        let headers = req.headers();
         let now = now_ms();
         let mut meta = match self.lookup(now).await? {
             Lookup::Live(meta) => meta,
@@ -662,6 +751,16 @@ impl StreamObject {
             Err(e) => return http::error(&e),
         };
         self.touch(&mut meta, now)?;
+        let hello =
+            header(req.headers(), wsproto::X_CLIENT).and_then(|v| ClientHello::from_header(&v));
+        if let (LiveMode::WebSocket, Some(hello)) = (mode, hello) {
+            // A client's own socket, handed over by the edge: held here when it starts near the
+            // tail, else the edge serves it from this page on.
+            if clients::serves(&meta, start) {
+                return clients::accept(&self.hub, self.store()?, &meta, start, hello);
+            }
+            return self.page_response(req, meta, start, None).await;
+        }
         let long_poll = mode == LiveMode::LongPoll;
         let backlog = meta.tail.distance_from(start);
         if start < meta.base || (long_poll && backlog > 0) || backlog > live::FRAME_BYTES as u64 {

@@ -1,0 +1,394 @@
+//! Client WebSockets (`live=ws`) that the object holds itself.
+//!
+//! A client that starts near the tail is handed over by the edge: the object accepts its socket
+//! with the hibernation API, so an open socket never keeps the object awake, and each append
+//! reaches it as one send from here, with no edge request, internal socket or JS handler in
+//! between. The socket's [`ClientState`] is its attachment, so it survives hibernation. Data
+//! and control messages are built once per append for every socket (once per cursor for the
+//! control), and append frames are applied in the order they arrived ([`Turnstile`]).
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use edgestream::sse::Control;
+use edgestream::{Offset, ReadFrom};
+use js_sys::Uint8Array;
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::prelude::*;
+use worker::web_sys::WebSocket;
+use worker::{Response, Result, WebSocketPair};
+
+use super::live::{self, Hub};
+use super::store::{Meta, Store};
+use super::PAGE_BYTES;
+use crate::http;
+use crate::wsproto::{self, close, ClientHello, Emitter, Sink};
+
+/// The tag of client sockets among the object's hibernating sockets.
+pub const TAG: &str = "client";
+
+/// What the object keeps about a client socket (its attachment).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClientState {
+    /// The stream is JSON: data goes out as JSON text messages.
+    pub json: bool,
+    pub hello: ClientHello,
+}
+
+impl ClientState {
+    /// The state of `ws`, or `None` for a socket that is not a client's (an edge reader's).
+    pub fn of(ws: &WebSocket) -> Option<ClientState> {
+        let ws = worker::WebSocket::from(ws.clone());
+        let text = ws.deserialize_attachment::<String>().ok()??;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+#[wasm_bindgen]
+extern "C" {
+    /// A WebSocket seen through `send(any)`, so one JS string or buffer built for all sockets
+    /// is sent as it is.
+    type AnySocket;
+    #[wasm_bindgen(method, catch, js_name = send)]
+    fn send_value(this: &AnySocket, data: &JsValue) -> std::result::Result<(), JsValue>;
+}
+
+fn send(ws: &WebSocket, data: &JsValue) -> Result<()> {
+    ws.unchecked_ref::<AnySocket>()
+        .send_value(data)
+        .map_err(|e| worker::Error::JsError(format!("{e:?}")))
+}
+
+/// One client socket as an [`Emitter`]'s sink, for its catch-up.
+struct Direct<'a>(&'a WebSocket);
+
+impl Sink for Direct<'_> {
+    fn send_text(&self, text: &str) -> Result<()> {
+        send(self.0, &JsValue::from_str(text))
+    }
+
+    fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
+        // A copy: the runtime may read it after wasm memory has been reused.
+        send(self.0, &Uint8Array::from(bytes).into())
+    }
+}
+
+/// Whether a client handed over at `start` is served here: the object's own rows, at most one
+/// page behind the tail. A longer catch-up (or a fork's inherited range) is served by the edge
+/// in pages, so the object never sends more than a page in one turn.
+pub fn serves(meta: &Meta, start: Offset) -> bool {
+    start >= meta.base && meta.tail.distance_from(start) <= PAGE_BYTES as u64
+}
+
+/// Accepts a client socket at `start` (see [`serves`]): sends it everything up to the tail,
+/// then it receives each append as it happens.
+pub fn accept(
+    hub: &Hub,
+    store: &Store,
+    meta: &Meta,
+    start: Offset,
+    hello: ClientHello,
+) -> Result<Response> {
+    // Queued appends go out first, so the catch-up read below and later sends never overlap.
+    live::flush(hub);
+    let page = match store.read(start, meta.tail, PAGE_BYTES, meta.is_json())? {
+        Ok(page) => page,
+        Err(e) => return http::error(&e.into_protocol()),
+    };
+    let pair = WebSocketPair::new()?;
+    let ws: &WebSocket = pair.server.as_ref();
+    if let Err(e) = hub.accept(ws, &[TAG]) {
+        worker::console_warn!("stream object: cannot accept a client socket: {e:?}");
+        return http::unavailable("too many live readers on this stream; retry");
+    }
+    let state = ClientState {
+        json: meta.is_json(),
+        hello,
+    };
+    let attached = serde_json::to_string(&state)
+        .map_err(|e| worker::Error::RustError(e.to_string()))
+        .and_then(|text| pair.server.serialize_attachment(text));
+    if let Err(e) = attached {
+        let _ = ws.close_with_code_and_reason(close::INTERNAL, "cannot keep the socket");
+        return Err(e);
+    }
+    hub.clients_changed();
+    let mut emit = Emitter::new(
+        Direct(ws),
+        state.json,
+        state.hello.cursor,
+        ReadFrom::At(start),
+    );
+    let up_to_date = page.end >= meta.tail;
+    let closed = meta.closed && up_to_date;
+    let sent = if state.json {
+        emit.send_json_framed(&page.data)
+    } else {
+        emit.send_binary_page(&page.data)
+    };
+    // The client always hears first whether it is up to date, even with nothing to catch up.
+    let sent = sent.and_then(|has_data| emit.control(page.end, up_to_date, closed, has_data));
+    if sent.is_ok() && !up_to_date {
+        // Cannot happen (the page budget covers the backlog); never leave a gap if it does.
+        let _ = ws.close_with_code_and_reason(close::RESTART, "catch up again");
+    } else if closed {
+        let _ = ws.close_with_code_and_reason(close::NORMAL, "stream closed");
+    }
+    Response::from_websocket(pair.client)
+}
+
+/// Client sockets that share a cursor, and so every message.
+pub struct Group {
+    cursor: u64,
+    sockets: Vec<WebSocket>,
+}
+
+/// The client sockets, grouped by cursor, read from their attachments.
+pub fn groups(sockets: Vec<WebSocket>) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for ws in sockets {
+        let Some(state) = ClientState::of(&ws) else {
+            continue;
+        };
+        let cursor = state.hello.cursor;
+        match groups.iter_mut().find(|g| g.cursor == cursor) {
+            Some(group) => group.sockets.push(ws),
+            None => groups.push(Group {
+                cursor,
+                sockets: vec![ws],
+            }),
+        }
+    }
+    groups
+}
+
+/// Sends log bytes `payload` ending at `end` to every client: one data message (when there are
+/// bytes) and one control message, each built once.
+pub fn deliver(
+    groups: &[Group],
+    json_stream: bool,
+    payload: &[u8],
+    end: Offset,
+    closed: bool,
+    up_to_date: bool,
+) {
+    let data: Option<JsValue> = match (payload.is_empty(), json_stream) {
+        (true, _) => None,
+        (false, true) => Some(JsValue::from_str(&wsproto::data_message(payload))),
+        (false, false) => Some(Uint8Array::from(payload).into()),
+    };
+    let next_offset = end.to_string();
+    for group in groups {
+        let control = Control {
+            next_offset: next_offset.clone(),
+            cursor: Some(group.cursor.to_string()),
+            up_to_date,
+            closed,
+        };
+        let control = JsValue::from_str(&wsproto::control_message(&control));
+        for ws in &group.sockets {
+            // A socket that is closing refuses the send; its client reconnects and resumes.
+            if let Some(data) = &data {
+                let _ = send(ws, data);
+            }
+            let _ = send(ws, &control);
+        }
+    }
+}
+
+/// Closes every client socket but `spared`, first sending `message` when there is one.
+pub fn close_all(
+    groups: &[Group],
+    message: Option<&str>,
+    reason: &str,
+    spared: Option<&WebSocket>,
+) {
+    let message = message.map(JsValue::from_str);
+    for ws in groups.iter().flat_map(|g| &g.sockets) {
+        if spared.is_some_and(|s| js_sys::Object::is(s, ws)) {
+            continue;
+        }
+        if let Some(message) = &message {
+            let _ = send(ws, message);
+        }
+        let _ = ws.close_with_code_and_reason(close::NORMAL, reason);
+    }
+}
+
+/// Lets append frames through one at a time, in the order they arrived: each socket message is
+/// its own event, and an append awaits (batching, subscription notices) before it is
+/// acknowledged, yet a producer may pipeline its appends. The place in line is taken when
+/// [`Turnstile::enter`] is called.
+#[derive(Default)]
+pub struct Turnstile {
+    next: Cell<u64>,
+    serving: Cell<u64>,
+    /// Tickets whose holders left the line before their turn.
+    abandoned: RefCell<Vec<u64>>,
+    waiting: RefCell<Vec<Waker>>,
+}
+
+impl Turnstile {
+    pub fn enter(&self) -> Enter<'_> {
+        let ticket = self.next.get();
+        self.next.set(ticket + 1);
+        Enter {
+            turnstile: self,
+            ticket,
+            admitted: false,
+        }
+    }
+
+    /// Serves the next ticket still in line, and lets every waiter look.
+    fn advance(&self) {
+        let mut next = self.serving.get() + 1;
+        let mut abandoned = self.abandoned.borrow_mut();
+        while let Some(i) = abandoned.iter().position(|&t| t == next) {
+            abandoned.swap_remove(i);
+            next += 1;
+        }
+        drop(abandoned);
+        self.serving.set(next);
+        let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
+        for waker in waiting {
+            waker.wake();
+        }
+    }
+}
+
+/// A place in line at the [`Turnstile`]; resolves to the turn.
+pub struct Enter<'a> {
+    turnstile: &'a Turnstile,
+    ticket: u64,
+    admitted: bool,
+}
+
+impl<'a> Future for Enter<'a> {
+    type Output = Turn<'a>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Turn<'a>> {
+        let turnstile = self.turnstile;
+        if turnstile.serving.get() == self.ticket {
+            self.admitted = true;
+            return Poll::Ready(Turn(turnstile));
+        }
+        turnstile.waiting.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Enter<'_> {
+    fn drop(&mut self) {
+        if self.admitted {
+            return;
+        }
+        // Left the line: its turn, should it come, passes to the next.
+        if self.turnstile.serving.get() == self.ticket {
+            self.turnstile.advance();
+        } else {
+            self.turnstile.abandoned.borrow_mut().push(self.ticket);
+        }
+    }
+}
+
+/// A turn at the [`Turnstile`]; the next one starts when it is dropped.
+pub struct Turn<'a>(&'a Turnstile);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.advance();
+    }
+}
+
+/// The client groups, built once and kept until a client socket comes or goes.
+pub type Cached = RefCell<Option<Rc<Vec<Group>>>>;
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+
+    use edgestream::headers::ContentType;
+    use edgestream::stream::Expiry;
+
+    use super::*;
+
+    fn meta(base: u64, tail: u64) -> Meta {
+        Meta {
+            path: "/v1/stream/a".into(),
+            instance: "i".into(),
+            content_type: ContentType::default_type(),
+            expiry: Expiry::Never,
+            accessed_ms: 0,
+            closed: false,
+            closed_by: None,
+            base: Offset::new(base).unwrap(),
+            tail: Offset::new(tail).unwrap(),
+            last_stream_seq: None,
+            fork: None,
+            forks: 0,
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn the_object_serves_its_own_rows_within_a_page_of_the_tail() {
+        let page = PAGE_BYTES as u64;
+        let at = |p: u64| Offset::new(p).unwrap();
+        let own = meta(0, page + 10);
+        assert!(serves(&own, at(10)));
+        assert!(serves(&own, at(page + 10)));
+        assert!(!serves(&own, at(9)), "more than a page behind");
+        // A fork's inherited range is read from its source: the edge serves it.
+        let fork = meta(100, 200);
+        assert!(!serves(&fork, at(99)));
+        assert!(serves(&fork, at(100)));
+    }
+
+    #[test]
+    fn turns_are_taken_in_arrival_order() {
+        let turnstile = Turnstile::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut first = Box::pin(turnstile.enter());
+        let mut second = Box::pin(turnstile.enter());
+        let mut third = Box::pin(turnstile.enter());
+        // Polled out of order, only the first to arrive gets in.
+        assert!(third.as_mut().poll(&mut cx).is_pending());
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        let Poll::Ready(turn) = first.as_mut().poll(&mut cx) else {
+            panic!("the first arrival waits");
+        };
+        assert!(third.as_mut().poll(&mut cx).is_pending());
+        drop(turn);
+        assert!(third.as_mut().poll(&mut cx).is_pending());
+        let Poll::Ready(turn) = second.as_mut().poll(&mut cx) else {
+            panic!("the second arrival waits after the first left");
+        };
+        drop(turn);
+        assert!(pin!(third).poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_place_given_up_passes_its_turn_on() {
+        let turnstile = Turnstile::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut first = Box::pin(turnstile.enter());
+        let second = turnstile.enter();
+        let mut third = Box::pin(turnstile.enter());
+        let Poll::Ready(turn) = first.as_mut().poll(&mut cx) else {
+            panic!("the first arrival waits");
+        };
+        drop(second); // leaves before its turn
+        assert!(third.as_mut().poll(&mut cx).is_pending());
+        drop(turn);
+        assert!(third.as_mut().poll(&mut cx).is_ready());
+        // Admitted, then dropped unpolled at its turn: the line still moves.
+        let fourth = turnstile.enter();
+        let mut fifth = Box::pin(turnstile.enter());
+        drop(third);
+        drop(fourth);
+        assert!(fifth.as_mut().poll(&mut cx).is_ready());
+    }
+}

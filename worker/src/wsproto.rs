@@ -1,0 +1,718 @@
+//! The messages of `live=ws` (docs/websocket.md), shared by the two ends that serve a client
+//! socket: the stream's object, which holds the socket itself when the client starts near the
+//! tail, and the edge, which serves a long catch-up or a fork's inherited range and then follows.
+//!
+//! Server to client: data and control messages ([`Emitter`], [`data_message`],
+//! [`control_message`]). Client to server: append frames ([`parse_append`]), which become the
+//! headers and body POST would carry ([`append_headers`]), and are answered from POST's response
+//! ([`reply_to`]) with an ack or an error.
+
+use edgestream::headers as h;
+use edgestream::sse::Control;
+use edgestream::token::AuthError;
+use edgestream::{json, Offset, ProtocolError, ReadFrom};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+use worker::{Headers, Response, Result};
+
+use crate::auth::Access;
+use crate::config::Config;
+use crate::http::header;
+
+/// Largest data message: bigger catch-up pages go out in several data messages, cut on JSON
+/// message boundaries (a single larger JSON message still goes out whole).
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Longest header of a binary append frame.
+const MAX_BINARY_HEADER: usize = 64 * 1024;
+
+/// WebSocket close codes (RFC 6455, section 7.4.1).
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    /// A frame that cannot be read: not JSON, not UTF-8, a truncated binary header.
+    pub const INVALID_DATA: u16 = 1007;
+    /// A readable frame that breaks this protocol: unknown type, wrong field types.
+    pub const POLICY: u16 = 1008;
+    pub const INTERNAL: u16 = 1011;
+    /// The stream's object restarted or cannot be reached: reconnect from the last offset.
+    pub const RESTART: u16 = 1012;
+}
+
+/// The header on the handshake the edge passes to the stream's object: a [`ClientHello`].
+pub const X_CLIENT: &str = "x-edgestream-ws-client";
+
+/// What the edge learned at a client's handshake that the object needs to serve the socket.
+/// The object keeps it as the socket's attachment, so it survives hibernation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientHello {
+    /// The cursor the control messages carry.
+    pub cursor: u64,
+    pub append: AppendGrant,
+}
+
+impl ClientHello {
+    pub fn to_header(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_header(value: &str) -> Option<ClientHello> {
+        serde_json::from_str(value).ok()
+    }
+}
+
+/// Whether the handshake's token allows appends over the socket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppendGrant {
+    /// Access control is off.
+    Open,
+    /// Allowed until this time (Unix seconds), the token's expiry.
+    Until(i64),
+    /// Refused, with POST's status and message.
+    Denied { status: u16, message: String },
+}
+
+impl AppendGrant {
+    /// The grant of a handshake whose token was checked for appending.
+    pub fn of(access: std::result::Result<&Access, AuthError>) -> AppendGrant {
+        match access {
+            Ok(Access::Open) => AppendGrant::Open,
+            Ok(Access::Granted(grant)) => AppendGrant::Until(grant.expires_at),
+            Err(e) => AppendGrant::Denied {
+                status: e.status(),
+                message: e.message().into(),
+            },
+        }
+    }
+
+    /// The error reply for an append at `now_secs`, if the grant does not allow it.
+    pub fn refusal(&self, id: Option<&RawValue>, now_secs: i64) -> Option<String> {
+        match self {
+            AppendGrant::Open => None,
+            AppendGrant::Until(expires_at) if now_secs < *expires_at => None,
+            AppendGrant::Until(_) => Some(refused(id, AuthError::Expired)),
+            AppendGrant::Denied { status, message } => Some(
+                ErrorReply {
+                    message: message.clone(),
+                    ..ErrorReply::status(id, *status)
+                }
+                .to_json(),
+            ),
+        }
+    }
+}
+
+/// Where data and control messages go: one client socket.
+pub trait Sink {
+    fn send_text(&self, text: &str) -> Result<()>;
+    fn send_bytes(&self, bytes: &[u8]) -> Result<()>;
+}
+
+/// Sends data and control messages to the client and remembers what it sent.
+pub struct Emitter<S: Sink> {
+    pub out: S,
+    pub json: bool,
+    pub cursor: u64,
+    /// Where the client is: everything before it has been sent.
+    pub offset: ReadFrom,
+    /// The offset and up-to-date flag of the last control message, to skip repeats.
+    pub last_control: Option<(Offset, bool)>,
+}
+
+impl<S: Sink> Emitter<S> {
+    pub fn new(out: S, json: bool, cursor: u64, offset: ReadFrom) -> Emitter<S> {
+        Emitter {
+            out,
+            json,
+            cursor,
+            offset,
+            last_control: None,
+        }
+    }
+
+    pub fn send_binary_page(&self, body: &[u8]) -> Result<bool> {
+        for chunk in body.chunks(MAX_MESSAGE_BYTES) {
+            self.out.send_bytes(chunk)?;
+        }
+        Ok(!body.is_empty())
+    }
+
+    /// A JSON page arrives rendered as one array; it goes out as one or more data messages.
+    pub fn send_json_page(&self, body: &[u8]) -> Result<bool> {
+        let Some(inner) = body.strip_prefix(b"[").and_then(|b| b.strip_suffix(b"]")) else {
+            return Err(worker::Error::RustError("JSON page is not an array".into()));
+        };
+        if inner.is_empty() {
+            return Ok(false);
+        }
+        // Back to the stored form (each message followed by a comma) to cut on boundaries.
+        let mut framed = Vec::with_capacity(inner.len() + 1);
+        framed.extend_from_slice(inner);
+        framed.push(b',');
+        self.send_json_framed(&framed)
+    }
+
+    /// JSON messages in their stored form, as one or more data messages.
+    pub fn send_json_framed(&self, framed: &[u8]) -> Result<bool> {
+        if framed.is_empty() {
+            return Ok(false);
+        }
+        let mut at = 0;
+        for cut in message_cuts(framed, MAX_MESSAGE_BYTES) {
+            self.out.send_text(&data_message(&framed[at..cut]))?;
+            at = cut;
+        }
+        Ok(true)
+    }
+
+    /// A live frame: a data message (when it carries bytes), then its control message. `Err`
+    /// when the client cannot be sent to; `Ok(true)` when the stream is closed.
+    pub fn frame(
+        &mut self,
+        end: Offset,
+        closed: bool,
+        up_to_date: bool,
+        payload: &[u8],
+    ) -> Result<bool> {
+        let has_data = !payload.is_empty();
+        if has_data && self.json {
+            self.out.send_text(&data_message(payload))?;
+        } else if has_data {
+            self.out.send_bytes(payload)?;
+        }
+        self.control(end, up_to_date, closed, has_data)?;
+        self.offset = ReadFrom::At(end);
+        Ok(closed)
+    }
+
+    /// Sends a control message, unless it would repeat the previous one with no data between.
+    pub fn control(
+        &mut self,
+        end: Offset,
+        up_to_date: bool,
+        closed: bool,
+        has_data: bool,
+    ) -> Result<()> {
+        if !has_data && !closed && self.last_control == Some((end, up_to_date)) {
+            return Ok(());
+        }
+        let control = Control {
+            next_offset: end.to_string(),
+            cursor: Some(self.cursor.to_string()),
+            up_to_date,
+            closed,
+        };
+        self.out.send_text(&control_message(&control))?;
+        self.last_control = Some((end, up_to_date));
+        Ok(())
+    }
+}
+
+/// `{"type":"control",…}`: the SSE control event's fields under a type tag.
+pub fn control_message(control: &Control) -> String {
+    let fields = control.to_json();
+    let mut out = String::with_capacity(fields.len() + 20);
+    out.push_str("{\"type\":\"control\",");
+    out.push_str(fields.strip_prefix('{').unwrap_or(&fields));
+    out
+}
+
+/// `{"type":"data","items":[…]}` for a framed range of a JSON stream.
+pub fn data_message(framed: &[u8]) -> String {
+    let mut out = Vec::with_capacity(framed.len() + 24);
+    out.extend_from_slice(b"{\"type\":\"data\",\"items\":");
+    json::write_array(framed, &mut out);
+    out.push(b'}');
+    // Stored JSON was validated as UTF-8 on append; a lossy copy only guards against a bug.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// End positions of the data messages for a framed range: each at most `max` bytes, cut only
+/// after whole messages (a single larger message gets a message of its own).
+pub fn message_cuts(framed: &[u8], max: usize) -> Vec<usize> {
+    if framed.len() <= max {
+        return vec![framed.len()];
+    }
+    let mut cuts = Vec::new();
+    let mut start = 0;
+    let mut prev = 0;
+    for end in json::message_ends(framed) {
+        if end - start > max && prev > start {
+            cuts.push(prev);
+            start = prev;
+        }
+        prev = end;
+    }
+    if cuts.last() != Some(&framed.len()) {
+        cuts.push(framed.len());
+    }
+    cuts
+}
+
+/// A frame that cannot be served: the client gets an error message, then the close code.
+pub struct BadFrame {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl BadFrame {
+    fn invalid(message: &str) -> BadFrame {
+        BadFrame {
+            code: close::INVALID_DATA,
+            reason: "invalid frame",
+            message: message.into(),
+        }
+    }
+
+    fn policy(message: &str) -> BadFrame {
+        BadFrame {
+            code: close::POLICY,
+            reason: "frame breaks the protocol",
+            message: message.into(),
+        }
+    }
+}
+
+impl BadFrame {
+    /// The error message sent before the socket closes.
+    pub fn reply(&self) -> String {
+        ErrorReply {
+            message: self.message.clone(),
+            ..ErrorReply::status(None, 400)
+        }
+        .to_json()
+    }
+}
+
+/// A message from the client, as the socket delivered it.
+pub enum Incoming<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+}
+
+/// Reads an append frame: its fields, and the body POST would carry. A text frame's `data` is
+/// the body of a JSON stream as written, and a string's UTF-8 bytes on any other stream.
+pub fn parse_append(
+    incoming: Incoming<'_>,
+    json_stream: bool,
+) -> std::result::Result<(AppendFrame<'_>, Vec<u8>), BadFrame> {
+    match incoming {
+        Incoming::Text(text) => {
+            let frame = AppendFrame::parse(text)?;
+            let body = match frame.data {
+                None => Vec::new(),
+                Some(raw) if json_stream => raw.get().as_bytes().to_vec(),
+                Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+                    Ok(text) => text.into_bytes(),
+                    Err(_) => return Err(BadFrame::policy(
+                        "data must be a string on a non-JSON stream (send bytes in a binary frame)",
+                    )),
+                },
+            };
+            Ok((frame, body))
+        }
+        Incoming::Binary(bytes) => parse_binary(bytes),
+    }
+}
+
+/// `[u32 big-endian header length][header: an append frame without data][payload]`.
+fn parse_binary(bytes: &[u8]) -> std::result::Result<(AppendFrame<'_>, Vec<u8>), BadFrame> {
+    let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+        return Err(BadFrame::invalid(
+            "binary frame is shorter than its 4-byte header length",
+        ));
+    };
+    let len = u32::from_be_bytes(*len) as usize;
+    if len > MAX_BINARY_HEADER {
+        return Err(BadFrame::policy(
+            "binary frame header is longer than 64 KiB",
+        ));
+    }
+    let Some((head, payload)) = rest.split_at_checked(len) else {
+        return Err(BadFrame::invalid(
+            "binary frame is shorter than its header length says",
+        ));
+    };
+    let Ok(head) = std::str::from_utf8(head) else {
+        return Err(BadFrame::invalid("binary frame header is not UTF-8"));
+    };
+    let frame = AppendFrame::parse(head)?;
+    if frame.data.is_some() {
+        return Err(BadFrame::policy(
+            "a binary frame's data follows its header; the header has no data field",
+        ));
+    }
+    Ok((frame, payload.to_vec()))
+}
+
+/// The headers POST would carry for `frame` with `body` on a stream of `content_type`, checked
+/// as the edge checks a POST's; a refusal is worded as POST words it.
+pub fn append_headers(
+    frame: &AppendFrame<'_>,
+    body: &[u8],
+    content_type: &str,
+    config: &Config,
+) -> Result<std::result::Result<Headers, ProtocolError>> {
+    if body.len() as u64 > config.max_append_bytes {
+        return Ok(Err(ProtocolError::PayloadTooLarge {
+            limit: config.max_append_bytes,
+        }));
+    }
+    let headers = Headers::new();
+    let fields = [
+        (h::PRODUCER_ID, frame.producer_id.as_deref()),
+        (h::PRODUCER_EPOCH, frame.producer_epoch.as_deref()),
+        (h::PRODUCER_SEQ, frame.producer_seq.as_deref()),
+        (h::STREAM_SEQ, frame.stream_seq.as_deref()),
+    ];
+    for (name, value) in fields {
+        if let Some(value) = value {
+            if headers.set(name, value).is_err() {
+                return Ok(Err(ProtocolError::BadRequest(
+                    "a field is not a valid header value",
+                )));
+            }
+        }
+    }
+    if frame.close {
+        headers.set(h::STREAM_CLOSED, "true")?;
+    }
+    if !body.is_empty() {
+        headers.set(h::CONTENT_TYPE, content_type)?;
+    }
+    if let Err(e) = crate::edge::check_append(&headers, config) {
+        return Ok(Err(e));
+    }
+    Ok(Ok(headers))
+}
+
+/// The error about the stream that ends a socket when the stream is deleted or expires.
+pub fn gone() -> String {
+    ErrorReply::new(None, &ProtocolError::NotFound).to_json()
+}
+
+/// The error about the stream when a follow-up read fails.
+pub fn read_failed(status: u16, message: String) -> String {
+    ErrorReply {
+        message,
+        ..ErrorReply::status(None, status)
+    }
+    .to_json()
+}
+
+/// The error for an append the socket's token does not allow (POST's 401 or 403).
+pub fn refused(id: Option<&RawValue>, e: AuthError) -> String {
+    ErrorReply {
+        message: e.message().into(),
+        ..ErrorReply::status(id, e.status())
+    }
+    .to_json()
+}
+
+/// The error for an append that failed inside the platform: nothing was acknowledged, so the
+/// client may send the same frame again (a producer's retry is safe).
+pub fn retry_later(id: Option<&RawValue>) -> String {
+    ErrorReply {
+        message: "temporary failure; retry".into(),
+        retry_after: Some(1),
+        ..ErrorReply::status(id, 503)
+    }
+    .to_json()
+}
+
+/// A client's append frame (text, or the header of a binary frame).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawAppend<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    /// Present even when `null` (a valid JSON message).
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    producer_id: Option<String>,
+    #[serde(borrow, default)]
+    producer_epoch: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    producer_seq: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stream_seq: Option<&'a RawValue>,
+    #[serde(default)]
+    close: bool,
+}
+
+fn present<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// An append frame, its fields as the HTTP header values they stand for.
+pub struct AppendFrame<'a> {
+    pub id: Option<&'a RawValue>,
+    data: Option<&'a RawValue>,
+    producer_id: Option<String>,
+    producer_epoch: Option<String>,
+    producer_seq: Option<String>,
+    stream_seq: Option<String>,
+    close: bool,
+}
+
+impl<'a> AppendFrame<'a> {
+    fn parse(text: &'a str) -> std::result::Result<AppendFrame<'a>, BadFrame> {
+        let raw: RawAppend<'a> = serde_json::from_str(text).map_err(|e| {
+            if e.is_data() {
+                BadFrame::policy(&format!("bad append frame: {e}"))
+            } else {
+                BadFrame::invalid(&format!("frame is not a JSON object: {e}"))
+            }
+        })?;
+        if raw.kind != "append" {
+            return Err(BadFrame::policy("unknown frame type (expected \"append\")"));
+        }
+        if let Some(id) = raw.id {
+            if !is_string_or_number(id) {
+                return Err(BadFrame::policy("id must be a string or a number"));
+            }
+        }
+        Ok(AppendFrame {
+            id: raw.id,
+            data: raw.data,
+            producer_id: raw.producer_id,
+            producer_epoch: header_text(raw.producer_epoch, "producerEpoch")?,
+            producer_seq: header_text(raw.producer_seq, "producerSeq")?,
+            stream_seq: header_text(raw.stream_seq, "streamSeq")?,
+            close: raw.close,
+        })
+    }
+}
+
+fn is_string_or_number(raw: &RawValue) -> bool {
+    raw.get()
+        .bytes()
+        .next()
+        .is_some_and(|c| c == b'"' || c == b'-' || c.is_ascii_digit())
+}
+
+/// A field given as a JSON string or number, as header text. The number's text is kept as
+/// written, so `1.5` or `-1` reach the same header validation POST applies.
+fn header_text(
+    raw: Option<&RawValue>,
+    field: &'static str,
+) -> std::result::Result<Option<String>, BadFrame> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let text = raw.get();
+    if text.starts_with('"') {
+        return serde_json::from_str::<String>(text)
+            .map(Some)
+            .map_err(|_| BadFrame::invalid("bad JSON string"));
+    }
+    if is_string_or_number(raw) {
+        return Ok(Some(text.to_string()));
+    }
+    Err(BadFrame::policy(match field {
+        "producerEpoch" => "producerEpoch must be a number or a string",
+        "producerSeq" => "producerSeq must be a number or a string",
+        _ => "streamSeq must be a number or a string",
+    }))
+}
+
+/// An `ack` for 2xx answers, an `error` for the rest, with the headers a client acts on.
+pub async fn reply_to(id: Option<&RawValue>, mut resp: Response) -> String {
+    let status = resp.status_code();
+    let headers = resp.headers().clone();
+    let number = |name: &str| header(&headers, name).and_then(|v| v.trim().parse::<u64>().ok());
+    let stream_next_offset = header(&headers, h::STREAM_NEXT_OFFSET);
+    let stream_closed = h::is_true(header(&headers, h::STREAM_CLOSED).as_deref()).then_some(true);
+    if (200..300).contains(&status) {
+        let ack = Ack {
+            kind: "ack",
+            id,
+            status,
+            stream_next_offset,
+            stream_closed,
+            producer_epoch: number(h::PRODUCER_EPOCH),
+            producer_seq: number(h::PRODUCER_SEQ),
+        };
+        return serde_json::to_string(&ack).unwrap_or_default();
+    }
+    let message = resp.text().await.unwrap_or_default().trim().to_string();
+    ErrorReply {
+        message,
+        stream_next_offset,
+        stream_closed,
+        producer_epoch: number(h::PRODUCER_EPOCH),
+        producer_expected_seq: number(h::PRODUCER_EXPECTED_SEQ),
+        producer_received_seq: number(h::PRODUCER_RECEIVED_SEQ),
+        retry_after: number(h::RETRY_AFTER),
+        ..ErrorReply::status(id, status)
+    }
+    .to_json()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Ack<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RawValue>,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_next_offset: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_closed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    producer_epoch: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    producer_seq: Option<u64>,
+}
+
+/// An `error` message: about an append when it has an `id`, about the stream when not.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorReply<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RawValue>,
+    status: u16,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_next_offset: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_closed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    producer_epoch: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    producer_expected_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    producer_received_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
+}
+
+impl<'a> ErrorReply<'a> {
+    pub fn status(id: Option<&'a RawValue>, status: u16) -> ErrorReply<'a> {
+        ErrorReply {
+            kind: "error",
+            id,
+            status,
+            message: String::new(),
+            stream_next_offset: None,
+            stream_closed: None,
+            producer_epoch: None,
+            producer_expected_seq: None,
+            producer_received_seq: None,
+            retry_after: None,
+        }
+    }
+
+    /// A refusal decided before the stream's append, worded as POST words it.
+    pub fn new(id: Option<&'a RawValue>, e: &ProtocolError) -> ErrorReply<'a> {
+        let mut reply = ErrorReply {
+            message: e.message(),
+            ..ErrorReply::status(id, e.status())
+        };
+        for (name, value) in e.headers() {
+            let number = value.parse::<u64>().ok();
+            match name {
+                h::STREAM_NEXT_OFFSET => reply.stream_next_offset = Some(value),
+                h::STREAM_CLOSED => reply.stream_closed = Some(true),
+                h::PRODUCER_EPOCH => reply.producer_epoch = number,
+                h::PRODUCER_EXPECTED_SEQ => reply.producer_expected_seq = number,
+                h::PRODUCER_RECEIVED_SEQ => reply.producer_received_seq = number,
+                _ => {}
+            }
+        }
+        reply
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_messages_carry_a_type() {
+        let control = Control {
+            next_offset: "0000000000000000_0000000000000005".into(),
+            cursor: Some("7".into()),
+            up_to_date: true,
+            closed: false,
+        };
+        assert_eq!(
+            control_message(&control),
+            "{\"type\":\"control\",\"streamNextOffset\":\"0000000000000000_0000000000000005\",\
+             \"streamCursor\":\"7\",\"upToDate\":true}"
+        );
+    }
+
+    #[test]
+    fn json_data_messages_are_arrays_of_items() {
+        assert_eq!(
+            data_message(b"1,{\"a\":2},"),
+            "{\"type\":\"data\",\"items\":[1,{\"a\":2}]}"
+        );
+    }
+
+    #[test]
+    fn json_pages_are_cut_between_messages() {
+        let framed = "\"ab\",".repeat(100);
+        let cuts = message_cuts(framed.as_bytes(), 12);
+        assert_eq!(*cuts.last().unwrap(), framed.len());
+        let mut prev = 0;
+        for cut in cuts {
+            assert!(cut - prev <= 12);
+            assert_eq!(cut % 5, 0, "cut inside a message");
+            prev = cut;
+        }
+        // One message larger than the limit goes out alone.
+        let big = format!("\"{}\",1,", "x".repeat(40));
+        assert_eq!(message_cuts(big.as_bytes(), 12), vec![43, 45]);
+    }
+
+    #[test]
+    fn append_frames_parse() {
+        let frame = AppendFrame::parse(
+            r#"{"type":"append","id":7,"data":null,"producerId":"p","producerEpoch":0,"producerSeq":"3","close":true}"#,
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(frame.id.map(RawValue::get), Some("7"));
+        assert_eq!(frame.data.map(RawValue::get), Some("null"));
+        assert_eq!(frame.producer_epoch.as_deref(), Some("0"));
+        assert_eq!(frame.producer_seq.as_deref(), Some("3"));
+        assert!(frame.close);
+        let bare = AppendFrame::parse(r#"{"type":"append"}"#).ok().unwrap();
+        assert!(bare.data.is_none() && bare.id.is_none() && !bare.close);
+    }
+
+    #[test]
+    fn bad_append_frames_get_the_right_close_code() {
+        let code = |text: &str| AppendFrame::parse(text).err().map(|e| e.code);
+        assert_eq!(code("{\"type\":"), Some(close::INVALID_DATA));
+        assert_eq!(code("not json"), Some(close::INVALID_DATA));
+        assert_eq!(code("[1]"), Some(close::POLICY));
+        assert_eq!(code("{}"), Some(close::POLICY));
+        assert_eq!(code(r#"{"type":"subscribe"}"#), Some(close::POLICY));
+        assert_eq!(code(r#"{"type":"append","id":{}}"#), Some(close::POLICY));
+        assert_eq!(
+            code(r#"{"type":"append","producerSeq":true}"#),
+            Some(close::POLICY)
+        );
+        assert_eq!(
+            code(r#"{"type":"append","close":"yes"}"#),
+            Some(close::POLICY)
+        );
+        assert_eq!(code(r#"{"type":"append","extra":1}"#), Some(close::POLICY));
+    }
+}
