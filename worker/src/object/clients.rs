@@ -94,8 +94,18 @@ pub fn accept(
 ) -> Result<Response> {
     // Queued appends go out first, so the catch-up read below and later sends never overlap.
     live::flush(hub);
-    let page = match store.read(start, meta.tail, PAGE_BYTES, meta.is_json())? {
-        Ok(page) => page,
+    // Bytes stay in a JS buffer, so wasm memory never grows to a page's size.
+    let read = if meta.is_json() {
+        store
+            .read(start, meta.tail, PAGE_BYTES, true)?
+            .map(|page| (Catchup::Json(page.data), page.end))
+    } else {
+        store
+            .read_js(start, meta.tail, PAGE_BYTES)?
+            .map(|(bytes, end)| (Catchup::Bytes(bytes), end))
+    };
+    let (catchup, end) = match read {
+        Ok(read) => read,
         Err(e) => return http::error(&e.into_protocol()),
     };
     let pair = WebSocketPair::new()?;
@@ -122,15 +132,14 @@ pub fn accept(
         state.hello.cursor,
         ReadFrom::At(start),
     );
-    let up_to_date = page.end >= meta.tail;
+    let up_to_date = end >= meta.tail;
     let closed = meta.closed && up_to_date;
-    let sent = if state.json {
-        emit.send_json_framed(&page.data)
-    } else {
-        emit.send_binary_page(&page.data)
+    let sent = match catchup {
+        Catchup::Json(framed) => emit.send_json_framed(&framed),
+        Catchup::Bytes(bytes) => send_bytes(ws, &bytes),
     };
     // The client always hears first whether it is up to date, even with nothing to catch up.
-    let sent = sent.and_then(|has_data| emit.control(page.end, up_to_date, closed, has_data));
+    let sent = sent.and_then(|has_data| emit.control(end, up_to_date, closed, has_data));
     if sent.is_ok() && !up_to_date {
         // Cannot happen (the page budget covers the backlog); never leave a gap if it does.
         let _ = ws.close_with_code_and_reason(close::RESTART, "catch up again");
@@ -138,6 +147,26 @@ pub fn accept(
         let _ = ws.close_with_code_and_reason(close::NORMAL, "stream closed");
     }
     Response::from_websocket(pair.client)
+}
+
+/// A client's catch-up: framed JSON messages, or bytes in a JS buffer.
+enum Catchup {
+    Json(Vec<u8>),
+    Bytes(Uint8Array),
+}
+
+/// Sends `bytes` as data messages of at most [`wsproto::MAX_MESSAGE_BYTES`] each; whether there
+/// were any.
+fn send_bytes(ws: &WebSocket, bytes: &Uint8Array) -> Result<bool> {
+    let len = bytes.length();
+    let max = wsproto::MAX_MESSAGE_BYTES as u32;
+    let mut at = 0;
+    while at < len {
+        let to = len.min(at + max);
+        send(ws, &bytes.subarray(at, to))?;
+        at = to;
+    }
+    Ok(len > 0)
 }
 
 /// Client sockets that share a cursor, and so every message.
