@@ -109,13 +109,13 @@ pub trait Sink {
 
 /// Sends data and control messages to the client and remembers what it sent.
 pub struct Emitter<S: Sink> {
-    pub out: S,
+    out: S,
     pub json: bool,
-    pub cursor: u64,
+    cursor: u64,
     /// Where the client is: everything before it has been sent.
     pub offset: ReadFrom,
     /// The offset and up-to-date flag of the last control message, to skip repeats.
-    pub last_control: Option<(Offset, bool)>,
+    last_control: Option<(Offset, bool)>,
 }
 
 impl<S: Sink> Emitter<S> {
@@ -678,6 +678,37 @@ mod tests {
         // One message larger than the limit goes out alone.
         let big = format!("\"{}\",1,", "x".repeat(40));
         assert_eq!(message_cuts(big.as_bytes(), 12), vec![43, 45]);
+    }
+
+    #[test]
+    fn a_hello_survives_its_header_and_grants_appends_until_the_token_expires() {
+        for append in [
+            AppendGrant::Open,
+            AppendGrant::Until(100),
+            AppendGrant::Denied {
+                status: 403,
+                message: "no".into(),
+            },
+        ] {
+            let hello = ClientHello { cursor: 42, append };
+            assert_eq!(ClientHello::from_header(&hello.to_header()), Some(hello));
+        }
+        assert_eq!(ClientHello::from_header("{\"cursor\":1}"), None);
+        let id = RawValue::from_string("7".into()).unwrap();
+        assert_eq!(AppendGrant::Open.refusal(Some(&id), i64::MAX), None);
+        assert_eq!(AppendGrant::Until(100).refusal(Some(&id), 99), None);
+        let expired = AppendGrant::Until(100).refusal(Some(&id), 100).unwrap();
+        assert!(expired.contains("\"status\":401") && expired.contains("\"id\":7"));
+        assert!(expired.contains("expired"));
+        let denied = AppendGrant::Denied {
+            status: 403,
+            message: "not for appends".into(),
+        };
+        let refusal = denied.refusal(None, 0).unwrap();
+        assert_eq!(
+            refusal,
+            "{\"type\":\"error\",\"status\":403,\"message\":\"not for appends\"}"
+        );
     }
 
     #[test]

@@ -139,6 +139,7 @@ impl DurableObject for StreamObject {
     ) -> Result<()> {
         // The turn is taken before anything else, so frames keep the order they arrived in.
         let _turn = self.socket_appends.enter().await;
+        // Had this message woken the object, the next HTTP request did not start it.
         self.cold.set(false);
         // The edge's readers only listen; anything they send is ignored.
         let Some(state) = clients::ClientState::of(ws.as_ref()) else {
