@@ -1,12 +1,14 @@
 //! edgestream's Cloudflare Worker: the Durable Streams protocol at the edge.
 //!
-//! - [`edge`]: the fetch handler every request enters; validates and routes, holds live readers.
+//! - [`edge`]: the fetch handler every request enters; validates and routes, holds SSE and
+//!   long-poll readers.
 //! - [`object`]: `StreamObject`, one SQLite-backed Durable Object per stream.
 //! - [`subscription`]: the reserved `__ds` subscription APIs (webhooks, pull-wake).
 //! - [`auth`]: access tokens (HMAC-SHA256, scoped to a path prefix and operations).
 //! - [`frame`]: the frames an object sends its live readers.
 //! - [`demo`]: the demo app, embedded at build time and served outside `/v1/`.
 //! - [`security`]: the security and CORS headers on every response.
+//! - [`wsproto`]: the messages of `live=ws`, spoken by the edge and the object.
 //! - [`path`], [`config`], [`http`], [`reply`], [`socket`]: the pieces both sides share.
 
 pub mod auth;

@@ -1,8 +1,9 @@
 //! The edge Worker: routes `/v1/stream/<name>` to the stream's Durable Object.
 //!
 //! It refuses what it can check without storage (method, path, offset and header syntax, body
-//! size) so bad requests never wake an object, holds live readers itself (see [`live`]), and
-//! puts the security and CORS headers on every response it makes (see [`security`]).
+//! size) so bad requests never wake an object, holds SSE and long-poll readers itself (see
+//! [`live`]), hands `live=ws` clients over to the object (see `ws.rs`), and puts the security
+//! and CORS headers on every response it makes (see [`security`]).
 
 mod live;
 mod ws;
