@@ -107,6 +107,20 @@ async function findWorker(pgid, skip) {
  * wrangler's output goes to a log kept in memory and printed if start-up fails).
  */
 export async function startServer(options = {}) {
+  // A port found free can be taken before wrangler binds it (test files start servers in
+  // parallel, and wrangler picks more ports of its own), and workerd then fails to start: try
+  // again on fresh ports. A server that cannot start for any other reason fails every time.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(options);
+    } catch (e) {
+      if (options.port !== undefined || attempt === 3 || !/exited early/.test(e.message)) throw e;
+      console.error(`wrangler failed to start (attempt ${attempt}); trying again on other ports`);
+    }
+  }
+}
+
+async function startOnce(options) {
   const port = options.port ?? (await freePort());
   const inspector = await freePort();
   const ownState = !options.persistTo;
@@ -163,7 +177,12 @@ export async function startServer(options = {}) {
     await exited;
     clearTimeout(timer);
   };
-  await launch();
+  try {
+    await launch();
+  } catch (e) {
+    if (ownState) rmSync(persistTo, { recursive: true, force: true });
+    throw e;
+  }
   return {
     baseUrl,
     port,
