@@ -380,6 +380,15 @@ impl LiveMode {
             Some(_) => Err(HeaderError::LiveMode),
         }
     }
+
+    /// The `live` parameter's value for this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LiveMode::LongPoll => "long-poll",
+            LiveMode::Sse => "sse",
+            LiveMode::WebSocket => "ws",
+        }
+    }
 }
 
 /// Whether an `If-None-Match` header matches `etag` (a quoted entity tag). Handles lists,
@@ -596,6 +605,9 @@ mod tests {
         );
         assert_eq!(LiveMode::parse(Some("ws")), Ok(Some(LiveMode::WebSocket)));
         assert_eq!(LiveMode::parse(Some("poll")), Err(HeaderError::LiveMode));
+        for mode in [LiveMode::LongPoll, LiveMode::Sse, LiveMode::WebSocket] {
+            assert_eq!(LiveMode::parse(Some(mode.as_str())), Ok(Some(mode)));
+        }
     }
 
     #[test]

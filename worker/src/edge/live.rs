@@ -93,14 +93,13 @@ pub(super) async fn ask_object(
     mode: LiveMode,
     extra: &[(&str, &str)],
 ) -> Result<Response> {
-    let live = match mode {
-        LiveMode::LongPoll => "long-poll",
-        LiveMode::Sse => "sse",
-        LiveMode::WebSocket => "ws",
-    };
     let url = object_url(
         name,
-        Some(&format!("offset={}&live={live}", offset_token(from))),
+        Some(&format!(
+            "offset={}&live={}",
+            offset_token(from),
+            mode.as_str()
+        )),
     );
     let headers = Headers::new();
     headers.set("upgrade", "websocket")?;

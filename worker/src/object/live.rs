@@ -102,17 +102,8 @@ impl Drop for Appending<'_> {
     }
 }
 
-const LONG_POLL: &str = "long-poll";
-/// Every internal socket of the edge's, whatever its mode.
+/// Every internal socket of the edge's, which is also tagged with its reader's mode.
 const EDGE: &str = "edge";
-
-fn tag(mode: LiveMode) -> &'static str {
-    match mode {
-        LiveMode::LongPoll => LONG_POLL,
-        LiveMode::Sse => "sse",
-        LiveMode::WebSocket => "ws",
-    }
-}
 
 /// Accepts a live reader at `start`, which must be within one frame of the tail. SSE and
 /// WebSocket readers get the backlog (or an empty frame, so they learn they are up to date)
@@ -136,7 +127,7 @@ pub fn accept(
         }
     };
     let pair = WebSocketPair::new()?;
-    if let Err(e) = hub.accept(pair.server.as_ref(), &[tag(mode), EDGE]) {
+    if let Err(e) = hub.accept(pair.server.as_ref(), &[mode.as_str(), EDGE]) {
         worker::console_warn!("stream object: cannot accept a reader: {e:?}");
         return http::unavailable("too many live readers on this stream; retry");
     }
@@ -237,7 +228,7 @@ fn send(hub: &Hub, p: Pending) {
             hub.clients_changed();
         }
     } else {
-        close_all(&hub.sockets_tagged(LONG_POLL), "done");
+        close_all(&hub.sockets_tagged(LiveMode::LongPoll.as_str()), "done");
     }
 }
 
