@@ -194,7 +194,7 @@ impl Socket {
 
 /// Sends a copy of `bytes`. The runtime may read a message after `send` returns, so it must
 /// not be a view into wasm memory that later allocations reuse.
-fn send_copy(ws: &web_sys::WebSocket, bytes: &[u8]) -> worker::Result<()> {
+pub fn send_copy(ws: &web_sys::WebSocket, bytes: &[u8]) -> worker::Result<()> {
     ws.send_with_array_buffer_view(&js_sys::Uint8Array::from(bytes))?;
     Ok(())
 }

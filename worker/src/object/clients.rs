@@ -71,8 +71,7 @@ impl Sink for Direct<'_> {
     }
 
     fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
-        // A copy: the runtime may read it after wasm memory has been reused.
-        send(self.0, &Uint8Array::from(bytes).into())
+        crate::socket::send_copy(self.0, bytes)
     }
 }
 
@@ -136,7 +135,7 @@ pub fn accept(
     let closed = meta.closed && up_to_date;
     let sent = match catchup {
         Catchup::Json(framed) => emit.send_json_framed(&framed),
-        Catchup::Bytes(bytes) => send_bytes(ws, &bytes),
+        Catchup::Bytes(bytes) => send_js_page(ws, &bytes),
     };
     // The client always hears first whether it is up to date, even with nothing to catch up.
     let sent = sent.and_then(|has_data| emit.control(end, up_to_date, closed, has_data));
@@ -157,7 +156,7 @@ enum Catchup {
 
 /// Sends `bytes` as data messages of at most [`wsproto::MAX_MESSAGE_BYTES`] each; whether there
 /// were any.
-fn send_bytes(ws: &WebSocket, bytes: &Uint8Array) -> Result<bool> {
+fn send_js_page(ws: &WebSocket, bytes: &Uint8Array) -> Result<bool> {
     let len = bytes.length();
     let max = wsproto::MAX_MESSAGE_BYTES as u32;
     let mut at = 0;
