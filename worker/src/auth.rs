@@ -20,22 +20,8 @@ static WARNED_OPEN: AtomicBool = AtomicBool::new(false);
 pub enum Access {
     /// No secret configured: everything is allowed.
     Open,
-    /// A verified token; later checks (WebSocket appends) consult it.
+    /// A verified token; WebSocket appends consult its expiry later.
     Granted(Grant),
-}
-
-impl Access {
-    /// Whether this access also allows `op` on `path` now.
-    pub fn allows(&self, op: Operation, path: &str) -> Result<(), AuthError> {
-        match self {
-            Access::Open => Ok(()),
-            Access::Granted(grant) => grant.check(op, path, now_secs()),
-        }
-    }
-}
-
-fn now_secs() -> i64 {
-    crate::http::now_ms() / 1000
 }
 
 fn secret(env: &Env) -> Option<String> {
@@ -73,6 +59,24 @@ pub async fn authorize(
     op: Operation,
     path: &str,
 ) -> worker::Result<Result<Access, AuthError>> {
+    let access = match authenticate(req, url, env).await? {
+        Ok(access) => access,
+        Err(e) => return Ok(Err(e)),
+    };
+    if let Access::Granted(grant) = &access {
+        if let Err(e) = grant.check(op, path, crate::http::now_secs()) {
+            return Ok(Err(e));
+        }
+    }
+    Ok(Ok(access))
+}
+
+/// The request's verified token (or open access), whatever it allows.
+pub async fn authenticate(
+    req: &Request,
+    url: &Url,
+    env: &Env,
+) -> worker::Result<Result<Access, AuthError>> {
     let Some(secret) = secret(env) else {
         if !WARNED_OPEN.swap(true, Ordering::Relaxed) {
             worker::console_warn!(
@@ -84,14 +88,7 @@ pub async fn authorize(
     let Some(token) = presented(req, url) else {
         return Ok(Err(AuthError::Missing));
     };
-    let grant = match verify(&secret, &token).await? {
-        Ok(grant) => grant,
-        Err(e) => return Ok(Err(e)),
-    };
-    if let Err(e) = grant.check(op, path, now_secs()) {
-        return Ok(Err(e));
-    }
-    Ok(Ok(Access::Granted(grant)))
+    Ok(verify(&secret, &token).await?.map(Access::Granted))
 }
 
 /// Verifies a token's signature and reads its claims.

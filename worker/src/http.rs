@@ -11,6 +11,11 @@ pub fn now_ms() -> i64 {
     js_sys::Date::now() as i64
 }
 
+/// Unix seconds now, the unit of a token's expiry.
+pub fn now_secs() -> i64 {
+    now_ms() / 1000
+}
+
 /// A random `u32` (cursor jitter, instance ids). Not for secrets.
 pub fn random_u32() -> u32 {
     (js_sys::Math::random() * f64::from(u32::MAX)) as u32

@@ -9,7 +9,7 @@
 
 use edgestream::headers as h;
 use edgestream::sse::Control;
-use edgestream::token::AuthError;
+use edgestream::token::{AuthError, Operation};
 use edgestream::{json, Offset, ProtocolError, ReadFrom};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -67,20 +67,35 @@ pub enum AppendGrant {
     Open,
     /// Allowed until this time (Unix seconds), the token's expiry.
     Until(i64),
-    /// Refused, with POST's status and message.
-    Denied { status: u16, message: String },
+    /// Refused, with POST's status and message; from the token's expiry (when it has one) on,
+    /// refused as expired, as POST checks expiry first.
+    Denied {
+        status: u16,
+        message: String,
+        expires_at: Option<i64>,
+    },
 }
 
 impl AppendGrant {
-    /// The grant of a handshake whose token was checked for appending.
-    pub fn of(access: std::result::Result<&Access, AuthError>) -> AppendGrant {
-        match access {
+    /// What the handshake's token (`authenticate`d) allows for appends to `path`, checked as
+    /// POST checks it.
+    pub fn of(
+        token: &std::result::Result<Access, AuthError>,
+        path: &str,
+        now_secs: i64,
+    ) -> AppendGrant {
+        let denied = |e: AuthError, expires_at| AppendGrant::Denied {
+            status: e.status(),
+            message: e.message().into(),
+            expires_at,
+        };
+        match token {
             Ok(Access::Open) => AppendGrant::Open,
-            Ok(Access::Granted(grant)) => AppendGrant::Until(grant.expires_at),
-            Err(e) => AppendGrant::Denied {
-                status: e.status(),
-                message: e.message().into(),
+            Ok(Access::Granted(grant)) => match grant.check(Operation::Append, path, now_secs) {
+                Ok(()) => AppendGrant::Until(grant.expires_at),
+                Err(e) => denied(e, Some(grant.expires_at)),
             },
+            Err(e) => denied(*e, None),
         }
     }
 
@@ -90,13 +105,13 @@ impl AppendGrant {
             AppendGrant::Open => None,
             AppendGrant::Until(expires_at) if now_secs < *expires_at => None,
             AppendGrant::Until(_) => Some(refused(id, AuthError::Expired)),
-            AppendGrant::Denied { status, message } => Some(
-                ErrorReply {
-                    message: message.clone(),
-                    ..ErrorReply::status(id, *status)
-                }
-                .to_json(),
-            ),
+            AppendGrant::Denied {
+                expires_at: Some(expires_at),
+                ..
+            } if now_secs >= *expires_at => Some(refused(id, AuthError::Expired)),
+            AppendGrant::Denied {
+                status, message, ..
+            } => Some(ErrorReply::of(id, *status, message.clone()).to_json()),
         }
     }
 }
@@ -252,7 +267,7 @@ pub fn message_cuts(framed: &[u8], max: usize) -> Vec<usize> {
 pub struct BadFrame {
     pub code: u16,
     pub reason: &'static str,
-    pub message: String,
+    message: String,
 }
 
 impl BadFrame {
@@ -276,11 +291,7 @@ impl BadFrame {
 impl BadFrame {
     /// The error message sent before the socket closes.
     pub fn reply(&self) -> String {
-        ErrorReply {
-            message: self.message.clone(),
-            ..ErrorReply::status(None, 400)
-        }
-        .to_json()
+        ErrorReply::of(None, 400, self.message.clone()).to_json()
     }
 }
 
@@ -391,31 +402,33 @@ pub fn gone() -> String {
     ErrorReply::new(None, &ProtocolError::NotFound).to_json()
 }
 
-/// The error about the stream when a follow-up read fails.
-pub fn read_failed(status: u16, message: String) -> String {
-    ErrorReply {
-        message,
-        ..ErrorReply::status(None, status)
-    }
-    .to_json()
-}
-
 /// The error for an append the socket's token does not allow (POST's 401 or 403).
 pub fn refused(id: Option<&RawValue>, e: AuthError) -> String {
-    ErrorReply {
-        message: e.message().into(),
-        ..ErrorReply::status(id, e.status())
+    ErrorReply::of(id, e.status(), e.message().into()).to_json()
+}
+
+/// The reply to an append frame: an ack or an error from the POST's response, its refusal, or
+/// (when the platform failed) an error that asks for the same frame again.
+pub async fn answer(
+    id: Option<&RawValue>,
+    result: Result<std::result::Result<Response, ProtocolError>>,
+) -> String {
+    match result {
+        Ok(Ok(resp)) => reply_to(id, resp).await,
+        Ok(Err(e)) => ErrorReply::new(id, &e).to_json(),
+        Err(e) => {
+            worker::console_error!("ws append: {e}");
+            retry_later(id)
+        }
     }
-    .to_json()
 }
 
 /// The error for an append that failed inside the platform: nothing was acknowledged, so the
 /// client may send the same frame again (a producer's retry is safe).
-pub fn retry_later(id: Option<&RawValue>) -> String {
+fn retry_later(id: Option<&RawValue>) -> String {
     ErrorReply {
-        message: "temporary failure; retry".into(),
         retry_after: Some(1),
-        ..ErrorReply::status(id, 503)
+        ..ErrorReply::of(id, 503, "temporary failure; retry".into())
     }
     .to_json()
 }
@@ -522,7 +535,7 @@ fn header_text(
 }
 
 /// An `ack` for 2xx answers, an `error` for the rest, with the headers a client acts on.
-pub async fn reply_to(id: Option<&RawValue>, mut resp: Response) -> String {
+async fn reply_to(id: Option<&RawValue>, mut resp: Response) -> String {
     let status = resp.status_code();
     let headers = resp.headers().clone();
     let number = |name: &str| header(&headers, name).and_then(|v| v.trim().parse::<u64>().ok());
@@ -542,14 +555,13 @@ pub async fn reply_to(id: Option<&RawValue>, mut resp: Response) -> String {
     }
     let message = resp.text().await.unwrap_or_default().trim().to_string();
     ErrorReply {
-        message,
         stream_next_offset,
         stream_closed,
         producer_epoch: number(h::PRODUCER_EPOCH),
         producer_expected_seq: number(h::PRODUCER_EXPECTED_SEQ),
         producer_received_seq: number(h::PRODUCER_RECEIVED_SEQ),
         retry_after: number(h::RETRY_AFTER),
-        ..ErrorReply::status(id, status)
+        ..ErrorReply::of(id, status, message)
     }
     .to_json()
 }
@@ -581,7 +593,7 @@ pub struct ErrorReply<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a RawValue>,
     status: u16,
-    pub message: String,
+    message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_next_offset: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -597,12 +609,13 @@ pub struct ErrorReply<'a> {
 }
 
 impl<'a> ErrorReply<'a> {
-    pub fn status(id: Option<&'a RawValue>, status: u16) -> ErrorReply<'a> {
+    /// An error with `status` and `message`, and none of the fields a client acts on.
+    pub fn of(id: Option<&'a RawValue>, status: u16, message: String) -> ErrorReply<'a> {
         ErrorReply {
             kind: "error",
             id,
             status,
-            message: String::new(),
+            message,
             stream_next_offset: None,
             stream_closed: None,
             producer_epoch: None,
@@ -614,10 +627,7 @@ impl<'a> ErrorReply<'a> {
 
     /// A refusal decided before the stream's append, worded as POST words it.
     pub fn new(id: Option<&'a RawValue>, e: &ProtocolError) -> ErrorReply<'a> {
-        let mut reply = ErrorReply {
-            message: e.message(),
-            ..ErrorReply::status(id, e.status())
-        };
+        let mut reply = ErrorReply::of(id, e.status(), e.message());
         for (name, value) in e.headers() {
             let number = value.parse::<u64>().ok();
             match name {
@@ -688,6 +698,7 @@ mod tests {
             AppendGrant::Denied {
                 status: 403,
                 message: "no".into(),
+                expires_at: Some(100),
             },
         ] {
             let hello = ClientHello { cursor: 42, append };
@@ -703,12 +714,52 @@ mod tests {
         let denied = AppendGrant::Denied {
             status: 403,
             message: "not for appends".into(),
+            expires_at: Some(100),
         };
-        let refusal = denied.refusal(None, 0).unwrap();
         assert_eq!(
-            refusal,
+            denied.refusal(None, 99).unwrap(),
             "{\"type\":\"error\",\"status\":403,\"message\":\"not for appends\"}"
         );
+        // As POST, which checks a token's expiry before what it allows.
+        assert_eq!(
+            denied.refusal(None, 100),
+            AppendGrant::Until(100).refusal(None, 100)
+        );
+    }
+
+    #[test]
+    fn a_grant_is_checked_as_post_checks_a_token() {
+        let grant = |prefix: &str, ops: Vec<Operation>| {
+            Ok(Access::Granted(edgestream::token::Grant {
+                prefix: prefix.into(),
+                ops,
+                expires_at: 100,
+            }))
+        };
+        let path = "rooms/a";
+        assert_eq!(
+            AppendGrant::of(&Ok(Access::Open), path, 0),
+            AppendGrant::Open
+        );
+        let writer = grant("rooms/", vec![Operation::Read, Operation::Append]);
+        assert_eq!(AppendGrant::of(&writer, path, 0), AppendGrant::Until(100));
+        let reader = grant("rooms/", vec![Operation::Read]);
+        assert!(matches!(
+            AppendGrant::of(&reader, path, 0),
+            AppendGrant::Denied {
+                status: 403,
+                expires_at: Some(100),
+                ..
+            }
+        ));
+        assert!(matches!(
+            AppendGrant::of(&Err(AuthError::Missing), path, 0),
+            AppendGrant::Denied {
+                status: 401,
+                expires_at: None,
+                ..
+            }
+        ));
     }
 
     #[test]

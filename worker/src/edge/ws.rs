@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use edgestream::cursor;
 use edgestream::headers::{self as h, ContentType, LiveMode};
-use edgestream::token::{AuthError, Operation};
 use edgestream::{Offset, ProtocolError, ReadFrom};
 use futures_util::future::{select, Either};
 use worker::{
@@ -30,15 +29,15 @@ use worker::{
 
 use super::live::{ask_object, subscribe, Subscription};
 use super::object_url;
-use crate::auth::{self, Access};
+use crate::auth;
 use crate::config::Config;
 use crate::frame::{self, Frame};
 use crate::http::{self, header, now_ms, random_u32};
 use crate::path::StreamName;
 use crate::socket::{Socket, SocketEvent, SocketSender};
 use crate::wsproto::{
-    self, close, parse_append, reply_to, AppendFrame, AppendGrant, ClientHello, Emitter,
-    ErrorReply, Incoming, Sink,
+    self, close, parse_append, AppendFrame, AppendGrant, ClientHello, Emitter, ErrorReply,
+    Incoming, Sink,
 };
 
 /// How often the internal subscription may drop without delivering anything before the edge
@@ -70,10 +69,10 @@ pub async fn websocket(
         resp.headers().set("upgrade", "websocket")?;
         return Ok(resp);
     }
-    let append_access = auth::authorize(req, url, env, Operation::Append, name.as_str()).await?;
+    let token = auth::authenticate(req, url, env).await?;
     let hello = ClientHello {
         cursor: cursor::next_cursor(now_ms(), client_cursor.as_deref(), random_u32()),
-        append: AppendGrant::of(append_access.as_ref().map_err(|e| *e)),
+        append: AppendGrant::of(&token, name.as_str(), http::now_secs()),
     };
     // As for SSE, the first answer decides the handshake: a missing stream is a 404.
     // The object accepts the client socket itself (101), or answers a page for the edge to
@@ -111,7 +110,7 @@ pub async fn websocket(
         content_type,
         cursor: hello.cursor,
         config: config.clone(),
-        append_access,
+        append: hello.append,
         out: client.sender(),
     };
     let first = Subscription::Page(first);
@@ -143,7 +142,7 @@ struct Session {
     cursor: u64,
     config: Config,
     /// Whether the token presented at the handshake allows appends.
-    append_access: std::result::Result<Access, AuthError>,
+    append: AppendGrant,
     out: SocketSender,
 }
 
@@ -194,7 +193,9 @@ impl Session {
                 client.close(close::NORMAL, "stream not found");
             }
             End::Failed { status, message } => {
-                let _ = self.out.send_text(&wsproto::read_failed(status, message));
+                let _ = self
+                    .out
+                    .send_text(&ErrorReply::of(None, status, message).to_json());
                 let code = if status >= 500 {
                     close::RESTART
                 } else {
@@ -416,23 +417,11 @@ impl Appender<'_> {
 
     /// POSTs `body` to the stream with the frame's headers; the reply is an ack or an error.
     async fn append(&self, frame: &AppendFrame<'_>, body: Vec<u8>) -> String {
-        let session = self.session;
-        let allowed = match &session.append_access {
-            Ok(access) => access.allows(Operation::Append, session.name.as_str()),
-            Err(e) => Err(*e),
-        };
-        if let Err(e) = allowed {
-            // As POST is refused without a token that allows appending here (401 or 403).
-            return wsproto::refused(frame.id, e);
+        // As POST is refused without a token that allows appending here (401 or 403).
+        if let Some(refusal) = self.session.append.refusal(frame.id, http::now_secs()) {
+            return refusal;
         }
-        match self.post(frame, body).await {
-            Ok(Ok(resp)) => reply_to(frame.id, resp).await,
-            Ok(Err(e)) => ErrorReply::new(frame.id, &e).to_json(),
-            Err(e) => {
-                worker::console_error!("ws append: {e}");
-                wsproto::retry_later(frame.id)
-            }
-        }
+        wsproto::answer(frame.id, self.post(frame, body).await).await
     }
 
     async fn post(

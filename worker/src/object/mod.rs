@@ -32,7 +32,7 @@ use crate::http::{self, header, now_ms};
 use crate::path::StreamName;
 use crate::reply::{self, PageData, ReadReply, X_PAGE_END};
 use crate::security;
-use crate::wsproto::{self, ClientHello, ErrorReply, Incoming};
+use crate::wsproto::{self, ClientHello, Incoming};
 use store::{Meta, Page, ReadError, Store, MAX_POSITION};
 
 /// Catch-up reads return at most this much (rounded up to a whole JSON message).
@@ -203,12 +203,7 @@ impl StreamObject {
         };
         match req.method() {
             Method::Put => self.create(req, &name).await,
-            Method::Post => {
-                self.appends_in_flight.set(self.appends_in_flight.get() + 1);
-                let resp = self.append(req).await;
-                self.appends_in_flight.set(self.appends_in_flight.get() - 1);
-                resp
-            }
+            Method::Post => self.in_flight(self.append(req)).await,
             Method::Get if is_upgrade(&req) => self.subscribe(&req, &url).await,
             Method::Get => self.read(&req, &url).await,
             Method::Head => self.head().await,
@@ -399,38 +394,42 @@ impl StreamObject {
         hello: &ClientHello,
     ) -> String {
         // The token's expiry counts at each append, as at the edge.
-        if let Some(refusal) = hello.append.refusal(frame.id, now_ms() / 1000) {
+        if let Some(refusal) = hello.append.refusal(frame.id, http::now_secs()) {
             return refusal;
         }
-        let result = match self.meta() {
-            Ok(meta) => {
-                let content_type = meta
-                    .map(|m| m.content_type)
-                    .unwrap_or_else(ContentType::default_type);
-                wsproto::append_headers(frame, &body, content_type.as_str(), &self.config)
-            }
-            Err(e) => Err(e),
-        };
-        let result = match result {
-            Ok(Ok(headers)) => {
-                self.appends_in_flight.set(self.appends_in_flight.get() + 1);
-                let resp = self.append_body(&headers, body).await;
-                self.appends_in_flight.set(self.appends_in_flight.get() - 1);
-                live::flush(&self.hub);
-                resp.map(Ok)
-            }
-            Ok(Err(e)) => Ok(Err(e)),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(Ok(resp)) => wsproto::reply_to(frame.id, resp).await,
-            Ok(Err(e)) => ErrorReply::new(frame.id, &e).to_json(),
-            Err(e) => {
-                worker::console_error!("stream object: socket append: {e}");
-                self.forget_cached();
-                wsproto::retry_later(frame.id)
-            }
+        let result = self.apply_frame(frame, body).await;
+        if result.is_err() {
+            self.forget_cached();
         }
+        wsproto::answer(frame.id, result).await
+    }
+
+    /// The POST an append frame stands for: its refusal, or the append's response.
+    async fn apply_frame(
+        &self,
+        frame: &wsproto::AppendFrame<'_>,
+        body: Vec<u8>,
+    ) -> Result<std::result::Result<Response, ProtocolError>> {
+        let content_type = self
+            .meta()?
+            .map(|m| m.content_type)
+            .unwrap_or_else(ContentType::default_type);
+        let headers =
+            match wsproto::append_headers(frame, &body, content_type.as_str(), &self.config)? {
+                Ok(headers) => headers,
+                Err(e) => return Ok(Err(e)),
+            };
+        let resp = self.in_flight(self.append_body(&headers, body)).await;
+        live::flush(&self.hub);
+        resp.map(Ok)
+    }
+
+    /// Runs an append, counted in [`StreamObject::appends_in_flight`] while it runs.
+    async fn in_flight<T>(&self, append: impl std::future::Future<Output = T>) -> T {
+        self.appends_in_flight.set(self.appends_in_flight.get() + 1);
+        let out = append.await;
+        self.appends_in_flight.set(self.appends_in_flight.get() - 1);
+        out
     }
 
     /// Drops what memory holds of storage after a failure, so the next request reads it anew.
