@@ -100,7 +100,7 @@ function request(base, method, target, body, contentType = 'application/json') {
 }
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-const server = await startServer();
+const server = await startServer({ inspector: true });
 let readers;
 try {
   const base = await server.workerUrl();

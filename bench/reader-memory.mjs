@@ -18,7 +18,7 @@ const mode = option(argv, 'mode', 'sse');
 if (!['sse', 'long-poll', 'ws'].includes(mode)) throw new Error(`--mode ${mode}: expected sse, long-poll or ws`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-const server = await startServer({ vars: { LONG_POLL_TIMEOUT_MS: '120000' } });
+const server = await startServer({ inspector: true, vars: { LONG_POLL_TIMEOUT_MS: '120000' } });
 const sockets = [];
 try {
   const base = await server.workerUrl();

@@ -1,9 +1,10 @@
 // A Chrome DevTools protocol session on the Worker's isolate, through wrangler dev's inspector
-// (`startServer().inspectorPort`): CPU profiles for bench/profile.mjs, heap counts for the
-// memory tests.
+// (`startServer({ inspector: true }).inspectorPort`): CPU profiles for bench/profile.mjs, heap
+// counts for the memory tests.
 import { WebSocket } from 'undici';
 
 export async function inspect(port) {
+  if (!port) throw new Error('no inspector: start the server with startServer({ inspector: true })');
   // wrangler's inspector proxy only admits local origins.
   const socket = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { Origin: 'http://localhost' } });
   await new Promise((resolve, reject) => {

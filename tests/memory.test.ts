@@ -20,7 +20,7 @@ const agent = new http.Agent({ keepAlive: false });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 beforeAll(async () => {
-  server = await startServer({ vars: { SSE_CONNECTION_MS: String(SSE_MS) } });
+  server = await startServer({ inspector: true, vars: { SSE_CONNECTION_MS: String(SSE_MS) } });
   session = await inspect(server.inspectorPort);
   await session.call('Runtime.enable');
   await fetch(`${server.baseUrl}${S}`, { method: 'PUT', headers: { 'content-type': 'application/json' } });
