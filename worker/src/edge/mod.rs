@@ -39,12 +39,7 @@ pub async fn handle(req: Request, env: Env) -> Result<Response> {
 const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
-    let header_bytes: usize = req
-        .headers()
-        .entries()
-        .map(|(name, value)| name.len() + value.len())
-        .sum();
-    if header_bytes > MAX_HEADER_BYTES {
+    if http::header_bytes(req.headers()) > MAX_HEADER_BYTES {
         return http::text(431, "request headers are too large");
     }
     let url = req.url()?;
