@@ -1,8 +1,9 @@
 // What one idle live reader costs the Worker's workerd: opens `--readers` readers of one mode on
-// a fresh server, lets them settle, and prints the growth of the process's RSS and of the
-// isolate's JS heap (through wrangler dev's inspector). Not part of `npm run bench`.
+// a fresh server, lets them settle, and prints the growth of the process's RSS and, with
+// `--heap`, of the isolate's JS heap (through wrangler dev's inspector, which is otherwise off,
+// as in the benchmark). Not part of `npm run bench`.
 //
-//   node bench/reader-memory.mjs [--readers 1000] [--mode sse|long-poll|ws]
+//   node bench/reader-memory.mjs [--readers 1000] [--mode sse|long-poll|ws] [--heap]
 //
 // Readers start at the tail (`offset=now`), so each holds its request, its internal socket to
 // the stream's object and (SSE) its response stream, and nothing else.
@@ -18,14 +19,16 @@ const mode = option(argv, 'mode', 'sse');
 if (!['sse', 'long-poll', 'ws'].includes(mode)) throw new Error(`--mode ${mode}: expected sse, long-poll or ws`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-const server = await startServer({ inspector: true, vars: { LONG_POLL_TIMEOUT_MS: '120000' } });
+const withHeap = argv.includes('--heap');
+const server = await startServer({ inspector: withHeap, vars: { LONG_POLL_TIMEOUT_MS: '120000' } });
 const sockets = [];
 try {
   const base = await server.workerUrl();
   const pid = await server.workerPid();
   const rssMb = () => readStat(pid).rss / (1024 * 1024);
-  const session = await inspect(server.inspectorPort);
+  const session = withHeap ? await inspect(server.inspectorPort) : undefined;
   const heapMb = async () => {
+    if (!session) return NaN;
     const r = await session.call('Runtime.getHeapUsage');
     return (r.usedSize ?? r.result?.usedSize ?? 0) / 1e6;
   };
@@ -54,8 +57,9 @@ try {
   await sleep(5000);
   const [rss1, heap1] = [rssMb(), await heapMb()];
   const each = (mb) => ((mb * 1024) / readers).toFixed(1);
-  console.log(`${readers} idle ${mode} readers: RSS +${(rss1 - rss0).toFixed(0)} MB (${each(rss1 - rss0)} KB each), JS heap +${(heap1 - heap0).toFixed(1)} MB (${each(heap1 - heap0)} KB each)`);
-  session.close();
+  const heap = session ? `, JS heap +${(heap1 - heap0).toFixed(1)} MB (${each(heap1 - heap0)} KB each)` : '';
+  console.log(`${readers} idle ${mode} readers: RSS +${(rss1 - rss0).toFixed(0)} MB (${each(rss1 - rss0)} KB each)${heap}`);
+  session?.close();
 } finally {
   for (const s of sockets) (s.close ?? s.destroy).call(s);
   await server.stop();
