@@ -3,11 +3,15 @@
 // `--heap`, of the isolate's JS heap (through wrangler dev's inspector, which is otherwise off,
 // as in the benchmark). Not part of `npm run bench`.
 //
-//   node bench/reader-memory.mjs [--readers 1000] [--mode sse|long-poll|ws] [--heap]
+//   node bench/reader-memory.mjs [--readers 1000] [--mode sse|long-poll|ws] [--heap] [--floor]
+//
+// `--floor` opens the same readers on bench/floor/, a plain JS Worker that holds them the same
+// way with no protocol and no wasm: what the runtime itself costs per reader.
 //
 // Readers start at the tail (`offset=now`), so each holds its request, its internal socket to
 // the stream's object and (SSE) its response stream, and nothing else.
 import http from 'node:http';
+import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
 import { inspect } from '../scripts/inspector.mjs';
@@ -20,7 +24,11 @@ if (!['sse', 'long-poll', 'ws'].includes(mode)) throw new Error(`--mode ${mode}:
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const withHeap = argv.includes('--heap');
-const server = await startServer({ inspector: withHeap, vars: { LONG_POLL_TIMEOUT_MS: '120000' } });
+const floor = argv.includes('--floor');
+const server = await startServer({
+  inspector: withHeap,
+  ...(floor ? { config: fileURLToPath(new URL('floor/wrangler.toml', import.meta.url)) } : { vars: { LONG_POLL_TIMEOUT_MS: '120000' } }),
+});
 const sockets = [];
 try {
   const base = await server.workerUrl();
@@ -33,16 +41,17 @@ try {
     return (r.usedSize ?? r.result?.usedSize ?? 0) / 1e6;
   };
   const stream = `${base}/v1/stream/reader-memory-${Date.now().toString(36)}`;
-  await fetch(stream, { method: 'PUT', headers: { 'content-type': 'application/json' } });
+  if (!floor) await fetch(stream, { method: 'PUT', headers: { 'content-type': 'application/json' } });
+  const reader = floor ? `${base}/live/reader?live=${mode}` : `${stream}?offset=now&live=${mode}`;
   const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
   const open = async (n) => {
     for (let i = 0; i < n; i++) {
       if (mode === 'ws') {
-        const ws = new WebSocket(`${stream.replace('http', 'ws')}?offset=now&live=ws`);
+        const ws = new WebSocket(reader.replace('http', 'ws'));
         ws.addEventListener('error', () => {});
         sockets.push(ws);
       } else {
-        const req = http.get(`${stream}?offset=now&live=${mode}`, { agent }, (res) => res.on('data', () => {}).on('error', () => {}));
+        const req = http.get(reader, { agent }, (res) => res.on('data', () => {}).on('error', () => {}));
         req.on('error', () => {});
         sockets.push(req);
       }

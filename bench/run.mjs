@@ -792,7 +792,7 @@ function shortfalls(report) {
   }
   const kb = f?.kbPerReader;
   if (kb && ref?.workloads?.fanout?.kbPerReader && kb > ref.workloads.fanout.kbPerReader) {
-    lines.push(`- **Each live reader costs the runtime a request, an internal socket and a response stream** (${kb} KB of RSS per reader here). \`node bench/reader-memory.mjs\` opens idle readers on a fresh server and splits the cost: the JS heap holds only a few KB of it; the rest is workerd's native memory per request, per WebSocket pair and per response stream, which no code of ours allocates.`);
+    lines.push(`- **Each live reader costs the runtime a request, an internal socket and a response stream** (${kb} KB of RSS per reader here). \`node bench/reader-memory.mjs\` opens idle readers on a fresh server and splits the cost: the JS heap holds only a few KB of it; the rest is workerd's native memory per request, per WebSocket pair and per response stream, which no code of ours allocates. With \`--floor\` it opens them on bench/floor/, a plain JS Worker that holds each kind of reader the same way with no wasm and no protocol: on 2026-11-30 an idle reader cost that floor 191 KB (SSE), 141 KB (long-poll) and 335 KB (WebSocket), against 225, 142 and 369 KB for edgestream.`);
   }
   const c = ours?.workloads?.catchup?.mbPerSecond;
   const d = ref?.workloads?.catchup?.mbPerSecond;

@@ -5,6 +5,11 @@
 //   /fetch/append edge -> object with stub.fetch(), one SQLite insert
 //   /rpc/append   edge -> object over RPC with the same Request and Response, one SQLite insert
 //   /forward/append  edge -> object with stub.fetch(request): the incoming request itself
+//   /live/ws?live=... a live reader shaped like edgestream's (bench/reader-memory.mjs --floor):
+//     ws         the client's socket handed to the object, which accepts it (hibernation API);
+//     sse        the edge holds a response stream and an internal socket the object accepts,
+//                and relays each message as an SSE event;
+//     long-poll  the edge holds the request and an internal socket until a message or 120 s.
 // `?o=<name>` picks the object (one named `floor` by default), for concurrent writers.
 import { DurableObject } from 'cloudflare:workers';
 
@@ -15,11 +20,18 @@ export class Floor extends DurableObject {
   }
 
   async fetch(request) {
+    if (request.headers.get('upgrade') === 'websocket') {
+      const [client, server] = Object.values(new WebSocketPair());
+      this.ctx.acceptWebSocket(server);
+      return new Response(null, { status: 101, webSocket: client });
+    }
     if (request.method !== 'POST') return new Response(null, { headers: { 'stream-next-offset': '0' } });
     const data = await request.arrayBuffer();
     this.ctx.storage.sql.exec('INSERT INTO log (data) VALUES (?)', data);
     return new Response(null, { status: 204, headers: { 'stream-next-offset': String(data.byteLength) } });
   }
+
+  webSocketMessage() {}
 
   handle(method, url, headers, body) {
     return this.fetch(new Request(url, { method, headers, body }));
@@ -34,6 +46,7 @@ export default {
       return new Response(null, { headers: { 'access-control-expose-headers': 'stream-next-offset' } });
     }
     const [, via] = pathname.split('/');
+    if (via === 'live') return live(request, env, searchParams);
     if (!['fetch', 'rpc', 'forward'].includes(via)) return new Response('not found', { status: 404 });
     const stub = env.OBJECTS.get(env.OBJECTS.idFromName(searchParams.get('o') ?? 'floor'));
     if (via === 'forward') return stub.fetch(request);
@@ -43,3 +56,29 @@ export default {
     return stub.handle(request.method, url, [...request.headers], body);
   },
 };
+
+/** A live reader, held the way edgestream holds one of its mode (see the top of this file). */
+async function live(request, env, searchParams) {
+  const stub = env.OBJECTS.get(env.OBJECTS.idFromName(searchParams.get('o') ?? 'floor'));
+  const mode = searchParams.get('live');
+  if (mode === 'ws') return stub.fetch(request);
+  const internal = await stub.fetch('https://floor/live', { headers: { upgrade: 'websocket' } });
+  const socket = internal.webSocket;
+  socket.accept();
+  if (mode === 'sse') {
+    const { readable, writable } = new IdentityTransformStream();
+    const writer = writable.getWriter();
+    const encoder = new TextEncoder();
+    socket.addEventListener('message', (e) => writer.write(encoder.encode(`data: ${e.data}\n\n`)).catch(() => {}));
+    return new Response(readable, { headers: { 'content-type': 'text/event-stream' } });
+  }
+  const data = await new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(null), 120_000);
+    socket.addEventListener('message', (e) => {
+      clearTimeout(timer);
+      resolve(e.data);
+    });
+  });
+  socket.close();
+  return data === null ? new Response(null, { status: 204 }) : new Response(data);
+}
