@@ -3,10 +3,12 @@
 // Durable Object doing the least each request needs, and reports the workerd CPU per request
 // (from /proc: the Worker's own workerd only; requests go to its own socket, not wrangler's
 // proxy). It also runs 16 concurrent writers on 16 objects against each, since that is where
-// one workerd thread caps the append rate. `npm run bench` runs it too and quotes it in
-// bench/results/latest.md.
+// one workerd thread caps the append rate, and an SSE fan-out (readers held at the edge, each
+// fed by an internal socket the object accepted), since that is where one thread caps the
+// delivery rate. `npm run bench` runs it too and quotes it in bench/results/latest.md.
 //
-//   node bench/floor.mjs [--count 3000] [--rounds 3] [--appends 500] [--only edgestream|floor]
+//   node bench/floor.mjs [--count 3000] [--rounds 3] [--appends 500] [--readers 500] [--messages 100]
+//                        [--only edgestream|floor]
 import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -94,8 +96,64 @@ async function concurrent(server, side, { writers, appends }) {
   }
 }
 
+/**
+ * `readers` SSE readers at the tail of one stream (ours) or object (the floor), then `messages`
+ * appends (ours) or broadcasts (the floor) at 20/s, each awaited: the workerd CPU per message
+ * delivered to one reader, in µs, once every reader has every message.
+ */
+async function fanout(server, side, { readers, messages }) {
+  const base = await server.workerUrl();
+  const pid = await server.workerPid();
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const readerAgent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
+  const tag = Date.now().toString(36);
+  const stream = `${base}/v1/stream/floor-fanout-${tag}`;
+  const [readUrl, writeUrl, event] =
+    side === 'ours'
+      ? [`${stream}?offset=now&live=sse`, stream, 'event: data\n']
+      : [`${base}/live/reader?live=sse&o=fanout-${tag}`, `${base}/live/broadcast?o=fanout-${tag}`, 'data: '];
+  if (side === 'ours') await send(agent, 'PUT', stream, '[]');
+  const counts = new Array(readers).fill(0);
+  const requests = [];
+  try {
+    for (let i = 0; i < readers; i++) {
+      const req = http.get(readUrl, { agent: readerAgent }, (res) => {
+        let carry = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk) => {
+          // Events can be cut anywhere between chunks: keep the end of the last one.
+          const text = carry + chunk;
+          counts[i] += text.split(event).length - 1;
+          carry = text.slice(-(event.length - 1));
+        });
+        res.on('error', () => {});
+      });
+      req.on('error', () => {});
+      requests.push(req);
+      if (i % 50 === 49) await sleep(20);
+    }
+    await sleep(2000);
+    const before = cpuSeconds(pid);
+    for (let i = 0; i < messages; i++) {
+      const t = performance.now();
+      await send(agent, 'POST', writeUrl, message(i));
+      await sleep(Math.max(0, 50 - (performance.now() - t)));
+    }
+    const deadline = Date.now() + 60_000;
+    while (counts.some((n) => n < messages) && Date.now() < deadline) await sleep(50);
+    const delivered = counts.reduce((a, n) => a + Math.min(n, messages), 0);
+    if (delivered < readers * messages) throw new Error(`fan-out: ${delivered} of ${readers * messages} deliveries arrived`);
+    return { readers, messages, usPerDelivery: Math.round(((cpuSeconds(pid) - before) * 1e6) / delivered) };
+  } finally {
+    for (const req of requests) req.destroy();
+    agent.destroy();
+  }
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
 /** Measures both Workers, one after the other: { ours, floor, count, rounds }. */
-export async function measureFloor({ count = 3000, rounds = 3, writers = 16, appends = 500, only } = {}) {
+export async function measureFloor({ count = 3000, rounds = 3, writers = 16, appends = 500, readers = 500, messages = 100, only } = {}) {
   const out = { count, rounds, ours: {}, floor: {} };
   const sides = [
     ['ours', {}],
@@ -107,6 +165,7 @@ export async function measureFloor({ count = 3000, rounds = 3, writers = 16, app
     try {
       out[side] = await measure(server, side, { count, rounds });
       out[side].concurrent = await concurrent(server, side, { writers, appends });
+      if (readers > 0) out[side].fanout = await fanout(server, side, { readers, messages });
     } finally {
       await server.stop();
     }
@@ -133,6 +192,18 @@ export function floorTable({ ours, floor }) {
       `| latency p99, ms | ${cell(a?.p99)} | ${cell(b?.p99)} |`,
     );
   }
+  const [c, d] = [ours.fanout, floor.fanout];
+  if (c || d) {
+    const { readers, messages } = c ?? d;
+    table.push(
+      '',
+      `SSE fan-out: ${readers} readers held at the edge, ${messages} messages at 20/s, each to every reader:`,
+      '',
+      '| | edgestream | plain JS floor |',
+      '|---|---|---|',
+      `| workerd CPU per message per reader, µs | ${cell(c?.usPerDelivery)} | ${cell(d?.usPerDelivery)} |`,
+    );
+  }
   return table.join('\n');
 }
 
@@ -142,6 +213,8 @@ if (import.meta.url === pathToFileURL(process.argv[1]).href) {
     count: Number(option(argv, 'count', 3000)),
     rounds: Number(option(argv, 'rounds', 3)),
     appends: Number(option(argv, 'appends', 500)),
+    readers: Number(option(argv, 'readers', 500)),
+    messages: Number(option(argv, 'messages', 100)),
     only: option(argv, 'only'),
   });
   console.log(`workerd CPU per request, µs (median of ${result.rounds} × ${result.count} sequential requests)\n`);

@@ -749,6 +749,15 @@ function floorAppend(report) {
   return ` Most of that CPU is the runtime's: a plain JS Worker and object that only store the row (bench/floor/) cost ${floor.toLocaleString('en-US')} µs per sequential append (${cheapest.toLocaleString('en-US')} µs the cheapest way of calling the object) against ${ours.toLocaleString('en-US')} µs for ours, so even with no code of ours one thread would cap near ${Math.round(1e6 / cheapest).toLocaleString('en-US')} appends/s.${measured}`;
 }
 
+/** The floor's SSE fan-out beside ours (bench/floor.mjs), as a sentence; '' if not measured. */
+function fanoutFloor(report) {
+  const ours = report.floor?.ours?.fanout;
+  const floor = report.floor?.floor?.fanout;
+  if (!ours || !floor) return '';
+  const readers = report.options.sseReaders;
+  return ` Measured directly (bench/floor.mjs): with ${floor.readers} SSE readers held the same way, each fed by an internal socket the object accepted, a plain JS Worker with no wasm and no protocol spent ${floor.usPerDelivery} µs of workerd CPU per message per reader against ${ours.usPerDelivery} µs for edgestream, so even with no code of ours one message to ${readers.toLocaleString('en-US')} SSE readers would take about ${Math.round((floor.usPerDelivery * readers) / 1000)} ms of the thread.`;
+}
+
 /** CPU seconds of the roles whose name matches `pattern`, in one phase (`total` or `fanout`). */
 function roleCpu(server, phase, pattern) {
   const byRole = server?.cpuSeconds?.[phase]?.byRole ?? {};
@@ -776,7 +785,7 @@ function shortfalls(report) {
     const refDelivered = ref?.workloads?.fanout?.sse?.delivered ?? 0;
     const refFan = ref?.cpuSeconds?.fanout?.total ?? 0;
     const usRef = refDelivered ? (refFan * 1e6) / refDelivered : undefined;
-    lines.push(`- **Fan-out is bound by one thread.** workerd runs the Worker and its objects on one thread, so the two cores do not help: the Worker's workerd spent ${round(usOurs, 0)} µs of CPU per delivered message (${round(workerFan, 1)} s for ${delivered.toLocaleString('en-US')} deliveries)${usRef ? `, the reference server ${round(usRef, 0)} µs` : ''}, and one append's deliveries to all ${report.options.sseReaders + (report.options.wsReaders ?? 0)} readers take about ${round((usOurs * (report.options.sseReaders + (report.options.wsReaders ?? 0))) / 1000, 0)} ms of that thread. The writer waits for each append, so it managed ${f.writeSeconds ? round(report.options.messages / f.writeSeconds, 1) : '?'} appends/s of the ${report.options.rate}/s asked for. A CPU profile of the isolate (\`node bench/profile.mjs fanout\`) puts most of a delivery in the runtime: the write into the reader's response stream (about 13 µs), the wasm-bindgen glue around socket events and writes, the runtime's own native work, and the object's socket send (about 4 µs); our wasm (frame decode, SSE encode) is under 2 µs. The WebSocket readers are held by the stream's object itself, which sends each of them the append's messages in the append's own turn with no edge request or JS handler in between (so their latency is lower than the SSE readers'); their connections still pass through the Worker's workerd, which relays them natively. Sharing one internal socket per stream per isolate is possible (SSE bodies as JS streams, which any request may write into) and was built and measured on the branch experiment/shared-sse-hub: it halved the memory of an idle SSE reader (89 KB against 194 KB) and saved a little CPU per delivery (65 against 70 µs), but workerd runs each reader's pending read as a separate cross-request task, and at 8 appends/s the SSE p99 rose from 117 to 197 ms. The main branch keeps one internal socket per SSE reader.`);
+    lines.push(`- **Fan-out is bound by one thread.** workerd runs the Worker and its objects on one thread, so the two cores do not help: the Worker's workerd spent ${round(usOurs, 0)} µs of CPU per delivered message (${round(workerFan, 1)} s for ${delivered.toLocaleString('en-US')} deliveries)${usRef ? `, the reference server ${round(usRef, 0)} µs` : ''}, and one append's deliveries to all ${report.options.sseReaders + (report.options.wsReaders ?? 0)} readers take about ${round((usOurs * (report.options.sseReaders + (report.options.wsReaders ?? 0))) / 1000, 0)} ms of that thread. The writer waits for each append, so it managed ${f.writeSeconds ? round(report.options.messages / f.writeSeconds, 1) : '?'} appends/s of the ${report.options.rate}/s asked for. A CPU profile of the isolate (\`node bench/profile.mjs fanout\`) puts most of a delivery in the runtime: the write into the reader's response stream (about 13 µs), the wasm-bindgen glue around socket events and writes, the runtime's own native work, and the object's socket send (about 4 µs); our wasm (frame decode, SSE encode) is under 2 µs.${fanoutFloor(report)} The WebSocket readers are held by the stream's object itself, which sends each of them the append's messages in the append's own turn with no edge request or JS handler in between (so their latency is lower than the SSE readers'); their connections still pass through the Worker's workerd, which relays them natively. Sharing one internal socket per stream per isolate is possible (SSE bodies as JS streams, which any request may write into) and was built and measured on the branch experiment/shared-sse-hub: it halved the memory of an idle SSE reader (89 KB against 194 KB) and saved a little CPU per delivery (65 against 70 µs), but workerd runs each reader's pending read as a separate cross-request task, and at 8 appends/s the SSE p99 rose from 117 to 197 ms. The main branch keeps one internal socket per SSE reader.`);
   }
   const a = ours?.workloads?.appendsSequential?.latencyMs?.p50;
   const b = ref?.workloads?.appendsSequential?.latencyMs?.p50;
@@ -848,7 +857,14 @@ async function main() {
     // edgestream's is ours.
     console.log('\n== the runtime floor (bench/floor.mjs)');
     try {
-      report.floor = await measureFloor({ count: opt.quick ? 500 : 3000, rounds: opt.quick ? 1 : 3, writers: opt.concurrentWriters, appends: opt.quick ? 50 : 500 });
+      report.floor = await measureFloor({
+        count: opt.quick ? 500 : 3000,
+        rounds: opt.quick ? 1 : 3,
+        writers: opt.concurrentWriters,
+        appends: opt.quick ? 50 : 500,
+        readers: opt.quick ? 100 : 500,
+        messages: opt.quick ? 20 : 100,
+      });
     } catch (e) {
       console.log(`   FAILED: ${e.message}`);
     }

@@ -10,6 +10,7 @@
 //     sse        the edge holds a response stream and an internal socket the object accepts,
 //                and relays each message as an SSE event;
 //     long-poll  the edge holds the request and an internal socket until a message or 120 s.
+//   /live/broadcast  POST: the object sends the body to every socket it holds, once each.
 // `?o=<name>` picks the object (one named `floor` by default), for concurrent writers.
 import { DurableObject } from 'cloudflare:workers';
 
@@ -24,6 +25,11 @@ export class Floor extends DurableObject {
       const [client, server] = Object.values(new WebSocketPair());
       this.ctx.acceptWebSocket(server);
       return new Response(null, { status: 101, webSocket: client });
+    }
+    if (new URL(request.url).pathname === '/broadcast') {
+      const message = await request.text();
+      for (const socket of this.ctx.getWebSockets()) socket.send(message);
+      return new Response(null, { status: 204 });
     }
     if (request.method !== 'POST') return new Response(null, { headers: { 'stream-next-offset': '0' } });
     const data = await request.arrayBuffer();
@@ -60,6 +66,7 @@ export default {
 /** A live reader, held the way edgestream holds one of its mode (see the top of this file). */
 async function live(request, env, searchParams) {
   const stub = env.OBJECTS.get(env.OBJECTS.idFromName(searchParams.get('o') ?? 'floor'));
+  if (request.method === 'POST') return stub.fetch('https://floor/broadcast', { method: 'POST', body: request.body });
   const mode = searchParams.get('live');
   if (mode === 'ws') return stub.fetch(request);
   const internal = await stub.fetch('https://floor/live', { headers: { upgrade: 'websocket' } });
