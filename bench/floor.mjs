@@ -12,6 +12,7 @@
 import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
 import { cpuSeconds, option, send } from './common.mjs';
 
@@ -97,11 +98,11 @@ async function concurrent(server, side, { writers, appends }) {
 }
 
 /**
- * `readers` SSE readers at the tail of one stream (ours) or object (the floor), then `messages`
- * appends (ours) or broadcasts (the floor) at 20/s, each awaited: the workerd CPU per message
- * delivered to one reader, in µs, once every reader has every message.
+ * `readers` live readers (`mode` sse or ws) at the tail of one stream (ours) or object (the
+ * floor), then `messages` appends (ours) or broadcasts (the floor) at 20/s, each awaited: the
+ * workerd CPU per message delivered to one reader, in µs, once every reader has every message.
  */
-async function fanout(server, side, { readers, messages }) {
+async function fanout(server, side, { readers, messages, mode = 'sse' }) {
   const base = await server.workerUrl();
   const pid = await server.workerPid();
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
@@ -110,13 +111,24 @@ async function fanout(server, side, { readers, messages }) {
   const stream = `${base}/v1/stream/floor-fanout-${tag}`;
   const [readUrl, writeUrl, event] =
     side === 'ours'
-      ? [`${stream}?offset=now&live=sse`, stream, 'event: data\n']
-      : [`${base}/live/reader?live=sse&o=fanout-${tag}`, `${base}/live/broadcast?o=fanout-${tag}`, 'data: '];
+      ? [`${stream}?offset=now&live=${mode}`, stream, 'event: data\n']
+      : [`${base}/live/reader?live=${mode}&o=fanout-${tag}`, `${base}/live/broadcast?o=fanout-${tag}`, 'data: '];
   if (side === 'ours') await send(agent, 'PUT', stream, '[]');
   const counts = new Array(readers).fill(0);
   const requests = [];
   try {
     for (let i = 0; i < readers; i++) {
+      if (mode === 'ws') {
+        // Ours sends each append as a data message and a control message.
+        const ws = new WebSocket(readUrl.replace('http', 'ws'));
+        ws.addEventListener('message', (e) => {
+          if (side !== 'ours' || String(e.data).startsWith('{"type":"data"')) counts[i]++;
+        });
+        ws.addEventListener('error', () => {});
+        requests.push({ destroy: () => ws.close() });
+        if (i % 50 === 49) await sleep(20);
+        continue;
+      }
       const req = http.get(readUrl, { agent: readerAgent }, (res) => {
         let carry = '';
         res.setEncoding('utf8');
@@ -165,7 +177,10 @@ export async function measureFloor({ count = 3000, rounds = 3, writers = 16, app
     try {
       out[side] = await measure(server, side, { count, rounds });
       out[side].concurrent = await concurrent(server, side, { writers, appends });
-      if (readers > 0) out[side].fanout = await fanout(server, side, { readers, messages });
+      if (readers > 0) {
+        out[side].fanout = await fanout(server, side, { readers, messages });
+        out[side].fanoutWs = await fanout(server, side, { readers, messages, mode: 'ws' });
+      }
     } finally {
       await server.stop();
     }
@@ -195,13 +210,15 @@ export function floorTable({ ours, floor }) {
   const [c, d] = [ours.fanout, floor.fanout];
   if (c || d) {
     const { readers, messages } = c ?? d;
+    const [e, f] = [ours.fanoutWs, floor.fanoutWs];
     table.push(
       '',
-      `SSE fan-out: ${readers} readers held at the edge, ${messages} messages at 20/s, each to every reader:`,
+      `Fan-out: ${readers} readers, ${messages} messages at 20/s, each to every reader; workerd CPU per message per reader, µs:`,
       '',
       '| | edgestream | plain JS floor |',
       '|---|---|---|',
-      `| workerd CPU per message per reader, µs | ${cell(c?.usPerDelivery)} | ${cell(d?.usPerDelivery)} |`,
+      `| SSE, held at the edge (an internal socket each) | ${cell(c?.usPerDelivery)} | ${cell(d?.usPerDelivery)} |`,
+      ...(e || f ? [`| WebSocket, the client's socket held by the object | ${cell(e?.usPerDelivery)} | ${cell(f?.usPerDelivery)} |`] : []),
     );
   }
   return table.join('\n');
