@@ -755,7 +755,11 @@ function fanoutFloor(report) {
   const floor = report.floor?.floor?.fanout;
   if (!ours || !floor) return '';
   const readers = report.options.sseReaders;
-  return ` Measured directly (bench/floor.mjs): with ${floor.readers} SSE readers held the same way, each fed by an internal socket the object accepted, a plain JS Worker with no wasm and no protocol spent ${floor.usPerDelivery} µs of workerd CPU per message per reader against ${ours.usPerDelivery} µs for edgestream, so even with no code of ours one message to ${readers.toLocaleString('en-US')} SSE readers would take about ${Math.round((floor.usPerDelivery * readers) / 1000)} ms of the thread.`;
+  const [wsOurs, wsFloor] = [report.floor.ours.fanoutWs, report.floor.floor.fanoutWs];
+  const ws = wsOurs && wsFloor
+    ? ` With ${wsFloor.readers} WebSocket readers whose sockets the object holds, the floor spent ${wsFloor.usPerDelivery} µs per message per reader against ${wsOurs.usPerDelivery} µs for edgestream, which sends each reader two messages per append (data, then control) where the floor sends one.`
+    : '';
+  return ` Measured directly (bench/floor.mjs): with ${floor.readers} SSE readers held the same way, each fed by an internal socket the object accepted, a plain JS Worker with no wasm and no protocol spent ${floor.usPerDelivery} µs of workerd CPU per message per reader against ${ours.usPerDelivery} µs for edgestream, so even with no code of ours one message to ${readers.toLocaleString('en-US')} SSE readers would take about ${Math.round((floor.usPerDelivery * readers) / 1000)} ms of the thread.${ws}`;
 }
 
 /** CPU seconds of the roles whose name matches `pattern`, in one phase (`total` or `fanout`). */
