@@ -126,22 +126,21 @@ async function fanout(server, side, { readers, messages, mode = 'sse' }) {
         });
         ws.addEventListener('error', () => {});
         requests.push({ destroy: () => ws.close() });
-        if (i % 50 === 49) await sleep(20);
-        continue;
-      }
-      const req = http.get(readUrl, { agent: readerAgent }, (res) => {
-        let carry = '';
-        res.setEncoding('utf8');
-        res.on('data', (chunk) => {
-          // Events can be cut anywhere between chunks: keep the end of the last one.
-          const text = carry + chunk;
-          counts[i] += text.split(event).length - 1;
-          carry = text.slice(-(event.length - 1));
+      } else {
+        const req = http.get(readUrl, { agent: readerAgent }, (res) => {
+          let carry = '';
+          res.setEncoding('utf8');
+          res.on('data', (chunk) => {
+            // Events can be cut anywhere between chunks: keep the end of the last one.
+            const text = carry + chunk;
+            counts[i] += text.split(event).length - 1;
+            carry = text.slice(-(event.length - 1));
+          });
+          res.on('error', () => {});
         });
-        res.on('error', () => {});
-      });
-      req.on('error', () => {});
-      requests.push(req);
+        req.on('error', () => {});
+        requests.push(req);
+      }
       if (i % 50 === 49) await sleep(20);
     }
     await sleep(2000);

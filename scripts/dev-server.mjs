@@ -16,14 +16,22 @@ import { pathToFileURL } from 'node:url';
 import { bin, root } from './run.mjs';
 
 /**
- * Environment that keeps wrangler dev's DevTools inspector off. wrangler 4.86 has no flag for it,
- * and when it is on, its inspector proxy (in wrangler's own workerd) subscribes to the runtime's
- * network events and relays every event to the wrangler Node process as an HTTP request: about
- * 1 ms of CPU in those two processes per request that calls the stream's object, more than the
- * Worker itself spends, on a machine whose cores the load shares. wrangler turns the inspector
- * off inside a VS Code JavaScript debug terminal, which it recognises by this variable.
+ * The environment wrangler runs in: no metrics, no `request.cf` download, and the DevTools
+ * inspector off unless `inspector`. wrangler 4.86 has no flag for the inspector, and when it is
+ * on, its inspector proxy (in wrangler's own workerd) subscribes to the runtime's network events
+ * and relays every event to the wrangler Node process as an HTTP request: about 1 ms of CPU in
+ * those two processes per request that calls the stream's object, more than the Worker itself
+ * spends, on a machine whose cores the load shares. wrangler turns the inspector off inside a
+ * VS Code JavaScript debug terminal, which it recognises by `VSCODE_INSPECTOR_OPTIONS`.
  */
-export const withoutInspector = { VSCODE_INSPECTOR_OPTIONS: '{}' };
+export function wranglerEnv({ inspector = false } = {}) {
+  return {
+    ...process.env,
+    WRANGLER_SEND_METRICS: 'false',
+    CLOUDFLARE_CF_FETCH_ENABLED: 'false',
+    ...(inspector ? {} : { VSCODE_INSPECTOR_OPTIONS: '{}' }),
+  };
+}
 
 /** A TCP port nobody listens on right now. */
 export function freePort() {
@@ -113,7 +121,7 @@ async function findWorker(pgid, skip) {
 /**
  * Starts the built Worker (or the Worker of another wrangler.toml: `config`). Options: port
  * (default: a free one), vars ({ NAME: value }), inspector (default false: see
- * `withoutInspector`; true for profiles and heap counts through `inspectorPort`),
+ * `wranglerEnv`; true for profiles and heap counts through `inspectorPort`),
  * persistTo (default: a fresh temporary directory, removed on stop), quiet (default true:
  * wrangler's output goes to a log kept in memory and printed if start-up fails).
  */
@@ -152,12 +160,7 @@ async function startOnce(options) {
       cwd: root,
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: {
-        ...process.env,
-        WRANGLER_SEND_METRICS: 'false',
-        CLOUDFLARE_CF_FETCH_ENABLED: 'false',
-        ...(inspector ? {} : withoutInspector),
-      },
+      env: wranglerEnv({ inspector: Boolean(inspector) }),
     });
     running.add(child);
     const keep = (chunk) => {

@@ -2,7 +2,7 @@
 // Flags after `--` go to wrangler (e.g. `npm start -- --port 9000 --var NAME:VALUE`).
 import { bin, root, run, step } from './run.mjs';
 import { buildAll } from './build.mjs';
-import { withoutInspector } from './dev-server.mjs';
+import { wranglerEnv } from './dev-server.mjs';
 
 const extra = process.argv.slice(2);
 const has = (flag) => extra.some((a) => a === flag || a.startsWith(`${flag}=`));
@@ -16,17 +16,11 @@ if (!has('--port')) args.push('--port', '8787');
 if (!extra.some((a) => a.startsWith('WEBHOOK_ALLOW_LOCALHOST'))) args.push('--var', 'WEBHOOK_ALLOW_LOCALHOST:true');
 args.push(...extra);
 // wrangler's DevTools inspector costs about 1 ms of CPU per request to a stream (see
-// withoutInspector): it is on only when asked for with --inspector-port.
-const inspector = has('--inspector-port');
+// wranglerEnv): it is on only when asked for with --inspector-port.
 console.log(`\nedgestream: wrangler ${args.join(' ')}`);
 await run(bin('wrangler'), args, {
   cwd: root,
-  env: {
-    ...process.env,
-    WRANGLER_SEND_METRICS: 'false',
-    CLOUDFLARE_CF_FETCH_ENABLED: 'false',
-    ...(inspector ? {} : withoutInspector),
-  },
+  env: wranglerEnv({ inspector: has('--inspector-port') }),
 }).catch((e) => {
   console.error(e.message);
   process.exit(1);

@@ -5,7 +5,7 @@
 //   /fetch/append edge -> object with stub.fetch(), one SQLite insert
 //   /rpc/append   edge -> object over RPC with the same Request and Response, one SQLite insert
 //   /forward/append  edge -> object with stub.fetch(request): the incoming request itself
-//   /live/ws?live=... a live reader shaped like edgestream's (bench/reader-memory.mjs --floor):
+//   /live/reader?live=...  a live reader shaped like edgestream's (bench/reader-memory.mjs --floor):
 //     ws         the client's socket handed to the object, which accepts it (hibernation API);
 //     sse        the edge holds a response stream and an internal socket the object accepts,
 //                and relays each message as an SSE event;
@@ -52,9 +52,9 @@ export default {
       return new Response(null, { headers: { 'access-control-expose-headers': 'stream-next-offset' } });
     }
     const [, via] = pathname.split('/');
-    if (via === 'live') return live(request, env, searchParams);
-    if (!['fetch', 'rpc', 'forward'].includes(via)) return new Response('not found', { status: 404 });
+    if (!['fetch', 'rpc', 'forward', 'live'].includes(via)) return new Response('not found', { status: 404 });
     const stub = env.OBJECTS.get(env.OBJECTS.idFromName(searchParams.get('o') ?? 'floor'));
+    if (via === 'live') return live(request, stub, searchParams.get('live'));
     if (via === 'forward') return stub.fetch(request);
     const url = 'https://floor/stream';
     const body = request.method === 'POST' ? request.body : null;
@@ -64,10 +64,8 @@ export default {
 };
 
 /** A live reader, held the way edgestream holds one of its mode (see the top of this file). */
-async function live(request, env, searchParams) {
-  const stub = env.OBJECTS.get(env.OBJECTS.idFromName(searchParams.get('o') ?? 'floor'));
+async function live(request, stub, mode) {
   if (request.method === 'POST') return stub.fetch('https://floor/broadcast', { method: 'POST', body: request.body });
-  const mode = searchParams.get('live');
   if (mode === 'ws') return stub.fetch(request);
   const internal = await stub.fetch('https://floor/live', { headers: { upgrade: 'websocket' } });
   const socket = internal.webSocket;
