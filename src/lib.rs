@@ -13,6 +13,7 @@
 //! - [`cursor`], [`etag`]: CDN collapsing and cache validation.
 //! - [`subscription`]: glob links, lease bounds and webhook retry for `__ds/subscriptions`.
 //! - [`token`]: access tokens: operations, path-prefix scopes, expiry.
+//! - [`ws`]: the server's messages on a `live=ws` socket, built and read.
 //! - [`error`]: every refusal with its status, text and headers.
 //! - [`base64`], [`time`]: small codecs kept in-crate to keep the wasm client small.
 #![no_std]
@@ -35,6 +36,7 @@ pub mod stream;
 pub mod subscription;
 pub mod time;
 pub mod token;
+pub mod ws;
 
 pub use error::ProtocolError;
 pub use headers::{ContentType, SseEncoding};

@@ -105,51 +105,29 @@ impl Control {
     pub fn parse(data: &str) -> Result<Control, ControlError> {
         let mut control = Control::default();
         let mut has_offset = false;
-        let mut r = MiniJson {
-            s: data.as_bytes(),
-            i: 0,
-        };
-        r.ws();
-        r.eat(b'{')?;
-        r.ws();
-        if r.peek() == Some(b'}') {
-            r.i += 1;
-        } else {
-            loop {
-                r.ws();
-                let key = r.string()?;
-                r.ws();
-                r.eat(b':')?;
-                r.ws();
-                match key.as_str() {
-                    "streamNextOffset" => {
-                        control.next_offset = r.string()?;
-                        has_offset = true;
-                    }
-                    "streamCursor" => control.cursor = r.string_or_number()?,
-                    "upToDate" => control.up_to_date = r.boolean()?,
-                    "streamClosed" => control.closed = r.boolean()?,
-                    _ => r.skip_value()?,
-                }
-                r.ws();
-                match r.peek() {
-                    Some(b',') => r.i += 1,
-                    Some(b'}') => {
-                        r.i += 1;
-                        break;
-                    }
-                    _ => return Err(ControlError::Syntax),
-                }
+        MiniJson::object(data, |key, r| {
+            has_offset |= key == "streamNextOffset";
+            if !control.field(key, r)? {
+                r.skip_value()?;
             }
-        }
-        r.ws();
-        if r.i != r.s.len() {
-            return Err(ControlError::Syntax);
-        }
+            Ok(())
+        })?;
         if !has_offset {
             return Err(ControlError::MissingOffset);
         }
         Ok(control)
+    }
+
+    /// Reads the value of `key` into `self` if it is a control field; whether it was one.
+    pub(crate) fn field(&mut self, key: &str, r: &mut MiniJson<'_>) -> Result<bool, ControlError> {
+        match key {
+            "streamNextOffset" => self.next_offset = r.string()?,
+            "streamCursor" => self.cursor = r.string_or_number()?,
+            "upToDate" => self.up_to_date = r.boolean()?,
+            "streamClosed" => self.closed = r.boolean()?,
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 }
 
@@ -194,21 +172,71 @@ pub fn encode_control(control: &Control, out: &mut Vec<u8>) {
 }
 
 /// Just enough JSON to read a control object without pulling a JSON library into the client.
-struct MiniJson<'a> {
+pub(crate) struct MiniJson<'a> {
     s: &'a [u8],
     i: usize,
 }
 
-impl MiniJson<'_> {
-    fn peek(&self) -> Option<u8> {
+impl<'a> MiniJson<'a> {
+    pub(crate) fn new(data: &'a str) -> MiniJson<'a> {
+        MiniJson {
+            s: data.as_bytes(),
+            i: 0,
+        }
+    }
+    /// Reads `data` as one JSON object, calling `field` with each key and the reader positioned
+    /// at its value, which `field` must consume.
+    pub(crate) fn object(
+        data: &'a str,
+        mut field: impl FnMut(&str, &mut MiniJson<'a>) -> Result<(), ControlError>,
+    ) -> Result<(), ControlError> {
+        let mut r = MiniJson::new(data);
+        r.ws();
+        r.eat(b'{')?;
+        r.ws();
+        if r.peek() == Some(b'}') {
+            r.i += 1;
+        } else {
+            loop {
+                r.ws();
+                let key = r.string()?;
+                r.ws();
+                r.eat(b':')?;
+                r.ws();
+                field(&key, &mut r)?;
+                r.ws();
+                match r.peek() {
+                    Some(b',') => r.i += 1,
+                    Some(b'}') => {
+                        r.i += 1;
+                        break;
+                    }
+                    _ => return Err(ControlError::Syntax),
+                }
+            }
+        }
+        r.ws();
+        if r.i != r.s.len() {
+            return Err(ControlError::Syntax);
+        }
+        Ok(())
+    }
+    /// Skips a value and returns its text, as written.
+    pub(crate) fn raw_value(&mut self) -> Result<&'a str, ControlError> {
+        let start = self.i;
+        self.skip_value()?;
+        let raw = core::str::from_utf8(&self.s[start..self.i]).map_err(|_| ControlError::Syntax)?;
+        Ok(raw.trim_end())
+    }
+    pub(crate) fn peek(&self) -> Option<u8> {
         self.s.get(self.i).copied()
     }
-    fn ws(&mut self) {
+    pub(crate) fn ws(&mut self) {
         while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.i += 1;
         }
     }
-    fn eat(&mut self, c: u8) -> Result<(), ControlError> {
+    pub(crate) fn eat(&mut self, c: u8) -> Result<(), ControlError> {
         if self.peek() == Some(c) {
             self.i += 1;
             Ok(())
@@ -216,7 +244,7 @@ impl MiniJson<'_> {
             Err(ControlError::Syntax)
         }
     }
-    fn string(&mut self) -> Result<String, ControlError> {
+    pub(crate) fn string(&mut self) -> Result<String, ControlError> {
         self.eat(b'"')?;
         let mut out: Vec<u8> = Vec::new();
         loop {
@@ -254,7 +282,7 @@ impl MiniJson<'_> {
             }
         }
     }
-    fn string_or_number(&mut self) -> Result<Option<String>, ControlError> {
+    pub(crate) fn string_or_number(&mut self) -> Result<Option<String>, ControlError> {
         match self.peek() {
             Some(b'"') => self.string().map(Some),
             Some(b'n') => self.word(b"null").map(|_| None),
@@ -273,7 +301,7 @@ impl MiniJson<'_> {
             _ => Err(ControlError::Syntax),
         }
     }
-    fn word(&mut self, w: &[u8]) -> Result<(), ControlError> {
+    pub(crate) fn word(&mut self, w: &[u8]) -> Result<(), ControlError> {
         if self.s.get(self.i..self.i + w.len()) == Some(w) {
             self.i += w.len();
             Ok(())
@@ -281,7 +309,7 @@ impl MiniJson<'_> {
             Err(ControlError::Syntax)
         }
     }
-    fn boolean(&mut self) -> Result<bool, ControlError> {
+    pub(crate) fn boolean(&mut self) -> Result<bool, ControlError> {
         match self.peek() {
             Some(b't') => self.word(b"true").map(|_| true),
             Some(b'f') => self.word(b"false").map(|_| false),
@@ -290,7 +318,7 @@ impl MiniJson<'_> {
         }
     }
     /// Skips any value, using the core's strict scanner on the remaining text.
-    fn skip_value(&mut self) -> Result<(), ControlError> {
+    pub(crate) fn skip_value(&mut self) -> Result<(), ControlError> {
         let rest = &self.s[self.i..];
         // Find the shortest prefix that is one valid value by scanning with depth tracking.
         let mut depth = 0usize;

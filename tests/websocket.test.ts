@@ -57,9 +57,9 @@ class Client {
     );
   }
 
-  static async open(name: string, query: string, baseUrl = server.baseUrl): Promise<Client> {
+  static async open(name: string, query: string, baseUrl = server.baseUrl, protocols?: string[]): Promise<Client> {
     const url = `${baseUrl.replace(/^http/, 'ws')}/v1/stream/${name}?${query}`;
-    const ws = new WebSocket(url);
+    const ws = new WebSocket(url, protocols);
     const client = new Client(ws);
     await new Promise<void>((resolve, reject) => {
       ws.addEventListener('open', () => resolve());
@@ -106,7 +106,10 @@ class Client {
   }
 }
 
-/** Reads data and control messages until a control reaches `offset` (or the stream closes). */
+/**
+ * Reads data and control messages until a control satisfies `until`. A data message with control
+ * fields (the edgestream.v2 subprotocol) counts as its data, then its control.
+ */
 async function follow(client: Client, until: (c: Control) => boolean) {
   const chunks: Buffer[] = [];
   const items: unknown[] = [];
@@ -118,9 +121,8 @@ async function follow(client: Client, until: (c: Control) => boolean) {
       continue;
     }
     const json = message.json;
-    if (json.type === 'data') {
-      items.push(...(json.items as unknown[]));
-    } else if (json.type === 'control') {
+    if (json.type === 'data') items.push(...(json.items as unknown[]));
+    if (json.type === 'control' || (json.type === 'data' && 'streamNextOffset' in json)) {
       controls.push(json as Control);
       if (until(json as Control)) break;
     }
@@ -215,6 +217,61 @@ describe('WebSocket follow', () => {
     expect(live.items).toEqual([3, [4], null]);
     client.ws.close();
   });
+
+  it('sends a JSON append as one message to clients that offer the edgestream.v2 subprotocol', async () => {
+    // More than a page (4 MiB) of JSON, so that a socket from -1 is followed by the edge while
+    // one from the tail is held by the stream's object: both take the combined form.
+    const name = unique('combined');
+    const messages = Array.from({ length: 4400 }, (_, i) => ({ i, pad: 'x'.repeat(1000) }));
+    await create(name, 'application/json', JSON.stringify(messages.slice(0, 2000)));
+    await post(name, 'application/json', JSON.stringify(messages.slice(2000)));
+    const v2 = ['edgestream.v2'];
+    const far = await Client.open(name, 'offset=-1&live=ws', server.baseUrl, v2);
+    const near = await Client.open(name, 'offset=now&live=ws', server.baseUrl, ['chat', ...v2]);
+    const plain = await Client.open(name, 'offset=now&live=ws');
+    expect([far.ws.protocol, near.ws.protocol, plain.ws.protocol]).toEqual([...v2, ...v2, '']);
+    expect((await follow(far, (c) => c.upToDate === true)).items).toEqual(messages);
+    // With nothing to catch up, the first message is a control alone.
+    expect((await near.expect('control')).upToDate).toBe(true);
+    expect((await plain.expect('control')).upToDate).toBe(true);
+
+    const tail = await post(name, 'application/json', JSON.stringify([{ live: 1 }, 'two']));
+    for (const client of [far, near]) {
+      expect(await client.expect('data')).toEqual({
+        type: 'data',
+        items: [{ live: 1 }, 'two'],
+        streamNextOffset: tail,
+        streamCursor: expect.stringMatching(/^\d+$/),
+        upToDate: true,
+      });
+    }
+    // A client that did not offer it gets the data, then the control.
+    expect((await plain.expect('data')).items).toEqual([{ live: 1 }, 'two']);
+    expect((await plain.expect('control')).streamNextOffset).toBe(tail);
+
+    // The append that closes the stream carries the end of it.
+    const res = await fetch(`${base()}/${name}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'stream-closed': 'true' },
+      body: '[3]',
+    });
+    expect(res.status).toBe(204);
+    const end = res.headers.get('stream-next-offset');
+    for (const client of [far, near]) {
+      expect(await client.expect('data')).toEqual({
+        type: 'data',
+        items: [3],
+        streamNextOffset: end,
+        upToDate: true,
+        streamClosed: true,
+      });
+    }
+    // (The object's own close reaches Node clients only at its eviction, about 10 s later.)
+    expect((await far.closed).code).toBe(1000);
+    expect(far.drain()).toEqual([]);
+    expect((await plain.expect('data')).items).toEqual([3]);
+    expect(await plain.expect('control')).toMatchObject({ streamNextOffset: end, streamClosed: true });
+  }, 30_000);
 
   it('starts at the tail for offset=now and then delivers only new data', async () => {
     const name = unique('now');

@@ -2,14 +2,15 @@
 //! socket: the stream's object, which holds the socket itself when the client starts near the
 //! tail, and the edge, which serves a long catch-up or a fork's inherited range and then follows.
 //!
-//! Server to client: data and control messages ([`Emitter`], [`data_message`],
-//! [`control_message`]). Client to server: append frames ([`parse_append`]), which become the
+//! Server to client: data and control messages ([`Emitter`], built by the core's
+//! [`edgestream::ws`]). Client to server: append frames ([`parse_append`]), which become the
 //! headers and body POST would carry ([`append_headers`]), and are answered from POST's response
 //! ([`reply_to`]) with an ack or an error.
 
 use edgestream::headers as h;
 use edgestream::sse::Control;
 use edgestream::token::{AuthError, Operation};
+use edgestream::ws::{control_message, data_message};
 use edgestream::{json, Offset, ProtocolError, ReadFrom};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -47,6 +48,10 @@ pub struct ClientHello {
     /// The cursor the control messages carry.
     pub cursor: u64,
     pub append: AppendGrant,
+    /// The client offered the [`edgestream::ws::COMBINED`] subprotocol: a JSON stream's data
+    /// message carries its batch's control fields.
+    #[serde(default)]
+    pub combined: bool,
 }
 
 impl ClientHello {
@@ -126,6 +131,8 @@ pub trait Sink {
 pub struct Emitter<S: Sink> {
     out: S,
     pub json: bool,
+    /// A JSON stream's live data message carries its control fields ([`ClientHello::combined`]).
+    combined: bool,
     cursor: u64,
     /// Where the client is: everything before it has been sent.
     pub offset: ReadFrom,
@@ -134,10 +141,11 @@ pub struct Emitter<S: Sink> {
 }
 
 impl<S: Sink> Emitter<S> {
-    pub fn new(out: S, json: bool, cursor: u64, offset: ReadFrom) -> Emitter<S> {
+    pub fn new(out: S, json: bool, combined: bool, cursor: u64, offset: ReadFrom) -> Emitter<S> {
         Emitter {
             out,
             json,
+            combined,
             cursor,
             offset,
             last_control: None,
@@ -173,14 +181,15 @@ impl<S: Sink> Emitter<S> {
         }
         let mut at = 0;
         for cut in message_cuts(framed, MAX_MESSAGE_BYTES) {
-            self.out.send_text(&data_message(&framed[at..cut]))?;
+            self.out.send_text(&data_message(&framed[at..cut], None))?;
             at = cut;
         }
         Ok(true)
     }
 
-    /// A live frame: a data message (when it carries bytes), then its control message. `Err`
-    /// when the client cannot be sent to; `Ok(true)` when the stream is closed.
+    /// A live frame: a data message (when it carries bytes), then its control message, or both
+    /// in one for a client that takes them combined. `Err` when the client cannot be sent to;
+    /// `Ok(true)` when the stream is closed.
     pub fn frame(
         &mut self,
         end: Offset,
@@ -189,12 +198,18 @@ impl<S: Sink> Emitter<S> {
         payload: &[u8],
     ) -> Result<bool> {
         let has_data = !payload.is_empty();
-        if has_data && self.json {
-            self.out.send_text(&data_message(payload))?;
-        } else if has_data {
-            self.out.send_bytes(payload)?;
+        if has_data && self.json && self.combined {
+            let control = self.control_of(end, up_to_date, closed);
+            self.out.send_text(&data_message(payload, Some(&control)))?;
+            self.last_control = Some((end, up_to_date));
+        } else {
+            if has_data && self.json {
+                self.out.send_text(&data_message(payload, None))?;
+            } else if has_data {
+                self.out.send_bytes(payload)?;
+            }
+            self.control(end, up_to_date, closed, has_data)?;
         }
-        self.control(end, up_to_date, closed, has_data)?;
         self.offset = ReadFrom::At(end);
         Ok(closed)
     }
@@ -210,35 +225,20 @@ impl<S: Sink> Emitter<S> {
         if !has_data && !closed && self.last_control == Some((end, up_to_date)) {
             return Ok(());
         }
-        let control = Control {
-            next_offset: end.to_string(),
-            cursor: Some(self.cursor.to_string()),
-            up_to_date,
-            closed,
-        };
+        let control = self.control_of(end, up_to_date, closed);
         self.out.send_text(&control_message(&control))?;
         self.last_control = Some((end, up_to_date));
         Ok(())
     }
-}
 
-/// `{"type":"control",…}`: the SSE control event's fields under a type tag.
-pub fn control_message(control: &Control) -> String {
-    let fields = control.to_json();
-    let mut out = String::with_capacity(fields.len() + 20);
-    out.push_str("{\"type\":\"control\",");
-    out.push_str(fields.strip_prefix('{').unwrap_or(&fields));
-    out
-}
-
-/// `{"type":"data","items":[…]}` for a framed range of a JSON stream.
-pub fn data_message(framed: &[u8]) -> String {
-    let mut out = Vec::with_capacity(framed.len() + 24);
-    out.extend_from_slice(b"{\"type\":\"data\",\"items\":");
-    json::write_array(framed, &mut out);
-    out.push(b'}');
-    // Stored JSON was validated as UTF-8 on append; a lossy copy only guards against a bug.
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    fn control_of(&self, end: Offset, up_to_date: bool, closed: bool) -> Control {
+        Control {
+            next_offset: end.to_string(),
+            cursor: Some(self.cursor.to_string()),
+            up_to_date,
+            closed,
+        }
+    }
 }
 
 /// End positions of the data messages for a framed range: each at most `max` bytes, cut only
@@ -649,28 +649,86 @@ impl<'a> ErrorReply<'a> {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use super::*;
 
-    #[test]
-    fn control_messages_carry_a_type() {
-        let control = Control {
-            next_offset: "0000000000000000_0000000000000005".into(),
-            cursor: Some("7".into()),
-            up_to_date: true,
-            closed: false,
-        };
-        assert_eq!(
-            control_message(&control),
-            "{\"type\":\"control\",\"streamNextOffset\":\"0000000000000000_0000000000000005\",\
-             \"streamCursor\":\"7\",\"upToDate\":true}"
-        );
+    /// Records what an [`Emitter`] sends: `T:` text, `B:` bytes as UTF-8.
+    #[derive(Default)]
+    struct Sent(RefCell<Vec<String>>);
+
+    impl Sink for &Sent {
+        fn send_text(&self, text: &str) -> Result<()> {
+            self.0.borrow_mut().push(format!("T:{text}"));
+            Ok(())
+        }
+        fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
+            self.0
+                .borrow_mut()
+                .push(format!("B:{}", String::from_utf8_lossy(bytes)));
+            Ok(())
+        }
     }
 
     #[test]
-    fn json_data_messages_are_arrays_of_items() {
+    fn a_live_frame_is_data_then_control_or_both_in_one() {
+        let at = |n| Offset::new(n).unwrap();
+        let control = |n: u64, end: &str| {
+            format!(
+                "\"streamNextOffset\":\"{}\",\"streamCursor\":\"9\",\"upToDate\":true{end}",
+                at(n)
+            )
+        };
+        let cases = [
+            (
+                true,
+                false,
+                vec![
+                    "T:{\"type\":\"data\",\"items\":[1,{\"a\":2}]}".to_string(),
+                    format!("T:{{\"type\":\"control\",{}", control(9, "}")),
+                ],
+            ),
+            (
+                true,
+                true,
+                vec![format!(
+                    "T:{{\"type\":\"data\",\"items\":[1,{{\"a\":2}}],{}",
+                    control(9, "}")
+                )],
+            ),
+            // Bytes always travel alone: only JSON data takes the control fields.
+            (
+                false,
+                true,
+                vec![
+                    "B:1,{\"a\":2},".to_string(),
+                    format!("T:{{\"type\":\"control\",{}", control(9, "}")),
+                ],
+            ),
+        ];
+        for (json, combined, expected) in cases {
+            let sent = Sent::default();
+            let mut emit = Emitter::new(&sent, json, combined, 9, ReadFrom::At(at(0)));
+            assert_eq!(
+                emit.frame(at(9), false, true, b"1,{\"a\":2},").ok(),
+                Some(false)
+            );
+            // The same control again with no data is not repeated, combined or not.
+            emit.control(at(9), true, false, false).unwrap();
+            assert_eq!(emit.offset, ReadFrom::At(at(9)));
+            assert_eq!(
+                *sent.0.borrow(),
+                expected,
+                "json {json}, combined {combined}"
+            );
+        }
+        // A frame with no data is a control message alone.
+        let sent = Sent::default();
+        let mut emit = Emitter::new(&sent, true, true, 9, ReadFrom::At(at(9)));
+        assert_eq!(emit.frame(at(9), true, true, b"").ok(), Some(true));
         assert_eq!(
-            data_message(b"1,{\"a\":2},"),
-            "{\"type\":\"data\",\"items\":[1,{\"a\":2}]}"
+            *sent.0.borrow(),
+            vec![format!("T:{{\"type\":\"control\",\"streamNextOffset\":\"{}\",\"upToDate\":true,\"streamClosed\":true}}", at(9))]
         );
     }
 
@@ -701,9 +759,18 @@ mod tests {
                 expires_at: Some(100),
             },
         ] {
-            let hello = ClientHello { cursor: 42, append };
-            assert_eq!(ClientHello::from_header(&hello.to_header()), Some(hello));
+            for combined in [false, true] {
+                let hello = ClientHello {
+                    cursor: 42,
+                    append: append.clone(),
+                    combined,
+                };
+                assert_eq!(ClientHello::from_header(&hello.to_header()), Some(hello));
+            }
         }
+        // Attachments kept before the combined form existed still read.
+        let old = ClientHello::from_header("{\"cursor\":1,\"append\":\"open\"}").unwrap();
+        assert!(!old.combined);
         assert_eq!(ClientHello::from_header("{\"cursor\":1}"), None);
         let id = RawValue::from_string("7".into()).unwrap();
         assert_eq!(AppendGrant::Open.refusal(Some(&id), i64::MAX), None);

@@ -19,8 +19,8 @@ use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::time::Duration;
 
-use edgestream::cursor;
 use edgestream::headers::{self as h, ContentType, LiveMode};
+use edgestream::{cursor, ws};
 use edgestream::{Offset, ProtocolError, ReadFrom};
 use futures_util::future::{select, Either};
 use worker::{
@@ -73,6 +73,8 @@ pub async fn websocket(
     let hello = ClientHello {
         cursor: cursor::next_cursor(now_ms(), client_cursor.as_deref(), random_u32()),
         append: AppendGrant::of(&token, name.as_str(), http::now_secs()),
+        combined: header(req.headers(), "sec-websocket-protocol")
+            .is_some_and(|offered| ws::offers_combined(&offered)),
     };
     // As for SSE, the first answer decides the handshake: a missing stream is a 404.
     // The object accepts the client socket itself (101), or answers a page for the edge to
@@ -93,7 +95,7 @@ pub async fn websocket(
                     "stream object upgraded without a socket".into(),
                 ));
             };
-            return Response::from_websocket(socket);
+            return upgraded(socket, &hello);
         }
         200 => {}
         _ => return Ok(first),
@@ -109,13 +111,24 @@ pub async fn websocket(
         json: content_type.is_json(),
         content_type,
         cursor: hello.cursor,
+        combined: hello.combined,
         config: config.clone(),
-        append: hello.append,
+        append: hello.append.clone(),
         out: client.sender(),
     };
     let first = Subscription::Page(first);
     wasm_bindgen_futures::spawn_local(session.run(client, from, first));
-    Response::from_websocket(pair.client)
+    upgraded(pair.client, &hello)
+}
+
+/// The 101 that hands `socket` to the client, naming the subprotocol it chose, if any (a
+/// browser fails a handshake whose answer names one it did not offer, or none it required).
+fn upgraded(socket: worker::WebSocket, hello: &ClientHello) -> Result<Response> {
+    let resp = Response::from_websocket(socket)?;
+    if hello.combined {
+        resp.headers().set("sec-websocket-protocol", ws::COMBINED)?;
+    }
+    Ok(resp)
 }
 
 /// Why a session ended, which decides the close code.
@@ -140,6 +153,8 @@ struct Session {
     content_type: ContentType,
     json: bool,
     cursor: u64,
+    /// See [`ClientHello::combined`].
+    combined: bool,
     config: Config,
     /// Whether the token presented at the handshake allows appends.
     append: AppendGrant,
@@ -156,6 +171,7 @@ impl Session {
             emit: Rc::new(RefCell::new(Emitter::new(
                 self.out.clone(),
                 self.json,
+                self.combined,
                 self.cursor,
                 from,
             ))),

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use edgestream::sse::Control;
-use edgestream::{Offset, ReadFrom};
+use edgestream::{ws, Offset, ReadFrom};
 use js_sys::Uint8Array;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
@@ -128,6 +128,7 @@ pub fn accept(
     let mut emit = Emitter::new(
         Direct(ws),
         state.json,
+        state.hello.combined,
         state.hello.cursor,
         ReadFrom::At(start),
     );
@@ -168,9 +169,11 @@ fn send_js_page(ws: &WebSocket, bytes: &Uint8Array) -> Result<bool> {
     Ok(len > 0)
 }
 
-/// Client sockets that share a cursor, and so every message.
+/// Client sockets that share a cursor and a message form, and so every message.
 pub struct Group {
     cursor: u64,
+    /// See [`ClientHello::combined`].
+    combined: bool,
     sockets: Vec<WebSocket>,
 }
 
@@ -181,11 +184,15 @@ pub fn groups(sockets: Vec<WebSocket>) -> Vec<Group> {
         let Some(state) = ClientState::of(&ws) else {
             continue;
         };
-        let cursor = state.hello.cursor;
-        match groups.iter_mut().find(|g| g.cursor == cursor) {
+        let (cursor, combined) = (state.hello.cursor, state.hello.combined);
+        match groups
+            .iter_mut()
+            .find(|g| g.cursor == cursor && g.combined == combined)
+        {
             Some(group) => group.sockets.push(ws),
             None => groups.push(Group {
                 cursor,
+                combined,
                 sockets: vec![ws],
             }),
         }
@@ -194,7 +201,8 @@ pub fn groups(sockets: Vec<WebSocket>) -> Vec<Group> {
 }
 
 /// Sends log bytes `payload` ending at `end` to every client: one data message (when there are
-/// bytes) and one control message, each built once.
+/// bytes) and one control message, each built once, or for clients that take them combined, a
+/// JSON stream's data message with the control fields inside, built once per group.
 pub fn deliver(
     groups: &[Group],
     json_stream: bool,
@@ -203,11 +211,7 @@ pub fn deliver(
     closed: bool,
     up_to_date: bool,
 ) {
-    let data: Option<JsValue> = match (payload.is_empty(), json_stream) {
-        (true, _) => None,
-        (false, true) => Some(JsValue::from_str(&wsproto::data_message(payload))),
-        (false, false) => Some(Uint8Array::from(payload).into()),
-    };
+    let mut data: Option<JsValue> = None;
     let next_offset = end.to_string();
     for group in groups {
         let control = Control {
@@ -216,13 +220,34 @@ pub fn deliver(
             up_to_date,
             closed,
         };
-        let control = JsValue::from_str(&wsproto::control_message(&control));
+        let messages: [Option<JsValue>; 2] = if payload.is_empty() {
+            [
+                None,
+                Some(JsValue::from_str(&ws::control_message(&control))),
+            ]
+        } else if json_stream && group.combined {
+            [
+                Some(JsValue::from_str(&ws::data_message(
+                    payload,
+                    Some(&control),
+                ))),
+                None,
+            ]
+        } else {
+            let data = data.get_or_insert_with(|| match json_stream {
+                true => JsValue::from_str(&ws::data_message(payload, None)),
+                false => Uint8Array::from(payload).into(),
+            });
+            [
+                Some(data.clone()),
+                Some(JsValue::from_str(&ws::control_message(&control))),
+            ]
+        };
         for ws in &group.sockets {
             // A socket that is closing refuses the send; its client reconnects and resumes.
-            if let Some(data) = &data {
-                let _ = send(ws, data);
+            for message in messages.iter().flatten() {
+                let _ = send(ws, message);
             }
-            let _ = send(ws, &control);
         }
     }
 }

@@ -1,0 +1,245 @@
+//! The server's messages on a `live=ws` socket (docs/websocket.md): built by the Worker, read by
+//! the client.
+//!
+//! A batch is one or more data messages and then a control message with the SSE control
+//! event's fields. A client that offers the [`COMBINED`] subprotocol gets a JSON stream's last
+//! data message of a batch with the control fields inside it, so a live append costs one
+//! message per socket instead of two.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::json;
+use crate::sse::{Control, ControlError, MiniJson};
+
+/// The subprotocol (`Sec-WebSocket-Protocol`) under which a JSON stream's data message may carry
+/// its batch's control fields.
+pub const COMBINED: &str = "edgestream.v2";
+
+/// Whether a handshake's `Sec-WebSocket-Protocol` list offers [`COMBINED`].
+pub fn offers_combined(protocols: &str) -> bool {
+    protocols.split(',').any(|p| p.trim() == COMBINED)
+}
+
+/// `{"type":"control",…}`: the SSE control event's fields under a type tag.
+pub fn control_message(control: &Control) -> String {
+    let fields = control.to_json();
+    let mut out = String::with_capacity(fields.len() + 20);
+    out.push_str("{\"type\":\"control\",");
+    out.push_str(fields.strip_prefix('{').unwrap_or(&fields));
+    out
+}
+
+/// `{"type":"data","items":[…]}` for a framed range of a JSON stream, with `control`'s fields
+/// after `items` when the message also ends its batch.
+pub fn data_message(framed: &[u8], control: Option<&Control>) -> String {
+    let fields = control.map(Control::to_json);
+    let extra = fields.as_ref().map_or(0, String::len);
+    let mut out = Vec::with_capacity(framed.len() + 24 + extra);
+    out.extend_from_slice(b"{\"type\":\"data\",\"items\":");
+    json::write_array(framed, &mut out);
+    match fields.as_deref().and_then(|f| f.strip_prefix('{')) {
+        Some(fields) => {
+            out.push(b',');
+            out.extend_from_slice(fields.as_bytes());
+        }
+        None => out.push(b'}'),
+    }
+    // Stored JSON was validated as UTF-8 on append; a lossy copy only guards against a bug.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// A text message from the server, as a client reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerMessage<'a> {
+    /// Messages of a JSON stream: `items` is their JSON array as sent. `control` is present
+    /// when the message also ends its batch (the [`COMBINED`] subprotocol).
+    Data {
+        items: &'a str,
+        control: Option<Control>,
+    },
+    /// The end of a batch.
+    Control(Control),
+    /// An error about the stream (`for_append` false: the socket is about to close) or the
+    /// reply to an append frame.
+    Error {
+        status: u16,
+        message: String,
+        for_append: bool,
+    },
+    /// An append's acknowledgement, or a type this client does not know: nothing to act on.
+    Other,
+}
+
+impl<'a> ServerMessage<'a> {
+    /// Reads a text message. A message without a `type` is a control message, as the first
+    /// servers sent them.
+    pub fn parse(text: &'a str) -> Result<ServerMessage<'a>, ControlError> {
+        let mut kind: Option<String> = None;
+        let mut items = None;
+        let mut control = Control::default();
+        let mut has_offset = false;
+        let mut status = None;
+        let mut message = String::new();
+        let mut id = false;
+        MiniJson::object(text, |key, r| {
+            match key {
+                "type" => kind = Some(r.string()?),
+                "items" => items = Some(r.raw_value()?),
+                "status" => {
+                    let text = r.string_or_number()?.unwrap_or_default();
+                    status = Some(text.parse::<u16>().map_err(|_| ControlError::Syntax)?);
+                }
+                "message" => message = r.string()?,
+                "id" => {
+                    r.skip_value()?;
+                    id = true;
+                }
+                _ => {
+                    has_offset |= key == "streamNextOffset";
+                    if !control.field(key, r)? {
+                        r.skip_value()?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        let control = || has_offset.then_some(control.clone());
+        Ok(match kind.as_deref() {
+            Some("data") => ServerMessage::Data {
+                items: items.ok_or(ControlError::Syntax)?,
+                control: control(),
+            },
+            Some("control") | None => {
+                ServerMessage::Control(control().ok_or(ControlError::MissingOffset)?)
+            }
+            Some("error") => ServerMessage::Error {
+                status: status.ok_or(ControlError::Syntax)?,
+                message,
+                for_append: id,
+            },
+            Some(_) => ServerMessage::Other,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::string::ToString;
+
+    use super::*;
+
+    fn control(offset: &str, up_to_date: bool, closed: bool) -> Control {
+        Control {
+            next_offset: offset.into(),
+            cursor: Some("7".into()),
+            up_to_date,
+            closed,
+        }
+    }
+
+    #[test]
+    fn data_and_control_messages_read_back() {
+        let framed = br#"{"a":"]}"},2,"#;
+        let plain = data_message(framed, None);
+        assert_eq!(plain, r#"{"type":"data","items":[{"a":"]}"},2]}"#);
+        assert_eq!(
+            ServerMessage::parse(&plain),
+            Ok(ServerMessage::Data {
+                items: r#"[{"a":"]}"},2]"#,
+                control: None
+            })
+        );
+        let c = control("0000000000000000_0000000000000012", true, false);
+        let combined = data_message(framed, Some(&c));
+        assert_eq!(
+            combined,
+            r#"{"type":"data","items":[{"a":"]}"},2],"streamNextOffset":"0000000000000000_0000000000000012","streamCursor":"7","upToDate":true}"#
+        );
+        assert_eq!(
+            ServerMessage::parse(&combined),
+            Ok(ServerMessage::Data {
+                items: r#"[{"a":"]}"},2]"#,
+                control: Some(c.clone())
+            })
+        );
+        let only = control_message(&c);
+        assert_eq!(
+            only,
+            r#"{"type":"control","streamNextOffset":"0000000000000000_0000000000000012","streamCursor":"7","upToDate":true}"#
+        );
+        assert_eq!(ServerMessage::parse(&only), Ok(ServerMessage::Control(c)));
+    }
+
+    #[test]
+    fn a_closed_streams_control_has_no_cursor() {
+        let c = control("0000000000000000_0000000000000001", true, true);
+        let text = data_message(b"1,", Some(&c));
+        let Ok(ServerMessage::Data {
+            control: Some(read),
+            ..
+        }) = ServerMessage::parse(&text)
+        else {
+            panic!("{text}");
+        };
+        assert!(read.closed && read.up_to_date && read.cursor.is_none());
+    }
+
+    #[test]
+    fn errors_acks_and_unknown_types() {
+        assert_eq!(
+            ServerMessage::parse(r#"{"type":"error","status":404,"message":"stream not found"}"#),
+            Ok(ServerMessage::Error {
+                status: 404,
+                message: "stream not found".to_string(),
+                for_append: false
+            })
+        );
+        let reply =
+            r#"{"type":"error","id":"a","status":409,"message":"gap","producerExpectedSeq":3}"#;
+        assert!(matches!(
+            ServerMessage::parse(reply),
+            Ok(ServerMessage::Error {
+                status: 409,
+                for_append: true,
+                ..
+            })
+        ));
+        let ack = r#"{"type":"ack","id":1,"status":204,"streamNextOffset":"0000000000000000_0000000000000001"}"#;
+        assert_eq!(ServerMessage::parse(ack), Ok(ServerMessage::Other));
+        assert_eq!(
+            ServerMessage::parse(r#"{"type":"later","x":[1,{"y":2}]}"#),
+            Ok(ServerMessage::Other)
+        );
+        // An untyped message is a control, as the SSE control event's JSON.
+        assert!(matches!(
+            ServerMessage::parse(r#"{"streamNextOffset":"x"}"#),
+            Ok(ServerMessage::Control(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_messages_are_refused() {
+        for bad in [
+            "",
+            "[1,2]",
+            r#"{"type":"data"}"#,
+            r#"{"type":"control"}"#,
+            r#"{"type":"error","message":"no status"}"#,
+            r#"{"type":"error","status":99999}"#,
+            r#"{"type":"data","items":[1]"#,
+            r#"{"type":"data","items":[1]} x"#,
+            r#"{"type":7}"#,
+        ] {
+            assert!(ServerMessage::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_subprotocol_is_found_in_a_list() {
+        assert!(offers_combined("edgestream.v2"));
+        assert!(offers_combined("chat, edgestream.v2 ,x"));
+        assert!(!offers_combined("edgestream.v22"));
+        assert!(!offers_combined(""));
+    }
+}
