@@ -44,10 +44,10 @@ export function es_on_hidden(callback) {
   d.addEventListener('visibilitychange', f);
   return () => d.removeEventListener('visibilitychange', f);
 }
-export function es_ws_open(url) {
+export function es_ws_open(url, protocol) {
   const WS = globalThis.WebSocket;
   if (typeof WS !== 'function') return null;
-  const socket = new WS(url);
+  const socket = new WS(url, protocol);
   socket.binaryType = 'arraybuffer';
   const queue = [];
   let waiter = null;
@@ -78,9 +78,10 @@ extern "C" {
     pub fn es_when_visible(signal: Option<&web_sys::AbortSignal>) -> Promise;
     /// Calls `callback` whenever the page becomes hidden; returns the function that unregisters it.
     pub fn es_on_hidden(callback: &Function) -> Function;
-    /// Opens a WebSocket and returns `{ next(), close() }`, or null where there is no WebSocket.
+    /// Opens a WebSocket offering `protocol` and returns `{ next(), close() }`, or null where
+    /// there is no WebSocket.
     #[wasm_bindgen(catch)]
-    pub fn es_ws_open(url: &str) -> Result<JsValue, JsValue>;
+    pub fn es_ws_open(url: &str, protocol: &str) -> Result<JsValue, JsValue>;
 }
 
 /// Reads `obj[key]`, or `undefined` when `obj` is not an object.

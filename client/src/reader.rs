@@ -11,6 +11,7 @@ use std::rc::Rc;
 
 use edgestream::headers::{self, ContentType};
 use edgestream::sse::Control;
+use edgestream::ws::{self, ServerMessage};
 use js_sys::{Function, Object, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -722,9 +723,10 @@ fn ws_url(url: &str) -> String {
 
 /// Opens a WebSocket if needed and reads frames until one completes a batch or the socket closes.
 ///
-/// Frames: binary frames carry data of non-JSON streams; text frames holding a JSON object are
-/// control frames (the SSE control event's fields); text frames holding a JSON array are data of
-/// JSON streams. Browsers cannot set headers on a WebSocket, so only `params` are sent.
+/// Binary messages carry data of non-JSON streams; text messages are the core's
+/// [`ServerMessage`]s: a JSON stream's data, a control that ends a batch, or both in one (the
+/// [`ws::COMBINED`] subprotocol the reader offers). Browsers cannot set headers on a WebSocket,
+/// so only `params` are sent.
 async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
     if inner.borrow().ws.is_none() {
         let (url, query, params_src) = {
@@ -739,7 +741,7 @@ async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
             }
         }
         let full = ws_url(&http::with_query(&url, &q));
-        let socket = js::es_ws_open(&full)?;
+        let socket = js::es_ws_open(&full, ws::COMBINED)?;
         if socket.is_null() || socket.is_undefined() {
             return Err(error::new(
                 error::NOT_SUPPORTED,
@@ -787,10 +789,25 @@ fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsV
         }
         Some("text") => {
             let text = js::get_string(frame, "data").unwrap_or_default();
-            if text.trim_start().starts_with('{') {
-                let control = Control::parse(&text).map_err(|_| {
-                    batch::parse_error("WebSocket control frame is not a valid JSON object")
-                })?;
+            let message = ServerMessage::parse(&text).map_err(|e| {
+                batch::parse_error(&error::msg(&["WebSocket message: ", &e.to_string()]))
+            })?;
+            let control = match message {
+                ServerMessage::Data { items, control } => {
+                    if let Some(c) = s.ws.as_mut() {
+                        c.parts.push(items.as_bytes().to_vec());
+                    }
+                    control
+                }
+                ServerMessage::Control(control) => Some(control),
+                ServerMessage::Error {
+                    status,
+                    message,
+                    for_append: false,
+                } => return ws_stream_error(&mut s, status, &message),
+                ServerMessage::Error { .. } | ServerMessage::Other => None,
+            };
+            if let Some(control) = control {
                 let parts = match s.ws.as_mut() {
                     Some(c) => {
                         c.delivered = true;
@@ -810,8 +827,6 @@ fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsV
                 if s.done {
                     s.drop_connections();
                 }
-            } else if let Some(c) = s.ws.as_mut() {
-                c.parts.push(text.into_bytes());
             }
             Ok(None)
         }
@@ -835,6 +850,26 @@ fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsV
             Ok(Some(cause.into()))
         }
     }
+}
+
+/// An error about the stream, sent before the server closes the socket: a stream that is gone
+/// ends the reader with the error a read would get; anything else is a reason to reconnect.
+fn ws_stream_error(s: &mut Inner, status: u16, message: &str) -> Result<Option<JsValue>, JsValue> {
+    let status_text = js::u64_text(u64::from(status));
+    let text = error::msg(&["WebSocket ", &s.url, ": ", message, " (", &status_text, ")"]);
+    let code = match status {
+        404 => error::NOT_FOUND,
+        410 => error::GONE,
+        401 => error::UNAUTHORIZED,
+        403 => error::FORBIDDEN,
+        _ => {
+            return Ok(Some(
+                error::new(error::NETWORK_ERROR, &text, Some(status)).into(),
+            ))
+        }
+    };
+    s.drop_connections();
+    Err(error::new(code, &text, Some(status)).into())
 }
 
 #[cfg(test)]

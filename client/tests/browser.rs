@@ -4,7 +4,7 @@
 //! is the reference test server and the dropped-connection tests inject real faults.
 #![cfg(target_arch = "wasm32")]
 
-use edgestream_client::ops::{append_stream, create_stream};
+use edgestream_client::ops::{append_stream, create_stream, delete_stream};
 use edgestream_client::reader::Reader;
 use js_sys::{Object, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
@@ -142,6 +142,61 @@ async fn follows_over_websocket() {
     if option_env!("EDGESTREAM_TEST_WS") == Some("1") {
         follow("ws").await;
     }
+}
+
+/// Creates a JSON stream holding `body` (a JSON array of messages).
+async fn create_json(url: &str, body: &str) {
+    let r = wait(create_stream(obj(&[
+        ("url", url.into()),
+        ("contentType", "application/json".into()),
+        ("body", body.into()),
+    ])))
+    .await
+    .expect("create");
+    assert_eq!(get(&r, "status").as_f64(), Some(201.0));
+}
+
+/// The next batch's items, as JSON text.
+async fn next_items(reader: &Reader) -> String {
+    let batch = wait(within(&reader.next(), 10_000.0, "the next batch"))
+        .await
+        .unwrap_or_else(|e| panic!("next: {:?}", get(&e, "message")));
+    assert!(!batch.is_undefined(), "reader ended early");
+    let items = get(&batch, "items");
+    js_sys::JSON::stringify(&items).unwrap().into()
+}
+
+#[wasm_bindgen_test]
+async fn follows_a_json_stream_over_websocket() {
+    // Only where the server speaks `live=ws` (our Worker): data messages of a JSON stream,
+    // combined with their control fields, then a stream deleted under the reader.
+    if option_env!("EDGESTREAM_TEST_WS") != Some("1") {
+        return;
+    }
+    let url = unique("ws-json");
+    create_json(&url, r#"[{"a":1}]"#).await;
+    let reader = Reader::new(&obj(&[("url", url.as_str().into()), ("live", "ws".into())])).unwrap();
+    assert_eq!(next_items(&reader).await, r#"[{"a":1}]"#);
+    let writer = url.clone();
+    wasm_bindgen_futures::spawn_local(async move {
+        sleep(300).await;
+        let r = wait(append_stream(obj(&[
+            ("url", writer.as_str().into()),
+            ("body", r#"[{"b":2},"three"]"#.into()),
+            ("contentType", "application/json".into()),
+        ])))
+        .await;
+        assert!(r.is_ok(), "append");
+    });
+    assert_eq!(next_items(&reader).await, r#"[{"b":2},"three"]"#);
+    assert_eq!(reader.mode(), "ws");
+    assert!(reader.up_to_date());
+    let deleted = wait(delete_stream(obj(&[("url", url.as_str().into())]))).await;
+    assert!(deleted.is_ok(), "delete");
+    let err = wait(within(&reader.next(), 10_000.0, "the reader's error"))
+        .await
+        .expect_err("a deleted stream ends the reader with an error");
+    assert_eq!(get(&err, "code").as_string().as_deref(), Some("NOT_FOUND"));
 }
 
 #[wasm_bindgen_test]
