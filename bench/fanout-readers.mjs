@@ -140,7 +140,8 @@ class Reader {
   }
 
   connectWs() {
-    const ws = new WebSocket(`${config.baseUrl.replace(/^http/, 'ws')}${this.query('ws')}`);
+    // As the edgestream client does: a JSON append arrives as one message, its data and control.
+    const ws = new WebSocket(`${config.baseUrl.replace(/^http/, 'ws')}${this.query('ws')}`, 'edgestream.v2');
     ws.binaryType = 'arraybuffer';
     let opened = false;
     ws.addEventListener('open', () => {
@@ -154,7 +155,7 @@ class Reader {
       }
       const json = JSON.parse(e.data);
       if (json.type === 'data') for (const value of json.items) this.item(value);
-      else if (json.type === 'control') this.control(json);
+      if (json.type === 'control' || (json.type === 'data' && 'streamNextOffset' in json)) this.control(json);
     });
     ws.addEventListener('close', () => {
       if (!opened) this.errors++;

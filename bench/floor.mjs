@@ -119,8 +119,9 @@ async function fanout(server, side, { readers, messages, mode = 'sse' }) {
   try {
     for (let i = 0; i < readers; i++) {
       if (mode === 'ws') {
-        // Ours sends each append as a data message and a control message.
-        const ws = new WebSocket(readUrl.replace('http', 'ws'));
+        // Ours sends each append as one message (data with its control fields) to clients that
+        // offer edgestream.v2, as the edgestream client does.
+        const ws = new WebSocket(readUrl.replace('http', 'ws'), side === 'ours' ? 'edgestream.v2' : undefined);
         ws.addEventListener('message', (e) => {
           if (side !== 'ours' || String(e.data).startsWith('{"type":"data"')) counts[i]++;
         });

@@ -19,7 +19,8 @@ const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(
 
 /** Opens a socket on `url` and resolves once it is open; `onMessage` gets every message. */
 function open(url, onMessage) {
-  const ws = new WebSocket(url);
+  // Offered as the edgestream client offers it: a JSON append arrives as one message.
+  const ws = new WebSocket(url, 'edgestream.v2');
   ws.binaryType = 'arraybuffer';
   ws.addEventListener('message', (e) => onMessage(e.data));
   return new Promise((resolve, reject) => {
