@@ -2,9 +2,10 @@
 //! the client.
 //!
 //! A batch is one or more data messages and then a control message with the SSE control
-//! event's fields. A client that offers the [`COMBINED`] subprotocol gets a JSON stream's last
-//! data message of a batch with the control fields inside it, so a live append costs one
-//! message per socket instead of two.
+//! event's fields. A client that offers the [`COMBINED`] subprotocol gets the last data message
+//! of a batch with the control fields inside it, so a live append costs one message per socket
+//! instead of two: a JSON stream's data message carries them after `items`, and every binary
+//! message starts with a header that holds them or is empty ([`binary_message`]).
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -12,8 +13,8 @@ use alloc::vec::Vec;
 use crate::json;
 use crate::sse::{Control, ControlError, MiniJson};
 
-/// The subprotocol (`Sec-WebSocket-Protocol`) under which a JSON stream's data message may carry
-/// its batch's control fields.
+/// The subprotocol (`Sec-WebSocket-Protocol`) under which a data message may carry its batch's
+/// control fields.
 pub const COMBINED: &str = "edgestream.v2";
 
 /// Whether a handshake's `Sec-WebSocket-Protocol` list offers [`COMBINED`].
@@ -47,6 +48,34 @@ pub fn data_message(framed: &[u8], control: Option<&Control>) -> String {
     }
     // Stored JSON was validated as UTF-8 on append; a lossy copy only guards against a bug.
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// A binary data message under [`COMBINED`]: `[u32 big-endian header length][header][payload]`,
+/// the layout of a binary append frame. The header is `control`'s JSON object when the message
+/// ends its batch, and empty otherwise.
+pub fn binary_message(payload: &[u8], control: Option<&Control>) -> Vec<u8> {
+    let header = control.map(Control::to_json).unwrap_or_default();
+    let mut out = Vec::with_capacity(4 + header.len() + payload.len());
+    out.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Reads a [`binary_message`]: the control its header holds, if any, and the payload.
+pub fn parse_binary(message: &[u8]) -> Result<(Option<Control>, &[u8]), ControlError> {
+    let Some((len, rest)) = message.split_first_chunk::<4>() else {
+        return Err(ControlError::Syntax);
+    };
+    let len = u32::from_be_bytes(*len) as usize;
+    let Some((header, payload)) = rest.split_at_checked(len) else {
+        return Err(ControlError::Syntax);
+    };
+    if header.is_empty() {
+        return Ok((None, payload));
+    }
+    let header = core::str::from_utf8(header).map_err(|_| ControlError::Syntax)?;
+    Ok((Some(Control::parse(header)?), payload))
 }
 
 /// A text message from the server, as a client reads it.
@@ -169,6 +198,28 @@ mod tests {
             r#"{"type":"control","streamNextOffset":"0000000000000000_0000000000000012","streamCursor":"7","upToDate":true}"#
         );
         assert_eq!(ServerMessage::parse(&only), Ok(ServerMessage::Control(c)));
+    }
+
+    #[test]
+    fn binary_messages_carry_a_header() {
+        let c = control("0000000000000000_0000000000000004", true, false);
+        let bytes = [0u8, 255, 10, 13];
+        let ends = binary_message(&bytes, Some(&c));
+        let header = c.to_json();
+        assert_eq!(ends[..4], (header.len() as u32).to_be_bytes());
+        assert_eq!(parse_binary(&ends), Ok((Some(c), &bytes[..])));
+        let part = binary_message(&bytes, None);
+        assert_eq!(part, [&[0u8, 0, 0, 0][..], &bytes].concat());
+        assert_eq!(parse_binary(&part), Ok((None, &bytes[..])));
+        assert_eq!(parse_binary(&[0, 0, 0, 0]), Ok((None, &[][..])));
+        for bad in [
+            &[0u8, 0, 0][..],
+            &[0, 0, 0, 9, b'{', b'}'],
+            &[0, 0, 0, 2, b'{', b'}'],
+            &[0, 0, 0, 1, 0xff],
+        ] {
+            assert!(parse_binary(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -273,6 +273,60 @@ describe('WebSocket follow', () => {
     expect(await plain.expect('control')).toMatchObject({ streamNextOffset: end, streamClosed: true });
   }, 30_000);
 
+  // 3 MiB is caught up by the stream's object, 5 MiB by the edge: both take the binary form.
+  it.each([3, 5])('under edgestream.v2, a binary message has a header: a %i MiB catch-up, then one message per append', async (mib) => {
+    const name = unique('combined-bin');
+    const size = mib * 1024 * 1024 + 123;
+    const body = Buffer.alloc(size);
+    for (let i = 0; i < size; i++) body[i] = (i * 7 + (i >> 12)) & 0xff;
+    await create(name, 'application/octet-stream', body.subarray(0, 2 * 1024 * 1024));
+    await post(name, 'application/octet-stream', body.subarray(2 * 1024 * 1024));
+    const client = await Client.open(name, 'offset=-1&live=ws', server.baseUrl, ['edgestream.v2']);
+    expect(client.ws.protocol).toBe('edgestream.v2');
+    /** A binary message: `[u32 header length][header: control fields or nothing][payload]`. */
+    const unframe = (bytes: Buffer) => {
+      const length = bytes.readUInt32BE(0);
+      const header = bytes.subarray(4, 4 + length).toString();
+      return { control: length ? JSON.parse(header) : undefined, payload: bytes.subarray(4 + length) };
+    };
+    const chunks: Buffer[] = [];
+    for (;;) {
+      const message = await client.next(15_000);
+      if (message.kind === 'binary') {
+        const { control, payload } = unframe(message.bytes);
+        expect(control).toBeUndefined(); // a catch-up ends with a control message of its own
+        expect(payload.length).toBeLessThanOrEqual(1024 * 1024);
+        chunks.push(payload);
+      } else if (message.json.type === 'control' && message.json.upToDate) {
+        break;
+      }
+    }
+    expect(chunks.length).toBe(mib + 1);
+    expect(Buffer.concat(chunks).equals(body)).toBe(true);
+
+    const more = Buffer.from([0, 0, 0, 9, 255]); // looks like a header: must not be read as one
+    const tail = await post(name, 'application/octet-stream', more);
+    const live = await client.next();
+    if (live.kind !== 'binary') throw new Error('expected a binary message');
+    expect(unframe(live.bytes)).toEqual({
+      control: { streamNextOffset: tail, streamCursor: expect.stringMatching(/^\d+$/), upToDate: true },
+      payload: more,
+    });
+    const res = await fetch(`${base()}/${name}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/octet-stream', 'stream-closed': 'true' },
+      body: 'end',
+    });
+    expect(res.status).toBe(204);
+    const last = await client.next();
+    if (last.kind !== 'binary') throw new Error('expected a binary message');
+    expect(unframe(last.bytes)).toEqual({
+      control: { streamNextOffset: res.headers.get('stream-next-offset'), upToDate: true, streamClosed: true },
+      payload: Buffer.from('end'),
+    });
+    client.ws.close();
+  }, 30_000);
+
   it('starts at the tail for offset=now and then delivers only new data', async () => {
     const name = unique('now');
     const tail = await create(name, 'text/plain', 'old');

@@ -10,7 +10,7 @@
 use edgestream::headers as h;
 use edgestream::sse::Control;
 use edgestream::token::{AuthError, Operation};
-use edgestream::ws::{control_message, data_message};
+use edgestream::ws::{binary_message, control_message, data_message};
 use edgestream::{json, Offset, ProtocolError, ReadFrom};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -48,8 +48,8 @@ pub struct ClientHello {
     /// The cursor the control messages carry.
     pub cursor: u64,
     pub append: AppendGrant,
-    /// The client offered the [`edgestream::ws::COMBINED`] subprotocol: a JSON stream's data
-    /// message carries its batch's control fields.
+    /// The client offered the [`edgestream::ws::COMBINED`] subprotocol: a data message may carry
+    /// its batch's control fields, and binary messages have a header for them.
     #[serde(default)]
     pub combined: bool,
 }
@@ -131,7 +131,7 @@ pub trait Sink {
 pub struct Emitter<S: Sink> {
     out: S,
     pub json: bool,
-    /// A JSON stream's live data message carries its control fields ([`ClientHello::combined`]).
+    /// Data messages may carry their control fields ([`ClientHello::combined`]).
     combined: bool,
     cursor: u64,
     /// Where the client is: everything before it has been sent.
@@ -154,7 +154,11 @@ impl<S: Sink> Emitter<S> {
 
     pub fn send_binary_page(&self, body: &[u8]) -> Result<bool> {
         for chunk in body.chunks(MAX_MESSAGE_BYTES) {
-            self.out.send_bytes(chunk)?;
+            if self.combined {
+                self.out.send_bytes(&binary_message(chunk, None))?;
+            } else {
+                self.out.send_bytes(chunk)?;
+            }
         }
         Ok(!body.is_empty())
     }
@@ -188,8 +192,8 @@ impl<S: Sink> Emitter<S> {
     }
 
     /// A live frame: a data message (when it carries bytes), then its control message, or both
-    /// in one for a client that takes them combined. `Err` when the client cannot be sent to;
-    /// `Ok(true)` when the stream is closed.
+    /// in one for a client that takes them [`combined`](ClientHello::combined). `Err` when the
+    /// client cannot be sent to; `Ok(true)` when the stream is closed.
     pub fn frame(
         &mut self,
         end: Offset,
@@ -198,9 +202,14 @@ impl<S: Sink> Emitter<S> {
         payload: &[u8],
     ) -> Result<bool> {
         let has_data = !payload.is_empty();
-        if has_data && self.json && self.combined {
+        if has_data && self.combined {
             let control = self.control_of(end, up_to_date, closed);
-            self.out.send_text(&data_message(payload, Some(&control)))?;
+            if self.json {
+                self.out.send_text(&data_message(payload, Some(&control)))?;
+            } else {
+                self.out
+                    .send_bytes(&binary_message(payload, Some(&control)))?;
+            }
             self.last_control = Some((end, up_to_date));
         } else {
             if has_data && self.json {
@@ -679,6 +688,7 @@ mod tests {
                 at(n)
             )
         };
+        let header = format!("{{{}", control(9, "}"));
         let cases = [
             (
                 true,
@@ -696,14 +706,22 @@ mod tests {
                     control(9, "}")
                 )],
             ),
-            // Bytes always travel alone: only JSON data takes the control fields.
             (
                 false,
-                true,
+                false,
                 vec![
                     "B:1,{\"a\":2},".to_string(),
                     format!("T:{{\"type\":\"control\",{}", control(9, "}")),
                 ],
+            ),
+            // Bytes behind a header that holds the control, and its length before it.
+            (
+                false,
+                true,
+                vec![format!(
+                    "B:\0\0\0{}{header}1,{{\"a\":2}},",
+                    char::from(header.len() as u8)
+                )],
             ),
         ];
         for (json, combined, expected) in cases {

@@ -136,7 +136,7 @@ pub fn accept(
     let closed = meta.closed && up_to_date;
     let sent = match catchup {
         Catchup::Json(framed) => emit.send_json_framed(&framed),
-        Catchup::Bytes(bytes) => send_js_page(ws, &bytes),
+        Catchup::Bytes(bytes) => send_js_page(ws, &bytes, state.hello.combined),
     };
     // The client always hears first whether it is up to date, even with nothing to catch up.
     let sent = sent.and_then(|has_data| emit.control(end, up_to_date, closed, has_data));
@@ -155,15 +155,22 @@ enum Catchup {
     Bytes(Uint8Array),
 }
 
-/// Sends `bytes` as data messages of at most [`wsproto::MAX_MESSAGE_BYTES`] each; whether there
-/// were any.
-fn send_js_page(ws: &WebSocket, bytes: &Uint8Array) -> Result<bool> {
+/// Sends `bytes` as data messages of at most [`wsproto::MAX_MESSAGE_BYTES`] each, `combined`
+/// behind an empty header ([`ws::binary_message`]); whether there were any.
+fn send_js_page(ws: &WebSocket, bytes: &Uint8Array, combined: bool) -> Result<bool> {
     let len = bytes.length();
     let max = wsproto::MAX_MESSAGE_BYTES as u32;
     let mut at = 0;
     while at < len {
         let to = len.min(at + max);
-        send(ws, &bytes.subarray(at, to))?;
+        let chunk = bytes.subarray(at, to);
+        if combined {
+            let message = Uint8Array::new_with_length(4 + to - at);
+            message.set(&chunk, 4);
+            send(ws, &message)?;
+        } else {
+            send(ws, &chunk)?;
+        }
         at = to;
     }
     Ok(len > 0)
@@ -201,8 +208,8 @@ pub fn groups(sockets: Vec<WebSocket>) -> Vec<Group> {
 }
 
 /// Sends log bytes `payload` ending at `end` to every client: one data message (when there are
-/// bytes) and one control message, each built once, or for clients that take them combined, a
-/// JSON stream's data message with the control fields inside, built once per group.
+/// bytes) and one control message, each built once, or for clients that take them combined, one
+/// data message with the control fields inside, built once per group.
 pub fn deliver(
     groups: &[Group],
     json_stream: bool,
@@ -225,14 +232,14 @@ pub fn deliver(
                 None,
                 Some(JsValue::from_str(&ws::control_message(&control))),
             ]
-        } else if json_stream && group.combined {
-            [
-                Some(JsValue::from_str(&ws::data_message(
-                    payload,
-                    Some(&control),
-                ))),
-                None,
-            ]
+        } else if group.combined {
+            let message: JsValue = match json_stream {
+                true => JsValue::from_str(&ws::data_message(payload, Some(&control))),
+                false => {
+                    Uint8Array::from(ws::binary_message(payload, Some(&control)).as_slice()).into()
+                }
+            };
+            [Some(message), None]
         } else {
             let data = data.get_or_insert_with(|| match json_stream {
                 true => JsValue::from_str(&ws::data_message(payload, None)),
