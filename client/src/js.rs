@@ -57,6 +57,7 @@ export function es_ws_open(url, protocol) {
   socket.onerror = () => push({ kind: 'error' });
   socket.onclose = (e) => push({ kind: 'close', code: e.code, reason: e.reason });
   return {
+    get protocol() { return socket.protocol; },
     next() { return queue.length ? Promise.resolve(queue.shift()) : new Promise((r) => { waiter = r; }); },
     close() { try { socket.close(1000); } catch {} push({ kind: 'close', code: 1000, reason: 'closed by client' }); },
   };
@@ -78,8 +79,8 @@ extern "C" {
     pub fn es_when_visible(signal: Option<&web_sys::AbortSignal>) -> Promise;
     /// Calls `callback` whenever the page becomes hidden; returns the function that unregisters it.
     pub fn es_on_hidden(callback: &Function) -> Function;
-    /// Opens a WebSocket offering `protocol` and returns `{ next(), close() }`, or null where
-    /// there is no WebSocket.
+    /// Opens a WebSocket offering `protocol` and returns `{ protocol, next(), close() }`
+    /// (`protocol`: the one the server chose), or null where there is no WebSocket.
     #[wasm_bindgen(catch)]
     pub fn es_ws_open(url: &str, protocol: &str) -> Result<JsValue, JsValue>;
 }

@@ -724,9 +724,9 @@ fn ws_url(url: &str) -> String {
 /// Opens a WebSocket if needed and reads frames until one completes a batch or the socket closes.
 ///
 /// Binary messages carry data of non-JSON streams; text messages are the core's
-/// [`ServerMessage`]s: a JSON stream's data, a control that ends a batch, or both in one (the
-/// [`ws::COMBINED`] subprotocol the reader offers). Browsers cannot set headers on a WebSocket,
-/// so only `params` are sent.
+/// [`ServerMessage`]s: a JSON stream's data, a control that ends a batch, or both in one. Under
+/// the [`ws::COMBINED`] subprotocol the reader offers, a binary message's header may hold its
+/// batch's control too. Browsers cannot set headers on a WebSocket, so only `params` are sent.
 async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
     if inner.borrow().ws.is_none() {
         let (url, query, params_src) = {
@@ -782,8 +782,23 @@ fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsV
         Some("open") => Ok(None),
         Some("binary") => {
             let bytes = js::body_bytes(&js::get(frame, "data")).unwrap_or_default();
+            // The server chose the subprotocol: binary messages have a header.
+            let combined =
+                s.ws.as_ref()
+                    .and_then(|c| js::get_string(&c.socket, "protocol"));
+            let combined = combined.as_deref() == Some(ws::COMBINED);
+            let (control, payload) = if combined {
+                let (control, payload) = ws::parse_binary(&bytes)
+                    .map_err(|_| batch::parse_error("WebSocket binary message has a bad header"))?;
+                (control, payload.to_vec())
+            } else {
+                (None, bytes)
+            };
             if let Some(c) = s.ws.as_mut() {
-                c.parts.push(bytes);
+                c.parts.push(payload);
+            }
+            if let Some(control) = control {
+                end_batch(&mut s, control)?;
             }
             Ok(None)
         }
@@ -808,25 +823,7 @@ fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsV
                 ServerMessage::Error { .. } | ServerMessage::Other => None,
             };
             if let Some(control) = control {
-                let parts = match s.ws.as_mut() {
-                    Some(c) => {
-                        c.delivered = true;
-                        core::mem::take(&mut c.parts)
-                    }
-                    None => Vec::new(),
-                };
-                s.accept(
-                    &parts,
-                    Position {
-                        offset: control.next_offset,
-                        cursor: control.cursor,
-                        up_to_date: control.up_to_date,
-                        closed: control.closed,
-                    },
-                )?;
-                if s.done {
-                    s.drop_connections();
-                }
+                end_batch(&mut s, control)?;
             }
             Ok(None)
         }
@@ -850,6 +847,30 @@ fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsV
             Ok(Some(cause.into()))
         }
     }
+}
+
+/// A control ends the socket's batch: its data parts become a batch at the control's position.
+fn end_batch(s: &mut Inner, control: Control) -> Result<(), JsValue> {
+    let parts = match s.ws.as_mut() {
+        Some(c) => {
+            c.delivered = true;
+            core::mem::take(&mut c.parts)
+        }
+        None => Vec::new(),
+    };
+    s.accept(
+        &parts,
+        Position {
+            offset: control.next_offset,
+            cursor: control.cursor,
+            up_to_date: control.up_to_date,
+            closed: control.closed,
+        },
+    )?;
+    if s.done {
+        s.drop_connections();
+    }
+    Ok(())
 }
 
 /// An error about the stream, sent before the server closes the socket: a stream that is gone
