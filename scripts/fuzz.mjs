@@ -58,6 +58,13 @@ function sseInput(cuts, text) {
   return Buffer.concat([head, Buffer.from(text, 'utf8')]);
 }
 
+/** A `live=ws` binary message: `[u32 big-endian header length][header][payload]`. */
+function binaryMessage(header, payload) {
+  const length = Buffer.alloc(4);
+  length.writeUInt32BE(Buffer.byteLength(header));
+  return Buffer.concat([length, Buffer.from(header), Buffer.from(payload)]);
+}
+
 /** A few literal examples per byte-oriented target; the corpus directory is git-ignored. */
 const seeds = {
   offset: [
@@ -81,6 +88,12 @@ const seeds = {
     sseInput([1, 2, 3], '\ufeff: comment\r\nevent:control\rdata: one\r\ndata:two\nid: 7\nretry: 1500\n\n'),
     sseInput([5], '{"streamNextOffset":"a\\"b","streamCursor":42,"x":[1,{"y":"}"}],"streamClosed":true}'),
     sseInput([], 'line one\r\nline two\rthree\n'),
+  ],
+  ws: [
+    '{"type":"data","items":[{"a":"]}"},2],"streamNextOffset":"0000000000000000_0000000000000012","streamCursor":"7","upToDate":true}',
+    '{"type":"error","id":3,"status":409,"message":"producer sequence gap","producerExpectedSeq":1}',
+    '[{"a":1}, "x,y", [1,2], null]',
+    binaryMessage('{"streamNextOffset":"a","upToDate":true}', [0, 255, 10]),
   ],
 };
 

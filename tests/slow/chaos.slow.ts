@@ -177,16 +177,26 @@ async function followSse(name: string): Promise<Followed> {
   return f.result();
 }
 
-/** The same over `live=ws`: binary messages are data, text messages are controls. */
-async function followWs(name: string): Promise<Followed> {
+/**
+ * The same over `live=ws`: binary messages are data, text messages are controls. With
+ * `combined` the socket offers edgestream.v2, whose binary messages start with a header that
+ * may hold their batch's control.
+ */
+async function followWs(name: string, combined = false): Promise<Followed> {
   const f = new Follower();
   while (!f.closed) {
     await new Promise<void>((resolve) => {
-      const ws = new WebSocket(`${streamUrl(name).replace('http', 'ws')}?offset=${encodeURIComponent(f.offset)}&live=ws`);
+      const url = `${streamUrl(name).replace('http', 'ws')}?offset=${encodeURIComponent(f.offset)}&live=ws`;
+      const ws = new WebSocket(url, combined ? ['edgestream.v2'] : []);
       ws.binaryType = 'arraybuffer';
       ws.addEventListener('open', () => f.connected());
       ws.addEventListener('message', (e) => {
-        if (typeof e.data !== 'string') f.data(Buffer.from(e.data as ArrayBuffer));
+        if (typeof e.data !== 'string' && combined) {
+          const bytes = Buffer.from(e.data as ArrayBuffer);
+          const length = bytes.readUInt32BE(0);
+          f.data(bytes.subarray(4 + length));
+          if (length > 0) f.control(JSON.parse(bytes.subarray(4, 4 + length).toString()));
+        } else if (typeof e.data !== 'string') f.data(Buffer.from(e.data as ArrayBuffer));
         else {
           const message = JSON.parse(e.data);
           if (message.type === 'control') f.control(message);
@@ -223,7 +233,8 @@ test(`acknowledged appends survive ${KILLS} SIGKILLs exactly once, and SSE and W
     expect((await until(streamUrl(`prod-${i}`), { method: 'PUT', headers: { 'content-type': 'text/plain' } })).status).toBe(201);
   }
   const followed = ['plain-0', 'prod-0'];
-  const readers = followed.flatMap((name) => [followSse(name), followWs(name)]);
+  const kinds = ['SSE', 'WebSocket', 'WebSocket (edgestream.v2)'];
+  const readers = followed.flatMap((name) => [followSse(name), followWs(name), followWs(name, true)]);
 
   let stopping = false;
   const stop = () => stopping;
@@ -269,10 +280,10 @@ test(`acknowledged appends survive ${KILLS} SIGKILLs exactly once, and SSE and W
   }
   // Readers: the exact bytes, and every offset they saw still reads as the right suffix.
   for (let r = 0; r < results.length; r++) {
-    const name = followed[Math.floor(r / 2)];
+    const name = followed[Math.floor(r / kinds.length)];
     const text = finals.get(name)!;
     const { bytes, checkpoints, connections } = results[r];
-    expect(bytes.toString(), `${r % 2 ? 'WebSocket' : 'SSE'} reader of ${name}`).toBe(text);
+    expect(bytes.toString(), `${kinds[r % kinds.length]} reader of ${name}`).toBe(text);
     expect(connections).toBeGreaterThan(KILLS / 2);
     for (const [offset, length] of checkpoints.filter((_, i) => i % 7 === 0)) {
       const suffix = await until(`${streamUrl(name)}?offset=${encodeURIComponent(offset)}`);
@@ -285,6 +296,6 @@ test(`acknowledged appends survive ${KILLS} SIGKILLs exactly once, and SSE and W
   console.log(
     `chaos: ${totals.kills} SIGKILLs in ${seconds} s; ${totals.acked} acknowledged appends checked ` +
       `(${totals.unknown} unanswered plain appends, ${totals.duplicates} producer retries recognised as duplicates); ` +
-      `${results.length} readers (SSE, WebSocket) ended with the exact ${readBytes} bytes over ${reconnects} connections; seed ${SEED}`,
+      `${results.length} readers (${kinds.join(', ')}) ended with the exact ${readBytes} bytes over ${reconnects} connections; seed ${SEED}`,
   );
 }, 600_000);
