@@ -874,8 +874,10 @@ fn end_batch(s: &mut Inner, control: Control) -> Result<(), JsValue> {
 }
 
 /// An error about the stream, sent before the server closes the socket: a stream that is gone
-/// ends the reader with the error a read would get; anything else is a reason to reconnect.
+/// ends the reader with the error a read would get; anything else is a reason to reconnect,
+/// after a backoff, on a new socket.
 fn ws_stream_error(s: &mut Inner, status: u16, message: &str) -> Result<Option<JsValue>, JsValue> {
+    s.drop_connections();
     let status_text = js::u64_text(u64::from(status));
     let text = error::msg(&["WebSocket ", &s.url, ": ", message, " (", &status_text, ")"]);
     let code = match status {
@@ -889,7 +891,6 @@ fn ws_stream_error(s: &mut Inner, status: u16, message: &str) -> Result<Option<J
             ))
         }
     };
-    s.drop_connections();
     Err(error::new(code, &text, Some(status)).into())
 }
 

@@ -20,8 +20,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use edgestream::headers::{self as h, ContentType, LiveMode};
-use edgestream::{cursor, ws};
-use edgestream::{Offset, ProtocolError, ReadFrom};
+use edgestream::{cursor, ws, Offset, ProtocolError, ReadFrom};
 use futures_util::future::{select, Either};
 use worker::{
     Delay, Env, Method, Request, RequestInit, Response, Result, Stub, Url, WebSocketPair,
@@ -121,8 +120,8 @@ pub async fn websocket(
     upgraded(pair.client, &hello)
 }
 
-/// The 101 that hands `socket` to the client, naming the subprotocol it chose, if any (a
-/// browser fails a handshake whose answer names one it did not offer, or none it required).
+/// The 101 that hands `socket` to the client, naming the subprotocol chosen, if any: browsers
+/// fail a handshake whose answer names one they did not offer, or none when they offered some.
 fn upgraded(socket: worker::WebSocket, hello: &ClientHello) -> Result<Response> {
     let resp = Response::from_websocket(socket)?;
     if hello.combined {
