@@ -178,7 +178,7 @@ pub(crate) struct MiniJson<'a> {
 }
 
 impl<'a> MiniJson<'a> {
-    pub(crate) fn new(data: &'a str) -> MiniJson<'a> {
+    fn new(data: &'a str) -> MiniJson<'a> {
         MiniJson {
             s: data.as_bytes(),
             i: 0,
@@ -228,15 +228,15 @@ impl<'a> MiniJson<'a> {
         let raw = core::str::from_utf8(&self.s[start..self.i]).map_err(|_| ControlError::Syntax)?;
         Ok(raw.trim_end())
     }
-    pub(crate) fn peek(&self) -> Option<u8> {
+    fn peek(&self) -> Option<u8> {
         self.s.get(self.i).copied()
     }
-    pub(crate) fn ws(&mut self) {
+    fn ws(&mut self) {
         while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.i += 1;
         }
     }
-    pub(crate) fn eat(&mut self, c: u8) -> Result<(), ControlError> {
+    fn eat(&mut self, c: u8) -> Result<(), ControlError> {
         if self.peek() == Some(c) {
             self.i += 1;
             Ok(())
@@ -301,7 +301,7 @@ impl<'a> MiniJson<'a> {
             _ => Err(ControlError::Syntax),
         }
     }
-    pub(crate) fn word(&mut self, w: &[u8]) -> Result<(), ControlError> {
+    fn word(&mut self, w: &[u8]) -> Result<(), ControlError> {
         if self.s.get(self.i..self.i + w.len()) == Some(w) {
             self.i += w.len();
             Ok(())
@@ -309,7 +309,7 @@ impl<'a> MiniJson<'a> {
             Err(ControlError::Syntax)
         }
     }
-    pub(crate) fn boolean(&mut self) -> Result<bool, ControlError> {
+    fn boolean(&mut self) -> Result<bool, ControlError> {
         match self.peek() {
             Some(b't') => self.word(b"true").map(|_| true),
             Some(b'f') => self.word(b"false").map(|_| false),
