@@ -103,31 +103,44 @@ impl Control {
 
     /// Reads a control event's JSON. Unknown fields are ignored; `streamNextOffset` is required.
     pub fn parse(data: &str) -> Result<Control, ControlError> {
-        let mut control = Control::default();
-        let mut has_offset = false;
+        let mut control = ControlReader::default();
         MiniJson::object(data, |key, r| {
-            has_offset |= key == "streamNextOffset";
             if !control.field(key, r)? {
                 r.skip_value()?;
             }
             Ok(())
         })?;
-        if !has_offset {
-            return Err(ControlError::MissingOffset);
-        }
-        Ok(control)
+        control.finish().ok_or(ControlError::MissingOffset)
     }
+}
 
-    /// Reads the value of `key` into `self` if it is a control field; whether it was one.
+/// A control read field by field, from an object that may hold other fields too.
+#[derive(Default)]
+pub(crate) struct ControlReader {
+    control: Control,
+    has_offset: bool,
+}
+
+impl ControlReader {
+    /// Reads the value of `key` if it is a control field; whether it was one.
     pub(crate) fn field(&mut self, key: &str, r: &mut MiniJson<'_>) -> Result<bool, ControlError> {
+        let c = &mut self.control;
         match key {
-            "streamNextOffset" => self.next_offset = r.string()?,
-            "streamCursor" => self.cursor = r.string_or_number()?,
-            "upToDate" => self.up_to_date = r.boolean()?,
-            "streamClosed" => self.closed = r.boolean()?,
+            "streamNextOffset" => {
+                c.next_offset = r.string()?;
+                self.has_offset = true;
+            }
+            "streamCursor" => c.cursor = r.string_or_number()?,
+            "upToDate" => c.up_to_date = r.boolean()?,
+            "streamClosed" => c.closed = r.boolean()?,
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// The control, if the object had its required `streamNextOffset`.
+    pub(crate) fn finish(self) -> Option<Control> {
+        self.has_offset.then_some(self.control)
     }
 }
 

@@ -11,7 +11,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::json;
-use crate::sse::{Control, ControlError, MiniJson};
+use crate::sse::{Control, ControlError, ControlReader, MiniJson};
 
 /// The subprotocol (`Sec-WebSocket-Protocol`) under which a data message may carry its batch's
 /// control fields.
@@ -106,8 +106,7 @@ impl<'a> ServerMessage<'a> {
     pub fn parse(text: &'a str) -> Result<ServerMessage<'a>, ControlError> {
         let mut kind: Option<String> = None;
         let mut items = None;
-        let mut control = Control::default();
-        let mut has_offset = false;
+        let mut control = ControlReader::default();
         let mut status = None;
         let mut message = String::new();
         let mut id = false;
@@ -125,7 +124,6 @@ impl<'a> ServerMessage<'a> {
                     id = true;
                 }
                 _ => {
-                    has_offset |= key == "streamNextOffset";
                     if !control.field(key, r)? {
                         r.skip_value()?;
                     }
@@ -133,14 +131,14 @@ impl<'a> ServerMessage<'a> {
             }
             Ok(())
         })?;
-        let control = || has_offset.then_some(control.clone());
+        let control = control.finish();
         Ok(match kind.as_deref() {
             Some("data") => ServerMessage::Data {
                 items: items.ok_or(ControlError::Syntax)?,
-                control: control(),
+                control,
             },
             Some("control") | None => {
-                ServerMessage::Control(control().ok_or(ControlError::MissingOffset)?)
+                ServerMessage::Control(control.ok_or(ControlError::MissingOffset)?)
             }
             Some("error") => ServerMessage::Error {
                 status: status.ok_or(ControlError::Syntax)?,
