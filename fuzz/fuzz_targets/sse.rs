@@ -46,28 +46,9 @@ fn normalise_breaks(payload: &[u8]) -> String {
         .replace('\r', "\n")
 }
 
-fn control_from(text: &str, salt: u8) -> Control {
-    let split = text
-        .char_indices()
-        .nth(text.chars().count() / 2)
-        .map_or(text.len(), |(i, _)| i);
-    Control {
-        next_offset: text[..split].to_string(),
-        cursor: (salt & 1 == 1).then(|| text[split..].to_string()),
-        up_to_date: salt & 2 == 2,
-        closed: salt & 4 == 4,
-    }
-}
-
-/// A control as it reads back after encoding: closing drops the cursor and implies up-to-date.
-fn as_sent(c: &Control) -> Control {
-    let mut c = c.clone();
-    if c.closed {
-        c.cursor = None;
-        c.up_to_date = true;
-    }
-    c
-}
+#[path = "common/control.rs"]
+mod control;
+use control::{as_sent, control_from};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&n, rest)) = data.split_first() else {

@@ -11,33 +11,12 @@
 #![no_main]
 
 use edgestream::json::{frame, render_array, split_messages, Purpose};
-use edgestream::sse::Control;
 use edgestream::ws::{binary_message, control_message, data_message, parse_binary, ServerMessage};
 use libfuzzer_sys::fuzz_target;
 
-/// A control built from the input: its text as the offset and cursor, flags from `salt`.
-fn control_from(text: &str, salt: u8) -> Control {
-    let split = text
-        .char_indices()
-        .nth(text.chars().count() / 2)
-        .map_or(text.len(), |(i, _)| i);
-    Control {
-        next_offset: text[..split].to_string(),
-        cursor: (salt & 1 == 1).then(|| text[split..].to_string()),
-        up_to_date: salt & 2 == 2,
-        closed: salt & 4 == 4,
-    }
-}
-
-/// A control as it reads back: closing drops the cursor and implies up-to-date.
-fn as_sent(c: &Control) -> Control {
-    let mut c = c.clone();
-    if c.closed {
-        c.cursor = None;
-        c.up_to_date = true;
-    }
-    c
-}
+#[path = "common/control.rs"]
+mod control;
+use control::{as_sent, control_from};
 
 fuzz_target!(|data: &[u8]| {
     let salt = data.first().copied().unwrap_or(0);
