@@ -11,6 +11,9 @@ pub struct Config {
     pub max_append_bytes: u64,
     /// How long an SSE response stays open before the server closes it (clients reconnect).
     pub sse_connection_ms: u64,
+    /// How far a live SSE reader may fall behind (bytes written but not yet taken by its
+    /// connection) before its response is cut; it then resumes from its last offset.
+    pub sse_backlog_bytes: u64,
     /// `Access-Control-Allow-Origin` value(s): `*` or a comma-separated list of origins.
     pub cors_origins: String,
     /// Whether subscriptions may call `http://localhost` / `127.0.0.x` webhooks (development).
@@ -21,6 +24,9 @@ impl Config {
     pub const DEFAULT_LONG_POLL_TIMEOUT_MS: u64 = 30_000;
     pub const DEFAULT_MAX_APPEND_BYTES: u64 = 16 * 1024 * 1024;
     pub const DEFAULT_SSE_CONNECTION_MS: u64 = 60_000;
+    /// One catch-up page: a reader further behind is better served by catch-up reads, which
+    /// wait for it, than by live frames queued in the edge's memory.
+    pub const DEFAULT_SSE_BACKLOG_BYTES: u64 = 4 * 1024 * 1024;
 
     /// The settings, read from `env` once per isolate: `[vars]` cannot change while an isolate
     /// lives (a new deployment starts new isolates), and reading them costs JS calls.
@@ -56,6 +62,11 @@ impl Config {
                 "SSE_CONNECTION_MS",
                 Self::DEFAULT_SSE_CONNECTION_MS,
                 3_600_000,
+            ),
+            sse_backlog_bytes: number(
+                "SSE_BACKLOG_BYTES",
+                Self::DEFAULT_SSE_BACKLOG_BYTES,
+                64 * 1024 * 1024,
             ),
             cors_origins: env
                 .var("CORS_ORIGINS")

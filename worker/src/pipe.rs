@@ -5,6 +5,11 @@
 //! into workerd's native `IdentityTransformStream`, whose readable side is the response body.
 //! Every binding here catches JS exceptions: an uncaught one would trap the whole wasm
 //! instance, and every live reader in the isolate with it.
+//!
+//! A live write does not wait for the reader, so a reader that stops reading would make the
+//! edge hold every later frame in memory (and one isolate serves many readers). The pipe is
+//! made with a byte high-water mark, which makes the writer's `desiredSize` count the bytes the
+//! connection has not taken yet; past a limit the body is aborted instead of growing.
 
 use std::cell::Cell;
 
@@ -17,7 +22,7 @@ use worker::web_sys::ReadableStream;
 extern "C" {
     type IdentityTransformStream;
     #[wasm_bindgen(constructor, catch)]
-    fn new() -> Result<IdentityTransformStream, JsValue>;
+    fn new(strategy: &JsValue) -> Result<IdentityTransformStream, JsValue>;
     #[wasm_bindgen(method, getter)]
     fn readable(this: &IdentityTransformStream) -> ReadableStream;
     #[wasm_bindgen(method, getter)]
@@ -32,6 +37,11 @@ extern "C" {
     fn write(this: &Writer, chunk: &Uint8Array) -> Result<Promise, JsValue>;
     #[wasm_bindgen(method, catch)]
     fn close(this: &Writer) -> Result<Promise, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    fn abort(this: &Writer, reason: &JsValue) -> Result<Promise, JsValue>;
+    /// `null` once the stream has errored.
+    #[wasm_bindgen(method, getter, catch, js_name = desiredSize)]
+    fn desired_size(this: &Writer) -> Result<Option<f64>, JsValue>;
     #[wasm_bindgen(method, getter, catch)]
     fn closed(this: &Writer) -> Result<Promise, JsValue>;
 
@@ -51,15 +61,25 @@ thread_local! {
     static IGNORE: Closure<dyn FnMut(JsValue)> = Closure::new(|_| {});
 }
 
-/// Creates a pipe: the readable side is a response body, the [`BodyWriter`] feeds it.
-pub fn body_pipe() -> worker::Result<(ReadableStream, BodyWriter)> {
-    let pipe = IdentityTransformStream::new().map_err(js_error)?;
+/// The pipe's high-water mark. Only its being a byte count matters (see the module docs): the
+/// writes do not wait on it.
+const HIGH_WATER_MARK: f64 = 65_536.0;
+
+/// Creates a pipe: the readable side is a response body, the [`BodyWriter`] feeds it. A
+/// [`BodyWriter::send`] finding more than `backlog_limit` bytes not yet taken by the reader
+/// aborts the body.
+pub fn body_pipe(backlog_limit: u64) -> worker::Result<(ReadableStream, BodyWriter)> {
+    let strategy = js_sys::Object::new();
+    js_sys::Reflect::set(&strategy, &"highWaterMark".into(), &HIGH_WATER_MARK.into())
+        .map_err(js_error)?;
+    let pipe = IdentityTransformStream::new(&strategy).map_err(js_error)?;
     let writer = pipe.writable().get_writer().map_err(js_error)?;
     Ok((
         pipe.readable(),
         BodyWriter {
             writer,
             open: Cell::new(true),
+            backlog_limit: backlog_limit as f64,
         },
     ))
 }
@@ -72,11 +92,23 @@ fn js_error(e: JsValue) -> worker::Error {
 pub struct BodyWriter {
     writer: Writer,
     open: Cell<bool>,
+    backlog_limit: f64,
 }
 
 impl BodyWriter {
     /// Queues `bytes` without waiting for the reader; false once the body can take no more.
+    /// A reader more than the backlog limit behind has its body aborted: what was queued is
+    /// dropped and its connection ends, and it resumes from the last offset it saw whole.
     pub fn send(&self, bytes: &[u8]) -> bool {
+        if self.open.get() && self.backlog() > self.backlog_limit {
+            self.open.set(false);
+            if let Ok(p) = self.writer.abort(&"reader fell behind".into()) {
+                IGNORE.with(|ignore| {
+                    let _ = p.catch(ignore);
+                });
+            }
+            return false;
+        }
         match self.start_write(bytes) {
             Some(p) => {
                 IGNORE.with(|ignore| {
@@ -93,6 +125,15 @@ impl BodyWriter {
         match self.start_write(bytes) {
             Some(p) => JsFuture::from(p).await.is_ok(),
             None => false,
+        }
+    }
+
+    /// Bytes written that the reader's connection has not taken yet.
+    fn backlog(&self) -> f64 {
+        match self.writer.desired_size() {
+            Ok(Some(desired)) => HIGH_WATER_MARK - desired,
+            // Errored: the next write fails and says so.
+            _ => 0.0,
         }
     }
 

@@ -242,7 +242,7 @@ pub async fn sse(
         stalled: false,
         done: false,
     };
-    let (readable, body) = body_pipe()?;
+    let (readable, body) = body_pipe(config.sse_backlog_bytes)?;
     let deadline_ms = now_ms() + staggered(config.sse_connection_ms) as i64;
     wasm_bindgen_futures::spawn_local(catch_up(stub, name, state, first, body, deadline_ms));
     let resp = Response::from_body(ResponseBody::Stream(readable))?;
