@@ -365,6 +365,61 @@ describe('WebSocket follow', () => {
     client.ws.close();
   });
 
+  it('ends a connection after 16 MiB of catch-up with 1012, and reconnecting from the last offset loses and repeats nothing', async () => {
+    // workerd cannot tell how much a client has read of what a WebSocket sent, so a long
+    // catch-up is split across connections: each close is queued behind its data, and a client
+    // that does not read holds at most one connection's share in the server's memory.
+    const name = unique('budget');
+    const mib = 1024 * 1024;
+    const body = Buffer.alloc(40 * mib);
+    for (let i = 0; i < body.length; i += 4096) body.writeUInt32BE(i, i);
+    await create(name, 'application/octet-stream', body.subarray(0, 8 * mib));
+    for (let at = 8 * mib; at < body.length; at += 8 * mib) await post(name, 'application/octet-stream', body.subarray(at, at + 8 * mib));
+    const received: Buffer[] = [];
+    let offset = '-1';
+    let connections = 0;
+    for (let upToDate = false; !upToDate; ) {
+      const client = await Client.open(name, `offset=${encodeURIComponent(offset)}&live=ws`, server.baseUrl, ['edgestream.v2']);
+      connections++;
+      let sent = 0;
+      for (;;) {
+        let message;
+        try {
+          message = await client.next(15_000);
+        } catch {
+          break;
+        }
+        let control: Control | undefined;
+        if (message.kind === 'binary') {
+          // edgestream.v2: [u32 header length][header: control JSON, or empty][payload]
+          const headerLength = message.bytes.readUInt32BE(0);
+          const payload = message.bytes.subarray(4 + headerLength);
+          received.push(payload);
+          sent += payload.length;
+          if (headerLength > 0) control = JSON.parse(message.bytes.subarray(4, 4 + headerLength).toString());
+        } else if (message.json.type === 'control') {
+          control = message.json as Control;
+        }
+        if (control) {
+          offset = control.streamNextOffset;
+          if (control.upToDate) {
+            upToDate = true;
+            break;
+          }
+        }
+      }
+      if (!upToDate) {
+        const { code } = await client.closed;
+        expect(code).toBe(1012);
+      }
+      // At most the 16 MiB budget and the page that crossed it (4 MiB).
+      expect(sent).toBeLessThanOrEqual(20 * mib);
+      client.ws.close();
+    }
+    expect(connections).toBeGreaterThanOrEqual(2);
+    expect(Buffer.concat(received).equals(body)).toBe(true);
+  }, 60_000);
+
   it('serves sockets far behind or in a fork\'s inherited range like those at the tail', async () => {
     // The object holds a socket that starts within a page (4 MiB) of the tail; one further
     // behind, or reading a fork's inherited bytes, is caught up and followed by the edge. Both

@@ -44,6 +44,11 @@ use crate::wsproto::{
 const MAX_DROPS: u32 = 3;
 /// After the stream ends, how long an append already in flight may take to be acknowledged.
 const DRAIN_MS: u64 = 10_000;
+/// How much catch-up one connection carries before the edge asks the client to reconnect from
+/// its offset (close code 1012). workerd cannot tell how much of what a WebSocket sent the
+/// client has read (workerd#988), so catch-up could otherwise outrun a slow client into the
+/// edge's memory; the close is queued behind the data, so the client reads it all first.
+const CATCH_UP_PER_CONNECTION: usize = 16 * 1024 * 1024;
 
 /// `GET /v1/stream/<path>?offset=X&live=ws` with `Upgrade: websocket`. The request has been
 /// authorized to read; whether it may also append is checked here, once, and its grant is
@@ -177,6 +182,7 @@ impl Session {
             pending: Some(first),
             stalled: false,
             drops: 0,
+            caught_up: 0,
         };
         let appender = Appender {
             session: &self,
@@ -237,6 +243,8 @@ struct Follower<'a> {
     stalled: bool,
     /// Internal subscriptions lost in a row without a frame.
     drops: u32,
+    /// Catch-up bytes sent on this connection.
+    caught_up: usize,
 }
 
 /// How a live subscription ended.
@@ -376,6 +384,12 @@ impl Follower<'_> {
             return Some(End::Restart("stream is not advancing"));
         }
         self.stalled = !progress;
+        self.caught_up += body.len();
+        if !up_to_date && self.caught_up >= CATCH_UP_PER_CONNECTION {
+            return Some(End::Restart(
+                "catch-up continues: reconnect from the last offset",
+            ));
+        }
         None
     }
 }
