@@ -82,7 +82,8 @@ struct SseConn {
 struct WsConn {
     socket: JsValue,
     parts: Vec<Vec<u8>>,
-    opened_at: f64,
+    /// Data arrived on this connection (as for [`SseConn`]: a control message alone does not
+    /// count).
     delivered: bool,
 }
 
@@ -754,7 +755,6 @@ async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
         inner.borrow_mut().ws = Some(WsConn {
             socket,
             parts: Vec::new(),
-            opened_at: js_sys::Date::now(),
             delivered: false,
         });
     }
@@ -830,11 +830,9 @@ fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsV
         _ => {
             // Closed or failed: resume from the last control frame's offset.
             let conn = s.ws.take();
-            let delivered = conn.as_ref().is_some_and(|c| c.delivered);
-            let lived = conn
-                .map(|c| js_sys::Date::now() - c.opened_at)
-                .unwrap_or(0.0);
-            if delivered && lived >= SHORT_SSE_MS {
+            // A socket that brought data made progress, however short it lived: the server
+            // ends a long catch-up every few MiB so that the client reads before it sends more.
+            if conn.as_ref().is_some_and(|c| c.delivered) {
                 s.failures = 0;
                 return Ok(None);
             }
@@ -853,7 +851,9 @@ fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsV
 fn end_batch(s: &mut Inner, control: Control) -> Result<(), JsValue> {
     let parts = match s.ws.as_mut() {
         Some(c) => {
-            c.delivered = true;
+            if c.parts.iter().any(|p| !p.is_empty()) {
+                c.delivered = true;
+            }
             core::mem::take(&mut c.parts)
         }
         None => Vec::new(),

@@ -200,6 +200,56 @@ async fn follows_a_json_stream_over_websocket() {
 }
 
 #[wasm_bindgen_test]
+async fn resumes_far_behind_over_websocket_across_connections() {
+    // A ws reader hidden while 40 MiB are appended resumes on a socket from its offset. Our
+    // Worker ends such a socket after 16 MiB of catch-up (close code 1012) so that a slow client
+    // is not outrun, and the reader reconnects at once without counting that as a failure: with
+    // no retries allowed, a backoff would end it with an error.
+    if option_env!("EDGESTREAM_TEST_WS") != Some("1") {
+        return;
+    }
+    reset_visibility();
+    let url = unique("ws-behind");
+    create(&url).await;
+    append(&url, "-").await;
+    spy_install(&js_sys::Array::new(), JsValue::NULL);
+    let reader = reader_for(&url, "ws", &[("retry", obj(&[("maxRetries", 0.into())]))]);
+    assert_eq!(read_text(&reader, 1).await, "-");
+    // A pending read opens the live socket.
+    let pending = reader.next();
+    let live = until(5_000.0, || {
+        seen_live().last().is_some_and(|e| e.live == "ws" && e.open)
+    })
+    .await;
+    if !live {
+        clean_up(&reader);
+        panic!("no open WebSocket: {:?}", seen());
+    }
+    set_visibility("hidden");
+    let letters = "abcde";
+    for letter in letters.chars() {
+        append(&url, &letter.to_string().repeat(8 << 20)).await;
+    }
+    let before = seen_live().len();
+    set_visibility("visible");
+    let got = finish_read(&reader, &pending, 10_000.0, 40 << 20).await;
+    let sockets = seen_live()[before..]
+        .iter()
+        .filter(|e| e.live == "ws")
+        .count();
+    clean_up(&reader);
+    assert_eq!(got.len(), 40 << 20);
+    for (i, letter) in letters.chars().enumerate() {
+        let part = &got[i * (8 << 20)..(i + 1) * (8 << 20)];
+        assert!(
+            part.chars().all(|c| c == letter),
+            "part {i} is not all {letter}"
+        );
+    }
+    assert!(sockets >= 3, "{sockets} sockets for 40 MiB");
+}
+
+#[wasm_bindgen_test]
 async fn resumes_from_an_offset_without_gap_or_duplicate() {
     let url = unique("resume");
     create(&url).await;
