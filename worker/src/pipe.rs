@@ -84,6 +84,13 @@ pub fn body_pipe(backlog_limit: u64) -> worker::Result<(ReadableStream, BodyWrit
     ))
 }
 
+/// For a promise nobody awaits: its rejection only says the reader has gone.
+fn ignore_rejection(p: &Promise) {
+    IGNORE.with(|ignore| {
+        let _ = p.catch(ignore);
+    });
+}
+
 fn js_error(e: JsValue) -> worker::Error {
     worker::Error::JsError(format!("{e:?}"))
 }
@@ -103,17 +110,13 @@ impl BodyWriter {
         if self.open.get() && self.backlog() > self.backlog_limit {
             self.open.set(false);
             if let Ok(p) = self.writer.abort(&"reader fell behind".into()) {
-                IGNORE.with(|ignore| {
-                    let _ = p.catch(ignore);
-                });
+                ignore_rejection(&p);
             }
             return false;
         }
         match self.start_write(bytes) {
             Some(p) => {
-                IGNORE.with(|ignore| {
-                    let _ = p.catch(ignore);
-                });
+                ignore_rejection(&p);
                 true
             }
             None => false,
@@ -155,9 +158,7 @@ impl BodyWriter {
     pub fn close(&self) {
         if self.open.replace(false) {
             if let Ok(p) = self.writer.close() {
-                IGNORE.with(|ignore| {
-                    let _ = p.catch(ignore);
-                });
+                ignore_rejection(&p);
             }
         }
     }
