@@ -1,20 +1,25 @@
-// A live SSE reader that stops reading must not make the edge hold every later append in memory
-// (one isolate serves many readers, and running out of memory ends them all). Past
-// SSE_BACKLOG_BYTES not taken by its connection, its response is cut; the reader resumes from the
-// last control event it got whole and catches up, with nothing lost or repeated. A reader that
-// keeps up is never cut.
+// A live SSE write does not wait for its reader, so a reader that stops reading, or cannot keep
+// up with a large append, would make the edge hold every later append in memory (one isolate
+// serves many readers, and running out of memory ends them all). Past SSE_BACKLOG_BYTES not
+// taken by its connection, the edge stops sending it live frames and serves it catch-up pages
+// instead, each of which waits for the reader, in the same response. A reader that stopped
+// reading therefore holds at most that much at the edge, and loses its connection and the queue
+// at SSE_CONNECTION_MS; it resumes from the last control event it got whole, with nothing lost
+// or repeated. A reader that keeps up is never cut, even by appends larger than the limit.
 import http from 'node:http';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
 
 const MIB = 1024 * 1024;
 const APPENDS = 40;
+/** Long enough for a reader that keeps up to read 40 MiB within one response. */
+const CONNECTION_MS = 12_000;
 
 let server: Awaited<ReturnType<typeof startServer>>;
 const url = (name: string) => `${server.baseUrl}/v1/stream/slow-reader/${name}`;
 
 beforeAll(async () => {
-  server = await startServer({ vars: { SSE_CONNECTION_MS: '30000', SSE_BACKLOG_BYTES: String(MIB) } });
+  server = await startServer({ vars: { SSE_CONNECTION_MS: String(CONNECTION_MS), SSE_BACKLOG_BYTES: String(MIB) } });
 });
 
 afterAll(async () => {
@@ -97,22 +102,25 @@ function sseReader(name: string) {
   return reader;
 }
 
-test('a reader that stops reading is cut off, then resumes from its last offset with nothing lost or repeated', async () => {
+test('a reader that stops reading holds no more than the limit, and resumes from its last offset with nothing lost or repeated', async () => {
   const name = `stalled-${Date.now()}`;
   await create(name);
   const reader = sseReader(name);
   await expect.poll(() => reader.response !== undefined).toBe(true);
   reader.response!.pause();
   const started = Date.now();
-  // Far more than the socket buffers between the two processes take: the rest queues at the edge.
+  // Far more than the socket buffers between the two processes take: the rest would queue at
+  // the edge, and the response would carry it all once the reader read again.
   await appendAll(name);
+  // Past the response's deadline: it ends with the queue dropped.
+  await new Promise((r) => setTimeout(r, CONNECTION_MS + 1_000 - (Date.now() - started)));
   reader.response!.resume();
   await reader.done;
-  // Cut well before SSE_CONNECTION_MS (30 s) would have ended the response.
-  expect(Date.now() - started).toBeLessThan(20_000);
+  expect(Date.now() - started).toBeLessThan(CONNECTION_MS + 10_000);
   const full = await readFrom(name, '-1');
   expect(full.length).toBe(APPENDS * MIB);
-  expect(reader.committed.length).toBeLessThan(full.length);
+  // What the socket buffers held, not the 40 MiB an unbounded queue would have delivered.
+  expect(reader.committed.length).toBeLessThan(full.length / 2);
   const rest = await readFrom(name, reader.offset);
   expect(reader.committed.length + rest.length).toBe(full.length);
   expect(reader.committed + rest === full).toBe(true);
@@ -128,6 +136,24 @@ test('a reader that keeps up is not cut off by the same limit', async () => {
   expect(reader.ended).toBe(false);
   const full = await readFrom(name, '-1');
   expect(reader.committed === full).toBe(true);
+  reader.request!.destroy();
+  await reader.done;
+}, 60_000);
+
+test('a reader that keeps up gets appends larger than the limit in the same response', async () => {
+  const name = `large-${Date.now()}`;
+  await create(name);
+  const reader = sseReader(name);
+  await expect.poll(() => reader.response !== undefined).toBe(true);
+  // Each append is 8 times the limit, and reaches the edge in one burst of frames.
+  const body = (letter: string) => letter.repeat(8 * MIB);
+  for (const letter of ['p', 'q']) {
+    const res = await fetch(url(name), { method: 'POST', headers: { 'content-type': 'text/plain' }, body: body(letter) });
+    expect(res.status).toBe(204);
+  }
+  await expect.poll(() => reader.committed.length, { timeout: 15_000 }).toBe(16 * MIB);
+  expect(reader.ended).toBe(false);
+  expect(reader.committed === body('p') + body('q')).toBe(true);
   reader.request!.destroy();
   await reader.done;
 }, 60_000);

@@ -12,7 +12,7 @@ pub struct Config {
     /// How long an SSE response stays open before the server closes it (clients reconnect).
     pub sse_connection_ms: u64,
     /// How far a live SSE reader may fall behind (bytes written but not yet taken by its
-    /// connection) before its response is cut; it then resumes from its last offset.
+    /// connection) before it is served catch-up pages, which wait for it, instead of frames.
     pub sse_backlog_bytes: u64,
     /// `Access-Control-Allow-Origin` value(s): `*` or a comma-separated list of origins.
     pub cors_origins: String,

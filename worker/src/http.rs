@@ -121,6 +121,22 @@ pub fn rebuild(status: u16, source: &Headers, body: ResponseBody) -> Result<Resp
         .body(body))
 }
 
+/// Reads a response body whole as one `ArrayBuffer`, then copies it into wasm memory at once.
+/// `Response::bytes` gathers it chunk by chunk into a growing `Vec` across awaits: with many
+/// readers catching up at once, each would hold a page or two of wasm memory while it waits,
+/// and wasm memory never shrinks.
+pub async fn response_bytes(resp: &Response) -> Result<Vec<u8>> {
+    match resp.body() {
+        ResponseBody::Stream(stream) => {
+            let whole = web_sys::Response::new_with_opt_readable_stream(Some(stream))?;
+            let buffer = wasm_bindgen_futures::JsFuture::from(whole.array_buffer()?).await?;
+            Ok(js_sys::Uint8Array::new(&buffer).to_vec())
+        }
+        ResponseBody::Body(bytes) => Ok(bytes.clone()),
+        ResponseBody::Empty => Ok(Vec::new()),
+    }
+}
+
 /// How much of an oversized streamed body is read and thrown away before the 413 is sent.
 const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 

@@ -9,9 +9,9 @@
 //! A live write does not wait for the reader, so a reader that stops reading would make the
 //! edge hold every later frame in memory (and one isolate serves many readers). The pipe is
 //! made with a byte high-water mark, which makes the writer's `desiredSize` count the bytes the
-//! connection has not taken yet; past a limit the body is aborted instead of growing.
+//! connection has not taken yet; past a limit the writer waits for the reader instead.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use js_sys::{Promise, Uint8Array};
 use wasm_bindgen::prelude::*;
@@ -65,9 +65,8 @@ thread_local! {
 /// writes do not wait on it.
 const HIGH_WATER_MARK: f64 = 65_536.0;
 
-/// Creates a pipe: the readable side is a response body, the [`BodyWriter`] feeds it. A
-/// [`BodyWriter::send`] finding more than `backlog_limit` bytes not yet taken by the reader
-/// aborts the body.
+/// Creates a pipe: the readable side is a response body, the [`BodyWriter`] feeds it, and
+/// [`BodyWriter::behind`] says when more than `backlog_limit` bytes wait for the reader.
 pub fn body_pipe(backlog_limit: u64) -> worker::Result<(ReadableStream, BodyWriter)> {
     let strategy = js_sys::Object::new();
     js_sys::Reflect::set(&strategy, &"highWaterMark".into(), &HIGH_WATER_MARK.into())
@@ -80,6 +79,7 @@ pub fn body_pipe(backlog_limit: u64) -> worker::Result<(ReadableStream, BodyWrit
             writer,
             open: Cell::new(true),
             backlog_limit: backlog_limit as f64,
+            last: RefCell::new(None),
         },
     ))
 }
@@ -100,23 +100,19 @@ pub struct BodyWriter {
     writer: Writer,
     open: Cell<bool>,
     backlog_limit: f64,
+    /// The last write [`BodyWriter::send`] did not wait for. (The writer's `ready` would be the
+    /// usual way to wait for the queue to drain, but workerd's never resolves once it has
+    /// been over the high-water mark.)
+    last: RefCell<Option<Promise>>,
 }
 
 impl BodyWriter {
     /// Queues `bytes` without waiting for the reader; false once the body can take no more.
-    /// A reader more than the backlog limit behind has its body aborted: what was queued is
-    /// dropped and its connection ends, and it resumes from the last offset it saw whole.
     pub fn send(&self, bytes: &[u8]) -> bool {
-        if self.open.get() && self.backlog() > self.backlog_limit {
-            self.open.set(false);
-            if let Ok(p) = self.writer.abort(&"reader fell behind".into()) {
-                ignore_rejection(&p);
-            }
-            return false;
-        }
         match self.start_write(bytes) {
             Some(p) => {
                 ignore_rejection(&p);
+                self.last.replace(Some(p));
                 true
             }
             None => false,
@@ -124,10 +120,42 @@ impl BodyWriter {
     }
 
     /// Writes `bytes` and waits until the reader has taken them (backpressure for catch-up).
-    pub async fn send_and_wait(&self, bytes: &[u8]) -> bool {
-        match self.start_write(bytes) {
+    /// The write starts at once and copies `bytes`, so the caller may drop them before it
+    /// awaits: a page held in wasm memory while its reader is slow would grow that memory,
+    /// which never shrinks, by a page for every such reader.
+    pub fn send_and_wait(&self, bytes: &[u8]) -> impl std::future::Future<Output = bool> {
+        let written = self.start_write(bytes).map(JsFuture::from);
+        async move {
+            match written {
+                Some(w) => w.await.is_ok(),
+                None => false,
+            }
+        }
+    }
+
+    /// Whether more than the backlog limit is queued: the writer should wait for the reader
+    /// ([`BodyWriter::send_and_wait`]) rather than queue more.
+    pub fn behind(&self) -> bool {
+        self.backlog() > self.backlog_limit
+    }
+
+    /// Waits until the reader has taken all that was queued; false if the body failed.
+    pub async fn drained(&self) -> bool {
+        // Writes complete in order: once the last one has, the queue is empty.
+        let last = self.last.take();
+        match last {
             Some(p) => JsFuture::from(p).await.is_ok(),
-            None => false,
+            None => self.open.get(),
+        }
+    }
+
+    /// Ends the body at once, dropping what is queued: the reader's connection breaks, and it
+    /// resumes from the last offset it saw whole.
+    pub fn abort(&self) {
+        if self.open.replace(false) {
+            if let Ok(p) = self.writer.abort(&"reader fell behind".into()) {
+                ignore_rejection(&p);
+            }
         }
     }
 

@@ -192,6 +192,7 @@ pub async fn long_poll(
 }
 
 /// What one SSE response has told its reader, and how it encodes what comes next.
+#[derive(Clone)]
 struct SseState {
     offset: ReadFrom,
     cursor: u64,
@@ -211,7 +212,9 @@ struct SseState {
 /// Catch-up runs as a task that waits for the reader to take each page. Once the reader is
 /// live, each frame from the object becomes SSE events inside the socket's own `message`
 /// handler ([`SseFollower`]), with no task, channel or promise between them: with a thousand
-/// readers on a stream, that per-frame path is where the edge spends its time.
+/// readers on a stream, that per-frame path is where the edge spends its time. Live frames do
+/// not wait for the reader, so one that falls more than `SSE_BACKLOG_BYTES` behind (a large
+/// append, a slow or stalled connection) goes back to catch-up, in the same response.
 pub async fn sse(
     stub: Stub,
     name: StreamName,
@@ -243,8 +246,12 @@ pub async fn sse(
         done: false,
     };
     let (readable, body) = body_pipe(config.sse_backlog_bytes)?;
-    let deadline_ms = now_ms() + staggered(config.sse_connection_ms) as i64;
-    wasm_bindgen_futures::spawn_local(catch_up(stub, name, state, first, body, deadline_ms));
+    let source = Rc::new(SseSource {
+        stub,
+        name,
+        deadline_ms: now_ms() + staggered(config.sse_connection_ms) as i64,
+    });
+    wasm_bindgen_futures::spawn_local(catch_up(source, state, Some(first), body));
     let resp = Response::from_body(ResponseBody::Stream(readable))?;
     let headers = resp.headers();
     headers.set(h::CONTENT_TYPE, "text/event-stream")?;
@@ -255,57 +262,79 @@ pub async fn sse(
     Ok(resp)
 }
 
-/// Relays pages until the object hands over a live socket, then leaves the rest to an
-/// [`SseFollower`]. Each page waits for the reader to take it before the next is fetched.
-async fn catch_up(
+/// Where one SSE response reads from, and until when.
+struct SseSource {
     stub: Stub,
     name: StreamName,
-    mut state: SseState,
-    first: Subscription,
-    body: BodyWriter,
     deadline_ms: i64,
+}
+
+impl SseSource {
+    /// `waiting`'s output, or `None` if the response's deadline comes first.
+    async fn in_time<T>(&self, waiting: impl std::future::Future<Output = T>) -> Option<T> {
+        let left = (self.deadline_ms - now_ms()).max(0) as u64;
+        match select(Box::pin(waiting), Delay::from(Duration::from_millis(left))).await {
+            Either::Left((out, _)) => Some(out),
+            Either::Right(_) => None,
+        }
+    }
+}
+
+/// Relays pages until the object hands over a live socket, then leaves the rest to an
+/// [`SseFollower`]. Each page waits for the reader to take it before the next is fetched; a
+/// reader that has not taken it by the deadline loses its connection and what was queued.
+async fn catch_up(
+    source: Rc<SseSource>,
+    mut state: SseState,
+    first: Option<Subscription>,
+    body: BodyWriter,
 ) {
-    let mut pending = Some(first);
+    let mut pending = first;
     loop {
-        let left = deadline_ms - now_ms();
+        let left = source.deadline_ms - now_ms();
         if left <= 0 || state.done {
             return body.close();
         }
         let sub = match pending.take() {
             Some(sub) => sub,
-            None => match subscribe(&stub, &name, state.offset, LiveMode::Sse).await {
-                Ok(sub) => sub,
-                Err(e) => {
-                    worker::console_error!("sse: {e}");
-                    return body.close();
+            None => {
+                match subscribe(&source.stub, &source.name, state.offset, LiveMode::Sse).await {
+                    Ok(sub) => sub,
+                    Err(e) => {
+                        worker::console_error!("sse: {e}");
+                        return body.close();
+                    }
                 }
-            },
+            }
         };
         match sub {
-            Subscription::Page(mut resp) => {
+            Subscription::Page(resp) => {
                 if resp.status_code() != 200 {
                     return body.close();
                 }
                 let meta = resp.headers().clone();
-                let bytes = match resp.bytes().await {
+                let bytes = match http::response_bytes(&resp).await {
                     Ok(bytes) => bytes,
                     Err(e) => {
                         worker::console_error!("sse: {e}");
                         return body.close();
                     }
                 };
-                match state.page(&meta, &bytes) {
-                    Some(chunk) => {
-                        if !body.send_and_wait(&chunk).await {
-                            return body.close();
-                        }
-                    }
-                    None => return body.close(),
+                let Some(chunk) = state.page(&meta, &bytes) else {
+                    return body.close();
+                };
+                let taken = body.send_and_wait(&chunk);
+                // The page is in the body now: free its bytes before waiting for the reader.
+                drop((bytes, chunk));
+                match source.in_time(taken).await {
+                    Some(true) => {}
+                    Some(false) => return body.close(),
+                    None => return body.abort(),
                 }
             }
             Subscription::Live(live) => {
                 state.offset = ReadFrom::At(live.start);
-                return SseFollower::start(live.socket, state, body, left);
+                return SseFollower::start(live.socket, state, body, source);
             }
         }
     }
@@ -318,6 +347,8 @@ struct SseFollower {
     socket: Option<web_sys::WebSocket>,
     body: Option<BodyWriter>,
     timeout_id: Option<i32>,
+    /// To go back to catch-up when the reader falls behind.
+    source: Rc<SseSource>,
 }
 
 type SharedFollower = Rc<RefCell<SseFollower>>;
@@ -365,13 +396,15 @@ impl SseFollower {
     /// timer after `left_ms`, and a watch on the reader going away. All of these end in
     /// [`SseFollower::finish`], which drops the follower's references so the runtime can
     /// collect the socket, the listeners and with them this follower.
-    fn start(socket: Socket, state: SseState, body: BodyWriter, left_ms: i64) {
+    fn start(socket: Socket, state: SseState, body: BodyWriter, source: Rc<SseSource>) {
         let (ws, queued) = socket.detach();
+        let left_ms = source.deadline_ms - now_ms();
         let follower = Rc::new(RefCell::new(SseFollower {
             state,
             socket: Some(ws.clone()),
             body: Some(body),
             timeout_id: None,
+            source,
         }));
         track(&follower, now_ms() + left_ms);
         for event in queued {
@@ -431,6 +464,12 @@ impl SseFollower {
             if this.socket.is_none() {
                 return;
             }
+            if this.body.as_ref().is_some_and(BodyWriter::behind) {
+                // Too much is queued for this reader: the rest comes as catch-up pages, which
+                // wait for it. This frame is among what they will read.
+                drop(this);
+                return SseFollower::back_to_catch_up(follower);
+            }
             let chunk = match event {
                 SocketEvent::Binary(bytes) => match frame::decode(&bytes) {
                     Some(Frame::Data {
@@ -464,6 +503,29 @@ impl SseFollower {
         if done {
             SseFollower::finish(follower);
         }
+    }
+
+    /// Leaves the live socket and hands the response back to [`catch_up`], from the offset of
+    /// the last frame written.
+    fn back_to_catch_up(follower: &SharedFollower) {
+        let (state, body, source) = {
+            let Ok(mut this) = follower.try_borrow_mut() else {
+                return;
+            };
+            let Some(body) = this.body.take() else {
+                return;
+            };
+            (this.state.clone(), body, this.source.clone())
+        };
+        SseFollower::finish(follower);
+        wasm_bindgen_futures::spawn_local(async move {
+            // Subscribing again at once would only find the reader still behind.
+            match source.in_time(body.drained()).await {
+                Some(true) => catch_up(source, state, None, body).await,
+                Some(false) => body.close(),
+                None => body.abort(),
+            }
+        });
     }
 
     /// Ends the response and closes the internal socket, once.

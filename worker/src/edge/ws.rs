@@ -358,7 +358,7 @@ impl Follower<'_> {
         };
         let up_to_date = h::is_true(header(&meta, h::STREAM_UP_TO_DATE).as_deref());
         let closed = h::is_true(header(&meta, h::STREAM_CLOSED).as_deref());
-        let Ok(body) = resp.bytes().await else {
+        let Ok(body) = http::response_bytes(&resp).await else {
             return Some(End::Restart("stream read failed"));
         };
         let mut emit = self.emit.borrow_mut();
