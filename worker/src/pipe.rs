@@ -11,12 +11,14 @@
 //! made with a byte high-water mark, which makes the writer's `desiredSize` count the bytes the
 //! connection has not taken yet; past a limit the writer waits for the reader instead.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
+use std::time::Duration;
 
 use js_sys::{Promise, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use worker::web_sys::ReadableStream;
+use worker::Delay;
 
 #[wasm_bindgen]
 extern "C" {
@@ -79,7 +81,7 @@ pub fn body_pipe(backlog_limit: u64) -> worker::Result<(ReadableStream, BodyWrit
             writer,
             open: Cell::new(true),
             backlog_limit: backlog_limit as f64,
-            last: RefCell::new(None),
+            unmeasured: Cell::new(0),
         },
     ))
 }
@@ -100,11 +102,13 @@ pub struct BodyWriter {
     writer: Writer,
     open: Cell<bool>,
     backlog_limit: f64,
-    /// The last write [`BodyWriter::send`] did not wait for. (The writer's `ready` would be the
-    /// usual way to wait for the queue to drain, but workerd's never resolves once it has
-    /// been over the high-water mark.)
-    last: RefCell<Option<Promise>>,
+    /// Bytes sent since the backlog was last measured: measuring costs a call into the
+    /// runtime, and a fan-out makes one per reader per message.
+    unmeasured: Cell<usize>,
 }
+
+/// How much may be sent between two measurements of the backlog.
+const MEASURE_EVERY: usize = 64 * 1024;
 
 impl BodyWriter {
     /// Queues `bytes` without waiting for the reader; false once the body can take no more.
@@ -112,7 +116,7 @@ impl BodyWriter {
         match self.start_write(bytes) {
             Some(p) => {
                 ignore_rejection(&p);
-                self.last.replace(Some(p));
+                self.unmeasured.set(self.unmeasured.get() + bytes.len());
                 true
             }
             None => false,
@@ -133,20 +137,29 @@ impl BodyWriter {
         }
     }
 
-    /// Whether more than the backlog limit is queued: the writer should wait for the reader
-    /// ([`BodyWriter::send_and_wait`]) rather than queue more.
+    /// Whether more than the backlog limit is queued (measured once per [`MEASURE_EVERY`]
+    /// bytes sent): the writer should wait for the reader ([`BodyWriter::send_and_wait`])
+    /// rather than queue more.
     pub fn behind(&self) -> bool {
+        if self.unmeasured.get() < MEASURE_EVERY {
+            return false;
+        }
+        self.unmeasured.set(0);
         self.backlog() > self.backlog_limit
     }
 
-    /// Waits until the reader has taken all that was queued; false if the body failed.
+    /// Waits until the reader has taken nearly all that was queued; false if the body failed.
+    /// (The writer's `ready` is the usual way, but workerd's never resolves once the stream
+    /// has been over its high-water mark.)
     pub async fn drained(&self) -> bool {
-        // Writes complete in order: once the last one has, the queue is empty.
-        let last = self.last.take();
-        match last {
-            Some(p) => JsFuture::from(p).await.is_ok(),
-            None => self.open.get(),
+        while self.open.get() {
+            match self.writer.desired_size() {
+                Ok(Some(desired)) if desired > 0.0 => return true,
+                Ok(Some(_)) => Delay::from(Duration::from_millis(10)).await,
+                _ => return false,
+            }
         }
+        false
     }
 
     /// Ends the body at once, dropping what is queued: the reader's connection breaks, and it
