@@ -63,8 +63,8 @@ thread_local! {
     static IGNORE: Closure<dyn FnMut(JsValue)> = Closure::new(|_| {});
 }
 
-/// The pipe's high-water mark. Only its being a byte count matters (see the module docs): the
-/// writes do not wait on it.
+/// The pipe's high-water mark. It makes `desiredSize` a byte count (see the module docs), and
+/// a queue below it counts as drained ([`BodyWriter::drained`]); the writes do not wait on it.
 const HIGH_WATER_MARK: f64 = 65_536.0;
 
 /// Creates a pipe: the readable side is a response body, the [`BodyWriter`] feeds it, and

@@ -392,13 +392,13 @@ fn track(follower: &SharedFollower, deadline_ms: i64) {
 }
 
 impl SseFollower {
-    /// Takes over `socket`: events it already queued first, then its listeners, a deadline
-    /// timer after `left_ms`, and a watch on the reader going away. All of these end in
+    /// Takes over `socket`: events it already queued first, then its listeners, a timer for
+    /// the response's deadline, and a watch on the reader going away. All of these end in
     /// [`SseFollower::finish`], which drops the follower's references so the runtime can
     /// collect the socket, the listeners and with them this follower.
     fn start(socket: Socket, state: SseState, body: BodyWriter, source: Rc<SseSource>) {
         let (ws, queued) = socket.detach();
-        let left_ms = source.deadline_ms - now_ms();
+        let deadline_ms = source.deadline_ms;
         let follower = Rc::new(RefCell::new(SseFollower {
             state,
             socket: Some(ws.clone()),
@@ -406,7 +406,7 @@ impl SseFollower {
             timeout_id: None,
             source,
         }));
-        track(&follower, now_ms() + left_ms);
+        track(&follower, deadline_ms);
         for event in queued {
             SseFollower::on_event(&follower, event);
         }
@@ -438,7 +438,7 @@ impl SseFollower {
         let f = Rc::downgrade(&follower);
         let on_timeout = Closure::once_into_js(move || SseFollower::finish_weak(&f));
         let global: WorkerGlobalScope = js_sys::global().unchecked_into();
-        let ms = i32::try_from(left_ms).unwrap_or(i32::MAX);
+        let ms = i32::try_from(deadline_ms - now_ms()).unwrap_or(i32::MAX);
         let timeout_id = global
             .set_timeout_with_callback_and_timeout_and_arguments_0(on_timeout.unchecked_ref(), ms)
             .ok();

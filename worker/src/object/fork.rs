@@ -79,13 +79,13 @@ async fn call(
     stub.fetch_with_request(req).await
 }
 
-async fn page_of(mut resp: Response) -> Result<Page> {
+async fn page_of(resp: Response) -> Result<Page> {
     let end = header(resp.headers(), X_PAGE_END)
         .and_then(|v| v.parse::<u64>().ok())
         .and_then(Offset::new)
         .ok_or_else(|| worker::Error::RustError("internal read without an end".into()))?;
     Ok(Page {
-        data: resp.bytes().await?,
+        data: crate::http::response_bytes(&resp).await?,
         end,
     })
 }
