@@ -6,6 +6,11 @@
 //! of a batch with the control fields inside it, so a live append costs one message per socket
 //! instead of two: a JSON stream's data message carries them after `items`, and every binary
 //! message starts with a header that holds them or is empty ([`binary_message`]).
+//!
+//! A client that offers [`RECEIPTS`] takes the same messages, and in return tells the server
+//! how far it has read ([`receipt_message`]). workerd cannot measure a WebSocket's send queue,
+//! so receipts are how the server learns that a client stopped reading (a tab frozen, a network
+//! gone without a FIN) and closes its socket rather than queue every later append for it.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -17,9 +22,30 @@ use crate::sse::{Control, ControlError, ControlReader, MiniJson};
 /// control fields.
 pub const COMBINED: &str = "edgestream.v2";
 
-/// Whether a handshake's `Sec-WebSocket-Protocol` list offers [`COMBINED`].
-pub fn offers_combined(protocols: &str) -> bool {
-    protocols.split(',').any(|p| p.trim() == COMBINED)
+/// [`COMBINED`], and the client sends receipts of what it has read.
+pub const RECEIPTS: &str = "edgestream.v3";
+
+/// Whether a handshake's `Sec-WebSocket-Protocol` list offers `protocol`.
+pub fn offers(protocols: &str, protocol: &str) -> bool {
+    protocols.split(',').any(|p| p.trim() == protocol)
+}
+
+/// The subprotocol the server answers a handshake's `Sec-WebSocket-Protocol` list with: the
+/// newest of ours it offers, if any.
+pub fn choose_protocol(protocols: &str) -> Option<&'static str> {
+    [RECEIPTS, COMBINED]
+        .into_iter()
+        .find(|ours| offers(protocols, ours))
+}
+
+/// `{"type":"received","offset":…}`: the client has read everything before `offset` (the
+/// `streamNextOffset` of the last control it handled).
+pub fn receipt_message(offset: &str) -> String {
+    let mut out = String::with_capacity(offset.len() + 32);
+    out.push_str("{\"type\":\"received\",\"offset\":\"");
+    out.push_str(offset);
+    out.push_str("\"}");
+    out
 }
 
 /// `{"type":"control",…}`: the SSE control event's fields under a type tag.
@@ -286,9 +312,32 @@ mod tests {
 
     #[test]
     fn the_subprotocol_is_found_in_a_list() {
-        assert!(offers_combined("edgestream.v2"));
-        assert!(offers_combined("chat, edgestream.v2 ,x"));
-        assert!(!offers_combined("edgestream.v22"));
-        assert!(!offers_combined(""));
+        assert!(offers("edgestream.v2", COMBINED));
+        assert!(offers("chat, edgestream.v2 ,x", COMBINED));
+        assert!(!offers("edgestream.v22", COMBINED));
+        assert!(!offers("", COMBINED));
+    }
+
+    #[test]
+    fn the_newest_subprotocol_offered_is_chosen() {
+        assert_eq!(
+            choose_protocol("edgestream.v3, edgestream.v2"),
+            Some(RECEIPTS)
+        );
+        assert_eq!(
+            choose_protocol("edgestream.v2,edgestream.v3"),
+            Some(RECEIPTS)
+        );
+        assert_eq!(choose_protocol("chat, edgestream.v2"), Some(COMBINED));
+        assert_eq!(choose_protocol("chat"), None);
+        assert_eq!(choose_protocol(""), None);
+    }
+
+    #[test]
+    fn a_receipt_names_its_offset() {
+        assert_eq!(
+            receipt_message("0000000000000000_0000000000000042"),
+            r#"{"type":"received","offset":"0000000000000000_0000000000000042"}"#
+        );
     }
 }

@@ -14,6 +14,9 @@ pub struct Config {
     /// How far a live SSE reader may fall behind (bytes written but not yet taken by its
     /// connection) before it is served catch-up pages, which wait for it, instead of frames.
     pub sse_backlog_bytes: u64,
+    /// How far a `live=ws` client that sends receipts may fall behind (bytes sent past its
+    /// last receipt) before its socket is closed with 1012 and it resumes from its offset.
+    pub ws_backlog_bytes: u64,
     /// `Access-Control-Allow-Origin` value(s): `*` or a comma-separated list of origins.
     pub cors_origins: String,
     /// Whether subscriptions may call `http://localhost` / `127.0.0.x` webhooks (development).
@@ -27,6 +30,9 @@ impl Config {
     /// One catch-up page: a reader further behind is better served by catch-up reads, which
     /// wait for it, than by live frames queued in the edge's memory.
     pub const DEFAULT_SSE_BACKLOG_BYTES: u64 = 4 * 1024 * 1024;
+    /// Two catch-up pages: a client handed a page at its handshake, which then receives more
+    /// before its first receipt arrives, is not cut off.
+    pub const DEFAULT_WS_BACKLOG_BYTES: u64 = 8 * 1024 * 1024;
 
     /// The settings, read from `env` once per isolate: `[vars]` cannot change while an isolate
     /// lives (a new deployment starts new isolates), and reading them costs JS calls.
@@ -68,6 +74,13 @@ impl Config {
                 Self::DEFAULT_SSE_BACKLOG_BYTES,
                 64 * 1024 * 1024,
             ),
+            // Clients send a receipt at least every 64 KiB they read: well under the floor.
+            ws_backlog_bytes: number(
+                "WS_BACKLOG_BYTES",
+                Self::DEFAULT_WS_BACKLOG_BYTES,
+                256 * 1024 * 1024,
+            )
+            .max(256 * 1024),
             cors_origins: env
                 .var("CORS_ORIGINS")
                 .map(|v| v.to_string())

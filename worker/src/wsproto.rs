@@ -3,7 +3,7 @@
 //! tail, and the edge, which serves a long catch-up or a fork's inherited range and then follows.
 //!
 //! Server to client: data and control messages ([`Emitter`], built by the core's
-//! [`edgestream::ws`]). Client to server: append frames ([`parse_append`]), which become the
+//! [`edgestream::ws`]). Client to server: append frames and receipts ([`parse_client`]); an append becomes the
 //! headers and body POST would carry ([`append_headers`]), and are answered from POST's response
 //! ([`reply_to`]) with an ack or an error.
 
@@ -38,6 +38,10 @@ pub mod close {
     pub const RESTART: u16 = 1012;
 }
 
+/// The close reason (with [`close::RESTART`]) for a client that sends receipts and fell more
+/// than `WS_BACKLOG_BYTES` behind them.
+pub const FELL_BEHIND: &str = "fell behind: reconnect from the last offset";
+
 /// The header on the handshake the edge passes to the stream's object: a [`ClientHello`].
 pub const X_CLIENT: &str = "x-edgestream-ws-client";
 
@@ -52,9 +56,23 @@ pub struct ClientHello {
     /// its batch's control fields, and binary messages have a header for them.
     #[serde(default)]
     pub combined: bool,
+    /// The client offered the [`edgestream::ws::RECEIPTS`] subprotocol (which implies
+    /// `combined`): it says how far it has read, and is cut off once it is more than
+    /// `WS_BACKLOG_BYTES` behind what it was sent.
+    #[serde(default)]
+    pub receipts: bool,
 }
 
 impl ClientHello {
+    /// The subprotocol the handshake's answer names, if any.
+    pub fn protocol(&self) -> Option<&'static str> {
+        match (self.receipts, self.combined) {
+            (true, _) => Some(edgestream::ws::RECEIPTS),
+            (false, true) => Some(edgestream::ws::COMBINED),
+            (false, false) => None,
+        }
+    }
+
     pub fn to_header(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
@@ -310,15 +328,27 @@ pub enum Incoming<'a> {
     Binary(&'a [u8]),
 }
 
-/// Reads an append frame: its fields, and the body POST would carry. A text frame's `data` is
-/// the body of a JSON stream as written, and a string's UTF-8 bytes on any other stream.
-pub fn parse_append(
+/// A message from the client.
+pub enum ClientMessage<'a> {
+    /// An append frame, and the body POST would carry.
+    Append(AppendFrame<'a>, Vec<u8>),
+    /// A receipt: the client has read everything before this offset.
+    Received(Offset),
+}
+
+/// Reads a client message. A text append frame's `data` is the body of a JSON stream as
+/// written, and a string's UTF-8 bytes on any other stream; a binary message is always an
+/// append frame.
+pub fn parse_client(
     incoming: Incoming<'_>,
     json_stream: bool,
-) -> std::result::Result<(AppendFrame<'_>, Vec<u8>), BadFrame> {
+) -> std::result::Result<ClientMessage<'_>, BadFrame> {
     match incoming {
         Incoming::Text(text) => {
-            let frame = AppendFrame::parse(text)?;
+            let frame = match TextFrame::parse(text)? {
+                TextFrame::Append(frame) => frame,
+                TextFrame::Received(offset) => return Ok(ClientMessage::Received(offset)),
+            };
             let body = match frame.data {
                 None => Vec::new(),
                 Some(raw) if json_stream => raw.get().as_bytes().to_vec(),
@@ -329,9 +359,11 @@ pub fn parse_append(
                     )),
                 },
             };
-            Ok((frame, body))
+            Ok(ClientMessage::Append(frame, body))
         }
-        Incoming::Binary(bytes) => parse_binary(bytes),
+        Incoming::Binary(bytes) => {
+            parse_binary(bytes).map(|(frame, body)| ClientMessage::Append(frame, body))
+        }
     }
 }
 
@@ -356,7 +388,11 @@ fn parse_binary(bytes: &[u8]) -> std::result::Result<(AppendFrame<'_>, Vec<u8>),
     let Ok(head) = std::str::from_utf8(head) else {
         return Err(BadFrame::invalid("binary frame header is not UTF-8"));
     };
-    let frame = AppendFrame::parse(head)?;
+    let TextFrame::Append(frame) = TextFrame::parse(head)? else {
+        return Err(BadFrame::policy(
+            "a receipt is a text message, not a binary frame's header",
+        ));
+    };
     if frame.data.is_some() {
         return Err(BadFrame::policy(
             "a binary frame's data follows its header; the header has no data field",
@@ -442,10 +478,11 @@ fn retry_later(id: Option<&RawValue>) -> String {
     .to_json()
 }
 
-/// A client's append frame (text, or the header of a binary frame).
+/// A client's text frame (or the header of a binary frame): the fields of an append frame and
+/// of a receipt.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawAppend<'a> {
+struct RawFrame<'a> {
     #[serde(rename = "type")]
     kind: String,
     #[serde(borrow, default)]
@@ -463,6 +500,9 @@ struct RawAppend<'a> {
     stream_seq: Option<&'a RawValue>,
     #[serde(default)]
     close: bool,
+    /// A receipt's.
+    #[serde(default)]
+    offset: Option<String>,
 }
 
 fn present<'de, D: Deserializer<'de>>(
@@ -482,18 +522,53 @@ pub struct AppendFrame<'a> {
     close: bool,
 }
 
-impl<'a> AppendFrame<'a> {
-    fn parse(text: &'a str) -> std::result::Result<AppendFrame<'a>, BadFrame> {
-        let raw: RawAppend<'a> = serde_json::from_str(text).map_err(|e| {
+/// A text frame (or a binary frame's header), read.
+enum TextFrame<'a> {
+    Append(AppendFrame<'a>),
+    Received(Offset),
+}
+
+impl<'a> TextFrame<'a> {
+    fn parse(text: &'a str) -> std::result::Result<TextFrame<'a>, BadFrame> {
+        let raw: RawFrame<'a> = serde_json::from_str(text).map_err(|e| {
             if e.is_data() {
-                BadFrame::policy(&format!("bad append frame: {e}"))
+                BadFrame::policy(&format!("bad frame: {e}"))
             } else {
                 BadFrame::invalid(&format!("frame is not a JSON object: {e}"))
             }
         })?;
-        if raw.kind != "append" {
-            return Err(BadFrame::policy("unknown frame type (expected \"append\")"));
+        match raw.kind.as_str() {
+            "append" if raw.offset.is_some() => Err(BadFrame::policy(
+                "bad frame: an append frame has no offset field",
+            )),
+            "append" => AppendFrame::from_raw(raw).map(TextFrame::Append),
+            "received" => {
+                let only_offset = raw.id.is_none()
+                    && raw.data.is_none()
+                    && raw.producer_id.is_none()
+                    && raw.producer_epoch.is_none()
+                    && raw.producer_seq.is_none()
+                    && raw.stream_seq.is_none()
+                    && !raw.close;
+                if !only_offset {
+                    return Err(BadFrame::policy("bad frame: a receipt has only an offset"));
+                }
+                match raw.offset.as_deref().map(Offset::parse) {
+                    Some(Ok(offset)) => Ok(TextFrame::Received(offset)),
+                    _ => Err(BadFrame::policy(
+                        "bad frame: a receipt's offset is the streamNextOffset of a control",
+                    )),
+                }
+            }
+            _ => Err(BadFrame::policy(
+                "unknown frame type (expected \"append\" or \"received\")",
+            )),
         }
+    }
+}
+
+impl<'a> AppendFrame<'a> {
+    fn from_raw(raw: RawFrame<'a>) -> std::result::Result<AppendFrame<'a>, BadFrame> {
         if let Some(id) = raw.id {
             if !is_string_or_number(id) {
                 return Err(BadFrame::policy("id must be a string or a number"));
@@ -777,18 +852,20 @@ mod tests {
                 expires_at: Some(100),
             },
         ] {
-            for combined in [false, true] {
+            for (combined, receipts) in [(false, false), (true, false), (true, true)] {
                 let hello = ClientHello {
                     cursor: 42,
                     append: append.clone(),
                     combined,
+                    receipts,
                 };
                 assert_eq!(ClientHello::from_header(&hello.to_header()), Some(hello));
             }
         }
-        // Attachments kept before the combined form existed still read.
+        // Attachments kept before the combined form and receipts existed still read.
         let old = ClientHello::from_header("{\"cursor\":1,\"append\":\"open\"}").unwrap();
-        assert!(!old.combined);
+        assert!(!old.combined && !old.receipts);
+        assert_eq!(old.protocol(), None);
         assert_eq!(ClientHello::from_header("{\"cursor\":1}"), None);
         let id = RawValue::from_string("7".into()).unwrap();
         assert_eq!(AppendGrant::Open.refusal(Some(&id), i64::MAX), None);
@@ -849,23 +926,25 @@ mod tests {
 
     #[test]
     fn append_frames_parse() {
-        let frame = AppendFrame::parse(
+        let append = |text| match TextFrame::parse(text) {
+            Ok(TextFrame::Append(frame)) => frame,
+            _ => panic!("not an append frame: {text}"),
+        };
+        let frame = append(
             r#"{"type":"append","id":7,"data":null,"producerId":"p","producerEpoch":0,"producerSeq":"3","close":true}"#,
-        )
-        .ok()
-        .unwrap();
+        );
         assert_eq!(frame.id.map(RawValue::get), Some("7"));
         assert_eq!(frame.data.map(RawValue::get), Some("null"));
         assert_eq!(frame.producer_epoch.as_deref(), Some("0"));
         assert_eq!(frame.producer_seq.as_deref(), Some("3"));
         assert!(frame.close);
-        let bare = AppendFrame::parse(r#"{"type":"append"}"#).ok().unwrap();
+        let bare = append(r#"{"type":"append"}"#);
         assert!(bare.data.is_none() && bare.id.is_none() && !bare.close);
     }
 
     #[test]
     fn bad_append_frames_get_the_right_close_code() {
-        let code = |text: &str| AppendFrame::parse(text).err().map(|e| e.code);
+        let code = |text: &str| TextFrame::parse(text).err().map(|e| e.code);
         assert_eq!(code("{\"type\":"), Some(close::INVALID_DATA));
         assert_eq!(code("not json"), Some(close::INVALID_DATA));
         assert_eq!(code("[1]"), Some(close::POLICY));
@@ -881,5 +960,47 @@ mod tests {
             Some(close::POLICY)
         );
         assert_eq!(code(r#"{"type":"append","extra":1}"#), Some(close::POLICY));
+        let offset = "0000000000000000_0000000000000042";
+        assert_eq!(
+            code(&format!(r#"{{"type":"append","offset":"{offset}"}}"#)),
+            Some(close::POLICY)
+        );
+    }
+
+    #[test]
+    fn receipts_parse_and_carry_only_an_offset() {
+        let offset = "0000000000000000_0000000000000042";
+        let text = edgestream::ws::receipt_message(offset);
+        match parse_client(Incoming::Text(&text), true) {
+            Ok(ClientMessage::Received(at)) => assert_eq!(at, Offset::new(42).unwrap()),
+            _ => panic!("a receipt"),
+        }
+        let code = |text: &str| match parse_client(Incoming::Text(text), false) {
+            Err(e) => Some(e.code),
+            Ok(_) => None,
+        };
+        for bad in [
+            r#"{"type":"received"}"#.to_string(),
+            r#"{"type":"received","offset":"-1"}"#.into(),
+            r#"{"type":"received","offset":"now"}"#.into(),
+            r#"{"type":"received","offset":42}"#.into(),
+            format!(r#"{{"type":"received","offset":"{offset}","id":1}}"#),
+            format!(r#"{{"type":"received","offset":"{offset}","data":"x"}}"#),
+            format!(r#"{{"type":"received","offset":"{offset}","close":true}}"#),
+            format!(r#"{{"type":"received","offset":"{offset}","extra":1}}"#),
+        ] {
+            assert_eq!(code(&bad), Some(close::POLICY), "{bad}");
+        }
+        // A binary frame is always an append; a receipt in its header is refused.
+        let header = edgestream::ws::receipt_message(offset);
+        let mut binary = (header.len() as u32).to_be_bytes().to_vec();
+        binary.extend_from_slice(header.as_bytes());
+        assert!(matches!(
+            parse_client(Incoming::Binary(&binary), false),
+            Err(BadFrame {
+                code: close::POLICY,
+                ..
+            })
+        ));
     }
 }

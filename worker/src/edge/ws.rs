@@ -35,8 +35,8 @@ use crate::http::{self, header, now_ms, random_u32};
 use crate::path::StreamName;
 use crate::socket::{Socket, SocketEvent, SocketSender};
 use crate::wsproto::{
-    self, close, parse_append, AppendFrame, AppendGrant, ClientHello, Emitter, ErrorReply,
-    Incoming, Sink,
+    self, close, parse_client, AppendFrame, AppendGrant, ClientHello, ClientMessage, Emitter,
+    ErrorReply, Incoming, Sink,
 };
 
 /// How often the internal subscription may drop without delivering anything before the edge
@@ -74,11 +74,13 @@ pub async fn websocket(
         return Ok(resp);
     }
     let token = auth::authenticate(req, url, env).await?;
+    let protocol =
+        header(req.headers(), "sec-websocket-protocol").and_then(|o| ws::choose_protocol(&o));
     let hello = ClientHello {
         cursor: cursor::next_cursor(now_ms(), client_cursor.as_deref(), random_u32()),
         append: AppendGrant::of(&token, name.as_str(), http::now_secs()),
-        combined: header(req.headers(), "sec-websocket-protocol")
-            .is_some_and(|offered| ws::offers_combined(&offered)),
+        combined: protocol.is_some(),
+        receipts: protocol == Some(ws::RECEIPTS),
     };
     // As for SSE, the first answer decides the handshake: a missing stream is a 404.
     // The object accepts the client socket itself (101), or answers a page for the edge to
@@ -116,9 +118,11 @@ pub async fn websocket(
         content_type,
         cursor: hello.cursor,
         combined: hello.combined,
+        backlog_limit: hello.receipts.then_some(config.ws_backlog_bytes),
         config: config.clone(),
         append: hello.append.clone(),
         out: client.sender(),
+        read: Rc::new(Cell::new(None)),
     };
     let first = Subscription::Page(first);
     wasm_bindgen_futures::spawn_local(session.run(client, from, first));
@@ -129,10 +133,19 @@ pub async fn websocket(
 /// fail a handshake whose answer names one they did not offer, or none when they offered some.
 fn upgraded(socket: worker::WebSocket, hello: &ClientHello) -> Result<Response> {
     let resp = Response::from_websocket(socket)?;
-    if hello.combined {
-        resp.headers().set("sec-websocket-protocol", ws::COMBINED)?;
+    if let Some(protocol) = hello.protocol() {
+        resp.headers().set("sec-websocket-protocol", protocol)?;
     }
     Ok(resp)
+}
+
+/// Whether sending a client data up to `end` would leave it more than `limit` behind what it
+/// has `read` (never for a client that does not send receipts, which has no limit).
+fn falls_behind(limit: Option<u64>, read: Option<Offset>, end: Offset) -> bool {
+    match (limit, read) {
+        (Some(limit), Some(read)) => end.distance_from(read) > limit,
+        _ => false,
+    }
 }
 
 /// Why a session ended, which decides the close code.
@@ -159,10 +172,15 @@ struct Session {
     cursor: u64,
     /// See [`ClientHello::combined`].
     combined: bool,
+    /// For a client that sends receipts ([`ClientHello::receipts`]): how far it may fall behind
+    /// them while live before its socket is closed.
+    backlog_limit: Option<u64>,
     config: Config,
     /// Whether the token presented at the handshake allows appends.
     append: AppendGrant,
     out: SocketSender,
+    /// What the client's receipts say it has read (once it has sent one, or has gone live).
+    read: Rc<Cell<Option<Offset>>>,
 }
 
 impl Session {
@@ -170,6 +188,7 @@ impl Session {
         let busy = Cell::new(false);
         let stop = Cell::new(false);
         let mut follower = Follower {
+            session: &self,
             stub: &self.stub,
             name: &self.name,
             emit: Rc::new(RefCell::new(Emitter::new(
@@ -206,6 +225,12 @@ impl Session {
         self.finish(&client, end);
     }
 
+    /// A receipt: the client has read everything before `offset`.
+    fn received(&self, offset: Offset) {
+        let read = self.read.get().map_or(offset, |r| r.max(offset));
+        self.read.set(Some(read));
+    }
+
     fn finish(&self, client: &Socket, end: End) {
         match end {
             End::StreamClosed => client.close(close::NORMAL, "stream closed"),
@@ -234,6 +259,7 @@ impl Session {
 
 /// Sends the stream to the client: catch-up pages, then live frames.
 struct Follower<'a> {
+    session: &'a Session,
     stub: &'a Stub,
     name: &'a StreamName,
     /// What the client has been sent; shared with the live socket's handler.
@@ -267,7 +293,7 @@ impl Follower<'_> {
                     }
                     Subscription::Live(live) => {
                         self.emit.borrow_mut().offset = ReadFrom::At(live.start);
-                        match self.live(live.socket).await {
+                        match self.live(live.socket, live.start).await {
                             LiveEnd::End(end) => return end,
                             LiveEnd::Lost => self.drops += 1,
                         }
@@ -296,10 +322,16 @@ impl Follower<'_> {
 
     /// Follows one internal socket. Its frames are sent on to the client inside the socket's
     /// own message handler; this only waits for the subscription to end.
-    async fn live(&mut self, socket: Socket) -> LiveEnd {
+    async fn live(&mut self, socket: Socket, start: Offset) -> LiveEnd {
         let emit = self.emit.clone();
         let delivered = Rc::new(Cell::new(false));
         let seen = delivered.clone();
+        // Catch-up has its own budget; going live, the client counts as having read it.
+        let read = self.session.read.clone();
+        if read.get().is_none() {
+            read.set(Some(start));
+        }
+        let limit = self.session.backlog_limit;
         let handled = socket.handle(move |event| {
             let outcome = match event {
                 SocketEvent::Binary(bytes) => match frame::decode(&bytes) {
@@ -313,6 +345,8 @@ impl Follower<'_> {
                         let mut emit = emit.borrow_mut();
                         if emit.offset != ReadFrom::At(start) {
                             Some(LiveEnd::Lost)
+                        } else if falls_behind(limit, read.get(), end) {
+                            Some(LiveEnd::End(End::Restart(wsproto::FELL_BEHIND)))
                         } else {
                             seen.set(true);
                             match emit.frame(end, closed, up_to_date, payload) {
@@ -419,7 +453,9 @@ impl Appender<'_> {
             self.busy.set(false);
             let out = &self.session.out;
             match reply {
-                Ok(reply) => {
+                // A receipt is not answered.
+                Ok(None) => {}
+                Ok(Some(reply)) => {
                     if out.send_text(&reply).is_err() {
                         return End::ClientGone;
                     }
@@ -435,13 +471,18 @@ impl Appender<'_> {
         }
     }
 
-    /// Applies one append frame; the reply is an ack or an error.
+    /// Applies one append frame (the reply is an ack or an error) or receipt (no reply).
     async fn frame(
         &self,
         incoming: Incoming<'_>,
-    ) -> std::result::Result<String, wsproto::BadFrame> {
-        let (frame, body) = parse_append(incoming, self.session.json)?;
-        Ok(self.append(&frame, body).await)
+    ) -> std::result::Result<Option<String>, wsproto::BadFrame> {
+        match parse_client(incoming, self.session.json)? {
+            ClientMessage::Append(frame, body) => Ok(Some(self.append(&frame, body).await)),
+            ClientMessage::Received(offset) => {
+                self.session.received(offset);
+                Ok(None)
+            }
+        }
     }
 
     /// POSTs `body` to the stream with the frame's headers; the reply is an ack or an error.

@@ -5,9 +5,11 @@
 //! reaches it as one send from here, with no edge request, internal socket or JS handler in
 //! between. The socket's [`ClientState`] is its attachment, so it survives hibernation. Data
 //! and control messages are built once per append for every socket (once per cursor for the
-//! control), and append frames are applied in the order they arrived ([`Turnstile`]).
+//! control), and append frames are applied in the order they arrived ([`Turnstile`]). A
+//! client that sends receipts and falls too far behind them is cut off ([`Receipts`]).
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -36,6 +38,9 @@ pub struct ClientState {
     /// The stream is JSON: data goes out as JSON text messages.
     pub json: bool,
     pub hello: ClientHello,
+    /// Names the socket among the object's [`Receipts`] (when it sends them).
+    #[serde(default)]
+    pub id: u64,
 }
 
 impl ClientState {
@@ -91,6 +96,7 @@ pub fn accept(
     start: Offset,
     hello: ClientHello,
 ) -> Result<Response> {
+    let id = u64::from(http::random_u32()) << 32 | u64::from(http::random_u32());
     // Queued appends go out first, so the catch-up read below and later sends never overlap.
     live::flush(hub);
     // Bytes stay in a JS buffer, so wasm memory never grows to a page's size.
@@ -116,6 +122,7 @@ pub fn accept(
     let state = ClientState {
         json: meta.is_json(),
         hello,
+        id,
     };
     let attached = serde_json::to_string(&state)
         .map_err(|e| worker::Error::RustError(e.to_string()))
@@ -125,6 +132,10 @@ pub fn accept(
         return Err(e);
     }
     hub.clients_changed();
+    if state.hello.receipts {
+        // The catch-up below counts as sent and not yet read.
+        hub.receipts().opened(id, start);
+    }
     let mut emit = Emitter::new(
         Direct(ws),
         state.json,
@@ -181,7 +192,13 @@ pub struct Group {
     cursor: u64,
     /// See [`ClientHello::combined`].
     combined: bool,
-    sockets: Vec<WebSocket>,
+    sockets: Vec<Client>,
+}
+
+/// A client socket, and its id among the [`Receipts`] when it sends them.
+struct Client {
+    ws: WebSocket,
+    receipts: Option<u64>,
 }
 
 /// The client sockets, grouped by cursor, read from their attachments.
@@ -192,6 +209,10 @@ pub fn groups(sockets: Vec<WebSocket>) -> Vec<Group> {
             continue;
         };
         let (cursor, combined) = (state.hello.cursor, state.hello.combined);
+        let ws = Client {
+            ws,
+            receipts: state.hello.receipts.then_some(state.id),
+        };
         match groups
             .iter_mut()
             .find(|g| g.cursor == cursor && g.combined == combined)
@@ -207,13 +228,17 @@ pub fn groups(sockets: Vec<WebSocket>) -> Vec<Group> {
     groups
 }
 
-/// Sends log bytes `payload` ending at `end` to every client: one data message (when there are
-/// bytes) and one control message, each built once, or for clients that take them combined, one
-/// data message with the control fields inside, built once per group.
+/// Sends log bytes `payload` from `start` to `end` to every client: one data message (when
+/// there are bytes) and one control message, each built once, or for clients that take them
+/// combined, one data message with the control fields inside, built once per group. A client
+/// that sends receipts and would be too far behind them is closed instead.
+#[allow(clippy::too_many_arguments)]
 pub fn deliver(
     groups: &[Group],
+    receipts: &Receipts,
     json_stream: bool,
     payload: &[u8],
+    start: Offset,
     end: Offset,
     closed: bool,
     up_to_date: bool,
@@ -250,10 +275,20 @@ pub fn deliver(
                 Some(JsValue::from_str(&ws::control_message(&control))),
             ]
         };
-        for ws in &group.sockets {
+        for client in &group.sockets {
+            match client.receipts.map(|id| receipts.admit(id, start, end)) {
+                None | Some(Admit::Send) => {}
+                Some(Admit::Skip) => continue,
+                Some(Admit::Cut) => {
+                    let _ = client
+                        .ws
+                        .close_with_code_and_reason(close::RESTART, wsproto::FELL_BEHIND);
+                    continue;
+                }
+            }
             // A socket that is closing refuses the send; its client reconnects and resumes.
             for message in messages.iter().flatten() {
-                let _ = send(ws, message);
+                let _ = send(&client.ws, message);
             }
         }
     }
@@ -267,7 +302,7 @@ pub fn close_all(
     spared: Option<&WebSocket>,
 ) {
     let message = message.map(JsValue::from_str);
-    for ws in groups.iter().flat_map(|g| &g.sockets) {
+    for ws in groups.iter().flat_map(|g| &g.sockets).map(|c| &c.ws) {
         if spared.is_some_and(|s| js_sys::Object::is(s, ws)) {
             continue;
         }
@@ -276,6 +311,77 @@ pub fn close_all(
         }
         let _ = ws.close_with_code_and_reason(close::NORMAL, reason);
     }
+}
+
+/// How far each client socket that sends receipts has read, by its id. workerd cannot say
+/// how much of what a WebSocket sent is still queued (workerd#988), so without them a client
+/// that stops reading (a frozen tab, a network gone without a FIN) would make the runtime hold
+/// every later append for it. In memory only: after the object wakes from hibernation, a
+/// socket counts as having read everything sent before.
+pub struct Receipts {
+    /// `WS_BACKLOG_BYTES`.
+    limit: u64,
+    read: RefCell<HashMap<u64, Read>>,
+}
+
+#[derive(Clone, Copy)]
+enum Read {
+    /// Everything before this offset.
+    Before(Offset),
+    /// Closed for falling behind; nothing more is sent.
+    Cut,
+}
+
+impl Receipts {
+    pub fn new(limit: u64) -> Receipts {
+        Receipts {
+            limit,
+            read: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// A socket that has read everything before `start`.
+    pub fn opened(&self, id: u64, start: Offset) {
+        self.read.borrow_mut().insert(id, Read::Before(start));
+    }
+
+    /// A receipt: the socket has read everything before `offset`.
+    pub fn received(&self, id: u64, offset: Offset) {
+        let mut read = self.read.borrow_mut();
+        let entry = read.entry(id).or_insert(Read::Before(offset));
+        if let Read::Before(at) = entry {
+            *at = (*at).max(offset);
+        }
+    }
+
+    pub fn closed(&self, id: u64) {
+        self.read.borrow_mut().remove(&id);
+    }
+
+    /// Whether data from `start` to `end` goes to socket `id`: not when it was cut off, nor
+    /// when the data would leave it more than the limit behind its receipts, which cuts it off
+    /// now. A socket not known yet (the object woke from hibernation) counts as having read
+    /// everything before `start`.
+    fn admit(&self, id: u64, start: Offset, end: Offset) -> Admit {
+        let mut read = self.read.borrow_mut();
+        let entry = read.entry(id).or_insert(Read::Before(start));
+        match *entry {
+            Read::Cut => Admit::Skip,
+            Read::Before(at) if end.distance_from(at) > self.limit => {
+                *entry = Read::Cut;
+                Admit::Cut
+            }
+            Read::Before(_) => Admit::Send,
+        }
+    }
+}
+
+/// See [`Receipts::admit`].
+#[derive(Debug, PartialEq)]
+enum Admit {
+    Send,
+    Skip,
+    Cut,
 }
 
 /// Lets append frames through one at a time, in the order they arrived: each socket message is
@@ -405,6 +511,28 @@ mod tests {
         let fork = meta(100, 200);
         assert!(!serves(&fork, at(99)));
         assert!(serves(&fork, at(100)));
+    }
+
+    #[test]
+    fn a_client_is_cut_off_once_too_far_behind_its_receipts() {
+        let at = |p: u64| Offset::new(p).unwrap();
+        let receipts = Receipts::new(100);
+        receipts.opened(1, at(0));
+        assert_eq!(receipts.admit(1, at(0), at(60)), Admit::Send);
+        assert_eq!(receipts.admit(1, at(60), at(100)), Admit::Send);
+        receipts.received(1, at(60));
+        // A receipt never moves back.
+        receipts.received(1, at(10));
+        assert_eq!(receipts.admit(1, at(100), at(160)), Admit::Send);
+        assert_eq!(receipts.admit(1, at(160), at(161)), Admit::Cut);
+        // Cut off: nothing more, whatever it says now.
+        receipts.received(1, at(161));
+        assert_eq!(receipts.admit(1, at(161), at(162)), Admit::Skip);
+        // After a wake from hibernation a socket counts as having read what came before.
+        assert_eq!(receipts.admit(2, at(500), at(600)), Admit::Send);
+        assert_eq!(receipts.admit(2, at(600), at(601)), Admit::Cut);
+        receipts.closed(2);
+        assert_eq!(receipts.admit(2, at(700), at(701)), Admit::Send);
     }
 
     #[test]

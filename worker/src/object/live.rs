@@ -36,6 +36,7 @@ pub struct Hub {
     clients: clients::Cached,
     /// The client socket whose append is being applied: it gets its ack before any close.
     appending: RefCell<Option<WebSocket>>,
+    receipts: clients::Receipts,
 }
 
 /// Log bytes `[start, end)` waiting to be sent as one frame (or a few, when large).
@@ -48,13 +49,20 @@ struct Pending {
 }
 
 impl Hub {
-    pub fn new(state: DurableObjectState) -> Hub {
+    /// `ws_backlog_bytes`: how far a client that sends receipts may fall behind them.
+    pub fn new(state: DurableObjectState, ws_backlog_bytes: u64) -> Hub {
         Hub {
             state,
             pending: RefCell::new(None),
             clients: RefCell::new(None),
             appending: RefCell::new(None),
+            receipts: clients::Receipts::new(ws_backlog_bytes),
         }
+    }
+
+    /// How far the client sockets that send receipts have read.
+    pub fn receipts(&self) -> &clients::Receipts {
+        &self.receipts
     }
 
     /// Marks `ws` as the socket whose append is being applied, until the guard is dropped.
@@ -216,7 +224,16 @@ fn send(hub: &Hub, p: Pending) {
             let bytes = frame::encode_data(from, to, closed && last, last, payload);
             send_all(&sockets, &bytes);
         }
-        clients::deliver(&clients, json_stream, payload, to, closed && last, last);
+        clients::deliver(
+            &clients,
+            &hub.receipts,
+            json_stream,
+            payload,
+            from,
+            to,
+            closed && last,
+            last,
+        );
         at = cut;
     }
     // Long-polls are answered by their first frame; a closed stream has nothing more to say.

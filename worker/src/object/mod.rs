@@ -32,7 +32,7 @@ use crate::http::{self, header, now_ms};
 use crate::path::StreamName;
 use crate::reply::{self, PageData, ReadReply, X_PAGE_END};
 use crate::security;
-use crate::wsproto::{self, ClientHello, Incoming};
+use crate::wsproto::{self, ClientHello, ClientMessage, Incoming};
 use store::{Meta, Page, ReadError, Store, MAX_POSITION};
 
 /// Catch-up reads return at most this much (rounded up to a whole JSON message).
@@ -76,9 +76,12 @@ impl DurableObject for StreamObject {
     fn new(state: State, env: Env) -> Self {
         let raw = state._inner();
         // The runtime object is shared, not copied: both handles reach the same state.
-        let hub = live::Hub::new(wasm_bindgen::JsCast::unchecked_into(raw.clone()));
-        let state = State::from(raw);
         let config = Config::from_env(&env);
+        let hub = live::Hub::new(
+            wasm_bindgen::JsCast::unchecked_into(raw.clone()),
+            config.ws_backlog_bytes,
+        );
+        let state = State::from(raw);
         let store = match Store::open(state.storage().sql()) {
             Ok(store) => Some(store),
             Err(e) => {
@@ -149,8 +152,12 @@ impl DurableObject for StreamObject {
             WebSocketIncomingMessage::String(text) => Incoming::Text(text),
             WebSocketIncomingMessage::Binary(bytes) => Incoming::Binary(bytes),
         };
-        let reply = match wsproto::parse_append(incoming, state.json) {
-            Ok((frame, body)) => {
+        let reply = match wsproto::parse_client(incoming, state.json) {
+            Ok(ClientMessage::Received(offset)) => {
+                self.hub.receipts().received(state.id, offset);
+                return Ok(());
+            }
+            Ok(ClientMessage::Append(frame, body)) => {
                 // Should this append close the stream, this socket is closed after its ack.
                 let _appending = self.hub.appending(ws.as_ref());
                 self.socket_append(&frame, body, &state.hello).await
@@ -179,7 +186,8 @@ impl DurableObject for StreamObject {
         // Answer the close frame (workerd leaves that to the application).
         let _ = ws.close(Some(1000), Some("closed"));
         // The edge's sockets come and go all the time; only a client's changes the groups.
-        if clients::ClientState::of(ws.as_ref()).is_some() {
+        if let Some(state) = clients::ClientState::of(ws.as_ref()) {
+            self.hub.receipts().closed(state.id);
             self.hub.clients_changed();
         }
         Ok(())

@@ -1,0 +1,239 @@
+// Receipts on `live=ws` (subprotocol edgestream.v3, docs/websocket.md): a client that offers it
+// says how far it has read, and the server closes its socket with 1012 once it would be more than
+// WS_BACKLOG_BYTES behind, instead of queueing every later append in the runtime's memory for a
+// client that stopped reading. Checked on both ends that hold client sockets: the stream's object
+// (a client near the tail) and the edge (a client that started more than a page behind).
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WebSocket } from 'undici';
+import { startServer } from '../scripts/dev-server.mjs';
+
+const MIB = 1024 * 1024;
+const LIMIT = MIB;
+const CHUNK = 64 * 1024;
+const FELL_BEHIND = 'fell behind: reconnect from the last offset';
+
+let server: Awaited<ReturnType<typeof startServer>>;
+
+beforeAll(async () => {
+  server = await startServer({ vars: { WS_BACKLOG_BYTES: String(LIMIT) } });
+});
+
+afterAll(async () => {
+  await server?.stop();
+});
+
+const base = () => `${server.baseUrl}/v1/stream`;
+let counter = 0;
+const unique = (prefix: string) => `${prefix}-${process.pid}-${Date.now()}-${counter++}`;
+
+async function create(name: string, body?: Buffer) {
+  const res = await fetch(`${base()}/${name}`, {
+    method: 'PUT',
+    headers: { 'content-type': 'application/octet-stream' },
+    body: body && new Uint8Array(body),
+  });
+  expect(res.status).toBe(201);
+  return res.headers.get('stream-next-offset')!;
+}
+
+async function append(name: string, body: Buffer) {
+  const res = await fetch(`${base()}/${name}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/octet-stream' },
+    body: new Uint8Array(body),
+  });
+  expect(res.status).toBe(204);
+  return res.headers.get('stream-next-offset')!;
+}
+
+/** A chunk whose bytes say where they are, so a gap or a repeat shows in the comparison. */
+const chunk = (i: number) => Buffer.alloc(CHUNK, i % 251);
+
+/**
+ * A socket on a binary stream that collects what it is sent: payload bytes, and the offset of the
+ * last control (alone, or in a combined message's header). With `receipts`, it answers each
+ * control with a receipt, as a client that keeps reading does.
+ */
+class Follower {
+  chunks: Buffer[] = [];
+  bytes = 0;
+  offset: string | undefined;
+  upToDate = false;
+  errors: Array<Record<string, unknown>> = [];
+  closed: Promise<{ code: number; reason: string }>;
+
+  private constructor(
+    readonly ws: WebSocket,
+    receipts: boolean,
+  ) {
+    ws.binaryType = 'arraybuffer';
+    ws.addEventListener('message', (e) => {
+      let control: Record<string, any> | undefined;
+      if (typeof e.data === 'string') {
+        const json = JSON.parse(e.data);
+        if (json.type === 'error') this.errors.push(json);
+        if (json.type === 'control') control = json;
+      } else {
+        const data = Buffer.from(e.data as ArrayBuffer);
+        if (ws.protocol) {
+          const len = data.readUInt32BE(0);
+          if (len > 0) control = JSON.parse(data.subarray(4, 4 + len).toString());
+          this.take(data.subarray(4 + len));
+        } else {
+          this.take(data);
+        }
+      }
+      if (control) {
+        this.offset = control.streamNextOffset;
+        this.upToDate = control.upToDate === true;
+        if (receipts) ws.send(JSON.stringify({ type: 'received', offset: this.offset }));
+      }
+    });
+    this.closed = new Promise((resolve) => ws.addEventListener('close', (e) => resolve({ code: e.code, reason: e.reason })));
+  }
+
+  private take(bytes: Buffer) {
+    this.chunks.push(bytes);
+    this.bytes += bytes.length;
+  }
+
+  static async open(name: string, offset: string, protocols: string[], receipts: boolean) {
+    const ws = new WebSocket(`${base().replace(/^http/, 'ws')}/${name}?offset=${offset}&live=ws`, protocols);
+    const follower = new Follower(ws, receipts);
+    await new Promise<void>((resolve, reject) => {
+      ws.addEventListener('open', () => resolve());
+      ws.addEventListener('error', () => reject(new Error('cannot open the socket')));
+    });
+    return follower;
+  }
+
+  /** Waits until `done()` or the socket closes; false if neither happens in time. */
+  async until(done: () => boolean, timeoutMs = 20_000) {
+    const deadline = Date.now() + timeoutMs;
+    while (!done() && this.ws.readyState !== WebSocket.CLOSED) {
+      if (Date.now() > deadline) return false;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return done();
+  }
+}
+
+/** Whether the socket is still open `ms` later. */
+async function stillOpen(follower: Follower, ms = 300) {
+  await new Promise((r) => setTimeout(r, ms));
+  return follower.ws.readyState === WebSocket.OPEN;
+}
+
+describe('WebSocket receipts (edgestream.v3)', () => {
+  it('answers edgestream.v3 when it is offered, and edgestream.v2 when only that is', async () => {
+    const name = unique('proto');
+    await create(name);
+    for (const [offered, chosen] of [
+      [['edgestream.v3', 'edgestream.v2'], 'edgestream.v3'],
+      [['edgestream.v2', 'edgestream.v3'], 'edgestream.v3'],
+      [['edgestream.v2'], 'edgestream.v2'],
+    ] as const) {
+      const follower = await Follower.open(name, 'now', [...offered], false);
+      expect(follower.ws.protocol).toBe(chosen);
+      follower.ws.close();
+    }
+  });
+
+  it('a client that sends receipts as it reads follows many times the limit on one socket', async () => {
+    const name = unique('reads');
+    await create(name);
+    const follower = await Follower.open(name, 'now', ['edgestream.v3'], true);
+    expect(await follower.until(() => follower.offset !== undefined)).toBe(true);
+    const sent: Buffer[] = [];
+    let tail = '';
+    for (let i = 0; i < 128; i++) {
+      sent.push(chunk(i));
+      tail = await append(name, sent[i]);
+    }
+    expect(await follower.until(() => follower.offset === tail)).toBe(true);
+    expect(Buffer.concat(follower.chunks).equals(Buffer.concat(sent))).toBe(true);
+    expect(await stillOpen(follower)).toBe(true);
+    follower.ws.close();
+  });
+
+  it('a client that stops sending receipts is closed with 1012 past the limit, and resumes from its offset exactly', async () => {
+    const name = unique('stalls');
+    await create(name);
+    const follower = await Follower.open(name, 'now', ['edgestream.v3'], false);
+    expect(await follower.until(() => follower.offset !== undefined)).toBe(true);
+    const sent: Buffer[] = [];
+    for (let i = 0; i < 64; i++) {
+      sent.push(chunk(i));
+      await append(name, sent[i]);
+    }
+    const closed = await follower.closed;
+    expect(closed).toEqual({ code: 1012, reason: FELL_BEHIND });
+    // It was sent up to the limit (from where it last said it was), and nothing beyond.
+    expect(follower.bytes).toBeGreaterThanOrEqual(LIMIT - CHUNK);
+    expect(follower.bytes).toBeLessThanOrEqual(LIMIT);
+    // Resuming from the last control's offset gives the rest: nothing lost, nothing twice.
+    const resumed = await Follower.open(name, follower.offset!, ['edgestream.v3'], true);
+    expect(await resumed.until(() => resumed.upToDate)).toBe(true);
+    expect(Buffer.concat([...follower.chunks, ...resumed.chunks]).equals(Buffer.concat(sent))).toBe(true);
+    resumed.ws.close();
+  });
+
+  it('a client that does not offer receipts is never cut off', async () => {
+    const name = unique('v2');
+    await create(name);
+    const follower = await Follower.open(name, 'now', ['edgestream.v2'], false);
+    expect(await follower.until(() => follower.offset !== undefined)).toBe(true);
+    let tail = '';
+    for (let i = 0; i < 48; i++) tail = await append(name, chunk(i));
+    expect(await follower.until(() => follower.offset === tail)).toBe(true);
+    expect(follower.bytes).toBe(48 * CHUNK);
+    expect(await stillOpen(follower)).toBe(true);
+    follower.ws.close();
+  });
+
+  it('a client the edge serves (it started more than a page behind) is held to its receipts once live', async () => {
+    const catchUp = Buffer.concat(Array.from({ length: 80 }, (_, i) => chunk(i))); // 5 MiB
+    for (const receipts of [true, false]) {
+      const name = unique(receipts ? 'edge-reads' : 'edge-stalls');
+      await create(name, catchUp);
+      const follower = await Follower.open(name, '-1', ['edgestream.v3'], receipts);
+      expect(await follower.until(() => follower.upToDate)).toBe(true);
+      expect(follower.bytes).toBe(catchUp.length);
+      const sent: Buffer[] = [];
+      let tail = '';
+      for (let i = 0; i < 48; i++) {
+        sent.push(chunk(1000 + i));
+        tail = await append(name, sent[i]);
+      }
+      if (receipts) {
+        expect(await follower.until(() => follower.offset === tail)).toBe(true);
+        expect(Buffer.concat(follower.chunks).equals(Buffer.concat([catchUp, ...sent]))).toBe(true);
+        expect(await stillOpen(follower)).toBe(true);
+        follower.ws.close();
+      } else {
+        expect(await follower.closed).toEqual({ code: 1012, reason: FELL_BEHIND });
+        const live = follower.bytes - catchUp.length;
+        expect(live).toBeGreaterThanOrEqual(LIMIT - CHUNK);
+        expect(live).toBeLessThanOrEqual(LIMIT);
+      }
+    }
+  });
+
+  it('refuses a receipt without a control offset with 1008, and appends nothing', async () => {
+    const name = unique('bad');
+    const tail = await create(name);
+    for (const bad of [
+      { type: 'received' },
+      { type: 'received', offset: '-1' },
+      { type: 'received', offset: tail, data: 'x' },
+    ]) {
+      const follower = await Follower.open(name, 'now', ['edgestream.v3'], false);
+      follower.ws.send(JSON.stringify(bad));
+      const closed = await follower.closed;
+      expect(closed.code).toBe(1008);
+      expect(follower.errors[0]).toMatchObject({ type: 'error', status: 400 });
+    }
+    const res = await fetch(`${base()}/${name}`, { method: 'HEAD' });
+    expect(res.headers.get('stream-next-offset')).toBe(tail);
+  });
+});
