@@ -44,10 +44,10 @@ export function es_on_hidden(callback) {
   d.addEventListener('visibilitychange', f);
   return () => d.removeEventListener('visibilitychange', f);
 }
-export function es_ws_open(url, protocol) {
+export function es_ws_open(url, protocols) {
   const WS = globalThis.WebSocket;
   if (typeof WS !== 'function') return null;
-  const socket = new WS(url, protocol);
+  const socket = new WS(url, protocols.split(','));
   socket.binaryType = 'arraybuffer';
   const queue = [];
   let waiter = null;
@@ -59,6 +59,7 @@ export function es_ws_open(url, protocol) {
   return {
     get protocol() { return socket.protocol; },
     next() { return queue.length ? Promise.resolve(queue.shift()) : new Promise((r) => { waiter = r; }); },
+    send(text) { try { socket.send(text); } catch {} },
     close() { try { socket.close(1000); } catch {} push({ kind: 'close', code: 1000, reason: 'closed by client' }); },
   };
 }
@@ -79,10 +80,11 @@ extern "C" {
     pub fn es_when_visible(signal: Option<&web_sys::AbortSignal>) -> Promise;
     /// Calls `callback` whenever the page becomes hidden; returns the function that unregisters it.
     pub fn es_on_hidden(callback: &Function) -> Function;
-    /// Opens a WebSocket offering `protocol` and returns `{ protocol, next(), close() }`
-    /// (`protocol`: the one the server chose), or null where there is no WebSocket.
+    /// Opens a WebSocket offering `protocols` (comma-separated) and returns
+    /// `{ protocol, next(), send(text), close() }` (`protocol`: the one the server chose), or
+    /// null where there is no WebSocket.
     #[wasm_bindgen(catch)]
-    pub fn es_ws_open(url: &str, protocol: &str) -> Result<JsValue, JsValue>;
+    pub fn es_ws_open(url: &str, protocols: &str) -> Result<JsValue, JsValue>;
 }
 
 /// Reads `obj[key]`, or `undefined` when `obj` is not an object.

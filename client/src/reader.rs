@@ -85,7 +85,17 @@ struct WsConn {
     /// Data arrived on this connection (as for [`SseConn`]: a control message alone does not
     /// count).
     delivered: bool,
+    /// The subprotocol the server chose, once the socket is open.
+    protocol: Option<String>,
+    /// The position of the last receipt sent (under [`ws::RECEIPTS`]).
+    receipted: Option<u64>,
 }
+
+/// Under [`ws::RECEIPTS`], how much the reader hands on between two receipts. The server closes
+/// a socket that falls `WS_BACKLOG_BYTES` (at least 256 KiB) behind its receipts; a receipt is
+/// sent as the application takes each batch, so a reader that stops taking them stops the server
+/// from queueing more for it.
+const RECEIPT_EVERY: u64 = 64 * 1024;
 
 struct Inner {
     url: String,
@@ -726,8 +736,8 @@ fn ws_url(url: &str) -> String {
 ///
 /// Binary messages carry data of non-JSON streams; text messages are the core's
 /// [`ServerMessage`]s: a JSON stream's data, a control that ends a batch, or both in one. Under
-/// the [`ws::COMBINED`] subprotocol the reader offers, a binary message's header may hold its
-/// batch's control too. Browsers cannot set headers on a WebSocket, so only `params` are sent.
+/// the subprotocols the reader offers ([`ws::RECEIPTS`], [`ws::COMBINED`]), a binary message's
+/// header may hold its batch's control too, and under [`ws::RECEIPTS`] the reader sends receipts. Browsers cannot set headers on a WebSocket, so only `params` are sent.
 async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
     if inner.borrow().ws.is_none() {
         let (url, query, params_src) = {
@@ -742,7 +752,8 @@ async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
             }
         }
         let full = ws_url(&http::with_query(&url, &q));
-        let socket = js::es_ws_open(&full, ws::COMBINED)?;
+        let offered = error::msg(&[ws::RECEIPTS, ",", ws::COMBINED]);
+        let socket = js::es_ws_open(&full, &offered)?;
         if socket.is_null() || socket.is_undefined() {
             return Err(error::new(
                 error::NOT_SUPPORTED,
@@ -756,6 +767,8 @@ async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
             socket,
             parts: Vec::new(),
             delivered: false,
+            protocol: None,
+            receipted: None,
         });
     }
     let Some(socket) = inner.borrow().ws.as_ref().map(|c| c.socket.clone()) else {
@@ -779,14 +792,17 @@ fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsV
         return Ok(None);
     }
     match js::get_string(frame, "kind").as_deref() {
-        Some("open") => Ok(None),
+        Some("open") => {
+            if let Some(c) = s.ws.as_mut() {
+                c.protocol = js::get_string(&c.socket, "protocol");
+            }
+            Ok(None)
+        }
         Some("binary") => {
             let bytes = js::body_bytes(&js::get(frame, "data")).unwrap_or_default();
-            // The server chose the subprotocol: binary messages have a header.
-            let combined =
-                s.ws.as_ref()
-                    .and_then(|c| js::get_string(&c.socket, "protocol"));
-            let combined = combined.as_deref() == Some(ws::COMBINED);
+            // The server chose a subprotocol: binary messages have a header.
+            let combined = s.ws.as_ref().and_then(|c| c.protocol.as_deref());
+            let combined = matches!(combined, Some(p) if p == ws::COMBINED || p == ws::RECEIPTS);
             let (control, payload) = if combined {
                 let (control, payload) = ws::parse_binary(&bytes)
                     .map_err(|_| batch::parse_error("WebSocket binary message has a bad header"))?;
@@ -848,12 +864,14 @@ fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsV
 }
 
 /// A control ends the socket's batch: its data parts become a batch at the control's position.
+/// Under [`ws::RECEIPTS`], the server hears how far the reader has got.
 fn end_batch(s: &mut Inner, control: Control) -> Result<(), JsValue> {
     let parts = match s.ws.as_mut() {
         Some(c) => {
             if c.parts.iter().any(|p| !p.is_empty()) {
                 c.delivered = true;
             }
+            send_receipt(c, &control.next_offset);
             core::mem::take(&mut c.parts)
         }
         None => Vec::new(),
@@ -871,6 +889,31 @@ fn end_batch(s: &mut Inner, control: Control) -> Result<(), JsValue> {
         s.drop_connections();
     }
     Ok(())
+}
+
+/// Tells the server the reader has everything before `offset`, when the socket takes receipts
+/// and the reader has moved [`RECEIPT_EVERY`] since the last one (or sent none yet).
+fn send_receipt(conn: &mut WsConn, offset: &str) {
+    if conn.protocol.as_deref() != Some(ws::RECEIPTS) {
+        return;
+    }
+    let Ok(position) = edgestream::Offset::parse(offset).map(edgestream::Offset::position) else {
+        return;
+    };
+    if conn
+        .receipted
+        .is_some_and(|last| position.saturating_sub(last) < RECEIPT_EVERY)
+    {
+        return;
+    }
+    conn.receipted = Some(position);
+    let send = js::get(&conn.socket, "send");
+    if let Some(f) = send.dyn_ref::<Function>() {
+        let _ = f.call1(
+            &conn.socket,
+            &JsValue::from_str(&ws::receipt_message(offset)),
+        );
+    }
 }
 
 /// An error about the stream, sent before the server closes the socket: a stream that is gone

@@ -250,6 +250,85 @@ async fn resumes_far_behind_over_websocket_across_connections() {
 }
 
 #[wasm_bindgen_test]
+async fn a_websocket_reader_that_stops_taking_batches_is_cut_off_and_resumes() {
+    // The reader sends receipts (edgestream.v3) as the application takes its batches. One that
+    // stops taking them while 24 MiB are appended stops sending receipts, so our Worker closes
+    // its socket once it is WS_BACKLOG_BYTES (8 MiB) behind them (1012) instead of queueing the
+    // rest. Taking batches again, the reader gets what was queued, reconnects at once from its
+    // offset and receives the rest, exactly once; with no retries allowed, a backoff would end
+    // it with an error. A reader that keeps taking batches stays on one socket meanwhile.
+    if option_env!("EDGESTREAM_TEST_WS") != Some("1") {
+        return;
+    }
+    reset_visibility();
+    let slow = unique("ws-stops");
+    let steady = unique("ws-steady");
+    for url in [&slow, &steady] {
+        create(url).await;
+        append(url, "-").await;
+    }
+    spy_install(&js_sys::Array::new(), JsValue::NULL);
+    let no_retries = [("retry", obj(&[("maxRetries", 0.into())]))];
+    let slow_reader = reader_for(&slow, "ws", &no_retries);
+    let steady_reader = reader_for(&steady, "ws", &no_retries);
+    assert_eq!(read_text(&slow_reader, 1).await, "-");
+    assert_eq!(read_text(&steady_reader, 1).await, "-");
+    // A pending read opens each live socket; the slow reader's resolves with the first append.
+    let slow_pending = slow_reader.next();
+    let steady_pending = steady_reader.next();
+    let live = until(5_000.0, || {
+        seen_live()
+            .iter()
+            .filter(|e| e.live == "ws" && e.open)
+            .count()
+            >= 2
+    })
+    .await;
+    if !live {
+        clean_up(&slow_reader);
+        clean_up(&steady_reader);
+        panic!("no open WebSockets: {:?}", seen());
+    }
+    let before = seen_live().len();
+    let letters = "abcdef";
+    let chunk = 4 << 20;
+    let mut steady_got = String::new();
+    for (i, letter) in letters.chars().enumerate() {
+        append(&slow, &letter.to_string().repeat(chunk)).await;
+        append(&steady, &letter.to_string().repeat(chunk)).await;
+        // The steady reader takes each append whole before the next is made.
+        steady_got.push_str(&if i == 0 {
+            finish_read(&steady_reader, &steady_pending, 10_000.0, chunk).await
+        } else {
+            read_text(&steady_reader, chunk).await
+        });
+    }
+    let got = finish_read(&slow_reader, &slow_pending, 10_000.0, letters.len() * chunk).await;
+    let sockets = |url: &str| {
+        let name = url.rsplit('/').next().unwrap_or(url);
+        seen_live()[before..]
+            .iter()
+            .filter(|e| e.live == "ws" && e.path.ends_with(name))
+            .count()
+    };
+    let (slow_sockets, steady_sockets) = (sockets(&slow), sockets(&steady));
+    clean_up(&slow_reader);
+    clean_up(&steady_reader);
+    for (got, what) in [(&got, "slow"), (&steady_got, "steady")] {
+        assert_eq!(got.len(), letters.len() * chunk, "{what}");
+        for (i, letter) in letters.chars().enumerate() {
+            let part = &got[i * chunk..(i + 1) * chunk];
+            assert!(
+                part.chars().all(|c| c == letter),
+                "{what}: part {i} is not all {letter}"
+            );
+        }
+    }
+    assert!(slow_sockets >= 1, "the slow reader was not cut off");
+    assert_eq!(steady_sockets, 0, "the steady reader was cut off");
+}
+
+#[wasm_bindgen_test]
 async fn resumes_from_an_offset_without_gap_or_duplicate() {
     let url = unique("resume");
     create(&url).await;
@@ -419,7 +498,7 @@ export function spy_install(cuts, rest) {
     if (method !== 'GET') return fetch.call(globalThis, input, init);
     const url = new URL(String(input), location.href);
     const live = url.searchParams.get('live') || '';
-    const entry = { live, offset: url.searchParams.get('offset') || '', open: true, cut: false, at: Math.round(performance.now()) };
+    const entry = { live, path: url.pathname, offset: url.searchParams.get('offset') || '', open: true, cut: false, at: Math.round(performance.now()) };
     spy.log.push(entry);
     let res;
     try {
@@ -450,6 +529,7 @@ export function spy_install(cuts, rest) {
         const socket = this;
         spy.log.push({
           live: u.searchParams.get('live') || '',
+          path: u.pathname,
           offset: u.searchParams.get('offset') || '',
           get open() { return socket.readyState <= 1; },
           cut: false,
@@ -502,6 +582,7 @@ extern "C" {
 #[derive(Debug)]
 struct Seen {
     live: String,
+    path: String,
     offset: String,
     open: bool,
     cut: bool,
@@ -520,6 +601,7 @@ fn seen() -> Vec<Seen> {
         .iter()
         .map(|e| Seen {
             live: get(&e, "live").as_string().unwrap_or_default(),
+            path: get(&e, "path").as_string().unwrap_or_default(),
             offset: get(&e, "offset").as_string().unwrap_or_default(),
             open: get(&e, "open").as_bool() == Some(true),
             cut: get(&e, "cut").as_bool() == Some(true),
