@@ -140,8 +140,10 @@ class Reader {
   }
 
   connectWs() {
-    // As the edgestream client does: a JSON append arrives as one message, its data and control.
-    const ws = new WebSocket(`${config.baseUrl.replace(/^http/, 'ws')}${this.query('ws')}`, 'edgestream.v2');
+    // As the edgestream client does: a JSON append arrives as one message, its data and control,
+    // and the reader sends a receipt every 64 KiB it moves (edgestream.v3).
+    const ws = new WebSocket(`${config.baseUrl.replace(/^http/, 'ws')}${this.query('ws')}`, ['edgestream.v3', 'edgestream.v2']);
+    let receipted;
     ws.binaryType = 'arraybuffer';
     let opened = false;
     ws.addEventListener('open', () => {
@@ -155,7 +157,14 @@ class Reader {
       }
       const json = JSON.parse(e.data);
       if (json.type === 'data') for (const value of json.items) this.item(value);
-      if (json.type === 'control' || (json.type === 'data' && 'streamNextOffset' in json)) this.control(json);
+      if (json.type === 'control' || (json.type === 'data' && 'streamNextOffset' in json)) {
+        this.control(json);
+        const position = Number(this.offset.split('_')[1]);
+        if (ws.protocol === 'edgestream.v3' && !(position - receipted < 65536)) {
+          receipted = position;
+          ws.send(JSON.stringify({ type: 'received', offset: this.offset }));
+        }
+      }
     });
     ws.addEventListener('close', () => {
       if (!opened) this.errors++;

@@ -4,7 +4,10 @@
 // delivery and per socket append, and the delivery latency. Not part of `npm run bench`; it is
 // how the README's figures for WebSocket readers held by the stream's object were measured.
 //
-//   node bench/ws.mjs [--readers 200] [--appends 300] [--writes 2000]
+//   node bench/ws.mjs [--readers 200] [--appends 300] [--writes 2000] [--protocol edgestream.v3]
+//
+// Readers offer `--protocol` (default edgestream.v3, as the edgestream client does, sending a
+// receipt every 64 KiB they read; edgestream.v2 for none).
 import http from 'node:http';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
@@ -14,15 +17,28 @@ const argv = process.argv.slice(2);
 const readers = Number(option(argv, 'readers', 200));
 const appends = Number(option(argv, 'appends', 300));
 const writes = Number(option(argv, 'writes', 2000));
+const protocol = option(argv, 'protocol', 'edgestream.v3');
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
 
 /** Opens a socket on `url` and resolves once it is open; `onMessage` gets every message. */
 function open(url, onMessage) {
   // Offered as the edgestream client offers it: a JSON append arrives as one message.
-  const ws = new WebSocket(url, 'edgestream.v2');
+  const ws = new WebSocket(url, protocol);
   ws.binaryType = 'arraybuffer';
-  ws.addEventListener('message', (e) => onMessage(e.data));
+  let receipted;
+  ws.addEventListener('message', (e) => {
+    onMessage(e.data);
+    if (ws.protocol !== 'edgestream.v3' || typeof e.data !== 'string') return;
+    const message = JSON.parse(e.data);
+    const offset = message.streamNextOffset;
+    if (!['data', 'control'].includes(message.type) || offset === undefined) return;
+    const position = Number(offset.split('_')[1]);
+    if (!(position - receipted < 65536)) {
+      receipted = position;
+      ws.send(JSON.stringify({ type: 'received', offset }));
+    }
+  });
   return new Promise((resolve, reject) => {
     ws.addEventListener('open', () => resolve(ws));
     ws.addEventListener('error', () => reject(new Error(`cannot open ${url}`)));
