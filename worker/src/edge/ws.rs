@@ -189,8 +189,6 @@ impl Session {
         let stop = Cell::new(false);
         let mut follower = Follower {
             session: &self,
-            stub: &self.stub,
-            name: &self.name,
             emit: Rc::new(RefCell::new(Emitter::new(
                 self.out.clone(),
                 self.json,
@@ -260,8 +258,6 @@ impl Session {
 /// Sends the stream to the client: catch-up pages, then live frames.
 struct Follower<'a> {
     session: &'a Session,
-    stub: &'a Stub,
-    name: &'a StreamName,
     /// What the client has been sent; shared with the live socket's handler.
     emit: Rc<RefCell<Emitter<SocketSender>>>,
     pending: Option<Subscription>,
@@ -310,7 +306,8 @@ impl Follower<'_> {
                 Delay::from(Duration::from_millis(wait)).await;
             }
             let offset = self.emit.borrow().offset;
-            match subscribe(self.stub, self.name, offset, LiveMode::WebSocket).await {
+            let session = self.session;
+            match subscribe(&session.stub, &session.name, offset, LiveMode::WebSocket).await {
                 Ok(sub) => self.pending = Some(sub),
                 Err(e) => {
                     worker::console_warn!("ws: cannot subscribe: {e}");
