@@ -15,8 +15,11 @@
 //! their order) and answers each with an ack or an error.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::ops::ControlFlow;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use edgestream::headers::{self as h, ContentType, LiveMode};
@@ -47,7 +50,8 @@ const DRAIN_MS: u64 = 10_000;
 /// How much catch-up one connection carries before the edge asks the client to reconnect from
 /// its offset (close code 1012). workerd cannot tell how much of what a WebSocket sent the
 /// client has read (workerd#988), so catch-up could otherwise outrun a slow client into the
-/// edge's memory; the close is queued behind the data, so the client reads it all first.
+/// edge's memory; the close is queued behind the data, so the client reads it all first. A
+/// client that sends receipts is paced by them instead, on one connection.
 const CATCH_UP_PER_CONNECTION: usize = 16 * 1024 * 1024;
 
 /// `GET /v1/stream/<path>?offset=X&live=ws` with `Upgrade: websocket`. The request has been
@@ -122,7 +126,13 @@ pub async fn websocket(
         config: config.clone(),
         append: hello.append.clone(),
         out: client.sender(),
-        read: Rc::new(Cell::new(None)),
+        // Catch-up is counted from where the client starts (a client at `now` starts live).
+        read: Rc::new(Cell::new(match from {
+            ReadFrom::Start => Some(Offset::ZERO),
+            ReadFrom::At(offset) => Some(offset),
+            ReadFrom::Now => None,
+        })),
+        receipt_waker: RefCell::new(None),
     };
     let first = Subscription::Page(first);
     wasm_bindgen_futures::spawn_local(session.run(client, from, first));
@@ -179,8 +189,10 @@ struct Session {
     /// Whether the token presented at the handshake allows appends.
     append: AppendGrant,
     out: SocketSender,
-    /// What the client's receipts say it has read (once it has sent one, or has gone live).
+    /// What the client's receipts say it has read: where it started until it sends one.
     read: Rc<Cell<Option<Offset>>>,
+    /// The catch-up waiting for a receipt ([`ReceiptAt`]).
+    receipt_waker: RefCell<Option<Waker>>,
 }
 
 impl Session {
@@ -227,6 +239,9 @@ impl Session {
     fn received(&self, offset: Offset) {
         let read = self.read.get().map_or(offset, |r| r.max(offset));
         self.read.set(Some(read));
+        if let Some(waker) = self.receipt_waker.take() {
+            waker.wake();
+        }
     }
 
     fn finish(&self, client: &Socket, end: End) {
@@ -323,12 +338,15 @@ impl Follower<'_> {
         let emit = self.emit.clone();
         let delivered = Rc::new(Cell::new(false));
         let seen = delivered.clone();
-        // Catch-up has its own budget; going live, the client counts as having read it.
+        // A client that started at `now` counts from where it goes live.
         let read = self.session.read.clone();
         if read.get().is_none() {
             read.set(Some(start));
         }
         let limit = self.session.backlog_limit;
+        // The subscription's first frame is the rest of the catch-up (at most a page): paced as
+        // the pages were, it is not held to the limit; what follows is.
+        let mut backlog = true;
         let handled = socket.handle(move |event| {
             let outcome = match event {
                 SocketEvent::Binary(bytes) => match frame::decode(&bytes) {
@@ -342,7 +360,9 @@ impl Follower<'_> {
                         let mut emit = emit.borrow_mut();
                         if emit.offset != ReadFrom::At(start) {
                             Some(LiveEnd::Lost)
-                        } else if falls_behind(limit, read.get(), end) {
+                        } else if !std::mem::replace(&mut backlog, false)
+                            && falls_behind(limit, read.get(), end)
+                        {
                             Some(LiveEnd::End(End::Restart(wsproto::FELL_BEHIND)))
                         } else {
                             seen.set(true);
@@ -392,11 +412,42 @@ impl Follower<'_> {
         let Ok(body) = http::response_bytes(&resp).await else {
             return Some(End::Restart("stream read failed"));
         };
+        let ended = self.send_page(&body, end, up_to_date, closed);
+        // Sent: the page is not kept in wasm memory while the client reads it.
+        let page_bytes = body.len();
+        drop(body);
+        if ended.is_some() || up_to_date {
+            return ended;
+        }
+        let session = self.session;
+        if let Some(limit) = session.backlog_limit {
+            // The next page goes once the client is within the limit of what it was sent.
+            let at = Offset::new(end.position().saturating_sub(limit)).unwrap_or(Offset::ZERO);
+            ReceiptAt { session, at }.await;
+            return None;
+        }
+        self.caught_up += page_bytes;
+        if self.caught_up >= CATCH_UP_PER_CONNECTION {
+            return Some(End::Restart(
+                "catch-up continues: reconnect from the last offset",
+            ));
+        }
+        None
+    }
+
+    /// Sends a page's data and its control, ending at `end`; `Some` when the session ends.
+    fn send_page(
+        &mut self,
+        body: &[u8],
+        end: Offset,
+        up_to_date: bool,
+        closed: bool,
+    ) -> Option<End> {
         let mut emit = self.emit.borrow_mut();
         let sent = if emit.json {
-            emit.send_json_page(&body)
+            emit.send_json_page(body)
         } else {
-            emit.send_binary_page(&body)
+            emit.send_binary_page(body)
         };
         let has_data = match sent {
             Ok(has_data) => has_data,
@@ -415,13 +466,26 @@ impl Follower<'_> {
             return Some(End::Restart("stream is not advancing"));
         }
         self.stalled = !progress;
-        self.caught_up += body.len();
-        if !up_to_date && self.caught_up >= CATCH_UP_PER_CONNECTION {
-            return Some(End::Restart(
-                "catch-up continues: reconnect from the last offset",
-            ));
-        }
         None
+    }
+}
+
+/// Resolves once the client's receipts say it has read everything before `at`. It never does
+/// for a client that stops reading; its session ends when its socket closes.
+struct ReceiptAt<'a> {
+    session: &'a Session,
+    at: Offset,
+}
+
+impl Future for ReceiptAt<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.session.read.get().is_some_and(|read| read >= self.at) {
+            return Poll::Ready(());
+        }
+        self.session.receipt_waker.replace(Some(cx.waker().clone()));
+        Poll::Pending
     }
 }
 

@@ -133,8 +133,8 @@ pub fn accept(
     }
     hub.clients_changed();
     if state.hello.receipts {
-        // The catch-up below counts as sent and not yet read.
-        hub.receipts().opened(id, start);
+        // The catch-up below (at most a page) is not held to the limit; live appends are.
+        hub.receipts().opened(id, end);
     }
     let mut emit = Emitter::new(
         Direct(ws),
