@@ -120,10 +120,19 @@ async function fanout(server, side, { readers, messages, mode = 'sse' }) {
     for (let i = 0; i < readers; i++) {
       if (mode === 'ws') {
         // Ours sends each append as one message (data with its control fields) to clients that
-        // offer edgestream.v2, as the edgestream client does.
-        const ws = new WebSocket(readUrl.replace('http', 'ws'), side === 'ours' ? 'edgestream.v2' : undefined);
+        // offer edgestream.v3, as the edgestream client does; the client's first receipt follows
+        // its first control, and 100 small messages never add up to the 64 KiB of the next.
+        const ws = new WebSocket(readUrl.replace('http', 'ws'), side === 'ours' ? 'edgestream.v3' : undefined);
+        let receipted = false;
         ws.addEventListener('message', (e) => {
           if (side !== 'ours' || String(e.data).startsWith('{"type":"data"')) counts[i]++;
+          if (side === 'ours' && !receipted) {
+            const offset = JSON.parse(String(e.data)).streamNextOffset;
+            if (offset) {
+              receipted = true;
+              ws.send(JSON.stringify({ type: 'received', offset }));
+            }
+          }
         });
         ws.addEventListener('error', () => {});
         requests.push({ destroy: () => ws.close() });

@@ -179,27 +179,33 @@ async function followSse(name: string): Promise<Followed> {
 
 /**
  * The same over `live=ws`: binary messages are data, text messages are controls. With
- * `combined` the socket offers edgestream.v2, whose binary messages start with a header that
- * may hold their batch's control.
+ * `receipts` the socket offers edgestream.v3, as the edgestream client does: its binary messages
+ * start with a header that may hold their batch's control, and it answers each control with a
+ * receipt.
  */
-async function followWs(name: string, combined = false): Promise<Followed> {
+async function followWs(name: string, receipts = false): Promise<Followed> {
+  const combined = receipts;
   const f = new Follower();
   while (!f.closed) {
     await new Promise<void>((resolve) => {
       const url = `${streamUrl(name).replace('http', 'ws')}?offset=${encodeURIComponent(f.offset)}&live=ws`;
-      const ws = new WebSocket(url, combined ? ['edgestream.v2'] : []);
+      const ws = new WebSocket(url, receipts ? ['edgestream.v3'] : []);
       ws.binaryType = 'arraybuffer';
+      const receipt = (control: { streamNextOffset: string }) => {
+        f.control(control);
+        if (receipts) ws.send(JSON.stringify({ type: 'received', offset: control.streamNextOffset }));
+      };
       ws.addEventListener('open', () => f.connected());
       ws.addEventListener('message', (e) => {
         if (typeof e.data !== 'string' && combined) {
           const bytes = Buffer.from(e.data as ArrayBuffer);
           const length = bytes.readUInt32BE(0);
           f.data(bytes.subarray(4 + length));
-          if (length > 0) f.control(JSON.parse(bytes.subarray(4, 4 + length).toString()));
+          if (length > 0) receipt(JSON.parse(bytes.subarray(4, 4 + length).toString()));
         } else if (typeof e.data !== 'string') f.data(Buffer.from(e.data as ArrayBuffer));
         else {
           const message = JSON.parse(e.data);
-          if (message.type === 'control') f.control(message);
+          if (message.type === 'control') receipt(message);
         }
       });
       ws.addEventListener('close', () => resolve());
@@ -233,7 +239,7 @@ test(`acknowledged appends survive ${KILLS} SIGKILLs exactly once, and SSE and W
     expect((await until(streamUrl(`prod-${i}`), { method: 'PUT', headers: { 'content-type': 'text/plain' } })).status).toBe(201);
   }
   const followed = ['plain-0', 'prod-0'];
-  const kinds = ['SSE', 'WebSocket', 'WebSocket (edgestream.v2)'];
+  const kinds = ['SSE', 'WebSocket', 'WebSocket (edgestream.v3, with receipts)'];
   const readers = followed.flatMap((name) => [followSse(name), followWs(name), followWs(name, true)]);
 
   let stopping = false;
