@@ -757,7 +757,7 @@ function fanoutFloor(report) {
   const readers = report.options.sseReaders;
   const [wsOurs, wsFloor] = [report.floor.ours.fanoutWs, report.floor.floor.fanoutWs];
   const ws = wsOurs && wsFloor
-    ? ` With ${wsFloor.readers} WebSocket readers whose sockets the object holds, the floor spent ${wsFloor.usPerDelivery} µs per message per reader against ${wsOurs.usPerDelivery} µs for edgestream, which sends each reader two messages per append (data, then control) where the floor sends one.`
+    ? ` With ${wsFloor.readers} WebSocket readers whose sockets the object holds, the floor spent ${wsFloor.usPerDelivery} µs per message per reader against ${wsOurs.usPerDelivery} µs for edgestream, which sends each reader one message per append too (under edgestream.v3: the data with its control fields) and checks it against the reader's receipts.`
     : '';
   return ` Measured directly (bench/floor.mjs): with ${floor.readers} SSE readers held the same way, each fed by an internal socket the object accepted, a plain JS Worker with no wasm and no protocol spent ${floor.usPerDelivery} µs of workerd CPU per message per reader against ${ours.usPerDelivery} µs for edgestream, so even with no code of ours one message to ${readers.toLocaleString('en-US')} SSE readers would take about ${Math.round((floor.usPerDelivery * readers) / 1000)} ms of the thread.${ws}`;
 }
