@@ -154,7 +154,10 @@ impl DurableObject for StreamObject {
         };
         let reply = match wsproto::parse_client(incoming, state.json) {
             Ok(ClientMessage::Received(offset)) => {
-                self.hub.receipts().received(state.id, offset);
+                // Only a socket under edgestream.v3 is held to its receipts.
+                if state.hello.receipts {
+                    self.hub.receipts().received(state.id, offset);
+                }
                 return Ok(());
             }
             Ok(ClientMessage::Append(frame, body)) => {
