@@ -184,6 +184,20 @@ describe('WebSocket receipts (edgestream.v3)', () => {
     resumed.ws.close();
   });
 
+  it('the catch-up a socket opens with is not held to the limit; the live appends after it are', async () => {
+    const catchUp = Buffer.concat(Array.from({ length: 48 }, (_, i) => chunk(i))); // 3 MiB, within a page
+    const name = unique('opens-behind');
+    await create(name, catchUp);
+    const follower = await Follower.open(name, '-1', ['edgestream.v3'], false);
+    expect(await follower.until(() => follower.upToDate)).toBe(true);
+    expect(follower.bytes).toBe(catchUp.length);
+    for (let i = 0; i < 48; i++) await append(name, chunk(100 + i));
+    expect(await follower.closed).toEqual({ code: 1012, reason: FELL_BEHIND });
+    const live = follower.bytes - catchUp.length;
+    expect(live).toBeGreaterThanOrEqual(LIMIT - CHUNK);
+    expect(live).toBeLessThanOrEqual(LIMIT);
+  });
+
   it('a client that does not offer receipts is never cut off', async () => {
     const name = unique('v2');
     await create(name);
