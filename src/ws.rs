@@ -16,6 +16,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::json;
+use crate::offset::Offset;
 use crate::sse::{Control, ControlError, ControlReader, MiniJson};
 
 /// The subprotocol (`Sec-WebSocket-Protocol`) under which a data message may carry its batch's
@@ -30,12 +31,40 @@ pub fn offers(protocols: &str, protocol: &str) -> bool {
     protocols.split(',').any(|p| p.trim() == protocol)
 }
 
+/// Whether the subprotocol a server chose has data messages carry their batch's control
+/// fields ([`COMBINED`], and [`RECEIPTS`], which builds on it).
+pub fn combines(protocol: &str) -> bool {
+    protocol == COMBINED || protocol == RECEIPTS
+}
+
 /// The subprotocol the server answers a handshake's `Sec-WebSocket-Protocol` list with: the
 /// newest of ours it offers, if any.
 pub fn choose_protocol(protocols: &str) -> Option<&'static str> {
     [RECEIPTS, COMBINED]
         .into_iter()
         .find(|ours| offers(protocols, ours))
+}
+
+/// How far a client under [`RECEIPTS`] has read, and the rule that holds it to that: the
+/// server sends no data that would leave it more than a limit behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt(Offset);
+
+impl Receipt {
+    /// A client that has read everything before `offset`.
+    pub fn at(offset: Offset) -> Receipt {
+        Receipt(offset)
+    }
+
+    /// A receipt for `offset`; receipts never move back.
+    pub fn received(&mut self, offset: Offset) {
+        self.0 = self.0.max(offset);
+    }
+
+    /// Whether sending data up to `end` would leave the client more than `limit` bytes behind.
+    pub fn falls_behind(self, end: Offset, limit: u64) -> bool {
+        end.distance_from(self.0) > limit
+    }
 }
 
 /// `{"type":"received","offset":…}`: the client has read everything before `offset` (the
@@ -331,6 +360,21 @@ mod tests {
         assert_eq!(choose_protocol("chat, edgestream.v2"), Some(COMBINED));
         assert_eq!(choose_protocol("chat"), None);
         assert_eq!(choose_protocol(""), None);
+    }
+
+    #[test]
+    fn a_client_is_held_to_its_receipts_which_never_move_back() {
+        let at = |p: u64| Offset::new(p).unwrap();
+        let mut read = Receipt::at(at(100));
+        assert!(!read.falls_behind(at(150), 50));
+        assert!(read.falls_behind(at(151), 50));
+        read.received(at(120));
+        read.received(at(110));
+        assert_eq!(read, Receipt::at(at(120)));
+        assert!(!read.falls_behind(at(170), 50));
+        // Data before what it has read never counts against it.
+        assert!(!read.falls_behind(at(0), 0));
+        assert!(combines(COMBINED) && combines(RECEIPTS) && !combines("chat"));
     }
 
     #[test]

@@ -737,7 +737,8 @@ fn ws_url(url: &str) -> String {
 /// Binary messages carry data of non-JSON streams; text messages are the core's
 /// [`ServerMessage`]s: a JSON stream's data, a control that ends a batch, or both in one. Under
 /// the subprotocols the reader offers ([`ws::RECEIPTS`], [`ws::COMBINED`]), a binary message's
-/// header may hold its batch's control too, and under [`ws::RECEIPTS`] the reader sends receipts. Browsers cannot set headers on a WebSocket, so only `params` are sent.
+/// header may hold its batch's control too, and under [`ws::RECEIPTS`] the reader sends
+/// receipts. Browsers cannot set headers on a WebSocket, so only `params` are sent.
 async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
     if inner.borrow().ws.is_none() {
         let (url, query, params_src) = {
@@ -801,8 +802,8 @@ fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsV
         Some("binary") => {
             let bytes = js::body_bytes(&js::get(frame, "data")).unwrap_or_default();
             // The server chose a subprotocol: binary messages have a header.
-            let combined = s.ws.as_ref().and_then(|c| c.protocol.as_deref());
-            let combined = matches!(combined, Some(p) if p == ws::COMBINED || p == ws::RECEIPTS);
+            let protocol = s.ws.as_ref().and_then(|c| c.protocol.as_deref());
+            let combined = protocol.is_some_and(ws::combines);
             let (control, payload) = if combined {
                 let (control, payload) = ws::parse_binary(&bytes)
                     .map_err(|_| batch::parse_error("WebSocket binary message has a bad header"))?;

@@ -23,6 +23,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use edgestream::headers::{self as h, ContentType, LiveMode};
+use edgestream::ws::Receipt;
 use edgestream::{cursor, ws, Offset, ProtocolError, ReadFrom};
 use futures_util::future::{select, Either};
 use worker::{
@@ -83,7 +84,7 @@ pub async fn websocket(
     let hello = ClientHello {
         cursor: cursor::next_cursor(now_ms(), client_cursor.as_deref(), random_u32()),
         append: AppendGrant::of(&token, name.as_str(), http::now_secs()),
-        combined: protocol.is_some(),
+        combined: protocol.is_some_and(ws::combines),
         receipts: protocol == Some(ws::RECEIPTS),
     };
     // As for SSE, the first answer decides the handshake: a missing stream is a 404.
@@ -128,8 +129,8 @@ pub async fn websocket(
         out: client.sender(),
         // Catch-up is counted from where the client starts (a client at `now` starts live).
         read: Rc::new(Cell::new(match from {
-            ReadFrom::Start => Some(Offset::ZERO),
-            ReadFrom::At(offset) => Some(offset),
+            ReadFrom::Start => Some(Receipt::at(Offset::ZERO)),
+            ReadFrom::At(offset) => Some(Receipt::at(offset)),
             ReadFrom::Now => None,
         })),
         receipt_waker: RefCell::new(None),
@@ -151,9 +152,9 @@ fn upgraded(socket: worker::WebSocket, hello: &ClientHello) -> Result<Response> 
 
 /// Whether sending a client data up to `end` would leave it more than `limit` behind what it
 /// has `read` (never for a client that does not send receipts, which has no limit).
-fn falls_behind(limit: Option<u64>, read: Option<Offset>, end: Offset) -> bool {
+fn falls_behind(limit: Option<u64>, read: Option<Receipt>, end: Offset) -> bool {
     match (limit, read) {
-        (Some(limit), Some(read)) => end.distance_from(read) > limit,
+        (Some(limit), Some(read)) => read.falls_behind(end, limit),
         _ => false,
     }
 }
@@ -190,8 +191,8 @@ struct Session {
     append: AppendGrant,
     out: SocketSender,
     /// What the client's receipts say it has read: where it started until it sends one.
-    read: Rc<Cell<Option<Offset>>>,
-    /// The catch-up waiting for a receipt ([`ReceiptAt`]).
+    read: Rc<Cell<Option<Receipt>>>,
+    /// The catch-up waiting for a receipt ([`CaughtUpTo`]).
     receipt_waker: RefCell<Option<Waker>>,
 }
 
@@ -237,7 +238,8 @@ impl Session {
 
     /// A receipt: the client has read everything before `offset`.
     fn received(&self, offset: Offset) {
-        let read = self.read.get().map_or(offset, |r| r.max(offset));
+        let mut read = self.read.get().unwrap_or(Receipt::at(offset));
+        read.received(offset);
         self.read.set(Some(read));
         if let Some(waker) = self.receipt_waker.take() {
             waker.wake();
@@ -341,7 +343,7 @@ impl Follower<'_> {
         // A client that started at `now` counts from where it goes live.
         let read = self.session.read.clone();
         if read.get().is_none() {
-            read.set(Some(start));
+            read.set(Some(Receipt::at(start)));
         }
         let limit = self.session.backlog_limit;
         // The subscription's first frame is the rest of the catch-up (at most a page): paced as
@@ -419,11 +421,13 @@ impl Follower<'_> {
         if ended.is_some() || up_to_date {
             return ended;
         }
-        let session = self.session;
-        if let Some(limit) = session.backlog_limit {
+        if self.session.backlog_limit.is_some() {
             // The next page goes once the client is within the limit of what it was sent.
-            let at = Offset::new(end.position().saturating_sub(limit)).unwrap_or(Offset::ZERO);
-            ReceiptAt { session, at }.await;
+            CaughtUpTo {
+                session: self.session,
+                end,
+            }
+            .await;
             return None;
         }
         self.caught_up += page_bytes;
@@ -470,18 +474,19 @@ impl Follower<'_> {
     }
 }
 
-/// Resolves once the client's receipts say it has read everything before `at`. It never does
-/// for a client that stops reading; its session ends when its socket closes.
-struct ReceiptAt<'a> {
+/// Resolves once the client's receipts say it is within its limit of `end`. It never does for
+/// a client that stops reading; its session ends when its socket closes.
+struct CaughtUpTo<'a> {
     session: &'a Session,
-    at: Offset,
+    end: Offset,
 }
 
-impl Future for ReceiptAt<'_> {
+impl Future for CaughtUpTo<'_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.session.read.get().is_some_and(|read| read >= self.at) {
+        let session = self.session;
+        if !falls_behind(session.backlog_limit, session.read.get(), self.end) {
             return Poll::Ready(());
         }
         self.session.receipt_waker.replace(Some(cx.waker().clone()));

@@ -16,7 +16,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use edgestream::sse::Control;
-use edgestream::{ws, Offset, ReadFrom};
+use edgestream::ws::{self, Receipt};
+use edgestream::{Offset, ReadFrom};
 use js_sys::Uint8Array;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
@@ -195,14 +196,15 @@ pub struct Group {
     sockets: Vec<Client>,
 }
 
-/// A client socket, and its id among the [`Receipts`] when it sends them.
+/// A client socket, and its slot among the [`Receipts`] when it sends them.
 struct Client {
     ws: WebSocket,
-    receipts: Option<u64>,
+    read: Option<Rc<Cell<Read>>>,
 }
 
-/// The client sockets, grouped by cursor, read from their attachments.
-pub fn groups(sockets: Vec<WebSocket>) -> Vec<Group> {
+/// The client sockets, grouped by cursor, read from their attachments, with their slots among
+/// `receipts`.
+pub fn groups(sockets: Vec<WebSocket>, receipts: &Receipts) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     for ws in sockets {
         let Some(state) = ClientState::of(&ws) else {
@@ -211,7 +213,7 @@ pub fn groups(sockets: Vec<WebSocket>) -> Vec<Group> {
         let (cursor, combined) = (state.hello.cursor, state.hello.combined);
         let ws = Client {
             ws,
-            receipts: state.hello.receipts.then_some(state.id),
+            read: state.hello.receipts.then(|| receipts.slot(state.id)),
         };
         match groups
             .iter_mut()
@@ -276,7 +278,11 @@ pub fn deliver(
             ]
         };
         for client in &group.sockets {
-            match client.receipts.map(|id| receipts.admit(id, start, end)) {
+            match client
+                .read
+                .as_deref()
+                .map(|read| receipts.admit(read, start, end))
+            {
                 None | Some(Admit::Send) => {}
                 Some(Admit::Skip) => continue,
                 Some(Admit::Cut) => {
@@ -317,17 +323,19 @@ pub fn close_all(
 /// how much of what a WebSocket sent is still queued (workerd#988), so without them a client
 /// that stops reading (a frozen tab, a network gone without a FIN) would make the runtime hold
 /// every later append for it. In memory only: after the object wakes from hibernation, a
-/// socket counts as having read everything sent before.
+/// socket counts as having read everything sent before. The cached [`Group`]s hold each
+/// socket's slot, so a delivery looks nothing up.
 pub struct Receipts {
     /// `WS_BACKLOG_BYTES`.
     limit: u64,
-    read: RefCell<HashMap<u64, Read>>,
+    read: RefCell<HashMap<u64, Rc<Cell<Read>>>>,
 }
 
 #[derive(Clone, Copy)]
 enum Read {
-    /// Everything before this offset.
-    Before(Offset),
+    /// Nothing known yet: the object woke with the socket open.
+    Unknown,
+    Before(Receipt),
     /// Closed for falling behind; nothing more is sent.
     Cut,
 }
@@ -340,38 +348,52 @@ impl Receipts {
         }
     }
 
+    /// The slot of socket `id`, made on first use.
+    fn slot(&self, id: u64) -> Rc<Cell<Read>> {
+        let mut read = self.read.borrow_mut();
+        read.entry(id)
+            .or_insert_with(|| Rc::new(Cell::new(Read::Unknown)))
+            .clone()
+    }
+
     /// A socket that has read everything before `start`.
     pub fn opened(&self, id: u64, start: Offset) {
-        self.read.borrow_mut().insert(id, Read::Before(start));
+        self.slot(id).set(Read::Before(Receipt::at(start)));
     }
 
     /// A receipt: the socket has read everything before `offset`.
     pub fn received(&self, id: u64, offset: Offset) {
-        let mut read = self.read.borrow_mut();
-        let entry = read.entry(id).or_insert(Read::Before(offset));
-        if let Read::Before(at) = entry {
-            *at = (*at).max(offset);
-        }
+        let slot = self.slot(id);
+        let read = match slot.get() {
+            Read::Unknown => Read::Before(Receipt::at(offset)),
+            Read::Before(mut read) => {
+                read.received(offset);
+                Read::Before(read)
+            }
+            Read::Cut => Read::Cut,
+        };
+        slot.set(read);
     }
 
     pub fn closed(&self, id: u64) {
         self.read.borrow_mut().remove(&id);
     }
 
-    /// Whether data from `start` to `end` goes to socket `id`: not when it was cut off, nor
-    /// when the data would leave it more than the limit behind its receipts, which cuts it off
-    /// now. A socket not known yet (the object woke from hibernation) counts as having read
-    /// everything before `start`.
-    fn admit(&self, id: u64, start: Offset, end: Offset) -> Admit {
-        let mut read = self.read.borrow_mut();
-        let entry = read.entry(id).or_insert(Read::Before(start));
-        match *entry {
-            Read::Cut => Admit::Skip,
-            Read::Before(at) if end.distance_from(at) > self.limit => {
-                *entry = Read::Cut;
-                Admit::Cut
-            }
-            Read::Before(_) => Admit::Send,
+    /// Whether data from `start` to `end` goes to the socket of `slot`: not when it was cut
+    /// off, nor when the data would leave it more than the limit behind its receipts, which
+    /// cuts it off now. A socket not known yet counts as having read everything before `start`.
+    fn admit(&self, slot: &Cell<Read>, start: Offset, end: Offset) -> Admit {
+        let read = match slot.get() {
+            Read::Cut => return Admit::Skip,
+            Read::Unknown => Receipt::at(start),
+            Read::Before(read) => read,
+        };
+        if read.falls_behind(end, self.limit) {
+            slot.set(Read::Cut);
+            Admit::Cut
+        } else {
+            slot.set(Read::Before(read));
+            Admit::Send
         }
     }
 }
@@ -518,21 +540,24 @@ mod tests {
         let at = |p: u64| Offset::new(p).unwrap();
         let receipts = Receipts::new(100);
         receipts.opened(1, at(0));
-        assert_eq!(receipts.admit(1, at(0), at(60)), Admit::Send);
-        assert_eq!(receipts.admit(1, at(60), at(100)), Admit::Send);
+        let one = receipts.slot(1);
+        assert_eq!(receipts.admit(&one, at(0), at(60)), Admit::Send);
+        assert_eq!(receipts.admit(&one, at(60), at(100)), Admit::Send);
         receipts.received(1, at(60));
         // A receipt never moves back.
         receipts.received(1, at(10));
-        assert_eq!(receipts.admit(1, at(100), at(160)), Admit::Send);
-        assert_eq!(receipts.admit(1, at(160), at(161)), Admit::Cut);
+        assert_eq!(receipts.admit(&one, at(100), at(160)), Admit::Send);
+        assert_eq!(receipts.admit(&one, at(160), at(161)), Admit::Cut);
         // Cut off: nothing more, whatever it says now.
         receipts.received(1, at(161));
-        assert_eq!(receipts.admit(1, at(161), at(162)), Admit::Skip);
+        assert_eq!(receipts.admit(&one, at(161), at(162)), Admit::Skip);
         // After a wake from hibernation a socket counts as having read what came before.
-        assert_eq!(receipts.admit(2, at(500), at(600)), Admit::Send);
-        assert_eq!(receipts.admit(2, at(600), at(601)), Admit::Cut);
+        let two = receipts.slot(2);
+        assert_eq!(receipts.admit(&two, at(500), at(600)), Admit::Send);
+        assert_eq!(receipts.admit(&two, at(600), at(601)), Admit::Cut);
         receipts.closed(2);
-        assert_eq!(receipts.admit(2, at(700), at(701)), Admit::Send);
+        let two = receipts.slot(2);
+        assert_eq!(receipts.admit(&two, at(700), at(701)), Admit::Send);
     }
 
     #[test]

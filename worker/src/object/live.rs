@@ -86,7 +86,10 @@ impl Hub {
         if let Some(groups) = self.clients.borrow().as_ref() {
             return groups.clone();
         }
-        let groups = Rc::new(clients::groups(self.sockets_tagged(clients::TAG)));
+        let groups = Rc::new(clients::groups(
+            self.sockets_tagged(clients::TAG),
+            &self.receipts,
+        ));
         self.clients.replace(Some(groups.clone()));
         groups
     }
