@@ -57,3 +57,19 @@ export function send(agent, method, url, body) {
     req.end(body);
   });
 }
+
+/**
+ * Receipts as the edgestream client sends them under edgestream.v3: `receipt(ws, offset)` after
+ * each control sends `{"type":"received"}` once the reader has moved 64 KiB since the last one
+ * (and after the first control). Nothing is sent on a socket under another subprotocol.
+ */
+export function receiptSender() {
+  let last;
+  return (ws, offset) => {
+    if (ws.protocol !== 'edgestream.v3') return;
+    const position = Number(offset.split('_')[1]);
+    if (position - last < 65536) return;
+    last = position;
+    ws.send(JSON.stringify({ type: 'received', offset }));
+  };
+}

@@ -10,6 +10,7 @@
 // checks that it sees seq 0, 1, 2, … exactly once and in order, and records now − t for each.
 import http from 'node:http';
 import { WebSocket } from 'undici';
+import { receiptSender } from './common.mjs';
 
 const now = () => performance.timeOrigin + performance.now();
 const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
@@ -143,7 +144,7 @@ class Reader {
     // As the edgestream client does: a JSON append arrives as one message, its data and control,
     // and the reader sends a receipt every 64 KiB it moves (edgestream.v3).
     const ws = new WebSocket(`${config.baseUrl.replace(/^http/, 'ws')}${this.query('ws')}`, ['edgestream.v3', 'edgestream.v2']);
-    let receipted;
+    const receipt = receiptSender();
     ws.binaryType = 'arraybuffer';
     let opened = false;
     ws.addEventListener('open', () => {
@@ -159,11 +160,7 @@ class Reader {
       if (json.type === 'data') for (const value of json.items) this.item(value);
       if (json.type === 'control' || (json.type === 'data' && 'streamNextOffset' in json)) {
         this.control(json);
-        const position = Number(this.offset.split('_')[1]);
-        if (ws.protocol === 'edgestream.v3' && !(position - receipted < 65536)) {
-          receipted = position;
-          ws.send(JSON.stringify({ type: 'received', offset: this.offset }));
-        }
+        receipt(ws, this.offset);
       }
     });
     ws.addEventListener('close', () => {

@@ -11,7 +11,7 @@
 import http from 'node:http';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
-import { cpuSeconds, option, send } from './common.mjs';
+import { cpuSeconds, option, receiptSender, send } from './common.mjs';
 
 const argv = process.argv.slice(2);
 const readers = Number(option(argv, 'readers', 200));
@@ -26,18 +26,13 @@ function open(url, onMessage) {
   // Offered as the edgestream client offers it: a JSON append arrives as one message.
   const ws = new WebSocket(url, protocol);
   ws.binaryType = 'arraybuffer';
-  let receipted;
+  const receipt = receiptSender();
   ws.addEventListener('message', (e) => {
     onMessage(e.data);
     if (ws.protocol !== 'edgestream.v3' || typeof e.data !== 'string') return;
     const message = JSON.parse(e.data);
     const offset = message.streamNextOffset;
-    if (!['data', 'control'].includes(message.type) || offset === undefined) return;
-    const position = Number(offset.split('_')[1]);
-    if (!(position - receipted < 65536)) {
-      receipted = position;
-      ws.send(JSON.stringify({ type: 'received', offset }));
-    }
+    if (['data', 'control'].includes(message.type) && offset !== undefined) receipt(ws, offset);
   });
   return new Promise((resolve, reject) => {
     ws.addEventListener('open', () => resolve(ws));
