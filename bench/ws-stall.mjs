@@ -2,8 +2,8 @@
 // server, one client opens `live=ws` at the tail of a JSON stream with a raw socket, offering
 // `--protocol`, and then never reads (nor sends a receipt) while `--mib` appends of 1 MiB arrive.
 // Prints workerd's RSS before and at its peak. With `edgestream.v3` the server closes the socket
-// once it is WS_BACKLOG_BYTES behind; with `edgestream.v2` it cannot tell, and the runtime holds
-// every append for the client; `none` opens no client, for the growth of the appends alone. Not
+// once it is WS_BACKLOG_BYTES behind its receipts; with `edgestream.v2`, which sends none, once it
+// has been sent WS_BACKLOG_BYTES; `none` opens no client, for the growth of the appends alone. Not
 // part of `npm run bench`; it is how docs/websocket.md's figures were measured.
 //
 //   node bench/ws-stall.mjs [--protocol edgestream.v3|edgestream.v2|none] [--mib 200]

@@ -1,8 +1,10 @@
 // Receipts on `live=ws` (subprotocol edgestream.v3, docs/websocket.md): a client that offers it
 // says how far it has read, and the server closes its socket with 1012 once it would be more than
 // WS_BACKLOG_BYTES behind, instead of queueing every later append in the runtime's memory for a
-// client that stopped reading. Checked on both ends that hold client sockets: the stream's object
-// (a client near the tail) and the edge (a client that started more than a page behind).
+// client that stopped reading. A client that sends no receipts counts as having read only what it
+// was sent on connecting, so each of its connections carries at most the limit (and a page).
+// Checked on both ends that hold client sockets: the stream's object (a client near the tail) and
+// the edge (a client that started more than a page behind).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
@@ -11,6 +13,7 @@ const MIB = 1024 * 1024;
 const LIMIT = MIB;
 const CHUNK = 64 * 1024;
 const FELL_BEHIND = 'fell behind: reconnect from the last offset';
+const NO_RECEIPTS = 'sent the limit without receipts: reconnect from the last offset';
 
 let server: Awaited<ReturnType<typeof startServer>>;
 
@@ -198,17 +201,57 @@ describe('WebSocket receipts (edgestream.v3)', () => {
     expect(live).toBeLessThanOrEqual(LIMIT);
   });
 
-  it('a client that does not offer receipts is never cut off', async () => {
-    const name = unique('v2');
+  it.each([
+    ['edgestream.v2', ['edgestream.v2']],
+    ['no subprotocol', []],
+  ])('a client that does not send receipts (%s) is closed with 1012 once sent the limit live, and resumes from its offset exactly', async (_, protocols) => {
+    const name = unique('no-receipts');
     await create(name);
-    const follower = await Follower.open(name, 'now', ['edgestream.v2'], false);
+    const follower = await Follower.open(name, 'now', protocols, false);
     expect(await follower.until(() => follower.offset !== undefined)).toBe(true);
+    const sent: Buffer[] = [];
     let tail = '';
-    for (let i = 0; i < 48; i++) tail = await append(name, chunk(i));
-    expect(await follower.until(() => follower.offset === tail)).toBe(true);
-    expect(follower.bytes).toBe(48 * CHUNK);
-    expect(await stillOpen(follower)).toBe(true);
-    follower.ws.close();
+    // It reads every append before the next is made, yet the server cannot know that.
+    for (let i = 0; i < 48 && follower.ws.readyState === WebSocket.OPEN; i++) {
+      sent.push(chunk(i));
+      tail = await append(name, sent[i]);
+      await follower.until(() => follower.offset === tail, 5_000);
+    }
+    expect(await follower.closed).toEqual({ code: 1012, reason: NO_RECEIPTS });
+    expect(follower.bytes).toBeGreaterThanOrEqual(LIMIT - CHUNK);
+    expect(follower.bytes).toBeLessThanOrEqual(LIMIT);
+    for (let i = sent.length; i < 24; i++) {
+      sent.push(chunk(i));
+      tail = await append(name, sent[i]);
+    }
+    const resumed = await Follower.open(name, follower.offset!, protocols, false);
+    expect(await resumed.until(() => resumed.offset === tail)).toBe(true);
+    expect(Buffer.concat([...follower.chunks, ...resumed.chunks]).equals(Buffer.concat(sent))).toBe(true);
+    resumed.ws.close();
+  });
+
+  it('a client the edge serves that sends no receipts gets its catch-up over several connections, each within the limit and a page', async () => {
+    const catchUp = Buffer.concat(Array.from({ length: 160 }, (_, i) => chunk(i))); // 10 MiB
+    const name = unique('edge-no-receipts');
+    await create(name, catchUp);
+    const got: Buffer[] = [];
+    let offset = '-1';
+    let connections = 0;
+    for (let upToDate = false; !upToDate; connections++) {
+      const follower = await Follower.open(name, offset, ['edgestream.v2'], false);
+      // Until it is up to date, or its connection has carried what it may and closes.
+      upToDate = await follower.until(() => follower.upToDate);
+      if (!upToDate) {
+        expect(await follower.closed).toEqual({ code: 1012, reason: 'catch-up continues: reconnect from the last offset' });
+      }
+      // One page (4 MiB) is past the 1 MiB limit: each connection carries one.
+      expect(follower.bytes).toBeLessThanOrEqual(4 * MIB);
+      got.push(...follower.chunks);
+      offset = follower.offset!;
+      follower.ws.close();
+    }
+    expect(connections).toBe(3);
+    expect(Buffer.concat(got).equals(catchUp)).toBe(true);
   });
 
   it('a client the edge serves (it started more than a page behind) is paced by its receipts on one socket', async () => {

@@ -15,7 +15,8 @@ pub struct Config {
     /// connection) before it is served catch-up pages, which wait for it, instead of frames.
     pub sse_backlog_bytes: u64,
     /// How far a `live=ws` client that sends receipts may fall behind (bytes sent past its
-    /// last receipt) before its socket is closed with 1012 and it resumes from its offset.
+    /// last receipt) before its socket is closed with 1012 and it resumes from its offset; for
+    /// a client that sends none, how much one connection carries past what it got on connecting.
     pub ws_backlog_bytes: u64,
     /// `Access-Control-Allow-Origin` value(s): `*` or a comma-separated list of origins.
     pub cors_origins: String,

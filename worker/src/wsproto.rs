@@ -42,6 +42,19 @@ pub mod close {
 /// than `WS_BACKLOG_BYTES` behind them.
 pub const FELL_BEHIND: &str = "fell behind: reconnect from the last offset";
 
+/// The close reason (with [`close::RESTART`]) for a client that sends no receipts once it has
+/// been sent `WS_BACKLOG_BYTES` live: the server cannot tell whether it is still reading.
+pub const NO_RECEIPTS: &str = "sent the limit without receipts: reconnect from the last offset";
+
+/// The close reason for a client that falls behind what it may be sent unconfirmed.
+pub fn cut_reason(receipts: bool) -> &'static str {
+    if receipts {
+        FELL_BEHIND
+    } else {
+        NO_RECEIPTS
+    }
+}
+
 /// The header on the handshake the edge passes to the stream's object: a [`ClientHello`].
 pub const X_CLIENT: &str = "x-edgestream-ws-client";
 

@@ -48,12 +48,6 @@ use crate::wsproto::{
 const MAX_DROPS: u32 = 3;
 /// After the stream ends, how long an append already in flight may take to be acknowledged.
 const DRAIN_MS: u64 = 10_000;
-/// How much catch-up one connection carries before the edge asks the client to reconnect from
-/// its offset (close code 1012). workerd cannot tell how much of what a WebSocket sent the
-/// client has read (workerd#988), so catch-up could otherwise outrun a slow client into the
-/// edge's memory; the close is queued behind the data, so the client reads it all first. A
-/// client that sends receipts is paced by them instead, on one connection.
-const CATCH_UP_PER_CONNECTION: usize = 16 * 1024 * 1024;
 
 /// `GET /v1/stream/<path>?offset=X&live=ws` with `Upgrade: websocket`. The request has been
 /// authorized to read; whether it may also append is checked here, once, and its grant is
@@ -123,7 +117,8 @@ pub async fn websocket(
         content_type,
         cursor: hello.cursor,
         combined: hello.combined,
-        backlog_limit: hello.receipts.then_some(config.ws_backlog_bytes),
+        backlog_limit: config.ws_backlog_bytes,
+        receipts: hello.receipts,
         config: config.clone(),
         append: hello.append.clone(),
         out: client.sender(),
@@ -151,12 +146,9 @@ fn upgraded(socket: worker::WebSocket, hello: &ClientHello) -> Result<Response> 
 }
 
 /// Whether sending a client data up to `end` would leave it more than `limit` behind what it
-/// has `read` (never for a client that does not send receipts, which has no limit).
-fn falls_behind(limit: Option<u64>, read: Option<Receipt>, end: Offset) -> bool {
-    match (limit, read) {
-        (Some(limit), Some(read)) => read.falls_behind(end, limit),
-        _ => false,
-    }
+/// has `read` (never before it has a place to count from: a client at `now` is not yet live).
+fn falls_behind(limit: u64, read: Option<Receipt>, end: Offset) -> bool {
+    read.is_some_and(|read| read.falls_behind(end, limit))
 }
 
 /// Why a session ended, which decides the close code.
@@ -183,14 +175,21 @@ struct Session {
     cursor: u64,
     /// See [`ClientHello::combined`].
     combined: bool,
-    /// For a client that sends receipts ([`ClientHello::receipts`]): how far it may fall behind
-    /// them while live before its socket is closed.
-    backlog_limit: Option<u64>,
+    /// How far the client may fall behind its receipts before its socket is closed, or for a
+    /// client that sends none, how much it may be sent: workerd cannot tell how much of what a
+    /// WebSocket sent the client has read (workerd#988), so a client that stops reading would
+    /// otherwise make the edge hold everything later. The close is queued behind the data, so
+    /// the client reads it all first, then reconnects from its offset.
+    backlog_limit: u64,
+    /// It sends receipts ([`ClientHello::receipts`]): catch-up waits for them instead of
+    /// ending the connection.
+    receipts: bool,
     config: Config,
     /// Whether the token presented at the handshake allows appends.
     append: AppendGrant,
     out: SocketSender,
-    /// What the client's receipts say it has read: where it started until it sends one.
+    /// What the client's receipts say it has read: where it started until it sends one (for a
+    /// client that sends none, for good).
     read: Rc<Cell<Option<Receipt>>>,
     /// The catch-up waiting for a receipt ([`CaughtUpTo`]).
     receipt_waker: RefCell<Option<Waker>>,
@@ -212,7 +211,6 @@ impl Session {
             pending: Some(first),
             stalled: false,
             drops: 0,
-            caught_up: 0,
         };
         let appender = Appender {
             session: &self,
@@ -236,8 +234,12 @@ impl Session {
         self.finish(&client, end);
     }
 
-    /// A receipt: the client has read everything before `offset`.
+    /// A receipt: the client has read everything before `offset`. Only a client under
+    /// edgestream.v3 is held to its receipts, as at the object.
     fn received(&self, offset: Offset) {
+        if !self.receipts {
+            return;
+        }
         let mut read = self.read.get().unwrap_or(Receipt::at(offset));
         read.received(offset);
         self.read.set(Some(read));
@@ -282,8 +284,6 @@ struct Follower<'a> {
     stalled: bool,
     /// Internal subscriptions lost in a row without a frame.
     drops: u32,
-    /// Catch-up bytes sent on this connection.
-    caught_up: usize,
 }
 
 /// How a live subscription ended.
@@ -346,6 +346,7 @@ impl Follower<'_> {
             read.set(Some(Receipt::at(start)));
         }
         let limit = self.session.backlog_limit;
+        let cut = wsproto::cut_reason(self.session.receipts);
         // The subscription's first frame is the rest of the catch-up (at most a page): paced as
         // the pages were, it is not held to the limit; what follows is.
         let mut backlog = true;
@@ -365,7 +366,7 @@ impl Follower<'_> {
                         } else if !std::mem::replace(&mut backlog, false)
                             && falls_behind(limit, read.get(), end)
                         {
-                            Some(LiveEnd::End(End::Restart(wsproto::FELL_BEHIND)))
+                            Some(LiveEnd::End(End::Restart(cut)))
                         } else {
                             seen.set(true);
                             match emit.frame(end, closed, up_to_date, payload) {
@@ -416,22 +417,16 @@ impl Follower<'_> {
         };
         let ended = self.send_page(&body, end, up_to_date, closed);
         // Sent: the page is not kept in wasm memory while the client reads it.
-        let page_bytes = body.len();
         drop(body);
         if ended.is_some() || up_to_date {
             return ended;
         }
-        if self.session.backlog_limit.is_some() {
+        let session = self.session;
+        if session.receipts {
             // The next page goes once the client is within the limit of what it was sent.
-            CaughtUpTo {
-                session: self.session,
-                end,
-            }
-            .await;
-            return None;
-        }
-        self.caught_up += page_bytes;
-        if self.caught_up >= CATCH_UP_PER_CONNECTION {
+            CaughtUpTo { session, end }.await;
+        } else if falls_behind(session.backlog_limit, session.read.get(), end) {
+            // No receipt will come: this connection has carried what it may.
             return Some(End::Restart(
                 "catch-up continues: reconnect from the last offset",
             ));

@@ -6,7 +6,8 @@
 //! between. The socket's [`ClientState`] is its attachment, so it survives hibernation. Data
 //! and control messages are built once per append for every socket (once per cursor for the
 //! control), and append frames are applied in the order they arrived ([`Turnstile`]). A
-//! client that sends receipts and falls too far behind them is cut off ([`Receipts`]).
+//! client that falls too far behind its receipts, or is sent too much without any, is cut off
+//! ([`Receipts`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -39,7 +40,7 @@ pub struct ClientState {
     /// The stream is JSON: data goes out as JSON text messages.
     pub json: bool,
     pub hello: ClientHello,
-    /// Names the socket among the object's [`Receipts`] (when it sends them).
+    /// Names the socket among the object's [`Receipts`].
     #[serde(default)]
     pub id: u64,
 }
@@ -133,10 +134,8 @@ pub fn accept(
         return Err(e);
     }
     hub.clients_changed();
-    if state.hello.receipts {
-        // The catch-up below (at most a page) is not held to the limit; live appends are.
-        hub.receipts().opened(id, end);
-    }
+    // The catch-up below (at most a page) is not held to the limit; live appends are.
+    hub.receipts().opened(id, end);
     let mut emit = Emitter::new(
         Direct(ws),
         state.json,
@@ -196,10 +195,12 @@ pub struct Group {
     sockets: Vec<Client>,
 }
 
-/// A client socket, and its slot among the [`Receipts`] when it sends them.
+/// A client socket, and its slot among the [`Receipts`].
 struct Client {
     ws: WebSocket,
-    read: Option<Rc<Cell<Read>>>,
+    read: Rc<Cell<Read>>,
+    /// It sends receipts ([`ClientHello::receipts`]); the slot moves only when it does.
+    receipts: bool,
 }
 
 /// The client sockets, grouped by cursor, read from their attachments, with their slots among
@@ -213,7 +214,8 @@ pub fn groups(sockets: Vec<WebSocket>, receipts: &Receipts) -> Vec<Group> {
         let (cursor, combined) = (state.hello.cursor, state.hello.combined);
         let ws = Client {
             ws,
-            read: state.hello.receipts.then(|| receipts.slot(state.id)),
+            read: receipts.slot(state.id),
+            receipts: state.hello.receipts,
         };
         match groups
             .iter_mut()
@@ -233,7 +235,8 @@ pub fn groups(sockets: Vec<WebSocket>, receipts: &Receipts) -> Vec<Group> {
 /// Sends log bytes `payload` from `start` to `end` to every client: one data message (when
 /// there are bytes) and one control message, each built once, or for clients that take them
 /// combined, one data message with the control fields inside, built once per group. A client
-/// that sends receipts and would be too far behind them is closed instead.
+/// that would be too far behind its receipts (or, without receipts, what it was sent when it
+/// connected) is closed instead.
 #[allow(clippy::too_many_arguments)]
 pub fn deliver(
     groups: &[Group],
@@ -278,17 +281,12 @@ pub fn deliver(
             ]
         };
         for client in &group.sockets {
-            match client
-                .read
-                .as_deref()
-                .map(|read| receipts.admit(read, start, end))
-            {
-                None | Some(Admit::Send) => {}
-                Some(Admit::Skip) => continue,
-                Some(Admit::Cut) => {
-                    let _ = client
-                        .ws
-                        .close_with_code_and_reason(close::RESTART, wsproto::FELL_BEHIND);
+            match receipts.admit(&client.read, start, end) {
+                Admit::Send => {}
+                Admit::Skip => continue,
+                Admit::Cut => {
+                    let reason = wsproto::cut_reason(client.receipts);
+                    let _ = client.ws.close_with_code_and_reason(close::RESTART, reason);
                     continue;
                 }
             }
@@ -319,12 +317,14 @@ pub fn close_all(
     }
 }
 
-/// How far each client socket that sends receipts has read, by its id. workerd cannot say
-/// how much of what a WebSocket sent is still queued (workerd#988), so without them a client
-/// that stops reading (a frozen tab, a network gone without a FIN) would make the runtime hold
-/// every later append for it. In memory only: after the object wakes from hibernation, a
-/// socket counts as having read everything sent before. The cached [`Group`]s hold each
-/// socket's slot, so a delivery looks nothing up.
+/// How far each client socket has read, by its id. workerd cannot say how much of what a
+/// WebSocket sent is still queued (workerd#988), so without a bound a client that stops reading
+/// (a frozen tab, a network gone without a FIN, or a client that means harm) would make the
+/// runtime hold every later append for it. A client that sends receipts moves its slot; one
+/// that does not counts as having read only what it was sent when it connected, so it is cut
+/// off after the limit and reconnects. In memory only: after the object wakes from
+/// hibernation, a socket counts as having read everything sent before. The cached [`Group`]s
+/// hold each socket's slot, so a delivery looks nothing up.
 pub struct Receipts {
     /// `WS_BACKLOG_BYTES`.
     limit: u64,
