@@ -18,6 +18,10 @@ pub struct Config {
     /// last receipt) before its socket is closed with 1012 and it resumes from its offset; for
     /// a client that sends none, how much one connection carries past what it got on connecting.
     pub ws_backlog_bytes: u64,
+    /// How many bytes of request bodies (appends, and creates with a body) an isolate holds
+    /// at once; a request that would take it past them is answered 503 with `Retry-After`
+    /// (one body of any accepted size always goes through). See [`crate::intake`].
+    pub body_budget_bytes: u64,
     /// `Access-Control-Allow-Origin` value(s): `*` or a comma-separated list of origins.
     pub cors_origins: String,
     /// Whether subscriptions may call `http://localhost` / `127.0.0.x` webhooks (development).
@@ -34,6 +38,9 @@ impl Config {
     /// Two catch-up pages: a client handed a page at its handshake, which then receives more
     /// before its first receipt arrives, is not cut off.
     pub const DEFAULT_WS_BACKLOG_BYTES: u64 = 8 * 1024 * 1024;
+    /// Two of the largest appends by default: a quarter of the 128 MB an isolate has on
+    /// Cloudflare, which each body takes more than once (the request's buffer, then wasm's copy).
+    pub const DEFAULT_BODY_BUDGET_BYTES: u64 = 32 * 1024 * 1024;
 
     /// The settings, read from `env` once per isolate: `[vars]` cannot change while an isolate
     /// lives (a new deployment starts new isolates), and reading them costs JS calls.
@@ -82,6 +89,11 @@ impl Config {
                 256 * 1024 * 1024,
             )
             .max(256 * 1024),
+            body_budget_bytes: number(
+                "BODY_BUDGET_BYTES",
+                Self::DEFAULT_BODY_BUDGET_BYTES,
+                1024 * 1024 * 1024,
+            ),
             cors_origins: env
                 .var("CORS_ORIGINS")
                 .map(|v| v.to_string())

@@ -6,6 +6,8 @@ use futures_util::StreamExt;
 use worker::worker_sys::web_sys;
 use worker::{Headers, Request, Response, ResponseBody, Result};
 
+use crate::intake::Held;
+
 /// Unix time in milliseconds.
 pub fn now_ms() -> i64 {
     js_sys::Date::now() as i64
@@ -137,24 +139,55 @@ pub async fn response_bytes(resp: &Response) -> Result<Vec<u8>> {
     }
 }
 
-/// How much of an oversized streamed body is read and thrown away before the 413 is sent.
+/// How much of a refused streamed body is read and thrown away before the refusal is sent.
 const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 
+/// Why a request body was not read.
+#[derive(Debug)]
+pub enum BodyRefusal {
+    /// Larger than `max` (413).
+    TooLarge(ProtocolError),
+    /// The isolate holds as many bodies as it may ([`Held`]): 503 with `Retry-After`.
+    Busy,
+}
+
+impl BodyRefusal {
+    /// The response that refuses the request.
+    pub fn response(&self) -> Result<Response> {
+        match self {
+            BodyRefusal::TooLarge(e) => error(e),
+            BodyRefusal::Busy => unavailable("too many large writes in progress; retry"),
+        }
+    }
+}
+
 /// Reads a request body completely, refusing it as soon as it grows past `max` bytes, so a
-/// huge or endless body cannot exhaust the isolate's memory.
+/// huge or endless body cannot exhaust the isolate's memory, or as soon as holding it would
+/// take the bodies the isolate holds past their budget (`held` keeps its share until dropped).
 pub async fn read_body(
     req: &mut Request,
     max: u64,
-) -> Result<std::result::Result<Vec<u8>, ProtocolError>> {
+    held: &mut Held,
+) -> Result<std::result::Result<Vec<u8>, BodyRefusal>> {
     if let Some(len) =
         header(req.headers(), h::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok())
     {
         if len > max {
-            return Ok(Err(ProtocolError::PayloadTooLarge { limit: max }));
+            return Ok(Err(BodyRefusal::TooLarge(ProtocolError::PayloadTooLarge {
+                limit: max,
+            })));
         }
-        // The runtime enforces the declared length, so the body can be read in one call:
-        // one wait instead of one per chunk, which matters when the event loop is busy.
-        return Ok(Ok(req.bytes().await?));
+        if held.grow(len) {
+            // The runtime enforces the declared length, so the body can be read in one call:
+            // one wait instead of one per chunk, which matters when the event loop is busy.
+            return Ok(Ok(req.bytes().await?));
+        }
+        // Read and thrown away, not held: a client still sending its body when the answer
+        // comes sees its connection reset instead of the 503 it could retry on.
+        if let Ok(mut stream) = req.stream() {
+            discard(&mut stream, 0).await;
+        }
+        return Ok(Err(BodyRefusal::Busy));
     }
     let mut body = Vec::new();
     let Ok(mut stream) = req.stream() else {
@@ -163,23 +196,32 @@ pub async fn read_body(
     };
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
-        if (body.len() + chunk.len()) as u64 > max {
-            drop(body);
-            // Answering before the body has been read leaves a streamed (chunked) upload half
-            // sent, and a proxy in front of us may then wedge the client's keep-alive
-            // connection. Discard the rest, up to a bound, so the 413 arrives on a clean one.
-            let mut discarded = chunk.len() as u64;
-            while discarded < DRAIN_LIMIT {
-                match stream.next().await {
-                    Some(Ok(chunk)) => discarded += chunk.len() as u64,
-                    _ => break,
-                }
-            }
-            return Ok(Err(ProtocolError::PayloadTooLarge { limit: max }));
-        }
-        body.extend_from_slice(&chunk);
+        let refusal = if (body.len() + chunk.len()) as u64 > max {
+            BodyRefusal::TooLarge(ProtocolError::PayloadTooLarge { limit: max })
+        } else if !held.grow(chunk.len() as u64) {
+            BodyRefusal::Busy
+        } else {
+            body.extend_from_slice(&chunk);
+            continue;
+        };
+        drop(body);
+        // Answering before the body has been read leaves a streamed (chunked) upload half
+        // sent, and a proxy in front of us may then wedge the client's keep-alive
+        // connection. Discard the rest, up to a bound, so the refusal arrives on a clean one.
+        discard(&mut stream, chunk.len() as u64).await;
+        return Ok(Err(refusal));
     }
     Ok(Ok(body))
+}
+
+/// Reads the rest of a body and throws it away, up to [`DRAIN_LIMIT`] bytes in all.
+async fn discard(stream: &mut worker::ByteStream, mut discarded: u64) {
+    while discarded < DRAIN_LIMIT {
+        match stream.next().await {
+            Some(Ok(chunk)) => discarded += chunk.len() as u64,
+            _ => break,
+        }
+    }
 }
 
 /// All values of a query parameter, decoded.

@@ -9,6 +9,7 @@
 //! - [`demo`]: the demo app, embedded at build time and served outside `/v1/`.
 //! - [`security`]: the security and CORS headers on every response.
 //! - [`wsproto`]: the messages of `live=ws`, spoken by the edge and the object.
+//! - [`intake`]: the isolate's budget for request bodies held in memory.
 //! - [`path`], [`config`], [`http`], [`reply`], [`socket`]: the pieces both sides share.
 
 pub mod auth;
@@ -18,6 +19,7 @@ pub mod demo;
 pub mod edge;
 pub mod frame;
 pub mod http;
+pub mod intake;
 pub mod object;
 pub mod path;
 pub mod pipe;

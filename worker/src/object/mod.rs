@@ -29,6 +29,7 @@ use worker::{
 
 use crate::config::Config;
 use crate::http::{self, header, now_ms};
+use crate::intake::Held;
 use crate::path::StreamName;
 use crate::reply::{self, PageData, ReadReply, X_PAGE_END};
 use crate::security;
@@ -309,9 +310,11 @@ impl StreamObject {
     }
 
     async fn create(&self, mut req: Request, name: &StreamName) -> Result<Response> {
-        let body = match http::read_body(&mut req, self.config.max_append_bytes).await? {
+        // The body's share of the isolate's budget is held until the request is answered.
+        let mut held = Held::new(self.config.body_budget_bytes);
+        let body = match http::read_body(&mut req, self.config.max_append_bytes, &mut held).await? {
             Ok(body) => body,
-            Err(e) => return http::error(&e),
+            Err(refusal) => return refusal.response(),
         };
         let headers = req.headers();
         let request = match parse_create(headers) {
@@ -389,9 +392,11 @@ impl StreamObject {
     }
 
     async fn append(&self, mut req: Request) -> Result<Response> {
-        let body = match http::read_body(&mut req, self.config.max_append_bytes).await? {
+        // The body's share of the isolate's budget is held until the request is answered.
+        let mut held = Held::new(self.config.body_budget_bytes);
+        let body = match http::read_body(&mut req, self.config.max_append_bytes, &mut held).await? {
             Ok(body) => body,
-            Err(e) => return http::error(&e),
+            Err(refusal) => return refusal.response(),
         };
         self.append_body(req.headers(), body).await
     }

@@ -172,9 +172,11 @@ async fn forward(
     origin: &str,
     id: Option<&str>,
 ) -> Result<Response> {
-    let body = match http::read_body(&mut req, 1024 * 1024).await? {
+    // Counted with the isolate's bodies, but never refused: these are at most 1 MiB.
+    let mut held = crate::intake::Held::new(u64::MAX);
+    let body = match http::read_body(&mut req, 1024 * 1024, &mut held).await? {
         Ok(body) => body,
-        Err(e) => return http::error(&e),
+        Err(refusal) => return refusal.response(),
     };
     let headers = Headers::new();
     headers.set(X_ORIGIN, origin)?;

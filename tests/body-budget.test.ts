@@ -1,0 +1,151 @@
+// BODY_BUDGET_BYTES (worker/src/intake.rs): request bodies held in the isolate at once share one
+// budget, so concurrent large appends cannot add up past an isolate's memory. A body that would
+// take the isolate past it is answered 503 with Retry-After, nothing of it stored, and goes
+// through when retried; one body of any accepted size always goes through alone; and a body's
+// share is given back however its request ends (answered, refused, or abandoned by its client).
+// Requests go to the Worker's own workerd socket, as in production: wrangler dev's local proxy
+// forwards a chunked upload whose client went away as if it were complete (docs/reliability.md).
+import http from 'node:http';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startServer } from '../scripts/dev-server.mjs';
+
+const KIB = 1024;
+const BUDGET = 1024 * KIB;
+const MAX_APPEND = 4 * BUDGET;
+let server: Awaited<ReturnType<typeof startServer>>;
+let worker: URL;
+
+beforeAll(async () => {
+  server = await startServer({ vars: { BODY_BUDGET_BYTES: String(BUDGET), MAX_APPEND_BYTES: String(MAX_APPEND) } });
+  worker = new URL(await server.workerUrl());
+});
+
+afterAll(async () => {
+  await server?.stop();
+});
+
+let counter = 0;
+const unique = (prefix: string) => `/v1/stream/${prefix}-${process.pid}-${Date.now()}-${counter++}`;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const OCTETS = { 'content-type': 'application/octet-stream' };
+
+type Reply = { status: number; headers: http.IncomingHttpHeaders; body: Buffer };
+
+/**
+ * A request whose body is sent in two parts: `first`, then, when `finish()` is called, the rest.
+ * With `chunked` it declares no length. `abort()` drops the connection instead.
+ */
+function upload(method: string, path: string, body: Buffer, first: number, chunked = false) {
+  const headers: http.OutgoingHttpHeaders = { ...OCTETS };
+  if (!chunked) headers['content-length'] = body.length;
+  const req = http.request({ host: worker.hostname, port: worker.port, method, path, headers, agent: false });
+  const reply = new Promise<Reply>((resolve, reject) => {
+    req.on('response', (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+  });
+  req.write(body.subarray(0, first));
+  return {
+    reply,
+    finish() {
+      req.end(body.subarray(first));
+      return reply;
+    },
+    abort() {
+      reply.catch(() => {});
+      req.destroy();
+    },
+  };
+}
+
+/** A request sent whole. */
+const send = (method: string, path: string, body: Buffer, chunked = false) => upload(method, path, body, body.length, chunked).finish();
+
+async function create(path: string) {
+  expect((await send('PUT', path, Buffer.alloc(0))).status).toBe(201);
+}
+
+async function read(path: string) {
+  const res = await fetch(`${worker.origin}${path}?offset=-1`);
+  expect(res.status).toBe(200);
+  return Buffer.from(await res.arrayBuffer());
+}
+
+function expectBusy(reply: Reply) {
+  expect(reply.status).toBe(503);
+  expect(reply.headers['retry-after']).toBe('1');
+  expect(reply.body.toString()).toMatch(/retry/);
+}
+
+/** Bytes that say where they come from, so a mix-up shows in the comparison. */
+const body = (size: number, fill: number) => Buffer.alloc(size, fill);
+
+/** Starts an append of `size` bytes and sends a first part: the object now holds its share. */
+async function held(path: string, size: number, fill: number, chunked = false) {
+  const up = upload('POST', path, body(size, fill), 64 * KIB, chunked);
+  await sleep(500);
+  return up;
+}
+
+describe('the isolate budget for request bodies (BODY_BUDGET_BYTES)', () => {
+  it('refuses a body that would pass the budget with 503 and Retry-After, stores none of it, and takes it on retry', async () => {
+    const path = unique('busy');
+    await create(path);
+    const first = await held(path, 700 * KIB, 1);
+    // Declared, chunked, and a create with a body: each would pass the budget.
+    expectBusy(await send('POST', path, body(700 * KIB, 2)));
+    expectBusy(await send('POST', path, body(700 * KIB, 2), true));
+    const other = unique('busy-create');
+    expectBusy(await send('PUT', other, body(700 * KIB, 3)));
+    // Small enough to fit beside the held one.
+    expect((await send('POST', path, body(200 * KIB, 4))).status).toBe(204);
+    expect((await first.finish()).status).toBe(204);
+    expect((await send('POST', path, body(700 * KIB, 2))).status).toBe(204);
+    expect((await send('PUT', other, body(700 * KIB, 3))).status).toBe(201);
+    expect((await read(path)).equals(Buffer.concat([body(200 * KIB, 4), body(700 * KIB, 1), body(700 * KIB, 2)]))).toBe(true);
+    expect((await read(other)).equals(body(700 * KIB, 3))).toBe(true);
+  });
+
+  it('lets one body larger than the budget through when it is the only one', async () => {
+    const path = unique('alone');
+    await create(path);
+    for (const chunked of [false, true]) {
+      expect((await send('POST', path, body(2 * BUDGET, 5), chunked)).status).toBe(204);
+    }
+    expect((await read(path)).length).toBe(4 * BUDGET);
+  });
+
+  it('gives a share back however the request ends: refused by the stream, too large, or abandoned by its client', async () => {
+    const path = unique('released');
+    await create(path);
+    // A 409 (wrong content type) after its body was read.
+    const wrongType = await new Promise<number>((resolve, reject) => {
+      const req = http.request(
+        { host: worker.hostname, port: worker.port, method: 'POST', path, headers: { 'content-type': 'text/plain' }, agent: false },
+        (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        },
+      );
+      req.on('error', reject);
+      req.end(body(700 * KIB, 6));
+    });
+    expect(wrongType).toBe(409);
+    // A streamed body that grows past MAX_APPEND_BYTES: 413 once its share was past the budget.
+    expect((await send('POST', path, body(MAX_APPEND + KIB, 6), true)).status).toBe(413);
+    // Uploads whose clients go away in the middle of their bodies, declared and chunked.
+    for (const chunked of [false, true]) (await held(path, 700 * KIB, 7, chunked)).abort();
+    await sleep(1000);
+    // Were any of their shares still counted, the 700 KiB append below, sent while this one
+    // holds 300 KiB, would pass the budget and be refused.
+    const waiting = await held(path, 300 * KIB, 8);
+    expect((await send('POST', path, body(700 * KIB, 9))).status).toBe(204);
+    expect((await waiting.finish()).status).toBe(204);
+    // Nothing of the abandoned uploads was stored.
+    expect((await read(path)).equals(Buffer.concat([body(700 * KIB, 9), body(300 * KIB, 8)]))).toBe(true);
+  });
+});
