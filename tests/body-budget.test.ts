@@ -1,8 +1,10 @@
 // BODY_BUDGET_BYTES (worker/src/intake.rs): request bodies held in the isolate at once share one
-// budget, so concurrent large appends cannot add up past an isolate's memory. A body that would
-// take the isolate past it is answered 503 with Retry-After, nothing of it stored, and goes
-// through when retried; one body of any accepted size always goes through alone; and a body's
-// share is given back however its request ends (answered, refused, or abandoned by its client).
+// budget, counted as their bytes arrive, so concurrent large appends cannot add up past an
+// isolate's memory. A body that would take the isolate past it is answered 503 with Retry-After,
+// nothing of it stored, and goes through when retried; one body of any accepted size always goes
+// through alone; a client that declares a large body and sends it slowly holds only what it has
+// sent; and a body's share is given back however its request ends (answered, refused, or
+// abandoned by its client).
 // Requests go to the Worker's own workerd socket, as in production: wrangler dev's local proxy
 // forwards a chunked upload whose client went away as if it were complete (docs/reliability.md).
 import http from 'node:http';
@@ -84,10 +86,13 @@ function expectBusy(reply: Reply) {
 /** Bytes that say where they come from, so a mix-up shows in the comparison. */
 const body = (size: number, fill: number) => Buffer.alloc(size, fill);
 
-/** Starts an append of `size` bytes and sends a first part: the object now holds its share. */
-async function held(path: string, size: number, fill: number, chunked = false) {
-  const up = upload('POST', path, body(size, fill), 64 * KIB, chunked);
-  await sleep(500);
+/**
+ * Starts an append of `size` bytes and sends `sent` of them (all but the last KiB by default):
+ * once they have arrived, the object holds them as the body's share.
+ */
+async function held(path: string, size: number, fill: number, chunked = false, sent = size - KIB) {
+  const up = upload('POST', path, body(size, fill), sent, chunked);
+  await sleep(1000);
   return up;
 }
 
@@ -108,6 +113,16 @@ describe('the isolate budget for request bodies (BODY_BUDGET_BYTES)', () => {
     expect((await send('PUT', other, body(700 * KIB, 3))).status).toBe(201);
     expect((await read(path)).equals(Buffer.concat([body(200 * KIB, 4), body(700 * KIB, 1), body(700 * KIB, 2)]))).toBe(true);
     expect((await read(other)).equals(body(700 * KIB, 3))).toBe(true);
+  });
+
+  it('counts a declared body as it arrives: one that is sent slowly holds only what has come', async () => {
+    const path = unique('slow');
+    await create(path);
+    const slow = await held(path, 900 * KIB, 1, false, 64 * KIB);
+    // Had the declared 900 KiB been reserved, 700 KiB more would pass the 1 MiB budget.
+    expect((await send('POST', path, body(700 * KIB, 2))).status).toBe(204);
+    expect((await slow.finish()).status).toBe(204);
+    expect((await read(path)).equals(Buffer.concat([body(700 * KIB, 2), body(900 * KIB, 1)]))).toBe(true);
   });
 
   it('lets one body larger than the budget through when it is the only one', async () => {

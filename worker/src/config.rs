@@ -20,7 +20,9 @@ pub struct Config {
     pub ws_backlog_bytes: u64,
     /// How many bytes of request bodies (appends, and creates with a body) an isolate holds
     /// at once; a request that would take it past them is answered 503 with `Retry-After`
-    /// (one body of any accepted size always goes through). See [`crate::intake`].
+    /// (one body alone always goes through). At twice `max_append_bytes`, as by default, the
+    /// largest body fits beside others; below that it goes through only alone. See
+    /// [`crate::intake`].
     pub body_budget_bytes: u64,
     /// `Access-Control-Allow-Origin` value(s): `*` or a comma-separated list of origins.
     pub cors_origins: String,

@@ -2,7 +2,7 @@
 
 use edgestream::headers as h;
 use edgestream::ProtocolError;
-use futures_util::StreamExt;
+use wasm_bindgen::{JsCast, JsValue};
 use worker::worker_sys::web_sys;
 use worker::{Headers, Request, Response, ResponseBody, Result};
 
@@ -161,6 +161,12 @@ impl BodyRefusal {
     }
 }
 
+/// A declared body up to this size is reserved whole and read in one call: one wait instead
+/// of one per chunk, which matters for small appends when the event loop is busy. A larger one
+/// is counted as its bytes arrive, so a client that declares a large body and sends it slowly
+/// holds only what it has sent.
+const READ_WHOLE_BYTES: u64 = 64 * 1024;
+
 /// Reads a request body completely, refusing it as soon as it grows past `max` bytes, so a
 /// huge or endless body cannot exhaust the isolate's memory, or as soon as holding it would
 /// take the bodies the isolate holds past their budget (`held` keeps its share until dropped).
@@ -169,56 +175,77 @@ pub async fn read_body(
     max: u64,
     held: &mut Held,
 ) -> Result<std::result::Result<Vec<u8>, BodyRefusal>> {
-    if let Some(len) =
-        header(req.headers(), h::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok())
-    {
+    let declared =
+        header(req.headers(), h::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(len) = declared {
         if len > max {
             return Ok(Err(BodyRefusal::TooLarge(ProtocolError::PayloadTooLarge {
                 limit: max,
             })));
         }
-        if held.grow(len) {
-            // The runtime enforces the declared length, so the body can be read in one call:
-            // one wait instead of one per chunk, which matters when the event loop is busy.
+        if len <= READ_WHOLE_BYTES && held.grow(len) {
             return Ok(Ok(req.bytes().await?));
         }
-        // Read and thrown away, not held: a client still sending its body when the answer
-        // comes sees its connection reset instead of the 503 it could retry on.
-        if let Ok(mut stream) = req.stream() {
-            discard(&mut stream, 0).await;
-        }
-        return Ok(Err(BodyRefusal::Busy));
     }
-    let mut body = Vec::new();
-    let Ok(mut stream) = req.stream() else {
+    let Some(stream) = req.inner().body() else {
         // No body at all.
-        return Ok(Ok(body));
+        return Ok(Ok(Vec::new()));
     };
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        let refusal = if (body.len() + chunk.len()) as u64 > max {
+    let reader: web_sys::ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
+    // The chunks stay in JS until the end, so wasm memory takes one copy of the exact size.
+    let mut chunks: Vec<js_sys::Uint8Array> = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(chunk) = next_chunk(&reader).await? {
+        let len = u64::from(chunk.length());
+        let refusal = if total + len > max {
             BodyRefusal::TooLarge(ProtocolError::PayloadTooLarge { limit: max })
-        } else if !held.grow(chunk.len() as u64) {
+        } else if !held.grow(len) {
             BodyRefusal::Busy
         } else {
-            body.extend_from_slice(&chunk);
+            total += len;
+            chunks.push(chunk);
             continue;
         };
-        drop(body);
-        // Answering before the body has been read leaves a streamed (chunked) upload half
-        // sent, and a proxy in front of us may then wedge the client's keep-alive
-        // connection. Discard the rest, up to a bound, so the refusal arrives on a clean one.
-        discard(&mut stream, chunk.len() as u64).await;
+        drop(chunks);
+        held.release();
+        // Answering before the body has been read leaves the upload half sent: the client may
+        // see its connection reset instead of the answer, and a proxy in front of us may wedge
+        // its keep-alive connection. Discard the rest, up to a bound, so the answer arrives.
+        discard(&reader, total + len).await;
         return Ok(Err(refusal));
+    }
+    let mut body = vec![0u8; chunks.iter().map(|c| c.length() as usize).sum()];
+    let mut at = 0;
+    for chunk in &chunks {
+        let len = chunk.length() as usize;
+        chunk.copy_to(&mut body[at..at + len]);
+        at += len;
     }
     Ok(Ok(body))
 }
 
+/// The next chunk of a body, or `None` at its end. A body cut off by its client is an error,
+/// never an end, so a part of an append is never taken for all of it.
+async fn next_chunk(
+    reader: &web_sys::ReadableStreamDefaultReader,
+) -> Result<Option<js_sys::Uint8Array>> {
+    let read = wasm_bindgen_futures::JsFuture::from(reader.read()).await?;
+    let done = js_sys::Reflect::get(&read, &JsValue::from_str("done"))?;
+    if done.as_bool() != Some(false) {
+        return Ok(None);
+    }
+    let value = js_sys::Reflect::get(&read, &JsValue::from_str("value"))?;
+    value
+        .dyn_into::<js_sys::Uint8Array>()
+        .map(Some)
+        .map_err(|_| worker::Error::RustError("request body chunk is not bytes".into()))
+}
+
 /// Reads the rest of a body and throws it away, up to [`DRAIN_LIMIT`] bytes in all.
-async fn discard(stream: &mut worker::ByteStream, mut discarded: u64) {
+async fn discard(reader: &web_sys::ReadableStreamDefaultReader, mut discarded: u64) {
     while discarded < DRAIN_LIMIT {
-        match stream.next().await {
-            Some(Ok(chunk)) => discarded += chunk.len() as u64,
+        match next_chunk(reader).await {
+            Ok(Some(chunk)) => discarded += u64::from(chunk.length()),
             _ => break,
         }
     }

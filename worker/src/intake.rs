@@ -4,9 +4,10 @@
 //! its object while its body arrives, so concurrent large appends add up: locally, eight
 //! concurrent 16 MiB appends to one stream grew workerd by 423 MB, and an isolate on
 //! Cloudflare has 128 MB for every object it runs, while wasm memory never shrinks. Each body
-//! therefore takes a share of one isolate-wide budget ([`Held`]) as it is read, and a request
-//! that would take the isolate past it is answered 503 with `Retry-After` before more of its
-//! body is held. Nothing was stored, so the client's retry is safe.
+//! therefore takes a share of one isolate-wide budget ([`Held`]) as its bytes arrive, and a
+//! request that would take the isolate past it is answered 503 with `Retry-After` before more
+//! of its body is held. Nothing was stored, so the client's retry is safe. WebSocket append
+//! frames are not counted: each is one message the runtime has already received whole.
 
 use std::cell::Cell;
 
@@ -30,7 +31,7 @@ impl Held {
 
     /// Reserves `more` bytes. False, with nothing reserved, when that would take the bodies
     /// the isolate holds past the limit, unless this is the only body held: one body of any
-    /// size the server accepts always goes through, so a limit below it only serializes.
+    /// size the server accepts always goes through.
     pub fn grow(&mut self, more: u64) -> bool {
         HELD.with(|held| {
             let total = held.get();
@@ -43,11 +44,17 @@ impl Held {
             true
         })
     }
+
+    /// Gives the share back, for a body refused and read on only to be thrown away.
+    pub fn release(&mut self) {
+        HELD.with(|held| held.set(held.get() - self.bytes));
+        self.bytes = 0;
+    }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        HELD.with(|held| held.set(held.get() - self.bytes));
+        self.release();
     }
 }
 
@@ -75,8 +82,10 @@ mod tests {
         let mut third = Held::new(100);
         assert!(third.grow(30));
         assert!(!third.grow(1));
-        // A refused share still holds what it had, until dropped.
+        // A refused share still holds what it had, until given back.
         assert_eq!(held(), 100);
+        third.release();
+        assert_eq!(held(), 70);
         drop(third);
         drop(second);
         assert_eq!(held(), 0);
