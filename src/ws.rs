@@ -46,24 +46,37 @@ pub fn choose_protocol(protocols: &str) -> Option<&'static str> {
 }
 
 /// How far a client under [`RECEIPTS`] has read, and the rule that holds it to that: the
-/// server sends no data that would leave it more than a limit behind.
+/// server sends no data that would leave it more than a limit behind. A receipt is a claim, so
+/// it counts only up to what the client was sent: a receipt for data not sent yet would
+/// otherwise let a client that stopped reading be sent without bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Receipt(Offset);
+pub struct Receipt {
+    read: Offset,
+    sent: Offset,
+}
 
 impl Receipt {
-    /// A client that has read everything before `offset`.
+    /// A client that was sent, and has read, everything before `offset`.
     pub fn at(offset: Offset) -> Receipt {
-        Receipt(offset)
+        Receipt {
+            read: offset,
+            sent: offset,
+        }
     }
 
-    /// A receipt for `offset`; receipts never move back.
+    /// The client was sent everything before `end`.
+    pub fn sent(&mut self, end: Offset) {
+        self.sent = self.sent.max(end);
+    }
+
+    /// A receipt for `offset`, counted up to what was sent; receipts never move back.
     pub fn received(&mut self, offset: Offset) {
-        self.0 = self.0.max(offset);
+        self.read = self.read.max(offset.min(self.sent));
     }
 
     /// Whether sending data up to `end` would leave the client more than `limit` bytes behind.
     pub fn falls_behind(self, end: Offset, limit: u64) -> bool {
-        end.distance_from(self.0) > limit
+        end.distance_from(self.read) > limit
     }
 }
 
@@ -368,10 +381,21 @@ mod tests {
         let mut read = Receipt::at(at(100));
         assert!(!read.falls_behind(at(150), 50));
         assert!(read.falls_behind(at(151), 50));
+        read.sent(at(150));
         read.received(at(120));
         read.received(at(110));
-        assert_eq!(read, Receipt::at(at(120)));
         assert!(!read.falls_behind(at(170), 50));
+        assert!(read.falls_behind(at(171), 50));
+        // A receipt for more than was sent counts only what was sent.
+        read.received(at(1 << 40));
+        assert!(!read.falls_behind(at(200), 50));
+        assert!(read.falls_behind(at(201), 50));
+        read.sent(at(120));
+        read.received(at(300));
+        assert!(
+            read.falls_behind(at(201), 50),
+            "what was sent never moves back"
+        );
         // Data before what it has read never counts against it.
         assert!(!read.falls_behind(at(0), 0));
         assert!(combines(COMBINED) && combines(RECEIPTS) && !combines("chat"));

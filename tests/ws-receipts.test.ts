@@ -204,10 +204,11 @@ describe('WebSocket receipts (edgestream.v3)', () => {
   it.each([
     ['edgestream.v2', ['edgestream.v2']],
     ['no subprotocol', []],
-  ])('a client that does not send receipts (%s) is closed with 1012 once sent the limit live, and resumes from its offset exactly', async (_, protocols) => {
+  ])('a client that does not offer receipts (%s) is closed with 1012 once sent the limit live, and resumes from its offset exactly', async (_, protocols) => {
     const name = unique('no-receipts');
     await create(name);
-    const follower = await Follower.open(name, 'now', protocols, false);
+    // It sends receipts anyway: they count only under edgestream.v3.
+    const follower = await Follower.open(name, 'now', protocols, true);
     expect(await follower.until(() => follower.offset !== undefined)).toBe(true);
     const sent: Buffer[] = [];
     let tail = '';
@@ -224,10 +225,51 @@ describe('WebSocket receipts (edgestream.v3)', () => {
       sent.push(chunk(i));
       tail = await append(name, sent[i]);
     }
-    const resumed = await Follower.open(name, follower.offset!, protocols, false);
+    const resumed = await Follower.open(name, follower.offset!, protocols, true);
     expect(await resumed.until(() => resumed.offset === tail)).toBe(true);
     expect(Buffer.concat([...follower.chunks, ...resumed.chunks]).equals(Buffer.concat(sent))).toBe(true);
     resumed.ws.close();
+  });
+
+  it('a client the edge follows live (a fork\'s reader) that does not offer receipts is closed with 1012 once sent the limit', async () => {
+    const source = unique('fork-source');
+    await create(source, chunk(0));
+    const name = unique('fork');
+    const forked = await fetch(`${base()}/${name}`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/octet-stream', 'stream-forked-from': `/v1/stream/${source}` },
+    });
+    expect(forked.status).toBe(201);
+    // The fork's inherited range is read from its source, so the edge serves this socket.
+    const follower = await Follower.open(name, '-1', ['edgestream.v2'], true);
+    expect(await follower.until(() => follower.upToDate)).toBe(true);
+    const sent = [chunk(0)];
+    for (let i = 1; i < 48 && follower.ws.readyState === WebSocket.OPEN; i++) {
+      sent.push(chunk(i));
+      const tail = await append(name, sent[i]);
+      await follower.until(() => follower.offset === tail, 5_000);
+    }
+    expect(await follower.closed).toEqual({ code: 1012, reason: NO_RECEIPTS });
+    // Counted from where it connected, its catch-up included.
+    expect(follower.bytes).toBeGreaterThanOrEqual(LIMIT - CHUNK);
+    expect(follower.bytes).toBeLessThanOrEqual(LIMIT);
+    const resumed = await Follower.open(name, follower.offset!, ['edgestream.v2'], true);
+    expect(await resumed.until(() => resumed.upToDate)).toBe(true);
+    expect(Buffer.concat([...follower.chunks, ...resumed.chunks]).equals(Buffer.concat(sent))).toBe(true);
+    resumed.ws.close();
+  });
+
+  it('a receipt for more than the client was sent counts only what it was sent', async () => {
+    const name = unique('lies');
+    await create(name);
+    const follower = await Follower.open(name, 'now', ['edgestream.v3'], false);
+    expect(await follower.until(() => follower.offset !== undefined)).toBe(true);
+    // Far beyond the tail: as if it had read everything to come. Then it reads nothing more.
+    follower.ws.send(JSON.stringify({ type: 'received', offset: `0000000000000000_${String(2 ** 40).padStart(16, '0')}` }));
+    await new Promise((r) => setTimeout(r, 200));
+    for (let i = 0; i < 48; i++) await append(name, chunk(i));
+    expect(await follower.closed).toEqual({ code: 1012, reason: FELL_BEHIND });
+    expect(follower.bytes).toBeLessThanOrEqual(LIMIT);
   });
 
   it('a client the edge serves that sends no receipts gets its catch-up over several connections, each within the limit and a page', async () => {

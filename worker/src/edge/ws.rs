@@ -151,6 +151,14 @@ fn falls_behind(limit: u64, read: Option<Receipt>, end: Offset) -> bool {
     read.is_some_and(|read| read.falls_behind(end, limit))
 }
 
+/// Records that the client was sent everything before `end`: its receipts count up to there.
+fn sent(read: &Cell<Option<Receipt>>, end: Offset) {
+    if let Some(mut receipt) = read.get() {
+        receipt.sent(end);
+        read.set(Some(receipt));
+    }
+}
+
 /// Why a session ended, which decides the close code.
 enum End {
     /// The stream is closed and the client has all of it.
@@ -237,10 +245,10 @@ impl Session {
     /// A receipt: the client has read everything before `offset`. Only a client under
     /// edgestream.v3 is held to its receipts, as at the object.
     fn received(&self, offset: Offset) {
-        if !self.receipts {
+        // Nothing was sent yet to a client that started at `now` and is not live.
+        let (true, Some(mut read)) = (self.receipts, self.read.get()) else {
             return;
-        }
-        let mut read = self.read.get().unwrap_or(Receipt::at(offset));
+        };
         read.received(offset);
         self.read.set(Some(read));
         if let Some(waker) = self.receipt_waker.take() {
@@ -369,6 +377,7 @@ impl Follower<'_> {
                             Some(LiveEnd::End(End::Restart(cut)))
                         } else {
                             seen.set(true);
+                            sent(&read, end);
                             match emit.frame(end, closed, up_to_date, payload) {
                                 Ok(false) => None,
                                 Ok(true) => Some(LiveEnd::End(End::StreamClosed)),
@@ -416,6 +425,7 @@ impl Follower<'_> {
             return Some(End::Restart("stream read failed"));
         };
         let ended = self.send_page(&body, end, up_to_date, closed);
+        sent(&self.session.read, end);
         // Sent: the page is not kept in wasm memory while the client reads it.
         drop(body);
         if ended.is_some() || up_to_date {

@@ -43,6 +43,10 @@ pub struct ClientState {
     /// Names the socket among the object's [`Receipts`].
     #[serde(default)]
     pub id: u64,
+    /// The position it was sent everything before when it connected: a client that sends no
+    /// receipts counts from here, even after the object wakes from hibernation.
+    #[serde(default)]
+    pub connected_at: Option<u64>,
 }
 
 impl ClientState {
@@ -125,6 +129,7 @@ pub fn accept(
         json: meta.is_json(),
         hello,
         id,
+        connected_at: Some(end.position()),
     };
     let attached = serde_json::to_string(&state)
         .map_err(|e| worker::Error::RustError(e.to_string()))
@@ -212,9 +217,16 @@ pub fn groups(sockets: Vec<WebSocket>, receipts: &Receipts) -> Vec<Group> {
             continue;
         };
         let (cursor, combined) = (state.hello.cursor, state.hello.combined);
+        let read = receipts.slot(state.id);
+        if !state.hello.receipts {
+            // After a wake, a client without receipts still counts from where it connected.
+            if let Some(at) = state.connected_at.and_then(Offset::new) {
+                Receipts::seed(&read, at);
+            }
+        }
         let ws = Client {
             ws,
-            read: receipts.slot(state.id),
+            read,
             receipts: state.hello.receipts,
         };
         match groups
@@ -361,11 +373,19 @@ impl Receipts {
         self.slot(id).set(Read::Before(Receipt::at(start)));
     }
 
-    /// A receipt: the socket has read everything before `offset`.
-    pub fn received(&self, id: u64, offset: Offset) {
+    /// Where a socket not known yet (after a wake) counts from, when that is known.
+    fn seed(slot: &Cell<Read>, at: Offset) {
+        if let Read::Unknown = slot.get() {
+            slot.set(Read::Before(Receipt::at(at)));
+        }
+    }
+
+    /// A receipt: the socket has read everything before `offset` (counted up to what it was
+    /// sent; for a socket not known yet, up to the stream's `tail`).
+    pub fn received(&self, id: u64, offset: Offset, tail: Offset) {
         let slot = self.slot(id);
         let read = match slot.get() {
-            Read::Unknown => Read::Before(Receipt::at(offset)),
+            Read::Unknown => Read::Before(Receipt::at(offset.min(tail))),
             Read::Before(mut read) => {
                 read.received(offset);
                 Read::Before(read)
@@ -392,6 +412,8 @@ impl Receipts {
             slot.set(Read::Cut);
             Admit::Cut
         } else {
+            let mut read = read;
+            read.sent(end);
             slot.set(Read::Before(read));
             Admit::Send
         }
@@ -539,18 +561,35 @@ mod tests {
     fn a_client_is_cut_off_once_too_far_behind_its_receipts() {
         let at = |p: u64| Offset::new(p).unwrap();
         let receipts = Receipts::new(100);
+        let tail = at(1000);
         receipts.opened(1, at(0));
         let one = receipts.slot(1);
         assert_eq!(receipts.admit(&one, at(0), at(60)), Admit::Send);
         assert_eq!(receipts.admit(&one, at(60), at(100)), Admit::Send);
-        receipts.received(1, at(60));
+        receipts.received(1, at(60), tail);
         // A receipt never moves back.
-        receipts.received(1, at(10));
+        receipts.received(1, at(10), tail);
         assert_eq!(receipts.admit(&one, at(100), at(160)), Admit::Send);
         assert_eq!(receipts.admit(&one, at(160), at(161)), Admit::Cut);
         // Cut off: nothing more, whatever it says now.
-        receipts.received(1, at(161));
+        receipts.received(1, at(161), tail);
         assert_eq!(receipts.admit(&one, at(161), at(162)), Admit::Skip);
+        // A receipt for more than it was sent counts only what it was sent.
+        receipts.opened(3, at(0));
+        let three = receipts.slot(3);
+        assert_eq!(receipts.admit(&three, at(0), at(50)), Admit::Send);
+        receipts.received(3, at(900), tail);
+        assert_eq!(receipts.admit(&three, at(50), at(150)), Admit::Send);
+        assert_eq!(receipts.admit(&three, at(150), at(151)), Admit::Cut);
+        // A socket not known yet is believed only up to the tail.
+        receipts.received(4, at(5000), tail);
+        let four = receipts.slot(4);
+        assert_eq!(receipts.admit(&four, at(1000), at(1100)), Admit::Send);
+        assert_eq!(receipts.admit(&four, at(1100), at(1101)), Admit::Cut);
+        // A client without receipts counts from where it connected, even after a wake.
+        let five = receipts.slot(5);
+        Receipts::seed(&five, at(400));
+        assert_eq!(receipts.admit(&five, at(1000), at(1001)), Admit::Cut);
         // After a wake from hibernation a socket counts as having read what came before.
         let two = receipts.slot(2);
         assert_eq!(receipts.admit(&two, at(500), at(600)), Admit::Send);

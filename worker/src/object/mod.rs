@@ -157,7 +157,9 @@ impl DurableObject for StreamObject {
             Ok(ClientMessage::Received(offset)) => {
                 // Only a socket under edgestream.v3 is held to its receipts.
                 if state.hello.receipts {
-                    self.hub.receipts().received(state.id, offset);
+                    // Up to the tail: it cannot have read more, whatever it says.
+                    let tail = self.meta().ok().flatten().map_or(offset, |m| m.tail);
+                    self.hub.receipts().received(state.id, offset, tail);
                 }
                 return Ok(());
             }
@@ -197,7 +199,10 @@ impl DurableObject for StreamObject {
         Ok(())
     }
 
-    async fn websocket_error(&self, _ws: WebSocket, _error: worker::Error) -> Result<()> {
+    async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> Result<()> {
+        if let Some(state) = clients::ClientState::of(ws.as_ref()) {
+            self.hub.receipts().closed(state.id);
+        }
         Ok(())
     }
 }
