@@ -132,6 +132,34 @@ async function stillOpen(follower: Follower, ms = 300) {
   return follower.ws.readyState === WebSocket.OPEN;
 }
 
+/**
+ * Waits for the close that cuts `follower` off with `reason`, and checks what it was sent past
+ * the `uncounted` bytes it was not held to: at most the limit, and within a chunk of it.
+ */
+async function expectCut(follower: Follower, reason: string, uncounted = 0) {
+  expect(await follower.closed).toEqual({ code: 1012, reason });
+  const counted = follower.bytes - uncounted;
+  expect(counted).toBeGreaterThanOrEqual(LIMIT - CHUNK);
+  expect(counted).toBeLessThanOrEqual(LIMIT);
+}
+
+/**
+ * Resumes a cut-off follower from its last control's offset until `done`, and checks that the
+ * two together got exactly `sent`: nothing lost, nothing twice.
+ */
+async function expectResumes(
+  name: string,
+  cut: Follower,
+  protocols: string[],
+  sent: Buffer[],
+  done: (resumed: Follower) => boolean = (resumed) => resumed.upToDate,
+) {
+  const resumed = await Follower.open(name, cut.offset!, protocols, true);
+  expect(await resumed.until(() => done(resumed))).toBe(true);
+  expect(Buffer.concat([...cut.chunks, ...resumed.chunks]).equals(Buffer.concat(sent))).toBe(true);
+  resumed.ws.close();
+}
+
 describe('WebSocket receipts (edgestream.v3)', () => {
   it('answers edgestream.v3 when it is offered, and edgestream.v2 when only that is', async () => {
     const name = unique('proto');
@@ -175,16 +203,9 @@ describe('WebSocket receipts (edgestream.v3)', () => {
       sent.push(chunk(i));
       await append(name, sent[i]);
     }
-    const closed = await follower.closed;
-    expect(closed).toEqual({ code: 1012, reason: FELL_BEHIND });
     // It was sent up to the limit (from where it last said it was), and nothing beyond.
-    expect(follower.bytes).toBeGreaterThanOrEqual(LIMIT - CHUNK);
-    expect(follower.bytes).toBeLessThanOrEqual(LIMIT);
-    // Resuming from the last control's offset gives the rest: nothing lost, nothing twice.
-    const resumed = await Follower.open(name, follower.offset!, ['edgestream.v3'], true);
-    expect(await resumed.until(() => resumed.upToDate)).toBe(true);
-    expect(Buffer.concat([...follower.chunks, ...resumed.chunks]).equals(Buffer.concat(sent))).toBe(true);
-    resumed.ws.close();
+    await expectCut(follower, FELL_BEHIND);
+    await expectResumes(name, follower, ['edgestream.v3'], sent);
   });
 
   it('the catch-up a socket opens with is not held to the limit; the live appends after it are', async () => {
@@ -195,10 +216,7 @@ describe('WebSocket receipts (edgestream.v3)', () => {
     expect(await follower.until(() => follower.upToDate)).toBe(true);
     expect(follower.bytes).toBe(catchUp.length);
     for (let i = 0; i < 48; i++) await append(name, chunk(100 + i));
-    expect(await follower.closed).toEqual({ code: 1012, reason: FELL_BEHIND });
-    const live = follower.bytes - catchUp.length;
-    expect(live).toBeGreaterThanOrEqual(LIMIT - CHUNK);
-    expect(live).toBeLessThanOrEqual(LIMIT);
+    await expectCut(follower, FELL_BEHIND, catchUp.length);
   });
 
   it.each([
@@ -218,17 +236,12 @@ describe('WebSocket receipts (edgestream.v3)', () => {
       tail = await append(name, sent[i]);
       await follower.until(() => follower.offset === tail, 5_000);
     }
-    expect(await follower.closed).toEqual({ code: 1012, reason: NO_RECEIPTS });
-    expect(follower.bytes).toBeGreaterThanOrEqual(LIMIT - CHUNK);
-    expect(follower.bytes).toBeLessThanOrEqual(LIMIT);
+    await expectCut(follower, NO_RECEIPTS);
     for (let i = sent.length; i < 24; i++) {
       sent.push(chunk(i));
       tail = await append(name, sent[i]);
     }
-    const resumed = await Follower.open(name, follower.offset!, protocols, true);
-    expect(await resumed.until(() => resumed.offset === tail)).toBe(true);
-    expect(Buffer.concat([...follower.chunks, ...resumed.chunks]).equals(Buffer.concat(sent))).toBe(true);
-    resumed.ws.close();
+    await expectResumes(name, follower, protocols, sent, (resumed) => resumed.offset === tail);
   });
 
   it('a client the edge follows live (a fork\'s reader) that does not offer receipts is closed with 1012 once sent the limit', async () => {
@@ -249,14 +262,9 @@ describe('WebSocket receipts (edgestream.v3)', () => {
       const tail = await append(name, sent[i]);
       await follower.until(() => follower.offset === tail, 5_000);
     }
-    expect(await follower.closed).toEqual({ code: 1012, reason: NO_RECEIPTS });
     // Counted from where it connected, its catch-up included.
-    expect(follower.bytes).toBeGreaterThanOrEqual(LIMIT - CHUNK);
-    expect(follower.bytes).toBeLessThanOrEqual(LIMIT);
-    const resumed = await Follower.open(name, follower.offset!, ['edgestream.v2'], true);
-    expect(await resumed.until(() => resumed.upToDate)).toBe(true);
-    expect(Buffer.concat([...follower.chunks, ...resumed.chunks]).equals(Buffer.concat(sent))).toBe(true);
-    resumed.ws.close();
+    await expectCut(follower, NO_RECEIPTS);
+    await expectResumes(name, follower, ['edgestream.v2'], sent);
   });
 
   it('a receipt for more than the client was sent counts only what it was sent', async () => {
@@ -322,10 +330,7 @@ describe('WebSocket receipts (edgestream.v3)', () => {
     expect(Buffer.concat(follower.chunks).equals(Buffer.concat([catchUp, ...sent]))).toBe(true);
     follower.receipts = false;
     for (let i = 0; i < 48; i++) await append(name, chunk(2000 + i));
-    expect(await follower.closed).toEqual({ code: 1012, reason: FELL_BEHIND });
-    const live = follower.bytes - catchUp.length - sent.length * CHUNK;
-    expect(live).toBeGreaterThanOrEqual(LIMIT - CHUNK);
-    expect(live).toBeLessThanOrEqual(LIMIT);
+    await expectCut(follower, FELL_BEHIND, catchUp.length + sent.length * CHUNK);
   });
 
   it('refuses a receipt without a control offset with 1008, and appends nothing', async () => {

@@ -214,7 +214,8 @@ pub async fn read_body(
         discard(&reader, total + len).await;
         return Ok(Err(refusal));
     }
-    let mut body = vec![0u8; chunks.iter().map(|c| c.length() as usize).sum()];
+    // `total <= max`, which a wasm allocation can hold.
+    let mut body = vec![0u8; total as usize];
     let mut at = 0;
     for chunk in &chunks {
         let len = chunk.length() as usize;

@@ -335,8 +335,9 @@ pub fn close_all(
 /// runtime hold every later append for it. A client that sends receipts moves its slot; one
 /// that does not counts as having read only what it was sent when it connected, so it is cut
 /// off after the limit and reconnects. In memory only: after the object wakes from
-/// hibernation, a socket counts as having read everything sent before. The cached [`Group`]s
-/// hold each socket's slot, so a delivery looks nothing up.
+/// hibernation, a socket that sends receipts counts as having read everything sent before,
+/// and one that does not counts from where it connected (kept in its attachment). The cached
+/// [`Group`]s hold each socket's slot, so a delivery looks nothing up.
 pub struct Receipts {
     /// `WS_BACKLOG_BYTES`.
     limit: u64,
