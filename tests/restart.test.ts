@@ -27,7 +27,9 @@ async function append(name: string, body: string, producer?: { id: string; epoch
 }
 
 test('every acknowledged append, stream and producer survives a hard restart', async () => {
-  const names = ['plain', 'producer', 'json', 'closed'];
+  // `untimed` has no TTL or Stream-Seq, so its appends write log rows only and its tail is
+  // found again from them; `plain` has a TTL, so its appends rewrite the stream's row too.
+  const names = ['plain', 'untimed', 'producer', 'json', 'closed'];
   for (const name of names) {
     const type = name === 'json' ? 'application/json' : 'text/plain';
     const headers: Record<string, string> = { 'content-type': type };
@@ -48,6 +50,12 @@ test('every acknowledged append, stream and producer survives a hard restart', a
   const big = 'x'.repeat(3 * 1024 * 1024); // spans several SQLite rows
   expect((await append('plain', big)).status).toBe(204);
   expected.push(big);
+  const untimed: string[] = [];
+  for (const body of ['a', 'bc', big, 'def']) {
+    expect((await append('untimed', body)).status).toBe(204);
+    untimed.push(body);
+  }
+  const untimedTail = (await fetch(url('untimed'), { method: 'HEAD' })).headers.get('stream-next-offset');
   const jsonRes = await fetch(url('json'), { method: 'POST', headers: { 'content-type': 'application/json' }, body: '[{"a":1},{"b":2}]' });
   expect(jsonRes.status).toBe(204);
   const closeRes = await fetch(url('closed'), { method: 'POST', headers: { 'stream-closed': 'true' } });
@@ -62,6 +70,17 @@ test('every acknowledged append, stream and producer survives a hard restart', a
   expect(plain.headers.get('stream-next-offset')).toBe(tailBefore);
   const head = await fetch(url('plain'), { method: 'HEAD' });
   expect(head.headers.get('stream-ttl')).toBe('3600');
+
+  const afterRestart = await fetch(url('untimed'), { method: 'HEAD' });
+  expect(afterRestart.headers.get('stream-next-offset')).toBe(untimedTail);
+  const more = await append('untimed', 'ghij');
+  expect(more.status).toBe(204);
+  const position = (offset: string | null) => Number(offset?.split('_')[1]);
+  expect(position(untimedTail)).toBe(untimed.join('').length);
+  expect(position(more.headers.get('stream-next-offset'))).toBe(position(untimedTail) + 'ghij'.length);
+  const untimedRead = await fetch(url('untimed'));
+  expect(await untimedRead.text()).toBe([...untimed, 'ghij'].join(''));
+  expect(untimedRead.headers.get('stream-next-offset')).toBe(more.headers.get('stream-next-offset'));
 
   const producer = await fetch(url('producer'));
   expect(await producer.text()).toBe(Array.from({ length: 10 }, (_, i) => `p${i};`).join(''));

@@ -541,6 +541,7 @@ impl StreamObject {
             store.save_producer(p.id, state, now)?;
         }
         meta.tail = tail;
+        let seq_changed = stream_seq.is_some();
         if let Some(seq) = stream_seq {
             meta.last_stream_seq = Some(seq);
         }
@@ -552,10 +553,16 @@ impl StreamObject {
                 seq: p.seq,
             });
         }
-        if matches!(meta.expiry, Expiry::Ttl(_)) {
+        let ttl = matches!(meta.expiry, Expiry::Ttl(_));
+        if ttl {
             meta.accessed_ms = now;
         }
-        self.save(&meta)?;
+        if ttl || close || seq_changed {
+            self.save(&meta)?;
+        } else {
+            // Only the tail moved, and the rows just written say where it is.
+            self.meta.replace(Some(Some(meta.clone())));
+        }
         // A producer's data append is acknowledged with 200; a close-only request has no data.
         let status = if producer_state.is_some() && !data.is_empty() {
             200

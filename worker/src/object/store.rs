@@ -79,6 +79,9 @@ pub struct Meta {
     pub closed_by: Option<ClosingProducer>,
     /// For forks, the divergence point: positions below it are read from the source.
     pub base: Offset,
+    /// The end of the data. Its column is written only with another change to the row: a plain
+    /// append commits its log rows alone, one write instead of two, and loading takes the end
+    /// of the last row when that is further.
     pub tail: Offset,
     pub last_stream_seq: Option<String>,
     pub fork: Option<ForkRequest>,
@@ -244,6 +247,15 @@ impl Store {
         let Some(r) = rows.first() else {
             return Ok(None);
         };
+        // A plain append writes only its log rows (see `Meta::tail`), so the tail is where the
+        // last row ends whenever that is past the column.
+        let log_end = self
+            .rows(
+                "SELECT start + length(data) FROM log ORDER BY start DESC LIMIT 1",
+                vec![],
+            )?
+            .first()
+            .map_or(Offset::ZERO, |r| offset(r.first()));
         let g = |i: usize| r.get(i);
         let content_type = text(g(2))
             .and_then(|t| ContentType::parse(&t).ok())
@@ -272,7 +284,7 @@ impl Store {
             closed: int(g(6)) != 0,
             closed_by,
             base: offset(g(10)),
-            tail: offset(g(11)),
+            tail: offset(g(11)).max(log_end),
             last_stream_seq: text(g(12)),
             fork,
             forks: u64::try_from(int(g(16))).unwrap_or(0),
