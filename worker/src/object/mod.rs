@@ -553,14 +553,13 @@ impl StreamObject {
                 seq: p.seq,
             });
         }
-        let ttl = matches!(meta.expiry, Expiry::Ttl(_));
-        if ttl {
-            meta.accessed_ms = now;
-        }
-        if ttl || close || seq_changed {
+        // A sliding TTL is refreshed as reads refresh it: at most once per `TOUCH_EVERY_MS`.
+        self.touch(&mut meta, now)?;
+        if close || seq_changed {
             self.save(&meta)?;
         } else {
-            // Only the tail moved, and the rows just written say where it is.
+            // Only the tail moved (and perhaps the access time, written by `touch`); the rows
+            // just written say where the tail is.
             self.meta.replace(Some(Some(meta.clone())));
         }
         // A producer's data append is acknowledged with 200; a close-only request has no data.
