@@ -3,7 +3,8 @@
 //   uploads: `--count` concurrent appends of 16 MiB to one stream, each retried on 503 (after
 //            its Retry-After) until stored; BODY_BUDGET_BYTES bounds what they hold together.
 //   gets:    `--count` catch-up GETs of a 16 MiB stream from -1 on raw sockets that stop
-//            reading after their first bytes; each holds its response, one page (4 MiB).
+//            reading after their first bytes; each holds its response, one page (4 MiB), and
+//            keeps the stream's object awake (checked after 20 s without a request).
 //
 // Prints workerd's RSS before and at its peak. Not part of `npm run bench`; it is how the
 // memory bounds in docs/reliability.md were measured (`bench/ws-stall.mjs` measures WebSockets).
@@ -74,6 +75,14 @@ try {
   clearInterval(sampler);
   peak = Math.max(peak, rssMb(pid));
   console.log(`${what}: workerd RSS ${before.toFixed(0)} MB before, ${peak.toFixed(0)} MB at its peak (+${(peak - before).toFixed(0)} MB)`);
+  if (kind === 'gets') {
+    // A page the reader has not taken keeps the object's request open: is the object evicted
+    // (its response to the next request marked cold-start) after longer than workerd's ~10 s?
+    await sleep(15_000);
+    const head = await fetch(url, { method: 'HEAD' });
+    const cold = /\bcold-start\b/.test(head.headers.get('server-timing') ?? '');
+    console.log(`after 20 s without a request, with the readers still stalled, the stream's object was ${cold ? 'evicted' : 'still awake'}`);
+  }
 } finally {
   for (const socket of sockets) socket.destroy();
   await server.stop();
