@@ -57,15 +57,15 @@ pub fn copy_headers(source: &Headers) -> Result<Headers> {
     return n;
 }")]
 extern "C" {
-    #[wasm_bindgen(js_name = headerBytes)]
-    fn header_bytes_js(headers: &web_sys::Headers) -> u32;
+    #[wasm_bindgen(catch, js_name = headerBytes)]
+    fn header_bytes_js(headers: &web_sys::Headers) -> std::result::Result<u32, JsValue>;
 }
 
 /// The total length of the header names and values, summed in JS in one call rather than by
 /// iterating the headers into Rust (a call and two string copies per header). Header values
 /// are byte strings, so their length in UTF-16 units is their length in bytes.
-pub fn header_bytes(headers: &Headers) -> usize {
-    header_bytes_js(&headers.0) as usize
+pub fn header_bytes(headers: &Headers) -> Result<usize> {
+    Ok(header_bytes_js(&headers.0)? as usize)
 }
 
 /// A header's value, treating a runtime error as absent.

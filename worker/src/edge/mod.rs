@@ -39,7 +39,7 @@ pub async fn handle(req: Request, env: Env) -> Result<Response> {
 const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
-    if http::header_bytes(req.headers()) > MAX_HEADER_BYTES {
+    if http::header_bytes(req.headers())? > MAX_HEADER_BYTES {
         return http::text(431, "request headers are too large");
     }
     let url = req.url()?;
