@@ -247,8 +247,14 @@ impl StreamObject {
 
     fn save(&self, meta: &Meta) -> Result<()> {
         self.store()?.save_meta(meta)?;
-        self.meta.replace(Some(Some(meta.clone())));
+        self.remember(meta);
         Ok(())
+    }
+
+    /// Makes `meta` what memory holds, for changes that storage already has in another form
+    /// (the tail in the log rows, the access time written alone).
+    fn remember(&self, meta: &Meta) {
+        self.meta.replace(Some(Some(meta.clone())));
     }
 
     async fn lookup(&self, now: i64) -> Result<Lookup> {
@@ -272,7 +278,7 @@ impl StreamObject {
         if now - meta.accessed_ms >= every {
             meta.accessed_ms = now;
             self.store()?.touch(now)?;
-            self.meta.replace(Some(Some(meta.clone())));
+            self.remember(meta);
         }
         Ok(())
     }
@@ -560,7 +566,7 @@ impl StreamObject {
         } else {
             // Only the tail moved (and perhaps the access time, written by `touch`); the rows
             // just written say where the tail is.
-            self.meta.replace(Some(Some(meta.clone())));
+            self.remember(&meta);
         }
         // A producer's data append is acknowledged with 200; a close-only request has no data.
         let status = if producer_state.is_some() && !data.is_empty() {
