@@ -138,7 +138,7 @@ try {
     const kind = option(argv, 'kind', 'append');
     const count = Number(option(argv, 'count', 2000));
     if (kind === 'catchup') {
-      // A binary stream of 4 MiB: each read from -1 is one full catch-up page.
+      // A binary stream of 4 MiB: each read from -1 is one catch-up response of all of it.
       const chunk = Buffer.alloc(1 << 20, 7);
       await request(base, 'PUT', `${stream}-bytes`, undefined, 'application/octet-stream');
       for (let i = 0; i < 4; i++) await request(base, 'POST', `${stream}-bytes`, chunk, 'application/octet-stream');

@@ -810,7 +810,7 @@ function shortfalls(report) {
   const c = ours?.workloads?.catchup?.mbPerSecond;
   const d = ref?.workloads?.catchup?.mbPerSecond;
   if (c && d && c < d) {
-    lines.push(`- **Catch-up reads** (${c} against ${d} MB/s) are paged from SQLite rows of up to 1 MiB: SQLite copies each row into a buffer of the runtime's, the object copies the rows of a 4 MiB page once into the response body (never through wasm memory), and the edge passes that body on. The largest share of a page in a CPU profile (\`node bench/profile.mjs requests --kind catchup\`) is SQLite reading the rows. The reference serves them from memory in one process.`);
+    lines.push(`- **Catch-up reads** (${c} against ${d} MB/s) come from SQLite rows of up to 1 MiB, up to 16 MiB per response: the object streams each row as SQLite copied it into a buffer of the runtime's, reading the next while one is sent, and the edge passes the body on. What is left is mostly SQLite reading the rows and the runtime moving the bytes (\`node bench/profile.mjs requests --kind catchup\`). The reference serves them from memory in one process.`);
   }
   return lines;
 }

@@ -3,8 +3,9 @@
 //   uploads: `--count` concurrent appends of 16 MiB to one stream, each retried on 503 (after
 //            its Retry-After) until stored; BODY_BUDGET_BYTES bounds what they hold together.
 //   gets:    `--count` catch-up GETs of a 16 MiB stream from -1 on raw sockets that stop
-//            reading after their first bytes; each holds its response, one page (4 MiB), and
-//            keeps the stream's object awake (checked after 20 s without a request).
+//            reading after their first bytes; each holds the rows its response is streaming
+//            from and what its connection buffers, and keeps the stream's object awake
+//            (checked after 20 s without a request).
 //
 // Prints workerd's RSS before and at its peak. Not part of `npm run bench`; it is how the
 // memory bounds in docs/reliability.md were measured (`bench/ws-stall.mjs` measures WebSockets).

@@ -1,13 +1,17 @@
-// Catch-up reads of a binary stream larger than one page: the object answers at most 4 MiB per
-// response, cut wherever the budget ends (inside a 1 MiB storage row as often as not), and the
-// reader follows Stream-Next-Offset. Every byte must come back once, in order, from any offset.
-// JSON streams are read in whole messages: an offset inside one is refused.
+// Catch-up reads of a binary stream larger than one page: the object answers at most 16 MiB per
+// response, streamed from its 1 MiB storage rows and cut wherever the budget ends (inside a row
+// as often as not), and the reader follows Stream-Next-Offset. Every byte must come back once,
+// in order, from any offset, and a response whose stream is deleted under it breaks off rather
+// than carry another incarnation's bytes. JSON streams are read in whole messages: an offset
+// inside one is refused.
+import http from 'node:http';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
 
 let server: Awaited<ReturnType<typeof startServer>>;
 const url = (name: string) => `${server.baseUrl}/v1/stream/catch-up/${name}`;
-const PAGE = 4 * 1024 * 1024;
+/** A catch-up GET of a binary stream's own bytes (STREAMED_PAGE_BYTES in worker/src/object). */
+const PAGE = 16 * 1024 * 1024;
 
 beforeAll(async () => {
   server = await startServer();
@@ -45,25 +49,28 @@ async function readAll(streamUrl: string, offset: string) {
 
 test('a binary stream of several pages reads back exactly, from the start and from inside a row', async () => {
   const name = `pages-${Date.now()}`;
-  // Rows are cut per append, so the 4 MiB page ends fall inside rows of the second append.
+  // Rows are cut per append, so the 16 MiB page ends fall inside rows of the second append.
   const first = pattern(1.5 * 1024 * 1024 + 7, 1);
-  const second = pattern(9 * 1024 * 1024 + 13, 2);
+  const rest = [pattern(11 * 1024 * 1024 + 13, 2), pattern(11 * 1024 * 1024, 5), pattern(11 * 1024 * 1024 + 1, 6)];
   const created = await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'application/octet-stream' }, body: first });
   expect(created.status).toBe(201);
-  const appended = await fetch(url(name), { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: second });
-  expect(appended.status).toBe(204);
-  const all = Buffer.concat([first, second]);
+  let appended = created;
+  for (const body of rest) {
+    appended = await fetch(url(name), { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body });
+    expect(appended.status).toBe(204);
+  }
+  const all = Buffer.concat([first, ...rest]);
 
   const whole = await readAll(url(name), '-1');
   expect(whole.bytes.length).toBe(all.length);
   expect(whole.bytes.equals(all)).toBe(true);
   expect(whole.pages.map((p) => p.bytes)).toEqual([PAGE, PAGE, all.length - 2 * PAGE]);
 
-  // From the second page's offset, 4 MiB in, which is inside a row of the second append.
-  const rest = await readAll(url(name), whole.pages[1].offset);
-  expect(rest.bytes.equals(all.subarray(PAGE))).toBe(true);
+  // From the second page's offset, 16 MiB in, which is inside a row of the second append.
+  const fromSecond = await readAll(url(name), whole.pages[1].offset);
+  expect(fromSecond.bytes.equals(all.subarray(PAGE))).toBe(true);
   // The same page again: the same ETag, and a 304 when the client has it.
-  expect(rest.pages[0].etag).toBe(whole.pages[1].etag);
+  expect(fromSecond.pages[0].etag).toBe(whole.pages[1].etag);
   const again = await fetch(`${url(name)}?offset=${encodeURIComponent(whole.pages[1].offset)}`, {
     headers: { 'if-none-match': whole.pages[1].etag! },
   });
@@ -74,6 +81,66 @@ test('a binary stream of several pages reads back exactly, from the start and fr
   expect(tail.status).toBe(200);
   expect(tail.headers.get('stream-up-to-date')).toBe('true');
   expect((await tail.arrayBuffer()).byteLength).toBe(0);
+
+  // From offsets just around row boundaries and inside rows: the rest, exactly.
+  const [epoch, position] = whole.pages[1].offset.split('_');
+  const at = (p: number) => `${epoch}_${String(p).padStart(position.length, '0')}`;
+  const row = 1024 * 1024;
+  for (const p of [1, first.length - 1, first.length, first.length + 1, first.length + row - 1, first.length + row, 2 * PAGE - 5, all.length - 1]) {
+    const res = await fetch(`${url(name)}?offset=${at(p)}`);
+    expect(res.status).toBe(200);
+    const body = Buffer.from(await res.arrayBuffer());
+    expect(body.length).toBe(Math.min(PAGE, all.length - p));
+    expect(body.equals(all.subarray(p, p + body.length))).toBe(true);
+  }
+}, 60_000);
+
+test('a catch-up response whose stream is deleted and created again under it breaks off instead of changing bytes', async () => {
+  const name = `replaced-${Date.now()}`;
+  const old = pattern(PAGE, 3);
+  const created = await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'application/octet-stream' }, body: old });
+  expect(created.status).toBe(201);
+  const offset = created.headers.get('stream-next-offset')!.replace(/\d+$/, (d) => '0'.repeat(d.length));
+
+  // Take the response's headers, then read nothing until the connection's buffers are full and
+  // the object waits to send its next row. The Worker's own socket: wrangler's proxy in between
+  // would buffer more of the page.
+  const own = `${await server.workerUrl()}/v1/stream/catch-up/${name}`;
+  const received: Buffer[] = [];
+  let settled: (outcome: string) => void = () => {};
+  const outcome = new Promise<string>((resolve) => (settled = resolve));
+  let response: http.IncomingMessage | undefined;
+  const req = http.get(`${own}?offset=${offset}`, (res) => {
+    res.pause();
+    response = res;
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['content-length']).toBe(String(PAGE));
+    res.on('end', () => settled('ended'));
+    res.on('error', () => settled('broken'));
+    settled('paused');
+  });
+  req.on('error', () => settled('broken'));
+  expect(await outcome).toBe('paused');
+  await new Promise((resolve) => setTimeout(resolve, 500));
+
+  const deleted = await fetch(url(name), { method: 'DELETE' });
+  expect(deleted.status).toBe(204);
+  const replacement = pattern(PAGE, 4);
+  const again = await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'application/octet-stream' }, body: replacement });
+  expect(again.status).toBe(201);
+
+  // Read on: the body never completes, and what came is the old incarnation's.
+  const ended = new Promise<string>((resolve) => (settled = resolve));
+  response!.on('data', (chunk: Buffer) => received.push(chunk));
+  response!.resume();
+  expect(await ended).toBe('broken');
+  const bytes = Buffer.concat(received);
+  expect(bytes.length).toBeLessThan(PAGE);
+  expect(bytes.equals(Buffer.from(old.subarray(0, bytes.length)))).toBe(true);
+
+  // The new incarnation reads whole.
+  const fresh = await fetch(`${url(name)}?offset=-1`);
+  expect(Buffer.from(await fresh.arrayBuffer()).equals(Buffer.from(replacement))).toBe(true);
 }, 60_000);
 
 test('a JSON stream answers every offset at a message boundary and refuses one inside a message, for catch-up and live reads', async () => {

@@ -8,6 +8,8 @@ use edgestream::{etag, json, Offset};
 use js_sys::Uint8Array;
 use worker::{web_sys, Headers, Response, Result};
 
+use crate::object::store::RowRange;
+
 /// Headers the object puts on its WebSocket upgrade so the edge knows the stream's shape.
 pub const X_CONTENT_TYPE: &str = "x-edgestream-content-type";
 pub const X_INSTANCE: &str = "x-edgestream-instance";
@@ -21,6 +23,8 @@ pub enum PageData<'a> {
     Bytes(Cow<'a, [u8]>),
     /// A non-JSON page already in a JS buffer, which becomes the body as it is.
     Js(Uint8Array),
+    /// A non-JSON page streamed from the object's rows as the client takes it.
+    Rows(RowRange),
 }
 
 impl PageData<'_> {
@@ -28,6 +32,7 @@ impl PageData<'_> {
         match self {
             PageData::Bytes(bytes) => bytes.is_empty(),
             PageData::Js(buffer) => buffer.length() == 0,
+            PageData::Rows(range) => range.is_empty(),
         }
     }
 }
@@ -93,6 +98,14 @@ impl ReadReply<'_> {
                 init.set_headers(&headers.0);
                 let resp =
                     web_sys::Response::new_with_opt_buffer_source_and_init(Some(&buffer), &init)?;
+                return Ok(Response::from(resp));
+            }
+            PageData::Rows(range) => {
+                let init = web_sys::ResponseInit::new();
+                init.set_headers(&headers.0);
+                let body = range.open()?;
+                let resp =
+                    web_sys::Response::new_with_opt_readable_stream_and_init(Some(&body), &init)?;
                 return Ok(Response::from(resp));
             }
         };

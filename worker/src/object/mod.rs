@@ -36,8 +36,14 @@ use crate::security;
 use crate::wsproto::{self, ClientHello, ClientMessage, Incoming};
 use store::{Meta, Page, ReadError, Store, MAX_POSITION};
 
-/// Catch-up reads return at most this much (rounded up to a whole JSON message).
+/// A page read whole returns at most this much (rounded up to a whole JSON message): JSON
+/// catch-up, a fork's inherited range, and the pages live readers are served at the edge.
 pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// A client's catch-up `GET` of a non-JSON stream's own bytes returns at most this much. Its
+/// body is streamed from the rows (see [`store::RowRange`]), so the object holds two rows of
+/// it at a time however large it is, and fewer, larger responses save a round trip and a
+/// request's work per page.
+pub const STREAMED_PAGE_BYTES: u64 = 16 * 1024 * 1024;
 /// Sliding TTLs are refreshed at most this often (and at most every 5% of the TTL), so a busy
 /// stream is not a storage write per read, yet expiry stays accurate for short TTLs.
 const TOUCH_EVERY_MS: i64 = 1000;
@@ -670,6 +676,13 @@ impl StreamObject {
             Ok(start) => start,
             Err(e) => return http::error(&e),
         };
+        if !meta.is_json() && start >= meta.base && start < meta.tail {
+            // The object's own bytes, streamed to the client from the rows.
+            let len = meta.tail.distance_from(start).min(STREAMED_PAGE_BYTES);
+            let end = start.checked_add(len).unwrap_or(meta.tail);
+            let range = self.store()?.range(&meta.instance, start, end);
+            return catch_up_reply(req, &meta, PageData::Rows(range), start, end, None);
+        }
         self.page_response(req, meta, start, None).await
     }
 
@@ -698,19 +711,7 @@ impl StreamObject {
         };
         // A fork's read may have awaited its source; report closure as it stands now.
         let now_meta = self.meta()?.unwrap_or(meta);
-        let up_to_date = end >= now_meta.tail;
-        let reply = ReadReply {
-            content_type: now_meta.content_type.as_str(),
-            json: now_meta.is_json(),
-            data,
-            start,
-            end,
-            up_to_date,
-            closed: now_meta.closed && up_to_date,
-            instance: &now_meta.instance,
-            cursor,
-        };
-        reply.respond(header(req.headers(), h::IF_NONE_MATCH).as_deref())
+        catch_up_reply(req, &now_meta, data, start, end, cursor)
     }
 
     /// Reads `[from, to)` up to `budget` bytes, stitching a fork's inherited range from its
@@ -883,6 +884,30 @@ impl StreamObject {
             _ => http::text(404, "unknown internal operation"),
         }
     }
+}
+
+/// The catch-up response for `[start, end)` of the stream as `meta` describes it.
+fn catch_up_reply(
+    req: &Request,
+    meta: &Meta,
+    data: PageData,
+    start: Offset,
+    end: Offset,
+    cursor: Option<u64>,
+) -> Result<Response> {
+    let up_to_date = end >= meta.tail;
+    let reply = ReadReply {
+        content_type: meta.content_type.as_str(),
+        json: meta.is_json(),
+        data,
+        start,
+        end,
+        up_to_date,
+        closed: meta.closed && up_to_date,
+        instance: &meta.instance,
+        cursor,
+    };
+    reply.respond(header(req.headers(), h::IF_NONE_MATCH).as_deref())
 }
 
 fn is_upgrade(req: &Request) -> bool {

@@ -14,6 +14,79 @@ use js_sys::Uint8Array;
 use wasm_bindgen::{JsCast, JsValue};
 use worker::{worker_sys, Result, SqlStorage, SqlStorageValue};
 
+/// Streams a range of the log into a `FixedLengthStream` as its reader takes it. The next row is
+/// read while the previous one is being sent, so SQLite and the transfer overlap; at most those
+/// two rows are held. Each row is read only while the stream is still the incarnation the
+/// response's headers describe: a stream deleted (and perhaps created again) mid-response
+/// breaks the body off instead of splicing other bytes into it.
+#[wasm_bindgen::prelude::wasm_bindgen(
+    inline_js = "export function streamRows(sql, instance, from, end) {
+    const { readable, writable } = new FixedLengthStream(end - from);
+    const writer = writable.getWriter();
+    const next = (at) => sql.exec(
+        'SELECT start, data FROM log WHERE start <= ? AND (SELECT instance FROM stream WHERE id = 1) = ? ORDER BY start DESC LIMIT 1',
+        at, instance).raw().next().value;
+    (async () => {
+        let at = from;
+        let sending = null;
+        try {
+            while (at < end) {
+                const row = next(at);
+                const start = row ? Number(row[0]) : at;
+                const data = row ? new Uint8Array(row[1]) : new Uint8Array(0);
+                const hi = Math.min(data.length, end - start);
+                if (at - start >= hi) {
+                    await writer.abort();
+                    return;
+                }
+                if (sending) await sending;
+                sending = writer.write(data.subarray(at - start, hi));
+                at = start + hi;
+            }
+            await sending;
+            await writer.close();
+        } catch {
+            // The reader went away, or the stream broke off: nobody is left to tell.
+        }
+    })();
+    return readable;
+}"
+)]
+extern "C" {
+    #[wasm_bindgen(catch, js_name = streamRows)]
+    fn stream_rows(
+        sql: &JsValue,
+        instance: &str,
+        from: f64,
+        end: f64,
+    ) -> std::result::Result<worker_sys::web_sys::ReadableStream, JsValue>;
+}
+
+/// A non-JSON range of the log, sent as a response body straight from its rows: no page is
+/// assembled, in wasm memory or in JS, and nothing is read before the body is wanted.
+pub struct RowRange {
+    sql: JsValue,
+    instance: String,
+    from: Offset,
+    end: Offset,
+}
+
+impl RowRange {
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.from
+    }
+
+    /// The body: rows are read from here on, as it is taken.
+    pub fn open(self) -> Result<worker_sys::web_sys::ReadableStream> {
+        Ok(stream_rows(
+            &self.sql,
+            &self.instance,
+            self.from.position() as f64,
+            self.end.position() as f64,
+        )?)
+    }
+}
+
 /// Largest data row. SQLite rows in Durable Objects are capped at 2 MB; larger appends span rows.
 pub const ROW_BYTES: usize = 1024 * 1024;
 /// Largest position a stream may reach: JavaScript numbers carry positions through SQLite.
@@ -421,6 +494,16 @@ impl Store {
             at += piece.length();
         }
         Ok(Ok((body, pieces.end)))
+    }
+
+    /// `[from, end)` of this incarnation's own log (`end` at most the tail), to be streamed.
+    pub fn range(&self, instance: &str, from: Offset, end: Offset) -> RowRange {
+        RowRange {
+            sql: self.sql.as_ref().clone(),
+            instance: instance.to_string(),
+            from,
+            end,
+        }
     }
 
     /// The views of log rows that make up a page, left in the runtime's row buffers.
