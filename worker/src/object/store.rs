@@ -14,34 +14,62 @@ use js_sys::Uint8Array;
 use wasm_bindgen::{JsCast, JsValue};
 use worker::{worker_sys, Result, SqlStorage, SqlStorageValue};
 
-/// Streams a range of the log into a `FixedLengthStream` as its reader takes it. The next row is
-/// read while the previous one is being sent, so SQLite and the transfer overlap; at most those
-/// two rows are held. Each row is read only while the stream is still the incarnation the
+/// Streams a range of the log into a `FixedLengthStream` as its reader takes it, in chunks of
+/// about `CHUNK` bytes: a 1 MiB row alone, or small rows (one per small append) joined. The next
+/// chunk is read while the previous one is sent, so SQLite and the transfer overlap; at most
+/// those two are held. Rows are read only while the stream is still the incarnation the
 /// response's headers describe: a stream deleted (and perhaps created again) mid-response
 /// breaks the body off instead of splicing other bytes into it.
-#[wasm_bindgen::prelude::wasm_bindgen(
-    inline_js = "export function streamRows(sql, instance, from, end) {
+#[wasm_bindgen::prelude::wasm_bindgen(inline_js = "const CHUNK = 1024 * 1024;
+const ROWS = 'SELECT start, data FROM log WHERE start >= (SELECT coalesce(max(start), 0) FROM log WHERE start <= ?) AND start < ? AND (SELECT instance FROM stream WHERE id = 1) = ? ORDER BY start LIMIT ?';
+
+/**
+ * The bytes from `at` on, up to about CHUNK and at most to `end`, and where they end. Reads at
+ * most `rows` rows: the runtime reads a row ahead of the one taken, so an unbounded query would
+ * read a 1 MiB row for nothing each time.
+ */
+function chunkAt(sql, instance, at, end, rows) {
+    const parts = [];
+    let size = 0;
+    for (const row of sql.exec(ROWS, at, end, instance, rows).raw()) {
+        const start = Number(row[0]);
+        const data = new Uint8Array(row[1]);
+        const hi = Math.min(data.length, end - start);
+        if (start > at || at - start >= hi) break;
+        parts.push(data.subarray(at - start, hi));
+        size += hi - (at - start);
+        at = start + hi;
+        if (size >= CHUNK) break;
+    }
+    if (parts.length < 2) return { bytes: parts[0], at, rows: parts.length };
+    const bytes = new Uint8Array(size);
+    let n = 0;
+    for (const part of parts) {
+        bytes.set(part, n);
+        n += part.length;
+    }
+    return { bytes, at, rows: parts.length };
+}
+
+export function streamRows(sql, instance, from, end) {
     const { readable, writable } = new FixedLengthStream(end - from);
     const writer = writable.getWriter();
-    const next = (at) => sql.exec(
-        'SELECT start, data FROM log WHERE start <= ? AND (SELECT instance FROM stream WHERE id = 1) = ? ORDER BY start DESC LIMIT 1',
-        at, instance).raw().next().value;
     (async () => {
         let at = from;
         let sending = null;
+        // Rows per chunk: one at first, then as many as the last chunk's rows suggest fill one.
+        let rows = 1;
         try {
             while (at < end) {
-                const row = next(at);
-                const start = row ? Number(row[0]) : at;
-                const data = row ? new Uint8Array(row[1]) : new Uint8Array(0);
-                const hi = Math.min(data.length, end - start);
-                if (at - start >= hi) {
+                const chunk = chunkAt(sql, instance, at, end, rows);
+                if (!chunk.bytes) {
                     await writer.abort();
                     return;
                 }
                 if (sending) await sending;
-                sending = writer.write(data.subarray(at - start, hi));
-                at = start + hi;
+                sending = writer.write(chunk.bytes);
+                rows = Math.min(65536, Math.max(1, Math.ceil((CHUNK * chunk.rows) / chunk.bytes.length)));
+                at = chunk.at;
             }
             await sending;
             await writer.close();
@@ -50,8 +78,7 @@ use worker::{worker_sys, Result, SqlStorage, SqlStorageValue};
         }
     })();
     return readable;
-}"
-)]
+}")]
 extern "C" {
     #[wasm_bindgen(catch, js_name = streamRows)]
     fn stream_rows(
