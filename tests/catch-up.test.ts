@@ -3,7 +3,8 @@
 // wherever the budget ends (inside a row as often as not), and the reader follows
 // Stream-Next-Offset. Every byte must come back once, in order, from any offset, and a response
 // whose stream is deleted under it breaks off rather than carry another incarnation's bytes.
-// JSON streams are read in whole messages: an offset inside one is refused.
+// JSON streams are read in whole messages: an offset inside one is refused, including where a
+// storage row starts inside a message larger than a row.
 import http from 'node:http';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
@@ -203,3 +204,27 @@ test('a binary stream of many small appends reads back exactly, in one response,
     expect(Buffer.from(await res.arrayBuffer()).equals(all.subarray(p))).toBe(true);
   }
 }, 120_000);
+
+test('an offset where a storage row starts inside a JSON message larger than a row is refused', async () => {
+  const name = `json-big-${Date.now()}`;
+  const big = ['x'.repeat(1536 * 1024)];
+  const small = { after: true };
+  const created = await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify([big, small]) });
+  expect(created.status).toBe(201);
+  const tail = created.headers.get('stream-next-offset')!;
+  const [epoch, position] = tail.split('_');
+  const at = (p: number) => `${epoch}_${String(p).padStart(position.length, '0')}`;
+  const bigEnd = JSON.stringify(big).length + 1;
+  // 1 MiB in is where the message's second row starts.
+  for (const p of [1, 1024 * 1024, 1024 * 1024 + 1, bigEnd - 1]) {
+    for (const live of ['', '&live=long-poll', '&live=sse']) {
+      const res = await fetch(`${url(name)}?offset=${at(p)}${live}`);
+      expect(res.status, `offset ${p}${live}`).toBe(400);
+      await res.arrayBuffer();
+    }
+  }
+  const start = await fetch(`${url(name)}?offset=${at(0)}`);
+  expect(await start.json()).toEqual([big, small]);
+  const second = await fetch(`${url(name)}?offset=${at(bigEnd)}`);
+  expect(await second.json()).toEqual([small]);
+}, 60_000);

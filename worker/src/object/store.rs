@@ -569,9 +569,11 @@ impl Store {
                 continue;
             }
             let lo = from.position().saturating_sub(start) as usize;
-            if first && lo > 0 && json {
-                let aligned =
-                    flags & STARTS_MESSAGE != 0 && json::message_ends(&data.to_vec()).contains(&lo);
+            if first && json {
+                // A row that does not start a message continues one larger than a row: no
+                // offset in it, its own start included, is a boundary.
+                let aligned = flags & STARTS_MESSAGE != 0
+                    && (lo == 0 || json::message_ends(&data.to_vec()).contains(&lo));
                 if !aligned {
                     return Ok(Err(ReadError::NotABoundary));
                 }
