@@ -3,8 +3,8 @@
 // wherever the budget ends (inside a row as often as not), and the reader follows
 // Stream-Next-Offset. Every byte must come back once, in order, from any offset, and a response
 // whose stream is deleted under it breaks off rather than carry another incarnation's bytes.
-// JSON streams are read in whole messages: an offset inside one is refused, including where a
-// storage row starts inside a message larger than a row.
+// JSON streams are streamed the same way, as arrays of whole messages: an offset inside one is
+// refused, including where a storage row starts inside a message larger than a row.
 import http from 'node:http';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
@@ -227,4 +227,35 @@ test('an offset where a storage row starts inside a JSON message larger than a r
   expect(await start.json()).toEqual([big, small]);
   const second = await fetch(`${url(name)}?offset=${at(bigEnd)}`);
   expect(await second.json()).toEqual([small]);
+}, 60_000);
+
+test('a JSON stream larger than a page reads back as arrays of whole messages, in order', async () => {
+  const name = `json-pages-${Date.now()}`;
+  const created = await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'application/json' } });
+  expect(created.status).toBe(201);
+  // Three appends of about 7 MiB, each of 700 messages of about 10 KB: rows of whole messages.
+  const messages: { i: number; pad: string }[] = [];
+  for (let a = 0; a < 3; a++) {
+    const batch = Array.from({ length: 700 }, (_, j) => ({ i: a * 700 + j, pad: 'p'.repeat(10_000 + ((a * 700 + j) % 97)) }));
+    messages.push(...batch);
+    const res = await fetch(url(name), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(batch) });
+    expect(res.status).toBe(204);
+  }
+  let offset = '-1';
+  const got: unknown[] = [];
+  const sizes: number[] = [];
+  for (;;) {
+    // Uncompressed, so Content-Length is the array's: workerd gzips JSON for clients that accept it.
+    const res = await fetch(`${url(name)}?offset=${encodeURIComponent(offset)}`, { headers: { 'accept-encoding': 'identity' } });
+    expect(res.status).toBe(200);
+    const text = await res.text();
+    expect(res.headers.get('content-length')).toBe(String(Buffer.byteLength(text)));
+    sizes.push(text.length);
+    got.push(...JSON.parse(text));
+    if (res.headers.get('stream-up-to-date') === 'true') break;
+    offset = res.headers.get('stream-next-offset')!;
+  }
+  expect(sizes.length).toBe(2);
+  expect(sizes[0]).toBeLessThanOrEqual(PAGE + 1);
+  expect(got).toEqual(messages);
 }, 60_000);

@@ -23,7 +23,7 @@ pub enum PageData<'a> {
     Bytes(Cow<'a, [u8]>),
     /// A non-JSON page already in a JS buffer, which becomes the body as it is.
     Js(Uint8Array),
-    /// A non-JSON page streamed from the object's rows as the client takes it.
+    /// A page streamed from the object's rows as the client takes it (a JSON one as an array).
     Rows(RowRange),
 }
 

@@ -39,10 +39,11 @@ use store::{Meta, Page, ReadError, Store, MAX_POSITION};
 /// A page read whole returns at most this much (rounded up to a whole JSON message): JSON
 /// catch-up, a fork's inherited range, and the pages live readers are served at the edge.
 pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
-/// A client's catch-up `GET` of a non-JSON stream's own bytes returns at most this much. Its
-/// body is streamed from the rows (see [`store::RowRange`]), so the object holds two rows of
-/// it at a time however large it is, and fewer, larger responses save a round trip and a
-/// request's work per page.
+/// A client's catch-up `GET` of a stream's own bytes returns at most this much (a JSON one, the
+/// messages in the rows that end within it, or one larger message whole). Its body is streamed
+/// from the rows (see [`store::RowRange`]), so the object holds about two chunks of 1 MiB of it
+/// at a time however large it is, and fewer, larger responses save a round trip and a request's
+/// work per page.
 pub const STREAMED_PAGE_BYTES: u64 = 16 * 1024 * 1024;
 /// Sliding TTLs are refreshed at most this often (and at most every 5% of the TTL), so a busy
 /// stream is not a storage write per read, yet expiry stays accurate for short TTLs.
@@ -676,11 +677,23 @@ impl StreamObject {
             Ok(start) => start,
             Err(e) => return http::error(&e),
         };
-        if !meta.is_json() && start >= meta.base && start < meta.tail {
+        if start >= meta.base && start < meta.tail {
             // The object's own bytes, streamed to the client from the rows.
-            let len = meta.tail.distance_from(start).min(STREAMED_PAGE_BYTES);
-            let end = start.checked_add(len).unwrap_or(meta.tail);
-            let range = self.store()?.range(&meta.instance, start, end);
+            let store = self.store()?;
+            let range = if meta.is_json() {
+                match store.json_range(&meta.instance, start, STREAMED_PAGE_BYTES)? {
+                    Ok(range) => range,
+                    Err(e) => return http::error(&e.into_protocol()),
+                }
+            } else {
+                let len = meta.tail.distance_from(start).min(STREAMED_PAGE_BYTES);
+                store.range(
+                    &meta.instance,
+                    start,
+                    start.checked_add(len).unwrap_or(meta.tail),
+                )
+            };
+            let end = range.end();
             return catch_up_reply(req, &meta, PageData::Rows(range), start, end, None);
         }
         self.page_response(req, meta, start, None).await

@@ -51,21 +51,25 @@ function chunkAt(sql, instance, at, end, rows) {
     return { bytes, at, rows: parts.length };
 }
 
-export function streamRows(sql, instance, from, end) {
-    const { readable, writable } = new FixedLengthStream(end - from);
+export function streamRows(sql, instance, from, end, json) {
+    // A JSON range is framed messages, each followed by a comma: sent as an array.
+    const { readable, writable } = new FixedLengthStream(end - from + (json ? 1 : 0));
     const writer = writable.getWriter();
     (async () => {
         let at = from;
-        let sending = null;
+        let sending = json ? writer.write(new Uint8Array([0x5b])) : null;
         // Rows per chunk: one at first, then as many as the last chunk's rows suggest fill one.
         let rows = 1;
         try {
             while (at < end) {
                 const chunk = chunkAt(sql, instance, at, end, rows);
-                if (!chunk.bytes) {
+                const last = chunk.bytes && json && chunk.at === end;
+                if (!chunk.bytes || (last && chunk.bytes[chunk.bytes.length - 1] !== 0x2c)) {
                     await writer.abort();
                     return;
                 }
+                // The row buffers are this read's own copies, so the comma can become the `]`.
+                if (last) chunk.bytes[chunk.bytes.length - 1] = 0x5d;
                 if (sending) await sending;
                 sending = writer.write(chunk.bytes);
                 rows = Math.min(65536, Math.max(1, Math.ceil((CHUNK * chunk.rows) / chunk.bytes.length)));
@@ -86,21 +90,28 @@ extern "C" {
         instance: &str,
         from: f64,
         end: f64,
+        json: bool,
     ) -> std::result::Result<worker_sys::web_sys::ReadableStream, JsValue>;
 }
 
-/// A non-JSON range of the log, sent as a response body straight from its rows: no page is
-/// assembled, in wasm memory or in JS, and nothing is read before the body is wanted.
+/// A range of the log, sent as a response body straight from its rows: no page is assembled,
+/// in wasm memory or in JS, and nothing is read before the body is wanted. A JSON range starts
+/// and ends on message boundaries and is sent as an array.
 pub struct RowRange {
     sql: JsValue,
     instance: String,
     from: Offset,
     end: Offset,
+    json: bool,
 }
 
 impl RowRange {
     pub fn is_empty(&self) -> bool {
         self.end <= self.from
+    }
+
+    pub fn end(&self) -> Offset {
+        self.end
     }
 
     /// The body: rows are read from here on, as it is taken.
@@ -110,6 +121,7 @@ impl RowRange {
             &self.instance,
             self.from.position() as f64,
             self.end.position() as f64,
+            self.json,
         )?)
     }
 }
@@ -287,6 +299,13 @@ fn text(v: Option<&SqlStorageValue>) -> Option<String> {
 
 fn offset(v: Option<&SqlStorageValue>) -> Offset {
     Offset::new(u64::try_from(int(v)).unwrap_or(0)).unwrap_or(Offset::ZERO)
+}
+
+/// Whether `lo` bytes into a JSON row with `flags` is a message boundary. A row that does not
+/// start a message continues one larger than a row: no offset in it, its own start included, is
+/// one. `data` is the row's, needed only for an offset inside it.
+fn starts_message(flags: i64, lo: usize, data: impl FnOnce() -> Vec<u8>) -> bool {
+    flags & STARTS_MESSAGE != 0 && (lo == 0 || json::message_ends(&data()).contains(&lo))
 }
 
 fn pos(o: Offset) -> SqlStorageValue {
@@ -523,13 +542,83 @@ impl Store {
         Ok(Ok((body, pieces.end)))
     }
 
-    /// `[from, end)` of this incarnation's own log (`end` at most the tail), to be streamed.
+    /// `[from, end)` of this incarnation's own non-JSON log (`end` at most the tail), to be
+    /// streamed.
     pub fn range(&self, instance: &str, from: Offset, end: Offset) -> RowRange {
         RowRange {
             sql: self.sql.as_ref().clone(),
             instance: instance.to_string(),
             from,
             end,
+            json: false,
+        }
+    }
+
+    /// The JSON messages from `from` (before the tail), to be streamed: those in the rows that
+    /// end within `budget` bytes, or the one message that starts there when it is larger.
+    pub fn json_range(
+        &self,
+        instance: &str,
+        from: Offset,
+        budget: u64,
+    ) -> Result<std::result::Result<RowRange, ReadError>> {
+        let Some(row) = self
+            .rows(
+                "SELECT start, flags, length(data) FROM log WHERE start <= ? ORDER BY start DESC LIMIT 1",
+                vec![pos(from)],
+            )?
+            .into_iter()
+            .next()
+        else {
+            return Ok(Err(ReadError::NotABoundary));
+        };
+        let (start, flags, len) = (int(row.first()), int(row.get(1)), int(row.get(2)));
+        let lo = from.position().saturating_sub(start as u64) as usize;
+        // The row's bytes are needed only to find a boundary inside it.
+        let data = if lo > 0 && flags & STARTS_MESSAGE != 0 {
+            self.rows(
+                "SELECT data FROM log WHERE start = ?",
+                vec![SqlStorageValue::Integer(start)],
+            )?
+            .pop()
+            .and_then(|mut r| r.pop())
+            .and_then(|v| match v {
+                SqlStorageValue::Blob(data) => Some(data),
+                _ => None,
+            })
+            .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if lo >= len as usize || !starts_message(flags, lo, || data) {
+            return Ok(Err(ReadError::NotABoundary));
+        }
+        let limit = SqlStorageValue::Integer(from.position().saturating_add(budget) as i64);
+        let within = self.rows(
+            "SELECT start + length(data) FROM log WHERE start >= ? AND start < ? AND flags & 1
+               AND start + length(data) <= ? ORDER BY start DESC LIMIT 1",
+            vec![SqlStorageValue::Integer(start), limit.clone(), limit],
+        )?;
+        let end = match within.first() {
+            Some(r) => int(r.first()),
+            None => self
+                .rows(
+                    "SELECT start + length(data) FROM log WHERE start >= ? AND flags & 1
+                       ORDER BY start LIMIT 1",
+                    vec![SqlStorageValue::Integer(start)],
+                )?
+                .first()
+                .map_or(0, |r| int(r.first())),
+        };
+        match Offset::new(end as u64) {
+            Some(end) if end > from => Ok(Ok(RowRange {
+                sql: self.sql.as_ref().clone(),
+                instance: instance.to_string(),
+                from,
+                end,
+                json: true,
+            })),
+            _ => Ok(Err(ReadError::NotABoundary)),
         }
     }
 
@@ -569,14 +658,8 @@ impl Store {
                 continue;
             }
             let lo = from.position().saturating_sub(start) as usize;
-            if first && json {
-                // A row that does not start a message continues one larger than a row: no
-                // offset in it, its own start included, is a boundary.
-                let aligned = flags & STARTS_MESSAGE != 0
-                    && (lo == 0 || json::message_ends(&data.to_vec()).contains(&lo));
-                if !aligned {
-                    return Ok(Err(ReadError::NotABoundary));
-                }
+            if first && json && !starts_message(flags, lo, || data.to_vec()) {
+                return Ok(Err(ReadError::NotABoundary));
             }
             first = false;
             let hi = (end.min(to.position()) - start) as usize;
