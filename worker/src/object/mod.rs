@@ -36,8 +36,8 @@ use crate::security;
 use crate::wsproto::{self, ClientHello, ClientMessage, Incoming};
 use store::{Meta, Page, ReadError, Store, MAX_POSITION};
 
-/// A page read whole returns at most this much (rounded up to a whole JSON message): JSON
-/// catch-up, a fork's inherited range, and the pages live readers are served at the edge.
+/// A page read whole returns at most this much (rounded up to a whole JSON message): a fork's
+/// inherited range, and the pages live readers are served at the edge.
 pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// A client's catch-up `GET` of a stream's own bytes returns at most this much (a JSON one, the
 /// messages in the rows that end within it, or one larger message whole). Its body is streamed
