@@ -15,13 +15,47 @@ pub struct Position {
     pub closed: bool,
 }
 
+/// The data of a batch.
+pub enum Data<'a> {
+    /// Parts read into wasm memory: SSE data events, WebSocket frames, a JSON response body.
+    Parts(&'a [Vec<u8>]),
+    /// A binary stream's response body, handed out as it came: a catch-up response can be
+    /// 16 MiB, and wasm memory, which never shrinks, would keep two copies' worth of it.
+    Bytes(js_sys::Uint8Array),
+}
+
+impl Data<'_> {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Data::Parts(parts) => parts.iter().all(Vec::is_empty),
+            Data::Bytes(bytes) => bytes.length() == 0,
+        }
+    }
+}
+
 /// Builds `{ items | bytes, offset, cursor, upToDate, closed }`.
 ///
 /// JSON streams deliver each part (a response body, an SSE data event, a WebSocket text frame) as
 /// a JSON array of messages; the arrays are parsed with the host's `JSON.parse` and flattened into
 /// `items`. Other streams deliver bytes, concatenated into `bytes`.
-pub fn to_js(parts: &[Vec<u8>], json: bool, pos: &Position) -> Result<Object, JsValue> {
+pub fn to_js(data: Data<'_>, json: bool, pos: &Position) -> Result<Object, JsValue> {
     let out = Object::new();
+    match data {
+        Data::Bytes(bytes) if !json => js::set(&out, "bytes", bytes),
+        Data::Bytes(bytes) => set_data(&out, &[bytes.to_vec()], json)?,
+        Data::Parts(parts) => set_data(&out, parts, json)?,
+    }
+    js::set(&out, "offset", pos.offset.as_str());
+    if let Some(cursor) = &pos.cursor {
+        js::set(&out, "cursor", cursor.as_str());
+    }
+    js::set(&out, "upToDate", pos.up_to_date);
+    js::set(&out, "closed", pos.closed);
+    Ok(out)
+}
+
+/// Sets `items` (JSON) or `bytes` from parts in wasm memory.
+fn set_data(out: &Object, parts: &[Vec<u8>], json: bool) -> Result<(), JsValue> {
     if json {
         let items = Array::new();
         for part in parts {
@@ -43,22 +77,16 @@ pub fn to_js(parts: &[Vec<u8>], json: bool, pos: &Position) -> Result<Object, Js
                 items.push(&value);
             }
         }
-        js::set(&out, "items", items);
+        js::set(out, "items", items);
     } else {
         let total: usize = parts.iter().map(Vec::len).sum();
         let mut bytes = Vec::with_capacity(total);
         for part in parts {
             bytes.extend_from_slice(part);
         }
-        js::set(&out, "bytes", js::bytes_to_js(&bytes));
+        js::set(out, "bytes", js::bytes_to_js(&bytes));
     }
-    js::set(&out, "offset", pos.offset.as_str());
-    if let Some(cursor) = &pos.cursor {
-        js::set(&out, "cursor", cursor.as_str());
-    }
-    js::set(&out, "upToDate", pos.up_to_date);
-    js::set(&out, "closed", pos.closed);
-    Ok(out)
+    Ok(())
 }
 
 /// A `PARSE_ERROR`.

@@ -329,18 +329,18 @@ impl Inner {
 
     /// Applies a position the server reported and decides whether the batch is worth handing
     /// out: it has data, it is the first, or it changes `upToDate` or `closed`.
-    fn accept(&mut self, parts: &[Vec<u8>], next: Position) -> Result<(), JsValue> {
+    fn accept(&mut self, data: batch::Data<'_>, next: Position) -> Result<(), JsValue> {
         if !offset::is_usable(&next.offset) {
             return Err(batch::parse_error("server sent an unusable offset"));
         }
-        let has_data = parts.iter().any(|p| !p.is_empty());
+        let has_data = !data.is_empty();
         let changed = next.up_to_date != self.pos.up_to_date || next.closed != self.pos.closed;
         let first = !self.emitted_any;
         let cursor = next.cursor.clone().or_else(|| self.pos.cursor.clone());
         self.pos = Position { cursor, ..next };
         self.failures = 0;
         if has_data || changed || first {
-            let obj = batch::to_js(parts, self.is_json(), &self.pos)?;
+            let obj = batch::to_js(data, self.is_json(), &self.pos)?;
             self.emitted_any = true;
             self.ready.push_back(obj);
         }
@@ -536,7 +536,7 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
                 Err(e) => Err(e),
             };
             match buf {
-                Ok(buf) => Uint8Array::new(&buf).to_vec(),
+                Ok(buf) => Some(Uint8Array::new(&buf)),
                 Err(e) => {
                     // The body broke off: nothing was consumed, so the same request is retried.
                     if signal.as_ref().is_some_and(|s| s.aborted()) {
@@ -555,7 +555,7 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
                 }
             }
         } else {
-            Vec::new()
+            None
         };
         let mut s = inner.borrow_mut();
         if s.content_type.is_none() && status == 200 {
@@ -567,7 +567,17 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
             next.up_to_date = true;
         }
         s.started = true;
-        s.accept(&[body], next)?;
+        // A binary body stays in JS; a JSON one is checked and parsed from wasm memory.
+        let json_body;
+        let data = match body {
+            Some(bytes) if !s.is_json() => batch::Data::Bytes(bytes),
+            Some(bytes) => {
+                json_body = [bytes.to_vec()];
+                batch::Data::Parts(&json_body)
+            }
+            None => batch::Data::Parts(&[]),
+        };
+        s.accept(data, next)?;
         if phase == Phase::CatchUp && s.pos.up_to_date && !s.done {
             s.go_live();
         }
@@ -675,7 +685,7 @@ fn on_sse_chunk(
                 closed,
             } = control;
             s.accept(
-                &parts,
+                batch::Data::Parts(&parts),
                 Position {
                     offset: next_offset,
                     cursor,
@@ -878,7 +888,7 @@ fn end_batch(s: &mut Inner, control: Control) -> Result<(), JsValue> {
         None => Vec::new(),
     };
     s.accept(
-        &parts,
+        batch::Data::Parts(&parts),
         Position {
             offset: control.next_offset,
             cursor: control.cursor,

@@ -1,0 +1,43 @@
+// A binary stream's catch-up response reaches the caller as the fetched bytes: it is not copied
+// into wasm memory, which never shrinks, so a large catch-up does not grow it. Our Worker answers
+// up to 16 MiB per response, the reference server a whole stream in one.
+//
+// Runs in a process of its own (node --test), so the wasm memory starts at its initial size.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { DurableStreamTestServer } from '@durable-streams/server';
+import { DurableStream, init, stream } from '../src/node.js';
+import wasmExports from '../dist/edgestream_client.js';
+
+let server;
+
+before(async () => {
+  server = new DurableStreamTestServer({ port: 0, host: '127.0.0.1' });
+  await server.start();
+});
+
+after(async () => {
+  await server?.stop();
+});
+
+test('a 24 MiB catch-up of a binary stream leaves wasm memory where it was', async () => {
+  const url = `${server.url}/v1/stream/memory-${randomUUID()}`;
+  const handle = await DurableStream.create({ url, contentType: 'application/octet-stream' });
+  const part = 8 << 20;
+  for (const fill of [1, 2, 3]) await handle.append(new Uint8Array(part).fill(fill));
+  await init();
+  const { memory } = await wasmExports();
+  const before = memory.buffer.byteLength;
+  let total = 0;
+  for await (const batch of stream({ url, offset: '-1', live: false })) {
+    // Checked in place: copying the bytes into this test's own arrays is not the point.
+    for (let i = 0; i < batch.bytes.length; i += 1 << 20) {
+      assert.equal(batch.bytes[i], 1 + Math.floor((total + i) / part));
+    }
+    total += batch.bytes.length;
+  }
+  assert.equal(total, 3 * part);
+  const grown = memory.buffer.byteLength - before;
+  assert.ok(grown < 4 << 20, `wasm memory grew by ${grown} bytes`);
+});
