@@ -567,16 +567,7 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
             next.up_to_date = true;
         }
         s.started = true;
-        // A binary body stays in JS; a JSON one is checked and parsed from wasm memory.
-        let json_body;
-        let data = match body {
-            Some(bytes) if !s.is_json() => batch::Data::Bytes(bytes),
-            Some(bytes) => {
-                json_body = [bytes.to_vec()];
-                batch::Data::Parts(&json_body)
-            }
-            None => batch::Data::Parts(&[]),
-        };
+        let data = body.map_or(batch::Data::Parts(&[]), batch::Data::Bytes);
         s.accept(data, next)?;
         if phase == Phase::CatchUp && s.pos.up_to_date && !s.done {
             s.go_live();

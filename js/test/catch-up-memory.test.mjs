@@ -1,6 +1,7 @@
-// A binary stream's catch-up response reaches the caller as the fetched bytes: it is not copied
-// into wasm memory, which never shrinks, so a large catch-up does not grow it. Our Worker answers
-// up to 16 MiB per response, the reference server a whole stream in one.
+// A catch-up response is not copied into wasm memory, which never shrinks, so a large catch-up
+// does not grow it: a binary stream's body reaches the caller as fetched, a JSON one is decoded
+// and parsed by the host. Our Worker answers up to 16 MiB per response, the reference server a
+// whole stream in one.
 //
 // Runs in a process of its own (node --test), so the wasm memory starts at its initial size.
 import { after, before, test } from 'node:test';
@@ -38,6 +39,27 @@ test('a 24 MiB catch-up of a binary stream leaves wasm memory where it was', asy
     total += batch.bytes.length;
   }
   assert.equal(total, 3 * part);
+  const grown = memory.buffer.byteLength - before;
+  assert.ok(grown < 4 << 20, `wasm memory grew by ${grown} bytes`);
+});
+
+test('a 24 MiB catch-up of a JSON stream leaves wasm memory where it was', async () => {
+  const url = `${server.url}/v1/stream/memory-json-${randomUUID()}`;
+  const handle = await DurableStream.create({ url, contentType: 'application/json' });
+  const pad = 'j'.repeat(8 << 10);
+  let sent = 0;
+  for (let a = 0; a < 3; a++) {
+    const batch = Array.from({ length: 1000 }, () => ({ i: sent++, pad }));
+    await handle.append(JSON.stringify(batch));
+  }
+  await init();
+  const { memory } = await wasmExports();
+  const before = memory.buffer.byteLength;
+  let seen = 0;
+  for await (const batch of stream({ url, offset: '-1', live: false })) {
+    for (const item of batch.items) assert.equal(item.i, seen++);
+  }
+  assert.equal(seen, sent);
   const grown = memory.buffer.byteLength - before;
   assert.ok(grown < 4 << 20, `wasm memory grew by ${grown} bytes`);
 });
