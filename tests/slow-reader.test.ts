@@ -13,8 +13,12 @@ import { startServer } from '../scripts/dev-server.mjs';
 const MIB = 1024 * 1024;
 const APPENDS = 40;
 const STALLED_APPENDS = 96;
-/** Long enough for a reader that keeps up to read 40 MiB within one response. */
-const CONNECTION_MS = 12_000;
+/**
+ * Long enough for a reader that keeps up to read 40 MiB, or two appends of 8 MiB, within one
+ * response (less up to 10%, the close's random stagger), with room for a slow machine: the two
+ * appends took 6 to 8 s locally, and 12 s once in CI, when this was 12 s.
+ */
+const CONNECTION_MS = 20_000;
 
 let server: Awaited<ReturnType<typeof startServer>>;
 const url = (name: string) => `${server.baseUrl}/v1/stream/slow-reader/${name}`;
