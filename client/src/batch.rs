@@ -18,7 +18,7 @@ pub struct Position {
 
 #[wasm_bindgen(inline_js = r#"
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
-export function es_json_body(bytes) {
+export function es_json_part(bytes) {
   let text;
   try { text = utf8.decode(bytes); } catch { return { bad: 'utf8' }; }
   if (/^[ \t\n\f\r]*$/.test(text)) return { skip: true };
@@ -26,9 +26,9 @@ export function es_json_body(bytes) {
 }
 "#)]
 extern "C" {
-    /// A JSON body decoded and parsed on the JS side: `{ skip }` when it is only whitespace,
+    /// A JSON part decoded and parsed on the JS side: `{ skip }` when it is only whitespace,
     /// `{ value }`, or `{ bad: 'utf8' | 'json', why }`.
-    fn es_json_body(bytes: &Uint8Array) -> JsValue;
+    fn es_json_part(bytes: &Uint8Array) -> JsValue;
 }
 
 /// The data of a batch.
@@ -58,24 +58,27 @@ impl Data<'_> {
 pub fn to_js(data: Data<'_>, json: bool, pos: &Position) -> Result<Object, JsValue> {
     let out = Object::new();
     match data {
-        Data::Bytes(bytes) if !json => js::set(&out, "bytes", bytes),
-        Data::Bytes(bytes) => {
+        Data::Bytes(bytes) if json => {
             let items = Array::new();
-            let parsed = es_json_body(&bytes);
-            if js::get_bool(&parsed, "skip") != Some(true) {
-                match js::get_string(&parsed, "bad").as_deref() {
-                    Some("utf8") => return Err(not_utf8()),
-                    Some(_) => {
-                        return Err(not_json(
-                            &js::get_string(&parsed, "why").unwrap_or_default(),
-                        ))
-                    }
-                    None => push_items(&items, js::get(&parsed, "value")),
-                }
+            push_json(&items, &bytes)?;
+            js::set(&out, "items", items);
+        }
+        Data::Bytes(bytes) => js::set(&out, "bytes", bytes),
+        Data::Parts(parts) if json => {
+            let items = Array::new();
+            for part in parts {
+                push_json(&items, &Uint8Array::from(part.as_slice()))?;
             }
             js::set(&out, "items", items);
         }
-        Data::Parts(parts) => set_data(&out, parts, json)?,
+        Data::Parts(parts) => {
+            let total: usize = parts.iter().map(Vec::len).sum();
+            let mut bytes = Vec::with_capacity(total);
+            for part in parts {
+                bytes.extend_from_slice(part);
+            }
+            js::set(&out, "bytes", js::bytes_to_js(&bytes));
+        }
     }
     js::set(&out, "offset", pos.offset.as_str());
     if let Some(cursor) = &pos.cursor {
@@ -86,33 +89,24 @@ pub fn to_js(data: Data<'_>, json: bool, pos: &Position) -> Result<Object, JsVal
     Ok(out)
 }
 
-/// Sets `items` (JSON) or `bytes` from parts in wasm memory.
-fn set_data(out: &Object, parts: &[Vec<u8>], json: bool) -> Result<(), JsValue> {
-    if json {
-        let items = Array::new();
-        for part in parts {
-            if part.iter().all(|b| b.is_ascii_whitespace()) {
-                continue;
-            }
-            let text = core::str::from_utf8(part).map_err(|_| not_utf8())?;
-            let value = js_sys::JSON::parse(text)
-                .map_err(|e| not_json(&js::get_string(&e, "message").unwrap_or_default()))?;
-            push_items(&items, value);
-        }
-        js::set(out, "items", items);
-    } else {
-        let total: usize = parts.iter().map(Vec::len).sum();
-        let mut bytes = Vec::with_capacity(total);
-        for part in parts {
-            bytes.extend_from_slice(part);
-        }
-        js::set(out, "bytes", js::bytes_to_js(&bytes));
+/// Adds the messages of one JSON part (an array of them, or one value) to `items`: nothing for
+/// a part of whitespace only, else a `PARSE_ERROR` unless it is UTF-8 that parses.
+fn push_json(items: &Array, bytes: &Uint8Array) -> Result<(), JsValue> {
+    let parsed = es_json_part(bytes);
+    if js::get_bool(&parsed, "skip") == Some(true) {
+        return Ok(());
     }
-    Ok(())
-}
-
-/// Adds a part's messages to `items`: the elements of an array, or the value itself.
-fn push_items(items: &Array, value: JsValue) {
+    let value = match js::get_string(&parsed, "bad").as_deref() {
+        Some("utf8") => return Err(parse_error("JSON stream data is not valid UTF-8")),
+        Some(_) => {
+            let why = js::get_string(&parsed, "why").unwrap_or_default();
+            return Err(parse_error(&error::msg(&[
+                "JSON stream data does not parse: ",
+                &why,
+            ])));
+        }
+        None => js::get(&parsed, "value"),
+    };
     if Array::is_array(&value) {
         let arr: Array = value.into();
         for item in arr.iter() {
@@ -121,14 +115,7 @@ fn push_items(items: &Array, value: JsValue) {
     } else {
         items.push(&value);
     }
-}
-
-fn not_utf8() -> JsValue {
-    parse_error("JSON stream data is not valid UTF-8")
-}
-
-fn not_json(why: &str) -> JsValue {
-    parse_error(&error::msg(&["JSON stream data does not parse: ", why]))
+    Ok(())
 }
 
 /// A `PARSE_ERROR`.

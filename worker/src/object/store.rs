@@ -542,8 +542,8 @@ impl Store {
         Ok(Ok((body, pieces.end)))
     }
 
-    /// `[from, end)` of this incarnation's own non-JSON log (`end` at most the tail), to be
-    /// streamed.
+    /// `[from, end)` of this incarnation's own log (`end` at most the tail), to be streamed as
+    /// bytes.
     pub fn range(&self, instance: &str, from: Offset, end: Offset) -> RowRange {
         RowRange {
             sql: self.sql.as_ref().clone(),
@@ -612,11 +612,8 @@ impl Store {
         };
         match Offset::new(end as u64) {
             Some(end) if end > from => Ok(Ok(RowRange {
-                sql: self.sql.as_ref().clone(),
-                instance: instance.to_string(),
-                from,
-                end,
                 json: true,
+                ..self.range(instance, from, end)
             })),
             _ => Ok(Err(ReadError::NotABoundary)),
         }
