@@ -18,17 +18,22 @@ pub struct Position {
 
 #[wasm_bindgen(inline_js = r#"
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
-export function es_json_part(bytes) {
+export function es_json_part(bytes, items) {
   let text;
   try { text = utf8.decode(bytes); } catch { return { bad: 'utf8' }; }
-  if (/^[ \t\n\f\r]*$/.test(text)) return { skip: true };
-  try { return { value: JSON.parse(text) }; } catch (e) { return { bad: 'json', why: String((e && e.message) || '') }; }
+  if (/^[ \t\n\f\r]*$/.test(text)) return undefined;
+  let value;
+  try { value = JSON.parse(text); } catch (e) { return { bad: 'json', why: String((e && e.message) || '') }; }
+  if (!Array.isArray(value)) items.push(value);
+  else for (let i = 0; i < value.length; i++) items.push(value[i]);
+  return undefined;
 }
 "#)]
 extern "C" {
-    /// A JSON part decoded and parsed on the JS side: `{ skip }` when it is only whitespace,
-    /// `{ value }`, or `{ bad: 'utf8' | 'json', why }`.
-    fn es_json_part(bytes: &Uint8Array) -> JsValue;
+    /// Decodes and parses a JSON part on the JS side and adds its messages to `items` there:
+    /// one call per part rather than two per message. `undefined` when done (a part of only
+    /// whitespace adds nothing), else `{ bad: 'utf8' | 'json', why }`.
+    fn es_json_part(bytes: &Uint8Array, items: &Array) -> JsValue;
 }
 
 /// The data of a batch.
@@ -92,30 +97,20 @@ pub fn to_js(data: Data<'_>, json: bool, pos: &Position) -> Result<Object, JsVal
 /// Adds the messages of one JSON part (an array of them, or one value) to `items`: nothing for
 /// a part of whitespace only, else a `PARSE_ERROR` unless it is UTF-8 that parses.
 fn push_json(items: &Array, bytes: &Uint8Array) -> Result<(), JsValue> {
-    let parsed = es_json_part(bytes);
-    if js::get_bool(&parsed, "skip") == Some(true) {
+    let refused = es_json_part(bytes, items);
+    if refused.is_undefined() {
         return Ok(());
     }
-    let value = match js::get_string(&parsed, "bad").as_deref() {
-        Some("utf8") => return Err(parse_error("JSON stream data is not valid UTF-8")),
-        Some(_) => {
-            let why = js::get_string(&parsed, "why").unwrap_or_default();
-            return Err(parse_error(&error::msg(&[
+    match js::get_string(&refused, "bad").as_deref() {
+        Some("utf8") => Err(parse_error("JSON stream data is not valid UTF-8")),
+        _ => {
+            let why = js::get_string(&refused, "why").unwrap_or_default();
+            Err(parse_error(&error::msg(&[
                 "JSON stream data does not parse: ",
                 &why,
-            ])));
+            ])))
         }
-        None => js::get(&parsed, "value"),
-    };
-    if Array::is_array(&value) {
-        let arr: Array = value.into();
-        for item in arr.iter() {
-            items.push(&item);
-        }
-    } else {
-        items.push(&value);
     }
-    Ok(())
 }
 
 /// A `PARSE_ERROR`.

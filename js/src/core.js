@@ -279,7 +279,8 @@ export class StreamHandle {
   async items() {
     const all = [];
     for await (const batch of this) {
-      if (batch.items) all.push(...batch.items);
+      // A loop, not push(...items): a batch can hold more messages than a call has arguments.
+      if (batch.items) for (const item of batch.items) all.push(item);
       if (batch.upToDate && this.#options.live === false) break;
     }
     return all;
