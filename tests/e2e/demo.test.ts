@@ -122,6 +122,30 @@ describe('rooms', () => {
     await expect.poll(() => messages(page), { timeout: 5_000 }).toEqual(['before', 'during 1', 'during 2', 'after']);
     await context.close();
   });
+  test('a room of 200,000 messages opens on the last 500 (a catch-up batch holds up to 170,000)', async () => {
+    const room = `big${Date.now()}`;
+    const total = 200_000;
+    const url = `${server.baseUrl}/v1/stream/rooms/${room}`;
+    expect((await fetch(url, { method: 'PUT', headers: { 'content-type': 'application/json' } })).status).toBe(201);
+    for (let start = 0; start < total; start += 100_000) {
+      const batch = Array.from({ length: 100_000 }, (_, i) => ({ id: `m${start + i}`, user: 'bot', text: `m${start + i}`, at: 0 }));
+      const res = await fetch(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(batch),
+      });
+      expect(res.status).toBe(204);
+    }
+    const { page, context } = await openPage();
+    const errors: string[] = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    await openRoom(page, room);
+    await expect.poll(async () => (await messages(page)).at(-1), { timeout: 20_000 }).toBe(`m${total - 1}`);
+    const shown = await messages(page);
+    expect(shown).toEqual(Array.from({ length: 500 }, (_, i) => `m${total - 500 + i}`));
+    expect(errors).toEqual([]);
+    await context.close();
+  });
 });
 
 describe('live table', () => {

@@ -160,10 +160,12 @@ const rooms = {
       contentType: 'application/json',
       offset: cache.offset,
       onBatch: (batch) => {
-        const fresh = batch.items ?? [];
+        // Only the last 500 are kept and shown; a catch-up batch can hold many more (and more
+        // than a spread into a call can take).
+        const fresh = (batch.items ?? []).slice(-500);
         for (const m of fresh) list.append(this.renderMessage(m));
-        cache.messages.push(...fresh);
-        cache.messages = cache.messages.slice(-500);
+        while (list.childElementCount > 500) list.firstElementChild.remove();
+        cache.messages = cache.messages.concat(fresh).slice(-500);
         cache.offset = batch.offset;
         saved.set(`room:${room}`, cache);
         if (fresh.length) list.scrollTop = list.scrollHeight;
