@@ -1,6 +1,6 @@
 // A Chrome DevTools protocol session on the Worker's isolate, through wrangler dev's inspector
 // (`startServer({ inspector: true }).inspectorPort`): CPU profiles for bench/profile.mjs, heap
-// counts for the memory tests.
+// counts and the wasm memory size for the memory tests.
 import { WebSocket } from 'undici';
 
 export async function inspect(port) {
@@ -58,4 +58,25 @@ export async function heapCounts(session) {
     else if (t === 'object') counts.objects++;
   }
   return { ...counts, usedBytes: result.usedSize };
+}
+
+/**
+ * The size of the isolate's wasm memory, in bytes, from a heap snapshot: the largest
+ * ArrayBuffer backing store, which is the wasm instance's linear memory whenever it is larger
+ * than any buffer a test holds. Wasm memory never shrinks, so this is its high-water mark.
+ */
+export async function wasmMemoryBytes(session) {
+  const chunks = [];
+  session.on('HeapProfiler.addHeapSnapshotChunk', (p) => chunks.push(p.chunk));
+  await session.call('HeapProfiler.enable');
+  session.send('HeapProfiler.takeHeapSnapshot', { reportProgress: false });
+  await session.call('Runtime.getHeapUsage');
+  const { snapshot, nodes, strings } = JSON.parse(chunks.join(''));
+  const fields = snapshot.meta.node_fields;
+  const [name, size] = [fields.indexOf('name'), fields.indexOf('self_size')];
+  let largest = 0;
+  for (let i = 0; i < nodes.length; i += fields.length) {
+    if (strings[nodes[i + name]] === 'system / JSArrayBufferData') largest = Math.max(largest, nodes[i + size]);
+  }
+  return largest;
 }

@@ -7,14 +7,16 @@
 //! - its spans are in order, disjoint, inside the body, carry no surrounding whitespace, and
 //!   each is one valid JSON value; a non-array body is one message, its trimmed self;
 //! - a top-level array's spans are serde_json's elements, one for one;
+//! - `frame_messages` (validation and framing in one pass, as appends are stored) gives exactly
+//!   `split_messages` then `frame`, refusals included;
 //! - framing then `message_ends`/`prefix_len` finds exactly those messages, and the rendered GET
 //!   body `[m1,m2,…]` is valid JSON that flattens back to the same messages;
 //! - the framing helpers never panic on arbitrary (even invalid) framed bytes.
 #![no_main]
 
 use edgestream::json::{
-    frame, message_ends, prefix_len, render_array, split_messages, validate, JsonError, Purpose,
-    MAX_DEPTH,
+    frame, frame_messages, message_ends, prefix_len, render_array, split_messages, validate,
+    JsonError, Purpose, MAX_DEPTH,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -119,6 +121,13 @@ fuzz_target!(|body: &[u8]| {
 
     for purpose in [Purpose::Create, Purpose::Append] {
         let split = split_messages(body, purpose);
+        assert_eq!(
+            frame_messages(body, purpose),
+            split
+                .as_ref()
+                .map(|spans| frame(body, spans))
+                .map_err(|e| *e)
+        );
         let spans = match (&valid, &split) {
             (Ok(()), Ok(spans)) => spans,
             (Ok(()), Err(JsonError::EmptyArray)) => {

@@ -290,7 +290,7 @@ pub fn message_cuts(framed: &[u8], max: usize) -> Vec<usize> {
     let mut cuts = Vec::new();
     let mut start = 0;
     let mut prev = 0;
-    for end in json::message_ends(framed) {
+    for end in json::MessageEnds::new(framed) {
         if end - start > max && prev > start {
             cuts.push(prev);
             start = prev;

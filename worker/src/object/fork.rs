@@ -175,11 +175,10 @@ pub async fn acquire(obj: &StreamObject, body: &[u8]) -> Result<Response> {
             return http::error(&ProtocolError::ForkOffsetOutOfRange);
         };
         let within = if meta.is_json() {
-            let ends = json::message_ends(&page.data);
             usize::try_from(ask.sub_offset - 1)
                 .ok()
-                .and_then(|i| ends.get(i))
-                .map(|&e| e as u64)
+                .and_then(|i| json::MessageEnds::new(&page.data).nth(i))
+                .map(|e| e as u64)
         } else {
             Some(ask.sub_offset).filter(|&s| s <= page.data.len() as u64)
         };

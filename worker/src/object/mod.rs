@@ -535,8 +535,11 @@ impl StreamObject {
             AppendPlan::Write { producer, close } => (producer, close),
         };
         let data = if meta.is_json() && !body.is_empty() {
-            match json::split_messages(&body, Purpose::Append) {
-                Ok(spans) => json::frame(&body, &spans),
+            let framed = json::frame_messages(&body, Purpose::Append);
+            // The framing is the body's size again: the body goes before storage copies it.
+            drop(body);
+            match framed {
+                Ok(framed) => framed,
                 Err(e) => return http::error(&e.into()),
             }
         } else {
@@ -984,8 +987,7 @@ fn initial_data(meta: &Meta, body: &[u8]) -> std::result::Result<Vec<u8>, Protoc
         return Ok(Vec::new());
     }
     if meta.is_json() {
-        let spans = json::split_messages(body, Purpose::Create)?;
-        Ok(json::frame(body, &spans))
+        Ok(json::frame_messages(body, Purpose::Create)?)
     } else {
         Ok(body.to_vec())
     }

@@ -305,7 +305,7 @@ fn offset(v: Option<&SqlStorageValue>) -> Offset {
 /// start a message continues one larger than a row: no offset in it, its own start included, is
 /// one. `data` is the row's, needed only for an offset inside it.
 fn starts_message(flags: i64, lo: usize, data: impl FnOnce() -> Vec<u8>) -> bool {
-    flags & STARTS_MESSAGE != 0 && (lo == 0 || json::message_ends(&data()).contains(&lo))
+    flags & STARTS_MESSAGE != 0 && (lo == 0 || json::MessageEnds::new(&data()).any(|end| end == lo))
 }
 
 fn pos(o: Offset) -> SqlStorageValue {
@@ -819,7 +819,7 @@ fn split_rows(data: &[u8], json: bool) -> Vec<RowPiece> {
     }
     let mut row_start = 0;
     let mut prev_end = 0;
-    for end in json::message_ends(data) {
+    for end in json::MessageEnds::new(data) {
         if end - row_start > ROW_BYTES && prev_end > row_start {
             pieces.push(RowPiece {
                 range: row_start..prev_end,
