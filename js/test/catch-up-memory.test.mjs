@@ -4,23 +4,14 @@
 // whole stream in one.
 //
 // Runs in a process of its own (node --test), so the wasm memory starts at its initial size.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { DurableStreamTestServer } from '@durable-streams/server';
 import { DurableStream, init, stream } from '../src/node.js';
 import wasmExports from '../dist/edgestream_client.js';
+import { useReferenceServer } from '../test-support/reference-server.mjs';
 
-let server;
-
-before(async () => {
-  server = new DurableStreamTestServer({ port: 0, host: '127.0.0.1' });
-  await server.start();
-});
-
-after(async () => {
-  await server?.stop();
-});
+const server = useReferenceServer();
 
 test('a 24 MiB catch-up of a binary stream leaves wasm memory where it was', async () => {
   const url = `${server.url}/v1/stream/memory-${randomUUID()}`;

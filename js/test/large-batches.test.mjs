@@ -1,22 +1,13 @@
 // A batch can hold more messages than a function call takes arguments: the reference server
 // answers a whole stream in one response, and ours up to 16 MiB, which is 170,000 messages of
 // 100 bytes. Nothing on the way from the response to the caller may spread a batch into a call.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { DurableStreamTestServer } from '@durable-streams/server';
 import { DurableStream, stream } from '../src/node.js';
+import { useReferenceServer } from '../test-support/reference-server.mjs';
 
-let server;
-
-before(async () => {
-  server = new DurableStreamTestServer({ port: 0, host: '127.0.0.1' });
-  await server.start();
-});
-
-after(async () => {
-  await server?.stop();
-});
+const server = useReferenceServer();
 
 // Well past V8's limit on arguments (about 120,000 with Node's default stack).
 const COUNT = 300_000;
