@@ -37,16 +37,22 @@ export async function inspect(port) {
 
 /**
  * Takes a heap snapshot, which collects garbage first (workerd does not answer
- * HeapProfiler.collectGarbage), and counts what is left: { closures, contexts, objects, usedBytes }.
+ * HeapProfiler.collectGarbage): { snapshot, nodes, strings, usedBytes }, the parsed snapshot and
+ * the heap's used size after it.
  */
-export async function heapCounts(session) {
+async function takeSnapshot(session) {
   const chunks = [];
   session.on('HeapProfiler.addHeapSnapshotChunk', (p) => chunks.push(p.chunk));
   await session.call('HeapProfiler.enable');
   session.send('HeapProfiler.takeHeapSnapshot', { reportProgress: false });
   // The isolate answers in order: this comes back once the snapshot has been sent.
   const { result } = await session.call('Runtime.getHeapUsage');
-  const { snapshot, nodes, strings } = JSON.parse(chunks.join(''));
+  return { ...JSON.parse(chunks.join('')), usedBytes: result.usedSize };
+}
+
+/** What a heap snapshot leaves: { closures, contexts, objects, usedBytes }. */
+export async function heapCounts(session) {
+  const { snapshot, nodes, strings, usedBytes } = await takeSnapshot(session);
   const fields = snapshot.meta.node_fields;
   const types = snapshot.meta.node_types[0];
   const [type, name] = [fields.indexOf('type'), fields.indexOf('name')];
@@ -57,7 +63,7 @@ export async function heapCounts(session) {
     else if (t === 'object' && strings[nodes[i + name]] === 'system / Context') counts.contexts++;
     else if (t === 'object') counts.objects++;
   }
-  return { ...counts, usedBytes: result.usedSize };
+  return { ...counts, usedBytes };
 }
 
 /**
@@ -66,12 +72,7 @@ export async function heapCounts(session) {
  * than any buffer a test holds. Wasm memory never shrinks, so this is its high-water mark.
  */
 export async function wasmMemoryBytes(session) {
-  const chunks = [];
-  session.on('HeapProfiler.addHeapSnapshotChunk', (p) => chunks.push(p.chunk));
-  await session.call('HeapProfiler.enable');
-  session.send('HeapProfiler.takeHeapSnapshot', { reportProgress: false });
-  await session.call('Runtime.getHeapUsage');
-  const { snapshot, nodes, strings } = JSON.parse(chunks.join(''));
+  const { snapshot, nodes, strings } = await takeSnapshot(session);
   const fields = snapshot.meta.node_fields;
   const [name, size] = [fields.indexOf('name'), fields.indexOf('self_size')];
   let largest = 0;
