@@ -231,3 +231,107 @@ export declare class SequenceGapError extends DurableStreamError {
 export declare function checkProducerOptions(producerId: string, options?: ProducerOptions): void;
 /** Rejects with INVALID_ARGUMENT for bad retry options. */
 export declare function checkRetryOptions(options: RetryOptions): Promise<void>;
+
+// ---------------------------------------------------------------------------------------------
+// Live keyed tables (the Durable Streams State Protocol)
+
+/** A State Protocol change message, as appended to a table's JSON stream. */
+export interface ChangeMessage<V = unknown> {
+  type: string;
+  key: string;
+  value: V | null;
+  old_value?: unknown;
+  headers: { operation: 'insert' | 'update' | 'upsert' | 'delete'; txid?: string; timestamp?: string; [name: string]: unknown };
+}
+/** A State Protocol control message. `reset` makes tables drop their rows. */
+export interface ControlMessage {
+  headers: { control: 'snapshot-start' | 'snapshot-end' | 'reset'; offset?: string };
+}
+
+/** Builders for the messages a table reads; append them with `append()` or a producer. */
+export declare const change: {
+  insert<V>(type: string, key: string, value: V, headers?: { txid?: string; timestamp?: string }): ChangeMessage<V>;
+  update<V>(type: string, key: string, value: V, headers?: { txid?: string; timestamp?: string }): ChangeMessage<V>;
+  upsert<V>(type: string, key: string, value: V, headers?: { txid?: string; timestamp?: string }): ChangeMessage<V>;
+  delete(type: string, key: string, headers?: { txid?: string; timestamp?: string }): ChangeMessage<never>;
+  reset(): ControlMessage;
+};
+
+/** A table's rows and the offset they are current to: plain JSON, to store and restore. */
+export interface TableSnapshot<V = unknown> {
+  version: 1;
+  offset: string;
+  rows: Array<[type: string, key: string, value: V]>;
+}
+
+/** Where a table keeps its snapshot between sessions. */
+export interface TableStore<V = unknown> {
+  load(): TableSnapshot<V> | undefined | null | Promise<TableSnapshot<V> | undefined | null>;
+  save(snapshot: TableSnapshot<V>): void | Promise<void>;
+}
+
+export interface TableOptions<V = unknown> extends Omit<StreamOptions, 'json'> {
+  /** Resume from this snapshot: only what was appended after its offset is read. */
+  from?: TableSnapshot<V>;
+  /** Load the snapshot from here on start (unless `from`), and save it as the table moves on. */
+  store?: TableStore<V>;
+  /** At most one save per this many ms while following (default 1000); always one at the end. */
+  saveEveryMs?: number;
+  /** A message that is not a State Protocol message: fail the table (default) or skip it. */
+  onInvalid?: 'error' | 'skip';
+}
+
+export interface TableChange<V = unknown> {
+  type: string;
+  key: string;
+  operation: 'insert' | 'update' | 'upsert' | 'delete';
+  /** The new value (undefined for a delete). */
+  value: V | undefined;
+  /** The value the table held before (undefined if it had none). */
+  previous: V | undefined;
+  headers: ChangeMessage['headers'];
+}
+
+export interface TableUpdate<V = unknown> {
+  /** The changes of one batch, in order (after the last `reset` in it, if any). */
+  changes: TableChange<V>[];
+  /** The table dropped its rows first (a `reset` message, or a resync from the start). */
+  reset: boolean;
+  offset: string;
+  upToDate: boolean;
+  closed: boolean;
+}
+
+export declare class KeyedTable<V = unknown> {
+  constructor(options: TableOptions<V>);
+  readonly offset: string;
+  readonly upToDate: boolean;
+  readonly closed: boolean;
+  /** Rows over all types. */
+  readonly size: number;
+  /** Settles when reading ends: resolves when the stream is closed or the table cancelled. */
+  readonly finished: Promise<void>;
+  /** Resolves once the table first holds everything the stream held. */
+  ready(): Promise<void>;
+  get(type: string, key: string): V | undefined;
+  has(type: string, key: string): boolean;
+  types(): string[];
+  entries(type: string): IterableIterator<[string, V]>;
+  keys(type: string): IterableIterator<string>;
+  values(type: string): IterableIterator<V>;
+  count(type: string): number;
+  snapshot(): TableSnapshot<V>;
+  /** Called after each batch is applied; awaited before the next is read. Returns an unsubscribe function. */
+  subscribe(listener: (update: TableUpdate<V>) => void | Promise<void>, onError?: (error: unknown) => void): () => void;
+  /** Stops reading; the rows stay readable, and a store gets a last snapshot. */
+  cancel(): void;
+}
+
+/** Follows a JSON stream of change messages as a live table. */
+export declare function table<V = unknown>(options: TableOptions<V>): KeyedTable<V>;
+
+/** A `TableStore` in `localStorage`, `sessionStorage` or anything with `getItem`/`setItem`. */
+export declare function storageStore<V = unknown>(
+  storage: { getItem(key: string): string | null; setItem(key: string, value: string): void },
+  key: string,
+): TableStore<V>;

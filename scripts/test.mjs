@@ -18,7 +18,7 @@ const steps = [
   ['end-to-end suites (vitest)', () => run(bin('vitest'), ['run', '--config', 'tests/vitest.config.ts'])],
   ['client: browser tests, reference server with faults (wasm-pack, headless Chromium)', testClientInBrowser],
   ['client: browser tests, our Worker with WebSocket (wasm-pack, headless Chromium)', testClientInBrowserAgainstWorker],
-  ['client: Node tests (js/test: producer batching, catch-up memory, large batches)', testClientInNode],
+  ['client: Node tests (js/test: producer batching, catch-up memory, large batches, bundles, tables)', testClientInNode],
   ['client: conformance (reference server)', () => run('node', ['tests/client-conformance/run.mjs'])],
   [
     'client: conformance (our Worker, cases without fault injection)',

@@ -8,3 +8,4 @@ setLoader((input) =>
 );
 
 export * from './core.js';
+export * from './table.js';

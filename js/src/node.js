@@ -10,3 +10,4 @@ setLoader(async (input) =>
 );
 
 export * from './core.js';
+export * from './table.js';

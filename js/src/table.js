@@ -1,0 +1,386 @@
+// Live keyed tables: a JSON stream of State Protocol change messages (insert, update, upsert,
+// delete of a value at a type and key) kept materialized in memory while it is followed, and
+// resumable from a saved snapshot (offset and rows) instead of being read again from the start.
+// The message format is the Durable Streams State Protocol's, so tables interoperate with
+// `@durable-streams/state` writers and readers.
+import { DurableStreamError, stream } from './core.js';
+
+const OPERATIONS = new Set(['insert', 'update', 'upsert', 'delete']);
+const CONTROLS = new Set(['snapshot-start', 'snapshot-end', 'reset']);
+const SNAPSHOT_VERSION = 1;
+
+const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
+const nonEmpty = (v) => typeof v === 'string' && v.length > 0;
+
+/**
+ * Sorts one message: `{ change }`, `{ control }`, or `{ invalid: reason }`. A change names a
+ * non-empty `type` and `key` and an `operation`, and carries a `value` unless it is a delete.
+ */
+function classify(message) {
+  if (!isObject(message) || !isObject(message.headers)) return { invalid: 'not a State Protocol message' };
+  const { headers } = message;
+  if (headers.control !== undefined) {
+    return CONTROLS.has(headers.control)
+      ? { control: headers.control }
+      : { invalid: `unknown control ${JSON.stringify(headers.control)}` };
+  }
+  if (!OPERATIONS.has(headers.operation)) return { invalid: `unknown operation ${JSON.stringify(headers.operation)}` };
+  if (!nonEmpty(message.type) || !nonEmpty(message.key)) return { invalid: 'type and key must be non-empty strings' };
+  if (headers.operation !== 'delete' && !('value' in message)) return { invalid: `${headers.operation} without a value` };
+  return { change: message };
+}
+
+function invalidArgument(message) {
+  return new DurableStreamError(message, 'INVALID_ARGUMENT');
+}
+
+/** Checks a snapshot's shape; returns an error message, or null when it can be restored. */
+function snapshotProblem(snapshot) {
+  if (!isObject(snapshot)) return 'a snapshot is an object';
+  if (snapshot.version !== SNAPSHOT_VERSION) return `unknown snapshot version ${JSON.stringify(snapshot.version)}`;
+  if (!nonEmpty(snapshot.offset)) return 'a snapshot needs its offset';
+  if (!Array.isArray(snapshot.rows)) return 'a snapshot needs its rows';
+  for (const row of snapshot.rows) {
+    if (!Array.isArray(row) || row.length !== 3 || !nonEmpty(row[0]) || !nonEmpty(row[1])) {
+      return 'each snapshot row is [type, key, value]';
+    }
+  }
+  return null;
+}
+
+/**
+ * A table of values by `type` and `key`, materialized from a JSON stream of change messages and
+ * kept current while the stream is followed. It starts reading when created.
+ */
+export class KeyedTable {
+  #rows = new Map();
+  #size = 0;
+  #offset;
+  #restored = false;
+  #upToDate = false;
+  #closed = false;
+  #cancelled = false;
+  #handle = null;
+  #streamOptions;
+  #store;
+  #saveEveryMs;
+  #lastSave = 0;
+  #savedOffset;
+  #skipInvalid;
+  #listeners = new Set();
+  #ready;
+  #finished;
+
+  constructor(options) {
+    if (!options || (typeof options.url !== 'string' && !(options.url instanceof URL))) {
+      throw invalidArgument('table(): url is required');
+    }
+    const { from, store, saveEveryMs = 1000, onInvalid = 'error', offset, json, signal, ...streamOptions } = options;
+    if (onInvalid !== 'error' && onInvalid !== 'skip') throw invalidArgument("table(): onInvalid is 'error' or 'skip'");
+    if (store !== undefined && (typeof store?.load !== 'function' || typeof store?.save !== 'function')) {
+      throw invalidArgument('table(): store needs load() and save()');
+    }
+    if (!Number.isFinite(saveEveryMs) || saveEveryMs < 0) throw invalidArgument('table(): saveEveryMs must be >= 0');
+    if (from !== undefined) {
+      const problem = snapshotProblem(from);
+      if (problem) throw invalidArgument(`table(): ${problem}`);
+      this.#restore(from);
+    } else {
+      this.#offset = offset ?? '-1';
+    }
+    this.#streamOptions = { ...streamOptions, url: String(options.url) };
+    this.#store = store;
+    this.#saveEveryMs = saveEveryMs;
+    this.#skipInvalid = onInvalid === 'skip';
+    this.#ready = deferred();
+    this.#finished = deferred();
+    // The table cancels its reader itself, and lets go of the signal when it ends, so a signal
+    // shared by many tables does not keep the ended ones alive.
+    if (signal?.aborted) this.cancel();
+    else if (signal) {
+      const onAbort = () => this.cancel();
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.#finished.promise.finally(() => signal.removeEventListener('abort', onAbort)).catch(() => {});
+    }
+    this.#run();
+  }
+
+  /** The offset the table's rows are current to: save it with `snapshot()`. */
+  get offset() {
+    return this.#offset;
+  }
+  /** The table holds everything the stream held at its last response. */
+  get upToDate() {
+    return this.#upToDate;
+  }
+  /** The stream is closed and the table holds all of it. */
+  get closed() {
+    return this.#closed;
+  }
+  /** How many rows the table holds, over all types. */
+  get size() {
+    return this.#size;
+  }
+  /** Resolves once the table first holds everything the stream held; rejects if it fails first. */
+  ready() {
+    return this.#ready.promise;
+  }
+  /** Settles when reading ends: resolves when the stream is closed or the table cancelled. */
+  get finished() {
+    return this.#finished.promise;
+  }
+
+  get(type, key) {
+    return this.#rows.get(type)?.get(key);
+  }
+  has(type, key) {
+    return this.#rows.get(type)?.has(key) ?? false;
+  }
+  /** The types that have rows. */
+  types() {
+    return [...this.#rows.keys()];
+  }
+  /** `[key, value]` pairs of one type, in the order the keys were first written. */
+  entries(type) {
+    return (this.#rows.get(type) ?? new Map()).entries();
+  }
+  keys(type) {
+    return (this.#rows.get(type) ?? new Map()).keys();
+  }
+  values(type) {
+    return (this.#rows.get(type) ?? new Map()).values();
+  }
+  /** Rows of one type. */
+  count(type) {
+    return this.#rows.get(type)?.size ?? 0;
+  }
+
+  /**
+   * The rows and the offset they are current to, as plain JSON: pass it back as `from` (or let
+   * a `store` keep it) and a later table reads only what was appended since.
+   */
+  snapshot() {
+    const rows = [];
+    for (const [type, byKey] of this.#rows) for (const [key, value] of byKey) rows.push([type, key, value]);
+    return { version: SNAPSHOT_VERSION, offset: this.#offset, rows };
+  }
+
+  /**
+   * Calls `listener(update)` after each batch is applied, with the batch's `changes`, whether
+   * it began with a `reset`, and the new `offset`, `upToDate` and `closed`. Each call is awaited
+   * before the next batch is read. A listener that throws is reported to `onError` (or as an
+   * uncaught error) and stays subscribed. Returns a function that unsubscribes.
+   */
+  subscribe(listener, onError) {
+    const entry = { listener, onError };
+    this.#listeners.add(entry);
+    return () => this.#listeners.delete(entry);
+  }
+
+  /** Stops reading (the rows stay readable), saving a last snapshot to the store first. */
+  cancel() {
+    if (this.#cancelled) return;
+    this.#cancelled = true;
+    this.#handle?.cancel();
+  }
+
+  #restore(snapshot) {
+    this.#clear();
+    for (const [type, key, value] of snapshot.rows) this.#set(type, key, value);
+    this.#offset = snapshot.offset;
+    this.#savedOffset = snapshot.offset;
+    this.#restored = true;
+  }
+
+  #clear() {
+    this.#rows.clear();
+    this.#size = 0;
+  }
+
+  #set(type, key, value) {
+    let byKey = this.#rows.get(type);
+    if (!byKey) this.#rows.set(type, (byKey = new Map()));
+    if (!byKey.has(key)) this.#size++;
+    byKey.set(key, value);
+  }
+
+  #delete(type, key) {
+    const byKey = this.#rows.get(type);
+    if (!byKey?.delete(key)) return;
+    this.#size--;
+    if (byKey.size === 0) this.#rows.delete(type);
+  }
+
+  async #run() {
+    try {
+      if (this.#store && !this.#restored) {
+        const saved = await this.#store.load();
+        if (saved !== undefined && saved !== null && snapshotProblem(saved) === null) this.#restore(saved);
+      }
+      for (;;) {
+        try {
+          await this.#follow();
+          break;
+        } catch (e) {
+          // A restored offset the stream no longer has (it was deleted and created again, say):
+          // start over from the beginning rather than keep rows that may not be the stream's.
+          if (!this.#restored || e?.code !== 'INVALID_OFFSET' || this.#cancelled) throw e;
+          this.#restored = false;
+          this.#clear();
+          this.#offset = '-1';
+          await this.#notify({ changes: [], reset: true, offset: '-1', upToDate: false, closed: false });
+        }
+      }
+      await this.#save(true);
+      if (this.#cancelled && !this.#upToDate && !this.#closed) {
+        this.#ready.reject(new DurableStreamError('the table was cancelled before it caught up', 'ABORTED'));
+      }
+      this.#ready.resolve();
+      this.#finished.resolve();
+    } catch (e) {
+      this.#ready.reject(e);
+      this.#finished.reject(e);
+    }
+  }
+
+  async #follow() {
+    if (this.#cancelled) return;
+    this.#handle = stream({ ...this.#streamOptions, offset: this.#offset, json: true });
+    if (this.#cancelled) this.#handle.cancel();
+    let first = true;
+    for await (const batch of this.#handle) {
+      if (first && !Array.isArray(batch.items)) {
+        this.#handle.cancel();
+        throw new DurableStreamError(`${this.#streamOptions.url} is not a JSON stream`, 'PARSE_ERROR');
+      }
+      first = false;
+      this.#restored = false;
+      const update = this.#apply(batch);
+      await this.#notify(update);
+      if (this.#upToDate) this.#ready.resolve();
+      await this.#save(false);
+    }
+  }
+
+  /** Applies a whole batch, or nothing of it when a message is invalid and not skipped. */
+  #apply(batch) {
+    const sorted = batch.items.map(classify);
+    if (!this.#skipInvalid) {
+      const bad = sorted.findIndex((m) => m.invalid);
+      if (bad !== -1) {
+        this.#handle.cancel();
+        throw new DurableStreamError(
+          `message ${bad + 1} of the batch before ${batch.offset}: ${sorted[bad].invalid}`,
+          'PARSE_ERROR',
+        );
+      }
+    }
+    let changes = [];
+    let reset = false;
+    for (const { change, control } of sorted) {
+      if (control === 'reset') {
+        this.#clear();
+        changes = [];
+        reset = true;
+      } else if (change) {
+        const { type, key, value, headers } = change;
+        const previous = this.get(type, key);
+        if (headers.operation === 'delete') this.#delete(type, key);
+        else this.#set(type, key, value);
+        changes.push({ type, key, operation: headers.operation, value: headers.operation === 'delete' ? undefined : value, previous, headers });
+      }
+    }
+    this.#offset = batch.offset;
+    this.#upToDate = batch.upToDate;
+    this.#closed = batch.closed;
+    return { changes, reset, offset: batch.offset, upToDate: batch.upToDate, closed: batch.closed };
+  }
+
+  async #notify(update) {
+    for (const { listener, onError } of [...this.#listeners]) {
+      try {
+        await listener(update);
+      } catch (e) {
+        if (onError) onError(e);
+        else queueMicrotask(() => {
+          throw e;
+        });
+      }
+    }
+  }
+
+  /** Saves to the store when the offset moved and `saveEveryMs` has passed (or always, `final`). */
+  async #save(final) {
+    if (!this.#store || this.#offset === this.#savedOffset || this.#offset === '-1') return;
+    const now = Date.now();
+    if (!final && now - this.#lastSave < this.#saveEveryMs) return;
+    const snapshot = this.snapshot();
+    await this.#store.save(snapshot);
+    this.#savedOffset = snapshot.offset;
+    this.#lastSave = now;
+  }
+}
+
+function deferred() {
+  let resolve;
+  let reject;
+  const promise = new Promise((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  promise.catch(() => {});
+  return { promise, resolve, reject };
+}
+
+/** Follows a JSON stream of change messages as a live table: see `KeyedTable`. */
+export function table(options) {
+  return new KeyedTable(options);
+}
+
+/**
+ * A store for `table({ store })` in a Web Storage object (`localStorage`, `sessionStorage`, or
+ * anything with `getItem`/`setItem`), under `key`. A value that does not parse is ignored.
+ */
+export function storageStore(storage, key) {
+  if (typeof storage?.getItem !== 'function' || typeof storage?.setItem !== 'function') {
+    throw invalidArgument('storageStore(): storage needs getItem() and setItem()');
+  }
+  if (!nonEmpty(key)) throw invalidArgument('storageStore(): key must be a non-empty string');
+  return {
+    load() {
+      const text = storage.getItem(key);
+      if (text === null || text === undefined) return undefined;
+      try {
+        return JSON.parse(text);
+      } catch {
+        return undefined;
+      }
+    },
+    save(snapshot) {
+      storage.setItem(key, JSON.stringify(snapshot));
+    },
+  };
+}
+
+function changeMessage(operation, type, key, value, headers) {
+  if (!nonEmpty(type) || !nonEmpty(key)) throw invalidArgument(`change.${operation}(): type and key must be non-empty strings`);
+  if (headers !== undefined && !isObject(headers)) throw invalidArgument(`change.${operation}(): headers must be an object`);
+  if (operation !== 'delete' && value === undefined) throw invalidArgument(`change.${operation}(): value is required`);
+  const message = { type, key, value, headers: { ...headers, operation } };
+  if (operation === 'delete' && value === undefined) message.value = null;
+  return message;
+}
+
+/**
+ * Builds State Protocol messages to append (with `DurableStream.append` or an
+ * `IdempotentProducer`): `change.insert('user', 'u1', { name: 'Ada' })`. `headers` may add a
+ * `txid` or `timestamp`.
+ */
+export const change = Object.freeze({
+  insert: (type, key, value, headers) => changeMessage('insert', type, key, value, headers),
+  update: (type, key, value, headers) => changeMessage('update', type, key, value, headers),
+  upsert: (type, key, value, headers) => changeMessage('upsert', type, key, value, headers),
+  delete: (type, key, headers) => changeMessage('delete', type, key, undefined, headers),
+  /** Tells every table reading the stream to drop its rows (a new snapshot follows). */
+  reset: () => ({ headers: { control: 'reset' } }),
+});

@@ -1,0 +1,308 @@
+// Live keyed tables (js/src/table.js): State Protocol change messages materialized while a
+// stream is followed, and resumed from a saved snapshot without reading the stream again.
+// Every test runs against the reference server and against our Worker (built by `npm test`
+// before this step).
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { getEventListeners } from 'node:events';
+import { DurableStream, IdempotentProducer, change, storageStore, table } from '../src/node.js';
+import { useReferenceServer } from '../test-support/reference-server.mjs';
+import { startServer } from '../../scripts/dev-server.mjs';
+
+const reference = useReferenceServer({ longPollTimeout: 500 });
+const worker = { url: '', instance: undefined };
+before(async () => {
+  worker.instance = await startServer({ vars: { LONG_POLL_TIMEOUT_MS: '1000' } });
+  worker.url = worker.instance.baseUrl;
+});
+after(async () => {
+  await worker.instance?.stop();
+});
+
+// Every GET the client sends, so a test can tell where a table started reading.
+const realFetch = globalThis.fetch;
+const gets = [];
+globalThis.fetch = (url, init = {}) => {
+  if (String(init.method ?? 'GET').toUpperCase() === 'GET') gets.push(new URL(String(url)));
+  return realFetch(url, init);
+};
+/** The offsets of the GETs sent for `url` since `since` (an index into `gets`). */
+const offsetsRead = (url, since) =>
+  gets.slice(since).filter((u) => u.pathname === new URL(url).pathname).map((u) => u.searchParams.get('offset'));
+
+/** Appends `messages` in one POST (a JSON array body is a batch of messages). */
+async function post(url, messages) {
+  const res = await realFetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(messages),
+  });
+  assert.ok(res.ok, `append: ${res.status}`);
+}
+
+/** Resolves with the first update `predicate` accepts. */
+function nextUpdate(t, predicate = () => true) {
+  return new Promise((resolve) => {
+    const stop = t.subscribe((update) => {
+      if (predicate(update)) {
+        stop();
+        resolve(update);
+      }
+    });
+  });
+}
+
+/** A Web Storage stand-in (getItem/setItem) that counts saves. */
+function memoryStorage() {
+  const map = new Map();
+  return {
+    saves: 0,
+    getItem: (k) => (map.has(k) ? map.get(k) : null),
+    setItem(k, v) {
+      this.saves++;
+      map.set(k, String(v));
+    },
+  };
+}
+
+const sortedRows = (t) => t.snapshot().rows.sort((a, b) => (a[0] + a[1] < b[0] + b[1] ? -1 : 1));
+
+for (const [name, server] of [
+  ['reference server', reference],
+  ['edgestream Worker', worker],
+]) {
+  describe(`tables, ${name}`, { timeout: 30_000 }, () => {
+    async function jsonStream(...messages) {
+      const url = `${server.url}/v1/stream/table-${randomUUID()}`;
+      const ds = await DurableStream.create({ url, contentType: 'application/json' });
+      if (messages.length > 0) await post(url, messages);
+      return { url, ds };
+    }
+
+    test('materializes inserts, updates, upserts and deletes, then follows live', async () => {
+      const { url, ds } = await jsonStream(
+        change.insert('user', 'u1', { name: 'Ada' }),
+        change.insert('user', 'u2', { name: 'Bo' }),
+        change.insert('room', 'lobby', { topic: 'hi' }),
+        change.update('user', 'u1', { name: 'Ada L.' }),
+        change.delete('user', 'u2'),
+        change.upsert('user', 'u3', { name: 'Cy' }),
+      );
+      const t = table({ url, live: 'sse' });
+      await t.ready();
+      assert.equal(t.upToDate, true);
+      assert.deepEqual(t.get('user', 'u1'), { name: 'Ada L.' });
+      assert.equal(t.has('user', 'u2'), false);
+      assert.deepEqual(t.get('user', 'u3'), { name: 'Cy' });
+      assert.deepEqual([...t.keys('user')], ['u1', 'u3']);
+      assert.deepEqual(t.types().sort(), ['room', 'user']);
+      assert.equal(t.size, 3);
+      assert.equal(t.count('user'), 2);
+
+      const live = nextUpdate(t, (u) => u.changes.length > 0);
+      await post(url, [change.update('room', 'lobby', { topic: 'bye' }), change.delete('user', 'u1')]);
+      const update = await live;
+      assert.deepEqual(
+        update.changes.map(({ type, key, operation, value, previous }) => ({ type, key, operation, value, previous })),
+        [
+          { type: 'room', key: 'lobby', operation: 'update', value: { topic: 'bye' }, previous: { topic: 'hi' } },
+          { type: 'user', key: 'u1', operation: 'delete', value: undefined, previous: { name: 'Ada L.' } },
+        ],
+      );
+      assert.equal(update.offset, t.offset);
+      assert.equal(t.size, 2);
+      assert.deepEqual(t.get('room', 'lobby'), { topic: 'bye' });
+      t.cancel();
+      await t.finished;
+    });
+
+    test('a table resumed from its snapshot reads only what came after it', async () => {
+      const { url, ds } = await jsonStream(
+        ...Array.from({ length: 50 }, (_, i) => change.insert('item', `k${i}`, { n: i })),
+      );
+      const first = table({ url, live: false });
+      await first.finished;
+      const saved = JSON.parse(JSON.stringify(first.snapshot()));
+      assert.equal(saved.rows.length, 50);
+
+      await post(url, [change.update('item', 'k7', { n: 700 }), change.delete('item', 'k8')]);
+      await ds.append(change.insert('item', 'k50', { n: 50 }));
+
+      const since = gets.length;
+      const resumed = table({ url, live: false, from: saved });
+      const seen = [];
+      resumed.subscribe((u) => seen.push(...u.changes.map((c) => `${c.operation}:${c.key}`)));
+      await resumed.finished;
+      // It started at the snapshot's offset, and saw only the three later changes.
+      assert.equal(offsetsRead(url, since)[0], saved.offset);
+      assert.deepEqual(seen, ['update:k7', 'delete:k8', 'insert:k50']);
+      // And it holds what a table read from the start holds.
+      const fresh = table({ url, live: false });
+      await fresh.finished;
+      assert.deepEqual(sortedRows(resumed), sortedRows(fresh));
+      assert.equal(resumed.offset, fresh.offset);
+      assert.equal(resumed.size, 50);
+    });
+
+    test('a store keeps the snapshot, and the next table loads it and resumes', async () => {
+      const { url, ds } = await jsonStream(change.insert('flag', 'dark', true), change.insert('flag', 'beta', false));
+      const storage = memoryStorage();
+      const store = storageStore(storage, 'flags');
+      // Saves at most once a minute while it follows, and once more at the end.
+      const t = table({ url, live: 'long-poll', store, saveEveryMs: 60_000 });
+      await t.ready();
+      const live = nextUpdate(t, (u) => u.changes.length > 0);
+      await ds.append(change.update('flag', 'beta', true));
+      await live;
+      assert.equal(storage.saves, 1, 'saved once caught up, then not again within saveEveryMs');
+      t.cancel();
+      await t.finished;
+      const stored = JSON.parse(storage.getItem('flags'));
+      assert.equal(stored.offset, t.offset, 'the last snapshot is saved on cancel');
+
+      await ds.append(change.delete('flag', 'dark'));
+      const since = gets.length;
+      const again = table({ url, live: false, store });
+      await again.finished;
+      assert.equal(offsetsRead(url, since)[0], stored.offset);
+      assert.deepEqual(sortedRows(again), [['flag', 'beta', true]]);
+      assert.equal(JSON.parse(storage.getItem('flags')).offset, again.offset);
+    });
+
+    test('a reset drops the rows, and the snapshot after it is what the table holds', async () => {
+      const { url, ds } = await jsonStream(change.insert('doc', 'a', 1), change.insert('doc', 'b', 2));
+      const t = table({ url, live: 'sse' });
+      await t.ready();
+      const live = nextUpdate(t, (u) => u.reset);
+      await post(url, [change.insert('doc', 'c', 3), change.reset(), change.insert('doc', 'd', 4)]);
+      const update = await live;
+      assert.deepEqual(update.changes.map((c) => c.key), ['d']);
+      assert.deepEqual(sortedRows(t), [['doc', 'd', 4]]);
+      t.cancel();
+    });
+
+    test('a batch with an invalid message fails the table and leaves the rows as they were', async () => {
+      const { url, ds } = await jsonStream(change.insert('k', 'x', 1));
+      const t = table({ url, live: 'sse' });
+      await t.ready();
+      const before = t.snapshot();
+      await post(url, [change.update('k', 'x', 2), { hello: 'world' }]);
+      await assert.rejects(t.finished, (e) => e.code === 'PARSE_ERROR' && /not a State Protocol message/.test(e.message));
+      assert.deepEqual(t.snapshot(), before);
+
+      // With onInvalid: 'skip', the same stream reads through.
+      const lenient = table({ url, live: false, onInvalid: 'skip' });
+      await lenient.finished;
+      assert.deepEqual(sortedRows(lenient), [['k', 'x', 2]]);
+    });
+
+    test('messages missing what the State Protocol requires are refused', async () => {
+      for (const bad of [
+        { type: 'a', key: 'b', value: 1 },
+        { type: '', key: 'b', value: 1, headers: { operation: 'insert' } },
+        { type: 'a', key: 7, value: 1, headers: { operation: 'insert' } },
+        { type: 'a', key: 'b', headers: { operation: 'insert' } },
+        { type: 'a', key: 'b', value: 1, headers: { operation: 'merge' } },
+        { headers: { control: 'rewind' } },
+        'text',
+      ]) {
+        const { url } = await jsonStream(bad);
+        const t = table({ url, live: false });
+        await assert.rejects(t.finished, { code: 'PARSE_ERROR' }, JSON.stringify(bad));
+      }
+      // A delete needs no value, and snapshot markers are accepted.
+      const { url } = await jsonStream(
+        { headers: { control: 'snapshot-start' } },
+        change.insert('a', 'b', 1),
+        { type: 'a', key: 'b', headers: { operation: 'delete' } },
+        { headers: { control: 'snapshot-end', offset: '0' } },
+      );
+      const ok = table({ url, live: false });
+      await ok.finished;
+      assert.equal(ok.size, 0);
+    });
+
+    test('a closed stream ends the table; a producer writes its changes exactly once', async () => {
+      const { url, ds } = await jsonStream();
+      const t = table({ url, live: 'auto' });
+      await t.ready();
+      const producer = new IdempotentProducer(ds, `writer-${randomUUID()}`, { lingerMs: 1 });
+      for (let i = 0; i < 200; i++) producer.append(change.upsert('counter', `c${i % 10}`, i));
+      await producer.close(change.insert('meta', 'done', true));
+      await t.finished;
+      assert.equal(t.closed, true);
+      assert.equal(t.size, 11);
+      for (let k = 0; k < 10; k++) assert.equal(t.get('counter', `c${k}`), 190 + k);
+      assert.equal(t.get('meta', 'done'), true);
+    });
+  });
+}
+
+test('a snapshot past the tail of a stream created again starts over (edgestream Worker)', async () => {
+  const url = `${worker.url}/v1/stream/table-${randomUUID()}`;
+  const ds = await DurableStream.create({
+    url,
+    contentType: 'application/json',
+    body: JSON.stringify(Array.from({ length: 20 }, (_, i) => change.insert('old', `k${i}`, i))),
+  });
+  const first = table({ url, live: false });
+  await first.finished;
+  const saved = first.snapshot();
+  await ds.delete();
+  await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify(change.insert('new', 'k', 1)) });
+
+  const resumed = table({ url, live: false, from: saved });
+  const resets = [];
+  resumed.subscribe((u) => {
+    if (u.reset) resets.push(u.offset);
+  });
+  await resumed.finished;
+  assert.deepEqual(resets, ['-1']);
+  assert.deepEqual(sortedRows(resumed), [['new', 'k', 1]]);
+});
+
+test('ready() rejects when the table is cancelled first; an aborted signal stops it', async () => {
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
+  await DurableStream.create({ url, contentType: 'application/json' });
+  const controller = new AbortController();
+  controller.abort();
+  const t = table({ url, signal: controller.signal });
+  await assert.rejects(t.ready(), { code: 'ABORTED' });
+  await t.finished;
+  assert.equal(t.size, 0);
+});
+
+test('tables let go of a shared signal when they end, and aborting it stops the live ones', async () => {
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
+  await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify(change.insert('a', 'b', 1)) });
+  const controller = new AbortController();
+  const ended = Array.from({ length: 5 }, () => table({ url, live: false, signal: controller.signal }));
+  await Promise.all(ended.map((t) => t.finished));
+  assert.equal(getEventListeners(controller.signal, 'abort').length, 0);
+  const live = table({ url, live: 'sse', signal: controller.signal });
+  await live.ready();
+  assert.equal(getEventListeners(controller.signal, 'abort').length, 1);
+  controller.abort();
+  await live.finished;
+  assert.deepEqual(sortedRows(live), [['a', 'b', 1]]);
+});
+
+test('bad arguments are refused with INVALID_ARGUMENT', () => {
+  const invalid = { code: 'INVALID_ARGUMENT' };
+  assert.throws(() => table({}), invalid);
+  assert.throws(() => table({ url: 'http://x/s', onInvalid: 'ignore' }), invalid);
+  assert.throws(() => table({ url: 'http://x/s', store: {} }), invalid);
+  assert.throws(() => table({ url: 'http://x/s', from: { offset: '1', rows: [] } }), invalid);
+  assert.throws(() => table({ url: 'http://x/s', from: { version: 1, offset: '1', rows: [['t', '', 1]] } }), invalid);
+  assert.throws(() => change.insert('', 'k', 1), invalid);
+  assert.throws(() => change.insert('t', 'k'), invalid);
+  assert.throws(() => change.update('t', 'k', 1, 'txid'), invalid);
+  assert.throws(() => storageStore({}, 'k'), invalid);
+  assert.deepEqual(change.delete('t', 'k', { txid: 'x1' }), {
+    type: 't',
+    key: 'k',
+    value: null,
+    headers: { txid: 'x1', operation: 'delete' },
+  });
+});
