@@ -307,6 +307,9 @@ export declare class KeyedTable<V = unknown> {
   readonly offset: string;
   readonly upToDate: boolean;
   readonly closed: boolean;
+  readonly mode: 'catch-up' | 'sse' | 'long-poll' | 'ws';
+  /** HTTP status of the last response (0 before the first). */
+  readonly status: number;
   /** Rows over all types. */
   readonly size: number;
   /** Settles when reading ends: resolves when the stream is closed or the table cancelled. */
@@ -321,7 +324,10 @@ export declare class KeyedTable<V = unknown> {
   values(type: string): IterableIterator<V>;
   count(type: string): number;
   snapshot(): TableSnapshot<V>;
-  /** Called after each batch is applied; awaited before the next is read. Returns an unsubscribe function. */
+  /**
+   * Called after each batch is applied; awaited before the next is read. `onError` gets the
+   * error that ends the table and errors the listener throws. Returns an unsubscribe function.
+   */
   subscribe(listener: (update: TableUpdate<V>) => void | Promise<void>, onError?: (error: unknown) => void): () => void;
   /** Stops reading; the rows stay readable, and a store gets a last snapshot. */
   cancel(): void;

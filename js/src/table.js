@@ -117,6 +117,14 @@ export class KeyedTable {
   get closed() {
     return this.#closed;
   }
+  /** The transport in use: `catch-up`, `sse`, `long-poll` or `ws`. */
+  get mode() {
+    return this.#handle?.mode ?? 'catch-up';
+  }
+  /** The HTTP status of the last response (0 before the first). */
+  get status() {
+    return this.#handle?.status ?? 0;
+  }
   /** How many rows the table holds, over all types. */
   get size() {
     return this.#size;
@@ -168,8 +176,9 @@ export class KeyedTable {
   /**
    * Calls `listener(update)` after each batch is applied, with the batch's `changes`, whether
    * it began with a `reset`, and the new `offset`, `upToDate` and `closed`. Each call is awaited
-   * before the next batch is read. A listener that throws is reported to `onError` (or as an
-   * uncaught error) and stays subscribed. Returns a function that unsubscribes.
+   * before the next batch is read. `onError` gets the error that ends the table, if one does,
+   * and errors the listener throws (with no `onError`, those are reported as uncaught; the
+   * listener stays subscribed). Returns a function that unsubscribes.
    */
   subscribe(listener, onError) {
     const entry = { listener, onError };
@@ -240,12 +249,13 @@ export class KeyedTable {
     } catch (e) {
       this.#ready.reject(e);
       this.#finished.reject(e);
+      for (const { onError } of [...this.#listeners]) onError?.(e);
     }
   }
 
   async #follow() {
     if (this.#cancelled) return;
-    this.#handle = stream({ ...this.#streamOptions, offset: this.#offset, json: true });
+    this.#handle = stream({ ...this.#streamOptions, offset: this.#offset });
     if (this.#cancelled) this.#handle.cancel();
     let first = true;
     for await (const batch of this.#handle) {

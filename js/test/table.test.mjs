@@ -185,11 +185,24 @@ for (const [name, server] of [
     test('a batch with an invalid message fails the table and leaves the rows as they were', async () => {
       const { url, ds } = await jsonStream(change.insert('k', 'x', 1));
       const t = table({ url, live: 'sse' });
+      const errors = [];
+      // A listener that throws is reported to its onError and stays subscribed.
+      let calls = 0;
+      t.subscribe(
+        () => {
+          calls++;
+          throw new Error('listener bug');
+        },
+        (e) => errors.push(e.code ?? e.message),
+      );
       await t.ready();
       const before = t.snapshot();
       await post(url, [change.update('k', 'x', 2), { hello: 'world' }]);
       await assert.rejects(t.finished, (e) => e.code === 'PARSE_ERROR' && /not a State Protocol message/.test(e.message));
       assert.deepEqual(t.snapshot(), before);
+      // The listener's own error for each batch it saw, then the table's.
+      assert.deepEqual(errors, [...Array(calls).fill('listener bug'), 'PARSE_ERROR']);
+      assert.ok(calls >= 1);
 
       // With onInvalid: 'skip', the same stream reads through.
       const lenient = table({ url, live: false, onInvalid: 'skip' });
@@ -221,6 +234,10 @@ for (const [name, server] of [
       const ok = table({ url, live: false });
       await ok.finished;
       assert.equal(ok.size, 0);
+      // A text stream is no table, even when its bytes happen to be JSON.
+      const text = `${server.url}/v1/stream/table-${randomUUID()}`;
+      await DurableStream.create({ url: text, contentType: 'text/plain', body: JSON.stringify(change.insert('a', 'b', 1)) });
+      await assert.rejects(table({ url: text, live: false }).finished, (e) => e.code === 'PARSE_ERROR' && /not a JSON stream/.test(e.message));
     });
 
     test('a closed stream ends the table; a producer writes its changes exactly once', async () => {
