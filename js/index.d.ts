@@ -1,11 +1,14 @@
 // Types for `edgestream`, the Durable Streams client (hand-written; the runtime is js/src/*.js).
 
-/** A header or query value: a string, or a function called before every request (token refresh). */
-export type DynamicValue = string | (() => string | undefined | Promise<string | undefined>);
-/** Header or query parameter map; the whole map may also be an (async) function. */
-export type DynamicMap =
-  | Record<string, DynamicValue | undefined>
-  | (() => Record<string, string> | Promise<Record<string, string>>);
+type Scalar = string | number | boolean;
+/**
+ * A header or query value (numbers and booleans are sent as text), or a function called before
+ * every request (token refresh). `undefined` or `null` leaves the header or param out.
+ */
+export type DynamicValue = Scalar | null | undefined | (() => Scalar | null | undefined | Promise<Scalar | null | undefined>);
+type PlainMap = Headers | Record<string, DynamicValue>;
+/** Header or query parameter map (an object or `Headers`); the whole map may also be an (async) function. */
+export type DynamicMap = PlainMap | (() => PlainMap | null | undefined | Promise<PlainMap | null | undefined>);
 
 /** Reconnection policy. Defaults: 5 retries, 100 ms doubling to 5 s, with jitter. */
 export interface RetryOptions {
@@ -66,12 +69,21 @@ export declare class StreamHandle<T = unknown> implements AsyncIterableIterator<
   readonly contentType: string | undefined;
   readonly mode: 'catch-up' | 'sse' | 'long-poll' | 'ws';
   readonly lastRequest: { headers: Record<string, string>; params: Record<string, string> };
-  /** Resolves when iteration ends (closed, caught up with live: false, or cancelled); rejects on failure. */
+  /**
+   * Resolves when iteration ends (closed, caught up with live: false, or cancelled); rejects on
+   * failure: a read error, options the reader refuses, or a `subscribe()` callback that threw.
+   */
   readonly finished: Promise<void>;
   next(): Promise<IteratorResult<Batch<T>, undefined>>;
   return(): Promise<IteratorResult<Batch<T>, undefined>>;
   [Symbol.asyncIterator](): this;
-  /** Calls `callback` for each batch, awaiting it before reading on. Returns an unsubscribe function. */
+  /**
+   * Calls `callback` for each batch, awaiting it before reading on. Returns an unsubscribe
+   * function. When the last subscriber unsubscribes, the handle is cancelled (the live request is
+   * aborted and `finished` resolves), so nothing is read for nobody; a batch already on its way
+   * is kept and returned by `next()`. A callback that throws (or rejects) stops the handle: every
+   * `onError` gets the error and `finished` rejects with it, as do read errors.
+   */
   subscribe(callback: (batch: Batch<T>) => void | Promise<void>, onError?: (error: unknown) => void): () => void;
   cancel(): void;
   /** Collects the items of a JSON stream until it is closed (or caught up with `live: false`). */
@@ -84,8 +96,11 @@ export declare class StreamHandle<T = unknown> implements AsyncIterableIterator<
 /** Follows a stream: a catch-up read, then live updates. */
 export declare function stream<T = unknown>(options: StreamOptions): StreamHandle<T>;
 
+/** `WebAssembly.Module` where the libs in use declare it (DOM, workers); Node-only projects have none. */
+type WasmModule = typeof globalThis extends { WebAssembly: { Module: abstract new (...args: never[]) => infer M } } ? M : never;
+
 /** Loads the wasm early (optional: it loads on first use). Accepts a URL, Response, bytes or Module. */
-export declare function init(input?: URL | string | Response | BufferSource | WebAssembly.Module): Promise<void>;
+export declare function init(input?: URL | string | Response | ArrayBuffer | ArrayBufferView | WasmModule): Promise<void>;
 
 export interface StreamHandleOptions {
   url: string | URL;
@@ -103,7 +118,12 @@ export interface CreateOptions {
   expiresAt?: string;
   /** Create the stream already closed. */
   closed?: boolean;
-  /** Initial content. */
+  /**
+   * Initial content, as the protocol reads a PUT body. On a JSON stream it is a list of messages
+   * when it is an array (`[a, b]` creates the stream with messages `a` and `b`; `[[1, 2]]` with
+   * the one message `[1, 2]`), and one message otherwise; strings and bytes are JSON text, read
+   * the same way. (Unlike `append()`, which always appends one message.)
+   */
   body?: string | Uint8Array | ArrayBuffer | unknown;
 }
 
@@ -130,7 +150,10 @@ export interface AppendResult {
   status: number;
   offset?: string;
   closed: boolean;
-  /** The server already had this producer batch (HTTP 204). */
+  /**
+   * The server already had this producer batch (HTTP 204). Always false for a close without data:
+   * servers answer every close-only request with 204, so it cannot tell.
+   */
   duplicate: boolean;
   producerEpoch?: number;
   producerSeq?: number;
@@ -148,8 +171,13 @@ export declare class DurableStream {
   static delete(options: StreamHandleOptions): Promise<{ status: number }>;
   create(options?: CreateOptions): Promise<CreateResult>;
   head(): Promise<HeadResult>;
-  /** JSON streams take any JSON value (strings are JSON text); others take strings or bytes. */
+  /**
+   * Appends one message or chunk. JSON streams take any JSON value as one message, an array
+   * included (strings and bytes are JSON text); others take strings or bytes. To append several
+   * JSON messages in one request, use an `IdempotentProducer`.
+   */
   append(data: unknown, options?: { seq?: string; contentType?: string }): Promise<AppendResult>;
+  /** Closes the stream; `body` is a last message (one, as with `append()`) sent in the same request. */
   close(options?: { body?: unknown; contentType?: string }): Promise<AppendResult & { finalOffset?: string }>;
   delete(): Promise<{ status: number }>;
   stream<T = unknown>(options?: Omit<StreamOptions, 'url'>): StreamHandle<T>;
@@ -158,7 +186,11 @@ export declare class DurableStream {
 export interface ProducerOptions {
   /** Starting epoch (default 0). */
   epoch?: number;
-  /** On a stale epoch (403), claim the next one and retry. Default false. */
+  /**
+   * On a stale epoch (403), claim the one after the server's and retry, `close()` included. The
+   * batches in flight are let settle first, then the fenced ones are re-sent in append order under
+   * the one new epoch. Gives up (the producer fails) after 5 claims in a row. Default false.
+   */
   autoClaim?: boolean;
   /** How long a batch waits for more data. Default 5 ms. */
   lingerMs?: number;
@@ -170,19 +202,35 @@ export interface ProducerOptions {
   maxInFlight?: number;
   /** JSON stream? Default: from the stream's content type. */
   json?: boolean;
+  /** Called once, when the producer fails (see `IdempotentProducer`). */
   onError?: (error: DurableStreamError) => void;
 }
 
+/**
+ * Batched, pipelined, exactly-once appends. A batch that fails for good (refused by the server,
+ * or still failing once the `retry` budget of the stream is spent) fails the producer: the server
+ * expects that batch's seq next, so nothing after it could land. From then on `append()` throws
+ * that error, and `flush()`, `close()` and `detach()` reject with it, for every caller; what was
+ * queued is dropped, and batches not acknowledged may or may not have landed. To go on, create a
+ * new producer with a higher epoch (or `autoClaim`).
+ */
 export declare class IdempotentProducer {
   constructor(stream: DurableStream | string | URL, producerId: string, options?: ProducerOptions);
   readonly epoch: number;
   readonly nextSeq: number;
   readonly offset: string | undefined;
-  /** Queues data; throws StreamClosedError once closed. */
+  /**
+   * Queues data (one message on a JSON stream). Throws StreamClosedError once `close()` has been
+   * called, and the producer's error once it has failed.
+   */
   append(data: unknown): void;
-  /** Sends what is queued and resolves when every batch is acknowledged (rejects with the first error). */
+  /** Sends what is queued and resolves when every batch is acknowledged; rejects once the producer has failed. */
   flush(): Promise<void>;
-  /** Flushes and closes the stream, optionally with a last message. Idempotent. */
+  /**
+   * Flushes and closes the stream, optionally with a last message. Idempotent: every call returns
+   * the first call's promise (later calls' `data` is ignored). `duplicate` is true when the server
+   * already had this close with its data (never for a close without data).
+   */
   close(data?: unknown): Promise<{ finalOffset?: string; duplicate: boolean }>;
   /** Flushes and stops, leaving the stream open. */
   detach(): Promise<void>;

@@ -234,7 +234,8 @@ fn producer_of(options: &JsValue) -> Result<Option<ProducerTuple>, JsValue> {
 /// Options: `body`, `contentType`, `seq` (`Stream-Seq`), `close`, `producer: { id, epoch, seq }`.
 ///
 /// Resolves to `{ status, offset, closed, duplicate, producerEpoch, producerSeq }`. A producer
-/// append the server already has (204) is a success with `duplicate: true`.
+/// append the server already has (204) is a success with `duplicate: true`. A close without data
+/// never reports a duplicate: servers answer every close-only request with 204, so it says nothing.
 #[wasm_bindgen(js_name = appendStream)]
 pub fn append_stream(options: JsValue) -> Promise {
     future_to_promise(async move {
@@ -284,7 +285,11 @@ pub fn append_stream(options: JsValue) -> Promise {
             js::set(&out, "offset", o);
         }
         js::set(&out, "closed", closed);
-        js::set(&out, "duplicate", producer.is_some() && status == 204);
+        js::set(
+            &out,
+            "duplicate",
+            producer.is_some() && status == 204 && !(empty && close),
+        );
         if let Some(e) =
             header_text(&sent, headers::PRODUCER_EPOCH).and_then(|v| http::parse_int(&v))
         {

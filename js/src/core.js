@@ -126,6 +126,8 @@ export class StreamHandle {
   #error = null;
   #subscribers = new Set();
   #pumping = false;
+  /** A batch read after the last subscriber left, handed out by the next next(). */
+  #held = null;
   #finished;
   #resolveFinished;
   #rejectFinished;
@@ -143,7 +145,13 @@ export class StreamHandle {
     const signal = options.signal;
     if (signal) {
       if (signal.aborted) this.cancel();
-      else signal.addEventListener('abort', () => this.cancel(), { once: true });
+      else {
+        const onAbort = () => this.cancel();
+        signal.addEventListener('abort', onAbort, { once: true });
+        // Let go of the signal once iteration ends: a long-lived signal shared by many reads
+        // would otherwise keep every finished handle (and its wasm Reader) reachable.
+        this.#finished.finally(() => signal.removeEventListener('abort', onAbort)).catch(() => {});
+      }
     }
   }
 
@@ -203,10 +211,17 @@ export class StreamHandle {
   next() {
     // One request at a time: concurrent next() calls queue behind each other.
     const run = async () => {
+      if (this.#held) {
+        const value = this.#held;
+        this.#held = null;
+        return { done: false, value };
+      }
       if (this.#error) throw this.#error;
       if (this.#cancelled) return { done: true, value: undefined };
-      const reader = await this.#ensureReader();
       try {
+        // Inside the try: a Reader that refuses its options (or a wasm that fails to load) must
+        // settle `finished` too.
+        const reader = await this.#ensureReader();
         const value = await reader.next();
         if (value === undefined) {
           this.#resolveFinished();
@@ -219,8 +234,7 @@ export class StreamHandle {
           this.#resolveFinished();
           return { done: true, value: undefined };
         }
-        this.#error = err;
-        this.#rejectFinished(err);
+        this.#fail(err);
         throw err;
       }
     };
@@ -241,14 +255,16 @@ export class StreamHandle {
 
   /**
    * Calls `callback(batch)` for every batch, awaiting it before reading on (backpressure).
-   * Returns a function that unsubscribes. Errors go to `onError` (or reject `finished`).
+   * Returns a function that unsubscribes; when the last subscriber leaves, the handle is cancelled
+   * (the live request is aborted), so no batch is read for nobody. A read error goes to every
+   * `onError` and rejects `finished`; so does a callback that throws, which also cancels the handle.
    */
   subscribe(callback, onError) {
     const entry = { callback, onError };
     this.#subscribers.add(entry);
     this.#pump();
     return () => {
-      this.#subscribers.delete(entry);
+      if (this.#subscribers.delete(entry) && this.#subscribers.size === 0) this.cancel();
     };
   }
 
@@ -257,15 +273,50 @@ export class StreamHandle {
     this.#pumping = true;
     try {
       while (this.#subscribers.size > 0) {
-        const { done, value } = await this.next();
-        if (done) break;
-        for (const s of [...this.#subscribers]) await s.callback(value);
+        let result;
+        try {
+          result = await this.next();
+        } catch (e) {
+          this.#report(e);
+          return;
+        }
+        if (result.done) return;
+        if (this.#subscribers.size === 0) {
+          // The last subscriber left while this batch was on its way: keep it for next().
+          this.#held = result.value;
+          return;
+        }
+        for (const s of [...this.#subscribers]) {
+          if (!this.#subscribers.has(s)) continue;
+          try {
+            await s.callback(result.value);
+          } catch (e) {
+            // Like a throw in a for-await body, which ends the loop: the handle stops, and the
+            // error is not lost (onError, or `finished` rejects).
+            this.#fail(e);
+            this.cancel();
+            this.#report(e);
+            return;
+          }
+        }
       }
-    } catch (e) {
-      for (const s of [...this.#subscribers]) s.onError?.(e);
     } finally {
       this.#pumping = false;
     }
+  }
+
+  #report(e) {
+    for (const s of [...this.#subscribers]) {
+      try {
+        s.onError?.(e);
+      } catch {}
+    }
+  }
+
+  /** The handle has failed: later next() calls rethrow `e`, and `finished` rejects with it. */
+  #fail(e) {
+    this.#error ??= e;
+    this.#rejectFinished(e);
   }
 
   /** Stops reading and aborts the request in flight. */
@@ -317,12 +368,20 @@ export class StreamHandle {
 const isJsonType = (ct) => typeof ct === 'string' && /^\s*application\/json\s*(;|$)/i.test(ct);
 const encoder = new TextEncoder();
 
-/** Encodes one value for a JSON stream: strings are taken as JSON text, the rest is stringified. */
+/** Encodes one value for a JSON stream: strings and bytes are taken as JSON text, the rest is stringified. */
 function jsonText(value) {
   if (typeof value === 'string') return value;
-  if (value instanceof Uint8Array) return new TextDecoder().decode(value);
-  return JSON.stringify(value);
+  if (value instanceof ArrayBuffer || ArrayBuffer.isView(value)) return new TextDecoder().decode(value);
+  const text = JSON.stringify(value);
+  if (text === undefined) throw new DurableStreamError(`${typeof value} is not a JSON value`, 'INVALID_ARGUMENT');
+  return text;
 }
+
+/**
+ * The body that appends `value` to a JSON stream as one message. The protocol takes a JSON array
+ * body as a batch of messages, so the value is always wrapped: an array stays one message.
+ */
+const oneMessage = (value) => `[${jsonText(value)}]`;
 
 /** A stream at a URL: create, inspect, append to, close, delete, read. */
 export class DurableStream {
@@ -365,13 +424,16 @@ export class DurableStream {
     return new DurableStream(options).delete();
   }
 
-  /** PUT. Options: `contentType`, `ttlSeconds`, `expiresAt`, `closed`, `body`. */
+  /**
+   * PUT. Options: `contentType`, `ttlSeconds`, `expiresAt`, `closed`, `body`. `body` is the
+   * initial content as the protocol reads a PUT body, not one message: on a JSON stream an array
+   * is a list of messages (so a stream can be created with several, atomically), and any other
+   * value is one message; strings and bytes are JSON text, read the same way.
+   */
   async create(options = {}) {
     const contentType = options.contentType ?? this.contentType;
     let body = options.body;
-    if (body !== undefined && isJsonType(contentType) && typeof body !== 'string' && !(body instanceof Uint8Array)) {
-      body = JSON.stringify(body);
-    }
+    if (body !== undefined && isJsonType(contentType)) body = jsonText(body);
     const res = await call(
       createStream,
       this.#request({
@@ -399,22 +461,23 @@ export class DurableStream {
   }
 
   /**
-   * Appends one message or chunk. JSON streams take any JSON value (strings are taken as JSON
-   * text); other streams take strings (UTF-8) or bytes. Options: `seq` (`Stream-Seq`).
+   * Appends one message or chunk. JSON streams take any JSON value, an array included, as one
+   * message (strings are taken as JSON text); other streams take strings (UTF-8) or bytes.
+   * Options: `seq` (`Stream-Seq`).
    */
   async append(data, options = {}) {
     const contentType = options.contentType ?? (await this.#type());
-    const body = isJsonType(contentType) ? jsonText(data) : data;
+    const body = isJsonType(contentType) ? oneMessage(data) : data;
     return call(appendStream, this.#request({ body, contentType, seq: options.seq }));
   }
 
-  /** Closes the stream, optionally appending a last message in the same request. */
+  /** Closes the stream, optionally appending a last message (one, as `append()`) in the same request. */
   async close(options = {}) {
     let body = options.body;
     let contentType = options.contentType;
     if (body !== undefined) {
       contentType ??= await this.#type();
-      if (isJsonType(contentType)) body = jsonText(body);
+      if (isJsonType(contentType)) body = oneMessage(body);
     }
     const res = await call(appendStream, this.#request({ body, contentType, close: true }));
     return { ...res, finalOffset: res.offset };
@@ -432,10 +495,16 @@ export class DurableStream {
   }
 }
 
+/** Claims in a row (without an acknowledged batch in between) before autoClaim gives up. */
+const MAX_CLAIMS = 5;
+
 /**
  * Exactly-once appends: each batch carries `(Producer-Id, Producer-Epoch, Producer-Seq)`, so a
  * retried batch is recognised as a duplicate, and a newer instance of the producer (a higher
  * epoch) fences older ones.
+ *
+ * A batch that fails for good fails the producer: the server expects that batch's seq next, so
+ * no later batch could land. The error is kept and thrown by every later call.
  */
 export class IdempotentProducer {
   #stream;
@@ -449,17 +518,26 @@ export class IdempotentProducer {
   #maxInFlight;
   #onError;
   #json;
+  /** The stream's content type and JSON-ness, learnt once (a HEAD when the stream does not say). */
+  #format = null;
   #items = [];
   #bytes = 0;
   #timer = null;
+  /** Batches in append order, each numbered (`n`) once: seqs change when an epoch is claimed. */
+  #batches = 0;
   #queue = [];
-  #inflight = new Map();
+  #inflight = new Set();
+  /** Batches refused for a stale epoch, held until the rest of their epoch settles (autoClaim). */
+  #fenced = [];
+  /** The highest epoch the server reported for the fenced batches. */
+  #fencedAt = -1;
+  #claims = 0;
   #confirmed = false;
   #error = null;
   #idleWaiters = [];
   #settleWaiters = [];
   #state = 'open';
-  #closeResult = null;
+  #closing = null;
   #lastOffset;
 
   /**
@@ -499,8 +577,9 @@ export class IdempotentProducer {
 
   /** Queues `data` for the next batch. Returns at once; `flush()` waits for delivery. */
   append(data) {
+    if (this.#state === 'detached') throw new DurableStreamError('producer is detached', 'INVALID_ARGUMENT');
     if (this.#state !== 'open') {
-      throw this.#state === 'closed' ? new StreamClosedError('producer is closed') : new DurableStreamError('producer is detached', 'INVALID_ARGUMENT');
+      throw this.#error instanceof StreamClosedError ? this.#error : new StreamClosedError('producer is closed');
     }
     if (this.#error) throw this.#error;
     const size = typeof data === 'string' ? encoder.encode(data).length : data instanceof Uint8Array ? data.length : jsonText(data).length;
@@ -510,30 +589,45 @@ export class IdempotentProducer {
     else if (this.#timer === null) this.#timer = setTimeout(() => this.#cut(), this.#lingerMs);
   }
 
-  /** Sends whatever is queued and waits until every batch is acknowledged. */
+  /**
+   * Sends whatever is queued and waits until every batch is acknowledged. Rejects with the
+   * producer's error once it has failed: every caller, this time and every later time.
+   */
   async flush() {
     this.#cut();
-    if (this.#idle()) return this.#takeError();
-    await new Promise((resolve) => this.#idleWaiters.push(resolve));
-    return this.#takeError();
+    await this.#whenIdle();
+    if (this.#error) throw this.#error;
   }
 
-  /** Flushes, then closes the stream (with an optional last message). Idempotent. */
-  async close(data) {
-    if (this.#closeResult) return this.#closeResult;
+  /**
+   * Flushes, then closes the stream (with an optional last message). Idempotent: every call
+   * returns the first call's promise. `append()` throws StreamClosedError from the first call on.
+   */
+  close(data) {
+    this.#closing ??= this.#close(data);
+    return this.#closing;
+  }
+
+  async #close(data) {
+    if (this.#state === 'detached') throw new DurableStreamError('producer is detached', 'INVALID_ARGUMENT');
+    this.#state = 'closing';
     await this.flush();
-    const json = await this.#isJson();
-    let body;
-    if (data !== undefined) body = json ? `[${jsonText(data)}]` : data;
-    const seq = this.#seq++;
-    const res = await this.#send({ body, seq, epoch: this.#epoch, close: true });
+    // The close goes through the same delivery as the batches, so autoClaim covers it too.
+    const batch = { n: this.#batches++, close: true, items: data === undefined ? [] : [data] };
+    this.#queue.push(batch);
+    this.#pump();
+    await this.#whenIdle();
+    if (this.#error) throw this.#error;
     this.#state = 'closed';
-    this.#closeResult = { finalOffset: res.offset, duplicate: res.duplicate };
-    return this.#closeResult;
+    return { finalOffset: batch.result.offset, duplicate: batch.result.duplicate };
   }
 
   /** Flushes and stops this producer without closing the stream. */
   async detach() {
+    if (this.#closing) {
+      await this.#closing;
+      return;
+    }
     try {
       await this.flush();
     } finally {
@@ -541,23 +635,22 @@ export class IdempotentProducer {
     }
   }
 
-  #takeError() {
-    const e = this.#error;
-    if (e) {
-      this.#error = null;
-      throw e;
-    }
-  }
-
   #idle() {
-    return this.#queue.length === 0 && this.#inflight.size === 0 && this.#items.length === 0;
+    return this.#queue.length === 0 && this.#inflight.size === 0 && this.#fenced.length === 0 && this.#items.length === 0;
   }
 
-  async #isJson() {
-    if (this.#json === undefined) {
-      this.#json = isJsonType(this.#stream.contentType ?? (await this.#stream.head()).contentType);
-    }
-    return this.#json;
+  #whenIdle() {
+    if (this.#idle()) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  /** `{ contentType, json }` of the stream. Sends need the content type even when `json` is given. */
+  #streamFormat() {
+    this.#format ??= (async () => {
+      const contentType = this.#stream.contentType ?? (await this.#stream.head()).contentType;
+      return { contentType, json: this.#json ?? isJsonType(contentType) };
+    })();
+    return this.#format;
   }
 
   #cut() {
@@ -566,30 +659,54 @@ export class IdempotentProducer {
       this.#timer = null;
     }
     if (this.#items.length === 0) return;
-    this.#queue.push({ items: this.#items });
+    this.#queue.push({ n: this.#batches++, items: this.#items });
     this.#items = [];
     this.#bytes = 0;
     this.#pump();
   }
 
   #pump() {
+    if (this.#error) return;
+    if (this.#fenced.length > 0) {
+      // Claim only once every batch of the old epoch has settled, then resend in append order.
+      if (this.#inflight.size > 0) return;
+      this.#claim();
+    }
     const limit = this.#autoClaim && !this.#confirmed ? 1 : this.#maxInFlight;
     while (this.#inflight.size < limit && this.#queue.length > 0) {
       const batch = this.#queue.shift();
       batch.epoch = this.#epoch;
       batch.seq = this.#seq++;
-      const run = this.#deliver(batch).finally(() => {
-        this.#inflight.delete(batch.seq);
+      this.#inflight.add(batch);
+      this.#deliver(batch).finally(() => {
+        this.#inflight.delete(batch);
         for (const w of this.#settleWaiters.splice(0)) w();
         this.#pump();
         if (this.#idle()) for (const w of this.#idleWaiters.splice(0)) w();
       });
-      this.#inflight.set(batch.seq, run);
     }
   }
 
-  async #body(batch) {
-    if (await this.#isJson()) return `[${batch.items.map(jsonText).join(',')}]`;
+  /** Fenced: take the epoch after the server's, restart the sequence, fenced batches first. */
+  #claim() {
+    const fenced = this.#fenced.splice(0).sort((a, b) => a.n - b.n);
+    this.#epoch = Math.max(this.#epoch, this.#fencedAt) + 1;
+    this.#fencedAt = -1;
+    this.#seq = 0;
+    this.#confirmed = false;
+    this.#claims++;
+    this.#queue.unshift(...fenced);
+  }
+
+  /** The body and content type of a batch, prepared once (a resend must carry the same bytes). */
+  async #prepare(batch) {
+    if (batch.items.length === 0) return; // a close without data
+    const { contentType, json } = await this.#streamFormat();
+    batch.contentType = contentType;
+    if (json) {
+      batch.body = `[${batch.items.map(jsonText).join(',')}]`;
+      return;
+    }
     const parts = batch.items.map((i) => (i instanceof Uint8Array ? i : encoder.encode(typeof i === 'string' ? i : String(i))));
     const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
     let at = 0;
@@ -597,68 +714,84 @@ export class IdempotentProducer {
       out.set(p, at);
       at += p.length;
     }
-    return out;
+    batch.body = out;
   }
 
-  #send({ body, seq, epoch, close }) {
+  #send(batch) {
     return call(appendStream, {
       url: this.#stream.url,
       headers: this.#stream.options?.headers,
       params: this.#stream.options?.params,
       retry: this.#stream.options?.retry,
-      body,
-      contentType: this.#stream.contentType,
-      close,
-      producer: { id: this.#id, epoch, seq },
+      body: batch.body,
+      contentType: batch.contentType,
+      close: batch.close,
+      producer: { id: this.#id, epoch: batch.epoch, seq: batch.seq },
     });
   }
 
   async #deliver(batch) {
     try {
-      batch.body ??= await this.#body(batch);
+      if (!batch.prepared) {
+        await this.#prepare(batch);
+        batch.prepared = true;
+      }
       for (let attempt = 0; ; attempt++) {
+        // Once the producer has failed, a later seq could only be refused: do not send it.
+        if (this.#error) return;
         try {
-          const res = await this.#send({ body: batch.body, seq: batch.seq, epoch: batch.epoch });
+          batch.result = await this.#send(batch);
           this.#confirmed = true;
-          if (res.offset) this.#lastOffset = res.offset;
+          this.#claims = 0;
+          if (batch.result.offset) this.#lastOffset = batch.result.offset;
           return;
         } catch (e) {
-          if (e instanceof StaleEpochError && this.#autoClaim && attempt < 5) {
-            // Fenced: claim the epoch after the server's and restart the sequence.
-            if (batch.epoch >= this.#epoch) {
-              this.#epoch = Math.max(this.#epoch, (e.currentEpoch ?? this.#epoch) + 1);
-              this.#seq = 0;
-              this.#confirmed = false;
-            }
-            batch.epoch = this.#epoch;
-            batch.seq = this.#seq++;
-            continue;
+          if (this.#error) return; // the producer failed meanwhile; the first error stands
+          if (e instanceof StaleEpochError && this.#autoClaim && this.#claims < MAX_CLAIMS) {
+            this.#fencedAt = Math.max(this.#fencedAt, e.currentEpoch ?? batch.epoch);
+            this.#fenced.push(batch);
+            return;
           }
-          if (e instanceof SequenceGapError && attempt < 10 && !this.#error && !(e.expectedSeq >= batch.seq)) {
+          if (e instanceof SequenceGapError && attempt < 10 && !(e.expectedSeq >= batch.seq)) {
             // Pipelined batches arrived out of order: once the earlier ones have landed, resend.
             if (this.#hasEarlier(batch)) {
               while (this.#hasEarlier(batch)) await new Promise((r) => this.#settleWaiters.push(r));
             } else {
               await new Promise((r) => setTimeout(r, 10 * (attempt + 1)));
             }
-            if (this.#error) throw e;
+            if (this.#error) return;
+            if (this.#fenced.length > 0) {
+              // An earlier batch was fenced, so this epoch is over for this one too.
+              this.#fenced.push(batch);
+              return;
+            }
             continue;
           }
           throw e;
         }
       }
     } catch (e) {
-      if (e instanceof StreamClosedError) this.#state = 'closed';
-      this.#error ??= e;
-      this.#queue.length = 0;
-      try {
-        this.#onError?.(e);
-      } catch {}
+      this.#fail(e);
     }
   }
 
+  /** A batch failed for good: keep its error for every later call and drop what was queued. */
+  #fail(e) {
+    if (this.#error) return;
+    this.#error = e;
+    if (this.#timer !== null) clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#items = [];
+    this.#bytes = 0;
+    this.#queue.length = 0;
+    this.#fenced.length = 0;
+    try {
+      this.#onError?.(e);
+    } catch {}
+  }
+
   #hasEarlier(batch) {
-    for (const seq of this.#inflight.keys()) if (seq < batch.seq) return true;
+    for (const other of this.#inflight) if (other.n < batch.n) return true;
     return false;
   }
 }

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { DurableStream, init, stream } from '../src/node.js';
 import wasmExports from '../dist/edgestream_client.js';
+import { appendBatch } from '../test-support/append-batch.mjs';
 import { useReferenceServer } from '../test-support/reference-server.mjs';
 
 const server = useReferenceServer();
@@ -36,12 +37,12 @@ test('a 24 MiB catch-up of a binary stream leaves wasm memory where it was', asy
 
 test('a 24 MiB catch-up of a JSON stream leaves wasm memory where it was', async () => {
   const url = `${server.url}/v1/stream/memory-json-${randomUUID()}`;
-  const handle = await DurableStream.create({ url, contentType: 'application/json' });
+  await DurableStream.create({ url, contentType: 'application/json' });
   const pad = 'j'.repeat(8 << 10);
   let sent = 0;
   for (let a = 0; a < 3; a++) {
     const batch = Array.from({ length: 1000 }, () => ({ i: sent++, pad }));
-    await handle.append(JSON.stringify(batch));
+    await appendBatch(url, batch);
   }
   await init();
   const { memory } = await wasmExports();

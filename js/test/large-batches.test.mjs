@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { DurableStream, stream } from '../src/node.js';
+import { appendBatch } from '../test-support/append-batch.mjs';
 import { useReferenceServer } from '../test-support/reference-server.mjs';
 
 const server = useReferenceServer();
@@ -14,11 +15,11 @@ const COUNT = 300_000;
 
 async function jsonStreamOf(count) {
   const url = `${server.url}/v1/stream/large-${randomUUID()}`;
-  const handle = await DurableStream.create({ url, contentType: 'application/json' });
+  await DurableStream.create({ url, contentType: 'application/json' });
   const part = 100_000;
   for (let start = 0; start < count; start += part) {
     const messages = Array.from({ length: Math.min(part, count - start) }, (_, i) => start + i);
-    await handle.append(JSON.stringify(messages));
+    await appendBatch(url, messages);
   }
   return url;
 }

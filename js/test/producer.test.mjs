@@ -10,7 +10,7 @@ import { after, before, beforeEach, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { DurableStreamTestServer } from '@durable-streams/server';
-import { DurableStream, IdempotentProducer, stream } from '../src/node.js';
+import { DurableStream, IdempotentProducer, StreamClosedError, stream } from '../src/node.js';
 
 let server;
 const realFetch = globalThis.fetch;
@@ -32,6 +32,7 @@ before(async () => {
         seq: headers['producer-seq'] === undefined ? undefined : Number(headers['producer-seq']),
         body,
       };
+      if (headers['stream-closed'] === 'true') post.closed = true;
       posts.push(post);
       const replaced = intercept?.(post, () => realFetch(url, init));
       if (replaced) return replaced;
@@ -63,6 +64,22 @@ async function readItems(ds) {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** `promise`, or a rejection naming `what` if it has not settled within `ms` (a hang fails the test). */
+function within(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: still pending after ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** Each distinct seq of an epoch's POSTs with its body, by seq (a resent batch counts once). */
+function batchesAt(epoch) {
+  const bySeq = new Map();
+  for (const post of posts) if (post.epoch === epoch) bySeq.set(post.seq, post.body);
+  return [...bySeq].sort((a, b) => a[0] - b[0]);
+}
 
 test('appends made together go out as one request', async () => {
   const ds = await newStream();
@@ -189,4 +206,178 @@ test('a batch whose response is lost is sent again with the same seq and lands o
     ],
   );
   assert.equal(await readText(ds), 'xyz');
+});
+
+test('a batch that fails for good fails the producer: later calls throw its error, and no later seq is sent', async () => {
+  const ds = await DurableStream.create({
+    url: `${server.url}/producer-${randomUUID()}`,
+    contentType: 'text/plain',
+    retry: { maxRetries: 1, initialDelayMs: 5, maxDelayMs: 5 },
+  });
+  const errors = [];
+  const p = new IdempotentProducer(ds, 'outage', { onError: (e) => errors.push(e) });
+  p.append('a');
+  await p.flush();
+  // The server is down for longer than the retry budget.
+  intercept = () => Promise.resolve(new Response('down', { status: 503 }));
+  p.append('b');
+  const failure = await p.flush().then(
+    () => assert.fail('flush() resolved during the outage'),
+    (e) => e,
+  );
+  assert.equal(failure.code, 'UNEXPECTED_STATUS');
+  assert.equal(failure.status, 503);
+  // The server is back, but the producer has failed: it says so instead of sending batches
+  // past the one the server never took (each would be refused as a sequence gap).
+  intercept = null;
+  const sent = posts.length;
+  assert.throws(() => p.append('c'), (e) => e === failure);
+  await assert.rejects(p.flush(), (e) => e === failure);
+  await assert.rejects(p.close(), (e) => e === failure);
+  assert.equal(posts.length, sent, 'nothing is sent once the producer has failed');
+  assert.ok(
+    posts.every((post) => post.seq <= 1),
+    'no seq past the failed batch',
+  );
+  assert.deepEqual(errors, [failure], 'onError hears of the failure once');
+  assert.equal(await readText(ds), 'a');
+});
+
+test('concurrent flush() callers all see the failure, and so does a close() racing them', async () => {
+  const ds = await newStream();
+  const p = new IdempotentProducer(ds, 'refused');
+  intercept = () => Promise.resolve(new Response('bad', { status: 400 }));
+  p.append('important');
+  const results = await Promise.allSettled([p.flush(), p.flush(), p.close()]);
+  assert.deepEqual(
+    results.map((r) => [r.status, r.reason?.code]),
+    [
+      ['rejected', 'BAD_REQUEST'],
+      ['rejected', 'BAD_REQUEST'],
+      ['rejected', 'BAD_REQUEST'],
+    ],
+  );
+  assert.ok(!posts.some((post) => post.closed), 'the stream is not closed over the lost data');
+  intercept = null;
+  assert.equal(await readText(ds), '');
+});
+
+test('autoClaim: flush() resolves after a batch past seq 0 is fenced and re-sent under a new epoch', async () => {
+  const ds = await newStream();
+  const a = new IdempotentProducer(ds, 'shared', { autoClaim: true });
+  a.append('a0;');
+  await a.flush();
+  const b = new IdempotentProducer(ds, 'shared', { epoch: 1 });
+  b.append('z;');
+  await b.flush();
+  a.append('a1;'); // seq 1 at epoch 0: refused (403), then seq 0 at epoch 2
+  await within(a.flush(), 5000, 'flush()');
+  assert.equal(a.epoch, 2);
+  assert.equal(a.nextSeq, 1);
+  assert.equal(await readText(ds), 'a0;z;a1;');
+  a.append('a2;');
+  await within(a.flush(), 5000, 'the next flush()');
+  assert.equal(await readText(ds), 'a0;z;a1;a2;');
+});
+
+test('autoClaim with batches in flight: the fenced batches are re-sent in append order under one new epoch', async () => {
+  const ds = await newStream();
+  const errors = [];
+  const a = new IdempotentProducer(ds, 'shared', { autoClaim: true, maxBatchItems: 1, maxInFlight: 5, onError: (e) => errors.push(e) });
+  a.append('b0;');
+  await a.flush(); // epoch 0 confirmed: batches are pipelined from now on
+  const b = new IdempotentProducer(ds, 'shared', { epoch: 1 });
+  b.append('z;');
+  await b.flush();
+  // The 403 for b1 comes back last, as concurrent responses may.
+  intercept = (post, send) =>
+    post.body === 'b1;' && post.epoch === 0
+      ? send().then(async (res) => {
+          await sleep(100);
+          return res;
+        })
+      : null;
+  a.append('b1;');
+  a.append('b2;');
+  a.append('b3;');
+  await within(a.flush(), 5000, 'flush()');
+  assert.deepEqual(errors, []);
+  assert.equal(await readText(ds), 'b0;z;b1;b2;b3;');
+  assert.equal(a.epoch, 2, 'one claim for all the fenced batches');
+  assert.deepEqual(batchesAt(2), [
+    [0, 'b1;'],
+    [1, 'b2;'],
+    [2, 'b3;'],
+  ]);
+});
+
+test('autoClaim covers close(): a fenced close claims the next epoch and closes with its last message', async () => {
+  const ds = await newStream();
+  const a = new IdempotentProducer(ds, 'shared', { autoClaim: true });
+  a.append('a;');
+  await a.flush();
+  const b = new IdempotentProducer(ds, 'shared', { epoch: 1 });
+  b.append('b;');
+  await b.flush();
+  const result = await within(a.close('last;'), 5000, 'close()');
+  assert.equal(result.duplicate, false);
+  assert.equal(a.epoch, 2);
+  const closes = posts.filter((post) => post.closed);
+  assert.deepEqual(
+    closes.map(({ epoch, seq, body }) => [epoch, seq, body]),
+    [
+      [0, 1, 'last;'],
+      [2, 0, 'last;'],
+    ],
+  );
+  assert.equal(await readText(ds), 'a;b;last;');
+  assert.equal((await ds.head()).closed, true);
+  assert.equal(result.finalOffset, (await ds.head()).offset);
+});
+
+test('close() is idempotent under concurrent calls, and append() throws StreamClosedError once it has started', async () => {
+  const ds = await newStream();
+  const p = new IdempotentProducer(ds, 'closer');
+  p.append('x');
+  const first = p.close();
+  assert.throws(() => p.append('too late'), (e) => e instanceof StreamClosedError);
+  const second = p.close();
+  const [r1, r2] = await Promise.all([first, second]);
+  assert.deepEqual(r1, r2);
+  assert.equal(posts.filter((post) => post.closed).length, 1, 'one close request');
+  assert.deepEqual(await p.close(), r1, 'a later close() gives the same result');
+  assert.throws(() => p.append('later'), (e) => e instanceof StreamClosedError);
+  assert.equal(await readText(ds), 'x');
+  assert.equal((await ds.head()).closed, true);
+});
+
+test('a producer built from a URL with `json` set sends the stream\'s content type', async () => {
+  for (const [contentType, json, data] of [
+    ['application/json', true, { a: 1 }],
+    ['text/plain', false, 'hello'],
+  ]) {
+    const ds = await newStream(contentType);
+    const p = new IdempotentProducer(ds.url, 'from-url', { json });
+    p.append(data);
+    await p.flush();
+    if (json) assert.deepEqual(await readItems(ds), [data]);
+    else assert.equal(await readText(ds), data);
+  }
+});
+
+test('close() without data reports no duplicate; a close with data the server already has does', async () => {
+  const ds = await newStream();
+  const p = new IdempotentProducer(ds, 'close-only');
+  p.append('x');
+  const closed = await p.close();
+  assert.equal(closed.duplicate, false, 'a 204 to a close-only request is not a duplicate');
+  assert.equal(closed.finalOffset, (await ds.head()).offset);
+
+  const other = await newStream();
+  const first = await new IdempotentProducer(other, 'closer').close('last');
+  assert.equal(first.duplicate, false);
+  // Another instance at the same epoch sends the same close (seq 0) again, as a retry would.
+  const again = await new IdempotentProducer(other, 'closer').close('last');
+  assert.equal(again.duplicate, true);
+  assert.equal(await readText(other), 'last');
 });

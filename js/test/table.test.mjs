@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { getEventListeners } from 'node:events';
 import { DurableStream, IdempotentProducer, change, storageStore, table } from '../src/node.js';
+import { appendBatch as post } from '../test-support/append-batch.mjs';
 import { useReferenceServer } from '../test-support/reference-server.mjs';
 import { startServer } from '../../scripts/dev-server.mjs';
 
@@ -30,16 +31,6 @@ globalThis.fetch = (url, init = {}) => {
 /** The offsets of the GETs sent for `url` since `since` (an index into `gets`). */
 const offsetsRead = (url, since) =>
   gets.slice(since).filter((u) => u.pathname === new URL(url).pathname).map((u) => u.searchParams.get('offset'));
-
-/** Appends `messages` in one POST (a JSON array body is a batch of messages). */
-async function post(url, messages) {
-  const res = await realFetch(url, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify(messages),
-  });
-  assert.ok(res.ok, `append: ${res.status}`);
-}
 
 /** Resolves with the first update `predicate` accepts. */
 function nextUpdate(t, predicate = () => true) {

@@ -1,6 +1,6 @@
-// Compiled by `tsc --noEmit` (never run): the table API's types accept what its runtime takes and
-// give back what it returns, as js/test/table.test.mjs uses them.
-import { change, storageStore, table, type KeyedTable, type TableSnapshot, type TableUpdate } from '../../js';
+// Compiled by types.test.mjs (never run): the table API's types accept what its runtime takes and
+// give back what it returns, as table.test.mjs uses them.
+import { change, storageStore, table, type KeyedTable, type TableSnapshot, type TableUpdate } from 'edgestream';
 
 interface User {
   name: string;

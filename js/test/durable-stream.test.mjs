@@ -1,0 +1,54 @@
+// DurableStream on a JSON stream: one append() is one message, whatever the value, as with the
+// producer. (A JSON array body is the protocol's batch append, so the client wraps each value.)
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { DurableStream, IdempotentProducer, stream } from '../src/node.js';
+import { useReferenceServer } from '../test-support/reference-server.mjs';
+
+const server = useReferenceServer();
+
+const url = () => `${server.url}/json-${randomUUID()}`;
+const items = (ds) => stream({ url: ds.url, live: false }).items();
+
+test('append(value) appends exactly one message, arrays included, as the producer does', async () => {
+  const ds = await DurableStream.create({ url: url(), contentType: 'application/json' });
+  await ds.append([1, 2, 3]);
+  await ds.append('[4,5]'); // strings are JSON text: still one message
+  await ds.append({ a: 1 });
+  await ds.append([]);
+  await ds.append(new TextEncoder().encode('[6]')); // bytes are JSON text too
+  const p = new IdempotentProducer(ds, 'p');
+  p.append([7, 8]);
+  await p.flush();
+  assert.deepEqual(await items(ds), [[1, 2, 3], [4, 5], { a: 1 }, [], [6], [7, 8]]);
+});
+
+test('close({ body }) takes one message; create({ body }) takes the initial content, an array being a list of messages', async () => {
+  const ds = await DurableStream.create({ url: url(), contentType: 'application/json', body: [0, 1] });
+  await ds.append('"middle"');
+  const closed = await ds.close({ body: [2, 3] });
+  assert.equal(closed.closed, true);
+  assert.deepEqual(await items(ds), [0, 1, 'middle', [2, 3]]);
+  const one = await DurableStream.create({ url: url(), contentType: 'application/json', body: { first: true } });
+  assert.deepEqual(await items(one), [{ first: true }]);
+  const nested = await DurableStream.create({ url: url(), contentType: 'application/json', body: '[[0,1]]' });
+  assert.deepEqual(await items(nested), [[0, 1]]);
+});
+
+test('a value that is not JSON is refused before anything is sent', async () => {
+  const ds = await DurableStream.create({ url: url(), contentType: 'application/json' });
+  await assert.rejects(ds.append(undefined), (e) => e.code === 'INVALID_ARGUMENT');
+  await assert.rejects(ds.close({ body: () => {} }), (e) => e.code === 'INVALID_ARGUMENT');
+  await assert.rejects(DurableStream.create({ url: url(), contentType: 'application/json', body: Symbol('x') }), (e) => e.code === 'INVALID_ARGUMENT');
+  assert.deepEqual(await items(ds), []);
+  assert.equal((await ds.head()).closed, false);
+});
+
+test('other streams take strings and bytes as they are', async () => {
+  const ds = await DurableStream.create({ url: url(), contentType: 'text/plain', body: '[a]' });
+  await ds.append('[b]');
+  await ds.append(new TextEncoder().encode('[c]'));
+  await ds.close({ body: '[d]' });
+  assert.equal(await stream({ url: ds.url, live: false }).text(), '[a][b][c][d]');
+});

@@ -1,0 +1,148 @@
+// The reading handle's lifecycle: subscribe/unsubscribe, callback errors, `finished`, and the
+// AbortSignal it listens to. Against the reference server; a wrapper around `globalThis.fetch`
+// (which the wasm calls) records each request's URL and AbortSignal.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { getEventListeners } from 'node:events';
+import { DurableStream, stream } from '../src/node.js';
+import { useReferenceServer } from '../test-support/reference-server.mjs';
+
+const server = useReferenceServer({ longPollTimeout: 500 });
+
+/** Every request the client made: `{ url, signal }`. */
+const requests = [];
+const realFetch = globalThis.fetch;
+globalThis.fetch = (url, init = {}) => {
+  requests.push({ url: String(url), signal: init.signal });
+  return realFetch(url, init);
+};
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** How `promise` settles within `ms`: `['resolved', value]`, `['rejected', error]` or `['pending']`. */
+async function settled(promise, ms) {
+  let timer;
+  const pending = new Promise((r) => {
+    timer = setTimeout(() => r(['pending']), ms);
+  });
+  try {
+    return await Promise.race([promise.then((v) => ['resolved', v], (e) => ['rejected', e]), pending]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function until(condition, what, ms = 5000) {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+async function jsonStream(...messages) {
+  const ds = await DurableStream.create({ url: `${server.url}/handle-${randomUUID()}`, contentType: 'application/json' });
+  for (const m of messages) await ds.append(m);
+  return ds;
+}
+
+const liveRequests = (url) => requests.filter((r) => r.url.startsWith(url) && /[?&]live=/.test(r.url));
+
+test('unsubscribing the last subscriber stops the live request, and no batch is read for nobody', async () => {
+  const ds = await jsonStream({ m: 'first' });
+  const h = stream({ url: ds.url, live: 'sse' });
+  const seen = [];
+  let unsubscribe;
+  const delivered = new Promise((resolve) => {
+    unsubscribe = h.subscribe((batch) => {
+      seen.push(...batch.items);
+      if (batch.upToDate) resolve(batch.offset);
+    });
+  });
+  const offset = await delivered;
+  await until(() => liveRequests(ds.url).length > 0, 'the live request');
+  await sleep(100);
+  unsubscribe();
+  await until(() => liveRequests(ds.url).every((r) => r.signal?.aborted), 'the live request to be aborted', 2000);
+  assert.deepEqual(await settled(h.finished, 1000), ['resolved', undefined]);
+  await ds.append({ m: 'second' });
+  await sleep(300);
+  assert.deepEqual(seen, [{ m: 'first' }]);
+  assert.equal(h.offset, offset, 'the handle did not read past what its subscriber got');
+  unsubscribe(); // a second call is a no-op
+});
+
+test('a subscribe() callback that throws, with no onError, rejects `finished` and stops the handle', async () => {
+  const ds = await jsonStream(1);
+  const h = stream({ url: ds.url, live: 'long-poll' });
+  const boom = new Error('boom in callback');
+  let calls = 0;
+  h.subscribe(() => {
+    calls++;
+    throw boom;
+  });
+  assert.deepEqual(await settled(h.finished, 2000), ['rejected', boom]);
+  await ds.append(2);
+  await sleep(300);
+  assert.equal(calls, 1);
+  assert.ok(
+    liveRequests(ds.url).every((r) => r.signal?.aborted),
+    'no live request is left open',
+  );
+  await assert.rejects(h.next(), (e) => e === boom);
+});
+
+test('a subscribe() callback that throws goes to onError', async () => {
+  const ds = await jsonStream(1);
+  const h = stream({ url: ds.url, live: 'long-poll' });
+  const boom = new Error('async boom');
+  const reported = new Promise((resolve) => {
+    h.subscribe(async () => {
+      throw boom;
+    }, resolve);
+  });
+  assert.deepEqual(await settled(reported, 2000), ['resolved', boom]);
+  assert.deepEqual(await settled(h.finished, 1000), ['rejected', boom]);
+});
+
+test('`finished` rejects when the reader refuses its options', async () => {
+  for (const [options, code] of [
+    [{ offset: 'a/b' }, 'INVALID_OFFSET'],
+    [{ live: 'websocket' }, 'INVALID_ARGUMENT'],
+    [{ retry: { maxRetries: -1 } }, 'INVALID_ARGUMENT'],
+  ]) {
+    const h = stream({ url: `${server.url}/handle-${randomUUID()}`, ...options });
+    await assert.rejects(h.next(), (e) => e.code === code);
+    const [state, error] = await settled(h.finished, 1000);
+    assert.equal(state, 'rejected', JSON.stringify(options));
+    assert.equal(error.code, code);
+  }
+});
+
+test('a handle lets go of a shared AbortSignal when it ends', async () => {
+  const ds = await jsonStream({ x: 1 });
+  const shared = new AbortController().signal;
+  for (let i = 0; i < 20; i++) {
+    const h = stream({ url: ds.url, live: false, signal: shared });
+    assert.deepEqual(await h.items(), [{ x: 1 }]);
+    await h.finished;
+  }
+  // Ended by cancel(), and by an error.
+  const cancelled = stream({ url: ds.url, live: 'long-poll', signal: shared });
+  await cancelled.next();
+  cancelled.cancel();
+  await cancelled.finished;
+  const failed = stream({ url: `${server.url}/handle-missing-${randomUUID()}`, live: false, signal: shared });
+  await assert.rejects(failed.next(), (e) => e.code === 'NOT_FOUND');
+  await assert.rejects(failed.finished);
+  assert.equal(getEventListeners(shared, 'abort').length, 0);
+  // A handle still reading keeps listening, and aborting it ends it.
+  const controller = new AbortController();
+  const live = stream({ url: ds.url, live: 'long-poll', signal: controller.signal });
+  await live.next();
+  assert.equal(getEventListeners(controller.signal, 'abort').length, 1);
+  controller.abort();
+  assert.deepEqual(await settled(live.finished, 1000), ['resolved', undefined]);
+  assert.equal(getEventListeners(controller.signal, 'abort').length, 0);
+});

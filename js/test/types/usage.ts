@@ -1,0 +1,37 @@
+// Compiled by ../types.test.mjs (never run): what the runtime accepts must type-check, and what
+// it refuses must not (each `@ts-expect-error` fails the build if the line compiles).
+import { DurableStream, IdempotentProducer, init, stream } from 'edgestream';
+
+const url = 'http://127.0.0.1/v1/stream/x';
+
+// Header and param maps: what http.rs resolve_map takes.
+stream({ url, headers: new Headers({ authorization: 'Bearer x' }) });
+stream({ url, params: { limit: 10, deep: true, skip: undefined, none: null } });
+stream({ url, headers: { authorization: async () => 'Bearer x', 'x-n': () => 1, 'x-u': () => undefined } });
+stream({ url, headers: () => ({ a: undefined, b: 'x' }) });
+stream({ url, headers: async () => new Headers() });
+stream({ url, params: async () => ({ token: () => 'fresh' }) });
+new DurableStream({ url, headers: new Headers(), params: { n: 1 } });
+// @ts-expect-error a header value is text, not an object
+stream({ url, headers: { a: { b: 1 } } });
+// @ts-expect-error nor an array of pairs
+stream({ url, params: [['a', 'b']] });
+
+// init(): URL, Response, bytes or a compiled Module.
+declare const bytes: Uint8Array;
+declare const compiled: WebAssembly.Module;
+void init(new URL('https://cdn.example/edgestream_client_bg.wasm'));
+declare const response: Response;
+void init(response);
+void init(bytes);
+void init(bytes.buffer as ArrayBuffer);
+void init(compiled);
+
+async function producer(ds: DurableStream) {
+  const p = new IdempotentProducer(ds, 'id', { autoClaim: true, onError: (e) => e.code });
+  p.append({ a: 1 });
+  await p.flush();
+  const { finalOffset, duplicate } = await p.close();
+  return [finalOffset, duplicate] as const;
+}
+void producer;
