@@ -117,6 +117,25 @@ describe('scoped tokens', () => {
     expect((await fetch(sub, { method: 'PUT', headers: { 'content-type': 'application/json', ...bearer(admin) }, body })).status).toBe(201);
     expect((await fetch(url('__ds/jwks.json'))).status).toBe(200);
   });
+
+  test('only the wake-token routes skip the admin check, not paths that end like them', async () => {
+    const admin = { 'content-type': 'application/json', ...bearer(token('', ['admin'])) };
+    const sub = url('__ds/subscriptions/auth-links');
+    const body = JSON.stringify({ type: 'pull-wake', streams: ['auth/jobs/ack', 'auth/jobs/release', 'auth/jobs/callback'], wake_stream: 'auth/wake' });
+    expect((await fetch(sub, { method: 'PUT', headers: admin, body })).status).toBe(201);
+    for (const action of ['ack', 'release', 'callback']) {
+      // A link whose path ends in an action name, removed with a raw `/` or an encoded one.
+      expect((await fetch(`${sub}/streams/auth/jobs/${action}`, { method: 'DELETE' })).status).toBe(401);
+      expect((await fetch(`${sub}/streams/auth%2Fjobs%2F${action}`, { method: 'DELETE' })).status).toBe(401);
+      expect((await fetch(`${sub}/streams/x/${action}`, { method: 'POST', body: '{}' })).status).toBe(401);
+    }
+    const links = (await (await fetch(sub, { headers: admin })).json()) as { streams: { path: string }[] };
+    expect(links.streams.map((l) => l.path).sort()).toEqual(['auth/jobs/ack', 'auth/jobs/callback', 'auth/jobs/release']);
+    // The wake-token routes themselves still answer without an admin token (their own token decides).
+    const ack = await fetch(`${sub}/ack`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+    expect([400, 401, 403, 409]).toContain(ack.status);
+    expect(ack.headers.get('www-authenticate')).toBeNull();
+  });
 });
 
 describe('CORS origins restricted by CORS_ORIGINS', () => {

@@ -53,9 +53,7 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
     {
         let rest = rest.to_string();
         // The key set is public; callbacks, acks and releases carry their own wake tokens.
-        let own_token = ["/callback", "/ack", "/release"]
-            .iter()
-            .any(|s| rest.ends_with(s));
+        let own_token = crate::subscription::uses_wake_token(&req.method(), &rest);
         if rest != "jwks.json" && !own_token {
             if let Err(e) = auth::authorize(&req, &url, env, Operation::Admin, "").await? {
                 return refuse(e);

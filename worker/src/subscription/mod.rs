@@ -97,6 +97,18 @@ fn valid_id(id: &str) -> bool {
 }
 
 /// Routes `/v1/stream/__ds/<rest>` from the edge.
+/// Whether `rest` (the path after `__ds/`) is one of the routes that carry a wake token of
+/// their own instead of an admin token: `POST subscriptions/<id>/{callback,ack,release}`. It
+/// splits the path exactly as [`route`] does, so no other route (a stream link whose path
+/// ends in `/ack`, say) can pass for one.
+pub fn uses_wake_token(method: &Method, rest: &str) -> bool {
+    let action = rest
+        .strip_prefix("subscriptions/")
+        .and_then(|r| r.split_once('/'))
+        .map(|(_, action)| action);
+    *method == Method::Post && matches!(action, Some("callback" | "ack" | "release"))
+}
+
 pub async fn route(req: Request, url: &Url, rest: &str, env: &Env) -> Result<Response> {
     let origin = url.origin().ascii_serialization();
     if rest == "jwks.json" {
