@@ -78,6 +78,37 @@ impl Expiry {
     }
 }
 
+/// How a stored stream answers a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Readable and writable.
+    Live,
+    /// Soft-deleted (forks still read through it): 410 to clients, 409 to PUT.
+    Deleted,
+    /// Its expiry has just passed with no forks: remove it, and answer as missing.
+    Expired,
+    /// Its expiry has just passed while forks read through it: soft-delete it, and answer as
+    /// [`Standing::Deleted`].
+    ExpiredWithForks,
+}
+
+impl Standing {
+    /// A soft-deleted stream stays deleted whatever its expiry says, and an expired one with
+    /// forks is kept as one (PROTOCOL.md, Forks): its path must not be created afresh over the
+    /// data its forks still read.
+    pub fn of(deleted: bool, forks: u64, expiry: Expiry, accessed_ms: i64, now_ms: i64) -> Self {
+        if deleted {
+            Standing::Deleted
+        } else if !expiry.is_expired(accessed_ms, now_ms) {
+            Standing::Live
+        } else if forks > 0 {
+            Standing::ExpiredWithForks
+        } else {
+            Standing::Expired
+        }
+    }
+}
+
 /// The fork part of a stream's creation request, as the client asked for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForkRequest {
@@ -87,6 +118,31 @@ pub struct ForkRequest {
     pub offset: Option<Offset>,
     /// Messages or bytes past `offset`.
     pub sub_offset: u64,
+}
+
+/// An existing fork: the request that created it, and the divergence point it resolved to.
+#[derive(Clone, Copy, Debug)]
+pub struct ExistingFork<'a> {
+    pub request: &'a ForkRequest,
+    pub point: Offset,
+}
+
+impl ForkRequest {
+    /// Whether this request, made again, describes `existing`. As in the reference server, an
+    /// omitted `Stream-Fork-Offset` matches any point, so a client retrying a lost 201 with the
+    /// offset it saw, or without one, is answered 200 either way.
+    pub fn matches(&self, existing: &ExistingFork<'_>) -> bool {
+        if self.source != existing.request.source {
+            return false;
+        }
+        if self == existing.request {
+            return true;
+        }
+        match self.offset {
+            None => self.sub_offset == 0,
+            Some(offset) => self.sub_offset == 0 && offset == existing.point,
+        }
+    }
 }
 
 /// What a PUT asks for.
@@ -107,7 +163,7 @@ pub struct ExistingConfig<'a> {
     pub expiry: Expiry,
     /// Whether the stream is closed now.
     pub closed: bool,
-    pub fork: Option<&'a ForkRequest>,
+    pub fork: Option<ExistingFork<'a>>,
 }
 
 /// What a PUT on an existing stream gets.
@@ -134,11 +190,12 @@ impl CreateRequest {
             Expiry::Never if is_fork => true,
             asked => asked == existing.expiry,
         };
-        if type_matches
-            && expiry_matches
-            && self.closed == existing.closed
-            && self.fork.as_ref() == existing.fork
-        {
+        let fork_matches = match (&self.fork, &existing.fork) {
+            (None, None) => true,
+            (Some(asked), Some(fork)) => asked.matches(fork),
+            _ => false,
+        };
+        if type_matches && expiry_matches && self.closed == existing.closed && fork_matches {
             CreateOutcome::Matches
         } else {
             CreateOutcome::Conflict
@@ -411,7 +468,10 @@ mod tests {
             content_type: &text,
             expiry: Expiry::Ttl(60),
             closed: false,
-            fork: Some(&fork),
+            fork: Some(ExistingFork {
+                request: &fork,
+                point: Offset::new(3).unwrap(),
+            }),
         };
         let again = CreateRequest {
             content_type: None,
@@ -420,16 +480,93 @@ mod tests {
             fork: Some(fork.clone()),
         };
         assert_eq!(again.compare(&existing), CreateOutcome::Matches);
-        let other_offset = CreateRequest {
+        let at = |offset: u64, sub_offset: u64| CreateRequest {
             fork: Some(ForkRequest {
-                offset: Some(Offset::ZERO),
+                offset: Some(Offset::new(offset).unwrap()),
+                sub_offset,
                 ..fork.clone()
             }),
             ..again.clone()
         };
-        assert_eq!(other_offset.compare(&existing), CreateOutcome::Conflict);
+        // The point it resolved to, given explicitly, is the same fork.
+        assert_eq!(at(3, 0).compare(&existing), CreateOutcome::Matches);
+        assert_eq!(at(0, 0).compare(&existing), CreateOutcome::Conflict);
+        assert_eq!(at(0, 3).compare(&existing), CreateOutcome::Conflict);
+        let elsewhere = CreateRequest {
+            fork: Some(ForkRequest {
+                source: "/v1/stream/b".into(),
+                ..fork.clone()
+            }),
+            ..again.clone()
+        };
+        assert_eq!(elsewhere.compare(&existing), CreateOutcome::Conflict);
         let not_a_fork = plain(Some("text/plain"), Expiry::Ttl(60), false);
         assert_eq!(not_a_fork.compare(&existing), CreateOutcome::Conflict);
+    }
+
+    #[test]
+    fn fork_created_at_an_explicit_point_matches_an_omitted_offset() {
+        let text = ct("text/plain");
+        let by_sub = ForkRequest {
+            source: "/v1/stream/a".into(),
+            offset: Some(Offset::ZERO),
+            sub_offset: 2,
+        };
+        let existing = ExistingConfig {
+            content_type: &text,
+            expiry: Expiry::Never,
+            closed: false,
+            fork: Some(ExistingFork {
+                request: &by_sub,
+                point: Offset::new(2).unwrap(),
+            }),
+        };
+        let asking = |offset: Option<u64>, sub_offset: u64| CreateRequest {
+            content_type: None,
+            expiry: Expiry::Never,
+            closed: false,
+            fork: Some(ForkRequest {
+                offset: offset.map(|o| Offset::new(o).unwrap()),
+                sub_offset,
+                ..by_sub.clone()
+            }),
+        };
+        let rows = [
+            (Some(0), 2, CreateOutcome::Matches),
+            // The point it resolved to, or no offset at all.
+            (Some(2), 0, CreateOutcome::Matches),
+            (None, 0, CreateOutcome::Matches),
+            (Some(0), 1, CreateOutcome::Conflict),
+            (Some(0), 0, CreateOutcome::Conflict),
+            (None, 2, CreateOutcome::Conflict),
+        ];
+        for (offset, sub_offset, outcome) in rows {
+            let got = asking(offset, sub_offset).compare(&existing);
+            assert_eq!(got, outcome, "{offset:?} {sub_offset}");
+        }
+    }
+
+    #[test]
+    fn deleted_and_expired_standing() {
+        use Standing::*;
+        let ttl = Expiry::Ttl(2);
+        // (deleted, forks, now) with the stream last accessed at 1000 and expiring at 3000.
+        let rows = [
+            (false, 0, 2999, Live),
+            (false, 0, 3000, Expired),
+            (false, 2, 3000, ExpiredWithForks),
+            (true, 2, 2999, Deleted),
+            // A soft-deleted stream stays deleted once its old expiry passes.
+            (true, 2, 9999, Deleted),
+        ];
+        for (deleted, forks, now, standing) in rows {
+            assert_eq!(
+                Standing::of(deleted, forks, ttl, 1000, now),
+                standing,
+                "{deleted} {forks} {now}"
+            );
+        }
+        assert_eq!(Standing::of(false, 1, Expiry::Never, 0, i64::MAX), Live);
     }
 
     fn target<'a>(

@@ -7,12 +7,12 @@
 //! ```text
 //! [0]      kind: 1 = data, 2 = gone (stream deleted or expired)
 //! [1]      flags: bit 0 = the stream is closed at `end`; bit 1 = `end` was the tail when sent
-//! [2..10]  start position of the payload
+//! [2..10]  start position of the payload (gone: the status readers get, 404 or 410)
 //! [10..18] end position (the reader's next offset)
 //! [18..]   payload: log bytes in [start, end) (framed JSON for JSON streams)
 //! ```
 
-use edgestream::Offset;
+use edgestream::{Offset, ProtocolError};
 
 const KIND_DATA: u8 = 1;
 const KIND_GONE: u8 = 2;
@@ -33,8 +33,8 @@ pub enum Frame<'a> {
         up_to_date: bool,
         payload: &'a [u8],
     },
-    /// The stream no longer exists; readers should stop.
-    Gone,
+    /// The stream no longer exists, or is soft-deleted; readers should stop with `error`.
+    Gone { error: ProtocolError },
 }
 
 /// Encodes a data frame.
@@ -61,10 +61,12 @@ pub fn encode_data(
     out
 }
 
-/// Encodes a gone frame.
-pub fn encode_gone() -> Vec<u8> {
+/// Encodes a gone frame that tells readers `error`'s status: 410 for a stream kept for its
+/// forks, 404 for one removed.
+pub fn encode_gone(error: &ProtocolError) -> Vec<u8> {
     let mut out = vec![KIND_GONE, 0];
-    out.extend_from_slice(&[0; 16]);
+    out.extend_from_slice(&u64::from(error.status()).to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
     out
 }
 
@@ -94,7 +96,19 @@ pub fn decode(bytes: &[u8]) -> Option<Frame<'_>> {
                 payload,
             })
         }
-        KIND_GONE => Some(Frame::Gone),
+        KIND_GONE => {
+            // A frame from an object that did not send a status (zero) means removed.
+            let status = bytes
+                .get(2..10)
+                .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
+                .map(u64::from_le_bytes);
+            let error = if status == Some(410) {
+                ProtocolError::Gone
+            } else {
+                ProtocolError::NotFound
+            };
+            Some(Frame::Gone { error })
+        }
         _ => None,
     }
 }
@@ -141,7 +155,23 @@ mod tests {
 
     #[test]
     fn gone_round_trip() {
-        assert_eq!(decode(&encode_gone()), Some(Frame::Gone));
+        for error in [ProtocolError::Gone, ProtocolError::NotFound] {
+            assert_eq!(
+                decode(&encode_gone(&error)),
+                Some(Frame::Gone {
+                    error: error.clone()
+                })
+            );
+        }
+        // As sent before gone frames carried a status.
+        let mut old = vec![KIND_GONE, 0];
+        old.extend_from_slice(&[0; 16]);
+        assert_eq!(
+            decode(&old),
+            Some(Frame::Gone {
+                error: ProtocolError::NotFound
+            })
+        );
     }
 
     #[test]

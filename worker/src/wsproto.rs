@@ -455,9 +455,10 @@ pub fn append_headers(
     Ok(Ok(headers))
 }
 
-/// The error about the stream that ends a socket when the stream is deleted or expires.
-pub fn gone() -> String {
-    ErrorReply::new(None, &ProtocolError::NotFound).to_json()
+/// The error about the stream that ends a socket when the stream is deleted or expires:
+/// `error` is 410 when it is kept for its forks, 404 when it is removed.
+pub fn gone(error: &ProtocolError) -> String {
+    ErrorReply::new(None, error).to_json()
 }
 
 /// The error for an append the socket's token does not allow (POST's 401 or 403).

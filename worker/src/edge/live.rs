@@ -181,7 +181,7 @@ pub async fn long_poll(
                     };
                     return page.respond(None);
                 }
-                Some(Frame::Gone) => return http::error(&edgestream::ProtocolError::NotFound),
+                Some(Frame::Gone { error }) => return http::error(&error),
                 None => return http::unavailable("bad frame from the stream object"),
             },
             SocketEvent::Text(_) => continue,
@@ -479,7 +479,7 @@ impl SseFollower {
                         up_to_date,
                         payload,
                     }) => this.state.frame(start, end, closed, up_to_date, payload),
-                    Some(Frame::Gone) | None => {
+                    Some(Frame::Gone { .. }) | None => {
                         this.state.done = true;
                         None
                     }

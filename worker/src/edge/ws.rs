@@ -163,8 +163,8 @@ fn sent(read: &Cell<Option<Receipt>>, end: Offset) {
 enum End {
     /// The stream is closed and the client has all of it.
     StreamClosed,
-    /// The stream was deleted or expired.
-    Gone,
+    /// The stream was deleted or expired: 404, or 410 when it is kept for its forks.
+    Gone(ProtocolError),
     /// The object answered a follow-up read with an error.
     Failed { status: u16, message: String },
     /// The stream's object cannot be followed right now; the client should reconnect.
@@ -259,9 +259,9 @@ impl Session {
     fn finish(&self, client: &Socket, end: End) {
         match end {
             End::StreamClosed => client.close(close::NORMAL, "stream closed"),
-            End::Gone => {
-                let _ = self.out.send_text(&wsproto::gone());
-                client.close(close::NORMAL, "stream not found");
+            End::Gone(error) => {
+                let _ = self.out.send_text(&wsproto::gone(&error));
+                client.close(close::NORMAL, &error.message());
             }
             End::Failed { status, message } => {
                 let _ = self
@@ -385,7 +385,7 @@ impl Follower<'_> {
                             }
                         }
                     }
-                    Some(Frame::Gone) => Some(LiveEnd::End(End::Gone)),
+                    Some(Frame::Gone { error }) => Some(LiveEnd::End(End::Gone(error))),
                     None => Some(LiveEnd::Lost),
                 },
                 SocketEvent::Text(_) => None,
@@ -407,7 +407,8 @@ impl Follower<'_> {
     async fn page(&mut self, mut resp: Response) -> Option<End> {
         match resp.status_code() {
             200 => {}
-            404 | 410 => return Some(End::Gone),
+            404 => return Some(End::Gone(ProtocolError::NotFound)),
+            410 => return Some(End::Gone(ProtocolError::Gone)),
             503 => return Some(End::Restart("stream unavailable")),
             status => {
                 let message = resp.text().await.unwrap_or_default().trim().to_string();

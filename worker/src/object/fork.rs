@@ -145,6 +145,38 @@ pub async fn append_from(
     Ok(Some(page))
 }
 
+/// Whether a JSON message starts at `at` (before the stream's tail), asking the sources for an
+/// inherited position: a fork may only diverge where a read may start, or its reads would not
+/// be JSON arrays.
+pub async fn json_boundary(
+    obj: &StreamObject,
+    meta: &Meta,
+    at: Offset,
+) -> Result<std::result::Result<(), ProtocolError>> {
+    let inside = ProtocolError::BadRequest("fork offset is inside a JSON message");
+    if at >= meta.base {
+        return Ok(if obj.store()?.json_boundary(at)? {
+            Ok(())
+        } else {
+            Err(inside)
+        });
+    }
+    let Some(fork) = &meta.fork else {
+        return Ok(Err(inside));
+    };
+    let query = format!("at={}", at.position());
+    let resp = call(&obj.env, &fork.source, "boundary", &query, None).await?;
+    match resp.status_code() {
+        200 => Ok(Ok(())),
+        400 => Ok(Err(inside)),
+        // A source further up the chain is gone: nothing inherited can be read.
+        404 | 409 => Ok(Err(ProtocolError::ForkSourceGone)),
+        status => Err(worker::Error::RustError(format!(
+            "fork source boundary check failed with {status}"
+        ))),
+    }
+}
+
 /// On the source: checks a fork request, resolves its divergence point and takes a reference.
 pub async fn acquire(obj: &StreamObject, body: &[u8]) -> Result<Response> {
     let Ok(ask) = serde_json::from_slice::<AcquireRequest>(body) else {
@@ -168,6 +200,12 @@ pub async fn acquire(obj: &StreamObject, body: &[u8]) -> Result<Response> {
             _ => return http::error(&ProtocolError::ForkOffsetOutOfRange),
         },
     };
+    // Before the sub-offset, which counts messages from the anchor.
+    if meta.is_json() && anchor < meta.tail {
+        if let Err(e) = json_boundary(obj, &meta, anchor).await? {
+            return http::error(&e);
+        }
+    }
     let point = if ask.sub_offset == 0 {
         anchor
     } else {
@@ -256,11 +294,12 @@ impl StreamObject {
         let mut resp = call(&self.env, &fork.source, "fork-acquire", "", Some(ask)).await?;
         let reply: AcquireReply = match resp.status_code() {
             200 => resp.json().await?,
-            400 => return http::error(&ProtocolError::ForkOffsetOutOfRange),
             404 => return http::error(&ProtocolError::ForkSourceNotFound),
-            409 => {
+            // The source says why: out of range, or inside a JSON message.
+            400 | 409 => {
+                let status = resp.status_code();
                 let text = resp.text().await.unwrap_or_default();
-                return http::text(409, text.trim());
+                return http::text(status, text.trim());
             }
             status => {
                 return Err(worker::Error::RustError(format!(

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use edgestream::headers::LiveMode;
-use edgestream::Offset;
+use edgestream::{Offset, ProtocolError};
 use wasm_bindgen::JsValue;
 use worker::web_sys::WebSocket;
 use worker::worker_sys::DurableObjectState;
@@ -258,16 +258,18 @@ fn close_all(sockets: &[WebSocket], reason: &str) {
     }
 }
 
-/// Tells every reader the stream is gone, and closes their sockets.
-pub fn gone(hub: &Hub) {
+/// Tells every reader the stream is gone with `error` (410 when it is kept for its forks, 404
+/// when removed), and closes their sockets.
+pub fn gone(hub: &Hub, error: &ProtocolError) {
     // What was acknowledged before the delete still reaches the readers, then the news.
     flush(hub);
     let sockets = hub.sockets();
-    send_all(&sockets, &frame::encode_gone());
+    send_all(&sockets, &frame::encode_gone(error));
     close_all(&sockets, "stream gone");
     let clients = hub.clients();
     if !clients.is_empty() {
-        clients::close_all(&clients, Some(&wsproto::gone()), "stream not found", None);
+        let message = error.message();
+        clients::close_all(&clients, Some(&wsproto::gone(error)), &message, None);
         hub.clients_changed();
     }
 }

@@ -19,7 +19,7 @@ use edgestream::json::{self, Purpose};
 use edgestream::producer::ClosingProducer;
 use edgestream::stream::{
     self, AppendPlan, AppendRequest, AppendTarget, CreateOutcome, CreateRequest, ExistingConfig,
-    Expiry,
+    ExistingFork, Expiry, Standing,
 };
 use edgestream::{Offset, ProtocolError, ReadFrom};
 use worker::{
@@ -265,14 +265,22 @@ impl StreamObject {
     }
 
     async fn lookup(&self, now: i64) -> Result<Lookup> {
-        Ok(match self.meta()? {
-            None => Lookup::Missing,
-            Some(meta) if meta.expiry.is_expired(meta.accessed_ms, now) => {
+        let Some(meta) = self.meta()? else {
+            return Ok(Lookup::Missing);
+        };
+        let standing = Standing::of(meta.deleted, meta.forks, meta.expiry, meta.accessed_ms, now);
+        Ok(match standing {
+            Standing::Live => Lookup::Live(meta),
+            Standing::Deleted => Lookup::Deleted,
+            // Reached before the expiry alarm ran: do its work now.
+            Standing::ExpiredWithForks => {
+                self.expire(meta).await?;
+                Lookup::Deleted
+            }
+            Standing::Expired => {
                 self.expire(meta).await?;
                 Lookup::Missing
             }
-            Some(meta) if meta.deleted => Lookup::Deleted,
-            Some(meta) => Lookup::Live(meta),
         })
     }
 
@@ -302,11 +310,7 @@ impl StreamObject {
     async fn expire(&self, meta: Meta) -> Result<()> {
         if meta.forks > 0 {
             if !meta.deleted {
-                let mut meta = meta;
-                meta.deleted = true;
-                meta.expiry = Expiry::Never;
-                self.save(&meta)?;
-                live::gone(&self.hub);
+                self.soft_delete(meta).await?;
             }
             Ok(())
         } else {
@@ -314,11 +318,23 @@ impl StreamObject {
         }
     }
 
+    /// Keeps the stream for the forks that read through it, deleted (410) until the last one
+    /// goes. It never expires from here on: an expiry would free its path, and a stream
+    /// created there would write over the rows the forks read.
+    async fn soft_delete(&self, mut meta: Meta) -> Result<()> {
+        meta.deleted = true;
+        meta.expiry = Expiry::Never;
+        self.save(&meta)?;
+        live::gone(&self.hub, &ProtocolError::Gone);
+        let _ = self.state.storage().delete_alarm().await;
+        Ok(())
+    }
+
     /// Deletes every row and, for a fork, lets go of the source.
     async fn remove(&self, meta: Meta) -> Result<()> {
         self.store()?.purge()?;
         self.meta.replace(Some(None));
-        live::gone(&self.hub);
+        live::gone(&self.hub, &ProtocolError::NotFound);
         let _ = self.state.storage().delete_alarm().await;
         if let Some(fork) = &meta.fork {
             fork::release(&self.env, &fork.source).await?;
@@ -385,7 +401,15 @@ impl StreamObject {
         else {
             return http::error(&ProtocolError::StreamFull);
         };
-        self.store()?.append(meta.base, &data, meta.is_json())?;
+        let store = self.store()?;
+        // Only a path with no stream is created, so no rows should be left. Any that are belong
+        // to no stream (forks read a source through its metadata), and must neither collide
+        // with the new rows nor be read as their data.
+        if store.has_log()? {
+            worker::console_warn!("stream {}: created over stale log rows", meta.path);
+            store.purge()?;
+        }
+        store.append(meta.base, &data, meta.is_json())?;
         meta.tail = tail;
         self.save(&meta)?;
         if let Some(deadline) = meta.expiry.deadline(meta.accessed_ms) {
@@ -401,7 +425,10 @@ impl StreamObject {
             content_type: &meta.content_type,
             expiry: meta.expiry,
             closed: meta.closed,
-            fork: meta.fork.as_ref(),
+            fork: meta.fork.as_ref().map(|request| ExistingFork {
+                request,
+                point: meta.base,
+            }),
         };
         match request.compare(&config) {
             CreateOutcome::Conflict => http::error(&ProtocolError::ConfigMismatch),
@@ -631,10 +658,7 @@ impl StreamObject {
             Lookup::Missing => return http::error(&ProtocolError::NotFound),
         };
         if meta.forks > 0 {
-            let mut meta = meta;
-            meta.deleted = true;
-            self.save(&meta)?;
-            live::gone(&self.hub);
+            self.soft_delete(meta).await?;
         } else {
             self.remove(meta).await?;
         }
@@ -876,6 +900,21 @@ impl StreamObject {
                         Ok(resp)
                     }
                     None => http::error(&ProtocolError::ForkOffsetOutOfRange),
+                }
+            }
+            "boundary" => {
+                let Some(at) = position("at") else {
+                    return http::text(400, "bad internal boundary");
+                };
+                let Some(meta) = self.meta()? else {
+                    return http::error(&ProtocolError::NotFound);
+                };
+                if at >= meta.tail {
+                    return http::text(400, "no message at or past the tail");
+                }
+                match fork::json_boundary(self, &meta, at).await? {
+                    Ok(()) => Response::ok(""),
+                    Err(e) => http::error(&e),
                 }
             }
             "fork-acquire" => {

@@ -554,14 +554,13 @@ impl Store {
         }
     }
 
-    /// The JSON messages from `from` (before the tail), to be streamed: those in the rows that
-    /// end within `budget` bytes, or the one message that starts there when it is larger.
-    pub fn json_range(
-        &self,
-        instance: &str,
-        from: Offset,
-        budget: u64,
-    ) -> Result<std::result::Result<RowRange, ReadError>> {
+    /// Whether a JSON message of this stream's own rows starts at `at` (before the tail).
+    pub fn json_boundary(&self, at: Offset) -> Result<bool> {
+        Ok(self.message_row(at)?.is_some())
+    }
+
+    /// The start of the row holding `from` (before the tail), when a JSON message starts there.
+    fn message_row(&self, from: Offset) -> Result<Option<i64>> {
         let Some(row) = self
             .rows(
                 "SELECT start, flags, length(data) FROM log WHERE start <= ? ORDER BY start DESC LIMIT 1",
@@ -570,7 +569,7 @@ impl Store {
             .into_iter()
             .next()
         else {
-            return Ok(Err(ReadError::NotABoundary));
+            return Ok(None);
         };
         let (start, flags, len) = (int(row.first()), int(row.get(1)), int(row.get(2)));
         let lo = from.position().saturating_sub(start as u64) as usize;
@@ -591,8 +590,22 @@ impl Store {
             Vec::new()
         };
         if lo >= len as usize || !starts_message(flags, lo, || data) {
-            return Ok(Err(ReadError::NotABoundary));
+            return Ok(None);
         }
+        Ok(Some(start))
+    }
+
+    /// The JSON messages from `from` (before the tail), to be streamed: those in the rows that
+    /// end within `budget` bytes, or the one message that starts there when it is larger.
+    pub fn json_range(
+        &self,
+        instance: &str,
+        from: Offset,
+        budget: u64,
+    ) -> Result<std::result::Result<RowRange, ReadError>> {
+        let Some(start) = self.message_row(from)? else {
+            return Ok(Err(ReadError::NotABoundary));
+        };
         let limit = SqlStorageValue::Integer(from.position().saturating_add(budget) as i64);
         let within = self.rows(
             "SELECT start + length(data) FROM log WHERE start >= ? AND start < ? AND flags & 1
@@ -771,6 +784,11 @@ impl Store {
     /// storage back.
     pub fn forget_cached(&self) {
         self.subscribers.replace(None);
+    }
+
+    /// Whether any log row is stored.
+    pub fn has_log(&self) -> Result<bool> {
+        Ok(!self.rows("SELECT 1 FROM log LIMIT 1", vec![])?.is_empty())
     }
 
     /// Deletes the stream: metadata, data, producers and subscribers.
