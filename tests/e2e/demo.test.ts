@@ -177,6 +177,24 @@ describe('live table', () => {
     }
     const snapshot = async (p: Page) => p.locator('#rows tr').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-id')));
     expect(await snapshot(a.page)).toEqual(await snapshot(b.page));
+
+    // A reload restores the rows from the table's saved snapshot and reads on from its offset,
+    // not from the start of the stream.
+    await a.page.fill('#row-name', `${name}-kept`);
+    await a.page.click('#row-form button');
+    await expect.poll(() => rowIn(b.page).count(), { timeout: 2_000 }).toBe(0);
+    await expect.poll(() => b.page.locator(`#rows tr[data-name="${name}-kept"]`).count(), { timeout: 2_000 }).toBe(1);
+    const offsets: string[] = [];
+    b.page.on('request', (r) => {
+      const u = new URL(r.url());
+      if (u.pathname === '/v1/stream/tables/items' && r.method() === 'GET') offsets.push(u.searchParams.get('offset') ?? '');
+    });
+    const before = await snapshot(b.page);
+    await b.page.reload();
+    await expect.poll(() => b.page.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
+    expect(await snapshot(b.page)).toEqual(before);
+    expect(offsets.length).toBeGreaterThan(0);
+    expect(offsets[0]).not.toBe('-1');
     await a.context.close();
     await b.context.close();
   });

@@ -1,7 +1,7 @@
 // The edgestream demo: three views, each one durable stream, built on the `edgestream` package
 // exactly as an app of yours would be. Each view keeps what it has rendered and the offset it
 // reached in localStorage, so a reload resumes from there: nothing is downloaded twice.
-import { stream, DurableStream } from 'edgestream';
+import { stream, table, change, DurableStream } from 'edgestream';
 
 const API = `${location.origin}/v1/stream`;
 const $ = (id) => document.getElementById(id);
@@ -28,8 +28,12 @@ const saved = {
 let mode = saved.get('mode', 'auto');
 let active = null; // { handle, controller, path }
 
-/** Creates the stream if needed (an identical PUT is a no-op), then follows it from `offset`. */
-async function follow({ path, contentType, offset, onBatch }) {
+/**
+ * Creates the stream if needed (an identical PUT is a no-op), then follows it: from `offset`
+ * with `stream()`, or with `open(url, signal)` (a live table), calling `onBatch` with each
+ * batch or update.
+ */
+async function follow({ path, contentType, offset, open, onBatch }) {
   stopFollowing();
   const controller = new AbortController();
   const url = `${API}/${path}`;
@@ -38,7 +42,7 @@ async function follow({ path, contentType, offset, onBatch }) {
   $('info-url').textContent = `/v1/stream/${path}`;
   await ensureStream(url, contentType);
   if (controller.signal.aborted) return;
-  const handle = stream({ url, offset, live: mode, signal: controller.signal });
+  const handle = open ? open(url, controller.signal) : stream({ url, offset, live: mode, signal: controller.signal });
   mine.handle = handle;
   handle.subscribe(
     (batch) => {
@@ -201,24 +205,20 @@ const rooms = {
   },
 };
 
-// ---- Live table: insert/update/delete events folded into rows ----
+// ---- Live table: a keyed table of State Protocol change messages ----
 
-const table = {
-  path: 'tables/inventory',
-  state: saved.get('table', { offset: '-1', rows: {} }),
-  apply(event) {
-    const rows = this.state.rows;
-    if (event.op === 'delete') delete rows[event.id];
-    else if (event.op === 'insert' || event.op === 'update') {
-      rows[event.id] = { ...(rows[event.id] ?? {}), ...event.fields, updatedAt: event.at };
-    }
-  },
+const inventory = {
+  // State Protocol messages (`change.insert(...)`); the stream is new, so its readers never
+  // meet the older demo's own event format.
+  path: 'tables/items',
+  live: null,
+  /** Keeps the table's snapshot in localStorage: a reload reads only the changes since. */
+  store: { load: () => saved.get('items', undefined), save: (snapshot) => saved.set('items', snapshot) },
   render(changed = new Set()) {
-    const body = $('rows');
-    const ids = Object.keys(this.state.rows).sort((a, b) => (this.state.rows[a].createdAt ?? 0) - (this.state.rows[b].createdAt ?? 0) || a.localeCompare(b));
-    body.replaceChildren(
-      ...ids.map((id) => {
-        const row = this.state.rows[id];
+    const rows = this.live ? [...this.live.entries('item')] : [];
+    rows.sort(([a, x], [b, y]) => (x.createdAt ?? 0) - (y.createdAt ?? 0) || a.localeCompare(b));
+    $('rows').replaceChildren(
+      ...rows.map(([id, row]) => {
         const tr = document.createElement('tr');
         tr.dataset.id = id;
         tr.dataset.name = row.name ?? '';
@@ -241,14 +241,14 @@ const table = {
         save.className = 'quiet';
         save.textContent = 'Save';
         save.addEventListener('click', () =>
-          post(this.path, { op: 'update', id, fields: { name: name.value.trim(), qty: Number(qty.value) }, at: Date.now() }),
+          post(this.path, change.update('item', id, { ...row, name: name.value.trim(), qty: Number(qty.value), updatedAt: Date.now() })),
         );
         const remove = document.createElement('button');
         remove.type = 'button';
         remove.className = 'danger';
         remove.textContent = 'Delete';
         remove.setAttribute('aria-label', `Delete ${row.name ?? id}`);
-        remove.addEventListener('click', () => post(this.path, { op: 'delete', id, at: Date.now() }));
+        remove.addEventListener('click', () => post(this.path, change.delete('item', id)));
         const actions = cell(save);
         actions.className = 'actions';
         actions.append(remove);
@@ -262,17 +262,9 @@ const table = {
     follow({
       path: this.path,
       contentType: 'application/json',
-      offset: this.state.offset,
-      onBatch: (batch) => {
-        const changed = new Set();
-        for (const event of batch.items ?? []) {
-          this.apply(event);
-          changed.add(event.id);
-        }
-        this.state.offset = batch.offset;
-        saved.set('table', this.state);
-        if (changed.size) this.render(changed);
-      },
+      // Anyone can append to the demo's stream: skip what is not a change message.
+      open: (url, signal) => (this.live = table({ url, live: mode, signal, store: this.store, saveEveryMs: 0, onInvalid: 'skip' })),
+      onBatch: ({ changes }) => this.render(new Set(changes.map((c) => c.key))),
     });
   },
   init() {
@@ -281,7 +273,7 @@ const table = {
       const name = $('row-name').value.trim();
       if (!name) return;
       const now = Date.now();
-      await post(this.path, { op: 'insert', id: newId(), fields: { name, qty: Number($('row-qty').value), createdAt: now }, at: now });
+      await post(this.path, change.insert('item', newId(), { name, qty: Number($('row-qty').value), createdAt: now, updatedAt: now }));
       $('row-name').value = '';
     });
   },
@@ -325,7 +317,7 @@ const tail = {
 
 // ---- tabs and mode ----
 
-const views = { rooms: () => rooms.open(rooms.current), table: () => table.open(), tail: () => tail.open() };
+const views = { rooms: () => rooms.open(rooms.current), table: () => inventory.open(), tail: () => tail.open() };
 let currentView = saved.get('view', 'rooms');
 
 function show(view) {
@@ -367,7 +359,7 @@ $('mode').addEventListener('change', () => {
 });
 
 rooms.init();
-table.init();
+inventory.init();
 tail.init();
 rooms.renderList();
 show(tabNames.includes(currentView) ? currentView : 'rooms');
