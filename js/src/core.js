@@ -370,8 +370,16 @@ const encoder = new TextEncoder();
 
 /** Encodes one value for a JSON stream: strings and bytes are taken as JSON text, the rest is stringified. */
 function jsonText(value) {
-  if (typeof value === 'string') return value;
-  if (value instanceof ArrayBuffer || ArrayBuffer.isView(value)) return new TextDecoder().decode(value);
+  if (typeof value === 'string' || value instanceof ArrayBuffer || ArrayBuffer.isView(value)) {
+    const text = typeof value === 'string' ? value : new TextDecoder().decode(value);
+    // Text must be one JSON value: '1,2' would otherwise land as two messages once wrapped.
+    try {
+      JSON.parse(text);
+    } catch {
+      throw new DurableStreamError('JSON text must be exactly one JSON value', 'INVALID_ARGUMENT');
+    }
+    return text;
+  }
   const text = JSON.stringify(value);
   if (text === undefined) throw new DurableStreamError(`${typeof value} is not a JSON value`, 'INVALID_ARGUMENT');
   return text;
@@ -582,6 +590,8 @@ export class IdempotentProducer {
       throw this.#error instanceof StreamClosedError ? this.#error : new StreamClosedError('producer is closed');
     }
     if (this.#error) throw this.#error;
+    // When the stream is known to be JSON, refuse what is not one JSON value now, not at flush.
+    if (this.#json ?? isJsonType(this.#stream.contentType)) jsonText(data);
     const size = typeof data === 'string' ? encoder.encode(data).length : data instanceof Uint8Array ? data.length : jsonText(data).length;
     this.#items.push(data);
     this.#bytes += size;

@@ -41,6 +41,12 @@ test('a value that is not JSON is refused before anything is sent', async () => 
   await assert.rejects(ds.append(undefined), (e) => e.code === 'INVALID_ARGUMENT');
   await assert.rejects(ds.close({ body: () => {} }), (e) => e.code === 'INVALID_ARGUMENT');
   await assert.rejects(DurableStream.create({ url: url(), contentType: 'application/json', body: Symbol('x') }), (e) => e.code === 'INVALID_ARGUMENT');
+  // Text that is not exactly one JSON value: wrapped, '1,2' would have been two messages.
+  for (const text of ['1,2', '{"a":1} {"b":2}', 'hello', '']) {
+    await assert.rejects(ds.append(text), (e) => e.code === 'INVALID_ARGUMENT', text);
+    await assert.rejects(ds.append(new TextEncoder().encode(text)), (e) => e.code === 'INVALID_ARGUMENT', text);
+    assert.throws(() => new IdempotentProducer(ds, 'p').append(text), (e) => e.code === 'INVALID_ARGUMENT', text);
+  }
   assert.deepEqual(await items(ds), []);
   assert.equal((await ds.head()).closed, false);
 });
