@@ -13,6 +13,19 @@ pub const MAX_LEASE_MS: u64 = 600_000;
 pub const RETRY_BASE_MS: u64 = 1_000;
 pub const RETRY_MAX_MS: u64 = 60_000;
 
+/// Most explicit streams one request may name (a PUT's `streams`, or `POST .../streams`): at
+/// 1024 bytes a path, about the 1 MiB body the edge accepts.
+pub const MAX_STREAMS_PER_REQUEST: usize = 1_000;
+/// Most explicit streams one subscription may hold. Each is a row of its own, so storage is not
+/// what limits them; the bound keeps a GET, a wake and a webhook body that list them sane.
+pub const MAX_EXPLICIT_STREAMS: usize = 10_000;
+/// Longest description and webhook URL a subscription keeps (both live in its one record row).
+pub const MAX_DESCRIPTION_BYTES: usize = 4_096;
+pub const MAX_WEBHOOK_URL_BYTES: usize = 4_096;
+/// Most bytes of a webhook's reply that are read. A reply says `{"done": true}` or not; a
+/// longer one is cut off and does not end the wake.
+pub const MAX_WEBHOOK_REPLY_BYTES: usize = 8 * 1024;
+
 /// Why a subscription request is refused; `code()` is the protocol's error code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubscriptionError {
@@ -157,6 +170,54 @@ pub fn literal_prefix(pattern: &str) -> String {
     prefix
 }
 
+/// The explicit streams a request names: each a valid path, at most
+/// [`MAX_STREAMS_PER_REQUEST`] of them; answered sorted and without duplicates.
+pub fn explicit_streams(mut paths: Vec<String>) -> Result<Vec<String>, SubscriptionError> {
+    if paths.len() > MAX_STREAMS_PER_REQUEST {
+        return Err(SubscriptionError::InvalidRequest(
+            "a request may name at most 1000 streams",
+        ));
+    }
+    if paths.iter().any(|p| !is_valid_path(p)) {
+        return Err(SubscriptionError::InvalidRequest(
+            "streams must be stream paths",
+        ));
+    }
+    paths.sort_unstable();
+    paths.dedup();
+    Ok(paths)
+}
+
+/// Whether a subscription that holds `held` explicit streams may take `added` more.
+pub fn check_explicit_total(held: usize, added: usize) -> Result<(), SubscriptionError> {
+    if held.saturating_add(added) > MAX_EXPLICIT_STREAMS {
+        return Err(SubscriptionError::InvalidRequest(
+            "a subscription may name at most 10000 explicit streams",
+        ));
+    }
+    Ok(())
+}
+
+/// When a subscription's alarm should fire next: when a delivery is owed, at its retry time
+/// (`None`: at once); otherwise when the lease ends. A lease runs only once a wake has been
+/// delivered, so a delivery that keeps failing goes on being retried with backoff instead of
+/// stalling behind a lease that has already ended. Never before `now + 1`: an alarm handler that
+/// sets the alarm to the instant it is running for (its clock stands still between I/O) has it
+/// dropped when it returns.
+pub fn next_alarm(
+    deliver: bool,
+    next_attempt_at: Option<i64>,
+    lease_deadline: Option<i64>,
+    now: i64,
+) -> Option<i64> {
+    let at = if deliver {
+        next_attempt_at.unwrap_or(now)
+    } else {
+        lease_deadline?
+    };
+    Some(at.max(now.saturating_add(1)))
+}
+
 /// A requested lease, checked against the protocol's bounds.
 pub fn lease_ms(requested: Option<u64>) -> Result<u64, SubscriptionError> {
     match requested {
@@ -284,6 +345,65 @@ mod tests {
             let late = retry_delay_ms(30, random);
             assert!((48_000..=72_000).contains(&late), "{late}");
         }
+    }
+
+    #[test]
+    fn explicit_streams_are_checked_sorted_and_deduplicated() {
+        let paths = |v: &[&str]| v.iter().map(|p| String::from(*p)).collect::<Vec<_>>();
+        assert_eq!(
+            explicit_streams(paths(&["b", "a/x", "b"])),
+            Ok(paths(&["a/x", "b"]))
+        );
+        assert!(explicit_streams(paths(&["a", "a//b"])).is_err());
+        assert!(explicit_streams(paths(&["__ds/x"])).is_err());
+        let at_limit: Vec<String> = (0..MAX_STREAMS_PER_REQUEST)
+            .map(|i| alloc::format!("s/{i}"))
+            .collect();
+        assert_eq!(explicit_streams(at_limit).map(|v| v.len()), Ok(1_000));
+        // One more is refused with a 400, even when every path repeats (the count is of what
+        // was sent: a body this large is refused before any of it is looked at).
+        let over: Vec<String> = (0..=MAX_STREAMS_PER_REQUEST)
+            .map(|_| String::from("same"))
+            .collect();
+        let refused = explicit_streams(over).map(|_| ());
+        assert_eq!(refused.map_err(SubscriptionError::status), Err(400));
+    }
+
+    #[test]
+    fn explicit_streams_per_subscription_are_bounded() {
+        assert!(check_explicit_total(0, MAX_EXPLICIT_STREAMS).is_ok());
+        assert!(check_explicit_total(MAX_EXPLICIT_STREAMS - 1, 1).is_ok());
+        assert!(check_explicit_total(MAX_EXPLICIT_STREAMS, 1).is_err());
+        assert!(check_explicit_total(usize::MAX, 1).is_err());
+        assert!(check_explicit_total(MAX_EXPLICIT_STREAMS, 0).is_ok());
+    }
+
+    /// The audit's lost wake: a webhook lease of one second had ended while its delivery was
+    /// still being retried, and the alarm went to the lease's end (already past) instead of
+    /// the retry, so it was set for the instant being handled and dropped.
+    #[test]
+    fn alarms_follow_owed_deliveries_not_leases() {
+        let now = 10_000;
+        // A retry is owed: its time counts, a lease that has ended does not.
+        assert_eq!(
+            next_alarm(true, Some(14_000), Some(9_000), now),
+            Some(14_000)
+        );
+        assert_eq!(
+            next_alarm(true, Some(14_000), Some(12_000), now),
+            Some(14_000)
+        );
+        // Owed at once: as soon as possible, but never the instant being handled.
+        assert_eq!(next_alarm(true, None, None, now), Some(now + 1));
+        assert_eq!(next_alarm(true, Some(5_000), None, now), Some(now + 1));
+        // Nothing owed: the lease's end, if any.
+        assert_eq!(next_alarm(false, None, Some(12_000), now), Some(12_000));
+        assert_eq!(
+            next_alarm(false, Some(11_000), Some(12_000), now),
+            Some(12_000)
+        );
+        assert_eq!(next_alarm(false, None, Some(9_000), now), Some(now + 1));
+        assert_eq!(next_alarm(false, None, None, now), None);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 // Subscriptions beyond what the conformance suite covers. A stream keeps its list of linked
 // subscriptions in memory (worker/src/object/store.rs); a subscription that links a stream
-// after the stream has already appended must still be told of the next append.
+// after the stream has already appended must still be told of the next append. The rest are
+// regressions from an audit: webhooks that redirect, hang, fail for a while or answer at
+// length; streams deleted and created again; explicit links removed under a pattern; racing
+// PUTs; and subscriptions that name many streams.
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -10,7 +13,8 @@ let server: Awaited<ReturnType<typeof startServer>>;
 const url = (path: string) => `${server.baseUrl}/v1/stream/${path}`;
 
 beforeAll(async () => {
-  server = await startServer({ vars: { WEBHOOK_ALLOW_LOCALHOST: 'true' } });
+  // A short delivery timeout, so a webhook that never answers is given up on quickly.
+  server = await startServer({ vars: { WEBHOOK_ALLOW_LOCALHOST: 'true', WEBHOOK_TIMEOUT_MS: '2000' } });
 });
 
 afterAll(async () => {
@@ -72,6 +76,407 @@ describe('a subscription that links a stream with history', () => {
     } finally {
       await fetch(url(`__ds/subscriptions/${id}`), { method: 'DELETE' });
       await hook.close();
+    }
+  });
+});
+
+type Hit = { at: number; url: string; body: any };
+
+/**
+ * A webhook receiver on 127.0.0.1 that records each request and lets `answer` reply (by
+ * default 200 `{}`). `close` also drops connections a handler left open.
+ */
+async function hookServer(answer?: (hit: Hit, res: http.ServerResponse, n: number) => void) {
+  const hits: Hit[] = [];
+  const srv = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const raw = Buffer.concat(chunks).toString('utf8');
+      let body: any = raw;
+      try {
+        body = JSON.parse(raw);
+      } catch {}
+      const hit = { at: Date.now(), url: req.url ?? '', body };
+      hits.push(hit);
+      if (answer) return answer(hit, res, hits.length);
+      res.writeHead(200, json);
+      res.end('{}');
+    });
+  });
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  const { port } = srv.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}/hook`,
+    hits,
+    close: () => {
+      srv.closeAllConnections();
+      return new Promise((r) => srv.close(r));
+    },
+  };
+}
+
+const sub = (id: string, rest = '') => url(`__ds/subscriptions/${id}${rest}`);
+const uid = () => `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 7)}`;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function put(path: string, body: unknown) {
+  return fetch(url(path), { method: 'PUT', headers: json, body: typeof body === 'string' ? body : JSON.stringify(body) });
+}
+
+async function post(path: string, body: unknown, headers: Record<string, string> = {}) {
+  return fetch(url(path), { method: 'POST', headers: { ...json, ...headers }, body: JSON.stringify(body) });
+}
+
+async function described(id: string) {
+  const res = await fetch(sub(id));
+  expect(res.status).toBe(200);
+  return (await res.json()) as { status: string; pattern: string; streams: any[] };
+}
+
+async function linkOf(id: string, path: string) {
+  return (await described(id)).streams.find((s) => s.path === path);
+}
+
+/** Polls an async condition. */
+async function eventually(check: () => Promise<boolean>, ms = 8_000) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await check()) return true;
+    await sleep(100);
+  }
+  return false;
+}
+
+async function tailOf(path: string) {
+  const head = await fetch(url(path), { method: 'HEAD' });
+  return head.headers.get('stream-next-offset');
+}
+
+describe('webhook delivery', () => {
+  test('a redirect is a failed delivery: the signed wake is never sent to its target', async () => {
+    const p = `redir-${uid()}`;
+    const target = await hookServer((_, res) => {
+      res.writeHead(200, json);
+      res.end('{"done":true}');
+    });
+    const redirector = await hookServer((_, res) => {
+      res.writeHead(307, { location: `${target.url}/internal-admin` });
+      res.end();
+    });
+    const id = `sub-${p}`;
+    try {
+      const created = await put(`__ds/subscriptions/${id}`, {
+        type: 'webhook',
+        pattern: `${p}/*`,
+        webhook: { url: redirector.url },
+        lease_ttl_ms: 1_000,
+      });
+      expect(created.status).toBe(201);
+      expect((await put(`${p}/s`, { x: 1 })).status).toBe(201);
+      // The first attempt, then a retry about a second later: the 307 counted as a failure.
+      expect(await until(() => redirector.hits.length >= 2, 8_000), 'the redirect was not retried').toBe(true);
+      expect(target.hits, 'the wake was sent to where the redirect pointed').toHaveLength(0);
+      const state = await described(id);
+      expect(state.status).toBe('failed');
+      expect(state.streams.find((s) => s.path === `${p}/s`)?.has_pending).toBe(true);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await redirector.close();
+      await target.close();
+    }
+  });
+
+  test('a long reply is cut off after a few KiB and does not end the wake', async () => {
+    const p = `bigreply-${uid()}`;
+    const total = 16 * 1024 * 1024;
+    let sent = 0;
+    let closed = false;
+    const hook = await hookServer((_, res, n) => {
+      if (n > 1) {
+        res.writeHead(200, json);
+        res.end('{}');
+        return;
+      }
+      // 16 MiB of whitespace, then a reply that would end the wake if it were read.
+      res.writeHead(200, json);
+      const chunk = Buffer.alloc(64 * 1024, 0x20);
+      res.on('close', () => (closed = true));
+      const pump = () => {
+        while (!closed && sent < total) {
+          sent += chunk.length;
+          if (!res.write(chunk)) return void res.once('drain', pump);
+        }
+        if (!closed) res.end('{"done":true}');
+      };
+      pump();
+    });
+    const id = `sub-${p}`;
+    try {
+      expect(
+        (await put(`__ds/subscriptions/${id}`, { type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 60_000 }))
+          .status,
+      ).toBe(201);
+      expect((await put(`${p}/s`, { x: 1 })).status).toBe(201);
+      expect(await until(() => closed, 8_000), 'the reply was never closed').toBe(true);
+      await sleep(300);
+      expect(sent, 'the whole reply was read').toBeLessThan(total);
+      const link = await linkOf(id, `${p}/s`);
+      expect(link?.has_pending, 'the reply past the limit acked the wake').toBe(true);
+      // Delivered all the same: no failure is recorded, and the wake waits for its callback.
+      expect((await described(id)).status).toBe('active');
+      expect(hook.hits).toHaveLength(1);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+
+  test('a webhook that never answers times out, and the wake is retried', async () => {
+    const p = `hang-${uid()}`;
+    // The first request is held open for good; later ones end the wake.
+    const hook = await hookServer((_, res, n) => {
+      if (n === 1) return;
+      res.writeHead(200, json);
+      res.end('{"done":true}');
+    });
+    const id = `sub-${p}`;
+    try {
+      expect(
+        (await put(`__ds/subscriptions/${id}`, { type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 1_000 }))
+          .status,
+      ).toBe(201);
+      expect((await put(`${p}/s`, { x: 1 })).status).toBe(201);
+      // WEBHOOK_TIMEOUT_MS is 2 s here, and the first retry follows about a second later.
+      expect(await until(() => hook.hits.length >= 2, 10_000), 'no delivery after the hung one').toBe(true);
+      expect(await eventually(async () => (await linkOf(id, `${p}/s`))?.has_pending === false)).toBe(true);
+      // The next append is delivered too: the subscription is not stuck.
+      const before = hook.hits.length;
+      expect((await post(`${p}/s`, { y: 2 })).status).toBe(204);
+      expect(await until(() => hook.hits.length > before, 5_000)).toBe(true);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+
+  test('failed deliveries go on being retried after the lease would have ended', async () => {
+    const p = `retry-${uid()}`;
+    // Fails for 2.5 s (the first attempt and the retry a second later), then ends the wake.
+    let failUntil = Infinity;
+    const hook = await hookServer((_, res) => {
+      if (Date.now() < failUntil) {
+        res.writeHead(500);
+        res.end('not yet');
+        return;
+      }
+      res.writeHead(200, json);
+      res.end('{"done":true}');
+    });
+    const id = `sub-${p}`;
+    try {
+      expect(
+        (await put(`__ds/subscriptions/${id}`, { type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 1_000 }))
+          .status,
+      ).toBe(201);
+      failUntil = Date.now() + 2_500;
+      expect((await put(`${p}/s`, { x: 1 })).status).toBe(201);
+      // Attempts at about 0, 1 and 3 s; the third is answered.
+      const delivered = await eventually(async () => {
+        const state = await described(id);
+        return state.status === 'active' && state.streams.some((s) => s.path === `${p}/s` && !s.has_pending);
+      }, 15_000);
+      expect(delivered, `stuck after ${hook.hits.length} attempts`).toBe(true);
+      expect(hook.hits.length).toBeGreaterThanOrEqual(3);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+});
+
+describe('links', () => {
+  test('a deleted stream created again at its path is delivered as a new stream', async () => {
+    const p = `recreate-${uid()}`;
+    const globbed = `${p}/s`;
+    const named = `named-${p}/e`;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(200, json);
+      res.end('{"done":true}');
+    });
+    const id = `sub-${p}`;
+    try {
+      expect(
+        (
+          await put(`__ds/subscriptions/${id}`, {
+            type: 'webhook',
+            pattern: `${p}/*`,
+            streams: [named],
+            webhook: { url: hook.url },
+            lease_ttl_ms: 1_000,
+          })
+        ).status,
+      ).toBe(201);
+      const history = JSON.stringify({ history: 'x'.repeat(200) });
+      expect((await put(globbed, history)).status).toBe(201);
+      expect((await put(named, history)).status).toBe(201);
+      // Delivered and acked ({"done": true}) up to the long first tails.
+      const acked = async () => {
+        const state = await described(id);
+        return [globbed, named].every((path) => state.streams.some((s) => s.path === path && !s.has_pending && s.acked_offset === s.tail_offset));
+      };
+      expect(await eventually(acked)).toBe(true);
+      const oldTail = await tailOf(named);
+      expect((await linkOf(id, named))?.acked_offset).toBe(oldTail);
+
+      expect((await fetch(url(globbed), { method: 'DELETE' })).status).toBe(204);
+      expect((await fetch(url(named), { method: 'DELETE' })).status).toBe(204);
+      // The pattern's link is gone; the explicit one waits at the start for a new stream.
+      expect(await linkOf(id, globbed)).toBeUndefined();
+      const waiting = await linkOf(id, named);
+      expect(waiting?.link_type).toBe('explicit');
+      expect(waiting?.acked_offset).not.toBe(oldTail);
+      expect(waiting?.has_pending).toBe(false);
+
+      // Created again, shorter than before: all of the new data is delivered and acked.
+      const seen = hook.hits.length;
+      expect((await put(globbed, '{"small":1}')).status).toBe(201);
+      expect((await put(named, '{"small":1}')).status).toBe(201);
+      expect((await post(globbed, { again: 2 })).status).toBe(204);
+      const woke = (path: string) =>
+        hook.hits.slice(seen).some((h) => h.body?.streams?.some((s: any) => s.path === path && s.has_pending));
+      expect(await until(() => woke(globbed) && woke(named), 8_000), 'no wake for the new streams').toBe(true);
+      expect(await eventually(acked)).toBe(true);
+      expect((await linkOf(id, globbed))?.acked_offset).toBe(await tailOf(globbed));
+      expect((await linkOf(id, named))?.acked_offset).toBe(await tailOf(named));
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+
+  test('removing an explicit stream the pattern also matches keeps its cursor', async () => {
+    const p = `replay-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const stream = `${p}/a`;
+    const id = `pull-${p}`;
+    try {
+      expect((await put(wake, '[]')).status).toBe(201);
+      expect(
+        (await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/*`, streams: [stream], wake_stream: wake, lease_ttl_ms: 5_000 }))
+          .status,
+      ).toBe(201);
+      // Named before it exists, then created: linked both ways.
+      expect((await put(stream, JSON.stringify({ history: 'x'.repeat(50) }))).status).toBe(201);
+      const claim = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' });
+      expect(claim.status).toBe(200);
+      const claimed = await claim.json();
+      const tail = claimed.streams.find((s: any) => s.path === stream).tail_offset;
+      const ack = await post(
+        `__ds/subscriptions/${id}/ack`,
+        { wake_id: claimed.wake_id, generation: claimed.generation, acks: [{ stream, offset: tail }], done: true },
+        { authorization: `Bearer ${claimed.token}` },
+      );
+      expect(ack.status).toBe(200);
+
+      expect((await fetch(sub(id, `/streams/${encodeURIComponent(stream)}`), { method: 'DELETE' })).status).toBe(204);
+      const kept = await linkOf(id, stream);
+      expect(kept, 'the pattern still matches, but the link is gone').toBeDefined();
+      expect(kept.link_type).toBe('glob');
+      expect(kept.acked_offset).toBe(tail);
+
+      expect((await post(stream, { more: 1 })).status).toBe(204);
+      const again = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' });
+      expect(again.status).toBe(200);
+      const next = (await again.json()).streams.find((s: any) => s.path === stream);
+      expect(next.acked_offset, 'acked data is handed out again').toBe(tail);
+      expect(next.has_pending).toBe(true);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
+
+describe('configuration', () => {
+  test('of two PUTs racing to create one id with different configurations, one gets 409', async () => {
+    for (let round = 0; round < 5; round++) {
+      const id = `race-${uid()}`;
+      const create = (n: string) =>
+        put(`__ds/subscriptions/${id}`, { type: 'webhook', pattern: `race/${n}/*`, webhook: { url: `http://127.0.0.1:9/${n}` } });
+      try {
+        const [a, b] = await Promise.all([create('A'), create('B')]);
+        expect([a.status, b.status].sort(), `round ${round}`).toEqual([201, 409]);
+        const loser = a.status === 409 ? a : b;
+        expect((await loser.json()).error.code).toBe('SUBSCRIPTION_ALREADY_EXISTS');
+        const winner = a.status === 201 ? 'A' : 'B';
+        expect((await described(id)).pattern).toBe(`race/${winner}/*`);
+      } finally {
+        await fetch(sub(id), { method: 'DELETE' });
+      }
+    }
+  });
+
+  test('a request naming more than 1000 streams is refused', async () => {
+    const id = `many-${uid()}`;
+    const paths = Array.from({ length: 1_001 }, (_, i) => `many/${i}`);
+    const refused = await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', streams: paths, wake_stream: 'many/wake' });
+    expect(refused.status).toBe(400);
+    expect((await refused.json()).error.code).toBe('INVALID_REQUEST');
+    expect((await fetch(sub(id))).status).toBe(404);
+    try {
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', streams: paths.slice(0, 1), wake_stream: 'many/wake' })).status).toBe(201);
+      const add = await post(`__ds/subscriptions/${id}/streams`, { streams: paths });
+      expect(add.status).toBe(400);
+      expect((await add.json()).error.message).toMatch(/1000 streams/);
+      expect((await described(id)).streams).toHaveLength(1);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+
+  test('a subscription over thousands of long stream paths keeps working, up to its bound', { timeout: 120_000 }, async () => {
+    const p = `big-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const id = `pull-${p}`;
+    // 1000 paths of about 1000 bytes a request: 3 MB of paths in all, past SQLite's 2 MB row.
+    const long = (round: number, i: number) => `${p}/${round}-${i}-${'y'.repeat(980)}`;
+    try {
+      expect((await put(wake, '[]')).status).toBe(201);
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/live/*`, wake_stream: wake })).status).toBe(201);
+      for (let round = 0; round < 3; round++) {
+        const streams = Array.from({ length: 1_000 }, (_, i) => long(round, i));
+        const add = await post(`__ds/subscriptions/${id}/streams`, { streams });
+        expect(add.status, `round ${round}: ${await add.text()}`).toBe(204);
+      }
+      // A wake over all of them is taken, claimed and acked.
+      expect((await put(`${p}/live/x`, '{"a":1}')).status).toBe(201);
+      const claim = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' });
+      expect(claim.status).toBe(200);
+      const claimed = await claim.json();
+      expect(claimed.streams).toHaveLength(3_001);
+      const x = claimed.streams.find((s: any) => s.path === `${p}/live/x`);
+      const ack = await post(
+        `__ds/subscriptions/${id}/ack`,
+        { wake_id: claimed.wake_id, generation: claimed.generation, acks: [{ stream: x.path, offset: x.tail_offset }], done: true },
+        { authorization: `Bearer ${claimed.token}` },
+      );
+      expect(ack.status).toBe(200);
+
+      // Up to 10000 explicit streams; one more is refused, and nothing of that request is kept.
+      for (let round = 0; round < 7; round++) {
+        const streams = Array.from({ length: 1_000 }, (_, i) => `${p}/short/${round}/${i}`);
+        expect((await post(`__ds/subscriptions/${id}/streams`, { streams })).status).toBe(204);
+      }
+      const over = await post(`__ds/subscriptions/${id}/streams`, { streams: [`${p}/one-more`, `${p}/short/0/0`] });
+      expect(over.status).toBe(400);
+      expect((await over.json()).error.message).toMatch(/10000 explicit streams/);
+      // Streams already named may be named again.
+      expect((await post(`__ds/subscriptions/${id}/streams`, { streams: [`${p}/short/0/0`] })).status).toBe(204);
+      const state = await described(id);
+      expect(state.streams.filter((s) => s.link_type === 'explicit')).toHaveLength(10_000);
+      expect(state.streams.some((s) => s.path === `${p}/one-more`)).toBe(false);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
     }
   });
 });

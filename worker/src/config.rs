@@ -28,6 +28,9 @@ pub struct Config {
     pub cors_origins: String,
     /// Whether subscriptions may call `http://localhost` / `127.0.0.x` webhooks (development).
     pub webhook_allow_localhost: bool,
+    /// How long one webhook delivery (the request and its reply) may take before it counts as
+    /// failed and is retried with backoff.
+    pub webhook_timeout_ms: u64,
 }
 
 impl Config {
@@ -43,6 +46,8 @@ impl Config {
     /// Two of the largest appends by default: a quarter of the 128 MB an isolate has on
     /// Cloudflare, which each body takes more than once (the request's buffer, then wasm's copy).
     pub const DEFAULT_BODY_BUDGET_BYTES: u64 = 32 * 1024 * 1024;
+    /// Ten seconds: a webhook answers at once and does its work after (or calls back).
+    pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 10_000;
 
     /// The settings, read from `env` once per isolate: `[vars]` cannot change while an isolate
     /// lives (a new deployment starts new isolates), and reading them costs JS calls.
@@ -106,6 +111,11 @@ impl Config {
                 .var("WEBHOOK_ALLOW_LOCALHOST")
                 .map(|v| edgestream::headers::is_true(Some(v.to_string().trim())))
                 .unwrap_or(false),
+            webhook_timeout_ms: number(
+                "WEBHOOK_TIMEOUT_MS",
+                Self::DEFAULT_WEBHOOK_TIMEOUT_MS,
+                300_000,
+            ),
         }
     }
 }

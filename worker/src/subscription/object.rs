@@ -3,17 +3,28 @@
 //!
 //! Wakes are delivered from the alarm handler: a wake (or a retry) sets the alarm, and the
 //! alarm posts the signed webhook or appends the wake event. Leases expire by alarm too.
+//!
+//! The record row holds only bounded fields. Links (one row per stream), the tails a wake
+//! covers (`snapshot`) and the configuration a PUT is compared with (`config`) have rows of
+//! their own, so no save grows past SQLite's row limit however many streams are linked.
+//!
+//! Requests interleave wherever this object awaits (a registry or stream call, a webhook):
+//! decisions are taken and saved between awaits, and state is read again after each one.
 
 use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use edgestream::subscription::{self as rules, SubscriptionError};
 use edgestream::time::format_rfc3339;
 use edgestream::Offset;
+use futures_util::future::{join_all, select, Either};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json as j, Value};
 use worker::{
-    durable_object, DurableObject, Env, Fetch, Headers, Method, Request, RequestInit, Response,
-    Result, SqlStorage, SqlStorageValue, State, Url,
+    durable_object, AbortController, Delay, DurableObject, Env, Fetch, Headers, Method, Request,
+    RequestInit, RequestRedirect, Response, Result, SqlStorage, SqlStorageValue, State, Url,
 };
 
 use super::registry::{Links, Matched, MatchedStreams, RemoveExplicit, StreamPath};
@@ -24,6 +35,7 @@ use crate::path::STREAM_PREFIX;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS subscription (id INTEGER PRIMARY KEY CHECK (id = 1), record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS config (id INTEGER PRIMARY KEY CHECK (id = 1), canonical TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS links (
   path TEXT PRIMARY KEY,
   glob INTEGER NOT NULL,
@@ -31,7 +43,11 @@ CREATE TABLE IF NOT EXISTS links (
   acked INTEGER NOT NULL,
   tail INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS snapshot (path TEXT PRIMARY KEY, tail INTEGER NOT NULL);
 ";
+
+/// How many streams are asked for their tail at once when a subscription links them.
+const LINK_BATCH: usize = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -40,13 +56,12 @@ enum Kind {
     PullWake,
 }
 
-/// The subscription row: configuration and delivery state.
+/// The subscription row: configuration and delivery state, every field of bounded size.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Record {
     id: String,
     kind: Kind,
     pattern: Option<String>,
-    explicit: Vec<String>,
     webhook_url: Option<String>,
     wake_stream: Option<String>,
     lease_ttl_ms: u64,
@@ -54,20 +69,28 @@ struct Record {
     created_at: String,
     /// The public origin, for the callback and JWKS URLs this subscription hands out.
     origin: String,
-    /// The normalized configuration; an identical PUT re-confirms, any other conflicts.
-    canonical: String,
+    /// New at each creation: work begun for one incarnation (linking streams) stops when it
+    /// is deleted or replaced meanwhile.
+    #[serde(default)]
+    epoch: String,
     generation: u64,
     wake_id: Option<String>,
     token: Option<String>,
     holder: Option<String>,
+    /// When the lease ends. A webhook's starts when a delivery succeeds, a pull-wake's when a
+    /// worker claims.
     lease_deadline: Option<i64>,
-    /// Tails included in the current wake (what `{done: true}` acks).
-    snapshot: Vec<(String, u64)>,
     /// A webhook post or a wake event is owed.
     deliver: bool,
     failures: u32,
     next_attempt_at: Option<i64>,
     deleted: bool,
+    /// Records saved before `config` and `snapshot` had tables kept them here: read once, and
+    /// never written again.
+    #[serde(default, skip_serializing)]
+    canonical: String,
+    #[serde(default, skip_serializing)]
+    snapshot: Vec<(String, u64)>,
 }
 
 /// One linked stream's cursor.
@@ -98,6 +121,16 @@ impl Link {
 
 fn offset_text(position: u64) -> String {
     Offset::new(position).unwrap_or(Offset::ZERO).to_string()
+}
+
+fn link_from_row(r: &[SqlStorageValue]) -> Link {
+    Link {
+        path: text(r, 0),
+        glob: int(r, 1) != 0,
+        explicit: int(r, 2) != 0,
+        acked: int(r, 3),
+        tail: int(r, 4),
+    }
 }
 
 /// PUT body.
@@ -236,15 +269,36 @@ fn same_secret(a: &str, b: &str) -> bool {
 impl SubscriptionObject {
     // ---- storage ----
 
+    fn rows(&self, q: &str, b: Vec<SqlStorageValue>) -> Result<Vec<Vec<SqlStorageValue>>> {
+        self.sql.exec(q, b)?.raw().collect()
+    }
+
     fn load(&self) -> Result<Option<Record>> {
-        let rows: Vec<Vec<SqlStorageValue>> = self
-            .sql
-            .exec("SELECT record FROM subscription WHERE id = 1", None)?
-            .raw()
-            .collect::<Result<_>>()?;
-        Ok(rows
+        let rows = self.rows("SELECT record FROM subscription WHERE id = 1", vec![])?;
+        let Some(mut record) = rows
             .first()
-            .and_then(|r| serde_json::from_str(&text(r, 0)).ok()))
+            .and_then(|r| serde_json::from_str::<Record>(&text(r, 0)).ok())
+        else {
+            return Ok(None);
+        };
+        if !record.snapshot.is_empty() || !record.canonical.is_empty() {
+            // Written before these had tables: move them there once.
+            for (path, tail) in std::mem::take(&mut record.snapshot) {
+                self.sql.exec(
+                    "INSERT OR REPLACE INTO snapshot (path, tail) VALUES (?, ?)",
+                    vec![
+                        SqlStorageValue::String(path),
+                        SqlStorageValue::Integer(tail as i64),
+                    ],
+                )?;
+            }
+            let canonical = std::mem::take(&mut record.canonical);
+            if !canonical.is_empty() {
+                self.save_canonical(&canonical)?;
+            }
+            self.save(&record)?;
+        }
+        Ok(Some(record))
     }
 
     fn save(&self, record: &Record) -> Result<()> {
@@ -258,25 +312,55 @@ impl SubscriptionObject {
         Ok(())
     }
 
+    /// The normalized configuration of the current subscription: an identical PUT re-confirms
+    /// it, any other conflicts.
+    fn canonical(&self) -> Result<Option<String>> {
+        let rows = self.rows("SELECT canonical FROM config WHERE id = 1", vec![])?;
+        Ok(rows.first().map(|r| text(r, 0)))
+    }
+
+    fn save_canonical(&self, canonical: &str) -> Result<()> {
+        self.sql.exec(
+            "INSERT INTO config (id, canonical) VALUES (1, ?)
+             ON CONFLICT (id) DO UPDATE SET canonical = excluded.canonical",
+            vec![SqlStorageValue::String(canonical.to_string())],
+        )?;
+        Ok(())
+    }
+
+    /// Whether `record`'s incarnation is still the live subscription (not deleted, nor
+    /// deleted and created again).
+    fn still(&self, record: &Record) -> Result<bool> {
+        Ok(self
+            .load()?
+            .is_some_and(|r| !r.deleted && r.epoch == record.epoch))
+    }
+
     fn links(&self) -> Result<Vec<Link>> {
-        let rows: Vec<Vec<SqlStorageValue>> = self
-            .sql
-            .exec(
-                "SELECT path, glob, explicit, acked, tail FROM links ORDER BY path",
-                None,
-            )?
-            .raw()
-            .collect::<Result<_>>()?;
-        Ok(rows
-            .iter()
-            .map(|r| Link {
-                path: text(r, 0),
-                glob: int(r, 1) != 0,
-                explicit: int(r, 2) != 0,
-                acked: int(r, 3),
-                tail: int(r, 4),
-            })
-            .collect())
+        let rows = self.rows(
+            "SELECT path, glob, explicit, acked, tail FROM links ORDER BY path",
+            vec![],
+        )?;
+        Ok(rows.iter().map(|r| link_from_row(r)).collect())
+    }
+
+    fn link(&self, path: &str) -> Result<Option<Link>> {
+        let rows = self.rows(
+            "SELECT path, glob, explicit, acked, tail FROM links WHERE path = ?",
+            vec![SqlStorageValue::String(path.to_string())],
+        )?;
+        Ok(rows.first().map(|r| link_from_row(r)))
+    }
+
+    fn has_pending(&self) -> Result<bool> {
+        Ok(!self
+            .rows("SELECT 1 FROM links WHERE tail > acked LIMIT 1", vec![])?
+            .is_empty())
+    }
+
+    fn explicit_count(&self) -> Result<usize> {
+        let rows = self.rows("SELECT count(*) FROM links WHERE explicit = 1", vec![])?;
+        Ok(rows.first().map_or(0, |r| int(r, 0) as usize))
     }
 
     fn save_link(&self, link: &Link) -> Result<()> {
@@ -295,10 +379,44 @@ impl SubscriptionObject {
         Ok(())
     }
 
+    /// Drops a link, and its place in the current wake.
     fn remove_link(&self, path: &str) -> Result<()> {
-        self.sql.exec(
+        for q in [
             "DELETE FROM links WHERE path = ?",
-            vec![SqlStorageValue::String(path.to_string())],
+            "DELETE FROM snapshot WHERE path = ?",
+        ] {
+            self.sql
+                .exec(q, vec![SqlStorageValue::String(path.to_string())])?;
+        }
+        Ok(())
+    }
+
+    /// The current wake covers every link at its present tail.
+    fn take_snapshot(&self) -> Result<()> {
+        self.sql.exec("DELETE FROM snapshot", None)?;
+        self.sql.exec(
+            "INSERT INTO snapshot (path, tail) SELECT path, tail FROM links",
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// The links the current wake covers, each with the tail it was woken for.
+    fn snapshot_links(&self) -> Result<Vec<(Link, u64)>> {
+        let rows = self.rows(
+            "SELECT l.path, l.glob, l.explicit, l.acked, l.tail, s.tail FROM links l
+             JOIN snapshot s ON s.path = l.path ORDER BY l.path",
+            vec![],
+        )?;
+        Ok(rows.iter().map(|r| (link_from_row(r), int(r, 5))).collect())
+    }
+
+    /// Acks every link the current wake covers up to the tail it was woken for.
+    fn apply_snapshot(&self) -> Result<()> {
+        self.sql.exec(
+            "UPDATE links SET acked = (SELECT s.tail FROM snapshot s WHERE s.path = links.path)
+             WHERE EXISTS (SELECT 1 FROM snapshot s WHERE s.path = links.path AND s.tail > links.acked)",
+            None,
         )?;
         Ok(())
     }
@@ -316,13 +434,14 @@ impl SubscriptionObject {
         if record.deleted {
             return Ok(());
         }
-        let delivery = record.deliver.then(|| record.next_attempt_at.unwrap_or(0));
-        let next = match (delivery, record.lease_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next = rules::next_alarm(
+            record.deliver,
+            record.next_attempt_at,
+            record.lease_deadline,
+            now_ms(),
+        );
         if let Some(at) = next {
-            self.set_alarm(at.max(now_ms())).await?;
+            self.set_alarm(at).await?;
         }
         Ok(())
     }
@@ -340,6 +459,12 @@ impl SubscriptionObject {
                     return http::text(400, "bad notify");
                 };
                 return self.notify(n).await;
+            }
+            "internal/stream-removed" => {
+                let Ok(p) = serde_json::from_slice::<StreamPath>(&body) else {
+                    return http::text(400, "bad stream-removed");
+                };
+                return self.stream_removed(&p.path);
             }
             "create" => self.create(&req, &body).await,
             "get" => self.get(),
@@ -452,18 +577,29 @@ impl SubscriptionObject {
                 );
             }
         }
-        let mut explicit = input.streams.clone();
-        if explicit.iter().any(|p| !rules::is_valid_path(p)) {
-            return Err(SubscriptionError::InvalidRequest("streams must be stream paths").into());
-        }
-        explicit.sort();
-        explicit.dedup();
+        let explicit = rules::explicit_streams(input.streams)?;
         if input.pattern.is_none() && explicit.is_empty() {
             return Err(SubscriptionError::InvalidRequest("pattern or streams is required").into());
+        }
+        if input
+            .description
+            .as_ref()
+            .is_some_and(|d| d.len() > rules::MAX_DESCRIPTION_BYTES)
+        {
+            return Err(SubscriptionError::InvalidRequest(
+                "description must be at most 4096 bytes",
+            )
+            .into());
         }
         let lease_ttl_ms = rules::lease_ms(input.lease_ttl_ms)?;
         let webhook_url = match (kind, &input.webhook) {
             (Kind::Webhook, Some(w)) => {
+                if w.url.len() > rules::MAX_WEBHOOK_URL_BYTES {
+                    return Err(SubscriptionError::WebhookUrlRejected(
+                        "webhook url must be at most 4096 bytes",
+                    )
+                    .into());
+                }
                 let allow = crate::config::Config::from_env(&self.env).webhook_allow_localhost;
                 webhook::validate_url(&w.url, allow)?;
                 Some(w.url.clone())
@@ -492,67 +628,74 @@ impl SubscriptionObject {
             "description": input.description,
         })
         .to_string();
+        // Awaited before the record is read: from that read to the save below nothing is
+        // awaited, so of two PUTs racing to create one id, exactly one finds no record.
+        if kind == Kind::Webhook {
+            self.signing_key().await?;
+        }
 
         let previous = self.load()?;
         if let Some(existing) = previous.as_ref().filter(|r| !r.deleted) {
-            if existing.canonical != canonical {
+            if self.canonical()?.as_deref() != Some(canonical.as_str()) {
                 return Err(SubscriptionError::AlreadyExists.into());
             }
-            if kind == Kind::Webhook {
-                self.signing_key().await?;
-            }
             return Ok(json(200, &self.describe(existing)?)?);
-        }
-        if kind == Kind::Webhook {
-            self.signing_key().await?;
         }
         let record = Record {
             id: id.clone(),
             kind,
             pattern: input.pattern.clone(),
-            explicit: explicit.clone(),
             webhook_url,
             wake_stream,
             lease_ttl_ms,
             description: input.description,
             created_at: format_rfc3339(now_ms()),
             origin,
-            canonical,
+            epoch: crypto::random_token(12)?,
             // A recreated subscription keeps counting, so old tokens stay fenced.
             generation: previous.map_or(0, |p| p.generation),
             wake_id: None,
             token: None,
             holder: None,
             lease_deadline: None,
-            snapshot: Vec::new(),
             deliver: false,
             failures: 0,
             next_attempt_at: None,
             deleted: false,
+            canonical: String::new(),
+            snapshot: Vec::new(),
         };
         self.sql.exec("DELETE FROM links", None)?;
+        self.sql.exec("DELETE FROM snapshot", None)?;
         self.save(&record)?;
-        // Link what exists now at its current tail (no replay), and explicit streams that do
-        // not exist yet at the start.
+        self.save_canonical(&canonical)?;
+        // Explicit streams are linked at once, so a stream that appends while the registry is
+        // asked already counts as linked; those that exist are moved to their tail below.
+        let glob = |path: &str| {
+            record
+                .pattern
+                .as_deref()
+                .is_some_and(|p| rules::glob_matches(p, path))
+        };
+        for path in &explicit {
+            self.save_link(&Link {
+                path: path.clone(),
+                glob: glob(path),
+                explicit: true,
+                acked: 0,
+                tail: 0,
+            })?;
+        }
         let links = Links {
             id,
             pattern: input.pattern,
-            explicit: explicit.clone(),
+            explicit,
             replace: true,
         };
         let matched = self.register_links(&links).await?;
-        for path in &explicit {
-            if !matched.iter().any(|m| &m.path == path) {
-                self.save_link(&Link {
-                    path: path.clone(),
-                    glob: false,
-                    explicit: true,
-                    acked: 0,
-                    tail: 0,
-                })?;
-            }
-        }
-        self.link_existing(&record.id, matched).await?;
+        // Every link of a new subscription starts at its stream's tail, including one an
+        // append has made meanwhile.
+        self.link_existing(&record, matched, |_| true).await?;
         Ok(json(201, &self.describe(&record)?)?)
     }
 
@@ -567,40 +710,74 @@ impl SubscriptionObject {
         }
     }
 
-    /// Subscribes to existing streams and links each at its current tail.
-    async fn link_existing(&self, id: &str, matched: Vec<Matched>) -> Result<()> {
-        let current = self.links()?;
-        for m in matched {
-            let (status, reply) = call::<_, Value>(
-                &stream_stub(&self.env, &m.path)?,
-                "sub-link",
-                &j!({ "id": id }),
-            )
-            .await?;
-            let Some(tail) = reply
-                .filter(|_| status == 200)
-                .and_then(|r| r["tail"].as_u64())
-            else {
-                continue;
-            };
-            let link = match current.iter().find(|l| l.path == m.path) {
-                Some(l) => Link {
-                    glob: l.glob || m.glob,
-                    explicit: l.explicit || m.explicit,
-                    tail: l.tail.max(tail),
-                    ..l.clone()
-                },
-                None => Link {
-                    path: m.path,
-                    glob: m.glob,
-                    explicit: m.explicit,
-                    acked: tail,
-                    tail,
-                },
-            };
-            self.save_link(&link)?;
+    /// Subscribes to existing streams and links each at its current tail (no replay). A link
+    /// that is `fresh` (made by this request before the stream was known to exist, or by an
+    /// append notified meanwhile) moves to the tail too; others keep their cursor. A stream
+    /// that cannot be asked fails the request, after every other one is linked.
+    async fn link_existing(
+        &self,
+        record: &Record,
+        matched: Vec<Matched>,
+        fresh: impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        let id = record.id.as_str();
+        let mut failed = None;
+        for batch in matched.chunks(LINK_BATCH) {
+            let calls = batch.iter().map(|m| async move {
+                let reply = call::<_, Value>(
+                    &stream_stub(&self.env, &m.path)?,
+                    "sub-link",
+                    &j!({ "id": id }),
+                )
+                .await?;
+                Ok::<_, worker::Error>((m, reply))
+            });
+            let replies = join_all(calls).await;
+            // Deleted, or deleted and created again, meanwhile: its links are not ours to set.
+            if !self.still(record)? {
+                return Ok(());
+            }
+            for reply in replies {
+                let (m, (status, reply)) = match reply {
+                    Ok(r) => r,
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                        continue;
+                    }
+                };
+                let Some(tail) = reply
+                    .filter(|_| status == 200)
+                    .and_then(|r| r["tail"].as_u64())
+                else {
+                    continue;
+                };
+                // Read now, not before the await: an append may have been notified meanwhile.
+                let link = match self.link(&m.path)? {
+                    Some(l) => Link {
+                        glob: l.glob || m.glob,
+                        explicit: l.explicit || m.explicit,
+                        acked: if fresh(&m.path) {
+                            l.acked.max(tail)
+                        } else {
+                            l.acked
+                        },
+                        tail: l.tail.max(tail),
+                        ..l
+                    },
+                    None if m.glob => Link {
+                        path: m.path.clone(),
+                        glob: true,
+                        explicit: m.explicit,
+                        acked: tail,
+                        tail,
+                    },
+                    // An explicit link removed while the stream was asked.
+                    None => continue,
+                };
+                self.save_link(&link)?;
+            }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     fn get(&self) -> std::result::Result<Response, Failure> {
@@ -616,9 +793,14 @@ impl SubscriptionObject {
         record.holder = None;
         record.lease_deadline = None;
         record.deliver = false;
-        record.snapshot.clear();
         self.save(&record)?;
-        self.sql.exec("DELETE FROM links", None)?;
+        for q in [
+            "DELETE FROM links",
+            "DELETE FROM snapshot",
+            "DELETE FROM config",
+        ] {
+            self.sql.exec(q, None)?;
+        }
         let _ = self.state.storage().delete_alarm().await;
         // Streams drop their subscriber entry the next time they notify us.
         call::<_, Value>(
@@ -634,53 +816,75 @@ impl SubscriptionObject {
         let record = self.live()?;
         let input: StreamsBody = serde_json::from_slice(body)
             .map_err(|_| SubscriptionError::InvalidRequest("body must be {\"streams\": [...]}"))?;
-        if input.streams.iter().any(|p| !rules::is_valid_path(p)) {
-            return Err(SubscriptionError::InvalidRequest("streams must be stream paths").into());
+        let paths = rules::explicit_streams(input.streams)?;
+        // Checked and linked here before anything is awaited: the registry is told only of
+        // streams that fit, and a concurrent request counts these.
+        let mut adding = Vec::new();
+        for path in &paths {
+            match self.link(path)? {
+                Some(l) if l.explicit => {}
+                other => adding.push((path, other)),
+            }
+        }
+        rules::check_explicit_total(self.explicit_count()?, adding.len())?;
+        let mut fresh = HashSet::new();
+        for (path, existing) in adding {
+            let link = match existing {
+                Some(l) => Link {
+                    explicit: true,
+                    ..l
+                },
+                None => {
+                    fresh.insert(path.clone());
+                    Link {
+                        path: path.clone(),
+                        glob: record
+                            .pattern
+                            .as_deref()
+                            .is_some_and(|p| rules::glob_matches(p, path)),
+                        explicit: true,
+                        acked: 0,
+                        tail: 0,
+                    }
+                }
+            };
+            self.save_link(&link)?;
         }
         let links = Links {
             id: record.id.clone(),
             pattern: None,
-            explicit: input.streams.clone(),
+            explicit: paths,
             replace: false,
         };
         let matched = self.register_links(&links).await?;
-        let current = self.links()?;
-        for path in &input.streams {
-            if matched.iter().any(|m| &m.path == path) {
-                continue;
-            }
-            let link = match current.iter().find(|l| &l.path == path) {
-                Some(l) => Link {
-                    explicit: true,
-                    ..l.clone()
-                },
-                None => Link {
-                    path: path.clone(),
-                    glob: false,
-                    explicit: true,
-                    acked: 0,
-                    tail: 0,
-                },
-            };
-            self.save_link(&link)?;
-        }
-        self.link_existing(&record.id, matched).await?;
-        let mut record = record;
-        for p in input.streams {
-            if !record.explicit.contains(&p) {
-                record.explicit.push(p);
-            }
-        }
-        record.explicit.sort();
-        self.save(&record)?;
+        self.link_existing(&record, matched, |path| fresh.contains(path))
+            .await?;
         Ok(Response::empty()?.with_status(204))
     }
 
     async fn remove_stream(&self, path: Option<&str>) -> std::result::Result<Response, Failure> {
-        let mut record = self.live()?;
+        let record = self.live()?;
         let Some(path) = path else {
             return Err(SubscriptionError::InvalidRequest("stream path required").into());
         };
+        if let Some(link) = self.link(path)? {
+            // The pattern decides whether the link stays, not a flag saved when the stream was
+            // first linked: a stream named before it existed was linked as explicit only.
+            let glob = record
+                .pattern
+                .as_deref()
+                .is_some_and(|p| rules::glob_matches(p, path));
+            if glob {
+                // Still linked by the pattern, at the same cursor.
+                self.save_link(&Link {
+                    glob: true,
+                    explicit: false,
+                    ..link
+                })?;
+            } else {
+                self.remove_link(path)?;
+            }
+        }
         call::<_, Value>(
             &registry_stub(&self.env)?,
             "remove-explicit",
@@ -690,18 +894,6 @@ impl SubscriptionObject {
             },
         )
         .await?;
-        if let Some(link) = self.links()?.into_iter().find(|l| l.path == path) {
-            if link.glob {
-                self.save_link(&Link {
-                    explicit: false,
-                    ..link
-                })?;
-            } else {
-                self.remove_link(path)?;
-            }
-        }
-        record.explicit.retain(|p| p != path);
-        self.save(&record)?;
         Ok(Response::empty()?.with_status(204))
     }
 
@@ -712,30 +904,27 @@ impl SubscriptionObject {
         let Some(mut record) = self.load()?.filter(|r| !r.deleted) else {
             return json(200, &j!({ "linked": false }));
         };
-        let existing = self.links()?.into_iter().find(|l| l.path == n.path);
-        let link = match existing {
+        let glob = record
+            .pattern
+            .as_deref()
+            .is_some_and(|p| rules::glob_matches(p, &n.path));
+        let link = match self.link(&n.path)? {
             Some(l) => Link {
+                glob,
                 tail: l.tail.max(n.tail),
                 ..l
             },
-            None => {
-                let glob = record
-                    .pattern
-                    .as_deref()
-                    .is_some_and(|p| rules::glob_matches(p, &n.path));
-                let explicit = record.explicit.contains(&n.path);
-                if !glob && !explicit {
-                    return json(200, &j!({ "linked": false }));
-                }
+            None if glob => {
                 // Discovered by this append: linked before it, so the append is pending.
                 Link {
                     path: n.path,
                     glob,
-                    explicit,
+                    explicit: false,
                     acked: 0,
                     tail: n.tail,
                 }
             }
+            None => return json(200, &j!({ "linked": false })),
         };
         self.save_link(&link)?;
         if self.wake_if_pending(&mut record)? {
@@ -745,36 +934,67 @@ impl SubscriptionObject {
         json(200, &j!({ "linked": true }))
     }
 
-    /// Starts a new wake generation when work is pending and nothing is in flight. For webhook
-    /// subscriptions the lease starts now; pull-wake leases start when a worker claims.
+    /// A linked stream was deleted (or expired). Its link goes, as it would for a stream that
+    /// never existed: a pattern finds a stream created at that path later as a new stream, and
+    /// an explicit link waits for it at the start. So the new stream's data is all pending, and
+    /// acks and wakes of the old one do not apply to it.
+    fn stream_removed(&self, path: &str) -> Result<Response> {
+        let Some(mut record) = self.load()?.filter(|r| !r.deleted) else {
+            return json(200, &j!({ "linked": false }));
+        };
+        match self.link(path)? {
+            Some(link) if link.explicit => {
+                self.save_link(&Link {
+                    acked: 0,
+                    tail: 0,
+                    ..link
+                })?;
+                self.sql.exec(
+                    "DELETE FROM snapshot WHERE path = ?",
+                    vec![SqlStorageValue::String(path.to_string())],
+                )?;
+            }
+            Some(_) => self.remove_link(path)?,
+            None => return json(200, &j!({ "linked": false })),
+        }
+        // A wake not yet delivered that was owed for this stream alone is owed no more.
+        if record.deliver && !self.has_pending()? {
+            self.clear_wake(&mut record)?;
+            self.save(&record)?;
+        }
+        json(200, &j!({ "linked": true }))
+    }
+
+    /// Starts a new wake generation when work is pending and nothing is in flight. A webhook's
+    /// lease starts once the wake is delivered, a pull-wake's when a worker claims it.
     fn wake_if_pending(&self, record: &mut Record) -> Result<bool> {
         if record.deleted || record.wake_id.is_some() || record.holder.is_some() {
             return Ok(false);
         }
-        let links = self.links()?;
-        if !links.iter().any(Link::pending) {
+        if !self.has_pending()? {
             return Ok(false);
         }
         record.generation += 1;
         record.wake_id = Some(format!("w_{}", crypto::random_token(12)?));
-        record.snapshot = links.iter().map(|l| (l.path.clone(), l.tail)).collect();
+        self.take_snapshot()?;
         record.deliver = true;
         record.next_attempt_at = None;
+        record.lease_deadline = None;
         if record.kind == Kind::Webhook {
             record.token = Some(crypto::random_token(32)?);
-            record.lease_deadline = Some(now_ms() + record.lease_ttl_ms as i64);
         }
         Ok(true)
     }
 
-    fn clear_wake(record: &mut Record) {
+    fn clear_wake(&self, record: &mut Record) -> Result<()> {
         record.wake_id = None;
         record.token = None;
         record.holder = None;
         record.lease_deadline = None;
-        record.snapshot.clear();
         record.deliver = false;
         record.next_attempt_at = None;
+        self.sql.exec("DELETE FROM snapshot", None)?;
+        Ok(())
     }
 
     async fn on_alarm(&self) -> Result<()> {
@@ -782,87 +1002,84 @@ impl SubscriptionObject {
             return Ok(());
         };
         let now = now_ms();
-        // An expired lease frees the subscription; pending work wakes it again.
+        // An expired lease frees the subscription; pending work wakes it again. (No lease runs
+        // while a delivery is owed: that is retried until it succeeds.)
         if !record.deliver && record.lease_deadline.is_some_and(|d| d <= now) {
-            Self::clear_wake(&mut record);
+            self.clear_wake(&mut record)?;
             self.wake_if_pending(&mut record)?;
         }
         if record.deliver && record.next_attempt_at.is_none_or(|t| t <= now) {
             // Saved before the delivery is awaited: other requests (a claim prompted by the
             // wake event, a webhook's callback) may run meanwhile, and must see this state.
             self.save(&record)?;
-            let before = serde_json::to_string(&record).unwrap_or_default();
             let wake = (record.wake_id.clone(), record.generation);
             let delivered = match record.kind {
-                Kind::Webhook => self.post_webhook(&mut record).await,
-                Kind::PullWake => self.post_wake_event(&record).await.map(|()| {
-                    // The wake event is in the wake stream; claims take it from here.
-                    record.deliver = false;
-                }),
+                Kind::Webhook => self.post_webhook(&record).await,
+                // The wake event is in the wake stream; claims take it from here.
+                Kind::PullWake => self.post_wake_event(&record).await.map(|()| false),
             };
+            // Requests that ran meanwhile (a claim, a callback, an ack, a release) win: the
+            // outcome counts only for the wake that is still owed.
             let Some(current) = self.load()?.filter(|r| !r.deleted) else {
                 return Ok(());
             };
-            if serde_json::to_string(&current).unwrap_or_default() != before {
-                // A request changed the subscription while the delivery was in flight (it
-                // claimed, acked or released the wake): its state wins over this stale copy,
-                // except that a wake it still holds was delivered.
-                record = current;
-                match delivered {
-                    Ok(()) if (record.wake_id.clone(), record.generation) == wake => {
-                        record.deliver = false;
-                        record.failures = 0;
-                        record.next_attempt_at = None;
-                    }
-                    Ok(()) => {}
-                    Err(e) => {
-                        worker::console_warn!("subscription {}: delivery failed: {e}", record.id)
-                    }
-                }
-            } else {
-                Self::delivery_outcome(&mut record, delivered, now);
+            record = current;
+            if record.deliver && (record.wake_id.clone(), record.generation) == wake {
+                self.delivery_outcome(&mut record, delivered)?;
+            } else if let Err(e) = delivered {
+                worker::console_warn!("subscription {}: delivery failed: {e}", record.id);
             }
         }
         self.save(&record)?;
         self.schedule(&record).await
     }
 
-    /// Records a delivery attempt: a failure is retried with backoff.
-    fn delivery_outcome(record: &mut Record, delivered: Result<()>, now: i64) {
+    /// Records a delivery attempt: a failure is retried with backoff; a webhook delivered
+    /// starts its lease, and `{"done": true}` in its reply acks the wake at once.
+    fn delivery_outcome(&self, record: &mut Record, delivered: Result<bool>) -> Result<()> {
+        let now = now_ms();
         match delivered {
-            Ok(()) => {
+            Ok(done) => {
+                record.deliver = false;
                 record.failures = 0;
                 record.next_attempt_at = None;
+                if record.kind == Kind::Webhook {
+                    record.lease_deadline = Some(now + record.lease_ttl_ms as i64);
+                    if done {
+                        self.apply_snapshot()?;
+                        self.clear_wake(record)?;
+                        self.wake_if_pending(record)?;
+                    }
+                }
             }
             Err(e) => {
                 worker::console_warn!("subscription {}: delivery failed: {e}", record.id);
-                record.failures += 1;
+                record.failures = record.failures.saturating_add(1);
                 record.next_attempt_at =
                     Some(now + rules::retry_delay_ms(record.failures, random_u32()) as i64);
             }
         }
+        Ok(())
     }
 
-    /// Posts the signed wake to the webhook. `{"done": true}` acks the snapshot at once.
-    async fn post_webhook(&self, record: &mut Record) -> Result<()> {
+    /// Posts the signed wake to the webhook; answers whether its reply said `{"done": true}`.
+    /// A redirect is a failed delivery (the signed wake goes nowhere `validate_url` did not
+    /// check), and the whole exchange must end within `WEBHOOK_TIMEOUT_MS`.
+    async fn post_webhook(&self, record: &Record) -> Result<bool> {
         let (Some(url), Some(wake_id), Some(token)) = (
             record.webhook_url.clone(),
             record.wake_id.clone(),
             record.token.clone(),
         ) else {
-            record.deliver = false;
-            return Ok(());
+            return Ok(false);
         };
-        let links = self.links()?;
-        let streams: Vec<Value> = links
+        let streams: Vec<Value> = self
+            .snapshot_links()?
             .iter()
-            .filter(|l| record.snapshot.iter().any(|(p, _)| p == &l.path))
-            .map(|l| {
-                let mut info = l.info();
-                if let Some((_, tail)) = record.snapshot.iter().find(|(p, _)| p == &l.path) {
-                    info["tail_offset"] = j!(offset_text(*tail));
-                    info["has_pending"] = j!(*tail > l.acked);
-                }
+            .map(|(link, tail)| {
+                let mut info = link.info();
+                info["tail_offset"] = j!(offset_text(*tail));
+                info["has_pending"] = j!(*tail > link.acked);
                 info
             })
             .collect();
@@ -889,40 +1106,41 @@ impl SubscriptionObject {
         let mut init = RequestInit::new();
         init.with_method(Method::Post)
             .with_headers(headers)
-            .with_body(Some(body.into()));
+            .with_body(Some(body.into()))
+            .with_redirect(RequestRedirect::Manual);
         let target = Url::parse(&url)?;
-        let mut resp = Fetch::Request(Request::new_with_init(target.as_str(), &init)?)
-            .send()
-            .await?;
-        let status = resp.status_code();
-        if !(200..300).contains(&status) {
-            return Err(worker::Error::RustError(format!(
-                "webhook answered {status}"
-            )));
-        }
-        record.deliver = false;
-        record.lease_deadline = Some(now_ms() + record.lease_ttl_ms as i64);
-        let reply: Value = resp.json().await.unwrap_or(Value::Null);
-        if reply["done"] == Value::Bool(true) {
-            self.apply_snapshot(record)?;
-            Self::clear_wake(record);
-            self.wake_if_pending(record)?;
-        }
-        Ok(())
-    }
-
-    fn apply_snapshot(&self, record: &Record) -> Result<()> {
-        for link in self.links()? {
-            if let Some((_, tail)) = record.snapshot.iter().find(|(p, _)| p == &link.path) {
-                if *tail > link.acked {
-                    self.save_link(&Link {
-                        acked: *tail,
-                        ..link
-                    })?;
-                }
+        let request = Request::new_with_init(target.as_str(), &init)?;
+        let timeout_ms = crate::config::Config::from_env(&self.env).webhook_timeout_ms;
+        let controller = AbortController::default();
+        let signal = controller.signal();
+        let exchange = async {
+            let mut resp = Fetch::Request(request).send_with_signal(&signal).await?;
+            match resp.status_code() {
+                200..=299 => Ok(read_reply(&mut resp).await),
+                status @ 300..=399 => Err(worker::Error::RustError(format!(
+                    "webhook answered {status}, a redirect, which is not followed"
+                ))),
+                status => Err(worker::Error::RustError(format!(
+                    "webhook answered {status}"
+                ))),
             }
-        }
-        Ok(())
+        };
+        let timeout = Delay::from(Duration::from_millis(timeout_ms));
+        let outcome = match select(Box::pin(exchange), timeout).await {
+            Either::Left((outcome, _)) => outcome,
+            Either::Right(((), exchange)) => {
+                drop(exchange);
+                Err(worker::Error::RustError(format!(
+                    "webhook did not answer within {timeout_ms} ms"
+                )))
+            }
+        };
+        // Ends what is left: a request still waiting, or a reply past its limit.
+        controller.abort();
+        let reply = outcome?;
+        Ok(reply
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+            .is_some_and(|v| v["done"] == Value::Bool(true)))
     }
 
     /// Appends one wake event per pending stream to the pull-wake stream.
@@ -1004,16 +1222,17 @@ impl SubscriptionObject {
         let input: AckBody = serde_json::from_slice(body)
             .map_err(|_| SubscriptionError::InvalidRequest("body must be a JSON ack object"))?;
         self.fence(&record, req, input.wake_id.as_deref(), input.generation)?;
-        let links = self.links()?;
-        let mut updated = Vec::new();
+        // Every ack is checked before any is applied; the furthest per stream wins.
+        let mut updated: HashMap<String, Link> = HashMap::new();
         for item in &input.acks {
             let Some(path) = item.stream.as_deref().or(item.path.as_deref()) else {
                 return Err(SubscriptionError::InvalidRequest("ack needs a stream").into());
             };
-            let Some(link) = links.iter().find(|l| l.path == path) else {
-                return Err(
-                    SubscriptionError::InvalidRequest("ack names a stream not linked").into(),
-                );
+            let link = match updated.get(path) {
+                Some(l) => l.clone(),
+                None => self.link(path)?.ok_or(SubscriptionError::InvalidRequest(
+                    "ack names a stream not linked",
+                ))?,
             };
             let offset = Offset::parse(&item.offset)
                 .map_err(|_| SubscriptionError::InvalidOffset)?
@@ -1022,17 +1241,20 @@ impl SubscriptionObject {
                 return Err(SubscriptionError::InvalidOffset.into());
             }
             if offset > link.acked {
-                updated.push(Link {
-                    acked: offset,
-                    ..link.clone()
-                });
+                updated.insert(
+                    path.to_string(),
+                    Link {
+                        acked: offset,
+                        ..link
+                    },
+                );
             }
         }
-        for link in &updated {
+        for link in updated.values() {
             self.save_link(link)?;
         }
         let next_wake = if input.done {
-            Self::clear_wake(&mut record);
+            self.clear_wake(&mut record)?;
             self.wake_if_pending(&mut record)?
         } else {
             record.lease_deadline = Some(now_ms() + record.lease_ttl_ms as i64);
@@ -1065,24 +1287,24 @@ impl SubscriptionObject {
                 });
             }
             // The previous holder's lease ran out.
-            Self::clear_wake(&mut record);
+            self.clear_wake(&mut record)?;
         }
-        let links = self.links()?;
-        if !links.iter().any(Link::pending) {
+        if !self.has_pending()? {
             return Err(SubscriptionError::NoPendingWork.into());
         }
         if record.wake_id.is_none() {
             self.wake_if_pending(&mut record)?;
-            // Claimed at once: no wake event is owed.
-            record.deliver = false;
         }
+        // Claimed: no wake event is owed (any still being retried is moot), and the lease runs.
+        record.deliver = false;
+        record.next_attempt_at = None;
         record.holder = Some(worker);
         record.token = Some(crypto::random_token(32)?);
         record.lease_deadline = Some(now + record.lease_ttl_ms as i64);
-        record.snapshot = links.iter().map(|l| (l.path.clone(), l.tail)).collect();
+        self.take_snapshot()?;
         self.save(&record)?;
         self.schedule(&record).await?;
-        let streams: Vec<Value> = links.iter().map(Link::info).collect();
+        let streams: Vec<Value> = self.links()?.iter().map(Link::info).collect();
         Ok(json(
             200,
             &j!({
@@ -1106,13 +1328,37 @@ impl SubscriptionObject {
         let input: AckBody = serde_json::from_slice(body)
             .map_err(|_| SubscriptionError::InvalidRequest("body must be a JSON release object"))?;
         self.fence(&record, req, input.wake_id.as_deref(), input.generation)?;
-        Self::clear_wake(&mut record);
+        self.clear_wake(&mut record)?;
         // Work still pending gets a new wake event for a later claim.
         self.wake_if_pending(&mut record)?;
         self.save(&record)?;
         self.schedule(&record).await?;
         Ok(Response::empty()?.with_status(204))
     }
+}
+
+/// A webhook's reply body, read up to [`rules::MAX_WEBHOOK_REPLY_BYTES`]; `None` when it is
+/// longer (the rest is never read: the caller aborts the exchange) or breaks off.
+async fn read_reply(resp: &mut Response) -> Option<Vec<u8>> {
+    let limit = rules::MAX_WEBHOOK_REPLY_BYTES;
+    let declared =
+        header(resp.headers(), "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return None;
+    }
+    let Ok(mut body) = resp.stream() else {
+        // No body at all.
+        return Some(Vec::new());
+    };
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.ok()?;
+        if bytes.len() + chunk.len() > limit {
+            return None;
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Some(bytes)
 }
 
 /// Why a subscription request failed.

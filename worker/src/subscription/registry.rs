@@ -1,8 +1,12 @@
 //! `RegistryObject`: the one object that knows every stream path and every subscription link.
 //!
 //! It is consulted when a stream is created or removed and when a subscription's links change,
-//! never on appends. It also keeps the webhook signing key, so every subscription signs with
-//! the same key and the JWKS endpoint can publish it.
+//! never on appends. When a stream is removed it tells the subscriptions that link it, so a
+//! stream created later at the same path is linked as the new stream it is. It also keeps the
+//! webhook signing key, so every subscription signs with the same key and the JWKS endpoint can
+//! publish it.
+
+use std::collections::HashMap;
 
 use edgestream::subscription::{glob_matches, literal_prefix};
 use serde::{Deserialize, Serialize};
@@ -11,7 +15,7 @@ use worker::{
     State,
 };
 
-use super::json;
+use super::{call, json, subscription_stub};
 use crate::crypto::SigningKey;
 use crate::http;
 
@@ -72,6 +76,7 @@ pub struct MatchedStreams {
 
 #[durable_object]
 pub struct RegistryObject {
+    env: Env,
     sql: SqlStorage,
     ready: bool,
 }
@@ -88,7 +93,7 @@ fn col(row: &[SqlStorageValue], i: usize) -> String {
 }
 
 impl DurableObject for RegistryObject {
-    fn new(state: State, _env: Env) -> Self {
+    fn new(state: State, env: Env) -> Self {
         let sql = state.storage().sql();
         let ready = match sql.exec(SCHEMA, None) {
             Ok(_) => true,
@@ -97,7 +102,7 @@ impl DurableObject for RegistryObject {
                 false
             }
         };
-        RegistryObject { sql, ready }
+        RegistryObject { env, sql, ready }
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
@@ -145,6 +150,8 @@ impl RegistryObject {
                 };
                 self.sql
                     .exec("DELETE FROM streams WHERE path = ?", vec![s(&p.path)])?;
+                let subs = self.subscriptions_of(&p.path)?;
+                self.stream_removed(&p, &subs).await;
                 reply(&serde_json::json!({}))
             }
             "internal/links" => {
@@ -197,8 +204,34 @@ impl RegistryObject {
             })
             .map(|r| col(r, 0))
             .collect();
+        subs.sort_unstable();
         subs.dedup();
         Ok(subs)
+    }
+
+    /// Tells each subscription that links `path` that its stream is gone. A failure is logged:
+    /// that subscription keeps its old cursor for the path until the stream is removed again.
+    async fn stream_removed(&self, path: &StreamPath, subs: &[String]) {
+        let calls = subs.iter().map(|id| async move {
+            let result = match subscription_stub(&self.env, id) {
+                Ok(stub) => call::<_, serde_json::Value>(&stub, "stream-removed", path).await,
+                Err(e) => Err(e),
+            };
+            (id, result)
+        });
+        for (id, result) in futures_util::future::join_all(calls).await {
+            match result {
+                Ok((200, _)) => {}
+                Ok((status, _)) => worker::console_warn!(
+                    "registry: subscription {id} answered {status} to stream-removed {}",
+                    path.path
+                ),
+                Err(e) => worker::console_warn!(
+                    "registry: subscription {id}: stream-removed {} failed: {e}",
+                    path.path
+                ),
+            }
+        }
     }
 
     /// Records a subscription's links and answers the existing streams they cover.
@@ -208,6 +241,8 @@ impl RegistryObject {
                 .exec("DELETE FROM links WHERE sub = ?", vec![s(&links.id)])?;
         }
         let mut matched: Vec<Matched> = Vec::new();
+        // Where each path is in `matched`, so explicit paths find theirs in constant time.
+        let mut index: HashMap<String, usize> = HashMap::new();
         if let Some(pattern) = &links.pattern {
             let prefix = literal_prefix(pattern);
             self.sql.exec(
@@ -224,6 +259,7 @@ impl RegistryObject {
             for r in rows {
                 let path = col(&r, 0);
                 if glob_matches(pattern, &path) {
+                    index.insert(path.clone(), matched.len());
                     matched.push(Matched {
                         path,
                         glob: true,
@@ -243,13 +279,16 @@ impl RegistryObject {
             if !exists {
                 continue;
             }
-            match matched.iter_mut().find(|m| &m.path == path) {
+            match index.get(path).and_then(|&i| matched.get_mut(i)) {
                 Some(m) => m.explicit = true,
-                None => matched.push(Matched {
-                    path: path.clone(),
-                    glob: false,
-                    explicit: true,
-                }),
+                None => {
+                    index.insert(path.clone(), matched.len());
+                    matched.push(Matched {
+                        path: path.clone(),
+                        glob: false,
+                        explicit: true,
+                    });
+                }
             }
         }
         Ok(matched)
