@@ -866,6 +866,26 @@ describe('WebSocket bad frames', () => {
     expect(ack).toMatchObject({ type: 'ack', id: 1, status: 204 });
     client.ws.close();
   });
+
+  it('applies none of the frames sent after a bad frame, though they arrive before the close', async () => {
+    for (const [bad, code] of [
+      ['not json', 1007],
+      ['{"type":"nope"}', 1008],
+    ] as const) {
+      const name = unique('bad-then');
+      await create(name, 'text/plain');
+      // At the tail: the stream's object holds this socket.
+      const client = await Client.open(name, 'offset=now&live=ws');
+      await client.expect('control');
+      client.ws.send(bad);
+      for (let i = 0; i < 5; i++) client.send({ type: 'append', id: i, data: `after-bad-${i};` });
+      expect((await client.closed).code).toBe(code);
+      const replies = client.drain().filter((m) => m.kind === 'text' && m.json.type !== 'control');
+      expect(replies).toHaveLength(1);
+      expect(replies[0]).toMatchObject({ kind: 'text', json: { type: 'error', status: 400 } });
+      expect((await readAll(name)).toString()).toBe('');
+    }
+  });
 });
 
 describe('WebSocket access control', () => {

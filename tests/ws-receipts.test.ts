@@ -351,3 +351,60 @@ describe('WebSocket receipts (edgestream.v3)', () => {
     expect(res.headers.get('stream-next-offset')).toBe(tail);
   });
 });
+
+describe('WebSocket receipts: a writer cut off by its own appends', () => {
+  /** Opens a socket at the tail (the stream's object holds it) that appends and counts replies. */
+  async function writer(name: string, protocols: string[]) {
+    const follower = await Follower.open(name, 'now', protocols, false);
+    expect(await follower.until(() => follower.offset !== undefined)).toBe(true);
+    const replies: Array<Record<string, any>> = [];
+    follower.ws.addEventListener('message', (e) => {
+      if (typeof e.data !== 'string') return;
+      const json = JSON.parse(e.data);
+      if (json.type === 'ack' || json.type === 'error') replies.push(json);
+    });
+    return { follower, replies };
+  }
+
+  /** How many 256 KiB appends the stream holds. */
+  async function stored(name: string) {
+    const res = await fetch(`${base()}/${name}`, { method: 'HEAD' });
+    return Number(res.headers.get('stream-next-offset')!.split('_')[1]) / (256 * 1024);
+  }
+
+  const frame = (i: number) => JSON.stringify({ type: 'append', id: i, data: 'z'.repeat(256 * 1024) });
+
+  it.each([
+    ['edgestream.v2', ['edgestream.v2']],
+    ['no subprotocol', []],
+  ])('acknowledges the append whose echo cuts it off before closing with 1012 (%s)', async (_, protocols) => {
+    const name = unique('own-cut');
+    await create(name);
+    const { follower, replies } = await writer(name, protocols);
+    let sent = 0;
+    // One at a time, each awaited: its own appends come back to it until they pass the limit.
+    for (let i = 0; i < 16 && follower.ws.readyState === WebSocket.OPEN; i++) {
+      follower.ws.send(frame(i));
+      sent++;
+      await follower.until(() => replies.length > i, 5_000);
+    }
+    expect(await follower.closed).toEqual({ code: 1012, reason: NO_RECEIPTS });
+    expect(sent).toBeLessThan(16);
+    expect(replies.every((r) => r.type === 'ack' && r.status === 204)).toBe(true);
+    // Every append that was stored was acknowledged, and the one that crossed the limit was stored.
+    expect(await stored(name)).toBe(replies.length);
+    expect(replies.length).toBe(sent);
+  });
+
+  it('applies none of the appends pipelined after the one that cut it off', async () => {
+    const name = unique('pipe-cut');
+    await create(name);
+    const { follower, replies } = await writer(name, ['edgestream.v2']);
+    for (let i = 0; i < 16; i++) follower.ws.send(frame(i));
+    expect(await follower.closed).toEqual({ code: 1012, reason: NO_RECEIPTS });
+    expect(replies.every((r) => r.type === 'ack' && r.status === 204)).toBe(true);
+    expect(replies.length).toBeGreaterThan(0);
+    expect(replies.length).toBeLessThan(16);
+    expect(await stored(name)).toBe(replies.length);
+  });
+});

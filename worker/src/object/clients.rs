@@ -248,11 +248,13 @@ pub fn groups(sockets: Vec<WebSocket>, receipts: &Receipts) -> Vec<Group> {
 /// there are bytes) and one control message, each built once, or for clients that take them
 /// combined, one data message with the control fields inside, built once per group. A client
 /// that would be too far behind its receipts (or, without receipts, what it was sent when it
-/// connected) is closed instead.
+/// connected) is closed instead, except `appending`: the socket whose append is being applied
+/// is only marked cut, and closed once it has its ack ([`Receipts::is_cut`]).
 #[allow(clippy::too_many_arguments)]
 pub fn deliver(
     groups: &[Group],
     receipts: &Receipts,
+    appending: Option<&WebSocket>,
     json_stream: bool,
     payload: &[u8],
     start: Offset,
@@ -297,6 +299,9 @@ pub fn deliver(
                 Admit::Send => {}
                 Admit::Skip => continue,
                 Admit::Cut => {
+                    if appending.is_some_and(|a| js_sys::Object::is(a, &client.ws)) {
+                        continue;
+                    }
                     let reason = wsproto::cut_reason(client.receipts);
                     let _ = client.ws.close_with_code_and_reason(close::RESTART, reason);
                     continue;
@@ -394,6 +399,13 @@ impl Receipts {
             Read::Cut => Read::Cut,
         };
         slot.set(read);
+    }
+
+    /// Whether socket `id` was cut off for falling behind (and so is, or is about to be, closed).
+    pub fn is_cut(&self, id: u64) -> bool {
+        let read = self.read.borrow();
+        read.get(&id)
+            .is_some_and(|slot| matches!(slot.get(), Read::Cut))
     }
 
     pub fn closed(&self, id: u64) {
@@ -571,7 +583,9 @@ mod tests {
         // A receipt never moves back.
         receipts.received(1, at(10), tail);
         assert_eq!(receipts.admit(&one, at(100), at(160)), Admit::Send);
+        assert!(!receipts.is_cut(1));
         assert_eq!(receipts.admit(&one, at(160), at(161)), Admit::Cut);
+        assert!(receipts.is_cut(1));
         // Cut off: nothing more, whatever it says now.
         receipts.received(1, at(161), tail);
         assert_eq!(receipts.admit(&one, at(161), at(162)), Admit::Skip);

@@ -230,6 +230,7 @@ fn send(hub: &Hub, p: Pending) {
         clients::deliver(
             &clients,
             &hub.receipts,
+            hub.appending.borrow().as_ref(),
             json_stream,
             payload,
             from,

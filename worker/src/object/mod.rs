@@ -156,6 +156,13 @@ impl DurableObject for StreamObject {
         let Some(state) = clients::ClientState::of(ws.as_ref()) else {
             return Ok(());
         };
+        // A socket this object has closed (a bad frame, a cut, the stream's end) takes nothing
+        // more that was in flight: its client would never hear back, and a bad frame appends
+        // nothing, nor does anything after it. workerd keeps such a socket closing across
+        // hibernation, so its ready state says so even after a wake.
+        if ws.as_ref().ready_state() != worker::web_sys::WebSocket::OPEN {
+            return Ok(());
+        }
         let incoming = match &message {
             WebSocketIncomingMessage::String(text) => Incoming::Text(text),
             WebSocketIncomingMessage::Binary(bytes) => Incoming::Binary(bytes),
@@ -171,7 +178,8 @@ impl DurableObject for StreamObject {
                 return Ok(());
             }
             Ok(ClientMessage::Append(frame, body)) => {
-                // Should this append close the stream, this socket is closed after its ack.
+                // Should this append close the stream, or cut this socket off, the socket is
+                // closed after its ack.
                 let _appending = self.hub.appending(ws.as_ref());
                 self.socket_append(&frame, body, &state.hello).await
             }
@@ -182,7 +190,12 @@ impl DurableObject for StreamObject {
             }
         };
         let _ = ws.send_with_str(reply);
-        if matches!(self.meta(), Ok(Some(meta)) if meta.closed) {
+        if self.hub.receipts().is_cut(state.id) {
+            // Its own append (or one applied with it) took it past the limit: it reconnects
+            // from its last control, which the cut data never reached.
+            let reason = wsproto::cut_reason(state.hello.receipts);
+            let _ = ws.close(Some(wsproto::close::RESTART), Some(reason));
+        } else if matches!(self.meta(), Ok(Some(meta)) if meta.closed) {
             let _ = ws.close(Some(wsproto::close::NORMAL), Some("stream closed"));
             self.hub.clients_changed();
         }
