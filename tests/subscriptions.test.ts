@@ -153,6 +153,12 @@ async function tailOf(path: string) {
   return head.headers.get('stream-next-offset');
 }
 
+/** Creates the webhook subscription `id` to `<p>/*` (and `streams`), expecting 201. */
+async function webhookSubscription(id: string, p: string, hookUrl: string, options: { leaseMs?: number; streams?: string[] } = {}) {
+  const body = { type: 'webhook', pattern: `${p}/*`, webhook: { url: hookUrl }, lease_ttl_ms: options.leaseMs ?? 1_000, ...(options.streams ? { streams: options.streams } : {}) };
+  expect((await put(`__ds/subscriptions/${id}`, body)).status).toBe(201);
+}
+
 describe('webhook delivery', () => {
   test('a redirect is a failed delivery: the signed wake is never sent to its target', async () => {
     const p = `redir-${uid()}`;
@@ -166,13 +172,7 @@ describe('webhook delivery', () => {
     });
     const id = `sub-${p}`;
     try {
-      const created = await put(`__ds/subscriptions/${id}`, {
-        type: 'webhook',
-        pattern: `${p}/*`,
-        webhook: { url: redirector.url },
-        lease_ttl_ms: 1_000,
-      });
-      expect(created.status).toBe(201);
+      await webhookSubscription(id, p, redirector.url);
       expect((await put(`${p}/s`, { x: 1 })).status).toBe(201);
       // The first attempt, then a retry about a second later: the 307 counted as a failure.
       expect(await until(() => redirector.hits.length >= 2, 8_000), 'the redirect was not retried').toBe(true);
@@ -213,10 +213,7 @@ describe('webhook delivery', () => {
     });
     const id = `sub-${p}`;
     try {
-      expect(
-        (await put(`__ds/subscriptions/${id}`, { type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 60_000 }))
-          .status,
-      ).toBe(201);
+      await webhookSubscription(id, p, hook.url, { leaseMs: 60_000 });
       expect((await put(`${p}/s`, { x: 1 })).status).toBe(201);
       expect(await until(() => closed, 8_000), 'the reply was never closed').toBe(true);
       await sleep(300);
@@ -242,10 +239,7 @@ describe('webhook delivery', () => {
     });
     const id = `sub-${p}`;
     try {
-      expect(
-        (await put(`__ds/subscriptions/${id}`, { type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 1_000 }))
-          .status,
-      ).toBe(201);
+      await webhookSubscription(id, p, hook.url);
       expect((await put(`${p}/s`, { x: 1 })).status).toBe(201);
       // WEBHOOK_TIMEOUT_MS is 2 s here, and the first retry follows about a second later.
       expect(await until(() => hook.hits.length >= 2, 10_000), 'no delivery after the hung one').toBe(true);
@@ -275,10 +269,7 @@ describe('webhook delivery', () => {
     });
     const id = `sub-${p}`;
     try {
-      expect(
-        (await put(`__ds/subscriptions/${id}`, { type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 1_000 }))
-          .status,
-      ).toBe(201);
+      await webhookSubscription(id, p, hook.url);
       failUntil = Date.now() + 2_500;
       expect((await put(`${p}/s`, { x: 1 })).status).toBe(201);
       // Attempts at about 0, 1 and 3 s; the third is answered.
@@ -306,17 +297,7 @@ describe('links', () => {
     });
     const id = `sub-${p}`;
     try {
-      expect(
-        (
-          await put(`__ds/subscriptions/${id}`, {
-            type: 'webhook',
-            pattern: `${p}/*`,
-            streams: [named],
-            webhook: { url: hook.url },
-            lease_ttl_ms: 1_000,
-          })
-        ).status,
-      ).toBe(201);
+      await webhookSubscription(id, p, hook.url, { streams: [named] });
       const history = JSON.stringify({ history: 'x'.repeat(200) });
       expect((await put(globbed, history)).status).toBe(201);
       expect((await put(named, history)).status).toBe(201);
