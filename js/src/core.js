@@ -9,6 +9,7 @@ import {
   headStream,
   validateRetryOptions,
 } from '../dist/edgestream_client.js';
+import { cancelOnAbort, deferred } from './settle.js';
 
 let loader = null;
 let ready = null;
@@ -128,31 +129,14 @@ export class StreamHandle {
   #pumping = false;
   /** A batch read after the last subscriber left, handed out by the next next(). */
   #held = null;
-  #finished;
-  #resolveFinished;
-  #rejectFinished;
+  #finished = deferred();
 
   constructor(options) {
     if (!options || typeof options.url !== 'string' && !(options.url instanceof URL)) {
       throw new DurableStreamError('stream(): url is required', 'INVALID_ARGUMENT');
     }
     this.#options = { ...options, url: String(options.url) };
-    this.#finished = new Promise((resolve, reject) => {
-      this.#resolveFinished = resolve;
-      this.#rejectFinished = reject;
-    });
-    this.#finished.catch(() => {});
-    const signal = options.signal;
-    if (signal) {
-      if (signal.aborted) this.cancel();
-      else {
-        const onAbort = () => this.cancel();
-        signal.addEventListener('abort', onAbort, { once: true });
-        // Let go of the signal once iteration ends: a long-lived signal shared by many reads
-        // would otherwise keep every finished handle (and its wasm Reader) reachable.
-        this.#finished.finally(() => signal.removeEventListener('abort', onAbort)).catch(() => {});
-      }
-    }
+    cancelOnAbort(options.signal, () => this.cancel(), this.#finished.promise);
   }
 
   /** Where the next read starts (pass it as `offset` to resume later). */
@@ -191,7 +175,7 @@ export class StreamHandle {
   }
   /** Settles when iteration ends: resolves when closed or cancelled, rejects on failure. */
   get finished() {
-    return this.#finished;
+    return this.#finished.promise;
   }
 
   async #ensureReader() {
@@ -224,14 +208,14 @@ export class StreamHandle {
         const reader = await this.#ensureReader();
         const value = await reader.next();
         if (value === undefined) {
-          this.#resolveFinished();
+          this.#finished.resolve();
           return { done: true, value: undefined };
         }
         return { done: false, value };
       } catch (e) {
         const err = toError(e);
         if (this.#cancelled || err?.code === 'ABORTED') {
-          this.#resolveFinished();
+          this.#finished.resolve();
           return { done: true, value: undefined };
         }
         this.#fail(err);
@@ -316,14 +300,14 @@ export class StreamHandle {
   /** The handle has failed: later next() calls rethrow `e`, and `finished` rejects with it. */
   #fail(e) {
     this.#error ??= e;
-    this.#rejectFinished(e);
+    this.#finished.reject(e);
   }
 
   /** Stops reading and aborts the request in flight. */
   cancel() {
     this.#cancelled = true;
     this.#reader?.cancel();
-    this.#resolveFinished?.();
+    this.#finished.resolve();
   }
 
   /** Reads until caught up (or closed) and returns every item (JSON streams). */

@@ -4,6 +4,7 @@
 // The message format is the Durable Streams State Protocol's, so tables interoperate with
 // `@durable-streams/state` writers and readers.
 import { DurableStreamError, stream } from './core.js';
+import { cancelOnAbort, deferred } from './settle.js';
 
 const OPERATIONS = new Set(['insert', 'update', 'upsert', 'delete']);
 const CONTROLS = new Set(['snapshot-start', 'snapshot-end', 'reset']);
@@ -68,8 +69,8 @@ export class KeyedTable {
   #savedOffset;
   #skipInvalid;
   #listeners = new Set();
-  #ready;
-  #finished;
+  #ready = deferred();
+  #finished = deferred();
 
   constructor(options) {
     if (!options || (typeof options.url !== 'string' && !(options.url instanceof URL))) {
@@ -92,16 +93,8 @@ export class KeyedTable {
     this.#store = store;
     this.#saveEveryMs = saveEveryMs;
     this.#skipInvalid = onInvalid === 'skip';
-    this.#ready = deferred();
-    this.#finished = deferred();
-    // The table cancels its reader itself, and lets go of the signal when it ends, so a signal
-    // shared by many tables does not keep the ended ones alive.
-    if (signal?.aborted) this.cancel();
-    else if (signal) {
-      const onAbort = () => this.cancel();
-      signal.addEventListener('abort', onAbort, { once: true });
-      this.#finished.promise.finally(() => signal.removeEventListener('abort', onAbort)).catch(() => {});
-    }
+    // The table cancels its reader itself: the signal is not passed down.
+    cancelOnAbort(signal, () => this.cancel(), this.#finished.promise);
     this.#run();
   }
 
@@ -329,17 +322,6 @@ export class KeyedTable {
     this.#savedOffset = snapshot.offset;
     this.#lastSave = now;
   }
-}
-
-function deferred() {
-  let resolve;
-  let reject;
-  const promise = new Promise((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  promise.catch(() => {});
-  return { promise, resolve, reject };
 }
 
 /** Follows a JSON stream of change messages as a live table: see `KeyedTable`. */
