@@ -7,7 +7,9 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::headers::{HeaderError, STREAM_CLOSED, STREAM_NEXT_OFFSET};
+use crate::headers::{
+    HeaderError, RETRY_AFTER, STREAM_CLOSED, STREAM_LEASE_EXPIRES_AT, STREAM_NEXT_OFFSET,
+};
 use crate::json::JsonError;
 use crate::offset::{Offset, OffsetError};
 use crate::producer::ProducerDecision;
@@ -56,6 +58,8 @@ pub enum ProtocolError {
     /// The stream has grown to the largest size offsets can express (507 is not a 4xx; 413 is
     /// what clients handle).
     StreamFull,
+    /// Another producer holds the writer lease (423, with when it ends and `Retry-After`).
+    Leased { expires_ms: i64, retry_after_s: u64 },
 }
 
 impl ProtocolError {
@@ -80,6 +84,7 @@ impl ProtocolError {
             | ProtocolError::ForkSourceGone => 409,
             ProtocolError::Producer(d) => d.status(),
             ProtocolError::PayloadTooLarge { .. } | ProtocolError::StreamFull => 413,
+            ProtocolError::Leased { .. } => 423,
         }
     }
 
@@ -116,6 +121,9 @@ impl ProtocolError {
                 alloc::format!("body is larger than {limit} bytes")
             }
             ProtocolError::StreamFull => "stream has reached its maximum size".into(),
+            ProtocolError::Leased { .. } => {
+                "another producer holds the stream's writer lease".into()
+            }
         }
     }
 
@@ -127,6 +135,16 @@ impl ProtocolError {
                 (STREAM_NEXT_OFFSET, final_offset.to_string()),
             ],
             ProtocolError::Producer(d) => d.headers(),
+            ProtocolError::Leased {
+                expires_ms,
+                retry_after_s,
+            } => alloc::vec![
+                (
+                    STREAM_LEASE_EXPIRES_AT,
+                    crate::time::format_rfc3339(*expires_ms)
+                ),
+                (RETRY_AFTER, retry_after_s.to_string()),
+            ],
             _ => Vec::new(),
         }
     }
@@ -195,6 +213,18 @@ mod tests {
     }
 
     #[test]
+    fn a_held_lease_says_when_it_ends() {
+        let e = ProtocolError::Leased {
+            expires_ms: 1_700_000_000_000,
+            retry_after_s: 7,
+        };
+        assert_eq!(e.status(), 423);
+        let h = e.headers();
+        assert!(h.contains(&(STREAM_LEASE_EXPIRES_AT, "2023-11-14T22:13:20.000Z".into())));
+        assert!(h.contains(&(RETRY_AFTER, "7".into())));
+    }
+
+    #[test]
     fn every_error_has_a_message() {
         let all = [
             ProtocolError::EmptyBody,
@@ -209,6 +239,12 @@ mod tests {
             ProtocolError::StreamFull,
             ProtocolError::Json(JsonError::Empty),
             ProtocolError::Header(HeaderError::Ttl),
+            ProtocolError::Header(HeaderError::LeaseTtl),
+            ProtocolError::Header(HeaderError::LeaseWithoutProducer),
+            ProtocolError::Leased {
+                expires_ms: 0,
+                retry_after_s: 1,
+            },
         ];
         for e in all {
             assert!(!e.message().is_empty(), "{e:?}");

@@ -29,6 +29,10 @@ pub const STREAM_FORKED_FROM: &str = "stream-forked-from";
 pub const STREAM_FORK_OFFSET: &str = "stream-fork-offset";
 pub const STREAM_FORK_SUB_OFFSET: &str = "stream-fork-sub-offset";
 pub const STREAM_SSE_DATA_ENCODING: &str = "stream-sse-data-encoding";
+/// edgestream extension: take, renew (seconds) or release (`0`) the writer lease.
+pub const STREAM_LEASE_TTL: &str = "stream-lease-ttl";
+/// edgestream extension: when the writer lease ends (RFC 3339).
+pub const STREAM_LEASE_EXPIRES_AT: &str = "stream-lease-expires-at";
 
 pub const PRODUCER_ID: &str = "producer-id";
 pub const PRODUCER_EPOCH: &str = "producer-epoch";
@@ -39,13 +43,13 @@ pub const PRODUCER_RECEIVED_SEQ: &str = "producer-received-seq";
 /// Request headers a browser may send cross-origin (CORS `Access-Control-Allow-Headers`).
 pub const CORS_ALLOW_HEADERS: &str = "content-type, authorization, if-none-match, stream-ttl, \
 stream-expires-at, stream-seq, stream-closed, stream-forked-from, stream-fork-offset, \
-stream-fork-sub-offset, producer-id, producer-epoch, producer-seq";
+stream-fork-sub-offset, producer-id, producer-epoch, producer-seq, stream-lease-ttl";
 
 /// Response headers a browser script may read (CORS `Access-Control-Expose-Headers`).
 pub const CORS_EXPOSE_HEADERS: &str = "stream-next-offset, stream-up-to-date, stream-closed, \
 stream-cursor, stream-ttl, stream-expires-at, stream-sse-data-encoding, producer-epoch, \
 producer-seq, producer-expected-seq, producer-received-seq, etag, location, content-type, \
-retry-after";
+retry-after, stream-lease-expires-at";
 
 /// The largest integer the protocol allows in producer headers (JavaScript's safe integers).
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
@@ -81,6 +85,10 @@ pub enum HeaderError {
     ForkWithoutSource,
     /// The `live` query parameter has an unknown value.
     LiveMode,
+    /// `Stream-Lease-TTL` is not a whole number of seconds up to a day.
+    LeaseTtl,
+    /// `Stream-Lease-TTL` without the producer headers that name the holder.
+    LeaseWithoutProducer,
 }
 
 impl HeaderError {
@@ -106,6 +114,10 @@ impl HeaderError {
             HeaderError::ForkSubOffset => "Stream-Fork-Sub-Offset must be a non-negative integer",
             HeaderError::ForkWithoutSource => "fork headers require Stream-Forked-From",
             HeaderError::LiveMode => "live must be long-poll, sse or ws",
+            HeaderError::LeaseTtl => "Stream-Lease-TTL must be an integer from 0 to 86400",
+            HeaderError::LeaseWithoutProducer => {
+                "Stream-Lease-TTL needs Producer-Id, Producer-Epoch and Producer-Seq"
+            }
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`offset`]: the server's [`Offset`] and strict parsing of the offsets clients send.
 //! - [`headers`]: header names and their validation (TTL, expiry, producers, forks, types).
 //! - [`producer`]: the idempotent-producer state machine.
+//! - [`lease`]: the writer lease, one exclusive appender per stream.
 //! - [`stream`]: create-or-match, append precedence, closing, expiry, forks, cache policy.
 //! - [`json`]: JSON mode: validation, one-level flattening, the stored framing.
 //! - [`sse`]: the SSE encoder and the incremental decoder.
@@ -29,6 +30,7 @@ pub mod error;
 pub mod etag;
 pub mod headers;
 pub mod json;
+pub mod lease;
 pub mod offset;
 pub mod producer;
 pub mod sse;

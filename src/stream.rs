@@ -6,6 +6,7 @@ use alloc::string::String;
 
 use crate::error::ProtocolError;
 use crate::headers::{ContentType, HeaderError, ProducerHeaders};
+use crate::lease::{self, Lease, LeaseChange, LeaseRequest};
 use crate::offset::Offset;
 use crate::producer::{self, ClosingProducer, ProducerDecision, ProducerState};
 
@@ -211,6 +212,10 @@ pub struct AppendTarget<'a> {
     pub closed_by: Option<&'a ClosingProducer>,
     pub tail: Offset,
     pub last_stream_seq: Option<&'a str>,
+    /// The writer lease as stored, run out or not.
+    pub lease: Option<&'a Lease>,
+    /// When the append is judged (Unix milliseconds): leases run out by it.
+    pub now_ms: i64,
 }
 
 /// What a POST carries, after header parsing.
@@ -223,16 +228,20 @@ pub struct AppendRequest<'a> {
     pub close: bool,
     pub stream_seq: Option<&'a str>,
     pub producer: Option<ProducerHeaders<'a>>,
+    /// `Stream-Lease-TTL`.
+    pub lease: Option<LeaseRequest>,
 }
 
 /// What the server should do with an append that passed every check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AppendPlan {
-    /// Write the body (it may be empty for close-only), store the producer state with it, and
-    /// close the stream if `close`. Answer 200 with producer headers, else 204.
+    /// Write the body (it may be empty for close-only or lease-only), store the producer state
+    /// and the lease change with it, and close the stream if `close`. Answer 200 with producer
+    /// headers when there is data, else 204.
     Write {
         producer: Option<ProducerState>,
         close: bool,
+        lease: LeaseChange,
     },
     /// Nothing to write: a producer retry of something already appended (204 with the
     /// producer's headers), or a repeated close (204 with `Stream-Closed`).
@@ -244,13 +253,18 @@ pub enum AppendPlan {
 
 /// Checks an append in the protocol's precedence: closed stream first, then body and content
 /// type, then the idempotent producer (so retries dedupe before `Stream-Seq` is compared), then
-/// `Stream-Seq`. `stored_producer` is the state of `request.producer`'s id, if any.
+/// the writer lease (so a retry of an acknowledged append still dedupes after its producer lost
+/// the lease), then `Stream-Seq`. `stored_producer` is the state of `request.producer`'s id, if
+/// any.
 pub fn plan_append(
     target: &AppendTarget<'_>,
     request: &AppendRequest<'_>,
     stored_producer: Option<ProducerState>,
 ) -> Result<AppendPlan, ProtocolError> {
     let has_body = request.body_len > 0;
+    if request.lease.is_some() && request.producer.is_none() {
+        return Err(HeaderError::LeaseWithoutProducer.into());
+    }
     if target.closed {
         if let Some(p) = &request.producer {
             if target.closed_by.is_some_and(|c| c.is(p.id, p.epoch, p.seq)) {
@@ -281,7 +295,7 @@ pub fn plan_append(
             final_offset: target.tail,
         });
     }
-    if !has_body && !request.close {
+    if !has_body && !request.close && request.lease.is_none() {
         return Err(ProtocolError::EmptyBody);
     }
     if has_body {
@@ -304,6 +318,12 @@ pub fn plan_append(
             refusal => return Err(ProtocolError::Producer(refusal)),
         }
     }
+    let lease = lease::decide(
+        target.lease,
+        request.producer.as_ref().map(|p| p.id),
+        request.lease,
+        target.now_ms,
+    )?;
     if let (Some(seq), Some(last)) = (request.stream_seq, target.last_stream_seq) {
         if seq.as_bytes() <= last.as_bytes() {
             return Err(ProtocolError::StreamSeqRegression);
@@ -312,6 +332,7 @@ pub fn plan_append(
     Ok(AppendPlan::Write {
         producer: producer_state,
         close: request.close,
+        lease,
     })
 }
 
@@ -581,6 +602,8 @@ mod tests {
             closed_by,
             tail: Offset::new(10).unwrap(),
             last_stream_seq: last_seq,
+            lease: None,
+            now_ms: 0,
         }
     }
 
@@ -591,6 +614,7 @@ mod tests {
             close,
             stream_seq: None,
             producer: None,
+            lease: None,
         }
     }
 
@@ -602,14 +626,16 @@ mod tests {
             plan_append(&t, &req(Some("text/plain"), 3, false), None),
             Ok(AppendPlan::Write {
                 producer: None,
-                close: false
+                close: false,
+                lease: LeaseChange::Keep,
             })
         );
         assert_eq!(
             plan_append(&t, &req(Some("TEXT/PLAIN;charset=utf-8"), 3, true), None),
             Ok(AppendPlan::Write {
                 producer: None,
-                close: true
+                close: true,
+                lease: LeaseChange::Keep,
             })
         );
         assert_eq!(
@@ -637,14 +663,16 @@ mod tests {
             plan_append(&t, &req(Some("application/json"), 0, true), None),
             Ok(AppendPlan::Write {
                 producer: None,
-                close: true
+                close: true,
+                lease: LeaseChange::Keep,
             })
         );
         assert_eq!(
             plan_append(&t, &req(None, 0, true), None),
             Ok(AppendPlan::Write {
                 producer: None,
-                close: true
+                close: true,
+                lease: LeaseChange::Keep,
             })
         );
     }
@@ -805,6 +833,117 @@ mod tests {
     }
 
     #[test]
+    fn writer_lease_precedence() {
+        let text = ct("text/plain");
+        let held = Lease {
+            holder: "a".into(),
+            expires_ms: 5_000,
+        };
+        let t = AppendTarget {
+            lease: Some(&held),
+            now_ms: 1_000,
+            ..target(&text, false, None, None)
+        };
+        let by = |id, seq, lease| AppendRequest {
+            producer: Some(ProducerHeaders { id, epoch: 0, seq }),
+            lease,
+            ..req(Some("text/plain"), 3, false)
+        };
+        let at = |seq| {
+            Some(ProducerState {
+                epoch: 0,
+                last_seq: seq,
+            })
+        };
+        // Others, with or without producer headers, are refused with 423.
+        let refused = Err(ProtocolError::Leased {
+            expires_ms: 5_000,
+            retry_after_s: 4,
+        });
+        assert_eq!(
+            plan_append(&t, &req(Some("text/plain"), 3, false), None),
+            refused
+        );
+        assert_eq!(plan_append(&t, &by("b", 1, None), at(0)), refused);
+        // ... but a retry of what another producer appended before is still a duplicate.
+        assert!(matches!(
+            plan_append(&t, &by("b", 0, None), at(0)),
+            Ok(AppendPlan::AlreadyDone { .. })
+        ));
+        // A producer refusal comes before the lease's.
+        assert_eq!(
+            plan_append(&t, &by("b", 3, None), at(0))
+                .unwrap_err()
+                .status(),
+            409
+        );
+        // The holder appends and renews; a lease-only request (no body) is a write.
+        assert_eq!(
+            plan_append(
+                &t,
+                &by("a", 1, Some(LeaseRequest::Hold { ttl_ms: 9_000 })),
+                at(0)
+            ),
+            Ok(AppendPlan::Write {
+                producer: at(1),
+                close: false,
+                lease: LeaseChange::Set(Lease {
+                    holder: "a".into(),
+                    expires_ms: 10_000
+                }),
+            })
+        );
+        let lease_only = AppendRequest {
+            body_len: 0,
+            content_type: None,
+            ..by("a", 1, Some(LeaseRequest::Release))
+        };
+        assert_eq!(
+            plan_append(&t, &lease_only, at(0)),
+            Ok(AppendPlan::Write {
+                producer: at(1),
+                close: false,
+                lease: LeaseChange::Clear,
+            })
+        );
+        // A lease needs a producer to hold it.
+        let anonymous = AppendRequest {
+            lease: Some(LeaseRequest::Hold { ttl_ms: 1 }),
+            ..req(Some("text/plain"), 3, false)
+        };
+        assert_eq!(
+            plan_append(&t, &anonymous, None),
+            Err(HeaderError::LeaseWithoutProducer.into())
+        );
+        // A closed stream answers as closed, lease or not.
+        let closed = AppendTarget { closed: true, ..t };
+        assert_eq!(
+            plan_append(&closed, &by("b", 1, None), at(0))
+                .unwrap_err()
+                .status(),
+            409
+        );
+        // Once the lease has run out, anyone may append, and another producer may take it.
+        let later = AppendTarget { now_ms: 5_000, ..t };
+        assert!(plan_append(&later, &req(Some("text/plain"), 3, false), None).is_ok());
+        assert_eq!(
+            plan_append(
+                &later,
+                &by("b", 1, Some(LeaseRequest::Hold { ttl_ms: 1_000 })),
+                at(0)
+            ),
+            Ok(AppendPlan::Write {
+                producer: at(1),
+                close: false,
+                lease: LeaseChange::Set(Lease {
+                    holder: "b".into(),
+                    expires_ms: 6_000
+                }),
+            })
+        );
+    }
+
+    #[test]
     fn producer_refusals() {
         let text = ct("text/plain");
         let t = target(&text, false, None, None);
@@ -839,7 +978,8 @@ mod tests {
                     epoch: 1,
                     last_seq: 4
                 }),
-                close: false
+                close: false,
+                lease: LeaseChange::Keep,
             })
         );
     }

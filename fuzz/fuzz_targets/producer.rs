@@ -202,6 +202,7 @@ fuzz_target!(|appends: Vec<Append>| {
                 epoch,
                 seq,
             }),
+            lease: None,
         };
         let target = AppendTarget {
             content_type: &content_type,
@@ -209,13 +210,17 @@ fuzz_target!(|appends: Vec<Append>| {
             closed_by: closed_by.as_ref(),
             tail,
             last_stream_seq: None,
+            lease: None,
+            now_ms: 0,
         };
         let plan = plan_append(&target, &request, model.state);
         let closer = closed_by
             .as_ref()
             .is_some_and(|c| c.is(&id_text, epoch, seq));
         match plan {
-            Ok(AppendPlan::Write { producer, close }) => {
+            Ok(AppendPlan::Write {
+                producer, close, ..
+            }) => {
                 assert!(!closed, "wrote to a closed stream");
                 let ProducerDecision::Accept { state } = decision else {
                     panic!("wrote after {decision:?}");

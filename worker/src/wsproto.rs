@@ -433,6 +433,7 @@ pub fn append_headers(
         (h::PRODUCER_EPOCH, frame.producer_epoch.as_deref()),
         (h::PRODUCER_SEQ, frame.producer_seq.as_deref()),
         (h::STREAM_SEQ, frame.stream_seq.as_deref()),
+        (h::STREAM_LEASE_TTL, frame.lease_ttl.as_deref()),
     ];
     for (name, value) in fields {
         if let Some(value) = value {
@@ -512,6 +513,8 @@ struct RawFrame<'a> {
     producer_seq: Option<&'a RawValue>,
     #[serde(borrow, default)]
     stream_seq: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    lease_ttl: Option<&'a RawValue>,
     #[serde(default)]
     close: bool,
     /// A receipt's.
@@ -533,6 +536,7 @@ pub struct AppendFrame<'a> {
     producer_epoch: Option<String>,
     producer_seq: Option<String>,
     stream_seq: Option<String>,
+    lease_ttl: Option<String>,
     close: bool,
 }
 
@@ -563,6 +567,7 @@ impl<'a> TextFrame<'a> {
                     && raw.producer_epoch.is_none()
                     && raw.producer_seq.is_none()
                     && raw.stream_seq.is_none()
+                    && raw.lease_ttl.is_none()
                     && !raw.close;
                 if !only_offset {
                     return Err(BadFrame::policy("bad frame: a receipt has only an offset"));
@@ -595,6 +600,7 @@ impl<'a> AppendFrame<'a> {
             producer_epoch: header_text(raw.producer_epoch, "producerEpoch")?,
             producer_seq: header_text(raw.producer_seq, "producerSeq")?,
             stream_seq: header_text(raw.stream_seq, "streamSeq")?,
+            lease_ttl: header_text(raw.lease_ttl, "leaseTtl")?,
             close: raw.close,
         })
     }
@@ -628,6 +634,7 @@ fn header_text(
     Err(BadFrame::policy(match field {
         "producerEpoch" => "producerEpoch must be a number or a string",
         "producerSeq" => "producerSeq must be a number or a string",
+        "leaseTtl" => "leaseTtl must be a number or a string",
         _ => "streamSeq must be a number or a string",
     }))
 }
@@ -648,6 +655,7 @@ async fn reply_to(id: Option<&RawValue>, mut resp: Response) -> String {
             stream_closed,
             producer_epoch: number(h::PRODUCER_EPOCH),
             producer_seq: number(h::PRODUCER_SEQ),
+            lease_expires_at: header(&headers, h::STREAM_LEASE_EXPIRES_AT),
         };
         return serde_json::to_string(&ack).unwrap_or_default();
     }
@@ -659,6 +667,7 @@ async fn reply_to(id: Option<&RawValue>, mut resp: Response) -> String {
         producer_expected_seq: number(h::PRODUCER_EXPECTED_SEQ),
         producer_received_seq: number(h::PRODUCER_RECEIVED_SEQ),
         retry_after: number(h::RETRY_AFTER),
+        lease_expires_at: header(&headers, h::STREAM_LEASE_EXPIRES_AT),
         ..ErrorReply::of(id, status, message)
     }
     .to_json()
@@ -680,6 +689,8 @@ struct Ack<'a> {
     producer_epoch: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     producer_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_expires_at: Option<String>,
 }
 
 /// An `error` message: about an append when it has an `id`, about the stream when not.
@@ -704,6 +715,8 @@ pub struct ErrorReply<'a> {
     producer_received_seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_expires_at: Option<String>,
 }
 
 impl<'a> ErrorReply<'a> {
@@ -720,6 +733,7 @@ impl<'a> ErrorReply<'a> {
             producer_expected_seq: None,
             producer_received_seq: None,
             retry_after: None,
+            lease_expires_at: None,
         }
     }
 
@@ -734,6 +748,8 @@ impl<'a> ErrorReply<'a> {
                 h::PRODUCER_EPOCH => reply.producer_epoch = number,
                 h::PRODUCER_EXPECTED_SEQ => reply.producer_expected_seq = number,
                 h::PRODUCER_RECEIVED_SEQ => reply.producer_received_seq = number,
+                h::RETRY_AFTER => reply.retry_after = number,
+                h::STREAM_LEASE_EXPIRES_AT => reply.lease_expires_at = Some(value),
                 _ => {}
             }
         }
@@ -954,6 +970,9 @@ mod tests {
         assert!(frame.close);
         let bare = append(r#"{"type":"append"}"#);
         assert!(bare.data.is_none() && bare.id.is_none() && !bare.close);
+        assert!(bare.lease_ttl.is_none());
+        let leased = append(r#"{"type":"append","leaseTtl":30}"#);
+        assert_eq!(leased.lease_ttl.as_deref(), Some("30"));
     }
 
     #[test]
@@ -971,6 +990,14 @@ mod tests {
         );
         assert_eq!(
             code(r#"{"type":"append","close":"yes"}"#),
+            Some(close::POLICY)
+        );
+        assert_eq!(
+            code(r#"{"type":"append","leaseTtl":[30]}"#),
+            Some(close::POLICY)
+        );
+        assert_eq!(
+            code(r#"{"type":"received","leaseTtl":1,"offset":"-1"}"#),
             Some(close::POLICY)
         );
         assert_eq!(code(r#"{"type":"append","extra":1}"#), Some(close::POLICY));

@@ -9,6 +9,7 @@ mod live;
 mod ws;
 
 use edgestream::headers::{self as h, ContentType, ForkHeaders, LiveMode, ProducerHeaders};
+use edgestream::lease::LeaseRequest;
 use edgestream::stream::Expiry;
 use edgestream::token::{AuthError, Operation};
 use edgestream::{ProtocolError, ReadFrom};
@@ -160,7 +161,13 @@ pub(crate) fn check_append(
     let id = header(headers, h::PRODUCER_ID);
     let epoch = header(headers, h::PRODUCER_EPOCH);
     let seq = header(headers, h::PRODUCER_SEQ);
-    ProducerHeaders::parse(id.as_deref(), epoch.as_deref(), seq.as_deref())?;
+    let producer = ProducerHeaders::parse(id.as_deref(), epoch.as_deref(), seq.as_deref())?;
+    if let Some(lease) = header(headers, h::STREAM_LEASE_TTL) {
+        LeaseRequest::parse(&lease)?;
+        if producer.is_none() {
+            return Err(h::HeaderError::LeaseWithoutProducer.into());
+        }
+    }
     if let Some(seq) = header(headers, h::STREAM_SEQ) {
         h::parse_stream_seq(&seq)?;
     }

@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use edgestream::headers::{self as h, ContentType, LiveMode, ProducerHeaders};
 use edgestream::json::{self, Purpose};
+use edgestream::lease::{LeaseChange, LeaseRequest};
 use edgestream::producer::ClosingProducer;
 use edgestream::stream::{
     self, AppendPlan, AppendRequest, AppendTarget, CreateOutcome, CreateRequest, ExistingConfig,
     ExistingFork, Expiry, Standing,
 };
+use edgestream::time::format_rfc3339;
 use edgestream::{Offset, ProtocolError, ReadFrom};
 use worker::{
     durable_object, Delay, DurableObject, Env, Headers, Method, Request, Response, Result, State,
@@ -534,6 +536,13 @@ impl StreamObject {
             Ok(p) => p,
             Err(e) => return http::error(&e.into()),
         };
+        let lease_request = match header(headers, h::STREAM_LEASE_TTL)
+            .map(|v| LeaseRequest::parse(&v))
+            .transpose()
+        {
+            Ok(lease) => lease,
+            Err(e) => return http::error(&e.into()),
+        };
         let stream_seq = header(headers, h::STREAM_SEQ);
         let content_type = header(headers, h::CONTENT_TYPE);
         let request = AppendRequest {
@@ -542,24 +551,28 @@ impl StreamObject {
             close: h::is_closed(header(headers, h::STREAM_CLOSED).as_deref()),
             stream_seq: stream_seq.as_deref(),
             producer: producer.clone(),
+            lease: lease_request,
         };
         let store = self.store()?;
         let stored = match &producer {
             Some(p) => store.producer(p.id)?,
             None => None,
         };
+        let stored_lease = store.lease()?;
         let target = AppendTarget {
             content_type: &meta.content_type,
             closed: meta.closed,
             closed_by: meta.closed_by.as_ref(),
             tail: meta.tail,
             last_stream_seq: meta.last_stream_seq.as_deref(),
+            lease: stored_lease.as_ref(),
+            now_ms: now,
         };
         let plan = match stream::plan_append(&target, &request, stored) {
             Ok(plan) => plan,
             Err(e) => return http::error(&e),
         };
-        let (producer_state, close) = match plan {
+        let (producer_state, close, lease) = match plan {
             AppendPlan::AlreadyDone { duplicate, closed } => {
                 let resp = Response::empty()?.with_status(204);
                 let out = resp.headers();
@@ -572,7 +585,20 @@ impl StreamObject {
                 }
                 return Ok(resp);
             }
-            AppendPlan::Write { producer, close } => (producer, close),
+            AppendPlan::Write {
+                producer,
+                close,
+                lease,
+            } => (producer, close, lease),
+        };
+        // The lease this append leaves its producer holding, for the response.
+        let lease_held_until = match &lease {
+            LeaseChange::Set(l) => Some(l.expires_ms),
+            LeaseChange::Clear => None,
+            LeaseChange::Keep => stored_lease
+                .filter(|l| l.is_active(now))
+                .filter(|l| producer.as_ref().is_some_and(|p| p.id == l.holder))
+                .map(|l| l.expires_ms),
         };
         let data = if meta.is_json() && !body.is_empty() {
             let framed = json::frame_messages(&body, Purpose::Append);
@@ -596,6 +622,7 @@ impl StreamObject {
         if let (Some(p), Some(state)) = (&producer, producer_state) {
             store.save_producer(p.id, state, now)?;
         }
+        store.save_lease(&lease)?;
         meta.tail = tail;
         let seq_changed = stream_seq.is_some();
         if let Some(seq) = stream_seq {
@@ -624,14 +651,17 @@ impl StreamObject {
         } else {
             204
         };
-        live::queue(&self.hub, start, tail, meta.closed, data, meta.is_json());
-        if self.appends_in_flight.get() > 1 {
-            // Other appends are on their way in: give them one turn of the event loop to join
-            // this frame, so a burst costs every reader one frame instead of many.
-            Delay::from(Duration::ZERO).await;
+        // A lease-only request changes nothing readers or subscriptions see.
+        if !data.is_empty() || close {
+            live::queue(&self.hub, start, tail, meta.closed, data, meta.is_json());
+            if self.appends_in_flight.get() > 1 {
+                // Other appends are on their way in: give them one turn of the event loop to
+                // join this frame, so a burst costs every reader one frame instead of many.
+                Delay::from(Duration::ZERO).await;
+            }
+            live::flush(&self.hub);
+            subscribers::appended(&self.env, store, &meta).await?;
         }
-        live::flush(&self.hub);
-        subscribers::appended(&self.env, store, &meta).await?;
 
         let resp = Response::empty()?.with_status(status);
         let out = resp.headers();
@@ -643,11 +673,15 @@ impl StreamObject {
             out.set(h::PRODUCER_EPOCH, &state.epoch.to_string())?;
             out.set(h::PRODUCER_SEQ, &state.last_seq.to_string())?;
         }
+        if let Some(at) = lease_held_until {
+            out.set(h::STREAM_LEASE_EXPIRES_AT, &format_rfc3339(at))?;
+        }
         Ok(resp)
     }
 
     async fn head(&self) -> Result<Response> {
-        let meta = match self.lookup(now_ms()).await? {
+        let now = now_ms();
+        let meta = match self.lookup(now).await? {
             Lookup::Live(meta) => meta,
             Lookup::Deleted => return http::error(&ProtocolError::Gone),
             Lookup::Missing => return http::error(&ProtocolError::NotFound),
@@ -659,7 +693,13 @@ impl StreamObject {
             headers.set(h::STREAM_TTL, &ttl.to_string())?;
         }
         if let Some(at) = meta.expiry.expires_at_ms() {
-            headers.set(h::STREAM_EXPIRES_AT, &edgestream::time::format_rfc3339(at))?;
+            headers.set(h::STREAM_EXPIRES_AT, &format_rfc3339(at))?;
+        }
+        if let Some(lease) = self.store()?.lease()?.filter(|l| l.is_active(now)) {
+            headers.set(
+                h::STREAM_LEASE_EXPIRES_AT,
+                &format_rfc3339(lease.expires_ms),
+            )?;
         }
         Ok(resp)
     }

@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 
 use edgestream::json;
+use edgestream::lease::{Lease, LeaseChange};
 use edgestream::producer::{ClosingProducer, ProducerState};
 use edgestream::stream::{Expiry, ForkRequest};
 use edgestream::{ContentType, Offset, ProtocolError};
@@ -174,6 +175,11 @@ CREATE TABLE IF NOT EXISTS producers (
   last_seq INTEGER NOT NULL,
   updated_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS lease (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  holder TEXT NOT NULL,
+  expires_ms INTEGER NOT NULL
+);
 ";
 
 /// The stream's metadata row.
@@ -272,6 +278,8 @@ pub struct Store {
     sql: SqlStorage,
     /// The subscribers table, read once rather than on every append; any change clears it.
     subscribers: RefCell<Option<Vec<String>>>,
+    /// The writer lease, likewise read once (`Some(None)`: none is stored).
+    lease: RefCell<Option<Option<Lease>>>,
 }
 
 fn int(v: Option<&SqlStorageValue>) -> i64 {
@@ -325,6 +333,7 @@ impl Store {
         Ok(Store {
             sql,
             subscribers: RefCell::new(None),
+            lease: RefCell::new(None),
         })
     }
 
@@ -748,6 +757,43 @@ impl Store {
         Ok(())
     }
 
+    /// The writer lease, run out or not. Cached: every append checks it.
+    pub fn lease(&self) -> Result<Option<Lease>> {
+        if let Some(cached) = self.lease.borrow().as_ref() {
+            return Ok(cached.clone());
+        }
+        let rows = self.rows("SELECT holder, expires_ms FROM lease WHERE id = 1", vec![])?;
+        let lease = rows.first().and_then(|r| {
+            Some(Lease {
+                holder: text(r.first())?,
+                expires_ms: int(r.get(1)),
+            })
+        });
+        self.lease.replace(Some(lease.clone()));
+        Ok(lease)
+    }
+
+    /// Applies an accepted append's lease change (in the same turn as the data).
+    pub fn save_lease(&self, change: &LeaseChange) -> Result<()> {
+        match change {
+            LeaseChange::Keep => return Ok(()),
+            LeaseChange::Set(lease) => self.sql.exec(
+                "INSERT OR REPLACE INTO lease (id, holder, expires_ms) VALUES (1, ?, ?)",
+                vec![
+                    lease.holder.as_str().into(),
+                    SqlStorageValue::Integer(lease.expires_ms),
+                ],
+            )?,
+            LeaseChange::Clear => self.sql.exec("DELETE FROM lease", None)?,
+        };
+        let stored = match change {
+            LeaseChange::Set(lease) => Some(lease.clone()),
+            _ => None,
+        };
+        self.lease.replace(Some(stored));
+        Ok(())
+    }
+
     /// Subscriptions to notify after each append.
     pub fn subscribers(&self) -> Result<Vec<String>> {
         if let Some(cached) = self.subscribers.borrow().as_ref() {
@@ -784,6 +830,7 @@ impl Store {
     /// storage back.
     pub fn forget_cached(&self) {
         self.subscribers.replace(None);
+        self.lease.replace(None);
     }
 
     /// Whether any log row is stored.
@@ -791,11 +838,12 @@ impl Store {
         Ok(!self.rows("SELECT 1 FROM log LIMIT 1", vec![])?.is_empty())
     }
 
-    /// Deletes the stream: metadata, data, producers and subscribers.
+    /// Deletes the stream: metadata, data, producers, lease and subscribers.
     pub fn purge(&self) -> Result<()> {
         self.forget_cached();
         self.sql.exec(
-            "DELETE FROM log; DELETE FROM producers; DELETE FROM subscribers; DELETE FROM stream;",
+            "DELETE FROM log; DELETE FROM producers; DELETE FROM lease; DELETE FROM subscribers; \
+             DELETE FROM stream;",
             None,
         )?;
         Ok(())
