@@ -157,6 +157,8 @@ export interface AppendResult {
   duplicate: boolean;
   producerEpoch?: number;
   producerSeq?: number;
+  /** When the writer lease the producer holds after this append ends (RFC 3339). */
+  leaseExpiresAt?: string;
   headersSent: Record<string, string>;
   paramsSent: Record<string, string>;
 }
@@ -204,6 +206,15 @@ export interface ProducerOptions {
   json?: boolean;
   /** Called once, when the producer fails (see `IdempotentProducer`). */
   onError?: (error: DurableStreamError) => void;
+  /**
+   * Make this producer the stream's only appender (an edgestream extension): each batch takes or
+   * renews the stream's writer lease for `ttlSeconds` (1 to 86400), an idle producer renews it
+   * a third of the way through, and `detach()` gives it up. Appends by others are refused
+   * (LeaseHeldError) until then. A producer refused the lease fails with LeaseHeldError, unless
+   * `wait` is true: then, until it first holds the lease, it waits for it (a standby), `flush()`
+   * included. Once it has held the lease, losing it fails the producer.
+   */
+  lease?: { ttlSeconds: number; wait?: boolean };
 }
 
 /**
@@ -219,6 +230,13 @@ export declare class IdempotentProducer {
   readonly epoch: number;
   readonly nextSeq: number;
   readonly offset: string | undefined;
+  /** When the writer lease this producer holds ends (RFC 3339); undefined when it holds none. */
+  readonly leaseExpiresAt: string | undefined;
+  /**
+   * Takes (or renews) the writer lease without appending data, after what is queued; with
+   * `lease.wait`, waits until it is free. Resolves to when it ends. Needs the `lease` option.
+   */
+  acquire(): Promise<string | undefined>;
   /**
    * Queues data (one message on a JSON stream). Throws StreamClosedError once `close()` has been
    * called, and the producer's error once it has failed.
@@ -232,7 +250,7 @@ export declare class IdempotentProducer {
    * already had this close with its data (never for a close without data).
    */
   close(data?: unknown): Promise<{ finalOffset?: string; duplicate: boolean }>;
-  /** Flushes and stops, leaving the stream open. */
+  /** Flushes and stops, leaving the stream open and giving up the writer lease. */
   detach(): Promise<void>;
 }
 
@@ -249,6 +267,7 @@ export type ErrorCode =
   | 'UNAUTHORIZED'
   | 'FORBIDDEN'
   | 'PAYLOAD_TOO_LARGE'
+  | 'LEASE_HELD'
   | 'UNEXPECTED_STATUS'
   | 'NETWORK_ERROR'
   | 'PARSE_ERROR'
@@ -273,6 +292,14 @@ export declare class SequenceGapError extends DurableStreamError {
   readonly code: 'SEQUENCE_GAP';
   readonly expectedSeq?: number;
   readonly receivedSeq?: number;
+}
+/** Another producer holds the stream's writer lease (HTTP 423). */
+export declare class LeaseHeldError extends DurableStreamError {
+  readonly code: 'LEASE_HELD';
+  /** When the holder's lease ends (RFC 3339). */
+  readonly leaseExpiresAt?: string;
+  /** How long to wait before trying again. */
+  readonly retryAfterMs?: number;
 }
 
 /** Throws INVALID_ARGUMENT for a bad producer id or option. */

@@ -21,6 +21,7 @@ pub const INVALID_OFFSET: &str = "INVALID_OFFSET";
 pub const UNAUTHORIZED: &str = "UNAUTHORIZED";
 pub const FORBIDDEN: &str = "FORBIDDEN";
 pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
+pub const LEASE_HELD: &str = "LEASE_HELD";
 pub const UNEXPECTED_STATUS: &str = "UNEXPECTED_STATUS";
 pub const NETWORK_ERROR: &str = "NETWORK_ERROR";
 pub const PARSE_ERROR: &str = "PARSE_ERROR";

@@ -354,6 +354,14 @@ pub async fn status_error(method: &str, url: &str, response: &Response, status: 
             &message("payload too large"),
             Some(status),
         ),
+        423 => {
+            let err = error::new(error::LEASE_HELD, &message("lease held"), Some(status));
+            // The JS layer derives `retryAfterMs` from it.
+            match header(response, headers::STREAM_LEASE_EXPIRES_AT) {
+                Some(at) => error::with(err, "leaseExpiresAt", at),
+                None => err,
+            }
+        }
         _ => error::new(
             error::UNEXPECTED_STATUS,
             &message("unexpected status"),

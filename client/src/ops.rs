@@ -231,11 +231,13 @@ fn producer_of(options: &JsValue) -> Result<Option<ProducerTuple>, JsValue> {
 }
 
 /// POST: appends `body`; with `close: true` also closes the stream (the body may then be empty).
-/// Options: `body`, `contentType`, `seq` (`Stream-Seq`), `close`, `producer: { id, epoch, seq }`.
+/// Options: `body`, `contentType`, `seq` (`Stream-Seq`), `close`, `producer: { id, epoch, seq }`,
+/// `leaseTtl` (the writer lease, for a producer; a request with it may have no body).
 ///
-/// Resolves to `{ status, offset, closed, duplicate, producerEpoch, producerSeq }`. A producer
-/// append the server already has (204) is a success with `duplicate: true`. A close without data
-/// never reports a duplicate: servers answer every close-only request with 204, so it says nothing.
+/// Resolves to `{ status, offset, closed, duplicate, producerEpoch, producerSeq, leaseExpiresAt }`.
+/// A producer append the server already has (204) is a success with `duplicate: true`. A request
+/// without data never reports a duplicate: servers answer every such request with 204, so it
+/// says nothing.
 #[wasm_bindgen(js_name = appendStream)]
 pub fn append_stream(options: JsValue) -> Promise {
     future_to_promise(async move {
@@ -267,6 +269,10 @@ pub fn append_stream(options: JsValue) -> Promise {
         if close {
             hdrs.push((headers::STREAM_CLOSED, String::from("true")));
         }
+        // Checked by the producer (`lease.ttlSeconds`); the server refuses anything else.
+        if let Some(ttl) = js::get(&options, "leaseTtl").as_f64() {
+            hdrs.push((headers::STREAM_LEASE_TTL, js::u64_text(ttl as u64)));
+        }
         // An empty append is sent as is: the server refuses it (400) with its own words.
         let body = if empty && close {
             None
@@ -285,11 +291,16 @@ pub fn append_stream(options: JsValue) -> Promise {
             js::set(&out, "offset", o);
         }
         js::set(&out, "closed", closed);
+        // A request without data (a close or a lease alone) is answered 204 however often it is
+        // sent, so only a data append can be reported as a duplicate.
         js::set(
             &out,
             "duplicate",
-            producer.is_some() && status == 204 && !(empty && close),
+            producer.is_some() && status == 204 && !empty,
         );
+        if let Some(at) = header_text(&sent, headers::STREAM_LEASE_EXPIRES_AT) {
+            js::set(&out, "leaseExpiresAt", at);
+        }
         if let Some(e) =
             header_text(&sent, headers::PRODUCER_EPOCH).and_then(|v| http::parse_int(&v))
         {

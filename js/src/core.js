@@ -69,7 +69,18 @@ export class SequenceGapError extends DurableStreamError {
   }
 }
 
-const DETAIL_KEYS = ['currentEpoch', 'expectedSeq', 'receivedSeq', 'finalOffset', 'cause'];
+/**
+ * Another producer holds the stream's writer lease (HTTP 423). `leaseExpiresAt` is when it ends
+ * (RFC 3339) and `retryAfterMs` how long to wait before trying again.
+ */
+export class LeaseHeldError extends DurableStreamError {
+  constructor(message, status, details) {
+    super(message, 'LEASE_HELD', status, details);
+    this.name = 'LeaseHeldError';
+  }
+}
+
+const DETAIL_KEYS = ['currentEpoch', 'expectedSeq', 'receivedSeq', 'finalOffset', 'leaseExpiresAt', 'cause'];
 
 /** Turns the wasm's coded errors (and host errors) into instances of the classes above. */
 function toError(e) {
@@ -90,6 +101,10 @@ function toError(e) {
       break;
     case 'SEQUENCE_GAP':
       err = new SequenceGapError(e.message, e.status, details);
+      break;
+    case 'LEASE_HELD':
+      err = new LeaseHeldError(e.message, e.status, details);
+      if (details.leaseExpiresAt) err.retryAfterMs = Math.max(0, Date.parse(details.leaseExpiresAt) - Date.now());
       break;
     default:
       err = new DurableStreamError(e.message, e.code, e.status, details);
@@ -497,6 +512,10 @@ const MAX_CLAIMS = 5;
  *
  * A batch that fails for good fails the producer: the server expects that batch's seq next, so
  * no later batch could land. The error is kept and thrown by every later call.
+ *
+ * With `lease`, the producer is the stream's only appender: every batch takes or renews the
+ * stream's writer lease, an idle producer renews it a third of the way through, and `detach()`
+ * gives it up. Others are refused (LeaseHeldError) until it runs out or is given up.
  */
 export class IdempotentProducer {
   #stream;
@@ -531,12 +550,19 @@ export class IdempotentProducer {
   #state = 'open';
   #closing = null;
   #lastOffset;
+  /** The `lease` option (`{ ttlSeconds, wait }`), if any. */
+  #lease;
+  /** When the lease this producer holds ends; undefined when it holds none. */
+  #leaseUntil;
+  /** Whether it ever held the lease: having lost it, it fails rather than wait for it again. */
+  #led = false;
+  #renewTimer;
 
   /**
    * @param {DurableStream|string} stream the stream (or its URL)
    * @param {string} producerId stable id of this producer
    * @param {object} options `epoch` (0), `autoClaim` (false), `lingerMs` (5), `maxBatchBytes` (1 MiB),
-   *   `maxBatchItems` (none), `maxInFlight` (5), `onError`, `json`
+   *   `maxBatchItems` (none), `maxInFlight` (5), `onError`, `json`, `lease: { ttlSeconds, wait }`
    */
   constructor(stream, producerId, options = {}) {
     if (typeof producerId !== 'string' || producerId === '') {
@@ -553,6 +579,7 @@ export class IdempotentProducer {
     this.#maxInFlight = options.maxInFlight ?? 5;
     this.#onError = options.onError;
     this.#json = options.json;
+    this.#lease = options.lease;
   }
 
   get epoch() {
@@ -565,6 +592,28 @@ export class IdempotentProducer {
   /** The offset after the last acknowledged batch. */
   get offset() {
     return this.#lastOffset;
+  }
+  /** When the writer lease this producer holds ends (RFC 3339), as last acknowledged. */
+  get leaseExpiresAt() {
+    return this.#leaseUntil;
+  }
+
+  /**
+   * Takes (or renews) the writer lease now, without appending data, after what is queued. With
+   * `lease.wait`, waits until the lease is free. Resolves to when it ends.
+   */
+  async acquire() {
+    if (!this.#lease || this.#state !== 'open') throw new DurableStreamError('acquire() needs an open producer with a lease', 'INVALID_ARGUMENT');
+    this.#leaseOnly();
+    await this.flush();
+    return this.#leaseUntil;
+  }
+
+  /** Queues a batch without data, which takes, renews or (`release`) gives up the lease. */
+  #leaseOnly(release) {
+    this.#cut();
+    this.#queue.push({ n: this.#batches++, items: [], release });
+    this.#pump();
   }
 
   /** Queues `data` for the next batch. Returns at once; `flush()` waits for delivery. */
@@ -611,22 +660,39 @@ export class IdempotentProducer {
     this.#queue.push(batch);
     this.#pump();
     await this.#whenIdle();
+    clearInterval(this.#renewTimer);
     if (this.#error) throw this.#error;
     this.#state = 'closed';
     return { finalOffset: batch.result.offset, duplicate: batch.result.duplicate };
   }
 
-  /** Flushes and stops this producer without closing the stream. */
+  /** Flushes and stops this producer without closing the stream, giving up its writer lease. */
   async detach() {
     if (this.#closing) {
       await this.#closing;
       return;
     }
     try {
+      if (this.#leaseUntil) this.#leaseOnly(true);
       await this.flush();
     } finally {
+      clearInterval(this.#renewTimer);
       if (this.#state === 'open') this.#state = 'detached';
     }
+  }
+
+  /**
+   * Every quarter of the lease, renews it if no batch was queued since the last look, so it is
+   * renewed at least every half of it.
+   */
+  #renewing() {
+    let seen;
+    this.#renewTimer ??= setInterval(() => {
+      if (seen === this.#batches && this.#state === 'open' && this.#leaseUntil) this.#leaseOnly();
+      seen = this.#batches;
+    }, this.#lease.ttlSeconds * 250);
+    // A lease alone does not keep a Node process running.
+    this.#renewTimer.unref?.();
   }
 
   #idle() {
@@ -666,7 +732,9 @@ export class IdempotentProducer {
       if (this.#inflight.size > 0) return;
       this.#claim();
     }
-    const limit = this.#autoClaim && !this.#confirmed ? 1 : this.#maxInFlight;
+    // One batch at a time until the epoch is confirmed (autoClaim) and the lease is held.
+    const probing = (this.#autoClaim && !this.#confirmed) || (this.#lease && !this.#leaseUntil);
+    const limit = probing ? 1 : this.#maxInFlight;
     while (this.#inflight.size < limit && this.#queue.length > 0) {
       const batch = this.#queue.shift();
       batch.epoch = this.#epoch;
@@ -721,6 +789,7 @@ export class IdempotentProducer {
       contentType: batch.contentType,
       close: batch.close,
       producer: { id: this.#id, epoch: batch.epoch, seq: batch.seq },
+      leaseTtl: this.#lease ? (batch.release ? 0 : this.#lease.ttlSeconds) : undefined,
     });
   }
 
@@ -738,9 +807,24 @@ export class IdempotentProducer {
           this.#confirmed = true;
           this.#claims = 0;
           if (batch.result.offset) this.#lastOffset = batch.result.offset;
+          if (batch.release || batch.result.leaseExpiresAt) {
+            this.#leaseUntil = batch.result.leaseExpiresAt;
+            this.#led ||= !batch.release;
+            this.#renewing();
+          }
           return;
         } catch (e) {
           if (this.#error) return; // the producer failed meanwhile; the first error stands
+          if (e instanceof LeaseHeldError) {
+            this.#leaseUntil = undefined;
+            if (this.#lease?.wait && !this.#led) {
+              // Standby: try again (same seq: nothing landed) when the holder's lease ends, or
+              // within 2 s, in case it gives the lease up before that.
+              await new Promise((r) => setTimeout(r, Math.min(2000, e.retryAfterMs ?? 2000)));
+              attempt = -1;
+              continue;
+            }
+          }
           if (e instanceof StaleEpochError && this.#autoClaim && this.#claims < MAX_CLAIMS) {
             this.#fencedAt = Math.max(this.#fencedAt, e.currentEpoch ?? batch.epoch);
             this.#fenced.push(batch);
@@ -775,6 +859,7 @@ export class IdempotentProducer {
     this.#error = e;
     if (this.#timer !== null) clearTimeout(this.#timer);
     this.#timer = null;
+    clearInterval(this.#renewTimer);
     this.#items = [];
     this.#bytes = 0;
     this.#queue.length = 0;
@@ -811,6 +896,8 @@ export function checkProducerOptions(producerId, options = {}) {
     const v = options[key];
     if (v !== undefined && v !== null && !isInt(v, min)) fail(key + rule);
   }
+  const ttl = options.lease?.ttlSeconds;
+  if (options.lease != null && !(isInt(ttl, 1) && ttl <= 86400)) fail('lease.ttlSeconds must be an integer from 1 to 86400');
 }
 
 /** Throws `INVALID_ARGUMENT` for bad retry options (`maxRetries`, `initialDelayMs`, `maxDelayMs`, `multiplier`). */

@@ -1,6 +1,6 @@
 // Compiled by ../types.test.mjs (never run): what the runtime accepts must type-check, and what
 // it refuses must not (each `@ts-expect-error` fails the build if the line compiles).
-import { DurableStream, IdempotentProducer, init, stream } from 'edgestream';
+import { DurableStream, IdempotentProducer, LeaseHeldError, init, stream } from 'edgestream';
 
 const url = 'http://127.0.0.1/v1/stream/x';
 
@@ -35,3 +35,22 @@ async function producer(ds: DurableStream) {
   return [finalOffset, duplicate] as const;
 }
 void producer;
+
+async function exclusive(ds: DurableStream) {
+  const p = new IdempotentProducer(ds, 'leader', { lease: { ttlSeconds: 10, wait: true } });
+  const until: string | undefined = await p.acquire();
+  const held: string | undefined = p.leaseExpiresAt;
+  try {
+    await ds.append('x');
+  } catch (e) {
+    if (e instanceof LeaseHeldError) {
+      const code: 'LEASE_HELD' = e.code;
+      const wait: number | undefined = e.retryAfterMs;
+      return [code, wait, e.leaseExpiresAt];
+    }
+  }
+  const result = await ds.append('y');
+  await p.detach();
+  return [until, held, result.leaseExpiresAt];
+}
+void exclusive;
