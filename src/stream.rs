@@ -204,6 +204,29 @@ impl CreateRequest {
     }
 }
 
+/// Which ancestor of a fork holds position `at`, below the fork's `base`: `bases` are the
+/// ancestors' own bases (the lowest position each holds itself), nearest first. Answers the
+/// ancestor's index and the end of the range it holds for this fork (the base of the ancestor
+/// nearer the fork, or the fork's own). `None` when no ancestor reaches down to `at`, which a
+/// complete ancestry (ending at a stream that is not a fork, base 0) never is.
+pub fn ancestor_holding(
+    bases: impl IntoIterator<Item = u64>,
+    base: Offset,
+    at: Offset,
+) -> Option<(usize, Offset)> {
+    if at >= base {
+        return None;
+    }
+    let mut end = base;
+    for (i, b) in bases.into_iter().enumerate() {
+        if b <= at.position() {
+            return Some((i, end));
+        }
+        end = Offset::new(b)?;
+    }
+    None
+}
+
 /// The stored state an append is checked against.
 #[derive(Clone, Copy, Debug)]
 pub struct AppendTarget<'a> {
@@ -830,6 +853,27 @@ mod tests {
         assert!(with("a", "B").is_err());
         assert!(with("B", "a").is_ok());
         assert!(with("001", "001").is_err());
+    }
+
+    #[test]
+    fn the_ancestor_holding_a_position() {
+        let o = |n| Offset::new(n).unwrap();
+        // A fork at 300 of B (forked at 200 of A, forked at 100 of a root R).
+        let bases = [200, 100, 0];
+        assert_eq!(ancestor_holding(bases, o(300), o(299)), Some((0, o(300))));
+        assert_eq!(ancestor_holding(bases, o(300), o(200)), Some((0, o(300))));
+        assert_eq!(ancestor_holding(bases, o(300), o(199)), Some((1, o(200))));
+        assert_eq!(ancestor_holding(bases, o(300), o(100)), Some((1, o(200))));
+        assert_eq!(ancestor_holding(bases, o(300), o(0)), Some((2, o(100))));
+        // The fork's own range, and an ancestry that stops short, have no holder.
+        assert_eq!(ancestor_holding(bases, o(300), o(300)), None);
+        assert_eq!(ancestor_holding([200, 100], o(300), o(50)), None);
+        assert_eq!(ancestor_holding([], o(300), o(0)), None);
+        // Forks at the same point as their source: empty ranges are skipped.
+        assert_eq!(
+            ancestor_holding([100, 100, 0], o(100), o(99)),
+            Some((2, o(100)))
+        );
     }
 
     #[test]

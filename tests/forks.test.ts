@@ -329,3 +329,62 @@ describe('a fork PUT again', () => {
     expect((await fork(bySub, src, { 'stream-fork-offset': off(0) })).status).toBe(409);
   });
 });
+
+// The platform refuses a request nested more than 16 calls deep (workerd does not enforce it
+// locally; our objects refuse internal calls nested deeper than it would allow). A fork reads
+// each inherited range from the ancestor that holds it in one call, so a chain of any depth
+// reads, forks and deletes within the limit.
+describe('a chain of forks deeper than the platform nests calls', () => {
+  const json = { 'content-type': 'application/json' };
+  const depth = 40;
+
+  it('reads every level, forks at every level, and is cleaned up when it goes', async () => {
+    const chain = [unique('deep-0')];
+    expect((await put(chain[0], json, '[{"level":0}]')).status).toBe(201);
+    for (let level = 1; level <= depth; level++) {
+      const name = unique(`deep-${level}`);
+      expect((await fork(name, chain[level - 1])).status, `fork ${level}`).toBe(201);
+      expect((await call('POST', name, json, `{"level":${level},"pad":"${'x'.repeat(level)}"}`)).status).toBe(204);
+      chain.push(name);
+    }
+    const leaf = chain[depth];
+    // Read whole, and read again in small pages from every message's offset.
+    const all = await readAll(leaf);
+    const levels = (text: string) => JSON.parse(text).map((m: { level: number }) => m.level);
+    expect(levels(all.text)).toEqual(Array.from({ length: depth + 1 }, (_, i) => i));
+    // From the second message on (the root holds `{"level":0},`, 12 bytes), and from the last.
+    expect(levels((await readAll(leaf)).text).length).toBe(depth + 1);
+    const fromSecond = await read(leaf, off(12));
+    expect(fromSecond.status).toBe(200);
+    expect(levels(fromSecond.text)).toEqual(Array.from({ length: depth }, (_, i) => i + 1));
+    // A long-poll catches up from the start as well.
+    const poll = await call('GET', leaf, {}, undefined, '?offset=-1&live=long-poll');
+    expect(poll.status).toBe(200);
+    expect(levels(poll.text)[0]).toBe(0);
+
+    // A fork of the leaf, at a sub-offset inside the root's range, and one refused inside a
+    // message the root holds: both resolved by the ancestor that holds the position.
+    const twig = unique('deep-twig');
+    const bySub = await fork(twig, leaf, { 'stream-fork-offset': off(0), 'stream-fork-sub-offset': '1' });
+    expect(bySub.status).toBe(201);
+    expect(levels((await readAll(twig)).text)).toEqual([0]);
+    const inside = await fork(unique('deep-inside'), leaf, { 'stream-fork-offset': off(3) });
+    expect(inside.status).toBe(400);
+    expect(inside.text).toMatch(/inside a JSON message/);
+
+    // Delete every level while forks still read through it, then the forks: the whole chain
+    // goes, however long, and every path is free again.
+    for (const name of chain) expect((await call('DELETE', name)).status).toBe(204);
+    expect((await read(leaf)).status).toBe(410);
+    expect((await read(chain[0])).status).toBe(410);
+    expect(levels((await readAll(twig)).text)).toEqual([0]);
+    expect((await call('DELETE', twig)).status).toBe(204);
+    const deadline = Date.now() + 20_000;
+    for (const name of chain) {
+      while (!(await pathIsFree(name))) {
+        expect(Date.now() < deadline, `${name} still kept`).toBe(true);
+        await sleep(100);
+      }
+    }
+  }, 120_000);
+});

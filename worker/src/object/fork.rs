@@ -4,18 +4,37 @@
 //! own appends. Creating a fork takes a reference on the source; deleting (or expiring) the fork
 //! gives it back. A deleted source with forks is kept, soft-deleted, until the last one goes,
 //! and the clean-up cascades up the chain.
+//!
+//! The platform refuses a request nested more than 16 calls deep, so nothing here may call
+//! through a chain of forks: a fork records its ancestors when it is created and reads each
+//! inherited range from the ancestor that holds it, in one call. Internal calls carry their
+//! depth ([`X_HOPS`]), and an object refuses calls nested deeper than production would allow,
+//! which workerd does not enforce locally.
 
 use edgestream::json;
-use edgestream::stream::{Expiry, ForkRequest};
+use edgestream::stream::{self, Expiry, ForkRequest};
 use edgestream::{ContentType, Offset, ProtocolError};
 use serde::{Deserialize, Serialize};
 use worker::{Env, Method, Request, RequestInit, Response, Result};
 
-use super::store::{Meta, Page, ReadError};
+use super::store::{Ancestor, Meta, Page, ReadError};
 use super::{new_instance, Lookup, StreamObject};
 use crate::http::{self, header, now_ms};
 use crate::path::StreamName;
 use crate::reply::X_PAGE_END;
+
+/// How deeply an internal call is nested: 1 for a call made while answering a client.
+pub const X_HOPS: &str = "x-edgestream-hops";
+/// Deepest internal call an object answers. With the edge's call to the first object, this
+/// stays under the platform's limit of 16 nested requests.
+pub const MAX_HOPS: u32 = 14;
+
+/// The depth of the request an object is answering: 0 for a client's (through the edge).
+pub fn hops_of(req: &Request) -> u32 {
+    header(req.headers(), X_HOPS)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
 
 /// What a fork asks of its source.
 #[derive(Serialize, Deserialize)]
@@ -33,6 +52,10 @@ struct AcquireReply {
     expiry_kind: u8,
     expiry_value: i64,
     point: u64,
+    /// The source and its ancestors, nearest first: the fork's ancestors. Absent when the
+    /// source is a fork made before ancestors were recorded; the fork then reads through it.
+    #[serde(default)]
+    ancestry: Option<Vec<Ancestor>>,
 }
 
 fn expiry_to_wire(e: Expiry) -> (u8, i64) {
@@ -51,13 +74,14 @@ fn expiry_from_wire(kind: u8, value: i64) -> Expiry {
     }
 }
 
-/// Calls another stream's object.
+/// Calls another stream's object, from a request `hops` deep.
 async fn call(
     env: &Env,
     path: &str,
     op: &str,
     query: &str,
     body: Option<Vec<u8>>,
+    hops: u32,
 ) -> Result<Response> {
     let name = StreamName::from_url_path(path)
         .map_err(|e| worker::Error::RustError(e.message().into()))?;
@@ -75,6 +99,9 @@ async fn call(
             init.with_method(Method::Get);
         }
     }
+    let headers = worker::Headers::new();
+    headers.set(X_HOPS, &(hops + 1).to_string())?;
+    init.with_headers(headers);
     let req = Request::new_with_init(&format!("https://edgestream/internal/{op}?{query}"), &init)?;
     stub.fetch_with_request(req).await
 }
@@ -90,20 +117,40 @@ async fn page_of(resp: Response) -> Result<Page> {
     })
 }
 
-/// Reads `[from, to)` of a source stream (which may itself be a fork).
-pub async fn read_source(
-    env: &Env,
-    source: &str,
+/// Where an inherited position is read from: the ancestor that holds it and the end of what it
+/// holds for this fork, or, for a fork without recorded ancestors, its source (which reads on
+/// through its own).
+fn holder<'a>(ancestry: &'a [Ancestor], meta: &'a Meta, at: Offset) -> Option<(&'a str, Offset)> {
+    let fork = meta.fork.as_ref()?;
+    match stream::ancestor_holding(ancestry.iter().map(|a| a.base), meta.base, at) {
+        Some((i, end)) => ancestry.get(i).map(|a| (a.path.as_str(), end)),
+        None if ancestry.is_empty() => Some((fork.source.as_str(), meta.base)),
+        None => None,
+    }
+}
+
+/// Reads from `from` towards `to` (at most the fork's base) from the ancestor holding `from`:
+/// a page that ends where that ancestor's range does, or sooner.
+pub async fn read_inherited(
+    obj: &StreamObject,
+    meta: &Meta,
     from: Offset,
     to: Offset,
     budget: usize,
+    hops: u32,
 ) -> Result<std::result::Result<Page, ProtocolError>> {
+    let ancestry = obj.store()?.ancestry()?;
+    let Some((path, end)) = holder(&ancestry, meta, from) else {
+        return Ok(Err(ProtocolError::BadRequest(
+            "offset is before the stream's data",
+        )));
+    };
     let query = format!(
         "from={}&to={}&budget={budget}",
         from.position(),
-        to.position()
+        to.min(end).position()
     );
-    let resp = call(env, source, "read", &query, None).await?;
+    let resp = call(&obj.env, path, "read", &query, None, hops).await?;
     match resp.status_code() {
         200 => Ok(Ok(page_of(resp).await?)),
         // `from` inside a JSON message (the source's other 400, a malformed internal query,
@@ -123,13 +170,15 @@ pub async fn append_from(
     meta: &Meta,
     at: Offset,
     cap: Offset,
+    hops: u32,
 ) -> Result<Option<Page>> {
     if at < meta.base {
-        let Some(fork) = &meta.fork else {
+        let ancestry = obj.store()?.ancestry()?;
+        let Some((path, end)) = holder(&ancestry, meta, at) else {
             return Ok(None);
         };
-        let query = format!("at={}&cap={}", at.position(), cap.min(meta.base).position());
-        let resp = call(&obj.env, &fork.source, "append-from", &query, None).await?;
+        let query = format!("at={}&cap={}", at.position(), cap.min(end).position());
+        let resp = call(&obj.env, path, "append-from", &query, None, hops).await?;
         return match resp.status_code() {
             200 => Ok(Some(page_of(resp).await?)),
             _ => Ok(None),
@@ -152,6 +201,7 @@ pub async fn json_boundary(
     obj: &StreamObject,
     meta: &Meta,
     at: Offset,
+    hops: u32,
 ) -> Result<std::result::Result<(), ProtocolError>> {
     let inside = ProtocolError::BadRequest("fork offset is inside a JSON message");
     if at >= meta.base {
@@ -161,11 +211,12 @@ pub async fn json_boundary(
             Err(inside)
         });
     }
-    let Some(fork) = &meta.fork else {
+    let ancestry = obj.store()?.ancestry()?;
+    let Some((path, _)) = holder(&ancestry, meta, at) else {
         return Ok(Err(inside));
     };
     let query = format!("at={}", at.position());
-    let resp = call(&obj.env, &fork.source, "boundary", &query, None).await?;
+    let resp = call(&obj.env, path, "boundary", &query, None, hops).await?;
     match resp.status_code() {
         200 => Ok(Ok(())),
         400 => Ok(Err(inside)),
@@ -178,7 +229,7 @@ pub async fn json_boundary(
 }
 
 /// On the source: checks a fork request, resolves its divergence point and takes a reference.
-pub async fn acquire(obj: &StreamObject, body: &[u8]) -> Result<Response> {
+pub async fn acquire(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Response> {
     let Ok(ask) = serde_json::from_slice::<AcquireRequest>(body) else {
         return http::text(400, "bad fork request");
     };
@@ -202,14 +253,14 @@ pub async fn acquire(obj: &StreamObject, body: &[u8]) -> Result<Response> {
     };
     // Before the sub-offset, which counts messages from the anchor.
     if meta.is_json() && anchor < meta.tail {
-        if let Err(e) = json_boundary(obj, &meta, anchor).await? {
+        if let Err(e) = json_boundary(obj, &meta, anchor, hops).await? {
             return http::error(&e);
         }
     }
     let point = if ask.sub_offset == 0 {
         anchor
     } else {
-        let Some(page) = append_from(obj, &meta, anchor, meta.tail).await? else {
+        let Some(page) = append_from(obj, &meta, anchor, meta.tail, hops).await? else {
             return http::error(&ProtocolError::ForkOffsetOutOfRange);
         };
         let within = if meta.is_json() {
@@ -235,18 +286,29 @@ pub async fn acquire(obj: &StreamObject, body: &[u8]) -> Result<Response> {
     current.forks += 1;
     obj.save(&current)?;
     let (expiry_kind, expiry_value) = expiry_to_wire(current.expiry);
+    let itself = Ancestor {
+        path: current.path.clone(),
+        base: current.base.position(),
+    };
+    let ancestors = obj.store()?.ancestry()?;
+    let ancestry = match current.fork {
+        None => Some(vec![itself]),
+        Some(_) if ancestors.is_empty() => None,
+        Some(_) => Some(std::iter::once(itself).chain(ancestors).collect()),
+    };
     let reply = AcquireReply {
         content_type: current.content_type.as_str().to_string(),
         expiry_kind,
         expiry_value,
         point: point.position(),
+        ancestry,
     };
     Response::from_json(&reply)
 }
 
-/// Gives back a fork's reference on its source.
-pub async fn release(env: &Env, source: &str) -> Result<()> {
-    let resp = call(env, source, "fork-release", "", Some(Vec::new())).await?;
+/// Gives back a fork's reference on its source, from a request `hops` deep.
+pub async fn release(env: &Env, source: &str, hops: u32) -> Result<()> {
+    let resp = call(env, source, "fork-release", "", Some(Vec::new()), hops).await?;
     match resp.status_code() {
         200..=299 | 404 => Ok(()),
         status => Err(worker::Error::RustError(format!(
@@ -255,16 +317,22 @@ pub async fn release(env: &Env, source: &str) -> Result<()> {
     }
 }
 
-/// On the source: a fork went away. The last fork of a deleted source takes it along.
-pub async fn on_release(obj: &StreamObject) -> Result<Response> {
+/// On the source: a fork went away. The last fork of a deleted source takes it along, which
+/// releases its own source in turn. Up a long chain of deleted sources that cascade would nest
+/// past the platform's limit, so from [`MAX_HOPS`] deep it goes on from an alarm, which starts
+/// a request of its own.
+pub async fn on_release(obj: &StreamObject, hops: u32) -> Result<Response> {
     let Some(mut meta) = obj.meta()? else {
         return Response::ok("");
     };
     meta.forks = meta.forks.saturating_sub(1);
-    if meta.deleted && meta.forks == 0 {
-        obj.remove(meta).await?;
+    if !meta.deleted || meta.forks > 0 {
+        obj.save(&meta)?;
+    } else if hops < MAX_HOPS {
+        obj.remove(meta, hops).await?;
     } else {
         obj.save(&meta)?;
+        obj.schedule_alarm(now_ms()).await?;
     }
     Response::ok("")
 }
@@ -291,7 +359,7 @@ impl StreamObject {
                 .map(|c| c.as_str().to_string()),
         };
         let ask = serde_json::to_vec(&ask).map_err(|e| worker::Error::RustError(e.to_string()))?;
-        let mut resp = call(&self.env, &fork.source, "fork-acquire", "", Some(ask)).await?;
+        let mut resp = call(&self.env, &fork.source, "fork-acquire", "", Some(ask), 0).await?;
         let reply: AcquireReply = match resp.status_code() {
             200 => resp.json().await?,
             404 => return http::error(&ProtocolError::ForkSourceNotFound),
@@ -311,7 +379,7 @@ impl StreamObject {
         match self.lookup(now).await? {
             Lookup::Missing => {}
             other => {
-                release(&self.env, &fork.source).await?;
+                release(&self.env, &fork.source, 0).await?;
                 return match other {
                     Lookup::Live(meta) => self.existing(&meta, request),
                     _ => http::error(&ProtocolError::PathInUse),
@@ -339,9 +407,10 @@ impl StreamObject {
             forks: 0,
             deleted: false,
         };
-        let created = self.finish_create(meta, &body).await?;
+        let ancestry = reply.ancestry.unwrap_or_default();
+        let created = self.finish_create(meta, &body, &ancestry).await?;
         if created.status_code() >= 400 {
-            release(&self.env, &fork.source).await?;
+            release(&self.env, &fork.source, 0).await?;
         }
         Ok(created)
     }

@@ -136,6 +136,11 @@ impl DurableObject for StreamObject {
     async fn alarm(&self) -> Result<Response> {
         let now = now_ms();
         if let Some(meta) = self.meta()? {
+            // The last fork of a deleted source went: see `fork::on_release`.
+            if meta.deleted && meta.forks == 0 {
+                self.remove(meta, 0).await?;
+                return Response::ok("");
+            }
             match meta.expiry.deadline(meta.accessed_ms) {
                 Some(deadline) if now >= deadline => self.expire(meta).await?,
                 Some(deadline) => self.schedule_alarm(deadline).await?,
@@ -329,7 +334,7 @@ impl StreamObject {
             }
             Ok(())
         } else {
-            self.remove(meta).await
+            self.remove(meta, 0).await
         }
     }
 
@@ -345,14 +350,14 @@ impl StreamObject {
         Ok(())
     }
 
-    /// Deletes every row and, for a fork, lets go of the source.
-    async fn remove(&self, meta: Meta) -> Result<()> {
+    /// Deletes every row and, for a fork, lets go of the source. `hops` is the request's depth.
+    async fn remove(&self, meta: Meta, hops: u32) -> Result<()> {
         self.store()?.purge()?;
         self.meta.replace(Some(None));
         live::gone(&self.hub, &ProtocolError::NotFound);
         let _ = self.state.storage().delete_alarm().await;
         if let Some(fork) = &meta.fork {
-            fork::release(&self.env, &fork.source).await?;
+            fork::release(&self.env, &fork.source, hops).await?;
         }
         subscribers::removed(&self.env, &meta).await?;
         Ok(())
@@ -400,11 +405,17 @@ impl StreamObject {
             forks: 0,
             deleted: false,
         };
-        self.finish_create(meta, &body).await
+        self.finish_create(meta, &body, &[]).await
     }
 
     /// Writes a new stream's metadata and initial body, and answers 201.
-    async fn finish_create(&self, mut meta: Meta, body: &[u8]) -> Result<Response> {
+    /// Stores a new stream with its initial data (and, for a fork, its ancestors) in one turn.
+    async fn finish_create(
+        &self,
+        mut meta: Meta,
+        body: &[u8],
+        ancestry: &[store::Ancestor],
+    ) -> Result<Response> {
         let data = match initial_data(&meta, body) {
             Ok(data) => data,
             Err(e) => return http::error(&e),
@@ -425,6 +436,7 @@ impl StreamObject {
             store.purge()?;
         }
         store.append(meta.base, &data, meta.is_json())?;
+        store.save_ancestry(ancestry)?;
         meta.tail = tail;
         self.save(&meta)?;
         if let Some(deadline) = meta.expiry.deadline(meta.accessed_ms) {
@@ -713,7 +725,7 @@ impl StreamObject {
         if meta.forks > 0 {
             self.soft_delete(meta).await?;
         } else {
-            self.remove(meta).await?;
+            self.remove(meta, 0).await?;
         }
         Ok(Response::empty()?.with_status(204))
     }
@@ -794,7 +806,7 @@ impl StreamObject {
                 .map(|(buffer, end)| (PageData::Js(buffer), end))
                 .map_err(ReadError::into_protocol)
         } else {
-            self.read_page(&meta, start, meta.tail, PAGE_BYTES)
+            self.read_page(&meta, start, meta.tail, PAGE_BYTES, 0)
                 .await?
                 .map(|page| (page.data.into(), page.end))
         };
@@ -807,33 +819,40 @@ impl StreamObject {
         catch_up_reply(req, &now_meta, data, start, end, cursor)
     }
 
-    /// Reads `[from, to)` up to `budget` bytes, stitching a fork's inherited range from its
-    /// source with its own rows.
+    /// Reads `[from, to)` up to `budget` bytes, stitching a fork's inherited ranges, read from
+    /// the ancestors that hold them, with its own rows. `hops` is the request's depth.
     async fn read_page(
         &self,
         meta: &Meta,
         from: Offset,
         to: Offset,
         budget: usize,
+        hops: u32,
     ) -> Result<std::result::Result<Page, ProtocolError>> {
         let mut page = Page {
             data: Vec::new(),
             end: from,
         };
-        if from < meta.base {
-            let Some(fork) = &meta.fork else {
-                return Ok(Err(ProtocolError::BadRequest(
-                    "offset is before the stream's data",
-                )));
-            };
-            let inherited_to = to.min(meta.base);
-            match fork::read_source(&self.env, &fork.source, from, inherited_to, budget).await? {
-                Ok(p) => page = p,
-                Err(e) => return Ok(Err(e)),
+        let inherited_to = to.min(meta.base);
+        while page.end < inherited_to && page.data.len() < budget {
+            let left = budget - page.data.len();
+            let part =
+                match fork::read_inherited(self, meta, page.end, inherited_to, left, hops).await? {
+                    Ok(part) => part,
+                    Err(e) => return Ok(Err(e)),
+                };
+            if part.end <= page.end {
+                break;
             }
-            if page.end < inherited_to || page.data.len() >= budget {
-                return Ok(Ok(page));
+            if page.data.is_empty() {
+                page = part;
+            } else {
+                page.data.extend_from_slice(&part.data);
+                page.end = part.end;
             }
+        }
+        if from < meta.base && (page.end < inherited_to || page.data.len() >= budget) {
+            return Ok(Ok(page));
         }
         let own_to = to.min(meta.tail);
         if page.end >= own_to {
@@ -910,6 +929,10 @@ impl StreamObject {
 
     /// Object-to-object calls: forks and their sources.
     async fn internal(&self, op: &str, mut req: Request, url: &worker::Url) -> Result<Response> {
+        let hops = fork::hops_of(&req);
+        if hops > fork::MAX_HOPS {
+            return http::text(508, "internal calls nested too deeply");
+        }
         let position = |name: &str| -> Option<Offset> {
             http::query_value(url, name)
                 .and_then(|v| v.parse::<u64>().ok())
@@ -926,7 +949,13 @@ impl StreamObject {
                     return http::error(&ProtocolError::NotFound);
                 };
                 match self
-                    .read_page(&meta, from, to.min(meta.tail), budget.position() as usize)
+                    .read_page(
+                        &meta,
+                        from,
+                        to.min(meta.tail),
+                        budget.position() as usize,
+                        hops,
+                    )
                     .await?
                 {
                     Ok(page) => {
@@ -945,7 +974,7 @@ impl StreamObject {
                 let Some(meta) = self.meta()? else {
                     return http::error(&ProtocolError::NotFound);
                 };
-                match fork::append_from(self, &meta, at, cap).await? {
+                match fork::append_from(self, &meta, at, cap, hops).await? {
                     Some(page) => {
                         let resp = Response::from_bytes(page.data)?;
                         resp.headers()
@@ -965,16 +994,16 @@ impl StreamObject {
                 if at >= meta.tail {
                     return http::text(400, "no message at or past the tail");
                 }
-                match fork::json_boundary(self, &meta, at).await? {
+                match fork::json_boundary(self, &meta, at, hops).await? {
                     Ok(()) => Response::ok(""),
                     Err(e) => http::error(&e),
                 }
             }
             "fork-acquire" => {
                 let body = req.bytes().await?;
-                fork::acquire(self, &body).await
+                fork::acquire(self, &body, hops).await
             }
-            "fork-release" => fork::on_release(self).await,
+            "fork-release" => fork::on_release(self, hops).await,
             "sub-link" => {
                 let body = req.bytes().await?;
                 let Some(id) = serde_json::from_slice::<serde_json::Value>(&body)

@@ -12,6 +12,7 @@ use edgestream::producer::{ClosingProducer, ProducerState};
 use edgestream::stream::{Expiry, ForkRequest};
 use edgestream::{ContentType, Offset, ProtocolError};
 use js_sys::Uint8Array;
+use serde::{Deserialize, Serialize};
 use wasm_bindgen::{JsCast, JsValue};
 use worker::{worker_sys, Result, SqlStorage, SqlStorageValue};
 
@@ -175,6 +176,11 @@ CREATE TABLE IF NOT EXISTS producers (
   last_seq INTEGER NOT NULL,
   updated_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ancestry (
+  depth INTEGER PRIMARY KEY,
+  path TEXT NOT NULL,
+  base INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS lease (
   id INTEGER PRIMARY KEY CHECK (id = 1),
   holder TEXT NOT NULL,
@@ -213,6 +219,16 @@ impl Meta {
     pub fn is_json(&self) -> bool {
         self.content_type.is_json()
     }
+}
+
+/// One stream a fork inherits from: its source (depth 1), the source's source, and so on, each
+/// with the lowest position it holds itself. A fork reads an inherited range from the ancestor
+/// that holds it, in one call, however long the chain: a chain of calls would grow with it, and
+/// the platform refuses requests nested more than 16 deep.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ancestor {
+    pub path: String,
+    pub base: u64,
 }
 
 /// A contiguous range of the log.
@@ -838,12 +854,42 @@ impl Store {
         Ok(!self.rows("SELECT 1 FROM log LIMIT 1", vec![])?.is_empty())
     }
 
-    /// Deletes the stream: metadata, data, producers, lease and subscribers.
+    /// A fork's ancestors, nearest first; empty for a stream that is not a fork, and for a fork
+    /// made before ancestors were recorded (it reads through its source).
+    pub fn ancestry(&self) -> Result<Vec<Ancestor>> {
+        Ok(self
+            .rows("SELECT path, base FROM ancestry ORDER BY depth", vec![])?
+            .iter()
+            .filter_map(|r| {
+                Some(Ancestor {
+                    path: text(r.first())?,
+                    base: u64::try_from(int(r.get(1))).ok()?,
+                })
+            })
+            .collect())
+    }
+
+    /// Records a new fork's ancestors (in the same turn as its creation).
+    pub fn save_ancestry(&self, ancestors: &[Ancestor]) -> Result<()> {
+        for (depth, a) in ancestors.iter().enumerate() {
+            self.sql.exec(
+                "INSERT OR REPLACE INTO ancestry (depth, path, base) VALUES (?, ?, ?)",
+                vec![
+                    SqlStorageValue::Integer(depth as i64 + 1),
+                    a.path.as_str().into(),
+                    SqlStorageValue::Integer(a.base as i64),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the stream: metadata, data, producers, lease, ancestry and subscribers.
     pub fn purge(&self) -> Result<()> {
         self.forget_cached();
         self.sql.exec(
-            "DELETE FROM log; DELETE FROM producers; DELETE FROM lease; DELETE FROM subscribers; \
-             DELETE FROM stream;",
+            "DELETE FROM log; DELETE FROM producers; DELETE FROM lease; DELETE FROM ancestry; \
+             DELETE FROM subscribers; DELETE FROM stream;",
             None,
         )?;
         Ok(())
