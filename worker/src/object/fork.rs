@@ -338,6 +338,7 @@ impl StreamObject {
             fork: Some(fork.clone()),
             forks: 0,
             deleted: false,
+            channel: false,
         };
         let created = self.finish_create(meta, &body).await?;
         if created.status_code() >= 400 {

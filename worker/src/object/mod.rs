@@ -5,6 +5,7 @@
 //! never keep it awake. Appends read the whole body first and then run to completion without
 //! an `await`, so validation, the data rows, the tail and the producer state commit together.
 
+mod channel;
 mod clients;
 mod fork;
 mod live;
@@ -64,6 +65,8 @@ pub struct StreamObject {
     cold: Cell<bool>,
     /// Client sockets' append frames, applied one at a time in arrival order.
     socket_appends: clients::Turnstile,
+    /// Delivery to the channels above this stream.
+    channels: channel::Forwarder,
 }
 
 /// `Server-Timing` metric on the response to the request that started the stream's object.
@@ -107,6 +110,7 @@ impl DurableObject for StreamObject {
             appends_in_flight: Cell::new(0),
             cold: Cell::new(true),
             socket_appends: clients::Turnstile::default(),
+            channels: channel::Forwarder::default(),
         }
     }
 
@@ -140,6 +144,7 @@ impl DurableObject for StreamObject {
                 None => {}
             }
         }
+        channel::on_alarm(self).await;
         Response::ok("")
     }
 
@@ -364,12 +369,20 @@ impl StreamObject {
             Err(refusal) => return refusal.response(),
         };
         let headers = req.headers();
-        let request = match parse_create(headers) {
+        let mut request = match parse_create(headers) {
             Ok(r) => r,
+            Err(e) => return http::error(&e),
+        };
+        let is_channel = match channel::create_rules(headers, &mut request, &body) {
+            Ok(is_channel) => is_channel,
             Err(e) => return http::error(&e),
         };
         let now = now_ms();
         match self.lookup(now).await? {
+            // A channel and a plain stream differ in configuration.
+            Lookup::Live(meta) if meta.channel != is_channel => {
+                return http::error(&ProtocolError::ConfigMismatch)
+            }
             Lookup::Live(meta) => return self.existing(&meta, &request),
             Lookup::Deleted => return http::error(&ProtocolError::PathInUse),
             Lookup::Missing => {}
@@ -397,6 +410,7 @@ impl StreamObject {
             fork: None,
             forks: 0,
             deleted: false,
+            channel: is_channel,
         };
         self.finish_create(meta, &body).await
     }
@@ -429,6 +443,7 @@ impl StreamObject {
             self.schedule_alarm(deadline).await?;
         }
         subscribers::created(&self.env, self.store()?, &meta).await?;
+        channel::forward(self).await;
         described(201, &meta)
     }
 
@@ -450,6 +465,9 @@ impl StreamObject {
     }
 
     async fn append(&self, mut req: Request) -> Result<Response> {
+        if self.is_channel()? {
+            return channel::refuse_append();
+        }
         // The body's share of the isolate's budget is held until the request is answered.
         let mut held = Held::new(self.config.body_budget_bytes);
         let body = match http::read_body(&mut req, self.config.max_append_bytes, &mut held).await? {
@@ -484,6 +502,9 @@ impl StreamObject {
         frame: &wsproto::AppendFrame<'_>,
         body: Vec<u8>,
     ) -> Result<std::result::Result<Response, ProtocolError>> {
+        if self.is_channel()? {
+            return channel::refuse_append().map(Ok);
+        }
         let content_type = self
             .meta()?
             .map(|m| m.content_type)
@@ -504,6 +525,11 @@ impl StreamObject {
         let out = append.await;
         self.appends_in_flight.set(self.appends_in_flight.get() - 1);
         out
+    }
+
+    /// Whether this is a channel, which clients do not append to.
+    fn is_channel(&self) -> Result<bool> {
+        Ok(self.meta()?.is_some_and(|m| m.channel && !m.deleted))
     }
 
     /// Drops what memory holds of storage after a failure, so the next request reads it anew.
@@ -632,6 +658,7 @@ impl StreamObject {
         }
         live::flush(&self.hub);
         subscribers::appended(&self.env, store, &meta).await?;
+        channel::forward(self).await;
 
         let resp = Response::empty()?.with_status(status);
         let out = resp.headers();
@@ -868,7 +895,7 @@ impl StreamObject {
         Ok(resp)
     }
 
-    /// Object-to-object calls: forks and their sources.
+    /// Object-to-object calls: forks and their sources, channels and theirs.
     async fn internal(&self, op: &str, mut req: Request, url: &worker::Url) -> Result<Response> {
         let position = |name: &str| -> Option<Offset> {
             http::query_value(url, name)
@@ -935,6 +962,11 @@ impl StreamObject {
                 fork::acquire(self, &body).await
             }
             "fork-release" => fork::on_release(self).await,
+            "channel-append" => channel::on_append(self, req, url).await,
+            "channel-link" => {
+                let body = req.bytes().await?;
+                channel::on_link(self, &body)
+            }
             "sub-link" => {
                 let body = req.bytes().await?;
                 let Some(id) = serde_json::from_slice::<serde_json::Value>(&body)
@@ -975,7 +1007,9 @@ fn catch_up_reply(
         instance: &meta.instance,
         cursor,
     };
-    reply.respond(header(req.headers(), h::IF_NONE_MATCH).as_deref())
+    let resp = reply.respond(header(req.headers(), h::IF_NONE_MATCH).as_deref())?;
+    channel::mark(&resp, meta)?;
+    Ok(resp)
 }
 
 fn is_upgrade(req: &Request) -> bool {
@@ -1055,5 +1089,6 @@ fn described(status: u16, meta: &Meta) -> Result<Response> {
     if meta.closed {
         headers.set(h::STREAM_CLOSED, "true")?;
     }
+    channel::mark(&resp, meta)?;
     Ok(resp)
 }

@@ -1,0 +1,432 @@
+//! Hierarchical channels: a channel is a JSON stream that receives one envelope per message of
+//! every stream below its path.
+//!
+//! Both sides are `StreamObject`s. A source keeps, per channel it feeds, the position up to
+//! which the channel has acknowledged its messages (`forwarded`). After each append (and from
+//! the alarm, after a failure or a restart) it reads its log from there, in batches of about
+//! [`BATCH_BYTES`] cut at message boundaries, wraps each message in an envelope and sends the
+//! batch to the channel's object. The channel keeps, per source incarnation, the source position
+//! its envelopes reach (its mark), appends a batch only when it starts at that mark, and moves
+//! the mark in the same turn as the rows, so a batch delivered twice is appended once. The
+//! answer is the mark, from which the source goes on. Nothing is written per append beyond the
+//! append itself: the source writes `forwarded` once per batch, the channel its mark once per
+//! batch.
+//!
+//! Which streams feed which channel is the registry's business (`subscription/registry.rs`):
+//! a new stream learns the channels above it when it is created, and a new channel has the
+//! registry link every existing stream below it from that stream's tail.
+
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
+
+use edgestream::channel::{self as ch, Batch, BytesField};
+use edgestream::headers::SseEncoding;
+use edgestream::stream::CreateRequest;
+use edgestream::{ContentType, Offset, ProtocolError};
+use futures_channel::oneshot;
+use futures_util::future::{select, Either};
+use worker::{Delay, Headers, Method, Request, RequestInit, Response, Result};
+
+use super::store::{ChannelLink, Meta, Store, MAX_POSITION};
+use super::{live, subscribers, Lookup, StreamObject};
+use crate::http::{self, header, now_ms};
+use crate::path::STREAM_PREFIX;
+use crate::subscription::registry::ChannelRef;
+use crate::subscription::stream_stub;
+
+/// A batch sent to a channel holds about this much: source messages are read up to it, and
+/// envelopes added until they reach it (always at least one message, however large).
+const BATCH_BYTES: usize = 1024 * 1024;
+/// An appender waits at most this long for a channel to answer; the alarm retries after.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// While a source has undelivered messages, an alarm is set at most this far ahead, so they
+/// are delivered even if the isolate dies before the channel answers.
+const SAFETY_MS: i64 = 2_000;
+/// Retries after failures back off from 1 s, doubling, up to this.
+const MAX_BACKOFF_MS: i64 = 60_000;
+/// What a POST (or a socket's append frame) to a channel is told it may do instead.
+const CHANNEL_METHODS: &str = "GET, HEAD, PUT, DELETE, OPTIONS";
+
+/// The source side's state in memory: one delivery round at a time, appenders that arrive
+/// during one wait for the next, and whether the safety alarm is known to be set.
+#[derive(Default)]
+pub struct Forwarder {
+    running: Cell<bool>,
+    again: Cell<bool>,
+    waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    armed: Cell<bool>,
+}
+
+/// The rules a PUT with `Stream-Channel: true` must meet; `Ok(true)` for a channel. A channel
+/// is a JSON stream (no `Content-Type` means JSON), with no body, not a fork and not closed.
+pub fn create_rules(
+    headers: &Headers,
+    request: &mut CreateRequest,
+    body: &[u8],
+) -> std::result::Result<bool, ProtocolError> {
+    if !ch::parse_header(header(headers, ch::STREAM_CHANNEL).as_deref())? {
+        return Ok(false);
+    }
+    match &request.content_type {
+        None => {
+            request.content_type = ContentType::parse("application/json").ok();
+        }
+        Some(ct) if !ct.is_json() => {
+            return Err(ProtocolError::BadRequest(
+                "a channel is a JSON stream: its Content-Type must be application/json",
+            ))
+        }
+        Some(_) => {}
+    }
+    if request.fork.is_some() {
+        return Err(ProtocolError::BadRequest("a channel cannot be a fork"));
+    }
+    if !body.is_empty() {
+        return Err(ProtocolError::BadRequest(
+            "a channel is written by the streams below it: its PUT has no body",
+        ));
+    }
+    if request.closed {
+        return Err(ProtocolError::BadRequest(
+            "a channel cannot be created closed",
+        ));
+    }
+    Ok(true)
+}
+
+/// 405 to a client's append: only the streams below a channel write to it.
+pub fn refuse_append() -> Result<Response> {
+    let resp = http::text(
+        405,
+        "a channel is written only by the streams below it; append to one of them",
+    )?;
+    resp.headers().set("allow", CHANNEL_METHODS)?;
+    Ok(resp)
+}
+
+/// Marks a response as a channel's (`Stream-Channel: true`).
+pub fn mark(resp: &Response, meta: &Meta) -> Result<()> {
+    if meta.channel {
+        resp.headers().set(ch::STREAM_CHANNEL, "true")?;
+    }
+    Ok(())
+}
+
+/// The root-relative name (`rooms/a` for `/v1/stream/rooms/a`).
+fn name(meta: &Meta) -> &str {
+    meta.path.strip_prefix(STREAM_PREFIX).unwrap_or(&meta.path)
+}
+
+/// Links the channels the registry found above a new stream, from its start.
+pub fn link_new(store: &Store, meta: &Meta, channels: &[ChannelRef]) -> Result<()> {
+    for c in channels {
+        if !meta.channel && ch::covers(&c.path, name(meta)) {
+            store.link_channel(&c.path, &c.instance, meta.base)?;
+        }
+    }
+    Ok(())
+}
+
+/// `internal/channel-link`: the registry links a channel created above this stream, from the
+/// stream's tail (its history stays out of the channel).
+pub fn on_link(obj: &StreamObject, body: &[u8]) -> Result<Response> {
+    let Ok(c) = serde_json::from_slice::<ChannelRef>(body) else {
+        return http::text(400, "bad internal channel-link");
+    };
+    let Some(meta) = obj.meta()?.filter(|m| !m.deleted) else {
+        return http::error(&ProtocolError::NotFound);
+    };
+    // Channels never feed each other, and a channel only covers what is below it.
+    let linked = !meta.channel && ch::covers(&c.path, name(&meta));
+    if linked {
+        obj.store()?.link_channel(&c.path, &c.instance, meta.tail)?;
+    }
+    crate::subscription::json(200, &serde_json::json!({ "linked": linked }))
+}
+
+/// Delivers what the channels above this stream have not yet acknowledged. Called after each
+/// append and create, and from the alarm; failures are logged and left to the alarm, never
+/// passed to the appender, whose data is already stored.
+pub async fn forward(obj: &StreamObject) {
+    if let Err(e) = forward_all(obj).await {
+        worker::console_error!("channels: forwarding failed: {e}");
+    }
+}
+
+async fn forward_all(obj: &StreamObject) -> Result<()> {
+    let f = &obj.channels;
+    if f.running.get() {
+        // A round is under way; the next one takes this append too. Wait for it, so an
+        // append is acknowledged once its channels have it (or the alarm has it in hand).
+        let (tx, rx) = oneshot::channel();
+        f.waiters.borrow_mut().push(tx);
+        f.again.set(true);
+        let _ = rx.await;
+        return Ok(());
+    }
+    f.running.set(true);
+    let result = rounds(obj).await;
+    f.running.set(false);
+    for waiter in f.waiters.take() {
+        let _ = waiter.send(());
+    }
+    result
+}
+
+enum Round {
+    /// Every channel has everything (as of the round's start).
+    Done,
+    /// Some channel has more to take.
+    More,
+    /// A delivery failed; the alarm retries.
+    Failed,
+}
+
+async fn rounds(obj: &StreamObject) -> Result<()> {
+    let f = &obj.channels;
+    loop {
+        f.again.set(false);
+        let waiting = f.waiters.take();
+        let round = round(obj).await;
+        for waiter in waiting {
+            let _ = waiter.send(());
+        }
+        match round? {
+            Round::More => {}
+            Round::Done if f.again.get() => {}
+            Round::Done | Round::Failed => return Ok(()),
+        }
+    }
+}
+
+/// What a channel did with a batch.
+enum Delivery {
+    /// Its mark for this source: everything before it is in the channel.
+    Mark(u64),
+    /// No such channel (deleted, or another incarnation): the link goes.
+    Gone,
+}
+
+/// One batch to each channel that is behind, sent in parallel.
+async fn round(obj: &StreamObject) -> Result<Round> {
+    let Some(meta) = obj.meta()?.filter(|m| !m.deleted && !m.channel) else {
+        return Ok(Round::Done);
+    };
+    let store = obj.store()?;
+    let behind: Vec<ChannelLink> = store
+        .channel_links()?
+        .into_iter()
+        .filter(|l| l.forwarded < meta.tail)
+        .collect();
+    if behind.is_empty() {
+        return Ok(Round::Done);
+    }
+    arm(obj, now_ms() + SAFETY_MS).await?;
+    let mut sends = Vec::with_capacity(behind.len());
+    for link in behind {
+        match batch(store, &meta, link.forwarded) {
+            Ok(batch) if batch.end > link.forwarded.position() => sends.push((link, batch)),
+            Ok(_) => {}
+            Err(e) => worker::console_error!(
+                "channels: {} cannot read from {} for {}: {e}",
+                meta.path,
+                link.forwarded,
+                link.channel
+            ),
+        }
+    }
+    let calls = sends
+        .iter()
+        .map(|(link, batch)| deliver(obj, &meta, link, batch));
+    let results = futures_util::future::join_all(calls).await;
+    // The stream may have been deleted (or created again) while the channels answered.
+    let Some(now) = obj.meta()?.filter(|m| m.instance == meta.instance) else {
+        return Ok(Round::Done);
+    };
+    let store = obj.store()?;
+    let mut outcome = Round::Done;
+    let mut retry_in: Option<i64> = None;
+    for ((mut link, _), result) in sends.into_iter().zip(results) {
+        match result {
+            Ok(Delivery::Mark(mark)) => {
+                let mark = Offset::new(mark).unwrap_or(link.forwarded).min(now.tail);
+                link.forwarded = link.forwarded.max(mark);
+                link.failures = 0;
+                store.set_forwarded(&link)?;
+                if link.forwarded < now.tail && !matches!(outcome, Round::Failed) {
+                    outcome = Round::More;
+                }
+            }
+            Ok(Delivery::Gone) => store.unlink_channel(&link.channel, &link.instance)?,
+            Err(e) => {
+                worker::console_warn!(
+                    "channels: {} to {} failed ({} in a row): {e}",
+                    meta.path,
+                    link.channel,
+                    link.failures + 1
+                );
+                link.failures = link.failures.saturating_add(1);
+                store.set_forwarded(&link)?;
+                let backoff = (1000i64 << link.failures.min(6)).min(MAX_BACKOFF_MS);
+                retry_in = Some(retry_in.map_or(backoff, |r| r.min(backoff)));
+                outcome = Round::Failed;
+            }
+        }
+    }
+    if let Some(delay) = retry_in {
+        obj.channels.armed.set(false);
+        arm(obj, now_ms() + delay).await?;
+    }
+    Ok(outcome)
+}
+
+/// The envelopes of the source's messages from `from`, about [`BATCH_BYTES`] of them.
+fn batch(store: &Store, meta: &Meta, from: Offset) -> Result<Batch> {
+    let stream = name(meta);
+    if meta.is_json() {
+        return match store.read(from, meta.tail, BATCH_BYTES, true)? {
+            Ok(page) => Ok(ch::json_batch(
+                stream,
+                from.position(),
+                &page.data,
+                BATCH_BYTES,
+            )),
+            Err(e) => Err(worker::Error::RustError(e.into_protocol().message())),
+        };
+    }
+    let text = meta.content_type.sse_encoding() == SseEncoding::Utf8;
+    let mut batch = Batch {
+        framed: Vec::new(),
+        end: from.position(),
+    };
+    for (end, bytes) in store.append_pieces(from, meta.tail, BATCH_BYTES)? {
+        if batch.framed.len() >= BATCH_BYTES {
+            break;
+        }
+        let field = BytesField::for_piece(text, &bytes);
+        ch::write_bytes_envelope(stream, end, &bytes, field, &mut batch.framed);
+        batch.framed.push(b',');
+        batch.end = end.position();
+    }
+    Ok(batch)
+}
+
+/// Sends one batch to a channel's object and reads its answer.
+async fn deliver(
+    obj: &StreamObject,
+    meta: &Meta,
+    link: &ChannelLink,
+    batch: &Batch,
+) -> Result<Delivery> {
+    let url = worker::Url::parse_with_params(
+        "https://edgestream/internal/channel-append",
+        &[
+            ("source", name(meta)),
+            ("incarnation", meta.instance.as_str()),
+            ("channel", link.instance.as_str()),
+            ("from", &link.forwarded.position().to_string()),
+            ("to", &batch.end.to_string()),
+        ],
+    )
+    .map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_body(Some(js_sys::Uint8Array::from(&batch.framed[..]).into()));
+    let req = Request::new_with_init(url.as_str(), &init)?;
+    let stub = stream_stub(&obj.env, &link.channel)?;
+    let call = Box::pin(stub.fetch_with_request(req));
+    let mut resp = match select(call, Delay::from(CALL_TIMEOUT)).await {
+        Either::Left((resp, _)) => resp?,
+        Either::Right(_) => return Err(worker::Error::RustError("channel timed out".into())),
+    };
+    match resp.status_code() {
+        200 => {
+            let reply: serde_json::Value = serde_json::from_slice(&resp.bytes().await?)
+                .map_err(|e| worker::Error::RustError(e.to_string()))?;
+            reply["mark"]
+                .as_u64()
+                .map(Delivery::Mark)
+                .ok_or_else(|| worker::Error::RustError("channel answered no mark".into()))
+        }
+        404 | 410 => Ok(Delivery::Gone),
+        status => Err(worker::Error::RustError(format!(
+            "channel answered {status}"
+        ))),
+    }
+}
+
+/// Makes sure an alarm fires by `at_ms` (an earlier one, such as the expiry's, will do).
+async fn arm(obj: &StreamObject, at_ms: i64) -> Result<()> {
+    if obj.channels.armed.get() {
+        return Ok(());
+    }
+    match obj.state.storage().get_alarm().await? {
+        Some(set) if set <= at_ms => {}
+        _ => obj.schedule_alarm(at_ms).await?,
+    }
+    obj.channels.armed.set(true);
+    Ok(())
+}
+
+/// The alarm fired: whatever is still undelivered goes now.
+pub async fn on_alarm(obj: &StreamObject) {
+    obj.channels.armed.set(false);
+    forward(obj).await;
+}
+
+/// `internal/channel-append`: a batch of envelopes from a source. Appended only when it starts
+/// at this channel's mark for that source incarnation (else the mark is the answer: the source
+/// resends from there), with the mark moved in the same turn as the rows.
+pub async fn on_append(
+    obj: &StreamObject,
+    mut req: Request,
+    url: &worker::Url,
+) -> Result<Response> {
+    let query = |name: &str| http::query_value(url, name);
+    let number = |name: &str| query(name).and_then(|v| v.parse::<u64>().ok());
+    let (Some(source), Some(incarnation), Some(instance), Some(from), Some(to)) = (
+        query("source"),
+        query("incarnation"),
+        query("channel"),
+        number("from"),
+        number("to"),
+    ) else {
+        return http::text(400, "bad internal channel-append");
+    };
+    let body = req.bytes().await?;
+    // From here on there is no await until the rows and the mark are written.
+    let now = now_ms();
+    let mut meta = match obj.lookup(now).await? {
+        Lookup::Live(meta) if meta.channel && meta.instance == instance => meta,
+        _ => return http::text(404, "no such channel"),
+    };
+    let store = obj.store()?;
+    if let Some(mark) = store.channel_mark(&source, &incarnation)? {
+        if mark > from || mark >= to {
+            return mark_reply(mark);
+        }
+    }
+    if to <= from || body.is_empty() {
+        return http::text(400, "empty internal channel-append");
+    }
+    let start = meta.tail;
+    let Some(tail) = start
+        .checked_add(body.len() as u64)
+        .filter(|t| t.position() <= MAX_POSITION)
+    else {
+        return http::error(&ProtocolError::StreamFull);
+    };
+    store.append(start, &body, true)?;
+    store.set_channel_mark(&source, &incarnation, to, now)?;
+    meta.tail = tail;
+    obj.touch(&mut meta, now)?;
+    obj.remember(&meta);
+    live::queue(&obj.hub, start, tail, meta.closed, body, true);
+    live::flush(&obj.hub);
+    subscribers::appended(&obj.env, store, &meta).await?;
+    mark_reply(to)
+}
+
+fn mark_reply(mark: u64) -> Result<Response> {
+    crate::subscription::json(200, &serde_json::json!({ "mark": mark }))
+}
