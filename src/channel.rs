@@ -172,10 +172,53 @@ pub fn json_batch(stream: &str, from: u64, framed: &[u8], budget: usize) -> Batc
     batch
 }
 
+/// What a channel does with a batch covering a source's positions `[from, to)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Append it and move the mark to `to`.
+    Append,
+    /// It has (some of) it already: answer the mark, from which the source resends.
+    Already(u64),
+}
+
+/// The channel's rule for exactly-once delivery, given its mark for the source incarnation
+/// (`None`: nothing from it yet). A batch is appended only when it starts at or past the mark,
+/// so one delivered twice, whole or in part, is appended once. (A batch that starts past the
+/// mark comes from a link made at a stream's tail, which is where the channel starts.)
+pub fn admit(mark: Option<u64>, from: u64, to: u64) -> Admit {
+    match mark {
+        Some(mark) if mark > from || mark >= to => Admit::Already(mark),
+        _ => Admit::Append,
+    }
+}
+
+/// Where a source goes on from once the channel answered `mark`: never back, never past the
+/// source's own tail.
+pub fn advance(forwarded: u64, mark: u64, tail: u64) -> u64 {
+    forwarded.max(mark.min(tail))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use alloc::vec;
+
+    #[test]
+    fn a_batch_is_appended_once() {
+        assert_eq!(admit(None, 0, 10), Admit::Append);
+        assert_eq!(admit(Some(10), 10, 20), Admit::Append);
+        // The same batch again, after its answer was lost.
+        assert_eq!(admit(Some(20), 10, 20), Admit::Already(20));
+        // A larger batch from the same start: the channel has its first part.
+        assert_eq!(admit(Some(20), 10, 30), Admit::Already(20));
+        // An older batch arriving late.
+        assert_eq!(admit(Some(20), 0, 10), Admit::Already(20));
+        // A link made at a later tail.
+        assert_eq!(admit(Some(20), 50, 60), Admit::Append);
+        assert_eq!(advance(10, 20, 30), 20);
+        assert_eq!(advance(10, 5, 30), 10);
+        assert_eq!(advance(10, 40, 30), 30);
+    }
 
     #[test]
     fn header_values() {

@@ -19,12 +19,13 @@
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
-use edgestream::channel::{self as ch, Batch, BytesField};
+use edgestream::channel::{self as ch, Admit, Batch, BytesField};
 use edgestream::headers::SseEncoding;
 use edgestream::stream::CreateRequest;
 use edgestream::{ContentType, Offset, ProtocolError};
 use futures_channel::oneshot;
 use futures_util::future::{select, Either};
+use wasm_bindgen::{JsCast, JsValue};
 use worker::{Delay, Headers, Method, Request, RequestInit, Response, Result};
 
 use super::store::{ChannelLink, Meta, Store, MAX_POSITION};
@@ -49,12 +50,25 @@ const CHANNEL_METHODS: &str = "GET, HEAD, PUT, DELETE, OPTIONS";
 
 /// The source side's state in memory: one delivery round at a time, appenders that arrive
 /// during one wait for the next, and whether the safety alarm is known to be set.
-#[derive(Default)]
 pub struct Forwarder {
+    /// The runtime's `DurableObjectState`, to set the alarm in the caller's own turn.
+    state: JsValue,
     running: Cell<bool>,
     again: Cell<bool>,
     waiters: RefCell<Vec<oneshot::Sender<()>>>,
     armed: Cell<bool>,
+}
+
+impl Forwarder {
+    pub fn new(state: JsValue) -> Forwarder {
+        Forwarder {
+            state,
+            running: Cell::new(false),
+            again: Cell::new(false),
+            waiters: RefCell::new(Vec::new()),
+            armed: Cell::new(false),
+        }
+    }
 }
 
 /// The rules a PUT with `Stream-Channel: true` must meet; `Ok(true)` for a channel. A channel
@@ -117,14 +131,32 @@ fn name(meta: &Meta) -> &str {
     meta.path.strip_prefix(STREAM_PREFIX).unwrap_or(&meta.path)
 }
 
-/// Links the channels the registry found above a new stream, from its start.
-pub fn link_new(store: &Store, meta: &Meta, channels: &[ChannelRef]) -> Result<()> {
+/// A new stream: links the channels the registry found above it, from its start, and delivers
+/// its initial messages.
+pub async fn created(obj: &StreamObject, meta: &Meta, channels: &[ChannelRef]) -> Result<()> {
+    let store = obj.store()?;
     for c in channels {
         if !meta.channel && ch::covers(&c.path, name(meta)) {
             store.link_channel(&c.path, &c.instance, meta.base)?;
         }
     }
+    stored(obj, meta);
+    forward(obj).await;
     Ok(())
+}
+
+/// Called in the turn that stores new messages, before any `await`: when channels are to be
+/// fed, the safety alarm is set in that same turn, so it commits with the rows and a crash
+/// before delivery leaves the alarm to deliver them.
+pub fn stored(obj: &StreamObject, meta: &Meta) {
+    if meta.channel || obj.channels.armed.get() {
+        return;
+    }
+    match obj.store().and_then(|s| s.channel_links()) {
+        Ok(links) if !links.is_empty() => arm(obj, meta, now_ms() + SAFETY_MS),
+        Ok(_) => {}
+        Err(e) => worker::console_error!("channels: {}: cannot read links: {e}", meta.path),
+    }
 }
 
 /// `internal/channel-link`: the registry links a channel created above this stream, from the
@@ -221,7 +253,8 @@ async fn round(obj: &StreamObject) -> Result<Round> {
     if behind.is_empty() {
         return Ok(Round::Done);
     }
-    arm(obj, now_ms() + SAFETY_MS).await?;
+    // Normally set by `stored` already; after a wake from the alarm, set again here.
+    arm(obj, &meta, now_ms() + SAFETY_MS);
     let mut sends = Vec::with_capacity(behind.len());
     for link in behind {
         match batch(store, &meta, link.forwarded) {
@@ -249,8 +282,8 @@ async fn round(obj: &StreamObject) -> Result<Round> {
     for ((mut link, _), result) in sends.into_iter().zip(results) {
         match result {
             Ok(Delivery::Mark(mark)) => {
-                let mark = Offset::new(mark).unwrap_or(link.forwarded).min(now.tail);
-                link.forwarded = link.forwarded.max(mark);
+                let to = ch::advance(link.forwarded.position(), mark, now.tail.position());
+                link.forwarded = Offset::new(to).unwrap_or(link.forwarded);
                 link.failures = 0;
                 store.set_forwarded(&link)?;
                 if link.forwarded < now.tail && !matches!(outcome, Round::Failed) {
@@ -275,7 +308,7 @@ async fn round(obj: &StreamObject) -> Result<Round> {
     }
     if let Some(delay) = retry_in {
         obj.channels.armed.set(false);
-        arm(obj, now_ms() + delay).await?;
+        arm(obj, &now, now_ms() + delay);
     }
     Ok(outcome)
 }
@@ -355,16 +388,34 @@ async fn deliver(
     }
 }
 
-/// Makes sure an alarm fires by `at_ms` (an earlier one, such as the expiry's, will do).
-async fn arm(obj: &StreamObject, at_ms: i64) -> Result<()> {
+/// Sets the alarm for `at_ms`, or for the stream's expiry if that comes first (the only other
+/// use of the alarm; the alarm handler does both), unless it is already set. The runtime's
+/// `setAlarm` is called right here, not after an `await`, so it joins the caller's writes.
+fn arm(obj: &StreamObject, meta: &Meta, at_ms: i64) {
     if obj.channels.armed.get() {
-        return Ok(());
+        return;
     }
-    match obj.state.storage().get_alarm().await? {
-        Some(set) if set <= at_ms => {}
-        _ => obj.schedule_alarm(at_ms).await?,
+    let at = meta
+        .expiry
+        .deadline(meta.accessed_ms)
+        .map_or(at_ms, |deadline| deadline.min(at_ms));
+    match set_alarm_now(&obj.channels.state, at) {
+        Ok(()) => obj.channels.armed.set(true),
+        Err(e) => worker::console_error!("channels: {}: cannot set the alarm: {e:?}", meta.path),
     }
-    obj.channels.armed.set(true);
+}
+
+fn set_alarm_now(state: &JsValue, at_ms: i64) -> std::result::Result<(), JsValue> {
+    let storage = js_sys::Reflect::get(state, &"storage".into())?;
+    let set: js_sys::Function = js_sys::Reflect::get(&storage, &"setAlarm".into())?.dyn_into()?;
+    let promise: js_sys::Promise = set
+        .call1(&storage, &JsValue::from_f64(at_ms as f64))?
+        .dyn_into()?;
+    wasm_bindgen_futures::spawn_local(async move {
+        if let Err(e) = wasm_bindgen_futures::JsFuture::from(promise).await {
+            worker::console_error!("channels: setting the alarm failed: {e:?}");
+        }
+    });
     Ok(())
 }
 
@@ -401,10 +452,9 @@ pub async fn on_append(
         _ => return http::text(404, "no such channel"),
     };
     let store = obj.store()?;
-    if let Some(mark) = store.channel_mark(&source, &incarnation)? {
-        if mark > from || mark >= to {
-            return mark_reply(mark);
-        }
+    let mark = store.channel_mark(&source, &incarnation)?;
+    if let Admit::Already(mark) = ch::admit(mark, from, to) {
+        return mark_reply(mark);
     }
     if to <= from || body.is_empty() {
         return http::text(400, "empty internal channel-append");

@@ -92,6 +92,7 @@ impl DurableObject for StreamObject {
             wasm_bindgen::JsCast::unchecked_into(raw.clone()),
             config.ws_backlog_bytes,
         );
+        let channels = channel::Forwarder::new(raw.clone().into());
         let state = State::from(raw);
         let store = match Store::open(state.storage().sql()) {
             Ok(store) => Some(store),
@@ -110,7 +111,7 @@ impl DurableObject for StreamObject {
             appends_in_flight: Cell::new(0),
             cold: Cell::new(true),
             socket_appends: clients::Turnstile::default(),
-            channels: channel::Forwarder::default(),
+            channels,
         }
     }
 
@@ -442,8 +443,8 @@ impl StreamObject {
         if let Some(deadline) = meta.expiry.deadline(meta.accessed_ms) {
             self.schedule_alarm(deadline).await?;
         }
-        subscribers::created(&self.env, self.store()?, &meta).await?;
-        channel::forward(self).await;
+        let channels = subscribers::created(&self.env, self.store()?, &meta).await?;
+        channel::created(self, &meta, &channels).await?;
         described(201, &meta)
     }
 
@@ -465,15 +466,16 @@ impl StreamObject {
     }
 
     async fn append(&self, mut req: Request) -> Result<Response> {
-        if self.is_channel()? {
-            return channel::refuse_append();
-        }
         // The body's share of the isolate's budget is held until the request is answered.
         let mut held = Held::new(self.config.body_budget_bytes);
         let body = match http::read_body(&mut req, self.config.max_append_bytes, &mut held).await? {
             Ok(body) => body,
             Err(refusal) => return refusal.response(),
         };
+        // Refused after its body is read: one left unread can break the edge's call.
+        if self.is_channel()? {
+            return channel::refuse_append();
+        }
         self.append_body(req.headers(), body).await
     }
 
@@ -650,6 +652,7 @@ impl StreamObject {
         } else {
             204
         };
+        channel::stored(self, &meta);
         live::queue(&self.hub, start, tail, meta.closed, data, meta.is_json());
         if self.appends_in_flight.get() > 1 {
             // Other appends are on their way in: give them one turn of the event loop to join
