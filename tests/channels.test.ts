@@ -5,6 +5,7 @@
 // deleted channel stops receiving; a source deleted and created again is a new source; and
 // what a source holds reaches its channels across a hard restart.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
 
 let server: Awaited<ReturnType<typeof startServer>>;
@@ -53,6 +54,12 @@ async function readAll<T = unknown>(name: string): Promise<T[]> {
     offset = res.headers.get('stream-next-offset')!;
     if (res.headers.get('stream-up-to-date') === 'true') return out;
   }
+}
+
+async function waitFor(done: () => boolean, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!done() && Date.now() < deadline) await sleep(20);
+  return done();
 }
 
 /** The channel's envelopes once `done` holds for them (polled), or the last ones read. */
@@ -181,6 +188,29 @@ describe('delivery', () => {
     expect(bins).toEqual([{ stream: `${root}/bin`, offset: bin.headers.get('stream-next-offset'), base64: 'AP8BAg==' }]);
   });
 
+  it('carries an append larger than a batch in consecutive pieces, and a large JSON message whole', async () => {
+    const root = tree('large');
+    await createChannel(root);
+    const text = `${root}/text`;
+    const doc = `${root}/doc`;
+    expect((await put(text, { 'content-type': 'text/plain' })).status).toBe(201);
+    expect((await put(doc, json)).status).toBe(201);
+    const big = Array.from({ length: 2600 }, (_, i) => `line ${i} ${'x'.repeat(1000)}\n`).join('');
+    const appended = await post(text, big, { 'content-type': 'text/plain' });
+    expect(appended.status).toBe(204);
+    const value = { blob: 'y'.repeat(1_500_000) };
+    const jsonAppend = await post(doc, JSON.stringify(value));
+    const all = await channelUntil(root, (a) => a.some((e) => e.stream === doc) && a.filter((e) => e.stream === text).map((e) => e.text).join('').length >= big.length, 30_000);
+    const pieces = all.filter((e) => e.stream === text);
+    expect(pieces.length).toBeGreaterThan(1);
+    expect(pieces.map((e) => e.text).join('')).toBe(big);
+    const offsets = pieces.map((e) => e.offset);
+    expect([...offsets].sort()).toEqual(offsets);
+    expect(offsets[offsets.length - 1]).toBe(appended.headers.get('stream-next-offset'));
+    const docs = all.filter((e) => e.stream === doc);
+    expect(docs).toEqual([{ stream: doc, offset: jsonAppend.headers.get('stream-next-offset'), data: value }]);
+  }, 60_000);
+
   it('covers any depth on segment boundaries, never a sibling prefix; nested channels each get one copy', async () => {
     const root = tree('nested');
     await createChannel(`${root}/rooms`);
@@ -287,6 +317,61 @@ describe('delivery', () => {
     const line = text.split('\n').find((l) => l.includes('"said":"hi"'))!;
     const events = JSON.parse(line.replace(/^data: ?/, '')) as Envelope[];
     expect(events).toEqual([{ stream: source, offset: appended.headers.get('stream-next-offset'), data: { said: 'hi' } }]);
+  });
+
+  it('answers a long-poll reader of the channel when a source is appended to', async () => {
+    const root = tree('poll');
+    await createChannel(root);
+    const source = `${root}/talk`;
+    expect((await put(source, json)).status).toBe(201);
+    const tail = (await call('HEAD', root)).headers.get('stream-next-offset')!;
+    const poll = fetch(`${base()}/${root}?offset=${tail}&live=long-poll`);
+    await sleep(200);
+    const appended = await post(source, '{"polled":true}');
+    const res = await poll;
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual([{ stream: source, offset: appended.headers.get('stream-next-offset'), data: { polled: true } }]);
+  });
+
+  it('is followed over a WebSocket like any JSON stream, and refuses append frames with 405', async () => {
+    const root = tree('ws');
+    await createChannel(root);
+    const source = `${root}/talk`;
+    expect((await put(source, json)).status).toBe(201);
+    const ws = new WebSocket(`${base().replace(/^http/, 'ws')}/${root}?offset=-1&live=ws`);
+    const messages: any[] = [];
+    ws.addEventListener('message', (e) => {
+      if (typeof e.data === 'string') messages.push(JSON.parse(e.data));
+    });
+    await new Promise<void>((resolve, reject) => {
+      ws.addEventListener('open', () => resolve());
+      ws.addEventListener('error', () => reject(new Error('cannot open the socket')));
+    });
+    const appended = await post(source, '{"w":1}');
+    const items = () => messages.filter((m) => m.type === 'data').flatMap((m) => m.items);
+    expect(await waitFor(() => items().length >= 1)).toBe(true);
+    expect(items()).toEqual([{ stream: source, offset: appended.headers.get('stream-next-offset'), data: { w: 1 } }]);
+    ws.send(JSON.stringify({ type: 'append', id: 7, data: { forged: true } }));
+    expect(await waitFor(() => messages.some((m) => m.id === 7))).toBe(true);
+    const reply = messages.find((m) => m.id === 7);
+    expect([reply.type, reply.status]).toEqual(['error', 405]);
+    ws.close();
+    expect((await readAll<Envelope>(root)).map((e) => e.data)).toEqual([{ w: 1 }]);
+  });
+
+  it('feeds a fork created below it from where the fork diverges, not its inherited history', async () => {
+    const root = tree('fork');
+    await createChannel(root);
+    const outside = `${root}-outside`;
+    expect((await put(outside, json, '[{"inherited":1}]')).status).toBe(201);
+    const fork = `${root}/fork`;
+    expect((await put(fork, { 'stream-forked-from': `/v1/stream/${outside}` })).status).toBe(201);
+    const own = await post(fork, '{"own":1}');
+    expect(own.status).toBe(204);
+    const all = await channelUntil(root, (a) => a.length >= 1);
+    await sleep(300);
+    expect(await readAll<Envelope>(root)).toEqual(all);
+    expect(all).toEqual([{ stream: fork, offset: own.headers.get('stream-next-offset'), data: { own: 1 } }]);
   });
 
   it('stops feeding a deleted channel while its sources keep working; a channel created again starts afresh', async () => {
