@@ -54,9 +54,11 @@ pub struct Forwarder {
     /// The runtime's `DurableObjectState`, to set the alarm in the caller's own turn.
     state: JsValue,
     running: Cell<bool>,
-    again: Cell<bool>,
-    waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    waiters: RefCell<Vec<oneshot::Sender<Wake>>>,
     armed: Cell<bool>,
+    /// After a failure, appends leave the failing channels to the alarm until then, rather
+    /// than each waiting on a channel that is down.
+    backoff_until: Cell<i64>,
 }
 
 impl Forwarder {
@@ -64,9 +66,9 @@ impl Forwarder {
         Forwarder {
             state,
             running: Cell::new(false),
-            again: Cell::new(false),
             waiters: RefCell::new(Vec::new()),
             armed: Cell::new(false),
+            backoff_until: Cell::new(0),
         }
     }
 }
@@ -188,21 +190,33 @@ pub async fn forward(obj: &StreamObject) {
 async fn forward_all(obj: &StreamObject) -> Result<()> {
     let f = &obj.channels;
     if f.running.get() {
-        // A round is under way; the next one takes this append too. Wait for it, so an
+        // A round is under way, and the next one takes this append too. Wait for it, so an
         // append is acknowledged once its channels have it (or the alarm has it in hand).
         let (tx, rx) = oneshot::channel();
         f.waiters.borrow_mut().push(tx);
-        f.again.set(true);
-        let _ = rx.await;
-        return Ok(());
+        match rx.await {
+            Ok(Wake::YourTurn) => {}
+            Ok(Wake::Delivered) | Err(_) => return Ok(()),
+        }
     }
     f.running.set(true);
     let result = rounds(obj).await;
-    f.running.set(false);
-    for waiter in f.waiters.take() {
-        let _ = waiter.send(());
+    if result.is_err() || !f.running.get() {
+        // Nobody runs the next round: whoever waits is answered, and the alarm delivers.
+        f.running.set(false);
+        for waiter in f.waiters.take() {
+            let _ = waiter.send(Wake::Delivered);
+        }
     }
     result
+}
+
+/// What a waiting appender is woken with.
+enum Wake {
+    /// The round that read its append is over.
+    Delivered,
+    /// It runs the next round: the appender that ran the last one has been answered.
+    YourTurn,
 }
 
 enum Round {
@@ -214,19 +228,45 @@ enum Round {
     Failed,
 }
 
+/// Runs rounds until every channel has everything, or a delivery fails. The appenders whose
+/// messages a round read are answered once the channels have all of them (a backlog larger
+/// than a batch takes several rounds). When appends arrived meanwhile, the next round is handed
+/// to one of their appenders and this one returns, so an appender waits for the rounds that
+/// carry its messages and not for later ones, however busy the stream.
 async fn rounds(obj: &StreamObject) -> Result<()> {
     let f = &obj.channels;
+    let mut waiting = Vec::new();
     loop {
-        f.again.set(false);
-        let waiting = f.waiters.take();
+        waiting.extend(f.waiters.take());
         let round = round(obj).await;
-        for waiter in waiting {
-            let _ = waiter.send(());
+        if matches!(round, Ok(Round::More)) {
+            continue;
+        }
+        for waiter in waiting.drain(..) {
+            let _ = waiter.send(Wake::Delivered);
         }
         match round? {
             Round::More => {}
-            Round::Done if f.again.get() => {}
-            Round::Done | Round::Failed => return Ok(()),
+            Round::Failed => {
+                f.running.set(false);
+                return Ok(());
+            }
+            Round::Done => {
+                let next: Vec<_> = f.waiters.take();
+                let mut handed = false;
+                for waiter in next {
+                    if handed {
+                        f.waiters.borrow_mut().push(waiter);
+                    } else {
+                        // A waiter that is gone (its request dropped) cannot take over.
+                        handed = waiter.send(Wake::YourTurn).is_ok();
+                    }
+                }
+                if !handed {
+                    f.running.set(false);
+                }
+                return Ok(());
+            }
         }
     }
 }
@@ -245,10 +285,11 @@ async fn round(obj: &StreamObject) -> Result<Round> {
         return Ok(Round::Done);
     };
     let store = obj.store()?;
+    let backing_off = now_ms() < obj.channels.backoff_until.get();
     let behind: Vec<ChannelLink> = store
         .channel_links()?
         .into_iter()
-        .filter(|l| l.forwarded < meta.tail)
+        .filter(|l| l.forwarded < meta.tail && !(backing_off && l.failures > 0))
         .collect();
     if behind.is_empty() {
         return Ok(Round::Done);
@@ -307,6 +348,7 @@ async fn round(obj: &StreamObject) -> Result<Round> {
         }
     }
     if let Some(delay) = retry_in {
+        obj.channels.backoff_until.set(now_ms() + delay);
         obj.channels.armed.set(false);
         arm(obj, &now, now_ms() + delay);
     }
@@ -422,6 +464,7 @@ fn set_alarm_now(state: &JsValue, at_ms: i64) -> std::result::Result<(), JsValue
 /// The alarm fired: whatever is still undelivered goes now.
 pub async fn on_alarm(obj: &StreamObject) {
     obj.channels.armed.set(false);
+    obj.channels.backoff_until.set(0);
     forward(obj).await;
 }
 
