@@ -139,6 +139,20 @@ pub fn write_bytes_envelope(
     out.push(b'}');
 }
 
+/// The event that follows a closed source's last message: `{"stream":…,"offset":…,"event":"closed"}`
+/// with the source's final offset.
+pub fn write_closed_envelope(stream: &str, offset: Offset, out: &mut Vec<u8>) {
+    write_head(stream, offset, out);
+    out.extend_from_slice(b"\"event\":\"closed\"}");
+}
+
+/// The source position a channel's mark reaches once a closed source's `closed` event is in
+/// it: one past the final offset, which no message of a closed stream can reach, so the event
+/// is deduplicated like any message.
+pub fn closed_mark(tail: u64) -> u64 {
+    tail + 1
+}
+
 /// A batch of envelopes in a JSON stream's stored framing (each followed by `,`), and the
 /// source position just after the last source message it holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -218,6 +232,23 @@ mod tests {
         assert_eq!(advance(10, 20, 30), 20);
         assert_eq!(advance(10, 5, 30), 10);
         assert_eq!(advance(10, 40, 30), 30);
+    }
+
+    #[test]
+    fn closed_events_follow_the_last_message() {
+        let mut out = Vec::new();
+        write_closed_envelope("r/a", Offset::new(9).unwrap(), &mut out);
+        assert_eq!(
+            core::str::from_utf8(&out).unwrap(),
+            "{\"stream\":\"r/a\",\"offset\":\"0000000000000000_0000000000000009\",\"event\":\"closed\"}"
+        );
+        // A close-only batch is appended once, and its mark never moves the source past its tail.
+        assert_eq!(admit(Some(9), 9, closed_mark(9)), Admit::Append);
+        assert_eq!(
+            admit(Some(closed_mark(9)), 9, closed_mark(9)),
+            Admit::Already(10)
+        );
+        assert_eq!(advance(9, closed_mark(9), 9), 9);
     }
 
     #[test]

@@ -26,7 +26,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const json = { 'content-type': 'application/json' };
 const channelHeaders = { 'stream-channel': 'true' };
 
-type Envelope = { stream: string; offset: string; data?: unknown; text?: string; base64?: string };
+type Envelope = { stream: string; offset: string; data?: unknown; text?: string; base64?: string; event?: string };
 
 async function call(method: string, name: string, headers: Record<string, string> = {}, body?: string | Uint8Array, query = '') {
   const res = await fetch(`${base()}/${name}${query}`, { method, headers, body });
@@ -372,6 +372,36 @@ describe('delivery', () => {
     await sleep(300);
     expect(await readAll<Envelope>(root)).toEqual(all);
     expect(all).toEqual([{ stream: fork, offset: own.headers.get('stream-next-offset'), data: { own: 1 } }]);
+  });
+
+  it('follows the last message of a closed source with one closed event', async () => {
+    const root = tree('closed');
+    const early = `${root}/early`;
+    expect((await put(early, json)).status).toBe(201);
+    expect((await call('POST', early, { 'stream-closed': 'true' })).status).toBe(204);
+    await createChannel(root);
+    const a = `${root}/a`;
+    const b = `${root}/b`;
+    expect((await put(a, json)).status).toBe(201);
+    expect((await put(b, { 'content-type': 'text/plain' })).status).toBe(201);
+    const data = await post(a, '{"n":1}');
+    const close = await call('POST', a, { 'stream-closed': 'true' });
+    expect(close.status).toBe(204);
+    const last = await post(b, 'bye', { 'content-type': 'text/plain', 'stream-closed': 'true' });
+    expect(last.status).toBe(204);
+    const all = await channelUntil(root, (e) => e.filter((x) => x.event === 'closed').length >= 2);
+    await sleep(500);
+    expect(await readAll<Envelope>(root)).toEqual(all);
+    expect(all.filter((e) => e.stream === a)).toEqual([
+      { stream: a, offset: data.headers.get('stream-next-offset'), data: { n: 1 } },
+      { stream: a, offset: close.headers.get('stream-next-offset'), event: 'closed' },
+    ]);
+    expect(all.filter((e) => e.stream === b)).toEqual([
+      { stream: b, offset: last.headers.get('stream-next-offset'), text: 'bye' },
+      { stream: b, offset: last.headers.get('stream-next-offset'), event: 'closed' },
+    ]);
+    // A stream closed before the channel existed says nothing to it.
+    expect(all.some((e) => e.stream === early)).toBe(false);
   });
 
   it('stops feeding a deleted channel while its sources keep working; a channel created again starts afresh', async () => {

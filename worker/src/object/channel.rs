@@ -170,8 +170,9 @@ pub fn on_link(obj: &StreamObject, body: &[u8]) -> Result<Response> {
     let Some(meta) = obj.meta()?.filter(|m| !m.deleted) else {
         return http::error(&ProtocolError::NotFound);
     };
-    // Channels never feed each other, and a channel only covers what is below it.
-    let linked = !meta.channel && ch::covers(&c.path, name(&meta));
+    // Channels never feed each other, a channel only covers what is below it, and a stream
+    // closed before the channel existed has nothing more to give it.
+    let linked = !meta.channel && !meta.closed && ch::covers(&c.path, name(&meta));
     if linked {
         obj.store()?.link_channel(&c.path, &c.instance, meta.tail)?;
     }
@@ -289,7 +290,10 @@ async fn round(obj: &StreamObject) -> Result<Round> {
     let behind: Vec<ChannelLink> = store
         .channel_links()?
         .into_iter()
-        .filter(|l| l.forwarded < meta.tail && !(backing_off && l.failures > 0))
+        .filter(|l| {
+            (l.forwarded < meta.tail || (meta.closed && !l.closed_sent))
+                && !(backing_off && l.failures > 0)
+        })
         .collect();
     if behind.is_empty() {
         return Ok(Round::Done);
@@ -299,7 +303,9 @@ async fn round(obj: &StreamObject) -> Result<Round> {
     let mut sends = Vec::with_capacity(behind.len());
     for link in behind {
         match batch(store, &meta, link.forwarded) {
-            Ok(batch) if batch.end > link.forwarded.position() => sends.push((link, batch)),
+            Ok(batch) if batch.end > link.forwarded.position() || batch.closes => {
+                sends.push((link, batch))
+            }
             Ok(_) => {}
             Err(e) => worker::console_error!(
                 "channels: {} cannot read from {} for {}: {e}",
@@ -325,9 +331,11 @@ async fn round(obj: &StreamObject) -> Result<Round> {
             Ok(Delivery::Mark(mark)) => {
                 let to = ch::advance(link.forwarded.position(), mark, now.tail.position());
                 link.forwarded = Offset::new(to).unwrap_or(link.forwarded);
+                link.closed_sent = now.closed && mark >= ch::closed_mark(now.tail.position());
                 link.failures = 0;
                 store.set_forwarded(&link)?;
-                if link.forwarded < now.tail && !matches!(outcome, Round::Failed) {
+                let behind = link.forwarded < now.tail || (now.closed && !link.closed_sent);
+                if behind && !matches!(outcome, Round::Failed) {
                     outcome = Round::More;
                 }
             }
@@ -355,35 +363,57 @@ async fn round(obj: &StreamObject) -> Result<Round> {
     Ok(outcome)
 }
 
-/// The envelopes of the source's messages from `from`, about [`BATCH_BYTES`] of them.
-fn batch(store: &Store, meta: &Meta, from: Offset) -> Result<Batch> {
+/// What a round sends one channel.
+struct Outgoing {
+    /// The envelopes, framed.
+    framed: Vec<u8>,
+    /// The source position the channel's mark reaches with them.
+    to: u64,
+    /// They end with the stream's `closed` event.
+    closes: bool,
+    /// Where the source's messages in them end.
+    end: u64,
+}
+
+/// The envelopes of the source's messages from `from`, about [`BATCH_BYTES`] of them, and the
+/// `closed` event after the last message of a closed stream.
+fn batch(store: &Store, meta: &Meta, from: Offset) -> Result<Outgoing> {
     let stream = name(meta);
-    if meta.is_json() {
-        return match store.read(from, meta.tail, BATCH_BYTES, true)? {
-            Ok(page) => Ok(ch::json_batch(
-                stream,
-                from.position(),
-                &page.data,
-                BATCH_BYTES,
-            )),
-            Err(e) => Err(worker::Error::RustError(e.into_protocol().message())),
-        };
-    }
-    let text = meta.content_type.sse_encoding() == SseEncoding::Utf8;
-    let mut batch = Batch {
-        framed: Vec::new(),
-        end: from.position(),
-    };
-    for (end, bytes) in store.append_pieces(from, meta.tail, BATCH_BYTES)? {
-        if batch.framed.len() >= BATCH_BYTES {
-            break;
+    let mut batch = if meta.is_json() {
+        match store.read(from, meta.tail, BATCH_BYTES, true)? {
+            Ok(page) => ch::json_batch(stream, from.position(), &page.data, BATCH_BYTES),
+            Err(e) => return Err(worker::Error::RustError(e.into_protocol().message())),
         }
-        let field = BytesField::for_piece(text, &bytes);
-        ch::write_bytes_envelope(stream, end, &bytes, field, &mut batch.framed);
+    } else {
+        let text = meta.content_type.sse_encoding() == SseEncoding::Utf8;
+        let mut batch = Batch {
+            framed: Vec::new(),
+            end: from.position(),
+        };
+        for (end, bytes) in store.append_pieces(from, meta.tail, BATCH_BYTES)? {
+            if batch.framed.len() >= BATCH_BYTES {
+                break;
+            }
+            let field = BytesField::for_piece(text, &bytes);
+            ch::write_bytes_envelope(stream, end, &bytes, field, &mut batch.framed);
+            batch.framed.push(b',');
+            batch.end = end.position();
+        }
+        batch
+    };
+    let closes = meta.closed && batch.end == meta.tail.position();
+    let mut to = batch.end;
+    if closes {
+        ch::write_closed_envelope(stream, meta.tail, &mut batch.framed);
         batch.framed.push(b',');
-        batch.end = end.position();
+        to = ch::closed_mark(meta.tail.position());
     }
-    Ok(batch)
+    Ok(Outgoing {
+        framed: batch.framed,
+        to,
+        closes,
+        end: batch.end,
+    })
 }
 
 /// Sends one batch to a channel's object and reads its answer.
@@ -391,7 +421,7 @@ async fn deliver(
     obj: &StreamObject,
     meta: &Meta,
     link: &ChannelLink,
-    batch: &Batch,
+    batch: &Outgoing,
 ) -> Result<Delivery> {
     let url = worker::Url::parse_with_params(
         "https://edgestream/internal/channel-append",
@@ -400,7 +430,7 @@ async fn deliver(
             ("incarnation", meta.instance.as_str()),
             ("channel", link.instance.as_str()),
             ("from", &link.forwarded.position().to_string()),
-            ("to", &batch.end.to_string()),
+            ("to", &batch.to.to_string()),
         ],
     )
     .map_err(|e| worker::Error::RustError(e.to_string()))?;

@@ -182,7 +182,8 @@ CREATE TABLE IF NOT EXISTS channel_links (
   channel TEXT PRIMARY KEY,
   instance TEXT NOT NULL,
   forwarded INTEGER NOT NULL,
-  failures INTEGER NOT NULL
+  failures INTEGER NOT NULL,
+  closed_sent INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS producers (
   id TEXT PRIMARY KEY,
@@ -306,6 +307,8 @@ pub struct ChannelLink {
     pub forwarded: Offset,
     /// Failed deliveries in a row, for the retry's backoff.
     pub failures: u32,
+    /// The channel has this (closed) stream's `closed` event.
+    pub closed_sent: bool,
 }
 
 fn int(v: Option<&SqlStorageValue>) -> i64 {
@@ -859,7 +862,8 @@ impl Store {
         }
         let links: Vec<ChannelLink> = self
             .rows(
-                "SELECT channel, instance, forwarded, failures FROM channel_links ORDER BY channel",
+                "SELECT channel, instance, forwarded, failures, closed_sent FROM channel_links
+                 ORDER BY channel",
                 vec![],
             )?
             .iter()
@@ -868,6 +872,7 @@ impl Store {
                 instance: text(r.get(1)).unwrap_or_default(),
                 forwarded: offset(r.get(2)),
                 failures: u32::try_from(int(r.get(3))).unwrap_or(0),
+                closed_sent: int(r.get(4)) != 0,
             })
             .collect();
         self.channel_links.replace(Some(links.clone()));
@@ -879,23 +884,27 @@ impl Store {
     pub fn link_channel(&self, channel: &str, instance: &str, forwarded: Offset) -> Result<()> {
         self.channel_links.replace(None);
         self.sql.exec(
-            "INSERT INTO channel_links (channel, instance, forwarded, failures) VALUES (?, ?, ?, 0)
+            "INSERT INTO channel_links (channel, instance, forwarded, failures, closed_sent)
+               VALUES (?, ?, ?, 0, 0)
              ON CONFLICT (channel) DO UPDATE SET instance = excluded.instance,
-               forwarded = excluded.forwarded, failures = 0
+               forwarded = excluded.forwarded, failures = 0, closed_sent = 0
              WHERE channel_links.instance != excluded.instance",
             vec![channel.into(), instance.into(), pos(forwarded)],
         )?;
         Ok(())
     }
 
-    /// Records how far a channel has been fed, and its failures in a row.
+    /// Records how far a channel has been fed, its failures in a row, and whether it has the
+    /// stream's `closed` event.
     pub fn set_forwarded(&self, link: &ChannelLink) -> Result<()> {
         self.channel_links.replace(None);
         self.sql.exec(
-            "UPDATE channel_links SET forwarded = ?, failures = ? WHERE channel = ? AND instance = ?",
+            "UPDATE channel_links SET forwarded = ?, failures = ?, closed_sent = ?
+             WHERE channel = ? AND instance = ?",
             vec![
                 pos(link.forwarded),
                 SqlStorageValue::Integer(i64::from(link.failures)),
+                SqlStorageValue::Integer(i64::from(link.closed_sent)),
                 link.channel.as_str().into(),
                 link.instance.as_str().into(),
             ],
