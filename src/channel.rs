@@ -12,8 +12,8 @@ use core::fmt::Write;
 use crate::json::MessageEnds;
 use crate::{base64, Offset, ProtocolError};
 
-/// Request header of a PUT that creates a channel; response header of a channel's PUT, HEAD and
-/// catch-up GET.
+/// Request header of a PUT that creates a channel; response header of a channel's PUT, HEAD,
+/// GET, long-poll and SSE responses.
 pub const STREAM_CHANNEL: &str = "stream-channel";
 
 /// `Stream-Channel`: absent or `false` for a plain stream, `true` for a channel (ASCII case and

@@ -296,6 +296,7 @@ describe('delivery', () => {
     const ctrl = new AbortController();
     const res = await fetch(`${base()}/${root}?offset=now&live=sse`, { signal: ctrl.signal });
     expect(res.status).toBe(200);
+    expect(res.headers.get('stream-channel')).toBe('true');
     const reader = res.body!.getReader();
     const decoder = new TextDecoder();
     let text = '';
@@ -330,6 +331,7 @@ describe('delivery', () => {
     const appended = await post(source, '{"polled":true}');
     const res = await poll;
     expect(res.status).toBe(200);
+    expect(res.headers.get('stream-channel')).toBe('true');
     expect(await res.json()).toEqual([{ stream: source, offset: appended.headers.get('stream-next-offset'), data: { polled: true } }]);
   });
 

@@ -9,8 +9,9 @@
 //! its envelopes reach (its mark), appends a batch only when it starts at that mark, and moves
 //! the mark in the same turn as the rows, so a batch delivered twice is appended once. The
 //! answer is the mark, from which the source goes on. Nothing is written per append beyond the
-//! append itself: the source writes `forwarded` once per batch, the channel its mark once per
-//! batch.
+//! append itself: the source writes `forwarded` once per batch (and sets its alarm at most once
+//! per alarm), the channel its mark once per batch. A closed source's last batch ends with a
+//! `closed` event, whose mark is one past the final offset.
 //!
 //! Which streams feed which channel is the registry's business (`subscription/registry.rs`):
 //! a new stream learns the channels above it when it is created, and a new channel has the
@@ -518,12 +519,12 @@ pub async fn on_append(
         return http::text(400, "bad internal channel-append");
     };
     let body = req.bytes().await?;
-    // From here on there is no await until the rows and the mark are written.
     let now = now_ms();
     let mut meta = match obj.lookup(now).await? {
         Lookup::Live(meta) if meta.channel && meta.instance == instance => meta,
         _ => return http::text(404, "no such channel"),
     };
+    // From here on there is no await until the mark and the rows are written together.
     let store = obj.store()?;
     let mark = store.channel_mark(&source, &incarnation)?;
     if let Admit::Already(mark) = ch::admit(mark, from, to) {

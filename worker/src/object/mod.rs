@@ -892,6 +892,7 @@ impl StreamObject {
         headers.set(reply::X_CONTENT_TYPE, meta.content_type.as_str())?;
         headers.set(reply::X_INSTANCE, &meta.instance)?;
         headers.set(h::STREAM_NEXT_OFFSET, &start.to_string())?;
+        channel::mark(&resp, &meta)?;
         if meta.closed {
             headers.set(h::STREAM_CLOSED, "true")?;
         }
