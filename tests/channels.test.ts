@@ -255,6 +255,25 @@ describe('delivery', () => {
     ]);
   });
 
+  it('links every existing stream below a new channel, beyond one batch of link calls', async () => {
+    const root = tree('many');
+    const names = Array.from({ length: 70 }, (_, i) => `${root}/r${i}/s`);
+    for (let i = 0; i < names.length; i += 10) {
+      const created = await Promise.all(names.slice(i, i + 10).map((n) => put(n, json)));
+      for (const res of created) expect(res.status).toBe(201);
+    }
+    await createChannel(root);
+    for (let i = 0; i < names.length; i += 10) {
+      const appended = await Promise.all(names.slice(i, i + 10).map((n) => post(n, JSON.stringify({ n }))));
+      for (const res of appended) expect(res.status).toBe(204);
+    }
+    const all = await channelUntil(root, (a) => a.length >= names.length);
+    await sleep(300);
+    expect((await readAll(root)).length).toBe(names.length);
+    expect(new Set(all.map((e) => e.stream))).toEqual(new Set(names));
+    expect(all.every((e) => (e.data as { n: string }).n === e.stream)).toBe(true);
+  }, 60_000);
+
   it('keeps each source in order, with no gap or duplicate, under concurrent appends to several sources', async () => {
     const root = tree('order');
     await createChannel(root);
