@@ -1,9 +1,12 @@
 // Hierarchical channels, end to end against the built Worker on wrangler dev: a channel
 // (`PUT` with `Stream-Channel: true`) is a JSON stream that receives one envelope per message of
-// every stream strictly below its path, exactly once and in each source's order, from the
-// moment it exists; clients cannot append to it; nested channels each get their copy; a
-// deleted channel stops receiving; a source deleted and created again is a new source; and
-// what a source holds reaches its channels across a hard restart.
+// every stream strictly below its path (JSON data, text or base64; large appends in pieces; a
+// closed event after a closed source's last message), exactly once and in each source's order,
+// from the moment it exists; it is read in every mode (catch-up, long-poll, SSE, WebSocket);
+// clients cannot append to it (405, over HTTP and over a socket); nested channels each get
+// their copy; a new channel links every existing stream below it; a deleted channel stops
+// receiving; a source deleted and created again is a new source; and what a source holds
+// reaches its channels across a hard restart.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
