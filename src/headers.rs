@@ -43,13 +43,14 @@ pub const PRODUCER_RECEIVED_SEQ: &str = "producer-received-seq";
 /// Request headers a browser may send cross-origin (CORS `Access-Control-Allow-Headers`).
 pub const CORS_ALLOW_HEADERS: &str = "content-type, authorization, if-none-match, stream-ttl, \
 stream-expires-at, stream-seq, stream-closed, stream-forked-from, stream-fork-offset, \
-stream-fork-sub-offset, producer-id, producer-epoch, producer-seq, stream-lease-ttl";
+stream-fork-sub-offset, producer-id, producer-epoch, producer-seq, stream-lease-ttl, \
+stream-channel";
 
 /// Response headers a browser script may read (CORS `Access-Control-Expose-Headers`).
 pub const CORS_EXPOSE_HEADERS: &str = "stream-next-offset, stream-up-to-date, stream-closed, \
 stream-cursor, stream-ttl, stream-expires-at, stream-sse-data-encoding, producer-epoch, \
 producer-seq, producer-expected-seq, producer-received-seq, etag, location, content-type, \
-retry-after, stream-lease-expires-at";
+retry-after, stream-lease-expires-at, stream-channel";
 
 /// The largest integer the protocol allows in producer headers (JavaScript's safe integers).
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;

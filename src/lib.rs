@@ -11,6 +11,7 @@
 //! - [`stream`]: create-or-match, append precedence, closing, expiry, forks, cache policy.
 //! - [`json`]: JSON mode: validation, one-level flattening, the stored framing.
 //! - [`sse`]: the SSE encoder and the incremental decoder.
+//! - [`channel`]: hierarchical channels: the header, which paths a channel covers, envelopes.
 //! - [`cursor`], [`etag`]: CDN collapsing and cache validation.
 //! - [`subscription`]: glob links, lease bounds and webhook retry for `__ds/subscriptions`.
 //! - [`token`]: access tokens: operations, path-prefix scopes, expiry.
@@ -25,6 +26,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod base64;
+pub mod channel;
 pub mod cursor;
 pub mod error;
 pub mod etag;

@@ -43,6 +43,8 @@ pub(super) struct LiveSocket {
     pub(super) content_type: String,
     instance: String,
     closed: bool,
+    /// The stream is a channel: its responses say so (`Stream-Channel: true`).
+    channel: bool,
 }
 
 fn offset_token(from: ReadFrom) -> String {
@@ -71,6 +73,7 @@ pub(super) async fn subscribe(
         header(meta, X_CONTENT_TYPE).unwrap_or_else(|| h::DEFAULT_CONTENT_TYPE.into());
     let instance = header(meta, X_INSTANCE).unwrap_or_default();
     let closed = h::is_closed(header(meta, h::STREAM_CLOSED).as_deref());
+    let channel = is_channel(meta);
     let (Some(start), Some(ws)) = (start, resp.websocket()) else {
         return Err(worker::Error::RustError(
             "stream object upgraded without its metadata".into(),
@@ -82,6 +85,7 @@ pub(super) async fn subscribe(
         content_type,
         instance,
         closed,
+        channel,
     }))
 }
 
@@ -110,6 +114,20 @@ pub(super) async fn ask_object(
     init.with_method(Method::Get).with_headers(headers);
     stub.fetch_with_request(Request::new_with_init(&url, &init)?)
         .await
+}
+
+fn is_channel(headers: &Headers) -> bool {
+    header(headers, edgestream::channel::STREAM_CHANNEL).is_some_and(|v| v == "true")
+}
+
+/// Adds `Stream-Channel: true` to a response the edge made for a channel's reader.
+fn mark_channel(resp: Result<Response>, channel: bool) -> Result<Response> {
+    let resp = resp?;
+    if channel {
+        resp.headers()
+            .set(edgestream::channel::STREAM_CHANNEL, "true")?;
+    }
+    Ok(resp)
 }
 
 /// Adds the cursor to a page the object answered directly.
@@ -151,7 +169,10 @@ pub async fn long_poll(
     loop {
         let event = match select(Box::pin(live.socket.next()), &mut timeout).await {
             Either::Left((event, _)) => event,
-            Either::Right(_) => return reply::no_content(live.start, live.closed, Some(cursor)),
+            Either::Right(_) => {
+                let resp = reply::no_content(live.start, live.closed, Some(cursor));
+                return mark_channel(resp, live.channel);
+            }
         };
         match event {
             SocketEvent::Binary(bytes) => match frame::decode(&bytes) {
@@ -164,7 +185,7 @@ pub async fn long_poll(
                 }) => {
                     if payload.is_empty() {
                         if closed {
-                            return reply::no_content(end, true, None);
+                            return mark_channel(reply::no_content(end, true, None), live.channel);
                         }
                         continue;
                     }
@@ -179,14 +200,17 @@ pub async fn long_poll(
                         instance: &live.instance,
                         cursor: Some(cursor),
                     };
-                    return page.respond(None);
+                    return mark_channel(page.respond(None), live.channel);
                 }
                 Some(Frame::Gone { error }) => return http::error(&error),
                 None => return http::unavailable("bad frame from the stream object"),
             },
             SocketEvent::Text(_) => continue,
             // The object went away (restart, eviction): nothing new arrived, the client polls again.
-            SocketEvent::Closed => return reply::no_content(live.start, false, Some(cursor)),
+            SocketEvent::Closed => {
+                let resp = reply::no_content(live.start, false, Some(cursor));
+                return mark_channel(resp, live.channel);
+            }
         }
     }
 }
@@ -224,15 +248,17 @@ pub async fn sse(
 ) -> Result<Response> {
     // The first answer decides the status: a missing stream is a 404, not an empty event stream.
     let first = subscribe(&stub, &name, from, LiveMode::Sse).await?;
-    let (first, content_type) = match first {
+    let (first, content_type, channel) = match first {
         Subscription::Page(resp) if resp.status_code() != 200 => return Ok(resp),
         Subscription::Page(resp) => {
             let ct = header(resp.headers(), h::CONTENT_TYPE).unwrap_or_default();
-            (Subscription::Page(resp), ct)
+            let channel = is_channel(resp.headers());
+            (Subscription::Page(resp), ct, channel)
         }
         Subscription::Live(live) => {
             let ct = live.content_type.clone();
-            (Subscription::Live(live), ct)
+            let channel = live.channel;
+            (Subscription::Live(live), ct, channel)
         }
     };
     let ct = ContentType::parse(&content_type).unwrap_or_else(|_| ContentType::default_type());
@@ -259,7 +285,7 @@ pub async fn sse(
     if ct.sse_encoding() == SseEncoding::Base64 {
         headers.set(h::STREAM_SSE_DATA_ENCODING, "base64")?;
     }
-    Ok(resp)
+    mark_channel(Ok(resp), channel)
 }
 
 /// Where one SSE response reads from, and until when.

@@ -138,6 +138,8 @@ fn check_create(headers: &Headers, config: &Config) -> std::result::Result<(), P
         header(headers, h::STREAM_TTL).as_deref(),
         header(headers, h::STREAM_EXPIRES_AT).as_deref(),
     )?;
+    let channel = header(headers, edgestream::channel::STREAM_CHANNEL);
+    edgestream::channel::parse_header(channel.as_deref())?;
     let forked_from = header(headers, h::STREAM_FORKED_FROM);
     let fork_offset = header(headers, h::STREAM_FORK_OFFSET);
     let sub_offset = header(headers, h::STREAM_FORK_SUB_OFFSET);

@@ -553,6 +553,7 @@ mod tests {
             fork: None,
             forks: 0,
             deleted: false,
+            channel: false,
         }
     }
 

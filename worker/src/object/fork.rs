@@ -406,6 +406,7 @@ impl StreamObject {
             fork: Some(fork.clone()),
             forks: 0,
             deleted: false,
+            channel: false,
         };
         let ancestry = reply.ancestry.unwrap_or_default();
         let created = self.finish_create(meta, &body, &ancestry).await?;

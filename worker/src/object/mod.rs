@@ -5,6 +5,7 @@
 //! never keep it awake. Appends read the whole body first and then run to completion without
 //! an `await`, so validation, the data rows, the tail and the producer state commit together.
 
+mod channel;
 mod clients;
 mod fork;
 mod live;
@@ -66,6 +67,8 @@ pub struct StreamObject {
     cold: Cell<bool>,
     /// Client sockets' append frames, applied one at a time in arrival order.
     socket_appends: clients::Turnstile,
+    /// Delivery to the channels above this stream.
+    channels: channel::Forwarder,
 }
 
 /// `Server-Timing` metric on the response to the request that started the stream's object.
@@ -91,6 +94,7 @@ impl DurableObject for StreamObject {
             wasm_bindgen::JsCast::unchecked_into(raw.clone()),
             config.ws_backlog_bytes,
         );
+        let channels = channel::Forwarder::new(raw.clone().into());
         let state = State::from(raw);
         let store = match Store::open(state.storage().sql()) {
             Ok(store) => Some(store),
@@ -109,6 +113,7 @@ impl DurableObject for StreamObject {
             appends_in_flight: Cell::new(0),
             cold: Cell::new(true),
             socket_appends: clients::Turnstile::default(),
+            channels,
         }
     }
 
@@ -147,6 +152,7 @@ impl DurableObject for StreamObject {
                 None => {}
             }
         }
+        channel::on_alarm(self).await;
         Response::ok("")
     }
 
@@ -371,12 +377,20 @@ impl StreamObject {
             Err(refusal) => return refusal.response(),
         };
         let headers = req.headers();
-        let request = match parse_create(headers) {
+        let mut request = match parse_create(headers) {
             Ok(r) => r,
+            Err(e) => return http::error(&e),
+        };
+        let is_channel = match channel::create_rules(headers, &mut request, &body) {
+            Ok(is_channel) => is_channel,
             Err(e) => return http::error(&e),
         };
         let now = now_ms();
         match self.lookup(now).await? {
+            // A channel and a plain stream differ in configuration.
+            Lookup::Live(meta) if meta.channel != is_channel => {
+                return http::error(&ProtocolError::ConfigMismatch)
+            }
             Lookup::Live(meta) => return self.existing(&meta, &request),
             Lookup::Deleted => return http::error(&ProtocolError::PathInUse),
             Lookup::Missing => {}
@@ -404,6 +418,7 @@ impl StreamObject {
             fork: None,
             forks: 0,
             deleted: false,
+            channel: is_channel,
         };
         self.finish_create(meta, &body, &[]).await
     }
@@ -442,7 +457,8 @@ impl StreamObject {
         if let Some(deadline) = meta.expiry.deadline(meta.accessed_ms) {
             self.schedule_alarm(deadline).await?;
         }
-        subscribers::created(&self.env, self.store()?, &meta).await?;
+        let channels = subscribers::created(&self.env, self.store()?, &meta).await?;
+        channel::created(self, &meta, &channels).await?;
         described(201, &meta)
     }
 
@@ -470,6 +486,10 @@ impl StreamObject {
             Ok(body) => body,
             Err(refusal) => return refusal.response(),
         };
+        // Refused after its body is read: one left unread can break the edge's call.
+        if self.is_channel()? {
+            return channel::refuse_append();
+        }
         self.append_body(req.headers(), body).await
     }
 
@@ -498,6 +518,9 @@ impl StreamObject {
         frame: &wsproto::AppendFrame<'_>,
         body: Vec<u8>,
     ) -> Result<std::result::Result<Response, ProtocolError>> {
+        if self.is_channel()? {
+            return channel::refuse_append().map(Ok);
+        }
         let content_type = self
             .meta()?
             .map(|m| m.content_type)
@@ -518,6 +541,11 @@ impl StreamObject {
         let out = append.await;
         self.appends_in_flight.set(self.appends_in_flight.get() - 1);
         out
+    }
+
+    /// Whether this is a channel, which clients do not append to.
+    fn is_channel(&self) -> Result<bool> {
+        Ok(self.meta()?.is_some_and(|m| m.channel && !m.deleted))
     }
 
     /// Drops what memory holds of storage after a failure, so the next request reads it anew.
@@ -663,8 +691,9 @@ impl StreamObject {
         } else {
             204
         };
-        // A lease-only request changes nothing readers or subscriptions see.
+        // A lease-only request changes nothing readers, subscriptions or channels see.
         if !data.is_empty() || close {
+            channel::stored(self, &meta);
             live::queue(&self.hub, start, tail, meta.closed, data, meta.is_json());
             if self.appends_in_flight.get() > 1 {
                 // Other appends are on their way in: give them one turn of the event loop to
@@ -673,6 +702,7 @@ impl StreamObject {
             }
             live::flush(&self.hub);
             subscribers::appended(&self.env, store, &meta).await?;
+            channel::forward(self).await;
         }
 
         let resp = Response::empty()?.with_status(status);
@@ -921,13 +951,14 @@ impl StreamObject {
         headers.set(reply::X_CONTENT_TYPE, meta.content_type.as_str())?;
         headers.set(reply::X_INSTANCE, &meta.instance)?;
         headers.set(h::STREAM_NEXT_OFFSET, &start.to_string())?;
+        channel::mark(&resp, &meta)?;
         if meta.closed {
             headers.set(h::STREAM_CLOSED, "true")?;
         }
         Ok(resp)
     }
 
-    /// Object-to-object calls: forks and their sources.
+    /// Object-to-object calls: forks and their sources, channels and theirs.
     async fn internal(&self, op: &str, mut req: Request, url: &worker::Url) -> Result<Response> {
         let hops = fork::hops_of(&req);
         if hops > fork::MAX_HOPS {
@@ -1004,6 +1035,11 @@ impl StreamObject {
                 fork::acquire(self, &body, hops).await
             }
             "fork-release" => fork::on_release(self, hops).await,
+            "channel-append" => channel::on_append(self, req, url).await,
+            "channel-link" => {
+                let body = req.bytes().await?;
+                channel::on_link(self, &body)
+            }
             "sub-link" => {
                 let body = req.bytes().await?;
                 let Some(id) = serde_json::from_slice::<serde_json::Value>(&body)
@@ -1044,7 +1080,9 @@ fn catch_up_reply(
         instance: &meta.instance,
         cursor,
     };
-    reply.respond(header(req.headers(), h::IF_NONE_MATCH).as_deref())
+    let resp = reply.respond(header(req.headers(), h::IF_NONE_MATCH).as_deref())?;
+    channel::mark(&resp, meta)?;
+    Ok(resp)
 }
 
 fn is_upgrade(req: &Request) -> bool {
@@ -1124,5 +1162,6 @@ fn described(status: u16, meta: &Meta) -> Result<Response> {
     if meta.closed {
         headers.set(h::STREAM_CLOSED, "true")?;
     }
+    channel::mark(&resp, meta)?;
     Ok(resp)
 }

@@ -170,6 +170,23 @@ CREATE TABLE IF NOT EXISTS log (
 CREATE TABLE IF NOT EXISTS subscribers (
   id TEXT PRIMARY KEY
 );
+CREATE TABLE IF NOT EXISTS channel (
+  id INTEGER PRIMARY KEY CHECK (id = 1)
+);
+CREATE TABLE IF NOT EXISTS channel_marks (
+  source TEXT NOT NULL,
+  incarnation TEXT NOT NULL,
+  mark INTEGER NOT NULL,
+  updated_ms INTEGER NOT NULL,
+  PRIMARY KEY (source, incarnation)
+);
+CREATE TABLE IF NOT EXISTS channel_links (
+  channel TEXT PRIMARY KEY,
+  instance TEXT NOT NULL,
+  forwarded INTEGER NOT NULL,
+  failures INTEGER NOT NULL,
+  closed_sent INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS producers (
   id TEXT PRIMARY KEY,
   epoch INTEGER NOT NULL,
@@ -213,6 +230,9 @@ pub struct Meta {
     pub forks: u64,
     /// Deleted while forks still read through it: 410 to clients, data kept for the forks.
     pub deleted: bool,
+    /// A channel: fed by the streams below its path, never by clients (its own table, so
+    /// streams stored before channels existed need no migration).
+    pub channel: bool,
 }
 
 impl Meta {
@@ -296,6 +316,23 @@ pub struct Store {
     subscribers: RefCell<Option<Vec<String>>>,
     /// The writer lease, likewise read once (`Some(None)`: none is stored).
     lease: RefCell<Option<Option<Lease>>>,
+    /// The channel links, read once rather than on every append; any change clears it.
+    channel_links: RefCell<Option<Vec<ChannelLink>>>,
+}
+
+/// A channel this stream feeds, and how far it has been fed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelLink {
+    /// The channel's name (`rooms` for `/v1/stream/rooms`).
+    pub channel: String,
+    /// The channel's incarnation: a channel deleted and created again is a new link.
+    pub instance: String,
+    /// This stream's position up to which the channel has acknowledged its messages.
+    pub forwarded: Offset,
+    /// Failed deliveries in a row, for the retry's backoff.
+    pub failures: u32,
+    /// The channel has this (closed) stream's `closed` event.
+    pub closed_sent: bool,
 }
 
 fn int(v: Option<&SqlStorageValue>) -> i64 {
@@ -350,6 +387,7 @@ impl Store {
             sql,
             subscribers: RefCell::new(None),
             lease: RefCell::new(None),
+            channel_links: RefCell::new(None),
         })
     }
 
@@ -433,6 +471,7 @@ impl Store {
             fork,
             forks: u64::try_from(int(g(16))).unwrap_or(0),
             deleted: int(g(17)) != 0,
+            channel: !self.rows("SELECT 1 FROM channel", vec![])?.is_empty(),
         }))
     }
 
@@ -470,6 +509,12 @@ impl Store {
                 SqlStorageValue::Integer(i64::from(m.deleted)),
             ],
         )?;
+        let flag = if m.channel {
+            "INSERT OR IGNORE INTO channel (id) VALUES (1)"
+        } else {
+            "DELETE FROM channel"
+        };
+        self.sql.exec(flag, None)?;
         Ok(())
     }
 
@@ -847,6 +892,7 @@ impl Store {
     pub fn forget_cached(&self) {
         self.subscribers.replace(None);
         self.lease.replace(None);
+        self.channel_links.replace(None);
     }
 
     /// Whether any log row is stored.
@@ -884,15 +930,179 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes the stream: metadata, data, producers, lease, ancestry and subscribers.
+    /// Deletes the stream: metadata, data, producers, lease, ancestry, subscribers and channel
+    /// state.
     pub fn purge(&self) -> Result<()> {
         self.forget_cached();
         self.sql.exec(
-            "DELETE FROM log; DELETE FROM producers; DELETE FROM lease; DELETE FROM ancestry; \
-             DELETE FROM subscribers; DELETE FROM stream;",
+            "DELETE FROM log; DELETE FROM producers; DELETE FROM lease; DELETE FROM ancestry;
+             DELETE FROM subscribers; DELETE FROM stream; DELETE FROM channel;
+             DELETE FROM channel_marks; DELETE FROM channel_links;",
             None,
         )?;
         Ok(())
+    }
+}
+
+/// A channel's incarnation marks are kept this long after their last use: long enough that no
+/// batch of a deleted source is still on its way, short enough not to pile up.
+const STALE_MARK_MS: i64 = 3_600_000;
+
+/// Channels: the links a source keeps and the marks a channel keeps (see `channel.rs`).
+impl Store {
+    /// The channels this stream feeds.
+    pub fn channel_links(&self) -> Result<Vec<ChannelLink>> {
+        if let Some(cached) = self.channel_links.borrow().as_ref() {
+            return Ok(cached.clone());
+        }
+        let links: Vec<ChannelLink> = self
+            .rows(
+                "SELECT channel, instance, forwarded, failures, closed_sent FROM channel_links
+                 ORDER BY channel",
+                vec![],
+            )?
+            .iter()
+            .map(|r| ChannelLink {
+                channel: text(r.first()).unwrap_or_default(),
+                instance: text(r.get(1)).unwrap_or_default(),
+                forwarded: offset(r.get(2)),
+                failures: u32::try_from(int(r.get(3))).unwrap_or(0),
+                closed_sent: int(r.get(4)) != 0,
+            })
+            .collect();
+        self.channel_links.replace(Some(links.clone()));
+        Ok(links)
+    }
+
+    /// Links a channel from `forwarded` on. A link to the same incarnation is kept as it is (it
+    /// may be further on); one to an older incarnation is replaced.
+    pub fn link_channel(&self, channel: &str, instance: &str, forwarded: Offset) -> Result<()> {
+        self.channel_links.replace(None);
+        self.sql.exec(
+            "INSERT INTO channel_links (channel, instance, forwarded, failures, closed_sent)
+               VALUES (?, ?, ?, 0, 0)
+             ON CONFLICT (channel) DO UPDATE SET instance = excluded.instance,
+               forwarded = excluded.forwarded, failures = 0, closed_sent = 0
+             WHERE channel_links.instance != excluded.instance",
+            vec![channel.into(), instance.into(), pos(forwarded)],
+        )?;
+        Ok(())
+    }
+
+    /// Records how far a channel has been fed, its failures in a row, and whether it has the
+    /// stream's `closed` event.
+    pub fn set_forwarded(&self, link: &ChannelLink) -> Result<()> {
+        self.channel_links.replace(None);
+        self.sql.exec(
+            "UPDATE channel_links SET forwarded = ?, failures = ?, closed_sent = ?
+             WHERE channel = ? AND instance = ?",
+            vec![
+                pos(link.forwarded),
+                SqlStorageValue::Integer(i64::from(link.failures)),
+                SqlStorageValue::Integer(i64::from(link.closed_sent)),
+                link.channel.as_str().into(),
+                link.instance.as_str().into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Drops the link to one incarnation of a channel (a newer one's link is kept).
+    pub fn unlink_channel(&self, channel: &str, instance: &str) -> Result<()> {
+        self.channel_links.replace(None);
+        self.sql.exec(
+            "DELETE FROM channel_links WHERE channel = ? AND instance = ?",
+            vec![channel.into(), instance.into()],
+        )?;
+        Ok(())
+    }
+
+    /// A channel's mark for one incarnation of a source: the source position up to which its
+    /// messages are in this channel.
+    pub fn channel_mark(&self, source: &str, incarnation: &str) -> Result<Option<u64>> {
+        Ok(self
+            .rows(
+                "SELECT mark FROM channel_marks WHERE source = ? AND incarnation = ?",
+                vec![source.into(), incarnation.into()],
+            )?
+            .first()
+            .map(|r| u64::try_from(int(r.first())).unwrap_or(0)))
+    }
+
+    /// Moves a source's mark (in the same turn as the envelopes it covers), and forgets the
+    /// marks of the source's earlier incarnations once they are stale.
+    pub fn set_channel_mark(
+        &self,
+        source: &str,
+        incarnation: &str,
+        mark: u64,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.sql.exec(
+            "INSERT OR REPLACE INTO channel_marks (source, incarnation, mark, updated_ms)
+             VALUES (?, ?, ?, ?)",
+            vec![
+                source.into(),
+                incarnation.into(),
+                SqlStorageValue::Integer(mark as i64),
+                SqlStorageValue::Integer(now_ms),
+            ],
+        )?;
+        self.sql.exec(
+            "DELETE FROM channel_marks WHERE source = ? AND incarnation != ? AND updated_ms < ?",
+            vec![
+                source.into(),
+                incarnation.into(),
+                SqlStorageValue::Integer(now_ms - STALE_MARK_MS),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// A byte stream's data from `from` towards `to` as pieces that each end where an append
+    /// ends, or where a piece reaches `budget` (a large append is cut into several). Stops
+    /// after the piece that brings the total to `budget`.
+    pub fn append_pieces(
+        &self,
+        from: Offset,
+        to: Offset,
+        budget: usize,
+    ) -> Result<Vec<(Offset, Vec<u8>)>> {
+        let mut pieces: Vec<(Offset, Vec<u8>)> = Vec::new();
+        if from >= to {
+            return Ok(pieces);
+        }
+        let rows = self.log_rows(
+            "SELECT start, data, flags FROM log
+             WHERE start >= (SELECT coalesce(max(start), 0) FROM log WHERE start <= ?)
+               AND start < ? ORDER BY start",
+            &[pos(from), pos(to)],
+        )?;
+        let mut piece: Vec<u8> = Vec::new();
+        let mut total = 0usize;
+        let mut at = from.position();
+        'rows: for row in rows {
+            let LogRow { start, data, flags } = row?;
+            let end = (start + data.length() as u64).min(to.position());
+            while at < end {
+                let room = budget.saturating_sub(piece.len()).max(1);
+                let take = ((end - at) as usize).min(room);
+                let lo = (at - start) as u32;
+                let bytes = data.subarray(lo, lo + take as u32).to_vec();
+                piece.extend_from_slice(&bytes);
+                at += take as u64;
+                total += take;
+                let append_ends = at == start + data.length() as u64 && flags & ENDS_APPEND != 0;
+                if append_ends || piece.len() >= budget || at == to.position() {
+                    let end_offset = Offset::new(at).unwrap_or(to);
+                    pieces.push((end_offset, std::mem::take(&mut piece)));
+                    if total >= budget {
+                        break 'rows;
+                    }
+                }
+            }
+        }
+        Ok(pieces)
     }
 }
 

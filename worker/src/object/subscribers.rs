@@ -11,7 +11,7 @@ use worker::{Env, Result};
 use super::store::{Meta, Store};
 use crate::path::STREAM_PREFIX;
 use crate::subscription::object::Notify;
-use crate::subscription::registry::{StreamPath, SubscriptionIds};
+use crate::subscription::registry::{ChannelRef, CreatedStream, StreamPath, SubscriptionIds};
 use crate::subscription::{call, registry_stub, subscription_stub};
 
 /// The root-relative name subscriptions use (`events/a` for `/v1/stream/events/a`).
@@ -19,21 +19,24 @@ fn name(meta: &Meta) -> &str {
     meta.path.strip_prefix(STREAM_PREFIX).unwrap_or(&meta.path)
 }
 
-/// A new stream: learn which subscriptions cover it, and tell them where it starts.
-pub async fn created(env: &Env, store: &Store, meta: &Meta) -> Result<()> {
-    let path = StreamPath {
+/// A new stream: learn which subscriptions cover it, and tell them where it starts. Answers the
+/// channels above it (for a channel, none: the registry links the streams below it instead).
+pub async fn created(env: &Env, store: &Store, meta: &Meta) -> Result<Vec<ChannelRef>> {
+    let path = CreatedStream {
         path: name(meta).to_string(),
+        channel: meta.channel.then(|| meta.instance.clone()),
     };
     let (status, reply) =
         call::<_, SubscriptionIds>(&registry_stub(env)?, "stream-created", &path).await?;
     let Some(ids) = reply.filter(|_| status == 200) else {
         worker::console_warn!("stream {}: registry answered {status}", meta.path);
-        return Ok(());
+        return Ok(Vec::new());
     };
     for id in &ids.subs {
         store.add_subscriber(id)?;
     }
-    notify(env, store, meta, &ids.subs).await
+    notify(env, store, meta, &ids.subs).await?;
+    Ok(ids.channels)
 }
 
 /// After an append: every linked subscription learns the new tail.

@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS links (
   PRIMARY KEY (sub, kind, pattern)
 );
 CREATE INDEX IF NOT EXISTS links_by_prefix ON links (prefix);
+CREATE TABLE IF NOT EXISTS channels (prefix TEXT PRIMARY KEY, instance TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (kid TEXT PRIMARY KEY, x TEXT NOT NULL, d TEXT NOT NULL, created_ms INTEGER NOT NULL);
 ";
 
@@ -40,10 +41,31 @@ pub struct StreamPath {
     pub path: String,
 }
 
+/// A stream just created; `channel` is its incarnation when it is a channel.
+#[derive(Serialize, Deserialize)]
+pub struct CreatedStream {
+    pub path: String,
+    #[serde(default)]
+    pub channel: Option<String>,
+}
+
+/// What a new stream is told: the subscriptions and the channels that cover it.
 #[derive(Serialize, Deserialize)]
 pub struct SubscriptionIds {
     pub subs: Vec<String>,
+    #[serde(default)]
+    pub channels: Vec<ChannelRef>,
 }
+
+/// A channel's name and incarnation: a channel deleted and created again is a new channel.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ChannelRef {
+    pub path: String,
+    pub instance: String,
+}
+
+/// A new channel links the existing streams below it this many at a time.
+const LINK_BATCH: usize = 32;
 
 /// A subscription's links: its pattern and its explicit streams.
 #[derive(Serialize, Deserialize)]
@@ -134,7 +156,7 @@ impl RegistryObject {
         let parse_err = || http::text(400, "bad registry request");
         match op.as_str() {
             "internal/stream-created" => {
-                let Ok(p) = serde_json::from_slice::<StreamPath>(&body) else {
+                let Ok(p) = serde_json::from_slice::<CreatedStream>(&body) else {
                     return parse_err();
                 };
                 self.sql.exec(
@@ -142,7 +164,15 @@ impl RegistryObject {
                     vec![s(&p.path)],
                 )?;
                 let subs = self.subscriptions_of(&p.path)?;
-                reply(&SubscriptionIds { subs })
+                // A channel feeds no channel; a plain stream feeds every channel above it.
+                let channels = match &p.channel {
+                    Some(instance) => {
+                        self.channel_created(&p.path, instance).await?;
+                        Vec::new()
+                    }
+                    None => self.channels_above(&p.path)?,
+                };
+                reply(&SubscriptionIds { subs, channels })
             }
             "internal/stream-removed" => {
                 let Ok(p) = serde_json::from_slice::<StreamPath>(&body) else {
@@ -150,6 +180,9 @@ impl RegistryObject {
                 };
                 self.sql
                     .exec("DELETE FROM streams WHERE path = ?", vec![s(&p.path)])?;
+                // Its sources drop their links when it answers them 404.
+                self.sql
+                    .exec("DELETE FROM channels WHERE prefix = ?", vec![s(&p.path)])?;
                 let subs = self.subscriptions_of(&p.path)?;
                 self.stream_removed(&p, &subs).await;
                 reply(&serde_json::json!({}))
@@ -207,6 +240,71 @@ impl RegistryObject {
         subs.sort_unstable();
         subs.dedup();
         Ok(subs)
+    }
+
+    /// The channels above `path`.
+    fn channels_above(&self, path: &str) -> Result<Vec<ChannelRef>> {
+        let mut found = Vec::new();
+        for prefix in edgestream::channel::ancestors(path) {
+            let rows = self.rows(
+                "SELECT instance FROM channels WHERE prefix = ?",
+                vec![s(prefix)],
+            )?;
+            if let Some(r) = rows.first() {
+                found.push(ChannelRef {
+                    path: prefix.to_string(),
+                    instance: col(r, 0),
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Records a new channel and links every stream below it (not other channels), from each
+    /// stream's tail, [`LINK_BATCH`] calls at a time. A stream that cannot be reached is logged
+    /// and left unlinked: the channel's PUT does not fail for it.
+    async fn channel_created(&self, prefix: &str, instance: &str) -> Result<()> {
+        self.sql.exec(
+            "INSERT OR REPLACE INTO channels (prefix, instance) VALUES (?, ?)",
+            vec![s(prefix), s(instance)],
+        )?;
+        // Every path that starts with `prefix/` sorts between `prefix/` and `prefix0`.
+        let rows = self.rows(
+            "SELECT path FROM streams WHERE path > ?1 AND path < ?2
+               AND path NOT IN (SELECT prefix FROM channels) ORDER BY path",
+            vec![s(&format!("{prefix}/")), s(&format!("{prefix}0"))],
+        )?;
+        let below: Vec<String> = rows
+            .iter()
+            .map(|r| col(r, 0))
+            .filter(|p| edgestream::channel::covers(prefix, p))
+            .collect();
+        let link = ChannelRef {
+            path: prefix.to_string(),
+            instance: instance.to_string(),
+        };
+        let link = &link;
+        for chunk in below.chunks(LINK_BATCH) {
+            let calls = chunk.iter().map(|path| async move {
+                let result = match super::stream_stub(&self.env, path) {
+                    Ok(stub) => call::<_, serde_json::Value>(&stub, "channel-link", link).await,
+                    Err(e) => Err(e),
+                };
+                (path, result)
+            });
+            for (path, result) in futures_util::future::join_all(calls).await {
+                match result {
+                    Ok((200 | 404, _)) => {}
+                    Ok((status, _)) => worker::console_warn!(
+                        "registry: stream {path} answered {status} to channel-link {prefix}"
+                    ),
+                    Err(e) => {
+                        worker::console_warn!("registry: stream {path}: channel-link failed: {e}")
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Tells each subscription that links `path` that its stream is gone. A failure is logged:

@@ -1,0 +1,361 @@
+//! Hierarchical channels: a JSON stream that receives every message of the streams below its
+//! path, wrapped in an envelope that names the source stream and its offset.
+//!
+//! The rules here are the pure parts: the `Stream-Channel` header, which paths a channel
+//! covers (on segment boundaries, as `rooms/**` or `rooms.>` would), and the envelopes. The
+//! Worker moves the bytes.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use crate::json::MessageEnds;
+use crate::{base64, Offset, ProtocolError};
+
+/// Request header of a PUT that creates a channel; response header of a channel's PUT, HEAD,
+/// GET, long-poll and SSE responses.
+pub const STREAM_CHANNEL: &str = "stream-channel";
+
+/// `Stream-Channel`: absent or `false` for a plain stream, `true` for a channel (ASCII case and
+/// surrounding whitespace ignored). Anything else is refused rather than guessed.
+pub fn parse_header(value: Option<&str>) -> Result<bool, ProtocolError> {
+    let Some(value) = value else {
+        return Ok(false);
+    };
+    let value = value.trim();
+    if value.eq_ignore_ascii_case("true") {
+        Ok(true)
+    } else if value.eq_ignore_ascii_case("false") {
+        Ok(false)
+    } else {
+        Err(ProtocolError::BadRequest(
+            "Stream-Channel must be true or false",
+        ))
+    }
+}
+
+/// Whether the channel at `prefix` covers the stream at `path`: `path` is strictly below
+/// `prefix/`, at any depth. `rooms` covers `rooms/a` and `rooms/a/b`, never `rooms` itself or
+/// `roomsx/a`.
+pub fn covers(prefix: &str, path: &str) -> bool {
+    !prefix.is_empty()
+        && path.len() > prefix.len() + 1
+        && path.starts_with(prefix)
+        && path.as_bytes()[prefix.len()] == b'/'
+}
+
+/// The paths a channel covering `path` could have: every proper prefix of `path` that ends on
+/// a segment boundary, nearest the root first (`a/b/c` gives `a`, `a/b`).
+pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    path.char_indices()
+        .filter(|&(i, c)| c == '/' && i > 0)
+        .map(move |(i, _)| &path[..i])
+}
+
+/// How a non-JSON source's bytes are carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BytesField {
+    /// `"text"`: the bytes as a JSON string.
+    Text,
+    /// `"base64"`: standard base64 with padding.
+    Base64,
+}
+
+impl BytesField {
+    /// `text` for a `text/*` source whose piece is valid UTF-8, else `base64`.
+    pub fn for_piece(text_type: bool, bytes: &[u8]) -> BytesField {
+        if text_type && core::str::from_utf8(bytes).is_ok() {
+            BytesField::Text
+        } else {
+            BytesField::Base64
+        }
+    }
+}
+
+/// Appends `value` to `out` as a JSON string.
+pub fn write_json_string(value: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for c in value.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            c if (c as u32) < 0x20 => {
+                let mut s = String::new();
+                let _ = write!(s, "\\u{:04x}", c as u32);
+                out.extend_from_slice(s.as_bytes());
+            }
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// `{"stream":…,"offset":…,` — the start every envelope shares.
+fn write_head(stream: &str, offset: Offset, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"stream\":");
+    write_json_string(stream, out);
+    let mut s = String::new();
+    let _ = write!(s, ",\"offset\":\"{offset}\",");
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The envelope of one JSON message (`message` is its JSON text, already validated):
+/// `{"stream":…,"offset":…,"data":<message>}`, where `offset` is the source's offset just
+/// after the message.
+pub fn write_json_envelope(stream: &str, offset: Offset, message: &[u8], out: &mut Vec<u8>) {
+    write_head(stream, offset, out);
+    out.extend_from_slice(b"\"data\":");
+    out.extend_from_slice(message);
+    out.push(b'}');
+}
+
+/// The envelope of a piece of a non-JSON source: `{"stream":…,"offset":…,"text":"…"}` or
+/// `…,"base64":"…"}`.
+pub fn write_bytes_envelope(
+    stream: &str,
+    offset: Offset,
+    bytes: &[u8],
+    field: BytesField,
+    out: &mut Vec<u8>,
+) {
+    write_head(stream, offset, out);
+    match (field, core::str::from_utf8(bytes)) {
+        (BytesField::Text, Ok(text)) => {
+            out.extend_from_slice(b"\"text\":");
+            write_json_string(text, out);
+        }
+        _ => {
+            out.extend_from_slice(b"\"base64\":\"");
+            base64::encode_into(bytes, out);
+            out.push(b'"');
+        }
+    }
+    out.push(b'}');
+}
+
+/// The event that follows a closed source's last message: `{"stream":…,"offset":…,"event":"closed"}`
+/// with the source's final offset.
+pub fn write_closed_envelope(stream: &str, offset: Offset, out: &mut Vec<u8>) {
+    write_head(stream, offset, out);
+    out.extend_from_slice(b"\"event\":\"closed\"}");
+}
+
+/// The source position a channel's mark reaches once a closed source's `closed` event is in
+/// it: one past the final offset, which no message of a closed stream can reach, so the event
+/// is deduplicated like any message.
+pub fn closed_mark(tail: u64) -> u64 {
+    tail + 1
+}
+
+/// A batch of envelopes in a JSON stream's stored framing (each followed by `,`), and the
+/// source position just after the last source message it holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub framed: Vec<u8>,
+    pub end: u64,
+}
+
+/// Envelopes for the framed JSON messages of a source read from position `from`, stopping
+/// once the batch holds `budget` bytes (it always holds at least one message when there is
+/// one). `framed` must start on a message boundary; a trailing partial message is left out.
+pub fn json_batch(stream: &str, from: u64, framed: &[u8], budget: usize) -> Batch {
+    let mut batch = Batch {
+        framed: Vec::new(),
+        end: from,
+    };
+    let mut start = 0;
+    for end in MessageEnds::new(framed) {
+        if batch.framed.len() >= budget {
+            break;
+        }
+        let Some(offset) = Offset::new(from + end as u64) else {
+            break;
+        };
+        // The message without its comma.
+        write_json_envelope(stream, offset, &framed[start..end - 1], &mut batch.framed);
+        batch.framed.push(b',');
+        batch.end = offset.position();
+        start = end;
+    }
+    batch
+}
+
+/// What a channel does with a batch covering a source's positions `[from, to)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Append it and move the mark to `to`.
+    Append,
+    /// It has (some of) it already: answer the mark, from which the source resends.
+    Already(u64),
+}
+
+/// The channel's rule for exactly-once delivery, given its mark for the source incarnation
+/// (`None`: nothing from it yet). A batch is appended only when it starts at or past the mark,
+/// so one delivered twice, whole or in part, is appended once. (A batch that starts past the
+/// mark comes from a link made at a stream's tail, which is where the channel starts.)
+pub fn admit(mark: Option<u64>, from: u64, to: u64) -> Admit {
+    match mark {
+        Some(mark) if mark > from || mark >= to => Admit::Already(mark),
+        _ => Admit::Append,
+    }
+}
+
+/// Where a source goes on from once the channel answered `mark`: never back, never past the
+/// source's own tail.
+pub fn advance(forwarded: u64, mark: u64, tail: u64) -> u64 {
+    forwarded.max(mark.min(tail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn a_batch_is_appended_once() {
+        assert_eq!(admit(None, 0, 10), Admit::Append);
+        assert_eq!(admit(Some(10), 10, 20), Admit::Append);
+        // The same batch again, after its answer was lost.
+        assert_eq!(admit(Some(20), 10, 20), Admit::Already(20));
+        // A larger batch from the same start: the channel has its first part.
+        assert_eq!(admit(Some(20), 10, 30), Admit::Already(20));
+        // An older batch arriving late.
+        assert_eq!(admit(Some(20), 0, 10), Admit::Already(20));
+        // A link made at a later tail.
+        assert_eq!(admit(Some(20), 50, 60), Admit::Append);
+        assert_eq!(advance(10, 20, 30), 20);
+        assert_eq!(advance(10, 5, 30), 10);
+        assert_eq!(advance(10, 40, 30), 30);
+    }
+
+    #[test]
+    fn closed_events_follow_the_last_message() {
+        let mut out = Vec::new();
+        write_closed_envelope("r/a", Offset::new(9).unwrap(), &mut out);
+        assert_eq!(
+            core::str::from_utf8(&out).unwrap(),
+            "{\"stream\":\"r/a\",\"offset\":\"0000000000000000_0000000000000009\",\"event\":\"closed\"}"
+        );
+        // A close-only batch is appended once, and its mark never moves the source past its tail.
+        assert_eq!(admit(Some(9), 9, closed_mark(9)), Admit::Append);
+        assert_eq!(
+            admit(Some(closed_mark(9)), 9, closed_mark(9)),
+            Admit::Already(10)
+        );
+        assert_eq!(advance(9, closed_mark(9), 9), 9);
+    }
+
+    #[test]
+    fn header_values() {
+        assert_eq!(parse_header(None), Ok(false));
+        assert_eq!(parse_header(Some("true")), Ok(true));
+        assert_eq!(parse_header(Some(" TRUE ")), Ok(true));
+        assert_eq!(parse_header(Some("false")), Ok(false));
+        assert!(parse_header(Some("yes")).is_err());
+        assert!(parse_header(Some("")).is_err());
+        assert!(parse_header(Some("1")).is_err());
+    }
+
+    #[test]
+    fn coverage_is_on_segment_boundaries() {
+        assert!(covers("rooms", "rooms/a"));
+        assert!(covers("rooms", "rooms/a/b"));
+        assert!(covers("rooms/eu", "rooms/eu/paris"));
+        assert!(!covers("rooms", "rooms"));
+        assert!(!covers("rooms", "rooms/"));
+        assert!(!covers("rooms", "roomsx/a"));
+        assert!(!covers("rooms", "room"));
+        assert!(!covers("rooms/eu", "rooms/europe/x"));
+        assert!(!covers("", "a"));
+        assert!(covers("é", "é/ü"));
+    }
+
+    #[test]
+    fn ancestors_are_segment_prefixes() {
+        assert_eq!(ancestors("a/b/c").collect::<Vec<_>>(), vec!["a", "a/b"]);
+        assert_eq!(ancestors("a").count(), 0);
+        assert_eq!(
+            ancestors("rooms/eu/paris").collect::<Vec<_>>(),
+            vec!["rooms", "rooms/eu"]
+        );
+        for a in ancestors("x/y/z/w") {
+            assert!(covers(a, "x/y/z/w"));
+        }
+    }
+
+    #[test]
+    fn json_envelopes_escape_the_name() {
+        let mut out = Vec::new();
+        write_json_envelope(
+            "rooms/\"q\"\\\n",
+            Offset::new(42).unwrap(),
+            b"{\"a\":[1,2]}",
+            &mut out,
+        );
+        let text = core::str::from_utf8(&out).unwrap();
+        assert_eq!(
+            text,
+            "{\"stream\":\"rooms/\\\"q\\\"\\\\\\n\",\"offset\":\"0000000000000000_0000000000000042\",\"data\":{\"a\":[1,2]}}"
+        );
+        crate::json::validate(&out).unwrap();
+        let mut ctl = Vec::new();
+        write_json_string("\u{1}é", &mut ctl);
+        assert_eq!(ctl, "\"\\u0001é\"".as_bytes());
+    }
+
+    #[test]
+    fn bytes_envelopes_are_text_or_base64() {
+        let mut out = Vec::new();
+        let field = BytesField::for_piece(true, b"hi \"you\"");
+        assert_eq!(field, BytesField::Text);
+        write_bytes_envelope("t", Offset::new(8).unwrap(), b"hi \"you\"", field, &mut out);
+        assert_eq!(
+            core::str::from_utf8(&out).unwrap(),
+            "{\"stream\":\"t\",\"offset\":\"0000000000000000_0000000000000008\",\"text\":\"hi \\\"you\\\"\"}"
+        );
+        out.clear();
+        let field = BytesField::for_piece(true, &[0xff, 0x00]);
+        assert_eq!(field, BytesField::Base64);
+        write_bytes_envelope("b", Offset::new(2).unwrap(), &[0xff, 0x00], field, &mut out);
+        assert!(core::str::from_utf8(&out)
+            .unwrap()
+            .ends_with("\"base64\":\"/wA=\"}"));
+        assert_eq!(BytesField::for_piece(false, b"text"), BytesField::Base64);
+        crate::json::validate(&out).unwrap();
+    }
+
+    #[test]
+    fn json_batches_carry_each_message_with_its_end_offset() {
+        let framed = b"1,{\"x\":\"a,b\"},[3],";
+        let batch = json_batch("s", 100, framed, 1 << 20);
+        assert_eq!(batch.end, 100 + framed.len() as u64);
+        let body = crate::json::render_array(&batch.framed);
+        let text = core::str::from_utf8(&body).unwrap();
+        assert_eq!(
+            text,
+            "[{\"stream\":\"s\",\"offset\":\"0000000000000000_0000000000000102\",\"data\":1},\
+{\"stream\":\"s\",\"offset\":\"0000000000000000_0000000000000114\",\"data\":{\"x\":\"a,b\"}},\
+{\"stream\":\"s\",\"offset\":\"0000000000000000_0000000000000118\",\"data\":[3]}]"
+        );
+        crate::json::validate(&body).unwrap();
+        // A budget smaller than one envelope still takes one message, then stops.
+        let one = json_batch("s", 100, framed, 1);
+        assert_eq!(one.end, 102);
+        // A trailing partial message is left for the next batch.
+        let partial = json_batch("s", 0, b"1,2", 1 << 20);
+        assert_eq!(partial.end, 2);
+        assert_eq!(
+            json_batch("s", 7, b"", 10),
+            Batch {
+                framed: vec![],
+                end: 7
+            }
+        );
+    }
+}

@@ -1,0 +1,556 @@
+//! Hierarchical channels: a channel is a JSON stream that receives one envelope per message of
+//! every stream below its path.
+//!
+//! Both sides are `StreamObject`s. A source keeps, per channel it feeds, the position up to
+//! which the channel has acknowledged its messages (`forwarded`). After each append (and from
+//! the alarm, after a failure or a restart) it reads its log from there, in batches of about
+//! [`BATCH_BYTES`] cut at message boundaries, wraps each message in an envelope and sends the
+//! batch to the channel's object. The channel keeps, per source incarnation, the source position
+//! its envelopes reach (its mark), appends a batch only when it starts at that mark, and moves
+//! the mark in the same turn as the rows, so a batch delivered twice is appended once. The
+//! answer is the mark, from which the source goes on. Nothing is written per append beyond the
+//! append itself: the source writes `forwarded` once per batch (and sets its alarm at most once
+//! per alarm), the channel its mark once per batch. A closed source's last batch ends with a
+//! `closed` event, whose mark is one past the final offset.
+//!
+//! Which streams feed which channel is the registry's business (`subscription/registry.rs`):
+//! a new stream learns the channels above it when it is created, and a new channel has the
+//! registry link every existing stream below it from that stream's tail.
+
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
+
+use edgestream::channel::{self as ch, Admit, Batch, BytesField};
+use edgestream::headers::SseEncoding;
+use edgestream::stream::CreateRequest;
+use edgestream::{ContentType, Offset, ProtocolError};
+use futures_channel::oneshot;
+use futures_util::future::{select, Either};
+use wasm_bindgen::{JsCast, JsValue};
+use worker::{Delay, Headers, Method, Request, RequestInit, Response, Result};
+
+use super::store::{ChannelLink, Meta, Store, MAX_POSITION};
+use super::{live, subscribers, Lookup, StreamObject};
+use crate::http::{self, header, now_ms};
+use crate::path::STREAM_PREFIX;
+use crate::subscription::registry::ChannelRef;
+use crate::subscription::stream_stub;
+
+/// A batch sent to a channel holds about this much: source messages are read up to it, and
+/// envelopes added until they reach it (always at least one message, however large).
+const BATCH_BYTES: usize = 1024 * 1024;
+/// An appender waits at most this long for a channel to answer; the alarm retries after.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// While a source has undelivered messages, an alarm is set at most this far ahead, so they
+/// are delivered even if the isolate dies before the channel answers.
+const SAFETY_MS: i64 = 2_000;
+/// Retries after failures back off from 1 s, doubling, up to this.
+const MAX_BACKOFF_MS: i64 = 60_000;
+/// What a POST (or a socket's append frame) to a channel is told it may do instead.
+const CHANNEL_METHODS: &str = "GET, HEAD, PUT, DELETE, OPTIONS";
+
+/// The source side's state in memory: one delivery round at a time, appenders that arrive
+/// during one wait for the next, and whether the safety alarm is known to be set.
+pub struct Forwarder {
+    /// The runtime's `DurableObjectState`, to set the alarm in the caller's own turn.
+    state: JsValue,
+    running: Cell<bool>,
+    waiters: RefCell<Vec<oneshot::Sender<Wake>>>,
+    armed: Cell<bool>,
+    /// After a failure, appends leave the failing channels to the alarm until then, rather
+    /// than each waiting on a channel that is down.
+    backoff_until: Cell<i64>,
+}
+
+impl Forwarder {
+    pub fn new(state: JsValue) -> Forwarder {
+        Forwarder {
+            state,
+            running: Cell::new(false),
+            waiters: RefCell::new(Vec::new()),
+            armed: Cell::new(false),
+            backoff_until: Cell::new(0),
+        }
+    }
+}
+
+/// The rules a PUT with `Stream-Channel: true` must meet; `Ok(true)` for a channel. A channel
+/// is a JSON stream (no `Content-Type` means JSON), with no body, not a fork and not closed.
+pub fn create_rules(
+    headers: &Headers,
+    request: &mut CreateRequest,
+    body: &[u8],
+) -> std::result::Result<bool, ProtocolError> {
+    if !ch::parse_header(header(headers, ch::STREAM_CHANNEL).as_deref())? {
+        return Ok(false);
+    }
+    match &request.content_type {
+        None => {
+            request.content_type = ContentType::parse("application/json").ok();
+        }
+        Some(ct) if !ct.is_json() => {
+            return Err(ProtocolError::BadRequest(
+                "a channel is a JSON stream: its Content-Type must be application/json",
+            ))
+        }
+        Some(_) => {}
+    }
+    if request.fork.is_some() {
+        return Err(ProtocolError::BadRequest("a channel cannot be a fork"));
+    }
+    if !body.is_empty() {
+        return Err(ProtocolError::BadRequest(
+            "a channel is written by the streams below it: its PUT has no body",
+        ));
+    }
+    if request.closed {
+        return Err(ProtocolError::BadRequest(
+            "a channel cannot be created closed",
+        ));
+    }
+    Ok(true)
+}
+
+/// 405 to a client's append: only the streams below a channel write to it.
+pub fn refuse_append() -> Result<Response> {
+    let resp = http::text(
+        405,
+        "a channel is written only by the streams below it; append to one of them",
+    )?;
+    resp.headers().set("allow", CHANNEL_METHODS)?;
+    Ok(resp)
+}
+
+/// Marks a response as a channel's (`Stream-Channel: true`).
+pub fn mark(resp: &Response, meta: &Meta) -> Result<()> {
+    if meta.channel {
+        resp.headers().set(ch::STREAM_CHANNEL, "true")?;
+    }
+    Ok(())
+}
+
+/// The root-relative name (`rooms/a` for `/v1/stream/rooms/a`).
+fn name(meta: &Meta) -> &str {
+    meta.path.strip_prefix(STREAM_PREFIX).unwrap_or(&meta.path)
+}
+
+/// A new stream: links the channels the registry found above it, from its start, and delivers
+/// its initial messages.
+pub async fn created(obj: &StreamObject, meta: &Meta, channels: &[ChannelRef]) -> Result<()> {
+    let store = obj.store()?;
+    for c in channels {
+        if !meta.channel && ch::covers(&c.path, name(meta)) {
+            store.link_channel(&c.path, &c.instance, meta.base)?;
+        }
+    }
+    stored(obj, meta);
+    forward(obj).await;
+    Ok(())
+}
+
+/// Called in the turn that stores new messages, before any `await`: when channels are to be
+/// fed, the safety alarm is set in that same turn, so it commits with the rows and a crash
+/// before delivery leaves the alarm to deliver them.
+pub fn stored(obj: &StreamObject, meta: &Meta) {
+    if meta.channel || obj.channels.armed.get() {
+        return;
+    }
+    match obj.store().and_then(|s| s.channel_links()) {
+        Ok(links) if !links.is_empty() => arm(obj, meta, now_ms() + SAFETY_MS),
+        Ok(_) => {}
+        Err(e) => worker::console_error!("channels: {}: cannot read links: {e}", meta.path),
+    }
+}
+
+/// `internal/channel-link`: the registry links a channel created above this stream, from the
+/// stream's tail (its history stays out of the channel).
+pub fn on_link(obj: &StreamObject, body: &[u8]) -> Result<Response> {
+    let Ok(c) = serde_json::from_slice::<ChannelRef>(body) else {
+        return http::text(400, "bad internal channel-link");
+    };
+    let Some(meta) = obj.meta()?.filter(|m| !m.deleted) else {
+        return http::error(&ProtocolError::NotFound);
+    };
+    // Channels never feed each other, a channel only covers what is below it, and a stream
+    // closed before the channel existed has nothing more to give it.
+    let linked = !meta.channel && !meta.closed && ch::covers(&c.path, name(&meta));
+    if linked {
+        obj.store()?.link_channel(&c.path, &c.instance, meta.tail)?;
+    }
+    crate::subscription::json(200, &serde_json::json!({ "linked": linked }))
+}
+
+/// Delivers what the channels above this stream have not yet acknowledged. Called after each
+/// append and create, and from the alarm; failures are logged and left to the alarm, never
+/// passed to the appender, whose data is already stored.
+pub async fn forward(obj: &StreamObject) {
+    if let Err(e) = forward_all(obj).await {
+        worker::console_error!("channels: forwarding failed: {e}");
+    }
+}
+
+async fn forward_all(obj: &StreamObject) -> Result<()> {
+    let f = &obj.channels;
+    if f.running.get() {
+        // A round is under way, and the next one takes this append too. Wait for it, so an
+        // append is acknowledged once its channels have it (or the alarm has it in hand).
+        let (tx, rx) = oneshot::channel();
+        f.waiters.borrow_mut().push(tx);
+        match rx.await {
+            Ok(Wake::YourTurn) => {}
+            Ok(Wake::Delivered) | Err(_) => return Ok(()),
+        }
+    }
+    f.running.set(true);
+    let result = rounds(obj).await;
+    if result.is_err() || !f.running.get() {
+        // Nobody runs the next round: whoever waits is answered, and the alarm delivers.
+        f.running.set(false);
+        for waiter in f.waiters.take() {
+            let _ = waiter.send(Wake::Delivered);
+        }
+    }
+    result
+}
+
+/// What a waiting appender is woken with.
+enum Wake {
+    /// The round that read its append is over.
+    Delivered,
+    /// It runs the next round: the appender that ran the last one has been answered.
+    YourTurn,
+}
+
+enum Round {
+    /// Every channel has everything (as of the round's start).
+    Done,
+    /// Some channel has more to take.
+    More,
+    /// A delivery failed; the alarm retries.
+    Failed,
+}
+
+/// Runs rounds until every channel has everything, or a delivery fails. The appenders whose
+/// messages a round read are answered once the channels have all of them (a backlog larger
+/// than a batch takes several rounds). When appends arrived meanwhile, the next round is handed
+/// to one of their appenders and this one returns, so an appender waits for the rounds that
+/// carry its messages and not for later ones, however busy the stream.
+async fn rounds(obj: &StreamObject) -> Result<()> {
+    let f = &obj.channels;
+    let mut waiting = Vec::new();
+    loop {
+        waiting.extend(f.waiters.take());
+        let round = round(obj).await;
+        if matches!(round, Ok(Round::More)) {
+            continue;
+        }
+        for waiter in waiting.drain(..) {
+            let _ = waiter.send(Wake::Delivered);
+        }
+        match round? {
+            Round::More => {}
+            Round::Failed => {
+                f.running.set(false);
+                return Ok(());
+            }
+            Round::Done => {
+                let next: Vec<_> = f.waiters.take();
+                let mut handed = false;
+                for waiter in next {
+                    if handed {
+                        f.waiters.borrow_mut().push(waiter);
+                    } else {
+                        // A waiter that is gone (its request dropped) cannot take over.
+                        handed = waiter.send(Wake::YourTurn).is_ok();
+                    }
+                }
+                if !handed {
+                    f.running.set(false);
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// What a channel did with a batch.
+enum Delivery {
+    /// Its mark for this source: everything before it is in the channel.
+    Mark(u64),
+    /// No such channel (deleted, or another incarnation): the link goes.
+    Gone,
+}
+
+/// One batch to each channel that is behind, sent in parallel.
+async fn round(obj: &StreamObject) -> Result<Round> {
+    let Some(meta) = obj.meta()?.filter(|m| !m.deleted && !m.channel) else {
+        return Ok(Round::Done);
+    };
+    let store = obj.store()?;
+    let backing_off = now_ms() < obj.channels.backoff_until.get();
+    let behind: Vec<ChannelLink> = store
+        .channel_links()?
+        .into_iter()
+        .filter(|l| {
+            (l.forwarded < meta.tail || (meta.closed && !l.closed_sent))
+                && !(backing_off && l.failures > 0)
+        })
+        .collect();
+    if behind.is_empty() {
+        return Ok(Round::Done);
+    }
+    // Normally set by `stored` already; after a wake from the alarm, set again here.
+    arm(obj, &meta, now_ms() + SAFETY_MS);
+    let mut sends = Vec::with_capacity(behind.len());
+    for link in behind {
+        match batch(store, &meta, link.forwarded) {
+            Ok(batch) if batch.end > link.forwarded.position() || batch.closes => {
+                sends.push((link, batch))
+            }
+            Ok(_) => {}
+            Err(e) => worker::console_error!(
+                "channels: {} cannot read from {} for {}: {e}",
+                meta.path,
+                link.forwarded,
+                link.channel
+            ),
+        }
+    }
+    let calls = sends
+        .iter()
+        .map(|(link, batch)| deliver(obj, &meta, link, batch));
+    let results = futures_util::future::join_all(calls).await;
+    // The stream may have been deleted (or created again) while the channels answered.
+    let Some(now) = obj.meta()?.filter(|m| m.instance == meta.instance) else {
+        return Ok(Round::Done);
+    };
+    let store = obj.store()?;
+    let mut outcome = Round::Done;
+    let mut retry_in: Option<i64> = None;
+    for ((mut link, _), result) in sends.into_iter().zip(results) {
+        match result {
+            Ok(Delivery::Mark(mark)) => {
+                let to = ch::advance(link.forwarded.position(), mark, now.tail.position());
+                link.forwarded = Offset::new(to).unwrap_or(link.forwarded);
+                link.closed_sent = now.closed && mark >= ch::closed_mark(now.tail.position());
+                link.failures = 0;
+                store.set_forwarded(&link)?;
+                let behind = link.forwarded < now.tail || (now.closed && !link.closed_sent);
+                if behind && !matches!(outcome, Round::Failed) {
+                    outcome = Round::More;
+                }
+            }
+            Ok(Delivery::Gone) => store.unlink_channel(&link.channel, &link.instance)?,
+            Err(e) => {
+                worker::console_warn!(
+                    "channels: {} to {} failed ({} in a row): {e}",
+                    meta.path,
+                    link.channel,
+                    link.failures + 1
+                );
+                link.failures = link.failures.saturating_add(1);
+                store.set_forwarded(&link)?;
+                let backoff = (1000i64 << link.failures.min(6)).min(MAX_BACKOFF_MS);
+                retry_in = Some(retry_in.map_or(backoff, |r| r.min(backoff)));
+                outcome = Round::Failed;
+            }
+        }
+    }
+    if let Some(delay) = retry_in {
+        obj.channels.backoff_until.set(now_ms() + delay);
+        obj.channels.armed.set(false);
+        arm(obj, &now, now_ms() + delay);
+    }
+    Ok(outcome)
+}
+
+/// What a round sends one channel.
+struct Outgoing {
+    /// The envelopes, framed.
+    framed: Vec<u8>,
+    /// The source position the channel's mark reaches with them.
+    to: u64,
+    /// They end with the stream's `closed` event.
+    closes: bool,
+    /// Where the source's messages in them end.
+    end: u64,
+}
+
+/// The envelopes of the source's messages from `from`, about [`BATCH_BYTES`] of them, and the
+/// `closed` event after the last message of a closed stream.
+fn batch(store: &Store, meta: &Meta, from: Offset) -> Result<Outgoing> {
+    let stream = name(meta);
+    let mut batch = if meta.is_json() {
+        match store.read(from, meta.tail, BATCH_BYTES, true)? {
+            Ok(page) => ch::json_batch(stream, from.position(), &page.data, BATCH_BYTES),
+            Err(e) => return Err(worker::Error::RustError(e.into_protocol().message())),
+        }
+    } else {
+        let text = meta.content_type.sse_encoding() == SseEncoding::Utf8;
+        let mut batch = Batch {
+            framed: Vec::new(),
+            end: from.position(),
+        };
+        for (end, bytes) in store.append_pieces(from, meta.tail, BATCH_BYTES)? {
+            if batch.framed.len() >= BATCH_BYTES {
+                break;
+            }
+            let field = BytesField::for_piece(text, &bytes);
+            ch::write_bytes_envelope(stream, end, &bytes, field, &mut batch.framed);
+            batch.framed.push(b',');
+            batch.end = end.position();
+        }
+        batch
+    };
+    let closes = meta.closed && batch.end == meta.tail.position();
+    let mut to = batch.end;
+    if closes {
+        ch::write_closed_envelope(stream, meta.tail, &mut batch.framed);
+        batch.framed.push(b',');
+        to = ch::closed_mark(meta.tail.position());
+    }
+    Ok(Outgoing {
+        framed: batch.framed,
+        to,
+        closes,
+        end: batch.end,
+    })
+}
+
+/// Sends one batch to a channel's object and reads its answer.
+async fn deliver(
+    obj: &StreamObject,
+    meta: &Meta,
+    link: &ChannelLink,
+    batch: &Outgoing,
+) -> Result<Delivery> {
+    let url = worker::Url::parse_with_params(
+        "https://edgestream/internal/channel-append",
+        &[
+            ("source", name(meta)),
+            ("incarnation", meta.instance.as_str()),
+            ("channel", link.instance.as_str()),
+            ("from", &link.forwarded.position().to_string()),
+            ("to", &batch.to.to_string()),
+        ],
+    )
+    .map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_body(Some(js_sys::Uint8Array::from(&batch.framed[..]).into()));
+    let req = Request::new_with_init(url.as_str(), &init)?;
+    let stub = stream_stub(&obj.env, &link.channel)?;
+    let call = Box::pin(stub.fetch_with_request(req));
+    let mut resp = match select(call, Delay::from(CALL_TIMEOUT)).await {
+        Either::Left((resp, _)) => resp?,
+        Either::Right(_) => return Err(worker::Error::RustError("channel timed out".into())),
+    };
+    match resp.status_code() {
+        200 => {
+            let reply: serde_json::Value = serde_json::from_slice(&resp.bytes().await?)
+                .map_err(|e| worker::Error::RustError(e.to_string()))?;
+            reply["mark"]
+                .as_u64()
+                .map(Delivery::Mark)
+                .ok_or_else(|| worker::Error::RustError("channel answered no mark".into()))
+        }
+        404 | 410 => Ok(Delivery::Gone),
+        status => Err(worker::Error::RustError(format!(
+            "channel answered {status}"
+        ))),
+    }
+}
+
+/// Sets the alarm for `at_ms`, or for the stream's expiry if that comes first (the only other
+/// use of the alarm; the alarm handler does both), unless it is already set. The runtime's
+/// `setAlarm` is called right here, not after an `await`, so it joins the caller's writes.
+fn arm(obj: &StreamObject, meta: &Meta, at_ms: i64) {
+    if obj.channels.armed.get() {
+        return;
+    }
+    let at = meta
+        .expiry
+        .deadline(meta.accessed_ms)
+        .map_or(at_ms, |deadline| deadline.min(at_ms));
+    match set_alarm_now(&obj.channels.state, at) {
+        Ok(()) => obj.channels.armed.set(true),
+        Err(e) => worker::console_error!("channels: {}: cannot set the alarm: {e:?}", meta.path),
+    }
+}
+
+fn set_alarm_now(state: &JsValue, at_ms: i64) -> std::result::Result<(), JsValue> {
+    let storage = js_sys::Reflect::get(state, &"storage".into())?;
+    let set: js_sys::Function = js_sys::Reflect::get(&storage, &"setAlarm".into())?.dyn_into()?;
+    let promise: js_sys::Promise = set
+        .call1(&storage, &JsValue::from_f64(at_ms as f64))?
+        .dyn_into()?;
+    wasm_bindgen_futures::spawn_local(async move {
+        if let Err(e) = wasm_bindgen_futures::JsFuture::from(promise).await {
+            worker::console_error!("channels: setting the alarm failed: {e:?}");
+        }
+    });
+    Ok(())
+}
+
+/// The alarm fired: whatever is still undelivered goes now.
+pub async fn on_alarm(obj: &StreamObject) {
+    obj.channels.armed.set(false);
+    obj.channels.backoff_until.set(0);
+    forward(obj).await;
+}
+
+/// `internal/channel-append`: a batch of envelopes from a source. Appended only when it starts
+/// at this channel's mark for that source incarnation (else the mark is the answer: the source
+/// resends from there), with the mark moved in the same turn as the rows.
+pub async fn on_append(
+    obj: &StreamObject,
+    mut req: Request,
+    url: &worker::Url,
+) -> Result<Response> {
+    let query = |name: &str| http::query_value(url, name);
+    let number = |name: &str| query(name).and_then(|v| v.parse::<u64>().ok());
+    let (Some(source), Some(incarnation), Some(instance), Some(from), Some(to)) = (
+        query("source"),
+        query("incarnation"),
+        query("channel"),
+        number("from"),
+        number("to"),
+    ) else {
+        return http::text(400, "bad internal channel-append");
+    };
+    let body = req.bytes().await?;
+    let now = now_ms();
+    let mut meta = match obj.lookup(now).await? {
+        Lookup::Live(meta) if meta.channel && meta.instance == instance => meta,
+        _ => return http::text(404, "no such channel"),
+    };
+    // From here on there is no await until the mark and the rows are written together.
+    let store = obj.store()?;
+    let mark = store.channel_mark(&source, &incarnation)?;
+    if let Admit::Already(mark) = ch::admit(mark, from, to) {
+        return mark_reply(mark);
+    }
+    if to <= from || body.is_empty() {
+        return http::text(400, "empty internal channel-append");
+    }
+    let start = meta.tail;
+    let Some(tail) = start
+        .checked_add(body.len() as u64)
+        .filter(|t| t.position() <= MAX_POSITION)
+    else {
+        return http::error(&ProtocolError::StreamFull);
+    };
+    store.append(start, &body, true)?;
+    store.set_channel_mark(&source, &incarnation, to, now)?;
+    meta.tail = tail;
+    obj.touch(&mut meta, now)?;
+    obj.remember(&meta);
+    live::queue(&obj.hub, start, tail, meta.closed, body, true);
+    live::flush(&obj.hub);
+    subscribers::appended(&obj.env, store, &meta).await?;
+    mark_reply(to)
+}
+
+fn mark_reply(mark: u64) -> Result<Response> {
+    crate::subscription::json(200, &serde_json::json!({ "mark": mark }))
+}
