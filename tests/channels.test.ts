@@ -32,7 +32,7 @@ const channelHeaders = { 'stream-channel': 'true' };
 type Envelope = { stream: string; offset: string; data?: unknown; text?: string; base64?: string; event?: string };
 
 async function call(method: string, name: string, headers: Record<string, string> = {}, body?: string | Uint8Array, query = '') {
-  const res = await fetch(`${base()}/${name}${query}`, { method, headers, body });
+  const res = await fetch(`${base()}/${name}${query}`, { method, headers, body: body as BodyInit | undefined });
   const text = method === 'HEAD' ? '' : await res.text();
   return { status: res.status, headers: res.headers, text };
 }
