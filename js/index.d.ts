@@ -119,6 +119,12 @@ export interface CreateOptions {
   /** Create the stream already closed. */
   closed?: boolean;
   /**
+   * Create a channel (an edgestream extension): a JSON stream that receives every message of the
+   * streams below its path, each as `{ stream, offset, data }` (or `text`/`base64` for streams
+   * that are not JSON, and `event: 'closed'` when one closes). Read it like any JSON stream.
+   */
+  channel?: boolean;
+  /**
    * Initial content, as the protocol reads a PUT body. On a JSON stream it is a list of messages
    * when it is an array (`[a, b]` creates the stream with messages `a` and `b`; `[[1, 2]]` with
    * the one message `[1, 2]`), and one message otherwise; strings and bytes are JSON text, read

@@ -1,6 +1,7 @@
 //! Single operations on a stream: create (PUT), head (HEAD), append and close (POST), delete.
 //! Each resolves to a plain object with what the response said, or rejects with a typed error.
 
+use edgestream::channel::STREAM_CHANNEL;
 use edgestream::headers;
 use js_sys::{Object, Promise};
 use wasm_bindgen::prelude::*;
@@ -93,7 +94,7 @@ fn sent_info(out: &Object, sent: &Sent) {
 }
 
 /// PUT: creates the stream, or confirms it exists with the same configuration.
-/// Options: `contentType`, `ttlSeconds`, `expiresAt`, `closed`, `body`.
+/// Options: `contentType`, `ttlSeconds`, `expiresAt`, `closed`, `channel`, `body`.
 #[wasm_bindgen(js_name = createStream)]
 pub fn create_stream(options: JsValue) -> Promise {
     future_to_promise(async move {
@@ -116,6 +117,9 @@ pub fn create_stream(options: JsValue) -> Promise {
         }
         if js::get_bool(&options, "closed") == Some(true) {
             hdrs.push((headers::STREAM_CLOSED, String::from("true")));
+        }
+        if js::get_bool(&options, "channel") == Some(true) {
+            hdrs.push((STREAM_CHANNEL, String::from("true")));
         }
         let body = body_of(&options)?;
         let sent = common.send("PUT", hdrs, body).await?;

@@ -432,7 +432,7 @@ export class DurableStream {
   }
 
   /**
-   * PUT. Options: `contentType`, `ttlSeconds`, `expiresAt`, `closed`, `body`. `body` is the
+   * PUT. Options: `contentType`, `ttlSeconds`, `expiresAt`, `closed`, `channel`, `body`. `body` is the
    * initial content as the protocol reads a PUT body, not one message: on a JSON stream an array
    * is a list of messages (so a stream can be created with several, atomically), and any other
    * value is one message; strings and bytes are JSON text, read the same way.
@@ -448,6 +448,7 @@ export class DurableStream {
         ttlSeconds: options.ttlSeconds,
         expiresAt: options.expiresAt,
         closed: options.closed,
+        channel: options.channel,
         body,
       }),
     );

@@ -36,6 +36,12 @@ async function producer(ds: DurableStream) {
 }
 void producer;
 
+async function channel(url: string) {
+  const all = await DurableStream.create({ url, channel: true });
+  return all.stream<{ stream: string; offset: string; data?: unknown }>({ live: 'sse' });
+}
+void channel;
+
 async function exclusive(ds: DurableStream) {
   const p = new IdempotentProducer(ds, 'leader', { lease: { ttlSeconds: 10, wait: true } });
   const until: string | undefined = await p.acquire();
