@@ -146,6 +146,35 @@ describe('rooms', () => {
     expect(errors).toEqual([]);
     await context.close();
   });
+  // Last in this block: from here on the `rooms` channel exists, and every room feeds it.
+  test('All rooms follows the rooms channel: every room, those opened later included, and a reload resumes', async () => {
+    const a = await openPage();
+    await a.page.click('#all-rooms');
+    await expect.poll(() => a.page.locator('#room-title').textContent()).toBe('All rooms');
+    await expect.poll(() => a.page.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
+    expect(await a.page.locator('#message').isDisabled()).toBe(true);
+    const b = await openPage();
+    const first = `all${Date.now()}`;
+    const second = `${first}-b`;
+    await openRoom(b.page, first);
+    await send(b.page, 'ada', 'in the first room');
+    await openRoom(b.page, second);
+    await send(b.page, 'bob', 'in a room opened later');
+    const expected = ['in the first room', 'in a room opened later'];
+    await expect.poll(() => messages(a.page), { timeout: 5_000 }).toEqual(expected);
+    expect(await a.page.locator('#messages li .room').allTextContents()).toEqual([`#${first}`, `#${second}`]);
+    await a.page.screenshot({ path: path.join(shots, 'all-rooms.png') });
+
+    // A reload shows what was stored and reads the channel from its stored offset, not from -1.
+    const firstRead = a.page.waitForRequest((r) => r.method() === 'GET' && new URL(r.url()).pathname === '/v1/stream/rooms');
+    await a.page.reload();
+    expect(new URL((await firstRead).url()).searchParams.get('offset')).not.toBe('-1');
+    await expect.poll(() => a.page.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
+    await send(b.page, 'bob', 'after the reload');
+    await expect.poll(() => messages(a.page), { timeout: 5_000 }).toEqual([...expected, 'after the reload']);
+    await a.context.close();
+    await b.context.close();
+  });
 });
 
 describe('live table', () => {

@@ -33,14 +33,14 @@ let active = null; // { handle, controller, path }
  * with `stream()`, or with `open(url, signal)` (a live table), calling `onBatch` with each
  * batch or update.
  */
-async function follow({ path, contentType, offset, open, onBatch }) {
+async function follow({ path, contentType, channel, offset, open, onBatch }) {
   stopFollowing();
   const controller = new AbortController();
   const url = `${API}/${path}`;
   active = { handle: null, controller, path, hadBatch: false };
   const mine = active;
   $('info-url').textContent = `/v1/stream/${path}`;
-  await ensureStream(url, contentType);
+  await ensureStream(url, contentType, channel);
   if (controller.signal.aborted) return;
   const handle = open ? open(url, controller.signal) : stream({ url, offset, live: mode, signal: controller.signal });
   mine.handle = handle;
@@ -65,11 +65,11 @@ function stopFollowing() {
 }
 
 const created = new Set();
-async function ensureStream(url, contentType) {
+async function ensureStream(url, contentType, channel) {
   if (created.has(url)) return;
   for (let attempt = 0; ; attempt++) {
     try {
-      await DurableStream.create({ url, contentType });
+      await DurableStream.create({ url, contentType, channel });
       created.add(url);
       return;
     } catch (e) {
@@ -113,6 +113,9 @@ const clock = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', min
 
 // ---- Rooms: chat channels named by path ----
 
+/** The "All rooms" entry: the `rooms` channel, fed by every `rooms/<name>` stream. */
+const ALL = '*';
+
 const rooms = {
   list: saved.get('rooms', ['lobby', 'dev', 'random']),
   current: saved.get('room', 'lobby'),
@@ -123,11 +126,12 @@ const rooms = {
   renderList() {
     const ul = $('room-list');
     ul.replaceChildren(
-      ...this.list.map((room) => {
+      ...[ALL, ...this.list].map((room) => {
         const li = document.createElement('li');
         const button = document.createElement('button');
         button.type = 'button';
-        button.textContent = `#${room}`;
+        button.textContent = room === ALL ? 'All rooms' : `#${room}`;
+        if (room === ALL) button.id = 'all-rooms';
         if (room === this.current) button.setAttribute('aria-current', 'true');
         button.addEventListener('click', () => this.open(room));
         li.append(button);
@@ -135,9 +139,16 @@ const rooms = {
       }),
     );
   },
-  renderMessage(m) {
+  /** A message; `room` names its room in the All rooms view. */
+  renderMessage(m, room) {
     const li = document.createElement('li');
     li.dataset.id = m.id;
+    if (room) {
+      const where = document.createElement('span');
+      where.className = 'room';
+      where.textContent = `#${room}`;
+      li.append(where);
+    }
     const who = document.createElement('span');
     who.className = 'who';
     who.textContent = m.user;
@@ -151,23 +162,37 @@ const rooms = {
     return li;
   },
   open(room) {
+    const all = room === ALL;
     this.current = room;
     saved.set('room', room);
     this.renderList();
-    $('room-title').textContent = `#${room}`;
+    $('room-title').textContent = all ? 'All rooms' : `#${room}`;
+    // The All rooms view reads; messages are written in a room.
+    $('message').disabled = all;
+    $('message-form').querySelector('button').disabled = all;
+    $('message').placeholder = all ? 'Open a room to write in it' : 'Say something';
     const cache = this.cache(room);
     const list = $('messages');
-    list.replaceChildren(...cache.messages.map((m) => this.renderMessage(m)));
+    list.replaceChildren(...cache.messages.map((m) => this.renderMessage(m, m.room)));
     list.scrollTop = list.scrollHeight;
     follow({
-      path: `rooms/${room}`,
+      // A channel receives every message of the streams below it, each as an envelope that
+      // names its stream: one stream, one offset, for every room, those opened later included.
+      path: all ? 'rooms' : `rooms/${room}`,
       contentType: 'application/json',
+      channel: all,
       offset: cache.offset,
       onBatch: (batch) => {
         // Only the last 500 are kept and shown; a catch-up batch can hold many more (and more
         // than a spread into a call can take).
-        const fresh = (batch.items ?? []).slice(-500);
-        for (const m of fresh) list.append(this.renderMessage(m));
+        const items = batch.items ?? [];
+        const shown = all
+          ? items
+              .filter((e) => e.data && typeof e.data === 'object')
+              .map((e) => ({ ...e.data, room: e.stream.slice('rooms/'.length) }))
+          : items;
+        const fresh = shown.slice(-500);
+        for (const m of fresh) list.append(this.renderMessage(m, m.room));
         while (list.childElementCount > 500) list.firstElementChild.remove();
         cache.messages = cache.messages.concat(fresh).slice(-500);
         cache.offset = batch.offset;
@@ -192,7 +217,7 @@ const rooms = {
       e.preventDefault();
       const user = $('who').value.trim();
       const text = $('message').value.trim();
-      if (!user || !text) return;
+      if (!user || !text || this.current === ALL) return;
       saved.set('who', user);
       $('message').value = '';
       try {
