@@ -256,7 +256,10 @@ export declare class IdempotentProducer {
    * already had this close with its data (never for a close without data).
    */
   close(data?: unknown): Promise<{ finalOffset?: string; duplicate: boolean }>;
-  /** Flushes and stops, leaving the stream open and giving up the writer lease. */
+  /**
+   * Flushes and stops, leaving the stream open and giving up the writer lease. A standby (`lease.wait`)
+   * stops waiting for the lease: its batches fail with LeaseHeldError, and `detach()` rejects with it.
+   */
   detach(): Promise<void>;
 }
 

@@ -557,6 +557,9 @@ export class IdempotentProducer {
   #leaseUntil;
   /** Whether it ever held the lease: having lost it, it fails rather than wait for it again. */
   #led = false;
+  /** Ends a standby's wait for the lease early (set while it waits), and whether to stop. */
+  #wake = null;
+  #stopWaiting = false;
   #renewTimer;
 
   /**
@@ -667,12 +670,17 @@ export class IdempotentProducer {
     return { finalOffset: batch.result.offset, duplicate: batch.result.duplicate };
   }
 
-  /** Flushes and stops this producer without closing the stream, giving up its writer lease. */
+  /**
+   * Flushes and stops this producer without closing the stream, giving up its writer lease. A
+   * standby stops waiting for the lease: what it holds fails with LeaseHeldError, and so does this.
+   */
   async detach() {
     if (this.#closing) {
       await this.#closing;
       return;
     }
+    this.#stopWaiting = true;
+    this.#wake?.();
     try {
       if (this.#leaseUntil) this.#leaseOnly(true);
       await this.flush();
@@ -818,12 +826,18 @@ export class IdempotentProducer {
           if (this.#error) return; // the producer failed meanwhile; the first error stands
           if (e instanceof LeaseHeldError) {
             this.#leaseUntil = undefined;
-            if (this.#lease?.wait && !this.#led) {
+            if (this.#lease?.wait && !this.#led && !this.#stopWaiting) {
               // Standby: try again (same seq: nothing landed) when the holder's lease ends, or
-              // within 2 s, in case it gives the lease up before that.
-              await new Promise((r) => setTimeout(r, Math.min(2000, e.retryAfterMs ?? 2000)));
-              attempt = -1;
-              continue;
+              // within 2 s, in case it gives the lease up before that; detach() ends the wait.
+              await new Promise((r) => {
+                this.#wake = r;
+                setTimeout(r, Math.min(2000, e.retryAfterMs ?? 2000));
+              });
+              this.#wake = null;
+              if (!this.#stopWaiting) {
+                attempt = -1;
+                continue;
+              }
             }
           }
           if (e instanceof StaleEpochError && this.#autoClaim && this.#claims < MAX_CLAIMS) {

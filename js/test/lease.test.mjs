@@ -148,6 +148,21 @@ describe('IdempotentProducer with a writer lease', () => {
     assert.equal(await text(ds), '<usurper>');
   });
 
+  test('a standby that is detached stops waiting for the lease, and appends nothing', async () => {
+    const ds = await fresh();
+    await takeRaw(ds, 'holder', 60);
+    const standby = new IdempotentProducer(ds, 'standby', { lease: { ttlSeconds: 30, wait: true } });
+    standby.append('S');
+    const flushed = standby.flush();
+    await sleep(300);
+    const started = Date.now();
+    await assert.rejects(standby.detach(), LeaseHeldError);
+    await assert.rejects(flushed, LeaseHeldError);
+    assert.ok(Date.now() - started < 1000, 'stopped waiting at once');
+    assert.throws(() => standby.append('late'), DurableStreamError);
+    assert.equal(await text(ds), '<holder>');
+  });
+
   test('refuses bad lease options before sending anything', () => {
     for (const lease of [{ ttlSeconds: 0 }, { ttlSeconds: 86_401 }, { ttlSeconds: 1.5 }, { ttlSeconds: '10' }, {}, 30]) {
       assert.throws(
