@@ -29,7 +29,7 @@ use futures_util::future::{select, Either};
 use wasm_bindgen::{JsCast, JsValue};
 use worker::{Delay, Headers, Method, Request, RequestInit, Response, Result};
 
-use super::store::{ChannelLink, Meta, Store, MAX_POSITION};
+use super::store::{self, ChannelLink, Meta, Store};
 use super::{live, subscribers, Lookup, StreamObject};
 use crate::http::{self, header, now_ms};
 use crate::path::STREAM_PREFIX;
@@ -534,10 +534,7 @@ pub async fn on_append(
         return http::text(400, "empty internal channel-append");
     }
     let start = meta.tail;
-    let Some(tail) = start
-        .checked_add(body.len() as u64)
-        .filter(|t| t.position() <= MAX_POSITION)
-    else {
+    let Some(tail) = store::end_of(start, body.len()) else {
         return http::error(&ProtocolError::StreamFull);
     };
     store.append(start, &body, true)?;

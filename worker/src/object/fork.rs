@@ -129,18 +129,19 @@ fn holder<'a>(ancestry: &'a [Ancestor], meta: &'a Meta, at: Offset) -> Option<(&
     }
 }
 
-/// Reads from `from` towards `to` (at most the fork's base) from the ancestor holding `from`:
-/// a page that ends where that ancestor's range does, or sooner.
+/// Reads from `from` towards `to` (at most the fork's base) from the ancestor holding `from`
+/// (`ancestry` is the fork's, read once for all the ranges of a page): a page that ends where
+/// that ancestor's range does, or sooner.
 pub async fn read_inherited(
     obj: &StreamObject,
     meta: &Meta,
+    ancestry: &[Ancestor],
     from: Offset,
     to: Offset,
     budget: usize,
     hops: u32,
 ) -> Result<std::result::Result<Page, ProtocolError>> {
-    let ancestry = obj.store()?.ancestry()?;
-    let Some((path, end)) = holder(&ancestry, meta, from) else {
+    let Some((path, end)) = holder(ancestry, meta, from) else {
         return Ok(Err(ProtocolError::BadRequest(
             "offset is before the stream's data",
         )));

@@ -37,7 +37,7 @@ use crate::path::StreamName;
 use crate::reply::{self, PageData, ReadReply, X_PAGE_END};
 use crate::security;
 use crate::wsproto::{self, ClientHello, ClientMessage, Incoming};
-use store::{Meta, Page, ReadError, Store, MAX_POSITION};
+use store::{Meta, Page, ReadError, Store};
 
 /// A page read whole returns at most this much (rounded up to a whole JSON message): a fork's
 /// inherited range, and the pages live readers are served at the edge.
@@ -423,8 +423,8 @@ impl StreamObject {
         self.finish_create(meta, &body, &[]).await
     }
 
-    /// Writes a new stream's metadata and initial body, and answers 201.
-    /// Stores a new stream with its initial data (and, for a fork, its ancestors) in one turn.
+    /// Stores a new stream with its initial data (and, for a fork, its ancestors) in one turn,
+    /// and answers 201.
     async fn finish_create(
         &self,
         mut meta: Meta,
@@ -435,11 +435,7 @@ impl StreamObject {
             Ok(data) => data,
             Err(e) => return http::error(&e),
         };
-        let Some(tail) = meta
-            .base
-            .checked_add(data.len() as u64)
-            .filter(|t| t.position() <= MAX_POSITION)
-        else {
+        let Some(tail) = store::end_of(meta.base, data.len()) else {
             return http::error(&ProtocolError::StreamFull);
         };
         let store = self.store()?;
@@ -652,10 +648,7 @@ impl StreamObject {
             body
         };
         let start = meta.tail;
-        let Some(tail) = start
-            .checked_add(data.len() as u64)
-            .filter(|t| t.position() <= MAX_POSITION)
-        else {
+        let Some(tail) = store::end_of(start, data.len()) else {
             return http::error(&ProtocolError::StreamFull);
         };
         store.append(start, &data, meta.is_json())?;
@@ -864,13 +857,19 @@ impl StreamObject {
             end: from,
         };
         let inherited_to = to.min(meta.base);
+        let ancestry = if from < inherited_to {
+            self.store()?.ancestry()?
+        } else {
+            Vec::new()
+        };
         while page.end < inherited_to && page.data.len() < budget {
             let left = budget - page.data.len();
-            let part =
-                match fork::read_inherited(self, meta, page.end, inherited_to, left, hops).await? {
-                    Ok(part) => part,
-                    Err(e) => return Ok(Err(e)),
-                };
+            let read =
+                fork::read_inherited(self, meta, &ancestry, page.end, inherited_to, left, hops);
+            let part = match read.await? {
+                Ok(part) => part,
+                Err(e) => return Ok(Err(e)),
+            };
             if part.end <= page.end {
                 break;
             }

@@ -133,6 +133,14 @@ pub const ROW_BYTES: usize = 1024 * 1024;
 /// Largest position a stream may reach: JavaScript numbers carry positions through SQLite.
 pub const MAX_POSITION: u64 = (1 << 53) - 1;
 
+/// Where `len` bytes written at `start` end, or `None` past [`MAX_POSITION`] (the stream is
+/// full: 413).
+pub fn end_of(start: Offset, len: usize) -> Option<Offset> {
+    start
+        .checked_add(len as u64)
+        .filter(|t| t.position() <= MAX_POSITION)
+}
+
 /// Row flag: the row ends on a message boundary (end of an append, or of a JSON message).
 const ENDS_MESSAGE: i64 = 1;
 /// Row flag: the row starts on a message boundary.
