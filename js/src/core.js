@@ -515,7 +515,7 @@ const MAX_CLAIMS = 5;
  * no later batch could land. The error is kept and thrown by every later call.
  *
  * With `lease`, the producer is the stream's only appender: every batch takes or renews the
- * stream's writer lease, an idle producer renews it a third of the way through, and `detach()`
+ * stream's writer lease, an idle producer renews it before half of it has passed, and `detach()`
  * gives it up. Others are refused (LeaseHeldError) until it runs out or is given up.
  */
 export class IdempotentProducer {
