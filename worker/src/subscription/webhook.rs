@@ -76,6 +76,8 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || o[0] == 0
         // carrier-grade NAT 100.64.0.0/10
         || (o[0] == 100 && (64..128).contains(&o[1]))
+        // IETF protocol assignments 192.0.0.0/24
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0)
         // benchmarking 198.18.0.0/15, reserved 240.0.0.0/4
         || (o[0] == 198 && (o[1] == 18 || o[1] == 19))
         || o[0] >= 240)
@@ -85,14 +87,34 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return is_public_v4(v4);
     }
-    let first = ip.segments()[0];
+    let s = ip.segments();
+    let low_v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    // Addresses that carry an IPv4 address reach it: judged by that address. NAT64's
+    // well-known prefix 64:ff9b::/96, and 6to4 2002::/16 (the address in segments 1 and 2).
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return is_public_v4(low_v4);
+    }
+    if s[0] == 0x2002 {
+        let v4 = Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8);
+        return is_public_v4(v4);
+    }
+    let first = s[0];
     !(ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
-        // unique local fc00::/7, link-local fe80::/10, documentation 2001:db8::/32
+        // IPv4-compatible ::/96 (deprecated)
+        || s[..6] == [0; 6]
+        // NAT64 for local use 64:ff9b:1::/48, discard-only 100::/64, Teredo 2001::/32 (an
+        // obfuscated IPv4 address behind a relay)
+        || (first == 0x64 && s[1] == 0xff9b && s[2] == 1)
+        || s[..4] == [0x100, 0, 0, 0]
+        || (first == 0x2001 && s[1] == 0)
+        // unique local fc00::/7, link-local fe80::/10, site-local fec0::/10 (deprecated),
+        // documentation 2001:db8::/32
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80
-        || (first == 0x2001 && ip.segments()[1] == 0x0db8))
+        || (first & 0xffc0) == 0xfec0
+        || (first == 0x2001 && s[1] == 0x0db8))
 }
 
 /// The `Webhook-Signature` header value for a body signed at `timestamp` (Unix seconds).
@@ -119,6 +141,10 @@ mod tests {
     fn public_https_is_accepted() {
         assert!(code("https://hooks.example.com/x", false).is_ok());
         assert!(code("https://93.184.216.34/hook", false).is_ok());
+        assert!(code("https://[2606:4700::6810:84e5]/hook", false).is_ok());
+        // NAT64 and 6to4 addresses of a public IPv4 address reach that public address.
+        assert!(code("https://[64:ff9b::5db8:d822]/hook", false).is_ok());
+        assert!(code("https://[2002:5db8:d822::1]/hook", false).is_ok());
     }
 
     #[test]
@@ -144,6 +170,19 @@ mod tests {
             "https://[fe80::1]/",
             "https://[fd00::1]/",
             "https://[::ffff:10.0.0.1]/",
+            // IPv6 addresses that carry a private or local IPv4 address, and local ranges
+            "https://[64:ff9b::a9fe:a9fe]/",
+            "https://[64:ff9b::127.0.0.1]/",
+            "https://[64:ff9b::10.1.2.3]/",
+            "https://[64:ff9b:1::5db8:d822]/",
+            "https://[2002:c0a8:0101::1]/",
+            "https://[2002:7f00:1::]/",
+            "https://[::10.0.0.1]/",
+            "https://[::5db8:d822]/",
+            "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",
+            "https://[100::1]/",
+            "https://[fec0::1]/",
+            "https://192.0.0.8/",
             "https://intranet/",
             "https://printer.local/",
             "ftp://example.com/",
