@@ -8,6 +8,7 @@
 // receiving; a source deleted and created again is a new source; and what a source holds
 // reaches its channels across a hard restart.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import http from 'node:http';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
 
@@ -40,6 +41,27 @@ async function call(method: string, name: string, headers: Record<string, string
 const put = (name: string, headers: Record<string, string> = {}, body?: string) => call('PUT', name, headers, body);
 const post = (name: string, body: string | Uint8Array, headers: Record<string, string> = json) =>
   call('POST', name, headers, body);
+
+/** The headers of the 101 that upgrades `name` to a `live=ws` socket (the socket is dropped). */
+function upgradeHeaders(name: string): Promise<http.IncomingHttpHeaders> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(`${base()}/${name}?offset=-1&live=ws`, {
+      headers: {
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-key': Buffer.from('edgestream-test!').toString('base64'),
+        'sec-websocket-version': '13',
+      },
+    });
+    req.on('upgrade', (res, socket) => {
+      socket.destroy();
+      resolve(res.headers);
+    });
+    req.on('response', (res) => reject(new Error(`no upgrade: ${res.statusCode}`)));
+    req.on('error', reject);
+    req.end();
+  });
+}
 
 async function createChannel(name: string) {
   const res = await put(name, channelHeaders);
@@ -381,6 +403,9 @@ describe('delivery', () => {
     expect([reply.type, reply.status]).toEqual(['error', 405]);
     ws.close();
     expect((await readAll<Envelope>(root)).map((e) => e.data)).toEqual([{ w: 1 }]);
+    // The upgrade says it is a channel, as its other responses do; a plain stream's does not.
+    expect((await upgradeHeaders(root))['stream-channel']).toBe('true');
+    expect((await upgradeHeaders(source))['stream-channel']).toBeUndefined();
   });
 
   it('feeds a fork created below it from where the fork diverges, not its inherited history', async () => {

@@ -116,7 +116,7 @@ pub(super) async fn ask_object(
         .await
 }
 
-fn is_channel(headers: &Headers) -> bool {
+pub(super) fn is_channel(headers: &Headers) -> bool {
     header(headers, edgestream::channel::STREAM_CHANNEL).is_some_and(|v| v == "true")
 }
 

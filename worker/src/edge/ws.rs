@@ -30,7 +30,7 @@ use worker::{
     Delay, Env, Method, Request, RequestInit, Response, Result, Stub, Url, WebSocketPair,
 };
 
-use super::live::{ask_object, subscribe, Subscription};
+use super::live::{ask_object, is_channel, subscribe, Subscription};
 use super::object_url;
 use crate::auth;
 use crate::config::Config;
@@ -92,6 +92,7 @@ pub async fn websocket(
         &[(wsproto::X_CLIENT, &hello.to_header())],
     )
     .await?;
+    let channel = is_channel(first.headers());
     match first.status_code() {
         // The object holds the client socket now; the edge only passes it on.
         101 => {
@@ -100,7 +101,7 @@ pub async fn websocket(
                     "stream object upgraded without a socket".into(),
                 ));
             };
-            return upgraded(socket, &hello);
+            return upgraded(socket, &hello, channel);
         }
         200 => {}
         _ => return Ok(first),
@@ -132,13 +133,18 @@ pub async fn websocket(
     };
     let first = Subscription::Page(first);
     wasm_bindgen_futures::spawn_local(session.run(client, from, first));
-    upgraded(pair.client, &hello)
+    upgraded(pair.client, &hello, channel)
 }
 
 /// The 101 that hands `socket` to the client, naming the subprotocol chosen, if any: browsers
 /// fail a handshake whose answer names one they did not offer, or none when they offered some.
-fn upgraded(socket: worker::WebSocket, hello: &ClientHello) -> Result<Response> {
+/// A channel's says so (`Stream-Channel: true`), as its other responses do.
+fn upgraded(socket: worker::WebSocket, hello: &ClientHello, channel: bool) -> Result<Response> {
     let resp = Response::from_websocket(socket)?;
+    if channel {
+        resp.headers()
+            .set(edgestream::channel::STREAM_CHANNEL, "true")?;
+    }
     if let Some(protocol) = hello.protocol() {
         resp.headers().set("sec-websocket-protocol", protocol)?;
     }

@@ -162,7 +162,9 @@ pub fn accept(
     } else if closed {
         let _ = ws.close_with_code_and_reason(close::NORMAL, "stream closed");
     }
-    Response::from_websocket(pair.client)
+    let resp = Response::from_websocket(pair.client)?;
+    super::channel::mark(&resp, meta)?;
+    Ok(resp)
 }
 
 /// A client's catch-up: framed JSON messages, or bytes in a JS buffer.
