@@ -31,6 +31,9 @@ pub struct Config {
     /// How long one webhook delivery (the request and its reply) may take before it counts as
     /// failed and is retried with backoff.
     pub webhook_timeout_ms: u64,
+    /// Tests only: streams whose path contains this fail their first call of each kind to
+    /// other objects (see [`crate::fault`]). Unset in production.
+    pub fault_marker: Option<String>,
 }
 
 impl Config {
@@ -116,6 +119,11 @@ impl Config {
                 Self::DEFAULT_WEBHOOK_TIMEOUT_MS,
                 300_000,
             ),
+            fault_marker: env
+                .var("FAULT_MARKER")
+                .map(|v| v.to_string())
+                .ok()
+                .filter(|v| !v.trim().is_empty()),
         }
     }
 }

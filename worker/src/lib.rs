@@ -10,6 +10,7 @@
 //! - [`security`]: the security and CORS headers on every response.
 //! - [`wsproto`]: the messages of `live=ws`, spoken by the edge and the object.
 //! - [`intake`]: the isolate's budget for request bodies held in memory.
+//! - [`fault`]: fault injection for tests (`FAULT_MARKER`), off by default.
 //! - [`path`], [`config`], [`http`], [`reply`], [`socket`]: the pieces both sides share.
 
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod crypto;
 pub mod demo;
 pub mod edge;
+pub mod fault;
 pub mod frame;
 pub mod http;
 pub mod intake;

@@ -31,6 +31,7 @@ use worker::{Delay, Headers, Method, Request, RequestInit, Response, Result};
 
 use super::store::{self, ChannelLink, Meta, Store};
 use super::{live, subscribers, Lookup, StreamObject};
+use crate::fault::Call;
 use crate::http::{self, header, now_ms};
 use crate::path::STREAM_PREFIX;
 use crate::subscription::registry::ChannelRef;
@@ -134,9 +135,9 @@ fn name(meta: &Meta) -> &str {
     meta.path.strip_prefix(STREAM_PREFIX).unwrap_or(&meta.path)
 }
 
-/// A new stream: links the channels the registry found above it, from its start, and delivers
-/// its initial messages.
-pub async fn created(obj: &StreamObject, meta: &Meta, channels: &[ChannelRef]) -> Result<()> {
+/// A new stream: links the channels the registry found above it, from its start (in the
+/// caller's turn, with the alarm that delivers to them). [`forward`] then delivers.
+pub fn link(obj: &StreamObject, meta: &Meta, channels: &[ChannelRef]) -> Result<()> {
     let store = obj.store()?;
     for c in channels {
         if !meta.channel && ch::covers(&c.path, name(meta)) {
@@ -144,7 +145,6 @@ pub async fn created(obj: &StreamObject, meta: &Meta, channels: &[ChannelRef]) -
         }
     }
     stored(obj, meta);
-    forward(obj).await;
     Ok(())
 }
 
@@ -171,6 +171,13 @@ pub fn on_link(obj: &StreamObject, body: &[u8]) -> Result<Response> {
     let Some(meta) = obj.meta()?.filter(|m| !m.deleted) else {
         return http::error(&ProtocolError::NotFound);
     };
+    if let Err(e) = obj.faults.check(
+        obj.config.fault_marker.as_deref(),
+        &meta.path,
+        Call::ChannelLink,
+    ) {
+        return http::unavailable(&e.to_string());
+    }
     // Channels never feed each other, a channel only covers what is below it, and a stream
     // closed before the channel existed has nothing more to give it.
     let linked = !meta.channel && !meta.closed && ch::covers(&c.path, name(&meta));
@@ -439,6 +446,11 @@ async fn deliver(
     init.with_method(Method::Post)
         .with_body(Some(js_sys::Uint8Array::from(&batch.framed[..]).into()));
     let req = Request::new_with_init(url.as_str(), &init)?;
+    obj.faults.check(
+        obj.config.fault_marker.as_deref(),
+        &meta.path,
+        Call::ChannelAppend,
+    )?;
     let stub = stream_stub(&obj.env, &link.channel)?;
     let call = Box::pin(stub.fetch_with_request(req));
     let mut resp = match select(call, Delay::from(CALL_TIMEOUT)).await {
@@ -461,10 +473,11 @@ async fn deliver(
     }
 }
 
-/// Sets the alarm for `at_ms`, or for the stream's expiry if that comes first (the only other
-/// use of the alarm; the alarm handler does both), unless it is already set. The runtime's
+/// Sets the alarm for `at_ms`, or for the stream's expiry if that comes first, unless it is
+/// already set that soon. The alarm handler does all of the object's timed work: expiry,
+/// delivery to channels, and what is owed to the registry and subscriptions. The runtime's
 /// `setAlarm` is called right here, not after an `await`, so it joins the caller's writes.
-fn arm(obj: &StreamObject, meta: &Meta, at_ms: i64) {
+pub fn arm(obj: &StreamObject, meta: &Meta, at_ms: i64) {
     if obj.channels.armed.get() {
         return;
     }
@@ -490,6 +503,19 @@ fn set_alarm_now(state: &JsValue, at_ms: i64) -> std::result::Result<(), JsValue
         }
     });
     Ok(())
+}
+
+/// The stream was removed: the alarm is set for `at_ms`, whatever it was set for, and what
+/// this forwarder knew of it is forgotten. Called in the turn that purges the stream.
+pub fn rearm(obj: &StreamObject, at_ms: i64) {
+    obj.channels.backoff_until.set(0);
+    match set_alarm_now(&obj.channels.state, at_ms) {
+        Ok(()) => obj.channels.armed.set(true),
+        Err(e) => {
+            obj.channels.armed.set(false);
+            worker::console_error!("stream: cannot set the alarm: {e:?}")
+        }
+    }
 }
 
 /// The alarm fired: whatever is still undelivered goes now.
@@ -544,7 +570,7 @@ pub async fn on_append(
     obj.remember(&meta);
     live::queue(&obj.hub, start, tail, meta.closed, body, true);
     live::flush(&obj.hub);
-    subscribers::appended(&obj.env, store, &meta).await?;
+    subscribers::appended(obj, &meta).await?;
     mark_reply(to)
 }
 

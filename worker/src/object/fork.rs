@@ -382,7 +382,7 @@ impl StreamObject {
             other => {
                 release(&self.env, &fork.source, 0).await?;
                 return match other {
-                    Lookup::Live(meta) => self.existing(&meta, request),
+                    Lookup::Live(meta) => self.existing(&meta, request).await,
                     _ => http::error(&ProtocolError::PathInUse),
                 };
             }

@@ -37,7 +37,7 @@ use crate::path::StreamName;
 use crate::reply::{self, PageData, ReadReply, X_PAGE_END};
 use crate::security;
 use crate::wsproto::{self, ClientHello, ClientMessage, Incoming};
-use store::{Meta, Page, ReadError, Store};
+use store::{Meta, Page, ReadError, Store, Task};
 
 /// A page read whole returns at most this much (rounded up to a whole JSON message): a fork's
 /// inherited range, and the pages live readers are served at the edge.
@@ -51,6 +51,10 @@ pub const STREAMED_PAGE_BYTES: u64 = 16 * 1024 * 1024;
 /// Sliding TTLs are refreshed at most this often (and at most every 5% of the TTL), so a busy
 /// stream is not a storage write per read, yet expiry stays accurate for short TTLs.
 const TOUCH_EVERY_MS: i64 = 1000;
+/// A create whose registration failed: the stream is stored, and a retried PUT (or the alarm)
+/// links it to what covers it.
+const UNREGISTERED: &str =
+    "stream stored, but not yet linked to the subscriptions and channels above it; retry the PUT";
 
 #[durable_object]
 pub struct StreamObject {
@@ -69,6 +73,10 @@ pub struct StreamObject {
     socket_appends: clients::Turnstile,
     /// Delivery to the channels above this stream.
     channels: channel::Forwarder,
+    /// Work owed to the registry and subscriptions runs one round at a time.
+    owed_turn: clients::Turnstile,
+    /// Injected faults, for tests (`FAULT_MARKER`).
+    faults: crate::fault::Faults,
 }
 
 /// `Server-Timing` metric on the response to the request that started the stream's object.
@@ -114,6 +122,8 @@ impl DurableObject for StreamObject {
             cold: Cell::new(true),
             socket_appends: clients::Turnstile::default(),
             channels,
+            owed_turn: clients::Turnstile::default(),
+            faults: crate::fault::Faults::default(),
         }
     }
 
@@ -153,6 +163,7 @@ impl DurableObject for StreamObject {
             }
         }
         channel::on_alarm(self).await;
+        subscribers::on_alarm(self).await;
         Response::ok("")
     }
 
@@ -359,13 +370,15 @@ impl StreamObject {
     /// Deletes every row and, for a fork, lets go of the source. `hops` is the request's depth.
     async fn remove(&self, meta: Meta, hops: u32) -> Result<()> {
         self.store()?.purge()?;
+        // In the purge's turn: the registry is told even if this request dies.
+        subscribers::owe_deregistration(self, &meta)?;
         self.meta.replace(Some(None));
         live::gone(&self.hub, &ProtocolError::NotFound);
-        let _ = self.state.storage().delete_alarm().await;
         if let Some(fork) = &meta.fork {
             fork::release(&self.env, &fork.source, hops).await?;
         }
-        subscribers::removed(&self.env, &meta).await?;
+        // A failure is the alarm's to retry; the stream is gone either way.
+        subscribers::run(self, false).await?;
         Ok(())
     }
 
@@ -391,7 +404,7 @@ impl StreamObject {
             Lookup::Live(meta) if meta.channel != is_channel => {
                 return http::error(&ProtocolError::ConfigMismatch)
             }
-            Lookup::Live(meta) => return self.existing(&meta, &request),
+            Lookup::Live(meta) => return self.existing(&meta, &request).await,
             Lookup::Deleted => return http::error(&ProtocolError::PathInUse),
             Lookup::Missing => {}
         }
@@ -450,16 +463,21 @@ impl StreamObject {
         store.save_ancestry(ancestry)?;
         meta.tail = tail;
         self.save(&meta)?;
-        if let Some(deadline) = meta.expiry.deadline(meta.accessed_ms) {
-            self.schedule_alarm(deadline).await?;
+        // In the same turn, with the alarm (which also keeps the expiry): should this request
+        // die before the registry answers, the alarm registers the stream.
+        subscribers::owe_registration(self, &meta)?;
+        if subscribers::run(self, false)
+            .await?
+            .contains(&Task::Register)
+        {
+            return http::unavailable(UNREGISTERED);
         }
-        let channels = subscribers::created(&self.env, self.store()?, &meta).await?;
-        channel::created(self, &meta, &channels).await?;
         described(201, &meta)
     }
 
-    /// PUT on a stream that exists: 200 when the configuration matches, else 409.
-    fn existing(&self, meta: &Meta, request: &CreateRequest) -> Result<Response> {
+    /// PUT on a stream that exists: 200 when the configuration matches (once the stream is
+    /// registered: a create answered 503 is finished here), else 409.
+    async fn existing(&self, meta: &Meta, request: &CreateRequest) -> Result<Response> {
         let config = ExistingConfig {
             content_type: &meta.content_type,
             expiry: meta.expiry,
@@ -471,7 +489,16 @@ impl StreamObject {
         };
         match request.compare(&config) {
             CreateOutcome::Conflict => http::error(&ProtocolError::ConfigMismatch),
-            CreateOutcome::Matches => described(200, meta),
+            CreateOutcome::Matches => {
+                if subscribers::registration_owed(self)?
+                    && subscribers::run(self, false)
+                        .await?
+                        .contains(&Task::Register)
+                {
+                    return http::unavailable(UNREGISTERED);
+                }
+                described(200, meta)
+            }
         }
     }
 
@@ -694,7 +721,7 @@ impl StreamObject {
                 Delay::from(Duration::ZERO).await;
             }
             live::flush(&self.hub);
-            subscribers::appended(&self.env, store, &meta).await?;
+            subscribers::appended(self, &meta).await?;
             channel::forward(self).await;
         }
 

@@ -211,6 +211,12 @@ CREATE TABLE IF NOT EXISTS lease (
   holder TEXT NOT NULL,
   expires_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pending (
+  task TEXT PRIMARY KEY,
+  attempts INTEGER NOT NULL,
+  due_ms INTEGER NOT NULL,
+  detail TEXT NOT NULL
+);
 ";
 
 /// The stream's metadata row.
@@ -949,6 +955,96 @@ impl Store {
             None,
         )?;
         Ok(())
+    }
+}
+
+/// Work owed to the registry and to subscriptions after a commit (see `subscribers.rs`). Its
+/// row is written in the turn that makes it owed, so an alarm finishes it after a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Task {
+    /// Tell the registry this stream is gone.
+    Deregister,
+    /// Tell the registry this stream exists, and link what it answers.
+    Register,
+    /// Tell the linked subscriptions where the tail is.
+    Notify,
+}
+
+impl Task {
+    /// In the order they must run: a removed incarnation leaves the registry before a new one
+    /// joins it.
+    pub const ALL: [Task; 3] = [Task::Deregister, Task::Register, Task::Notify];
+
+    fn key(self) -> &'static str {
+        match self {
+            Task::Deregister => "deregister",
+            Task::Register => "register",
+            Task::Notify => "notify",
+        }
+    }
+}
+
+/// A task still owed: how often it has failed, and when it is next tried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owed {
+    pub task: Task,
+    pub attempts: u32,
+    pub due_ms: i64,
+    /// What the task needs that the stream's rows may no longer hold: for `Deregister`, the
+    /// removed stream's path.
+    pub detail: String,
+}
+
+impl Store {
+    /// Records `task` as owed from `due_ms`, keeping the count of a task already owed.
+    pub fn owe(&self, task: Task, due_ms: i64, detail: &str) -> Result<()> {
+        self.sql.exec(
+            "INSERT INTO pending (task, attempts, due_ms, detail) VALUES (?, 0, ?, ?)
+             ON CONFLICT (task) DO UPDATE SET due_ms = min(due_ms, excluded.due_ms),
+               detail = excluded.detail",
+            vec![
+                task.key().into(),
+                SqlStorageValue::Integer(due_ms),
+                detail.into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// A failed attempt: tried again at `due_ms`.
+    pub fn failed(&self, task: Task, due_ms: i64) -> Result<()> {
+        self.sql.exec(
+            "UPDATE pending SET attempts = attempts + 1, due_ms = ? WHERE task = ?",
+            vec![SqlStorageValue::Integer(due_ms), task.key().into()],
+        )?;
+        Ok(())
+    }
+
+    pub fn settle(&self, task: Task) -> Result<()> {
+        self.sql.exec(
+            "DELETE FROM pending WHERE task = ?",
+            vec![task.key().into()],
+        )?;
+        Ok(())
+    }
+
+    /// What is owed, in the order it must run.
+    pub fn owed(&self) -> Result<Vec<Owed>> {
+        let rows = self.rows("SELECT task, attempts, due_ms, detail FROM pending", vec![])?;
+        Ok(Task::ALL
+            .into_iter()
+            .filter_map(|task| {
+                let r = rows
+                    .iter()
+                    .find(|r| text(r.first()).as_deref() == Some(task.key()))?;
+                Some(Owed {
+                    task,
+                    attempts: u32::try_from(int(r.get(1))).unwrap_or(u32::MAX),
+                    due_ms: int(r.get(2)),
+                    detail: text(r.get(3)).unwrap_or_default(),
+                })
+            })
+            .collect())
     }
 }
 

@@ -1,84 +1,273 @@
-//! The stream's side of subscriptions: register with the registry when created, tell linked
+//! The stream's side of the registry and of subscriptions: register with the registry when
+//! created (which links the subscriptions and channels that cover the stream), tell linked
 //! subscriptions about every new tail, and deregister when removed.
 //!
-//! Notifications are awaited before the append is acknowledged, so a subscription never lags
-//! behind what a writer has been told. A failed notification is logged and does not fail the
-//! append: the next one carries the absolute tail and repairs it.
+//! Each of these is owed work, a `pending` row ([`Task`]) written in the turn that makes it
+//! owed, with the alarm set in that same turn: should the isolate die before the registry or a
+//! subscription answers, the alarm finishes the work, retrying failures with backoff. A create
+//! is answered 201 only once the registry has the stream (else 503, and the retried PUT
+//! finishes it), so a stream is never left unknown to the channels and patterns above it.
+//! Notifications are awaited before an append is acknowledged; one that fails is owed, not
+//! passed to the appender, whose data is stored.
 
 use serde_json::{json, Value};
-use worker::{Env, Result};
+use worker::Result;
 
-use super::store::{Meta, Store};
+use super::store::{Meta, Task};
+use super::{channel, StreamObject};
+use crate::fault::Call;
+use crate::http::now_ms;
 use crate::path::STREAM_PREFIX;
 use crate::subscription::object::Notify;
-use crate::subscription::registry::{ChannelRef, CreatedStream, StreamPath, SubscriptionIds};
+use crate::subscription::registry::{CreatedStream, StreamPath, SubscriptionIds};
 use crate::subscription::{call, registry_stub, subscription_stub};
+
+/// Owed work is first tried by the request that owes it; should that request die, the alarm
+/// set in its turn tries it this soon after.
+const SAFETY_MS: i64 = 2_000;
+/// Retries after failures back off from 1 s, doubling, up to this.
+const MAX_BACKOFF_MS: i64 = 60_000;
+
+fn backoff(attempts: u32) -> i64 {
+    (1_000i64 << attempts.min(6)).min(MAX_BACKOFF_MS)
+}
 
 /// The root-relative name subscriptions use (`events/a` for `/v1/stream/events/a`).
 fn name(meta: &Meta) -> &str {
     meta.path.strip_prefix(STREAM_PREFIX).unwrap_or(&meta.path)
 }
 
-/// A new stream: learn which subscriptions cover it, and tell them where it starts. Answers the
-/// channels above it (for a channel, none: the registry links the streams below it instead).
-pub async fn created(env: &Env, store: &Store, meta: &Meta) -> Result<Vec<ChannelRef>> {
-    let path = CreatedStream {
-        path: name(meta).to_string(),
+/// A new stream owes its registration: called in the turn that stores it.
+pub fn owe_registration(obj: &StreamObject, meta: &Meta) -> Result<()> {
+    let now = now_ms();
+    obj.store()?.owe(Task::Register, now, "")?;
+    channel::arm(obj, meta, now + SAFETY_MS);
+    Ok(())
+}
+
+/// A removed stream owes its deregistration instead of anything else: called in the turn that
+/// purges it.
+pub fn owe_deregistration(obj: &StreamObject, meta: &Meta) -> Result<()> {
+    let store = obj.store()?;
+    store.settle(Task::Register)?;
+    store.settle(Task::Notify)?;
+    let now = now_ms();
+    store.owe(Task::Deregister, now, name(meta))?;
+    channel::rearm(obj, now + SAFETY_MS);
+    Ok(())
+}
+
+/// Whether this stream still owes its registration (a PUT that finds it finishes it first).
+pub fn registration_owed(obj: &StreamObject) -> Result<bool> {
+    Ok(obj
+        .store()?
+        .owed()?
+        .iter()
+        .any(|o| o.task == Task::Register))
+}
+
+/// Runs what is owed, in order (from the alarm, only what is due), and answers what is still
+/// owed. A task that fails is retried with backoff, and the tasks after it wait for it: a
+/// removed incarnation leaves the registry before a new one joins. Runs one at a time.
+pub async fn run(obj: &StreamObject, due_only: bool) -> Result<Vec<Task>> {
+    let _turn = obj.owed_turn.enter().await;
+    let now = now_ms();
+    for owed in obj.store()?.owed()? {
+        if due_only && owed.due_ms > now {
+            break;
+        }
+        let done = match owed.task {
+            Task::Deregister => deregister(obj, &owed.detail).await,
+            Task::Register => register(obj).await,
+            Task::Notify => notify_owed(obj).await,
+        };
+        let done = done.unwrap_or_else(|e| {
+            worker::console_warn!("stream: {:?} failed: {e}", owed.task);
+            false
+        });
+        if !done {
+            obj.store()?
+                .failed(owed.task, now_ms() + backoff(owed.attempts))?;
+            break;
+        }
+    }
+    let left = obj.store()?.owed()?;
+    if let Some(due) = left.iter().map(|o| o.due_ms).min() {
+        // Not sooner than shortly: a task left in place (its stream changed while it ran) is
+        // run again then, not in a loop.
+        alarm_by(obj, due.max(now_ms() + 200)).await?;
+    }
+    Ok(left.into_iter().map(|o| o.task).collect())
+}
+
+/// The alarm fired: what is due runs.
+pub async fn on_alarm(obj: &StreamObject) {
+    if let Err(e) = run(obj, true).await {
+        worker::console_error!("stream: owed work failed: {e}");
+    }
+}
+
+/// Sets the alarm for `at_ms` unless it is already set no later.
+async fn alarm_by(obj: &StreamObject, at_ms: i64) -> Result<()> {
+    let storage = obj.state.storage();
+    match storage.get_alarm().await? {
+        Some(set) if set <= at_ms => Ok(()),
+        _ => {
+            let when = js_sys::Date::new(&js_sys::Number::from(at_ms as f64));
+            storage.set_alarm(worker::ScheduledTime::new(when)).await
+        }
+    }
+}
+
+/// Learns which subscriptions and channels cover the stream and links them, settling the task
+/// in the same turn; then tells those subscriptions where the stream is and feeds those
+/// channels from its start.
+async fn register(obj: &StreamObject) -> Result<bool> {
+    let Some(meta) = obj.meta()? else {
+        obj.store()?.settle(Task::Register)?;
+        return Ok(true);
+    };
+    obj.faults.check(
+        obj.config.fault_marker.as_deref(),
+        &meta.path,
+        Call::RegistryCreated,
+    )?;
+    let created = CreatedStream {
+        path: name(&meta).to_string(),
         channel: meta.channel.then(|| meta.instance.clone()),
     };
     let (status, reply) =
-        call::<_, SubscriptionIds>(&registry_stub(env)?, "stream-created", &path).await?;
+        call::<_, SubscriptionIds>(&registry_stub(&obj.env)?, "stream-created", &created).await?;
     let Some(ids) = reply.filter(|_| status == 200) else {
         worker::console_warn!("stream {}: registry answered {status}", meta.path);
-        return Ok(Vec::new());
+        return Ok(false);
     };
+    // Removed, or created again, while the registry answered: that incarnation's own tasks
+    // are in the table instead.
+    let Some(meta) = obj.meta()?.filter(|m| m.instance == meta.instance) else {
+        return Ok(true);
+    };
+    let store = obj.store()?;
     for id in &ids.subs {
         store.add_subscriber(id)?;
     }
-    notify(env, store, meta, &ids.subs).await?;
-    Ok(ids.channels)
+    channel::link(obj, &meta, &ids.channels)?;
+    store.settle(Task::Register)?;
+    if !ids.subs.is_empty() {
+        notify_or_owe(obj, &meta, &ids.subs).await?;
+    }
+    channel::forward(obj).await;
+    Ok(true)
 }
 
 /// After an append: every linked subscription learns the new tail.
-pub async fn appended(env: &Env, store: &Store, meta: &Meta) -> Result<()> {
-    let subs = store.subscribers()?;
+pub async fn appended(obj: &StreamObject, meta: &Meta) -> Result<()> {
+    let subs = obj.store()?.subscribers()?;
     if subs.is_empty() {
         return Ok(());
     }
-    notify(env, store, meta, &subs).await
+    notify_or_owe(obj, meta, &subs).await
 }
 
-async fn notify(env: &Env, store: &Store, meta: &Meta, subs: &[String]) -> Result<()> {
+/// Notifies `subs`; should any fail, the notification is owed and the alarm retries it.
+async fn notify_or_owe(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<()> {
+    if notify(obj, meta, subs).await? {
+        return Ok(());
+    }
+    let due = now_ms() + backoff(0);
+    obj.store()?.owe(Task::Notify, due, "")?;
+    alarm_by(obj, due).await
+}
+
+/// The owed notification: every linked subscription learns the tail as it is now.
+async fn notify_owed(obj: &StreamObject) -> Result<bool> {
+    let store = obj.store()?;
+    let Some(meta) = obj.meta()?.filter(|m| !m.deleted) else {
+        store.settle(Task::Notify)?;
+        return Ok(true);
+    };
+    let subs = store.subscribers()?;
+    if !notify(obj, &meta, &subs).await? {
+        return Ok(false);
+    }
+    // An append meanwhile whose own notification failed owes one again: it stays owed.
+    if obj
+        .meta()?
+        .is_some_and(|m| m.instance == meta.instance && m.tail == meta.tail)
+    {
+        obj.store()?.settle(Task::Notify)?;
+    }
+    Ok(true)
+}
+
+/// Tells each of `subs` the stream's tail; whether every one of them has it. A subscription
+/// that no longer links the stream is dropped.
+async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<bool> {
+    if subs.is_empty() {
+        return Ok(true);
+    }
     let message = Notify {
         path: name(meta).to_string(),
         tail: meta.tail.position(),
     };
     let message = &message;
-    let calls = subs.iter().map(|id| async move {
-        let result = match subscription_stub(env, id) {
-            Ok(stub) => call::<_, Value>(&stub, "notify", &message).await,
-            Err(e) => Err(e),
-        };
-        (id, result)
+    let env = &obj.env;
+    // An injected fault stands for the first subscription being unreachable.
+    let mut fault = obj
+        .faults
+        .check(obj.config.fault_marker.as_deref(), &meta.path, Call::Notify)
+        .err();
+    let calls = subs.iter().map(|id| {
+        let fault = fault.take();
+        async move {
+            let result = match (fault, subscription_stub(env, id)) {
+                (Some(e), _) | (None, Err(e)) => Err(e),
+                (None, Ok(stub)) => call::<_, Value>(&stub, "notify", &message).await,
+            };
+            (id, result)
+        }
     });
-    for (id, result) in futures_util::future::join_all(calls).await {
+    let results = futures_util::future::join_all(calls).await;
+    let store = obj.store()?;
+    let mut all = true;
+    for (id, result) in results {
         match result {
             Ok((200, Some(reply))) if reply["linked"] == json!(false) => {
                 store.remove_subscriber(id)?
             }
             Ok((200, _)) => {}
-            Ok((status, _)) => worker::console_warn!("subscription {id}: notify answered {status}"),
-            Err(e) => worker::console_warn!("subscription {id}: notify failed: {e}"),
+            Ok((status, _)) => {
+                all = false;
+                worker::console_warn!("subscription {id}: notify answered {status}")
+            }
+            Err(e) => {
+                all = false;
+                worker::console_warn!("subscription {id}: notify failed: {e}")
+            }
         }
     }
-    Ok(())
+    Ok(all)
 }
 
-/// The stream is gone: patterns no longer find it.
-pub async fn removed(env: &Env, meta: &Meta) -> Result<()> {
+/// The registry forgets `path`: patterns no longer find it, and its subscriptions learn it is
+/// gone.
+async fn deregister(obj: &StreamObject, path: &str) -> Result<bool> {
+    obj.faults.check(
+        obj.config.fault_marker.as_deref(),
+        path,
+        Call::RegistryRemoved,
+    )?;
     let path = StreamPath {
-        path: name(meta).to_string(),
+        path: path.to_string(),
     };
-    call::<_, Value>(&registry_stub(env)?, "stream-removed", &path).await?;
-    Ok(())
+    let (status, _) = call::<_, Value>(&registry_stub(&obj.env)?, "stream-removed", &path).await?;
+    if status != 200 {
+        worker::console_warn!(
+            "stream {}: registry answered {status} to removal",
+            path.path
+        );
+        return Ok(false);
+    }
+    obj.store()?.settle(Task::Deregister)?;
+    Ok(true)
 }

@@ -167,7 +167,12 @@ impl RegistryObject {
                 // A channel feeds no channel; a plain stream feeds every channel above it.
                 let channels = match &p.channel {
                     Some(instance) => {
-                        self.channel_created(&p.path, instance).await?;
+                        if !self.channel_created(&p.path, instance).await? {
+                            // The channel's creation stays owed: its retry links them all again.
+                            return http::unavailable(
+                                "some streams below the channel could not be linked; retry",
+                            );
+                        }
                         Vec::new()
                     }
                     None => self.channels_above(&p.path)?,
@@ -263,7 +268,9 @@ impl RegistryObject {
     /// Records a new channel and links every stream below it (not other channels), from each
     /// stream's tail, [`LINK_BATCH`] calls at a time. A stream that cannot be reached is logged
     /// and left unlinked: the channel's PUT does not fail for it.
-    async fn channel_created(&self, prefix: &str, instance: &str) -> Result<()> {
+    /// Links every stream below a new channel, from each stream's tail; whether every one
+    /// answered (a link is idempotent, so a retry may link them all again).
+    async fn channel_created(&self, prefix: &str, instance: &str) -> Result<bool> {
         self.sql.exec(
             "INSERT OR REPLACE INTO channels (prefix, instance) VALUES (?, ?)",
             vec![s(prefix), s(instance)],
@@ -284,6 +291,7 @@ impl RegistryObject {
             instance: instance.to_string(),
         };
         let link = &link;
+        let mut all = true;
         for chunk in below.chunks(LINK_BATCH) {
             let calls = chunk.iter().map(|path| async move {
                 let result = match super::stream_stub(&self.env, path) {
@@ -295,16 +303,20 @@ impl RegistryObject {
             for (path, result) in futures_util::future::join_all(calls).await {
                 match result {
                     Ok((200 | 404, _)) => {}
-                    Ok((status, _)) => worker::console_warn!(
-                        "registry: stream {path} answered {status} to channel-link {prefix}"
-                    ),
+                    Ok((status, _)) => {
+                        all = false;
+                        worker::console_warn!(
+                            "registry: stream {path} answered {status} to channel-link {prefix}"
+                        )
+                    }
                     Err(e) => {
+                        all = false;
                         worker::console_warn!("registry: stream {path}: channel-link failed: {e}")
                     }
                 }
             }
         }
-        Ok(())
+        Ok(all)
     }
 
     /// Tells each subscription that links `path` that its stream is gone. A failure is logged:

@@ -1,0 +1,43 @@
+//! Fault injection for tests, off unless `FAULT_MARKER` is set.
+//!
+//! A stream whose path contains the marker fails the first call of each kind it makes (to the
+//! registry, to a subscription, to a channel) in each isolate, the way a call fails when the
+//! object it reaches is unreachable, and answers the registry's first channel link with 503. Later calls of that kind go through, so a test sees the
+//! failure and then the repair: what is owed is retried by the request that is told to retry,
+//! or by the alarm.
+
+use std::cell::RefCell;
+
+use worker::{Error, Result};
+
+/// The calls a stream makes to other objects that a fault can break.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    RegistryCreated,
+    RegistryRemoved,
+    Notify,
+    ChannelAppend,
+    /// Answered, not made: the registry linking a new channel above the stream.
+    ChannelLink,
+}
+
+/// What one stream object has failed so far in this isolate.
+#[derive(Default)]
+pub struct Faults {
+    tripped: RefCell<Vec<Call>>,
+}
+
+impl Faults {
+    /// `Err` when this call is the one to fail.
+    pub fn check(&self, marker: Option<&str>, path: &str, call: Call) -> Result<()> {
+        if !marker.is_some_and(|m| path.contains(m)) {
+            return Ok(());
+        };
+        let mut tripped = self.tripped.borrow_mut();
+        if tripped.contains(&call) {
+            return Ok(());
+        }
+        tripped.push(call);
+        Err(Error::RustError(format!("injected fault: {call:?}")))
+    }
+}
