@@ -4,7 +4,10 @@
 // these is owed work, written in the turn that makes it owed, with the alarm set in that turn
 // (worker/src/object/subscribers.rs, channel.rs). The server runs with FAULT_MARKER, so a stream
 // whose path contains the marker fails its first call of each kind in an isolate, as it would
-// if the registry, a subscription or a channel were unreachable (worker/src/fault.rs).
+// if the registry, a subscription or a channel were unreachable, and answers the first request
+// to link it (for a new channel or subscription) with 503 (worker/src/fault.rs). A new
+// subscription that cannot link every stream it covers is finished the same way
+// (worker/src/subscription/object.rs, `finish_links`).
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -73,14 +76,17 @@ async function receiver() {
   return { url: `http://127.0.0.1:${port}/hook`, bodies, close: () => new Promise((r) => srv.close(r)) };
 }
 
-async function subscribe(id: string, pattern: string, hookUrl: string) {
-  const res = await request(
+const subscribeOnce = (id: string, pattern: string, hookUrl: string) =>
+  request(
     'PUT',
     `__ds/subscriptions/${id}`,
     json,
     JSON.stringify({ type: 'webhook', pattern, webhook: { url: hookUrl }, lease_ttl_ms: 1_000 }),
   );
-  expect(res.status).toBe(201);
+
+/** A subscription made before any stream it covers exists. */
+async function subscribe(id: string, pattern: string, hookUrl: string) {
+  expect((await subscribeOnce(id, pattern, hookUrl)).status).toBe(201);
 }
 
 async function linkedStreams(id: string): Promise<string[]> {
@@ -185,6 +191,48 @@ describe('a channel whose registry cannot link a stream below it', () => {
   });
 });
 
+describe('a subscription whose streams cannot all be linked', () => {
+  it('answers 503; the retried PUT links them, and an append is then delivered', async () => {
+    const prefix = unique(`${MARKER}-sublink`);
+    const stream = `${prefix}/s`;
+    await createThroughFault(stream);
+    const hook = await receiver();
+    const id = `sub-${prefix}`;
+    try {
+      // The stream answers its first link with 503.
+      const first = await subscribeOnce(id, `${prefix}/*`, hook.url);
+      expect(first.status).toBe(503);
+      const retried = await subscribeOnce(id, `${prefix}/*`, hook.url);
+      expect(retried.status).toBe(200);
+      expect(JSON.parse(retried.text).streams.map((s: { path: string }) => s.path)).toEqual([stream]);
+      expect((await request('POST', stream, json, '{"n":1}')).status).toBe(204);
+      const notified = await until(() =>
+        hook.bodies.some((b) => b.streams?.some((s: any) => s.path === stream && s.has_pending)),
+      );
+      expect(notified, 'the webhook never named the stream after its append').toBe(true);
+    } finally {
+      await request('DELETE', `__ds/subscriptions/${id}`);
+      await hook.close();
+    }
+  });
+
+  it('is finished by the alarm when nobody retries it', async () => {
+    const prefix = unique(`${MARKER}-subalarm`);
+    const stream = `${prefix}/s`;
+    await createThroughFault(stream);
+    const hook = await receiver();
+    const id = `sub-${prefix}`;
+    try {
+      const first = await subscribeOnce(id, `${prefix}/*`, hook.url);
+      expect(first.status).toBe(503);
+      expect(await until(async () => (await linkedStreams(id)).includes(stream))).toBe(true);
+    } finally {
+      await request('DELETE', `__ds/subscriptions/${id}`);
+      await hook.close();
+    }
+  });
+});
+
 describe('a notification that fails', () => {
   it('is retried, so the subscription learns of the append with no later append', async () => {
     const prefix = unique(`${MARKER}-notify`);
@@ -193,7 +241,9 @@ describe('a notification that fails', () => {
     const hook = await receiver();
     const id = `sub-${prefix}`;
     try {
-      await subscribe(id, `${prefix}/*`, hook.url);
+      // The stream answers its first link with 503: the retried PUT links it.
+      expect((await subscribeOnce(id, `${prefix}/*`, hook.url)).status).toBe(503);
+      expect((await subscribeOnce(id, `${prefix}/*`, hook.url)).status).toBe(200);
       // The stream's first notification fails; the append is still acknowledged.
       expect((await request('POST', stream, json, '{"n":1}')).status).toBe(204);
       const notified = await until(() =>

@@ -31,6 +31,7 @@ use worker::{
 };
 
 use crate::config::Config;
+use crate::fault::Call;
 use crate::http::{self, header, now_ms};
 use crate::intake::Held;
 use crate::path::StreamName;
@@ -1077,6 +1078,10 @@ impl StreamObject {
                 let Some(meta) = self.meta()?.filter(|m| !m.deleted) else {
                     return http::error(&ProtocolError::NotFound);
                 };
+                let marker = self.config.fault_marker.as_deref();
+                if let Err(e) = self.faults.check(marker, &meta.path, Call::SubLink) {
+                    return http::unavailable(&e.to_string());
+                }
                 self.store()?.add_subscriber(&id)?;
                 crate::subscription::json(200, &serde_json::json!({ "tail": meta.tail.position() }))
             }

@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS snapshot (path TEXT PRIMARY KEY, tail INTEGER NOT NUL
 
 /// How many streams are asked for their tail at once when a subscription links them.
 const LINK_BATCH: usize = 16;
+/// Should a create die partway through linking its streams, the alarm finishes it this long
+/// after: longer than linking takes, so it rarely runs beside the create itself.
+const LINK_SAFETY_MS: i64 = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -85,6 +88,15 @@ struct Record {
     failures: u32,
     next_attempt_at: Option<i64>,
     deleted: bool,
+    /// Linking this incarnation's streams (the registry's list, then each stream's tail) has
+    /// not yet succeeded: a PUT that finds it so finishes it, and so does the alarm.
+    #[serde(default)]
+    linking: bool,
+    #[serde(default)]
+    link_failures: u32,
+    /// When the alarm next tries to finish linking.
+    #[serde(default)]
+    link_retry_at: Option<i64>,
     /// Records saved before `config` and `snapshot` had tables kept them here: read once, and
     /// never written again.
     #[serde(default, skip_serializing)]
@@ -440,6 +452,11 @@ impl SubscriptionObject {
             record.lease_deadline,
             now_ms(),
         );
+        let linking = record.link_retry_at.filter(|_| record.linking);
+        let next = match (next, linking) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if let Some(at) = next {
             self.set_alarm(at).await?;
         }
@@ -639,6 +656,10 @@ impl SubscriptionObject {
             if self.canonical()?.as_deref() != Some(canonical.as_str()) {
                 return Err(SubscriptionError::AlreadyExists.into());
             }
+            // A create answered 503 partway through linking is finished by its retry.
+            if existing.linking {
+                self.finish_links(existing).await?;
+            }
             return Ok(json(200, &self.describe(existing)?)?);
         }
         let record = Record {
@@ -662,6 +683,9 @@ impl SubscriptionObject {
             failures: 0,
             next_attempt_at: None,
             deleted: false,
+            linking: true,
+            link_failures: 0,
+            link_retry_at: Some(now_ms() + LINK_SAFETY_MS),
             canonical: String::new(),
             snapshot: Vec::new(),
         };
@@ -686,17 +710,58 @@ impl SubscriptionObject {
                 tail: 0,
             })?;
         }
+        // In the same turn as the record and its explicit links: should this request die
+        // partway through linking, the alarm finishes it.
+        self.set_alarm(now_ms() + LINK_SAFETY_MS).await?;
+        self.finish_links(&record).await?;
+        Ok(json(201, &self.describe(&record)?)?)
+    }
+
+    /// Links a new subscription's streams: the registry records its pattern and explicit
+    /// streams and answers the streams they cover, then each of those is asked for its tail.
+    /// Every link starts at its stream's tail as of the pass that succeeds (including one an
+    /// append has made meanwhile): the subscription exists from the answer that says so. A
+    /// failure is retried by the alarm with backoff, or by a PUT that finds it.
+    async fn finish_links(&self, record: &Record) -> Result<()> {
+        let explicit = self
+            .links()?
+            .into_iter()
+            .filter(|l| l.explicit)
+            .map(|l| l.path)
+            .collect();
         let links = Links {
-            id,
-            pattern: input.pattern,
+            id: record.id.clone(),
+            pattern: record.pattern.clone(),
             explicit,
             replace: true,
         };
-        let matched = self.register_links(&links).await?;
-        // Every link of a new subscription starts at its stream's tail, including one an
-        // append has made meanwhile.
-        self.link_existing(&record, matched, |_| true).await?;
-        Ok(json(201, &self.describe(&record)?)?)
+        let result = match self.register_links(&links).await {
+            Ok(matched) => self.link_existing(record, matched, |_| true).await,
+            Err(e) => Err(e),
+        };
+        // Deleted, or created again, meanwhile: that incarnation links its own.
+        let Some(mut current) = self
+            .load()?
+            .filter(|r| !r.deleted && r.epoch == record.epoch)
+        else {
+            return result;
+        };
+        match &result {
+            Ok(()) => {
+                current.linking = false;
+                current.link_failures = 0;
+                current.link_retry_at = None;
+            }
+            Err(e) => {
+                worker::console_warn!("subscription {}: linking failed: {e}", current.id);
+                current.link_failures = current.link_failures.saturating_add(1);
+                let delay = rules::retry_delay_ms(current.link_failures, random_u32());
+                current.link_retry_at = Some(now_ms() + delay as i64);
+            }
+        }
+        self.save(&current)?;
+        self.schedule(&current).await?;
+        result
     }
 
     async fn register_links(&self, links: &Links) -> Result<Vec<Matched>> {
@@ -745,11 +810,18 @@ impl SubscriptionObject {
                         continue;
                     }
                 };
-                let Some(tail) = reply
-                    .filter(|_| status == 200)
-                    .and_then(|r| r["tail"].as_u64())
-                else {
-                    continue;
+                // 404: the stream is gone, and the registry forgets it. Any other answer is
+                // a failure: the link is retried.
+                let tail = match (status, reply.and_then(|r| r["tail"].as_u64())) {
+                    (200, Some(tail)) => tail,
+                    (404, _) => continue,
+                    (status, _) => {
+                        failed.get_or_insert(worker::Error::RustError(format!(
+                            "stream {} answered {status} to sub-link",
+                            m.path
+                        )));
+                        continue;
+                    }
                 };
                 // Read now, not before the await: an append may have been notified meanwhile.
                 let link = match self.link(&m.path)? {
@@ -1002,6 +1074,14 @@ impl SubscriptionObject {
             return Ok(());
         };
         let now = now_ms();
+        if record.linking && record.link_retry_at.is_none_or(|t| t <= now) {
+            // A failure is logged and rescheduled there.
+            let _ = self.finish_links(&record).await;
+            let Some(current) = self.load()?.filter(|r| !r.deleted) else {
+                return Ok(());
+            };
+            record = current;
+        }
         // An expired lease frees the subscription; pending work wakes it again. (No lease runs
         // while a delivery is owed: that is retried until it succeeds.)
         if !record.deliver && record.lease_deadline.is_some_and(|d| d <= now) {
