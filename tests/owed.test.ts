@@ -267,6 +267,8 @@ describe('a removal whose deregistration fails', () => {
       await subscribe(id, `${prefix}/*`, hook.url);
       await createThroughFault(stream);
       expect(await until(async () => (await linkedStreams(id)).includes(stream))).toBe(true);
+      // The stream's first call to the registry fails, and then the subscription answers the
+      // registry's first notice with 503: the removal is retried until both have it.
       expect((await request('DELETE', stream)).status).toBe(204);
       expect(await until(async () => (await linkedStreams(id)).length === 0)).toBe(true);
       // Created again, it is a stream the registry knows: the pattern links it once more.

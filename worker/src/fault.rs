@@ -3,7 +3,8 @@
 //! A stream whose path contains the marker fails the first call of each kind it makes (to the
 //! registry, to a subscription, to a channel) in each isolate, the way a call fails when the
 //! object it reaches is unreachable, and answers the first request to link it (from the
-//! registry for a new channel, or from a new subscription) with 503. Later calls of that kind go through, so a test sees the
+//! registry for a new channel, or from a new subscription) with 503. A subscription answers
+//! the first notice that such a stream is gone with 503. Later calls of that kind go through, so a test sees the
 //! failure and then the repair: what is owed is retried by the request that is told to retry,
 //! or by the alarm.
 
@@ -22,6 +23,8 @@ pub enum Call {
     ChannelLink,
     /// Answered, not made: a new subscription linking the stream.
     SubLink,
+    /// Answered by a subscription, not made: the registry saying a stream it links is gone.
+    StreamRemoved,
 }
 
 /// What one stream object has failed so far in this isolate.

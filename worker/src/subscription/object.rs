@@ -30,6 +30,7 @@ use worker::{
 use super::registry::{Links, Matched, MatchedStreams, RemoveExplicit, StreamPath};
 use super::{call, error, json, registry_stub, stream_stub, webhook, X_ORIGIN, X_SUBSCRIPTION};
 use crate::crypto::{self, SigningKey};
+use crate::fault::Call;
 use crate::http::{self, header, now_ms, random_u32};
 use crate::path::STREAM_PREFIX;
 
@@ -205,6 +206,8 @@ pub struct SubscriptionObject {
     sql: SqlStorage,
     ready: bool,
     key: RefCell<Option<SigningKey>>,
+    /// Injected faults, for tests (`FAULT_MARKER`).
+    faults: crate::fault::Faults,
 }
 
 impl DurableObject for SubscriptionObject {
@@ -223,6 +226,7 @@ impl DurableObject for SubscriptionObject {
             sql,
             ready,
             key: RefCell::new(None),
+            faults: crate::fault::Faults::default(),
         }
     }
 
@@ -481,6 +485,13 @@ impl SubscriptionObject {
                 let Ok(p) = serde_json::from_slice::<StreamPath>(&body) else {
                     return http::text(400, "bad stream-removed");
                 };
+                let marker = crate::config::Config::from_env(&self.env).fault_marker;
+                let fault = self
+                    .faults
+                    .check(marker.as_deref(), &p.path, Call::StreamRemoved);
+                if let Err(e) = fault {
+                    return http::unavailable(&e.to_string());
+                }
                 return self.stream_removed(&p.path);
             }
             "create" => self.create(&req, &body).await,

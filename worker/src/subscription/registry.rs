@@ -189,7 +189,10 @@ impl RegistryObject {
                 self.sql
                     .exec("DELETE FROM channels WHERE prefix = ?", vec![s(&p.path)])?;
                 let subs = self.subscriptions_of(&p.path)?;
-                self.stream_removed(&p, &subs).await;
+                if !self.stream_removed(&p, &subs).await {
+                    // The stream's removal stays owed: its retry tells them all again.
+                    return http::unavailable("some subscriptions could not be told; retry");
+                }
                 reply(&serde_json::json!({}))
             }
             "internal/links" => {
@@ -319,9 +322,9 @@ impl RegistryObject {
         Ok(all)
     }
 
-    /// Tells each subscription that links `path` that its stream is gone. A failure is logged:
-    /// that subscription keeps its old cursor for the path until the stream is removed again.
-    async fn stream_removed(&self, path: &StreamPath, subs: &[String]) {
+    /// Tells each subscription that links `path` that its stream is gone; whether every one
+    /// answered (telling one twice changes nothing).
+    async fn stream_removed(&self, path: &StreamPath, subs: &[String]) -> bool {
         let calls = subs.iter().map(|id| async move {
             let result = match subscription_stub(&self.env, id) {
                 Ok(stub) => call::<_, serde_json::Value>(&stub, "stream-removed", path).await,
@@ -329,19 +332,27 @@ impl RegistryObject {
             };
             (id, result)
         });
+        let mut all = true;
         for (id, result) in futures_util::future::join_all(calls).await {
             match result {
                 Ok((200, _)) => {}
-                Ok((status, _)) => worker::console_warn!(
-                    "registry: subscription {id} answered {status} to stream-removed {}",
-                    path.path
-                ),
-                Err(e) => worker::console_warn!(
-                    "registry: subscription {id}: stream-removed {} failed: {e}",
-                    path.path
-                ),
+                Ok((status, _)) => {
+                    all = false;
+                    worker::console_warn!(
+                        "registry: subscription {id} answered {status} to stream-removed {}",
+                        path.path
+                    )
+                }
+                Err(e) => {
+                    all = false;
+                    worker::console_warn!(
+                        "registry: subscription {id}: stream-removed {} failed: {e}",
+                        path.path
+                    )
+                }
             }
         }
+        all
     }
 
     /// Records a subscription's links and answers the existing streams they cover.
