@@ -121,7 +121,8 @@ export interface CreateOptions {
   /**
    * Create a channel (an edgestream extension): a JSON stream that receives every message of the
    * streams below its path, each as `{ stream, offset, data }` (or `text`/`base64` for streams
-   * that are not JSON, and `event: 'closed'` when one closes). Read it like any JSON stream.
+   * that are not JSON), and `{ stream, offset, event }` when one is `created`, `closed` or
+   * `deleted`. Read it like any JSON stream.
    */
   channel?: boolean;
   /**

@@ -146,6 +146,33 @@ pub fn write_closed_envelope(stream: &str, offset: Offset, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\"event\":\"closed\"}");
 }
 
+/// The event that comes before a new stream's first message, sent to the channels that
+/// existed when it was created: `{"stream":…,"offset":…,"event":"created"}` with the offset a
+/// reader of the stream starts from (its start, or where a fork diverges).
+pub fn write_created_envelope(stream: &str, offset: Offset, out: &mut Vec<u8>) {
+    write_head(stream, offset, out);
+    out.extend_from_slice(b"\"event\":\"created\"}");
+}
+
+/// The event that follows a deleted stream's last delivered message:
+/// `{"stream":…,"offset":…,"event":"deleted"}` with the stream's tail when it was deleted.
+pub fn write_deleted_envelope(stream: &str, offset: Offset, out: &mut Vec<u8>) {
+    write_head(stream, offset, out);
+    out.extend_from_slice(b"\"event\":\"deleted\"}");
+}
+
+/// A channel's mark for a source incarnation once its `deleted` event is in: past every
+/// position a stream reaches (positions pass through JavaScript numbers, so they stay below
+/// 2^53, and a closed stream's mark at most reaches it), so nothing of that incarnation is
+/// appended after it, and the event only once. 2^53 itself is exact as a JavaScript number.
+pub const DELETED_MARK: u64 = 1 << 53;
+
+/// Whether a channel whose mark for a source incarnation is `mark` still takes its `deleted`
+/// event.
+pub fn admits_deleted(mark: Option<u64>) -> bool {
+    mark != Some(DELETED_MARK)
+}
+
 /// The source position a channel's mark reaches once a closed source's `closed` event is in
 /// it: one past the final offset, which no message of a closed stream can reach, so the event
 /// is deduplicated like any message.
@@ -249,6 +276,35 @@ mod tests {
             Admit::Already(10)
         );
         assert_eq!(advance(9, closed_mark(9), 9), 9);
+    }
+
+    #[test]
+    fn created_and_deleted_events() {
+        let mut out = Vec::new();
+        write_created_envelope("r/a", Offset::ZERO, &mut out);
+        assert_eq!(
+            core::str::from_utf8(&out).unwrap(),
+            "{\"stream\":\"r/a\",\"offset\":\"0000000000000000_0000000000000000\",\"event\":\"created\"}"
+        );
+        crate::json::validate(&out).unwrap();
+        out.clear();
+        write_deleted_envelope("r/a", Offset::new(7).unwrap(), &mut out);
+        assert!(core::str::from_utf8(&out)
+            .unwrap()
+            .ends_with("_0000000000000007\",\"event\":\"deleted\"}"));
+        // A batch that only announces a new stream covers no position: appended while the
+        // channel has nothing from that incarnation, and once.
+        assert_eq!(admit(None, 0, 0), Admit::Append);
+        assert_eq!(admit(Some(0), 0, 0), Admit::Already(0));
+        // After its deleted event, nothing more of the incarnation, and no second event.
+        assert!(admits_deleted(None));
+        assert!(admits_deleted(Some(12)));
+        assert!(!admits_deleted(Some(DELETED_MARK)));
+        assert_eq!(
+            admit(Some(DELETED_MARK), 12, 20),
+            Admit::Already(DELETED_MARK)
+        );
+        assert_eq!(advance(12, DELETED_MARK, 20), 20);
     }
 
     #[test]

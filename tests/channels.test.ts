@@ -68,8 +68,16 @@ async function createChannel(name: string) {
   expect(res.status).toBe(201);
 }
 
-/** Every message of a JSON stream from -1, following pages to the tail. */
+/** A `created` or `deleted` event: the tests of messages leave them out. */
+const lifecycle = (e: any) => e?.event === 'created' || e?.event === 'deleted';
+
+/** Every message of a JSON stream (for a channel, all but its created and deleted events). */
 async function readAll<T = unknown>(name: string): Promise<T[]> {
+  return (await readRaw<T>(name)).filter((e) => !lifecycle(e));
+}
+
+/** Every message of a JSON stream from -1, following pages to the tail. */
+async function readRaw<T = unknown>(name: string): Promise<T[]> {
   let offset = '-1';
   const out: T[] = [];
   for (;;) {
@@ -85,6 +93,16 @@ async function waitFor(done: () => boolean, timeoutMs = 10_000) {
   const deadline = Date.now() + timeoutMs;
   while (!done() && Date.now() < deadline) await sleep(20);
   return done();
+}
+
+/** Polls an async condition until it holds or `timeoutMs` pass; whether it held. */
+async function waitForAsync(done: () => Promise<boolean>, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await done()) return true;
+    if (Date.now() > deadline) return false;
+    await sleep(50);
+  }
 }
 
 /** The channel's envelopes once `done` holds for them (polled), or the last ones read. */
@@ -394,7 +412,7 @@ describe('delivery', () => {
       ws.addEventListener('error', () => reject(new Error('cannot open the socket')));
     });
     const appended = await post(source, '{"w":1}');
-    const items = () => messages.filter((m) => m.type === 'data').flatMap((m) => m.items);
+    const items = () => messages.filter((m) => m.type === 'data').flatMap((m) => m.items).filter((e) => !lifecycle(e));
     expect(await waitFor(() => items().length >= 1)).toBe(true);
     expect(items()).toEqual([{ stream: source, offset: appended.headers.get('stream-next-offset'), data: { w: 1 } }]);
     ws.send(JSON.stringify({ type: 'append', id: 7, data: { forged: true } }));
@@ -490,6 +508,93 @@ describe('delivery', () => {
     await sleep(300);
     expect((await readAll<Envelope>(root)).map((e) => e.data)).toEqual([{ v: 'a' }, { v: 'b' }]);
     expect(all.map((e) => e.offset)).toEqual([first.headers.get('stream-next-offset'), second.headers.get('stream-next-offset')]);
+  });
+});
+
+describe('created and deleted events', () => {
+  it('announces each stream created below it once, before its first message; not one that existed before it', async () => {
+    const root = tree('created');
+    const old = `${root}/old`;
+    expect((await put(old, json)).status).toBe(201);
+    await createChannel(root);
+    const room = `${root}/room`;
+    const made = await put(room, json);
+    expect(made.status).toBe(201);
+    // An empty stream is announced at once, with the offset a reader of it starts from.
+    let raw: Envelope[] = [];
+    const announced = async () => (raw = await readRaw<Envelope>(root)).some((e) => e.event === 'created');
+    expect(await waitForAsync(announced)).toBe(true);
+    expect(raw).toEqual([{ stream: room, offset: made.headers.get('stream-next-offset'), event: 'created' }]);
+    await post(room, '{"n":1}');
+    await post(old, '{"n":2}');
+    // A fork below the channel is announced from where it diverges.
+    const fork = `${root}/fork`;
+    const forked = await put(fork, { 'stream-forked-from': `/v1/stream/${room}` });
+    expect(forked.status).toBe(201);
+    expect(await waitForAsync(async () => (raw = await readRaw<Envelope>(root)).length >= 4)).toBe(true);
+    await sleep(300);
+    raw = await readRaw<Envelope>(root);
+    const of = (stream: string) => raw.filter((e) => e.stream === stream).map((e) => e.event ?? e.data);
+    expect(of(room)).toEqual(['created', { n: 1 }]);
+    expect(of(old)).toEqual([{ n: 2 }]);
+    expect(raw.filter((e) => e.stream === fork)).toEqual([
+      { stream: fork, offset: forked.headers.get('stream-next-offset'), event: 'created' },
+    ]);
+  });
+
+  it('tells it once when a stream below it is deleted, after its last message; created again, it is announced again', async () => {
+    const root = tree('deleted');
+    const before = `${root}/before`;
+    expect((await put(before, json)).status).toBe(201);
+    await createChannel(root);
+    const room = `${root}/room`;
+    expect((await put(room, json)).status).toBe(201);
+    const last = await post(room, '{"n":1}');
+    await post(before, '{"n":2}');
+    expect((await call('DELETE', room)).status).toBe(204);
+    // A stream that existed before the channel is told of too.
+    expect((await call('DELETE', before)).status).toBe(204);
+    let raw: Envelope[] = [];
+    const deletions = async () => (raw = await readRaw<Envelope>(root)).filter((e) => e.event === 'deleted').length;
+    expect(await waitForAsync(async () => (await deletions()) >= 2)).toBe(true);
+    expect(raw.filter((e) => e.stream === room)).toEqual([
+      { stream: room, offset: expect.any(String), event: 'created' },
+      { stream: room, offset: last.headers.get('stream-next-offset'), data: { n: 1 } },
+      { stream: room, offset: last.headers.get('stream-next-offset'), event: 'deleted' },
+    ]);
+    expect(raw.filter((e) => e.stream === before).map((e) => e.event ?? e.data)).toEqual([{ n: 2 }, 'deleted']);
+    // Created again: a new stream, announced and fed from its start.
+    expect((await put(room, json)).status).toBe(201);
+    await post(room, '{"n":3}');
+    expect(await waitForAsync(async () => (raw = await readRaw<Envelope>(root)).length >= 7)).toBe(true);
+    await sleep(300);
+    raw = await readRaw<Envelope>(root);
+    expect(raw.filter((e) => e.stream === room).map((e) => e.event ?? e.data)).toEqual([
+      'created',
+      { n: 1 },
+      'deleted',
+      'created',
+      { n: 3 },
+    ]);
+  });
+
+  it('tells it when a source with forks is deleted (410), and not again when its last fork goes', async () => {
+    const root = tree('soft');
+    await createChannel(root);
+    const source = `${root}/source`;
+    expect((await put(source, json)).status).toBe(201);
+    await post(source, '{"n":1}');
+    const fork = `${root}-fork`;
+    expect((await put(fork, { 'stream-forked-from': `/v1/stream/${source}` })).status).toBe(201);
+    expect((await call('DELETE', source)).status).toBe(204);
+    expect((await call('GET', source, {}, undefined, '?offset=-1')).status).toBe(410);
+    let raw: Envelope[] = [];
+    expect(await waitForAsync(async () => (raw = await readRaw<Envelope>(root)).some((e) => e.event === 'deleted'))).toBe(true);
+    // The last fork goes, and the source with it: the channel has its event already.
+    expect((await call('DELETE', fork)).status).toBe(204);
+    await sleep(1_000);
+    raw = await readRaw<Envelope>(root);
+    expect(raw.map((e) => e.event ?? e.data)).toEqual(['created', { n: 1 }, 'deleted']);
   });
 });
 

@@ -36,8 +36,13 @@ async function request(method: string, path: string, headers: Record<string, str
   return { status: res.status, headers: res.headers, text: await res.text() };
 }
 
-/** Every message of a JSON stream from -1, following pages to the tail. */
+/** Every message of a JSON stream from -1, following pages to the tail; for a channel, all but
+ * its `created` and `deleted` events. */
 async function readAll(path: string): Promise<any[]> {
+  return (await readRaw(path)).filter((e) => e?.event !== 'created' && e?.event !== 'deleted');
+}
+
+async function readRaw(path: string): Promise<any[]> {
   let offset = '-1';
   const out: any[] = [];
   for (;;) {
@@ -278,6 +283,25 @@ describe('a removal whose deregistration fails', () => {
       await request('DELETE', `__ds/subscriptions/${id}`);
       await hook.close();
     }
+  });
+});
+
+describe('a deleted event whose delivery fails', () => {
+  it('is retried until the channel has it, once', async () => {
+    const channel = unique('gone');
+    expect((await request('PUT', channel, { 'stream-channel': 'true' })).status).toBe(201);
+    const source = `${channel}/${MARKER}-g`;
+    await createThroughFault(source);
+    expect((await request('POST', source, json, '{"n":1}')).status).toBe(204);
+    // Its first delivery fails too: the message reaches the channel from the alarm.
+    const events = async () => (await readRaw(channel)).filter((e) => e.stream === source).map((e) => e.event ?? e.data);
+    expect(await until(async () => (await events()).length >= 2)).toBe(true);
+    // Its first call to the registry fails, then its first deleted event: the DELETE is
+    // answered at once, and the alarm gives both.
+    expect((await request('DELETE', source)).status).toBe(204);
+    expect(await until(async () => (await events()).includes('deleted'), 15_000)).toBe(true);
+    await sleep(1_000);
+    expect(await events()).toEqual(['created', { n: 1 }, 'deleted']);
   });
 });
 

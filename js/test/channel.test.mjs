@@ -1,6 +1,7 @@
 // Hierarchical channels from the client (an edgestream extension, so against our Worker only):
 // `create({ channel: true })` makes a channel, and a live reader of it gets every message of
-// the streams below it, including one created after the reader started, as envelopes.
+// the streams below it, including one created after the reader started, as envelopes, each
+// stream announced by a `created` event.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -39,7 +40,8 @@ test('a channel created by the client follows every stream below it, live', { ti
         }
       });
     });
-  const first = got(3);
+  // Each room is announced (`created`) before its first message: 3 streams, 3 messages.
+  const first = got(6);
   // A room created after the reader started, and a text stream deeper down.
   const kitchen = await DurableStream.create({ url: `${base}/${prefix}/kitchen`, contentType: 'application/json' });
   await kitchen.append({ from: 'bo', text: 'coffee?' });
@@ -49,10 +51,14 @@ test('a channel created by the client follows every stream below it, live', { ti
 
   const byStream = {};
   for (const m of seen) (byStream[m.stream] ??= []).push(m);
-  assert.deepEqual(byStream[`${prefix}/lobby`].map((m) => m.data), [{ from: 'ana', text: 'hi' }]);
-  assert.deepEqual(byStream[`${prefix}/kitchen`].map((m) => m.data), [{ from: 'bo', text: 'coffee?' }]);
-  assert.deepEqual(byStream[`${prefix}/kitchen/log`].map((m) => m.text), ['kettle on']);
+  for (const room of ['lobby', 'kitchen', 'kitchen/log']) {
+    assert.deepEqual(byStream[`${prefix}/${room}`][0].event, 'created', room);
+  }
+  const messages = (room) => byStream[`${prefix}/${room}`].filter((m) => !m.event);
+  assert.deepEqual(messages('lobby').map((m) => m.data), [{ from: 'ana', text: 'hi' }]);
+  assert.deepEqual(messages('kitchen').map((m) => m.data), [{ from: 'bo', text: 'coffee?' }]);
+  assert.deepEqual(messages('kitchen/log').map((m) => m.text), ['kettle on']);
   // Each envelope's offset is the source's offset after the message: reading from it gets nothing.
-  const after = await fetch(`${lobby.url}?offset=${byStream[`${prefix}/lobby`][0].offset}`);
+  const after = await fetch(`${lobby.url}?offset=${messages('lobby')[0].offset}`);
   assert.equal(await after.text(), '[]');
 });

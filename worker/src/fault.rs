@@ -19,6 +19,7 @@ pub enum Call {
     RegistryRemoved,
     Notify,
     ChannelAppend,
+    ChannelDeleted,
     /// Answered, not made: the registry linking a new channel above the stream.
     ChannelLink,
     /// Answered, not made: a new subscription linking the stream.

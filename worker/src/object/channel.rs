@@ -26,10 +26,11 @@ use edgestream::stream::CreateRequest;
 use edgestream::{ContentType, Offset, ProtocolError};
 use futures_channel::oneshot;
 use futures_util::future::{select, Either};
+use serde::{Deserialize, Serialize};
 use wasm_bindgen::{JsCast, JsValue};
 use worker::{Delay, Headers, Method, Request, RequestInit, Response, Result};
 
-use super::store::{self, ChannelLink, Meta, Store};
+use super::store::{self, ChannelLink, Meta, Store, Task};
 use super::{live, subscribers, Lookup, StreamObject};
 use crate::fault::Call;
 use crate::http::{self, header, now_ms};
@@ -135,13 +136,19 @@ fn name(meta: &Meta) -> &str {
     meta.path.strip_prefix(STREAM_PREFIX).unwrap_or(&meta.path)
 }
 
-/// A new stream: links the channels the registry found above it, from its start (in the
-/// caller's turn, with the alarm that delivers to them). [`forward`] then delivers.
+/// A new stream: links the channels the registry found above it, from its start, each owed
+/// the stream's `created` event (in the caller's turn, with the alarm that delivers to them).
+/// [`forward`] then delivers.
 pub fn link(obj: &StreamObject, meta: &Meta, channels: &[ChannelRef]) -> Result<()> {
     let store = obj.store()?;
+    let linked = store.channel_links()?;
     for c in channels {
-        if !meta.channel && ch::covers(&c.path, name(meta)) {
+        let known = linked
+            .iter()
+            .any(|l| l.channel == c.path && l.instance == c.instance);
+        if !meta.channel && !known && ch::covers(&c.path, name(meta)) {
             store.link_channel(&c.path, &c.instance, meta.base)?;
+            store.announce(&c.path, &c.instance)?;
         }
     }
     stored(obj, meta);
@@ -299,7 +306,7 @@ async fn round(obj: &StreamObject) -> Result<Round> {
         .channel_links()?
         .into_iter()
         .filter(|l| {
-            (l.forwarded < meta.tail || (meta.closed && !l.closed_sent))
+            (l.forwarded < meta.tail || (meta.closed && !l.closed_sent) || l.announce)
                 && !(backing_off && l.failures > 0)
         })
         .collect();
@@ -310,8 +317,8 @@ async fn round(obj: &StreamObject) -> Result<Round> {
     arm(obj, &meta, now_ms() + SAFETY_MS);
     let mut sends = Vec::with_capacity(behind.len());
     for link in behind {
-        match batch(store, &meta, link.forwarded) {
-            Ok(batch) if batch.end > link.forwarded.position() || batch.closes => {
+        match batch(store, &meta, link.forwarded, link.announce) {
+            Ok(batch) if batch.end > link.forwarded.position() || batch.closes || link.announce => {
                 sends.push((link, batch))
             }
             Ok(_) => {}
@@ -342,6 +349,10 @@ async fn round(obj: &StreamObject) -> Result<Round> {
                 link.closed_sent = now.closed && mark >= ch::closed_mark(now.tail.position());
                 link.failures = 0;
                 store.set_forwarded(&link)?;
+                // Any mark means the channel has the first batch, which carried the event.
+                if link.announce {
+                    store.announced(&link.channel)?;
+                }
                 let behind = link.forwarded < now.tail || (now.closed && !link.closed_sent);
                 if behind && !matches!(outcome, Round::Failed) {
                     outcome = Round::More;
@@ -383,9 +394,10 @@ struct Outgoing {
     end: u64,
 }
 
-/// The envelopes of the source's messages from `from`, about [`BATCH_BYTES`] of them, and the
-/// `closed` event after the last message of a closed stream.
-fn batch(store: &Store, meta: &Meta, from: Offset) -> Result<Outgoing> {
+/// The envelopes of the source's messages from `from`, about [`BATCH_BYTES`] of them, after
+/// the stream's `created` event if it is owed, and the `closed` event after the last message
+/// of a closed stream.
+fn batch(store: &Store, meta: &Meta, from: Offset, announce: bool) -> Result<Outgoing> {
     let stream = name(meta);
     let mut batch = if meta.is_json() {
         match store.read(from, meta.tail, BATCH_BYTES, true)? {
@@ -409,6 +421,13 @@ fn batch(store: &Store, meta: &Meta, from: Offset) -> Result<Outgoing> {
         }
         batch
     };
+    if announce {
+        let mut framed = Vec::with_capacity(batch.framed.len() + 96);
+        ch::write_created_envelope(stream, from, &mut framed);
+        framed.push(b',');
+        framed.extend_from_slice(&batch.framed);
+        batch.framed = framed;
+    }
     let closes = meta.closed && batch.end == meta.tail.position();
     let mut to = batch.end;
     if closes {
@@ -546,7 +565,7 @@ pub async fn on_append(
     };
     let body = req.bytes().await?;
     let now = now_ms();
-    let mut meta = match obj.lookup(now).await? {
+    let meta = match obj.lookup(now).await? {
         Lookup::Live(meta) if meta.channel && meta.instance == instance => meta,
         _ => return http::text(404, "no such channel"),
     };
@@ -556,22 +575,194 @@ pub async fn on_append(
     if let Admit::Already(mark) = ch::admit(mark, from, to) {
         return mark_reply(mark);
     }
-    if to <= from || body.is_empty() {
+    // A batch that only announces a new stream covers no position (`to == from`).
+    if to < from || body.is_empty() {
         return http::text(400, "empty internal channel-append");
     }
+    append_envelopes(obj, meta, body, &source, &incarnation, to, now).await
+}
+
+/// Appends envelopes from one source incarnation and moves its mark to `mark`, in one turn;
+/// then live readers and subscriptions learn of them. Answers the mark.
+async fn append_envelopes(
+    obj: &StreamObject,
+    mut meta: Meta,
+    body: Vec<u8>,
+    source: &str,
+    incarnation: &str,
+    mark: u64,
+    now: i64,
+) -> Result<Response> {
+    let store = obj.store()?;
     let start = meta.tail;
     let Some(tail) = store::end_of(start, body.len()) else {
         return http::error(&ProtocolError::StreamFull);
     };
     store.append(start, &body, true)?;
-    store.set_channel_mark(&source, &incarnation, to, now)?;
+    store.set_channel_mark(source, incarnation, mark, now)?;
     meta.tail = tail;
     obj.touch(&mut meta, now)?;
     obj.remember(&meta);
     live::queue(&obj.hub, start, tail, meta.closed, body, true);
     live::flush(&obj.hub);
     subscribers::appended(obj, &meta).await?;
-    mark_reply(to)
+    mark_reply(mark)
+}
+
+/// A `deleted` event owed to a channel by a stream that fed it. Kept in the stream's owed
+/// work (its links are purged with it), so it is given even if the stream's object dies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedNotice {
+    /// The channel's name and incarnation.
+    channel: String,
+    instance: String,
+    /// The deleted stream's name and incarnation, and its tail when it was deleted.
+    source: String,
+    incarnation: String,
+    offset: u64,
+}
+
+/// The stream is deleted (or soft-deleted: its path answers 410): every channel it feeds is
+/// owed its `deleted` event. Called in the turn that deletes it, before its links are purged.
+pub fn owe_deleted(obj: &StreamObject, meta: &Meta) -> Result<()> {
+    if meta.channel {
+        return Ok(());
+    }
+    let store = obj.store()?;
+    let links = store.channel_links()?;
+    if links.is_empty() {
+        return Ok(());
+    }
+    let mut notices = owed_notices(store)?;
+    for link in links {
+        let notice = DeletedNotice {
+            channel: link.channel,
+            instance: link.instance,
+            source: name(meta).to_string(),
+            incarnation: meta.instance.clone(),
+            offset: meta.tail.position(),
+        };
+        if !notices.contains(&notice) {
+            notices.push(notice);
+        }
+    }
+    let detail =
+        serde_json::to_string(&notices).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    store.owe(Task::ChannelsDeleted, now_ms(), &detail)
+}
+
+fn owed_notices(store: &Store) -> Result<Vec<DeletedNotice>> {
+    Ok(store
+        .owed()?
+        .into_iter()
+        .find(|o| o.task == Task::ChannelsDeleted)
+        .and_then(|o| serde_json::from_str(&o.detail).ok())
+        .unwrap_or_default())
+}
+
+/// Gives each owed `deleted` event; whether every channel has its own (or is gone). Those
+/// that failed stay owed, beside any owed meanwhile.
+pub async fn tell_deleted(obj: &StreamObject) -> Result<bool> {
+    let notices = owed_notices(obj.store()?)?;
+    let results =
+        futures_util::future::join_all(notices.iter().map(|n| deliver_deleted(obj, n))).await;
+    let mut given = Vec::new();
+    for (notice, result) in notices.iter().zip(results) {
+        match result {
+            Ok(()) => given.push(notice),
+            Err(e) => worker::console_warn!(
+                "channels: deleted event of {} to {} failed: {e}",
+                notice.source,
+                notice.channel
+            ),
+        }
+    }
+    let store = obj.store()?;
+    let left: Vec<DeletedNotice> = owed_notices(store)?
+        .into_iter()
+        .filter(|n| !given.contains(&n))
+        .collect();
+    if left.is_empty() {
+        store.settle(Task::ChannelsDeleted)?;
+        return Ok(true);
+    }
+    let detail =
+        serde_json::to_string(&left).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    store.owe(Task::ChannelsDeleted, now_ms(), &detail)?;
+    Ok(given.len() == notices.len())
+}
+
+/// Sends one `deleted` event to its channel's object.
+async fn deliver_deleted(obj: &StreamObject, notice: &DeletedNotice) -> Result<()> {
+    obj.faults.check(
+        obj.config.fault_marker.as_deref(),
+        &notice.source,
+        Call::ChannelDeleted,
+    )?;
+    let url = worker::Url::parse_with_params(
+        "https://edgestream/internal/channel-deleted",
+        &[
+            ("source", notice.source.as_str()),
+            ("incarnation", notice.incarnation.as_str()),
+            ("channel", notice.instance.as_str()),
+            ("offset", &notice.offset.to_string()),
+        ],
+    )
+    .map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post);
+    let req = Request::new_with_init(url.as_str(), &init)?;
+    let stub = stream_stub(&obj.env, &notice.channel)?;
+    let call = Box::pin(stub.fetch_with_request(req));
+    let resp = match select(call, Delay::from(CALL_TIMEOUT)).await {
+        Either::Left((resp, _)) => resp?,
+        Either::Right(_) => return Err(worker::Error::RustError("channel timed out".into())),
+    };
+    match resp.status_code() {
+        200 | 404 | 410 => Ok(()),
+        status => Err(worker::Error::RustError(format!(
+            "channel answered {status}"
+        ))),
+    }
+}
+
+/// `internal/channel-deleted`: a source incarnation was deleted. Its `deleted` event is
+/// appended once, and its mark moves past every position, so nothing more of it is taken.
+pub async fn on_deleted(obj: &StreamObject, url: &worker::Url) -> Result<Response> {
+    let query = |name: &str| http::query_value(url, name);
+    let (Some(source), Some(incarnation), Some(instance), Some(offset)) = (
+        query("source"),
+        query("incarnation"),
+        query("channel"),
+        query("offset")
+            .and_then(|v| v.parse::<u64>().ok())
+            .and_then(Offset::new),
+    ) else {
+        return http::text(400, "bad internal channel-deleted");
+    };
+    let now = now_ms();
+    let meta = match obj.lookup(now).await? {
+        Lookup::Live(meta) if meta.channel && meta.instance == instance => meta,
+        _ => return http::text(404, "no such channel"),
+    };
+    // From here on there is no await until the mark and the row are written together.
+    let store = obj.store()?;
+    if !ch::admits_deleted(store.channel_mark(&source, &incarnation)?) {
+        return mark_reply(ch::DELETED_MARK);
+    }
+    let mut body = Vec::new();
+    ch::write_deleted_envelope(&source, offset, &mut body);
+    body.push(b',');
+    append_envelopes(
+        obj,
+        meta,
+        body,
+        &source,
+        &incarnation,
+        ch::DELETED_MARK,
+        now,
+    )
+    .await
 }
 
 fn mark_reply(mark: u64) -> Result<Response> {

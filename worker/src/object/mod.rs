@@ -363,13 +363,20 @@ impl StreamObject {
         meta.deleted = true;
         meta.expiry = Expiry::Never;
         self.save(&meta)?;
+        // In the same turn: its channels are told it was deleted, now or from the alarm.
+        channel::owe_deleted(self, &meta)?;
+        channel::rearm(self, now_ms() + subscribers::SAFETY_MS);
         live::gone(&self.hub, &ProtocolError::Gone);
-        let _ = self.state.storage().delete_alarm().await;
+        subscribers::run(self, false).await?;
         Ok(())
     }
 
     /// Deletes every row and, for a fork, lets go of the source. `hops` is the request's depth.
     async fn remove(&self, meta: Meta, hops: u32) -> Result<()> {
+        // Its links are read before they are purged; a soft-deleted stream owed this already.
+        if !meta.deleted {
+            channel::owe_deleted(self, &meta)?;
+        }
         self.store()?.purge()?;
         // In the purge's turn: the registry is told even if this request dies.
         subscribers::owe_deregistration(self, &meta)?;
@@ -1063,6 +1070,7 @@ impl StreamObject {
             }
             "fork-release" => fork::on_release(self, hops).await,
             "channel-append" => channel::on_append(self, req, url).await,
+            "channel-deleted" => channel::on_deleted(self, url).await,
             "channel-link" => {
                 let body = req.bytes().await?;
                 channel::on_link(self, &body)

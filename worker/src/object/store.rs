@@ -195,6 +195,10 @@ CREATE TABLE IF NOT EXISTS channel_links (
   failures INTEGER NOT NULL,
   closed_sent INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS channel_announce (
+  channel TEXT PRIMARY KEY,
+  instance TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS producers (
   id TEXT PRIMARY KEY,
   epoch INTEGER NOT NULL,
@@ -347,6 +351,9 @@ pub struct ChannelLink {
     pub failures: u32,
     /// The channel has this (closed) stream's `closed` event.
     pub closed_sent: bool,
+    /// The channel is owed this stream's `created` event (it was linked when the stream was
+    /// created), which goes before its first message.
+    pub announce: bool,
 }
 
 fn int(v: Option<&SqlStorageValue>) -> i64 {
@@ -951,7 +958,7 @@ impl Store {
         self.sql.exec(
             "DELETE FROM log; DELETE FROM producers; DELETE FROM lease; DELETE FROM ancestry;
              DELETE FROM subscribers; DELETE FROM stream; DELETE FROM channel;
-             DELETE FROM channel_marks; DELETE FROM channel_links;",
+             DELETE FROM channel_marks; DELETE FROM channel_links; DELETE FROM channel_announce;",
             None,
         )?;
         Ok(())
@@ -964,6 +971,8 @@ impl Store {
 pub enum Task {
     /// Tell the registry this stream is gone.
     Deregister,
+    /// Tell the channels this stream fed that it was deleted.
+    ChannelsDeleted,
     /// Tell the registry this stream exists, and link what it answers.
     Register,
     /// Tell the linked subscriptions where the tail is.
@@ -971,13 +980,19 @@ pub enum Task {
 }
 
 impl Task {
-    /// In the order they must run: a removed incarnation leaves the registry before a new one
-    /// joins it.
-    pub const ALL: [Task; 3] = [Task::Deregister, Task::Register, Task::Notify];
+    /// In the order they must run: a removed incarnation leaves the registry, and its channels
+    /// hear it was deleted, before a new one joins.
+    pub const ALL: [Task; 4] = [
+        Task::Deregister,
+        Task::ChannelsDeleted,
+        Task::Register,
+        Task::Notify,
+    ];
 
     fn key(self) -> &'static str {
         match self {
             Task::Deregister => "deregister",
+            Task::ChannelsDeleted => "channels-deleted",
             Task::Register => "register",
             Task::Notify => "notify",
         }
@@ -991,7 +1006,7 @@ pub struct Owed {
     pub attempts: u32,
     pub due_ms: i64,
     /// What the task needs that the stream's rows may no longer hold: for `Deregister`, the
-    /// removed stream's path.
+    /// removed stream's path; for `ChannelsDeleted`, the notices still to give, as JSON.
     pub detail: String,
 }
 
@@ -1061,8 +1076,11 @@ impl Store {
         }
         let links: Vec<ChannelLink> = self
             .rows(
-                "SELECT channel, instance, forwarded, failures, closed_sent FROM channel_links
-                 ORDER BY channel",
+                "SELECT l.channel, l.instance, l.forwarded, l.failures, l.closed_sent,
+                        a.channel IS NOT NULL
+                 FROM channel_links l LEFT JOIN channel_announce a
+                   ON a.channel = l.channel AND a.instance = l.instance
+                 ORDER BY l.channel",
                 vec![],
             )?
             .iter()
@@ -1072,6 +1090,7 @@ impl Store {
                 forwarded: offset(r.get(2)),
                 failures: u32::try_from(int(r.get(3))).unwrap_or(0),
                 closed_sent: int(r.get(4)) != 0,
+                announce: int(r.get(5)) != 0,
             })
             .collect();
         self.channel_links.replace(Some(links.clone()));
@@ -1117,6 +1136,26 @@ impl Store {
         self.sql.exec(
             "DELETE FROM channel_links WHERE channel = ? AND instance = ?",
             vec![channel.into(), instance.into()],
+        )?;
+        self.announced(channel)
+    }
+
+    /// A link made when the stream was created: the channel is owed its `created` event.
+    pub fn announce(&self, channel: &str, instance: &str) -> Result<()> {
+        self.channel_links.replace(None);
+        self.sql.exec(
+            "INSERT OR REPLACE INTO channel_announce (channel, instance) VALUES (?, ?)",
+            vec![channel.into(), instance.into()],
+        )?;
+        Ok(())
+    }
+
+    /// The channel has the `created` event.
+    pub fn announced(&self, channel: &str) -> Result<()> {
+        self.channel_links.replace(None);
+        self.sql.exec(
+            "DELETE FROM channel_announce WHERE channel = ?",
+            vec![channel.into()],
         )?;
         Ok(())
     }

@@ -24,7 +24,7 @@ use crate::subscription::{call, registry_stub, subscription_stub};
 
 /// Owed work is first tried by the request that owes it; should that request die, the alarm
 /// set in its turn tries it this soon after.
-const SAFETY_MS: i64 = 2_000;
+pub const SAFETY_MS: i64 = 2_000;
 /// Retries after failures back off from 1 s, doubling, up to this.
 const MAX_BACKOFF_MS: i64 = 60_000;
 
@@ -78,6 +78,7 @@ pub async fn run(obj: &StreamObject, due_only: bool) -> Result<Vec<Task>> {
         }
         let done = match owed.task {
             Task::Deregister => deregister(obj, &owed.detail).await,
+            Task::ChannelsDeleted => channel::tell_deleted(obj).await,
             Task::Register => register(obj).await,
             Task::Notify => notify_owed(obj).await,
         };
