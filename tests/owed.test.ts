@@ -8,10 +8,9 @@
 // to link it (for a new channel or subscription) with 503 (worker/src/fault.rs). A new
 // subscription that cannot link every stream it covers is finished the same way
 // (worker/src/subscription/object.rs, `finish_links`).
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
+import { receiver } from './support/webhook';
 
 const MARKER = 'faulty';
 
@@ -64,21 +63,18 @@ async function until(check: () => Promise<boolean> | boolean, ms = 10_000) {
   }
 }
 
-/** A webhook receiver on 127.0.0.1 that records each notification's JSON body. */
-async function receiver() {
-  const bodies: any[] = [];
-  const srv = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c) => chunks.push(c));
-    req.on('end', () => {
-      bodies.push(JSON.parse(Buffer.concat(chunks).toString('utf8')));
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end('{}');
-    });
-  });
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const { port } = srv.address() as AddressInfo;
-  return { url: `http://127.0.0.1:${port}/hook`, bodies, close: () => new Promise((r) => srv.close(r)) };
+type Hook = Awaited<ReturnType<typeof receiver>>;
+
+/** Runs `body` with a webhook receiver and the id `sub-<prefix>`; deletes both after. */
+async function withHook(prefix: string, body: (hook: Hook, id: string) => Promise<void>) {
+  const hook = await receiver();
+  const id = `sub-${prefix}`;
+  try {
+    await body(hook, id);
+  } finally {
+    await request('DELETE', `__ds/subscriptions/${id}`);
+    await hook.close();
+  }
 }
 
 const subscribeOnce = (id: string, pattern: string, hookUrl: string) =>
@@ -157,17 +153,12 @@ describe('a create whose registration fails', () => {
 
   it('is found by a subscription pattern once linked', async () => {
     const prefix = unique(`${MARKER}-sub`);
-    const hook = await receiver();
-    const id = `sub-${prefix}`;
-    try {
+    await withHook(prefix, async (hook, id) => {
       await subscribe(id, `${prefix}/*`, hook.url);
       await createThroughFault(`${prefix}/s`);
       // Its first notification fails too: the subscription links it when the retry reaches it.
       expect(await until(async () => (await linkedStreams(id)).includes(`${prefix}/s`))).toBe(true);
-    } finally {
-      await request('DELETE', `__ds/subscriptions/${id}`);
-      await hook.close();
-    }
+    });
   });
 });
 
@@ -201,9 +192,7 @@ describe('a subscription whose streams cannot all be linked', () => {
     const prefix = unique(`${MARKER}-sublink`);
     const stream = `${prefix}/s`;
     await createThroughFault(stream);
-    const hook = await receiver();
-    const id = `sub-${prefix}`;
-    try {
+    await withHook(prefix, async (hook, id) => {
       // The stream answers its first link with 503.
       const first = await subscribeOnce(id, `${prefix}/*`, hook.url);
       expect(first.status).toBe(503);
@@ -211,30 +200,19 @@ describe('a subscription whose streams cannot all be linked', () => {
       expect(retried.status).toBe(200);
       expect(JSON.parse(retried.text).streams.map((s: { path: string }) => s.path)).toEqual([stream]);
       expect((await request('POST', stream, json, '{"n":1}')).status).toBe(204);
-      const notified = await until(() =>
-        hook.bodies.some((b) => b.streams?.some((s: any) => s.path === stream && s.has_pending)),
-      );
-      expect(notified, 'the webhook never named the stream after its append').toBe(true);
-    } finally {
-      await request('DELETE', `__ds/subscriptions/${id}`);
-      await hook.close();
-    }
+      expect(await until(() => hook.named(stream)), 'the webhook never named the stream after its append').toBe(true);
+    });
   });
 
   it('is finished by the alarm when nobody retries it', async () => {
     const prefix = unique(`${MARKER}-subalarm`);
     const stream = `${prefix}/s`;
     await createThroughFault(stream);
-    const hook = await receiver();
-    const id = `sub-${prefix}`;
-    try {
+    await withHook(prefix, async (hook, id) => {
       const first = await subscribeOnce(id, `${prefix}/*`, hook.url);
       expect(first.status).toBe(503);
       expect(await until(async () => (await linkedStreams(id)).includes(stream))).toBe(true);
-    } finally {
-      await request('DELETE', `__ds/subscriptions/${id}`);
-      await hook.close();
-    }
+    });
   });
 });
 
@@ -243,22 +221,14 @@ describe('a notification that fails', () => {
     const prefix = unique(`${MARKER}-notify`);
     const stream = `${prefix}/s`;
     await createThroughFault(stream);
-    const hook = await receiver();
-    const id = `sub-${prefix}`;
-    try {
+    await withHook(prefix, async (hook, id) => {
       // The stream answers its first link with 503: the retried PUT links it.
       expect((await subscribeOnce(id, `${prefix}/*`, hook.url)).status).toBe(503);
       expect((await subscribeOnce(id, `${prefix}/*`, hook.url)).status).toBe(200);
       // The stream's first notification fails; the append is still acknowledged.
       expect((await request('POST', stream, json, '{"n":1}')).status).toBe(204);
-      const notified = await until(() =>
-        hook.bodies.some((b) => b.streams?.some((s: any) => s.path === stream && s.has_pending)),
-      );
-      expect(notified, 'the webhook never named the stream after its append').toBe(true);
-    } finally {
-      await request('DELETE', `__ds/subscriptions/${id}`);
-      await hook.close();
-    }
+      expect(await until(() => hook.named(stream)), 'the webhook never named the stream after its append').toBe(true);
+    });
   });
 });
 
@@ -266,9 +236,7 @@ describe('a removal whose deregistration fails', () => {
   it('still answers 204, and the registry and subscriptions forget the stream', async () => {
     const prefix = unique(`${MARKER}-del`);
     const stream = `${prefix}/s`;
-    const hook = await receiver();
-    const id = `sub-${prefix}`;
-    try {
+    await withHook(prefix, async (hook, id) => {
       await subscribe(id, `${prefix}/*`, hook.url);
       await createThroughFault(stream);
       expect(await until(async () => (await linkedStreams(id)).includes(stream))).toBe(true);
@@ -279,10 +247,7 @@ describe('a removal whose deregistration fails', () => {
       // Created again, it is a stream the registry knows: the pattern links it once more.
       expect((await request('PUT', stream, json)).status).toBe(201);
       expect(await until(async () => (await linkedStreams(id)).includes(stream))).toBe(true);
-    } finally {
-      await request('DELETE', `__ds/subscriptions/${id}`);
-      await hook.close();
-    }
+    });
   });
 });
 

@@ -8,6 +8,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
+import { receiver } from './support/webhook';
 
 let server: Awaited<ReturnType<typeof startServer>>;
 const url = (path: string) => `${server.baseUrl}/v1/stream/${path}`;
@@ -20,23 +21,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await server?.stop();
 });
-
-/** A webhook receiver on 127.0.0.1 that records each notification's JSON body. */
-async function receiver() {
-  const bodies: any[] = [];
-  const srv = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c) => chunks.push(c));
-    req.on('end', () => {
-      bodies.push(JSON.parse(Buffer.concat(chunks).toString('utf8')));
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end('{}');
-    });
-  });
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const { port } = srv.address() as AddressInfo;
-  return { url: `http://127.0.0.1:${port}/hook`, bodies, close: () => new Promise((r) => srv.close(r)) };
-}
 
 async function until(check: () => boolean, ms = 5_000) {
   const deadline = Date.now() + ms;
