@@ -163,6 +163,10 @@ describe('rooms', () => {
     const expected = ['in the first room', 'in a room opened later'];
     await expect.poll(() => messages(a.page), { timeout: 5_000 }).toEqual(expected);
     expect(await a.page.locator('#messages li .room').allTextContents()).toEqual([`#${first}`, `#${second}`]);
+    // The channel announced both rooms (`created`): they joined page A's list without a click.
+    await expect.poll(() => a.page.locator('#room-list button').allTextContents()).toEqual(
+      expect.arrayContaining([`#${first}`, `#${second}`]),
+    );
     await a.page.screenshot({ path: path.join(shots, 'all-rooms.png') });
 
     // A reload shows what was stored and reads the channel from its stored offset, not from -1.

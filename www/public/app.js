@@ -186,6 +186,9 @@ const rooms = {
         // Only the last 500 are kept and shown; a catch-up batch can hold many more (and more
         // than a spread into a call can take).
         const items = batch.items ?? [];
+        // The channel announces each room opened after it (`created`): rooms opened by anyone
+        // join this page's list.
+        if (all) this.learn(items);
         const shown = all
           ? items
               .filter((e) => e.data && typeof e.data === 'object')
@@ -200,6 +203,17 @@ const rooms = {
         if (fresh.length) list.scrollTop = list.scrollHeight;
       },
     });
+  },
+  /** Adds the rooms that `created` events of the channel name, as the room form would. */
+  learn(items) {
+    const named = items
+      .filter((e) => e.event === 'created' && typeof e.stream === 'string')
+      .map((e) => e.stream.slice('rooms/'.length))
+      .filter((name) => /^[a-z0-9-]{1,32}$/.test(name) && !this.list.includes(name));
+    if (!named.length) return;
+    this.list.push(...new Set(named));
+    saved.set('rooms', this.list);
+    this.renderList();
   },
   init() {
     $('who').value = saved.get('who', '');
