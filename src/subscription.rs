@@ -43,15 +43,16 @@ pub enum SubscriptionError {
 impl SubscriptionError {
     pub fn status(self) -> u16 {
         match self {
-            SubscriptionError::InvalidRequest(_)
-            | SubscriptionError::WebhookUrlRejected(_)
-            | SubscriptionError::InvalidOffset => 400,
+            SubscriptionError::InvalidRequest(_) | SubscriptionError::WebhookUrlRejected(_) => 400,
             SubscriptionError::TokenInvalid => 401,
             SubscriptionError::NotFound => 404,
+            // An ack past what the subscription was told of conflicts with its state, as the
+            // reference server answers it.
             SubscriptionError::AlreadyExists
             | SubscriptionError::Fenced
             | SubscriptionError::AlreadyClaimed
-            | SubscriptionError::NoPendingWork => 409,
+            | SubscriptionError::NoPendingWork
+            | SubscriptionError::InvalidOffset => 409,
         }
     }
 
@@ -416,6 +417,9 @@ mod tests {
             "WEBHOOK_URL_REJECTED"
         );
         assert_eq!(SubscriptionError::NoPendingWork.status(), 409);
+        assert_eq!(SubscriptionError::InvalidOffset.status(), 409);
+        assert_eq!(SubscriptionError::InvalidOffset.code(), "INVALID_OFFSET");
+        assert_eq!(SubscriptionError::InvalidRequest("x").status(), 400);
     }
 
     proptest::proptest! {

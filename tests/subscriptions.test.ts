@@ -362,6 +362,46 @@ describe('links', () => {
   });
 });
 
+describe('statuses shared with the reference server', () => {
+  test('deleting a subscription is idempotent: 204 whether or not it exists', async () => {
+    const id = `gone-${uid()}`;
+    expect((await fetch(sub(id), { method: 'DELETE' })).status).toBe(204);
+    expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `p-${id}/*`, wake_stream: `w-${id}` })).status).toBe(201);
+    expect((await fetch(sub(id), { method: 'DELETE' })).status).toBe(204);
+    expect((await fetch(sub(id), { method: 'DELETE' })).status).toBe(204);
+    expect((await fetch(sub(id))).status).toBe(404);
+  });
+
+  test('an ack past what the subscription was told is 409 INVALID_OFFSET, and changes nothing', async () => {
+    const p = `ack-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const stream = `${p}/a`;
+    const id = `pull-${p}`;
+    try {
+      expect((await put(wake, '[]')).status).toBe(201);
+      expect((await put(stream, '{"n":1}')).status).toBe(201);
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake })).status).toBe(201);
+      expect((await post(stream, { n: 2 })).status).toBe(204);
+      const claim = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' });
+      expect(claim.status).toBe(200);
+      const claimed = await claim.json();
+      const link = claimed.streams.find((s: any) => s.path === stream);
+      const beyond = String(link.tail_offset).replace(/_(\d+)$/, (_m: string, n: string) => `_${String(BigInt(n) + 1000n).padStart(n.length, '0')}`);
+      expect(beyond).not.toBe(link.tail_offset);
+      const ack = await post(
+        `__ds/subscriptions/${id}/ack`,
+        { wake_id: claimed.wake_id, generation: claimed.generation, acks: [{ stream, offset: beyond }] },
+        { authorization: `Bearer ${claimed.token}` },
+      );
+      expect(ack.status).toBe(409);
+      expect((await ack.json()).error.code).toBe('INVALID_OFFSET');
+      expect((await linkOf(id, stream))?.acked_offset).toBe(link.acked_offset);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
+
 describe('configuration', () => {
   test('of two PUTs racing to create one id with different configurations, one gets 409', async () => {
     for (let round = 0; round < 5; round++) {
