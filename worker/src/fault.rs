@@ -28,16 +28,24 @@ pub enum Call {
     StreamRemoved,
 }
 
-/// What one stream object has failed so far in this isolate.
-#[derive(Default)]
+/// What one object has failed so far in this isolate.
 pub struct Faults {
+    /// `FAULT_MARKER`: none in production.
+    marker: Option<String>,
     tripped: RefCell<Vec<Call>>,
 }
 
 impl Faults {
+    pub fn new(marker: Option<String>) -> Faults {
+        Faults {
+            marker,
+            tripped: RefCell::new(Vec::new()),
+        }
+    }
+
     /// `Err` when this call is the one to fail.
-    pub fn check(&self, marker: Option<&str>, path: &str, call: Call) -> Result<()> {
-        if !marker.is_some_and(|m| path.contains(m)) {
+    pub fn check(&self, path: &str, call: Call) -> Result<()> {
+        if !self.marker.as_deref().is_some_and(|m| path.contains(m)) {
             return Ok(());
         };
         let mut tripped = self.tripped.borrow_mut();

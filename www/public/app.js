@@ -115,6 +115,8 @@ const clock = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', min
 
 /** The "All rooms" entry: the `rooms` channel, fed by every `rooms/<name>` stream. */
 const ALL = '*';
+/** What a room may be called (a path segment below `rooms/`). */
+const ROOM_NAME = /^[a-z0-9-]{1,32}$/;
 
 const rooms = {
   list: saved.get('rooms', ['lobby', 'dev', 'random']),
@@ -204,16 +206,20 @@ const rooms = {
       },
     });
   },
+  /** Adds rooms with valid names to the list (and to the saved list); whether any was new. */
+  add(names) {
+    const fresh = [...new Set(names)].filter((name) => ROOM_NAME.test(name) && !this.list.includes(name));
+    if (!fresh.length) return false;
+    this.list.push(...fresh);
+    saved.set('rooms', this.list);
+    return true;
+  },
   /** Adds the rooms that `created` events of the channel name, as the room form would. */
   learn(items) {
     const named = items
       .filter((e) => e.event === 'created' && typeof e.stream === 'string')
-      .map((e) => e.stream.slice('rooms/'.length))
-      .filter((name) => /^[a-z0-9-]{1,32}$/.test(name) && !this.list.includes(name));
-    if (!named.length) return;
-    this.list.push(...new Set(named));
-    saved.set('rooms', this.list);
-    this.renderList();
+      .map((e) => e.stream.slice('rooms/'.length));
+    if (this.add(named)) this.renderList();
   },
   init() {
     $('who').value = saved.get('who', '');
@@ -221,9 +227,8 @@ const rooms = {
     $('room-form').addEventListener('submit', (e) => {
       e.preventDefault();
       const name = $('room-name').value.trim().toLowerCase();
-      if (!/^[a-z0-9-]{1,32}$/.test(name)) return;
-      if (!this.list.includes(name)) this.list.push(name);
-      saved.set('rooms', this.list);
+      if (!ROOM_NAME.test(name)) return;
+      this.add([name]);
       $('room-name').value = '';
       this.open(name);
     });

@@ -121,7 +121,7 @@ pub(super) fn is_channel(headers: &Headers) -> bool {
 }
 
 /// Adds `Stream-Channel: true` to a response the edge made for a channel's reader.
-fn mark_channel(resp: Result<Response>, channel: bool) -> Result<Response> {
+pub(super) fn mark_channel(resp: Result<Response>, channel: bool) -> Result<Response> {
     let resp = resp?;
     if channel {
         resp.headers()

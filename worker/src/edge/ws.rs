@@ -30,7 +30,7 @@ use worker::{
     Delay, Env, Method, Request, RequestInit, Response, Result, Stub, Url, WebSocketPair,
 };
 
-use super::live::{ask_object, is_channel, subscribe, Subscription};
+use super::live::{ask_object, is_channel, mark_channel, subscribe, Subscription};
 use super::object_url;
 use crate::auth;
 use crate::config::Config;
@@ -140,11 +140,7 @@ pub async fn websocket(
 /// fail a handshake whose answer names one they did not offer, or none when they offered some.
 /// A channel's says so (`Stream-Channel: true`), as its other responses do.
 fn upgraded(socket: worker::WebSocket, hello: &ClientHello, channel: bool) -> Result<Response> {
-    let resp = Response::from_websocket(socket)?;
-    if channel {
-        resp.headers()
-            .set(edgestream::channel::STREAM_CHANNEL, "true")?;
-    }
+    let resp = mark_channel(Response::from_websocket(socket), channel)?;
     if let Some(protocol) = hello.protocol() {
         resp.headers().set("sec-websocket-protocol", protocol)?;
     }

@@ -34,7 +34,6 @@ use super::store::{self, ChannelLink, Meta, Store, Task};
 use super::{live, subscribers, Lookup, StreamObject};
 use crate::fault::Call;
 use crate::http::{self, header, now_ms};
-use crate::path::STREAM_PREFIX;
 use crate::subscription::registry::ChannelRef;
 use crate::subscription::stream_stub;
 
@@ -43,11 +42,6 @@ use crate::subscription::stream_stub;
 const BATCH_BYTES: usize = 1024 * 1024;
 /// An appender waits at most this long for a channel to answer; the alarm retries after.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// While a source has undelivered messages, an alarm is set at most this far ahead, so they
-/// are delivered even if the isolate dies before the channel answers.
-const SAFETY_MS: i64 = 2_000;
-/// Retries after failures back off from 1 s, doubling, up to this.
-const MAX_BACKOFF_MS: i64 = 60_000;
 /// What a POST (or a socket's append frame) to a channel is told it may do instead.
 const CHANNEL_METHODS: &str = "GET, HEAD, PUT, DELETE, OPTIONS";
 
@@ -131,11 +125,6 @@ pub fn mark(resp: &Response, meta: &Meta) -> Result<()> {
     Ok(())
 }
 
-/// The root-relative name (`rooms/a` for `/v1/stream/rooms/a`).
-fn name(meta: &Meta) -> &str {
-    meta.path.strip_prefix(STREAM_PREFIX).unwrap_or(&meta.path)
-}
-
 /// A new stream: links the channels the registry found above it, from its start, each owed
 /// the stream's `created` event (in the caller's turn, with the alarm that delivers to them).
 /// [`forward`] then delivers.
@@ -146,7 +135,7 @@ pub fn link(obj: &StreamObject, meta: &Meta, channels: &[ChannelRef]) -> Result<
         let known = linked
             .iter()
             .any(|l| l.channel == c.path && l.instance == c.instance);
-        if !meta.channel && !known && ch::covers(&c.path, name(meta)) {
+        if !meta.channel && !known && ch::covers(&c.path, meta.name()) {
             store.link_channel(&c.path, &c.instance, meta.base)?;
             store.announce(&c.path, &c.instance)?;
         }
@@ -163,7 +152,7 @@ pub fn stored(obj: &StreamObject, meta: &Meta) {
         return;
     }
     match obj.store().and_then(|s| s.channel_links()) {
-        Ok(links) if !links.is_empty() => arm(obj, meta, now_ms() + SAFETY_MS),
+        Ok(links) if !links.is_empty() => arm(obj, meta, now_ms() + super::SAFETY_MS),
         Ok(_) => {}
         Err(e) => worker::console_error!("channels: {}: cannot read links: {e}", meta.path),
     }
@@ -178,16 +167,12 @@ pub fn on_link(obj: &StreamObject, body: &[u8]) -> Result<Response> {
     let Some(meta) = obj.meta()?.filter(|m| !m.deleted) else {
         return http::error(&ProtocolError::NotFound);
     };
-    if let Err(e) = obj.faults.check(
-        obj.config.fault_marker.as_deref(),
-        &meta.path,
-        Call::ChannelLink,
-    ) {
+    if let Err(e) = obj.faults.check(&meta.path, Call::ChannelLink) {
         return http::unavailable(&e.to_string());
     }
     // Channels never feed each other, a channel only covers what is below it, and a stream
     // closed before the channel existed has nothing more to give it.
-    let linked = !meta.channel && !meta.closed && ch::covers(&c.path, name(&meta));
+    let linked = !meta.channel && !meta.closed && ch::covers(&c.path, meta.name());
     if linked {
         obj.store()?.link_channel(&c.path, &c.instance, meta.tail)?;
     }
@@ -302,21 +287,18 @@ async fn round(obj: &StreamObject) -> Result<Round> {
     };
     let store = obj.store()?;
     let backing_off = now_ms() < obj.channels.backoff_until.get();
-    let behind: Vec<ChannelLink> = store
+    let due: Vec<ChannelLink> = store
         .channel_links()?
         .into_iter()
-        .filter(|l| {
-            (l.forwarded < meta.tail || (meta.closed && !l.closed_sent) || l.announce)
-                && !(backing_off && l.failures > 0)
-        })
+        .filter(|l| behind(l, &meta) && !(backing_off && l.failures > 0))
         .collect();
-    if behind.is_empty() {
+    if due.is_empty() {
         return Ok(Round::Done);
     }
     // Normally set by `stored` already; after a wake from the alarm, set again here.
-    arm(obj, &meta, now_ms() + SAFETY_MS);
-    let mut sends = Vec::with_capacity(behind.len());
-    for link in behind {
+    arm(obj, &meta, now_ms() + super::SAFETY_MS);
+    let mut sends = Vec::with_capacity(due.len());
+    for link in due {
         match batch(store, &meta, link.forwarded, link.announce) {
             Ok(batch) if batch.end > link.forwarded.position() || batch.closes || link.announce => {
                 sends.push((link, batch))
@@ -352,9 +334,9 @@ async fn round(obj: &StreamObject) -> Result<Round> {
                 // Any mark means the channel has the first batch, which carried the event.
                 if link.announce {
                     store.announced(&link.channel)?;
+                    link.announce = false;
                 }
-                let behind = link.forwarded < now.tail || (now.closed && !link.closed_sent);
-                if behind && !matches!(outcome, Round::Failed) {
+                if behind(&link, &now) && !matches!(outcome, Round::Failed) {
                     outcome = Round::More;
                 }
             }
@@ -368,7 +350,7 @@ async fn round(obj: &StreamObject) -> Result<Round> {
                 );
                 link.failures = link.failures.saturating_add(1);
                 store.set_forwarded(&link)?;
-                let backoff = (1000i64 << link.failures.min(6)).min(MAX_BACKOFF_MS);
+                let backoff = super::backoff_ms(link.failures);
                 retry_in = Some(retry_in.map_or(backoff, |r| r.min(backoff)));
                 outcome = Round::Failed;
             }
@@ -380,6 +362,12 @@ async fn round(obj: &StreamObject) -> Result<Round> {
         arm(obj, &now, now_ms() + delay);
     }
     Ok(outcome)
+}
+
+/// Whether the channel has yet to take something of the stream: messages, its `closed` event
+/// or its `created` event.
+fn behind(link: &ChannelLink, meta: &Meta) -> bool {
+    link.forwarded < meta.tail || (meta.closed && !link.closed_sent) || link.announce
 }
 
 /// What a round sends one channel.
@@ -398,7 +386,7 @@ struct Outgoing {
 /// the stream's `created` event if it is owed, and the `closed` event after the last message
 /// of a closed stream.
 fn batch(store: &Store, meta: &Meta, from: Offset, announce: bool) -> Result<Outgoing> {
-    let stream = name(meta);
+    let stream = meta.name();
     let mut batch = if meta.is_json() {
         match store.read(from, meta.tail, BATCH_BYTES, true)? {
             Ok(page) => ch::json_batch(stream, from.position(), &page.data, BATCH_BYTES),
@@ -450,32 +438,16 @@ async fn deliver(
     link: &ChannelLink,
     batch: &Outgoing,
 ) -> Result<Delivery> {
-    let url = worker::Url::parse_with_params(
-        "https://edgestream/internal/channel-append",
-        &[
-            ("source", name(meta)),
-            ("incarnation", meta.instance.as_str()),
-            ("channel", link.instance.as_str()),
-            ("from", &link.forwarded.position().to_string()),
-            ("to", &batch.to.to_string()),
-        ],
-    )
-    .map_err(|e| worker::Error::RustError(e.to_string()))?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_body(Some(js_sys::Uint8Array::from(&batch.framed[..]).into()));
-    let req = Request::new_with_init(url.as_str(), &init)?;
-    obj.faults.check(
-        obj.config.fault_marker.as_deref(),
-        &meta.path,
-        Call::ChannelAppend,
-    )?;
-    let stub = stream_stub(&obj.env, &link.channel)?;
-    let call = Box::pin(stub.fetch_with_request(req));
-    let mut resp = match select(call, Delay::from(CALL_TIMEOUT)).await {
-        Either::Left((resp, _)) => resp?,
-        Either::Right(_) => return Err(worker::Error::RustError("channel timed out".into())),
-    };
+    obj.faults.check(&meta.path, Call::ChannelAppend)?;
+    let params = [
+        ("source", meta.name()),
+        ("incarnation", meta.instance.as_str()),
+        ("channel", link.instance.as_str()),
+        ("from", &link.forwarded.position().to_string()),
+        ("to", &batch.to.to_string()),
+    ];
+    let mut resp =
+        call_channel(obj, &link.channel, "channel-append", &params, &batch.framed).await?;
     match resp.status_code() {
         200 => {
             let reply: serde_json::Value = serde_json::from_slice(&resp.bytes().await?)
@@ -490,6 +462,41 @@ async fn deliver(
             "channel answered {status}"
         ))),
     }
+}
+
+/// POSTs `body` to a channel's internal `op`, waiting at most [`CALL_TIMEOUT`] for its answer:
+/// an appender waits on it, and the alarm retries after.
+async fn call_channel(
+    obj: &StreamObject,
+    channel: &str,
+    op: &str,
+    params: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response> {
+    let url = worker::Url::parse_with_params(&format!("https://edgestream/internal/{op}"), params)
+        .map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post);
+    if !body.is_empty() {
+        init.with_body(Some(js_sys::Uint8Array::from(body).into()));
+    }
+    let req = Request::new_with_init(url.as_str(), &init)?;
+    let stub = stream_stub(&obj.env, channel)?;
+    let call = Box::pin(stub.fetch_with_request(req));
+    let answered = match select(call, Delay::from(CALL_TIMEOUT)).await {
+        Either::Left((resp, _)) => resp,
+        Either::Right(_) => Err(worker::Error::RustError("channel timed out".into())),
+    };
+    answered
+}
+
+/// This object's stream, if it is the channel incarnation `instance` names (else the source's
+/// link is stale: 404).
+async fn channel_here(obj: &StreamObject, instance: &str, now: i64) -> Result<Option<Meta>> {
+    Ok(match obj.lookup(now).await? {
+        Lookup::Live(meta) if meta.channel && meta.instance == instance => Some(meta),
+        _ => None,
+    })
 }
 
 /// Sets the alarm for `at_ms`, or for the stream's expiry if that comes first, unless it is
@@ -565,9 +572,8 @@ pub async fn on_append(
     };
     let body = req.bytes().await?;
     let now = now_ms();
-    let meta = match obj.lookup(now).await? {
-        Lookup::Live(meta) if meta.channel && meta.instance == instance => meta,
-        _ => return http::text(404, "no such channel"),
+    let Some(meta) = channel_here(obj, &instance, now).await? else {
+        return http::text(404, "no such channel");
     };
     // From here on there is no await until the mark and the rows are written together.
     let store = obj.store()?;
@@ -638,7 +644,7 @@ pub fn owe_deleted(obj: &StreamObject, meta: &Meta) -> Result<()> {
         let notice = DeletedNotice {
             channel: link.channel,
             instance: link.instance,
-            source: name(meta).to_string(),
+            source: meta.name().to_string(),
             incarnation: meta.instance.clone(),
             offset: meta.tail.position(),
         };
@@ -694,30 +700,14 @@ pub async fn tell_deleted(obj: &StreamObject) -> Result<bool> {
 
 /// Sends one `deleted` event to its channel's object.
 async fn deliver_deleted(obj: &StreamObject, notice: &DeletedNotice) -> Result<()> {
-    obj.faults.check(
-        obj.config.fault_marker.as_deref(),
-        &notice.source,
-        Call::ChannelDeleted,
-    )?;
-    let url = worker::Url::parse_with_params(
-        "https://edgestream/internal/channel-deleted",
-        &[
-            ("source", notice.source.as_str()),
-            ("incarnation", notice.incarnation.as_str()),
-            ("channel", notice.instance.as_str()),
-            ("offset", &notice.offset.to_string()),
-        ],
-    )
-    .map_err(|e| worker::Error::RustError(e.to_string()))?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post);
-    let req = Request::new_with_init(url.as_str(), &init)?;
-    let stub = stream_stub(&obj.env, &notice.channel)?;
-    let call = Box::pin(stub.fetch_with_request(req));
-    let resp = match select(call, Delay::from(CALL_TIMEOUT)).await {
-        Either::Left((resp, _)) => resp?,
-        Either::Right(_) => return Err(worker::Error::RustError("channel timed out".into())),
-    };
+    obj.faults.check(&notice.source, Call::ChannelDeleted)?;
+    let params = [
+        ("source", notice.source.as_str()),
+        ("incarnation", notice.incarnation.as_str()),
+        ("channel", notice.instance.as_str()),
+        ("offset", &notice.offset.to_string()),
+    ];
+    let resp = call_channel(obj, &notice.channel, "channel-deleted", &params, &[]).await?;
     match resp.status_code() {
         200 | 404 | 410 => Ok(()),
         status => Err(worker::Error::RustError(format!(
@@ -741,9 +731,8 @@ pub async fn on_deleted(obj: &StreamObject, url: &worker::Url) -> Result<Respons
         return http::text(400, "bad internal channel-deleted");
     };
     let now = now_ms();
-    let meta = match obj.lookup(now).await? {
-        Lookup::Live(meta) if meta.channel && meta.instance == instance => meta,
-        _ => return http::text(404, "no such channel"),
+    let Some(meta) = channel_here(obj, &instance, now).await? else {
+        return http::text(404, "no such channel");
     };
     // From here on there is no await until the mark and the row are written together.
     let store = obj.store()?;

@@ -38,7 +38,7 @@ use crate::path::StreamName;
 use crate::reply::{self, PageData, ReadReply, X_PAGE_END};
 use crate::security;
 use crate::wsproto::{self, ClientHello, ClientMessage, Incoming};
-use store::{Meta, Page, ReadError, Store, Task};
+use store::{Meta, Page, ReadError, Store};
 
 /// A page read whole returns at most this much (rounded up to a whole JSON message): a fork's
 /// inherited range, and the pages live readers are served at the edge.
@@ -52,6 +52,16 @@ pub const STREAMED_PAGE_BYTES: u64 = 16 * 1024 * 1024;
 /// Sliding TTLs are refreshed at most this often (and at most every 5% of the TTL), so a busy
 /// stream is not a storage write per read, yet expiry stays accurate for short TTLs.
 const TOUCH_EVERY_MS: i64 = 1000;
+/// Work begun in a turn that must reach another object (delivery to channels, what is owed to
+/// the registry and subscriptions) is first tried by the request; the alarm set in that turn
+/// tries it this soon after, should the isolate die first.
+const SAFETY_MS: i64 = 2_000;
+/// How long to wait before retrying a call to another object (a channel's delivery, what is
+/// owed to the registry and subscriptions) after `failures` failures: 1 s for none, doubling,
+/// up to a minute.
+fn backoff_ms(failures: u32) -> i64 {
+    (1_000i64 << failures.min(6)).min(60_000)
+}
 /// A create whose registration failed: the stream is stored, and a retried PUT (or the alarm)
 /// links it to what covers it.
 const UNREGISTERED: &str =
@@ -112,6 +122,7 @@ impl DurableObject for StreamObject {
                 None
             }
         };
+        let faults = crate::fault::Faults::new(config.fault_marker.clone());
         StreamObject {
             state,
             hub,
@@ -124,7 +135,7 @@ impl DurableObject for StreamObject {
             socket_appends: clients::Turnstile::default(),
             channels,
             owed_turn: clients::Turnstile::default(),
-            faults: crate::fault::Faults::default(),
+            faults,
         }
     }
 
@@ -365,7 +376,7 @@ impl StreamObject {
         self.save(&meta)?;
         // In the same turn: its channels are told it was deleted, now or from the alarm.
         channel::owe_deleted(self, &meta)?;
-        channel::rearm(self, now_ms() + subscribers::SAFETY_MS);
+        channel::rearm(self, now_ms() + SAFETY_MS);
         live::gone(&self.hub, &ProtocolError::Gone);
         subscribers::run(self, false).await?;
         Ok(())
@@ -474,10 +485,7 @@ impl StreamObject {
         // In the same turn, with the alarm (which also keeps the expiry): should this request
         // die before the registry answers, the alarm registers the stream.
         subscribers::owe_registration(self, &meta)?;
-        if subscribers::run(self, false)
-            .await?
-            .contains(&Task::Register)
-        {
+        if !subscribers::registered(self).await? {
             return http::unavailable(UNREGISTERED);
         }
         described(201, &meta)
@@ -497,16 +505,10 @@ impl StreamObject {
         };
         match request.compare(&config) {
             CreateOutcome::Conflict => http::error(&ProtocolError::ConfigMismatch),
-            CreateOutcome::Matches => {
-                if subscribers::registration_owed(self)?
-                    && subscribers::run(self, false)
-                        .await?
-                        .contains(&Task::Register)
-                {
-                    return http::unavailable(UNREGISTERED);
-                }
-                described(200, meta)
+            CreateOutcome::Matches if !subscribers::registered(self).await? => {
+                http::unavailable(UNREGISTERED)
             }
+            CreateOutcome::Matches => described(200, meta),
         }
     }
 
@@ -1086,8 +1088,7 @@ impl StreamObject {
                 let Some(meta) = self.meta()?.filter(|m| !m.deleted) else {
                     return http::error(&ProtocolError::NotFound);
                 };
-                let marker = self.config.fault_marker.as_deref();
-                if let Err(e) = self.faults.check(marker, &meta.path, Call::SubLink) {
+                if let Err(e) = self.faults.check(&meta.path, Call::SubLink) {
                     return http::unavailable(&e.to_string());
                 }
                 self.store()?.add_subscriber(&id)?;

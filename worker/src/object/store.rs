@@ -257,6 +257,14 @@ impl Meta {
     pub fn is_json(&self) -> bool {
         self.content_type.is_json()
     }
+
+    /// The root-relative name subscriptions and channels use (`rooms/a` for
+    /// `/v1/stream/rooms/a`).
+    pub fn name(&self) -> &str {
+        self.path
+            .strip_prefix(crate::path::STREAM_PREFIX)
+            .unwrap_or(&self.path)
+    }
 }
 
 /// One stream a fork inherits from: its source (depth 1), the source's source, and so on, each
@@ -965,8 +973,9 @@ impl Store {
     }
 }
 
-/// Work owed to the registry and to subscriptions after a commit (see `subscribers.rs`). Its
-/// row is written in the turn that makes it owed, so an alarm finishes it after a crash.
+/// Work owed to other objects (the registry, subscriptions, channels) after a commit (see
+/// `subscribers.rs`). Its row is written in the turn that makes it owed, so an alarm finishes
+/// it after a crash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Task {
     /// Tell the registry this stream is gone.
@@ -1006,7 +1015,7 @@ pub struct Owed {
     pub attempts: u32,
     pub due_ms: i64,
     /// What the task needs that the stream's rows may no longer hold: for `Deregister`, the
-    /// removed stream's path; for `ChannelsDeleted`, the notices still to give, as JSON.
+    /// removed stream's name; for `ChannelsDeleted`, the notices still to give, as JSON.
     pub detail: String,
 }
 

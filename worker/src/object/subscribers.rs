@@ -17,31 +17,15 @@ use super::store::{Meta, Task};
 use super::{channel, StreamObject};
 use crate::fault::Call;
 use crate::http::now_ms;
-use crate::path::STREAM_PREFIX;
 use crate::subscription::object::Notify;
 use crate::subscription::registry::{CreatedStream, StreamPath, SubscriptionIds};
 use crate::subscription::{call, registry_stub, subscription_stub};
-
-/// Owed work is first tried by the request that owes it; should that request die, the alarm
-/// set in its turn tries it this soon after.
-pub const SAFETY_MS: i64 = 2_000;
-/// Retries after failures back off from 1 s, doubling, up to this.
-const MAX_BACKOFF_MS: i64 = 60_000;
-
-fn backoff(attempts: u32) -> i64 {
-    (1_000i64 << attempts.min(6)).min(MAX_BACKOFF_MS)
-}
-
-/// The root-relative name subscriptions use (`events/a` for `/v1/stream/events/a`).
-fn name(meta: &Meta) -> &str {
-    meta.path.strip_prefix(STREAM_PREFIX).unwrap_or(&meta.path)
-}
 
 /// A new stream owes its registration: called in the turn that stores it.
 pub fn owe_registration(obj: &StreamObject, meta: &Meta) -> Result<()> {
     let now = now_ms();
     obj.store()?.owe(Task::Register, now, "")?;
-    channel::arm(obj, meta, now + SAFETY_MS);
+    channel::arm(obj, meta, now + super::SAFETY_MS);
     Ok(())
 }
 
@@ -52,18 +36,20 @@ pub fn owe_deregistration(obj: &StreamObject, meta: &Meta) -> Result<()> {
     store.settle(Task::Register)?;
     store.settle(Task::Notify)?;
     let now = now_ms();
-    store.owe(Task::Deregister, now, name(meta))?;
-    channel::rearm(obj, now + SAFETY_MS);
+    store.owe(Task::Deregister, now, meta.name())?;
+    channel::rearm(obj, now + super::SAFETY_MS);
     Ok(())
 }
 
-/// Whether this stream still owes its registration (a PUT that finds it finishes it first).
-pub fn registration_owed(obj: &StreamObject) -> Result<bool> {
-    Ok(obj
+/// Whether the stream is registered, finishing what is owed first if its registration is (a
+/// create, or a PUT that finds a create answered 503).
+pub async fn registered(obj: &StreamObject) -> Result<bool> {
+    let owes = obj
         .store()?
         .owed()?
         .iter()
-        .any(|o| o.task == Task::Register))
+        .any(|o| o.task == Task::Register);
+    Ok(!owes || !run(obj, false).await?.contains(&Task::Register))
 }
 
 /// Runs what is owed, in order (from the alarm, only what is due), and answers what is still
@@ -88,7 +74,7 @@ pub async fn run(obj: &StreamObject, due_only: bool) -> Result<Vec<Task>> {
         });
         if !done {
             obj.store()?
-                .failed(owed.task, now_ms() + backoff(owed.attempts))?;
+                .failed(owed.task, now_ms() + super::backoff_ms(owed.attempts))?;
             break;
         }
     }
@@ -110,13 +96,9 @@ pub async fn on_alarm(obj: &StreamObject) {
 
 /// Sets the alarm for `at_ms` unless it is already set no later.
 async fn alarm_by(obj: &StreamObject, at_ms: i64) -> Result<()> {
-    let storage = obj.state.storage();
-    match storage.get_alarm().await? {
+    match obj.state.storage().get_alarm().await? {
         Some(set) if set <= at_ms => Ok(()),
-        _ => {
-            let when = js_sys::Date::new(&js_sys::Number::from(at_ms as f64));
-            storage.set_alarm(worker::ScheduledTime::new(when)).await
-        }
+        _ => obj.schedule_alarm(at_ms).await,
     }
 }
 
@@ -128,13 +110,9 @@ async fn register(obj: &StreamObject) -> Result<bool> {
         obj.store()?.settle(Task::Register)?;
         return Ok(true);
     };
-    obj.faults.check(
-        obj.config.fault_marker.as_deref(),
-        &meta.path,
-        Call::RegistryCreated,
-    )?;
+    obj.faults.check(&meta.path, Call::RegistryCreated)?;
     let created = CreatedStream {
-        path: name(&meta).to_string(),
+        path: meta.name().to_string(),
         channel: meta.channel.then(|| meta.instance.clone()),
     };
     let (status, reply) =
@@ -175,7 +153,7 @@ async fn notify_or_owe(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Resu
     if notify(obj, meta, subs).await? {
         return Ok(());
     }
-    let due = now_ms() + backoff(0);
+    let due = now_ms() + super::backoff_ms(0);
     obj.store()?.owe(Task::Notify, due, "")?;
     alarm_by(obj, due).await
 }
@@ -208,16 +186,13 @@ async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<bool
         return Ok(true);
     }
     let message = Notify {
-        path: name(meta).to_string(),
+        path: meta.name().to_string(),
         tail: meta.tail.position(),
     };
     let message = &message;
     let env = &obj.env;
     // An injected fault stands for the first subscription being unreachable.
-    let mut fault = obj
-        .faults
-        .check(obj.config.fault_marker.as_deref(), &meta.path, Call::Notify)
-        .err();
+    let mut fault = obj.faults.check(&meta.path, Call::Notify).err();
     let calls = subs.iter().map(|id| {
         let fault = fault.take();
         async move {
@@ -253,11 +228,7 @@ async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<bool
 /// The registry forgets `path`: patterns no longer find it, and its subscriptions learn it is
 /// gone.
 async fn deregister(obj: &StreamObject, path: &str) -> Result<bool> {
-    obj.faults.check(
-        obj.config.fault_marker.as_deref(),
-        path,
-        Call::RegistryRemoved,
-    )?;
+    obj.faults.check(path, Call::RegistryRemoved)?;
     let path = StreamPath {
         path: path.to_string(),
     };

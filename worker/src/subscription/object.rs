@@ -220,13 +220,14 @@ impl DurableObject for SubscriptionObject {
                 false
             }
         };
+        let faults = crate::fault::Faults::new(crate::config::Config::from_env(&env).fault_marker);
         SubscriptionObject {
             state,
             env,
             sql,
             ready,
             key: RefCell::new(None),
-            faults: crate::fault::Faults::default(),
+            faults,
         }
     }
 
@@ -485,11 +486,7 @@ impl SubscriptionObject {
                 let Ok(p) = serde_json::from_slice::<StreamPath>(&body) else {
                     return http::text(400, "bad stream-removed");
                 };
-                let marker = crate::config::Config::from_env(&self.env).fault_marker;
-                let fault = self
-                    .faults
-                    .check(marker.as_deref(), &p.path, Call::StreamRemoved);
-                if let Err(e) = fault {
+                if let Err(e) = self.faults.check(&p.path, Call::StreamRemoved) {
                     return http::unavailable(&e.to_string());
                 }
                 return self.stream_removed(&p.path);

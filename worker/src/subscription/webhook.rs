@@ -88,15 +88,15 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         return is_public_v4(v4);
     }
     let s = ip.segments();
-    let low_v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    // The IPv4 address in two segments.
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
     // Addresses that carry an IPv4 address reach it: judged by that address. NAT64's
     // well-known prefix 64:ff9b::/96, and 6to4 2002::/16 (the address in segments 1 and 2).
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        return is_public_v4(low_v4);
+        return is_public_v4(v4(s[6], s[7]));
     }
     if s[0] == 0x2002 {
-        let v4 = Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8);
-        return is_public_v4(v4);
+        return is_public_v4(v4(s[1], s[2]));
     }
     let first = s[0];
     !(ip.is_loopback()
