@@ -2,7 +2,7 @@
 // registry when it is created (which links the channels and subscription patterns above it) and
 // when it is removed, tells its subscriptions each new tail, and feeds its channels. Each of
 // these is owed work, written in the turn that makes it owed, with the alarm set in that turn
-// (worker/src/object/subscribers.rs, channel.rs). The server runs with FAULT_MARKER, so a stream
+// (worker/src/object/owed.rs, subscribers.rs, channel.rs). The server runs with FAULT_MARKER, so a stream
 // whose path contains the marker fails its first call of each kind in an isolate, as it would
 // if the registry, a subscription or a channel were unreachable, and answers the first request
 // to link it (for a new channel or subscription) with 503 (worker/src/fault.rs). A new

@@ -27,7 +27,6 @@ use edgestream::{ContentType, Offset, ProtocolError};
 use futures_channel::oneshot;
 use futures_util::future::{select, Either};
 use serde::{Deserialize, Serialize};
-use wasm_bindgen::{JsCast, JsValue};
 use worker::{Delay, Headers, Method, Request, RequestInit, Response, Result};
 
 use super::store::{self, ChannelLink, Meta, Store, Task};
@@ -45,29 +44,15 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a POST (or a socket's append frame) to a channel is told it may do instead.
 const CHANNEL_METHODS: &str = "GET, HEAD, PUT, DELETE, OPTIONS";
 
-/// The source side's state in memory: one delivery round at a time, appenders that arrive
-/// during one wait for the next, and whether the safety alarm is known to be set.
+/// The source side's state in memory: one delivery round at a time, and appenders that arrive
+/// during one wait for the next.
+#[derive(Default)]
 pub struct Forwarder {
-    /// The runtime's `DurableObjectState`, to set the alarm in the caller's own turn.
-    state: JsValue,
     running: Cell<bool>,
     waiters: RefCell<Vec<oneshot::Sender<Wake>>>,
-    armed: Cell<bool>,
     /// After a failure, appends leave the failing channels to the alarm until then, rather
     /// than each waiting on a channel that is down.
     backoff_until: Cell<i64>,
-}
-
-impl Forwarder {
-    pub fn new(state: JsValue) -> Forwarder {
-        Forwarder {
-            state,
-            running: Cell::new(false),
-            waiters: RefCell::new(Vec::new()),
-            armed: Cell::new(false),
-            backoff_until: Cell::new(0),
-        }
-    }
 }
 
 /// The rules a PUT with `Stream-Channel: true` must meet; `Ok(true)` for a channel. A channel
@@ -148,11 +133,11 @@ pub fn link(obj: &StreamObject, meta: &Meta, channels: &[ChannelRef]) -> Result<
 /// fed, the safety alarm is set in that same turn, so it commits with the rows and a crash
 /// before delivery leaves the alarm to deliver them.
 pub fn stored(obj: &StreamObject, meta: &Meta) {
-    if meta.channel || obj.channels.armed.get() {
+    if meta.channel || obj.alarm.armed() {
         return;
     }
     match obj.store().and_then(|s| s.channel_links()) {
-        Ok(links) if !links.is_empty() => arm(obj, meta, now_ms() + super::SAFETY_MS),
+        Ok(links) if !links.is_empty() => obj.alarm.arm(meta, now_ms() + super::SAFETY_MS),
         Ok(_) => {}
         Err(e) => worker::console_error!("channels: {}: cannot read links: {e}", meta.path),
     }
@@ -296,7 +281,7 @@ async fn round(obj: &StreamObject) -> Result<Round> {
         return Ok(Round::Done);
     }
     // Normally set by `stored` already; after a wake from the alarm, set again here.
-    arm(obj, &meta, now_ms() + super::SAFETY_MS);
+    obj.alarm.arm(&meta, now_ms() + super::SAFETY_MS);
     let mut sends = Vec::with_capacity(due.len());
     for link in due {
         match batch(store, &meta, link.forwarded, link.announce) {
@@ -358,8 +343,8 @@ async fn round(obj: &StreamObject) -> Result<Round> {
     }
     if let Some(delay) = retry_in {
         obj.channels.backoff_until.set(now_ms() + delay);
-        obj.channels.armed.set(false);
-        arm(obj, &now, now_ms() + delay);
+        obj.alarm.forget();
+        obj.alarm.arm(&now, now_ms() + delay);
     }
     Ok(outcome)
 }
@@ -499,54 +484,13 @@ async fn channel_here(obj: &StreamObject, instance: &str, now: i64) -> Result<Op
     })
 }
 
-/// Sets the alarm for `at_ms`, or for the stream's expiry if that comes first, unless it is
-/// already set that soon. The alarm handler does all of the object's timed work: expiry,
-/// delivery to channels, and what is owed to the registry and subscriptions. The runtime's
-/// `setAlarm` is called right here, not after an `await`, so it joins the caller's writes.
-pub fn arm(obj: &StreamObject, meta: &Meta, at_ms: i64) {
-    if obj.channels.armed.get() {
-        return;
-    }
-    let at = meta
-        .expiry
-        .deadline(meta.accessed_ms)
-        .map_or(at_ms, |deadline| deadline.min(at_ms));
-    match set_alarm_now(&obj.channels.state, at) {
-        Ok(()) => obj.channels.armed.set(true),
-        Err(e) => worker::console_error!("channels: {}: cannot set the alarm: {e:?}", meta.path),
-    }
-}
-
-fn set_alarm_now(state: &JsValue, at_ms: i64) -> std::result::Result<(), JsValue> {
-    let storage = js_sys::Reflect::get(state, &"storage".into())?;
-    let set: js_sys::Function = js_sys::Reflect::get(&storage, &"setAlarm".into())?.dyn_into()?;
-    let promise: js_sys::Promise = set
-        .call1(&storage, &JsValue::from_f64(at_ms as f64))?
-        .dyn_into()?;
-    wasm_bindgen_futures::spawn_local(async move {
-        if let Err(e) = wasm_bindgen_futures::JsFuture::from(promise).await {
-            worker::console_error!("channels: setting the alarm failed: {e:?}");
-        }
-    });
-    Ok(())
-}
-
-/// The stream was removed: the alarm is set for `at_ms`, whatever it was set for, and what
-/// this forwarder knew of it is forgotten. Called in the turn that purges the stream.
-pub fn rearm(obj: &StreamObject, at_ms: i64) {
+/// The stream was removed: what this forwarder knew of it is forgotten.
+pub fn forget(obj: &StreamObject) {
     obj.channels.backoff_until.set(0);
-    match set_alarm_now(&obj.channels.state, at_ms) {
-        Ok(()) => obj.channels.armed.set(true),
-        Err(e) => {
-            obj.channels.armed.set(false);
-            worker::console_error!("stream: cannot set the alarm: {e:?}")
-        }
-    }
 }
 
 /// The alarm fired: whatever is still undelivered goes now.
 pub async fn on_alarm(obj: &StreamObject) {
-    obj.channels.armed.set(false);
     obj.channels.backoff_until.set(0);
     forward(obj).await;
 }

@@ -333,7 +333,7 @@ pub async fn on_release(obj: &StreamObject, hops: u32) -> Result<Response> {
         obj.remove(meta, hops).await?;
     } else {
         obj.save(&meta)?;
-        obj.schedule_alarm(now_ms()).await?;
+        super::alarm::schedule(obj, now_ms()).await?;
     }
     Response::ok("")
 }

@@ -5,10 +5,12 @@
 //! never keep it awake. Appends read the whole body first and then run to completion without
 //! an `await`, so validation, the data rows, the tail and the producer state commit together.
 
+mod alarm;
 mod channel;
 mod clients;
 mod fork;
 mod live;
+mod owed;
 pub mod store;
 mod subscribers;
 
@@ -84,6 +86,8 @@ pub struct StreamObject {
     socket_appends: clients::Turnstile,
     /// Delivery to the channels above this stream.
     channels: channel::Forwarder,
+    /// The object's one alarm, for all its timed work.
+    alarm: alarm::Alarm,
     /// Work owed to the registry and subscriptions runs one round at a time.
     owed_turn: clients::Turnstile,
     /// Injected faults, for tests (`FAULT_MARKER`).
@@ -113,7 +117,7 @@ impl DurableObject for StreamObject {
             wasm_bindgen::JsCast::unchecked_into(raw.clone()),
             config.ws_backlog_bytes,
         );
-        let channels = channel::Forwarder::new(raw.clone().into());
+        let alarm = alarm::Alarm::new(raw.clone().into());
         let state = State::from(raw);
         let store = match Store::open(state.storage().sql()) {
             Ok(store) => Some(store),
@@ -133,7 +137,8 @@ impl DurableObject for StreamObject {
             appends_in_flight: Cell::new(0),
             cold: Cell::new(true),
             socket_appends: clients::Turnstile::default(),
-            channels,
+            channels: channel::Forwarder::default(),
+            alarm,
             owed_turn: clients::Turnstile::default(),
             faults,
         }
@@ -170,12 +175,13 @@ impl DurableObject for StreamObject {
             }
             match meta.expiry.deadline(meta.accessed_ms) {
                 Some(deadline) if now >= deadline => self.expire(meta).await?,
-                Some(deadline) => self.schedule_alarm(deadline).await?,
+                Some(deadline) => alarm::schedule(self, deadline).await?,
                 None => {}
             }
         }
+        self.alarm.forget();
         channel::on_alarm(self).await;
-        subscribers::on_alarm(self).await;
+        owed::on_alarm(self).await;
         Response::ok("")
     }
 
@@ -347,14 +353,6 @@ impl StreamObject {
         Ok(())
     }
 
-    async fn schedule_alarm(&self, deadline_ms: i64) -> Result<()> {
-        let when = js_sys::Date::new(&js_sys::Number::from(deadline_ms as f64));
-        self.state
-            .storage()
-            .set_alarm(worker::ScheduledTime::new(when))
-            .await
-    }
-
     /// An expired stream goes away, unless forks still read through it.
     async fn expire(&self, meta: Meta) -> Result<()> {
         if meta.forks > 0 {
@@ -376,9 +374,9 @@ impl StreamObject {
         self.save(&meta)?;
         // In the same turn: its channels are told it was deleted, now or from the alarm.
         channel::owe_deleted(self, &meta)?;
-        channel::rearm(self, now_ms() + SAFETY_MS);
+        self.alarm.set(now_ms() + SAFETY_MS);
         live::gone(&self.hub, &ProtocolError::Gone);
-        subscribers::run(self, false).await?;
+        owed::run(self, false).await?;
         Ok(())
     }
 
@@ -392,12 +390,13 @@ impl StreamObject {
         // In the purge's turn: the registry is told even if this request dies.
         subscribers::owe_deregistration(self, &meta)?;
         self.meta.replace(Some(None));
+        channel::forget(self);
         live::gone(&self.hub, &ProtocolError::NotFound);
         if let Some(fork) = &meta.fork {
             fork::release(&self.env, &fork.source, hops).await?;
         }
         // A failure is the alarm's to retry; the stream is gone either way.
-        subscribers::run(self, false).await?;
+        owed::run(self, false).await?;
         Ok(())
     }
 

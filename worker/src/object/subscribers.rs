@@ -2,19 +2,16 @@
 //! created (which links the subscriptions and channels that cover the stream), tell linked
 //! subscriptions about every new tail, and deregister when removed.
 //!
-//! Each of these is owed work, a `pending` row ([`Task`]) written in the turn that makes it
-//! owed, with the alarm set in that same turn: should the isolate die before the registry or a
-//! subscription answers, the alarm finishes the work, retrying failures with backoff. A create
-//! is answered 201 only once the registry has the stream (else 503, and the retried PUT
-//! finishes it), so a stream is never left unknown to the channels and patterns above it.
-//! Notifications are awaited before an append is acknowledged; one that fails is owed, not
-//! passed to the appender, whose data is stored.
+//! Each of these is owed work (`owed.rs`). A create is answered 201 only once the registry has
+//! the stream (else 503, and the retried PUT finishes it), so a stream is never left unknown to
+//! the channels and patterns above it. Notifications are awaited before an append is
+//! acknowledged; one that fails is owed, not passed to the appender, whose data is stored.
 
 use serde_json::{json, Value};
 use worker::Result;
 
 use super::store::{Meta, Task};
-use super::{channel, StreamObject};
+use super::{alarm, channel, owed, StreamObject};
 use crate::fault::Call;
 use crate::http::now_ms;
 use crate::subscription::object::Notify;
@@ -25,7 +22,7 @@ use crate::subscription::{call, registry_stub, subscription_stub};
 pub fn owe_registration(obj: &StreamObject, meta: &Meta) -> Result<()> {
     let now = now_ms();
     obj.store()?.owe(Task::Register, now, "")?;
-    channel::arm(obj, meta, now + super::SAFETY_MS);
+    obj.alarm.arm(meta, now + super::SAFETY_MS);
     Ok(())
 }
 
@@ -37,7 +34,7 @@ pub fn owe_deregistration(obj: &StreamObject, meta: &Meta) -> Result<()> {
     store.settle(Task::Notify)?;
     let now = now_ms();
     store.owe(Task::Deregister, now, meta.name())?;
-    channel::rearm(obj, now + super::SAFETY_MS);
+    obj.alarm.set(now + super::SAFETY_MS);
     Ok(())
 }
 
@@ -49,63 +46,13 @@ pub async fn registered(obj: &StreamObject) -> Result<bool> {
         .owed()?
         .iter()
         .any(|o| o.task == Task::Register);
-    Ok(!owes || !run(obj, false).await?.contains(&Task::Register))
-}
-
-/// Runs what is owed, in order (from the alarm, only what is due), and answers what is still
-/// owed. A task that fails is retried with backoff, and the tasks after it wait for it: a
-/// removed incarnation leaves the registry before a new one joins. Runs one at a time.
-pub async fn run(obj: &StreamObject, due_only: bool) -> Result<Vec<Task>> {
-    let _turn = obj.owed_turn.enter().await;
-    let now = now_ms();
-    for owed in obj.store()?.owed()? {
-        if due_only && owed.due_ms > now {
-            break;
-        }
-        let done = match owed.task {
-            Task::Deregister => deregister(obj, &owed.detail).await,
-            Task::ChannelsDeleted => channel::tell_deleted(obj).await,
-            Task::Register => register(obj).await,
-            Task::Notify => notify_owed(obj).await,
-        };
-        let done = done.unwrap_or_else(|e| {
-            worker::console_warn!("stream: {:?} failed: {e}", owed.task);
-            false
-        });
-        if !done {
-            obj.store()?
-                .failed(owed.task, now_ms() + super::backoff_ms(owed.attempts))?;
-            break;
-        }
-    }
-    let left = obj.store()?.owed()?;
-    if let Some(due) = left.iter().map(|o| o.due_ms).min() {
-        // Not sooner than shortly: a task left in place (its stream changed while it ran) is
-        // run again then, not in a loop.
-        alarm_by(obj, due.max(now_ms() + 200)).await?;
-    }
-    Ok(left.into_iter().map(|o| o.task).collect())
-}
-
-/// The alarm fired: what is due runs.
-pub async fn on_alarm(obj: &StreamObject) {
-    if let Err(e) = run(obj, true).await {
-        worker::console_error!("stream: owed work failed: {e}");
-    }
-}
-
-/// Sets the alarm for `at_ms` unless it is already set no later.
-async fn alarm_by(obj: &StreamObject, at_ms: i64) -> Result<()> {
-    match obj.state.storage().get_alarm().await? {
-        Some(set) if set <= at_ms => Ok(()),
-        _ => obj.schedule_alarm(at_ms).await,
-    }
+    Ok(!owes || !owed::run(obj, false).await?.contains(&Task::Register))
 }
 
 /// Learns which subscriptions and channels cover the stream and links them, settling the task
 /// in the same turn; then tells those subscriptions where the stream is and feeds those
 /// channels from its start.
-async fn register(obj: &StreamObject) -> Result<bool> {
+pub async fn register(obj: &StreamObject) -> Result<bool> {
     let Some(meta) = obj.meta()? else {
         obj.store()?.settle(Task::Register)?;
         return Ok(true);
@@ -155,11 +102,11 @@ async fn notify_or_owe(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Resu
     }
     let due = now_ms() + super::backoff_ms(0);
     obj.store()?.owe(Task::Notify, due, "")?;
-    alarm_by(obj, due).await
+    alarm::by(obj, due).await
 }
 
 /// The owed notification: every linked subscription learns the tail as it is now.
-async fn notify_owed(obj: &StreamObject) -> Result<bool> {
+pub async fn notify_owed(obj: &StreamObject) -> Result<bool> {
     let store = obj.store()?;
     let Some(meta) = obj.meta()?.filter(|m| !m.deleted) else {
         store.settle(Task::Notify)?;
@@ -227,7 +174,7 @@ async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<bool
 
 /// The registry forgets `path`: patterns no longer find it, and its subscriptions learn it is
 /// gone.
-async fn deregister(obj: &StreamObject, path: &str) -> Result<bool> {
+pub async fn deregister(obj: &StreamObject, path: &str) -> Result<bool> {
     obj.faults.check(path, Call::RegistryRemoved)?;
     let path = StreamPath {
         path: path.to_string(),

@@ -1,0 +1,54 @@
+//! Work a stream owes other objects after a commit: the registry (`subscribers.rs`), the
+//! subscriptions linked to it (`subscribers.rs`) and the channels it fed (`channel.rs`).
+//!
+//! Each piece is a `pending` row ([`Task`]) written in the turn that makes it owed, with the
+//! alarm set in that same turn (`alarm.rs`): should the isolate die before the other object
+//! answers, the alarm finishes the work. Failures are retried with backoff.
+
+use worker::Result;
+
+use super::store::Task;
+use super::{alarm, channel, subscribers, StreamObject};
+use crate::http::now_ms;
+
+/// Runs what is owed, in order (from the alarm, only what is due), and answers what is still
+/// owed. A task that fails is retried with backoff, and the tasks after it wait for it: a
+/// removed incarnation leaves the registry before a new one joins. Runs one at a time.
+pub async fn run(obj: &StreamObject, due_only: bool) -> Result<Vec<Task>> {
+    let _turn = obj.owed_turn.enter().await;
+    let now = now_ms();
+    for owed in obj.store()?.owed()? {
+        if due_only && owed.due_ms > now {
+            break;
+        }
+        let done = match owed.task {
+            Task::Deregister => subscribers::deregister(obj, &owed.detail).await,
+            Task::ChannelsDeleted => channel::tell_deleted(obj).await,
+            Task::Register => subscribers::register(obj).await,
+            Task::Notify => subscribers::notify_owed(obj).await,
+        };
+        let done = done.unwrap_or_else(|e| {
+            worker::console_warn!("stream: {:?} failed: {e}", owed.task);
+            false
+        });
+        if !done {
+            obj.store()?
+                .failed(owed.task, now_ms() + super::backoff_ms(owed.attempts))?;
+            break;
+        }
+    }
+    let left = obj.store()?.owed()?;
+    if let Some(due) = left.iter().map(|o| o.due_ms).min() {
+        // Not sooner than shortly: a task left in place (its stream changed while it ran) is
+        // run again then, not in a loop.
+        alarm::by(obj, due.max(now_ms() + 200)).await?;
+    }
+    Ok(left.into_iter().map(|o| o.task).collect())
+}
+
+/// The alarm fired: what is due runs.
+pub async fn on_alarm(obj: &StreamObject) {
+    if let Err(e) = run(obj, true).await {
+        worker::console_error!("stream: owed work failed: {e}");
+    }
+}
