@@ -388,3 +388,23 @@ describe('a chain of forks deeper than the platform nests calls', () => {
     }
   }, 120_000);
 });
+
+describe('a fork whose create fails after its source took the reference', () => {
+  it('gives the reference back, so the source goes with its last real fork', async () => {
+    const json = { 'content-type': 'application/json' };
+    const src = unique('refused-src');
+    expect((await put(src, json, '[{"n":1}]')).status).toBe(201);
+    // The source takes a reference; then the fork's initial data is refused.
+    const refused = await put(unique('refused-fork'), { ...json, 'stream-forked-from': `/v1/stream/${src}` }, '{not json');
+    expect(refused.status).toBe(400);
+    const kept = unique('kept-fork');
+    expect((await fork(kept, src, json)).status).toBe(201);
+    expect((await call('DELETE', src)).status).toBe(204);
+    expect((await read(src)).status).toBe(410);
+    expect(JSON.parse((await readAll(kept)).text)).toEqual([{ n: 1 }]);
+    // The refused fork's reference was given back: the kept fork's is the last.
+    expect((await call('DELETE', kept)).status).toBe(204);
+    expect((await read(src)).status).toBe(404);
+    expect(await pathIsFree(src)).toBe(true);
+  });
+});

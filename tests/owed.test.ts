@@ -1,13 +1,15 @@
 // What a stream owes other objects after a commit, when the calls fail. A stream tells the
 // registry when it is created (which links the channels and subscription patterns above it) and
-// when it is removed, tells its subscriptions each new tail, and feeds its channels. Each of
-// these is owed work, written in the turn that makes it owed, with the alarm set in that turn
-// (worker/src/object/owed.rs, subscribers.rs, channel.rs). The server runs with FAULT_MARKER, so a stream
-// whose path contains the marker fails its first call of each kind in an isolate, as it would
-// if the registry, a subscription or a channel were unreachable, and answers the first request
-// to link it (for a new channel or subscription) with 503 (worker/src/fault.rs). A new
-// subscription that cannot link every stream it covers is finished the same way
-// (worker/src/subscription/object.rs, `finish_links`).
+// when it is removed, tells its subscriptions each new tail, feeds its channels, and, as a fork,
+// gives back its reference on its source. Each of these is owed work, written in the turn that
+// makes it owed, with the alarm set in that turn (worker/src/object/owed.rs, subscribers.rs,
+// channel.rs, fork.rs). The server runs with FAULT_MARKER, so a stream whose path contains the
+// marker fails its first call of each kind in an isolate, as it would if the registry, a
+// subscription or a channel were unreachable, loses the answers to its first calls to take and
+// give back a fork's reference, and answers the first request to link it (for a new channel or
+// subscription) with 503 (worker/src/fault.rs). A new subscription that cannot link every
+// stream it covers is finished the same way (worker/src/subscription/object.rs,
+// `finish_links`).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
 import { receiver } from './support/webhook';
@@ -284,5 +286,39 @@ describe('a channel delivery that fails', () => {
     expect(await until(async () => (await readAll(channel)).length >= 5)).toBe(true);
     await sleep(500);
     expect((await readAll(channel)).map((e) => e.data)).toEqual([1, 2, 3, 4, 5].map((n) => ({ n })));
+  });
+});
+
+describe('a fork whose calls to its source lose their answers', () => {
+  it('gives back every reference exactly once: the source stays for the fork still reading it, and goes with it', async () => {
+    const base = unique('fork');
+    const source = `${base}/source`;
+    const faulty = `${base}/${MARKER}-fork`;
+    const other = `${base}/other`;
+    const forkOf = { ...json, 'stream-forked-from': `/v1/stream/${source}` };
+    expect((await request('PUT', source, json, '[{"n":1}]')).status).toBe(201);
+    // The source takes a reference, and its answer is lost: the create fails, and that
+    // reference is given back (an answer lost too, so it is given back twice).
+    const first = await request('PUT', faulty, forkOf);
+    expect(first.status).toBe(503);
+    expect(first.headers.get('retry-after')).toBe('1');
+    // Taken again under the retried create's own id; its first registration fails as well.
+    const second = await request('PUT', faulty, forkOf);
+    expect(second.status).toBe(503);
+    expect(second.text).toMatch(/retry the PUT/);
+    expect((await request('PUT', faulty, forkOf)).status).toBe(200);
+    expect((await request('PUT', other, forkOf)).status).toBe(201);
+    expect((await request('DELETE', source)).status).toBe(204);
+    expect((await request('GET', `${source}?offset=-1`)).status).toBe(410);
+    // Removed, the fork gives its reference back; the alarm retries what failed.
+    expect((await request('DELETE', faulty)).status).toBe(204);
+    await sleep(3_000);
+    // No reference was given back twice: the source is kept for the other fork, which reads it.
+    expect((await request('GET', `${source}?offset=-1`)).status).toBe(410);
+    expect(await readAll(other)).toEqual([{ n: 1 }]);
+    // And none was kept: with the other fork gone, so is the source.
+    expect((await request('DELETE', other)).status).toBe(204);
+    expect(await until(async () => (await request('GET', `${source}?offset=-1`)).status === 404)).toBe(true);
+    expect((await request('PUT', source, json)).status).toBe(201);
   });
 });

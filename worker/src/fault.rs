@@ -4,9 +4,10 @@
 //! registry, to a subscription, to a channel) in each isolate, the way a call fails when the
 //! object it reaches is unreachable, and answers the first request to link it (from the
 //! registry for a new channel, or from a new subscription) with 503. A subscription answers
-//! the first notice that such a stream is gone with 503. Later calls of that kind go through, so a test sees the
-//! failure and then the repair: what is owed is retried by the request that is told to retry,
-//! or by the alarm.
+//! the first notice that such a stream is gone with 503. A fork's first calls to take and to
+//! give back its reference on its source reach the source, and their answers are lost. Later
+//! calls of that kind go through, so a test sees the failure and then the repair: what is owed
+//! is retried by the request that is told to retry, or by the alarm.
 
 use std::cell::RefCell;
 
@@ -26,6 +27,10 @@ pub enum Call {
     SubLink,
     /// Answered by a subscription, not made: the registry saying a stream it links is gone.
     StreamRemoved,
+    /// Made, with its answer lost: a fork taking a reference on its source.
+    ForkAcquire,
+    /// Made, with its answer lost: a fork giving its reference back.
+    ForkRelease,
 }
 
 /// What one object has failed so far in this isolate.

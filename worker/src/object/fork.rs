@@ -5,11 +5,19 @@
 //! gives it back. A deleted source with forks is kept, soft-deleted, until the last one goes,
 //! and the clean-up cascades up the chain.
 //!
+//! A reference is held by the fork's id (its path and incarnation), so taking or giving it back
+//! twice counts once: a call whose answer was lost can be made again. Giving it back is owed
+//! work (`owed.rs`), owed before the reference is even taken: a create that dies after its
+//! source took the reference, or fails after, gives it back, and one that succeeds settles the
+//! debt in the turn that stores the fork.
+//!
 //! The platform refuses a request nested more than 16 calls deep, so nothing here may call
 //! through a chain of forks: a fork records its ancestors when it is created and reads each
 //! inherited range from the ancestor that holds it, in one call. Internal calls carry their
 //! depth ([`X_HOPS`]), and an object refuses calls nested deeper than production would allow,
 //! which workerd does not enforce locally.
+
+use std::cell::RefCell;
 
 use edgestream::json;
 use edgestream::stream::{self, Expiry, ForkRequest};
@@ -17,8 +25,9 @@ use edgestream::{ContentType, Offset, ProtocolError};
 use serde::{Deserialize, Serialize};
 use worker::{Env, Method, Request, RequestInit, Response, Result};
 
-use super::store::{Ancestor, Meta, Page, ReadError};
-use super::{new_instance, Lookup, StreamObject};
+use super::store::{Ancestor, Meta, Page, ReadError, Task};
+use super::{new_instance, owed, Lookup, StreamObject};
+use crate::fault::Call;
 use crate::http::{self, header, now_ms};
 use crate::path::StreamName;
 use crate::reply::X_PAGE_END;
@@ -42,6 +51,64 @@ struct AcquireRequest {
     offset: Option<u64>,
     sub_offset: u64,
     content_type: Option<String>,
+    /// The id the reference is held by.
+    #[serde(default)]
+    fork: Option<String>,
+}
+
+/// A reference a fork took on its source, owed back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SourceRef {
+    /// The source's full path.
+    source: String,
+    /// The id it is held by; none for a fork made before references had ids, whose reference
+    /// is one of a count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fork: Option<String>,
+}
+
+/// What a fork gives back (the body of `fork-release`; empty from a fork made before
+/// references had ids).
+#[derive(Default, Serialize, Deserialize)]
+struct ReleaseRequest {
+    #[serde(default)]
+    fork: Option<String>,
+}
+
+/// The id a fork's reference on its source is held by: one per incarnation.
+fn fork_id(path: &str, instance: &str) -> String {
+    format!("{path}#{instance}")
+}
+
+/// The ids of the forks this object is creating right now, whose references the owed work
+/// leaves alone: the create settles or gives them back itself.
+#[derive(Default)]
+pub struct Creating(RefCell<Vec<String>>);
+
+/// A create in progress, until dropped.
+struct CreatingGuard<'a> {
+    creating: &'a Creating,
+    id: String,
+}
+
+impl Creating {
+    fn enter(&self, id: &str) -> CreatingGuard<'_> {
+        self.0.borrow_mut().push(id.to_string());
+        CreatingGuard {
+            creating: self,
+            id: id.to_string(),
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.0.borrow().iter().any(|c| c == id)
+    }
+}
+
+impl Drop for CreatingGuard<'_> {
+    fn drop(&mut self) {
+        self.creating.0.borrow_mut().retain(|c| c != &self.id);
+    }
 }
 
 /// What the source answers: its type and expiry (which the fork may inherit) and the position
@@ -284,8 +351,15 @@ pub async fn acquire(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Respo
     if current.deleted {
         return http::error(&ProtocolError::ForkSourceGone);
     }
-    current.forks += 1;
-    obj.save(&current)?;
+    // Taken once per id: a request made again after its answer was lost takes nothing more.
+    let taken = match ask.fork.as_deref() {
+        Some(id) => obj.store()?.take_fork_ref(id)?,
+        None => true,
+    };
+    if taken {
+        current.forks += 1;
+        obj.save(&current)?;
+    }
     let (expiry_kind, expiry_value) = expiry_to_wire(current.expiry);
     let itself = Ancestor {
         path: current.path.clone(),
@@ -307,11 +381,109 @@ pub async fn acquire(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Respo
     Response::from_json(&reply)
 }
 
-/// Gives back a fork's reference on its source, from a request `hops` deep.
-pub async fn release(env: &Env, source: &str, hops: u32) -> Result<()> {
-    let resp = call(env, source, "fork-release", "", Some(Vec::new()), hops).await?;
+/// Owes the reference `held` back, in the caller's turn, with the alarm set in that turn.
+fn owe_release(obj: &StreamObject, held: SourceRef) -> Result<()> {
+    let mut owed = owed_releases(obj)?;
+    if !owed.contains(&held) {
+        owed.push(held);
+    }
+    save_releases(obj, &owed)?;
+    obj.alarm.set(now_ms() + super::SAFETY_MS);
+    Ok(())
+}
+
+fn owed_releases(obj: &StreamObject) -> Result<Vec<SourceRef>> {
+    Ok(obj
+        .store()?
+        .owed()?
+        .into_iter()
+        .find(|o| o.task == Task::Release)
+        .and_then(|o| serde_json::from_str(&o.detail).ok())
+        .unwrap_or_default())
+}
+
+fn save_releases(obj: &StreamObject, owed: &[SourceRef]) -> Result<()> {
+    let store = obj.store()?;
+    if owed.is_empty() {
+        return store.settle(Task::Release);
+    }
+    let detail =
+        serde_json::to_string(owed).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    store.owe(Task::Release, now_ms(), &detail)
+}
+
+/// Whether the reference of fork `id` is owed back.
+fn owes_release(obj: &StreamObject, id: &str) -> Result<bool> {
+    Ok(owed_releases(obj)?
+        .iter()
+        .any(|r| r.fork.as_deref() == Some(id)))
+}
+
+/// The fork `id` is stored, in this turn: it holds its reference from now on, until removed.
+pub fn hold(obj: &StreamObject, id: &str) -> Result<()> {
+    let owed: Vec<SourceRef> = owed_releases(obj)?
+        .into_iter()
+        .filter(|r| r.fork.as_deref() != Some(id))
+        .collect();
+    save_releases(obj, &owed)?;
+    obj.store()?.save_source_ref(id)
+}
+
+/// The fork `meta` is being removed, in the turn that purges it: its reference is owed back.
+pub fn owe_removed(obj: &StreamObject, meta: &Meta) -> Result<()> {
+    let Some(fork) = &meta.fork else {
+        return Ok(());
+    };
+    let held = SourceRef {
+        source: fork.source.clone(),
+        fork: obj.store()?.source_ref()?,
+    };
+    owe_release(obj, held)
+}
+
+/// Gives back the owed references, from a request `hops` deep; whether all of them are back.
+/// Those of forks being created here are left to their create.
+pub async fn give_back(obj: &StreamObject, hops: u32) -> Result<bool> {
+    let owed: Vec<SourceRef> = owed_releases(obj)?
+        .into_iter()
+        .filter(|r| {
+            !r.fork
+                .as_deref()
+                .is_some_and(|id| obj.forks_creating.contains(id))
+        })
+        .collect();
+    let results = futures_util::future::join_all(owed.iter().map(|r| release(obj, r, hops))).await;
+    let mut given = Vec::new();
+    for (held, result) in owed.iter().zip(results) {
+        match result {
+            Ok(()) => given.push(held),
+            Err(e) => worker::console_warn!("fork: release on {} failed: {e}", held.source),
+        }
+    }
+    let left: Vec<SourceRef> = owed_releases(obj)?
+        .into_iter()
+        .filter(|r| !given.contains(&r))
+        .collect();
+    save_releases(obj, &left)?;
+    Ok(given.len() == owed.len())
+}
+
+/// Gives back one reference, from a request `hops` deep.
+async fn release(obj: &StreamObject, held: &SourceRef, hops: u32) -> Result<()> {
+    let body = match &held.fork {
+        Some(id) => serde_json::to_vec(&ReleaseRequest {
+            fork: Some(id.clone()),
+        })
+        .map_err(|e| worker::Error::RustError(e.to_string()))?,
+        None => Vec::new(),
+    };
+    let resp = call(&obj.env, &held.source, "fork-release", "", Some(body), hops).await?;
     match resp.status_code() {
-        200..=299 | 404 => Ok(()),
+        200..=299 | 404 => {
+            // An injected fault stands for an answer lost on its way back.
+            let id = held.fork.as_deref().unwrap_or(&held.source);
+            obj.faults.check(id, Call::ForkRelease)
+        }
         status => Err(worker::Error::RustError(format!(
             "fork release failed with {status}"
         ))),
@@ -322,11 +494,29 @@ pub async fn release(env: &Env, source: &str, hops: u32) -> Result<()> {
 /// releases its own source in turn. Up a long chain of deleted sources that cascade would nest
 /// past the platform's limit, so from [`MAX_HOPS`] deep it goes on from an alarm, which starts
 /// a request of its own.
-pub async fn on_release(obj: &StreamObject, hops: u32) -> Result<Response> {
+pub async fn on_release(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Response> {
+    let release = if body.is_empty() {
+        ReleaseRequest::default()
+    } else {
+        match serde_json::from_slice::<ReleaseRequest>(body) {
+            Ok(release) => release,
+            Err(_) => return http::text(400, "bad fork release"),
+        }
+    };
     let Some(mut meta) = obj.meta()? else {
         return Response::ok("");
     };
-    meta.forks = meta.forks.saturating_sub(1);
+    let store = obj.store()?;
+    let held = match release.fork.as_deref() {
+        Some(id) => store.drop_fork_ref(id)?,
+        // From a fork made before references had ids: one of those counted without one.
+        None => meta.forks > store.fork_refs()?,
+    };
+    if !held {
+        // Given back already.
+        return Response::ok("");
+    }
+    meta.forks -= 1;
     if !meta.deleted || meta.forks > 0 {
         obj.save(&meta)?;
     } else if hops < MAX_HOPS {
@@ -339,7 +529,9 @@ pub async fn on_release(obj: &StreamObject, hops: u32) -> Result<Response> {
 }
 
 impl StreamObject {
-    /// PUT with `Stream-Forked-From`.
+    /// PUT with `Stream-Forked-From`. The reference the source takes is owed back first,
+    /// whatever happens next: the fork's creation settles that in the turn that stores it, and
+    /// otherwise it is given back before the answer (or by the alarm, should this request die).
     pub(super) async fn create_fork(
         &self,
         name: &StreamName,
@@ -351,6 +543,40 @@ impl StreamObject {
         if fork.source == name.full_path() {
             return http::error(&ProtocolError::ForkSourceNotFound);
         }
+        let instance = new_instance();
+        let id = fork_id(&name.full_path(), &instance);
+        owe_release(
+            self,
+            SourceRef {
+                source: fork.source.clone(),
+                fork: Some(id.clone()),
+            },
+        )?;
+        let creating = self.forks_creating.enter(&id);
+        let created = self
+            .take_and_create(name, request, fork, body, now, instance, &id)
+            .await;
+        drop(creating);
+        if owes_release(self, &id)? {
+            if let Err(e) = owed::run(self, false, 0).await {
+                worker::console_warn!("fork {}: giving back its reference failed: {e}", id);
+            }
+        }
+        created
+    }
+
+    /// Takes the reference on the source under `id` and stores the fork.
+    #[allow(clippy::too_many_arguments)]
+    async fn take_and_create(
+        &self,
+        name: &StreamName,
+        request: &edgestream::stream::CreateRequest,
+        fork: ForkRequest,
+        body: Vec<u8>,
+        now: i64,
+        instance: String,
+        id: &str,
+    ) -> Result<Response> {
         let ask = AcquireRequest {
             offset: fork.offset.map(Offset::position),
             sub_offset: fork.sub_offset,
@@ -358,6 +584,7 @@ impl StreamObject {
                 .content_type
                 .as_ref()
                 .map(|c| c.as_str().to_string()),
+            fork: Some(id.to_string()),
         };
         let ask = serde_json::to_vec(&ask).map_err(|e| worker::Error::RustError(e.to_string()))?;
         let mut resp = call(&self.env, &fork.source, "fork-acquire", "", Some(ask), 0).await?;
@@ -376,23 +603,20 @@ impl StreamObject {
                 )))
             }
         };
+        // An injected fault stands for the source's answer lost on its way back.
+        self.faults.check(id, Call::ForkAcquire)?;
         // Someone may have created this stream while we waited for the source.
         match self.lookup(now).await? {
             Lookup::Missing => {}
-            other => {
-                release(&self.env, &fork.source, 0).await?;
-                return match other {
-                    Lookup::Live(meta) => self.existing(&meta, request).await,
-                    _ => http::error(&ProtocolError::PathInUse),
-                };
-            }
+            Lookup::Live(meta) => return self.existing(&meta, request).await,
+            Lookup::Deleted => return http::error(&ProtocolError::PathInUse),
         }
         let content_type =
             ContentType::parse(&reply.content_type).unwrap_or_else(|_| ContentType::default_type());
         let point = Offset::new(reply.point).unwrap_or(Offset::ZERO);
         let meta = Meta {
             path: name.full_path(),
-            instance: new_instance(),
+            instance,
             content_type,
             expiry: Expiry::for_fork(
                 expiry_from_wire(reply.expiry_kind, reply.expiry_value),
@@ -410,10 +634,6 @@ impl StreamObject {
             channel: false,
         };
         let ancestry = reply.ancestry.unwrap_or_default();
-        let created = self.finish_create(meta, &body, &ancestry).await?;
-        if created.status_code() >= 400 {
-            release(&self.env, &fork.source, 0).await?;
-        }
-        Ok(created)
+        self.finish_create(meta, &body, &ancestry, Some(id)).await
     }
 }

@@ -88,8 +88,10 @@ pub struct StreamObject {
     channels: channel::Forwarder,
     /// The object's one alarm, for all its timed work.
     alarm: alarm::Alarm,
-    /// Work owed to the registry and subscriptions runs one round at a time.
+    /// Work owed to other objects runs one round at a time.
     owed_turn: clients::Turnstile,
+    /// Forks being created here, whose references on their sources the owed work leaves alone.
+    forks_creating: fork::Creating,
     /// Injected faults, for tests (`FAULT_MARKER`).
     faults: crate::fault::Faults,
 }
@@ -140,6 +142,7 @@ impl DurableObject for StreamObject {
             channels: channel::Forwarder::default(),
             alarm,
             owed_turn: clients::Turnstile::default(),
+            forks_creating: fork::Creating::default(),
             faults,
         }
     }
@@ -376,27 +379,26 @@ impl StreamObject {
         channel::owe_deleted(self, &meta)?;
         self.alarm.set(now_ms() + SAFETY_MS);
         live::gone(&self.hub, &ProtocolError::Gone);
-        owed::run(self, false).await?;
+        owed::run(self, false, 0).await?;
         Ok(())
     }
 
     /// Deletes every row and, for a fork, lets go of the source. `hops` is the request's depth.
     async fn remove(&self, meta: Meta, hops: u32) -> Result<()> {
-        // Its links are read before they are purged; a soft-deleted stream owed this already.
+        // Its links and its reference are read before they are purged; a soft-deleted stream
+        // owed its `deleted` events already.
         if !meta.deleted {
             channel::owe_deleted(self, &meta)?;
         }
+        fork::owe_removed(self, &meta)?;
         self.store()?.purge()?;
         // In the purge's turn: the registry is told even if this request dies.
         subscribers::owe_deregistration(self, &meta)?;
         self.meta.replace(Some(None));
         channel::forget(self);
         live::gone(&self.hub, &ProtocolError::NotFound);
-        if let Some(fork) = &meta.fork {
-            fork::release(&self.env, &fork.source, hops).await?;
-        }
         // A failure is the alarm's to retry; the stream is gone either way.
-        owed::run(self, false).await?;
+        owed::run(self, false, hops).await?;
         Ok(())
     }
 
@@ -451,16 +453,17 @@ impl StreamObject {
             deleted: false,
             channel: is_channel,
         };
-        self.finish_create(meta, &body, &[]).await
+        self.finish_create(meta, &body, &[], None).await
     }
 
-    /// Stores a new stream with its initial data (and, for a fork, its ancestors) in one turn,
-    /// and answers 201.
+    /// Stores a new stream with its initial data (and, for a fork, its ancestors and the id
+    /// its reference on its source is held by) in one turn, and answers 201.
     async fn finish_create(
         &self,
         mut meta: Meta,
         body: &[u8],
         ancestry: &[store::Ancestor],
+        fork_id: Option<&str>,
     ) -> Result<Response> {
         let data = match initial_data(&meta, body) {
             Ok(data) => data,
@@ -479,6 +482,9 @@ impl StreamObject {
         }
         store.append(meta.base, &data, meta.is_json())?;
         store.save_ancestry(ancestry)?;
+        if let Some(id) = fork_id {
+            fork::hold(self, id)?;
+        }
         meta.tail = tail;
         self.save(&meta)?;
         // In the same turn, with the alarm (which also keeps the expiry): should this request
@@ -1069,7 +1075,10 @@ impl StreamObject {
                 let body = req.bytes().await?;
                 fork::acquire(self, &body, hops).await
             }
-            "fork-release" => fork::on_release(self, hops).await,
+            "fork-release" => {
+                let body = req.bytes().await?;
+                fork::on_release(self, &body, hops).await
+            }
             "channel-append" => channel::on_append(self, req, url).await,
             "channel-deleted" => channel::on_deleted(self, url).await,
             "channel-link" => {

@@ -1,5 +1,6 @@
 //! Work a stream owes other objects after a commit: the registry (`subscribers.rs`), the
-//! subscriptions linked to it (`subscribers.rs`) and the channels it fed (`channel.rs`).
+//! subscriptions linked to it (`subscribers.rs`), the channels it fed (`channel.rs`) and, for
+//! a fork, its source (`fork.rs`).
 //!
 //! Each piece is a `pending` row ([`Task`]) written in the turn that makes it owed, with the
 //! alarm set in that same turn (`alarm.rs`): should the isolate die before the other object
@@ -8,24 +9,32 @@
 use worker::Result;
 
 use super::store::Task;
-use super::{alarm, channel, subscribers, StreamObject};
+use super::{alarm, channel, fork, subscribers, StreamObject};
 use crate::http::now_ms;
 
-/// Runs what is owed, in order (from the alarm, only what is due), and answers what is still
-/// owed. A task that fails is retried with backoff, and the tasks after it wait for it: a
-/// removed incarnation leaves the registry before a new one joins. Runs one at a time.
-pub async fn run(obj: &StreamObject, due_only: bool) -> Result<Vec<Task>> {
+/// Runs what is owed, in order (from the alarm, only what is due), from a request `hops`
+/// deep, and answers what is still owed. A task that fails is retried with backoff, and the
+/// tasks after it wait for it (but for independent ones): a removed incarnation leaves the
+/// registry before a new one joins. Runs one at a time.
+pub async fn run(obj: &StreamObject, due_only: bool, hops: u32) -> Result<Vec<Task>> {
     let _turn = obj.owed_turn.enter().await;
     let now = now_ms();
+    // A task before is still owed: those that depend on it wait.
+    let mut waiting = false;
     for owed in obj.store()?.owed()? {
+        if waiting && !owed.task.independent() {
+            continue;
+        }
         if due_only && owed.due_ms > now {
-            break;
+            waiting = true;
+            continue;
         }
         let done = match owed.task {
             Task::Deregister => subscribers::deregister(obj, &owed.detail).await,
             Task::ChannelsDeleted => channel::tell_deleted(obj).await,
             Task::Register => subscribers::register(obj).await,
             Task::Notify => subscribers::notify_owed(obj).await,
+            Task::Release => fork::give_back(obj, hops).await,
         };
         let done = done.unwrap_or_else(|e| {
             worker::console_warn!("stream: {:?} failed: {e}", owed.task);
@@ -34,7 +43,7 @@ pub async fn run(obj: &StreamObject, due_only: bool) -> Result<Vec<Task>> {
         if !done {
             obj.store()?
                 .failed(owed.task, now_ms() + super::backoff_ms(owed.attempts))?;
-            break;
+            waiting = true;
         }
     }
     let left = obj.store()?.owed()?;
@@ -48,7 +57,7 @@ pub async fn run(obj: &StreamObject, due_only: bool) -> Result<Vec<Task>> {
 
 /// The alarm fired: what is due runs.
 pub async fn on_alarm(obj: &StreamObject) {
-    if let Err(e) = run(obj, true).await {
+    if let Err(e) = run(obj, true, 0).await {
         worker::console_error!("stream: owed work failed: {e}");
     }
 }

@@ -215,6 +215,13 @@ CREATE TABLE IF NOT EXISTS lease (
   holder TEXT NOT NULL,
   expires_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS fork_refs (
+  fork TEXT PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS source_ref (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  fork TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pending (
   task TEXT PRIMARY KEY,
   attempts INTEGER NOT NULL,
@@ -244,7 +251,8 @@ pub struct Meta {
     pub tail: Offset,
     pub last_stream_seq: Option<String>,
     pub fork: Option<ForkRequest>,
-    /// Live forks that read through this stream.
+    /// Live forks that read through this stream: those in `fork_refs`, by id, and any taken
+    /// before references had ids.
     pub forks: u64,
     /// Deleted while forks still read through it: 410 to clients, data kept for the forks.
     pub deleted: bool,
@@ -966,8 +974,60 @@ impl Store {
         self.sql.exec(
             "DELETE FROM log; DELETE FROM producers; DELETE FROM lease; DELETE FROM ancestry;
              DELETE FROM subscribers; DELETE FROM stream; DELETE FROM channel;
-             DELETE FROM channel_marks; DELETE FROM channel_links; DELETE FROM channel_announce;",
+             DELETE FROM channel_marks; DELETE FROM channel_links; DELETE FROM channel_announce;
+             DELETE FROM fork_refs; DELETE FROM source_ref;",
             None,
+        )?;
+        Ok(())
+    }
+}
+
+/// Fork references: on a source, the forks that hold one; on a fork, the id it holds its own
+/// by (see `fork.rs`).
+impl Store {
+    /// Takes the reference of fork `id`; false when it holds one already.
+    pub fn take_fork_ref(&self, id: &str) -> Result<bool> {
+        if self.has_fork_ref(id)? {
+            return Ok(false);
+        }
+        self.sql
+            .exec("INSERT INTO fork_refs (fork) VALUES (?)", vec![id.into()])?;
+        Ok(true)
+    }
+
+    /// Gives back the reference of fork `id`; false when it held none (given back already).
+    pub fn drop_fork_ref(&self, id: &str) -> Result<bool> {
+        if !self.has_fork_ref(id)? {
+            return Ok(false);
+        }
+        self.sql
+            .exec("DELETE FROM fork_refs WHERE fork = ?", vec![id.into()])?;
+        Ok(true)
+    }
+
+    fn has_fork_ref(&self, id: &str) -> Result<bool> {
+        Ok(!self
+            .rows("SELECT 1 FROM fork_refs WHERE fork = ?", vec![id.into()])?
+            .is_empty())
+    }
+
+    /// How many forks hold a reference by id.
+    pub fn fork_refs(&self) -> Result<u64> {
+        let rows = self.rows("SELECT count(*) FROM fork_refs", vec![])?;
+        Ok(u64::try_from(int(rows.first().and_then(|r| r.first()))).unwrap_or(0))
+    }
+
+    /// On a fork: the id its reference on its source is held by; none for a fork made before
+    /// references had ids.
+    pub fn source_ref(&self) -> Result<Option<String>> {
+        let rows = self.rows("SELECT fork FROM source_ref", vec![])?;
+        Ok(rows.first().and_then(|r| text(r.first())))
+    }
+
+    pub fn save_source_ref(&self, id: &str) -> Result<()> {
+        self.sql.exec(
+            "INSERT OR REPLACE INTO source_ref (id, fork) VALUES (1, ?)",
+            vec![id.into()],
         )?;
         Ok(())
     }
@@ -986,17 +1046,25 @@ pub enum Task {
     Register,
     /// Tell the linked subscriptions where the tail is.
     Notify,
+    /// Give back the references this object's forks took on their sources.
+    Release,
 }
 
 impl Task {
     /// In the order they must run: a removed incarnation leaves the registry, and its channels
     /// hear it was deleted, before a new one joins.
-    pub const ALL: [Task; 4] = [
+    pub const ALL: [Task; 5] = [
         Task::Deregister,
         Task::ChannelsDeleted,
         Task::Register,
         Task::Notify,
+        Task::Release,
     ];
+
+    /// Whether it runs even when a task before it failed: it does not depend on them.
+    pub fn independent(self) -> bool {
+        self == Task::Release
+    }
 
     fn key(self) -> &'static str {
         match self {
@@ -1004,6 +1072,7 @@ impl Task {
             Task::ChannelsDeleted => "channels-deleted",
             Task::Register => "register",
             Task::Notify => "notify",
+            Task::Release => "release",
         }
     }
 }
@@ -1015,7 +1084,8 @@ pub struct Owed {
     pub attempts: u32,
     pub due_ms: i64,
     /// What the task needs that the stream's rows may no longer hold: for `Deregister`, the
-    /// removed stream's name; for `ChannelsDeleted`, the notices still to give, as JSON.
+    /// removed stream's name; for `ChannelsDeleted`, the notices still to give, and for
+    /// `Release`, the references still to give back, as JSON.
     pub detail: String,
 }
 

@@ -46,7 +46,7 @@ pub async fn registered(obj: &StreamObject) -> Result<bool> {
         .owed()?
         .iter()
         .any(|o| o.task == Task::Register);
-    Ok(!owes || !owed::run(obj, false).await?.contains(&Task::Register))
+    Ok(!owes || !owed::run(obj, false, 0).await?.contains(&Task::Register))
 }
 
 /// Learns which subscriptions and channels cover the stream and links them, settling the task
