@@ -29,6 +29,7 @@ pub mod reply;
 pub mod security;
 pub mod socket;
 pub mod subscription;
+pub mod turnstile;
 pub mod wsproto;
 
 use worker::worker_sys::web_sys;

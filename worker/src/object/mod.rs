@@ -39,6 +39,7 @@ use crate::intake::Held;
 use crate::path::StreamName;
 use crate::reply::{self, PageData, ReadReply, X_PAGE_END};
 use crate::security;
+use crate::turnstile::Turnstile;
 use crate::wsproto::{self, ClientHello, ClientMessage, Incoming};
 use store::{Meta, Page, ReadError, Store};
 
@@ -83,13 +84,13 @@ pub struct StreamObject {
     /// No request has reached this instance yet: the next one started (or woke) the object.
     cold: Cell<bool>,
     /// Client sockets' append frames, applied one at a time in arrival order.
-    socket_appends: clients::Turnstile,
+    socket_appends: Turnstile,
     /// Delivery to the channels above this stream.
     channels: channel::Forwarder,
     /// The object's one alarm, for all its timed work.
     alarm: alarm::Alarm,
     /// Work owed to other objects runs one round at a time.
-    owed_turn: clients::Turnstile,
+    owed_turn: Turnstile,
     /// Forks being created here, whose references on their sources the owed work leaves alone.
     forks_creating: fork::Creating,
     /// Injected faults, for tests (`FAULT_MARKER`).
@@ -138,10 +139,10 @@ impl DurableObject for StreamObject {
             meta: RefCell::new(None),
             appends_in_flight: Cell::new(0),
             cold: Cell::new(true),
-            socket_appends: clients::Turnstile::default(),
+            socket_appends: Turnstile::default(),
             channels: channel::Forwarder::default(),
             alarm,
-            owed_turn: clients::Turnstile::default(),
+            owed_turn: Turnstile::default(),
             forks_creating: fork::Creating::default(),
             faults,
         }
