@@ -322,3 +322,22 @@ describe('a fork whose calls to its source lose their answers', () => {
     expect((await request('PUT', source, json)).status).toBe(201);
   });
 });
+
+describe('a subscription deleted and created again at once', () => {
+  it('is created after the delete has reached the registry, so its pattern still links new streams', async () => {
+    const prefix = unique(`${MARKER}-again`);
+    const pattern = `${prefix}/*`;
+    await withHook(prefix, async (hook, id) => {
+      await subscribe(id, pattern, hook.url);
+      // The delete tells the registry a second late; the create arrives meanwhile.
+      const deleted = request('DELETE', `__ds/subscriptions/${id}`);
+      await sleep(200);
+      const created = subscribeOnce(id, pattern, hook.url);
+      expect((await deleted).status).toBe(204);
+      expect((await created).status).toBe(201);
+      const stream = `${prefix}/s`;
+      await createThroughFault(stream);
+      expect(await until(async () => (await linkedStreams(id)).includes(stream)), 'the pattern no longer links new streams').toBe(true);
+    });
+  });
+});

@@ -5,7 +5,9 @@
 //! object it reaches is unreachable, and answers the first request to link it (from the
 //! registry for a new channel, or from a new subscription) with 503. A subscription answers
 //! the first notice that such a stream is gone with 503. A fork's first calls to take and to
-//! give back its reference on its source reach the source, and their answers are lost. Later
+//! give back its reference on its source reach the source, and their answers are lost. A
+//! subscription whose id carries the marker tells the registry of its first deletion a second
+//! late. Later
 //! calls of that kind go through, so a test sees the failure and then the repair: what is owed
 //! is retried by the request that is told to retry, or by the alarm.
 
@@ -31,6 +33,8 @@ pub enum Call {
     ForkAcquire,
     /// Made, with its answer lost: a fork giving its reference back.
     ForkRelease,
+    /// Made a second late: a deleted subscription telling the registry.
+    SubscriptionRemoved,
 }
 
 /// What one object has failed so far in this isolate.
@@ -50,14 +54,27 @@ impl Faults {
 
     /// `Err` when this call is the one to fail.
     pub fn check(&self, path: &str, call: Call) -> Result<()> {
+        if self.trips(path, call) {
+            return Err(Error::RustError(format!("injected fault: {call:?}")));
+        }
+        Ok(())
+    }
+
+    /// Whether this call is the one to be made late.
+    pub fn slow(&self, path: &str, call: Call) -> bool {
+        self.trips(path, call)
+    }
+
+    /// Whether `path` carries the marker and this is its first call of the kind.
+    fn trips(&self, path: &str, call: Call) -> bool {
         if !self.marker.as_deref().is_some_and(|m| path.contains(m)) {
-            return Ok(());
+            return false;
         };
         let mut tripped = self.tripped.borrow_mut();
         if tripped.contains(&call) {
-            return Ok(());
+            return false;
         }
         tripped.push(call);
-        Err(Error::RustError(format!("injected fault: {call:?}")))
+        true
     }
 }

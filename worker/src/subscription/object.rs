@@ -33,6 +33,7 @@ use crate::crypto::{self, SigningKey};
 use crate::fault::Call;
 use crate::http::{self, header, now_ms, random_u32};
 use crate::path::STREAM_PREFIX;
+use crate::turnstile::Turnstile;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS subscription (id INTEGER PRIMARY KEY CHECK (id = 1), record TEXT NOT NULL);
@@ -206,6 +207,10 @@ pub struct SubscriptionObject {
     sql: SqlStorage,
     ready: bool,
     key: RefCell<Option<SigningKey>>,
+    /// Changes that tell the registry (create, delete, adding and removing streams, and the
+    /// alarm finishing a create) take turns, so the registry hears them in the order they
+    /// were made: a delete's removal never lands after the create that followed it.
+    changes: Turnstile,
     /// Injected faults, for tests (`FAULT_MARKER`).
     faults: crate::fault::Faults,
 }
@@ -227,6 +232,7 @@ impl DurableObject for SubscriptionObject {
             sql,
             ready,
             key: RefCell::new(None),
+            changes: Turnstile::default(),
             faults,
         }
     }
@@ -475,6 +481,12 @@ impl SubscriptionObject {
         let op = url.path().trim_start_matches('/').to_string();
         let body = req.bytes().await.unwrap_or_default();
         let method = req.method();
+        let _turn = match op.as_str() {
+            "create" | "delete" | "add-streams" | "remove-stream" => {
+                Some(self.changes.enter().await)
+            }
+            _ => None,
+        };
         let result = match op.as_str() {
             "internal/notify" => {
                 let Ok(n) = serde_json::from_slice::<Notify>(&body) else {
@@ -887,6 +899,9 @@ impl SubscriptionObject {
             self.sql.exec(q, None)?;
         }
         let _ = self.state.storage().delete_alarm().await;
+        if self.faults.slow(&record.id, Call::SubscriptionRemoved) {
+            Delay::from(Duration::from_secs(1)).await;
+        }
         // Streams drop their subscriber entry the next time they notify us.
         call::<_, Value>(
             &registry_stub(&self.env)?,
@@ -1088,8 +1103,16 @@ impl SubscriptionObject {
         };
         let now = now_ms();
         if record.linking && record.link_retry_at.is_none_or(|t| t <= now) {
-            // A failure is logged and rescheduled there.
-            let _ = self.finish_links(&record).await;
+            let turn = self.changes.enter().await;
+            // Unless deleted, or created again, while it waited for its turn. A failure is
+            // logged and rescheduled there.
+            if let Some(current) = self
+                .load()?
+                .filter(|r| !r.deleted && r.linking && r.epoch == record.epoch)
+            {
+                let _ = self.finish_links(&current).await;
+            }
+            drop(turn);
             let Some(current) = self.load()?.filter(|r| !r.deleted) else {
                 return Ok(());
             };
