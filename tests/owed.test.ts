@@ -341,3 +341,60 @@ describe('a subscription deleted and created again at once', () => {
     });
   });
 });
+
+describe('a source deleted while its channel is failing', () => {
+  it('still gives the channel what it had not delivered, in order and once, before its deleted event', async () => {
+    const channel = unique('behind');
+    expect((await request('PUT', channel, { 'stream-channel': 'true' })).status).toBe(201);
+    const source = `${channel}/${MARKER}-b`;
+    await createThroughFault(source);
+    // The first delivery fails, and the appends are acknowledged with the channel behind.
+    for (let n = 1; n <= 3; n++) expect((await request('POST', source, json, JSON.stringify({ n }))).status).toBe(204);
+    expect((await request('DELETE', source)).status).toBe(204);
+    const events = async () => (await readRaw(channel)).filter((e) => e.stream === source).map((e) => e.event ?? e.data);
+    // Its first deleted event fails too: the alarm gives it, after the messages.
+    expect(await until(async () => (await events()).includes('deleted'), 15_000)).toBe(true);
+    await sleep(1_000);
+    expect(await events()).toEqual(['created', { n: 1 }, { n: 2 }, { n: 3 }, 'deleted']);
+    // Created again, it is a new source, fed from its start.
+    expect((await request('PUT', source, json)).status).toBe(201);
+    expect((await request('POST', source, json, '{"n":4}')).status).toBe(204);
+    expect(await until(async () => (await events()).length === 7)).toBe(true);
+    expect((await events()).slice(5)).toEqual(['created', { n: 4 }]);
+  });
+
+  it('gives a byte stream\'s pieces the same way, and its closed event', async () => {
+    const channel = unique('bytes');
+    expect((await request('PUT', channel, { 'stream-channel': 'true' })).status).toBe(201);
+    const source = `${channel}/${MARKER}-t`;
+    const text = { 'content-type': 'text/plain' };
+    const first = await request('PUT', source, text);
+    expect(first.status).toBe(503);
+    expect((await request('PUT', source, text)).status).toBe(200);
+    expect((await request('POST', source, text, 'ab')).status).toBe(204);
+    expect((await request('POST', source, { ...text, 'stream-closed': 'true' }, 'cd')).status).toBe(204);
+    expect((await request('DELETE', source)).status).toBe(204);
+    const events = async () => (await readRaw(channel)).filter((e) => e.stream === source).map((e) => e.event ?? e.text);
+    expect(await until(async () => (await events()).includes('deleted'), 15_000)).toBe(true);
+    await sleep(1_000);
+    expect(await events()).toEqual(['created', 'ab', 'cd', 'closed', 'deleted']);
+  });
+
+  it('kept for its forks, gives the channel the rest from its rows', async () => {
+    const channel = unique('kept');
+    expect((await request('PUT', channel, { 'stream-channel': 'true' })).status).toBe(201);
+    const source = `${channel}/${MARKER}-k`;
+    await createThroughFault(source);
+    expect((await request('POST', source, json, '{"n":1}')).status).toBe(204);
+    // A fork outside the channel keeps the source's rows: its DELETE soft-deletes it.
+    const fork = unique('kept-fork');
+    expect((await request('PUT', fork, { ...json, 'stream-forked-from': `/v1/stream/${source}` })).status).toBe(201);
+    expect((await request('DELETE', source)).status).toBe(204);
+    expect((await request('GET', `${source}?offset=-1`)).status).toBe(410);
+    const events = async () => (await readRaw(channel)).filter((e) => e.stream === source).map((e) => e.event ?? e.data);
+    expect(await until(async () => (await events()).includes('deleted'), 15_000)).toBe(true);
+    await sleep(1_000);
+    expect(await events()).toEqual(['created', { n: 1 }, 'deleted']);
+    expect((await request('DELETE', fork)).status).toBe(204);
+  });
+});

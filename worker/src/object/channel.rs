@@ -13,6 +13,10 @@
 //! per alarm), the channel its mark once per batch. A closed source's last batch ends with a
 //! `closed` event, whose mark is one past the final offset.
 //!
+//! A source deleted while a channel is behind (failing) keeps its rows from there in a backlog
+//! that outlives its log; the owed `deleted` work ([`tell_deleted`]) sends the channel the rest
+//! from it before the event.
+//!
 //! Which streams feed which channel is the registry's business (`subscription/registry.rs`):
 //! a new stream learns the channels above it when it is created, and a new channel has the
 //! registry link every existing stream below it from that stream's tail.
@@ -29,7 +33,7 @@ use futures_util::future::{select, Either};
 use serde::{Deserialize, Serialize};
 use worker::{Delay, Headers, Method, Request, RequestInit, Response, Result};
 
-use super::store::{self, ChannelLink, Meta, Store, Task};
+use super::store::{self, ChannelLink, Meta, Rows, Store, Task};
 use super::{live, subscribers, Lookup, StreamObject};
 use crate::fault::Call;
 use crate::http::{self, header, now_ms};
@@ -284,7 +288,7 @@ async fn round(obj: &StreamObject) -> Result<Round> {
     obj.alarm.arm(&meta, now_ms() + super::SAFETY_MS);
     let mut sends = Vec::with_capacity(due.len());
     for link in due {
-        match batch(store, &meta, link.forwarded, link.announce) {
+        match batch(store, &Feed::live(&meta), link.forwarded, link.announce) {
             Ok(batch) if batch.end > link.forwarded.position() || batch.closes || link.announce => {
                 sends.push((link, batch))
             }
@@ -367,23 +371,49 @@ struct Outgoing {
     end: u64,
 }
 
+/// What batches are read from: a live source's log, or what a deleted incarnation kept for
+/// the channels it had not yet fed (its backlog).
+struct Feed<'a> {
+    /// The source's name, as envelopes carry it.
+    name: &'a str,
+    json: bool,
+    /// A byte stream of text, whose envelopes carry it as it is rather than in base64.
+    text: bool,
+    tail: Offset,
+    closed: bool,
+    rows: Rows<'a>,
+}
+
+impl<'a> Feed<'a> {
+    fn live(meta: &'a Meta) -> Feed<'a> {
+        Feed {
+            name: meta.name(),
+            json: meta.is_json(),
+            text: meta.content_type.sse_encoding() == SseEncoding::Utf8,
+            tail: meta.tail,
+            closed: meta.closed,
+            rows: Rows::Log,
+        }
+    }
+}
+
 /// The envelopes of the source's messages from `from`, about [`BATCH_BYTES`] of them, after
 /// the stream's `created` event if it is owed, and the `closed` event after the last message
 /// of a closed stream.
-fn batch(store: &Store, meta: &Meta, from: Offset, announce: bool) -> Result<Outgoing> {
-    let stream = meta.name();
-    let mut batch = if meta.is_json() {
-        match store.read(from, meta.tail, BATCH_BYTES, true)? {
+fn batch(store: &Store, feed: &Feed<'_>, from: Offset, announce: bool) -> Result<Outgoing> {
+    let stream = feed.name;
+    let mut batch = if feed.json {
+        match store.read_rows(feed.rows, from, feed.tail, BATCH_BYTES, true)? {
             Ok(page) => ch::json_batch(stream, from.position(), &page.data, BATCH_BYTES),
             Err(e) => return Err(worker::Error::RustError(e.into_protocol().message())),
         }
     } else {
-        let text = meta.content_type.sse_encoding() == SseEncoding::Utf8;
+        let text = feed.text;
         let mut batch = Batch {
             framed: Vec::new(),
             end: from.position(),
         };
-        for (end, bytes) in store.append_pieces(from, meta.tail, BATCH_BYTES)? {
+        for (end, bytes) in store.append_pieces(feed.rows, from, feed.tail, BATCH_BYTES)? {
             if batch.framed.len() >= BATCH_BYTES {
                 break;
             }
@@ -401,12 +431,12 @@ fn batch(store: &Store, meta: &Meta, from: Offset, announce: bool) -> Result<Out
         framed.extend_from_slice(&batch.framed);
         batch.framed = framed;
     }
-    let closes = meta.closed && batch.end == meta.tail.position();
+    let closes = feed.closed && batch.end == feed.tail.position();
     let mut to = batch.end;
     if closes {
-        ch::write_closed_envelope(stream, meta.tail, &mut batch.framed);
+        ch::write_closed_envelope(stream, feed.tail, &mut batch.framed);
         batch.framed.push(b',');
-        to = ch::closed_mark(meta.tail.position());
+        to = ch::closed_mark(feed.tail.position());
     }
     Ok(Outgoing {
         framed: batch.framed,
@@ -423,16 +453,39 @@ async fn deliver(
     link: &ChannelLink,
     batch: &Outgoing,
 ) -> Result<Delivery> {
-    obj.faults.check(&meta.path, Call::ChannelAppend)?;
+    let to = Destination {
+        channel: &link.channel,
+        instance: &link.instance,
+        source: meta.name(),
+        incarnation: &meta.instance,
+    };
+    send(obj, &to, link.forwarded.position(), batch).await
+}
+
+/// A channel incarnation, and the source incarnation that feeds it.
+struct Destination<'a> {
+    channel: &'a str,
+    instance: &'a str,
+    source: &'a str,
+    incarnation: &'a str,
+}
+
+/// Sends one batch, which starts at `from`, to a channel's object and reads its answer.
+async fn send(
+    obj: &StreamObject,
+    to: &Destination<'_>,
+    from: u64,
+    batch: &Outgoing,
+) -> Result<Delivery> {
+    obj.faults.check(to.source, Call::ChannelAppend)?;
     let params = [
-        ("source", meta.name()),
-        ("incarnation", meta.instance.as_str()),
-        ("channel", link.instance.as_str()),
-        ("from", &link.forwarded.position().to_string()),
+        ("source", to.source),
+        ("incarnation", to.incarnation),
+        ("channel", to.instance),
+        ("from", &from.to_string()),
         ("to", &batch.to.to_string()),
     ];
-    let mut resp =
-        call_channel(obj, &link.channel, "channel-append", &params, &batch.framed).await?;
+    let mut resp = call_channel(obj, to.channel, "channel-append", &params, &batch.framed).await?;
     match resp.status_code() {
         200 => {
             let reply: serde_json::Value = serde_json::from_slice(&resp.bytes().await?)
@@ -570,6 +623,32 @@ pub struct DeletedNotice {
     source: String,
     incarnation: String,
     offset: u64,
+    /// What the channel had yet to take of the stream, delivered from the stream's backlog
+    /// before the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    backlog: Option<Backlog>,
+}
+
+impl DeletedNotice {
+    fn same(&self, other: &DeletedNotice) -> bool {
+        (&self.channel, &self.instance, &self.incarnation)
+            == (&other.channel, &other.instance, &other.incarnation)
+    }
+}
+
+/// Where a channel's feed of a deleted incarnation stood, and what the batches still owed
+/// need of the stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Backlog {
+    /// The link's `forwarded`: the channel has everything before it.
+    from: u64,
+    /// The `created` event is still owed.
+    announce: bool,
+    closed: bool,
+    /// The `closed` event is in the channel.
+    closed_sent: bool,
+    json: bool,
+    text: bool,
 }
 
 /// The stream is deleted (or soft-deleted: its path answers 410): every channel it feeds is
@@ -584,20 +663,45 @@ pub fn owe_deleted(obj: &StreamObject, meta: &Meta) -> Result<()> {
         return Ok(());
     }
     let mut notices = owed_notices(store)?;
+    // The rows from the furthest behind of the channels that are behind are kept.
+    let mut keep_from: Option<Offset> = None;
     for link in links {
+        let backlog = behind(&link, meta).then(|| {
+            keep_from = Some(keep_from.map_or(link.forwarded, |k| k.min(link.forwarded)));
+            Backlog {
+                from: link.forwarded.position(),
+                announce: link.announce,
+                closed: meta.closed,
+                closed_sent: link.closed_sent,
+                json: meta.is_json(),
+                text: meta.content_type.sse_encoding() == SseEncoding::Utf8,
+            }
+        });
         let notice = DeletedNotice {
             channel: link.channel,
             instance: link.instance,
             source: meta.name().to_string(),
             incarnation: meta.instance.clone(),
             offset: meta.tail.position(),
+            backlog,
         };
-        if !notices.contains(&notice) {
+        if !notices.iter().any(|n| n.same(&notice)) {
             notices.push(notice);
         }
     }
+    if let Some(from) = keep_from {
+        store.keep_backlog(&meta.instance, from)?;
+    }
+    save_notices(store, &notices)
+}
+
+/// Stores the notices still owed, or settles the task when there are none.
+fn save_notices(store: &Store, notices: &[DeletedNotice]) -> Result<()> {
+    if notices.is_empty() {
+        return store.settle(Task::ChannelsDeleted);
+    }
     let detail =
-        serde_json::to_string(&notices).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        serde_json::to_string(notices).map_err(|e| worker::Error::RustError(e.to_string()))?;
     store.owe(Task::ChannelsDeleted, now_ms(), &detail)
 }
 
@@ -610,36 +714,109 @@ fn owed_notices(store: &Store) -> Result<Vec<DeletedNotice>> {
         .unwrap_or_default())
 }
 
-/// Gives each owed `deleted` event; whether every channel has its own (or is gone). Those
-/// that failed stay owed, beside any owed meanwhile.
+/// Gives each owed `deleted` event, after what its channel had yet to take of the stream;
+/// whether every channel has its own (or is gone). Those that failed stay owed, as far as they
+/// got, beside any owed meanwhile; a backlog no notice needs any more is dropped.
 pub async fn tell_deleted(obj: &StreamObject) -> Result<bool> {
     let notices = owed_notices(obj.store()?)?;
     let results =
-        futures_util::future::join_all(notices.iter().map(|n| deliver_deleted(obj, n))).await;
+        futures_util::future::join_all(notices.iter().cloned().map(|n| give(obj, n))).await;
     let mut given = Vec::new();
-    for (notice, result) in notices.iter().zip(results) {
+    let mut progressed = Vec::new();
+    for (notice, result) in results {
         match result {
             Ok(()) => given.push(notice),
-            Err(e) => worker::console_warn!(
-                "channels: deleted event of {} to {} failed: {e}",
-                notice.source,
-                notice.channel
-            ),
+            Err(e) => {
+                worker::console_warn!(
+                    "channels: deleted event of {} to {} failed: {e}",
+                    notice.source,
+                    notice.channel
+                );
+                progressed.push(notice);
+            }
         }
     }
     let store = obj.store()?;
     let left: Vec<DeletedNotice> = owed_notices(store)?
         .into_iter()
-        .filter(|n| !given.contains(&n))
+        .filter(|n| !given.iter().any(|g| g.same(n)))
+        .map(|n| progressed.iter().find(|p| p.same(&n)).cloned().unwrap_or(n))
         .collect();
-    if left.is_empty() {
-        store.settle(Task::ChannelsDeleted)?;
-        return Ok(true);
+    for done in given.iter().chain(&progressed) {
+        let needed = left
+            .iter()
+            .any(|n| n.incarnation == done.incarnation && n.backlog.is_some());
+        if !needed {
+            store.drop_backlog(&done.incarnation)?;
+        }
     }
-    let detail =
-        serde_json::to_string(&left).map_err(|e| worker::Error::RustError(e.to_string()))?;
-    store.owe(Task::ChannelsDeleted, now_ms(), &detail)?;
+    save_notices(store, &left)?;
     Ok(given.len() == notices.len())
+}
+
+/// Delivers a notice's backlog, then its event. Answers the notice as far as it got.
+async fn give(obj: &StreamObject, mut notice: DeletedNotice) -> (DeletedNotice, Result<()>) {
+    let mut result = drain(obj, &mut notice).await;
+    if result.is_ok() {
+        result = deliver_deleted(obj, &notice).await;
+    }
+    (notice, result)
+}
+
+/// Sends the notice's channel what it had yet to take of the deleted incarnation, from the
+/// stream's backlog, in batches as a live source does.
+async fn drain(obj: &StreamObject, notice: &mut DeletedNotice) -> Result<()> {
+    let tail = Offset::new(notice.offset)
+        .ok_or_else(|| worker::Error::RustError("deleted notice past the largest offset".into()))?;
+    while let Some(b) = notice.backlog.clone() {
+        let from = Offset::new(b.from.min(notice.offset)).unwrap_or(tail);
+        if from >= tail && (!b.closed || b.closed_sent) && !b.announce {
+            notice.backlog = None;
+            break;
+        }
+        let feed = Feed {
+            name: &notice.source,
+            json: b.json,
+            text: b.text,
+            tail,
+            closed: b.closed,
+            rows: Rows::Backlog(&notice.incarnation),
+        };
+        let out = batch(obj.store()?, &feed, from, b.announce)?;
+        if out.end <= from.position() && !out.closes && !b.announce {
+            return Err(worker::Error::RustError(format!(
+                "the backlog of {} has nothing at {from}",
+                notice.source
+            )));
+        }
+        let to = Destination {
+            channel: &notice.channel,
+            instance: &notice.instance,
+            source: &notice.source,
+            incarnation: &notice.incarnation,
+        };
+        match send(obj, &to, from.position(), &out).await? {
+            Delivery::Mark(mark) => {
+                let next = Backlog {
+                    from: ch::advance(from.position(), mark, notice.offset),
+                    announce: false,
+                    closed_sent: b.closed_sent
+                        || (b.closed && mark >= ch::closed_mark(notice.offset)),
+                    ..b.clone()
+                };
+                if next == b {
+                    return Err(worker::Error::RustError(format!(
+                        "channel {} took nothing of {} at {from}",
+                        notice.channel, notice.source
+                    )));
+                }
+                notice.backlog = Some(next);
+            }
+            // Its `deleted` event goes nowhere either.
+            Delivery::Gone => notice.backlog = None,
+        }
+    }
+    Ok(())
 }
 
 /// Sends one `deleted` event to its channel's object.

@@ -215,6 +215,13 @@ CREATE TABLE IF NOT EXISTS lease (
   holder TEXT NOT NULL,
   expires_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS channel_backlog (
+  incarnation TEXT NOT NULL,
+  start INTEGER NOT NULL,
+  data BLOB NOT NULL,
+  flags INTEGER NOT NULL,
+  PRIMARY KEY (incarnation, start)
+);
 CREATE TABLE IF NOT EXISTS fork_refs (
   fork TEXT PRIMARY KEY
 );
@@ -606,7 +613,19 @@ impl Store {
         budget: usize,
         json: bool,
     ) -> Result<std::result::Result<Page, ReadError>> {
-        let pieces = match self.pieces(from, to, budget, json)? {
+        self.read_rows(Rows::Log, from, to, budget, json)
+    }
+
+    /// [`Store::read`] from `rows`: the log, or a deleted incarnation's backlog.
+    pub fn read_rows(
+        &self,
+        rows: Rows<'_>,
+        from: Offset,
+        to: Offset,
+        budget: usize,
+        json: bool,
+    ) -> Result<std::result::Result<Page, ReadError>> {
+        let pieces = match self.pieces(rows, from, to, budget, json)? {
             Ok(pieces) => pieces,
             Err(e) => return Ok(Err(e)),
         };
@@ -636,7 +655,7 @@ impl Store {
         to: Offset,
         budget: usize,
     ) -> Result<std::result::Result<(Uint8Array, Offset), ReadError>> {
-        let pieces = match self.pieces(from, to, budget, false)? {
+        let pieces = match self.pieces(Rows::Log, from, to, budget, false)? {
             Ok(pieces) => pieces,
             Err(e) => return Ok(Err(e)),
         };
@@ -742,6 +761,7 @@ impl Store {
     /// The views of log rows that make up a page, left in the runtime's row buffers.
     fn pieces(
         &self,
+        rows: Rows<'_>,
         from: Offset,
         to: Offset,
         budget: usize,
@@ -755,16 +775,25 @@ impl Store {
         if from >= to {
             return Ok(Ok(pieces));
         }
-        let floor = self
-            .rows(
+        let (floor_sql, rows_sql) = match rows {
+            Rows::Log => (
                 "SELECT start FROM log WHERE start <= ? ORDER BY start DESC LIMIT 1",
-                vec![pos(from)],
-            )?
+                "SELECT start, data, flags FROM log WHERE start >= ? AND start < ? ORDER BY start",
+            ),
+            Rows::Backlog(_) => (
+                "SELECT start FROM channel_backlog WHERE incarnation = ? AND start <= ?
+                 ORDER BY start DESC LIMIT 1",
+                "SELECT start, data, flags FROM channel_backlog
+                 WHERE incarnation = ? AND start >= ? AND start < ? ORDER BY start",
+            ),
+        };
+        let floor = self
+            .rows(floor_sql, rows.bind(vec![pos(from)]))?
             .first()
             .map_or(0, |r| int(r.first()));
         let rows = self.log_rows(
-            "SELECT start, data, flags FROM log WHERE start >= ? AND start < ? ORDER BY start",
-            &[SqlStorageValue::Integer(floor), pos(to)],
+            rows_sql,
+            &rows.bind(vec![SqlStorageValue::Integer(floor), pos(to)]),
         )?;
         let mut first = true;
         for row in rows {
@@ -977,6 +1006,48 @@ impl Store {
              DELETE FROM channel_marks; DELETE FROM channel_links; DELETE FROM channel_announce;
              DELETE FROM fork_refs; DELETE FROM source_ref;",
             None,
+        )?;
+        Ok(())
+    }
+}
+
+/// Where log rows are read from.
+#[derive(Clone, Copy, Debug)]
+pub enum Rows<'a> {
+    /// The stream's own log.
+    Log,
+    /// The rows a deleted incarnation (named) kept for the channels it had not yet fed.
+    Backlog(&'a str),
+}
+
+impl Rows<'_> {
+    /// The bindings of a query on these rows: a backlog's are led by its incarnation.
+    fn bind(self, rest: Vec<SqlStorageValue>) -> Vec<SqlStorageValue> {
+        match self {
+            Rows::Log => rest,
+            Rows::Backlog(incarnation) => std::iter::once(incarnation.into()).chain(rest).collect(),
+        }
+    }
+}
+
+/// The backlog: what a deleted incarnation had not yet delivered to its channels, kept past
+/// the purge of its log (see `channel.rs`).
+impl Store {
+    /// Keeps this incarnation's rows from the one holding `from`, in the caller's turn.
+    pub fn keep_backlog(&self, incarnation: &str, from: Offset) -> Result<()> {
+        self.sql.exec(
+            "INSERT OR IGNORE INTO channel_backlog (incarnation, start, data, flags)
+             SELECT ?, start, data, flags FROM log
+             WHERE start >= (SELECT coalesce(max(start), 0) FROM log WHERE start <= ?)",
+            vec![incarnation.into(), pos(from)],
+        )?;
+        Ok(())
+    }
+
+    pub fn drop_backlog(&self, incarnation: &str) -> Result<()> {
+        self.sql.exec(
+            "DELETE FROM channel_backlog WHERE incarnation = ?",
+            vec![incarnation.into()],
         )?;
         Ok(())
     }
@@ -1286,6 +1357,7 @@ impl Store {
     /// after the piece that brings the total to `budget`.
     pub fn append_pieces(
         &self,
+        rows: Rows<'_>,
         from: Offset,
         to: Offset,
         budget: usize,
@@ -1294,11 +1366,30 @@ impl Store {
         if from >= to {
             return Ok(pieces);
         }
+        let floor = self
+            .rows(
+                match rows {
+                    Rows::Log => "SELECT coalesce(max(start), 0) FROM log WHERE start <= ?",
+                    Rows::Backlog(_) => {
+                        "SELECT coalesce(max(start), 0) FROM channel_backlog
+                         WHERE incarnation = ? AND start <= ?"
+                    }
+                },
+                rows.bind(vec![pos(from)]),
+            )?
+            .first()
+            .map_or(0, |r| int(r.first()));
         let rows = self.log_rows(
-            "SELECT start, data, flags FROM log
-             WHERE start >= (SELECT coalesce(max(start), 0) FROM log WHERE start <= ?)
-               AND start < ? ORDER BY start",
-            &[pos(from), pos(to)],
+            match rows {
+                Rows::Log => {
+                    "SELECT start, data, flags FROM log WHERE start >= ? AND start < ? ORDER BY start"
+                }
+                Rows::Backlog(_) => {
+                    "SELECT start, data, flags FROM channel_backlog
+                     WHERE incarnation = ? AND start >= ? AND start < ? ORDER BY start"
+                }
+            },
+            &rows.bind(vec![SqlStorageValue::Integer(floor), pos(to)]),
         )?;
         let mut piece: Vec<u8> = Vec::new();
         let mut total = 0usize;
