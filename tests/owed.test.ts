@@ -55,6 +55,19 @@ async function readRaw(path: string): Promise<any[]> {
   }
 }
 
+/** A new channel, named after `label`. */
+async function newChannel(label: string) {
+  const channel = unique(label);
+  expect((await request('PUT', channel, { 'stream-channel': 'true' })).status).toBe(201);
+  return channel;
+}
+
+/** What a channel holds of one source: each event's name, or the message (its data, or for a
+ * byte stream its text). */
+async function sourceEvents(channel: string, source: string, field: 'data' | 'text' = 'data') {
+  return (await readRaw(channel)).filter((e) => e.stream === source).map((e) => e.event ?? e[field]);
+}
+
 /** Polls `check` until it holds or `ms` pass; whether it held. */
 async function until(check: () => Promise<boolean> | boolean, ms = 10_000) {
   const deadline = Date.now() + ms;
@@ -110,8 +123,7 @@ async function createThroughFault(path: string) {
 
 describe('a create whose registration fails', () => {
   it('answers 503 with Retry-After; the retried PUT links it, and its channel gets what was appended meanwhile', async () => {
-    const channel = unique('chan');
-    expect((await request('PUT', channel, { 'stream-channel': 'true' })).status).toBe(201);
+    const channel = await newChannel('chan');
     const source = `${channel}/${MARKER}-a`;
     const first = await request('PUT', source, json);
     expect(first.status).toBe(503);
@@ -128,8 +140,7 @@ describe('a create whose registration fails', () => {
   });
 
   it('is linked by the alarm when nobody retries it', async () => {
-    const channel = unique('alarm');
-    expect((await request('PUT', channel, { 'stream-channel': 'true' })).status).toBe(201);
+    const channel = await newChannel('alarm');
     const source = `${channel}/${MARKER}-b`;
     expect((await request('PUT', source, json)).status).toBe(503);
     expect((await request('POST', source, json, '{"n":1}')).status).toBe(204);
@@ -141,8 +152,7 @@ describe('a create whose registration fails', () => {
   });
 
   it('is linked by the alarm after a hard restart', async () => {
-    const channel = unique('restart');
-    expect((await request('PUT', channel, { 'stream-channel': 'true' })).status).toBe(201);
+    const channel = await newChannel('restart');
     const source = `${channel}/${MARKER}-c`;
     expect((await request('PUT', source, json)).status).toBe(503);
     expect((await request('POST', source, json, '{"n":1}')).status).toBe(204);
@@ -255,13 +265,12 @@ describe('a removal whose deregistration fails', () => {
 
 describe('a deleted event whose delivery fails', () => {
   it('is retried until the channel has it, once', async () => {
-    const channel = unique('gone');
-    expect((await request('PUT', channel, { 'stream-channel': 'true' })).status).toBe(201);
+    const channel = await newChannel('gone');
     const source = `${channel}/${MARKER}-g`;
     await createThroughFault(source);
     expect((await request('POST', source, json, '{"n":1}')).status).toBe(204);
     // Its first delivery fails too: the message reaches the channel from the alarm.
-    const events = async () => (await readRaw(channel)).filter((e) => e.stream === source).map((e) => e.event ?? e.data);
+    const events = () => sourceEvents(channel, source);
     expect(await until(async () => (await events()).length >= 2)).toBe(true);
     // Its first call to the registry fails, then its first deleted event: the DELETE is
     // answered at once, and the alarm gives both.
@@ -274,8 +283,7 @@ describe('a deleted event whose delivery fails', () => {
 
 describe('a channel delivery that fails', () => {
   it('is retried after a backoff, exactly once and in order, while appends are acknowledged', async () => {
-    const channel = unique('backoff');
-    expect((await request('PUT', channel, { 'stream-channel': 'true' })).status).toBe(201);
+    const channel = await newChannel('backoff');
     const source = `${channel}/${MARKER}-d`;
     await createThroughFault(source);
     // The first delivery fails: the append is acknowledged without waiting for the channel.
@@ -344,14 +352,13 @@ describe('a subscription deleted and created again at once', () => {
 
 describe('a source deleted while its channel is failing', () => {
   it('still gives the channel what it had not delivered, in order and once, before its deleted event', async () => {
-    const channel = unique('behind');
-    expect((await request('PUT', channel, { 'stream-channel': 'true' })).status).toBe(201);
+    const channel = await newChannel('behind');
     const source = `${channel}/${MARKER}-b`;
     await createThroughFault(source);
     // The first delivery fails, and the appends are acknowledged with the channel behind.
     for (let n = 1; n <= 3; n++) expect((await request('POST', source, json, JSON.stringify({ n }))).status).toBe(204);
     expect((await request('DELETE', source)).status).toBe(204);
-    const events = async () => (await readRaw(channel)).filter((e) => e.stream === source).map((e) => e.event ?? e.data);
+    const events = () => sourceEvents(channel, source);
     // Its first deleted event fails too: the alarm gives it, after the messages.
     expect(await until(async () => (await events()).includes('deleted'), 15_000)).toBe(true);
     await sleep(1_000);
@@ -364,8 +371,7 @@ describe('a source deleted while its channel is failing', () => {
   });
 
   it('gives a byte stream\'s pieces the same way, and its closed event', async () => {
-    const channel = unique('bytes');
-    expect((await request('PUT', channel, { 'stream-channel': 'true' })).status).toBe(201);
+    const channel = await newChannel('bytes');
     const source = `${channel}/${MARKER}-t`;
     const text = { 'content-type': 'text/plain' };
     const first = await request('PUT', source, text);
@@ -374,15 +380,14 @@ describe('a source deleted while its channel is failing', () => {
     expect((await request('POST', source, text, 'ab')).status).toBe(204);
     expect((await request('POST', source, { ...text, 'stream-closed': 'true' }, 'cd')).status).toBe(204);
     expect((await request('DELETE', source)).status).toBe(204);
-    const events = async () => (await readRaw(channel)).filter((e) => e.stream === source).map((e) => e.event ?? e.text);
+    const events = () => sourceEvents(channel, source, 'text');
     expect(await until(async () => (await events()).includes('deleted'), 15_000)).toBe(true);
     await sleep(1_000);
     expect(await events()).toEqual(['created', 'ab', 'cd', 'closed', 'deleted']);
   });
 
   it('kept for its forks, gives the channel the rest from its rows', async () => {
-    const channel = unique('kept');
-    expect((await request('PUT', channel, { 'stream-channel': 'true' })).status).toBe(201);
+    const channel = await newChannel('kept');
     const source = `${channel}/${MARKER}-k`;
     await createThroughFault(source);
     expect((await request('POST', source, json, '{"n":1}')).status).toBe(204);
@@ -391,7 +396,7 @@ describe('a source deleted while its channel is failing', () => {
     expect((await request('PUT', fork, { ...json, 'stream-forked-from': `/v1/stream/${source}` })).status).toBe(201);
     expect((await request('DELETE', source)).status).toBe(204);
     expect((await request('GET', `${source}?offset=-1`)).status).toBe(410);
-    const events = async () => (await readRaw(channel)).filter((e) => e.stream === source).map((e) => e.event ?? e.data);
+    const events = () => sourceEvents(channel, source);
     expect(await until(async () => (await events()).includes('deleted'), 15_000)).toBe(true);
     await sleep(1_000);
     expect(await events()).toEqual(['created', { n: 1 }, 'deleted']);

@@ -554,7 +554,7 @@ impl StreamObject {
         )?;
         let creating = self.forks_creating.enter(&id);
         let created = self
-            .take_and_create(name, request, fork, body, now, instance, &id)
+            .take_and_create(name, request, fork, body, now, instance)
             .await;
         drop(creating);
         if owes_release(self, &id)? {
@@ -565,8 +565,8 @@ impl StreamObject {
         created
     }
 
-    /// Takes the reference on the source under `id` and stores the fork.
-    #[allow(clippy::too_many_arguments)]
+    /// Takes the reference on the source under the id of the fork's incarnation `instance`,
+    /// and stores the fork.
     async fn take_and_create(
         &self,
         name: &StreamName,
@@ -575,8 +575,8 @@ impl StreamObject {
         body: Vec<u8>,
         now: i64,
         instance: String,
-        id: &str,
     ) -> Result<Response> {
+        let id = &fork_id(&name.full_path(), &instance);
         let ask = AcquireRequest {
             offset: fork.offset.map(Offset::position),
             sub_offset: fork.sub_offset,
