@@ -31,6 +31,10 @@ pub struct Config {
     /// How long one webhook delivery (the request and its reply) may take before it counts as
     /// failed and is retried with backoff.
     pub webhook_timeout_ms: u64,
+    /// How many streams below a new channel the registry links per call: each is a call
+    /// between objects, which Cloudflare counts against a per-request limit, so a larger
+    /// tree is linked over several calls.
+    pub channel_links_per_call: u64,
     /// Tests only: streams whose path contains this fail their first call of each kind to
     /// other objects (see [`crate::fault`]). Unset in production.
     pub fault_marker: Option<String>,
@@ -51,6 +55,8 @@ impl Config {
     pub const DEFAULT_BODY_BUDGET_BYTES: u64 = 32 * 1024 * 1024;
     /// Ten seconds: a webhook answers at once and does its work after (or calls back).
     pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 10_000;
+    /// Half the free plan's 1,000 calls to Cloudflare services per request.
+    pub const DEFAULT_CHANNEL_LINKS_PER_CALL: u64 = 500;
 
     /// The settings, read from `env` once per isolate: `[vars]` cannot change while an isolate
     /// lives (a new deployment starts new isolates), and reading them costs JS calls.
@@ -118,6 +124,11 @@ impl Config {
                 "WEBHOOK_TIMEOUT_MS",
                 Self::DEFAULT_WEBHOOK_TIMEOUT_MS,
                 300_000,
+            ),
+            channel_links_per_call: number(
+                "CHANNEL_LINKS_PER_CALL",
+                Self::DEFAULT_CHANNEL_LINKS_PER_CALL,
+                100_000,
             ),
             fault_marker: env
                 .var("FAULT_MARKER")

@@ -62,11 +62,19 @@ pub async fn register(obj: &StreamObject) -> Result<bool> {
         path: meta.name().to_string(),
         channel: meta.channel.then(|| meta.instance.clone()),
     };
-    let (status, reply) =
-        call::<_, SubscriptionIds>(&registry_stub(&obj.env)?, "stream-created", &created).await?;
-    let Some(ids) = reply.filter(|_| status == 200) else {
-        worker::console_warn!("stream {}: registry answered {status}", meta.path);
-        return Ok(false);
+    // A channel over many streams is linked to them over several calls, each of them a
+    // request of the registry's own, so no one request makes too many calls between objects.
+    let ids = loop {
+        let (status, reply) =
+            call::<_, SubscriptionIds>(&registry_stub(&obj.env)?, "stream-created", &created)
+                .await?;
+        let Some(ids) = reply.filter(|_| status == 200) else {
+            worker::console_warn!("stream {}: registry answered {status}", meta.path);
+            return Ok(false);
+        };
+        if !ids.more {
+            break ids;
+        }
     };
     // Removed, or created again, while the registry answered: that incarnation's own tasks
     // are in the table instead.

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS links (
 );
 CREATE INDEX IF NOT EXISTS links_by_prefix ON links (prefix);
 CREATE TABLE IF NOT EXISTS channels (prefix TEXT PRIMARY KEY, instance TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS channel_cursor (prefix TEXT PRIMARY KEY, instance TEXT NOT NULL, after TEXT);
 CREATE TABLE IF NOT EXISTS keys (kid TEXT PRIMARY KEY, x TEXT NOT NULL, d TEXT NOT NULL, created_ms INTEGER NOT NULL);
 ";
 
@@ -55,6 +56,10 @@ pub struct SubscriptionIds {
     pub subs: Vec<String>,
     #[serde(default)]
     pub channels: Vec<ChannelRef>,
+    /// For a new channel: streams below it are still to be linked, by calling again (each
+    /// call links at most `CHANNEL_LINKS_PER_CALL` of them).
+    #[serde(default)]
+    pub more: bool,
 }
 
 /// A channel's name and incarnation: a channel deleted and created again is a new channel.
@@ -66,6 +71,15 @@ pub struct ChannelRef {
 
 /// A new channel links the existing streams below it this many at a time.
 const LINK_BATCH: usize = 32;
+
+/// How far a call linking a new channel's streams got.
+enum Linking {
+    Done,
+    /// Linked as many as one call may: the channel calls again for the rest.
+    More,
+    /// Some stream did not answer: the channel's creation is retried.
+    Failed,
+}
 
 /// A subscription's links: its pattern and its explicit streams.
 #[derive(Serialize, Deserialize)]
@@ -165,19 +179,24 @@ impl RegistryObject {
                 )?;
                 let subs = self.subscriptions_of(&p.path)?;
                 // A channel feeds no channel; a plain stream feeds every channel above it.
-                let channels = match &p.channel {
-                    Some(instance) => {
-                        if !self.channel_created(&p.path, instance).await? {
-                            // The channel's creation stays owed: its retry links them all again.
+                let (channels, more) = match &p.channel {
+                    Some(instance) => match self.channel_created(&p.path, instance).await? {
+                        // The channel's creation stays owed: its retry links them again.
+                        Linking::Failed => {
                             return http::unavailable(
                                 "some streams below the channel could not be linked; retry",
-                            );
+                            )
                         }
-                        Vec::new()
-                    }
-                    None => self.channels_above(&p.path)?,
+                        Linking::More => (Vec::new(), true),
+                        Linking::Done => (Vec::new(), false),
+                    },
+                    None => (self.channels_above(&p.path)?, false),
                 };
-                reply(&SubscriptionIds { subs, channels })
+                reply(&SubscriptionIds {
+                    subs,
+                    channels,
+                    more,
+                })
             }
             "internal/stream-removed" => {
                 let Ok(p) = serde_json::from_slice::<StreamPath>(&body) else {
@@ -188,6 +207,10 @@ impl RegistryObject {
                 // Its sources drop their links when it answers them 404.
                 self.sql
                     .exec("DELETE FROM channels WHERE prefix = ?", vec![s(&p.path)])?;
+                self.sql.exec(
+                    "DELETE FROM channel_cursor WHERE prefix = ?",
+                    vec![s(&p.path)],
+                )?;
                 let subs = self.subscriptions_of(&p.path)?;
                 if !self.stream_removed(&p, &subs).await {
                     // The stream's removal stays owed: its retry tells them all again.
@@ -268,25 +291,48 @@ impl RegistryObject {
         Ok(found)
     }
 
-    /// Records a new channel and links every stream below it (not other channels), from each
-    /// stream's tail, [`LINK_BATCH`] calls at a time. A stream that cannot be reached is logged
-    /// and left unlinked: the channel's PUT does not fail for it.
-    /// Links every stream below a new channel, from each stream's tail; whether every one
-    /// answered (a link is idempotent, so a retry may link them all again).
-    async fn channel_created(&self, prefix: &str, instance: &str) -> Result<bool> {
+    /// Records a new channel and links the streams below it (not other channels), from each
+    /// stream's tail, [`LINK_BATCH`] calls at a time: at most `CHANNEL_LINKS_PER_CALL` of them
+    /// per call, in path order, from where the last call of this channel incarnation stopped.
+    /// The channel calls again while there are more; a call that some stream failed to answer
+    /// moves on from nothing, and its retry links those streams again (a link is idempotent).
+    async fn channel_created(&self, prefix: &str, instance: &str) -> Result<Linking> {
         self.sql.exec(
             "INSERT OR REPLACE INTO channels (prefix, instance) VALUES (?, ?)",
             vec![s(prefix), s(instance)],
         )?;
+        // A new incarnation starts from the first stream below it.
+        self.sql.exec(
+            "INSERT INTO channel_cursor (prefix, instance, after) VALUES (?1, ?2, ?1 || '/')
+             ON CONFLICT (prefix) DO UPDATE SET instance = excluded.instance, after = excluded.after
+             WHERE channel_cursor.instance != excluded.instance",
+            vec![s(prefix), s(instance)],
+        )?;
+        let cursor = self.rows(
+            "SELECT after FROM channel_cursor WHERE prefix = ?",
+            vec![s(prefix)],
+        )?;
+        // No cursor left: every stream below it is linked.
+        let Some(after) = cursor.first().and_then(|r| match r.first() {
+            Some(SqlStorageValue::String(after)) => Some(after.clone()),
+            _ => None,
+        }) else {
+            return Ok(Linking::Done);
+        };
+        let per_call = crate::config::Config::from_env(&self.env).channel_links_per_call;
         // Every path that starts with `prefix/` sorts between `prefix/` and `prefix0`.
         let rows = self.rows(
             "SELECT path FROM streams WHERE path > ?1 AND path < ?2
-               AND path NOT IN (SELECT prefix FROM channels) ORDER BY path",
-            vec![s(&format!("{prefix}/")), s(&format!("{prefix}0"))],
+               AND path NOT IN (SELECT prefix FROM channels) ORDER BY path LIMIT ?3",
+            vec![
+                s(&after),
+                s(&format!("{prefix}0")),
+                SqlStorageValue::Integer(i64::try_from(per_call).unwrap_or(i64::MAX)),
+            ],
         )?;
-        let below: Vec<String> = rows
+        let paths: Vec<String> = rows.iter().map(|r| col(r, 0)).collect();
+        let below: Vec<&String> = paths
             .iter()
-            .map(|r| col(r, 0))
             .filter(|p| edgestream::channel::covers(prefix, p))
             .collect();
         let link = ChannelRef {
@@ -319,7 +365,27 @@ impl RegistryObject {
                 }
             }
         }
-        Ok(all)
+        if !all {
+            return Ok(Linking::Failed);
+        }
+        // Unless the channel was created again meanwhile, which starts afresh.
+        let next = match paths.last() {
+            Some(last) if paths.len() as u64 >= per_call => Some(last.clone()),
+            _ => None,
+        };
+        self.sql.exec(
+            "UPDATE channel_cursor SET after = ? WHERE prefix = ? AND instance = ?",
+            vec![
+                next.as_deref().map_or(SqlStorageValue::Null, s),
+                s(prefix),
+                s(instance),
+            ],
+        )?;
+        Ok(if next.is_some() {
+            Linking::More
+        } else {
+            Linking::Done
+        })
     }
 
     /// Tells each subscription that links `path` that its stream is gone; whether every one
