@@ -17,7 +17,7 @@ let server: Awaited<ReturnType<typeof startServer>>;
 beforeAll(async () => {
   // A new channel links the streams below it 25 per call to the registry, so the test of 70
   // streams sees several calls.
-  server = await startServer({ vars: { LONG_POLL_TIMEOUT_MS: '5000', CHANNEL_LINKS_PER_CALL: '25' } });
+  server = await startServer({ vars: { LONG_POLL_TIMEOUT_MS: '5000', LINKS_PER_CALL: '25' } });
 });
 
 afterAll(async () => {

@@ -15,7 +15,8 @@ const url = (path: string) => `${server.baseUrl}/v1/stream/${path}`;
 
 beforeAll(async () => {
   // A short delivery timeout, so a webhook that never answers is given up on quickly.
-  server = await startServer({ vars: { WEBHOOK_ALLOW_LOCALHOST: 'true', WEBHOOK_TIMEOUT_MS: '2000' } });
+  // The registry links 4 streams per call, so a pattern over 10 takes three.
+  server = await startServer({ vars: { WEBHOOK_ALLOW_LOCALHOST: 'true', WEBHOOK_TIMEOUT_MS: '2000', LINKS_PER_CALL: '4' } });
 });
 
 afterAll(async () => {
@@ -356,6 +357,32 @@ describe('links', () => {
       const next = (await again.json()).streams.find((s: any) => s.path === stream);
       expect(next.acked_offset, 'acked data is handed out again').toBe(tail);
       expect(next.has_pending).toBe(true);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
+
+describe('a pattern over more existing streams than the registry links per call', () => {
+  test('links every one of them, each at its tail', async () => {
+    const p = `many-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const id = `pull-${p}`;
+    const names = Array.from({ length: 10 }, (_, i) => `${p}/s${i}`);
+    for (const [i, name] of names.entries()) {
+      // Stream i holds i + 1 messages, so each has its own tail.
+      expect((await put(name, JSON.stringify(Array.from({ length: i + 1 }, () => ({ n: i }))))).status).toBe(201);
+    }
+    try {
+      expect((await put(wake, '[]')).status).toBe(201);
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake })).status).toBe(201);
+      const streams = (await described(id)).streams;
+      expect(streams.map((s) => s.path).sort()).toEqual([...names].sort());
+      for (const name of names) {
+        const tail = (await fetch(url(name), { method: 'HEAD' })).headers.get('stream-next-offset');
+        const link = streams.find((s) => s.path === name);
+        expect(link, name).toMatchObject({ link_type: 'glob', tail_offset: tail, acked_offset: tail, has_pending: false });
+      }
     } finally {
       await fetch(sub(id), { method: 'DELETE' });
     }

@@ -34,7 +34,7 @@ pub struct Config {
     /// How many streams below a new channel the registry links per call: each is a call
     /// between objects, which Cloudflare counts against a per-request limit, so a larger
     /// tree is linked over several calls.
-    pub channel_links_per_call: u64,
+    pub links_per_call: u64,
     /// Tests only: streams whose path contains this fail their first call of each kind to
     /// other objects (see [`crate::fault`]). Unset in production.
     pub fault_marker: Option<String>,
@@ -56,7 +56,7 @@ impl Config {
     /// Ten seconds: a webhook answers at once and does its work after (or calls back).
     pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 10_000;
     /// Half the free plan's 1,000 calls to Cloudflare services per request.
-    pub const DEFAULT_CHANNEL_LINKS_PER_CALL: u64 = 500;
+    pub const DEFAULT_LINKS_PER_CALL: u64 = 500;
 
     /// The settings, read from `env` once per isolate: `[vars]` cannot change while an isolate
     /// lives (a new deployment starts new isolates), and reading them costs JS calls.
@@ -125,11 +125,7 @@ impl Config {
                 Self::DEFAULT_WEBHOOK_TIMEOUT_MS,
                 300_000,
             ),
-            channel_links_per_call: number(
-                "CHANNEL_LINKS_PER_CALL",
-                Self::DEFAULT_CHANNEL_LINKS_PER_CALL,
-                100_000,
-            ),
+            links_per_call: number("LINKS_PER_CALL", Self::DEFAULT_LINKS_PER_CALL, 100_000),
             fault_marker: env
                 .var("FAULT_MARKER")
                 .map(|v| v.to_string())

@@ -18,7 +18,7 @@ use std::time::Duration;
 use edgestream::subscription::{self as rules, SubscriptionError};
 use edgestream::time::format_rfc3339;
 use edgestream::Offset;
-use futures_util::future::{join_all, select, Either};
+use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json as j, Value};
@@ -27,7 +27,9 @@ use worker::{
     RequestInit, RequestRedirect, Response, Result, SqlStorage, SqlStorageValue, State, Url,
 };
 
-use super::registry::{Links, Matched, MatchedStreams, RemoveExplicit, StreamPath};
+use super::registry::{
+    Links, Matched, MatchedStreams, RemoveExplicit, StreamPath, SubLinked, SubLinks,
+};
 use super::{call, error, json, registry_stub, stream_stub, webhook, X_ORIGIN, X_SUBSCRIPTION};
 use crate::crypto::{self, SigningKey};
 use crate::fault::Call;
@@ -48,8 +50,6 @@ CREATE TABLE IF NOT EXISTS links (
 CREATE TABLE IF NOT EXISTS snapshot (path TEXT PRIMARY KEY, tail INTEGER NOT NULL);
 ";
 
-/// How many streams are asked for their tail at once when a subscription links them.
-const LINK_BATCH: usize = 16;
 /// Should a create die partway through linking its streams, the alarm finishes it this long
 /// after: longer than linking takes, so it rarely runs beside the create itself.
 const LINK_SAFETY_MS: i64 = 10_000;
@@ -798,41 +798,44 @@ impl SubscriptionObject {
     /// Subscribes to existing streams and links each at its current tail (no replay). A link
     /// that is `fresh` (made by this request before the stream was known to exist, or by an
     /// append notified meanwhile) moves to the tail too; others keep their cursor. A stream
-    /// that cannot be asked fails the request, after every other one is linked.
+    /// that cannot be asked fails the request, after every other one is linked. The registry
+    /// asks them, `LINKS_PER_CALL` per call: each call between objects counts against a
+    /// per-request limit, and each of the registry's calls is a request of its own.
     async fn link_existing(
         &self,
         record: &Record,
         matched: Vec<Matched>,
         fresh: impl Fn(&str) -> bool,
     ) -> Result<()> {
-        let id = record.id.as_str();
+        let per_call = crate::config::Config::from_env(&self.env).links_per_call;
         let mut failed = None;
-        for batch in matched.chunks(LINK_BATCH) {
-            let calls = batch.iter().map(|m| async move {
-                let reply = call::<_, Value>(
-                    &stream_stub(&self.env, &m.path)?,
-                    "sub-link",
-                    &j!({ "id": id }),
-                )
-                .await?;
-                Ok::<_, worker::Error>((m, reply))
-            });
-            let replies = join_all(calls).await;
-            // Deleted, or deleted and created again, meanwhile: its links are not ours to set.
-            if !self.still(record)? {
-                return Ok(());
-            }
-            for reply in replies {
-                let (m, (status, reply)) = match reply {
-                    Ok(r) => r,
+        for group in matched.chunks(usize::try_from(per_call).unwrap_or(usize::MAX)) {
+            let ask = SubLinks {
+                id: record.id.clone(),
+                paths: group.iter().map(|m| m.path.clone()).collect(),
+            };
+            let answers =
+                match call::<_, SubLinked>(&registry_stub(&self.env)?, "sub-link", &ask).await {
+                    Ok((200, Some(linked))) if linked.links.len() == group.len() => linked.links,
+                    Ok((status, _)) => {
+                        failed.get_or_insert(worker::Error::RustError(format!(
+                            "registry answered {status} to sub-link"
+                        )));
+                        continue;
+                    }
                     Err(e) => {
                         failed.get_or_insert(e);
                         continue;
                     }
                 };
+            // Deleted, or deleted and created again, meanwhile: its links are not ours to set.
+            if !self.still(record)? {
+                return Ok(());
+            }
+            for (m, answer) in group.iter().zip(answers) {
                 // 404: the stream is gone, and the registry forgets it. Any other answer is
                 // a failure: the link is retried.
-                let tail = match (status, reply.and_then(|r| r["tail"].as_u64())) {
+                let tail = match (answer.status, answer.tail) {
                     (200, Some(tail)) => tail,
                     (404, _) => continue,
                     (status, _) => {

@@ -1,7 +1,9 @@
 //! `RegistryObject`: the one object that knows every stream path and every subscription link.
 //!
 //! It is consulted when a stream is created or removed and when a subscription's links change,
-//! never on appends. When a stream is removed it tells the subscriptions that link it, so a
+//! never on appends. It also makes the calls that link a new channel or subscription to the
+//! existing streams it covers, `LINKS_PER_CALL` per request of its own, so that no one request
+//! makes more calls between objects than the platform allows. When a stream is removed it tells the subscriptions that link it, so a
 //! stream created later at the same path is linked as the new stream it is. It also keeps the
 //! webhook signing key, so every subscription signs with the same key and the JWKS endpoint can
 //! publish it.
@@ -57,7 +59,7 @@ pub struct SubscriptionIds {
     #[serde(default)]
     pub channels: Vec<ChannelRef>,
     /// For a new channel: streams below it are still to be linked, by calling again (each
-    /// call links at most `CHANNEL_LINKS_PER_CALL` of them).
+    /// call links at most `LINKS_PER_CALL` of them).
     #[serde(default)]
     pub more: bool,
 }
@@ -108,6 +110,29 @@ pub struct Matched {
 #[derive(Serialize, Deserialize)]
 pub struct MatchedStreams {
     pub streams: Vec<Matched>,
+}
+
+/// A subscription's request that the registry link it to some streams: the registry asks each
+/// of them, so the subscription's own request makes one call per `LINKS_PER_CALL` streams.
+#[derive(Serialize, Deserialize)]
+pub struct SubLinks {
+    pub id: String,
+    pub paths: Vec<String>,
+}
+
+/// How each stream answered, in the order asked.
+#[derive(Serialize, Deserialize)]
+pub struct SubLinked {
+    pub links: Vec<StreamLinked>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct StreamLinked {
+    /// The stream's status: 200 (linked), 404 (gone), anything else a failure; 0 when it could
+    /// not be reached.
+    pub status: u16,
+    /// Its tail, when linked.
+    pub tail: Option<u64>,
 }
 
 #[durable_object]
@@ -243,6 +268,12 @@ impl RegistryObject {
                     .exec("DELETE FROM links WHERE sub = ?", vec![s(&p.path)])?;
                 reply(&serde_json::json!({}))
             }
+            "internal/sub-link" => {
+                let Ok(links) = serde_json::from_slice::<SubLinks>(&body) else {
+                    return parse_err();
+                };
+                reply(&self.sub_link(&links).await)
+            }
             "internal/key" => reply(&self.key().await?),
             _ => http::text(404, "unknown registry operation"),
         }
@@ -292,7 +323,7 @@ impl RegistryObject {
     }
 
     /// Records a new channel and links the streams below it (not other channels), from each
-    /// stream's tail, [`LINK_BATCH`] calls at a time: at most `CHANNEL_LINKS_PER_CALL` of them
+    /// stream's tail, [`LINK_BATCH`] calls at a time: at most `LINKS_PER_CALL` of them
     /// per call, in path order, from where the last call of this channel incarnation stopped.
     /// The channel calls again while there are more; a call that some stream failed to answer
     /// moves on from nothing, and its retry links those streams again (a link is idempotent).
@@ -319,7 +350,7 @@ impl RegistryObject {
         }) else {
             return Ok(Linking::Done);
         };
-        let per_call = crate::config::Config::from_env(&self.env).channel_links_per_call;
+        let per_call = crate::config::Config::from_env(&self.env).links_per_call;
         // Every path that starts with `prefix/` sorts between `prefix/` and `prefix0`.
         let rows = self.rows(
             "SELECT path FROM streams WHERE path > ?1 AND path < ?2
@@ -386,6 +417,43 @@ impl RegistryObject {
         } else {
             Linking::Done
         })
+    }
+
+    /// Links subscription `id` to each stream in `paths`, [`LINK_BATCH`] calls at a time, and
+    /// answers how each of them answered.
+    async fn sub_link(&self, links: &SubLinks) -> SubLinked {
+        let id = &links.id;
+        let mut answers = Vec::with_capacity(links.paths.len());
+        for chunk in links.paths.chunks(LINK_BATCH) {
+            let calls = chunk.iter().map(|path| async move {
+                let answer = match super::stream_stub(&self.env, path) {
+                    Ok(stub) => {
+                        call::<_, serde_json::Value>(
+                            &stub,
+                            "sub-link",
+                            &serde_json::json!({ "id": id }),
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match answer {
+                    Ok((status, reply)) => StreamLinked {
+                        status,
+                        tail: reply.and_then(|r| r["tail"].as_u64()),
+                    },
+                    Err(e) => {
+                        worker::console_warn!("registry: stream {path}: sub-link failed: {e}");
+                        StreamLinked {
+                            status: 0,
+                            tail: None,
+                        }
+                    }
+                }
+            });
+            answers.extend(futures_util::future::join_all(calls).await);
+        }
+        SubLinked { links: answers }
     }
 
     /// Tells each subscription that links `path` that its stream is gone; whether every one
