@@ -516,7 +516,7 @@ pub async fn on_release(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Re
         // Given back already.
         return Response::ok("");
     }
-    meta.forks -= 1;
+    meta.forks = meta.forks.saturating_sub(1);
     if !meta.deleted || meta.forks > 0 {
         obj.save(&meta)?;
     } else if hops < MAX_HOPS {
@@ -557,7 +557,8 @@ impl StreamObject {
             .take_and_create(name, request, fork, body, now, instance)
             .await;
         drop(creating);
-        if owes_release(self, &id)? {
+        // A failure to read what is owed must not turn the create's answer into an error.
+        if owes_release(self, &id).unwrap_or(true) {
             if let Err(e) = owed::run(self, false, 0).await {
                 worker::console_warn!("fork {}: giving back its reference failed: {e}", id);
             }
