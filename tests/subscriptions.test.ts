@@ -4,11 +4,9 @@
 // regressions from an audit: webhooks that redirect, hang, fail for a while or answer at
 // length; streams deleted and created again; explicit links removed under a pattern; racing
 // PUTs; and subscriptions that name many streams.
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
-import { receiver } from './support/webhook';
+import { hookServer, receiver } from './support/webhook';
 
 let server: Awaited<ReturnType<typeof startServer>>;
 const url = (path: string) => `${server.baseUrl}/v1/stream/${path}`;
@@ -64,42 +62,6 @@ describe('a subscription that links a stream with history', () => {
     }
   });
 });
-
-type Hit = { at: number; url: string; body: any };
-
-/**
- * A webhook receiver on 127.0.0.1 that records each request and lets `answer` reply (by
- * default 200 `{}`). `close` also drops connections a handler left open.
- */
-async function hookServer(answer?: (hit: Hit, res: http.ServerResponse, n: number) => void) {
-  const hits: Hit[] = [];
-  const srv = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c) => chunks.push(c));
-    req.on('end', () => {
-      const raw = Buffer.concat(chunks).toString('utf8');
-      let body: any = raw;
-      try {
-        body = JSON.parse(raw);
-      } catch {}
-      const hit = { at: Date.now(), url: req.url ?? '', body };
-      hits.push(hit);
-      if (answer) return answer(hit, res, hits.length);
-      res.writeHead(200, json);
-      res.end('{}');
-    });
-  });
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const { port } = srv.address() as AddressInfo;
-  return {
-    url: `http://127.0.0.1:${port}/hook`,
-    hits,
-    close: () => {
-      srv.closeAllConnections();
-      return new Promise((r) => srv.close(r));
-    },
-  };
-}
 
 const sub = (id: string, rest = '') => url(`__ds/subscriptions/${id}${rest}`);
 const uid = () => `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 7)}`;

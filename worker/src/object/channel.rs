@@ -663,6 +663,8 @@ pub fn owe_deleted(obj: &StreamObject, meta: &Meta) -> Result<()> {
         return Ok(());
     }
     let mut notices = owed_notices(store)?;
+    // What a backlog's batches need of the stream, as its live batches had it.
+    let feed = Feed::live(meta);
     // The rows from the furthest behind of the channels that are behind are kept.
     let mut keep_from: Option<Offset> = None;
     for link in links {
@@ -671,10 +673,10 @@ pub fn owe_deleted(obj: &StreamObject, meta: &Meta) -> Result<()> {
             Backlog {
                 from: link.forwarded.position(),
                 announce: link.announce,
-                closed: meta.closed,
+                closed: feed.closed,
                 closed_sent: link.closed_sent,
-                json: meta.is_json(),
-                text: meta.content_type.sse_encoding() == SseEncoding::Utf8,
+                json: feed.json,
+                text: feed.text,
             }
         });
         let notice = DeletedNotice {

@@ -758,6 +758,35 @@ impl Store {
         }
     }
 
+    /// The rows of `rows` that hold `[from, to)`, in order: from the one holding `from`.
+    fn rows_over(
+        &self,
+        rows: Rows<'_>,
+        from: Offset,
+        to: Offset,
+    ) -> Result<impl Iterator<Item = Result<LogRow>>> {
+        let (floor_sql, range_sql) = match rows {
+            Rows::Log => (
+                "SELECT start FROM log WHERE start <= ? ORDER BY start DESC LIMIT 1",
+                "SELECT start, data, flags FROM log WHERE start >= ? AND start < ? ORDER BY start",
+            ),
+            Rows::Backlog(_) => (
+                "SELECT start FROM channel_backlog WHERE incarnation = ? AND start <= ?
+                 ORDER BY start DESC LIMIT 1",
+                "SELECT start, data, flags FROM channel_backlog
+                 WHERE incarnation = ? AND start >= ? AND start < ? ORDER BY start",
+            ),
+        };
+        let floor = self
+            .rows(floor_sql, rows.bind(vec![pos(from)]))?
+            .first()
+            .map_or(0, |r| int(r.first()));
+        self.log_rows(
+            range_sql,
+            &rows.bind(vec![SqlStorageValue::Integer(floor), pos(to)]),
+        )
+    }
+
     /// The views of log rows that make up a page, left in the runtime's row buffers.
     fn pieces(
         &self,
@@ -775,26 +804,7 @@ impl Store {
         if from >= to {
             return Ok(Ok(pieces));
         }
-        let (floor_sql, rows_sql) = match rows {
-            Rows::Log => (
-                "SELECT start FROM log WHERE start <= ? ORDER BY start DESC LIMIT 1",
-                "SELECT start, data, flags FROM log WHERE start >= ? AND start < ? ORDER BY start",
-            ),
-            Rows::Backlog(_) => (
-                "SELECT start FROM channel_backlog WHERE incarnation = ? AND start <= ?
-                 ORDER BY start DESC LIMIT 1",
-                "SELECT start, data, flags FROM channel_backlog
-                 WHERE incarnation = ? AND start >= ? AND start < ? ORDER BY start",
-            ),
-        };
-        let floor = self
-            .rows(floor_sql, rows.bind(vec![pos(from)]))?
-            .first()
-            .map_or(0, |r| int(r.first()));
-        let rows = self.log_rows(
-            rows_sql,
-            &rows.bind(vec![SqlStorageValue::Integer(floor), pos(to)]),
-        )?;
+        let rows = self.rows_over(rows, from, to)?;
         let mut first = true;
         for row in rows {
             let LogRow { start, data, flags } = row?;
@@ -1104,8 +1114,8 @@ impl Store {
     }
 }
 
-/// Work owed to other objects (the registry, subscriptions, channels) after a commit (see
-/// `subscribers.rs`). Its row is written in the turn that makes it owed, so an alarm finishes
+/// Work owed to other objects (the registry, subscriptions, channels, a fork's source) after a
+/// commit (see `owed.rs`). Its row is written in the turn that makes it owed, so an alarm finishes
 /// it after a crash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Task {
@@ -1366,31 +1376,7 @@ impl Store {
         if from >= to {
             return Ok(pieces);
         }
-        let floor = self
-            .rows(
-                match rows {
-                    Rows::Log => "SELECT coalesce(max(start), 0) FROM log WHERE start <= ?",
-                    Rows::Backlog(_) => {
-                        "SELECT coalesce(max(start), 0) FROM channel_backlog
-                         WHERE incarnation = ? AND start <= ?"
-                    }
-                },
-                rows.bind(vec![pos(from)]),
-            )?
-            .first()
-            .map_or(0, |r| int(r.first()));
-        let rows = self.log_rows(
-            match rows {
-                Rows::Log => {
-                    "SELECT start, data, flags FROM log WHERE start >= ? AND start < ? ORDER BY start"
-                }
-                Rows::Backlog(_) => {
-                    "SELECT start, data, flags FROM channel_backlog
-                     WHERE incarnation = ? AND start >= ? AND start < ? ORDER BY start"
-                }
-            },
-            &rows.bind(vec![SqlStorageValue::Integer(floor), pos(to)]),
-        )?;
+        let rows = self.rows_over(rows, from, to)?;
         let mut piece: Vec<u8> = Vec::new();
         let mut total = 0usize;
         let mut at = from.position();

@@ -370,29 +370,20 @@ impl RegistryObject {
             path: prefix.to_string(),
             instance: instance.to_string(),
         };
-        let link = &link;
+        let results = self.call_streams(&below, "channel-link", &link).await;
         let mut all = true;
-        for chunk in below.chunks(LINK_BATCH) {
-            let calls = chunk.iter().map(|path| async move {
-                let result = match super::stream_stub(&self.env, path) {
-                    Ok(stub) => call::<_, serde_json::Value>(&stub, "channel-link", link).await,
-                    Err(e) => Err(e),
-                };
-                (path, result)
-            });
-            for (path, result) in futures_util::future::join_all(calls).await {
-                match result {
-                    Ok((200 | 404, _)) => {}
-                    Ok((status, _)) => {
-                        all = false;
-                        worker::console_warn!(
-                            "registry: stream {path} answered {status} to channel-link {prefix}"
-                        )
-                    }
-                    Err(e) => {
-                        all = false;
-                        worker::console_warn!("registry: stream {path}: channel-link failed: {e}")
-                    }
+        for (path, result) in below.iter().zip(results) {
+            match result {
+                Ok((200 | 404, _)) => {}
+                Ok((status, _)) => {
+                    all = false;
+                    worker::console_warn!(
+                        "registry: stream {path} answered {status} to channel-link {prefix}"
+                    )
+                }
+                Err(e) => {
+                    all = false;
+                    worker::console_warn!("registry: stream {path}: channel-link failed: {e}")
                 }
             }
         }
@@ -419,41 +410,48 @@ impl RegistryObject {
         })
     }
 
-    /// Links subscription `id` to each stream in `paths`, [`LINK_BATCH`] calls at a time, and
-    /// answers how each of them answered.
+    /// Links subscription `id` to each stream in `paths`, and answers how each of them answered.
     async fn sub_link(&self, links: &SubLinks) -> SubLinked {
-        let id = &links.id;
-        let mut answers = Vec::with_capacity(links.paths.len());
-        for chunk in links.paths.chunks(LINK_BATCH) {
-            let calls = chunk.iter().map(|path| async move {
-                let answer = match super::stream_stub(&self.env, path) {
-                    Ok(stub) => {
-                        call::<_, serde_json::Value>(
-                            &stub,
-                            "sub-link",
-                            &serde_json::json!({ "id": id }),
-                        )
-                        .await
-                    }
-                    Err(e) => Err(e),
-                };
-                match answer {
-                    Ok((status, reply)) => StreamLinked {
-                        status,
-                        tail: reply.and_then(|r| r["tail"].as_u64()),
-                    },
-                    Err(e) => {
-                        worker::console_warn!("registry: stream {path}: sub-link failed: {e}");
-                        StreamLinked {
-                            status: 0,
-                            tail: None,
-                        }
+        let ask = serde_json::json!({ "id": links.id });
+        let results = self.call_streams(&links.paths, "sub-link", &ask).await;
+        let links = links
+            .paths
+            .iter()
+            .zip(results)
+            .map(|(path, result)| match result {
+                Ok((status, reply)) => StreamLinked {
+                    status,
+                    tail: reply.and_then(|r| r["tail"].as_u64()),
+                },
+                Err(e) => {
+                    worker::console_warn!("registry: stream {path}: sub-link failed: {e}");
+                    StreamLinked {
+                        status: 0,
+                        tail: None,
                     }
                 }
+            })
+            .collect();
+        SubLinked { links }
+    }
+
+    /// Calls `op` with `body` on each stream in `paths`, [`LINK_BATCH`] at a time, and answers
+    /// each one's result, in the order of `paths`.
+    async fn call_streams<P: AsRef<str>, B: Serialize>(
+        &self,
+        paths: &[P],
+        op: &str,
+        body: &B,
+    ) -> Vec<Result<(u16, Option<serde_json::Value>)>> {
+        let mut results = Vec::with_capacity(paths.len());
+        for chunk in paths.chunks(LINK_BATCH) {
+            let calls = chunk.iter().map(|path| async move {
+                let stub = super::stream_stub(&self.env, path.as_ref())?;
+                call::<_, serde_json::Value>(&stub, op, body).await
             });
-            answers.extend(futures_util::future::join_all(calls).await);
+            results.extend(futures_util::future::join_all(calls).await);
         }
-        SubLinked { links: answers }
+        results
     }
 
     /// Tells each subscription that links `path` that its stream is gone; whether every one
