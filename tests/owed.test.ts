@@ -350,6 +350,30 @@ describe('a subscription deleted and created again at once', () => {
   });
 });
 
+describe('a subscription deleted while the registry cannot be told', () => {
+  it('is deleted all the same, and a PUT made before the alarm tells the registry keeps its pattern', async () => {
+    const prefix = unique(`${MARKER}-unlink`);
+    const pattern = `${prefix}/*`;
+    await withHook(prefix, async (hook, id) => {
+      // The first deletion of a marked id tells the registry a second late; the next fails.
+      await subscribe(id, pattern, hook.url);
+      expect((await request('DELETE', `__ds/subscriptions/${id}`)).status).toBe(204);
+      await subscribe(id, pattern, hook.url);
+      const deleted = await request('DELETE', `__ds/subscriptions/${id}`);
+      expect(deleted.status, deleted.text).toBe(204);
+      expect((await request('GET', `__ds/subscriptions/${id}`)).status).toBe(404);
+      // Created again before the alarm retried: the failed removal is no longer owed, and
+      // nothing takes the new links away, not the retry (due a second after the failure) nor
+      // the alarm the create sets to finish its own linking (ten seconds on).
+      await subscribe(id, pattern, hook.url);
+      await sleep(11_000);
+      const stream = `${prefix}/s`;
+      await createThroughFault(stream);
+      expect(await until(async () => (await linkedStreams(id)).includes(stream)), 'the pattern no longer links new streams').toBe(true);
+    });
+  });
+});
+
 describe('a source deleted while its channel is failing', () => {
   it('still gives the channel what it had not delivered, in order and once, before its deleted event', async () => {
     const channel = await newChannel('behind');

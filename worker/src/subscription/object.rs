@@ -94,9 +94,14 @@ struct Record {
     /// not yet succeeded: a PUT that finds it so finishes it, and so does the alarm.
     #[serde(default)]
     linking: bool,
+    /// Deleted, and the registry has yet to forget this subscription's links: the alarm tells
+    /// it, unless a PUT creates the id again first (its links replace them).
+    #[serde(default)]
+    unlinking: bool,
+    /// Failed attempts at linking, or, once deleted, at unlinking.
     #[serde(default)]
     link_failures: u32,
-    /// When the alarm next tries to finish linking.
+    /// When the alarm next tries to finish linking, or unlinking.
     #[serde(default)]
     link_retry_at: Option<i64>,
     /// Records saved before `config` and `snapshot` had tables kept them here: read once, and
@@ -452,9 +457,13 @@ impl SubscriptionObject {
             .await
     }
 
-    /// Sets the alarm for whatever the record owes next: a delivery or a lease expiry.
+    /// Sets the alarm for whatever the record owes next: a delivery, a lease expiry, or
+    /// finishing linking or unlinking.
     async fn schedule(&self, record: &Record) -> Result<()> {
         if record.deleted {
+            if let Some(at) = record.link_retry_at.filter(|_| record.unlinking) {
+                self.set_alarm(at).await?;
+            }
             return Ok(());
         }
         let next = rules::next_alarm(
@@ -480,7 +489,6 @@ impl SubscriptionObject {
         let url = req.url()?;
         let op = url.path().trim_start_matches('/').to_string();
         let body = req.bytes().await.unwrap_or_default();
-        let method = req.method();
         let _turn = match op.as_str() {
             "create" | "delete" | "add-streams" | "remove-stream" => {
                 Some(self.changes.enter().await)
@@ -520,7 +528,6 @@ impl SubscriptionObject {
             "release" => self.release(&req, &body).await,
             _ => return http::text(404, "not found"),
         };
-        let _ = method;
         match result {
             Ok(resp) => Ok(resp),
             Err(Failure::Protocol(e)) => error(e),
@@ -704,6 +711,7 @@ impl SubscriptionObject {
             next_attempt_at: None,
             deleted: false,
             linking: true,
+            unlinking: false,
             link_failures: 0,
             link_retry_at: Some(now_ms() + LINK_SAFETY_MS),
             canonical: String::new(),
@@ -881,8 +889,9 @@ impl SubscriptionObject {
     }
 
     /// Deletes the subscription. Deleting one that does not exist is done already (204, as the
-    /// reference server answers); one deleted before tells the registry again, so a DELETE
-    /// retried after the registry failed finishes the job.
+    /// reference server answers). The registry is told in this request, and should that fail,
+    /// by the alarm: the subscription is gone from the answer on, and a DELETE retried on it
+    /// tells the registry again.
     async fn delete(&self) -> std::result::Result<Response, Failure> {
         let Some(mut record) = self.load()? else {
             return Ok(Response::empty()?.with_status(204));
@@ -893,6 +902,10 @@ impl SubscriptionObject {
         record.holder = None;
         record.lease_deadline = None;
         record.deliver = false;
+        record.linking = false;
+        record.unlinking = true;
+        record.link_failures = 0;
+        record.link_retry_at = None;
         self.save(&record)?;
         for q in [
             "DELETE FROM links",
@@ -902,17 +915,59 @@ impl SubscriptionObject {
             self.sql.exec(q, None)?;
         }
         let _ = self.state.storage().delete_alarm().await;
-        if self.faults.slow(&record.id, Call::SubscriptionRemoved) {
-            Delay::from(Duration::from_secs(1)).await;
+        self.unlink(record).await?;
+        Ok(Response::empty()?.with_status(204))
+    }
+
+    /// Tells the registry to forget a deleted subscription's links; streams drop their
+    /// subscriber entry the next time they notify it. A failure is retried by the alarm with
+    /// backoff. Runs in a turn of `changes`, so a PUT that creates the id again (and replaces
+    /// the links) comes before or after it, never between the call and its record.
+    async fn unlink(&self, record: Record) -> Result<()> {
+        let told = self.tell_unlinked(&record.id).await;
+        let Some(mut current) = self
+            .load()?
+            .filter(|r| r.deleted && r.unlinking && r.epoch == record.epoch)
+        else {
+            return Ok(());
+        };
+        match told {
+            Ok(()) => {
+                current.unlinking = false;
+                current.link_failures = 0;
+                current.link_retry_at = None;
+            }
+            Err(e) => {
+                worker::console_warn!("subscription {}: unlinking failed: {e}", record.id);
+                current.link_failures = current.link_failures.saturating_add(1);
+                let delay = rules::retry_delay_ms(current.link_failures, random_u32());
+                current.link_retry_at = Some(now_ms() + delay as i64);
+            }
         }
-        // Streams drop their subscriber entry the next time they notify us.
-        call::<_, Value>(
+        self.save(&current)?;
+        self.schedule(&current).await
+    }
+
+    async fn tell_unlinked(&self, id: &str) -> Result<()> {
+        if self.faults.slow(id, Call::SubscriptionRemoved) {
+            Delay::from(Duration::from_secs(1)).await;
+        } else {
+            self.faults.check(id, Call::SubscriptionUnlinked)?;
+        }
+        let (status, _) = call::<_, Value>(
             &registry_stub(&self.env)?,
             "subscription-removed",
-            &StreamPath { path: record.id },
+            &StreamPath {
+                path: id.to_string(),
+            },
         )
         .await?;
-        Ok(Response::empty()?.with_status(204))
+        if !(200..300).contains(&status) {
+            return Err(worker::Error::RustError(format!(
+                "registry answered {status} to subscription-removed"
+            )));
+        }
+        Ok(())
     }
 
     async fn add_streams(&self, body: &[u8]) -> std::result::Result<Response, Failure> {
@@ -1101,10 +1156,23 @@ impl SubscriptionObject {
     }
 
     async fn on_alarm(&self) -> Result<()> {
-        let Some(mut record) = self.load()?.filter(|r| !r.deleted) else {
+        let Some(mut record) = self.load()? else {
             return Ok(());
         };
         let now = now_ms();
+        if record.deleted {
+            if record.unlinking {
+                if record.link_retry_at.is_some_and(|t| t > now) {
+                    return self.schedule(&record).await;
+                }
+                let _turn = self.changes.enter().await;
+                // Unless created again while it waited for its turn.
+                if let Some(current) = self.load()?.filter(|r| r.deleted && r.unlinking) {
+                    self.unlink(current).await?;
+                }
+            }
+            return Ok(());
+        }
         if record.linking && record.link_retry_at.is_none_or(|t| t <= now) {
             let turn = self.changes.enter().await;
             // Unless deleted, or created again, while it waited for its turn. A failure is
