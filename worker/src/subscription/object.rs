@@ -112,6 +112,27 @@ struct Record {
     snapshot: Vec<(String, u64)>,
 }
 
+impl Record {
+    /// Records an attempt at linking or unlinking: a failure is retried by the alarm with
+    /// backoff. Answers whether it succeeded.
+    fn settle_links(&mut self, what: &str, result: &Result<()>) -> bool {
+        match result {
+            Ok(()) => {
+                self.link_failures = 0;
+                self.link_retry_at = None;
+                true
+            }
+            Err(e) => {
+                worker::console_warn!("subscription {}: {what} failed: {e}", self.id);
+                self.link_failures = self.link_failures.saturating_add(1);
+                let delay = rules::retry_delay_ms(self.link_failures, random_u32());
+                self.link_retry_at = Some(now_ms() + delay as i64);
+                false
+            }
+        }
+    }
+}
+
 /// One linked stream's cursor.
 #[derive(Clone, Debug)]
 struct Link {
@@ -774,18 +795,8 @@ impl SubscriptionObject {
         else {
             return result;
         };
-        match &result {
-            Ok(()) => {
-                current.linking = false;
-                current.link_failures = 0;
-                current.link_retry_at = None;
-            }
-            Err(e) => {
-                worker::console_warn!("subscription {}: linking failed: {e}", current.id);
-                current.link_failures = current.link_failures.saturating_add(1);
-                let delay = rules::retry_delay_ms(current.link_failures, random_u32());
-                current.link_retry_at = Some(now_ms() + delay as i64);
-            }
+        if current.settle_links("linking", &result) {
+            current.linking = false;
         }
         self.save(&current)?;
         self.schedule(&current).await?;
@@ -931,18 +942,8 @@ impl SubscriptionObject {
         else {
             return Ok(());
         };
-        match told {
-            Ok(()) => {
-                current.unlinking = false;
-                current.link_failures = 0;
-                current.link_retry_at = None;
-            }
-            Err(e) => {
-                worker::console_warn!("subscription {}: unlinking failed: {e}", record.id);
-                current.link_failures = current.link_failures.saturating_add(1);
-                let delay = rules::retry_delay_ms(current.link_failures, random_u32());
-                current.link_retry_at = Some(now_ms() + delay as i64);
-            }
+        if current.settle_links("unlinking", &told) {
+            current.unlinking = false;
         }
         self.save(&current)?;
         self.schedule(&current).await
