@@ -955,17 +955,21 @@ impl SubscriptionObject {
         } else {
             self.faults.check(id, Call::SubscriptionUnlinked)?;
         }
-        let (status, _) = call::<_, Value>(
-            &registry_stub(&self.env)?,
+        self.tell_registry(
             "subscription-removed",
             &StreamPath {
                 path: id.to_string(),
             },
         )
-        .await?;
+        .await
+    }
+
+    /// Calls one of the registry's operations whose answer carries nothing but its status.
+    async fn tell_registry<B: Serialize>(&self, op: &str, body: &B) -> Result<()> {
+        let (status, _) = call::<_, Value>(&registry_stub(&self.env)?, op, body).await?;
         if !(200..300).contains(&status) {
             return Err(worker::Error::RustError(format!(
-                "registry answered {status} to subscription-removed"
+                "registry answered {status} to {op}"
             )));
         }
         Ok(())
@@ -1044,8 +1048,7 @@ impl SubscriptionObject {
                 self.remove_link(path)?;
             }
         }
-        call::<_, Value>(
-            &registry_stub(&self.env)?,
+        self.tell_registry(
             "remove-explicit",
             &RemoveExplicit {
                 id: record.id.clone(),
