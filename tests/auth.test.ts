@@ -107,6 +107,32 @@ describe('scoped tokens', () => {
     expect(append.status).toBe(204);
   });
 
+  test('a fork needs read on its source: no copying a stream the token cannot read', async () => {
+    const admin = bearer(token('', ['create', 'append', 'read', 'delete']));
+    const secretPath = 'auth/vault/data';
+    const made = await fetch(url(secretPath), { method: 'PUT', headers: { 'content-type': 'text/plain', ...admin }, body: 'TOP SECRET' });
+    expect(made.status).toBe(201);
+    const mine = token('auth/mine/', ['create', 'read', 'append']);
+    const fork = (path: string, source: string, t: string) =>
+      fetch(url(path), { method: 'PUT', headers: { 'content-type': 'text/plain', 'stream-forked-from': `/v1/stream/${source}`, ...bearer(t) } });
+    const refused = await fork('auth/mine/copy', secretPath, mine);
+    expect(refused.status).toBe(403);
+    expect(await refused.text()).not.toContain('SECRET');
+    // Nothing was created, and the answer says nothing of the source (a missing one is 403 too).
+    expect((await fetch(url('auth/mine/copy?offset=-1'), { headers: bearer(mine) })).status).toBe(404);
+    expect((await fork('auth/mine/copy', 'auth/vault/missing', mine)).status).toBe(403);
+    // The source's scope is checked as a read, so create alone does not do.
+    const own = await fetch(url('auth/mine/src'), { method: 'PUT', headers: { 'content-type': 'text/plain', ...bearer(mine) }, body: 'mine' });
+    expect(own.status).toBe(201);
+    expect((await fork('auth/mine/copy', 'auth/mine/src', token('auth/mine/', ['create']))).status).toBe(403);
+    // A source the token reads forks as before.
+    expect((await fork('auth/mine/copy', 'auth/mine/src', mine)).status).toBe(201);
+    expect(await (await fetch(url('auth/mine/copy?offset=-1'), { headers: bearer(mine) })).text()).toBe('mine');
+    // Read on the source may come from a wider scope than create on the fork.
+    const reader = token('auth/', ['read', 'create']);
+    expect((await fork('auth/copy-of-vault', secretPath, reader)).status).toBe(201);
+  });
+
   test('subscription APIs need an admin token; the key set stays public', async () => {
     const body = JSON.stringify({ type: 'pull-wake', pattern: 'auth/rooms/*', wake_stream: 'auth/wake' });
     const sub = url('__ds/subscriptions/auth-sub');

@@ -43,6 +43,10 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
     if http::header_bytes(req.headers())? > MAX_HEADER_BYTES {
         return http::text(431, "request headers are too large");
     }
+    // workers-rs reads any method it does not know as GET, so the runtime's own name decides.
+    if !KNOWN_METHODS.contains(&req.inner().method().as_str()) {
+        return not_allowed();
+    }
     let url = req.url()?;
     if req.method() == Method::Options {
         return preflight();
@@ -79,8 +83,17 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
         Method::Get => get(req, &url, &name, env, config).await,
         Method::Head | Method::Delete => forward(req, &url, &name, env).await,
         Method::Put => {
-            if let Err(e) = check_create(req.headers(), config) {
-                return http::error(&e);
+            let source = match check_create(req.headers(), config) {
+                Ok(source) => source,
+                Err(e) => return http::error(&e),
+            };
+            // A fork is a copy of its source: whoever makes one must be able to read it.
+            if let Some(source) = source {
+                if let Err(e) =
+                    auth::authorize(&req, &url, env, Operation::Read, source.as_str()).await?
+                {
+                    return refuse(e);
+                }
             }
             let created = forward(req, &url, &name, env).await?;
             if created.status_code() == 201 {
@@ -97,13 +110,17 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
             }
             forward(req, &url, &name, env).await
         }
-        _ => {
-            let resp = http::error(&ProtocolError::MethodNotAllowed)?;
-            resp.headers()
-                .set("allow", "GET, HEAD, PUT, POST, DELETE, OPTIONS")?;
-            Ok(resp)
-        }
+        _ => not_allowed(),
     }
+}
+
+/// The methods any route answers; every other one is 405.
+const KNOWN_METHODS: [&str; 6] = ["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS"];
+
+fn not_allowed() -> Result<Response> {
+    let resp = http::error(&ProtocolError::MethodNotAllowed)?;
+    resp.headers().set("allow", &KNOWN_METHODS.join(", "))?;
+    Ok(resp)
 }
 
 /// 401 or 403 for a request without the access it needs.
@@ -119,17 +136,17 @@ fn refuse(e: AuthError) -> Result<Response> {
 /// CORS preflight: every method and protocol header is allowed.
 fn preflight() -> Result<Response> {
     let headers = Headers::new();
-    headers.set(
-        "access-control-allow-methods",
-        "GET, HEAD, PUT, POST, DELETE, OPTIONS",
-    )?;
+    headers.set("access-control-allow-methods", &KNOWN_METHODS.join(", "))?;
     headers.set("access-control-allow-headers", h::CORS_ALLOW_HEADERS)?;
     headers.set("access-control-max-age", "86400")?;
     Ok(Response::empty()?.with_status(204).with_headers(headers))
 }
 
-/// PUT headers that can be checked without the stream.
-fn check_create(headers: &Headers, config: &Config) -> std::result::Result<(), ProtocolError> {
+/// PUT headers that can be checked without the stream. Answers a fork's source.
+fn check_create(
+    headers: &Headers,
+    config: &Config,
+) -> std::result::Result<Option<StreamName>, ProtocolError> {
     check_length(headers, config)?;
     if let Some(ct) = header(headers, h::CONTENT_TYPE).filter(|v| !v.trim().is_empty()) {
         ContentType::parse(&ct)?;
@@ -148,10 +165,11 @@ fn check_create(headers: &Headers, config: &Config) -> std::result::Result<(), P
         fork_offset.as_deref(),
         sub_offset.as_deref(),
     )? {
-        StreamName::from_header_path(fork.source)
+        let source = StreamName::from_header_path(fork.source)
             .map_err(|_| ProtocolError::Header(h::HeaderError::ForkedFrom))?;
+        return Ok(Some(source));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// POST headers that can be checked without the stream.
