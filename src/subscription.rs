@@ -91,6 +91,7 @@ pub fn is_valid_path(path: &str) -> bool {
     !path.is_empty()
         && path.len() <= 1024
         && !path.starts_with("__ds")
+        && !path.contains('\\')
         && path
             .split('/')
             .all(|s| !s.is_empty() && s != "." && s != ".." && !s.chars().any(char::is_control))
@@ -357,6 +358,8 @@ mod tests {
         );
         assert!(explicit_streams(paths(&["a", "a//b"])).is_err());
         assert!(explicit_streams(paths(&["__ds/x"])).is_err());
+        // No URL names a stream with a backslash.
+        assert!(explicit_streams(paths(&["a\\b"])).is_err());
         let at_limit: Vec<String> = (0..MAX_STREAMS_PER_REQUEST)
             .map(|i| alloc::format!("s/{i}"))
             .collect();

@@ -325,6 +325,31 @@ describe('links', () => {
   });
 });
 
+describe('stream names in a subscription', () => {
+  test('a wake stream is named as given, like the streams it covers: never %-decoded again', async () => {
+    const p = `pct-${uid()}`;
+    // The stream literally named `…/w%41`, whose URL escapes the `%`; `…/wA` is another one.
+    const wake = `wake-${p}/w%41`;
+    const wakeUrl = `wake-${p}/w%2541`;
+    const id = `pull-${p}`;
+    try {
+      expect((await put(wakeUrl, '[]')).status).toBe(201);
+      expect((await put(`wake-${p}/wA`, '[]')).status).toBe(201);
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake })).status).toBe(201);
+      expect((await put(`${p}/s`, '{"n":1}')).status).toBe(201);
+      const events = async (path: string) => (await (await fetch(url(`${path}?offset=-1`))).json()) as any[];
+      expect(await eventually(async () => (await events(wakeUrl)).length === 1), 'no wake event in the named stream').toBe(true);
+      expect((await events(wakeUrl))[0]).toMatchObject({ type: 'wake', subscription_id: id, stream: `${p}/s` });
+      expect(await events(`wake-${p}/wA`)).toEqual([]);
+      // A name no URL can reach is refused when the subscription is made.
+      const refused = await put(`__ds/subscriptions/${id}-bs`, { type: 'pull-wake', pattern: `${p}/*`, wake_stream: 'a\\b' });
+      expect(refused.status).toBe(400);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
+
 describe('a pattern over more existing streams than the registry links per call', () => {
   test('links every one of them, each at its tail', async () => {
     const p = `many-${uid()}`;

@@ -24,6 +24,7 @@ pub enum PathError {
     DotSegment,
     EmptySegment,
     ControlCharacter,
+    Backslash,
     NotUtf8,
 }
 
@@ -38,6 +39,7 @@ impl PathError {
             PathError::DotSegment => "stream name must not contain . or .. segments",
             PathError::EmptySegment => "stream name must not contain empty segments",
             PathError::ControlCharacter => "stream name must not contain control characters",
+            PathError::Backslash => "stream name must not contain a backslash",
             PathError::NotUtf8 => "stream name is not valid UTF-8",
         }
     }
@@ -97,12 +99,23 @@ impl StreamName {
                 i += 1;
             }
         }
-        let name = String::from_utf8(out).map_err(|_| PathError::NotUtf8)?;
+        StreamName::from_name(String::from_utf8(out).map_err(|_| PathError::NotUtf8)?)
+    }
+
+    /// Checks a name that is already decoded, as subscriptions hold them (`wake_stream`).
+    pub fn from_name(name: String) -> Result<StreamName, PathError> {
+        if name.is_empty() {
+            return Err(PathError::Empty);
+        }
         if name.len() > MAX_NAME_LEN {
             return Err(PathError::TooLong);
         }
         if name.chars().any(char::is_control) {
             return Err(PathError::ControlCharacter);
+        }
+        // A URL cannot carry one: the parser reads `\` as `/`, and `%5C` is refused above.
+        if name.contains('\\') {
+            return Err(PathError::Backslash);
         }
         for segment in name.split('/') {
             match segment {
@@ -165,6 +178,20 @@ mod tests {
                 .as_str(),
             "café"
         );
+    }
+
+    #[test]
+    fn decoded_names_are_taken_literally() {
+        let n = StreamName::from_name("a%2Fb/c%41".into()).unwrap();
+        assert_eq!(n.as_str(), "a%2Fb/c%41");
+        assert_eq!(n.url_encoded(), "a%252Fb/c%2541");
+        let err = |p: &str| StreamName::from_name(p.into()).unwrap_err();
+        assert_eq!(err(""), PathError::Empty);
+        assert_eq!(err("a//b"), PathError::EmptySegment);
+        assert_eq!(err("a/../b"), PathError::DotSegment);
+        assert_eq!(err("a\u{0}b"), PathError::ControlCharacter);
+        assert_eq!(err(&"x".repeat(MAX_NAME_LEN + 1)), PathError::TooLong);
+        assert_eq!(err("a\\b"), PathError::Backslash);
     }
 
     #[test]

@@ -1362,7 +1362,8 @@ impl SubscriptionObject {
         init.with_method(Method::Post)
             .with_headers(headers)
             .with_body(Some(body.into()));
-        let name = crate::path::StreamName::from_url_path(&format!("{STREAM_PREFIX}{wake_stream}"))
+        // The name as given, like every stream a subscription names: not %-decoded again.
+        let name = crate::path::StreamName::from_name(wake_stream.clone())
             .map_err(|e| worker::Error::RustError(e.message().into()))?;
         let req = Request::new_with_init(&crate::edge::object_url(&name, None), &init)?;
         let resp = stream_stub(&self.env, name.as_str())?
