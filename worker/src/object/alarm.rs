@@ -65,12 +65,18 @@ impl Alarm {
     }
 }
 
+/// The time to give the runtime for an alarm due at `at_ms`. It refuses any at or before 1970
+/// (an expiry a client may well ask for); a time already past fires at once all the same.
+fn runtime_time(at_ms: i64) -> f64 {
+    at_ms.max(1) as f64
+}
+
 /// Calls `storage.setAlarm` in the caller's turn; the returned promise is only logged.
 fn set_now(state: &JsValue, at_ms: i64) -> std::result::Result<(), JsValue> {
     let storage = js_sys::Reflect::get(state, &"storage".into())?;
     let set: js_sys::Function = js_sys::Reflect::get(&storage, &"setAlarm".into())?.dyn_into()?;
     let promise: js_sys::Promise = set
-        .call1(&storage, &JsValue::from_f64(at_ms as f64))?
+        .call1(&storage, &JsValue::from_f64(runtime_time(at_ms)))?
         .dyn_into()?;
     wasm_bindgen_futures::spawn_local(async move {
         if let Err(e) = wasm_bindgen_futures::JsFuture::from(promise).await {
@@ -82,7 +88,7 @@ fn set_now(state: &JsValue, at_ms: i64) -> std::result::Result<(), JsValue> {
 
 /// Sets the alarm for `at_ms`, awaiting the runtime.
 pub async fn schedule(obj: &StreamObject, at_ms: i64) -> Result<()> {
-    let when = js_sys::Date::new(&js_sys::Number::from(at_ms as f64));
+    let when = js_sys::Date::new(&js_sys::Number::from(runtime_time(at_ms)));
     obj.state
         .storage()
         .set_alarm(worker::ScheduledTime::new(when))
