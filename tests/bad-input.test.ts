@@ -3,6 +3,7 @@
 // than fetch, so paths are sent exactly as written (fetch would normalise them) and headers
 // can be repeated.
 import http, { type OutgoingHttpHeaders } from 'node:http';
+import net from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
@@ -151,9 +152,42 @@ describe('malformed and repeated headers', () => {
   });
 });
 
+/** Sends `request` as written on a fresh connection to the Worker's own socket (wrangler dev's
+ * proxy, which production does not have, parses bodies itself), and answers the status and body. */
+async function wire(request: string): Promise<{ status: number; body: string }> {
+  const port = Number(new URL(await server.workerUrl()).port);
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1', () => socket.write(request));
+    let got = '';
+    socket.setTimeout(20_000, () => socket.destroy(new Error('no answer in 20 s')));
+    socket.on('data', (d) => {
+      got += d.toString('latin1');
+      const end = got.indexOf('\r\n\r\n');
+      const length = /content-length: *(\d+)/i.exec(got.slice(0, end));
+      if (end >= 0 && length && got.length >= end + 4 + Number(length[1])) {
+        socket.destroy();
+        resolve({ status: Number(got.split(' ')[1]), body: got.slice(end + 4) });
+      }
+    });
+    socket.on('error', reject);
+  });
+}
+
 describe('bodies', () => {
   const postJson = (body: string | Buffer) =>
     raw('POST', `${S}/json`, { 'content-type': 'application/json' }, body);
+
+  it.each(['POST', 'PUT'])('%s with a malformed chunked body: 400, not a 503 that asks for a retry', async (method) => {
+    const target = method === 'POST' ? `${S}/canary` : `${S}/chunked-${Date.now()}`;
+    const reply = await wire(
+      `${method} ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n` +
+        'Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nabc\r\n0\r\n\r\n',
+    );
+    expect(reply.status, reply.body).toBe(400);
+    expect(reply.body).toMatch(/body could not be read/);
+    expect((await contents('canary')).body.toString()).toBe(CANARY);
+    if (method === 'PUT') expect(await exists(target)).toBe(false);
+  });
 
   it.each([
     ['invalid JSON', '[1,'],

@@ -156,6 +156,9 @@ pub enum BodyRefusal {
     TooLarge(ProtocolError),
     /// The isolate holds as many bodies as it may ([`Held`]): 503 with `Retry-After`.
     Busy,
+    /// Malformed on the wire (a bad chunked encoding) or cut off by its client: 400, since
+    /// the same request sent again fails the same way.
+    Unreadable,
 }
 
 impl BodyRefusal {
@@ -164,6 +167,7 @@ impl BodyRefusal {
         match self {
             BodyRefusal::TooLarge(e) => error(e),
             BodyRefusal::Busy => unavailable("too many large writes in progress; retry"),
+            BodyRefusal::Unreadable => text(400, "the request body could not be read"),
         }
     }
 }
@@ -191,7 +195,7 @@ pub async fn read_body(
             })));
         }
         if len <= READ_WHOLE_BYTES && held.grow(len) {
-            return Ok(Ok(req.bytes().await?));
+            return Ok(req.bytes().await.map_err(|e| unreadable(&e, held)));
         }
     }
     let Some(stream) = req.inner().body() else {
@@ -202,7 +206,12 @@ pub async fn read_body(
     // The chunks stay in JS until the end, so wasm memory takes one copy of the exact size.
     let mut chunks: Vec<js_sys::Uint8Array> = Vec::new();
     let mut total: u64 = 0;
-    while let Some(chunk) = next_chunk(&reader).await? {
+    loop {
+        let chunk = match next_chunk(&reader).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => return Ok(Err(unreadable(&e, held))),
+        };
         let len = u64::from(chunk.length());
         let refusal = if total + len > max {
             BodyRefusal::TooLarge(ProtocolError::PayloadTooLarge { limit: max })
@@ -230,6 +239,13 @@ pub async fn read_body(
         at += len;
     }
     Ok(Ok(body))
+}
+
+/// A body that failed to arrive: logged, and its share of the budget given back.
+fn unreadable(e: &worker::Error, held: &mut Held) -> BodyRefusal {
+    worker::console_warn!("request body unreadable: {e}");
+    held.release();
+    BodyRefusal::Unreadable
 }
 
 /// The next chunk of a body, or `None` at its end. A body cut off by its client is an error,
