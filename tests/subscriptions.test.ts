@@ -350,6 +350,50 @@ describe('stream names in a subscription', () => {
   });
 });
 
+describe('acks', () => {
+  test('an ack inside a JSON message is 409 INVALID_OFFSET; at a message boundary, or anywhere in a byte stream, it counts', async () => {
+    const p = `acks-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const id = `pull-${p}`;
+    const at = (position: number) => `0000000000000000_${String(position).padStart(16, '0')}`;
+    const positionOf = (offset: string) => Number(offset.split('_')[1]);
+    try {
+      expect((await put(wake, '[]')).status).toBe(201);
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake, lease_ttl_ms: 10_000 })).status).toBe(201);
+      const stream = `${p}/json`;
+      expect((await put(stream, '')).status).toBe(201);
+      const first = (await post(stream, { abcdef: 1 })).headers.get('stream-next-offset')!;
+      expect((await post(stream, { g: 2 })).status).toBe(204);
+      const bytes = `${p}/text`;
+      const text = await fetch(url(bytes), { method: 'PUT', headers: { 'content-type': 'text/plain' }, body: 'abcdefgh' });
+      expect(text.status).toBe(201);
+      let claimed: any;
+      const claim = async () => {
+        const res = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' });
+        if (res.status === 200) claimed = await res.json();
+        return res.status === 200;
+      };
+      expect(await eventually(claim)).toBe(true);
+      const { wake_id: wakeId, generation, token } = claimed;
+      const ack = (acks: { stream: string; offset: string }[]) =>
+        post(`__ds/subscriptions/${id}/ack`, { wake_id: wakeId, generation, acks }, { authorization: `Bearer ${token}` });
+      // Inside the second message: refused, and nothing of the ack applied.
+      const inside = await ack([{ stream: bytes, offset: at(3) }, { stream, offset: at(positionOf(first) + 3) }]);
+      expect(inside.status).toBe(409);
+      expect((await inside.json()).error.code).toBe('INVALID_OFFSET');
+      expect((await linkOf(id, bytes)).acked_offset).toBe(at(0));
+      // At the boundary between the messages, and mid-way through the byte stream: applied.
+      expect((await ack([{ stream, offset: first }, { stream: bytes, offset: at(3) }])).status).toBe(200);
+      expect((await linkOf(id, stream)).acked_offset).toBe(first);
+      expect((await linkOf(id, bytes)).acked_offset).toBe(at(3));
+      // A read from the acked offset works.
+      expect(await (await fetch(url(`${stream}?offset=${first}`))).json()).toEqual([{ g: 2 }]);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
+
 describe('a pattern over more existing streams than the registry links per call', () => {
   test('links every one of them, each at its tail', async () => {
     const p = `many-${uid()}`;

@@ -1072,6 +1072,31 @@ impl StreamObject {
                     Err(e) => http::error(&e),
                 }
             }
+            "ack-position" => {
+                let body = req.bytes().await?;
+                let Some(at) = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["at"].as_u64())
+                    .and_then(Offset::new)
+                else {
+                    return http::text(400, "bad internal ack-position");
+                };
+                let Some(meta) = self.meta()?.filter(|m| !m.deleted) else {
+                    return http::error(&ProtocolError::NotFound);
+                };
+                // A subscription's cursor: any position up to the tail where a read may start.
+                if at > meta.tail {
+                    return http::text(400, "offset is past the tail");
+                }
+                if at == meta.tail || !meta.is_json() {
+                    return Response::ok("");
+                }
+                match fork::json_boundary(self, &meta, at, hops).await? {
+                    Ok(()) => Response::ok(""),
+                    // Inside a message, or inherited from a source that is gone.
+                    Err(_) => http::text(400, "offset is not where a read may start"),
+                }
+            }
             "fork-acquire" => {
                 let body = req.bytes().await?;
                 fork::acquire(self, &body, hops).await

@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS snapshot (path TEXT PRIMARY KEY, tail INTEGER NOT NUL
 /// Should a create die partway through linking its streams, the alarm finishes it this long
 /// after: longer than linking takes, so it rarely runs beside the create itself.
 const LINK_SAFETY_MS: i64 = 10_000;
+/// Streams asked at once whether an acked offset is a read position.
+const ACK_CHECKS_AT_ONCE: usize = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -1414,6 +1416,11 @@ impl SubscriptionObject {
         let input: AckBody = serde_json::from_slice(body)
             .map_err(|_| SubscriptionError::InvalidRequest("body must be a JSON ack object"))?;
         self.fence(&record, req, input.wake_id.as_deref(), input.generation)?;
+        if self.ack_positions(&input).await? {
+            // Awaited: the record is read again, so what follows runs in one turn.
+            record = self.live()?;
+            self.fence(&record, req, input.wake_id.as_deref(), input.generation)?;
+        }
         // Every ack is checked before any is applied; the furthest per stream wins.
         let mut updated: HashMap<String, Link> = HashMap::new();
         for item in &input.acks {
@@ -1455,6 +1462,50 @@ impl SubscriptionObject {
         self.save(&record)?;
         self.schedule(&record).await?;
         Ok(json(200, &j!({ "ok": true, "next_wake": next_wake }))?)
+    }
+
+    /// Checks with each stream an acked offset this object cannot vouch for (past the cursor
+    /// and before the tail it was told): it must be where a read may start, so a JSON stream's
+    /// must start a message (409 `INVALID_OFFSET` otherwise). Acks up to the tail, the usual
+    /// kind, need no call. Answers whether it asked any stream.
+    async fn ack_positions(&self, input: &AckBody) -> std::result::Result<bool, Failure> {
+        let mut asks = Vec::new();
+        for item in &input.acks {
+            let (Some(path), Ok(offset)) = (
+                item.stream.as_deref().or(item.path.as_deref()),
+                Offset::parse(&item.offset),
+            ) else {
+                continue;
+            };
+            let at = offset.position();
+            if let Some(link) = self.link(path)? {
+                if at > link.acked && at < link.tail {
+                    asks.push((path.to_string(), at));
+                }
+            }
+        }
+        asks.sort_unstable();
+        asks.dedup();
+        for group in asks.chunks(ACK_CHECKS_AT_ONCE) {
+            let calls = group.iter().map(|(path, at)| async move {
+                let stub = stream_stub(&self.env, path)?;
+                call::<_, Value>(&stub, "ack-position", &j!({ "at": at })).await
+            });
+            for answer in futures_util::future::join_all(calls).await {
+                match answer?.0 {
+                    // 404: the stream is gone, and so will its link be.
+                    200 | 404 => {}
+                    400 => return Err(SubscriptionError::InvalidOffset.into()),
+                    status => {
+                        return Err(worker::Error::RustError(format!(
+                            "stream answered {status} to ack-position"
+                        ))
+                        .into())
+                    }
+                }
+            }
+        }
+        Ok(!asks.is_empty())
     }
 
     async fn claim(&self, body: &[u8]) -> std::result::Result<Response, Failure> {
