@@ -60,6 +60,7 @@ export interface BytesBatch extends BatchBase {
 export type Batch<T = unknown> = JsonBatch<T> | BytesBatch;
 
 export declare class StreamHandle<T = unknown> implements AsyncIterableIterator<Batch<T>> {
+  /** Where the application stands: the offset after the last batch it took (or the start). Pass it as `offset` to resume, after `break` too. */
   readonly offset: string;
   readonly upToDate: boolean;
   readonly closed: boolean;

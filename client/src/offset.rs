@@ -44,11 +44,13 @@ impl Start {
 }
 
 /// Checks an offset the server sent (`Stream-Next-Offset`, `streamNextOffset`): it must be a
-/// usable token, because the reader will send it back.
+/// usable token, because the reader will send it back, and not `-1` or `now`, which a server
+/// never issues (PROTOCOL.md): sent back, `-1` would read the stream again from its start.
 pub fn is_usable(token: &str) -> bool {
     !matches!(
         ReadFrom::parse(token),
-        Err(OffsetError::Empty | OffsetError::IllegalCharacter | OffsetError::TooLong)
+        Ok(ReadFrom::Start | ReadFrom::Now)
+            | Err(OffsetError::Empty | OffsetError::IllegalCharacter | OffsetError::TooLong)
     )
 }
 
@@ -89,5 +91,8 @@ mod tests {
         assert!(!is_usable(""));
         assert!(!is_usable("x?y"));
         assert!(is_usable("0000000000000000_0000000000000005"));
+        assert!(is_usable("opaque-token.7"));
+        assert!(!is_usable("-1"));
+        assert!(!is_usable("now"));
     }
 }

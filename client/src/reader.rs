@@ -77,6 +77,9 @@ struct SseConn {
     /// Data arrived on this connection (control events alone do not count: a proxy that cuts
     /// connections short lets the server's first control event through every time).
     delivered: bool,
+    /// Events parsed and not yet taken: one batch is taken at a time, so the reader's
+    /// position is never past what the application has.
+    pending: std::vec::IntoIter<Event>,
 }
 
 struct WsConn {
@@ -337,13 +340,15 @@ impl Inner {
         let changed = next.up_to_date != self.pos.up_to_date || next.closed != self.pos.closed;
         let first = !self.emitted_any;
         let cursor = next.cursor.clone().or_else(|| self.pos.cursor.clone());
-        self.pos = Position { cursor, ..next };
-        self.failures = 0;
+        let next = Position { cursor, ..next };
         if has_data || changed || first {
-            let obj = batch::to_js(data, self.is_json(), &self.pos)?;
+            // Built before the position moves: data that cannot be read is not skipped.
+            let obj = batch::to_js(data, self.is_json(), &next)?;
             self.emitted_any = true;
             self.ready.push_back(obj);
         }
+        self.pos = next;
+        self.failures = 0;
         if self.pos.closed {
             self.done = true;
         }
@@ -561,7 +566,14 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
         if s.content_type.is_none() && status == 200 {
             s.content_type = http::header(&sent.response, headers::CONTENT_TYPE);
         }
-        let mut next = position_from(&sent.response, &s.pos.offset.clone());
+        // A page with no Stream-Next-Offset is refused as an unusable offset: read from where it
+        // began, it would be read again, and again. A long-poll's 204 may leave it out.
+        let fallback = if status == 204 {
+            s.pos.offset.clone()
+        } else {
+            String::new()
+        };
+        let mut next = position_from(&sent.response, &fallback);
         if status == 204 {
             // A long-poll that timed out: nothing new, and the reader is at the tail.
             next.up_to_date = true;
@@ -627,7 +639,16 @@ async fn sse_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
             parser: SseReader::new(encoding),
             opened_at: js_sys::Date::now(),
             delivered: false,
+            pending: Vec::new().into_iter(),
         });
+    }
+    {
+        // Events already parsed come first.
+        let mut s = inner.borrow_mut();
+        take_events(&mut s)?;
+        if !s.ready.is_empty() || s.done {
+            return Ok(());
+        }
     }
     let Some(reader) = inner.borrow().sse.as_ref().map(|c| c.reader.clone()) else {
         return Ok(());
@@ -635,6 +656,43 @@ async fn sse_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
     let chunk = js::wait(reader.read()).await;
     if let Some((cause, retry_ms)) = on_sse_chunk(inner, chunk)? {
         back_off(inner, cause, retry_ms).await?;
+    }
+    Ok(())
+}
+
+/// Takes parsed SSE events until one makes a batch (or the stream ends).
+fn take_events(s: &mut Inner) -> Result<(), JsValue> {
+    while s.ready.is_empty() && !s.done {
+        let Some(Event::Batch { parts, control }) = s.sse.as_mut().and_then(|c| c.pending.next())
+        else {
+            break;
+        };
+        if parts.iter().any(|p| !p.is_empty()) {
+            if let Some(conn) = s.sse.as_mut() {
+                conn.delivered = true;
+            }
+        }
+        let Control {
+            next_offset,
+            cursor,
+            up_to_date,
+            closed,
+        } = control;
+        s.accept(
+            batch::Data::Parts(&parts),
+            Position {
+                offset: next_offset,
+                cursor,
+                up_to_date,
+                closed,
+            },
+        )?;
+        if s.done {
+            s.drop_connections();
+        }
+    }
+    if s.sse.as_ref().is_some_and(|c| c.delivered) {
+        s.short_sse = 0;
     }
     Ok(())
 }
@@ -663,35 +721,10 @@ fn on_sse_chunk(
             None => return Ok(None),
         };
         let events = events.map_err(|e| batch::parse_error(e.message()))?;
-        for Event::Batch { parts, control } in events {
-            if parts.iter().any(|p| !p.is_empty()) {
-                if let Some(conn) = s.sse.as_mut() {
-                    conn.delivered = true;
-                }
-            }
-            let Control {
-                next_offset,
-                cursor,
-                up_to_date,
-                closed,
-            } = control;
-            s.accept(
-                batch::Data::Parts(&parts),
-                Position {
-                    offset: next_offset,
-                    cursor,
-                    up_to_date,
-                    closed,
-                },
-            )?;
-            if s.done {
-                s.drop_connections();
-                break;
-            }
+        if let Some(conn) = s.sse.as_mut() {
+            conn.pending = events.into_iter();
         }
-        if s.sse.as_ref().is_some_and(|c| c.delivered) {
-            s.short_sse = 0;
-        }
+        take_events(&mut s)?;
         return Ok(None);
     }
     // The connection ended (servers close SSE about once a minute, or it broke): resume from

@@ -1,0 +1,101 @@
+// Where the reading handle says it stands, against fake servers that control exactly what
+// arrives: its offset is the one after the last batch the application took (so resuming from it
+// after `break` loses nothing), batches read before a failure are handed out before the failure,
+// and a response that says nowhere to go next is refused rather than read again and again.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { stream } from '../src/node.js';
+
+/** A server answering with `handler(req, res, url)`; closed after `body`. */
+async function withServer(handler, body) {
+  const server = http.createServer((req, res) => handler(req, res, new URL(req.url, 'http://x')));
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  try {
+    await body(`http://127.0.0.1:${server.address().port}/s`);
+  } finally {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+}
+
+const json = (offset, extra = {}) => ({ 'content-type': 'application/json', 'stream-next-offset': offset, ...extra });
+const sseData = (items, offset) =>
+  `event: data\ndata: ${JSON.stringify(items)}\n\nevent: control\ndata: ${JSON.stringify({ streamNextOffset: offset, upToDate: true })}\n\n`;
+
+/** Catch-up answers an empty page at `o1`; SSE sends `events` in one write, then stays open. */
+function sseServer(events) {
+  return (req, res, url) => {
+    if (url.searchParams.get('live') === 'sse') {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write(events);
+      return;
+    }
+    res.writeHead(200, json('o1', { 'stream-up-to-date': 'true' }));
+    res.end('[]');
+  };
+}
+
+test('the offset is after the last batch taken, not after what was read ahead', async () => {
+  const events = sseData(['A'], 'o2') + sseData(['B'], 'o3') + sseData(['C'], 'o4');
+  await withServer(sseServer(events), async (url) => {
+    const h = stream({ url, live: 'sse', json: true });
+    const taken = [];
+    for await (const batch of h) {
+      taken.push(...batch.items);
+      assert.equal(h.offset, batch.offset, 'the handle stands where the batch ends');
+      if (taken.includes('A')) break;
+    }
+    assert.deepEqual(taken, ['A']);
+    // B and C were read but not taken: resuming from here must read them again.
+    assert.equal(h.offset, 'o2');
+  });
+});
+
+test('batches read before a malformed one are handed out first; the offset stays at the last of them', async () => {
+  const events = sseData(['A'], 'o2') + `event: data\ndata: [1,\n\nevent: control\ndata: {"streamNextOffset":"o3"}\n\n`;
+  await withServer(sseServer(events), async (url) => {
+    const h = stream({ url, live: 'sse', json: true });
+    const taken = [];
+    await assert.rejects(
+      (async () => {
+        for await (const batch of h) taken.push(...batch.items);
+      })(),
+      (e) => e.code === 'PARSE_ERROR',
+    );
+    assert.deepEqual(taken, ['A']);
+    assert.equal(h.offset, 'o2');
+  });
+});
+
+test('a catch-up page that cannot be parsed leaves the offset where it was', async () => {
+  await withServer(
+    (req, res) => {
+      res.writeHead(200, json('o7'));
+      res.end('[1,');
+    },
+    async (url) => {
+      const h = stream({ url, live: false, json: true });
+      await assert.rejects(h.items(), (e) => e.code === 'PARSE_ERROR');
+      assert.equal(h.offset, '-1');
+    },
+  );
+});
+
+test('a page without Stream-Next-Offset, or with -1 or now, is PARSE_ERROR, never read again', async () => {
+  for (const offset of [undefined, '-1', 'now']) {
+    let requests = 0;
+    await withServer(
+      (req, res) => {
+        requests++;
+        res.writeHead(200, offset === undefined ? { 'content-type': 'application/json' } : json(offset));
+        res.end('[1]');
+      },
+      async (url) => {
+        const h = stream({ url, live: false, json: true });
+        await assert.rejects(h.items(), (e) => e.code === 'PARSE_ERROR', String(offset));
+        assert.equal(requests, 1, String(offset));
+      },
+    );
+  }
+});
