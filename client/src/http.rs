@@ -204,7 +204,11 @@ pub async fn send(
             Failure::Aborted => return Err(aborted()),
             Failure::Fatal(e) => return Err(e),
             Failure::Network(e) => {
-                if attempt >= policy.max_retries {
+                // A POST may have landed before its connection failed: sent again, it could land
+                // twice. Only a producer's, which the server deduplicates, is sent again.
+                let replayable = req.method != "POST"
+                    || req.headers.iter().any(|(k, _)| *k == headers::PRODUCER_ID);
+                if !replayable || attempt >= policy.max_retries {
                     return Err(network_error(req.method, req.url, &e).into());
                 }
                 attempt += 1;

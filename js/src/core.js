@@ -385,6 +385,17 @@ function jsonText(value) {
 }
 
 /**
+ * The bytes of a value for a stream that is not JSON: a string as UTF-8, a buffer or view as is.
+ * Anything else is refused, or with `orJson` (the stream's kind not yet known) taken as JSON.
+ */
+function bytesOf(value, orJson) {
+  if (typeof value === 'string') return encoder.encode(value);
+  if (value instanceof ArrayBuffer || ArrayBuffer.isView(value)) return new Uint8Array(value.buffer ?? value, value.byteOffset, value.byteLength);
+  if (orJson) return jsonText(value);
+  throw new DurableStreamError('strings or bytes only', 'INVALID_ARGUMENT');
+}
+
+/**
  * The body that appends `value` to a JSON stream as one message. The protocol takes a JSON array
  * body as a batch of messages, so the value is always wrapped: an array stays one message.
  */
@@ -627,9 +638,10 @@ export class IdempotentProducer {
       throw this.#error instanceof StreamClosedError ? this.#error : new StreamClosedError('producer is closed');
     }
     if (this.#error) throw this.#error;
-    // When the stream is known to be JSON, refuse what is not one JSON value now, not at flush.
-    if (this.#json ?? isJsonType(this.#stream.contentType)) jsonText(data);
-    const size = typeof data === 'string' ? encoder.encode(data).length : data instanceof Uint8Array ? data.length : jsonText(data).length;
+    // When the stream's kind is known, refuse what it cannot take now, not at flush.
+    const type = this.#stream.contentType;
+    const json = this.#json ?? (type && isJsonType(type));
+    const size = (json ? jsonText(data) : bytesOf(data, json !== false)).length;
     this.#items.push(data);
     this.#bytes += size;
     if (this.#bytes >= this.#maxBatchBytes || this.#items.length >= this.#maxBatchItems) this.#cut();
@@ -778,7 +790,7 @@ export class IdempotentProducer {
       batch.body = `[${batch.items.map(jsonText).join(',')}]`;
       return;
     }
-    const parts = batch.items.map((i) => (i instanceof Uint8Array ? i : encoder.encode(typeof i === 'string' ? i : String(i))));
+    const parts = batch.items.map((i) => bytesOf(i));
     const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
     let at = 0;
     for (const p of parts) {

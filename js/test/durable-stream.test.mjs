@@ -58,3 +58,42 @@ test('other streams take strings and bytes as they are', async () => {
   await ds.close({ body: '[d]' });
   assert.equal(await stream({ url: ds.url, live: false }).text(), '[a][b][c][d]');
 });
+
+test('a plain append whose connection fails after sending is not sent again; a 503 is retried', async () => {
+  const http = await import('node:http');
+  const received = [];
+  let refuseNext = false;
+  const fake = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => (body += c));
+    req.on('end', () => {
+      if (req.method !== 'POST') {
+        res.writeHead(200, { 'content-type': 'text/plain', 'stream-next-offset': '0' });
+        return res.end();
+      }
+      if (refuseNext) {
+        // Not stored: the client may send it again.
+        refuseNext = false;
+        res.writeHead(503, { 'retry-after': '0', 'content-type': 'text/plain' });
+        return res.end('busy');
+      }
+      received.push(body);
+      // Stored, then the connection drops before the answer: the append landed.
+      if (received.length === 1) return req.socket.destroy();
+      res.writeHead(204, { 'stream-next-offset': String(received.length) });
+      res.end();
+    });
+  });
+  await new Promise((r) => fake.listen(0, '127.0.0.1', r));
+  try {
+    const ds = new DurableStream({ url: `http://127.0.0.1:${fake.address().port}/s`, contentType: 'text/plain', retry: { initialDelayMs: 1 } });
+    await assert.rejects(ds.append('once'), (e) => e.code === 'NETWORK_ERROR');
+    assert.deepEqual(received, ['once'], 'sent once: it may have landed');
+    refuseNext = true;
+    await ds.append('twice');
+    assert.deepEqual(received, ['once', 'twice']);
+  } finally {
+    fake.closeAllConnections();
+    await new Promise((r) => fake.close(r));
+  }
+});

@@ -92,6 +92,31 @@ test('appends made together go out as one request', async () => {
   assert.equal(await readText(ds), 'item1,item2,item3,item4,item5');
 });
 
+test('a stream that is not JSON takes any bytes as they are, and refuses values that are not strings or bytes', async () => {
+  const ds = await newStream('application/octet-stream');
+  const p = new IdempotentProducer(ds, 'bytes', { lingerMs: 20 });
+  const backing = new Uint8Array([0, 1, 2, 3, 4, 5, 6, 7]);
+  p.append(new Uint8Array([65, 66]).buffer); // 'AB'
+  p.append(new DataView(new Uint8Array([67]).buffer)); // 'C'
+  p.append(new Int16Array([0x4544])); // 'DE' on a little-endian host
+  p.append(backing.subarray(2, 4)); // bytes 2 and 3, not the whole buffer
+  p.append('fg');
+  for (const value of [{ a: 1 }, 5, null, [1]]) {
+    assert.throws(() => p.append(value), (e) => e.code === 'INVALID_ARGUMENT', JSON.stringify(value));
+  }
+  await p.flush();
+  const read = await stream({ url: ds.url, live: false }).bytes();
+  assert.deepEqual([...read], [65, 66, 67, 0x44, 0x45, 2, 3, 102, 103]);
+});
+
+test('a producer that learns at flush that its stream is not JSON fails on an object rather than sending its String()', async () => {
+  const created = await newStream('application/octet-stream');
+  const p = new IdempotentProducer(new DurableStream({ url: created.url }), 'late', { lingerMs: 5 });
+  p.append({ a: 1 });
+  await assert.rejects(p.flush(), (e) => e.code === 'INVALID_ARGUMENT');
+  assert.equal(posts.length, 0, 'nothing was sent');
+});
+
 test('lingerMs: appends after a batch left start the next one, with the next seq', async () => {
   const ds = await newStream();
   const p = new IdempotentProducer(ds, 'linger', { lingerMs: 30 });
