@@ -3,11 +3,14 @@ import { readFile } from 'node:fs/promises';
 import { setLoader } from './core.js';
 import initWasm from '../dist/edgestream_client.js';
 
-setLoader(async (input) =>
-  initWasm({
-    module_or_path: input ?? (await readFile(new URL('../dist/edgestream_client_bg.wasm', import.meta.url))),
-  }),
-);
+/** What `init(input)` loads: the package's own wasm by default, and a file: URL from disk. */
+async function wasmSource(input) {
+  if (input === undefined) return readFile(new URL('../dist/edgestream_client_bg.wasm', import.meta.url));
+  const url = input instanceof URL ? input : typeof input === 'string' && input.startsWith('file:') ? new URL(input) : null;
+  return url?.protocol === 'file:' ? readFile(url) : input;
+}
+
+setLoader(async (input) => initWasm({ module_or_path: await wasmSource(input) }));
 
 export * from './core.js';
 export * from './table.js';

@@ -65,3 +65,14 @@ test('a Node bundle keeps the wasm loader', async (t) => {
   const url = await streamWithText('from a Node bundle');
   assert.equal(await stream({ url, live: false }).text(), 'from a Node bundle');
 });
+
+test('in Node, init() takes the wasm as a file: URL, or its string', async (t) => {
+  for (const input of [pathToFileURL(wasm), pathToFileURL(wasm).href]) {
+    // A Node bundle of its own, so that this init() is the first its module copy sees.
+    const dir = app(t);
+    const { init, stream } = await import(pathToFileURL(await bundle(dir, 'node')).href);
+    await init(input);
+    const url = await streamWithText('from a file: URL');
+    assert.equal(await stream({ url, live: false }).text(), 'from a file: URL', String(input));
+  }
+});
