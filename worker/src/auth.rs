@@ -24,6 +24,16 @@ pub enum Access {
     Granted(Grant),
 }
 
+impl Access {
+    /// Whether this access may do `op` on `path` (root-relative).
+    pub fn allows(&self, op: Operation, path: &str) -> Result<(), AuthError> {
+        match self {
+            Access::Open => Ok(()),
+            Access::Granted(grant) => grant.check(op, path, crate::http::now_secs()),
+        }
+    }
+}
+
 fn secret(env: &Env) -> Option<String> {
     env.secret("AUTH_SECRET")
         .map(|s| s.to_string())
@@ -63,12 +73,7 @@ pub async fn authorize(
         Ok(access) => access,
         Err(e) => return Ok(Err(e)),
     };
-    if let Access::Granted(grant) = &access {
-        if let Err(e) = grant.check(op, path, crate::http::now_secs()) {
-            return Ok(Err(e));
-        }
-    }
-    Ok(Ok(access))
+    Ok(access.allows(op, path).map(|()| access))
 }
 
 /// The request's verified token (or open access), whatever it allows.

@@ -74,11 +74,13 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
     if name.is_reserved() {
         return http::text(404, "not found");
     }
-    if let Some(op) = Operation::for_method(req.method().as_ref()) {
-        if let Err(e) = auth::authorize(&req, &url, env, op, name.as_str()).await? {
-            return refuse(e);
-        }
-    }
+    let access = match Operation::for_method(req.method().as_ref()) {
+        Some(op) => match auth::authorize(&req, &url, env, op, name.as_str()).await? {
+            Ok(access) => Some(access),
+            Err(e) => return refuse(e),
+        },
+        None => None,
+    };
     match req.method() {
         Method::Get => get(req, &url, &name, env, config).await,
         Method::Head | Method::Delete => forward(req, &url, &name, env).await,
@@ -87,11 +89,10 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
                 Ok(source) => source,
                 Err(e) => return http::error(&e),
             };
-            // A fork is a copy of its source: whoever makes one must be able to read it.
-            if let Some(source) = source {
-                if let Err(e) =
-                    auth::authorize(&req, &url, env, Operation::Read, source.as_str()).await?
-                {
+            // A fork is a copy of its source: whoever makes one must be able to read it. The
+            // token verified above is checked against the source, not verified twice.
+            if let (Some(source), Some(access)) = (source, &access) {
+                if let Err(e) = access.allows(Operation::Read, source.as_str()) {
                     return refuse(e);
                 }
             }
