@@ -7,8 +7,9 @@
 //! the first notice that such a stream is gone with 503. A fork's first calls to take and to
 //! give back its reference on its source reach the source, and their answers are lost. A
 //! subscription whose id carries the marker tells the registry of its first deletion a second
-//! late, and fails to tell it of the next. Later calls of that kind go through, so a test sees the failure and then the repair:
-//! what is owed is retried by the request that is told to retry, or by the alarm.
+//! late, and fails to tell it of the next. Later calls of that kind go through, so a test sees
+//! the failure and then the repair: what is owed is retried by the request that is told to
+//! retry, or by the alarm.
 
 use std::cell::RefCell;
 
