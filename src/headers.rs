@@ -311,7 +311,7 @@ impl ContentType {
     /// Parses a `Content-Type` value: `type "/" subtype *(";" parameter)`.
     pub fn parse(value: &str) -> Result<ContentType, HeaderError> {
         let raw = value.trim();
-        let essence = raw[..raw.find(';').unwrap_or(raw.len())].trim_end();
+        let essence = raw.split(';').next().unwrap_or_default().trim_end();
         let (ty, sub) = essence.split_once('/').ok_or(HeaderError::ContentType)?;
         let valid = |s: &str| !s.is_empty() && s.bytes().all(is_token_char);
         if !valid(ty) || !valid(sub) || raw.chars().any(|c| c.is_control() && c != '\t') {

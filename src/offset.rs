@@ -140,7 +140,7 @@ fn check_token(token: &str) -> Result<(), OffsetError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(OffsetError::TooLong);
     }
-    if token.contains("..") {
+    if token.as_bytes().windows(2).any(|w| w == b"..") {
         return Err(OffsetError::IllegalCharacter);
     }
     for c in token.chars() {

@@ -71,10 +71,7 @@ pub async fn resolve_map(source: &JsValue) -> Result<Vec<(String, String)>, JsVa
 
 /// `base` with `params` appended as a query string (keeping any query `base` already has).
 pub fn with_query(base: &str, params: &[(String, String)]) -> String {
-    let (without_fragment, fragment) = match base.find('#') {
-        Some(i) => (&base[..i], &base[i..]),
-        None => (base, ""),
-    };
+    let (without_fragment, fragment) = base.split_once('#').unwrap_or((base, ""));
     let mut url = String::from(without_fragment);
     let mut sep = if url.contains('?') { '&' } else { '?' };
     for (k, v) in params {
@@ -84,8 +81,18 @@ pub fn with_query(base: &str, params: &[(String, String)]) -> String {
         url.push_str(&String::from(js_sys::encode_uri_component(v)));
         sep = '&';
     }
+    if base.contains('#') {
+        url.push('#');
+    }
     url.push_str(fragment);
     url
+}
+
+/// Whether `text` contains `word`, ignoring ASCII case (bytewise: no `str` searcher in the wasm).
+fn mentions(text: &str, word: &[u8]) -> bool {
+    text.as_bytes()
+        .windows(word.len())
+        .any(|w| w.eq_ignore_ascii_case(word))
 }
 
 /// What to send.
@@ -299,7 +306,7 @@ pub async fn status_error(method: &str, url: &str, response: &Response, status: 
         404 => error::new(error::NOT_FOUND, &message("stream not found"), Some(status)),
         410 => error::new(error::GONE, &message("stream was deleted"), Some(status)),
         400 => {
-            let code = if method == "GET" && short.to_ascii_lowercase().contains("offset") {
+            let code = if method == "GET" && mentions(&short, b"offset") {
                 error::INVALID_OFFSET
             } else {
                 error::BAD_REQUEST
@@ -343,7 +350,7 @@ pub async fn status_error(method: &str, url: &str, response: &Response, status: 
                 );
                 let err = error::with(err, "expectedSeq", expected as f64);
                 error::with(err, "receivedSeq", received as f64)
-            } else if short.to_ascii_lowercase().contains("seq") {
+            } else if mentions(&short, b"seq") {
                 error::new(
                     error::SEQUENCE_CONFLICT,
                     &message("sequence conflict"),
