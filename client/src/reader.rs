@@ -69,6 +69,9 @@ enum Phase {
 const SHORT_SSE_MS: f64 = 1_000.0;
 /// After this many short SSE connections in a row, `auto` and `sse` readers use long-poll.
 const SHORT_SSE_LIMIT: u32 = 3;
+/// A long-poll answered with nothing sooner than this did not wait for data (a proxy, or a
+/// server that times out at once): the next one is paced by the retry backoff.
+const SHORT_POLL_MS: f64 = 100.0;
 
 struct SseConn {
     reader: ReadableStreamDefaultReader,
@@ -117,6 +120,8 @@ struct Inner {
     paused: bool,
     emitted_any: bool,
     short_sse: u32,
+    /// Long-polls in a row that came back at once with nothing.
+    short_polls: u32,
     /// Consecutive failures of live connections (reset by any successful batch).
     failures: u32,
     controller: Option<AbortController>,
@@ -176,6 +181,7 @@ impl Reader {
             paused: false,
             emitted_any: false,
             short_sse: 0,
+            short_polls: 0,
             failures: 0,
             controller: None,
             sse: None,
@@ -470,13 +476,22 @@ async fn next_batch(inner: &Rc<RefCell<Inner>>) -> Result<JsValue, JsValue> {
 
 /// One catch-up or long-poll request, retried on transient failures.
 async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
-    let (url, query, dynamic, policy, signal) = {
+    let (url, query, dynamic, policy, signal, short) = {
         let mut s = inner.borrow_mut();
         let live = (phase == Phase::LongPoll).then_some("long-poll");
         let q = s.query(live);
         let signal = s.new_controller();
-        (s.url.clone(), q, s.dynamic.clone(), s.policy, signal)
+        let short = if live.is_some() { s.short_polls } else { 0 };
+        (s.url.clone(), q, s.dynamic.clone(), s.policy, signal, short)
     };
+    if short > 0 {
+        let delay = policy.delay_ms(short, js_sys::Math::random(), None);
+        js::sleep(delay, signal.as_ref()).await;
+        if signal.as_ref().is_some_and(|s| s.aborted()) {
+            return Ok(());
+        }
+    }
+    let sent_at = js_sys::Date::now();
     let req = Request {
         method: "GET",
         url: &url,
@@ -579,6 +594,13 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
             next.up_to_date = true;
         }
         s.started = true;
+        let empty = body.as_ref().is_none_or(|b| b.length() == 0);
+        s.short_polls =
+            if phase == Phase::LongPoll && empty && js_sys::Date::now() - sent_at < SHORT_POLL_MS {
+                s.short_polls.saturating_add(1)
+            } else {
+                0
+            };
         let data = body.map_or(batch::Data::Parts(&[]), batch::Data::Bytes);
         s.accept(data, next)?;
         if phase == Phase::CatchUp && s.pos.up_to_date && !s.done {

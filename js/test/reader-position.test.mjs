@@ -99,3 +99,37 @@ test('a page without Stream-Next-Offset, or with -1 or now, is PARSE_ERROR, neve
     );
   }
 });
+
+test('long-polls answered at once with nothing are paced by the backoff, not sent in a busy loop', async () => {
+  let polls = 0;
+  let dataAt = 0;
+  await withServer(
+    (req, res, url) => {
+      if (url.searchParams.get('live') !== 'long-poll') {
+        res.writeHead(200, json('o1', { 'stream-up-to-date': 'true' }));
+        return res.end('[]');
+      }
+      polls++;
+      // After a while of empty answers, one with data: it resets the pacing.
+      if (polls === 6) {
+        dataAt = polls;
+        res.writeHead(200, json('o2', { 'stream-up-to-date': 'true' }));
+        return res.end('["x"]');
+      }
+      res.writeHead(204, { 'stream-next-offset': polls > 6 ? 'o2' : 'o1', 'stream-up-to-date': 'true' });
+      res.end();
+    },
+    async (url) => {
+      const signal = AbortSignal.timeout(1500);
+      const h = stream({ url, live: 'long-poll', json: true, signal, retry: { initialDelayMs: 20, maxDelayMs: 400 } });
+      const items = [];
+      for await (const batch of h) items.push(...batch.items);
+      assert.deepEqual(items, ['x']);
+      assert.equal(dataAt, 6);
+      // Without pacing, a server that answers at once gets hundreds of polls a second. Paced
+      // (20, 40, 80, 160, 320 ms, then 400 ms each, halved at most by jitter), 1.5 s allow about
+      // a dozen, even counting the reset after the data.
+      assert.ok(polls >= 7 && polls <= 25, `${polls} long-polls in 1.5 s`);
+    },
+  );
+});
