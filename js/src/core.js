@@ -145,13 +145,23 @@ export class StreamHandle {
   /** A batch read after the last subscriber left, handed out by the next next(). */
   #held = null;
   #finished = deferred();
+  #watching = false;
 
   constructor(options) {
     if (!options || typeof options.url !== 'string' && !(options.url instanceof URL)) {
       throw new DurableStreamError('stream(): url is required', 'INVALID_ARGUMENT');
     }
     this.#options = { ...options, url: String(options.url) };
-    cancelOnAbort(options.signal, () => this.cancel(), this.#finished.promise);
+  }
+
+  /**
+   * Listens to the signal from the handle's first use (reading, or asking for `finished`): a
+   * handle made and dropped unread must not stay reachable from a long-lived shared signal.
+   */
+  #watch() {
+    if (this.#watching) return;
+    this.#watching = true;
+    cancelOnAbort(this.#options.signal, () => this.cancel(), this.#finished.promise);
   }
 
   /** Where the next read starts (pass it as `offset` to resume later). */
@@ -190,6 +200,7 @@ export class StreamHandle {
   }
   /** Settles when iteration ends: resolves when closed or cancelled, rejects on failure. */
   get finished() {
+    this.#watch();
     return this.#finished.promise;
   }
 
@@ -208,6 +219,7 @@ export class StreamHandle {
 
   /** The next batch; `{ done: true }` when the stream is closed, caught up (live: false) or cancelled. */
   next() {
+    this.#watch();
     // One request at a time: concurrent next() calls queue behind each other.
     const run = async () => {
       if (this.#held) {

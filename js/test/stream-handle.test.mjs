@@ -137,6 +137,23 @@ test('a handle lets go of a shared AbortSignal when it ends', async () => {
   await assert.rejects(failed.next(), (e) => e.code === 'NOT_FOUND');
   await assert.rejects(failed.finished);
   assert.equal(getEventListeners(shared, 'abort').length, 0);
+  // Handles made and never read do not listen at all: the signal would keep them reachable.
+  const unread = Array.from({ length: 5 }, () => stream({ url: ds.url, live: 'long-poll', signal: shared }));
+  assert.equal(getEventListeners(shared, 'abort').length, 0);
+  // One aborted before it is read ends at once when it is.
+  const early = new AbortController();
+  const late = stream({ url: ds.url, live: 'long-poll', signal: early.signal });
+  early.abort();
+  assert.deepEqual(await late.next(), { done: true, value: undefined });
+  assert.deepEqual(await settled(late.finished, 1000), ['resolved', undefined]);
+  // Asking for `finished` starts listening: aborting settles it though nothing was read.
+  const watched = new AbortController();
+  const waiting = stream({ url: ds.url, live: 'long-poll', signal: watched.signal });
+  const finished = waiting.finished;
+  assert.equal(getEventListeners(watched.signal, 'abort').length, 1);
+  watched.abort();
+  assert.deepEqual(await settled(finished, 1000), ['resolved', undefined]);
+  assert.equal(unread.length, 5);
   // A handle still reading keeps listening, and aborting it ends it.
   const controller = new AbortController();
   const live = stream({ url: ds.url, live: 'long-poll', signal: controller.signal });
