@@ -130,25 +130,30 @@ pub enum Failure {
 
 /// Sends one attempt of `req`, aborting when `signal` does.
 pub async fn send_once(req: &Request<'_>, signal: Option<&AbortSignal>) -> Result<Sent, Failure> {
-    let dynamic_headers = resolve_map(&req.dynamic.headers)
+    let mut dynamic_headers = resolve_map(&req.dynamic.headers)
         .await
         .map_err(Failure::Fatal)?;
-    let params = resolve_map(&req.dynamic.params)
+    let mut params = resolve_map(&req.dynamic.params)
         .await
         .map_err(Failure::Fatal)?;
+    // What is reported as sent is what was sent: the caller's reserved parameters are dropped,
+    // and a protocol header replaces the caller's of the same name, in any case.
+    params.retain(|(k, _)| !RESERVED_PARAMS.contains(&k.as_str()));
+    dynamic_headers.retain(|(k, _)| !req.headers.iter().any(|(p, _)| p.eq_ignore_ascii_case(k)));
     let mut query = req.query.clone();
-    for (k, v) in &params {
-        if !RESERVED_PARAMS.contains(&k.as_str()) {
-            query.push((k.clone(), v.clone()));
-        }
-    }
+    query.extend_from_slice(&params);
     let url = with_query(req.url, &query);
-    let header_obj = Object::new();
-    for (k, v) in &dynamic_headers {
-        js::set(&header_obj, k, v.as_str());
-    }
-    for (k, v) in &req.headers {
-        js::set(&header_obj, k, v.as_str());
+    let header_obj = web_sys::Headers::new().map_err(Failure::Fatal)?;
+    for (k, v) in dynamic_headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .chain(req.headers.iter().map(|(k, v)| (*k, v)))
+    {
+        header_obj.set(k, v).map_err(|_| {
+            Failure::Fatal(error::invalid(
+                "headers: a name or value is not valid in HTTP",
+            ))
+        })?;
     }
     let init = Object::new();
     js::set(&init, "method", req.method);

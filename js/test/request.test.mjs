@@ -1,0 +1,71 @@
+// What the client sends of the caller's headers and params, against a fake server that records
+// each request: protocol headers replace the caller's of the same name in any case (never joined
+// to them), reserved params are dropped, and `lastRequest` reports what was actually sent.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { DurableStream, stream } from '../src/node.js';
+
+/** A server that records `{ method, url, headers }` of each request and answers with `handler`. */
+async function withServer(handler, body) {
+  const seen = [];
+  const server = http.createServer((req, res) => {
+    seen.push({ method: req.method, url: new URL(req.url, 'http://x'), headers: req.headers });
+    req.resume();
+    req.on('end', () => handler(req, res));
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  try {
+    await body(`http://127.0.0.1:${server.address().port}/s`, seen);
+  } finally {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+}
+
+const page = (req, res) => {
+  res.writeHead(200, { 'content-type': 'application/json', 'stream-next-offset': 'o1', 'stream-up-to-date': 'true' });
+  res.end('[1]');
+};
+
+test('reserved params are dropped, and lastRequest.params shows only what was sent', async () => {
+  await withServer(page, async (url, seen) => {
+    const params = { offset: '99', live: 'sse', cursor: 'c', mine: 'yes' };
+    const h = stream({ url, live: false, params, headers: { 'X-Trace': 't1' } });
+    assert.deepEqual(await h.items(), [1]);
+    assert.equal(seen.length, 1);
+    assert.deepEqual([...seen[0].url.searchParams], [['offset', '-1'], ['mine', 'yes']]);
+    assert.deepEqual(h.lastRequest, { headers: { 'X-Trace': 't1' }, params: { mine: 'yes' } });
+  });
+});
+
+test("a protocol header replaces the caller's of the same name in any case, never joined to it", async () => {
+  await withServer(
+    (req, res) => {
+      res.writeHead(req.method === 'HEAD' ? 200 : 204, {
+        'content-type': 'application/json',
+        'stream-next-offset': 'o2',
+      });
+      res.end();
+    },
+    async (url, seen) => {
+      const ds = new DurableStream({
+        url,
+        contentType: 'application/json',
+        headers: { 'Content-Type': 'text/plain', 'X-Trace': 't2' },
+      });
+      await ds.append({ a: 1 });
+      const post = seen.find((r) => r.method === 'POST');
+      assert.equal(post.headers['content-type'], 'application/json');
+      assert.equal(post.headers['x-trace'], 't2');
+    },
+  );
+});
+
+test('a header name that HTTP does not allow is INVALID_ARGUMENT, and nothing is sent', async () => {
+  await withServer(page, async (url, seen) => {
+    const h = stream({ url, live: false, headers: { 'bad name': 'x' } });
+    await assert.rejects(h.items(), (e) => e.code === 'INVALID_ARGUMENT');
+    assert.equal(seen.length, 0);
+  });
+});
