@@ -110,6 +110,19 @@ pub fn get_f64(obj: &JsValue, key: &str) -> Option<f64> {
     get(obj, key).as_f64()
 }
 
+/// A caller's option: `None` when absent (`undefined` or `null`), INVALID_ARGUMENT naming it
+/// when its `typeof` is not `kind`, so a mistyped option is never silently ignored.
+pub fn opt(obj: &JsValue, key: &str, kind: &str) -> Result<Option<JsValue>, JsValue> {
+    let v = get(obj, key);
+    if v.is_undefined() || v.is_null() {
+        Ok(None)
+    } else if v.js_typeof().as_string().as_deref() == Some(kind) {
+        Ok(Some(v))
+    } else {
+        Err(crate::error::invalid(&[key, " must be a ", kind].concat()))
+    }
+}
+
 /// Reads a boolean property; `None` when absent or not a boolean.
 pub fn get_bool(obj: &JsValue, key: &str) -> Option<bool> {
     get(obj, key).as_bool()

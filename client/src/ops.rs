@@ -100,10 +100,10 @@ pub fn create_stream(options: JsValue) -> Promise {
     future_to_promise(async move {
         let common = Common::from_js(&options)?;
         let mut hdrs = Vec::new();
-        if let Some(ct) = js::get_string(&options, "contentType") {
+        if let Some(ct) = js::opt(&options, "contentType", "string")?.and_then(|v| v.as_string()) {
             hdrs.push((headers::CONTENT_TYPE, ct));
         }
-        if let Some(ttl) = js::get_f64(&options, "ttlSeconds") {
+        if let Some(ttl) = js::opt(&options, "ttlSeconds", "number")?.and_then(|v| v.as_f64()) {
             if !(ttl >= 0.0 && ttl.fract() == 0.0 && ttl <= headers::MAX_TTL_SECONDS as f64) {
                 return Err(error::invalid(
                     "ttlSeconds must be a whole number of seconds >= 0",
@@ -111,14 +111,14 @@ pub fn create_stream(options: JsValue) -> Promise {
             }
             hdrs.push((headers::STREAM_TTL, js::u64_text(ttl as u64)));
         }
-        if let Some(at) = js::get_string(&options, "expiresAt") {
+        if let Some(at) = js::opt(&options, "expiresAt", "string")?.and_then(|v| v.as_string()) {
             // The server validates the timestamp (and says why it refuses one).
             hdrs.push((headers::STREAM_EXPIRES_AT, at));
         }
-        if js::get_bool(&options, "closed") == Some(true) {
+        if js::opt(&options, "closed", "boolean")?.and_then(|v| v.as_bool()) == Some(true) {
             hdrs.push((headers::STREAM_CLOSED, String::from("true")));
         }
-        if js::get_bool(&options, "channel") == Some(true) {
+        if js::opt(&options, "channel", "boolean")?.and_then(|v| v.as_bool()) == Some(true) {
             hdrs.push((STREAM_CHANNEL, String::from("true")));
         }
         let body = body_of(&options)?;
@@ -246,7 +246,7 @@ fn producer_of(options: &JsValue) -> Result<Option<ProducerTuple>, JsValue> {
 pub fn append_stream(options: JsValue) -> Promise {
     future_to_promise(async move {
         let common = Common::from_js(&options)?;
-        let close = js::get_bool(&options, "close") == Some(true);
+        let close = js::opt(&options, "close", "boolean")?.and_then(|v| v.as_bool()) == Some(true);
         let body = body_of(&options)?;
         let empty = match &body {
             None => true,
@@ -254,7 +254,8 @@ pub fn append_stream(options: JsValue) -> Promise {
         };
         let mut hdrs = Vec::new();
         if !(empty && close) {
-            let ct = js::get_string(&options, "contentType")
+            let ct = js::opt(&options, "contentType", "string")?
+                .and_then(|v| v.as_string())
                 .unwrap_or_else(|| String::from(headers::DEFAULT_CONTENT_TYPE));
             hdrs.push((headers::CONTENT_TYPE, ct));
         }

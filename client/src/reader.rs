@@ -166,7 +166,7 @@ impl Reader {
             url,
             live,
             phase: Phase::CatchUp,
-            json: js::get_bool(options, "json"),
+            json: js::opt(options, "json", "boolean")?.and_then(|v| v.as_bool()),
             content_type: None,
             dynamic: Dynamic::from_options(options),
             policy,
@@ -196,7 +196,8 @@ impl Reader {
             // Nothing to catch up on: wait for new data straight away.
             inner.borrow_mut().go_live();
         }
-        if js::get_bool(options, "pauseWhenHidden") != Some(false) {
+        if js::opt(options, "pauseWhenHidden", "boolean")?.and_then(|v| v.as_bool()) != Some(false)
+        {
             let weak = Rc::downgrade(&inner);
             let on_hidden = Closure::<dyn FnMut()>::new(move || {
                 if let Some(inner) = weak.upgrade() {

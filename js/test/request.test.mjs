@@ -69,3 +69,35 @@ test('a header name that HTTP does not allow is INVALID_ARGUMENT, and nothing is
     assert.equal(seen.length, 0);
   });
 });
+
+test('a mistyped option is INVALID_ARGUMENT naming it, before anything is sent, never silently ignored', async () => {
+  await withServer(page, async (url, seen) => {
+    for (const [options, name] of [
+      [{ ttlSeconds: '60' }, 'ttlSeconds'],
+      [{ expiresAt: new Date() }, 'expiresAt'],
+      [{ contentType: 42 }, 'contentType'],
+      [{ closed: 'true' }, 'closed'],
+      [{ channel: 1 }, 'channel'],
+    ]) {
+      await assert.rejects(
+        DurableStream.create({ url, ...options }),
+        (e) => e.code === 'INVALID_ARGUMENT' && e.message.includes(name),
+        name,
+      );
+    }
+    for (const [options, name] of [
+      [{ json: 'yes' }, 'json'],
+      [{ pauseWhenHidden: 0 }, 'pauseWhenHidden'],
+    ]) {
+      await assert.rejects(
+        stream({ url, live: false, ...options }).items(),
+        (e) => e.code === 'INVALID_ARGUMENT' && e.message.includes(name),
+        name,
+      );
+    }
+    assert.equal(seen.length, 0);
+    // null and undefined mean "not given".
+    await stream({ url, live: false, json: null, pauseWhenHidden: undefined }).items();
+    assert.equal(seen.length, 1);
+  });
+});
