@@ -289,6 +289,8 @@ export type ErrorCode =
 export declare class DurableStreamError extends Error {
   readonly code: ErrorCode;
   readonly status?: number;
+  /** A WebSocket reader's NETWORK_ERROR: the close code of the connection that failed last. */
+  readonly closeCode?: number;
   readonly cause?: unknown;
 }
 export declare class StreamClosedError extends DurableStreamError {

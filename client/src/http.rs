@@ -110,6 +110,11 @@ pub struct Request<'a> {
 /// Query parameters the client sets itself; a caller's parameter of the same name is dropped.
 const RESERVED_PARAMS: [&str; 3] = ["offset", "live", "cursor"];
 
+/// Drops the caller's parameters that the client sets itself.
+pub fn drop_reserved(params: &mut Vec<(String, String)>) {
+    params.retain(|(k, _)| !RESERVED_PARAMS.contains(&k.as_str()));
+}
+
 /// A response with its status, and the headers and parameters actually sent (for diagnostics).
 pub struct Sent {
     pub response: Response,
@@ -138,7 +143,7 @@ pub async fn send_once(req: &Request<'_>, signal: Option<&AbortSignal>) -> Resul
         .map_err(Failure::Fatal)?;
     // What is reported as sent is what was sent: the caller's reserved parameters are dropped,
     // and a protocol header replaces the caller's of the same name, in any case.
-    params.retain(|(k, _)| !RESERVED_PARAMS.contains(&k.as_str()));
+    drop_reserved(&mut params);
     dynamic_headers.retain(|(k, _)| !req.headers.iter().any(|(p, _)| p.eq_ignore_ascii_case(k)));
     let mut query = req.query.clone();
     query.extend_from_slice(&params);

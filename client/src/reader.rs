@@ -802,13 +802,10 @@ async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
             let s = inner.borrow();
             (s.url.clone(), s.query(Some("ws")), s.dynamic.params.clone())
         };
-        let params = http::resolve_map(&params_src).await?;
+        let mut params = http::resolve_map(&params_src).await?;
+        http::drop_reserved(&mut params);
         let mut q = query;
-        for (k, v) in &params {
-            if !matches!(k.as_str(), "offset" | "live" | "cursor") {
-                q.push((k.clone(), v.clone()));
-            }
-        }
+        q.extend_from_slice(&params);
         let full = ws_url(&http::with_query(&url, &q));
         let offered = error::msg(&[ws::RECEIPTS, ",", ws::COMBINED]);
         let socket = js::es_ws_open(&full, &offered)?;
@@ -910,13 +907,22 @@ fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsV
                 s.failures = 0;
                 return Ok(None);
             }
+            // The close code says why (1006: the connection broke; 1011: the server failed).
+            let code = js::get(frame, "code").as_f64().unwrap_or(1006.0);
             let reason = js::get_string(frame, "reason").unwrap_or_default();
             let cause = error::new(
                 error::NETWORK_ERROR,
-                &error::msg(&["WebSocket ", &s.url, " closed: ", &reason]),
+                &error::msg(&[
+                    "WebSocket ",
+                    &s.url,
+                    " closed (",
+                    &js::u64_text(code as u64),
+                    "): ",
+                    &reason,
+                ]),
                 None,
             );
-            Ok(Some(cause.into()))
+            Ok(Some(error::with(cause, "closeCode", code).into()))
         }
     }
 }

@@ -80,7 +80,7 @@ export class LeaseHeldError extends DurableStreamError {
   }
 }
 
-const DETAIL_KEYS = ['currentEpoch', 'expectedSeq', 'receivedSeq', 'finalOffset', 'leaseExpiresAt', 'cause'];
+const DETAIL_KEYS = ['currentEpoch', 'expectedSeq', 'receivedSeq', 'finalOffset', 'leaseExpiresAt', 'closeCode', 'cause'];
 
 /** Turns the wasm's coded errors (and host errors) into instances of the classes above. */
 function toError(e) {

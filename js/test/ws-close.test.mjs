@@ -1,0 +1,64 @@
+// A WebSocket reader that cannot stay connected says why: against a fake server whose upgrades
+// close at once with a code and reason, the error that ends the reader carries both.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { createHash } from 'node:crypto';
+import { WebSocket } from 'undici';
+import { stream } from '../src/node.js';
+
+// Node 20 has no global WebSocket; an application there installs one the same way.
+globalThis.WebSocket ??= WebSocket;
+
+/** A close frame (server to client, unmasked) with `code` and a short `reason`. */
+function closeFrame(code, reason) {
+  const text = Buffer.from(reason);
+  const payload = Buffer.concat([Buffer.from([code >> 8, code & 0xff]), text]);
+  return Buffer.concat([Buffer.from([0x88, payload.length]), payload]);
+}
+
+test('a WebSocket closed by the server fails the reader with its close code and reason', async () => {
+  let upgrades = 0;
+  let upgradeUrl;
+  const upgraded = new Set();
+  const server = http.createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json', 'stream-next-offset': 'o1', 'stream-up-to-date': 'true' });
+    res.end('[]');
+  });
+  server.on('upgrade', (req, socket) => {
+    upgrades++;
+    upgraded.add(socket);
+    upgradeUrl = new URL(req.url, 'http://x');
+    const accept = createHash('sha1').update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+    const protocol = req.headers['sec-websocket-protocol']?.split(',')[0].trim();
+    socket.write(
+      'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+        `Sec-WebSocket-Accept: ${accept}\r\n${protocol ? `Sec-WebSocket-Protocol: ${protocol}\r\n` : ''}\r\n`,
+    );
+    socket.end(closeFrame(4001, 'not today'));
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  try {
+    const url = `http://127.0.0.1:${server.address().port}/s`;
+    const h = stream({ url, live: 'ws', json: true, retry: { maxRetries: 1, initialDelayMs: 10 }, params: { live: 'sse', mine: '1' } });
+    await assert.rejects(
+      (async () => {
+        for await (const _ of h);
+      })(),
+      (e) => {
+        assert.equal(e.code, 'NETWORK_ERROR');
+        assert.equal(e.closeCode, 4001);
+        assert.match(e.message, /\(4001\): not today/);
+        return true;
+      },
+    );
+    assert.equal(upgrades, 2, 'one attempt and one retry');
+    // The caller's reserved params are dropped from the upgrade, and not reported as sent.
+    assert.deepEqual([...upgradeUrl.searchParams], [['offset', 'o1'], ['live', 'ws'], ['mine', '1']]);
+    assert.deepEqual(h.lastRequest.params, { mine: '1' });
+  } finally {
+    for (const socket of upgraded) socket.destroy();
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+});
