@@ -24,7 +24,7 @@ before(async () => {
   await server.start();
   globalThis.fetch = (url, init = {}) => {
     if (String(init.method ?? 'GET').toUpperCase() === 'POST') {
-      const headers = Object.fromEntries(Object.entries(init.headers ?? {}).map(([k, v]) => [k.toLowerCase(), String(v)]));
+      const headers = Object.fromEntries([...new Headers(init.headers)].map(([k, v]) => [k.toLowerCase(), String(v)]));
       const body = typeof init.body === 'string' ? init.body : new TextDecoder().decode(init.body ?? new Uint8Array());
       const post = {
         id: headers['producer-id'],
