@@ -192,8 +192,12 @@ impl Reader {
             unlisten_hidden: None,
             _on_hidden: None,
         }));
-        if start == Start::Now && live != Live::Off {
-            // Nothing to catch up on: wait for new data straight away.
+        // Nothing to catch up on: wait for new data straight away, unless the stream's type is
+        // still to learn. SSE and WebSocket responses do not carry it, so a JSON stream would be
+        // read as bytes; a `now` GET answers at once with the type and the tail. A long-poll's
+        // data carries the type.
+        let kind_known = inner.borrow().json.is_some() || live == Live::LongPoll;
+        if start == Start::Now && live != Live::Off && kind_known {
             inner.borrow_mut().go_live();
         }
         if js::opt(options, "pauseWhenHidden", "boolean")?.and_then(|v| v.as_bool()) != Some(false)

@@ -133,3 +133,36 @@ test('long-polls answered at once with nothing are paced by the backoff, not sen
     },
   );
 });
+
+test("offset 'now' on a stream of unknown type learns the type first, so a JSON stream's SSE data are items", async () => {
+  const requests = [];
+  await withServer(
+    (req, res, url) => {
+      requests.push(`${url.searchParams.get('offset')} ${url.searchParams.get('live') ?? 'catch-up'}`);
+      if (url.searchParams.get('live') === 'sse') {
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        res.write(sseData([{ hello: 'world' }], 'o2'));
+        return;
+      }
+      // A `now` GET: no data, the stream's type and its tail.
+      res.writeHead(200, json('o1', { 'stream-up-to-date': 'true' }));
+      res.end();
+    },
+    async (url) => {
+      const h = stream({ url, offset: 'now', live: 'sse' });
+      const items = [];
+      for await (const batch of h) {
+        assert.ok(batch.items, 'a JSON batch has items');
+        items.push(...batch.items);
+        if (items.length) break;
+      }
+      assert.deepEqual(items, [{ hello: 'world' }]);
+      assert.deepEqual(requests, ['now catch-up', 'o1 sse']);
+      // Told the type, the reader goes live at once.
+      requests.length = 0;
+      const told = stream({ url, offset: 'now', live: 'sse', json: true });
+      for await (const batch of told) if (batch.items.length) break;
+      assert.deepEqual(requests, ['now sse']);
+    },
+  );
+});
