@@ -127,9 +127,18 @@ describe('the writer lease over HTTP', () => {
     expect(renewed.status).toBe(200);
     expect(secondsUntil(renewed.headers.get('stream-lease-expires-at'))).toBeGreaterThan(3500);
     expectRefused(await append(name, 'b', 0, 'x'), 3600);
-    // A retried lease-only request is a duplicate like any producer retry.
-    expect((await append(name, 'a', 0, '', '10')).status).toBe(204);
-    expect(await contents(name)).toBe('a1');
+    // A retried lease-only request is a duplicate like any producer retry, and tells its
+    // producer the lease it holds (a retry is how a producer whose answer was lost learns it).
+    const retried = await append(name, 'a', 0, '', '10');
+    expect(retried.status).toBe(204);
+    expect(retried.headers.get('stream-lease-expires-at')).toBe(renewed.headers.get('stream-lease-expires-at'));
+    // Another producer's duplicate says nothing of a lease it does not hold.
+    expect(await append(name, 'a', 2, '', '0')).toMatchObject({ status: 204 });
+    expect((await append(name, 'b', 0, 'b0')).status).toBe(200);
+    const dup = await append(name, 'b', 0, 'b0');
+    expect(dup.status).toBe(204);
+    expect(dup.headers.get('stream-lease-expires-at')).toBeNull();
+    expect(await contents(name)).toBe('a1b0');
   });
 
   it('runs out, fences the former holder once another takes it, and follows the holder across epochs', async () => {
@@ -277,6 +286,9 @@ describe('the writer lease on a live=ws socket', () => {
       const taken = await a.send({ data: 'a0', producerId: 'a', producerEpoch: 0, producerSeq: 0, leaseTtl: 30 });
       expect(taken.type).toBe('ack');
       expect(secondsUntil(taken.leaseExpiresAt)).toBeGreaterThan(25);
+      // The same frame again (a resend after a lost ack) is a duplicate that names the lease.
+      const again = await a.send({ data: 'a0', producerId: 'a', producerEpoch: 0, producerSeq: 0, leaseTtl: 30 });
+      expect(again).toMatchObject({ type: 'ack', status: 204, leaseExpiresAt: taken.leaseExpiresAt });
       const refused = await b.send({ data: 'b0', producerId: 'b', producerEpoch: 0, producerSeq: 0 });
       expect(refused).toMatchObject({ type: 'error', status: 423 });
       expect(refused.retryAfter).toBeGreaterThanOrEqual(1);

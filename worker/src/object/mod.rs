@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use edgestream::headers::{self as h, ContentType, LiveMode, ProducerHeaders};
 use edgestream::json::{self, Purpose};
-use edgestream::lease::{LeaseChange, LeaseRequest};
+use edgestream::lease::{Lease, LeaseChange, LeaseRequest};
 use edgestream::producer::ClosingProducer;
 use edgestream::stream::{
     self, AppendPlan, AppendRequest, AppendTarget, CreateOutcome, CreateRequest, ExistingConfig,
@@ -651,6 +651,13 @@ impl StreamObject {
             Ok(plan) => plan,
             Err(e) => return http::error(&e),
         };
+        // The active lease held by this request's producer, if any.
+        let held_by_producer = |lease: Option<&Lease>| {
+            lease
+                .filter(|l| l.is_active(now))
+                .filter(|l| producer.as_ref().is_some_and(|p| p.id == l.holder))
+                .map(|l| l.expires_ms)
+        };
         let (producer_state, close, lease) = match plan {
             AppendPlan::AlreadyDone { duplicate, closed } => {
                 let resp = Response::empty()?.with_status(204);
@@ -661,6 +668,11 @@ impl StreamObject {
                 }
                 for (name, value) in duplicate.map(|d| d.headers()).unwrap_or_default() {
                     out.set(name, &value)?;
+                }
+                // A retry whose first answer was lost learns the lease its producer holds, as
+                // the first answer said.
+                if let Some(at) = held_by_producer(stored_lease.as_ref()) {
+                    out.set(h::STREAM_LEASE_EXPIRES_AT, &format_rfc3339(at))?;
                 }
                 return Ok(resp);
             }
@@ -674,10 +686,7 @@ impl StreamObject {
         let lease_held_until = match &lease {
             LeaseChange::Set(l) => Some(l.expires_ms),
             LeaseChange::Clear => None,
-            LeaseChange::Keep => stored_lease
-                .filter(|l| l.is_active(now))
-                .filter(|l| producer.as_ref().is_some_and(|p| p.id == l.holder))
-                .map(|l| l.expires_ms),
+            LeaseChange::Keep => held_by_producer(stored_lease.as_ref()),
         };
         let data = if meta.is_json() && !body.is_empty() {
             let framed = json::frame_messages(&body, Purpose::Append);
