@@ -839,6 +839,10 @@ describe('WebSocket bad frames', () => {
     expect((await refused(name, 'append please')).close.code).toBe(1007);
     expect((await refused(name, Buffer.from([0, 0]))).close.code).toBe(1007);
     expect((await refused(name, Buffer.from([0, 0, 0, 50, 123]))).close.code).toBe(1007);
+    // A string with an unpaired surrogate is JSON, but has no UTF-8 bytes to append.
+    const lone = await refused(name, '{"type":"append","data":"\\ud800"}');
+    expect(lone.close.code).toBe(1007);
+    expect(lone.error.message).toContain('surrogate');
   });
 
   it('closes with 1008 for frames that break the protocol', async () => {
@@ -848,6 +852,8 @@ describe('WebSocket bad frames', () => {
     expect((await refused(name, '{"type":"subscribe"}')).close.code).toBe(1008);
     expect((await refused(name, '{"type":"append","data":5}')).close.code).toBe(1008);
     expect((await refused(name, '{"type":"append","data":"x","producerSeq":true}')).close.code).toBe(1008);
+    // Stream-Seq is compared as text, so a number (10 sorts before 9) is refused, not misread.
+    expect((await refused(name, '{"type":"append","data":"x","streamSeq":10}')).close.code).toBe(1008);
     expect((await refused(name, '{"type":"append","data":"x","prodcerId":"typo"}')).close.code).toBe(1008);
     const header = Buffer.from('{"type":"append","data":"inline"}');
     const length = Buffer.alloc(4);

@@ -367,6 +367,12 @@ pub fn parse_client(
                 Some(raw) if json_stream => raw.get().as_bytes().to_vec(),
                 Some(raw) => match serde_json::from_str::<String>(raw.get()) {
                     Ok(text) => text.into_bytes(),
+                    // The frame parsed, so the string's only fault can be an unpaired surrogate.
+                    Err(_) if raw.get().starts_with('"') => {
+                        return Err(BadFrame::invalid(
+                            "data holds an unpaired surrogate, which has no UTF-8 bytes",
+                        ))
+                    }
                     Err(_) => return Err(BadFrame::policy(
                         "data must be a string on a non-JSON stream (send bytes in a binary frame)",
                     )),
@@ -599,7 +605,13 @@ impl<'a> AppendFrame<'a> {
             producer_id: raw.producer_id,
             producer_epoch: header_text(raw.producer_epoch, "producerEpoch")?,
             producer_seq: header_text(raw.producer_seq, "producerSeq")?,
-            stream_seq: header_text(raw.stream_seq, "streamSeq")?,
+            // Stream-Seq is compared as text: a number would let 10 sort before 9.
+            stream_seq: match raw.stream_seq {
+                Some(raw) if !raw.get().starts_with('"') => {
+                    return Err(BadFrame::policy("streamSeq must be a string"));
+                }
+                raw => header_text(raw, "streamSeq")?,
+            },
             lease_ttl: header_text(raw.lease_ttl, "leaseTtl")?,
             close: raw.close,
         })
@@ -634,8 +646,7 @@ fn header_text(
     Err(BadFrame::policy(match field {
         "producerEpoch" => "producerEpoch must be a number or a string",
         "producerSeq" => "producerSeq must be a number or a string",
-        "leaseTtl" => "leaseTtl must be a number or a string",
-        _ => "streamSeq must be a number or a string",
+        _ => "leaseTtl must be a number or a string",
     }))
 }
 
