@@ -854,6 +854,8 @@ describe('WebSocket bad frames', () => {
     expect((await refused(name, '{"type":"append","data":"x","producerSeq":true}')).close.code).toBe(1008);
     // Stream-Seq is compared as text, so a number (10 sorts before 9) is refused, not misread.
     expect((await refused(name, '{"type":"append","data":"x","streamSeq":10}')).close.code).toBe(1008);
+    // Beyond ASCII, a producer id over HTTP has no one text form: refused rather than risk two producers.
+    expect((await refused(name, '{"type":"append","data":"x","producerId":"é","producerEpoch":0,"producerSeq":0}')).close.code).toBe(1008);
     expect((await refused(name, '{"type":"append","data":"x","prodcerId":"typo"}')).close.code).toBe(1008);
     const header = Buffer.from('{"type":"append","data":"inline"}');
     const length = Buffer.alloc(4);

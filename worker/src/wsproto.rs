@@ -599,6 +599,13 @@ impl<'a> AppendFrame<'a> {
                 return Err(BadFrame::policy("id must be a string or a number"));
             }
         }
+        // Beyond ASCII, a Producer-Id header's bytes have no one text form (clients send UTF-8
+        // or Latin-1), so such an id could name another producer than the same id over HTTP.
+        if raw.producer_id.as_deref().is_some_and(|id| !id.is_ascii()) {
+            return Err(BadFrame::policy(
+                "producerId must be ASCII, to name the same producer as a Producer-Id header",
+            ));
+        }
         Ok(AppendFrame {
             id: raw.id,
             data: raw.data,
