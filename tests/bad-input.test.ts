@@ -173,6 +173,24 @@ async function wire(request: string): Promise<{ status: number; body: string }> 
   });
 }
 
+describe('stray WebSocket upgrades', () => {
+  it.each(['DELETE', 'POST', 'PUT', 'OPTIONS', 'GET'])(
+    '%s with Upgrade: websocket and no live=ws: 400, never served as a read',
+    async (method) => {
+      // workerd hands the Worker every upgrade as a GET: a DELETE would have answered the data.
+      const reply = await wire(
+        `${method} ${S}/canary HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+          'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n' +
+          'Content-Type: text/plain\r\nContent-Length: 1\r\n\r\nz',
+      );
+      expect(reply.status, reply.body).toBe(400);
+      expect(reply.body).toMatch(/live=ws/);
+      expect(reply.body).not.toContain('canary');
+      expect((await contents('canary')).body.toString()).toBe(CANARY);
+    },
+  );
+});
+
 describe('bodies', () => {
   const postJson = (body: string | Buffer) =>
     raw('POST', `${S}/json`, { 'content-type': 'application/json' }, body);

@@ -48,6 +48,14 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
         return not_allowed();
     }
     let url = req.url()?;
+    // workerd hands the Worker every WebSocket upgrade as a GET, whatever its method: a DELETE
+    // or POST with `Upgrade: websocket` would be served as a read. Only live=ws reads upgrade.
+    let upgrade = header(req.headers(), "upgrade");
+    if upgrade.is_some_and(|v| v.to_ascii_lowercase().contains("websocket"))
+        && !url.query_pairs().any(|(k, v)| k == "live" && v == "ws")
+    {
+        return http::text(400, "a WebSocket upgrade is only for a live=ws read");
+    }
     if req.method() == Method::Options {
         return preflight();
     }
