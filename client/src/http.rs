@@ -121,6 +121,8 @@ pub struct Sent {
     pub status: u16,
     pub headers_sent: Vec<(String, String)>,
     pub params_sent: Vec<(String, String)>,
+    /// The request went out more than once: an earlier attempt may have landed.
+    pub replayed: bool,
 }
 
 /// Why a single attempt failed.
@@ -179,6 +181,7 @@ pub async fn send_once(req: &Request<'_>, signal: Option<&AbortSignal>) -> Resul
                 status,
                 headers_sent: dynamic_headers,
                 params_sent: params,
+                replayed: false,
             })
         }
         Err(e) => {
@@ -201,7 +204,12 @@ pub async fn send(
     let mut attempt: u32 = 0;
     loop {
         let failure = match send_once(req, signal).await {
-            Ok(sent) if !backoff::is_retryable_status(sent.status) => return Ok(sent),
+            Ok(sent) if !backoff::is_retryable_status(sent.status) => {
+                return Ok(Sent {
+                    replayed: attempt > 0,
+                    ..sent
+                })
+            }
             Ok(sent) => {
                 if attempt >= policy.max_retries {
                     return Err(

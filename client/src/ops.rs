@@ -306,6 +306,10 @@ pub fn append_stream(options: JsValue) -> Promise {
         if let Some(at) = header_text(&sent, headers::STREAM_LEASE_EXPIRES_AT) {
             js::set(&out, "leaseExpiresAt", at);
         }
+        // Sent more than once, so a duplicate may be this request's own earlier attempt.
+        if sent.replayed {
+            js::set(&out, "replayed", true);
+        }
         if let Some(e) =
             header_text(&sent, headers::PRODUCER_EPOCH).and_then(|v| http::parse_int(&v))
         {

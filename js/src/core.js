@@ -836,7 +836,17 @@ export class IdempotentProducer {
         // Once the producer has failed, a later seq could only be refused: do not send it.
         if (this.#error) return;
         try {
-          batch.result = await this.#send(batch);
+          const result = (batch.result = await this.#send(batch));
+          // With autoClaim, a duplicate of a request sent once is an older instance's batch at
+          // this (epoch, seq) (a reloaded tab starts at epoch 0 again): this one's data did not
+          // land. The epoch is taken, as a 403 would say, so the next one is claimed.
+          if (this.#autoClaim && !result.replayed && (result.duplicate || result.producerSeq > batch.seq)) {
+            throw new StaleEpochError(
+              `producer epoch ${batch.epoch} is in use by an older instance of '${this.#id}'`,
+              result.status,
+              { currentEpoch: batch.epoch },
+            );
+          }
           this.#confirmed = true;
           this.#claims = 0;
           if (batch.result.offset) this.#lastOffset = batch.result.offset;

@@ -406,3 +406,49 @@ test('close() without data reports no duplicate; a close with data the server al
   assert.equal(again.duplicate, true);
   assert.equal(await readText(other), 'last');
 });
+
+test('autoClaim: a new instance at an epoch an older one used claims the next epoch, and its data lands', async () => {
+  const ds = await newStream();
+  const old = new IdempotentProducer(ds, 'tab');
+  for (const v of ['o0;', 'o1;', 'o2;']) {
+    old.append(v);
+    await old.flush();
+  }
+  // A reloaded tab: the same id at epoch 0, whose seqs 0.. the server already has.
+  const reloaded = new IdempotentProducer(ds, 'tab', { autoClaim: true });
+  reloaded.append('n0;');
+  await within(reloaded.flush(), 5000, 'flush()');
+  reloaded.append('n1;');
+  await within(reloaded.flush(), 5000, 'the next flush()');
+  assert.equal(reloaded.epoch, 1);
+  assert.equal(await readText(ds), 'o0;o1;o2;n0;n1;');
+  // Its close, data and all, lands too, and so does a close-only one of a third instance.
+  const third = new IdempotentProducer(ds, 'tab', { autoClaim: true, epoch: 1 });
+  third.append('t0;');
+  const closed = await within(third.close('t1;'), 5000, 'close()');
+  assert.equal(third.epoch, 2);
+  assert.equal(closed.duplicate, false);
+  assert.equal(await readText(ds), 'o0;o1;o2;n0;n1;t0;t1;');
+  // The old instance is fenced: its next batch is refused, nothing of it lands.
+  old.append('late;');
+  await assert.rejects(old.flush(), (e) => e.code === 'STALE_EPOCH' || e.code === 'STREAM_CLOSED');
+  assert.equal(await readText(ds), 'o0;o1;o2;n0;n1;t0;t1;');
+});
+
+test('autoClaim: a batch re-sent after its response was lost is a duplicate of itself, not a collision', async () => {
+  const ds = await newStream();
+  const p = new IdempotentProducer(ds, 'resent', { autoClaim: true, maxInFlight: 1 });
+  let lost = 0;
+  intercept = (post, send) => {
+    if (lost > 0) return null;
+    lost++;
+    return send().then(async (res) => {
+      await res.arrayBuffer();
+      throw new TypeError('fetch failed (response lost)');
+    });
+  };
+  p.append('x');
+  await within(p.flush(), 5000, 'flush()');
+  assert.equal(p.epoch, 0, 'no epoch was claimed for its own replay');
+  assert.equal(await readText(ds), 'x');
+});
