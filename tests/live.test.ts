@@ -92,3 +92,24 @@ test('readers that start together are released apart: SSE closes and long-poll t
     expect(spread).toBeGreaterThan(period * 0.04);
   }
 }, 30_000);
+
+test('an SSE response whose stream is deleted ends with an error event, so no client resumes into a new stream', async () => {
+  for (const start of ['tail', 'start'] as const) {
+    const name = `gone-${start}-${Date.now()}`;
+    const created = await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'application/json' }, body: '[1,2]' });
+    expect(created.status).toBe(201);
+    // From the start, the response holds the stream's data before the error event.
+    const from = start === 'tail' ? encodeURIComponent(created.headers.get('stream-next-offset')!) : '-1';
+    const res = await fetch(`${url(name)}?offset=${from}&live=sse`, { signal: AbortSignal.timeout(15_000) });
+    expect(res.status).toBe(200);
+    const text = res.text();
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await fetch(url(name), { method: 'DELETE' })).status).toBe(204);
+    const events = (await text).split('\n\n').filter((b) => b.trim() !== '');
+    const last = events.at(-1)!;
+    expect(last.startsWith('event: error\n'), last).toBe(true);
+    expect(JSON.parse(last.slice(last.indexOf('data:') + 5))).toMatchObject({ type: 'error', status: 404 });
+    // Events before it are the stream's own.
+    expect(events.slice(0, -1).every((b) => /^event: (data|control)\n/.test(b))).toBe(true);
+  }
+});

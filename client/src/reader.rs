@@ -690,9 +690,14 @@ async fn sse_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
 /// Takes parsed SSE events until one makes a batch (or the stream ends).
 fn take_events(s: &mut Inner) -> Result<(), JsValue> {
     while s.ready.is_empty() && !s.done {
-        let Some(Event::Batch { parts, control }) = s.sse.as_mut().and_then(|c| c.pending.next())
-        else {
-            break;
+        let (parts, control) = match s.sse.as_mut().and_then(|c| c.pending.next()) {
+            Some(Event::Batch { parts, control }) => (parts, control),
+            Some(Event::Failed { status, message }) => {
+                // The stream is gone: end here, or (another status) reconnect from the offset.
+                stream_error(s, "SSE ", status, &message)?;
+                break;
+            }
+            None => break,
         };
         if parts.iter().any(|p| !p.is_empty()) {
             if let Some(conn) = s.sse.as_mut() {
@@ -894,7 +899,7 @@ fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsV
                     status,
                     message,
                     for_append: false,
-                } => return ws_stream_error(&mut s, status, &message),
+                } => return stream_error(&mut s, "WebSocket ", status, &message),
                 ServerMessage::Error { .. } | ServerMessage::Other => None,
             };
             if let Some(control) = control {
@@ -984,13 +989,18 @@ fn send_receipt(conn: &mut WsConn, offset: &str) {
     }
 }
 
-/// An error about the stream, sent before the server closes the socket: a stream that is gone
-/// ends the reader with the error a read would get; anything else is a reason to reconnect,
-/// after a backoff, on a new socket.
-fn ws_stream_error(s: &mut Inner, status: u16, message: &str) -> Result<Option<JsValue>, JsValue> {
+/// An error about the stream, sent before the server ends the socket (or, as an `error` event,
+/// the SSE response): a stream that is gone ends the reader with the error a read would get;
+/// anything else is a reason to reconnect, from the reader's offset.
+fn stream_error(
+    s: &mut Inner,
+    transport: &str,
+    status: u16,
+    message: &str,
+) -> Result<Option<JsValue>, JsValue> {
     s.drop_connections();
     let status_text = js::u64_text(u64::from(status));
-    let text = error::msg(&["WebSocket ", &s.url, ": ", message, " (", &status_text, ")"]);
+    let text = error::msg(&[transport, &s.url, ": ", message, " (", &status_text, ")"]);
     let code = match status {
         404 => error::NOT_FOUND,
         410 => error::GONE,

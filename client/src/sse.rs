@@ -4,6 +4,7 @@
 //! error, because the reader could not know where to resume.
 
 use edgestream::sse::{self, Control, SseDecoder};
+use edgestream::ws::ServerMessage;
 use edgestream::SseEncoding;
 
 /// What one SSE connection has produced so far.
@@ -13,6 +14,9 @@ pub enum Event {
         parts: Vec<Vec<u8>>,
         control: Control,
     },
+    /// An `error` event, the response's last: the stream is gone (edgestream's servers send it
+    /// when the stream is deleted while followed, so the reader does not resume from its offset).
+    Failed { status: u16, message: String },
 }
 
 /// Why an SSE body could not be read.
@@ -73,6 +77,14 @@ impl SseReader {
                         control,
                     });
                 }
+                "error" => {
+                    if let Ok(ServerMessage::Error {
+                        status, message, ..
+                    }) = ServerMessage::parse(&event.data)
+                    {
+                        out.push(Event::Failed { status, message });
+                    }
+                }
                 _ => {}
             }
         }
@@ -101,8 +113,10 @@ mod tests {
         let mut out = Vec::new();
         // Feed one byte at a time: events may be split anywhere.
         for b in input {
-            for Event::Batch { parts, control } in reader.push(core::slice::from_ref(b)).unwrap() {
-                out.push((parts, control));
+            for event in reader.push(core::slice::from_ref(b)).unwrap() {
+                if let Event::Batch { parts, control } = event {
+                    out.push((parts, control));
+                }
             }
         }
         out
@@ -165,5 +179,19 @@ mod tests {
     fn data_without_control_is_held_back() {
         let mut r = SseReader::new(SseEncoding::Utf8);
         assert!(r.push(b"event: data\ndata: x\n\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_error_event_reports_the_status() {
+        let mut r = SseReader::new(SseEncoding::Utf8);
+        let events = r
+            .push(b"event: error\ndata:{\"type\":\"error\",\"status\":404,\"message\":\"stream not found\"}\n\n")
+            .unwrap();
+        assert!(matches!(
+            events.as_slice(),
+            [Event::Failed { status: 404, message }] if message == "stream not found"
+        ));
+        // An error event that is not an error message is skipped, like any unknown event.
+        assert!(r.push(b"event: error\ndata: oops\n\n").unwrap().is_empty());
     }
 }

@@ -166,3 +166,32 @@ test("offset 'now' on a stream of unknown type learns the type first, so a JSON 
     },
   );
 });
+
+test('an SSE error event saying the stream is gone ends the reader with its error, after the batches before it', async () => {
+  let sseRequests = 0;
+  await withServer(
+    (req, res, url) => {
+      if (url.searchParams.get('live') === 'sse') {
+        sseRequests++;
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        res.end(sseData(['A'], 'o2') + 'event: error\ndata:{"type":"error","status":404,"message":"stream not found"}\n\n');
+        return;
+      }
+      res.writeHead(200, json('o1', { 'stream-up-to-date': 'true' }));
+      res.end('[]');
+    },
+    async (url) => {
+      const h = stream({ url, live: 'sse', json: true });
+      const taken = [];
+      await assert.rejects(
+        (async () => {
+          for await (const batch of h) taken.push(...batch.items);
+        })(),
+        (e) => e.code === 'NOT_FOUND' && e.status === 404,
+      );
+      assert.deepEqual(taken, ['A']);
+      assert.equal(h.offset, 'o2');
+      assert.equal(sseRequests, 1, 'not resumed from its offset');
+    },
+  );
+});

@@ -27,6 +27,7 @@ use crate::path::StreamName;
 use crate::pipe::{body_pipe, BodyWriter};
 use crate::reply::{self, ReadReply, X_CONTENT_TYPE, X_INSTANCE};
 use crate::socket::{Socket, SocketEvent};
+use crate::wsproto;
 
 /// How the object answered a subscription.
 pub(super) enum Subscription {
@@ -336,6 +337,9 @@ async fn catch_up(
         match sub {
             Subscription::Page(resp) => {
                 if resp.status_code() != 200 {
+                    if matches!(resp.status_code(), 404 | 410) {
+                        body.send(&gone_event(resp.status_code()));
+                    }
                     return body.close();
                 }
                 let meta = resp.headers().clone();
@@ -364,6 +368,19 @@ async fn catch_up(
             }
         }
     }
+}
+
+/// The last event of a response whose stream was deleted: `event: error`, its data the error
+/// message of `live=ws`. A client that took the end for a routine one would resume from its
+/// offset, which a stream created again at the same path could take as its own.
+fn gone_event(status: u16) -> Vec<u8> {
+    let message = if status == 410 {
+        "stream was deleted"
+    } else {
+        "stream not found"
+    };
+    let json = wsproto::ErrorReply::of(None, status, message.into()).to_json();
+    format!("event: error\ndata:{json}\n\n").into_bytes()
 }
 
 /// The live part of one SSE response: the object's frames, handled as they arrive.
@@ -505,7 +522,11 @@ impl SseFollower {
                         up_to_date,
                         payload,
                     }) => this.state.frame(start, end, closed, up_to_date, payload),
-                    Some(Frame::Gone { .. }) | None => {
+                    Some(Frame::Gone { error }) => {
+                        this.state.done = true;
+                        Some(gone_event(error.status()))
+                    }
+                    None => {
                         this.state.done = true;
                         None
                     }
