@@ -87,10 +87,17 @@ export declare class StreamHandle<T = unknown> implements AsyncIterableIterator<
    */
   subscribe(callback: (batch: Batch<T>) => void | Promise<void>, onError?: (error: unknown) => void): () => void;
   cancel(): void;
-  /** Collects the items of a JSON stream until it is closed (or caught up with `live: false`). */
+  /**
+   * Collects the items of a JSON stream until it is closed (or caught up with `live: false`);
+   * INVALID_ARGUMENT on a stream that is not JSON.
+   */
   items(): Promise<T[]>;
-  /** Collects the bytes until the stream is closed (or caught up with `live: false`). */
+  /**
+   * Collects the bytes of a stream that is not JSON until it is closed (or caught up with
+   * `live: false`); INVALID_ARGUMENT on a JSON stream.
+   */
   bytes(): Promise<Uint8Array>;
+  /** `bytes()`, decoded as UTF-8. */
   text(): Promise<string>;
 }
 

@@ -341,6 +341,7 @@ export class StreamHandle {
   async items() {
     const all = [];
     for await (const batch of this) {
+      if (batch.bytes?.length) this.#wrongKind('items()', 'is not JSON: use bytes() or text()');
       // A loop, not push(...items): a batch can hold more messages than a call has arguments.
       if (batch.items) for (const item of batch.items) all.push(item);
       if (batch.upToDate && this.#options.live === false) break;
@@ -353,6 +354,7 @@ export class StreamHandle {
     const parts = [];
     let n = 0;
     for await (const batch of this) {
+      if (batch.items?.length) this.#wrongKind('bytes() and text()', 'is JSON: use items()');
       if (batch.bytes) {
         parts.push(batch.bytes);
         n += batch.bytes.length;
@@ -365,6 +367,12 @@ export class StreamHandle {
       at += p.length;
     }
     return out;
+  }
+
+  /** A helper read a stream of the other kind: stop, rather than return it as empty. */
+  #wrongKind(helper, why) {
+    this.cancel();
+    throw new DurableStreamError(`${helper}: the stream ${why}`, 'INVALID_ARGUMENT');
   }
 
   /** Like `bytes()`, decoded as UTF-8. */
@@ -391,7 +399,13 @@ function jsonText(value) {
     }
     return text;
   }
-  const text = JSON.stringify(value);
+  let text;
+  try {
+    text = JSON.stringify(value);
+  } catch (e) {
+    // A BigInt, a cycle, or a toJSON() that throws.
+    throw new DurableStreamError(`the value is not JSON: ${e.message}`, 'INVALID_ARGUMENT');
+  }
   if (text === undefined) throw new DurableStreamError(`${typeof value} is not a JSON value`, 'INVALID_ARGUMENT');
   return text;
 }

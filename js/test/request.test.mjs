@@ -101,3 +101,37 @@ test('a mistyped option is INVALID_ARGUMENT naming it, before anything is sent, 
     assert.equal(seen.length, 1);
   });
 });
+
+test("items() on bytes, and bytes() or text() on JSON, are INVALID_ARGUMENT, not an empty result", async () => {
+  const answer = (type, body) => (req, res) => {
+    res.writeHead(200, { 'content-type': type, 'stream-next-offset': 'o1', 'stream-up-to-date': 'true', 'stream-closed': 'true' });
+    res.end(body);
+  };
+  await withServer(answer('text/plain', 'hello'), async (url) => {
+    await assert.rejects(stream({ url, live: false }).items(), (e) => e.code === 'INVALID_ARGUMENT' && /bytes\(\)/.test(e.message));
+    assert.equal(await stream({ url, live: false }).text(), 'hello');
+  });
+  await withServer(answer('application/json', '[1,2]'), async (url) => {
+    await assert.rejects(stream({ url, live: false }).text(), (e) => e.code === 'INVALID_ARGUMENT' && /items\(\)/.test(e.message));
+    await assert.rejects(stream({ url, live: false }).bytes(), (e) => e.code === 'INVALID_ARGUMENT');
+    assert.deepEqual(await stream({ url, live: false }).items(), [1, 2]);
+  });
+});
+
+test('a value JSON.stringify cannot encode is INVALID_ARGUMENT, and nothing is sent', async () => {
+  await withServer(
+    (req, res) => {
+      res.writeHead(204, { 'stream-next-offset': 'o2' });
+      res.end();
+    },
+    async (url, seen) => {
+      const ds = new DurableStream({ url, contentType: 'application/json' });
+      const cycle = {};
+      cycle.self = cycle;
+      for (const value of [1n, cycle, { toJSON() { throw new Error('no'); } }]) {
+        await assert.rejects(ds.append(value), (e) => e.code === 'INVALID_ARGUMENT');
+      }
+      assert.equal(seen.length, 0);
+    },
+  );
+});
