@@ -224,7 +224,7 @@ export interface ProducerOptions {
   /**
    * Make this producer the stream's only appender (an edgestream extension): each batch takes or
    * renews the stream's writer lease for `ttlSeconds` (1 to 86400), an idle producer renews it
-   * a third of the way through, and `detach()` gives it up. Appends by others are refused
+   * within a third of it, and `detach()` gives it up. Appends by others are refused
    * (LeaseHeldError) until then. A producer refused the lease fails with LeaseHeldError, unless
    * `wait` is true: then, until it first holds the lease, it waits for it (a standby), `flush()`
    * included. Once it has held the lease, losing it fails the producer.

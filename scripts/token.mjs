@@ -27,6 +27,19 @@ export function mintToken({ secret, prefix = '', ops, expiresAt }) {
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {
   const args = process.argv.slice(2);
+  const usage = 'usage: npm run token -- [--secret S] [--prefix P] [--ops read,append,create,delete,admin] [--ttl SECONDS]';
+  if (args.includes('--help') || args.includes('-h')) {
+    console.log(usage);
+    process.exit(0);
+  }
+  const known = new Set(['--secret', '--prefix', '--ops', '--ttl']);
+  for (let i = 0; i < args.length; i += 2) {
+    if (!known.has(args[i])) {
+      console.error(`token: unknown argument ${args[i]}`);
+      console.error(usage);
+      process.exit(2);
+    }
+  }
   const opt = (name, fallback) => {
     const i = args.indexOf(`--${name}`);
     return i >= 0 && i + 1 < args.length ? args[i + 1] : fallback;
@@ -43,7 +56,7 @@ if (import.meta.url === pathToFileURL(process.argv[1]).href) {
     console.log(token);
   } catch (e) {
     console.error(`token: ${e.message}`);
-    console.error('usage: npm run token -- [--secret S] [--prefix P] [--ops read,append,create,delete,admin] [--ttl SECONDS]');
+    console.error(usage);
     process.exit(2);
   }
 }
