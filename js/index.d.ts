@@ -12,9 +12,13 @@ export type DynamicMap = PlainMap | (() => PlainMap | null | undefined | Promise
 
 /** Reconnection policy. Defaults: 5 retries, 100 ms doubling to 5 s, with jitter. */
 export interface RetryOptions {
+  /** Retries after the first attempt: an integer >= 0. */
   maxRetries?: number;
+  /** > 0. */
   initialDelayMs?: number;
+  /** >= initialDelayMs. */
   maxDelayMs?: number;
+  /** >= 1. */
   multiplier?: number;
 }
 
@@ -122,6 +126,7 @@ export interface StreamHandleOptions {
 
 export interface CreateOptions {
   contentType?: string;
+  /** A sliding TTL, in whole seconds (an integer >= 0). */
   ttlSeconds?: number;
   expiresAt?: string;
   /** Create the stream already closed. */
@@ -201,21 +206,25 @@ export declare class DurableStream {
 }
 
 export interface ProducerOptions {
-  /** Starting epoch (default 0). */
+  /** Starting epoch: an integer >= 0, default 0. */
   epoch?: number;
   /**
    * On a stale epoch (403), claim the one after the server's and retry, `close()` included. The
    * batches in flight are let settle first, then the fenced ones are re-sent in append order under
-   * the one new epoch. Gives up (the producer fails) after 5 claims in a row. Default false.
+   * the one new epoch. Gives up (the producer fails) after 5 claims in a row. It also takes over
+   * from an older instance at its own epoch (a reloaded tab starts at 0 again): a batch sent once
+   * that comes back a duplicate was that instance's, so the next epoch is claimed. Without it, a
+   * new instance must start above the epochs used before, or its batches do not land.
+   * Default false.
    */
   autoClaim?: boolean;
-  /** How long a batch waits for more data. Default 5 ms. */
+  /** How long a batch waits for more data, in ms: an integer >= 0. Default 5. */
   lingerMs?: number;
-  /** A batch is sent once it holds this many bytes. Default 1 MiB. */
+  /** A batch is sent once it holds this many bytes: an integer > 0. Default 1 MiB. */
   maxBatchBytes?: number;
-  /** A batch is sent once it holds this many items. Default unlimited. */
+  /** A batch is sent once it holds this many items: an integer > 0. Default unlimited. */
   maxBatchItems?: number;
-  /** Batches in flight at once. Default 5. */
+  /** Batches in flight at once: an integer > 0. Default 5. */
   maxInFlight?: number;
   /** JSON stream? Default: from the stream's content type. */
   json?: boolean;
