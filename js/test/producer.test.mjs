@@ -203,25 +203,30 @@ test('many small appends in flight at once arrive once each, in order', async ()
   assert.equal(await readText(ds), want.join(''));
 });
 
-test('a batch whose response is lost is sent again with the same seq and lands once', async () => {
-  const ds = await newStream();
-  const p = new IdempotentProducer(ds, 'lost-reply', { lingerMs: 5, maxInFlight: 1 });
-  let lost = 0;
-  // The first POST reaches the server, but its response never reaches the client.
+/** The first POST reaches the server, but its response never reaches the client. */
+function loseFirstResponse() {
+  const lost = { count: 0 };
   intercept = (post, send) => {
-    if (lost > 0) return null;
-    lost++;
+    if (lost.count > 0) return null;
+    lost.count++;
     return send().then(async (res) => {
       await res.arrayBuffer();
       throw new TypeError('fetch failed (response lost)');
     });
   };
+  return lost;
+}
+
+test('a batch whose response is lost is sent again with the same seq and lands once', async () => {
+  const ds = await newStream();
+  const p = new IdempotentProducer(ds, 'lost-reply', { lingerMs: 5, maxInFlight: 1 });
+  const lost = loseFirstResponse();
   p.append('x');
   p.append('y');
   await p.flush();
   p.append('z');
   await p.flush();
-  assert.equal(lost, 1);
+  assert.equal(lost.count, 1);
   assert.deepEqual(
     posts.map(({ seq, body }) => [seq, body]),
     [
@@ -438,15 +443,7 @@ test('autoClaim: a new instance at an epoch an older one used claims the next ep
 test('autoClaim: a batch re-sent after its response was lost is a duplicate of itself, not a collision', async () => {
   const ds = await newStream();
   const p = new IdempotentProducer(ds, 'resent', { autoClaim: true, maxInFlight: 1 });
-  let lost = 0;
-  intercept = (post, send) => {
-    if (lost > 0) return null;
-    lost++;
-    return send().then(async (res) => {
-      await res.arrayBuffer();
-      throw new TypeError('fetch failed (response lost)');
-    });
-  };
+  loseFirstResponse();
   p.append('x');
   await within(p.flush(), 5000, 'flush()');
   assert.equal(p.epoch, 0, 'no epoch was claimed for its own replay');
