@@ -653,7 +653,9 @@ fn header_text(
     Err(BadFrame::policy(match field {
         "producerEpoch" => "producerEpoch must be a number or a string",
         "producerSeq" => "producerSeq must be a number or a string",
-        _ => "leaseTtl must be a number or a string",
+        "leaseTtl" => "leaseTtl must be a number or a string",
+        // Only strings reach here for streamSeq (numbers are refused before, as they sort as text).
+        _ => "streamSeq must be a string",
     }))
 }
 
