@@ -397,7 +397,10 @@ export interface TableChange<V = unknown> {
 }
 
 export interface TableUpdate<V = unknown> {
-  /** The changes of one batch, in order (after the last `reset` in it, if any). */
+  /**
+   * The changes of one batch, in order (after the last `reset` in it, if any). A delete of a
+   * key the table did not hold changed nothing and is not listed.
+   */
   changes: TableChange<V>[];
   /** The table dropped its rows first (a `reset` message, or a resync from the start). */
   reset: boolean;

@@ -206,11 +206,13 @@ export class KeyedTable {
     byKey.set(key, value);
   }
 
+  /** Whether the key was there to delete. */
   #delete(type, key) {
     const byKey = this.#rows.get(type);
-    if (!byKey?.delete(key)) return;
+    if (!byKey?.delete(key)) return false;
     this.#size--;
     if (byKey.size === 0) this.#rows.delete(type);
+    return true;
   }
 
   async #run() {
@@ -288,8 +290,10 @@ export class KeyedTable {
       } else if (change) {
         const { type, key, value, headers } = change;
         const previous = this.get(type, key);
-        if (headers.operation === 'delete') this.#delete(type, key);
-        else this.#set(type, key, value);
+        if (headers.operation === 'delete') {
+          // A delete of a key the table does not hold changes nothing, so it is not a change.
+          if (!this.#delete(type, key)) continue;
+        } else this.#set(type, key, value);
         changes.push({ type, key, operation: headers.operation, value: headers.operation === 'delete' ? undefined : value, previous, headers });
       }
     }
