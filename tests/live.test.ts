@@ -2,6 +2,7 @@
 // arriving (clients then resume from their offset), and a long-poll with nothing to say answers
 // 204 after LONG_POLL_TIMEOUT_MS.
 import { afterAll, beforeAll, expect, test } from 'vitest';
+import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
 
 let server: Awaited<ReturnType<typeof startServer>>;
@@ -113,3 +114,41 @@ test('an SSE response whose stream is deleted ends with an error event, so no cl
     expect(events.slice(0, -1).every((b) => /^event: (data|control)\n/.test(b))).toBe(true);
   }
 });
+
+test('an open reader keeps a TTL stream alive whatever its transport, and the TTL counts again once it goes', async () => {
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const head = async (name: string) => (await fetch(url(name), { method: 'HEAD' })).status;
+  const create = async (name: string) => {
+    const res = await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'text/plain', 'stream-ttl': '1' } });
+    expect(res.status).toBe(201);
+  };
+  // SSE, held at the edge: its 2 s connection outlives the 1 s TTL, and ends without an error.
+  const sse = `ttl-sse-${Date.now()}`;
+  await create(sse);
+  const res = await fetch(`${url(sse)}?offset=now&live=sse`, { signal: AbortSignal.timeout(15_000) });
+  const text = res.text();
+  await sleep(1500);
+  expect(await head(sse)).toBe(200);
+  const events = await text;
+  expect(events).not.toContain('event: error');
+  await sleep(1600);
+  expect(await head(sse)).toBe(404);
+
+  // A WebSocket, held by the stream's object, open for three TTLs.
+  const ws = `ttl-ws-${Date.now()}`;
+  await create(ws);
+  const wsUrl = `${url(ws).replace(/^http/, 'ws')}?offset=now&live=ws`;
+  const socket = new WebSocket(wsUrl);
+  await new Promise((resolve, reject) => {
+    socket.addEventListener('open', resolve);
+    socket.addEventListener('error', reject);
+  });
+  let closedWith = 0;
+  socket.addEventListener('close', (e) => (closedWith = e.code));
+  await sleep(3000);
+  expect(closedWith).toBe(0);
+  expect(await head(ws)).toBe(200);
+  socket.close();
+  await sleep(2600);
+  expect(await head(ws)).toBe(404);
+}, 30_000);

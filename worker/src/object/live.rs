@@ -99,6 +99,12 @@ impl Hub {
         self.clients.replace(None);
     }
 
+    /// Whether any live reader is open: an SSE or long-poll reader at the edge, or a client
+    /// socket held here.
+    pub fn has_readers(&self) -> bool {
+        !self.sockets().is_empty() || !self.sockets_tagged(clients::TAG).is_empty()
+    }
+
     fn sockets_tagged(&self, tag: &str) -> Vec<WebSocket> {
         self.state.get_websockets_with_tag(tag).unwrap_or_default()
     }

@@ -177,7 +177,13 @@ impl DurableObject for StreamObject {
                 self.remove(meta, 0).await?;
                 return Response::ok("");
             }
+            let mut meta = meta;
             match meta.expiry.deadline(meta.accessed_ms) {
+                Some(_) if self.held_open(&mut meta, now)? => {
+                    if let Some(deadline) = meta.expiry.deadline(meta.accessed_ms) {
+                        alarm::schedule(self, deadline).await?;
+                    }
+                }
                 Some(deadline) if now >= deadline => self.expire(meta).await?,
                 Some(deadline) => alarm::schedule(self, deadline).await?,
                 None => {}
@@ -257,6 +263,7 @@ impl DurableObject for StreamObject {
     ) -> Result<()> {
         // Answer the close frame (workerd leaves that to the application).
         let _ = ws.close(Some(1000), Some("closed"));
+        self.reader_left()?;
         // The edge's sockets come and go all the time; only a client's changes the groups.
         if let Some(state) = clients::ClientState::of(ws.as_ref()) {
             self.hub.receipts().closed(state.id);
@@ -266,6 +273,7 @@ impl DurableObject for StreamObject {
     }
 
     async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> Result<()> {
+        self.reader_left()?;
         if let Some(state) = clients::ClientState::of(ws.as_ref()) {
             self.hub.receipts().closed(state.id);
         }
@@ -327,7 +335,16 @@ impl StreamObject {
         let Some(meta) = self.meta()? else {
             return Ok(Lookup::Missing);
         };
-        let standing = Standing::of(meta.deleted, meta.forks, meta.expiry, meta.accessed_ms, now);
+        let mut meta = meta;
+        let standing =
+            match Standing::of(meta.deleted, meta.forks, meta.expiry, meta.accessed_ms, now) {
+                Standing::Expired | Standing::ExpiredWithForks
+                    if self.held_open(&mut meta, now)? =>
+                {
+                    Standing::Live
+                }
+                standing => standing,
+            };
         Ok(match standing {
             Standing::Live => Lookup::Live(meta),
             Standing::Deleted => Lookup::Deleted,
@@ -353,6 +370,40 @@ impl StreamObject {
             meta.accessed_ms = now;
             self.store()?.touch(now)?;
             self.remember(meta);
+        }
+        Ok(())
+    }
+
+    /// An open live reader reads all the while, so it slides a TTL as a read request does:
+    /// a stream being followed does not expire under its readers, whatever their transport
+    /// (a long-poll slid it with each request, an SSE or WebSocket reader only when it
+    /// connected). Asked only once the TTL has run out, so readers cost nothing until then.
+    fn held_open(&self, meta: &mut Meta, now: i64) -> Result<bool> {
+        if meta.deleted
+            || !matches!(meta.expiry, Expiry::Ttl(_))
+            || meta
+                .expiry
+                .deadline(meta.accessed_ms)
+                .is_none_or(|d| now < d)
+            || !self.hub.has_readers()
+        {
+            return Ok(false);
+        }
+        meta.accessed_ms = now;
+        self.store()?.touch(now)?;
+        self.remember(meta);
+        Ok(true)
+    }
+
+    /// A live reader went: the TTL counts from now, as it would from its last read request.
+    fn reader_left(&self) -> Result<()> {
+        let now = now_ms();
+        if let Some(mut meta) = self.meta()? {
+            let live = Standing::of(meta.deleted, meta.forks, meta.expiry, meta.accessed_ms, now)
+                == Standing::Live;
+            if live {
+                self.touch(&mut meta, now)?;
+            }
         }
         Ok(())
     }
