@@ -56,6 +56,28 @@ pub fn encode_data(payload: &[u8], encoding: SseEncoding, out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
+/// How many of the bytes just before a cut in a stream's data (`before`, its last few bytes
+/// are enough) belong after it, so that no piece of text ends inside a UTF-8 character or
+/// between a CR and the LF that may follow it.
+///
+/// The encoder reads each piece on its own, so a cut character would reach the reader as
+/// U+FFFD and a cut CRLF as two line breaks, while offsets move past the bytes either way.
+/// At most 3 bytes move. Bytes that are not UTF-8 cut where they are.
+pub fn text_cut_back(before: &[u8]) -> usize {
+    let n = before.len();
+    for back in 1..=n.min(3) {
+        let width = match before[n - back] {
+            0x80..=0xBF => continue,
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => break,
+        };
+        return if width > back { back } else { 0 };
+    }
+    usize::from(before.last() == Some(&b'\r'))
+}
+
 /// Writes `data:<line>`. Decoders strip one space after the colon, so a line that itself starts
 /// with a space gets one extra; other lines get none (clients match `data:{` literally).
 fn write_data_line(line: &[u8], out: &mut Vec<u8>) {
@@ -511,6 +533,72 @@ pub fn decode_data(data: &str, encoding: SseEncoding) -> Result<Vec<u8>, base64:
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn text_cuts_move_back_to_a_whole_character() {
+        let euro = "€".as_bytes(); // E2 82 AC
+        assert_eq!(text_cut_back(b""), 0);
+        assert_eq!(text_cut_back(b"abc"), 0);
+        assert_eq!(text_cut_back(euro), 0);
+        assert_eq!(text_cut_back(&euro[..1]), 1);
+        assert_eq!(text_cut_back(&euro[..2]), 2);
+        assert_eq!(text_cut_back(b"a\xE2\x82"), 2);
+        let emoji = "😀".as_bytes(); // F0 9F 98 80
+        assert_eq!(text_cut_back(emoji), 0);
+        assert_eq!(text_cut_back(&emoji[..3]), 3);
+        assert_eq!(
+            text_cut_back(&emoji[1..]),
+            0,
+            "a character begun before the window"
+        );
+        assert_eq!(text_cut_back(&emoji[..1]), 1);
+        assert_eq!(text_cut_back("é".as_bytes()), 0);
+        assert_eq!(text_cut_back(&"é".as_bytes()[..1]), 1);
+        // A CR stays with what follows it; an incomplete character after a CR moves alone.
+        assert_eq!(text_cut_back(b"a\r"), 1);
+        assert_eq!(text_cut_back(b"\r\n"), 0);
+        assert_eq!(text_cut_back(b"\r\xE2"), 1);
+        // Bytes that are not UTF-8 cut where they are.
+        assert_eq!(text_cut_back(b"\x80\x80\x80\x80"), 0);
+        assert_eq!(text_cut_back(b"a\xFF"), 0);
+    }
+
+    #[test]
+    fn pieces_cut_where_text_cut_back_says_encode_to_the_whole_text() {
+        let text = "a€b\r\nc😀d\re\u{7FF}".repeat(7);
+        let bytes = text.as_bytes();
+        let mut expected = Vec::new();
+        encode_data(bytes, SseEncoding::Utf8, &mut expected);
+        let joined = |events: &[u8]| {
+            let mut out = String::new();
+            for block in core::str::from_utf8(events).unwrap().split("\n\n") {
+                let lines: Vec<&str> = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .collect();
+                out.push_str(&lines.join("\n"));
+            }
+            out
+        };
+        // Any piece of 4 bytes or more has room for a whole character.
+        for size in 4..=12 {
+            let mut events = Vec::new();
+            let mut at = 0;
+            while at < bytes.len() {
+                let mut cut = (at + size).min(bytes.len());
+                if cut < bytes.len() {
+                    let back = text_cut_back(&bytes[cut.saturating_sub(4).max(at)..cut]);
+                    if back < cut - at {
+                        cut -= back;
+                    }
+                }
+                encode_data(&bytes[at..cut], SseEncoding::Utf8, &mut events);
+                at = cut;
+            }
+            assert_eq!(joined(&events), joined(&expected), "pieces of {size}");
+            assert!(!joined(&events).contains('\u{FFFD}'));
+        }
+    }
+
     use super::*;
     use alloc::string::ToString;
     use alloc::vec;

@@ -152,3 +152,63 @@ test('an open reader keeps a TTL stream alive whatever its transport, and the TT
   await sleep(2600);
   expect(await head(ws)).toBe(404);
 }, 30_000);
+
+/** Follows `name` over SSE from `from` until the offset `target()` names, resuming as a client
+ * does; returns the text of its data events, each decoded on its own as SSE clients do. */
+async function sseText(name: string, from: string, target: () => string | undefined): Promise<string> {
+  let offset = from;
+  let text = '';
+  for (let round = 0; round < 20 && offset !== target(); round++) {
+    const res = await fetch(`${url(name)}?offset=${encodeURIComponent(offset)}&live=sse`, { signal: AbortSignal.timeout(15_000) });
+    expect(res.status).toBe(200);
+    const decoder = new TextDecoder();
+    let buffered = '';
+    const reader = res.body!.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      buffered += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffered.indexOf('\n\n')) !== -1) {
+        const block = buffered.slice(0, end);
+        buffered = buffered.slice(end + 2);
+        const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5));
+        if (block.startsWith('event: data')) text += data.join('\n');
+        if (block.startsWith('event: control')) offset = JSON.parse(data.join('\n')).streamNextOffset;
+      }
+      if (offset === target()) {
+        await reader.cancel();
+        break;
+      }
+    }
+  }
+  expect(offset).toBe(target());
+  return text;
+}
+
+test('SSE delivers text whole where an append is cut into frames and a catch-up into pages', async () => {
+  const name = `utf8-${Date.now()}`;
+  const type = { 'content-type': 'text/plain; charset=utf-8' };
+  const created = await fetch(url(name), { method: 'PUT', headers: type });
+  expect(created.status).toBe(201);
+  const start = created.headers.get('stream-next-offset')!;
+  // Live: one append of 600,000 bytes, which goes out in 512 KiB frames (not a multiple of 3).
+  const euros = '€'.repeat(200_000);
+  let tail: string | undefined;
+  const live = sseText(name, start, () => tail);
+  await new Promise((r) => setTimeout(r, 300));
+  const posted = await fetch(url(name), { method: 'POST', headers: type, body: euros });
+  expect(posted.status).toBe(204);
+  tail = posted.headers.get('stream-next-offset')!;
+  expect(await live).toBe(euros);
+  // Catch-up: past 4 MiB, read in pages; a CRLF and 4-byte characters too.
+  const more = 'a\r\n😀'.repeat(300_000);
+  for (let i = 0; i < 2; i++) {
+    const res = await fetch(url(name), { method: 'POST', headers: type, body: more });
+    expect(res.status).toBe(204);
+    tail = res.headers.get('stream-next-offset')!;
+  }
+  const all = await sseText(name, start, () => tail);
+  expect(all.length).toBe(euros.length + 2 * more.replaceAll('\r\n', '\n').length);
+  expect(all).toBe(euros + more.replaceAll('\r\n', '\n').repeat(2));
+}, 60_000);

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use edgestream::headers::LiveMode;
-use edgestream::{Offset, ProtocolError};
+use edgestream::{sse, Offset, ProtocolError};
 use wasm_bindgen::JsValue;
 use worker::web_sys::WebSocket;
 use worker::worker_sys::DurableObjectState;
@@ -291,21 +291,24 @@ fn send_all(sockets: &[WebSocket], bytes: &[u8]) {
 }
 
 /// End positions of each frame's payload within `data`: at most `FRAME_BYTES` each, JSON cut
-/// only after whole messages (a single larger message gets a frame of its own).
+/// only after whole messages (a single larger message gets a frame of its own), anything else
+/// where a text's frames still read whole ([`sse::text_cut_back`]).
 fn frame_cuts(data: &[u8], json_stream: bool) -> Vec<usize> {
     if data.len() <= FRAME_BYTES {
         return vec![data.len()];
     }
-    if !json_stream {
-        let mut cuts: Vec<usize> = (1..=data.len() / FRAME_BYTES)
-            .map(|i| i * FRAME_BYTES)
-            .collect();
-        if cuts.last() != Some(&data.len()) {
-            cuts.push(data.len());
-        }
-        return cuts;
+    if json_stream {
+        return wsproto::message_cuts(data, FRAME_BYTES);
     }
-    wsproto::message_cuts(data, FRAME_BYTES)
+    let mut cuts = Vec::with_capacity(data.len() / FRAME_BYTES + 1);
+    let mut at = 0;
+    while data.len() - at > FRAME_BYTES {
+        let cut = at + FRAME_BYTES;
+        at = cut - sse::text_cut_back(&data[cut - 4..cut]);
+        cuts.push(at);
+    }
+    cuts.push(data.len());
+    cuts
 }
 
 #[cfg(test)]
@@ -330,6 +333,21 @@ mod tests {
             frame_cuts(&exact, false),
             vec![FRAME_BYTES, FRAME_BYTES * 2]
         );
+    }
+
+    #[test]
+    fn text_frames_end_on_whole_characters() {
+        let text = "€".repeat(FRAME_BYTES); // 3 bytes each: FRAME_BYTES is not a multiple of 3
+        let cuts = frame_cuts(text.as_bytes(), false);
+        let mut prev = 0;
+        for &c in &cuts {
+            assert!(c - prev <= FRAME_BYTES && c > prev);
+            assert!(text.is_char_boundary(c), "cut inside a character at {c}");
+            prev = c;
+        }
+        assert_eq!(prev, text.len());
+        let crlf = [vec![b'a'; FRAME_BYTES - 1], b"\r\nb".to_vec()].concat();
+        assert_eq!(frame_cuts(&crlf, false), vec![FRAME_BYTES - 1, crlf.len()]);
     }
 
     #[test]

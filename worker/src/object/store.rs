@@ -10,7 +10,7 @@ use edgestream::json;
 use edgestream::lease::{Lease, LeaseChange};
 use edgestream::producer::{ClosingProducer, ProducerState};
 use edgestream::stream::{Expiry, ForkRequest};
-use edgestream::{ContentType, Offset, ProtocolError};
+use edgestream::{sse, ContentType, Offset, ProtocolError};
 use js_sys::Uint8Array;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::{JsCast, JsValue};
@@ -305,6 +305,41 @@ struct Pieces {
     /// Their total length.
     len: usize,
     end: Offset,
+}
+
+impl Pieces {
+    /// Ends a page that its budget cut where its text still reads whole: not inside a UTF-8
+    /// character or after a CR ([`sse::text_cut_back`]). The next page starts at the new end.
+    fn cut_back_to_text(&mut self) {
+        let mut last = [0u8; 4];
+        let mut have = 0;
+        for view in self.views.iter().rev() {
+            let n = (view.length() as usize).min(4 - have);
+            let len = view.length();
+            view.subarray(len - n as u32, len)
+                .copy_to(&mut last[4 - have - n..4 - have]);
+            have += n;
+            if have == 4 {
+                break;
+            }
+        }
+        // A budget too small for the character leaves it all to the next page.
+        let mut back = sse::text_cut_back(&last[4 - have..]).min(self.len);
+        if back == 0 {
+            return;
+        }
+        self.len -= back;
+        self.end = Offset::new(self.end.position() - back as u64).unwrap_or(self.end);
+        while back > 0 {
+            let Some(view) = self.views.pop() else { break };
+            let len = view.length() as usize;
+            if len > back {
+                self.views.push(view.subarray(0, (len - back) as u32));
+                break;
+            }
+            back -= len;
+        }
+    }
 }
 
 /// One row of `log` as `SELECT start, data, flags` returns it.
@@ -833,6 +868,9 @@ impl Store {
             if pieces.len >= budget && (!json || at_boundary) {
                 break;
             }
+        }
+        if !json && pieces.len >= budget && pieces.end < to {
+            pieces.cut_back_to_text();
         }
         Ok(Ok(pieces))
     }
