@@ -259,3 +259,46 @@ test('a JSON stream larger than a page reads back as arrays of whole messages, i
   expect(sizes[0]).toBeLessThanOrEqual(PAGE + 1);
   expect(got).toEqual(messages);
 }, 60_000);
+
+test('an SSE reader catching up over several pages ends with an error event when its stream is deleted and created again', async () => {
+  const name = `sse-replaced-${Date.now()}`;
+  const MIB = 1024 * 1024;
+  const fill = async (letter: string) => {
+    const created = await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'text/plain' } });
+    expect(created.status).toBe(201);
+    for (let i = 0; i < 5; i++) {
+      const res = await fetch(url(name), { method: 'POST', headers: { 'content-type': 'text/plain' }, body: letter.repeat(4 * MIB) });
+      expect(res.status).toBe(204);
+    }
+  };
+  await fill('A');
+  // Paused after its headers: the edge waits for it to take each 4 MiB page before the next.
+  const own = `${await server.workerUrl()}/v1/stream/catch-up/${name}`;
+  const received: Buffer[] = [];
+  let response: http.IncomingMessage | undefined;
+  const ended = new Promise<void>((resolve, reject) => {
+    const req = http.get(`${own}?offset=-1&live=sse`, (res) => {
+      res.pause();
+      response = res;
+      res.on('data', (chunk: Buffer) => received.push(chunk));
+      res.on('end', resolve);
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+  });
+  while (!response) await new Promise((r) => setTimeout(r, 20));
+  expect(response.statusCode).toBe(200);
+  await new Promise((r) => setTimeout(r, 500));
+  expect((await fetch(url(name), { method: 'DELETE' })).status).toBe(204);
+  await fill('B');
+  response.resume();
+  await ended;
+  const text = Buffer.concat(received).toString();
+  // The old incarnation's bytes, then the news: nothing of the new one.
+  expect(text).not.toContain('B');
+  expect(text).toContain('A');
+  const events = text.split('\n\n').filter((b) => b.trim() !== '');
+  const last = events.at(-1)!;
+  expect(last.startsWith('event: error\n'), last.slice(0, 200)).toBe(true);
+  expect(JSON.parse(last.slice(last.indexOf('data:') + 5))).toMatchObject({ type: 'error', status: 404 });
+}, 60_000);

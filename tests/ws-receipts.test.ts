@@ -333,6 +333,26 @@ describe('WebSocket receipts (edgestream.v3)', () => {
     await expectCut(follower, FELL_BEHIND, catchUp.length + sent.length * CHUNK);
   });
 
+  it('a client the edge serves gets a 404 error, not the new stream, when its stream is deleted and created again', async () => {
+    const old = Buffer.concat(Array.from({ length: 160 }, (_, i) => chunk(i))); // 10 MiB
+    const name = unique('edge-replaced');
+    await create(name, old);
+    const follower = await Follower.open(name, '-1', ['edgestream.v3'], false);
+    // One page, then it waits for a receipt.
+    expect(await follower.until(() => follower.offset !== undefined)).toBe(true);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(follower.bytes).toBe(4 * MIB);
+    expect((await fetch(`${base()}/${name}`, { method: 'DELETE' })).status).toBe(204);
+    await create(name, Buffer.concat(Array.from({ length: 160 }, (_, i) => chunk(i + 7))));
+    follower.receipts = true;
+    follower.receipt();
+    await follower.closed;
+    expect(follower.errors).toEqual([expect.objectContaining({ type: 'error', status: 404 })]);
+    // Only the old incarnation's bytes, from its start.
+    expect(follower.bytes).toBe(4 * MIB);
+    expect(Buffer.concat(follower.chunks).equals(old.subarray(0, 4 * MIB))).toBe(true);
+  });
+
   it('refuses a receipt without a control offset with 1008, and appends nothing', async () => {
     const name = unique('bad');
     const tail = await create(name);

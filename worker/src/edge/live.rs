@@ -42,7 +42,7 @@ pub(super) struct LiveSocket {
     /// Where the reader starts (the tail, for `offset=now`).
     pub(super) start: Offset,
     pub(super) content_type: String,
-    instance: String,
+    pub(super) instance: String,
     closed: bool,
     /// The stream is a channel: its responses say so (`Stream-Channel: true`).
     channel: bool,
@@ -63,8 +63,13 @@ pub(super) async fn subscribe(
     name: &StreamName,
     from: ReadFrom,
     mode: LiveMode,
+    followed: Option<&str>,
 ) -> Result<Subscription> {
-    let resp = ask_object(stub, name, from, mode, &[]).await?;
+    let extra: &[(&str, &str)] = match followed {
+        Some(instance) if !instance.is_empty() => &[(X_INSTANCE, instance)],
+        _ => &[],
+    };
+    let resp = ask_object(stub, name, from, mode, extra).await?;
     if resp.status_code() != 101 {
         return Ok(Subscription::Page(resp));
     }
@@ -159,7 +164,7 @@ pub async fn long_poll(
     config: &Config,
 ) -> Result<Response> {
     let cursor = cursor::next_cursor(now_ms(), client_cursor, random_u32());
-    let mut live = match subscribe(stub, name, from, LiveMode::LongPoll).await? {
+    let mut live = match subscribe(stub, name, from, LiveMode::LongPoll, None).await? {
         Subscription::Page(resp) => return with_cursor(resp, cursor),
         Subscription::Live(live) => live,
     };
@@ -229,6 +234,10 @@ struct SseState {
     stalled: bool,
     /// Nothing more may be written: the stream closed, or a frame did not follow on.
     done: bool,
+    /// The incarnation of the stream this response reads, once the object named it: each
+    /// later subscription names it, so a stream deleted and created again ends the response
+    /// rather than going on in the new one.
+    instance: Option<String>,
 }
 
 /// `live=sse`: catch-up pages, then live frames, as SSE `data` and `control` events. The server
@@ -248,7 +257,7 @@ pub async fn sse(
     config: &Config,
 ) -> Result<Response> {
     // The first answer decides the status: a missing stream is a 404, not an empty event stream.
-    let first = subscribe(&stub, &name, from, LiveMode::Sse).await?;
+    let first = subscribe(&stub, &name, from, LiveMode::Sse, None).await?;
     let (first, content_type, channel) = match first {
         Subscription::Page(resp) if resp.status_code() != 200 => return Ok(resp),
         Subscription::Page(resp) => {
@@ -271,6 +280,7 @@ pub async fn sse(
         last_control: None,
         stalled: false,
         done: false,
+        instance: None,
     };
     let (readable, body) = body_pipe(config.sse_backlog_bytes)?;
     let source = Rc::new(SseSource {
@@ -325,7 +335,16 @@ async fn catch_up(
         let sub = match pending.take() {
             Some(sub) => sub,
             None => {
-                match subscribe(&source.stub, &source.name, state.offset, LiveMode::Sse).await {
+                let followed = state.instance.as_deref();
+                match subscribe(
+                    &source.stub,
+                    &source.name,
+                    state.offset,
+                    LiveMode::Sse,
+                    followed,
+                )
+                .await
+                {
                     Ok(sub) => sub,
                     Err(e) => {
                         worker::console_error!("sse: {e}");
@@ -343,6 +362,9 @@ async fn catch_up(
                     return body.close();
                 }
                 let meta = resp.headers().clone();
+                if state.instance.is_none() {
+                    state.instance = header(&meta, X_INSTANCE);
+                }
                 let bytes = match http::response_bytes(&resp).await {
                     Ok(bytes) => bytes,
                     Err(e) => {
@@ -364,6 +386,7 @@ async fn catch_up(
             }
             Subscription::Live(live) => {
                 state.offset = ReadFrom::At(live.start);
+                state.instance.get_or_insert(live.instance);
                 return SseFollower::start(live.socket, state, body, source);
             }
         }

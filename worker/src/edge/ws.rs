@@ -37,6 +37,7 @@ use crate::config::Config;
 use crate::frame::{self, Frame};
 use crate::http::{self, header, now_ms, random_u32};
 use crate::path::StreamName;
+use crate::reply::X_INSTANCE;
 use crate::socket::{Socket, SocketEvent, SocketSender};
 use crate::wsproto::{
     self, close, parse_client, AppendFrame, AppendGrant, ClientHello, ClientMessage, Emitter,
@@ -221,6 +222,7 @@ impl Session {
             pending: Some(first),
             stalled: false,
             drops: 0,
+            instance: None,
         };
         let appender = Appender {
             session: &self,
@@ -294,6 +296,9 @@ struct Follower<'a> {
     stalled: bool,
     /// Internal subscriptions lost in a row without a frame.
     drops: u32,
+    /// The incarnation of the stream the client reads, once the object named it (see the
+    /// SSE reader's).
+    instance: Option<String>,
 }
 
 /// How a live subscription ended.
@@ -316,6 +321,7 @@ impl Follower<'_> {
                     }
                     Subscription::Live(live) => {
                         self.emit.borrow_mut().offset = ReadFrom::At(live.start);
+                        self.instance.get_or_insert(live.instance);
                         match self.live(live.socket, live.start).await {
                             LiveEnd::End(end) => return end,
                             LiveEnd::Lost => self.drops += 1,
@@ -334,7 +340,16 @@ impl Follower<'_> {
             }
             let offset = self.emit.borrow().offset;
             let session = self.session;
-            match subscribe(&session.stub, &session.name, offset, LiveMode::WebSocket).await {
+            let followed = self.instance.as_deref();
+            match subscribe(
+                &session.stub,
+                &session.name,
+                offset,
+                LiveMode::WebSocket,
+                followed,
+            )
+            .await
+            {
                 Ok(sub) => self.pending = Some(sub),
                 Err(e) => {
                     worker::console_warn!("ws: cannot subscribe: {e}");
@@ -418,6 +433,9 @@ impl Follower<'_> {
             }
         }
         let meta = resp.headers().clone();
+        if self.instance.is_none() {
+            self.instance = header(&meta, X_INSTANCE);
+        }
         let Some(end) = header(&meta, h::STREAM_NEXT_OFFSET).and_then(|v| Offset::parse(&v).ok())
         else {
             return Some(End::Restart("bad page from the stream"));

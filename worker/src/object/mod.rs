@@ -1028,6 +1028,12 @@ impl StreamObject {
             Ok(start) => start,
             Err(e) => return http::error(&e),
         };
+        // An SSE or WebSocket reader the edge serves in several subscriptions names the
+        // incarnation it began on: one deleted since, even if created again, is gone for it.
+        let followed = header(req.headers(), reply::X_INSTANCE);
+        if followed.as_deref().is_some_and(|i| i != meta.instance) {
+            return http::error(&ProtocolError::NotFound);
+        }
         self.touch(&mut meta, now)?;
         let hello =
             header(req.headers(), wsproto::X_CLIENT).and_then(|v| ClientHello::from_header(&v));
@@ -1037,13 +1043,16 @@ impl StreamObject {
             if clients::serves(&meta, start) {
                 return clients::accept(&self.hub, self.store()?, &meta, start, hello);
             }
-            return self.page_response(req, meta, start, None).await;
+            return self.edge_page(req, meta, start).await;
         }
         let long_poll = mode == LiveMode::LongPoll;
         let backlog = meta.tail.distance_from(start);
         if start < meta.base || (long_poll && backlog > 0) || backlog > live::FRAME_BYTES as u64 {
             // Data is already there: answer it as a page; the edge comes back for the rest.
-            return self.page_response(req, meta, start, None).await;
+            if long_poll {
+                return self.page_response(req, meta, start, None).await;
+            }
+            return self.edge_page(req, meta, start).await;
         }
         if long_poll && meta.closed {
             return reply::no_content(meta.tail, true, None);
@@ -1056,6 +1065,18 @@ impl StreamObject {
         channel::mark(&resp, &meta)?;
         if meta.closed {
             headers.set(h::STREAM_CLOSED, "true")?;
+        }
+        Ok(resp)
+    }
+
+    /// A catch-up page for an SSE or WebSocket reader the edge serves, naming the incarnation
+    /// it was read from, for the edge to name in its next subscription. (A long-poll's page
+    /// goes to the client as it is, and has no next subscription.)
+    async fn edge_page(&self, req: &Request, meta: Meta, start: Offset) -> Result<Response> {
+        let instance = meta.instance.clone();
+        let resp = self.page_response(req, meta, start, None).await?;
+        if resp.status_code() == 200 {
+            resp.headers().set(reply::X_INSTANCE, &instance)?;
         }
         Ok(resp)
     }
