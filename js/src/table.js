@@ -322,9 +322,17 @@ export class KeyedTable {
     const now = Date.now();
     if (!final && now - this.#lastSave < this.#saveEveryMs) return;
     const snapshot = this.snapshot();
-    await this.#store.save(snapshot);
-    this.#savedOffset = snapshot.offset;
     this.#lastSave = now;
+    try {
+      await this.#store.save(snapshot);
+      this.#savedOffset = snapshot.offset;
+    } catch (e) {
+      // The store is a cache: a full localStorage must not stop the table. It tries again at
+      // the next save.
+      const subscribed = [...this.#listeners].filter((l) => l.onError);
+      for (const { onError } of subscribed) onError(e);
+      if (subscribed.length === 0) console.warn('edgestream table: the store could not save:', e);
+    }
   }
 }
 

@@ -166,6 +166,31 @@ for (const [name, server] of [
       assert.equal(JSON.parse(storage.getItem('flags')).offset, again.offset);
     });
 
+    test('a store that cannot save does not stop the table: onError hears of it, and it saves again later', async () => {
+      const { url, ds } = await jsonStream(change.insert('flag', 'dark', true));
+      const storage = memoryStorage();
+      let full = true;
+      const setItem = storage.setItem.bind(storage);
+      storage.setItem = (key, value) => {
+        if (full) throw new DOMException('the quota has been exceeded', 'QuotaExceededError');
+        setItem(key, value);
+      };
+      const t = table({ url, live: 'long-poll', store: storageStore(storage, 'flags'), saveEveryMs: 0 });
+      const errors = [];
+      t.subscribe(() => {}, (e) => errors.push(e));
+      await t.ready();
+      assert.equal(errors[0]?.name, 'QuotaExceededError');
+      // Still following.
+      full = false;
+      const live = nextUpdate(t, (u) => u.changes.length > 0);
+      await ds.append(change.insert('flag', 'beta', false));
+      await live;
+      assert.deepEqual(sortedRows(t), [['flag', 'beta', false], ['flag', 'dark', true]]);
+      t.cancel();
+      await t.finished;
+      assert.equal(JSON.parse(storage.getItem('flags')).offset, t.offset);
+    });
+
     test('a reset drops the rows, and the snapshot after it is what the table holds', async () => {
       const { url, ds } = await jsonStream(change.insert('doc', 'a', 1), change.insert('doc', 'b', 2));
       const t = table({ url, live: 'sse' });
