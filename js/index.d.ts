@@ -10,9 +10,12 @@ type PlainMap = Headers | Record<string, DynamicValue>;
 /** Header or query parameter map (an object or `Headers`); the whole map may also be an (async) function. */
 export type DynamicMap = PlainMap | (() => PlainMap | null | undefined | Promise<PlainMap | null | undefined>);
 
-/** Reconnection policy. Defaults: 5 retries, 100 ms doubling to 5 s, with jitter. */
+/**
+ * Reconnection policy. Defaults: 100 ms doubling to 5 s, with jitter; 5 retries, except for a
+ * live reader, which retries without limit unless `maxRetries` is given.
+ */
 export interface RetryOptions {
-  /** Retries after the first attempt: an integer >= 0. */
+  /** Retries after the first attempt: an integer >= 0, or `Infinity`. */
   maxRetries?: number;
   /** > 0. */
   initialDelayMs?: number;

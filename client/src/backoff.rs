@@ -38,7 +38,7 @@ pub enum RetryOptionError {
 impl RetryOptionError {
     pub fn message(self) -> &'static str {
         match self {
-            RetryOptionError::MaxRetries => "retry.maxRetries must be an integer >= 0",
+            RetryOptionError::MaxRetries => "retry.maxRetries must be an integer >= 0, or Infinity",
             RetryOptionError::InitialDelay => "retry.initialDelayMs must be a number > 0",
             RetryOptionError::MaxDelay => "retry.maxDelayMs must be a number >= initialDelayMs",
             RetryOptionError::Multiplier => "retry.multiplier must be a number >= 1",
@@ -47,6 +47,9 @@ impl RetryOptionError {
 }
 
 impl RetryPolicy {
+    /// `max_retries` without a limit (`maxRetries: Infinity`).
+    pub const FOREVER: u32 = u32::MAX;
+
     /// Builds a policy from optional fields, filling defaults and checking each value.
     pub fn new(
         max_retries: Option<f64>,
@@ -57,6 +60,7 @@ impl RetryPolicy {
         let d = RetryPolicy::default();
         let max_retries = match max_retries {
             None => d.max_retries,
+            Some(f64::INFINITY) => RetryPolicy::FOREVER,
             Some(n) if n >= 0.0 && n.fract() == 0.0 && n <= f64::from(u32::MAX) => n as u32,
             Some(_) => return Err(RetryOptionError::MaxRetries),
         };
@@ -180,6 +184,14 @@ mod tests {
         assert_eq!(
             RetryPolicy::new(None, None, None, Some(0.5)),
             Err(RetryOptionError::Multiplier)
+        );
+        assert_eq!(
+            RetryPolicy::new(Some(f64::INFINITY), None, None, None).map(|p| p.max_retries),
+            Ok(RetryPolicy::FOREVER)
+        );
+        assert_eq!(
+            RetryPolicy::new(Some(f64::NEG_INFINITY), None, None, None),
+            Err(RetryOptionError::MaxRetries)
         );
         // A large initial delay raises the default cap instead of failing.
         let p = RetryPolicy::new(None, Some(10_000.0), None, None).unwrap();

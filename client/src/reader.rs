@@ -93,6 +93,9 @@ struct WsConn {
     delivered: bool,
     /// The subprotocol the server chose, once the socket is open.
     protocol: Option<String>,
+    /// The handshake succeeded. A socket that closes before it opened was refused, or never
+    /// reached the server: a browser does not say which, nor the status.
+    opened: bool,
     /// The position of the last receipt sent (under [`ws::RECEIPTS`]).
     receipted: Option<u64>,
 }
@@ -161,7 +164,15 @@ impl Reader {
         let start = Start::parse(offset_text.as_deref())
             .map_err(|e| JsValue::from(error::new(error::INVALID_OFFSET, e.message(), None)))?;
         let live = Live::parse(&js::get(options, "live"))?;
-        let policy = RetryPolicy::from_js(&js::get(options, "retry"))?;
+        let retry = js::get(options, "retry");
+        let mut policy = RetryPolicy::from_js(&retry)?;
+        // A live reader keeps reconnecting through an outage of any length, as EventSource
+        // does, unless the caller set a budget; a one-off read gives up after the default one.
+        let max_retries = js::get(&retry, "maxRetries");
+        let budget_set = !max_retries.is_undefined() && !max_retries.is_null();
+        if live != Live::Off && !budget_set {
+            policy.max_retries = RetryPolicy::FOREVER;
+        }
         let inner = Rc::new(RefCell::new(Inner {
             url,
             live,
@@ -441,7 +452,7 @@ async fn back_off(
 ) -> Result<(), JsValue> {
     let (delay, signal) = {
         let mut s = inner.borrow_mut();
-        s.failures += 1;
+        s.failures = s.failures.saturating_add(1);
         if s.failures > s.policy.max_retries {
             return Err(cause);
         }
@@ -832,6 +843,7 @@ async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
             parts: Vec::new(),
             delivered: false,
             protocol: None,
+            opened: false,
             receipted: None,
         });
     }
@@ -843,8 +855,42 @@ async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
         return Ok(());
     };
     let frame = js::settle(next.call0(&socket)?).await?;
+    let refused = inner.borrow().ws.as_ref().is_some_and(|c| !c.opened);
     if let Some(cause) = on_ws_frame(inner, &frame)? {
+        if refused {
+            why_refused(inner).await?;
+        }
         back_off(inner, cause, None).await?;
+    }
+    Ok(())
+}
+
+/// A handshake failed before the socket opened: a `HEAD` learns whether the stream is missing,
+/// gone or not allowed (then the reader ends, as over HTTP), or is there (then it reconnects).
+/// Retrying a refusal would never end while live readers retry without limit.
+async fn why_refused(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
+    let (url, dynamic, signal) = {
+        let mut s = inner.borrow_mut();
+        let signal = s.new_controller();
+        (s.url.clone(), s.dynamic.clone(), signal)
+    };
+    let req = Request {
+        method: "HEAD",
+        url: &url,
+        query: Vec::new(),
+        headers: Vec::new(),
+        body: None,
+        dynamic: &dynamic,
+    };
+    // Unreachable, or answering 5xx: the backoff that follows covers it.
+    let Ok(sent) = http::send_once(&req, signal.as_ref()).await else {
+        return Ok(());
+    };
+    let status = sent.status;
+    let _ = http::cancel_body(&sent.response);
+    if matches!(status, 401 | 403 | 404 | 410) {
+        let mut s = inner.borrow_mut();
+        stream_error(&mut s, "WebSocket ", status, "the handshake was refused")?;
     }
     Ok(())
 }
@@ -859,6 +905,7 @@ fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsV
         Some("open") => {
             if let Some(c) = s.ws.as_mut() {
                 c.protocol = js::get_string(&c.socket, "protocol");
+                c.opened = true;
             }
             Ok(None)
         }

@@ -62,3 +62,56 @@ test('a WebSocket closed by the server fails the reader with its close code and 
     await new Promise((r) => server.close(r));
   }
 });
+
+/** A server whose upgrades are refused with `upgradeStatus` and whose HEAD answers `headStatus`. */
+async function refusingServer(upgradeStatus, headStatus) {
+  const seen = { upgrades: 0, heads: 0 };
+  const server = http.createServer((req, res) => {
+    if (req.method === 'HEAD') seen.heads++;
+    res.writeHead(req.method === 'HEAD' ? headStatus : 200, { 'stream-next-offset': 'o1', 'content-type': 'application/json' });
+    res.end();
+  });
+  server.on('upgrade', (req, socket) => {
+    seen.upgrades++;
+    socket.end(`HTTP/1.1 ${upgradeStatus} No\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${server.address().port}/s`, seen, server };
+}
+
+for (const [status, code] of [
+  [404, 'NOT_FOUND'],
+  [410, 'GONE'],
+  [401, 'UNAUTHORIZED'],
+  [403, 'FORBIDDEN'],
+]) {
+  test(`a WebSocket handshake refused for a stream that answers ${status} ends the reader with ${code}, not retries`, async () => {
+    const { url, seen, server } = await refusingServer(status, status);
+    try {
+      const started = Date.now();
+      // Live readers retry without limit by default: only the HEAD can end this one.
+      const h = stream({ url, live: 'ws', offset: 'now', json: true });
+      await assert.rejects(h.items(), (e) => e.code === code && e.status === status);
+      // One HEAD: no retry. (undici itself repeats a handshake refused with 401 once.)
+      assert.equal(seen.heads, 1);
+      assert.equal(seen.upgrades, status === 401 ? 2 : 1);
+      assert.ok(Date.now() - started < 2000);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+}
+
+test('a WebSocket handshake refused while the stream is there is retried as a network failure', async () => {
+  const { url, seen, server } = await refusingServer(503, 200);
+  try {
+    const h = stream({ url, live: 'ws', offset: 'now', json: true, retry: { maxRetries: 2, initialDelayMs: 10 } });
+    await assert.rejects(h.items(), (e) => e.code === 'NETWORK_ERROR');
+    assert.equal(seen.upgrades, 3, 'one attempt and two retries');
+    assert.equal(seen.heads, 3);
+  } finally {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+});

@@ -1,0 +1,67 @@
+// A live reader rides out an outage of any length by default, as EventSource does: its server
+// goes away for longer than a retry budget would last, and the reader still delivers what was
+// appended once it is back.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { stream } from '../src/node.js';
+
+/** A fake JSON stream: `[]` and up to date at `o1`, until `data` is set; then `data` at `o2`. */
+function fakeStream(state) {
+  return http.createServer((req, res) => {
+    const from = new URL(req.url, 'http://x').searchParams.get('offset');
+    const ready = state.data !== undefined && from !== 'o2';
+    res.writeHead(200, {
+      'content-type': 'application/json',
+      'stream-next-offset': ready ? 'o2' : 'o1',
+      'stream-up-to-date': 'true',
+      'stream-cursor': '1',
+    });
+    res.end(ready ? JSON.stringify(state.data) : '[]');
+  });
+}
+
+test('a live reader with no maxRetries rides out an outage that would spend any budget', async () => {
+  const state = {};
+  let server = fakeStream(state);
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address();
+  // The default options: 5 retries would be spent in about 2 to 3 s.
+  const h = stream({ url: `http://127.0.0.1:${port}/s`, live: 'long-poll' });
+  try {
+    const it = h[Symbol.asyncIterator]();
+    assert.deepEqual((await it.next()).value.items, []);
+    // Down for longer than the retries of any budget take, then back with data.
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+    // The reader asks for its next batch all through the outage.
+    let pending = it.next();
+    await new Promise((r) => setTimeout(r, 4000));
+    state.data = ['after the outage'];
+    server = fakeStream(state);
+    await new Promise((r) => server.listen(port, '127.0.0.1', r));
+    for (;;) {
+      const { value, done } = await pending;
+      pending = it.next();
+      assert.equal(done, false);
+      if (value.items.length > 0) {
+        assert.deepEqual(value.items, ['after the outage']);
+        break;
+      }
+    }
+  } finally {
+    h.cancel();
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+});
+
+test('a one-off read, or a live reader given a budget, still gives up once it is spent', async () => {
+  const server = http.createServer();
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${server.address().port}/s`;
+  await new Promise((r) => server.close(r));
+  for (const options of [{ live: false, retry: { initialDelayMs: 5 } }, { live: 'long-poll', retry: { maxRetries: 2, initialDelayMs: 5 } }]) {
+    await assert.rejects(stream({ url, ...options }).items(), (e) => e.code === 'NETWORK_ERROR');
+  }
+});
