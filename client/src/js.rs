@@ -10,7 +10,13 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
 #[wasm_bindgen(inline_js = r#"
-export function es_fetch(url, init) { return globalThis.fetch(url, init); }
+export function es_fetch(url, init) {
+  // A page's HTTP cache keeps catch-up pages for a minute, and a stream deleted and created
+  // again reuses their offsets: revalidate each read (a 304 when unchanged) instead. Only where
+  // there is a page (Cloudflare Workers refuse the option).
+  if (init.method === 'GET' && typeof location !== 'undefined') init.cache = 'no-cache';
+  return globalThis.fetch(url, init);
+}
 export function es_quiet(p) { if (p && typeof p.catch === 'function') p.catch(() => {}); }
 export function es_text(v) { return String(v); }
 export function es_sleep(ms, signal) {

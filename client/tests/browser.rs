@@ -1009,3 +1009,23 @@ async fn numbers_in_params_and_seq_are_sent_as_text() {
     assert_eq!(get(&params, "n").as_string().as_deref(), Some("3"));
     assert_eq!(get(&params, "m").as_string().as_deref(), Some("4"));
 }
+
+/// A stream deleted and created again is read as it is now, not from the page's HTTP cache:
+/// catch-up pages may be cached for a minute, and the new stream's offsets are the old one's.
+#[wasm_bindgen_test]
+async fn a_stream_created_again_is_not_read_from_the_http_cache() {
+    let url = unique("created-again");
+    create(&url).await;
+    append(&url, "old").await;
+    let once =
+        |url: &str| Reader::new(&obj(&[("url", url.into()), ("live", JsValue::FALSE)])).unwrap();
+    let first = once(&url);
+    assert_eq!(read_text(&first, 3).await, "old");
+    wait(delete_stream(obj(&[("url", url.as_str().into())])))
+        .await
+        .expect("delete");
+    create(&url).await;
+    append(&url, "new!").await;
+    let second = once(&url);
+    assert_eq!(read_text(&second, 4).await, "new!");
+}
