@@ -69,6 +69,38 @@ test('a long-poll with nothing new answers 204 after LONG_POLL_TIMEOUT_MS', asyn
   expect(elapsed).toBeLessThan(4000);
 });
 
+test('every long-poll answer carries a cursor, a closed stream\'s too, and one for a page the client has is 304', async () => {
+  const name = `lp-cursor-${Date.now()}`;
+  const text = { 'content-type': 'text/plain' };
+  const created = await fetch(url(name), { method: 'PUT', headers: text, body: 'abc' });
+  const start = created.headers.get('stream-next-offset')!.replace(/\d+$/, (d) => '0'.repeat(d.length));
+  const poll = (offset: string, headers: Record<string, string> = {}) =>
+    fetch(`${url(name)}?offset=${encodeURIComponent(offset)}&live=long-poll`, { headers });
+  // Data at once, then If-None-Match with its ETag: 304.
+  const page = await poll(start);
+  expect(page.status).toBe(200);
+  expect(page.headers.get('stream-cursor')).toMatch(/^\d+$/);
+  const again = await poll(start, { 'if-none-match': page.headers.get('etag')! });
+  expect(again.status).toBe(304);
+  expect(await again.text()).toBe('');
+  // Released by a close: 204, closed, with a cursor.
+  const tail = page.headers.get('stream-next-offset')!;
+  const waiting = poll(tail);
+  await new Promise((r) => setTimeout(r, 200));
+  expect((await fetch(url(name), { method: 'POST', headers: { ...text, 'stream-closed': 'true' } })).status).toBe(204);
+  const released = await waiting;
+  expect(released.status).toBe(204);
+  expect(released.headers.get('stream-closed')).toBe('true');
+  expect(released.headers.get('stream-cursor')).toMatch(/^\d+$/);
+  // On the closed stream: data (200) and its end (204) at once, both with a cursor.
+  for (const [offset, status] of [[start, 200], [tail, 204]] as const) {
+    const res = await poll(offset);
+    expect(res.status).toBe(status);
+    expect(res.headers.get('stream-closed')).toBe('true');
+    expect(res.headers.get('stream-cursor')).toMatch(/^\d+$/);
+  }
+});
+
 test('readers that start together are released apart: SSE closes and long-poll timeouts are staggered', async () => {
   const name = `stagger-${Date.now()}`;
   const created = await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'text/plain' } });

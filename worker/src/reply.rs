@@ -83,7 +83,7 @@ impl ReadReply<'_> {
         if self.closed {
             headers.set(h::STREAM_CLOSED, "true")?;
         }
-        if let (Some(cursor), false) = (self.cursor, self.closed) {
+        if let Some(cursor) = self.cursor {
             headers.set(h::STREAM_CURSOR, &cursor.to_string())?;
         }
         if if_none_match.is_some_and(|v| h::if_none_match(v, &tag)) {
@@ -136,7 +136,8 @@ pub fn at_now(
     Ok(Response::from_bytes(body)?.with_headers(headers))
 }
 
-/// 204 for a long-poll with nothing new: the tail, up to date, and a cursor while open.
+/// 204 for a long-poll with nothing new: the tail, up to date, and the cursor (the protocol
+/// asks for one on every long-poll response, a closed stream's included; only SSE drops it).
 pub fn no_content(tail: Offset, closed: bool, cursor: Option<u64>) -> Result<Response> {
     let headers = Headers::new();
     headers.set(h::CACHE_CONTROL, cache_control(CacheKind::NoStore, true))?;
@@ -144,7 +145,8 @@ pub fn no_content(tail: Offset, closed: bool, cursor: Option<u64>) -> Result<Res
     headers.set(h::STREAM_UP_TO_DATE, "true")?;
     if closed {
         headers.set(h::STREAM_CLOSED, "true")?;
-    } else if let Some(cursor) = cursor {
+    }
+    if let Some(cursor) = cursor {
         headers.set(h::STREAM_CURSOR, &cursor.to_string())?;
     }
     Ok(Response::empty()?.with_status(204).with_headers(headers))

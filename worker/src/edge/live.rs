@@ -63,12 +63,8 @@ pub(super) async fn subscribe(
     name: &StreamName,
     from: ReadFrom,
     mode: LiveMode,
-    followed: Option<&str>,
+    extra: &[(&str, &str)],
 ) -> Result<Subscription> {
-    let extra: &[(&str, &str)] = match followed {
-        Some(instance) if !instance.is_empty() => &[(X_INSTANCE, instance)],
-        _ => &[],
-    };
     let resp = ask_object(stub, name, from, mode, extra).await?;
     if resp.status_code() != 101 {
         return Ok(Subscription::Page(resp));
@@ -139,13 +135,27 @@ pub(super) fn mark_channel(resp: Result<Response>, channel: bool) -> Result<Resp
 /// Adds the cursor to a page the object answered directly.
 fn with_cursor(resp: Response, cursor: u64) -> Result<Response> {
     let resp = http::mutable(resp)?;
-    let headers = resp.headers();
-    if (200..300).contains(&resp.status_code())
-        && !h::is_closed(header(headers, h::STREAM_CLOSED).as_deref())
-    {
-        headers.set(h::STREAM_CURSOR, &cursor.to_string())?;
+    if (200..300).contains(&resp.status_code()) {
+        resp.headers().set(h::STREAM_CURSOR, &cursor.to_string())?;
     }
     Ok(resp)
+}
+
+/// The incarnation an SSE or WebSocket reader follows, as the header a subscription names it
+/// in (none until the object has named it).
+pub(super) fn following(instance: &Option<String>) -> Vec<(&'static str, &str)> {
+    match instance.as_deref() {
+        Some(instance) if !instance.is_empty() => vec![(X_INSTANCE, instance)],
+        _ => Vec::new(),
+    }
+}
+
+/// What a long-poll's request asked for, besides the offset.
+pub struct Asked<'a> {
+    /// The `cursor` it echoes.
+    pub cursor: Option<&'a str>,
+    /// `If-None-Match`: a page it already has is answered 304.
+    pub if_none_match: Option<&'a str>,
 }
 
 /// `ms` less up to 10%, at random. Readers that started together (a deploy, a burst of
@@ -160,11 +170,16 @@ pub async fn long_poll(
     stub: &Stub,
     name: &StreamName,
     from: ReadFrom,
-    client_cursor: Option<&str>,
+    asked: Asked<'_>,
     config: &Config,
 ) -> Result<Response> {
-    let cursor = cursor::next_cursor(now_ms(), client_cursor, random_u32());
-    let mut live = match subscribe(stub, name, from, LiveMode::LongPoll, None).await? {
+    let cursor = cursor::next_cursor(now_ms(), asked.cursor, random_u32());
+    let extra: Vec<(&str, &str)> = asked
+        .if_none_match
+        .map(|tag| (h::IF_NONE_MATCH, tag))
+        .into_iter()
+        .collect();
+    let mut live = match subscribe(stub, name, from, LiveMode::LongPoll, &extra).await? {
         Subscription::Page(resp) => return with_cursor(resp, cursor),
         Subscription::Live(live) => live,
     };
@@ -191,7 +206,8 @@ pub async fn long_poll(
                 }) => {
                     if payload.is_empty() {
                         if closed {
-                            return mark_channel(reply::no_content(end, true, None), live.channel);
+                            let resp = reply::no_content(end, true, Some(cursor));
+                            return mark_channel(resp, live.channel);
                         }
                         continue;
                     }
@@ -257,7 +273,7 @@ pub async fn sse(
     config: &Config,
 ) -> Result<Response> {
     // The first answer decides the status: a missing stream is a 404, not an empty event stream.
-    let first = subscribe(&stub, &name, from, LiveMode::Sse, None).await?;
+    let first = subscribe(&stub, &name, from, LiveMode::Sse, &[]).await?;
     let (first, content_type, channel) = match first {
         Subscription::Page(resp) if resp.status_code() != 200 => return Ok(resp),
         Subscription::Page(resp) => {
@@ -335,13 +351,13 @@ async fn catch_up(
         let sub = match pending.take() {
             Some(sub) => sub,
             None => {
-                let followed = state.instance.as_deref();
+                let followed = following(&state.instance);
                 match subscribe(
                     &source.stub,
                     &source.name,
                     state.offset,
                     LiveMode::Sse,
-                    followed,
+                    &followed,
                 )
                 .await
                 {

@@ -238,7 +238,14 @@ async fn get(
     let cursor = http::query_value(url, "cursor");
     let stub = stub_for(env, name)?;
     match mode {
-        LiveMode::LongPoll => live::long_poll(&stub, name, from, cursor.as_deref(), config).await,
+        LiveMode::LongPoll => {
+            let if_none_match = http::header(req.headers(), h::IF_NONE_MATCH);
+            let asked = live::Asked {
+                cursor: cursor.as_deref(),
+                if_none_match: if_none_match.as_deref(),
+            };
+            live::long_poll(&stub, name, from, asked, config).await
+        }
         LiveMode::Sse => live::sse(stub, name.clone(), from, cursor, config).await,
         LiveMode::WebSocket => {
             ws::websocket(&req, url, env, stub, name.clone(), from, cursor, config).await

@@ -30,7 +30,7 @@ use worker::{
     Delay, Env, Method, Request, RequestInit, Response, Result, Stub, Url, WebSocketPair,
 };
 
-use super::live::{ask_object, is_channel, mark_channel, subscribe, Subscription};
+use super::live::{ask_object, following, is_channel, mark_channel, subscribe, Subscription};
 use super::object_url;
 use crate::auth;
 use crate::config::Config;
@@ -340,13 +340,13 @@ impl Follower<'_> {
             }
             let offset = self.emit.borrow().offset;
             let session = self.session;
-            let followed = self.instance.as_deref();
+            let followed = following(&self.instance);
             match subscribe(
                 &session.stub,
                 &session.name,
                 offset,
                 LiveMode::WebSocket,
-                followed,
+                &followed,
             )
             .await
             {
