@@ -62,6 +62,10 @@ pub enum HeaderError {
     Ttl,
     /// `Stream-Expires-At` is not an RFC 3339 timestamp.
     ExpiresAt,
+    /// A new stream's `Stream-TTL` is 0: it would expire as it is created.
+    TtlZero,
+    /// A new stream's `Stream-Expires-At` has already passed.
+    ExpiresAtPast,
     /// Both `Stream-TTL` and `Stream-Expires-At` were sent.
     TtlAndExpiresAt,
     /// Only some of `Producer-Id`, `Producer-Epoch`, `Producer-Seq` were sent.
@@ -98,6 +102,8 @@ impl HeaderError {
         match self {
             HeaderError::Ttl => "Stream-TTL must be a non-negative integer number of seconds",
             HeaderError::ExpiresAt => "Stream-Expires-At must be an RFC 3339 timestamp",
+            HeaderError::TtlZero => "Stream-TTL must be at least 1 second for a new stream",
+            HeaderError::ExpiresAtPast => "Stream-Expires-At is in the past",
             HeaderError::TtlAndExpiresAt => "Stream-TTL and Stream-Expires-At cannot both be set",
             HeaderError::ProducerPartial => {
                 "Producer-Id, Producer-Epoch and Producer-Seq must be sent together"

@@ -36,6 +36,16 @@ impl Expiry {
         }
     }
 
+    /// Whether a stream created at `now_ms` with this expiry of its own would live at all: a
+    /// TTL of 0 or an expiry already past would answer 201 for a stream no later request finds.
+    pub fn check_new(self, now_ms: i64) -> Result<(), HeaderError> {
+        match self {
+            Expiry::Ttl(0) => Err(HeaderError::TtlZero),
+            Expiry::At(at) if at <= now_ms => Err(HeaderError::ExpiresAtPast),
+            _ => Ok(()),
+        }
+    }
+
     /// The instant the stream expires, given when it was last read or written.
     pub fn deadline(self, last_access_ms: i64) -> Option<i64> {
         match self {
@@ -391,6 +401,22 @@ mod tests {
 
     fn ct(s: &str) -> ContentType {
         ContentType::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_new_stream_must_not_be_born_expired() {
+        assert_eq!(Expiry::Ttl(0).check_new(5_000), Err(HeaderError::TtlZero));
+        assert_eq!(Expiry::Ttl(1).check_new(5_000), Ok(()));
+        assert_eq!(
+            Expiry::At(5_000).check_new(5_000),
+            Err(HeaderError::ExpiresAtPast)
+        );
+        assert_eq!(
+            Expiry::At(4_999).check_new(5_000),
+            Err(HeaderError::ExpiresAtPast)
+        );
+        assert_eq!(Expiry::At(5_001).check_new(5_000), Ok(()));
+        assert_eq!(Expiry::Never.check_new(5_000), Ok(()));
     }
 
     #[test]

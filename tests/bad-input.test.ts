@@ -92,6 +92,8 @@ describe('malformed and repeated headers', () => {
     ['Stream-TTL with a leading zero', { 'stream-ttl': '010' }],
     ['Stream-TTL repeated', { 'stream-ttl': ['10', '20'] }],
     ['Stream-Expires-At not a timestamp', { 'stream-expires-at': 'tomorrow' }],
+    ['Stream-TTL 0, which would expire as it is created', { 'stream-ttl': '0' }],
+    ['Stream-Expires-At already past', { 'stream-expires-at': '2000-01-01T00:00:00Z' }],
     ['Stream-TTL and Stream-Expires-At together', { 'stream-ttl': '10', 'stream-expires-at': '2099-01-01T00:00:00Z' }],
     ['Content-Type not a media type', { 'content-type': 'not a type' }],
     ['Stream-Fork-Offset without Stream-Forked-From', { 'stream-fork-offset': '-1' }],

@@ -466,6 +466,9 @@ impl StreamObject {
             Ok(r) => r,
             Err(e) => return http::error(&e),
         };
+        if let Err(e) = request.expiry.check_new(now_ms()) {
+            return http::error(&e.into());
+        }
         let is_channel = match channel::create_rules(headers, &mut request, &body) {
             Ok(is_channel) => is_channel,
             Err(e) => return http::error(&e),
