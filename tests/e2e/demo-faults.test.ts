@@ -1,0 +1,93 @@
+// The demo app against what anyone can do to its streams, and against a server that goes away:
+// a chat message or a table row without the shape the demo needs is skipped, and later ones still
+// show; a room or tail whose stream was deleted, or whose stored offset the stream no longer has,
+// starts over; the status pill does not say "live" while the view's reader is failing; Insert is
+// not sent twice; a room name the demo refuses is refused with a reason; no console errors on load.
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { startServer } from '../../scripts/dev-server.mjs';
+
+let server: Awaited<ReturnType<typeof startServer>>;
+let browser: Browser;
+
+beforeAll(async () => {
+  server = await startServer({ vars: { LONG_POLL_TIMEOUT_MS: '2000' } });
+  browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+  });
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+interface Opened {
+  page: Page;
+  context: BrowserContext;
+  /** Uncaught exceptions in the page, from its load on. */
+  errors: string[];
+  /** Console errors, from its load on. */
+  consoleErrors: string[];
+  /** The messages of alert() dialogs (dismissed). */
+  alerts: string[];
+}
+
+async function openPage(context?: BrowserContext): Promise<Opened> {
+  const ctx = context ?? (await browser.newContext({ viewport: { width: 1200, height: 800 } }));
+  const page = await ctx.newPage();
+  const errors: string[] = [];
+  const consoleErrors: string[] = [];
+  const alerts: string[] = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  page.on('console', (m) => {
+    if (m.type() === 'error') consoleErrors.push(`${m.text()} ${m.location().url}`);
+  });
+  page.on('dialog', (d) => {
+    alerts.push(d.message());
+    void d.dismiss();
+  });
+  await page.goto(`${server.baseUrl}/`);
+  await expect.poll(() => page.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
+  expect(errors).toEqual([]);
+  return { page, context: ctx, errors, consoleErrors, alerts };
+}
+
+async function openRoom(page: Page, room: string) {
+  await page.fill('#room-name', room);
+  await page.click('#room-form button');
+  await expect.poll(() => page.locator('#room-title').textContent()).toBe(`#${room}`);
+  await expect.poll(() => page.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
+}
+
+async function send(page: Page, who: string, text: string) {
+  await page.fill('#who', who);
+  await page.fill('#message', text);
+  await page.click('#message-form button');
+}
+
+const messages = (page: Page) => page.locator('#messages li .text').allTextContents();
+const state = (page: Page) => page.locator('#state').textContent();
+
+/** A request to the server, outside the page; its status. */
+async function call(method: string, path: string, body?: string, contentType = 'application/json') {
+  const res = await fetch(`${server.baseUrl}/v1/stream/${path}`, {
+    method,
+    headers: body === undefined && method !== 'PUT' ? {} : { 'content-type': contentType },
+    body,
+  });
+  await res.arrayBuffer();
+  return res.status;
+}
+
+describe('rooms', () => {
+  test('a page load logs no console error (a favicon included)', async () => {
+    const a = await openPage();
+    // First in the file: Chromium remembers a favicon that failed, for every context.
+    expect(await a.page.locator('link[rel~="icon"]').count()).toBe(1);
+    await a.page.waitForTimeout(1_000);
+    expect(a.consoleErrors).toEqual([]);
+    await a.context.close();
+  });
+});
