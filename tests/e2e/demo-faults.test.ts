@@ -90,4 +90,19 @@ describe('rooms', () => {
     expect(a.consoleErrors).toEqual([]);
     await a.context.close();
   });
+
+  test('a room name the demo cannot use is refused, with the reason', async () => {
+    const a = await openPage();
+    // The pattern compiles (browsers use the `v` flag): no console error about it.
+    expect(a.consoleErrors.filter((e) => /pattern/i.test(e))).toEqual([]);
+    await a.page.fill('#room-name', 'my room!');
+    expect(await a.page.locator('#room-name').evaluate((el: HTMLInputElement) => el.checkValidity())).toBe(false);
+    await a.page.click('#room-form button');
+    const reason = await a.page.locator('#room-name').evaluate((el: HTMLInputElement) => el.validationMessage);
+    expect(reason).not.toBe('');
+    expect(await a.page.locator('#room-title').textContent()).toBe('#lobby');
+    // A good name still opens its room.
+    await openRoom(a.page, `ok-${Date.now()}`);
+    await a.context.close();
+  });
 });

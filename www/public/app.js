@@ -115,8 +115,9 @@ const clock = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', min
 
 /** The "All rooms" entry: the `rooms` channel, fed by every `rooms/<name>` stream. */
 const ALL = '*';
-/** What a room may be called (a path segment below `rooms/`). */
+/** What a room may be called (a path segment below `rooms/`); index.html's pattern says the same. */
 const ROOM_NAME = /^[a-z0-9-]{1,32}$/;
+const ROOM_NAME_RULE = 'A room name is 1 to 32 lowercase letters, digits and dashes.';
 
 const rooms = {
   list: saved.get('rooms', ['lobby', 'dev', 'random']),
@@ -224,10 +225,17 @@ const rooms = {
   init() {
     $('who').value = saved.get('who', '');
     $('who').addEventListener('change', () => saved.set('who', $('who').value.trim()));
+    // The browser refuses a name that does not match the input's pattern, and says why; this
+    // says it too for what the pattern lets through (its title is ROOM_NAME_RULE).
+    $('room-name').addEventListener('input', () => $('room-name').setCustomValidity(''));
     $('room-form').addEventListener('submit', (e) => {
       e.preventDefault();
       const name = $('room-name').value.trim().toLowerCase();
-      if (!ROOM_NAME.test(name)) return;
+      if (!ROOM_NAME.test(name)) {
+        $('room-name').setCustomValidity(ROOM_NAME_RULE);
+        $('room-name').reportValidity();
+        return;
+      }
       this.add([name]);
       $('room-name').value = '';
       this.open(name);
