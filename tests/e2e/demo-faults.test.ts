@@ -91,6 +91,50 @@ describe('rooms', () => {
     await a.context.close();
   });
 
+  test('messages without the shape of a chat message are skipped, in the room and in All rooms; later ones show', async () => {
+    const room = `bad${Date.now()}`;
+    const watcher = await openPage();
+    // All rooms first: that creates the `rooms` channel, which the room then feeds.
+    await watcher.page.click('#all-rooms');
+    await expect.poll(() => watcher.page.locator('#room-title').textContent()).toBe('All rooms');
+    await expect.poll(() => state(watcher.page), { timeout: 10_000 }).toBe('live');
+
+    const a = await openPage();
+    await openRoom(a.page, room);
+    await send(a.page, 'ada', 'before');
+    await expect.poll(() => messages(a.page)).toEqual(['before']);
+    // Anyone can append anything to a room's JSON stream.
+    const bad = [{}, 'hi', 42, null, true, [], { at: 'x' }, { hello: 1 }, { id: 'x', user: 'eve', text: 'no time' },
+      { id: 'y', user: 'eve', text: 'bad time', at: 1e20 }, { id: 'z', user: { a: 1 }, text: 'who?', at: Date.now() }];
+    for (const message of bad) expect(await call('POST', `rooms/${room}`, JSON.stringify([message]))).toBe(204);
+    await send(a.page, 'ada', 'after');
+    await expect.poll(() => messages(a.page), { timeout: 5_000 }).toEqual(['before', 'after']);
+    expect(await state(a.page)).toBe('live');
+
+    // A reload shows the same, from the stored messages and offset.
+    await a.page.reload();
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    await expect.poll(() => messages(a.page)).toEqual(['before', 'after']);
+    await send(a.page, 'ada', 'after reload');
+    await expect.poll(() => messages(a.page), { timeout: 5_000 }).toEqual(['before', 'after', 'after reload']);
+
+    // All rooms got the same envelopes, and skips the same messages.
+    const inRoom = (p: Page) =>
+      p.locator('#messages li').evaluateAll(
+        (lis, name) => lis.filter((li) => li.querySelector('.room')?.textContent === `#${name}`).map((li) => li.querySelector('.text')?.textContent),
+        room,
+      );
+    await expect.poll(() => inRoom(watcher.page), { timeout: 5_000 }).toEqual(['before', 'after', 'after reload']);
+    const fresh = await openPage(watcher.context);
+    await expect.poll(() => fresh.page.locator('#room-title').textContent()).toBe('All rooms');
+    await expect.poll(() => inRoom(fresh.page), { timeout: 5_000 }).toEqual(['before', 'after', 'after reload']);
+    expect(await state(watcher.page)).toBe('live');
+
+    for (const p of [a, watcher, fresh]) expect(p.errors).toEqual([]);
+    await a.context.close();
+    await watcher.context.close();
+  });
+
   test('a room name the demo cannot use is refused, with the reason', async () => {
     const a = await openPage();
     // The pattern compiles (browsers use the `v` flag): no console error about it.

@@ -23,6 +23,11 @@ const saved = {
   },
 };
 
+/** `ms` if it is a time a Date can show, else undefined: anyone can append anything to a stream. */
+const time = (ms) => (typeof ms === 'number' && !Number.isNaN(new Date(ms).getTime()) ? ms : undefined);
+/** A plain object (not null, not an array). */
+const isObject = (value) => value !== null && typeof value === 'object' && !Array.isArray(value);
+
 // ---- the live connection of the visible view ----
 
 let mode = saved.get('mode', 'auto');
@@ -119,12 +124,22 @@ const ALL = '*';
 const ROOM_NAME = /^[a-z0-9-]{1,32}$/;
 const ROOM_NAME_RULE = 'A room name is 1 to 32 lowercase letters, digits and dashes.';
 
+/**
+ * Whether `m` is a chat message this demo can show. Anyone can append any JSON to a room, and
+ * what is not a message is skipped, so that it cannot stop the messages after it.
+ */
+function isMessage(m) {
+  return isObject(m) && typeof m.user === 'string' && typeof m.text === 'string' && time(m.at) !== undefined;
+}
+
 const rooms = {
   list: saved.get('rooms', ['lobby', 'dev', 'random']),
   current: saved.get('room', 'lobby'),
   /** Per room: the messages rendered so far and the offset after them. */
   cache(room) {
-    return saved.get(`room:${room}`, { offset: '-1', messages: [] });
+    const cache = saved.get(`room:${room}`, null);
+    if (!isObject(cache) || typeof cache.offset !== 'string' || !Array.isArray(cache.messages)) return { offset: '-1', messages: [] };
+    return { offset: cache.offset, messages: cache.messages.filter(isMessage) };
   },
   renderList() {
     const ul = $('room-list');
@@ -145,7 +160,7 @@ const rooms = {
   /** A message; `room` names its room in the All rooms view. */
   renderMessage(m, room) {
     const li = document.createElement('li');
-    li.dataset.id = m.id;
+    if (typeof m.id === 'string' || typeof m.id === 'number') li.dataset.id = m.id;
     if (room) {
       const where = document.createElement('span');
       where.className = 'room';
@@ -194,10 +209,10 @@ const rooms = {
         if (all) this.learn(items);
         const shown = all
           ? items
-              .filter((e) => e.data && typeof e.data === 'object')
+              .filter((e) => isObject(e?.data) && typeof e.stream === 'string')
               .map((e) => ({ ...e.data, room: e.stream.slice('rooms/'.length) }))
           : items;
-        const fresh = shown.slice(-500);
+        const fresh = shown.filter(isMessage).slice(-500);
         for (const m of fresh) list.append(this.renderMessage(m, m.room));
         while (list.childElementCount > 500) list.firstElementChild.remove();
         cache.messages = cache.messages.concat(fresh).slice(-500);
@@ -218,7 +233,7 @@ const rooms = {
   /** Adds the rooms that `created` events of the channel name, as the room form would. */
   learn(items) {
     const named = items
-      .filter((e) => e.event === 'created' && typeof e.stream === 'string')
+      .filter((e) => e?.event === 'created' && typeof e.stream === 'string')
       .map((e) => e.stream.slice('rooms/'.length));
     if (this.add(named)) this.renderList();
   },
