@@ -150,3 +150,45 @@ describe('rooms', () => {
     await a.context.close();
   });
 });
+
+describe('live table', () => {
+  const names = (p: Page) => p.locator('#rows tr').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-name')));
+
+  async function insert(p: Page, name: string, qty = '1') {
+    await p.fill('#row-name', name);
+    await p.fill('#row-qty', qty);
+    await p.click('#row-form button');
+  }
+
+  test('changes whose value is not a row are ignored or shown safely; later rows still show', async () => {
+    const a = await openPage();
+    await a.page.click('#tab-table');
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    const tag = `t${Date.now()}`;
+    await insert(a.page, `${tag}-before`);
+    await expect.poll(() => names(a.page), { timeout: 5_000 }).toContain(`${tag}-before`);
+    // Valid State Protocol changes (so `onInvalid: 'skip'` keeps them) whose values are not rows.
+    for (const [i, value] of [null, 'x', 42, [], { name: { a: 1 }, qty: 'abc', createdAt: 'zzz', updatedAt: 'soon' }].entries()) {
+      const change = { type: 'item', key: `${tag}-bad${i}`, value, headers: { operation: 'insert' } };
+      expect(await call('POST', 'tables/items', JSON.stringify(change))).toBe(204);
+    }
+    await insert(a.page, `${tag}-after`);
+    await expect.poll(() => names(a.page), { timeout: 5_000 }).toContain(`${tag}-after`);
+    expect((await names(a.page)).filter((n) => n?.startsWith(`${tag}-`) && !n.includes('bad'))).toEqual([`${tag}-before`, `${tag}-after`]);
+    expect(await state(a.page)).toBe('live');
+
+    // A reload restores them from the saved snapshot, and a page that reads from the start agrees.
+    await a.page.reload();
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    await expect.poll(() => names(a.page)).toEqual(expect.arrayContaining([`${tag}-before`, `${tag}-after`]));
+    const b = await openPage();
+    await b.page.click('#tab-table');
+    await expect.poll(() => names(b.page), { timeout: 10_000 }).toEqual(expect.arrayContaining([`${tag}-before`, `${tag}-after`]));
+    await insert(b.page, `${tag}-last`);
+    await expect.poll(() => names(a.page), { timeout: 5_000 }).toContain(`${tag}-last`);
+    expect(a.errors).toEqual([]);
+    expect(b.errors).toEqual([]);
+    await a.context.close();
+    await b.context.close();
+  });
+});

@@ -282,13 +282,18 @@ const inventory = {
   /** Keeps the table's snapshot in localStorage: a reload reads only the changes since. */
   store: { load: () => saved.get('items', undefined), save: (snapshot) => saved.set('items', snapshot) },
   render(changed = new Set()) {
-    const rows = this.live ? [...this.live.entries('item')] : [];
-    rows.sort(([a, x], [b, y]) => (x.createdAt ?? 0) - (y.createdAt ?? 0) || a.localeCompare(b));
+    // Anyone can append a change whose value is not a row (null, a string...): those are not shown.
+    const rows = this.live ? [...this.live.entries('item')].filter(([, row]) => isObject(row)) : [];
+    rows.sort(([a, x], [b, y]) => (time(x.createdAt) ?? 0) - (time(y.createdAt) ?? 0) || a.localeCompare(b));
     $('rows').replaceChildren(
       ...rows.map(([id, row]) => {
+        // A row's fields are shown only when they have the type the demo writes.
+        const rowName = typeof row.name === 'string' ? row.name : '';
+        const rowQty = typeof row.qty === 'number' && Number.isFinite(row.qty) ? row.qty : 0;
+        const updatedAt = time(row.updatedAt);
         const tr = document.createElement('tr');
         tr.dataset.id = id;
-        tr.dataset.name = row.name ?? '';
+        tr.dataset.name = rowName;
         if (changed.has(id)) tr.className = 'flash';
         const cell = (content) => {
           const td = document.createElement('td');
@@ -296,12 +301,12 @@ const inventory = {
           return td;
         };
         const name = document.createElement('input');
-        name.value = row.name ?? '';
+        name.value = rowName;
         name.setAttribute('aria-label', `Item ${id}`);
         const qty = document.createElement('input');
         qty.type = 'number';
         qty.min = '0';
-        qty.value = String(row.qty ?? 0);
+        qty.value = String(rowQty);
         qty.setAttribute('aria-label', `Quantity of ${id}`);
         const save = document.createElement('button');
         save.type = 'button';
@@ -314,12 +319,12 @@ const inventory = {
         remove.type = 'button';
         remove.className = 'danger';
         remove.textContent = 'Delete';
-        remove.setAttribute('aria-label', `Delete ${row.name ?? id}`);
+        remove.setAttribute('aria-label', `Delete ${rowName || id}`);
         remove.addEventListener('click', () => post(this.path, change.delete('item', id)));
         const actions = cell(save);
         actions.className = 'actions';
         actions.append(remove);
-        tr.append(cell(id), cell(name), cell(qty), cell(row.updatedAt ? clock(row.updatedAt) : ''), actions);
+        tr.append(cell(id), cell(name), cell(qty), cell(updatedAt ? clock(updatedAt) : ''), actions);
         return tr;
       }),
     );
