@@ -160,6 +160,30 @@ describe('live table', () => {
     await p.click('#row-form button');
   }
 
+  test('Insert clicked twice on a slow network inserts one row', async () => {
+    const a = await openPage();
+    await a.page.click('#tab-table');
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    // Appends take a second to reach the server.
+    await a.context.route('**/v1/stream/tables/items', async (route) => {
+      if (route.request().method() === 'POST') await new Promise((r) => setTimeout(r, 1_000));
+      await route.continue();
+    });
+    const name = `slow-${Date.now()}`;
+    await a.page.fill('#row-name', name);
+    await a.page.dblclick('#row-form button');
+    await a.page.waitForTimeout(500);
+    await a.page.click('#row-form button', { force: true });
+    await a.page.press('#row-name', 'Enter');
+    await expect.poll(() => names(a.page), { timeout: 5_000 }).toContain(name);
+    await a.page.waitForTimeout(2_000);
+    expect((await names(a.page)).filter((n) => n === name)).toHaveLength(1);
+    // Once the insert is done the form takes the next one.
+    await expect.poll(() => a.page.locator('#row-form button').isDisabled()).toBe(false);
+    expect(await a.page.locator('#row-name').inputValue()).toBe('');
+    await a.context.close();
+  });
+
   test('changes whose value is not a row are ignored or shown safely; later rows still show', async () => {
     const a = await openPage();
     await a.page.click('#tab-table');

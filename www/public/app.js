@@ -281,6 +281,8 @@ const inventory = {
   live: null,
   /** Keeps the table's snapshot in localStorage: a reload reads only the changes since. */
   store: { load: () => saved.get('items', undefined), save: (snapshot) => saved.set('items', snapshot) },
+  /** An insert is on its way: Insert waits for it (a second click would insert the row twice). */
+  inserting: false,
   render(changed = new Set()) {
     // Anyone can append a change whose value is not a row (null, a string...): those are not shown.
     const rows = this.live ? [...this.live.entries('item')].filter(([, row]) => isObject(row)) : [];
@@ -340,13 +342,23 @@ const inventory = {
     });
   },
   init() {
+    const button = $('row-form').querySelector('button');
     $('row-form').addEventListener('submit', async (e) => {
       e.preventDefault();
       const name = $('row-name').value.trim();
-      if (!name) return;
-      const now = Date.now();
-      await post(this.path, change.insert('item', newId(), { name, qty: Number($('row-qty').value), createdAt: now, updatedAt: now }));
-      $('row-name').value = '';
+      if (!name || this.inserting) return;
+      this.inserting = true;
+      button.disabled = true;
+      try {
+        const now = Date.now();
+        await post(this.path, change.insert('item', newId(), { name, qty: Number($('row-qty').value), createdAt: now, updatedAt: now }));
+        $('row-name').value = '';
+      } catch (err) {
+        alert(err.message);
+      } finally {
+        this.inserting = false;
+        button.disabled = false;
+      }
     });
   },
 };
