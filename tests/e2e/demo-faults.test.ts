@@ -149,6 +149,33 @@ describe('rooms', () => {
     await openRoom(a.page, `ok-${Date.now()}`);
     await a.context.close();
   });
+
+  test('the status pill does not say "live" while the view cannot reach the server, and says it again once it can', async () => {
+    const a = await openPage();
+    await a.page.selectOption('#mode', 'sse');
+    await openRoom(a.page, `pill${Date.now()}`);
+    // Every text the pill shows from now on, in order.
+    await a.page.evaluate(() => {
+      const pill = document.getElementById('state')!;
+      const seen: string[] = ((window as unknown as { pill: string[] }).pill = []);
+      new MutationObserver(() => {
+        if (seen.at(-1) !== pill.textContent) seen.push(pill.textContent ?? '');
+      }).observe(pill, { childList: true, characterData: true, subtree: true });
+    });
+    // The network is cut (new requests fail), and the server restart drops the open SSE connection.
+    await a.context.route('**/v1/stream/**', (route) => route.abort('connectionrefused'));
+    await server.restart();
+    await a.page.waitForTimeout(12_000);
+    const seen = await a.page.evaluate(() => (window as unknown as { pill: string[] }).pill);
+    // Once the reader gave up, the pill never went back to "live" while nothing could be read.
+    const firstDown = seen.indexOf('reconnecting');
+    expect(firstDown, seen.join()).toBeGreaterThanOrEqual(0);
+    expect(seen.slice(firstDown), seen.join()).not.toContain('live');
+    expect(await state(a.page), seen.join()).toBe('reconnecting');
+    await a.context.unroute('**/v1/stream/**');
+    await expect.poll(() => state(a.page), { timeout: 15_000 }).toBe('live');
+    await a.context.close();
+  });
 });
 
 describe('live table', () => {

@@ -31,7 +31,9 @@ const isObject = (value) => value !== null && typeof value === 'object' && !Arra
 // ---- the live connection of the visible view ----
 
 let mode = saved.get('mode', 'auto');
-let active = null; // { handle, controller, path }
+let active = null; // { handle, controller, path, hadBatch }
+/** The path of the view whose reader failed last, until that view reads a batch again. */
+let failing = null;
 
 /**
  * Creates the stream if needed (an identical PUT is a no-op), then follows it: from `offset`
@@ -45,21 +47,25 @@ async function follow({ path, contentType, channel, offset, open, onBatch }) {
   active = { handle: null, controller, path, hadBatch: false };
   const mine = active;
   $('info-url').textContent = `/v1/stream/${path}`;
-  await ensureStream(url, contentType, channel);
+  await ensureStream(url, contentType, channel, path, controller.signal);
   if (controller.signal.aborted) return;
   const handle = open ? open(url, controller.signal) : stream({ url, offset, live: mode, signal: controller.signal });
   mine.handle = handle;
   handle.subscribe(
     (batch) => {
-      mine.hadBatch = true;
       onBatch(batch);
+      // Only a batch the view took shows the view as working again.
+      mine.hadBatch = true;
+      if (failing === path) failing = null;
       showStatus();
     },
     (error) => {
+      if (controller.signal.aborted) return;
       console.error('edgestream demo:', error);
+      failing = path;
       setState('reconnecting');
-      // The reader gave up (for instance the stream was deleted): start over from the stored offset.
-      if (!controller.signal.aborted) setTimeout(() => active === mine && restartView(), 2000);
+      // The reader gave up (the server is down, say): start over from the stored offset.
+      setTimeout(() => active === mine && restartView(), 2000);
     },
   );
 }
@@ -69,16 +75,19 @@ function stopFollowing() {
   active = null;
 }
 
+/** The streams this page created (or found), so that a restart does not PUT them again. */
 const created = new Set();
-async function ensureStream(url, contentType, channel) {
+async function ensureStream(url, contentType, channel, path, signal) {
   if (created.has(url)) return;
-  for (let attempt = 0; ; attempt++) {
+  for (let attempt = 0; !signal.aborted; attempt++) {
     try {
       await DurableStream.create({ url, contentType, channel });
       created.add(url);
       return;
     } catch (e) {
-      // Offline or a transient error: keep trying; the UI shows the state.
+      // Offline or a transient error: keep trying (until the view is left); the UI shows the state.
+      if (signal.aborted) return;
+      failing = path;
       setState(navigator.onLine ? 'reconnecting' : 'offline');
       await new Promise((r) => setTimeout(r, Math.min(4000, 250 * 2 ** attempt)));
     }
@@ -96,6 +105,9 @@ function showStatus() {
   $('info-offset').textContent = handle ? handle.offset : '-';
   $('info-mode').textContent = handle ? handle.mode : '-';
   if (!navigator.onLine) return setState('offline');
+  // The reader of this view failed (it is restarted in a moment): the handle's status and
+  // upToDate are those of its last good response, so they cannot tell.
+  if (active && failing === active.path) return setState('reconnecting');
   if (!handle || !active.hadBatch) return setState('connecting');
   if (handle.status === 0 || handle.status >= 500) return setState('reconnecting');
   setState(handle.upToDate ? 'live' : 'catching up');
