@@ -135,6 +135,48 @@ describe('rooms', () => {
     await watcher.context.close();
   });
 
+  test('a room whose stream is deleted while open starts over on a new stream', async () => {
+    const room = `del${Date.now()}`;
+    const a = await openPage();
+    await openRoom(a.page, room);
+    for (const text of ['m0', 'm1', 'm2']) await send(a.page, 'ada', text);
+    await expect.poll(() => messages(a.page)).toEqual(['m0', 'm1', 'm2']);
+    expect(await call('DELETE', `rooms/${room}`)).toBe(204);
+    // The page creates the room again, drops what it showed of the old one, and follows the new one.
+    await expect.poll(() => messages(a.page), { timeout: 15_000 }).toEqual([]);
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    await send(a.page, 'ada', 'after delete');
+    await expect.poll(() => messages(a.page), { timeout: 5_000 }).toEqual(['after delete']);
+    expect(a.alerts).toEqual([]);
+    expect(a.errors).toEqual([]);
+    await a.context.close();
+  });
+
+  test('a stored offset past the end of the room (deleted and created again meanwhile) reads the room from the start', async () => {
+    const room = `stale${Date.now()}`;
+    const a = await openPage();
+    await openRoom(a.page, room);
+    for (const text of ['m0', 'm1', 'm2', 'm3']) await send(a.page, 'ada', text);
+    await expect.poll(() => messages(a.page)).toEqual(['m0', 'm1', 'm2', 'm3']);
+    // The tab goes away; the room is deleted and created again, shorter (or the server's state was wiped).
+    await a.page.goto('about:blank');
+    expect(await call('DELETE', `rooms/${room}`)).toBe(204);
+    expect(await call('PUT', `rooms/${room}`)).toBe(201);
+    expect(await call('POST', `rooms/${room}`, JSON.stringify({ id: 'f', user: 'bob', text: 'fresh', at: Date.now() }))).toBe(204);
+
+    const firstRead = a.page.waitForRequest((r) => r.method() === 'GET' && r.url().includes(`/v1/stream/rooms/${room}`));
+    await a.page.goto(`${server.baseUrl}/`);
+    // It tried the stored offset first (a reload still resumes)...
+    expect(new URL((await firstRead).url()).searchParams.get('offset')).not.toBe('-1');
+    // ...and, refused, read the new room from its start: none of the old messages stay on screen.
+    await expect.poll(() => messages(a.page), { timeout: 15_000 }).toEqual(['fresh']);
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    await send(a.page, 'ada', 'after');
+    await expect.poll(() => messages(a.page), { timeout: 5_000 }).toEqual(['fresh', 'after']);
+    expect(a.errors).toEqual([]);
+    await a.context.close();
+  });
+
   test('a room name the demo cannot use is refused, with the reason', async () => {
     const a = await openPage();
     // The pattern compiles (browsers use the `v` flag): no console error about it.
@@ -241,5 +283,36 @@ describe('live table', () => {
     expect(b.errors).toEqual([]);
     await a.context.close();
     await b.context.close();
+  });
+});
+
+describe('tail', () => {
+  test('a tail whose stored offset the stream no longer has, or whose stream is deleted while open, starts over', async () => {
+    const a = await openPage();
+    await a.page.click('#tab-tail');
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    for (const line of ['old 1', 'old 2', 'old 3']) {
+      await a.page.fill('#line', line);
+      await a.page.click('#tail-form button');
+      await expect.poll(() => a.page.locator('#tail').textContent(), { timeout: 5_000 }).toContain(line);
+    }
+    // Deleted and created again, shorter, while the tab is away.
+    await a.page.goto('about:blank');
+    expect(await call('DELETE', 'tail/demo')).toBe(204);
+    expect(await call('PUT', 'tail/demo', undefined, 'text/plain')).toBe(201);
+    expect(await call('POST', 'tail/demo', 'new\n', 'text/plain')).toBe(204);
+    await a.page.goto(`${server.baseUrl}/`);
+    await expect.poll(() => a.page.locator('#tail').textContent(), { timeout: 15_000 }).toBe('new\n');
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+
+    // Deleted while open: the page creates it again and follows the new stream.
+    expect(await call('DELETE', 'tail/demo')).toBe(204);
+    await expect.poll(() => a.page.locator('#tail').textContent(), { timeout: 15_000 }).toBe('');
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    await a.page.fill('#line', 'again');
+    await a.page.click('#tail-form button');
+    await expect.poll(() => a.page.locator('#tail').textContent(), { timeout: 5_000 }).toBe('again\n');
+    expect(a.errors).toEqual([]);
+    await a.context.close();
   });
 });

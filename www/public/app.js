@@ -21,6 +21,11 @@ const saved = {
       localStorage.setItem(`edgestream-demo:${key}`, JSON.stringify(value));
     } catch {}
   },
+  remove(key) {
+    try {
+      localStorage.removeItem(`edgestream-demo:${key}`);
+    } catch {}
+  },
 };
 
 /** `ms` if it is a time a Date can show, else undefined: anyone can append anything to a stream. */
@@ -34,13 +39,20 @@ let mode = saved.get('mode', 'auto');
 let active = null; // { handle, controller, path, hadBatch }
 /** The path of the view whose reader failed last, until that view reads a batch again. */
 let failing = null;
+/**
+ * The paths whose stream was deleted or replaced while this page had it. Their reads skip the
+ * browser's HTTP cache: catch-up pages may be cached for a minute, and a page cached from the old
+ * stream holds its data and its offsets, which the new stream does not have.
+ */
+const uncached = new Set();
 
 /**
  * Creates the stream if needed (an identical PUT is a no-op), then follows it: from `offset`
- * with `stream()`, or with `open(url, signal)` (a live table), calling `onBatch` with each
- * batch or update.
+ * with `stream()`, or with `open(url, signal, options)` (a live table), calling `onBatch` with each
+ * batch or update. `onReset` drops what the view stored of the stream, when the stream no
+ * longer has it.
  */
-async function follow({ path, contentType, channel, offset, open, onBatch }) {
+async function follow({ path, contentType, channel, offset, open, onBatch, onReset }) {
   stopFollowing();
   const controller = new AbortController();
   const url = `${API}/${path}`;
@@ -49,7 +61,8 @@ async function follow({ path, contentType, channel, offset, open, onBatch }) {
   $('info-url').textContent = `/v1/stream/${path}`;
   await ensureStream(url, contentType, channel, path, controller.signal);
   if (controller.signal.aborted) return;
-  const handle = open ? open(url, controller.signal) : stream({ url, offset, live: mode, signal: controller.signal });
+  const options = uncached.has(path) ? { headers: { 'cache-control': 'no-cache' } } : {};
+  const handle = open ? open(url, controller.signal, options) : stream({ url, offset, live: mode, signal: controller.signal, ...options });
   mine.handle = handle;
   handle.subscribe(
     (batch) => {
@@ -64,7 +77,19 @@ async function follow({ path, contentType, channel, offset, open, onBatch }) {
       console.error('edgestream demo:', error);
       failing = path;
       setState('reconnecting');
-      // The reader gave up (the server is down, say): start over from the stored offset.
+      if (error?.code === 'NOT_FOUND' || error?.code === 'GONE') {
+        // The stream was deleted (or the server's state wiped): create it again, and drop what
+        // this page kept of the old one.
+        created.delete(url);
+        uncached.add(path);
+        onReset?.();
+      } else if (error?.code === 'INVALID_OFFSET') {
+        // The stored offset is past the end of the stream (it was deleted and created again
+        // meanwhile): what the page kept is not this stream's; read it from the start.
+        uncached.add(path);
+        onReset?.();
+      }
+      // Start over (from the stored offset, or from the start after a reset) in a moment.
       setTimeout(() => active === mine && restartView(), 2000);
     },
   );
@@ -232,6 +257,12 @@ const rooms = {
         saved.set(`room:${room}`, cache);
         if (fresh.length) list.scrollTop = list.scrollHeight;
       },
+      onReset: () => {
+        cache.offset = '-1';
+        cache.messages = [];
+        saved.remove(`room:${room}`);
+        list.replaceChildren();
+      },
     });
   },
   /** Adds rooms with valid names to the list (and to the saved list); whether any was new. */
@@ -349,8 +380,14 @@ const inventory = {
       path: this.path,
       contentType: 'application/json',
       // Anyone can append to the demo's stream: skip what is not a change message.
-      open: (url, signal) => (this.live = table({ url, live: mode, signal, store: this.store, saveEveryMs: 0, onInvalid: 'skip' })),
+      open: (url, signal, options) => (this.live = table({ url, live: mode, signal, store: this.store, saveEveryMs: 0, onInvalid: 'skip', ...options })),
       onBatch: ({ changes }) => this.render(new Set(changes.map((c) => c.key))),
+      onReset: () => {
+        // The saved snapshot is of a stream that is gone.
+        saved.remove('items');
+        this.live = null;
+        this.render();
+      },
     });
   },
   init() {
@@ -397,6 +434,11 @@ const tail = {
         }
         this.state.offset = batch.offset;
         saved.set('tail', this.state);
+      },
+      onReset: () => {
+        this.state = { offset: '-1', text: '' };
+        saved.set('tail', this.state);
+        pre.textContent = '';
       },
     });
   },
