@@ -40,15 +40,8 @@ let active = null; // { handle, controller, path, hadBatch }
 /** The path of the view whose reader failed last, until that view reads a batch again. */
 let failing = null;
 /**
- * The paths whose stream was deleted or replaced while this page had it. Their reads skip the
- * browser's HTTP cache: catch-up pages may be cached for a minute, and a page cached from the old
- * stream holds its data and its offsets, which the new stream does not have.
- */
-const uncached = new Set();
-
-/**
  * Creates the stream if needed (an identical PUT is a no-op), then follows it: from `offset`
- * with `stream()`, or with `open(url, signal, options)` (a live table), calling `onBatch` with each
+ * with `stream()`, or with `open(url, signal)` (a live table), calling `onBatch` with each
  * batch or update. `onReset` drops what the view stored of the stream, when the stream no
  * longer has it.
  */
@@ -61,8 +54,9 @@ async function follow({ path, contentType, channel, offset, open, onBatch, onRes
   $('info-url').textContent = `/v1/stream/${path}`;
   await ensureStream(url, contentType, channel, path, controller.signal);
   if (controller.signal.aborted) return;
-  const options = uncached.has(path) ? { headers: { 'cache-control': 'no-cache' } } : {};
-  const handle = open ? open(url, controller.signal, options) : stream({ url, offset, live: mode, signal: controller.signal, ...options });
+  // The client revalidates the browser's HTTP cache on every read, so a stream deleted and
+  // created again is never read from the old one's cached pages.
+  const handle = open ? open(url, controller.signal) : stream({ url, offset, live: mode, signal: controller.signal });
   mine.handle = handle;
   handle.subscribe(
     (batch) => {
@@ -81,12 +75,10 @@ async function follow({ path, contentType, channel, offset, open, onBatch, onRes
         // The stream was deleted (or the server's state wiped): create it again, and drop what
         // this page kept of the old one.
         created.delete(url);
-        uncached.add(path);
         onReset?.();
       } else if (error?.code === 'INVALID_OFFSET') {
         // The stored offset is past the end of the stream (it was deleted and created again
         // meanwhile): what the page kept is not this stream's; read it from the start.
-        uncached.add(path);
         onReset?.();
       }
       // Start over (from the stored offset, or from the start after a reset) in a moment.
@@ -380,7 +372,7 @@ const inventory = {
       path: this.path,
       contentType: 'application/json',
       // Anyone can append to the demo's stream: skip what is not a change message.
-      open: (url, signal, options) => (this.live = table({ url, live: mode, signal, store: this.store, saveEveryMs: 0, onInvalid: 'skip', ...options })),
+      open: (url, signal) => (this.live = table({ url, live: mode, signal, store: this.store, saveEveryMs: 0, onInvalid: 'skip' })),
       onBatch: ({ changes }) => this.render(new Set(changes.map((c) => c.key))),
       onReset: () => {
         // The saved snapshot is of a stream that is gone.
