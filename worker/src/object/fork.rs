@@ -351,6 +351,10 @@ pub async fn acquire(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Respo
     if current.deleted {
         return http::error(&ProtocolError::ForkSourceGone);
     }
+    // Deleted and created again meanwhile: the point was worked out on the old stream.
+    if current.instance != meta.instance {
+        return http::error(&ProtocolError::ForkSourceNotFound);
+    }
     // Taken once per id: a request made again after its answer was lost takes nothing more.
     let taken = match ask.fork.as_deref() {
         Some(id) => obj.store()?.take_fork_ref(id)?,
