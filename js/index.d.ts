@@ -74,6 +74,11 @@ export declare class StreamHandle<T = unknown> implements AsyncIterableIterator<
   readonly cursor: string | undefined;
   /** HTTP status of the last response (0 before the first). */
   readonly status: number;
+  /**
+   * A request or connection failed and the reader waits to try again (a live reader retries
+   * without limit by default): true from the failure until the next response or connection.
+   */
+  readonly retrying: boolean;
   readonly contentType: string | undefined;
   readonly mode: 'catch-up' | 'sse' | 'long-poll' | 'ws';
   readonly lastRequest: { headers: Record<string, string>; params: Record<string, string> };
@@ -420,6 +425,8 @@ export declare class KeyedTable<V = unknown> {
   readonly mode: 'catch-up' | 'sse' | 'long-poll' | 'ws';
   /** HTTP status of the last response (0 before the first). */
   readonly status: number;
+  /** A request or connection failed and the table waits to try again (see StreamHandle). */
+  readonly retrying: boolean;
   /** Rows over all types. */
   readonly size: number;
   /** Settles when reading ends: resolves when the stream is closed or the table cancelled. */

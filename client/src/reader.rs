@@ -127,6 +127,9 @@ struct Inner {
     short_polls: u32,
     /// Consecutive failures of live connections (reset by any successful batch).
     failures: u32,
+    /// A request or connection failed and the reader waits to try again: from the failure until
+    /// the next response or connection, which an application shows as "reconnecting".
+    retrying: bool,
     controller: Option<AbortController>,
     sse: Option<SseConn>,
     ws: Option<WsConn>,
@@ -194,6 +197,7 @@ impl Reader {
             short_sse: 0,
             short_polls: 0,
             failures: 0,
+            retrying: false,
             controller: None,
             sse: None,
             ws: None,
@@ -273,6 +277,11 @@ impl Reader {
     #[wasm_bindgen(getter)]
     pub fn status(&self) -> u16 {
         self.inner.borrow().status
+    }
+    /// A request or connection failed, and the reader waits to try again.
+    #[wasm_bindgen(getter)]
+    pub fn retrying(&self) -> bool {
+        self.inner.borrow().retrying
     }
     #[wasm_bindgen(getter, js_name = contentType)]
     pub fn content_type(&self) -> Option<String> {
@@ -371,6 +380,7 @@ impl Inner {
         }
         self.pos = next;
         self.failures = 0;
+        self.retrying = false;
         if self.pos.closed {
             self.done = true;
         }
@@ -456,6 +466,7 @@ async fn back_off(
         if s.failures > s.policy.max_retries {
             return Err(cause);
         }
+        s.retrying = true;
         let delay = s
             .policy
             .delay_ms(s.failures, js_sys::Math::random(), retry_after);
@@ -527,6 +538,7 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
                 if attempt > policy.max_retries {
                     return Err(http::network_error("GET", &url, &e).into());
                 }
+                inner.borrow_mut().retrying = true;
                 js::sleep(
                     policy.delay_ms(attempt, js_sys::Math::random(), None),
                     signal.as_ref(),
@@ -553,6 +565,7 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
             let ra = http::header(&sent.response, headers::RETRY_AFTER)
                 .and_then(|v| crate::backoff::retry_after_ms(&v, js_sys::Date::now()));
             let _ = http::cancel_body(&sent.response);
+            inner.borrow_mut().retrying = true;
             js::sleep(
                 policy.delay_ms(attempt, js_sys::Math::random(), ra),
                 signal.as_ref(),
@@ -582,6 +595,7 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
                     if attempt > policy.max_retries {
                         return Err(http::network_error("GET", &url, &e).into());
                     }
+                    inner.borrow_mut().retrying = true;
                     js::sleep(
                         policy.delay_ms(attempt, js_sys::Math::random(), None),
                         signal.as_ref(),
@@ -672,6 +686,7 @@ async fn sse_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
             http::header(&sent.response, headers::STREAM_SSE_DATA_ENCODING).as_deref(),
         );
         let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+        inner.borrow_mut().retrying = false;
         inner.borrow_mut().sse = Some(SseConn {
             reader,
             parser: SseReader::new(encoding),
@@ -907,6 +922,7 @@ fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsV
                 c.protocol = js::get_string(&c.socket, "protocol");
                 c.opened = true;
             }
+            s.retrying = false;
             Ok(None)
         }
         Some("binary") => {

@@ -184,6 +184,13 @@ export class StreamHandle {
   get status() {
     return this.#reader ? this.#reader.status : 0;
   }
+  /**
+   * A request or connection failed and the reader waits to try again (live readers retry
+   * without limit): true from the failure until the next response or connection.
+   */
+  get retrying() {
+    return this.#reader ? this.#reader.retrying : false;
+  }
   /** The stream's content type, once known. */
   get contentType() {
     return this.#reader?.contentType ?? undefined;

@@ -118,6 +118,10 @@ export class KeyedTable {
   get status() {
     return this.#handle?.status ?? 0;
   }
+  /** A request or connection failed and the table waits to try again, as on a stream handle. */
+  get retrying() {
+    return this.#handle?.retrying ?? false;
+  }
   /** How many rows the table holds, over all types. */
   get size() {
     return this.#size;

@@ -36,7 +36,10 @@ test('a live reader with no maxRetries rides out an outage that would spend any 
     await new Promise((r) => server.close(r));
     // The reader asks for its next batch all through the outage.
     let pending = it.next();
+    assert.equal(h.retrying, false);
     await new Promise((r) => setTimeout(r, 4000));
+    // It says so, for an application to show.
+    assert.equal(h.retrying, true);
     state.data = ['after the outage'];
     server = fakeStream(state);
     await new Promise((r) => server.listen(port, '127.0.0.1', r));
@@ -44,6 +47,7 @@ test('a live reader with no maxRetries rides out an outage that would spend any 
       const { value, done } = await pending;
       pending = it.next();
       assert.equal(done, false);
+      assert.equal(h.retrying, false);
       if (value.items.length > 0) {
         assert.deepEqual(value.items, ['after the outage']);
         break;

@@ -126,7 +126,8 @@ function showStatus() {
   // upToDate are those of its last good response, so they cannot tell.
   if (active && failing === active.path) return setState('reconnecting');
   if (!handle || !active.hadBatch) return setState('connecting');
-  if (handle.status === 0 || handle.status >= 500) return setState('reconnecting');
+  // The reader lost its connection and is trying again (it does, for as long as it takes).
+  if (handle.retrying || handle.status === 0 || handle.status >= 500) return setState('reconnecting');
   setState(handle.upToDate ? 'live' : 'catching up');
 }
 setInterval(showStatus, 500);

@@ -466,9 +466,6 @@ impl StreamObject {
             Ok(r) => r,
             Err(e) => return http::error(&e),
         };
-        if let Err(e) = request.expiry.check_new(now_ms()) {
-            return http::error(&e.into());
-        }
         let is_channel = match channel::create_rules(headers, &mut request, &body) {
             Ok(is_channel) => is_channel,
             Err(e) => return http::error(&e),
@@ -482,6 +479,10 @@ impl StreamObject {
             Lookup::Live(meta) => return self.existing(&meta, &request).await,
             Lookup::Deleted => return http::error(&ProtocolError::PathInUse),
             Lookup::Missing => {}
+        }
+        // Checked for a stream about to be made: an existing one answers as it stands.
+        if let Err(e) = request.expiry.check_new(now) {
+            return http::error(&e.into());
         }
         if let Some(fork) = &request.fork {
             return self
