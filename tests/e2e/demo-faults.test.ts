@@ -3,25 +3,11 @@
 // show; a room or tail whose stream was deleted, or whose stored offset the stream no longer has,
 // starts over; the status pill does not say "live" while the view's reader is failing; Insert is
 // not sent twice; a room name the demo refuses is refused with a reason; no console errors on load.
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
-import { startServer } from '../../scripts/dev-server.mjs';
+import { describe, expect, test } from 'vitest';
+import type { BrowserContext, Page } from 'playwright-core';
+import { messages, openRoom, send, useDemo } from './demo-page';
 
-let server: Awaited<ReturnType<typeof startServer>>;
-let browser: Browser;
-
-beforeAll(async () => {
-  server = await startServer({ vars: { LONG_POLL_TIMEOUT_MS: '2000' } });
-  browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
-});
-
-afterAll(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const demo = useDemo();
 
 interface Opened {
   page: Page;
@@ -35,7 +21,7 @@ interface Opened {
 }
 
 async function openPage(context?: BrowserContext): Promise<Opened> {
-  const ctx = context ?? (await browser.newContext({ viewport: { width: 1200, height: 800 } }));
+  const ctx = context ?? (await demo.browser().newContext({ viewport: { width: 1200, height: 800 } }));
   const page = await ctx.newPage();
   const errors: string[] = [];
   const consoleErrors: string[] = [];
@@ -48,31 +34,17 @@ async function openPage(context?: BrowserContext): Promise<Opened> {
     alerts.push(d.message());
     void d.dismiss();
   });
-  await page.goto(`${server.baseUrl}/`);
+  await page.goto(`${demo.server().baseUrl}/`);
   await expect.poll(() => page.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
   expect(errors).toEqual([]);
   return { page, context: ctx, errors, consoleErrors, alerts };
 }
 
-async function openRoom(page: Page, room: string) {
-  await page.fill('#room-name', room);
-  await page.click('#room-form button');
-  await expect.poll(() => page.locator('#room-title').textContent()).toBe(`#${room}`);
-  await expect.poll(() => page.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
-}
-
-async function send(page: Page, who: string, text: string) {
-  await page.fill('#who', who);
-  await page.fill('#message', text);
-  await page.click('#message-form button');
-}
-
-const messages = (page: Page) => page.locator('#messages li .text').allTextContents();
 const state = (page: Page) => page.locator('#state').textContent();
 
 /** A request to the server, outside the page; its status. */
 async function call(method: string, path: string, body?: string, contentType = 'application/json') {
-  const res = await fetch(`${server.baseUrl}/v1/stream/${path}`, {
+  const res = await fetch(`${demo.server().baseUrl}/v1/stream/${path}`, {
     method,
     headers: body === undefined && method !== 'PUT' ? {} : { 'content-type': contentType },
     body,
@@ -165,7 +137,7 @@ describe('rooms', () => {
     expect(await call('POST', `rooms/${room}`, JSON.stringify({ id: 'f', user: 'bob', text: 'fresh', at: Date.now() }))).toBe(204);
 
     const firstRead = a.page.waitForRequest((r) => r.method() === 'GET' && r.url().includes(`/v1/stream/rooms/${room}`));
-    await a.page.goto(`${server.baseUrl}/`);
+    await a.page.goto(`${demo.server().baseUrl}/`);
     // It tried the stored offset first (a reload still resumes)...
     expect(new URL((await firstRead).url()).searchParams.get('offset')).not.toBe('-1');
     // ...and, refused, read the new room from its start: none of the old messages stay on screen.
@@ -206,7 +178,7 @@ describe('rooms', () => {
     });
     // The network is cut (new requests fail), and the server restart drops the open SSE connection.
     await a.context.route('**/v1/stream/**', (route) => route.abort('connectionrefused'));
-    await server.restart();
+    await demo.server().restart();
     await a.page.waitForTimeout(12_000);
     const seen = await a.page.evaluate(() => (window as unknown as { pill: string[] }).pill);
     // Once the reader gave up, the pill never went back to "live" while nothing could be read.
@@ -233,7 +205,7 @@ describe('live table', () => {
     const a = await openPage();
     await a.page.click('#tab-table');
     await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
-    // Appends take a second to reach the server.
+    // Appends take a second to reach the demo.server().
     await a.context.route('**/v1/stream/tables/items', async (route) => {
       if (route.request().method() === 'POST') await new Promise((r) => setTimeout(r, 1_000));
       await route.continue();
@@ -301,7 +273,7 @@ describe('tail', () => {
     expect(await call('DELETE', 'tail/demo')).toBe(204);
     expect(await call('PUT', 'tail/demo', undefined, 'text/plain')).toBe(201);
     expect(await call('POST', 'tail/demo', 'new\n', 'text/plain')).toBe(204);
-    await a.page.goto(`${server.baseUrl}/`);
+    await a.page.goto(`${demo.server().baseUrl}/`);
     await expect.poll(() => a.page.locator('#tail').textContent(), { timeout: 15_000 }).toBe('new\n');
     await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
 

@@ -1,54 +1,26 @@
 // The demo app in a real browser (Debian Chromium through playwright-core) against wrangler dev:
 // rooms deliver across pages, a reload resumes without gap or duplicate, a cut network
 // reconnects and catches up, the live table converges, and each view is screenshotted.
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { describe, expect, test } from 'vitest';
+import type { BrowserContext, Page } from 'playwright-core';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startServer } from '../../scripts/dev-server.mjs';
+import { messages, openRoom, send, useDemo } from './demo-page';
 
 const shots = path.join(path.dirname(fileURLToPath(import.meta.url)), 'screenshots');
-let server: Awaited<ReturnType<typeof startServer>>;
-let browser: Browser;
-
-beforeAll(async () => {
-  server = await startServer({ vars: { LONG_POLL_TIMEOUT_MS: '2000' } });
-  browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
-});
-
-afterAll(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const demo = useDemo();
 
 async function openPage(context?: BrowserContext): Promise<{ page: Page; context: BrowserContext }> {
-  const ctx = context ?? (await browser.newContext({ viewport: { width: 1200, height: 800 } }));
+  const ctx = context ?? (await demo.browser().newContext({ viewport: { width: 1200, height: 800 } }));
   const page = await ctx.newPage();
   const errors: string[] = [];
   page.on('pageerror', (e) => errors.push(String(e)));
-  await page.goto(`${server.baseUrl}/`);
+  await page.goto(`${demo.server().baseUrl}/`);
   await expect.poll(() => page.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
   expect(errors).toEqual([]);
   return { page, context: ctx };
 }
 
-async function openRoom(page: Page, room: string) {
-  await page.fill('#room-name', room);
-  await page.click('#room-form button');
-  await expect.poll(() => page.locator('#room-title').textContent()).toBe(`#${room}`);
-  await expect.poll(() => page.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
-}
-
-async function send(page: Page, who: string, text: string) {
-  await page.fill('#who', who);
-  await page.fill('#message', text);
-  await page.click('#message-form button');
-}
-
-const messages = (page: Page) => page.locator('#messages li .text').allTextContents();
 
 describe('rooms', () => {
   test('a message sent in one page appears in another within a second', async () => {
@@ -82,7 +54,7 @@ describe('rooms', () => {
     await expect.poll(() => messages(other.page)).toContain('while you were away');
 
     const firstRead = page.waitForRequest((r) => r.method() === 'GET' && r.url().includes(`/v1/stream/rooms/${room}`));
-    await page.goto(`${server.baseUrl}/`);
+    await page.goto(`${demo.server().baseUrl}/`);
     const offset = new URL((await firstRead).url()).searchParams.get('offset');
     // It resumed from the stored offset, not from the beginning.
     expect(offset).not.toBeNull();
@@ -103,10 +75,10 @@ describe('rooms', () => {
     // Offline ends the open live connection too; the route keeps new requests failing.
     // Cut the network: new requests fail, and a server restart drops the open live connection.
     await context.route('**/v1/stream/**', (route) => route.abort('internetdisconnected'));
-    await server.restart();
+    await demo.server().restart();
     // Written by someone else while this page is cut off:
     for (const text of ['during 1', 'during 2']) {
-      const res = await fetch(`${server.baseUrl}/v1/stream/rooms/${room}`, {
+      const res = await fetch(`${demo.server().baseUrl}/v1/stream/rooms/${room}`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ id: text, user: 'bob', text, at: Date.now() }),
@@ -125,7 +97,7 @@ describe('rooms', () => {
   test('a room of 200,000 messages opens on the last 500 (a catch-up batch holds up to 170,000)', async () => {
     const room = `big${Date.now()}`;
     const total = 200_000;
-    const url = `${server.baseUrl}/v1/stream/rooms/${room}`;
+    const url = `${demo.server().baseUrl}/v1/stream/rooms/${room}`;
     expect((await fetch(url, { method: 'PUT', headers: { 'content-type': 'application/json' } })).status).toBe(201);
     for (let start = 0; start < total; start += 100_000) {
       const batch = Array.from({ length: 100_000 }, (_, i) => ({ id: `m${start + i}`, user: 'bot', text: `m${start + i}`, at: 0 }));
