@@ -443,7 +443,8 @@ export declare class KeyedTable<V = unknown> {
   snapshot(): TableSnapshot<V>;
   /**
    * Called after each batch is applied; awaited before the next is read. `onError` gets the
-   * error that ends the table and errors the listener throws. Returns an unsubscribe function.
+   * error that ends the table, errors the listener throws, and errors of the store's `save`
+   * (which do not end the table). Returns an unsubscribe function.
    */
   subscribe(listener: (update: TableUpdate<V>) => void | Promise<void>, onError?: (error: unknown) => void): () => void;
   /** Stops reading; the rows stay readable, and a store gets a last snapshot. */

@@ -150,6 +150,12 @@ test('an SSE response whose stream is deleted ends with an error event, so no cl
 test('an open reader keeps a TTL stream alive whatever its transport, and the TTL counts again once it goes', async () => {
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   const head = async (name: string) => (await fetch(url(name), { method: 'HEAD' })).status;
+  const gone = async (name: string) => {
+    for (const deadline = Date.now() + 6000; Date.now() < deadline; await sleep(100)) {
+      if ((await head(name)) === 404) return true;
+    }
+    return false;
+  };
   const create = async (name: string) => {
     const res = await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'text/plain', 'stream-ttl': '1' } });
     expect(res.status).toBe(201);
@@ -163,8 +169,8 @@ test('an open reader keeps a TTL stream alive whatever its transport, and the TT
   expect(await head(sse)).toBe(200);
   const events = await text;
   expect(events).not.toContain('event: error');
-  await sleep(1600);
-  expect(await head(sse)).toBe(404);
+  // Then it expires within about a TTL of the reader going (polled: the alarm's timing varies).
+  expect(await gone(sse)).toBe(true);
 
   // A WebSocket, held by the stream's object, open for three TTLs.
   const ws = `ttl-ws-${Date.now()}`;
@@ -181,8 +187,7 @@ test('an open reader keeps a TTL stream alive whatever its transport, and the TT
   expect(closedWith).toBe(0);
   expect(await head(ws)).toBe(200);
   socket.close();
-  await sleep(2600);
-  expect(await head(ws)).toBe(404);
+  expect(await gone(ws)).toBe(true);
 }, 30_000);
 
 /** Follows `name` over SSE from `from` until the offset `target()` names, resuming as a client
@@ -225,7 +230,8 @@ test('SSE delivers text whole where an append is cut into frames and a catch-up 
   expect(created.status).toBe(201);
   const start = created.headers.get('stream-next-offset')!;
   // Live: one append of 600,000 bytes, which goes out in 512 KiB frames (not a multiple of 3).
-  const euros = '€'.repeat(200_000);
+  // 600,003 bytes: the first 4 MiB page then ends inside a 4-byte character of what follows.
+  const euros = '€'.repeat(200_001);
   let tail: string | undefined;
   const live = sseText(name, start, () => tail);
   await new Promise((r) => setTimeout(r, 300));

@@ -344,6 +344,8 @@ impl Inner {
 
     fn finish(&mut self) {
         self.done = true;
+        // Failed for good, or cancelled: no longer trying again.
+        self.retrying = false;
         self.drop_connections();
         self.ready.clear();
         if let Some(unlisten) = self.unlisten_hidden.take() {
@@ -501,6 +503,19 @@ async fn next_batch(inner: &Rc<RefCell<Inner>>) -> Result<JsValue, JsValue> {
     }
 }
 
+/// Waits before retry `attempt` of a request, saying meanwhile that the reader is retrying.
+async fn wait_to_retry(
+    inner: &Rc<RefCell<Inner>>,
+    policy: &RetryPolicy,
+    attempt: u32,
+    retry_after: Option<f64>,
+    signal: Option<&web_sys::AbortSignal>,
+) {
+    inner.borrow_mut().retrying = true;
+    let delay = policy.delay_ms(attempt, js_sys::Math::random(), retry_after);
+    js::sleep(delay, signal).await;
+}
+
 /// One catch-up or long-poll request, retried on transient failures.
 async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
     let (url, query, dynamic, policy, signal, short) = {
@@ -538,12 +553,7 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
                 if attempt > policy.max_retries {
                     return Err(http::network_error("GET", &url, &e).into());
                 }
-                inner.borrow_mut().retrying = true;
-                js::sleep(
-                    policy.delay_ms(attempt, js_sys::Math::random(), None),
-                    signal.as_ref(),
-                )
-                .await;
+                wait_to_retry(inner, &policy, attempt, None, signal.as_ref()).await;
                 if signal.as_ref().is_some_and(|s| s.aborted()) {
                     return Ok(());
                 }
@@ -565,12 +575,7 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
             let ra = http::header(&sent.response, headers::RETRY_AFTER)
                 .and_then(|v| crate::backoff::retry_after_ms(&v, js_sys::Date::now()));
             let _ = http::cancel_body(&sent.response);
-            inner.borrow_mut().retrying = true;
-            js::sleep(
-                policy.delay_ms(attempt, js_sys::Math::random(), ra),
-                signal.as_ref(),
-            )
-            .await;
+            wait_to_retry(inner, &policy, attempt, ra, signal.as_ref()).await;
             if signal.as_ref().is_some_and(|s| s.aborted()) {
                 return Ok(());
             }
@@ -595,12 +600,7 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
                     if attempt > policy.max_retries {
                         return Err(http::network_error("GET", &url, &e).into());
                     }
-                    inner.borrow_mut().retrying = true;
-                    js::sleep(
-                        policy.delay_ms(attempt, js_sys::Math::random(), None),
-                        signal.as_ref(),
-                    )
-                    .await;
+                    wait_to_retry(inner, &policy, attempt, None, signal.as_ref()).await;
                     continue;
                 }
             }
@@ -880,19 +880,20 @@ async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
     Ok(())
 }
 
-/// A handshake failed before the socket opened: a `HEAD` learns whether the stream is missing,
-/// gone or not allowed (then the reader ends, as over HTTP), or is there (then it reconnects).
+/// A handshake failed before the socket opened: the same read over plain HTTP (whose body is
+/// not taken) learns whether the stream is missing, gone, not allowed or not readable at the
+/// reader's offset (then the reader ends, as over HTTP), or is there (then it reconnects).
 /// Retrying a refusal would never end while live readers retry without limit.
 async fn why_refused(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
-    let (url, dynamic, signal) = {
+    let (url, query, dynamic, signal) = {
         let mut s = inner.borrow_mut();
         let signal = s.new_controller();
-        (s.url.clone(), s.dynamic.clone(), signal)
+        (s.url.clone(), s.query(None), s.dynamic.clone(), signal)
     };
     let req = Request {
-        method: "HEAD",
+        method: "GET",
         url: &url,
-        query: Vec::new(),
+        query,
         headers: Vec::new(),
         body: None,
         dynamic: &dynamic,
@@ -902,11 +903,13 @@ async fn why_refused(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
         return Ok(());
     };
     let status = sent.status;
-    let _ = http::cancel_body(&sent.response);
-    if matches!(status, 401 | 403 | 404 | 410) {
-        let mut s = inner.borrow_mut();
-        stream_error(&mut s, "WebSocket ", status, "the handshake was refused")?;
+    if (400..500).contains(&status) && !crate::backoff::is_retryable_status(status) {
+        // Read before the connections are dropped: that aborts this request's body too.
+        let error = http::status_error("GET", &url, &sent.response, status).await;
+        inner.borrow_mut().drop_connections();
+        return Err(error);
     }
+    let _ = http::cancel_body(&sent.response);
     Ok(())
 }
 
@@ -1069,6 +1072,8 @@ fn stream_error(
         410 => error::GONE,
         401 => error::UNAUTHORIZED,
         403 => error::FORBIDDEN,
+        // Asking again would only be refused again.
+        400 => error::BAD_REQUEST,
         _ => {
             return Ok(Some(
                 error::new(error::NETWORK_ERROR, &text, Some(status)).into(),

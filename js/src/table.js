@@ -334,7 +334,15 @@ export class KeyedTable {
       // The store is a cache: a full localStorage must not stop the table. It tries again at
       // the next save.
       const subscribed = [...this.#listeners].filter((l) => l.onError);
-      for (const { onError } of subscribed) onError(e);
+      for (const { onError } of subscribed) {
+        try {
+          onError(e);
+        } catch (thrown) {
+          queueMicrotask(() => {
+            throw thrown;
+          });
+        }
+      }
       if (subscribed.length === 0) console.warn('edgestream table: the store could not save:', e);
     }
   }

@@ -66,6 +66,9 @@ test('a one-off read, or a live reader given a budget, still gives up once it is
   const url = `http://127.0.0.1:${server.address().port}/s`;
   await new Promise((r) => server.close(r));
   for (const options of [{ live: false, retry: { initialDelayMs: 5 } }, { live: 'long-poll', retry: { maxRetries: 2, initialDelayMs: 5 } }]) {
-    await assert.rejects(stream({ url, ...options }).items(), (e) => e.code === 'NETWORK_ERROR');
+    const h = stream({ url, ...options });
+    await assert.rejects(h.items(), (e) => e.code === 'NETWORK_ERROR');
+    // Failed for good: it no longer says it is retrying.
+    assert.equal(h.retrying, false);
   }
 });

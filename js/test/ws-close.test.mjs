@@ -63,13 +63,18 @@ test('a WebSocket closed by the server fails the reader with its close code and 
   }
 });
 
-/** A server whose upgrades are refused with `upgradeStatus` and whose HEAD answers `headStatus`. */
-async function refusingServer(upgradeStatus, headStatus) {
-  const seen = { upgrades: 0, heads: 0 };
+/**
+ * A server whose first read (the reader's catch-up) is up to date at `o1`, whose upgrades are
+ * refused with `upgradeStatus`, and whose later reads answer `readStatus`.
+ */
+async function refusingServer(upgradeStatus, readStatus) {
+  const seen = { upgrades: 0, reads: 0, offsets: [] };
   const server = http.createServer((req, res) => {
-    if (req.method === 'HEAD') seen.heads++;
-    res.writeHead(req.method === 'HEAD' ? headStatus : 200, { 'stream-next-offset': 'o1', 'content-type': 'application/json' });
-    res.end();
+    const status = seen.reads++ === 0 ? 200 : readStatus;
+    seen.offsets.push(new URL(req.url, 'http://x').searchParams.get('offset'));
+    const body = status === 400 ? 'offset is beyond the end of the stream' : '[]';
+    res.writeHead(status, { 'stream-next-offset': 'o1', 'stream-up-to-date': 'true', 'content-type': 'application/json' });
+    res.end(body);
   });
   server.on('upgrade', (req, socket) => {
     seen.upgrades++;
@@ -84,18 +89,21 @@ for (const [status, code] of [
   [410, 'GONE'],
   [401, 'UNAUTHORIZED'],
   [403, 'FORBIDDEN'],
+  [400, 'INVALID_OFFSET'],
 ]) {
-  test(`a WebSocket handshake refused for a stream that answers ${status} ends the reader with ${code}, not retries`, async () => {
+  test(`a WebSocket handshake refused for a read that answers ${status} ends the reader with ${code}, not retries`, async () => {
     const { url, seen, server } = await refusingServer(status, status);
     try {
       const started = Date.now();
-      // Live readers retry without limit by default: only the HEAD can end this one.
-      const h = stream({ url, live: 'ws', offset: 'now', json: true });
+      // Live readers retry without limit by default: only the read over HTTP can end this one.
+      const h = stream({ url, live: 'ws', offset: 'o7', json: true });
       await assert.rejects(h.items(), (e) => e.code === code && e.status === status);
-      // One HEAD: no retry. (undici itself repeats a handshake refused with 401 once.)
-      assert.equal(seen.heads, 1);
+      // The catch-up, then one read at the reader's offset: no retry. (undici itself repeats a
+      // handshake refused with 401 once.)
+      assert.deepEqual(seen.offsets, ['o7', 'o1']);
       assert.equal(seen.upgrades, status === 401 ? 2 : 1);
       assert.ok(Date.now() - started < 2000);
+      assert.equal(h.retrying, false);
     } finally {
       server.closeAllConnections();
       await new Promise((r) => server.close(r));
@@ -103,13 +111,15 @@ for (const [status, code] of [
   });
 }
 
-test('a WebSocket handshake refused while the stream is there is retried as a network failure', async () => {
+test('a WebSocket handshake refused while the stream reads fine is retried as a network failure', async () => {
   const { url, seen, server } = await refusingServer(503, 200);
   try {
-    const h = stream({ url, live: 'ws', offset: 'now', json: true, retry: { maxRetries: 2, initialDelayMs: 10 } });
+    const h = stream({ url, live: 'ws', offset: 'o7', json: true, retry: { maxRetries: 2, initialDelayMs: 10 } });
     await assert.rejects(h.items(), (e) => e.code === 'NETWORK_ERROR');
     assert.equal(seen.upgrades, 3, 'one attempt and two retries');
-    assert.equal(seen.heads, 3);
+    assert.equal(seen.reads, 4, 'the catch-up, and a read after each refusal');
+    // Failed for good: no longer retrying.
+    assert.equal(h.retrying, false);
   } finally {
     server.closeAllConnections();
     await new Promise((r) => server.close(r));

@@ -135,7 +135,8 @@ pub(super) fn mark_channel(resp: Result<Response>, channel: bool) -> Result<Resp
 /// Adds the cursor to a page the object answered directly.
 fn with_cursor(resp: Response, cursor: u64) -> Result<Response> {
     let resp = http::mutable(resp)?;
-    if (200..300).contains(&resp.status_code()) {
+    let status = resp.status_code();
+    if (200..300).contains(&status) || status == 304 {
         resp.headers().set(h::STREAM_CURSOR, &cursor.to_string())?;
     }
     Ok(resp)

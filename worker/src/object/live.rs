@@ -100,9 +100,11 @@ impl Hub {
     }
 
     /// Whether any live reader is open: an SSE or long-poll reader at the edge, or a client
-    /// socket held here.
+    /// socket held here. Sockets this object has closed (a long-poll answered, a client cut
+    /// off) are listed until their close completes, and do not count.
     pub fn has_readers(&self) -> bool {
-        !self.sockets().is_empty() || !self.sockets_tagged(clients::TAG).is_empty()
+        let open = |ws: &WebSocket| ws.ready_state() == WebSocket::OPEN;
+        self.sockets().iter().any(open) || self.sockets_tagged(clients::TAG).iter().any(open)
     }
 
     fn sockets_tagged(&self, tag: &str) -> Vec<WebSocket> {

@@ -263,20 +263,20 @@ impl DurableObject for StreamObject {
     ) -> Result<()> {
         // Answer the close frame (workerd leaves that to the application).
         let _ = ws.close(Some(1000), Some("closed"));
-        self.reader_left()?;
         // The edge's sockets come and go all the time; only a client's changes the groups.
         if let Some(state) = clients::ClientState::of(ws.as_ref()) {
             self.hub.receipts().closed(state.id);
             self.hub.clients_changed();
         }
+        self.reader_left();
         Ok(())
     }
 
     async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> Result<()> {
-        self.reader_left()?;
         if let Some(state) = clients::ClientState::of(ws.as_ref()) {
             self.hub.receipts().closed(state.id);
         }
+        self.reader_left();
         Ok(())
     }
 }
@@ -367,10 +367,16 @@ impl StreamObject {
         };
         let every = TOUCH_EVERY_MS.min(ttl_seconds.saturating_mul(50).min(1000) as i64);
         if now - meta.accessed_ms >= every {
-            meta.accessed_ms = now;
-            self.store()?.touch(now)?;
-            self.remember(meta);
+            self.slide(meta, now)?;
         }
+        Ok(())
+    }
+
+    /// Records an access at `now`, from which a sliding TTL counts.
+    fn slide(&self, meta: &mut Meta, now: i64) -> Result<()> {
+        meta.accessed_ms = now;
+        self.store()?.touch(now)?;
+        self.remember(meta);
         Ok(())
     }
 
@@ -389,23 +395,23 @@ impl StreamObject {
         {
             return Ok(false);
         }
-        meta.accessed_ms = now;
-        self.store()?.touch(now)?;
-        self.remember(meta);
+        self.slide(meta, now)?;
         Ok(true)
     }
 
     /// A live reader went: the TTL counts from now, as it would from its last read request.
-    fn reader_left(&self) -> Result<()> {
+    /// Best effort: a failure here only leaves the TTL counting from the reader's last read.
+    fn reader_left(&self) {
         let now = now_ms();
-        if let Some(mut meta) = self.meta()? {
-            let live = Standing::of(meta.deleted, meta.forks, meta.expiry, meta.accessed_ms, now)
-                == Standing::Live;
-            if live {
-                self.touch(&mut meta, now)?;
-            }
+        let slid = self.meta().and_then(|meta| match meta {
+            // It read until now, so even a TTL that ran out while it was open (the alarm not
+            // yet run) counts from here; a stream the alarm removed has no metadata.
+            Some(mut meta) if !meta.deleted => self.touch(&mut meta, now),
+            _ => Ok(()),
+        });
+        if let Err(e) = slid {
+            worker::console_warn!("stream: cannot slide the TTL as a reader leaves: {e}");
         }
-        Ok(())
     }
 
     /// An expired stream goes away, unless forks still read through it.
@@ -1028,16 +1034,17 @@ impl StreamObject {
             Ok(from) => from,
             Err(e) => return http::error(&e.into()),
         };
-        let start = match Self::start_of(from, &meta) {
-            Ok(start) => start,
-            Err(e) => return http::error(&e),
-        };
         // An SSE or WebSocket reader the edge serves in several subscriptions names the
-        // incarnation it began on: one deleted since, even if created again, is gone for it.
+        // incarnation it began on: one deleted since, even if created again, is gone for it
+        // (checked before the offset, which a shorter new stream would refuse with 400).
         let followed = header(req.headers(), reply::X_INSTANCE);
         if followed.as_deref().is_some_and(|i| i != meta.instance) {
             return http::error(&ProtocolError::NotFound);
         }
+        let start = match Self::start_of(from, &meta) {
+            Ok(start) => start,
+            Err(e) => return http::error(&e),
+        };
         self.touch(&mut meta, now)?;
         let hello =
             header(req.headers(), wsproto::X_CLIENT).and_then(|v| ClientHello::from_header(&v));

@@ -640,7 +640,8 @@ impl Store {
 
     /// Reads the log from `from` towards `to`, stopping once `budget` bytes are gathered. JSON
     /// pages end on message boundaries (a single message larger than the budget is returned
-    /// whole); other pages end exactly at the budget.
+    /// whole); other pages end at the budget, or up to 3 bytes before it where a text would be
+    /// cut inside a character ([`Pieces::cut_back_to_text`]).
     pub fn read(
         &self,
         from: Offset,
