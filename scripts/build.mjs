@@ -1,5 +1,7 @@
 // Builds what `wrangler dev` serves: the Worker (Rust → wasm, offline) and the demo's assets.
-import { cp, mkdir, rm } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -23,26 +25,100 @@ export async function buildWorker() {
   });
 }
 
+/** Every file under `dir` (relative paths), skipping `skip` directory names at any depth. */
+async function filesUnder(dir, skip = new Set()) {
+  if (!existsSync(dir)) return [];
+  const out = [];
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    if (skip.has(entry.name)) continue;
+    const full = path.join(dir, entry.name);
+    if (entry.isDirectory()) out.push(...(await filesUnder(full, skip)).map((f) => path.join(entry.name, f)));
+    else if (entry.isFile()) out.push(entry.name);
+  }
+  return out.sort();
+}
+
 /**
  * The demo app's static files, which the Worker embeds (worker/build.rs): www/public,
  * plus the npm package (js/src and the built js/dist) under vendor/edgestream, which the page
- * imports through an import map, as a plain `<script type="module">` user would.
+ * imports through an import map, as a plain `<script type="module">` user would. Only files
+ * whose content changed are written, and files no longer there removed: worker/build.rs
+ * watches www/dist, and a rewritten file would rebuild the Worker for nothing.
  */
 export async function buildAssets() {
   const out = path.join(root, 'www', 'dist');
-  await rm(out, { recursive: true, force: true });
-  await mkdir(out, { recursive: true });
-  await cp(path.join(root, 'www', 'public'), out, { recursive: true });
-  const vendor = path.join(out, 'vendor', 'edgestream');
-  await cp(path.join(root, 'js', 'src'), path.join(vendor, 'src'), { recursive: true });
-  await cp(path.join(root, 'js', 'dist'), path.join(vendor, 'dist'), { recursive: true });
+  const vendor = path.join('vendor', 'edgestream');
+  const wanted = new Map();
+  for (const [from, to] of [
+    [path.join(root, 'www', 'public'), ''],
+    [path.join(root, 'js', 'src'), path.join(vendor, 'src')],
+    [path.join(root, 'js', 'dist'), path.join(vendor, 'dist')],
+  ]) {
+    for (const f of await filesUnder(from)) wanted.set(path.join(to, f), path.join(from, f));
+  }
+  for (const [rel, from] of wanted) {
+    const to = path.join(out, rel);
+    const bytes = await readFile(from);
+    const old = existsSync(to) ? await readFile(to) : null;
+    if (old && old.equals(bytes)) continue;
+    await mkdir(path.dirname(to), { recursive: true });
+    await copyFile(from, to);
+  }
+  for (const rel of await filesUnder(out)) {
+    if (!wanted.has(rel)) await rm(path.join(out, rel));
+  }
 }
+
+/** Where each build step keeps the digest of the inputs it last built from. */
+const stamps = path.join(root, 'target', 'build-stamps');
+
+/** A digest of the contents of `inputs` (files or directories, relative to the root). */
+async function digest(inputs) {
+  const hash = createHash('sha256');
+  const skip = new Set(['target', 'node_modules', 'build', 'pkg', '.wrangler']);
+  for (const input of inputs) {
+    const full = path.join(root, input);
+    if (!existsSync(full)) continue;
+    const files = (await stat(full)).isDirectory() ? await filesUnder(full, skip) : [''];
+    for (const f of files) {
+      hash.update(path.join(input, f)).update('\0').update(await readFile(path.join(full, f))).update('\0');
+    }
+  }
+  return hash.digest('hex');
+}
+
+/**
+ * Runs `build` unless its outputs exist and its inputs are what it last built from, so a
+ * second `npm start` serves at once. EDGESTREAM_REBUILD=1 builds anyway.
+ */
+async function unlessFresh(name, inputs, outputs, build) {
+  const stamp = path.join(stamps, name);
+  // The outputs count too: a build run by hand from other sources leaves other outputs.
+  const state = async () => `${await digest(inputs)} ${await digest(outputs)}`;
+  const built = existsSync(stamp) ? (await readFile(stamp, 'utf8')).trim() : '';
+  const present = outputs.every((o) => existsSync(path.join(root, o)));
+  if (process.env.EDGESTREAM_REBUILD !== '1' && present && built === (await state())) {
+    console.log(`${name}: up to date (inputs unchanged since the last build)`);
+    return;
+  }
+  await rm(stamp, { force: true });
+  await build();
+  await mkdir(stamps, { recursive: true });
+  await writeFile(stamp, `${await state()}\n`);
+}
+
+/** What the core and both crates build from. */
+const RUST = ['src', 'Cargo.toml', 'Cargo.lock'];
 
 export async function buildAll() {
   // The Worker embeds the demo, and the demo vendors the client: build in that order.
-  await step('build: client (wasm + JS glue, gzip size)', buildClient);
+  await step('build: client (wasm + JS glue, gzip size)', () =>
+    unlessFresh('client', [...RUST, 'client', 'scripts/client.mjs'], ['js/dist'], buildClient),
+  );
   await step('build: demo assets', buildAssets);
-  await step('build: worker', buildWorker);
+  await step('build: worker', () =>
+    unlessFresh('worker', [...RUST, 'worker', 'www/dist', 'wrangler.toml', 'scripts/build.mjs'], ['worker/build'], buildWorker),
+  );
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {

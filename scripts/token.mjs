@@ -1,6 +1,6 @@
 // Mints an edgestream access token (HMAC-SHA256), as the Worker verifies it.
 //
-//   npm run token -- --prefix rooms/ --ops read,append --ttl 3600
+//   npm run -s token -- --prefix rooms --ops read,append --ttl 3600
 //
 // The secret comes from --secret or the AUTH_SECRET environment variable, and must equal the
 // Worker's (`wrangler secret put AUTH_SECRET`, or `--var AUTH_SECRET:...` locally).
@@ -34,8 +34,14 @@ if (import.meta.url === pathToFileURL(process.argv[1]).href) {
   }
   const known = new Set(['--secret', '--prefix', '--ops', '--ttl']);
   for (let i = 0; i < args.length; i += 2) {
-    if (!known.has(args[i])) {
-      console.error(`token: unknown argument ${args[i]}`);
+    // A flag without its value would quietly become the default: an empty prefix is every stream.
+    const problem = !known.has(args[i])
+      ? `unknown argument ${args[i]}`
+      : i + 1 >= args.length || args[i + 1].startsWith('--')
+        ? `${args[i]} needs a value${args[i] === '--prefix' ? " (every stream is --prefix '')" : ''}`
+        : null;
+    if (problem) {
+      console.error(`token: ${problem}`);
       console.error(usage);
       process.exit(2);
     }

@@ -2,6 +2,7 @@
 // touched. Covers missing, forged, expired and malformed tokens, prefix escapes and operation
 // escalation, bearer and query-parameter tokens, and the __ds admin APIs.
 import { createHmac } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
 import { mintToken } from '../scripts/token.mjs';
@@ -239,5 +240,29 @@ describe('CORS origins restricted by CORS_ORIGINS', () => {
     expect(ok.headers.get('access-control-allow-methods')).toContain('POST');
     const evil = await preflight('https://evil.example');
     expect(evil.headers.get('access-control-allow-origin')).toBeNull();
+  });
+});
+
+describe('npm run token', () => {
+  const cli = (...args: string[]) =>
+    spawnSync(process.execPath, ['scripts/token.mjs', ...args], { encoding: 'utf8', env: { ...process.env, AUTH_SECRET: secret } });
+  const claims = (t: string) => JSON.parse(Buffer.from(t.trim().split('.')[0], 'base64url').toString());
+
+  test('refuses a flag without its value, rather than minting a token for every stream', () => {
+    for (const args of [['--ops', 'read', '--prefix'], ['--prefix', '--ops', 'read'], ['--ttl'], ['--bogus', 'x']]) {
+      const run = cli(...args);
+      expect(run.status, args.join(' ')).toBe(2);
+      expect(run.stdout).toBe('');
+    }
+  });
+
+  test('mints what it was asked for: a prefix, or every stream only with --prefix \'\'', async () => {
+    const rooms = cli('--prefix', 'auth/rooms', '--ops', 'read');
+    expect(rooms.status).toBe(0);
+    expect(claims(rooms.stdout)).toMatchObject({ prefix: 'auth/rooms', ops: ['read'] });
+    expect((await fetch(url('auth/rooms/a?offset=-1'), { headers: bearer(rooms.stdout.trim()) })).status).toBe(200);
+    const every = cli('--prefix', '', '--ops', 'read');
+    expect(every.status).toBe(0);
+    expect(claims(every.stdout).prefix).toBe('');
   });
 });
