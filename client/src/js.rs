@@ -14,8 +14,12 @@ export function es_fetch(url, init) {
   // A page's HTTP cache keeps catch-up pages for a minute, and a stream deleted and created
   // again reuses their offsets: revalidate each read (a 304 when unchanged) instead. Only where
   // there is a page (Cloudflare Workers refuse the option).
-  if (init.method === 'GET' && typeof location !== 'undefined') init.cache = 'no-cache';
+  if (init.method === 'GET' && has_page()) init.cache = 'no-cache';
   return globalThis.fetch(url, init);
+}
+function has_page() {
+  // Deno's location getter throws unless it was started with --location.
+  try { return typeof location !== 'undefined'; } catch { return false; }
 }
 export function es_quiet(p) { if (p && typeof p.catch === 'function') p.catch(() => {}); }
 export function es_text(v) { return String(v); }
