@@ -205,7 +205,7 @@ describe('live table', () => {
     const a = await openPage();
     await a.page.click('#tab-table');
     await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
-    // Appends take a second to reach the demo.server().
+    // Appends take a second to reach the server.
     await a.context.route('**/v1/stream/tables/items', async (route) => {
       if (route.request().method() === 'POST') await new Promise((r) => setTimeout(r, 1_000));
       await route.continue();
@@ -222,6 +222,27 @@ describe('live table', () => {
     // Once the insert is done the form takes the next one.
     await expect.poll(() => a.page.locator('#row-form button').isDisabled()).toBe(false);
     expect(await a.page.locator('#row-name').inputValue()).toBe('');
+    await a.context.close();
+  });
+
+  test('a Save or Delete that fails says so, and the row stays as it was', async () => {
+    const a = await openPage();
+    await a.page.click('#tab-table');
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    const name = `keep-${Date.now()}`;
+    await insert(a.page, name);
+    await expect.poll(() => names(a.page), { timeout: 5_000 }).toContain(name);
+    await a.context.route('**/v1/stream/tables/items', (route) =>
+      route.request().method() === 'POST' ? route.abort('connectionrefused') : route.continue(),
+    );
+    const row = a.page.locator(`#rows tr[data-name="${name}"]`);
+    for (const button of ['Save', 'Delete']) {
+      const before = a.alerts.length;
+      await row.getByRole('button', { name: button === 'Delete' ? `Delete ${name}` : 'Save' }).click();
+      await expect.poll(() => a.alerts.length, { timeout: 5_000 }).toBe(before + 1);
+    }
+    expect(await names(a.page)).toContain(name);
+    expect(a.errors).toEqual([]);
     await a.context.close();
   });
 

@@ -134,6 +134,11 @@ setInterval(showStatus, 500);
 addEventListener('online', showStatus);
 addEventListener('offline', showStatus);
 
+/** Tells the user of a write that failed (a button's click has no one else to tell). */
+function report(writing) {
+  writing.catch((err) => alert(err.message));
+}
+
 async function post(path, body, contentType = 'application/json') {
   const res = await fetch(`${API}/${path}`, {
     method: 'POST',
@@ -351,14 +356,14 @@ const inventory = {
         save.className = 'quiet';
         save.textContent = 'Save';
         save.addEventListener('click', () =>
-          post(this.path, change.update('item', id, { ...row, name: name.value.trim(), qty: Number(qty.value), updatedAt: Date.now() })),
+          report(post(this.path, change.update('item', id, { ...row, name: name.value.trim(), qty: Number(qty.value), updatedAt: Date.now() }))),
         );
         const remove = document.createElement('button');
         remove.type = 'button';
         remove.className = 'danger';
         remove.textContent = 'Delete';
         remove.setAttribute('aria-label', `Delete ${rowName || id}`);
-        remove.addEventListener('click', () => post(this.path, change.delete('item', id)));
+        remove.addEventListener('click', () => report(post(this.path, change.delete('item', id))));
         const actions = cell(save);
         actions.className = 'actions';
         actions.append(remove);
@@ -394,7 +399,8 @@ const inventory = {
       try {
         const now = Date.now();
         await post(this.path, change.insert('item', newId(), { name, qty: Number($('row-qty').value), createdAt: now, updatedAt: now }));
-        $('row-name').value = '';
+        // Cleared unless something else was typed meanwhile.
+        if ($('row-name').value.trim() === name) $('row-name').value = '';
       } catch (err) {
         alert(err.message);
       } finally {
