@@ -42,7 +42,7 @@ pub(super) struct LiveSocket {
     /// Where the reader starts (the tail, for `offset=now`).
     pub(super) start: Offset,
     pub(super) content_type: String,
-    pub(super) instance: String,
+    instance: String,
     closed: bool,
     /// The stream is a channel: its responses say so (`Stream-Channel: true`).
     channel: bool,
@@ -142,12 +142,27 @@ fn with_cursor(resp: Response, cursor: u64) -> Result<Response> {
     Ok(resp)
 }
 
-/// The incarnation an SSE or WebSocket reader follows, as the header a subscription names it
-/// in (none until the object has named it).
-pub(super) fn following(instance: &Option<String>) -> Vec<(&'static str, &str)> {
-    match instance.as_deref() {
-        Some(instance) if !instance.is_empty() => vec![(X_INSTANCE, instance)],
-        _ => Vec::new(),
+/// The incarnation of the stream an SSE or WebSocket reader follows, once the object named it
+/// (on a catch-up page, or on the live socket's upgrade). Each later subscription names it, so
+/// a stream deleted and created again ends the reader rather than going on in the new one.
+#[derive(Clone, Default)]
+pub(super) struct Incarnation(Option<String>);
+
+impl Incarnation {
+    /// Keeps the incarnation `sub` names, if none is known yet.
+    pub(super) fn learn(&mut self, sub: &Subscription) {
+        if self.0.is_none() {
+            self.0 = match sub {
+                Subscription::Page(resp) => header(resp.headers(), X_INSTANCE),
+                Subscription::Live(live) => Some(live.instance.clone()),
+            }
+            .filter(|instance| !instance.is_empty());
+        }
+    }
+
+    /// The header a subscription names it in (none until it is known).
+    pub(super) fn header(&self) -> Vec<(&'static str, &str)> {
+        self.0.iter().map(|i| (X_INSTANCE, i.as_str())).collect()
     }
 }
 
@@ -251,10 +266,8 @@ struct SseState {
     stalled: bool,
     /// Nothing more may be written: the stream closed, or a frame did not follow on.
     done: bool,
-    /// The incarnation of the stream this response reads, once the object named it: each
-    /// later subscription names it, so a stream deleted and created again ends the response
-    /// rather than going on in the new one.
-    instance: Option<String>,
+    /// The incarnation of the stream this response reads.
+    instance: Incarnation,
 }
 
 /// `live=sse`: catch-up pages, then live frames, as SSE `data` and `control` events. The server
@@ -297,7 +310,7 @@ pub async fn sse(
         last_control: None,
         stalled: false,
         done: false,
-        instance: None,
+        instance: Incarnation::default(),
     };
     let (readable, body) = body_pipe(config.sse_backlog_bytes)?;
     let source = Rc::new(SseSource {
@@ -352,7 +365,7 @@ async fn catch_up(
         let sub = match pending.take() {
             Some(sub) => sub,
             None => {
-                let followed = following(&state.instance);
+                let followed = state.instance.header();
                 match subscribe(
                     &source.stub,
                     &source.name,
@@ -370,6 +383,7 @@ async fn catch_up(
                 }
             }
         };
+        state.instance.learn(&sub);
         match sub {
             Subscription::Page(resp) => {
                 if resp.status_code() != 200 {
@@ -379,9 +393,6 @@ async fn catch_up(
                     return body.close();
                 }
                 let meta = resp.headers().clone();
-                if state.instance.is_none() {
-                    state.instance = header(&meta, X_INSTANCE);
-                }
                 let bytes = match http::response_bytes(&resp).await {
                     Ok(bytes) => bytes,
                     Err(e) => {
@@ -403,7 +414,6 @@ async fn catch_up(
             }
             Subscription::Live(live) => {
                 state.offset = ReadFrom::At(live.start);
-                state.instance.get_or_insert(live.instance);
                 return SseFollower::start(live.socket, state, body, source);
             }
         }

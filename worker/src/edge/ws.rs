@@ -30,14 +30,13 @@ use worker::{
     Delay, Env, Method, Request, RequestInit, Response, Result, Stub, Url, WebSocketPair,
 };
 
-use super::live::{ask_object, following, is_channel, mark_channel, subscribe, Subscription};
+use super::live::{ask_object, is_channel, mark_channel, subscribe, Incarnation, Subscription};
 use super::object_url;
 use crate::auth;
 use crate::config::Config;
 use crate::frame::{self, Frame};
 use crate::http::{self, header, now_ms, random_u32};
 use crate::path::StreamName;
-use crate::reply::X_INSTANCE;
 use crate::socket::{Socket, SocketEvent, SocketSender};
 use crate::wsproto::{
     self, close, parse_client, AppendFrame, AppendGrant, ClientHello, ClientMessage, Emitter,
@@ -222,7 +221,7 @@ impl Session {
             pending: Some(first),
             stalled: false,
             drops: 0,
-            instance: None,
+            instance: Incarnation::default(),
         };
         let appender = Appender {
             session: &self,
@@ -296,9 +295,8 @@ struct Follower<'a> {
     stalled: bool,
     /// Internal subscriptions lost in a row without a frame.
     drops: u32,
-    /// The incarnation of the stream the client reads, once the object named it (see the
-    /// SSE reader's).
-    instance: Option<String>,
+    /// The incarnation of the stream the client reads.
+    instance: Incarnation,
 }
 
 /// How a live subscription ended.
@@ -313,6 +311,7 @@ impl Follower<'_> {
     async fn run(&mut self) -> End {
         loop {
             if let Some(sub) = self.pending.take() {
+                self.instance.learn(&sub);
                 match sub {
                     Subscription::Page(resp) => {
                         if let Some(end) = self.page(resp).await {
@@ -321,7 +320,6 @@ impl Follower<'_> {
                     }
                     Subscription::Live(live) => {
                         self.emit.borrow_mut().offset = ReadFrom::At(live.start);
-                        self.instance.get_or_insert(live.instance);
                         match self.live(live.socket, live.start).await {
                             LiveEnd::End(end) => return end,
                             LiveEnd::Lost => self.drops += 1,
@@ -340,7 +338,7 @@ impl Follower<'_> {
             }
             let offset = self.emit.borrow().offset;
             let session = self.session;
-            let followed = following(&self.instance);
+            let followed = self.instance.header();
             match subscribe(
                 &session.stub,
                 &session.name,
@@ -433,9 +431,6 @@ impl Follower<'_> {
             }
         }
         let meta = resp.headers().clone();
-        if self.instance.is_none() {
-            self.instance = header(&meta, X_INSTANCE);
-        }
         let Some(end) = header(&meta, h::STREAM_NEXT_OFFSET).and_then(|v| Offset::parse(&v).ok())
         else {
             return Some(End::Restart("bad page from the stream"));

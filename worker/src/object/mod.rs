@@ -171,20 +171,22 @@ impl DurableObject for StreamObject {
 
     async fn alarm(&self) -> Result<Response> {
         let now = now_ms();
-        if let Some(meta) = self.meta()? {
+        if let Some(mut meta) = self.meta()? {
             // The last fork of a deleted source went: see `fork::on_release`.
             if meta.deleted && meta.forks == 0 {
                 self.remove(meta, 0).await?;
                 return Response::ok("");
             }
-            let mut meta = meta;
             match meta.expiry.deadline(meta.accessed_ms) {
-                Some(_) if self.held_open(&mut meta, now)? => {
-                    if let Some(deadline) = meta.expiry.deadline(meta.accessed_ms) {
-                        alarm::schedule(self, deadline).await?;
+                Some(deadline) if now >= deadline => {
+                    if self.held_open(&mut meta, now)? {
+                        if let Some(next) = meta.expiry.deadline(meta.accessed_ms) {
+                            alarm::schedule(self, next).await?;
+                        }
+                    } else {
+                        self.expire(meta).await?;
                     }
                 }
-                Some(deadline) if now >= deadline => self.expire(meta).await?,
                 Some(deadline) => alarm::schedule(self, deadline).await?,
                 None => {}
             }
@@ -332,10 +334,9 @@ impl StreamObject {
     }
 
     async fn lookup(&self, now: i64) -> Result<Lookup> {
-        let Some(meta) = self.meta()? else {
+        let Some(mut meta) = self.meta()? else {
             return Ok(Lookup::Missing);
         };
-        let mut meta = meta;
         let standing =
             match Standing::of(meta.deleted, meta.forks, meta.expiry, meta.accessed_ms, now) {
                 Standing::Expired | Standing::ExpiredWithForks
@@ -383,16 +384,10 @@ impl StreamObject {
     /// An open live reader reads all the while, so it slides a TTL as a read request does:
     /// a stream being followed does not expire under its readers, whatever their transport
     /// (a long-poll slid it with each request, an SSE or WebSocket reader only when it
-    /// connected). Asked only once the TTL has run out, so readers cost nothing until then.
+    /// connected). Its callers ask only once a live stream's expiry has passed (the lookup's
+    /// `Standing`, the alarm's deadline), so readers cost nothing until then.
     fn held_open(&self, meta: &mut Meta, now: i64) -> Result<bool> {
-        if meta.deleted
-            || !matches!(meta.expiry, Expiry::Ttl(_))
-            || meta
-                .expiry
-                .deadline(meta.accessed_ms)
-                .is_none_or(|d| now < d)
-            || !self.hub.has_readers()
-        {
+        if !matches!(meta.expiry, Expiry::Ttl(_)) || !self.hub.has_readers() {
             return Ok(false);
         }
         self.slide(meta, now)?;
