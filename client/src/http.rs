@@ -107,6 +107,20 @@ pub struct Request<'a> {
     pub dynamic: &'a Dynamic,
 }
 
+impl<'a> Request<'a> {
+    /// A read of `url` with the protocol's `query`, no headers of the protocol's own.
+    pub fn get(url: &'a str, query: Vec<(String, String)>, dynamic: &'a Dynamic) -> Self {
+        Request {
+            method: "GET",
+            url,
+            query,
+            headers: Vec::new(),
+            body: None,
+            dynamic,
+        }
+    }
+}
+
 /// Query parameters the client sets itself; a caller's parameter of the same name is dropped.
 const RESERVED_PARAMS: [&str; 3] = ["offset", "live", "cursor"];
 

@@ -534,14 +534,7 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
         }
     }
     let sent_at = js_sys::Date::now();
-    let req = Request {
-        method: "GET",
-        url: &url,
-        query,
-        headers: Vec::new(),
-        body: None,
-        dynamic: &dynamic,
-    };
+    let req = Request::get(&url, query, &dynamic);
     let mut attempt = 0u32;
     loop {
         let sent = match http::send_once(&req, signal.as_ref()).await {
@@ -650,12 +643,8 @@ async fn sse_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
             (s.url.clone(), q, s.dynamic.clone(), s.policy, signal)
         };
         let req = Request {
-            method: "GET",
-            url: &url,
-            query,
             headers: vec![("accept", String::from("text/event-stream"))],
-            body: None,
-            dynamic: &dynamic,
+            ..Request::get(&url, query, &dynamic)
         };
         let sent = match http::send(&req, &policy, signal.as_ref()).await {
             Ok(sent) => sent,
@@ -890,14 +879,7 @@ async fn why_refused(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
         let signal = s.new_controller();
         (s.url.clone(), s.query(None), s.dynamic.clone(), signal)
     };
-    let req = Request {
-        method: "GET",
-        url: &url,
-        query,
-        headers: Vec::new(),
-        body: None,
-        dynamic: &dynamic,
-    };
+    let req = Request::get(&url, query, &dynamic);
     // Unreachable, or answering 5xx: the backoff that follows covers it.
     let Ok(sent) = http::send_once(&req, signal.as_ref()).await else {
         return Ok(());
