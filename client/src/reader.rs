@@ -516,6 +516,54 @@ async fn wait_to_retry(
     js::sleep(delay, signal).await;
 }
 
+/// Sends a reader's request until a response comes that is not worth retrying, saying meanwhile
+/// that the reader is retrying (an application shows it). `attempt` counts the retries of the
+/// caller's request. `None`: the reader was cancelled.
+async fn send_live(
+    inner: &Rc<RefCell<Inner>>,
+    req: &Request<'_>,
+    policy: &RetryPolicy,
+    signal: Option<&web_sys::AbortSignal>,
+    attempt: &mut u32,
+) -> Result<Option<http::Sent>, JsValue> {
+    loop {
+        let failed = match http::send_once(req, signal).await {
+            Ok(sent) => {
+                let mut s = inner.borrow_mut();
+                s.status = sent.status;
+                s.headers_sent = sent.headers_sent.clone();
+                s.params_sent = sent.params_sent.clone();
+                if !crate::backoff::is_retryable_status(sent.status) {
+                    return Ok(Some(sent));
+                }
+                Ok(sent)
+            }
+            Err(Failure::Aborted) => return Ok(None),
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Network(e)) => Err(e),
+        };
+        *attempt += 1;
+        let retry_after = match &failed {
+            Ok(sent) => http::header(&sent.response, headers::RETRY_AFTER)
+                .and_then(|v| crate::backoff::retry_after_ms(&v, js_sys::Date::now())),
+            Err(_) => None,
+        };
+        if *attempt > policy.max_retries {
+            return Err(match failed {
+                Ok(sent) => http::status_error("GET", req.url, &sent.response, sent.status).await,
+                Err(e) => http::network_error("GET", req.url, &e).into(),
+            });
+        }
+        if let Ok(sent) = &failed {
+            let _ = http::cancel_body(&sent.response);
+        }
+        wait_to_retry(inner, policy, *attempt, retry_after, signal).await;
+        if signal.is_some_and(|s| s.aborted()) {
+            return Ok(None);
+        }
+    }
+}
+
 /// One catch-up or long-poll request, retried on transient failures.
 async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
     let (url, query, dynamic, policy, signal, short) = {
@@ -537,43 +585,11 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
     let req = Request::get(&url, query, &dynamic);
     let mut attempt = 0u32;
     loop {
-        let sent = match http::send_once(&req, signal.as_ref()).await {
-            Ok(sent) => sent,
-            Err(Failure::Aborted) => return Ok(()),
-            Err(Failure::Fatal(e)) => return Err(e),
-            Err(Failure::Network(e)) => {
-                attempt += 1;
-                if attempt > policy.max_retries {
-                    return Err(http::network_error("GET", &url, &e).into());
-                }
-                wait_to_retry(inner, &policy, attempt, None, signal.as_ref()).await;
-                if signal.as_ref().is_some_and(|s| s.aborted()) {
-                    return Ok(());
-                }
-                continue;
-            }
+        let Some(sent) = send_live(inner, &req, &policy, signal.as_ref(), &mut attempt).await?
+        else {
+            return Ok(());
         };
         let status = sent.status;
-        {
-            let mut s = inner.borrow_mut();
-            s.status = status;
-            s.headers_sent = sent.headers_sent.clone();
-            s.params_sent = sent.params_sent.clone();
-        }
-        if crate::backoff::is_retryable_status(status) {
-            attempt += 1;
-            if attempt > policy.max_retries {
-                return Err(http::status_error("GET", &url, &sent.response, status).await);
-            }
-            let ra = http::header(&sent.response, headers::RETRY_AFTER)
-                .and_then(|v| crate::backoff::retry_after_ms(&v, js_sys::Date::now()));
-            let _ = http::cancel_body(&sent.response);
-            wait_to_retry(inner, &policy, attempt, ra, signal.as_ref()).await;
-            if signal.as_ref().is_some_and(|s| s.aborted()) {
-                return Ok(());
-            }
-            continue;
-        }
         if status != 200 && status != 204 {
             return Err(http::status_error("GET", &url, &sent.response, status).await);
         }
@@ -646,17 +662,12 @@ async fn sse_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
             headers: vec![("accept", String::from("text/event-stream"))],
             ..Request::get(&url, query, &dynamic)
         };
-        let sent = match http::send(&req, &policy, signal.as_ref()).await {
-            Ok(sent) => sent,
-            Err(e) if error::is_abort(&e) => return Ok(()),
-            Err(e) => return Err(e),
+        // Retries are counted per connection: one that opens has shown the server is back.
+        let mut attempt = 0;
+        let Some(sent) = send_live(inner, &req, &policy, signal.as_ref(), &mut attempt).await?
+        else {
+            return Ok(());
         };
-        {
-            let mut s = inner.borrow_mut();
-            s.status = sent.status;
-            s.headers_sent = sent.headers_sent.clone();
-            s.params_sent = sent.params_sent.clone();
-        }
         if sent.status != 200 {
             return Err(http::status_error("GET", &url, &sent.response, sent.status).await);
         }

@@ -6,59 +6,69 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import { stream } from '../src/node.js';
 
-/** A fake JSON stream: `[]` and up to date at `o1`, until `data` is set; then `data` at `o2`. */
+/**
+ * A fake JSON stream: `[]` and up to date at `o1`, until `data` is set; then `data` at `o2`. Over
+ * SSE it says so in one event and stays open; a long-poll with nothing new waits (for good).
+ */
 function fakeStream(state) {
   return http.createServer((req, res) => {
-    const from = new URL(req.url, 'http://x').searchParams.get('offset');
-    const ready = state.data !== undefined && from !== 'o2';
-    res.writeHead(200, {
-      'content-type': 'application/json',
-      'stream-next-offset': ready ? 'o2' : 'o1',
-      'stream-up-to-date': 'true',
-      'stream-cursor': '1',
-    });
+    const url = new URL(req.url, 'http://x');
+    const ready = state.data !== undefined && url.searchParams.get('offset') !== 'o2';
+    const next = ready ? 'o2' : 'o1';
+    if (url.searchParams.get('live') === 'sse') {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      if (ready) res.write(`event: data\ndata: ${JSON.stringify(state.data)}\n\n`);
+      res.write(`event: control\ndata: ${JSON.stringify({ streamNextOffset: next, streamCursor: '1', upToDate: true })}\n\n`);
+      return;
+    }
+    if (url.searchParams.get('live') === 'long-poll' && !ready) return;
+    res.writeHead(200, { 'content-type': 'application/json', 'stream-next-offset': next, 'stream-up-to-date': 'true', 'stream-cursor': '1' });
     res.end(ready ? JSON.stringify(state.data) : '[]');
   });
 }
 
-test('a live reader with no maxRetries rides out an outage that would spend any budget', async () => {
-  const state = {};
-  let server = fakeStream(state);
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  const { port } = server.address();
-  // The default options: 5 retries would be spent in about 2 to 3 s.
-  const h = stream({ url: `http://127.0.0.1:${port}/s`, live: 'long-poll' });
-  try {
-    const it = h[Symbol.asyncIterator]();
-    assert.deepEqual((await it.next()).value.items, []);
-    // Down for longer than the retries of any budget take, then back with data.
-    server.closeAllConnections();
-    await new Promise((r) => server.close(r));
-    // The reader asks for its next batch all through the outage.
-    let pending = it.next();
-    assert.equal(h.retrying, false);
-    await new Promise((r) => setTimeout(r, 4000));
-    // It says so, for an application to show.
-    assert.equal(h.retrying, true);
-    state.data = ['after the outage'];
-    server = fakeStream(state);
-    await new Promise((r) => server.listen(port, '127.0.0.1', r));
-    for (;;) {
-      const { value, done } = await pending;
-      pending = it.next();
-      assert.equal(done, false);
+for (const live of ['long-poll', 'sse']) {
+  test(`a ${live} reader with no maxRetries rides out an outage that would spend any budget, and says it is retrying`, async () => {
+    const state = {};
+    let server = fakeStream(state);
+    await new Promise((r) => server.listen(0, '127.0.0.1', r));
+    const { port } = server.address();
+    // The default options: 5 retries would be spent in about 2 to 3 s.
+    const h = stream({ url: `http://127.0.0.1:${port}/s`, live });
+    try {
+      const it = h[Symbol.asyncIterator]();
+      assert.deepEqual((await it.next()).value.items, []);
+      // The reader asks for its next batch, and follows the stream for a while (an SSE connection
+      // that has lived is resumed at once when it ends, as the 60 s ones are)...
+      let pending = it.next();
+      await new Promise((r) => setTimeout(r, 1500));
       assert.equal(h.retrying, false);
-      if (value.items.length > 0) {
-        assert.deepEqual(value.items, ['after the outage']);
-        break;
+      // ...then the server goes down, for longer than the retries of any budget take.
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+      await new Promise((r) => setTimeout(r, 4000));
+      // It says so, for an application to show.
+      assert.equal(h.retrying, true);
+      state.data = ['after the outage'];
+      server = fakeStream(state);
+      await new Promise((r) => server.listen(port, '127.0.0.1', r));
+      for (;;) {
+        const { value, done } = await pending;
+        pending = it.next();
+        assert.equal(done, false);
+        assert.equal(h.retrying, false);
+        if (value.items.length > 0) {
+          assert.deepEqual(value.items, ['after the outage']);
+          break;
+        }
       }
+    } finally {
+      h.cancel();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
     }
-  } finally {
-    h.cancel();
-    server.closeAllConnections();
-    await new Promise((r) => server.close(r));
-  }
-});
+  });
+}
 
 test('a one-off read, or a live reader given a budget, still gives up once it is spent', async () => {
   const server = http.createServer();
