@@ -168,6 +168,7 @@ describe('rooms', () => {
     const a = await openPage();
     await a.page.selectOption('#mode', 'sse');
     await openRoom(a.page, `pill${Date.now()}`);
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
     // Every text the pill shows from now on, in order.
     await a.page.evaluate(() => {
       const pill = document.getElementById('state')!;

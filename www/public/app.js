@@ -125,9 +125,11 @@ function showStatus() {
   // The reader of this view failed (it is restarted in a moment): the handle's status and
   // upToDate are those of its last good response, so they cannot tell.
   if (active && failing === active.path) return setState('reconnecting');
+  // The reader cannot reach the server and is trying again (it does, for as long as it takes),
+  // whether or not it had connected before.
+  if (handle?.retrying) return setState('reconnecting');
   if (!handle || !active.hadBatch) return setState('connecting');
-  // The reader lost its connection and is trying again (it does, for as long as it takes).
-  if (handle.retrying || handle.status === 0 || handle.status >= 500) return setState('reconnecting');
+  if (handle.status === 0 || handle.status >= 500) return setState('reconnecting');
   setState(handle.upToDate ? 'live' : 'catching up');
 }
 setInterval(showStatus, 500);
