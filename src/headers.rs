@@ -60,6 +60,8 @@ pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 pub enum HeaderError {
     /// `Stream-TTL` is not a plain non-negative decimal integer.
     Ttl,
+    /// `Stream-TTL` is a plain integer, but longer than [`MAX_TTL_SECONDS`].
+    TtlTooLong,
     /// `Stream-Expires-At` is not an RFC 3339 timestamp.
     ExpiresAt,
     /// A new stream's `Stream-TTL` is 0: it would expire as it is created.
@@ -101,6 +103,7 @@ impl HeaderError {
     pub fn message(self) -> &'static str {
         match self {
             HeaderError::Ttl => "Stream-TTL must be a non-negative integer number of seconds",
+            HeaderError::TtlTooLong => "Stream-TTL must be at most 3153600000 seconds (100 years)",
             HeaderError::ExpiresAt => "Stream-Expires-At must be an RFC 3339 timestamp",
             HeaderError::TtlZero => "Stream-TTL must be at least 1 second for a new stream",
             HeaderError::ExpiresAtPast => "Stream-Expires-At is in the past",
@@ -162,6 +165,13 @@ pub const MAX_TTL_SECONDS: u64 = 100 * 365 * 86_400;
 pub fn parse_ttl(text: &str) -> Result<u64, HeaderError> {
     match parse_decimal(text) {
         Some(v) if v <= MAX_TTL_SECONDS => Ok(v),
+        // Well formed but too long (or past u64): say what the limit is.
+        _ if !text.is_empty()
+            && !text.starts_with('0')
+            && text.bytes().all(|c| c.is_ascii_digit()) =>
+        {
+            Err(HeaderError::TtlTooLong)
+        }
         _ => Err(HeaderError::Ttl),
     }
 }
@@ -437,11 +447,17 @@ mod tests {
         ] {
             assert_eq!(parse_ttl(bad), Err(HeaderError::Ttl), "{bad:?}");
         }
-        assert_eq!(parse_ttl("99999999999999999999999"), Err(HeaderError::Ttl));
-        assert_eq!(
-            parse_ttl(&(MAX_TTL_SECONDS + 1).to_string()),
-            Err(HeaderError::Ttl)
-        );
+        assert_eq!(parse_ttl(&MAX_TTL_SECONDS.to_string()), Ok(MAX_TTL_SECONDS));
+        for long in [
+            "99999999999999999999999",
+            "31536000000",
+            &(MAX_TTL_SECONDS + 1).to_string(),
+        ] {
+            assert_eq!(parse_ttl(long), Err(HeaderError::TtlTooLong), "{long}");
+        }
+        assert!(HeaderError::TtlTooLong
+            .message()
+            .contains(&MAX_TTL_SECONDS.to_string()));
     }
 
     #[test]

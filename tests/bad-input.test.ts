@@ -91,6 +91,7 @@ describe('malformed and repeated headers', () => {
     ['Stream-TTL fractional', { 'stream-ttl': '1.5' }],
     ['Stream-TTL with a leading zero', { 'stream-ttl': '010' }],
     ['Stream-TTL repeated', { 'stream-ttl': ['10', '20'] }],
+    ['Stream-TTL over 100 years', { 'stream-ttl': '31536000000' }],
     ['Stream-Expires-At not a timestamp', { 'stream-expires-at': 'tomorrow' }],
     ['Stream-TTL 0, which would expire as it is created', { 'stream-ttl': '0' }],
     ['Stream-Expires-At already past', { 'stream-expires-at': '2000-01-01T00:00:00Z' }],
