@@ -353,6 +353,25 @@ describe('WebSocket receipts (edgestream.v3)', () => {
     expect(Buffer.concat(follower.chunks).equals(old.subarray(0, 4 * MIB))).toBe(true);
   });
 
+  it('a session waiting in catch-up for receipts appends nothing to a stream deleted and created again', async () => {
+    const name = unique('recreated');
+    await create(name, Buffer.concat(Array.from({ length: 128 }, (_, i) => chunk(i)))); // 8 MiB
+    // More than a page behind, so the edge serves it; without receipts its catch-up stops short
+    // of the tail and waits for them.
+    const follower = await Follower.open(name, '-1', ['edgestream.v3'], false);
+    expect(await follower.until(() => follower.bytes >= LIMIT)).toBe(true);
+    expect(await stillOpen(follower)).toBe(true);
+    expect(follower.upToDate).toBe(false);
+    expect((await fetch(`${base()}/${name}`, { method: 'DELETE' })).status).toBe(204);
+    expect((await create(name, Buffer.from('new;'))).length).toBeGreaterThan(0);
+    for (let id = 0; id < 3; id++) follower.ws.send(JSON.stringify({ type: 'append', id, data: `old-session-${id};` }));
+    expect(await follower.until(() => follower.errors.filter((e) => e.id !== undefined).length === 3)).toBe(true);
+    for (const error of follower.errors.filter((e) => e.id !== undefined)) expect(error.status).toBe(404);
+    const read = await fetch(`${base()}/${name}?offset=-1`);
+    expect(Buffer.from(await read.arrayBuffer()).toString()).toBe('new;');
+    follower.ws.close();
+  });
+
   it('refuses a receipt without a control offset with 1008, and appends nothing', async () => {
     const name = unique('bad');
     const tail = await create(name);

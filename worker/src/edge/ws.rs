@@ -130,6 +130,7 @@ pub async fn websocket(
             ReadFrom::Now => None,
         })),
         receipt_waker: RefCell::new(None),
+        instance: RefCell::default(),
     };
     let first = Subscription::Page(first);
     wasm_bindgen_futures::spawn_local(session.run(client, from, first));
@@ -203,6 +204,10 @@ struct Session {
     read: Rc<Cell<Option<Receipt>>>,
     /// The catch-up waiting for a receipt ([`CaughtUpTo`]).
     receipt_waker: RefCell<Option<Waker>>,
+    /// The incarnation of the stream the client reads, once the object named it. Appends name
+    /// it too: a session that has not yet learned of a delete (it waits in catch-up for the
+    /// client's receipts) must not write into a stream created again at the path.
+    instance: RefCell<Incarnation>,
 }
 
 impl Session {
@@ -221,7 +226,6 @@ impl Session {
             pending: Some(first),
             stalled: false,
             drops: 0,
-            instance: Incarnation::default(),
         };
         let appender = Appender {
             session: &self,
@@ -295,8 +299,6 @@ struct Follower<'a> {
     stalled: bool,
     /// Internal subscriptions lost in a row without a frame.
     drops: u32,
-    /// The incarnation of the stream the client reads.
-    instance: Incarnation,
 }
 
 /// How a live subscription ended.
@@ -311,7 +313,7 @@ impl Follower<'_> {
     async fn run(&mut self) -> End {
         loop {
             if let Some(sub) = self.pending.take() {
-                self.instance.learn(&sub);
+                self.session.instance.borrow_mut().learn(&sub);
                 match sub {
                     Subscription::Page(resp) => {
                         if let Some(end) = self.page(resp).await {
@@ -338,7 +340,8 @@ impl Follower<'_> {
             }
             let offset = self.emit.borrow().offset;
             let session = self.session;
-            let followed = self.instance.header();
+            let instance = self.session.instance.borrow().clone();
+            let followed = instance.header();
             match subscribe(
                 &session.stub,
                 &session.name,
@@ -596,6 +599,10 @@ impl Appender<'_> {
             Ok(headers) => headers,
             Err(e) => return Ok(Err(e)),
         };
+        let instance = session.instance.borrow().clone();
+        for (name, value) in instance.header() {
+            headers.set(name, value)?;
+        }
         let mut init = RequestInit::new();
         init.with_method(Method::Post).with_headers(headers);
         if !body.is_empty() {

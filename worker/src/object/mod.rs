@@ -660,6 +660,11 @@ impl StreamObject {
             Lookup::Deleted => return http::error(&ProtocolError::Gone),
             Lookup::Missing => return http::error(&ProtocolError::NotFound),
         };
+        // An append the edge relays for a WebSocket session names the incarnation the session
+        // reads: one deleted since, even if created again, is gone for it.
+        if header(headers, reply::X_INSTANCE).is_some_and(|i| i != meta.instance) {
+            return http::error(&ProtocolError::NotFound);
+        }
         let producer_id = header(headers, h::PRODUCER_ID);
         let producer_epoch = header(headers, h::PRODUCER_EPOCH);
         let producer_seq = header(headers, h::PRODUCER_SEQ);
