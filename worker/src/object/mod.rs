@@ -723,8 +723,11 @@ impl StreamObject {
             AppendPlan::AlreadyDone { duplicate, closed } => {
                 let resp = Response::empty()?.with_status(204);
                 let out = resp.headers();
-                out.set(h::STREAM_NEXT_OFFSET, &meta.tail.to_string())?;
+                // Nothing was appended, so there is no offset after it to report: the tail now
+                // may be past other writers' data, which a client reading on from it would skip.
+                // A closed stream's tail is its final offset, which a repeated close reports.
                 if closed {
+                    out.set(h::STREAM_NEXT_OFFSET, &meta.tail.to_string())?;
                     out.set(h::STREAM_CLOSED, "true")?;
                 }
                 for (name, value) in duplicate.map(|d| d.headers()).unwrap_or_default() {
