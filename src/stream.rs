@@ -2,6 +2,8 @@
 //! and cache policy. Pure functions over the stored state and the parsed request; the server
 //! does the storage and the client can reuse the same rules to predict outcomes.
 
+use alloc::borrow::Cow;
+use alloc::format;
 use alloc::string::String;
 
 use crate::error::ProtocolError;
@@ -72,6 +74,16 @@ impl Expiry {
         }
     }
 
+    /// How long a read answered at `now_ms` may be kept by a cache, in seconds: never past the
+    /// stream's expiry. A TTL counts from this read, which slides it. `None`: it never expires.
+    pub fn lifetime_s(self, now_ms: i64) -> Option<u64> {
+        match self {
+            Expiry::Never => None,
+            Expiry::Ttl(s) => Some(s),
+            Expiry::At(at) => Some(u64::try_from(at.saturating_sub(now_ms)).unwrap_or(0) / 1000),
+        }
+    }
+
     /// `Stream-TTL` value to report, if any.
     pub fn ttl_seconds(self) -> Option<u64> {
         match self {
@@ -139,9 +151,10 @@ pub struct ExistingFork<'a> {
 }
 
 impl ForkRequest {
-    /// Whether this request, made again, describes `existing`. As in the reference server, an
-    /// omitted `Stream-Fork-Offset` matches any point, so a client retrying a lost 201 with the
-    /// offset it saw, or without one, is answered 200 either way.
+    /// Whether this request, made again, describes `existing`. An omitted `Stream-Fork-Offset`
+    /// matches any point, so a client retrying a lost 201 with the offset it saw, or without
+    /// one, is answered 200 either way, even after the source has grown (the reference server
+    /// answers that retry 409).
     pub fn matches(&self, existing: &ExistingFork<'_>) -> bool {
         if self.source != existing.request.source {
             return false;
@@ -373,7 +386,7 @@ pub fn plan_append(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheKind {
     /// A read that returned data: immutable by position, so CDN-cacheable.
-    Data,
+    Data(CacheScope),
     /// A read that returned nothing at the tail: may change at any moment.
     EmptyAtTail,
     /// `offset=now`, HEAD, long-poll timeouts, writes and errors.
@@ -382,15 +395,44 @@ pub enum CacheKind {
     Live,
 }
 
-/// The `Cache-Control` value. `shared` is false for streams read with credentials, which
-/// must not be stored in shared caches.
-pub fn cache_control(kind: CacheKind, shared: bool) -> &'static str {
-    match (kind, shared) {
-        (CacheKind::Data, true) => "public, max-age=60, stale-while-revalidate=300",
-        (CacheKind::Data, false) => "private, max-age=60, stale-while-revalidate=300",
-        (CacheKind::EmptyAtTail, _) => "no-cache",
-        (CacheKind::NoStore, _) => "no-store",
-        (CacheKind::Live, _) => "no-cache",
+/// Who may keep a read that returned data, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheScope {
+    /// Shared caches may keep it (`public`). False while reads need credentials: then only
+    /// the reader's own cache may (`private`), or a CDN could hand one reader's data to another.
+    pub shared: bool,
+    /// Seconds until the stream may expire ([`Expiry::lifetime_s`]): no cache may serve its
+    /// data after that, nor a deleted and re-created stream's old data for long.
+    pub lifetime_s: Option<u64>,
+}
+
+/// How long a read with data stays fresh, and then how long it may be served stale while it
+/// is revalidated (PROTOCOL.md §8.1).
+const MAX_AGE_S: u64 = 60;
+const STALE_WHILE_REVALIDATE_S: u64 = 300;
+
+/// The `Cache-Control` value.
+pub fn cache_control(kind: CacheKind) -> Cow<'static, str> {
+    match kind {
+        CacheKind::Data(CacheScope { shared, lifetime_s }) => {
+            let scope = if shared { "public" } else { "private" };
+            let lifetime = lifetime_s.unwrap_or(u64::MAX);
+            let max_age = lifetime.min(MAX_AGE_S);
+            let stale = (lifetime - max_age).min(STALE_WHILE_REVALIDATE_S);
+            match (max_age, stale) {
+                (0, _) => Cow::Borrowed("no-cache"),
+                (MAX_AGE_S, STALE_WHILE_REVALIDATE_S) if shared => {
+                    Cow::Borrowed("public, max-age=60, stale-while-revalidate=300")
+                }
+                (_, 0) => Cow::Owned(format!("{scope}, max-age={max_age}")),
+                _ => Cow::Owned(format!(
+                    "{scope}, max-age={max_age}, stale-while-revalidate={stale}"
+                )),
+            }
+        }
+        CacheKind::EmptyAtTail => Cow::Borrowed("no-cache"),
+        CacheKind::NoStore => Cow::Borrowed("no-store"),
+        CacheKind::Live => Cow::Borrowed("no-cache"),
     }
 }
 
@@ -1056,12 +1098,42 @@ mod tests {
 
     #[test]
     fn cache_policy() {
+        let data =
+            |shared, lifetime_s| cache_control(CacheKind::Data(CacheScope { shared, lifetime_s }));
         assert_eq!(
-            cache_control(CacheKind::Data, true),
+            data(true, None),
             "public, max-age=60, stale-while-revalidate=300"
         );
-        assert!(cache_control(CacheKind::Data, false).starts_with("private"));
-        assert_eq!(cache_control(CacheKind::NoStore, true), "no-store");
-        assert!(cache_control(CacheKind::Live, true).contains("no-cache"));
+        assert_eq!(
+            data(false, None),
+            "private, max-age=60, stale-while-revalidate=300"
+        );
+        // Never served past the stream's expiry.
+        assert_eq!(
+            data(true, Some(1_000)),
+            "public, max-age=60, stale-while-revalidate=300"
+        );
+        assert_eq!(
+            data(true, Some(360)),
+            "public, max-age=60, stale-while-revalidate=300"
+        );
+        assert_eq!(
+            data(true, Some(100)),
+            "public, max-age=60, stale-while-revalidate=40"
+        );
+        assert_eq!(data(false, Some(60)), "private, max-age=60");
+        assert_eq!(data(true, Some(5)), "public, max-age=5");
+        assert_eq!(data(true, Some(0)), "no-cache");
+        assert_eq!(cache_control(CacheKind::NoStore), "no-store");
+        assert_eq!(cache_control(CacheKind::EmptyAtTail), "no-cache");
+        assert!(cache_control(CacheKind::Live).contains("no-cache"));
+    }
+
+    #[test]
+    fn cache_lifetime_follows_expiry() {
+        assert_eq!(Expiry::Never.lifetime_s(0), None);
+        assert_eq!(Expiry::Ttl(30).lifetime_s(1_000), Some(30));
+        assert_eq!(Expiry::At(10_999).lifetime_s(1_000), Some(9));
+        assert_eq!(Expiry::At(1_000).lifetime_s(5_000), Some(0));
     }
 }

@@ -71,6 +71,8 @@ describe('scoped tokens', () => {
     const byHeader = await fetch(url('auth/rooms/a?offset=-1'), { headers: bearer(t) });
     expect(byHeader.status).toBe(200);
     expect(await byHeader.text()).toBe('hello');
+    // Only the reader's own cache may keep what a token was needed for, never a shared one.
+    expect(byHeader.headers.get('cache-control')).toBe('private, max-age=60, stale-while-revalidate=300');
     const byQuery = await fetch(url(`auth/rooms/a?offset=-1&token=${encodeURIComponent(t)}`));
     expect(byQuery.status).toBe(200);
     // SSE through a query token (EventSource cannot set headers).

@@ -250,3 +250,34 @@ test('SSE delivers text whole where an append is cut into frames and a catch-up 
   expect(all.length).toBe(euros.length + 2 * more.replaceAll('\r\n', '\n').length);
   expect(all).toBe(euros + more.replaceAll('\r\n', '\n').repeat(2));
 }, 60_000);
+
+test('a page may be cached no longer than its stream lives, whether the object or the edge answers it', async () => {
+  const put = async (name: string, headers: Record<string, string>) => {
+    const res = await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'text/plain', ...headers }, body: 'first' });
+    expect(res.status).toBe(201);
+    return res.headers.get('stream-next-offset')!;
+  };
+  const cacheOf = async (name: string, query: string) => (await fetch(`${url(name)}?${query}`)).headers.get('cache-control');
+  const stamp = Date.now();
+  await put(`cache-forever-${stamp}`, {});
+  expect(await cacheOf(`cache-forever-${stamp}`, 'offset=-1')).toBe('public, max-age=60, stale-while-revalidate=300');
+  // A sliding TTL counts from this read: fresh for a minute, then stale only until it runs out.
+  await put(`cache-ttl-${stamp}`, { 'stream-ttl': '100' });
+  expect(await cacheOf(`cache-ttl-${stamp}`, 'offset=-1')).toBe('public, max-age=60, stale-while-revalidate=40');
+  const tail = await put(`cache-short-${stamp}`, { 'stream-ttl': '30' });
+  expect(await cacheOf(`cache-short-${stamp}`, 'offset=-1')).toBe('public, max-age=30');
+  // An absolute expiry: never past it.
+  const expiresAt = new Date(Date.now() + 20_000).toISOString();
+  await put(`cache-at-${stamp}`, { 'stream-expires-at': expiresAt });
+  const max = Number(/max-age=(\d+)$/.exec((await cacheOf(`cache-at-${stamp}`, 'offset=-1'))!)?.[1]);
+  expect(max).toBeGreaterThan(10);
+  expect(max).toBeLessThanOrEqual(20);
+  // A long-poll page the edge makes from the object's frame, for an append it waited for.
+  const polled = fetch(`${url(`cache-short-${stamp}`)}?offset=${encodeURIComponent(tail)}&live=long-poll`);
+  await new Promise((r) => setTimeout(r, 300));
+  await fetch(url(`cache-short-${stamp}`), { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'second' });
+  const page = await polled;
+  expect(page.status).toBe(200);
+  expect(await page.text()).toBe('second');
+  expect(page.headers.get('cache-control')).toBe('public, max-age=30');
+});

@@ -42,6 +42,11 @@ fn secret(env: &Env) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// Whether requests need a token: `AUTH_SECRET` is set.
+pub fn required(env: &Env) -> bool {
+    secret(env).is_some()
+}
+
 /// The token a request carries: the bearer header first, then the `token` query parameter.
 fn presented(req: &Request, url: &Url) -> Option<String> {
     header(req.headers(), "authorization")

@@ -35,6 +35,10 @@ pub struct Config {
     /// between objects, which Cloudflare counts against a per-request limit, so a larger
     /// tree is linked over several calls.
     pub links_per_call: u64,
+    /// Whether shared caches may keep reads (`Cache-Control: public`): only while access is
+    /// open. With `AUTH_SECRET` set, reads are `private`, so no CDN hands one reader's data to
+    /// another who may not read it.
+    pub shared_reads: bool,
     /// Tests only: streams whose path contains this fail their first call of each kind to
     /// other objects (see [`crate::fault`]). Unset in production.
     pub fault_marker: Option<String>,
@@ -126,6 +130,7 @@ impl Config {
                 300_000,
             ),
             links_per_call: number("LINKS_PER_CALL", Self::DEFAULT_LINKS_PER_CALL, 100_000),
+            shared_reads: !crate::auth::required(env),
             fault_marker: env
                 .var("FAULT_MARKER")
                 .map(|v| v.to_string())

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use edgestream::headers as h;
-use edgestream::stream::{cache_control, CacheKind};
+use edgestream::stream::{cache_control, CacheKind, CacheScope};
 use edgestream::{etag, json, Offset};
 use js_sys::Uint8Array;
 use worker::{web_sys, Headers, Response, Result};
@@ -62,6 +62,8 @@ pub struct ReadReply<'a> {
     pub instance: &'a str,
     /// `Stream-Cursor`, for live reads.
     pub cursor: Option<u64>,
+    /// Who may cache the page, and for how long.
+    pub cache: CacheScope,
 }
 
 impl ReadReply<'_> {
@@ -71,11 +73,11 @@ impl ReadReply<'_> {
         let kind = if self.data.is_empty() {
             CacheKind::EmptyAtTail
         } else {
-            CacheKind::Data
+            CacheKind::Data(self.cache)
         };
         let headers = Headers::new();
         headers.set(h::ETAG, &tag)?;
-        headers.set(h::CACHE_CONTROL, cache_control(kind, true))?;
+        headers.set(h::CACHE_CONTROL, &cache_control(kind))?;
         headers.set(h::STREAM_NEXT_OFFSET, &self.end.to_string())?;
         if self.up_to_date {
             headers.set(h::STREAM_UP_TO_DATE, "true")?;
@@ -122,7 +124,7 @@ pub fn at_now(
 ) -> Result<Response> {
     let headers = Headers::new();
     headers.set(h::CONTENT_TYPE, content_type)?;
-    headers.set(h::CACHE_CONTROL, cache_control(CacheKind::NoStore, true))?;
+    headers.set(h::CACHE_CONTROL, &cache_control(CacheKind::NoStore))?;
     headers.set(h::STREAM_NEXT_OFFSET, &tail.to_string())?;
     headers.set(h::STREAM_UP_TO_DATE, "true")?;
     if closed {
@@ -140,7 +142,7 @@ pub fn at_now(
 /// asks for one on every long-poll response, a closed stream's included; only SSE drops it).
 pub fn no_content(tail: Offset, closed: bool, cursor: Option<u64>) -> Result<Response> {
     let headers = Headers::new();
-    headers.set(h::CACHE_CONTROL, cache_control(CacheKind::NoStore, true))?;
+    headers.set(h::CACHE_CONTROL, &cache_control(CacheKind::NoStore))?;
     headers.set(h::STREAM_NEXT_OFFSET, &tail.to_string())?;
     headers.set(h::STREAM_UP_TO_DATE, "true")?;
     if closed {

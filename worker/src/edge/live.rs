@@ -12,6 +12,7 @@ use std::time::Duration;
 use edgestream::cursor;
 use edgestream::headers::{self as h, ContentType, LiveMode, SseEncoding};
 use edgestream::sse::{self, Control};
+use edgestream::stream::{CacheScope, Expiry};
 use edgestream::{json, Offset, ReadFrom};
 use futures_util::future::{select, Either};
 use wasm_bindgen::closure::Closure;
@@ -46,6 +47,8 @@ pub(super) struct LiveSocket {
     closed: bool,
     /// The stream is a channel: its responses say so (`Stream-Channel: true`).
     channel: bool,
+    /// The stream's TTL or expiry, which bounds how long its pages may be cached.
+    expiry: Expiry,
 }
 
 fn offset_token(from: ReadFrom) -> String {
@@ -76,6 +79,11 @@ pub(super) async fn subscribe(
     let instance = header(meta, X_INSTANCE).unwrap_or_default();
     let closed = h::is_closed(header(meta, h::STREAM_CLOSED).as_deref());
     let channel = is_channel(meta);
+    let expiry = Expiry::from_headers(
+        header(meta, h::STREAM_TTL).as_deref(),
+        header(meta, h::STREAM_EXPIRES_AT).as_deref(),
+    )
+    .unwrap_or_default();
     let (Some(start), Some(ws)) = (start, resp.websocket()) else {
         return Err(worker::Error::RustError(
             "stream object upgraded without its metadata".into(),
@@ -88,6 +96,7 @@ pub(super) async fn subscribe(
         instance,
         closed,
         channel,
+        expiry,
     }))
 }
 
@@ -237,6 +246,10 @@ pub async fn long_poll(
                         closed: closed && up_to_date,
                         instance: &live.instance,
                         cursor: Some(cursor),
+                        cache: CacheScope {
+                            shared: config.shared_reads,
+                            lifetime_s: live.expiry.lifetime_s(now_ms()),
+                        },
                     };
                     return mark_channel(page.respond(None), live.channel);
                 }

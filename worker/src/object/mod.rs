@@ -22,8 +22,8 @@ use edgestream::json::{self, Purpose};
 use edgestream::lease::{Lease, LeaseChange, LeaseRequest};
 use edgestream::producer::ClosingProducer;
 use edgestream::stream::{
-    self, AppendPlan, AppendRequest, AppendTarget, CreateOutcome, CreateRequest, ExistingConfig,
-    ExistingFork, Expiry, Standing,
+    self, AppendPlan, AppendRequest, AppendTarget, CacheScope, CreateOutcome, CreateRequest,
+    ExistingConfig, ExistingFork, Expiry, Standing,
 };
 use edgestream::time::format_rfc3339;
 use edgestream::{Offset, ProtocolError, ReadFrom};
@@ -840,12 +840,7 @@ impl StreamObject {
         let resp = described(200, &meta)?;
         let headers = resp.headers();
         headers.set(h::CACHE_CONTROL, "no-store")?;
-        if let Some(ttl) = meta.expiry.ttl_seconds() {
-            headers.set(h::STREAM_TTL, &ttl.to_string())?;
-        }
-        if let Some(at) = meta.expiry.expires_at_ms() {
-            headers.set(h::STREAM_EXPIRES_AT, &format_rfc3339(at))?;
-        }
+        set_expiry(headers, meta.expiry)?;
         if let Some(lease) = self.store()?.lease()?.filter(|l| l.is_active(now)) {
             headers.set(
                 h::STREAM_LEASE_EXPIRES_AT,
@@ -925,7 +920,8 @@ impl StreamObject {
                 )
             };
             let end = range.end();
-            return catch_up_reply(req, &meta, PageData::Rows(range), start, end, None);
+            let page = PageData::Rows(range);
+            return catch_up_reply(req, &meta, page, start, end, None, &self.config);
         }
         self.page_response(req, meta, start, None).await
     }
@@ -955,7 +951,7 @@ impl StreamObject {
         };
         // A fork's read may have awaited its source; report closure as it stands now.
         let now_meta = self.meta()?.unwrap_or(meta);
-        catch_up_reply(req, &now_meta, data, start, end, cursor)
+        catch_up_reply(req, &now_meta, data, start, end, cursor, &self.config)
     }
 
     /// Reads `[from, to)` up to `budget` bytes, stitching a fork's inherited ranges, read from
@@ -1076,6 +1072,8 @@ impl StreamObject {
         headers.set(reply::X_CONTENT_TYPE, meta.content_type.as_str())?;
         headers.set(reply::X_INSTANCE, &meta.instance)?;
         headers.set(h::STREAM_NEXT_OFFSET, &start.to_string())?;
+        // For the caching of the pages the edge makes from the frames.
+        set_expiry(headers, meta.expiry)?;
         channel::mark(&resp, &meta)?;
         if meta.closed {
             headers.set(h::STREAM_CLOSED, "true")?;
@@ -1228,6 +1226,17 @@ impl StreamObject {
     }
 }
 
+/// `Stream-TTL` or `Stream-Expires-At`, as the stream has.
+fn set_expiry(headers: &Headers, expiry: Expiry) -> Result<()> {
+    if let Some(ttl) = expiry.ttl_seconds() {
+        headers.set(h::STREAM_TTL, &ttl.to_string())?;
+    }
+    if let Some(at) = expiry.expires_at_ms() {
+        headers.set(h::STREAM_EXPIRES_AT, &format_rfc3339(at))?;
+    }
+    Ok(())
+}
+
 /// The catch-up response for `[start, end)` of the stream as `meta` describes it.
 fn catch_up_reply(
     req: &Request,
@@ -1236,6 +1245,7 @@ fn catch_up_reply(
     start: Offset,
     end: Offset,
     cursor: Option<u64>,
+    config: &Config,
 ) -> Result<Response> {
     let up_to_date = end >= meta.tail;
     let reply = ReadReply {
@@ -1248,6 +1258,10 @@ fn catch_up_reply(
         closed: meta.closed && up_to_date,
         instance: &meta.instance,
         cursor,
+        cache: CacheScope {
+            shared: config.shared_reads,
+            lifetime_s: meta.expiry.lifetime_s(now_ms()),
+        },
     };
     let resp = reply.respond(header(req.headers(), h::IF_NONE_MATCH).as_deref())?;
     channel::mark(&resp, meta)?;
