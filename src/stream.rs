@@ -148,6 +148,9 @@ pub struct ForkRequest {
 pub struct ExistingFork<'a> {
     pub request: &'a ForkRequest,
     pub point: Offset,
+    /// The source's expiry when the fork was made, which a fork asking for none takes; `None`
+    /// for a fork stored before it was recorded (then any is taken to match).
+    pub inherited_expiry: Option<Expiry>,
 }
 
 impl ForkRequest {
@@ -201,7 +204,8 @@ pub enum CreateOutcome {
 
 impl CreateRequest {
     /// Compares this request with an existing stream. Absent content type and expiry on a fork
-    /// mean "inherit", which is what the stream already has; on a plain stream they mean the
+    /// mean "inherit": the source's content type, which a fork always has, and the source's
+    /// expiry, which the fork has unless it asked for its own; on a plain stream they mean the
     /// defaults. Closure is compared with the stream's current status, as the protocol asks.
     pub fn compare(&self, existing: &ExistingConfig<'_>) -> CreateOutcome {
         let is_fork = self.fork.is_some();
@@ -210,9 +214,11 @@ impl CreateRequest {
             None if is_fork => true,
             None => ContentType::default_type().matches(existing.content_type),
         };
-        let expiry_matches = match self.expiry {
-            Expiry::Never if is_fork => true,
-            asked => asked == existing.expiry,
+        let expiry_matches = match (self.expiry, &existing.fork) {
+            (Expiry::Never, Some(fork)) if is_fork => fork
+                .inherited_expiry
+                .is_none_or(|inherited| inherited == existing.expiry),
+            (asked, _) => asked == existing.expiry,
         };
         let fork_matches = match (&self.fork, &existing.fork) {
             (None, None) => true,
@@ -583,6 +589,7 @@ mod tests {
             fork: Some(ExistingFork {
                 request: &fork,
                 point: Offset::new(3).unwrap(),
+                inherited_expiry: Some(Expiry::Ttl(60)),
             }),
         };
         let again = CreateRequest {
@@ -617,6 +624,58 @@ mod tests {
     }
 
     #[test]
+    fn fork_without_an_expiry_matches_only_what_it_would_inherit() {
+        let text = ct("text/plain");
+        let fork = ForkRequest {
+            source: "/v1/stream/a".into(),
+            offset: None,
+            sub_offset: 0,
+        };
+        // A fork that asked for a TTL of 100 of a source that never expires.
+        let own_ttl = |inherited_expiry| ExistingConfig {
+            content_type: &text,
+            expiry: Expiry::Ttl(100),
+            closed: false,
+            fork: Some(ExistingFork {
+                request: &fork,
+                point: Offset::ZERO,
+                inherited_expiry,
+            }),
+        };
+        let asking = |expiry| CreateRequest {
+            content_type: None,
+            expiry,
+            closed: false,
+            fork: Some(fork.clone()),
+        };
+        let existing = own_ttl(Some(Expiry::Never));
+        assert_eq!(
+            asking(Expiry::Ttl(100)).compare(&existing),
+            CreateOutcome::Matches
+        );
+        // Made again without it, it would never expire: another configuration.
+        assert_eq!(
+            asking(Expiry::Never).compare(&existing),
+            CreateOutcome::Conflict
+        );
+        assert_eq!(
+            asking(Expiry::Ttl(99)).compare(&existing),
+            CreateOutcome::Conflict
+        );
+        // A source's TTL of 100, inherited, is what asking for none gets again.
+        let inherited = own_ttl(Some(Expiry::Ttl(100)));
+        assert_eq!(
+            asking(Expiry::Never).compare(&inherited),
+            CreateOutcome::Matches
+        );
+        // A fork stored before the source's expiry was kept: anything asked for none matches.
+        assert_eq!(
+            asking(Expiry::Never).compare(&own_ttl(None)),
+            CreateOutcome::Matches
+        );
+    }
+
+    #[test]
     fn fork_created_at_an_explicit_point_matches_an_omitted_offset() {
         let text = ct("text/plain");
         let by_sub = ForkRequest {
@@ -631,6 +690,7 @@ mod tests {
             fork: Some(ExistingFork {
                 request: &by_sub,
                 point: Offset::new(2).unwrap(),
+                inherited_expiry: Some(Expiry::Never),
             }),
         };
         let asking = |offset: Option<u64>, sub_offset: u64| CreateRequest {

@@ -328,6 +328,25 @@ describe('a fork PUT again', () => {
     expect((await fork(bySub, src, { 'stream-fork-offset': off(0), 'stream-fork-sub-offset': '1' })).status).toBe(409);
     expect((await fork(bySub, src, { 'stream-fork-offset': off(0) })).status).toBe(409);
   });
+
+  it('without an expiry matches only the one it would inherit from its source', async () => {
+    const forever = unique('again-forever');
+    expect((await put(forever, text, 'abc')).status).toBe(201);
+    // Its own TTL: made again without one, it would never expire.
+    const own = unique('again-own-ttl');
+    expect((await fork(own, forever, { 'stream-ttl': '100' })).status).toBe(201);
+    expect((await fork(own, forever, { 'stream-ttl': '100' })).status).toBe(200);
+    expect((await fork(own, forever)).status).toBe(409);
+    expect((await fork(own, forever, { 'stream-ttl': '99' })).status).toBe(409);
+    // The source's TTL, inherited: asking for none, or for that TTL, is the same fork.
+    const expiring = unique('again-ttl-src');
+    expect((await put(expiring, { ...text, 'stream-ttl': '100' }, 'abc')).status).toBe(201);
+    const inherits = unique('again-inherits');
+    expect((await fork(inherits, expiring)).status).toBe(201);
+    expect((await fork(inherits, expiring)).status).toBe(200);
+    expect((await fork(inherits, expiring, { 'stream-ttl': '100' })).status).toBe(200);
+    expect((await fork(inherits, expiring, { 'stream-ttl': '50' })).status).toBe(409);
+  });
 });
 
 // The platform refuses a request nested more than 16 calls deep (workerd does not enforce it

@@ -75,6 +75,14 @@ struct ReleaseRequest {
     fork: Option<String>,
 }
 
+/// What a new fork stores beside its metadata, in the same turn.
+pub(super) struct Origin<'a> {
+    /// The id its reference on its source is held by.
+    pub id: &'a str,
+    /// Its source's expiry, which it takes unless it asked for its own.
+    pub inherited_expiry: Expiry,
+}
+
 /// The id a fork's reference on its source is held by: one per incarnation.
 fn fork_id(path: &str, instance: &str) -> String {
     format!("{path}#{instance}")
@@ -619,14 +627,12 @@ impl StreamObject {
         let content_type =
             ContentType::parse(&reply.content_type).unwrap_or_else(|_| ContentType::default_type());
         let point = Offset::new(reply.point).unwrap_or(Offset::ZERO);
+        let inherited_expiry = expiry_from_wire(reply.expiry_kind, reply.expiry_value);
         let meta = Meta {
             path: name.full_path(),
             instance,
             content_type,
-            expiry: Expiry::for_fork(
-                expiry_from_wire(reply.expiry_kind, reply.expiry_value),
-                request.expiry,
-            ),
+            expiry: Expiry::for_fork(inherited_expiry, request.expiry),
             accessed_ms: now,
             closed: request.closed,
             closed_by: None,
@@ -639,6 +645,11 @@ impl StreamObject {
             channel: false,
         };
         let ancestry = reply.ancestry.unwrap_or_default();
-        self.finish_create(meta, &body, &ancestry, Some(id)).await
+        let origin = Origin {
+            id,
+            inherited_expiry,
+        };
+        self.finish_create(meta, &body, &ancestry, Some(origin))
+            .await
     }
 }

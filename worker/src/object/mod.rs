@@ -513,14 +513,14 @@ impl StreamObject {
         self.finish_create(meta, &body, &[], None).await
     }
 
-    /// Stores a new stream with its initial data (and, for a fork, its ancestors and the id
-    /// its reference on its source is held by) in one turn, and answers 201.
+    /// Stores a new stream with its initial data (and, for a fork, its ancestors and its
+    /// [`fork::Origin`]) in one turn, and answers 201.
     async fn finish_create(
         &self,
         mut meta: Meta,
         body: &[u8],
         ancestry: &[store::Ancestor],
-        fork_id: Option<&str>,
+        origin: Option<fork::Origin<'_>>,
     ) -> Result<Response> {
         let data = match initial_data(&meta, body) {
             Ok(data) => data,
@@ -539,8 +539,9 @@ impl StreamObject {
         }
         store.append(meta.base, &data, meta.is_json())?;
         store.save_ancestry(ancestry)?;
-        if let Some(id) = fork_id {
-            fork::hold(self, id)?;
+        if let Some(origin) = origin {
+            fork::hold(self, origin.id)?;
+            store.save_inherited_expiry(origin.inherited_expiry)?;
         }
         meta.tail = tail;
         self.save(&meta)?;
@@ -560,10 +561,14 @@ impl StreamObject {
             content_type: &meta.content_type,
             expiry: meta.expiry,
             closed: meta.closed,
-            fork: meta.fork.as_ref().map(|request| ExistingFork {
-                request,
-                point: meta.base,
-            }),
+            fork: match &meta.fork {
+                Some(request) => Some(ExistingFork {
+                    request,
+                    point: meta.base,
+                    inherited_expiry: self.store()?.inherited_expiry()?,
+                }),
+                None => None,
+            },
         };
         match request.compare(&config) {
             CreateOutcome::Conflict => http::error(&ProtocolError::ConfigMismatch),

@@ -225,6 +225,11 @@ CREATE TABLE IF NOT EXISTS channel_backlog (
 CREATE TABLE IF NOT EXISTS fork_refs (
   fork TEXT PRIMARY KEY
 );
+CREATE TABLE IF NOT EXISTS fork_inherited (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  expiry_kind INTEGER NOT NULL,
+  expiry_value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS source_ref (
   id INTEGER PRIMARY KEY CHECK (id = 1),
   fork TEXT NOT NULL
@@ -414,6 +419,24 @@ pub struct ChannelLink {
     pub announce: bool,
 }
 
+/// An expiry as its two columns (kind, value).
+fn expiry_columns(expiry: Expiry) -> (i64, i64) {
+    match expiry {
+        Expiry::Never => (0, 0),
+        Expiry::Ttl(s) => (1, i64::try_from(s).unwrap_or(i64::MAX)),
+        Expiry::At(at) => (2, at),
+    }
+}
+
+/// An expiry from its two columns.
+fn expiry_of(kind: i64, value: i64) -> Expiry {
+    match kind {
+        1 => Expiry::Ttl(u64::try_from(value).unwrap_or(0)),
+        2 => Expiry::At(value),
+        _ => Expiry::Never,
+    }
+}
+
 fn int(v: Option<&SqlStorageValue>) -> i64 {
     match v {
         Some(SqlStorageValue::Integer(i)) => *i,
@@ -521,11 +544,7 @@ impl Store {
         let content_type = text(g(2))
             .and_then(|t| ContentType::parse(&t).ok())
             .unwrap_or_else(ContentType::default_type);
-        let expiry = match int(g(3)) {
-            1 => Expiry::Ttl(u64::try_from(int(g(4))).unwrap_or(0)),
-            2 => Expiry::At(int(g(4))),
-            _ => Expiry::Never,
-        };
+        let expiry = expiry_of(int(g(3)), int(g(4)));
         let closed_by = text(g(7)).map(|id| ClosingProducer {
             id,
             epoch: u64::try_from(int(g(8))).unwrap_or(0),
@@ -556,11 +575,7 @@ impl Store {
 
     /// Writes the whole metadata row.
     pub fn save_meta(&self, m: &Meta) -> Result<()> {
-        let (kind, value) = match m.expiry {
-            Expiry::Never => (0, 0),
-            Expiry::Ttl(s) => (1, i64::try_from(s).unwrap_or(i64::MAX)),
-            Expiry::At(at) => (2, at),
-        };
+        let (kind, value) = expiry_columns(m.expiry);
         let closed_by = m.closed_by.as_ref();
         self.sql.exec(
             "INSERT OR REPLACE INTO stream (id, path, instance, content_type, expiry_kind, expiry_value,
@@ -1045,6 +1060,28 @@ impl Store {
         Ok(())
     }
 
+    /// Records, for a new fork, its source's expiry: the one a fork asking for none takes, to
+    /// which a PUT of the fork without an expiry of its own is compared.
+    pub fn save_inherited_expiry(&self, expiry: Expiry) -> Result<()> {
+        let (kind, value) = expiry_columns(expiry);
+        self.sql.exec(
+            "INSERT OR REPLACE INTO fork_inherited (id, expiry_kind, expiry_value) VALUES (1, ?, ?)",
+            vec![SqlStorageValue::Integer(kind), SqlStorageValue::Integer(value)],
+        )?;
+        Ok(())
+    }
+
+    /// See [`Self::save_inherited_expiry`]; none for a fork stored before it was recorded.
+    pub fn inherited_expiry(&self) -> Result<Option<Expiry>> {
+        Ok(self
+            .rows(
+                "SELECT expiry_kind, expiry_value FROM fork_inherited",
+                vec![],
+            )?
+            .first()
+            .map(|r| expiry_of(int(r.first()), int(r.get(1)))))
+    }
+
     /// Deletes the stream: metadata, data, producers, lease, ancestry, subscribers and channel
     /// state.
     pub fn purge(&self) -> Result<()> {
@@ -1053,7 +1090,7 @@ impl Store {
             "DELETE FROM log; DELETE FROM producers; DELETE FROM lease; DELETE FROM ancestry;
              DELETE FROM subscribers; DELETE FROM stream; DELETE FROM channel;
              DELETE FROM channel_marks; DELETE FROM channel_links; DELETE FROM channel_announce;
-             DELETE FROM fork_refs; DELETE FROM source_ref;",
+             DELETE FROM fork_refs; DELETE FROM source_ref; DELETE FROM fork_inherited;",
             None,
         )?;
         Ok(())
