@@ -84,6 +84,24 @@ impl Expiry {
         }
     }
 
+    /// As two integers (kind, value), for storage and for calls between objects.
+    pub fn to_parts(self) -> (i64, i64) {
+        match self {
+            Expiry::Never => (0, 0),
+            Expiry::Ttl(s) => (1, i64::try_from(s).unwrap_or(i64::MAX)),
+            Expiry::At(at) => (2, at),
+        }
+    }
+
+    /// From [`Expiry::to_parts`]; an unknown kind is `Never`.
+    pub fn from_parts(kind: i64, value: i64) -> Expiry {
+        match kind {
+            1 => Expiry::Ttl(u64::try_from(value).unwrap_or(0)),
+            2 => Expiry::At(value),
+            _ => Expiry::Never,
+        }
+    }
+
     /// `Stream-TTL` value to report, if any.
     pub fn ttl_seconds(self) -> Option<u64> {
         match self {
@@ -1187,6 +1205,22 @@ mod tests {
         assert_eq!(cache_control(CacheKind::NoStore), "no-store");
         assert_eq!(cache_control(CacheKind::EmptyAtTail), "no-cache");
         assert!(cache_control(CacheKind::Live).contains("no-cache"));
+    }
+
+    #[test]
+    fn expiry_parts_round_trip() {
+        for e in [
+            Expiry::Never,
+            Expiry::Ttl(0),
+            Expiry::Ttl(3600),
+            Expiry::At(-5),
+            Expiry::At(1_700_000_000_000),
+        ] {
+            let (kind, value) = e.to_parts();
+            assert_eq!(Expiry::from_parts(kind, value), e);
+        }
+        assert_eq!(Expiry::from_parts(9, 1), Expiry::Never);
+        assert_eq!(Expiry::from_parts(1, -1), Expiry::Ttl(0));
     }
 
     #[test]

@@ -124,29 +124,13 @@ impl Drop for CreatingGuard<'_> {
 #[derive(Serialize, Deserialize)]
 struct AcquireReply {
     content_type: String,
-    expiry_kind: u8,
+    expiry_kind: i64,
     expiry_value: i64,
     point: u64,
     /// The source and its ancestors, nearest first: the fork's ancestors. Absent when the
     /// source is a fork made before ancestors were recorded; the fork then reads through it.
     #[serde(default)]
     ancestry: Option<Vec<Ancestor>>,
-}
-
-fn expiry_to_wire(e: Expiry) -> (u8, i64) {
-    match e {
-        Expiry::Never => (0, 0),
-        Expiry::Ttl(s) => (1, i64::try_from(s).unwrap_or(i64::MAX)),
-        Expiry::At(at) => (2, at),
-    }
-}
-
-fn expiry_from_wire(kind: u8, value: i64) -> Expiry {
-    match kind {
-        1 => Expiry::Ttl(u64::try_from(value).unwrap_or(0)),
-        2 => Expiry::At(value),
-        _ => Expiry::Never,
-    }
 }
 
 /// Calls another stream's object, from a request `hops` deep.
@@ -372,7 +356,7 @@ pub async fn acquire(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Respo
         current.forks += 1;
         obj.save(&current)?;
     }
-    let (expiry_kind, expiry_value) = expiry_to_wire(current.expiry);
+    let (expiry_kind, expiry_value) = current.expiry.to_parts();
     let itself = Ancestor {
         path: current.path.clone(),
         base: current.base.position(),
@@ -627,7 +611,7 @@ impl StreamObject {
         let content_type =
             ContentType::parse(&reply.content_type).unwrap_or_else(|_| ContentType::default_type());
         let point = Offset::new(reply.point).unwrap_or(Offset::ZERO);
-        let inherited_expiry = expiry_from_wire(reply.expiry_kind, reply.expiry_value);
+        let inherited_expiry = Expiry::from_parts(reply.expiry_kind, reply.expiry_value);
         let meta = Meta {
             path: name.full_path(),
             instance,

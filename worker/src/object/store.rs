@@ -419,24 +419,6 @@ pub struct ChannelLink {
     pub announce: bool,
 }
 
-/// An expiry as its two columns (kind, value).
-fn expiry_columns(expiry: Expiry) -> (i64, i64) {
-    match expiry {
-        Expiry::Never => (0, 0),
-        Expiry::Ttl(s) => (1, i64::try_from(s).unwrap_or(i64::MAX)),
-        Expiry::At(at) => (2, at),
-    }
-}
-
-/// An expiry from its two columns.
-fn expiry_of(kind: i64, value: i64) -> Expiry {
-    match kind {
-        1 => Expiry::Ttl(u64::try_from(value).unwrap_or(0)),
-        2 => Expiry::At(value),
-        _ => Expiry::Never,
-    }
-}
-
 fn int(v: Option<&SqlStorageValue>) -> i64 {
     match v {
         Some(SqlStorageValue::Integer(i)) => *i,
@@ -544,7 +526,7 @@ impl Store {
         let content_type = text(g(2))
             .and_then(|t| ContentType::parse(&t).ok())
             .unwrap_or_else(ContentType::default_type);
-        let expiry = expiry_of(int(g(3)), int(g(4)));
+        let expiry = Expiry::from_parts(int(g(3)), int(g(4)));
         let closed_by = text(g(7)).map(|id| ClosingProducer {
             id,
             epoch: u64::try_from(int(g(8))).unwrap_or(0),
@@ -575,7 +557,7 @@ impl Store {
 
     /// Writes the whole metadata row.
     pub fn save_meta(&self, m: &Meta) -> Result<()> {
-        let (kind, value) = expiry_columns(m.expiry);
+        let (kind, value) = Expiry::to_parts(m.expiry);
         let closed_by = m.closed_by.as_ref();
         self.sql.exec(
             "INSERT OR REPLACE INTO stream (id, path, instance, content_type, expiry_kind, expiry_value,
@@ -1063,7 +1045,7 @@ impl Store {
     /// Records, for a new fork, its source's expiry: the one a fork asking for none takes, to
     /// which a PUT of the fork without an expiry of its own is compared.
     pub fn save_inherited_expiry(&self, expiry: Expiry) -> Result<()> {
-        let (kind, value) = expiry_columns(expiry);
+        let (kind, value) = Expiry::to_parts(expiry);
         self.sql.exec(
             "INSERT OR REPLACE INTO fork_inherited (id, expiry_kind, expiry_value) VALUES (1, ?, ?)",
             vec![SqlStorageValue::Integer(kind), SqlStorageValue::Integer(value)],
@@ -1079,7 +1061,7 @@ impl Store {
                 vec![],
             )?
             .first()
-            .map(|r| expiry_of(int(r.first()), int(r.get(1)))))
+            .map(|r| Expiry::from_parts(int(r.first()), int(r.get(1)))))
     }
 
     /// Deletes the stream: metadata, data, producers, lease, ancestry, subscribers and channel
