@@ -39,7 +39,10 @@ export interface StreamOptions {
   headers?: DynamicMap;
   params?: DynamicMap;
   retry?: RetryOptions;
-  /** Aborting it cancels the reader and the request in flight. */
+  /**
+   * Aborting it cancels the reader and the request in flight: iteration ends (as on `cancel()`),
+   * and `items()`, `bytes()` and `text()` reject with ABORTED if their read was not complete.
+   */
   signal?: AbortSignal;
   /** Stop live requests while the page is hidden and resume when shown. Default true. */
   pauseWhenHidden?: boolean;
@@ -101,12 +104,13 @@ export declare class StreamHandle<T = unknown> implements AsyncIterableIterator<
   cancel(): void;
   /**
    * Collects the items of a JSON stream until it is closed (or caught up with `live: false`);
-   * INVALID_ARGUMENT on a stream that is not JSON.
+   * INVALID_ARGUMENT on a stream that is not JSON. ABORTED (with the signal's reason as `cause`)
+   * when the handle is cancelled or its signal aborts first.
    */
   items(): Promise<T[]>;
   /**
    * Collects the bytes of a stream that is not JSON until it is closed (or caught up with
-   * `live: false`); INVALID_ARGUMENT on a JSON stream.
+   * `live: false`); INVALID_ARGUMENT on a JSON stream, ABORTED as for `items()`.
    */
   bytes(): Promise<Uint8Array>;
   /** `bytes()`, decoded as UTF-8. */
@@ -315,6 +319,7 @@ export declare class DurableStreamError extends Error {
   readonly status?: number;
   /** A WebSocket reader's NETWORK_ERROR: the close code of the connection that failed last. */
   readonly closeCode?: number;
+  /** For ABORTED caused by an AbortSignal: the signal's `reason`. */
   readonly cause?: unknown;
 }
 export declare class StreamClosedError extends DurableStreamError {

@@ -83,10 +83,10 @@ export class LeaseHeldError extends DurableStreamError {
 const DETAIL_KEYS = ['currentEpoch', 'expectedSeq', 'receivedSeq', 'finalOffset', 'leaseExpiresAt', 'closeCode', 'cause'];
 
 /** Turns the wasm's coded errors (and host errors) into instances of the classes above. */
-function toError(e) {
-  if (e instanceof DurableStreamError) return e;
+function toError(e, signal) {
+  if (e instanceof DurableStreamError) return withReason(e, signal);
   if (!e || typeof e !== 'object' || typeof e.code !== 'string') {
-    if (e && e.name === 'AbortError') return new DurableStreamError('the operation was cancelled', 'ABORTED');
+    if (e && e.name === 'AbortError') return withReason(new DurableStreamError('the operation was cancelled', 'ABORTED'), signal);
     return e;
   }
   const details = {};
@@ -110,7 +110,20 @@ function toError(e) {
       err = new DurableStreamError(e.message, e.code, e.status, details);
   }
   if (e.stack) err.stack = e.stack;
+  return withReason(err, signal);
+}
+
+/** An ABORTED error caused by an aborted `signal` carries why it was aborted as `cause`. */
+function withReason(err, signal) {
+  if (err.code === 'ABORTED' && signal?.aborted && err.cause === undefined && signal.reason !== undefined) {
+    err.cause = signal.reason;
+  }
   return err;
+}
+
+/** The ABORTED error of work stopped by `signal` (its `reason` as `cause`), or by a cancel (no signal). */
+function abortedError(message, signal) {
+  return withReason(new DurableStreamError(message, 'ABORTED'), signal);
 }
 
 async function call(fn, options) {
@@ -118,7 +131,7 @@ async function call(fn, options) {
   try {
     return await fn(options);
   } catch (e) {
-    throw toError(e);
+    throw toError(e, options?.signal);
   }
 }
 
@@ -344,15 +357,30 @@ export class StreamHandle {
     this.#finished.resolve();
   }
 
+  /**
+   * Reads batches to the end of what a one-off read returns (caught up with `live: false`, or the
+   * stream closed), passing each to `take`. A handle cancelled (or its signal aborted) first
+   * rejects with ABORTED: what was read is not the stream's content, and must not pass for it.
+   */
+  async #collect(take) {
+    let complete = false;
+    for (;;) {
+      const { done, value } = await this.next();
+      if (done) break;
+      take(value);
+      complete = value.closed || (value.upToDate && this.#options.live === false);
+    }
+    if (!complete && this.#cancelled) throw abortedError('the read was cancelled before it completed', this.#options.signal);
+  }
+
   /** Reads until caught up (or closed) and returns every item (JSON streams). */
   async items() {
     const all = [];
-    for await (const batch of this) {
+    await this.#collect((batch) => {
       if (batch.bytes?.length) this.#wrongKind('items()', 'is not JSON: use bytes() or text()');
       // A loop, not push(...items): a batch can hold more messages than a call has arguments.
       if (batch.items) for (const item of batch.items) all.push(item);
-      if (batch.upToDate && this.#options.live === false) break;
-    }
+    });
     return all;
   }
 
@@ -360,13 +388,13 @@ export class StreamHandle {
   async bytes() {
     const parts = [];
     let n = 0;
-    for await (const batch of this) {
+    await this.#collect((batch) => {
       if (batch.items?.length) this.#wrongKind('bytes() and text()', 'is JSON: use items()');
       if (batch.bytes) {
         parts.push(batch.bytes);
         n += batch.bytes.length;
       }
-    }
+    });
     const out = new Uint8Array(n);
     let at = 0;
     for (const p of parts) {

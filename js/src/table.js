@@ -69,6 +69,7 @@ export class KeyedTable {
   #savedOffset;
   #skipInvalid;
   #listeners = new Set();
+  #signal;
   #ready = deferred();
   #finished = deferred();
 
@@ -94,6 +95,7 @@ export class KeyedTable {
     this.#saveEveryMs = saveEveryMs;
     this.#skipInvalid = onInvalid === 'skip';
     // The table cancels its reader itself: the signal is not passed down.
+    this.#signal = signal;
     cancelOnAbort(signal, () => this.cancel(), this.#finished.promise);
     this.#run();
   }
@@ -241,7 +243,10 @@ export class KeyedTable {
       }
       await this.#save(true);
       if (this.#cancelled && !this.#upToDate && !this.#closed) {
-        this.#ready.reject(new DurableStreamError('the table was cancelled before it caught up', 'ABORTED'));
+        const err = new DurableStreamError('the table was cancelled before it caught up', 'ABORTED');
+        // Stopped by its signal: why, as every ABORTED error made from a signal says.
+        if (this.#signal?.aborted && this.#signal.reason !== undefined) err.cause = this.#signal.reason;
+        this.#ready.reject(err);
       }
       this.#ready.resolve();
       this.#finished.resolve();

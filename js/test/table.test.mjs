@@ -304,9 +304,10 @@ test('ready() rejects when the table is cancelled first; an aborted signal stops
   const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
   await DurableStream.create({ url, contentType: 'application/json' });
   const controller = new AbortController();
-  controller.abort();
+  const reason = new Error('left the page');
+  controller.abort(reason);
   const t = table({ url, signal: controller.signal });
-  await assert.rejects(t.ready(), { code: 'ABORTED' });
+  await assert.rejects(t.ready(), (e) => e.code === 'ABORTED' && e.cause === reason);
   await t.finished;
   assert.equal(t.size, 0);
 });
