@@ -209,9 +209,11 @@ impl Reader {
         }));
         // Nothing to catch up on: wait for new data straight away, unless the stream's type is
         // still to learn. SSE and WebSocket responses do not carry it, so a JSON stream would be
-        // read as bytes; a `now` GET answers at once with the type and the tail. A long-poll's
-        // data carries the type.
-        let kind_known = inner.borrow().json.is_some() || live == Live::LongPoll;
+        // read as bytes; a `now` GET answers at once with the type and the tail. A long-poll
+        // always starts with that GET: one that times out (204) carries no type, and only comes
+        // after the whole timeout, while an SSE or WebSocket reader's first batch (upToDate)
+        // comes at once.
+        let kind_known = inner.borrow().json.is_some() && live != Live::LongPoll;
         if start == Start::Now && live != Live::Off && kind_known {
             inner.borrow_mut().go_live();
         }

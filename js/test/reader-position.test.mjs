@@ -195,3 +195,44 @@ test('an SSE error event saying the stream is gone ends the reader with its erro
     },
   );
 });
+
+test("long-poll from offset 'now' starts with a 'now' GET: its first batch comes at once, as items, upToDate", async () => {
+  const requests = [];
+  let polled = false;
+  await withServer(
+    (req, res, url) => {
+      const live = url.searchParams.get('live');
+      const offset = url.searchParams.get('offset');
+      requests.push(`${offset} ${live ?? 'catch-up'}`);
+      if (live === 'long-poll') {
+        // One message a while later, after o1; otherwise nothing new (204) once the poll times out.
+        setTimeout(() => {
+          polled = true;
+          if (offset === 'o1') {
+            res.writeHead(200, json('o2', { 'stream-up-to-date': 'true' }));
+            res.end('[{"n":1}]');
+          } else {
+            res.writeHead(204, { 'stream-next-offset': offset === 'now' ? 'o1' : offset, 'stream-up-to-date': 'true' });
+            res.end();
+          }
+        }, offset === 'o1' ? 300 : 1000);
+        return;
+      }
+      res.writeHead(200, json('o1', { 'stream-up-to-date': 'true' }));
+      res.end('[]');
+    },
+    async (url) => {
+      for (const options of [{}, { json: true }]) {
+        requests.length = 0;
+        polled = false;
+        const h = stream({ url, offset: 'now', live: 'long-poll', ...options });
+        const first = (await h.next()).value;
+        assert.equal(polled, false, 'the first batch did not wait for the long-poll');
+        assert.deepEqual([first.items, first.offset, first.upToDate], [[], 'o1', true]);
+        assert.deepEqual((await h.next()).value.items, [{ n: 1 }]);
+        h.cancel();
+        assert.deepEqual(requests.slice(0, 2), ['now catch-up', 'o1 long-poll'], JSON.stringify(options));
+      }
+    },
+  );
+});
