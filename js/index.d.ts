@@ -275,15 +275,23 @@ export declare class IdempotentProducer {
   acquire(): Promise<string | undefined>;
   /**
    * Queues data (one message on a JSON stream). Throws StreamClosedError once `close()` has been
-   * called, and the producer's error once it has failed.
+   * called, and the producer's error once it has failed. Throws INVALID_ARGUMENT for a value the
+   * stream cannot take when its kind is known; before that, such a value is left out when the
+   * kind is learnt, and the next `flush()` reports it.
    */
   append(data: unknown): void;
-  /** Sends what is queued and resolves when every batch is acknowledged; rejects once the producer has failed. */
+  /**
+   * Sends what is queued and resolves when every batch is acknowledged; rejects once the producer
+   * has failed, and (once) with INVALID_ARGUMENT when values appended before the stream's kind was
+   * known did not fit it and were left out (the producer carries on).
+   */
   flush(): Promise<void>;
   /**
    * Flushes and closes the stream, optionally with a last message. Idempotent: every call returns
    * the first call's promise (later calls' `data` is ignored). `duplicate` is true when the server
-   * already had this close with its data (never for a close without data).
+   * already had this close with its data (never for a close without data). A last message the
+   * stream cannot take throws INVALID_ARGUMENT (or rejects with it, when the kind is learnt first),
+   * and the producer stays open.
    */
   close(data?: unknown): Promise<{ finalOffset?: string; duplicate: boolean }>;
   /**

@@ -604,6 +604,11 @@ export class IdempotentProducer {
   #json;
   /** The stream's content type and JSON-ness, learnt once (a HEAD when the stream does not say). */
   #format = null;
+  /** `#format`'s value once it has come: batches are prepared (and sent) only then. */
+  #kind = null;
+  #learning = false;
+  /** Values appended before the stream's kind was known that turned out not to fit it. */
+  #refused = [];
   #items = [];
   #bytes = 0;
   #timer = null;
@@ -699,10 +704,11 @@ export class IdempotentProducer {
       throw this.#error instanceof StreamClosedError ? this.#error : new StreamClosedError('producer is closed');
     }
     if (this.#error) throw this.#error;
-    // When the stream's kind is known, refuse what it cannot take now, not at flush.
-    const type = this.#stream.contentType;
-    const json = this.#json ?? (type && isJsonType(type));
-    const size = (json ? jsonText(data) : bytesOf(data, json !== false)).length;
+    // When the stream's kind is known, refuse what it cannot take now, not at flush; before
+    // that, a value that fits neither kind (a BigInt) is refused, and the rest is checked when
+    // the kind is known (see #prepare).
+    const json = this.#knownJson();
+    const size = (json ? jsonText(data) : bytesOf(data, json === undefined)).length;
     this.#items.push(data);
     this.#bytes += size;
     if (this.#bytes >= this.#maxBatchBytes || this.#items.length >= this.#maxBatchItems) this.#cut();
@@ -717,6 +723,24 @@ export class IdempotentProducer {
     this.#cut();
     await this.#whenIdle();
     if (this.#error) throw this.#error;
+    if (this.#refused.length > 0) {
+      const refused = this.#refused.splice(0);
+      const what = refused.length === 1 ? 'a value' : `${refused.length} values`;
+      throw new DurableStreamError(
+        `${what} appended before the stream's type was known did not fit it and was not sent: ${refused[0].message}`,
+        'INVALID_ARGUMENT',
+        undefined,
+        { cause: refused[0] },
+      );
+    }
+  }
+
+  /** Whether the stream is JSON, where that is known without asking the server (else undefined). */
+  #knownJson() {
+    if (this.#json !== undefined && this.#json !== null) return this.#json;
+    if (this.#kind) return this.#kind.json;
+    const type = this.#stream.contentType;
+    return type ? isJsonType(type) : undefined;
   }
 
   /**
@@ -724,6 +748,12 @@ export class IdempotentProducer {
    * returns the first call's promise. `append()` throws StreamClosedError from the first call on.
    */
   close(data) {
+    if (!this.#closing && data !== undefined && this.#state === 'open' && !this.#error) {
+      // As append() does: a last message the stream cannot take is refused now, and the
+      // producer stays open.
+      const json = this.#knownJson();
+      if (json !== undefined) json ? jsonText(data) : bytesOf(data);
+    }
     this.#closing ??= this.#close(data);
     return this.#closing;
   }
@@ -731,7 +761,22 @@ export class IdempotentProducer {
   async #close(data) {
     if (this.#state === 'detached') throw new DurableStreamError('producer is detached', 'INVALID_ARGUMENT');
     this.#state = 'closing';
-    await this.flush();
+    try {
+      await this.flush();
+      if (data !== undefined) {
+        // The kind was not known when close() was called: check the last message now.
+        this.#kind ??= await this.#streamFormat();
+        if (this.#kind.json) jsonText(data);
+        else bytesOf(data);
+      }
+    } catch (e) {
+      // Nothing was closed: unless the producer failed, it stays open (close() may be called again).
+      if (!this.#error) {
+        this.#state = 'open';
+        this.#closing = null;
+      }
+      throw e;
+    }
     // The close goes through the same delivery as the batches, so autoClaim covers it too.
     const batch = { n: this.#batches++, close: true, items: data === undefined ? [] : [data] };
     this.#queue.push(batch);
@@ -809,6 +854,11 @@ export class IdempotentProducer {
 
   #pump() {
     if (this.#error) return;
+    // Data batches are prepared, and values that do not fit refused, once the kind is known.
+    if (!this.#kind && this.#queue.some((b) => b.items.length > 0)) {
+      this.#learnKind();
+      return;
+    }
     if (this.#fenced.length > 0) {
       // Claim only once every batch of the old epoch has settled, then resend in append order.
       if (this.#inflight.size > 0) return;
@@ -819,6 +869,7 @@ export class IdempotentProducer {
     const limit = probing ? 1 : this.#maxInFlight;
     while (this.#inflight.size < limit && this.#queue.length > 0) {
       const batch = this.#queue.shift();
+      if (!this.#prepare(batch)) continue;
       batch.epoch = this.#epoch;
       batch.seq = this.#seq++;
       this.#inflight.add(batch);
@@ -826,9 +877,33 @@ export class IdempotentProducer {
         this.#inflight.delete(batch);
         for (const w of this.#settleWaiters.splice(0)) w();
         this.#pump();
-        if (this.#idle()) for (const w of this.#idleWaiters.splice(0)) w();
+        this.#wakeIfIdle();
       });
     }
+    // Every queued batch may have been refused whole.
+    this.#wakeIfIdle();
+  }
+
+  #wakeIfIdle() {
+    if (this.#idle()) for (const w of this.#idleWaiters.splice(0)) w();
+  }
+
+  /** Learns the stream's kind (a HEAD if the stream does not know it), then sends what is queued. */
+  #learnKind() {
+    if (this.#learning) return;
+    this.#learning = true;
+    this.#streamFormat()
+      .then(
+        (kind) => {
+          this.#kind = kind;
+        },
+        (e) => this.#fail(e),
+      )
+      .finally(() => {
+        this.#learning = false;
+        this.#pump();
+        this.#wakeIfIdle();
+      });
   }
 
   /** Fenced: take the epoch after the server's, restart the sequence, fenced batches first. */
@@ -842,16 +917,30 @@ export class IdempotentProducer {
     this.#queue.unshift(...fenced);
   }
 
-  /** The body and content type of a batch, prepared once (a resend must carry the same bytes). */
-  async #prepare(batch) {
-    if (batch.items.length === 0) return; // a close without data
-    const { contentType, json } = await this.#streamFormat();
+  /**
+   * The body and content type of a batch, prepared once (a resend must carry the same bytes),
+   * once the stream's kind is known. A value appended before then that does not fit it is left
+   * out and kept for flush() to report; the others are sent. False when none is left.
+   */
+  #prepare(batch) {
+    if (batch.prepared) return true;
+    batch.prepared = true;
+    if (batch.items.length === 0) return true; // a lease-only batch, or a close without data
+    const { contentType, json } = this.#kind;
     batch.contentType = contentType;
-    if (json) {
-      batch.body = `[${batch.items.map(jsonText).join(',')}]`;
-      return;
+    const parts = [];
+    for (const item of batch.items) {
+      try {
+        parts.push(json ? jsonText(item) : bytesOf(item));
+      } catch (e) {
+        this.#refused.push(e);
+      }
     }
-    const parts = batch.items.map((i) => bytesOf(i));
+    if (parts.length === 0) return false;
+    if (json) {
+      batch.body = `[${parts.join(',')}]`;
+      return true;
+    }
     const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
     let at = 0;
     for (const p of parts) {
@@ -859,6 +948,7 @@ export class IdempotentProducer {
       at += p.length;
     }
     batch.body = out;
+    return true;
   }
 
   #send(batch) {
@@ -877,10 +967,6 @@ export class IdempotentProducer {
 
   async #deliver(batch) {
     try {
-      if (!batch.prepared) {
-        await this.#prepare(batch);
-        batch.prepared = true;
-      }
       for (let attempt = 0; ; attempt++) {
         // Once the producer has failed, a later seq could only be refused: do not send it.
         if (this.#error) return;

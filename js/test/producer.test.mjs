@@ -109,12 +109,60 @@ test('a stream that is not JSON takes any bytes as they are, and refuses values 
   assert.deepEqual([...read], [65, 66, 67, 0x44, 0x45, 2, 3, 102, 103]);
 });
 
-test('a producer that learns at flush that its stream is not JSON fails on an object rather than sending its String()', async () => {
+test('a producer that learns at flush that its stream is not JSON refuses an object alone, rather than send its String()', async () => {
   const created = await newStream('application/octet-stream');
   const p = new IdempotentProducer(new DurableStream({ url: created.url }), 'late', { lingerMs: 5 });
   p.append({ a: 1 });
-  await assert.rejects(p.flush(), (e) => e.code === 'INVALID_ARGUMENT');
+  await assert.rejects(p.flush(), (e) => e.code === 'INVALID_ARGUMENT' && e.cause?.code === 'INVALID_ARGUMENT');
   assert.equal(posts.length, 0, 'nothing was sent');
+  // The kind is known now: refused at once, and the producer carries on.
+  assert.throws(() => p.append({ b: 2 }), (e) => e.code === 'INVALID_ARGUMENT');
+  p.append('ok');
+  await p.flush();
+  assert.equal(await readText(created), 'ok');
+});
+
+test('values appended before a JSON stream\'s kind is known that are not JSON are refused alone; the rest lands', async () => {
+  const created = await newStream('application/json');
+  const errors = [];
+  const p = new IdempotentProducer(created.url, 'early', { lingerMs: 5, onError: (e) => errors.push(e) });
+  p.append('not json text');
+  p.append({ good: 1 });
+  p.append('1,2');
+  p.append('"fine"');
+  await assert.rejects(p.flush(), (e) => e.code === 'INVALID_ARGUMENT' && /2 values/.test(e.message));
+  // Reported once, and the producer has not failed.
+  await p.flush();
+  p.append({ more: 2 });
+  await p.close();
+  assert.deepEqual(await readItems(created), [{ good: 1 }, 'fine', { more: 2 }]);
+  assert.deepEqual(errors, []);
+});
+
+test('close(data) refuses a last message the stream cannot take, as append() does, and the producer stays open', async () => {
+  // Known to be JSON: refused synchronously.
+  const known = await newStream('application/json');
+  const p = new IdempotentProducer(known, 'closer');
+  p.append({ n: 1 });
+  assert.throws(() => p.close('bye'), (e) => e.code === 'INVALID_ARGUMENT');
+  p.append({ n: 2 }); // still open
+  await p.close({ ok: true });
+  assert.deepEqual(await readItems(known), [{ n: 1 }, { n: 2 }, { ok: true }]);
+  // Not known yet (nothing appended, a URL): close() rejects once it has learnt the kind.
+  const unknown = await newStream('application/json');
+  const q = new IdempotentProducer(unknown.url, 'closer');
+  await assert.rejects(q.close('bye'), (e) => e.code === 'INVALID_ARGUMENT');
+  assert.equal((await unknown.head()).closed, false, 'nothing was closed');
+  q.append({ n: 1 });
+  await q.close({ ok: true });
+  assert.deepEqual(await readItems(unknown), [{ n: 1 }, { ok: true }]);
+  assert.equal((await unknown.head()).closed, true);
+  // A text stream refuses an object the same way.
+  const text = await newStream('text/plain');
+  const r = new IdempotentProducer(text, 'closer');
+  assert.throws(() => r.close({ a: 1 }), (e) => e.code === 'INVALID_ARGUMENT');
+  await r.close('end');
+  assert.equal(await readText(text), 'end');
 });
 
 test('lingerMs: appends after a batch left start the next one, with the next seq', async () => {
