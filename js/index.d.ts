@@ -243,6 +243,11 @@ export interface ProducerOptions {
   /** Called once, when the producer fails (see `IdempotentProducer`). */
   onError?: (error: DurableStreamError) => void;
   /**
+   * Aborting it (or the `DurableStream`'s own `signal`) stops the producer for good: requests in
+   * flight and retries end, and it fails with ABORTED (the signal's reason as `cause`).
+   */
+  signal?: AbortSignal;
+  /**
    * Make this producer the stream's only appender (an edgestream extension): each batch takes or
    * renews the stream's writer lease for `ttlSeconds` (1 to 86400), an idle producer renews it
    * within a third of it, and `detach()` gives it up. Appends by others are refused

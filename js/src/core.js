@@ -575,6 +575,9 @@ export class DurableStream {
   }
 }
 
+/** An AbortSignal, or something that behaves as one (another realm's, a polyfill's). */
+const isAbortSignal = (s) => typeof s === 'object' && typeof s.aborted === 'boolean' && typeof s.addEventListener === 'function';
+
 /** Claims in a row (without an acknowledged batch in between) before autoClaim gives up. */
 const MAX_CLAIMS = 5;
 
@@ -638,12 +641,17 @@ export class IdempotentProducer {
   #wake = null;
   #stopWaiting = false;
   #renewTimer;
+  /** Aborted when the producer stops for good: ends its requests and backoffs at once. */
+  #stop = new AbortController();
+  /** Stops listening to the caller's signals. */
+  #unlisten = () => {};
 
   /**
    * @param {DurableStream|string} stream the stream (or its URL)
    * @param {string} producerId stable id of this producer
    * @param {object} options `epoch` (0), `autoClaim` (false), `lingerMs` (5), `maxBatchBytes` (1 MiB),
-   *   `maxBatchItems` (none), `maxInFlight` (5), `onError`, `json`, `lease: { ttlSeconds, wait }`
+   *   `maxBatchItems` (none), `maxInFlight` (5), `onError`, `json`, `lease: { ttlSeconds, wait }`,
+   *   `signal` (as does the stream's own `signal`, aborting it fails the producer with ABORTED)
    */
   constructor(stream, producerId, options = {}) {
     if (typeof producerId !== 'string' || producerId === '') {
@@ -661,6 +669,32 @@ export class IdempotentProducer {
     this.#onError = options.onError;
     this.#json = options.json;
     this.#lease = options.lease;
+    this.#listen([options.signal, this.#stream.options?.signal]);
+  }
+
+  /** Fails the producer with ABORTED (the reason as `cause`) when one of `signals` aborts. */
+  #listen(signals) {
+    const live = signals.filter((s) => s !== undefined && s !== null);
+    if (live.length === 0) return;
+    const onAbort = (signal) => () => this.#abort(signal);
+    const handlers = live.map((signal) => [signal, onAbort(signal)]);
+    this.#unlisten = () => {
+      for (const [signal, handler] of handlers) signal.removeEventListener('abort', handler);
+      this.#unlisten = () => {};
+    };
+    for (const [signal, handler] of handlers) {
+      if (signal.aborted) {
+        this.#abort(signal);
+        return;
+      }
+      signal.addEventListener('abort', handler, { once: true });
+    }
+  }
+
+  #abort(signal) {
+    if (this.#error || this.#state === 'closed' || this.#state === 'detached') return;
+    this.#fail(abortedError('the producer was stopped by its signal', signal));
+    this.#wakeIfIdle();
   }
 
   get epoch() {
@@ -785,6 +819,7 @@ export class IdempotentProducer {
     clearInterval(this.#renewTimer);
     if (this.#error) throw this.#error;
     this.#state = 'closed';
+    this.#unlisten();
     return { finalOffset: batch.result.offset, duplicate: batch.result.duplicate };
   }
 
@@ -805,6 +840,7 @@ export class IdempotentProducer {
     } finally {
       clearInterval(this.#renewTimer);
       if (this.#state === 'open') this.#state = 'detached';
+      this.#unlisten();
     }
   }
 
@@ -959,6 +995,7 @@ export class IdempotentProducer {
       retry: this.#stream.options?.retry,
       body: batch.body,
       contentType: batch.contentType,
+      signal: this.#stop.signal,
       close: batch.close,
       producer: { id: this.#id, epoch: batch.epoch, seq: batch.seq },
       leaseTtl: this.#lease ? (batch.release ? 0 : this.#lease.ttlSeconds) : undefined,
@@ -1041,6 +1078,10 @@ export class IdempotentProducer {
   #fail(e) {
     if (this.#error) return;
     this.#error = e;
+    this.#unlisten();
+    // Requests in flight and backoffs end now: nothing after this could land.
+    this.#stop.abort(e);
+    this.#wake?.();
     if (this.#timer !== null) clearTimeout(this.#timer);
     this.#timer = null;
     clearInterval(this.#renewTimer);
@@ -1080,6 +1121,7 @@ export function checkProducerOptions(producerId, options = {}) {
     const v = options[key];
     if (v !== undefined && v !== null && !isInt(v, min)) fail(key + rule);
   }
+  if (options.signal != null && !isAbortSignal(options.signal)) fail('signal must be an AbortSignal');
   const ttl = options.lease?.ttlSeconds;
   if (options.lease != null && !(isInt(ttl, 1) && ttl <= 86400)) fail('lease.ttlSeconds must be an integer from 1 to 86400');
 }

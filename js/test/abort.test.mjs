@@ -4,11 +4,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { DurableStream, stream } from '../src/node.js';
+import { DurableStream, IdempotentProducer, stream } from '../src/node.js';
+
+/** Requests the unavailable server got. */
+let served = 0;
 
 /** A server answering 503 (Retry-After: 2) to everything; closed after `body`. */
 async function withUnavailableServer(body) {
   const server = http.createServer((req, res) => {
+    served++;
     res.writeHead(503, { 'retry-after': '2' });
     res.end();
   });
@@ -73,4 +77,58 @@ test("an aborted stream operation's ABORTED error carries the signal's reason", 
       (e) => e.code === 'ABORTED' && e.cause === reason,
     );
   });
+});
+
+test("a producer stops when the stream's signal or its own aborts: pending work fails with ABORTED, no retry follows", async () => {
+  await withUnavailableServer(async (url) => {
+    for (const where of ['stream', 'producer']) {
+      const reason = new Error(`stop via the ${where}`);
+      const controller = new AbortController();
+      const retry = { maxRetries: 50, initialDelayMs: 200 };
+      const ds = new DurableStream({ url, contentType: 'text/plain', retry, ...(where === 'stream' ? { signal: controller.signal } : {}) });
+      const errors = [];
+      const p = new IdempotentProducer(ds, 'p', {
+        onError: (e) => errors.push(e),
+        ...(where === 'producer' ? { signal: controller.signal } : {}),
+      });
+      p.append('x');
+      const flushed = p.flush();
+      setTimeout(() => controller.abort(reason), 300);
+      const started = Date.now();
+      await assert.rejects(flushed, (e) => e.code === 'ABORTED' && e.cause === reason, where);
+      assert.ok(Date.now() - started < 1500, 'at once, not after the retry budget');
+      assert.deepEqual(errors.map((e) => e.code), ['ABORTED']);
+      assert.throws(() => p.append('y'), (e) => e.code === 'ABORTED');
+      await assert.rejects(p.close(), (e) => e.code === 'ABORTED');
+      const before = served;
+      await new Promise((r) => setTimeout(r, 600));
+      assert.equal(served, before, 'nothing is sent after the abort');
+    }
+    // A signal aborted before the producer is made stops it at once.
+    const done = new AbortController();
+    done.abort('already');
+    const p = new IdempotentProducer(new DurableStream({ url, contentType: 'text/plain' }), 'p', { signal: done.signal });
+    assert.throws(() => p.append('x'), (e) => e.code === 'ABORTED' && e.cause === 'already');
+    assert.throws(() => new IdempotentProducer(url, 'p', { signal: 'x' }), (e) => e.code === 'INVALID_ARGUMENT' && /signal/.test(e.message));
+  });
+});
+
+test('a producer lets go of its signal once it is closed', async () => {
+  const { getEventListeners } = await import('node:events');
+  const server = http.createServer((req, res) => {
+    res.writeHead(204, { 'stream-next-offset': '1', 'stream-closed': 'true' });
+    res.end();
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  try {
+    const controller = new AbortController();
+    const ds = new DurableStream({ url: `http://127.0.0.1:${server.address().port}/s`, contentType: 'text/plain' });
+    const p = new IdempotentProducer(ds, 'p', { signal: controller.signal });
+    assert.equal(getEventListeners(controller.signal, 'abort').length, 1);
+    await p.close();
+    assert.equal(getEventListeners(controller.signal, 'abort').length, 0);
+  } finally {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
 });
