@@ -27,9 +27,11 @@ impl Dynamic {
     }
 }
 
-/// Evaluates a header or parameter map to name/value pairs. Values that are `undefined` or
-/// `null` are left out, so a function can decide per request whether to send a header.
-pub async fn resolve_map(source: &JsValue) -> Result<Vec<(String, String)>, JsValue> {
+/// Evaluates a header or parameter map (`what`: "headers" or "params") to name/value pairs.
+/// Values that are `undefined` or `null` are left out, so a function can decide per request
+/// whether to send a header; a value that is not a string, number or boolean is refused, naming
+/// it, rather than sent as `[object Object]`.
+pub async fn resolve_map(source: &JsValue, what: &str) -> Result<Vec<(String, String)>, JsValue> {
     let mut value = source.clone();
     if value.is_function() {
         let f: &js_sys::Function = value.unchecked_ref();
@@ -63,6 +65,14 @@ pub async fn resolve_map(source: &JsValue) -> Result<Vec<(String, String)>, JsVa
         }
         if v.is_undefined() || v.is_null() {
             continue;
+        }
+        if v.as_string().is_none() && v.as_f64().is_none() && v.as_bool().is_none() {
+            return Err(error::invalid(&error::msg(&[
+                what,
+                ".",
+                &name,
+                " must be a string, number or boolean (or a function returning one)",
+            ])));
         }
         out.push((name, js::to_text(&v)));
     }
@@ -151,10 +161,10 @@ pub enum Failure {
 
 /// Sends one attempt of `req`, aborting when `signal` does.
 pub async fn send_once(req: &Request<'_>, signal: Option<&AbortSignal>) -> Result<Sent, Failure> {
-    let mut dynamic_headers = resolve_map(&req.dynamic.headers)
+    let mut dynamic_headers = resolve_map(&req.dynamic.headers, "headers")
         .await
         .map_err(Failure::Fatal)?;
-    let mut params = resolve_map(&req.dynamic.params)
+    let mut params = resolve_map(&req.dynamic.params, "params")
         .await
         .map_err(Failure::Fatal)?;
     // What is reported as sent is what was sent: the caller's reserved parameters are dropped,

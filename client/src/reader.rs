@@ -839,7 +839,7 @@ async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
             let s = inner.borrow();
             (s.url.clone(), s.query(Some("ws")), s.dynamic.params.clone())
         };
-        let mut params = http::resolve_map(&params_src).await?;
+        let mut params = http::resolve_map(&params_src, "params").await?;
         http::drop_reserved(&mut params);
         let mut q = query;
         q.extend_from_slice(&params);

@@ -9,7 +9,7 @@ import {
   headStream,
   validateRetryOptions,
 } from '../dist/edgestream_client.js';
-import { cancelOnAbort, deferred } from './settle.js';
+import { cancelOnAbort, deferred, signalProblem, urlProblem } from './settle.js';
 
 let loader = null;
 let ready = null;
@@ -81,6 +81,12 @@ export class LeaseHeldError extends DurableStreamError {
 }
 
 const DETAIL_KEYS = ['currentEpoch', 'expectedSeq', 'receivedSeq', 'finalOffset', 'leaseExpiresAt', 'closeCode', 'cause'];
+
+/** Throws INVALID_ARGUMENT for a `url` that cannot be fetched here, or a `signal` that is not one. */
+function checkOptions(who, options) {
+  const problem = urlProblem(String(options.url)) ?? signalProblem(options.signal);
+  if (problem) throw new DurableStreamError(`${who}: ${problem}`, 'INVALID_ARGUMENT');
+}
 
 /** Turns the wasm's coded errors (and host errors) into instances of the classes above. */
 function toError(e, signal) {
@@ -164,6 +170,7 @@ export class StreamHandle {
     if (!options || typeof options.url !== 'string' && !(options.url instanceof URL)) {
       throw new DurableStreamError('stream(): url is required', 'INVALID_ARGUMENT');
     }
+    checkOptions('stream()', options);
     this.#options = { ...options, url: String(options.url) };
   }
 
@@ -469,6 +476,7 @@ export class DurableStream {
    */
   constructor(options) {
     if (!options || !options.url) throw new DurableStreamError('DurableStream: url is required', 'INVALID_ARGUMENT');
+    checkOptions('DurableStream', options);
     this.url = String(options.url);
     this.contentType = options.contentType;
     this.options = options;
@@ -574,9 +582,6 @@ export class DurableStream {
     return stream({ url: this.url, headers, params, retry, signal, ...options });
   }
 }
-
-/** An AbortSignal, or something that behaves as one (another realm's, a polyfill's). */
-const isAbortSignal = (s) => typeof s === 'object' && typeof s.aborted === 'boolean' && typeof s.addEventListener === 'function';
 
 /** Claims in a row (without an acknowledged batch in between) before autoClaim gives up. */
 const MAX_CLAIMS = 5;
@@ -1121,7 +1126,8 @@ export function checkProducerOptions(producerId, options = {}) {
     const v = options[key];
     if (v !== undefined && v !== null && !isInt(v, min)) fail(key + rule);
   }
-  if (options.signal != null && !isAbortSignal(options.signal)) fail('signal must be an AbortSignal');
+  const signal = signalProblem(options.signal);
+  if (signal) fail(signal);
   const ttl = options.lease?.ttlSeconds;
   if (options.lease != null && !(isInt(ttl, 1) && ttl <= 86400)) fail('lease.ttlSeconds must be an integer from 1 to 86400');
 }

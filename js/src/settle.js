@@ -26,3 +26,31 @@ export function cancelOnAbort(signal, cancel, finished) {
   signal.addEventListener('abort', cancel, { once: true });
   finished.finally(() => signal.removeEventListener('abort', cancel)).catch(() => {});
 }
+
+/** Why `signal` (an option) cannot be listened to, or null: an AbortSignal, or one that behaves as one. */
+export function signalProblem(signal) {
+  if (signal === undefined || signal === null) return null;
+  const ok = typeof signal === 'object' && typeof signal.aborted === 'boolean' && typeof signal.addEventListener === 'function';
+  return ok ? null : 'signal must be an AbortSignal';
+}
+
+/**
+ * Why `url` cannot be fetched, or null. Without a page (Node, Deno without --location), there is
+ * nothing to resolve a relative URL against: fetch() would fail every retry.
+ */
+export function urlProblem(url) {
+  let base;
+  try {
+    base = typeof location === 'undefined' ? undefined : location.href;
+  } catch {
+    base = undefined; // Deno's location getter throws unless started with --location
+  }
+  try {
+    new URL(url, base);
+    return null;
+  } catch {
+    return base === undefined
+      ? `url must be absolute here (there is no page to resolve ${JSON.stringify(url)} against)`
+      : `url ${JSON.stringify(url)} is not a URL`;
+  }
+}

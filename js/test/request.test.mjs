@@ -135,3 +135,36 @@ test('a value JSON.stringify cannot encode is INVALID_ARGUMENT, and nothing is s
     },
   );
 });
+
+test('a header or param value that is not a string, number or boolean is INVALID_ARGUMENT naming it, and nothing is sent', async () => {
+  await withServer(page, async (url, seen) => {
+    const bad = [{}, [1, 2], Symbol('x'), 1n, () => ({}), async () => [1]];
+    for (const value of bad) {
+      for (const map of ['headers', 'params']) {
+        await assert.rejects(
+          stream({ url, live: false, [map]: { a: value } }).items(),
+          (e) => e.code === 'INVALID_ARGUMENT' && e.message.includes(`${map}.a`),
+          `${map} ${typeof value}`,
+        );
+      }
+      await assert.rejects(DurableStream.head({ url, headers: { a: value } }), (e) => e.code === 'INVALID_ARGUMENT');
+    }
+    assert.equal(seen.length, 0);
+    // Strings, numbers and booleans are sent as text.
+    const h = stream({ url, live: false, headers: { a: 'x', b: 2, c: true, d: () => 3 } });
+    await h.items();
+    assert.deepEqual(h.lastRequest.headers, { a: 'x', b: '2', c: 'true', d: '3' });
+  });
+});
+
+test('a signal that is not an AbortSignal, or a relative URL without a page, is INVALID_ARGUMENT at once', async () => {
+  const { table } = await import('../src/node.js');
+  for (const make of [
+    (o) => stream({ live: false, ...o }),
+    (o) => new DurableStream(o),
+    (o) => table({ live: false, ...o }),
+  ]) {
+    assert.throws(() => make({ url: 'http://127.0.0.1:1/s', signal: 'x' }), (e) => e.code === 'INVALID_ARGUMENT' && /signal/.test(e.message));
+    assert.throws(() => make({ url: '/v1/stream/x' }), (e) => e.code === 'INVALID_ARGUMENT' && /absolute/.test(e.message));
+  }
+});
