@@ -26,6 +26,11 @@ pub const MAX_WEBHOOK_URL_BYTES: usize = 4_096;
 /// longer one is cut off and does not end the wake.
 pub const MAX_WEBHOOK_REPLY_BYTES: usize = 8 * 1024;
 
+/// Why acks are refused with `INVALID_OFFSET`, as the reference server refuses them.
+pub const ACK_NOT_AN_OFFSET: &str = "offset is not a valid offset of the stream";
+pub const ACK_REGRESSES: &str = "ack offset is before the subscription's cursor for the stream";
+pub const ACK_UNKNOWN_STREAM: &str = "ack names a stream the subscription does not cover";
+
 /// Why a subscription request is refused; `code()` is the protocol's error code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubscriptionError {
@@ -37,7 +42,8 @@ pub enum SubscriptionError {
     Fenced,
     AlreadyClaimed,
     NoPendingWork,
-    InvalidOffset,
+    /// An ack the subscription's cursors cannot take; the text says why.
+    InvalidOffset(&'static str),
 }
 
 impl SubscriptionError {
@@ -52,7 +58,7 @@ impl SubscriptionError {
             | SubscriptionError::Fenced
             | SubscriptionError::AlreadyClaimed
             | SubscriptionError::NoPendingWork
-            | SubscriptionError::InvalidOffset => 409,
+            | SubscriptionError::InvalidOffset(_) => 409,
         }
     }
 
@@ -66,13 +72,15 @@ impl SubscriptionError {
             SubscriptionError::Fenced => "FENCED",
             SubscriptionError::AlreadyClaimed => "ALREADY_CLAIMED",
             SubscriptionError::NoPendingWork => "NO_PENDING_WORK",
-            SubscriptionError::InvalidOffset => "INVALID_OFFSET",
+            SubscriptionError::InvalidOffset(_) => "INVALID_OFFSET",
         }
     }
 
     pub fn message(self) -> &'static str {
         match self {
-            SubscriptionError::InvalidRequest(m) | SubscriptionError::WebhookUrlRejected(m) => m,
+            SubscriptionError::InvalidRequest(m)
+            | SubscriptionError::WebhookUrlRejected(m)
+            | SubscriptionError::InvalidOffset(m) => m,
             SubscriptionError::NotFound => "subscription not found",
             SubscriptionError::AlreadyExists => {
                 "a subscription with this id exists with a different configuration"
@@ -81,7 +89,6 @@ impl SubscriptionError {
             SubscriptionError::Fenced => "wake generation is stale",
             SubscriptionError::AlreadyClaimed => "another worker holds the lease",
             SubscriptionError::NoPendingWork => "subscription has no pending work",
-            SubscriptionError::InvalidOffset => "offset is not a valid offset of the stream",
         }
     }
 }
@@ -420,8 +427,10 @@ mod tests {
             "WEBHOOK_URL_REJECTED"
         );
         assert_eq!(SubscriptionError::NoPendingWork.status(), 409);
-        assert_eq!(SubscriptionError::InvalidOffset.status(), 409);
-        assert_eq!(SubscriptionError::InvalidOffset.code(), "INVALID_OFFSET");
+        let regress = SubscriptionError::InvalidOffset(ACK_REGRESSES);
+        assert_eq!(regress.status(), 409);
+        assert_eq!(regress.code(), "INVALID_OFFSET");
+        assert_eq!(regress.message(), ACK_REGRESSES);
         assert_eq!(SubscriptionError::InvalidRequest("x").status(), 400);
     }
 

@@ -458,6 +458,66 @@ describe('statuses shared with the reference server', () => {
       await fetch(sub(id), { method: 'DELETE' });
     }
   });
+
+  test('an ack behind the cursor, or of a stream not covered, is 409 INVALID_OFFSET, and changes nothing', async () => {
+    const p = `back-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const stream = `${p}/a`;
+    const id = `pull-${p}`;
+    try {
+      expect((await put(wake, '[]')).status).toBe(201);
+      const start = (await put(stream, '{"n":1}')).headers.get('stream-next-offset')!;
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake })).status).toBe(201);
+      expect((await post(stream, { n: 2 })).status).toBe(204);
+      const claim = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' });
+      expect(claim.status).toBe(200);
+      const claimed = await claim.json();
+      const tail = claimed.streams.find((s: any) => s.path === stream).tail_offset;
+      const ack = (acks: unknown[]) =>
+        post(`__ds/subscriptions/${id}/ack`, { wake_id: claimed.wake_id, generation: claimed.generation, acks }, { authorization: `Bearer ${claimed.token}` });
+      // Acks of one stream in one request count in any order: the furthest wins.
+      expect((await ack([{ stream, offset: tail }, { stream, offset: start }])).status).toBe(200);
+      expect((await linkOf(id, stream))?.acked_offset).toBe(tail);
+      // The same ack again is fine; one behind the cursor now is refused.
+      expect((await ack([{ stream, offset: tail }])).status).toBe(200);
+      const back = await ack([{ stream, offset: start }]);
+      expect(back.status).toBe(409);
+      expect((await back.json()).error.code).toBe('INVALID_OFFSET');
+      const elsewhere = await ack([{ stream: `${p}-other/x`, offset: tail }]);
+      expect(elsewhere.status).toBe(409);
+      expect((await elsewhere.json()).error.code).toBe('INVALID_OFFSET');
+      expect((await linkOf(id, stream))?.acked_offset).toBe(tail);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
+
+describe('status', () => {
+  test('a pull-wake subscription whose wake event could not be written is active again once claimed', async () => {
+    const p = `status-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const stream = `${p}/a`;
+    const id = `pull-${p}`;
+    try {
+      expect((await put(stream, '[]')).status).toBe(201);
+      // No wake stream yet: writing the wake event fails, and is retried.
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake })).status).toBe(201);
+      expect((await post(stream, { n: 1 })).status).toBe(204);
+      let status = '';
+      for (let i = 0; i < 100 && status !== 'failed'; i++) {
+        await sleep(100);
+        status = (await described(id)).status;
+      }
+      expect(status).toBe('failed');
+      expect((await put(wake, '[]')).status).toBe(201);
+      const claim = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' });
+      expect(claim.status).toBe(200);
+      expect((await described(id)).status).toBe('active');
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
 });
 
 describe('configuration', () => {

@@ -1429,15 +1429,20 @@ impl SubscriptionObject {
             };
             let link = match updated.get(path) {
                 Some(l) => l.clone(),
-                None => self.link(path)?.ok_or(SubscriptionError::InvalidRequest(
-                    "ack names a stream not linked",
-                ))?,
+                None => self
+                    .link(path)?
+                    .ok_or(SubscriptionError::InvalidOffset(rules::ACK_UNKNOWN_STREAM))?,
             };
             let offset = Offset::parse(&item.offset)
-                .map_err(|_| SubscriptionError::InvalidOffset)?
+                .map_err(|_| SubscriptionError::InvalidOffset(rules::ACK_NOT_AN_OFFSET))?
                 .position();
             if offset > link.tail {
-                return Err(SubscriptionError::InvalidOffset.into());
+                return Err(SubscriptionError::InvalidOffset(rules::ACK_NOT_AN_OFFSET).into());
+            }
+            // Behind the cursor as stored (acks of one stream within this request may come in
+            // any order: the furthest wins): a worker acking what it did not mean should know.
+            if offset < self.link(path)?.map_or(0, |stored| stored.acked) {
+                return Err(SubscriptionError::InvalidOffset(rules::ACK_REGRESSES).into());
             }
             if offset > link.acked {
                 updated.insert(
@@ -1495,7 +1500,11 @@ impl SubscriptionObject {
                 match answer?.0 {
                     // 404: the stream is gone, and so will its link be.
                     200 | 404 => {}
-                    400 => return Err(SubscriptionError::InvalidOffset.into()),
+                    400 => {
+                        return Err(
+                            SubscriptionError::InvalidOffset(rules::ACK_NOT_AN_OFFSET).into()
+                        )
+                    }
                     status => {
                         return Err(worker::Error::RustError(format!(
                             "stream answered {status} to ack-position"
@@ -1538,9 +1547,11 @@ impl SubscriptionObject {
         if record.wake_id.is_none() {
             self.wake_if_pending(&mut record)?;
         }
-        // Claimed: no wake event is owed (any still being retried is moot), and the lease runs.
+        // Claimed: no wake event is owed (any still being retried is moot, and its failures no
+        // longer make the subscription "failed"), and the lease runs.
         record.deliver = false;
         record.next_attempt_at = None;
+        record.failures = 0;
         record.holder = Some(worker);
         record.token = Some(crypto::random_token(32)?);
         record.lease_deadline = Some(now + record.lease_ttl_ms as i64);
