@@ -34,7 +34,11 @@ export interface StreamOptions {
   offset?: string;
   /** Default `'auto'`: SSE, falling back to long-poll behind proxies that break it. */
   live?: LiveMode;
-  /** Parse data as JSON messages (`items`). Default: when the stream's type is application/json. */
+  /**
+   * Parse data as JSON messages (`items`). Default: when the stream's type is application/json.
+   * Given, it decides alone: `true` types the batches as `JsonBatch` (always `items`), `false` as
+   * `BytesBatch` (always `bytes`).
+   */
   json?: boolean;
   headers?: DynamicMap;
   params?: DynamicMap;
@@ -69,7 +73,23 @@ export interface BytesBatch extends BatchBase {
 }
 export type Batch<T = unknown> = JsonBatch<T> | BytesBatch;
 
-export declare class StreamHandle<T = unknown> implements AsyncIterableIterator<Batch<T>> {
+/**
+ * An item of a channel (`create({ channel: true })`): a message of a stream below it (`data` on a
+ * JSON stream, `text` or `base64` on others), or an event of one. `offset` is the source's offset
+ * after it. Read a channel with `stream<ChannelMessage>({ url, json: true })`.
+ */
+export type ChannelMessage<T = unknown> = { stream: string; offset: string } & (
+  | { data: T }
+  | { text: string }
+  | { base64: string }
+  | { event: 'created' | 'closed' | 'deleted' }
+);
+
+/**
+ * Follows a stream. `B` is the batch type: `JsonBatch<T>` for a handle opened with `json: true`,
+ * `BytesBatch` with `json: false`, and either (check `items` or `bytes`) otherwise.
+ */
+export declare class StreamHandle<T = unknown, B extends Batch<T> = Batch<T>> implements AsyncIterableIterator<B> {
   /** Where the application stands: the offset after the last batch it took (or the start). Pass it as `offset` to resume, after `break` too. */
   readonly offset: string;
   readonly upToDate: boolean;
@@ -90,8 +110,8 @@ export declare class StreamHandle<T = unknown> implements AsyncIterableIterator<
    * failure: a read error, options the reader refuses, or a `subscribe()` callback that threw.
    */
   readonly finished: Promise<void>;
-  next(): Promise<IteratorResult<Batch<T>, undefined>>;
-  return(): Promise<IteratorResult<Batch<T>, undefined>>;
+  next(): Promise<IteratorResult<B, undefined>>;
+  return(): Promise<IteratorResult<B, undefined>>;
   [Symbol.asyncIterator](): this;
   /**
    * Calls `callback` for each batch, awaiting it before reading on. Returns an unsubscribe
@@ -100,7 +120,7 @@ export declare class StreamHandle<T = unknown> implements AsyncIterableIterator<
    * is kept and returned by `next()`. A callback that throws (or rejects) stops the handle: every
    * `onError` gets the error and `finished` rejects with it, as do read errors.
    */
-  subscribe(callback: (batch: Batch<T>) => void | Promise<void>, onError?: (error: unknown) => void): () => void;
+  subscribe(callback: (batch: B) => void | Promise<void>, onError?: (error: unknown) => void): () => void;
   cancel(): void;
   /**
    * Collects the items of a JSON stream until it is closed (or caught up with `live: false`);
@@ -117,7 +137,12 @@ export declare class StreamHandle<T = unknown> implements AsyncIterableIterator<
   text(): Promise<string>;
 }
 
-/** Follows a stream: a catch-up read, then live updates. */
+/**
+ * Follows a stream: a catch-up read, then live updates. With `json: true` every batch has
+ * `items` (`JsonBatch<T>`); with `json: false`, `bytes`; otherwise it depends on the stream's type.
+ */
+export declare function stream<T = unknown>(options: StreamOptions & { json: true }): StreamHandle<T, JsonBatch<T>>;
+export declare function stream<T = unknown>(options: StreamOptions & { json: false }): StreamHandle<T, BytesBatch>;
 export declare function stream<T = unknown>(options: StreamOptions): StreamHandle<T>;
 
 /** `WebAssembly.Module` where the libs in use declare it (DOM, workers); Node-only projects have none. */
@@ -214,6 +239,9 @@ export declare class DurableStream {
   /** Closes the stream; `body` is a last message (one, as with `append()`) sent in the same request. */
   close(options?: { body?: unknown; contentType?: string }): Promise<AppendResult & { finalOffset?: string }>;
   delete(): Promise<{ status: number }>;
+  /** Follows this stream, with its headers, params, retry and signal: see `stream()`. */
+  stream<T = unknown>(options: Omit<StreamOptions, 'url'> & { json: true }): StreamHandle<T, JsonBatch<T>>;
+  stream<T = unknown>(options: Omit<StreamOptions, 'url'> & { json: false }): StreamHandle<T, BytesBatch>;
   stream<T = unknown>(options?: Omit<StreamOptions, 'url'>): StreamHandle<T>;
 }
 

@@ -1,6 +1,6 @@
 // Compiled by ../types.test.mjs (never run): what the runtime accepts must type-check, and what
 // it refuses must not (each `@ts-expect-error` fails the build if the line compiles).
-import { DurableStream, IdempotentProducer, LeaseHeldError, init, stream } from 'edgestream';
+import { DurableStream, IdempotentProducer, LeaseHeldError, init, stream, type ChannelMessage, type StreamHandle } from 'edgestream';
 
 const url = 'http://127.0.0.1/v1/stream/x';
 
@@ -60,3 +60,28 @@ async function exclusive(ds: DurableStream) {
   return [until, held, result.leaseExpiresAt];
 }
 void exclusive;
+
+// A handle whose kind is given: `json: true` batches always have `items`, `json: false` `bytes`.
+async function kinds(url: string, ds: DurableStream) {
+  for await (const batch of stream<ChannelMessage<{ text: string }>>({ url, json: true })) {
+    for (const m of batch.items) {
+      const from: string = m.stream;
+      if ('data' in m) return [from, m.data.text];
+      if ('event' in m) return [from, m.event];
+    }
+    // @ts-expect-error a JSON batch has no bytes
+    batch.bytes.byteLength;
+  }
+  const bytes = stream({ url, json: false });
+  bytes.subscribe((batch) => void batch.bytes.byteLength);
+  const r = await ds.stream<number>({ json: true }).next();
+  if (!r.done) r.value.items.map((n) => n + 1);
+  for await (const batch of ds.stream({ json: false })) batch.bytes.byteLength;
+  for await (const batch of stream({ url })) {
+    // @ts-expect-error without `json`, a batch may be either kind
+    batch.items.length;
+  }
+  const any: StreamHandle = stream({ url, json: true });
+  return any;
+}
+void kinds;
