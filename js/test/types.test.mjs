@@ -3,6 +3,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
@@ -11,7 +13,7 @@ const tsc = path.join(here, '..', '..', 'node_modules', 'typescript', 'bin', 'ts
 
 function compile(project) {
   return new Promise((resolve) => {
-    execFile(process.execPath, [tsc, '-p', path.join(here, 'types', project)], (error, stdout, stderr) => {
+    execFile(process.execPath, [tsc, '-p', path.resolve(here, 'types', project)], (error, stdout, stderr) => {
       resolve({ code: error ? (error.code ?? 1) : 0, output: `${stdout}${stderr}` });
     });
   });
@@ -25,4 +27,57 @@ test('header and param maps, and init() inputs, type-check as the runtime takes 
 test('the types compile in a Node-only project (no DOM lib, skipLibCheck off)', async () => {
   const { code, output } = await compile('tsconfig.node.json');
   assert.equal(code, 0, output);
+});
+
+/**
+ * The README's examples, as a reader would paste them into a strict TypeScript project: every
+ * ```js and ```ts block, and the module script of the ```html one (its import of the package's
+ * file is the package).
+ */
+async function readmeExamples() {
+  const text = await readFile(path.join(here, '..', 'README.md'), 'utf8');
+  const examples = [];
+  for (const [, lang, body] of text.matchAll(/^```(\w+)\n([\s\S]*?)^```$/gm)) {
+    if (lang === 'js' || lang === 'ts') examples.push(body);
+    if (lang === 'html') {
+      for (const [, script] of body.matchAll(/<script type="module">([\s\S]*?)<\/script>/g)) {
+        examples.push(script.replace(/from '[^']*\/edgestream\/src\/browser\.js'/g, "from 'edgestream'"));
+      }
+    }
+  }
+  return examples;
+}
+
+test('every README example compiles under tsc --strict', async () => {
+  const examples = await readmeExamples();
+  assert.ok(examples.length >= 7, `found ${examples.length} examples`);
+  const dir = await mkdtemp(path.join(tmpdir(), 'edgestream-readme-'));
+  try {
+    const files = [];
+    for (const [i, body] of examples.entries()) {
+      const file = path.join(dir, `example-${i + 1}.ts`);
+      // Each example is a module of its own (top-level await), whether or not it imports.
+      await writeFile(file, `${body}\nexport {};\n`);
+      files.push(file);
+    }
+    const config = {
+      compilerOptions: {
+        target: 'ES2022',
+        module: 'ESNext',
+        moduleResolution: 'Bundler',
+        lib: ['ES2022', 'DOM', 'DOM.Iterable'],
+        types: [],
+        strict: true,
+        noEmit: true,
+        skipLibCheck: false,
+        paths: { edgestream: [path.join(here, '..', 'index.d.ts')] },
+      },
+      files: [path.join(here, 'types', 'readme-globals.d.ts'), ...files],
+    };
+    await writeFile(path.join(dir, 'tsconfig.json'), JSON.stringify(config));
+    const { code, output } = await compile(path.join(dir, 'tsconfig.json'));
+    assert.equal(code, 0, output);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
