@@ -355,7 +355,13 @@ export type ErrorCode =
   | 'NOT_SUPPORTED'
   | 'ABORTED';
 
+/**
+ * Every error the client raises. `code` is stable; `status` is the HTTP status, if any. The
+ * constructors take the same arguments as the runtime's: `details` are copied onto the error
+ * (`cause` included: `new DurableStreamError('m', 'ABORTED', undefined, { cause: reason })`).
+ */
 export declare class DurableStreamError extends Error {
+  constructor(message: string, code: ErrorCode, status?: number | undefined, details?: DurableStreamErrorDetails | undefined);
   readonly code: ErrorCode;
   readonly status?: number;
   /** A WebSocket reader's NETWORK_ERROR: the close code of the connection that failed last. */
@@ -363,21 +369,41 @@ export declare class DurableStreamError extends Error {
   /** For ABORTED caused by an AbortSignal: the signal's `reason`. */
   readonly cause?: unknown;
 }
+/** Fields a `DurableStreamError` constructor copies onto the error. */
+export interface DurableStreamErrorDetails {
+  closeCode?: number;
+  cause?: unknown;
+}
+/** Code `STREAM_CLOSED`. The message defaults to `'stream is closed'`. */
 export declare class StreamClosedError extends DurableStreamError {
+  constructor(message?: string | undefined, status?: number | undefined, details?: (DurableStreamErrorDetails & { finalOffset?: string }) | undefined);
   readonly code: 'STREAM_CLOSED';
   readonly finalOffset?: string;
 }
+/** Code `STALE_EPOCH`. */
 export declare class StaleEpochError extends DurableStreamError {
+  constructor(message?: string | undefined, status?: number | undefined, details?: (DurableStreamErrorDetails & { currentEpoch?: number }) | undefined);
   readonly code: 'STALE_EPOCH';
   readonly currentEpoch?: number;
 }
+/** Code `SEQUENCE_GAP`. */
 export declare class SequenceGapError extends DurableStreamError {
+  constructor(
+    message?: string | undefined,
+    status?: number | undefined,
+    details?: (DurableStreamErrorDetails & { expectedSeq?: number; receivedSeq?: number }) | undefined,
+  );
   readonly code: 'SEQUENCE_GAP';
   readonly expectedSeq?: number;
   readonly receivedSeq?: number;
 }
-/** Another producer holds the stream's writer lease (HTTP 423). */
+/** Another producer holds the stream's writer lease (HTTP 423). Code `LEASE_HELD`. */
 export declare class LeaseHeldError extends DurableStreamError {
+  constructor(
+    message?: string | undefined,
+    status?: number | undefined,
+    details?: (DurableStreamErrorDetails & { leaseExpiresAt?: string; retryAfterMs?: number }) | undefined,
+  );
   readonly code: 'LEASE_HELD';
   /** When the holder's lease ends (RFC 3339). */
   readonly leaseExpiresAt?: string;
