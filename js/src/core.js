@@ -576,10 +576,15 @@ export class DurableStream {
     return call(deleteStream, this.#request({}));
   }
 
-  /** Follows this stream: see `stream()`. */
+  /**
+   * Follows this stream: see `stream()`. Its `headers`, `params`, `retry` and `signal` are the
+   * reader's, unless `options` gives others (an option given as `undefined` is left out, as
+   * everywhere).
+   */
   stream(options = {}) {
     const { headers, params, retry, signal } = this.options;
-    return stream({ url: this.url, headers, params, retry, signal, ...options });
+    const given = Object.fromEntries(Object.entries(options ?? {}).filter(([, v]) => v !== undefined));
+    return stream({ url: this.url, headers, params, retry, signal, ...given });
   }
 }
 

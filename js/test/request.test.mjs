@@ -168,3 +168,21 @@ test('a signal that is not an AbortSignal, or a relative URL without a page, is 
     assert.throws(() => make({ url: '/v1/stream/x' }), (e) => e.code === 'INVALID_ARGUMENT' && /absolute/.test(e.message));
   }
 });
+
+test('an option given as undefined is the same as one left out (index.d.ts types them `?: T | undefined`)', async () => {
+  await withServer(page, async (url, seen) => {
+    const none = { offset: undefined, live: undefined, json: undefined, retry: undefined, signal: undefined, pauseWhenHidden: undefined };
+    const h = stream({ url, ...none, live: false, headers: undefined, params: undefined });
+    assert.deepEqual(await h.items(), [1]);
+    assert.equal(seen.at(-1).url.searchParams.get('offset'), '-1');
+    // A DurableStream's own headers, params, retry and signal stand unless the reader's options
+    // give others: an undefined one does not drop them.
+    const ds = new DurableStream({ url, contentType: undefined, headers: { 'x-mine': 'ds' }, params: { p: 'ds' } });
+    const r = ds.stream({ ...none, live: false, headers: undefined, params: undefined });
+    assert.deepEqual(await r.items(), [1]);
+    assert.deepEqual(r.lastRequest, { headers: { 'x-mine': 'ds' }, params: { p: 'ds' } });
+    const own = ds.stream({ live: false, headers: { 'x-mine': 'reader' } });
+    await own.items();
+    assert.deepEqual(own.lastRequest.headers, { 'x-mine': 'reader' });
+  });
+});
