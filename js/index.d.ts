@@ -16,13 +16,13 @@ export type DynamicMap = PlainMap | (() => PlainMap | null | undefined | Promise
  */
 export interface RetryOptions {
   /** Retries after the first attempt: an integer >= 0, or `Infinity`. */
-  maxRetries?: number;
+  maxRetries?: number | undefined;
   /** > 0. */
-  initialDelayMs?: number;
+  initialDelayMs?: number | undefined;
   /** >= initialDelayMs. */
-  maxDelayMs?: number;
+  maxDelayMs?: number | undefined;
   /** >= 1. */
-  multiplier?: number;
+  multiplier?: number | undefined;
 }
 
 /** How a reader follows the stream after catching up. `true` is the same as `'auto'`. */
@@ -31,25 +31,25 @@ export type LiveMode = 'auto' | 'sse' | 'ws' | 'long-poll' | false | true;
 export interface StreamOptions {
   url: string | URL;
   /** Where to start: an offset from an earlier batch, `'-1'` (start, the default) or `'now'` (tail). */
-  offset?: string;
+  offset?: string | undefined;
   /** Default `'auto'`: SSE, falling back to long-poll behind proxies that break it. */
-  live?: LiveMode;
+  live?: LiveMode | undefined;
   /**
    * Parse data as JSON messages (`items`). Default: when the stream's type is application/json.
    * Given, it decides alone: `true` types the batches as `JsonBatch` (always `items`), `false` as
    * `BytesBatch` (always `bytes`).
    */
-  json?: boolean;
-  headers?: DynamicMap;
-  params?: DynamicMap;
-  retry?: RetryOptions;
+  json?: boolean | undefined;
+  headers?: DynamicMap | undefined;
+  params?: DynamicMap | undefined;
+  retry?: RetryOptions | undefined;
   /**
    * Aborting it cancels the reader and the request in flight: iteration ends (as on `cancel()`),
    * and `items()`, `bytes()` and `text()` reject with ABORTED if their read was not complete.
    */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /** Stop live requests while the page is hidden and resume when shown. Default true. */
-  pauseWhenHidden?: boolean;
+  pauseWhenHidden?: boolean | undefined;
 }
 
 interface BatchBase {
@@ -154,27 +154,27 @@ export declare function init(input?: URL | string | Response | ArrayBuffer | Arr
 export interface StreamHandleOptions {
   url: string | URL;
   /** The stream's content type; learnt from create/head when omitted. */
-  contentType?: string;
-  headers?: DynamicMap;
-  params?: DynamicMap;
-  retry?: RetryOptions;
-  signal?: AbortSignal;
+  contentType?: string | undefined;
+  headers?: DynamicMap | undefined;
+  params?: DynamicMap | undefined;
+  retry?: RetryOptions | undefined;
+  signal?: AbortSignal | undefined;
 }
 
 export interface CreateOptions {
-  contentType?: string;
+  contentType?: string | undefined;
   /** A sliding TTL, in whole seconds (an integer >= 0). */
-  ttlSeconds?: number;
-  expiresAt?: string;
+  ttlSeconds?: number | undefined;
+  expiresAt?: string | undefined;
   /** Create the stream already closed. */
-  closed?: boolean;
+  closed?: boolean | undefined;
   /**
    * Create a channel (an edgestream extension): a JSON stream that receives every message of the
    * streams below its path, each as `{ stream, offset, data }` (or `text`/`base64` for streams
    * that are not JSON), and `{ stream, offset, event }` when one is `created`, `closed` or
    * `deleted`. Read it like any JSON stream.
    */
-  channel?: boolean;
+  channel?: boolean | undefined;
   /**
    * Initial content, as the protocol reads a PUT body. On a JSON stream it is a list of messages
    * when it is an array (`[a, b]` creates the stream with messages `a` and `b`; `[[1, 2]]` with
@@ -235,9 +235,9 @@ export declare class DurableStream {
    * included (strings and bytes are JSON text); others take strings or bytes. To append several
    * JSON messages in one request, use an `IdempotentProducer`.
    */
-  append(data: unknown, options?: { seq?: string; contentType?: string }): Promise<AppendResult>;
+  append(data: unknown, options?: { seq?: string | undefined; contentType?: string | undefined }): Promise<AppendResult>;
   /** Closes the stream; `body` is a last message (one, as with `append()`) sent in the same request. */
-  close(options?: { body?: unknown; contentType?: string }): Promise<AppendResult & { finalOffset?: string }>;
+  close(options?: { body?: unknown; contentType?: string | undefined }): Promise<AppendResult & { finalOffset?: string }>;
   delete(): Promise<{ status: number }>;
   /** Follows this stream, with its headers, params, retry and signal: see `stream()`. */
   stream<T = unknown>(options: Omit<StreamOptions, 'url'> & { json: true }): StreamHandle<T, JsonBatch<T>>;
@@ -247,7 +247,7 @@ export declare class DurableStream {
 
 export interface ProducerOptions {
   /** Starting epoch: an integer >= 0, default 0. */
-  epoch?: number;
+  epoch?: number | undefined;
   /**
    * On a stale epoch (403), claim the one after the server's and retry, `close()` included. The
    * batches in flight are let settle first, then the fenced ones are re-sent in append order under
@@ -257,24 +257,24 @@ export interface ProducerOptions {
    * new instance must start above the epochs used before, or its batches do not land.
    * Default false.
    */
-  autoClaim?: boolean;
+  autoClaim?: boolean | undefined;
   /** How long a batch waits for more data, in ms: an integer >= 0. Default 5. */
-  lingerMs?: number;
+  lingerMs?: number | undefined;
   /** A batch is sent once it holds this many bytes: an integer > 0. Default 1 MiB. */
-  maxBatchBytes?: number;
+  maxBatchBytes?: number | undefined;
   /** A batch is sent once it holds this many items: an integer > 0. Default unlimited. */
-  maxBatchItems?: number;
+  maxBatchItems?: number | undefined;
   /** Batches in flight at once: an integer > 0. Default 5. */
-  maxInFlight?: number;
+  maxInFlight?: number | undefined;
   /** JSON stream? Default: from the stream's content type. */
-  json?: boolean;
+  json?: boolean | undefined;
   /** Called once, when the producer fails (see `IdempotentProducer`). */
-  onError?: (error: DurableStreamError) => void;
+  onError?: ((error: DurableStreamError) => void) | undefined;
   /**
    * Aborting it (or the `DurableStream`'s own `signal`) stops the producer for good: requests in
    * flight and retries end, and it fails with ABORTED (the signal's reason as `cause`).
    */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /**
    * Make this producer the stream's only appender (an edgestream extension): each batch takes or
    * renews the stream's writer lease for `ttlSeconds` (1 to 86400), an idle producer renews it
@@ -283,7 +283,7 @@ export interface ProducerOptions {
    * `wait` is true: then, until it first holds the lease, it waits for it (a standby), `flush()`
    * included. Once it has held the lease, losing it fails the producer.
    */
-  lease?: { ttlSeconds: number; wait?: boolean };
+  lease?: { ttlSeconds: number; wait?: boolean | undefined } | undefined;
 }
 
 /**
@@ -456,13 +456,13 @@ export interface TableStore<V = unknown> {
 
 export interface TableOptions<V = unknown> extends Omit<StreamOptions, 'json'> {
   /** Resume from this snapshot: only what was appended after its offset is read. */
-  from?: TableSnapshot<V>;
+  from?: TableSnapshot<V> | undefined;
   /** Load the snapshot from here on start (unless `from`), and save it as the table moves on. */
-  store?: TableStore<V>;
+  store?: TableStore<V> | undefined;
   /** At most one save per this many ms while following (default 1000); always one at the end. */
-  saveEveryMs?: number;
+  saveEveryMs?: number | undefined;
   /** A message that is not a State Protocol message: fail the table (default) or skip it. */
-  onInvalid?: 'error' | 'skip';
+  onInvalid?: 'error' | 'skip' | undefined;
 }
 
 export interface TableChange<V = unknown> {

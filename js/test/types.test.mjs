@@ -24,6 +24,11 @@ test('header and param maps, and init() inputs, type-check as the runtime takes 
   assert.equal(code, 0, output);
 });
 
+test('options the runtime takes as undefined type-check under exactOptionalPropertyTypes', async () => {
+  const { code, output } = await compile('tsconfig.exact.json');
+  assert.equal(code, 0, output);
+});
+
 test('the types compile in a Node-only project (no DOM lib, skipLibCheck off)', async () => {
   const { code, output } = await compile('tsconfig.node.json');
   assert.equal(code, 0, output);

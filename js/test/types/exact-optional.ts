@@ -1,0 +1,53 @@
+// Compiled by ../types.test.mjs with exactOptionalPropertyTypes: an option the runtime takes as
+// `undefined` (the same as leaving it out) is typed `?: T | undefined`, so values that may be
+// undefined pass through.
+import { DurableStream, IdempotentProducer, checkProducerOptions, stream, table, type DurableStreamError } from 'edgestream';
+
+declare const url: string;
+declare const saved: string | undefined;
+declare const maybeType: string | undefined;
+declare const maybeSignal: AbortSignal | undefined;
+declare const maybeHandler: ((e: DurableStreamError) => void) | undefined;
+declare const maybeNumber: number | undefined;
+declare const maybeFlag: boolean | undefined;
+
+stream({
+  url,
+  offset: saved,
+  live: undefined,
+  json: maybeFlag,
+  headers: undefined,
+  params: undefined,
+  retry: { maxRetries: maybeNumber, initialDelayMs: undefined, maxDelayMs: undefined, multiplier: undefined },
+  signal: maybeSignal,
+  pauseWhenHidden: maybeFlag,
+});
+stream({ url, retry: undefined });
+
+const ds = new DurableStream({ url, contentType: maybeType, headers: undefined, params: undefined, retry: undefined, signal: maybeSignal });
+void DurableStream.create({ url, contentType: maybeType, ttlSeconds: maybeNumber, expiresAt: undefined, closed: maybeFlag, channel: undefined, body: undefined });
+void ds.create({ contentType: undefined, ttlSeconds: undefined });
+void ds.append('x', { seq: saved, contentType: maybeType });
+void ds.close({ body: undefined, contentType: maybeType });
+ds.stream({ offset: saved, live: undefined, signal: maybeSignal });
+
+const options = {
+  epoch: maybeNumber,
+  autoClaim: maybeFlag,
+  lingerMs: undefined,
+  maxBatchBytes: undefined,
+  maxBatchItems: undefined,
+  maxInFlight: undefined,
+  json: maybeFlag,
+  onError: maybeHandler,
+  signal: maybeSignal,
+  lease: { ttlSeconds: 10, wait: maybeFlag },
+};
+new IdempotentProducer(ds, 'id', options);
+new IdempotentProducer(url, 'id', { onError: undefined, lease: undefined });
+checkProducerOptions('id', options);
+
+table({ url, offset: saved, from: undefined, store: undefined, saveEveryMs: maybeNumber, onInvalid: undefined, live: undefined });
+
+// @ts-expect-error url is required, and not undefined
+stream({ url: undefined });
