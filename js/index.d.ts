@@ -501,7 +501,11 @@ export declare class KeyedTable<V = unknown> {
   readonly retrying: boolean;
   /** Rows over all types. */
   readonly size: number;
-  /** Settles when reading ends: resolves when the stream is closed or the table cancelled. */
+  /**
+   * Settles when reading ends: resolves when the stream is closed or the table cancelled; rejects
+   * when the table fails: a read error, an invalid message, or a listener without `onError` that
+   * threw (with its error, as `ready()` does if the table had not caught up).
+   */
   readonly finished: Promise<void>;
   /** Resolves once the table first holds everything the stream held. */
   ready(): Promise<void>;
@@ -515,8 +519,12 @@ export declare class KeyedTable<V = unknown> {
   snapshot(): TableSnapshot<V>;
   /**
    * Called after each batch is applied; awaited before the next is read. `onError` gets the
-   * error that ends the table, errors the listener throws, and errors of the store's `save`
-   * (which do not end the table). Returns an unsubscribe function.
+   * error that ends the table, errors the listener throws (the listener stays subscribed and the
+   * table reads on), and errors of the store's `save` (which do not end the table). A listener
+   * without `onError` that throws fails the table once every listener has had that update:
+   * reading stops, and `finished` (and `ready()`, before it resolved) rejects with the error,
+   * which the other listeners' `onError` get, as on a stream handle. Nothing is thrown
+   * where it cannot be caught. Returns an unsubscribe function.
    */
   subscribe(listener: (update: TableUpdate<V>) => void | Promise<void>, onError?: (error: unknown) => void): () => void;
   /** Stops reading; the rows stay readable, and a store gets a last snapshot. */

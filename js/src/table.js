@@ -134,7 +134,10 @@ export class KeyedTable {
   ready() {
     return this.#ready.promise;
   }
-  /** Settles when reading ends: resolves when the stream is closed or the table cancelled. */
+  /**
+   * Settles when reading ends: resolves when the stream is closed or the table cancelled, and
+   * rejects when it fails (a read error, an invalid message, a listener without `onError` that threw).
+   */
   get finished() {
     return this.#finished.promise;
   }
@@ -178,8 +181,9 @@ export class KeyedTable {
    * Calls `listener(update)` after each batch is applied, with the batch's `changes`, whether
    * it began with a `reset`, and the new `offset`, `upToDate` and `closed`. Each call is awaited
    * before the next batch is read. `onError` gets the error that ends the table, if one does,
-   * and errors the listener throws (with no `onError`, those are reported as uncaught; the
-   * listener stays subscribed). Returns a function that unsubscribes.
+   * and errors the listener throws (the listener stays subscribed and the table reads on). A
+   * listener without `onError` that throws fails the table with its error, once every listener
+   * has had that update. Returns a function that unsubscribes.
    */
   subscribe(listener, onError) {
     const entry = { listener, onError };
@@ -314,17 +318,23 @@ export class KeyedTable {
     return { changes, reset, offset: batch.offset, upToDate: batch.upToDate, closed: batch.closed };
   }
 
+  /**
+   * Hands `update` to every listener. A listener's error goes to its `onError`; with none, every
+   * listener still gets this update, and then the error fails the table (as a stream handle's
+   * subscriber error does): an error no one handles is neither lost nor thrown where no one can
+   * catch it (an uncaught exception ends a Node process).
+   */
   async #notify(update) {
+    let unhandled = null;
     for (const { listener, onError } of [...this.#listeners]) {
       try {
         await listener(update);
       } catch (e) {
         if (onError) onError(e);
-        else queueMicrotask(() => {
-          throw e;
-        });
+        else unhandled ??= { error: e };
       }
     }
+    if (unhandled) throw unhandled.error;
   }
 
   /** Saves to the store when the offset moved and `saveEveryMs` has passed (or always, `final`). */

@@ -231,6 +231,36 @@ for (const [name, server] of [
       assert.deepEqual(sortedRows(lenient), [['k', 'x', 2]]);
     });
 
+    test('a listener without onError that throws ends the table, after every listener has the update', async () => {
+      const { url } = await jsonStream(change.insert('k', 'a', 1));
+      const t = table({ url, live: 'sse' });
+      const bug = new Error('listener bug');
+      const seen = [];
+      const errors = [];
+      t.subscribe(() => {
+        seen.push('throws');
+        throw bug;
+      });
+      t.subscribe(
+        (u) => void seen.push(`handled ${u.offset === t.offset}`),
+        (e) => errors.push(e),
+      );
+      t.subscribe(() => void seen.push('plain'));
+      // Not an uncaught exception (which would end this process): finished and ready() reject.
+      await assert.rejects(t.finished, (e) => e === bug);
+      await assert.rejects(t.ready(), (e) => e === bug);
+      assert.deepEqual(seen, ['throws', 'handled true', 'plain']);
+      assert.deepEqual(errors, [bug]);
+      // The rows match the offset, and stay readable; nothing more is read.
+      assert.equal(t.get('k', 'a'), 1);
+      const since = gets.length;
+      await post(url, [change.insert('k', 'b', 2)]);
+      await new Promise((r) => setTimeout(r, 300));
+      assert.deepEqual(offsetsRead(url, since), []);
+      assert.equal(t.has('k', 'b'), false);
+      assert.deepEqual(seen, ['throws', 'handled true', 'plain']);
+    });
+
     test('messages missing what the State Protocol requires are refused', async () => {
       for (const bad of [
         { type: 'a', key: 'b', value: 1 },
