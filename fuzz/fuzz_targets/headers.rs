@@ -198,8 +198,17 @@ fuzz_target!(|input: Input<'_>| {
                 assert_eq!(v.to_string(), ttl, "TTL accepted a non-canonical spelling");
             }
             Err(e) => {
-                assert_eq!(e, HeaderError::Ttl);
                 assert!(parse_decimal(ttl).is_none_or(|v| v > MAX_TTL_SECONDS));
+                // Too long exactly when it is spelled as a plain integer: then the error says so.
+                let plain = !ttl.is_empty()
+                    && !(ttl.len() > 1 && ttl.starts_with('0'))
+                    && ttl.bytes().all(|c| c.is_ascii_digit());
+                let want = if plain {
+                    HeaderError::TtlTooLong
+                } else {
+                    HeaderError::Ttl
+                };
+                assert_eq!(e, want, "{ttl:?}");
             }
         }
         if let Some(v) = parse_decimal(ttl) {
