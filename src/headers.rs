@@ -141,20 +141,22 @@ impl fmt::Display for HeaderError {
 #[cfg(feature = "std")]
 impl std::error::Error for HeaderError {}
 
-/// Parses a plain decimal integer: digits only, no sign, no leading zero (except `0` itself).
-pub fn parse_decimal(text: &str) -> Option<u64> {
+/// Whether `text` is spelled as a plain decimal integer: digits only, no sign, no leading zero
+/// (except `0` itself), whatever its size.
+pub fn is_plain_decimal(text: &str) -> bool {
     let b = text.as_bytes();
-    if b.is_empty() || (b.len() > 1 && b[0] == b'0') {
+    let leading_zero = b.len() > 1 && b[0] == b'0';
+    !b.is_empty() && !leading_zero && b.iter().all(u8::is_ascii_digit)
+}
+
+/// Parses a plain decimal integer ([`is_plain_decimal`]) that fits in a `u64`.
+pub fn parse_decimal(text: &str) -> Option<u64> {
+    if !is_plain_decimal(text) {
         return None;
     }
-    let mut v: u64 = 0;
-    for &c in b {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
-    }
-    Some(v)
+    text.bytes().try_fold(0u64, |v, c| {
+        v.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+    })
 }
 
 /// The longest TTL accepted: 100 years. Longer values are almost certainly mistakes and would
@@ -166,12 +168,7 @@ pub fn parse_ttl(text: &str) -> Result<u64, HeaderError> {
     match parse_decimal(text) {
         Some(v) if v <= MAX_TTL_SECONDS => Ok(v),
         // Well formed but too long (or past u64): say what the limit is.
-        _ if !text.is_empty()
-            && !text.starts_with('0')
-            && text.bytes().all(|c| c.is_ascii_digit()) =>
-        {
-            Err(HeaderError::TtlTooLong)
-        }
+        _ if is_plain_decimal(text) => Err(HeaderError::TtlTooLong),
         _ => Err(HeaderError::Ttl),
     }
 }

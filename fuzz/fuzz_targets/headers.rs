@@ -21,9 +21,9 @@
 use arbitrary::Arbitrary;
 use edgestream::cursor::{interval_at, next_cursor, MAX_JITTER_S};
 use edgestream::headers::{
-    if_none_match, is_closed, is_true, parse_decimal, parse_expires_at, parse_stream_seq,
-    parse_ttl, ForkHeaders, HeaderError, LiveMode, ProducerHeaders, MAX_PRODUCER_ID_LEN,
-    MAX_SAFE_INTEGER, MAX_STREAM_SEQ_LEN, MAX_TTL_SECONDS,
+    if_none_match, is_closed, is_plain_decimal, is_true, parse_decimal, parse_expires_at,
+    parse_stream_seq, parse_ttl, ForkHeaders, HeaderError, LiveMode, ProducerHeaders,
+    MAX_PRODUCER_ID_LEN, MAX_SAFE_INTEGER, MAX_STREAM_SEQ_LEN, MAX_TTL_SECONDS,
 };
 use edgestream::offset::Offset;
 use edgestream::stream::Expiry;
@@ -200,10 +200,7 @@ fuzz_target!(|input: Input<'_>| {
             Err(e) => {
                 assert!(parse_decimal(ttl).is_none_or(|v| v > MAX_TTL_SECONDS));
                 // Too long exactly when it is spelled as a plain integer: then the error says so.
-                let plain = !ttl.is_empty()
-                    && !(ttl.len() > 1 && ttl.starts_with('0'))
-                    && ttl.bytes().all(|c| c.is_ascii_digit());
-                let want = if plain {
+                let want = if is_plain_decimal(ttl) {
                     HeaderError::TtlTooLong
                 } else {
                     HeaderError::Ttl
