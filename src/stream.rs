@@ -445,9 +445,6 @@ pub fn cache_control(kind: CacheKind) -> Cow<'static, str> {
             let stale = (lifetime - max_age).min(STALE_WHILE_REVALIDATE_S);
             match (max_age, stale) {
                 (0, _) => Cow::Borrowed("no-cache"),
-                (MAX_AGE_S, STALE_WHILE_REVALIDATE_S) if shared => {
-                    Cow::Borrowed("public, max-age=60, stale-while-revalidate=300")
-                }
                 (_, 0) => Cow::Owned(format!("{scope}, max-age={max_age}")),
                 _ => Cow::Owned(format!(
                     "{scope}, max-age={max_age}, stale-while-revalidate={stale}"

@@ -557,7 +557,7 @@ impl Store {
 
     /// Writes the whole metadata row.
     pub fn save_meta(&self, m: &Meta) -> Result<()> {
-        let (kind, value) = Expiry::to_parts(m.expiry);
+        let (kind, value) = m.expiry.to_parts();
         let closed_by = m.closed_by.as_ref();
         self.sql.exec(
             "INSERT OR REPLACE INTO stream (id, path, instance, content_type, expiry_kind, expiry_value,
@@ -1045,7 +1045,7 @@ impl Store {
     /// Records, for a new fork, its source's expiry: the one a fork asking for none takes, to
     /// which a PUT of the fork without an expiry of its own is compared.
     pub fn save_inherited_expiry(&self, expiry: Expiry) -> Result<()> {
-        let (kind, value) = Expiry::to_parts(expiry);
+        let (kind, value) = expiry.to_parts();
         self.sql.exec(
             "INSERT OR REPLACE INTO fork_inherited (id, expiry_kind, expiry_value) VALUES (1, ?, ?)",
             vec![SqlStorageValue::Integer(kind), SqlStorageValue::Integer(value)],
