@@ -1421,17 +1421,22 @@ impl SubscriptionObject {
             record = self.live()?;
             self.fence(&record, req, input.wake_id.as_deref(), input.generation)?;
         }
-        // Every ack is checked before any is applied; the furthest per stream wins.
-        let mut updated: HashMap<String, Link> = HashMap::new();
+        // Every ack is checked before any is applied; the furthest per stream wins. Each link
+        // is read once, with its cursor as stored (`committed`).
+        let mut updated: HashMap<String, (Link, u64)> = HashMap::new();
         for item in &input.acks {
             let Some(path) = item.stream.as_deref().or(item.path.as_deref()) else {
                 return Err(SubscriptionError::InvalidRequest("ack needs a stream").into());
             };
-            let link = match updated.get(path) {
-                Some(l) => l.clone(),
-                None => self
-                    .link(path)?
-                    .ok_or(SubscriptionError::InvalidOffset(rules::ACK_UNKNOWN_STREAM))?,
+            let (link, committed) = match updated.get(path) {
+                Some((l, committed)) => (l.clone(), *committed),
+                None => {
+                    let l = self
+                        .link(path)?
+                        .ok_or(SubscriptionError::InvalidOffset(rules::ACK_UNKNOWN_STREAM))?;
+                    let committed = l.acked;
+                    (l, committed)
+                }
             };
             let offset = Offset::parse(&item.offset)
                 .map_err(|_| SubscriptionError::InvalidOffset(rules::ACK_NOT_AN_OFFSET))?
@@ -1439,22 +1444,20 @@ impl SubscriptionObject {
             if offset > link.tail {
                 return Err(SubscriptionError::InvalidOffset(rules::ACK_NOT_AN_OFFSET).into());
             }
-            // Behind the cursor as stored (acks of one stream within this request may come in
-            // any order: the furthest wins): a worker acking what it did not mean should know.
-            if offset < self.link(path)?.map_or(0, |stored| stored.acked) {
+            // Behind the stored cursor (acks of one stream within this request may come in any
+            // order): a worker acking what it did not mean should know.
+            if offset < committed {
                 return Err(SubscriptionError::InvalidOffset(rules::ACK_REGRESSES).into());
             }
             if offset > link.acked {
-                updated.insert(
-                    path.to_string(),
-                    Link {
-                        acked: offset,
-                        ..link
-                    },
-                );
+                let link = Link {
+                    acked: offset,
+                    ..link
+                };
+                updated.insert(path.to_string(), (link, committed));
             }
         }
-        for link in updated.values() {
+        for (link, _) in updated.values() {
             self.save_link(link)?;
         }
         let next_wake = if input.done {
