@@ -464,6 +464,12 @@ function bytesOf(value, orJson) {
 }
 
 /**
+ * `value` as a stream takes it: JSON text when `json`, bytes when not, and while the stream's
+ * kind is unknown (`json` undefined) bytes, or JSON text for what cannot be bytes.
+ */
+const encodeFor = (json, value) => (json ? jsonText(value) : bytesOf(value, json === undefined));
+
+/**
  * The body that appends `value` to a JSON stream as one message. The protocol takes a JSON array
  * body as a batch of messages, so the value is always wrapped: an array stays one message.
  */
@@ -752,7 +758,7 @@ export class IdempotentProducer {
     // that, a value that fits neither kind (a BigInt) is refused, and the rest is checked when
     // the kind is known (see #prepare).
     const json = this.#knownJson();
-    const size = (json ? jsonText(data) : bytesOf(data, json === undefined)).length;
+    const size = encodeFor(json, data).length;
     this.#items.push(data);
     this.#bytes += size;
     if (this.#bytes >= this.#maxBatchBytes || this.#items.length >= this.#maxBatchItems) this.#cut();
@@ -796,7 +802,7 @@ export class IdempotentProducer {
       // As append() does: a last message the stream cannot take is refused now, and the
       // producer stays open.
       const json = this.#knownJson();
-      if (json !== undefined) json ? jsonText(data) : bytesOf(data);
+      if (json !== undefined) encodeFor(json, data);
     }
     this.#closing ??= this.#close(data);
     return this.#closing;
@@ -810,8 +816,7 @@ export class IdempotentProducer {
       if (data !== undefined) {
         // The kind was not known when close() was called: check the last message now.
         this.#kind ??= await this.#streamFormat();
-        if (this.#kind.json) jsonText(data);
-        else bytesOf(data);
+        encodeFor(this.#kind.json, data);
       }
     } catch (e) {
       // Nothing was closed: unless the producer failed, it stays open (close() may be called again).
@@ -977,7 +982,7 @@ export class IdempotentProducer {
     const parts = [];
     for (const item of batch.items) {
       try {
-        parts.push(json ? jsonText(item) : bytesOf(item));
+        parts.push(encodeFor(json, item));
       } catch (e) {
         this.#refused.push(e);
       }
