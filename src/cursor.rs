@@ -5,6 +5,9 @@
 //! answers with a strictly greater cursor, jittered so clients spread out, which changes the
 //! cache key and guarantees progress.
 
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
 /// 2024-10-09T00:00:00Z in Unix milliseconds.
 pub const CURSOR_EPOCH_MS: i64 = 1_728_432_000_000;
 /// Length of one cursor interval.
@@ -23,21 +26,51 @@ pub fn interval_at(now_ms: i64) -> u64 {
     .unwrap_or(0)
 }
 
-/// The cursor for a live response. `client` is the request's `cursor` parameter (ignored when
-/// not a number); `random` is any random `u32` from the caller.
-pub fn next_cursor(now_ms: i64, client: Option<&str>, random: u32) -> u64 {
-    let current = interval_at(now_ms);
-    let Some(client) = client.and_then(|c| c.trim().parse::<u64>().ok()) else {
+/// The cursor for a live response, as the decimal text of `Stream-Cursor`. `client` is the
+/// request's `cursor` parameter (ignored unless it is a decimal number); `random` is any random
+/// `u32` from the caller. Text rather than a `u64` because a client may echo a number of any
+/// size, and one at or past the current interval must still get a strictly greater cursor.
+pub fn next_cursor(now_ms: i64, client: Option<&str>, random: u32) -> String {
+    let current = interval_at(now_ms).to_string();
+    let Some(client) = client
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
+    else {
         return current;
     };
-    if client < current {
+    let client = client.trim_start_matches('0');
+    // Without leading zeros, the shorter decimal is the smaller, and equal lengths compare as text.
+    if (client.len(), client) < (current.len(), current.as_str()) {
         return current;
     }
     let jitter_s = MIN_JITTER_S + random % (MAX_JITTER_S - MIN_JITTER_S + 1);
     let jitter_intervals = (u64::from(jitter_s) * 1000)
         .div_ceil(INTERVAL_MS as u64)
         .max(1);
-    client.saturating_add(jitter_intervals)
+    add_decimal(client, jitter_intervals)
+}
+
+/// `digits` (a decimal without leading zeros; empty is zero) plus `n`, as decimal text.
+fn add_decimal(digits: &str, n: u64) -> String {
+    let mut reversed = Vec::with_capacity(digits.len() + 1);
+    let mut carry = n;
+    for digit in digits.bytes().rev().map(|b| u64::from(b - b'0')) {
+        let sum = digit + carry;
+        reversed.push(sum % 10);
+        carry = sum / 10;
+    }
+    while carry > 0 {
+        reversed.push(carry % 10);
+        carry /= 10;
+    }
+    if reversed.is_empty() {
+        reversed.push(0);
+    }
+    reversed
+        .iter()
+        .rev()
+        .filter_map(|&d| char::from_digit(d as u32, 10))
+        .collect()
 }
 
 #[cfg(test)]
@@ -55,22 +88,66 @@ mod tests {
     #[test]
     fn fresh_or_stale_clients_get_the_current_interval() {
         let now = CURSOR_EPOCH_MS + 100 * INTERVAL_MS;
-        assert_eq!(next_cursor(now, None, 7), 100);
-        assert_eq!(next_cursor(now, Some("99"), 7), 100);
-        assert_eq!(next_cursor(now, Some("garbage"), 7), 100);
+        for client in [
+            None,
+            Some("99"),
+            Some("099"),
+            Some("0"),
+            Some(""),
+            Some("garbage"),
+            Some("+100"),
+            Some("-100"),
+            Some("1e9"),
+            Some("10 0"),
+        ] {
+            assert_eq!(next_cursor(now, client, 7), "100", "{client:?}");
+        }
     }
 
     #[test]
     fn caught_up_clients_get_a_strictly_greater_cursor() {
         let now = CURSOR_EPOCH_MS + 100 * INTERVAL_MS;
+        let number = |c: String| c.parse::<u64>().unwrap();
         for random in [0, 1, 19, 20, 3599, u32::MAX] {
-            let c = next_cursor(now, Some("100"), random);
+            let c = number(next_cursor(now, Some("100"), random));
             assert!(c > 100 && c <= 100 + 180, "{random} -> {c}");
-            let c = next_cursor(now, Some("5000"), random);
+            let c = number(next_cursor(now, Some(" 0100 "), random));
+            assert!(c > 100 && c <= 100 + 180, "{random} -> {c}");
+            let c = number(next_cursor(now, Some("5000"), random));
             assert!(c > 5000 && c <= 5180, "{random} -> {c}");
         }
-        assert_eq!(next_cursor(now, Some(&u64::MAX.to_string()), 1), u64::MAX);
     }
 
-    use alloc::string::ToString;
+    /// A cursor past what a `u64` holds is still a number, and gets a greater one back.
+    #[test]
+    fn cursors_of_any_size_move_forward() {
+        let now = CURSOR_EPOCH_MS + 100 * INTERVAL_MS;
+        // 1 second of jitter is one interval.
+        assert_eq!(
+            next_cursor(now, Some(&u64::MAX.to_string()), 0),
+            "18446744073709551616"
+        );
+        assert_eq!(
+            next_cursor(now, Some("99999999999999999999999"), 0),
+            "100000000000000000000000"
+        );
+        assert_eq!(
+            next_cursor(now, Some("00099999999999999999999999"), 0),
+            "100000000000000000000000"
+        );
+        // 3600 s of jitter is 180 intervals.
+        assert_eq!(
+            next_cursor(now, Some("123456789012345678901234567890"), 3599),
+            "123456789012345678901234568070"
+        );
+    }
+
+    #[test]
+    fn decimal_addition_carries() {
+        assert_eq!(add_decimal("", 0), "0");
+        assert_eq!(add_decimal("", 180), "180");
+        assert_eq!(add_decimal("9", 1), "10");
+        assert_eq!(add_decimal("999", 180), "1179");
+        assert_eq!(add_decimal("1000", 1), "1001");
+    }
 }

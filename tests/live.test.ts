@@ -101,6 +101,50 @@ test('every long-poll answer carries a cursor, a closed stream\'s too, and one f
   }
 });
 
+test('a long-poll from offset=now that gets data is never cached and has no ETag: its URL names no position', async () => {
+  const name = `lp-now-${Date.now()}`;
+  const text = { 'content-type': 'text/plain' };
+  expect((await fetch(url(name), { method: 'PUT', headers: text, body: 'before' })).status).toBe(201);
+  const polled = fetch(`${url(name)}?offset=now&live=long-poll`);
+  await new Promise((r) => setTimeout(r, 300));
+  expect((await fetch(url(name), { method: 'POST', headers: text, body: 'after' })).status).toBe(204);
+  const page = await polled;
+  expect(page.status).toBe(200);
+  expect(await page.text()).toBe('after');
+  expect(page.headers.get('cache-control')).toBe('no-store');
+  expect(page.headers.get('etag')).toBeNull();
+  // The same append read from a real offset is a cacheable page with an ETag.
+  const fixed = await fetch(`${url(name)}?offset=-1&live=long-poll`);
+  expect(await fixed.text()).toBe('beforeafter');
+  expect(fixed.headers.get('cache-control')).toMatch(/^public, max-age=\d+/);
+  expect(fixed.headers.get('etag')).toBeTruthy();
+});
+
+test('a cursor at or past the current interval gets a strictly greater one, however many digits it has', async () => {
+  const name = `lp-big-cursor-${Date.now()}`;
+  expect((await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'text/plain' }, body: 'x' })).status).toBe(201);
+  const cursorFor = async (cursor: string) => {
+    const res = await fetch(`${url(name)}?offset=-1&live=long-poll&cursor=${cursor}`);
+    await res.body?.cancel();
+    expect(res.status).toBe(200);
+    return res.headers.get('stream-cursor')!;
+  };
+  for (const client of ['18446744073709551615', '99999999999999999999999', '123456789012345678901234567890']) {
+    const answered = await cursorFor(client);
+    expect(answered).toMatch(/^\d+$/);
+    expect(BigInt(answered) > BigInt(client)).toBe(true);
+    expect(BigInt(answered) - BigInt(client) <= 180n).toBe(true);
+  }
+  // SSE puts it in the control event.
+  const res = await fetch(`${url(name)}?offset=-1&live=sse&cursor=99999999999999999999999`);
+  const reader = res.body!.getReader();
+  let seen = '';
+  while (!seen.includes('streamCursor')) seen += new TextDecoder().decode((await reader.read()).value);
+  await reader.cancel();
+  const cursor = /"streamCursor":"(\d+)"/.exec(seen)![1];
+  expect(BigInt(cursor) > 99999999999999999999999n).toBe(true);
+});
+
 test('readers that start together are released apart: SSE closes and long-poll timeouts are staggered', async () => {
   const name = `stagger-${Date.now()}`;
   const created = await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'text/plain' } });

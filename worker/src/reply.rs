@@ -61,22 +61,26 @@ pub struct ReadReply<'a> {
     /// The stream incarnation, for the ETag.
     pub instance: &'a str,
     /// `Stream-Cursor`, for live reads.
-    pub cursor: Option<u64>,
-    /// Who may cache the page, and for how long.
-    pub cache: CacheScope,
+    pub cursor: Option<&'a str>,
+    /// Who may cache the page, and for how long. `None` for a long-poll from `offset=now`: its
+    /// URL names no fixed position, so a cache keyed by it would hand a later reader data from
+    /// before it asked. Such a page is never stored and has no ETag (PROTOCOL.md §8.1).
+    pub cache: Option<CacheScope>,
 }
 
 impl ReadReply<'_> {
     /// 200 with the body, or 304 when `if_none_match` names this exact page.
     pub fn respond(self, if_none_match: Option<&str>) -> Result<Response> {
         let tag = etag::etag(self.instance, self.start, self.end, self.closed);
-        let kind = if self.data.is_empty() {
-            CacheKind::EmptyAtTail
-        } else {
-            CacheKind::Data(self.cache)
+        let kind = match self.cache {
+            None => CacheKind::NoStore,
+            Some(_) if self.data.is_empty() => CacheKind::EmptyAtTail,
+            Some(scope) => CacheKind::Data(scope),
         };
         let headers = Headers::new();
-        headers.set(h::ETAG, &tag)?;
+        if self.cache.is_some() {
+            headers.set(h::ETAG, &tag)?;
+        }
         headers.set(h::CACHE_CONTROL, &cache_control(kind))?;
         headers.set(h::STREAM_NEXT_OFFSET, &self.end.to_string())?;
         if self.up_to_date {
@@ -86,9 +90,9 @@ impl ReadReply<'_> {
             headers.set(h::STREAM_CLOSED, "true")?;
         }
         if let Some(cursor) = self.cursor {
-            headers.set(h::STREAM_CURSOR, &cursor.to_string())?;
+            headers.set(h::STREAM_CURSOR, cursor)?;
         }
-        if if_none_match.is_some_and(|v| h::if_none_match(v, &tag)) {
+        if self.cache.is_some() && if_none_match.is_some_and(|v| h::if_none_match(v, &tag)) {
             return Ok(Response::empty()?.with_status(304).with_headers(headers));
         }
         headers.set(h::CONTENT_TYPE, self.content_type)?;
@@ -140,7 +144,7 @@ pub fn at_now(
 
 /// 204 for a long-poll with nothing new: the tail, up to date, and the cursor (the protocol
 /// asks for one on every long-poll response, a closed stream's included; only SSE drops it).
-pub fn no_content(tail: Offset, closed: bool, cursor: Option<u64>) -> Result<Response> {
+pub fn no_content(tail: Offset, closed: bool, cursor: Option<&str>) -> Result<Response> {
     let headers = Headers::new();
     headers.set(h::CACHE_CONTROL, &cache_control(CacheKind::NoStore))?;
     headers.set(h::STREAM_NEXT_OFFSET, &tail.to_string())?;
@@ -149,7 +153,7 @@ pub fn no_content(tail: Offset, closed: bool, cursor: Option<u64>) -> Result<Res
         headers.set(h::STREAM_CLOSED, "true")?;
     }
     if let Some(cursor) = cursor {
-        headers.set(h::STREAM_CURSOR, &cursor.to_string())?;
+        headers.set(h::STREAM_CURSOR, cursor)?;
     }
     Ok(Response::empty()?.with_status(204).with_headers(headers))
 }

@@ -63,7 +63,8 @@ pub const X_CLIENT: &str = "x-edgestream-ws-client";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClientHello {
     /// The cursor the control messages carry.
-    pub cursor: u64,
+    #[serde(deserialize_with = "cursor_text")]
+    pub cursor: String,
     pub append: AppendGrant,
     /// The client offered the [`edgestream::ws::COMBINED`] subprotocol: a data message may carry
     /// its batch's control fields, and binary messages have a header for them.
@@ -93,6 +94,20 @@ impl ClientHello {
     pub fn from_header(value: &str) -> Option<ClientHello> {
         serde_json::from_str(value).ok()
     }
+}
+
+/// A hello's cursor: text, or in attachments kept before cursors were text, a number.
+fn cursor_text<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Cursor {
+        Text(String),
+        Number(u64),
+    }
+    Ok(match Cursor::deserialize(d)? {
+        Cursor::Text(text) => text,
+        Cursor::Number(n) => n.to_string(),
+    })
 }
 
 /// Whether the handshake's token allows appends over the socket.
@@ -164,7 +179,7 @@ pub struct Emitter<S: Sink> {
     pub json: bool,
     /// Data messages may carry their control fields ([`ClientHello::combined`]).
     combined: bool,
-    cursor: u64,
+    cursor: String,
     /// Where the client is: everything before it has been sent.
     pub offset: ReadFrom,
     /// The offset and up-to-date flag of the last control message, to skip repeats.
@@ -172,7 +187,7 @@ pub struct Emitter<S: Sink> {
 }
 
 impl<S: Sink> Emitter<S> {
-    pub fn new(out: S, json: bool, combined: bool, cursor: u64, offset: ReadFrom) -> Emitter<S> {
+    pub fn new(out: S, json: bool, combined: bool, cursor: String, offset: ReadFrom) -> Emitter<S> {
         Emitter {
             out,
             json,
@@ -274,7 +289,7 @@ impl<S: Sink> Emitter<S> {
     fn control_of(&self, end: Offset, up_to_date: bool, closed: bool) -> Control {
         Control {
             next_offset: end.to_string(),
-            cursor: Some(self.cursor.to_string()),
+            cursor: Some(self.cursor.clone()),
             up_to_date,
             closed,
         }
@@ -851,7 +866,7 @@ mod tests {
         ];
         for (json, combined, expected) in cases {
             let sent = Sent::default();
-            let mut emit = Emitter::new(&sent, json, combined, 9, ReadFrom::At(at(0)));
+            let mut emit = Emitter::new(&sent, json, combined, "9".into(), ReadFrom::At(at(0)));
             assert_eq!(
                 emit.frame(at(9), false, true, b"1,{\"a\":2},").ok(),
                 Some(false)
@@ -867,7 +882,7 @@ mod tests {
         }
         // A frame with no data is a control message alone.
         let sent = Sent::default();
-        let mut emit = Emitter::new(&sent, true, true, 9, ReadFrom::At(at(9)));
+        let mut emit = Emitter::new(&sent, true, true, "9".into(), ReadFrom::At(at(9)));
         assert_eq!(emit.frame(at(9), true, true, b"").ok(), Some(true));
         assert_eq!(
             *sent.0.borrow(),
@@ -904,7 +919,7 @@ mod tests {
         ] {
             for (combined, receipts) in [(false, false), (true, false), (true, true)] {
                 let hello = ClientHello {
-                    cursor: 42,
+                    cursor: "42".into(),
                     append: append.clone(),
                     combined,
                     receipts,
@@ -915,6 +930,7 @@ mod tests {
         // Attachments kept before the combined form and receipts existed still read.
         let old = ClientHello::from_header("{\"cursor\":1,\"append\":\"open\"}").unwrap();
         assert!(!old.combined && !old.receipts);
+        assert_eq!(old.cursor, "1");
         assert_eq!(old.protocol(), None);
         assert_eq!(ClientHello::from_header("{\"cursor\":1}"), None);
         let id = RawValue::from_string("7".into()).unwrap();

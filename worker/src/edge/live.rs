@@ -142,11 +142,11 @@ pub(super) fn mark_channel(resp: Result<Response>, channel: bool) -> Result<Resp
 }
 
 /// Adds the cursor to a page the object answered directly.
-fn with_cursor(resp: Response, cursor: u64) -> Result<Response> {
+fn with_cursor(resp: Response, cursor: &str) -> Result<Response> {
     let resp = http::mutable(resp)?;
     let status = resp.status_code();
     if (200..300).contains(&status) || status == 304 {
-        resp.headers().set(h::STREAM_CURSOR, &cursor.to_string())?;
+        resp.headers().set(h::STREAM_CURSOR, cursor)?;
     }
     Ok(resp)
 }
@@ -205,7 +205,7 @@ pub async fn long_poll(
         .into_iter()
         .collect();
     let mut live = match subscribe(stub, name, from, LiveMode::LongPoll, &extra).await? {
-        Subscription::Page(resp) => return with_cursor(resp, cursor),
+        Subscription::Page(resp) => return with_cursor(resp, &cursor),
         Subscription::Live(live) => live,
     };
     let mut timeout = Delay::from(Duration::from_millis(staggered(
@@ -216,7 +216,7 @@ pub async fn long_poll(
         let event = match select(Box::pin(live.socket.next()), &mut timeout).await {
             Either::Left((event, _)) => event,
             Either::Right(_) => {
-                let resp = reply::no_content(live.start, live.closed, Some(cursor));
+                let resp = reply::no_content(live.start, live.closed, Some(&cursor));
                 return mark_channel(resp, live.channel);
             }
         };
@@ -231,7 +231,7 @@ pub async fn long_poll(
                 }) => {
                     if payload.is_empty() {
                         if closed {
-                            let resp = reply::no_content(end, true, Some(cursor));
+                            let resp = reply::no_content(end, true, Some(&cursor));
                             return mark_channel(resp, live.channel);
                         }
                         continue;
@@ -245,11 +245,12 @@ pub async fn long_poll(
                         up_to_date,
                         closed: closed && up_to_date,
                         instance: &live.instance,
-                        cursor: Some(cursor),
-                        cache: CacheScope {
+                        cursor: Some(&cursor),
+                        // `now` names no fixed position (see `ReadReply::cache`).
+                        cache: (from != ReadFrom::Now).then(|| CacheScope {
                             shared: config.shared_reads,
                             lifetime_s: live.expiry.lifetime_s(now_ms()),
-                        },
+                        }),
                     };
                     return mark_channel(page.respond(None), live.channel);
                 }
@@ -259,7 +260,7 @@ pub async fn long_poll(
             SocketEvent::Text(_) => continue,
             // The object went away (restart, eviction): nothing new arrived, the client polls again.
             SocketEvent::Closed => {
-                let resp = reply::no_content(live.start, false, Some(cursor));
+                let resp = reply::no_content(live.start, false, Some(&cursor));
                 return mark_channel(resp, live.channel);
             }
         }
@@ -270,7 +271,7 @@ pub async fn long_poll(
 #[derive(Clone)]
 struct SseState {
     offset: ReadFrom,
-    cursor: u64,
+    cursor: String,
     encoding: SseEncoding,
     json: bool,
     /// The offset and up-to-date flag of the last control event, to skip repeats.
@@ -732,7 +733,7 @@ impl SseState {
         }
         let control = Control {
             next_offset: next_offset.clone(),
-            cursor: Some(self.cursor.to_string()),
+            cursor: Some(self.cursor.clone()),
             up_to_date,
             closed,
         };

@@ -116,7 +116,7 @@ pub async fn websocket(
         name,
         json: content_type.is_json(),
         content_type,
-        cursor: hello.cursor,
+        cursor: hello.cursor.clone(),
         combined: hello.combined,
         backlog_limit: config.ws_backlog_bytes,
         receipts: hello.receipts,
@@ -183,7 +183,7 @@ struct Session {
     name: StreamName,
     content_type: ContentType,
     json: bool,
-    cursor: u64,
+    cursor: String,
     /// See [`ClientHello::combined`].
     combined: bool,
     /// How far the client may fall behind its receipts before its socket is closed, or for a
@@ -220,7 +220,7 @@ impl Session {
                 self.out.clone(),
                 self.json,
                 self.combined,
-                self.cursor,
+                self.cursor.clone(),
                 from,
             ))),
             pending: Some(first),

@@ -142,7 +142,7 @@ pub fn accept(
         Direct(ws),
         state.json,
         state.hello.combined,
-        state.hello.cursor,
+        state.hello.cursor.clone(),
         ReadFrom::At(start),
     );
     let up_to_date = end >= meta.tail;
@@ -193,7 +193,7 @@ fn send_js_page(ws: &WebSocket, bytes: &Uint8Array, combined: bool) -> Result<bo
 
 /// Client sockets that share a cursor and a message form, and so every message.
 pub struct Group {
-    cursor: u64,
+    cursor: String,
     /// See [`ClientHello::combined`].
     combined: bool,
     sockets: Vec<Client>,
@@ -215,7 +215,7 @@ pub fn groups(sockets: Vec<WebSocket>, receipts: &Receipts) -> Vec<Group> {
         let Some(state) = ClientState::of(&ws) else {
             continue;
         };
-        let (cursor, combined) = (state.hello.cursor, state.hello.combined);
+        let (cursor, combined) = (state.hello.cursor.clone(), state.hello.combined);
         let read = receipts.slot(state.id);
         if !state.hello.receipts {
             // After a wake, a client without receipts still counts from where it connected.
@@ -266,7 +266,7 @@ pub fn deliver(
     for group in groups {
         let control = Control {
             next_offset: next_offset.clone(),
-            cursor: Some(group.cursor.to_string()),
+            cursor: Some(group.cursor.clone()),
             up_to_date,
             closed,
         };

@@ -926,19 +926,13 @@ impl StreamObject {
             };
             let end = range.end();
             let page = PageData::Rows(range);
-            return catch_up_reply(req, &meta, page, start, end, None, &self.config);
+            return catch_up_reply(req, &meta, page, start, end, &self.config);
         }
-        self.page_response(req, meta, start, None).await
+        self.page_response(req, meta, start).await
     }
 
     /// Reads one page from `start` and answers it as a catch-up response.
-    async fn page_response(
-        &self,
-        req: &Request,
-        meta: Meta,
-        start: Offset,
-        cursor: Option<u64>,
-    ) -> Result<Response> {
+    async fn page_response(&self, req: &Request, meta: Meta, start: Offset) -> Result<Response> {
         let read = if !meta.is_json() && start >= meta.base {
             // All the object's own bytes: straight from the rows into the body.
             self.store()?
@@ -956,7 +950,7 @@ impl StreamObject {
         };
         // A fork's read may have awaited its source; report closure as it stands now.
         let now_meta = self.meta()?.unwrap_or(meta);
-        catch_up_reply(req, &now_meta, data, start, end, cursor, &self.config)
+        catch_up_reply(req, &now_meta, data, start, end, &self.config)
     }
 
     /// Reads `[from, to)` up to `budget` bytes, stitching a fork's inherited ranges, read from
@@ -1065,7 +1059,7 @@ impl StreamObject {
         if start < meta.base || (long_poll && backlog > 0) || backlog > live::FRAME_BYTES as u64 {
             // Data is already there: answer it as a page; the edge comes back for the rest.
             if long_poll {
-                return self.page_response(req, meta, start, None).await;
+                return self.page_response(req, meta, start).await;
             }
             return self.edge_page(req, meta, start).await;
         }
@@ -1091,7 +1085,7 @@ impl StreamObject {
     /// goes to the client as it is, and has no next subscription.)
     async fn edge_page(&self, req: &Request, meta: Meta, start: Offset) -> Result<Response> {
         let instance = meta.instance.clone();
-        let resp = self.page_response(req, meta, start, None).await?;
+        let resp = self.page_response(req, meta, start).await?;
         if resp.status_code() == 200 {
             resp.headers().set(reply::X_INSTANCE, &instance)?;
         }
@@ -1249,7 +1243,6 @@ fn catch_up_reply(
     data: PageData,
     start: Offset,
     end: Offset,
-    cursor: Option<u64>,
     config: &Config,
 ) -> Result<Response> {
     let up_to_date = end >= meta.tail;
@@ -1262,11 +1255,11 @@ fn catch_up_reply(
         up_to_date,
         closed: meta.closed && up_to_date,
         instance: &meta.instance,
-        cursor,
-        cache: CacheScope {
+        cursor: None,
+        cache: Some(CacheScope {
             shared: config.shared_reads,
             lifetime_s: meta.expiry.lifetime_s(now_ms()),
-        },
+        }),
     };
     let resp = reply.respond(header(req.headers(), h::IF_NONE_MATCH).as_deref())?;
     channel::mark(&resp, meta)?;
