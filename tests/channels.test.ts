@@ -256,6 +256,24 @@ describe('delivery', () => {
     expect(docs).toEqual([{ stream: doc, offset: jsonAppend.headers.get('stream-next-offset'), data: value }]);
   }, 60_000);
 
+  it('cuts a large text append between characters, so every piece is text', async () => {
+    const root = tree('utf8');
+    await createChannel(root);
+    const source = `${root}/text`;
+    expect((await put(source, { 'content-type': 'text/plain' })).status).toBe(201);
+    // A batch holds 1 MiB: with one byte before it, each 3-byte € puts the cut inside a
+    // character, and 4-byte emoji do the same at the second cut.
+    const big = 'a'.repeat(1024 * 1024 - 1) + '€'.repeat(400_000) + '😀'.repeat(10);
+    const appended = await post(source, big, { 'content-type': 'text/plain; charset=utf-8' });
+    expect(appended.status).toBe(204);
+    const all = await channelUntil(root, (a) => a.filter((e) => e.stream === source).map((e) => e.text ?? '').join('').length >= big.length, 30_000);
+    const pieces = all.filter((e) => e.stream === source);
+    expect(pieces.length).toBeGreaterThan(1);
+    expect(pieces.every((e) => typeof e.text === 'string' && e.base64 === undefined)).toBe(true);
+    expect(pieces.map((e) => e.text).join('')).toBe(big);
+    expect(pieces[pieces.length - 1].offset).toBe(appended.headers.get('stream-next-offset'));
+  }, 60_000);
+
   it('covers any depth on segment boundaries, never a sibling prefix; nested channels each get one copy', async () => {
     const root = tree('nested');
     await createChannel(`${root}/rooms`);

@@ -413,7 +413,7 @@ fn batch(store: &Store, feed: &Feed<'_>, from: Offset, announce: bool) -> Result
             framed: Vec::new(),
             end: from.position(),
         };
-        for (end, bytes) in store.append_pieces(feed.rows, from, feed.tail, BATCH_BYTES)? {
+        for (end, bytes) in store.append_pieces(feed.rows, from, feed.tail, BATCH_BYTES, text)? {
             if batch.framed.len() >= BATCH_BYTES {
                 break;
             }

@@ -1422,13 +1422,16 @@ impl Store {
 
     /// A byte stream's data from `from` towards `to` as pieces that each end where an append
     /// ends, or where a piece reaches `budget` (a large append is cut into several). Stops
-    /// after the piece that brings the total to `budget`.
+    /// after the piece that brings the total to `budget`. A `text` stream's pieces are cut
+    /// back to a whole character ([`sse::text_cut_back`]), so each is UTF-8 on its own when
+    /// the append is, and is carried as text.
     pub fn append_pieces(
         &self,
         rows: Rows<'_>,
         from: Offset,
         to: Offset,
         budget: usize,
+        text: bool,
     ) -> Result<Vec<(Offset, Vec<u8>)>> {
         let mut pieces: Vec<(Offset, Vec<u8>)> = Vec::new();
         if from >= to {
@@ -1451,8 +1454,21 @@ impl Store {
                 total += take;
                 let append_ends = at == start + data.length() as u64 && flags & ENDS_APPEND != 0;
                 if append_ends || piece.len() >= budget || at == to.position() {
-                    let end_offset = Offset::new(at).unwrap_or(to);
-                    pieces.push((end_offset, std::mem::take(&mut piece)));
+                    // Cut inside an append: the bytes of a character it splits go on to the
+                    // next piece (or, after the last one, to the next batch).
+                    let back = if text && !append_ends && at != to.position() {
+                        let back = sse::text_cut_back(&piece[piece.len().saturating_sub(4)..]);
+                        if back < piece.len() {
+                            back
+                        } else {
+                            0
+                        }
+                    } else {
+                        0
+                    };
+                    let carried = piece.split_off(piece.len() - back);
+                    let end_offset = Offset::new(at - back as u64).unwrap_or(to);
+                    pieces.push((end_offset, std::mem::replace(&mut piece, carried)));
                     if total >= budget {
                         break 'rows;
                     }
