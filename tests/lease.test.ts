@@ -200,6 +200,10 @@ describe('the writer lease over HTTP', () => {
     const late = await append(name, 'b', 0, 'b0');
     expect(late.status).toBe(409);
     expect(late.headers.get('stream-closed')).toBe('true');
+    // Nothing can append to a closed stream, so HEAD shows no lease on it.
+    const head = await call('HEAD', name);
+    expect(head.headers.get('stream-closed')).toBe('true');
+    expect(head.headers.get('stream-lease-expires-at')).toBeNull();
     // Deleted and created again, the stream has no lease.
     expect((await call('DELETE', name)).status).toBe(204);
     await create(name);

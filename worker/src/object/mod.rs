@@ -846,7 +846,12 @@ impl StreamObject {
         let headers = resp.headers();
         headers.set(h::CACHE_CONTROL, "no-store")?;
         set_expiry(headers, meta.expiry)?;
-        if let Some(lease) = self.store()?.lease()?.filter(|l| l.is_active(now)) {
+        // A closed stream takes no appends: a lease on it holds nothing.
+        let lease = match meta.closed {
+            true => None,
+            false => self.store()?.lease()?.filter(|l| l.is_active(now)),
+        };
+        if let Some(lease) = lease {
             headers.set(
                 h::STREAM_LEASE_EXPIRES_AT,
                 &format_rfc3339(lease.expires_ms),
