@@ -739,6 +739,8 @@ describe('WebSocket append', () => {
     });
     expect(await reply({ type: 'append', id: 3, data: 'x', producerId: 'p', producerEpoch: -1, producerSeq: 0 }))
       .toMatchObject({ type: 'error', status: 400 });
+    expect(await reply({ type: 'append', id: 31, data: 'x', producerId: 'p', producerEpoch: 0, producerSeq: 1.5 }))
+      .toMatchObject({ type: 'error', id: 31, status: 400 });
     expect(await reply({ type: 'append', id: 4, data: 'x', streamSeq: 'b' })).toMatchObject({ type: 'ack', status: 204 });
     expect(await reply({ type: 'append', id: 5, data: 'y', streamSeq: 'a' })).toMatchObject({ type: 'error', status: 409 });
     expect(await reply({ type: 'append', id: 6, data: 'z', close: true })).toMatchObject({
