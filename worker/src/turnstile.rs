@@ -4,6 +4,7 @@
 //! its appends), a stream's owed work, and a subscription's changes each have one.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -16,7 +17,10 @@ pub struct Turnstile {
     serving: Cell<u64>,
     /// Tickets whose holders left the line before their turn.
     abandoned: RefCell<Vec<u64>>,
-    waiting: RefCell<Vec<Waker>>,
+    /// The waker of each ticket in line, so a turn wakes only the next holder: waking every
+    /// waiter on each turn made a line of n cost n² polls (a client pipelining thousands of
+    /// append frames stalled the whole isolate).
+    waiting: RefCell<BTreeMap<u64, Waker>>,
 }
 
 impl Turnstile {
@@ -30,7 +34,7 @@ impl Turnstile {
         }
     }
 
-    /// Serves the next ticket still in line, and lets every waiter look.
+    /// Serves the next ticket still in line, and wakes its holder.
     fn advance(&self) {
         let mut next = self.serving.get() + 1;
         let mut abandoned = self.abandoned.borrow_mut();
@@ -40,10 +44,16 @@ impl Turnstile {
         }
         drop(abandoned);
         self.serving.set(next);
-        let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
-        for waker in waiting {
+        let waker = self.waiting.borrow_mut().remove(&next);
+        if let Some(waker) = waker {
             waker.wake();
         }
+    }
+
+    /// How many have taken a place in line and not yet had their turn or left.
+    #[cfg(test)]
+    fn in_line(&self) -> usize {
+        self.waiting.borrow().len()
     }
 }
 
@@ -63,7 +73,10 @@ impl<'a> Future for Enter<'a> {
             self.admitted = true;
             return Poll::Ready(Turn(turnstile));
         }
-        turnstile.waiting.borrow_mut().push(cx.waker().clone());
+        turnstile
+            .waiting
+            .borrow_mut()
+            .insert(self.ticket, cx.waker().clone());
         Poll::Pending
     }
 }
@@ -73,6 +86,7 @@ impl Drop for Enter<'_> {
         if self.admitted {
             return;
         }
+        self.turnstile.waiting.borrow_mut().remove(&self.ticket);
         // Left the line: its turn, should it come, passes to the next.
         if self.turnstile.serving.get() == self.ticket {
             self.turnstile.advance();
@@ -95,6 +109,9 @@ impl Drop for Turn<'_> {
 mod tests {
     use super::*;
     use std::pin::pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
 
     #[test]
     fn turns_are_taken_in_arrival_order() {
@@ -139,5 +156,61 @@ mod tests {
         drop(third);
         drop(fourth);
         assert!(fifth.as_mut().poll(&mut cx).is_ready());
+    }
+
+    /// Counts its wakes.
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_turn_wakes_only_the_next_in_line() {
+        let turnstile = Turnstile::default();
+        let counters: Vec<Arc<Counter>> = (0..100)
+            .map(|_| Arc::new(Counter(AtomicUsize::new(0))))
+            .collect();
+        let mut line: Vec<_> = (0..100).map(|_| Box::pin(turnstile.enter())).collect();
+        for (enter, counter) in line.iter_mut().zip(&counters).skip(1) {
+            let waker = Waker::from(counter.clone());
+            assert!(enter
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending());
+        }
+        assert_eq!(turnstile.in_line(), 99);
+        let woken = || -> Vec<usize> {
+            counters
+                .iter()
+                .map(|c| c.0.load(Ordering::Relaxed))
+                .collect()
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        for (i, enter) in line.iter_mut().enumerate() {
+            let Poll::Ready(turn) = enter.as_mut().poll(&mut cx) else {
+                panic!("{i} was not let in at its turn");
+            };
+            drop(turn);
+            // Every holder up to the next was woken once; none after it.
+            let expected: Vec<usize> = (0..100)
+                .map(|j| usize::from(j >= 1 && j <= i + 1))
+                .collect();
+            assert_eq!(woken(), expected, "after turn {i}");
+        }
+        assert_eq!(turnstile.in_line(), 0);
+        // One that leaves the line takes its waker with it.
+        let mut first = Box::pin(turnstile.enter());
+        let mut second = Box::pin(turnstile.enter());
+        let waker = Waker::from(counters[0].clone());
+        assert!(second
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        drop(second);
+        assert_eq!(turnstile.in_line(), 0);
+        assert!(first.as_mut().poll(&mut cx).is_ready());
     }
 }
