@@ -40,7 +40,9 @@ function open(url, onMessage) {
   });
 }
 
-const server = await startServer();
+// The socket writer measures what one socket can append, waiting for each ack: without the
+// per-socket append rate (WS_APPEND_RATE, 500/s by default), which would close it with 1013.
+const server = await startServer({ vars: { WS_APPEND_RATE: '1000000' } });
 const sockets = [];
 try {
   const base = await server.workerUrl();

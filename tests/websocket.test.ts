@@ -898,6 +898,52 @@ describe('WebSocket bad frames', () => {
   });
 });
 
+describe('WebSocket append backpressure', () => {
+  // A client may pipeline its appends, but only so many may wait for their turn (1,000 frames
+  // or 8 MiB): past that the socket is closed with 1013 once everything before is answered,
+  // and nothing it sent after is applied. Meanwhile the stream serves everyone else.
+  it.each([
+    ['the stream\'s object', false],
+    ['the edge (a fork\'s inherited range)', true],
+  ])('closes a socket that floods appends with 1013 when %s holds it, applying exactly what it answered', async (_, fork) => {
+    let name = unique('flood');
+    await create(name, 'text/plain', 'src;');
+    if (fork) {
+      const source = name;
+      name = unique('flood-fork');
+      const res = await fetch(`${base()}/${name}`, {
+        method: 'PUT',
+        headers: { 'content-type': 'text/plain', 'stream-forked-from': `/v1/stream/${source}` },
+      });
+      expect(res.status).toBe(201);
+    }
+    const client = await Client.open(name, `offset=${fork ? '-1' : 'now'}&live=ws`);
+    await follow(client, (c) => c.upToDate === true);
+    const frames = 4000;
+    for (let i = 0; i < frames; i++) client.send({ type: 'append', id: i, data: `${i};` });
+    // Other requests are answered while the line drains.
+    const other = unique('flood-other');
+    await create(other, 'text/plain');
+    const post = await fetch(`${base()}/${name}`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'http;' });
+    expect(post.status).toBe(204);
+    expect((await fetch(`${base()}/${other}`, { method: 'HEAD' })).status).toBe(200);
+    const closed = await client.closed;
+    expect(closed.code).toBe(1013);
+    const replies = client.drain().flatMap((m) => (m.kind === 'text' && m.json.type !== 'control' ? [m.json] : []));
+    const last = replies.pop();
+    expect(last).toMatchObject({ type: 'error', status: 503, retryAfter: 1 });
+    // Every frame before the one past the limit was applied and answered, in order.
+    expect(replies.length).toBeGreaterThan(0);
+    expect(replies.length).toBeLessThan(frames);
+    expect(replies.map((r) => [r.type, r.id])).toEqual(replies.map((_, i) => ['ack', i]));
+    const data = (await readAll(name)).toString();
+    expect(data.startsWith('src;')).toBe(true);
+    const appended = data.slice('src;'.length);
+    expect(appended.split('http;')).toHaveLength(2);
+    expect(appended.replace('http;', '')).toBe(replies.map((_, i) => `${i};`).join(''));
+  }, 60_000);
+});
+
 describe('WebSocket access control', () => {
   const secret = 'ws-secret-' + Math.random().toString(36).slice(2);
   let guarded: Awaited<ReturnType<typeof startServer>>;

@@ -18,6 +18,9 @@ pub struct Config {
     /// last receipt) before its socket is closed with 1012 and it resumes from its offset; for
     /// a client that sends none, how much one connection carries past what it got on connecting.
     pub ws_backlog_bytes: u64,
+    /// How fast one `live=ws` socket may send append frames (`WS_APPEND_BURST` at once, then
+    /// `WS_APPEND_RATE` a second): see [`crate::wsproto::AppendRate`].
+    pub ws_append_rate: crate::wsproto::AppendRate,
     /// How many bytes of request bodies (appends, and creates with a body) an isolate holds
     /// at once; a request that would take it past them is answered 503 with `Retry-After`
     /// (one body alone always goes through). At twice `max_append_bytes`, as by default, the
@@ -54,6 +57,11 @@ impl Config {
     /// Two catch-up pages: a client handed a page at its handshake, which then receives more
     /// before its first receipt arrives, is not cut off.
     pub const DEFAULT_WS_BACKLOG_BYTES: u64 = 8 * 1024 * 1024;
+    /// A thousand frames at once, as many as may wait in line.
+    pub const DEFAULT_WS_APPEND_BURST: u64 = 1000;
+    /// Half of what one stream applies a second on this project's 2-core machine, so a socket
+    /// sending as fast as it may still leaves room for everyone else.
+    pub const DEFAULT_WS_APPEND_RATE: u64 = 500;
     /// Two of the largest appends by default: a quarter of the 128 MB an isolate has on
     /// Cloudflare, which each body takes more than once (the request's buffer, then wasm's copy).
     pub const DEFAULT_BODY_BUDGET_BYTES: u64 = 32 * 1024 * 1024;
@@ -109,6 +117,10 @@ impl Config {
                 256 * 1024 * 1024,
             )
             .max(256 * 1024),
+            ws_append_rate: crate::wsproto::AppendRate {
+                burst: number("WS_APPEND_BURST", Self::DEFAULT_WS_APPEND_BURST, 1_000_000),
+                per_second: number("WS_APPEND_RATE", Self::DEFAULT_WS_APPEND_RATE, 1_000_000),
+            },
             body_budget_bytes: number(
                 "BODY_BUDGET_BYTES",
                 Self::DEFAULT_BODY_BUDGET_BYTES,

@@ -257,7 +257,7 @@ pub async fn long_poll(
                 Some(Frame::Gone { error }) => return http::error(&error),
                 None => return http::unavailable("bad frame from the stream object"),
             },
-            SocketEvent::Text(_) => continue,
+            SocketEvent::Text(_) | SocketEvent::Overflow => continue,
             // The object went away (restart, eviction): nothing new arrived, the client polls again.
             SocketEvent::Closed => {
                 let resp = reply::no_content(live.start, false, Some(&cursor));
@@ -595,7 +595,7 @@ impl SseFollower {
                         None
                     }
                 },
-                SocketEvent::Text(_) => None,
+                SocketEvent::Text(_) | SocketEvent::Overflow => None,
                 // The object restarted or dropped us. End the response rather than subscribe
                 // again: the client resumes from its last offset, and a socket that keeps
                 // failing can never turn into a loop inside this request.

@@ -37,10 +37,10 @@ use crate::config::Config;
 use crate::frame::{self, Frame};
 use crate::http::{self, header, now_ms, random_u32};
 use crate::path::StreamName;
-use crate::socket::{Socket, SocketEvent, SocketSender};
+use crate::socket::{Bound, Socket, SocketEvent, SocketSender};
 use crate::wsproto::{
-    self, close, parse_client, AppendFrame, AppendGrant, ClientHello, ClientMessage, Emitter,
-    ErrorReply, Incoming, Sink,
+    self, close, parse_client, AppendAllowance, AppendFrame, AppendGrant, ClientHello,
+    ClientMessage, Emitter, ErrorReply, Incoming, Sink,
 };
 
 /// How often the internal subscription may drop without delivering anything before the edge
@@ -110,7 +110,11 @@ pub async fn websocket(
     let content_type =
         ContentType::parse(&content_type).unwrap_or_else(|_| ContentType::default_type());
     let pair = WebSocketPair::new()?;
-    let client = Socket::accept(pair.server)?;
+    let bound = Bound {
+        messages: wsproto::MAX_WAITING_FRAMES,
+        bytes: wsproto::MAX_WAITING_BYTES,
+    };
+    let client = Socket::accept_bounded(pair.server, bound)?;
     let session = Session {
         stub,
         name,
@@ -122,6 +126,7 @@ pub async fn websocket(
         receipts: hello.receipts,
         config: config.clone(),
         append: hello.append.clone(),
+        allowance: Cell::new(AppendAllowance::new(config.ws_append_rate, now_ms())),
         out: client.sender(),
         // Catch-up is counted from where the client starts (a client at `now` starts live).
         read: Rc::new(Cell::new(match from {
@@ -174,7 +179,8 @@ enum End {
     Restart(&'static str),
     /// The client closed, or a send to it failed.
     ClientGone,
-    /// The client sent a frame it should not have; the error message is already sent.
+    /// The client sent a frame it should not have, or too many at once; the error message is
+    /// already sent.
     BadFrame { code: u16, reason: &'static str },
 }
 
@@ -198,6 +204,8 @@ struct Session {
     config: Config,
     /// Whether the token presented at the handshake allows appends.
     append: AppendGrant,
+    /// What is left of how fast the client may append ([`wsproto::AppendRate`]).
+    allowance: Cell<AppendAllowance>,
     out: SocketSender,
     /// What the client's receipts say it has read: where it started until it sends one (for a
     /// client that sends none, for good).
@@ -406,7 +414,7 @@ impl Follower<'_> {
                     Some(Frame::Gone { error }) => Some(LiveEnd::End(End::Gone(error))),
                     None => Some(LiveEnd::Lost),
                 },
-                SocketEvent::Text(_) => None,
+                SocketEvent::Text(_) | SocketEvent::Overflow => None,
                 SocketEvent::Closed => Some(LiveEnd::Lost),
             };
             match outcome {
@@ -539,6 +547,14 @@ impl Appender<'_> {
                 SocketEvent::Text(text) => self.frame(Incoming::Text(&text)).await,
                 SocketEvent::Binary(bytes) => self.frame(Incoming::Binary(&bytes)).await,
                 SocketEvent::Closed => return End::ClientGone,
+                // Every frame before it has been applied and answered.
+                SocketEvent::Overflow => {
+                    let _ = self.session.out.send_text(&wsproto::too_many_waiting());
+                    return End::BadFrame {
+                        code: wsproto::close::TRY_AGAIN_LATER,
+                        reason: wsproto::TOO_MANY_WAITING,
+                    };
+                }
             };
             self.busy.set(false);
             let out = &self.session.out;
@@ -567,7 +583,14 @@ impl Appender<'_> {
         incoming: Incoming<'_>,
     ) -> std::result::Result<Option<String>, wsproto::BadFrame> {
         match parse_client(incoming, self.session.json)? {
-            ClientMessage::Append(frame, body) => Ok(Some(self.append(&frame, body).await)),
+            ClientMessage::Append(frame, body) => {
+                let mut allowance = self.session.allowance.get();
+                let taken =
+                    allowance.take(self.session.config.ws_append_rate, body.len(), now_ms());
+                self.session.allowance.set(allowance);
+                taken?;
+                Ok(Some(self.append(&frame, body).await))
+            }
             ClientMessage::Received(offset) => {
                 self.session.received(offset);
                 Ok(None)

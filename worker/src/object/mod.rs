@@ -9,6 +9,7 @@ mod alarm;
 mod channel;
 mod clients;
 mod fork;
+mod inbox;
 mod live;
 mod owed;
 pub mod store;
@@ -85,6 +86,8 @@ pub struct StreamObject {
     cold: Cell<bool>,
     /// Client sockets' append frames, applied one at a time in arrival order.
     socket_appends: Turnstile,
+    /// What each client socket has waiting in that line.
+    inbox: inbox::Inbox,
     /// Delivery to the channels above this stream.
     channels: channel::Forwarder,
     /// The object's one alarm, for all its timed work.
@@ -140,6 +143,7 @@ impl DurableObject for StreamObject {
             appends_in_flight: Cell::new(0),
             cold: Cell::new(true),
             socket_appends: Turnstile::default(),
+            inbox: inbox::Inbox::default(),
             channels: channel::Forwarder::default(),
             alarm,
             owed_turn: Turnstile::default(),
@@ -202,14 +206,42 @@ impl DurableObject for StreamObject {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
-        // The turn is taken before anything else, so frames keep the order they arrived in.
-        let _turn = self.socket_appends.enter().await;
         // Had this message woken the object, the next HTTP request did not start it.
         self.cold.set(false);
+        // A socket this object has closed takes nothing more (see below): the frames a client
+        // sent too fast end here, at little cost.
+        if ws.as_ref().ready_state() != worker::web_sys::WebSocket::OPEN {
+            return Ok(());
+        }
         // The edge's readers only listen; anything they send is ignored.
         let Some(state) = clients::ClientState::of(ws.as_ref()) else {
             return Ok(());
         };
+        let size = match &message {
+            WebSocketIncomingMessage::String(text) => text.len(),
+            WebSocketIncomingMessage::Binary(bytes) => bytes.len(),
+        };
+        // The place in line is taken before any await, so frames keep the order they arrived in.
+        let budget = self.config.body_budget_bytes;
+        let _place = match self.inbox.admit(state.id, size as u64, budget) {
+            inbox::Admission::Queued(place) => place,
+            inbox::Admission::Dropped => return Ok(()),
+            inbox::Admission::Overflow(place) => {
+                drop(message);
+                let _turn = self.socket_appends.enter().await;
+                // Everything it sent before this frame has been applied and answered.
+                if ws.as_ref().ready_state() == worker::web_sys::WebSocket::OPEN {
+                    let _ = ws.send_with_str(wsproto::too_many_waiting());
+                    let _ = ws.close(
+                        Some(wsproto::close::TRY_AGAIN_LATER),
+                        Some(wsproto::TOO_MANY_WAITING),
+                    );
+                }
+                drop(place);
+                return Ok(());
+            }
+        };
+        let _turn = self.socket_appends.enter().await;
         // A socket this object has closed (a bad frame, a cut, the stream's end) takes nothing
         // more that was in flight: its client would never hear back, and a bad frame appends
         // nothing, nor does anything after it. workerd keeps such a socket closing across
@@ -232,6 +264,12 @@ impl DurableObject for StreamObject {
                 return Ok(());
             }
             Ok(ClientMessage::Append(frame, body)) => {
+                let rate = self.config.ws_append_rate;
+                if let Err(bad) = self.inbox.take(state.id, rate, body.len(), now_ms()) {
+                    let _ = ws.send_with_str(bad.reply());
+                    let _ = ws.close(Some(bad.code), Some(bad.reason));
+                    return Ok(());
+                }
                 // Should this append close the stream, or cut this socket off, the socket is
                 // closed after its ack.
                 let _appending = self.hub.appending(ws.as_ref());
@@ -268,6 +306,7 @@ impl DurableObject for StreamObject {
         // The edge's sockets come and go all the time; only a client's changes the groups.
         if let Some(state) = clients::ClientState::of(ws.as_ref()) {
             self.hub.receipts().closed(state.id);
+            self.inbox.forget(state.id);
             self.hub.clients_changed();
         }
         self.reader_left();
@@ -277,6 +316,7 @@ impl DurableObject for StreamObject {
     async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> Result<()> {
         if let Some(state) = clients::ClientState::of(ws.as_ref()) {
             self.hub.receipts().closed(state.id);
+            self.inbox.forget(state.id);
         }
         self.reader_left();
         Ok(())
