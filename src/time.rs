@@ -121,8 +121,15 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     let second = second.min(59);
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second) - offset_minutes * 60;
-    secs.checked_mul(1000)?.checked_add(millis)
+    let ms = secs.checked_mul(1000)?.checked_add(millis)?;
+    // An offset can carry a written year 0000 or 9999 past them in UTC, where the instant has
+    // no four-digit form: formatted back, it could not be parsed again.
+    (EARLIEST_MS..=LATEST_MS).contains(&ms).then_some(ms)
 }
+
+/// 0000-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z, the instants RFC 3339 can write.
+const EARLIEST_MS: i64 = -62_167_219_200_000;
+const LATEST_MS: i64 = 253_402_300_799_999;
 
 /// Formats Unix milliseconds as RFC 3339 in UTC with millisecond precision,
 /// e.g. `2026-11-24T00:00:00.000Z`.
@@ -200,9 +207,23 @@ mod tests {
         assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59.999Z");
     }
 
+    #[test]
+    fn only_instants_with_a_four_digit_year_in_utc() {
+        assert_eq!(parse_rfc3339("0000-01-01T00:00:00Z"), Some(EARLIEST_MS));
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59.999Z"), Some(LATEST_MS));
+        assert_eq!(format_rfc3339(EARLIEST_MS), "0000-01-01T00:00:00.000Z");
+        assert_eq!(format_rfc3339(LATEST_MS), "9999-12-31T23:59:59.999Z");
+        assert_eq!(days_from_civil(0, 1, 1) * 86_400_000, EARLIEST_MS);
+        // Written in year 9999 or 0000, but in UTC past them.
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59-23:59"), None);
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59.999-00:01"), None);
+        assert_eq!(parse_rfc3339("0000-01-01T00:00:00+00:01"), None);
+        assert!(parse_rfc3339("9999-12-31T23:59:59+00:01").is_some());
+    }
+
     proptest::proptest! {
         #[test]
-        fn format_then_parse(ms in -62_000_000_000_000i64..250_000_000_000_000) {
+        fn format_then_parse(ms in EARLIEST_MS..=LATEST_MS) {
             proptest::prop_assert_eq!(parse_rfc3339(&format_rfc3339(ms)), Some(ms));
         }
 

@@ -93,6 +93,7 @@ describe('malformed and repeated headers', () => {
     ['Stream-TTL repeated', { 'stream-ttl': ['10', '20'] }],
     ['Stream-TTL over 100 years', { 'stream-ttl': '31536000000' }],
     ['Stream-Expires-At not a timestamp', { 'stream-expires-at': 'tomorrow' }],
+    ['Stream-Expires-At past year 9999 in UTC', { 'stream-expires-at': '9999-12-31T23:59:59-23:59' }],
     ['Stream-TTL 0, which would expire as it is created', { 'stream-ttl': '0' }],
     ['Stream-Expires-At already past', { 'stream-expires-at': '2000-01-01T00:00:00Z' }],
     ['Stream-TTL and Stream-Expires-At together', { 'stream-ttl': '10', 'stream-expires-at': '2099-01-01T00:00:00Z' }],

@@ -1208,5 +1208,4 @@ mod tests {
         // A clock that goes back takes nothing away, and adds nothing.
         assert!(allowance.take(rate, 1, -5_000).is_err());
     }
-
 }
