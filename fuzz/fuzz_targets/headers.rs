@@ -2,8 +2,9 @@
 //!
 //! Invariants, per header:
 //! - `Stream-TTL`: accepted values are plain decimals spelled canonically, at most 100 years;
-//! - `Stream-Expires-At`: an accepted instant prints (`format_rfc3339`) to a timestamp that parses
-//!   back to the same instant; any `i64` formats without panicking;
+//! - `Stream-Expires-At`: an accepted instant lies in years 0000 to 9999 in UTC and prints
+//!   (`format_rfc3339`) to a timestamp that parses back to the same instant; any `i64` formats
+//!   without panicking;
 //! - `Stream-TTL` + `Stream-Expires-At` together: always refused; alone: the single parser's answer;
 //! - `Stream-Closed`: true exactly for `true` in any case, surrounding whitespace ignored;
 //! - `Stream-Seq`: refused only when empty, and given back unchanged;
@@ -73,10 +74,10 @@ fn check_time(text: &str, instant_ms: i64) {
     let parsed = parse_expires_at(text);
     assert_eq!(parsed.ok(), parse_rfc3339(text.trim()));
     if let Ok(ms) = parsed {
-        if (MIN_MS..=MAX_MS).contains(&ms) {
-            let printed = format_rfc3339(ms);
-            assert_eq!(parse_rfc3339(&printed), Some(ms), "{text:?} -> {printed}");
-        }
+        // Every accepted instant has a four-digit year in UTC, so it prints and parses back.
+        assert!((MIN_MS..=MAX_MS).contains(&ms), "{text:?} -> {ms}");
+        let printed = format_rfc3339(ms);
+        assert_eq!(parse_rfc3339(&printed), Some(ms), "{text:?} -> {printed}");
     }
     let printed = format_rfc3339(instant_ms);
     if (MIN_MS..=MAX_MS).contains(&instant_ms) {
