@@ -33,6 +33,10 @@ pub const STREAM_SSE_DATA_ENCODING: &str = "stream-sse-data-encoding";
 pub const STREAM_LEASE_TTL: &str = "stream-lease-ttl";
 /// edgestream extension: when the writer lease ends (RFC 3339).
 pub const STREAM_LEASE_EXPIRES_AT: &str = "stream-lease-expires-at";
+/// edgestream extension: an opaque token naming this incarnation of the stream. Offsets are
+/// byte positions, so a stream deleted and created again at the same path reuses them; a
+/// reader that resumes from a stored offset compares this token to know it is the same stream.
+pub const STREAM_INCARNATION: &str = "stream-incarnation";
 
 pub const PRODUCER_ID: &str = "producer-id";
 pub const PRODUCER_EPOCH: &str = "producer-epoch";
@@ -50,7 +54,7 @@ stream-channel";
 pub const CORS_EXPOSE_HEADERS: &str = "stream-next-offset, stream-up-to-date, stream-closed, \
 stream-cursor, stream-ttl, stream-expires-at, stream-sse-data-encoding, producer-epoch, \
 producer-seq, producer-expected-seq, producer-received-seq, etag, location, content-type, \
-retry-after, stream-lease-expires-at, stream-channel";
+retry-after, stream-lease-expires-at, stream-channel, stream-incarnation";
 
 /// The largest integer the protocol allows in producer headers (JavaScript's safe integers).
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;

@@ -26,6 +26,12 @@ pub const COMBINED: &str = "edgestream.v2";
 /// [`COMBINED`], and the client sends receipts of what it has read.
 pub const RECEIPTS: &str = "edgestream.v3";
 
+/// The query parameter a `live=ws` client names the stream incarnation (`Stream-Incarnation`)
+/// it read in, since browsers cannot send headers on a WebSocket: a stream deleted and created
+/// again since refuses the handshake with 404, so the client does not resume from its offset in
+/// the new one.
+pub const INCARNATION_PARAM: &str = "incarnation";
+
 /// Whether a handshake's `Sec-WebSocket-Protocol` list offers `protocol`.
 pub fn offers(protocols: &str, protocol: &str) -> bool {
     protocols.split(',').any(|p| p.trim() == protocol)

@@ -16,6 +16,16 @@ pub const X_INSTANCE: &str = "x-edgestream-instance";
 /// The position an internal read page ends at.
 pub const X_PAGE_END: &str = "x-edgestream-page-end";
 
+/// Names the stream's incarnation on a reply (`Stream-Incarnation`), so a client that resumes
+/// from a stored offset can tell a stream deleted and created again from the one it read. The
+/// internal [`X_INSTANCE`] stays between the edge and the object.
+pub fn name_incarnation(headers: &Headers, instance: &str) -> Result<()> {
+    if !instance.is_empty() {
+        headers.set(h::STREAM_INCARNATION, instance)?;
+    }
+    Ok(())
+}
+
 /// The bytes of a page.
 pub enum PageData<'a> {
     /// Log bytes (framed JSON for JSON streams): owned when the page was read for this reply,
@@ -92,6 +102,7 @@ impl ReadReply<'_> {
         if let Some(cursor) = self.cursor {
             headers.set(h::STREAM_CURSOR, cursor)?;
         }
+        name_incarnation(&headers, self.instance)?;
         if self.cache.is_some() && if_none_match.is_some_and(|v| h::if_none_match(v, &tag)) {
             return Ok(Response::empty()?.with_status(304).with_headers(headers));
         }
@@ -125,8 +136,10 @@ pub fn at_now(
     json_stream: bool,
     tail: Offset,
     closed: bool,
+    instance: &str,
 ) -> Result<Response> {
     let headers = Headers::new();
+    name_incarnation(&headers, instance)?;
     headers.set(h::CONTENT_TYPE, content_type)?;
     headers.set(h::CACHE_CONTROL, &cache_control(CacheKind::NoStore))?;
     headers.set(h::STREAM_NEXT_OFFSET, &tail.to_string())?;
@@ -144,8 +157,14 @@ pub fn at_now(
 
 /// 204 for a long-poll with nothing new: the tail, up to date, and the cursor (the protocol
 /// asks for one on every long-poll response, a closed stream's included; only SSE drops it).
-pub fn no_content(tail: Offset, closed: bool, cursor: Option<&str>) -> Result<Response> {
+pub fn no_content(
+    tail: Offset,
+    closed: bool,
+    cursor: Option<&str>,
+    instance: &str,
+) -> Result<Response> {
     let headers = Headers::new();
+    name_incarnation(&headers, instance)?;
     headers.set(h::CACHE_CONTROL, &cache_control(CacheKind::NoStore))?;
     headers.set(h::STREAM_NEXT_OFFSET, &tail.to_string())?;
     headers.set(h::STREAM_UP_TO_DATE, "true")?;

@@ -216,7 +216,8 @@ pub async fn long_poll(
         let event = match select(Box::pin(live.socket.next()), &mut timeout).await {
             Either::Left((event, _)) => event,
             Either::Right(_) => {
-                let resp = reply::no_content(live.start, live.closed, Some(&cursor));
+                let resp =
+                    reply::no_content(live.start, live.closed, Some(&cursor), &live.instance);
                 return mark_channel(resp, live.channel);
             }
         };
@@ -231,7 +232,7 @@ pub async fn long_poll(
                 }) => {
                     if payload.is_empty() {
                         if closed {
-                            let resp = reply::no_content(end, true, Some(&cursor));
+                            let resp = reply::no_content(end, true, Some(&cursor), &live.instance);
                             return mark_channel(resp, live.channel);
                         }
                         continue;
@@ -260,7 +261,7 @@ pub async fn long_poll(
             SocketEvent::Text(_) | SocketEvent::Overflow => continue,
             // The object went away (restart, eviction): nothing new arrived, the client polls again.
             SocketEvent::Closed => {
-                let resp = reply::no_content(live.start, false, Some(&cursor));
+                let resp = reply::no_content(live.start, false, Some(&cursor), &live.instance);
                 return mark_channel(resp, live.channel);
             }
         }
@@ -302,17 +303,19 @@ pub async fn sse(
 ) -> Result<Response> {
     // The first answer decides the status: a missing stream is a 404, not an empty event stream.
     let first = subscribe(&stub, &name, from, LiveMode::Sse, &[]).await?;
-    let (first, content_type, channel) = match first {
+    let (first, content_type, channel, incarnation) = match first {
         Subscription::Page(resp) if resp.status_code() != 200 => return Ok(resp),
         Subscription::Page(resp) => {
             let ct = header(resp.headers(), h::CONTENT_TYPE).unwrap_or_default();
             let channel = is_channel(resp.headers());
-            (Subscription::Page(resp), ct, channel)
+            let incarnation = header(resp.headers(), h::STREAM_INCARNATION).unwrap_or_default();
+            (Subscription::Page(resp), ct, channel, incarnation)
         }
         Subscription::Live(live) => {
             let ct = live.content_type.clone();
             let channel = live.channel;
-            (Subscription::Live(live), ct, channel)
+            let incarnation = live.instance.clone();
+            (Subscription::Live(live), ct, channel, incarnation)
         }
     };
     let ct = ContentType::parse(&content_type).unwrap_or_else(|_| ContentType::default_type());
@@ -340,6 +343,9 @@ pub async fn sse(
     if ct.sse_encoding() == SseEncoding::Base64 {
         headers.set(h::STREAM_SSE_DATA_ENCODING, "base64")?;
     }
+    // Every event of this response comes from this incarnation: each later subscription names
+    // it, and one deleted meanwhile ends the response with an `error` event.
+    reply::name_incarnation(headers, &incarnation)?;
     mark_channel(Ok(resp), channel)
 }
 

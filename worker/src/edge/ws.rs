@@ -37,6 +37,7 @@ use crate::config::Config;
 use crate::frame::{self, Frame};
 use crate::http::{self, header, now_ms, random_u32};
 use crate::path::StreamName;
+use crate::reply;
 use crate::socket::{Bound, Socket, SocketEvent, SocketSender};
 use crate::wsproto::{
     self, close, parse_client, AppendAllowance, AppendFrame, AppendGrant, ClientHello,
@@ -84,15 +85,18 @@ pub async fn websocket(
     // As for SSE, the first answer decides the handshake: a missing stream is a 404.
     // The object accepts the client socket itself (101), or answers a page for the edge to
     // serve (200), or refuses.
-    let first = ask_object(
-        &stub,
-        &name,
-        from,
-        LiveMode::WebSocket,
-        &[(wsproto::X_CLIENT, &hello.to_header())],
-    )
-    .await?;
+    let hello_header = hello.to_header();
+    let mut extra = vec![(wsproto::X_CLIENT, hello_header.as_str())];
+    // A client resuming names the incarnation it read in: the object refuses (404) one that was
+    // deleted and created again since, as it refuses the edge's own later subscriptions.
+    let expected = http::query_value(url, ws::INCARNATION_PARAM).filter(|i| !i.is_empty());
+    if let Some(expected) = &expected {
+        extra.push((reply::X_INSTANCE, expected.as_str()));
+    }
+    let first = ask_object(&stub, &name, from, LiveMode::WebSocket, &extra).await?;
     let channel = is_channel(first.headers());
+    // The object names the incarnation on its 101 and on its pages; the client hears it on ours.
+    let incarnation = header(first.headers(), h::STREAM_INCARNATION).unwrap_or_default();
     match first.status_code() {
         // The object holds the client socket now; the edge only passes it on.
         101 => {
@@ -101,7 +105,7 @@ pub async fn websocket(
                     "stream object upgraded without a socket".into(),
                 ));
             };
-            return upgraded(socket, &hello, channel);
+            return upgraded(socket, &hello, channel, &incarnation);
         }
         200 => {}
         _ => return Ok(first),
@@ -139,14 +143,21 @@ pub async fn websocket(
     };
     let first = Subscription::Page(first);
     wasm_bindgen_futures::spawn_local(session.run(client, from, first));
-    upgraded(pair.client, &hello, channel)
+    upgraded(pair.client, &hello, channel, &incarnation)
 }
 
 /// The 101 that hands `socket` to the client, naming the subprotocol chosen, if any: browsers
 /// fail a handshake whose answer names one they did not offer, or none when they offered some.
-/// A channel's says so (`Stream-Channel: true`), as its other responses do.
-fn upgraded(socket: worker::WebSocket, hello: &ClientHello, channel: bool) -> Result<Response> {
+/// A channel's says so (`Stream-Channel: true`), as its other responses do, and every one names
+/// the stream's incarnation.
+fn upgraded(
+    socket: worker::WebSocket,
+    hello: &ClientHello,
+    channel: bool,
+    incarnation: &str,
+) -> Result<Response> {
     let resp = mark_channel(Response::from_websocket(socket), channel)?;
+    reply::name_incarnation(resp.headers(), incarnation)?;
     if let Some(protocol) = hello.protocol() {
         resp.headers().set("sec-websocket-protocol", protocol)?;
     }

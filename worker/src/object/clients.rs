@@ -160,6 +160,7 @@ pub fn accept(
         let _ = ws.close_with_code_and_reason(close::NORMAL, "stream closed");
     }
     let resp = Response::from_websocket(pair.client)?;
+    crate::reply::name_incarnation(resp.headers(), &meta.instance)?;
     super::channel::mark(&resp, meta)?;
     Ok(resp)
 }

@@ -947,6 +947,7 @@ impl StreamObject {
                 meta.is_json(),
                 meta.tail,
                 meta.closed,
+                &meta.instance,
             );
         }
         let start = match Self::start_of(from, &meta) {
@@ -1109,7 +1110,7 @@ impl StreamObject {
             return self.edge_page(req, meta, start).await;
         }
         if long_poll && meta.closed {
-            return reply::no_content(meta.tail, true, None);
+            return reply::no_content(meta.tail, true, None, &meta.instance);
         }
         let resp = live::accept(&self.hub, self.store()?, &meta, start, mode)?;
         let headers = resp.headers();
@@ -1388,6 +1389,7 @@ fn described(status: u16, meta: &Meta) -> Result<Response> {
     if meta.closed {
         headers.set(h::STREAM_CLOSED, "true")?;
     }
+    reply::name_incarnation(headers, &meta.instance)?;
     channel::mark(&resp, meta)?;
     Ok(resp)
 }
