@@ -32,6 +32,12 @@ export interface StreamOptions {
   url: string | URL;
   /** Where to start: an offset from an earlier batch, `'-1'` (start, the default) or `'now'` (tail). */
   offset?: string | undefined;
+  /**
+   * The batch's `incarnation`, saved with `offset`: a stream deleted and created again at the URL
+   * since (whose offsets mean nothing to you) fails the reader with STREAM_REPLACED rather than
+   * hand out its data. Ignored by servers that name no incarnation.
+   */
+  incarnation?: string | undefined;
   /** Default `'auto'`: SSE, falling back to long-poll behind proxies that break it. */
   live?: LiveMode | undefined;
   /**
@@ -56,6 +62,11 @@ interface BatchBase {
   /** Where the next read starts: store it to resume later. */
   offset: string;
   cursor?: string;
+  /**
+   * The stream's incarnation (edgestream's `Stream-Incarnation`; absent from servers without it):
+   * another one at the same URL is a stream deleted and created again, which reuses offsets.
+   */
+  incarnation?: string;
   /** The reader has everything the stream held when this batch was sent. */
   upToDate: boolean;
   /** The stream is closed and this is its last batch. */
@@ -103,6 +114,8 @@ export declare class StreamHandle<T = unknown, B extends Batch<T> = Batch<T>> im
    */
   readonly retrying: boolean;
   readonly contentType: string | undefined;
+  /** The stream's incarnation, once a response named it (or the `incarnation` option until then). */
+  readonly incarnation: string | undefined;
   readonly mode: 'catch-up' | 'sse' | 'long-poll' | 'ws';
   readonly lastRequest: { headers: Record<string, string>; params: Record<string, string> };
   /**
@@ -353,7 +366,9 @@ export type ErrorCode =
   | 'PARSE_ERROR'
   | 'INVALID_ARGUMENT'
   | 'NOT_SUPPORTED'
-  | 'ABORTED';
+  | 'ABORTED'
+  /** The stream was deleted and created again since the reader's first response (or its `incarnation` option). */
+  | 'STREAM_REPLACED';
 
 /**
  * Every error the client raises. `code` is stable; `status` is the HTTP status, if any. The

@@ -28,6 +28,8 @@ pub const PARSE_ERROR: &str = "PARSE_ERROR";
 pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
 pub const NOT_SUPPORTED: &str = "NOT_SUPPORTED";
 pub const ABORTED: &str = "ABORTED";
+/// The stream was deleted and created again at its URL: a reader's offset means nothing there.
+pub const STREAM_REPLACED: &str = "STREAM_REPLACED";
 
 /// A client error: `new Error(message)` with `name`, `code` and, if known, `status`.
 pub fn new(code: &str, message: &str, status: Option<u16>) -> js_sys::Error {

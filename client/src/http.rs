@@ -132,7 +132,7 @@ impl<'a> Request<'a> {
 }
 
 /// Query parameters the client sets itself; a caller's parameter of the same name is dropped.
-const RESERVED_PARAMS: [&str; 3] = ["offset", "live", "cursor"];
+const RESERVED_PARAMS: [&str; 4] = ["offset", "live", "cursor", "incarnation"];
 
 /// Drops the caller's parameters that the client sets itself.
 pub fn drop_reserved(params: &mut Vec<(String, String)>) {

@@ -115,6 +115,10 @@ struct Inner {
     dynamic: Dynamic,
     policy: RetryPolicy,
     pos: Position,
+    /// The stream's `Stream-Incarnation`, from the caller (`incarnation`, saved with an offset)
+    /// or the first response that named one. Offsets are byte positions that a stream deleted
+    /// and created again reuses, so a response naming another one ends the reader.
+    incarnation: Option<String>,
     status: u16,
     started: bool,
     done: bool,
@@ -167,6 +171,7 @@ impl Reader {
         let start = Start::parse(offset_text.as_deref())
             .map_err(|e| JsValue::from(error::new(error::INVALID_OFFSET, e.message(), None)))?;
         let live = Live::parse(&js::get(options, "live"))?;
+        let incarnation = js::opt(options, "incarnation", "string")?.and_then(|v| v.as_string());
         let retry = js::get(options, "retry");
         let mut policy = RetryPolicy::from_js(&retry)?;
         // A live reader keeps reconnecting through an outage of any length, as EventSource
@@ -188,6 +193,7 @@ impl Reader {
                 offset: String::from(start.as_param()),
                 ..Position::default()
             },
+            incarnation,
             status: 0,
             started: false,
             done: false,
@@ -285,6 +291,11 @@ impl Reader {
     pub fn retrying(&self) -> bool {
         self.inner.borrow().retrying
     }
+    /// The stream's incarnation (`Stream-Incarnation`), once a response named it.
+    #[wasm_bindgen(getter)]
+    pub fn incarnation(&self) -> Option<String> {
+        self.inner.borrow().incarnation.clone()
+    }
     #[wasm_bindgen(getter, js_name = contentType)]
     pub fn content_type(&self) -> Option<String> {
         self.inner.borrow().content_type.clone()
@@ -365,6 +376,28 @@ impl Inner {
         })
     }
 
+    /// Checks the incarnation a response names against the one the reader reads (learning it
+    /// from the first that names one). A server that names none is taken at its word.
+    fn same_stream(&mut self, response: &web_sys::Response) -> Result<(), JsValue> {
+        let Some(named) = http::header(response, headers::STREAM_INCARNATION) else {
+            return Ok(());
+        };
+        match &self.incarnation {
+            Some(known) if *known != named => {
+                let text = error::msg(&[
+                    &self.url,
+                    " was deleted and created again: its offsets are not this reader's",
+                ]);
+                Err(error::new(error::STREAM_REPLACED, &text, None).into())
+            }
+            Some(_) => Ok(()),
+            None => {
+                self.incarnation = Some(named);
+                Ok(())
+            }
+        }
+    }
+
     /// Applies a position the server reported and decides whether the batch is worth handing
     /// out: it has data, it is the first, or it changes `upToDate` or `closed`.
     fn accept(&mut self, data: batch::Data<'_>, next: Position) -> Result<(), JsValue> {
@@ -379,6 +412,9 @@ impl Inner {
         if has_data || changed || first {
             // Built before the position moves: data that cannot be read is not skipped.
             let obj = batch::to_js(data, self.is_json(), &next)?;
+            if let Some(incarnation) = &self.incarnation {
+                js::set(&obj, "incarnation", incarnation.as_str());
+            }
             self.emitted_any = true;
             self.ready.push_back(obj);
         }
@@ -595,6 +631,7 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
         if status != 200 && status != 204 {
             return Err(http::status_error("GET", &url, &sent.response, status).await);
         }
+        inner.borrow_mut().same_stream(&sent.response)?;
         let body = if status == 200 {
             let buf = match sent.response.array_buffer() {
                 Ok(p) => js::wait(p).await,
@@ -673,6 +710,7 @@ async fn sse_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
         if sent.status != 200 {
             return Err(http::status_error("GET", &url, &sent.response, sent.status).await);
         }
+        inner.borrow_mut().same_stream(&sent.response)?;
         let is_sse = http::header(&sent.response, headers::CONTENT_TYPE)
             .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("text/event-stream"));
         let body = sent.response.body();
@@ -842,6 +880,11 @@ async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
         let mut params = http::resolve_map(&params_src, "params").await?;
         http::drop_reserved(&mut params);
         let mut q = query;
+        // A socket's handshake headers cannot be read, so the server is told which incarnation
+        // the reader reads in, and refuses another (see `why_refused`).
+        if let Some(incarnation) = inner.borrow().incarnation.clone() {
+            q.push((String::from(ws::INCARNATION_PARAM), incarnation));
+        }
         q.extend_from_slice(&params);
         let full = ws_url(&http::with_query(&url, &q));
         let offered = error::msg(&[ws::RECEIPTS, ",", ws::COMBINED]);
@@ -904,8 +947,10 @@ async fn why_refused(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
         inner.borrow_mut().drop_connections();
         return Err(error);
     }
+    // A stream that is there may be another one: a socket cannot show its handshake's headers.
+    let same = inner.borrow_mut().same_stream(&sent.response);
     let _ = http::cancel_body(&sent.response);
-    Ok(())
+    same
 }
 
 /// Handles one WebSocket event; returns a reason to back off before reconnecting.

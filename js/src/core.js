@@ -211,6 +211,13 @@ export class StreamHandle {
   get retrying() {
     return this.#reader ? this.#reader.retrying : false;
   }
+  /**
+   * The stream's incarnation (`Stream-Incarnation`), once a response named it: save it with the
+   * offset and pass both back, and a stream deleted and created again fails with STREAM_REPLACED.
+   */
+  get incarnation() {
+    return this.#reader ? this.#reader.incarnation : this.#options.incarnation;
+  }
   /** The stream's content type, once known. */
   get contentType() {
     return this.#reader?.contentType ?? undefined;
