@@ -460,6 +460,8 @@ export declare const change: {
 export interface TableSnapshot<V = unknown> {
   version: 1;
   offset: string;
+  /** The stream incarnation the rows come from, when the server names one. */
+  incarnation?: string | undefined;
   rows: Array<[type: string, key: string, value: V]>;
 }
 

@@ -41,6 +41,7 @@ function snapshotProblem(snapshot) {
   if (snapshot.version !== SNAPSHOT_VERSION) return `unknown snapshot version ${JSON.stringify(snapshot.version)}`;
   if (!nonEmpty(snapshot.offset)) return 'a snapshot needs its offset';
   if (!Array.isArray(snapshot.rows)) return 'a snapshot needs its rows';
+  if (snapshot.incarnation !== undefined && !nonEmpty(snapshot.incarnation)) return "a snapshot's incarnation is a string";
   for (const row of snapshot.rows) {
     if (!Array.isArray(row) || row.length !== 3 || !nonEmpty(row[0]) || !nonEmpty(row[1])) {
       return 'each snapshot row is [type, key, value]';
@@ -57,6 +58,8 @@ export class KeyedTable {
   #rows = new Map();
   #size = 0;
   #offset;
+  /** The stream's incarnation the rows come from, when its server names one. */
+  #incarnation;
   #restored = false;
   #upToDate = false;
   #closed = false;
@@ -174,7 +177,9 @@ export class KeyedTable {
   snapshot() {
     const rows = [];
     for (const [type, byKey] of this.#rows) for (const [key, value] of byKey) rows.push([type, key, value]);
-    return { version: SNAPSHOT_VERSION, offset: this.#offset, rows };
+    const snapshot = { version: SNAPSHOT_VERSION, offset: this.#offset, rows };
+    if (this.#incarnation) snapshot.incarnation = this.#incarnation;
+    return snapshot;
   }
 
   /**
@@ -202,6 +207,7 @@ export class KeyedTable {
     this.#clear();
     for (const [type, key, value] of snapshot.rows) this.#set(type, key, value);
     this.#offset = snapshot.offset;
+    this.#incarnation = snapshot.incarnation;
     this.#savedOffset = snapshot.offset;
     this.#restored = true;
   }
@@ -238,12 +244,15 @@ export class KeyedTable {
           await this.#follow();
           break;
         } catch (e) {
-          // A restored offset the stream no longer has (it was deleted and created again, say):
-          // start over from the beginning rather than keep rows that may not be the stream's.
-          if (!this.#restored || e?.code !== 'INVALID_OFFSET' || this.#cancelled) throw e;
+          // The stream was deleted and created again (its server says so, or a restored offset
+          // is past its end): start over from the beginning rather than keep rows that are not
+          // the stream's. Offsets are byte positions the new stream reuses.
+          const replaced = e?.code === 'STREAM_REPLACED' || (this.#restored && e?.code === 'INVALID_OFFSET');
+          if (!replaced || this.#cancelled) throw e;
           this.#restored = false;
           this.#clear();
           this.#offset = '-1';
+          this.#incarnation = undefined;
           await this.#notify({ changes: [], reset: true, offset: '-1', upToDate: false, closed: false });
         }
       }
@@ -265,7 +274,9 @@ export class KeyedTable {
 
   async #follow() {
     if (this.#cancelled) return;
-    this.#handle = stream({ ...this.#streamOptions, offset: this.#offset });
+    // With the incarnation the rows come from, the reader refuses (STREAM_REPLACED) to go on
+    // from their offset in another stream at the same URL.
+    this.#handle = stream({ ...this.#streamOptions, offset: this.#offset, incarnation: this.#incarnation });
     if (this.#cancelled) this.#handle.cancel();
     let first = true;
     for await (const batch of this.#handle) {
@@ -275,6 +286,7 @@ export class KeyedTable {
       }
       first = false;
       this.#restored = false;
+      this.#incarnation = batch.incarnation;
       const update = this.#apply(batch);
       await this.#notify(update);
       if (this.#upToDate) this.#ready.resolve();

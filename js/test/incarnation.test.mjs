@@ -1,13 +1,13 @@
 // A reader never goes on from its offset in a stream deleted and created again at its URL:
 // offsets are byte positions the new stream reuses, so the reader compares the incarnation each
 // response names (edgestream's `Stream-Incarnation`) with the first, and fails with
-// STREAM_REPLACED. Against our Worker; a wrapper around
+// STREAM_REPLACED; a live table starts over instead. Against our Worker; a wrapper around
 // `globalThis.fetch` (which the wasm calls) takes the network down for one stream.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { WebSocket } from 'undici';
-import { DurableStream, stream } from '../src/node.js';
+import { DurableStream, change, stream, table } from '../src/node.js';
 import { startServer } from '../../scripts/dev-server.mjs';
 
 // Node 20 has no global WebSocket.
@@ -88,4 +88,25 @@ test('a reader given the incarnation it saved with its offset refuses another, a
   }
   assert.deepEqual(await stream({ url, live: false, offset }).items(), ['y']);
   await again.delete();
+});
+
+test('a live table whose stream is created again while it reconnects starts over', { timeout: 20_000 }, async () => {
+  const url = `${server.baseUrl}/v1/stream/incarnation-table-${randomUUID()}`;
+  await DurableStream.create({ url, contentType: json, body: JSON.stringify([change.insert('u', 'a', 1)]) });
+  const t = table({ url, live: 'long-poll', retry: fast });
+  await t.ready();
+  const updates = [];
+  t.subscribe((u) => {
+    updates.push(u);
+  });
+  const before = t.snapshot().incarnation;
+  await replaceWhileDown(url, [change.insert('u', 'a', 2), change.insert('u', 'b', 3)]);
+  const deadline = Date.now() + 10_000;
+  while (!(t.upToDate && t.get('u', 'b') === 3) && Date.now() < deadline) await sleep(20);
+  assert.equal(updates[0]?.reset, true);
+  assert.deepEqual([...t.entries('u')], [['a', 2], ['b', 3]]);
+  assert.equal(typeof before, 'string');
+  assert.notEqual(t.snapshot().incarnation, before);
+  t.cancel();
+  await t.finished;
 });

@@ -330,6 +330,41 @@ test('a snapshot past the tail of a stream created again starts over (edgestream
   assert.deepEqual(sortedRows(resumed), [['new', 'k', 1]]);
 });
 
+test('a snapshot of a stream deleted and created again with as much data starts over (edgestream Worker)', async () => {
+  // Offsets are byte positions: the new stream has the old one's offset, so only the
+  // incarnation the snapshot records tells them apart.
+  const url = `${worker.url}/v1/stream/table-${randomUUID()}`;
+  const ds = await DurableStream.create({ url, contentType: 'application/json' });
+  await ds.append(change.insert('u', 'a', 1));
+  const first = table({ url, live: false });
+  await first.finished;
+  const saved = first.snapshot();
+  await ds.delete();
+  const again = await DurableStream.create({ url, contentType: 'application/json' });
+  await again.append(change.insert('u', 'a', 2));
+  await again.append(change.insert('u', 'b', 3));
+
+  const resumed = table({ url, live: false, from: saved });
+  const resets = [];
+  resumed.subscribe((u) => {
+    if (u.reset) resets.push(u.offset);
+  });
+  await resumed.finished;
+  assert.deepEqual(sortedRows(resumed), [['u', 'a', 2], ['u', 'b', 3]]);
+  assert.deepEqual(resets, ['-1']);
+  assert.equal(typeof saved.incarnation, 'string');
+  assert.notEqual(resumed.snapshot().incarnation, saved.incarnation);
+  // A snapshot of the same incarnation resumes where it was, as does one without an incarnation.
+  const since = gets.length;
+  const same = table({ url, live: false, from: resumed.snapshot() });
+  await same.finished;
+  assert.deepEqual(offsetsRead(url, since), [resumed.offset]);
+  const { incarnation, ...older } = resumed.snapshot();
+  const untagged = table({ url, live: false, from: older });
+  await untagged.finished;
+  assert.deepEqual(sortedRows(untagged), [['u', 'a', 2], ['u', 'b', 3]]);
+});
+
 test('ready() rejects when the table is cancelled first; an aborted signal stops it', async () => {
   const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
   await DurableStream.create({ url, contentType: 'application/json' });
