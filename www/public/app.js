@@ -45,7 +45,7 @@ let failing = null;
  * batch or update. `onReset` drops what the view stored of the stream, when the stream no
  * longer has it.
  */
-async function follow({ path, contentType, channel, offset, open, onBatch, onReset }) {
+async function follow({ path, contentType, channel, offset, incarnation, open, onBatch, onReset }) {
   stopFollowing();
   const controller = new AbortController();
   const url = `${API}/${path}`;
@@ -56,7 +56,9 @@ async function follow({ path, contentType, channel, offset, open, onBatch, onRes
   if (controller.signal.aborted) return;
   // The client revalidates the browser's HTTP cache on every read, so a stream deleted and
   // created again is never read from the old one's cached pages.
-  const handle = open ? open(url, controller.signal) : stream({ url, offset, live: mode, signal: controller.signal });
+  // With the incarnation stored beside the offset, a stream deleted and created again since
+  // fails the reader (STREAM_REPLACED) rather than go on from an offset that is not its own.
+  const handle = open ? open(url, controller.signal) : stream({ url, offset, incarnation, live: mode, signal: controller.signal });
   mine.handle = handle;
   handle.subscribe(
     (batch) => {
@@ -76,9 +78,10 @@ async function follow({ path, contentType, channel, offset, open, onBatch, onRes
         // this page kept of the old one.
         created.delete(url);
         onReset?.();
-      } else if (error?.code === 'INVALID_OFFSET') {
-        // The stored offset is past the end of the stream (it was deleted and created again
-        // meanwhile): what the page kept is not this stream's; read it from the start.
+      } else if (error?.code === 'INVALID_OFFSET' || error?.code === 'STREAM_REPLACED') {
+        // The stream was deleted and created again meanwhile (the stored offset is past its
+        // end, or it names another incarnation): what the page kept is not this stream's; read
+        // it from the start.
         onReset?.();
       }
       // Start over (from the stored offset, or from the start after a reset) in a moment.
@@ -176,7 +179,8 @@ const rooms = {
   cache(room) {
     const cache = saved.get(`room:${room}`, null);
     if (!isObject(cache) || typeof cache.offset !== 'string' || !Array.isArray(cache.messages)) return { offset: '-1', messages: [] };
-    return { offset: cache.offset, messages: cache.messages.filter(isMessage) };
+    const incarnation = typeof cache.incarnation === 'string' ? cache.incarnation : undefined;
+    return { offset: cache.offset, incarnation, messages: cache.messages.filter(isMessage) };
   },
   renderList() {
     const ul = $('room-list');
@@ -237,6 +241,7 @@ const rooms = {
       contentType: 'application/json',
       channel: all,
       offset: cache.offset,
+      incarnation: cache.incarnation,
       onBatch: (batch) => {
         // Only the last 500 are kept and shown; a catch-up batch can hold many more (and more
         // than a spread into a call can take).
@@ -254,11 +259,13 @@ const rooms = {
         while (list.childElementCount > 500) list.firstElementChild.remove();
         cache.messages = cache.messages.concat(fresh).slice(-500);
         cache.offset = batch.offset;
+        cache.incarnation = batch.incarnation;
         saved.set(`room:${room}`, cache);
         if (fresh.length) list.scrollTop = list.scrollHeight;
       },
       onReset: () => {
         cache.offset = '-1';
+        cache.incarnation = undefined;
         cache.messages = [];
         saved.remove(`room:${room}`);
         list.replaceChildren();
@@ -426,6 +433,7 @@ const tail = {
       path: this.path,
       contentType: 'text/plain',
       offset: this.state.offset,
+      incarnation: typeof this.state.incarnation === 'string' ? this.state.incarnation : undefined,
       onBatch: (batch) => {
         if (batch.bytes?.length) {
           const text = decoder.decode(batch.bytes, { stream: true });
@@ -434,6 +442,7 @@ const tail = {
           pre.scrollTop = pre.scrollHeight;
         }
         this.state.offset = batch.offset;
+        this.state.incarnation = batch.incarnation;
         saved.set('tail', this.state);
       },
       onReset: () => {
