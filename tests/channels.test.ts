@@ -8,9 +8,9 @@
 // receiving; a source deleted and created again is a new source; and what a source holds
 // reaches its channels across a hard restart.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import http from 'node:http';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
+import { handshake } from './support/handshake';
 
 let server: Awaited<ReturnType<typeof startServer>>;
 
@@ -45,24 +45,10 @@ const post = (name: string, body: string | Uint8Array, headers: Record<string, s
   call('POST', name, headers, body);
 
 /** The headers of the 101 that upgrades `name` to a `live=ws` socket (the socket is dropped). */
-function upgradeHeaders(name: string): Promise<http.IncomingHttpHeaders> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(`${base()}/${name}?offset=-1&live=ws`, {
-      headers: {
-        connection: 'Upgrade',
-        upgrade: 'websocket',
-        'sec-websocket-key': Buffer.from('edgestream-test!').toString('base64'),
-        'sec-websocket-version': '13',
-      },
-    });
-    req.on('upgrade', (res, socket) => {
-      socket.destroy();
-      resolve(res.headers);
-    });
-    req.on('response', (res) => reject(new Error(`no upgrade: ${res.statusCode}`)));
-    req.on('error', reject);
-    req.end();
-  });
+async function upgradeHeaders(name: string) {
+  const answer = await handshake(`${base()}/${name}?offset=-1&live=ws`);
+  expect(answer.status).toBe(101);
+  return answer.headers;
 }
 
 async function createChannel(name: string) {

@@ -5,8 +5,8 @@
 // path names a different one. Offsets are byte positions, so a client that resumes from a
 // stored offset needs it to tell the two apart.
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import http from 'node:http';
 import { startServer } from '../scripts/dev-server.mjs';
+import { handshake } from './support/handshake';
 
 let server: Awaited<ReturnType<typeof startServer>>;
 
@@ -39,29 +39,9 @@ async function sseHeaders(name: string, offset: string): Promise<Headers> {
   return res.headers;
 }
 
-/** The status and headers of a `live=ws` handshake (raw node:http: fetch refuses Upgrade). */
-function upgrade(name: string, offset: string, query = ''): Promise<{ status: number; headers: http.IncomingHttpHeaders }> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(`${base()}/${name}?offset=${encodeURIComponent(offset)}&live=ws${query}`, {
-      headers: {
-        connection: 'Upgrade',
-        upgrade: 'websocket',
-        'sec-websocket-key': Buffer.from('edgestream-test!').toString('base64'),
-        'sec-websocket-version': '13',
-      },
-    });
-    req.on('upgrade', (res, socket) => {
-      socket.destroy();
-      resolve({ status: res.statusCode ?? 0, headers: res.headers });
-    });
-    req.on('response', (res) => {
-      res.resume();
-      resolve({ status: res.statusCode ?? 0, headers: res.headers });
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
+/** The status and headers of a `live=ws` handshake. */
+const upgrade = (name: string, offset: string, query = '') =>
+  handshake(`${base()}/${name}?offset=${encodeURIComponent(offset)}&live=ws${query}`);
 
 /** The incarnation each kind of successful reply names, for a text stream holding `abc`. */
 async function everyReply(name: string): Promise<Record<string, string | null | undefined>> {

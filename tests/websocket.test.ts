@@ -1,10 +1,10 @@
 // edgestream's WebSocket extension (docs/websocket.md), end to end against the built Worker on
 // wrangler dev: follow and append over one socket, JSON and binary streams, resuming from the
 // last offset without duplicates or gaps, producer dedupe across reconnects, and bad frames.
-import { request as httpRequest } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
+import { handshake } from './support/handshake';
 import { mintToken } from '../scripts/token.mjs';
 
 let server: Awaited<ReturnType<typeof startServer>>;
@@ -160,33 +160,8 @@ async function readAll(name: string) {
   return Buffer.from(await res.arrayBuffer());
 }
 
-/** The status of a WebSocket handshake, with raw node:http (fetch refuses Upgrade). */
-function handshakeStatus(path: string, baseUrl = server.baseUrl): Promise<number> {
-  const url = new URL(baseUrl);
-  return new Promise((resolve, reject) => {
-    const req = httpRequest({
-      host: url.hostname,
-      port: url.port,
-      path,
-      headers: {
-        connection: 'Upgrade',
-        upgrade: 'websocket',
-        'sec-websocket-version': '13',
-        'sec-websocket-key': Buffer.from('0123456789abcdef').toString('base64'),
-      },
-    });
-    req.on('upgrade', (res, socket) => {
-      socket.destroy();
-      resolve(res.statusCode ?? 0);
-    });
-    req.on('response', (res) => {
-      res.resume();
-      resolve(res.statusCode ?? 0);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
+/** The status of a WebSocket handshake on `path`. */
+const handshakeStatus = async (path: string, baseUrl = server.baseUrl) => (await handshake(`${baseUrl}${path}`)).status;
 
 describe('WebSocket follow', () => {
   it('sends catch-up and live data of a binary stream as binary messages', async () => {

@@ -1,0 +1,27 @@
+// A raw WebSocket handshake with node:http (fetch refuses Upgrade), for tests that look at the
+// answer itself: its status and headers, whether the server upgraded (101) or refused.
+import * as http from 'node:http';
+
+/** The status and headers of the answer to a WebSocket handshake on `url`; an upgraded socket is dropped. */
+export function handshake(url: string): Promise<{ status: number; headers: http.IncomingHttpHeaders }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, {
+      headers: {
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-key': Buffer.from('edgestream-test!').toString('base64'),
+        'sec-websocket-version': '13',
+      },
+    });
+    req.on('upgrade', (res, socket) => {
+      socket.destroy();
+      resolve({ status: res.statusCode ?? 0, headers: res.headers });
+    });
+    req.on('response', (res) => {
+      res.resume();
+      resolve({ status: res.statusCode ?? 0, headers: res.headers });
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
