@@ -38,9 +38,11 @@ pub fn next_cursor(now_ms: i64, client: Option<&str>, random: u32) -> String {
     else {
         return current;
     };
+    // Without leading zeros (zero is then empty), the shorter decimal is the smaller, and equal
+    // lengths compare as text.
     let client = client.trim_start_matches('0');
-    // Without leading zeros, the shorter decimal is the smaller, and equal lengths compare as text.
-    if (client.len(), client) < (current.len(), current.as_str()) {
+    let at = current.trim_start_matches('0');
+    if (client.len(), client) < (at.len(), at) {
         return current;
     }
     let jitter_s = MIN_JITTER_S + random % (MAX_JITTER_S - MIN_JITTER_S + 1);
@@ -140,6 +142,14 @@ mod tests {
             next_cursor(now, Some("123456789012345678901234567890"), 3599),
             "123456789012345678901234568070"
         );
+    }
+
+    #[test]
+    fn a_zero_cursor_at_interval_zero_moves_forward() {
+        // A clock before the epoch is interval 0.
+        assert_eq!(next_cursor(0, None, 0), "0");
+        assert_eq!(next_cursor(0, Some("0"), 0), "1");
+        assert_eq!(next_cursor(0, Some("000"), 3599), "180");
     }
 
     #[test]

@@ -15,8 +15,8 @@
 //!   stable, matching is reflexive and symmetric and agrees with `==`, JSON and SSE encoding
 //!   follow the essence;
 //! - `live`, `If-None-Match`: only the documented values; a tag always matches itself and `*`;
-//! - `cursor`: never behind the current interval, and strictly ahead of a caught-up client's
-//!   (by at most the jitter bound) unless its cursor is already the largest number.
+//! - `cursor`: a decimal; the current interval unless the client's is a decimal at or past it,
+//!   then strictly ahead of the client's by at most the jitter bound, whatever its length.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -304,16 +304,32 @@ fuzz_target!(|input: Input<'_>| {
     let other = edgestream::etag::etag(&id, start, end, !closed);
     assert!(!if_none_match(&other, &tag), "{tag:?} vs {other:?}");
 
-    // The `cursor` query parameter.
+    // The `cursor` query parameter: decimal text, of any length a client sends.
     let now = input.instant_ms;
-    let current = interval_at(now);
+    let current = interval_at(now).to_string();
     let next = next_cursor(now, input.cursor, input.random);
-    assert!(next >= current);
-    match input.cursor.and_then(|c| c.trim().parse::<u64>().ok()) {
-        Some(c) if c >= current => {
-            let bound = u64::from(MAX_JITTER_S).div_ceil(20);
-            assert!(next > c || c == u64::MAX, "{c} -> {next}");
-            assert!(next <= c.saturating_add(bound), "{c} -> {next}");
+    assert!(
+        !next.is_empty() && next.bytes().all(|b| b.is_ascii_digit()),
+        "{next:?}"
+    );
+    assert!(next == "0" || !next.starts_with('0'), "{next:?}");
+    // Decimals compare by length once leading zeros are gone, then as text.
+    let decimal = |t: &str| {
+        let t = t.trim_start_matches('0');
+        (t.len(), t.to_string())
+    };
+    let client = input
+        .cursor
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()));
+    match client {
+        Some(c) if decimal(c) >= decimal(&current) => {
+            assert!(decimal(&next) > decimal(c), "{c} -> {next}");
+            let bound = u128::from(MAX_JITTER_S).div_ceil(20);
+            match (c.parse::<u128>(), next.parse::<u128>()) {
+                (Ok(c), Ok(n)) => assert!(n <= c + bound, "{c} -> {next}"),
+                _ => assert!(next.len() <= decimal(c).0 + 1, "{c} -> {next}"),
+            }
         }
         _ => assert_eq!(next, current),
     }
