@@ -1456,16 +1456,13 @@ impl Store {
                 if append_ends || piece.len() >= budget || at == to.position() {
                     // Cut inside an append: the bytes of a character it splits go on to the
                     // next piece (or, after the last one, to the next batch).
-                    let back = if text && !append_ends && at != to.position() {
-                        let back = sse::text_cut_back(&piece[piece.len().saturating_sub(4)..]);
-                        if back < piece.len() {
-                            back
-                        } else {
-                            0
-                        }
-                    } else {
-                        0
+                    let cut_inside = text && !append_ends && at != to.position();
+                    let back = match cut_inside {
+                        true => sse::text_cut_back(&piece[piece.len().saturating_sub(4)..]),
+                        false => 0,
                     };
+                    // A piece all of one unfinished character is cut where it is.
+                    let back = if back < piece.len() { back } else { 0 };
                     let carried = piece.split_off(piece.len() - back);
                     let end_offset = Offset::new(at - back as u64).unwrap_or(to);
                     pieces.push((end_offset, std::mem::replace(&mut piece, carried)));
