@@ -18,6 +18,8 @@ use wasm_bindgen::closure::Closure;
 use wasm_bindgen::JsCast;
 use worker::web_sys;
 
+use crate::wsproto::{Admit, Waiting};
+
 /// What a socket reported.
 #[derive(Debug)]
 pub enum SocketEvent {
@@ -25,52 +27,12 @@ pub enum SocketEvent {
     Text(String),
     /// Closed (cleanly or not), or failed: nothing more will arrive.
     Closed,
-    /// More messages arrived than a [`Bound`] lets wait in the queue. Those after it are
-    /// dropped unread: the peer must resend what was not answered.
+    /// More messages arrived than may wait in a client socket's queue ([`Waiting`]). Those
+    /// after it are dropped unread: the peer must resend what was not answered.
     Overflow,
 }
 
-/// How many messages, and bytes of them, may wait in a socket's queue (see
-/// [`Socket::accept_bounded`]).
-#[derive(Clone, Copy, Debug)]
-pub struct Bound {
-    pub messages: usize,
-    pub bytes: u64,
-}
-
-/// What waits in a bounded socket's queue.
-#[derive(Default)]
-struct Waiting {
-    messages: Cell<usize>,
-    bytes: Cell<u64>,
-    over: Cell<bool>,
-}
-
-impl Waiting {
-    /// Counts a message of `bytes`; false (and nothing more from now on) past `bound`.
-    fn admit(&self, bytes: u64, bound: Bound) -> bool {
-        if self.over.get() {
-            return false;
-        }
-        let messages = self.messages.get() + 1;
-        let total = self.bytes.get().saturating_add(bytes);
-        if messages > bound.messages || total > bound.bytes {
-            self.over.set(true);
-            return false;
-        }
-        self.messages.set(messages);
-        self.bytes.set(total);
-        true
-    }
-
-    fn taken(&self, bytes: u64) {
-        self.messages.set(self.messages.get().saturating_sub(1));
-        self.bytes.set(self.bytes.get().saturating_sub(bytes));
-    }
-}
-
 impl SocketEvent {
-    /// What a `message` event carried.
     /// The bytes of a message (0 for the others).
     fn size(&self) -> u64 {
         match self {
@@ -80,6 +42,7 @@ impl SocketEvent {
         }
     }
 
+    /// What a `message` event carried.
     pub fn from_message(e: &web_sys::MessageEvent) -> SocketEvent {
         let data = e.data();
         if let Some(text) = data.as_string() {
@@ -104,8 +67,8 @@ pub struct Socket {
     on_close: Listener<web_sys::CloseEvent>,
     on_error: Listener<web_sys::Event>,
     finished: bool,
-    /// Counts the queue of a bounded socket.
-    waiting: Option<Rc<Waiting>>,
+    /// Counts the queue of a client's socket.
+    waiting: Option<Rc<Cell<Waiting>>>,
 }
 
 fn forward<T>(
@@ -125,41 +88,47 @@ where
 impl Socket {
     /// Starts listening on `ws` and accepts it (for sockets from `fetch` or a `WebSocketPair`).
     pub fn accept(ws: worker::WebSocket) -> worker::Result<Socket> {
-        let socket = Socket::listen(ws.as_ref().clone(), None)?;
+        let socket = Socket::listen(ws.as_ref().clone(), false)?;
         ws.accept()?;
         Ok(socket)
     }
 
     /// [`Socket::accept`] for a client's socket, whose messages wait in the queue while the
-    /// last is handled: past `bound`, the queue ends with [`SocketEvent::Overflow`], so a
-    /// client that sends faster than its messages are handled cannot make it grow without end.
-    pub fn accept_bounded(ws: worker::WebSocket, bound: Bound) -> worker::Result<Socket> {
-        let socket = Socket::listen(ws.as_ref().clone(), Some(bound))?;
+    /// last is handled: past the limits of [`Waiting`], the queue ends with
+    /// [`SocketEvent::Overflow`], so a client that sends faster than its messages are handled
+    /// cannot make it grow without end.
+    pub fn accept_client(ws: worker::WebSocket) -> worker::Result<Socket> {
+        let socket = Socket::listen(ws.as_ref().clone(), true)?;
         ws.accept()?;
         Ok(socket)
     }
 
-    fn listen(ws: web_sys::WebSocket, bound: Option<Bound>) -> worker::Result<Socket> {
+    fn listen(ws: web_sys::WebSocket, bounded: bool) -> worker::Result<Socket> {
         // Newer compatibility dates deliver binary messages as `Blob`s unless told otherwise.
         ws.set_binary_type(web_sys::BinaryType::Arraybuffer);
         let (tx, rx) = unbounded();
-        let waiting = bound.map(|_| Rc::new(Waiting::default()));
-        let on_message = match (bound, &waiting) {
-            (Some(bound), Some(waiting)) => {
+        let waiting = bounded.then(|| Rc::new(Cell::new(Waiting::default())));
+        let on_message = match &waiting {
+            Some(waiting) => {
                 let (tx, waiting) = (tx.clone(), waiting.clone());
                 Closure::wrap(Box::new(move |e: web_sys::MessageEvent| {
-                    if waiting.over.get() {
+                    let mut counts = waiting.get();
+                    // After an overflow, messages are dropped before they are read.
+                    if counts.dropping() {
                         return;
                     }
                     let event = SocketEvent::from_message(&e);
-                    let event = match waiting.admit(event.size(), bound) {
-                        true => event,
-                        false => SocketEvent::Overflow,
+                    let admitted = counts.admit(event.size(), || true);
+                    waiting.set(counts);
+                    let event = match admitted {
+                        Admit::Queued => event,
+                        Admit::Overflow => SocketEvent::Overflow,
+                        Admit::Dropped => return,
                     };
                     let _ = tx.unbounded_send(event);
                 }) as Box<dyn FnMut(web_sys::MessageEvent)>)
             }
-            _ => forward(&tx, |e: web_sys::MessageEvent| {
+            None => forward(&tx, |e: web_sys::MessageEvent| {
                 SocketEvent::from_message(&e)
             }),
         };
@@ -191,7 +160,9 @@ impl Socket {
             }
             Some(event) => {
                 if let Some(waiting) = &self.waiting {
-                    waiting.taken(event.size());
+                    let mut counts = waiting.get();
+                    counts.taken(event.size());
+                    waiting.set(counts);
                 }
                 event
             }

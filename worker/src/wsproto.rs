@@ -47,25 +47,59 @@ pub const MAX_WAITING_FRAMES: usize = 1000;
 /// Most bytes of frames a client socket may have waiting.
 pub const MAX_WAITING_BYTES: u64 = 8 * 1024 * 1024;
 
-/// The close reason (with [`close::TRY_AGAIN_LATER`]) for a client with too many appends waiting.
-pub const TOO_MANY_WAITING: &str = "too many appends waiting: resend those not answered";
-
-/// The error message sent before a [`close::TRY_AGAIN_LATER`] for too many appends waiting.
-pub fn too_many_waiting() -> String {
-    ErrorReply {
-        retry_after: Some(1),
-        ..ErrorReply::of(
-            None,
-            503,
-            "too many append frames are waiting on this socket; those not answered were not applied: resend them".into(),
-        )
-    }
-    .to_json()
+/// What one client socket has waiting for its turn, held to [`MAX_WAITING_FRAMES`] and
+/// [`MAX_WAITING_BYTES`]. The frame that does not fit still counts, without its bytes, until it
+/// has had its turn (it closes the socket then), and every frame after it is dropped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Waiting {
+    frames: usize,
+    bytes: u64,
+    over: bool,
 }
 
-/// The close reason (with [`close::TRY_AGAIN_LATER`]) for a client that sends appends faster
-/// than it may.
-pub const TOO_FAST: &str = "appends too fast: resend those not answered, more slowly";
+/// What becomes of a frame that just arrived ([`Waiting::admit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// It waits for its turn, with its bytes.
+    Queued,
+    /// It went past a limit: at its turn it closes the socket with [`BadFrame::too_many_waiting`].
+    Overflow,
+    /// An earlier frame went past a limit: this one is dropped unread.
+    Dropped,
+}
+
+impl Waiting {
+    /// Counts a frame of `bytes`. `room` is asked only of a frame within the socket's limits:
+    /// whether anything else (the isolate's body budget) has room for it too.
+    pub fn admit(&mut self, bytes: u64, room: impl FnOnce() -> bool) -> Admit {
+        if self.over {
+            return Admit::Dropped;
+        }
+        self.frames += 1;
+        let within = self.frames <= MAX_WAITING_FRAMES
+            && self.bytes.saturating_add(bytes) <= MAX_WAITING_BYTES;
+        if within && room() {
+            self.bytes += bytes;
+            Admit::Queued
+        } else {
+            self.over = true;
+            Admit::Overflow
+        }
+    }
+
+    /// A frame went past a limit: every later one is dropped.
+    pub fn dropping(&self) -> bool {
+        self.over
+    }
+
+    /// A frame admitted with `bytes` (none for the one that overflowed) has had its turn.
+    /// Whether nothing waits any more.
+    pub fn taken(&mut self, bytes: u64) -> bool {
+        self.frames = self.frames.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes);
+        self.frames == 0
+    }
+}
 
 /// How fast one socket may send append frames: `burst` at once, then `per_second` on average.
 /// A frame costs one, and one more per 64 KiB of it.
@@ -112,12 +146,7 @@ impl AppendAllowance {
             .min(rate.burst.saturating_mul(1000));
         let cost = (1 + bytes as u64 / RATE_UNIT_BYTES) * 1000;
         if self.milli < cost {
-            return Err(BadFrame {
-                code: close::TRY_AGAIN_LATER,
-                reason: TOO_FAST,
-                status: 503,
-                message: "append frames arrive faster than this socket may send them; those not answered were not applied: resend them more slowly".into(),
-            });
+            return Err(BadFrame::too_fast());
         }
         self.milli -= cost;
         Ok(())
@@ -429,6 +458,26 @@ impl BadFrame {
             reason: "frame breaks the protocol",
             status: 400,
             message: message.into(),
+        }
+    }
+
+    /// An append past the socket's [`AppendRate`].
+    pub fn too_fast() -> BadFrame {
+        BadFrame {
+            code: close::TRY_AGAIN_LATER,
+            reason: "appends too fast: resend those not answered, more slowly",
+            status: 503,
+            message: "append frames arrive faster than this socket may send them; those not answered were not applied: resend them more slowly".into(),
+        }
+    }
+
+    /// A frame past what may wait in line ([`Waiting`]).
+    pub fn too_many_waiting() -> BadFrame {
+        BadFrame {
+            code: close::TRY_AGAIN_LATER,
+            reason: "too many appends waiting: resend those not answered",
+            status: 503,
+            message: "too many append frames are waiting on this socket; those not answered were not applied: resend them".into(),
         }
     }
 }
@@ -1187,7 +1236,10 @@ mod tests {
         }
         let refused = allowance.take(rate, 10, 1_000).unwrap_err();
         assert_eq!(refused.code, close::TRY_AGAIN_LATER);
-        assert_eq!(refused.reason, TOO_FAST);
+        assert_eq!(
+            refused.reason,
+            "appends too fast: resend those not answered, more slowly"
+        );
         assert!(refused.reply().contains("\"status\":503"));
         assert!(refused.reply().contains("\"retryAfter\":1"));
         // 200 ms accrue one frame; a second stays at most a burst whatever the wait.

@@ -38,7 +38,7 @@ use crate::frame::{self, Frame};
 use crate::http::{self, header, now_ms, random_u32};
 use crate::path::StreamName;
 use crate::reply;
-use crate::socket::{Bound, Socket, SocketEvent, SocketSender};
+use crate::socket::{Socket, SocketEvent, SocketSender};
 use crate::wsproto::{
     self, close, parse_client, AppendAllowance, AppendFrame, AppendGrant, ClientHello,
     ClientMessage, Emitter, ErrorReply, Incoming, Sink,
@@ -114,11 +114,7 @@ pub async fn websocket(
     let content_type =
         ContentType::parse(&content_type).unwrap_or_else(|_| ContentType::default_type());
     let pair = WebSocketPair::new()?;
-    let bound = Bound {
-        messages: wsproto::MAX_WAITING_FRAMES,
-        bytes: wsproto::MAX_WAITING_BYTES,
-    };
-    let client = Socket::accept_bounded(pair.server, bound)?;
+    let client = Socket::accept_client(pair.server)?;
     let session = Session {
         stub,
         name,
@@ -559,13 +555,7 @@ impl Appender<'_> {
                 SocketEvent::Binary(bytes) => self.frame(Incoming::Binary(&bytes)).await,
                 SocketEvent::Closed => return End::ClientGone,
                 // Every frame before it has been applied and answered.
-                SocketEvent::Overflow => {
-                    let _ = self.session.out.send_text(&wsproto::too_many_waiting());
-                    return End::BadFrame {
-                        code: wsproto::close::TRY_AGAIN_LATER,
-                        reason: wsproto::TOO_MANY_WAITING,
-                    };
-                }
+                SocketEvent::Overflow => Err(wsproto::BadFrame::too_many_waiting()),
             };
             self.busy.set(false);
             let out = &self.session.out;

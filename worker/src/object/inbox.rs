@@ -2,11 +2,11 @@
 //!
 //! A socket's frames are applied one at a time (`socket_appends`). While an append awaits
 //! (a channel's delivery, say), the frames that arrive meanwhile wait in that line, each
-//! holding its bytes, with every other socket's frames behind them. So a socket may have at
-//! most [`MAX_FRAMES`] frames and [`MAX_BYTES`] waiting, and every waiting frame takes a share
-//! of the isolate's body budget ([`Held`]), as an HTTP append's body does. The frame that goes
-//! past a limit keeps its place in line without its bytes; at its turn, with everything before
-//! it applied and answered, it closes the socket with 1013, and the frames sent after it are
+//! holding its bytes, with every other socket's frames behind them. So a socket's waiting
+//! frames are held to the limits of [`Waiting`], and every waiting frame takes a share of the
+//! isolate's body budget ([`Held`]), as an HTTP append's body does. The frame that goes past a
+//! limit keeps its place in line without its bytes; at its turn, with everything before it
+//! applied and answered, it closes the socket with 1013, and the frames sent after it are
 //! dropped unread. Nothing unanswered was applied, so the client resends from its first
 //! unanswered frame (a producer's resend is safe). The frames workerd has not yet handed over
 //! cannot be counted: the [`AppendRate`] bounds those.
@@ -15,10 +15,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::intake::Held;
-use crate::wsproto::{
-    AppendAllowance, AppendRate, BadFrame, MAX_WAITING_BYTES as MAX_BYTES,
-    MAX_WAITING_FRAMES as MAX_FRAMES,
-};
+use crate::wsproto::{Admit, AppendAllowance, AppendRate, BadFrame, Waiting};
 
 /// Waiting frames and append allowances, by socket (`ClientState::id`).
 #[derive(Default)]
@@ -27,14 +24,6 @@ pub struct Inbox {
     /// Kept from a socket's first append until it closes (or the object sleeps: a socket
     /// that wakes it starts with a whole burst).
     allowances: RefCell<HashMap<u64, AppendAllowance>>,
-}
-
-#[derive(Default)]
-struct Waiting {
-    frames: usize,
-    bytes: u64,
-    /// A frame went past a limit: the socket closes at its turn.
-    over: bool,
 }
 
 /// What becomes of a frame that just arrived.
@@ -58,33 +47,24 @@ pub struct Place<'a> {
 impl Inbox {
     /// Counts a frame of `bytes` from `socket`, under an isolate-wide body budget of `budget`.
     pub fn admit(&self, socket: u64, bytes: u64, budget: u64) -> Admission<'_> {
-        let mut sockets = self.sockets.borrow_mut();
-        let waiting = sockets.entry(socket).or_default();
-        if waiting.over {
-            return Admission::Dropped;
-        }
         let mut held = Held::new(budget);
-        let fits = waiting.frames < MAX_FRAMES
-            && waiting.bytes.saturating_add(bytes) <= MAX_BYTES
-            && held.grow(bytes);
-        waiting.frames += 1;
-        if !fits {
-            held.release();
-            waiting.over = true;
-            return Admission::Overflow(Place {
-                inbox: self,
-                socket,
-                bytes: 0,
-                _held: held,
-            });
-        }
-        waiting.bytes += bytes;
-        Admission::Queued(Place {
+        let admitted = self
+            .sockets
+            .borrow_mut()
+            .entry(socket)
+            .or_default()
+            .admit(bytes, || held.grow(bytes));
+        let place = |bytes| Place {
             inbox: self,
             socket,
             bytes,
             _held: held,
-        })
+        };
+        match admitted {
+            Admit::Queued => Admission::Queued(place(bytes)),
+            Admit::Overflow => Admission::Overflow(place(0)),
+            Admit::Dropped => Admission::Dropped,
+        }
     }
 
     /// Takes what an append of `bytes` from `socket` costs of its allowance.
@@ -111,12 +91,11 @@ impl Inbox {
 impl Drop for Place<'_> {
     fn drop(&mut self) {
         let mut sockets = self.inbox.sockets.borrow_mut();
-        if let Some(waiting) = sockets.get_mut(&self.socket) {
-            waiting.frames -= 1;
-            waiting.bytes -= self.bytes;
-            if waiting.frames == 0 {
-                sockets.remove(&self.socket);
-            }
+        if sockets
+            .get_mut(&self.socket)
+            .is_some_and(|waiting| waiting.taken(self.bytes))
+        {
+            sockets.remove(&self.socket);
         }
     }
 }
@@ -124,6 +103,7 @@ impl Drop for Place<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wsproto::{MAX_WAITING_BYTES as MAX_BYTES, MAX_WAITING_FRAMES as MAX_FRAMES};
 
     const BUDGET: u64 = 64 * 1024 * 1024;
 

@@ -41,7 +41,7 @@ use crate::path::StreamName;
 use crate::reply::{self, PageData, ReadReply, X_PAGE_END};
 use crate::security;
 use crate::turnstile::Turnstile;
-use crate::wsproto::{self, ClientHello, ClientMessage, Incoming};
+use crate::wsproto::{self, BadFrame, ClientHello, ClientMessage, Incoming};
 use store::{Meta, Page, ReadError, Store};
 
 /// A page read whole returns at most this much (rounded up to a whole JSON message): a fork's
@@ -223,23 +223,11 @@ impl DurableObject for StreamObject {
         };
         // The place in line is taken before any await, so frames keep the order they arrived in.
         let budget = self.config.body_budget_bytes;
-        let _place = match self.inbox.admit(state.id, size as u64, budget) {
-            inbox::Admission::Queued(place) => place,
+        let (_place, message) = match self.inbox.admit(state.id, size as u64, budget) {
+            inbox::Admission::Queued(place) => (place, Some(message)),
+            // It waits for its turn without its bytes, and then closes the socket.
+            inbox::Admission::Overflow(place) => (place, None),
             inbox::Admission::Dropped => return Ok(()),
-            inbox::Admission::Overflow(place) => {
-                drop(message);
-                let _turn = self.socket_appends.enter().await;
-                // Everything it sent before this frame has been applied and answered.
-                if ws.as_ref().ready_state() == worker::web_sys::WebSocket::OPEN {
-                    let _ = ws.send_with_str(wsproto::too_many_waiting());
-                    let _ = ws.close(
-                        Some(wsproto::close::TRY_AGAIN_LATER),
-                        Some(wsproto::TOO_MANY_WAITING),
-                    );
-                }
-                drop(place);
-                return Ok(());
-            }
         };
         let _turn = self.socket_appends.enter().await;
         // A socket this object has closed (a bad frame, a cut, the stream's end) takes nothing
@@ -249,11 +237,24 @@ impl DurableObject for StreamObject {
         if ws.as_ref().ready_state() != worker::web_sys::WebSocket::OPEN {
             return Ok(());
         }
-        let incoming = match &message {
-            WebSocketIncomingMessage::String(text) => Incoming::Text(text),
-            WebSocketIncomingMessage::Binary(bytes) => Incoming::Binary(bytes),
+        // Every frame before this one has been applied and answered: a refusal starts here.
+        let parsed = match &message {
+            None => Err(BadFrame::too_many_waiting()),
+            Some(WebSocketIncomingMessage::String(text)) => {
+                wsproto::parse_client(Incoming::Text(text), state.json)
+            }
+            Some(WebSocketIncomingMessage::Binary(bytes)) => {
+                wsproto::parse_client(Incoming::Binary(bytes), state.json)
+            }
         };
-        let reply = match wsproto::parse_client(incoming, state.json) {
+        let rate = self.config.ws_append_rate;
+        let parsed = parsed.and_then(|message| {
+            if let ClientMessage::Append(_, body) = &message {
+                self.inbox.take(state.id, rate, body.len(), now_ms())?;
+            }
+            Ok(message)
+        });
+        let reply = match parsed {
             Ok(ClientMessage::Received(offset)) => {
                 // Only a socket under edgestream.v3 is held to its receipts.
                 if state.hello.receipts {
@@ -264,12 +265,6 @@ impl DurableObject for StreamObject {
                 return Ok(());
             }
             Ok(ClientMessage::Append(frame, body)) => {
-                let rate = self.config.ws_append_rate;
-                if let Err(bad) = self.inbox.take(state.id, rate, body.len(), now_ms()) {
-                    let _ = ws.send_with_str(bad.reply());
-                    let _ = ws.close(Some(bad.code), Some(bad.reason));
-                    return Ok(());
-                }
                 // Should this append close the stream, or cut this socket off, the socket is
                 // closed after its ack.
                 let _appending = self.hub.appending(ws.as_ref());
