@@ -177,7 +177,7 @@ pub fn admits_deleted(mark: Option<u64>) -> bool {
 /// it: one past the final offset, which no message of a closed stream can reach, so the event
 /// is deduplicated like any message.
 pub fn closed_mark(tail: u64) -> u64 {
-    tail + 1
+    tail.saturating_add(1)
 }
 
 /// A batch of envelopes in a JSON stream's stored framing (each followed by `,`), and the
@@ -201,7 +201,7 @@ pub fn json_batch(stream: &str, from: u64, framed: &[u8], budget: usize) -> Batc
         if batch.framed.len() >= budget {
             break;
         }
-        let Some(offset) = Offset::new(from + end as u64) else {
+        let Some(offset) = from.checked_add(end as u64).and_then(Offset::new) else {
             break;
         };
         // The message without its comma.
@@ -406,6 +406,9 @@ mod tests {
         // A trailing partial message is left for the next batch.
         let partial = json_batch("s", 0, b"1,2", 1 << 20);
         assert_eq!(partial.end, 2);
+        // Positions past the largest offset end the batch instead of overflowing.
+        assert_eq!(json_batch("s", u64::MAX, b"1,", 1).framed, b"");
+        assert_eq!(closed_mark(u64::MAX), u64::MAX);
         assert_eq!(
             json_batch("s", 7, b"", 10),
             Batch {

@@ -76,7 +76,7 @@ pub fn decide(
         if producer != Some(lease.holder.as_str()) {
             return Err(ProtocolError::Leased {
                 expires_ms: lease.expires_ms,
-                retry_after_s: retry_after(lease.expires_ms - now_ms),
+                retry_after_s: retry_after(lease.expires_ms.saturating_sub(now_ms)),
             });
         }
     }
@@ -206,6 +206,11 @@ mod tests {
                 retry_after_s: 1
             })
         );
+        // A lease that lasts for ever (a saturated expiry) still asks for a finite wait.
+        assert!(matches!(
+            decide(Some(&lease("a", i64::MAX)), None, None, -1),
+            Err(ProtocolError::Leased { .. })
+        ));
         // From its expiry on, the lease is free: another producer may take it, and anyone may
         // append.
         assert_eq!(

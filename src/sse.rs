@@ -9,6 +9,7 @@ use core::fmt::Write;
 
 use crate::base64;
 use crate::headers::SseEncoding;
+use crate::json;
 
 /// Longest `data:` line the encoder writes for base64 payloads; long payloads wrap.
 const BASE64_LINE: usize = 16 * 1024;
@@ -299,23 +300,44 @@ impl<'a> MiniJson<'a> {
                         b'n' => '\n',
                         b'r' => '\r',
                         b't' => '\t',
-                        b'u' => {
-                            let hex = self.s.get(self.i..self.i + 4).ok_or(ControlError::Syntax)?;
-                            let hex =
-                                core::str::from_utf8(hex).map_err(|_| ControlError::Syntax)?;
-                            let code =
-                                u32::from_str_radix(hex, 16).map_err(|_| ControlError::Syntax)?;
-                            self.i += 4;
-                            char::from_u32(code).unwrap_or('\u{fffd}')
-                        }
+                        b'u' => self.escaped_char()?,
                         _ => return Err(ControlError::Syntax),
                     };
                     let mut buf = [0u8; 4];
                     out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
                 }
+                c if c < 0x20 => return Err(ControlError::Syntax),
                 c => out.push(c),
             }
         }
+    }
+    /// The character of a `\uXXXX` escape (after the `u`), joining a surrogate pair as JSON
+    /// means it; a lone surrogate becomes U+FFFD.
+    fn escaped_char(&mut self) -> Result<char, ControlError> {
+        let high = self.hex4()?;
+        if (0xD800..0xDC00).contains(&high) && self.s.get(self.i..self.i + 2) == Some(b"\\u") {
+            let at = self.i;
+            self.i += 2;
+            let low = self.hex4()?;
+            if (0xDC00..0xE000).contains(&low) {
+                let code = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
+                return Ok(char::from_u32(code).unwrap_or('\u{fffd}'));
+            }
+            // Not a pair: the second escape is read on its own.
+            self.i = at;
+        }
+        Ok(char::from_u32(high).unwrap_or('\u{fffd}'))
+    }
+    /// Exactly four hex digits.
+    fn hex4(&mut self) -> Result<u32, ControlError> {
+        let digits = self.s.get(self.i..self.i + 4).ok_or(ControlError::Syntax)?;
+        let mut code = 0;
+        for &d in digits {
+            let v = char::from(d).to_digit(16).ok_or(ControlError::Syntax)?;
+            code = code * 16 + v;
+        }
+        self.i += 4;
+        Ok(code)
     }
     pub(crate) fn string_or_number(&mut self) -> Result<Option<String>, ControlError> {
         match self.peek() {
@@ -323,12 +345,7 @@ impl<'a> MiniJson<'a> {
             Some(b'n') => self.word(b"null").map(|_| None),
             Some(b'-' | b'0'..=b'9') => {
                 let start = self.i;
-                while matches!(
-                    self.peek(),
-                    Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-                ) {
-                    self.i += 1;
-                }
+                self.i += json::value_len(&self.s[start..]).map_err(|_| ControlError::Syntax)?;
                 let text = core::str::from_utf8(&self.s[start..self.i])
                     .map_err(|_| ControlError::Syntax)?;
                 Ok(Some(String::from(text)))
@@ -352,49 +369,10 @@ impl<'a> MiniJson<'a> {
             _ => Err(ControlError::Syntax),
         }
     }
-    /// Skips any value, using the core's strict scanner on the remaining text.
+    /// Skips any one value, checked by the core's strict JSON scanner.
     pub(crate) fn skip_value(&mut self) -> Result<(), ControlError> {
-        let rest = &self.s[self.i..];
-        // Find the shortest prefix that is one valid value by scanning with depth tracking.
-        let mut depth = 0usize;
-        let mut in_str = false;
-        let mut esc = false;
-        for (k, &c) in rest.iter().enumerate() {
-            if in_str {
-                if esc {
-                    esc = false;
-                } else if c == b'\\' {
-                    esc = true;
-                } else if c == b'"' {
-                    in_str = false;
-                    if depth == 0 {
-                        self.i += k + 1;
-                        return Ok(());
-                    }
-                }
-                continue;
-            }
-            match c {
-                b'"' => in_str = true,
-                b'[' | b'{' => depth += 1,
-                b']' | b'}' if depth > 0 => {
-                    depth -= 1;
-                    if depth == 0 {
-                        self.i += k + 1;
-                        return Ok(());
-                    }
-                }
-                b',' | b'}' | b']' if depth == 0 => {
-                    if k == 0 {
-                        return Err(ControlError::Syntax);
-                    }
-                    self.i += k;
-                    return Ok(());
-                }
-                _ => {}
-            }
-        }
-        Err(ControlError::Syntax)
+        self.i += json::value_len(&self.s[self.i..]).map_err(|_| ControlError::Syntax)?;
+        Ok(())
     }
 }
 
@@ -498,7 +476,8 @@ impl SseDecoder {
             }
             "id" if !value.contains('\0') => self.last_id = Some(String::from(value)),
             "retry" if !value.is_empty() && value.bytes().all(|c| c.is_ascii_digit()) => {
-                self.retry_ms = value.parse().ok();
+                // All digits, so only a value past u32 fails to parse: it means "longest".
+                self.retry_ms = Some(value.parse().unwrap_or(u32::MAX));
             }
             _ => {}
         }
@@ -720,6 +699,30 @@ mod tests {
     }
 
     #[test]
+    fn control_parse_reads_json_strictly() {
+        // An escaped surrogate pair is one character, as JSON means it; a lone one is U+FFFD.
+        let c = Control::parse(r#"{"streamNextOffset":"\ud83d\ude00 \ud83d\u0041"}"#).unwrap();
+        assert_eq!(c.next_offset, "\u{1F600} \u{FFFD}A");
+        for bad in [
+            "{\"streamNextOffset\":\"\\u+041\"}",
+            "{\"streamNextOffset\":\"\\u00g1\"}",
+            "{\"streamNextOffset\":\"a\tb\"}",
+            r#"{"streamNextOffset":"a","streamCursor":1-2+e}"#,
+            r#"{"streamNextOffset":"a","streamCursor":01}"#,
+            r#"{"streamNextOffset":"a","x":garbage tokens}"#,
+            r#"{"streamNextOffset":"a","x":[1,}"#,
+            r#"{"streamNextOffset":"a","x":}"#,
+        ] {
+            assert_eq!(Control::parse(bad), Err(ControlError::Syntax), "{bad}");
+        }
+        let c = Control::parse(
+            r#"{"streamNextOffset":"a","streamCursor":-1.5e3,"x":{"y":[true,null]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.cursor.as_deref(), Some("-1.5e3"));
+    }
+
+    #[test]
     fn decoder_follows_the_whatwg_rules() {
         let text = "\u{feff}: comment\r\nevent:control\rdata: one\r\ndata:two\nid: 7\nretry: 1500\n\ndata\n\nevent: lonely\n\n";
         let events = decode_all(text.as_bytes(), &[1, 2, 3, 14, 15]);
@@ -747,6 +750,11 @@ mod tests {
         let mut d = SseDecoder::new();
         d.push(b"retry: 250\n\n");
         assert_eq!(d.retry_ms, Some(250));
+        // Digits past u32 still set it (to the longest), and anything else leaves it.
+        d.push(b"retry: 4294967296\n");
+        assert_eq!(d.retry_ms, Some(u32::MAX));
+        d.push(b"retry: 10\nretry: 1e3\nretry: -1\nretry:\n");
+        assert_eq!(d.retry_ms, Some(10));
     }
 
     #[test]

@@ -120,7 +120,8 @@ impl RetryPolicy {
             .powi(attempt.saturating_sub(1).min(64) as i32);
         let base = (self.initial_delay_ms * exp).min(self.max_delay_ms);
         let jittered = base / 2.0 + base / 2.0 * random.clamp(0.0, 1.0);
-        match retry_after_ms {
+        // The server's wish (Retry-After, or SSE's `retry:`) is capped as a header is.
+        match retry_after_ms.map(|ra| ra.min(MAX_RETRY_AFTER_MS)) {
             Some(ra) if ra > jittered => ra,
             _ => jittered,
         }
@@ -210,6 +211,9 @@ mod tests {
         // Retry-After wins only when it asks for longer.
         assert_eq!(p.delay_ms(1, 1.0, Some(1_000.0)), 1_000.0);
         assert_eq!(p.delay_ms(30, 1.0, Some(1_000.0)), 5_000.0);
+        // An SSE `retry:` of 49 days waits no longer than the longest Retry-After.
+        let days = f64::from(u32::MAX);
+        assert_eq!(p.delay_ms(1, 1.0, Some(days)), MAX_RETRY_AFTER_MS);
     }
 
     #[test]
