@@ -94,7 +94,7 @@ pub enum HeaderError {
     ForkSubOffset,
     /// A fork header was sent without `Stream-Forked-From`.
     ForkWithoutSource,
-    /// The `live` query parameter has an unknown value.
+    /// The `live` query parameter has an unknown value, or is repeated.
     LiveMode,
     /// `Stream-Lease-TTL` is not a whole number of seconds up to a day.
     LeaseTtl,
@@ -127,7 +127,7 @@ impl HeaderError {
             },
             HeaderError::ForkSubOffset => "Stream-Fork-Sub-Offset must be a non-negative integer",
             HeaderError::ForkWithoutSource => "fork headers require Stream-Forked-From",
-            HeaderError::LiveMode => "live must be long-poll, sse or ws",
+            HeaderError::LiveMode => "live must be long-poll, sse or ws, given once",
             HeaderError::LeaseTtl => "Stream-Lease-TTL must be an integer from 0 to 86400",
             HeaderError::LeaseWithoutProducer => {
                 "Stream-Lease-TTL needs Producer-Id, Producer-Epoch and Producer-Seq"
@@ -411,6 +411,20 @@ impl LiveMode {
         }
     }
 
+    /// The mode of a URL's `live` parameters: none is a catch-up read, and more than one is
+    /// refused, as a repeated `offset` is, since the reader's intent is unclear.
+    pub fn from_query<'a, I>(values: I) -> Result<Option<LiveMode>, HeaderError>
+    where
+        I: IntoIterator<Item = &'a str>,
+    {
+        let mut values = values.into_iter();
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(HeaderError::LiveMode);
+        }
+        LiveMode::parse(first)
+    }
+
     /// The `live` parameter's value for this mode.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -641,6 +655,16 @@ mod tests {
         );
         assert_eq!(LiveMode::parse(Some("ws")), Ok(Some(LiveMode::WebSocket)));
         assert_eq!(LiveMode::parse(Some("poll")), Err(HeaderError::LiveMode));
+        assert_eq!(LiveMode::from_query([]), Ok(None));
+        assert_eq!(LiveMode::from_query(["sse"]), Ok(Some(LiveMode::Sse)));
+        assert_eq!(
+            LiveMode::from_query(["long-poll", "sse"]),
+            Err(HeaderError::LiveMode)
+        );
+        assert_eq!(
+            LiveMode::from_query(["sse", "sse"]),
+            Err(HeaderError::LiveMode)
+        );
         for mode in [LiveMode::LongPoll, LiveMode::Sse, LiveMode::WebSocket] {
             assert_eq!(LiveMode::parse(Some(mode.as_str())), Ok(Some(mode)));
         }

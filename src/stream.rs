@@ -347,11 +347,6 @@ pub fn plan_append(
                     closed: true,
                 });
             }
-            if let d @ ProducerDecision::StaleEpoch { .. } =
-                producer::decide(stored_producer, p.epoch, p.seq)
-            {
-                return Err(ProtocolError::Producer(d));
-            }
         }
         // Closing again is idempotent, but not for a producer that did not close it: its
         // close did not happen and it must learn the stream was closed by someone else.
@@ -912,11 +907,13 @@ mod tests {
                 final_offset: Offset::new(10).unwrap()
             })
         );
+        // A stale epoch too learns that the stream is closed (PROTOCOL §5.2.1: any other
+        // producer append to a closed stream is 409 with Stream-Closed).
         assert_eq!(
             plan_append(&t, &with(1, 0), stored),
-            Err(ProtocolError::Producer(ProducerDecision::StaleEpoch {
-                current_epoch: 2
-            }))
+            Err(ProtocolError::Closed {
+                final_offset: Offset::new(10).unwrap()
+            })
         );
         // Another producer's close-only request: the stream was closed by someone else.
         let other = AppendRequest {

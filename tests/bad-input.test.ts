@@ -128,6 +128,7 @@ describe('malformed and repeated headers', () => {
     ['offset empty', '?offset='],
     ['offset repeated', '?offset=-1&offset=0'],
     ['live mode unknown', '?offset=-1&live=bogus'],
+    ['live repeated', '?offset=-1&live=long-poll&live=sse'],
     ['live without an offset', '?live=sse'],
   ])('GET with %s: 400', async (_, query) => {
     expectRefusal(await raw('GET', `${S}/canary${query}`), 400);

@@ -73,6 +73,13 @@ pub fn header(headers: &Headers, name: &str) -> Option<String> {
     headers.get(name).ok().flatten()
 }
 
+/// `Stream-Seq`, where an empty value counts as none: the protocol's values are opaque
+/// strings that order writers, and an empty header orders nothing (as the reference server
+/// takes it).
+pub fn stream_seq(headers: &Headers) -> Option<String> {
+    header(headers, h::STREAM_SEQ).filter(|seq| !seq.is_empty())
+}
+
 /// A short plain-text response.
 pub fn text(status: u16, message: &str) -> Result<Response> {
     let mut body = message.to_string();

@@ -197,7 +197,7 @@ pub(crate) fn check_append(
             return Err(h::HeaderError::LeaseWithoutProducer.into());
         }
     }
-    if let Some(seq) = header(headers, h::STREAM_SEQ) {
+    if let Some(seq) = http::stream_seq(headers) {
         h::parse_stream_seq(&seq)?;
     }
     Ok(())
@@ -225,10 +225,11 @@ async fn get(
         Ok(from) => from,
         Err(e) => return http::error(&e.into()),
     };
-    let mode = match LiveMode::parse(http::query_value(url, "live").as_deref()) {
-        Ok(mode) => mode,
-        Err(e) => return http::error(&e.into()),
-    };
+    let mode =
+        match LiveMode::from_query(http::query_values(url, "live").iter().map(String::as_str)) {
+            Ok(mode) => mode,
+            Err(e) => return http::error(&e.into()),
+        };
     let Some(mode) = mode else {
         return forward(req, url, name, env).await;
     };

@@ -723,7 +723,7 @@ impl StreamObject {
             Ok(lease) => lease,
             Err(e) => return http::error(&e.into()),
         };
-        let stream_seq = header(headers, h::STREAM_SEQ);
+        let stream_seq = http::stream_seq(headers);
         let content_type = header(headers, h::CONTENT_TYPE);
         let request = AppendRequest {
             content_type: content_type.as_deref(),
@@ -1062,7 +1062,9 @@ impl StreamObject {
             Lookup::Deleted => return http::error(&ProtocolError::Gone),
             Lookup::Missing => return http::error(&ProtocolError::NotFound),
         };
-        let mode = match LiveMode::parse(http::query_value(url, "live").as_deref()) {
+        let mode = match LiveMode::from_query(
+            http::query_values(url, "live").iter().map(String::as_str),
+        ) {
             Ok(Some(mode)) => mode,
             Ok(None) => LiveMode::Sse,
             Err(e) => return http::error(&e.into()),

@@ -1,0 +1,57 @@
+// Clauses of PROTOCOL.md that the published conformance suite leaves open (it accepts either
+// answer, or does not ask), pinned to what the text says: an idempotent producer appending to
+// a closed stream, and `Stream-Seq`'s scope and its empty value.
+import { afterAll, beforeAll, expect, test } from 'vitest';
+import { startServer } from '../scripts/dev-server.mjs';
+
+let server: Awaited<ReturnType<typeof startServer>>;
+
+beforeAll(async () => {
+  server = await startServer({ vars: { LONG_POLL_TIMEOUT_MS: '1000' } });
+});
+
+afterAll(async () => {
+  await server?.stop();
+});
+
+let counter = 0;
+const url = (label: string) => `${server.baseUrl}/v1/stream/protocol/${label}-${process.pid}-${Date.now()}-${counter++}`;
+const text = { 'content-type': 'text/plain' };
+const producer = (epoch: number, seq: number) => ({ 'producer-id': 'p', 'producer-epoch': String(epoch), 'producer-seq': String(seq) });
+
+async function call(target: string, method: string, headers: Record<string, string> = {}, body?: string) {
+  const res = await fetch(target, { method, headers, body });
+  return { status: res.status, headers: res.headers, body: await res.text() };
+}
+
+test('§5.2.1: a stale epoch appending to a closed stream is told it is closed (409, Stream-Closed), not fenced', async () => {
+  const s = url('closed-stale');
+  expect((await call(s, 'PUT', text)).status).toBe(201);
+  const closing = await call(s, 'POST', { ...text, ...producer(1, 0), 'stream-closed': 'true' }, 'final');
+  expect(closing.status).toBe(200);
+  const stale = await call(s, 'POST', { ...text, ...producer(0, 1) }, 'more');
+  expect(stale.status).toBe(409);
+  expect(stale.headers.get('stream-closed')).toBe('true');
+  expect(stale.headers.get('stream-next-offset')).toBe(closing.headers.get('stream-next-offset'));
+  // The closing tuple itself is still a duplicate, and nothing was appended.
+  const again = await call(s, 'POST', { ...text, ...producer(1, 0), 'stream-closed': 'true' }, 'final');
+  expect(again.status).toBe(204);
+  expect((await call(s, 'GET')).body).toBe('final');
+});
+
+test('§5.2: Stream-Seq is scoped to the stream, and an empty one orders nothing', async () => {
+  const a = url('seq-a');
+  const b = url('seq-b');
+  for (const s of [a, b]) expect((await call(s, 'PUT', text)).status).toBe(201);
+  expect((await call(a, 'POST', { ...text, 'stream-seq': '5' }, '1')).status).toBe(204);
+  // Another stream has its own order.
+  expect((await call(b, 'POST', { ...text, 'stream-seq': '1' }, '1')).status).toBe(204);
+  // An append without it, or with an empty value, is not compared and does not move it.
+  expect((await call(a, 'POST', text, '2')).status).toBe(204);
+  expect((await call(a, 'POST', { ...text, 'stream-seq': '' }, '3')).status).toBe(204);
+  expect((await call(a, 'POST', { ...text, 'stream-seq': '' }, '4')).status).toBe(204);
+  const regression = await call(a, 'POST', { ...text, 'stream-seq': '4' }, 'x');
+  expect(regression.status).toBe(409);
+  expect((await call(a, 'POST', { ...text, 'stream-seq': '6' }, '5')).status).toBe(204);
+  expect((await call(a, 'GET')).body).toBe('12345');
+});
