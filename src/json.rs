@@ -240,14 +240,6 @@ impl Scanner<'_> {
     }
 }
 
-/// The length of the one JSON value at the start of `text` (leading whitespace included), for
-/// readers that take a value out of a larger document. `text` must be valid UTF-8.
-pub(crate) fn value_len(text: &[u8]) -> Result<usize, JsonError> {
-    let mut s = Scanner { b: text, i: 0 };
-    s.value(0)?;
-    Ok(s.i)
-}
-
 /// Whether `body` is exactly one JSON value (surrounding whitespace allowed).
 pub fn validate(body: &[u8]) -> Result<(), JsonError> {
     core::str::from_utf8(body).map_err(|_| JsonError::Utf8)?;
