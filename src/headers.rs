@@ -86,6 +86,8 @@ pub enum HeaderError {
     StreamSeq,
     /// `Content-Type` is not a media type.
     ContentType,
+    /// `Content-Type` is longer than [`MAX_CONTENT_TYPE_LEN`].
+    ContentTypeTooLong,
     /// `Stream-Forked-From` is not a stream path.
     ForkedFrom,
     /// `Stream-Fork-Offset` is not an offset of this server.
@@ -120,6 +122,7 @@ impl HeaderError {
             HeaderError::ProducerSeq => "Producer-Seq must be an integer from 0 to 2^53-1",
             HeaderError::StreamSeq => "Stream-Seq must be 1 to 256 bytes",
             HeaderError::ContentType => "Content-Type is not a valid media type",
+            HeaderError::ContentTypeTooLong => "Content-Type must be at most 256 bytes",
             HeaderError::ForkedFrom => "Stream-Forked-From must be a stream path on this server",
             HeaderError::ForkOffset(e) => match e {
                 OffsetError::Unrecognised => "Stream-Fork-Offset was not issued by this server",
@@ -317,6 +320,11 @@ pub struct ContentType {
     essence_len: usize,
 }
 
+/// Longest `Content-Type` a client may give: a stream's type is stored and sent back on every
+/// read, so an unbounded one would make each response's headers too large for some clients
+/// (Node's fetch refuses headers over 16 KiB in all).
+pub const MAX_CONTENT_TYPE_LEN: usize = 256;
+
 /// The type a stream gets when created without `Content-Type`.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
@@ -325,8 +333,18 @@ fn is_token_char(c: u8) -> bool {
 }
 
 impl ContentType {
-    /// Parses a `Content-Type` value: `type "/" subtype *(";" parameter)`.
+    /// Parses a `Content-Type` value a client gave: `type "/" subtype *(";" parameter)`, at most
+    /// [`MAX_CONTENT_TYPE_LEN`] bytes once trimmed.
     pub fn parse(value: &str) -> Result<ContentType, HeaderError> {
+        if value.trim().len() > MAX_CONTENT_TYPE_LEN {
+            return Err(HeaderError::ContentTypeTooLong);
+        }
+        ContentType::parse_stored(value)
+    }
+
+    /// Parses a type already accepted: one stored, or one a server sends back. A stream
+    /// created before the length cap keeps its type, whatever its length.
+    pub fn parse_stored(value: &str) -> Result<ContentType, HeaderError> {
         let raw = value.trim();
         let essence = raw.split(';').next().unwrap_or_default().trim_end();
         let (ty, sub) = essence.split_once('/').ok_or(HeaderError::ContentType)?;
@@ -627,6 +645,22 @@ mod tests {
         ] {
             assert!(ContentType::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn content_types_are_bounded_when_given_but_not_when_stored() {
+        let at_limit = alloc::format!("text/plain; x={}", "a".repeat(MAX_CONTENT_TYPE_LEN - 14));
+        assert_eq!(at_limit.len(), MAX_CONTENT_TYPE_LEN);
+        assert!(ContentType::parse(&at_limit).is_ok());
+        // Surrounding whitespace is not stored, so it does not count.
+        assert!(ContentType::parse(&alloc::format!("  {at_limit}  ")).is_ok());
+        let over = alloc::format!("{at_limit}a");
+        assert_eq!(
+            ContentType::parse(&over).unwrap_err(),
+            HeaderError::ContentTypeTooLong
+        );
+        assert_eq!(ContentType::parse_stored(&over).unwrap().as_str(), over);
+        assert!(ContentType::parse_stored("not a type").is_err());
     }
 
     #[test]

@@ -13,6 +13,8 @@ const LIMIT = 64 * 1024; // MAX_APPEND_BYTES for this server, so oversized bodie
 let server: Awaited<ReturnType<typeof startServer>>;
 const S = '/v1/stream/bad';
 const CANARY = 'canary: nothing may change me\n';
+// A media type over the 256-byte cap: stored, it would be sent back on every read.
+const LONG_TYPE = `text/plain; x=${'a'.repeat(1_000)}`;
 
 type Reply = { status: number; headers: http.IncomingHttpHeaders; body: Buffer };
 
@@ -98,6 +100,8 @@ describe('malformed and repeated headers', () => {
     ['Stream-Expires-At already past', { 'stream-expires-at': '2000-01-01T00:00:00Z' }],
     ['Stream-TTL and Stream-Expires-At together', { 'stream-ttl': '10', 'stream-expires-at': '2099-01-01T00:00:00Z' }],
     ['Content-Type not a media type', { 'content-type': 'not a type' }],
+    ['Content-Type over 256 bytes', { 'content-type': LONG_TYPE }],
+    ['Content-Type over 256 bytes on a fork', { 'content-type': LONG_TYPE, 'stream-forked-from': `${S}/text` }],
     ['Stream-Fork-Offset without Stream-Forked-From', { 'stream-fork-offset': '-1' }],
   ])('PUT with %s: 400, nothing created', async (_, headers) => {
     const name = `h-${Math.random().toString(36).slice(2)}`;
@@ -115,8 +119,18 @@ describe('malformed and repeated headers', () => {
     ['Producer-Id of 10 KB', { ...producer, 'producer-id': 'p'.repeat(10_000) }],
     ['Stream-Seq of 10 KB', { 'stream-seq': 's'.repeat(10_000) }],
     ['Content-Type not a media type', { 'content-type': 'not a type' }],
+    ['Content-Type over 256 bytes', { 'content-type': LONG_TYPE }],
   ])('POST with %s: 400, nothing appended', async (_, headers) => {
     expectRefusal(await post(headers), 400);
+  });
+
+  it('a Content-Type of exactly 256 bytes is accepted, stored and sent back', async () => {
+    const type = `text/plain; x=${'a'.repeat(256 - 14)}`;
+    const name = `ct-${Math.random().toString(36).slice(2)}`;
+    expect((await raw('PUT', `${S}/${name}`, { 'content-type': type }, 'z')).status).toBe(201);
+    const read = await contents(name);
+    expect(read.headers['content-type']).toBe(type);
+    expect(read.body.toString()).toBe('z');
   });
 
   it('POST with another content type: 409, nothing appended', async () => {

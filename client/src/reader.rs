@@ -371,7 +371,7 @@ impl Inner {
         self.json.unwrap_or_else(|| {
             self.content_type
                 .as_deref()
-                .and_then(|ct| ContentType::parse(ct).ok())
+                .and_then(|ct| ContentType::parse_stored(ct).ok())
                 .is_some_and(|ct| ct.is_json())
         })
     }

@@ -211,7 +211,7 @@ pub async fn long_poll(
     let mut timeout = Delay::from(Duration::from_millis(staggered(
         config.long_poll_timeout_ms,
     )));
-    let json_stream = ContentType::parse(&live.content_type).is_ok_and(|c| c.is_json());
+    let json_stream = ContentType::parse_stored(&live.content_type).is_ok_and(|c| c.is_json());
     loop {
         let event = match select(Box::pin(live.socket.next()), &mut timeout).await {
             Either::Left((event, _)) => event,
@@ -318,7 +318,8 @@ pub async fn sse(
             (Subscription::Live(live), ct, channel, incarnation)
         }
     };
-    let ct = ContentType::parse(&content_type).unwrap_or_else(|_| ContentType::default_type());
+    let ct =
+        ContentType::parse_stored(&content_type).unwrap_or_else(|_| ContentType::default_type());
     let state = SseState {
         offset: from,
         cursor: cursor::next_cursor(now_ms(), client_cursor.as_deref(), random_u32()),

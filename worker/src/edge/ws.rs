@@ -112,7 +112,7 @@ pub async fn websocket(
     }
     let content_type = header(first.headers(), h::CONTENT_TYPE).unwrap_or_default();
     let content_type =
-        ContentType::parse(&content_type).unwrap_or_else(|_| ContentType::default_type());
+        ContentType::parse_stored(&content_type).unwrap_or_else(|_| ContentType::default_type());
     let pair = WebSocketPair::new()?;
     let client = Socket::accept_client(pair.server)?;
     let session = Session {

@@ -608,8 +608,8 @@ impl StreamObject {
             Lookup::Live(meta) => return self.existing(&meta, request).await,
             Lookup::Deleted => return http::error(&ProtocolError::PathInUse),
         }
-        let content_type =
-            ContentType::parse(&reply.content_type).unwrap_or_else(|_| ContentType::default_type());
+        let content_type = ContentType::parse_stored(&reply.content_type)
+            .unwrap_or_else(|_| ContentType::default_type());
         let point = Offset::new(reply.point).unwrap_or(Offset::ZERO);
         let inherited_expiry = Expiry::from_parts(reply.expiry_kind, reply.expiry_value);
         let meta = Meta {

@@ -524,7 +524,7 @@ impl Store {
             .map_or(Offset::ZERO, |r| offset(r.first()));
         let g = |i: usize| r.get(i);
         let content_type = text(g(2))
-            .and_then(|t| ContentType::parse(&t).ok())
+            .and_then(|t| ContentType::parse_stored(&t).ok())
             .unwrap_or_else(ContentType::default_type);
         let expiry = Expiry::from_parts(int(g(3)), int(g(4)));
         let closed_by = text(g(7)).map(|id| ClosingProducer {
