@@ -53,6 +53,9 @@ pub enum ProtocolError {
     ForkSourceNotFound,
     /// Fork offset beyond the source's tail, or a sub-offset past the next boundary (400).
     ForkOffsetOutOfRange,
+    /// The source is already [`crate::stream::MAX_FORK_DEPTH`] forks deep (400: forking it
+    /// can never succeed, as a source's depth never changes).
+    ForkTooDeep,
     /// The body is larger than the server accepts (413).
     PayloadTooLarge { limit: u64 },
     /// The stream has grown to the largest size offsets can express (507 is not a 4xx; 413 is
@@ -72,7 +75,8 @@ impl ProtocolError {
             | ProtocolError::BadRequest(_)
             | ProtocolError::EmptyBody
             | ProtocolError::MissingContentType
-            | ProtocolError::ForkOffsetOutOfRange => 400,
+            | ProtocolError::ForkOffsetOutOfRange
+            | ProtocolError::ForkTooDeep => 400,
             ProtocolError::NotFound | ProtocolError::ForkSourceNotFound => 404,
             ProtocolError::MethodNotAllowed => 405,
             ProtocolError::Gone => 410,
@@ -117,6 +121,10 @@ impl ProtocolError {
             ProtocolError::ForkSourceGone => "fork source was deleted".into(),
             ProtocolError::ForkSourceNotFound => "fork source not found".into(),
             ProtocolError::ForkOffsetOutOfRange => "fork offset is beyond the source's data".into(),
+            ProtocolError::ForkTooDeep => alloc::format!(
+                "fork source is already {} forks deep, the most a chain of forks may be",
+                crate::stream::MAX_FORK_DEPTH
+            ),
             ProtocolError::PayloadTooLarge { limit } => {
                 alloc::format!("body is larger than {limit} bytes")
             }
@@ -235,6 +243,7 @@ mod tests {
             ProtocolError::ForkSourceGone,
             ProtocolError::ForkSourceNotFound,
             ProtocolError::ForkOffsetOutOfRange,
+            ProtocolError::ForkTooDeep,
             ProtocolError::MethodNotAllowed,
             ProtocolError::StreamFull,
             ProtocolError::Json(JsonError::Empty),

@@ -5,6 +5,7 @@
 use alloc::borrow::Cow;
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 
 use crate::error::ProtocolError;
 use crate::headers::{ContentType, HeaderError, ProducerHeaders};
@@ -269,9 +270,53 @@ pub fn ancestor_holding(
         if b <= at.position() {
             return Some((i, end));
         }
-        end = Offset::new(b)?;
+        // An ancestor forked below its own source's base (its range is empty) does not lift
+        // the end: what lies above it is held by an ancestor nearer the fork.
+        end = end.min(Offset::new(b)?);
     }
     None
+}
+
+/// Deepest chain of forks: a stream that is not a fork is 0 deep, a fork one deeper than its
+/// source. A fork records its ancestors, and every read of inherited data and every fork of it
+/// loads them, so the chain is bounded.
+pub const MAX_FORK_DEPTH: u32 = 64;
+
+/// The ancestors a new fork at `point` records, from its source's ancestry (the source first,
+/// then its own ancestors, nearest first, with `base_of` each one's base): those it inherits a
+/// non-empty range from. An ancestor whose base is at or above the base of one nearer the fork
+/// (or at or above `point`) holds nothing the fork can read, so each kept ancestor's base is
+/// below the last one's. Never empty: a fork that inherits nothing (at 0) keeps its source, as
+/// an empty ancestry means one recorded before ancestries were.
+pub fn inherited_ancestors<T>(
+    ancestry: impl IntoIterator<Item = T>,
+    base_of: impl Fn(&T) -> u64,
+    point: Offset,
+) -> Vec<T> {
+    let mut ancestry = ancestry.into_iter();
+    let Some(source) = ancestry.next() else {
+        return Vec::new();
+    };
+    let mut below = point.position();
+    let mut kept = Vec::new();
+    let mut unkept_source = None;
+    if base_of(&source) < below {
+        below = base_of(&source);
+        kept.push(source);
+    } else {
+        unkept_source = Some(source);
+    }
+    for a in ancestry {
+        let b = base_of(&a);
+        if b < below {
+            below = b;
+            kept.push(a);
+        }
+    }
+    if kept.is_empty() {
+        kept.extend(unkept_source);
+    }
+    kept
 }
 
 /// The stored state an append is checked against.
@@ -1030,6 +1075,41 @@ mod tests {
             ancestor_holding([100, 100, 0], o(100), o(99)),
             Some((2, o(100)))
         );
+        // A fork at 300 of A (forked at 100 of B, whose base is 500, forked at 50 of R): A's
+        // own appends hold 100..300, so R holds only 50..100 for it, not up to B's base.
+        let bases = [100, 500, 50, 0];
+        assert_eq!(ancestor_holding(bases, o(300), o(150)), Some((0, o(300))));
+        assert_eq!(ancestor_holding(bases, o(300), o(75)), Some((2, o(100))));
+        assert_eq!(ancestor_holding(bases, o(300), o(10)), Some((3, o(50))));
+    }
+
+    #[test]
+    fn a_fork_records_only_the_ancestors_it_inherits_from() {
+        let o = |n| Offset::new(n).unwrap();
+        let keep =
+            |bases: &[u64], point| inherited_ancestors(bases.iter().copied(), |b| *b, o(point));
+        // Each below the last: all kept.
+        assert_eq!(keep(&[200, 100, 0], 300), [200, 100, 0]);
+        // Forks of forks at one point (each inherits nothing from its source): only the
+        // ancestor holding the data below is kept.
+        assert_eq!(keep(&[100, 100, 100, 0], 100), [0]);
+        assert_eq!(keep(&[300, 300, 100, 0], 300), [100, 0]);
+        // Forked below the source's base: the source holds nothing for it.
+        assert_eq!(keep(&[500, 50, 0], 300), [50, 0]);
+        // A non-monotone chain keeps the bases that fall, and reads stay the same.
+        let chain = [100, 500, 50, 0];
+        let kept = keep(&chain, 300);
+        assert_eq!(kept, [100, 50, 0]);
+        for at in 0..300 {
+            let full = ancestor_holding(chain, o(300), o(at)).map(|(i, end)| (chain[i], end));
+            let short = ancestor_holding(kept.iter().copied(), o(300), o(at))
+                .map(|(i, end)| (kept[i], end));
+            assert_eq!(full, short, "at {at}");
+        }
+        // A fork at 0 inherits nothing but keeps its source, so its ancestry is not empty.
+        assert_eq!(keep(&[200, 0], 0), [200]);
+        assert_eq!(keep(&[0], 0), [0]);
+        assert_eq!(keep(&[], 10), [] as [u64; 0]);
     }
 
     #[test]

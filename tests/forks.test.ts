@@ -408,6 +408,61 @@ describe('a chain of forks deeper than the platform nests calls', () => {
   }, 120_000);
 });
 
+describe('the depth of a chain of forks', () => {
+  const text = { 'content-type': 'text/plain' };
+  const maxDepth = 64; // MAX_FORK_DEPTH
+
+  it('reads exactly at every level, whatever ranges its ancestors hold, and refuses a fork deeper than 64', async () => {
+    // A model of each level: its whole content and its base. Levels take turns: forked at the
+    // tail with nothing appended (the next inherits nothing from it), at the tail with data, below
+    // the source's own base (the source holds nothing for it), and at the source's base.
+    type Level = { name: string; content: string; base: number };
+    const root: Level = { name: unique('depth-0'), content: '<root:' + 'r'.repeat(594) + '>', base: 0 };
+    expect((await put(root.name, text, root.content)).status).toBe(201);
+    const chain = [root];
+    for (let level = 1; level <= maxDepth; level++) {
+      const source = chain[level - 1];
+      const at = [source.content.length, source.content.length, Math.floor(source.base / 2), source.base][level % 4];
+      const name = unique(`depth-${level}`);
+      const created = await fork(name, source.name, { 'stream-fork-offset': off(at) });
+      expect(created.status, `fork ${level}: ${created.text}`).toBe(201);
+      const own = level % 4 === 0 ? '' : `<${level}:${'x'.repeat(level % 4 === 3 ? 40 : 290)}>`;
+      if (own) expect((await call('POST', name, text, own)).status).toBe(204);
+      chain.push({ name, content: source.content.slice(0, at) + own, base: at });
+    }
+    for (const level of chain) expect((await readAll(level.name)).text, level.name).toBe(level.content);
+    // Reads that start inside inherited ranges, at every level of the deepest fork's ancestry.
+    const leaf = chain[maxDepth];
+    for (let from = 0; from <= leaf.content.length; from += 53) {
+      let offset = off(from);
+      let got = '';
+      for (;;) {
+        const res = await read(leaf.name, offset);
+        expect(res.status).toBe(200);
+        got += res.text;
+        offset = res.headers.get('stream-next-offset')!;
+        if (res.headers.get('stream-up-to-date') === 'true') break;
+      }
+      expect(got, `from ${from}`).toBe(leaf.content.slice(from));
+    }
+
+    // A fork of the 64th level is refused, nothing is created, and the source took no
+    // reference: deleted, it goes outright and its path is free again.
+    const deeper = unique('depth-65');
+    const refused = await fork(deeper, leaf.name);
+    expect(refused.status).toBe(400);
+    expect(refused.headers.get('content-type')).toMatch(/^text\/plain/);
+    expect(refused.text).toMatch(/64 forks deep/);
+    expect((await call('HEAD', deeper)).status).toBe(404);
+    // One level up still forks.
+    const sibling = unique('depth-64b');
+    expect((await fork(sibling, chain[maxDepth - 1].name)).status).toBe(201);
+    expect((await readAll(sibling)).text).toBe(chain[maxDepth - 1].content);
+    expect((await call('DELETE', leaf.name)).status).toBe(204);
+    expect((await call('HEAD', leaf.name)).status).toBe(404);
+  }, 180_000);
+});
+
 describe('a fork whose create fails after its source took the reference', () => {
   it('gives the reference back, so the source goes with its last real fork', async () => {
     const json = { 'content-type': 'application/json' };

@@ -81,6 +81,8 @@ pub(super) struct Origin<'a> {
     pub id: &'a str,
     /// Its source's expiry, which it takes unless it asked for its own.
     pub inherited_expiry: Expiry,
+    /// How many forks deep it is.
+    pub depth: u32,
 }
 
 /// The id a fork's reference on its source is held by: one per incarnation.
@@ -127,10 +129,15 @@ struct AcquireReply {
     expiry_kind: i64,
     expiry_value: i64,
     point: u64,
-    /// The source and its ancestors, nearest first: the fork's ancestors. Absent when the
-    /// source is a fork made before ancestors were recorded; the fork then reads through it.
+    /// The source and its ancestors, nearest first, that the fork inherits a range from: the
+    /// fork's ancestors. Absent when the source is a fork made before ancestors were recorded;
+    /// the fork then reads through it.
     #[serde(default)]
     ancestry: Option<Vec<Ancestor>>,
+    /// How many forks deep the source is (0 for a stream that is not a fork). Absent from a
+    /// source running an older version.
+    #[serde(default)]
+    depth: Option<u32>,
 }
 
 /// Calls another stream's object, from a request `hops` deep.
@@ -298,6 +305,11 @@ pub async fn acquire(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Respo
         Lookup::Deleted => return http::error(&ProtocolError::ForkSourceGone),
         Lookup::Missing => return http::error(&ProtocolError::ForkSourceNotFound),
     };
+    // Refused before any reference is taken: the source's depth never changes.
+    let depth = depth_of(obj, &meta)?;
+    if depth >= stream::MAX_FORK_DEPTH {
+        return http::error(&ProtocolError::ForkTooDeep);
+    }
     if let Some(asked) = ask.content_type.as_deref() {
         match ContentType::parse(asked) {
             Ok(ct) if ct.matches(&meta.content_type) => {}
@@ -365,7 +377,11 @@ pub async fn acquire(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Respo
     let ancestry = match current.fork {
         None => Some(vec![itself]),
         Some(_) if ancestors.is_empty() => None,
-        Some(_) => Some(std::iter::once(itself).chain(ancestors).collect()),
+        Some(_) => Some(stream::inherited_ancestors(
+            std::iter::once(itself).chain(ancestors),
+            |a| a.base,
+            point,
+        )),
     };
     let reply = AcquireReply {
         content_type: current.content_type.as_str().to_string(),
@@ -373,8 +389,25 @@ pub async fn acquire(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Respo
         expiry_value,
         point: point.position(),
         ancestry,
+        depth: Some(depth),
     };
     Response::from_json(&reply)
+}
+
+/// How many forks deep the stream `meta` is: 0 unless it is a fork. A fork made before depths
+/// were recorded holds every ancestor in its ancestry (or none, if made before ancestries were,
+/// when it counts as 1).
+fn depth_of(obj: &StreamObject, meta: &Meta) -> Result<u32> {
+    if meta.fork.is_none() {
+        return Ok(0);
+    }
+    let store = obj.store()?;
+    Ok(match store.fork_depth()? {
+        Some(depth) => depth,
+        None => u32::try_from(store.ancestry()?.len())
+            .unwrap_or(u32::MAX)
+            .max(1),
+    })
 }
 
 /// Owes the reference `held` back, in the caller's turn, with the alarm set in that turn.
@@ -628,10 +661,20 @@ impl StreamObject {
             deleted: false,
             channel: false,
         };
+        // A source of an older version says no depth: the ancestry it sends then holds itself
+        // and every ancestor of it.
+        let depth = reply
+            .depth
+            .unwrap_or_else(|| {
+                let sent = reply.ancestry.as_ref().map_or(0, Vec::len);
+                u32::try_from(sent.saturating_sub(1)).unwrap_or(u32::MAX)
+            })
+            .saturating_add(1);
         let ancestry = reply.ancestry.unwrap_or_default();
         let origin = Origin {
             id,
             inherited_expiry,
+            depth,
         };
         self.finish_create(meta, &body, &ancestry, Some(origin))
             .await

@@ -577,6 +577,7 @@ impl StreamObject {
         if let Some(origin) = origin {
             fork::hold(self, origin.id)?;
             store.save_inherited_expiry(origin.inherited_expiry)?;
+            store.save_fork_depth(origin.depth)?;
         }
         meta.tail = tail;
         self.save(&meta)?;

@@ -230,6 +230,10 @@ CREATE TABLE IF NOT EXISTS fork_inherited (
   expiry_kind INTEGER NOT NULL,
   expiry_value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS fork_depth (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  depth INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS source_ref (
   id INTEGER PRIMARY KEY CHECK (id = 1),
   fork TEXT NOT NULL
@@ -1012,8 +1016,9 @@ impl Store {
         Ok(!self.rows("SELECT 1 FROM log LIMIT 1", vec![])?.is_empty())
     }
 
-    /// A fork's ancestors, nearest first; empty for a stream that is not a fork, and for a fork
-    /// made before ancestors were recorded (it reads through its source).
+    /// A fork's ancestors, nearest first, those it inherits a range from; empty for a stream
+    /// that is not a fork, and for a fork made before ancestors were recorded (it reads
+    /// through its source).
     pub fn ancestry(&self) -> Result<Vec<Ancestor>> {
         Ok(self
             .rows("SELECT path, base FROM ancestry ORDER BY depth", vec![])?
@@ -1039,6 +1044,24 @@ impl Store {
                 ],
             )?;
         }
+        Ok(())
+    }
+
+    /// How many forks deep this fork is (1 for a fork of a stream that is not one). `None` for
+    /// a fork made before depths were recorded, whose ancestry then holds every ancestor.
+    pub fn fork_depth(&self) -> Result<Option<u32>> {
+        Ok(self
+            .rows("SELECT depth FROM fork_depth WHERE id = 1", vec![])?
+            .first()
+            .and_then(|r| u32::try_from(int(r.first())).ok()))
+    }
+
+    /// Records a new fork's depth (in the same turn as its creation).
+    pub fn save_fork_depth(&self, depth: u32) -> Result<()> {
+        self.sql.exec(
+            "INSERT OR REPLACE INTO fork_depth (id, depth) VALUES (1, ?)",
+            vec![SqlStorageValue::Integer(i64::from(depth))],
+        )?;
         Ok(())
     }
 
@@ -1072,7 +1095,8 @@ impl Store {
             "DELETE FROM log; DELETE FROM producers; DELETE FROM lease; DELETE FROM ancestry;
              DELETE FROM subscribers; DELETE FROM stream; DELETE FROM channel;
              DELETE FROM channel_marks; DELETE FROM channel_links; DELETE FROM channel_announce;
-             DELETE FROM fork_refs; DELETE FROM source_ref; DELETE FROM fork_inherited;",
+             DELETE FROM fork_refs; DELETE FROM source_ref; DELETE FROM fork_inherited;
+             DELETE FROM fork_depth;",
             None,
         )?;
         Ok(())
