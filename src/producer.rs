@@ -33,6 +33,13 @@ pub enum ProducerDecision {
     NewEpochBadSeq,
 }
 
+/// The oldest last-append time (Unix milliseconds) at which a producer's state is still kept at
+/// `now_ms`, when state idle for longer than `ttl_ms` expires: state last updated before it is
+/// treated as absent, and the producer as new.
+pub fn kept_since(now_ms: i64, ttl_ms: u64) -> i64 {
+    now_ms.saturating_sub(i64::try_from(ttl_ms).unwrap_or(i64::MAX))
+}
+
 /// Checks `(epoch, seq)` against the stored state of this producer, if any.
 pub fn decide(stored: Option<ProducerState>, epoch: u64, seq: u64) -> ProducerDecision {
     let Some(state) = stored else {
@@ -154,6 +161,18 @@ impl ClosingProducer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_is_kept_for_its_ttl_after_the_last_append() {
+        let day: i64 = 86_400_000;
+        let week = 7 * 86_400_000;
+        // Updated exactly the TTL ago is still kept (the query keeps `updated_ms >= kept_since`).
+        assert_eq!(kept_since(10 * day, week), 3 * day);
+        assert!(3 * day - 1 < kept_since(10 * day, week));
+        // Extreme clocks and TTLs saturate instead of overflowing.
+        assert_eq!(kept_since(i64::MIN, 1), i64::MIN);
+        assert_eq!(kept_since(0, u64::MAX), -i64::MAX);
+    }
     use ProducerDecision::*;
 
     const S: fn(u64, u64) -> Option<ProducerState> =

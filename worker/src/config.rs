@@ -38,6 +38,9 @@ pub struct Config {
     /// between objects, which Cloudflare counts against a per-request limit, so a larger
     /// tree is linked over several calls.
     pub links_per_call: u64,
+    /// How long an idempotent producer's state is kept after its last append: past it, the
+    /// producer is treated as new, as the protocol allows.
+    pub producer_ttl_ms: u64,
     /// Whether shared caches may keep reads (`Cache-Control: public`): only while access is
     /// open. With `AUTH_SECRET` set, reads are `private`, so no CDN hands one reader's data to
     /// another who may not read it.
@@ -69,6 +72,8 @@ impl Config {
     pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 10_000;
     /// Half the free plan's 1,000 calls to Cloudflare services per request.
     pub const DEFAULT_LINKS_PER_CALL: u64 = 500;
+    /// Seven days, the protocol's recommendation: a producer idle for a week starts afresh.
+    pub const DEFAULT_PRODUCER_TTL_MS: u64 = 7 * 24 * 3_600_000;
 
     /// The settings, read from `env` once per isolate: `[vars]` cannot change while an isolate
     /// lives (a new deployment starts new isolates), and reading them costs JS calls.
@@ -142,6 +147,12 @@ impl Config {
                 300_000,
             ),
             links_per_call: number("LINKS_PER_CALL", Self::DEFAULT_LINKS_PER_CALL, 100_000),
+            // Ten years: beyond that, keeping the state is what the deployment wants.
+            producer_ttl_ms: number(
+                "PRODUCER_TTL_MS",
+                Self::DEFAULT_PRODUCER_TTL_MS,
+                3650 * 24 * 3_600_000,
+            ),
             shared_reads: !crate::auth::required(env),
             fault_marker: env
                 .var("FAULT_MARKER")

@@ -56,6 +56,10 @@ pub const STREAMED_PAGE_BYTES: u64 = 16 * 1024 * 1024;
 /// Sliding TTLs are refreshed at most this often (and at most every 5% of the TTL), so a busy
 /// stream is not a storage write per read, yet expiry stays accurate for short TTLs.
 const TOUCH_EVERY_MS: i64 = 1000;
+/// How many expired producers' states a new producer's append deletes: more than one, so the
+/// expired rows shrink however fast new producers come, and few enough to cost that append
+/// little.
+const EXPIRE_PRODUCERS_PER_APPEND: u32 = 16;
 /// Work begun in a turn that must reach another object (delivery to channels, what is owed to
 /// the registry and subscriptions) is first tried by the request; the alarm set in that turn
 /// tries it this soon after, should the isolate die first.
@@ -735,8 +739,9 @@ impl StreamObject {
             lease: lease_request,
         };
         let store = self.store()?;
+        let kept_since = edgestream::producer::kept_since(now, self.config.producer_ttl_ms);
         let stored = match &producer {
-            Some(p) => store.producer(p.id)?,
+            Some(p) => store.producer(p.id, kept_since)?,
             None => None,
         };
         let stored_lease = store.lease()?;
@@ -811,6 +816,12 @@ impl StreamObject {
         store.append(start, &data, meta.is_json())?;
         if let (Some(p), Some(state)) = (&producer, producer_state) {
             store.save_producer(p.id, state, now)?;
+            // A producer new to the stream (or whose state expired) clears out a few expired
+            // ones, so their rows stay bounded by those appended to within the TTL. A stream's
+            // closer is answered from its metadata row, so no state here is needed for that.
+            if stored.is_none() {
+                store.expire_producers(kept_since, EXPIRE_PRODUCERS_PER_APPEND)?;
+            }
         }
         store.save_lease(&lease)?;
         meta.tail = tail;

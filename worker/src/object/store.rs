@@ -1,7 +1,8 @@
 //! The stream's SQLite schema and every row it reads or writes.
 //!
 //! One Durable Object holds one stream: a single `stream` row of metadata, the `log` of data rows
-//! keyed by their start position, and one `producers` row per idempotent producer. Every call
+//! keyed by their start position, and one `producers` row per idempotent producer (until its
+//! state expires, `PRODUCER_TTL_MS` after its last append). Every call
 //! here is synchronous, so a sequence of calls with no `await` between them commits atomically.
 
 use std::cell::RefCell;
@@ -205,6 +206,7 @@ CREATE TABLE IF NOT EXISTS producers (
   last_seq INTEGER NOT NULL,
   updated_ms INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS producers_by_age ON producers (updated_ms);
 CREATE TABLE IF NOT EXISTS ancestry (
   depth INTEGER PRIMARY KEY,
   path TEXT NOT NULL,
@@ -908,11 +910,12 @@ impl Store {
         Ok(page)
     }
 
-    /// The stored state of one producer.
-    pub fn producer(&self, id: &str) -> Result<Option<ProducerState>> {
+    /// The stored state of one producer, unless it was last updated before `kept_since` (it
+    /// expired: the producer is new, whether or not its row is deleted yet).
+    pub fn producer(&self, id: &str, kept_since: i64) -> Result<Option<ProducerState>> {
         let rows = self.rows(
-            "SELECT epoch, last_seq FROM producers WHERE id = ?",
-            vec![id.into()],
+            "SELECT epoch, last_seq FROM producers WHERE id = ? AND updated_ms >= ?",
+            vec![id.into(), SqlStorageValue::Integer(kept_since)],
         )?;
         Ok(rows.first().map(|r| ProducerState {
             epoch: u64::try_from(int(r.first())).unwrap_or(0),
@@ -929,6 +932,21 @@ impl Store {
                 SqlStorageValue::Integer(state.epoch as i64),
                 SqlStorageValue::Integer(state.last_seq as i64),
                 SqlStorageValue::Integer(now_ms),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes up to `limit` producers' states last updated before `kept_since`, oldest first
+    /// (through the `updated_ms` index), so each new producer costs a bounded delete and the
+    /// rows of producers gone idle do not pile up.
+    pub fn expire_producers(&self, kept_since: i64, limit: u32) -> Result<()> {
+        self.sql.exec(
+            "DELETE FROM producers WHERE id IN
+               (SELECT id FROM producers WHERE updated_ms < ? ORDER BY updated_ms LIMIT ?)",
+            vec![
+                SqlStorageValue::Integer(kept_since),
+                SqlStorageValue::Integer(i64::from(limit)),
             ],
         )?;
         Ok(())

@@ -1,0 +1,101 @@
+// Idempotent producer state expires PRODUCER_TTL_MS after the producer's last append (here 1 s),
+// end to end against the built Worker on wrangler dev. Past it the producer is treated as new,
+// as the protocol says: it starts again at sequence 0, and an epoch it had fenced off is
+// accepted again. A retry of the close that closed the stream is still a duplicate, since the
+// closing tuple is kept with the stream, not with the producer's state. Each test waits 2.5 s,
+// well past the TTL, and asserts nothing about when within that the state went.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startServer } from '../scripts/dev-server.mjs';
+
+let server: Awaited<ReturnType<typeof startServer>>;
+
+beforeAll(async () => {
+  server = await startServer({ vars: { PRODUCER_TTL_MS: '1000' } });
+});
+
+afterAll(async () => {
+  await server?.stop();
+});
+
+const base = () => `${server.baseUrl}/v1/stream`;
+let counter = 0;
+const unique = (prefix: string) => `producer-expiry/${prefix}-${process.pid}-${Date.now()}-${counter++}`;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const text = { 'content-type': 'text/plain' };
+const PAST_TTL_MS = 2_500;
+
+async function call(method: string, name: string, headers: Record<string, string> = {}, body?: string) {
+  const res = await fetch(`${base()}/${name}`, { method, headers, body });
+  return { status: res.status, headers: res.headers, text: method === 'HEAD' ? '' : await res.text() };
+}
+
+function append(name: string, id: string, epoch: number, seq: number, body: string, extra: Record<string, string> = {}) {
+  const headers: Record<string, string> = {
+    ...(body === '' ? {} : text),
+    'producer-id': id,
+    'producer-epoch': String(epoch),
+    'producer-seq': String(seq),
+    ...extra,
+  };
+  return call('POST', name, headers, body === '' ? undefined : body);
+}
+
+async function contents(name: string) {
+  const res = await call('GET', `${name}?offset=-1`);
+  expect(res.status).toBe(200);
+  return res.text;
+}
+
+describe('producer state past PRODUCER_TTL_MS', () => {
+  it('is forgotten: a fenced-off epoch is accepted as a new producer', async () => {
+    const name = unique('fence');
+    expect((await call('PUT', name, text)).status).toBe(201);
+    expect((await append(name, 'p', 1, 0, 'a')).status).toBe(200);
+    // Within the TTL, epoch 0 is fenced off by epoch 1.
+    const fenced = await append(name, 'p', 0, 0, 'zombie');
+    expect(fenced.status).toBe(403);
+    expect(fenced.headers.get('producer-epoch')).toBe('1');
+    await sleep(PAST_TTL_MS);
+    // Past it, the producer is new: epoch 0 at sequence 0 is accepted and appended.
+    const fresh = await append(name, 'p', 0, 0, 'b');
+    expect(fresh.status).toBe(200);
+    expect(fresh.headers.get('producer-epoch')).toBe('0');
+    expect(await contents(name)).toBe('ab');
+    // And the new state fences as before.
+    expect((await append(name, 'p', 0, 1, 'c')).status).toBe(200);
+    expect((await append(name, 'p', 0, 1, 'c')).status).toBe(204);
+    expect(await contents(name)).toBe('abc');
+  });
+
+  it('is forgotten: a producer resuming past its sequence 0 is told a gap (expected 0)', async () => {
+    const name = unique('gap');
+    expect((await call('PUT', name, text)).status).toBe(201);
+    expect((await append(name, 'q', 0, 0, 'a')).status).toBe(200);
+    expect((await append(name, 'q', 0, 1, 'b')).status).toBe(200);
+    await sleep(PAST_TTL_MS);
+    const resumed = await append(name, 'q', 0, 2, 'c');
+    expect(resumed.status).toBe(409);
+    expect(resumed.headers.get('producer-expected-seq')).toBe('0');
+    expect(await contents(name)).toBe('ab');
+    // Many producers come and go meanwhile; each new one clears out expired states.
+    for (let i = 0; i < 20; i++) expect((await append(name, `other-${i}`, 0, 0, '.')).status).toBe(200);
+    // A new epoch starts it afresh.
+    expect((await append(name, 'q', 1, 0, 'c')).status).toBe(200);
+    expect(await contents(name)).toBe('ab' + '.'.repeat(20) + 'c');
+  });
+
+  it('does not undo a close: the closing tuple is still answered as a duplicate', async () => {
+    const name = unique('close');
+    expect((await call('PUT', name, text)).status).toBe(201);
+    expect((await append(name, 'r', 0, 0, 'a')).status).toBe(200);
+    const close = await append(name, 'r', 0, 1, 'z', { 'stream-closed': 'true' });
+    expect(close.status).toBe(200);
+    await sleep(PAST_TTL_MS);
+    const retry = await append(name, 'r', 0, 1, 'z', { 'stream-closed': 'true' });
+    expect(retry.status).toBe(204);
+    expect(retry.headers.get('stream-closed')).toBe('true');
+    // Anything else from it is refused as an append to a closed stream.
+    expect((await append(name, 'r', 0, 2, 'y')).status).toBe(409);
+    expect(await contents(name)).toBe('az');
+  });
+});
