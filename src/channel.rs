@@ -34,11 +34,35 @@ pub fn parse_header(value: Option<&str>) -> Result<bool, ProtocolError> {
     }
 }
 
+/// The most segments a channel's path may have (`a/b/c` has 3). Every append below a channel
+/// is copied into it, so this bounds how many copies one append makes: at most this many
+/// channels sit above any stream, however deep the stream itself is. Eight levels leave room
+/// for `tenants/<id>/rooms/<region>/…` hierarchies and keep an append's cost in channels to at
+/// most eight copies, and eight calls per delivery round.
+pub const MAX_CHANNEL_DEPTH: usize = 8;
+
+/// How many segments a stream path has.
+pub fn depth(path: &str) -> usize {
+    path.split('/').count()
+}
+
+/// A PUT may make a channel at `prefix` only when it is at most [`MAX_CHANNEL_DEPTH`] deep.
+pub fn check_depth(prefix: &str) -> Result<(), ProtocolError> {
+    if depth(prefix) > MAX_CHANNEL_DEPTH {
+        return Err(ProtocolError::BadRequest(
+            "a channel's path may have at most 8 segments",
+        ));
+    }
+    Ok(())
+}
+
 /// Whether the channel at `prefix` covers the stream at `path`: `path` is strictly below
 /// `prefix/`, at any depth. `rooms` covers `rooms/a` and `rooms/a/b`, never `rooms` itself or
-/// `roomsx/a`.
+/// `roomsx/a`. A channel deeper than [`MAX_CHANNEL_DEPTH`] (made before the limit) covers
+/// nothing, so no way of linking puts more channels above a stream.
 pub fn covers(prefix: &str, path: &str) -> bool {
     !prefix.is_empty()
+        && depth(prefix) <= MAX_CHANNEL_DEPTH
         && path.len() > prefix.len() + 1
         && path.starts_with(prefix)
         && path.as_bytes()[prefix.len()] == b'/'
@@ -94,6 +118,75 @@ pub fn write_json_string(value: &str, out: &mut Vec<u8>) {
         }
     }
     out.push(b'"');
+}
+
+/// How many bytes [`write_json_string`] writes for `value`.
+pub fn json_string_len(value: &str) -> usize {
+    2 + value
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum::<usize>()
+}
+
+/// Every offset is written in this many characters.
+const OFFSET_LEN: usize = 33;
+
+/// How many bytes [`write_head`] writes: the same for every offset.
+fn head_len(stream: &str) -> u64 {
+    // `{"stream":` name `,"offset":"` offset `",`
+    (10 + json_string_len(stream) + 11 + OFFSET_LEN + 2) as u64
+}
+
+/// The bytes the envelopes of a JSON append (`framed`, in stored framing) take in a channel,
+/// framed as [`json_batch`] writes them: computed before the append is stored, so one whose
+/// copy would be too large is refused whole.
+pub fn json_envelopes_len(stream: &str, framed: &[u8]) -> u64 {
+    let mut messages = 0u64;
+    let mut end = 0usize;
+    for e in MessageEnds::new(framed) {
+        messages += 1;
+        end = e;
+    }
+    // Each message keeps its bytes and its comma (now the envelope's), and gains the head,
+    // `"data":` and `}`.
+    messages
+        .saturating_mul(head_len(stream) + 8)
+        .saturating_add(end as u64)
+}
+
+/// At most how many bytes the envelopes of a byte-stream append (`bytes`) take in a channel
+/// when it is carried in at most `pieces` pieces, as the worker cuts it: a `text_stream`'s
+/// pieces of a UTF-8 append are cut between characters, so each is text; any other piece is
+/// base64.
+pub fn bytes_envelopes_bound(stream: &str, bytes: &[u8], text_stream: bool, pieces: u64) -> u64 {
+    let n = bytes.len() as u64;
+    // Each base64 piece pads to a multiple of four characters.
+    let base64 = n.div_ceil(3).saturating_add(pieces).saturating_mul(4);
+    let data = if text_stream {
+        let escaped: u64 = bytes
+            .iter()
+            .map(|&b| match b {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' => 2,
+                b if b < 0x20 => 6,
+                _ => 1,
+            })
+            .sum();
+        match core::str::from_utf8(bytes) {
+            Ok(_) => escaped,
+            // Some pieces may be text and others base64.
+            Err(_) => escaped.saturating_add(base64),
+        }
+    } else {
+        base64
+    };
+    // Per piece: the head, `"base64":""` (the longer field), `}` and the comma.
+    pieces
+        .saturating_mul(head_len(stream) + 11 + 1 + 1)
+        .saturating_add(data)
 }
 
 /// `{"stream":…,"offset":…,` — the start every envelope shares.
@@ -242,6 +335,7 @@ pub fn advance(forwarded: u64, mark: u64, tail: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::string::ToString;
     use alloc::vec;
 
     #[test]
@@ -384,6 +478,129 @@ mod tests {
             .ends_with("\"base64\":\"/wA=\"}"));
         assert_eq!(BytesField::for_piece(false, b"text"), BytesField::Base64);
         crate::json::validate(&out).unwrap();
+    }
+
+    #[test]
+    fn channels_are_at_most_eight_deep() {
+        assert_eq!(depth("a"), 1);
+        assert_eq!(depth("a/b/c"), 3);
+        let eight = "a/b/c/d/e/f/g/h";
+        assert_eq!(depth(eight), MAX_CHANNEL_DEPTH);
+        assert_eq!(check_depth(eight), Ok(()));
+        let nine = "a/b/c/d/e/f/g/h/i";
+        let refusal = check_depth(nine).unwrap_err();
+        assert_eq!(refusal.status(), 400);
+        assert!(refusal
+            .message()
+            .contains(&alloc::format!("at most {MAX_CHANNEL_DEPTH} segments")));
+        // A deeper channel (made before the limit) covers nothing, so nothing links it.
+        assert!(covers(eight, "a/b/c/d/e/f/g/h/x/y"));
+        assert!(!covers(nine, "a/b/c/d/e/f/g/h/i/x"));
+        // At most that many channels can sit above any stream.
+        let deep = "a/b/c/d/e/f/g/h/i/j/k/l";
+        assert_eq!(
+            ancestors(deep).filter(|a| covers(a, deep)).count(),
+            MAX_CHANNEL_DEPTH
+        );
+    }
+
+    #[test]
+    fn envelope_sizes() {
+        assert_eq!(json_string_len("r/a"), 5);
+        assert_eq!(json_string_len("\"\u{1}é"), 2 + 2 + 6 + 2);
+        let max = Offset::new(Offset::MAX.position()).unwrap();
+        assert_eq!(max.to_string().len(), OFFSET_LEN);
+        assert_eq!(Offset::ZERO.to_string().len(), OFFSET_LEN);
+        let framed = b"1,{\"x\":\"a,b\"},[3],";
+        assert_eq!(
+            json_envelopes_len("s", framed),
+            json_batch("s", 100, framed, usize::MAX).framed.len() as u64
+        );
+        assert_eq!(json_envelopes_len("s", b""), 0);
+        // One tiny message under a long name costs about the name.
+        let name = "n".repeat(1000);
+        assert_eq!(json_envelopes_len(&name, b"1,"), 1002 + 56 + 8 + 2);
+        // Base64 for a binary stream, with the overhead of each piece.
+        let bound = bytes_envelopes_bound("b", &[0; 300], false, 1);
+        let mut out = Vec::new();
+        write_bytes_envelope("b", max, &[0; 300], BytesField::Base64, &mut out);
+        // The envelope and its comma, and at most a padding group and the text field's
+        // shorter name to spare.
+        let written = out.len() as u64 + 1;
+        assert!(bound >= written && bound <= written + 6);
+    }
+
+    /// `bytes` cut into pieces at `cuts` (taken modulo its length), each cut moved back to the
+    /// start of a character for a text stream's UTF-8 append, as the worker cuts one.
+    fn pieces<'a>(bytes: &'a [u8], cuts: &[usize], text: bool) -> Vec<&'a [u8]> {
+        let utf8 = core::str::from_utf8(bytes).ok();
+        let mut at: Vec<usize> = cuts
+            .iter()
+            .map(|&c| c % (bytes.len() + 1))
+            .map(|mut c| {
+                if let (true, Some(s)) = (text, utf8) {
+                    while !s.is_char_boundary(c) {
+                        c -= 1;
+                    }
+                }
+                c
+            })
+            .filter(|&c| c > 0 && c < bytes.len())
+            .collect();
+        at.sort_unstable();
+        at.dedup();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for c in at.into_iter().chain([bytes.len()]) {
+            out.push(&bytes[start..c]);
+            start = c;
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn json_envelope_len_is_what_a_batch_writes(
+            name in "[a-z\"\\\\/é\u{1}]{1,12}",
+            items in proptest::collection::vec(r#"[0-9]{1,4}|"([a-z, é]|\\\\|\\"|\\u0007){0,6}"|\[[0-9,]{0,5}[0-9]\]|\{\}"#, 0..40),
+            from in 0u64..1_000_000,
+        ) {
+            let mut framed = Vec::new();
+            for item in &items {
+                framed.extend_from_slice(item.as_bytes());
+                framed.push(b',');
+            }
+            let batch = json_batch(&name, from, &framed, usize::MAX);
+            proptest::prop_assert_eq!(batch.end, from + framed.len() as u64);
+            proptest::prop_assert_eq!(json_envelopes_len(&name, &framed), batch.framed.len() as u64);
+        }
+
+        #[test]
+        fn bytes_envelope_bound_holds(
+            name in "[a-z\"\\\\/é]{1,12}",
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            ascii in proptest::collection::vec(0u8..0x80, 0..300),
+            text_chars in "[a-zé€😀\"\\\\\n\u{1}]{0,100}",
+            cuts in proptest::collection::vec(proptest::num::usize::ANY, 0..6),
+            text in proptest::bool::ANY,
+        ) {
+            for data in [&bytes[..], &ascii[..], text_chars.as_bytes()] {
+                let pieces = pieces(data, &cuts, text);
+                let mut written = 0u64;
+                for (i, piece) in pieces.iter().enumerate() {
+                    let mut out = Vec::new();
+                    let field = BytesField::for_piece(text, piece);
+                    write_bytes_envelope(&name, Offset::new(i as u64).unwrap(), piece, field, &mut out);
+                    written += out.len() as u64 + 1;
+                }
+                let bound = bytes_envelopes_bound(&name, data, text, pieces.len() as u64);
+                proptest::prop_assert!(bound >= written, "{bound} < {written}");
+                // And not far above it for UTF-8 text.
+                if text && core::str::from_utf8(data).is_ok() {
+                    proptest::prop_assert!(bound - written <= 2 * pieces.len() as u64);
+                }
+            }
+        }
     }
 
     #[test]
