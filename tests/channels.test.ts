@@ -619,6 +619,76 @@ describe('created and deleted events', () => {
   });
 });
 
+describe('limits', () => {
+  /** `count` tiny messages as one JSON array: each becomes an envelope that names the stream. */
+  const tiny = (count: number) => `[${Array(count).fill('1').join(',')}]`;
+
+  it('refuses whole (413) an append whose envelopes would exceed MAX_APPEND_BYTES in a channel; the source and channel stay whole', async () => {
+    const root = tree('copy');
+    await createChannel(root);
+    // A long name, as the resource probe used: 131,071 messages of 2 bytes would be about
+    // 140 MB of envelopes in the channel for a 256 KiB append.
+    const source = `${root}/${'n'.repeat(1000 - root.length)}`;
+    expect((await put(source, json)).status).toBe(201);
+    expect((await post(source, '{"n":1}')).status).toBe(204);
+    await channelUntil(root, (a) => a.length >= 1);
+    const before = (await call('HEAD', source)).headers.get('stream-next-offset');
+    const big = tiny(131_071);
+    const refused = await post(source, big);
+    expect(refused.status).toBe(413);
+    expect(refused.headers.get('content-type')).toContain('text/plain');
+    expect(refused.text).toMatch(/channel/);
+    // Nothing of it was stored or delivered.
+    expect((await call('HEAD', source)).headers.get('stream-next-offset')).toBe(before);
+    expect(await readAll(source)).toEqual([{ n: 1 }]);
+    // The source goes on: its next append reaches the channel, right after the first.
+    const next = await post(source, '[{"n":2},{"n":3}]');
+    expect(next.status).toBe(204);
+    const all = await channelUntil(root, (a) => a.length >= 3);
+    await sleep(300);
+    expect((await readAll<Envelope>(root)).map((e) => e.data)).toEqual([{ n: 1 }, { n: 2 }, { n: 3 }]);
+    expect(all[2].offset).toBe(next.headers.get('stream-next-offset'));
+    // The same append to a stream no channel covers is taken: only a channel's copy is bounded.
+    const free = `${root}x/${'n'.repeat(900)}`;
+    expect((await put(free, json)).status).toBe(201);
+    expect((await post(free, big)).status).toBe(204);
+  }, 60_000);
+
+  it('refuses (413) a create whose initial body would be too large in a channel, and takes smaller appends whole', async () => {
+    const root = tree('copy-create');
+    await createChannel(root);
+    const source = `${root}/${'c'.repeat(500)}`;
+    const refused = await put(source, json, tiny(65_535));
+    expect(refused.status).toBe(413);
+    expect(refused.text).toMatch(/channel/);
+    expect((await call('HEAD', source)).status).toBe(404);
+    // Under the limit: every message arrives, each in its own envelope.
+    expect((await put(source, json, tiny(2_000))).status).toBe(201);
+    const all = await channelUntil(root, (a) => a.length >= 2_000, 30_000);
+    expect(all).toHaveLength(2_000);
+    expect(all.every((e) => e.stream === source && e.data === 1)).toBe(true);
+  }, 60_000);
+
+  it('refuses a channel more than 8 segments deep (400); one 8 deep, with 7 above it, gets every append below it', async () => {
+    const root = tree('depth');
+    const levels = Array.from({ length: 9 }, (_, i) => [root, ...Array.from({ length: i }, (_, j) => `l${j}`)].join('/'));
+    for (const level of levels.slice(0, 8)) await createChannel(level);
+    const deep = await put(levels[8], channelHeaders);
+    expect(deep.status).toBe(400);
+    expect(deep.headers.get('content-type')).toContain('text/plain');
+    expect(deep.text).toMatch(/at most 8 segments/);
+    expect((await call('HEAD', levels[8])).status).toBe(404);
+    // A stream may still be deeper: it feeds the eight channels above it, each once.
+    const source = `${levels[8]}/s/t`;
+    expect((await put(source, json)).status).toBe(201);
+    expect((await post(source, '{"deep":true}')).status).toBe(204);
+    for (const level of levels.slice(0, 8)) {
+      const all = await channelUntil(level, (a) => a.length >= 1);
+      expect(all.map((e) => [e.stream, e.data])).toEqual([[source, { deep: true }]]);
+    }
+  }, 60_000);
+});
+
 describe('durability', () => {
   it('delivers what each source holds exactly once across a hard restart', async () => {
     const root = tree('restart');

@@ -60,15 +60,18 @@ pub struct Forwarder {
 }
 
 /// The rules a PUT with `Stream-Channel: true` must meet; `Ok(true)` for a channel. A channel
-/// is a JSON stream (no `Content-Type` means JSON), with no body, not a fork and not closed.
+/// is at most [`ch::MAX_CHANNEL_DEPTH`] segments deep, a JSON stream (no `Content-Type` means
+/// JSON), with no body, not a fork and not closed.
 pub fn create_rules(
     headers: &Headers,
+    name: &str,
     request: &mut CreateRequest,
     body: &[u8],
 ) -> std::result::Result<bool, ProtocolError> {
     if !ch::parse_header(header(headers, ch::STREAM_CHANNEL).as_deref())? {
         return Ok(false);
     }
+    ch::check_depth(name)?;
     match &request.content_type {
         None => {
             request.content_type = ContentType::parse("application/json").ok();
@@ -94,6 +97,53 @@ pub fn create_rules(
         ));
     }
     Ok(true)
+}
+
+/// 413 for data (an append's, or a create's initial body) whose envelopes would take more than
+/// `MAX_APPEND_BYTES` in a channel above the stream: a channel's copy of an append is held to
+/// the limit of any append, so one request cannot make a channel store many times what it
+/// sent (one envelope per tiny JSON message, each naming the stream). Decided before anything
+/// is stored, so the append is refused whole and no channel holds part of it. It applies while
+/// the stream feeds a channel, and while it may without knowing it yet: a stream being created,
+/// or whose registration (which links its channels, from its start) is still owed. A path of
+/// one segment has no channel above it.
+pub fn oversized_copy(
+    obj: &StreamObject,
+    meta: &Meta,
+    data: &[u8],
+    creating: bool,
+) -> Result<Option<Response>> {
+    if meta.channel || data.is_empty() || !meta.name().contains('/') {
+        return Ok(None);
+    }
+    let store = obj.store()?;
+    let feeds = creating
+        || !store.channel_links()?.is_empty()
+        || store.owed()?.iter().any(|o| o.task == Task::Register);
+    if !feeds {
+        return Ok(None);
+    }
+    let size = copy_len(&Feed::live(meta), data);
+    let limit = obj.config.max_append_bytes;
+    if size <= limit {
+        return Ok(None);
+    }
+    let text = format!(
+        "this append would be {size} bytes in each channel above the stream (one envelope per \
+         message), over the {limit}-byte limit: send it in smaller appends"
+    );
+    http::text(413, &text).map(Some)
+}
+
+/// The bytes `data` (stored framing) takes in a channel: exact for JSON; for a byte stream, a
+/// bound, as its pieces depend on where delivery batches fall. Every piece of an append but
+/// its last holds at least `BATCH_BYTES` less a cut-back of 3 bytes, so half of it is ample.
+fn copy_len(feed: &Feed<'_>, data: &[u8]) -> u64 {
+    if feed.json {
+        return ch::json_envelopes_len(feed.name, data);
+    }
+    let pieces = (data.len() / (BATCH_BYTES / 2)) as u64 + 2;
+    ch::bytes_envelopes_bound(feed.name, data, feed.text, pieces)
 }
 
 /// 405 to a client's append: only the streams below a channel write to it.
@@ -276,11 +326,15 @@ async fn round(obj: &StreamObject) -> Result<Round> {
     };
     let store = obj.store()?;
     let backing_off = now_ms() < obj.channels.backoff_until.get();
-    let due: Vec<ChannelLink> = store
-        .channel_links()?
-        .into_iter()
-        .filter(|l| behind(l, &meta) && !(backing_off && l.failures > 0))
-        .collect();
+    let mut due: Vec<ChannelLink> = Vec::new();
+    for l in store.channel_links()? {
+        // A link to a channel deeper than the limit, made before there was one, goes.
+        if !ch::covers(&l.channel, meta.name()) {
+            store.unlink_channel(&l.channel, &l.instance)?;
+        } else if behind(&l, &meta) && !(backing_off && l.failures > 0) {
+            due.push(l);
+        }
+    }
     if due.is_empty() {
         return Ok(Round::Done);
     }

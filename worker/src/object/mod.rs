@@ -506,7 +506,7 @@ impl StreamObject {
             Ok(r) => r,
             Err(e) => return http::error(&e),
         };
-        let is_channel = match channel::create_rules(headers, &mut request, &body) {
+        let is_channel = match channel::create_rules(headers, name.as_str(), &mut request, &body) {
             Ok(is_channel) => is_channel,
             Err(e) => return http::error(&e),
         };
@@ -568,6 +568,9 @@ impl StreamObject {
         let Some(tail) = store::end_of(meta.base, data.len()) else {
             return http::error(&ProtocolError::StreamFull);
         };
+        if let Some(refusal) = channel::oversized_copy(self, &meta, &data, true)? {
+            return Ok(refusal);
+        }
         let store = self.store()?;
         // Only a path with no stream is created, so no rows should be left. Any that are belong
         // to no stream (forks read a source through its metadata), and must neither collide
@@ -813,6 +816,9 @@ impl StreamObject {
         let Some(tail) = store::end_of(start, data.len()) else {
             return http::error(&ProtocolError::StreamFull);
         };
+        if let Some(refusal) = channel::oversized_copy(self, &meta, &data, false)? {
+            return Ok(refusal);
+        }
         store.append(start, &data, meta.is_json())?;
         if let (Some(p), Some(state)) = (&producer, producer_state) {
             store.save_producer(p.id, state, now)?;

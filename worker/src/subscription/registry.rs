@@ -307,7 +307,9 @@ impl RegistryObject {
     /// The channels above `path`.
     fn channels_above(&self, path: &str) -> Result<Vec<ChannelRef>> {
         let mut found = Vec::new();
-        for prefix in edgestream::channel::ancestors(path) {
+        // No channel deeper than this covers anything.
+        let ancestors = edgestream::channel::ancestors(path);
+        for prefix in ancestors.take(edgestream::channel::MAX_CHANNEL_DEPTH) {
             let rows = self.rows(
                 "SELECT instance FROM channels WHERE prefix = ?",
                 vec![s(prefix)],
