@@ -116,16 +116,18 @@ pub fn oversized_copy(
     if meta.channel || data.is_empty() || !meta.name().contains('/') {
         return Ok(None);
     }
+    // The size first: it is within the limit for nearly every append, which then reads no
+    // rows to learn whether the stream feeds a channel.
+    let size = copy_len(&Feed::live(meta), data);
+    let limit = obj.config.max_append_bytes;
+    if size <= limit {
+        return Ok(None);
+    }
     let store = obj.store()?;
     let feeds = creating
         || !store.channel_links()?.is_empty()
         || store.owed()?.iter().any(|o| o.task == Task::Register);
     if !feeds {
-        return Ok(None);
-    }
-    let size = copy_len(&Feed::live(meta), data);
-    let limit = obj.config.max_append_bytes;
-    if size <= limit {
         return Ok(None);
     }
     let text = format!(
