@@ -281,6 +281,24 @@ describe('live table', () => {
 });
 
 describe('tail', () => {
+  test('an Append that fails keeps the line and says so', async () => {
+    const a = await openPage();
+    await a.page.click('#tab-tail');
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    await a.context.route('**/v1/stream/tail/demo', (route) =>
+      route.request().method() === 'POST' ? route.abort('connectionrefused') : route.continue(),
+    );
+    await a.page.fill('#line', 'not sent');
+    await a.page.press('#line', 'Enter');
+    await expect.poll(() => a.alerts.length, { timeout: 5_000 }).toBe(1);
+    expect(await a.page.inputValue('#line')).toBe('not sent');
+    await a.context.unroute('**/v1/stream/tail/demo');
+    await a.page.press('#line', 'Enter');
+    await expect.poll(() => a.page.locator('#tail').textContent(), { timeout: 5_000 }).toContain('not sent');
+    expect(a.errors).toEqual([]);
+    await a.context.close();
+  });
+
   test('a tail whose stored offset the stream no longer has, or whose stream is deleted while open, starts over', async () => {
     const a = await openPage();
     await a.page.click('#tab-tail');

@@ -458,7 +458,12 @@ const tail = {
       const line = $('line').value;
       if (!line) return;
       $('line').value = '';
-      await post(this.path, `${line}\n`, 'text/plain');
+      try {
+        await post(this.path, `${line}\n`, 'text/plain');
+      } catch (err) {
+        $('line').value = line;
+        alert(err.message);
+      }
     });
   },
 };
