@@ -247,6 +247,51 @@ describe('live table', () => {
     await a.context.close();
   });
 
+  test('a row being edited keeps its value and focus while rows change, and is marked when its own row changes', async () => {
+    const a = await openPage();
+    await a.page.click('#tab-table');
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    const name = `edit-${Date.now()}`;
+    await insert(a.page, name);
+    await expect.poll(() => names(a.page), { timeout: 5_000 }).toContain(name);
+    const id = (await a.page.locator(`#rows tr[data-name="${name}"]`).getAttribute('data-id'))!;
+    const row = a.page.locator(`#rows tr[data-id="${id}"]`);
+    // Every row's buttons name their row.
+    expect(await row.getByRole('button', { name: `Save ${name}`, exact: true }).count()).toBe(1);
+    const item = row.getByRole('textbox', { name: `Item ${id}` });
+    await item.fill(`${name}-mine`);
+    const focused = () => a.page.evaluate(() => document.activeElement?.getAttribute('aria-label'));
+    expect(await focused()).toBe(`Item ${id}`);
+
+    // Someone else inserts a row: the edit and the focus stay.
+    const other = `${name}-other`;
+    const now = Date.now();
+    const write = (operation: string, key: string, value: object) =>
+      call('POST', 'tables/items', JSON.stringify({ type: 'item', key, value, headers: { operation } }));
+    expect(await write('insert', `${id}x`, { name: other, qty: 1, createdAt: now, updatedAt: now })).toBe(204);
+    await expect.poll(() => names(a.page), { timeout: 5_000 }).toContain(other);
+    expect(await item.inputValue()).toBe(`${name}-mine`);
+    expect(await focused()).toBe(`Item ${id}`);
+    expect(await row.getAttribute('class') ?? '').not.toContain('stale');
+
+    // Someone else changes this very row: the edit stays, the row says it changed, and the
+    // quantity, not being edited, shows theirs.
+    expect(await write('update', id, { name: `${name}-theirs`, qty: 5, createdAt: now, updatedAt: Date.now() })).toBe(204);
+    await expect.poll(() => row.getAttribute('data-name'), { timeout: 5_000 }).toBe(`${name}-theirs`);
+    expect(await row.getAttribute('class')).toContain('stale');
+    expect(await item.inputValue()).toBe(`${name}-mine`);
+    expect(await row.locator('input[type=number]').inputValue()).toBe('5');
+    expect(await focused()).toBe(`Item ${id}`);
+
+    // Save writes the edit; the mark goes.
+    await row.getByRole('button', { name: /^Save / }).click();
+    await expect.poll(() => row.getAttribute('data-name'), { timeout: 5_000 }).toBe(`${name}-mine`);
+    expect(await row.getAttribute('class') ?? '').not.toContain('stale');
+    expect(await row.locator('input[type=number]').inputValue()).toBe('5');
+    expect(a.errors).toEqual([]);
+    await a.context.close();
+  });
+
   test('changes whose value is not a row are ignored or shown safely; later rows still show', async () => {
     const a = await openPage();
     await a.page.click('#tab-table');

@@ -333,53 +333,98 @@ const inventory = {
   store: { load: () => saved.get('items', undefined), save: (snapshot) => saved.set('items', snapshot) },
   /** An insert is on its way: Insert waits for it (a second click would insert the row twice). */
   inserting: false,
+  /**
+   * Shows the rows, updating those on screen in place (keyed by id), so that a row being edited
+   * keeps what was typed in it and the focus while others change.
+   */
   render(changed = new Set()) {
     // Anyone can append a change whose value is not a row (null, a string...): those are not shown.
     const rows = this.live ? [...this.live.entries('item')].filter(([, row]) => isObject(row)) : [];
     rows.sort(([a, x], [b, y]) => (time(x.createdAt) ?? 0) - (time(y.createdAt) ?? 0) || a.localeCompare(b));
-    $('rows').replaceChildren(
-      ...rows.map(([id, row]) => {
-        // A row's fields are shown only when they have the type the demo writes.
-        const rowName = typeof row.name === 'string' ? row.name : '';
-        const rowQty = typeof row.qty === 'number' && Number.isFinite(row.qty) ? row.qty : 0;
-        const updatedAt = time(row.updatedAt);
-        const tr = document.createElement('tr');
-        tr.dataset.id = id;
-        tr.dataset.name = rowName;
-        if (changed.has(id)) tr.className = 'flash';
-        const cell = (content) => {
-          const td = document.createElement('td');
-          td.append(content);
-          return td;
-        };
-        const name = document.createElement('input');
-        name.value = rowName;
-        name.setAttribute('aria-label', `Item ${id}`);
-        const qty = document.createElement('input');
-        qty.type = 'number';
-        qty.min = '0';
-        qty.value = String(rowQty);
-        qty.setAttribute('aria-label', `Quantity of ${id}`);
-        const save = document.createElement('button');
-        save.type = 'button';
-        save.className = 'quiet';
-        save.textContent = 'Save';
-        save.addEventListener('click', () =>
-          report(post(this.path, change.update('item', id, { ...row, name: name.value.trim(), qty: Number(qty.value), updatedAt: Date.now() }))),
-        );
-        const remove = document.createElement('button');
-        remove.type = 'button';
-        remove.className = 'danger';
-        remove.textContent = 'Delete';
-        remove.setAttribute('aria-label', `Delete ${rowName || id}`);
-        remove.addEventListener('click', () => report(post(this.path, change.delete('item', id))));
-        const actions = cell(save);
-        actions.className = 'actions';
-        actions.append(remove);
-        tr.append(cell(id), cell(name), cell(qty), cell(updatedAt ? clock(updatedAt) : ''), actions);
-        return tr;
-      }),
+    const tbody = $('rows');
+    const ids = new Set(rows.map(([id]) => id));
+    // Gone rows leave first: the others then keep their order, and moving none loses the focus.
+    for (const tr of [...tbody.rows]) if (!ids.has(tr.dataset.id)) tr.remove();
+    const onScreen = new Map([...tbody.rows].map((tr) => [tr.dataset.id, tr]));
+    let next = tbody.firstElementChild;
+    for (const [id, row] of rows) {
+      const tr = onScreen.get(id) ?? this.newRow(id);
+      this.fill(tr, row, changed.has(id));
+      if (tr === next) next = next.nextElementSibling;
+      else tbody.insertBefore(tr, next);
+    }
+  },
+  /** A row's cells, with nothing in them yet (see `fill`). */
+  newRow(id) {
+    const tr = document.createElement('tr');
+    tr.dataset.id = id;
+    const cell = (content) => {
+      const td = document.createElement('td');
+      td.append(content);
+      return td;
+    };
+    const name = document.createElement('input');
+    name.setAttribute('aria-label', `Item ${id}`);
+    const qty = document.createElement('input');
+    qty.type = 'number';
+    qty.min = '0';
+    qty.setAttribute('aria-label', `Quantity of ${id}`);
+    // What the row holds now: a field whose input differs from it is being edited.
+    name.dataset.stored = qty.dataset.stored = '';
+    const save = document.createElement('button');
+    save.type = 'button';
+    save.className = 'quiet';
+    save.textContent = 'Save';
+    save.addEventListener('click', () =>
+      report(post(this.path, change.update('item', id, { ...tr.row, name: name.value.trim(), qty: Number(qty.value), updatedAt: Date.now() }))),
     );
+    const remove = document.createElement('button');
+    remove.type = 'button';
+    remove.className = 'danger';
+    remove.textContent = 'Delete';
+    remove.addEventListener('click', () => report(post(this.path, change.delete('item', id))));
+    const actions = cell(save);
+    actions.className = 'actions';
+    actions.append(remove);
+    tr.append(cell(id), cell(name), cell(qty), cell(''), actions);
+    return tr;
+  },
+  /**
+   * Shows `row` in `tr`. A field being edited keeps what was typed; when the row changed under
+   * an edit, the row is marked (`stale`) until the edit is saved or undone.
+   */
+  fill(tr, row, flash) {
+    // A row's fields are shown only when they have the type the demo writes.
+    const rowName = typeof row.name === 'string' ? row.name : '';
+    const rowQty = typeof row.qty === 'number' && Number.isFinite(row.qty) ? row.qty : 0;
+    const updatedAt = time(row.updatedAt);
+    const [name, qty] = tr.querySelectorAll('input');
+    const [save, remove] = tr.querySelectorAll('button');
+    tr.row = row;
+    tr.dataset.name = rowName;
+    let edited = false;
+    let changedUnder = false;
+    for (const [input, value] of [[name, rowName], [qty, String(rowQty)]]) {
+      if (input.value === input.dataset.stored || input.value === value) {
+        if (input.value !== value) input.value = value;
+      } else {
+        edited = true;
+        changedUnder ||= input.dataset.stored !== value;
+      }
+      input.dataset.stored = value;
+    }
+    if (changedUnder) tr.classList.add('stale');
+    else if (!edited) tr.classList.remove('stale');
+    tr.title = tr.classList.contains('stale') ? 'Changed elsewhere while you edit it: Save writes yours' : '';
+    tr.cells[3].textContent = updatedAt ? clock(updatedAt) : '';
+    save.setAttribute('aria-label', `Save ${rowName || tr.dataset.id}`);
+    remove.setAttribute('aria-label', `Delete ${rowName || tr.dataset.id}`);
+    if (flash) {
+      // Restarts the animation on a row that flashed before.
+      tr.classList.remove('flash');
+      void tr.offsetWidth;
+      tr.classList.add('flash');
+    }
   },
   open() {
     this.render();
