@@ -6,6 +6,8 @@
 import { describe, expect, test } from 'vitest';
 import type { BrowserContext, Page } from 'playwright-core';
 import { messages, openRoom, send, useDemo } from './demo-page';
+import { startServer } from '../../scripts/dev-server.mjs';
+import { mintToken } from '../../scripts/token.mjs';
 
 const demo = useDemo();
 
@@ -163,6 +165,86 @@ describe('rooms', () => {
     await openRoom(a.page, `ok-${Date.now()}`);
     await a.context.close();
   });
+
+  test('a room name with capitals or spaces around it is taken as the submit handler folds it', async () => {
+    const a = await openPage();
+    for (const [typed, room] of [['Lobby', 'lobby'], [' dev ', 'dev']]) {
+      await a.page.fill('#room-name', typed);
+      expect(await a.page.locator('#room-name').evaluate((el: HTMLInputElement) => el.checkValidity()), typed).toBe(true);
+      await a.page.click('#room-form button');
+      await expect.poll(() => a.page.locator('#room-title').textContent()).toBe(`#${room}`);
+    }
+    await a.context.close();
+  });
+
+  test('the live region holds only the status, which is not rewritten while it stays the same', async () => {
+    const a = await openPage();
+    // The Live mode select is not inside a live region.
+    expect(await a.page.locator('[aria-live] select, [role="status"] select, [role="alert"] select').count()).toBe(0);
+    expect(await a.page.locator('#state').evaluate((el) => el.closest('[aria-live], [role="status"]') !== null)).toBe(true);
+    await a.page.evaluate(() => {
+      const w = window as unknown as { writes: number };
+      w.writes = 0;
+      new MutationObserver((records) => (w.writes += records.length)).observe(document.getElementById('state')!, {
+        childList: true, characterData: true, subtree: true, attributes: true,
+      });
+    });
+    // The status is refreshed every 500 ms: over a few refreshes, while live, nothing is written.
+    await a.page.waitForTimeout(2_000);
+    expect(await state(a.page)).toBe('live');
+    expect(await a.page.evaluate(() => (window as unknown as { writes: number }).writes)).toBe(0);
+    await a.context.close();
+  });
+
+  test('a room whose stream exists with another content type is not retried, and the page says why', async () => {
+    const room = `txt${Date.now()}`;
+    expect(await call('PUT', `rooms/${room}`, undefined, 'text/plain')).toBe(201);
+    const a = await openPage();
+    const puts: string[] = [];
+    a.page.on('request', (r) => {
+      if (r.method() === 'PUT' && new URL(r.url()).pathname === `/v1/stream/rooms/${room}`) puts.push(r.url());
+    });
+    await a.page.fill('#room-name', room);
+    await a.page.click('#room-form button');
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('stopped');
+    expect(await a.page.locator('#problem').textContent()).toMatch(/409/);
+    expect(await a.page.locator('#problem').isVisible()).toBe(true);
+    const tried = puts.length;
+    expect(tried).toBe(1);
+    // Retried, it would have been asked again several times within these seconds.
+    await a.page.waitForTimeout(3_000);
+    expect(puts).toHaveLength(tried);
+    expect(await state(a.page)).toBe('stopped');
+    // Another room works, and the reason goes away.
+    await openRoom(a.page, `ok${Date.now()}`);
+    expect(await a.page.locator('#problem').isVisible()).toBe(false);
+    expect(a.errors).toEqual([]);
+    await a.context.close();
+  });
+
+  test('a server that requires an access token: the page says so, and uses one given as ?token=', async () => {
+    const secret = 'demo-e2e-secret';
+    const locked = await startServer({ vars: { AUTH_SECRET: secret, LONG_POLL_TIMEOUT_MS: '2000' } });
+    const context = await demo.browser().newContext({ viewport: { width: 1200, height: 800 } });
+    try {
+      const page = await context.newPage();
+      const errors: string[] = [];
+      page.on('pageerror', (e) => errors.push(String(e)));
+      await page.goto(`${locked.baseUrl}/`);
+      await expect.poll(() => state(page), { timeout: 10_000 }).toBe('stopped');
+      expect(await page.locator('#problem').textContent()).toMatch(/access token/i);
+      const token = mintToken({ secret, prefix: '', ops: ['read', 'append', 'create'], expiresAt: Math.floor(Date.now() / 1000) + 3600 });
+      await page.goto(`${locked.baseUrl}/?token=${encodeURIComponent(token)}`);
+      await expect.poll(() => state(page), { timeout: 10_000 }).toBe('live');
+      expect(await page.locator('#problem').isVisible()).toBe(false);
+      await send(page, 'ada', 'with a token');
+      await expect.poll(() => messages(page), { timeout: 5_000 }).toContain('with a token');
+      expect(errors).toEqual([]);
+    } finally {
+      await context.close();
+      await locked.stop();
+    }
+  }, 120_000);
 
   test('the status pill does not say "live" while the view cannot reach the server, and says it again once it can', async () => {
     const a = await openPage();

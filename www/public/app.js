@@ -5,6 +5,13 @@ import { stream, table, change, DurableStream } from 'edgestream';
 
 const API = `${location.origin}/v1/stream`;
 const $ = (id) => document.getElementById(id);
+/**
+ * An access token for a server with access control on (README, Access tokens), given as this
+ * page's `?token=`: sent with every request, as `?token=` (EventSource and WebSocket cannot send
+ * headers) and as a bearer token on appends.
+ */
+const token = new URLSearchParams(location.search).get('token') || undefined;
+const params = token ? { token } : undefined;
 
 /** localStorage with JSON values; a full or disabled storage only loses the resume point. */
 const saved = {
@@ -36,7 +43,7 @@ const isObject = (value) => value !== null && typeof value === 'object' && !Arra
 // ---- the live connection of the visible view ----
 
 let mode = saved.get('mode', 'auto');
-let active = null; // { handle, controller, path, hadBatch }
+let active = null; // { handle, controller, path, hadBatch, stopped }
 /** The path of the view whose reader failed last, until that view reads a batch again. */
 let failing = null;
 /**
@@ -49,16 +56,21 @@ async function follow({ path, contentType, channel, offset, incarnation, open, o
   stopFollowing();
   const controller = new AbortController();
   const url = `${API}/${path}`;
-  active = { handle: null, controller, path, hadBatch: false };
+  active = { handle: null, controller, path, hadBatch: false, stopped: false };
   const mine = active;
   $('info-url').textContent = `/v1/stream/${path}`;
-  await ensureStream(url, contentType, channel, path, controller.signal);
+  showProblem('');
+  try {
+    await ensureStream(url, contentType, channel, path, controller.signal);
+  } catch (error) {
+    return stop(mine, error);
+  }
   if (controller.signal.aborted) return;
   // The client revalidates the browser's HTTP cache on every read, so a stream deleted and
   // created again is never read from the old one's cached pages.
   // With the incarnation stored beside the offset, a stream deleted and created again since
   // fails the reader (STREAM_REPLACED) rather than go on from an offset that is not its own.
-  const handle = open ? open(url, controller.signal) : stream({ url, offset, incarnation, live: mode, signal: controller.signal });
+  const handle = open ? open(url, controller.signal) : stream({ url, params, offset, incarnation, live: mode, signal: controller.signal });
   mine.handle = handle;
   handle.subscribe(
     (batch) => {
@@ -70,6 +82,9 @@ async function follow({ path, contentType, channel, offset, incarnation, open, o
     },
     (error) => {
       if (controller.signal.aborted) return;
+      // Those the view recovers from are below; any other refusal stops it.
+      const recovers = ['NOT_FOUND', 'GONE', 'INVALID_OFFSET', 'STREAM_REPLACED'].includes(error?.code);
+      if (!recovers && refused(error)) return stop(mine, error);
       console.error('edgestream demo:', error);
       failing = path;
       setState('reconnecting');
@@ -95,18 +110,43 @@ function stopFollowing() {
   active = null;
 }
 
+/** A refusal that asking again will not change: a 4xx other than a timeout (408) or a rate limit (429). */
+const refused = (error) => error?.status >= 400 && error.status < 500 && error.status !== 408 && error.status !== 429;
+
+/** Gives up on the view's stream after a refusal, and says why. */
+function stop(mine, error) {
+  if (mine.controller.signal.aborted) return;
+  console.error('edgestream demo:', error);
+  mine.stopped = true;
+  const auth = error.status === 401 || error.status === 403;
+  showProblem(
+    auth
+      ? `The server requires an access token${token ? ' and refused this one' : ''} (${error.status}): open this page as /?token=<token>, with a token for read, append and create (README, Access tokens).`
+      : `The server refused /v1/stream/${mine.path}, so this view has stopped: ${error.message}`,
+  );
+  showStatus();
+}
+
+function showProblem(text) {
+  const problem = $('problem');
+  if (problem.textContent !== text) problem.textContent = text;
+  problem.hidden = !text;
+}
+
 /** The streams this page created (or found), so that a restart does not PUT them again. */
 const created = new Set();
+/** Creates the stream at `url` unless it exists; throws a refusal (see `refused`) at once. */
 async function ensureStream(url, contentType, channel, path, signal) {
   if (created.has(url)) return;
   for (let attempt = 0; !signal.aborted; attempt++) {
     try {
-      await DurableStream.create({ url, contentType, channel });
+      await DurableStream.create({ url, params, contentType, channel });
       created.add(url);
       return;
     } catch (e) {
       // Offline or a transient error: keep trying (until the view is left); the UI shows the state.
       if (signal.aborted) return;
+      if (refused(e)) throw e;
       failing = path;
       setState(navigator.onLine ? 'reconnecting' : 'offline');
       await new Promise((r) => setTimeout(r, Math.min(4000, 250 * 2 ** attempt)));
@@ -114,8 +154,10 @@ async function ensureStream(url, contentType, channel, path, signal) {
   }
 }
 
+/** Shows `state` in the status pill, a live region: only a change is written (and announced). */
 function setState(state) {
   const pill = $('state');
+  if (pill.dataset.state === state && pill.textContent === state) return;
   pill.dataset.state = state;
   pill.textContent = state;
 }
@@ -124,6 +166,8 @@ function showStatus() {
   const handle = active?.handle;
   $('info-offset').textContent = handle ? handle.offset : '-';
   $('info-mode').textContent = handle ? handle.mode : '-';
+  // Refused for good (see `stop`): a reload, another view or mode asks again.
+  if (active?.stopped) return setState('stopped');
   if (!navigator.onLine) return setState('offline');
   // The reader of this view failed (it is restarted in a moment): the handle's status and
   // upToDate are those of its last good response, so they cannot tell.
@@ -147,7 +191,7 @@ function report(writing) {
 async function post(path, body, contentType = 'application/json') {
   const res = await fetch(`${API}/${path}`, {
     method: 'POST',
-    headers: { 'content-type': contentType },
+    headers: { 'content-type': contentType, ...(token && { authorization: `Bearer ${token}` }) },
     body: contentType === 'application/json' ? JSON.stringify(body) : body,
   });
   if (!res.ok) throw new Error(`append failed: ${res.status} ${await res.text()}`);
@@ -160,9 +204,12 @@ const clock = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', min
 
 /** The "All rooms" entry: the `rooms` channel, fed by every `rooms/<name>` stream. */
 const ALL = '*';
-/** What a room may be called (a path segment below `rooms/`); index.html's pattern says the same. */
+/**
+ * What a room may be called (a path segment below `rooms/`). index.html's pattern takes the same
+ * with capitals and spaces around it, which the room form folds and trims.
+ */
 const ROOM_NAME = /^[a-z0-9-]{1,32}$/;
-const ROOM_NAME_RULE = 'A room name is 1 to 32 lowercase letters, digits and dashes.';
+const ROOM_NAME_RULE = 'A room name is 1 to 32 letters, digits and dashes (taken in lowercase).';
 
 /**
  * Whether `m` is a chat message this demo can show. Anyone can append any JSON to a room, and
@@ -432,7 +479,7 @@ const inventory = {
       path: this.path,
       contentType: 'application/json',
       // Anyone can append to the demo's stream: skip what is not a change message.
-      open: (url, signal) => (this.live = table({ url, live: mode, signal, store: this.store, saveEveryMs: 0, onInvalid: 'skip' })),
+      open: (url, signal) => (this.live = table({ url, params, live: mode, signal, store: this.store, saveEveryMs: 0, onInvalid: 'skip' })),
       onBatch: ({ changes }) => this.render(new Set(changes.map((c) => c.key))),
       onReset: () => {
         // The saved snapshot is of a stream that is gone.
