@@ -4,6 +4,7 @@
 import { describe, expect, test } from 'vitest';
 import type { BrowserContext, Page } from 'playwright-core';
 import path from 'node:path';
+import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { messages, openRoom, send, useDemo } from './demo-page';
 
@@ -219,6 +220,101 @@ describe('tail', () => {
       await expect.poll(() => page.locator('#info-mode').textContent(), { timeout: 5_000 }).toBe(mode);
     }
     await page.screenshot({ path: path.join(shots, 'tail.png') });
+    await context.close();
+  });
+});
+
+describe('tail growth', () => {
+  test('the tail shows at most the last 100,000 characters, the same it saves for a reload', async () => {
+    const { page, context } = await openPage();
+    await page.click('#tab-tail');
+    await expect.poll(() => page.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(`${demo.server().baseUrl}/v1/stream/tail/demo`, {
+        method: 'POST',
+        headers: { 'content-type': 'text/plain' },
+        body: `${String(i).repeat(59_999)}\n`,
+      });
+      expect(res.status).toBe(204);
+    }
+    const last = `last line ${Date.now()}`;
+    await page.fill('#line', last);
+    await page.click('#tail-form button');
+    const shown = () => page.locator('#tail').evaluate((el) => el.textContent ?? '');
+    await expect.poll(async () => (await shown()).endsWith(`${last}\n`), { timeout: 10_000 }).toBe(true);
+    const text = await shown();
+    expect(text.length).toBe(100_000);
+    const saved = await page.evaluate(() => JSON.parse(localStorage.getItem('edgestream-demo:tail') ?? '{}').text);
+    expect(text).toBe(saved);
+    await context.close();
+  });
+});
+
+describe('layout', () => {
+  /** How far the page is wider than the viewport. */
+  const overflow = (page: Page) => page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+
+  test('at 375 px nothing overflows sideways: Send and the table\'s inputs are on screen, and a long word wraps', async () => {
+    const ctx = await demo.browser().newContext({ viewport: { width: 375, height: 667 } });
+    const { page, context } = await openPage(ctx);
+    await openRoom(page, `narrow${Date.now()}`);
+    expect(await overflow(page)).toBe(0);
+    const box = async (selector: string) => (await page.locator(selector).boundingBox())!;
+    const sendButton = await box('#message-form button');
+    expect(sendButton.x).toBeGreaterThanOrEqual(0);
+    expect(sendButton.x + sendButton.width).toBeLessThanOrEqual(375);
+    expect((await box('#message')).width).toBeGreaterThan(150);
+
+    // One unbroken word as long as a message may be wraps inside the list.
+    const word = 'w'.repeat(500);
+    await send(page, 'ada', word);
+    await expect.poll(() => messages(page)).toEqual([word]);
+    expect(await overflow(page)).toBe(0);
+    expect(await page.locator('#messages').evaluate((el) => el.scrollWidth - el.clientWidth)).toBe(0);
+    await page.screenshot({ path: path.join(tmpdir(), 'edgestream-demo-narrow-rooms.png'), fullPage: true });
+
+    await page.click('#tab-table');
+    await expect.poll(() => page.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
+    const name = `narrow-${Date.now()}`;
+    await page.fill('#row-name', name);
+    await page.click('#row-form button');
+    const row = page.locator(`#rows tr[data-name="${name}"]`);
+    await expect.poll(() => row.count(), { timeout: 5_000 }).toBe(1);
+    expect(await overflow(page)).toBe(0);
+    for (const input of await row.locator('input').all()) {
+      const b = (await input.boundingBox())!;
+      expect(b.width).toBeGreaterThanOrEqual(70);
+      expect(b.x + b.width).toBeLessThanOrEqual(375);
+    }
+    for (const button of await row.locator('button').all()) {
+      const b = (await button.boundingBox())!;
+      expect(b.x + b.width).toBeLessThanOrEqual(375);
+    }
+    await page.screenshot({ path: path.join(tmpdir(), 'edgestream-demo-narrow-table.png'), fullPage: true });
+
+    await page.click('#tab-tail');
+    await expect.poll(() => page.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
+    expect(await overflow(page)).toBe(0);
+    await context.close();
+  });
+
+  test('a long unbroken message wraps in All rooms on a wide page', async () => {
+    const { page, context } = await openPage();
+    // All rooms first: that creates the `rooms` channel, which the room then feeds.
+    await page.click('#all-rooms');
+    await expect.poll(() => page.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
+    const url = `${demo.server().baseUrl}/v1/stream/rooms/wide${Date.now()}`;
+    expect((await fetch(url, { method: 'PUT', headers: { 'content-type': 'application/json' } })).status).toBe(201);
+    const word = 'v'.repeat(500);
+    const res = await fetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ id: 'w', user: 'ada', text: word, at: Date.now() }),
+    });
+    expect(res.status).toBe(204);
+    await expect.poll(() => messages(page), { timeout: 5_000 }).toContain(word);
+    expect(await overflow(page)).toBe(0);
+    expect(await page.locator('#messages').evaluate((el) => el.scrollWidth - el.clientWidth)).toBe(0);
     await context.close();
   });
 });

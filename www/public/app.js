@@ -514,12 +514,16 @@ const inventory = {
 
 // ---- Tail: a text stream, followed like tail -f ----
 
+/** How much of the tail is kept, on screen and in storage: its last characters. */
+const TAIL_KEEP = 100_000;
+
 const tail = {
   path: 'tail/demo',
   state: saved.get('tail', { offset: '-1', text: '' }),
   open() {
     const pre = $('tail');
     pre.textContent = this.state.text;
+    let shown = this.state.text.length;
     const decoder = new TextDecoder();
     follow({
       path: this.path,
@@ -529,8 +533,15 @@ const tail = {
       onBatch: (batch) => {
         if (batch.bytes?.length) {
           const text = decoder.decode(batch.bytes, { stream: true });
-          this.state.text = (this.state.text + text).slice(-100_000);
-          pre.append(text);
+          this.state.text = (this.state.text + text).slice(-TAIL_KEEP);
+          // Appended while it fits; past that, the screen is trimmed to what is kept.
+          shown += text.length;
+          if (shown > TAIL_KEEP) {
+            pre.textContent = this.state.text;
+            shown = this.state.text.length;
+          } else {
+            pre.append(text);
+          }
           pre.scrollTop = pre.scrollHeight;
         }
         this.state.offset = batch.offset;
@@ -541,6 +552,7 @@ const tail = {
         this.state = { offset: '-1', text: '' };
         saved.set('tail', this.state);
         pre.textContent = '';
+        shown = 0;
       },
     });
   },
