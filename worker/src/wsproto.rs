@@ -39,7 +39,14 @@ pub mod close {
     /// The client sent more append frames than may wait for their turn: resend what was not
     /// answered, more slowly.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The token the socket was opened with has expired (`exp`): nothing more is sent on it. A
+    /// private code (RFC 6455 leaves 4000-4999 to applications), after HTTP's 401, so a client
+    /// can tell it from a routine reconnect and open a new socket with a fresh token.
+    pub const TOKEN_EXPIRED: u16 = 4401;
 }
+
+/// The close reason that goes with [`close::TOKEN_EXPIRED`].
+pub const TOKEN_EXPIRED: &str = "token expired: reconnect with a fresh token";
 
 /// Most frames a client socket may have waiting for their turn to be applied, whether the
 /// stream's object holds the socket or the edge does.
@@ -190,9 +197,20 @@ pub struct ClientHello {
     /// `WS_BACKLOG_BYTES` behind what it was sent.
     #[serde(default)]
     pub receipts: bool,
+    /// When the token that allowed the read expires (Unix seconds; `None` when access is
+    /// open): from then on the socket is closed with [`close::TOKEN_EXPIRED`] instead of being
+    /// sent anything, as an expired token could not open it again. Kept in the attachment, so
+    /// it outlives hibernation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_until: Option<i64>,
 }
 
 impl ClientHello {
+    /// Whether the read grant has expired at `now_secs` (see [`ClientHello::read_until`]).
+    pub fn read_expired(&self, now_secs: i64) -> bool {
+        read_expired(self.read_until, now_secs)
+    }
+
     /// The subprotocol the handshake's answer names, if any.
     pub fn protocol(&self) -> Option<&'static str> {
         match (self.receipts, self.combined) {
@@ -223,6 +241,21 @@ fn cursor_text<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<String, D
         Cursor::Text(text) => text,
         Cursor::Number(n) => n.to_string(),
     })
+}
+
+/// Whether a read allowed until `read_until` (Unix seconds, `None` for open access) may no
+/// longer be served at `now_secs`; a token is valid before its `exp`, as `Grant::check` has it.
+pub fn read_expired(read_until: Option<i64>, now_secs: i64) -> bool {
+    read_until.is_some_and(|exp| now_secs >= exp)
+}
+
+/// Until when (Unix seconds) a verified token allows the read it was checked for; `None` when
+/// access is open.
+pub fn read_until(token: &std::result::Result<Access, AuthError>) -> Option<i64> {
+    match token {
+        Ok(Access::Granted(grant)) => Some(grant.expires_at),
+        _ => None,
+    }
 }
 
 /// Whether the handshake's token allows appends over the socket.
@@ -1061,21 +1094,31 @@ mod tests {
             },
         ] {
             for (combined, receipts) in [(false, false), (true, false), (true, true)] {
-                let hello = ClientHello {
-                    cursor: "42".into(),
-                    append: append.clone(),
-                    combined,
-                    receipts,
-                };
-                assert_eq!(ClientHello::from_header(&hello.to_header()), Some(hello));
+                for read_until in [None, Some(100)] {
+                    let hello = ClientHello {
+                        cursor: "42".into(),
+                        append: append.clone(),
+                        combined,
+                        receipts,
+                        read_until,
+                    };
+                    assert_eq!(ClientHello::from_header(&hello.to_header()), Some(hello));
+                }
             }
         }
-        // Attachments kept before the combined form and receipts existed still read.
+        // Attachments kept before the combined form, receipts and read expiry existed still
+        // read (and such a socket is never closed for its token).
         let old = ClientHello::from_header("{\"cursor\":1,\"append\":\"open\"}").unwrap();
         assert!(!old.combined && !old.receipts);
+        assert_eq!(old.read_until, None);
+        assert!(!old.read_expired(i64::MAX));
         assert_eq!(old.cursor, "1");
         assert_eq!(old.protocol(), None);
         assert_eq!(ClientHello::from_header("{\"cursor\":1}"), None);
+        // A read is served before the token's `exp`, not at it.
+        assert!(!read_expired(Some(100), 99));
+        assert!(read_expired(Some(100), 100));
+        assert!(!read_expired(None, i64::MAX));
         let id = RawValue::from_string("7".into()).unwrap();
         assert_eq!(AppendGrant::Open.refusal(Some(&id), i64::MAX), None);
         assert_eq!(AppendGrant::Until(100).refusal(Some(&id), 99), None);

@@ -81,6 +81,7 @@ pub async fn websocket(
         append: AppendGrant::of(&token, name.as_str(), http::now_secs()),
         combined: protocol.is_some_and(ws::combines),
         receipts: protocol == Some(ws::RECEIPTS),
+        read_until: wsproto::read_until(&token),
     };
     // As for SSE, the first answer decides the handshake: a missing stream is a 404.
     // The object accepts the client socket itself (101), or answers a page for the edge to
@@ -126,6 +127,7 @@ pub async fn websocket(
         receipts: hello.receipts,
         config: config.clone(),
         append: hello.append.clone(),
+        read_until: hello.read_until,
         allowance: Cell::new(AppendAllowance::new(config.ws_append_rate, now_ms())),
         out: client.sender(),
         // Catch-up is counted from where the client starts (a client at `now` starts live).
@@ -160,6 +162,22 @@ fn upgraded(
     Ok(resp)
 }
 
+/// Resolves at `read_until` (Unix seconds), the token's expiry; never without one. Waits at
+/// most a day at a time: a timer takes its delay as an `i32` of milliseconds.
+async fn expiry(read_until: Option<i64>) {
+    let Some(read_until) = read_until else {
+        return std::future::pending().await;
+    };
+    const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+    loop {
+        let left = read_until.saturating_mul(1000).saturating_sub(now_ms());
+        if left <= 0 {
+            return;
+        }
+        Delay::from(Duration::from_millis(left.min(DAY_MS) as u64)).await;
+    }
+}
+
 /// Whether sending a client data up to `end` would leave it more than `limit` behind what it
 /// has `read` (never before it has a place to count from: a client at `now` is not yet live).
 fn falls_behind(limit: u64, read: Option<Receipt>, end: Offset) -> bool {
@@ -189,6 +207,8 @@ enum End {
     /// The client sent a frame it should not have, or too many at once; the error message is
     /// already sent.
     BadFrame { code: u16, reason: &'static str },
+    /// The token that allowed the read has expired: nothing more goes to the client.
+    Expired,
 }
 
 struct Session {
@@ -211,6 +231,9 @@ struct Session {
     config: Config,
     /// Whether the token presented at the handshake allows appends.
     append: AppendGrant,
+    /// See [`ClientHello::read_until`]: checked before anything is sent, and a timer closes
+    /// an idle socket then.
+    read_until: Option<i64>,
     /// What is left of how fast the client may append ([`wsproto::AppendRate`]).
     allowance: Cell<AppendAllowance>,
     out: SocketSender,
@@ -247,7 +270,14 @@ impl Session {
             busy: &busy,
             stop: &stop,
         };
-        let follow = Box::pin(follower.run());
+        // The token's expiry ends the session as the stream's end does, so an append in flight
+        // is still answered.
+        let follow = Box::pin(async {
+            match select(Box::pin(follower.run()), Box::pin(expiry(self.read_until))).await {
+                Either::Left((end, _)) => end,
+                Either::Right(((), _)) => End::Expired,
+            }
+        });
         let appends = Box::pin(appender.run(&mut client));
         let end = match select(follow, appends).await {
             Either::Left((end, appends)) => {
@@ -278,7 +308,18 @@ impl Session {
         }
     }
 
+    /// Whether the token that allowed the read has expired.
+    fn expired(&self) -> bool {
+        wsproto::read_expired(self.read_until, http::now_secs())
+    }
+
     fn finish(&self, client: &Socket, end: End) {
+        // Past the token's expiry the client hears nothing more, whatever ended the session.
+        let end = match end {
+            End::ClientGone => End::ClientGone,
+            _ if self.expired() => End::Expired,
+            end => end,
+        };
         match end {
             End::StreamClosed => client.close(close::NORMAL, "stream closed"),
             End::Gone(error) => {
@@ -300,6 +341,7 @@ impl Session {
             // Answer the client's close frame (workerd leaves that to the application).
             End::ClientGone => client.close(close::NORMAL, "closed"),
             End::BadFrame { code, reason } => client.close(code, reason),
+            End::Expired => client.close(close::TOKEN_EXPIRED, wsproto::TOKEN_EXPIRED),
         }
     }
 }
@@ -388,11 +430,16 @@ impl Follower<'_> {
         }
         let limit = self.session.backlog_limit;
         let cut = wsproto::cut_reason(self.session.receipts);
+        let read_until = self.session.read_until;
         // The subscription's first frame is the rest of the catch-up (at most a page): paced as
         // the pages were, it is not held to the limit; what follows is.
         let mut backlog = true;
         let handled = socket.handle(move |event| {
             let outcome = match event {
+                // Checked before anything goes out, should the timer be late.
+                SocketEvent::Binary(_) if wsproto::read_expired(read_until, http::now_secs()) => {
+                    Some(LiveEnd::End(End::Expired))
+                }
                 SocketEvent::Binary(bytes) => match frame::decode(&bytes) {
                     Some(Frame::Data {
                         start,
@@ -438,6 +485,9 @@ impl Follower<'_> {
 
     /// A page the object answered over HTTP (catch-up, or the inherited part of a fork).
     async fn page(&mut self, mut resp: Response) -> Option<End> {
+        if self.session.expired() {
+            return Some(End::Expired);
+        }
         match resp.status_code() {
             200 => {}
             404 => return Some(End::Gone(ProtocolError::NotFound)),
@@ -458,6 +508,9 @@ impl Follower<'_> {
         let Ok(body) = http::response_bytes(&resp).await else {
             return Some(End::Restart("stream read failed"));
         };
+        if self.session.expired() {
+            return Some(End::Expired);
+        }
         let ended = self.send_page(&body, end, up_to_date, closed);
         sent(&self.session.read, end);
         // Sent: the page is not kept in wasm memory while the client reads it.
@@ -549,6 +602,10 @@ impl Appender<'_> {
                 return End::StreamClosed;
             }
             let event = client.next().await;
+            // A frame after the token's expiry is neither applied nor answered.
+            if self.session.expired() && !matches!(event, SocketEvent::Closed) {
+                return End::Expired;
+            }
             self.busy.set(true);
             let reply = match event {
                 SocketEvent::Text(text) => self.frame(Incoming::Text(&text)).await,
@@ -565,6 +622,9 @@ impl Appender<'_> {
                 Ok(Some(reply)) => {
                     if out.send_text(&reply).is_err() {
                         return End::ClientGone;
+                    }
+                    if self.session.expired() {
+                        return End::Expired;
                     }
                 }
                 Err(bad) => {

@@ -99,6 +99,11 @@ pub fn accept(
     start: Offset,
     hello: ClientHello,
 ) -> Result<Response> {
+    // The edge checked the token a moment ago; a handshake that took until its expiry gets
+    // nothing, as the edge would refuse it now.
+    if hello.read_expired(http::now_secs()) {
+        return http::text(401, "token expired");
+    }
     let id = u64::from(http::random_u32()) << 32 | u64::from(http::random_u32());
     // Queued appends go out first, so the catch-up read below and later sends never overlap.
     live::flush(hub);
@@ -206,6 +211,27 @@ struct Client {
     read: Rc<Cell<Read>>,
     /// It sends receipts ([`ClientHello::receipts`]); the slot moves only when it does.
     receipts: bool,
+    /// See [`ClientHello::read_until`].
+    read_until: Option<i64>,
+}
+
+impl Client {
+    /// Whether its token has expired; if so, closes it ([`close_expired`]), once.
+    fn expired(&self, now_secs: i64) -> bool {
+        if !wsproto::read_expired(self.read_until, now_secs) {
+            return false;
+        }
+        if self.ws.ready_state() == WebSocket::OPEN {
+            close_expired(&self.ws);
+        }
+        true
+    }
+}
+
+/// Closes a socket whose token has expired: a read the token no longer allows gets nothing
+/// more, and its client must open another socket with a fresh token.
+pub fn close_expired(ws: &WebSocket) {
+    let _ = ws.close_with_code_and_reason(close::TOKEN_EXPIRED, wsproto::TOKEN_EXPIRED);
 }
 
 /// The client sockets, grouped by cursor, read from their attachments, with their slots among
@@ -228,6 +254,7 @@ pub fn groups(sockets: Vec<WebSocket>, receipts: &Receipts) -> Vec<Group> {
             ws,
             read,
             receipts: state.hello.receipts,
+            read_until: state.hello.read_until,
         };
         match groups
             .iter_mut()
@@ -249,7 +276,8 @@ pub fn groups(sockets: Vec<WebSocket>, receipts: &Receipts) -> Vec<Group> {
 /// combined, one data message with the control fields inside, built once per group. A client
 /// that would be too far behind its receipts (or, without receipts, what it was sent when it
 /// connected) is closed instead, except `appending`: the socket whose append is being applied
-/// is only marked cut, and closed once it has its ack ([`Receipts::is_cut`]).
+/// is only marked cut, and closed once it has its ack ([`Receipts::is_cut`]). So is a client
+/// whose token has expired ([`close_expired`]; `appending` after its ack).
 #[allow(clippy::too_many_arguments)]
 pub fn deliver(
     groups: &[Group],
@@ -264,6 +292,7 @@ pub fn deliver(
 ) {
     let mut data: Option<JsValue> = None;
     let next_offset = end.to_string();
+    let now_secs = http::now_secs();
     for group in groups {
         let control = Control {
             next_offset: next_offset.clone(),
@@ -295,11 +324,20 @@ pub fn deliver(
             ]
         };
         for client in &group.sockets {
+            let appending = appending.is_some_and(|a| js_sys::Object::is(a, &client.ws));
+            if appending {
+                // Its ack comes first, then the close (see `websocket_message`).
+                if wsproto::read_expired(client.read_until, now_secs) {
+                    continue;
+                }
+            } else if client.expired(now_secs) {
+                continue;
+            }
             match receipts.admit(&client.read, start, end) {
                 Admit::Send => {}
                 Admit::Skip => continue,
                 Admit::Cut => {
-                    if appending.is_some_and(|a| js_sys::Object::is(a, &client.ws)) {
+                    if appending {
                         continue;
                     }
                     let reason = wsproto::cut_reason(client.receipts);
@@ -315,7 +353,8 @@ pub fn deliver(
     }
 }
 
-/// Closes every client socket but `spared`, first sending `message` when there is one.
+/// Closes every client socket but `spared`, first sending `message` when there is one; one
+/// whose token has expired hears only that ([`close_expired`]).
 pub fn close_all(
     groups: &[Group],
     message: Option<&str>,
@@ -323,8 +362,10 @@ pub fn close_all(
     spared: Option<&WebSocket>,
 ) {
     let message = message.map(JsValue::from_str);
-    for ws in groups.iter().flat_map(|g| &g.sockets).map(|c| &c.ws) {
-        if spared.is_some_and(|s| js_sys::Object::is(s, ws)) {
+    let now_secs = http::now_secs();
+    for client in groups.iter().flat_map(|g| &g.sockets) {
+        let ws = &client.ws;
+        if spared.is_some_and(|s| js_sys::Object::is(s, ws)) || client.expired(now_secs) {
             continue;
         }
         if let Some(message) = &message {

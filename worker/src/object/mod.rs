@@ -241,6 +241,12 @@ impl DurableObject for StreamObject {
         if ws.as_ref().ready_state() != worker::web_sys::WebSocket::OPEN {
             return Ok(());
         }
+        // A socket whose token has expired is closed at its next frame, whatever it is (one
+        // that sends nothing is closed at the next append it would be sent).
+        if state.hello.read_expired(http::now_secs()) {
+            clients::close_expired(ws.as_ref());
+            return Ok(());
+        }
         // Every frame before this one has been applied and answered: a refusal starts here.
         let parsed = match &message {
             None => Err(BadFrame::too_many_waiting()),
@@ -281,7 +287,11 @@ impl DurableObject for StreamObject {
             }
         };
         let _ = ws.send_with_str(reply);
-        if self.hub.receipts().is_cut(state.id) {
+        if state.hello.read_expired(http::now_secs()) {
+            // Its token expired while the append was applied: delivery skipped it (see
+            // `clients::deliver`), and it gets nothing more.
+            clients::close_expired(ws.as_ref());
+        } else if self.hub.receipts().is_cut(state.id) {
             // Its own append (or one applied with it) took it past the limit: it reconnects
             // from its last control, which the cut data never reached.
             let reason = wsproto::cut_reason(state.hello.receipts);
