@@ -85,6 +85,33 @@ describe('scoped tokens', () => {
     controller.abort();
   });
 
+  test('an SSE response ends by its token\'s expiry, so reading on needs a valid token', async () => {
+    const admin = token('', ['create', 'append']);
+    const name = `auth/rooms/sse-expiry-${Math.random().toString(36).slice(2)}`;
+    const append = (body: string) =>
+      fetch(url(name), { method: 'POST', headers: { 'content-type': 'text/plain', ...bearer(admin) }, body });
+    expect((await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'text/plain', ...bearer(admin) } })).status).toBe(201);
+    const expiresAt = Math.floor(Date.now() / 1000) + 3;
+    const t = encodeURIComponent(token('auth/rooms', ['read'], expiresAt));
+    const sse = await fetch(url(`${name}?offset=now&live=sse&token=${t}`));
+    expect(sse.status).toBe(200);
+    let text = '';
+    const ended = (async () => {
+      const reader = sse.body!.getReader();
+      for (let r = await reader.read(); !r.done; r = await reader.read()) text += Buffer.from(r.value).toString();
+      return Date.now();
+    })();
+    expect((await append('before;')).status).toBe(204);
+    // The response would otherwise last SSE_CONNECTION_MS (about a minute), getting every append.
+    const late = setTimeout(() => void append('after;'), Math.max(0, expiresAt * 1000 - Date.now()) + 500);
+    const end = await Promise.race([ended, new Promise<null>((r) => setTimeout(() => r(null), 15_000))]);
+    clearTimeout(late);
+    expect(end).not.toBeNull();
+    expect(text).toContain('before;');
+    expect(text).not.toContain('after;');
+    expect((await fetch(url(`${name}?offset=now&live=sse&token=${t}`))).status).toBe(401);
+  });
+
   test('operation escalation is 403 and changes nothing', async () => {
     const t = token('auth/rooms/', ['read']);
     for (const [method, body] of [['POST', 'more'], ['PUT', ''], ['DELETE', undefined]] as const) {

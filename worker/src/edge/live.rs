@@ -190,6 +190,19 @@ fn staggered(ms: u64) -> u64 {
     ms - ms / 10 * u64::from(random_u32() % 1000) / 1000
 }
 
+/// How long a live response may last: `ms`, but never past `read_until` (Unix seconds), the
+/// expiry of the token that allowed the read, so that reading on needs a valid token.
+fn until_expiry(ms: u64, read_until: Option<i64>) -> u64 {
+    let Some(read_until) = read_until else {
+        return ms;
+    };
+    let left = read_until
+        .saturating_mul(1000)
+        .saturating_sub(now_ms())
+        .max(0);
+    ms.min(left as u64)
+}
+
 /// `live=long-poll`: data at once if there is any, else wait for the next append or time out.
 pub async fn long_poll(
     stub: &Stub,
@@ -197,6 +210,7 @@ pub async fn long_poll(
     from: ReadFrom,
     asked: Asked<'_>,
     config: &Config,
+    read_until: Option<i64>,
 ) -> Result<Response> {
     let cursor = cursor::next_cursor(now_ms(), asked.cursor, random_u32());
     let extra: Vec<(&str, &str)> = asked
@@ -208,8 +222,9 @@ pub async fn long_poll(
         Subscription::Page(resp) => return with_cursor(resp, &cursor),
         Subscription::Live(live) => live,
     };
-    let mut timeout = Delay::from(Duration::from_millis(staggered(
-        config.long_poll_timeout_ms,
+    let mut timeout = Delay::from(Duration::from_millis(until_expiry(
+        staggered(config.long_poll_timeout_ms),
+        read_until,
     )));
     let json_stream = ContentType::parse_stored(&live.content_type).is_ok_and(|c| c.is_json());
     loop {
@@ -300,6 +315,7 @@ pub async fn sse(
     from: ReadFrom,
     client_cursor: Option<String>,
     config: &Config,
+    read_until: Option<i64>,
 ) -> Result<Response> {
     // The first answer decides the status: a missing stream is a 404, not an empty event stream.
     let first = subscribe(&stub, &name, from, LiveMode::Sse, &[]).await?;
@@ -334,7 +350,8 @@ pub async fn sse(
     let source = Rc::new(SseSource {
         stub,
         name,
-        deadline_ms: now_ms() + staggered(config.sse_connection_ms) as i64,
+        deadline_ms: now_ms()
+            + until_expiry(staggered(config.sse_connection_ms), read_until) as i64,
     });
     wasm_bindgen_futures::spawn_local(catch_up(source, state, Some(first), body));
     let resp = Response::from_body(ResponseBody::Stream(readable))?;
@@ -404,6 +421,10 @@ async fn catch_up(
                 }
             }
         };
+        // Subscribing took time: nothing goes out past the deadline (the token's expiry, say).
+        if now_ms() >= source.deadline_ms {
+            return body.close();
+        }
         state.instance.learn(&sub);
         match sub {
             Subscription::Page(resp) => {
@@ -577,6 +598,12 @@ impl SseFollower {
             };
             if this.socket.is_none() {
                 return;
+            }
+            // Past the deadline (the token's expiry, say) nothing more is written, should the
+            // timer be late.
+            if now_ms() >= this.source.deadline_ms {
+                drop(this);
+                return SseFollower::finish(follower);
             }
             if this.body.as_ref().is_some_and(BodyWriter::behind) {
                 // Too much is queued for this reader: the rest comes as catch-up pages, which

@@ -90,7 +90,14 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
         None => None,
     };
     match req.method() {
-        Method::Get => get(req, &url, &name, env, config).await,
+        Method::Get => {
+            // A live read ends by the token's expiry: reading on needs a valid token again.
+            let read_until = match &access {
+                Some(auth::Access::Granted(grant)) => Some(grant.expires_at),
+                _ => None,
+            };
+            get(req, &url, &name, env, config, read_until).await
+        }
         Method::Head | Method::Delete => forward(req, &url, &name, env).await,
         Method::Put => {
             let source = match check_create(req.headers(), config) {
@@ -219,6 +226,7 @@ async fn get(
     name: &StreamName,
     env: &Env,
     config: &Config,
+    read_until: Option<i64>,
 ) -> Result<Response> {
     let offsets = http::query_values(url, "offset");
     let from = match ReadFrom::from_query(offsets.iter().map(String::as_str)) {
@@ -245,9 +253,9 @@ async fn get(
                 cursor: cursor.as_deref(),
                 if_none_match: if_none_match.as_deref(),
             };
-            live::long_poll(&stub, name, from, asked, config).await
+            live::long_poll(&stub, name, from, asked, config, read_until).await
         }
-        LiveMode::Sse => live::sse(stub, name.clone(), from, cursor, config).await,
+        LiveMode::Sse => live::sse(stub, name.clone(), from, cursor, config, read_until).await,
         LiveMode::WebSocket => {
             ws::websocket(&req, url, env, stub, name.clone(), from, cursor, config).await
         }
