@@ -216,12 +216,14 @@ struct Client {
 }
 
 impl Client {
-    /// Whether its token has expired; if so, closes it ([`close_expired`]), once.
-    fn expired(&self, now_secs: i64) -> bool {
+    /// Whether its token has expired; if so, closes it ([`close_expired`]), once, unless it is
+    /// `spared` (the socket whose append is being applied: it gets its ack first).
+    fn expired(&self, now_secs: i64, spared: Option<&WebSocket>) -> bool {
         if !wsproto::read_expired(self.read_until, now_secs) {
             return false;
         }
-        if self.ws.ready_state() == WebSocket::OPEN {
+        let spared = spared.is_some_and(|s| js_sys::Object::is(s, &self.ws));
+        if !spared && self.ws.ready_state() == WebSocket::OPEN {
             close_expired(&self.ws);
         }
         true
@@ -324,20 +326,15 @@ pub fn deliver(
             ]
         };
         for client in &group.sockets {
-            let appending = appending.is_some_and(|a| js_sys::Object::is(a, &client.ws));
-            if appending {
-                // Its ack comes first, then the close (see `websocket_message`).
-                if wsproto::read_expired(client.read_until, now_secs) {
-                    continue;
-                }
-            } else if client.expired(now_secs) {
+            // The appending socket is closed after its ack (see `websocket_message`).
+            if client.expired(now_secs, appending) {
                 continue;
             }
             match receipts.admit(&client.read, start, end) {
                 Admit::Send => {}
                 Admit::Skip => continue,
                 Admit::Cut => {
-                    if appending {
+                    if appending.is_some_and(|a| js_sys::Object::is(a, &client.ws)) {
                         continue;
                     }
                     let reason = wsproto::cut_reason(client.receipts);
@@ -365,7 +362,7 @@ pub fn close_all(
     let now_secs = http::now_secs();
     for client in groups.iter().flat_map(|g| &g.sockets) {
         let ws = &client.ws;
-        if spared.is_some_and(|s| js_sys::Object::is(s, ws)) || client.expired(now_secs) {
+        if spared.is_some_and(|s| js_sys::Object::is(s, ws)) || client.expired(now_secs, None) {
             continue;
         }
         if let Some(message) = &message {
