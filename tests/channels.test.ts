@@ -667,6 +667,12 @@ describe('limits', () => {
     const all = await channelUntil(root, (a) => a.length >= 2_000, 30_000);
     expect(all).toHaveLength(2_000);
     expect(all.every((e) => e.stream === source && e.data === 1)).toBe(true);
+    // The same body under a path no channel covers is created whole: only a channel's copy is
+    // bounded (it was refused for any nested path before the registry was asked).
+    const free = `${root}x/${'c'.repeat(500)}`;
+    const created = await put(free, json, tiny(65_535));
+    expect(created.status).toBe(201);
+    expect((await readAll(free)).length).toBe(65_535);
   }, 60_000);
 
   it('refuses a channel more than 8 segments deep (400); one 8 deep, with 7 above it, gets every append below it', async () => {

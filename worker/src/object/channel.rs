@@ -37,8 +37,9 @@ use super::store::{self, ChannelLink, Meta, Rows, Store, Task};
 use super::{live, subscribers, Lookup, StreamObject};
 use crate::fault::Call;
 use crate::http::{self, header, now_ms};
-use crate::subscription::registry::ChannelRef;
+use crate::subscription::registry::{ChannelCount, ChannelRef, StreamPath};
 use crate::subscription::stream_stub;
+use crate::subscription::{call, registry_stub};
 
 /// A batch sent to a channel holds about this much: source messages are read up to it, and
 /// envelopes added until they reach it (always at least one message, however large).
@@ -99,42 +100,65 @@ pub fn create_rules(
     Ok(true)
 }
 
-/// 413 for data (an append's, or a create's initial body) whose envelopes would take more than
-/// `MAX_APPEND_BYTES` in a channel above the stream: a channel's copy of an append is held to
-/// the limit of any append, so one request cannot make a channel store many times what it
-/// sent (one envelope per tiny JSON message, each naming the stream). Decided before anything
-/// is stored, so the append is refused whole and no channel holds part of it. It applies while
-/// the stream feeds a channel, and while it may without knowing it yet: a stream being created,
-/// or whose registration (which links its channels, from its start) is still owed. A path of
-/// one segment has no channel above it.
-pub fn oversized_copy(
-    obj: &StreamObject,
-    meta: &Meta,
-    data: &[u8],
-    creating: bool,
-) -> Result<Option<Response>> {
-    if meta.channel || data.is_empty() || !meta.name().contains('/') {
+/// 413 for an append whose envelopes would take more than `MAX_APPEND_BYTES` in a channel
+/// above the stream: a channel's copy of an append is held to the limit of any append, so one
+/// request cannot make a channel store many times what it sent (one envelope per tiny JSON
+/// message, each naming the stream). Decided before anything is stored, so the append is
+/// refused whole and no channel holds part of it. It applies while the stream feeds a channel,
+/// and while its registration (which links its channels, from its start) is still owed and it
+/// cannot know: an append must not await between reading the tail and storing.
+pub fn oversized_copy(obj: &StreamObject, meta: &Meta, data: &[u8]) -> Result<Option<Response>> {
+    let Some(text) = over_limit(obj, meta, data) else {
         return Ok(None);
-    }
-    // The size first: it is within the limit for nearly every append, which then reads no
-    // rows to learn whether the stream feeds a channel.
-    let size = copy_len(&Feed::live(meta), data);
-    let limit = obj.config.max_append_bytes;
-    if size <= limit {
-        return Ok(None);
-    }
+    };
     let store = obj.store()?;
-    let feeds = creating
-        || !store.channel_links()?.is_empty()
+    let feeds = !store.channel_links()?.is_empty()
         || store.owed()?.iter().any(|o| o.task == Task::Register);
     if !feeds {
         return Ok(None);
     }
-    let text = format!(
-        "this append would be {size} bytes in each channel above the stream (one envelope per \
-         message), over the {limit}-byte limit: send it in smaller appends"
-    );
     http::text(413, &text).map(Some)
+}
+
+/// The same refusal for a stream about to be created with `data`, which is copied into every
+/// channel above it from its start: the registry says whether there is one (asked only when
+/// the copy would be too large). 503 when it cannot say.
+pub async fn oversized_initial(
+    obj: &StreamObject,
+    meta: &Meta,
+    data: &[u8],
+) -> Result<Option<Response>> {
+    let Some(text) = over_limit(obj, meta, data) else {
+        return Ok(None);
+    };
+    let path = StreamPath {
+        path: meta.name().to_string(),
+    };
+    let (status, reply) =
+        call::<_, ChannelCount>(&registry_stub(&obj.env)?, "channels-above", &path).await?;
+    match reply.filter(|_| status == 200) {
+        Some(count) if count.channels > 0 => http::text(413, &text).map(Some),
+        Some(_) => Ok(None),
+        None => http::unavailable("the registry could not say whether a channel is above; retry")
+            .map(Some),
+    }
+}
+
+/// Why `data` is too large for a channel above the stream, if it is. A channel, an empty body
+/// and a path of one segment (with no channel above it) never are. The size is computed first:
+/// it is within the limit for nearly every append, which then reads no rows.
+fn over_limit(obj: &StreamObject, meta: &Meta, data: &[u8]) -> Option<String> {
+    if meta.channel || data.is_empty() || !meta.name().contains('/') {
+        return None;
+    }
+    let size = copy_len(&Feed::live(meta), data);
+    let limit = obj.config.max_append_bytes;
+    (size > limit).then(|| {
+        format!(
+            "this append would be {size} bytes in each channel above the stream (one envelope \
+             per message), over the {limit}-byte limit: send it in smaller appends"
+        )
+    })
 }
 
 /// The bytes `data` (stored framing) takes in a channel: exact for JSON; for a byte stream, a

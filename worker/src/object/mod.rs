@@ -578,8 +578,13 @@ impl StreamObject {
         let Some(tail) = store::end_of(meta.base, data.len()) else {
             return http::error(&ProtocolError::StreamFull);
         };
-        if let Some(refusal) = channel::oversized_copy(self, &meta, &data, true)? {
+        if let Some(refusal) = channel::oversized_initial(self, &meta, &data).await? {
             return Ok(refusal);
+        }
+        // Asking the registry may have awaited, and another create may have stored the stream
+        // meanwhile: the retry answers as that stream stands.
+        if self.meta()?.is_some() {
+            return http::unavailable("the stream was created by another request; retry");
         }
         let store = self.store()?;
         // Only a path with no stream is created, so no rows should be left. Any that are belong
@@ -826,7 +831,7 @@ impl StreamObject {
         let Some(tail) = store::end_of(start, data.len()) else {
             return http::error(&ProtocolError::StreamFull);
         };
-        if let Some(refusal) = channel::oversized_copy(self, &meta, &data, false)? {
+        if let Some(refusal) = channel::oversized_copy(self, &meta, &data)? {
             return Ok(refusal);
         }
         store.append(start, &data, meta.is_json())?;

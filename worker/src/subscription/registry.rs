@@ -52,6 +52,13 @@ pub struct CreatedStream {
     pub channel: Option<String>,
 }
 
+/// How many channels are above a path: asked before a stream is created with an initial body
+/// too large to copy into a channel, which is refused only if some channel would copy it.
+#[derive(Serialize, Deserialize)]
+pub struct ChannelCount {
+    pub channels: usize,
+}
+
 /// What a new stream is told: the subscriptions and the channels that cover it.
 #[derive(Serialize, Deserialize)]
 pub struct SubscriptionIds {
@@ -221,6 +228,14 @@ impl RegistryObject {
                     subs,
                     channels,
                     more,
+                })
+            }
+            "internal/channels-above" => {
+                let Ok(p) = serde_json::from_slice::<StreamPath>(&body) else {
+                    return parse_err();
+                };
+                reply(&ChannelCount {
+                    channels: self.channels_above(&p.path)?.len(),
                 })
             }
             "internal/stream-removed" => {
