@@ -98,4 +98,24 @@ describe('producer state past PRODUCER_TTL_MS', () => {
     expect((await append(name, 'r', 0, 2, 'y')).status).toBe(409);
     expect(await contents(name)).toBe('az');
   });
+
+  it('is kept for the holder of an active writer lease, however long the lease', async () => {
+    const name = unique('lease');
+    expect((await call('PUT', name, text)).status).toBe(201);
+    expect((await append(name, 'w', 0, 0, 'a', { 'stream-lease-ttl': '30' })).status).toBe(200);
+    await sleep(PAST_TTL_MS);
+    // Others are refused while it holds the lease, so only the holder's own state matters.
+    expect((await append(name, 'other', 0, 0, '.')).status).toBe(423);
+    // Past the TTL, the holder resumes where it was: a retry is still a duplicate and its next
+    // sequence is appended, not told a gap.
+    expect((await append(name, 'w', 0, 0, 'a')).status).toBe(204);
+    expect((await append(name, 'w', 0, 1, 'b')).status).toBe(200);
+    expect(await contents(name)).toBe('ab');
+    // Released, its state expires like any other.
+    expect((await append(name, 'w', 0, 2, 'c', { 'stream-lease-ttl': '0' })).status).toBe(200);
+    await sleep(PAST_TTL_MS);
+    const resumed = await append(name, 'w', 0, 3, 'd');
+    expect(resumed.status).toBe(409);
+    expect(resumed.headers.get('producer-expected-seq')).toBe('0');
+  });
 });

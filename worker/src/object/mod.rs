@@ -758,11 +758,18 @@ impl StreamObject {
         };
         let store = self.store()?;
         let kept_since = edgestream::producer::kept_since(now, self.config.producer_ttl_ms);
+        let stored_lease = store.lease()?;
+        // The holder of an active lease keeps its state for as long as it holds the lease,
+        // which may be longer than PRODUCER_TTL_MS: it alone may append meanwhile.
+        let holder = stored_lease
+            .as_ref()
+            .filter(|l| l.is_active(now))
+            .map(|l| l.holder.as_str());
         let stored = match &producer {
+            Some(p) if holder == Some(p.id) => store.producer(p.id, i64::MIN)?,
             Some(p) => store.producer(p.id, kept_since)?,
             None => None,
         };
-        let stored_lease = store.lease()?;
         let target = AppendTarget {
             content_type: &meta.content_type,
             closed: meta.closed,
