@@ -295,3 +295,39 @@ describe('npm run token', () => {
     expect(claims(every.stdout).prefix).toBe('');
   });
 });
+
+describe('a long-poll with a token that expires', () => {
+  // Its own server, whose long-polls wait 20 s: the one above releases them after 500 ms,
+  // before any token could expire.
+  let slow: Awaited<ReturnType<typeof startServer>>;
+  beforeAll(async () => {
+    slow = await startServer({ vars: { AUTH_SECRET: secret, LONG_POLL_TIMEOUT_MS: '20000' } });
+  });
+  afterAll(async () => {
+    await slow?.stop();
+  });
+
+  test('is answered 204 at the token\'s expiry instead of waiting its full timeout, and asking again is 401', async () => {
+    const at = (path: string) => `${slow.baseUrl}/v1/stream/${path}`;
+    const name = `auth/rooms/poll-expiry-${Math.random().toString(36).slice(2)}`;
+    const admin = token('', ['create', 'append']);
+    expect((await fetch(at(name), { method: 'PUT', headers: { 'content-type': 'text/plain', ...bearer(admin) } })).status).toBe(201);
+    // A fresh token waits: nothing is appended, so it is still waiting after 3 s.
+    const fresh = encodeURIComponent(token('auth/rooms', ['read']));
+    const abort = new AbortController();
+    const waiting = fetch(at(`${name}?offset=now&live=long-poll&token=${fresh}`), { signal: abort.signal }).then((r) => r.status, () => 'aborted');
+    const expiresAt = Math.floor(Date.now() / 1000) + 2;
+    const t = encodeURIComponent(token('auth/rooms', ['read'], expiresAt));
+    const started = Date.now();
+    const res = await fetch(at(`${name}?offset=now&live=long-poll&token=${t}`));
+    const waited = Date.now() - started;
+    expect(res.status).toBe(204);
+    expect(waited).toBeLessThan(10_000);
+    expect(Date.now()).toBeGreaterThanOrEqual(expiresAt * 1000 - 250);
+    const still = await Promise.race([waiting, new Promise((r) => setTimeout(() => r('waiting'), 500))]);
+    expect(still).toBe('waiting');
+    abort.abort();
+    const again = await fetch(at(`${name}?offset=now&live=long-poll&token=${t}`));
+    expect(again.status).toBe(401);
+  }, 30_000);
+});

@@ -1059,3 +1059,47 @@ describe('WebSocket access control', () => {
     expect(everything(reader.drain())).not.toContain('after-');
   });
 });
+
+describe('WebSocket appends past MAX_APPEND_BYTES', () => {
+  // Its own server with a 4 KiB limit: a frame over the default 16 MiB would be over the
+  // platform's WebSocket message limit first.
+  let small: Awaited<ReturnType<typeof startServer>>;
+  const at = (name: string) => `${small.baseUrl}/v1/stream/${name}`;
+  beforeAll(async () => {
+    small = await startServer({ vars: { MAX_APPEND_BYTES: '4096' } });
+  });
+  afterAll(async () => {
+    await small?.stop();
+  });
+
+  async function replyTo(client: Client, frame: object) {
+    client.send(frame);
+    for (;;) {
+      const message = await client.next();
+      if (message.kind === 'text' && (message.json.type === 'ack' || message.json.type === 'error')) return message.json;
+    }
+  }
+
+  it('refuses a frame too large, or too large for a channel above, with 413 as POST does, and stores none of it', async () => {
+    const root = unique('wslimit');
+    const put = (name: string, headers: Record<string, string>) => fetch(at(name), { method: 'PUT', headers });
+    expect((await put(root, { 'content-type': 'application/json', 'stream-channel': 'true' })).status).toBe(201);
+    const source = `${root}/s`;
+    expect((await put(source, { 'content-type': 'application/json' })).status).toBe(201);
+    const client = await Client.open(source, 'offset=now&live=ws', small.baseUrl);
+    await client.expect('control');
+
+    // 1,500 tiny messages: 3 KB here, each a whole envelope naming the stream in the channel.
+    const tiny = Array(1_500).fill(1);
+    expect(JSON.stringify(tiny).length).toBeLessThan(4096);
+    const copy = await replyTo(client, { type: 'append', id: 1, data: tiny });
+    expect(copy).toMatchObject({ type: 'error', id: 1, status: 413, message: expect.stringContaining('channel') });
+    const big = await replyTo(client, { type: 'append', id: 2, data: 'x'.repeat(5_000) });
+    expect(big).toMatchObject({ type: 'error', id: 2, status: 413 });
+    // The socket stays open and appends within the limits.
+    expect(await replyTo(client, { type: 'append', id: 3, data: { n: 1 } })).toMatchObject({ type: 'ack', id: 3, status: 204 });
+    client.ws.close();
+    const stored = await (await fetch(`${at(source)}?offset=-1`)).json();
+    expect(stored).toEqual([{ n: 1 }]);
+  }, 30_000);
+});
