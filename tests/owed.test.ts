@@ -139,6 +139,25 @@ describe('a create whose registration fails', () => {
     expect(envelopes.every((e) => e.stream === source)).toBe(true);
   });
 
+  it('refuses (413), before it is linked, an append that would be too large in a channel it will be linked to from its start', async () => {
+    const channel = await newChannel('chan-big');
+    const source = `${channel}/${MARKER}-big`;
+    expect((await request('PUT', source, json)).status).toBe(503);
+    // 250,000 tiny messages: 500 KB here, far over MAX_APPEND_BYTES (16 MiB) as envelopes that
+    // each name the stream. The stream cannot know its channels yet; the channel will read it
+    // from its start, so the append is refused whole.
+    const big = `[${Array(250_000).fill('1').join(',')}]`;
+    const refused = await request('POST', source, json, big);
+    expect(refused.status).toBe(413);
+    expect(refused.text).toMatch(/channel/);
+    expect((await request('POST', source, json, '{"n":1}')).status).toBe(204);
+    expect((await request('PUT', source, json)).status).toBe(200);
+    expect(await until(async () => (await readAll(channel)).length >= 1)).toBe(true);
+    await sleep(300);
+    expect((await readAll(channel)).map((e) => e.data)).toEqual([{ n: 1 }]);
+    expect(await readAll(source)).toEqual([{ n: 1 }]);
+  }, 30_000);
+
   it('is linked by the alarm when nobody retries it', async () => {
     const channel = await newChannel('alarm');
     const source = `${channel}/${MARKER}-b`;
