@@ -32,6 +32,15 @@ impl Access {
             Access::Granted(grant) => grant.check(op, path, crate::http::now_secs()),
         }
     }
+
+    /// Until when (Unix seconds) this access allows a read: the token's `exp`; `None` when
+    /// access is open. A live read ends by it, so reading on needs a valid token again.
+    pub fn read_until(&self) -> Option<i64> {
+        match self {
+            Access::Open => None,
+            Access::Granted(grant) => Some(grant.expires_at),
+        }
+    }
 }
 
 fn secret(env: &Env) -> Option<String> {

@@ -249,13 +249,10 @@ pub fn read_expired(read_until: Option<i64>, now_secs: i64) -> bool {
     read_until.is_some_and(|exp| now_secs >= exp)
 }
 
-/// Until when (Unix seconds) a verified token allows the read it was checked for; `None` when
-/// access is open.
+/// Until when (Unix seconds) a verified token allows the read it was checked for
+/// ([`Access::read_until`]).
 pub fn read_until(token: &std::result::Result<Access, AuthError>) -> Option<i64> {
-    match token {
-        Ok(Access::Granted(grant)) => Some(grant.expires_at),
-        _ => None,
-    }
+    token.as_ref().ok().and_then(Access::read_until)
 }
 
 /// Whether the handshake's token allows appends over the socket.

@@ -196,11 +196,12 @@ fn until_expiry(ms: u64, read_until: Option<i64>) -> u64 {
     let Some(read_until) = read_until else {
         return ms;
     };
-    let left = read_until
-        .saturating_mul(1000)
-        .saturating_sub(now_ms())
-        .max(0);
-    ms.min(left as u64)
+    ms.min(ms_left(read_until).max(0) as u64)
+}
+
+/// Milliseconds from now until `read_until` (Unix seconds); negative once it has passed.
+pub(super) fn ms_left(read_until: i64) -> i64 {
+    read_until.saturating_mul(1000).saturating_sub(now_ms())
 }
 
 /// `live=long-poll`: data at once if there is any, else wait for the next append or time out.

@@ -91,11 +91,7 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
     };
     match req.method() {
         Method::Get => {
-            // A live read ends by the token's expiry: reading on needs a valid token again.
-            let read_until = match &access {
-                Some(auth::Access::Granted(grant)) => Some(grant.expires_at),
-                _ => None,
-            };
+            let read_until = access.as_ref().and_then(auth::Access::read_until);
             get(req, &url, &name, env, config, read_until).await
         }
         Method::Head | Method::Delete => forward(req, &url, &name, env).await,

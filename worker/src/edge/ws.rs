@@ -170,7 +170,7 @@ async fn expiry(read_until: Option<i64>) {
     };
     const DAY_MS: i64 = 24 * 60 * 60 * 1000;
     loop {
-        let left = read_until.saturating_mul(1000).saturating_sub(now_ms());
+        let left = super::live::ms_left(read_until);
         if left <= 0 {
             return;
         }

@@ -122,7 +122,8 @@ pub fn oversized_copy(obj: &StreamObject, meta: &Meta, data: &[u8]) -> Result<Op
 
 /// The same refusal for a stream about to be created with `data`, which is copied into every
 /// channel above it from its start: the registry says whether there is one (asked only when
-/// the copy would be too large). 503 when it cannot say.
+/// the copy would be too large). 503 when it cannot say, and when another create stored the
+/// stream while it was asked (the retry answers as that stream stands).
 pub async fn oversized_initial(
     obj: &StreamObject,
     meta: &Meta,
@@ -138,6 +139,9 @@ pub async fn oversized_initial(
         call::<_, ChannelCount>(&registry_stub(&obj.env)?, "channels-above", &path).await?;
     match reply.filter(|_| status == 200) {
         Some(count) if count.channels > 0 => http::text(413, &text).map(Some),
+        Some(_) if obj.meta()?.is_some() => {
+            http::unavailable("the stream was created by another request; retry").map(Some)
+        }
         Some(_) => Ok(None),
         None => http::unavailable("the registry could not say whether a channel is above; retry")
             .map(Some),

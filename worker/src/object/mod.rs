@@ -581,11 +581,6 @@ impl StreamObject {
         if let Some(refusal) = channel::oversized_initial(self, &meta, &data).await? {
             return Ok(refusal);
         }
-        // Asking the registry may have awaited, and another create may have stored the stream
-        // meanwhile: the retry answers as that stream stands.
-        if self.meta()?.is_some() {
-            return http::unavailable("the stream was created by another request; retry");
-        }
         let store = self.store()?;
         // Only a path with no stream is created, so no rows should be left. Any that are belong
         // to no stream (forks read a source through its metadata), and must neither collide
