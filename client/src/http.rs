@@ -243,7 +243,7 @@ pub async fn send(
                 let ra = header(&sent.response, headers::RETRY_AFTER)
                     .and_then(|v| backoff::retry_after_ms(&v, js_sys::Date::now()));
                 attempt += 1;
-                let _ = cancel_body(&sent.response);
+                release_body(&sent.response);
                 js::sleep(policy.delay_ms(attempt, js_sys::Math::random(), ra), signal).await;
                 continue;
             }
@@ -302,7 +302,19 @@ pub fn header(response: &Response, name: &str) -> Option<String> {
     response.headers().get(name).ok().flatten()
 }
 
-/// Releases a response body we will not read, so the connection can be reused.
+/// A body up to this size is read to its end rather than cancelled (see [`release_body`]).
+const DRAIN_LIMIT: u32 = 64 * 1024;
+
+/// Releases a body that should be short (an answer to a write, an error's text) and that we
+/// will not read: it is read to its end in the background, and cancelled once past
+/// [`DRAIN_LIMIT`] bytes (or at once if its length says so). A cancelled body, even an empty
+/// one, is an aborted request to a browser (`net::ERR_ABORTED` in its network log) and can cost
+/// the connection; and a body the server compresses has no length to tell that it is empty.
+pub fn release_body(response: &Response) {
+    js::es_release(response, DRAIN_LIMIT);
+}
+
+/// Cancels a body that may be long or never end (a catch-up page, an event stream).
 pub fn cancel_body(response: &Response) -> Option<()> {
     let body = response.body()?;
     js::es_quiet(&body.cancel());

@@ -23,6 +23,16 @@ function has_page() {
 }
 export function es_quiet(p) { if (p && typeof p.catch === 'function') p.catch(() => {}); }
 export function es_text(v) { return String(v); }
+export function es_release(res, limit) {
+  // Reads a body we will not use to its end, or cancels it once past `limit` bytes.
+  const body = res.body;
+  if (!body || body.locked) return;
+  if (Number(res.headers.get('content-length')) > limit) return es_quiet(body.cancel());
+  const r = body.getReader();
+  let n = 0;
+  const step = (c) => { if (c.done) return; n += c.value.byteLength; return n > limit ? r.cancel() : r.read().then(step); };
+  es_quiet(r.read().then(step));
+}
 export function es_sleep(ms, signal) {
   return new Promise((resolve) => {
     if (signal && signal.aborted) return resolve();
@@ -80,6 +90,7 @@ extern "C" {
     pub fn es_fetch(url: &str, init: &Object) -> Result<Promise, JsValue>;
     /// Marks a promise we do not await as handled (its rejection after a cancel is expected).
     pub fn es_quiet(promise: &Promise);
+    pub fn es_release(response: &web_sys::Response, limit: u32);
     /// `String(value)`.
     pub fn es_text(value: &JsValue) -> String;
     /// Resolves after `ms`, or at once when `signal` aborts.

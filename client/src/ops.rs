@@ -140,7 +140,7 @@ pub fn create_stream(options: JsValue) -> Promise {
             "closed",
             headers::is_true(header_text(&sent, headers::STREAM_CLOSED).as_deref()),
         );
-        let _ = http::cancel_body(&sent.response);
+        http::release_body(&sent.response);
         Ok(out.into())
     })
 }
@@ -195,7 +195,7 @@ pub fn delete_stream(options: JsValue) -> Promise {
         }
         let out = Object::new();
         js::set(&out, "status", sent.status);
-        let _ = http::cancel_body(&sent.response);
+        http::release_body(&sent.response);
         Ok(out.into())
     })
 }
@@ -320,7 +320,7 @@ pub fn append_stream(options: JsValue) -> Promise {
             js::set(&out, "producerSeq", s as f64);
         }
         sent_info(&out, &sent);
-        let _ = http::cancel_body(&sent.response);
+        http::release_body(&sent.response);
         Ok(out.into())
     })
 }

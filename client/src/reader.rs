@@ -593,7 +593,7 @@ async fn send_live(
             });
         }
         if let Ok(sent) = &failed {
-            let _ = http::cancel_body(&sent.response);
+            http::release_body(&sent.response);
         }
         wait_to_retry(inner, policy, *attempt, retry_after, signal).await;
         if signal.is_some_and(|s| s.aborted()) {

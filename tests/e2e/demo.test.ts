@@ -41,6 +41,29 @@ describe('rooms', () => {
     await b.context.close();
   });
 
+  test('creating a room and sending to it finish in the browser\'s network log: no write shows as aborted', async () => {
+    const { page, context } = await openPage();
+    const cdp = await context.newCDPSession(page);
+    await cdp.send('Network.enable');
+    const writes = new Map<string, string>();
+    const finished: string[] = [];
+    const failed: string[] = [];
+    cdp.on('Network.requestWillBeSent', (e) => {
+      if (e.request.method !== 'GET') writes.set(e.requestId, `${e.request.method} ${new URL(e.request.url).pathname}`);
+    });
+    cdp.on('Network.loadingFinished', (e) => writes.has(e.requestId) && finished.push(writes.get(e.requestId)!));
+    cdp.on('Network.loadingFailed', (e) => writes.has(e.requestId) && failed.push(`${writes.get(e.requestId)}: ${e.errorText}`));
+    const room = `net${Date.now()}`;
+    await openRoom(page, room);
+    await send(page, 'ada', 'one');
+    await send(page, 'ada', 'two');
+    await expect.poll(() => messages(page)).toEqual(['one', 'two']);
+    await expect.poll(() => finished.filter((w) => w.endsWith(`/rooms/${room}`)).length).toBe(3);
+    expect(finished).toEqual(expect.arrayContaining([`PUT /v1/stream/rooms/${room}`, `POST /v1/stream/rooms/${room}`]));
+    expect(failed).toEqual([]);
+    await context.close();
+  });
+
   test('a reload resumes from the stored offset: no re-download, no gap, no duplicate', async () => {
     const room = `reload${Date.now()}`;
     const { page, context } = await openPage();

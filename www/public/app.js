@@ -195,6 +195,8 @@ async function post(path, body, contentType = 'application/json') {
     body: contentType === 'application/json' ? JSON.stringify(body) : body,
   });
   if (!res.ok) throw new Error(`append failed: ${res.status} ${await res.text()}`);
+  // Read to its end, even empty: a body left unread is an aborted request to the browser.
+  await res.arrayBuffer();
 }
 
 const newId = () => (crypto.randomUUID?.() ?? `${Date.now()}-${Math.random()}`).slice(0, 8);
