@@ -230,6 +230,19 @@ impl Client {
     }
 }
 
+/// Closes every client socket whose token has expired by `now_secs`, idle ones too (from the
+/// alarm: with no append, [`deliver`] would not see them); answers the earliest expiry among
+/// the others, for the alarm to come back then.
+pub fn close_expired_all(groups: &[Group], now_secs: i64) -> Option<i64> {
+    groups
+        .iter()
+        .flat_map(|g| &g.sockets)
+        .filter(|client| !client.expired(now_secs, None))
+        .filter(|client| client.ws.ready_state() == WebSocket::OPEN)
+        .filter_map(|client| client.read_until)
+        .min()
+}
+
 /// Closes a socket whose token has expired: a read the token no longer allows gets nothing
 /// more, and its client must open another socket with a fresh token.
 pub fn close_expired(ws: &WebSocket) {

@@ -99,6 +99,12 @@ impl Hub {
         self.clients.replace(None);
     }
 
+    /// Closes the client sockets whose token has expired; answers when the next one expires
+    /// (Unix seconds), if any holds a token that does.
+    pub fn close_expired_clients(&self, now_secs: i64) -> Option<i64> {
+        clients::close_expired_all(&self.clients(), now_secs)
+    }
+
     /// Whether any live reader is open: an SSE or long-poll reader at the edge, or a client
     /// socket held here. Sockets this object has closed (a long-poll answered, a client cut
     /// off) are listed until their close completes, and do not count.

@@ -202,6 +202,7 @@ impl DurableObject for StreamObject {
         self.alarm.forget();
         channel::on_alarm(self).await;
         owed::on_alarm(self).await;
+        self.expire_sockets().await;
         Response::ok("")
     }
 
@@ -408,6 +409,22 @@ impl StreamObject {
                 Lookup::Missing
             }
         })
+    }
+
+    /// Closes the client sockets whose token has expired, idle ones included, and sets the
+    /// alarm for the next expiry: with no append to prompt it, an idle socket would otherwise
+    /// stay open past its token.
+    async fn expire_sockets(&self) {
+        if let Some(next) = self.hub.close_expired_clients(http::now_secs()) {
+            self.expire_sockets_by(next).await;
+        }
+    }
+
+    /// Sets the alarm to fire by `at_secs`, when a client socket's token expires.
+    async fn expire_sockets_by(&self, at_secs: i64) {
+        if let Err(e) = alarm::by(self, at_secs.saturating_mul(1000)).await {
+            worker::console_error!("stream: cannot set the alarm for a token's expiry: {e:?}");
+        }
     }
 
     /// Refreshes a sliding TTL on a read or write.
@@ -1128,7 +1145,12 @@ impl StreamObject {
             // A client's own socket, handed over by the edge: held here when it starts near the
             // tail, else the edge serves it from this page on.
             if clients::serves(&meta, start) {
-                return clients::accept(&self.hub, self.store()?, &meta, start, hello);
+                let expires = hello.read_until;
+                let resp = clients::accept(&self.hub, self.store()?, &meta, start, hello)?;
+                if let (101, Some(at)) = (resp.status_code(), expires) {
+                    self.expire_sockets_by(at).await;
+                }
+                return Ok(resp);
             }
             return self.edge_page(req, meta, start).await;
         }
