@@ -904,10 +904,28 @@ export class IdempotentProducer {
       this.#timer = null;
     }
     if (this.#items.length === 0) return;
-    this.#queue.push({ n: this.#batches++, items: this.#items });
+    this.#queue.push({ n: this.#batches++, items: this.#items, bytes: this.#bytes });
     this.#items = [];
     this.#bytes = 0;
     this.#pump();
+  }
+
+  /**
+   * A backlog goes out in batches as large as `maxBatchBytes` and `maxBatchItems` allow: the
+   * data batches queued right behind `batch`, none of them sent yet, join it. A lease-only
+   * batch, a close, or a batch being sent again (its bytes are fixed) is left where it is.
+   */
+  #merge(batch) {
+    const mergeable = (b) => b.bytes !== undefined && !b.prepared;
+    if (!mergeable(batch)) return;
+    while (this.#queue.length > 0 && mergeable(this.#queue[0])) {
+      const next = this.#queue[0];
+      if (batch.bytes + next.bytes > this.#maxBatchBytes) break;
+      if (batch.items.length + next.items.length > this.#maxBatchItems) break;
+      this.#queue.shift();
+      batch.items = batch.items.concat(next.items);
+      batch.bytes += next.bytes;
+    }
   }
 
   #pump() {
@@ -927,6 +945,7 @@ export class IdempotentProducer {
     const limit = probing ? 1 : this.#maxInFlight;
     while (this.#inflight.size < limit && this.#queue.length > 0) {
       const batch = this.#queue.shift();
+      this.#merge(batch);
       if (!this.#prepare(batch)) continue;
       batch.epoch = this.#epoch;
       batch.seq = this.#seq++;

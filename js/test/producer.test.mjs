@@ -497,3 +497,36 @@ test('autoClaim: a batch re-sent after its response was lost is a duplicate of i
   assert.equal(p.epoch, 0, 'no epoch was claimed for its own replay');
   assert.equal(await readText(ds), 'x');
 });
+
+test('a backlog goes out in batches as large as maxBatchBytes and maxBatchItems allow, not one POST per linger', async () => {
+  const ds = await newStream('application/json');
+  // Each POST takes 150 ms, while values come every 2 ms: batches pile up behind the one in flight.
+  intercept = (post, send) => new Promise((r) => setTimeout(r, 150)).then(send);
+  const p = new IdempotentProducer(ds, 'backlog', { lingerMs: 1, maxInFlight: 1, maxBatchItems: 40 });
+  for (let i = 0; i < 100; i++) {
+    p.append(i);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  await p.flush();
+  const sizes = posts.map((post) => JSON.parse(post.body).length);
+  assert.deepEqual(sizes.reduce((a, b) => a + b, 0), 100);
+  assert.ok(sizes.every((n) => n <= 40), `no batch over maxBatchItems: ${sizes}`);
+  // About 100 values in 300 ms at 150 ms a POST: a handful of POSTs, where one a linger is ~60.
+  assert.ok(posts.length <= 8, `${posts.length} POSTs: ${sizes}`);
+  assert.deepEqual(posts.map((post) => post.seq), posts.map((_, i) => i));
+  assert.deepEqual(await stream({ url: ds.url, live: false }).items(), [...Array(100).keys()]);
+});
+
+test('merged batches stay within maxBatchBytes', async () => {
+  const ds = await newStream();
+  intercept = (post, send) => new Promise((r) => setTimeout(r, 100)).then(send);
+  const p = new IdempotentProducer(ds, 'backlog-bytes', { lingerMs: 1, maxInFlight: 1, maxBatchBytes: 50 });
+  for (let i = 0; i < 40; i++) {
+    p.append('0123456789');
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  await p.flush();
+  assert.ok(posts.every((post) => post.body.length <= 50), posts.map((post) => post.body.length).join());
+  assert.ok(posts.length < 20, `${posts.length} POSTs`);
+  assert.equal(await readText(ds), '0123456789'.repeat(40));
+});
