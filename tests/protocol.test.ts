@@ -1,6 +1,7 @@
 // Clauses of PROTOCOL.md that the published conformance suite leaves open (it accepts either
 // answer, or does not ask), pinned to what the text says: an idempotent producer appending to
-// a closed stream, and `Stream-Seq`'s scope and its empty value.
+// a closed stream, and `Stream-Seq`'s scope and its empty value; and a producer's appends that
+// arrive out of order.
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
 
@@ -54,4 +55,37 @@ test('§5.2: Stream-Seq is scoped to the stream, and an empty one orders nothing
   expect(regression.status).toBe(409);
   expect((await call(a, 'POST', { ...text, 'stream-seq': '6' }, '5')).status).toBe(204);
   expect((await call(a, 'GET')).body).toBe('12345');
+});
+
+// A producer with several appends in flight sends them on several connections, and they may
+// reach the stream's object out of order. One that comes before its predecessor waits for it
+// (up to 500 ms), so both land in sequence order and neither is told of a gap.
+test('a producer append that arrives before its predecessor waits for it: both 200, stored in sequence order', async () => {
+  const s = url('early');
+  expect((await call(s, 'PUT', text)).status).toBe(201);
+  expect((await call(s, 'POST', { ...text, ...producer(0, 0) }, 'a')).status).toBe(200);
+  const early = call(s, 'POST', { ...text, ...producer(0, 2) }, 'c');
+  await new Promise((r) => setTimeout(r, 150));
+  const late = await call(s, 'POST', { ...text, ...producer(0, 1) }, 'b');
+  expect(late.status).toBe(200);
+  const ahead = await early;
+  expect(ahead.status).toBe(200);
+  expect(ahead.headers.get('producer-seq')).toBe('2');
+  expect((await call(`${s}?offset=-1`, 'GET')).body).toBe('abc');
+});
+
+test('a gap that is not filled is still 409, once the wait is over', async () => {
+  const s = url('gap');
+  expect((await call(s, 'PUT', text)).status).toBe(201);
+  expect((await call(s, 'POST', { ...text, ...producer(0, 0) }, 'a')).status).toBe(200);
+  const started = Date.now();
+  const gap = await call(s, 'POST', { ...text, ...producer(0, 2) }, 'c');
+  expect(gap.status).toBe(409);
+  expect(gap.headers.get('producer-expected-seq')).toBe('1');
+  expect(gap.headers.get('producer-received-seq')).toBe('2');
+  expect(Date.now() - started).toBeGreaterThanOrEqual(450);
+  // A new producer must start at 0: its first append at 1 waits too, then is a gap.
+  const fresh = await call(s, 'POST', { ...text, 'producer-id': 'q', 'producer-epoch': '0', 'producer-seq': '1' }, 'x');
+  expect(fresh.status).toBe(409);
+  expect((await call(`${s}?offset=-1`, 'GET')).body).toBe('a');
 });

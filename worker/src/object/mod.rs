@@ -14,6 +14,7 @@ mod live;
 mod owed;
 pub mod store;
 mod subscribers;
+mod turns;
 
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
@@ -21,7 +22,7 @@ use std::time::Duration;
 use edgestream::headers::{self as h, ContentType, LiveMode, ProducerHeaders};
 use edgestream::json::{self, Purpose};
 use edgestream::lease::{Lease, LeaseChange, LeaseRequest};
-use edgestream::producer::ClosingProducer;
+use edgestream::producer::{ClosingProducer, ProducerDecision, ProducerState};
 use edgestream::stream::{
     self, AppendPlan, AppendRequest, AppendTarget, CacheScope, CreateOutcome, CreateRequest,
     ExistingConfig, ExistingFork, Expiry, Standing,
@@ -100,6 +101,8 @@ pub struct StreamObject {
     owed_turn: Turnstile,
     /// Forks being created here, whose references on their sources the owed work leaves alone.
     forks_creating: fork::Creating,
+    /// Producer appends that came before their predecessors, waiting for them.
+    producer_turns: turns::ProducerTurns,
     /// Injected faults, for tests (`FAULT_MARKER`).
     faults: crate::fault::Faults,
 }
@@ -152,6 +155,7 @@ impl DurableObject for StreamObject {
             alarm,
             owed_turn: Turnstile::default(),
             forks_creating: fork::Creating::default(),
+            producer_turns: turns::ProducerTurns::default(),
             faults,
         }
     }
@@ -660,7 +664,56 @@ impl StreamObject {
         if self.is_channel()? {
             return channel::refuse_append();
         }
+        self.wait_for_turn(req.headers()).await?;
         self.append_body(req.headers(), body).await
+    }
+
+    /// A producer's append whose sequence number is ahead of its producer's state (its
+    /// predecessors still on their way) waits for them, up to [`turns::GAP_WAIT_MS`] in all.
+    /// Socket frames never wait: one socket's frames are applied in the order they came.
+    async fn wait_for_turn(&self, headers: &Headers) -> Result<()> {
+        let (id, epoch, seq) = (
+            header(headers, h::PRODUCER_ID),
+            header(headers, h::PRODUCER_EPOCH),
+            header(headers, h::PRODUCER_SEQ),
+        );
+        let parsed = ProducerHeaders::parse(id.as_deref(), epoch.as_deref(), seq.as_deref());
+        let Ok(Some(p)) = parsed else {
+            return Ok(());
+        };
+        let deadline = now_ms() + turns::GAP_WAIT_MS;
+        loop {
+            let now = now_ms();
+            let store = self.store()?;
+            let stored = self.producer_state(store, store.lease()?.as_ref(), p.id, now)?;
+            let ahead = matches!(
+                edgestream::producer::decide(stored, p.epoch, p.seq),
+                ProducerDecision::Gap { .. }
+            );
+            if !ahead || now >= deadline {
+                return Ok(());
+            }
+            self.producer_turns.wait(p.id, deadline - now).await;
+        }
+    }
+
+    /// Producer `id`'s stored state, as its appends are decided at `now` under the stored
+    /// `lease`: state idle past `PRODUCER_TTL_MS` counts as absent, except for the holder of an
+    /// active writer lease, which keeps its state for as long as it holds the lease (which may
+    /// be longer): it alone may append meanwhile.
+    fn producer_state(
+        &self,
+        store: &Store,
+        lease: Option<&Lease>,
+        id: &str,
+        now: i64,
+    ) -> Result<Option<ProducerState>> {
+        let held = lease.is_some_and(|l| l.is_active(now) && l.holder == id);
+        let kept_since = match held {
+            true => i64::MIN,
+            false => edgestream::producer::kept_since(now, self.config.producer_ttl_ms),
+        };
+        store.producer(id, kept_since)
     }
 
     /// A client socket's append frame, applied as the POST it stands for; the reply is an ack
@@ -771,15 +824,8 @@ impl StreamObject {
         let store = self.store()?;
         let kept_since = edgestream::producer::kept_since(now, self.config.producer_ttl_ms);
         let stored_lease = store.lease()?;
-        // The holder of an active lease keeps its state for as long as it holds the lease,
-        // which may be longer than PRODUCER_TTL_MS: it alone may append meanwhile.
-        let holder = stored_lease
-            .as_ref()
-            .filter(|l| l.is_active(now))
-            .map(|l| l.holder.as_str());
         let stored = match &producer {
-            Some(p) if holder == Some(p.id) => store.producer(p.id, i64::MIN)?,
-            Some(p) => store.producer(p.id, kept_since)?,
+            Some(p) => self.producer_state(store, stored_lease.as_ref(), p.id, now)?,
             None => None,
         };
         let target = AppendTarget {
@@ -856,6 +902,8 @@ impl StreamObject {
         store.append(start, &data, meta.is_json())?;
         if let (Some(p), Some(state)) = (&producer, producer_state) {
             store.save_producer(p.id, state, now)?;
+            // Its appends that came too early look again once this turn yields.
+            self.producer_turns.advanced(p.id);
             // A producer new to the stream (or whose state expired) clears out a few expired
             // ones, so their rows stay bounded by those appended to within the TTL. A stream's
             // closer is answered from its metadata row, so no state here is needed for that.
