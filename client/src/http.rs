@@ -305,11 +305,12 @@ pub fn header(response: &Response, name: &str) -> Option<String> {
 /// A body up to this size is read to its end rather than cancelled (see [`release_body`]).
 const DRAIN_LIMIT: u32 = 64 * 1024;
 
-/// Releases a body that should be short (an answer to a write, an error's text) and that we
-/// will not read: it is read to its end in the background, and cancelled once past
-/// [`DRAIN_LIMIT`] bytes (or at once if its length says so). A cancelled body, even an empty
-/// one, is an aborted request to a browser (`net::ERR_ABORTED` in its network log) and can cost
-/// the connection; and a body the server compresses has no length to tell that it is empty.
+/// Releases a body that should be short (an answer to a write or a HEAD, a long-poll's 204, an
+/// error's text) and that we will not read: it is read to its end in the background, and
+/// cancelled once past [`DRAIN_LIMIT`] bytes (or at once if its length says so). A cancelled
+/// or unread body, even an empty one, is an aborted request to a browser (`net::ERR_ABORTED` in
+/// its network log) and can cost the connection; and a body the server compresses has no length
+/// to tell that it is empty.
 pub fn release_body(response: &Response) {
     js::es_release(response, DRAIN_LIMIT);
 }

@@ -178,6 +178,7 @@ pub fn head_stream(options: JsValue) -> Promise {
             "closed",
             headers::is_true(header_text(&sent, headers::STREAM_CLOSED).as_deref()),
         );
+        http::release_body(&sent.response);
         Ok(out.into())
     })
 }

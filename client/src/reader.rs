@@ -653,6 +653,7 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
                 }
             }
         } else {
+            http::release_body(&sent.response);
             None
         };
         let mut s = inner.borrow_mut();
