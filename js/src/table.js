@@ -69,6 +69,8 @@ export class KeyedTable {
   #store;
   #saveEveryMs;
   #lastSave = 0;
+  /** A save put off by `saveEveryMs`, to come once it has passed. */
+  #saveTimer = null;
   #savedOffset;
   #skipInvalid;
   #listeners = new Set();
@@ -266,6 +268,8 @@ export class KeyedTable {
       this.#ready.resolve();
       this.#finished.resolve();
     } catch (e) {
+      clearTimeout(this.#saveTimer);
+      this.#saveTimer = null;
       this.#ready.reject(e);
       this.#finished.reject(e);
       for (const { onError } of [...this.#listeners]) onError?.(e);
@@ -349,11 +353,27 @@ export class KeyedTable {
     if (unhandled) throw unhandled.error;
   }
 
-  /** Saves to the store when the offset moved and `saveEveryMs` has passed (or always, `final`). */
+  /**
+   * Saves to the store when the offset moved and `saveEveryMs` has passed (or always, `final`).
+   * Within `saveEveryMs` of the last save, it saves once that has passed, so the end of a burst
+   * is saved too, not only when the next change comes.
+   */
   async #save(final) {
     if (!this.#store || this.#offset === this.#savedOffset || this.#offset === '-1') return;
     const now = Date.now();
-    if (!final && now - this.#lastSave < this.#saveEveryMs) return;
+    if (!final && now - this.#lastSave < this.#saveEveryMs) {
+      if (this.#saveTimer === null) {
+        this.#saveTimer = setTimeout(() => {
+          this.#saveTimer = null;
+          if (!this.#cancelled) this.#save(false);
+        }, this.#lastSave + this.#saveEveryMs - now);
+        // A pending save alone does not keep a Node process running.
+        this.#saveTimer.unref?.();
+      }
+      return;
+    }
+    clearTimeout(this.#saveTimer);
+    this.#saveTimer = null;
     const snapshot = this.snapshot();
     this.#lastSave = now;
     try {

@@ -166,6 +166,28 @@ for (const [name, server] of [
       assert.equal(JSON.parse(storage.getItem('flags')).offset, again.offset);
     });
 
+    test('the end of a burst is saved once saveEveryMs has passed, with no later change to prompt it', async () => {
+      const { url, ds } = await jsonStream(change.insert('n', 'k', 0));
+      const storage = memoryStorage();
+      const t = table({ url, live: 'long-poll', store: storageStore(storage, 'burst'), saveEveryMs: 300 });
+      try {
+        await t.ready();
+        for (let i = 1; i <= 5; i++) {
+          const seen = nextUpdate(t, (u) => u.changes.length > 0);
+          await ds.append(change.update('n', 'k', i));
+          await seen;
+        }
+        assert.notEqual(JSON.parse(storage.getItem('burst')).offset, t.offset, 'the last changes came within saveEveryMs');
+        await new Promise((r) => setTimeout(r, 600));
+        const saved = JSON.parse(storage.getItem('burst'));
+        assert.equal(saved.offset, t.offset);
+        assert.deepEqual(saved.rows, [['n', 'k', 5]]);
+      } finally {
+        t.cancel();
+        await t.finished;
+      }
+    });
+
     test('a store that cannot save does not stop the table: onError hears of it, and it saves again later', async () => {
       const { url, ds } = await jsonStream(change.insert('flag', 'dark', true));
       const storage = memoryStorage();
