@@ -12,7 +12,7 @@ export type DynamicMap = PlainMap | (() => PlainMap | null | undefined | Promise
 
 /**
  * Reconnection policy. Defaults: 100 ms doubling to 5 s, with jitter; 5 retries, except for a
- * live reader, which retries without limit unless `maxRetries` is given.
+ * live reader and a producer, which retry without limit unless `maxRetries` is given.
  */
 export interface RetryOptions {
   /** Retries after the first attempt: an integer >= 0, or `Infinity`. */

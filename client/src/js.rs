@@ -23,19 +23,15 @@ function has_page() {
 }
 export function es_quiet(p) { if (p && typeof p.catch === 'function') p.catch(() => {}); }
 export function es_text(v) { return String(v); }
-// Bodies being drained, held so that a collection cannot cut them off (and with them their
-// requests, which a browser would then log as aborted) before they end.
-const draining = new Set();
 export function es_release(res, limit) {
   // Reads a body we will not use to its end, or cancels it once past `limit` bytes.
   const body = res.body;
   if (!body || body.locked) return;
   if (Number(res.headers.get('content-length')) > limit) return es_quiet(body.cancel());
   const r = body.getReader();
-  draining.add(r);
   let n = 0;
   const step = (c) => { if (c.done) return; n += c.value.byteLength; return n > limit ? r.cancel() : r.read().then(step); };
-  es_quiet(r.read().then(step).finally(() => draining.delete(r)));
+  es_quiet(r.read().then(step));
 }
 export function es_sleep(ms, signal) {
   return new Promise((resolve) => {

@@ -1033,7 +1033,7 @@ export class IdempotentProducer {
       url: this.#stream.url,
       headers: this.#stream.options?.headers,
       params: this.#stream.options?.params,
-      retry: this.#stream.options?.retry,
+      retry: this.#retry(),
       body: batch.body,
       contentType: batch.contentType,
       signal: this.#stop.signal,
@@ -1041,6 +1041,16 @@ export class IdempotentProducer {
       producer: { id: this.#id, epoch: batch.epoch, seq: batch.seq },
       leaseTtl: this.#lease ? (batch.release ? 0 : this.#lease.ttlSeconds) : undefined,
     });
+  }
+
+  /**
+   * The stream's retry policy, without a limit on retries unless it sets one: a producer's
+   * batches are deduplicated, so it can ride out an outage of any length, as a live reader
+   * does, instead of failing after a few seconds and dropping what is queued.
+   */
+  #retry() {
+    const retry = this.#stream.options?.retry;
+    return retry?.maxRetries === undefined ? { ...retry, maxRetries: Infinity } : retry;
   }
 
   async #deliver(batch) {

@@ -530,3 +530,26 @@ test('merged batches stay within maxBatchBytes', async () => {
   assert.ok(posts.length < 20, `${posts.length} POSTs`);
   assert.equal(await readText(ds), '0123456789'.repeat(40));
 });
+
+test('without retry.maxRetries, a producer rides out an outage longer than the default 5 retries', async () => {
+  // Backoff of 20 to 50 ms: 5 retries would be spent in about 0.2 s of a 1.5 s outage.
+  const ds = await DurableStream.create({
+    url: `${server.url}/producer-${randomUUID()}`,
+    contentType: 'text/plain',
+    retry: { initialDelayMs: 20, maxDelayMs: 50 },
+  });
+  const p = new IdempotentProducer(ds, 'patient');
+  p.append('a');
+  await p.flush();
+  let refused = 0;
+  intercept = () => {
+    refused++;
+    return Promise.reject(new TypeError('fetch failed'));
+  };
+  setTimeout(() => (intercept = null), 1500);
+  p.append('b');
+  p.append('c');
+  await p.flush();
+  assert.ok(refused > 6, `${refused} attempts failed before the server came back`);
+  assert.equal(await readText(ds), 'abc');
+});
