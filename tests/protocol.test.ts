@@ -89,3 +89,23 @@ test('a gap that is not filled is still 409, once the wait is over', async () =>
   expect(fresh.status).toBe(409);
   expect((await call(`${s}?offset=-1`, 'GET')).body).toBe('a');
 });
+
+// The wait is part of the append's own decision, in the protocol's precedence: an append that
+// would be refused for something checked before its producer (a closed stream, a wrong content
+// type) is refused at once, not after waiting for a predecessor that cannot help it.
+test('an append ahead of its producer to a closed stream is refused at once', async () => {
+  const s = url('closed-gap');
+  expect((await call(s, 'PUT', text)).status).toBe(201);
+  expect((await call(s, 'POST', { ...text, ...producer(0, 0) }, 'a')).status).toBe(200);
+  expect((await call(s, 'POST', { ...text, 'stream-closed': 'true' })).status).toBe(204);
+  const started = Date.now();
+  const late = await call(s, 'POST', { ...text, ...producer(0, 2) }, 'c');
+  expect(late.status).toBe(409);
+  expect(late.headers.get('stream-closed')).toBe('true');
+  const typed = url('typed-gap');
+  expect((await call(typed, 'PUT', text)).status).toBe(201);
+  const wrongType = await call(typed, 'POST', { 'content-type': 'application/json', ...producer(0, 3) }, '[1]');
+  expect(wrongType.status).toBe(409);
+  expect(Date.now() - started).toBeLessThan(400);
+  expect((await call(`${s}?offset=-1`, 'GET')).body).toBe('a');
+});

@@ -664,37 +664,7 @@ impl StreamObject {
         if self.is_channel()? {
             return channel::refuse_append();
         }
-        self.wait_for_turn(req.headers()).await?;
-        self.append_body(req.headers(), body).await
-    }
-
-    /// A producer's append whose sequence number is ahead of its producer's state (its
-    /// predecessors still on their way) waits for them, up to [`turns::GAP_WAIT_MS`] in all.
-    /// Socket frames never wait: one socket's frames are applied in the order they came.
-    async fn wait_for_turn(&self, headers: &Headers) -> Result<()> {
-        let (id, epoch, seq) = (
-            header(headers, h::PRODUCER_ID),
-            header(headers, h::PRODUCER_EPOCH),
-            header(headers, h::PRODUCER_SEQ),
-        );
-        let parsed = ProducerHeaders::parse(id.as_deref(), epoch.as_deref(), seq.as_deref());
-        let Ok(Some(p)) = parsed else {
-            return Ok(());
-        };
-        let deadline = now_ms() + turns::GAP_WAIT_MS;
-        loop {
-            let now = now_ms();
-            let store = self.store()?;
-            let stored = self.producer_state(store, store.lease()?.as_ref(), p.id, now)?;
-            let ahead = matches!(
-                edgestream::producer::decide(stored, p.epoch, p.seq),
-                ProducerDecision::Gap { .. }
-            );
-            if !ahead || now >= deadline {
-                return Ok(());
-            }
-            self.producer_turns.wait(p.id, deadline - now).await;
-        }
+        self.append_body(req.headers(), body, true).await
     }
 
     /// Producer `id`'s stored state, as its appends are decided at `now` under the stored
@@ -753,7 +723,9 @@ impl StreamObject {
                 Ok(headers) => headers,
                 Err(e) => return Ok(Err(e)),
             };
-        let resp = self.in_flight(self.append_body(&headers, body)).await;
+        let resp = self
+            .in_flight(self.append_body(&headers, body, false))
+            .await;
         live::flush(&self.hub);
         resp.map(Ok)
     }
@@ -779,20 +751,43 @@ impl StreamObject {
         }
     }
 
-    /// Appends `body` with the request headers `headers` (POST's, or a socket frame's).
-    async fn append_body(&self, headers: &Headers, body: Vec<u8>) -> Result<Response> {
-        // From here on there is no await until the response: the append is one atomic turn.
-        let now = now_ms();
-        let mut meta = match self.lookup(now).await? {
+    /// The stream an append with `headers` goes to at `now`, or why there is none.
+    async fn append_target(
+        &self,
+        headers: &Headers,
+        now: i64,
+    ) -> Result<std::result::Result<Meta, ProtocolError>> {
+        let meta = match self.lookup(now).await? {
             Lookup::Live(meta) => meta,
-            Lookup::Deleted => return http::error(&ProtocolError::Gone),
-            Lookup::Missing => return http::error(&ProtocolError::NotFound),
+            Lookup::Deleted => return Ok(Err(ProtocolError::Gone)),
+            Lookup::Missing => return Ok(Err(ProtocolError::NotFound)),
         };
         // An append the edge relays for a WebSocket session names the incarnation the session
         // reads: one deleted since, even if created again, is gone for it.
         if header(headers, reply::X_INSTANCE).is_some_and(|i| i != meta.instance) {
-            return http::error(&ProtocolError::NotFound);
+            return Ok(Err(ProtocolError::NotFound));
         }
+        Ok(Ok(meta))
+    }
+
+    /// Appends `body` with the request headers `headers` (POST's, or a socket frame's).
+    ///
+    /// A producer's append whose sequence number is ahead of its producer's state (its
+    /// predecessors still on their way) waits for them when `may_wait`, up to
+    /// [`turns::GAP_WAIT_MS`] in all, and is then decided again. HTTP appends may wait: the
+    /// runtime hands pipelined requests to the object in any order. Socket frames never wait:
+    /// one socket's frames are applied in the order they came.
+    async fn append_body(
+        &self,
+        headers: &Headers,
+        body: Vec<u8>,
+        may_wait: bool,
+    ) -> Result<Response> {
+        let mut now = now_ms();
+        let mut meta = match self.append_target(headers, now).await? {
+            Ok(meta) => meta,
+            Err(e) => return http::error(&e),
+        };
         let producer_id = header(headers, h::PRODUCER_ID);
         let producer_epoch = header(headers, h::PRODUCER_EPOCH);
         let producer_seq = header(headers, h::PRODUCER_SEQ);
@@ -822,25 +817,40 @@ impl StreamObject {
             lease: lease_request,
         };
         let store = self.store()?;
+        let wait_until = now + turns::GAP_WAIT_MS;
+        // From the last lookup on there is no await until the response: the append is one
+        // atomic turn.
+        let (stored_lease, stored, plan) = loop {
+            let stored_lease = store.lease()?;
+            let stored = match &producer {
+                Some(p) => self.producer_state(store, stored_lease.as_ref(), p.id, now)?,
+                None => None,
+            };
+            let target = AppendTarget {
+                content_type: &meta.content_type,
+                closed: meta.closed,
+                closed_by: meta.closed_by.as_ref(),
+                tail: meta.tail,
+                last_stream_seq: meta.last_stream_seq.as_deref(),
+                lease: stored_lease.as_ref(),
+                now_ms: now,
+            };
+            match (stream::plan_append(&target, &request, stored), &producer) {
+                (Ok(plan), _) => break (stored_lease, stored, plan),
+                (Err(ProtocolError::Producer(ProducerDecision::Gap { .. })), Some(p))
+                    if may_wait && now < wait_until =>
+                {
+                    self.producer_turns.wait(p.id, wait_until - now).await;
+                    now = now_ms();
+                    meta = match self.append_target(headers, now).await? {
+                        Ok(meta) => meta,
+                        Err(e) => return http::error(&e),
+                    };
+                }
+                (Err(e), _) => return http::error(&e),
+            }
+        };
         let kept_since = edgestream::producer::kept_since(now, self.config.producer_ttl_ms);
-        let stored_lease = store.lease()?;
-        let stored = match &producer {
-            Some(p) => self.producer_state(store, stored_lease.as_ref(), p.id, now)?,
-            None => None,
-        };
-        let target = AppendTarget {
-            content_type: &meta.content_type,
-            closed: meta.closed,
-            closed_by: meta.closed_by.as_ref(),
-            tail: meta.tail,
-            last_stream_seq: meta.last_stream_seq.as_deref(),
-            lease: stored_lease.as_ref(),
-            now_ms: now,
-        };
-        let plan = match stream::plan_append(&target, &request, stored) {
-            Ok(plan) => plan,
-            Err(e) => return http::error(&e),
-        };
         // The active lease held by this request's producer, if any.
         let held_by_producer = |lease: Option<&Lease>| {
             lease
