@@ -118,10 +118,30 @@ describe('malformed and repeated headers', () => {
     ['Producer-Id empty', { ...producer, 'producer-id': '' }],
     ['Producer-Id of 10 KB', { ...producer, 'producer-id': 'p'.repeat(10_000) }],
     ['Stream-Seq of 10 KB', { 'stream-seq': 's'.repeat(10_000) }],
+    // A browser's fetch sends é as the one byte E9, which is not UTF-8: the runtime decodes it,
+    // and any other such byte, as U+FFFD, so writer-é and writer-è would be one producer.
+    ['Producer-Id with a byte that is not UTF-8', { ...producer, 'producer-id': 'writer-\u00e9' }],
+    ['Stream-Seq with a byte that is not UTF-8', { 'stream-seq': '\u00fc0' }],
     ['Content-Type not a media type', { 'content-type': 'not a type' }],
     ['Content-Type over 256 bytes', { 'content-type': LONG_TYPE }],
   ])('POST with %s: 400, nothing appended', async (_, headers) => {
     expectRefusal(await post(headers), 400);
+  });
+
+  it('Producer-Ids in UTF-8 name distinct producers; Stream-Seq in UTF-8 orders byte-wise', async () => {
+    const name = `utf8-${Math.random().toString(36).slice(2)}`;
+    expect((await raw('PUT', `${S}/${name}`, { 'content-type': 'text/plain' })).status).toBe(201);
+    // node:http sends each character of a header value as one byte: these are UTF-8's bytes.
+    const utf8 = (text: string) => Buffer.from(text, 'utf8').toString('latin1');
+    for (const id of ['writer-é', 'writer-è']) {
+      const headers = { 'content-type': 'text/plain', 'producer-id': utf8(id), 'producer-epoch': '0', 'producer-seq': '0' };
+      expect((await raw('POST', `${S}/${name}`, headers, `${id};`)).status).toBe(200);
+    }
+    for (const seq of ['é1', 'ü0']) {
+      const headers = { 'content-type': 'text/plain', 'stream-seq': utf8(seq) };
+      expect((await raw('POST', `${S}/${name}`, headers, `${seq};`)).status).toBe(204);
+    }
+    expect((await contents(name)).body.toString()).toBe('writer-é;writer-è;é1;ü0;');
   });
 
   it('a Content-Type of exactly 256 bytes is accepted, stored and sent back', async () => {
