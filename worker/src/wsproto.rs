@@ -55,8 +55,11 @@ pub const MAX_WAITING_FRAMES: usize = 1000;
 pub const MAX_WAITING_BYTES: u64 = 8 * 1024 * 1024;
 
 /// What one client socket has waiting for its turn, held to [`MAX_WAITING_FRAMES`] and
-/// [`MAX_WAITING_BYTES`]. The frame that does not fit still counts, without its bytes, until it
-/// has had its turn (it closes the socket then), and every frame after it is dropped.
+/// [`MAX_WAITING_BYTES`]. A frame with nothing ahead of it is within them whatever its size (the
+/// platform's message limit and the isolate's body budget bound it): held to the byte limit, a
+/// frame larger than it would be refused as "too many waiting" however often it was resent. The
+/// frame that does not fit still counts, without its bytes, until it has had its turn (it closes
+/// the socket then), and every frame after it is dropped.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Waiting {
     frames: usize,
@@ -82,9 +85,11 @@ impl Waiting {
         if self.over {
             return Admit::Dropped;
         }
+        let alone = self.frames == 0;
         self.frames += 1;
-        let within = self.frames <= MAX_WAITING_FRAMES
-            && self.bytes.saturating_add(bytes) <= MAX_WAITING_BYTES;
+        let within = alone
+            || (self.frames <= MAX_WAITING_FRAMES
+                && self.bytes.saturating_add(bytes) <= MAX_WAITING_BYTES);
         if within && room() {
             self.bytes += bytes;
             Admit::Queued
@@ -974,6 +979,40 @@ mod tests {
     use std::cell::RefCell;
 
     use super::*;
+
+    #[test]
+    fn a_frame_alone_in_line_is_within_the_limits_whatever_its_size() {
+        let mut waiting = Waiting::default();
+        let big = MAX_WAITING_BYTES + 1;
+        assert_eq!(waiting.admit(big, || true), Admit::Queued);
+        // Behind it, the byte limit holds.
+        assert_eq!(waiting.admit(1, || true), Admit::Overflow);
+        assert_eq!(waiting.admit(1, || true), Admit::Dropped);
+
+        let mut waiting = Waiting::default();
+        assert_eq!(waiting.admit(big, || true), Admit::Queued);
+        assert!(waiting.taken(big));
+        // Once it has had its turn, the next large frame is alone again.
+        assert_eq!(waiting.admit(big, || true), Admit::Queued);
+        // The isolate's budget still counts for a frame alone.
+        let mut waiting = Waiting::default();
+        assert_eq!(waiting.admit(big, || false), Admit::Overflow);
+    }
+
+    #[test]
+    fn frames_behind_another_are_held_to_the_limits() {
+        let mut waiting = Waiting::default();
+        let half = MAX_WAITING_BYTES / 2;
+        assert_eq!(waiting.admit(half, || true), Admit::Queued);
+        assert_eq!(waiting.admit(half, || true), Admit::Queued);
+        assert_eq!(waiting.admit(1, || true), Admit::Overflow);
+
+        let mut waiting = Waiting::default();
+        for _ in 0..MAX_WAITING_FRAMES {
+            assert_eq!(waiting.admit(1, || true), Admit::Queued);
+        }
+        assert_eq!(waiting.admit(1, || true), Admit::Overflow);
+    }
 
     /// Records what an [`Emitter`] sends: `T:` text, `B:` bytes as UTF-8.
     #[derive(Default)]
