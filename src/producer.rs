@@ -90,6 +90,15 @@ pub fn decide(stored: Option<ProducerState>, epoch: u64, seq: u64) -> ProducerDe
 }
 
 impl ProducerDecision {
+    /// Whether the append is ahead of its producer's state (a gap, or a new epoch that does not
+    /// start at 0): appends of its producer still on their way may make it acceptable.
+    pub fn is_ahead(self) -> bool {
+        matches!(
+            self,
+            ProducerDecision::Gap { .. } | ProducerDecision::NewEpochBadSeq
+        )
+    }
+
     /// The HTTP status this decision answers with.
     pub fn status(self) -> u16 {
         match self {
@@ -177,6 +186,16 @@ mod tests {
 
     const S: fn(u64, u64) -> Option<ProducerState> =
         |epoch, last_seq| Some(ProducerState { epoch, last_seq });
+
+    #[test]
+    fn appends_ahead_of_their_producer_are_told_apart() {
+        assert!(decide(S(0, 3), 0, 5).is_ahead());
+        assert!(decide(None, 0, 1).is_ahead());
+        assert!(decide(S(0, 3), 1, 1).is_ahead());
+        assert!(!decide(S(1, 3), 0, 9).is_ahead());
+        assert!(!decide(S(0, 3), 0, 2).is_ahead());
+        assert!(!decide(S(0, 3), 0, 4).is_ahead());
+    }
 
     #[test]
     fn new_producer_starts_at_zero() {

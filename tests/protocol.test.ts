@@ -74,6 +74,20 @@ test('a producer append that arrives before its predecessor waits for it: both 2
   expect((await call(`${s}?offset=-1`, 'GET')).body).toBe('abc');
 });
 
+test('a new epoch\'s second append that arrives before its first waits for it too', async () => {
+  const s = url('epoch');
+  expect((await call(s, 'PUT', text)).status).toBe(201);
+  expect((await call(s, 'POST', { ...text, ...producer(0, 0) }, 'a')).status).toBe(200);
+  const early = call(s, 'POST', { ...text, ...producer(1, 1) }, 'c');
+  await new Promise((r) => setTimeout(r, 150));
+  expect((await call(s, 'POST', { ...text, ...producer(1, 0) }, 'b')).status).toBe(200);
+  expect((await early).status).toBe(200);
+  expect((await call(`${s}?offset=-1`, 'GET')).body).toBe('abc');
+  // Not filled, it is still 400 once the wait is over.
+  const lone = await call(s, 'POST', { ...text, ...producer(2, 1) }, 'x');
+  expect(lone.status).toBe(400);
+});
+
 test('a gap that is not filled is still 409, once the wait is over', async () => {
   const s = url('gap');
   expect((await call(s, 'PUT', text)).status).toBe(201);

@@ -22,7 +22,7 @@ use std::time::Duration;
 use edgestream::headers::{self as h, ContentType, LiveMode, ProducerHeaders};
 use edgestream::json::{self, Purpose};
 use edgestream::lease::{Lease, LeaseChange, LeaseRequest};
-use edgestream::producer::{ClosingProducer, ProducerDecision, ProducerState};
+use edgestream::producer::{ClosingProducer, ProducerState};
 use edgestream::stream::{
     self, AppendPlan, AppendRequest, AppendTarget, CacheScope, CreateOutcome, CreateRequest,
     ExistingConfig, ExistingFork, Expiry, Standing,
@@ -772,8 +772,8 @@ impl StreamObject {
 
     /// Appends `body` with the request headers `headers` (POST's, or a socket frame's).
     ///
-    /// A producer's append whose sequence number is ahead of its producer's state (its
-    /// predecessors still on their way) waits for them when `may_wait`, up to
+    /// A producer's append that is ahead of its producer's state (a gap, or a new epoch's append
+    /// after its first: its predecessors still on their way) waits for them when `may_wait`, up to
     /// [`turns::GAP_WAIT_MS`] in all, and is then decided again. HTTP appends may wait: the
     /// runtime hands pipelined requests to the object in any order. Socket frames never wait:
     /// one socket's frames are applied in the order they came.
@@ -837,8 +837,8 @@ impl StreamObject {
             };
             match (stream::plan_append(&target, &request, stored), &producer) {
                 (Ok(plan), _) => break (stored_lease, stored, plan),
-                (Err(ProtocolError::Producer(ProducerDecision::Gap { .. })), Some(p))
-                    if may_wait && now < wait_until =>
+                (Err(ProtocolError::Producer(d)), Some(p))
+                    if d.is_ahead() && may_wait && now < wait_until =>
                 {
                     self.producer_turns.wait(p.id, wait_until - now).await;
                     now = now_ms();
