@@ -93,11 +93,12 @@ impl SubscriptionError {
     }
 }
 
-/// A stream path as subscriptions name it: root-relative, non-empty segments, no `__ds`.
+/// A stream path as subscriptions name it: root-relative, non-empty segments, not under the
+/// reserved first segment `__ds` (`__dsq/a` is a stream like any other).
 pub fn is_valid_path(path: &str) -> bool {
     !path.is_empty()
         && path.len() <= 1024
-        && !path.starts_with("__ds")
+        && path.split('/').next() != Some("__ds")
         && !path.contains('\\')
         && path
             .split('/')
@@ -297,6 +298,9 @@ mod tests {
         assert!(!is_valid_pattern("events/a**"));
         assert!(is_valid_path("events/a"));
         assert!(!is_valid_path("__ds/subscriptions/x"));
+        assert!(!is_valid_path("__ds"));
+        assert!(is_valid_path("__dsq1/a"));
+        assert!(is_valid_path("a/__ds"));
         assert!(!is_valid_path("a/../b"));
         assert!(!is_valid_path("a//b"));
         assert!(!is_valid_path(""));

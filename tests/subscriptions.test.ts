@@ -348,6 +348,22 @@ describe('stream names in a subscription', () => {
       await fetch(sub(id), { method: 'DELETE' });
     }
   });
+
+  test('only a first segment of exactly __ds is reserved: __dsq/… is named like any stream', async () => {
+    const p = `__dsq${uid()}`;
+    const id = `dsq-${uid()}`;
+    try {
+      expect((await put(`${p}/a`, '[]')).status).toBe(201);
+      expect((await put(`${p}/wake`, '[]')).status).toBe(201);
+      const made = await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/x/*`, streams: [`${p}/a`], wake_stream: `${p}/wake` });
+      expect(made.status, await made.text()).toBe(201);
+      expect(await linkOf(id, `${p}/a`)).toBeDefined();
+      const reserved = await put(`__ds/subscriptions/${id}-r`, { type: 'pull-wake', pattern: `${p}/*`, streams: ['__ds/a'], wake_stream: `${p}/wake` });
+      expect(reserved.status).toBe(400);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
 });
 
 describe('acks', () => {
