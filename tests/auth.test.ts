@@ -232,7 +232,15 @@ describe('CORS origins restricted by CORS_ORIGINS', () => {
     for (const origin of ['https://evil.example', 'https://app.example.evil.example', 'null']) {
       const res = await get(origin);
       expect(res.headers.get('access-control-allow-origin')).toBeNull();
+      expect(res.headers.get('vary')).toBe('Origin');
     }
+    // A catch-up read may be cached publicly: one made for no origin says it varies by origin
+    // too, or a shared cache could hand it, without Access-Control-Allow-Origin, to a listed one.
+    const plain = await fetch(`${restricted.baseUrl}/v1/stream/cors/a?offset=-1`);
+    expect(plain.headers.get('access-control-allow-origin')).toBeNull();
+    expect(plain.headers.get('vary')).toBe('Origin');
+    const live = await fetch(`${restricted.baseUrl}/v1/stream/cors/a?offset=-1&live=long-poll`, { headers: { origin: allowed[1] } });
+    expect(live.headers.get('vary')).toBe('Origin');
     // Errors carry the same headers, so a listed page can read why it was refused.
     const missing = await fetch(`${restricted.baseUrl}/v1/stream/cors/nope?offset=-1`, { headers: { origin: allowed[0] } });
     expect(missing.status).toBe(404);

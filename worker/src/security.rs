@@ -29,34 +29,38 @@ pub fn decorate(resp: Response, config: &Config, origin: Option<&str>) -> Result
     if decorated && http::header(resp.headers(), ALLOW_ORIGIN) == allowed {
         return Ok(resp);
     }
+    // With a list of origins, what a response says about CORS depends on the request's
+    // `Origin`, even when it allows none: a shared cache must not hand a copy made for no
+    // origin (or another) to a listed one, whose browser would then refuse it.
+    let by_origin = config.cors_origins.trim() != "*";
     let set = |headers: &Headers| {
-        if decorated {
-            set_cors(headers, allowed.as_deref())
-        } else {
-            set_headers(headers, allowed.as_deref())
+        if !decorated {
+            set_headers(headers)?;
         }
+        set_cors(headers, allowed.as_deref(), by_origin)
     };
     http::edit_headers(resp, set)
 }
 
-fn set_headers(headers: &Headers, allowed: Option<&str>) -> Result<()> {
+fn set_headers(headers: &Headers) -> Result<()> {
     headers.set(MARKER, "cross-origin")?;
     headers.set("x-content-type-options", "nosniff")?;
-    headers.set("access-control-expose-headers", h::CORS_EXPOSE_HEADERS)?;
-    set_cors(headers, allowed)
+    headers.set("access-control-expose-headers", h::CORS_EXPOSE_HEADERS)
 }
 
-fn set_cors(headers: &Headers, allowed: Option<&str>) -> Result<()> {
+fn set_cors(headers: &Headers, allowed: Option<&str>, by_origin: bool) -> Result<()> {
     match allowed {
-        Some(allowed) => {
-            headers.set(ALLOW_ORIGIN, allowed)?;
-            if allowed != "*" {
-                headers.append("vary", "Origin")?;
-            }
-            Ok(())
-        }
-        None => headers.delete(ALLOW_ORIGIN),
+        Some(allowed) => headers.set(ALLOW_ORIGIN, allowed)?,
+        None => headers.delete(ALLOW_ORIGIN)?,
     }
+    let varies = http::header(headers, "vary").is_some_and(|v| {
+        v.split(',')
+            .any(|f| f.trim().eq_ignore_ascii_case("origin"))
+    });
+    if by_origin && !varies {
+        headers.append("vary", "Origin")?;
+    }
+    Ok(())
 }
 
 /// `*`, or the request's origin when it is on the configured list.
