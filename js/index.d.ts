@@ -35,7 +35,9 @@ export interface StreamOptions {
   /**
    * The batch's `incarnation`, saved with `offset`: a stream deleted and created again at the URL
    * since (whose offsets mean nothing to you) fails the reader with STREAM_REPLACED rather than
-   * hand out its data. Ignored by servers that name no incarnation.
+   * hand out its data, or with INVALID_OFFSET when `offset` is past the new stream's end or inside
+   * one of its JSON messages (the server refuses such an offset before naming the stream): treat
+   * both as "start again". Ignored by servers that name no incarnation.
    */
   incarnation?: string | undefined;
   /** Default `'auto'`: SSE, falling back to long-poll behind proxies that break it. */
@@ -136,14 +138,17 @@ export declare class StreamHandle<T = unknown, B extends Batch<T> = Batch<T>> im
   subscribe(callback: (batch: B) => void | Promise<void>, onError?: (error: unknown) => void): () => void;
   cancel(): void;
   /**
-   * Collects the items of a JSON stream until it is closed (or caught up with `live: false`);
+   * Collects the items of a JSON stream from where the handle stands (on a fresh handle, the
+   * start of the read; after batches handed out, the rest) until it is closed (or caught up with
+   * `live: false`);
    * INVALID_ARGUMENT on a stream that is not JSON. ABORTED (with the signal's reason as `cause`)
    * when the handle is cancelled or its signal aborts first.
    */
   items(): Promise<T[]>;
   /**
-   * Collects the bytes of a stream that is not JSON until it is closed (or caught up with
-   * `live: false`); INVALID_ARGUMENT on a JSON stream, ABORTED as for `items()`.
+   * Collects the bytes of a stream that is not JSON from where the handle stands, until it is
+   * closed (or caught up with `live: false`); INVALID_ARGUMENT on a JSON stream, ABORTED as for
+   * `items()`.
    */
   bytes(): Promise<Uint8Array>;
   /** `bytes()`, decoded as UTF-8. */
@@ -245,7 +250,8 @@ export declare class DurableStream {
   head(): Promise<HeadResult>;
   /**
    * Appends one message or chunk. JSON streams take any JSON value as one message, an array
-   * included (strings and bytes are JSON text); others take strings or bytes. To append several
+   * included (strings and bytes are JSON text; other values as `JSON.stringify` writes them,
+   * `NaN` as `null`); others take strings or bytes. To append several
    * JSON messages in one request, use an `IdempotentProducer`.
    */
   append(data: unknown, options?: { seq?: string | undefined; contentType?: string | undefined }): Promise<AppendResult>;
