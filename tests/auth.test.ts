@@ -57,8 +57,10 @@ describe('without a valid token', () => {
   test('malformed tokens are 401, never 500', async () => {
     const validPayload = Buffer.from('{"prefix":"","ops":["read"],"exp":99999999999}').toString('base64url');
     const unknownOp = Buffer.from(JSON.stringify({ prefix: '', ops: ['root'], exp: inAnHour() })).toString('base64url');
+    // A token for every stream says so ("prefix": ""): one without a prefix is malformed.
+    const noPrefix = Buffer.from(JSON.stringify({ ops: ['read'], exp: inAnHour() })).toString('base64url');
     const sign = (p: string) => createHmac('sha256', secret).update(p).digest('base64url');
-    for (const t of ['', 'x', 'a.b.c', '.', `${validPayload}.`, `${validPayload}.!!!`, 'x'.repeat(5000), `${Buffer.from('not json').toString('base64url')}.${sign(Buffer.from('not json').toString('base64url'))}`, `${unknownOp}.${sign(unknownOp)}`]) {
+    for (const t of ['', 'x', 'a.b.c', '.', `${validPayload}.`, `${validPayload}.!!!`, 'x'.repeat(5000), `${Buffer.from('not json').toString('base64url')}.${sign(Buffer.from('not json').toString('base64url'))}`, `${unknownOp}.${sign(unknownOp)}`, `${noPrefix}.${sign(noPrefix)}`]) {
       const res = await fetch(url('auth/rooms/a'), { headers: bearer(t) });
       expect(res.status, t.slice(0, 40)).toBe(401);
     }

@@ -67,9 +67,10 @@ fn presented(req: &Request, url: &Url) -> Option<String> {
         })
 }
 
+/// Every claim is required: a token without `prefix` is malformed, not one for every stream
+/// (that takes `"prefix": ""`, said outright).
 #[derive(Deserialize)]
 struct Claims {
-    #[serde(default)]
     prefix: String,
     ops: Vec<String>,
     exp: i64,
