@@ -154,6 +154,21 @@ async function post(name: string, contentType: string, body: string | Buffer) {
   return res.headers.get('stream-next-offset')!;
 }
 
+/** A stream of `contentType` holding `body`; with `fork`, a fork of one, so that a socket
+ * reading from its start is held by the edge (in the inherited range), not by the object. */
+async function writable(prefix: string, contentType: string, body: string, fork: boolean) {
+  const name = unique(prefix);
+  await create(name, contentType, body);
+  if (!fork) return name;
+  const copy = unique(`${prefix}-fork`);
+  const res = await fetch(`${base()}/${copy}`, {
+    method: 'PUT',
+    headers: { 'content-type': contentType, 'stream-forked-from': `/v1/stream/${name}` },
+  });
+  expect(res.status).toBe(201);
+  return copy;
+}
+
 async function readAll(name: string) {
   const res = await fetch(`${base()}/${name}?offset=-1`);
   expect(res.status).toBe(200);
@@ -881,17 +896,7 @@ describe('WebSocket append backpressure', () => {
     ['the stream\'s object', false],
     ['the edge (a fork\'s inherited range)', true],
   ])('closes a socket that floods appends with 1013 when %s holds it, applying exactly what it answered', async (_, fork) => {
-    let name = unique('flood');
-    await create(name, 'text/plain', 'src;');
-    if (fork) {
-      const source = name;
-      name = unique('flood-fork');
-      const res = await fetch(`${base()}/${name}`, {
-        method: 'PUT',
-        headers: { 'content-type': 'text/plain', 'stream-forked-from': `/v1/stream/${source}` },
-      });
-      expect(res.status).toBe(201);
-    }
+    const name = await writable('flood', 'text/plain', 'src;', fork);
     const client = await Client.open(name, `offset=${fork ? '-1' : 'now'}&live=ws`);
     await follow(client, (c) => c.upToDate === true);
     const frames = 4000;
@@ -925,17 +930,7 @@ describe('WebSocket append backpressure', () => {
     ['the stream\'s object', false],
     ['the edge (a fork\'s inherited range)', true],
   ])('takes a frame over 8 MiB alone in line, and refuses one over MAX_APPEND_BYTES with 413, when %s holds the socket', async (_, fork) => {
-    let name = unique('big-frame');
-    await create(name, 'application/octet-stream', 'src;');
-    if (fork) {
-      const source = name;
-      name = unique('big-frame-fork');
-      const res = await fetch(`${base()}/${name}`, {
-        method: 'PUT',
-        headers: { 'content-type': 'application/octet-stream', 'stream-forked-from': `/v1/stream/${source}` },
-      });
-      expect(res.status).toBe(201);
-    }
+    const name = await writable('big-frame', 'application/octet-stream', 'src;', fork);
     const open = async () => {
       const client = await Client.open(name, `offset=${fork ? '-1' : 'now'}&live=ws`);
       await follow(client, (c) => c.upToDate === true);
