@@ -78,16 +78,12 @@ pub enum HeaderError {
     ProducerPartial,
     /// `Producer-Id` is empty or longer than [`MAX_PRODUCER_ID_LEN`].
     ProducerId,
-    /// `Producer-Id` was not UTF-8 (see [`is_undecodable`]).
-    ProducerIdNotUtf8,
     /// `Producer-Epoch` is not an integer in 0..=2^53-1.
     ProducerEpoch,
     /// `Producer-Seq` is not an integer in 0..=2^53-1.
     ProducerSeq,
     /// `Stream-Seq` is empty or longer than [`MAX_STREAM_SEQ_LEN`].
     StreamSeq,
-    /// `Stream-Seq` was not UTF-8 (see [`is_undecodable`]).
-    StreamSeqNotUtf8,
     /// `Content-Type` is not a media type.
     ContentType,
     /// `Content-Type` is longer than [`MAX_CONTENT_TYPE_LEN`].
@@ -122,15 +118,9 @@ impl HeaderError {
                 "Producer-Id, Producer-Epoch and Producer-Seq must be sent together"
             }
             HeaderError::ProducerId => "Producer-Id must be 1 to 256 bytes",
-            HeaderError::ProducerIdNotUtf8 => {
-                "Producer-Id must be ASCII or UTF-8: other bytes cannot be told apart"
-            }
             HeaderError::ProducerEpoch => "Producer-Epoch must be an integer from 0 to 2^53-1",
             HeaderError::ProducerSeq => "Producer-Seq must be an integer from 0 to 2^53-1",
             HeaderError::StreamSeq => "Stream-Seq must be 1 to 256 bytes",
-            HeaderError::StreamSeqNotUtf8 => {
-                "Stream-Seq must be ASCII or UTF-8: other bytes cannot be compared"
-            }
             HeaderError::ContentType => "Content-Type is not a valid media type",
             HeaderError::ContentTypeTooLong => "Content-Type must be at most 256 bytes",
             HeaderError::ForkedFrom => "Stream-Forked-From must be a stream path on this server",
@@ -212,20 +202,10 @@ pub const MAX_PRODUCER_ID_LEN: usize = 256;
 /// Longest `Stream-Seq`, which is stored as the stream's last sequence, for the same reason.
 pub const MAX_STREAM_SEQ_LEN: usize = 256;
 
-/// Whether a header value, as the runtime decoded it, held bytes that are not UTF-8. The runtime
-/// decodes header bytes as UTF-8 and turns each invalid sequence into U+FFFD, so a browser's
-/// `writer-é` and `writer-è` (sent as the Latin-1 bytes E9 and E8) both arrive as `writer-\u{FFFD}`.
-/// Values that identify or order writers must refuse them, or two writers would be one.
-pub fn is_undecodable(value: &str) -> bool {
-    value.contains('\u{FFFD}')
-}
-
 /// `Stream-Seq`: an opaque writer sequence compared byte-wise; 1 to 256 bytes.
 pub fn parse_stream_seq(value: &str) -> Result<&str, HeaderError> {
     if value.is_empty() || value.len() > MAX_STREAM_SEQ_LEN {
         Err(HeaderError::StreamSeq)
-    } else if is_undecodable(value) {
-        Err(HeaderError::StreamSeqNotUtf8)
     } else {
         Ok(value)
     }
@@ -251,9 +231,6 @@ impl<'a> ProducerHeaders<'a> {
             (Some(id), Some(epoch), Some(seq)) => {
                 if id.is_empty() || id.len() > MAX_PRODUCER_ID_LEN {
                     return Err(HeaderError::ProducerId);
-                }
-                if is_undecodable(id) {
-                    return Err(HeaderError::ProducerIdNotUtf8);
                 }
                 let epoch = parse_safe_integer(epoch).ok_or(HeaderError::ProducerEpoch)?;
                 let seq = parse_safe_integer(seq).ok_or(HeaderError::ProducerSeq)?;
@@ -579,20 +556,6 @@ mod tests {
         assert_eq!(parse_stream_seq(&seq), Ok(seq.as_str()));
         let seq = "9".repeat(MAX_STREAM_SEQ_LEN + 1);
         assert_eq!(parse_stream_seq(&seq), Err(HeaderError::StreamSeq));
-    }
-
-    #[test]
-    fn producer_id_and_stream_seq_refuse_bytes_decoded_as_replacement() {
-        assert_eq!(
-            ProducerHeaders::parse(Some("writer-\u{FFFD}"), Some("0"), Some("0")),
-            Err(HeaderError::ProducerIdNotUtf8)
-        );
-        assert!(ProducerHeaders::parse(Some("writer-é"), Some("0"), Some("0")).is_ok());
-        assert_eq!(
-            parse_stream_seq("\u{FFFD}1"),
-            Err(HeaderError::StreamSeqNotUtf8)
-        );
-        assert_eq!(parse_stream_seq("é1"), Ok("é1"));
     }
 
     #[test]

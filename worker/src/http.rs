@@ -73,6 +73,13 @@ pub fn header(headers: &Headers, name: &str) -> Option<String> {
     headers.get(name).ok().flatten()
 }
 
+/// Whether a header value held bytes that are not UTF-8. The runtime decodes header bytes as
+/// UTF-8 and turns each invalid sequence into U+FFFD, so a browser's `writer-é` and `writer-è`
+/// (sent as the Latin-1 bytes E9 and E8) both arrive as `writer-\u{FFFD}`.
+pub fn decoded_lossily(value: &str) -> bool {
+    value.contains(char::REPLACEMENT_CHARACTER)
+}
+
 /// `Stream-Seq`, where an empty value counts as none: the protocol's values are opaque
 /// strings that order writers, and an empty header orders nothing (as the reference server
 /// takes it).

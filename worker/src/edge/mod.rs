@@ -200,8 +200,18 @@ pub(crate) fn check_append(
             return Err(h::HeaderError::LeaseWithoutProducer.into());
         }
     }
-    if let Some(seq) = http::stream_seq(headers) {
-        h::parse_stream_seq(&seq)?;
+    let stream_seq = http::stream_seq(headers);
+    if let Some(seq) = &stream_seq {
+        h::parse_stream_seq(seq)?;
+    }
+    // They name and order writers: two different values must not arrive as one.
+    if [&id, &stream_seq]
+        .iter()
+        .any(|v| v.as_deref().is_some_and(http::decoded_lossily))
+    {
+        return Err(ProtocolError::BadRequest(
+            "Producer-Id and Stream-Seq must be UTF-8",
+        ));
     }
     Ok(())
 }
