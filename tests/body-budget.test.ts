@@ -164,3 +164,56 @@ describe('the isolate budget for request bodies (BODY_BUDGET_BYTES)', () => {
     expect((await read(path)).equals(Buffer.concat([body(700 * KIB, 9), body(300 * KIB, 8)]))).toBe(true);
   });
 });
+
+describe('a paused upload (BODY_IDLE_TIMEOUT_MS)', () => {
+  // Its own server, with a short idle time: the tests above pause uploads on purpose.
+  let paused: Awaited<ReturnType<typeof startServer>>;
+  let origin: URL;
+  beforeAll(async () => {
+    paused = await startServer({ vars: { BODY_BUDGET_BYTES: String(BUDGET), BODY_IDLE_TIMEOUT_MS: '1000' } });
+    origin = new URL(await paused.workerUrl());
+  });
+  afterAll(async () => {
+    await paused?.stop();
+  });
+
+  /** An append of `size` bytes, of which only `sent` are sent: the rest never comes. */
+  function stalled(path: string, size: number, sent: number) {
+    const req = http.request({ host: origin.hostname, port: origin.port, method: 'POST', path, headers: { ...OCTETS, 'content-length': size }, agent: false });
+    const reply = new Promise<Reply>((resolve, reject) => {
+      req.on('response', (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+      });
+      req.on('error', reject);
+    });
+    req.write(body(sent, 9));
+    return { reply, close: () => req.destroy() };
+  }
+  const post = async (path: string, bytes: Buffer) =>
+    (await fetch(`${origin.origin}${path}`, { method: 'POST', headers: OCTETS, body: new Uint8Array(bytes) })).status;
+
+  it('is refused with 408 once nothing arrives for the idle time, and gives its share of the budget back', async () => {
+    const path = unique('paused');
+    expect((await fetch(`${origin.origin}${path}`, { method: 'PUT', headers: OCTETS })).status).toBe(201);
+    const started = Date.now();
+    // A large body counted as it arrives, and a small one reserved whole: both pause.
+    const large = stalled(path, 900 * KIB, 800 * KIB);
+    const small = stalled(path, 10 * KIB, KIB);
+    await sleep(300);
+    // Meanwhile the paused body holds its share.
+    expect(await post(path, body(700 * KIB, 2))).toBe(503);
+    for (const up of [large, small]) {
+      const reply = await up.reply;
+      expect(reply.status).toBe(408);
+      expect(reply.body.toString()).toMatch(/stopped arriving/);
+      up.close();
+    }
+    expect(Date.now() - started).toBeLessThan(10_000);
+    // Its share is back, and nothing of it was stored.
+    expect(await post(path, body(700 * KIB, 2))).toBe(204);
+    const stored = Buffer.from(await (await fetch(`${origin.origin}${path}?offset=-1`)).arrayBuffer());
+    expect(stored.equals(body(700 * KIB, 2))).toBe(true);
+  }, 30_000);
+});

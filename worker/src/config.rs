@@ -27,6 +27,10 @@ pub struct Config {
     /// largest body fits beside others; below that it goes through only alone. See
     /// [`crate::intake`].
     pub body_budget_bytes: u64,
+    /// How long a request body may send nothing before it is refused with 408: a paused upload
+    /// would otherwise hold its share of `body_budget_bytes` for as long as its connection
+    /// stays open, and a few of them would refuse every other write in the isolate.
+    pub body_idle_ms: u64,
     /// `Access-Control-Allow-Origin` value(s): `*` or a comma-separated list of origins.
     pub cors_origins: String,
     /// Whether subscriptions may call `http://localhost` / `127.0.0.x` webhooks (development).
@@ -68,6 +72,8 @@ impl Config {
     /// Two of the largest appends by default: a quarter of the 128 MB an isolate has on
     /// Cloudflare, which each body takes more than once (the request's buffer, then wasm's copy).
     pub const DEFAULT_BODY_BUDGET_BYTES: u64 = 32 * 1024 * 1024;
+    /// Twenty seconds: a client still sending never goes that long without a byte arriving.
+    pub const DEFAULT_BODY_IDLE_MS: u64 = 20_000;
     /// Ten seconds: a webhook answers at once and does its work after (or calls back).
     pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 10_000;
     /// Half the free plan's 1,000 calls to Cloudflare services per request.
@@ -131,6 +137,12 @@ impl Config {
                 Self::DEFAULT_BODY_BUDGET_BYTES,
                 1024 * 1024 * 1024,
             ),
+            body_idle_ms: number(
+                "BODY_IDLE_TIMEOUT_MS",
+                Self::DEFAULT_BODY_IDLE_MS,
+                10 * 60 * 1000,
+            )
+            .max(100),
             cors_origins: env
                 .var("CORS_ORIGINS")
                 .map(|v| v.to_string())

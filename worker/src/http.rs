@@ -173,6 +173,8 @@ pub enum BodyRefusal {
     /// Malformed on the wire (a bad chunked encoding) or cut off by its client: 400, since
     /// the same request sent again fails the same way.
     Unreadable,
+    /// Nothing arrived for the body's idle time (`BODY_IDLE_TIMEOUT_MS`): 408.
+    Stalled,
 }
 
 impl BodyRefusal {
@@ -182,6 +184,7 @@ impl BodyRefusal {
             BodyRefusal::TooLarge(e) => error(e),
             BodyRefusal::Busy => unavailable("too many large writes in progress; retry"),
             BodyRefusal::Unreadable => text(400, "the request body could not be read"),
+            BodyRefusal::Stalled => text(408, "the request body stopped arriving"),
         }
     }
 }
@@ -194,11 +197,13 @@ const READ_WHOLE_BYTES: u64 = 64 * 1024;
 
 /// Reads a request body completely, refusing it as soon as it grows past `max` bytes, so a
 /// huge or endless body cannot exhaust the isolate's memory, or as soon as holding it would
-/// take the bodies the isolate holds past their budget (`held` keeps its share until dropped).
+/// take the bodies the isolate holds past their budget (`held` keeps its share until dropped),
+/// or once nothing of it arrives for `idle_ms`, so a paused upload gives its share back.
 pub async fn read_body(
     req: &mut Request,
     max: u64,
     held: &mut Held,
+    idle_ms: u64,
 ) -> Result<std::result::Result<Vec<u8>, BodyRefusal>> {
     let declared =
         header(req.headers(), h::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
@@ -209,7 +214,13 @@ pub async fn read_body(
             })));
         }
         if len <= READ_WHOLE_BYTES && held.grow(len) {
-            return Ok(req.bytes().await.map_err(|e| unreadable(&e, held)));
+            return Ok(match within(idle_ms, req.bytes()).await {
+                Some(read) => read.map_err(|e| unreadable(&e, held)),
+                None => {
+                    held.release();
+                    Err(BodyRefusal::Stalled)
+                }
+            });
         }
     }
     let Some(stream) = req.inner().body() else {
@@ -221,10 +232,16 @@ pub async fn read_body(
     let mut chunks: Vec<js_sys::Uint8Array> = Vec::new();
     let mut total: u64 = 0;
     loop {
-        let chunk = match next_chunk(&reader).await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(e) => return Ok(Err(unreadable(&e, held))),
+        let chunk = match within(idle_ms, next_chunk(&reader)).await {
+            Some(Ok(Some(chunk))) => chunk,
+            Some(Ok(None)) => break,
+            Some(Err(e)) => return Ok(Err(unreadable(&e, held))),
+            None => {
+                drop(chunks);
+                held.release();
+                let _ = reader.cancel();
+                return Ok(Err(BodyRefusal::Stalled));
+            }
         };
         let len = u64::from(chunk.length());
         let refusal = if total + len > max {
@@ -241,7 +258,7 @@ pub async fn read_body(
         // Answering before the body has been read leaves the upload half sent: the client may
         // see its connection reset instead of the answer, and a proxy in front of us may wedge
         // its keep-alive connection. Discard the rest, up to a bound, so the answer arrives.
-        discard(&reader, total + len).await;
+        discard(&reader, total + len, idle_ms).await;
         return Ok(Err(refusal));
     }
     // `total <= max`, which a wasm allocation can hold.
@@ -279,13 +296,23 @@ async fn next_chunk(
         .map_err(|_| worker::Error::RustError("request body chunk is not bytes".into()))
 }
 
-/// Reads the rest of a body and throws it away, up to [`DRAIN_LIMIT`] bytes in all.
-async fn discard(reader: &web_sys::ReadableStreamDefaultReader, mut discarded: u64) {
+/// Reads the rest of a body and throws it away, up to [`DRAIN_LIMIT`] bytes in all, until it
+/// ends or pauses for `idle_ms`.
+async fn discard(reader: &web_sys::ReadableStreamDefaultReader, mut discarded: u64, idle_ms: u64) {
     while discarded < DRAIN_LIMIT {
-        match next_chunk(reader).await {
-            Ok(Some(chunk)) => discarded += u64::from(chunk.length()),
+        match within(idle_ms, next_chunk(reader)).await {
+            Some(Ok(Some(chunk))) => discarded += u64::from(chunk.length()),
             _ => break,
         }
+    }
+}
+
+/// `work`'s output, or `None` if `ms` pass first (`work` is then dropped).
+async fn within<T>(ms: u64, work: impl std::future::Future<Output = T>) -> Option<T> {
+    let timeout = worker::Delay::from(std::time::Duration::from_millis(ms));
+    match futures_util::future::select(std::pin::pin!(work), timeout).await {
+        futures_util::future::Either::Left((out, _)) => Some(out),
+        futures_util::future::Either::Right(_) => None,
     }
 }
 

@@ -528,7 +528,14 @@ impl StreamObject {
     async fn create(&self, mut req: Request, name: &StreamName) -> Result<Response> {
         // The body's share of the isolate's budget is held until the request is answered.
         let mut held = Held::new(self.config.body_budget_bytes);
-        let body = match http::read_body(&mut req, self.config.max_append_bytes, &mut held).await? {
+        let body = match http::read_body(
+            &mut req,
+            self.config.max_append_bytes,
+            &mut held,
+            self.config.body_idle_ms,
+        )
+        .await?
+        {
             Ok(body) => body,
             Err(refusal) => return refusal.response(),
         };
@@ -656,7 +663,14 @@ impl StreamObject {
     async fn append(&self, mut req: Request) -> Result<Response> {
         // The body's share of the isolate's budget is held until the request is answered.
         let mut held = Held::new(self.config.body_budget_bytes);
-        let body = match http::read_body(&mut req, self.config.max_append_bytes, &mut held).await? {
+        let body = match http::read_body(
+            &mut req,
+            self.config.max_append_bytes,
+            &mut held,
+            self.config.body_idle_ms,
+        )
+        .await?
+        {
             Ok(body) => body,
             Err(refusal) => return refusal.response(),
         };

@@ -186,7 +186,14 @@ async fn forward(
 ) -> Result<Response> {
     // Counted with the isolate's bodies, but never refused: these are at most 1 MiB.
     let mut held = crate::intake::Held::new(u64::MAX);
-    let body = match http::read_body(&mut req, 1024 * 1024, &mut held).await? {
+    let body = match http::read_body(
+        &mut req,
+        1024 * 1024,
+        &mut held,
+        crate::config::Config::DEFAULT_BODY_IDLE_MS,
+    )
+    .await?
+    {
         Ok(body) => body,
         Err(refusal) => return refusal.response(),
     };
