@@ -37,10 +37,10 @@ type Reply = { status: number; headers: http.IncomingHttpHeaders; body: Buffer }
  * A request whose body is sent in two parts: `first`, then, when `finish()` is called, the rest.
  * With `chunked` it declares no length. `abort()` drops the connection instead.
  */
-function upload(method: string, path: string, body: Buffer, first: number, chunked = false) {
+function upload(method: string, path: string, body: Buffer, first: number, chunked = false, to = worker) {
   const headers: http.OutgoingHttpHeaders = { ...OCTETS };
   if (!chunked) headers['content-length'] = body.length;
-  const req = http.request({ host: worker.hostname, port: worker.port, method, path, headers, agent: false });
+  const req = http.request({ host: to.hostname, port: to.port, method, path, headers, agent: false });
   const reply = new Promise<Reply>((resolve, reject) => {
     req.on('response', (res) => {
       const chunks: Buffer[] = [];
@@ -178,19 +178,7 @@ describe('a paused upload (BODY_IDLE_TIMEOUT_MS)', () => {
   });
 
   /** An append of `size` bytes, of which only `sent` are sent: the rest never comes. */
-  function stalled(path: string, size: number, sent: number) {
-    const req = http.request({ host: origin.hostname, port: origin.port, method: 'POST', path, headers: { ...OCTETS, 'content-length': size }, agent: false });
-    const reply = new Promise<Reply>((resolve, reject) => {
-      req.on('response', (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-      });
-      req.on('error', reject);
-    });
-    req.write(body(sent, 9));
-    return { reply, close: () => req.destroy() };
-  }
+  const stalled = (path: string, size: number, sent: number) => upload('POST', path, body(size, 9), sent, false, origin);
   const post = async (path: string, bytes: Buffer) =>
     (await fetch(`${origin.origin}${path}`, { method: 'POST', headers: OCTETS, body: new Uint8Array(bytes) })).status;
 
@@ -208,7 +196,7 @@ describe('a paused upload (BODY_IDLE_TIMEOUT_MS)', () => {
       const reply = await up.reply;
       expect(reply.status).toBe(408);
       expect(reply.body.toString()).toMatch(/stopped arriving/);
-      up.close();
+      up.abort();
     }
     expect(Date.now() - started).toBeLessThan(10_000);
     // Its share is back, and nothing of it was stored.

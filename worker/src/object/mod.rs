@@ -525,17 +525,20 @@ impl StreamObject {
         Ok(())
     }
 
+    /// A create's or an append's body, within the stream limits of [`http::read_body`].
+    async fn read_body(
+        &self,
+        req: &mut Request,
+        held: &mut Held,
+    ) -> Result<std::result::Result<Vec<u8>, http::BodyRefusal>> {
+        let (max, idle) = (self.config.max_append_bytes, self.config.body_idle_ms);
+        http::read_body(req, max, held, idle).await
+    }
+
     async fn create(&self, mut req: Request, name: &StreamName) -> Result<Response> {
         // The body's share of the isolate's budget is held until the request is answered.
         let mut held = Held::new(self.config.body_budget_bytes);
-        let body = match http::read_body(
-            &mut req,
-            self.config.max_append_bytes,
-            &mut held,
-            self.config.body_idle_ms,
-        )
-        .await?
-        {
+        let body = match self.read_body(&mut req, &mut held).await? {
             Ok(body) => body,
             Err(refusal) => return refusal.response(),
         };
@@ -663,14 +666,7 @@ impl StreamObject {
     async fn append(&self, mut req: Request) -> Result<Response> {
         // The body's share of the isolate's budget is held until the request is answered.
         let mut held = Held::new(self.config.body_budget_bytes);
-        let body = match http::read_body(
-            &mut req,
-            self.config.max_append_bytes,
-            &mut held,
-            self.config.body_idle_ms,
-        )
-        .await?
-        {
+        let body = match self.read_body(&mut req, &mut held).await? {
             Ok(body) => body,
             Err(refusal) => return refusal.response(),
         };
