@@ -68,6 +68,9 @@ pub enum AuthError {
     Expired,
     /// Valid, but for other paths (403).
     OutsidePrefix,
+    /// `admin` in a token that does not cover every stream (403): a subscription's patterns
+    /// may reach any stream, so the subscription APIs need a token for all of them.
+    AdminNeedsEveryStream,
     /// Valid, but not for this operation (403).
     OperationNotAllowed,
 }
@@ -76,7 +79,9 @@ impl AuthError {
     pub fn status(self) -> u16 {
         match self {
             AuthError::Missing | AuthError::Invalid | AuthError::Expired => 401,
-            AuthError::OutsidePrefix | AuthError::OperationNotAllowed => 403,
+            AuthError::OutsidePrefix
+            | AuthError::AdminNeedsEveryStream
+            | AuthError::OperationNotAllowed => 403,
         }
     }
 
@@ -86,6 +91,9 @@ impl AuthError {
             AuthError::Invalid => "the access token is not valid",
             AuthError::Expired => "the access token has expired",
             AuthError::OutsidePrefix => "the access token does not cover this stream",
+            AuthError::AdminNeedsEveryStream => {
+                "admin needs a token for every stream (an empty prefix)"
+            }
             AuthError::OperationNotAllowed => "the access token does not allow this operation",
         }
     }
@@ -107,6 +115,9 @@ impl Grant {
     pub fn check(&self, op: Operation, path: &str, now: i64) -> Result<(), AuthError> {
         if now >= self.expires_at {
             return Err(AuthError::Expired);
+        }
+        if op == Operation::Admin && !self.prefix.is_empty() {
+            return Err(AuthError::AdminNeedsEveryStream);
         }
         if !covers(&self.prefix, path) {
             return Err(AuthError::OutsidePrefix);
@@ -227,6 +238,20 @@ mod tests {
         );
         assert_eq!(AuthError::Expired.status(), 401);
         assert_eq!(AuthError::OperationNotAllowed.status(), 403);
+    }
+
+    #[test]
+    fn admin_needs_a_token_for_every_stream() {
+        let scoped = grant("rooms", &[Operation::Admin]);
+        assert_eq!(
+            scoped.check(Operation::Admin, "", 10),
+            Err(AuthError::AdminNeedsEveryStream)
+        );
+        assert_eq!(AuthError::AdminNeedsEveryStream.status(), 403);
+        assert_eq!(
+            grant("", &[Operation::Admin]).check(Operation::Admin, "", 10),
+            Ok(())
+        );
     }
 
     #[test]

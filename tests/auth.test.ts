@@ -171,6 +171,10 @@ describe('scoped tokens', () => {
     expect((await fetch(sub, { method: 'PUT', headers: { 'content-type': 'application/json' }, body })).status).toBe(401);
     const notAdmin = token('', ['read', 'append', 'create', 'delete']);
     expect((await fetch(sub, { method: 'PUT', headers: { 'content-type': 'application/json', ...bearer(notAdmin) }, body })).status).toBe(403);
+    // A subscription's patterns may reach any stream: admin counts only for every stream.
+    const scoped = await fetch(sub, { method: 'PUT', headers: { 'content-type': 'application/json', ...bearer(token('auth', ['admin'])) }, body });
+    expect(scoped.status).toBe(403);
+    expect(await scoped.text()).toMatch(/admin needs a token for every stream/);
     const admin = token('', ['admin']);
     expect((await fetch(sub, { method: 'PUT', headers: { 'content-type': 'application/json', ...bearer(admin) }, body })).status).toBe(201);
     expect((await fetch(url('__ds/jwks.json'))).status).toBe(200);
