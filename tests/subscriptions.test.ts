@@ -537,6 +537,12 @@ describe('status', () => {
 });
 
 describe('configuration', () => {
+  test('a body with a field of the wrong type is 400 naming the field', async () => {
+    const res = await put(`__ds/subscriptions/bad-${uid()}`, { type: 'pull-wake', pattern: 'x/*', wake_stream: 'w', lease_ttl_ms: 1.5 });
+    expect(res.status).toBe(400);
+    expect(await res.text()).toContain('lease_ttl_ms must be a whole number of milliseconds');
+  });
+
   test('of two PUTs racing to create one id with different configurations, one gets 409', async () => {
     for (let round = 0; round < 5; round++) {
       const id = `race-${uid()}`;

@@ -189,6 +189,62 @@ struct CreateBody {
     description: Option<String>,
 }
 
+/// A field of [`CreateBody`]: its name, whether a value is of its type, and what to say if not.
+type FieldCheck = (&'static str, fn(&serde_json::Value) -> bool, &'static str);
+
+/// Why a create body did not deserialize, as precisely as can be said: the first field of
+/// [`CreateBody`] of the wrong type, or that the body is not a JSON object.
+fn create_body_refusal(body: &[u8]) -> &'static str {
+    use serde_json::Value;
+    const NOT_AN_OBJECT: &str = "body must be a JSON subscription object";
+    const FIELDS: [FieldCheck; 7] = [
+        (
+            "type",
+            Value::is_string,
+            "type must be webhook or pull-wake",
+        ),
+        ("pattern", Value::is_string, "pattern must be a string"),
+        (
+            "streams",
+            |v| v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+            "streams must be an array of stream paths",
+        ),
+        (
+            "webhook",
+            |v| v.get("url").is_some_and(Value::is_string),
+            "webhook must be an object with a url",
+        ),
+        (
+            "wake_stream",
+            Value::is_string,
+            "wake_stream must be a stream path",
+        ),
+        (
+            "lease_ttl_ms",
+            Value::is_u64,
+            "lease_ttl_ms must be a whole number of milliseconds",
+        ),
+        (
+            "description",
+            Value::is_string,
+            "description must be a string",
+        ),
+    ];
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+        return NOT_AN_OBJECT;
+    };
+    // `type` is required, `streams` may be absent but not null, the others either.
+    let fits = |(name, right, _): &FieldCheck| match fields.get(*name) {
+        None => *name != "type",
+        Some(Value::Null) => *name != "type" && *name != "streams",
+        Some(v) => right(v),
+    };
+    FIELDS
+        .iter()
+        .find(|f| !fits(f))
+        .map_or(NOT_AN_OBJECT, |f| f.2)
+}
+
 #[derive(Deserialize)]
 struct WebhookBody {
     url: String,
@@ -623,9 +679,8 @@ impl SubscriptionObject {
     // ---- configuration ----
 
     async fn create(&self, req: &Request, body: &[u8]) -> std::result::Result<Response, Failure> {
-        let input: CreateBody = serde_json::from_slice(body).map_err(|_| {
-            SubscriptionError::InvalidRequest("body must be a JSON subscription object")
-        })?;
+        let input: CreateBody = serde_json::from_slice(body)
+            .map_err(|_| SubscriptionError::InvalidRequest(create_body_refusal(body)))?;
         let id = header(req.headers(), X_SUBSCRIPTION).unwrap_or_default();
         let origin = header(req.headers(), X_ORIGIN).unwrap_or_default();
         let kind = match input.kind.as_str() {
@@ -1639,7 +1694,43 @@ impl From<worker::Error> for Failure {
 
 #[cfg(test)]
 mod tests {
-    use super::same_secret;
+    use super::{create_body_refusal, same_secret};
+
+    #[test]
+    fn a_create_body_refusal_names_the_field_of_the_wrong_type() {
+        let refusal = |body: &str| create_body_refusal(body.as_bytes());
+        assert_eq!(refusal("[]"), "body must be a JSON subscription object");
+        assert_eq!(refusal("{"), "body must be a JSON subscription object");
+        assert_eq!(
+            refusal(r#"{"pattern":"a/*"}"#),
+            "type must be webhook or pull-wake"
+        );
+        assert_eq!(
+            refusal(r#"{"type":"pull-wake","lease_ttl_ms":1.5}"#),
+            "lease_ttl_ms must be a whole number of milliseconds"
+        );
+        assert_eq!(
+            refusal(r#"{"type":"pull-wake","lease_ttl_ms":-1}"#),
+            "lease_ttl_ms must be a whole number of milliseconds"
+        );
+        assert_eq!(
+            refusal(r#"{"type":"pull-wake","streams":["a",1]}"#),
+            "streams must be an array of stream paths"
+        );
+        assert_eq!(
+            refusal(r#"{"type":"pull-wake","streams":null}"#),
+            "streams must be an array of stream paths"
+        );
+        assert_eq!(
+            refusal(r#"{"type":"webhook","webhook":"https://x"}"#),
+            "webhook must be an object with a url"
+        );
+        // Null stands for an absent optional field.
+        assert_eq!(
+            refusal(r#"{"type":"pull-wake","pattern":null,"lease_ttl_ms":"9"}"#),
+            "lease_ttl_ms must be a whole number of milliseconds"
+        );
+    }
 
     #[test]
     fn secrets_compare_whole() {
