@@ -308,7 +308,7 @@ async fn discard(reader: &web_sys::ReadableStreamDefaultReader, mut discarded: u
 }
 
 /// `work`'s output, or `None` if `ms` pass first (`work` is then dropped).
-async fn within<T>(ms: u64, work: impl std::future::Future<Output = T>) -> Option<T> {
+pub async fn within<T>(ms: u64, work: impl std::future::Future<Output = T>) -> Option<T> {
     let timeout = worker::Delay::from(std::time::Duration::from_millis(ms));
     match futures_util::future::select(std::pin::pin!(work), timeout).await {
         futures_util::future::Either::Left((out, _)) => Some(out),

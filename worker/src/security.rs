@@ -32,7 +32,7 @@ pub fn decorate(resp: Response, config: &Config, origin: Option<&str>) -> Result
     // With a list of origins, what a response says about CORS depends on the request's
     // `Origin`, even when it allows none: a shared cache must not hand a copy made for no
     // origin (or another) to a listed one, whose browser would then refuse it.
-    let by_origin = config.cors_origins.trim() != "*";
+    let by_origin = !any_origin(config);
     let set = |headers: &Headers| {
         if !decorated {
             set_headers(headers)?;
@@ -53,19 +53,28 @@ fn set_cors(headers: &Headers, allowed: Option<&str>, by_origin: bool) -> Result
         Some(allowed) => headers.set(ALLOW_ORIGIN, allowed)?,
         None => headers.delete(ALLOW_ORIGIN)?,
     }
-    let varies = http::header(headers, "vary").is_some_and(|v| {
-        v.split(',')
-            .any(|f| f.trim().eq_ignore_ascii_case("origin"))
-    });
-    if by_origin && !varies {
+    // Read only with a list: every response is decorated, and `*` never varies.
+    if by_origin && !varies_by_origin(headers) {
         headers.append("vary", "Origin")?;
     }
     Ok(())
 }
 
+fn varies_by_origin(headers: &Headers) -> bool {
+    http::header(headers, "vary").is_some_and(|v| {
+        v.split(',')
+            .any(|f| f.trim().eq_ignore_ascii_case("origin"))
+    })
+}
+
+/// Whether every origin is allowed (`CORS_ORIGINS` is `*`).
+fn any_origin(config: &Config) -> bool {
+    config.cors_origins.trim() == "*"
+}
+
 /// `*`, or the request's origin when it is on the configured list.
 fn allowed_origin(config: &Config, origin: Option<&str>) -> Option<String> {
-    if config.cors_origins.trim() == "*" {
+    if any_origin(config) {
         return Some("*".into());
     }
     let origin = origin?;

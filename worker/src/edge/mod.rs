@@ -72,7 +72,7 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Response> {
                 return refuse(e);
             }
         }
-        return crate::subscription::route(req, &url, &rest, env).await;
+        return crate::subscription::route(req, &url, &rest, env, config).await;
     }
     let name = match StreamName::from_url_path(url.path()) {
         Ok(name) => name,

@@ -10,11 +10,10 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::time::Duration;
 
 use futures_channel::oneshot;
-use futures_util::future::{select, Either};
-use worker::Delay;
+
+use crate::http;
 
 /// How long an append ahead of its producer waits for the appends before it.
 pub const GAP_WAIT_MS: i64 = 500;
@@ -34,9 +33,8 @@ impl ProducerTurns {
             .entry(id.to_string())
             .or_default()
             .push(tx);
-        let timeout = Delay::from(Duration::from_millis(ms.max(0) as u64));
         // The receiver is dropped by the end of this statement, which cancels its sender.
-        let timed_out = matches!(select(rx, timeout).await, Either::Right(_));
+        let timed_out = http::within(ms.max(0) as u64, rx).await.is_none();
         if timed_out {
             // Drop this waiter's sender, and the entry once nobody waits on it.
             let mut waiting = self.waiting.borrow_mut();

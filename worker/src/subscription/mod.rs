@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Stub, Url};
 
+use crate::config::Config;
 use crate::http::{self, header};
 
 /// The public origin of the request, passed to objects so URLs they hand out are absolute.
@@ -109,13 +110,20 @@ pub fn uses_wake_token(method: &Method, rest: &str) -> bool {
     *method == Method::Post && matches!(action, Some("callback" | "ack" | "release"))
 }
 
-pub async fn route(req: Request, url: &Url, rest: &str, env: &Env) -> Result<Response> {
+pub async fn route(
+    req: Request,
+    url: &Url,
+    rest: &str,
+    env: &Env,
+    config: &Config,
+) -> Result<Response> {
     let origin = url.origin().ascii_serialization();
     if rest == "jwks.json" {
         if req.method() != Method::Get && req.method() != Method::Head {
             return http::text(405, "method not allowed");
         }
-        return forward(req, &registry_stub(env)?, "jwks", None, &origin, None).await;
+        let stub = registry_stub(env)?;
+        return forward(req, &stub, "jwks", None, &origin, None, config).await;
     }
     let Some(rest) = rest.strip_prefix("subscriptions/") else {
         return http::text(404, "not found");
@@ -153,7 +161,7 @@ pub async fn route(req: Request, url: &Url, rest: &str, env: &Env) -> Result<Res
         _ => return http::text(404, "not found"),
     };
     let stub = subscription_stub(env, id)?;
-    forward(req, &stub, op, path.as_deref(), &origin, Some(id)).await
+    forward(req, &stub, op, path.as_deref(), &origin, Some(id), config).await
 }
 
 /// Decodes `%XX` escapes (a path may arrive encoded, slashes included).
@@ -183,17 +191,11 @@ async fn forward(
     path: Option<&str>,
     origin: &str,
     id: Option<&str>,
+    config: &Config,
 ) -> Result<Response> {
     // Counted with the isolate's bodies, but never refused: these are at most 1 MiB.
     let mut held = crate::intake::Held::new(u64::MAX);
-    let body = match http::read_body(
-        &mut req,
-        1024 * 1024,
-        &mut held,
-        crate::config::Config::DEFAULT_BODY_IDLE_MS,
-    )
-    .await?
-    {
+    let body = match http::read_body(&mut req, 1024 * 1024, &mut held, config.body_idle_ms).await? {
         Ok(body) => body,
         Err(refusal) => return refusal.response(),
     };
