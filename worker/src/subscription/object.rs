@@ -18,7 +18,6 @@ use std::time::Duration;
 use edgestream::subscription::{self as rules, SubscriptionError};
 use edgestream::time::format_rfc3339;
 use edgestream::Offset;
-use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json as j, Value};
@@ -176,78 +175,62 @@ fn link_from_row(r: &[SqlStorageValue]) -> Link {
 }
 
 /// PUT body.
-#[derive(Deserialize)]
 struct CreateBody {
-    #[serde(rename = "type")]
     kind: String,
     pattern: Option<String>,
-    #[serde(default)]
     streams: Vec<String>,
-    webhook: Option<WebhookBody>,
+    /// `webhook.url`.
+    webhook: Option<String>,
     wake_stream: Option<String>,
     lease_ttl_ms: Option<u64>,
     description: Option<String>,
 }
 
-/// A field of [`CreateBody`]: its name, whether a value is of its type, and what to say if not.
-type FieldCheck = (&'static str, fn(&serde_json::Value) -> bool, &'static str);
-
-/// Why a create body did not deserialize, as precisely as can be said: the first field of
-/// [`CreateBody`] of the wrong type, or that the body is not a JSON object.
-fn create_body_refusal(body: &[u8]) -> &'static str {
-    use serde_json::Value;
-    const NOT_AN_OBJECT: &str = "body must be a JSON subscription object";
-    const FIELDS: [FieldCheck; 7] = [
-        (
-            "type",
-            Value::is_string,
-            "type must be webhook or pull-wake",
-        ),
-        ("pattern", Value::is_string, "pattern must be a string"),
-        (
-            "streams",
-            |v| v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
-            "streams must be an array of stream paths",
-        ),
-        (
-            "webhook",
-            |v| v.get("url").is_some_and(Value::is_string),
-            "webhook must be an object with a url",
-        ),
-        (
-            "wake_stream",
-            Value::is_string,
-            "wake_stream must be a stream path",
-        ),
-        (
-            "lease_ttl_ms",
-            Value::is_u64,
-            "lease_ttl_ms must be a whole number of milliseconds",
-        ),
-        (
-            "description",
-            Value::is_string,
-            "description must be a string",
-        ),
-    ];
-    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
-        return NOT_AN_OBJECT;
-    };
-    // `type` is required, `streams` may be absent but not null, the others either.
-    let fits = |(name, right, _): &FieldCheck| match fields.get(*name) {
-        None => *name != "type",
-        Some(Value::Null) => *name != "type" && *name != "streams",
-        Some(v) => right(v),
-    };
-    FIELDS
-        .iter()
-        .find(|f| !fits(f))
-        .map_or(NOT_AN_OBJECT, |f| f.2)
-}
-
-#[derive(Deserialize)]
-struct WebhookBody {
-    url: String,
+impl CreateBody {
+    /// Reads a PUT body, or says which field is of the wrong type. `type` is required,
+    /// `streams` may be absent but not null, and null stands for any other absent field.
+    fn parse(body: &[u8]) -> std::result::Result<Self, &'static str> {
+        let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(body) else {
+            return Err("body must be a JSON subscription object");
+        };
+        let streams = fields.remove("streams");
+        let mut take = |name| fields.remove(name).filter(|v| !v.is_null());
+        let string = |v: Option<Value>, why| match v {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(why),
+        };
+        const KIND: &str = "type must be webhook or pull-wake";
+        const STREAMS: &str = "streams must be an array of stream paths";
+        const WEBHOOK: &str = "webhook must be an object with a url";
+        Ok(CreateBody {
+            kind: string(take("type"), KIND)?.ok_or(KIND)?,
+            pattern: string(take("pattern"), "pattern must be a string")?,
+            streams: match streams {
+                None => Vec::new(),
+                Some(Value::Array(paths)) => paths
+                    .into_iter()
+                    .map(|v| string(Some(v), STREAMS)?.ok_or(STREAMS))
+                    .collect::<std::result::Result<_, _>>()?,
+                Some(_) => return Err(STREAMS),
+            },
+            webhook: match take("webhook") {
+                None => None,
+                Some(mut w) => {
+                    Some(string(w.get_mut("url").map(Value::take), WEBHOOK)?.ok_or(WEBHOOK)?)
+                }
+            },
+            wake_stream: string(take("wake_stream"), "wake_stream must be a stream path")?,
+            lease_ttl_ms: match take("lease_ttl_ms") {
+                None => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .ok_or("lease_ttl_ms must be a whole number of milliseconds")?,
+                ),
+            },
+            description: string(take("description"), "description must be a string")?,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -679,8 +662,7 @@ impl SubscriptionObject {
     // ---- configuration ----
 
     async fn create(&self, req: &Request, body: &[u8]) -> std::result::Result<Response, Failure> {
-        let input: CreateBody = serde_json::from_slice(body)
-            .map_err(|_| SubscriptionError::InvalidRequest(create_body_refusal(body)))?;
+        let input = CreateBody::parse(body).map_err(SubscriptionError::InvalidRequest)?;
         let id = header(req.headers(), X_SUBSCRIPTION).unwrap_or_default();
         let origin = header(req.headers(), X_ORIGIN).unwrap_or_default();
         let kind = match input.kind.as_str() {
@@ -715,16 +697,16 @@ impl SubscriptionObject {
         }
         let lease_ttl_ms = rules::lease_ms(input.lease_ttl_ms)?;
         let webhook_url = match (kind, &input.webhook) {
-            (Kind::Webhook, Some(w)) => {
-                if w.url.len() > rules::MAX_WEBHOOK_URL_BYTES {
+            (Kind::Webhook, Some(url)) => {
+                if url.len() > rules::MAX_WEBHOOK_URL_BYTES {
                     return Err(SubscriptionError::WebhookUrlRejected(
                         "webhook url must be at most 4096 bytes",
                     )
                     .into());
                 }
                 let allow = crate::config::Config::from_env(&self.env).webhook_allow_localhost;
-                webhook::validate_url(&w.url, allow)?;
-                Some(w.url.clone())
+                webhook::validate_url(url, allow)?;
+                Some(url.clone())
             }
             (Kind::Webhook, None) => {
                 return Err(SubscriptionError::InvalidRequest("webhook.url is required").into())
@@ -1373,16 +1355,11 @@ impl SubscriptionObject {
                 ))),
             }
         };
-        let timeout = Delay::from(Duration::from_millis(timeout_ms));
-        let outcome = match select(Box::pin(exchange), timeout).await {
-            Either::Left((outcome, _)) => outcome,
-            Either::Right(((), exchange)) => {
-                drop(exchange);
-                Err(worker::Error::RustError(format!(
-                    "webhook did not answer within {timeout_ms} ms"
-                )))
-            }
-        };
+        let outcome = http::within(timeout_ms, exchange).await.unwrap_or_else(|| {
+            Err(worker::Error::RustError(format!(
+                "webhook did not answer within {timeout_ms} ms"
+            )))
+        });
         // Ends what is left: a request still waiting, or a reply past its limit.
         controller.abort();
         let reply = outcome?;
@@ -1694,11 +1671,11 @@ impl From<worker::Error> for Failure {
 
 #[cfg(test)]
 mod tests {
-    use super::{create_body_refusal, same_secret};
+    use super::{same_secret, CreateBody};
 
     #[test]
     fn a_create_body_refusal_names_the_field_of_the_wrong_type() {
-        let refusal = |body: &str| create_body_refusal(body.as_bytes());
+        let refusal = |body: &str| CreateBody::parse(body.as_bytes()).err().unwrap_or("parsed");
         assert_eq!(refusal("[]"), "body must be a JSON subscription object");
         assert_eq!(refusal("{"), "body must be a JSON subscription object");
         assert_eq!(
@@ -1725,6 +1702,18 @@ mod tests {
             refusal(r#"{"type":"webhook","webhook":"https://x"}"#),
             "webhook must be an object with a url"
         );
+        let full = CreateBody::parse(
+            br#"{"type":"webhook","pattern":"a/*","streams":["b"],"webhook":{"url":"https://x"},
+                "wake_stream":null,"lease_ttl_ms":5000,"description":"d","extra":1}"#,
+        )
+        .expect("a valid body");
+        assert_eq!(full.kind, "webhook");
+        assert_eq!(full.pattern.as_deref(), Some("a/*"));
+        assert_eq!(full.streams, ["b"]);
+        assert_eq!(full.webhook.as_deref(), Some("https://x"));
+        assert_eq!(full.wake_stream, None);
+        assert_eq!(full.lease_ttl_ms, Some(5000));
+        assert_eq!(full.description.as_deref(), Some("d"));
         // Null stands for an absent optional field.
         assert_eq!(
             refusal(r#"{"type":"pull-wake","pattern":null,"lease_ttl_ms":"9"}"#),
