@@ -793,46 +793,47 @@ impl StreamObject {
         body: Vec<u8>,
         may_wait: bool,
     ) -> Result<Response> {
-        let mut now = now_ms();
-        let mut meta = match self.append_target(headers, now).await? {
-            Ok(meta) => meta,
-            Err(e) => return http::error(&e),
-        };
         let producer_id = header(headers, h::PRODUCER_ID);
         let producer_epoch = header(headers, h::PRODUCER_EPOCH);
         let producer_seq = header(headers, h::PRODUCER_SEQ);
-        let producer = match ProducerHeaders::parse(
+        let stream_seq = http::stream_seq(headers);
+        let content_type = header(headers, h::CONTENT_TYPE);
+        // Parsed now, refused after the lookup: a missing stream is 404 whatever the headers.
+        let parsed = ProducerHeaders::parse(
             producer_id.as_deref(),
             producer_epoch.as_deref(),
             producer_seq.as_deref(),
-        ) {
-            Ok(p) => p,
-            Err(e) => return http::error(&e.into()),
-        };
-        let lease_request = match header(headers, h::STREAM_LEASE_TTL)
-            .map(|v| LeaseRequest::parse(&v))
-            .transpose()
-        {
-            Ok(lease) => lease,
-            Err(e) => return http::error(&e.into()),
-        };
-        let stream_seq = http::stream_seq(headers);
-        let content_type = header(headers, h::CONTENT_TYPE);
-        let request = AppendRequest {
-            content_type: content_type.as_deref(),
-            body_len: body.len(),
-            close: h::is_closed(header(headers, h::STREAM_CLOSED).as_deref()),
-            stream_seq: stream_seq.as_deref(),
-            producer: producer.clone(),
-            lease: lease_request,
-        };
+        )
+        .map_err(ProtocolError::from)
+        .and_then(|producer| {
+            let lease = header(headers, h::STREAM_LEASE_TTL)
+                .map(|v| LeaseRequest::parse(&v))
+                .transpose()?;
+            Ok(AppendRequest {
+                content_type: content_type.as_deref(),
+                body_len: body.len(),
+                close: h::is_closed(header(headers, h::STREAM_CLOSED).as_deref()),
+                stream_seq: stream_seq.as_deref(),
+                producer,
+                lease,
+            })
+        });
         let store = self.store()?;
+        let mut now = now_ms();
         let wait_until = now + turns::GAP_WAIT_MS;
         // From the last lookup on there is no await until the response: the append is one
         // atomic turn.
-        let (stored_lease, stored, plan) = loop {
+        let (mut meta, request, stored_lease, stored, plan) = loop {
+            let meta = match self.append_target(headers, now).await? {
+                Ok(meta) => meta,
+                Err(e) => return http::error(&e),
+            };
+            let request = match &parsed {
+                Ok(request) => request,
+                Err(e) => return http::error(e),
+            };
             let stored_lease = store.lease()?;
-            let stored = match &producer {
+            let stored = match &request.producer {
                 Some(p) => self.producer_state(store, stored_lease.as_ref(), p.id, now)?,
                 None => None,
             };
@@ -845,21 +846,21 @@ impl StreamObject {
                 lease: stored_lease.as_ref(),
                 now_ms: now,
             };
-            match (stream::plan_append(&target, &request, stored), &producer) {
-                (Ok(plan), _) => break (stored_lease, stored, plan),
+            match (
+                stream::plan_append(&target, request, stored),
+                &request.producer,
+            ) {
+                (Ok(plan), _) => break (meta, request, stored_lease, stored, plan),
                 (Err(ProtocolError::Producer(d)), Some(p))
                     if d.is_ahead() && may_wait && now < wait_until =>
                 {
                     self.producer_turns.wait(p.id, wait_until - now).await;
                     now = now_ms();
-                    meta = match self.append_target(headers, now).await? {
-                        Ok(meta) => meta,
-                        Err(e) => return http::error(&e),
-                    };
                 }
                 (Err(e), _) => return http::error(&e),
             }
         };
+        let producer = &request.producer;
         let kept_since = edgestream::producer::kept_since(now, self.config.producer_ttl_ms);
         // The active lease held by this request's producer, if any.
         let held_by_producer = |lease: Option<&Lease>| {
@@ -933,9 +934,9 @@ impl StreamObject {
         }
         store.save_lease(&lease)?;
         meta.tail = tail;
-        let seq_changed = stream_seq.is_some();
-        if let Some(seq) = stream_seq {
-            meta.last_stream_seq = Some(seq);
+        let seq_changed = request.stream_seq.is_some();
+        if let Some(seq) = request.stream_seq {
+            meta.last_stream_seq = Some(seq.to_owned());
         }
         if close {
             meta.closed = true;
