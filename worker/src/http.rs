@@ -232,33 +232,34 @@ pub async fn read_body(
     let mut chunks: Vec<js_sys::Uint8Array> = Vec::new();
     let mut total: u64 = 0;
     loop {
-        let chunk = match within(idle_ms, next_chunk(&reader)).await {
-            Some(Ok(Some(chunk))) => chunk,
+        let refusal = match within(idle_ms, next_chunk(&reader)).await {
+            Some(Ok(Some(chunk))) => {
+                let len = u64::from(chunk.length());
+                total += len;
+                if total > max {
+                    BodyRefusal::TooLarge(ProtocolError::PayloadTooLarge { limit: max })
+                } else if !held.grow(len) {
+                    BodyRefusal::Busy
+                } else {
+                    chunks.push(chunk);
+                    continue;
+                }
+            }
             Some(Ok(None)) => break,
             Some(Err(e)) => return Ok(Err(unreadable(&e, held))),
-            None => {
-                drop(chunks);
-                held.release();
-                let _ = reader.cancel();
-                return Ok(Err(BodyRefusal::Stalled));
-            }
-        };
-        let len = u64::from(chunk.length());
-        let refusal = if total + len > max {
-            BodyRefusal::TooLarge(ProtocolError::PayloadTooLarge { limit: max })
-        } else if !held.grow(len) {
-            BodyRefusal::Busy
-        } else {
-            total += len;
-            chunks.push(chunk);
-            continue;
+            None => BodyRefusal::Stalled,
         };
         drop(chunks);
         held.release();
-        // Answering before the body has been read leaves the upload half sent: the client may
-        // see its connection reset instead of the answer, and a proxy in front of us may wedge
-        // its keep-alive connection. Discard the rest, up to a bound, so the answer arrives.
-        discard(&reader, total + len, idle_ms).await;
+        if matches!(refusal, BodyRefusal::Stalled) {
+            let _ = reader.cancel();
+        } else {
+            // Answering before the body has been read leaves the upload half sent: the client
+            // may see its connection reset instead of the answer, and a proxy in front of us may
+            // wedge its keep-alive connection. Discard the rest, up to a bound, so the answer
+            // arrives.
+            discard(&reader, total, idle_ms).await;
+        }
         return Ok(Err(refusal));
     }
     // `total <= max`, which a wasm allocation can hold.

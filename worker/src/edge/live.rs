@@ -378,11 +378,7 @@ struct SseSource {
 impl SseSource {
     /// `waiting`'s output, or `None` if the response's deadline comes first.
     async fn in_time<T>(&self, waiting: impl std::future::Future<Output = T>) -> Option<T> {
-        let left = (self.deadline_ms - now_ms()).max(0) as u64;
-        match select(Box::pin(waiting), Delay::from(Duration::from_millis(left))).await {
-            Either::Left((out, _)) => Some(out),
-            Either::Right(_) => None,
-        }
+        http::within((self.deadline_ms - now_ms()).max(0) as u64, waiting).await
     }
 }
 

@@ -285,7 +285,7 @@ impl Session {
                 // flight finish and be acknowledged before the socket closes.
                 if busy.get() {
                     stop.set(true);
-                    let _ = select(appends, Delay::from(Duration::from_millis(DRAIN_MS))).await;
+                    let _ = http::within(DRAIN_MS, appends).await;
                 }
                 end
             }

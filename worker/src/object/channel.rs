@@ -22,16 +22,14 @@
 //! registry link every existing stream below it from that stream's tail.
 
 use std::cell::{Cell, RefCell};
-use std::time::Duration;
 
 use edgestream::channel::{self as ch, Admit, Batch, BytesField};
 use edgestream::headers::SseEncoding;
 use edgestream::stream::CreateRequest;
 use edgestream::{ContentType, Offset, ProtocolError};
 use futures_channel::oneshot;
-use futures_util::future::{select, Either};
 use serde::{Deserialize, Serialize};
-use worker::{Delay, Headers, Method, Request, RequestInit, Response, Result};
+use worker::{Headers, Method, Request, RequestInit, Response, Result};
 
 use super::store::{self, ChannelLink, Meta, Rows, Store, Task};
 use super::{live, subscribers, Lookup, StreamObject};
@@ -45,7 +43,7 @@ use crate::subscription::{call, registry_stub};
 /// envelopes added until they reach it (always at least one message, however large).
 const BATCH_BYTES: usize = 1024 * 1024;
 /// An appender waits at most this long for a channel to answer; the alarm retries after.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const CALL_TIMEOUT_MS: u64 = 10_000;
 /// What a POST (or a socket's append frame) to a channel is told it may do instead.
 const CHANNEL_METHODS: &str = "GET, HEAD, PUT, DELETE, OPTIONS";
 
@@ -586,7 +584,7 @@ async fn send(
     }
 }
 
-/// POSTs `body` to a channel's internal `op`, waiting at most [`CALL_TIMEOUT`] for its answer:
+/// POSTs `body` to a channel's internal `op`, waiting at most [`CALL_TIMEOUT_MS`] for its answer:
 /// an appender waits on it, and the alarm retries after.
 async fn call_channel(
     obj: &StreamObject,
@@ -604,12 +602,9 @@ async fn call_channel(
     }
     let req = Request::new_with_init(url.as_str(), &init)?;
     let stub = stream_stub(&obj.env, channel)?;
-    let call = Box::pin(stub.fetch_with_request(req));
-    let answered = match select(call, Delay::from(CALL_TIMEOUT)).await {
-        Either::Left((resp, _)) => resp,
-        Either::Right(_) => Err(worker::Error::RustError("channel timed out".into())),
-    };
-    answered
+    http::within(CALL_TIMEOUT_MS, stub.fetch_with_request(req))
+        .await
+        .unwrap_or_else(|| Err(worker::Error::RustError("channel timed out".into())))
 }
 
 /// This object's stream, if it is the channel incarnation `instance` names (else the source's
