@@ -325,3 +325,53 @@ test('a page may be cached no longer than its stream lives, whether the object o
   expect(await page.text()).toBe('second');
   expect(page.headers.get('cache-control')).toBe('public, max-age=30');
 });
+
+test('an idle SSE response is sent comment lines, so a reader that hung up is noticed and a TTL stream expires soon after', async () => {
+  // Its own server: SSE responses that last, and a heartbeat well within them.
+  const beating = await startServer({ vars: { SSE_CONNECTION_MS: '60000', SSE_HEARTBEAT_MS: '500' } });
+  const at = (name: string) => `${beating.baseUrl}/v1/stream/live-test/${name}`;
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  try {
+    // An idle reader gets `:` comments between whole events, and nothing else changes.
+    const quiet = `heartbeat-${Date.now()}`;
+    expect((await fetch(at(quiet), { method: 'PUT', headers: { 'content-type': 'text/plain' }, body: 'a' })).status).toBe(201);
+    const res = await fetch(`${at(quiet)}?offset=-1&live=sse`, { signal: AbortSignal.timeout(15_000) });
+    const reader = res.body!.getReader();
+    const decoder = new TextDecoder();
+    let seen = '';
+    for (const until = Date.now() + 1800; Date.now() < until;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      seen += decoder.decode(value, { stream: true });
+    }
+    await reader.cancel();
+    const blocks = seen.split('\n\n').filter((b) => b !== '');
+    expect(blocks.filter((b) => b === ':').length).toBeGreaterThanOrEqual(2);
+    expect(blocks.filter((b) => b !== ':').every((b) => /^event: (data|control)\n/.test(b))).toBe(true);
+    expect(blocks[0]).toBe('event: data\ndata:a');
+
+    // A sliding TTL counts again from when the reader hangs up: it used to count only from when
+    // its response would have ended (SSE_CONNECTION_MS, a minute here).
+    const ttl = `heartbeat-ttl-${Date.now()}`;
+    const created = await fetch(at(ttl), { method: 'PUT', headers: { 'content-type': 'text/plain', 'stream-ttl': '1' } });
+    expect(created.status).toBe(201);
+    const hangUp = new AbortController();
+    const held = await fetch(`${at(ttl)}?offset=now&live=sse`, { signal: hangUp.signal });
+    const heldReader = held.body!.getReader();
+    await heldReader.read();
+    await sleep(1500);
+    expect((await fetch(at(ttl), { method: 'HEAD' })).status).toBe(200);
+    hangUp.abort();
+    const left = Date.now();
+    let status = 200;
+    while (status === 200 && Date.now() - left < 20_000) {
+      await sleep(200);
+      status = (await fetch(at(ttl), { method: 'HEAD' })).status;
+    }
+    expect(status).toBe(404);
+    // Three heartbeats (the third write after a hang-up fails locally), the TTL and the alarm's slack.
+    expect(Date.now() - left).toBeLessThan(6000);
+  } finally {
+    await beating.stop();
+  }
+}, 60_000);

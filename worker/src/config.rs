@@ -11,6 +11,10 @@ pub struct Config {
     pub max_append_bytes: u64,
     /// How long an SSE response stays open before the server closes it (clients reconnect).
     pub sse_connection_ms: u64,
+    /// How long a live SSE response may send nothing before it is sent a comment line. workerd
+    /// learns that a reader hung up only when something is written to it; until then the
+    /// reader holds its socket on the stream's object, and a sliding TTL counts it as reading.
+    pub sse_heartbeat_ms: u64,
     /// How far a live SSE reader may fall behind (bytes written but not yet taken by its
     /// connection) before it is served catch-up pages, which wait for it, instead of frames.
     pub sse_backlog_bytes: u64,
@@ -58,6 +62,9 @@ impl Config {
     pub const DEFAULT_LONG_POLL_TIMEOUT_MS: u64 = 30_000;
     pub const DEFAULT_MAX_APPEND_BYTES: u64 = 16 * 1024 * 1024;
     pub const DEFAULT_SSE_CONNECTION_MS: u64 = 60_000;
+    /// Fifteen seconds: under the idle timeouts of common proxies, and a write per reader
+    /// that costs the isolate next to nothing.
+    pub const DEFAULT_SSE_HEARTBEAT_MS: u64 = 15_000;
     /// One catch-up page: a reader further behind is better served by catch-up reads, which
     /// wait for it, than by live frames queued in the edge's memory.
     pub const DEFAULT_SSE_BACKLOG_BYTES: u64 = 4 * 1024 * 1024;
@@ -116,6 +123,12 @@ impl Config {
                 Self::DEFAULT_SSE_CONNECTION_MS,
                 3_600_000,
             ),
+            sse_heartbeat_ms: number(
+                "SSE_HEARTBEAT_MS",
+                Self::DEFAULT_SSE_HEARTBEAT_MS,
+                3_600_000,
+            )
+            .max(100),
             sse_backlog_bytes: number(
                 "SSE_BACKLOG_BYTES",
                 Self::DEFAULT_SSE_BACKLOG_BYTES,

@@ -351,6 +351,7 @@ pub async fn sse(
     let source = Rc::new(SseSource {
         stub,
         name,
+        heartbeat_ms: config.sse_heartbeat_ms,
         deadline_ms: now_ms()
             + until_expiry(staggered(config.sse_connection_ms), read_until) as i64,
     });
@@ -373,6 +374,8 @@ struct SseSource {
     stub: Stub,
     name: StreamName,
     deadline_ms: i64,
+    /// See [`crate::config::Config::sse_heartbeat_ms`].
+    heartbeat_ms: u64,
 }
 
 impl SseSource {
@@ -478,7 +481,12 @@ struct SseFollower {
     /// Both `None` once finished, which also breaks the cycle between this and its listeners.
     socket: Option<web_sys::WebSocket>,
     body: Option<BodyWriter>,
+    /// The timer for the next heartbeat or the deadline, whichever is first, and the function
+    /// it calls, set again on each tick.
     timeout_id: Option<i32>,
+    on_tick: Option<wasm_bindgen::JsValue>,
+    /// Whether nothing was written since the last tick.
+    quiet: bool,
     /// To go back to catch-up when the reader falls behind.
     source: Rc<SseSource>,
 }
@@ -516,6 +524,7 @@ fn track(follower: &SharedFollower, deadline_ms: i64) {
                 f.socket = None;
                 f.body = None;
                 f.timeout_id = None;
+                f.on_tick = None;
             }
             false
         });
@@ -536,6 +545,8 @@ impl SseFollower {
             socket: Some(ws.clone()),
             body: Some(body),
             timeout_id: None,
+            on_tick: None,
+            quiet: true,
             source,
         }));
         track(&follower, deadline_ms);
@@ -568,15 +579,16 @@ impl SseFollower {
         // callbacks after it cancels the request (a reader that hung up), and they must not keep
         // the follower's state with them. The socket's listeners keep it alive until then.
         let f = Rc::downgrade(&follower);
-        let on_timeout = Closure::once_into_js(move || SseFollower::finish_weak(&f));
-        let global: WorkerGlobalScope = js_sys::global().unchecked_into();
-        let ms = i32::try_from(deadline_ms - now_ms()).unwrap_or(i32::MAX);
-        let timeout_id = global
-            .set_timeout_with_callback_and_timeout_and_arguments_0(on_timeout.unchecked_ref(), ms)
-            .ok();
+        let on_tick = Closure::<dyn FnMut()>::new(move || {
+            if let Some(f) = f.upgrade() {
+                SseFollower::tick(&f);
+            }
+        })
+        .into_js_value();
         let f = Rc::downgrade(&follower);
         let mut this = follower.borrow_mut();
-        this.timeout_id = timeout_id;
+        this.on_tick = Some(on_tick);
+        this.arm();
         if let Some(body) = &this.body {
             body.on_gone(move || SseFollower::finish_weak(&f));
         }
@@ -636,6 +648,7 @@ impl SseFollower {
                 }
             };
             if let Some(chunk) = chunk {
+                this.quiet = false;
                 if !this.body.as_ref().is_some_and(|body| body.send(&chunk)) {
                     this.state.done = true;
                 }
@@ -645,6 +658,38 @@ impl SseFollower {
         if done {
             SseFollower::finish(follower);
         }
+    }
+
+    /// Sets the timer for the next tick: the next heartbeat, or the deadline if sooner.
+    fn arm(&mut self) {
+        let Some(on_tick) = &self.on_tick else {
+            return;
+        };
+        let left = (self.source.deadline_ms - now_ms()).max(0) as u64;
+        let ms = i32::try_from(left.min(self.source.heartbeat_ms)).unwrap_or(i32::MAX);
+        let global: WorkerGlobalScope = js_sys::global().unchecked_into();
+        self.timeout_id = global
+            .set_timeout_with_callback_and_timeout_and_arguments_0(on_tick.unchecked_ref(), ms)
+            .ok();
+    }
+
+    /// Ends the response at its deadline; before it, sends a comment line if nothing was
+    /// written since the last tick. A reader that hung up is noticed only when a write reaches
+    /// its connection (the runtime then cancels the request, which closes the internal socket
+    /// and lets the object forget the reader), and a proxy may cut a quiet connection.
+    fn tick(follower: &SharedFollower) {
+        let Ok(mut this) = follower.try_borrow_mut() else {
+            return;
+        };
+        this.timeout_id = None;
+        if now_ms() >= this.source.deadline_ms
+            || (this.quiet && !this.body.as_ref().is_some_and(|body| body.send(b":\n\n")))
+        {
+            drop(this);
+            return SseFollower::finish(follower);
+        }
+        this.quiet = true;
+        this.arm();
     }
 
     /// Leaves the live socket and hands the response back to [`catch_up`], from the offset of
@@ -686,6 +731,7 @@ impl SseFollower {
             let global: WorkerGlobalScope = js_sys::global().unchecked_into();
             global.clear_timeout_with_handle(id);
         }
+        this.on_tick = None;
     }
 }
 
