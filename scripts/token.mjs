@@ -11,10 +11,12 @@ const OPERATIONS = ['read', 'append', 'create', 'delete', 'admin'];
 
 /**
  * Returns a token granting `ops` on `prefix` (a stream path such as `rooms/lobby`, `rooms/` for
- * everything under rooms, or `` for every path) until `expiresAt` (Unix seconds).
+ * everything under rooms, or `` for every path) until `expiresAt` (Unix seconds). The prefix
+ * has no default: a token for every stream is asked for by name.
  */
-export function mintToken({ secret, prefix = '', ops, expiresAt }) {
+export function mintToken({ secret, prefix, ops, expiresAt }) {
   if (!secret) throw new Error('a secret is required');
+  if (typeof prefix !== 'string') throw new Error("a prefix is required (every stream is --prefix '')");
   if (!Array.isArray(ops) || ops.length === 0) throw new Error('ops must list at least one operation');
   for (const op of ops) {
     if (!OPERATIONS.includes(op)) throw new Error(`unknown operation ${op} (use ${OPERATIONS.join(', ')})`);
@@ -27,7 +29,7 @@ export function mintToken({ secret, prefix = '', ops, expiresAt }) {
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {
   const args = process.argv.slice(2);
-  const usage = 'usage: npm run token -- [--secret S] [--prefix P] [--ops read,append,create,delete,admin] [--ttl SECONDS]';
+  const usage = 'usage: npm run token -- --prefix P [--secret S] [--ops read,append,create,delete,admin] [--ttl SECONDS]';
   if (args.includes('--help') || args.includes('-h')) {
     console.log(usage);
     process.exit(0);
@@ -55,7 +57,7 @@ if (import.meta.url === pathToFileURL(process.argv[1]).href) {
     if (!Number.isInteger(ttl) || ttl <= 0) throw new Error('--ttl must be a positive number of seconds');
     const token = mintToken({
       secret: opt('secret', process.env.AUTH_SECRET),
-      prefix: opt('prefix', ''),
+      prefix: opt('prefix', undefined),
       ops: opt('ops', 'read').split(',').map((s) => s.trim()).filter(Boolean),
       expiresAt: Math.floor(Date.now() / 1000) + ttl,
     });

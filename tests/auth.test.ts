@@ -291,8 +291,9 @@ describe('npm run token', () => {
     spawnSync(process.execPath, ['scripts/token.mjs', ...args], { encoding: 'utf8', env: { ...process.env, AUTH_SECRET: secret } });
   const claims = (t: string) => JSON.parse(Buffer.from(t.trim().split('.')[0], 'base64url').toString());
 
-  test('refuses a flag without its value, rather than minting a token for every stream', () => {
-    for (const args of [['--ops', 'read', '--prefix'], ['--prefix', '--ops', 'read'], ['--ttl'], ['--bogus', 'x']]) {
+  test('refuses a flag without its value, or no --prefix, rather than minting a token for every stream', () => {
+    // No --prefix at all would be a token for every stream that nobody asked for.
+    for (const args of [['--ops', 'read', '--prefix'], ['--prefix', '--ops', 'read'], ['--ttl'], ['--bogus', 'x'], ['--ops', 'admin']]) {
       const run = cli(...args);
       expect(run.status, args.join(' ')).toBe(2);
       expect(run.stdout).toBe('');
