@@ -96,6 +96,28 @@ describe('JSON forks start on a message boundary', () => {
     expect(await pathIsFree(src)).toBe(true);
   });
 
+  it('counts a sub-offset within the one append at the fork offset, and says so when it goes past it', async () => {
+    const text = { 'content-type': 'text/plain' };
+    const src = unique('sub-bytes');
+    expect((await put(src, text, 'aaa')).status).toBe(201);
+    expect((await call('POST', src, text, 'bbb')).status).toBe(204);
+    // Bytes of a non-JSON stream: 3 is the whole first append; 4 would run into the next one.
+    const whole = unique('sub-bytes-3');
+    expect((await fork(whole, src, { 'stream-fork-offset': off(0), 'stream-fork-sub-offset': '3' })).status).toBe(201);
+    expect((await readAll(whole)).text).toBe('aaa');
+    for (const [at, sub] of [[0, '4'], [6, '1']] as const) {
+      const past = await fork(unique('sub-bytes-past'), src, { 'stream-fork-offset': off(at), 'stream-fork-sub-offset': sub });
+      expect(past.status, `${at}+${sub}`).toBe(400);
+      expect(past.text).toMatch(/Stream-Fork-Sub-Offset is past the end of the append/);
+    }
+    // Messages of a JSON stream: the append `[{"a":1},{"b":22}]` holds two.
+    const jsonSrc = unique('sub-json');
+    expect((await put(jsonSrc, json, '[{"a":1},{"b":22}]')).status).toBe(201);
+    const past = await fork(unique('sub-json-past'), jsonSrc, { 'stream-fork-offset': off(0), 'stream-fork-sub-offset': '3' });
+    expect(past.status).toBe(400);
+    expect(past.text).toMatch(/Stream-Fork-Sub-Offset is past the end of the append/);
+  });
+
   it('refuses a fork offset inside a message the source inherited from its own source', async () => {
     const root = unique('json-root');
     expect((await put(root, json, '[{"a":1},{"b":22}]')).status).toBe(201);

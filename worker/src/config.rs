@@ -25,7 +25,8 @@ pub struct Config {
     /// How fast one `live=ws` socket may send append frames (`WS_APPEND_BURST` at once, then
     /// `WS_APPEND_RATE` a second): see [`crate::wsproto::AppendRate`].
     pub ws_append_rate: crate::wsproto::AppendRate,
-    /// How many bytes of request bodies (appends, and creates with a body) an isolate holds
+    /// How many bytes of request bodies (appends, creates with a body, and WebSocket append
+    /// frames waiting in a stream object's line) an isolate holds
     /// at once; a request that would take it past them is answered 503 with `Retry-After`
     /// (one body alone always goes through). At twice `max_append_bytes`, as by default, the
     /// largest body fits beside others; below that it goes through only alone. See
@@ -42,8 +43,8 @@ pub struct Config {
     /// How long one webhook delivery (the request and its reply) may take before it counts as
     /// failed and is retried with backoff.
     pub webhook_timeout_ms: u64,
-    /// How many streams below a new channel the registry links per call: each is a call
-    /// between objects, which Cloudflare counts against a per-request limit, so a larger
+    /// How many existing streams the registry links per call for a new channel or subscription:
+    /// each is a call between objects, which Cloudflare counts against a per-request limit, so a larger
     /// tree is linked over several calls.
     pub links_per_call: u64,
     /// How long an idempotent producer's state is kept after its last append: past it, the

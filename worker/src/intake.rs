@@ -7,7 +7,7 @@
 //! therefore takes a share of one isolate-wide budget ([`Held`]) as its bytes arrive, and a
 //! request that would take the isolate past it is answered 503 with `Retry-After` before more
 //! of its body is held. Nothing was stored, so the client's retry is safe. WebSocket append
-//! frames are not counted: each is one message the runtime has already received whole.
+//! frames waiting in a stream object's line take a share too (`object/inbox.rs`).
 
 use std::cell::Cell;
 

@@ -36,8 +36,8 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
     /// The stream's object restarted or cannot be reached: reconnect from the last offset.
     pub const RESTART: u16 = 1012;
-    /// The client sent more append frames than may wait for their turn: resend what was not
-    /// answered, more slowly.
+    /// The client sent append frames faster than its [`AppendRate`], or more than may wait for
+    /// their turn: resend what was not answered, more slowly.
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The token the socket was opened with has expired (`exp`): nothing more is sent on it. A
     /// private code (RFC 6455 leaves 4000-4999 to applications), after HTTP's 401, so a client

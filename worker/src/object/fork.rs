@@ -332,8 +332,11 @@ pub async fn acquire(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Respo
     let point = if ask.sub_offset == 0 {
         anchor
     } else {
+        // Counted within the one append at the anchor: messages of a JSON stream, else bytes.
+        const PAST_THE_APPEND: &str =
+            "Stream-Fork-Sub-Offset is past the end of the append at Stream-Fork-Offset";
         let Some(page) = append_from(obj, &meta, anchor, meta.tail, hops).await? else {
-            return http::error(&ProtocolError::ForkOffsetOutOfRange);
+            return http::text(400, PAST_THE_APPEND);
         };
         let within = if meta.is_json() {
             usize::try_from(ask.sub_offset - 1)
@@ -345,7 +348,7 @@ pub async fn acquire(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Respo
         };
         match within.and_then(|w| anchor.checked_add(w)) {
             Some(point) => point,
-            None => return http::error(&ProtocolError::ForkOffsetOutOfRange),
+            None => return http::text(400, PAST_THE_APPEND),
         }
     };
     // Reading may have awaited; take the reference on the current state.

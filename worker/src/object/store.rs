@@ -1,8 +1,9 @@
 //! The stream's SQLite schema and every row it reads or writes.
 //!
 //! One Durable Object holds one stream: a single `stream` row of metadata, the `log` of data rows
-//! keyed by their start position, and one `producers` row per idempotent producer (until its
-//! state expires, `PRODUCER_TTL_MS` after its last append). Every call
+//! keyed by their start position, and one `producers` row per idempotent producer (once its
+//! state has expired, `PRODUCER_TTL_MS` after its last append unless it holds the writer lease,
+//! a new producer's append deletes it, up to 16 at a time). Every call
 //! here is synchronous, so a sequence of calls with no `await` between them commits atomically.
 
 use std::cell::RefCell;

@@ -4,9 +4,10 @@
 //! may hand them to the object in any order (each body is read with awaits in between). Answered
 //! at once, an append that came before its predecessor would get 409 (a sequence gap), and its
 //! client would send it again once the predecessor landed: on this machine about half of a
-//! browser producer's POSTs were such 409s. So an append whose sequence number is ahead of its
-//! producer's waits, up to [`GAP_WAIT_MS`], until the producer's state moves, and is then
-//! decided as usual: a gap that is still there is still 409.
+//! browser producer's POSTs were such 409s. So an append ahead of its producer's state (a
+//! sequence gap, or a new epoch's append before that epoch's seq 0) waits, up to
+//! [`GAP_WAIT_MS`], until the producer's state moves, and is then decided as usual: still
+//! ahead, it is still 409 (or 400 for the new epoch).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
