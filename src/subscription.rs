@@ -106,13 +106,21 @@ pub fn is_valid_path(path: &str) -> bool {
 }
 
 /// A pattern: segments separated by `/`; `*` alone matches one segment, `**` zero or more,
-/// and `*` inside a segment matches any run of characters within it.
+/// and `*` inside a segment matches any run of characters within it. What no stream path
+/// could match (see [`is_valid_path`]) is refused rather than kept as a subscription that
+/// never fires: a literal first segment `__ds`, `.` or `..` segments, backslashes, controls.
 pub fn is_valid_pattern(pattern: &str) -> bool {
     !pattern.is_empty()
         && pattern.len() <= 1024
-        && pattern
-            .split('/')
-            .all(|s| !s.is_empty() && (s == "**" || !s.contains("**")))
+        && pattern.split('/').next() != Some("__ds")
+        && !pattern.contains('\\')
+        && pattern.split('/').all(|s| {
+            !s.is_empty()
+                && (s == "**" || !s.contains("**"))
+                && s != "."
+                && s != ".."
+                && !s.chars().any(char::is_control)
+        })
 }
 
 /// Whether `path` matches `pattern` (see [`is_valid_pattern`]). Dynamic programming over
@@ -296,6 +304,16 @@ mod tests {
         assert!(!is_valid_pattern(""));
         assert!(!is_valid_pattern("events//a"));
         assert!(!is_valid_pattern("events/a**"));
+        // Patterns no stream path can match.
+        for never in [
+            "__ds/**", "__ds", "../*", "a/./b", "a/..", "a\\b", "a/\u{7}",
+        ] {
+            assert!(!is_valid_pattern(never), "{never}");
+        }
+        // Only the exact reserved segment is reserved.
+        assert!(is_valid_pattern("__dsq/*"));
+        assert!(is_valid_pattern("__ds*/x"));
+        assert!(is_valid_pattern("*/__ds"));
         assert!(is_valid_path("events/a"));
         assert!(!is_valid_path("__ds/subscriptions/x"));
         assert!(!is_valid_path("__ds"));

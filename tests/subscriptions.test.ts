@@ -543,6 +543,55 @@ describe('configuration', () => {
     expect(await res.text()).toContain('lease_ttl_ms must be a whole number of milliseconds');
   });
 
+  test('a pattern no stream path can match, or a removal naming no valid path, is 400 rather than a silent no-op', async () => {
+    for (const pattern of ['__ds/**', '../*', 'a/./b']) {
+      const res = await put(`__ds/subscriptions/never-${uid()}`, { type: 'pull-wake', pattern, wake_stream: 'w' });
+      expect(res.status, pattern).toBe(400);
+    }
+    const id = `remove-${uid()}`;
+    try {
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `rm-${id}/*`, wake_stream: `wake-${id}` })).status).toBe(201);
+      for (const encoded of ['', 'a%2F..%2Fb', '__ds%2Fx']) {
+        const res = await fetch(sub(id, `/streams/${encoded}`), { method: 'DELETE' });
+        expect(res.status, encoded).toBe(400);
+      }
+      expect((await fetch(sub(id, `/streams/${encodeURIComponent(`rm-${id}/a`)}`), { method: 'DELETE' })).status).toBe(204);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+
+  test('an ack without a token is 401 whatever wake it names, so a caller without one learns nothing', async () => {
+    const p = `tokenless-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const id = `pull-${p}`;
+    try {
+      expect((await put(wake, '[]')).status).toBe(201);
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake, lease_ttl_ms: 5_000 })).status).toBe(201);
+      expect((await put(`${p}/a`, '{"x":1}')).status).toBe(201);
+      let claimed: any;
+      for (const deadline = Date.now() + 5_000; !claimed && Date.now() < deadline; await new Promise((r) => setTimeout(r, 100))) {
+        const claim = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' });
+        if (claim.status === 200) claimed = await claim.json();
+        else await claim.body?.cancel();
+      }
+      expect(claimed).toBeDefined();
+      for (const [wakeId, generation] of [[claimed.wake_id, claimed.generation], ['w_guess', claimed.generation], [claimed.wake_id, claimed.generation + 7]]) {
+        const res = await post(`__ds/subscriptions/${id}/ack`, { wake_id: wakeId, generation, acks: [] });
+        expect(res.status, `${wakeId} ${generation}`).toBe(401);
+      }
+      // With its token, a stale generation is fenced, as the protocol says.
+      const stale = await post(
+        `__ds/subscriptions/${id}/ack`,
+        { wake_id: claimed.wake_id, generation: claimed.generation + 7, acks: [] },
+        { authorization: `Bearer ${claimed.token}` },
+      );
+      expect(stale.status).toBe(409);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+
   test('of two PUTs racing to create one id with different configurations, one gets 409', async () => {
     for (let round = 0; round < 5; round++) {
       const id = `race-${uid()}`;

@@ -1066,8 +1066,10 @@ impl SubscriptionObject {
 
     async fn remove_stream(&self, path: Option<&str>) -> std::result::Result<Response, Failure> {
         let record = self.live()?;
-        let Some(path) = path else {
-            return Err(SubscriptionError::InvalidRequest("stream path required").into());
+        let Some(path) = path.filter(|p| rules::is_valid_path(p)) else {
+            return Err(
+                SubscriptionError::InvalidRequest("a valid stream path is required").into(),
+            );
         };
         if let Some(link) = self.link(path)? {
             // The pattern decides whether the link stays, not a flag saved when the stream was
@@ -1419,12 +1421,16 @@ impl SubscriptionObject {
         wake_id: Option<&str>,
         generation: Option<u64>,
     ) -> std::result::Result<(), Failure> {
+        // No token at all is refused first, so a caller without one learns nothing of the wake.
+        // A token of a wake that has ended is not kept, so any other token is checked after
+        // the fence: its holder is told it was fenced, as the protocol says.
+        let given = bearer(req).ok_or(SubscriptionError::TokenInvalid)?;
         let current = record.wake_id.as_deref();
         if current.is_none() || wake_id != current || generation != Some(record.generation) {
             return Err(SubscriptionError::Fenced.into());
         }
-        match (bearer(req), &record.token) {
-            (Some(given), Some(expected)) if same_secret(&given, expected) => Ok(()),
+        match &record.token {
+            Some(expected) if same_secret(&given, expected) => Ok(()),
             _ => Err(SubscriptionError::TokenInvalid.into()),
         }
     }

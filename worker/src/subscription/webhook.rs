@@ -8,7 +8,10 @@ use worker::Url;
 
 /// Checks a webhook URL: `https://` to a public host, or, when `allow_localhost` is set (local
 /// development), `http(s)://localhost` and `http(s)://127.0.0.x`. Private, link-local,
-/// loopback and other local targets are refused.
+/// loopback and other local addresses are refused when the URL names them (an IP literal in
+/// any spelling, or `localhost`); a host name is not resolved here, so one whose DNS points at
+/// such an address (`127.0.0.1.nip.io`) is not caught here (on Cloudflare a Worker's `fetch`
+/// goes out over the public internet, not into the network it runs in).
 pub fn validate_url(raw: &str, allow_localhost: bool) -> Result<Url, SubscriptionError> {
     let reject = SubscriptionError::WebhookUrlRejected;
     let url = Url::parse(raw).map_err(|_| reject("webhook url is not a valid URL"))?;
