@@ -68,7 +68,7 @@ const SAFETY_MS: i64 = 2_000;
 /// How long to wait before retrying a call to another object (a channel's delivery, what is
 /// owed to the registry and subscriptions) after `failures` failures: 1 s for none, doubling,
 /// up to a minute.
-fn backoff_ms(failures: u32) -> i64 {
+pub(crate) fn backoff_ms(failures: u32) -> i64 {
     (1_000i64 << failures.min(6)).min(60_000)
 }
 /// A create whose registration failed: the stream is stored, and a retried PUT (or the alarm)

@@ -280,6 +280,9 @@ pub struct SubscriptionObject {
     changes: Turnstile,
     /// Injected faults, for tests (`FAULT_MARKER`).
     faults: crate::fault::Faults,
+    /// Alarms in a row that failed: the next is set further off each time, so an object whose
+    /// storage or peers keep failing does not wake every second for as long as that lasts.
+    alarm_failures: std::cell::Cell<u32>,
 }
 
 impl DurableObject for SubscriptionObject {
@@ -301,6 +304,7 @@ impl DurableObject for SubscriptionObject {
             key: RefCell::new(None),
             changes: Turnstile::default(),
             faults,
+            alarm_failures: std::cell::Cell::new(0),
         }
     }
 
@@ -318,10 +322,16 @@ impl DurableObject for SubscriptionObject {
     }
 
     async fn alarm(&self) -> Result<Response> {
-        if let Err(e) = self.on_alarm().await {
-            worker::console_error!("subscription alarm: {e}");
-            // Try again shortly; the state in storage says what is still owed.
-            self.set_alarm(now_ms() + 1_000).await?;
+        match self.on_alarm().await {
+            Ok(()) => self.alarm_failures.set(0),
+            Err(e) => {
+                worker::console_error!("subscription alarm: {e}");
+                // Try again, sooner the first times; the state in storage says what is owed.
+                let failures = self.alarm_failures.get();
+                self.alarm_failures.set(failures.saturating_add(1));
+                self.set_alarm(now_ms() + crate::object::backoff_ms(failures))
+                    .await?;
+            }
         }
         Response::ok("")
     }
