@@ -96,30 +96,25 @@ impl SubscriptionError {
 /// A stream path as subscriptions name it: root-relative, non-empty segments, not under the
 /// reserved first segment `__ds` (`__dsq/a` is a stream like any other).
 pub fn is_valid_path(path: &str) -> bool {
-    !path.is_empty()
-        && path.len() <= 1024
-        && path.split('/').next() != Some("__ds")
-        && !path.contains('\\')
-        && path
-            .split('/')
-            .all(|s| !s.is_empty() && s != "." && s != ".." && !s.chars().any(char::is_control))
+    has_path_shape(path, |_| true)
 }
 
 /// A pattern: segments separated by `/`; `*` alone matches one segment, `**` zero or more,
-/// and `*` inside a segment matches any run of characters within it. What no stream path
-/// could match (see [`is_valid_path`]) is refused rather than kept as a subscription that
-/// never fires: a literal first segment `__ds`, `.` or `..` segments, backslashes, controls.
+/// and `*` inside a segment matches any run of characters within it. It keeps to the rules of
+/// [`is_valid_path`] too, so one no stream path could match (a first segment `__ds`, a `..`
+/// segment) is refused rather than kept as a subscription that never fires.
 pub fn is_valid_pattern(pattern: &str) -> bool {
-    !pattern.is_empty()
-        && pattern.len() <= 1024
-        && pattern.split('/').next() != Some("__ds")
-        && !pattern.contains('\\')
-        && pattern.split('/').all(|s| {
-            !s.is_empty()
-                && (s == "**" || !s.contains("**"))
-                && s != "."
-                && s != ".."
-                && !s.chars().any(char::is_control)
+    has_path_shape(pattern, |s| s == "**" || !s.contains("**"))
+}
+
+/// The rules paths and patterns share, and `segment`'s for each segment besides.
+fn has_path_shape(text: &str, segment: impl Fn(&str) -> bool) -> bool {
+    !text.is_empty()
+        && text.len() <= 1024
+        && text.split('/').next() != Some("__ds")
+        && !text.contains('\\')
+        && text.split('/').all(|s| {
+            !s.is_empty() && s != "." && s != ".." && !s.chars().any(char::is_control) && segment(s)
         })
 }
 
