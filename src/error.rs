@@ -51,8 +51,11 @@ pub enum ProtocolError {
     ForkSourceGone,
     /// Fork source does not exist (404).
     ForkSourceNotFound,
-    /// Fork offset beyond the source's tail, or a sub-offset past the next boundary (400).
+    /// Fork offset beyond the source's tail (400).
     ForkOffsetOutOfRange,
+    /// `Stream-Fork-Sub-Offset` past the end of the one append at the fork offset, counted in
+    /// messages of a JSON stream and bytes of any other (400).
+    ForkSubOffsetPastAppend,
     /// The source is already [`crate::stream::MAX_FORK_DEPTH`] forks deep (400: forking it
     /// can never succeed, as a source's depth never changes).
     ForkTooDeep,
@@ -76,6 +79,7 @@ impl ProtocolError {
             | ProtocolError::EmptyBody
             | ProtocolError::MissingContentType
             | ProtocolError::ForkOffsetOutOfRange
+            | ProtocolError::ForkSubOffsetPastAppend
             | ProtocolError::ForkTooDeep => 400,
             ProtocolError::NotFound | ProtocolError::ForkSourceNotFound => 404,
             ProtocolError::MethodNotAllowed => 405,
@@ -121,6 +125,9 @@ impl ProtocolError {
             ProtocolError::ForkSourceGone => "fork source was deleted".into(),
             ProtocolError::ForkSourceNotFound => "fork source not found".into(),
             ProtocolError::ForkOffsetOutOfRange => "fork offset is beyond the source's data".into(),
+            ProtocolError::ForkSubOffsetPastAppend => {
+                "Stream-Fork-Sub-Offset is past the end of the append at Stream-Fork-Offset".into()
+            }
             ProtocolError::ForkTooDeep => alloc::format!(
                 "fork source is already {} forks deep, the most a chain of forks may be",
                 crate::stream::MAX_FORK_DEPTH
@@ -243,6 +250,7 @@ mod tests {
             ProtocolError::ForkSourceGone,
             ProtocolError::ForkSourceNotFound,
             ProtocolError::ForkOffsetOutOfRange,
+            ProtocolError::ForkSubOffsetPastAppend,
             ProtocolError::ForkTooDeep,
             ProtocolError::MethodNotAllowed,
             ProtocolError::StreamFull,

@@ -333,10 +333,8 @@ pub async fn acquire(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Respo
         anchor
     } else {
         // Counted within the one append at the anchor: messages of a JSON stream, else bytes.
-        const PAST_THE_APPEND: &str =
-            "Stream-Fork-Sub-Offset is past the end of the append at Stream-Fork-Offset";
         let Some(page) = append_from(obj, &meta, anchor, meta.tail, hops).await? else {
-            return http::text(400, PAST_THE_APPEND);
+            return http::error(&ProtocolError::ForkSubOffsetPastAppend);
         };
         let within = if meta.is_json() {
             usize::try_from(ask.sub_offset - 1)
@@ -348,7 +346,7 @@ pub async fn acquire(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Respo
         };
         match within.and_then(|w| anchor.checked_add(w)) {
             Some(point) => point,
-            None => return http::text(400, PAST_THE_APPEND),
+            None => return http::error(&ProtocolError::ForkSubOffsetPastAppend),
         }
     };
     // Reading may have awaited; take the reference on the current state.
