@@ -381,7 +381,12 @@ struct SseSource {
 impl SseSource {
     /// `waiting`'s output, or `None` if the response's deadline comes first.
     async fn in_time<T>(&self, waiting: impl std::future::Future<Output = T>) -> Option<T> {
-        http::within((self.deadline_ms - now_ms()).max(0) as u64, waiting).await
+        http::within(self.ms_left(), waiting).await
+    }
+
+    /// Milliseconds until the response's deadline, 0 once it has passed.
+    fn ms_left(&self) -> u64 {
+        (self.deadline_ms - now_ms()).max(0) as u64
     }
 }
 
@@ -665,8 +670,8 @@ impl SseFollower {
         let Some(on_tick) = &self.on_tick else {
             return;
         };
-        let left = (self.source.deadline_ms - now_ms()).max(0) as u64;
-        let ms = i32::try_from(left.min(self.source.heartbeat_ms)).unwrap_or(i32::MAX);
+        let next = self.source.ms_left().min(self.source.heartbeat_ms);
+        let ms = i32::try_from(next).unwrap_or(i32::MAX);
         let global: WorkerGlobalScope = js_sys::global().unchecked_into();
         self.timeout_id = global
             .set_timeout_with_callback_and_timeout_and_arguments_0(on_tick.unchecked_ref(), ms)
