@@ -26,6 +26,7 @@ pub mod object;
 pub mod path;
 pub mod pipe;
 pub mod reply;
+pub mod schema;
 pub mod security;
 pub mod socket;
 pub mod subscription;

@@ -249,6 +249,13 @@ CREATE TABLE IF NOT EXISTS pending (
 );
 ";
 
+/// Changes to tables of objects made by older versions, in the order they were made.
+const MIGRATIONS: &[crate::schema::Migration] = &[crate::schema::Migration {
+    // A closed source's `closed` event (2026-12-02).
+    check: "SELECT closed_sent FROM channel_links LIMIT 0",
+    apply: "ALTER TABLE channel_links ADD COLUMN closed_sent INTEGER NOT NULL DEFAULT 0",
+}];
+
 /// The stream's metadata row.
 #[derive(Clone, Debug)]
 pub struct Meta {
@@ -473,7 +480,7 @@ fn opt_text(s: Option<&str>) -> SqlStorageValue {
 impl Store {
     /// Opens the store, creating the schema on first use.
     pub fn open(sql: SqlStorage) -> Result<Store> {
-        sql.exec(SCHEMA, None)?;
+        crate::schema::open(&sql, SCHEMA, MIGRATIONS)?;
         Ok(Store {
             sql,
             subscribers: RefCell::new(None),

@@ -288,7 +288,7 @@ pub struct SubscriptionObject {
 impl DurableObject for SubscriptionObject {
     fn new(state: State, env: Env) -> Self {
         let sql = state.storage().sql();
-        let ready = match sql.exec(SCHEMA, None) {
+        let ready = match crate::schema::open(&sql, SCHEMA, &[]) {
             Ok(_) => true,
             Err(e) => {
                 worker::console_error!("subscription: cannot open storage: {e}");

@@ -163,7 +163,7 @@ fn col(row: &[SqlStorageValue], i: usize) -> String {
 impl DurableObject for RegistryObject {
     fn new(state: State, env: Env) -> Self {
         let sql = state.storage().sql();
-        let ready = match sql.exec(SCHEMA, None) {
+        let ready = match crate::schema::open(&sql, SCHEMA, &[]) {
             Ok(_) => true,
             Err(e) => {
                 worker::console_error!("registry: cannot open storage: {e}");

@@ -1,0 +1,37 @@
+// Upgrades: each tests/upgrade/<commit>/ holds the objects' storage as an older Worker left
+// it (made by scripts/upgrade-fixture.mjs). The current Worker, started on a copy, must read
+// every stream back as it was and go on from it: appends, producers, forks, closed streams
+// and channels (tests/upgrade/state.mjs).
+import { afterEach, describe, expect, test } from 'vitest';
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { startServer } from '../scripts/dev-server.mjs';
+import { verify } from './upgrade/state.mjs';
+
+const fixtures = path.join(import.meta.dirname, 'upgrade');
+const commits = readdirSync(fixtures).filter((d) => existsSync(path.join(fixtures, d, 'seen.json')));
+
+let stop: (() => Promise<void>) | undefined;
+afterEach(async () => {
+  await stop?.();
+  stop = undefined;
+});
+
+describe('state stored by an older Worker', () => {
+  test('there is a fixture', () => {
+    expect(commits.length).toBeGreaterThan(0);
+  });
+
+  test.each(commits)('from %s is served unchanged and goes on', async (commit) => {
+    const state = mkdtempSync(path.join(tmpdir(), 'edgestream-upgrade-'));
+    cpSync(path.join(fixtures, commit, 'do'), path.join(state, 'v3', 'do'), { recursive: true });
+    const server = await startServer({ persistTo: state });
+    stop = async () => {
+      await server.stop();
+      rmSync(state, { recursive: true, force: true });
+    };
+    const seen = JSON.parse(readFileSync(path.join(fixtures, commit, 'seen.json'), 'utf8'));
+    await verify(server.baseUrl, seen);
+  });
+});

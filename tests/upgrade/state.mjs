@@ -1,0 +1,142 @@
+// What an upgrade must keep: `populate` writes streams of every kind through an older Worker
+// (scripts/upgrade-fixture.mjs keeps what it stored under tests/upgrade/<commit>/), and
+// `verify` checks that the current Worker, started on that state, reads it back unchanged and
+// goes on from it. Both take the server's base URL; `populate` returns what it saw, which
+// `verify` compares with.
+
+const JSON_TYPE = { 'content-type': 'application/json' };
+const TEXT_TYPE = { 'content-type': 'text/plain' };
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function call(base, method, name, headers = {}, body, query = '') {
+  const res = await fetch(`${base}/v1/stream/${name}${query}`, { method, headers, body });
+  const text = method === 'HEAD' ? '' : await res.text();
+  return { status: res.status, headers: res.headers, text };
+}
+
+function expectStatus(res, want, what) {
+  if (res.status !== want) throw new Error(`${what}: ${res.status} (wanted ${want}) ${res.text}`);
+  return res;
+}
+
+/** The whole of a stream as a catch-up read sees it. */
+async function snapshot(base, name) {
+  const res = expectStatus(await call(base, 'GET', name, {}, undefined, '?offset=-1'), 200, `read ${name}`);
+  const head = expectStatus(await call(base, 'HEAD', name), 200, `HEAD ${name}`);
+  return {
+    body: res.text,
+    next: res.headers.get('stream-next-offset'),
+    etag: res.headers.get('etag'),
+    type: res.headers.get('content-type'),
+    closed: res.headers.get('stream-closed'),
+    ttl: head.headers.get('stream-ttl'),
+  };
+}
+
+/** A channel's envelopes but its `created` events, which older versions did not send. */
+const messages = (body) => JSON.parse(body).filter((e) => e.event !== 'created');
+
+/** Until `check` returns something truthy (a channel is fed after the append is answered). */
+async function eventually(what, check, ms = 10_000) {
+  const until = Date.now() + ms;
+  for (;;) {
+    const got = await check();
+    if (got) return got;
+    if (Date.now() > until) throw new Error(`${what}: not within ${ms} ms`);
+    await sleep(100);
+  }
+}
+
+const producer = (seq, epoch = 0) => ({
+  ...JSON_TYPE,
+  'producer-id': 'up-writer',
+  'producer-epoch': String(epoch),
+  'producer-seq': String(seq),
+});
+
+export const STREAMS = ['up/text', 'up/json', 'up/closed', 'up/fork', 'up/ttl', 'up/ch', 'up/ch/a'];
+
+export async function populate(base) {
+  const ok = async (want, what, ...args) => expectStatus(await call(base, ...args), want, what);
+  await ok(201, 'create text', 'PUT', 'up/text', TEXT_TYPE);
+  const first = await ok(204, 'append text', 'POST', 'up/text', TEXT_TYPE, 'hello ');
+  await ok(204, 'append text', 'POST', 'up/text', TEXT_TYPE, 'world');
+
+  await ok(201, 'create json', 'PUT', 'up/json', JSON_TYPE);
+  await ok(200, 'producer seq 0', 'POST', 'up/json', producer(0), '[{"n":1},{"n":2}]');
+  await ok(200, 'producer seq 1', 'POST', 'up/json', producer(1), '{"n":3}');
+
+  await ok(201, 'create closed', 'PUT', 'up/closed', TEXT_TYPE);
+  await ok(204, 'append closed', 'POST', 'up/closed', TEXT_TYPE, 'bye');
+  await ok(204, 'close', 'POST', 'up/closed', { ...TEXT_TYPE, 'stream-closed': 'true' });
+
+  const forkAt = first.headers.get('stream-next-offset');
+  await ok(201, 'fork', 'PUT', 'up/fork', {
+    ...TEXT_TYPE,
+    'stream-forked-from': '/v1/stream/up/text',
+    'stream-fork-offset': forkAt,
+  });
+  await ok(204, 'append fork', 'POST', 'up/fork', TEXT_TYPE, 'there');
+
+  await ok(201, 'create ttl', 'PUT', 'up/ttl', { ...TEXT_TYPE, 'stream-ttl': '31536000' }, 'kept');
+
+  await ok(201, 'create channel', 'PUT', 'up/ch', { 'stream-channel': 'true' });
+  await ok(201, 'create source', 'PUT', 'up/ch/a', TEXT_TYPE);
+  await ok(204, 'append source', 'POST', 'up/ch/a', TEXT_TYPE, 'x');
+  await eventually('the channel has the first message', async () => messages((await snapshot(base, 'up/ch')).body).length === 1);
+
+  const seen = {};
+  for (const name of STREAMS) seen[name] = await snapshot(base, name);
+  return { forkAt, seen };
+}
+
+/** Throws on the first difference from what `populate` saw, or from what should follow it. */
+export async function verify(base, { forkAt, seen }) {
+  const ok = async (want, what, ...args) => expectStatus(await call(base, ...args), want, what);
+  const equal = (got, want, what) => {
+    if (JSON.stringify(got) !== JSON.stringify(want)) {
+      throw new Error(`${what}: ${JSON.stringify(got)}, wanted ${JSON.stringify(want)}`);
+    }
+  };
+  for (const name of STREAMS) equal(await snapshot(base, name), seen[name], `${name} as stored`);
+
+  // Appends go on from the stored tail, and the fork still reads its source's prefix.
+  const more = await ok(204, 'append text', 'POST', 'up/text', TEXT_TYPE, '!');
+  equal((await snapshot(base, 'up/text')).body, 'hello world!', 'up/text after an append');
+  equal(await ok(200, 'read from the old tail', 'GET', 'up/text', {}, undefined, `?offset=${seen['up/text'].next}`).then((r) => r.text), '!', 'read from the old tail');
+  if (more.headers.get('stream-next-offset') <= seen['up/text'].next) throw new Error('the tail did not move on');
+  equal((await snapshot(base, 'up/fork')).body, 'hello there', 'up/fork after its source grew');
+  equal(await ok(200, 'fork read from its fork point', 'GET', 'up/fork', {}, undefined, `?offset=${forkAt}`).then((r) => r.text), 'there', 'fork from its fork point');
+
+  // The producer's stored state dedupes its last append and takes the next.
+  await ok(204, 'producer retry of seq 1', 'POST', 'up/json', producer(1), '{"n":3}');
+  await ok(409, 'producer gap', 'POST', 'up/json', producer(3), '{"n":5}');
+  await ok(200, 'producer seq 2', 'POST', 'up/json', producer(2), '{"n":4}');
+  equal(JSON.parse((await snapshot(base, 'up/json')).body), [{ n: 1 }, { n: 2 }, { n: 3 }, { n: 4 }], 'up/json after the producer');
+
+  // A closed stream stays closed.
+  const refused = await ok(409, 'append to the closed stream', 'POST', 'up/closed', TEXT_TYPE, 'more');
+  equal(refused.headers.get('stream-closed'), 'true', 'closed stream refusal');
+
+  // The channel goes on from its mark: one more message, then the source's closed event.
+  await ok(204, 'append source', 'POST', 'up/ch/a', TEXT_TYPE, 'y');
+  await ok(204, 'close source', 'POST', 'up/ch/a', { ...TEXT_TYPE, 'stream-closed': 'true' });
+  const events = await eventually('the channel has the new message and the closed event', async () => {
+    const got = messages((await snapshot(base, 'up/ch')).body);
+    return got.length >= 3 && got;
+  });
+  equal(
+    events.map((e) => [e.stream, e.data ?? e.text ?? null, e.event ?? null]),
+    [
+      ['up/ch/a', 'x', null],
+      ['up/ch/a', 'y', null],
+      ['up/ch/a', null, 'closed'],
+    ],
+    'channel events',
+  );
+
+  // And a stream can still be deleted and created again.
+  await ok(204, 'delete', 'DELETE', 'up/ttl');
+  await ok(404, 'deleted', 'HEAD', 'up/ttl');
+  await ok(201, 'created again', 'PUT', 'up/ttl', TEXT_TYPE);
+}
