@@ -446,3 +446,39 @@ describe('a source deleted while its channel is failing', () => {
     expect((await request('DELETE', fork)).status).toBe(204);
   });
 });
+
+describe('an append whose storage fails after its rows are written', () => {
+  // A stream whose path also contains `torn` fails its first append there, after the rows
+  // (three of them: 2.5 MiB) are written, the way a storage error would (worker/src/fault.rs).
+  const text = { 'content-type': 'text/plain' };
+  const body = 'abcdefghij'.repeat(262_144);
+
+  async function created(label: string) {
+    const path = `${MARKER}-torn-${unique(label)}`;
+    // Its registration fails once too: the retried PUT finishes it.
+    expect((await request('PUT', path, text)).status).toBe(503);
+    expect((await request('PUT', path, text)).status).toBe(200);
+    return path;
+  }
+
+  it('stores none of a plain append, so its retry is stored once', async () => {
+    const path = await created('plain');
+    const failed = await request('POST', path, text, body);
+    expect(failed.status).toBe(503);
+    const read = await request('GET', `${path}?offset=-1`);
+    expect(read.text.length, 'nothing of the refused append is readable').toBe(0);
+    expect(read.headers.get('stream-next-offset')).toBe('0000000000000000_0000000000000000');
+    expect((await request('POST', path, text, body)).status).toBe(204);
+    expect((await request('GET', `${path}?offset=-1`)).text).toBe(body);
+  });
+
+  it("stores none of a producer's append, so its retry is new (200), not a duplicate", async () => {
+    const path = await created('producer');
+    const producer = { ...text, 'producer-id': 'p', 'producer-epoch': '0', 'producer-seq': '0' };
+    expect((await request('POST', path, producer, body)).status).toBe(503);
+    expect((await request('GET', `${path}?offset=-1`)).text.length).toBe(0);
+    expect((await request('POST', path, producer, body)).status).toBe(200);
+    expect((await request('POST', path, producer, body)).status).toBe(204);
+    expect((await request('GET', `${path}?offset=-1`)).text).toBe(body);
+  });
+});

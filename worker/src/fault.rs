@@ -37,6 +37,9 @@ pub enum Call {
     SubscriptionRemoved,
     /// Failed: a deleted subscription telling the registry, the first time it is not late.
     SubscriptionUnlinked,
+    /// Failed: storing an append, after its rows are written, as a storage error fails it.
+    /// Only for a stream whose path also contains `torn`, so the other faults' tests append.
+    TornWrite,
 }
 
 /// What one object has failed so far in this isolate.
@@ -72,6 +75,9 @@ impl Faults {
         if !self.marker.as_deref().is_some_and(|m| path.contains(m)) {
             return false;
         };
+        if call == Call::TornWrite && !path.contains("torn") {
+            return false;
+        }
         let mut tripped = self.tripped.borrow_mut();
         if tripped.contains(&call) {
             return false;

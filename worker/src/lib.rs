@@ -30,6 +30,7 @@ pub mod schema;
 pub mod security;
 pub mod socket;
 pub mod subscription;
+pub mod transaction;
 pub mod turnstile;
 pub mod wsproto;
 

@@ -203,8 +203,10 @@ pub fn link(obj: &StreamObject, meta: &Meta, channels: &[ChannelRef]) -> Result<
             .iter()
             .any(|l| l.channel == c.path && l.instance == c.instance);
         if !meta.channel && !known && ch::covers(&c.path, meta.name()) {
-            store.link_channel(&c.path, &c.instance, meta.base)?;
-            store.announce(&c.path, &c.instance)?;
+            store.atomically(|| {
+                store.link_channel(&c.path, &c.instance, meta.base)?;
+                store.announce(&c.path, &c.instance)
+            })?;
         }
     }
     stored(obj, meta);
@@ -680,11 +682,16 @@ async fn append_envelopes(
     let Some(tail) = store::end_of(start, body.len()) else {
         return http::error(&ProtocolError::StreamFull);
     };
-    store.append(start, &body, true)?;
-    store.set_channel_mark(source, incarnation, mark, now)?;
-    meta.tail = tail;
-    obj.touch(&mut meta, now)?;
-    obj.remember(&meta);
+    // The rows and the mark together: rows kept under the old mark would be appended again
+    // when the source sends the batch again.
+    store.atomically(|| {
+        store.append(start, &body, true)?;
+        store.set_channel_mark(source, incarnation, mark, now)?;
+        meta.tail = tail;
+        obj.touch(&mut meta, now)?;
+        obj.remember(&meta);
+        Ok(())
+    })?;
     live::queue(&obj.hub, start, tail, meta.closed, body, true);
     live::flush(&obj.hub);
     subscribers::appended(obj, &meta).await?;

@@ -131,8 +131,10 @@ impl DurableObject for StreamObject {
             config.ws_backlog_bytes,
         );
         let alarm = alarm::Alarm::new(raw.clone().into());
+        let transactional = crate::transaction::Transactional::of(&raw);
         let state = State::from(raw);
-        let store = match Store::open(state.storage().sql()) {
+        let opened = transactional.and_then(|storage| Store::open(state.storage().sql(), storage));
+        let store = match opened {
             Ok(store) => Some(store),
             Err(e) => {
                 worker::console_error!("stream object: cannot open storage: {e}");
@@ -497,10 +499,13 @@ impl StreamObject {
     async fn soft_delete(&self, mut meta: Meta) -> Result<()> {
         meta.deleted = true;
         meta.expiry = Expiry::Never;
-        self.save(&meta)?;
-        // In the same turn: its channels are told it was deleted, now or from the alarm.
-        channel::owe_deleted(self, &meta)?;
-        self.alarm.set(now_ms() + SAFETY_MS);
+        self.store()?.atomically(|| {
+            self.save(&meta)?;
+            // In the same turn: its channels are told it was deleted, now or from the alarm.
+            channel::owe_deleted(self, &meta)?;
+            self.alarm.set(now_ms() + SAFETY_MS);
+            Ok(())
+        })?;
         live::gone(&self.hub, &ProtocolError::Gone);
         owed::run(self, false, 0).await?;
         Ok(())
@@ -508,15 +513,17 @@ impl StreamObject {
 
     /// Deletes every row and, for a fork, lets go of the source. `hops` is the request's depth.
     async fn remove(&self, meta: Meta, hops: u32) -> Result<()> {
-        // Its links and its reference are read before they are purged; a soft-deleted stream
-        // owed its `deleted` events already.
-        if !meta.deleted {
-            channel::owe_deleted(self, &meta)?;
-        }
-        fork::owe_removed(self, &meta)?;
-        self.store()?.purge()?;
-        // In the purge's turn: the registry is told even if this request dies.
-        subscribers::owe_deregistration(self, &meta)?;
+        self.store()?.atomically(|| {
+            // Its links and its reference are read before they are purged; a soft-deleted
+            // stream owed its `deleted` events already.
+            if !meta.deleted {
+                channel::owe_deleted(self, &meta)?;
+            }
+            fork::owe_removed(self, &meta)?;
+            self.store()?.purge()?;
+            // In the purge's turn: the registry is told even if this request dies.
+            subscribers::owe_deregistration(self, &meta)
+        })?;
         self.meta.replace(Some(None));
         channel::forget(self);
         live::gone(&self.hub, &ProtocolError::NotFound);
@@ -613,25 +620,28 @@ impl StreamObject {
             return Ok(refusal);
         }
         let store = self.store()?;
-        // Only a path with no stream is created, so no rows should be left. Any that are belong
-        // to no stream (forks read a source through its metadata), and must neither collide
-        // with the new rows nor be read as their data.
-        if store.has_log()? {
-            worker::console_warn!("stream {}: created over stale log rows", meta.path);
-            store.purge()?;
-        }
-        store.append(meta.base, &data, meta.is_json())?;
-        store.save_ancestry(ancestry)?;
-        if let Some(origin) = origin {
-            fork::hold(self, origin.id)?;
-            store.save_inherited_expiry(origin.inherited_expiry)?;
-            store.save_fork_depth(origin.depth)?;
-        }
-        meta.tail = tail;
-        self.save(&meta)?;
-        // In the same turn, with the alarm (which also keeps the expiry): should this request
-        // die before the registry answers, the alarm registers the stream.
-        subscribers::owe_registration(self, &meta)?;
+        // The stream with its data, its fork's records and what it owes: all or nothing.
+        store.atomically(|| {
+            // Only a path with no stream is created, so no rows should be left. Any that are
+            // belong to no stream (forks read a source through its metadata), and must neither
+            // collide with the new rows nor be read as their data.
+            if store.has_log()? {
+                worker::console_warn!("stream {}: created over stale log rows", meta.path);
+                store.purge()?;
+            }
+            store.append(meta.base, &data, meta.is_json())?;
+            store.save_ancestry(ancestry)?;
+            if let Some(origin) = origin {
+                fork::hold(self, origin.id)?;
+                store.save_inherited_expiry(origin.inherited_expiry)?;
+                store.save_fork_depth(origin.depth)?;
+            }
+            meta.tail = tail;
+            self.save(&meta)?;
+            // In the same turn, with the alarm (which also keeps the expiry): should this
+            // request die before the registry answers, the alarm registers the stream.
+            subscribers::owe_registration(self, &meta)
+        })?;
         if !subscribers::registered(self).await? {
             return http::unavailable(UNREGISTERED);
         }
@@ -756,6 +766,8 @@ impl StreamObject {
     /// Drops what memory holds of storage after a failure, so the next request reads it anew.
     fn forget_cached(&self) {
         self.meta.replace(None);
+        // An alarm set in writes that were rolled back is not set.
+        self.alarm.forget();
         if let Some(store) = &self.store {
             store.forget_cached();
         }
@@ -920,40 +932,49 @@ impl StreamObject {
         if let Some(refusal) = channel::oversized_copy(self, &meta, &data)? {
             return Ok(refusal);
         }
-        store.append(start, &data, meta.is_json())?;
-        if let (Some(p), Some(state)) = (&producer, producer_state) {
-            store.save_producer(p.id, state, now)?;
+        let seq_changed = request.stream_seq.is_some();
+        // The rows, the producer's state, the lease and the metadata are stored together or
+        // not at all: an append refused for a storage failure leaves nothing its retry would
+        // store again.
+        store.atomically(|| {
+            store.append(start, &data, meta.is_json())?;
+            if let (Some(p), Some(state)) = (&producer, producer_state) {
+                store.save_producer(p.id, state, now)?;
+                // A producer new to the stream (or whose state expired) clears out a few
+                // expired ones, so their rows stay bounded by those appended to within the TTL.
+                // A stream's closer is answered from its metadata row, so no state here is
+                // needed for that.
+                if stored.is_none() {
+                    store.expire_producers(kept_since, EXPIRE_PRODUCERS_PER_APPEND)?;
+                }
+            }
+            store.save_lease(&lease)?;
+            meta.tail = tail;
+            if let Some(seq) = request.stream_seq {
+                meta.last_stream_seq = Some(seq.to_owned());
+            }
+            if close {
+                meta.closed = true;
+                meta.closed_by = producer.as_ref().map(|p| ClosingProducer {
+                    id: p.id.to_string(),
+                    epoch: p.epoch,
+                    seq: p.seq,
+                });
+            }
+            // A sliding TTL is refreshed as reads refresh it: at most once per `TOUCH_EVERY_MS`.
+            self.touch(&mut meta, now)?;
+            if close || seq_changed {
+                self.save(&meta)?;
+            } else {
+                // Only the tail moved (and perhaps the access time, written by `touch`); the
+                // rows just written say where the tail is.
+                self.remember(&meta);
+            }
+            self.faults.check(&meta.path, crate::fault::Call::TornWrite)
+        })?;
+        if let (Some(p), Some(_)) = (&producer, producer_state) {
             // Its appends that came too early look again once this turn yields.
             self.producer_turns.advanced(p.id);
-            // A producer new to the stream (or whose state expired) clears out a few expired
-            // ones, so their rows stay bounded by those appended to within the TTL. A stream's
-            // closer is answered from its metadata row, so no state here is needed for that.
-            if stored.is_none() {
-                store.expire_producers(kept_since, EXPIRE_PRODUCERS_PER_APPEND)?;
-            }
-        }
-        store.save_lease(&lease)?;
-        meta.tail = tail;
-        let seq_changed = request.stream_seq.is_some();
-        if let Some(seq) = request.stream_seq {
-            meta.last_stream_seq = Some(seq.to_owned());
-        }
-        if close {
-            meta.closed = true;
-            meta.closed_by = producer.as_ref().map(|p| ClosingProducer {
-                id: p.id.to_string(),
-                epoch: p.epoch,
-                seq: p.seq,
-            });
-        }
-        // A sliding TTL is refreshed as reads refresh it: at most once per `TOUCH_EVERY_MS`.
-        self.touch(&mut meta, now)?;
-        if close || seq_changed {
-            self.save(&meta)?;
-        } else {
-            // Only the tail moved (and perhaps the access time, written by `touch`); the rows
-            // just written say where the tail is.
-            self.remember(&meta);
         }
         // A producer's data append is acknowledged with 200; a close-only request has no data.
         let status = if producer_state.is_some() && !data.is_empty() {

@@ -3,8 +3,9 @@
 //! One Durable Object holds one stream: a single `stream` row of metadata, the `log` of data rows
 //! keyed by their start position, and one `producers` row per idempotent producer (once its
 //! state has expired, `PRODUCER_TTL_MS` after its last append unless it holds the writer lease,
-//! a new producer's append deletes it, up to 16 at a time). Every call
-//! here is synchronous, so a sequence of calls with no `await` between them commits atomically.
+//! a new producer's append deletes it, up to 16 at a time). Every call here is synchronous;
+//! writes that belong together go through [`Store::atomically`], since a failed statement undoes
+//! only itself.
 
 use std::cell::RefCell;
 
@@ -407,6 +408,8 @@ impl ReadError {
 
 pub struct Store {
     sql: SqlStorage,
+    /// The same storage, for writes that must be stored together ([`Store::atomically`]).
+    storage: crate::transaction::Transactional,
     /// The subscribers table, read once rather than on every append; any change clears it.
     subscribers: RefCell<Option<Vec<String>>>,
     /// The writer lease, likewise read once (`Some(None)`: none is stored).
@@ -479,10 +482,11 @@ fn opt_text(s: Option<&str>) -> SqlStorageValue {
 
 impl Store {
     /// Opens the store, creating the schema on first use.
-    pub fn open(sql: SqlStorage) -> Result<Store> {
+    pub fn open(sql: SqlStorage, storage: crate::transaction::Transactional) -> Result<Store> {
         crate::schema::open(&sql, SCHEMA, MIGRATIONS)?;
         Ok(Store {
             sql,
+            storage,
             subscribers: RefCell::new(None),
             lease: RefCell::new(None),
             channel_links: RefCell::new(None),
@@ -647,6 +651,12 @@ impl Store {
             insert(&data[piece.range.clone()], flags)?;
         }
         Ok(())
+    }
+
+    /// Runs `f`, keeping its writes only if it succeeds. The caller forgets what it cached
+    /// from them when it fails, as after any storage error.
+    pub fn atomically<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.storage.atomically(f)
     }
 
     /// Reads the log from `from` towards `to`, stopping once `budget` bytes are gathered. JSON
