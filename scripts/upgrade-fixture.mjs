@@ -24,19 +24,25 @@ const given = args.indexOf('--worktree') >= 0 ? args[args.indexOf('--worktree') 
 
 const scratch = await mkdtemp(path.join(tmpdir(), 'edgestream-upgrade-'));
 const tree = given ?? path.join(scratch, 'tree');
-if (!given) {
-  await run('git', ['worktree', 'add', '--detach', tree, commit]);
-  await symlink(path.join(root, 'node_modules'), path.join(tree, 'node_modules'));
-  await run('node', ['scripts/build.mjs'], { cwd: tree });
-}
 const state = path.join(scratch, 'state');
-const { startServer } = await import(pathToFileURL(path.join(tree, 'scripts', 'dev-server.mjs')).href);
-const server = await startServer({ persistTo: state });
 let seen;
 try {
-  seen = await populate(`${server.baseUrl}`);
-} finally {
-  await server.stop();
+  if (!given) {
+    await run('git', ['worktree', 'add', '--detach', tree, commit]);
+    await symlink(path.join(root, 'node_modules'), path.join(tree, 'node_modules'));
+    await run('node', ['scripts/build.mjs'], { cwd: tree });
+  }
+  const { startServer } = await import(pathToFileURL(path.join(tree, 'scripts', 'dev-server.mjs')).href);
+  const server = await startServer({ persistTo: state });
+  try {
+    seen = await populate(server.baseUrl);
+  } finally {
+    await server.stop();
+  }
+} catch (e) {
+  if (!given) await run('git', ['worktree', 'remove', '--force', tree]).catch(() => {});
+  await rm(scratch, { recursive: true, force: true });
+  throw e;
 }
 
 const out = path.join(root, 'tests', 'upgrade', commit);

@@ -26,7 +26,8 @@ describe('state stored by an older Worker', () => {
   test.each(commits)('from %s is served unchanged and goes on', async (commit) => {
     const state = mkdtempSync(path.join(tmpdir(), 'edgestream-upgrade-'));
     cpSync(path.join(fixtures, commit, 'do'), path.join(state, 'v3', 'do'), { recursive: true });
-    const server = await startServer({ persistTo: state });
+    // The fixtures' producers must not lapse as they age (PRODUCER_TTL_MS is at most 10 years).
+    const server = await startServer({ persistTo: state, vars: { PRODUCER_TTL_MS: String(315_360_000_000) } });
     stop = async () => {
       await server.stop();
       rmSync(state, { recursive: true, force: true });

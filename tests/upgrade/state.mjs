@@ -47,12 +47,12 @@ async function eventually(what, check, ms = 10_000) {
   }
 }
 
-const producer = (seq, epoch = 0) => ({
-  ...JSON_TYPE,
-  'producer-id': 'up-writer',
+const producerOf = (id, seq, epoch = 0) => ({
+  'producer-id': id,
   'producer-epoch': String(epoch),
   'producer-seq': String(seq),
 });
+const producer = (seq) => ({ ...JSON_TYPE, ...producerOf('up-writer', seq) });
 
 export const STREAMS = ['up/text', 'up/json', 'up/closed', 'up/fork', 'up/ttl', 'up/ch', 'up/ch/a'];
 
@@ -78,27 +78,45 @@ export async function populate(base) {
   });
   await ok(204, 'append fork', 'POST', 'up/fork', TEXT_TYPE, 'there');
 
-  await ok(201, 'create ttl', 'PUT', 'up/ttl', { ...TEXT_TYPE, 'stream-ttl': '31536000' }, 'kept');
+  await ok(201, 'create ttl', 'PUT', 'up/ttl', { ...TEXT_TYPE, 'stream-ttl': '315360000' }, 'kept');
 
   await ok(201, 'create channel', 'PUT', 'up/ch', { 'stream-channel': 'true' });
   await ok(201, 'create source', 'PUT', 'up/ch/a', TEXT_TYPE);
   await ok(204, 'append source', 'POST', 'up/ch/a', TEXT_TYPE, 'x');
   await eventually('the channel has the first message', async () => messages((await snapshot(base, 'up/ch')).body).length === 1);
 
+  // Versions since 2026-12-02 have writer leases: one taken for a day (older ones ignore it).
+  await ok(201, 'create lease', 'PUT', 'up/lease', TEXT_TYPE);
+  const take = { ...TEXT_TYPE, ...producerOf('holder', 0), 'stream-lease-ttl': '86400' };
+  const took = await ok(200, 'take the lease', 'POST', 'up/lease', take, 'mine');
+  const leased = took.headers.get('stream-lease-expires-at');
+
+  // A pull-wake subscription over upsub/*, claimed and acknowledged up to its stream's tail.
+  await ok(201, 'create wake stream', 'PUT', 'upwake/w', JSON_TYPE);
+  await ok(201, 'create subscription', 'PUT', '__ds/subscriptions/up-sub', JSON_TYPE, JSON.stringify({ type: 'pull-wake', pattern: 'upsub/*', wake_stream: 'upwake/w', lease_ttl_ms: 60_000 }));
+  await ok(201, 'create subscribed', 'PUT', 'upsub/a', TEXT_TYPE, 'first');
+  const claim = await ok(200, 'claim', 'POST', '__ds/subscriptions/up-sub/claim', JSON_TYPE, JSON.stringify({ worker: 'w' }));
+  const claimed = JSON.parse(claim.text);
+  const acked = claimed.streams.find((s) => s.path === 'upsub/a')?.tail_offset;
+  if (!acked) throw new Error(`claim does not cover upsub/a: ${claim.text}`);
+  const token = { ...JSON_TYPE, authorization: `Bearer ${claimed.token}` };
+  const acks = { wake_id: claimed.wake_id, generation: claimed.generation, acks: [{ stream: 'upsub/a', offset: acked }], done: true };
+  await ok(200, 'ack', 'POST', '__ds/subscriptions/up-sub/ack', token, JSON.stringify(acks));
+
   const seen = {};
-  for (const name of STREAMS) seen[name] = await snapshot(base, name);
-  return { forkAt, seen };
+  for (const name of [...STREAMS, 'up/lease', 'upsub/a']) seen[name] = await snapshot(base, name);
+  return { forkAt, seen, leased, acked };
 }
 
 /** Throws on the first difference from what `populate` saw, or from what should follow it. */
-export async function verify(base, { forkAt, seen }) {
+export async function verify(base, { forkAt, seen, leased, acked }) {
   const ok = async (want, what, ...args) => expectStatus(await call(base, ...args), want, what);
   const equal = (got, want, what) => {
     if (JSON.stringify(got) !== JSON.stringify(want)) {
       throw new Error(`${what}: ${JSON.stringify(got)}, wanted ${JSON.stringify(want)}`);
     }
   };
-  for (const name of STREAMS) equal(await snapshot(base, name), seen[name], `${name} as stored`);
+  for (const name of Object.keys(seen)) equal(await snapshot(base, name), seen[name], `${name} as stored`);
 
   // Appends go on from the stored tail, and the fork still reads its source's prefix.
   const more = await ok(204, 'append text', 'POST', 'up/text', TEXT_TYPE, '!');
@@ -134,6 +152,25 @@ export async function verify(base, { forkAt, seen }) {
     ],
     'channel events',
   );
+
+  // The lease (at most a day) is held until its stored expiry, however old the fixture.
+  if (leased) {
+    const held = Date.parse(leased) > Date.now() + 5_000;
+    const head = await ok(200, 'HEAD of the leased stream', 'HEAD', 'up/lease');
+    equal(head.headers.get('stream-lease-expires-at'), held ? leased : null, 'the stored lease');
+    await ok(200, 'append by the holder', 'POST', 'up/lease', { ...TEXT_TYPE, ...producerOf('holder', 1) }, ', still');
+    const other = await ok(held ? 423 : 204, 'append by another writer', 'POST', 'up/lease', TEXT_TYPE, ' theirs');
+    equal((await snapshot(base, 'up/lease')).body, held ? 'mine, still' : 'mine, still theirs', 'up/lease after its holder appended');
+    if (held && other.headers.get('stream-lease-expires-at') !== leased) throw new Error('423 without the stored expiry');
+  }
+
+  // The subscription still covers upsub/*, with its acknowledged cursor: new data is pending.
+  if (acked) {
+    await ok(204, 'append subscribed', 'POST', 'upsub/a', TEXT_TYPE, ', second');
+    const claim = await ok(200, 'claim after the upgrade', 'POST', '__ds/subscriptions/up-sub/claim', JSON_TYPE, JSON.stringify({ worker: 'w' }));
+    const sub = JSON.parse(claim.text).streams.find((s) => s.path === 'upsub/a');
+    equal([sub?.acked_offset, sub?.has_pending], [acked, true], 'the subscription\'s cursor for upsub/a');
+  }
 
   // And a stream can still be deleted and created again.
   await ok(204, 'delete', 'DELETE', 'up/ttl');
