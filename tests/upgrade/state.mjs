@@ -54,6 +54,8 @@ const producerOf = (id, seq, epoch = 0) => ({
 });
 const producer = (seq) => ({ ...JSON_TYPE, ...producerOf('up-writer', seq) });
 
+const LONG_TYPE = `text/plain; charset=utf-8; x=${'a'.repeat(300)}`;
+
 export const STREAMS = ['up/text', 'up/json', 'up/closed', 'up/fork', 'up/ttl', 'up/ch', 'up/ch/a'];
 
 export async function populate(base) {
@@ -103,13 +105,18 @@ export async function populate(base) {
   const acks = { wake_id: claimed.wake_id, generation: claimed.generation, acks: [{ stream: 'upsub/a', offset: acked }], done: true };
   await ok(200, 'ack', 'POST', '__ds/subscriptions/up-sub/ack', token, JSON.stringify(acks));
 
+  // Versions before 2026-12-03 took a Content-Type of any length; later ones cap it at 256 bytes.
+  const made = await call(base, 'PUT', 'up/long', { 'content-type': LONG_TYPE }, 'long');
+  const long = made.status === 201;
+  if (!long) expectStatus(made, 400, 'create with a long type');
+
   const seen = {};
-  for (const name of [...STREAMS, 'up/lease', 'upsub/a']) seen[name] = await snapshot(base, name);
-  return { forkAt, seen, leased, acked };
+  for (const name of [...STREAMS, 'up/lease', 'upsub/a', ...(long ? ['up/long'] : [])]) seen[name] = await snapshot(base, name);
+  return { forkAt, seen, leased, acked, long };
 }
 
 /** Throws on the first difference from what `populate` saw, or from what should follow it. */
-export async function verify(base, { forkAt, seen, leased, acked }) {
+export async function verify(base, { forkAt, seen, leased, acked, long }) {
   const ok = async (want, what, ...args) => expectStatus(await call(base, ...args), want, what);
   const equal = (got, want, what) => {
     if (JSON.stringify(got) !== JSON.stringify(want)) {
@@ -170,6 +177,17 @@ export async function verify(base, { forkAt, seen, leased, acked }) {
     const claim = await ok(200, 'claim after the upgrade', 'POST', '__ds/subscriptions/up-sub/claim', JSON_TYPE, JSON.stringify({ worker: 'w' }));
     const sub = JSON.parse(claim.text).streams.find((s) => s.path === 'upsub/a');
     equal([sub?.acked_offset, sub?.has_pending], [acked, true], 'the subscription\'s cursor for upsub/a');
+  }
+
+  // A stream made with a type longer than today's cap keeps it: a PUT naming it confirms the
+  // stream, appends and forks take it, and only a new stream is refused it.
+  if (long) {
+    await ok(200, 'PUT again with the long type', 'PUT', 'up/long', { 'content-type': LONG_TYPE });
+    await ok(204, 'append with the long type', 'POST', 'up/long', { 'content-type': LONG_TYPE }, '!');
+    const fork = { 'stream-forked-from': '/v1/stream/up/long' };
+    await ok(201, 'fork naming the long type', 'PUT', 'up/long-fork', { ...fork, 'content-type': LONG_TYPE });
+    equal((await snapshot(base, 'up/long-fork')).type, LONG_TYPE, 'the fork takes the long type');
+    await ok(400, 'a new stream with the long type', 'PUT', 'up/long-new', { 'content-type': LONG_TYPE });
   }
 
   // And a stream can still be deleted and created again.

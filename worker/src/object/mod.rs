@@ -577,6 +577,16 @@ impl StreamObject {
                 .create_fork(name, &request, fork.clone(), body, now)
                 .await;
         }
+        // Checked only here, for a type a new stream would take as its own: a stream created
+        // before the cap is confirmed by a PUT that names its type, and a fork may name its
+        // source's.
+        if request
+            .content_type
+            .as_ref()
+            .is_some_and(|ct| ct.as_str().len() > h::MAX_CONTENT_TYPE_LEN)
+        {
+            return http::error(&ProtocolError::Header(h::HeaderError::ContentTypeTooLong));
+        }
         let content_type = request
             .content_type
             .clone()
@@ -1475,8 +1485,9 @@ fn new_instance() -> String {
 
 /// The request headers of a PUT, parsed.
 fn parse_create(headers: &Headers) -> std::result::Result<CreateRequest, ProtocolError> {
+    // Its length is checked once it is known that a stream is to be made with it.
     let content_type = match header(headers, h::CONTENT_TYPE).filter(|v| !v.trim().is_empty()) {
-        Some(v) => Some(ContentType::parse(&v)?),
+        Some(v) => Some(ContentType::parse_stored(&v)?),
         None => None,
     };
     let expiry = Expiry::from_headers(
