@@ -813,6 +813,44 @@ describe('WebSocket append', () => {
   });
 });
 
+describe('WebSocket producer frames ahead of their producer', () => {
+  // One socket's frames come in order, so a frame ahead of its producer is answered at once, as
+  // POST would answer it without the wait it gives requests that may overtake each other. The
+  // edge relays its frames to the object as POSTs; those waited up to 500 ms, holding the
+  // frames behind them.
+  it.each([
+    ['the stream\'s object', false],
+    ['the edge (a fork\'s inherited range)', true],
+  ])('are refused with 409 without waiting when %s holds the socket', async (_, fork) => {
+    const name = await writable('gap', 'text/plain', 'src;', fork);
+    const client = await Client.open(name, `offset=${fork ? '-1' : 'now'}&live=ws`);
+    await follow(client, (c) => c.upToDate === true);
+    const producer = { producerId: 'gap', producerEpoch: 0 };
+    const reply = async () => {
+      for (;;) {
+        const message = await client.next();
+        if (message.kind === 'text' && ['ack', 'error'].includes(message.json.type)) return message.json;
+      }
+    };
+    client.send({ type: 'append', id: 0, data: 'a;', ...producer, producerSeq: 0 });
+    expect(await reply()).toMatchObject({ type: 'ack', id: 0, status: 200 });
+    client.send({ type: 'append', id: 2, data: 'c;', ...producer, producerSeq: 2 });
+    // Its predecessor comes over HTTP 300 ms later: a frame that waited for it would be
+    // applied after it.
+    const late = new Promise((r) => setTimeout(r, 300)).then(() =>
+      fetch(`${base()}/${name}`, {
+        method: 'POST',
+        headers: { 'content-type': 'text/plain', 'producer-id': 'gap', 'producer-epoch': '0', 'producer-seq': '1' },
+        body: 'b;',
+      }),
+    );
+    expect(await reply()).toMatchObject({ type: 'error', id: 2, status: 409, producerExpectedSeq: 1, producerReceivedSeq: 2 });
+    expect((await late).status).toBe(200);
+    expect((await readAll(name)).toString()).toBe('src;a;b;');
+    client.ws.close();
+  });
+});
+
 describe('WebSocket bad frames', () => {
   async function refused(name: string, frame: string | Buffer) {
     const client = await Client.open(name, 'offset=now&live=ws');
@@ -912,6 +950,9 @@ describe('WebSocket append backpressure', () => {
     const replies = client.drain().flatMap((m) => (m.kind === 'text' && m.json.type !== 'control' ? [m.json] : []));
     const last = replies.pop();
     expect(last).toMatchObject({ type: 'error', status: 503, retryAfter: 1 });
+    // Refused for its rate, the frame was read: its reply names it, as every append's does.
+    if (/faster/.test(String(last?.message))) expect(last?.id).toBe(replies.length);
+    else expect(last?.id).toBeUndefined();
     // Every frame before the one past the limit was applied and answered, in order.
     expect(replies.length).toBeGreaterThan(0);
     expect(replies.length).toBeLessThan(frames);

@@ -15,6 +15,9 @@ pub const X_CONTENT_TYPE: &str = "x-edgestream-content-type";
 pub const X_INSTANCE: &str = "x-edgestream-instance";
 /// The position an internal read page ends at.
 pub const X_PAGE_END: &str = "x-edgestream-page-end";
+/// On the POST the edge makes of a socket's append frame: decided at once, as the frames of a
+/// socket the object holds are, since one socket's frames come in order.
+pub const X_SOCKET_FRAME: &str = "x-edgestream-socket-frame";
 
 /// Names the stream's incarnation on a reply (`Stream-Incarnation`), so a client that resumes
 /// from a stored offset can tell a stream deleted and created again from the one it read. The

@@ -475,6 +475,8 @@ pub struct BadFrame {
     /// 400, or 503 for a frame that came too fast (with `retryAfter`).
     status: u16,
     message: String,
+    /// The refused append's `id`, when it was read: its reply is the one every append gets.
+    id: Option<Box<RawValue>>,
 }
 
 impl BadFrame {
@@ -483,6 +485,7 @@ impl BadFrame {
             code: close::INVALID_DATA,
             reason: "invalid frame",
             status: 400,
+            id: None,
             message: message.into(),
         }
     }
@@ -492,6 +495,7 @@ impl BadFrame {
             code: close::POLICY,
             reason: "frame breaks the protocol",
             status: 400,
+            id: None,
             message: message.into(),
         }
     }
@@ -502,6 +506,7 @@ impl BadFrame {
             code: close::TRY_AGAIN_LATER,
             reason: "appends too fast: resend those not answered, more slowly",
             status: 503,
+            id: None,
             message: "append frames arrive faster than this socket may send them; those not answered were not applied: resend them more slowly".into(),
         }
     }
@@ -512,17 +517,26 @@ impl BadFrame {
             code: close::TRY_AGAIN_LATER,
             reason: "too many appends waiting: resend those not answered",
             status: 503,
+            id: None,
             message: "too many append frames are waiting on this socket; those not answered were not applied: resend them".into(),
         }
     }
 }
 
 impl BadFrame {
+    /// The same refusal, as the reply to the append frame `id`.
+    pub fn of_append(self, id: Option<&RawValue>) -> BadFrame {
+        BadFrame {
+            id: id.map(ToOwned::to_owned),
+            ..self
+        }
+    }
+
     /// The error message sent before the socket closes.
     pub fn reply(&self) -> String {
         ErrorReply {
             retry_after: (self.status == 503).then_some(1),
-            ..ErrorReply::of(None, self.status, self.message.clone())
+            ..ErrorReply::of(self.id.as_deref(), self.status, self.message.clone())
         }
         .to_json()
     }
@@ -1321,6 +1335,18 @@ mod tests {
         );
         assert!(refused.reply().contains("\"status\":503"));
         assert!(refused.reply().contains("\"retryAfter\":1"));
+        assert!(!refused.reply().contains("\"id\""));
+        // As the reply to its append, it names the frame, as every append's reply does.
+        let id = serde_json::value::RawValue::from_string("\"a-17\"".into()).unwrap();
+        let answered = allowance
+            .take(rate, 10, 1_000)
+            .unwrap_err()
+            .of_append(Some(&id));
+        assert!(
+            answered.reply().contains("\"id\":\"a-17\""),
+            "{}",
+            answered.reply()
+        );
         // 200 ms accrue one frame; a second stays at most a burst whatever the wait.
         assert!(allowance.take(rate, 10, 1_100).is_err());
         assert!(allowance.take(rate, 10, 1_200).is_ok());

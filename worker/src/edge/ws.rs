@@ -649,7 +649,7 @@ impl Appender<'_> {
                 let taken =
                     allowance.take(self.session.config.ws_append_rate, body.len(), now_ms());
                 self.session.allowance.set(allowance);
-                taken?;
+                taken.map_err(|bad| bad.of_append(frame.id))?;
                 Ok(Some(self.append(&frame, body).await))
             }
             ClientMessage::Received(offset) => {
@@ -687,6 +687,7 @@ impl Appender<'_> {
         for (name, value) in instance.header() {
             headers.set(name, value)?;
         }
+        headers.set(crate::reply::X_SOCKET_FRAME, "1")?;
         let mut init = RequestInit::new();
         init.with_method(Method::Post).with_headers(headers);
         if !body.is_empty() {

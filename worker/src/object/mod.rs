@@ -266,8 +266,10 @@ impl DurableObject for StreamObject {
         };
         let rate = self.config.ws_append_rate;
         let parsed = parsed.and_then(|message| {
-            if let ClientMessage::Append(_, body) = &message {
-                self.inbox.take(state.id, rate, body.len(), now_ms())?;
+            if let ClientMessage::Append(frame, body) = &message {
+                self.inbox
+                    .take(state.id, rate, body.len(), now_ms())
+                    .map_err(|bad| bad.of_append(frame.id))?;
             }
             Ok(message)
         });
@@ -694,7 +696,10 @@ impl StreamObject {
         if self.is_channel()? {
             return channel::refuse_append();
         }
-        self.append_body(req.headers(), body, true).await
+        // A producer's POST that came before its predecessor may wait for it; a socket's frame,
+        // relayed by the edge, does not.
+        let may_wait = header(req.headers(), reply::X_SOCKET_FRAME).is_none();
+        self.append_body(req.headers(), body, may_wait).await
     }
 
     /// Producer `id`'s stored state, as its appends are decided at `now` under the stored
