@@ -674,3 +674,26 @@ describe('configuration', () => {
     }
   });
 });
+
+describe('a webhook subscription described', () => {
+  // The description names the key its webhooks are signed with. A subscription object that had
+  // not fetched the key since it started (after a restart, or an eviction) left it out.
+  test('names its signing key, also from an object started afresh', async () => {
+    const id = `signing-${Date.now()}`;
+    const hook = await receiver();
+    try {
+      const created = await put(`__ds/subscriptions/${id}`, { type: 'webhook', pattern: `${id}/*`, webhook: { url: hook.url } });
+      expect(created.status).toBe(201);
+      const signing = (await created.json()).webhook.signing;
+      const jwks = await (await fetch(url('__ds/jwks.json'))).json();
+      expect(signing).toEqual({ alg: 'ed25519', kid: jwks.keys[0].kid, jwks_url: url('__ds/jwks.json') });
+      await server.restart();
+      const described = await fetch(url(`__ds/subscriptions/${id}`));
+      expect(described.status).toBe(200);
+      expect((await described.json()).webhook.signing).toEqual(signing);
+    } finally {
+      await fetch(url(`__ds/subscriptions/${id}`), { method: 'DELETE' });
+      await hook.close();
+    }
+  }, 60_000);
+});

@@ -584,7 +584,7 @@ impl SubscriptionObject {
                 return self.stream_removed(&p.path);
             }
             "create" => self.create(&req, &body).await,
-            "get" => self.get(),
+            "get" => self.get().await,
             "delete" => self.delete().await,
             "add-streams" => self.add_streams(&body).await,
             "remove-stream" => {
@@ -623,19 +623,21 @@ impl SubscriptionObject {
         }
     }
 
-    fn describe(&self, record: &Record) -> Result<Value> {
+    /// The subscription as its GET, PUT and stream changes answer it. A webhook's signing key
+    /// is named whether or not this object has fetched it yet.
+    async fn describe(&self, record: &Record) -> Result<Value> {
         let streams: Vec<Value> = self.links()?.iter().map(Link::info).collect();
         let webhook = match &record.webhook_url {
             Some(url) => {
-                let mut w = j!({ "url": url });
-                if let Some(key) = self.key.borrow().as_ref() {
-                    w["signing"] = j!({
+                let key = self.signing_key().await?;
+                j!({
+                    "url": url,
+                    "signing": {
                         "alg": "ed25519",
                         "kid": key.kid,
                         "jwks_url": format!("{}{STREAM_PREFIX}__ds/jwks.json", record.origin),
-                    });
-                }
-                w
+                    },
+                })
             }
             None => Value::Null,
         };
@@ -757,7 +759,7 @@ impl SubscriptionObject {
             if existing.linking {
                 self.finish_links(existing).await?;
             }
-            return Ok(json(200, &self.describe(existing)?)?);
+            return Ok(json(200, &self.describe(existing).await?)?);
         }
         let record = Record {
             id: id.clone(),
@@ -812,7 +814,7 @@ impl SubscriptionObject {
         // partway through linking, the alarm finishes it.
         self.set_alarm(now_ms() + LINK_SAFETY_MS).await?;
         self.finish_links(&record).await?;
-        Ok(json(201, &self.describe(&record)?)?)
+        Ok(json(201, &self.describe(&record).await?)?)
     }
 
     /// Links a new subscription's streams: the registry records its pattern and explicit
@@ -943,9 +945,9 @@ impl SubscriptionObject {
         failed.map_or(Ok(()), Err)
     }
 
-    fn get(&self) -> std::result::Result<Response, Failure> {
+    async fn get(&self) -> std::result::Result<Response, Failure> {
         let record = self.live()?;
-        Ok(json(200, &self.describe(&record)?)?)
+        Ok(json(200, &self.describe(&record).await?)?)
     }
 
     /// Deletes the subscription. Deleting one that does not exist is done already (204, as the
