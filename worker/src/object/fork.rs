@@ -369,14 +369,18 @@ pub async fn acquire(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Respo
         return http::error(&ProtocolError::ForkSourceNotFound);
     }
     // Taken once per id: a request made again after its answer was lost takes nothing more.
-    let taken = match ask.fork.as_deref() {
-        Some(id) => obj.store()?.take_fork_ref(id)?,
-        None => true,
-    };
-    if taken {
-        current.forks += 1;
-        obj.save(&current)?;
-    }
+    // The reference and the count together, or a retry would find it taken and not counted.
+    obj.store()?.atomically(|| {
+        let taken = match ask.fork.as_deref() {
+            Some(id) => obj.store()?.take_fork_ref(id)?,
+            None => true,
+        };
+        if taken {
+            current.forks += 1;
+            obj.save(&current)?;
+        }
+        Ok(())
+    })?;
     let (expiry_kind, expiry_value) = current.expiry.to_parts();
     let itself = Ancestor {
         path: current.path.clone(),
@@ -545,23 +549,33 @@ pub async fn on_release(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Re
         return Response::ok("");
     };
     let store = obj.store()?;
-    let held = match release.fork.as_deref() {
-        Some(id) => store.drop_fork_ref(id)?,
-        // From a fork made before references had ids: one of those counted without one.
-        None => meta.forks > store.fork_refs()?,
-    };
+    // The reference and the count together, as they were taken.
+    let held = store.atomically(|| {
+        let held = match release.fork.as_deref() {
+            Some(id) => store.drop_fork_ref(id)?,
+            // From a fork made before references had ids: one of those counted without one.
+            None => meta.forks > store.fork_refs()?,
+        };
+        if held {
+            meta.forks = meta.forks.saturating_sub(1);
+            if !meta.deleted || meta.forks > 0 {
+                obj.save(&meta)?;
+            }
+        }
+        Ok(held)
+    })?;
     if !held {
         // Given back already.
         return Response::ok("");
     }
-    meta.forks = meta.forks.saturating_sub(1);
-    if !meta.deleted || meta.forks > 0 {
-        obj.save(&meta)?;
-    } else if hops < MAX_HOPS {
-        obj.remove(meta, hops).await?;
-    } else {
-        obj.save(&meta)?;
-        super::alarm::schedule(obj, now_ms()).await?;
+    // The last fork of a deleted source: it goes too.
+    if meta.deleted && meta.forks == 0 {
+        if hops < MAX_HOPS {
+            obj.remove(meta, hops).await?;
+        } else {
+            obj.save(&meta)?;
+            super::alarm::schedule(obj, now_ms()).await?;
+        }
     }
     Response::ok("")
 }

@@ -272,6 +272,8 @@ pub struct SubscriptionObject {
     state: State,
     env: Env,
     sql: SqlStorage,
+    /// The same storage, for writes that must be stored together.
+    storage: Option<crate::transaction::Transactional>,
     ready: bool,
     key: RefCell<Option<SigningKey>>,
     /// Changes that tell the registry (create, delete, adding and removing streams, and the
@@ -287,8 +289,15 @@ pub struct SubscriptionObject {
 
 impl DurableObject for SubscriptionObject {
     fn new(state: State, env: Env) -> Self {
+        let raw = state._inner();
+        let storage = crate::transaction::Transactional::of(&raw);
+        let state = State::from(raw);
         let sql = state.storage().sql();
-        let ready = match crate::schema::open(&sql, SCHEMA, &[]) {
+        let opened = storage
+            .as_ref()
+            .map_err(|e| worker::Error::RustError(e.to_string()))
+            .and_then(|_| crate::schema::open(&sql, SCHEMA, &[]));
+        let ready = match opened {
             Ok(_) => true,
             Err(e) => {
                 worker::console_error!("subscription: cannot open storage: {e}");
@@ -300,6 +309,7 @@ impl DurableObject for SubscriptionObject {
             state,
             env,
             sql,
+            storage: storage.ok(),
             ready,
             key: RefCell::new(None),
             changes: Turnstile::default(),
@@ -481,24 +491,28 @@ impl SubscriptionObject {
 
     /// Drops a link, and its place in the current wake.
     fn remove_link(&self, path: &str) -> Result<()> {
-        for q in [
-            "DELETE FROM links WHERE path = ?",
-            "DELETE FROM snapshot WHERE path = ?",
-        ] {
-            self.sql
-                .exec(q, vec![SqlStorageValue::String(path.to_string())])?;
-        }
-        Ok(())
+        self.atomically(|| {
+            for q in [
+                "DELETE FROM links WHERE path = ?",
+                "DELETE FROM snapshot WHERE path = ?",
+            ] {
+                self.sql
+                    .exec(q, vec![SqlStorageValue::String(path.to_string())])?;
+            }
+            Ok(())
+        })
     }
 
     /// The current wake covers every link at its present tail.
     fn take_snapshot(&self) -> Result<()> {
-        self.sql.exec("DELETE FROM snapshot", None)?;
-        self.sql.exec(
-            "INSERT INTO snapshot (path, tail) SELECT path, tail FROM links",
-            None,
-        )?;
-        Ok(())
+        self.atomically(|| {
+            self.sql.exec("DELETE FROM snapshot", None)?;
+            self.sql.exec(
+                "INSERT INTO snapshot (path, tail) SELECT path, tail FROM links",
+                None,
+            )?;
+            Ok(())
+        })
     }
 
     /// The links the current wake covers, each with the tail it was woken for.
@@ -613,6 +627,14 @@ impl SubscriptionObject {
                     "generation": generation,
                 }}),
             ),
+        }
+    }
+
+    /// Runs `f`, keeping its writes only if it succeeds.
+    fn atomically<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        match &self.storage {
+            Some(storage) => storage.atomically(f),
+            None => Err(worker::Error::RustError("storage unavailable".into())),
         }
     }
 
@@ -789,10 +811,6 @@ impl SubscriptionObject {
             canonical: String::new(),
             snapshot: Vec::new(),
         };
-        self.sql.exec("DELETE FROM links", None)?;
-        self.sql.exec("DELETE FROM snapshot", None)?;
-        self.save(&record)?;
-        self.save_canonical(&canonical)?;
         // Explicit streams are linked at once, so a stream that appends while the registry is
         // asked already counts as linked; those that exist are moved to their tail below.
         let glob = |path: &str| {
@@ -801,15 +819,22 @@ impl SubscriptionObject {
                 .as_deref()
                 .is_some_and(|p| rules::glob_matches(p, path))
         };
-        for path in &explicit {
-            self.save_link(&Link {
-                path: path.clone(),
-                glob: glob(path),
-                explicit: true,
-                acked: 0,
-                tail: 0,
-            })?;
-        }
+        self.atomically(|| {
+            self.sql.exec("DELETE FROM links", None)?;
+            self.sql.exec("DELETE FROM snapshot", None)?;
+            self.save(&record)?;
+            self.save_canonical(&canonical)?;
+            for path in &explicit {
+                self.save_link(&Link {
+                    path: path.clone(),
+                    glob: glob(path),
+                    explicit: true,
+                    acked: 0,
+                    tail: 0,
+                })?;
+            }
+            Ok(())
+        })?;
         // In the same turn as the record and its explicit links: should this request die
         // partway through linking, the alarm finishes it.
         self.set_alarm(now_ms() + LINK_SAFETY_MS).await?;
@@ -968,14 +993,17 @@ impl SubscriptionObject {
         record.unlinking = true;
         record.link_failures = 0;
         record.link_retry_at = None;
-        self.save(&record)?;
-        for q in [
-            "DELETE FROM links",
-            "DELETE FROM snapshot",
-            "DELETE FROM config",
-        ] {
-            self.sql.exec(q, None)?;
-        }
+        self.atomically(|| {
+            self.save(&record)?;
+            for q in [
+                "DELETE FROM links",
+                "DELETE FROM snapshot",
+                "DELETE FROM config",
+            ] {
+                self.sql.exec(q, None)?;
+            }
+            Ok(())
+        })?;
         let _ = self.state.storage().delete_alarm().await;
         self.unlink(record).await?;
         Ok(Response::empty()?.with_status(204))
