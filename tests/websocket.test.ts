@@ -96,6 +96,14 @@ class Client {
     return message.json;
   }
 
+  /** The next reply to an append frame (`ack` or `error`), skipping what is followed. */
+  async reply(timeoutMs?: number): Promise<Record<string, any>> {
+    for (;;) {
+      const message = await this.next(timeoutMs);
+      if (message.kind === 'text' && ['ack', 'error'].includes(message.json.type)) return message.json;
+    }
+  }
+
   /** Whatever is queued now, without waiting. */
   drain(): Message[] {
     return this.queue.splice(0);
@@ -167,6 +175,21 @@ async function writable(prefix: string, contentType: string, body: string, fork:
   });
   expect(res.status).toBe(201);
   return copy;
+}
+
+/** Who holds a socket that reads from -1: the stream's object, or the edge for a fork. */
+const HOLDERS: [string, boolean][] = [
+  ['the stream\'s object', false],
+  ['the edge (a fork\'s inherited range)', true],
+];
+
+/** A text stream holding `src;` (a fork of one when `fork`), followed to its tail by a socket
+ * that the edge holds for a fork and the object otherwise. */
+async function followedWritable(prefix: string, fork: boolean) {
+  const name = await writable(prefix, 'text/plain', 'src;', fork);
+  const client = await Client.open(name, `offset=${fork ? '-1' : 'now'}&live=ws`);
+  await follow(client, (c) => c.upToDate === true);
+  return { name, client };
 }
 
 async function readAll(name: string) {
@@ -714,12 +737,7 @@ describe('WebSocket append', () => {
     await client.expect('control');
     const reply = async (frame: object) => {
       client.send(frame);
-      for (;;) {
-        const message = await client.next();
-        if (message.kind === 'text' && (message.json.type === 'ack' || message.json.type === 'error')) {
-          return message.json;
-        }
-      }
+      return client.reply();
     };
     expect(await reply({ type: 'append', id: 1 })).toMatchObject({ type: 'error', id: 1, status: 400 });
     expect(await reply({ type: 'append', id: 2, data: 'x', producerId: 'p' })).toMatchObject({
@@ -775,12 +793,7 @@ describe('WebSocket append', () => {
       second.send({ type: 'append', id: seq, data: `[${seq}]`, ...producer, producerSeq: seq });
     }
     const acks: Record<string, any>[] = [];
-    while (acks.length < 7) {
-      const message = await second.next();
-      if (message.kind === 'text' && (message.json.type === 'ack' || message.json.type === 'error')) {
-        acks.push(message.json);
-      }
-    }
+    while (acks.length < 7) acks.push(await second.reply());
     acks.forEach((ack, seq) => {
       expect(ack).toMatchObject({ type: 'ack', id: seq, producerEpoch: 0 });
       if (ack.status === 200) {
@@ -800,12 +813,7 @@ describe('WebSocket append', () => {
     second.send({ type: 'append', id: 'new', data: '+', producerId: 'writer-1', producerEpoch: 1, producerSeq: 0 });
     second.send({ type: 'append', id: 'stale', data: 'x', producerId: 'writer-1', producerEpoch: 0, producerSeq: 8 });
     const replies: Record<string, any>[] = [];
-    while (replies.length < 3) {
-      const message = await second.next();
-      if (message.kind === 'text' && (message.json.type === 'ack' || message.json.type === 'error')) {
-        replies.push(message.json);
-      }
-    }
+    while (replies.length < 3) replies.push(await second.reply());
     expect(replies[0]).toMatchObject({ type: 'ack', id: 'old', status: 200 });
     expect(replies[1]).toMatchObject({ type: 'ack', id: 'new', status: 200, producerEpoch: 1 });
     expect(replies[2]).toMatchObject({ type: 'error', id: 'stale', status: 403, producerEpoch: 1 });
@@ -818,22 +826,11 @@ describe('WebSocket producer frames ahead of their producer', () => {
   // POST would answer it without the wait it gives requests that may overtake each other. The
   // edge relays its frames to the object as POSTs; those waited up to 500 ms, holding the
   // frames behind them.
-  it.each([
-    ['the stream\'s object', false],
-    ['the edge (a fork\'s inherited range)', true],
-  ])('are refused with 409 without waiting when %s holds the socket', async (_, fork) => {
-    const name = await writable('gap', 'text/plain', 'src;', fork);
-    const client = await Client.open(name, `offset=${fork ? '-1' : 'now'}&live=ws`);
-    await follow(client, (c) => c.upToDate === true);
+  it.each(HOLDERS)('are refused with 409 without waiting when %s holds the socket', async (_, fork) => {
+    const { name, client } = await followedWritable('gap', fork);
     const producer = { producerId: 'gap', producerEpoch: 0 };
-    const reply = async () => {
-      for (;;) {
-        const message = await client.next();
-        if (message.kind === 'text' && ['ack', 'error'].includes(message.json.type)) return message.json;
-      }
-    };
     client.send({ type: 'append', id: 0, data: 'a;', ...producer, producerSeq: 0 });
-    expect(await reply()).toMatchObject({ type: 'ack', id: 0, status: 200 });
+    expect(await client.reply()).toMatchObject({ type: 'ack', id: 0, status: 200 });
     client.send({ type: 'append', id: 2, data: 'c;', ...producer, producerSeq: 2 });
     // Its predecessor comes over HTTP 300 ms later: a frame that waited for it would be
     // applied after it.
@@ -844,7 +841,7 @@ describe('WebSocket producer frames ahead of their producer', () => {
         body: 'b;',
       }),
     );
-    expect(await reply()).toMatchObject({ type: 'error', id: 2, status: 409, producerExpectedSeq: 1, producerReceivedSeq: 2 });
+    expect(await client.reply()).toMatchObject({ type: 'error', id: 2, status: 409, producerExpectedSeq: 1, producerReceivedSeq: 2 });
     expect((await late).status).toBe(200);
     expect((await readAll(name)).toString()).toBe('src;a;b;');
     client.ws.close();
@@ -930,13 +927,8 @@ describe('WebSocket append backpressure', () => {
   // A client may pipeline its appends, but only so many may wait for their turn (1,000 frames
   // or 8 MiB): past that the socket is closed with 1013 once everything before is answered,
   // and nothing it sent after is applied. Meanwhile the stream serves everyone else.
-  it.each([
-    ['the stream\'s object', false],
-    ['the edge (a fork\'s inherited range)', true],
-  ])('closes a socket that floods appends with 1013 when %s holds it, applying exactly what it answered', async (_, fork) => {
-    const name = await writable('flood', 'text/plain', 'src;', fork);
-    const client = await Client.open(name, `offset=${fork ? '-1' : 'now'}&live=ws`);
-    await follow(client, (c) => c.upToDate === true);
+  it.each(HOLDERS)('closes a socket that floods appends with 1013 when %s holds it, applying exactly what it answered', async (_, fork) => {
+    const { name, client } = await followedWritable('flood', fork);
     const frames = 4000;
     for (let i = 0; i < frames; i++) client.send({ type: 'append', id: i, data: `${i};` });
     // Other requests are answered while the line drains.
@@ -967,10 +959,7 @@ describe('WebSocket append backpressure', () => {
   // The byte limit is for frames waiting behind another: a frame alone in line is bounded only
   // by MAX_APPEND_BYTES (16 MiB here) and the platform's message limit. Held to 8 MiB, a larger
   // frame was refused 503 "too many waiting" however often it was resent.
-  it.each([
-    ['the stream\'s object', false],
-    ['the edge (a fork\'s inherited range)', true],
-  ])('takes a frame over 8 MiB alone in line, and refuses one over MAX_APPEND_BYTES with 413, when %s holds the socket', async (_, fork) => {
+  it.each(HOLDERS)('takes a frame over 8 MiB alone in line, and refuses one over MAX_APPEND_BYTES with 413, when %s holds the socket', async (_, fork) => {
     const name = await writable('big-frame', 'application/octet-stream', 'src;', fork);
     const open = async () => {
       const client = await Client.open(name, `offset=${fork ? '-1' : 'now'}&live=ws`);
@@ -982,10 +971,7 @@ describe('WebSocket append backpressure', () => {
       const length = Buffer.alloc(4);
       length.writeUInt32BE(header.length);
       client.send(Buffer.concat([length, header, Buffer.alloc(bytes, 0x71)]));
-      for (;;) {
-        const message = await client.next(30_000);
-        if (message.kind === 'text' && ['ack', 'error'].includes(message.json.type)) return message.json;
-      }
+      return client.reply(30_000);
     };
     const MiB = 1024 * 1024;
     // This client follows without receipts, so once its own 9 MiB reach it, it is past
@@ -1204,10 +1190,7 @@ describe('WebSocket appends past MAX_APPEND_BYTES', () => {
 
   async function replyTo(client: Client, frame: object) {
     client.send(frame);
-    for (;;) {
-      const message = await client.next();
-      if (message.kind === 'text' && (message.json.type === 'ack' || message.json.type === 'error')) return message.json;
-    }
+    return client.reply();
   }
 
   it('refuses a frame too large, or too large for a channel above, with 413 as POST does, and stores none of it', async () => {
