@@ -482,3 +482,22 @@ describe('an append whose storage fails after its rows are written', () => {
     expect((await request('GET', `${path}?offset=-1`)).text).toBe(body);
   });
 });
+
+describe('an append cut off before its subscriptions are told', () => {
+  // A stream whose path also contains `cut` stores its first append with subscribers, then
+  // fails the request before telling them, as if the isolate died (worker/src/fault.rs). The
+  // append owes the notification in its own turn, so the alarm tells them.
+  it('is notified by the alarm, though its retry is a duplicate that notifies nothing', async () => {
+    const prefix = unique(`${MARKER}-cut`);
+    const stream = `${prefix}/s`;
+    await createThroughFault(stream);
+    await withHook(prefix, async (hook, id) => {
+      expect((await subscribeOnce(id, `${prefix}/*`, hook.url)).status).toBe(503);
+      expect((await subscribeOnce(id, `${prefix}/*`, hook.url)).status).toBe(200);
+      const producer = { ...json, 'producer-id': 'p', 'producer-epoch': '0', 'producer-seq': '0' };
+      expect((await request('POST', stream, producer, '{"n":1}')).status).toBe(503);
+      expect((await request('POST', stream, producer, '{"n":1}')).status, 'stored: its retry is a duplicate').toBe(204);
+      expect(await until(() => hook.named(stream), 15_000), 'the webhook never named the stream after its append').toBe(true);
+    });
+  }, 30_000);
+});

@@ -40,6 +40,9 @@ pub enum Call {
     /// Failed: storing an append, after its rows are written, as a storage error fails it.
     /// Only for a stream whose path also contains `torn`, so the other faults' tests append.
     TornWrite,
+    /// Cut off: an append stored, then its request failing before its subscriptions are told,
+    /// as if the isolate died. Only for a stream whose path also contains `cut`.
+    NotifyCut,
 }
 
 /// What one object has failed so far in this isolate.
@@ -75,7 +78,9 @@ impl Faults {
         if !self.marker.as_deref().is_some_and(|m| path.contains(m)) {
             return false;
         };
-        if call == Call::TornWrite && !path.contains("torn") {
+        if (call == Call::TornWrite && !path.contains("torn"))
+            || (call == Call::NotifyCut && !path.contains("cut"))
+        {
             return false;
         }
         let mut tripped = self.tripped.borrow_mut();

@@ -690,7 +690,7 @@ async fn append_envelopes(
         meta.tail = tail;
         obj.touch(&mut meta, now)?;
         obj.remember(&meta);
-        Ok(())
+        subscribers::owe_notification(obj, &meta)
     })?;
     live::queue(&obj.hub, start, tail, meta.closed, body, true);
     live::flush(&obj.hub);

@@ -985,6 +985,10 @@ impl StreamObject {
                 // rows just written say where the tail is.
                 self.remember(&meta);
             }
+            // A lease-only request changes nothing subscriptions see.
+            if !data.is_empty() || close {
+                subscribers::owe_notification(self, &meta)?;
+            }
             self.faults.check(&meta.path, crate::fault::Call::TornWrite)
         })?;
         if let (Some(p), Some(_)) = (&producer, producer_state) {

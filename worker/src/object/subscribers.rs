@@ -4,8 +4,9 @@
 //!
 //! Each of these is owed work (`owed.rs`). A create is answered 201 only once the registry has
 //! the stream (else 503, and the retried PUT finishes it), so a stream is never left unknown to
-//! the channels and patterns above it. Notifications are awaited before an append is
-//! acknowledged; one that fails is owed, not passed to the appender, whose data is stored.
+//! the channels and patterns above it. Notifications are owed in the append's own turn and
+//! awaited before it is acknowledged; one that fails stays owed, not passed to the appender,
+//! whose data is stored, and one a crash cut off is made by the alarm.
 
 use serde_json::{json, Value};
 use worker::Result;
@@ -94,13 +95,32 @@ pub async fn register(obj: &StreamObject) -> Result<bool> {
     Ok(true)
 }
 
+/// An append owes its subscriptions the new tail: called in the turn that stores it, with the
+/// alarm, so that a crash before they are told (the append stored, its answer lost) leaves it
+/// to the alarm. [`appended`] settles it once they have it.
+pub fn owe_notification(obj: &StreamObject, meta: &Meta) -> Result<()> {
+    let store = obj.store()?;
+    if store.subscribers()?.is_empty() {
+        return Ok(());
+    }
+    let due = now_ms() + super::SAFETY_MS;
+    store.owe(Task::Notify, due, "")?;
+    obj.alarm.arm(meta, due);
+    Ok(())
+}
+
 /// After an append: every linked subscription learns the new tail.
 pub async fn appended(obj: &StreamObject, meta: &Meta) -> Result<()> {
     let subs = obj.store()?.subscribers()?;
     if subs.is_empty() {
         return Ok(());
     }
-    notify_or_owe(obj, meta, &subs).await
+    obj.faults.check(&meta.path, Call::NotifyCut)?;
+    if notify(obj, meta, &subs).await? {
+        settle_if_current(obj, meta)?;
+        return Ok(());
+    }
+    owe_retry(obj).await
 }
 
 /// Notifies `subs`; should any fail, the notification is owed and the alarm retries it.
@@ -108,9 +128,26 @@ async fn notify_or_owe(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Resu
     if notify(obj, meta, subs).await? {
         return Ok(());
     }
+    owe_retry(obj).await
+}
+
+/// A notification failed: the alarm tries again after the first backoff.
+async fn owe_retry(obj: &StreamObject) -> Result<()> {
     let due = now_ms() + super::backoff_ms(0);
     obj.store()?.owe(Task::Notify, due, "")?;
     alarm::by(obj, due).await
+}
+
+/// The subscriptions have `meta`'s tail: nothing is owed them unless the stream has moved on
+/// since (an append meanwhile owes its own notification).
+fn settle_if_current(obj: &StreamObject, meta: &Meta) -> Result<()> {
+    if obj
+        .meta()?
+        .is_some_and(|m| m.instance == meta.instance && m.tail == meta.tail)
+    {
+        obj.store()?.settle(Task::Notify)?;
+    }
+    Ok(())
 }
 
 /// The owed notification: every linked subscription learns the tail as it is now.
@@ -124,13 +161,7 @@ pub async fn notify_owed(obj: &StreamObject) -> Result<bool> {
     if !notify(obj, &meta, &subs).await? {
         return Ok(false);
     }
-    // An append meanwhile whose own notification failed owes one again: it stays owed.
-    if obj
-        .meta()?
-        .is_some_and(|m| m.instance == meta.instance && m.tail == meta.tail)
-    {
-        obj.store()?.settle(Task::Notify)?;
-    }
+    settle_if_current(obj, &meta)?;
     Ok(true)
 }
 
