@@ -22,6 +22,10 @@ pub mod sse;
 
 use wasm_bindgen::prelude::*;
 
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 /// Runs when the module is instantiated: readable panic messages in debug builds only.
 #[wasm_bindgen(start)]
 pub fn start() {
