@@ -333,7 +333,9 @@ export declare class IdempotentProducer {
    */
   append(data: unknown): void;
   /**
-   * Sends what is queued and resolves when every batch is acknowledged; rejects once the producer
+   * Sends what is queued and resolves when every value appended before the call is acknowledged
+   * (values appended meanwhile are not waited for, so a busy producer still gets its
+   * confirmations); rejects once the producer
    * has failed, and (once) with INVALID_ARGUMENT when values appended before the stream's kind was
    * known did not fit it and were left out (the producer carries on).
    */

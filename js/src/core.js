@@ -773,12 +773,13 @@ export class IdempotentProducer {
   }
 
   /**
-   * Sends whatever is queued and waits until every batch is acknowledged. Rejects with the
+   * Sends whatever is queued and waits until every batch is acknowledged that holds a value
+   * appended before the call; values appended meanwhile are not waited for. Rejects with the
    * producer's error once it has failed: every caller, this time and every later time.
    */
   async flush() {
     this.#cut();
-    await this.#whenIdle();
+    await this.#whenSent();
     if (this.#error) throw this.#error;
     if (this.#refused.length > 0) {
       const refused = this.#refused.splice(0);
@@ -837,7 +838,7 @@ export class IdempotentProducer {
     const batch = { n: this.#batches++, close: true, items: data === undefined ? [] : [data] };
     this.#queue.push(batch);
     this.#pump();
-    await this.#whenIdle();
+    await this.#whenSent();
     clearInterval(this.#renewTimer);
     if (this.#error) throw this.#error;
     this.#state = 'closed';
@@ -880,13 +881,17 @@ export class IdempotentProducer {
     this.#renewTimer.unref?.();
   }
 
-  #idle() {
-    return this.#queue.length === 0 && this.#inflight.size === 0 && this.#fenced.length === 0 && this.#items.length === 0;
+  /** Whether every batch numbered below `mark` has settled: acknowledged, refused or failed. */
+  #sent(mark) {
+    const before = (b) => b.n < mark;
+    return !this.#queue.some(before) && !this.#fenced.some(before) && ![...this.#inflight].some(before);
   }
 
-  #whenIdle() {
-    if (this.#idle()) return Promise.resolve();
-    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  /** Settles once the batches queued so far have: later ones are not waited for. */
+  #whenSent() {
+    const mark = this.#batches;
+    if (this.#sent(mark)) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push({ mark, resolve }));
   }
 
   /** `{ contentType, json }` of the stream. Sends need the content type even when `json` is given. */
@@ -962,7 +967,7 @@ export class IdempotentProducer {
   }
 
   #wakeIfIdle() {
-    if (this.#idle()) for (const w of this.#idleWaiters.splice(0)) w();
+    this.#idleWaiters = this.#idleWaiters.filter((w) => !(this.#sent(w.mark) && (w.resolve(), true)));
   }
 
   /** Learns the stream's kind (a HEAD if the stream does not know it), then sends what is queued. */

@@ -184,6 +184,24 @@ test('lingerMs: appends after a batch left start the next one, with the next seq
   assert.equal(await readText(ds), 'abc');
 });
 
+test('flush() waits for the values appended before it, not for those appended after', async () => {
+  const ds = await newStream();
+  const p = new IdempotentProducer(ds, 'barrier', { lingerMs: 5 });
+  // The batch of what is appended after the flush is held on its way until released.
+  let release;
+  const held = new Promise((r) => (release = r));
+  intercept = (post, send) => (post.body === 'later' ? held.then(send) : undefined);
+  p.append('before');
+  const flushed = p.flush().then(() => 'flushed');
+  p.append('later');
+  const outcome = await Promise.race([flushed, sleep(3_000).then(() => 'still waiting')]);
+  assert.equal(outcome, 'flushed', 'a busy producer still confirms what came before');
+  assert.equal(await readText(ds), 'before');
+  release();
+  await p.flush();
+  assert.equal(await readText(ds), 'beforelater');
+});
+
 test('maxBatchItems cuts a batch at that many items', async () => {
   const ds = await newStream();
   const p = new IdempotentProducer(ds, 'items', { lingerMs: 10_000, maxBatchItems: 2 });
