@@ -41,6 +41,16 @@ export function es_sleep(ms, signal) {
     if (signal) signal.addEventListener('abort', done, { once: true });
   });
 }
+export function es_read_within(reader, ms) {
+  // A read that brings nothing for `ms` cancels the body: the connection died without closing.
+  let timer;
+  const idle = new Promise((_, reject) => { timer = setTimeout(() => { es_quiet(reader.cancel()); reject(new Error(`no data for ${ms} ms`)); }, ms); });
+  return Promise.race([reader.read(), idle]).finally(() => clearTimeout(timer));
+}
+export function es_abort_after(controller, ms) {
+  const timer = setTimeout(() => controller.abort(), ms);
+  return () => clearTimeout(timer);
+}
 const doc = () => (typeof document !== 'undefined' && document && typeof document.addEventListener === 'function' ? document : null);
 export function es_hidden() { const d = doc(); return !!d && d.visibilityState === 'hidden'; }
 export function es_when_visible(signal) {
@@ -95,6 +105,10 @@ extern "C" {
     pub fn es_text(value: &JsValue) -> String;
     /// Resolves after `ms`, or at once when `signal` aborts.
     pub fn es_sleep(ms: f64, signal: Option<&web_sys::AbortSignal>) -> Promise;
+    /// `reader.read()`, rejected (and the body cancelled) when nothing comes for `ms`.
+    pub fn es_read_within(reader: &web_sys::ReadableStreamDefaultReader, ms: f64) -> Promise;
+    /// Aborts `controller` after `ms`; returns the function that calls it off.
+    pub fn es_abort_after(controller: &web_sys::AbortController, ms: f64) -> Function;
     /// True in a page whose tab is hidden.
     pub fn es_hidden() -> bool;
     /// Resolves when the page is visible again (or `signal` aborts).

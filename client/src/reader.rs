@@ -72,6 +72,20 @@ const SHORT_SSE_LIMIT: u32 = 3;
 /// A long-poll answered with nothing sooner than this did not wait for data (a proxy, or a
 /// server that times out at once): the next one is paced by the retry backoff.
 const SHORT_POLL_MS: f64 = 100.0;
+/// An SSE connection that brings nothing this long (three of edgestream's 15 s heartbeats) has
+/// died without closing, as behind a proxy or a network that drops it silently: reconnect.
+const SSE_IDLE_MS: f64 = 45_000.0;
+/// A long-poll unanswered this long (servers answer within about 30 s) is sent again.
+const LONG_POLL_IDLE_MS: f64 = 65_000.0;
+
+/// Calls a JS function when dropped: a timer called off however its scope ends.
+struct CallOff(js_sys::Function);
+
+impl Drop for CallOff {
+    fn drop(&mut self) {
+        let _ = self.0.call0(&JsValue::UNDEFINED);
+    }
+}
 
 struct SseConn {
     reader: ReadableStreamDefaultReader,
@@ -619,6 +633,18 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
             return Ok(());
         }
     }
+    // Called off when this poll returns; should it fire first, the request is aborted and the
+    // next poll sends it again.
+    let _watchdog = (phase == Phase::LongPoll)
+        .then(|| {
+            inner
+                .borrow()
+                .controller
+                .as_ref()
+                .map(|c| js::es_abort_after(c, LONG_POLL_IDLE_MS))
+        })
+        .flatten()
+        .map(CallOff);
     let sent_at = js_sys::Date::now();
     let req = Request::get(&url, query, &dynamic);
     let mut attempt = 0u32;
@@ -747,7 +773,7 @@ async fn sse_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
     let Some(reader) = inner.borrow().sse.as_ref().map(|c| c.reader.clone()) else {
         return Ok(());
     };
-    let chunk = js::wait(reader.read()).await;
+    let chunk = js::wait(js::es_read_within(&reader, SSE_IDLE_MS)).await;
     if let Some((cause, retry_ms)) = on_sse_chunk(inner, chunk)? {
         back_off(inner, cause, retry_ms).await?;
     }
