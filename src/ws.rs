@@ -86,6 +86,13 @@ impl Receipt {
     }
 }
 
+/// A client's keepalive: the server answers it with [`PONG`] at once, without waking a stream's
+/// object that holds the socket, so a client can tell a quiet socket from a dead one (a page
+/// cannot send WebSocket pings).
+pub const PING: &str = r#"{"type":"ping"}"#;
+/// The answer to [`PING`].
+pub const PONG: &str = r#"{"type":"pong"}"#;
+
 /// `{"type":"received","offset":…}`: the client has read everything before `offset` (the
 /// `streamNextOffset` of the last control it handled).
 pub fn receipt_message(offset: &str) -> String {

@@ -848,6 +848,24 @@ describe('WebSocket producer frames ahead of their producer', () => {
   });
 });
 
+describe('WebSocket keepalive', () => {
+  // A page cannot send WebSocket pings, so a client that wants to tell a quiet socket from a
+  // dead one sends {"type":"ping"}; the runtime answers it on a socket the object holds without
+  // waking the object, and the edge on one it holds. Spaced differently, it is read and
+  // answered all the same.
+  it.each(HOLDERS)('answers a ping with a pong when %s holds the socket, which stays open', async (_, fork) => {
+    const { name, client } = await followedWritable('ping', fork);
+    client.send({ type: 'ping' });
+    expect(await client.expect('pong')).toEqual({ type: 'pong' });
+    client.ws.send('{ "type": "ping" }');
+    expect(await client.expect('pong')).toEqual({ type: 'pong' });
+    client.send({ type: 'append', id: 1, data: 'x;' });
+    expect(await client.reply()).toMatchObject({ type: 'ack', id: 1, status: 204 });
+    expect((await readAll(name)).toString()).toBe('src;x;');
+    client.ws.close();
+  });
+});
+
 describe('WebSocket bad frames', () => {
   async function refused(name: string, frame: string | Buffer) {
     const client = await Client.open(name, 'offset=now&live=ws');

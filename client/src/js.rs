@@ -82,15 +82,30 @@ export function es_ws_open(url, protocols) {
   const queue = [];
   let waiter = null;
   const push = (item) => { if (waiter) { const w = waiter; waiter = null; w(item); } else queue.push(item); };
-  socket.onopen = () => push({ kind: 'open' });
-  socket.onmessage = (e) => push(typeof e.data === 'string' ? { kind: 'text', data: e.data } : { kind: 'binary', data: new Uint8Array(e.data) });
+  // A socket quiet for 20 s is pinged (edgestream's server answers at once); one that stays
+  // silent 20 s more died without closing, and is given up.
+  let seen = Date.now();
+  let pinged = false;
+  const beat = setInterval(() => {
+    const idle = Date.now() - seen;
+    if (idle >= 40000) { end(); try { socket.close(4000); } catch {} push({ kind: 'close', code: 1006, reason: 'no answer to ping' }); }
+    else if (idle >= 20000 && !pinged) { pinged = true; try { socket.send('{"type":"ping"}'); } catch {} }
+  }, 5000);
+  const end = () => clearInterval(beat);
+  socket.onopen = () => { seen = Date.now(); push({ kind: 'open' }); };
+  socket.onmessage = (e) => {
+    seen = Date.now();
+    pinged = false;
+    if (e.data === '{"type":"pong"}') return;
+    push(typeof e.data === 'string' ? { kind: 'text', data: e.data } : { kind: 'binary', data: new Uint8Array(e.data) });
+  };
   socket.onerror = () => push({ kind: 'error' });
-  socket.onclose = (e) => push({ kind: 'close', code: e.code, reason: e.reason });
+  socket.onclose = (e) => { end(); push({ kind: 'close', code: e.code, reason: e.reason }); };
   return {
     get protocol() { return socket.protocol; },
     next() { return queue.length ? Promise.resolve(queue.shift()) : new Promise((r) => { waiter = r; }); },
     send(text) { try { socket.send(text); } catch {} },
-    close() { try { socket.close(1000); } catch {} push({ kind: 'close', code: 1000, reason: 'closed by client' }); },
+    close() { end(); try { socket.close(1000); } catch {} push({ kind: 'close', code: 1000, reason: 'closed by client' }); },
   };
 }
 "#)]

@@ -1,12 +1,37 @@
 // A connection that dies without closing (a proxy or a network that drops it silently) sends
 // nothing more and never ends. A live reader must notice and reconnect on its own: an SSE
 // connection that brings nothing for 45 s (edgestream's server writes a heartbeat every 15 s),
-// a long-poll unanswered for 65 s (servers answer within about 30 s). Slow by nature: about
-// 70 s, both readers at once.
+// a long-poll unanswered for 65 s (servers answer within about 30 s), a WebSocket that does not
+// answer the ping sent after 20 s quiet within 20 s more. Slow by nature: about 70 s, all three
+// readers at once.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import { createHash } from 'node:crypto';
+import { WebSocket } from 'undici';
 import { stream } from '../src/node.js';
+
+// Node 20 has no global WebSocket; an application there installs one the same way.
+globalThis.WebSocket ??= WebSocket;
+
+/** An unmasked server text frame. */
+const textFrame = (text) => {
+  const payload = Buffer.from(text);
+  return Buffer.concat([Buffer.from([0x81, payload.length]), payload]);
+};
+
+/** The text of the masked client frames in `bytes` (short text frames only). */
+function clientTexts(bytes) {
+  const out = [];
+  for (let i = 0; i + 6 <= bytes.length; ) {
+    const len = bytes[i + 1] & 0x7f;
+    const mask = bytes.subarray(i + 2, i + 6);
+    const payload = Buffer.from(bytes.subarray(i + 6, i + 6 + len)).map((b, j) => b ^ mask[j % 4]);
+    if ((bytes[i] & 0x0f) === 1) out.push(payload.toString());
+    i += 6 + len;
+  }
+  return out;
+}
 
 /**
  * A JSON stream that is `[]` at `o1` until `state.data` is set, and then `data` at `o2` to a new
@@ -28,11 +53,29 @@ function silentStream(state) {
     if (url.searchParams.get('live') === 'long-poll' && !ready) return;
     res.writeHead(200, { 'content-type': 'application/json', 'stream-next-offset': next, 'stream-up-to-date': 'true', 'stream-cursor': '1' });
     res.end(ready ? JSON.stringify(state.data) : '[]');
+  }).on('upgrade', (req, socket) => {
+    // A WebSocket that says where the stream stands and then nothing more, pings included.
+    state.sockets.add(socket);
+    const accept = createHash('sha1').update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+    const protocol = req.headers['sec-websocket-protocol']?.split(',')[0].trim();
+    socket.write(
+      'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+        `Sec-WebSocket-Accept: ${accept}\r\nSec-WebSocket-Protocol: ${protocol}\r\n\r\n`,
+    );
+    let received = Buffer.alloc(0);
+    socket.on('data', (chunk) => {
+      received = Buffer.concat([received, chunk]);
+      state.wsTexts.set(socket, clientTexts(received));
+    });
+    socket.on('error', () => {});
+    const ready = state.data !== undefined;
+    if (ready) socket.write(textFrame(JSON.stringify({ type: 'data', items: state.data })));
+    socket.write(textFrame(JSON.stringify({ type: 'control', streamNextOffset: ready ? 'o2' : 'o1', streamCursor: '1', upToDate: true })));
   });
 }
 
-test('SSE and long-poll readers reconnect from a connection that went silent, and get what came meanwhile', { timeout: 120_000 }, async () => {
-  const state = { requests: [] };
+test('SSE, long-poll and WebSocket readers reconnect from a connection that went silent, and get what came meanwhile', { timeout: 120_000 }, async () => {
+  const state = { requests: [], sockets: new Set(), wsTexts: new Map() };
   const server = silentStream(state);
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   const { port } = server.address();
@@ -51,18 +94,23 @@ test('SSE and long-poll readers reconnect from a connection that went silent, an
     }
   };
   try {
-    const readers = Promise.all([follow('sse'), follow('long-poll')]);
+    const readers = Promise.all([follow('sse'), follow('long-poll'), follow('ws')]);
     // Both are following now, each on a connection that will bring nothing more.
     await new Promise((r) => setTimeout(r, 1_000));
     state.data = [{ n: 1 }];
-    const [sse, poll] = await readers;
+    const [sse, poll, ws] = await readers;
     assert.deepEqual(sse.items, [{ n: 1 }]);
     assert.deepEqual(poll.items, [{ n: 1 }]);
     assert.equal(sse.offset, 'o2');
     assert.equal(poll.offset, 'o2');
     assert.ok(sse.waited >= 40_000 && sse.waited < 60_000, `SSE reconnected after ${sse.waited} ms`);
     assert.ok(poll.waited >= 60_000 && poll.waited < 80_000, `long-poll sent again after ${poll.waited} ms`);
+    assert.deepEqual(ws.items, [{ n: 1 }]);
+    assert.ok(ws.waited >= 35_000 && ws.waited < 60_000, `WebSocket reconnected after ${ws.waited} ms`);
+    const texts = [...state.wsTexts.values()].flat();
+    assert.ok(texts.includes('{"type":"ping"}'), `the quiet socket was pinged: ${JSON.stringify(texts)}`);
   } finally {
+    for (const socket of state.sockets) socket.destroy();
     server.closeAllConnections();
     server.close();
   }

@@ -554,6 +554,9 @@ pub enum ClientMessage<'a> {
     Append(AppendFrame<'a>, Vec<u8>),
     /// A receipt: the client has read everything before this offset.
     Received(Offset),
+    /// A keepalive, answered with `ws::PONG` (workerd answers the exact `ws::PING` itself on a
+    /// socket the object holds).
+    Ping,
 }
 
 /// Reads a client message. A text append frame's `data` is the body of a JSON stream as
@@ -568,6 +571,7 @@ pub fn parse_client(
             let frame = match TextFrame::parse(text)? {
                 TextFrame::Append(frame) => frame,
                 TextFrame::Received(offset) => return Ok(ClientMessage::Received(offset)),
+                TextFrame::Ping => return Ok(ClientMessage::Ping),
             };
             let body = match frame.data {
                 None => Vec::new(),
@@ -616,7 +620,7 @@ fn parse_binary(bytes: &[u8]) -> std::result::Result<(AppendFrame<'_>, Vec<u8>),
     };
     let TextFrame::Append(frame) = TextFrame::parse(head)? else {
         return Err(BadFrame::policy(
-            "a receipt is a text message, not a binary frame's header",
+            "a receipt or a ping is a text message, not a binary frame's header",
         ));
     };
     if frame.data.is_some() {
@@ -757,6 +761,7 @@ pub struct AppendFrame<'a> {
 enum TextFrame<'a> {
     Append(AppendFrame<'a>),
     Received(Offset),
+    Ping,
 }
 
 impl<'a> TextFrame<'a> {
@@ -792,8 +797,9 @@ impl<'a> TextFrame<'a> {
                     )),
                 }
             }
+            "ping" => Ok(TextFrame::Ping),
             _ => Err(BadFrame::policy(
-                "unknown frame type (expected \"append\" or \"received\")",
+                "unknown frame type (expected \"append\", \"received\" or \"ping\")",
             )),
         }
     }
@@ -1278,6 +1284,26 @@ mod tests {
             code(&format!(r#"{{"type":"append","offset":"{offset}"}}"#)),
             Some(close::POLICY)
         );
+    }
+
+    #[test]
+    fn a_ping_is_read_as_written_or_spaced_but_not_as_a_binary_header() {
+        for text in [edgestream::ws::PING, r#"{ "type" : "ping" }"#] {
+            assert!(matches!(
+                parse_client(Incoming::Text(text), true),
+                Ok(ClientMessage::Ping)
+            ));
+        }
+        let header = edgestream::ws::PING;
+        let mut binary = (header.len() as u32).to_be_bytes().to_vec();
+        binary.extend_from_slice(header.as_bytes());
+        assert!(matches!(
+            parse_client(Incoming::Binary(&binary), false),
+            Err(BadFrame {
+                code: close::POLICY,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -656,6 +656,7 @@ impl Appender<'_> {
                 self.session.received(offset);
                 Ok(None)
             }
+            ClientMessage::Ping => Ok(Some(edgestream::ws::PONG.to_string())),
         }
     }
 

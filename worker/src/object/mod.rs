@@ -131,6 +131,16 @@ impl DurableObject for StreamObject {
             config.ws_backlog_bytes,
         );
         let alarm = alarm::Alarm::new(raw.clone().into());
+        // A client's keepalive on a socket this object holds is answered by the runtime, so it
+        // never wakes the object.
+        let keepalive = worker::worker_sys::WebSocketRequestResponsePair::new(
+            edgestream::ws::PING,
+            edgestream::ws::PONG,
+        )
+        .and_then(|pair| raw.set_websocket_auto_response(&pair));
+        if let Err(e) = keepalive {
+            worker::console_warn!("stream object: no WebSocket keepalive answer: {e:?}");
+        }
         let transactional = crate::transaction::Transactional::of(&raw);
         let state = State::from(raw);
         let opened = transactional.and_then(|storage| Store::open(state.storage().sql(), storage));
@@ -283,6 +293,8 @@ impl DurableObject for StreamObject {
                 }
                 return Ok(());
             }
+            // A ping not written exactly as the runtime answers it itself.
+            Ok(ClientMessage::Ping) => edgestream::ws::PONG.to_string(),
             Ok(ClientMessage::Append(frame, body)) => {
                 // Should this append close the stream, or cut this socket off, the socket is
                 // closed after its ack.
