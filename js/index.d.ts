@@ -35,9 +35,8 @@ export interface StreamOptions {
   /**
    * The batch's `incarnation`, saved with `offset`: a stream deleted and created again at the URL
    * since (whose offsets mean nothing to you) fails the reader with STREAM_REPLACED rather than
-   * hand out its data, or with INVALID_OFFSET when `offset` is past the new stream's end or inside
-   * one of its JSON messages (the server refuses such an offset before naming the stream): treat
-   * both as "start again". Ignored by servers that name no incarnation.
+   * hand out its data (also when `offset` is past the new stream's end or inside one of its JSON
+   * messages): start again from -1. Ignored by servers that name no incarnation.
    */
   incarnation?: string | undefined;
   /** Default `'auto'`: SSE, falling back to long-poll behind proxies that break it. */

@@ -654,10 +654,11 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
             return Ok(());
         };
         let status = sent.status;
+        // First: a refusal of an offset saved in a stream since created again says so.
+        inner.borrow_mut().same_stream(&sent.response)?;
         if status != 200 && status != 204 {
             return Err(http::status_error("GET", &url, &sent.response, status).await);
         }
-        inner.borrow_mut().same_stream(&sent.response)?;
         let body = if status == 200 {
             let buf = match sent.response.array_buffer() {
                 Ok(p) => js::wait(p).await,

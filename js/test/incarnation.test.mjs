@@ -90,6 +90,22 @@ test('a reader given the incarnation it saved with its offset refuses another, a
   await again.delete();
 });
 
+test('a reader resuming from an offset the stream created again cannot take learns it was replaced, not that its offset is bad', { timeout: 20_000 }, async () => {
+  const url = `${server.baseUrl}/v1/stream/incarnation-${randomUUID()}`;
+  const ds = await DurableStream.create({ url, contentType: json, body: JSON.stringify(['a', 'bb', 'ccc']) });
+  const batches = [];
+  for await (const b of stream({ url, live: false })) batches.push(b);
+  const { offset, incarnation } = batches.at(-1);
+  await ds.delete();
+  // Shorter than the saved offset: that offset is past the new stream's end (400).
+  const again = await DurableStream.create({ url, contentType: json, body: JSON.stringify(['x']) });
+  for (const live of [false, 'long-poll', 'sse', 'ws']) {
+    const h = stream({ url, live, offset, incarnation, retry: fast });
+    await assert.rejects(h.items(), (e) => e.code === 'STREAM_REPLACED', `live: ${live}`);
+  }
+  await again.delete();
+});
+
 test('a live table whose stream is created again while it reconnects starts over', { timeout: 20_000 }, async () => {
   const url = `${server.baseUrl}/v1/stream/incarnation-table-${randomUUID()}`;
   await DurableStream.create({ url, contentType: json, body: JSON.stringify([change.insert('u', 'a', 1)]) });

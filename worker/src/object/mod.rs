@@ -1097,11 +1097,30 @@ impl StreamObject {
     /// Catch-up read.
     async fn read(&self, req: &Request, url: &worker::Url) -> Result<Response> {
         let now = now_ms();
-        let mut meta = match self.lookup(now).await? {
+        let meta = match self.lookup(now).await? {
             Lookup::Live(meta) => meta,
             Lookup::Deleted => return http::error(&ProtocolError::Gone),
             Lookup::Missing => return http::error(&ProtocolError::NotFound),
         };
+        let instance = meta.instance.clone();
+        let resp = self.read_live(req, url, meta, now).await?;
+        // A refused offset names the incarnation too: a reader resuming from an offset saved
+        // in a stream since deleted and created again learns that, not only that the offset
+        // does not fit.
+        if (400..500).contains(&resp.status_code()) {
+            reply::name_incarnation(resp.headers(), &instance)?;
+        }
+        Ok(resp)
+    }
+
+    /// Catch-up read of a stream that exists.
+    async fn read_live(
+        &self,
+        req: &Request,
+        url: &worker::Url,
+        mut meta: Meta,
+        now: i64,
+    ) -> Result<Response> {
         let from = match ReadFrom::from_query(
             http::query_values(url, "offset").iter().map(String::as_str),
         ) {
