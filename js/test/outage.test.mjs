@@ -5,27 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { stream } from '../src/node.js';
-
-/**
- * A fake JSON stream: `[]` and up to date at `o1`, until `data` is set; then `data` at `o2`. Over
- * SSE it says so in one event and stays open; a long-poll with nothing new waits (for good).
- */
-function fakeStream(state) {
-  return http.createServer((req, res) => {
-    const url = new URL(req.url, 'http://x');
-    const ready = state.data !== undefined && url.searchParams.get('offset') !== 'o2';
-    const next = ready ? 'o2' : 'o1';
-    if (url.searchParams.get('live') === 'sse') {
-      res.writeHead(200, { 'content-type': 'text/event-stream' });
-      if (ready) res.write(`event: data\ndata: ${JSON.stringify(state.data)}\n\n`);
-      res.write(`event: control\ndata: ${JSON.stringify({ streamNextOffset: next, streamCursor: '1', upToDate: true })}\n\n`);
-      return;
-    }
-    if (url.searchParams.get('live') === 'long-poll' && !ready) return;
-    res.writeHead(200, { 'content-type': 'application/json', 'stream-next-offset': next, 'stream-up-to-date': 'true', 'stream-cursor': '1' });
-    res.end(ready ? JSON.stringify(state.data) : '[]');
-  });
-}
+import { fakeStream } from '../test-support/fake-stream.mjs';
 
 for (const live of ['long-poll', 'sse']) {
   test(`a ${live} reader with no maxRetries rides out an outage that would spend any budget, and says it is retrying`, async () => {

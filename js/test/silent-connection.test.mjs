@@ -6,10 +6,10 @@
 // readers at once.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import { createHash } from 'node:crypto';
 import { WebSocket } from 'undici';
 import { stream } from '../src/node.js';
+import { fakeStream } from '../test-support/fake-stream.mjs';
 
 // Node 20 has no global WebSocket; an application there installs one the same way.
 globalThis.WebSocket ??= WebSocket;
@@ -34,26 +34,12 @@ function clientTexts(bytes) {
 }
 
 /**
- * A JSON stream that is `[]` at `o1` until `state.data` is set, and then `data` at `o2` to a new
- * request. An SSE response, once it has said where the stream stands, sends nothing more and
- * stays open; a long-poll with nothing new is never answered: both as if the connection died.
+ * The fake stream of test-support, whose SSE responses and long-polls go silent once they have
+ * said where the stream stands, with WebSocket upgrades that do the same: a control, then
+ * nothing, pings unanswered.
  */
 function silentStream(state) {
-  return http.createServer((req, res) => {
-    state.requests.push(new URL(req.url, 'http://x').searchParams.get('live'));
-    const url = new URL(req.url, 'http://x');
-    const ready = state.data !== undefined && url.searchParams.get('offset') !== 'o2';
-    const next = ready ? 'o2' : 'o1';
-    if (url.searchParams.get('live') === 'sse') {
-      res.writeHead(200, { 'content-type': 'text/event-stream' });
-      if (ready) res.write(`event: data\ndata: ${JSON.stringify(state.data)}\n\n`);
-      res.write(`event: control\ndata: ${JSON.stringify({ streamNextOffset: next, streamCursor: '1', upToDate: true })}\n\n`);
-      return;
-    }
-    if (url.searchParams.get('live') === 'long-poll' && !ready) return;
-    res.writeHead(200, { 'content-type': 'application/json', 'stream-next-offset': next, 'stream-up-to-date': 'true', 'stream-cursor': '1' });
-    res.end(ready ? JSON.stringify(state.data) : '[]');
-  }).on('upgrade', (req, socket) => {
+  return fakeStream(state).on('upgrade', (req, socket) => {
     // A WebSocket that says where the stream stands and then nothing more, pings included.
     state.sockets.add(socket);
     const accept = createHash('sha1').update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');

@@ -1294,7 +1294,11 @@ mod tests {
                 Ok(ClientMessage::Ping)
             ));
         }
-        let header = edgestream::ws::PING;
+        assert_binary_header_refused(edgestream::ws::PING);
+    }
+
+    /// A binary frame is always an append: `header`, a message of another kind, is refused.
+    fn assert_binary_header_refused(header: &str) {
         let mut binary = (header.len() as u32).to_be_bytes().to_vec();
         binary.extend_from_slice(header.as_bytes());
         assert!(matches!(
@@ -1330,17 +1334,7 @@ mod tests {
         ] {
             assert_eq!(code(&bad), Some(close::POLICY), "{bad}");
         }
-        // A binary frame is always an append; a receipt in its header is refused.
-        let header = edgestream::ws::receipt_message(offset);
-        let mut binary = (header.len() as u32).to_be_bytes().to_vec();
-        binary.extend_from_slice(header.as_bytes());
-        assert!(matches!(
-            parse_client(Incoming::Binary(&binary), false),
-            Err(BadFrame {
-                code: close::POLICY,
-                ..
-            })
-        ));
+        assert_binary_header_refused(&edgestream::ws::receipt_message(offset));
     }
 
     #[test]
