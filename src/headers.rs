@@ -342,6 +342,15 @@ impl ContentType {
         ContentType::parse_stored(value)
     }
 
+    /// Whether the type is within [`MAX_CONTENT_TYPE_LEN`], as a type a client gives must be
+    /// unless it names a stream's own, stored before the cap.
+    pub fn check_cap(&self) -> Result<(), HeaderError> {
+        if self.raw.len() > MAX_CONTENT_TYPE_LEN {
+            return Err(HeaderError::ContentTypeTooLong);
+        }
+        Ok(())
+    }
+
     /// Parses a type already accepted: one stored, or one a server sends back. A stream
     /// created before the length cap keeps its type, whatever its length.
     pub fn parse_stored(value: &str) -> Result<ContentType, HeaderError> {
@@ -661,6 +670,15 @@ mod tests {
         );
         assert_eq!(ContentType::parse_stored(&over).unwrap().as_str(), over);
         assert!(ContentType::parse_stored("not a type").is_err());
+        // A stored type is checked against the cap where a client gives it as a new one's.
+        assert_eq!(
+            ContentType::parse_stored(&over).unwrap().check_cap(),
+            Err(HeaderError::ContentTypeTooLong)
+        );
+        assert!(ContentType::parse_stored(&alloc::format!("  {at_limit}  "))
+            .unwrap()
+            .check_cap()
+            .is_ok());
     }
 
     #[test]

@@ -19,7 +19,7 @@
 
 use std::cell::RefCell;
 
-use edgestream::headers::{HeaderError, MAX_CONTENT_TYPE_LEN};
+use edgestream::headers::HeaderError;
 use edgestream::json;
 use edgestream::stream::{self, Expiry, ForkRequest};
 use edgestream::{ContentType, Offset, ProtocolError};
@@ -314,10 +314,7 @@ pub async fn acquire(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Respo
     if let Some(asked) = ask.content_type.as_deref() {
         match ContentType::parse_stored(asked) {
             // A type over the cap only as the source's own (one created before the cap).
-            Ok(ct)
-                if ct.as_str().len() > MAX_CONTENT_TYPE_LEN
-                    && ct.as_str() != meta.content_type.as_str() =>
-            {
+            Ok(ct) if ct.as_str() != meta.content_type.as_str() && ct.check_cap().is_err() => {
                 return http::error(&ProtocolError::Header(HeaderError::ContentTypeTooLong))
             }
             Ok(ct) if ct.matches(&meta.content_type) => {}

@@ -594,12 +594,8 @@ impl StreamObject {
         // Checked only here, for a type a new stream would take as its own: a stream created
         // before the cap is confirmed by a PUT that names its type, and a fork may name its
         // source's.
-        if request
-            .content_type
-            .as_ref()
-            .is_some_and(|ct| ct.as_str().len() > h::MAX_CONTENT_TYPE_LEN)
-        {
-            return http::error(&ProtocolError::Header(h::HeaderError::ContentTypeTooLong));
+        if let Some(Err(e)) = request.content_type.as_ref().map(ContentType::check_cap) {
+            return http::error(&e.into());
         }
         let content_type = request
             .content_type
