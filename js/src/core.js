@@ -649,7 +649,8 @@ export class IdempotentProducer {
   #claims = 0;
   #confirmed = false;
   #error = null;
-  #idleWaiters = [];
+  /** flush() and close() callers: `{ mark, resolve }`, settled once the batches below `mark` are. */
+  #sentWaiters = [];
   #settleWaiters = [];
   #state = 'open';
   #closing = null;
@@ -717,7 +718,7 @@ export class IdempotentProducer {
   #abort(signal) {
     if (this.#error || this.#state === 'closed' || this.#state === 'detached') return;
     this.#fail(abortedError('the producer was stopped by its signal', signal));
-    this.#wakeIfIdle();
+    this.#wakeSent();
   }
 
   get epoch() {
@@ -891,7 +892,7 @@ export class IdempotentProducer {
   #whenSent() {
     const mark = this.#batches;
     if (this.#sent(mark)) return Promise.resolve();
-    return new Promise((resolve) => this.#idleWaiters.push({ mark, resolve }));
+    return new Promise((resolve) => this.#sentWaiters.push({ mark, resolve }));
   }
 
   /** `{ contentType, json }` of the stream. Sends need the content type even when `json` is given. */
@@ -959,15 +960,20 @@ export class IdempotentProducer {
         this.#inflight.delete(batch);
         for (const w of this.#settleWaiters.splice(0)) w();
         this.#pump();
-        this.#wakeIfIdle();
+        this.#wakeSent();
       });
     }
     // Every queued batch may have been refused whole.
-    this.#wakeIfIdle();
+    this.#wakeSent();
   }
 
-  #wakeIfIdle() {
-    this.#idleWaiters = this.#idleWaiters.filter((w) => !(this.#sent(w.mark) && (w.resolve(), true)));
+  #wakeSent() {
+    const waiting = [];
+    for (const w of this.#sentWaiters) {
+      if (this.#sent(w.mark)) w.resolve();
+      else waiting.push(w);
+    }
+    this.#sentWaiters = waiting;
   }
 
   /** Learns the stream's kind (a HEAD if the stream does not know it), then sends what is queued. */
@@ -984,7 +990,7 @@ export class IdempotentProducer {
       .finally(() => {
         this.#learning = false;
         this.#pump();
-        this.#wakeIfIdle();
+        this.#wakeSent();
       });
   }
 
