@@ -74,7 +74,7 @@ export function es_on_hidden(callback) {
   d.addEventListener('visibilitychange', f);
   return () => d.removeEventListener('visibilitychange', f);
 }
-export function es_ws_open(url, protocols) {
+export function es_ws_open(url, protocols, ping, pong, quietMs) {
   const WS = globalThis.WebSocket;
   if (typeof WS !== 'function') return null;
   const socket = new WS(url, protocols.split(','));
@@ -82,21 +82,21 @@ export function es_ws_open(url, protocols) {
   const queue = [];
   let waiter = null;
   const push = (item) => { if (waiter) { const w = waiter; waiter = null; w(item); } else queue.push(item); };
-  // A socket quiet for 20 s is pinged (edgestream's server answers at once); one that stays
-  // silent 20 s more died without closing, and is given up.
+  // A socket quiet for `quietMs` is sent `ping` (edgestream's server answers `pong` at once);
+  // one that stays silent as long again died without closing, and is given up.
   let seen = Date.now();
   let pinged = false;
   const beat = setInterval(() => {
     const idle = Date.now() - seen;
-    if (idle >= 40000) { end(); try { socket.close(4000); } catch {} push({ kind: 'close', code: 1006, reason: 'no answer to ping' }); }
-    else if (idle >= 20000 && !pinged) { pinged = true; try { socket.send('{"type":"ping"}'); } catch {} }
-  }, 5000);
+    if (idle >= 2 * quietMs) { end(); try { socket.close(4000); } catch {} push({ kind: 'close', code: 1006, reason: 'no answer to ping' }); }
+    else if (idle >= quietMs && !pinged) { pinged = true; try { socket.send(ping); } catch {} }
+  }, quietMs / 4);
   const end = () => clearInterval(beat);
   socket.onopen = () => { seen = Date.now(); push({ kind: 'open' }); };
   socket.onmessage = (e) => {
     seen = Date.now();
     pinged = false;
-    if (e.data === '{"type":"pong"}') return;
+    if (e.data === pong) return;
     push(typeof e.data === 'string' ? { kind: 'text', data: e.data } : { kind: 'binary', data: new Uint8Array(e.data) });
   };
   socket.onerror = () => push({ kind: 'error' });
@@ -132,9 +132,16 @@ extern "C" {
     pub fn es_on_hidden(callback: &Function) -> Function;
     /// Opens a WebSocket offering `protocols` (comma-separated) and returns
     /// `{ protocol, next(), send(text), close() }` (`protocol`: the one the server chose), or
-    /// null where there is no WebSocket.
+    /// null where there is no WebSocket. Quiet for `quiet_ms`, it is sent `ping` (a `pong` in
+    /// answer is not handed on); silent as long again, it is closed as broken.
     #[wasm_bindgen(catch)]
-    pub fn es_ws_open(url: &str, protocols: &str) -> Result<JsValue, JsValue>;
+    pub fn es_ws_open(
+        url: &str,
+        protocols: &str,
+        ping: &str,
+        pong: &str,
+        quiet_ms: f64,
+    ) -> Result<JsValue, JsValue>;
 }
 
 /// Reads `obj[key]`, or `undefined` when `obj` is not an object.

@@ -77,6 +77,8 @@ const SHORT_POLL_MS: f64 = 100.0;
 const SSE_IDLE_MS: f64 = 45_000.0;
 /// A long-poll unanswered this long (servers answer within about 30 s) is sent again.
 const LONG_POLL_IDLE_MS: f64 = 65_000.0;
+/// A WebSocket quiet this long is pinged (`ws::PING`); one silent as long again is given up.
+const WS_QUIET_MS: f64 = 20_000.0;
 
 /// Calls a JS function when dropped: a timer called off however its scope ends.
 struct CallOff(js_sys::Function);
@@ -916,7 +918,7 @@ async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
         q.extend_from_slice(&params);
         let full = ws_url(&http::with_query(&url, &q));
         let offered = error::msg(&[ws::RECEIPTS, ",", ws::COMBINED]);
-        let socket = js::es_ws_open(&full, &offered)?;
+        let socket = js::es_ws_open(&full, &offered, ws::PING, ws::PONG, WS_QUIET_MS)?;
         if socket.is_null() || socket.is_undefined() {
             return Err(error::new(
                 error::NOT_SUPPORTED,
