@@ -247,15 +247,24 @@ describe('a subscription whose streams cannot all be linked', () => {
   });
 });
 
+/**
+ * A stream named after `label` (with the marker), created through its registration's fault and
+ * linked to a webhook subscription through its first link's (503, then 200 on the retried PUT).
+ */
+async function withSubscribedStream(label: string, body: (stream: string, hook: Hook) => Promise<void>) {
+  const prefix = unique(`${MARKER}-${label}`);
+  const stream = `${prefix}/s`;
+  await createThroughFault(stream);
+  await withHook(prefix, async (hook, id) => {
+    expect((await subscribeOnce(id, `${prefix}/*`, hook.url)).status).toBe(503);
+    expect((await subscribeOnce(id, `${prefix}/*`, hook.url)).status).toBe(200);
+    await body(stream, hook);
+  });
+}
+
 describe('a notification that fails', () => {
   it('is retried, so the subscription learns of the append with no later append', async () => {
-    const prefix = unique(`${MARKER}-notify`);
-    const stream = `${prefix}/s`;
-    await createThroughFault(stream);
-    await withHook(prefix, async (hook, id) => {
-      // The stream answers its first link with 503: the retried PUT links it.
-      expect((await subscribeOnce(id, `${prefix}/*`, hook.url)).status).toBe(503);
-      expect((await subscribeOnce(id, `${prefix}/*`, hook.url)).status).toBe(200);
+    await withSubscribedStream('notify', async (stream, hook) => {
       // The stream's first notification fails; the append is still acknowledged.
       expect((await request('POST', stream, json, '{"n":1}')).status).toBe(204);
       expect(await until(() => hook.named(stream)), 'the webhook never named the stream after its append').toBe(true);
@@ -488,12 +497,7 @@ describe('an append cut off before its subscriptions are told', () => {
   // fails the request before telling them, as if the isolate died (worker/src/fault.rs). The
   // append owes the notification in its own turn, so the alarm tells them.
   it('is notified by the alarm, though its retry is a duplicate that notifies nothing', async () => {
-    const prefix = unique(`${MARKER}-cut`);
-    const stream = `${prefix}/s`;
-    await createThroughFault(stream);
-    await withHook(prefix, async (hook, id) => {
-      expect((await subscribeOnce(id, `${prefix}/*`, hook.url)).status).toBe(503);
-      expect((await subscribeOnce(id, `${prefix}/*`, hook.url)).status).toBe(200);
+    await withSubscribedStream('cut', async (stream, hook) => {
       const producer = { ...json, 'producer-id': 'p', 'producer-epoch': '0', 'producer-seq': '0' };
       expect((await request('POST', stream, producer, '{"n":1}')).status).toBe(503);
       expect((await request('POST', stream, producer, '{"n":1}')).status, 'stored: its retry is a duplicate').toBe(204);
