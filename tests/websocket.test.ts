@@ -857,11 +857,35 @@ describe('WebSocket keepalive', () => {
     const { name, client } = await followedWritable('ping', fork);
     client.send({ type: 'ping' });
     expect(await client.expect('pong')).toEqual({ type: 'pong' });
+    // A second later: pings are answered once a second at most (below).
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
     client.ws.send('{ "type": "ping" }');
     expect(await client.expect('pong')).toEqual({ type: 'pong' });
     client.send({ type: 'append', id: 1, data: 'x;' });
     expect(await client.reply()).toMatchObject({ type: 'ack', id: 1, status: 204 });
     expect((await readAll(name)).toString()).toBe('src;x;');
+    client.ws.close();
+  });
+
+  // A pong is queued whether or not the client reads, so pings sent faster than one a second
+  // are not answered: a client that sent them without reading would grow the server's queue.
+  it.each(HOLDERS)('answers one ping a second at most when %s holds the socket', async (_, fork) => {
+    const { client } = await followedWritable('ping-flood', fork);
+    for (let i = 0; i < 200; i++) client.ws.send('{ "type": "ping" }');
+    // Frames are answered in turn: the append's ack comes after whatever the pings got.
+    client.send({ type: 'append', id: 1, data: 'x;' });
+    let pongs = 0;
+    for (;;) {
+      const message = await client.next();
+      if (message.kind !== 'text') continue;
+      if (message.json.type === 'pong') pongs++;
+      if (message.json.type === 'ack') break;
+    }
+    expect(pongs).toBeGreaterThanOrEqual(1);
+    expect(pongs).toBeLessThan(5);
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    client.ws.send('{ "type": "ping" }');
+    expect(await client.expect('pong')).toEqual({ type: 'pong' });
     client.ws.close();
   });
 });

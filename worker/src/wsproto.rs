@@ -165,6 +165,31 @@ impl AppendAllowance {
     }
 }
 
+/// How often a socket's pings are answered at most. A pong is queued whether or not the client
+/// reads, so a client that sent pings without reading would grow the server's queue without
+/// bound; one that pings after 20 s of quiet, as the npm client does, is always answered.
+pub const PONG_EVERY_MS: i64 = 1000;
+
+/// When a socket's last ping was answered.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PongPace {
+    last_ms: Option<i64>,
+}
+
+impl PongPace {
+    /// Whether a ping that came in at `now_ms` is answered (and counts as the last answered).
+    pub fn answer(&mut self, now_ms: i64) -> bool {
+        if self
+            .last_ms
+            .is_some_and(|last| now_ms.saturating_sub(last) < PONG_EVERY_MS)
+        {
+            return false;
+        }
+        self.last_ms = Some(now_ms);
+        true
+    }
+}
+
 /// The close reason (with [`close::RESTART`]) for a client that sends receipts and fell more
 /// than `WS_BACKLOG_BYTES` behind them.
 pub const FELL_BEHIND: &str = "fell behind: reconnect from the last offset";
@@ -1384,5 +1409,21 @@ mod tests {
         assert!(allowance.take(rate, 1, 0).is_err());
         // A clock that goes back takes nothing away, and adds nothing.
         assert!(allowance.take(rate, 1, -5_000).is_err());
+    }
+
+    #[test]
+    fn pings_are_answered_once_a_second_at_most() {
+        let mut pace = PongPace::default();
+        assert!(pace.answer(5_000));
+        assert!(!pace.answer(5_000));
+        assert!(!pace.answer(5_999));
+        assert!(pace.answer(6_000));
+        // Unanswered pings do not push the next answer back.
+        assert!(!pace.answer(6_500));
+        assert!(pace.answer(7_000));
+        assert!(
+            !pace.answer(3_000),
+            "a clock that goes back answers nothing more"
+        );
     }
 }

@@ -41,7 +41,7 @@ use crate::reply;
 use crate::socket::{Socket, SocketEvent, SocketSender};
 use crate::wsproto::{
     self, close, parse_client, AppendAllowance, AppendFrame, AppendGrant, ClientHello,
-    ClientMessage, Emitter, ErrorReply, Incoming, Sink,
+    ClientMessage, Emitter, ErrorReply, Incoming, PongPace, Sink,
 };
 
 /// How often the internal subscription may drop without delivering anything before the edge
@@ -129,6 +129,7 @@ pub async fn websocket(
         append: hello.append.clone(),
         read_until: hello.read_until,
         allowance: Cell::new(AppendAllowance::new(config.ws_append_rate, now_ms())),
+        pongs: Cell::new(PongPace::default()),
         out: client.sender(),
         // Catch-up is counted from where the client starts (a client at `now` starts live).
         read: Rc::new(Cell::new(match from {
@@ -236,6 +237,8 @@ struct Session {
     read_until: Option<i64>,
     /// What is left of how fast the client may append ([`wsproto::AppendRate`]).
     allowance: Cell<AppendAllowance>,
+    /// When a ping was last answered ([`PongPace`]).
+    pongs: Cell<PongPace>,
     out: SocketSender,
     /// What the client's receipts say it has read: where it started until it sends one (for a
     /// client that sends none, for good).
@@ -656,7 +659,12 @@ impl Appender<'_> {
                 self.session.received(offset);
                 Ok(None)
             }
-            ClientMessage::Ping => Ok(Some(edgestream::ws::PONG.to_string())),
+            ClientMessage::Ping => {
+                let mut pace = self.session.pongs.get();
+                let answered = pace.answer(now_ms());
+                self.session.pongs.set(pace);
+                Ok(answered.then(|| edgestream::ws::PONG.to_string()))
+            }
         }
     }
 

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::intake::Held;
-use crate::wsproto::{Admit, AppendAllowance, AppendRate, BadFrame, Waiting};
+use crate::wsproto::{Admit, AppendAllowance, AppendRate, BadFrame, PongPace, Waiting};
 
 /// Waiting frames and append allowances, by socket (`ClientState::id`).
 #[derive(Default)]
@@ -24,6 +24,8 @@ pub struct Inbox {
     /// Kept from a socket's first append until it closes (or the object sleeps: a socket
     /// that wakes it starts with a whole burst).
     allowances: RefCell<HashMap<u64, AppendAllowance>>,
+    /// Kept from a socket's first ping that the runtime does not answer itself.
+    pongs: RefCell<HashMap<u64, PongPace>>,
 }
 
 /// What becomes of a frame that just arrived.
@@ -82,9 +84,19 @@ impl Inbox {
             .take(rate, bytes, now_ms)
     }
 
+    /// Whether a ping from `socket` that came in at `now_ms` is answered ([`PongPace`]).
+    pub fn answers_ping(&self, socket: u64, now_ms: i64) -> bool {
+        self.pongs
+            .borrow_mut()
+            .entry(socket)
+            .or_default()
+            .answer(now_ms)
+    }
+
     /// Forgets a socket that closed.
     pub fn forget(&self, socket: u64) {
         self.allowances.borrow_mut().remove(&socket);
+        self.pongs.borrow_mut().remove(&socket);
     }
 }
 

@@ -294,7 +294,10 @@ impl DurableObject for StreamObject {
                 return Ok(());
             }
             // A ping not written exactly as the runtime answers it itself.
-            Ok(ClientMessage::Ping) => edgestream::ws::PONG.to_string(),
+            Ok(ClientMessage::Ping) if self.inbox.answers_ping(state.id, now_ms()) => {
+                edgestream::ws::PONG.to_string()
+            }
+            Ok(ClientMessage::Ping) => return Ok(()),
             Ok(ClientMessage::Append(frame, body)) => {
                 // Should this append close the stream, or cut this socket off, the socket is
                 // closed after its ack.
