@@ -67,7 +67,8 @@ fn value(c: u8) -> Option<u32> {
 pub enum Base64Error {
     /// The length (ignoring line breaks) is not a multiple of four.
     Length,
-    /// A character outside the alphabet, or padding in the wrong place.
+    /// A character outside the alphabet, padding in the wrong place, or bits past the data
+    /// that are not zero.
     Character,
 }
 
@@ -104,6 +105,11 @@ pub fn decode(text: &[u8]) -> Result<Vec<u8>, Base64Error> {
         }
         n <<= 6 * pad as u32;
         let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        // Only the canonical spelling: the bits past the data are zero, so no two texts
+        // decode to the same bytes (a token's signature has one spelling).
+        if bytes[3 - pad..].iter().any(|&b| b != 0) {
+            return Err(Base64Error::Character);
+        }
         out.extend_from_slice(&bytes[..3 - pad]);
     }
     Ok(out)
@@ -145,6 +151,10 @@ mod tests {
         assert_eq!(decode(b"a==="), Err(Base64Error::Character));
         assert_eq!(decode(b"ab==abcd"), Err(Base64Error::Character));
         assert_eq!(decode(b"a=bc"), Err(Base64Error::Character));
+        // "f" is "Zg==" and "fo" is "Zm8=": the same bytes with bits set past the data.
+        for other in [&b"Zh=="[..], b"Zv==", b"Zm9=", b"Zm/="] {
+            assert_eq!(decode(other), Err(Base64Error::Character));
+        }
     }
 
     proptest::proptest! {

@@ -269,6 +269,9 @@ mod tests {
         assert_eq!(base64url_decode("Zg"), Ok(vec![b'f']));
         assert_eq!(base64url_decode("-_8"), Ok(vec![0xfb, 0xff]));
         assert_eq!(base64url_decode("*"), Err(AuthError::Invalid));
+        // One spelling per signature: the unused low bits of the last character are zero.
+        assert_eq!(base64url_decode("Zh"), Err(AuthError::Invalid));
+        assert_eq!(base64url_decode("-_9"), Err(AuthError::Invalid));
     }
 
     proptest::proptest! {
