@@ -95,7 +95,8 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
     // Addresses that carry an IPv4 address reach it: judged by that address. NAT64's
     // well-known prefix 64:ff9b::/96, and 6to4 2002::/16 (the address in segments 1 and 2).
-    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+    // IPv4-translated ::ffff:0:0/96 (SIIT) likewise.
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..6] == [0, 0, 0, 0, 0xffff, 0] {
         return is_public_v4(v4(s[6], s[7]));
     }
     if s[0] == 0x2002 {
@@ -148,6 +149,7 @@ mod tests {
         // NAT64 and 6to4 addresses of a public IPv4 address reach that public address.
         assert!(code("https://[64:ff9b::5db8:d822]/hook", false).is_ok());
         assert!(code("https://[2002:5db8:d822::1]/hook", false).is_ok());
+        assert!(code("https://[::ffff:0:5db8:d822]/hook", false).is_ok());
     }
 
     #[test]
@@ -178,6 +180,9 @@ mod tests {
             "https://[64:ff9b::127.0.0.1]/",
             "https://[64:ff9b::10.1.2.3]/",
             "https://[64:ff9b:1::5db8:d822]/",
+            "https://[::ffff:0:a9fe:a9fe]/",
+            "https://[::ffff:0:127.0.0.1]/",
+            "https://[::ffff:0:a00:1]/",
             "https://[2002:c0a8:0101::1]/",
             "https://[2002:7f00:1::]/",
             "https://[::10.0.0.1]/",
