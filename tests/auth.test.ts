@@ -200,6 +200,60 @@ describe('scoped tokens', () => {
   });
 });
 
+describe('what a client cannot make the server do', () => {
+  const admin = () => token('', ['create', 'append', 'read', 'delete']);
+
+  test('a stream read never renders as an active page on this origin', async () => {
+    const page = url(`auth/html-${Date.now()}`);
+    const created = await fetch(page, { method: 'PUT', headers: { 'content-type': 'text/html', ...bearer(admin()) }, body: '<script>alert(1)</script>' });
+    expect(created.status).toBe(201);
+    const sandboxed = (res: Response) => expect(res.headers.get('content-security-policy')).toBe("sandbox; default-src 'none'");
+    const read = await fetch(`${page}?offset=-1`, { headers: bearer(admin()) });
+    expect(read.status).toBe(200);
+    expect(read.headers.get('content-type')).toBe('text/html');
+    sandboxed(read);
+    const tail = read.headers.get('stream-next-offset');
+    sandboxed(await fetch(`${page}?offset=now`, { headers: bearer(admin()) }));
+    // A long-poll's data is answered by the edge.
+    const polled = fetch(`${page}?offset=${tail}&live=long-poll`, { headers: bearer(admin()) });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    await fetch(page, { method: 'POST', headers: { 'content-type': 'text/html', ...bearer(admin()) }, body: '<p>' });
+    const live = await polled;
+    expect(live.status).toBe(200);
+    expect(await live.text()).toBe('<p>');
+    sandboxed(live);
+  });
+
+  test('a token signature spelled another way is 401: one spelling per signature', async () => {
+    const t = token('auth/rooms/', ['read']);
+    const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+    // 32 bytes are 43 characters, whose last two bits carry nothing.
+    const other = t.slice(0, -1) + alphabet[alphabet.indexOf(t.slice(-1)) ^ 1];
+    expect((await fetch(url('auth/rooms/a?offset=-1'), { headers: bearer(t) })).status).toBe(200);
+    expect((await fetch(url('auth/rooms/a?offset=-1'), { headers: bearer(other) })).status).toBe(401);
+  });
+
+  test('the internal x-edgestream- headers a client sends are not passed on', async () => {
+    const target = url(`auth/internal-${Date.now()}`);
+    expect((await fetch(target, { method: 'PUT', headers: { 'content-type': 'text/plain', ...bearer(admin()) } })).status).toBe(201);
+    const res = await fetch(target, {
+      method: 'POST',
+      headers: { 'content-type': 'text/plain', 'x-edgestream-instance': 'bogus', 'x-edgestream-socket-frame': '1', ...bearer(admin()) },
+      body: ';internal',
+    });
+    expect(res.status).toBe(204);
+    // A producer's gap waits for its predecessor as usual, rather than being refused at once.
+    const started = Date.now();
+    const gap = await fetch(target, {
+      method: 'POST',
+      headers: { 'content-type': 'text/plain', 'x-edgestream-socket-frame': '1', 'producer-id': 'gap', 'producer-epoch': '0', 'producer-seq': '3', ...bearer(admin()) },
+      body: 'never',
+    });
+    expect(gap.status).toBe(409);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(400);
+  });
+});
+
 describe('CORS origins restricted by CORS_ORIGINS', () => {
   let restricted: Awaited<ReturnType<typeof startServer>>;
   const allowed = ['https://app.example', 'https://admin.example'];

@@ -109,7 +109,7 @@ impl ReadReply<'_> {
         if self.cache.is_some() && if_none_match.is_some_and(|v| h::if_none_match(v, &tag)) {
             return Ok(Response::empty()?.with_status(304).with_headers(headers));
         }
-        headers.set(h::CONTENT_TYPE, self.content_type)?;
+        set_stream_type(&headers, self.content_type)?;
         let body = match self.data {
             PageData::Bytes(bytes) if self.json => json::render_array(&bytes),
             PageData::Bytes(bytes) => bytes.into_owned(),
@@ -133,6 +133,14 @@ impl ReadReply<'_> {
     }
 }
 
+/// Names a read's content type: the stream's, whatever its creator said. A browser that opens
+/// the read as a page (a `text/html` or `image/svg+xml` stream, say) renders it sandboxed, with
+/// no script and nothing loaded, so no stream's bytes act on this origin's pages or storage.
+fn set_stream_type(headers: &Headers, content_type: &str) -> Result<()> {
+    headers.set(h::CONTENT_TYPE, content_type)?;
+    headers.set("content-security-policy", "sandbox; default-src 'none'")
+}
+
 /// 200 for `offset=now` catch-up reads: no data, the tail, never cached.
 pub fn at_now(
     content_type: &str,
@@ -143,7 +151,7 @@ pub fn at_now(
 ) -> Result<Response> {
     let headers = Headers::new();
     name_incarnation(&headers, instance)?;
-    headers.set(h::CONTENT_TYPE, content_type)?;
+    set_stream_type(&headers, content_type)?;
     headers.set(h::CACHE_CONTROL, &cache_control(CacheKind::NoStore))?;
     headers.set(h::STREAM_NEXT_OFFSET, &tail.to_string())?;
     headers.set(h::STREAM_UP_TO_DATE, "true")?;

@@ -297,6 +297,7 @@ async fn forward(
     let stub = stub_for(env, name)?;
     let headers = http::copy_headers(req.headers())?;
     headers.delete("upgrade")?;
+    http::strip_internal(&headers)?;
     let mut init = RequestInit::new();
     init.with_method(req.method()).with_headers(headers);
     if matches!(req.method(), Method::Put | Method::Post) {
