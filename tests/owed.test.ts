@@ -456,6 +456,24 @@ describe('a source deleted while its channel is failing', () => {
   });
 });
 
+describe('a deleted source whose removal fails when its last fork goes', () => {
+  // A source whose path also contains `torn` fails its first removal after its rows are purged,
+  // the way a storage error would (worker/src/fault.rs).
+  it('keeps the fork\'s reference for the retry, so the source still goes', async () => {
+    const source = `${MARKER}-torn-${unique('last-fork')}`;
+    const fork = unique('last-fork-of');
+    // Its registration fails once: the retried PUT finishes it.
+    expect((await request('PUT', source, json, '[{"n":1}]')).status).toBe(503);
+    expect((await request('PUT', source, json, '[{"n":1}]')).status).toBe(200);
+    expect((await request('PUT', fork, { ...json, 'stream-forked-from': `/v1/stream/${source}` })).status).toBe(201);
+    expect((await request('DELETE', source)).status).toBe(204);
+    expect((await request('GET', `${source}?offset=-1`)).status).toBe(410);
+    // The fork's release fails with the removal; its alarm gives the reference back again.
+    expect((await request('DELETE', fork)).status).toBe(204);
+    expect(await until(async () => (await request('GET', `${source}?offset=-1`)).status === 404)).toBe(true);
+  });
+});
+
 describe('an append whose storage fails after its rows are written', () => {
   // A stream whose path also contains `torn` fails its first append there, after the rows
   // (three of them: 2.5 MiB) are written, the way a storage error would (worker/src/fault.rs).

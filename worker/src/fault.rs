@@ -43,6 +43,9 @@ pub enum Call {
     /// Cut off: an append stored, then its request failing before its subscriptions are told,
     /// as if the isolate died. Only for a stream whose path also contains `cut`.
     NotifyCut,
+    /// Failed: removing a stream, after its rows are purged, as a storage error fails it. Only
+    /// for a stream whose path also contains `torn`.
+    TornRemoval,
 }
 
 /// What one object has failed so far in this isolate.
@@ -78,7 +81,7 @@ impl Faults {
         if !self.marker.as_deref().is_some_and(|m| path.contains(m)) {
             return false;
         };
-        if (call == Call::TornWrite && !path.contains("torn"))
+        if (matches!(call, Call::TornWrite | Call::TornRemoval) && !path.contains("torn"))
             || (call == Call::NotifyCut && !path.contains("cut"))
         {
             return false;

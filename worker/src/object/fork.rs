@@ -546,7 +546,9 @@ pub async fn on_release(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Re
         return Response::ok("");
     };
     let store = obj.store()?;
-    // The reference and the count together, as they were taken.
+    let last_of_deleted = |meta: &Meta| meta.deleted && meta.forks == 0;
+    // The reference and the count together, as they were taken; with the last fork of a
+    // deleted source, its removal too, so that a failure leaves the reference for the retry.
     let held = store.atomically(|| {
         let held = match release.fork.as_deref() {
             Some(id) => store.drop_fork_ref(id)?,
@@ -555,24 +557,25 @@ pub async fn on_release(obj: &StreamObject, body: &[u8], hops: u32) -> Result<Re
         };
         if held {
             meta.forks = meta.forks.saturating_sub(1);
-            if !meta.deleted || meta.forks > 0 {
+            if last_of_deleted(&meta) && hops < MAX_HOPS {
+                obj.purge(&meta)?;
+            } else {
                 obj.save(&meta)?;
             }
         }
         Ok(held)
     })?;
-    if !held {
-        // Given back already.
+    if !last_of_deleted(&meta) {
         return Response::ok("");
     }
-    // The last fork of a deleted source: it goes too.
-    if meta.deleted && meta.forks == 0 {
-        if hops < MAX_HOPS {
-            obj.remove(meta, hops).await?;
-        } else {
-            obj.save(&meta)?;
-            super::alarm::schedule(obj, now_ms()).await?;
-        }
+    // The last fork of a deleted source: it goes too. Given back already, it is one whose
+    // removal was left to the alarm, which this request may as well do.
+    if held && hops < MAX_HOPS {
+        obj.removed(hops).await?;
+    } else if hops < MAX_HOPS {
+        obj.remove(meta, hops).await?;
+    } else {
+        super::alarm::schedule(obj, now_ms()).await?;
     }
     Response::ok("")
 }

@@ -530,17 +530,28 @@ impl StreamObject {
 
     /// Deletes every row and, for a fork, lets go of the source. `hops` is the request's depth.
     async fn remove(&self, meta: Meta, hops: u32) -> Result<()> {
-        self.store()?.atomically(|| {
-            // Its links and its reference are read before they are purged; a soft-deleted
-            // stream owed its `deleted` events already.
-            if !meta.deleted {
-                channel::owe_deleted(self, &meta)?;
-            }
-            fork::owe_removed(self, &meta)?;
-            self.store()?.purge()?;
-            // In the purge's turn: the registry is told even if this request dies.
-            subscribers::owe_deregistration(self, &meta)
-        })?;
+        self.store()?.atomically(|| self.purge(&meta))?;
+        self.removed(hops).await
+    }
+
+    /// A removal's writes, in the caller's transaction.
+    pub(super) fn purge(&self, meta: &Meta) -> Result<()> {
+        // Its links and its reference are read before they are purged; a soft-deleted
+        // stream owed its `deleted` events already.
+        if !meta.deleted {
+            channel::owe_deleted(self, meta)?;
+        }
+        fork::owe_removed(self, meta)?;
+        self.store()?.purge()?;
+        self.faults
+            .check(&meta.path, crate::fault::Call::TornRemoval)?;
+        // In the purge's turn: the registry is told even if this request dies.
+        subscribers::owe_deregistration(self, meta)
+    }
+
+    /// After a removal's writes committed: what the object holds in memory, its live readers,
+    /// and what it owes.
+    pub(super) async fn removed(&self, hops: u32) -> Result<()> {
         self.meta.replace(Some(None));
         channel::forget(self);
         live::gone(&self.hub, &ProtocolError::NotFound);
