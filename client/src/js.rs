@@ -83,19 +83,20 @@ export function es_ws_open(url, protocols, ping, pong, quietMs) {
   let waiter = null;
   const push = (item) => { if (waiter) { const w = waiter; waiter = null; w(item); } else queue.push(item); };
   // A socket quiet for `quietMs` is sent `ping` (edgestream's server answers `pong` at once);
-  // one that stays silent as long again died without closing, and is given up.
+  // one that stays silent as long after the ping died without closing, and is given up. Timed
+  // from the ping, so that a timer firing late (a throttled tab, a sleep) pings before it gives up.
   let seen = Date.now();
-  let pinged = false;
+  let pingedAt = 0;
   const beat = setInterval(() => {
-    const idle = Date.now() - seen;
-    if (idle >= 2 * quietMs) { end(); try { socket.close(4000); } catch {} push({ kind: 'close', code: 1006, reason: 'no answer to ping' }); }
-    else if (idle >= quietMs && !pinged) { pinged = true; try { socket.send(ping); } catch {} }
+    const now = Date.now();
+    if (pingedAt && now - pingedAt >= quietMs) { end(); try { socket.close(4000); } catch {} push({ kind: 'close', code: 1006, reason: 'no answer to ping' }); }
+    else if (!pingedAt && now - seen >= quietMs) { pingedAt = now; try { socket.send(ping); } catch {} }
   }, quietMs / 4);
   const end = () => clearInterval(beat);
   socket.onopen = () => { seen = Date.now(); push({ kind: 'open' }); };
   socket.onmessage = (e) => {
     seen = Date.now();
-    pinged = false;
+    pingedAt = 0;
     if (e.data === pong) return;
     push(typeof e.data === 'string' ? { kind: 'text', data: e.data } : { kind: 'binary', data: new Uint8Array(e.data) });
   };
