@@ -649,10 +649,16 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
         .map(CallOff);
     let sent_at = js_sys::Date::now();
     let req = Request::get(&url, query, &dynamic);
-    let mut attempt = 0u32;
+    // A long-poll's failures count on across the polls its watchdog starts again, as an SSE
+    // connection's do, so that `max_retries` is reached in an outage however long the backoff.
+    let long_poll = phase == Phase::LongPoll;
+    let mut attempt = if long_poll { inner.borrow().failures } else { 0 };
     loop {
-        let Some(sent) = send_live(inner, &req, &policy, signal.as_ref(), &mut attempt).await?
-        else {
+        let sent = send_live(inner, &req, &policy, signal.as_ref(), &mut attempt).await;
+        if long_poll {
+            inner.borrow_mut().failures = attempt;
+        }
+        let Some(sent) = sent? else {
             return Ok(());
         };
         let status = sent.status;
