@@ -652,7 +652,11 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
     // A long-poll's failures count on across the polls its watchdog starts again, as an SSE
     // connection's do, so that `max_retries` is reached in an outage however long the backoff.
     let long_poll = phase == Phase::LongPoll;
-    let mut attempt = if long_poll { inner.borrow().failures } else { 0 };
+    let mut attempt = if long_poll {
+        inner.borrow().failures
+    } else {
+        0
+    };
     loop {
         let sent = send_live(inner, &req, &policy, signal.as_ref(), &mut attempt).await;
         if long_poll {
