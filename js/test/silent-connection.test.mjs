@@ -34,6 +34,16 @@ function clientTexts(bytes) {
   return out;
 }
 
+/** Answers a WebSocket upgrade with 101 and the client's first subprotocol. */
+function acceptUpgrade(req, socket) {
+  const accept = createHash('sha1').update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+  const protocol = req.headers['sec-websocket-protocol']?.split(',')[0].trim();
+  socket.write(
+    'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+      `Sec-WebSocket-Accept: ${accept}\r\nSec-WebSocket-Protocol: ${protocol}\r\n\r\n`,
+  );
+}
+
 /**
  * The fake stream of test-support, whose SSE responses and long-polls go silent once they have
  * said where the stream stands, with WebSocket upgrades that do the same: a control, then
@@ -43,12 +53,7 @@ function silentStream(state) {
   return fakeStream(state).on('upgrade', (req, socket) => {
     // A WebSocket that says where the stream stands and then nothing more, pings included.
     state.sockets.add(socket);
-    const accept = createHash('sha1').update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
-    const protocol = req.headers['sec-websocket-protocol']?.split(',')[0].trim();
-    socket.write(
-      'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
-        `Sec-WebSocket-Accept: ${accept}\r\nSec-WebSocket-Protocol: ${protocol}\r\n\r\n`,
-    );
+    acceptUpgrade(req, socket);
     let received = Buffer.alloc(0);
     socket.on('data', (chunk) => {
       received = Buffer.concat([received, chunk]);
@@ -114,12 +119,7 @@ test('a WebSocket whose keepalive timer fires late pings before it gives up, and
   const server = fakeStream(state).on('upgrade', (req, socket) => {
     state.upgrades++;
     state.sockets.add(socket);
-    const accept = createHash('sha1').update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
-    const protocol = req.headers['sec-websocket-protocol']?.split(',')[0].trim();
-    socket.write(
-      'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
-        `Sec-WebSocket-Accept: ${accept}\r\nSec-WebSocket-Protocol: ${protocol}\r\n\r\n`,
-    );
+    acceptUpgrade(req, socket);
     let received = Buffer.alloc(0);
     let answered = 0;
     socket.on('data', (chunk) => {

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use crate::intake::Held;
 use crate::wsproto::{Admit, AppendAllowance, AppendRate, BadFrame, PongPace, Waiting};
 
-/// Waiting frames and append allowances, by socket (`ClientState::id`).
+/// Waiting frames, append allowances and when pings were answered, by socket (`ClientState::id`).
 #[derive(Default)]
 pub struct Inbox {
     sockets: RefCell<HashMap<u64, Waiting>>,
