@@ -523,3 +523,51 @@ describe('an append cut off before its subscriptions are told', () => {
     });
   }, 30_000);
 });
+
+describe('the alarm, once a request has done the work it was set for', () => {
+  // With FAULT_MARKER on, a HEAD says when the stream's alarm is set for (worker/src/fault.rs).
+  // A create or an append sets it SAFETY_MS on, in case the request dies before it has
+  // registered the stream, told its subscriptions and fed its channels; once it has, the alarm
+  // goes back to the stream's own timed work, so the object is not woken for nothing.
+  const alarmAt = async (path: string) => {
+    const res = await request('HEAD', path);
+    expect(res.status).toBe(200);
+    return res.headers.get('x-edgestream-alarm');
+  };
+
+  it('is cleared for a stream fed to a channel and told to a subscription, with no expiry', async () => {
+    const channel = await newChannel('quiet');
+    await withHook(channel, async (hook, id) => {
+      await subscribe(id, `${channel}/*`, hook.url);
+      const stream = `${channel}/s`;
+      expect((await request('PUT', stream, json, '[{"n":0}]')).status).toBe(201);
+      expect(await alarmAt(stream)).toBe('none');
+      expect((await request('POST', stream, json, '{"n":1}')).status).toBe(204);
+      expect(hook.named(stream), 'the subscription was told in the append').toBe(true);
+      expect((await readAll(channel)).map((e) => e.data)).toEqual([{ n: 0 }, { n: 1 }]);
+      expect(await alarmAt(stream)).toBe('none');
+    });
+  });
+
+  it('is moved to the expiry of a stream with a TTL', async () => {
+    const channel = await newChannel('quiet-ttl');
+    const stream = `${channel}/s`;
+    expect((await request('PUT', stream, { ...json, 'stream-ttl': '3600' })).status).toBe(201);
+    expect((await request('POST', stream, json, '{"n":1}')).status).toBe(204);
+    const at = Number(await alarmAt(stream));
+    expect(at).toBeGreaterThan(Date.now() + 3_590_000);
+    expect(at).toBeLessThan(Date.now() + 3_610_000);
+  });
+
+  it('stays set while a notification is owed, and is done once the alarm has given it', async () => {
+    await withSubscribedStream('owed-alarm', async (stream, hook) => {
+      // The stream's first notification fails: the append leaves it to the alarm.
+      expect((await request('POST', stream, json, '{"n":1}')).status).toBe(204);
+      const at = Number(await alarmAt(stream));
+      expect(at).toBeGreaterThan(Date.now() - 1_000);
+      expect(at).toBeLessThan(Date.now() + 3_000);
+      expect(await until(() => hook.named(stream), 15_000)).toBe(true);
+      expect(await until(async () => (await alarmAt(stream)) === 'none')).toBe(true);
+    });
+  }, 30_000);
+});

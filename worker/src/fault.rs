@@ -48,6 +48,10 @@ pub enum Call {
     TornRemoval,
 }
 
+/// With faults on, a HEAD's answer says when the stream's alarm is set for (Unix ms), or
+/// `none`: tests see which work a request left the alarm to do.
+pub const ALARM_HEADER: &str = "x-edgestream-alarm";
+
 /// What one object has failed so far in this isolate.
 pub struct Faults {
     /// `FAULT_MARKER`: none in production.
@@ -61,6 +65,12 @@ impl Faults {
             marker,
             tripped: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Whether faults are on at all (a test server): a HEAD is then also told when the
+    /// stream's alarm is set for, in [`ALARM_HEADER`].
+    pub fn enabled(&self) -> bool {
+        self.marker.is_some()
     }
 
     /// `Err` when this call is the one to fail.

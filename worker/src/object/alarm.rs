@@ -64,6 +64,61 @@ impl Alarm {
     pub fn forget(&self) {
         self.armed.set(false);
     }
+
+    /// Moves the alarm to `at_ms`, or clears it: for timed work that is not soon, so a caller
+    /// that needs it soon sets it again.
+    fn defer(&self, at_ms: Option<i64>) {
+        self.armed.set(false);
+        let result = match at_ms {
+            Some(at) => set_now(&self.state, at),
+            None => delete_now(&self.state),
+        };
+        if let Err(e) = result {
+            worker::console_error!("stream: cannot move the alarm: {e:?}");
+        }
+    }
+}
+
+/// The work a request armed the alarm for is done (its subscriptions told, its channels fed,
+/// its registration made): the alarm moves to the object's next timed work, or is cleared, so
+/// that the request does not wake the object `SAFETY_MS` later for nothing. Only when this
+/// instance armed it, so it is known to be no later than that safety margin; and in one turn,
+/// so nothing another request owes meanwhile is missed.
+pub fn stand_down(obj: &StreamObject) {
+    if !obj.alarm.armed() {
+        return;
+    }
+    match next_work(obj) {
+        Ok(Some(Next::Soon)) => {}
+        Ok(Some(Next::At(at_ms))) => obj.alarm.defer(Some(at_ms)),
+        Ok(None) => obj.alarm.defer(None),
+        Err(e) => worker::console_error!("stream: cannot tell the alarm's next work: {e}"),
+    }
+}
+
+/// When the alarm is next needed.
+enum Next {
+    /// Work is owed, or under way: the alarm stays as it is.
+    Soon,
+    /// The stream's expiry, or a client socket's token expiry.
+    At(i64),
+}
+
+/// What the alarm handler would find to do, and when: `None` for nothing at all.
+fn next_work(obj: &StreamObject) -> Result<Option<Next>> {
+    let Some(meta) = obj.meta()? else {
+        return Ok(None);
+    };
+    let store = obj.store()?;
+    if meta.deleted || !store.owed()?.is_empty() || super::channel::any_behind(obj, &meta)? {
+        return Ok(Some(Next::Soon));
+    }
+    let expiry = meta.expiry.deadline(meta.accessed_ms);
+    let token = obj
+        .hub
+        .close_expired_clients(crate::http::now_secs())
+        .map(|secs| secs.saturating_mul(1000));
+    Ok(expiry.into_iter().chain(token).min().map(Next::At))
 }
 
 /// The time to give the runtime for an alarm due at `at_ms`. It refuses any at or before 1970
@@ -72,16 +127,27 @@ fn runtime_time(at_ms: i64) -> f64 {
     at_ms.max(1) as f64
 }
 
-/// Calls `storage.setAlarm` in the caller's turn; the returned promise is only logged.
+/// Calls `storage.setAlarm` in the caller's turn.
 fn set_now(state: &JsValue, at_ms: i64) -> std::result::Result<(), JsValue> {
+    call_now(state, "setAlarm", &[JsValue::from_f64(runtime_time(at_ms))])
+}
+
+/// Calls `storage.deleteAlarm` in the caller's turn.
+fn delete_now(state: &JsValue) -> std::result::Result<(), JsValue> {
+    call_now(state, "deleteAlarm", &[])
+}
+
+/// Calls `storage.<method>` in the caller's turn, so it commits with the turn's writes; the
+/// returned promise is only logged.
+fn call_now(state: &JsValue, method: &str, args: &[JsValue]) -> std::result::Result<(), JsValue> {
     let storage = js_sys::Reflect::get(state, &"storage".into())?;
-    let set: js_sys::Function = js_sys::Reflect::get(&storage, &"setAlarm".into())?.dyn_into()?;
-    let promise: js_sys::Promise = set
-        .call1(&storage, &JsValue::from_f64(runtime_time(at_ms)))?
-        .dyn_into()?;
+    let f: js_sys::Function = js_sys::Reflect::get(&storage, &method.into())?.dyn_into()?;
+    let args: js_sys::Array = args.iter().collect();
+    let promise: js_sys::Promise = f.apply(&storage, &args)?.dyn_into()?;
+    let method = method.to_string();
     wasm_bindgen_futures::spawn_local(async move {
         if let Err(e) = wasm_bindgen_futures::JsFuture::from(promise).await {
-            worker::console_error!("stream: setting the alarm failed: {e:?}");
+            worker::console_error!("stream: {method} failed: {e:?}");
         }
     });
     Ok(())

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use worker::{Headers, Method, Request, RequestInit, Response, Result};
 
 use super::store::{self, ChannelLink, Meta, Rows, Store, Task};
-use super::{live, subscribers, Lookup, StreamObject};
+use super::{alarm, live, subscribers, Lookup, StreamObject};
 use crate::fault::Call;
 use crate::http::{self, header, now_ms};
 use crate::subscription::registry::{ChannelCount, ChannelRef, StreamPath};
@@ -439,6 +439,18 @@ async fn round(obj: &StreamObject) -> Result<Round> {
 
 /// Whether the channel has yet to take something of the stream: messages, its `closed` event
 /// or its `created` event.
+/// Whether some channel above the stream has not yet taken all of it.
+pub fn any_behind(obj: &StreamObject, meta: &Meta) -> Result<bool> {
+    if meta.channel {
+        return Ok(false);
+    }
+    Ok(obj
+        .store()?
+        .channel_links()?
+        .iter()
+        .any(|l| behind(l, meta)))
+}
+
 fn behind(link: &ChannelLink, meta: &Meta) -> bool {
     link.forwarded < meta.tail || (meta.closed && !link.closed_sent) || link.announce
 }
@@ -695,6 +707,7 @@ async fn append_envelopes(
     live::queue(&obj.hub, start, tail, meta.closed, body, true);
     live::flush(&obj.hub);
     subscribers::appended(obj, &meta).await?;
+    alarm::stand_down(obj);
     mark_reply(mark)
 }
 

@@ -175,6 +175,7 @@ impl DurableObject for StreamObject {
     async fn fetch(&self, req: Request) -> Result<Response> {
         let cold = self.cold.replace(false);
         let origin = header(req.headers(), "origin");
+        let show_alarm = self.faults.enabled() && req.method() == Method::Head;
         let result = self.route(req).await;
         // A batching append flushes its own frame after one turn; should that turn never come
         // (a cancelled request), the next request of any kind to finish sends what is queued.
@@ -189,6 +190,13 @@ impl DurableObject for StreamObject {
             }
         };
         let resp = if cold { mark_cold(resp)? } else { resp };
+        let resp = if show_alarm {
+            let at = self.state.storage().get_alarm().await?;
+            let at = at.map_or_else(|| "none".to_string(), |ms| ms.to_string());
+            http::edit_headers(resp, |headers| headers.set(crate::fault::ALARM_HEADER, &at))?
+        } else {
+            resp
+        };
         // Decorated here, where the headers are still mutable, rather than copied at the edge.
         security::decorate(resp, &self.config, origin.as_deref())
     }
@@ -679,6 +687,7 @@ impl StreamObject {
         if !subscribers::registered(self).await? {
             return http::unavailable(UNREGISTERED);
         }
+        alarm::stand_down(self);
         described(201, &meta)
     }
 
@@ -1035,6 +1044,7 @@ impl StreamObject {
             live::flush(&self.hub);
             subscribers::appended(self, &meta).await?;
             channel::forward(self).await;
+            alarm::stand_down(self);
         }
 
         let resp = Response::empty()?.with_status(status);
