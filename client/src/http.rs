@@ -31,26 +31,26 @@ impl Dynamic {
 /// Values that are `undefined` or `null` are left out, so a function can decide per request
 /// whether to send a header; a value that is not a string, number or boolean is refused, naming
 /// it, rather than sent as `[object Object]`.
-pub async fn resolve_map(source: &JsValue, what: &str) -> Result<Vec<(String, String)>, JsValue> {
-    let mut value = source.clone();
-    if value.is_function() {
-        let f: &js_sys::Function = value.unchecked_ref();
-        value = js::settle(f.call0(&JsValue::UNDEFINED)?).await?;
-    }
+///
+/// A function of the caller's that throws or rejects (a token service that is down) fails
+/// with [`Failure::Unsent`], which is retried as a network failure is; a value that is not
+/// allowed fails with [`Failure::Fatal`].
+pub async fn resolve_map(source: &JsValue, what: &str) -> Result<Vec<(String, String)>, Failure> {
+    let mut value = call_given(source).await?;
     let mut out = Vec::new();
     if value.is_undefined() || value.is_null() {
         return Ok(out);
     }
     if !value.is_object() {
-        return Err(error::invalid("headers and params must be objects"));
+        return Err(Failure::Fatal(error::invalid(
+            "headers and params must be objects",
+        )));
     }
     if let Some(headers) = value.dyn_ref::<web_sys::Headers>() {
-        let entries = js_sys::try_iter(headers)?;
-        if let Some(entries) = entries {
-            for pair in entries {
-                let pair: Array = pair?.unchecked_into();
-                out.push((js::to_text(&pair.get(0)), js::to_text(&pair.get(1))));
-            }
+        let entries = js_sys::try_iter(headers).map_err(Failure::Fatal)?;
+        for pair in entries.into_iter().flatten() {
+            let pair: Array = pair.map_err(Failure::Fatal)?.unchecked_into();
+            out.push((js::to_text(&pair.get(0)), js::to_text(&pair.get(1))));
         }
         return Ok(out);
     }
@@ -58,25 +58,30 @@ pub async fn resolve_map(source: &JsValue, what: &str) -> Result<Vec<(String, St
     for pair in entries.iter() {
         let pair: Array = pair.unchecked_into();
         let name = js::to_text(&pair.get(0));
-        let mut v = pair.get(1);
-        if v.is_function() {
-            let f: &js_sys::Function = v.unchecked_ref();
-            v = js::settle(f.call0(&JsValue::UNDEFINED)?).await?;
-        }
-        if v.is_undefined() || v.is_null() {
+        value = call_given(&pair.get(1)).await?;
+        if value.is_undefined() || value.is_null() {
             continue;
         }
-        if v.as_string().is_none() && v.as_f64().is_none() && v.as_bool().is_none() {
-            return Err(error::invalid(&error::msg(&[
+        if value.as_string().is_none() && value.as_f64().is_none() && value.as_bool().is_none() {
+            return Err(Failure::Fatal(error::invalid(&error::msg(&[
                 what,
                 ".",
                 &name,
                 " must be a string, number or boolean (or a function returning one)",
-            ])));
+            ]))));
         }
-        out.push((name, js::to_text(&v)));
+        out.push((name, js::to_text(&value)));
     }
     Ok(out)
+}
+
+/// A value the caller gave, or what it returns or resolves to if it is a function.
+async fn call_given(value: &JsValue) -> Result<JsValue, Failure> {
+    let Some(f) = value.dyn_ref::<js_sys::Function>() else {
+        return Ok(value.clone());
+    };
+    let called = f.call0(&JsValue::UNDEFINED).map_err(Failure::Unsent)?;
+    js::settle(called).await.map_err(Failure::Unsent)
 }
 
 /// `base` with `params` appended as a query string (keeping any query `base` already has).
@@ -153,20 +158,39 @@ pub struct Sent {
 pub enum Failure {
     /// The caller cancelled (or the tab was hidden and the request was paused).
     Aborted,
-    /// No response: connection refused, reset, DNS...
+    /// No response: connection refused, reset, DNS... (the `NETWORK_ERROR` to give up with).
     Network(JsValue),
-    /// An error before anything was sent (a header function threw, bad arguments).
+    /// Nothing was sent: a headers or params function threw or rejected. Retried like a
+    /// network failure, but whatever the method, as nothing can have landed.
+    Unsent(JsValue),
+    /// An error before anything was sent (bad arguments).
     Fatal(JsValue),
+}
+
+/// A caller's headers or params function failed for a request to `url`: the `NETWORK_ERROR`
+/// to give up with, naming it, with its error as `cause`.
+pub fn unsent_error(method: &str, url: &str, cause: &JsValue) -> JsValue {
+    failed(
+        method,
+        url,
+        ": a headers or params function failed: ",
+        cause,
+    )
+    .into()
 }
 
 /// Sends one attempt of `req`, aborting when `signal` does.
 pub async fn send_once(req: &Request<'_>, signal: Option<&AbortSignal>) -> Result<Sent, Failure> {
+    let named = |f: Failure| match f {
+        Failure::Unsent(e) => Failure::Unsent(unsent_error(req.method, req.url, &e)),
+        other => other,
+    };
     let mut dynamic_headers = resolve_map(&req.dynamic.headers, "headers")
         .await
-        .map_err(Failure::Fatal)?;
+        .map_err(named)?;
     let mut params = resolve_map(&req.dynamic.params, "params")
         .await
-        .map_err(Failure::Fatal)?;
+        .map_err(named)?;
     // What is reported as sent is what was sent: the caller's reserved parameters are dropped,
     // and a protocol header replaces the caller's of the same name, in any case.
     drop_reserved(&mut params);
@@ -195,7 +219,8 @@ pub async fn send_once(req: &Request<'_>, signal: Option<&AbortSignal>) -> Resul
     if let Some(signal) = signal {
         js::set(&init, "signal", signal.clone());
     }
-    let promise = js::es_fetch(&url, &init).map_err(Failure::Network)?;
+    let network = |e: JsValue| Failure::Network(network_error(req.method, req.url, &e).into());
+    let promise = js::es_fetch(&url, &init).map_err(network)?;
     match js::wait(promise).await {
         Ok(value) => {
             let response: Response = value.unchecked_into();
@@ -212,7 +237,7 @@ pub async fn send_once(req: &Request<'_>, signal: Option<&AbortSignal>) -> Resul
             if signal.is_some_and(|s| s.aborted()) || error::is_abort(&e) {
                 Err(Failure::Aborted)
             } else {
-                Err(Failure::Network(e))
+                Err(network(e))
             }
         }
     }
@@ -227,6 +252,11 @@ pub async fn send(
 ) -> Result<Sent, JsValue> {
     let mut attempt: u32 = 0;
     loop {
+        // Checked before every attempt, a retry after a status as after a failed connection:
+        // a `fetch` that does not watch the signal must not keep a cancelled request going.
+        if signal.is_some_and(|s| s.aborted()) {
+            return Err(aborted());
+        }
         let failure = match send_once(req, signal).await {
             Ok(sent) if !backoff::is_retryable_status(sent.status) => {
                 return Ok(Sent {
@@ -249,16 +279,18 @@ pub async fn send(
             }
             Err(f) => f,
         };
+        let unsent = matches!(failure, Failure::Unsent(_));
         match failure {
             Failure::Aborted => return Err(aborted()),
             Failure::Fatal(e) => return Err(e),
-            Failure::Network(e) => {
+            Failure::Network(e) | Failure::Unsent(e) => {
                 // A POST may have landed before its connection failed: sent again, it could land
                 // twice. Only a producer's, which the server deduplicates, is sent again.
-                let replayable = req.method != "POST"
+                let replayable = unsent
+                    || req.method != "POST"
                     || req.headers.iter().any(|(k, _)| *k == headers::PRODUCER_ID);
                 if !replayable || attempt >= policy.max_retries {
-                    return Err(network_error(req.method, req.url, &e).into());
+                    return Err(e);
                 }
                 attempt += 1;
                 js::sleep(
@@ -267,9 +299,6 @@ pub async fn send(
                 )
                 .await;
             }
-        }
-        if signal.is_some_and(|s| s.aborted()) {
-            return Err(aborted());
         }
     }
 }
@@ -281,12 +310,17 @@ pub fn aborted() -> JsValue {
 
 /// A `NETWORK_ERROR` naming what failed and why.
 pub fn network_error(method: &str, url: &str, cause: &JsValue) -> js_sys::Error {
+    failed(method, url, ": network error: ", cause)
+}
+
+/// A `NETWORK_ERROR` for `method url`, saying `what` and why, with `cause`.
+fn failed(method: &str, url: &str, what: &str, cause: &JsValue) -> js_sys::Error {
     let why = js::get_string(cause, "message").unwrap_or_else(|| js::to_text(cause));
     let detail = js::get(cause, "cause");
     let detail = js::get_string(&detail, "message")
         .or_else(|| js::get_string(&detail, "code"))
         .unwrap_or_default();
-    let mut parts = vec![method, " ", url, ": network error: ", why.as_str()];
+    let mut parts = vec![method, " ", url, what, why.as_str()];
     if !detail.is_empty() {
         parts.extend_from_slice(&[" (", detail.as_str(), ")"]);
     }

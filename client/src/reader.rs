@@ -594,7 +594,7 @@ async fn send_live(
             }
             Err(Failure::Aborted) => return Ok(None),
             Err(Failure::Fatal(e)) => return Err(e),
-            Err(Failure::Network(e)) => Err(e),
+            Err(Failure::Network(e) | Failure::Unsent(e)) => Err(e),
         };
         *attempt += 1;
         let retry_after = match &failed {
@@ -605,7 +605,7 @@ async fn send_live(
         if *attempt > policy.max_retries {
             return Err(match failed {
                 Ok(sent) => http::status_error("GET", req.url, &sent.response, sent.status).await,
-                Err(e) => http::network_error("GET", req.url, &e).into(),
+                Err(e) => e,
             });
         }
         if let Ok(sent) = &failed {
@@ -917,7 +917,16 @@ async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
             let s = inner.borrow();
             (s.url.clone(), s.query(Some("ws")), s.dynamic.params.clone())
         };
-        let mut params = http::resolve_map(&params_src, "params").await?;
+        let mut params = match http::resolve_map(&params_src, "params").await {
+            Ok(params) => params,
+            // A function of the caller's failed: tried again after a backoff, as a failed
+            // connection is.
+            Err(Failure::Unsent(e)) => {
+                return back_off(inner, http::unsent_error("GET", &url, &e), None).await
+            }
+            Err(Failure::Fatal(e) | Failure::Network(e)) => return Err(e),
+            Err(Failure::Aborted) => return Ok(()),
+        };
         http::drop_reserved(&mut params);
         let mut q = query;
         // A socket's handshake headers cannot be read, so the server is told which incarnation

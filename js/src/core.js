@@ -319,10 +319,13 @@ export class StreamHandle {
     try {
       while (this.#subscribers.size > 0) {
         let result;
+        const failed = this.#error;
         try {
           result = await this.next();
         } catch (e) {
-          this.#report(e);
+          // A new failure was reported as it happened (see #fail); an old one is rethrown to
+          // whoever subscribed since.
+          if (failed) this.#report(e);
           return;
         }
         if (result.done) return;
@@ -340,7 +343,6 @@ export class StreamHandle {
             // error is not lost (onError, or `finished` rejects).
             this.#fail(e);
             this.cancel();
-            this.#report(e);
             return;
           }
         }
@@ -358,9 +360,14 @@ export class StreamHandle {
     }
   }
 
-  /** The handle has failed: later next() calls rethrow `e`, and `finished` rejects with it. */
+  /**
+   * The handle has failed: every `onError` is told, then `finished` rejects with `e`, and later
+   * next() calls rethrow it.
+   */
   #fail(e) {
-    this.#error ??= e;
+    if (this.#error) return;
+    this.#error = e;
+    this.#report(e);
     this.#finished.reject(e);
   }
 
@@ -391,7 +398,7 @@ export class StreamHandle {
   async items() {
     const all = [];
     await this.#collect((batch) => {
-      if (batch.bytes?.length) this.#wrongKind('items()', 'is not JSON: use bytes() or text()');
+      if (batch.bytes) this.#wrongKind('items()', 'is not JSON: use bytes() or text()');
       // A loop, not push(...items): a batch can hold more messages than a call has arguments.
       if (batch.items) for (const item of batch.items) all.push(item);
     });
@@ -403,7 +410,7 @@ export class StreamHandle {
     const parts = [];
     let n = 0;
     await this.#collect((batch) => {
-      if (batch.items?.length) this.#wrongKind('bytes() and text()', 'is JSON: use items()');
+      if (batch.items) this.#wrongKind('bytes() and text()', 'is JSON: use items()');
       if (batch.bytes) {
         parts.push(batch.bytes);
         n += batch.bytes.length;
@@ -448,6 +455,8 @@ function jsonText(value) {
     }
     return text;
   }
+  // JSON.stringify would write a Promise as {}: one passed by mistake for its value is refused.
+  if (typeof value?.then === 'function') throw new DurableStreamError('a Promise is not a JSON value: await it first', 'INVALID_ARGUMENT');
   let text;
   try {
     text = JSON.stringify(value);
@@ -481,6 +490,9 @@ const encodeFor = (json, value) => (json ? jsonText(value) : bytesOf(value, json
  * body as a batch of messages, so the value is always wrapped: an array stays one message.
  */
 const oneMessage = (value) => `[${jsonText(value)}]`;
+
+/** `options` without the entries given as `undefined`. */
+const defined = (options) => Object.fromEntries(Object.entries(options ?? {}).filter(([, v]) => v !== undefined));
 
 /** A stream at a URL: create, inspect, append to, close, delete, read. */
 export class DurableStream {
@@ -531,6 +543,8 @@ export class DurableStream {
    * value is one message; strings and bytes are JSON text, read the same way.
    */
   async create(options = {}) {
+    // What the handle was made with counts, as for every other call; `options` overrides it.
+    options = { ...this.options, ...defined(options) };
     const contentType = options.contentType ?? this.contentType;
     let body = options.body;
     if (body !== undefined && isJsonType(contentType)) body = jsonText(body);
@@ -596,8 +610,7 @@ export class DurableStream {
    */
   stream(options = {}) {
     const { headers, params, retry, signal } = this.options;
-    const given = Object.fromEntries(Object.entries(options ?? {}).filter(([, v]) => v !== undefined));
-    return stream({ url: this.url, headers, params, retry, signal, ...given });
+    return stream({ url: this.url, headers, params, retry, signal, ...defined(options) });
   }
 }
 
@@ -898,7 +911,8 @@ export class IdempotentProducer {
   /** `{ contentType, json }` of the stream. Sends need the content type even when `json` is given. */
   #streamFormat() {
     this.#format ??= (async () => {
-      const contentType = this.#stream.contentType ?? (await this.#stream.head()).contentType;
+      // Sent as its batches are: retried through an outage, and ended by the producer's signal.
+      const contentType = this.#stream.contentType ?? (await call(headStream, this.#request())).contentType;
       return { contentType, json: this.#json ?? isJsonType(contentType) };
     })();
     return this.#format;
@@ -1040,18 +1054,22 @@ export class IdempotentProducer {
   }
 
   #send(batch) {
-    return call(appendStream, {
-      url: this.#stream.url,
-      headers: this.#stream.options?.headers,
-      params: this.#stream.options?.params,
-      retry: this.#retry(),
-      body: batch.body,
-      contentType: batch.contentType,
-      signal: this.#stop.signal,
-      close: batch.close,
-      producer: { id: this.#id, epoch: batch.epoch, seq: batch.seq },
-      leaseTtl: this.#lease ? (batch.release ? 0 : this.#lease.ttlSeconds) : undefined,
-    });
+    return call(
+      appendStream,
+      this.#request({
+        body: batch.body,
+        contentType: batch.contentType,
+        close: batch.close,
+        producer: { id: this.#id, epoch: batch.epoch, seq: batch.seq },
+        leaseTtl: this.#lease ? (batch.release ? 0 : this.#lease.ttlSeconds) : undefined,
+      }),
+    );
+  }
+
+  /** A request of the producer's: the stream's URL, headers and params, with `#retry()` and the producer's own signal. */
+  #request(extra) {
+    const { headers, params } = this.#stream.options ?? {};
+    return { url: this.#stream.url, headers, params, retry: this.#retry(), signal: this.#stop.signal, ...extra };
   }
 
   /**

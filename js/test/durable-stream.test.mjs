@@ -51,6 +51,27 @@ test('a value that is not JSON is refused before anything is sent', async () => 
   assert.equal((await ds.head()).closed, false);
 });
 
+test('create() takes the create options the handle was made with; its own options override them', async () => {
+  const made = new DurableStream({ url: url(), contentType: 'application/json', ttlSeconds: 60, body: [{ seed: 1 }] });
+  assert.equal((await made.create()).status, 201);
+  assert.equal((await made.head()).ttlSeconds, 60);
+  assert.deepEqual(await items(made), [{ seed: 1 }]);
+  // Made by the static create(), then created again: the same configuration, so 200, not 409.
+  const again = await DurableStream.create({ url: url(), contentType: 'application/json', ttlSeconds: 60 });
+  assert.equal((await again.create()).status, 200);
+  // What create() is given wins over the handle's (a TTL the stream does not have: 409).
+  await assert.rejects(again.create({ ttlSeconds: 30 }), (e) => e.status === 409);
+});
+
+test('a Promise is refused as a JSON value (JSON.stringify would write {}), and nothing is sent', async () => {
+  const ds = await DurableStream.create({ url: url(), contentType: 'application/json' });
+  await assert.rejects(ds.append(Promise.resolve(1)), (e) => e.code === 'INVALID_ARGUMENT' && /await/.test(e.message));
+  const p = new IdempotentProducer(ds, 'p', { json: true });
+  assert.throws(() => p.append(Promise.resolve(2)), (e) => e.code === 'INVALID_ARGUMENT');
+  await p.close();
+  assert.deepEqual(await items(ds), []);
+});
+
 test('other streams take strings and bytes as they are', async () => {
   const ds = await DurableStream.create({ url: url(), contentType: 'text/plain', body: '[a]' });
   await ds.append('[b]');

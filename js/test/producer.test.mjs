@@ -571,3 +571,54 @@ test('without retry.maxRetries, a producer rides out an outage longer than the d
   assert.ok(refused > 6, `${refused} attempts failed before the server came back`);
   assert.equal(await readText(ds), 'abc');
 });
+
+/** Runs `body` with every HEAD answered by `answer(n)` (n counting from 1), or passed on when it returns nothing. */
+async function withHeads(answer, body) {
+  const inner = globalThis.fetch;
+  const heads = { count: 0 };
+  globalThis.fetch = (url, init = {}) => {
+    if (String(init.method ?? 'GET').toUpperCase() === 'HEAD') {
+      heads.count++;
+      const replaced = answer(heads.count);
+      if (replaced) return Promise.resolve(replaced);
+    }
+    return inner(url, init);
+  };
+  try {
+    await body(heads);
+  } finally {
+    globalThis.fetch = inner;
+  }
+}
+
+test("the HEAD that learns the stream's kind is retried as its batches are: through an outage of any length", async () => {
+  const { url } = await newStream('application/json');
+  // A stream with no maxRetries, whose kind is not known: the producer asks for it first.
+  const ds = new DurableStream({ url, retry: { initialDelayMs: 5, maxDelayMs: 20 } });
+  await withHeads(
+    (n) => (n <= 10 ? new Response(null, { status: 503 }) : undefined),
+    async (heads) => {
+      const p = new IdempotentProducer(ds, 'p');
+      p.append({ n: 1 });
+      await within(p.flush(), 10_000, 'flush');
+      assert.equal(heads.count, 11);
+    },
+  );
+  assert.deepEqual(await readItems(ds), [{ n: 1 }]);
+});
+
+test("the HEAD that learns the stream's kind ends when the producer's signal aborts", async () => {
+  const { url } = await newStream('application/json');
+  await withHeads(
+    () => new Response(null, { status: 503 }),
+    async (heads) => {
+      const ds = new DurableStream({ url, retry: { initialDelayMs: 100, maxDelayMs: 100 } });
+      const p = new IdempotentProducer(ds, 'p', { signal: AbortSignal.timeout(300) });
+      p.append({ n: 1 });
+      await assert.rejects(within(p.flush(), 5_000, 'flush'), (e) => e.code === 'ABORTED');
+      const sent = heads.count;
+      await sleep(500);
+      assert.equal(heads.count, sent, 'no HEAD is sent after the abort');
+    },
+  );
+});

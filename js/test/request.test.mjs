@@ -116,6 +116,15 @@ test("items() on bytes, and bytes() or text() on JSON, are INVALID_ARGUMENT, not
     await assert.rejects(stream({ url, live: false }).bytes(), (e) => e.code === 'INVALID_ARGUMENT');
     assert.deepEqual(await stream({ url, live: false }).items(), [1, 2]);
   });
+  // Empty streams too: the response says which kind the stream is.
+  await withServer(answer('text/plain', ''), async (url) => {
+    await assert.rejects(stream({ url, live: false }).items(), (e) => e.code === 'INVALID_ARGUMENT');
+    assert.equal(await stream({ url, live: false }).text(), '');
+  });
+  await withServer(answer('application/json', '[]'), async (url) => {
+    await assert.rejects(stream({ url, live: false }).bytes(), (e) => e.code === 'INVALID_ARGUMENT');
+    assert.deepEqual(await stream({ url, live: false }).items(), []);
+  });
 });
 
 test('a value JSON.stringify cannot encode is INVALID_ARGUMENT, and nothing is sent', async () => {
@@ -184,5 +193,43 @@ test('an option given as undefined is the same as one left out (index.d.ts types
     const own = ds.stream({ live: false, headers: { 'x-mine': 'reader' } });
     await own.items();
     assert.deepEqual(own.lastRequest.headers, { 'x-mine': 'reader' });
+  });
+});
+
+test('a headers or params function that throws is retried as a failed connection is (nothing was sent), whatever the method', async () => {
+  let calls = 0;
+  const flaky = () => {
+    if (++calls <= 2) throw new TypeError('token service down');
+    return 't';
+  };
+  await withServer(page, async (url, seen) => {
+    const ds = new DurableStream({ url, contentType: 'application/json', headers: { authorization: flaky }, retry: { initialDelayMs: 5 } });
+    await ds.head();
+    assert.equal(seen.length, 1);
+    assert.equal(seen[0].headers.authorization, 't');
+    // A plain POST, which is never sent twice once it may have landed, is sent once it can be.
+    calls = 0;
+    await ds.append({ n: 1 });
+    assert.deepEqual(seen.map((r) => r.method), ['HEAD', 'POST']);
+  });
+});
+
+test('a live reader whose params function fails once goes on; one that always fails gives up with NETWORK_ERROR and the cause', async () => {
+  await withServer(page, async (url, seen) => {
+    let calls = 0;
+    const params = {
+      token: async () => {
+        if (++calls === 2) throw new TypeError('token service down');
+        return `t${calls}`;
+      },
+    };
+    const h = stream({ url, live: 'long-poll', params, retry: { initialDelayMs: 5 } });
+    const it = h[Symbol.asyncIterator]();
+    for (let i = 0; i < 3; i++) assert.equal((await it.next()).done, false);
+    h.cancel();
+    assert.deepEqual(seen.slice(0, 3).map((r) => r.url.searchParams.get('token')), ['t1', 't3', 't4']);
+    const cause = new TypeError('always down');
+    const broken = new DurableStream({ url, headers: () => Promise.reject(cause), retry: { maxRetries: 1, initialDelayMs: 5 } });
+    await assert.rejects(broken.head(), (e) => e.code === 'NETWORK_ERROR' && e.cause === cause && /headers or params function/.test(e.message));
   });
 });

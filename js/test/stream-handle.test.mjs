@@ -106,6 +106,19 @@ test('a subscribe() callback that throws goes to onError', async () => {
   assert.deepEqual(await settled(h.finished, 1000), ['rejected', boom]);
 });
 
+test('a read error reaches onError before `finished` rejects', async () => {
+  const ds = await jsonStream(1);
+  const h = stream({ url: ds.url, live: 'long-poll' });
+  const order = [];
+  h.subscribe(() => {}, (e) => order.push(`onError ${e.code}`));
+  h.finished.catch((e) => order.push(`finished ${e.code}`));
+  await sleep(200);
+  await ds.delete();
+  await settled(h.finished, 3000);
+  await sleep(50);
+  assert.deepEqual(order, ['onError NOT_FOUND', 'finished NOT_FOUND']);
+});
+
 test('`finished` rejects when the reader refuses its options', async () => {
   for (const [options, code] of [
     [{ offset: 'a/b' }, 'INVALID_OFFSET'],
