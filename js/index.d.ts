@@ -102,6 +102,8 @@ export type ChannelMessage<T = unknown> = { stream: string; offset: string } & (
  * `BytesBatch` with `json: false`, and either (check `items` or `bytes`) otherwise.
  */
 export declare class StreamHandle<T = unknown, B extends Batch<T> = Batch<T>> implements AsyncIterableIterator<B> {
+  /** The same as `stream(options)`. */
+  constructor(options: StreamOptions);
   /** Where the application stands: the offset after the last batch it took (or the start). Pass it as `offset` to resume, after `break` too. */
   readonly offset: string;
   readonly upToDate: boolean;
@@ -245,6 +247,7 @@ export declare class DurableStream {
   static connect(options: StreamHandleOptions): Promise<DurableStream>;
   static head(options: StreamHandleOptions): Promise<HeadResult>;
   static delete(options: StreamHandleOptions): Promise<{ status: number }>;
+  /** PUT, with the create options the handle was made with; those given here override them. */
   create(options?: CreateOptions): Promise<CreateResult>;
   head(): Promise<HeadResult>;
   /**

@@ -1,5 +1,6 @@
-// Browsers and bundlers (Vite, webpack, esbuild): the wasm is fetched next to this module.
-// Bundlers see `new URL('…', import.meta.url)` and ship the file as an asset.
+// Browsers and bundlers: the wasm is fetched next to this module. Vite and webpack see
+// `new URL('…', import.meta.url)` and ship the file as an asset; with esbuild, pass its URL to
+// init() (js/README.md).
 import { setLoader } from './core.js';
 import initWasm from '../dist/edgestream_client.js';
 
