@@ -350,6 +350,30 @@ test('an idle SSE response is sent comment lines, so a reader that hung up is no
     expect(blocks.filter((b) => b !== ':').every((b) => /^event: (data|control)\n/.test(b))).toBe(true);
     expect(blocks[0]).toBe('event: data\ndata:a');
 
+    // No silence is longer than about a heartbeat: a comment line follows data by one heartbeat,
+    // not by up to two (a tick that found data written since the last one used to wait for the
+    // next). Appends land at varying phases of the heartbeat.
+    const phased = `heartbeat-phase-${Date.now()}`;
+    expect((await fetch(at(phased), { method: 'PUT', headers: { 'content-type': 'text/plain' } })).status).toBe(201);
+    const live = await fetch(`${at(phased)}?offset=now&live=sse`, { signal: AbortSignal.timeout(20_000) });
+    const liveReader = live.body!.getReader();
+    const gaps: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      await sleep(100 + i * 70);
+      expect((await fetch(at(phased), { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'x' })).status).toBe(204);
+      let dataAt = 0;
+      for (;;) {
+        const { value, done } = await liveReader.read();
+        expect(done).toBe(false);
+        const text = decoder.decode(value);
+        if (text.includes('data:x')) dataAt = Date.now();
+        else if (dataAt && text.split('\n\n').includes(':')) break;
+      }
+      gaps.push(Date.now() - dataAt);
+    }
+    await liveReader.cancel();
+    expect(Math.max(...gaps), `data to the next comment line, ms: ${gaps}`).toBeLessThan(750);
+
     // A sliding TTL counts again from when the reader hangs up: it used to count only from when
     // its response would have ended (SSE_CONNECTION_MS, a minute here).
     const ttl = `heartbeat-ttl-${Date.now()}`;
@@ -373,5 +397,22 @@ test('an idle SSE response is sent comment lines, so a reader that hung up is no
     expect(Date.now() - left).toBeLessThan(6000);
   } finally {
     await beating.stop();
+  }
+}, 60_000);
+
+test('settings out of range are taken at their bounds: SSE_CONNECTION_MS under a second, a number of more digits than fit', async () => {
+  // A 1 ms SSE response used to close before its first catch-up page, sending nothing, every
+  // time; and digits past 64 bits fell back to the default instead of the cap (64 MiB here).
+  const odd = await startServer({ vars: { SSE_CONNECTION_MS: '1', MAX_APPEND_BYTES: '99999999999999999999' } });
+  const at = `${odd.baseUrl}/v1/stream/live-test/bounds-${Date.now()}`;
+  try {
+    expect((await fetch(at, { method: 'PUT', headers: { 'content-type': 'text/plain' }, body: 'hello' })).status).toBe(201);
+    const sse = await fetch(`${at}?offset=-1&live=sse`, { signal: AbortSignal.timeout(10_000) });
+    expect(sse.status).toBe(200);
+    expect(await sse.text()).toMatch(/^event: data\ndata:hello\n\nevent: control\n/);
+    const big = new Uint8Array(17 * 1024 * 1024).fill(97);
+    expect((await fetch(at, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: big })).status).toBe(204);
+  } finally {
+    await odd.stop();
   }
 }, 60_000);

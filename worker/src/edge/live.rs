@@ -490,8 +490,8 @@ struct SseFollower {
     /// it calls, set again on each tick.
     timeout_id: Option<i32>,
     on_tick: Option<wasm_bindgen::JsValue>,
-    /// Whether nothing was written since the last tick.
-    quiet: bool,
+    /// When something was last written (catch-up before this counts as now).
+    written_ms: i64,
     /// To go back to catch-up when the reader falls behind.
     source: Rc<SseSource>,
 }
@@ -551,7 +551,7 @@ impl SseFollower {
             body: Some(body),
             timeout_id: None,
             on_tick: None,
-            quiet: true,
+            written_ms: now_ms(),
             source,
         }));
         track(&follower, deadline_ms);
@@ -615,7 +615,8 @@ impl SseFollower {
             }
             // Past the deadline (the token's expiry, say) nothing more is written, should the
             // timer be late.
-            if now_ms() >= this.source.deadline_ms {
+            let now = now_ms();
+            if now >= this.source.deadline_ms {
                 drop(this);
                 return SseFollower::finish(follower);
             }
@@ -653,7 +654,7 @@ impl SseFollower {
                 }
             };
             if let Some(chunk) = chunk {
-                this.quiet = false;
+                this.written_ms = now;
                 if !this.body.as_ref().is_some_and(|body| body.send(&chunk)) {
                     this.state.done = true;
                 }
@@ -665,12 +666,15 @@ impl SseFollower {
         }
     }
 
-    /// Sets the timer for the next tick: the next heartbeat, or the deadline if sooner.
+    /// Sets the timer for the next tick: when the response will have been silent for a
+    /// heartbeat, or the deadline if sooner.
     fn arm(&mut self) {
         let Some(on_tick) = &self.on_tick else {
             return;
         };
-        let next = self.source.ms_left().min(self.source.heartbeat_ms);
+        let silent = (now_ms() - self.written_ms).max(0) as u64;
+        let heartbeat = self.source.heartbeat_ms.saturating_sub(silent).max(1);
+        let next = self.source.ms_left().min(heartbeat);
         let ms = i32::try_from(next).unwrap_or(i32::MAX);
         let global: WorkerGlobalScope = js_sys::global().unchecked_into();
         self.timeout_id = global
@@ -679,7 +683,7 @@ impl SseFollower {
     }
 
     /// Ends the response at its deadline; before it, sends a comment line if nothing was
-    /// written since the last tick. A reader that hung up is noticed only when a write reaches
+    /// written for (nearly) a heartbeat, so no silence is longer than one. A reader that hung up is noticed only when a write reaches
     /// its connection (the runtime then cancels the request, which closes the internal socket
     /// and lets the object forget the reader), and a proxy may cut a quiet connection.
     fn tick(follower: &SharedFollower) {
@@ -687,13 +691,19 @@ impl SseFollower {
             return;
         };
         this.timeout_id = None;
-        if now_ms() >= this.source.deadline_ms
-            || (this.quiet && !this.body.as_ref().is_some_and(|body| body.send(b":\n\n")))
+        let now = now_ms();
+        // A timer may fire a little early: a tenth of a heartbeat early still sends one.
+        let heartbeat = this.source.heartbeat_ms as i64;
+        let due = now - this.written_ms >= heartbeat - heartbeat / 10;
+        if now >= this.source.deadline_ms
+            || (due && !this.body.as_ref().is_some_and(|body| body.send(b":\n\n")))
         {
             drop(this);
             return SseFollower::finish(follower);
         }
-        this.quiet = true;
+        if due {
+            this.written_ms = now;
+        }
         this.arm();
     }
 
