@@ -47,6 +47,8 @@ export function freePort() {
 }
 
 const running = new Set();
+/** State directories made here, removed when this process ends however it ends. */
+const ownDirs = new Set();
 function stopAllSync() {
   for (const child of running) {
     try {
@@ -54,6 +56,8 @@ function stopAllSync() {
     } catch {}
   }
   running.clear();
+  for (const dir of ownDirs) rmSync(dir, { recursive: true, force: true });
+  ownDirs.clear();
 }
 process.on('exit', stopAllSync);
 for (const signal of ['SIGINT', 'SIGTERM']) {
@@ -144,6 +148,7 @@ async function startOnce(options) {
   const inspector = options.inspector ? await freePort() : undefined;
   const ownState = !options.persistTo;
   const persistTo = options.persistTo ?? mkdtempSync(path.join(tmpdir(), 'edgestream-state-'));
+  if (ownState) ownDirs.add(persistTo);
   const baseUrl = `http://127.0.0.1:${port}`;
   const args = [
     'dev', '--local', '--ip', '127.0.0.1', '--port', String(port),

@@ -119,6 +119,9 @@ describe('creating a channel', () => {
     expect(get.status).toBe(200);
     expect(get.headers.get('stream-channel')).toBe('true');
     expect(get.text).toBe('[]');
+    const now = await call('GET', root, {}, undefined, '?offset=now');
+    expect(now.status).toBe(200);
+    expect(now.headers.get('stream-channel')).toBe('true');
     expect((await put(root, { ...channelHeaders, ...json })).status).toBe(200);
     expect((await put(root, channelHeaders)).status).toBe(200);
     // A plain stream says nothing of channels.

@@ -102,8 +102,7 @@ impl Config {
         let number = |name: &str, default: u64, max: u64| -> u64 {
             env.var(name)
                 .ok()
-                .and_then(|v| v.to_string().trim().parse::<u64>().ok())
-                .filter(|v| *v > 0)
+                .and_then(|v| setting_number(&v.to_string()))
                 .map_or(default, |v| v.min(max))
         };
         Config {
@@ -119,11 +118,14 @@ impl Config {
                 Self::DEFAULT_MAX_APPEND_BYTES,
                 64 * 1024 * 1024,
             ),
+            // Under a second, the first catch-up page could miss the deadline, and a reader
+            // be sent nothing, every time.
             sse_connection_ms: number(
                 "SSE_CONNECTION_MS",
                 Self::DEFAULT_SSE_CONNECTION_MS,
                 3_600_000,
-            ),
+            )
+            .max(1000),
             sse_heartbeat_ms: number(
                 "SSE_HEARTBEAT_MS",
                 Self::DEFAULT_SSE_HEARTBEAT_MS,
@@ -185,6 +187,30 @@ impl Config {
                 .map(|v| v.to_string())
                 .ok()
                 .filter(|v| !v.trim().is_empty()),
+        }
+    }
+}
+
+/// A number setting: `None` (the default) for 0 or what does not parse; digits past `u64` are
+/// as large as can be, so the setting's cap applies, as it does to any large value.
+fn setting_number(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let n = text.parse::<u64>().ok().or_else(|| {
+        (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then_some(u64::MAX)
+    })?;
+    (n > 0).then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::setting_number;
+
+    #[test]
+    fn numbers() {
+        assert_eq!(setting_number(" 300000 "), Some(300_000));
+        assert_eq!(setting_number("99999999999999999999"), Some(u64::MAX));
+        for default in ["", "0", "-1", "abc", "1e3", "1.5", "+"] {
+            assert_eq!(setting_number(default), None, "{default:?}");
         }
     }
 }

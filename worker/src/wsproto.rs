@@ -757,8 +757,9 @@ struct RawFrame<'a> {
     stream_seq: Option<&'a RawValue>,
     #[serde(borrow, default)]
     lease_ttl: Option<&'a RawValue>,
+    /// `null` is the same as left out, as for every field.
     #[serde(default)]
-    close: bool,
+    close: Option<bool>,
     /// A receipt's.
     #[serde(default)]
     offset: Option<String>,
@@ -811,7 +812,7 @@ impl<'a> TextFrame<'a> {
                     && raw.producer_seq.is_none()
                     && raw.stream_seq.is_none()
                     && raw.lease_ttl.is_none()
-                    && !raw.close;
+                    && raw.close != Some(true);
                 if !only_offset {
                     return Err(BadFrame::policy("bad frame: a receipt has only an offset"));
                 }
@@ -858,7 +859,7 @@ impl<'a> AppendFrame<'a> {
                 raw => header_text(raw, "streamSeq")?,
             },
             lease_ttl: header_text(raw.lease_ttl, "leaseTtl")?,
-            close: raw.close,
+            close: raw.close == Some(true),
         })
     }
 }
@@ -1273,6 +1274,9 @@ mod tests {
         assert!(frame.close);
         let bare = append(r#"{"type":"append"}"#);
         assert!(bare.data.is_none() && bare.id.is_none() && !bare.close);
+        // `null` is the same as left out, `close` included.
+        let nulls = append(r#"{"type":"append","data":1,"close":null,"id":null,"leaseTtl":null}"#);
+        assert!(!nulls.close && nulls.id.is_none() && nulls.lease_ttl.is_none());
         assert!(bare.lease_ttl.is_none());
         let leased = append(r#"{"type":"append","leaseTtl":30}"#);
         assert_eq!(leased.lease_ttl.as_deref(), Some("30"));

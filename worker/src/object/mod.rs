@@ -1149,13 +1149,15 @@ impl StreamObject {
         };
         self.touch(&mut meta, now)?;
         if from == ReadFrom::Now {
-            return reply::at_now(
+            let resp = reply::at_now(
                 meta.content_type.as_str(),
                 meta.is_json(),
                 meta.tail,
                 meta.closed,
                 &meta.instance,
-            );
+            )?;
+            channel::mark(&resp, &meta)?;
+            return Ok(resp);
         }
         let start = match Self::start_of(from, &meta) {
             Ok(start) => start,
