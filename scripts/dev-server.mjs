@@ -56,7 +56,12 @@ function stopAllSync() {
     } catch {}
   }
   running.clear();
-  for (const dir of ownDirs) rmSync(dir, { recursive: true, force: true });
+  for (const dir of ownDirs) {
+    // workerd, just killed, may still be writing into it: whatever is left stays.
+    try {
+      rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
+    } catch {}
+  }
   ownDirs.clear();
 }
 process.on('exit', stopAllSync);

@@ -196,7 +196,8 @@ impl Config {
 fn setting_number(text: &str) -> Option<u64> {
     let text = text.trim();
     let n = text.parse::<u64>().ok().or_else(|| {
-        (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then_some(u64::MAX)
+        let digits = text.strip_prefix('+').unwrap_or(text);
+        (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(u64::MAX)
     })?;
     (n > 0).then_some(n)
 }
@@ -209,7 +210,8 @@ mod tests {
     fn numbers() {
         assert_eq!(setting_number(" 300000 "), Some(300_000));
         assert_eq!(setting_number("99999999999999999999"), Some(u64::MAX));
-        for default in ["", "0", "-1", "abc", "1e3", "1.5", "+"] {
+        assert_eq!(setting_number("+99999999999999999999"), Some(u64::MAX));
+        for default in ["", "0", "-1", "abc", "1e3", "1.5", "+", "++1"] {
             assert_eq!(setting_number(default), None, "{default:?}");
         }
     }

@@ -106,17 +106,21 @@ enum Next {
 
 /// What the alarm handler would find to do, and when: `None` for nothing at all.
 fn next_work(obj: &StreamObject) -> Result<Option<Next>> {
+    // First: a stream removed meanwhile (by a DELETE, or found expired) owes its removal.
+    if !obj.store()?.owed()?.is_empty() {
+        return Ok(Some(Next::Soon));
+    }
     let Some(meta) = obj.meta()? else {
         return Ok(None);
     };
-    let store = obj.store()?;
-    if meta.deleted || !store.owed()?.is_empty() || super::channel::any_behind(obj, &meta)? {
+    if meta.deleted || super::channel::any_behind(obj, &meta)? {
         return Ok(Some(Next::Soon));
     }
     let expiry = meta.expiry.deadline(meta.accessed_ms);
+    // Seen, not closed: the socket whose append this is must still get its answer.
     let token = obj
         .hub
-        .close_expired_clients(crate::http::now_secs())
+        .first_client_expiry()
         .map(|secs| secs.saturating_mul(1000));
     Ok(expiry.into_iter().chain(token).min().map(Next::At))
 }

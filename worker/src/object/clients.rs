@@ -243,6 +243,17 @@ pub fn close_expired_all(groups: &[Group], now_secs: i64) -> Option<i64> {
         .min()
 }
 
+/// When the first token among the open client sockets expires, past or not (an expired one
+/// makes the alarm fire at once, and [`close_expired_all`] close it).
+pub fn first_expiry(groups: &[Group]) -> Option<i64> {
+    groups
+        .iter()
+        .flat_map(|g| &g.sockets)
+        .filter(|client| client.ws.ready_state() == WebSocket::OPEN)
+        .filter_map(|client| client.read_until)
+        .min()
+}
+
 /// Closes a socket whose token has expired: a read the token no longer allows gets nothing
 /// more, and its client must open another socket with a fresh token.
 pub fn close_expired(ws: &WebSocket) {

@@ -105,6 +105,12 @@ impl Hub {
         clients::close_expired_all(&self.clients(), now_secs)
     }
 
+    /// When the first token among the open client sockets expires (Unix seconds; past, for
+    /// one that has), closing none.
+    pub fn first_client_expiry(&self) -> Option<i64> {
+        clients::first_expiry(&self.clients())
+    }
+
     /// Whether any live reader is open: an SSE or long-poll reader at the edge, or a client
     /// socket held here. Sockets this object has closed (a long-poll answered, a client cut
     /// off) are listed until their close completes, and do not count.
