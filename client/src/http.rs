@@ -32,9 +32,9 @@ impl Dynamic {
 /// whether to send a header; a value that is not a string, number or boolean is refused, naming
 /// it, rather than sent as `[object Object]`.
 ///
-/// A function of the caller's that throws or rejects (a token service that is down) fails
-/// with [`Failure::Unsent`], which is retried as a network failure is; a value that is not
-/// allowed fails with [`Failure::Fatal`].
+/// A function of the caller's whose promise rejects (a token service that is down) fails with
+/// [`Failure::Unsent`], which is retried as a network failure is; one that throws, or a value
+/// that is not allowed, fails with [`Failure::Fatal`].
 pub async fn resolve_map(source: &JsValue, what: &str) -> Result<Vec<(String, String)>, Failure> {
     let mut value = call_given(source).await?;
     let mut out = Vec::new();
@@ -75,12 +75,20 @@ pub async fn resolve_map(source: &JsValue, what: &str) -> Result<Vec<(String, St
     Ok(out)
 }
 
-/// A value the caller gave, or what it returns or resolves to if it is a function.
+/// A value the caller gave, or what it returns or resolves to if it is a function. A function
+/// that throws is a bug of the caller's, refused at once; a promise that rejects (a token
+/// service that is down) is a failure to try again.
 async fn call_given(value: &JsValue) -> Result<JsValue, Failure> {
     let Some(f) = value.dyn_ref::<js_sys::Function>() else {
         return Ok(value.clone());
     };
-    let called = f.call0(&JsValue::UNDEFINED).map_err(Failure::Unsent)?;
+    let called = f.call0(&JsValue::UNDEFINED).map_err(|e| {
+        let why = js::get_string(&e, "message").unwrap_or_else(|| js::to_text(&e));
+        let msg = error::msg(&["a headers or params function threw: ", &why]);
+        Failure::Fatal(
+            error::with(error::new(error::INVALID_ARGUMENT, &msg, None), "cause", e).into(),
+        )
+    })?;
     js::settle(called).await.map_err(Failure::Unsent)
 }
 
@@ -160,10 +168,10 @@ pub enum Failure {
     Aborted,
     /// No response: connection refused, reset, DNS... (the `NETWORK_ERROR` to give up with).
     Network(JsValue),
-    /// Nothing was sent: a headers or params function threw or rejected. Retried like a
+    /// Nothing was sent: a headers or params function's promise rejected. Retried like a
     /// network failure, but whatever the method, as nothing can have landed.
     Unsent(JsValue),
-    /// An error before anything was sent (bad arguments).
+    /// An error before anything was sent (bad arguments, a headers function that throws).
     Fatal(JsValue),
 }
 
@@ -251,6 +259,9 @@ pub async fn send(
     signal: Option<&AbortSignal>,
 ) -> Result<Sent, JsValue> {
     let mut attempt: u32 = 0;
+    // Whether an earlier attempt went out (a retryable status, a failed connection): not after
+    // a headers function failed, when nothing did.
+    let mut sent_before = false;
     loop {
         // Checked before every attempt, a retry after a status as after a failed connection:
         // a `fetch` that does not watch the signal must not keep a cancelled request going.
@@ -260,7 +271,7 @@ pub async fn send(
         let failure = match send_once(req, signal).await {
             Ok(sent) if !backoff::is_retryable_status(sent.status) => {
                 return Ok(Sent {
-                    replayed: attempt > 0,
+                    replayed: sent_before,
                     ..sent
                 })
             }
@@ -270,6 +281,7 @@ pub async fn send(
                         status_error(req.method, req.url, &sent.response, sent.status).await,
                     );
                 }
+                sent_before = true;
                 let ra = header(&sent.response, headers::RETRY_AFTER)
                     .and_then(|v| backoff::retry_after_ms(&v, js_sys::Date::now()));
                 attempt += 1;
@@ -292,6 +304,7 @@ pub async fn send(
                 if !replayable || attempt >= policy.max_retries {
                     return Err(e);
                 }
+                sent_before |= !unsent;
                 attempt += 1;
                 js::sleep(
                     policy.delay_ms(attempt, js_sys::Math::random(), None),

@@ -543,8 +543,11 @@ export class DurableStream {
    * value is one message; strings and bytes are JSON text, read the same way.
    */
   async create(options = {}) {
-    // What the handle was made with counts, as for every other call; `options` overrides it.
-    options = { ...this.options, ...defined(options) };
+    // What the handle was made with counts, as for every other call; `options` overrides it,
+    // an expiry of either kind replacing the handle's.
+    const given = defined(options);
+    const expiry = 'ttlSeconds' in given || 'expiresAt' in given ? { ttlSeconds: undefined, expiresAt: undefined } : {};
+    options = { ...this.options, ...expiry, ...given };
     const contentType = options.contentType ?? this.contentType;
     let body = options.body;
     if (body !== undefined && isJsonType(contentType)) body = jsonText(body);

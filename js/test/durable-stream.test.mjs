@@ -59,8 +59,13 @@ test('create() takes the create options the handle was made with; its own option
   // Made by the static create(), then created again: the same configuration, so 200, not 409.
   const again = await DurableStream.create({ url: url(), contentType: 'application/json', ttlSeconds: 60 });
   assert.equal((await again.create()).status, 200);
-  // What create() is given wins over the handle's (a TTL the stream does not have: 409).
+  // What create() is given wins over the handle's (a TTL the stream does not have: 409), an
+  // expiry of the other kind included (not both sent: 400).
   await assert.rejects(again.create({ ttlSeconds: 30 }), (e) => e.status === 409);
+  const until = new Date(Date.now() + 3_600_000).toISOString();
+  const other = new DurableStream({ url: url(), contentType: 'application/json', ttlSeconds: 60 });
+  assert.equal((await other.create({ expiresAt: until })).status, 201);
+  assert.equal((await other.head()).ttlSeconds, undefined);
 });
 
 test('a Promise is refused as a JSON value (JSON.stringify would write {}), and nothing is sent', async () => {

@@ -622,3 +622,22 @@ test("the HEAD that learns the stream's kind ends when the producer's signal abo
     },
   );
 });
+
+test("autoClaim: a first attempt held back by a headers function is no replay, so an older instance's duplicate is still told from its own", async () => {
+  const ds = await newStream();
+  const old = new IdempotentProducer(ds, 'tab');
+  old.append('o0;');
+  await old.flush();
+  // A reloaded tab whose token service is not up yet: its first POST waits for the token.
+  let calls = 0;
+  const token = async () => {
+    if (++calls === 1) throw new Error('token service starting');
+    return 't';
+  };
+  const withToken = new DurableStream({ url: ds.url, contentType: 'text/plain', headers: { authorization: token }, retry: { initialDelayMs: 5 } });
+  const reloaded = new IdempotentProducer(withToken, 'tab', { autoClaim: true });
+  reloaded.append('n0;');
+  await within(reloaded.flush(), 5000, 'flush()');
+  assert.equal(reloaded.epoch, 1);
+  assert.equal(await readText(ds), 'o0;n0;');
+});

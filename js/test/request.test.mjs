@@ -196,9 +196,9 @@ test('an option given as undefined is the same as one left out (index.d.ts types
   });
 });
 
-test('a headers or params function that throws is retried as a failed connection is (nothing was sent), whatever the method', async () => {
+test('a headers or params function whose promise rejects is retried as a failed connection is (nothing was sent), whatever the method', async () => {
   let calls = 0;
-  const flaky = () => {
+  const flaky = async () => {
     if (++calls <= 2) throw new TypeError('token service down');
     return 't';
   };
@@ -231,5 +231,19 @@ test('a live reader whose params function fails once goes on; one that always fa
     const cause = new TypeError('always down');
     const broken = new DurableStream({ url, headers: () => Promise.reject(cause), retry: { maxRetries: 1, initialDelayMs: 5 } });
     await assert.rejects(broken.head(), (e) => e.code === 'NETWORK_ERROR' && e.cause === cause && /headers or params function/.test(e.message));
+  });
+});
+
+test('a headers or params function that throws is a bug of the caller\'s: INVALID_ARGUMENT at once, with the cause, and nothing is sent', async () => {
+  await withServer(page, async (url, seen) => {
+    const bug = new TypeError('undefined is not a function');
+    const headers = {
+      authorization: () => {
+        throw bug;
+      },
+    };
+    await assert.rejects(new DurableStream({ url, headers }).head(), (e) => e.code === 'INVALID_ARGUMENT' && e.cause === bug);
+    await assert.rejects(stream({ url, live: 'long-poll', headers }).items(), (e) => e.code === 'INVALID_ARGUMENT' && e.cause === bug);
+    assert.equal(seen.length, 0);
   });
 });
