@@ -12,6 +12,8 @@
 // `finish_links`).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
+import { WebSocket } from 'undici';
+import { mintToken } from '../scripts/token.mjs';
 import { receiver } from './support/webhook';
 
 const MARKER = 'faulty';
@@ -569,5 +571,66 @@ describe('the alarm, once a request has done the work it was set for', () => {
       expect(await until(() => hook.named(stream), 15_000)).toBe(true);
       expect(await until(async () => (await alarmAt(stream)) === 'none')).toBe(true);
     });
+  }, 30_000);
+});
+
+describe('a channel that fails, on a stream a client socket with an expiring token follows', () => {
+  // The alarm alone closes an idle client socket at its token's expiry. A channel's delivery
+  // that fails moves the alarm to its backoff, which must not put that close off.
+  const secret = 'owed-secret-' + Math.random().toString(36).slice(2);
+  let guarded: Awaited<ReturnType<typeof startServer>>;
+  const bearer = (ops: string[], expiresAt: number) => mintToken({ secret, prefix: '', ops, expiresAt });
+  const admin = bearer(['read', 'append', 'create', 'delete'], Math.floor(Date.now() / 1000) + 3600);
+
+  beforeAll(async () => {
+    guarded = await startServer({ vars: { FAULT_MARKER: MARKER, AUTH_SECRET: secret } });
+  });
+
+  afterAll(async () => {
+    await guarded?.stop();
+  });
+
+  const call = (method: string, path: string, headers: Record<string, string> = {}, body?: string) =>
+    fetch(`${guarded.baseUrl}/v1/stream/${path}`, { method, headers: { ...headers, authorization: `Bearer ${admin}` }, body });
+
+  it('keeps the alarm at the token\'s expiry, and the socket is closed then', async () => {
+    const channel = unique('tokens');
+    const source = `${channel}/${MARKER}-token`;
+    // Its registration fails once (503); the retried PUT registers it.
+    expect((await call('PUT', source, json)).status).toBe(503);
+    expect((await call('PUT', source, json)).status).toBe(200);
+    // The channel above it: the source answers its first link with 503, the retried PUT links it.
+    expect((await call('PUT', channel, { 'stream-channel': 'true' })).status).toBe(503);
+    expect((await call('PUT', channel, { 'stream-channel': 'true' })).status).toBe(200);
+
+    const expiresAt = Math.floor(Date.now() / 1000) + 4;
+    const ws = new WebSocket(
+      `${guarded.baseUrl.replace(/^http/, 'ws')}/v1/stream/${source}?offset=now&live=ws&token=${encodeURIComponent(bearer(['read'], expiresAt))}`,
+    );
+    const closed = new Promise<{ code: number }>((resolve) => ws.addEventListener('close', (e) => resolve({ code: e.code })));
+    await new Promise<void>((resolve, reject) => {
+      ws.addEventListener('open', () => resolve());
+      ws.addEventListener('error', () => reject(new Error('cannot open the socket')));
+    });
+
+    // Less than the first backoff (2 s) before the expiry, the append's first delivery to the
+    // channel fails: the backoff would set the alarm past the expiry.
+    await sleep(Math.max(0, expiresAt * 1000 - 1_500 - Date.now()));
+    expect((await call('POST', source, json, '{"n":1}')).status).toBe(204);
+    const head = await call('HEAD', source);
+    const alarm = Number(head.headers.get('x-edgestream-alarm'));
+    expect(alarm).toBeGreaterThan(0);
+    expect(alarm).toBeLessThanOrEqual(expiresAt * 1000);
+
+    // The close frame arrives at the alarm; workerd completes the close some seconds later.
+    while (ws.readyState === WebSocket.OPEN) await sleep(20);
+    expect(Date.now()).toBeLessThan(expiresAt * 1000 + 400);
+    expect((await closed).code).toBe(4401);
+    // The channel still gets the message, after its backoff.
+    const events = async () => {
+      const res = await call('GET', `${channel}?offset=-1`);
+      return ((await res.json()) as any[]).filter((e) => e.stream === source).map((e) => e.event ?? e.data);
+    };
+    expect(await until(async () => JSON.stringify(await events()).includes('{"n":1}'), 15_000)).toBe(true);
   }, 30_000);
 });

@@ -18,25 +18,23 @@ use super::StreamObject;
 pub struct Alarm {
     /// The runtime's `DurableObjectState`, to set the alarm in the caller's own turn.
     state: JsValue,
-    /// Set by this instance and not fired since: a caller that only needs it set soon has
-    /// nothing to do.
-    armed: Cell<bool>,
+    /// When this instance last set the alarm for (or found it set for), if it has not fired
+    /// since: a caller that needs it by then has nothing to do, and one that needs it later
+    /// must not move it, since earlier work (a token's expiry, an owed retry) set it there.
+    at: Cell<Option<i64>>,
 }
 
 impl Alarm {
     pub fn new(state: JsValue) -> Alarm {
         Alarm {
             state,
-            armed: Cell::new(false),
+            at: Cell::new(None),
         }
     }
 
     /// Sets the alarm for `at_ms`, or for the stream's expiry if that comes first, unless it
-    /// is already known to be set.
+    /// is already known to be set no later.
     pub fn arm(&self, meta: &Meta, at_ms: i64) {
-        if self.armed.get() {
-            return;
-        }
         let at = meta
             .expiry
             .deadline(meta.accessed_ms)
@@ -44,37 +42,51 @@ impl Alarm {
         self.set(at);
     }
 
-    /// Sets the alarm for `at_ms`, whatever it was set for.
+    /// Sets the alarm for `at_ms`, unless it is already known to be set no later.
     pub fn set(&self, at_ms: i64) {
+        if self.set_by(at_ms) {
+            return;
+        }
         match set_now(&self.state, at_ms) {
-            Ok(()) => self.armed.set(true),
+            Ok(()) => self.at.set(Some(at_ms)),
             Err(e) => {
-                self.armed.set(false);
+                self.at.set(None);
                 worker::console_error!("stream: cannot set the alarm: {e:?}")
             }
         }
     }
 
-    /// Whether this instance set the alarm and it has not fired since.
-    pub fn armed(&self) -> bool {
-        self.armed.get()
+    /// Whether the alarm is known to be set for `at_ms` or sooner.
+    pub fn set_by(&self, at_ms: i64) -> bool {
+        self.at.get().is_some_and(|at| at <= at_ms)
     }
 
     /// The alarm fired, or is to be set afresh: it is no longer known to be set.
     pub fn forget(&self) {
-        self.armed.set(false);
+        self.at.set(None);
+    }
+
+    /// What the runtime was told or answered, from an `await`: set for `at_ms`.
+    fn learn(&self, at_ms: i64) {
+        self.at.set(Some(at_ms));
     }
 
     /// Moves the alarm to `at_ms`, or clears it: for timed work that is not soon, so a caller
     /// that needs it soon sets it again.
     fn defer(&self, at_ms: Option<i64>) {
-        self.armed.set(false);
+        if at_ms.is_some() && self.at.get() == at_ms {
+            return;
+        }
         let result = match at_ms {
             Some(at) => set_now(&self.state, at),
             None => delete_now(&self.state),
         };
-        if let Err(e) = result {
-            worker::console_error!("stream: cannot move the alarm: {e:?}");
+        match result {
+            Ok(()) => self.at.set(at_ms),
+            Err(e) => {
+                self.at.set(None);
+                worker::console_error!("stream: cannot move the alarm: {e:?}");
+            }
         }
     }
 }
@@ -82,10 +94,10 @@ impl Alarm {
 /// The work a request armed the alarm for is done (its subscriptions told, its channels fed,
 /// its registration made): the alarm moves to the object's next timed work, or is cleared, so
 /// that the request does not wake the object `SAFETY_MS` later for nothing. Only when this
-/// instance armed it, so it is known to be no later than that safety margin; and in one turn,
-/// so nothing another request owes meanwhile is missed.
+/// instance knows when it is set; and in one turn, so nothing another request owes meanwhile
+/// is missed.
 pub fn stand_down(obj: &StreamObject) {
-    if !obj.alarm.armed() {
+    if obj.alarm.at.get().is_none() {
         return;
     }
     match next_work(obj) {
@@ -163,13 +175,21 @@ pub async fn schedule(obj: &StreamObject, at_ms: i64) -> Result<()> {
     obj.state
         .storage()
         .set_alarm(worker::ScheduledTime::new(when))
-        .await
+        .await?;
+    obj.alarm.learn(at_ms);
+    Ok(())
 }
 
 /// Sets the alarm for `at_ms` unless it is already set no later.
 pub async fn by(obj: &StreamObject, at_ms: i64) -> Result<()> {
+    if obj.alarm.set_by(at_ms) {
+        return Ok(());
+    }
     match obj.state.storage().get_alarm().await? {
-        Some(set) if set <= at_ms => Ok(()),
+        Some(set) if set <= at_ms => {
+            obj.alarm.learn(set);
+            Ok(())
+        }
         _ => schedule(obj, at_ms).await,
     }
 }

@@ -217,7 +217,7 @@ pub fn link(obj: &StreamObject, meta: &Meta, channels: &[ChannelRef]) -> Result<
 /// fed, the safety alarm is set in that same turn, so it commits with the rows and a crash
 /// before delivery leaves the alarm to deliver them.
 pub fn stored(obj: &StreamObject, meta: &Meta) {
-    if meta.channel || obj.alarm.armed() {
+    if meta.channel || obj.alarm.set_by(now_ms() + super::SAFETY_MS) {
         return;
     }
     match obj.store().and_then(|s| s.channel_links()) {
@@ -433,6 +433,10 @@ async fn round(obj: &StreamObject) -> Result<Round> {
         obj.channels.backoff_until.set(now_ms() + delay);
         obj.alarm.forget();
         obj.alarm.arm(&now, now_ms() + delay);
+        // Not past a client socket's token expiry: an idle one is closed by the alarm alone.
+        if let Some(secs) = obj.hub.first_client_expiry() {
+            obj.alarm.set(secs.saturating_mul(1000));
+        }
     }
     Ok(outcome)
 }

@@ -202,6 +202,9 @@ impl DurableObject for StreamObject {
     }
 
     async fn alarm(&self) -> Result<Response> {
+        // It fired: a request meanwhile that needs it sets it anew, and so does the early
+        // return of a removal (a stream created there next owes its registration to it).
+        self.alarm.forget();
         let now = now_ms();
         if let Some(mut meta) = self.meta()? {
             // The last fork of a deleted source went: see `fork::on_release`.
@@ -223,7 +226,6 @@ impl DurableObject for StreamObject {
                 None => {}
             }
         }
-        self.alarm.forget();
         channel::on_alarm(self).await;
         owed::on_alarm(self).await;
         self.expire_sockets().await;
