@@ -287,6 +287,14 @@ export interface ProducerOptions {
   maxBatchItems?: number | undefined;
   /** Batches in flight at once: an integer > 0. Default 5. */
   maxInFlight?: number | undefined;
+  /**
+   * How long a request (an append, a close, the HEAD that learns the stream's type) waits for its
+   * response, in ms: an integer > 0. Past it the connection is taken for dead (it can die without
+   * closing: a network partition, a proxy, a laptop's sleep), and the request is aborted and
+   * retried as a failed connection is, with the same producer id, epoch and seq, so it lands
+   * once. Counts the upload too: raise it for large batches on a slow uplink. Default 60000.
+   */
+  requestTimeoutMs?: number | undefined;
   /** JSON stream? Default: from the stream's content type. */
   json?: boolean | undefined;
   /** Called once, when the producer fails (see `IdempotentProducer`). */
@@ -322,6 +330,12 @@ export declare class IdempotentProducer {
   readonly offset: string | undefined;
   /** When the writer lease this producer holds ends (RFC 3339); undefined when it holds none. */
   readonly leaseExpiresAt: string | undefined;
+  /**
+   * A request failed (no connection, no response within `requestTimeoutMs`, or a status such as
+   * 503) and waits to be sent again: true from the failure until the next response, or until
+   * the producer fails.
+   */
+  readonly retrying: boolean;
   /**
    * Takes (or renews) the writer lease without appending data, after what is queued; with
    * `lease.wait`, waits until it is free. Resolves to when it ends. Needs the `lease` option.

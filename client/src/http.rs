@@ -128,6 +128,12 @@ pub struct Request<'a> {
     pub headers: Vec<(&'static str, String)>,
     pub body: Option<JsValue>,
     pub dynamic: &'a Dynamic,
+    /// An attempt without a response this long (ms; 0: no limit) is aborted and fails as a
+    /// lost connection does: a connection can die without closing, and its request then hangs.
+    pub timeout_ms: f64,
+    /// Called (if a function) when an attempt failed and the request waits to be sent again,
+    /// so that a producer can say it is retrying, as a reader does.
+    pub on_retry: JsValue,
 }
 
 impl<'a> Request<'a> {
@@ -140,6 +146,8 @@ impl<'a> Request<'a> {
             headers: Vec::new(),
             body: None,
             dynamic,
+            timeout_ms: 0.0,
+            on_retry: JsValue::UNDEFINED,
         }
     }
 }
@@ -228,7 +236,7 @@ pub async fn send_once(req: &Request<'_>, signal: Option<&AbortSignal>) -> Resul
         js::set(&init, "signal", signal.clone());
     }
     let network = |e: JsValue| Failure::Network(network_error(req.method, req.url, &e).into());
-    let promise = js::es_fetch(&url, &init).map_err(network)?;
+    let promise = js::es_fetch(&url, &init, req.timeout_ms).map_err(network)?;
     match js::wait(promise).await {
         Ok(value) => {
             let response: Response = value.unchecked_into();
@@ -286,6 +294,7 @@ pub async fn send(
                     .and_then(|v| backoff::retry_after_ms(&v, js_sys::Date::now()));
                 attempt += 1;
                 release_body(&sent.response);
+                retrying(req);
                 js::sleep(policy.delay_ms(attempt, js_sys::Math::random(), ra), signal).await;
                 continue;
             }
@@ -306,6 +315,7 @@ pub async fn send(
                 }
                 sent_before |= !unsent;
                 attempt += 1;
+                retrying(req);
                 js::sleep(
                     policy.delay_ms(attempt, js_sys::Math::random(), None),
                     signal,
@@ -313,6 +323,13 @@ pub async fn send(
                 .await;
             }
         }
+    }
+}
+
+/// Tells `req.on_retry` that `req` is to be retried.
+fn retrying(req: &Request<'_>) {
+    if let Some(f) = req.on_retry.dyn_ref::<js_sys::Function>() {
+        let _ = f.call0(&JsValue::UNDEFINED);
     }
 }
 

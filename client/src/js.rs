@@ -10,12 +10,23 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
 #[wasm_bindgen(inline_js = r#"
-export function es_fetch(url, init) {
+export function es_fetch(url, init, ms) {
   // A page's HTTP cache keeps catch-up pages for a minute, and a stream deleted and created
   // again reuses their offsets: revalidate each read (a 304 when unchanged) instead. Only where
   // there is a page (Cloudflare Workers refuse the option).
   if (init.method === 'GET' && has_page()) init.cache = 'no-cache';
-  return globalThis.fetch(url, init);
+  if (!ms) return globalThis.fetch(url, init);
+  // No response within `ms`: the connection may have died without closing. The request is
+  // aborted through a signal of its own (the caller's aborts it too) and fails as a lost
+  // connection does, not as a cancel, so that it is retried.
+  const own = new AbortController();
+  const outer = init.signal;
+  const cancel = () => own.abort(outer.reason);
+  outer?.aborted ? cancel() : outer?.addEventListener('abort', cancel);
+  init.signal = own.signal;
+  let timer;
+  const late = new Promise((_, reject) => { timer = setTimeout(() => { reject(new Error(`no response in ${ms} ms`)); own.abort(); }, ms); });
+  return Promise.race([globalThis.fetch(url, init), late]).finally(() => { clearTimeout(timer); outer?.removeEventListener('abort', cancel); });
 }
 function has_page() {
   // Deno's location getter throws unless it was started with --location.
@@ -111,9 +122,10 @@ export function es_ws_open(url, protocols, ping, pong, quietMs) {
 }
 "#)]
 extern "C" {
-    /// `globalThis.fetch(url, init)`.
+    /// `globalThis.fetch(url, init)`, failed as a lost connection if there is no response
+    /// within `ms` (0: no limit).
     #[wasm_bindgen(catch)]
-    pub fn es_fetch(url: &str, init: &Object) -> Result<Promise, JsValue>;
+    pub fn es_fetch(url: &str, init: &Object, ms: f64) -> Result<Promise, JsValue>;
     /// Marks a promise we do not await as handled (its rejection after a cancel is expected).
     pub fn es_quiet(promise: &Promise);
     pub fn es_release(response: &web_sys::Response, limit: u32);

@@ -18,6 +18,11 @@ struct Common {
     dynamic: Dynamic,
     policy: RetryPolicy,
     signal: Option<web_sys::AbortSignal>,
+    /// `timeoutMs`: see [`Request::timeout_ms`]. Set by the producer, whose requests can be
+    /// sent again safely.
+    timeout_ms: f64,
+    /// `onRetry`: see [`Request::on_retry`].
+    on_retry: JsValue,
 }
 
 impl Common {
@@ -36,6 +41,8 @@ impl Common {
             dynamic: Dynamic::from_options(options),
             policy: RetryPolicy::from_js(&js::get(options, "retry"))?,
             signal,
+            timeout_ms: js::get_f64(options, "timeoutMs").unwrap_or(0.0),
+            on_retry: js::get(options, "onRetry"),
         })
     }
 
@@ -52,6 +59,8 @@ impl Common {
             headers,
             body,
             dynamic: &self.dynamic,
+            timeout_ms: self.timeout_ms,
+            on_retry: self.on_retry.clone(),
         };
         http::send(&req, &self.policy, self.signal.as_ref()).await
     }

@@ -642,6 +642,10 @@ export class IdempotentProducer {
   #maxBatchBytes;
   #maxBatchItems;
   #maxInFlight;
+  /** How long a request waits for its response before it is sent again (see `#call()`). */
+  #timeoutMs;
+  /** The last attempt of a request failed, and it waits to be sent again. */
+  #retrying = false;
   #onError;
   #json;
   /** The stream's content type and JSON-ness, learnt once (a HEAD when the stream does not say). */
@@ -690,8 +694,9 @@ export class IdempotentProducer {
    * @param {DurableStream|string} stream the stream (or its URL)
    * @param {string} producerId stable id of this producer
    * @param {object} options `epoch` (0), `autoClaim` (false), `lingerMs` (5), `maxBatchBytes` (1 MiB),
-   *   `maxBatchItems` (none), `maxInFlight` (5), `onError`, `json`, `lease: { ttlSeconds, wait }`,
-   *   `signal` (as does the stream's own `signal`, aborting it fails the producer with ABORTED)
+   *   `maxBatchItems` (none), `maxInFlight` (5), `requestTimeoutMs` (60 s), `onError`, `json`,
+   *   `lease: { ttlSeconds, wait }`, `signal` (as does the stream's own `signal`, aborting it
+   *   fails the producer with ABORTED)
    */
   constructor(stream, producerId, options = {}) {
     if (typeof producerId !== 'string' || producerId === '') {
@@ -706,6 +711,8 @@ export class IdempotentProducer {
     this.#maxBatchBytes = options.maxBatchBytes ?? 1024 * 1024;
     this.#maxBatchItems = options.maxBatchItems ?? Infinity;
     this.#maxInFlight = options.maxInFlight ?? 5;
+    // Capped where timers overflow (a longer one would fire at once).
+    this.#timeoutMs = Math.min(options.requestTimeoutMs ?? 60_000, 2 ** 31 - 1);
     this.#onError = options.onError;
     this.#json = options.json;
     this.#lease = options.lease;
@@ -751,6 +758,13 @@ export class IdempotentProducer {
   /** When the writer lease this producer holds ends (RFC 3339), as last acknowledged. */
   get leaseExpiresAt() {
     return this.#leaseUntil;
+  }
+  /**
+   * A request failed (no connection, no response in time, or a status such as 503) and waits to
+   * be sent again: true from the failure until the next response (or the producer fails).
+   */
+  get retrying() {
+    return this.#retrying;
   }
 
   /**
@@ -915,7 +929,7 @@ export class IdempotentProducer {
   #streamFormat() {
     this.#format ??= (async () => {
       // Sent as its batches are: retried through an outage, and ended by the producer's signal.
-      const contentType = this.#stream.contentType ?? (await call(headStream, this.#request())).contentType;
+      const contentType = this.#stream.contentType ?? (await this.#call(headStream)).contentType;
       return { contentType, json: this.#json ?? isJsonType(contentType) };
     })();
     return this.#format;
@@ -1057,22 +1071,29 @@ export class IdempotentProducer {
   }
 
   #send(batch) {
-    return call(
-      appendStream,
-      this.#request({
-        body: batch.body,
-        contentType: batch.contentType,
-        close: batch.close,
-        producer: { id: this.#id, epoch: batch.epoch, seq: batch.seq },
-        leaseTtl: this.#lease ? (batch.release ? 0 : this.#lease.ttlSeconds) : undefined,
-      }),
-    );
+    return this.#call(appendStream, {
+      body: batch.body,
+      contentType: batch.contentType,
+      close: batch.close,
+      producer: { id: this.#id, epoch: batch.epoch, seq: batch.seq },
+      leaseTtl: this.#lease ? (batch.release ? 0 : this.#lease.ttlSeconds) : undefined,
+    });
   }
 
-  /** A request of the producer's: the stream's URL, headers and params, with `#retry()` and the producer's own signal. */
-  #request(extra) {
+  /**
+   * A request of the producer's: the stream's URL, headers and params, with `#retry()` and the
+   * producer's own signal. An attempt unanswered for `requestTimeoutMs` (a connection that died
+   * without closing) is aborted and retried as a failed connection is, with the same
+   * (id, epoch, seq): the server deduplicates it if it landed.
+   */
+  async #call(fn, extra) {
     const { headers, params } = this.#stream.options ?? {};
-    return { url: this.#stream.url, headers, params, retry: this.#retry(), signal: this.#stop.signal, ...extra };
+    const onRetry = () => (this.#retrying = true);
+    try {
+      return await call(fn, { url: this.#stream.url, headers, params, retry: this.#retry(), signal: this.#stop.signal, timeoutMs: this.#timeoutMs, onRetry, ...extra });
+    } finally {
+      this.#retrying = false;
+    }
   }
 
   /**
@@ -1199,6 +1220,7 @@ export function checkProducerOptions(producerId, options = {}) {
     ['maxBatchItems', 1, ' must be an integer > 0'],
     ['maxInFlight', 1, ' must be an integer > 0'],
     ['lingerMs', 0, ' must be an integer >= 0'],
+    ['requestTimeoutMs', 1, ' must be an integer > 0'],
   ];
   for (const [key, min, rule] of rules) {
     const v = options[key];

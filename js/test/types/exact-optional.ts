@@ -38,6 +38,7 @@ const options = {
   maxBatchBytes: undefined,
   maxBatchItems: undefined,
   maxInFlight: undefined,
+  requestTimeoutMs: undefined,
   json: maybeFlag,
   onError: maybeHandler,
   signal: maybeSignal,

@@ -28,8 +28,10 @@ void init(bytes.buffer as ArrayBuffer);
 void init(compiled);
 
 async function producer(ds: DurableStream) {
-  const p = new IdempotentProducer(ds, 'id', { autoClaim: true, onError: (e) => e.code });
+  const p = new IdempotentProducer(ds, 'id', { autoClaim: true, requestTimeoutMs: 30_000, onError: (e) => e.code });
   p.append({ a: 1 });
+  const retrying: boolean = p.retrying;
+  void retrying;
   await p.flush();
   const { finalOffset, duplicate } = await p.close();
   return [finalOffset, duplicate] as const;
