@@ -3,7 +3,7 @@
 // `--heap`, of the isolate's JS heap (through wrangler dev's inspector, which is otherwise off,
 // as in the benchmark). Not part of `npm run bench`.
 //
-//   node bench/reader-memory.mjs [--readers 1000] [--mode sse|long-poll|ws] [--heap] [--floor]
+//   node bench/reader-memory.mjs [--readers 1000] [--mode sse|long-poll|ws] [--heap] [--floor] [--port N]
 //
 // `--floor` opens the same readers on bench/floor/, a plain JS Worker that holds them the same
 // way with no protocol and no wasm: what the runtime itself costs per reader.
@@ -25,8 +25,10 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const withHeap = argv.includes('--heap');
 const floor = argv.includes('--floor');
+const port = option(argv, 'port', undefined);
 const server = await startServer({
   inspector: withHeap,
+  ...(port === undefined ? {} : { port: Number(port) }),
   ...(floor ? { config: fileURLToPath(new URL('floor/wrangler.toml', import.meta.url)) } : { vars: { LONG_POLL_TIMEOUT_MS: '120000' } }),
 });
 const sockets = [];
