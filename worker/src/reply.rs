@@ -13,6 +13,9 @@ use crate::object::store::RowRange;
 /// Headers the object puts on its WebSocket upgrade so the edge knows the stream's shape.
 pub const X_CONTENT_TYPE: &str = "x-edgestream-content-type";
 pub const X_INSTANCE: &str = "x-edgestream-instance";
+/// On the upgrade of an SSE reader at the tail: no backlog frame follows, and the edge writes
+/// the reader's first control event itself (see `object::live::accept`).
+pub const X_AT_TAIL: &str = "x-edgestream-at-tail";
 /// The position an internal read page ends at.
 pub const X_PAGE_END: &str = "x-edgestream-page-end";
 /// On the POST the edge makes of a socket's append frame: decided at once, as the frames of a

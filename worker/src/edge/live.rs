@@ -26,7 +26,7 @@ use crate::frame::{self, Frame};
 use crate::http::{self, header, now_ms, random_u32};
 use crate::path::StreamName;
 use crate::pipe::{body_pipe, BodyWriter};
-use crate::reply::{self, ReadReply, X_CONTENT_TYPE, X_INSTANCE};
+use crate::reply::{self, ReadReply, X_AT_TAIL, X_CONTENT_TYPE, X_INSTANCE};
 use crate::socket::{Socket, SocketEvent};
 use crate::wsproto;
 
@@ -49,6 +49,9 @@ pub(super) struct LiveSocket {
     channel: bool,
     /// The stream's TTL or expiry, which bounds how long its pages may be cached.
     expiry: Expiry,
+    /// An SSE reader at the tail, sent no empty backlog frame: the edge writes the control
+    /// event that frame would have made ([`X_AT_TAIL`]).
+    at_tail: bool,
 }
 
 fn offset_token(from: ReadFrom) -> String {
@@ -78,6 +81,7 @@ pub(super) async fn subscribe(
         header(meta, X_CONTENT_TYPE).unwrap_or_else(|| h::DEFAULT_CONTENT_TYPE.into());
     let instance = header(meta, X_INSTANCE).unwrap_or_default();
     let closed = h::is_closed(header(meta, h::STREAM_CLOSED).as_deref());
+    let at_tail = header(meta, X_AT_TAIL).is_some();
     let channel = is_channel(meta);
     let expiry = Expiry::from_headers(
         header(meta, h::STREAM_TTL).as_deref(),
@@ -97,6 +101,7 @@ pub(super) async fn subscribe(
         closed,
         channel,
         expiry,
+        at_tail,
     }))
 }
 
@@ -461,6 +466,15 @@ async fn catch_up(
             }
             Subscription::Live(live) => {
                 state.offset = ReadFrom::At(live.start);
+                if live.at_tail {
+                    // What the object's empty backlog frame would have said (see `X_AT_TAIL`),
+                    // written before the follower handles any frame.
+                    let chunk = state.frame(live.start, live.start, live.closed, true, &[]);
+                    if chunk.is_some_and(|chunk| !body.send(&chunk)) || state.done {
+                        // Dropping the socket closes it.
+                        return body.close();
+                    }
+                }
                 return SseFollower::start(live.socket, state, body, source);
             }
         }
