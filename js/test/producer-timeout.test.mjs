@@ -9,6 +9,7 @@ import http from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { DurableStream, IdempotentProducer } from '../src/node.js';
 import { startServer } from '../../scripts/dev-server.mjs';
+import { within } from '../test-support/within.mjs';
 
 let server;
 before(async () => {
@@ -17,15 +18,6 @@ before(async () => {
 after(async () => {
   await server?.stop();
 });
-
-/** `promise`, or a rejection naming `what` if it has not settled within `ms` (a hang fails the test). */
-function within(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: still pending after ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 /**
  * A proxy to `target` that hands each request to `fate(request)`: `'drop'` leaves it unanswered

@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { DurableStreamTestServer } from '@durable-streams/server';
 import { DurableStream, IdempotentProducer, StreamClosedError, stream } from '../src/node.js';
+import { within } from '../test-support/within.mjs';
 
 let server;
 const realFetch = globalThis.fetch;
@@ -64,15 +65,6 @@ async function readItems(ds) {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** `promise`, or a rejection naming `what` if it has not settled within `ms` (a hang fails the test). */
-function within(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: still pending after ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 /** Each distinct seq of an epoch's POSTs with its body, by seq (a resent batch counts once). */
 function batchesAt(epoch) {
