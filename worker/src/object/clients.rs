@@ -234,11 +234,8 @@ impl Client {
 /// alarm: with no append, [`deliver`] would not see them); answers the earliest expiry among
 /// the others, for the alarm to come back then.
 pub fn close_expired_all(groups: &[Group], now_secs: i64) -> Option<i64> {
-    groups
-        .iter()
-        .flat_map(|g| &g.sockets)
+    open(groups)
         .filter(|client| !client.expired(now_secs, None))
-        .filter(|client| client.ws.ready_state() == WebSocket::OPEN)
         .filter_map(|client| client.read_until)
         .min()
 }
@@ -246,12 +243,15 @@ pub fn close_expired_all(groups: &[Group], now_secs: i64) -> Option<i64> {
 /// When the first token among the open client sockets expires, past or not (an expired one
 /// makes the alarm fire at once, and [`close_expired_all`] close it).
 pub fn first_expiry(groups: &[Group]) -> Option<i64> {
+    open(groups).filter_map(|client| client.read_until).min()
+}
+
+/// The client sockets still open (not closing or closed).
+fn open(groups: &[Group]) -> impl Iterator<Item = &Client> {
     groups
         .iter()
         .flat_map(|g| &g.sockets)
         .filter(|client| client.ws.ready_state() == WebSocket::OPEN)
-        .filter_map(|client| client.read_until)
-        .min()
 }
 
 /// Closes a socket whose token has expired: a read the token no longer allows gets nothing
