@@ -4,9 +4,11 @@
 // as in the benchmark). Not part of `npm run bench`.
 //
 //   node bench/reader-memory.mjs [--readers 1000] [--mode sse|long-poll|ws] [--heap] [--floor] [--port N]
+//                                [--var NAME:VALUE ...]
 //
 // `--floor` opens the same readers on bench/floor/, a plain JS Worker that holds them the same
-// way with no protocol and no wasm: what the runtime itself costs per reader.
+// way with no protocol and no wasm: what the runtime itself costs per reader. `--var` passes a
+// setting to the Worker as `npm start` does (`--var WS_COMPRESSION:true` to compare).
 //
 // Readers start at the tail (`offset=now`), so each holds its request, its internal socket to
 // the stream's object and (SSE) its response stream, and nothing else.
@@ -26,10 +28,16 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const withHeap = argv.includes('--heap');
 const floor = argv.includes('--floor');
 const port = option(argv, 'port', undefined);
+const vars = { LONG_POLL_TIMEOUT_MS: '120000' };
+argv.forEach((arg, i) => {
+  if (arg !== '--var' || i + 1 >= argv.length) return;
+  const [name, ...value] = argv[i + 1].split(':');
+  vars[name] = value.join(':');
+});
 const server = await startServer({
   inspector: withHeap,
   ...(port === undefined ? {} : { port: Number(port) }),
-  ...(floor ? { config: fileURLToPath(new URL('floor/wrangler.toml', import.meta.url)) } : { vars: { LONG_POLL_TIMEOUT_MS: '120000' } }),
+  ...(floor ? { config: fileURLToPath(new URL('floor/wrangler.toml', import.meta.url)) } : { vars }),
 });
 const sockets = [];
 try {

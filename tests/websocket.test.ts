@@ -890,6 +890,84 @@ describe('WebSocket keepalive', () => {
   });
 });
 
+describe('WebSocket compression', () => {
+  // Browsers and undici offer permessage-deflate on every socket, and a compressed socket costs
+  // workerd a zlib state each way for as long as it is open; the server declines the offer
+  // unless WS_COMPRESSION is on (RFC 7692: it leaves the extension out of its 101).
+  const OFFER = 'permessage-deflate; client_max_window_bits';
+  // Compressible, and larger than one deflate window, so that a compressed path would be used.
+  const BIG = 'edgestream compresses nothing here; '.repeat(2_000);
+
+  /** `writer` appends BIG and is answered; it and a second reader at the tail both receive it. */
+  async function flowsBothWays(baseUrl: string, name: string, writer: Client) {
+    const reader = await Client.open(name, 'offset=now&live=ws', baseUrl);
+    expect((await reader.expect('control')).upToDate).toBe(true);
+    writer.send({ type: 'append', id: 1, data: BIG });
+    /** The data `client` receives until it has BIG's length, and the replies among it. */
+    const receive = async (client: Client) => {
+      const bytes: Buffer[] = [];
+      const replies: Record<string, any>[] = [];
+      while (Buffer.concat(bytes).length < BIG.length || (client === writer && replies.length === 0)) {
+        const message = await client.next();
+        if (message.kind === 'binary') bytes.push(message.bytes);
+        else if (message.json.type !== 'control') replies.push(message.json);
+      }
+      return { text: Buffer.concat(bytes).toString(), replies };
+    };
+    const [written, read] = await Promise.all([receive(writer), receive(reader)]);
+    expect(written).toEqual({ text: BIG, replies: [expect.objectContaining({ type: 'ack', id: 1, status: 204 })] });
+    expect(read).toEqual({ text: BIG, replies: [] });
+    const res = await fetch(`${baseUrl}/v1/stream/${name}?offset=-1`);
+    expect(await res.text()).toBe(`src;${BIG}`);
+    for (const client of [writer, reader]) client.ws.close();
+  }
+
+  it.each(HOLDERS)('declines permessage-deflate when %s holds the socket, which then follows and appends', async (_, fork) => {
+    const name = await writable('deflate-off', 'text/plain', 'src;', fork);
+    const query = `offset=${fork ? '-1' : 'now'}&live=ws`;
+    // Through wrangler's proxy, as clients connect, and on the Worker's own socket.
+    for (const url of [server.baseUrl, await server.workerUrl()]) {
+      const answer = await handshake(`${url}/v1/stream/${name}?${query}`, { 'sec-websocket-extensions': OFFER });
+      expect(answer.status).toBe(101);
+      expect(answer.headers['sec-websocket-extensions']).toBeUndefined();
+    }
+    // undici offers the same, and accepts the answer.
+    const writer = await Client.open(name, query);
+    expect(writer.ws.extensions).toBe('');
+    await follow(writer, (c) => c.upToDate === true);
+    await flowsBothWays(server.baseUrl, name, writer);
+  });
+
+  describe('with WS_COMPRESSION on', () => {
+    let compressing: Awaited<ReturnType<typeof startServer>>;
+    beforeAll(async () => {
+      compressing = await startServer({ vars: { WS_COMPRESSION: 'true' } });
+    });
+    afterAll(async () => {
+      await compressing?.stop();
+    });
+
+    it('agrees to permessage-deflate, and data flows both ways compressed', async () => {
+      const name = unique('deflate-on');
+      const put = await fetch(`${compressing.baseUrl}/v1/stream/${name}`, {
+        method: 'PUT',
+        headers: { 'content-type': 'text/plain' },
+        body: 'src;',
+      });
+      expect(put.status).toBe(201);
+      const answer = await handshake(`${compressing.baseUrl}/v1/stream/${name}?offset=now&live=ws`, {
+        'sec-websocket-extensions': OFFER,
+      });
+      expect(answer.status).toBe(101);
+      expect(answer.headers['sec-websocket-extensions']).toMatch(/^permessage-deflate/);
+      const writer = await Client.open(name, 'offset=now&live=ws', compressing.baseUrl);
+      expect(writer.ws.extensions).toMatch(/^permessage-deflate/);
+      expect((await writer.expect('control')).upToDate).toBe(true);
+      await flowsBothWays(compressing.baseUrl, name, writer);
+    });
+  });
+});
+
 describe('WebSocket bad frames', () => {
   async function refused(name: string, frame: string | Buffer) {
     const client = await Client.open(name, 'offset=now&live=ws');

@@ -6,7 +6,8 @@
 //   /rpc/append   edge -> object over RPC with the same Request and Response, one SQLite insert
 //   /forward/append  edge -> object with stub.fetch(request): the incoming request itself
 //   /live/reader?live=...  a live reader shaped like edgestream's (bench/reader-memory.mjs --floor):
-//     ws         the client's socket handed to the object, which accepts it (hibernation API);
+//     ws         the client's socket handed to the object, which accepts it (hibernation API),
+//                declining permessage-deflate as edgestream does by default (WS_COMPRESSION);
 //     sse        the edge holds a response stream and an internal socket the object accepts,
 //                and relays each message as an SSE event;
 //     long-poll  the edge holds the request and an internal socket until a message or 120 s.
@@ -66,7 +67,17 @@ export default {
 /** A live reader, held the way edgestream holds one of its mode (see the top of this file). */
 async function live(request, stub, mode) {
   if (request.method === 'POST') return stub.fetch('https://floor/broadcast', { method: 'POST', body: request.body });
-  if (mode === 'ws') return stub.fetch(request);
+  if (mode === 'ws') {
+    // The Worker's Sec-WebSocket-Extensions is what it accepts, and none is agreed: the 101
+    // names no extension (see docs/websocket.md#compression).
+    const upgraded = await stub.fetch(request);
+    if (upgraded.status !== 101) return upgraded;
+    return new Response(null, {
+      status: 101,
+      webSocket: upgraded.webSocket,
+      headers: { 'sec-websocket-extensions': 'identity' },
+    });
+  }
   const internal = await stub.fetch('https://floor/live', { headers: { upgrade: 'websocket' } });
   const socket = internal.webSocket;
   socket.accept();

@@ -2,8 +2,14 @@
 // answer itself: its status and headers, whether the server upgraded (101) or refused.
 import * as http from 'node:http';
 
-/** The status and headers of the answer to a WebSocket handshake on `url`; an upgraded socket is dropped. */
-export function handshake(url: string): Promise<{ status: number; headers: http.IncomingHttpHeaders }> {
+/**
+ * The status and headers of the answer to a WebSocket handshake on `url`, with `extra` request
+ * headers (an extension offer, say); an upgraded socket is dropped.
+ */
+export function handshake(
+  url: string,
+  extra: Record<string, string> = {},
+): Promise<{ status: number; headers: http.IncomingHttpHeaders }> {
   return new Promise((resolve, reject) => {
     const req = http.request(url, {
       headers: {
@@ -11,6 +17,7 @@ export function handshake(url: string): Promise<{ status: number; headers: http.
         upgrade: 'websocket',
         'sec-websocket-key': Buffer.from('edgestream-test!').toString('base64'),
         'sec-websocket-version': '13',
+        ...extra,
       },
     });
     req.on('upgrade', (res, socket) => {

@@ -22,6 +22,12 @@ pub struct Config {
     /// last receipt) before its socket is closed with 1012 and it resumes from its offset; for
     /// a client that sends none, how much one connection carries past what it got on connecting.
     pub ws_backlog_bytes: u64,
+    /// Whether `live=ws` handshakes may agree to `permessage-deflate` with clients that offer it
+    /// (browsers and undici always do). Off by default: workerd keeps a full zlib deflate and
+    /// inflate state for every compressed socket, most of what an idle reader costs, and the
+    /// small JSON and binary messages of a stream gain little from it. See `DECLINE_COMPRESSION`
+    /// in edge/ws.rs and docs/websocket.md.
+    pub ws_compression: bool,
     /// How fast one `live=ws` socket may send append frames (`WS_APPEND_BURST` at once, then
     /// `WS_APPEND_RATE` a second): see [`crate::wsproto::AppendRate`].
     pub ws_append_rate: crate::wsproto::AppendRate,
@@ -144,6 +150,10 @@ impl Config {
                 256 * 1024 * 1024,
             )
             .max(256 * 1024),
+            ws_compression: env
+                .var("WS_COMPRESSION")
+                .map(|v| edgestream::headers::is_true(Some(v.to_string().trim())))
+                .unwrap_or(false),
             ws_append_rate: crate::wsproto::AppendRate {
                 burst: number("WS_APPEND_BURST", Self::DEFAULT_WS_APPEND_BURST, 1_000_000),
                 per_second: number("WS_APPEND_RATE", Self::DEFAULT_WS_APPEND_RATE, 1_000_000),

@@ -106,7 +106,7 @@ pub async fn websocket(
                     "stream object upgraded without a socket".into(),
                 ));
             };
-            return upgraded(socket, &hello, channel, &incarnation);
+            return upgraded(socket, &hello, channel, &incarnation, config);
         }
         200 => {}
         _ => return Ok(first),
@@ -142,21 +142,42 @@ pub async fn websocket(
     };
     let first = Subscription::Page(first);
     wasm_bindgen_futures::spawn_local(session.run(client, from, first));
-    upgraded(pair.client, &hello, channel, &incarnation)
+    upgraded(pair.client, &hello, channel, &incarnation, config)
 }
+
+/// What the 101 tells workerd about compression when `WS_COMPRESSION` is off: agree to no
+/// extension, so the handshake carries no `Sec-WebSocket-Extensions` and the client's
+/// `permessage-deflate` offer is declined (RFC 7692 section 5: a server declines an offer by
+/// leaving it out of its response).
+///
+/// workerd treats this header on a Worker's 101 as the Worker's own compression settings, not
+/// as a header to send: its HTTP server negotiates between it and the client's offer and writes
+/// only the agreed extension, or none. Without the header (or with the compatibility flag
+/// `no_web_socket_compression`, which removes it) workerd agrees to whatever the client offers,
+/// and a runtime in front of the Worker that re-answers the handshake (wrangler dev's entry
+/// Worker) does the same, so neither keeps compression off everywhere. workerd documents the
+/// empty string for "no compression", but its header table reads an empty value as no header
+/// at all, so only a value that names no `permessage-deflate` offer declines it.
+const DECLINE_COMPRESSION: &str = "identity";
 
 /// The 101 that hands `socket` to the client, naming the subprotocol chosen, if any: browsers
 /// fail a handshake whose answer names one they did not offer, or none when they offered some.
 /// A channel's says so (`Stream-Channel: true`), as its other responses do, and every one names
-/// the stream's incarnation.
+/// the stream's incarnation. Compression is declined unless `WS_COMPRESSION` allows it: each
+/// compressed socket costs the runtime a zlib state in each direction.
 fn upgraded(
     socket: worker::WebSocket,
     hello: &ClientHello,
     channel: bool,
     incarnation: &str,
+    config: &Config,
 ) -> Result<Response> {
     let resp = mark_channel(Response::from_websocket(socket), channel)?;
     reply::name_incarnation(resp.headers(), incarnation)?;
+    if !config.ws_compression {
+        resp.headers()
+            .set("sec-websocket-extensions", DECLINE_COMPRESSION)?;
+    }
     if let Some(protocol) = hello.protocol() {
         resp.headers().set("sec-websocket-protocol", protocol)?;
     }
