@@ -51,21 +51,10 @@ pub fn copy_headers(source: &Headers) -> Result<Headers> {
     Ok(Headers(web_sys::Headers::new_with_headers(&source.0)?))
 }
 
-/// The prefix of the headers the edge and the objects tell each other things with.
+/// The prefix of the headers the edge and the objects tell each other things with. The edge
+/// removes those a client sent from what it forwards (`edge::forward`), so that only the edge
+/// sets them.
 pub const INTERNAL_PREFIX: &str = "x-edgestream-";
-
-/// Removes the internal headers (`x-edgestream-…`) a client sent, so that only the edge sets
-/// them on what it passes to an object.
-pub fn strip_internal(headers: &Headers) -> Result<()> {
-    let internal: Vec<String> = headers
-        .keys()
-        .filter(|name| name.starts_with(INTERNAL_PREFIX))
-        .collect();
-    for name in internal {
-        headers.delete(&name)?;
-    }
-    Ok(())
-}
 
 #[wasm_bindgen::prelude::wasm_bindgen(inline_js = "export function headerBytes(headers) {
     let n = 0;

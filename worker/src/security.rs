@@ -3,8 +3,11 @@
 //! Whoever makes a response decorates it: the edge its own, the stream object the ones it
 //! answers (it sees the client's `Origin`, which the edge forwards). A response fetched from an
 //! object has immutable headers; decorating it again at the edge would cost a copy, or a thrown
-//! and caught exception with a long stack trace, on every forwarded request.
+//! and caught exception with a long stack trace, on every forwarded request. The edge passes
+//! such a response back as the runtime gave it once [`decorated`] confirms it, in one call.
 
+use wasm_bindgen::prelude::wasm_bindgen;
+use worker::worker_sys::web_sys;
 use worker::{Headers, Response, Result};
 
 use crate::config::Config;
@@ -14,6 +17,30 @@ use edgestream::headers as h;
 /// The header whose presence says a response is decorated already.
 const MARKER: &str = "cross-origin-resource-policy";
 const ALLOW_ORIGIN: &str = "access-control-allow-origin";
+
+#[wasm_bindgen(inline_js = "export function decoratedFor(resp, allowed) {
+    if (resp.status === 101) return true;
+    const headers = resp.headers;
+    return headers.has('cross-origin-resource-policy')
+        && headers.get('access-control-allow-origin') === (allowed ?? null);
+}")]
+extern "C" {
+    #[wasm_bindgen(js_name = decoratedFor)]
+    fn decorated_for(resp: &web_sys::Response, allowed: Option<&str>) -> bool;
+}
+
+/// Whether `resp`, fetched from an object, carries the headers [`decorate`] would give it for
+/// `origin` (what `decorate` checks before it changes anything), so that it can be passed on
+/// untouched.
+pub fn decorated(resp: &web_sys::Response, config: &Config, origin: Option<&str>) -> bool {
+    decorated_for(resp, allowed_origin(config, origin).as_deref())
+}
+
+/// Whether responses depend on the request's `Origin`: only when `CORS_ORIGINS` lists
+/// origins. With `*` the header need not be read at all.
+pub fn by_origin(config: &Config) -> bool {
+    !any_origin(config)
+}
 
 /// Adds the headers to `resp`, copying it first only if its headers are immutable.
 ///
@@ -32,7 +59,7 @@ pub fn decorate(resp: Response, config: &Config, origin: Option<&str>) -> Result
     // With a list of origins, what a response says about CORS depends on the request's
     // `Origin`, even when it allows none: a shared cache must not hand a copy made for no
     // origin (or another) to a listed one, whose browser would then refuse it.
-    let by_origin = !any_origin(config);
+    let by_origin = by_origin(config);
     let set = |headers: &Headers| {
         if !decorated {
             set_headers(headers)?;
