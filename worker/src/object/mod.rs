@@ -466,11 +466,7 @@ impl StreamObject {
 
     /// Refreshes a sliding TTL on a read or write.
     fn touch(&self, meta: &mut Meta, now: i64) -> Result<()> {
-        let Expiry::Ttl(ttl_seconds) = meta.expiry else {
-            return Ok(());
-        };
-        let every = TOUCH_EVERY_MS.min(ttl_seconds.saturating_mul(50).min(1000) as i64);
-        if now - meta.accessed_ms >= every {
+        if touch_due(meta, now) {
             self.slide(meta, now)?;
         }
         Ok(())
@@ -985,10 +981,25 @@ impl StreamObject {
             return Ok(refusal);
         }
         let seq_changed = request.stream_seq.is_some();
+        // A plain append of one row writes exactly one statement below: one INSERT, with no
+        // producer state, lease, close, Stream-Seq, sliding-TTL access time or owed
+        // notification to store beside it (the stream's row is not rewritten; memory learns
+        // the new tail). SQLite applies a single statement whole or not at all, so it needs no
+        // transaction of its own: `transactionSync` would only cost its savepoint. (The alarm a
+        // channel link sets after it commits with the turn either way.) A torn-write fault,
+        // which fails after the rows, keeps the transaction.
+        let one_statement = producer.is_none()
+            && matches!(lease, LeaseChange::Keep)
+            && !close
+            && !seq_changed
+            && store::one_row(&data)
+            && !touch_due(&meta, now)
+            && store.subscribers()?.is_empty()
+            && !self.faults.armed(&meta.path, crate::fault::Call::TornWrite);
         // The rows, the producer's state, the lease and the metadata are stored together or
         // not at all: an append refused for a storage failure leaves nothing its retry would
         // store again.
-        store.atomically(|| {
+        let mut write = || {
             store.append(start, &data, meta.is_json())?;
             if let (Some(p), Some(state)) = (&producer, producer_state) {
                 store.save_producer(p.id, state, now)?;
@@ -1027,7 +1038,11 @@ impl StreamObject {
                 subscribers::owe_notification(self, &meta)?;
             }
             self.faults.check(&meta.path, crate::fault::Call::TornWrite)
-        })?;
+        };
+        match one_statement {
+            true => write()?,
+            false => store.atomically(write)?,
+        }
         if let (Some(p), Some(_)) = (&producer, producer_state) {
             // Its appends that came too early look again once this turn yields.
             self.producer_turns.advanced(p.id);
@@ -1544,6 +1559,16 @@ fn mark_cold(resp: Response) -> Result<Response> {
         return Ok(resp);
     }
     http::edit_headers(resp, |headers| headers.append(SERVER_TIMING, COLD_START))
+}
+
+/// Whether a sliding TTL's access time is due to be written at `now`: at most once per
+/// `TOUCH_EVERY_MS`, and more often for a TTL of under 20 s.
+fn touch_due(meta: &Meta, now: i64) -> bool {
+    let Expiry::Ttl(ttl_seconds) = meta.expiry else {
+        return false;
+    };
+    let every = TOUCH_EVERY_MS.min(ttl_seconds.saturating_mul(50).min(1000) as i64);
+    now - meta.accessed_ms >= every
 }
 
 /// A random id for a new incarnation of a stream.
