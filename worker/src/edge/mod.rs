@@ -193,7 +193,7 @@ fn check_create(
     headers: &Headers,
     config: &Config,
 ) -> std::result::Result<Option<StreamName>, ProtocolError> {
-    check_length(headers, config)?;
+    check_length(header(headers, h::CONTENT_LENGTH), config)?;
     // Not its length: a PUT that confirms a stream created before the cap names its type.
     if let Some(ct) = header(headers, h::CONTENT_TYPE).filter(|v| !v.trim().is_empty()) {
         ContentType::parse_stored(&ct)?;
@@ -224,18 +224,27 @@ pub(crate) fn check_append(
     headers: &Headers,
     config: &Config,
 ) -> std::result::Result<(), ProtocolError> {
-    check_length(headers, config)?;
-    let id = header(headers, h::PRODUCER_ID);
-    let epoch = header(headers, h::PRODUCER_EPOCH);
-    let seq = header(headers, h::PRODUCER_SEQ);
+    // In one call: an append is the most frequent request.
+    let [length, id, epoch, seq, lease, stream_seq] = http::header_values(
+        headers,
+        [
+            h::CONTENT_LENGTH,
+            h::PRODUCER_ID,
+            h::PRODUCER_EPOCH,
+            h::PRODUCER_SEQ,
+            h::STREAM_LEASE_TTL,
+            h::STREAM_SEQ,
+        ],
+    );
+    check_length(length, config)?;
     let producer = ProducerHeaders::parse(id.as_deref(), epoch.as_deref(), seq.as_deref())?;
-    if let Some(lease) = header(headers, h::STREAM_LEASE_TTL) {
+    if let Some(lease) = lease {
         LeaseRequest::parse(&lease)?;
         if producer.is_none() {
             return Err(h::HeaderError::LeaseWithoutProducer.into());
         }
     }
-    let stream_seq = http::stream_seq(headers);
+    let stream_seq = http::stream_seq(stream_seq);
     if let Some(seq) = &stream_seq {
         h::parse_stream_seq(seq)?;
     }
@@ -251,8 +260,9 @@ pub(crate) fn check_append(
     Ok(())
 }
 
-fn check_length(headers: &Headers, config: &Config) -> std::result::Result<(), ProtocolError> {
-    match header(headers, h::CONTENT_LENGTH).map(|v| v.trim().parse::<u64>()) {
+/// `Content-Length`'s value against `MAX_APPEND_BYTES`.
+fn check_length(length: Option<String>, config: &Config) -> std::result::Result<(), ProtocolError> {
+    match length.map(|v| v.trim().parse::<u64>()) {
         Some(Ok(len)) if len > config.max_append_bytes => Err(ProtocolError::PayloadTooLarge {
             limit: config.max_append_bytes,
         }),
