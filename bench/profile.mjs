@@ -4,8 +4,9 @@
 // bench/results/latest.md were found; it is not part of `npm run bench`.
 //
 //   node bench/profile.mjs fanout [--sse 600] [--ws 0] [--messages 200] [--rate 50]
-//   node bench/profile.mjs requests [--kind append|head|404|catchup] [--count 2000]
-//   (either: [--top 30] rows to print, [--save FILE.cpuprofile] to keep the raw profile)
+//   node bench/profile.mjs requests [--kind append|producer|head|404|catchup] [--count 2000]
+//   (either: [--top 30] rows to print, [--save FILE.cpuprofile] to keep the raw profile,
+//   [--config wrangler.toml] to profile another build)
 //
 // Names: `(program)` is the runtime's own native work, `(idle)` is waiting, `__wbg_*` are the
 // wasm-bindgen imports (a JS call made from Rust; their names are read from wrangler's bundle),
@@ -88,9 +89,10 @@ function byKind(rows) {
 }
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-function request(base, method, target, body, contentType = 'application/json') {
+function request(base, method, target, body, contentType = 'application/json', extra = {}) {
   return new Promise((resolve, reject) => {
-    const req = http.request(`${base}${target}`, { method, agent, headers: { 'content-type': contentType } }, (res) => {
+    const headers = { 'content-type': contentType, ...extra };
+    const req = http.request(`${base}${target}`, { method, agent, headers }, (res) => {
       res.resume();
       res.on('end', () => resolve(res.statusCode));
     });
@@ -100,7 +102,8 @@ function request(base, method, target, body, contentType = 'application/json') {
 }
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-const server = await startServer({ inspector: true });
+// --config FILE: another build's wrangler.toml, to compare builds.
+const server = await startServer({ inspector: true, config: option(argv, 'config') });
 let readers;
 try {
   const base = await server.workerUrl();
@@ -145,11 +148,18 @@ try {
     }
     const one = {
       append: (i) => request(base, 'POST', stream, JSON.stringify({ i })),
+      // An idempotent producer's appends, its sequence counting up from 0.
+      producer: (i) =>
+        request(base, 'POST', stream, JSON.stringify({ i }), 'application/json', {
+          'producer-id': 'profile',
+          'producer-epoch': '0',
+          'producer-seq': String(i),
+        }),
       head: () => request(base, 'HEAD', stream),
       404: () => request(base, 'GET', '/no-such-file'),
       catchup: () => request(base, 'GET', `${stream}-bytes?offset=-1`),
     }[kind];
-    if (!one) throw new Error(`--kind ${kind}: expected append, head, 404 or catchup`);
+    if (!one) throw new Error(`--kind ${kind}: expected append, producer, head, 404 or catchup`);
     for (let i = 0; i < 50; i++) await one(i);
     units = { count, name: 'request', plural: 'requests' };
     run = async () => {

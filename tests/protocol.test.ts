@@ -122,3 +122,30 @@ test('an append ahead of its producer to a closed stream is refused at once', as
   expect(Date.now() - started).toBeLessThan(400);
   expect((await call(`${s}?offset=-1`, 'GET')).body).toBe('a');
 });
+
+test('appends slide a TTL: a burst of one-row appends stores rows alone, the next due refresh stores the access time', async () => {
+  // With a 2 s TTL the access time is written at most every 100 ms: in each burst the first
+  // append writes it with its row (in a transaction), the rest write their row alone, and a
+  // producer's append writes its state too. The stream outlives its TTL only if they slide it.
+  const s = url('sliding-ttl');
+  expect((await call(s, 'PUT', { ...text, 'stream-ttl': '2' })).status).toBe(201);
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  let expected = '';
+  let seq = 0;
+  const started = Date.now();
+  while (Date.now() - started < 3_500) {
+    for (let i = 0; i < 4; i++) {
+      expect((await call(s, 'POST', text, `${i};`)).status).toBe(204);
+      expected += `${i};`;
+    }
+    expect((await call(s, 'POST', { ...text, ...producer(0, seq++) }, 'p;')).status).toBe(200);
+    expected += 'p;';
+    await sleep(600);
+  }
+  const read = await call(s, 'GET');
+  expect(read.status, 'appends kept the stream past its TTL').toBe(200);
+  expect(read.body).toBe(expected);
+  // Untouched (HEAD does not slide it), it expires.
+  await sleep(2_500);
+  expect((await call(s, 'HEAD')).status).toBe(404);
+}, 20_000);

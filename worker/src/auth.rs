@@ -43,12 +43,23 @@ impl Access {
     }
 }
 
+/// `AUTH_SECRET`, read once per isolate as [`Config::from_env`](crate::config::Config::from_env)
+/// reads the settings: a secret cannot change while an isolate lives, and reading it cost every
+/// request several JS calls.
 fn secret(env: &Env) -> Option<String> {
-    env.secret("AUTH_SECRET")
-        .map(|s| s.to_string())
-        .or_else(|_| env.var("AUTH_SECRET").map(|v| v.to_string()))
-        .ok()
-        .filter(|s| !s.is_empty())
+    thread_local! {
+        static CACHED: std::cell::OnceCell<Option<String>> = const { std::cell::OnceCell::new() };
+    }
+    CACHED.with(|cell| {
+        cell.get_or_init(|| {
+            env.secret("AUTH_SECRET")
+                .map(|s| s.to_string())
+                .or_else(|_| env.var("AUTH_SECRET").map(|v| v.to_string()))
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+        .clone()
+    })
 }
 
 /// Whether requests need a token: `AUTH_SECRET` is set.

@@ -86,8 +86,8 @@ impl Faults {
         self.trips(path, call)
     }
 
-    /// Whether `path` carries the marker and this is its first call of the kind.
-    fn trips(&self, path: &str, call: Call) -> bool {
+    /// Whether this call would be the one to fail, without counting it as made.
+    pub fn armed(&self, path: &str, call: Call) -> bool {
         if !self.marker.as_deref().is_some_and(|m| path.contains(m)) {
             return false;
         };
@@ -96,11 +96,15 @@ impl Faults {
         {
             return false;
         }
-        let mut tripped = self.tripped.borrow_mut();
-        if tripped.contains(&call) {
+        !self.tripped.borrow().contains(&call)
+    }
+
+    /// Whether `path` carries the marker and this is its first call of the kind.
+    fn trips(&self, path: &str, call: Call) -> bool {
+        if !self.armed(path, call) {
             return false;
         }
-        tripped.push(call);
+        self.tripped.borrow_mut().push(call);
         true
     }
 }

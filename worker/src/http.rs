@@ -51,21 +51,10 @@ pub fn copy_headers(source: &Headers) -> Result<Headers> {
     Ok(Headers(web_sys::Headers::new_with_headers(&source.0)?))
 }
 
-/// The prefix of the headers the edge and the objects tell each other things with.
+/// The prefix of the headers the edge and the objects tell each other things with. The edge
+/// removes those a client sent from what it forwards (`edge::forward`), so that only the edge
+/// sets them.
 pub const INTERNAL_PREFIX: &str = "x-edgestream-";
-
-/// Removes the internal headers (`x-edgestream-…`) a client sent, so that only the edge sets
-/// them on what it passes to an object.
-pub fn strip_internal(headers: &Headers) -> Result<()> {
-    let internal: Vec<String> = headers
-        .keys()
-        .filter(|name| name.starts_with(INTERNAL_PREFIX))
-        .collect();
-    for name in internal {
-        headers.delete(&name)?;
-    }
-    Ok(())
-}
 
 #[wasm_bindgen::prelude::wasm_bindgen(inline_js = "export function headerBytes(headers) {
     let n = 0;
@@ -84,6 +73,32 @@ pub fn header_bytes(headers: &Headers) -> Result<usize> {
     Ok(header_bytes_js(&headers.0)? as usize)
 }
 
+#[wasm_bindgen::prelude::wasm_bindgen(inline_js = "export function headerValues(headers, names) {
+    let out = '';
+    for (const name of names.split(',')) {
+        const value = headers.get(name);
+        out += (value === null ? '\\0' : value) + '\\n';
+    }
+    return out;
+}")]
+extern "C" {
+    #[wasm_bindgen(catch, js_name = headerValues)]
+    fn header_values_js(
+        headers: &web_sys::Headers,
+        names: &str,
+    ) -> std::result::Result<String, JsValue>;
+}
+
+/// The values of the headers `names`, in order, read in one call from Rust rather than one per
+/// header; a runtime error reads as all absent, as in [`header`]. A header value never holds a
+/// NUL or a line feed (the runtime refuses them), so the values come back one per line, with
+/// a NUL for a header that is absent.
+pub fn header_values<const N: usize>(headers: &Headers, names: [&str; N]) -> [Option<String>; N] {
+    let values = header_values_js(&headers.0, &names.join(",")).unwrap_or_default();
+    let mut values = values.split('\n');
+    std::array::from_fn(|_| values.next().filter(|v| *v != "\0").map(str::to_string))
+}
+
 /// A header's value, treating a runtime error as absent.
 pub fn header(headers: &Headers, name: &str) -> Option<String> {
     headers.get(name).ok().flatten()
@@ -96,11 +111,11 @@ pub fn decoded_lossily(value: &str) -> bool {
     value.contains(char::REPLACEMENT_CHARACTER)
 }
 
-/// `Stream-Seq`, where an empty value counts as none: the protocol's values are opaque
-/// strings that order writers, and an empty header orders nothing (as the reference server
-/// takes it).
-pub fn stream_seq(headers: &Headers) -> Option<String> {
-    header(headers, h::STREAM_SEQ).filter(|seq| !seq.is_empty())
+/// `Stream-Seq`'s value, where an empty value counts as none: the protocol's values are
+/// opaque strings that order writers, and an empty header orders nothing (as the reference
+/// server takes it).
+pub fn stream_seq(value: Option<String>) -> Option<String> {
+    value.filter(|seq| !seq.is_empty())
 }
 
 /// A short plain-text response.

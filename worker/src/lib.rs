@@ -35,9 +35,9 @@ pub mod turnstile;
 pub mod wsproto;
 
 use worker::worker_sys::web_sys;
-use worker::{event, Context, Env, Response, Result};
+use worker::{event, Context, Env, Result};
 
 #[event(fetch)]
-async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> Result<Response> {
+async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> Result<web_sys::Response> {
     edge::handle(http::request_without_cf(req), env).await
 }

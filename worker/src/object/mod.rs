@@ -174,7 +174,11 @@ impl DurableObject for StreamObject {
 
     async fn fetch(&self, req: Request) -> Result<Response> {
         let cold = self.cold.replace(false);
-        let origin = header(req.headers(), "origin");
+        // Read only when `CORS_ORIGINS` lists origins: with `*` no response depends on it.
+        let origin = match security::by_origin(&self.config) {
+            true => header(req.headers(), "origin"),
+            false => None,
+        };
         let show_alarm = self.faults.enabled() && req.method() == Method::Head;
         let result = self.route(req).await;
         // A batching append flushes its own frame after one turn; should that turn never come
@@ -462,11 +466,7 @@ impl StreamObject {
 
     /// Refreshes a sliding TTL on a read or write.
     fn touch(&self, meta: &mut Meta, now: i64) -> Result<()> {
-        let Expiry::Ttl(ttl_seconds) = meta.expiry else {
-            return Ok(());
-        };
-        let every = TOUCH_EVERY_MS.min(ttl_seconds.saturating_mul(50).min(1000) as i64);
-        if now - meta.accessed_ms >= every {
+        if touch_due(meta, now) {
             self.slide(meta, now)?;
         }
         Ok(())
@@ -730,9 +730,8 @@ impl StreamObject {
             return channel::refuse_append();
         }
         // A producer's POST that came before its predecessor may wait for it; a socket's frame,
-        // relayed by the edge, does not.
-        let may_wait = header(req.headers(), reply::X_SOCKET_FRAME).is_none();
-        self.append_body(req.headers(), body, may_wait).await
+        // relayed by the edge (`X_SOCKET_FRAME`), does not.
+        self.append_body(req.headers(), body, true).await
     }
 
     /// Producer `id`'s stored state, as its appends are decided at `now` under the stored
@@ -821,10 +820,11 @@ impl StreamObject {
         }
     }
 
-    /// The stream an append with `headers` goes to at `now`, or why there is none.
+    /// The stream an append goes to at `now`, or why there is none; `instance` is the
+    /// incarnation the edge named for it, if any.
     async fn append_target(
         &self,
-        headers: &Headers,
+        instance: Option<&str>,
         now: i64,
     ) -> Result<std::result::Result<Meta, ProtocolError>> {
         let meta = match self.lookup(now).await? {
@@ -834,7 +834,7 @@ impl StreamObject {
         };
         // An append the edge relays for a WebSocket session names the incarnation the session
         // reads: one deleted since, even if created again, is gone for it.
-        if header(headers, reply::X_INSTANCE).is_some_and(|i| i != meta.instance) {
+        if instance.is_some_and(|i| i != meta.instance) {
             return Ok(Err(ProtocolError::NotFound));
         }
         Ok(Ok(meta))
@@ -845,19 +845,33 @@ impl StreamObject {
     /// A producer's append that is ahead of its producer's state (a gap, or a new epoch's append
     /// after its first: its predecessors still on their way) waits for them when `may_wait`, up to
     /// [`turns::GAP_WAIT_MS`] in all, and is then decided again. HTTP appends may wait: the
-    /// runtime hands pipelined requests to the object in any order. Socket frames never wait:
-    /// one socket's frames are applied in the order they came.
+    /// runtime hands pipelined requests to the object in any order. Socket frames never wait
+    /// (those the edge relays carry `X_SOCKET_FRAME`): one socket's frames are applied in the
+    /// order they came.
     async fn append_body(
         &self,
         headers: &Headers,
         body: Vec<u8>,
         may_wait: bool,
     ) -> Result<Response> {
-        let producer_id = header(headers, h::PRODUCER_ID);
-        let producer_epoch = header(headers, h::PRODUCER_EPOCH);
-        let producer_seq = header(headers, h::PRODUCER_SEQ);
-        let stream_seq = http::stream_seq(headers);
-        let content_type = header(headers, h::CONTENT_TYPE);
+        // Every header an append reads, in one call.
+        let [producer_id, producer_epoch, producer_seq, stream_seq, content_type, lease, closed, instance, socket_frame] =
+            http::header_values(
+                headers,
+                [
+                    h::PRODUCER_ID,
+                    h::PRODUCER_EPOCH,
+                    h::PRODUCER_SEQ,
+                    h::STREAM_SEQ,
+                    h::CONTENT_TYPE,
+                    h::STREAM_LEASE_TTL,
+                    h::STREAM_CLOSED,
+                    reply::X_INSTANCE,
+                    reply::X_SOCKET_FRAME,
+                ],
+            );
+        let stream_seq = http::stream_seq(stream_seq);
+        let may_wait = may_wait && socket_frame.is_none();
         // Parsed now, refused after the lookup: a missing stream is 404 whatever the headers.
         let parsed = ProducerHeaders::parse(
             producer_id.as_deref(),
@@ -866,13 +880,11 @@ impl StreamObject {
         )
         .map_err(ProtocolError::from)
         .and_then(|producer| {
-            let lease = header(headers, h::STREAM_LEASE_TTL)
-                .map(|v| LeaseRequest::parse(&v))
-                .transpose()?;
+            let lease = lease.map(|v| LeaseRequest::parse(&v)).transpose()?;
             Ok(AppendRequest {
                 content_type: content_type.as_deref(),
                 body_len: body.len(),
-                close: h::is_closed(header(headers, h::STREAM_CLOSED).as_deref()),
+                close: h::is_closed(closed.as_deref()),
                 stream_seq: stream_seq.as_deref(),
                 producer,
                 lease,
@@ -884,7 +896,7 @@ impl StreamObject {
         // From the last lookup on there is no await until the response: the append is one
         // atomic turn.
         let (mut meta, request, stored_lease, stored, plan) = loop {
-            let meta = match self.append_target(headers, now).await? {
+            let meta = match self.append_target(instance.as_deref(), now).await? {
                 Ok(meta) => meta,
                 Err(e) => return http::error(&e),
             };
@@ -981,10 +993,25 @@ impl StreamObject {
             return Ok(refusal);
         }
         let seq_changed = request.stream_seq.is_some();
+        // A plain append of one row writes exactly one statement below: one INSERT, with no
+        // producer state, lease, close, Stream-Seq, sliding-TTL access time or owed
+        // notification to store beside it (the stream's row is not rewritten; memory learns
+        // the new tail). SQLite applies a single statement whole or not at all, so it needs no
+        // transaction of its own: `transactionSync` would only cost its savepoint. (The alarm a
+        // channel link sets after it commits with the turn either way.) A torn-write fault,
+        // which fails after the rows, keeps the transaction.
+        let one_statement = producer.is_none()
+            && matches!(lease, LeaseChange::Keep)
+            && !close
+            && !seq_changed
+            && store::one_row(&data)
+            && !touch_due(&meta, now)
+            && store.subscribers()?.is_empty()
+            && !self.faults.armed(&meta.path, crate::fault::Call::TornWrite);
         // The rows, the producer's state, the lease and the metadata are stored together or
         // not at all: an append refused for a storage failure leaves nothing its retry would
         // store again.
-        store.atomically(|| {
+        let mut write = || {
             store.append(start, &data, meta.is_json())?;
             if let (Some(p), Some(state)) = (&producer, producer_state) {
                 store.save_producer(p.id, state, now)?;
@@ -1023,7 +1050,11 @@ impl StreamObject {
                 subscribers::owe_notification(self, &meta)?;
             }
             self.faults.check(&meta.path, crate::fault::Call::TornWrite)
-        })?;
+        };
+        match one_statement {
+            true => write()?,
+            false => store.atomically(write)?,
+        }
         if let (Some(p), Some(_)) = (&producer, producer_state) {
             // Its appends that came too early look again once this turn yields.
             self.producer_turns.advanced(p.id);
@@ -1540,6 +1571,16 @@ fn mark_cold(resp: Response) -> Result<Response> {
         return Ok(resp);
     }
     http::edit_headers(resp, |headers| headers.append(SERVER_TIMING, COLD_START))
+}
+
+/// Whether a sliding TTL's access time is due to be written at `now`: at most once per
+/// `TOUCH_EVERY_MS`, and more often for a TTL of under 20 s.
+fn touch_due(meta: &Meta, now: i64) -> bool {
+    let Expiry::Ttl(ttl_seconds) = meta.expiry else {
+        return false;
+    };
+    let every = TOUCH_EVERY_MS.min(ttl_seconds.saturating_mul(50).min(1000) as i64);
+    now - meta.accessed_ms >= every
 }
 
 /// A random id for a new incarnation of a stream.

@@ -144,6 +144,12 @@ pub fn end_of(start: Offset, len: usize) -> Option<Offset> {
         .filter(|t| t.position() <= MAX_POSITION)
 }
 
+/// Whether [`Store::append`] stores `data` in exactly one row, one INSERT: data of at most
+/// [`ROW_BYTES`] is never cut (a JSON message end is never more than a row past the row's start).
+pub fn one_row(data: &[u8]) -> bool {
+    !data.is_empty() && data.len() <= ROW_BYTES
+}
+
 /// Row flag: the row ends on a message boundary (end of an append, or of a JSON message).
 const ENDS_MESSAGE: i64 = 1;
 /// Row flag: the row starts on a message boundary.
@@ -1625,6 +1631,27 @@ mod tests {
                 flags: 3
             }]
         );
+    }
+
+    /// `one_row` is what lets a plain append skip its transaction: it must never say one row
+    /// where `append` would write two.
+    #[test]
+    fn one_row_is_one_piece() {
+        for json in [false, true] {
+            for data in [
+                "1,".repeat(ROW_BYTES / 2),
+                format!("\"{}\",", "x".repeat(ROW_BYTES - 3)),
+                format!("1,\"{}\",", "x".repeat(ROW_BYTES - 5)),
+                "[1],{},".to_string(),
+            ] {
+                assert!(data.len() <= ROW_BYTES);
+                assert!(one_row(data.as_bytes()));
+                assert_eq!(split_rows(data.as_bytes(), json).len(), 1, "{}", data.len());
+            }
+        }
+        assert!(!one_row(b""));
+        assert!(!one_row(&vec![0u8; ROW_BYTES + 1]));
+        assert_eq!(split_rows(&vec![0u8; ROW_BYTES + 1], false).len(), 2);
     }
 
     #[test]
