@@ -94,7 +94,9 @@ extern "C" {
 /// NUL or a line feed (the runtime refuses them), so the values come back one per line, with
 /// a NUL for a header that is absent.
 pub fn header_values<const N: usize>(headers: &Headers, names: [&str; N]) -> [Option<String>; N] {
-    let values = header_values_js(&headers.0, &names.join(",")).unwrap_or_default();
+    let Ok(values) = header_values_js(&headers.0, &names.join(",")) else {
+        return std::array::from_fn(|_| None);
+    };
     let mut values = values.split('\n');
     std::array::from_fn(|_| values.next().filter(|v| *v != "\0").map(str::to_string))
 }
