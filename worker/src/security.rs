@@ -15,17 +15,6 @@ use crate::config::Config;
 use crate::http;
 use edgestream::headers as h;
 
-#[wasm_bindgen(inline_js = "export function decoratedFor(resp, allowed) {
-    if (resp.status === 101) return true;
-    const headers = resp.headers;
-    return headers.has('cross-origin-resource-policy')
-        && headers.get('access-control-allow-origin') === (allowed ?? null);
-}")]
-extern "C" {
-    #[wasm_bindgen(js_name = decoratedFor)]
-    fn decorated_for(resp: &web_sys::Response, allowed: Option<&str>) -> bool;
-}
-
 /// Whether `resp`, fetched from an object, carries the headers [`decorate`] would give it for
 /// `origin` (what `decorate` checks before it changes anything), so that it can be passed on
 /// untouched.
@@ -35,15 +24,27 @@ pub fn decorated(resp: &web_sys::Response, config: &Config, origin: Option<&str>
 
 /// Whether responses depend on the request's `Origin`: only when `CORS_ORIGINS` lists
 /// origins. With `*` the header need not be read at all.
-pub fn by_origin(config: &Config) -> bool {
+fn by_origin(config: &Config) -> bool {
     !any_origin(config)
 }
 
-#[wasm_bindgen(
-    inline_js = "export function decorateHeaders(headers, allowed, byOrigin, expose) {
-    const decorated = headers.has('cross-origin-resource-policy');
-    if (decorated && headers.get('access-control-allow-origin') === (allowed ?? null)) return;
-    if (!decorated) {
+/// The request's `Origin`, read only when responses depend on it ([`by_origin`]).
+pub fn request_origin(headers: &Headers, config: &Config) -> Option<String> {
+    by_origin(config)
+        .then(|| http::header(headers, "origin"))
+        .flatten()
+}
+
+#[wasm_bindgen(inline_js = "function decoratedAs(headers, allowed) {
+    return headers.has('cross-origin-resource-policy')
+        && headers.get('access-control-allow-origin') === (allowed ?? null);
+}
+export function decoratedFor(resp, allowed) {
+    return resp.status === 101 || decoratedAs(resp.headers, allowed);
+}
+export function decorateHeaders(headers, allowed, byOrigin, expose) {
+    if (decoratedAs(headers, allowed)) return;
+    if (!headers.has('cross-origin-resource-policy')) {
         headers.set('cross-origin-resource-policy', 'cross-origin');
         headers.set('x-content-type-options', 'nosniff');
         headers.set('access-control-expose-headers', expose);
@@ -54,9 +55,11 @@ pub fn by_origin(config: &Config) -> bool {
     if (byOrigin && !(headers.get('vary') ?? '').split(',').some((f) => f.trim().toLowerCase() === 'origin')) {
         headers.append('vary', 'Origin');
     }
-}"
-)]
+}")]
 extern "C" {
+    #[wasm_bindgen(js_name = decoratedFor)]
+    fn decorated_for(resp: &web_sys::Response, allowed: Option<&str>) -> bool;
+
     /// All of [`decorate`]'s work on `headers` in one call from Rust rather than one per
     /// header: nothing when they are decorated for `allowed` already; throws, having changed
     /// nothing, when they are immutable.

@@ -32,20 +32,11 @@ enum Reply {
     Object(web_sys::Response),
 }
 
-impl From<Response> for Reply {
-    fn from(resp: Response) -> Reply {
-        Reply::Edge(resp)
-    }
-}
-
 /// Handles one request from the outside world.
 pub async fn handle(req: Request, env: Env) -> Result<web_sys::Response> {
     let config = Config::from_env(&env);
     // With `CORS_ORIGINS` = `*` no response depends on the request's `Origin`.
-    let origin = match security::by_origin(&config) {
-        true => header(req.headers(), "origin"),
-        false => None,
-    };
+    let origin = security::request_origin(req.headers(), &config);
     let resp = match route(req, &env, &config).await {
         Ok(Reply::Object(resp)) if security::decorated(&resp, &config, origin.as_deref()) => {
             return Ok(resp)

@@ -175,10 +175,7 @@ impl DurableObject for StreamObject {
     async fn fetch(&self, req: Request) -> Result<Response> {
         let cold = self.cold.replace(false);
         // Read only when `CORS_ORIGINS` lists origins: with `*` no response depends on it.
-        let origin = match security::by_origin(&self.config) {
-            true => header(req.headers(), "origin"),
-            false => None,
-        };
+        let origin = security::request_origin(req.headers(), &self.config);
         let show_alarm = self.faults.enabled() && req.method() == Method::Head;
         let result = self.route(req).await;
         // A batching append flushes its own frame after one turn; should that turn never come
