@@ -8,7 +8,10 @@
 // delivery rate. `npm run bench` runs it too and quotes it in bench/results/latest.md.
 //
 //   node bench/floor.mjs [--count 3000] [--rounds 3] [--appends 500] [--readers 500] [--messages 100]
-//                        [--only edgestream|floor]
+//                        [--only edgestream|floor] [--fanout-only]
+//
+// `--fanout-only` skips the request rows and the concurrent writers, for comparing builds on
+// the fan-out rows alone (run old and new builds alternately: one run varies by several µs).
 import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -174,7 +177,7 @@ async function fanout(server, side, { readers, messages, mode = 'sse' }) {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Measures both Workers, one after the other: { ours, floor, count, rounds }. */
-export async function measureFloor({ count = 3000, rounds = 3, writers = 16, appends = 500, readers = 500, messages = 100, only } = {}) {
+export async function measureFloor({ count = 3000, rounds = 3, writers = 16, appends = 500, readers = 500, messages = 100, only, fanoutOnly = false } = {}) {
   const out = { count, rounds, ours: {}, floor: {} };
   const sides = [
     ['ours', {}],
@@ -184,8 +187,10 @@ export async function measureFloor({ count = 3000, rounds = 3, writers = 16, app
     if (only && only !== (side === 'ours' ? 'edgestream' : 'floor')) continue;
     const server = await startServer(serverOptions);
     try {
-      out[side] = await measure(server, side, { count, rounds });
-      out[side].concurrent = await concurrent(server, side, { writers, appends });
+      if (!fanoutOnly) {
+        out[side] = await measure(server, side, { count, rounds });
+        out[side].concurrent = await concurrent(server, side, { writers, appends });
+      }
       if (readers > 0) {
         out[side].fanout = await fanout(server, side, { readers, messages });
         out[side].fanoutWs = await fanout(server, side, { readers, messages, mode: 'ws' });
@@ -201,7 +206,9 @@ export async function measureFloor({ count = 3000, rounds = 3, writers = 16, app
 export function floorTable({ ours, floor }) {
   const cell = (v) => (v === undefined ? '' : v.toLocaleString('en-US'));
   const rows = Object.entries(FLOOR_KINDS).map(([id, k]) => `| ${k.label} | ${cell(ours[id])} | ${cell(floor[id])} |`);
-  const table = ['| request | edgestream | plain JS floor |', '|---|---|---|', ...rows];
+  // No request was measured with --fanout-only.
+  const measured = Object.keys(FLOOR_KINDS).some((id) => ours[id] !== undefined || floor[id] !== undefined);
+  const table = measured ? ['| request | edgestream | plain JS floor |', '|---|---|---|', ...rows] : [];
   const [a, b] = [ours.concurrent, floor.concurrent];
   if (a || b) {
     const writers = (a ?? b).writers;
@@ -242,8 +249,11 @@ if (import.meta.url === pathToFileURL(process.argv[1]).href) {
     readers: Number(option(argv, 'readers', 500)),
     messages: Number(option(argv, 'messages', 100)),
     only: option(argv, 'only'),
+    fanoutOnly: argv.includes('--fanout-only'),
   });
-  console.log(`workerd CPU per request, µs (median of ${result.rounds} × ${result.count} sequential requests)\n`);
+  if (!argv.includes('--fanout-only')) {
+    console.log(`workerd CPU per request, µs (median of ${result.rounds} × ${result.count} sequential requests)\n`);
+  }
   console.log(floorTable(result));
   process.exit(0);
 }
