@@ -443,7 +443,7 @@ describe('WebSocket frames', () => {
 describe('random requests', () => {
   // Seeded, so a failure is reproduced by running again (`BAD_INPUT_SEED` picks other draws).
   // Content-Length is never repeated: workerd answers that 500 before any Worker runs (a plain
-  // JS Worker's too), which Cloudflare's front end refuses earlier in production.
+  // JS Worker's too; see docs/reliability.md, "Bad input").
   const SEED = Number(process.env.BAD_INPUT_SEED ?? 20261204);
   const COUNT = 1_500;
   // Values that have tripped parsers somewhere: empty, padded, signed, huge, non-ASCII (sent as
