@@ -8,6 +8,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
 import { mintToken } from '../scripts/token.mjs';
+import { binaryFrame } from './support/frames';
+import { seeded } from './support/random';
 
 const LIMIT = 64 * 1024; // MAX_APPEND_BYTES for this server, so oversized bodies stay small
 let server: Awaited<ReturnType<typeof startServer>>;
@@ -426,10 +428,7 @@ describe('WebSocket frames', () => {
   });
 
   it('a binary append over the limit gets a 413 error and appends nothing', async () => {
-    const header = Buffer.from(JSON.stringify({ type: 'append', id: 8 }));
-    const length = Buffer.alloc(4);
-    length.writeUInt32BE(header.length);
-    const { error } = await send(Buffer.concat([length, header, Buffer.alloc(LIMIT + 1, 'z')]));
+    const { error } = await send(binaryFrame({ type: 'append', id: 8 }, Buffer.alloc(LIMIT + 1, 'z')));
     expect(error).toMatchObject({ type: 'error', id: 8, status: 413 });
   });
 
@@ -501,12 +500,7 @@ describe('random requests', () => {
   }
 
   it(`${COUNT} requests of random headers, parameters, paths and bodies: never a 5xx, every refusal a short text`, async () => {
-    let state = SEED;
-    const random = () => {
-      state = (Math.imul(state, 1103515245) + 12345) >>> 0;
-      return state / 2 ** 32;
-    };
-    const pick = <T,>(list: T[]): T => list[Math.floor(random() * list.length)];
+    const { next: random, pick } = seeded(SEED);
     const port = Number(new URL(await server.workerUrl()).port);
     const statuses: Record<string, number> = {};
     for (let i = 0; i < COUNT; i++) {
@@ -544,18 +538,7 @@ describe('random WebSocket frames', () => {
   const position = (offset: string) => Number(offset.split('_')[1]);
 
   it(`${SOCKETS} sockets of random append, receipt and malformed frames: answered in order or closed 1007/1008, and every appended byte acknowledged`, async () => {
-    let state = SEED;
-    const random = () => {
-      state = (Math.imul(state, 1103515245) + 12345) >>> 0;
-      return state / 2 ** 32;
-    };
-    const pick = <T,>(list: T[]): T => list[Math.floor(random() * list.length)];
-    const binary = (header: object, payload: Buffer) => {
-      const head = Buffer.from(JSON.stringify(header));
-      const length = Buffer.alloc(4);
-      length.writeUInt32BE(head.length);
-      return Buffer.concat([length, head, payload]);
-    };
+    const { next: random, pick } = seeded(SEED);
     const bytesPath = `${S}/wsfuzz-bytes`;
     const jsonPath = `${S}/wsfuzz-json`;
     expect((await raw('PUT', bytesPath, { 'content-type': 'application/octet-stream' })).status).toBe(201);
@@ -608,7 +591,7 @@ describe('random WebSocket frames', () => {
             }
             ws.send(JSON.stringify({ ...header, data }));
           } else {
-            ws.send(new Uint8Array(binary(header, Buffer.from(body))));
+            ws.send(new Uint8Array(binaryFrame(header, Buffer.from(body))));
           }
           sent.push({ id: id, size: Buffer.byteLength(body) });
         } else if (roll < 0.9) {

@@ -4,6 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
+import { binaryFrame } from './support/frames';
 import { handshake } from './support/handshake';
 import { mintToken } from '../scripts/token.mjs';
 
@@ -465,10 +466,7 @@ describe('WebSocket follow', () => {
     };
 
     const appendBytes = (client: Client, id: number, text: string) => {
-      const header = Buffer.from(JSON.stringify({ type: 'append', id }));
-      const length = Buffer.alloc(4);
-      length.writeUInt32BE(header.length);
-      client.send(Buffer.concat([length, header, Buffer.from(text)]));
+      client.send(binaryFrame({ type: 'append', id }, Buffer.from(text)));
     };
     appendBytes(far, 1, 'from-far;');
     appendBytes(near, 2, 'from-near;');
@@ -711,12 +709,7 @@ describe('WebSocket append', () => {
     const client = await Client.open(name, 'offset=now&live=ws');
     await client.expect('control');
     const payload = Buffer.from([0, 255, 1, 254, 0]);
-    const header = Buffer.from(
-      JSON.stringify({ type: 'append', id: 9, producerId: 'bin', producerEpoch: 0, producerSeq: 0 }),
-    );
-    const length = Buffer.alloc(4);
-    length.writeUInt32BE(header.length);
-    client.send(Buffer.concat([length, header, payload]));
+    client.send(binaryFrame({ type: 'append', id: 9, producerId: 'bin', producerEpoch: 0, producerSeq: 0 }, payload));
     let ack: Record<string, any> | undefined;
     const data: Buffer[] = [];
     while (!ack || data.length === 0) {
@@ -1004,10 +997,7 @@ describe('WebSocket bad frames', () => {
     // Beyond ASCII, a producer id over HTTP has no one text form: refused rather than risk two producers.
     expect((await refused(name, '{"type":"append","data":"x","producerId":"é","producerEpoch":0,"producerSeq":0}')).close.code).toBe(1008);
     expect((await refused(name, '{"type":"append","data":"x","prodcerId":"typo"}')).close.code).toBe(1008);
-    const header = Buffer.from('{"type":"append","data":"inline"}');
-    const length = Buffer.alloc(4);
-    length.writeUInt32BE(header.length);
-    expect((await refused(name, Buffer.concat([length, header]))).close.code).toBe(1008);
+    expect((await refused(name, binaryFrame('{"type":"append","data":"inline"}'))).close.code).toBe(1008);
     // Nothing was appended, and the stream still serves.
     expect((await readAll(name)).length).toBe(0);
     const client = await Client.open(name, 'offset=now&live=ws');
@@ -1104,10 +1094,7 @@ describe('WebSocket append backpressure', () => {
       return client;
     };
     const reply = async (client: Client, id: number, bytes: number) => {
-      const header = Buffer.from(JSON.stringify({ type: 'append', id }));
-      const length = Buffer.alloc(4);
-      length.writeUInt32BE(header.length);
-      client.send(Buffer.concat([length, header, Buffer.alloc(bytes, 0x71)]));
+      client.send(binaryFrame({ type: 'append', id }, Buffer.alloc(bytes, 0x71)));
       return client.reply(30_000);
     };
     const MiB = 1024 * 1024;
