@@ -4,7 +4,8 @@
 //! answers (it sees the client's `Origin`, which the edge forwards). A response fetched from an
 //! object has immutable headers; decorating it again at the edge would cost a copy, or a thrown
 //! and caught exception with a long stack trace, on every forwarded request. The edge passes
-//! such a response back as the runtime gave it once [`decorated`] confirms it, in one call.
+//! such a response back as the runtime gave it once [`Cors::decorated`] confirms it, in one
+//! call.
 
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
@@ -15,24 +16,56 @@ use crate::config::Config;
 use crate::http;
 use edgestream::headers as h;
 
-/// Whether `resp`, fetched from an object, carries the headers [`decorate`] would give it for
-/// `origin` (what `decorate` checks before it changes anything), so that it can be passed on
-/// untouched.
-pub fn decorated(resp: &web_sys::Response, config: &Config, origin: Option<&str>) -> bool {
-    decorated_for(resp, allowed_origin(config, origin).as_deref())
+/// What one request's responses say about CORS, worked out once from the request's `Origin`
+/// (read only when responses depend on it: see [`Cors::of`]).
+pub struct Cors {
+    /// `Access-Control-Allow-Origin`: `*`, the request's origin when listed, or none.
+    allowed: Option<String>,
+    /// Responses vary by `Origin` (`CORS_ORIGINS` lists origins).
+    by_origin: bool,
 }
 
-/// Whether responses depend on the request's `Origin`: only when `CORS_ORIGINS` lists
-/// origins. With `*` the header need not be read at all.
-fn by_origin(config: &Config) -> bool {
-    !any_origin(config)
-}
+impl Cors {
+    /// The CORS answer for a request with these headers. With `CORS_ORIGINS` = `*` no response
+    /// depends on the request's `Origin`, so it is not read at all.
+    pub fn of(headers: &Headers, config: &Config) -> Cors {
+        let by_origin = !any_origin(config);
+        let origin = by_origin.then(|| http::header(headers, "origin")).flatten();
+        Cors {
+            allowed: allowed_origin(config, origin.as_deref()),
+            by_origin,
+        }
+    }
 
-/// The request's `Origin`, read only when responses depend on it ([`by_origin`]).
-pub fn request_origin(headers: &Headers, config: &Config) -> Option<String> {
-    by_origin(config)
-        .then(|| http::header(headers, "origin"))
-        .flatten()
+    /// Whether `resp`, fetched from an object, carries the headers [`Cors::decorate`] would
+    /// give it (what `decorate` checks before it changes anything), so that it can be passed
+    /// on untouched.
+    pub fn decorated(&self, resp: &web_sys::Response) -> bool {
+        decorated_for(resp, self.allowed.as_deref())
+    }
+
+    /// Adds the headers to `resp`, copying it first only if its headers are immutable.
+    ///
+    /// A response the object decorated for the same origin passes untouched. One it decorated
+    /// for no origin (the edge's own requests to it, a live read's page, carry none) gets its
+    /// CORS header redone when the allowed origin differs, which only happens with
+    /// `CORS_ORIGINS` set. With a list of origins, what a response says about CORS depends on
+    /// the request's `Origin`, even when it allows none: a shared cache must not hand a copy
+    /// made for no origin (or another) to a listed one, whose browser would then refuse it, so
+    /// it varies by `Origin`.
+    pub fn decorate(&self, resp: Response) -> Result<Response> {
+        if resp.status_code() == 101 {
+            return Ok(resp);
+        }
+        let set = |headers: &Headers| {
+            EXPOSE
+                .with(|expose| {
+                    decorate_headers(&headers.0, self.allowed.as_deref(), self.by_origin, expose)
+                })
+                .map_err(worker::Error::from)
+        };
+        http::edit_headers(resp, set)
+    }
 }
 
 #[wasm_bindgen(inline_js = "function decoratedAs(headers, allowed) {
@@ -75,28 +108,6 @@ extern "C" {
 thread_local! {
     /// `Access-Control-Expose-Headers`, made a JS string once per isolate.
     static EXPOSE: JsValue = JsValue::from_str(h::CORS_EXPOSE_HEADERS);
-}
-
-/// Adds the headers to `resp`, copying it first only if its headers are immutable.
-///
-/// A response the object decorated for the same origin passes untouched. One it decorated for
-/// no origin (the edge's own requests to it, a live read's page, carry none) gets its CORS
-/// header redone when the allowed origin differs, which only happens with `CORS_ORIGINS` set.
-/// With a list of origins, what a response says about CORS depends on the request's `Origin`,
-/// even when it allows none: a shared cache must not hand a copy made for no origin (or
-/// another) to a listed one, whose browser would then refuse it, so it varies by `Origin`.
-pub fn decorate(resp: Response, config: &Config, origin: Option<&str>) -> Result<Response> {
-    if resp.status_code() == 101 {
-        return Ok(resp);
-    }
-    let allowed = allowed_origin(config, origin);
-    let by_origin = by_origin(config);
-    let set = |headers: &Headers| {
-        EXPOSE
-            .with(|expose| decorate_headers(&headers.0, allowed.as_deref(), by_origin, expose))
-            .map_err(worker::Error::from)
-    };
-    http::edit_headers(resp, set)
 }
 
 /// Whether every origin is allowed (`CORS_ORIGINS` is `*`).

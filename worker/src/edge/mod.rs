@@ -35,12 +35,9 @@ enum Reply {
 /// Handles one request from the outside world.
 pub async fn handle(req: Request, env: Env) -> Result<web_sys::Response> {
     let config = Config::from_env(&env);
-    // With `CORS_ORIGINS` = `*` no response depends on the request's `Origin`.
-    let origin = security::request_origin(req.headers(), &config);
+    let cors = security::Cors::of(req.headers(), &config);
     let resp = match route(req, &env, &config).await {
-        Ok(Reply::Object(resp)) if security::decorated(&resp, &config, origin.as_deref()) => {
-            return Ok(resp)
-        }
+        Ok(Reply::Object(resp)) if cors.decorated(&resp) => return Ok(resp),
         Ok(Reply::Object(resp)) => Response::from(resp),
         Ok(Reply::Edge(resp)) => resp,
         Err(e) => {
@@ -48,7 +45,7 @@ pub async fn handle(req: Request, env: Env) -> Result<web_sys::Response> {
             http::unavailable("temporary failure; retry")?
         }
     };
-    Ok(security::decorate(resp, &config, origin.as_deref())?.into())
+    Ok(cors.decorate(resp)?.into())
 }
 
 /// Largest total size of a request's header names and values. Every protocol header is short;
@@ -325,11 +322,10 @@ pub fn object_url(name: &StreamName, query: Option<&str>) -> String {
 }
 
 #[wasm_bindgen::prelude::wasm_bindgen(
-    inline_js = "export function forwardToObject(stub, req, url) {
+    inline_js = "export function forwardToObject(stub, req, url, internal) {
     const headers = new Headers(req.headers);
     for (const name of req.headers.keys()) {
-        // http::INTERNAL_PREFIX
-        if (name.startsWith('x-edgestream-')) headers.delete(name);
+        if (name.startsWith(internal)) headers.delete(name);
     }
     headers.delete('upgrade');
     const init = { method: req.method, headers };
@@ -346,7 +342,13 @@ extern "C" {
         stub: &JsValue,
         req: &web_sys::Request,
         url: &str,
+        internal: &JsValue,
     ) -> std::result::Result<js_sys::Promise, JsValue>;
+}
+
+thread_local! {
+    /// [`http::INTERNAL_PREFIX`], made a JS string once per isolate.
+    static INTERNAL: JsValue = JsValue::from_str(http::INTERNAL_PREFIX);
 }
 
 /// Passes a request to the stream's object, body streamed through for PUT and POST, and
@@ -354,7 +356,9 @@ extern "C" {
 /// internal ones ([`http::INTERNAL_PREFIX`]) a client sent: only the edge sets those.
 async fn forward(req: Request, url: &worker::Url, name: &StreamName, env: &Env) -> Result<Reply> {
     let stub = stub_for(env, name)?.into_rpc::<JsValue>();
-    let promise = forward_to_object(&stub, req.inner(), &object_url(name, url.query()))?;
+    let url = object_url(name, url.query());
+    let promise =
+        INTERNAL.with(|internal| forward_to_object(&stub, req.inner(), &url, internal))?;
     Ok(Reply::Object(
         JsFuture::from(promise).await?.unchecked_into(),
     ))

@@ -174,8 +174,7 @@ impl DurableObject for StreamObject {
 
     async fn fetch(&self, req: Request) -> Result<Response> {
         let cold = self.cold.replace(false);
-        // Read only when `CORS_ORIGINS` lists origins: with `*` no response depends on it.
-        let origin = security::request_origin(req.headers(), &self.config);
+        let cors = security::Cors::of(req.headers(), &self.config);
         let show_alarm = self.faults.enabled() && req.method() == Method::Head;
         let result = self.route(req).await;
         // A batching append flushes its own frame after one turn; should that turn never come
@@ -199,7 +198,7 @@ impl DurableObject for StreamObject {
             resp
         };
         // Decorated here, where the headers are still mutable, rather than copied at the edge.
-        security::decorate(resp, &self.config, origin.as_deref())
+        cors.decorate(resp)
     }
 
     async fn alarm(&self) -> Result<Response> {
