@@ -247,12 +247,13 @@ pub async fn read_body(
             })));
         }
         if len <= READ_WHOLE_BYTES && held.grow(len) {
-            return Ok(match within(idle_ms, req.bytes()).await {
-                Some(read) => read.map_err(|e| unreadable(&e, held)),
-                None => {
+            return Ok(match whole_body(req.inner(), idle_ms).await {
+                Ok(Some(body)) => Ok(body),
+                Ok(None) => {
                     held.release();
                     Err(BodyRefusal::Stalled)
                 }
+                Err(e) => Err(unreadable(&e, held)),
             });
         }
     }
@@ -304,6 +305,42 @@ pub async fn read_body(
         at += len;
     }
     Ok(Ok(body))
+}
+
+#[wasm_bindgen::prelude::wasm_bindgen(inline_js = "export function bodyWithin(req, ms) {
+    return new Promise((resolve, reject) => {
+        const timer = setTimeout(resolve, ms, null);
+        req.arrayBuffer().then(
+            (buffer) => {
+                clearTimeout(timer);
+                resolve(new Uint8Array(buffer));
+            },
+            (e) => {
+                clearTimeout(timer);
+                reject(e);
+            },
+        );
+    });
+}")]
+extern "C" {
+    #[wasm_bindgen(catch, js_name = bodyWithin)]
+    fn body_within(
+        req: &web_sys::Request,
+        ms: f64,
+    ) -> std::result::Result<js_sys::Promise, JsValue>;
+}
+
+/// A request's whole body, or `None` if it has not all arrived within `idle_ms`. The wait, the
+/// timer and the copy out of the runtime's buffer are one call from Rust, instead of a future
+/// racing a [`worker::Delay`] (a wasm closure, a timer set and cleared through the glue, and
+/// the array buffer wrapped in a second call).
+async fn whole_body(req: &web_sys::Request, idle_ms: u64) -> Result<Option<Vec<u8>>> {
+    let read = body_within(req, idle_ms as f64)?;
+    let body = wasm_bindgen_futures::JsFuture::from(read).await?;
+    if body.is_null() {
+        return Ok(None);
+    }
+    Ok(Some(body.unchecked_into::<js_sys::Uint8Array>().to_vec()))
 }
 
 /// A body that failed to arrive: logged, and its share of the budget given back.

@@ -323,14 +323,16 @@ pub fn object_url(name: &StreamName, query: Option<&str>) -> String {
 
 #[wasm_bindgen::prelude::wasm_bindgen(
     inline_js = "export function forwardToObject(stub, req, url, internal) {
-    const headers = new Headers(req.headers);
+    const init = { method: req.method, headers: req.headers };
+    if (req.method === 'PUT' || req.method === 'POST') init.body = req.body;
+    // The new request's headers are its own copy, and mutable.
+    const forwarded = new Request(url, init);
+    const headers = forwarded.headers;
     for (const name of req.headers.keys()) {
         if (name.startsWith(internal)) headers.delete(name);
     }
     headers.delete('upgrade');
-    const init = { method: req.method, headers };
-    if (req.method === 'PUT' || req.method === 'POST') init.body = req.body;
-    return stub.fetch(new Request(url, init));
+    return stub.fetch(forwarded);
 }"
 )]
 extern "C" {

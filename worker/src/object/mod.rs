@@ -368,20 +368,23 @@ impl DurableObject for StreamObject {
 
 impl StreamObject {
     async fn route(&self, req: Request) -> Result<Response> {
-        let url = req.url()?;
-        if let Some(op) = url.path().strip_prefix("/internal/") {
-            let op = op.to_string();
-            return self.internal(&op, req, &url).await;
+        // The path as the request brought it (workers-rs cuts it from the serialized URL when
+        // it wraps the request): the URL is parsed only for what reads its query. An append
+        // then reads the URL from the runtime once, and never parses it.
+        let path = req.path();
+        if let Some(op) = path.strip_prefix("/internal/") {
+            let url = req.url()?;
+            return self.internal(op, req, &url).await;
         }
-        let name = match StreamName::from_url_path(url.path()) {
+        let name = match StreamName::from_url_path(&path) {
             Ok(name) => name,
             Err(e) => return http::text(e.status(), e.message()),
         };
         match req.method() {
             Method::Put => self.create(req, &name).await,
             Method::Post => self.in_flight(self.append(req)).await,
-            Method::Get if is_upgrade(&req) => self.subscribe(&req, &url).await,
-            Method::Get => self.read(&req, &url).await,
+            Method::Get if is_upgrade(&req) => self.subscribe(&req, &req.url()?).await,
+            Method::Get => self.read(&req, &req.url()?).await,
             Method::Head => self.head().await,
             Method::Delete => self.delete().await,
             _ => http::error(&ProtocolError::MethodNotAllowed),

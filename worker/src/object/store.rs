@@ -99,6 +99,25 @@ extern "C" {
     ) -> std::result::Result<worker_sys::web_sys::ReadableStream, JsValue>;
 }
 
+#[wasm_bindgen::prelude::wasm_bindgen(
+    inline_js = "export function insertLogRow(sql, start, data, flags) {
+    sql.exec('INSERT INTO log (start, data, flags) VALUES (?, ?, ?)', start, data, flags);
+}"
+)]
+extern "C" {
+    /// One log row, in one call from Rust: `SqlStorage::exec` builds its bindings in JS one
+    /// call at a time (an array, a push and a safe-integer check per value, and a copy of the
+    /// data into a new `Uint8Array`). `data` is a view of wasm memory, which the statement
+    /// binds (and copies) before the call returns.
+    #[wasm_bindgen(catch, js_name = insertLogRow)]
+    fn insert_log_row(
+        sql: &JsValue,
+        start: f64,
+        data: &[u8],
+        flags: f64,
+    ) -> std::result::Result<(), JsValue>;
+}
+
 /// A range of the log, sent as a response body straight from its rows: no page is assembled,
 /// in wasm memory or in JS, and nothing is read before the body is wanted. A JSON range starts
 /// and ends on message boundaries and is sent as an array.
@@ -635,14 +654,8 @@ impl Store {
             if bytes.is_empty() {
                 return Ok(());
             }
-            self.sql.exec(
-                "INSERT INTO log (start, data, flags) VALUES (?, ?, ?)",
-                vec![
-                    SqlStorageValue::Integer(at as i64),
-                    SqlStorageValue::Blob(bytes.to_vec()),
-                    SqlStorageValue::Integer(flags),
-                ],
-            )?;
+            // Positions are at most `MAX_POSITION`, so a JavaScript number carries them exactly.
+            insert_log_row(self.sql.as_ref(), at as f64, bytes, flags as f64)?;
             at += bytes.len() as u64;
             Ok(())
         };

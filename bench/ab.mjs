@@ -1,0 +1,129 @@
+// Compares the workerd CPU per request of two or more builds of the Worker, precisely enough to
+// see a change of 10–20 µs on a noisy machine. Not part of `npm run bench`.
+//
+//   node bench/ab.mjs --builds OLD_BUILD,NEW_BUILD[,…] [--kind append|producer|head]
+//                     [--rounds 4] [--batches 4] [--count 800]
+//
+// Each build is a copy of a `worker/build` directory (keep one of the old build before
+// rebuilding). Give the first build twice (`--builds old,old,new`) for an A/A control: the
+// spread it shows is the resolution of the run.
+//
+// Why this shape: one server per build measured in turn varies by 10–15% from run to run (and
+// even between batches of one server), more than most changes save. Here every round starts a
+// fresh server for each build (in an order that rotates by round: the first one started runs a
+// little slower), and sends the builds' requests interleaved one by one (rotating which build
+// goes first), so whatever the machine does meanwhile falls on all of them alike. The CPU is
+// the sum over all threads of each Worker's workerd (/proc/PID/task/*/schedstat, in ns), so
+// with more servers running each request also carries more of the idle servers' background
+// time: compare the paired differences, not the absolute figures, across runs.
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startServer } from '../scripts/dev-server.mjs';
+import { option } from './common.mjs';
+
+const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
+const argv = process.argv.slice(2);
+const builds = (option(argv, 'builds') ?? '').split(',').filter(Boolean).map((b) => path.resolve(b));
+const kind = option(argv, 'kind', 'append');
+const rounds = Number(option(argv, 'rounds', 4));
+const batches = Number(option(argv, 'batches', 4));
+const count = Number(option(argv, 'count', 800));
+if (builds.length < 2) throw new Error('--builds OLD,NEW: at least two build directories');
+if (!['append', 'producer', 'head'].includes(kind)) throw new Error(`--kind ${kind}: expected append, producer or head`);
+
+/** A directory with a copy of `build` and a wrangler.toml that serves it. */
+function served(build) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'edgestream-ab-'));
+  cpSync(build, path.join(dir, 'build'), { recursive: true });
+  const config = readFileSync(path.join(root, 'wrangler.toml'), 'utf8').replace(/^main = .*$/m, 'main = "build/index.js"');
+  writeFileSync(path.join(dir, 'wrangler.toml'), config);
+  return dir;
+}
+
+/** CPU seconds of all threads of `pid`, from the scheduler's run time (ns). */
+function cpuSeconds(pid) {
+  let ns = 0;
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // The thread ended meanwhile.
+    }
+  }
+  return ns / 1e9;
+}
+
+function send(agent, method, url, body, extra = {}) {
+  return new Promise((resolve, reject) => {
+    const headers = body === undefined ? extra : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...extra };
+    const req = http.request(url, { method, agent, headers }, (res) => {
+      res.resume();
+      res.on('end', () => (res.statusCode >= 300 && method !== 'PUT' ? reject(new Error(`${method} ${url}: ${res.statusCode}`)) : resolve()));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+const message = (i) => JSON.stringify({ i, pad: 'x'.repeat(80) });
+function one(s, i) {
+  if (kind === 'head') return send(s.agent, 'HEAD', s.url);
+  if (kind === 'producer') {
+    return send(s.agent, 'POST', s.url, message(i), { 'producer-id': 'ab', 'producer-epoch': '0', 'producer-seq': String(s.seq++) });
+  }
+  return send(s.agent, 'POST', s.url, message(i));
+}
+
+const median = (a) => {
+  const s = [...a].sort((x, y) => x - y);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const dirs = builds.map(served);
+const perBatch = builds.map(() => []);
+try {
+  for (let r = 0; r < rounds; r++) {
+    const servers = [];
+    try {
+      for (let k = 0; k < builds.length; k++) {
+        const b = (k + r) % builds.length;
+        const server = await startServer({ config: path.join(dirs[b], 'wrangler.toml') });
+        servers[b] = { server, pid: await server.workerPid(), agent: new http.Agent({ keepAlive: true, maxSockets: 1 }), seq: 0 };
+        servers[b].url = `${await server.workerUrl()}/v1/stream/ab-${Date.now().toString(36)}-${b}`;
+        await send(servers[b].agent, 'PUT', servers[b].url, '[]');
+      }
+      for (const s of servers) for (let i = 0; i < 300; i++) await one(s, i);
+      for (let batch = 0; batch < batches; batch++) {
+        const before = servers.map((s) => cpuSeconds(s.pid));
+        for (let i = 0; i < count; i++) {
+          for (let k = 0; k < servers.length; k++) await one(servers[(i + k) % servers.length], i);
+        }
+        servers.forEach((s, b) => perBatch[b].push(((cpuSeconds(s.pid) - before[b]) * 1e6) / count));
+      }
+      const last = perBatch.map((p) => median(p.slice(-batches)).toFixed(0));
+      console.log(`round ${r + 1}/${rounds}: ${last.join(' / ')} µs per request`);
+    } finally {
+      for (const s of servers) {
+        if (!s) continue;
+        s.agent.destroy();
+        await s.server.stop();
+      }
+    }
+  }
+} finally {
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+}
+
+console.log(`\n${kind}: workerd CPU per request, µs (${rounds} rounds × ${batches} batches of ${count}, interleaved)`);
+builds.forEach((b, k) => {
+  const line = `  ${k}: ${path.relative(root, b) || b}: median ${median(perBatch[k]).toFixed(0)}`;
+  if (k === 0) return console.log(line);
+  const d = perBatch[k].map((x, i) => x - perBatch[0][i]);
+  console.log(
+    `${line}; against 0, paired: median ${median(d).toFixed(1)} [${Math.min(...d).toFixed(0)} … ${Math.max(...d).toFixed(0)}], ` +
+      `lower in ${d.filter((x) => x < 0).length}/${d.length} batches`,
+  );
+});
+process.exit(0);
