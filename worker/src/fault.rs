@@ -48,6 +48,16 @@ pub enum Call {
     TornRemoval,
 }
 
+/// Traps the Wasm instance when `path` carries `marker` and `trap`, as a bug that panicked
+/// would: the request gets no answer from the Worker, and the isolate lives on with the
+/// instance marked broken, which the next request rebuilds (`plainEdgeEntrypoint` in
+/// scripts/build.mjs keeps worker-build's recovery). Tests check that recovery.
+pub fn trap_if_asked(marker: Option<&str>, path: &str) {
+    if marker.is_some_and(|m| path.contains(m)) && path.contains("trap") {
+        std::process::abort();
+    }
+}
+
 /// With faults on, a HEAD's answer says when the stream's alarm is set for (Unix ms), or
 /// `none`: tests see which work a request left the alarm to do.
 pub const ALARM_HEADER: &str = "x-edgestream-alarm";
