@@ -29,11 +29,15 @@ impl Cors {
     /// The CORS answer for a request with these headers. With `CORS_ORIGINS` = `*` no response
     /// depends on the request's `Origin`, so it is not read at all.
     pub fn of(headers: &Headers, config: &Config) -> Cors {
-        let by_origin = !any_origin(config);
-        let origin = by_origin.then(|| http::header(headers, "origin")).flatten();
+        if any_origin(config) {
+            return Cors {
+                allowed: Some("*".into()),
+                by_origin: false,
+            };
+        }
         Cors {
-            allowed: allowed_origin(config, origin.as_deref()),
-            by_origin,
+            allowed: http::header(headers, "origin").filter(|o| listed(config, o)),
+            by_origin: true,
         }
     }
 
@@ -93,7 +97,7 @@ extern "C" {
     #[wasm_bindgen(js_name = decoratedFor)]
     fn decorated_for(resp: &web_sys::Response, allowed: Option<&str>) -> bool;
 
-    /// All of [`decorate`]'s work on `headers` in one call from Rust rather than one per
+    /// All of [`Cors::decorate`]'s work on `headers` in one call from Rust rather than one per
     /// header: nothing when they are decorated for `allowed` already; throws, having changed
     /// nothing, when they are immutable.
     #[wasm_bindgen(catch, js_name = decorateHeaders)]
@@ -115,16 +119,11 @@ fn any_origin(config: &Config) -> bool {
     config.cors_origins.trim() == "*"
 }
 
-/// `*`, or the request's origin when it is on the configured list.
-fn allowed_origin(config: &Config, origin: Option<&str>) -> Option<String> {
-    if any_origin(config) {
-        return Some("*".into());
-    }
-    let origin = origin?;
+/// Whether `origin` is on the configured list (`CORS_ORIGINS`).
+fn listed(config: &Config, origin: &str) -> bool {
     config
         .cors_origins
         .split(',')
         .map(str::trim)
         .any(|o| o.eq_ignore_ascii_case(origin))
-        .then(|| origin.to_string())
 }
