@@ -16,13 +16,12 @@
 // the sum over all threads of each Worker's workerd (/proc/PID/task/*/schedstat, in ns), so
 // with more servers running each request also carries more of the idle servers' background
 // time: compare the paired differences, not the absolute figures, across runs.
-import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import http from 'node:http';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServer } from '../scripts/dev-server.mjs';
-import { option } from './common.mjs';
+import { option, send, servedCopy, threadCpuSeconds } from './common.mjs';
 
 const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const argv = process.argv.slice(2);
@@ -34,54 +33,26 @@ const count = Number(option(argv, 'count', 800));
 if (builds.length < 2) throw new Error('--builds OLD,NEW: at least two build directories');
 if (!['append', 'producer', 'head'].includes(kind)) throw new Error(`--kind ${kind}: expected append, producer or head`);
 
-/** A directory with a copy of `build` and a wrangler.toml that serves it. */
-function served(build) {
-  const dir = mkdtempSync(path.join(tmpdir(), 'edgestream-ab-'));
-  cpSync(build, path.join(dir, 'build'), { recursive: true });
-  const config = readFileSync(path.join(root, 'wrangler.toml'), 'utf8').replace(/^main = .*$/m, 'main = "build/index.js"');
-  writeFileSync(path.join(dir, 'wrangler.toml'), config);
-  return dir;
-}
-
-/** CPU seconds of all threads of `pid`, from the scheduler's run time (ns). */
-function cpuSeconds(pid) {
-  let ns = 0;
-  for (const task of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      ns += Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0]);
-    } catch {
-      // The thread ended meanwhile.
-    }
-  }
-  return ns / 1e9;
-}
-
-function send(agent, method, url, body, extra = {}) {
-  return new Promise((resolve, reject) => {
-    const headers = body === undefined ? extra : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...extra };
-    const req = http.request(url, { method, agent, headers }, (res) => {
-      res.resume();
-      res.on('end', () => (res.statusCode >= 300 && method !== 'PUT' ? reject(new Error(`${method} ${url}: ${res.statusCode}`)) : resolve()));
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
+/** One measured request; anything but a success would measure something else. */
+async function measured(s, method, body, extra) {
+  const status = await send(s.agent, method, s.url, body, extra);
+  if (status >= 300) throw new Error(`${method} ${s.url}: ${status}`);
 }
 
 const message = (i) => JSON.stringify({ i, pad: 'x'.repeat(80) });
 function one(s, i) {
-  if (kind === 'head') return send(s.agent, 'HEAD', s.url);
+  if (kind === 'head') return measured(s, 'HEAD');
   if (kind === 'producer') {
-    return send(s.agent, 'POST', s.url, message(i), { 'producer-id': 'ab', 'producer-epoch': '0', 'producer-seq': String(s.seq++) });
+    return measured(s, 'POST', message(i), { 'producer-id': 'ab', 'producer-epoch': '0', 'producer-seq': String(s.seq++) });
   }
-  return send(s.agent, 'POST', s.url, message(i));
+  return measured(s, 'POST', message(i));
 }
 
 const median = (a) => {
   const s = [...a].sort((x, y) => x - y);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
-const dirs = builds.map(served);
+const dirs = builds.map((build) => servedCopy(build, 'ab'));
 const perBatch = builds.map(() => []);
 try {
   for (let r = 0; r < rounds; r++) {
@@ -96,11 +67,11 @@ try {
       }
       for (const s of servers) for (let i = 0; i < 300; i++) await one(s, i);
       for (let batch = 0; batch < batches; batch++) {
-        const before = servers.map((s) => cpuSeconds(s.pid));
+        const before = servers.map((s) => threadCpuSeconds(s.pid));
         for (let i = 0; i < count; i++) {
           for (let k = 0; k < servers.length; k++) await one(servers[(i + k) % servers.length], i);
         }
-        servers.forEach((s, b) => perBatch[b].push(((cpuSeconds(s.pid) - before[b]) * 1e6) / count));
+        servers.forEach((s, b) => perBatch[b].push(((threadCpuSeconds(s.pid) - before[b]) * 1e6) / count));
       }
       const last = perBatch.map((p) => median(p.slice(-batches)).toFixed(0));
       console.log(`round ${r + 1}/${rounds}: ${last.join(' / ')} µs per request`);

@@ -7,13 +7,12 @@
 //
 // The copy answers `GET /__calls` (the counts since the last such request) at the edge before
 // the Worker sees it; the edge and the objects share one isolate, so the counts are both's.
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServer } from '../scripts/dev-server.mjs';
-import { option } from './common.mjs';
+import { option, servedCopy } from './common.mjs';
 
 const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const argv = process.argv.slice(2);
@@ -23,8 +22,7 @@ const count = Number(option(argv, 'count', 500));
 
 /** A copy of `build` with counted imports, and a wrangler.toml that serves it. */
 function countedCopy() {
-  const dir = mkdtempSync(path.join(tmpdir(), 'edgestream-calls-'));
-  cpSync(build, path.join(dir, 'build'), { recursive: true });
+  const dir = servedCopy(build, 'calls');
   const index = path.join(dir, 'build', 'index.js');
   let js = readFileSync(index, 'utf8');
   // Every instantiation (the first, and the one that restarts the module after a trap).
@@ -45,8 +43,6 @@ function countedCopy() {
       `return new Response(out)}return `,
   );
   writeFileSync(index, js);
-  const config = readFileSync(path.join(root, 'wrangler.toml'), 'utf8').replace(/^main = .*$/m, 'main = "build/index.js"');
-  writeFileSync(path.join(dir, 'wrangler.toml'), config);
   return dir;
 }
 

@@ -45,9 +45,12 @@ export function plainEdgeEntrypoint(js) {
     return m;
   };
   const id = '[A-Za-z_$][\\w$]*';
+  // A name found in the bundle, to match literally (`$` is the only character in one that a
+  // pattern reads otherwise).
+  const literal = (name) => name.replace(/\$/g, '\\$');
   const [, entry] = need(new RegExp(`(${id})\\.prototype\\.fetch=function\\(\\w+\\)\\{return ${id}\\.call\\(this,`), 'the entrypoint class');
   const [, exported] = need(new RegExp(`[{,](${id}) as default[,}]`), 'the default export');
-  need(new RegExp(`[,;{ ]${exported.replace(/\$/g, '\\$')}=new Proxy\\(${entry.replace(/\$/g, '\\$')},${id}\\)`), 'the proxied entrypoint');
+  need(new RegExp(`[,;{ ]${literal(exported)}=new Proxy\\(${literal(entry)},${id}\\)`), 'the proxied entrypoint');
   const [, reinit] = need(new RegExp(`function (${id})\\(\\)\\{${id}\\.criticalError&&\\(console\\.log\\("Reinitializing Wasm application"\\)`), 'the reinitialization check');
   const [, critical] = need(new RegExp(`function (${id})\\((\\w+)\\)\\{\\2 instanceof WebAssembly\\.RuntimeError`), 'the trap handler');
   const edge =
@@ -57,7 +60,7 @@ export function plainEdgeEntrypoint(js) {
   return (
     js.slice(0, exports.index) +
     edge +
-    exports[0].replace(new RegExp(`([{,])${exported.replace(/\$/g, '\\$')} as default([,}])`), '$1__edgestreamEdge as default$2')
+    exports[0].replace(new RegExp(`([{,])${literal(exported)} as default([,}])`), '$1__edgestreamEdge as default$2')
   );
 }
 
