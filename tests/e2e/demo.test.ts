@@ -41,6 +41,18 @@ describe('rooms', () => {
     await b.context.close();
   });
 
+  test('an empty room says so once caught up, and not after its first message', async () => {
+    const { page, context } = await openPage();
+    // What the list shows on its own: its ::before text, which only an empty, caught-up list has.
+    const shown = () => page.locator('#messages').evaluate((el) => getComputedStyle(el, '::before').content);
+    await openRoom(page, `empty${Date.now()}`);
+    await expect.poll(shown).toBe('"No messages yet: say something below."');
+    await send(page, 'ada', 'first');
+    await expect.poll(() => messages(page)).toEqual(['first']);
+    expect(await shown()).toBe('none');
+    await context.close();
+  });
+
   test('creating a room and sending to it finish in the browser\'s network log: no write shows as aborted', async () => {
     const { page, context } = await openPage();
     const cdp = await context.newCDPSession(page);

@@ -282,6 +282,9 @@ const rooms = {
     const cache = this.cache(room);
     const list = $('messages');
     list.replaceChildren(...cache.messages.map((m) => this.renderMessage(m, m.room)));
+    // An empty list says so only once the reader has caught up: until then it is loading.
+    delete list.dataset.caughtUp;
+    list.dataset.empty = all ? 'No messages in any room yet.' : 'No messages yet: say something below.';
     list.scrollTop = list.scrollHeight;
     follow({
       // A channel receives every message of the streams below it, each as an envelope that
@@ -311,6 +314,7 @@ const rooms = {
         cache.incarnation = batch.incarnation;
         saved.set(`room:${room}`, cache);
         if (fresh.length) list.scrollTop = list.scrollHeight;
+        if (batch.upToDate) list.dataset.caughtUp = '';
       },
       onReset: () => {
         cache.offset = '-1';
