@@ -2,8 +2,11 @@
 // instance is rebuilt before the next call into it: wasm-bindgen's glue marks it terminated as
 // the trap leaves Wasm, and worker-build's handler, told of the trap by the runtime, marks it
 // broken for its entrypoints and object proxies (logging `Critical`). scripts/build.mjs replaces
-// worker-build's default export with a plain `fetch` object (`plainEdgeEntrypoint`), which must
-// keep that recovery. The server runs with FAULT_MARKER, so a path with the marker traps where it asks (worker/src/fault.rs,
+// worker-build's default export with a plain `fetch` object (`plainEdgeEntrypoint`) and runs
+// Rust futures' tasks as promise reactions (`promiseTaskQueue`), and both must keep that
+// recovery: a trap in a task run as a promise reaction reaches the runtime as an unhandled
+// rejection, not as an `error` event, so the handler must hear of those too. The server runs
+// with FAULT_MARKER, so a path with the marker traps where it asks (worker/src/fault.rs,
 // `trap_if_asked`): `trap` at the edge in the request's first poll, `trap-await` at the edge in
 // a task run after an await, `trap-object` in the stream's object, after an await, on a HEAD.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
