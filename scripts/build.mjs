@@ -27,10 +27,13 @@ export async function buildWorker() {
   await writeFile(index, promiseTaskQueue(plainEdgeEntrypoint(await readFile(index, 'utf8'))));
 }
 
-/** The first match of `re` in worker-build's output, or an error naming `what` and `by`. */
+/** What a post-processing step (`by`) says when worker-build's output lacks `what` it needs. */
+const shapeChanged = (what, by) =>
+  new Error(`worker/build/index.js: ${what} not found; worker-build's output changed (see ${by} in scripts/build.mjs)`);
+/** The first match of `re` in worker-build's output, or the error naming `what` and `by`. */
 function needIn(js, re, what, by) {
   const m = js.match(re);
-  if (!m) throw new Error(`worker/build/index.js: ${what} not found; worker-build's output changed (see ${by} in scripts/build.mjs)`);
+  if (!m) throw shapeChanged(what, by);
   return m;
 }
 const id = '[A-Za-z_$][\\w$]*';
@@ -86,30 +89,28 @@ export function plainEdgeEntrypoint(js) {
  * which rebuild it before their call. That handler heard of a trap in a task run through the
  * global `error` event, which workerd's `queueMicrotask` raises. In a promise reaction the trap
  * rejects the reaction's promise, which nothing handles, so the handler is also given the
- * reason of each `unhandledrejection` event. workerd dispatches that from a microtask it queues when the
- * promise is rejected, in the same drain of the microtask queue: after the microtasks queued
- * before the trap, before later ones, and before the isolate takes its next event (a request,
- * an object's call, an alarm), so no entrypoint finds the instance unmarked. (Microtasks queued
- * before it that call back into Wasm meet the glue's mark either way.) A Rust panic also marks
- * it from the panic hook workers-rs sets, before the trap. `tests/trap.test.ts` traps the edge
- * and a stream's object, also in tasks run after an await, and checks that the handler saw
- * each trap, which it does not without this hook. Fails the build if worker-build's output no longer has
- * the shape this relies on.
+ * reason of each `unhandledrejection` event. workerd dispatches that from a microtask it
+ * queues when the promise is rejected, in the same drain of the microtask queue: after the
+ * microtasks queued before the trap, before later ones, and before the isolate takes its next
+ * event (a request, an object's call, an alarm), so no entrypoint finds the instance unmarked.
+ * (Microtasks queued before it that call back into Wasm meet the glue's mark either way.) A
+ * Rust panic also marks it from the panic hook workers-rs sets, before the trap.
+ * `tests/trap.test.ts` traps the edge and a stream's object, also in tasks run after an await,
+ * and checks that the handler saw each trap, which it does not without this hook. Fails the
+ * build if worker-build's output no longer has the shape this relies on.
  */
 export function promiseTaskQueue(js) {
-  const need = (re, what) => needIn(js, re, what, 'promiseTaskQueue');
-  const detect = new RegExp(`(__wbg_queueMicrotask_[0-9a-f]+:function\\((\\w+)\\)\\{)return \\2\\.queueMicrotask\\}`, 'g');
-  const found = js.match(detect) ?? [];
-  if (found.length !== 1) need(/(?!)/, `the one import that asks the global for queueMicrotask (found ${found.length})`);
-  if (js.includes('"unhandledrejection"')) need(/(?!)/, 'a bundle without its own unhandledrejection handler');
-  const [, critical] = need(new RegExp(`function (${id})\\((\\w+)\\)\\{\\2 instanceof WebAssembly\\.RuntimeError`), 'the trap handler');
-  const onError = need(new RegExp(`addEventListener\\("error",(\\w+)=>\\{${literal(critical)}\\(\\1\\.error\\)\\}\\);?`), 'the error event handler');
+  const by = 'promiseTaskQueue';
+  const param = '([A-Za-z_$][\\w$]*)';
+  const detect = new RegExp(`(__wbg_queueMicrotask_[0-9a-f]+:function\\(${param}\\)\\{)return \\2\\.queueMicrotask\\}`, 'g');
+  const found = js.match(detect)?.length ?? 0;
+  if (found !== 1) throw shapeChanged(`the one import that asks the global for queueMicrotask (found ${found})`, by);
+  if (js.includes('"unhandledrejection"')) throw shapeChanged('a bundle with no unhandledrejection handler of its own', by);
+  const [, critical] = needIn(js, new RegExp(`function (${id})\\(${param}\\)\\{\\2 instanceof WebAssembly\\.RuntimeError`), 'the trap handler', by);
+  const onError = needIn(js, new RegExp(`addEventListener\\("error",${param}=>\\{${literal(critical)}\\(\\1\\.error\\)\\}\\);`), 'the error event handler', by);
   const at = onError.index + onError[0].length;
-  const withHook =
-    js.slice(0, at) + (onError[0].endsWith(';') ? '' : ';') +
-    `addEventListener("unhandledrejection",r=>{${critical}(r.reason)});` +
-    js.slice(at);
-  return withHook.replace(detect, '$1return void 0}');
+  const hook = `addEventListener("unhandledrejection",r=>{${critical}(r.reason)});`;
+  return (js.slice(0, at) + hook + js.slice(at)).replace(detect, '$1return void 0}');
 }
 
 /** Every file under `dir` (relative paths), skipping `skip` directory names at any depth. */
