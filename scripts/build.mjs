@@ -76,9 +76,10 @@ export function plainEdgeEntrypoint(js) {
  * instead of with the global `queueMicrotask`: it asks the global for `queueMicrotask` once per
  * Wasm instance, and this makes the import that asks answer `undefined`. workerd's
  * `queueMicrotask` wraps each callback to report what it throws, and a promise reaction costs
- * it less: with `node bench/ab.mjs`, 49 µs less workerd CPU per append (paired median, lower in
- * 15 of 16 batches; the A/A control 5 µs) than the same Wasm with `queueMicrotask`, and no
- * change beyond the noise in SSE delivery (`node bench/floor.mjs --fanout-only`).
+ * it less: with `node bench/ab.mjs`, 30 and 49 µs less workerd CPU per append in two runs
+ * (paired medians, lower in 16 and 15 of 16 batches; A/A controls 10 and 5 µs) than the same
+ * Wasm with `queueMicrotask`, and no change beyond the noise in SSE delivery
+ * (`node bench/floor.mjs --fanout-only`).
  *
  * A trap (a Wasm `unreachable`, as a panic with panic=abort, `std::process::abort` or an
  * out-of-bounds access raises) in a task run marks the instance broken twice over, and this
