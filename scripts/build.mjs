@@ -24,8 +24,22 @@ export async function buildWorker() {
     },
   });
   const index = path.join(root, 'worker', 'build', 'index.js');
-  await writeFile(index, plainEdgeEntrypoint(await readFile(index, 'utf8')));
+  await writeFile(index, promiseTaskQueue(plainEdgeEntrypoint(await readFile(index, 'utf8'))));
 }
+
+/** What a post-processing step (`by`) says when worker-build's output lacks `what` it needs. */
+const shapeChanged = (what, by) =>
+  new Error(`worker/build/index.js: ${what} not found; worker-build's output changed (see ${by} in scripts/build.mjs)`);
+/** The first match of `re` in worker-build's output, or the error naming `what` and `by`. */
+function needIn(js, re, what, by) {
+  const m = js.match(re);
+  if (!m) throw shapeChanged(what, by);
+  return m;
+}
+const id = '[A-Za-z_$][\\w$]*';
+// A name found in the bundle, to match literally (`$` is the only character in one that a
+// pattern reads otherwise).
+const literal = (name) => name.replace(/\$/g, '\\$');
 
 /**
  * Exports the edge's `fetch` as a plain module-worker object instead of worker-build's default
@@ -39,15 +53,7 @@ export async function buildWorker() {
  * worker-build's output no longer has the shape this relies on (see its shim.js).
  */
 export function plainEdgeEntrypoint(js) {
-  const need = (re, what) => {
-    const m = js.match(re);
-    if (!m) throw new Error(`worker/build/index.js: ${what} not found; worker-build's shim changed (see plainEdgeEntrypoint in scripts/build.mjs)`);
-    return m;
-  };
-  const id = '[A-Za-z_$][\\w$]*';
-  // A name found in the bundle, to match literally (`$` is the only character in one that a
-  // pattern reads otherwise).
-  const literal = (name) => name.replace(/\$/g, '\\$');
+  const need = (re, what) => needIn(js, re, what, 'plainEdgeEntrypoint');
   const [, entry] = need(new RegExp(`(${id})\\.prototype\\.fetch=function\\(\\w+\\)\\{return ${id}\\.call\\(this,`), 'the entrypoint class');
   const [, exported] = need(new RegExp(`[{,](${id}) as default[,}]`), 'the default export');
   need(new RegExp(`[,;{ ]${literal(exported)}=new Proxy\\(${literal(entry)},${id}\\)`), 'the proxied entrypoint');
@@ -62,6 +68,50 @@ export function plainEdgeEntrypoint(js) {
     edge +
     exports[0].replace(new RegExp(`([{,])${literal(exported)} as default([,}])`), '$1__edgestreamEdge as default$2')
   );
+}
+
+/**
+ * Makes the futures executor (js-sys's, behind `spawn_local` and every Rust future in the
+ * Worker, the first poll of each request included) queue its task runs as promise reactions
+ * instead of with the global `queueMicrotask`: it asks the global for `queueMicrotask` once per
+ * Wasm instance, and this makes the import that asks answer `undefined`. workerd's
+ * `queueMicrotask` wraps each callback to report what it throws, and a promise reaction costs
+ * it less: with `node bench/ab.mjs`, 30 and 49 µs less workerd CPU per append in two runs
+ * (paired medians, lower in 16 and 15 of 16 batches; A/A controls 10 and 5 µs) than the same
+ * Wasm with `queueMicrotask`, and no change beyond the noise in SSE delivery
+ * (`node bench/floor.mjs --fanout-only`).
+ *
+ * A trap (a Wasm `unreachable`, as a panic with panic=abort, `std::process::abort` or an
+ * out-of-bounds access raises) in a task run marks the instance broken twice over, and this
+ * keeps both. wasm-bindgen's glue marks it terminated as the trap leaves any export, and
+ * rebuilds it at the next call into Wasm (workers-rs registers the abort handler that asks for
+ * that): on its own this kept every request after a trap served in `tests/trap.test.ts`.
+ * worker-build's handler logs `Critical` and marks it for its entrypoints and object proxies,
+ * which rebuild it before their call. That handler heard of a trap in a task run through the
+ * global `error` event, which workerd's `queueMicrotask` raises. In a promise reaction the trap
+ * rejects the reaction's promise, which nothing handles, so the handler is also given the
+ * reason of each `unhandledrejection` event. workerd dispatches that from a microtask it
+ * queues when the promise is rejected, in the same drain of the microtask queue: after the
+ * microtasks queued before the trap, before later ones, and before the isolate takes its next
+ * event (a request, an object's call, an alarm), so no entrypoint finds the instance unmarked.
+ * (Microtasks queued before it that call back into Wasm meet the glue's mark either way.) A
+ * Rust panic also marks it from the panic hook workers-rs sets, before the trap.
+ * `tests/trap.test.ts` traps the edge and a stream's object, also in tasks run after an await,
+ * and checks that the handler saw each trap, which it does not without this hook. Fails the
+ * build if worker-build's output no longer has the shape this relies on.
+ */
+export function promiseTaskQueue(js) {
+  const by = 'promiseTaskQueue';
+  const param = '([A-Za-z_$][\\w$]*)';
+  const detect = new RegExp(`(__wbg_queueMicrotask_[0-9a-f]+:function\\(${param}\\)\\{)return \\2\\.queueMicrotask\\}`, 'g');
+  const found = js.match(detect)?.length ?? 0;
+  if (found !== 1) throw shapeChanged(`the one import that asks the global for queueMicrotask (found ${found})`, by);
+  if (js.includes('"unhandledrejection"')) throw shapeChanged('a bundle with no unhandledrejection handler of its own', by);
+  const [, critical] = needIn(js, new RegExp(`function (${id})\\(${param}\\)\\{\\2 instanceof WebAssembly\\.RuntimeError`), 'the trap handler', by);
+  const onError = needIn(js, new RegExp(`addEventListener\\("error",${param}=>\\{${literal(critical)}\\(\\1\\.error\\)\\}\\);`), 'the error event handler', by);
+  const at = onError.index + onError[0].length;
+  const hook = `addEventListener("unhandledrejection",r=>{${critical}(r.reason)});`;
+  return (js.slice(0, at) + hook + js.slice(at)).replace(detect, '$1return void 0}');
 }
 
 /** Every file under `dir` (relative paths), skipping `skip` directory names at any depth. */

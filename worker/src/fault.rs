@@ -48,14 +48,42 @@ pub enum Call {
     TornRemoval,
 }
 
-/// Traps the Wasm instance when `path` carries `marker` and `trap`, as a bug that panicked
-/// would: the request gets no answer from the Worker, and the isolate lives on with the
-/// instance marked broken, which the next request rebuilds (`plainEdgeEntrypoint` in
-/// scripts/build.mjs keeps worker-build's recovery). Tests check that recovery.
-pub fn trap_if_asked(marker: Option<&str>, path: &str) {
-    if marker.is_some_and(|m| path.contains(m)) && path.contains("trap") {
-        std::process::abort();
+/// Where [`trap_if_asked`] is called from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site {
+    /// The edge, before it routes a stream's request.
+    Edge,
+    /// A stream's object, before it routes a request, given its method.
+    Object(bool),
+}
+
+/// Traps the Wasm instance, as a bug that panicked would, when `path` carries `marker` and
+/// asks for it at `site`; `true` when it asks for the trap after an await instead, which the
+/// caller then awaits ([`trap_after_await`]). At the edge, `trap-await` asks for that, and
+/// `trap` otherwise traps at once, in the request's first poll; in a stream's object,
+/// `trap-object` asks for it on a HEAD (`Site::Object(true)`), so the same stream's other
+/// requests go through. The request gets no answer from the Worker (the runtime answers 500 at
+/// the edge; a request whose object trapped is never answered), and the isolate lives on with
+/// the instance marked broken, which the next call into it rebuilds (`plainEdgeEntrypoint` in
+/// scripts/build.mjs keeps worker-build's recovery). `tests/trap.test.ts` checks that recovery.
+pub fn trap_if_asked(marker: Option<&str>, path: &str, site: Site) -> bool {
+    if !marker.is_some_and(|m| path.contains(m)) {
+        return false;
     }
+    match site {
+        Site::Object(head) => head && path.contains("trap-object"),
+        Site::Edge if path.contains("trap-object") => false,
+        Site::Edge if path.contains("trap-await") => true,
+        Site::Edge if path.contains("trap") => std::process::abort(),
+        Site::Edge => false,
+    }
+}
+
+/// Traps the Wasm instance in a later run of the request's task: after an await that a
+/// runtime timer wakes, as a panic after any I/O would.
+pub async fn trap_after_await() {
+    worker::Delay::from(std::time::Duration::from_millis(1)).await;
+    std::process::abort()
 }
 
 /// With faults on, a HEAD's answer says when the stream's alarm is set for (Unix ms), or

@@ -90,7 +90,10 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Reply> {
         }
         return edge(crate::subscription::route(req, &url, &rest, env, config).await);
     }
-    crate::fault::trap_if_asked(config.fault_marker.as_deref(), url.path());
+    let site = crate::fault::Site::Edge;
+    if crate::fault::trap_if_asked(config.fault_marker.as_deref(), url.path(), site) {
+        crate::fault::trap_after_await().await;
+    }
     let name = match StreamName::from_url_path(url.path()) {
         Ok(name) => name,
         Err(PathError::NotAStream) => return edge(crate::demo::serve(&req, url.path())),

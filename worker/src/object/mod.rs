@@ -380,7 +380,12 @@ impl StreamObject {
             Ok(name) => name,
             Err(e) => return http::text(e.status(), e.message()),
         };
-        match req.method() {
+        let method = req.method();
+        let site = crate::fault::Site::Object(method == Method::Head);
+        if crate::fault::trap_if_asked(self.config.fault_marker.as_deref(), &path, site) {
+            crate::fault::trap_after_await().await;
+        }
+        match method {
             Method::Put => self.create(req, &name).await,
             Method::Post => self.in_flight(self.append(req)).await,
             Method::Get if is_upgrade(&req) => self.subscribe(&req, &req.url()?).await,
