@@ -64,6 +64,15 @@ pub fn encode_data(payload: &[u8], encoding: SseEncoding, out: &mut Vec<u8>) {
 /// U+FFFD and a cut CRLF as two line breaks, while offsets move past the bytes either way.
 /// At most 3 bytes move. Bytes that are not UTF-8 cut where they are.
 pub fn text_cut_back(before: &[u8]) -> usize {
+    match utf8_cut_back(before) {
+        0 => usize::from(before.last() == Some(&b'\r')),
+        back => back,
+    }
+}
+
+/// How many of the last bytes of `before` are the start of a UTF-8 character that they do not
+/// finish (0 to 3).
+fn utf8_cut_back(before: &[u8]) -> usize {
     let n = before.len();
     for back in 1..=n.min(3) {
         let width = match before[n - back] {
@@ -75,7 +84,44 @@ pub fn text_cut_back(before: &[u8]) -> usize {
         };
         return if width > back { back } else { 0 };
     }
-    usize::from(before.last() == Some(&b'\r'))
+    0
+}
+
+/// The pieces of a text stream as one SSE response sends them, one `data` event each, when the
+/// pieces are cut where the stream's writers cut them (a live append each) rather than where
+/// [`text_cut_back`] would.
+///
+/// Each event's text is decoded on its own, so a character that a writer split between two
+/// appends would reach the reader as U+FFFD twice, and a CRLF split between them as two line
+/// breaks, where a read of the same bytes in one piece gives the character and one line
+/// break. A piece is therefore cut back as [`text_cut_back`] cuts pages: the bytes it moves
+/// (at most 3) are held for the next piece, and the reader's offset stays before them
+/// ([`TextPieces::held`]), so a reader that resumes from it reads them again whole.
+#[derive(Clone, Debug, Default)]
+pub struct TextPieces {
+    /// The bytes the last piece held back.
+    carry: Vec<u8>,
+}
+
+impl TextPieces {
+    /// The bytes to send for the next `piece`: what was held before it and the piece, less
+    /// what [`text_cut_back`] moves after the cut, unless `last` (the stream closed: no byte
+    /// comes after it).
+    pub fn next(&mut self, piece: &[u8], last: bool) -> Vec<u8> {
+        let mut out = core::mem::take(&mut self.carry);
+        out.extend_from_slice(piece);
+        if !last {
+            let back = text_cut_back(&out[out.len().saturating_sub(3)..]);
+            self.carry = out.split_off(out.len() - back);
+        }
+        out
+    }
+
+    /// How many bytes before the end of the last piece were held back: the offset the reader
+    /// has reached is that much before the piece's end.
+    pub fn held(&self) -> usize {
+        self.carry.len()
+    }
 }
 
 /// Writes `data:<line>`. Decoders strip one space after the colon, so a line that itself starts
@@ -649,6 +695,50 @@ mod tests {
             assert_eq!(joined(&events), joined(&expected), "pieces of {size}");
             assert!(!joined(&events).contains('\u{FFFD}'));
         }
+    }
+
+    #[test]
+    fn pieces_cut_anywhere_send_the_whole_text() {
+        let text = "a€b\r\nc😀d\re\u{7FF}\r\r\n\n".repeat(5);
+        let bytes = text.as_bytes();
+        let joined = |events: &[u8]| {
+            let mut out = String::new();
+            for block in core::str::from_utf8(events).unwrap().split("\n\n") {
+                let lines: Vec<&str> = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .collect();
+                out.push_str(&lines.join("\n"));
+            }
+            out
+        };
+        let mut expected = Vec::new();
+        encode_data(bytes, SseEncoding::Utf8, &mut expected);
+        // Every cut a writer could make, with pieces of 1 to 6 bytes.
+        for size in 1..=6 {
+            let mut pieces = TextPieces::default();
+            let mut events = Vec::new();
+            let mut at = 0;
+            while at < bytes.len() {
+                let end = (at + size).min(bytes.len());
+                let out = pieces.next(&bytes[at..end], false);
+                assert!(pieces.held() <= 3);
+                if !out.is_empty() {
+                    encode_data(&out, SseEncoding::Utf8, &mut events);
+                }
+                at = end;
+            }
+            encode_data(&pieces.next(b"", true), SseEncoding::Utf8, &mut events);
+            assert_eq!(joined(&events), joined(&expected), "pieces of {size}");
+            assert!(!joined(&events).contains('\u{FFFD}'));
+        }
+        // What a stream ends with is sent when it closes, whole or not.
+        let mut pieces = TextPieces::default();
+        assert_eq!(pieces.next(b"a\xF0\x9F", false), b"a");
+        assert_eq!(pieces.held(), 2);
+        assert_eq!(pieces.next(b"", false), b"");
+        assert_eq!(pieces.next(b"", true), b"\xF0\x9F");
+        assert_eq!(pieces.held(), 0);
     }
 
     use super::*;

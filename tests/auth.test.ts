@@ -87,6 +87,19 @@ describe('scoped tokens', () => {
     controller.abort();
   });
 
+  test('the Bearer scheme is matched without regard to case (RFC 9110 §11.1)', async () => {
+    // Clients that spell the scheme `bearer` (as some HTTP libraries and proxies do) were told
+    // a token was required.
+    const t = token('auth/rooms/a', ['read']);
+    for (const scheme of ['bearer', 'BEARER', 'Bearer ']) {
+      const res = await fetch(url('auth/rooms/a?offset=-1'), { headers: { authorization: `${scheme} ${t}` } });
+      expect(res.status, scheme).toBe(200);
+      expect(await res.text()).toBe('hello');
+    }
+    // Another scheme is still no token at all.
+    expect((await fetch(url('auth/rooms/a?offset=-1'), { headers: { authorization: `Basic ${t}` } })).status).toBe(401);
+  });
+
   test('an SSE response ends by its token\'s expiry, so reading on needs a valid token', async () => {
     const admin = token('', ['create', 'append']);
     const name = `auth/rooms/sse-expiry-${Math.random().toString(36).slice(2)}`;

@@ -295,6 +295,47 @@ test('SSE delivers text whole where an append is cut into frames and a catch-up 
   expect(all).toBe(euros + more.replaceAll('\r\n', '\n').repeat(2));
 }, 60_000);
 
+// A writer that forwards a byte stream as it comes (an upstream response's chunks, a model's
+// tokens as bytes) cuts characters and CRLFs between appends. A catch-up read of those bytes
+// sends them in one piece, but a live reader got each append as a piece of its own, decoded
+// alone: U+FFFD for each half of the character, and two line breaks for the CRLF.
+test('SSE delivers text whole where a writer cut a character or a CRLF between appends', async () => {
+  const name = `utf8-appends-${Date.now()}`;
+  const type = { 'content-type': 'text/plain; charset=utf-8' };
+  const bytes = Buffer.from('a😀b€\r\nc\r\rd\u07FFé', 'utf8');
+  const text = 'a😀b€\nc\n\nd\u07FFé';
+  // Cut after 2 and 4 bytes of the emoji, inside the euro, between the CR and LF, and so on.
+  const cuts = [2, 4, 6, 8, 9, 10, 12, 13, 15, 17];
+  expect((await fetch(url(name), { method: 'PUT', headers: type, body: bytes.subarray(0, cuts[0]) })).status).toBe(201);
+  let received = '';
+  // Each control event's offset, with the text received before it.
+  const controls: { offset: string; before: string }[] = [];
+  const live = (async () => {
+    const res = await fetch(`${url(name)}?offset=-1&live=sse`, { signal: AbortSignal.timeout(15_000) });
+    for (const block of (await res.text()).split('\n\n')) {
+      if (block.startsWith('event: data')) received += block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5)).join('\n');
+      if (block.startsWith('event: control')) controls.push({ offset: JSON.parse(block.slice(block.indexOf('data:') + 5)).streamNextOffset, before: received });
+    }
+  })();
+  await new Promise((r) => setTimeout(r, 300));
+  for (let i = 1; i <= cuts.length; i++) {
+    const end = i < cuts.length ? cuts[i] : bytes.length;
+    const headers = i === cuts.length ? { ...type, 'stream-closed': 'true' } : type;
+    expect((await fetch(url(name), { method: 'POST', headers, body: bytes.subarray(cuts[i - 1], end) })).status).toBe(204);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await live;
+  expect(received).toBe(text);
+  // A reader that resumes from any control event's offset reads on to the same text: no byte
+  // it was sent is sent again, nor one it was not skipped.
+  expect(controls.length).toBeGreaterThan(2);
+  for (const { offset, before } of controls) {
+    const rest = await (await fetch(`${url(name)}?offset=${offset}`)).arrayBuffer();
+    expect(before + Buffer.from(rest).toString('utf8').replace(/\r\n?/g, '\n'), offset).toBe(text);
+  }
+  expect(controls.at(-1)!.offset).toBe(`0000000000000000_${String(bytes.length).padStart(16, '0')}`);
+});
+
 test('a page may be cached no longer than its stream lives, whether the object or the edge answers it', async () => {
   const put = async (name: string, headers: Record<string, string>) => {
     const res = await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'text/plain', ...headers }, body: 'first' });

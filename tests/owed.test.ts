@@ -327,6 +327,34 @@ describe('a channel delivery that fails', () => {
   });
 });
 
+// workerd refuses alarms past 2189 ("This API doesn't support dates after 2189"), and
+// `Stream-Expires-At: 9999-12-31T23:59:59Z` is a common way to say "never". The alarm handler
+// set the alarm for the expiry and returned its error before doing the owed work, so the work
+// the alarm had in hand (a failed delivery, a registration nobody retried) was never done.
+describe('a stream that expires after 2189', () => {
+  const forever = { ...json, 'stream-expires-at': '9999-12-31T23:59:59Z' };
+
+  it('has its failed channel delivery retried by the alarm all the same', async () => {
+    const channel = await newChannel('forever');
+    const source = `${channel}/${MARKER}-forever`;
+    expect((await request('PUT', source, forever)).status).toBe(503);
+    expect((await request('PUT', source, forever)).status).toBe(200);
+    // The first delivery fails; nothing later comes to start another round.
+    expect((await request('POST', source, json, '{"n":1}')).status).toBe(204);
+    expect(await until(async () => (await readAll(channel)).length >= 1)).toBe(true);
+    expect((await readAll(channel)).map((e) => e.data)).toEqual([{ n: 1 }]);
+  });
+
+  it('is linked by the alarm when nobody retries its create', async () => {
+    const channel = await newChannel('forever-alarm');
+    const source = `${channel}/${MARKER}-forever-b`;
+    expect((await request('PUT', source, forever)).status).toBe(503);
+    expect((await request('POST', source, json, '{"n":1}')).status).toBe(204);
+    expect(await until(async () => (await readAll(channel)).length >= 1)).toBe(true);
+    expect((await readAll(channel)).map((e) => e.data)).toEqual([{ n: 1 }]);
+  });
+});
+
 describe('a fork whose calls to its source lose their answers', () => {
   it('gives back every reference exactly once: the source stays for the fork still reading it, and goes with it', async () => {
     const base = unique('fork');

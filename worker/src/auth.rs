@@ -70,12 +70,22 @@ pub fn required(env: &Env) -> bool {
 /// The token a request carries: the bearer header first, then the `token` query parameter.
 fn presented(req: &Request, url: &Url) -> Option<String> {
     header(req.headers(), "authorization")
-        .and_then(|v| v.strip_prefix("Bearer ").map(|t| t.trim().to_string()))
+        .and_then(|v| bearer_credentials(&v).map(str::to_string))
         .or_else(|| {
             url.query_pairs()
                 .find(|(k, _)| k == "token")
                 .map(|(_, v)| v.into_owned())
         })
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value. The scheme is a
+/// case-insensitive token (RFC 9110 §11.1), so `bearer` and `BEARER` are `Bearer` too, and the
+/// spaces after it are not part of the token.
+pub fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_matches([' ', '\t']))
 }
 
 /// Every claim is required: a token without `prefix` is malformed, not one for every stream

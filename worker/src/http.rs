@@ -98,12 +98,32 @@ pub fn header_values<const N: usize>(headers: &Headers, names: [&str; N]) -> [Op
         return std::array::from_fn(|_| None);
     };
     let mut values = values.split('\n');
-    std::array::from_fn(|_| values.next().filter(|v| *v != "\0").map(str::to_string))
+    std::array::from_fn(|_| {
+        values
+            .next()
+            .filter(|v| *v != "\0")
+            .map(|v| without_ows(v).to_string())
+    })
 }
 
 /// A header's value, treating a runtime error as absent.
 pub fn header(headers: &Headers, name: &str) -> Option<String> {
-    headers.get(name).ok().flatten()
+    headers
+        .get(name)
+        .ok()
+        .flatten()
+        .map(|v| match without_ows(&v) {
+            trimmed if trimmed.len() == v.len() => v,
+            trimmed => trimmed.to_string(),
+        })
+}
+
+/// A field value without the optional whitespace (spaces and tabs) around it, which RFC 9112
+/// (§5.1) says is no part of the value. workerd drops the leading whitespace but keeps the
+/// trailing, so `Producer-Seq: 1 ` would otherwise be refused and `Producer-Id: p ` would be
+/// another producer than `p`, though both name the same value to every HTTP intermediary.
+pub fn without_ows(value: &str) -> &str {
+    value.trim_matches([' ', '\t'])
 }
 
 /// Whether a header value held bytes that are not UTF-8. The runtime decodes header bytes as

@@ -72,6 +72,16 @@ impl StreamName {
         StreamName::from_url_path(value.trim())
     }
 
+    /// Parses a full path as this Worker stores it ([`StreamName::full_path`]: the prefix and
+    /// the decoded name), for forks' records of their sources and ancestors. It is not decoded
+    /// again: `/v1/stream/pct%41` names the stream `pct%41`, never `pctA`.
+    pub fn from_full_path(path: &str) -> Result<StreamName, PathError> {
+        let name = path
+            .strip_prefix(STREAM_PREFIX)
+            .ok_or(PathError::NotAStream)?;
+        StreamName::from_name(name.to_string())
+    }
+
     fn from_encoded(encoded: &str) -> Result<StreamName, PathError> {
         if encoded.is_empty() {
             return Err(PathError::Empty);
@@ -229,6 +239,24 @@ mod tests {
         assert!(!StreamName::from_url_path("/v1/stream/__dsx")
             .unwrap()
             .is_reserved());
+    }
+
+    #[test]
+    fn stored_paths_are_not_decoded_again() {
+        for raw in ["/v1/stream/x%2541", "/v1/stream/100%25", "/v1/stream/a%20b"] {
+            let name = StreamName::from_url_path(raw).unwrap();
+            assert_eq!(StreamName::from_full_path(&name.full_path()), Ok(name));
+        }
+        assert_eq!(
+            StreamName::from_full_path("/v1/stream/pct%41")
+                .unwrap()
+                .as_str(),
+            "pct%41"
+        );
+        assert_eq!(
+            StreamName::from_full_path("/v2/stream/x"),
+            Err(PathError::NotAStream)
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use edgestream::cursor;
 use edgestream::headers::{self as h, ContentType, LiveMode, SseEncoding};
-use edgestream::sse::{self, Control};
+use edgestream::sse::{self, Control, TextPieces};
 use edgestream::stream::{CacheScope, Expiry};
 use edgestream::{json, Offset, ReadFrom};
 use futures_util::future::{select, Either};
@@ -304,6 +304,9 @@ struct SseState {
     done: bool,
     /// The incarnation of the stream this response reads.
     instance: Incarnation,
+    /// A text stream's pieces (not JSON: its pieces are whole messages), which may cut a
+    /// character or a CRLF where a writer cut them.
+    text: Option<TextPieces>,
 }
 
 /// `live=sse`: catch-up pages, then live frames, as SSE `data` and `control` events. The server
@@ -351,6 +354,7 @@ pub async fn sse(
         stalled: false,
         done: false,
         instance: Incarnation::default(),
+        text: (ct.sse_encoding() == SseEncoding::Utf8 && !ct.is_json()).then(TextPieces::default),
     };
     let (readable, body) = body_pipe(config.sse_backlog_bytes)?;
     let source = Rc::new(SseSource {
@@ -781,11 +785,15 @@ impl SseState {
         } else {
             !body.is_empty()
         };
-        if has_data {
+        if self.json {
             // JSON pages arrive already rendered as one array.
-            sse::encode_data(body, self.encoding, &mut out);
+            if has_data {
+                sse::encode_data(body, self.encoding, &mut out);
+            }
+        } else if has_data || closed {
+            self.data(body, closed, &mut out);
         }
-        self.control(end, up_to_date, closed, &mut out);
+        self.control(self.reached(end), up_to_date, closed, &mut out);
         // A page that moved nothing twice in a row would only repeat itself: end instead.
         let progress = has_data || self.offset != ReadFrom::At(end);
         if closed || (!progress && self.stalled) {
@@ -813,19 +821,41 @@ impl SseState {
             }
         }
         let mut out = Vec::with_capacity(payload.len() + 160);
-        if !payload.is_empty() {
-            if self.json {
+        if self.json {
+            if !payload.is_empty() {
                 sse::encode_data(&json::render_array(payload), self.encoding, &mut out);
-            } else {
-                sse::encode_data(payload, self.encoding, &mut out);
             }
+        } else if !payload.is_empty() || closed {
+            self.data(payload, closed, &mut out);
         }
-        self.control(end, up_to_date, closed, &mut out);
+        self.control(self.reached(end), up_to_date, closed, &mut out);
         self.offset = ReadFrom::At(end);
         if closed {
             self.done = true;
         }
         (!out.is_empty()).then_some(out)
+    }
+
+    /// Appends the data event for a non-JSON piece, which ends the stream when `closed`: a text
+    /// stream's as [`TextPieces`] joins them, none when nothing is left to send.
+    fn data(&mut self, piece: &[u8], closed: bool, out: &mut Vec<u8>) {
+        match &mut self.text {
+            Some(text) => {
+                let piece = text.next(piece, closed);
+                if !piece.is_empty() {
+                    sse::encode_data(&piece, self.encoding, out);
+                }
+            }
+            None if !piece.is_empty() => sse::encode_data(piece, self.encoding, out),
+            None => {}
+        }
+    }
+
+    /// The offset the reader has reached once sent what ends at `end`: before the start of a
+    /// character held back for the next piece.
+    fn reached(&self, end: Offset) -> Offset {
+        let held = self.text.as_ref().map_or(0, TextPieces::held) as u64;
+        Offset::new(end.position().saturating_sub(held)).unwrap_or(end)
     }
 
     /// Appends a control event, unless it would repeat the previous one word for word.

@@ -137,10 +137,17 @@ fn next_work(obj: &StreamObject) -> Result<Option<Next>> {
     Ok(expiry.into_iter().chain(token).min().map(Next::At))
 }
 
+/// The latest alarm given to the runtime: 2160-02-18. workerd refuses dates past 2189 ("This
+/// API doesn't support dates after 2189"), and `Stream-Expires-At: 9999-12-31T23:59:59Z` is a
+/// common way to say "never". An alarm for a later expiry fires then, finds the stream not yet
+/// expired, and is set again.
+const LATEST_ALARM_MS: i64 = 6_000_000_000_000;
+
 /// The time to give the runtime for an alarm due at `at_ms`. It refuses any at or before 1970
-/// (an expiry a client may well ask for); a time already past fires at once all the same.
+/// (an expiry a client may well ask for) and any past 2189 ([`LATEST_ALARM_MS`]); a time
+/// already past fires at once all the same.
 fn runtime_time(at_ms: i64) -> f64 {
-    at_ms.max(1) as f64
+    at_ms.clamp(1, LATEST_ALARM_MS) as f64
 }
 
 /// Calls `storage.setAlarm` in the caller's turn.

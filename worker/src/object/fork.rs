@@ -150,7 +150,8 @@ async fn call(
     body: Option<Vec<u8>>,
     hops: u32,
 ) -> Result<Response> {
-    let name = StreamName::from_url_path(path)
+    // `path` is a stored full path, whose name is already decoded (`full_path`).
+    let name = StreamName::from_full_path(path)
         .map_err(|e| worker::Error::RustError(e.message().into()))?;
     let stub = env
         .durable_object("STREAMS")?

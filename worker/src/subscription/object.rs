@@ -364,7 +364,7 @@ fn int(row: &[SqlStorageValue], i: usize) -> u64 {
 
 fn bearer(req: &Request) -> Option<String> {
     header(req.headers(), "authorization")
-        .and_then(|v| v.strip_prefix("Bearer ").map(|t| t.trim().to_string()))
+        .and_then(|v| crate::auth::bearer_credentials(&v).map(str::to_string))
 }
 
 /// Constant-time comparison of secrets.
