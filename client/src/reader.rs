@@ -927,6 +927,14 @@ async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
             Err(Failure::Fatal(e) | Failure::Network(e)) => return Err(e),
             Err(Failure::Aborted) => return Ok(()),
         };
+        {
+            // Cancelled (or the tab hidden) while the caller's params were resolved (a token
+            // fetch): no socket is opened for a reader that stopped.
+            let s = inner.borrow();
+            if s.cancelled || s.done || s.paused {
+                return Ok(());
+            }
+        }
         http::drop_reserved(&mut params);
         let mut q = query;
         // A socket's handshake headers cannot be read, so the server is told which incarnation
