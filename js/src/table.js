@@ -272,7 +272,13 @@ export class KeyedTable {
       this.#saveTimer = null;
       this.#ready.reject(e);
       this.#finished.reject(e);
-      for (const { onError } of [...this.#listeners]) onError?.(e);
+      // Every listener hears of it, as on a stream handle: one whose onError throws keeps it
+      // from none of the others, and leaves no rejection of this (unawaited) run unhandled.
+      for (const { onError } of [...this.#listeners]) {
+        try {
+          onError?.(e);
+        } catch {}
+      }
     }
   }
 
