@@ -324,6 +324,10 @@ export interface ProducerOptions {
  * new producer with a higher epoch (or `autoClaim`).
  */
 export declare class IdempotentProducer {
+  /**
+   * `producerId` is sent as a header: printable ASCII, without spaces at either end
+   * (INVALID_ARGUMENT otherwise). Derive it from a name with, say, `encodeURIComponent`.
+   */
   constructor(stream: DurableStream | string | URL, producerId: string, options?: ProducerOptions);
   readonly epoch: number;
   readonly nextSeq: number;

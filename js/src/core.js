@@ -1213,6 +1213,11 @@ export function checkProducerOptions(producerId, options = {}) {
     throw new DurableStreamError(m, 'INVALID_ARGUMENT');
   };
   if (typeof producerId !== 'string' || producerId === '') fail('producerId must be a non-empty string');
+  // Sent as the Producer-Id header: fetch sends other characters as Latin-1 bytes (which the
+  // server refuses as not UTF-8) or refuses them, and HTTP trims spaces at either end.
+  if (!/^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/.test(producerId)) {
+    fail(`producerId ${JSON.stringify(producerId)} must be printable ASCII, without spaces at either end (it is sent as a header)`);
+  }
   const isInt = (v, min) => Number.isSafeInteger(v) && v >= min;
   const rules = [
     ['epoch', 0, ' must be an integer from 0 to 2^53-1'],
