@@ -307,10 +307,13 @@ pub async fn send(
             Failure::Fatal(e) => return Err(e),
             Failure::Network(e) | Failure::Unsent(e) => {
                 // A POST may have landed before its connection failed: sent again, it could land
-                // twice. Only a producer's, which the server deduplicates, is sent again.
+                // twice. Only a producer's, which the server deduplicates, is sent again, and a
+                // close without data: closing a closed stream that way is answered 204.
+                let has = |name: &str| req.headers.iter().any(|(k, _)| *k == name);
                 let replayable = unsent
                     || req.method != "POST"
-                    || req.headers.iter().any(|(k, _)| *k == headers::PRODUCER_ID);
+                    || has(headers::PRODUCER_ID)
+                    || (req.body.is_none() && has(headers::STREAM_CLOSED));
                 if !replayable || attempt >= policy.max_retries {
                     return Err(e);
                 }
