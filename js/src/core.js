@@ -707,7 +707,8 @@ export class IdempotentProducer {
     this.#id = producerId;
     this.#epoch = options.epoch ?? 0;
     this.#autoClaim = options.autoClaim ?? false;
-    this.#lingerMs = options.lingerMs ?? 5;
+    // Capped where timers overflow (a longer one would fire at once), as requestTimeoutMs is.
+    this.#lingerMs = Math.min(options.lingerMs ?? 5, 2 ** 31 - 1);
     this.#maxBatchBytes = options.maxBatchBytes ?? 1024 * 1024;
     this.#maxBatchItems = options.maxBatchItems ?? Infinity;
     this.#maxInFlight = options.maxInFlight ?? 5;

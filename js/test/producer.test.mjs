@@ -176,6 +176,16 @@ test('lingerMs: appends after a batch left start the next one, with the next seq
   assert.equal(await readText(ds), 'abc');
 });
 
+test('a lingerMs past what timers hold waits that long (at most about 24 days), rather than firing at once', async () => {
+  const ds = await newStream();
+  const p = new IdempotentProducer(ds, 'long-linger', { lingerMs: 2 ** 40 });
+  p.append('a');
+  await sleep(100);
+  assert.equal(posts.length, 0, 'the batch waits for flush()');
+  await p.flush();
+  assert.equal(posts.length, 1);
+});
+
 test('flush() waits for the values appended before it, not for those appended after', async () => {
   const ds = await newStream();
   const p = new IdempotentProducer(ds, 'barrier', { lingerMs: 5 });
