@@ -165,3 +165,14 @@ test('a WebSocket reader cancelled while its params function runs opens no socke
     await new Promise((r) => server.close(r));
   }
 });
+
+test('a retry delay past what timers hold waits, rather than retrying at once in a loop', async () => {
+  await withUnavailableServer(async (url) => {
+    const before = served;
+    const h = stream({ url, live: 'sse', retry: { initialDelayMs: 1e12, maxDelayMs: 1e12 } });
+    h.next().catch(() => {});
+    await new Promise((r) => setTimeout(r, 500));
+    h.cancel();
+    assert.equal(served - before, 1, 'one request, then the (capped) backoff');
+  });
+});
