@@ -255,6 +255,9 @@ export class KeyedTable {
           this.#clear();
           this.#offset = '-1';
           this.#incarnation = undefined;
+          // As the reset update says: the rows are gone, and the table reads from the start.
+          this.#upToDate = false;
+          this.#closed = false;
           await this.#notify({ changes: [], reset: true, offset: '-1', upToDate: false, closed: false });
         }
       }
