@@ -281,7 +281,10 @@ export interface ProducerOptions {
   autoClaim?: boolean | undefined;
   /** How long a batch waits for more data, in ms: an integer >= 0. Default 5. */
   lingerMs?: number | undefined;
-  /** A batch is sent once it holds this many bytes: an integer > 0. Default 1 MiB. */
+  /**
+   * A batch holds at most this many bytes of values (a value larger than that goes alone), and
+   * is sent once full: an integer > 0. Default 1 MiB.
+   */
   maxBatchBytes?: number | undefined;
   /** A batch is sent once it holds this many items: an integer > 0. Default unlimited. */
   maxBatchItems?: number | undefined;

@@ -798,6 +798,9 @@ export class IdempotentProducer {
     // the kind is known (see #prepare).
     const json = this.#knownJson();
     const size = encodeFor(json, data).length;
+    // A value that would take the batch past maxBatchBytes starts the next one: set to what the
+    // server takes, two values that fit alone must not go out together and be refused (413).
+    if (this.#items.length > 0 && this.#bytes + size > this.#maxBatchBytes) this.#cut();
     this.#items.push(data);
     this.#bytes += size;
     if (this.#bytes >= this.#maxBatchBytes || this.#items.length >= this.#maxBatchItems) this.#cut();

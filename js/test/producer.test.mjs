@@ -234,6 +234,25 @@ test('maxBatchBytes cuts a batch once it holds that many bytes', async () => {
   assert.equal(await readText(ds), 'aabbccé');
 });
 
+test('a value that would take the batch past maxBatchBytes starts the next batch, so values that fit alone never go out together past it', async () => {
+  const ds = await newStream();
+  // maxBatchBytes set to what the server takes: two values that each fit must not be sent as
+  // one request the server refuses (413), which would fail the producer.
+  const p = new IdempotentProducer(ds, 'cap', { lingerMs: 10_000, maxBatchBytes: 4, maxInFlight: 1 });
+  for (const s of ['aaa', 'bbb', 'c', 'toolong', 'd']) p.append(s);
+  await p.flush();
+  assert.deepEqual(
+    posts.map(({ seq, body }) => [seq, body]),
+    [
+      [0, 'aaa'],
+      [1, 'bbbc'],
+      [2, 'toolong'], // larger than the cap alone: sent alone
+      [3, 'd'],
+    ],
+  );
+  assert.equal(await readText(ds), 'aaabbbctoolongd');
+});
+
 test('JSON streams: a batch is one JSON array of the messages, read back as separate items', async () => {
   const ds = await newStream('application/json');
   const p = new IdempotentProducer(ds, 'json', { lingerMs: 20 });
