@@ -6,8 +6,8 @@ type Scalar = string | number | boolean;
  * every request (token refresh). `undefined` or `null` leaves the header or param out.
  */
 export type DynamicValue = Scalar | null | undefined | (() => Scalar | null | undefined | Promise<Scalar | null | undefined>);
-type PlainMap = Headers | Record<string, DynamicValue>;
-/** Header or query parameter map (an object or `Headers`); the whole map may also be an (async) function. */
+type PlainMap = Headers | URLSearchParams | ReadonlyMap<string, DynamicValue> | Record<string, DynamicValue>;
+/** Header or query parameter map (an object, `Headers`, `Map` or `URLSearchParams`); the whole map may also be an (async) function. */
 export type DynamicMap = PlainMap | (() => PlainMap | null | undefined | Promise<PlainMap | null | undefined>);
 
 /**
@@ -281,7 +281,10 @@ export interface ProducerOptions {
   autoClaim?: boolean | undefined;
   /** How long a batch waits for more data, in ms: an integer >= 0. Default 5. */
   lingerMs?: number | undefined;
-  /** A batch is sent once it holds this many bytes: an integer > 0. Default 1 MiB. */
+  /**
+   * A batch holds at most this many bytes of values (a value larger than that goes alone), and
+   * is sent once full: an integer > 0. Default 1 MiB.
+   */
   maxBatchBytes?: number | undefined;
   /** A batch is sent once it holds this many items: an integer > 0. Default unlimited. */
   maxBatchItems?: number | undefined;
@@ -324,6 +327,10 @@ export interface ProducerOptions {
  * new producer with a higher epoch (or `autoClaim`).
  */
 export declare class IdempotentProducer {
+  /**
+   * `producerId` is sent as a header: printable ASCII, without spaces at either end
+   * (INVALID_ARGUMENT otherwise). Derive it from a name with, say, `encodeURIComponent`.
+   */
   constructor(stream: DurableStream | string | URL, producerId: string, options?: ProducerOptions);
   readonly epoch: number;
   readonly nextSeq: number;

@@ -46,16 +46,17 @@ pub async fn resolve_map(source: &JsValue, what: &str) -> Result<Vec<(String, St
             "headers and params must be objects",
         )));
     }
-    if let Some(headers) = value.dyn_ref::<web_sys::Headers>() {
-        let entries = js_sys::try_iter(headers).map_err(Failure::Fatal)?;
-        for pair in entries.into_iter().flatten() {
-            let pair: Array = pair.map_err(Failure::Fatal)?.unchecked_into();
-            out.push((js::to_text(&pair.get(0)), js::to_text(&pair.get(1))));
-        }
-        return Ok(out);
-    }
-    let entries = Object::entries(value.unchecked_ref());
-    for pair in entries.iter() {
+    // `Headers`, a `Map` or `URLSearchParams` (whose own properties are not its entries, so
+    // `Object.entries` would silently drop them all): its `[name, value]` pairs. An array is not
+    // taken for a list of pairs: its elements are refused as values, naming their index.
+    let iterable =
+        js_sys::Reflect::get(&value, &js_sys::Symbol::iterator()).is_ok_and(|f| f.is_function());
+    let pairs = if iterable && !Array::is_array(&value) {
+        Array::from(&value)
+    } else {
+        Object::entries(value.unchecked_ref())
+    };
+    for pair in pairs.iter() {
         let pair: Array = pair.unchecked_into();
         let name = js::to_text(&pair.get(0));
         value = call_given(&pair.get(1)).await?;
@@ -306,10 +307,13 @@ pub async fn send(
             Failure::Fatal(e) => return Err(e),
             Failure::Network(e) | Failure::Unsent(e) => {
                 // A POST may have landed before its connection failed: sent again, it could land
-                // twice. Only a producer's, which the server deduplicates, is sent again.
+                // twice. Only a producer's, which the server deduplicates, is sent again, and a
+                // close without data: closing a closed stream that way is answered 204.
+                let has = |name: &str| req.headers.iter().any(|(k, _)| *k == name);
                 let replayable = unsent
                     || req.method != "POST"
-                    || req.headers.iter().any(|(k, _)| *k == headers::PRODUCER_ID);
+                    || has(headers::PRODUCER_ID)
+                    || (req.body.is_none() && has(headers::STREAM_CLOSED));
                 if !replayable || attempt >= policy.max_retries {
                     return Err(e);
                 }

@@ -48,7 +48,8 @@ export function es_sleep(ms, signal) {
   return new Promise((resolve) => {
     if (signal && signal.aborted) return resolve();
     const done = () => { clearTimeout(timer); if (signal) signal.removeEventListener('abort', done); resolve(); };
-    const timer = setTimeout(done, ms);
+    // Capped where timers overflow: a longer delay (a retry policy's) would fire at once.
+    const timer = setTimeout(done, Math.min(ms, 2147483647));
     if (signal) signal.addEventListener('abort', done, { once: true });
   });
 }

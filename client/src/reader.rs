@@ -927,6 +927,14 @@ async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
             Err(Failure::Fatal(e) | Failure::Network(e)) => return Err(e),
             Err(Failure::Aborted) => return Ok(()),
         };
+        {
+            // Cancelled (or the tab hidden) while the caller's params were resolved (a token
+            // fetch): no socket is opened for a reader that stopped.
+            let s = inner.borrow();
+            if s.cancelled || s.done || s.paused {
+                return Ok(());
+            }
+        }
         http::drop_reserved(&mut params);
         let mut q = query;
         // A socket's handshake headers cannot be read, so the server is told which incarnation
@@ -979,10 +987,24 @@ async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
 /// reader's offset (then the reader ends, as over HTTP), or is there (then it reconnects).
 /// Retrying a refusal would never end while live readers retry without limit.
 async fn why_refused(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
-    let (url, query, dynamic, signal) = {
+    let (url, query, params, with_headers, signal) = {
         let mut s = inner.borrow_mut();
         let signal = s.new_controller();
-        (s.url.clone(), s.query(None), s.dynamic.clone(), signal)
+        let with_headers = !s.dynamic.headers.is_undefined() && !s.dynamic.headers.is_null();
+        (
+            s.url.clone(),
+            s.query(None),
+            s.dynamic.params.clone(),
+            with_headers,
+            signal,
+        )
+    };
+    // As the socket was sent: with the caller's params, and none of its headers (a socket
+    // carries none). With them, a read authorized by a header would pass where the socket is
+    // refused, and the reader would retry a refusal for ever.
+    let dynamic = Dynamic {
+        headers: JsValue::UNDEFINED,
+        params,
     };
     let req = Request::get(&url, query, &dynamic);
     // Unreachable, or answering 5xx: the backoff that follows covers it.
@@ -994,6 +1016,11 @@ async fn why_refused(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
         // Read before the connections are dropped: that aborts this request's body too.
         let error = http::status_error("GET", &url, &sent.response, status).await;
         inner.borrow_mut().drop_connections();
+        if with_headers && status == 401 {
+            let text = js::get_string(&error, "message").unwrap_or_default();
+            let hint = " (a WebSocket carries no headers: give credentials in params)";
+            js::set(error.unchecked_ref(), "message", error::msg(&[&text, hint]));
+        }
         return Err(error);
     }
     // A stream that is there may be another one: a socket cannot show its handshake's headers.

@@ -707,7 +707,8 @@ export class IdempotentProducer {
     this.#id = producerId;
     this.#epoch = options.epoch ?? 0;
     this.#autoClaim = options.autoClaim ?? false;
-    this.#lingerMs = options.lingerMs ?? 5;
+    // Capped where timers overflow (a longer one would fire at once), as requestTimeoutMs is.
+    this.#lingerMs = Math.min(options.lingerMs ?? 5, 2 ** 31 - 1);
     this.#maxBatchBytes = options.maxBatchBytes ?? 1024 * 1024;
     this.#maxBatchItems = options.maxBatchItems ?? Infinity;
     this.#maxInFlight = options.maxInFlight ?? 5;
@@ -797,6 +798,9 @@ export class IdempotentProducer {
     // the kind is known (see #prepare).
     const json = this.#knownJson();
     const size = encodeFor(json, data).length;
+    // A value that would take the batch past maxBatchBytes starts the next one: set to what the
+    // server takes, two values that fit alone must not go out together and be refused (413).
+    if (this.#items.length > 0 && this.#bytes + size > this.#maxBatchBytes) this.#cut();
     this.#items.push(data);
     this.#bytes += size;
     if (this.#bytes >= this.#maxBatchBytes || this.#items.length >= this.#maxBatchItems) this.#cut();
@@ -1213,6 +1217,11 @@ export function checkProducerOptions(producerId, options = {}) {
     throw new DurableStreamError(m, 'INVALID_ARGUMENT');
   };
   if (typeof producerId !== 'string' || producerId === '') fail('producerId must be a non-empty string');
+  // Sent as the Producer-Id header: fetch sends other characters as Latin-1 bytes (which the
+  // server refuses as not UTF-8) or refuses them, and HTTP trims spaces at either end.
+  if (!/^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/.test(producerId)) {
+    fail(`producerId ${JSON.stringify(producerId)} must be printable ASCII, without spaces at either end (it is sent as a header)`);
+  }
   const isInt = (v, min) => Number.isSafeInteger(v) && v >= min;
   const rules = [
     ['epoch', 0, ' must be an integer from 0 to 2^53-1'],

@@ -255,6 +255,9 @@ export class KeyedTable {
           this.#clear();
           this.#offset = '-1';
           this.#incarnation = undefined;
+          // As the reset update says: the rows are gone, and the table reads from the start.
+          this.#upToDate = false;
+          this.#closed = false;
           await this.#notify({ changes: [], reset: true, offset: '-1', upToDate: false, closed: false });
         }
       }
@@ -272,7 +275,13 @@ export class KeyedTable {
       this.#saveTimer = null;
       this.#ready.reject(e);
       this.#finished.reject(e);
-      for (const { onError } of [...this.#listeners]) onError?.(e);
+      // Every listener hears of it, as on a stream handle: one whose onError throws keeps it
+      // from none of the others, and leaves no rejection of this (unawaited) run unhandled.
+      for (const { onError } of [...this.#listeners]) {
+        try {
+          onError?.(e);
+        } catch {}
+      }
     }
   }
 

@@ -132,3 +132,47 @@ test('a producer lets go of its signal once it is closed', async () => {
     await new Promise((r) => server.close(r));
   }
 });
+
+test('a WebSocket reader cancelled while its params function runs opens no socket', async () => {
+  // Node 20 has no global WebSocket; undici's is the one an application installs.
+  globalThis.WebSocket ??= (await import('undici')).WebSocket;
+  let upgrades = 0;
+  const server = http.createServer((req, res) => res.end());
+  server.on('upgrade', (req, socket) => {
+    upgrades++;
+    socket.destroy();
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  try {
+    const url = `http://127.0.0.1:${server.address().port}/v1/stream/x`;
+    const controller = new AbortController();
+    // `now` with `json` given: the first request is the socket, after the token is fetched.
+    const h = stream({
+      url,
+      live: 'ws',
+      offset: 'now',
+      json: true,
+      signal: controller.signal,
+      params: { token: () => new Promise((r) => setTimeout(() => r('t'), 200)) },
+    });
+    const next = h.next();
+    setTimeout(() => controller.abort(), 50);
+    assert.deepEqual(await next, { done: true, value: undefined });
+    await new Promise((r) => setTimeout(r, 400));
+    assert.equal(upgrades, 0, 'no socket is opened after the abort');
+  } finally {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+});
+
+test('a retry delay past what timers hold waits, rather than retrying at once in a loop', async () => {
+  await withUnavailableServer(async (url) => {
+    const before = served;
+    const h = stream({ url, live: 'sse', retry: { initialDelayMs: 1e12, maxDelayMs: 1e12 } });
+    h.next().catch(() => {});
+    await new Promise((r) => setTimeout(r, 500));
+    h.cancel();
+    assert.equal(served - before, 1, 'one request, then the (capped) backoff');
+  });
+});

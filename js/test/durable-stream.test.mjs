@@ -123,3 +123,37 @@ test('a plain append whose connection fails after sending is not sent again; a 5
     await new Promise((r) => fake.close(r));
   }
 });
+
+test('a close without data whose connection fails is sent again (closing twice is harmless); a close with data is not', async () => {
+  const http = await import('node:http');
+  const closes = [];
+  let dropFirst = true;
+  const fake = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => (body += c));
+    req.on('end', () => {
+      closes.push(body);
+      // Closed, then the connection drops before the answer.
+      if (dropFirst) {
+        dropFirst = false;
+        return req.socket.destroy();
+      }
+      res.writeHead(204, { 'stream-next-offset': '1', 'stream-closed': 'true' });
+      res.end();
+    });
+  });
+  await new Promise((r) => fake.listen(0, '127.0.0.1', r));
+  try {
+    const ds = new DurableStream({ url: `http://127.0.0.1:${fake.address().port}/s`, contentType: 'text/plain', retry: { initialDelayMs: 1 } });
+    const closed = await ds.close();
+    assert.equal(closed.closed, true);
+    assert.deepEqual(closes, ['', '']);
+    closes.length = 0;
+    dropFirst = true;
+    await assert.rejects(ds.close({ body: 'last' }), (e) => e.code === 'NETWORK_ERROR');
+    assert.deepEqual(closes, ['last'], 'sent once: its data may have landed');
+  } finally {
+    fake.closeAllConnections();
+    await new Promise((r) => fake.close(r));
+  }
+});

@@ -112,17 +112,22 @@ test('a live table whose stream is created again while it reconnects starts over
   const t = table({ url, live: 'long-poll', retry: fast });
   await t.ready();
   const updates = [];
+  // What the table says of itself as each update comes: with the reset, it holds nothing and is
+  // not up to date, as the update says.
+  const seen = [];
   t.subscribe((u) => {
     updates.push(u);
+    seen.push({ upToDate: t.upToDate, offset: t.offset, size: t.size });
   });
   const before = t.snapshot().incarnation;
   await replaceWhileDown(url, [change.insert('u', 'a', 2), change.insert('u', 'b', 3)]);
   const deadline = Date.now() + 10_000;
   while (!(t.upToDate && t.get('u', 'b') === 3) && Date.now() < deadline) await sleep(20);
+  t.cancel(); // before the assertions: a live table left reading would keep the test running
   assert.equal(updates[0]?.reset, true);
+  assert.deepEqual(seen[0], { upToDate: false, offset: '-1', size: 0 });
   assert.deepEqual([...t.entries('u')], [['a', 2], ['b', 3]]);
   assert.equal(typeof before, 'string');
   assert.notEqual(t.snapshot().incarnation, before);
-  t.cancel();
   await t.finished;
 });

@@ -176,6 +176,16 @@ test('lingerMs: appends after a batch left start the next one, with the next seq
   assert.equal(await readText(ds), 'abc');
 });
 
+test('a lingerMs past what timers hold waits that long (at most about 24 days), rather than firing at once', async () => {
+  const ds = await newStream();
+  const p = new IdempotentProducer(ds, 'long-linger', { lingerMs: 2 ** 40 });
+  p.append('a');
+  await sleep(100);
+  assert.equal(posts.length, 0, 'the batch waits for flush()');
+  await p.flush();
+  assert.equal(posts.length, 1);
+});
+
 test('flush() waits for the values appended before it, not for those appended after', async () => {
   const ds = await newStream();
   const p = new IdempotentProducer(ds, 'barrier', { lingerMs: 5 });
@@ -222,6 +232,25 @@ test('maxBatchBytes cuts a batch once it holds that many bytes', async () => {
     ],
   );
   assert.equal(await readText(ds), 'aabbccé');
+});
+
+test('a value that would take the batch past maxBatchBytes starts the next batch, so values that fit alone never go out together past it', async () => {
+  const ds = await newStream();
+  // maxBatchBytes set to what the server takes: two values that each fit must not be sent as
+  // one request the server refuses (413), which would fail the producer.
+  const p = new IdempotentProducer(ds, 'cap', { lingerMs: 10_000, maxBatchBytes: 4, maxInFlight: 1 });
+  for (const s of ['aaa', 'bbb', 'c', 'toolong', 'd']) p.append(s);
+  await p.flush();
+  assert.deepEqual(
+    posts.map(({ seq, body }) => [seq, body]),
+    [
+      [0, 'aaa'],
+      [1, 'bbbc'],
+      [2, 'toolong'], // larger than the cap alone: sent alone
+      [3, 'd'],
+    ],
+  );
+  assert.equal(await readText(ds), 'aaabbbctoolongd');
 });
 
 test('JSON streams: a batch is one JSON array of the messages, read back as separate items', async () => {

@@ -166,6 +166,45 @@ test('a header or param value that is not a string, number or boolean is INVALID
   });
 });
 
+test('headers and params given as a Map or URLSearchParams are sent, not silently dropped', async () => {
+  await withServer(page, async (url, seen) => {
+    const h = stream({
+      url,
+      live: false,
+      headers: new Map([['authorization', 'Bearer t'], ['x-n', () => 2]]),
+      params: new URLSearchParams({ token: 'abc', offset: '99' }),
+    });
+    assert.deepEqual(await h.items(), [1]);
+    assert.equal(seen[0].headers.authorization, 'Bearer t');
+    assert.equal(seen[0].headers['x-n'], '2');
+    assert.deepEqual([...seen[0].url.searchParams], [['offset', '-1'], ['token', 'abc']]);
+    assert.deepEqual(h.lastRequest, { headers: { authorization: 'Bearer t', 'x-n': '2' }, params: { token: 'abc' } });
+    // A Map's values are checked as an object's are.
+    await assert.rejects(
+      stream({ url, live: false, headers: new Map([['a', {}]]) }).items(),
+      (e) => e.code === 'INVALID_ARGUMENT' && e.message.includes('headers.a'),
+    );
+  });
+});
+
+test('a producer id that cannot be sent as a header as it is is INVALID_ARGUMENT at construction, not a failed first flush', async () => {
+  const { IdempotentProducer } = await import('../src/node.js');
+  await withServer(page, async (url, seen) => {
+    // Non-ASCII (fetch sends a header as Latin-1 bytes, or refuses it), control characters, and
+    // spaces at either end (HTTP trims them: the server would see another id).
+    for (const id of ['José', 'tab€1', 'a\nb', ' lead', 'trail ', 'tab\t']) {
+      assert.throws(
+        () => new IdempotentProducer(new DurableStream({ url, contentType: 'text/plain' }), id),
+        (e) => e.code === 'INVALID_ARGUMENT' && /producerId/.test(e.message),
+        JSON.stringify(id),
+      );
+    }
+    assert.equal(seen.length, 0);
+    // Printable ASCII, inner spaces included, is fine.
+    new IdempotentProducer(url, 'tab 1: user/42 ~ok');
+  });
+});
+
 test('a signal that is not an AbortSignal, or a relative URL without a page, is INVALID_ARGUMENT at once', async () => {
   const { table } = await import('../src/node.js');
   for (const make of [

@@ -414,6 +414,27 @@ test('tables let go of a shared signal when they end, and aborting it stops the 
   assert.deepEqual(sortedRows(live), [['a', 'b', 1]]);
 });
 
+test("an onError that throws does not keep the error that ends the table from the other listeners, nor leave a rejection unhandled", async () => {
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`; // never created: NOT_FOUND
+  const unhandled = [];
+  const onUnhandled = (e) => unhandled.push(e);
+  process.on('unhandledRejection', onUnhandled);
+  try {
+    const t = table({ url, live: false });
+    const heard = [];
+    t.subscribe(() => {}, () => {
+      throw new Error('a bug in the first onError');
+    });
+    t.subscribe(() => {}, (e) => heard.push(e.code));
+    await assert.rejects(t.finished, { code: 'NOT_FOUND' });
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(heard, ['NOT_FOUND']);
+    assert.deepEqual(unhandled, []);
+  } finally {
+    process.off('unhandledRejection', onUnhandled);
+  }
+});
+
 test('bad arguments are refused with INVALID_ARGUMENT', () => {
   const invalid = { code: 'INVALID_ARGUMENT' };
   assert.throws(() => table({}), invalid);

@@ -125,3 +125,41 @@ test('a WebSocket handshake refused while the stream reads fine is retried as a 
     await new Promise((r) => server.close(r));
   }
 });
+
+test("a WebSocket refused for want of the credentials the reader sends as headers ends it with UNAUTHORIZED, not endless retries", async () => {
+  // A server that takes the token as a header or a param (as edgestream's does): a socket
+  // carries no headers, so the reader's `authorization` header never reaches the upgrade.
+  const seen = { upgrades: 0, reads: 0 };
+  const authorized = (req) => req.headers.authorization === 'Bearer t' || new URL(req.url, 'http://x').searchParams.get('token') === 't';
+  const server = http.createServer((req, res) => {
+    seen.reads++;
+    if (!authorized(req)) {
+      res.writeHead(401, { 'content-type': 'text/plain' });
+      return res.end('missing token');
+    }
+    res.writeHead(200, { 'stream-next-offset': 'o1', 'stream-up-to-date': 'true', 'content-type': 'application/json' });
+    res.end('[]');
+  });
+  server.on('upgrade', (req, socket) => {
+    seen.upgrades++;
+    socket.end('HTTP/1.1 401 No\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  try {
+    const url = `http://127.0.0.1:${server.address().port}/s`;
+    const h = stream({ url, live: 'ws', json: true, headers: { authorization: 'Bearer t' }, retry: { initialDelayMs: 10, maxDelayMs: 20 } });
+    const outcome = await Promise.race([
+      h.items().then(
+        () => 'resolved',
+        (e) => e,
+      ),
+      new Promise((r) => setTimeout(() => r('still retrying'), 1500)),
+    ]);
+    h.cancel();
+    assert.equal(outcome?.code, 'UNAUTHORIZED', String(outcome));
+    assert.match(outcome.message, /params/, 'the error says where a socket\'s credentials go');
+  } finally {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+});

@@ -12,6 +12,9 @@ stream({ url, headers: () => ({ a: undefined, b: 'x' }) });
 stream({ url, headers: async () => new Headers() });
 stream({ url, params: async () => ({ token: () => 'fresh' }) });
 new DurableStream({ url, headers: new Headers(), params: { n: 1 } });
+stream({ url, headers: new Map([['authorization', () => 'Bearer x']]), params: new URLSearchParams({ token: 't' }) });
+// @ts-expect-error a Map's values are header values too
+stream({ url, headers: new Map([['a', { b: 1 }]]) });
 // @ts-expect-error a header value is text, not an object
 stream({ url, headers: { a: { b: 1 } } });
 // @ts-expect-error nor an array of pairs
