@@ -134,7 +134,10 @@ export declare class StreamHandle<T = unknown, B extends Batch<T> = Batch<T>> im
    * function. When the last subscriber unsubscribes, the handle is cancelled (the live request is
    * aborted and `finished` resolves), so nothing is read for nobody; a batch already on its way
    * is kept and returned by `next()`. A callback that throws (or rejects) stops the handle: every
-   * `onError` gets the error and `finished` rejects with it, as do read errors.
+   * `onError` gets the error and `finished` rejects with it, as do read errors. The cancel waits
+   * for the current microtasks, so an unsubscribe and a subscribe at once (React's StrictMode)
+   * keep the handle; a subscribe on a cancelled handle gets `ABORTED` in `onError`. A failure that
+   * no `onError` and nobody awaiting `finished` hears is logged with `console.warn`.
    */
   subscribe(callback: (batch: B) => void | Promise<void>, onError?: (error: unknown) => void): () => void;
   cancel(): void;

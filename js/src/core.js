@@ -164,6 +164,8 @@ export class StreamHandle {
   /** A batch read after the last subscriber left, handed out by the next next(). */
   #held = null;
   #finished = deferred();
+  /** Whether anyone asked for `finished`, which then hears of a failure. */
+  #finishedAsked = false;
   #watching = false;
 
   constructor(options) {
@@ -234,6 +236,7 @@ export class StreamHandle {
   }
   /** Settles when iteration ends: resolves when closed or cancelled, rejects on failure. */
   get finished() {
+    this.#finishedAsked = true;
     this.#watch();
     return this.#finished.promise;
   }
@@ -305,11 +308,23 @@ export class StreamHandle {
    * `onError` and rejects `finished`; so does a callback that throws, which also cancels the handle.
    */
   subscribe(callback, onError) {
+    if (this.#cancelled && !this.#error) {
+      // Nothing more will be read: say so rather than wait in silence.
+      const e = abortedError('this handle was cancelled (its last subscriber left, or cancel() was called): open a new one from its offset', this.#options.signal);
+      queueMicrotask(() => (onError ? onError(e) : console.warn('edgestream: subscribe() on a cancelled handle:', e.message)));
+      return () => {};
+    }
     const entry = { callback, onError };
     this.#subscribers.add(entry);
     this.#pump();
     return () => {
-      if (this.#subscribers.delete(entry) && this.#subscribers.size === 0) this.cancel();
+      if (!this.#subscribers.delete(entry) || this.#subscribers.size > 0) return;
+      // Cancelled once the current task's microtasks have run, unless someone subscribed
+      // again: an unsubscribe and subscribe in one go (React's StrictMode runs an effect's
+      // cleanup and the effect again at once) keep the handle.
+      queueMicrotask(() => {
+        if (this.#subscribers.size === 0) this.cancel();
+      });
     };
   }
 
@@ -367,6 +382,10 @@ export class StreamHandle {
   #fail(e) {
     if (this.#error) return;
     this.#error = e;
+    // Subscribers alone, none of them with an onError, and nobody asked for `finished`: the
+    // error would otherwise go unheard (an iterator's next() throws it to its caller instead).
+    const unheard = this.#pumping && !this.#finishedAsked && ![...this.#subscribers].some((s) => s.onError);
+    if (unheard) console.warn('edgestream: a subscribed handle failed (pass onError to subscribe(), or await `finished`):', e);
     this.#report(e);
     this.#finished.reject(e);
   }

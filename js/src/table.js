@@ -82,7 +82,7 @@ export class KeyedTable {
     if (!options || (typeof options.url !== 'string' && !(options.url instanceof URL))) {
       throw invalidArgument('table(): url is required');
     }
-    const { from, store, saveEveryMs = 1000, onInvalid = 'error', offset, json, signal, ...streamOptions } = options;
+    const { from, store, saveEveryMs = 1000, onInvalid = 'error', offset, incarnation, json, signal, ...streamOptions } = options;
     const problem = urlProblem(String(options.url)) ?? signalProblem(signal);
     if (problem) throw invalidArgument(`table(): ${problem}`);
     if (onInvalid !== 'error' && onInvalid !== 'skip') throw invalidArgument("table(): onInvalid is 'error' or 'skip'");
@@ -96,6 +96,8 @@ export class KeyedTable {
       this.#restore(from);
     } else {
       this.#offset = offset ?? '-1';
+      // The stream `offset` was saved from: another one at the URL starts the table over.
+      this.#incarnation = incarnation;
     }
     this.#streamOptions = { ...streamOptions, url: String(options.url) };
     this.#store = store;

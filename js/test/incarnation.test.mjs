@@ -131,3 +131,22 @@ test('a live table whose stream is created again while it reconnects starts over
   assert.notEqual(t.snapshot().incarnation, before);
   await t.finished;
 });
+
+test('a table given an offset and the incarnation it came from starts over on a stream created again', { timeout: 20_000 }, async () => {
+  const url = `${server.baseUrl}/v1/stream/incarnation-table-option-${randomUUID()}`;
+  const ds = await DurableStream.create({ url, contentType: json, body: JSON.stringify([change.insert('u', 'a', 1)]) });
+  const batches = [];
+  for await (const b of stream({ url, live: false })) batches.push(b);
+  const { offset, incarnation } = batches.at(-1);
+  await ds.delete();
+  await DurableStream.create({
+    url,
+    contentType: json,
+    body: JSON.stringify([change.insert('u', 'a', 2), change.insert('u', 'b', 3)]),
+  });
+  const t = table({ url, live: false, offset, incarnation, retry: fast });
+  await t.ready();
+  await t.finished;
+  // Read on from `offset` in the new stream, it would hold `b` alone.
+  assert.deepEqual([...t.entries('u')], [['a', 2], ['b', 3]]);
+});

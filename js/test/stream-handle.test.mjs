@@ -176,3 +176,79 @@ test('a handle lets go of a shared AbortSignal when it ends', async () => {
   assert.deepEqual(await settled(live.finished, 1000), ['resolved', undefined]);
   assert.equal(getEventListeners(controller.signal, 'abort').length, 0);
 });
+
+test('an unsubscribe followed at once by a subscribe (React StrictMode) keeps the handle reading', async () => {
+  const ds = await jsonStream({ m: 'first' });
+  const h = stream({ url: ds.url, live: 'long-poll' });
+  const seen = [];
+  const unsubscribe = h.subscribe(() => {});
+  unsubscribe();
+  const second = new Promise((resolve) => {
+    h.subscribe((batch) => {
+      seen.push(...batch.items);
+      if (seen.length === 2) resolve();
+    });
+  });
+  await sleep(200);
+  await ds.append({ m: 'second' });
+  assert.deepEqual(await settled(second, 3000), ['resolved', undefined]);
+  assert.deepEqual(seen, [{ m: 'first' }, { m: 'second' }]);
+  h.cancel();
+});
+
+test('subscribe() on a handle its last subscriber left says so through onError, or a warning', async () => {
+  const ds = await jsonStream(1);
+  const h = stream({ url: ds.url, live: 'long-poll' });
+  const unsubscribe = h.subscribe(() => {});
+  await sleep(100);
+  unsubscribe();
+  await sleep(0);
+  const told = new Promise((resolve) => h.subscribe(() => assert.fail('no batch comes'), resolve));
+  const [state, error] = await settled(told, 1000);
+  assert.equal(state, 'resolved');
+  assert.equal(error.code, 'ABORTED');
+  assert.match(error.message, /open a new one from its offset/);
+  const warnings = await warned(async () => {
+    h.subscribe(() => {});
+    await sleep(10);
+  });
+  assert.equal(warnings.length, 1);
+  assert.match(warnings[0], /cancelled handle/);
+});
+
+/** What `console.warn` was given while `fn` ran. */
+async function warned(fn) {
+  const real = console.warn;
+  const got = [];
+  console.warn = (...args) => got.push(args.map(String).join(' '));
+  try {
+    await fn();
+  } finally {
+    console.warn = real;
+  }
+  return got;
+}
+
+test('a read error that no onError and no `finished` would hear is logged as a warning, once', async () => {
+  const unheard = await jsonStream(1);
+  const warnings = await warned(async () => {
+    const h = stream({ url: unheard.url, live: 'long-poll' });
+    h.subscribe(() => {});
+    await sleep(200);
+    await unheard.delete();
+    await sleep(1500);
+  });
+  assert.equal(warnings.filter((w) => /NOT_FOUND|not found/i.test(w)).length, 1, warnings.join('\n'));
+  // Heard by onError, or by whoever asked for `finished`: no warning.
+  for (const listen of [(h) => h.subscribe(() => {}, () => {}), (h) => (h.subscribe(() => {}), h.finished)]) {
+    const ds = await jsonStream(1);
+    const quiet = await warned(async () => {
+      const h = stream({ url: ds.url, live: 'long-poll' });
+      listen(h);
+      await sleep(200);
+      await ds.delete();
+      await settled(h.finished, 3000);
+    });
+    assert.deepEqual(quiet, []);
+  }
+});
