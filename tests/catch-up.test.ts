@@ -150,6 +150,8 @@ test('a JSON stream answers every offset at a message boundary and refuses one i
   const created = await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(messages) });
   expect(created.status).toBe(201);
   const tail = created.headers.get('stream-next-offset')!;
+  const incarnation = created.headers.get('stream-incarnation');
+  expect(incarnation).toMatch(/^\S+$/);
   const [epoch, position] = tail.split('_');
   const end = Number(position);
   const at = (p: number) => `${epoch}_${String(p).padStart(position.length, '0')}`;
@@ -160,10 +162,14 @@ test('a JSON stream answers every offset at a message boundary and refuses one i
     if (res.status === 400) {
       refused++;
       expect(await res.text()).toMatch(/inside a JSON message/);
+      // The refusal names the incarnation: to a resumed reader, an offset that does not fit
+      // may mean the stream was created again.
+      expect(res.headers.get('stream-incarnation')).toBe(incarnation);
       // Live reads from there are refused the same way, before anything is streamed.
       for (const live of ['sse', 'long-poll']) {
         const lr = await fetch(`${url(name)}?offset=${at(p)}&live=${live}`);
         expect(lr.status).toBe(400);
+        expect(lr.headers.get('stream-incarnation'), live).toBe(incarnation);
         await lr.arrayBuffer();
       }
     } else {

@@ -1,6 +1,7 @@
 // `Stream-Incarnation`, an edgestream extension: every successful read reply (catch-up 200 and
 // 304, `offset=now`, long-poll 200 and 204, the SSE response, the `live=ws` 101 whether the
-// stream's object or the edge holds the socket), HEAD and PUT 201/200 name the incarnation of
+// stream's object or the edge holds the socket), HEAD, PUT 201/200 and a read's refusal of its
+// offset (400, catch-up or live) name the incarnation of
 // the stream, browsers may read it (CORS), and a stream deleted and created again at the same
 // path names a different one. Offsets are byte positions, so a client that resumes from a
 // stored offset needs it to tell the two apart.
@@ -137,3 +138,17 @@ test('readers the edge serves (a fork\'s inherited range over SSE and WebSocket)
   const page = await call('GET', fork, { query: '?offset=-1' });
   expect(page.headers.get(HEADER)).toBe(incarnation);
 });
+
+test('a read refusing an offset past the end names the incarnation, live or not', async () => {
+  const name = unique('past-end');
+  const created = await call('PUT', name, { headers: text, body: 'abc' });
+  expect(created.status).toBe(201);
+  const incarnation = created.headers.get(HEADER);
+  const past = created.headers.get('stream-next-offset')!.replace(/\d+$/, (d) => String(Number(d) + 5).padStart(d.length, '0'));
+  for (const live of ['', '&live=long-poll', '&live=sse']) {
+    const res = await call('GET', name, { query: `?offset=${past}${live}` });
+    expect(res.status, live).toBe(400);
+    expect(res.headers.get(HEADER), live).toBe(incarnation);
+  }
+});
+

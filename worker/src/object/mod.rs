@@ -969,7 +969,7 @@ impl StreamObject {
         }
         let start = match Self::start_of(from, &meta) {
             Ok(start) => start,
-            Err(e) => return http::error(&e),
+            Err(e) => return refused_offset(http::error(&e), &meta.instance),
         };
         self.touch(&mut meta, now)?;
         let hello =
@@ -992,14 +992,21 @@ impl StreamObject {
         if start < meta.base || (long_poll && backlog > 0) || backlog > live::FRAME_BYTES as u64 {
             // Data is already there: answer it as a page; the edge comes back for the rest.
             if long_poll {
-                return self.page_response(req, meta, start).await;
+                let instance = meta.instance.clone();
+                return refused_offset(self.page_response(req, meta, start).await, &instance);
             }
             return self.edge_page(req, meta, start).await;
         }
         if long_poll && meta.closed {
             return reply::no_content(meta.tail, true, None, &meta.instance);
         }
-        let resp = live::accept(&self.hub, self.store()?, &meta, start, mode)?;
+        let resp = refused_offset(
+            live::accept(&self.hub, self.store()?, &meta, start, mode),
+            &meta.instance,
+        )?;
+        if resp.status_code() != 101 {
+            return Ok(resp);
+        }
         let headers = resp.headers();
         headers.set(reply::X_CONTENT_TYPE, meta.content_type.as_str())?;
         headers.set(reply::X_INSTANCE, &meta.instance)?;
@@ -1018,7 +1025,7 @@ impl StreamObject {
     /// goes to the client as it is, and has no next subscription.)
     async fn edge_page(&self, req: &Request, meta: Meta, start: Offset) -> Result<Response> {
         let instance = meta.instance.clone();
-        let resp = self.page_response(req, meta, start).await?;
+        let resp = refused_offset(self.page_response(req, meta, start).await, &instance)?;
         if resp.status_code() == 200 {
             resp.headers().set(reply::X_INSTANCE, &instance)?;
         }
@@ -1279,6 +1286,17 @@ fn initial_data(meta: &Meta, body: &[u8]) -> std::result::Result<Vec<u8>, Protoc
 
 /// An empty response describing the stream: its content type, tail and closed state, as PUT
 /// and HEAD answer.
+/// A live read's refusal of its offset (400: past the end, or inside a JSON message) names the
+/// incarnation, as a catch-up read's does: a reader resuming live from an offset saved in a
+/// stream since deleted and created again learns that, not only that the offset does not fit.
+fn refused_offset(resp: Result<Response>, instance: &str) -> Result<Response> {
+    let resp = resp?;
+    if resp.status_code() == 400 {
+        reply::name_incarnation(resp.headers(), instance)?;
+    }
+    Ok(resp)
+}
+
 fn described(status: u16, meta: &Meta) -> Result<Response> {
     let resp = Response::empty()?.with_status(status);
     let headers = resp.headers();
