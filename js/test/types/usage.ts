@@ -47,6 +47,17 @@ async function channel(url: string) {
 }
 void channel;
 
+async function callSignals(ds: DurableStream, signal: AbortSignal) {
+  await ds.append('x', { seq: '1', signal });
+  await ds.close({ body: 'last', signal });
+  await ds.delete({ signal });
+  const status: number = (await ds.delete({})).status;
+  // @ts-expect-error: a signal is an AbortSignal
+  await ds.head({ signal: 'no' });
+  return status;
+}
+void callSignals;
+
 async function exclusive(ds: DurableStream) {
   const p = new IdempotentProducer(ds, 'leader', { lease: { ttlSeconds: 10, wait: true } });
   const until: string | undefined = await p.acquire();
