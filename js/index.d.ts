@@ -207,6 +207,23 @@ export interface CreateOptions {
    */
   channel?: boolean | undefined;
   /**
+   * Create the stream as a fork of this one: a `URL`, or a string resolved against `url` as a
+   * link is (`'https://host/v1/stream/a'`, `'/v1/stream/a'`, or `'a'` for a sibling of `url`).
+   * It must be on the same server as `url`; its path is sent (`Stream-Forked-From`), not its query.
+   * The fork takes the source's content type and, unless it sets its own, its expiry.
+   */
+  forkedFrom?: string | URL | undefined;
+  /**
+   * Where the fork leaves its source: an offset the server issued (a batch's, an append's or a
+   * head's `offset`). Omitted, the fork is made at the source's tail. Needs `forkedFrom`.
+   */
+  forkOffset?: string | undefined;
+  /**
+   * How far into the one append at `forkOffset` the fork leaves its source: in messages for a
+   * JSON stream, in bytes otherwise (an integer >= 0). Needs `forkedFrom`.
+   */
+  forkSubOffset?: number | undefined;
+  /**
    * Initial content, as the protocol reads a PUT body. On a JSON stream it is a list of messages
    * when it is an array (`[a, b]` creates the stream with messages `a` and `b`; `[[1, 2]]` with
    * the one message `[1, 2]`), and one message otherwise; strings and bytes are JSON text, read

@@ -9,7 +9,7 @@ import {
   headStream,
   validateRetryOptions,
 } from '../dist/edgestream_client.js';
-import { cancelOnAbort, deferred, eitherSignal, signalProblem, urlProblem } from './settle.js';
+import { cancelOnAbort, deferred, eitherSignal, pageUrl, signalProblem, urlProblem } from './settle.js';
 
 let loader = null;
 let ready = null;
@@ -515,6 +515,25 @@ const defined = (options) => Object.fromEntries(Object.entries(options ?? {}).fi
 
 const invalid = (message) => new DurableStreamError(message, 'INVALID_ARGUMENT');
 
+/**
+ * The path a fork's `Stream-Forked-From` names: `source` (a URL, or a URL relative to `url` as a
+ * link is, such as `/v1/stream/a`) must be on the server of `url`. Its query and fragment are
+ * not sent: the server names streams by path.
+ */
+function forkPath(source, url) {
+  if (source === undefined || source === null) return undefined;
+  if (!(typeof source === 'string' || source instanceof URL) || source === '') throw invalid('forkedFrom must be the source stream\'s URL or path');
+  const base = new URL(url, pageUrl());
+  let from;
+  try {
+    from = new URL(source, base);
+  } catch {
+    throw invalid(`forkedFrom ${JSON.stringify(String(source))} is not a URL or path`);
+  }
+  if (from.origin !== base.origin) throw invalid(`forkedFrom must be on the same server as url (${base.origin}), not ${from.origin}`);
+  return from.pathname;
+}
+
 /** A stream at a URL: create, inspect, append to, close, delete, read. */
 export class DurableStream {
   /**
@@ -590,6 +609,9 @@ export class DurableStream {
         expiresAt: options.expiresAt,
         closed: options.closed,
         channel: options.channel,
+        forkedFrom: forkPath(options.forkedFrom, this.url),
+        forkOffset: options.forkOffset,
+        forkSubOffset: options.forkSubOffset,
         body,
       },
       given.signal,
