@@ -183,6 +183,15 @@ export interface StreamHandleOptions {
   signal?: AbortSignal | undefined;
 }
 
+/** Options of one call of a `DurableStream`. */
+export interface CallOptions {
+  /**
+   * Stops this call, as the handle's own `signal` does (either stops it): it rejects with
+   * ABORTED, the signal's `reason` as `cause`. `AbortSignal.timeout(ms)` bounds the call's time.
+   */
+  signal?: AbortSignal | undefined;
+}
+
 export interface CreateOptions {
   contentType?: string | undefined;
   /** A sliding TTL, in whole seconds (an integer >= 0). */
@@ -197,6 +206,23 @@ export interface CreateOptions {
    * `deleted`. Read it like any JSON stream.
    */
   channel?: boolean | undefined;
+  /**
+   * Create the stream as a fork of this one: a `URL`, or a string resolved against `url` as a
+   * link is (`'https://host/v1/stream/a'`, `'/v1/stream/a'`, or `'a'` for a sibling of `url`).
+   * It must be on the same server as `url`; its path is sent (`Stream-Forked-From`), not its query.
+   * The fork takes the source's content type and, unless it sets its own, its expiry.
+   */
+  forkedFrom?: string | URL | undefined;
+  /**
+   * Where the fork leaves its source: an offset the server issued (a batch's, an append's or a
+   * head's `offset`). Omitted, the fork is made at the source's tail. Needs `forkedFrom`.
+   */
+  forkOffset?: string | undefined;
+  /**
+   * How far into the one append at `forkOffset` the fork leaves its source: in messages for a
+   * JSON stream, in bytes otherwise (an integer >= 0). Needs `forkedFrom`.
+   */
+  forkSubOffset?: number | undefined;
   /**
    * Initial content, as the protocol reads a PUT body. On a JSON stream it is a list of messages
    * when it is an array (`[a, b]` creates the stream with messages `a` and `b`; `[[1, 2]]` with
@@ -250,19 +276,25 @@ export declare class DurableStream {
   static connect(options: StreamHandleOptions): Promise<DurableStream>;
   static head(options: StreamHandleOptions): Promise<HeadResult>;
   static delete(options: StreamHandleOptions): Promise<{ status: number }>;
-  /** PUT, with the create options the handle was made with; those given here override them. */
-  create(options?: CreateOptions): Promise<CreateResult>;
-  head(): Promise<HeadResult>;
+  /**
+   * PUT, with the create options the handle was made with; those given here override them.
+   * Its `signal` stops this call (and so does the handle's own).
+   */
+  create(options?: CreateOptions & CallOptions): Promise<CreateResult>;
+  head(options?: CallOptions): Promise<HeadResult>;
   /**
    * Appends one message or chunk. JSON streams take any JSON value as one message, an array
    * included (strings and bytes are JSON text; other values as `JSON.stringify` writes them,
    * `NaN` as `null`); others take strings or bytes. To append several
    * JSON messages in one request, use an `IdempotentProducer`.
+   *
+   * An append stopped by its `signal` (ABORTED) may still have landed: the request may have
+   * reached the server before it was aborted. To append exactly once, use an `IdempotentProducer`.
    */
-  append(data: unknown, options?: { seq?: string | undefined; contentType?: string | undefined }): Promise<AppendResult>;
+  append(data: unknown, options?: { seq?: string | undefined; contentType?: string | undefined } & CallOptions): Promise<AppendResult>;
   /** Closes the stream; `body` is a last message (one, as with `append()`) sent in the same request. */
-  close(options?: { body?: unknown; contentType?: string | undefined }): Promise<AppendResult & { finalOffset?: string }>;
-  delete(): Promise<{ status: number }>;
+  close(options?: { body?: unknown; contentType?: string | undefined } & CallOptions): Promise<AppendResult & { finalOffset?: string }>;
+  delete(options?: CallOptions): Promise<{ status: number }>;
   /** Follows this stream, with its headers, params, retry and signal: see `stream()`. */
   stream<T = unknown>(options: Omit<StreamOptions, 'url'> & { json: true }): StreamHandle<T, JsonBatch<T>>;
   stream<T = unknown>(options: Omit<StreamOptions, 'url'> & { json: false }): StreamHandle<T, BytesBatch>;

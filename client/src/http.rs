@@ -426,10 +426,17 @@ pub async fn status_error(method: &str, url: &str, response: &Response, status: 
         error::msg(&parts)
     };
     let err = match status {
+        // A PUT creates: its 404 is a fork's source that is not there.
+        404 if method == "PUT" => error::new(
+            error::NOT_FOUND,
+            &message("fork source not found"),
+            Some(status),
+        ),
         404 => error::new(error::NOT_FOUND, &message("stream not found"), Some(status)),
         410 => error::new(error::GONE, &message("stream was deleted"), Some(status)),
         400 => {
-            let code = if method == "GET" && mentions(&short, b"offset") {
+            // A read's offset, or a fork's (a PUT's only offsets).
+            let code = if matches!(method, "GET" | "PUT") && mentions(&short, b"offset") {
                 error::INVALID_OFFSET
             } else {
                 error::BAD_REQUEST

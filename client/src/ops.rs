@@ -3,6 +3,8 @@
 
 use edgestream::channel::STREAM_CHANNEL;
 use edgestream::headers;
+use edgestream::offset::OffsetError;
+use edgestream::ReadFrom;
 use js_sys::{Object, Promise};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -102,8 +104,49 @@ fn sent_info(out: &Object, sent: &Sent) {
     js::set(out, "paramsSent", p);
 }
 
+/// The fork headers of a create: `forkedFrom` (the source's path on the server, which the JS
+/// layer resolves from the URL or path it was given and checks), `forkOffset` (an offset a server issued) and `forkSubOffset` (an
+/// integer). Either of the last two without `forkedFrom` is refused, as the server would.
+fn fork_headers(options: &JsValue, hdrs: &mut Vec<(&'static str, String)>) -> Result<(), JsValue> {
+    let from = js::opt(options, "forkedFrom", "string")?.and_then(|v| v.as_string());
+    let offset = js::opt(options, "forkOffset", "string")?.and_then(|v| v.as_string());
+    let sub = js::get(options, "forkSubOffset");
+    let sub = if sub.is_undefined() || sub.is_null() {
+        None
+    } else {
+        Some(safe_integer(&sub, "forkSubOffset")?)
+    };
+    let Some(from) = from else {
+        if offset.is_some() || sub.is_some() {
+            return Err(error::invalid(
+                "forkOffset and forkSubOffset need forkedFrom",
+            ));
+        }
+        return Ok(());
+    };
+    hdrs.push((headers::STREAM_FORKED_FROM, from));
+    if let Some(offset) = offset {
+        // An offset the source's server issued: `-1` and `now` are read positions, not points
+        // in a stream (omit forkOffset to fork at the source's tail).
+        match ReadFrom::parse(&offset) {
+            Ok(ReadFrom::At(_)) | Err(OffsetError::Unrecognised) => {}
+            _ => {
+                return Err(error::invalid(
+                    "forkOffset must be an offset the server issued (not -1 or now)",
+                ))
+            }
+        }
+        hdrs.push((headers::STREAM_FORK_OFFSET, offset));
+    }
+    if let Some(sub) = sub {
+        hdrs.push((headers::STREAM_FORK_SUB_OFFSET, js::u64_text(sub)));
+    }
+    Ok(())
+}
+
 /// PUT: creates the stream, or confirms it exists with the same configuration.
-/// Options: `contentType`, `ttlSeconds`, `expiresAt`, `closed`, `channel`, `body`.
+/// Options: `contentType`, `ttlSeconds`, `expiresAt`, `closed`, `channel`, `body`, and for a
+/// fork `forkedFrom`, `forkOffset`, `forkSubOffset`.
 #[wasm_bindgen(js_name = createStream)]
 pub fn create_stream(options: JsValue) -> Promise {
     future_to_promise(async move {
@@ -130,6 +173,7 @@ pub fn create_stream(options: JsValue) -> Promise {
         if js::opt(&options, "channel", "boolean")?.and_then(|v| v.as_bool()) == Some(true) {
             hdrs.push((STREAM_CHANNEL, String::from("true")));
         }
+        fork_headers(&options, &mut hdrs)?;
         let body = body_of(&options)?;
         let sent = common.send("PUT", hdrs, body).await?;
         if sent.status != 200 && sent.status != 201 {

@@ -9,7 +9,7 @@ import {
   headStream,
   validateRetryOptions,
 } from '../dist/edgestream_client.js';
-import { cancelOnAbort, deferred, signalProblem, urlProblem } from './settle.js';
+import { cancelOnAbort, deferred, eitherSignal, pageUrl, signalProblem, urlProblem } from './settle.js';
 
 let loader = null;
 let ready = null;
@@ -513,6 +513,27 @@ const oneMessage = (value) => `[${jsonText(value)}]`;
 /** `options` without the entries given as `undefined`. */
 const defined = (options) => Object.fromEntries(Object.entries(options ?? {}).filter(([, v]) => v !== undefined));
 
+const invalid = (message) => new DurableStreamError(message, 'INVALID_ARGUMENT');
+
+/**
+ * The path a fork's `Stream-Forked-From` names: `source` (a URL, or a URL relative to `url` as a
+ * link is, such as `/v1/stream/a`) must be on the server of `url`. Its query and fragment are
+ * not sent: the server names streams by path.
+ */
+function forkPath(source, url) {
+  if (source === undefined || source === null) return undefined;
+  if (!(typeof source === 'string' || source instanceof URL) || source === '') throw invalid('forkedFrom must be the source stream\'s URL or path');
+  const base = new URL(url, pageUrl());
+  let from;
+  try {
+    from = new URL(source, base);
+  } catch {
+    throw invalid(`forkedFrom ${JSON.stringify(String(source))} is not a URL or path`);
+  }
+  if (from.origin !== base.origin) throw invalid(`forkedFrom must be on the same server as url (${base.origin}), not ${from.origin}`);
+  return from.pathname;
+}
+
 /** A stream at a URL: create, inspect, append to, close, delete, read. */
 export class DurableStream {
   /**
@@ -529,6 +550,16 @@ export class DurableStream {
   #request(extra) {
     const { headers, params, retry, signal } = this.options;
     return { url: this.url, headers, params, retry, signal, ...extra };
+  }
+
+  /**
+   * Calls `fn` with the handle's options and `extra`, stopped (ABORTED, the reason as `cause`) by
+   * the handle's `signal` or the call's own `signal`, whichever aborts first.
+   */
+  async #call(fn, extra, signal) {
+    const problem = signalProblem(signal);
+    if (problem) throw invalid(problem);
+    return eitherSignal(this.options.signal, signal, (s) => call(fn, this.#request({ ...extra, signal: s })));
   }
 
   /** Creates the stream (PUT) and returns a handle to it. Resolves if it exists with the same configuration. */
@@ -563,49 +594,54 @@ export class DurableStream {
    */
   async create(options = {}) {
     // What the handle was made with counts, as for every other call; `options` overrides it,
-    // an expiry of either kind replacing the handle's.
+    // an expiry of either kind replacing the handle's. (Its `signal` is the call's own.)
     const given = defined(options);
     const expiry = 'ttlSeconds' in given || 'expiresAt' in given ? { ttlSeconds: undefined, expiresAt: undefined } : {};
     options = { ...this.options, ...expiry, ...given };
     const contentType = options.contentType ?? this.contentType;
     let body = options.body;
     if (body !== undefined && isJsonType(contentType)) body = jsonText(body);
-    const res = await call(
+    const res = await this.#call(
       createStream,
-      this.#request({
+      {
         contentType,
         ttlSeconds: options.ttlSeconds,
         expiresAt: options.expiresAt,
         closed: options.closed,
         channel: options.channel,
+        forkedFrom: forkPath(options.forkedFrom, this.url),
+        forkOffset: options.forkOffset,
+        forkSubOffset: options.forkSubOffset,
         body,
-      }),
+      },
+      given.signal,
     );
     this.contentType = res.contentType ?? contentType ?? this.contentType;
     return res;
   }
 
-  /** HEAD: `{ offset, contentType, closed, ttlSeconds, expiresAt, etag }`. */
-  async head() {
-    const res = await call(headStream, this.#request({}));
+  /** HEAD: `{ offset, contentType, closed, ttlSeconds, expiresAt, etag }`. Options: `signal`. */
+  async head(options = {}) {
+    const res = await this.#call(headStream, {}, options.signal);
     if (res.contentType) this.contentType = res.contentType;
     return res;
   }
 
-  async #type() {
-    if (this.contentType === undefined) await this.head();
+  async #type(signal) {
+    if (this.contentType === undefined) await this.head({ signal });
     return this.contentType;
   }
 
   /**
    * Appends one message or chunk. JSON streams take any JSON value, an array included, as one
    * message (strings are taken as JSON text); other streams take strings (UTF-8) or bytes.
-   * Options: `seq` (`Stream-Seq`).
+   * Options: `seq` (`Stream-Seq`), `signal`. An append stopped by its signal may still have
+   * landed: the request may have reached the server before it was aborted.
    */
   async append(data, options = {}) {
-    const contentType = options.contentType ?? (await this.#type());
+    const contentType = options.contentType ?? (await this.#type(options.signal));
     const body = isJsonType(contentType) ? oneMessage(data) : data;
-    return call(appendStream, this.#request({ body, contentType, seq: options.seq }));
+    return this.#call(appendStream, { body, contentType, seq: options.seq }, options.signal);
   }
 
   /** Closes the stream, optionally appending a last message (one, as `append()`) in the same request. */
@@ -613,16 +649,16 @@ export class DurableStream {
     let body = options.body;
     let contentType = options.contentType;
     if (body !== undefined) {
-      contentType ??= await this.#type();
+      contentType ??= await this.#type(options.signal);
       if (isJsonType(contentType)) body = oneMessage(body);
     }
-    const res = await call(appendStream, this.#request({ body, contentType, close: true }));
+    const res = await this.#call(appendStream, { body, contentType, close: true }, options.signal);
     return { ...res, finalOffset: res.offset };
   }
 
-  /** DELETE. */
-  delete() {
-    return call(deleteStream, this.#request({}));
+  /** DELETE. Options: `signal`. */
+  delete(options = {}) {
+    return this.#call(deleteStream, {}, options.signal);
   }
 
   /**

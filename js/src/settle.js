@@ -39,12 +39,7 @@ export function signalProblem(signal) {
  * nothing to resolve a relative URL against: fetch() would fail every retry.
  */
 export function urlProblem(url) {
-  let base;
-  try {
-    base = typeof location === 'undefined' ? undefined : location.href;
-  } catch {
-    base = undefined; // Deno's location getter throws unless started with --location
-  }
+  const base = pageUrl();
   try {
     new URL(url, base);
     return null;
@@ -52,5 +47,31 @@ export function urlProblem(url) {
     return base === undefined
       ? `url must be absolute here (there is no page to resolve ${JSON.stringify(url)} against)`
       : `url ${JSON.stringify(url)} is not a URL`;
+  }
+}
+
+/** The page's URL, which relative URLs are resolved against; undefined without a page. */
+export function pageUrl() {
+  try {
+    return typeof location === 'undefined' ? undefined : location.href;
+  } catch {
+    return undefined; // Deno's location getter throws unless started with --location
+  }
+}
+
+/**
+ * Runs `fn(signal)` with a signal that aborts, with its reason, when `a` or `b` does (either
+ * may be absent), and stops listening to both once `fn`'s promise settles: a long-lived signal
+ * shared by many calls must not keep every ended one reachable.
+ */
+export async function eitherSignal(a, b, fn) {
+  if (!a || !b || a === b) return fn(a ?? b);
+  const both = new AbortController();
+  const stops = [a, b].map((s) => [s, () => both.abort(s.reason)]);
+  for (const [s, stop] of stops) s.aborted ? stop() : s.addEventListener('abort', stop, { once: true });
+  try {
+    return await fn(both.signal);
+  } finally {
+    for (const [s, stop] of stops) s.removeEventListener('abort', stop);
   }
 }

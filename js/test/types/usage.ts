@@ -47,6 +47,27 @@ async function channel(url: string) {
 }
 void channel;
 
+async function forks(base: string, source: DurableStream) {
+  const at = (await source.head({ signal: AbortSignal.timeout(5000) })).offset;
+  const fork = await DurableStream.create({ url: `${base}/fork`, forkedFrom: source.url, forkOffset: at, forkSubOffset: 0 });
+  await fork.create({ forkedFrom: new URL(source.url), signal: new AbortController().signal });
+  // @ts-expect-error: a sub-offset is a number
+  await fork.create({ forkedFrom: '/v1/stream/a', forkSubOffset: '1' });
+  return fork;
+}
+void forks;
+
+async function callSignals(ds: DurableStream, signal: AbortSignal) {
+  await ds.append('x', { seq: '1', signal });
+  await ds.close({ body: 'last', signal });
+  await ds.delete({ signal });
+  const status: number = (await ds.delete({})).status;
+  // @ts-expect-error: a signal is an AbortSignal
+  await ds.head({ signal: 'no' });
+  return status;
+}
+void callSignals;
+
 async function exclusive(ds: DurableStream) {
   const p = new IdempotentProducer(ds, 'leader', { lease: { ttlSeconds: 10, wait: true } });
   const until: string | undefined = await p.acquire();
