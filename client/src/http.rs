@@ -426,10 +426,11 @@ pub async fn status_error(method: &str, url: &str, response: &Response, status: 
         error::msg(&parts)
     };
     let err = match status {
-        // A PUT creates: its 404 is a fork's source that is not there.
+        // A PUT creates: its 404 is a fork's source that is not there, unless the URL is not a
+        // stream server's at all.
         404 if method == "PUT" => error::new(
             error::NOT_FOUND,
-            &message("fork source not found"),
+            &message("fork source not found (or no stream server at this URL)"),
             Some(status),
         ),
         404 => error::new(error::NOT_FOUND, &message("stream not found"), Some(status)),
