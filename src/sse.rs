@@ -660,23 +660,25 @@ mod tests {
         assert_eq!(text_cut_back(b"a\xFF"), 0);
     }
 
+    /// The text of `data` events, each event's lines joined as a decoder joins them.
+    fn joined_data(events: &[u8]) -> String {
+        let mut out = String::new();
+        for block in core::str::from_utf8(events).unwrap().split("\n\n") {
+            let lines: Vec<&str> = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .collect();
+            out.push_str(&lines.join("\n"));
+        }
+        out
+    }
+
     #[test]
     fn pieces_cut_where_text_cut_back_says_encode_to_the_whole_text() {
         let text = "a€b\r\nc😀d\re\u{7FF}".repeat(7);
         let bytes = text.as_bytes();
         let mut expected = Vec::new();
         encode_data(bytes, SseEncoding::Utf8, &mut expected);
-        let joined = |events: &[u8]| {
-            let mut out = String::new();
-            for block in core::str::from_utf8(events).unwrap().split("\n\n") {
-                let lines: Vec<&str> = block
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .collect();
-                out.push_str(&lines.join("\n"));
-            }
-            out
-        };
         // Any piece of 4 bytes or more has room for a whole character.
         for size in 4..=12 {
             let mut events = Vec::new();
@@ -692,8 +694,12 @@ mod tests {
                 encode_data(&bytes[at..cut], SseEncoding::Utf8, &mut events);
                 at = cut;
             }
-            assert_eq!(joined(&events), joined(&expected), "pieces of {size}");
-            assert!(!joined(&events).contains('\u{FFFD}'));
+            assert_eq!(
+                joined_data(&events),
+                joined_data(&expected),
+                "pieces of {size}"
+            );
+            assert!(!joined_data(&events).contains('\u{FFFD}'));
         }
     }
 
@@ -701,17 +707,6 @@ mod tests {
     fn pieces_cut_anywhere_send_the_whole_text() {
         let text = "a€b\r\nc😀d\re\u{7FF}\r\r\n\n".repeat(5);
         let bytes = text.as_bytes();
-        let joined = |events: &[u8]| {
-            let mut out = String::new();
-            for block in core::str::from_utf8(events).unwrap().split("\n\n") {
-                let lines: Vec<&str> = block
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .collect();
-                out.push_str(&lines.join("\n"));
-            }
-            out
-        };
         let mut expected = Vec::new();
         encode_data(bytes, SseEncoding::Utf8, &mut expected);
         // Every cut a writer could make, with pieces of 1 to 6 bytes.
@@ -729,8 +724,12 @@ mod tests {
                 at = end;
             }
             encode_data(&pieces.next(b"", true), SseEncoding::Utf8, &mut events);
-            assert_eq!(joined(&events), joined(&expected), "pieces of {size}");
-            assert!(!joined(&events).contains('\u{FFFD}'));
+            assert_eq!(
+                joined_data(&events),
+                joined_data(&expected),
+                "pieces of {size}"
+            );
+            assert!(!joined_data(&events).contains('\u{FFFD}'));
         }
         // What a stream ends with is sent when it closes, whole or not.
         let mut pieces = TextPieces::default();

@@ -6,3 +6,10 @@ export function within(promise, ms, what) {
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
+
+/** An AbortSignal aborted with `reason` after `ms`. */
+export function abortLater(ms, reason) {
+  const controller = new AbortController();
+  setTimeout(() => controller.abort(reason), ms);
+  return controller.signal;
+}

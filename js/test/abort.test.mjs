@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { DurableStream, IdempotentProducer, stream } from '../src/node.js';
+import { abortLater } from '../test-support/within.mjs';
 
 /** Requests the unavailable server got. */
 let served = 0;
@@ -23,13 +24,6 @@ async function withUnavailableServer(body) {
     server.closeAllConnections();
     await new Promise((r) => server.close(r));
   }
-}
-
-/** An AbortSignal aborted with `reason` after `ms`. */
-function abortLater(ms, reason) {
-  const controller = new AbortController();
-  setTimeout(() => controller.abort(reason), ms);
-  return controller.signal;
 }
 
 test('items(), bytes() and text() of a read stopped by its signal reject with ABORTED and the reason', async () => {

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import { getEventListeners } from 'node:events';
 import { DurableStream } from '../src/node.js';
-import { within } from '../test-support/within.mjs';
+import { within, abortLater } from '../test-support/within.mjs';
 
 /** Requests the silent server got, with their bodies. */
 const received = [];
@@ -26,13 +26,6 @@ async function withSilentServer(body) {
     server.closeAllConnections();
     await new Promise((r) => server.close(r));
   }
-}
-
-/** An AbortSignal aborted with `reason` after `ms`. */
-function abortLater(ms, reason) {
-  const controller = new AbortController();
-  setTimeout(() => controller.abort(reason), ms);
-  return controller.signal;
 }
 
 const abortedWith = (reason) => (e) => e.code === 'ABORTED' && e.cause === reason;
