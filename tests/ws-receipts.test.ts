@@ -333,6 +333,35 @@ describe('WebSocket receipts (edgestream.v3)', () => {
     await expectCut(follower, FELL_BEHIND, catchUp.length + sent.length * CHUNK);
   });
 
+  it('a client the edge serves that receipts every control is not cut off when it goes live while the stream is appended to', async () => {
+    // Found by a probe (2026-12-05): the edge sent the last catch-up page and went live at once,
+    // before the receipts for the pages had reached it, and cut the client off ("fell behind")
+    // at the second live append although it had receipted everything it was sent.
+    const catchUp = Buffer.concat(Array.from({ length: 160 }, (_, i) => chunk(i))); // 10 MiB
+    const name = unique('edge-live');
+    await create(name, catchUp);
+    const follower = await Follower.open(name, '-1', ['edgestream.v3'], true);
+    const sent: Buffer[] = [];
+    let writing = true;
+    const writer = (async () => {
+      for (let i = 0; writing && i < 400; i++) {
+        const bytes = Buffer.from(`<${i}>`);
+        await append(name, bytes);
+        sent.push(bytes);
+      }
+    })();
+    expect(await follower.until(() => follower.upToDate && follower.bytes > catchUp.length)).toBe(true);
+    await new Promise((r) => setTimeout(r, 500));
+    writing = false;
+    await writer;
+    const tail = await append(name, Buffer.from('end'));
+    sent.push(Buffer.from('end'));
+    expect(await follower.until(() => follower.offset === tail)).toBe(true);
+    expect(follower.ws.readyState).toBe(WebSocket.OPEN);
+    expect(Buffer.concat(follower.chunks).equals(Buffer.concat([catchUp, ...sent]))).toBe(true);
+    follower.ws.close();
+  });
+
   it('a client the edge serves gets a 404 error, not the new stream, when its stream is deleted and created again', async () => {
     const old = Buffer.concat(Array.from({ length: 160 }, (_, i) => chunk(i))); // 10 MiB
     const name = unique('edge-replaced');

@@ -539,13 +539,18 @@ impl Follower<'_> {
         sent(&self.session.read, end);
         // Sent: the page is not kept in wasm memory while the client reads it.
         drop(body);
-        if ended.is_some() || up_to_date {
+        if ended.is_some() {
             return ended;
         }
         let session = self.session;
         if session.receipts {
-            // The next page goes once the client is within the limit of what it was sent.
+            // The next page goes once the client is within the limit of what it was sent, and
+            // so do the live appends after the last page: the receipts for the pages sent at
+            // once may still be on their way, and live appends are held to the limit, so going
+            // live before they arrive would cut off a client that read everything.
             CaughtUpTo { session, end }.await;
+        } else if up_to_date {
+            return None;
         } else if falls_behind(session.backlog_limit, session.read.get(), end) {
             // No receipt will come: this connection has carried what it may.
             return Some(End::Restart(
