@@ -795,8 +795,28 @@ export class IdempotentProducer {
   }
 
   #abort(signal) {
+    this.#halt('its signal aborted', signal.reason);
+  }
+
+  /**
+   * Stops the producer now, as its `signal` would: requests in flight and retries end, what is
+   * queued is dropped, and it fails with ABORTED (`reason` as `cause`). No-op once closed,
+   * detached or failed.
+   */
+  cancel(reason) {
+    this.#halt('cancel() was called', reason);
+  }
+
+  #halt(why, reason) {
     if (this.#error || this.#state === 'closed' || this.#state === 'detached') return;
-    this.#fail(abortedError('the producer was stopped by its signal', signal));
+    // Say what became of the values not acknowledged: a batch in flight may have landed (the
+    // server may have stored it and its answer not come back yet); what was queued was not sent.
+    const inflight = this.#inflight.size;
+    const queued = this.#items.length + this.#queue.length + this.#fenced.length;
+    let what = '';
+    if (inflight) what += `; ${inflight === 1 ? 'the batch' : `the ${inflight} batches`} in flight may have been stored, or not`;
+    if (queued) what += '; what was queued was not sent';
+    this.#fail(new DurableStreamError(`the producer was stopped: ${why}${what}`, 'ABORTED', undefined, reason === undefined ? undefined : { cause: reason }));
     this.#wakeSent();
   }
 
@@ -836,6 +856,9 @@ export class IdempotentProducer {
 
   /** Queues a batch without data, which takes, renews or (`release`) gives up the lease. */
   #leaseOnly(release) {
+    // A failed producer sends nothing more: queued, the batch would never settle (nor would
+    // the flush() that waits for it, in acquire() or detach()).
+    if (this.#error) return;
     this.#cut();
     this.#queue.push({ n: this.#batches++, items: [], release });
     this.#pump();
@@ -915,6 +938,8 @@ export class IdempotentProducer {
         // The kind was not known when close() was called: check the last message now.
         this.#kind ??= await this.#streamFormat();
         encodeFor(this.#kind.json, data);
+        // Stopped while it learnt the kind: queued now, the close would never settle.
+        if (this.#error) throw this.#error;
       }
     } catch (e) {
       // Nothing was closed: unless the producer failed, it stays open (close() may be called again).
