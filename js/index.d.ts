@@ -317,8 +317,10 @@ export interface ProducerOptions {
   /** How long a batch waits for more data, in ms: an integer >= 0. Default 5. */
   lingerMs?: number | undefined;
   /**
-   * A batch holds at most this many bytes of values (a value larger than that goes alone), and
-   * is sent once full: an integer > 0. Default 1 MiB.
+   * A batch's request body holds at most this many bytes (a value over it alone goes alone), and
+   * is sent once full: an integer > 0. Default 1 MiB. Exact, so it can be the server's limit:
+   * the values' UTF-8 bytes and, on a JSON stream, the `[`, `,` and `]` around them. (Until a
+   * producer made from a URL has learnt the stream's kind, the framing is counted either way.)
    */
   maxBatchBytes?: number | undefined;
   /** A batch is sent once it holds this many items: an integer > 0. Default unlimited. */

@@ -498,6 +498,27 @@ function bytesOf(value, orJson) {
   throw new DurableStreamError('strings or bytes only', 'INVALID_ARGUMENT');
 }
 
+/** The UTF-8 length of a value as encodeFor() gives it (a string is sent as UTF-8). */
+function byteLength(encoded) {
+  if (typeof encoded !== 'string') return encoded.length;
+  let n = encoded.length;
+  for (let i = 0; i < encoded.length; i++) {
+    const c = encoded.charCodeAt(i);
+    if (c < 0x80) continue;
+    // 2 bytes below U+0800; a surrogate pair (2 units) is 4; the rest, a lone surrogate (sent
+    // as U+FFFD) included, 3.
+    n += c < 0x800 ? 1 : 2;
+    if (c >= 0xd800 && c < 0xdc00 && (encoded.charCodeAt(i + 1) & 0xfc00) === 0xdc00) i++;
+  }
+  return n;
+}
+
+/**
+ * The size of a batch's body: its values' `bytes` and, for a JSON batch of `count` values, the
+ * `[`, `,` and `]` around them (`maxBatchBytes` bounds the request as sent).
+ */
+const bodySize = (bytes, count, json) => (json ? bytes + count + 1 : bytes);
+
 /**
  * `value` as a stream takes it: JSON text when `json`, bytes when not, and while the stream's
  * kind is unknown (`json` undefined) bytes, or JSON text for what cannot be bytes.
@@ -875,13 +896,15 @@ export class IdempotentProducer {
     // that, a value that fits neither kind (a BigInt) is refused, and the rest is checked when
     // the kind is known (see #prepare).
     const json = this.#knownJson();
-    const size = encodeFor(json, data).length;
+    const size = byteLength(encodeFor(json, data));
     // A value that would take the batch past maxBatchBytes starts the next one: set to what the
     // server takes, two values that fit alone must not go out together and be refused (413).
-    if (this.#items.length > 0 && this.#bytes + size > this.#maxBatchBytes) this.#cut();
+    // Until the kind is known, the JSON framing is counted: a batch may be smaller, never over.
+    const framed = json !== false;
+    if (this.#items.length > 0 && bodySize(this.#bytes + size, this.#items.length + 1, framed) > this.#maxBatchBytes) this.#cut();
     this.#items.push(data);
     this.#bytes += size;
-    if (this.#bytes >= this.#maxBatchBytes || this.#items.length >= this.#maxBatchItems) this.#cut();
+    if (bodySize(this.#bytes, this.#items.length, framed) >= this.#maxBatchBytes || this.#items.length >= this.#maxBatchItems) this.#cut();
     else if (this.#timer === null) this.#timer = setTimeout(() => this.#cut(), this.#lingerMs);
   }
 
@@ -1041,7 +1064,7 @@ export class IdempotentProducer {
     if (!mergeable(batch)) return;
     while (this.#queue.length > 0 && mergeable(this.#queue[0])) {
       const next = this.#queue[0];
-      if (batch.bytes + next.bytes > this.#maxBatchBytes) break;
+      if (bodySize(batch.bytes + next.bytes, batch.items.length + next.items.length, this.#kind?.json !== false) > this.#maxBatchBytes) break;
       if (batch.items.length + next.items.length > this.#maxBatchItems) break;
       this.#queue.shift();
       batch.items = batch.items.concat(next.items);
