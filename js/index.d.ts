@@ -317,8 +317,10 @@ export interface ProducerOptions {
   /** How long a batch waits for more data, in ms: an integer >= 0. Default 5. */
   lingerMs?: number | undefined;
   /**
-   * A batch holds at most this many bytes of values (a value larger than that goes alone), and
-   * is sent once full: an integer > 0. Default 1 MiB.
+   * A batch's request body holds at most this many bytes (a value over it alone goes alone), and
+   * is sent once full: an integer > 0. Default 1 MiB. Exact, so it can be the server's limit:
+   * the values' UTF-8 bytes and, on a JSON stream, the `[`, `,` and `]` around them. (Until a
+   * producer made from a URL has learnt the stream's kind, the framing is counted either way.)
    */
   maxBatchBytes?: number | undefined;
   /** A batch is sent once it holds this many items: an integer > 0. Default unlimited. */
@@ -339,7 +341,8 @@ export interface ProducerOptions {
   onError?: ((error: DurableStreamError) => void) | undefined;
   /**
    * Aborting it (or the `DurableStream`'s own `signal`) stops the producer for good: requests in
-   * flight and retries end, and it fails with ABORTED (the signal's reason as `cause`).
+   * flight and retries end, and it fails with ABORTED (the signal's reason as `cause`). Without a
+   * signal, `cancel()` does the same.
    */
   signal?: AbortSignal | undefined;
   /**
@@ -409,8 +412,19 @@ export declare class IdempotentProducer {
   /**
    * Flushes and stops, leaving the stream open and giving up the writer lease. A standby (`lease.wait`)
    * stops waiting for the lease: its batches fail with LeaseHeldError, and `detach()` rejects with it.
+   * Waits for the server as `flush()` does: `cancel()` (or the `signal`) ends the wait.
    */
   detach(): Promise<void>;
+  /**
+   * Stops the producer now, without waiting for the server, as aborting its `signal` does (for a
+   * producer made without one): requests in flight and retries end, what is queued is dropped,
+   * and it fails with ABORTED (`reason` as `cause`), so pending and later `flush()`, `close()`,
+   * `detach()` and `acquire()` reject with it and `onError` hears of it. Acknowledged batches
+   * stay stored; a batch in flight may have been stored or not (the error's message says
+   * whether there was one), and nothing is sent again. A writer lease it holds is not given up:
+   * it runs out. No-op once the producer is closed, detached or failed.
+   */
+  cancel(reason?: unknown): void;
 }
 
 export type ErrorCode =

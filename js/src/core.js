@@ -498,6 +498,27 @@ function bytesOf(value, orJson) {
   throw new DurableStreamError('strings or bytes only', 'INVALID_ARGUMENT');
 }
 
+/** The UTF-8 length of a value as encodeFor() gives it (a string is sent as UTF-8). */
+function byteLength(encoded) {
+  if (typeof encoded !== 'string') return encoded.length;
+  let n = encoded.length;
+  for (let i = 0; i < encoded.length; i++) {
+    const c = encoded.charCodeAt(i);
+    if (c < 0x80) continue;
+    // 2 bytes below U+0800; a surrogate pair (2 units) is 4; the rest, a lone surrogate (sent
+    // as U+FFFD) included, 3.
+    n += c < 0x800 ? 1 : 2;
+    if (c >= 0xd800 && c < 0xdc00 && (encoded.charCodeAt(i + 1) & 0xfc00) === 0xdc00) i++;
+  }
+  return n;
+}
+
+/**
+ * The size of a batch's body: its values' `bytes` and, for a JSON batch of `count` values, the
+ * `[`, `,` and `]` around them (`maxBatchBytes` bounds the request as sent).
+ */
+const bodySize = (bytes, count, json) => (json ? bytes + count + 1 : bytes);
+
 /**
  * `value` as a stream takes it: JSON text when `json`, bytes when not, and while the stream's
  * kind is unknown (`json` undefined) bytes, or JSON text for what cannot be bytes.
@@ -795,8 +816,28 @@ export class IdempotentProducer {
   }
 
   #abort(signal) {
+    this.#halt('its signal aborted', signal.reason);
+  }
+
+  /**
+   * Stops the producer now, as its `signal` would: requests in flight and retries end, what is
+   * queued is dropped, and it fails with ABORTED (`reason` as `cause`). No-op once closed,
+   * detached or failed.
+   */
+  cancel(reason) {
+    this.#halt('cancel() was called', reason);
+  }
+
+  #halt(why, reason) {
     if (this.#error || this.#state === 'closed' || this.#state === 'detached') return;
-    this.#fail(abortedError('the producer was stopped by its signal', signal));
+    // Say what became of the values not acknowledged: a batch in flight may have landed (the
+    // server may have stored it and its answer not come back yet); what was queued was not sent.
+    const inflight = this.#inflight.size;
+    const queued = this.#items.length + this.#queue.length + this.#fenced.length;
+    let what = '';
+    if (inflight) what += `; ${inflight === 1 ? 'the batch' : `the ${inflight} batches`} in flight may have been stored, or not`;
+    if (queued) what += '; what was queued was not sent';
+    this.#fail(new DurableStreamError(`the producer was stopped: ${why}${what}`, 'ABORTED', undefined, reason === undefined ? undefined : { cause: reason }));
     this.#wakeSent();
   }
 
@@ -836,6 +877,9 @@ export class IdempotentProducer {
 
   /** Queues a batch without data, which takes, renews or (`release`) gives up the lease. */
   #leaseOnly(release) {
+    // A failed producer sends nothing more: queued, the batch would never settle (nor would
+    // the flush() that waits for it, in acquire() or detach()).
+    if (this.#error) return;
     this.#cut();
     this.#queue.push({ n: this.#batches++, items: [], release });
     this.#pump();
@@ -852,13 +896,15 @@ export class IdempotentProducer {
     // that, a value that fits neither kind (a BigInt) is refused, and the rest is checked when
     // the kind is known (see #prepare).
     const json = this.#knownJson();
-    const size = encodeFor(json, data).length;
+    const size = byteLength(encodeFor(json, data));
     // A value that would take the batch past maxBatchBytes starts the next one: set to what the
     // server takes, two values that fit alone must not go out together and be refused (413).
-    if (this.#items.length > 0 && this.#bytes + size > this.#maxBatchBytes) this.#cut();
+    // Until the kind is known, the JSON framing is counted: a batch may be smaller, never over.
+    const framed = json !== false;
+    if (this.#items.length > 0 && bodySize(this.#bytes + size, this.#items.length + 1, framed) > this.#maxBatchBytes) this.#cut();
     this.#items.push(data);
     this.#bytes += size;
-    if (this.#bytes >= this.#maxBatchBytes || this.#items.length >= this.#maxBatchItems) this.#cut();
+    if (bodySize(this.#bytes, this.#items.length, framed) >= this.#maxBatchBytes || this.#items.length >= this.#maxBatchItems) this.#cut();
     else if (this.#timer === null) this.#timer = setTimeout(() => this.#cut(), this.#lingerMs);
   }
 
@@ -915,6 +961,8 @@ export class IdempotentProducer {
         // The kind was not known when close() was called: check the last message now.
         this.#kind ??= await this.#streamFormat();
         encodeFor(this.#kind.json, data);
+        // Stopped while it learnt the kind: queued now, the close would never settle.
+        if (this.#error) throw this.#error;
       }
     } catch (e) {
       // Nothing was closed: unless the producer failed, it stays open (close() may be called again).
@@ -1016,7 +1064,7 @@ export class IdempotentProducer {
     if (!mergeable(batch)) return;
     while (this.#queue.length > 0 && mergeable(this.#queue[0])) {
       const next = this.#queue[0];
-      if (batch.bytes + next.bytes > this.#maxBatchBytes) break;
+      if (bodySize(batch.bytes + next.bytes, batch.items.length + next.items.length, this.#kind?.json !== false) > this.#maxBatchBytes) break;
       if (batch.items.length + next.items.length > this.#maxBatchItems) break;
       this.#queue.shift();
       batch.items = batch.items.concat(next.items);

@@ -570,6 +570,48 @@ test('merged batches stay within maxBatchBytes', async () => {
   assert.equal(await readText(ds), '0123456789'.repeat(40));
 });
 
+test('on a JSON stream, maxBatchBytes bounds the body as sent: the [ , ] around the values and their UTF-8 bytes count', async () => {
+  const ds = await newStream('application/json');
+  const bytes = (post) => new TextEncoder().encode(post.body).length;
+  const bodies = () => posts.splice(0).map((post) => post.body);
+
+  // Set to what the server takes, the limit must hold for the request: '[1,2,3]' is 7 bytes.
+  for (const made of ['stream', 'url']) {
+    // From a URL, the stream's kind is not known when the values are appended.
+    const p = new IdempotentProducer(made === 'url' ? ds.url : ds, `framing-${made}`, { lingerMs: 10_000, maxBatchBytes: 7, maxInFlight: 1 });
+    for (let i = 1; i <= 7; i++) p.append(i);
+    await p.flush();
+    assert.deepEqual(bodies(), ['[1,2,3]', '[4,5,6]', '[7]'], made);
+  }
+
+  // 'é' is one UTF-16 unit and two UTF-8 bytes: '["é","é"]' is 11 bytes, '["é","e"]' 10.
+  const utf8 = new IdempotentProducer(ds, 'utf8', { lingerMs: 10_000, maxBatchBytes: 10, maxInFlight: 1 });
+  for (const v of ['"é"', '"é"', '"e"']) utf8.append(v);
+  await utf8.flush();
+  assert.deepEqual(bodies(), ['["é"]', '["é","e"]']);
+
+  // A backlog merged behind a slow request: 3 values of 12 bytes are 40 bytes framed, 4 are 53.
+  intercept = (post, send) => sleep(100).then(send);
+  const merged = new IdempotentProducer(ds, 'merged', { lingerMs: 1, maxInFlight: 1, maxBatchBytes: 50 });
+  for (let i = 0; i < 30; i++) {
+    merged.append('"0123456789"');
+    await sleep(2);
+  }
+  await merged.flush();
+  const sizes = posts.map(bytes);
+  assert.ok(sizes.every((n) => n <= 50), `every body within 50 bytes: ${sizes}`);
+  assert.ok(sizes.includes(40), `batches fill up to the limit: ${sizes}`);
+  assert.equal(posts.reduce((n, post) => n + JSON.parse(post.body).length, 0), 30);
+  posts = [];
+
+  // A value whose body alone is over the limit still goes, alone.
+  const big = new IdempotentProducer(ds, 'big', { lingerMs: 10_000, maxBatchBytes: 7 });
+  for (const v of [1, '"xxxx"', 2]) big.append(v);
+  await big.flush();
+  assert.deepEqual(bodies(), ['[1]', '["xxxx"]', '[2]']);
+  assert.equal((await readItems(ds)).length, 7 * 2 + 3 + 30 + 3);
+});
+
 test('without retry.maxRetries, a producer rides out an outage longer than the default 5 retries', async () => {
   // Backoff of 20 to 50 ms: 5 retries would be spent in about 0.2 s of a 1.5 s outage.
   const ds = await DurableStream.create({

@@ -41,6 +41,17 @@ async function producer(ds: DurableStream) {
 }
 void producer;
 
+function cancelProducer(ds: DurableStream) {
+  const p = new IdempotentProducer(ds, 'id');
+  p.cancel();
+  p.cancel(new Error('shutting down'));
+  p.cancel('any reason');
+  // @ts-expect-error: cancel() returns nothing to await
+  const settled: Promise<void> = p.cancel();
+  return settled;
+}
+void cancelProducer;
+
 async function channel(url: string) {
   const all = await DurableStream.create({ url, channel: true });
   return all.stream<{ stream: string; offset: string; data?: unknown }>({ live: 'sse' });
