@@ -6,24 +6,19 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import { DurableStream, IdempotentProducer, stream } from '../src/node.js';
 import { abortLater } from '../test-support/within.mjs';
+import { withLocalServer } from '../test-support/local-server.mjs';
 
 /** Requests the unavailable server got. */
 let served = 0;
 
 /** A server answering 503 (Retry-After: 2) to everything; closed after `body`. */
-async function withUnavailableServer(body) {
-  const server = http.createServer((req, res) => {
+function withUnavailableServer(body) {
+  const unavailable = (req, res) => {
     served++;
     res.writeHead(503, { 'retry-after': '2' });
     res.end();
-  });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  try {
-    await body(`http://127.0.0.1:${server.address().port}/v1/stream/x`);
-  } finally {
-    server.closeAllConnections();
-    await new Promise((r) => server.close(r));
-  }
+  };
+  return withLocalServer(unavailable, body);
 }
 
 test('items(), bytes() and text() of a read stopped by its signal reject with ABORTED and the reason', async () => {

@@ -4,28 +4,22 @@
 // only a signal can end a call.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import { getEventListeners } from 'node:events';
 import { DurableStream } from '../src/node.js';
 import { within, abortLater } from '../test-support/within.mjs';
+import { withLocalServer } from '../test-support/local-server.mjs';
 
 /** Requests the silent server got, with their bodies. */
 const received = [];
 
 /** A server that reads every request and never answers; closed after `body`. */
-async function withSilentServer(body) {
-  const server = http.createServer((req) => {
+function withSilentServer(body) {
+  const silent = (req) => {
     let text = '';
     req.on('data', (c) => (text += c));
     req.on('end', () => received.push({ method: req.method, body: text }));
-  });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  try {
-    await body(`http://127.0.0.1:${server.address().port}/v1/stream/x`);
-  } finally {
-    server.closeAllConnections();
-    await new Promise((r) => server.close(r));
-  }
+  };
+  return withLocalServer(silent, body);
 }
 
 const abortedWith = (reason) => (e) => e.code === 'ABORTED' && e.cause === reason;

@@ -2,9 +2,9 @@
 // retrying a server that does not answer, and flush() and detach() would wait for ever.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import { DurableStream, IdempotentProducer } from '../src/node.js';
 import { within } from '../test-support/within.mjs';
+import { withLocalServer } from '../test-support/local-server.mjs';
 
 /**
  * Aborted once the test file is done, so that a producer cancel() did not stop (a failing test,
@@ -14,19 +14,13 @@ const backstop = new AbortController();
 after(() => backstop.abort('test over'));
 
 /** A server that answers `answer(req, body, res)`, closed after `run(base)`. */
-async function withServer(answer, run) {
-  const server = http.createServer(async (req, res) => {
+function withServer(answer, run) {
+  const read = async (req, res) => {
     let body = '';
     for await (const chunk of req) body += chunk;
     answer(req, body, res);
-  });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  try {
-    await run(`http://127.0.0.1:${server.address().port}/v1/stream/x`);
-  } finally {
-    server.closeAllConnections();
-    await new Promise((r) => server.close(r));
-  }
+  };
+  return withLocalServer(read, run);
 }
 
 test('cancel() stops a producer retrying a dead server: flush(), detach() and close() reject with ABORTED, nothing more is sent', async () => {
