@@ -12,7 +12,7 @@ use serde::Deserialize;
 use worker::{Env, Request, Url};
 
 use crate::crypto;
-use crate::http::header;
+use crate::http::{header, without_ows};
 
 static WARNED_OPEN: AtomicBool = AtomicBool::new(false);
 
@@ -85,7 +85,7 @@ pub fn bearer_credentials(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim_matches([' ', '\t']))
+        .then(|| without_ows(token))
 }
 
 /// Every claim is required: a token without `prefix` is malformed, not one for every stream

@@ -25,7 +25,6 @@ impl StreamObject {
     /// A POST: its body read whole (its share of the isolate's budget held until it is
     /// answered), then appended.
     pub(super) async fn append(&self, mut req: Request) -> Result<Response> {
-        // The body's share of the isolate's budget is held until the request is answered.
         let mut held = Held::new(self.config.body_budget_bytes);
         let body = match self.read_body(&mut req, &mut held).await? {
             Ok(body) => body,

@@ -794,14 +794,7 @@ impl StreamObject {
             Lookup::Missing => return http::error(&ProtocolError::NotFound),
         };
         let instance = meta.instance.clone();
-        let resp = self.read_live(req, url, meta, now).await?;
-        // A refused offset names the incarnation too: a reader resuming from an offset saved
-        // in a stream since deleted and created again learns that, not only that the offset
-        // does not fit.
-        if (400..500).contains(&resp.status_code()) {
-            reply::name_incarnation(resp.headers(), &instance)?;
-        }
-        Ok(resp)
+        refused_offset(self.read_live(req, url, meta, now).await, &instance)
     }
 
     /// Catch-up read of a stream that exists.
@@ -1286,12 +1279,12 @@ fn initial_data(meta: &Meta, body: &[u8]) -> std::result::Result<Vec<u8>, Protoc
 
 /// An empty response describing the stream: its content type, tail and closed state, as PUT
 /// and HEAD answer.
-/// A live read's refusal of its offset (400: past the end, or inside a JSON message) names the
-/// incarnation, as a catch-up read's does: a reader resuming live from an offset saved in a
-/// stream since deleted and created again learns that, not only that the offset does not fit.
+/// A read's refusal (a 4xx: mostly of its offset, past the end or inside a JSON message) names
+/// the incarnation, catch-up or live: a reader resuming from an offset saved in a stream since
+/// deleted and created again learns that, not only that the offset does not fit.
 fn refused_offset(resp: Result<Response>, instance: &str) -> Result<Response> {
     let resp = resp?;
-    if resp.status_code() == 400 {
+    if (400..500).contains(&resp.status_code()) {
         reply::name_incarnation(resp.headers(), instance)?;
     }
     Ok(resp)
