@@ -1157,12 +1157,15 @@ export class IdempotentProducer {
     const parts = [];
     for (const item of batch.items) {
       try {
-        parts.push(encodeFor(json, item));
+        const part = encodeFor(json, item);
+        // An empty string or buffer appends nothing; sent, it would be a POST without a body (400).
+        if (part.length > 0) parts.push(part);
       } catch (e) {
         this.#refused.push(e);
       }
     }
-    if (parts.length === 0) return false;
+    // Nothing left to send: a close goes out without data, a batch of data not at all.
+    if (parts.length === 0) return batch.close;
     if (json) {
       batch.body = `[${parts.join(',')}]`;
       return true;
