@@ -772,6 +772,9 @@ export class DurableStream {
     return new WritableStream({
       start: (c) => {
         controller = c;
+        // Cancelled at once, not once a write waiting for room (for the server) has settled; in a
+        // microtask, as the stream must not be errored from inside its abort (Node asserts).
+        c.signal?.addEventListener('abort', () => queueMicrotask(() => producer.cancel(c.signal.reason)));
       },
       write: (chunk) => {
         try {

@@ -162,6 +162,28 @@ test('writable(): abort() cancels the producer, which fails with ABORTED and the
   assert.equal(await readText(ds), '');
 });
 
+test('writable(): abort() while a write waits for room cancels the producer at once', async () => {
+  const first = later();
+  const px = await proxy((post) => {
+    if (post.count === 1) first.resolve();
+    return new Promise(() => {}); // never answered
+  });
+  try {
+    const ds = await newStream('text/plain', px.url);
+    const errors = [];
+    const w = ds.writable({ maxInFlight: 1, maxBatchItems: 1, lingerMs: 0, signal: px.signal, onError: (e) => errors.push(e) }).getWriter();
+    await w.write('a');
+    await first.promise;
+    const b = w.write('b');
+    assert.equal(await pending(b), true);
+    await within(w.abort('stop'), 10_000, 'abort()');
+    assert.equal(errors[0]?.code, 'ABORTED');
+    assert.equal(errors[0].cause, 'stop');
+  } finally {
+    await px.close();
+  }
+});
+
 test('writable(): a pipe whose source fails aborts it, and what was queued is not sent', async () => {
   const ds = await newStream();
   const boom = new Error('source failed');
