@@ -393,7 +393,11 @@ export interface ProducerOptions {
   lease?: { ttlSeconds: number; wait?: boolean | undefined } | undefined;
 }
 
-/** Options of `writable()` and `appendStream()`: those of the producer they append through. */
+/**
+ * Options of `writable()` and `appendStream()`: those of the producer they append through, a new
+ * instance per call, with `autoClaim` on by default (a call with an earlier one's `producerId`
+ * claims an epoch of its own; at the earlier epoch its batches would not land).
+ */
 export interface WriteStreamOptions extends ProducerOptions {
   /** The producer's id (printable ASCII, sent as a header). Default: a new random one. */
   producerId?: string | undefined;

@@ -825,10 +825,16 @@ export class DurableStream {
     return { offset: producer.offset };
   }
 
-  /** A producer for writable() and appendStream(), whose failure `onError` hears too. */
+  /**
+   * A producer for writable() and appendStream(), whose failure `onError` hears too. Each call
+   * makes a new instance, which claims an epoch of its own (autoClaim, unless told otherwise):
+   * at the epoch of an earlier call with the same producerId, its batches would be taken for
+   * that call's and not land.
+   */
   #producer({ producerId, ...options }, onError) {
     return new IdempotentProducer(this, producerId ?? crypto.getRandomValues(new Uint32Array(2)).join('-'), {
       ...options,
+      autoClaim: options.autoClaim ?? true,
       onError: (e) => {
         onError(e);
         options.onError?.(e);

@@ -404,6 +404,15 @@ test("appendStream(): the source is read no faster than the producer sends", asy
   }
 });
 
+test('appendStream() and writable() called again with the same producerId: each call lands (it claims an epoch of its own)', async () => {
+  const ds = await newStream();
+  await ds.appendStream(['a', 'b'], { producerId: 'same' });
+  const { offset } = await ds.appendStream(['c', 'd'], { producerId: 'same' });
+  await readableOf(['e']).pipeTo(ds.writable({ producerId: 'same' }));
+  assert.equal(await readText(ds), 'abcde');
+  assert.notEqual(offset, undefined);
+});
+
 test('appendStream(): a source that is not a stream or iterable is INVALID_ARGUMENT', async () => {
   const ds = new DurableStream({ url: `${server.url}/not-used`, contentType: 'text/plain' });
   for (const source of [undefined, 5, { a: 1 }]) {
