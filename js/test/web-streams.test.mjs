@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { DurableStream, StreamClosedError, stream } from '../src/node.js';
 import { useReferenceServer } from '../test-support/reference-server.mjs';
 import { within } from '../test-support/within.mjs';
+import { startServer } from '../../scripts/dev-server.mjs';
 
 const server = useReferenceServer({ longPollTimeout: 500 });
 
@@ -44,11 +45,11 @@ async function pending(promise) {
  * may return `'drop'` (the POST is forwarded and lands, then the connection is destroyed before
  * the answer: the client sees a dropped connection) or a promise to hold the answer until it
  * settles. `posts` lists what came, with the server's status (`status`); `signal` aborts once it
- * is closed.
+ * is closed. `to` is another server to proxy to.
  */
-async function proxy(onPost = () => {}) {
+async function proxy(onPost = () => {}, to = server.url) {
   const posts = [];
-  const target = new URL(server.url);
+  const target = new URL(to);
   const p = http.createServer(async (req, res) => {
     const chunks = [];
     for await (const chunk of req) chunks.push(chunk);
@@ -525,5 +526,22 @@ test('the ReadableStreams ask for nothing until they are read', async () => {
     assert.equal(fetches, 1);
   } finally {
     globalThis.fetch = realFetch;
+  }
+});
+
+test('against our Worker: appendStream() and writable() through dropped connections land every chunk exactly once', async () => {
+  const worker = await startServer();
+  const px = await proxy((post) => (post.count % 3 === 1 ? 'drop' : undefined), worker.baseUrl);
+  try {
+    const ds = await newStream('application/json', `${px.url}/v1/stream`);
+    const chunks = Array.from({ length: 6 }, (_, i) => ({ n: i }));
+    await ds.appendStream(chunks, { maxBatchItems: 2, maxInFlight: 1, signal: px.signal });
+    await readableOf([{ n: 6 }, { n: 7 }]).pipeTo(ds.writable({ maxBatchItems: 1, maxInFlight: 1, signal: px.signal }));
+    assert.deepEqual(await readItems(ds), [...chunks, { n: 6 }, { n: 7 }]);
+    // Every third POST landed unanswered and was sent again.
+    assert.deepEqual(px.posts.map((p) => p.status), [200, 204, 200, 200, 204, 200, 200, 204]);
+  } finally {
+    await px.close();
+    await worker.stop();
   }
 });
