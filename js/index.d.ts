@@ -157,7 +157,23 @@ export declare class StreamHandle<T = unknown, B extends Batch<T> = Batch<T>> im
   bytes(): Promise<Uint8Array>;
   /** `bytes()`, decoded as UTF-8. */
   text(): Promise<string>;
+  /**
+   * The items of a JSON stream, one by one, as a ReadableStream that `for await` reads (Safari's
+   * included), from where the handle stands. Batches are read only as the stream is read. It
+   * closes where iteration ends (the stream closed, or caught up with `live: false`), and errors
+   * with the read's error, with INVALID_ARGUMENT on a stream that is not JSON, and with ABORTED
+   * (the signal's reason as `cause`) when the handle is cancelled or its signal aborts before the
+   * read completed. Cancelling it cancels the handle.
+   */
+  jsonStream(): ReadableStreamAsyncIterable<T>;
+  /** The bytes of a stream that is not JSON, as `jsonStream()` gives items; INVALID_ARGUMENT on a JSON stream. */
+  bodyStream(): ReadableStreamAsyncIterable<Uint8Array>;
+  /** `bodyStream()`, decoded as UTF-8 (a character split between batches comes out whole). */
+  textStream(): ReadableStreamAsyncIterable<string>;
 }
+
+/** A ReadableStream that `for await` reads, in every runtime. */
+export type ReadableStreamAsyncIterable<T> = ReadableStream<T> & AsyncIterable<T>;
 
 /**
  * Follows a stream: a catch-up read, then live updates. With `json: true` every batch has
@@ -295,6 +311,27 @@ export declare class DurableStream {
   /** Closes the stream; `body` is a last message (one, as with `append()`) sent in the same request. */
   close(options?: { body?: unknown; contentType?: string | undefined } & CallOptions): Promise<AppendResult & { finalOffset?: string }>;
   delete(options?: CallOptions): Promise<{ status: number }>;
+  /**
+   * A WritableStream that appends each chunk written through an `IdempotentProducer` (batched,
+   * exactly once; one message per chunk on a JSON stream, as the producer's `append()` takes it),
+   * made with `options`. A write resolves once its chunk is queued and no batch waits for a
+   * request (backpressure: at most `maxInFlight` batches in flight and one waiting); `close()`
+   * resolves once everything written is acknowledged, and leaves the stream open; `abort(reason)`
+   * cancels the producer (what was not acknowledged may or may not land). The producer's failure
+   * (a refusal, its `signal`) errors the WritableStream with its error, and so does a chunk the
+   * stream cannot take (INVALID_ARGUMENT), which cancels the producer.
+   */
+  writable(options?: WriteStreamOptions): WritableStream<unknown>;
+  /**
+   * Appends every chunk of `source` through an `IdempotentProducer` made with `options`, as
+   * `writable()` does, reading the source only as fast as the producer sends. Resolves to the
+   * offset after the last batch once all of it is acknowledged (undefined if the source was
+   * empty). A source that throws, or gives a chunk the stream cannot take, stops there: what it
+   * gave before is sent, then this rejects with its error (INVALID_ARGUMENT for the chunk). When
+   * the producer fails (a refusal such as STREAM_CLOSED, or ABORTED when `signal` aborts), this
+   * rejects with its error and the source is cancelled.
+   */
+  appendStream(source: ReadableStream<unknown> | AsyncIterable<unknown> | Iterable<unknown>, options?: WriteStreamOptions): Promise<{ offset: string | undefined }>;
   /** Follows this stream, with its headers, params, retry and signal: see `stream()`. */
   stream<T = unknown>(options: Omit<StreamOptions, 'url'> & { json: true }): StreamHandle<T, JsonBatch<T>>;
   stream<T = unknown>(options: Omit<StreamOptions, 'url'> & { json: false }): StreamHandle<T, BytesBatch>;
@@ -354,6 +391,16 @@ export interface ProducerOptions {
    * included. Once it has held the lease, losing it fails the producer.
    */
   lease?: { ttlSeconds: number; wait?: boolean | undefined } | undefined;
+}
+
+/**
+ * Options of `writable()` and `appendStream()`: those of the producer they append through, a new
+ * instance per call, with `autoClaim` on by default (a call with an earlier one's `producerId`
+ * claims an epoch of its own; at the earlier epoch its batches would not land).
+ */
+export interface WriteStreamOptions extends ProducerOptions {
+  /** The producer's id (printable ASCII, sent as a header). Default: a new random one. */
+  producerId?: string | undefined;
 }
 
 /**

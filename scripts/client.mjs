@@ -6,7 +6,9 @@
 // The build is offline: cargo for wasm32, the wasm-bindgen CLI pinned by bootstrap.sh, and
 // wasm-opt from the npm package binaryen. It prints the gzip size of the wasm plus its JS glue,
 // which the issue budgets at 60 KB.
-import { copyFile, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -103,9 +105,52 @@ export async function buildClient() {
   const optimised = path.join(dist, 'edgestream_client_bg.opt.wasm');
   // --converge repeats the passes while they still shrink the module (about 120 bytes gzip).
   await run(bin('wasm-opt'), ['-Oz', '--converge', ...WASM_FEATURES, '--strip-debug', '--strip-producers', wasm, '-o', optimised]);
-  await copyFile(optimised, wasm);
+  await shortenNames(optimised, wasm, path.join(dist, 'edgestream_client.js'));
   await rm(optimised);
   await printClientSize();
+}
+
+/**
+ * Gives the wasm's imports, their modules and its exports one- or two-letter names (binaryen's
+ * minify-imports-and-exports-and-modules), and renames them to match in the wasm-bindgen glue.
+ * wasm-bindgen names each import after its function and a hash (`__wbg_get_556f1c9a5c587e8c`),
+ * 80 of them, twice (in the wasm and in the glue), plus a snippet's path per import: random
+ * hex that gzip cannot compress, about 2 KB gzip of the budget for nothing.
+ */
+async function shortenNames(input, output, gluePath) {
+  const { stdout } = await promisify(execFile)(
+    bin('wasm-opt'),
+    [...WASM_FEATURES, '--minify-imports-and-exports-and-modules', input, '-o', output],
+    { cwd: root, maxBuffer: 16 << 20 },
+  );
+  const map = JSON.parse(stdout);
+  const modules = new Set(WebAssembly.Module.imports(new WebAssembly.Module(await readFile(output))).map((i) => i.module));
+  if (modules.size !== 1) throw new Error(`shortenNames: expected one import module, got ${[...modules]}`);
+  const [module] = modules;
+  let glue = await readFile(gluePath, 'utf8');
+  const replaceOnce = (from, to, what) => {
+    const at = glue.indexOf(from);
+    if (at < 0 || glue.indexOf(from, at + 1) >= 0) throw new Error(`shortenNames: ${what} is not in the glue exactly once`);
+    glue = glue.slice(0, at) + to + glue.slice(at + from.length);
+  };
+  // The namespaces the glue imports the snippets as (several per snippet: any one will do).
+  const namespaces = new Map();
+  for (const [, name, file] of glue.matchAll(/^import \* as (import\d+) from "([^"]+)"$/gm)) if (!namespaces.has(file)) namespaces.set(file, name);
+  const own = './edgestream_client_bg.js';
+  const fromSnippets = [];
+  for (const [from, name, short] of map.imports) {
+    if (from === own) replaceOnce(`\n        ${name}: function(`, `\n        ${short}: function(`, `import ${name}`);
+    else if (namespaces.has(from)) fromSnippets.push(`        ${short}: ${namespaces.get(from)}.${name},\n`);
+    else throw new Error(`shortenNames: no namespace for the import module ${from}`);
+  }
+  replaceOnce('    const import0 = {\n        __proto__: null,\n', `    const import0 = {\n        __proto__: null,\n${fromSnippets.join('')}`, 'the import object');
+  const ret = glue.match(/\n    return \{\n        __proto__: null,\n(?:        "[^"]+": import\d+,\n)+    \};\n/);
+  if (!ret) throw new Error('shortenNames: the import object\'s modules are not where expected');
+  replaceOnce(ret[0], `\n    return { __proto__: null, ${JSON.stringify(module)}: import0 };\n`, 'the modules');
+  for (const [name, short] of map.exports) glue = glue.replace(new RegExp(`\\bwasm\\.${name}\\b`, 'g'), `wasm.${short}`);
+  const left = glue.match(/\bwasm\.[A-Za-z_$][\w$]*/g)?.filter((w) => !map.exports.some(([, short]) => w === `wasm.${short}`));
+  if (left?.length) throw new Error(`shortenNames: the glue uses exports that have no short name: ${[...new Set(left)]}`);
+  await writeFile(gluePath, glue);
 }
 
 /**

@@ -403,14 +403,74 @@ export class StreamHandle {
    * rejects with ABORTED: what was read is not the stream's content, and must not pass for it.
    */
   async #collect(take) {
+    for await (const batch of this.#whole()) take(batch);
+  }
+
+  /** The batches #collect() takes, ending with its ABORTED when the read did not complete. */
+  async *#whole() {
     let complete = false;
     for (;;) {
       const { done, value } = await this.next();
       if (done) break;
-      take(value);
+      yield value;
       complete = value.closed || (value.upToDate && this.#options.live === false);
     }
     if (!complete && this.#cancelled) throw abortedError('the read was cancelled before it completed', this.#options.signal);
+  }
+
+  /**
+   * The read as a ReadableStream of the chunks `take(batch)` returns for each batch, and the
+   * last one `end()` returns, if any; batches are read only as chunks are asked for. It ends as
+   * `items()` does (a read cancelled before it completed errors with ABORTED); cancelling it
+   * cancels the handle.
+   */
+  #readable(take, end) {
+    const batches = this.#whole();
+    return iterable(
+      new ReadableStream(
+        {
+          async pull(c) {
+            for (;;) {
+              const { done, value } = await batches.next();
+              if (done) {
+                const last = end?.();
+                if (last) c.enqueue(last);
+                return c.close();
+              }
+              const chunks = take(value);
+              for (const chunk of chunks) c.enqueue(chunk);
+              if (chunks.length > 0) return;
+            }
+          },
+          cancel: () => this.cancel(),
+        },
+        { highWaterMark: 0 },
+      ),
+    );
+  }
+
+  /** The items of a JSON stream, one by one, as an async-iterable ReadableStream. */
+  jsonStream() {
+    return this.#readable((batch) => (batch.bytes ? this.#wrongKind('jsonStream()', 'is not JSON: use bodyStream() or textStream()') : batch.items));
+  }
+
+  /** The bytes of a stream that is not JSON, as an async-iterable ReadableStream of Uint8Array. */
+  bodyStream() {
+    return this.#readable((batch) => this.#chunks(batch, 'bodyStream()'));
+  }
+
+  /** Like `bodyStream()`, decoded as UTF-8 (a character split between batches comes out whole). */
+  textStream() {
+    const decoder = new TextDecoder();
+    return this.#readable(
+      (batch) => this.#chunks(batch, 'textStream()').map((bytes) => decoder.decode(bytes, { stream: true })).filter((text) => text),
+      () => decoder.decode(),
+    );
+  }
+
+  /** A batch's bytes as chunks (none when empty); INVALID_ARGUMENT on a JSON stream. */
+  #chunks(batch, helper) {
+    return batch.items ? this.#wrongKind(helper, 'is JSON: use jsonStream()') : batch.bytes.length > 0 ? [batch.bytes] : [];
   }
 
   /** Reads until caught up (or closed) and returns every item (JSON streams). */
@@ -454,6 +514,22 @@ export class StreamHandle {
   async text() {
     return new TextDecoder().decode(await this.bytes());
   }
+}
+
+/**
+ * `stream`, made async iterable where the runtime's ReadableStream is not (Safari): `for await`
+ * reads it, and a loop left early cancels it, as the native iterator does.
+ */
+function iterable(stream) {
+  stream[Symbol.asyncIterator] ??= async function* () {
+    const reader = stream.getReader();
+    try {
+      for (let r; !(r = await reader.read()).done; ) yield r.value;
+    } finally {
+      reader.cancel().catch(() => {});
+    }
+  };
+  return stream;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -683,6 +759,90 @@ export class DurableStream {
   }
 
   /**
+   * A WritableStream that appends each chunk written (one message on a JSON stream, as a
+   * producer's `append()` takes it) through an IdempotentProducer made with `options`
+   * (`producerId`, random when not given, and the producer's options). A write resolves once the
+   * chunk is queued and no batch waits for a request (backpressure); `close()` resolves once
+   * everything written is acknowledged (the stream stays open); `abort(reason)` cancels the
+   * producer. A failure of the producer errors the stream.
+   */
+  writable(options = {}) {
+    let controller;
+    const producer = this.#producer(options, (e) => controller?.error(e));
+    return new WritableStream({
+      start: (c) => {
+        controller = c;
+        // Cancelled at once, not once a write waiting for room (for the server) has settled; in a
+        // microtask, as the stream must not be errored from inside its abort (Node asserts).
+        c.signal?.addEventListener('abort', () => queueMicrotask(() => producer.cancel(c.signal.reason)));
+      },
+      write: (chunk) => {
+        try {
+          producer.append(chunk);
+        } catch (e) {
+          // The stream errors with `e` (not the ABORTED that the cancel reports to onError).
+          controller.error(e);
+          producer.cancel(e);
+          throw e;
+        }
+        return producer[ROOM]();
+      },
+      close: () => producer.detach(),
+      abort: (reason) => producer.cancel(reason),
+    });
+  }
+
+  /**
+   * Appends every chunk of `source` (a ReadableStream, or an async or plain iterable) through an
+   * IdempotentProducer, as `writable(options)` does, reading no faster than it sends; resolves
+   * to `{ offset }` once all of it is acknowledged. A source that fails, or gives a value the
+   * stream refuses, stops there: what it gave before is sent, then this rejects with its error. A
+   * failure of the producer (its `signal` included: ABORTED) rejects with that error and cancels
+   * the source.
+   */
+  async appendStream(source, options = {}) {
+    const halted = deferred();
+    const producer = this.#producer(options, halted.reject);
+    let it;
+    try {
+      it = source?.getReader?.() ?? source?.[Symbol.asyncIterator]?.() ?? source?.[Symbol.iterator]?.();
+      if (!it) throw invalid('appendStream(): source must be a ReadableStream or an iterable');
+      for (let r; !(r = await Promise.race([halted.promise, it.read ? it.read() : it.next()])).done; ) {
+        producer.append(r.value);
+        await producer[ROOM]();
+      }
+    } catch (e) {
+      // The source is told to stop (a stream is cancelled, an iterator returned), whatever stopped this.
+      Promise.resolve()
+        .then(() => (it.cancel ? it.cancel(e) : it.return?.()))
+        .catch(() => {});
+      // What came before is sent; if the producer failed (that is what stopped the loop), this
+      // rejects with its error.
+      await producer.detach();
+      throw e;
+    }
+    await producer.detach();
+    return { offset: producer.offset };
+  }
+
+  /**
+   * A producer for writable() and appendStream(), whose failure `onError` hears too. Each call
+   * makes a new instance, which claims an epoch of its own (autoClaim, unless told otherwise):
+   * at the epoch of an earlier call with the same producerId, its batches would be taken for
+   * that call's and not land.
+   */
+  #producer({ producerId, ...options }, onError) {
+    return new IdempotentProducer(this, producerId ?? crypto.getRandomValues(new Uint32Array(2)).join('-'), {
+      ...options,
+      autoClaim: options.autoClaim ?? true,
+      onError: (e) => {
+        onError(e);
+        options.onError?.(e);
+      },
+    });
+  }
+
+  /**
    * Follows this stream: see `stream()`. Its `headers`, `params`, `retry` and `signal` are the
    * reader's, unless `options` gives others (an option given as `undefined` is left out, as
    * everywhere).
@@ -695,6 +855,9 @@ export class DurableStream {
 
 /** Claims in a row (without an acknowledged batch in between) before autoClaim gives up. */
 const MAX_CLAIMS = 5;
+
+/** The producer's method that writable() and appendStream() wait on: room for more (see there). */
+const ROOM = Symbol();
 
 /**
  * Exactly-once appends: each batch carries `(Producer-Id, Producer-Epoch, Producer-Seq)`, so a
@@ -748,6 +911,8 @@ export class IdempotentProducer {
   /** flush() and close() callers: `{ mark, resolve }`, settled once the batches below `mark` are. */
   #sentWaiters = [];
   #settleWaiters = [];
+  /** Callers of [ROOM](), waiting for the queue to empty. */
+  #roomWaiters = [];
   #state = 'open';
   #closing = null;
   #lastOffset;
@@ -1105,7 +1270,16 @@ export class IdempotentProducer {
     this.#wakeSent();
   }
 
+  /**
+   * Settles once no batch waits for a request to go out in (every one of `maxInFlight` is busy),
+   * or the producer has stopped: what writable() and appendStream() wait for before taking more.
+   */
+  [ROOM]() {
+    if (this.#queue.length > 0 && !this.#error) return new Promise((resolve) => this.#roomWaiters.push(resolve));
+  }
+
   #wakeSent() {
+    if (this.#queue.length === 0 || this.#error) for (const w of this.#roomWaiters.splice(0)) w();
     const waiting = [];
     for (const w of this.#sentWaiters) {
       if (this.#sent(w.mark)) w.resolve();
@@ -1157,12 +1331,15 @@ export class IdempotentProducer {
     const parts = [];
     for (const item of batch.items) {
       try {
-        parts.push(encodeFor(json, item));
+        const part = encodeFor(json, item);
+        // An empty string or buffer appends nothing; sent, it would be a POST without a body (400).
+        if (part.length > 0) parts.push(part);
       } catch (e) {
         this.#refused.push(e);
       }
     }
-    if (parts.length === 0) return false;
+    // Nothing left to send: a close goes out without data, a batch of data not at all.
+    if (parts.length === 0) return batch.close;
     if (json) {
       batch.body = `[${parts.join(',')}]`;
       return true;

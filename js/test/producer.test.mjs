@@ -101,6 +101,22 @@ test('a stream that is not JSON takes any bytes as they are, and refuses values 
   assert.deepEqual([...read], [65, 66, 67, 0x44, 0x45, 2, 3, 102, 103]);
 });
 
+test('an empty string or buffer appends nothing and is not sent (a POST without a body is refused); close(\'\') closes', async () => {
+  const ds = await newStream();
+  const p = new IdempotentProducer(ds, 'empty', { lingerMs: 0 });
+  p.append('');
+  await p.flush();
+  p.append(new Uint8Array(0));
+  p.append('a');
+  p.append('');
+  await p.flush();
+  assert.deepEqual(posts, [{ id: 'empty', epoch: 0, seq: 0, body: 'a' }]);
+  await p.close('');
+  assert.deepEqual(posts.slice(1), [{ id: 'empty', epoch: 0, seq: 1, body: '', closed: true }]);
+  assert.equal(await readText(ds), 'a');
+  assert.equal((await ds.head()).closed, true);
+});
+
 test('a producer that learns at flush that its stream is not JSON refuses an object alone, rather than send its String()', async () => {
   const created = await newStream('application/octet-stream');
   const p = new IdempotentProducer(new DurableStream({ url: created.url }), 'late', { lingerMs: 5 });

@@ -122,3 +122,30 @@ async function kinds(url: string, ds: DurableStream) {
   return any;
 }
 void kinds;
+
+// Web streams in and out.
+async function webStreams(ds: DurableStream, signal: AbortSignal) {
+  const w: WritableStream<unknown> = ds.writable({ producerId: 'pipe', lingerMs: 10, signal, onError: (e) => e.code });
+  await new ReadableStream<string>().pipeTo(w);
+  async function* gen() {
+    yield 'a';
+    yield new Uint8Array(1);
+  }
+  const { offset } = await ds.appendStream(gen(), { maxInFlight: 2 });
+  const tail: string | undefined = offset;
+  await ds.appendStream(new ReadableStream<Uint8Array>());
+  await ds.appendStream([{ a: 1 }, { a: 2 }]);
+  // @ts-expect-error: a source is a stream or an iterable
+  await ds.appendStream(5);
+  for await (const item of ds.stream<{ n: number }>({ json: true }).jsonStream()) {
+    const n: number = item.n;
+    void n;
+  }
+  for await (const chunk of ds.stream({ live: false }).bodyStream()) {
+    const bytes: Uint8Array = chunk;
+    void bytes;
+  }
+  const text: ReadableStream<string> = ds.stream().textStream();
+  return [tail, text];
+}
+void webStreams;
