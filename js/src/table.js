@@ -257,6 +257,8 @@ export class KeyedTable {
           this.#clear();
           this.#offset = '-1';
           this.#incarnation = undefined;
+          // What the store holds is the old stream's, even at an offset the new one reaches.
+          this.#savedOffset = undefined;
           // As the reset update says: the rows are gone, and the table reads from the start.
           this.#upToDate = false;
           this.#closed = false;

@@ -387,6 +387,26 @@ test('a snapshot of a stream deleted and created again with as much data starts 
   assert.deepEqual(sortedRows(untagged), [['u', 'a', 2], ['u', 'b', 3]]);
 });
 
+test('a table that started over saves the new stream to its store, even at the offset the old snapshot had (edgestream Worker)', async () => {
+  const url = `${worker.url}/v1/stream/table-${randomUUID()}`;
+  const ds = await DurableStream.create({ url, contentType: 'application/json' });
+  await ds.append(change.insert('u', 'a', 1));
+  const storage = memoryStorage();
+  const store = storageStore(storage, 'u');
+  await table({ url, live: false, store }).finished;
+  const old = JSON.parse(storage.getItem('u'));
+  await ds.delete();
+  const again = await DurableStream.create({ url, contentType: 'application/json' });
+  await again.append(change.insert('u', 'a', 2)); // as many bytes: the same offset
+  const t = table({ url, live: false, store });
+  await t.finished;
+  assert.equal(t.offset, old.offset);
+  const saved = JSON.parse(storage.getItem('u'));
+  assert.notEqual(saved.incarnation, old.incarnation);
+  assert.deepEqual(saved, t.snapshot());
+  assert.deepEqual(saved.rows, [['u', 'a', 2]]);
+});
+
 test('ready() rejects when the table is cancelled first; an aborted signal stops it', async () => {
   const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
   await DurableStream.create({ url, contentType: 'application/json' });
