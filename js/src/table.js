@@ -74,6 +74,8 @@ export class KeyedTable {
   #savedOffset;
   #skipInvalid;
   #listeners = new Set();
+  /** The error that ended the table, for listeners that subscribe after it. */
+  #error;
   #signal;
   #ready = deferred();
   #finished = deferred();
@@ -195,6 +197,8 @@ export class KeyedTable {
    * has had that update. Returns a function that unsubscribes.
    */
   subscribe(listener, onError) {
+    // Too late to hear it happen: told at once, as a stream handle tells its late subscribers.
+    if (this.#error) queueMicrotask(() => onError?.(this.#error.e));
     const entry = { listener, onError };
     this.#listeners.add(entry);
     return () => this.#listeners.delete(entry);
@@ -275,6 +279,7 @@ export class KeyedTable {
       this.#ready.resolve();
       this.#finished.resolve();
     } catch (e) {
+      this.#error = { e };
       clearTimeout(this.#saveTimer);
       this.#saveTimer = null;
       this.#ready.reject(e);

@@ -455,6 +455,14 @@ test("an onError that throws does not keep the error that ends the table from th
   }
 });
 
+test("a listener that subscribes after the table failed hears why in its onError, as on a stream handle", { timeout: 5_000 }, async () => {
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`; // never created: NOT_FOUND
+  const t = table({ url, live: false });
+  await assert.rejects(t.finished, { code: 'NOT_FOUND' });
+  const heard = await new Promise((resolve) => t.subscribe(() => resolve('an update'), resolve));
+  assert.equal(heard.code, 'NOT_FOUND');
+});
+
 test('bad arguments are refused with INVALID_ARGUMENT', () => {
   const invalid = { code: 'INVALID_ARGUMENT' };
   assert.throws(() => table({}), invalid);
