@@ -617,7 +617,7 @@ export declare class KeyedTable<V = unknown> {
   /**
    * Called after each batch is applied; awaited before the next is read. `onError` gets the
    * error that ends the table (at once, if it has already), errors the listener throws (the listener stays subscribed and the
-   * table reads on), and errors of the store's `save` (which do not end the table). A listener
+   * table reads on), and errors of the store's `load` and `save` (which do not end the table). A listener
    * without `onError` that throws fails the table once every listener has had that update:
    * reading stops, and `finished` (and `ready()`, before it resolved) rejects with the error,
    * which the other listeners' `onError` get, as on a stream handle. Nothing is thrown

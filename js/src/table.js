@@ -244,7 +244,15 @@ export class KeyedTable {
   async #run() {
     try {
       if (this.#store && !this.#restored) {
-        const saved = await this.#store.load();
+        let saved;
+        try {
+          saved = await this.#store.load();
+        } catch (e) {
+          // A cache that cannot be read (storage blocked, a database lost): read the stream
+          // from the start, as without one. After a turn, so that listeners are subscribed.
+          await null;
+          this.#storeFailed(e);
+        }
         if (saved !== undefined && saved !== null && snapshotProblem(saved) === null) this.#restore(saved);
       }
       for (;;) {
@@ -400,18 +408,23 @@ export class KeyedTable {
     } catch (e) {
       // The store is a cache: a full localStorage must not stop the table. It tries again at
       // the next save.
-      const subscribed = [...this.#listeners].filter((l) => l.onError);
-      for (const { onError } of subscribed) {
-        try {
-          onError(e);
-        } catch (thrown) {
-          queueMicrotask(() => {
-            throw thrown;
-          });
-        }
-      }
-      if (subscribed.length === 0) console.warn('edgestream table: the store could not save:', e);
+      this.#storeFailed(e);
     }
+  }
+
+  /** Tells every `onError` (or the console, with none) that the store failed. */
+  #storeFailed(e) {
+    const subscribed = [...this.#listeners].filter((l) => l.onError);
+    for (const { onError } of subscribed) {
+      try {
+        onError(e);
+      } catch (thrown) {
+        queueMicrotask(() => {
+          throw thrown;
+        });
+      }
+    }
+    if (subscribed.length === 0) console.warn('edgestream table: the store failed:', e);
   }
 }
 

@@ -463,6 +463,29 @@ test("a listener that subscribes after the table failed hears why in its onError
   assert.equal(heard.code, 'NOT_FOUND');
 });
 
+test('a store whose load() fails does not stop the table: onError hears of it, and the table reads from the start and saves', { timeout: 10_000 }, async () => {
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
+  await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify([change.insert('a', 'b', 1)]) });
+  for (const load of [
+    () => {
+      throw new DOMException('the storage is blocked', 'SecurityError');
+    },
+    async () => {
+      throw new DOMException('the database connection was lost', 'UnknownError');
+    },
+  ]) {
+    const saved = [];
+    const t = table({ url, live: false, store: { load, save: (s) => void saved.push(s) } });
+    const errors = [];
+    t.subscribe(() => {}, (e) => errors.push(e.name));
+    await t.finished;
+    assert.equal(errors.length, 1);
+    assert.match(errors[0], /SecurityError|UnknownError/);
+    assert.deepEqual(sortedRows(t), [['a', 'b', 1]]);
+    assert.deepEqual(saved.at(-1), t.snapshot());
+  }
+});
+
 test('bad arguments are refused with INVALID_ARGUMENT', () => {
   const invalid = { code: 'INVALID_ARGUMENT' };
   assert.throws(() => table({}), invalid);
