@@ -79,6 +79,8 @@ export class KeyedTable {
   #signal;
   #ready = deferred();
   #finished = deferred();
+  /** Resolves on `cancel()`: a store's load that never settles does not hold the table. */
+  #stopped = deferred();
 
   constructor(options) {
     if (!options || (typeof options.url !== 'string' && !(options.url instanceof URL))) {
@@ -208,6 +210,7 @@ export class KeyedTable {
   cancel() {
     if (this.#cancelled) return;
     this.#cancelled = true;
+    this.#stopped.resolve();
     this.#handle?.cancel();
   }
 
@@ -246,7 +249,7 @@ export class KeyedTable {
       if (this.#store && !this.#restored) {
         let saved;
         try {
-          saved = await this.#store.load();
+          saved = await Promise.race([this.#store.load(), this.#stopped.promise]);
         } catch (e) {
           // A cache that cannot be read (storage blocked, a database lost): read the stream
           // from the start, as without one. After a turn, so that listeners are subscribed.

@@ -419,6 +419,20 @@ test('ready() rejects when the table is cancelled first; an aborted signal stops
   assert.equal(t.size, 0);
 });
 
+test("cancelling a table whose store's load() never settles (an IndexedDB open blocked by another tab) ends it", { timeout: 5_000 }, async () => {
+  const hung = { load: () => new Promise(() => {}), save: () => {} };
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
+  const t = table({ url, store: hung });
+  t.cancel();
+  await assert.rejects(t.ready(), { code: 'ABORTED' });
+  await t.finished;
+  const controller = new AbortController();
+  const aborted = table({ url, store: hung, signal: controller.signal });
+  controller.abort();
+  await assert.rejects(aborted.ready(), { code: 'ABORTED' });
+  await aborted.finished;
+});
+
 test('tables let go of a shared signal when they end, and aborting it stops the live ones', async () => {
   const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
   await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify(change.insert('a', 'b', 1)) });
