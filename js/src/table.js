@@ -375,8 +375,13 @@ export class KeyedTable {
       try {
         await listener(update);
       } catch (e) {
-        if (onError) onError(e);
-        else unhandled ??= { error: e };
+        try {
+          if (!onError) throw e;
+          onError(e);
+        } catch (e) {
+          // Unhandled (no onError, or one that threw too): the other listeners still get the update.
+          unhandled ??= { error: e };
+        }
       }
     }
     if (unhandled) throw unhandled.error;

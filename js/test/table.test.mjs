@@ -500,6 +500,25 @@ test('a store whose load() fails does not stop the table: onError hears of it, a
   }
 });
 
+test("a listener whose onError throws too keeps the update from no other listener; its error then ends the table", { timeout: 10_000 }, async () => {
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
+  await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify([change.insert('a', 'b', 1)]) });
+  const t = table({ url, live: 'long-poll' });
+  const second = new Error('a bug in onError');
+  t.subscribe(
+    () => {
+      throw new Error('a bug in the listener');
+    },
+    () => {
+      throw second;
+    },
+  );
+  const seen = [];
+  t.subscribe((u) => void seen.push(u.offset), () => {});
+  await assert.rejects(t.finished, (e) => e === second);
+  assert.deepEqual(seen, [t.offset]);
+});
+
 test('bad arguments are refused with INVALID_ARGUMENT', () => {
   const invalid = { code: 'INVALID_ARGUMENT' };
   assert.throws(() => table({}), invalid);
