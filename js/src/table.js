@@ -163,7 +163,7 @@ export class KeyedTable {
   types() {
     return [...this.#rows.keys()];
   }
-  /** `[key, value]` pairs of one type, in the order the keys were first written. */
+  /** `[key, value]` pairs of one type, in the order the keys were added (a key deleted and written again comes last). */
   entries(type) {
     return (this.#rows.get(type) ?? new Map()).entries();
   }
