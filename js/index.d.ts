@@ -624,7 +624,10 @@ export declare class KeyedTable<V = unknown> {
    * where it cannot be caught. Returns an unsubscribe function.
    */
   subscribe(listener: (update: TableUpdate<V>) => void | Promise<void>, onError?: (error: unknown) => void): () => void;
-  /** Stops reading; the rows stay readable, and a store gets a last snapshot. */
+  /**
+   * Stops reading; the rows stay readable, and a store gets a last snapshot. `finished` does not
+   * wait for a listener that is still running.
+   */
   cancel(): void;
 }
 

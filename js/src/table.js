@@ -206,7 +206,10 @@ export class KeyedTable {
     return () => this.#listeners.delete(entry);
   }
 
-  /** Stops reading (the rows stay readable), saving a last snapshot to the store first. */
+  /**
+   * Stops reading (the rows stay readable), saving a last snapshot to the store first; without
+   * waiting for a listener still running.
+   */
   cancel() {
     if (this.#cancelled) return;
     this.#cancelled = true;
@@ -321,7 +324,9 @@ export class KeyedTable {
       this.#restored = false;
       this.#incarnation = batch.incarnation;
       const update = this.#apply(batch);
-      await this.#notify(update);
+      // Cancelled, the table does not wait for a listener that never settles (the rows are
+      // already whole, and saved below).
+      await Promise.race([this.#notify(update), this.#stopped.promise]);
       if (this.#upToDate) this.#ready.resolve();
       await this.#save(false);
     }

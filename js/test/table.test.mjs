@@ -433,6 +433,19 @@ test("cancelling a table whose store's load() never settles (an IndexedDB open b
   await aborted.finished;
 });
 
+test('cancel() ends a table whose listener never settles, and saves its snapshot, as a stream handle ends', { timeout: 10_000 }, async () => {
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
+  await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify([change.insert('a', 'b', 1)]) });
+  const storage = memoryStorage();
+  const t = table({ url, live: 'long-poll', store: storageStore(storage, 't'), saveEveryMs: 60_000 });
+  const called = new Promise((resolve) => t.subscribe(() => (resolve(), new Promise(() => {}))));
+  await called;
+  t.cancel();
+  await t.finished;
+  assert.deepEqual(JSON.parse(storage.getItem('t')), t.snapshot());
+  assert.deepEqual(sortedRows(t), [['a', 'b', 1]]);
+});
+
 test('tables let go of a shared signal when they end, and aborting it stops the live ones', async () => {
   const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
   await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify(change.insert('a', 'b', 1)) });
