@@ -20,7 +20,9 @@ const nonEmpty = (v) => typeof v === 'string' && v.length > 0;
 function classify(message) {
   if (!isObject(message) || !isObject(message.headers)) return { invalid: 'not a State Protocol message' };
   const { headers } = message;
-  if (headers.control !== undefined) {
+  // A message with an operation is a change, even with a control too, as @durable-streams/state
+  // reads it (so a stray `control: 'reset'` beside one drops no rows here that it keeps there).
+  if (headers.operation === undefined && headers.control !== undefined) {
     return CONTROLS.has(headers.control)
       ? { control: headers.control }
       : { invalid: `unknown control ${JSON.stringify(headers.control)}` };

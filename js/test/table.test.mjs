@@ -313,6 +313,19 @@ for (const [name, server] of [
       await assert.rejects(table({ url: text, live: false }).finished, (e) => e.code === 'PARSE_ERROR' && /not a JSON stream/.test(e.message));
     });
 
+    test('a message with both an operation and a control is a change, as @durable-streams/state reads it', async () => {
+      const { url } = await jsonStream(
+        change.insert('a', 'x', 1),
+        { type: 'a', key: 'y', value: 2, headers: { operation: 'insert', control: 'reset' } },
+      );
+      const t = table({ url, live: false });
+      const resets = [];
+      t.subscribe((u) => void resets.push(u.reset));
+      await t.finished;
+      assert.deepEqual(sortedRows(t), [['a', 'x', 1], ['a', 'y', 2]]);
+      assert.ok(!resets.includes(true));
+    });
+
     test('a closed stream ends the table; a producer writes its changes exactly once', async () => {
       const { url, ds } = await jsonStream();
       const t = table({ url, live: 'auto' });
