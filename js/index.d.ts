@@ -663,15 +663,18 @@ export declare class KeyedTable<V = unknown> {
   snapshot(): TableSnapshot<V>;
   /**
    * Called after each batch is applied; awaited before the next is read. `onError` gets the
-   * error that ends the table, errors the listener throws (the listener stays subscribed and the
-   * table reads on), and errors of the store's `save` (which do not end the table). A listener
+   * error that ends the table (at once, if it has already), errors the listener throws (the listener stays subscribed and the
+   * table reads on), and errors of the store's `load` and `save` (which do not end the table). A listener
    * without `onError` that throws fails the table once every listener has had that update:
    * reading stops, and `finished` (and `ready()`, before it resolved) rejects with the error,
    * which the other listeners' `onError` get, as on a stream handle. Nothing is thrown
    * where it cannot be caught. Returns an unsubscribe function.
    */
   subscribe(listener: (update: TableUpdate<V>) => void | Promise<void>, onError?: (error: unknown) => void): () => void;
-  /** Stops reading; the rows stay readable, and a store gets a last snapshot. */
+  /**
+   * Stops reading; the rows stay readable, and a store gets a last snapshot. `finished` does not
+   * wait for a listener that is still running.
+   */
   cancel(): void;
 }
 

@@ -20,7 +20,9 @@ const nonEmpty = (v) => typeof v === 'string' && v.length > 0;
 function classify(message) {
   if (!isObject(message) || !isObject(message.headers)) return { invalid: 'not a State Protocol message' };
   const { headers } = message;
-  if (headers.control !== undefined) {
+  // A message with an operation is a change, even with a control too, as @durable-streams/state
+  // reads it (so a stray `control: 'reset'` beside one drops no rows here that it keeps there).
+  if (headers.operation === undefined && headers.control !== undefined) {
     return CONTROLS.has(headers.control)
       ? { control: headers.control }
       : { invalid: `unknown control ${JSON.stringify(headers.control)}` };
@@ -74,9 +76,13 @@ export class KeyedTable {
   #savedOffset;
   #skipInvalid;
   #listeners = new Set();
+  /** The error that ended the table, for listeners that subscribe after it. */
+  #error;
   #signal;
   #ready = deferred();
   #finished = deferred();
+  /** Resolves on `cancel()`: a store's load that never settles does not hold the table. */
+  #stopped = deferred();
 
   constructor(options) {
     if (!options || (typeof options.url !== 'string' && !(options.url instanceof URL))) {
@@ -159,7 +165,7 @@ export class KeyedTable {
   types() {
     return [...this.#rows.keys()];
   }
-  /** `[key, value]` pairs of one type, in the order the keys were first written. */
+  /** `[key, value]` pairs of one type, in the order the keys were added (a key deleted and written again comes last). */
   entries(type) {
     return (this.#rows.get(type) ?? new Map()).entries();
   }
@@ -195,15 +201,21 @@ export class KeyedTable {
    * has had that update. Returns a function that unsubscribes.
    */
   subscribe(listener, onError) {
+    // Too late to hear it happen: told at once, as a stream handle tells its late subscribers.
+    if (this.#error) queueMicrotask(() => onError?.(this.#error.e));
     const entry = { listener, onError };
     this.#listeners.add(entry);
     return () => this.#listeners.delete(entry);
   }
 
-  /** Stops reading (the rows stay readable), saving a last snapshot to the store first. */
+  /**
+   * Stops reading (the rows stay readable), saving a last snapshot to the store first; without
+   * waiting for a listener still running.
+   */
   cancel() {
     if (this.#cancelled) return;
     this.#cancelled = true;
+    this.#stopped.resolve();
     this.#handle?.cancel();
   }
 
@@ -240,7 +252,15 @@ export class KeyedTable {
   async #run() {
     try {
       if (this.#store && !this.#restored) {
-        const saved = await this.#store.load();
+        let saved;
+        try {
+          saved = await Promise.race([this.#store.load(), this.#stopped.promise]);
+        } catch (e) {
+          // A cache that cannot be read (storage blocked, a database lost): read the stream
+          // from the start, as without one. After a turn, so that listeners are subscribed.
+          await null;
+          this.#storeFailed(e);
+        }
         if (saved !== undefined && saved !== null && snapshotProblem(saved) === null) this.#restore(saved);
       }
       for (;;) {
@@ -257,6 +277,8 @@ export class KeyedTable {
           this.#clear();
           this.#offset = '-1';
           this.#incarnation = undefined;
+          // What the store holds is the old stream's, even at an offset the new one reaches.
+          this.#savedOffset = undefined;
           // As the reset update says: the rows are gone, and the table reads from the start.
           this.#upToDate = false;
           this.#closed = false;
@@ -273,6 +295,7 @@ export class KeyedTable {
       this.#ready.resolve();
       this.#finished.resolve();
     } catch (e) {
+      this.#error = { e };
       clearTimeout(this.#saveTimer);
       this.#saveTimer = null;
       this.#ready.reject(e);
@@ -303,7 +326,9 @@ export class KeyedTable {
       this.#restored = false;
       this.#incarnation = batch.incarnation;
       const update = this.#apply(batch);
-      await this.#notify(update);
+      // Cancelled, the table does not wait for a listener that never settles (the rows are
+      // already whole, and saved below).
+      await Promise.race([this.#notify(update), this.#stopped.promise]);
       if (this.#upToDate) this.#ready.resolve();
       await this.#save(false);
     }
@@ -357,8 +382,13 @@ export class KeyedTable {
       try {
         await listener(update);
       } catch (e) {
-        if (onError) onError(e);
-        else unhandled ??= { error: e };
+        try {
+          if (!onError) throw e;
+          onError(e);
+        } catch (e) {
+          // Unhandled (no onError, or one that threw too): the other listeners still get the update.
+          unhandled ??= { error: e };
+        }
       }
     }
     if (unhandled) throw unhandled.error;
@@ -393,18 +423,23 @@ export class KeyedTable {
     } catch (e) {
       // The store is a cache: a full localStorage must not stop the table. It tries again at
       // the next save.
-      const subscribed = [...this.#listeners].filter((l) => l.onError);
-      for (const { onError } of subscribed) {
-        try {
-          onError(e);
-        } catch (thrown) {
-          queueMicrotask(() => {
-            throw thrown;
-          });
-        }
-      }
-      if (subscribed.length === 0) console.warn('edgestream table: the store could not save:', e);
+      this.#storeFailed(e);
     }
+  }
+
+  /** Tells every `onError` (or the console, with none) that the store failed. */
+  #storeFailed(e) {
+    const subscribed = [...this.#listeners].filter((l) => l.onError);
+    for (const { onError } of subscribed) {
+      try {
+        onError(e);
+      } catch (thrown) {
+        queueMicrotask(() => {
+          throw thrown;
+        });
+      }
+    }
+    if (subscribed.length === 0) console.warn('edgestream table: the store failed:', e);
   }
 }
 

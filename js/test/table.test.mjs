@@ -313,6 +313,19 @@ for (const [name, server] of [
       await assert.rejects(table({ url: text, live: false }).finished, (e) => e.code === 'PARSE_ERROR' && /not a JSON stream/.test(e.message));
     });
 
+    test('a message with both an operation and a control is a change, as @durable-streams/state reads it', async () => {
+      const { url } = await jsonStream(
+        change.insert('a', 'x', 1),
+        { type: 'a', key: 'y', value: 2, headers: { operation: 'insert', control: 'reset' } },
+      );
+      const t = table({ url, live: false });
+      const resets = [];
+      t.subscribe((u) => void resets.push(u.reset));
+      await t.finished;
+      assert.deepEqual(sortedRows(t), [['a', 'x', 1], ['a', 'y', 2]]);
+      assert.ok(!resets.includes(true));
+    });
+
     test('a closed stream ends the table; a producer writes its changes exactly once', async () => {
       const { url, ds } = await jsonStream();
       const t = table({ url, live: 'auto' });
@@ -387,6 +400,26 @@ test('a snapshot of a stream deleted and created again with as much data starts 
   assert.deepEqual(sortedRows(untagged), [['u', 'a', 2], ['u', 'b', 3]]);
 });
 
+test('a table that started over saves the new stream to its store, even at the offset the old snapshot had (edgestream Worker)', async () => {
+  const url = `${worker.url}/v1/stream/table-${randomUUID()}`;
+  const ds = await DurableStream.create({ url, contentType: 'application/json' });
+  await ds.append(change.insert('u', 'a', 1));
+  const storage = memoryStorage();
+  const store = storageStore(storage, 'u');
+  await table({ url, live: false, store }).finished;
+  const old = JSON.parse(storage.getItem('u'));
+  await ds.delete();
+  const again = await DurableStream.create({ url, contentType: 'application/json' });
+  await again.append(change.insert('u', 'a', 2)); // as many bytes: the same offset
+  const t = table({ url, live: false, store });
+  await t.finished;
+  assert.equal(t.offset, old.offset);
+  const saved = JSON.parse(storage.getItem('u'));
+  assert.notEqual(saved.incarnation, old.incarnation);
+  assert.deepEqual(saved, t.snapshot());
+  assert.deepEqual(saved.rows, [['u', 'a', 2]]);
+});
+
 test('ready() rejects when the table is cancelled first; an aborted signal stops it', async () => {
   const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
   await DurableStream.create({ url, contentType: 'application/json' });
@@ -397,6 +430,33 @@ test('ready() rejects when the table is cancelled first; an aborted signal stops
   await assert.rejects(t.ready(), (e) => e.code === 'ABORTED' && e.cause === reason);
   await t.finished;
   assert.equal(t.size, 0);
+});
+
+test("cancelling a table whose store's load() never settles (an IndexedDB open blocked by another tab) ends it", { timeout: 5_000 }, async () => {
+  const hung = { load: () => new Promise(() => {}), save: () => {} };
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
+  const t = table({ url, store: hung });
+  t.cancel();
+  await assert.rejects(t.ready(), { code: 'ABORTED' });
+  await t.finished;
+  const controller = new AbortController();
+  const aborted = table({ url, store: hung, signal: controller.signal });
+  controller.abort();
+  await assert.rejects(aborted.ready(), { code: 'ABORTED' });
+  await aborted.finished;
+});
+
+test('cancel() ends a table whose listener never settles, and saves its snapshot, as a stream handle ends', { timeout: 10_000 }, async () => {
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
+  await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify([change.insert('a', 'b', 1)]) });
+  const storage = memoryStorage();
+  const t = table({ url, live: 'long-poll', store: storageStore(storage, 't'), saveEveryMs: 60_000 });
+  const called = new Promise((resolve) => t.subscribe(() => (resolve(), new Promise(() => {}))));
+  await called;
+  t.cancel();
+  await t.finished;
+  assert.deepEqual(JSON.parse(storage.getItem('t')), t.snapshot());
+  assert.deepEqual(sortedRows(t), [['a', 'b', 1]]);
 });
 
 test('tables let go of a shared signal when they end, and aborting it stops the live ones', async () => {
@@ -433,6 +493,56 @@ test("an onError that throws does not keep the error that ends the table from th
   } finally {
     process.off('unhandledRejection', onUnhandled);
   }
+});
+
+test("a listener that subscribes after the table failed hears why in its onError, as on a stream handle", { timeout: 5_000 }, async () => {
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`; // never created: NOT_FOUND
+  const t = table({ url, live: false });
+  await assert.rejects(t.finished, { code: 'NOT_FOUND' });
+  const heard = await new Promise((resolve) => t.subscribe(() => resolve('an update'), resolve));
+  assert.equal(heard.code, 'NOT_FOUND');
+});
+
+test('a store whose load() fails does not stop the table: onError hears of it, and the table reads from the start and saves', { timeout: 10_000 }, async () => {
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
+  await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify([change.insert('a', 'b', 1)]) });
+  for (const load of [
+    () => {
+      throw new DOMException('the storage is blocked', 'SecurityError');
+    },
+    async () => {
+      throw new DOMException('the database connection was lost', 'UnknownError');
+    },
+  ]) {
+    const saved = [];
+    const t = table({ url, live: false, store: { load, save: (s) => void saved.push(s) } });
+    const errors = [];
+    t.subscribe(() => {}, (e) => errors.push(e.name));
+    await t.finished;
+    assert.equal(errors.length, 1);
+    assert.match(errors[0], /SecurityError|UnknownError/);
+    assert.deepEqual(sortedRows(t), [['a', 'b', 1]]);
+    assert.deepEqual(saved.at(-1), t.snapshot());
+  }
+});
+
+test("a listener whose onError throws too keeps the update from no other listener; its error then ends the table", { timeout: 10_000 }, async () => {
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
+  await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify([change.insert('a', 'b', 1)]) });
+  const t = table({ url, live: 'long-poll' });
+  const second = new Error('a bug in onError');
+  t.subscribe(
+    () => {
+      throw new Error('a bug in the listener');
+    },
+    () => {
+      throw second;
+    },
+  );
+  const seen = [];
+  t.subscribe((u) => void seen.push(u.offset), () => {});
+  await assert.rejects(t.finished, (e) => e === second);
+  assert.deepEqual(seen, [t.offset]);
 });
 
 test('bad arguments are refused with INVALID_ARGUMENT', () => {
