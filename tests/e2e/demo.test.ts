@@ -333,6 +333,28 @@ describe('layout', () => {
     await context.close();
   });
 
+  test('right-to-left names and messages keep the line in order: name, text, time', async () => {
+    const { page, context } = await openPage();
+    await openRoom(page, `rtl${Date.now()}`);
+    const sent = [['דנה', 'שלום עולם!'], ['ada', 'مرحبا 123'], ['سارة', 'hi 42']];
+    for (const [who, text] of sent) await send(page, who, text);
+    await expect.poll(() => messages(page)).toEqual(sent.map(([, text]) => text));
+    // Each part as the line lays it out: with the parts not isolated from each other, the
+    // bidi algorithm reorders one's characters among its neighbours' (the time's digits end up
+    // on both sides of a Hebrew message, a Hebrew name after its Hebrew message).
+    const layout = await page.locator('#messages li').evaluateAll((lis) =>
+      lis.map((li) => ['.who', '.text', 'time'].map((s) => {
+        const r = li.querySelector(s)!.getBoundingClientRect();
+        return { left: r.left, right: r.right };
+      })),
+    );
+    for (const [who, text, time] of layout) {
+      expect(who.right).toBeLessThanOrEqual(text.left + 0.5);
+      expect(text.right).toBeLessThanOrEqual(time.left + 0.5);
+    }
+    await context.close();
+  });
+
   test('a long unbroken message wraps in All rooms on a wide page', async () => {
     const { page, context } = await openPage();
     // All rooms first: that creates the `rooms` channel, which the room then feeds.

@@ -263,6 +263,9 @@ const rooms = {
     const text = document.createElement('span');
     text.className = 'text';
     text.textContent = m.text;
+    // Each part takes its own direction, isolated from the others: a right-to-left name or
+    // message would otherwise be reordered with its neighbours (the time's digits on both sides).
+    who.dir = text.dir = 'auto';
     const time = document.createElement('time');
     time.dateTime = new Date(m.at).toISOString();
     time.textContent = clock(m.at);
@@ -417,6 +420,7 @@ const inventory = {
       return td;
     };
     const name = document.createElement('input');
+    name.dir = 'auto';
     name.setAttribute('aria-label', `Item ${id}`);
     const qty = document.createElement('input');
     qty.type = 'number';
