@@ -151,6 +151,53 @@ describe('rooms', () => {
     await a.context.close();
   });
 
+  test('a message whose send failed after it landed, sent again, shows once (here, in All rooms, after a reload)', async () => {
+    const room = `again${Date.now()}`;
+    const watcher = await openPage();
+    await watcher.page.click('#all-rooms');
+    await expect.poll(() => state(watcher.page), { timeout: 10_000 }).toBe('live');
+    const a = await openPage();
+    await openRoom(a.page, room);
+    // The first send reaches the server, and its answer is lost (the connection drops).
+    const url = `**/v1/stream/rooms/${room}`;
+    let lost = 0;
+    await a.context.route(url, async (route) => {
+      if (route.request().method() !== 'POST' || lost > 0) return route.continue();
+      lost++;
+      const res = await route.fetch();
+      await res.body();
+      await route.abort('connectionreset');
+    });
+    await send(a.page, 'ada', 'hello');
+    await expect.poll(() => a.alerts.length, { timeout: 5_000 }).toBe(1);
+    expect(await a.page.inputValue('#message')).toBe('hello');
+    await a.context.unroute(url);
+    // The user sends it again, as the page invites (the text is back in the box), then another.
+    await a.page.press('#message', 'Enter');
+    await expect.poll(() => a.page.inputValue('#message')).toBe('');
+    await send(a.page, 'ada', 'next');
+    const stored = async () => {
+      const res = await fetch(`${demo.server().baseUrl}/v1/stream/rooms/${room}?offset=-1`);
+      return ((await res.json()) as { text: string }[]).map((m) => m.text);
+    };
+    await expect.poll(stored, { timeout: 5_000 }).toEqual(['hello', 'hello', 'next']);
+    await expect.poll(() => messages(a.page), { timeout: 5_000 }).toEqual(['hello', 'next']);
+    const inRoom = (p: Page) =>
+      p.locator('#messages li').evaluateAll(
+        (lis, name) => lis.filter((li) => li.querySelector('.room')?.textContent === `#${name}`).map((li) => li.querySelector('.text')?.textContent),
+        room,
+      );
+    await expect.poll(() => inRoom(watcher.page), { timeout: 5_000 }).toEqual(['hello', 'next']);
+    // A page that reads the room from the start, all of it in one batch.
+    const b = await openPage();
+    await openRoom(b.page, room);
+    await expect.poll(() => messages(b.page), { timeout: 5_000 }).toEqual(['hello', 'next']);
+    await a.page.reload();
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    expect(await messages(a.page)).toEqual(['hello', 'next']);
+    for (const p of [a, b, watcher]) await p.context.close();
+  });
+
   test('a room name the demo cannot use is refused, with the reason', async () => {
     const a = await openPage();
     // The pattern compiles (browsers use the `v` flag): no console error about it.

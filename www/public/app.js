@@ -221,6 +221,15 @@ function isMessage(m) {
   return isObject(m) && typeof m.user === 'string' && typeof m.text === 'string' && time(m.at) !== undefined;
 }
 
+/** What tells a message's copies apart from other messages: its room, writer and id (if it has one). */
+const messageKey = (m) => (typeof m.id === 'string' ? JSON.stringify([m.room ?? null, m.user, m.id]) : undefined);
+
+/**
+ * The message whose send failed, while its text is back in the box: it may have landed (the
+ * answer was lost, not the request), so sent again unchanged it keeps its id, and shows once.
+ */
+let unsent = null;
+
 const rooms = {
   list: saved.get('rooms', ['lobby', 'dev', 'random']),
   current: saved.get('room', 'lobby'),
@@ -309,7 +318,19 @@ const rooms = {
               .filter((e) => isObject(e?.data) && typeof e.stream === 'string')
               .map((e) => ({ ...e.data, room: e.stream.slice('rooms/'.length) }))
           : items;
-        const fresh = shown.filter(isMessage).slice(-500);
+        // A message sent again after its send failed, having landed (the connection dropped
+        // before the answer), carries the same id: it shows once.
+        const seen = new Set(cache.messages.map(messageKey));
+        const fresh = shown
+          .filter((m) => {
+            if (!isMessage(m)) return false;
+            const key = messageKey(m);
+            if (key === undefined) return true;
+            if (seen.has(key)) return false;
+            seen.add(key);
+            return true;
+          })
+          .slice(-500);
         for (const m of fresh) list.append(this.renderMessage(m, m.room));
         while (list.childElementCount > 500) list.firstElementChild.remove();
         cache.messages = cache.messages.concat(fresh).slice(-500);
@@ -368,9 +389,14 @@ const rooms = {
       if (!user || !text || this.current === ALL) return;
       saved.set('who', user);
       $('message').value = '';
+      const room = this.current;
+      const again = unsent && unsent.room === room && unsent.user === user && unsent.text === text;
+      const message = again ? unsent.message : { id: newId(), user, text, at: Date.now() };
+      unsent = null;
       try {
-        await post(`rooms/${this.current}`, { id: newId(), user, text, at: Date.now() });
+        await post(`rooms/${room}`, message);
       } catch (err) {
+        unsent = { room, user, text, message };
         $('message').value = text;
         alert(err.message);
       }
