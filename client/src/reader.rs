@@ -346,6 +346,15 @@ fn pairs_to_object(pairs: &[(String, String)]) -> Object {
     o
 }
 
+/// A reader dropped without `cancel()` (its handle was collected, read partly or not to its
+/// end) stops too: its `visibilitychange` listener would outlive the closure it calls, which
+/// then throws on every hide, and its live connection would stay open for nobody.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 impl Inner {
     /// Tab hidden: abort the live request; the loop waits for the tab to return.
     fn pause(&mut self) {
