@@ -187,6 +187,22 @@ describe('rooms', () => {
     await a.context.close();
     await b.context.close();
   });
+
+  test('rooms opened in two tabs of one browser are both in the list, in each tab and after a reload', async () => {
+    const a = await openPage();
+    // A second tab: the same storage.
+    const b = await openPage(a.context);
+    const one = `tab-a${Date.now()}`;
+    const two = `tab-b${Date.now()}`;
+    await openRoom(a.page, one);
+    await openRoom(b.page, two);
+    const list = (p: Page) => p.locator('#room-list button').allTextContents();
+    await expect.poll(() => list(a.page)).toEqual(expect.arrayContaining([`#${one}`, `#${two}`]));
+    await expect.poll(() => list(b.page)).toEqual(expect.arrayContaining([`#${one}`, `#${two}`]));
+    await a.page.reload();
+    await expect.poll(() => list(a.page)).toEqual(expect.arrayContaining([`#${one}`, `#${two}`]));
+    await a.context.close();
+  });
 });
 
 describe('live table', () => {

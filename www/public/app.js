@@ -353,9 +353,17 @@ const rooms = {
   add(names) {
     const fresh = [...new Set(names)].filter((name) => ROOM_NAME.test(name) && !this.list.includes(name));
     if (!fresh.length) return false;
-    this.list.push(...fresh);
+    // Other tabs of this browser may have added rooms since this one read the list: keep theirs.
+    this.merge(saved.get('rooms', []));
+    this.list.push(...fresh.filter((name) => !this.list.includes(name)));
     saved.set('rooms', this.list);
     return true;
+  },
+  /** Takes the rooms of a stored list (another tab's) that this one lacks; whether any was new. */
+  merge(stored) {
+    const more = Array.isArray(stored) ? stored.filter((name) => typeof name === 'string' && ROOM_NAME.test(name) && !this.list.includes(name)) : [];
+    this.list.push(...more);
+    return more.length > 0;
   },
   /** Adds the rooms that `created` events of the channel name, as the room form would. */
   learn(items) {
@@ -365,6 +373,10 @@ const rooms = {
     if (this.add(named)) this.renderList();
   },
   init() {
+    // A room another tab of this browser opened joins this tab's list.
+    addEventListener('storage', (e) => {
+      if (e.key === 'edgestream-demo:rooms' && this.merge(saved.get('rooms', []))) this.renderList();
+    });
     $('who').value = saved.get('who', '');
     $('who').addEventListener('change', () => saved.set('who', $('who').value.trim()));
     // The browser refuses a name that does not match the input's pattern, and says why; this
