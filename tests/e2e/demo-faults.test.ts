@@ -355,6 +355,45 @@ describe('live table', () => {
     await a.context.close();
   });
 
+  test('Save refuses what Insert refuses (no name, a quantity below 0, fractional or empty) and sends nothing', async () => {
+    const a = await openPage();
+    await a.page.click('#tab-table');
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    const posts: string[] = [];
+    a.page.on('request', (r) => {
+      if (r.method() === 'POST' && r.url().includes('/v1/stream/tables/items')) posts.push(r.postData() ?? '');
+    });
+    const name = `valid-${Date.now()}`;
+    await insert(a.page, name);
+    await expect.poll(() => names(a.page), { timeout: 5_000 }).toContain(name);
+    const row = a.page.locator(`#rows tr[data-name="${name}"]`);
+    const [nameInput, qtyInput] = await row.locator('input').all();
+    for (const [n, q] of [[name, '-3'], [name, '1.5'], [name, ''], ['', '2'], ['   ', '2']]) {
+      await nameInput.fill(n);
+      await qtyInput.fill(q);
+      await row.getByRole('button', { name: 'Save' }).click();
+      // The browser says what is wrong, on the field.
+      const invalid = await row.locator('input').evaluateAll((inputs) => inputs.map((i) => (i as HTMLInputElement).validationMessage).filter(Boolean));
+      expect(invalid, `${n}/${q}`).toHaveLength(1);
+    }
+    // A valid edit goes through: it is the only POST since the insert.
+    await nameInput.fill(name);
+    await qtyInput.fill('7');
+    await row.getByRole('button', { name: 'Save' }).click();
+    await expect.poll(() => row.locator('input').nth(1).getAttribute('data-stored'), { timeout: 5_000 }).toBe('7');
+    expect(posts).toHaveLength(2);
+    expect(JSON.parse(posts[1]).value).toMatchObject({ name, qty: 7 });
+    // Insert: only spaces is refused and said so; the name typed next goes through.
+    await insert(a.page, '   ');
+    expect(await a.page.locator('#row-name').evaluate((i) => (i as HTMLInputElement).validationMessage)).not.toBe('');
+    const next = `${name}-2`;
+    await insert(a.page, next);
+    await expect.poll(() => names(a.page), { timeout: 5_000 }).toContain(next);
+    expect(posts).toHaveLength(3);
+    expect(a.alerts).toEqual([]);
+    await a.context.close();
+  });
+
   test('a Save or Delete that fails says so, and the row stays as it was', async () => {
     const a = await openPage();
     await a.page.click('#tab-table');

@@ -418,6 +418,12 @@ const rooms = {
 
 // ---- Live table: a keyed table of State Protocol change messages ----
 
+/** Whether an item's name input is valid and holds more than spaces; if not, the browser says why. */
+function named(input) {
+  input.setCustomValidity(input.value.trim() || !input.value ? '' : 'An item needs a name, not only spaces.');
+  return input.reportValidity();
+}
+
 const inventory = {
   // State Protocol messages (`change.insert(...)`); the stream is new, so its readers never
   // meet the older demo's own event format.
@@ -457,12 +463,16 @@ const inventory = {
       td.append(content);
       return td;
     };
+    // The rules of the Insert form's fields (index.html), checked on Save.
     const name = document.createElement('input');
     name.dir = 'auto';
+    name.required = true;
+    name.maxLength = 40;
     name.setAttribute('aria-label', `Item ${id}`);
     const qty = document.createElement('input');
     qty.type = 'number';
     qty.min = '0';
+    qty.required = true;
     qty.setAttribute('aria-label', `Quantity of ${id}`);
     // What the row holds now: a field whose input differs from it is being edited.
     name.dataset.stored = qty.dataset.stored = '';
@@ -470,9 +480,10 @@ const inventory = {
     save.type = 'button';
     save.className = 'quiet';
     save.textContent = 'Save';
-    save.addEventListener('click', () =>
-      report(post(this.path, change.update('item', id, { ...tr.row, name: name.value.trim(), qty: Number(qty.value), updatedAt: Date.now() }))),
-    );
+    save.addEventListener('click', () => {
+      if (!named(name) || !qty.reportValidity()) return;
+      report(post(this.path, change.update('item', id, { ...tr.row, name: name.value.trim(), qty: Number(qty.value), updatedAt: Date.now() })));
+    });
     const remove = document.createElement('button');
     remove.type = 'button';
     remove.className = 'danger';
@@ -539,10 +550,13 @@ const inventory = {
   },
   init() {
     const button = $('row-form').querySelector('button');
+    // A name refused as only spaces (see `named`) is asked again once it changes: the form's own
+    // check would otherwise keep refusing it.
+    $('row-name').addEventListener('input', () => $('row-name').setCustomValidity(''));
     $('row-form').addEventListener('submit', async (e) => {
       e.preventDefault();
       const name = $('row-name').value.trim();
-      if (!name || this.inserting) return;
+      if (!named($('row-name')) || this.inserting) return;
       this.inserting = true;
       button.disabled = true;
       try {
