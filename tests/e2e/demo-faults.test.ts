@@ -355,6 +355,35 @@ describe('live table', () => {
     await a.context.close();
   });
 
+  test('an Insert whose answer was lost, clicked again, inserts one row', async () => {
+    const a = await openPage();
+    await a.page.click('#tab-table');
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    const url = '**/v1/stream/tables/items';
+    let lost = 0;
+    await a.context.route(url, async (route) => {
+      if (route.request().method() !== 'POST' || lost > 0) return route.continue();
+      lost++;
+      const res = await route.fetch();
+      await res.body();
+      await route.abort('connectionreset');
+    });
+    const name = `lost-${Date.now()}`;
+    await insert(a.page, name);
+    await expect.poll(() => a.alerts.length, { timeout: 5_000 }).toBe(1);
+    // The row landed; the page could not know. The name is still in the box: Insert again.
+    await expect.poll(() => names(a.page), { timeout: 5_000 }).toContain(name);
+    await a.context.unroute(url);
+    await a.page.click('#row-form button');
+    await expect.poll(() => a.page.locator('#row-name').inputValue()).toBe('');
+    const after = `${name}-after`;
+    await insert(a.page, after);
+    await expect.poll(() => names(a.page), { timeout: 5_000 }).toContain(after);
+    expect((await names(a.page)).filter((n) => n === name)).toHaveLength(1);
+    expect(a.alerts).toHaveLength(1);
+    await a.context.close();
+  });
+
   test('Save refuses what Insert refuses (no name, a quantity below 0, fractional or empty) and sends nothing', async () => {
     const a = await openPage();
     await a.page.click('#tab-table');

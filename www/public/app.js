@@ -433,6 +433,8 @@ const inventory = {
   store: { load: () => saved.get('items', undefined), save: (snapshot) => saved.set('items', snapshot) },
   /** An insert is on its way: Insert waits for it (a second click would insert the row twice). */
   inserting: false,
+  /** The insert that failed last (`{ name, qty, id, createdAt }`), which Insert sends again as it was. */
+  unsent: null,
   /**
    * Shows the rows, updating those on screen in place (keyed by id), so that a row being edited
    * keeps what was typed in it and the focus while others change.
@@ -559,12 +561,19 @@ const inventory = {
       if (!named($('row-name')) || this.inserting) return;
       this.inserting = true;
       button.disabled = true;
+      const qty = Number($('row-qty').value);
+      // An insert that failed may have landed, its answer lost: inserted again unchanged, it
+      // keeps its id, so the row is written twice, not added twice.
+      const again = this.unsent && this.unsent.name === name && this.unsent.qty === qty;
+      const now = Date.now();
+      const [id, createdAt] = again ? [this.unsent.id, this.unsent.createdAt] : [newId(), now];
+      this.unsent = null;
       try {
-        const now = Date.now();
-        await post(this.path, change.insert('item', newId(), { name, qty: Number($('row-qty').value), createdAt: now, updatedAt: now }));
+        await post(this.path, change.insert('item', id, { name, qty, createdAt, updatedAt: now }));
         // Cleared unless something else was typed meanwhile.
         if ($('row-name').value.trim() === name) $('row-name').value = '';
       } catch (err) {
+        this.unsent = { name, qty, id, createdAt };
         alert(err.message);
       } finally {
         this.inserting = false;
