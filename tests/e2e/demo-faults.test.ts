@@ -198,6 +198,31 @@ describe('rooms', () => {
     for (const p of [a, b, watcher]) await p.context.close();
   });
 
+  test('messages sent in quick succession land in the order they were sent, even when the first is slow', async () => {
+    const room = `order${Date.now()}`;
+    const a = await openPage();
+    await openRoom(a.page, room);
+    // The first send takes a while to reach the server (a slow connection).
+    const url = `**/v1/stream/rooms/${room}`;
+    let posts = 0;
+    await a.context.route(url, async (route) => {
+      if (route.request().method() === 'POST' && posts++ === 0) await new Promise((r) => setTimeout(r, 700));
+      await route.continue();
+    });
+    await a.page.fill('#who', 'ada');
+    const sent = ['one', 'two', 'three', 'four'];
+    await a.page.evaluate((texts) => {
+      for (const text of texts) {
+        (document.getElementById('message') as HTMLInputElement).value = text;
+        (document.getElementById('message-form') as HTMLFormElement).requestSubmit();
+      }
+    }, sent);
+    await expect.poll(() => messages(a.page), { timeout: 5_000 }).toHaveLength(sent.length);
+    expect(await messages(a.page)).toEqual(sent);
+    expect(a.alerts).toEqual([]);
+    await a.context.close();
+  });
+
   test('a room name the demo cannot use is refused, with the reason', async () => {
     const a = await openPage();
     // The pattern compiles (browsers use the `v` flag): no console error about it.

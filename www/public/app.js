@@ -229,6 +229,8 @@ const messageKey = (m) => (typeof m.id === 'string' ? JSON.stringify([m.room ?? 
  * answer was lost, not the request), so sent again unchanged it keeps its id, and shows once.
  */
 let unsent = null;
+/** The chat's last send: the next one starts once it has settled. */
+let sending = Promise.resolve();
 
 const rooms = {
   list: saved.get('rooms', ['lobby', 'dev', 'random']),
@@ -405,8 +407,12 @@ const rooms = {
       const again = unsent && unsent.room === room && unsent.user === user && unsent.text === text;
       const message = again ? unsent.message : { id: newId(), user, text, at: Date.now() };
       unsent = null;
+      // One send at a time, in the order they were made: sent together, a slow one would land
+      // after those sent behind it.
+      const sent = sending.then(() => post(`rooms/${room}`, message));
+      sending = sent.catch(() => {});
       try {
-        await post(`rooms/${room}`, message);
+        await sent;
       } catch (err) {
         unsent = { room, user, text, message };
         $('message').value = text;
