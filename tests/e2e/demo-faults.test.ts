@@ -548,6 +548,29 @@ describe('live table', () => {
 });
 
 describe('tail', () => {
+  test('lines appended in quick succession land in the order they were appended, even when the first is slow', async () => {
+    const a = await openPage();
+    await a.page.click('#tab-tail');
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    let posts = 0;
+    await a.context.route('**/v1/stream/tail/demo', async (route) => {
+      if (route.request().method() === 'POST' && posts++ === 0) await new Promise((r) => setTimeout(r, 700));
+      await route.continue();
+    });
+    const tag = `order-${Date.now()}`;
+    const lines = ['a', 'b', 'c'].map((l) => `${tag}-${l}`);
+    await a.page.evaluate((lines) => {
+      for (const line of lines) {
+        (document.getElementById('line') as HTMLInputElement).value = line;
+        (document.getElementById('tail-form') as HTMLFormElement).requestSubmit();
+      }
+    }, lines);
+    const ours = async () => ((await a.page.locator('#tail').textContent()) ?? '').split('\n').filter((l) => l.startsWith(tag));
+    await expect.poll(ours, { timeout: 5_000 }).toHaveLength(3);
+    expect(await ours()).toEqual(lines);
+    await a.context.close();
+  });
+
   test('an Append that fails keeps the line and says so', async () => {
     const a = await openPage();
     await a.page.click('#tab-tail');

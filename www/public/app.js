@@ -188,7 +188,21 @@ function report(writing) {
   writing.catch((err) => alert(err.message));
 }
 
-async function post(path, body, contentType = 'application/json') {
+/** The page's last append: the next one starts once it has settled. */
+let posting = Promise.resolve();
+
+/**
+ * Appends to the stream at `path`, once the page's earlier appends have settled: sent together,
+ * a slow one would land after those made behind it (chat messages, tail lines, two Saves of a
+ * row out of order).
+ */
+function post(path, body, contentType = 'application/json') {
+  const sent = posting.then(() => send(path, body, contentType));
+  posting = sent.catch(() => {});
+  return sent;
+}
+
+async function send(path, body, contentType) {
   const res = await fetch(`${API}/${path}`, {
     method: 'POST',
     headers: { 'content-type': contentType, ...(token && { authorization: `Bearer ${token}` }) },
@@ -229,8 +243,6 @@ const messageKey = (m) => (typeof m.id === 'string' ? JSON.stringify([m.room ?? 
  * answer was lost, not the request), so sent again unchanged it keeps its id, and shows once.
  */
 let unsent = null;
-/** The chat's last send: the next one starts once it has settled. */
-let sending = Promise.resolve();
 
 const rooms = {
   list: saved.get('rooms', ['lobby', 'dev', 'random']),
@@ -407,12 +419,8 @@ const rooms = {
       const again = unsent && unsent.room === room && unsent.user === user && unsent.text === text;
       const message = again ? unsent.message : { id: newId(), user, text, at: Date.now() };
       unsent = null;
-      // One send at a time, in the order they were made: sent together, a slow one would land
-      // after those sent behind it.
-      const sent = sending.then(() => post(`rooms/${room}`, message));
-      sending = sent.catch(() => {});
       try {
-        await sent;
+        await post(`rooms/${room}`, message);
       } catch (err) {
         unsent = { room, user, text, message };
         $('message').value = text;
