@@ -223,6 +223,28 @@ describe('rooms', () => {
     await a.context.close();
   });
 
+  test('stored settings the demo cannot use (another version\'s, or edited by hand) give way to its defaults', async () => {
+    const a = await openPage();
+    const set = (entries: [string, string][]) =>
+      a.page.evaluate((entries) => {
+        for (const [key, value] of entries) localStorage.setItem(`edgestream-demo:${key}`, value);
+      }, entries);
+    // A list that is not one, a room and a mode the demo has not got.
+    await set([['rooms', '{"a":1}'], ['room', '"../../x"'], ['mode', '"bogus"']]);
+    await a.page.reload();
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    expect(await a.page.locator('#room-title').textContent()).toBe('#lobby');
+    expect(await a.page.locator('#mode').inputValue()).toBe('auto');
+    expect(await a.page.locator('#room-list button').allTextContents()).toEqual(['All rooms', '#lobby', '#dev', '#random']);
+    // A list with names the demo cannot use: those are left out.
+    await set([['rooms', '[1, null, "../x", "ok-room"]']]);
+    await a.page.reload();
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    expect(await a.page.locator('#room-list button').allTextContents()).toEqual(['All rooms', '#ok-room']);
+    expect(a.errors).toEqual([]);
+    await a.context.close();
+  });
+
   test('a room name the demo cannot use is refused, with the reason', async () => {
     const a = await openPage();
     // The pattern compiles (browsers use the `v` flag): no console error about it.

@@ -43,6 +43,8 @@ const isObject = (value) => value !== null && typeof value === 'object' && !Arra
 // ---- the live connection of the visible view ----
 
 let mode = saved.get('mode', 'auto');
+// What was stored may be another version's, or edited by hand: only a mode the page offers.
+if (![...$('mode').options].some((option) => option.value === mode)) mode = 'auto';
 let active = null; // { handle, controller, path, hadBatch, stopped }
 /** The path of the view whose reader failed last, until that view reads a batch again. */
 let failing = null;
@@ -225,6 +227,7 @@ const ALL = '*';
  * with capitals and spaces around it, which the room form folds and trims.
  */
 const ROOM_NAME = /^[a-z0-9-]{1,32}$/;
+const isRoomName = (name) => typeof name === 'string' && ROOM_NAME.test(name);
 const ROOM_NAME_RULE = 'A room name is 1 to 32 letters, digits and dashes (taken in lowercase).';
 
 /**
@@ -245,8 +248,10 @@ const messageKey = (m) => (typeof m.id === 'string' ? JSON.stringify([m.room ?? 
 let unsent = null;
 
 const rooms = {
-  list: saved.get('rooms', ['lobby', 'dev', 'random']),
-  current: saved.get('room', 'lobby'),
+  // Stored lists and rooms are taken only as far as they name rooms (they may be another
+  // version's, or edited by hand).
+  list: ((stored) => (Array.isArray(stored) ? stored.filter(isRoomName) : ['lobby', 'dev', 'random']))(saved.get('rooms', null)),
+  current: ((stored) => (stored === ALL || isRoomName(stored) ? stored : 'lobby'))(saved.get('room', 'lobby')),
   /** Per room: the messages rendered so far and the offset after them. */
   cache(room) {
     const cache = saved.get(`room:${room}`, null);
@@ -375,7 +380,7 @@ const rooms = {
   },
   /** Takes the rooms of a stored list (another tab's) that this one lacks; whether any was new. */
   merge(stored) {
-    const more = Array.isArray(stored) ? stored.filter((name) => typeof name === 'string' && ROOM_NAME.test(name) && !this.list.includes(name)) : [];
+    const more = Array.isArray(stored) ? stored.filter((name) => isRoomName(name) && !this.list.includes(name)) : [];
     this.list.push(...more);
     return more.length > 0;
   },
