@@ -188,6 +188,38 @@ describe('rooms', () => {
     await b.context.close();
   });
 
+  test('a reader scrolled up in a room is not pulled down by new messages; at the bottom, or after sending, it follows them', async () => {
+    const { page, context } = await openPage();
+    const room = `scroll${Date.now()}`;
+    await openRoom(page, room);
+    const post = async (texts: string[]) => {
+      const body = JSON.stringify(texts.map((text, i) => ({ id: `${text}-${i}`, user: 'bob', text, at: Date.now() })));
+      const res = await fetch(`${demo.server().baseUrl}/v1/stream/rooms/${room}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      expect(res.status).toBe(204);
+    };
+    const list = page.locator('#messages');
+    const fromBottom = () => list.evaluate((el) => el.scrollHeight - el.scrollTop - el.clientHeight);
+    await post(Array.from({ length: 40 }, (_, i) => `old ${i}`));
+    await expect.poll(async () => (await messages(page)).length, { timeout: 5_000 }).toBe(40);
+    expect(await fromBottom()).toBeLessThan(2);
+    // Scrolled up to read: a new message leaves the view where it is.
+    await list.evaluate((el) => (el.scrollTop = 0));
+    await post(['while reading']);
+    await expect.poll(async () => (await messages(page)).at(-1), { timeout: 5_000 }).toBe('while reading');
+    expect(await list.evaluate((el) => el.scrollTop)).toBe(0);
+    // Back at the bottom: new messages keep it there.
+    await list.evaluate((el) => (el.scrollTop = el.scrollHeight));
+    await post(['at the bottom']);
+    await expect.poll(async () => (await messages(page)).at(-1), { timeout: 5_000 }).toBe('at the bottom');
+    expect(await fromBottom()).toBeLessThan(2);
+    // Scrolled up, the reader sends a message: the view goes down to it.
+    await list.evaluate((el) => (el.scrollTop = 0));
+    await send(page, 'ada', 'my own');
+    await expect.poll(async () => (await messages(page)).at(-1), { timeout: 5_000 }).toBe('my own');
+    expect(await fromBottom()).toBeLessThan(2);
+    await context.close();
+  });
+
   test('rooms opened in two tabs of one browser are both in the list, in each tab and after a reload', async () => {
     const a = await openPage();
     // A second tab: the same storage.

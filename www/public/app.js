@@ -215,6 +215,9 @@ async function send(path, body, contentType) {
   await res.arrayBuffer();
 }
 
+/** Whether `el` is scrolled to its end (within a few pixels), where new content keeps it. */
+const atBottom = (el) => el.scrollHeight - el.scrollTop - el.clientHeight < 8;
+
 const newId = () => (crypto.randomUUID?.() ?? `${Date.now()}-${Math.random()}`).slice(0, 8);
 const clock = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
 
@@ -350,13 +353,15 @@ const rooms = {
             return true;
           })
           .slice(-500);
+        // Followed down only by a reader at the bottom: one scrolled up to read stays there.
+        const following = atBottom(list);
         for (const m of fresh) list.append(this.renderMessage(m, m.room));
         while (list.childElementCount > 500) list.firstElementChild.remove();
         cache.messages = cache.messages.concat(fresh).slice(-500);
         cache.offset = batch.offset;
         cache.incarnation = batch.incarnation;
         saved.set(`room:${room}`, cache);
-        if (fresh.length) list.scrollTop = list.scrollHeight;
+        if (fresh.length && following) list.scrollTop = list.scrollHeight;
         if (batch.upToDate) list.dataset.caughtUp = '';
       },
       onReset: () => {
@@ -420,6 +425,8 @@ const rooms = {
       if (!user || !text || this.current === ALL) return;
       saved.set('who', user);
       $('message').value = '';
+      // Whoever sends follows the room again, down to their message.
+      $('messages').scrollTop = $('messages').scrollHeight;
       const room = this.current;
       const again = unsent && unsent.room === room && unsent.user === user && unsent.text === text;
       const message = again ? unsent.message : { id: newId(), user, text, at: Date.now() };
@@ -626,13 +633,14 @@ const tail = {
           this.state.text = (this.state.text + text).slice(-TAIL_KEEP);
           // Appended while it fits; past that, the screen is trimmed to what is kept.
           shown += text.length;
+          const following = atBottom(pre);
           if (shown > TAIL_KEEP) {
             pre.textContent = this.state.text;
             shown = this.state.text.length;
           } else {
             pre.append(text);
           }
-          pre.scrollTop = pre.scrollHeight;
+          if (following) pre.scrollTop = pre.scrollHeight;
         }
         this.state.offset = batch.offset;
         this.state.incarnation = batch.incarnation;
