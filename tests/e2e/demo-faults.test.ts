@@ -198,6 +198,32 @@ describe('rooms', () => {
     for (const p of [a, b, watcher]) await p.context.close();
   });
 
+  test('a send that fails after the page moved to another room is not put in that room\'s box', async () => {
+    const stamp = Date.now();
+    const [first, second] = [`from${stamp}`, `to${stamp}`];
+    const a = await openPage();
+    await openRoom(a.page, second);
+    await openRoom(a.page, first);
+    // The send to the first room hangs, then fails, once the page shows the second.
+    let fail: () => void = () => {};
+    const failed = new Promise<void>((r) => (fail = r));
+    await a.context.route(`**/v1/stream/rooms/${first}`, async (route) => {
+      if (route.request().method() !== 'POST') return route.continue();
+      await failed;
+      await route.abort('connectionreset');
+    });
+    await send(a.page, 'ada', 'meant for the first room');
+    await a.page.click(`#room-list button:text-is("#${second}")`);
+    await expect.poll(() => a.page.locator('#room-title').textContent()).toBe(`#${second}`);
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    fail();
+    await expect.poll(() => a.alerts.length, { timeout: 5_000 }).toBe(1);
+    expect(a.alerts[0]).toContain(`#${first}`);
+    // Enter in the second room cannot send the first room's message there.
+    expect(await a.page.inputValue('#message')).toBe('');
+    await a.context.close();
+  });
+
   test('messages sent in quick succession land in the order they were sent, even when the first is slow', async () => {
     const room = `order${Date.now()}`;
     const a = await openPage();

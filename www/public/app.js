@@ -434,6 +434,11 @@ const rooms = {
       try {
         await post(`rooms/${room}`, message);
       } catch (err) {
+        if (this.current !== room) {
+          // The page shows another room now: the text back in the box would be sent there.
+          alert(`Your message to #${room} was not sent (${err.message}): "${text}"`);
+          return;
+        }
         unsent = { room, user, text, message };
         $('message').value = text;
         alert(err.message);
