@@ -346,6 +346,15 @@ fn pairs_to_object(pairs: &[(String, String)]) -> Object {
     o
 }
 
+/// A reader dropped without `cancel()` (its handle was collected, read partly or not to its
+/// end) stops too: its `visibilitychange` listener would outlive the closure it calls, which
+/// then throws on every hide, and its live connection would stay open for nobody.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 impl Inner {
     /// Tab hidden: abort the live request; the loop waits for the tab to return.
     fn pause(&mut self) {
@@ -868,7 +877,9 @@ fn on_sse_chunk(
     // The connection ended (servers close SSE about once a minute, or it broke): resume from
     // the last offset. Connections that keep ending at once without data suggest a buffering
     // proxy; each is followed by a backoff, so a proxy that lets control events through cannot
-    // turn the reader into a busy loop.
+    // turn the reader into a busy loop. One that broke (a read error: a network that drops, not
+    // a response that ended) says nothing of a proxy, and is backed off from without counting.
+    let broke = chunk.is_err();
     let conn = s.sse.take();
     let lived = conn
         .as_ref()
@@ -881,10 +892,12 @@ fn on_sse_chunk(
         s.short_sse = 0;
         return Ok(None);
     }
-    s.short_sse += 1;
-    if s.short_sse >= SHORT_SSE_LIMIT {
-        s.phase = Phase::LongPoll;
-        return Ok(None);
+    if !broke {
+        s.short_sse += 1;
+        if s.short_sse >= SHORT_SSE_LIMIT {
+            s.phase = Phase::LongPoll;
+            return Ok(None);
+        }
     }
     let cause = match chunk {
         Err(e) => http::network_error("GET", &s.url, &e).into(),

@@ -151,6 +151,126 @@ describe('rooms', () => {
     await a.context.close();
   });
 
+  test('a message whose send failed after it landed, sent again, shows once (here, in All rooms, after a reload)', async () => {
+    const room = `again${Date.now()}`;
+    const watcher = await openPage();
+    await watcher.page.click('#all-rooms');
+    await expect.poll(() => state(watcher.page), { timeout: 10_000 }).toBe('live');
+    const a = await openPage();
+    await openRoom(a.page, room);
+    // The first send reaches the server, and its answer is lost (the connection drops).
+    const url = `**/v1/stream/rooms/${room}`;
+    let lost = 0;
+    await a.context.route(url, async (route) => {
+      if (route.request().method() !== 'POST' || lost > 0) return route.continue();
+      lost++;
+      const res = await route.fetch();
+      await res.body();
+      await route.abort('connectionreset');
+    });
+    await send(a.page, 'ada', 'hello');
+    await expect.poll(() => a.alerts.length, { timeout: 5_000 }).toBe(1);
+    expect(await a.page.inputValue('#message')).toBe('hello');
+    await a.context.unroute(url);
+    // The user sends it again, as the page invites (the text is back in the box), then another.
+    await a.page.press('#message', 'Enter');
+    await expect.poll(() => a.page.inputValue('#message')).toBe('');
+    await send(a.page, 'ada', 'next');
+    const stored = async () => {
+      const res = await fetch(`${demo.server().baseUrl}/v1/stream/rooms/${room}?offset=-1`);
+      return ((await res.json()) as { text: string }[]).map((m) => m.text);
+    };
+    await expect.poll(stored, { timeout: 5_000 }).toEqual(['hello', 'hello', 'next']);
+    await expect.poll(() => messages(a.page), { timeout: 5_000 }).toEqual(['hello', 'next']);
+    const inRoom = (p: Page) =>
+      p.locator('#messages li').evaluateAll(
+        (lis, name) => lis.filter((li) => li.querySelector('.room')?.textContent === `#${name}`).map((li) => li.querySelector('.text')?.textContent),
+        room,
+      );
+    await expect.poll(() => inRoom(watcher.page), { timeout: 5_000 }).toEqual(['hello', 'next']);
+    // A page that reads the room from the start, all of it in one batch.
+    const b = await openPage();
+    await openRoom(b.page, room);
+    await expect.poll(() => messages(b.page), { timeout: 5_000 }).toEqual(['hello', 'next']);
+    await a.page.reload();
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    expect(await messages(a.page)).toEqual(['hello', 'next']);
+    for (const p of [a, b, watcher]) await p.context.close();
+  });
+
+  test('a send that fails after the page moved to another room is not put in that room\'s box', async () => {
+    const stamp = Date.now();
+    const [first, second] = [`from${stamp}`, `to${stamp}`];
+    const a = await openPage();
+    await openRoom(a.page, second);
+    await openRoom(a.page, first);
+    // The send to the first room hangs, then fails, once the page shows the second.
+    let fail: () => void = () => {};
+    const failed = new Promise<void>((r) => (fail = r));
+    await a.context.route(`**/v1/stream/rooms/${first}`, async (route) => {
+      if (route.request().method() !== 'POST') return route.continue();
+      await failed;
+      await route.abort('connectionreset');
+    });
+    await send(a.page, 'ada', 'meant for the first room');
+    await a.page.click(`#room-list button:text-is("#${second}")`);
+    await expect.poll(() => a.page.locator('#room-title').textContent()).toBe(`#${second}`);
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    fail();
+    await expect.poll(() => a.alerts.length, { timeout: 5_000 }).toBe(1);
+    expect(a.alerts[0]).toContain(`#${first}`);
+    // Enter in the second room cannot send the first room's message there.
+    expect(await a.page.inputValue('#message')).toBe('');
+    await a.context.close();
+  });
+
+  test('messages sent in quick succession land in the order they were sent, even when the first is slow', async () => {
+    const room = `order${Date.now()}`;
+    const a = await openPage();
+    await openRoom(a.page, room);
+    // The first send takes a while to reach the server (a slow connection).
+    const url = `**/v1/stream/rooms/${room}`;
+    let posts = 0;
+    await a.context.route(url, async (route) => {
+      if (route.request().method() === 'POST' && posts++ === 0) await new Promise((r) => setTimeout(r, 700));
+      await route.continue();
+    });
+    await a.page.fill('#who', 'ada');
+    const sent = ['one', 'two', 'three', 'four'];
+    await a.page.evaluate((texts) => {
+      for (const text of texts) {
+        (document.getElementById('message') as HTMLInputElement).value = text;
+        (document.getElementById('message-form') as HTMLFormElement).requestSubmit();
+      }
+    }, sent);
+    await expect.poll(() => messages(a.page), { timeout: 5_000 }).toHaveLength(sent.length);
+    expect(await messages(a.page)).toEqual(sent);
+    expect(a.alerts).toEqual([]);
+    await a.context.close();
+  });
+
+  test('stored settings the demo cannot use (another version\'s, or edited by hand) give way to its defaults', async () => {
+    const a = await openPage();
+    const set = (entries: [string, string][]) =>
+      a.page.evaluate((entries) => {
+        for (const [key, value] of entries) localStorage.setItem(`edgestream-demo:${key}`, value);
+      }, entries);
+    // A list that is not one, a room and a mode the demo has not got.
+    await set([['rooms', '{"a":1}'], ['room', '"../../x"'], ['mode', '"bogus"']]);
+    await a.page.reload();
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    expect(await a.page.locator('#room-title').textContent()).toBe('#lobby');
+    expect(await a.page.locator('#mode').inputValue()).toBe('auto');
+    expect(await a.page.locator('#room-list button').allTextContents()).toEqual(['All rooms', '#lobby', '#dev', '#random']);
+    // A list with names the demo cannot use: those are left out.
+    await set([['rooms', '[1, null, "../x", "ok-room"]']]);
+    await a.page.reload();
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    expect(await a.page.locator('#room-list button').allTextContents()).toEqual(['All rooms', '#ok-room']);
+    expect(a.errors).toEqual([]);
+    await a.context.close();
+  });
+
   test('a room name the demo cannot use is refused, with the reason', async () => {
     const a = await openPage();
     // The pattern compiles (browsers use the `v` flag): no console error about it.
@@ -308,6 +428,74 @@ describe('live table', () => {
     await a.context.close();
   });
 
+  test('an Insert whose answer was lost, clicked again, inserts one row', async () => {
+    const a = await openPage();
+    await a.page.click('#tab-table');
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    const url = '**/v1/stream/tables/items';
+    let lost = 0;
+    await a.context.route(url, async (route) => {
+      if (route.request().method() !== 'POST' || lost > 0) return route.continue();
+      lost++;
+      const res = await route.fetch();
+      await res.body();
+      await route.abort('connectionreset');
+    });
+    const name = `lost-${Date.now()}`;
+    await insert(a.page, name);
+    await expect.poll(() => a.alerts.length, { timeout: 5_000 }).toBe(1);
+    // The row landed; the page could not know. The name is still in the box: Insert again.
+    await expect.poll(() => names(a.page), { timeout: 5_000 }).toContain(name);
+    await a.context.unroute(url);
+    await a.page.click('#row-form button');
+    await expect.poll(() => a.page.locator('#row-name').inputValue()).toBe('');
+    const after = `${name}-after`;
+    await insert(a.page, after);
+    await expect.poll(() => names(a.page), { timeout: 5_000 }).toContain(after);
+    expect((await names(a.page)).filter((n) => n === name)).toHaveLength(1);
+    expect(a.alerts).toHaveLength(1);
+    await a.context.close();
+  });
+
+  test('Save refuses what Insert refuses (no name, a quantity below 0, fractional or empty) and sends nothing', async () => {
+    const a = await openPage();
+    await a.page.click('#tab-table');
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    const posts: string[] = [];
+    a.page.on('request', (r) => {
+      if (r.method() === 'POST' && r.url().includes('/v1/stream/tables/items')) posts.push(r.postData() ?? '');
+    });
+    const name = `valid-${Date.now()}`;
+    await insert(a.page, name);
+    await expect.poll(() => names(a.page), { timeout: 5_000 }).toContain(name);
+    const row = a.page.locator(`#rows tr[data-name="${name}"]`);
+    const [nameInput, qtyInput] = await row.locator('input').all();
+    for (const [n, q] of [[name, '-3'], [name, '1.5'], [name, ''], ['', '2'], ['   ', '2']]) {
+      await nameInput.fill(n);
+      await qtyInput.fill(q);
+      await row.getByRole('button', { name: 'Save' }).click();
+      // The browser says what is wrong, on the field.
+      const invalid = await row.locator('input').evaluateAll((inputs) => inputs.map((i) => (i as HTMLInputElement).validationMessage).filter(Boolean));
+      expect(invalid, `${n}/${q}`).toHaveLength(1);
+    }
+    // A valid edit goes through: it is the only POST since the insert.
+    await nameInput.fill(name);
+    await qtyInput.fill('7');
+    await row.getByRole('button', { name: 'Save' }).click();
+    await expect.poll(() => row.locator('input').nth(1).getAttribute('data-stored'), { timeout: 5_000 }).toBe('7');
+    expect(posts).toHaveLength(2);
+    expect(JSON.parse(posts[1]).value).toMatchObject({ name, qty: 7 });
+    // Insert: only spaces is refused and said so; the name typed next goes through.
+    await insert(a.page, '   ');
+    expect(await a.page.locator('#row-name').evaluate((i) => (i as HTMLInputElement).validationMessage)).not.toBe('');
+    const next = `${name}-2`;
+    await insert(a.page, next);
+    await expect.poll(() => names(a.page), { timeout: 5_000 }).toContain(next);
+    expect(posts).toHaveLength(3);
+    expect(a.alerts).toEqual([]);
+    await a.context.close();
+  });
+
   test('a Save or Delete that fails says so, and the row stays as it was', async () => {
     const a = await openPage();
     await a.page.click('#tab-table');
@@ -408,6 +596,29 @@ describe('live table', () => {
 });
 
 describe('tail', () => {
+  test('lines appended in quick succession land in the order they were appended, even when the first is slow', async () => {
+    const a = await openPage();
+    await a.page.click('#tab-tail');
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    let posts = 0;
+    await a.context.route('**/v1/stream/tail/demo', async (route) => {
+      if (route.request().method() === 'POST' && posts++ === 0) await new Promise((r) => setTimeout(r, 700));
+      await route.continue();
+    });
+    const tag = `order-${Date.now()}`;
+    const lines = ['a', 'b', 'c'].map((l) => `${tag}-${l}`);
+    await a.page.evaluate((lines) => {
+      for (const line of lines) {
+        (document.getElementById('line') as HTMLInputElement).value = line;
+        (document.getElementById('tail-form') as HTMLFormElement).requestSubmit();
+      }
+    }, lines);
+    const ours = async () => ((await a.page.locator('#tail').textContent()) ?? '').split('\n').filter((l) => l.startsWith(tag));
+    await expect.poll(ours, { timeout: 5_000 }).toHaveLength(3);
+    expect(await ours()).toEqual(lines);
+    await a.context.close();
+  });
+
   test('an Append that fails keeps the line and says so', async () => {
     const a = await openPage();
     await a.page.click('#tab-tail');

@@ -187,6 +187,54 @@ describe('rooms', () => {
     await a.context.close();
     await b.context.close();
   });
+
+  test('a reader scrolled up in a room is not pulled down by new messages; at the bottom, or after sending, it follows them', async () => {
+    const { page, context } = await openPage();
+    const room = `scroll${Date.now()}`;
+    await openRoom(page, room);
+    const post = async (texts: string[]) => {
+      const body = JSON.stringify(texts.map((text, i) => ({ id: `${text}-${i}`, user: 'bob', text, at: Date.now() })));
+      const res = await fetch(`${demo.server().baseUrl}/v1/stream/rooms/${room}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      expect(res.status).toBe(204);
+    };
+    const list = page.locator('#messages');
+    const fromBottom = () => list.evaluate((el) => el.scrollHeight - el.scrollTop - el.clientHeight);
+    await post(Array.from({ length: 40 }, (_, i) => `old ${i}`));
+    await expect.poll(async () => (await messages(page)).length, { timeout: 5_000 }).toBe(40);
+    expect(await fromBottom()).toBeLessThan(2);
+    // Scrolled up to read: a new message leaves the view where it is.
+    await list.evaluate((el) => (el.scrollTop = 0));
+    await post(['while reading']);
+    await expect.poll(async () => (await messages(page)).at(-1), { timeout: 5_000 }).toBe('while reading');
+    expect(await list.evaluate((el) => el.scrollTop)).toBe(0);
+    // Back at the bottom: new messages keep it there.
+    await list.evaluate((el) => (el.scrollTop = el.scrollHeight));
+    await post(['at the bottom']);
+    await expect.poll(async () => (await messages(page)).at(-1), { timeout: 5_000 }).toBe('at the bottom');
+    expect(await fromBottom()).toBeLessThan(2);
+    // Scrolled up, the reader sends a message: the view goes down to it.
+    await list.evaluate((el) => (el.scrollTop = 0));
+    await send(page, 'ada', 'my own');
+    await expect.poll(async () => (await messages(page)).at(-1), { timeout: 5_000 }).toBe('my own');
+    expect(await fromBottom()).toBeLessThan(2);
+    await context.close();
+  });
+
+  test('rooms opened in two tabs of one browser are both in the list, in each tab and after a reload', async () => {
+    const a = await openPage();
+    // A second tab: the same storage.
+    const b = await openPage(a.context);
+    const one = `tab-a${Date.now()}`;
+    const two = `tab-b${Date.now()}`;
+    await openRoom(a.page, one);
+    await openRoom(b.page, two);
+    const list = (p: Page) => p.locator('#room-list button').allTextContents();
+    await expect.poll(() => list(a.page)).toEqual(expect.arrayContaining([`#${one}`, `#${two}`]));
+    await expect.poll(() => list(b.page)).toEqual(expect.arrayContaining([`#${one}`, `#${two}`]));
+    await a.page.reload();
+    await expect.poll(() => list(a.page)).toEqual(expect.arrayContaining([`#${one}`, `#${two}`]));
+    await a.context.close();
+  });
 });
 
 describe('live table', () => {
@@ -330,6 +378,28 @@ describe('layout', () => {
     await page.click('#tab-tail');
     await expect.poll(() => page.locator('#state').textContent(), { timeout: 10_000 }).toBe('live');
     expect(await overflow(page)).toBe(0);
+    await context.close();
+  });
+
+  test('right-to-left names and messages keep the line in order: name, text, time', async () => {
+    const { page, context } = await openPage();
+    await openRoom(page, `rtl${Date.now()}`);
+    const sent = [['דנה', 'שלום עולם!'], ['ada', 'مرحبا 123'], ['سارة', 'hi 42']];
+    for (const [who, text] of sent) await send(page, who, text);
+    await expect.poll(() => messages(page)).toEqual(sent.map(([, text]) => text));
+    // Each part as the line lays it out: with the parts not isolated from each other, the
+    // bidi algorithm reorders one's characters among its neighbours' (the time's digits end up
+    // on both sides of a Hebrew message, a Hebrew name after its Hebrew message).
+    const layout = await page.locator('#messages li').evaluateAll((lis) =>
+      lis.map((li) => ['.who', '.text', 'time'].map((s) => {
+        const r = li.querySelector(s)!.getBoundingClientRect();
+        return { left: r.left, right: r.right };
+      })),
+    );
+    for (const [who, text, time] of layout) {
+      expect(who.right).toBeLessThanOrEqual(text.left + 0.5);
+      expect(text.right).toBeLessThanOrEqual(time.left + 0.5);
+    }
     await context.close();
   });
 

@@ -43,6 +43,8 @@ const isObject = (value) => value !== null && typeof value === 'object' && !Arra
 // ---- the live connection of the visible view ----
 
 let mode = saved.get('mode', 'auto');
+// What was stored may be another version's, or edited by hand: only a mode the page offers.
+if (![...$('mode').options].some((option) => option.value === mode)) mode = 'auto';
 let active = null; // { handle, controller, path, hadBatch, stopped }
 /** The path of the view whose reader failed last, until that view reads a batch again. */
 let failing = null;
@@ -188,7 +190,21 @@ function report(writing) {
   writing.catch((err) => alert(err.message));
 }
 
-async function post(path, body, contentType = 'application/json') {
+/** The page's last append: the next one starts once it has settled. */
+let posting = Promise.resolve();
+
+/**
+ * Appends to the stream at `path`, once the page's earlier appends have settled: sent together,
+ * a slow one would land after those made behind it (chat messages, tail lines, two Saves of a
+ * row out of order).
+ */
+function post(path, body, contentType = 'application/json') {
+  const sent = posting.then(() => send(path, body, contentType));
+  posting = sent.catch(() => {});
+  return sent;
+}
+
+async function send(path, body, contentType) {
   const res = await fetch(`${API}/${path}`, {
     method: 'POST',
     headers: { 'content-type': contentType, ...(token && { authorization: `Bearer ${token}` }) },
@@ -198,6 +214,9 @@ async function post(path, body, contentType = 'application/json') {
   // Read to its end, even empty: a body left unread is an aborted request to the browser.
   await res.arrayBuffer();
 }
+
+/** Whether `el` is scrolled to its end (within a few pixels), where new content keeps it. */
+const atBottom = (el) => el.scrollHeight - el.scrollTop - el.clientHeight < 8;
 
 const newId = () => (crypto.randomUUID?.() ?? `${Date.now()}-${Math.random()}`).slice(0, 8);
 const clock = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
@@ -211,6 +230,7 @@ const ALL = '*';
  * with capitals and spaces around it, which the room form folds and trims.
  */
 const ROOM_NAME = /^[a-z0-9-]{1,32}$/;
+const isRoomName = (name) => typeof name === 'string' && ROOM_NAME.test(name);
 const ROOM_NAME_RULE = 'A room name is 1 to 32 letters, digits and dashes (taken in lowercase).';
 
 /**
@@ -221,9 +241,20 @@ function isMessage(m) {
   return isObject(m) && typeof m.user === 'string' && typeof m.text === 'string' && time(m.at) !== undefined;
 }
 
+/** What tells a message's copies apart from other messages: its room, writer and id (if it has one). */
+const messageKey = (m) => (typeof m.id === 'string' ? JSON.stringify([m.room ?? null, m.user, m.id]) : undefined);
+
+/**
+ * The message whose send failed, while its text is back in the box: it may have landed (the
+ * answer was lost, not the request), so sent again unchanged it keeps its id, and shows once.
+ */
+let unsent = null;
+
 const rooms = {
-  list: saved.get('rooms', ['lobby', 'dev', 'random']),
-  current: saved.get('room', 'lobby'),
+  // Stored lists and rooms are taken only as far as they name rooms (they may be another
+  // version's, or edited by hand).
+  list: ((stored) => (Array.isArray(stored) ? stored.filter(isRoomName) : ['lobby', 'dev', 'random']))(saved.get('rooms', null)),
+  current: ((stored) => (stored === ALL || isRoomName(stored) ? stored : 'lobby'))(saved.get('room', 'lobby')),
   /** Per room: the messages rendered so far and the offset after them. */
   cache(room) {
     const cache = saved.get(`room:${room}`, null);
@@ -263,6 +294,9 @@ const rooms = {
     const text = document.createElement('span');
     text.className = 'text';
     text.textContent = m.text;
+    // Each part takes its own direction, isolated from the others: a right-to-left name or
+    // message would otherwise be reordered with its neighbours (the time's digits on both sides).
+    who.dir = text.dir = 'auto';
     const time = document.createElement('time');
     time.dateTime = new Date(m.at).toISOString();
     time.textContent = clock(m.at);
@@ -306,14 +340,28 @@ const rooms = {
               .filter((e) => isObject(e?.data) && typeof e.stream === 'string')
               .map((e) => ({ ...e.data, room: e.stream.slice('rooms/'.length) }))
           : items;
-        const fresh = shown.filter(isMessage).slice(-500);
+        // A message sent again after its send failed, having landed (the connection dropped
+        // before the answer), carries the same id: it shows once.
+        const seen = new Set(cache.messages.map(messageKey));
+        const fresh = shown
+          .filter((m) => {
+            if (!isMessage(m)) return false;
+            const key = messageKey(m);
+            if (key === undefined) return true;
+            if (seen.has(key)) return false;
+            seen.add(key);
+            return true;
+          })
+          .slice(-500);
+        // Followed down only by a reader at the bottom: one scrolled up to read stays there.
+        const following = atBottom(list);
         for (const m of fresh) list.append(this.renderMessage(m, m.room));
         while (list.childElementCount > 500) list.firstElementChild.remove();
         cache.messages = cache.messages.concat(fresh).slice(-500);
         cache.offset = batch.offset;
         cache.incarnation = batch.incarnation;
         saved.set(`room:${room}`, cache);
-        if (fresh.length) list.scrollTop = list.scrollHeight;
+        if (fresh.length && following) list.scrollTop = list.scrollHeight;
         if (batch.upToDate) list.dataset.caughtUp = '';
       },
       onReset: () => {
@@ -329,9 +377,17 @@ const rooms = {
   add(names) {
     const fresh = [...new Set(names)].filter((name) => ROOM_NAME.test(name) && !this.list.includes(name));
     if (!fresh.length) return false;
-    this.list.push(...fresh);
+    // Other tabs of this browser may have added rooms since this one read the list: keep theirs.
+    this.merge(saved.get('rooms', []));
+    this.list.push(...fresh.filter((name) => !this.list.includes(name)));
     saved.set('rooms', this.list);
     return true;
+  },
+  /** Takes the rooms of a stored list (another tab's) that this one lacks; whether any was new. */
+  merge(stored) {
+    const more = Array.isArray(stored) ? stored.filter((name) => isRoomName(name) && !this.list.includes(name)) : [];
+    this.list.push(...more);
+    return more.length > 0;
   },
   /** Adds the rooms that `created` events of the channel name, as the room form would. */
   learn(items) {
@@ -341,6 +397,10 @@ const rooms = {
     if (this.add(named)) this.renderList();
   },
   init() {
+    // A room another tab of this browser opened joins this tab's list.
+    addEventListener('storage', (e) => {
+      if (e.key === 'edgestream-demo:rooms' && this.merge(saved.get('rooms', []))) this.renderList();
+    });
     $('who').value = saved.get('who', '');
     $('who').addEventListener('change', () => saved.set('who', $('who').value.trim()));
     // The browser refuses a name that does not match the input's pattern, and says why; this
@@ -365,9 +425,21 @@ const rooms = {
       if (!user || !text || this.current === ALL) return;
       saved.set('who', user);
       $('message').value = '';
+      // Whoever sends follows the room again, down to their message.
+      $('messages').scrollTop = $('messages').scrollHeight;
+      const room = this.current;
+      const again = unsent && unsent.room === room && unsent.user === user && unsent.text === text;
+      const message = again ? unsent.message : { id: newId(), user, text, at: Date.now() };
+      unsent = null;
       try {
-        await post(`rooms/${this.current}`, { id: newId(), user, text, at: Date.now() });
+        await post(`rooms/${room}`, message);
       } catch (err) {
+        if (this.current !== room) {
+          // The page shows another room now: the text back in the box would be sent there.
+          alert(`Your message to #${room} was not sent (${err.message}): "${text}"`);
+          return;
+        }
+        unsent = { room, user, text, message };
         $('message').value = text;
         alert(err.message);
       }
@@ -376,6 +448,12 @@ const rooms = {
 };
 
 // ---- Live table: a keyed table of State Protocol change messages ----
+
+/** Whether an item's name input is valid and holds more than spaces; if not, the browser says why. */
+function named(input) {
+  input.setCustomValidity(input.value.trim() || !input.value ? '' : 'An item needs a name, not only spaces.');
+  return input.reportValidity();
+}
 
 const inventory = {
   // State Protocol messages (`change.insert(...)`); the stream is new, so its readers never
@@ -386,6 +464,8 @@ const inventory = {
   store: { load: () => saved.get('items', undefined), save: (snapshot) => saved.set('items', snapshot) },
   /** An insert is on its way: Insert waits for it (a second click would insert the row twice). */
   inserting: false,
+  /** The insert that failed last (`{ name, qty, id, createdAt }`), which Insert sends again as it was. */
+  unsent: null,
   /**
    * Shows the rows, updating those on screen in place (keyed by id), so that a row being edited
    * keeps what was typed in it and the focus while others change.
@@ -416,11 +496,16 @@ const inventory = {
       td.append(content);
       return td;
     };
+    // The rules of the Insert form's fields (index.html), checked on Save.
     const name = document.createElement('input');
+    name.dir = 'auto';
+    name.required = true;
+    name.maxLength = 40;
     name.setAttribute('aria-label', `Item ${id}`);
     const qty = document.createElement('input');
     qty.type = 'number';
     qty.min = '0';
+    qty.required = true;
     qty.setAttribute('aria-label', `Quantity of ${id}`);
     // What the row holds now: a field whose input differs from it is being edited.
     name.dataset.stored = qty.dataset.stored = '';
@@ -428,9 +513,10 @@ const inventory = {
     save.type = 'button';
     save.className = 'quiet';
     save.textContent = 'Save';
-    save.addEventListener('click', () =>
-      report(post(this.path, change.update('item', id, { ...tr.row, name: name.value.trim(), qty: Number(qty.value), updatedAt: Date.now() }))),
-    );
+    save.addEventListener('click', () => {
+      if (!named(name) || !qty.reportValidity()) return;
+      report(post(this.path, change.update('item', id, { ...tr.row, name: name.value.trim(), qty: Number(qty.value), updatedAt: Date.now() })));
+    });
     const remove = document.createElement('button');
     remove.type = 'button';
     remove.className = 'danger';
@@ -497,18 +583,28 @@ const inventory = {
   },
   init() {
     const button = $('row-form').querySelector('button');
+    // A name refused as only spaces (see `named`) is asked again once it changes: the form's own
+    // check would otherwise keep refusing it.
+    $('row-name').addEventListener('input', () => $('row-name').setCustomValidity(''));
     $('row-form').addEventListener('submit', async (e) => {
       e.preventDefault();
       const name = $('row-name').value.trim();
-      if (!name || this.inserting) return;
+      if (!named($('row-name')) || this.inserting) return;
       this.inserting = true;
       button.disabled = true;
+      const qty = Number($('row-qty').value);
+      // An insert that failed may have landed, its answer lost: inserted again unchanged, it
+      // keeps its id, so the row is written twice, not added twice.
+      const again = this.unsent && this.unsent.name === name && this.unsent.qty === qty;
+      const now = Date.now();
+      const [id, createdAt] = again ? [this.unsent.id, this.unsent.createdAt] : [newId(), now];
+      this.unsent = null;
       try {
-        const now = Date.now();
-        await post(this.path, change.insert('item', newId(), { name, qty: Number($('row-qty').value), createdAt: now, updatedAt: now }));
+        await post(this.path, change.insert('item', id, { name, qty, createdAt, updatedAt: now }));
         // Cleared unless something else was typed meanwhile.
         if ($('row-name').value.trim() === name) $('row-name').value = '';
       } catch (err) {
+        this.unsent = { name, qty, id, createdAt };
         alert(err.message);
       } finally {
         this.inserting = false;
@@ -542,13 +638,14 @@ const tail = {
           this.state.text = (this.state.text + text).slice(-TAIL_KEEP);
           // Appended while it fits; past that, the screen is trimmed to what is kept.
           shown += text.length;
+          const following = atBottom(pre);
           if (shown > TAIL_KEEP) {
             pre.textContent = this.state.text;
             shown = this.state.text.length;
           } else {
             pre.append(text);
           }
-          pre.scrollTop = pre.scrollHeight;
+          if (following) pre.scrollTop = pre.scrollHeight;
         }
         this.state.offset = batch.offset;
         this.state.incarnation = batch.incarnation;

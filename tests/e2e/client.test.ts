@@ -1,0 +1,131 @@
+// The npm client in a real browser page (Debian Chromium through playwright-core) against
+// wrangler dev, for what only a browser shows: the page's visibility, garbage collection.
+import { describe, expect, test } from 'vitest';
+import type { CDPSession, Page } from 'playwright-core';
+import net from 'node:net';
+import { useDemo } from './demo-page';
+
+const demo = useDemo();
+
+/**
+ * A page of the server's origin with the client loaded as `window.es`, and nothing else running
+ * (a 404 is a document of the origin; the demo's page would follow its own streams).
+ */
+async function clientPage(origin = demo.server().baseUrl): Promise<{ page: Page; cdp: CDPSession; errors: string[]; close: () => Promise<void> }> {
+  const context = await demo.browser().newContext();
+  const page = await context.newPage();
+  const errors: string[] = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(`${origin}/client-test`);
+  // A string: vite would rewrite an import() in a function.
+  await page.evaluate(`import('/vendor/edgestream/src/browser.js').then((es) => { window.es = es; })`);
+  const cdp = await context.newCDPSession(page);
+  return { page, cdp, errors, close: () => context.close() };
+}
+
+/** How many `visibilitychange` listeners the page's document has. */
+async function visibilityListeners(cdp: CDPSession): Promise<number> {
+  const { result } = await cdp.send('Runtime.evaluate', { expression: 'document' });
+  const { listeners } = await cdp.send('DOMDebugger.getEventListeners', { objectId: result.objectId! });
+  await cdp.send('Runtime.releaseObject', { objectId: result.objectId! });
+  return listeners.filter((l) => l.type === 'visibilitychange').length;
+}
+
+async function createJson(path: string, body: string) {
+  const res = await fetch(`${demo.server().baseUrl}/v1/stream/${path}`, {
+    method: 'PUT',
+    headers: { 'content-type': 'application/json' },
+    body,
+  });
+  await res.arrayBuffer();
+  expect(res.status).toBe(201);
+}
+
+describe('client in a page', () => {
+  test('a handle dropped without cancel() leaves no visibility listener behind once collected, and hiding the tab then throws nothing', async () => {
+    const path = `dropped-${Date.now()}`;
+    await createJson(path, '[{"n":1}]');
+    const { page, cdp, errors, close } = await clientPage();
+    const url = `${demo.server().baseUrl}/v1/stream/${path}`;
+    const before = await visibilityListeners(cdp);
+    await page.evaluate(async (url) => {
+      const es = (window as any).es;
+      for (let i = 0; i < 3; i++) {
+        // Read a batch, then forget the handle: no cancel(), no read to the end.
+        const first = await es.stream({ url, live: false }).next();
+        if (first.value.items[0].n !== 1) throw new Error('unexpected batch');
+      }
+    }, url);
+    expect(await visibilityListeners(cdp)).toBe(before + 3);
+    // Collected (and their wasm freed) in a later task than the collection: collect until then.
+    await expect
+      .poll(async () => {
+        await cdp.send('HeapProfiler.collectGarbage');
+        await page.evaluate(() => new Promise((r) => setTimeout(r, 50)));
+        return visibilityListeners(cdp);
+      }, { timeout: 15_000, interval: 100 })
+      .toBe(before);
+    await page.evaluate(() => {
+      Object.defineProperty(document, 'visibilityState', { value: 'hidden', configurable: true });
+      document.dispatchEvent(new Event('visibilitychange'));
+    });
+    expect(errors).toEqual([]);
+    await close();
+  });
+
+  test('an auto reader whose SSE connections the network breaks again and again, each within a second, stays on SSE and misses nothing', async () => {
+    // A TCP relay to the server, as a network between: it breaks each SSE connection 100 ms
+    // after the first bytes of its response (where the stream stands) got through.
+    const target = Number(new URL(demo.server().baseUrl).port);
+    const BREAKS = 5;
+    let breaks = 0;
+    const open = new Set<net.Socket>();
+    const relay = net.createServer((client) => {
+      const server = net.connect(target, '127.0.0.1');
+      for (const s of [client, server]) {
+        open.add(s);
+        s.on('close', () => open.delete(s));
+      }
+      // The request on its way (a connection is reused for the next) is an SSE request.
+      let sse = false;
+      client.on('data', (d) => {
+        const request = /^[A-Z]+ \S*/.exec(d.toString('latin1'));
+        if (request) sse = /[?&]live=sse/.test(request[0]);
+      });
+      server.on('data', () => {
+        if (!sse || breaks >= BREAKS) return;
+        sse = false;
+        breaks++;
+        setTimeout(() => (client.destroy(), server.destroy()), 100);
+      });
+      for (const s of [client, server]) s.on('error', () => {});
+      client.on('close', () => server.destroy());
+      server.on('close', () => client.destroy());
+      client.pipe(server).pipe(client);
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+    const origin = `http://127.0.0.1:${(relay.address() as net.AddressInfo).port}`;
+    try {
+      const path = `broken-${Date.now()}`;
+      await createJson(path, '[{"n":0}]');
+      const { page, errors, close } = await clientPage(origin);
+      await page.evaluate((url) => {
+        const w = window as any;
+        w.got = [];
+        w.h = w.es.stream({ url, live: 'auto', retry: { initialDelayMs: 10, maxDelayMs: 100 } });
+        w.h.subscribe((b: any) => w.got.push(...b.items.map((i: any) => i.n)));
+      }, `${origin}/v1/stream/${path}`);
+      await expect.poll(() => breaks, { timeout: 15_000 }).toBe(BREAKS);
+      // Appended after the last break: it comes over SSE.
+      const res = await fetch(`${demo.server().baseUrl}/v1/stream/${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '[{"n":1}]' });
+      expect(res.status).toBe(204);
+      await expect.poll(() => page.evaluate(() => (window as any).got), { timeout: 10_000 }).toEqual([0, 1]);
+      expect(await page.evaluate(() => (window as any).h.mode)).toBe('sse');
+      expect(errors).toEqual([]);
+      await close();
+    } finally {
+      for (const s of open) s.destroy();
+      await new Promise((r) => relay.close(r));
+    }
+  });
+});
