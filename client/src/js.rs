@@ -47,10 +47,14 @@ export function es_release(res, limit) {
 export function es_sleep(ms, signal) {
   return new Promise((resolve) => {
     if (signal && signal.aborted) return resolve();
-    const done = () => { clearTimeout(timer); if (signal) signal.removeEventListener('abort', done); resolve(); };
+    // Every sleep is a wait before trying again: the network coming back (a page's or worker's
+    // `online`) ends it, rather than the backoff, which may have grown to seconds in the outage.
+    const g = typeof globalThis.addEventListener === 'function' ? globalThis : null;
+    const done = () => { clearTimeout(timer); if (signal) signal.removeEventListener('abort', done); if (g) g.removeEventListener('online', done); resolve(); };
     // Capped where timers overflow: a longer delay (a retry policy's) would fire at once.
     const timer = setTimeout(done, Math.min(ms, 2147483647));
     if (signal) signal.addEventListener('abort', done, { once: true });
+    if (g) g.addEventListener('online', done, { once: true });
   });
 }
 export function es_read_within(reader, ms) {
@@ -132,7 +136,7 @@ extern "C" {
     pub fn es_release(response: &web_sys::Response, limit: u32);
     /// `String(value)`.
     pub fn es_text(value: &JsValue) -> String;
-    /// Resolves after `ms`, or at once when `signal` aborts.
+    /// Resolves after `ms`, or at once when `signal` aborts or the network comes back (`online`).
     pub fn es_sleep(ms: f64, signal: Option<&web_sys::AbortSignal>) -> Promise;
     /// `reader.read()`, rejected (and the body cancelled) when nothing comes for `ms`.
     pub fn es_read_within(reader: &web_sys::ReadableStreamDefaultReader, ms: f64) -> Promise;

@@ -73,6 +73,30 @@ describe('client in a page', () => {
     await close();
   });
 
+  test('a reader waiting out a long backoff while offline reconnects as soon as the browser is back online', async () => {
+    const path = `online-${Date.now()}`;
+    await createJson(path, '[{"n":0}]');
+    const { page, errors, close } = await clientPage();
+    const url = `${demo.server().baseUrl}/v1/stream/${path}`;
+    // The page went offline after loading (the wasm is not fetched offline).
+    await page.evaluate(() => (window as any).es.init());
+    await page.context().setOffline(true);
+    await page.evaluate((url) => {
+      const w = window as any;
+      w.got = [];
+      // At least 300 s between tries (half jitter): only the `online` event can bring it back sooner.
+      w.h = w.es.stream({ url, live: 'long-poll', retry: { initialDelayMs: 600_000, maxDelayMs: 600_000 } });
+      w.h.subscribe((b: any) => w.got.push(...b.items.map((i: any) => i.n)));
+    }, url);
+    await expect.poll(() => page.evaluate(() => (window as any).h.retrying), { timeout: 15_000 }).toBe(true);
+    expect(await page.evaluate(() => (window as any).got)).toEqual([]);
+    await page.context().setOffline(false);
+    await expect.poll(() => page.evaluate(() => (window as any).got), { timeout: 20_000 }).toEqual([0]);
+    expect(await page.evaluate(() => (window as any).h.retrying)).toBe(false);
+    expect(errors).toEqual([]);
+    await close();
+  });
+
   test('an auto reader whose SSE connections the network breaks again and again, each within a second, stays on SSE and misses nothing', async () => {
     // A TCP relay to the server, as a network between: it breaks each SSE connection 100 ms
     // after the first bytes of its response (where the stream stands) got through.
