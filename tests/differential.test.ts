@@ -492,9 +492,9 @@ const INTENDED: Rule[] = [
     ignore: ['cache-control'],
   },
   {
-    why: 'a 304 of ours carries the protocol headers too',
+    why: 'a 304 of ours carries the protocol headers too (a long-poll\'s, its cursor)',
     applies: (_s, o, r) => o.status === 304 && r.status === 304,
-    ignore: ['next', 'stream-up-to-date', 'stream-closed'],
+    ignore: ['next', 'stream-up-to-date', 'stream-closed', 'cursor'],
   },
   {
     why: 'our ETag names the stream\'s incarnation and type, so If-None-Match with an ETag of a stream since deleted and created again is a 200 (the reference\'s ETag names only the path and offsets: 304)',
@@ -523,8 +523,8 @@ const INTENDED: Rule[] = [
     ignore: ['sseData'],
   },
   {
-    why: 'a closed stream is answered 409 before any other check (PROTOCOL §5.2 error precedence)',
-    applies: (s, o, r) => s.op === 'POST' && o.status === 409 && o['stream-closed'] === 'true' && r.status === 400,
+    why: 'a closed stream is answered before any other check (PROTOCOL §5.2 error precedence): 409, or 204 for a retry of the closing producer\'s request, with or without a Content-Type',
+    applies: (s, o, r) => s.op === 'POST' && (o.status === 409 || o.status === 204) && o['stream-closed'] === 'true' && r.status === 400,
   },
   {
     why: 'an offset past the tail is refused 400 (README: a read\'s refusal of its offset); the reference reads nothing',
