@@ -86,6 +86,22 @@ async function proxy(onPost = () => {}, to = server.url) {
   };
 }
 
+/**
+ * A proxy that holds the answer to the first POST until `hold` is resolved; `first` resolves
+ * when that POST has come.
+ */
+async function holdingFirstPost() {
+  const hold = later();
+  const first = later();
+  const px = await proxy((post) => {
+    if (post.count === 1) {
+      first.resolve();
+      return hold.promise;
+    }
+  });
+  return { px, first, hold };
+}
+
 // --- writable() ----------------------------------------------------------------------------
 
 test('writable(): what is piped in lands in order, bytes and strings as they are', async () => {
@@ -105,14 +121,7 @@ test('writable() on a JSON stream: each chunk is one message, an array included'
 });
 
 test("writable(): a write waits while the producer's queue is full, and goes on once a request is answered", async () => {
-  const hold = later();
-  const first = later();
-  const px = await proxy((post) => {
-    if (post.count === 1) {
-      first.resolve();
-      return hold.promise;
-    }
-  });
+  const { px, first, hold } = await holdingFirstPost();
   try {
     const ds = await newStream('text/plain', px.url);
     const w = ds.writable({ maxInFlight: 1, maxBatchItems: 1, lingerMs: 0, signal: px.signal }).getWriter();
@@ -365,14 +374,7 @@ test('appendStream(): dropped connections are retried, and every chunk lands exa
 });
 
 test("appendStream(): the source is read no faster than the producer sends", async () => {
-  const hold = later();
-  const first = later();
-  const px = await proxy((post) => {
-    if (post.count === 1) {
-      first.resolve();
-      return hold.promise;
-    }
-  });
+  const { px, first, hold } = await holdingFirstPost();
   try {
     const ds = await newStream('text/plain', px.url);
     let pulls = 0;
