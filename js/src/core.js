@@ -183,7 +183,8 @@ export class StreamHandle {
   #watch() {
     if (this.#watching) return;
     this.#watching = true;
-    cancelOnAbort(this.#options.signal, () => this.cancel(), this.#finished.promise);
+    // The handle itself, held weakly: a handle read partly and dropped is not kept by the signal.
+    cancelOnAbort(this.#options.signal, this, this.#finished.promise);
   }
 
   /** Where the next read starts (pass it as `offset` to resume later). */

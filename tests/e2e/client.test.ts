@@ -97,6 +97,42 @@ describe('client in a page', () => {
     await close();
   });
 
+  test('a handle read partly and dropped, whose signal lives on, is collected (its signal does not keep it)', async () => {
+    const path = `dropped-signal-${Date.now()}`;
+    await createJson(path, '[{"n":1}]');
+    const { page, cdp, errors, close } = await clientPage();
+    const url = `${demo.server().baseUrl}/v1/stream/${path}`;
+    const before = await visibilityListeners(cdp);
+    await page.evaluate(async (url) => {
+      const w = window as any;
+      w.shared = new AbortController();
+      for (let i = 0; i < 3; i++) {
+        const first = await w.es.stream({ url, live: false, signal: w.shared.signal }).next();
+        if (first.value.items[0].n !== 1) throw new Error('unexpected batch');
+      }
+    }, url);
+    expect(await visibilityListeners(cdp)).toBe(before + 3);
+    await expect
+      .poll(async () => {
+        await cdp.send('HeapProfiler.collectGarbage');
+        await page.evaluate(() => new Promise((r) => setTimeout(r, 50)));
+        return visibilityListeners(cdp);
+      }, { timeout: 15_000, interval: 100 })
+      .toBe(before);
+    // A live handle on the same signal is still cancelled by it.
+    const ended = await page.evaluate(async (url) => {
+      const w = window as any;
+      const h = w.es.stream({ url, live: 'long-poll', signal: w.shared.signal });
+      await h.next();
+      const next = h.next();
+      w.shared.abort();
+      return (await next).done;
+    }, url);
+    expect(ended).toBe(true);
+    expect(errors).toEqual([]);
+    await close();
+  });
+
   test('an auto reader whose SSE connections the network breaks again and again, each within a second, stays on SSE and misses nothing', async () => {
     // A TCP relay to the server, as a network between: it breaks each SSE connection 100 ms
     // after the first bytes of its response (where the stream stands) got through.
