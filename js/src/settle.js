@@ -33,6 +33,25 @@ export function cancelOnAbort(signal, owner, finished) {
 /** Removes the abort listeners of owners collected unfinished. */
 const dropped = new FinalizationRegistry((stop) => stop());
 
+/**
+ * Resolves after `ms` (capped where timers overflow), at once when `signal` aborts, or when the
+ * network comes back (a page's or worker's `online`), as the wasm's retry waits do.
+ */
+export function sleep(ms, signal) {
+  return new Promise((resolve) => {
+    const g = typeof globalThis.addEventListener === 'function' ? globalThis : null;
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      g?.removeEventListener('online', done);
+      resolve();
+    };
+    const timer = setTimeout(done, Math.min(ms, 2 ** 31 - 1));
+    signal?.addEventListener('abort', done, { once: true });
+    g?.addEventListener('online', done, { once: true });
+  });
+}
+
 /** Why `signal` (an option) cannot be listened to, or null: an AbortSignal, or one that behaves as one. */
 export function signalProblem(signal) {
   if (signal === undefined || signal === null) return null;

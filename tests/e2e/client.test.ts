@@ -97,6 +97,44 @@ describe('client in a page', () => {
     await close();
   });
 
+  test('offline before the wasm is loaded: a one-off call fails with NETWORK_ERROR, and a live reader and a producer wait for the network, then go on', async () => {
+    const path = `wasm-offline-${Date.now()}`;
+    await createJson(path, '[{"n":0}]');
+    const { page, errors, close } = await clientPage();
+    const url = `${demo.server().baseUrl}/v1/stream/${path}`;
+    // The module is imported, its wasm not fetched yet: the network goes before first use.
+    await page.context().setOffline(true);
+    const oneOff = await page.evaluate(async (url) => {
+      const es = (window as any).es;
+      try {
+        await es.DurableStream.head({ url, retry: { maxRetries: 1, initialDelayMs: 1 } });
+        return 'resolved';
+      } catch (e: any) {
+        return { isClientError: e instanceof es.DurableStreamError, code: e.code, cause: e.cause?.name };
+      }
+    }, url);
+    expect(oneOff).toEqual({ isClientError: true, code: 'NETWORK_ERROR', cause: 'TypeError' });
+    await page.evaluate((url) => {
+      const w = window as any;
+      w.got = [];
+      w.failures = [];
+      w.h = w.es.stream({ url, live: 'long-poll' });
+      w.h.subscribe((b: any) => w.got.push(...b.items.map((i: any) => i.n)), (e: any) => w.failures.push(String(e)));
+      w.p = new w.es.IdempotentProducer(new w.es.DurableStream({ url }), 'offline-tab');
+      w.p.append({ n: 1 });
+      w.flushed = w.p.flush().then(() => 'flushed', (e: any) => String(e));
+    }, url);
+    await expect.poll(() => page.evaluate(() => (window as any).h.retrying), { timeout: 15_000 }).toBe(true);
+    expect(await page.evaluate(() => (window as any).failures)).toEqual([]);
+    await page.context().setOffline(false);
+    expect(await page.evaluate(() => (window as any).flushed)).toBe('flushed');
+    await expect.poll(() => page.evaluate(() => (window as any).got), { timeout: 20_000 }).toEqual([0, 1]);
+    expect(await page.evaluate(() => (window as any).failures)).toEqual([]);
+    await page.evaluate(() => (window as any).h.cancel());
+    expect(errors).toEqual([]);
+    await close();
+  });
+
   test('a handle read partly and dropped, whose signal lives on, is collected (its signal does not keep it)', async () => {
     const path = `dropped-signal-${Date.now()}`;
     await createJson(path, '[{"n":1}]');
