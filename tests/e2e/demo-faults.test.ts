@@ -619,6 +619,37 @@ describe('tail', () => {
     await a.context.close();
   });
 
+  test('a line whose answer was lost is appended once, even when Append is pressed again', async () => {
+    const a = await openPage();
+    await a.page.click('#tab-tail');
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    // The first append reaches the server, and its answer is lost (the connection drops).
+    let lost = 0;
+    await a.context.route('**/v1/stream/tail/demo', async (route) => {
+      if (route.request().method() !== 'POST' || lost > 0) return route.continue();
+      lost++;
+      const res = await route.fetch();
+      await res.body();
+      await route.abort('connectionreset');
+    });
+    const tag = `lost-${Date.now()}`;
+    await a.page.fill('#line', tag);
+    await a.page.press('#line', 'Enter');
+    const ours = async () => ((await a.page.locator('#tail').textContent()) ?? '').split('\n').filter((l) => l.startsWith(tag));
+    // Either the page gave the line back (and said so), or it shows it: then the user presses Append again.
+    await expect.poll(async () => a.alerts.length > 0 || (await ours()).length > 0, { timeout: 10_000 }).toBe(true);
+    await a.page.press('#line', 'Enter');
+    await expect.poll(() => a.page.inputValue('#line'), { timeout: 10_000 }).toBe('');
+    // A later line: once it shows, whatever the first one became has landed before it.
+    await a.page.fill('#line', `${tag}-after`);
+    await a.page.press('#line', 'Enter');
+    await expect.poll(ours, { timeout: 10_000 }).toContain(`${tag}-after`);
+    expect(await ours()).toEqual([tag, `${tag}-after`]);
+    expect(lost).toBe(1);
+    expect(a.errors).toEqual([]);
+    await a.context.close();
+  });
+
   test('an Append that fails keeps the line and says so', async () => {
     const a = await openPage();
     await a.page.click('#tab-tail');
