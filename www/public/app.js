@@ -315,6 +315,9 @@ const rooms = {
     $('message').placeholder = all ? 'Open a room to write in it' : 'Say something';
     const cache = this.cache(room);
     const list = $('messages');
+    // The list is a live region: the backlog (up to 500 cached messages, then what the reader
+    // catches up on) is rendered busy, so that a screen reader announces only new messages.
+    list.setAttribute('aria-busy', 'true');
     list.replaceChildren(...cache.messages.map((m) => this.renderMessage(m, m.room)));
     // An empty list says so only once the reader has caught up: until then it is loading.
     delete list.dataset.caughtUp;
@@ -362,13 +365,18 @@ const rooms = {
         cache.incarnation = batch.incarnation;
         saved.set(`room:${room}`, cache);
         if (fresh.length && following) list.scrollTop = list.scrollHeight;
-        if (batch.upToDate) list.dataset.caughtUp = '';
+        if (batch.upToDate) {
+          list.dataset.caughtUp = '';
+          list.removeAttribute('aria-busy');
+        }
       },
       onReset: () => {
         cache.offset = '-1';
         cache.incarnation = undefined;
         cache.messages = [];
         saved.remove(`room:${room}`);
+        // Read again from the start: a backlog again.
+        list.setAttribute('aria-busy', 'true');
         list.replaceChildren();
       },
     });
