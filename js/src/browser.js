@@ -1,12 +1,20 @@
 // Browsers and bundlers: the wasm is fetched next to this module. Vite and webpack see
 // `new URL('…', import.meta.url)` and ship the file as an asset; with esbuild, pass its URL to
 // init() (js/README.md).
-import { setLoader } from './core.js';
+import { DurableStreamError, setLoader } from './core.js';
 import initWasm from '../dist/edgestream_client.js';
 
-setLoader((input) =>
-  initWasm({ module_or_path: input ?? new URL('../dist/edgestream_client_bg.wasm', import.meta.url) }),
-);
+setLoader(async (input) => {
+  input ??= new URL('../dist/edgestream_client_bg.wasm', import.meta.url);
+  // A fetch that fails (the network is down) is a NETWORK_ERROR, which readers and producers
+  // retry as they retry their requests.
+  if (typeof input === 'string' || input instanceof URL) {
+    input = await fetch(input).catch((e) => {
+      throw new DurableStreamError(`the client's wasm could not be fetched: ${e?.message ?? e}`, 'NETWORK_ERROR', undefined, { cause: e });
+    });
+  }
+  return initWasm({ module_or_path: input });
+});
 
 export * from './core.js';
 export * from './table.js';

@@ -9,10 +9,12 @@ import {
   headStream,
   validateRetryOptions,
 } from '../dist/edgestream_client.js';
-import { cancelOnAbort, deferred, eitherSignal, pageUrl, signalProblem, urlProblem } from './settle.js';
+import { cancelOnAbort, deferred, eitherSignal, pageUrl, signalProblem, sleep, urlProblem } from './settle.js';
 
 let loader = null;
 let ready = null;
+/** What the last `init(input)` was given: a load retried after a failure loads it again. */
+let source;
 
 /** @internal Set by the entry module (browser or Node) to load the wasm. */
 export function setLoader(fn) {
@@ -26,7 +28,8 @@ export function setLoader(fn) {
 export function init(input) {
   if (!ready) {
     if (!loader) throw new Error('edgestream: no wasm loader (import "edgestream", not a file inside it)');
-    ready = Promise.resolve(loader(input)).then(() => undefined);
+    if (input !== undefined) source = input;
+    ready = Promise.resolve(loader(source)).then(() => undefined);
     ready.catch(() => {
       ready = null;
     });
@@ -132,9 +135,33 @@ function abortedError(message, signal) {
   return withReason(new DurableStreamError(message, 'ABORTED'), signal);
 }
 
+/**
+ * Loads the wasm for a request made with `options`. A load the network failed (the entry module
+ * says so with NETWORK_ERROR) is retried as a request is: with the `retry` backoff (or `retries`
+ * times, when given: a live reader and a producer pass Infinity unless `maxRetries` is set), a
+ * wait the `online` event ends early, `onRetry` told; `signal` stops it with ABORTED.
+ */
+async function load(options, retries) {
+  const { retry, signal, onRetry } = options ?? {};
+  const max = retry?.maxRetries ?? retries ?? 5;
+  let delay = retry?.initialDelayMs > 0 ? retry.initialDelayMs : 100;
+  for (let attempt = 0; ; attempt++) {
+    if (signal?.aborted) throw abortedError('the operation was cancelled', signal);
+    try {
+      return await init();
+    } catch (e) {
+      if (e?.code !== 'NETWORK_ERROR' || !(attempt < max)) throw e;
+    }
+    onRetry?.();
+    // Half jitter, as the wasm's backoff.
+    await sleep(delay * (0.5 + Math.random() / 2), signal);
+    delay = Math.min(delay * (retry?.multiplier >= 1 ? retry.multiplier : 2), retry?.maxDelayMs > 0 ? retry.maxDelayMs : 5000);
+  }
+}
+
 async function call(fn, options) {
-  await init();
   try {
+    await load(options);
     return await fn(options);
   } catch (e) {
     throw toError(e, options?.signal);
@@ -167,6 +194,10 @@ export class StreamHandle {
   /** Whether anyone asked for `finished`, which then hears of a failure. */
   #finishedAsked = false;
   #watching = false;
+  /** Aborted by cancel(): ends a wait to load the wasm again. */
+  #stop = new AbortController();
+  /** The wasm failed to load and the handle waits to try again. */
+  #loadRetrying = false;
 
   constructor(options) {
     if (!options || typeof options.url !== 'string' && !(options.url instanceof URL)) {
@@ -183,7 +214,8 @@ export class StreamHandle {
   #watch() {
     if (this.#watching) return;
     this.#watching = true;
-    cancelOnAbort(this.#options.signal, () => this.cancel(), this.#finished.promise);
+    // The handle itself, held weakly: a handle read partly and dropped is not kept by the signal.
+    cancelOnAbort(this.#options.signal, this, this.#finished.promise);
   }
 
   /** Where the next read starts (pass it as `offset` to resume later). */
@@ -211,7 +243,7 @@ export class StreamHandle {
    * without limit): true from the failure until the next response or connection.
    */
   get retrying() {
-    return this.#reader ? this.#reader.retrying : false;
+    return this.#reader ? this.#reader.retrying : this.#loadRetrying;
   }
   /**
    * The stream's incarnation (`Stream-Incarnation`), once a response named it: save it with the
@@ -242,7 +274,13 @@ export class StreamHandle {
   }
 
   async #ensureReader() {
-    await init();
+    // A live reader rides out an outage from its first request on, the wasm's load included.
+    const { retry, live } = this.#options;
+    try {
+      await load({ retry, signal: this.#stop.signal, onRetry: () => (this.#loadRetrying = true) }, live === false ? 5 : Infinity);
+    } finally {
+      this.#loadRetrying = false;
+    }
     if (!this.#reader) {
       try {
         this.#reader = new Reader(this.#options);
@@ -393,6 +431,7 @@ export class StreamHandle {
   /** Stops reading and aborts the request in flight. */
   cancel() {
     this.#cancelled = true;
+    this.#stop.abort();
     this.#reader?.cancel();
     this.#finished.resolve();
   }
@@ -1523,8 +1562,8 @@ export function checkProducerOptions(producerId, options = {}) {
 
 /** Throws `INVALID_ARGUMENT` for bad retry options (`maxRetries`, `initialDelayMs`, `maxDelayMs`, `multiplier`). */
 export async function checkRetryOptions(options) {
-  await init();
   try {
+    await load();
     validateRetryOptions(options);
   } catch (e) {
     throw toError(e);

@@ -13,18 +13,43 @@ export function deferred() {
 }
 
 /**
- * Calls `cancel` when `signal` aborts (at once if it has), and lets go of the signal once
+ * Calls `owner.cancel()` when `signal` aborts (at once if it has), and lets go of the signal once
  * `finished` settles: a long-lived signal shared by many reads would otherwise keep every ended
- * one (and its wasm Reader) reachable.
+ * one (and its wasm Reader) reachable. The listener holds `owner` weakly, and is removed when
+ * `owner` is collected: a handle dropped before it finished is not kept alive by the signal.
+ * (`owner` may also be the function to call, held strongly.)
  */
-export function cancelOnAbort(signal, cancel, finished) {
+export function cancelOnAbort(signal, owner, finished) {
   if (!signal) return;
-  if (signal.aborted) {
-    cancel();
-    return;
-  }
+  const weak = typeof owner !== 'function' && new WeakRef(owner);
+  const cancel = weak ? () => weak.deref()?.cancel() : owner;
+  if (signal.aborted) return cancel();
   signal.addEventListener('abort', cancel, { once: true });
-  finished.finally(() => signal.removeEventListener('abort', cancel)).catch(() => {});
+  const stop = () => signal.removeEventListener('abort', cancel);
+  if (weak) dropped.register(owner, stop);
+  finished.finally(stop).catch(() => {});
+}
+
+/** Removes the abort listeners of owners collected unfinished. */
+const dropped = new FinalizationRegistry((stop) => stop());
+
+/**
+ * Resolves after `ms` (capped where timers overflow), at once when `signal` aborts, or when the
+ * network comes back (a page's or worker's `online`), as the wasm's retry waits do.
+ */
+export function sleep(ms, signal) {
+  return new Promise((resolve) => {
+    const g = typeof globalThis.addEventListener === 'function' ? globalThis : null;
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      g?.removeEventListener('online', done);
+      resolve();
+    };
+    const timer = setTimeout(done, Math.min(ms, 2 ** 31 - 1));
+    signal?.addEventListener('abort', done, { once: true });
+    g?.addEventListener('online', done, { once: true });
+  });
 }
 
 /** Why `signal` (an option) cannot be listened to, or null: an AbortSignal, or one that behaves as one. */

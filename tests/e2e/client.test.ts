@@ -97,6 +97,80 @@ describe('client in a page', () => {
     await close();
   });
 
+  test('offline before the wasm is loaded: a one-off call fails with NETWORK_ERROR, and a live reader and a producer wait for the network, then go on', async () => {
+    const path = `wasm-offline-${Date.now()}`;
+    await createJson(path, '[{"n":0}]');
+    const { page, errors, close } = await clientPage();
+    const url = `${demo.server().baseUrl}/v1/stream/${path}`;
+    // The module is imported, its wasm not fetched yet: the network goes before first use.
+    await page.context().setOffline(true);
+    const oneOff = await page.evaluate(async (url) => {
+      const es = (window as any).es;
+      try {
+        await es.DurableStream.head({ url, retry: { maxRetries: 1, initialDelayMs: 1 } });
+        return 'resolved';
+      } catch (e: any) {
+        return { isClientError: e instanceof es.DurableStreamError, code: e.code, cause: e.cause?.name };
+      }
+    }, url);
+    expect(oneOff).toEqual({ isClientError: true, code: 'NETWORK_ERROR', cause: 'TypeError' });
+    await page.evaluate((url) => {
+      const w = window as any;
+      w.got = [];
+      w.failures = [];
+      w.h = w.es.stream({ url, live: 'long-poll' });
+      w.h.subscribe((b: any) => w.got.push(...b.items.map((i: any) => i.n)), (e: any) => w.failures.push(String(e)));
+      w.p = new w.es.IdempotentProducer(new w.es.DurableStream({ url }), 'offline-tab');
+      w.p.append({ n: 1 });
+      w.flushed = w.p.flush().then(() => 'flushed', (e: any) => String(e));
+    }, url);
+    await expect.poll(() => page.evaluate(() => (window as any).h.retrying), { timeout: 15_000 }).toBe(true);
+    expect(await page.evaluate(() => (window as any).failures)).toEqual([]);
+    await page.context().setOffline(false);
+    expect(await page.evaluate(() => (window as any).flushed)).toBe('flushed');
+    await expect.poll(() => page.evaluate(() => (window as any).got), { timeout: 20_000 }).toEqual([0, 1]);
+    expect(await page.evaluate(() => (window as any).failures)).toEqual([]);
+    await page.evaluate(() => (window as any).h.cancel());
+    expect(errors).toEqual([]);
+    await close();
+  });
+
+  test('a handle read partly and dropped, whose signal lives on, is collected (its signal does not keep it)', async () => {
+    const path = `dropped-signal-${Date.now()}`;
+    await createJson(path, '[{"n":1}]');
+    const { page, cdp, errors, close } = await clientPage();
+    const url = `${demo.server().baseUrl}/v1/stream/${path}`;
+    const before = await visibilityListeners(cdp);
+    await page.evaluate(async (url) => {
+      const w = window as any;
+      w.shared = new AbortController();
+      for (let i = 0; i < 3; i++) {
+        const first = await w.es.stream({ url, live: false, signal: w.shared.signal }).next();
+        if (first.value.items[0].n !== 1) throw new Error('unexpected batch');
+      }
+    }, url);
+    expect(await visibilityListeners(cdp)).toBe(before + 3);
+    await expect
+      .poll(async () => {
+        await cdp.send('HeapProfiler.collectGarbage');
+        await page.evaluate(() => new Promise((r) => setTimeout(r, 50)));
+        return visibilityListeners(cdp);
+      }, { timeout: 15_000, interval: 100 })
+      .toBe(before);
+    // A live handle on the same signal is still cancelled by it.
+    const ended = await page.evaluate(async (url) => {
+      const w = window as any;
+      const h = w.es.stream({ url, live: 'long-poll', signal: w.shared.signal });
+      await h.next();
+      const next = h.next();
+      w.shared.abort();
+      return (await next).done;
+    }, url);
+    expect(ended).toBe(true);
+    expect(errors).toEqual([]);
+    await close();
+  });
+
   test('an auto reader whose SSE connections the network breaks again and again, each within a second, stays on SSE and misses nothing', async () => {
     // A TCP relay to the server, as a network between: it breaks each SSE connection 100 ms
     // after the first bytes of its response (where the stream stands) got through.

@@ -316,6 +316,47 @@ describe('rooms', () => {
     await a.context.close();
   });
 
+  test('the messages live region renders a room\'s backlog busy (not announced), and new messages not busy', async () => {
+    const room = `busy${Date.now()}`;
+    const a = await openPage();
+    await openRoom(a.page, room);
+    for (const text of ['one', 'two', 'three']) {
+      await send(a.page, 'ada', text);
+      await expect.poll(() => a.page.inputValue('#message')).toBe('');
+    }
+    await expect.poll(() => messages(a.page), { timeout: 5_000 }).toEqual(['one', 'two', 'three']);
+    // From the next load on: every insertion into the list, with the region's state as it was.
+    await a.page.addInitScript(() => {
+      const w = window as unknown as { inserts: { added: number; busy: string | null; live: string | null }[] };
+      w.inserts = [];
+      for (const name of ['append', 'replaceChildren'] as const) {
+        const original = Element.prototype[name];
+        Element.prototype[name] = function (this: Element, ...nodes: (Node | string)[]) {
+          if (this.id === 'messages' && nodes.length > 0) {
+            w.inserts.push({ added: nodes.length, busy: this.getAttribute('aria-busy'), live: this.getAttribute('aria-live') });
+          }
+          return original.apply(this, nodes);
+        };
+      }
+    });
+    // The room is opened from its cache (3 messages) and its reader catches up.
+    await a.page.reload();
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    await expect.poll(() => a.page.locator('#messages').getAttribute('data-caught-up')).toBe('');
+    const inserts = () => a.page.evaluate(() => (window as unknown as { inserts: { added: number; busy: string | null }[] }).inserts);
+    const backlog = await inserts();
+    expect(backlog.reduce((n, i) => n + i.added, 0)).toBeGreaterThanOrEqual(3);
+    expect(backlog.filter((i) => i.busy !== 'true')).toEqual([]);
+    expect(await a.page.locator('#messages').getAttribute('aria-busy')).toBe(null);
+    expect(await a.page.locator('#messages').getAttribute('aria-live')).toBe('polite');
+    // A new message, from elsewhere, is inserted while the region is not busy: it is announced.
+    expect(await call('POST', `rooms/${room}`, JSON.stringify({ id: 'x1', user: 'bob', text: 'four', at: Date.now() }))).toBe(204);
+    await expect.poll(() => messages(a.page), { timeout: 5_000 }).toEqual(['one', 'two', 'three', 'four']);
+    expect((await inserts()).slice(backlog.length)).toEqual([{ added: 1, busy: null, live: 'polite' }]);
+    expect(a.errors).toEqual([]);
+    await a.context.close();
+  });
+
   test('a room whose stream exists with another content type is not retried, and the page says why', async () => {
     const room = `txt${Date.now()}`;
     expect(await call('PUT', `rooms/${room}`, undefined, 'text/plain')).toBe(201);
@@ -616,6 +657,37 @@ describe('tail', () => {
     const ours = async () => ((await a.page.locator('#tail').textContent()) ?? '').split('\n').filter((l) => l.startsWith(tag));
     await expect.poll(ours, { timeout: 5_000 }).toHaveLength(3);
     expect(await ours()).toEqual(lines);
+    await a.context.close();
+  });
+
+  test('a line whose answer was lost is appended once, even when Append is pressed again', async () => {
+    const a = await openPage();
+    await a.page.click('#tab-tail');
+    await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+    // The first append reaches the server, and its answer is lost (the connection drops).
+    let lost = 0;
+    await a.context.route('**/v1/stream/tail/demo', async (route) => {
+      if (route.request().method() !== 'POST' || lost > 0) return route.continue();
+      lost++;
+      const res = await route.fetch();
+      await res.body();
+      await route.abort('connectionreset');
+    });
+    const tag = `lost-${Date.now()}`;
+    await a.page.fill('#line', tag);
+    await a.page.press('#line', 'Enter');
+    const ours = async () => ((await a.page.locator('#tail').textContent()) ?? '').split('\n').filter((l) => l.startsWith(tag));
+    // Either the page gave the line back (and said so), or it shows it: then the user presses Append again.
+    await expect.poll(async () => a.alerts.length > 0 || (await ours()).length > 0, { timeout: 10_000 }).toBe(true);
+    await a.page.press('#line', 'Enter');
+    await expect.poll(() => a.page.inputValue('#line'), { timeout: 10_000 }).toBe('');
+    // A later line: once it shows, whatever the first one became has landed before it.
+    await a.page.fill('#line', `${tag}-after`);
+    await a.page.press('#line', 'Enter');
+    await expect.poll(ours, { timeout: 10_000 }).toContain(`${tag}-after`);
+    expect(await ours()).toEqual([tag, `${tag}-after`]);
+    expect(lost).toBe(1);
+    expect(a.errors).toEqual([]);
     await a.context.close();
   });
 

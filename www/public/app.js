@@ -1,7 +1,7 @@
 // The edgestream demo: three views, each one durable stream, built on the `edgestream` package
 // exactly as an app of yours would be. Each view keeps what it has rendered and the offset it
 // reached in localStorage, so a reload resumes from there: nothing is downloaded twice.
-import { stream, table, change, DurableStream } from 'edgestream';
+import { stream, table, change, DurableStream, IdempotentProducer } from 'edgestream';
 
 const API = `${location.origin}/v1/stream`;
 const $ = (id) => document.getElementById(id);
@@ -195,7 +195,7 @@ let posting = Promise.resolve();
 
 /**
  * Appends to the stream at `path`, once the page's earlier appends have settled: sent together,
- * a slow one would land after those made behind it (chat messages, tail lines, two Saves of a
+ * a slow one would land after those made behind it (chat messages, two Saves of a
  * row out of order).
  */
 function post(path, body, contentType = 'application/json') {
@@ -315,6 +315,9 @@ const rooms = {
     $('message').placeholder = all ? 'Open a room to write in it' : 'Say something';
     const cache = this.cache(room);
     const list = $('messages');
+    // The list is a live region: the backlog (up to 500 cached messages, then what the reader
+    // catches up on) is rendered busy, so that a screen reader announces only new messages.
+    list.setAttribute('aria-busy', 'true');
     list.replaceChildren(...cache.messages.map((m) => this.renderMessage(m, m.room)));
     // An empty list says so only once the reader has caught up: until then it is loading.
     delete list.dataset.caughtUp;
@@ -362,13 +365,18 @@ const rooms = {
         cache.incarnation = batch.incarnation;
         saved.set(`room:${room}`, cache);
         if (fresh.length && following) list.scrollTop = list.scrollHeight;
-        if (batch.upToDate) list.dataset.caughtUp = '';
+        if (batch.upToDate) {
+          list.dataset.caughtUp = '';
+          list.removeAttribute('aria-busy');
+        }
       },
       onReset: () => {
         cache.offset = '-1';
         cache.incarnation = undefined;
         cache.messages = [];
         saved.remove(`room:${room}`);
+        // Read again from the start: a backlog again.
+        list.setAttribute('aria-busy', 'true');
         list.replaceChildren();
       },
     });
@@ -622,6 +630,29 @@ const TAIL_KEEP = 100_000;
 const tail = {
   path: 'tail/demo',
   state: saved.get('tail', { offset: '-1', text: '' }),
+  /** The tail's appender (see writer()). */
+  producer: null,
+  /**
+   * Lines go through an idempotent producer: a line whose answer was lost (the connection
+   * dropped after the server stored it) is sent again with the same sequence number, and the
+   * server keeps it once (text lines carry no id to tell them apart by). A few retries, then
+   * the Append fails and the line is given back; a failed producer is replaced by a new one.
+   */
+  writer() {
+    this.producer ??= new IdempotentProducer(
+      new DurableStream({
+        url: `${API}/${this.path}`,
+        params,
+        headers: token && { authorization: `Bearer ${token}` },
+        contentType: 'text/plain',
+        retry: { maxRetries: 3 },
+      }),
+      `tail-${newId()}`,
+      // One batch at a time: lines land in the order they were appended.
+      { maxInFlight: 1 },
+    );
+    return this.producer;
+  },
   open() {
     const pre = $('tail');
     pre.textContent = this.state.text;
@@ -665,9 +696,12 @@ const tail = {
       const line = $('line').value;
       if (!line) return;
       $('line').value = '';
+      const producer = this.writer();
       try {
-        await post(this.path, `${line}\n`, 'text/plain');
+        producer.append(`${line}\n`);
+        await producer.flush();
       } catch (err) {
+        if (this.producer === producer) this.producer = null;
         $('line').value = line;
         alert(err.message);
       }
