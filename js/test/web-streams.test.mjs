@@ -102,6 +102,30 @@ async function holdingFirstPost() {
   return { px, first, hold };
 }
 
+/**
+ * A source that gives 'a', then 'b' once another writer has closed `ds` (so its append fails
+ * with STREAM_CLOSED), then nothing until cancelled; `cancelled` resolves with the reason.
+ */
+function closedMidway(ds) {
+  const cancelled = later();
+  let pulls = 0;
+  const source = new ReadableStream(
+    {
+      async pull(c) {
+        pulls++;
+        if (pulls === 1) c.enqueue('a');
+        else if (pulls === 2) {
+          await ds.close();
+          c.enqueue('b');
+        } else await new Promise(() => {});
+      },
+      cancel: (reason) => cancelled.resolve(reason),
+    },
+    { highWaterMark: 0 },
+  );
+  return { source, cancelled };
+}
+
 // --- writable() ----------------------------------------------------------------------------
 
 test('writable(): what is piped in lands in order, bytes and strings as they are', async () => {
@@ -231,22 +255,7 @@ test('writable(): a value the stream refuses fails the write with INVALID_ARGUME
 
 test('writable(): a server error mid-way errors the stream with it, and the pipe cancels its source', async () => {
   const ds = await newStream();
-  const cancelled = later();
-  let pulls = 0;
-  const source = new ReadableStream(
-    {
-      async pull(c) {
-        pulls++;
-        if (pulls === 1) c.enqueue('a');
-        else if (pulls === 2) {
-          await ds.close(); // another writer closes the stream
-          c.enqueue('b');
-        } else await new Promise(() => {}); // nothing more until cancelled
-      },
-      cancel: (reason) => cancelled.resolve(reason),
-    },
-    { highWaterMark: 0 },
-  );
+  const { source, cancelled } = closedMidway(ds);
   await assert.rejects(source.pipeTo(ds.writable()), (e) => e instanceof StreamClosedError);
   assert.ok((await within(cancelled.promise, 10_000, 'the source is cancelled')) instanceof StreamClosedError);
 });
@@ -333,22 +342,7 @@ test('appendStream(): aborting its signal mid-way rejects with ABORTED and cance
 
 test('appendStream(): a server error mid-way rejects with it, and cancels the source', async () => {
   const ds = await newStream();
-  const cancelled = later();
-  let pulls = 0;
-  const source = new ReadableStream(
-    {
-      async pull(c) {
-        pulls++;
-        if (pulls === 1) c.enqueue('a');
-        else if (pulls === 2) {
-          await ds.close();
-          c.enqueue('b');
-        } else await new Promise(() => {});
-      },
-      cancel: (reason) => cancelled.resolve(reason),
-    },
-    { highWaterMark: 0 },
-  );
+  const { source, cancelled } = closedMidway(ds);
   await assert.rejects(ds.appendStream(source), (e) => e instanceof StreamClosedError);
   assert.ok((await within(cancelled.promise, 10_000, 'the source is cancelled')) instanceof StreamClosedError);
 });

@@ -31,6 +31,20 @@ async function visibilityListeners(cdp: CDPSession): Promise<number> {
   return listeners.filter((l) => l.type === 'visibilitychange').length;
 }
 
+/**
+ * Collects garbage until the document has `count` visibility listeners: handles are collected,
+ * and their wasm freed, in a later task than the collection.
+ */
+async function untilListeners(page: Page, cdp: CDPSession, count: number) {
+  await expect
+    .poll(async () => {
+      await cdp.send('HeapProfiler.collectGarbage');
+      await page.evaluate(() => new Promise((r) => setTimeout(r, 50)));
+      return visibilityListeners(cdp);
+    }, { timeout: 15_000, interval: 100 })
+    .toBe(count);
+}
+
 async function createJson(path: string, body: string) {
   const res = await fetch(`${demo.server().baseUrl}/v1/stream/${path}`, {
     method: 'PUT',
@@ -57,14 +71,7 @@ describe('client in a page', () => {
       }
     }, url);
     expect(await visibilityListeners(cdp)).toBe(before + 3);
-    // Collected (and their wasm freed) in a later task than the collection: collect until then.
-    await expect
-      .poll(async () => {
-        await cdp.send('HeapProfiler.collectGarbage');
-        await page.evaluate(() => new Promise((r) => setTimeout(r, 50)));
-        return visibilityListeners(cdp);
-      }, { timeout: 15_000, interval: 100 })
-      .toBe(before);
+    await untilListeners(page, cdp, before);
     await page.evaluate(() => {
       Object.defineProperty(document, 'visibilityState', { value: 'hidden', configurable: true });
       document.dispatchEvent(new Event('visibilitychange'));
@@ -150,13 +157,7 @@ describe('client in a page', () => {
       }
     }, url);
     expect(await visibilityListeners(cdp)).toBe(before + 3);
-    await expect
-      .poll(async () => {
-        await cdp.send('HeapProfiler.collectGarbage');
-        await page.evaluate(() => new Promise((r) => setTimeout(r, 50)));
-        return visibilityListeners(cdp);
-      }, { timeout: 15_000, interval: 100 })
-      .toBe(before);
+    await untilListeners(page, cdp, before);
     // A live handle on the same signal is still cancelled by it.
     const ended = await page.evaluate(async (url) => {
       const w = window as any;

@@ -45,6 +45,23 @@ async function openPage(context?: BrowserContext): Promise<Opened> {
 const state = (page: Page) => page.locator('#state').textContent();
 
 /** A request to the server, outside the page; its status. */
+/**
+ * Lets the first POST to `url` reach the server and drops its connection before the answer (a
+ * send that landed while the page learns only that it failed); later requests pass. `count`:
+ * how many answers were lost.
+ */
+async function loseFirstAnswer(context: BrowserContext, url: string) {
+  const lost = { count: 0 };
+  await context.route(url, async (route) => {
+    if (route.request().method() !== 'POST' || lost.count > 0) return route.continue();
+    lost.count++;
+    const res = await route.fetch();
+    await res.body();
+    await route.abort('connectionreset');
+  });
+  return lost;
+}
+
 async function call(method: string, path: string, body?: string, contentType = 'application/json') {
   const res = await fetch(`${demo.server().baseUrl}/v1/stream/${path}`, {
     method,
@@ -160,14 +177,7 @@ describe('rooms', () => {
     await openRoom(a.page, room);
     // The first send reaches the server, and its answer is lost (the connection drops).
     const url = `**/v1/stream/rooms/${room}`;
-    let lost = 0;
-    await a.context.route(url, async (route) => {
-      if (route.request().method() !== 'POST' || lost > 0) return route.continue();
-      lost++;
-      const res = await route.fetch();
-      await res.body();
-      await route.abort('connectionreset');
-    });
+    await loseFirstAnswer(a.context, url);
     await send(a.page, 'ada', 'hello');
     await expect.poll(() => a.alerts.length, { timeout: 5_000 }).toBe(1);
     expect(await a.page.inputValue('#message')).toBe('hello');
@@ -474,14 +484,7 @@ describe('live table', () => {
     await a.page.click('#tab-table');
     await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
     const url = '**/v1/stream/tables/items';
-    let lost = 0;
-    await a.context.route(url, async (route) => {
-      if (route.request().method() !== 'POST' || lost > 0) return route.continue();
-      lost++;
-      const res = await route.fetch();
-      await res.body();
-      await route.abort('connectionreset');
-    });
+    await loseFirstAnswer(a.context, url);
     const name = `lost-${Date.now()}`;
     await insert(a.page, name);
     await expect.poll(() => a.alerts.length, { timeout: 5_000 }).toBe(1);
@@ -665,14 +668,7 @@ describe('tail', () => {
     await a.page.click('#tab-tail');
     await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
     // The first append reaches the server, and its answer is lost (the connection drops).
-    let lost = 0;
-    await a.context.route('**/v1/stream/tail/demo', async (route) => {
-      if (route.request().method() !== 'POST' || lost > 0) return route.continue();
-      lost++;
-      const res = await route.fetch();
-      await res.body();
-      await route.abort('connectionreset');
-    });
+    const lost = await loseFirstAnswer(a.context, '**/v1/stream/tail/demo');
     const tag = `lost-${Date.now()}`;
     await a.page.fill('#line', tag);
     await a.page.press('#line', 'Enter');
@@ -686,7 +682,7 @@ describe('tail', () => {
     await a.page.press('#line', 'Enter');
     await expect.poll(ours, { timeout: 10_000 }).toContain(`${tag}-after`);
     expect(await ours()).toEqual([tag, `${tag}-after`]);
-    expect(lost).toBe(1);
+    expect(lost.count).toBe(1);
     expect(a.errors).toEqual([]);
     await a.context.close();
   });
