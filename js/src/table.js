@@ -501,6 +501,7 @@ export function storageStore(storage, key) {
 function changeMessage(operation, type, key, value, headers) {
   if (!nonEmpty(type) || !nonEmpty(key)) throw invalidArgument(`change.${operation}(): type and key must be non-empty strings`);
   if (headers !== undefined && !isObject(headers)) throw invalidArgument(`change.${operation}(): headers must be an object`);
+  if (headers?.control !== undefined) throw invalidArgument(`change.${operation}(): a change has no control header`);
   if (operation !== 'delete' && value === undefined) throw invalidArgument(`change.${operation}(): value is required`);
   const message = { type, key, value, headers: { ...headers, operation } };
   if (operation === 'delete' && value === undefined) message.value = null;

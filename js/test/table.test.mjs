@@ -623,6 +623,9 @@ test('bad arguments are refused with INVALID_ARGUMENT', () => {
   assert.throws(() => change.insert('', 'k', 1), invalid);
   assert.throws(() => change.insert('t', 'k'), invalid);
   assert.throws(() => change.update('t', 'k', 1, 'txid'), invalid);
+  // A control header would make it a control message to other readers: a change has none.
+  assert.throws(() => change.insert('t', 'k', 1, { control: 'reset' }), invalid);
+  assert.throws(() => change.delete('t', 'k', { control: 'snapshot-end' }), invalid);
   assert.throws(() => storageStore({}, 'k'), invalid);
   assert.deepEqual(change.delete('t', 'k', { txid: 'x1' }), {
     type: 't',
