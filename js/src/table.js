@@ -385,7 +385,10 @@ export class KeyedTable {
    */
   async #notify(update) {
     let unhandled = null;
-    for (const { listener, onError } of [...this.#listeners]) {
+    for (const entry of [...this.#listeners]) {
+      // One unsubscribed by another listener during this update is not called, as on an EventTarget.
+      if (!this.#listeners.has(entry)) continue;
+      const { listener, onError } = entry;
       try {
         await listener(update);
       } catch (e) {

@@ -527,6 +527,21 @@ test("a table cancelled before its first response to offset: 'now' saves nothing
   assert.equal(storage.getItem('n'), null);
 });
 
+test('a listener unsubscribed by another during an update is not called with it, as on an EventTarget', async () => {
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
+  await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify([change.insert('a', 'b', 1)]) });
+  const t = table({ url, live: false });
+  const seen = [];
+  let stopB;
+  t.subscribe(() => {
+    seen.push('A');
+    stopB();
+  });
+  stopB = t.subscribe(() => void seen.push('B'));
+  await t.finished;
+  assert.deepEqual(seen, ['A']);
+});
+
 test('tables let go of a shared signal when they end, and aborting it stops the live ones', async () => {
   const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
   await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify(change.insert('a', 'b', 1)) });
