@@ -592,7 +592,10 @@ export interface TableSnapshot<V = unknown> {
   rows: Array<[type: string, key: string, value: V]>;
 }
 
-/** Where a table keeps its snapshot between sessions. */
+/**
+ * Where a table keeps its snapshot between sessions. `save` is called one at a time (a save asked
+ * for while one runs saves the newest rows once it has settled), and never awaited by the reader.
+ */
 export interface TableStore<V = unknown> {
   load(): TableSnapshot<V> | undefined | null | Promise<TableSnapshot<V> | undefined | null>;
   save(snapshot: TableSnapshot<V>): void | Promise<void>;
@@ -613,9 +616,9 @@ export interface TableChange<V = unknown> {
   type: string;
   key: string;
   operation: 'insert' | 'update' | 'upsert' | 'delete';
-  /** The new value (undefined for a delete). */
+  /** The new value (undefined for a delete): the table's own object, to treat as read-only. */
   value: V | undefined;
-  /** The value the table held before (undefined if it had none). */
+  /** The value the table held before (undefined if it had none); not a copy either. */
   previous: V | undefined;
   headers: ChangeMessage['headers'];
 }
@@ -648,11 +651,17 @@ export declare class KeyedTable<V = unknown> {
   /**
    * Settles when reading ends: resolves when the stream is closed or the table cancelled; rejects
    * when the table fails: a read error, an invalid message, or a listener without `onError` that
-   * threw (with its error, as `ready()` does if the table had not caught up).
+   * threw (with its error, as `ready()` does if the table had not caught up). It waits for the
+   * store's last `save` until `cancel()` (a cancelled table does not wait for it).
    */
   readonly finished: Promise<void>;
   /** Resolves once the table first holds everything the stream held. */
   ready(): Promise<void>;
+  /**
+   * The value, as with a `Map`: the table's own object, not a copy (nor are the values of
+   * `entries()`, `values()` and updates). Treat it as read-only: a change to it changes the table
+   * and the snapshots it saves.
+   */
   get(type: string, key: string): V | undefined;
   has(type: string, key: string): boolean;
   types(): string[];
@@ -668,12 +677,13 @@ export declare class KeyedTable<V = unknown> {
    * without `onError` that throws fails the table once every listener has had that update:
    * reading stops, and `finished` (and `ready()`, before it resolved) rejects with the error,
    * which the other listeners' `onError` get, as on a stream handle. Nothing is thrown
-   * where it cannot be caught. Returns an unsubscribe function.
+   * where it cannot be caught. Returns an unsubscribe function; a listener unsubscribed during
+   * an update (by another listener) is not called with it, as on an `EventTarget`.
    */
   subscribe(listener: (update: TableUpdate<V>) => void | Promise<void>, onError?: (error: unknown) => void): () => void;
   /**
    * Stops reading; the rows stay readable, and a store gets a last snapshot. `finished` does not
-   * wait for a listener that is still running.
+   * wait for a listener that is still running, nor for that save.
    */
   cancel(): void;
 }

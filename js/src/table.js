@@ -74,6 +74,10 @@ export class KeyedTable {
   /** A save put off by `saveEveryMs`, to come once it has passed. */
   #saveTimer = null;
   #savedOffset;
+  /** The store's save running, if one is: one at a time. */
+  #saving = null;
+  /** A save was asked for while one ran: it saves the rows as they are once that one ends. */
+  #dirty = false;
   #skipInvalid;
   #listeners = new Set();
   /** The error that ended the table, for listeners that subscribe after it. */
@@ -285,7 +289,9 @@ export class KeyedTable {
           await this.#notify({ changes: [], reset: true, offset: '-1', upToDate: false, closed: false });
         }
       }
-      await this.#save(true);
+      // A store that never settles (a hung IndexedDB) holds `finished` only until `cancel()`:
+      // cancelled, the table hands its last snapshot to the store and does not wait.
+      await Promise.race([this.#save(true), this.#stopped.promise]);
       if (this.#cancelled && !this.#upToDate && !this.#closed) {
         const err = new DurableStreamError('the table was cancelled before it caught up', 'ABORTED');
         // Stopped by its signal: why, as every ABORTED error made from a signal says.
@@ -330,7 +336,8 @@ export class KeyedTable {
       // already whole, and saved below).
       await Promise.race([this.#notify(update), this.#stopped.promise]);
       if (this.#upToDate) this.#ready.resolve();
-      await this.#save(false);
+      // Not awaited: a slow store does not hold the reader.
+      this.#save(false);
     }
   }
 
@@ -378,7 +385,10 @@ export class KeyedTable {
    */
   async #notify(update) {
     let unhandled = null;
-    for (const { listener, onError } of [...this.#listeners]) {
+    for (const entry of [...this.#listeners]) {
+      // One unsubscribed by another listener during this update is not called, as on an EventTarget.
+      if (!this.#listeners.has(entry)) continue;
+      const { listener, onError } = entry;
       try {
         await listener(update);
       } catch (e) {
@@ -399,8 +409,9 @@ export class KeyedTable {
    * Within `saveEveryMs` of the last save, it saves once that has passed, so the end of a burst
    * is saved too, not only when the next change comes.
    */
-  async #save(final) {
-    if (!this.#store || this.#offset === this.#savedOffset || this.#offset === '-1') return;
+  #save(final) {
+    // `-1` and `now` are no positions in the stream: a later table would resume from them.
+    if (!this.#store || this.#offset === this.#savedOffset || this.#offset === '-1' || this.#offset === 'now') return;
     const now = Date.now();
     if (!final && now - this.#lastSave < this.#saveEveryMs) {
       if (this.#saveTimer === null) {
@@ -415,16 +426,33 @@ export class KeyedTable {
     }
     clearTimeout(this.#saveTimer);
     this.#saveTimer = null;
-    const snapshot = this.snapshot();
     this.#lastSave = now;
-    try {
-      await this.#store.save(snapshot);
-      this.#savedOffset = snapshot.offset;
-    } catch (e) {
-      // The store is a cache: a full localStorage must not stop the table. It tries again at
-      // the next save.
-      this.#storeFailed(e);
+    this.#dirty = true;
+    return (this.#saving ??= this.#drain());
+  }
+
+  /**
+   * Saves one snapshot at a time, so an older one never lands after a newer one: a save asked
+   * for while one runs saves the rows as they are when that one has ended.
+   */
+  async #drain() {
+    while (this.#dirty) {
+      this.#dirty = false;
+      const snapshot = this.snapshot();
+      // (Never on the first turn: `#save` checked it.)
+      if (snapshot.offset === this.#savedOffset) continue;
+      try {
+        await this.#store.save(snapshot);
+        this.#savedOffset = snapshot.offset;
+      } catch (e) {
+        // The store is a cache: a full localStorage must not stop the table. It tries again at
+        // the next save.
+        this.#storeFailed(e);
+        // Not done yet when save() throws at once: `#save` has yet to keep this in `#saving`.
+        await null;
+      }
     }
+    this.#saving = null;
   }
 
   /** Tells every `onError` (or the console, with none) that the store failed. */
@@ -476,6 +504,7 @@ export function storageStore(storage, key) {
 function changeMessage(operation, type, key, value, headers) {
   if (!nonEmpty(type) || !nonEmpty(key)) throw invalidArgument(`change.${operation}(): type and key must be non-empty strings`);
   if (headers !== undefined && !isObject(headers)) throw invalidArgument(`change.${operation}(): headers must be an object`);
+  if (headers?.control !== undefined) throw invalidArgument(`change.${operation}(): a change has no control header`);
   if (operation !== 'delete' && value === undefined) throw invalidArgument(`change.${operation}(): value is required`);
   const message = { type, key, value, headers: { ...headers, operation } };
   if (operation === 'delete' && value === undefined) message.value = null;

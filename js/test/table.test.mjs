@@ -459,6 +459,89 @@ test('cancel() ends a table whose listener never settles, and saves its snapshot
   assert.deepEqual(sortedRows(t), [['a', 'b', 1]]);
 });
 
+/** A store whose saves settle only when the test says: `calls[i].resolve()`; `nextCall()` waits for a save. */
+function heldStore() {
+  const calls = [];
+  let waiting = [];
+  return {
+    calls,
+    nextCall: (n = calls.length + 1) =>
+      calls.length >= n ? Promise.resolve(calls[n - 1]) : new Promise((r) => waiting.push([n, r])),
+    load: () => undefined,
+    save(snapshot) {
+      return new Promise((resolve) => {
+        calls.push({ snapshot, resolve });
+        for (const [n, r] of waiting) if (calls.length >= n) r(calls[n - 1]);
+        waiting = waiting.filter(([n]) => calls.length < n);
+      });
+    },
+  };
+}
+
+test("a slow store's saves run one at a time and the newest rows are saved last; it holds neither the reader nor a cancelled table's finished", { timeout: 15_000 }, async () => {
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
+  const ds = await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify([change.insert('n', 'k', 0)]) });
+  const store = heldStore();
+  const t = table({ url, live: 'long-poll', store, saveEveryMs: 300 });
+  (await store.nextCall(1)).resolve(); // saved once caught up
+  let seen = nextUpdate(t, (u) => u.changes.length > 0);
+  await ds.append(change.update('n', 'k', 1));
+  await seen;
+  // Saved at once or once saveEveryMs has passed; left hanging.
+  const held = await store.nextCall(2);
+  assert.deepEqual(held.snapshot.rows, [['n', 'k', 1]]);
+  seen = nextUpdate(t, (u) => u.changes.length > 0);
+  await ds.append(change.update('n', 'k', 2));
+  await seen;
+  t.cancel();
+  await t.finished;
+  assert.equal(store.calls.length, 2, 'no save while another runs');
+  held.resolve();
+  const last = await store.nextCall(3);
+  assert.deepEqual(last.snapshot, t.snapshot());
+});
+
+test('a store whose save never settles holds finished until cancel(), then not', { timeout: 10_000 }, async () => {
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
+  await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify([change.insert('a', 'b', 1)]) });
+  const store = heldStore();
+  const t = table({ url, live: false, store });
+  let settled = false;
+  t.finished.then(() => (settled = true));
+  await store.nextCall(1);
+  await t.ready();
+  for (let i = 0; i < 10; i++) await null;
+  assert.equal(settled, false, 'a table that ends by itself waits for its last save');
+  t.cancel();
+  await t.finished;
+});
+
+test("a table cancelled before its first response to offset: 'now' saves nothing (a later table would resume from 'now')", async () => {
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
+  await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify([change.insert('a', 'b', 1)]) });
+  const storage = memoryStorage();
+  const t = table({ url, offset: 'now', store: storageStore(storage, 'n') });
+  t.cancel();
+  await assert.rejects(t.ready(), { code: 'ABORTED' });
+  await t.finished;
+  assert.equal(storage.getItem('n'), null);
+});
+
+test('a listener unsubscribed by another during an update is not called with it, as on an EventTarget', async () => {
+  const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
+  await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify([change.insert('a', 'b', 1)]) });
+  const t = table({ url, live: false });
+  const seen = [];
+  let stopB;
+  t.subscribe(() => {
+    seen.push('A');
+    stopB();
+  });
+  stopB = t.subscribe(() => void seen.push('B'));
+  await t.finished;
+  assert.deepEqual(seen, ['A']);
+});
+
 test('tables let go of a shared signal when they end, and aborting it stops the live ones', async () => {
   const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
   await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify(change.insert('a', 'b', 1)) });
@@ -555,6 +638,9 @@ test('bad arguments are refused with INVALID_ARGUMENT', () => {
   assert.throws(() => change.insert('', 'k', 1), invalid);
   assert.throws(() => change.insert('t', 'k'), invalid);
   assert.throws(() => change.update('t', 'k', 1, 'txid'), invalid);
+  // A control header would make it a control message to other readers: a change has none.
+  assert.throws(() => change.insert('t', 'k', 1, { control: 'reset' }), invalid);
+  assert.throws(() => change.delete('t', 'k', { control: 'snapshot-end' }), invalid);
   assert.throws(() => storageStore({}, 'k'), invalid);
   assert.deepEqual(change.delete('t', 'k', { txid: 'x1' }), {
     type: 't',
