@@ -198,17 +198,18 @@ let posting = Promise.resolve();
  * a slow one would land after those made behind it (chat messages, two Saves of a
  * row out of order).
  */
-function post(path, body, contentType = 'application/json') {
-  const sent = posting.then(() => send(path, body, contentType));
+function post(path, body) {
+  const sent = posting.then(() => send(path, body));
   posting = sent.catch(() => {});
   return sent;
 }
 
-async function send(path, body, contentType) {
+/** POSTs `body` as JSON (the tail's text lines go through its producer instead). */
+async function send(path, body) {
   const res = await fetch(`${API}/${path}`, {
     method: 'POST',
-    headers: { 'content-type': contentType, ...(token && { authorization: `Bearer ${token}` }) },
-    body: contentType === 'application/json' ? JSON.stringify(body) : body,
+    headers: { 'content-type': 'application/json', ...(token && { authorization: `Bearer ${token}` }) },
+    body: JSON.stringify(body),
   });
   if (!res.ok) throw new Error(`append failed: ${res.status} ${await res.text()}`);
   // Read to its end, even empty: a body left unread is an aborted request to the browser.
