@@ -380,6 +380,8 @@ describe('rooms', () => {
     await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('stopped');
     expect(await a.page.locator('#problem').textContent()).toMatch(/409/);
     expect(await a.page.locator('#problem').isVisible()).toBe(true);
+    // Nothing more is loading: a list left busy would keep a screen reader from announcing.
+    expect(await a.page.locator('#messages').getAttribute('aria-busy')).toBe(null);
     const tried = puts.length;
     expect(tried).toBe(1);
     // Retried, it would have been asked again several times within these seconds.

@@ -120,6 +120,8 @@ function stop(mine, error) {
   if (mine.controller.signal.aborted) return;
   console.error('edgestream demo:', error);
   mine.stopped = true;
+  // Nothing more will load: a list left busy would keep a screen reader from announcing it.
+  $('messages').removeAttribute('aria-busy');
   const auth = error.status === 401 || error.status === 403;
   showProblem(
     auth
