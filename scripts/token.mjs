@@ -21,7 +21,8 @@ export function mintToken({ secret, prefix, ops, expiresAt }) {
   for (const op of ops) {
     if (!OPERATIONS.includes(op)) throw new Error(`unknown operation ${op} (use ${OPERATIONS.join(', ')})`);
   }
-  if (!Number.isInteger(expiresAt)) throw new Error('expiresAt must be Unix seconds');
+  // An expiry past the year 9999 is milliseconds by mistake; the Worker refuses such a token.
+  if (!Number.isInteger(expiresAt) || expiresAt > 253402300799) throw new Error('expiresAt must be Unix seconds, an integer before the year 10000');
   const payload = Buffer.from(JSON.stringify({ prefix, ops, exp: expiresAt })).toString('base64url');
   const signature = createHmac('sha256', secret).update(payload).digest('base64url');
   return `${payload}.${signature}`;

@@ -65,6 +65,25 @@ describe('without a valid token', () => {
       expect(res.status, t.slice(0, 40)).toBe(401);
     }
   });
+
+  test('an exp past the year 9999 is 401: an exp in milliseconds would be a token that never expires', async () => {
+    // `exp` is Unix seconds. A minter that writes Date.now() + 3600_000 (milliseconds) made a
+    // token good until the year 57,000 or so, which was accepted.
+    const sign = (p: string) => createHmac('sha256', secret).update(p).digest('base64url');
+    const signed = (exp: number) => {
+      const payload = Buffer.from(JSON.stringify({ prefix: '', ops: ['read'], exp })).toString('base64url');
+      return `${payload}.${sign(payload)}`;
+    };
+    for (const exp of [Date.now() + 3_600_000, 253402300800, Number.MAX_SAFE_INTEGER]) {
+      const res = await fetch(url('auth/rooms/a?offset=-1'), { headers: bearer(signed(exp)) });
+      expect(res.status, String(exp)).toBe(401);
+      expect(await res.text(), String(exp)).toContain('not valid');
+    }
+    // The last second of 9999 (UTC) is still an expiry.
+    expect((await fetch(url('auth/rooms/a?offset=-1'), { headers: bearer(signed(253402300799)) })).status).toBe(200);
+    // And the minting helper refuses a millisecond expiry rather than minting one.
+    expect(() => mintToken({ secret, prefix: '', ops: ['read'], expiresAt: Date.now() + 3_600_000 })).toThrow(/seconds/);
+  });
 });
 
 describe('scoped tokens', () => {

@@ -90,6 +90,9 @@ pub fn bearer_credentials(value: &str) -> Option<&str> {
 
 /// Every claim is required: a token without `prefix` is malformed, not one for every stream
 /// (that takes `"prefix": ""`, said outright).
+/// The latest `exp` a token may name: 9999-12-31T23:59:59Z, in Unix seconds.
+const MAX_EXP: i64 = 253_402_300_799;
+
 #[derive(Deserialize)]
 struct Claims {
     prefix: String,
@@ -150,6 +153,11 @@ async fn verify(secret: &str, token: &str) -> worker::Result<Result<Grant, AuthE
     let Ok(claims) = serde_json::from_slice::<Claims>(&json) else {
         return Ok(Err(AuthError::Invalid));
     };
+    // `exp` is Unix seconds. One past the year 9999 is refused as malformed: it is almost
+    // always milliseconds (`Date.now()`), which would make a token that never expires.
+    if claims.exp > MAX_EXP {
+        return Ok(Err(AuthError::Invalid));
+    }
     let mut ops = Vec::new();
     for name in &claims.ops {
         match Operation::parse(name) {
