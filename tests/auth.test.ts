@@ -3,9 +3,12 @@
 // escalation, bearer and query-parameter tokens, and the __ds admin APIs.
 import { createHmac } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
 import { mintToken } from '../scripts/token.mjs';
+import { receiver } from './support/webhook';
 
 const secret = 'test-secret-' + Math.random().toString(36).slice(2);
 let server: Awaited<ReturnType<typeof startServer>>;
@@ -15,7 +18,7 @@ const token = (prefix: string, ops: string[], expiresAt = inAnHour()) => mintTok
 const bearer = (t: string) => ({ authorization: `Bearer ${t}` });
 
 beforeAll(async () => {
-  server = await startServer({ vars: { AUTH_SECRET: secret, LONG_POLL_TIMEOUT_MS: '500' } });
+  server = await startServer({ vars: { AUTH_SECRET: secret, LONG_POLL_TIMEOUT_MS: '500', WEBHOOK_ALLOW_LOCALHOST: 'true' } });
   const admin = token('', ['create', 'append', 'read', 'delete']);
   const res = await fetch(url('auth/rooms/a'), { method: 'PUT', headers: { 'content-type': 'text/plain', ...bearer(admin) }, body: 'hello' });
   expect(res.status).toBe(201);
@@ -210,6 +213,81 @@ describe('scoped tokens', () => {
     const ack = await fetch(`${sub}/ack`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
     expect([400, 401, 403, 409]).toContain(ack.status);
     expect(ack.headers.get('www-authenticate')).toBeNull();
+  });
+
+  test('a wake token the server did not issue is refused at the edge: no subscription object is touched', async () => {
+    // Every object that ever ran keeps its SQLite file in wrangler's state directory: an
+    // unauthenticated request must not make one (an attacker could make any number).
+    const objectsDir = join(server.persistTo, 'v3', 'do', 'edgestream-SubscriptionObject');
+    const objects = () => (existsSync(objectsDir) ? readdirSync(objectsDir).filter((f) => /^[0-9a-f]{64}\.sqlite$/.test(f)).length : 0);
+    const before = objects();
+    const nonce = Buffer.alloc(32, 7).toString('base64url');
+    const forged = [undefined, 'Bearer x', `Bearer ${nonce}`, `Bearer ${nonce}.${nonce}`, `Bearer ${token('', ['admin'])}`];
+    for (const action of ['callback', 'ack', 'release']) {
+      for (const authorization of forged) {
+        const res = await fetch(url(`__ds/subscriptions/nobody-${Date.now()}-${action}/${action}`), {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', ...(authorization ? { authorization } : {}) },
+          body: JSON.stringify({ wake_id: 'w_x', generation: 1 }),
+        });
+        expect(res.status, `${action} ${authorization}`).toBe(401);
+        expect(((await res.json()) as { error: { code: string } }).error.code).toBe('TOKEN_INVALID');
+      }
+    }
+    expect(objects(), 'objects made by unauthenticated requests').toBe(before);
+
+    // A token the server issued still works, for its own subscription only.
+    const id = `auth-wake-${Date.now()}`;
+    const admin = { 'content-type': 'application/json', ...bearer(token('', ['admin', 'create', 'append', 'read'])) };
+    expect((await fetch(url(`auth/wake-${id}`), { method: 'PUT', headers: admin })).status).toBe(201);
+    const sub = url(`__ds/subscriptions/${id}`);
+    const body = JSON.stringify({ type: 'pull-wake', streams: [`auth/jobs-${id}`], wake_stream: `auth/wake-${id}` });
+    expect((await fetch(sub, { method: 'PUT', headers: admin, body })).status).toBe(201);
+    expect((await fetch(`${sub}-other`, { method: 'PUT', headers: admin, body })).status).toBe(201);
+    expect((await fetch(url(`auth/jobs-${id}`), { method: 'PUT', headers: admin, body: '{"job":1}' })).status).toBe(201);
+    const claimed = await (async () => {
+      for (let i = 0; i < 100; i++) {
+        const res = await fetch(`${sub}/claim`, { method: 'POST', headers: admin, body: '{"worker":"w"}' });
+        if (res.status === 200) return (await res.json()) as { wake_id: string; generation: number; token: string };
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      throw new Error('never claimable');
+    })();
+    const release = JSON.stringify({ wake_id: claimed.wake_id, generation: claimed.generation });
+    const post = (target: string, t: string) =>
+      fetch(`${target}/release`, { method: 'POST', headers: { 'content-type': 'application/json', ...bearer(t) }, body: release });
+    expect((await post(`${sub}-other`, claimed.token)).status, 'another subscription').toBe(401);
+    expect((await post(sub, claimed.token.replace(/^./, (c) => (c === 'A' ? 'B' : 'A')))).status, 'an edited token').toBe(401);
+    expect((await post(sub, claimed.token)).status).toBe(204);
+
+    // A webhook's callback token, likewise.
+    const hook = await receiver();
+    try {
+      const hooked = `auth-hook-${Date.now()}`;
+      const made = await fetch(url(`__ds/subscriptions/${hooked}`), {
+        method: 'PUT',
+        headers: admin,
+        body: JSON.stringify({ type: 'webhook', streams: [`auth/${hooked}`], webhook: { url: hook.url } }),
+      });
+      expect(made.status).toBe(201);
+      expect((await fetch(url(`auth/${hooked}`), { method: 'PUT', headers: admin, body: '{"job":2}' })).status).toBe(201);
+      let wake: any;
+      for (let i = 0; i < 100 && !wake; i++) {
+        wake = hook.bodies.find((b) => b.subscription_id === hooked);
+        if (!wake) await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      expect(wake, 'no webhook arrived').toBeDefined();
+      const callback = (t: string) =>
+        fetch(wake.callback_url, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', ...bearer(t) },
+          body: JSON.stringify({ wake_id: wake.wake_id, generation: wake.generation, done: true }),
+        });
+      expect((await callback(claimed.token)).status, "another subscription's token").toBe(401);
+      expect((await callback(wake.callback_token)).status).toBe(200);
+    } finally {
+      await hook.close();
+    }
   });
 });
 

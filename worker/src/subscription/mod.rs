@@ -102,12 +102,10 @@ fn valid_id(id: &str) -> bool {
 /// their own instead of an admin token: `POST subscriptions/<id>/{callback,ack,release}`. It
 /// splits the path exactly as [`route`] does, so no other route (a stream link whose path
 /// ends in `/ack`, say) can pass for one.
-pub fn uses_wake_token(method: &Method, rest: &str) -> bool {
-    let action = rest
-        .strip_prefix("subscriptions/")
-        .and_then(|r| r.split_once('/'))
-        .map(|(_, action)| action);
-    *method == Method::Post && matches!(action, Some("callback" | "ack" | "release"))
+/// Answers the subscription id such a route names.
+pub fn uses_wake_token<'a>(method: &Method, rest: &'a str) -> Option<&'a str> {
+    let (id, action) = rest.strip_prefix("subscriptions/")?.split_once('/')?;
+    (*method == Method::Post && matches!(action, "callback" | "ack" | "release")).then_some(id)
 }
 
 pub async fn route(
