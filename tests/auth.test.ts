@@ -3,7 +3,7 @@
 // escalation, bearer and query-parameter tokens, and the __ds admin APIs.
 import { createHmac } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
@@ -313,6 +313,36 @@ describe('what a client cannot make the server do', () => {
     expect(live.status).toBe(200);
     expect(await live.text()).toBe('<p>');
     sandboxed(live);
+  });
+
+  test('requests for streams that do not exist store nothing: a reader cannot make objects pile up', async () => {
+    // A Durable Object's storage is kept until it is deleted. Locally each object touched has
+    // an SQLite file in wrangler's state directory (miniflare makes one for every object, with
+    // a table of its own): the objects that made the stream schema hold its SQL text.
+    const objectsDir = join(server.persistTo, 'v3', 'do', 'edgestream-StreamObject');
+    const holdsSchema = (file: string) =>
+      [file, `${file}-wal`].some((f) => existsSync(f) && readFileSync(f).includes('CREATE TABLE producers'));
+    const objects = () =>
+      existsSync(objectsDir)
+        ? readdirSync(objectsDir).filter((f) => /^[0-9a-f]{64}\.sqlite$/.test(f) && holdsSchema(join(objectsDir, f))).length
+        : 0;
+    const t = bearer(token('auth/none/', ['read', 'append', 'delete']));
+    const before = objects();
+    const missing = () => url(`auth/none/${Date.now()}-${Math.random().toString(36).slice(2)}`);
+    const asks: [string, RequestInit][] = [
+      ['', { method: 'HEAD' }],
+      ['?offset=-1', {}],
+      ['?offset=-1&live=long-poll', {}],
+      ['?offset=-1&live=sse', {}],
+      ['', { method: 'DELETE' }],
+      ['', { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'x' }],
+    ];
+    for (const [query, init] of asks) {
+      const res = await fetch(missing() + query, { ...init, headers: { ...t, ...(init.headers as Record<string, string>) } });
+      expect(res.status, `${init.method ?? 'GET'} ${query}`).toBe(404);
+      await res.arrayBuffer();
+    }
+    expect(objects(), 'objects stored for streams that do not exist').toBe(before);
   });
 
   test('a token signature spelled another way is 401: one spelling per signature', async () => {
