@@ -78,6 +78,9 @@ describe('scoped tokens', () => {
     expect(await byHeader.text()).toBe('hello');
     // Only the reader's own cache may keep what a token was needed for, never a shared one.
     expect(byHeader.headers.get('cache-control')).toBe('private, max-age=60, stale-while-revalidate=300');
+    // and that cache keys it by the token too: a browser keys a page by its URL alone, and
+    // would otherwise hand it to a request with another token, or an expired one.
+    expect(byHeader.headers.get('vary') ?? '').toMatch(/\bauthorization\b/i);
     const byQuery = await fetch(url(`auth/rooms/a?offset=-1&token=${encodeURIComponent(t)}`));
     expect(byQuery.status).toBe(200);
     // SSE through a query token (EventSource cannot set headers).
