@@ -348,6 +348,24 @@ describe('what a client cannot make the server do', () => {
     expect(objects(), 'objects stored for streams that do not exist').toBe(before);
   });
 
+  test('the public key set is answered from the edge\'s copy, not by the registry each time', async () => {
+    // Anyone may ask for it; the registry, which every create and delete calls, must not
+    // answer each stranger. A copy served from memory says how old it is (Age).
+    const first = await fetch(url('__ds/jwks.json'));
+    expect(first.status).toBe(200);
+    const keys = await first.text();
+    const again = await fetch(url('__ds/jwks.json'));
+    expect(again.status).toBe(200);
+    expect(await again.text()).toBe(keys);
+    expect(again.headers.get('age')).toMatch(/^\d+$/);
+    expect(again.headers.get('cache-control')).toBe('public, max-age=300');
+    expect(again.headers.get('content-type')).toBe('application/jwk-set+json');
+    expect(JSON.parse(keys).keys[0]).not.toHaveProperty('d');
+    const head = await fetch(url('__ds/jwks.json'), { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(Number(head.headers.get('content-length'))).toBe(Buffer.byteLength(keys));
+  });
+
   test('a token signature spelled another way is 401: one spelling per signature', async () => {
     const t = token('auth/rooms/', ['read']);
     const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
