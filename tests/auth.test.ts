@@ -3,9 +3,12 @@
 // escalation, bearer and query-parameter tokens, and the __ds admin APIs.
 import { createHmac } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
 import { mintToken } from '../scripts/token.mjs';
+import { receiver } from './support/webhook';
 
 const secret = 'test-secret-' + Math.random().toString(36).slice(2);
 let server: Awaited<ReturnType<typeof startServer>>;
@@ -15,7 +18,7 @@ const token = (prefix: string, ops: string[], expiresAt = inAnHour()) => mintTok
 const bearer = (t: string) => ({ authorization: `Bearer ${t}` });
 
 beforeAll(async () => {
-  server = await startServer({ vars: { AUTH_SECRET: secret, LONG_POLL_TIMEOUT_MS: '500' } });
+  server = await startServer({ vars: { AUTH_SECRET: secret, LONG_POLL_TIMEOUT_MS: '500', WEBHOOK_ALLOW_LOCALHOST: 'true' } });
   const admin = token('', ['create', 'append', 'read', 'delete']);
   const res = await fetch(url('auth/rooms/a'), { method: 'PUT', headers: { 'content-type': 'text/plain', ...bearer(admin) }, body: 'hello' });
   expect(res.status).toBe(201);
@@ -94,6 +97,9 @@ describe('scoped tokens', () => {
     expect(await byHeader.text()).toBe('hello');
     // Only the reader's own cache may keep what a token was needed for, never a shared one.
     expect(byHeader.headers.get('cache-control')).toBe('private, max-age=60, stale-while-revalidate=300');
+    // and that cache keys it by the token too: a browser keys a page by its URL alone, and
+    // would otherwise hand it to a request with another token, or an expired one.
+    expect(byHeader.headers.get('vary') ?? '').toMatch(/\bauthorization\b/i);
     const byQuery = await fetch(url(`auth/rooms/a?offset=-1&token=${encodeURIComponent(t)}`));
     expect(byQuery.status).toBe(200);
     // SSE through a query token (EventSource cannot set headers).
@@ -230,6 +236,81 @@ describe('scoped tokens', () => {
     expect([400, 401, 403, 409]).toContain(ack.status);
     expect(ack.headers.get('www-authenticate')).toBeNull();
   });
+
+  test('a wake token the server did not issue is refused at the edge: no subscription object is touched', async () => {
+    // Every object that ever ran keeps its SQLite file in wrangler's state directory: an
+    // unauthenticated request must not make one (an attacker could make any number).
+    const objectsDir = join(server.persistTo, 'v3', 'do', 'edgestream-SubscriptionObject');
+    const objects = () => (existsSync(objectsDir) ? readdirSync(objectsDir).filter((f) => /^[0-9a-f]{64}\.sqlite$/.test(f)).length : 0);
+    const before = objects();
+    const nonce = Buffer.alloc(32, 7).toString('base64url');
+    const forged = [undefined, 'Bearer x', `Bearer ${nonce}`, `Bearer ${nonce}.${nonce}`, `Bearer ${token('', ['admin'])}`];
+    for (const action of ['callback', 'ack', 'release']) {
+      for (const authorization of forged) {
+        const res = await fetch(url(`__ds/subscriptions/nobody-${Date.now()}-${action}/${action}`), {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', ...(authorization ? { authorization } : {}) },
+          body: JSON.stringify({ wake_id: 'w_x', generation: 1 }),
+        });
+        expect(res.status, `${action} ${authorization}`).toBe(401);
+        expect(((await res.json()) as { error: { code: string } }).error.code).toBe('TOKEN_INVALID');
+      }
+    }
+    expect(objects(), 'objects made by unauthenticated requests').toBe(before);
+
+    // A token the server issued still works, for its own subscription only.
+    const id = `auth-wake-${Date.now()}`;
+    const admin = { 'content-type': 'application/json', ...bearer(token('', ['admin', 'create', 'append', 'read'])) };
+    expect((await fetch(url(`auth/wake-${id}`), { method: 'PUT', headers: admin })).status).toBe(201);
+    const sub = url(`__ds/subscriptions/${id}`);
+    const body = JSON.stringify({ type: 'pull-wake', streams: [`auth/jobs-${id}`], wake_stream: `auth/wake-${id}` });
+    expect((await fetch(sub, { method: 'PUT', headers: admin, body })).status).toBe(201);
+    expect((await fetch(`${sub}-other`, { method: 'PUT', headers: admin, body })).status).toBe(201);
+    expect((await fetch(url(`auth/jobs-${id}`), { method: 'PUT', headers: admin, body: '{"job":1}' })).status).toBe(201);
+    const claimed = await (async () => {
+      for (let i = 0; i < 100; i++) {
+        const res = await fetch(`${sub}/claim`, { method: 'POST', headers: admin, body: '{"worker":"w"}' });
+        if (res.status === 200) return (await res.json()) as { wake_id: string; generation: number; token: string };
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      throw new Error('never claimable');
+    })();
+    const release = JSON.stringify({ wake_id: claimed.wake_id, generation: claimed.generation });
+    const post = (target: string, t: string) =>
+      fetch(`${target}/release`, { method: 'POST', headers: { 'content-type': 'application/json', ...bearer(t) }, body: release });
+    expect((await post(`${sub}-other`, claimed.token)).status, 'another subscription').toBe(401);
+    expect((await post(sub, claimed.token.replace(/^./, (c) => (c === 'A' ? 'B' : 'A')))).status, 'an edited token').toBe(401);
+    expect((await post(sub, claimed.token)).status).toBe(204);
+
+    // A webhook's callback token, likewise.
+    const hook = await receiver();
+    try {
+      const hooked = `auth-hook-${Date.now()}`;
+      const made = await fetch(url(`__ds/subscriptions/${hooked}`), {
+        method: 'PUT',
+        headers: admin,
+        body: JSON.stringify({ type: 'webhook', streams: [`auth/${hooked}`], webhook: { url: hook.url } }),
+      });
+      expect(made.status).toBe(201);
+      expect((await fetch(url(`auth/${hooked}`), { method: 'PUT', headers: admin, body: '{"job":2}' })).status).toBe(201);
+      let wake: any;
+      for (let i = 0; i < 100 && !wake; i++) {
+        wake = hook.bodies.find((b) => b.subscription_id === hooked);
+        if (!wake) await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      expect(wake, 'no webhook arrived').toBeDefined();
+      const callback = (t: string) =>
+        fetch(wake.callback_url, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', ...bearer(t) },
+          body: JSON.stringify({ wake_id: wake.wake_id, generation: wake.generation, done: true }),
+        });
+      expect((await callback(claimed.token)).status, "another subscription's token").toBe(401);
+      expect((await callback(wake.callback_token)).status).toBe(200);
+    } finally {
+      await hook.close();
+    }
+  });
 });
 
 describe('what a client cannot make the server do', () => {
@@ -254,6 +335,54 @@ describe('what a client cannot make the server do', () => {
     expect(live.status).toBe(200);
     expect(await live.text()).toBe('<p>');
     sandboxed(live);
+  });
+
+  test('requests for streams that do not exist store nothing: a reader cannot make objects pile up', async () => {
+    // A Durable Object's storage is kept until it is deleted. Locally each object touched has
+    // an SQLite file in wrangler's state directory (miniflare makes one for every object, with
+    // a table of its own): the objects that made the stream schema hold its SQL text.
+    const objectsDir = join(server.persistTo, 'v3', 'do', 'edgestream-StreamObject');
+    const holdsSchema = (file: string) =>
+      [file, `${file}-wal`].some((f) => existsSync(f) && readFileSync(f).includes('CREATE TABLE producers'));
+    const objects = () =>
+      existsSync(objectsDir)
+        ? readdirSync(objectsDir).filter((f) => /^[0-9a-f]{64}\.sqlite$/.test(f) && holdsSchema(join(objectsDir, f))).length
+        : 0;
+    const t = bearer(token('auth/none/', ['read', 'append', 'delete']));
+    const before = objects();
+    const missing = () => url(`auth/none/${Date.now()}-${Math.random().toString(36).slice(2)}`);
+    const asks: [string, RequestInit][] = [
+      ['', { method: 'HEAD' }],
+      ['?offset=-1', {}],
+      ['?offset=-1&live=long-poll', {}],
+      ['?offset=-1&live=sse', {}],
+      ['', { method: 'DELETE' }],
+      ['', { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'x' }],
+    ];
+    for (const [query, init] of asks) {
+      const res = await fetch(missing() + query, { ...init, headers: { ...t, ...(init.headers as Record<string, string>) } });
+      expect(res.status, `${init.method ?? 'GET'} ${query}`).toBe(404);
+      await res.arrayBuffer();
+    }
+    expect(objects(), 'objects stored for streams that do not exist').toBe(before);
+  });
+
+  test('the public key set is answered from the edge\'s copy, not by the registry each time', async () => {
+    // Anyone may ask for it; the registry, which every create and delete calls, must not
+    // answer each stranger. A copy served from memory says how old it is (Age).
+    const first = await fetch(url('__ds/jwks.json'));
+    expect(first.status).toBe(200);
+    const keys = await first.text();
+    const again = await fetch(url('__ds/jwks.json'));
+    expect(again.status).toBe(200);
+    expect(await again.text()).toBe(keys);
+    expect(again.headers.get('age')).toMatch(/^\d+$/);
+    expect(again.headers.get('cache-control')).toBe('public, max-age=300');
+    expect(again.headers.get('content-type')).toBe('application/jwk-set+json');
+    expect(JSON.parse(keys).keys[0]).not.toHaveProperty('d');
+    const head = await fetch(url('__ds/jwks.json'), { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(Number(head.headers.get('content-length'))).toBe(Buffer.byteLength(keys));
   });
 
   test('a token signature spelled another way is 401: one spelling per signature', async () => {

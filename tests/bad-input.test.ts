@@ -232,6 +232,18 @@ describe('stray WebSocket upgrades', () => {
   );
 });
 
+describe('a live=ws incarnation that no stream could have', () => {
+  it.each(['a%00b', 'a%0Ab', '%7F', '%E2%82%AC'])('incarnation=%s: 400, not a 503 that asks for a retry', async (value) => {
+    // It is passed on to the stream's object as a header, which cannot hold such bytes.
+    const reply = await wire(
+      `GET ${S}/canary?offset=-1&live=ws&incarnation=${value} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n` +
+        'Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+    );
+    expect(reply.status, reply.body).toBe(400);
+    expect(reply.body).toMatch(/incarnation/);
+  });
+});
+
 describe('bodies', () => {
   const postJson = (body: string | Buffer) =>
     raw('POST', `${S}/json`, { 'content-type': 'application/json' }, body);

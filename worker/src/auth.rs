@@ -88,6 +88,60 @@ pub fn bearer_credentials(value: &str) -> Option<&str> {
         .then(|| without_ows(token))
 }
 
+/// What a wake token's MAC covers: the subscription it was issued for and its random part
+/// (base64url, so the last `:` ends the id). An access token's MAC covers base64url text alone,
+/// which has no `:`, so neither kind of MAC can pass for the other.
+fn wake_message(subscription: &str, nonce: &str) -> String {
+    format!("edgestream-wake-token:{subscription}:{nonce}")
+}
+
+/// The wake token handed out for subscription `subscription` whose random part (what the
+/// subscription stores and compares) is `nonce`. With `AUTH_SECRET` set it is
+/// `<nonce>.<MAC>`, so that the edge can refuse a token the server never issued before any
+/// object is touched ([`wake_token_issued`]); with access open it is the nonce alone.
+pub async fn wake_token(env: &Env, subscription: &str, nonce: &str) -> worker::Result<String> {
+    let Some(secret) = secret(env) else {
+        return Ok(nonce.to_string());
+    };
+    let message = wake_message(subscription, nonce);
+    let mac = crypto::hmac_sha256_sign(secret.as_bytes(), message.as_bytes()).await?;
+    Ok(format!("{nonce}.{}", crypto::base64url(&mac)))
+}
+
+/// The random part of a wake token as a client presents it (see [`wake_token`]).
+pub fn wake_nonce(presented: &str) -> &str {
+    presented
+        .split_once('.')
+        .map_or(presented, |(nonce, _)| nonce)
+}
+
+/// Whether the request's bearer token is a wake token this server issued for subscription
+/// `subscription`: checked at the edge, so that a forged one reaches no object (each would
+/// otherwise start, and store, a subscription object of any id a stranger names). Always true
+/// with access open: the subscription compares the token itself either way.
+pub async fn wake_token_issued(
+    req: &Request,
+    env: &Env,
+    subscription: &str,
+) -> worker::Result<bool> {
+    let Some(secret) = secret(env) else {
+        return Ok(true);
+    };
+    let Some(presented) = header(req.headers(), "authorization")
+        .and_then(|v| bearer_credentials(&v).map(str::to_string))
+    else {
+        return Ok(false);
+    };
+    let Ok((nonce, mac)) = token::split(&presented) else {
+        return Ok(false);
+    };
+    let Ok(mac) = token::base64url_decode(mac) else {
+        return Ok(false);
+    };
+    let message = wake_message(subscription, nonce);
+    crypto::hmac_sha256_verify(secret.as_bytes(), message.as_bytes(), &mac).await
+}
+
 /// Every claim is required: a token without `prefix` is malformed, not one for every stream
 /// (that takes `"prefix": ""`, said outright).
 /// The latest `exp` a token may name: 9999-12-31T23:59:59Z, in Unix seconds.

@@ -83,6 +83,32 @@ fn usages(names: &[&str]) -> JsValue {
         .into()
 }
 
+/// The HMAC-SHA256 of `message` under `secret`.
+pub async fn hmac_sha256_sign(secret: &[u8], message: &[u8]) -> Result<Vec<u8>> {
+    let algorithm = Object::new();
+    Reflect::set(&algorithm, &"name".into(), &"HMAC".into()).map_err(|e| js_err("hmac", e))?;
+    Reflect::set(&algorithm, &"hash".into(), &"SHA-256".into()).map_err(|e| js_err("hmac", e))?;
+    let key = call_async(
+        &subtle()?,
+        "importKey",
+        &[
+            "raw".into(),
+            Uint8Array::from(secret).into(),
+            algorithm.clone().into(),
+            JsValue::FALSE,
+            usages(&["sign"]),
+        ],
+    )
+    .await?;
+    let mac = call_async(
+        &subtle()?,
+        "sign",
+        &[algorithm.into(), key, Uint8Array::from(message).into()],
+    )
+    .await?;
+    Ok(Uint8Array::new(&mac).to_vec())
+}
+
 /// Whether `signature` is the HMAC-SHA256 of `message` under `secret` (constant time, by
 /// WebCrypto's `verify`).
 pub async fn hmac_sha256_verify(secret: &[u8], message: &[u8], signature: &[u8]) -> Result<bool> {

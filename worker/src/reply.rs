@@ -98,6 +98,12 @@ impl ReadReply<'_> {
             headers.set(h::ETAG, &tag)?;
         }
         headers.set(h::CACHE_CONTROL, &cache_control(kind))?;
+        // A reader's own cache keys a page by its URL alone: without this, a browser would
+        // hand a page read with one token to a request with another (or an expired one) for
+        // as long as the page may be kept. A token in the query is in the URL already.
+        if matches!(kind, CacheKind::Data(CacheScope { shared: false, .. })) {
+            headers.set("vary", "Authorization")?;
+        }
         headers.set(h::STREAM_NEXT_OFFSET, &self.end.to_string())?;
         if self.up_to_date {
             headers.set(h::STREAM_UP_TO_DATE, "true")?;

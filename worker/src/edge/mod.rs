@@ -82,10 +82,19 @@ async fn route(req: Request, env: &Env, config: &Config) -> Result<Reply> {
     {
         let rest = rest.to_string();
         // The key set is public; callbacks, acks and releases carry their own wake tokens.
-        let own_token = crate::subscription::uses_wake_token(&req.method(), &rest);
-        if rest != "jwks.json" && !own_token {
-            if let Err(e) = auth::authorize(&req, &url, env, Operation::Admin, "").await? {
-                return edge(refuse(e));
+        match crate::subscription::uses_wake_token(&req.method(), &rest) {
+            // Its MAC is checked here, so a forged token starts no subscription object.
+            Some(id) => {
+                if !auth::wake_token_issued(&req, env, id).await? {
+                    let invalid = edgestream::subscription::SubscriptionError::TokenInvalid;
+                    return edge(crate::subscription::error(invalid));
+                }
+            }
+            None if rest == "jwks.json" => {}
+            None => {
+                if let Err(e) = auth::authorize(&req, &url, env, Operation::Admin, "").await? {
+                    return edge(refuse(e));
+                }
             }
         }
         return edge(crate::subscription::route(req, &url, &rest, env, config).await);

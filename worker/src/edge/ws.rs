@@ -91,6 +91,15 @@ pub async fn websocket(
     // A client resuming names the incarnation it read in: the object refuses (404) one that was
     // deleted and created again since, as it refuses the edge's own later subscriptions.
     let expected = http::query_value(url, ws::INCARNATION_PARAM).filter(|i| !i.is_empty());
+    // It goes to the object as a header, which cannot carry control characters or non-ASCII
+    // (setting one throws, which would be answered 503, as if a retry could help); no
+    // incarnation has them.
+    if expected
+        .as_deref()
+        .is_some_and(|i| !i.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return http::text(400, "incarnation is not a Stream-Incarnation value");
+    }
     if let Some(expected) = &expected {
         extra.push((reply::X_INSTANCE, expected.as_str()));
     }

@@ -180,7 +180,6 @@ impl StreamObject {
                 lease,
             })
         });
-        let store = self.store()?;
         let mut now = now_ms();
         let wait_until = now + turns::GAP_WAIT_MS;
         // From the last lookup on there is no await until the response: the append is one
@@ -194,6 +193,9 @@ impl StreamObject {
                 Ok(request) => request,
                 Err(e) => return http::error(e),
             };
+            // Opened once the stream is found: an append to one that does not exist stores
+            // nothing, not even the tables.
+            let store = self.store()?;
             let stored_lease = store.lease()?;
             let stored = match &request.producer {
                 Some(p) => self.producer_state(store, stored_lease.as_ref(), p.id, now)?,
@@ -222,6 +224,7 @@ impl StreamObject {
                 (Err(e), _) => return http::error(&e),
             }
         };
+        let store = self.store()?;
         let producer = &request.producer;
         let kept_since = edgestream::producer::kept_since(now, self.config.producer_ttl_ms);
         // The active lease held by this request's producer, if any.

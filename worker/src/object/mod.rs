@@ -79,7 +79,14 @@ pub struct StreamObject {
     hub: live::Hub,
     env: Env,
     config: Config,
-    store: Option<Store>,
+    /// The storage, once opened: at construction for an object that has stored something
+    /// before, else when a request first needs it (see [`StreamObject::store`]).
+    store: std::cell::OnceCell<Store>,
+    /// The storage of an object that has never stored anything, not yet opened: opening it
+    /// creates the tables, which a request for a stream that does not exist must not do, or
+    /// any reader could leave objects behind by the million.
+    /// (The object's `DurableObjectState`, as the object it derefs to.)
+    unopened: RefCell<Option<(worker::SqlStorage, js_sys::Object)>>,
     /// The metadata row, once loaded: `Some(None)` means no stream here.
     meta: RefCell<Option<Option<Meta>>>,
     /// POSTs being handled right now; more than one means a burst worth batching.
@@ -138,16 +145,23 @@ impl DurableObject for StreamObject {
         if let Err(e) = keepalive {
             worker::console_warn!("stream object: no WebSocket keepalive answer: {e:?}");
         }
-        let transactional = crate::transaction::Transactional::of(&raw);
+        let own = raw.clone();
         let state = State::from(raw);
-        let opened = transactional.and_then(|storage| Store::open(state.storage().sql(), storage));
-        let store = match opened {
-            Ok(store) => Some(store),
-            Err(e) => {
-                worker::console_error!("stream object: cannot open storage: {e}");
-                None
+        let store = std::cell::OnceCell::new();
+        let mut unopened = None;
+        let sql = state.storage().sql();
+        if store::has_tables(&sql) {
+            let transactional =
+                crate::transaction::Transactional::of(wasm_bindgen::JsCast::unchecked_ref(&own));
+            match transactional.and_then(|storage| Store::open(sql, storage)) {
+                Ok(opened) => {
+                    let _ = store.set(opened);
+                }
+                Err(e) => worker::console_error!("stream object: cannot open storage: {e}"),
             }
-        };
+        } else {
+            unopened = Some((sql, own));
+        }
         let faults = crate::fault::Faults::new(config.fault_marker.clone());
         StreamObject {
             state,
@@ -155,6 +169,7 @@ impl DurableObject for StreamObject {
             env,
             config,
             store,
+            unopened: RefCell::new(unopened),
             meta: RefCell::new(None),
             appends_in_flight: Cell::new(0),
             cold: Cell::new(true),
@@ -394,15 +409,34 @@ impl StreamObject {
     }
 
     fn store(&self) -> Result<&Store> {
-        self.store
-            .as_ref()
-            .ok_or_else(|| worker::Error::RustError("storage unavailable".into()))
+        if let Some(store) = self.store.get() {
+            return Ok(store);
+        }
+        let unopened = self.unopened.borrow().clone();
+        let Some((sql, raw)) = unopened else {
+            return Err(worker::Error::RustError("storage unavailable".into()));
+        };
+        // A failure leaves it unopened: the next request tries again.
+        let storage =
+            crate::transaction::Transactional::of(wasm_bindgen::JsCast::unchecked_ref(&raw))?;
+        let store = Store::open(sql, storage)?;
+        self.unopened.replace(None);
+        Ok(self.store.get_or_init(|| store))
+    }
+
+    /// Whether this object has never stored anything (its tables are not even made): no
+    /// stream is here, nor was one.
+    fn never_stored(&self) -> bool {
+        self.store.get().is_none() && self.unopened.borrow().is_some()
     }
 
     /// The metadata, from memory once loaded.
     fn meta(&self) -> Result<Option<Meta>> {
         if let Some(cached) = self.meta.borrow().as_ref() {
             return Ok(cached.clone());
+        }
+        if self.never_stored() {
+            return Ok(None);
         }
         let loaded = self.store()?.load_meta()?;
         self.meta.replace(Some(loaded.clone()));
@@ -729,7 +763,7 @@ impl StreamObject {
         self.meta.replace(None);
         // An alarm set in writes that were rolled back is not set.
         self.alarm.forget();
-        if let Some(store) = &self.store {
+        if let Some(store) = self.store.get() {
             store.forget_cached();
         }
     }

@@ -102,12 +102,10 @@ fn valid_id(id: &str) -> bool {
 /// their own instead of an admin token: `POST subscriptions/<id>/{callback,ack,release}`. It
 /// splits the path exactly as [`route`] does, so no other route (a stream link whose path
 /// ends in `/ack`, say) can pass for one.
-pub fn uses_wake_token(method: &Method, rest: &str) -> bool {
-    let action = rest
-        .strip_prefix("subscriptions/")
-        .and_then(|r| r.split_once('/'))
-        .map(|(_, action)| action);
-    *method == Method::Post && matches!(action, Some("callback" | "ack" | "release"))
+/// Answers the subscription id such a route names.
+pub fn uses_wake_token<'a>(method: &Method, rest: &'a str) -> Option<&'a str> {
+    let (id, action) = rest.strip_prefix("subscriptions/")?.split_once('/')?;
+    (*method == Method::Post && matches!(action, "callback" | "ack" | "release")).then_some(id)
 }
 
 pub async fn route(
@@ -122,8 +120,7 @@ pub async fn route(
         if req.method() != Method::Get && req.method() != Method::Head {
             return http::text(405, "method not allowed");
         }
-        let stub = registry_stub(env)?;
-        return forward(req, &stub, "jwks", None, &origin, None, config).await;
+        return jwks(&req, env).await;
     }
     let Some(rest) = rest.strip_prefix("subscriptions/") else {
         return http::text(404, "not found");
@@ -162,6 +159,51 @@ pub async fn route(
     };
     let stub = subscription_stub(env, id)?;
     forward(req, &stub, op, path.as_deref(), &origin, Some(id), config).await
+}
+
+/// How long an isolate keeps the webhook key set it fetched: as long as its answer says any
+/// cache may.
+const JWKS_KEPT_MS: i64 = 300_000;
+
+thread_local! {
+    /// The key set as the registry last answered it, and when (Unix ms).
+    static JWKS: std::cell::RefCell<Option<(Vec<u8>, i64)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `GET /v1/stream/__ds/jwks.json`, which anyone may ask: answered from the isolate's copy
+/// while it is fresh, so that strangers' requests do not all reach the registry, the one
+/// object every create and delete in the deployment also calls. Keys are only ever added, and
+/// the answer says `max-age=300` anyway.
+async fn jwks(req: &Request, env: &Env) -> Result<Response> {
+    let now = http::now_ms();
+    let kept = JWKS
+        .with(|c| c.borrow().clone())
+        .filter(|(_, at)| now - at < JWKS_KEPT_MS);
+    let (body, at) = match kept {
+        Some(kept) => kept,
+        None => {
+            let mut init = RequestInit::new();
+            init.with_method(Method::Get);
+            let ask = Request::new_with_init("https://edgestream/jwks", &init)?;
+            let mut resp = registry_stub(env)?.fetch_with_request(ask).await?;
+            if resp.status_code() != 200 {
+                return Ok(resp);
+            }
+            let body = resp.bytes().await?;
+            JWKS.with(|c| c.replace(Some((body.clone(), now))));
+            (body, now)
+        }
+    };
+    let headers = Headers::new();
+    headers.set("content-type", "application/jwk-set+json")?;
+    headers.set("cache-control", "public, max-age=300")?;
+    // A copy kept here is as old as the time since it was fetched (RFC 9111 §5.1).
+    headers.set("age", &((now - at).max(0) / 1000).to_string())?;
+    if req.method() == Method::Head {
+        headers.set("content-length", &body.len().to_string())?;
+        return Ok(Response::empty()?.with_headers(headers));
+    }
+    Ok(Response::from_bytes(body)?.with_headers(headers))
 }
 
 /// Decodes `%XX` escapes (a path may arrive encoded, slashes included).

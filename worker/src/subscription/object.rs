@@ -1361,7 +1361,7 @@ impl SubscriptionObject {
             "generation": record.generation,
             "streams": streams,
             "callback_url": format!("{}{STREAM_PREFIX}__ds/subscriptions/{}/callback", record.origin, record.id),
-            "callback_token": token,
+            "callback_token": crate::auth::wake_token(&self.env, &record.id, &token).await?,
         })
         .to_string();
         let key = self.signing_key().await?;
@@ -1465,12 +1465,15 @@ impl SubscriptionObject {
         // A token of a wake that has ended is not kept, so any other token is checked after
         // the fence: its holder is told it was fenced, as the protocol says.
         let given = bearer(req).ok_or(SubscriptionError::TokenInvalid)?;
+        // The edge has checked the MAC of a token issued with `AUTH_SECRET` set; what the
+        // subscription stores, and compares, is its random part.
+        let given = crate::auth::wake_nonce(&given);
         let current = record.wake_id.as_deref();
         if current.is_none() || wake_id != current || generation != Some(record.generation) {
             return Err(SubscriptionError::Fenced.into());
         }
         match &record.token {
-            Some(expected) if same_secret(&given, expected) => Ok(()),
+            Some(expected) if same_secret(given, expected) => Ok(()),
             _ => Err(SubscriptionError::TokenInvalid.into()),
         }
     }
@@ -1599,6 +1602,10 @@ impl SubscriptionObject {
     }
 
     async fn claim(&self, body: &[u8]) -> std::result::Result<Response, Failure> {
+        // The token is made before the record is read: nothing may await between reading the
+        // record and saving it, or another request could change it meanwhile.
+        let nonce = crypto::random_token(32)?;
+        let token = crate::auth::wake_token(&self.env, &self.live()?.id, &nonce).await?;
         let mut record = self.live()?;
         if record.kind != Kind::PullWake {
             return Err(SubscriptionError::InvalidRequest(
@@ -1634,7 +1641,7 @@ impl SubscriptionObject {
         record.next_attempt_at = None;
         record.failures = 0;
         record.holder = Some(worker);
-        record.token = Some(crypto::random_token(32)?);
+        record.token = Some(nonce);
         record.lease_deadline = Some(now + record.lease_ttl_ms as i64);
         self.take_snapshot()?;
         self.save(&record)?;
@@ -1645,7 +1652,7 @@ impl SubscriptionObject {
             &j!({
                 "wake_id": record.wake_id,
                 "generation": record.generation,
-                "token": record.token,
+                "token": token,
                 "streams": streams,
                 "lease_ttl_ms": record.lease_ttl_ms,
             }),

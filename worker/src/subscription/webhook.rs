@@ -202,6 +202,32 @@ mod tests {
     }
 
     #[test]
+    fn other_spellings_of_local_addresses_are_refused() {
+        // The URL parser reads these hosts as the addresses they spell (WHATWG: short,
+        // decimal, hexadecimal and octal IPv4, a trailing dot), so none is a public name.
+        for url in [
+            "https://127.1/",
+            "https://2130706433/",
+            "https://0x7f000001/",
+            "https://0177.0.0.1/",
+            "https://0/",
+            "https://169.254.169.254./",
+            "https://0xa9fea9fe/",
+            "https://[::ffff:7f00:1]/",
+            "https://[0:0:0:0:0:0:0:1]/",
+            "https://LOCALHOST/",
+            "https://localhost./",
+            "https://a.b.localhost/",
+            "https://metadata.google.internal/",
+            "https://10.0.0.1:443@example.com/",
+            "file:///etc/passwd",
+            "data:text/plain,x",
+        ] {
+            assert_eq!(code(url, false), Err("WEBHOOK_URL_REJECTED"), "{url}");
+        }
+    }
+
+    #[test]
     fn localhost_only_when_allowed() {
         for url in [
             "http://localhost:8080/hook",
