@@ -160,6 +160,30 @@ describe('a create whose registration fails', () => {
     expect(await readAll(source)).toEqual([{ n: 1 }]);
   }, 30_000);
 
+  it('links a channel created before it is linked after an initial body too large for that channel, never copying it', async () => {
+    // The channels-above race: the create asked the registry whether a channel is above its
+    // path (none), stored its body, and failed to register; a channel is created above it
+    // before the retry, which learns of it. 250,000 tiny messages would be about 25 MB of
+    // envelopes in the channel, over MAX_APPEND_BYTES (16 MiB).
+    const channel = unique('race');
+    const source = `${channel}/${MARKER}-initial`;
+    const big = `[${Array(250_000).fill('1').join(',')}]`;
+    expect((await request('PUT', source, json, big)).status).toBe(503);
+    expect((await request('PUT', channel, { 'stream-channel': 'true' })).status).toBe(201);
+    expect((await request('POST', source, json, '{"n":1}')).status).toBe(204);
+    expect((await request('PUT', source, json)).status).toBe(200);
+    // The channel is fed from the end of the initial body, as if the stream had existed
+    // before it: what was appended after, not the body and no created event. (Its size is
+    // looked at first: a copy of the body would be too large to read here in one piece.)
+    const size = async () => Number((await request('HEAD', channel)).headers.get('stream-next-offset')!.split('_')[1]);
+    expect(await until(async () => (await size()) > 0)).toBe(true);
+    await sleep(300);
+    expect(await size()).toBeLessThan(1024);
+    expect(await sourceEvents(channel, source)).toEqual([{ n: 1 }]);
+    // The stream itself holds the body and the append.
+    expect(JSON.parse((await request('GET', `${source}?offset=-1`)).text).length).toBe(250_001);
+  }, 60_000);
+
   it('is linked by the alarm when nobody retries it', async () => {
     const channel = await newChannel('alarm');
     const source = `${channel}/${MARKER}-b`;
