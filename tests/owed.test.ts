@@ -432,6 +432,28 @@ describe('a subscription deleted and created again at once', () => {
   });
 });
 
+describe('a stream dropped from a subscription while the registry cannot be told', () => {
+  it('is dropped all the same (204, not 503), and a stream created at that path later is not linked', async () => {
+    const prefix = unique(`${MARKER}-drop`);
+    // The stream carries no marker: only the subscription's call to the registry fails.
+    const stream = unique('dropped');
+    await withHook(prefix, async (hook, id) => {
+      await subscribe(id, `${prefix}/*`, hook.url);
+      expect((await request('POST', `__ds/subscriptions/${id}/streams`, json, JSON.stringify({ streams: [stream] }))).status).toBe(204);
+      const dropped = await request('DELETE', `__ds/subscriptions/${id}/streams/${encodeURIComponent(stream)}`);
+      expect(dropped.status, dropped.text).toBe(204);
+      expect(await linkedStreams(id)).not.toContain(stream);
+      // The registry still names the subscription to a stream created there; the subscription
+      // says it does not link it. An append is acknowledged once its subscriptions have answered.
+      expect((await request('PUT', stream, json)).status).toBe(201);
+      expect((await request('POST', stream, json, '{"n":1}')).status).toBe(204);
+      expect(await linkedStreams(id)).not.toContain(stream);
+      // Sent again, the removal is still 204.
+      expect((await request('DELETE', `__ds/subscriptions/${id}/streams/${encodeURIComponent(stream)}`)).status).toBe(204);
+    });
+  });
+});
+
 describe('a subscription deleted while the registry cannot be told', () => {
   it('is deleted all the same, and a PUT made before the alarm tells the registry keeps its pattern', async () => {
     const prefix = unique(`${MARKER}-unlink`);

@@ -7,7 +7,8 @@
 //! the first notice that such a stream is gone with 503. A fork's first calls to take and to
 //! give back its reference on its source reach the source, and their answers are lost. A
 //! subscription whose id carries the marker tells the registry of its first deletion a second
-//! late, and fails to tell it of the next. Later calls of that kind go through, so a test sees
+//! late, and fails to tell it of the next, and fails to tell it of the first stream it drops
+//! from its explicit list. Later calls of that kind go through, so a test sees
 //! the failure and then the repair: what is owed is retried by the request that is told to
 //! retry, or by the alarm.
 
@@ -37,6 +38,8 @@ pub enum Call {
     SubscriptionRemoved,
     /// Failed: a deleted subscription telling the registry, the first time it is not late.
     SubscriptionUnlinked,
+    /// Failed: a subscription telling the registry it dropped a stream from its explicit list.
+    ExplicitRemoved,
     /// Failed: storing an append, after its rows are written, as a storage error fails it.
     /// Only for a stream whose path also contains `torn`, so the other faults' tests append.
     TornWrite,
