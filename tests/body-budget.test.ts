@@ -37,8 +37,8 @@ type Reply = { status: number; headers: http.IncomingHttpHeaders; body: Buffer }
  * A request whose body is sent in two parts: `first`, then, when `finish()` is called, the rest.
  * With `chunked` it declares no length. `abort()` drops the connection instead.
  */
-function upload(method: string, path: string, body: Buffer, first: number, chunked = false, to = worker) {
-  const headers: http.OutgoingHttpHeaders = { ...OCTETS };
+function upload(method: string, path: string, body: Buffer, first: number, chunked = false, to = worker, extra: http.OutgoingHttpHeaders = {}) {
+  const headers: http.OutgoingHttpHeaders = { ...OCTETS, ...extra };
   if (!chunked) headers['content-length'] = body.length;
   const req = http.request({ host: to.hostname, port: to.port, method, path, headers, agent: false });
   const reply = new Promise<Reply>((resolve, reject) => {
@@ -134,6 +134,22 @@ describe('the isolate budget for request bodies (BODY_BUDGET_BYTES)', () => {
     expectBusy(await second.finish());
     expect((await first.finish()).status).toBe(204);
     expect((await read(path)).equals(Buffer.concat([body(10 * KIB, 3), body(10 * KIB, 4), body(700 * KIB, 1)]))).toBe(true);
+  });
+
+  it("lets a producer's next append past the budget held by its later ones, which wait for it", async () => {
+    const path = unique('producer');
+    await create(path);
+    const producer = (seq: number) => ({ 'producer-id': 'p', 'producer-epoch': '0', 'producer-seq': String(seq) });
+    // Its second append reached the server first and holds 699 KiB.
+    const second = upload('POST', path, body(700 * KIB, 2), 699 * KIB, false, worker, producer(1));
+    await sleep(1000);
+    // The first would take the budget past its limit: refused, it left the second to time out
+    // (409), and a client sending several at once got neither through.
+    const first = await upload('POST', path, body(400 * KIB, 1), 400 * KIB, false, worker, producer(0)).finish();
+    if (first.status !== 200) second.abort();
+    expect(first.status, first.body.toString()).toBe(200);
+    expect((await second.finish()).status).toBe(200);
+    expect((await read(path)).equals(Buffer.concat([body(400 * KIB, 1), body(700 * KIB, 2)]))).toBe(true);
   });
 
   it('counts a declared body as it arrives: one that is sent slowly holds only what has come', async () => {

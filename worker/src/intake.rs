@@ -9,11 +9,13 @@
 //! of its body is held. Nothing was stored, so the client's retry is safe. WebSocket append
 //! frames waiting in a stream object's line take a share too (`object/inbox.rs`).
 //!
-//! A small body (at most [`SMALL_BODY_BYTES`]) is never kept waiting by large ones: large
+//! A small body (at most [`SMALL_BODY_BYTES`]) is not kept waiting by large ones: large
 //! bodies together take at most the budget less its last sixteenth ([`reserve`]), which is left
 //! to small ones, so an append of a few bytes still goes through while large uploads hold all
 //! they may (32 uploads of 1 MiB held the whole 32 MiB budget, and every small append got 503
-//! until one finished).
+//! until one finished). And one body at a time may go past the budget ([`Held::may_exceed`]):
+//! a producer's next append, which its producer's later appends, holding their shares, wait
+//! for.
 
 use std::cell::Cell;
 
@@ -26,6 +28,8 @@ thread_local! {
     static HELD: Cell<u64> = const { Cell::new(0) };
     /// Of those, bytes reserved by large bodies (a share past [`SMALL_BODY_BYTES`]).
     static LARGE: Cell<u64> = const { Cell::new(0) };
+    /// Whether a body holds the isolate's one place past the budget ([`Held::may_exceed`]).
+    static EXCESS: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The part of a `limit` that large bodies leave to small ones.
@@ -38,12 +42,29 @@ fn reserve(limit: u64) -> u64 {
 pub struct Held {
     bytes: u64,
     limit: u64,
+    /// It may take the isolate's one place past the budget.
+    may_exceed: bool,
+    /// It holds that place.
+    excess: bool,
 }
 
 impl Held {
     /// A share holding nothing yet, under an isolate-wide `limit`.
     pub fn new(limit: u64) -> Held {
-        Held { bytes: 0, limit }
+        Held {
+            bytes: 0,
+            limit,
+            may_exceed: false,
+            excess: false,
+        }
+    }
+
+    /// Lets this body go past the budget when it would be refused, as long as no other body
+    /// in the isolate does: for a producer's next append, which the appends of its producer
+    /// that came before it wait for while holding their shares. One such body at a time keeps
+    /// the isolate within the budget and one body more.
+    pub fn may_exceed(&mut self) {
+        self.may_exceed = true;
     }
 
     /// Reserves `more` bytes. False, with nothing reserved, when that would take the bodies
@@ -68,7 +89,11 @@ impl Held {
                 !fits && small.saturating_add(more) > reserve(self.limit)
             };
             if refused {
-                return false;
+                if !self.may_exceed || (!self.excess && EXCESS.with(Cell::get)) {
+                    return false;
+                }
+                EXCESS.with(|e| e.set(true));
+                self.excess = true;
             }
         }
         HELD.with(|held| held.set(total.saturating_add(more)));
@@ -85,6 +110,10 @@ impl Held {
         HELD.with(|held| held.set(held.get() - self.bytes));
         if self.bytes > SMALL_BODY_BYTES {
             LARGE.with(|l| l.set(l.get() - self.bytes));
+        }
+        if self.excess {
+            EXCESS.with(|e| e.set(false));
+            self.excess = false;
         }
         self.bytes = 0;
     }
@@ -158,6 +187,27 @@ mod tests {
         drop(large);
         assert_eq!(held(), 0);
         assert_eq!(LARGE.with(Cell::get), 0);
+    }
+
+    #[test]
+    fn one_body_at_a_time_may_go_past_the_budget() {
+        let limit = 32 * MIB;
+        let mut others = Held::new(limit);
+        assert!(others.grow(30 * MIB));
+        let mut next = Held::new(limit);
+        next.may_exceed();
+        assert!(next.grow(8 * MIB));
+        assert!(next.grow(8 * MIB), "it keeps the place as it grows");
+        let mut second = Held::new(limit);
+        second.may_exceed();
+        assert!(!second.grow(MIB), "the place is taken");
+        assert!(!Held::new(limit).grow(MIB));
+        drop(next);
+        assert!(second.grow(MIB), "given back, the place is free");
+        drop(second);
+        drop(others);
+        assert_eq!(held(), 0);
+        assert!(!EXCESS.with(Cell::get));
     }
 
     #[test]
