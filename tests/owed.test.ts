@@ -244,6 +244,28 @@ describe('a channel whose registry cannot link a stream below it', () => {
   });
 });
 
+describe('a channel over many streams, one of which is slow to link', () => {
+  it('goes on linking the others meanwhile, 32 at a time, rather than waiting for it with each batch', async () => {
+    // The held stream answers only once 40 other streams have been asked after it (5 s at
+    // most, then 503): a registry that waited for each batch of 32 to finish before asking the
+    // next asked no more than its 31 batch-mates, and the channel's PUT was 503.
+    const channel = unique('window');
+    await createThroughFault(`${channel}/${MARKER}-hold`);
+    for (let i = 0; i < 80; i += 20) {
+      const created = await Promise.all(Array.from({ length: 20 }, (_, j) => request('PUT', `${channel}/s${String(i + j).padStart(3, '0')}`, json)));
+      expect(created.map((c) => c.status)).toEqual(Array(20).fill(201));
+    }
+    const made = await request('PUT', channel, { 'stream-channel': 'true' });
+    expect(made.status, made.text).toBe(201);
+    // Every stream is linked: an append to the held one and to the last reaches the channel
+    // (the held one's first delivery fails, as its marker asks, and is retried).
+    expect((await request('POST', `${channel}/${MARKER}-hold`, json, '{"n":1}')).status).toBe(204);
+    expect((await request('POST', `${channel}/s079`, json, '{"n":2}')).status).toBe(204);
+    expect(await until(async () => (await readAll(channel)).length >= 2)).toBe(true);
+    expect((await readAll(channel)).map((e) => e.data.n).sort()).toEqual([1, 2]);
+  }, 60_000);
+});
+
 describe('a subscription whose streams cannot all be linked', () => {
   it('answers 503; the retried PUT links them, and an append is then delivered', async () => {
     const prefix = unique(`${MARKER}-sublink`);

@@ -249,16 +249,29 @@ pub fn stored(obj: &StreamObject, meta: &Meta) {
 
 /// `internal/channel-link`: the registry links a channel created above this stream, from the
 /// stream's tail (its history stays out of the channel).
-pub fn on_link(obj: &StreamObject, body: &[u8]) -> Result<Response> {
+pub async fn on_link(obj: &StreamObject, body: &[u8]) -> Result<Response> {
     let Ok(c) = serde_json::from_slice::<ChannelRef>(body) else {
         return http::text(400, "bad internal channel-link");
     };
+    let Some(path) = obj.meta()?.filter(|m| !m.deleted).map(|m| m.path) else {
+        return http::error(&ProtocolError::NotFound);
+    };
+    if obj.faults.enabled() {
+        crate::fault::link_asked();
+        let held = match obj.faults.hold_link(&path).await {
+            Ok(held) => held,
+            Err(e) => return http::unavailable(&e.to_string()),
+        };
+        if !held {
+            if let Err(e) = obj.faults.check(&path, Call::ChannelLink) {
+                return http::unavailable(&e.to_string());
+            }
+        }
+    }
+    // Read again after the wait.
     let Some(meta) = obj.meta()?.filter(|m| !m.deleted) else {
         return http::error(&ProtocolError::NotFound);
     };
-    if let Err(e) = obj.faults.check(&meta.path, Call::ChannelLink) {
-        return http::unavailable(&e.to_string());
-    }
     // Channels never feed each other, a channel only covers what is below it, and a stream
     // closed before the channel existed has nothing more to give it.
     let linked = !meta.channel && !meta.closed && ch::covers(&c.path, meta.name());

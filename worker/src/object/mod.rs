@@ -1136,7 +1136,7 @@ impl StreamObject {
             "channel-deleted" => channel::on_deleted(self, url).await,
             "channel-link" => {
                 let body = req.bytes().await?;
-                channel::on_link(self, &body)
+                channel::on_link(self, &body).await
             }
             "sub-link" => {
                 let body = req.bytes().await?;
