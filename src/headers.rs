@@ -186,12 +186,17 @@ pub fn parse_expires_at(text: &str) -> Result<i64, HeaderError> {
 }
 
 /// `Stream-Closed`: present only when exactly `true` (any case). Other values are not errors;
-/// the protocol says to treat them as absent.
+/// the protocol says to treat them as absent. A header sent on several field lines reaches the
+/// server as one value, its lines joined by commas (RFC 9110 §5.3, as a proxy or the runtime's
+/// `Headers` joins them): each line is read on its own, and the header is present when every
+/// one of them is `true`, so `true, true` closes the stream, and `true, false` (a client that
+/// said both) does not.
 pub fn is_closed(value: Option<&str>) -> bool {
-    is_true(value)
+    value.is_some_and(|v| v.split(',').all(|line| is_true(Some(line))))
 }
 
-/// A boolean protocol header (`Stream-Closed`, `Stream-Up-To-Date`): true only for `true`.
+/// A boolean protocol header (`Stream-Up-To-Date`; `Stream-Closed` is read by [`is_closed`]):
+/// true only for `true`.
 pub fn is_true(value: Option<&str>) -> bool {
     value.is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
@@ -521,6 +526,28 @@ mod tests {
             assert!(!is_closed(Some(other)), "{other:?}");
         }
         assert!(!is_closed(None));
+    }
+
+    #[test]
+    fn closed_on_several_lines_is_true_when_each_line_is() {
+        for joined in [
+            "true, true",
+            "true,TRUE",
+            " true ,\ttrue",
+            "true, true, true",
+        ] {
+            assert!(is_closed(Some(joined)), "{joined:?}");
+        }
+        for joined in [
+            "true, false",
+            "false, true",
+            "true,",
+            ",true",
+            "true, yes",
+            ",",
+        ] {
+            assert!(!is_closed(Some(joined)), "{joined:?}");
+        }
     }
 
     #[test]

@@ -160,6 +160,30 @@ describe('a create whose registration fails', () => {
     expect(await readAll(source)).toEqual([{ n: 1 }]);
   }, 30_000);
 
+  it('links a channel created before it is linked after an initial body too large for that channel, never copying it', async () => {
+    // The channels-above race: the create asked the registry whether a channel is above its
+    // path (none), stored its body, and failed to register; a channel is created above it
+    // before the retry, which learns of it. 250,000 tiny messages would be about 25 MB of
+    // envelopes in the channel, over MAX_APPEND_BYTES (16 MiB).
+    const channel = unique('race');
+    const source = `${channel}/${MARKER}-initial`;
+    const big = `[${Array(250_000).fill('1').join(',')}]`;
+    expect((await request('PUT', source, json, big)).status).toBe(503);
+    expect((await request('PUT', channel, { 'stream-channel': 'true' })).status).toBe(201);
+    expect((await request('POST', source, json, '{"n":1}')).status).toBe(204);
+    expect((await request('PUT', source, json)).status).toBe(200);
+    // The channel is fed from the end of the initial body, as if the stream had existed
+    // before it: what was appended after, not the body and no created event. (Its size is
+    // looked at first: a copy of the body would be too large to read here in one piece.)
+    const size = async () => Number((await request('HEAD', channel)).headers.get('stream-next-offset')!.split('_')[1]);
+    expect(await until(async () => (await size()) > 0)).toBe(true);
+    await sleep(300);
+    expect(await size()).toBeLessThan(1024);
+    expect(await sourceEvents(channel, source)).toEqual([{ n: 1 }]);
+    // The stream itself holds the body and the append.
+    expect(JSON.parse((await request('GET', `${source}?offset=-1`)).text).length).toBe(250_001);
+  }, 60_000);
+
   it('is linked by the alarm when nobody retries it', async () => {
     const channel = await newChannel('alarm');
     const source = `${channel}/${MARKER}-b`;
@@ -218,6 +242,28 @@ describe('a channel whose registry cannot link a stream below it', () => {
       [other, { from: 'other' }],
     ]);
   });
+});
+
+describe('a channel over many streams, one of which is slow to link', () => {
+  it('goes on linking the others meanwhile, 32 at a time, rather than waiting for it with each batch', async () => {
+    // The held stream answers only once 40 other streams have been asked after it (5 s at
+    // most, then 503): a registry that waited for each batch of 32 to finish before asking the
+    // next asked no more than its 31 batch-mates, and the channel's PUT was 503.
+    const channel = unique('window');
+    await createThroughFault(`${channel}/${MARKER}-hold`);
+    for (let i = 0; i < 80; i += 20) {
+      const created = await Promise.all(Array.from({ length: 20 }, (_, j) => request('PUT', `${channel}/s${String(i + j).padStart(3, '0')}`, json)));
+      expect(created.map((c) => c.status)).toEqual(Array(20).fill(201));
+    }
+    const made = await request('PUT', channel, { 'stream-channel': 'true' });
+    expect(made.status, made.text).toBe(201);
+    // Every stream is linked: an append to the held one and to the last reaches the channel
+    // (the held one's first delivery fails, as its marker asks, and is retried).
+    expect((await request('POST', `${channel}/${MARKER}-hold`, json, '{"n":1}')).status).toBe(204);
+    expect((await request('POST', `${channel}/s079`, json, '{"n":2}')).status).toBe(204);
+    expect(await until(async () => (await readAll(channel)).length >= 2)).toBe(true);
+    expect((await readAll(channel)).map((e) => e.data.n).sort()).toEqual([1, 2]);
+  }, 60_000);
 });
 
 describe('a subscription whose streams cannot all be linked', () => {
@@ -404,6 +450,28 @@ describe('a subscription deleted and created again at once', () => {
       const stream = `${prefix}/s`;
       await createThroughFault(stream);
       expect(await until(async () => (await linkedStreams(id)).includes(stream)), 'the pattern no longer links new streams').toBe(true);
+    });
+  });
+});
+
+describe('a stream dropped from a subscription while the registry cannot be told', () => {
+  it('is dropped all the same (204, not 503), and a stream created at that path later is not linked', async () => {
+    const prefix = unique(`${MARKER}-drop`);
+    // The stream carries no marker: only the subscription's call to the registry fails.
+    const stream = unique('dropped');
+    await withHook(prefix, async (hook, id) => {
+      await subscribe(id, `${prefix}/*`, hook.url);
+      expect((await request('POST', `__ds/subscriptions/${id}/streams`, json, JSON.stringify({ streams: [stream] }))).status).toBe(204);
+      const dropped = await request('DELETE', `__ds/subscriptions/${id}/streams/${encodeURIComponent(stream)}`);
+      expect(dropped.status, dropped.text).toBe(204);
+      expect(await linkedStreams(id)).not.toContain(stream);
+      // The registry still names the subscription to a stream created there; the subscription
+      // says it does not link it. An append is acknowledged once its subscriptions have answered.
+      expect((await request('PUT', stream, json)).status).toBe(201);
+      expect((await request('POST', stream, json, '{"n":1}')).status).toBe(204);
+      expect(await linkedStreams(id)).not.toContain(stream);
+      // Sent again, the removal is still 204.
+      expect((await request('DELETE', `__ds/subscriptions/${id}/streams/${encodeURIComponent(stream)}`)).status).toBe(204);
     });
   });
 });

@@ -182,3 +182,43 @@ test('RFC 9112: trailing whitespace around protocol header values is not part of
   expect((await call(s, 'POST', { ...text, 'stream-seq': '5' }, 'x')).status).toBe(409);
   expect((await call(s, 'GET')).body).toBe('abc');
 });
+
+// §4.1 treats a Stream-Closed that is not `true` as absent. A header sent on two field lines
+// reaches the server joined by a comma (RFC 9110 §5.3; a proxy or the runtime joins them), so a
+// client that repeated `Stream-Closed: true` meant true on each line: its stream was created
+// open, or its close stored as a plain append, while it took the stream for closed. Each line
+// is read on its own; lines that disagree still read as absent.
+test('§4.1: Stream-Closed on two field lines, each true, closes; lines that disagree do not', async () => {
+  const { request } = await import('node:http');
+  const raw = (target: string, method: string, headers: Record<string, string | string[]>, body = '') =>
+    new Promise<{ status: number; headers: Record<string, unknown> }>((resolve, reject) => {
+      const req = request(target, { method, headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) } }, (res) => {
+        res.resume();
+        res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers }));
+      });
+      req.on('error', reject);
+      req.end(body);
+    });
+  const closed = async (s: string) => (await call(s, 'HEAD')).headers.get('stream-closed') === 'true';
+  // A create, on two lines and as one joined line.
+  const made = url('closed-lines-put');
+  const created = await raw(made, 'PUT', { ...text, 'stream-closed': ['true', 'true'] });
+  expect(created.status).toBe(201);
+  expect(created.headers['stream-closed']).toBe('true');
+  expect(await closed(made)).toBe(true);
+  const joined = url('closed-joined-put');
+  expect((await call(joined, 'PUT', { ...text, 'stream-closed': 'true, TRUE' })).status).toBe(201);
+  expect(await closed(joined)).toBe(true);
+  // A close with its final append.
+  const s = url('closed-lines-post');
+  expect((await call(s, 'PUT', text)).status).toBe(201);
+  const disagree = await raw(s, 'POST', { ...text, 'stream-closed': ['true', 'false'] }, 'a');
+  expect(disagree.status).toBe(204);
+  expect(await closed(s)).toBe(false);
+  const closing = await raw(s, 'POST', { ...text, 'stream-closed': ['true', 'true'] }, 'b');
+  expect(closing.status).toBe(204);
+  expect(closing.headers['stream-closed']).toBe('true');
+  expect(await closed(s)).toBe(true);
+  expect((await call(s, 'POST', text, 'c')).status).toBe(409);
+  expect((await call(s, 'GET')).body).toBe('ab');
+});

@@ -7,7 +7,8 @@
 //! the first notice that such a stream is gone with 503. A fork's first calls to take and to
 //! give back its reference on its source reach the source, and their answers are lost. A
 //! subscription whose id carries the marker tells the registry of its first deletion a second
-//! late, and fails to tell it of the next. Later calls of that kind go through, so a test sees
+//! late, and fails to tell it of the next, and fails to tell it of the first stream it drops
+//! from its explicit list. Later calls of that kind go through, so a test sees
 //! the failure and then the repair: what is owed is retried by the request that is told to
 //! retry, or by the alarm.
 
@@ -37,6 +38,8 @@ pub enum Call {
     SubscriptionRemoved,
     /// Failed: a deleted subscription telling the registry, the first time it is not late.
     SubscriptionUnlinked,
+    /// Failed: a subscription telling the registry it dropped a stream from its explicit list.
+    ExplicitRemoved,
     /// Failed: storing an append, after its rows are written, as a storage error fails it.
     /// Only for a stream whose path also contains `torn`, so the other faults' tests append.
     TornWrite,
@@ -86,6 +89,19 @@ pub async fn trap_after_await() {
     std::process::abort()
 }
 
+thread_local! {
+    /// Channel links this isolate's streams were asked for, for [`Faults::hold_link`].
+    static LINKS_ANSWERED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many other streams' channel links a held one waits for ([`Faults::hold_link`]).
+pub const HOLD_LINKS: u64 = 40;
+
+/// A stream was asked to link a channel.
+pub fn link_asked() {
+    LINKS_ANSWERED.with(|n| n.set(n.get() + 1));
+}
+
 /// With faults on, a HEAD's answer says when the stream's alarm is set for (Unix ms), or
 /// `none`: tests see which work a request left the alarm to do.
 pub const ALARM_HEADER: &str = "x-edgestream-alarm";
@@ -122,6 +138,28 @@ impl Faults {
     /// Whether this call is the one to be made late.
     pub fn slow(&self, path: &str, call: Call) -> bool {
         self.trips(path, call)
+    }
+
+    /// A stream whose path carries the marker and `hold` answers a channel link only once
+    /// [`HOLD_LINKS`] other streams in the isolate have been asked for theirs after it, as a
+    /// stream slow to answer would; `Err` when that does not happen within 5 s. So a registry
+    /// that asks no more streams while one is slow to answer fails the link (and with it the
+    /// channel's PUT), and one that keeps asking the rest does not. `Ok(false)` for any other
+    /// stream, which the other channel-link fault ([`Call::ChannelLink`]) applies to.
+    pub async fn hold_link(&self, path: &str) -> Result<bool> {
+        if !self.marker.as_deref().is_some_and(|m| path.contains(m)) || !path.contains("hold") {
+            return Ok(false);
+        }
+        let start = LINKS_ANSWERED.with(std::cell::Cell::get);
+        for _ in 0..500 {
+            if LINKS_ANSWERED.with(std::cell::Cell::get) >= start + HOLD_LINKS {
+                return Ok(true);
+            }
+            worker::Delay::from(std::time::Duration::from_millis(10)).await;
+        }
+        Err(Error::RustError(
+            "injected fault: a held channel link was not passed".into(),
+        ))
     }
 
     /// Whether this call would be the one to fail, without counting it as made.

@@ -246,7 +246,7 @@ impl BodyRefusal {
 /// of one per chunk, which matters for small appends when the event loop is busy. A larger one
 /// is counted as its bytes arrive, so a client that declares a large body and sends it slowly
 /// holds only what it has sent.
-const READ_WHOLE_BYTES: u64 = 64 * 1024;
+const READ_WHOLE_BYTES: u64 = crate::intake::SMALL_BODY_BYTES;
 
 /// Reads a request body completely, refusing it as soon as it grows past `max` bytes, so a
 /// huge or endless body cannot exhaust the isolate's memory, or as soon as holding it would

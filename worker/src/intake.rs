@@ -8,12 +8,33 @@
 //! request that would take the isolate past it is answered 503 with `Retry-After` before more
 //! of its body is held. Nothing was stored, so the client's retry is safe. WebSocket append
 //! frames waiting in a stream object's line take a share too (`object/inbox.rs`).
+//!
+//! A small body (at most [`SMALL_BODY_BYTES`]) is not kept waiting by large ones: large
+//! bodies together take at most the budget less its last sixteenth ([`reserve`]), which is left
+//! to small ones, so an append of a few bytes still goes through while large uploads hold all
+//! they may (32 uploads of 1 MiB held the whole 32 MiB budget, and every small append got 503
+//! until one finished). And one body at a time may go past the budget ([`Held::may_exceed`]):
+//! a producer's next append, which its producer's later appends, holding their shares, wait
+//! for.
 
 use std::cell::Cell;
+
+/// A body of at most this many bytes is small: it may take the share of the budget that large
+/// bodies leave free.
+pub const SMALL_BODY_BYTES: u64 = 64 * 1024;
 
 thread_local! {
     /// Bytes reserved by every [`Held`] alive in this isolate.
     static HELD: Cell<u64> = const { Cell::new(0) };
+    /// Of those, bytes reserved by large bodies (a share past [`SMALL_BODY_BYTES`]).
+    static LARGE: Cell<u64> = const { Cell::new(0) };
+    /// Whether a body holds the isolate's one place past the budget ([`Held::may_exceed`]).
+    static EXCESS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The part of a `limit` that large bodies leave to small ones.
+fn reserve(limit: u64) -> u64 {
+    limit / 16
 }
 
 /// One body's share of the budget, given back when dropped.
@@ -21,33 +42,79 @@ thread_local! {
 pub struct Held {
     bytes: u64,
     limit: u64,
+    /// It may take the isolate's one place past the budget.
+    may_exceed: bool,
+    /// It holds that place.
+    excess: bool,
 }
 
 impl Held {
     /// A share holding nothing yet, under an isolate-wide `limit`.
     pub fn new(limit: u64) -> Held {
-        Held { bytes: 0, limit }
+        Held {
+            bytes: 0,
+            limit,
+            may_exceed: false,
+            excess: false,
+        }
+    }
+
+    /// Lets this body go past the budget when it would be refused, as long as no other body
+    /// in the isolate does: for a producer's next append, which the appends of its producer
+    /// that came before it wait for while holding their shares. One such body at a time keeps
+    /// the isolate within the budget and one body more.
+    pub fn may_exceed(&mut self) {
+        self.may_exceed = true;
     }
 
     /// Reserves `more` bytes. False, with nothing reserved, when that would take the bodies
     /// the isolate holds past the limit, unless this is the only body held: one body of any
-    /// size the server accepts always goes through.
+    /// size the server accepts always goes through. Large bodies stop short of the limit by
+    /// its [`reserve`], which small ones may always use: a small body is refused only when
+    /// it fits neither under the limit nor in the reserve beside the other small ones.
     pub fn grow(&mut self, more: u64) -> bool {
-        HELD.with(|held| {
-            let total = held.get();
-            let others = total - self.bytes;
-            if others > 0 && total.saturating_add(more) > self.limit {
-                return false;
+        let total = HELD.with(Cell::get);
+        let large = LARGE.with(Cell::get);
+        let others = total - self.bytes;
+        let after = self.bytes.saturating_add(more);
+        let was_large = self.bytes > SMALL_BODY_BYTES;
+        let is_large = after > SMALL_BODY_BYTES;
+        if others > 0 {
+            let fits = total.saturating_add(more) <= self.limit;
+            let refused = if is_large {
+                let large_others = large - if was_large { self.bytes } else { 0 };
+                !fits || large_others.saturating_add(after) > self.limit - reserve(self.limit)
+            } else {
+                let small = total - large;
+                !fits && small.saturating_add(more) > reserve(self.limit)
+            };
+            if refused {
+                if !self.may_exceed || (!self.excess && EXCESS.with(Cell::get)) {
+                    return false;
+                }
+                EXCESS.with(|e| e.set(true));
+                self.excess = true;
             }
-            held.set(total.saturating_add(more));
-            self.bytes += more;
-            true
-        })
+        }
+        HELD.with(|held| held.set(total.saturating_add(more)));
+        if is_large {
+            let moved = if was_large { more } else { after };
+            LARGE.with(|l| l.set(large.saturating_add(moved)));
+        }
+        self.bytes = after;
+        true
     }
 
     /// Gives the share back, for a body refused and read on only to be thrown away.
     pub fn release(&mut self) {
         HELD.with(|held| held.set(held.get() - self.bytes));
+        if self.bytes > SMALL_BODY_BYTES {
+            LARGE.with(|l| l.set(l.get() - self.bytes));
+        }
+        if self.excess {
+            EXCESS.with(|e| e.set(false));
+            self.excess = false;
+        }
         self.bytes = 0;
     }
 }
@@ -89,5 +156,72 @@ mod tests {
         drop(third);
         drop(second);
         assert_eq!(held(), 0);
+    }
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn large_bodies_leave_a_reserve_to_small_ones() {
+        let limit = 32 * MIB;
+        // Large bodies take the budget but for its last sixteenth (2 MiB).
+        let mut large: Vec<Held> = (0..30).map(|_| Held::new(limit)).collect();
+        for h in &mut large {
+            assert!(h.grow(MIB));
+        }
+        let mut one_more = Held::new(limit);
+        assert!(!one_more.grow(MIB), "a large body would take the reserve");
+        assert!(one_more.grow(SMALL_BODY_BYTES), "a small one still fits");
+        assert!(
+            !one_more.grow(1),
+            "grown large, it is held to the large bodies' part"
+        );
+        drop(one_more);
+        // 32 small bodies at their largest fill the reserve; the next waits.
+        let mut small: Vec<Held> = (0..32).map(|_| Held::new(limit)).collect();
+        for h in &mut small {
+            assert!(h.grow(SMALL_BODY_BYTES));
+        }
+        assert_eq!(held(), limit);
+        assert!(!Held::new(limit).grow(1));
+        drop(small);
+        drop(large);
+        assert_eq!(held(), 0);
+        assert_eq!(LARGE.with(Cell::get), 0);
+    }
+
+    #[test]
+    fn one_body_at_a_time_may_go_past_the_budget() {
+        let limit = 32 * MIB;
+        let mut others = Held::new(limit);
+        assert!(others.grow(30 * MIB));
+        let mut next = Held::new(limit);
+        next.may_exceed();
+        assert!(next.grow(8 * MIB));
+        assert!(next.grow(8 * MIB), "it keeps the place as it grows");
+        let mut second = Held::new(limit);
+        second.may_exceed();
+        assert!(!second.grow(MIB), "the place is taken");
+        assert!(!Held::new(limit).grow(MIB));
+        drop(next);
+        assert!(second.grow(MIB), "given back, the place is free");
+        drop(second);
+        drop(others);
+        assert_eq!(held(), 0);
+        assert!(!EXCESS.with(Cell::get));
+    }
+
+    #[test]
+    fn a_lone_large_body_still_leaves_the_reserve_to_small_ones() {
+        let limit = 32 * MIB;
+        let mut alone = Held::new(limit);
+        assert!(alone.grow(40 * MIB));
+        let mut small = Held::new(limit);
+        assert!(small.grow(SMALL_BODY_BYTES));
+        // A second large body waits for the first.
+        assert!(!Held::new(limit).grow(SMALL_BODY_BYTES + 1));
+        drop(small);
+        drop(alone);
+        assert_eq!(held(), 0);
+        assert_eq!(LARGE.with(Cell::get), 0);
     }
 }

@@ -904,7 +904,7 @@ async fn reply_to(id: Option<&RawValue>, mut resp: Response) -> String {
     let headers = resp.headers().clone();
     let number = |name: &str| header(&headers, name).and_then(|v| v.trim().parse::<u64>().ok());
     let stream_next_offset = header(&headers, h::STREAM_NEXT_OFFSET);
-    let stream_closed = h::is_true(header(&headers, h::STREAM_CLOSED).as_deref()).then_some(true);
+    let stream_closed = h::is_closed(header(&headers, h::STREAM_CLOSED).as_deref()).then_some(true);
     if (200..300).contains(&status) {
         let ack = Ack {
             kind: "ack",

@@ -778,7 +778,7 @@ impl SseState {
             return None;
         };
         let up_to_date = h::is_true(header(meta, h::STREAM_UP_TO_DATE).as_deref());
-        let closed = h::is_true(header(meta, h::STREAM_CLOSED).as_deref());
+        let closed = h::is_closed(header(meta, h::STREAM_CLOSED).as_deref());
         let mut out = Vec::with_capacity(body.len() + 128);
         let has_data = if self.json {
             body.len() > 2

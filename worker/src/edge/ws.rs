@@ -537,7 +537,7 @@ impl Follower<'_> {
             return Some(End::Restart("bad page from the stream"));
         };
         let up_to_date = h::is_true(header(&meta, h::STREAM_UP_TO_DATE).as_deref());
-        let closed = h::is_true(header(&meta, h::STREAM_CLOSED).as_deref());
+        let closed = h::is_closed(header(&meta, h::STREAM_CLOSED).as_deref());
         let Ok(body) = http::response_bytes(&resp).await else {
             return Some(End::Restart("stream read failed"));
         };

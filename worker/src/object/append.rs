@@ -26,6 +26,11 @@ impl StreamObject {
     /// answered), then appended.
     pub(super) async fn append(&self, mut req: Request) -> Result<Response> {
         let mut held = Held::new(self.config.body_budget_bytes);
+        // The appends of its producer that came before it wait for it, holding their shares:
+        // refused for the budget, it would leave them all to time out (409).
+        if self.next_of_its_producer(req.headers())? {
+            held.may_exceed();
+        }
         let body = match self.read_body(&mut req, &mut held).await? {
             Ok(body) => body,
             Err(refusal) => return refusal.response(),
@@ -37,6 +42,35 @@ impl StreamObject {
         // A producer's POST that came before its predecessor may wait for it; a socket's frame,
         // relayed by the edge (`X_SOCKET_FRAME`), does not.
         self.append_body(req.headers(), body, true).await
+    }
+
+    /// Whether a POST is the append its producer's state takes next (its stored state, as the
+    /// append would be decided now, accepts it). A small body is not asked about: it has the
+    /// small bodies' part of the budget ([`crate::intake`]).
+    fn next_of_its_producer(&self, headers: &Headers) -> Result<bool> {
+        let [id, epoch, seq, length] = http::header_values(
+            headers,
+            [
+                h::PRODUCER_ID,
+                h::PRODUCER_EPOCH,
+                h::PRODUCER_SEQ,
+                h::CONTENT_LENGTH,
+            ],
+        );
+        let declared = length.and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len <= crate::intake::SMALL_BODY_BYTES) {
+            return Ok(false);
+        }
+        let Ok(Some(p)) = ProducerHeaders::parse(id.as_deref(), epoch.as_deref(), seq.as_deref())
+        else {
+            return Ok(false);
+        };
+        let store = self.store()?;
+        let stored = self.producer_state(store, store.lease()?.as_ref(), p.id, now_ms())?;
+        Ok(matches!(
+            edgestream::producer::decide(stored, p.epoch, p.seq),
+            edgestream::producer::ProducerDecision::Accept { .. }
+        ))
     }
 
     /// Producer `id`'s stored state, as its appends are decided at `now` under the stored

@@ -118,32 +118,41 @@ pub fn oversized_copy(obj: &StreamObject, meta: &Meta, data: &[u8]) -> Result<Op
     http::text(413, &text).map(Some)
 }
 
+/// What a create's initial body means for the channels above its path.
+pub enum Initial {
+    /// It fits in a channel (or no channel could copy it).
+    Fits,
+    /// Too large for a channel, and the registry knew of none above the path. One created
+    /// before the stream is linked (between this answer and the registration) is fed from
+    /// the end of the body, as if the stream had existed before it.
+    TooLarge,
+    /// 413, or 503 when the registry cannot say (or another create stored the stream meanwhile).
+    Refused(Response),
+}
+
 /// The same refusal for a stream about to be created with `data`, which is copied into every
 /// channel above it from its start: the registry says whether there is one (asked only when
 /// the copy would be too large). 503 when it cannot say, and when another create stored the
 /// stream while it was asked (the retry answers as that stream stands).
-pub async fn oversized_initial(
-    obj: &StreamObject,
-    meta: &Meta,
-    data: &[u8],
-) -> Result<Option<Response>> {
+pub async fn oversized_initial(obj: &StreamObject, meta: &Meta, data: &[u8]) -> Result<Initial> {
     let Some(text) = over_limit(obj, meta, data) else {
-        return Ok(None);
+        return Ok(Initial::Fits);
     };
     let path = StreamPath {
         path: meta.name().to_string(),
     };
     let (status, reply) =
         call::<_, ChannelCount>(&registry_stub(&obj.env)?, "channels-above", &path).await?;
-    match reply.filter(|_| status == 200) {
-        Some(count) if count.channels > 0 => http::text(413, &text).map(Some),
-        Some(_) if obj.meta()?.is_some() => {
-            http::unavailable("the stream was created by another request; retry").map(Some)
-        }
-        Some(_) => Ok(None),
-        None => http::unavailable("the registry could not say whether a channel is above; retry")
-            .map(Some),
-    }
+    Ok(match reply.filter(|_| status == 200) {
+        Some(count) if count.channels > 0 => Initial::Refused(http::text(413, &text)?),
+        Some(_) if obj.meta()?.is_some() => Initial::Refused(http::unavailable(
+            "the stream was created by another request; retry",
+        )?),
+        Some(_) => Initial::TooLarge,
+        None => Initial::Refused(http::unavailable(
+            "the registry could not say whether a channel is above; retry",
+        )?),
+    })
 }
 
 /// Why `data` is too large for a channel above the stream, if it is. A channel, an empty body
@@ -194,8 +203,16 @@ pub fn mark(resp: &Response, meta: &Meta) -> Result<()> {
 
 /// A new stream: links the channels the registry found above it, from its start, each owed
 /// the stream's `created` event (in the caller's turn, with the alarm that delivers to them).
-/// [`forward`] then delivers.
-pub fn link(obj: &StreamObject, meta: &Meta, channels: &[ChannelRef]) -> Result<()> {
+/// [`forward`] then delivers. `after`, for a stream whose initial body was too large for a
+/// channel when none was above it, is where that body ends: a channel created since is fed
+/// from there, unannounced, like one created after the stream, so it never holds the copy
+/// the create could not have been refused for.
+pub fn link(
+    obj: &StreamObject,
+    meta: &Meta,
+    channels: &[ChannelRef],
+    after: Option<Offset>,
+) -> Result<()> {
     let store = obj.store()?;
     let linked = store.channel_links()?;
     for c in channels {
@@ -203,9 +220,12 @@ pub fn link(obj: &StreamObject, meta: &Meta, channels: &[ChannelRef]) -> Result<
             .iter()
             .any(|l| l.channel == c.path && l.instance == c.instance);
         if !meta.channel && !known && ch::covers(&c.path, meta.name()) {
-            store.atomically(|| {
-                store.link_channel(&c.path, &c.instance, meta.base)?;
-                store.announce(&c.path, &c.instance)
+            store.atomically(|| match after {
+                Some(end) => store.link_channel(&c.path, &c.instance, end),
+                None => {
+                    store.link_channel(&c.path, &c.instance, meta.base)?;
+                    store.announce(&c.path, &c.instance)
+                }
             })?;
         }
     }
@@ -229,16 +249,29 @@ pub fn stored(obj: &StreamObject, meta: &Meta) {
 
 /// `internal/channel-link`: the registry links a channel created above this stream, from the
 /// stream's tail (its history stays out of the channel).
-pub fn on_link(obj: &StreamObject, body: &[u8]) -> Result<Response> {
+pub async fn on_link(obj: &StreamObject, body: &[u8]) -> Result<Response> {
     let Ok(c) = serde_json::from_slice::<ChannelRef>(body) else {
         return http::text(400, "bad internal channel-link");
     };
+    let Some(path) = obj.meta()?.filter(|m| !m.deleted).map(|m| m.path) else {
+        return http::error(&ProtocolError::NotFound);
+    };
+    if obj.faults.enabled() {
+        crate::fault::link_asked();
+        let held = match obj.faults.hold_link(&path).await {
+            Ok(held) => held,
+            Err(e) => return http::unavailable(&e.to_string()),
+        };
+        if !held {
+            if let Err(e) = obj.faults.check(&path, Call::ChannelLink) {
+                return http::unavailable(&e.to_string());
+            }
+        }
+    }
+    // Read again after the wait.
     let Some(meta) = obj.meta()?.filter(|m| !m.deleted) else {
         return http::error(&ProtocolError::NotFound);
     };
-    if let Err(e) = obj.faults.check(&meta.path, Call::ChannelLink) {
-        return http::unavailable(&e.to_string());
-    }
     // Channels never feed each other, a channel only covers what is below it, and a stream
     // closed before the channel existed has nothing more to give it.
     let linked = !meta.channel && !meta.closed && ch::covers(&c.path, meta.name());

@@ -695,9 +695,11 @@ impl StreamObject {
         let Some(tail) = store::end_of(meta.base, data.len()) else {
             return http::error(&ProtocolError::StreamFull);
         };
-        if let Some(refusal) = channel::oversized_initial(self, &meta, &data).await? {
-            return Ok(refusal);
-        }
+        let too_large = match channel::oversized_initial(self, &meta, &data).await? {
+            channel::Initial::Refused(refusal) => return Ok(refusal),
+            channel::Initial::TooLarge => true,
+            channel::Initial::Fits => false,
+        };
         let store = self.store()?;
         // The stream with its data, its fork's records and what it owes: all or nothing.
         store.atomically(|| {
@@ -719,7 +721,7 @@ impl StreamObject {
             self.save(&meta)?;
             // In the same turn, with the alarm (which also keeps the expiry): should this
             // request die before the registry answers, the alarm registers the stream.
-            subscribers::owe_registration(self, &meta)
+            subscribers::owe_registration(self, &meta, too_large.then_some(tail))
         })?;
         if !subscribers::registered(self).await? {
             return http::unavailable(UNREGISTERED);
@@ -1168,7 +1170,7 @@ impl StreamObject {
             "channel-deleted" => channel::on_deleted(self, url).await,
             "channel-link" => {
                 let body = req.bytes().await?;
-                channel::on_link(self, &body)
+                channel::on_link(self, &body).await
             }
             "sub-link" => {
                 let body = req.bytes().await?;

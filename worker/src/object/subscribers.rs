@@ -8,6 +8,7 @@
 //! awaited before it is acknowledged; one that fails stays owed, not passed to the appender,
 //! whose data is stored, and one a crash cut off is made by the alarm.
 
+use edgestream::Offset;
 use serde_json::{json, Value};
 use worker::Result;
 
@@ -19,10 +20,13 @@ use crate::subscription::object::Notify;
 use crate::subscription::registry::{CreatedStream, StreamPath, SubscriptionIds};
 use crate::subscription::{call, registry_stub, subscription_stub};
 
-/// A new stream owes its registration: called in the turn that stores it.
-pub fn owe_registration(obj: &StreamObject, meta: &Meta) -> Result<()> {
+/// A new stream owes its registration: called in the turn that stores it. `after` is where an
+/// initial body too large for a channel ends, when the registry knew of no channel above it:
+/// a channel the registration finds is fed from there ([`channel::link`]).
+pub fn owe_registration(obj: &StreamObject, meta: &Meta, after: Option<Offset>) -> Result<()> {
     let now = now_ms();
-    obj.store()?.owe(Task::Register, now, "")?;
+    let detail = after.map(|end| end.to_string()).unwrap_or_default();
+    obj.store()?.owe(Task::Register, now, &detail)?;
     obj.alarm.arm(meta, now + super::SAFETY_MS);
     Ok(())
 }
@@ -58,6 +62,13 @@ pub async fn register(obj: &StreamObject) -> Result<bool> {
         obj.store()?.settle(Task::Register)?;
         return Ok(true);
     };
+    // Where a too-large initial body ends (an empty detail: linked from the start).
+    let after = obj
+        .store()?
+        .owed()?
+        .into_iter()
+        .find(|o| o.task == Task::Register)
+        .and_then(|o| Offset::parse(&o.detail).ok());
     obj.faults.check(&meta.path, Call::RegistryCreated)?;
     let created = CreatedStream {
         path: meta.name().to_string(),
@@ -86,7 +97,7 @@ pub async fn register(obj: &StreamObject) -> Result<bool> {
     for id in &ids.subs {
         store.add_subscriber(id)?;
     }
-    channel::link(obj, &meta, &ids.channels)?;
+    channel::link(obj, &meta, &ids.channels, after)?;
     store.settle(Task::Register)?;
     if !ids.subs.is_empty() {
         notify_or_owe(obj, &meta, &ids.subs).await?;

@@ -1129,14 +1129,27 @@ impl SubscriptionObject {
                 self.remove_link(path)?;
             }
         }
-        self.tell_registry(
-            "remove-explicit",
-            &RemoveExplicit {
-                id: record.id.clone(),
-                path: path.to_string(),
-            },
-        )
-        .await?;
+        // The stream is dropped: the answer says so whether or not the registry hears it. The
+        // registry's links only say which subscriptions a new or removed stream asks, and
+        // this one answers a stream it no longer links `linked: false` (which then drops it),
+        // so a link left there costs a stream created at that path one call. A retried
+        // DELETE tells the registry again, and deleting the subscription clears its links.
+        let told = match self.faults.check(&record.id, Call::ExplicitRemoved) {
+            Ok(()) => {
+                let removed = RemoveExplicit {
+                    id: record.id.clone(),
+                    path: path.to_string(),
+                };
+                self.tell_registry("remove-explicit", &removed).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = told {
+            worker::console_warn!(
+                "subscription {}: the registry was not told it dropped {path}: {e}",
+                record.id
+            );
+        }
         Ok(Response::empty()?.with_status(204))
     }
 

@@ -78,7 +78,7 @@ pub struct ChannelRef {
     pub instance: String,
 }
 
-/// A new channel links the existing streams below it this many at a time.
+/// A new channel links the existing streams below it with this many calls in flight at once.
 const LINK_BATCH: usize = 32;
 
 /// How far a call linking a new channel's streams got.
@@ -453,22 +453,29 @@ impl RegistryObject {
     }
 
     /// Calls `op` with `body` on each stream in `paths`, [`LINK_BATCH`] at a time, and answers
-    /// each one's result, in the order of `paths`.
+    /// each one's result, in the order of `paths`. As each call is answered the next starts,
+    /// so a stream slow to answer holds one of the places, not the streams after its batch.
     async fn call_streams<P: AsRef<str>, B: Serialize>(
         &self,
         paths: &[P],
         op: &str,
         body: &B,
     ) -> Vec<Result<(u16, Option<serde_json::Value>)>> {
-        let mut results = Vec::with_capacity(paths.len());
-        for chunk in paths.chunks(LINK_BATCH) {
-            let calls = chunk.iter().map(|path| async move {
-                let stub = super::stream_stub(&self.env, path.as_ref())?;
-                call::<_, serde_json::Value>(&stub, op, body).await
-            });
-            results.extend(futures_util::future::join_all(calls).await);
-        }
-        results
+        use futures_util::StreamExt;
+        let calls = paths.iter().enumerate().map(|(i, path)| async move {
+            let result = match super::stream_stub(&self.env, path.as_ref()) {
+                Ok(stub) => call::<_, serde_json::Value>(&stub, op, body).await,
+                Err(e) => Err(e),
+            };
+            (i, result)
+        });
+        // Unordered: an ordered buffer counts answers kept for their turn as places taken.
+        let mut results: Vec<_> = futures_util::stream::iter(calls)
+            .buffer_unordered(LINK_BATCH)
+            .collect()
+            .await;
+        results.sort_unstable_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, result)| result).collect()
     }
 
     /// Tells each subscription that links `path` that its stream is gone; whether every one
