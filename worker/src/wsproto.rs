@@ -792,6 +792,14 @@ enum TextFrame<'a> {
 
 impl<'a> TextFrame<'a> {
     fn parse(text: &'a str) -> std::result::Result<TextFrame<'a>, BadFrame> {
+        // serde reads a struct from an array too, field by field in order (`["ping"]` would be
+        // a ping), and its error for `[1]` names a type, not the frame's shape.
+        if text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('[')
+        {
+            return Err(BadFrame::policy("bad frame: a frame is a JSON object"));
+        }
         let raw: RawFrame<'a> = serde_json::from_str(text).map_err(|e| {
             if e.is_data() {
                 BadFrame::policy(&format!("bad frame: {e}"))
@@ -1288,6 +1296,17 @@ mod tests {
         assert_eq!(code("{\"type\":"), Some(close::INVALID_DATA));
         assert_eq!(code("not json"), Some(close::INVALID_DATA));
         assert_eq!(code("[1]"), Some(close::POLICY));
+        // A frame is an object: an array is not read field by field.
+        assert_eq!(code(r#"["ping"]"#), Some(close::POLICY));
+        assert_eq!(code(r#"["append",null,"x"]"#), Some(close::POLICY));
+        assert_eq!(code(r#" ["received"]"#), Some(close::POLICY));
+        for text in ["[1]", r#"["ping"]"#] {
+            let message = TextFrame::parse(text).err().map(|e| e.message);
+            assert_eq!(
+                message.as_deref(),
+                Some("bad frame: a frame is a JSON object")
+            );
+        }
         assert_eq!(code("{}"), Some(close::POLICY));
         assert_eq!(code(r#"{"type":"subscribe"}"#), Some(close::POLICY));
         assert_eq!(code(r#"{"type":"append","id":{}}"#), Some(close::POLICY));
