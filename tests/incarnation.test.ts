@@ -115,7 +115,10 @@ test('every successful read, HEAD and PUT names the incarnation, and one created
   for (const [kind, value] of Object.entries(seenAgain)) expect(value, kind).toBe(second);
   // A socket's client cannot read the 101's headers, so it names the incarnation it read in:
   // the old one is refused as the stream it was is (404), the current one is followed.
-  expect((await upgrade(name, '-1', `&incarnation=${first}`)).status).toBe(404);
+  const stale = await upgrade(name, '-1', `&incarnation=${first}`);
+  expect(stale.status).toBe(404);
+  // Its text says why: a stream is at the path, but not the one named.
+  expect(stale.body).toMatch(/not the incarnation/);
   expect((await upgrade(name, 'now', `&incarnation=${first}`)).status).toBe(404);
   expect((await upgrade(name, '-1', `&incarnation=${second}`)).status).toBe(101);
 }, 60_000);

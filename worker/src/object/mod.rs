@@ -994,7 +994,11 @@ impl StreamObject {
         // (checked before the offset, which a shorter new stream would refuse with 400).
         let followed = header(req.headers(), reply::X_INSTANCE);
         if followed.as_deref().is_some_and(|i| i != meta.instance) {
-            return http::error(&ProtocolError::NotFound);
+            // Its text says why, since a stream is at the path: a client sees it on `live=ws`.
+            return http::text(
+                404,
+                "stream not found: the stream at this path is not the incarnation named (deleted since, perhaps created again)",
+            );
         }
         let start = match Self::start_of(from, &meta) {
             Ok(start) => start,
