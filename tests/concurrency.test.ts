@@ -1,8 +1,9 @@
-// Many clients at once against a few stream paths: plain, closing and idempotent-producer
-// appends (parallel retries of one seq, epoch bumps racing with appends, two writers sharing a
-// producer id), close-only POSTs, DELETE and PUT racing with all of it, forks of streams being
-// written, closed and deleted, catch-up reads and HEADs, while SSE, long-poll and `live=ws`
-// readers follow. Every answer is recorded with when it was sent and answered, and afterwards
+// Many clients at once against a few stream paths: plain appends (some with Stream-Seq, some
+// over 1 MiB), closing appends and idempotent-producer appends (parallel retries of one seq,
+// several seqs in flight at once, epoch bumps racing with appends, two writers sharing a
+// producer id), append frames on `live=ws` sockets, close-only POSTs, DELETE and PUT racing with
+// all of it, forks of streams being written, closed and deleted, catch-up reads and HEADs, while
+// SSE, long-poll and `live=ws` readers follow. Every answer is recorded with when it was sent and answered, and afterwards
 // the history is checked (nothing here asserts on timing):
 //   - no 5xx but 503 with Retry-After, and no panic or trap in wrangler's log;
 //   - every read, HEAD, reader and acknowledgement of an incarnation (`Stream-Incarnation`)
@@ -12,25 +13,29 @@
 //     before its end, unless a DELETE may have come between;
 //   - a close acknowledged with an offset: every later read shows the stream closed there, and no
 //     append sent after it is acknowledged (unless a DELETE may have come between);
-//   - a token is in an incarnation at most once, and a producer's (epoch, seq) at most once and
-//     in increasing order;
+//   - a later HEAD's tail is not before an acknowledged append's end, and a producer's append
+//     answered as a duplicate is in later reads;
+//   - a token is in an incarnation at most once, a producer's (epoch, seq) at most once and in
+//     increasing order, and Stream-Seq values in increasing order;
 //   - a live reader's controls advance exactly by the bytes it got (no gap, no duplicate), all
 //     in the one incarnation its response or socket names;
 //   - a fork's inherited bytes are its source's (an incarnation of it) up to the fork offset;
 //   - equal ETags mean equal answers, and equal reads give equal ETags.
 // Some rounds SIGKILL wrangler's process group mid-run and restart it on the same state.
 //
-// CONC_SEED replays a run; CONC_ROUNDS (default 2), CONC_CLIENTS (8), CONC_OPS (30 per client)
-// and CONC_KILL_ROUNDS (1: how many of the rounds, the last ones, kill the server) scale it up.
+// CONC_SEED replays a run (as far as timing allows: the history is checked, not predicted);
+// CONC_ROUNDS (default 3), CONC_CLIENTS (12), CONC_OPS (40 per client) and CONC_KILL_ROUNDS (1:
+// how many of the rounds, the last ones, kill the server) scale it up. CONC_TRACE=<file prefix>
+// writes each round's requests and answers, in time order, and wrangler's log.
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { writeFileSync } from 'node:fs';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
 import { seeded } from './support/random';
 
-const ROUNDS = Number(process.env.CONC_ROUNDS ?? 2);
-const CLIENTS = Number(process.env.CONC_CLIENTS ?? 8);
-const OPS = Number(process.env.CONC_OPS ?? 30);
+const ROUNDS = Number(process.env.CONC_ROUNDS ?? 3);
+const CLIENTS = Number(process.env.CONC_CLIENTS ?? 12);
+const OPS = Number(process.env.CONC_OPS ?? 40);
 const KILL_ROUNDS = Number(process.env.CONC_KILL_ROUNDS ?? 1);
 const FIRST_SEED = Number(process.env.CONC_SEED ?? 1 + (Date.now() % 100_000));
 
@@ -50,11 +55,49 @@ const pos = (offset: string) => Number(offset.split('_')[1]);
 const wire = (position: number) => `0000000000000000_${String(position).padStart(16, '0')}`;
 const TEXT = { 'content-type': 'text/plain' };
 const BAD_LOG = /panicked|RuntimeError|unreachable|Uncaught|internal error/i;
+/** The lines of wrangler's log that say something went wrong, without workerd's stack lines. */
+const badLines = (log: string) =>
+  log
+    .split('\n')
+    .filter((l) => BAD_LOG.test(l) && !/^\s*stack:/.test(l))
+    .map((l) => l.slice(0, 300));
 
 type Reply = { status: number; headers: Headers; body: string } | undefined;
 
 /** What one incarnation of one path is known to hold. */
-type Known = { bytes: (string | undefined)[]; closedAt?: number; who: string[] };
+/** What one incarnation of one path is known to hold: bytes at positions, some unknown. */
+class Known {
+  data = new Uint8Array(1024);
+  has = new Uint8Array(1024);
+  /** The end of the furthest byte known. */
+  length = 0;
+  closedAt?: number;
+  /** The byte at `i` as a one-character string, if known. */
+  at(i: number) {
+    return i < this.length && this.has[i] ? String.fromCharCode(this.data[i]) : undefined;
+  }
+  set(i: number, b: number) {
+    if (i >= this.data.length) {
+      let size = this.data.length;
+      while (size <= i) size *= 2;
+      const data = new Uint8Array(size);
+      data.set(this.data);
+      const has = new Uint8Array(size);
+      has.set(this.has);
+      this.data = data;
+      this.has = has;
+    }
+    this.data[i] = b;
+    this.has[i] = 1;
+    this.length = Math.max(this.length, i + 1);
+  }
+  /** The known bytes from 0 up to the first unknown one. */
+  prefix() {
+    let end = 0;
+    while (end < this.length && this.has[end]) end++;
+    return Buffer.from(this.data.subarray(0, end)).toString('latin1');
+  }
+}
 
 class History {
   violations: string[] = [];
@@ -65,13 +108,19 @@ class History {
   deletes: { path: string; start: number; done: number }[] = [];
   /** Catch-up reads: [from, to) of incarnation `inc`. */
   reads: { path: string; inc: string; from: number; to: number; body: string; closed: boolean; start: number; done: number }[] = [];
+  /** HEADs: the tail of incarnation `inc`. */
+  heads: { path: string; inc: string; tail: number; start: number; done: number }[] = [];
+  /** Producer appends answered as duplicates (204): that (id, epoch, seq) is stored. */
+  duplicates: { path: string; id: string; epoch: number; seq: number; start: number; done: number }[] = [];
   etags = new Map<string, string>();
-  reads304 = new Map<string, string>();
+  etagOf = new Map<string, string>();
   forks: { path: string; source: string; at: number }[] = [];
   counts: Record<string, number> = {};
   trace: string[] = [];
   /** Plain tokens → the path they were sent to. */
   sent = new Map<string, string>();
+  /** Plain tokens sent with a Stream-Seq → it. */
+  streamSeqs = new Map<string, string>();
 
   fail(what: string) {
     if (this.violations.length < 50) this.violations.push(what);
@@ -82,7 +131,7 @@ class History {
   entry(path: string, inc: string): Known {
     const key = `${path} ${inc}`;
     let k = this.known.get(key);
-    if (!k) this.known.set(key, (k = { bytes: [], who: [] }));
+    if (!k) this.known.set(key, (k = new Known()));
     return k;
   }
   /** `bytes` were read at `from` of this incarnation. */
@@ -91,10 +140,11 @@ class History {
     const k = this.entry(path, inc);
     for (let i = 0; i < bytes.length; i++) {
       const at = from + i;
-      const had = k.bytes[at];
-      if (had === undefined) k.bytes[at] = bytes[i];
-      else if (had !== bytes[i]) {
-        return this.fail(`${who}: ${path} (${inc}) byte ${at} is ${JSON.stringify(bytes.slice(i, i + 12))}, others saw ${JSON.stringify(k.bytes.slice(at, at + 12).join(''))}`);
+      const b = bytes.charCodeAt(i);
+      if (at >= k.length || !k.has[at]) k.set(at, b);
+      else if (k.data[at] !== b) {
+        const theirs = Array.from({ length: 12 }, (_, j) => k.at(at + j) ?? '?').join('');
+        return this.fail(`${who}: ${path} (${inc}) byte ${at} is ${JSON.stringify(bytes.slice(i, i + 12))}, others saw ${JSON.stringify(theirs)}`);
       }
     }
     if (k.closedAt !== undefined && from + bytes.length > k.closedAt) this.fail(`${who}: ${path} (${inc}) has bytes up to ${from + bytes.length}, past its close at ${k.closedAt}`);
@@ -104,7 +154,7 @@ class History {
     const k = this.entry(path, inc);
     if (k.closedAt !== undefined && k.closedAt !== at) this.fail(`${who}: ${path} (${inc}) closed at ${at}, earlier seen closed at ${k.closedAt}`);
     k.closedAt = at;
-    if (k.bytes.length > at) this.fail(`${who}: ${path} (${inc}) closed at ${at} but bytes up to ${k.bytes.length} were read`);
+    if (k.length > at) this.fail(`${who}: ${path} (${inc}) closed at ${at} but bytes up to ${k.length} were read`);
   }
   /**
    * A DELETE of `path` that may have taken effect between an operation that started at `a` and
@@ -118,7 +168,7 @@ class History {
 /** fetch that reports a dead server as `undefined`. */
 async function send(h: History, url: string, init: RequestInit = {}): Promise<Reply> {
   const start = now();
-  const line = `${(init.method ?? 'GET').padEnd(6)} ${url.replace(/^.*\/conc\/[^/]*\//, '')} ${JSON.stringify(init.headers ?? {})} ${typeof init.body === 'string' ? init.body : ''}`;
+  const line = `${(init.method ?? 'GET').padEnd(6)} ${url.replace(/^.*\/conc\/[^/]*\//, '')} ${JSON.stringify(init.headers ?? {})} ${typeof init.body === 'string' ? init.body.slice(0, 40) : ''}`;
   try {
     const res = await fetch(url, { ...init, signal: init.signal ?? AbortSignal.timeout(20_000) });
     const body = init.method === 'HEAD' ? '' : await res.text();
@@ -129,6 +179,7 @@ async function send(h: History, url: string, init: RequestInit = {}): Promise<Re
     return { status: res.status, headers: res.headers, body };
   } catch (e) {
     h.trace.push(`${start.toFixed(1)}..${now().toFixed(1)} ${line} → ${(e as Error).message}`);
+    await sleep(100); // the server is down (a SIGKILL round): do not spin
     return undefined;
   }
 }
@@ -144,6 +195,7 @@ type Round = {
   paths: string[];
   stopped: boolean;
   forkCount: number;
+  streamSeq: number;
   /** Offsets acknowledged or read per path, for forks and reads at an offset. */
   seen: Map<string, number[]>;
 };
@@ -186,14 +238,14 @@ async function catchUp(round: Round, path: string, who: string, fromStart = fals
     if (had !== undefined && had !== answer) h.fail(`${who}: ETag ${etag} names two answers:\n  ${had.slice(0, 200)}\n  ${answer.slice(0, 200)}`);
     h.etags.set(etag, answer);
     const same = `${path}|${inc}|${at}|${next}|${closed}`;
-    const other = h.reads304.get(same);
+    const other = h.etagOf.get(same);
     if (other !== undefined && other !== etag) h.fail(`${who}: equal reads of ${same} have ETags ${other} and ${etag}`);
-    h.reads304.set(same, etag);
+    h.etagOf.set(same, etag);
   }
   return reply;
 }
 
-const WEIGHTS = { append: 10, producer: 8, retry: 3, read: 5, head: 2, close: 1, put: 3, recreate: 2, delete: 1, fork: 2 } as const;
+const WEIGHTS = { append: 10, big: 1, producer: 8, retry: 3, pipeline: 3, ws: 3, read: 5, head: 2, close: 1, put: 3, recreate: 2, delete: 1, fork: 2 } as const;
 function pickWeighted<K extends string>(r: ReturnType<typeof seeded>, weights: Readonly<Record<K, number>>): K {
   const entries = Object.entries(weights) as [K, number][];
   let x = r.next() * entries.reduce((n, [, w]) => n + w, 0);
@@ -209,19 +261,30 @@ async function client(round: Round, c: number) {
   const producerId = `p${c >> 1}`;
   let epoch = 0;
   let seq = 0;
+  const wsState = { epoch: 0, seq: 0 };
   for (let op = 0; op < OPS && !round.stopped; op++) {
     const path = r.chance(0.2) && round.forkCount > 0 ? `f${r.int(round.forkCount)}` : r.pick(round.paths);
     const target = url(round, path);
     const who = `client ${c} op ${op}`;
     const kind = pickWeighted(r, WEIGHTS);
-    if (kind === 'append') {
+    if (kind === 'append' || kind === 'big') {
       const closing = r.chance(0.02);
-      const token = `a${c}.${n++};`;
+      // `big`: an append of several rows (over 1 MiB), read back in pieces.
+      const token = kind === 'big' ? `b${c}.${n++}:${'x'.repeat(100_000 + r.int(1_400_000))};` : `a${c}.${n++};`;
       h.sent.set(token, path);
+      // Some carry a Stream-Seq from a counter all clients share: racing, they may arrive out
+      // of order, and only increasing ones may be stored.
+      const streamSeq = r.chance(0.3) ? String(++round.streamSeq).padStart(8, '0') : undefined;
+      if (streamSeq) h.streamSeqs.set(token, streamSeq);
       const start = now();
-      const reply = await send(h, target, { method: 'POST', headers: { ...TEXT, ...(closing ? { 'stream-closed': 'true' } : {}) }, body: token });
+      const reply = await send(h, target, {
+        method: 'POST',
+        headers: { ...TEXT, ...(closing ? { 'stream-closed': 'true' } : {}), ...(streamSeq ? { 'stream-seq': streamSeq } : {}) },
+        body: token,
+      });
       const done = now();
       expectStatus(h, `${who} POST ${path}`, reply, [204, 404, 409, 410]);
+      if (reply?.status === 409 && streamSeq && !reply.headers.get('stream-closed')) h.count('stream-seq 409');
       if (reply?.status === 204) {
         const next = reply.headers.get('stream-next-offset');
         if (!next) h.fail(`${who}: append acknowledged without Stream-Next-Offset`);
@@ -257,6 +320,7 @@ async function client(round: Round, c: number) {
           if (e === epoch && s >= seq) seq = s + 1;
         } else if (reply.status === 204) {
           h.count('producer duplicate');
+          h.duplicates.push({ path, id: producerId, epoch: e, seq: s, start, done });
           if (reply.headers.get('stream-next-offset') && reply.headers.get('stream-closed') !== 'true') h.fail(`${who}: a duplicate has a Stream-Next-Offset`);
           if (e === epoch && s >= seq) seq = s + 1;
         } else if (reply.status === 409 && reply.headers.get('producer-expected-seq')) {
@@ -279,10 +343,110 @@ async function client(round: Round, c: number) {
         seq = 1;
       }
       await Promise.all(attempts);
+    } else if (kind === 'pipeline') {
+      // A producer with several appends in flight on separate connections, as a browser's is:
+      // they may reach the object in any order, and the later ones wait for the earlier.
+      const k = 2 + r.int(3);
+      const first = seq;
+      const e = epoch;
+      await Promise.all(
+        Array.from({ length: k }, async (_, i) => {
+          const s = first + i;
+          const token = `P${producerId}e${e}s${s}c${c};`;
+          const start = now();
+          const reply = await send(h, target, {
+            method: 'POST',
+            headers: { ...TEXT, 'producer-id': producerId, 'producer-epoch': String(e), 'producer-seq': String(s) },
+            body: token,
+          });
+          const done = now();
+          expectStatus(h, `${who} pipelined POST ${path}`, reply, [200, 204, 400, 403, 404, 409, 410]);
+          if (reply?.status === 200) {
+            const next = reply.headers.get('stream-next-offset');
+            if (!next) return h.fail(`${who}: producer append acknowledged without Stream-Next-Offset`);
+            h.acks.push({ path, token, end: pos(next), start, done, closing: false });
+            h.count('pipelined append');
+          } else if (reply?.status === 204) {
+            h.count('producer duplicate');
+            h.duplicates.push({ path, id: producerId, epoch: e, seq: s, start, done });
+          }
+          else if (reply?.status === 403) {
+            const current = Number(reply.headers.get('producer-epoch') ?? epoch);
+            if (current >= epoch) {
+              epoch = current + 1;
+              seq = 0;
+            }
+          }
+        }),
+      );
+      if (epoch === e) seq = Math.max(seq, first + k);
+    } else if (kind === 'ws') {
+      // Append frames on a socket: plain and a producer of the socket's own, pipelined.
+      const k = 1 + r.int(5);
+      const wsProducer = `w${c}`;
+      wsState.epoch += r.chance(0.2) ? 1 : 0;
+      if (r.chance(0.2)) wsState.seq = 0;
+      const frames = Array.from({ length: k }, (_, i) => {
+        const producer = r.chance(0.6);
+        const token = producer ? `P${wsProducer}e${wsState.epoch}s${wsState.seq}c${c};` : `a${c}.${n++};`;
+        if (!producer) h.sent.set(token, path);
+        const frame: Record<string, unknown> = { type: 'append', id: i, data: token };
+        if (producer) Object.assign(frame, { producerId: wsProducer, producerEpoch: wsState.epoch, producerSeq: wsState.seq++ });
+        if (r.chance(0.03)) frame.close = true;
+        return { frame, token, start: 0 };
+      });
+      await new Promise<void>((resolve) => {
+        const ws = new WebSocket(`${target.replace('http', 'ws')}?offset=now&live=ws`);
+        let answered = 0;
+        const timer = setTimeout(() => ws.close(), 20_000);
+        ws.addEventListener('open', () => {
+          for (const f of frames) {
+            f.start = now();
+            ws.send(JSON.stringify(f.frame));
+          }
+        });
+        ws.addEventListener('message', (e) => {
+          if (typeof e.data !== 'string') return;
+          const m = JSON.parse(e.data);
+          if (m.type !== 'ack' && !(m.type === 'error' && m.id !== undefined)) {
+            if (m.type === 'error' && m.status >= 500 && m.status !== 503) h.fail(`${who}: ws error ${e.data}`);
+            return;
+          }
+          const f = frames[m.id];
+          if (m.id !== answered) h.fail(`${who}: ws reply to frame ${m.id} where ${answered} was next`);
+          answered++;
+          if (m.type === 'ack' && m.streamNextOffset && (m.status === 200 || !f.frame.producerId)) {
+            h.acks.push({ path, token: f.token, end: pos(m.streamNextOffset), start: f.start, done: now(), closing: Boolean(f.frame.close) });
+            if (f.frame.close) h.closes.push({ path, at: pos(m.streamNextOffset), start: f.start, done: now() });
+            h.count('ws append');
+          } else if (m.type === 'error') {
+            h.count(`ws append ${m.status}`);
+            if (m.status >= 500 && m.status !== 503) h.fail(`${who}: ws append error ${e.data}`);
+            if (m.producerExpectedSeq !== undefined) wsState.seq = m.producerExpectedSeq;
+            if (m.status === 403) {
+              wsState.epoch = Math.max(wsState.epoch, Number(m.producerEpoch ?? 0)) + 1;
+              wsState.seq = 0;
+            }
+          }
+          if (answered === frames.length) ws.close();
+        });
+        ws.addEventListener('close', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+        ws.addEventListener('error', () => {
+          try {
+            ws.close();
+          } catch {}
+        });
+      });
     } else if (kind === 'read') {
       await catchUp(round, path, who);
     } else if (kind === 'head') {
+      const start = now();
       const reply = await send(h, target, { method: 'HEAD' });
+      const next = reply?.headers.get('stream-next-offset');
+      if (reply?.status === 200 && next) h.heads.push({ path, inc: reply.headers.get('stream-incarnation') ?? '', tail: pos(next), start, done: now() });
       expectStatus(h, `${who} HEAD ${path}`, reply, [200, 404, 410]);
       if (reply?.status === 200) {
         h.count('head');
@@ -548,11 +712,7 @@ async function wsReader(round: Round, path: string, who: string) {
 
 /** The producer tokens of an incarnation's known prefix: (epoch, seq) at most once, increasing per id. */
 function checkTokens(h: History, key: string, k: Known) {
-  let prefix = '';
-  for (const b of k.bytes) {
-    if (b === undefined) break;
-    prefix += b;
-  }
+  let prefix = k.prefix();
   // A fork inherits its source's bytes up to its fork offset, which may cut a token, and no
   // producer state: only its own appends count.
   const fork = h.forks.find((f) => key.startsWith(`${f.path} `));
@@ -560,9 +720,15 @@ function checkTokens(h: History, key: string, k: Known) {
   const tokens = prefix.split(';').slice(0, -1);
   const seen = new Set<string>();
   const last = new Map<string, [number, number]>();
+  let lastStreamSeq = '';
   for (const t of tokens) {
-    const plain = /^a\d+\.\d+$/.exec(t);
-    const producer = /^P(p\d+)e(\d+)s(\d+)c\d+$/.exec(t);
+    const streamSeq = h.streamSeqs.get(`${t};`);
+    if (streamSeq !== undefined) {
+      if (streamSeq <= lastStreamSeq) h.fail(`${key}: Stream-Seq ${streamSeq} (${t}) stored after ${lastStreamSeq}`);
+      lastStreamSeq = streamSeq;
+    }
+    const plain = /^a\d+\.\d+$/.exec(t) ?? /^b\d+\.\d+:x+$/.exec(t);
+    const producer = /^P([pw]\d+)e(\d+)s(\d+)c\d+$/.exec(t);
     if (!plain && !producer) {
       h.fail(`${key}: unexpected token ${JSON.stringify(t)}`);
       return;
@@ -589,6 +755,7 @@ async function runRound(seed: number, kill: boolean) {
     paths: ['s0', 's1', 's2'],
     stopped: false,
     forkCount: 0,
+    streamSeq: 0,
     seen: new Map(),
   };
   for (const p of round.paths) expect((await send(h, url(round, p), { method: 'PUT', headers: TEXT }))?.status).toBe(201);
@@ -607,7 +774,8 @@ async function runRound(seed: number, kill: boolean) {
       for (let k = 0; k < 2 && !done; k++) {
         await sleep(300 + round.r.int(1200));
         if (done) break;
-        if (BAD_LOG.test(server.log())) h.fail(`wrangler's log before a kill:\n${server.log().slice(-3000)}`);
+        for (const l of badLines(server.log())) h.fail(`wrangler's log before a kill: ${l}`);
+        if (process.env.CONC_TRACE) writeFileSync(`${process.env.CONC_TRACE}-${seed}-log${kills}`, server.log());
         h.trace.push(`${now().toFixed(1)} SIGKILL`);
         await server.restart({ hard: true });
         h.trace.push(`${now().toFixed(1)} restarted`);
@@ -628,7 +796,8 @@ async function runRound(seed: number, kill: boolean) {
   await sleep(300);
   round.stopped = true;
   await Promise.all(readers);
-  if (BAD_LOG.test(server.log())) h.fail(`wrangler's log:\n${server.log().slice(-3000)}`);
+  for (const l of badLines(server.log())) h.fail(`wrangler's log: ${l}`);
+  if (process.env.CONC_TRACE) writeFileSync(`${process.env.CONC_TRACE}-${seed}-log`, server.log());
 
   // Acknowledged appends: in every later read that covers them, unless a DELETE came between.
   for (const a of h.acks) {
@@ -637,6 +806,20 @@ async function runRound(seed: number, kill: boolean) {
       if (h.deletedBetween(a.path, a.start, read.done)) continue;
       if (read.to < a.end) h.fail(`${a.path}: append ${a.token} acknowledged at ${a.end}, but a later read (${read.inc}) ends at ${read.to}`);
       else if (read.body.slice(a.end - a.token.length - read.from, a.end - read.from) !== a.token) h.fail(`${a.path}: append ${a.token} acknowledged at ${a.end}, a later read (${read.inc}) has ${JSON.stringify(read.body.slice(a.end - a.token.length - read.from, a.end - read.from))} there`);
+    }
+  }
+  // A later HEAD's tail is at least an acknowledged append's end.
+  for (const a of h.acks) {
+    for (const head of h.heads) {
+      if (head.path === a.path && head.start > a.done && !h.deletedBetween(a.path, a.start, head.done) && head.tail < a.end) h.fail(`${a.path}: append ${a.token} acknowledged at ${a.end}, a later HEAD (${head.inc}) says the tail is ${head.tail}`);
+    }
+  }
+  // A producer's duplicate (204) stands for an append of that (epoch, seq) that later reads hold.
+  for (const d of h.duplicates) {
+    const token = new RegExp(`P${d.id}e${d.epoch}s${d.seq}c\\d+;`);
+    for (const read of h.reads) {
+      if (read.path !== d.path || read.from !== 0 || read.start < d.done || h.deletedBetween(d.path, d.start, read.done)) continue;
+      if (!token.test(read.body)) h.fail(`${d.path}: producer ${d.id} e${d.epoch} s${d.seq} answered as a duplicate, but a later read (${read.inc}) does not hold it`);
     }
   }
   // Acknowledged closes: later reads are closed there, and no append sent after is acknowledged.
@@ -669,8 +852,8 @@ async function runRound(seed: number, kill: boolean) {
     }
     for (const [key, k] of h.known) {
       if (!key.startsWith(`${f.source} `)) continue;
-      const same = tokens.some((t) => [...t[0]].every((b, i) => k.bytes[t.index! + i] === b));
-      const differs = [...inherited].findIndex((b, i) => k.bytes[i] !== undefined && k.bytes[i] !== b);
+      const same = tokens.some((t) => [...t[0]].every((b, i) => k.at(t.index! + i) === b));
+      const differs = [...inherited].findIndex((b, i) => k.at(i) !== undefined && k.at(i) !== b);
       if (same && differs >= 0) h.fail(`fork ${f.path} of ${f.source} at ${f.at}: inherited ${JSON.stringify(inherited.slice(0, 200))} differs from ${key} at ${differs}`);
     }
   }
