@@ -199,6 +199,8 @@ type Round = {
   stopped: boolean;
   forkCount: number;
   streamSeq: number;
+  /** Readers started during the round (of forks). */
+  followers: Promise<void>[];
   /** Offsets acknowledged or read per path, for forks and reads at an offset. */
   seen: Map<string, number[]>;
 };
@@ -320,6 +322,7 @@ async function client(round: Round, c: number) {
           h.acks.push({ path, token, end: pos(next), start, done, closing: false });
           remember(round, path, pos(next));
           h.count('producer append');
+          if (reply.headers.get('producer-seq') !== String(s) || reply.headers.get('producer-epoch') !== String(e)) h.fail(`${who}: producer append e${e} s${s} answered with epoch ${reply.headers.get('producer-epoch')} seq ${reply.headers.get('producer-seq')}`);
           if (e === epoch && s >= seq) seq = s + 1;
         } else if (reply.status === 204) {
           h.count('producer duplicate');
@@ -506,6 +509,9 @@ async function client(round: Round, c: number) {
       if (reply?.status === 201) {
         h.forks.push({ path: name, source: path, at });
         h.count('fork');
+        // Some forks are followed from their start, inherited range and all, while their
+        // source goes on changing.
+        if (r.chance(0.3)) round.followers.push(r.chance(0.5) ? sseReader(round, name, `SSE reader of ${name}`) : wsReader(round, name, `WebSocket reader of ${name}`));
         // Read it while its source goes on changing, and usually delete it again, so that its
         // source, if deleted meanwhile, is not kept for it for the rest of the round.
         await catchUp(round, name, who, true);
@@ -943,6 +949,7 @@ async function runRound(seed: number, kill: boolean) {
     stopped: false,
     forkCount: 0,
     streamSeq: 0,
+    followers: [],
     seen: new Map(),
   };
   for (const p of round.paths) expect((await send(h, url(round, p), { method: 'PUT', headers: TEXT }))?.status).toBe(201);
@@ -999,7 +1006,7 @@ async function runRound(seed: number, kill: boolean) {
     await sleep(200);
   }
   round.stopped = true;
-  await Promise.all([...readers, ...jsonReaders]);
+  await Promise.all([...readers, ...jsonReaders, ...round.followers]);
   checkJson(h, j);
   for (const l of badLines(server.log())) h.fail(`wrangler's log: ${l}`);
   if (process.env.CONC_TRACE) writeFileSync(`${process.env.CONC_TRACE}-${seed}-log`, server.log());
@@ -1011,6 +1018,18 @@ async function runRound(seed: number, kill: boolean) {
       if (h.deletedBetween(a.path, a.start, read.done)) continue;
       if (read.to < a.end) h.fail(`${a.path}: append ${a.token} acknowledged at ${a.end}, but a later read (${read.inc}) ends at ${read.to}`);
       else if (read.body.slice(a.end - a.token.length - read.from, a.end - read.from) !== a.token) h.fail(`${a.path}: append ${a.token} acknowledged at ${a.end}, a later read (${read.inc}) has ${JSON.stringify(read.body.slice(a.end - a.token.length - read.from, a.end - read.from))} there`);
+    }
+  }
+  // Appends acknowledged one after the other, with no DELETE between, end at increasing offsets.
+  const byPath = new Map<string, History['acks']>();
+  for (const a of h.acks) byPath.set(a.path, [...(byPath.get(a.path) ?? []), a]);
+  for (const [path, acks] of byPath) {
+    const sorted = [...acks].sort((x, y) => x.done - y.done);
+    for (let i = 0; i < sorted.length; i++) {
+      for (let k = i + 1; k < sorted.length; k++) {
+        const [a, b] = [sorted[i], sorted[k]];
+        if (b.start > a.done && b.end <= a.end && !h.deletedBetween(path, a.start, b.done)) h.fail(`${path}: ${b.token} acknowledged at ${b.end}, sent after ${a.token} was acknowledged at ${a.end}`);
+      }
     }
   }
   // A later HEAD's tail is at least an acknowledged append's end.
