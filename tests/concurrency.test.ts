@@ -306,11 +306,13 @@ async function client(round: Round, c: number) {
       const bump = r.chance(0.1);
       const copies = kind === 'retry' ? 2 + r.int(2) : 1;
       const attempts: Promise<void>[] = [];
+      // Now and then the producer's append closes the stream, its retries racing with it.
+      const closing = kind === 'retry' && r.chance(0.1);
       const sendOne = async (e: number, s: number, token: string) => {
         const start = now();
         const reply = await send(h, target, {
           method: 'POST',
-          headers: { ...TEXT, 'producer-id': producerId, 'producer-epoch': String(e), 'producer-seq': String(s) },
+          headers: { ...TEXT, 'producer-id': producerId, 'producer-epoch': String(e), 'producer-seq': String(s), ...(closing ? { 'stream-closed': 'true' } : {}) },
           body: token,
         });
         const done = now();
@@ -319,14 +321,21 @@ async function client(round: Round, c: number) {
         if (reply.status === 200) {
           const next = reply.headers.get('stream-next-offset');
           if (!next) return h.fail(`${who}: producer append acknowledged without Stream-Next-Offset`);
-          h.acks.push({ path, token, end: pos(next), start, done, closing: false });
+          h.acks.push({ path, token, end: pos(next), start, done, closing });
+          if (closing) {
+            if (reply.headers.get('stream-closed') !== 'true') h.fail(`${who}: a closing producer append acknowledged without Stream-Closed`);
+            h.closes.push({ path, at: pos(next), start, done });
+          }
           remember(round, path, pos(next));
-          h.count('producer append');
+          h.count(closing ? 'producer close' : 'producer append');
           if (reply.headers.get('producer-seq') !== String(s) || reply.headers.get('producer-epoch') !== String(e)) h.fail(`${who}: producer append e${e} s${s} answered with epoch ${reply.headers.get('producer-epoch')} seq ${reply.headers.get('producer-seq')}`);
           if (e === epoch && s >= seq) seq = s + 1;
         } else if (reply.status === 204) {
           h.count('producer duplicate');
           h.duplicates.push({ path, id: producerId, epoch: e, seq: s, start, done });
+          // The retry of a closing append is answered with the final offset.
+          const final = reply.headers.get('stream-next-offset');
+          if (closing && final && reply.headers.get('stream-closed') === 'true') h.closes.push({ path, at: pos(final), start, done });
           if (reply.headers.get('stream-next-offset') && reply.headers.get('stream-closed') !== 'true') h.fail(`${who}: a duplicate has a Stream-Next-Offset`);
           if (e === epoch && s >= seq) seq = s + 1;
         } else if (reply.status === 409 && reply.headers.get('producer-expected-seq')) {
