@@ -24,7 +24,7 @@
 // Some rounds SIGKILL wrangler's process group mid-run and restart it on the same state.
 //
 // CONC_SEED replays a run (as far as timing allows: the history is checked, not predicted);
-// CONC_ROUNDS (default 3), CONC_CLIENTS (12), CONC_OPS (30 per client) and CONC_KILL_ROUNDS (1:
+// CONC_ROUNDS (default 2), CONC_CLIENTS (12), CONC_OPS (30 per client) and CONC_KILL_ROUNDS (1:
 // how many of the rounds, the last ones, kill the server) scale it up. CONC_TRACE=<file prefix>
 // writes each round's requests and answers, in time order, and wrangler's log.
 import { afterAll, beforeAll, expect, test } from 'vitest';
@@ -33,7 +33,7 @@ import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
 import { seeded } from './support/random';
 
-const ROUNDS = Number(process.env.CONC_ROUNDS ?? 3);
+const ROUNDS = Number(process.env.CONC_ROUNDS ?? 2);
 const CLIENTS = Number(process.env.CONC_CLIENTS ?? 12);
 const OPS = Number(process.env.CONC_OPS ?? 30);
 const KILL_ROUNDS = Number(process.env.CONC_KILL_ROUNDS ?? 1);
