@@ -144,6 +144,38 @@ test('a catch-up response whose stream is deleted and created again under it bre
   expect(Buffer.from(await fresh.arrayBuffer()).equals(Buffer.from(replacement))).toBe(true);
 }, 60_000);
 
+test('a text stream\'s catch-up broken off by a DELETE is broken for a client that accepts gzip, as browsers and fetch do', async () => {
+  // Text is compressed for such clients (wrangler dev does it as Cloudflare's front end does). A
+  // compressed body whose source broke off used to end as a whole, shorter gzip body: the client
+  // took a truncated (often empty) page for all of [offset, Stream-Next-Offset). A GET and a
+  // DELETE sent together reach the object in that order, and the DELETE lands while the first
+  // rows are on their way: each read is whole, or broken, never cut short cleanly.
+  const rows = [Buffer.from('a'), ...[1, 2, 3, 4].map((n) => Buffer.alloc(1024 * 1024, String(n)))];
+  const all = Buffer.concat(rows).toString();
+  let cut = 0;
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const name = `replaced-text-${Date.now()}-${attempt}`;
+    expect((await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'text/plain' } })).status).toBe(201);
+    for (const row of rows) expect((await fetch(url(name), { method: 'POST', headers: { 'content-type': 'text/plain' }, body: row })).status).toBe(204);
+    const read = fetch(`${url(name)}?offset=-1`);
+    const deleted = fetch(url(name), { method: 'DELETE' });
+    const res = await read;
+    let body: string | undefined;
+    try {
+      body = await res.text();
+    } catch {
+      cut++; // broken off: the client knows it did not get the page
+    }
+    expect((await deleted).status).toBe(204);
+    if (res.status === 404 || body === undefined) continue;
+    expect(res.status).toBe(200);
+    expect(res.headers.get('stream-next-offset')).toBe(`0000000000000000_${String(all.length).padStart(16, '0')}`);
+    expect(body.length, `attempt ${attempt}: a ${res.headers.get('content-encoding') ?? 'plain'} body that ended as if whole`).toBe(all.length);
+    expect(body === all).toBe(true);
+  }
+  console.log(`${cut} of 10 reads broken off by their DELETE`);
+}, 60_000);
+
 test('a JSON stream answers every offset at a message boundary and refuses one inside a message, for catch-up and live reads', async () => {
   const name = `json-${Date.now()}`;
   const messages = [{ a: 1 }, 'two', [3, { c: 'x' }]];

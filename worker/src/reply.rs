@@ -130,6 +130,12 @@ impl ReadReply<'_> {
                 return Ok(Response::from(resp));
             }
             PageData::Rows(range) => {
+                // A body streamed from the rows breaks off if the stream is deleted under it.
+                // Compressed on its way (wrangler dev compresses text for clients that accept
+                // gzip, as Cloudflare's front end does), the break became the end of a whole,
+                // shorter gzip body, which the client took for the page. Declared already
+                // encoded, it is sent as it is, and a break stays one.
+                headers.set("content-encoding", "identity")?;
                 let init = web_sys::ResponseInit::new();
                 init.set_headers(&headers.0);
                 let body = range.open()?;

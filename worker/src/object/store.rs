@@ -70,7 +70,8 @@ export function streamRows(sql, instance, from, end, json) {
                 const chunk = chunkAt(sql, instance, at, end, rows);
                 const last = chunk.bytes && json && chunk.at === end;
                 if (!chunk.bytes || (last && chunk.bytes[chunk.bytes.length - 1] !== 0x2c)) {
-                    await writer.abort();
+                    // Named, so the runtime's log of the broken body says why.
+                    await writer.abort(new Error('stream deleted mid-response: body broken off'));
                     return;
                 }
                 // The row buffers are this read's own copies, so the comma can become the `]`.
