@@ -176,6 +176,21 @@ test('a text stream\'s catch-up broken off by a DELETE is broken for a client th
   console.log(`${cut} of 10 reads broken off by their DELETE`);
 }, 60_000);
 
+test('a catch-up of at most 1 MiB of text is read whole before it is sent, so it may still be compressed', async () => {
+  const name = `small-text-${Date.now()}`;
+  expect((await fetch(url(name), { method: 'PUT', headers: { 'content-type': 'text/plain' } })).status).toBe(201);
+  const rows = ['a', 'b'.repeat(1000), 'c'.repeat(1024 * 1024 - 1001)];
+  for (const row of rows) expect((await fetch(url(name), { method: 'POST', headers: { 'content-type': 'text/plain' }, body: row })).status).toBe(204);
+  const small = await fetch(`${url(name)}?offset=-1`, { headers: { 'accept-encoding': 'gzip' } });
+  expect(small.headers.get('content-encoding')).toBe('gzip');
+  expect(await small.text()).toBe(rows.join(''));
+  // One byte more is streamed as it is read, and sent as it is.
+  expect((await fetch(url(name), { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'd' })).status).toBe(204);
+  const large = await fetch(`${url(name)}?offset=-1`, { headers: { 'accept-encoding': 'gzip' } });
+  expect(large.headers.get('content-encoding')).toBe('identity');
+  expect(await large.text()).toBe(`${rows.join('')}d`);
+});
+
 test('a JSON stream answers every offset at a message boundary and refuses one inside a message, for catch-up and live reads', async () => {
   const name = `json-${Date.now()}`;
   const messages = [{ a: 1 }, 'two', [3, { c: 'x' }]];

@@ -134,8 +134,11 @@ impl ReadReply<'_> {
                 // Compressed on its way (wrangler dev compresses text for clients that accept
                 // gzip, as Cloudflare's front end does), the break became the end of a whole,
                 // shorter gzip body, which the client took for the page. Declared already
-                // encoded, it is sent as it is, and a break stays one.
-                headers.set("content-encoding", "identity")?;
+                // encoded, it is sent as it is, and a break stays one. A range of one chunk is
+                // read whole before the response is made, and may be compressed.
+                if !range.is_whole() {
+                    headers.set("content-encoding", "identity")?;
+                }
                 let init = web_sys::ResponseInit::new();
                 init.set_headers(&headers.0);
                 let body = range.open()?;

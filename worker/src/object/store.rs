@@ -56,15 +56,16 @@ function chunkAt(sql, instance, at, end, rows) {
     return { bytes, at, rows: parts.length };
 }
 
-export function streamRows(sql, instance, from, end, json) {
+export function streamRows(sql, instance, from, end, json, whole) {
     // A JSON range is framed messages, each followed by a comma: sent as an array.
     const { readable, writable } = new FixedLengthStream(end - from + (json ? 1 : 0));
     const writer = writable.getWriter();
     (async () => {
         let at = from;
         let sending = json ? writer.write(new Uint8Array([0x5b])) : null;
-        // Rows per chunk: one at first, then as many as the last chunk's rows suggest fill one.
-        let rows = 1;
+        // Rows per chunk: one at first, then as many as the last chunk's rows suggest fill one;
+        // all of a range of one chunk, read before this returns (see `RowRange::is_whole`).
+        let rows = whole ? 65536 : 1;
         try {
             while (at < end) {
                 const chunk = chunkAt(sql, instance, at, end, rows);
@@ -97,6 +98,7 @@ extern "C" {
         from: f64,
         end: f64,
         json: bool,
+        whole: bool,
     ) -> std::result::Result<worker_sys::web_sys::ReadableStream, JsValue>;
 }
 
@@ -139,7 +141,13 @@ impl RowRange {
         self.end
     }
 
-    /// The body: rows are read from here on, as it is taken.
+    /// Whether the range is at most one chunk (1 MiB, `CHUNK` in `streamRows`): [`Self::open`]
+    /// then reads all of it before it returns, so its body cannot break off.
+    pub fn is_whole(&self) -> bool {
+        self.end.position().saturating_sub(self.from.position()) <= ROW_BYTES as u64
+    }
+
+    /// The body: rows are read from here on, as it is taken (a whole range at once).
     pub fn open(self) -> Result<worker_sys::web_sys::ReadableStream> {
         Ok(stream_rows(
             &self.sql,
@@ -147,6 +155,7 @@ impl RowRange {
             self.from.position() as f64,
             self.end.position() as f64,
             self.json,
+            self.is_whole(),
         )?)
     }
 }
