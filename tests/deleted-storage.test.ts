@@ -185,3 +185,32 @@ describe('a deleted stream', () => {
     expect(JSON.parse(read.text)).toEqual([{ n: 2 }]);
   });
 });
+
+describe('an admin request for a subscription id that has none', () => {
+  it('stores nothing; only a PUT that creates the subscription does', async () => {
+    const dir = join(server.persistTo, 'v3', 'do', 'edgestream-SubscriptionObject');
+    const holdsSchema = (file: string) =>
+      [file, `${file}-wal`].some((f) => existsSync(f) && readFileSync(f).includes('CREATE TABLE snapshot'));
+    const subscriptionsStoring = () =>
+      existsSync(dir)
+        ? readdirSync(dir).filter((f) => /^[0-9a-f]{64}\.sqlite$/.test(f) && holdsSchema(join(dir, f))).length
+        : 0;
+    const before = subscriptionsStoring();
+    const id = `none-${process.pid}-${Date.now()}`;
+    const sub = `__ds/subscriptions/${id}`;
+    expect((await request('GET', sub)).status).toBe(404);
+    expect((await request('DELETE', sub)).status).toBe(204);
+    expect((await request('POST', `${sub}/streams`, json, '{"streams":["a"]}')).status).toBe(404);
+    expect((await request('DELETE', `${sub}/streams/a`)).status).toBe(404);
+    expect((await request('POST', `${sub}/claim`, json, '{}')).status).toBe(404);
+    // A PUT refused before anything is stored.
+    expect((await request('PUT', sub, json, '{"type":"webhook"}')).status).toBe(400);
+    expect(subscriptionsStoring(), 'subscription objects stored for ids with no subscription').toBe(before);
+    const body = JSON.stringify({ type: 'pull-wake', pattern: `${id}/*`, wake_stream: `${id}-wake` });
+    expect((await request('PUT', sub, json, body)).status).toBe(201);
+    expect(subscriptionsStoring()).toBe(before + 1);
+    expect((await request('GET', sub)).status).toBe(200);
+    expect((await request('DELETE', sub)).status).toBe(204);
+    expect((await request('GET', sub)).status).toBe(404);
+  });
+});
