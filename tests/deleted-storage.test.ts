@@ -171,6 +171,30 @@ describe('a deleted stream', () => {
     expect(JSON.parse((await request('GET', `${s}?offset=-1`)).text)).toEqual([{ n: 2 }]);
   }, 60_000);
 
+  it('behind its channel keeps its storage (the backlog, the deleted event owed) until the channel has it all', async () => {
+    const before = objectsStoring();
+    const channel = unique('chan');
+    expect((await request('PUT', channel, { 'stream-channel': 'true' })).status).toBe(201);
+    const source = `${channel}/${MARKER}-src`;
+    // Its first registration fails (503), then the retried PUT links it to the channel.
+    expect((await request('PUT', source, json)).status).toBe(503);
+    expect((await request('PUT', source, json)).status).toBe(200);
+    // Its first delivery fails: both appends are acknowledged with the channel behind.
+    for (let n = 1; n <= 2; n++) expect((await request('POST', source, json, JSON.stringify({ n }))).status).toBe(204);
+    expect(objectsStoring()).toBe(before + 2);
+    // Its first call to the registry and its first deleted event fail too: what the channel
+    // has not had is owed, so the source's object keeps it.
+    expect((await request('DELETE', source)).status).toBe(204);
+    expect(objectsStoring(), 'storage given back while the channel was owed messages').toBe(before + 2);
+    const events = async () => {
+      const res = await request('GET', `${channel}?offset=-1`);
+      return (JSON.parse(res.text) as any[]).filter((e) => e.stream === source).map((e) => e.event ?? e.data);
+    };
+    // The alarm delivers the rest, then the event, then gives the storage back.
+    expect(await until(() => objectsStoring() === before + 1, 30_000)).toBe(true);
+    expect(await events()).toEqual(['created', { n: 1 }, { n: 2 }, 'deleted']);
+  }, 60_000);
+
   it('that expires gives its storage back from its alarm, and its path can be created again', async () => {
     const before = objectsStoring();
     const s = unique('ttl');
