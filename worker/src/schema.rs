@@ -21,6 +21,19 @@ const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
   version INTEGER NOT NULL
 )";
 
+/// Whether the object behind `sql` has a table called `name`: whether it has made its tables.
+/// Reading `sqlite_master` writes nothing. A failure counts as yes, so that opening is tried
+/// and its error seen.
+pub fn has_table(sql: &SqlStorage, name: &str) -> bool {
+    let found: worker::Result<Vec<Vec<SqlStorageValue>>> = sql
+        .exec(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+            vec![SqlStorageValue::String(name.to_string())],
+        )
+        .and_then(|c| c.raw().collect());
+    found.map_or(true, |rows| !rows.is_empty())
+}
+
 /// Creates the tables in `schema` that are missing and applies the `migrations` this object
 /// has not had yet.
 pub fn open(sql: &SqlStorage, schema: &str, migrations: &[Migration]) -> worker::Result<()> {

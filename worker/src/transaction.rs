@@ -20,12 +20,27 @@ extern "C" {
         this: &Transactional,
         body: &ScopedClosure<dyn FnMut() -> std::result::Result<(), JsValue>>,
     ) -> std::result::Result<JsValue, JsValue>;
+    #[wasm_bindgen(method, catch, js_name = deleteAll)]
+    fn delete_all_js(this: &Transactional) -> std::result::Result<js_sys::Promise, JsValue>;
 }
 
 impl Transactional {
     /// The storage of the object whose state is `state`.
     pub fn of(state: &worker::worker_sys::DurableObjectState) -> Result<Transactional> {
         Ok(state.storage()?.unchecked_into())
+    }
+
+    /// Deletes everything the object stores, its tables and (at this compatibility date) its
+    /// alarm with them, in the caller's turn: the call is made here, not after an `await`, so
+    /// nothing another request does in between is lost. The returned promise is only logged.
+    pub fn delete_all(&self) -> Result<()> {
+        let promise = self.delete_all_js().map_err(Error::from)?;
+        wasm_bindgen_futures::spawn_local(async move {
+            if let Err(e) = wasm_bindgen_futures::JsFuture::from(promise).await {
+                worker::console_error!("storage: deleteAll failed: {e:?}");
+            }
+        });
+        Ok(())
     }
 
     /// Runs `f`, keeping its writes only if it returns `Ok`.

@@ -87,6 +87,10 @@ pub struct StreamObject {
     /// any reader could leave objects behind by the million.
     /// (The object's `DurableObjectState`, as the object it derefs to.)
     unopened: RefCell<Option<(worker::SqlStorage, js_sys::Object)>>,
+    /// The storage was given back (`deleteAll`, see [`StreamObject::give_back_storage`]): the
+    /// object holds nothing, as if it had never stored anything, until a request stores
+    /// something again.
+    emptied: Cell<bool>,
     /// The metadata row, once loaded: `Some(None)` means no stream here.
     meta: RefCell<Option<Option<Meta>>>,
     /// POSTs being handled right now; more than one means a burst worth batching.
@@ -170,6 +174,7 @@ impl DurableObject for StreamObject {
             config,
             store,
             unopened: RefCell::new(unopened),
+            emptied: Cell::new(false),
             meta: RefCell::new(None),
             appends_in_flight: Cell::new(0),
             cold: Cell::new(true),
@@ -189,6 +194,7 @@ impl DurableObject for StreamObject {
         let cors = security::Cors::of(req.headers(), &self.config);
         let show_alarm = self.faults.enabled() && req.method() == Method::Head;
         let result = self.route(req).await;
+        self.give_back_if_gone();
         // A batching append flushes its own frame after one turn; should that turn never come
         // (a cancelled request), the next request of any kind to finish sends what is queued.
         live::flush(&self.hub);
@@ -217,6 +223,12 @@ impl DurableObject for StreamObject {
         // It fired: a request meanwhile that needs it sets it anew, and so does the early
         // return of a removal (a stream created there next owes its registration to it).
         self.alarm.forget();
+        // An object holding nothing has no timed work (it may have been emptied after this
+        // alarm was due): asking would make its tables again.
+        if self.never_stored() {
+            self.expire_sockets().await;
+            return Response::ok("");
+        }
         let now = now_ms();
         if let Some(mut meta) = self.meta()? {
             // The last fork of a deleted source went: see `fork::on_release`.
@@ -240,6 +252,7 @@ impl DurableObject for StreamObject {
         }
         channel::on_alarm(self).await;
         owed::on_alarm(self).await;
+        self.give_back_if_gone();
         self.expire_sockets().await;
         Response::ok("")
     }
@@ -410,6 +423,11 @@ impl StreamObject {
 
     fn store(&self) -> Result<&Store> {
         if let Some(store) = self.store.get() {
+            if self.emptied.get() {
+                // Its tables went with the rest: made again, as for a first store.
+                store.reopen()?;
+                self.emptied.set(false);
+            }
             return Ok(store);
         }
         let unopened = self.unopened.borrow().clone();
@@ -424,10 +442,49 @@ impl StreamObject {
         Ok(self.store.get_or_init(|| store))
     }
 
-    /// Whether this object has never stored anything (its tables are not even made): no
-    /// stream is here, nor was one.
+    /// Whether this object has never stored anything (its tables are not even made), or gave
+    /// all it stored back: no stream is here, and nothing is owed.
     fn never_stored(&self) -> bool {
-        self.store.get().is_none() && self.unopened.borrow().is_some()
+        self.emptied.get() || (self.store.get().is_none() && self.unopened.borrow().is_some())
+    }
+
+    /// Gives the object's storage back once the stream is removed and nothing is owed for it:
+    /// no stream row (a source its forks still read is kept, deleted, until the last goes), no
+    /// pending work for the registry, subscriptions, channels or a fork's source, no backlog
+    /// for a channel, no fork reference: every table empty. Checked and done in one turn, with
+    /// no `await`, so nothing a concurrent request stores is lost; a request that stores
+    /// something later makes the tables again (see [`StreamObject::store`]).
+    ///
+    /// The incarnation of a stream created here later needs nothing kept: it is random
+    /// ([`new_instance`]), never counted from what was stored, so it cannot repeat the deleted
+    /// one's. Producers' states, a lease and channel marks went with the purge already.
+    /// At the end of a request or an alarm: for a stream known to be gone, gives the storage
+    /// back if nothing is owed. Work that ran on after the removal (a delivery or an append's
+    /// notification that was under way) may have made the tables again, empty.
+    fn give_back_if_gone(&self) {
+        if !matches!(*self.meta.borrow(), Some(None)) {
+            return;
+        }
+        if let Err(e) = self.give_back_storage() {
+            worker::console_warn!("stream: cannot give the storage back: {e}");
+        }
+    }
+
+    fn give_back_storage(&self) -> Result<()> {
+        if self.never_stored() {
+            return Ok(());
+        }
+        let store = self.store()?;
+        // Read from storage, not memory: the stream row must really be gone.
+        if store.load_meta()?.is_some() || !store.holds_nothing()? {
+            return Ok(());
+        }
+        store.delete_all()?;
+        self.emptied.set(true);
+        self.meta.replace(Some(None));
+        // The alarm went with it.
+        self.alarm.forget();
+        Ok(())
     }
 
     /// The metadata, from memory once loaded.
@@ -767,6 +824,11 @@ impl StreamObject {
         self.alarm.forget();
         if let Some(store) = self.store.get() {
             store.forget_cached();
+            // Tables made again after the storage was given back, in writes that were rolled
+            // back, are not made: the next store makes them.
+            if !self.emptied.get() && !store.tables_made() {
+                self.emptied.set(true);
+            }
         }
     }
 

@@ -18,6 +18,10 @@ use crate::http::now_ms;
 /// registry before a new one joins. Runs one at a time.
 pub async fn run(obj: &StreamObject, due_only: bool, hops: u32) -> Result<Vec<Task>> {
     let _turn = obj.owed_turn.enter().await;
+    // An object holding nothing owes nothing; asking would make its tables again.
+    if obj.never_stored() {
+        return Ok(Vec::new());
+    }
     let now = now_ms();
     // A task before is still owed: those that depend on it wait.
     let mut waiting = false;
@@ -51,6 +55,10 @@ pub async fn run(obj: &StreamObject, due_only: bool, hops: u32) -> Result<Vec<Ta
         // Not sooner than shortly: a task left in place (its stream changed while it ran) is
         // run again then, not in a loop.
         alarm::by(obj, due.max(now_ms() + 200)).await?;
+    } else if obj.meta()?.is_none() {
+        // All done for a stream that is gone: its storage is given back, if it holds nothing
+        // else (checked there, in one turn).
+        obj.give_back_storage()?;
     }
     Ok(left.into_iter().map(|o| o.task).collect())
 }

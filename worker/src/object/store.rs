@@ -285,6 +285,14 @@ CREATE TABLE IF NOT EXISTS pending (
 );
 ";
 
+/// The name of every table [`SCHEMA`] makes.
+fn schema_tables() -> impl Iterator<Item = &'static str> {
+    SCHEMA
+        .split("CREATE TABLE IF NOT EXISTS ")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next())
+}
+
 /// Changes to tables of objects made by older versions, in the order they were made.
 const MIGRATIONS: &[crate::schema::Migration] = &[crate::schema::Migration {
     // A closed source's `closed` event (2026-12-02).
@@ -1165,6 +1173,38 @@ impl Store {
             .map(|r| Expiry::from_parts(int(r.first()), int(r.get(1)))))
     }
 
+    /// Whether every table of the schema holds no row (`schema_version` aside, which only
+    /// says how the tables are made): the object keeps nothing anyone needs. The tables are
+    /// read from [`SCHEMA`], so one added later counts without a change here; tables the
+    /// runtime keeps for itself are not ours to judge.
+    pub fn holds_nothing(&self) -> Result<bool> {
+        for name in schema_tables() {
+            let query = format!("SELECT 1 FROM {name} LIMIT 1");
+            if !self.rows(&query, vec![])?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Gives the object's storage back (`deleteAll`), tables and alarm included, in the
+    /// caller's turn. Only for an object that [holds nothing](Self::holds_nothing).
+    pub fn delete_all(&self) -> Result<()> {
+        self.forget_cached();
+        self.storage.delete_all()
+    }
+
+    /// Whether the tables exist (see [`has_tables`]).
+    pub fn tables_made(&self) -> bool {
+        has_tables(&self.sql)
+    }
+
+    /// Makes the tables again after [`Store::delete_all`], for a new stream at the same path.
+    pub fn reopen(&self) -> Result<()> {
+        self.forget_cached();
+        crate::schema::open(&self.sql, SCHEMA, MIGRATIONS)
+    }
+
     /// Deletes the stream: metadata, data, producers, lease, ancestry, subscribers and channel
     /// state.
     pub fn purge(&self) -> Result<()> {
@@ -1649,6 +1689,17 @@ mod tests {
             at = p.range.end;
         }
         at == len
+    }
+
+    #[test]
+    fn schema_tables_are_every_table_made() {
+        let tables: Vec<_> = schema_tables().collect();
+        assert_eq!(tables.len(), SCHEMA.matches("CREATE TABLE").count());
+        assert!(tables.contains(&"stream") && tables.contains(&"pending"));
+        assert!(tables.contains(&"channel_backlog") && tables.contains(&"fork_refs"));
+        assert!(tables
+            .iter()
+            .all(|t| t.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
     }
 
     #[test]

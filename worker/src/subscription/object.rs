@@ -271,10 +271,15 @@ pub struct Notify {
 pub struct SubscriptionObject {
     state: State,
     env: Env,
-    sql: SqlStorage,
+    /// The storage; its tables are made by the first write (see [`SubscriptionObject::sql`]),
+    /// so that a request for an id with no subscription stores nothing.
+    raw_sql: SqlStorage,
     /// The same storage, for writes that must be stored together.
     storage: Option<crate::transaction::Transactional>,
-    ready: bool,
+    /// Storage could not be opened: every request is 503.
+    broken: bool,
+    /// The tables are made: something was stored here once.
+    opened: std::cell::Cell<bool>,
     key: RefCell<Option<SigningKey>>,
     /// Changes that tell the registry (create, delete, adding and removing streams, and the
     /// alarm finishing a create) take turns, so the registry hears them in the order they
@@ -293,24 +298,32 @@ impl DurableObject for SubscriptionObject {
         let storage = crate::transaction::Transactional::of(&raw);
         let state = State::from(raw);
         let sql = state.storage().sql();
+        // An object that never stored anything is left so: a request for an id with no
+        // subscription (a GET, a DELETE, an ack) must not make tables, or any admin could
+        // leave objects behind by the million.
+        let stored = crate::schema::has_table(&sql, "subscription");
         let opened = storage
             .as_ref()
             .map_err(|e| worker::Error::RustError(e.to_string()))
-            .and_then(|_| crate::schema::open(&sql, SCHEMA, &[]));
-        let ready = match opened {
-            Ok(_) => true,
+            .and_then(|_| match stored {
+                true => crate::schema::open(&sql, SCHEMA, &[]),
+                false => Ok(()),
+            });
+        let broken = match opened {
+            Ok(_) => false,
             Err(e) => {
                 worker::console_error!("subscription: cannot open storage: {e}");
-                false
+                true
             }
         };
         let faults = crate::fault::Faults::new(crate::config::Config::from_env(&env).fault_marker);
         SubscriptionObject {
             state,
             env,
-            sql,
+            raw_sql: sql,
             storage: storage.ok(),
-            ready,
+            broken,
+            opened: std::cell::Cell::new(stored),
             key: RefCell::new(None),
             changes: Turnstile::default(),
             faults,
@@ -319,7 +332,7 @@ impl DurableObject for SubscriptionObject {
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
-        if !self.ready {
+        if self.broken {
             return http::unavailable("subscription storage unavailable; retry");
         }
         match self.route(req).await {
@@ -379,11 +392,24 @@ fn same_secret(a: &str, b: &str) -> bool {
 impl SubscriptionObject {
     // ---- storage ----
 
+    /// The storage, its tables made first if they are not yet.
+    fn sql(&self) -> Result<&SqlStorage> {
+        if !self.opened.get() {
+            crate::schema::open(&self.raw_sql, SCHEMA, &[])?;
+            self.opened.set(true);
+        }
+        Ok(&self.raw_sql)
+    }
+
     fn rows(&self, q: &str, b: Vec<SqlStorageValue>) -> Result<Vec<Vec<SqlStorageValue>>> {
-        self.sql.exec(q, b)?.raw().collect()
+        self.sql()?.exec(q, b)?.raw().collect()
     }
 
     fn load(&self) -> Result<Option<Record>> {
+        // No tables: no subscription, nor was there one.
+        if !self.opened.get() {
+            return Ok(None);
+        }
         let rows = self.rows("SELECT record FROM subscription WHERE id = 1", vec![])?;
         let Some(mut record) = rows
             .first()
@@ -394,7 +420,7 @@ impl SubscriptionObject {
         if !record.snapshot.is_empty() || !record.canonical.is_empty() {
             // Written before these had tables: move them there once.
             for (path, tail) in std::mem::take(&mut record.snapshot) {
-                self.sql.exec(
+                self.sql()?.exec(
                     "INSERT OR REPLACE INTO snapshot (path, tail) VALUES (?, ?)",
                     vec![
                         SqlStorageValue::String(path),
@@ -414,7 +440,7 @@ impl SubscriptionObject {
     fn save(&self, record: &Record) -> Result<()> {
         let encoded =
             serde_json::to_string(record).map_err(|e| worker::Error::RustError(e.to_string()))?;
-        self.sql.exec(
+        self.sql()?.exec(
             "INSERT INTO subscription (id, record) VALUES (1, ?)
              ON CONFLICT (id) DO UPDATE SET record = excluded.record",
             vec![SqlStorageValue::String(encoded)],
@@ -430,7 +456,7 @@ impl SubscriptionObject {
     }
 
     fn save_canonical(&self, canonical: &str) -> Result<()> {
-        self.sql.exec(
+        self.sql()?.exec(
             "INSERT INTO config (id, canonical) VALUES (1, ?)
              ON CONFLICT (id) DO UPDATE SET canonical = excluded.canonical",
             vec![SqlStorageValue::String(canonical.to_string())],
@@ -474,7 +500,7 @@ impl SubscriptionObject {
     }
 
     fn save_link(&self, link: &Link) -> Result<()> {
-        self.sql.exec(
+        self.sql()?.exec(
             "INSERT INTO links (path, glob, explicit, acked, tail) VALUES (?, ?, ?, ?, ?)
              ON CONFLICT (path) DO UPDATE SET glob = excluded.glob, explicit = excluded.explicit,
                acked = excluded.acked, tail = excluded.tail",
@@ -496,7 +522,7 @@ impl SubscriptionObject {
                 "DELETE FROM links WHERE path = ?",
                 "DELETE FROM snapshot WHERE path = ?",
             ] {
-                self.sql
+                self.sql()?
                     .exec(q, vec![SqlStorageValue::String(path.to_string())])?;
             }
             Ok(())
@@ -506,8 +532,8 @@ impl SubscriptionObject {
     /// The current wake covers every link at its present tail.
     fn take_snapshot(&self) -> Result<()> {
         self.atomically(|| {
-            self.sql.exec("DELETE FROM snapshot", None)?;
-            self.sql.exec(
+            self.sql()?.exec("DELETE FROM snapshot", None)?;
+            self.sql()?.exec(
                 "INSERT INTO snapshot (path, tail) SELECT path, tail FROM links",
                 None,
             )?;
@@ -527,7 +553,7 @@ impl SubscriptionObject {
 
     /// Acks every link the current wake covers up to the tail it was woken for.
     fn apply_snapshot(&self) -> Result<()> {
-        self.sql.exec(
+        self.sql()?.exec(
             "UPDATE links SET acked = (SELECT s.tail FROM snapshot s WHERE s.path = links.path)
              WHERE EXISTS (SELECT 1 FROM snapshot s WHERE s.path = links.path AND s.tail > links.acked)",
             None,
@@ -632,6 +658,8 @@ impl SubscriptionObject {
 
     /// Runs `f`, keeping its writes only if it succeeds.
     fn atomically<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        // Made before, not inside, the transaction: a rollback would take them with it.
+        self.sql()?;
         match &self.storage {
             Some(storage) => storage.atomically(f),
             None => Err(worker::Error::RustError("storage unavailable".into())),
@@ -820,8 +848,8 @@ impl SubscriptionObject {
                 .is_some_and(|p| rules::glob_matches(p, path))
         };
         self.atomically(|| {
-            self.sql.exec("DELETE FROM links", None)?;
-            self.sql.exec("DELETE FROM snapshot", None)?;
+            self.sql()?.exec("DELETE FROM links", None)?;
+            self.sql()?.exec("DELETE FROM snapshot", None)?;
             self.save(&record)?;
             self.save_canonical(&canonical)?;
             for path in &explicit {
@@ -1000,7 +1028,7 @@ impl SubscriptionObject {
                 "DELETE FROM snapshot",
                 "DELETE FROM config",
             ] {
-                self.sql.exec(q, None)?;
+                self.sql()?.exec(q, None)?;
             }
             Ok(())
         })?;
@@ -1205,7 +1233,7 @@ impl SubscriptionObject {
                     tail: 0,
                     ..link
                 })?;
-                self.sql.exec(
+                self.sql()?.exec(
                     "DELETE FROM snapshot WHERE path = ?",
                     vec![SqlStorageValue::String(path.to_string())],
                 )?;
@@ -1249,7 +1277,7 @@ impl SubscriptionObject {
         record.lease_deadline = None;
         record.deliver = false;
         record.next_attempt_at = None;
-        self.sql.exec("DELETE FROM snapshot", None)?;
+        self.sql()?.exec("DELETE FROM snapshot", None)?;
         Ok(())
     }
 
