@@ -186,7 +186,11 @@ export declare function stream<T = unknown>(options: StreamOptions): StreamHandl
 /** `WebAssembly.Module` where the libs in use declare it (DOM, workers); Node-only projects have none. */
 type WasmModule = typeof globalThis extends { WebAssembly: { Module: abstract new (...args: never[]) => infer M } } ? M : never;
 
-/** Loads the wasm early (optional: it loads on first use). Accepts a URL, Response, bytes or Module. */
+/**
+ * Loads the wasm early (optional: it loads on first use). Accepts a URL, Response, bytes or Module.
+ * Rejects with NETWORK_ERROR when the network fails the fetch, UNEXPECTED_STATUS for a status
+ * (a 404), and NOT_SUPPORTED (the load's error as `cause`) for a file that is not the wasm.
+ */
 export declare function init(input?: URL | string | Response | ArrayBuffer | ArrayBufferView | WasmModule): Promise<void>;
 
 export interface StreamHandleOptions {
