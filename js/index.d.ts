@@ -517,18 +517,18 @@ export declare class DurableStreamError extends Error {
 }
 /** Fields a `DurableStreamError` constructor copies onto the error. */
 export interface DurableStreamErrorDetails {
-  closeCode?: number;
+  closeCode?: number | undefined;
   cause?: unknown;
 }
 /** Code `STREAM_CLOSED`. The message defaults to `'stream is closed'`. */
 export declare class StreamClosedError extends DurableStreamError {
-  constructor(message?: string | undefined, status?: number | undefined, details?: (DurableStreamErrorDetails & { finalOffset?: string }) | undefined);
+  constructor(message?: string | undefined, status?: number | undefined, details?: (DurableStreamErrorDetails & { finalOffset?: string | undefined }) | undefined);
   readonly code: 'STREAM_CLOSED';
   readonly finalOffset?: string;
 }
 /** Code `STALE_EPOCH`. */
 export declare class StaleEpochError extends DurableStreamError {
-  constructor(message?: string | undefined, status?: number | undefined, details?: (DurableStreamErrorDetails & { currentEpoch?: number }) | undefined);
+  constructor(message?: string | undefined, status?: number | undefined, details?: (DurableStreamErrorDetails & { currentEpoch?: number | undefined }) | undefined);
   readonly code: 'STALE_EPOCH';
   readonly currentEpoch?: number;
 }
@@ -537,7 +537,7 @@ export declare class SequenceGapError extends DurableStreamError {
   constructor(
     message?: string | undefined,
     status?: number | undefined,
-    details?: (DurableStreamErrorDetails & { expectedSeq?: number; receivedSeq?: number }) | undefined,
+    details?: (DurableStreamErrorDetails & { expectedSeq?: number | undefined; receivedSeq?: number | undefined }) | undefined,
   );
   readonly code: 'SEQUENCE_GAP';
   readonly expectedSeq?: number;
@@ -548,7 +548,7 @@ export declare class LeaseHeldError extends DurableStreamError {
   constructor(
     message?: string | undefined,
     status?: number | undefined,
-    details?: (DurableStreamErrorDetails & { leaseExpiresAt?: string; retryAfterMs?: number }) | undefined,
+    details?: (DurableStreamErrorDetails & { leaseExpiresAt?: string | undefined; retryAfterMs?: number | undefined }) | undefined,
   );
   readonly code: 'LEASE_HELD';
   /** When the holder's lease ends (RFC 3339). */
@@ -578,12 +578,17 @@ export interface ControlMessage {
   headers: { control: 'snapshot-start' | 'snapshot-end' | 'reset'; offset?: string };
 }
 
+/** The optional headers of a change message (left out when undefined). */
+export interface ChangeHeaders {
+  txid?: string | undefined;
+  timestamp?: string | undefined;
+}
 /** Builders for the messages a table reads; append them with `append()` or a producer. */
 export declare const change: {
-  insert<V>(type: string, key: string, value: V, headers?: { txid?: string; timestamp?: string }): ChangeMessage<V>;
-  update<V>(type: string, key: string, value: V, headers?: { txid?: string; timestamp?: string }): ChangeMessage<V>;
-  upsert<V>(type: string, key: string, value: V, headers?: { txid?: string; timestamp?: string }): ChangeMessage<V>;
-  delete(type: string, key: string, headers?: { txid?: string; timestamp?: string }): ChangeMessage<never>;
+  insert<V>(type: string, key: string, value: V, headers?: ChangeHeaders): ChangeMessage<V>;
+  update<V>(type: string, key: string, value: V, headers?: ChangeHeaders): ChangeMessage<V>;
+  upsert<V>(type: string, key: string, value: V, headers?: ChangeHeaders): ChangeMessage<V>;
+  delete(type: string, key: string, headers?: ChangeHeaders): ChangeMessage<never>;
   reset(): ControlMessage;
 };
 
