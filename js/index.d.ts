@@ -163,7 +163,8 @@ export declare class StreamHandle<T = unknown, B extends Batch<T> = Batch<T>> im
    * closes where iteration ends (the stream closed, or caught up with `live: false`), and errors
    * with the read's error, with INVALID_ARGUMENT on a stream that is not JSON, and with ABORTED
    * (the signal's reason as `cause`) when the handle is cancelled or its signal aborts before the
-   * read completed. Cancelling it cancels the handle.
+   * read completed. Cancelling it cancels the handle. The handle's `offset` moves a whole batch
+   * at a time, when the batch's first item is read: past items not read yet (resume from batches).
    */
   jsonStream(): ReadableStreamAsyncIterable<T>;
   /** The bytes of a stream that is not JSON, as `jsonStream()` gives items; INVALID_ARGUMENT on a JSON stream. */
