@@ -659,10 +659,11 @@ export declare class KeyedTable<V = unknown> {
   /** Rows over all types. */
   readonly size: number;
   /**
-   * Settles when reading ends: resolves when the stream is closed or the table cancelled; rejects
-   * when the table fails: a read error, an invalid message, or a listener without `onError` that
-   * threw (with its error, as `ready()` does if the table had not caught up). It waits for the
-   * store's last `save` until `cancel()` (a cancelled table does not wait for it).
+   * Settles when reading ends: resolves when the stream is closed, the table caught up with
+   * `live: false`, or cancelled; rejects when the table fails: a read error, an invalid message,
+   * or a listener without `onError` that threw (with its error, as `ready()` does if the table had
+   * not caught up). It waits for the store's last `save` until `cancel()` (a cancelled table
+   * does not wait for it).
    */
   readonly finished: Promise<void>;
   /** Resolves once the table first holds everything the stream held. */
