@@ -277,7 +277,8 @@ export interface AppendResult {
   offset?: string;
   closed: boolean;
   /**
-   * The server already had this producer batch (HTTP 204). Always false for a close without data:
+   * The server already had this producer batch (HTTP 204): an append with producer headers, an
+   * `IdempotentProducer`'s or your own (`headers`). Always false for a close without data:
    * servers answer every close-only request with 204, so it cannot tell.
    */
   duplicate: boolean;
