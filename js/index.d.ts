@@ -689,7 +689,8 @@ export declare class KeyedTable<V = unknown> {
    * without `onError` that throws fails the table once every listener has had that update:
    * reading stops, and `finished` (and `ready()`, before it resolved) rejects with the error,
    * which the other listeners' `onError` get, as on a stream handle. Nothing is thrown
-   * where it cannot be caught. Returns an unsubscribe function; a listener unsubscribed during
+   * where it cannot be caught; a failure that no `onError`, `finished` or pending `ready()`
+   * hears is logged with `console.warn`. Returns an unsubscribe function; a listener unsubscribed during
    * an update (by another listener) is not called with it, as on an `EventTarget`.
    */
   subscribe(listener: (update: TableUpdate<V>) => void | Promise<void>, onError?: (error: unknown) => void): () => void;
