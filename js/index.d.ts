@@ -30,7 +30,12 @@ export type LiveMode = 'auto' | 'sse' | 'ws' | 'long-poll' | false | true;
 
 export interface StreamOptions {
   url: string | URL;
-  /** Where to start: an offset from an earlier batch, `'-1'` (start, the default) or `'now'` (tail). */
+  /**
+   * Where to start: an offset from an earlier batch, `'-1'` (start, the default) or `'now'` (tail).
+   * One past the stream's end (a shorter stream created again at the URL) fails the reader with
+   * INVALID_OFFSET, whether the server refuses it or answers with its tail (STREAM_REPLACED
+   * when `incarnation` says it is another stream).
+   */
   offset?: string | undefined;
   /**
    * The batch's `incarnation`, saved with `offset`: a stream deleted and created again at the URL
