@@ -30,7 +30,12 @@ export type LiveMode = 'auto' | 'sse' | 'ws' | 'long-poll' | false | true;
 
 export interface StreamOptions {
   url: string | URL;
-  /** Where to start: an offset from an earlier batch, `'-1'` (start, the default) or `'now'` (tail). */
+  /**
+   * Where to start: an offset from an earlier batch, `'-1'` (start, the default) or `'now'` (tail).
+   * One past the stream's end (a shorter stream created again at the URL) fails the reader with
+   * INVALID_OFFSET, whether the server refuses it or answers with its tail (STREAM_REPLACED
+   * when `incarnation` says it is another stream).
+   */
   offset?: string | undefined;
   /**
    * The batch's `incarnation`, saved with `offset`: a stream deleted and created again at the URL
@@ -163,7 +168,8 @@ export declare class StreamHandle<T = unknown, B extends Batch<T> = Batch<T>> im
    * closes where iteration ends (the stream closed, or caught up with `live: false`), and errors
    * with the read's error, with INVALID_ARGUMENT on a stream that is not JSON, and with ABORTED
    * (the signal's reason as `cause`) when the handle is cancelled or its signal aborts before the
-   * read completed. Cancelling it cancels the handle.
+   * read completed. Cancelling it cancels the handle. The handle's `offset` moves a whole batch
+   * at a time, when the batch's first item is read: past items not read yet (resume from batches).
    */
   jsonStream(): ReadableStreamAsyncIterable<T>;
   /** The bytes of a stream that is not JSON, as `jsonStream()` gives items; INVALID_ARGUMENT on a JSON stream. */
@@ -186,7 +192,11 @@ export declare function stream<T = unknown>(options: StreamOptions): StreamHandl
 /** `WebAssembly.Module` where the libs in use declare it (DOM, workers); Node-only projects have none. */
 type WasmModule = typeof globalThis extends { WebAssembly: { Module: abstract new (...args: never[]) => infer M } } ? M : never;
 
-/** Loads the wasm early (optional: it loads on first use). Accepts a URL, Response, bytes or Module. */
+/**
+ * Loads the wasm early (optional: it loads on first use). Accepts a URL, Response, bytes or Module.
+ * Rejects with NETWORK_ERROR when the network fails the fetch, UNEXPECTED_STATUS for a status
+ * (a 404), and NOT_SUPPORTED (the load's error as `cause`) for a file that is not the wasm.
+ */
 export declare function init(input?: URL | string | Response | ArrayBuffer | ArrayBufferView | WasmModule): Promise<void>;
 
 export interface StreamHandleOptions {
@@ -272,7 +282,8 @@ export interface AppendResult {
   offset?: string;
   closed: boolean;
   /**
-   * The server already had this producer batch (HTTP 204). Always false for a close without data:
+   * The server already had this producer batch (HTTP 204): an append with producer headers, an
+   * `IdempotentProducer`'s or your own (`headers`). Always false for a close without data:
    * servers answer every close-only request with 204, so it cannot tell.
    */
   duplicate: boolean;
@@ -513,18 +524,18 @@ export declare class DurableStreamError extends Error {
 }
 /** Fields a `DurableStreamError` constructor copies onto the error. */
 export interface DurableStreamErrorDetails {
-  closeCode?: number;
+  closeCode?: number | undefined;
   cause?: unknown;
 }
 /** Code `STREAM_CLOSED`. The message defaults to `'stream is closed'`. */
 export declare class StreamClosedError extends DurableStreamError {
-  constructor(message?: string | undefined, status?: number | undefined, details?: (DurableStreamErrorDetails & { finalOffset?: string }) | undefined);
+  constructor(message?: string | undefined, status?: number | undefined, details?: (DurableStreamErrorDetails & { finalOffset?: string | undefined }) | undefined);
   readonly code: 'STREAM_CLOSED';
   readonly finalOffset?: string;
 }
 /** Code `STALE_EPOCH`. */
 export declare class StaleEpochError extends DurableStreamError {
-  constructor(message?: string | undefined, status?: number | undefined, details?: (DurableStreamErrorDetails & { currentEpoch?: number }) | undefined);
+  constructor(message?: string | undefined, status?: number | undefined, details?: (DurableStreamErrorDetails & { currentEpoch?: number | undefined }) | undefined);
   readonly code: 'STALE_EPOCH';
   readonly currentEpoch?: number;
 }
@@ -533,7 +544,7 @@ export declare class SequenceGapError extends DurableStreamError {
   constructor(
     message?: string | undefined,
     status?: number | undefined,
-    details?: (DurableStreamErrorDetails & { expectedSeq?: number; receivedSeq?: number }) | undefined,
+    details?: (DurableStreamErrorDetails & { expectedSeq?: number | undefined; receivedSeq?: number | undefined }) | undefined,
   );
   readonly code: 'SEQUENCE_GAP';
   readonly expectedSeq?: number;
@@ -544,7 +555,7 @@ export declare class LeaseHeldError extends DurableStreamError {
   constructor(
     message?: string | undefined,
     status?: number | undefined,
-    details?: (DurableStreamErrorDetails & { leaseExpiresAt?: string; retryAfterMs?: number }) | undefined,
+    details?: (DurableStreamErrorDetails & { leaseExpiresAt?: string | undefined; retryAfterMs?: number | undefined }) | undefined,
   );
   readonly code: 'LEASE_HELD';
   /** When the holder's lease ends (RFC 3339). */
@@ -574,12 +585,17 @@ export interface ControlMessage {
   headers: { control: 'snapshot-start' | 'snapshot-end' | 'reset'; offset?: string };
 }
 
+/** The optional headers of a change message (left out when undefined). */
+export interface ChangeHeaders {
+  txid?: string | undefined;
+  timestamp?: string | undefined;
+}
 /** Builders for the messages a table reads; append them with `append()` or a producer. */
 export declare const change: {
-  insert<V>(type: string, key: string, value: V, headers?: { txid?: string; timestamp?: string }): ChangeMessage<V>;
-  update<V>(type: string, key: string, value: V, headers?: { txid?: string; timestamp?: string }): ChangeMessage<V>;
-  upsert<V>(type: string, key: string, value: V, headers?: { txid?: string; timestamp?: string }): ChangeMessage<V>;
-  delete(type: string, key: string, headers?: { txid?: string; timestamp?: string }): ChangeMessage<never>;
+  insert<V>(type: string, key: string, value: V, headers?: ChangeHeaders): ChangeMessage<V>;
+  update<V>(type: string, key: string, value: V, headers?: ChangeHeaders): ChangeMessage<V>;
+  upsert<V>(type: string, key: string, value: V, headers?: ChangeHeaders): ChangeMessage<V>;
+  delete(type: string, key: string, headers?: ChangeHeaders): ChangeMessage<never>;
   reset(): ControlMessage;
 };
 
@@ -649,10 +665,11 @@ export declare class KeyedTable<V = unknown> {
   /** Rows over all types. */
   readonly size: number;
   /**
-   * Settles when reading ends: resolves when the stream is closed or the table cancelled; rejects
-   * when the table fails: a read error, an invalid message, or a listener without `onError` that
-   * threw (with its error, as `ready()` does if the table had not caught up). It waits for the
-   * store's last `save` until `cancel()` (a cancelled table does not wait for it).
+   * Settles when reading ends: resolves when the stream is closed, the table caught up with
+   * `live: false`, or cancelled; rejects when the table fails: a read error, an invalid message,
+   * or a listener without `onError` that threw (with its error, as `ready()` does if the table had
+   * not caught up). It waits for the store's last `save` until `cancel()` (a cancelled table
+   * does not wait for it).
    */
   readonly finished: Promise<void>;
   /** Resolves once the table first holds everything the stream held. */
@@ -677,7 +694,8 @@ export declare class KeyedTable<V = unknown> {
    * without `onError` that throws fails the table once every listener has had that update:
    * reading stops, and `finished` (and `ready()`, before it resolved) rejects with the error,
    * which the other listeners' `onError` get, as on a stream handle. Nothing is thrown
-   * where it cannot be caught. Returns an unsubscribe function; a listener unsubscribed during
+   * where it cannot be caught; a failure that no `onError`, `finished` or pending `ready()`
+   * hears is logged with `console.warn`. Returns an unsubscribe function; a listener unsubscribed during
    * an update (by another listener) is not called with it, as on an `EventTarget`.
    */
   subscribe(listener: (update: TableUpdate<V>) => void | Promise<void>, onError?: (error: unknown) => void): () => void;

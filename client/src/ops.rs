@@ -351,11 +351,17 @@ pub fn append_stream(options: JsValue) -> Promise {
         }
         js::set(&out, "closed", closed);
         // A request without data (a close or a lease alone) is answered 204 however often it is
-        // sent, so only a data append can be reported as a duplicate.
+        // sent, so only a data append can be reported as a duplicate. A caller may send the
+        // producer headers itself (`headers`), as the protocol allows.
+        let producer_request = producer.is_some()
+            || sent
+                .headers_sent
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case(headers::PRODUCER_ID));
         js::set(
             &out,
             "duplicate",
-            producer.is_some() && status == 204 && !empty,
+            producer_request && status == 204 && !empty,
         );
         if let Some(at) = header_text(&sent, headers::STREAM_LEASE_EXPIRES_AT) {
             js::set(&out, "leaseExpiresAt", at);

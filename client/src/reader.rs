@@ -429,6 +429,18 @@ impl Inner {
         if !offset::is_usable(&next.offset) {
             return Err(batch::parse_error("server sent an unusable offset"));
         }
+        // Offsets only grow: a server that answers an offset past its end with its tail (as the
+        // reference server does) holds a shorter stream than the one the offset was read in,
+        // most likely one deleted and created again. Refused, as edgestream's server refuses it.
+        let at = self.pos.offset.as_str();
+        if at != "-1" && at != "now" && next.offset.as_str() < at {
+            return Err(error::new(
+                error::INVALID_OFFSET,
+                "the stream ends before this offset",
+                None,
+            )
+            .into());
+        }
         let has_data = !data.is_empty();
         let changed = next.up_to_date != self.pos.up_to_date || next.closed != self.pos.closed;
         let first = !self.emitted_any;

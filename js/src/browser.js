@@ -12,6 +12,8 @@ setLoader(async (input) => {
     input = await fetch(input).catch((e) => {
       throw new DurableStreamError(`the client's wasm could not be fetched: ${e?.message ?? e}`, 'NETWORK_ERROR', undefined, { cause: e });
     });
+    // A status (a bundler that did not ship the file: see init() in js/README.md) is not retried.
+    if (!input.ok) throw new DurableStreamError(`failed to fetch Wasm: ${input.status} ${input.url}`, 'UNEXPECTED_STATUS', input.status);
   }
   return initWasm({ module_or_path: input });
 });

@@ -29,7 +29,14 @@ export function init(input) {
   if (!ready) {
     if (!loader) throw new Error('edgestream: no wasm loader (import "edgestream", not a file inside it)');
     if (input !== undefined) source = input;
-    ready = Promise.resolve(loader(source)).then(() => undefined);
+    // A load that fails otherwise than over the network (a file that is not the wasm, or not
+    // there) is a DurableStreamError too, as every error of the client.
+    ready = Promise.resolve(loader(source)).then(
+      () => undefined,
+      (e) => {
+        throw e instanceof DurableStreamError ? e : new DurableStreamError(`the client's wasm could not be loaded: ${e?.message ?? e}`, 'NOT_SUPPORTED', undefined, { cause: e });
+      },
+    );
     ready.catch(() => {
       ready = null;
     });

@@ -85,6 +85,10 @@ export class KeyedTable {
   #signal;
   #ready = deferred();
   #finished = deferred();
+  /** Whether a failure would be heard: `finished` was asked for, or ready() (while pending). */
+  #finishedAsked = false;
+  #readyAsked = false;
+  #readyDone = false;
   /** Resolves on `cancel()`: a store's load that never settles does not hold the table. */
   #stopped = deferred();
 
@@ -149,6 +153,7 @@ export class KeyedTable {
   }
   /** Resolves once the table first holds everything the stream held; rejects if it fails first. */
   ready() {
+    this.#readyAsked = true;
     return this.#ready.promise;
   }
   /**
@@ -156,6 +161,7 @@ export class KeyedTable {
    * rejects when it fails (a read error, an invalid message, a listener without `onError` that threw).
    */
   get finished() {
+    this.#finishedAsked = true;
     return this.#finished.promise;
   }
 
@@ -304,6 +310,11 @@ export class KeyedTable {
       this.#error = { e };
       clearTimeout(this.#saveTimer);
       this.#saveTimer = null;
+      // Nobody would hear of it (ready() heard only if it had not resolved): say so, as a
+      // stream handle does, rather than stop following without a trace.
+      if (!this.#finishedAsked && !(this.#readyAsked && !this.#readyDone) && ![...this.#listeners].some((l) => l.onError)) {
+        console.warn('edgestream: a table failed (pass onError to subscribe(), or await `finished`):', e);
+      }
       this.#ready.reject(e);
       this.#finished.reject(e);
       // Every listener hears of it, as on a stream handle: one whose onError throws keeps it
@@ -335,7 +346,10 @@ export class KeyedTable {
       // Cancelled, the table does not wait for a listener that never settles (the rows are
       // already whole, and saved below).
       await Promise.race([this.#notify(update), this.#stopped.promise]);
-      if (this.#upToDate) this.#ready.resolve();
+      if (this.#upToDate) {
+        this.#readyDone = true;
+        this.#ready.resolve();
+      }
       // Not awaited: a slow store does not hold the reader.
       this.#save(false);
     }

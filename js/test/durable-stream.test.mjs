@@ -157,3 +157,17 @@ test('a close without data whose connection fails is sent again (closing twice i
     await new Promise((r) => fake.close(r));
   }
 });
+
+test("append() with producer headers of the caller's own reports a batch the server already had as duplicate, as AppendResult says", async () => {
+  const ds = await DurableStream.create({ url: url(), contentType: 'application/json' });
+  // The protocol's idempotent append, written by hand rather than through an IdempotentProducer.
+  const own = new DurableStream({ url: ds.url, headers: { 'Producer-Id': 'me', 'Producer-Epoch': '0', 'Producer-Seq': '0' } });
+  const first = await own.append({ n: 1 });
+  assert.equal(first.duplicate, false);
+  const again = await own.append({ n: 1 });
+  assert.equal(again.status, 204);
+  assert.equal(again.duplicate, true);
+  // A plain append is never a duplicate, whatever its status.
+  assert.equal((await ds.append({ n: 2 })).duplicate, false);
+  assert.deepEqual(await items(ds), [{ n: 1 }, { n: 2 }]);
+});

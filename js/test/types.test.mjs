@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -53,11 +53,19 @@ async function readmeExamples() {
   return examples;
 }
 
-test('every README example compiles under tsc --strict', async () => {
+/**
+ * Compiles the README's examples as a consumer's strict project with the given module settings,
+ * with the package installed (a link in node_modules: its `exports` and `types` are what resolve).
+ */
+async function compileExamples(module, moduleResolution) {
   const examples = await readmeExamples();
   assert.ok(examples.length >= 7, `found ${examples.length} examples`);
   const dir = await mkdtemp(path.join(tmpdir(), 'edgestream-readme-'));
   try {
+    await mkdir(path.join(dir, 'node_modules'));
+    await symlink(path.join(here, '..'), path.join(dir, 'node_modules', 'edgestream'), 'dir');
+    // An ES module package, as Node16 resolution needs for the examples' `import` and top-level await.
+    await writeFile(path.join(dir, 'package.json'), JSON.stringify({ type: 'module' }));
     const files = [];
     for (const [i, body] of examples.entries()) {
       const file = path.join(dir, `example-${i + 1}.ts`);
@@ -68,21 +76,31 @@ test('every README example compiles under tsc --strict', async () => {
     const config = {
       compilerOptions: {
         target: 'ES2022',
-        module: 'ESNext',
-        moduleResolution: 'Bundler',
+        module,
+        moduleResolution,
         lib: ['ES2022', 'DOM', 'DOM.Iterable'],
         types: [],
         strict: true,
+        exactOptionalPropertyTypes: true,
+        noUncheckedIndexedAccess: true,
         noEmit: true,
         skipLibCheck: false,
-        paths: { edgestream: [path.join(here, '..', 'index.d.ts')] },
       },
       files: [path.join(here, 'types', 'readme-globals.d.ts'), ...files],
     };
     await writeFile(path.join(dir, 'tsconfig.json'), JSON.stringify(config));
-    const { code, output } = await compile(path.join(dir, 'tsconfig.json'));
-    assert.equal(code, 0, output);
+    return await compile(path.join(dir, 'tsconfig.json'));
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+test('every README example compiles in a strict project (exactOptionalPropertyTypes, noUncheckedIndexedAccess), resolved as a bundler does', async () => {
+  const { code, output } = await compileExamples('ESNext', 'Bundler');
+  assert.equal(code, 0, output);
+});
+
+test('every README example compiles in a strict project, resolved as Node does (Node16)', async () => {
+  const { code, output } = await compileExamples('Node16', 'Node16');
+  assert.equal(code, 0, output);
 });

@@ -1,7 +1,20 @@
 // Compiled by ../types.test.mjs with exactOptionalPropertyTypes: an option the runtime takes as
 // `undefined` (the same as leaving it out) is typed `?: T | undefined`, so values that may be
 // undefined pass through.
-import { DurableStream, IdempotentProducer, checkProducerOptions, stream, table, type DurableStreamError } from 'edgestream';
+import {
+  DurableStream,
+  DurableStreamError as DurableStreamErrorClass,
+  IdempotentProducer,
+  LeaseHeldError,
+  SequenceGapError,
+  StaleEpochError,
+  StreamClosedError,
+  change,
+  checkProducerOptions,
+  stream,
+  table,
+  type DurableStreamError,
+} from 'edgestream';
 
 declare const url: string;
 declare const saved: string | undefined;
@@ -52,3 +65,17 @@ table({ url, offset: saved, from: undefined, store: undefined, saveEveryMs: mayb
 
 // @ts-expect-error url is required, and not undefined
 stream({ url: undefined });
+
+// Change headers the runtime leaves out of the message's JSON when undefined.
+declare const maybeTxid: string | undefined;
+change.insert('todo', 't1', { title: 'milk' }, { txid: maybeTxid, timestamp: undefined });
+change.update('todo', 't1', { title: 'milk' }, { txid: maybeTxid });
+change.upsert('todo', 't1', { title: 'milk' }, { timestamp: saved });
+change.delete('todo', 't1', { txid: maybeTxid });
+
+// An error made in a test double, with details that may be undefined (copied as they are).
+new DurableStreamErrorClass('m', 'NETWORK_ERROR', maybeNumber, { closeCode: maybeNumber, cause: undefined });
+new StreamClosedError(undefined, undefined, { finalOffset: saved });
+new StaleEpochError('fenced', 403, { currentEpoch: maybeNumber });
+new SequenceGapError('gap', 409, { expectedSeq: maybeNumber, receivedSeq: maybeNumber });
+new LeaseHeldError('held', 423, { leaseExpiresAt: saved, retryAfterMs: maybeNumber });
