@@ -32,6 +32,7 @@ import { writeFileSync } from 'node:fs';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
 import { seeded } from './support/random';
+import { sseEvents } from './support/sse';
 
 const ROUNDS = Number(process.env.CONC_ROUNDS ?? 2);
 const CLIENTS = Number(process.env.CONC_CLIENTS ?? 12);
@@ -563,45 +564,29 @@ async function sseReader(round: Round, path: string, who: string) {
       inc = got;
       let at = offset === '-1' ? 0 : pos(offset);
       let pending = '';
-      let buffer = '';
-      const decoder = new TextDecoder();
-      const body = res.body.getReader();
       let ended = false;
-      while (!ended) {
-        const { done, value } = await body.read();
-        if (done) break;
-        buffer += decoder.decode(value, { stream: true });
-        let end: number;
-        while ((end = buffer.indexOf('\n\n')) >= 0) {
-          const block = buffer.slice(0, end);
-          buffer = buffer.slice(end + 2);
-          let event = 'message';
-          const data: string[] = [];
-          for (const line of block.split('\n')) {
-            if (line.startsWith('event:')) event = line.slice(6).trim();
-            else if (line.startsWith('data:')) data.push(line.slice(line.startsWith('data: ') ? 6 : 5));
-          }
-          if (event === 'data') pending += data.join('\n');
-          else if (event === 'control') {
-            const control = JSON.parse(data.join('\n'));
-            const next = pos(control.streamNextOffset);
-            if (next !== at + pending.length) h.fail(`${who}: SSE control says ${next} after ${pending.length} bytes from ${at}`);
-            h.observe(path, inc, at, pending, who);
-            h.count('sse control');
-            pending = '';
-            at = next;
-            offset = control.streamNextOffset;
-            if (control.streamClosed) {
-              h.closedAt(path, inc, next, who);
-              ended = true;
-            }
-          } else if (event === 'error') {
-            h.count('sse deleted');
-            offset = '-1';
-            inc = null;
+      for await (const { event, data } of sseEvents(res.body)) {
+        if (event === 'data') pending += data;
+        else if (event === 'control') {
+          const control = JSON.parse(data);
+          const next = pos(control.streamNextOffset);
+          if (next !== at + pending.length) h.fail(`${who}: SSE control says ${next} after ${pending.length} bytes from ${at}`);
+          h.observe(path, inc, at, pending, who);
+          h.count('sse control');
+          pending = '';
+          at = next;
+          offset = control.streamNextOffset;
+          if (control.streamClosed) {
+            h.closedAt(path, inc, next, who);
             ended = true;
           }
+        } else if (event === 'error') {
+          h.count('sse deleted');
+          offset = '-1';
+          inc = null;
+          ended = true;
         }
+        if (ended) break;
       }
       abort.abort();
       if (ended && offset !== '-1') {
@@ -856,26 +841,9 @@ async function jsonReader(round: Round, j: JsonHistory, mode: 'sse' | 'ws', who:
       try {
         const res = await fetch(`${url(round, 'j0')}?offset=-1&live=sse`, { signal: abort.signal });
         if (res.status === 200 && res.body && res.headers.get('stream-incarnation') === inc) {
-          const decoder = new TextDecoder();
-          let buffer = '';
-          const body = res.body.getReader();
-          for (;;) {
-            const { done, value } = await body.read();
-            if (done) break;
-            buffer += decoder.decode(value, { stream: true });
-            let end: number;
-            while ((end = buffer.indexOf('\n\n')) >= 0) {
-              const block = buffer.slice(0, end);
-              buffer = buffer.slice(end + 2);
-              let event = 'message';
-              const data: string[] = [];
-              for (const line of block.split('\n')) {
-                if (line.startsWith('event:')) event = line.slice(6).trim();
-                else if (line.startsWith('data:')) data.push(line.slice(line.startsWith('data: ') ? 6 : 5));
-              }
-              if (event === 'data') messages.push(...JSON.parse(data.join('\n')));
-              else if (event === 'control') control();
-            }
+          for await (const { event, data } of sseEvents(res.body)) {
+            if (event === 'data') messages.push(...JSON.parse(data));
+            else if (event === 'control') control();
           }
         } else await res.text();
       } catch {

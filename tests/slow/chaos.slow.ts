@@ -9,6 +9,7 @@ import { afterAll, beforeAll, expect, test } from 'vitest';
 import { WebSocket } from 'undici';
 import { startServer } from '../../scripts/dev-server.mjs';
 import { seeded } from '../support/random';
+import { sseEvents } from '../support/sse';
 
 const KILLS = Number(process.env.CHAOS_KILLS ?? 8);
 const SEED = Number(process.env.CHAOS_SEED ?? Date.now() % 1_000_000);
@@ -148,26 +149,9 @@ async function followSse(name: string): Promise<Followed> {
       const res = await fetch(`${streamUrl(name)}?offset=${encodeURIComponent(f.offset)}&live=sse`);
       if (res.status !== 200 || !res.body) throw new Error(`status ${res.status}`);
       f.connected();
-      const decoder = new TextDecoder();
-      let buffer = '';
-      const body = res.body.getReader();
-      for (;;) {
-        const { done, value } = await body.read();
-        if (done) break;
-        buffer += decoder.decode(value, { stream: true });
-        let end: number;
-        while ((end = buffer.indexOf('\n\n')) >= 0) {
-          const block = buffer.slice(0, end);
-          buffer = buffer.slice(end + 2);
-          let event = 'message';
-          const data: string[] = [];
-          for (const line of block.split('\n')) {
-            if (line.startsWith('event:')) event = line.slice(6).trim();
-            else if (line.startsWith('data:')) data.push(line.slice(line.startsWith('data: ') ? 6 : 5));
-          }
-          if (event === 'data') f.data(Buffer.from(data.join('\n')));
-          else if (event === 'control') f.control(JSON.parse(data.join('\n')));
-        }
+      for await (const { event, data } of sseEvents(res.body)) {
+        if (event === 'data') f.data(Buffer.from(data));
+        else if (event === 'control') f.control(JSON.parse(data));
       }
     } catch {
       // dropped by a kill: resume from the last control

@@ -83,8 +83,9 @@ fn usages(names: &[&str]) -> JsValue {
         .into()
 }
 
-/// The HMAC-SHA256 of `message` under `secret`.
-pub async fn hmac_sha256_sign(secret: &[u8], message: &[u8]) -> Result<Vec<u8>> {
+/// The HMAC-SHA256 algorithm as WebCrypto names it, and `secret` imported as its key for
+/// `usage` (`sign` or `verify`).
+async fn hmac_key(secret: &[u8], usage: &str) -> Result<(Object, JsValue)> {
     let algorithm = Object::new();
     Reflect::set(&algorithm, &"name".into(), &"HMAC".into()).map_err(|e| js_err("hmac", e))?;
     Reflect::set(&algorithm, &"hash".into(), &"SHA-256".into()).map_err(|e| js_err("hmac", e))?;
@@ -96,10 +97,16 @@ pub async fn hmac_sha256_sign(secret: &[u8], message: &[u8]) -> Result<Vec<u8>> 
             Uint8Array::from(secret).into(),
             algorithm.clone().into(),
             JsValue::FALSE,
-            usages(&["sign"]),
+            usages(&[usage]),
         ],
     )
     .await?;
+    Ok((algorithm, key))
+}
+
+/// The HMAC-SHA256 of `message` under `secret`.
+pub async fn hmac_sha256_sign(secret: &[u8], message: &[u8]) -> Result<Vec<u8>> {
+    let (algorithm, key) = hmac_key(secret, "sign").await?;
     let mac = call_async(
         &subtle()?,
         "sign",
@@ -112,21 +119,7 @@ pub async fn hmac_sha256_sign(secret: &[u8], message: &[u8]) -> Result<Vec<u8>> 
 /// Whether `signature` is the HMAC-SHA256 of `message` under `secret` (constant time, by
 /// WebCrypto's `verify`).
 pub async fn hmac_sha256_verify(secret: &[u8], message: &[u8], signature: &[u8]) -> Result<bool> {
-    let algorithm = Object::new();
-    Reflect::set(&algorithm, &"name".into(), &"HMAC".into()).map_err(|e| js_err("hmac", e))?;
-    Reflect::set(&algorithm, &"hash".into(), &"SHA-256".into()).map_err(|e| js_err("hmac", e))?;
-    let key = call_async(
-        &subtle()?,
-        "importKey",
-        &[
-            "raw".into(),
-            Uint8Array::from(secret).into(),
-            algorithm.clone().into(),
-            JsValue::FALSE,
-            usages(&["verify"]),
-        ],
-    )
-    .await?;
+    let (algorithm, key) = hmac_key(secret, "verify").await?;
     let valid = call_async(
         &subtle()?,
         "verify",
