@@ -523,17 +523,10 @@ fn opt_text(s: Option<&str>) -> SqlStorageValue {
     })
 }
 
-/// Whether the object behind `sql` has its tables: it has stored something before. Reading
-/// `sqlite_master` writes nothing. A failure counts as yes, so that opening is tried and its
-/// error logged as before.
+/// Whether the object behind `sql` has its tables: it has stored something before (see
+/// [`crate::schema::has_table`]).
 pub fn has_tables(sql: &SqlStorage) -> bool {
-    let found: Result<Vec<Vec<SqlStorageValue>>> = sql
-        .exec(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stream'",
-            None,
-        )
-        .and_then(|c| c.raw().collect());
-    found.map_or(true, |rows| !rows.is_empty())
+    crate::schema::has_table(sql, "stream")
 }
 
 impl Store {
