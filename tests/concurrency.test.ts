@@ -153,6 +153,16 @@ class History {
     }
     if (k.closedAt !== undefined && from + bytes.length > k.closedAt) this.fail(`${who}: ${path} (${inc}) has bytes up to ${from + bytes.length}, past its close at ${k.closedAt}`);
   }
+  /**
+   * What a live reader got from `at` up to an offset it was told (`next`, a control's or a
+   * long-poll's): exactly those bytes, as everyone else read them, and the close if it says so.
+   */
+  span(kind: string, path: string, inc: string | null, at: number, bytes: string, next: number, closed: boolean, who: string) {
+    if (next !== at + bytes.length) this.fail(`${who}: ${kind} says ${next} after ${bytes.length} bytes from ${at}`);
+    this.observe(path, inc, at, bytes, who);
+    this.count(kind);
+    if (closed) this.closedAt(path, inc, next, who);
+  }
   closedAt(path: string, inc: string | null, at: number, who: string) {
     if (!inc) return;
     const k = this.entry(path, inc);
@@ -570,16 +580,11 @@ async function sseReader(round: Round, path: string, who: string) {
         else if (event === 'control') {
           const control = JSON.parse(data);
           const next = pos(control.streamNextOffset);
-          if (next !== at + pending.length) h.fail(`${who}: SSE control says ${next} after ${pending.length} bytes from ${at}`);
-          h.observe(path, inc, at, pending, who);
-          h.count('sse control');
+          h.span('sse control', path, inc, at, pending, next, control.streamClosed === true, who);
           pending = '';
           at = next;
           offset = control.streamNextOffset;
-          if (control.streamClosed) {
-            h.closedAt(path, inc, next, who);
-            ended = true;
-          }
+          if (control.streamClosed) ended = true;
         } else if (event === 'error') {
           h.count('sse deleted');
           offset = '-1';
@@ -623,12 +628,10 @@ async function longPollReader(round: Round, path: string, who: string) {
         continue;
       }
       const at = offset === '-1' ? 0 : pos(offset);
-      if (pos(next) !== at + reply.body.length) h.fail(`${who}: long-poll from ${at} got ${reply.body.length} bytes, next ${next}`);
-      h.observe(path, inc, at, reply.body, who);
-      h.count('long-poll');
+      const closed = reply.headers.get('stream-closed') === 'true';
+      h.span('long-poll', path, inc, at, reply.body, pos(next), closed, who);
       offset = next;
-      if (reply.headers.get('stream-closed') === 'true') {
-        h.closedAt(path, inc, pos(next), who);
+      if (closed) {
         await sleep(200);
         offset = '-1';
       }
@@ -665,16 +668,11 @@ async function wsReader(round: Round, path: string, who: string) {
       const stopper = setInterval(() => round.stopped && ws.close(), 100);
       const control = (c: { streamNextOffset: string; streamClosed?: boolean }) => {
         const next = pos(c.streamNextOffset);
-        if (next !== at + pending.length) h.fail(`${who}: ws control says ${next} after ${pending.length} bytes from ${at}`);
-        h.observe(path, inc, at, pending, who);
-        h.count('ws control');
+        h.span('ws control', path, inc, at, pending, next, c.streamClosed === true, who);
         pending = '';
         at = next;
         offset = c.streamNextOffset;
-        if (c.streamClosed) {
-          h.closedAt(path, inc, next, who);
-          outcome = 'closed';
-        }
+        if (c.streamClosed) outcome = 'closed';
         try {
           ws.send(JSON.stringify({ type: 'received', offset: c.streamNextOffset }));
         } catch {}
