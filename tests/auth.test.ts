@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
 import { mintToken } from '../scripts/token.mjs';
+import { objectsHolding } from './support/state';
 import { receiver } from './support/webhook';
 
 const secret = 'test-secret-' + Math.random().toString(36).slice(2);
@@ -341,13 +342,7 @@ describe('what a client cannot make the server do', () => {
     // A Durable Object's storage is kept until it is deleted. Locally each object touched has
     // an SQLite file in wrangler's state directory (miniflare makes one for every object, with
     // a table of its own): the objects that made the stream schema hold its SQL text.
-    const objectsDir = join(server.persistTo, 'v3', 'do', 'edgestream-StreamObject');
-    const holdsSchema = (file: string) =>
-      [file, `${file}-wal`].some((f) => existsSync(f) && readFileSync(f).includes('CREATE TABLE producers'));
-    const objects = () =>
-      existsSync(objectsDir)
-        ? readdirSync(objectsDir).filter((f) => /^[0-9a-f]{64}\.sqlite$/.test(f) && holdsSchema(join(objectsDir, f))).length
-        : 0;
+    const objects = () => objectsHolding(server.persistTo, 'edgestream-StreamObject', 'CREATE TABLE producers');
     const t = bearer(token('auth/none/', ['read', 'append', 'delete']));
     const before = objects();
     const missing = () => url(`auth/none/${Date.now()}-${Math.random().toString(36).slice(2)}`);

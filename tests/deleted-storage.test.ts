@@ -5,10 +5,9 @@
 // tests/auth.test.ts ('requests for streams that do not exist store nothing'). The server runs
 // with FAULT_MARKER, so a stream whose path carries it fails its first call of each kind to
 // the registry (worker/src/fault.rs).
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
+import { objectsHolding } from './support/state';
 
 const MARKER = 'faulty';
 
@@ -34,13 +33,7 @@ async function request(method: string, path: string, headers: Record<string, str
 }
 
 /** How many stream objects hold the stream schema (tables, with or without rows). */
-function objectsStoring(): number {
-  const dir = join(server.persistTo, 'v3', 'do', 'edgestream-StreamObject');
-  if (!existsSync(dir)) return 0;
-  const holdsSchema = (file: string) =>
-    [file, `${file}-wal`].some((f) => existsSync(f) && readFileSync(f).includes('CREATE TABLE producers'));
-  return readdirSync(dir).filter((f) => /^[0-9a-f]{64}\.sqlite$/.test(f) && holdsSchema(join(dir, f))).length;
-}
+const objectsStoring = () => objectsHolding(server.persistTo, 'edgestream-StreamObject', 'CREATE TABLE producers');
 
 /** Polls `check` until it holds or `ms` pass; whether it held. */
 async function until(check: () => Promise<boolean> | boolean, ms = 15_000) {
@@ -212,13 +205,8 @@ describe('a deleted stream', () => {
 
 describe('an admin request for a subscription id that has none', () => {
   it('stores nothing; only a PUT that creates the subscription does', async () => {
-    const dir = join(server.persistTo, 'v3', 'do', 'edgestream-SubscriptionObject');
-    const holdsSchema = (file: string) =>
-      [file, `${file}-wal`].some((f) => existsSync(f) && readFileSync(f).includes('CREATE TABLE snapshot'));
     const subscriptionsStoring = () =>
-      existsSync(dir)
-        ? readdirSync(dir).filter((f) => /^[0-9a-f]{64}\.sqlite$/.test(f) && holdsSchema(join(dir, f))).length
-        : 0;
+      objectsHolding(server.persistTo, 'edgestream-SubscriptionObject', 'CREATE TABLE snapshot');
     const before = subscriptionsStoring();
     const id = `none-${process.pid}-${Date.now()}`;
     const sub = `__ds/subscriptions/${id}`;
