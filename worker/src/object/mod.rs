@@ -10,12 +10,12 @@ mod append;
 mod channel;
 mod clients;
 mod fork;
+mod gap_wait;
 mod inbox;
 mod live;
 mod owed;
 pub mod store;
 mod subscribers;
-mod turns;
 
 use std::cell::{Cell, RefCell};
 
@@ -110,7 +110,7 @@ pub struct StreamObject {
     /// Forks being created here, whose references on their sources the owed work leaves alone.
     forks_creating: fork::Creating,
     /// Producer appends that came before their predecessors, waiting for them.
-    producer_turns: turns::ProducerTurns,
+    producer_turns: gap_wait::ProducerTurns,
     /// Injected faults, for tests (`FAULT_MARKER`).
     faults: crate::fault::Faults,
 }
@@ -184,7 +184,7 @@ impl DurableObject for StreamObject {
             alarm,
             owed_turn: Turnstile::default(),
             forks_creating: fork::Creating::default(),
-            producer_turns: turns::ProducerTurns::default(),
+            producer_turns: gap_wait::ProducerTurns::default(),
             faults,
         }
     }
