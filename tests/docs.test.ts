@@ -189,6 +189,32 @@ describe('the docs point at what is there', () => {
     expect(wrong).toEqual([]);
   });
 
+  it("every module is in its parent's index (the `//!` list a newcomer reads first)", () => {
+    const parents = [
+      'src/lib.rs',
+      'worker/src/lib.rs',
+      'worker/src/edge/mod.rs',
+      'worker/src/object/mod.rs',
+      'worker/src/subscription/mod.rs',
+      'client/src/lib.rs',
+    ];
+    const missing: string[] = [];
+    for (const parent of parents) {
+      const source = read(parent);
+      const index = source
+        .split('\n')
+        .filter((l) => l.startsWith('//!'))
+        .join('\n');
+      const modules = [...source.matchAll(/^(?:pub )?mod (\w+);/gm)].map((m) => m[1]);
+      expect(modules.length, parent).toBeGreaterThan(0);
+      for (const name of modules) {
+        const named = [`[\`${name}\`]`, `\`${name}\``, `\`${name}.rs\``].some((n) => index.includes(n));
+        if (!named) missing.push(`${parent}: mod ${name}`);
+      }
+    }
+    expect(missing).toEqual([]);
+  });
+
   it('every npm script the docs name is in package.json', () => {
     const scripts = Object.keys(JSON.parse(read('package.json')).scripts);
     const missing = DOCS.flatMap((doc) =>

@@ -4,6 +4,18 @@
 //! operations, and feeds live readers through hibernating WebSockets so that open readers
 //! never keep it awake. Appends read the whole body first and then run to completion without
 //! an `await`, so validation, the data rows, the tail and the producer state commit together.
+//!
+//! - `store`: the SQLite tables and every row read or written (a row is written in
+//!   `Store::append`).
+//! - `append`: a POST or `live=ws` append frame, decided by the core and written in one turn;
+//!   `gap_wait`: a producer's append ahead of its `Producer-Seq` waits for those before it.
+//! - `live`: internal sockets to the edge's SSE and long-poll readers, woken once per append
+//!   burst; `clients`: the `live=ws` client sockets the object holds; `inbox`: their append
+//!   frames waiting for their turn.
+//! - `fork`: calls between a fork and its source; `channel`: feeding the channels above.
+//! - `subscribers`: the registry and the subscriptions told of each new tail.
+//! - `owed`: work owed to other objects after a commit; `alarm`: the timed work (expiry,
+//!   retries of channel deliveries and owed work, client sockets whose token expired).
 
 mod alarm;
 mod append;
