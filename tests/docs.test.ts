@@ -189,6 +189,35 @@ describe('the docs point at what is there', () => {
     expect(wrong).toEqual([]);
   });
 
+  it('every code name in backticks (a constant, a function, a type) is in the code', () => {
+    // Names from elsewhere: Python and nginx in README's examples, the runtime and other
+    // WebSocket libraries in docs/websocket.md, Vite in js/README.md. `SseFrame` is
+    // DEVELOPERS.md's example of a protocol name (the core's SSE type is `SseEvent`).
+    const elsewhere = new Set([
+      'urlsafe_b64encode',
+      'proxy_redirect',
+      'bufferedAmount',
+      'close_timeout',
+      'max_size',
+      'setWebSocketAutoResponse',
+      'pendingAutoResponseDeque',
+      'optimizeDeps',
+      'urlOrBytesOrModule',
+      'SseFrame',
+    ]);
+    const sources = files.filter(
+      (f) => /\.(rs|js|mjs|ts|toml|json|sh)$/.test(f) && !f.startsWith('tests/client-conformance/cases/'),
+    );
+    const words = new Set(sources.flatMap((f) => read(f).match(/[A-Za-z_][A-Za-z0-9_]*/g) ?? []));
+    const name = /\b([A-Z][A-Z0-9]*_[A-Z0-9_]+|[a-z]+_[a-z0-9_]+|[a-z]+[A-Z][A-Za-z0-9]*|[A-Z][a-z0-9]+[A-Z][A-Za-z0-9]*)\b/g;
+    const missing = DOCS.flatMap((doc) =>
+      [...new Set(codeSpans(read(doc)).flatMap((span) => span.match(name) ?? []))]
+        .filter((w) => !words.has(w) && !elsewhere.has(w))
+        .map((w) => `${doc}: ${w}`),
+    );
+    expect(missing).toEqual([]);
+  });
+
   it("every module is in its parent's index (the `//!` list a newcomer reads first)", () => {
     const parents = [
       'src/lib.rs',
