@@ -244,6 +244,31 @@ describe('the docs point at what is there', () => {
     expect(missing).toEqual([]);
   });
 
+  it('the bad-input counts README and docs/reliability.md give are the tests tests/bad-input.test.ts has', () => {
+    const listed = JSON.parse(
+      execFileSync(
+        path.join(repoRoot, 'node_modules', '.bin', 'vitest'),
+        ['list', '--config', 'tests/vitest.config.ts', 'tests/bad-input.test.ts', '--json'],
+        { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] },
+      ),
+    ) as { name: string }[];
+    // Two of them are the seeded random ones (requests, and WebSocket frames); the rest are
+    // the refusals and the edge cases that must go through.
+    const random = listed.filter((t) => /^random /.test(t.name)).length;
+    expect(random).toBe(2);
+    const readme = read('README.md').match(/(\d+) bad-input tests: (\d+) refusals,[\s\S]*?(\w+) edge cases/);
+    const reliability = read('docs/reliability.md').match(
+      /\*\*(\d+)\*\* tests in `tests\/bad-input\.test\.ts`[^:]*: (\d+) refusals and (\d+) edge cases/,
+    );
+    expect(readme, 'README: "N bad-input tests: N refusals, ... N edge cases"').toBeTruthy();
+    expect(reliability, 'docs/reliability.md: "**N** tests in tests/bad-input.test.ts ..."').toBeTruthy();
+    const words: Record<string, number> = { four: 4, five: 5, six: 6, seven: 7 };
+    for (const [doc, m] of [['README.md', readme!], ['docs/reliability.md', reliability!]] as const) {
+      const [total, refusals, edge] = [Number(m[1]), Number(m[2]), words[m[3]] ?? Number(m[3])];
+      expect({ doc, total, parts: refusals + edge + random }).toEqual({ doc, total: listed.length, parts: listed.length });
+    }
+  });
+
   it('every npm script the docs name is in package.json', () => {
     const scripts = Object.keys(JSON.parse(read('package.json')).scripts);
     const missing = DOCS.flatMap((doc) =>
