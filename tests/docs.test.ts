@@ -269,6 +269,41 @@ describe('the docs point at what is there', () => {
     }
   });
 
+  it("every test docs/reliability.md's bad-input table names is a test of the file it names", () => {
+    const rows = tableAfter(read('docs/reliability.md'), /Test names are from `tests\/bad-input\.test\.ts` unless noted/);
+    expect(rows.length).toBeGreaterThan(40);
+    // Each cell: `*name*`s of tests/bad-input.test.ts, or of the file named before them.
+    const cited: { file: string; name: string }[] = [];
+    for (const row of rows) {
+      for (const part of row[row.length - 1].split(';')) {
+        const file = part.match(/`(tests\/[\w./-]+\.test\.ts)`/)?.[1] ?? 'tests/bad-input.test.ts';
+        for (const m of part.matchAll(/\*([^*]+)\*/g)) cited.push({ file, name: m[1] });
+      }
+    }
+    const files = [...new Set(cited.map((c) => c.file))];
+    const listed = JSON.parse(
+      execFileSync(
+        path.join(repoRoot, 'node_modules', '.bin', 'vitest'),
+        ['list', '--config', 'tests/vitest.config.ts', ...files, '--json'],
+        { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] },
+      ),
+    ) as { name: string; file: string }[];
+    // "…" stands for any text: the pieces around it must appear in order in one test's name.
+    const matches = (name: string, test: string) => {
+      let at = 0;
+      for (const piece of name.split('…').map((p) => p.trim()).filter(Boolean)) {
+        const found = test.indexOf(piece, at);
+        if (found < 0) return false;
+        at = found + piece.length;
+      }
+      return true;
+    };
+    const missing = cited
+      .filter(({ file, name }) => !listed.some((t) => t.file.endsWith(file) && matches(name, t.name)))
+      .map(({ file, name }) => `${file}: ${name}`);
+    expect(missing).toEqual([]);
+  });
+
   it('every npm script the docs name is in package.json', () => {
     const scripts = Object.keys(JSON.parse(read('package.json')).scripts);
     const missing = DOCS.flatMap((doc) =>
