@@ -127,7 +127,7 @@ describe('the docs point at what is there', () => {
           continue;
         }
         // `Store::append`, `decide`, `SseFollower::on_event`: each part must be defined in the
-        // file named before it, or after it as "`name` in `file`" (a type, or a function).
+        // file named before it, or after it as "`name` in `file`" (a type, a function, a class).
         if (!/^[A-Za-z_][\w]*(::[A-Za-z_]\w*)*$/.test(span)) continue;
         if (m[3]) file = m[3];
         if (!file || !fileSet.has(file)) {
@@ -136,7 +136,7 @@ describe('the docs point at what is there', () => {
         }
         const source = read(file);
         for (const part of span.split('::')) {
-          const defined = new RegExp(`\\b(fn|struct|enum|trait|type|impl|const|mod)\\s+${part}\\b`);
+          const defined = new RegExp(`\\b(fn|struct|enum|trait|type|impl|const|mod|class|function)\\s+${part}\\b`);
           if (!defined.test(source)) wrong.push(`${question}: ${file} defines no \`${part}\``);
         }
       }
