@@ -460,16 +460,6 @@ impl StreamObject {
         self.emptied.get() || (self.store.get().is_none() && self.unopened.borrow().is_some())
     }
 
-    /// Gives the object's storage back once the stream is removed and nothing is owed for it:
-    /// no stream row (a source its forks still read is kept, deleted, until the last goes), no
-    /// pending work for the registry, subscriptions, channels or a fork's source, no backlog
-    /// for a channel, no fork reference: every table empty. Checked and done in one turn, with
-    /// no `await`, so nothing a concurrent request stores is lost; a request that stores
-    /// something later makes the tables again (see [`StreamObject::store`]).
-    ///
-    /// The incarnation of a stream created here later needs nothing kept: it is random
-    /// ([`new_instance`]), never counted from what was stored, so it cannot repeat the deleted
-    /// one's. Producers' states, a lease and channel marks went with the purge already.
     /// At the end of a request or an alarm: for a stream known to be gone, gives the storage
     /// back if nothing is owed. Work that ran on after the removal (a delivery or an append's
     /// notification that was under way) may have made the tables again, empty.
@@ -482,6 +472,16 @@ impl StreamObject {
         }
     }
 
+    /// Gives the object's storage back once the stream is removed and nothing is owed for it:
+    /// no stream row (a source its forks still read is kept, deleted, until the last goes), no
+    /// pending work for the registry, subscriptions, channels or a fork's source, no backlog
+    /// for a channel, no fork reference: every table empty. Checked and done in one turn, with
+    /// no `await`, so nothing a concurrent request stores is lost; a request that stores
+    /// something later makes the tables again (see [`StreamObject::store`]).
+    ///
+    /// The incarnation of a stream created here later needs nothing kept: it is random
+    /// ([`new_instance`]), never counted from what was stored, so it cannot repeat the deleted
+    /// one's. Producers' states, a lease and channel marks went with the purge already.
     fn give_back_storage(&self) -> Result<()> {
         if self.never_stored() {
             return Ok(());
