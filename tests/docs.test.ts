@@ -113,6 +113,37 @@ describe('the docs point at what is there', () => {
     expect(missing).toEqual([]);
   });
 
+  it('every link to a heading (`#anchor`) names a heading of its file, as GitHub spells them', () => {
+    const slug = (heading: string) =>
+      heading
+        .trim()
+        .toLowerCase()
+        .replace(/[^\p{L}\p{N}\s_-]/gu, '')
+        .replace(/\s/g, '-');
+    const headings = (file: string) => {
+      const seen = new Map<string, number>();
+      const out = new Set<string>();
+      for (const m of read(file)
+        .replace(/```[\s\S]*?```/g, '')
+        .matchAll(/^#{1,6}\s+(.+)$/gm)) {
+        const s = slug(m[1]);
+        const n = seen.get(s) ?? 0;
+        seen.set(s, n + 1);
+        out.add(n ? `${s}-${n}` : s);
+      }
+      return out;
+    };
+    const wrong: string[] = [];
+    for (const doc of DOCS) {
+      for (const m of read(doc).matchAll(/\]\(([^)\s]*)#([^)\s]+)\)/g)) {
+        if (/^[a-z]+:/.test(m[1])) continue;
+        const target = m[1] ? path.posix.normalize(path.posix.join(path.posix.dirname(doc), m[1])) : doc;
+        if (fileSet.has(target) && !headings(target).has(m[2])) wrong.push(`${doc}: ${m[1]}#${m[2]}`);
+      }
+    }
+    expect(wrong).toEqual([]);
+  });
+
   it("README's map names functions and types that are in the files it names", () => {
     const rows = tableAfter(read('README.md'), /^Where to look first/);
     expect(rows.length).toBeGreaterThan(5);
