@@ -50,7 +50,7 @@ function repoPaths(text: string): string[] {
       /^[\w.-]+(\/[\w.@-]+)*\/?$/.test(s) &&
       s.includes('/') &&
       topLevel.has(s.split('/')[0]) &&
-      !/\/(dist|pkg|build|results|state)(\/|$)/.test(s) &&
+      !/\/(dist|pkg|build)(\/|$)/.test(s) &&
       !s.startsWith('.wrangler'),
   );
 }
