@@ -81,6 +81,9 @@ impl core::fmt::Display for Base64Error {
     }
 }
 
+#[cfg(feature = "std")]
+impl std::error::Error for Base64Error {}
+
 /// Decodes padded base64, ignoring CR and LF anywhere (SSE may wrap the text across lines).
 pub fn decode(text: &[u8]) -> Result<Vec<u8>, Base64Error> {
     let clean: Vec<u8> = text

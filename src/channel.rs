@@ -277,7 +277,9 @@ pub fn closed_mark(tail: u64) -> u64 {
 /// source position just after the last source message it holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Batch {
+    /// The envelopes, each followed by `,`, ready to append to the channel.
     pub framed: Vec<u8>,
+    /// The source position after the last message held: where the next batch starts.
     pub end: u64,
 }
 

@@ -12,8 +12,9 @@ use alloc::vec::Vec;
 pub const CURSOR_EPOCH_MS: i64 = 1_728_432_000_000;
 /// Length of one cursor interval.
 pub const INTERVAL_MS: i64 = 20_000;
-/// Jitter bounds, in seconds, added when the client's cursor has caught up.
+/// Least jitter, in seconds, added when the client's cursor has caught up: the cursor must move.
 pub const MIN_JITTER_S: u32 = 1;
+/// Most jitter, in seconds.
 pub const MAX_JITTER_S: u32 = 3600;
 
 /// The interval number for a time.

@@ -40,7 +40,10 @@ pub enum ProtocolError {
     /// PUT on a path whose deleted stream still serves forks (409).
     PathInUse,
     /// Append to a closed stream (409, with `Stream-Closed` and the final offset).
-    Closed { final_offset: Offset },
+    Closed {
+        /// The closed stream's last offset, so a writer knows where it ended.
+        final_offset: Offset,
+    },
     /// Append with a content type other than the stream's (409).
     ContentTypeMismatch,
     /// `Stream-Seq` not greater than the last one (409).
@@ -60,12 +63,20 @@ pub enum ProtocolError {
     /// can never succeed, as a source's depth never changes).
     ForkTooDeep,
     /// The body is larger than the server accepts (413).
-    PayloadTooLarge { limit: u64 },
+    PayloadTooLarge {
+        /// The most the server takes, in bytes.
+        limit: u64,
+    },
     /// The stream has grown to the largest size offsets can express (507 is not a 4xx; 413 is
     /// what clients handle).
     StreamFull,
     /// Another producer holds the writer lease (423, with when it ends and `Retry-After`).
-    Leased { expires_ms: i64, retry_after_s: u64 },
+    Leased {
+        /// When the lease runs out unless renewed (Unix milliseconds).
+        expires_ms: i64,
+        /// Seconds until then, rounded up, for `Retry-After`.
+        retry_after_s: u64,
+    },
 }
 
 impl ProtocolError {

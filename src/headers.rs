@@ -9,25 +9,44 @@ use core::fmt;
 use crate::offset::{Offset, OffsetError};
 use crate::time;
 
+/// The stream's media type: chosen at create, checked on every append, sent on every read.
 pub const CONTENT_TYPE: &str = "content-type";
+/// The body's declared size, for refusing an oversized append before reading it.
 pub const CONTENT_LENGTH: &str = "content-length";
+/// How long a catch-up page may be cached (never past the stream's expiry).
 pub const CACHE_CONTROL: &str = "cache-control";
+/// A catch-up page's entity tag (see [`crate::etag`]).
 pub const ETAG: &str = "etag";
+/// A reader's cached ETag, answered 304 when the page is unchanged.
 pub const IF_NONE_MATCH: &str = "if-none-match";
+/// The created stream's URL, on a 201.
 pub const LOCATION: &str = "location";
+/// Seconds to wait before sending again (503, and 423 while another producer holds the lease).
 pub const RETRY_AFTER: &str = "retry-after";
+/// `Bearer <token>`: an access token (see [`crate::token`]).
 pub const AUTHORIZATION: &str = "authorization";
 
+/// Where the next read starts: the tail after an append, the end of a read's data.
 pub const STREAM_NEXT_OFFSET: &str = "stream-next-offset";
+/// `true` when a read reached the tail, so a reader knows to go live.
 pub const STREAM_UP_TO_DATE: &str = "stream-up-to-date";
+/// `true` closes a stream on PUT or POST, and marks a closed stream's answers.
 pub const STREAM_CLOSED: &str = "stream-closed";
+/// The live interval number that keeps CDN-collapsed requests moving (see [`crate::cursor`]).
 pub const STREAM_CURSOR: &str = "stream-cursor";
+/// A sliding time to live, in seconds, counted from the last read or write.
 pub const STREAM_TTL: &str = "stream-ttl";
+/// A fixed expiry instant (RFC 3339).
 pub const STREAM_EXPIRES_AT: &str = "stream-expires-at";
+/// Writer ordering: compared byte-wise with the last one any writer sent (409 unless greater).
 pub const STREAM_SEQ: &str = "stream-seq";
+/// On PUT, the path of the stream a fork starts from.
 pub const STREAM_FORKED_FROM: &str = "stream-forked-from";
+/// On PUT, the source offset a fork diverges at (the source's tail when absent).
 pub const STREAM_FORK_OFFSET: &str = "stream-fork-offset";
+/// On PUT, how far into the append at the fork offset the fork diverges (messages for JSON).
 pub const STREAM_FORK_SUB_OFFSET: &str = "stream-fork-sub-offset";
+/// `base64` when an SSE response carries a binary stream's data as base64.
 pub const STREAM_SSE_DATA_ENCODING: &str = "stream-sse-data-encoding";
 /// edgestream extension: take, renew (seconds) or release (`0`) the writer lease.
 pub const STREAM_LEASE_TTL: &str = "stream-lease-ttl";
@@ -38,10 +57,15 @@ pub const STREAM_LEASE_EXPIRES_AT: &str = "stream-lease-expires-at";
 /// reader that resumes from a stored offset compares this token to know it is the same stream.
 pub const STREAM_INCARNATION: &str = "stream-incarnation";
 
+/// An idempotent producer's name, unique per writer (see [`crate::producer`]).
 pub const PRODUCER_ID: &str = "producer-id";
+/// A producer's incarnation: a restarted writer raises it to fence off its older self.
 pub const PRODUCER_EPOCH: &str = "producer-epoch";
+/// A producer's append number within its epoch, so a retry is recognised as one.
 pub const PRODUCER_SEQ: &str = "producer-seq";
+/// On a sequence gap (409), the sequence number the server expected next.
 pub const PRODUCER_EXPECTED_SEQ: &str = "producer-expected-seq";
+/// On a sequence gap (409), the sequence number the request carried.
 pub const PRODUCER_RECEIVED_SEQ: &str = "producer-received-seq";
 
 /// Request headers a browser may send cross-origin (CORS `Access-Control-Allow-Headers`).
@@ -219,8 +243,11 @@ pub fn parse_stream_seq(value: &str) -> Result<&str, HeaderError> {
 /// The idempotent producer's identity and position, from `Producer-Id/-Epoch/-Seq`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProducerHeaders<'a> {
+    /// `Producer-Id`.
     pub id: &'a str,
+    /// `Producer-Epoch`.
     pub epoch: u64,
+    /// `Producer-Seq`.
     pub seq: u64,
 }
 

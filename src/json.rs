@@ -19,7 +19,10 @@ pub enum JsonError {
     /// Not valid UTF-8.
     Utf8,
     /// Not valid JSON; `at` is the byte position where it went wrong.
-    Syntax { at: usize },
+    Syntax {
+        /// Byte position where parsing failed.
+        at: usize,
+    },
     /// Nested deeper than [`MAX_DEPTH`].
     TooDeep,
     /// `[]` appended: no messages, which the protocol treats as a client bug.
@@ -54,7 +57,9 @@ impl std::error::Error for JsonError {}
 /// Whether a body creates a stream (where `[]` means "no initial messages") or appends to one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Purpose {
+    /// A create's initial body: `[]` means no messages.
     Create,
+    /// An append: `[]` is an empty array, which the protocol refuses.
     Append,
 }
 
@@ -369,6 +374,7 @@ pub struct MessageEnds<'a> {
 }
 
 impl<'a> MessageEnds<'a> {
+    /// Iterates over `framed`, which must start on a message boundary.
     pub fn new(framed: &'a [u8]) -> MessageEnds<'a> {
         MessageEnds {
             framed,

@@ -22,7 +22,10 @@ pub const MAX_LEASE_SECONDS: u64 = 86_400;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeaseRequest {
     /// Take or renew the lease for this many milliseconds from now.
-    Hold { ttl_ms: i64 },
+    Hold {
+        /// How long the lease lasts from now, in milliseconds.
+        ttl_ms: i64,
+    },
     /// Give the lease up (`0`).
     Release,
 }
@@ -43,11 +46,14 @@ impl LeaseRequest {
 /// The stored lease: who holds it and until when (Unix milliseconds).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
+    /// The `Producer-Id` that holds it.
     pub holder: String,
+    /// When it runs out unless renewed (Unix milliseconds).
     pub expires_ms: i64,
 }
 
 impl Lease {
+    /// Whether it still excludes other appenders at `now_ms`.
     pub fn is_active(&self, now_ms: i64) -> bool {
         self.expires_ms > now_ms
     }

@@ -20,6 +20,7 @@
 //! - [`base64`], [`time`]: small codecs kept in-crate to keep the wasm client small.
 #![no_std]
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 extern crate alloc;
 #[cfg(feature = "std")]

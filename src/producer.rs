@@ -12,6 +12,7 @@ use crate::headers::{PRODUCER_EPOCH, PRODUCER_EXPECTED_SEQ, PRODUCER_RECEIVED_SE
 /// What the server remembers about one producer on one stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProducerState {
+    /// The newest epoch accepted; older ones are fenced off.
     pub epoch: u64,
     /// Highest sequence accepted in `epoch`.
     pub last_seq: u64,
@@ -21,14 +22,30 @@ pub struct ProducerState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProducerDecision {
     /// New data: append it and store `state` with it (200).
-    Accept { state: ProducerState },
+    Accept {
+        /// The producer's state once this append is stored.
+        state: ProducerState,
+    },
     /// Already appended: acknowledge without appending (204). `highest_seq` is the highest
     /// accepted sequence, not the request's, so pipelining clients can confirm what landed.
-    Duplicate { epoch: u64, highest_seq: u64 },
+    Duplicate {
+        /// The producer's current epoch.
+        epoch: u64,
+        /// The highest sequence number stored for it.
+        highest_seq: u64,
+    },
     /// A zombie from an older epoch (403); `current_epoch` tells it what to beat.
-    StaleEpoch { current_epoch: u64 },
+    StaleEpoch {
+        /// The epoch the stream now accepts from this producer.
+        current_epoch: u64,
+    },
     /// Sequence numbers were skipped (409).
-    Gap { expected: u64, received: u64 },
+    Gap {
+        /// The sequence number the server expected next.
+        expected: u64,
+        /// The one the request carried.
+        received: u64,
+    },
     /// A new epoch must start at sequence 0 (400).
     NewEpochBadSeq,
 }
@@ -155,8 +172,11 @@ impl ProducerDecision {
 /// The producer append that closed a stream; a retry of exactly this append is a duplicate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClosingProducer {
+    /// Its `Producer-Id`.
     pub id: String,
+    /// Its `Producer-Epoch`.
     pub epoch: u64,
+    /// Its `Producer-Seq`.
     pub seq: u64,
 }
 

@@ -230,6 +230,9 @@ impl core::fmt::Display for ControlError {
     }
 }
 
+#[cfg(feature = "std")]
+impl std::error::Error for ControlError {}
+
 fn write_json_string(value: &str, out: &mut String) {
     out.push('"');
     for c in value.chars() {
@@ -526,6 +529,7 @@ pub struct SseDecoder {
 }
 
 impl SseDecoder {
+    /// A decoder that has read nothing yet.
     pub fn new() -> Self {
         Self::default()
     }

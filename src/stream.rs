@@ -165,7 +165,9 @@ pub struct ForkRequest {
 /// An existing fork: the request that created it, and the divergence point it resolved to.
 #[derive(Clone, Copy, Debug)]
 pub struct ExistingFork<'a> {
+    /// The create request the fork was made with.
     pub request: &'a ForkRequest,
+    /// Where it diverged from its source.
     pub point: Offset,
     /// The source's expiry when the fork was made, which a fork asking for none takes; `None`
     /// for a fork stored before it was recorded (then any is taken to match).
@@ -196,19 +198,24 @@ impl ForkRequest {
 pub struct CreateRequest {
     /// `None` when the request had no `Content-Type` (default type, or the fork source's).
     pub content_type: Option<ContentType>,
+    /// `Stream-TTL` or `Stream-Expires-At`, or neither.
     pub expiry: Expiry,
+    /// `Stream-Closed: true`: created closed.
     pub closed: bool,
+    /// `Stream-Forked-From` and its offsets, for a fork.
     pub fork: Option<ForkRequest>,
 }
 
 /// The configuration of an existing stream, for idempotent-create comparison.
 #[derive(Clone, Debug)]
 pub struct ExistingConfig<'a> {
+    /// The stream's stored content type.
     pub content_type: &'a ContentType,
     /// The expiry the stream was created with (as resolved at creation, forks included).
     pub expiry: Expiry,
     /// Whether the stream is closed now.
     pub closed: bool,
+    /// How it was forked, for a fork.
     pub fork: Option<ExistingFork<'a>>,
 }
 
@@ -322,10 +329,15 @@ pub fn inherited_ancestors<T>(
 /// The stored state an append is checked against.
 #[derive(Clone, Copy, Debug)]
 pub struct AppendTarget<'a> {
+    /// The stream's stored content type, which an append's must match.
     pub content_type: &'a ContentType,
+    /// Whether it is closed: every append but its closer's retry is then 409.
     pub closed: bool,
+    /// The producer append that closed it, so that append's retry is a duplicate.
     pub closed_by: Option<&'a ClosingProducer>,
+    /// Its current tail, the offset a successful append starts at.
     pub tail: Offset,
+    /// The last `Stream-Seq` any writer sent, which the next must exceed.
     pub last_stream_seq: Option<&'a str>,
     /// The writer lease as stored, run out or not.
     pub lease: Option<&'a Lease>,
@@ -338,10 +350,13 @@ pub struct AppendTarget<'a> {
 pub struct AppendRequest<'a> {
     /// The raw `Content-Type` header, if any.
     pub content_type: Option<&'a str>,
+    /// The body's length: an empty append must close the stream or change the lease.
     pub body_len: usize,
     /// `Stream-Closed: true`.
     pub close: bool,
+    /// `Stream-Seq`.
     pub stream_seq: Option<&'a str>,
+    /// `Producer-Id`, `-Epoch` and `-Seq`, all three or none.
     pub producer: Option<ProducerHeaders<'a>>,
     /// `Stream-Lease-TTL`.
     pub lease: Option<LeaseRequest>,
@@ -354,14 +369,19 @@ pub enum AppendPlan {
     /// and the lease change with it, and close the stream if `close`. Answer 200 with producer
     /// headers when there is data, else 204.
     Write {
+        /// The producer's new state, stored in the same transaction as the data.
         producer: Option<ProducerState>,
+        /// Whether this append closes the stream.
         close: bool,
+        /// What becomes of the writer lease.
         lease: LeaseChange,
     },
     /// Nothing to write: a producer retry of something already appended (204 with the
     /// producer's headers), or a repeated close (204 with `Stream-Closed`).
     AlreadyDone {
+        /// The producer's `Duplicate`, for its headers.
         duplicate: Option<ProducerDecision>,
+        /// Whether the stream is closed, for `Stream-Closed`.
         closed: bool,
     },
 }

@@ -4,13 +4,17 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-/// Shortest, default and longest lease a subscription may ask for.
+/// Shortest lease a subscription may ask for (`lease_ttl_ms`; 400 below it).
 pub const MIN_LEASE_MS: u64 = 1_000;
+/// The lease of a subscription that asks for none.
 pub const DEFAULT_LEASE_MS: u64 = 30_000;
+/// Longest lease a subscription may ask for (400 above it): a crashed worker's wake lapses
+/// within it.
 pub const MAX_LEASE_MS: u64 = 600_000;
 
-/// Webhook retries back off from one second to a minute.
+/// A failed webhook is tried again after a second, then backs off...
 pub const RETRY_BASE_MS: u64 = 1_000;
+/// ...to at most a minute between tries.
 pub const RETRY_MAX_MS: u64 = 60_000;
 
 /// Most explicit streams one request may name (a PUT's `streams`, or `POST .../streams`): at
@@ -19,34 +23,48 @@ pub const MAX_STREAMS_PER_REQUEST: usize = 1_000;
 /// Most explicit streams one subscription may hold. Each is a row of its own, so storage is not
 /// what limits them; the bound keeps a GET, a wake and a webhook body that list them sane.
 pub const MAX_EXPLICIT_STREAMS: usize = 10_000;
-/// Longest description and webhook URL a subscription keeps (both live in its one record row).
+/// Longest description a subscription keeps (it lives in its one record row).
 pub const MAX_DESCRIPTION_BYTES: usize = 4_096;
+/// Longest webhook URL a subscription keeps (it lives in the same row).
 pub const MAX_WEBHOOK_URL_BYTES: usize = 4_096;
 /// Most bytes of a webhook's reply that are read. A reply says `{"done": true}` or not; a
 /// longer one is cut off and does not end the wake.
 pub const MAX_WEBHOOK_REPLY_BYTES: usize = 8 * 1024;
 
-/// Why acks are refused with `INVALID_OFFSET`, as the reference server refuses them.
+// Why acks are refused with `INVALID_OFFSET`, as the reference server refuses them.
+/// An ack whose offset does not parse, or that its stream would not start a read at (inside a
+/// JSON message).
 pub const ACK_NOT_AN_OFFSET: &str = "offset is not a valid offset of the stream";
+/// An ack behind what the subscription already has for the stream.
 pub const ACK_REGRESSES: &str = "ack offset is before the subscription's cursor for the stream";
+/// An ack for a stream the subscription does not link.
 pub const ACK_UNKNOWN_STREAM: &str = "ack names a stream the subscription does not cover";
 
 /// Why a subscription request is refused; `code()` is the protocol's error code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubscriptionError {
+    /// A body or path the API cannot take (400); the text says what.
     InvalidRequest(&'static str),
+    /// No such subscription (404).
     NotFound,
+    /// The id is taken by a subscription with another configuration (409).
     AlreadyExists,
+    /// A webhook URL the server will not call (400), for its scheme or address.
     WebhookUrlRejected(&'static str),
+    /// A wake token that is not the current one's (401).
     TokenInvalid,
+    /// An ack or release for an older wake generation (409).
     Fenced,
+    /// Another worker holds the wake (409).
     AlreadyClaimed,
+    /// Nothing to claim (409).
     NoPendingWork,
     /// An ack the subscription's cursors cannot take; the text says why.
     InvalidOffset(&'static str),
 }
 
 impl SubscriptionError {
+    /// The HTTP status to answer with.
     pub fn status(self) -> u16 {
         match self {
             SubscriptionError::InvalidRequest(_) | SubscriptionError::WebhookUrlRejected(_) => 400,
@@ -62,6 +80,7 @@ impl SubscriptionError {
         }
     }
 
+    /// The protocol's error code, for the JSON error body.
     pub fn code(self) -> &'static str {
         match self {
             SubscriptionError::InvalidRequest(_) => "INVALID_REQUEST",
@@ -76,6 +95,7 @@ impl SubscriptionError {
         }
     }
 
+    /// The error body's short message.
     pub fn message(self) -> &'static str {
         match self {
             SubscriptionError::InvalidRequest(m)
@@ -92,6 +112,15 @@ impl SubscriptionError {
         }
     }
 }
+
+impl core::fmt::Display for SubscriptionError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for SubscriptionError {}
 
 /// A stream path as subscriptions name it: root-relative, non-empty segments, not under the
 /// reserved first segment `__ds` (`__dsq/a` is a stream like any other).

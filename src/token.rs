@@ -35,6 +35,7 @@ impl Operation {
         }
     }
 
+    /// An operation as a token's claims name it (`read`, ..., `admin`); `None` makes the token invalid.
     pub fn parse(name: &str) -> Option<Operation> {
         match name {
             "read" => Some(Operation::Read),
@@ -46,6 +47,7 @@ impl Operation {
         }
     }
 
+    /// Its name in a token's claims.
     pub fn name(self) -> &'static str {
         match self {
             Operation::Read => "read",
@@ -76,6 +78,7 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// 401 when the token is missing or not good, 403 when it is good but not for this.
     pub fn status(self) -> u16 {
         match self {
             AuthError::Missing | AuthError::Invalid | AuthError::Expired => 401,
@@ -85,6 +88,7 @@ impl AuthError {
         }
     }
 
+    /// The refusal's short text body.
     pub fn message(self) -> &'static str {
         match self {
             AuthError::Missing => "an access token is required",
@@ -99,11 +103,21 @@ impl AuthError {
     }
 }
 
+impl core::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for AuthError {}
+
 /// A token's claims, once its signature has been verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
     /// Stream paths it covers: the path itself and everything below it (`""` is every path).
     pub prefix: alloc::string::String,
+    /// What it allows there.
     pub ops: Vec<Operation>,
     /// Unix seconds.
     pub expires_at: i64,

@@ -165,7 +165,9 @@ pub enum ServerMessage<'a> {
     /// Messages of a JSON stream: `items` is their JSON array as sent. `control` is present
     /// when the message also ends its batch (the [`COMBINED`] subprotocol).
     Data {
+        /// The messages, as a JSON array.
         items: &'a str,
+        /// The batch's end, when this message is also its last.
         control: Option<Control>,
     },
     /// The end of a batch.
@@ -173,8 +175,11 @@ pub enum ServerMessage<'a> {
     /// An error about the stream (`for_append` false: the socket is about to close) or the
     /// reply to an append frame.
     Error {
+        /// The HTTP status the same refusal would have.
         status: u16,
+        /// Its short text.
         message: String,
+        /// Whether it answers an append frame (else it is about the stream, and the socket closes).
         for_append: bool,
     },
     /// An append's acknowledgement, or a type this client does not know: nothing to act on.

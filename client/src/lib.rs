@@ -8,7 +8,8 @@
 //! - [`reader`]: the stream reader (`Reader` in JS).
 //! - [`ops`]: create, head, append/close, delete, and option validation.
 //! - [`http`]: one request, its retries and its typed errors.
-//! - [`sse`], [`batch`], [`offset`], [`backoff`]: the pieces they share.
+//! - [`error`]: the typed errors JS sees, by stable `code`.
+//! - [`sse`], [`batch`], [`offset`], [`backoff`], [`js`]: the pieces they share.
 
 pub mod backoff;
 pub mod batch;

@@ -11,6 +11,11 @@
 //! - [`wsproto`]: the messages of `live=ws`, spoken by the edge and the object.
 //! - [`intake`]: the isolate's budget for request bodies held in memory.
 //! - [`fault`]: fault injection for tests (`FAULT_MARKER`), off by default.
+//! - [`crypto`]: WebCrypto for token MACs, random tokens and the webhook signing key.
+//! - [`schema`]: creating and upgrading each object's SQLite tables.
+//! - [`transaction`]: writes stored together or not at all (`transactionSync`).
+//! - [`turnstile`]: work that awaits and must not interleave takes turns.
+//! - [`pipe`]: the SSE response body the edge writes from socket events.
 //! - [`path`], [`config`], [`http`], [`reply`], [`socket`]: the pieces both sides share.
 
 pub mod auth;

@@ -36,7 +36,7 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
     /// The stream's object restarted or cannot be reached: reconnect from the last offset.
     pub const RESTART: u16 = 1012;
-    /// The client sent append frames faster than its [`AppendRate`], or more than may wait for
+    /// The client sent append frames faster than its [`AppendRate`](super::AppendRate), or more than may wait for
     /// their turn: resend what was not answered, more slowly.
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The token the socket was opened with has expired (`exp`): nothing more is sent on it. A

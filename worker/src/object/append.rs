@@ -15,7 +15,7 @@ use worker::{Delay, Headers, Request, Response, Result};
 
 use super::store::{self, Meta, Store};
 use super::EXPIRE_PRODUCERS_PER_APPEND;
-use super::{alarm, channel, live, subscribers, touch_due, turns, Lookup, StreamObject};
+use super::{alarm, channel, gap_wait, live, subscribers, touch_due, Lookup, StreamObject};
 use crate::http::{self, now_ms};
 use crate::intake::Held;
 use crate::reply;
@@ -168,7 +168,7 @@ impl StreamObject {
     ///
     /// A producer's append that is ahead of its producer's state (a gap, or a new epoch's append
     /// after its first: its predecessors still on their way) waits for them when `may_wait`, up to
-    /// [`turns::GAP_WAIT_MS`] in all, and is then decided again. HTTP appends may wait: the
+    /// [`gap_wait::GAP_WAIT_MS`] in all, and is then decided again. HTTP appends may wait: the
     /// runtime hands pipelined requests to the object in any order. Socket frames never wait
     /// (those the edge relays carry `X_SOCKET_FRAME`): one socket's frames are applied in the
     /// order they came.
@@ -215,7 +215,7 @@ impl StreamObject {
             })
         });
         let mut now = now_ms();
-        let wait_until = now + turns::GAP_WAIT_MS;
+        let wait_until = now + gap_wait::GAP_WAIT_MS;
         // From the last lookup on there is no await until the response: the append is one
         // atomic turn.
         let (mut meta, request, stored_lease, stored, plan) = loop {

@@ -474,8 +474,6 @@ async fn round(obj: &StreamObject) -> Result<Round> {
     Ok(outcome)
 }
 
-/// Whether the channel has yet to take something of the stream: messages, its `closed` event
-/// or its `created` event.
 /// Whether some channel above the stream has not yet taken all of it.
 pub fn any_behind(obj: &StreamObject, meta: &Meta) -> Result<bool> {
     if meta.channel {
@@ -488,6 +486,8 @@ pub fn any_behind(obj: &StreamObject, meta: &Meta) -> Result<bool> {
         .any(|l| behind(l, meta)))
 }
 
+/// Whether the channel has yet to take something of the stream: messages, its `closed` event
+/// or its `created` event.
 fn behind(link: &ChannelLink, meta: &Meta) -> bool {
     link.forwarded < meta.tail || (meta.closed && !link.closed_sent) || link.announce
 }

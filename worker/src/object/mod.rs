@@ -4,18 +4,30 @@
 //! operations, and feeds live readers through hibernating WebSockets so that open readers
 //! never keep it awake. Appends read the whole body first and then run to completion without
 //! an `await`, so validation, the data rows, the tail and the producer state commit together.
+//!
+//! - `store`: the SQLite tables and every row read or written (a row is written in
+//!   `Store::append`).
+//! - `append`: a POST or `live=ws` append frame, decided by the core and written in one turn;
+//!   `gap_wait`: a producer's append ahead of its `Producer-Seq` waits for those before it.
+//! - `live`: internal sockets to the edge's SSE and long-poll readers, woken once per append
+//!   burst; `clients`: the `live=ws` client sockets the object holds; `inbox`: their append
+//!   frames waiting for their turn.
+//! - `fork`: calls between a fork and its source; `channel`: feeding the channels above.
+//! - `subscribers`: the registry and the subscriptions told of each new tail.
+//! - `owed`: work owed to other objects after a commit; `alarm`: the timed work (expiry,
+//!   retries of channel deliveries and owed work, client sockets whose token expired).
 
 mod alarm;
 mod append;
 mod channel;
 mod clients;
 mod fork;
+mod gap_wait;
 mod inbox;
 mod live;
 mod owed;
 pub mod store;
 mod subscribers;
-mod turns;
 
 use std::cell::{Cell, RefCell};
 
@@ -110,7 +122,7 @@ pub struct StreamObject {
     /// Forks being created here, whose references on their sources the owed work leaves alone.
     forks_creating: fork::Creating,
     /// Producer appends that came before their predecessors, waiting for them.
-    producer_turns: turns::ProducerTurns,
+    producer_turns: gap_wait::ProducerTurns,
     /// Injected faults, for tests (`FAULT_MARKER`).
     faults: crate::fault::Faults,
 }
@@ -184,7 +196,7 @@ impl DurableObject for StreamObject {
             alarm,
             owed_turn: Turnstile::default(),
             forks_creating: fork::Creating::default(),
-            producer_turns: turns::ProducerTurns::default(),
+            producer_turns: gap_wait::ProducerTurns::default(),
             faults,
         }
     }
@@ -448,16 +460,6 @@ impl StreamObject {
         self.emptied.get() || (self.store.get().is_none() && self.unopened.borrow().is_some())
     }
 
-    /// Gives the object's storage back once the stream is removed and nothing is owed for it:
-    /// no stream row (a source its forks still read is kept, deleted, until the last goes), no
-    /// pending work for the registry, subscriptions, channels or a fork's source, no backlog
-    /// for a channel, no fork reference: every table empty. Checked and done in one turn, with
-    /// no `await`, so nothing a concurrent request stores is lost; a request that stores
-    /// something later makes the tables again (see [`StreamObject::store`]).
-    ///
-    /// The incarnation of a stream created here later needs nothing kept: it is random
-    /// ([`new_instance`]), never counted from what was stored, so it cannot repeat the deleted
-    /// one's. Producers' states, a lease and channel marks went with the purge already.
     /// At the end of a request or an alarm: for a stream known to be gone, gives the storage
     /// back if nothing is owed. Work that ran on after the removal (a delivery or an append's
     /// notification that was under way) may have made the tables again, empty.
@@ -470,6 +472,16 @@ impl StreamObject {
         }
     }
 
+    /// Gives the object's storage back once the stream is removed and nothing is owed for it:
+    /// no stream row (a source its forks still read is kept, deleted, until the last goes), no
+    /// pending work for the registry, subscriptions, channels or a fork's source, no backlog
+    /// for a channel, no fork reference: every table empty. Checked and done in one turn, with
+    /// no `await`, so nothing a concurrent request stores is lost; a request that stores
+    /// something later makes the tables again (see [`StreamObject::store`]).
+    ///
+    /// The incarnation of a stream created here later needs nothing kept: it is random
+    /// ([`new_instance`]), never counted from what was stored, so it cannot repeat the deleted
+    /// one's. Producers' states, a lease and channel marks went with the purge already.
     fn give_back_storage(&self) -> Result<()> {
         if self.never_stored() {
             return Ok(());

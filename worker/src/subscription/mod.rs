@@ -97,7 +97,6 @@ fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// Routes `/v1/stream/__ds/<rest>` from the edge.
 /// Whether `rest` (the path after `__ds/`) is one of the routes that carry a wake token of
 /// their own instead of an admin token: `POST subscriptions/<id>/{callback,ack,release}`. It
 /// splits the path exactly as [`route`] does, so no other route (a stream link whose path
@@ -108,6 +107,7 @@ pub fn uses_wake_token<'a>(method: &Method, rest: &'a str) -> Option<&'a str> {
     (*method == Method::Post && matches!(action, "callback" | "ack" | "release")).then_some(id)
 }
 
+/// Routes `/v1/stream/__ds/<rest>` from the edge.
 pub async fn route(
     req: Request,
     url: &Url,

@@ -1,4 +1,5 @@
-//! Pipelined producer appends that arrive out of order wait a moment for those before them.
+//! Pipelined producer appends that arrive out of order (a `Producer-Seq` gap) wait a moment for
+//! those before them.
 //!
 //! A client with several appends in flight sends them on several connections, and the runtime
 //! may hand them to the object in any order (each body is read with awaits in between). Answered
