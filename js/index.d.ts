@@ -558,9 +558,9 @@ export declare class LeaseHeldError extends DurableStreamError {
     details?: (DurableStreamErrorDetails & { leaseExpiresAt?: string | undefined; retryAfterMs?: number | undefined }) | undefined,
   );
   readonly code: 'LEASE_HELD';
-  /** When the holder's lease ends (RFC 3339). */
+  /** When the holder's lease ends (RFC 3339, by the server's clock). */
   readonly leaseExpiresAt?: string;
-  /** How long to wait before trying again. */
+  /** How long to wait before trying again: the server's `Retry-After`, which no client clock skews. */
   readonly retryAfterMs?: number;
 }
 

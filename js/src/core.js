@@ -81,7 +81,8 @@ export class SequenceGapError extends DurableStreamError {
 
 /**
  * Another producer holds the stream's writer lease (HTTP 423). `leaseExpiresAt` is when it ends
- * (RFC 3339) and `retryAfterMs` how long to wait before trying again.
+ * (RFC 3339, by the server's clock) and `retryAfterMs` how long to wait before trying again (the
+ * server's `Retry-After`, which no client clock skews).
  */
 export class LeaseHeldError extends DurableStreamError {
   constructor(message, status, details) {
@@ -90,7 +91,7 @@ export class LeaseHeldError extends DurableStreamError {
   }
 }
 
-const DETAIL_KEYS = ['currentEpoch', 'expectedSeq', 'receivedSeq', 'finalOffset', 'leaseExpiresAt', 'closeCode', 'cause'];
+const DETAIL_KEYS = ['currentEpoch', 'expectedSeq', 'receivedSeq', 'finalOffset', 'leaseExpiresAt', 'retryAfterMs', 'closeCode', 'cause'];
 
 /** Throws INVALID_ARGUMENT for a `url` that cannot be fetched here, or a `signal` that is not one. */
 function checkOptions(who, options) {
@@ -120,7 +121,6 @@ function toError(e, signal) {
       break;
     case 'LEASE_HELD':
       err = new LeaseHeldError(e.message, e.status, details);
-      if (details.leaseExpiresAt) err.retryAfterMs = Math.max(0, Date.parse(details.leaseExpiresAt) - Date.now());
       break;
     default:
       err = new DurableStreamError(e.message, e.code, e.status, details);
