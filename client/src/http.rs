@@ -501,11 +501,11 @@ pub async fn status_error(method: &str, url: &str, response: &Response, status: 
             if let Some(at) = header(response, headers::STREAM_LEASE_EXPIRES_AT) {
                 err = error::with(err, "leaseExpiresAt", at);
             }
-            // How long to wait, as the server counts it: `leaseExpiresAt` is on the server's
-            // clock, and a client clock that runs ahead took it as passed, so a standby polled
-            // without pause.
-            match header(response, headers::RETRY_AFTER).and_then(|v| parse_int(&v)) {
-                Some(s) => error::with(err, "retryAfterMs", s as f64 * 1000.0),
+            // The JS layer makes `retryAfterMs` of `Retry-After` (seconds), the wait as the
+            // server counts it: `leaseExpiresAt` is on the server's clock, and a client clock
+            // that runs ahead took it as passed, so a standby polled without pause.
+            match header(response, headers::RETRY_AFTER) {
+                Some(s) => error::with(err, "retryAfter", s),
                 None => err,
             }
         }

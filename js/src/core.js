@@ -91,7 +91,7 @@ export class LeaseHeldError extends DurableStreamError {
   }
 }
 
-const DETAIL_KEYS = ['currentEpoch', 'expectedSeq', 'receivedSeq', 'finalOffset', 'leaseExpiresAt', 'retryAfterMs', 'closeCode', 'cause'];
+const DETAIL_KEYS = ['currentEpoch', 'expectedSeq', 'receivedSeq', 'finalOffset', 'leaseExpiresAt', 'closeCode', 'cause'];
 
 /** Throws INVALID_ARGUMENT for a `url` that cannot be fetched here, or a `signal` that is not one. */
 function checkOptions(who, options) {
@@ -121,6 +121,7 @@ function toError(e, signal) {
       break;
     case 'LEASE_HELD':
       err = new LeaseHeldError(e.message, e.status, details);
+      if (e.retryAfter > 0) err.retryAfterMs = e.retryAfter * 1e3;
       break;
     default:
       err = new DurableStreamError(e.message, e.code, e.status, details);
