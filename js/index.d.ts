@@ -93,7 +93,9 @@ export type Batch<T = unknown> = JsonBatch<T> | BytesBatch;
 /**
  * An item of a channel (`create({ channel: true })`): a message of a stream below it (`data` on a
  * JSON stream, `text` or `base64` on others), or an event of one. `offset` is the source's offset
- * after it. Read a channel with `stream<ChannelMessage>({ url, json: true })`.
+ * after it (for `created`, where a reader of the source starts; for `closed` and `deleted`, its
+ * tail). `stream` is the source's decoded name: encode its segments to build its URL. Read a
+ * channel with `stream<ChannelMessage>({ url, json: true })`.
  */
 export type ChannelMessage<T = unknown> = { stream: string; offset: string } & (
   | { data: T }
@@ -558,9 +560,9 @@ export declare class LeaseHeldError extends DurableStreamError {
     details?: (DurableStreamErrorDetails & { leaseExpiresAt?: string | undefined; retryAfterMs?: number | undefined }) | undefined,
   );
   readonly code: 'LEASE_HELD';
-  /** When the holder's lease ends (RFC 3339). */
+  /** When the holder's lease ends (RFC 3339, by the server's clock). */
   readonly leaseExpiresAt?: string;
-  /** How long to wait before trying again. */
+  /** How long to wait before trying again: the server's `Retry-After`, which no client clock skews. */
   readonly retryAfterMs?: number;
 }
 

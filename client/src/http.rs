@@ -497,10 +497,15 @@ pub async fn status_error(method: &str, url: &str, response: &Response, status: 
             Some(status),
         ),
         423 => {
-            let err = error::new(error::LEASE_HELD, &message("lease held"), Some(status));
-            // The JS layer derives `retryAfterMs` from it.
-            match header(response, headers::STREAM_LEASE_EXPIRES_AT) {
-                Some(at) => error::with(err, "leaseExpiresAt", at),
+            let mut err = error::new(error::LEASE_HELD, &message("lease held"), Some(status));
+            if let Some(at) = header(response, headers::STREAM_LEASE_EXPIRES_AT) {
+                err = error::with(err, "leaseExpiresAt", at);
+            }
+            // The JS layer makes `retryAfterMs` of `Retry-After` (seconds), the wait as the
+            // server counts it: `leaseExpiresAt` is on the server's clock, and a client clock
+            // that runs ahead took it as passed, so a standby polled without pause.
+            match header(response, headers::RETRY_AFTER) {
+                Some(s) => error::with(err, "retryAfter", s),
                 None => err,
             }
         }

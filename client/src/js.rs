@@ -44,6 +44,11 @@ export function es_release(res, limit) {
   const step = (c) => { if (c.done) return; n += c.value.byteLength; return n > limit ? r.cancel() : r.read().then(step); };
   es_quiet(r.read().then(step));
 }
+export function es_body(res, signal) {
+  // Node's fetch can leave arrayBuffer() of a gzip body pending for good when the request is
+  // aborted during the read: the abort ends the wait here.
+  return Promise.race([res.arrayBuffer(), new Promise((_, no) => signal?.aborted ? no() : signal?.addEventListener('abort', no))]);
+}
 export function es_sleep(ms, signal) {
   return new Promise((resolve) => {
     if (signal && signal.aborted) return resolve();
@@ -134,6 +139,9 @@ extern "C" {
     /// Marks a promise we do not await as handled (its rejection after a cancel is expected).
     pub fn es_quiet(promise: &Promise);
     pub fn es_release(response: &web_sys::Response, limit: u32);
+    /// `response.arrayBuffer()` (which returns a rejected promise rather than throw), rejected
+    /// when `signal` aborts, whether or not the read ends.
+    pub fn es_body(response: &web_sys::Response, signal: Option<&web_sys::AbortSignal>) -> Promise;
     /// `String(value)`.
     pub fn es_text(value: &JsValue) -> String;
     /// Resolves after `ms`, or at once when `signal` aborts or the network comes back (`online`).

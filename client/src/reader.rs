@@ -693,11 +693,7 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
             return Err(http::status_error("GET", &url, &sent.response, status).await);
         }
         let body = if status == 200 {
-            let buf = match sent.response.array_buffer() {
-                Ok(p) => js::wait(p).await,
-                Err(e) => Err(e),
-            };
-            match buf {
+            match js::wait(js::es_body(&sent.response, signal.as_ref())).await {
                 Ok(buf) => Some(Uint8Array::new(&buf)),
                 Err(e) => {
                     // The body broke off: nothing was consumed, so the same request is retried.

@@ -81,7 +81,8 @@ export class SequenceGapError extends DurableStreamError {
 
 /**
  * Another producer holds the stream's writer lease (HTTP 423). `leaseExpiresAt` is when it ends
- * (RFC 3339) and `retryAfterMs` how long to wait before trying again.
+ * (RFC 3339, by the server's clock) and `retryAfterMs` how long to wait before trying again (the
+ * server's `Retry-After`, which no client clock skews).
  */
 export class LeaseHeldError extends DurableStreamError {
   constructor(message, status, details) {
@@ -120,7 +121,7 @@ function toError(e, signal) {
       break;
     case 'LEASE_HELD':
       err = new LeaseHeldError(e.message, e.status, details);
-      if (details.leaseExpiresAt) err.retryAfterMs = Math.max(0, Date.parse(details.leaseExpiresAt) - Date.now());
+      if (e.retryAfter > 0) err.retryAfterMs = e.retryAfter * 1e3;
       break;
     default:
       err = new DurableStreamError(e.message, e.code, e.status, details);

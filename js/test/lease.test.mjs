@@ -163,6 +163,40 @@ describe('IdempotentProducer with a writer lease', () => {
     assert.equal(await text(ds), '<holder>');
   });
 
+  test("a client whose clock runs ahead of the server's is told to wait as long as the server says, and a standby does not poll in a loop", async () => {
+    const ds = await fresh();
+    await takeRaw(ds, 'holder', 30);
+    // This machine's clock is a minute fast: the holder's lease ends, by it, in the past.
+    const realNow = Date.now;
+    const realFetch = globalThis.fetch;
+    let posts = 0;
+    Date.now = () => realNow() + 60_000;
+    globalThis.fetch = (url, init = {}) => {
+      if (String(init.method).toUpperCase() === 'POST') posts++;
+      return realFetch(url, init);
+    };
+    try {
+      await assert.rejects(ds.append('x'), (e) => {
+        assert.ok(e instanceof LeaseHeldError);
+        assert.ok(e.retryAfterMs > 25_000 && e.retryAfterMs <= 30_000, String(e.retryAfterMs));
+        return true;
+      });
+      posts = 0;
+      const standby = new IdempotentProducer(ds, 'standby', { lease: { ttlSeconds: 30, wait: true } });
+      standby.append('S');
+      const flushed = standby.flush();
+      await sleep(1000);
+      await assert.rejects(standby.detach(), LeaseHeldError);
+      await assert.rejects(flushed, LeaseHeldError);
+      // It asks again within 2 s at most (in case the holder gives the lease up), not at once.
+      assert.ok(posts <= 3, `the standby sent ${posts} POSTs in a second`);
+    } finally {
+      Date.now = realNow;
+      globalThis.fetch = realFetch;
+    }
+    assert.equal(await text(ds), '<holder>');
+  });
+
   test('refuses bad lease options before sending anything', () => {
     for (const lease of [{ ttlSeconds: 0 }, { ttlSeconds: 86_401 }, { ttlSeconds: 1.5 }, { ttlSeconds: '10' }, {}, 30]) {
       assert.throws(
