@@ -81,7 +81,7 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
         return None;
     }
-    // RFC 3339 allows second 60 for leap seconds; treat it as the last second of the minute.
+    // Second 60 is checked once the offset is applied (below).
     if hour > 23 || minute > 59 || second > 60 {
         return None;
     }
@@ -118,9 +118,19 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
         }
         _ => return None,
     };
+    let leap = second == 60;
     let second = second.min(59);
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second) - offset_minutes * 60;
+    // A leap second (RFC 3339 §5.7) is 23:59:60 UTC on a month's last day, whatever the local
+    // time it is written in; it counts as the second before it. Any other second 60 is no instant.
+    if leap {
+        let last_second_of_day = secs.rem_euclid(86_400) == 86_399;
+        let month_ends = civil_from_days(secs.div_euclid(86_400) + 1).2 == 1;
+        if !(last_second_of_day && month_ends) {
+            return None;
+        }
+    }
     let ms = secs.checked_mul(1000)?.checked_add(millis)?;
     // An offset can carry a written year 0000 or 9999 past them in UTC, where the instant has
     // no four-digit form: formatted back, it could not be parsed again.
@@ -177,6 +187,30 @@ mod tests {
         assert!(parse_rfc3339("2024-04-31T00:00:00Z").is_none());
         assert!(parse_rfc3339("2024-01-01T24:00:00Z").is_none());
         assert!(parse_rfc3339("2024-01-01T00:60:00Z").is_none());
+    }
+
+    #[test]
+    fn second_60_only_at_a_leap_second() {
+        // 23:59:60 UTC on a month's last day, written in UTC or with an offset: the second
+        // before it.
+        let before = parse_rfc3339("2016-12-31T23:59:59Z");
+        assert!(before.is_some());
+        assert_eq!(parse_rfc3339("2016-12-31T23:59:60Z"), before);
+        assert_eq!(parse_rfc3339("2017-01-01T01:59:60+02:00"), before);
+        assert_eq!(parse_rfc3339("2016-12-31T18:29:60-05:30"), before);
+        assert_eq!(
+            parse_rfc3339("2015-06-30T23:59:60.5Z"),
+            parse_rfc3339("2015-06-30T23:59:59.5Z")
+        );
+        for bad in [
+            "2016-12-31T12:34:60Z",
+            "2016-12-30T23:59:60Z",
+            "2016-12-31T23:58:60Z",
+            // 23:59 local time, not UTC.
+            "2016-12-31T23:59:60+02:00",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

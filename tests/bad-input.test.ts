@@ -98,6 +98,9 @@ describe('malformed and repeated headers', () => {
     ['Stream-TTL over 100 years', { 'stream-ttl': '31536000000' }],
     ['Stream-Expires-At not a timestamp', { 'stream-expires-at': 'tomorrow' }],
     ['Stream-Expires-At past year 9999 in UTC', { 'stream-expires-at': '9999-12-31T23:59:59-23:59' }],
+    // RFC 3339 allows second 60 only for a leap second: at 23:59:60 UTC on a month's last day.
+    ['Stream-Expires-At with a second 60 that is not a leap second', { 'stream-expires-at': '2099-01-01T12:34:60Z' }],
+    ['Stream-Expires-At with a second 60 at 23:59 local time only', { 'stream-expires-at': '2099-06-30T23:59:60+02:00' }],
     ['Stream-TTL 0, which would expire as it is created', { 'stream-ttl': '0' }],
     ['Stream-Expires-At already past', { 'stream-expires-at': '2000-01-01T00:00:00Z' }],
     ['Stream-TTL and Stream-Expires-At together', { 'stream-ttl': '10', 'stream-expires-at': '2099-01-01T00:00:00Z' }],
@@ -153,6 +156,14 @@ describe('malformed and repeated headers', () => {
     const read = await contents(name);
     expect(read.headers['content-type']).toBe(type);
     expect(read.body.toString()).toBe('z');
+  });
+
+  it('a Stream-Expires-At at a leap second (23:59:60 UTC on a month\'s last day) is accepted', async () => {
+    for (const at of ['2099-06-30T23:59:60Z', '2099-07-01T01:59:60+02:00', '2099-12-31T23:59:60.5Z']) {
+      const name = `leap-${Math.random().toString(36).slice(2)}`;
+      expect((await raw('PUT', `${S}/${name}`, { 'content-type': 'text/plain', 'stream-expires-at': at })).status).toBe(201);
+      expect(await exists(`${S}/${name}`)).toBe(true);
+    }
   });
 
   it('POST with another content type: 409, nothing appended', async () => {

@@ -155,3 +155,29 @@ test('a read refusing an offset past the end names the incarnation, live or not'
   }
 });
 
+
+// A producer's append that comes before the appends ahead of it in its sequence waits up to
+// 500 ms for them (worker/src/object/gap_wait.rs), then is decided again. Should the stream it
+// was sent to be deleted (or expire) meanwhile and another be created at the path, whose
+// producer of the same id reaches the waiting sequence number, the append used to be applied
+// to that new stream: bytes sent to one incarnation landed in the next.
+test('an append waiting for its producer\'s earlier appends is not applied to a stream created again meanwhile', async () => {
+  const name = unique('gap-wait');
+  const producer = (seq: number) => ({ ...text, 'producer-id': 'p', 'producer-epoch': '0', 'producer-seq': String(seq) });
+  expect((await call('PUT', name, { headers: text })).status).toBe(201);
+  expect((await call('POST', name, { headers: producer(0), body: 'a' })).status).toBe(200);
+  // Seq 2 before seq 1: it waits in the stream's object.
+  const early = fetch(`${base()}/${name}`, { method: 'POST', headers: producer(2), body: 'OLD' }).then(async (res) => {
+    await res.arrayBuffer();
+    return res.status;
+  });
+  // Nothing tells when it has reached the object: it is given a head start well within its wait.
+  await new Promise((resolve) => setTimeout(resolve, 150));
+  expect((await call('DELETE', name)).status).toBe(204);
+  expect((await call('PUT', name, { headers: text })).status).toBe(201);
+  expect((await call('POST', name, { headers: producer(0), body: 'n0' })).status).toBe(200);
+  expect((await call('POST', name, { headers: producer(1), body: 'n1' })).status).toBe(200);
+  expect(await early).toBe(404);
+  const read = await fetch(`${base()}/${name}?offset=-1`);
+  expect(await read.text()).toBe('n0n1');
+});

@@ -145,7 +145,8 @@ impl StreamObject {
     }
 
     /// The stream an append goes to at `now`, or why there is none; `instance` is the
-    /// incarnation the edge named for it, if any.
+    /// incarnation the append is for, if any: the one the edge named for it, or the one it found
+    /// before it waited.
     async fn append_target(
         &self,
         instance: Option<&str>,
@@ -168,7 +169,8 @@ impl StreamObject {
     ///
     /// A producer's append that is ahead of its producer's state (a gap, or a new epoch's append
     /// after its first: its predecessors still on their way) waits for them when `may_wait`, up to
-    /// [`gap_wait::GAP_WAIT_MS`] in all, and is then decided again. HTTP appends may wait: the
+    /// [`gap_wait::GAP_WAIT_MS`] in all, and is then decided again, on the incarnation it found
+    /// (one deleted meanwhile is gone for it, whatever was created since). HTTP appends may wait: the
     /// runtime hands pipelined requests to the object in any order. Socket frames never wait
     /// (those the edge relays carry `X_SOCKET_FRAME`): one socket's frames are applied in the
     /// order they came.
@@ -216,10 +218,18 @@ impl StreamObject {
         });
         let mut now = now_ms();
         let wait_until = now + gap_wait::GAP_WAIT_MS;
+        // The incarnation an append that waits found: it is decided again on that stream alone.
+        // Deleted (or expired) meanwhile, that stream is gone for the append (404), even if
+        // another was created at the path, whose producer of the same id may since have reached
+        // the sequence number the append waited for.
+        let mut found: Option<String> = None;
         // From the last lookup on there is no await until the response: the append is one
         // atomic turn.
         let (mut meta, request, stored_lease, stored, plan) = loop {
-            let meta = match self.append_target(instance.as_deref(), now).await? {
+            let meta = match self
+                .append_target(found.as_deref().or(instance.as_deref()), now)
+                .await?
+            {
                 Ok(meta) => meta,
                 Err(e) => return http::error(&e),
             };
@@ -252,6 +262,9 @@ impl StreamObject {
                 (Err(ProtocolError::Producer(d)), Some(p))
                     if d.is_ahead() && may_wait && now < wait_until =>
                 {
+                    if found.is_none() {
+                        found = Some(meta.instance.clone());
+                    }
                     self.producer_turns.wait(p.id, wait_until - now).await;
                     now = now_ms();
                 }
