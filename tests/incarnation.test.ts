@@ -171,8 +171,10 @@ test('an append waiting for its producer\'s earlier appends is not applied to a 
     await res.arrayBuffer();
     return res.status;
   });
-  // Nothing tells when it has reached the object: it is given a head start well within its wait.
-  await new Promise((resolve) => setTimeout(resolve, 150));
+  // Nothing tells when it has reached the object: it is given a head start well within its
+  // 500 ms wait. Should a loaded machine delay it past the re-create, the test fails; delayed
+  // only past the wait, old code passes too (409), so a long head start errs that way.
+  await new Promise((resolve) => setTimeout(resolve, 250));
   expect((await call('DELETE', name)).status).toBe(204);
   expect((await call('PUT', name, { headers: text })).status).toBe(201);
   expect((await call('POST', name, { headers: producer(0), body: 'n0' })).status).toBe(200);
