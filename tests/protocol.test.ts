@@ -150,6 +150,19 @@ test('appends slide a TTL: a burst of one-row appends stores rows alone, the nex
   expect((await call(s, 'HEAD')).status).toBe(404);
 }, 20_000);
 
+test('a producer\'s retried append (204, a duplicate) slides a TTL as its first send did', async () => {
+  const s = url('sliding-ttl-duplicate');
+  expect((await call(s, 'PUT', { ...text, 'stream-ttl': '2' })).status).toBe(201);
+  expect((await call(s, 'POST', { ...text, ...producer(0, 0) }, 'a')).status).toBe(200);
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const started = Date.now();
+  while (Date.now() - started < 3_500) {
+    await sleep(600);
+    expect((await call(s, 'POST', { ...text, ...producer(0, 0) }, 'a')).status, 'the retry found its stream').toBe(204);
+  }
+  expect((await call(s, 'GET')).body).toBe('a');
+}, 20_000);
+
 // RFC 9112 §5.1: the whitespace around a field value is no part of it. workerd drops the
 // leading whitespace but passes the trailing on, so `Stream-TTL: 60 ` was refused, and
 // `Producer-Id: p ` was another producer than `p`: a retry that an intermediary had trimmed

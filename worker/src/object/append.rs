@@ -283,6 +283,9 @@ impl StreamObject {
         };
         let (producer_state, close, lease) = match plan {
             AppendPlan::AlreadyDone { duplicate, closed } => {
+                // A retried write is a write: it slides a TTL as its first send did, so a
+                // producer retrying into a quiet stream does not watch it expire under it.
+                self.touch(&mut meta, now)?;
                 let resp = Response::empty()?.with_status(204);
                 let out = resp.headers();
                 // Nothing was appended, so there is no offset after it to report: the tail now
