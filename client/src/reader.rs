@@ -656,9 +656,10 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
             return Ok(());
         }
     }
-    // Called off when this poll returns; should it fire first, the request is aborted and the
-    // next poll sends it again.
-    let _watchdog = (phase == Phase::LongPoll)
+    // Called off once the poll is answered; should it fire first, the request is aborted and the
+    // next poll sends it again. The answer's body is not timed: up to about 512 KB, which a slow
+    // link can take longer than this to bring, and then again on every try.
+    let mut watchdog = (phase == Phase::LongPoll)
         .then(|| {
             inner
                 .borrow()
@@ -680,6 +681,7 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
     };
     loop {
         let sent = send_live(inner, &req, &policy, signal.as_ref(), &mut attempt).await;
+        drop(watchdog.take());
         if long_poll {
             inner.borrow_mut().failures = attempt;
         }
@@ -709,6 +711,11 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
                         return Err(http::network_error("GET", &url, &e).into());
                     }
                     wait_to_retry(inner, &policy, attempt, None, signal.as_ref()).await;
+                    // A long-poll is sent again by the next poll, with a new watchdog.
+                    if long_poll {
+                        inner.borrow_mut().failures = attempt;
+                        return Ok(());
+                    }
                     continue;
                 }
             }

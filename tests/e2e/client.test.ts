@@ -3,6 +3,7 @@
 import { describe, expect, test } from 'vitest';
 import type { CDPSession, Page } from 'playwright-core';
 import net from 'node:net';
+import { randomBytes } from 'node:crypto';
 import { useDemo } from './demo-page';
 
 const demo = useDemo();
@@ -171,6 +172,43 @@ describe('client in a page', () => {
     expect(errors).toEqual([]);
     await close();
   });
+
+  test('a long-poll answer that a slow link takes longer than the unanswered-poll watchdog to bring is read, not sent again and again', async () => {
+    const path = `slow-answer-${Date.now()}`;
+    await createJson(path, '[{"n":0}]');
+    const { page, cdp, errors, close } = await clientPage();
+    const url = `${demo.server().baseUrl}/v1/stream/${path}`;
+    // The reader gives a long-poll unanswered for 65 s up as a dead connection: here after 2 s,
+    // which the page's timers of exactly that length are shortened to.
+    await page.evaluate(() => {
+      const set = window.setTimeout;
+      window.setTimeout = ((f: () => void, ms?: number, ...rest: unknown[]) => set(f, ms === 65_000 ? 2_000 : ms, ...rest)) as typeof setTimeout;
+    });
+    await page.evaluate(() => (window as any).es.init());
+    // A slow link (100 KB/s down), from the reader's first request on.
+    await cdp.send('Network.enable');
+    await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 0, downloadThroughput: 100_000, uploadThroughput: -1 });
+    await page.evaluate((url) => {
+      const w = window as any;
+      w.got = [];
+      w.failures = [];
+      w.h = w.es.stream({ url, live: 'long-poll' });
+      w.h.subscribe((b: any) => w.got.push(...b.items.map((i: any) => i.n)), (e: any) => w.failures.push(String(e)));
+    }, url);
+    await expect.poll(() => page.evaluate(() => (window as any).got), { timeout: 15_000 }).toEqual([0]);
+    // 700 KB that does not compress, appended while the reader polls: each answer (the server
+    // sends up to about 512 KB in one) takes the link seconds, well past the watchdog.
+    const N = 700;
+    const items = Array.from({ length: N }, (_, i) => ({ n: i + 1, pad: randomBytes(750).toString('base64') }));
+    const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(items) });
+    expect(res.status).toBe(204);
+    await expect.poll(() => page.evaluate(() => (window as any).got.length), { timeout: 90_000 }).toBe(N + 1);
+    expect(await page.evaluate(() => (window as any).got)).toEqual(Array.from({ length: N + 1 }, (_, i) => i));
+    expect(await page.evaluate(() => (window as any).failures)).toEqual([]);
+    await page.evaluate(() => (window as any).h.cancel());
+    expect(errors).toEqual([]);
+    await close();
+  }, 120_000);
 
   test('an auto reader whose SSE connections the network breaks again and again, each within a second, stays on SSE and misses nothing', async () => {
     // A TCP relay to the server, as a network between: it breaks each SSE connection 100 ms
