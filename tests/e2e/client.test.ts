@@ -210,6 +210,64 @@ describe('client in a page', () => {
     await close();
   }, 120_000);
 
+  test('a read sent on a connection that never answers is given up after the watchdog and sent again', async () => {
+    // A TCP relay to the server that swallows the first catch-up read (`offset=-1`) sent through
+    // it: that connection stays open and says nothing, as one that died silently (a half-open
+    // socket after the network changed, a proxy that hangs) would.
+    const target = Number(new URL(demo.server().baseUrl).port);
+    let swallowed = 0;
+    const open = new Set<net.Socket>();
+    const relay = net.createServer((client) => {
+      const server = net.connect(target, '127.0.0.1');
+      for (const s of [client, server]) {
+        open.add(s);
+        s.on('close', () => open.delete(s));
+        s.on('error', () => {});
+      }
+      let dead = false;
+      client.on('data', (d) => {
+        if (!dead && swallowed === 0 && /^GET \/v1\/stream\/\S*[?&]offset=-1/.test(d.toString('latin1'))) {
+          dead = true;
+          swallowed++;
+        }
+        if (!dead) server.write(d);
+      });
+      server.on('data', (d) => {
+        if (!dead) client.write(d);
+      });
+      client.on('close', () => server.destroy());
+      // Nor does it close when the server closes its side.
+      server.on('close', () => dead || client.destroy());
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+    const origin = `http://127.0.0.1:${(relay.address() as net.AddressInfo).port}`;
+    try {
+      const path = `unanswered-${Date.now()}`;
+      await createJson(path, '[{"n":0}]');
+      const { page, errors, close } = await clientPage(origin);
+      // The reader's 65 s watchdog, here after 2 s: the page's timers of exactly that length are shortened.
+      await page.evaluate(() => {
+        const set = window.setTimeout;
+        window.setTimeout = ((f: () => void, ms?: number, ...rest: unknown[]) => set(f, ms === 65_000 ? 2_000 : ms, ...rest)) as typeof setTimeout;
+      });
+      await page.evaluate(() => (window as any).es.init());
+      await page.evaluate((url) => {
+        const w = window as any;
+        w.got = [];
+        w.h = w.es.stream({ url, live: 'sse' });
+        w.h.subscribe((b: any) => w.got.push(...b.items.map((i: any) => i.n)));
+      }, `${origin}/v1/stream/${path}`);
+      await expect.poll(() => swallowed, { timeout: 10_000 }).toBe(1);
+      await expect.poll(() => page.evaluate(() => (window as any).got), { timeout: 20_000 }).toEqual([0]);
+      expect(await page.evaluate(() => (window as any).h.mode)).toBe('sse');
+      expect(errors).toEqual([]);
+      await close();
+    } finally {
+      for (const s of open) s.destroy();
+      await new Promise((r) => relay.close(r));
+    }
+  });
+
   test('an auto reader whose SSE connections the network breaks again and again, each within a second, stays on SSE and misses nothing', async () => {
     // A TCP relay to the server, as a network between: it breaks each SSE connection 100 ms
     // after the first bytes of its response (where the stream stands) got through.
