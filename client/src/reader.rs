@@ -75,8 +75,9 @@ const SHORT_POLL_MS: f64 = 100.0;
 /// An SSE connection that brings nothing this long (three of edgestream's 15 s heartbeats) has
 /// died without closing, as behind a proxy or a network that drops it silently: reconnect.
 const SSE_IDLE_MS: f64 = 45_000.0;
-/// A long-poll unanswered this long (servers answer within about 30 s) is sent again.
-const LONG_POLL_IDLE_MS: f64 = 65_000.0;
+/// A read or long-poll unanswered this long (servers answer a long-poll within about 30 s, a
+/// read at once) is sent again.
+const POLL_IDLE_MS: f64 = 65_000.0;
 /// A WebSocket quiet this long is pinged (`ws::PING`); one silent as long again is given up.
 const WS_QUIET_MS: f64 = 20_000.0;
 
@@ -656,93 +657,83 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
             return Ok(());
         }
     }
-    // Called off when this poll returns; should it fire first, the request is aborted and the
-    // next poll sends it again.
-    let _watchdog = (phase == Phase::LongPoll)
-        .then(|| {
-            inner
-                .borrow()
-                .controller
-                .as_ref()
-                .map(|c| js::es_abort_after(c, LONG_POLL_IDLE_MS))
-        })
-        .flatten()
-        .map(CallOff);
+    // Called off once the request is answered; should it fire first, the request is aborted and
+    // the next poll sends it again. The answer's body is not timed: up to about 512 KB, which a
+    // slow link can take longer than this to bring, and then again on every try.
+    let watchdog = inner
+        .borrow()
+        .controller
+        .as_ref()
+        .map(|c| CallOff(js::es_abort_after(c, POLL_IDLE_MS)));
     let sent_at = js_sys::Date::now();
     let req = Request::get(&url, query, &dynamic);
-    // A long-poll's failures count on across the polls its watchdog starts again, as an SSE
-    // connection's do, so that `max_retries` is reached in an outage however long the backoff.
-    let long_poll = phase == Phase::LongPoll;
-    let mut attempt = if long_poll {
-        inner.borrow().failures
-    } else {
-        0
-    };
-    loop {
-        let sent = send_live(inner, &req, &policy, signal.as_ref(), &mut attempt).await;
-        if long_poll {
-            inner.borrow_mut().failures = attempt;
-        }
-        let Some(sent) = sent? else {
-            return Ok(());
-        };
-        let status = sent.status;
-        // First: a refusal of an offset saved in a stream since created again says so.
-        inner.borrow_mut().same_stream(&sent.response)?;
-        if status != 200 && status != 204 {
-            return Err(http::status_error("GET", &url, &sent.response, status).await);
-        }
-        let body = if status == 200 {
-            match js::wait(js::es_body(&sent.response, signal.as_ref())).await {
-                Ok(buf) => Some(Uint8Array::new(&buf)),
-                Err(e) => {
-                    // The body broke off: nothing was consumed, so the same request is retried.
-                    if signal.as_ref().is_some_and(|s| s.aborted()) {
-                        return Ok(());
-                    }
-                    attempt += 1;
-                    if attempt > policy.max_retries {
-                        return Err(http::network_error("GET", &url, &e).into());
-                    }
-                    wait_to_retry(inner, &policy, attempt, None, signal.as_ref()).await;
-                    continue;
-                }
-            }
-        } else {
-            http::release_body(&sent.response);
-            None
-        };
-        let mut s = inner.borrow_mut();
-        if s.content_type.is_none() && status == 200 {
-            s.content_type = http::header(&sent.response, headers::CONTENT_TYPE);
-        }
-        // A page with no Stream-Next-Offset is refused as an unusable offset: read from where it
-        // began, it would be read again, and again. A long-poll's 204 may leave it out.
-        let fallback = if status == 204 {
-            s.pos.offset.clone()
-        } else {
-            String::new()
-        };
-        let mut next = position_from(&sent.response, &fallback);
-        if status == 204 {
-            // A long-poll that timed out: nothing new, and the reader is at the tail.
-            next.up_to_date = true;
-        }
-        s.started = true;
-        let empty = body.as_ref().is_none_or(|b| b.length() == 0);
-        s.short_polls =
-            if phase == Phase::LongPoll && empty && js_sys::Date::now() - sent_at < SHORT_POLL_MS {
-                s.short_polls.saturating_add(1)
-            } else {
-                0
-            };
-        let data = body.map_or(batch::Data::Parts(&[]), batch::Data::Bytes);
-        s.accept(data, next)?;
-        if phase == Phase::CatchUp && s.pos.up_to_date && !s.done {
-            s.go_live();
-        }
+    // Failures count on across the polls the watchdog starts again, as an SSE connection's do,
+    // so that `max_retries` is reached in an outage however long the backoff.
+    let mut attempt = inner.borrow().failures;
+    let sent = send_live(inner, &req, &policy, signal.as_ref(), &mut attempt).await;
+    drop(watchdog);
+    inner.borrow_mut().failures = attempt;
+    let Some(sent) = sent? else {
         return Ok(());
+    };
+    let status = sent.status;
+    // First: a refusal of an offset saved in a stream since created again says so.
+    inner.borrow_mut().same_stream(&sent.response)?;
+    if status != 200 && status != 204 {
+        return Err(http::status_error("GET", &url, &sent.response, status).await);
     }
+    let body = if status == 200 {
+        match js::wait(js::es_body(&sent.response, signal.as_ref())).await {
+            Ok(buf) => Some(Uint8Array::new(&buf)),
+            Err(e) => {
+                // The body broke off: nothing was consumed, so the next poll sends the same
+                // request again, with a new watchdog.
+                if signal.as_ref().is_some_and(|s| s.aborted()) {
+                    return Ok(());
+                }
+                attempt += 1;
+                if attempt > policy.max_retries {
+                    return Err(http::network_error("GET", &url, &e).into());
+                }
+                inner.borrow_mut().failures = attempt;
+                wait_to_retry(inner, &policy, attempt, None, signal.as_ref()).await;
+                return Ok(());
+            }
+        }
+    } else {
+        http::release_body(&sent.response);
+        None
+    };
+    let mut s = inner.borrow_mut();
+    if s.content_type.is_none() && status == 200 {
+        s.content_type = http::header(&sent.response, headers::CONTENT_TYPE);
+    }
+    // A page with no Stream-Next-Offset is refused as an unusable offset: read from where it
+    // began, it would be read again, and again. A long-poll's 204 may leave it out.
+    let fallback = if status == 204 {
+        s.pos.offset.clone()
+    } else {
+        String::new()
+    };
+    let mut next = position_from(&sent.response, &fallback);
+    if status == 204 {
+        // A long-poll that timed out: nothing new, and the reader is at the tail.
+        next.up_to_date = true;
+    }
+    s.started = true;
+    let empty = body.as_ref().is_none_or(|b| b.length() == 0);
+    s.short_polls =
+        if phase == Phase::LongPoll && empty && js_sys::Date::now() - sent_at < SHORT_POLL_MS {
+            s.short_polls.saturating_add(1)
+        } else {
+            0
+        };
+    let data = body.map_or(batch::Data::Parts(&[]), batch::Data::Bytes);
+    s.accept(data, next)?;
+    if phase == Phase::CatchUp && s.pos.up_to_date && !s.done {
+        s.go_live();
+    }
+    Ok(())
 }
 
 /// Opens an SSE connection if needed and reads until it yields a batch or ends.

@@ -3,6 +3,7 @@
 import { describe, expect, test } from 'vitest';
 import type { CDPSession, Page } from 'playwright-core';
 import net from 'node:net';
+import { randomBytes } from 'node:crypto';
 import { useDemo } from './demo-page';
 
 const demo = useDemo();
@@ -170,6 +171,101 @@ describe('client in a page', () => {
     expect(ended).toBe(true);
     expect(errors).toEqual([]);
     await close();
+  });
+
+  test('a long-poll answer that a slow link takes longer than the unanswered-poll watchdog to bring is read, not sent again and again', async () => {
+    const path = `slow-answer-${Date.now()}`;
+    await createJson(path, '[{"n":0}]');
+    const { page, cdp, errors, close } = await clientPage();
+    const url = `${demo.server().baseUrl}/v1/stream/${path}`;
+    // The reader gives a long-poll unanswered for 65 s up as a dead connection: here after 2 s,
+    // which the page's timers of exactly that length are shortened to.
+    await page.evaluate(() => {
+      const set = window.setTimeout;
+      window.setTimeout = ((f: () => void, ms?: number, ...rest: unknown[]) => set(f, ms === 65_000 ? 2_000 : ms, ...rest)) as typeof setTimeout;
+    });
+    await page.evaluate(() => (window as any).es.init());
+    // A slow link (100 KB/s down), from the reader's first request on.
+    await cdp.send('Network.enable');
+    await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 0, downloadThroughput: 100_000, uploadThroughput: -1 });
+    await page.evaluate((url) => {
+      const w = window as any;
+      w.got = [];
+      w.failures = [];
+      w.h = w.es.stream({ url, live: 'long-poll' });
+      w.h.subscribe((b: any) => w.got.push(...b.items.map((i: any) => i.n)), (e: any) => w.failures.push(String(e)));
+    }, url);
+    await expect.poll(() => page.evaluate(() => (window as any).got), { timeout: 15_000 }).toEqual([0]);
+    // 700 KB that does not compress, appended while the reader polls: each answer (the server
+    // sends up to about 512 KB in one) takes the link seconds, well past the watchdog.
+    const N = 700;
+    const items = Array.from({ length: N }, (_, i) => ({ n: i + 1, pad: randomBytes(750).toString('base64') }));
+    const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(items) });
+    expect(res.status).toBe(204);
+    await expect.poll(() => page.evaluate(() => (window as any).got.length), { timeout: 90_000 }).toBe(N + 1);
+    expect(await page.evaluate(() => (window as any).got)).toEqual(Array.from({ length: N + 1 }, (_, i) => i));
+    expect(await page.evaluate(() => (window as any).failures)).toEqual([]);
+    await page.evaluate(() => (window as any).h.cancel());
+    expect(errors).toEqual([]);
+    await close();
+  }, 120_000);
+
+  test('a read sent on a connection that never answers is given up after the watchdog and sent again', async () => {
+    // A TCP relay to the server that swallows the first catch-up read (`offset=-1`) sent through
+    // it: that connection stays open and says nothing, as one that died silently (a half-open
+    // socket after the network changed, a proxy that hangs) would.
+    const target = Number(new URL(demo.server().baseUrl).port);
+    let swallowed = 0;
+    const open = new Set<net.Socket>();
+    const relay = net.createServer((client) => {
+      const server = net.connect(target, '127.0.0.1');
+      for (const s of [client, server]) {
+        open.add(s);
+        s.on('close', () => open.delete(s));
+        s.on('error', () => {});
+      }
+      let dead = false;
+      client.on('data', (d) => {
+        if (!dead && swallowed === 0 && /^GET \/v1\/stream\/\S*[?&]offset=-1/.test(d.toString('latin1'))) {
+          dead = true;
+          swallowed++;
+        }
+        if (!dead) server.write(d);
+      });
+      server.on('data', (d) => {
+        if (!dead) client.write(d);
+      });
+      client.on('close', () => server.destroy());
+      // Nor does it close when the server closes its side.
+      server.on('close', () => dead || client.destroy());
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+    const origin = `http://127.0.0.1:${(relay.address() as net.AddressInfo).port}`;
+    try {
+      const path = `unanswered-${Date.now()}`;
+      await createJson(path, '[{"n":0}]');
+      const { page, errors, close } = await clientPage(origin);
+      // The reader's 65 s watchdog, here after 2 s: the page's timers of exactly that length are shortened.
+      await page.evaluate(() => {
+        const set = window.setTimeout;
+        window.setTimeout = ((f: () => void, ms?: number, ...rest: unknown[]) => set(f, ms === 65_000 ? 2_000 : ms, ...rest)) as typeof setTimeout;
+      });
+      await page.evaluate(() => (window as any).es.init());
+      await page.evaluate((url) => {
+        const w = window as any;
+        w.got = [];
+        w.h = w.es.stream({ url, live: 'sse' });
+        w.h.subscribe((b: any) => w.got.push(...b.items.map((i: any) => i.n)));
+      }, `${origin}/v1/stream/${path}`);
+      await expect.poll(() => swallowed, { timeout: 10_000 }).toBe(1);
+      await expect.poll(() => page.evaluate(() => (window as any).got), { timeout: 20_000 }).toEqual([0]);
+      expect(await page.evaluate(() => (window as any).h.mode)).toBe('sse');
+      expect(errors).toEqual([]);
+      await close();
+    } finally {
+      for (const s of open) s.destroy();
+      await new Promise((r) => relay.close(r));
+    }
   });
 
   test('an auto reader whose SSE connections the network breaks again and again, each within a second, stays on SSE and misses nothing', async () => {

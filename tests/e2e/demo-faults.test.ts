@@ -2,7 +2,8 @@
 // a chat message or a table row without the shape the demo needs is skipped, and later ones still
 // show; a room or tail whose stream was deleted, or whose stored offset the stream no longer has,
 // starts over; the status pill does not say "live" while the view's reader is failing; Insert is
-// not sent twice; a room name the demo refuses is refused with a reason; no console errors on load.
+// not sent twice; a room name the demo refuses is refused with a reason; no console errors on load;
+// a write made offline says so.
 import { describe, expect, test } from 'vitest';
 import type { BrowserContext, Page } from 'playwright-core';
 import { messages, openRoom, send, useDemo } from './demo-page';
@@ -444,6 +445,41 @@ describe('rooms', () => {
     expect(await state(a.page), seen.join()).toBe('reconnecting');
     await a.context.unroute('**/v1/stream/**');
     await expect.poll(() => state(a.page), { timeout: 15_000 }).toBe('live');
+    await a.context.close();
+  });
+});
+
+describe('offline', () => {
+  test('a write made while the browser is offline says so, in each view, keeps what was typed, and goes through once back online', async () => {
+    const a = await openPage();
+    const room = `off${Date.now()}`;
+    await openRoom(a.page, room);
+    await a.page.fill('#who', 'ada');
+    const tag = `offline-${Date.now()}`;
+    // Each view's form, its field, and where what it wrote shows.
+    const views = [
+      { tab: '#tab-rooms', field: '#message', submit: '#message-form button', shown: async () => (await messages(a.page)).filter((t) => t === tag).length },
+      { tab: '#tab-table', field: '#row-name', submit: '#row-form button', shown: () => a.page.locator(`#rows tr[data-name="${tag}"]`).count() },
+      { tab: '#tab-tail', field: '#line', submit: '#tail-form button', shown: async () => ((await a.page.locator('#tail').textContent()) ?? '').split('\n').filter((l) => l === tag).length },
+    ];
+    for (const view of views) {
+      await a.page.click(view.tab);
+      await expect.poll(() => state(a.page), { timeout: 10_000 }).toBe('live');
+      await a.context.setOffline(true);
+      await expect.poll(() => state(a.page)).toBe('offline');
+      const before = a.alerts.length;
+      await a.page.fill(view.field, tag);
+      await a.page.click(view.submit);
+      await expect.poll(() => a.alerts.length, { timeout: 15_000 }).toBe(before + 1);
+      // Said in words the user can act on, not fetch's "Failed to fetch".
+      expect(a.alerts[before], view.tab).toMatch(/offline/);
+      expect(await a.page.inputValue(view.field), view.tab).toBe(tag);
+      await a.context.setOffline(false);
+      await expect.poll(() => state(a.page), { timeout: 15_000 }).toBe('live');
+      await a.page.click(view.submit);
+      await expect.poll(view.shown, { timeout: 10_000 }).toBe(1);
+    }
+    expect(a.errors).toEqual([]);
     await a.context.close();
   });
 });

@@ -187,9 +187,18 @@ setInterval(showStatus, 500);
 addEventListener('online', showStatus);
 addEventListener('offline', showStatus);
 
+/**
+ * What to tell the user of a write that failed. A request that reached no server says so
+ * (fetch's own words are "Failed to fetch"), and whether the browser knows it is offline.
+ */
+function failure(err) {
+  if (!(err instanceof TypeError) && err?.code !== 'NETWORK_ERROR') return err?.message ?? String(err);
+  return navigator.onLine ? 'The server could not be reached: try again in a moment.' : 'This browser is offline: try again once it is back online.';
+}
+
 /** Tells the user of a write that failed (a button's click has no one else to tell). */
 function report(writing) {
-  writing.catch((err) => alert(err.message));
+  writing.catch((err) => alert(failure(err)));
 }
 
 /** The page's last append: the next one starts once it has settled. */
@@ -447,12 +456,12 @@ const rooms = {
       } catch (err) {
         if (this.current !== room) {
           // The page shows another room now: the text back in the box would be sent there.
-          alert(`Your message to #${room} was not sent (${err.message}): "${text}"`);
+          alert(`Your message to #${room} was not sent (${failure(err)}): "${text}"`);
           return;
         }
         unsent = { room, user, text, message };
         $('message').value = text;
-        alert(err.message);
+        alert(failure(err));
       }
     });
   },
@@ -616,7 +625,7 @@ const inventory = {
         if ($('row-name').value.trim() === name) $('row-name').value = '';
       } catch (err) {
         this.unsent = { name, qty, id, createdAt };
-        alert(err.message);
+        alert(failure(err));
       } finally {
         this.inserting = false;
         button.disabled = false;
@@ -706,7 +715,7 @@ const tail = {
       } catch (err) {
         if (this.producer === producer) this.producer = null;
         $('line').value = line;
-        alert(err.message);
+        alert(failure(err));
       }
     });
   },
