@@ -94,7 +94,7 @@ export async function printClientSize() {
 export async function buildClient() {
   await run(
     'cargo',
-    ['build', '--release', '--target', 'wasm32-unknown-unknown', '-p', 'edgestream-client', '--target-dir', targetDir],
+    ['build', '--release', '--target', 'wasm32-unknown-unknown', '-p', 'edgestream-client', '--no-default-features', '--target-dir', targetDir],
     { env: releaseEnv },
   );
   await rm(dist, { recursive: true, force: true });

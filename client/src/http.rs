@@ -2,6 +2,7 @@
 //! functions can refresh tokens), sent with `fetch`, retried with backoff when the failure is
 //! transient, and turned into a typed error when it is not.
 
+use alloc::{string::String, vec, vec::Vec};
 use edgestream::headers;
 use js_sys::{Array, Object};
 use wasm_bindgen::{JsCast, JsValue};

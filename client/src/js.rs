@@ -4,6 +4,7 @@
 //! same wasm runs in a page, a web worker and Node. The WebSocket and visibility helpers are small
 //! JS shims because their callbacks are easiest to turn into promises on the JS side.
 
+use alloc::{string::String, vec::Vec};
 use js_sys::{Function, Object, Promise, Reflect};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -270,9 +271,33 @@ pub fn u64_text(mut n: u64) -> String {
     digits[i..].iter().map(|&d| d as char).collect()
 }
 
+/// True when `n` is a whole number from 0 to `max` (at most 2^64): `n.fract() == 0.0` and the
+/// bounds, without `f64::fract`, which only std has.
+pub fn whole_up_to(n: f64, max: f64) -> bool {
+    n >= 0.0 && n <= max && n as u64 as f64 == n
+}
+
 #[cfg(test)]
 mod tests {
-    use super::u64_text;
+    use super::{u64_text, whole_up_to};
+
+    #[test]
+    fn whole_numbers() {
+        assert!(whole_up_to(0.0, 10.0));
+        assert!(whole_up_to(-0.0, 10.0));
+        assert!(whole_up_to(10.0, 10.0));
+        assert!(whole_up_to(
+            9_007_199_254_740_991.0,
+            9_007_199_254_740_991.0
+        ));
+        assert!(!whole_up_to(10.5, 20.0));
+        assert!(!whole_up_to(0.25, 20.0));
+        assert!(!whole_up_to(11.0, 10.0));
+        assert!(!whole_up_to(-1.0, 10.0));
+        assert!(!whole_up_to(f64::NAN, 10.0));
+        assert!(!whole_up_to(f64::INFINITY, f64::MAX));
+        assert!(!whole_up_to(f64::NEG_INFINITY, 10.0));
+    }
 
     #[test]
     fn decimal_text() {

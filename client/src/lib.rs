@@ -9,6 +9,17 @@
 //! - [`ops`]: create, head, append/close, delete, and option validation.
 //! - [`http`]: one request, its retries and its typed errors.
 //! - [`sse`], [`batch`], [`offset`], [`backoff`]: the pieces they share.
+//!
+//! The crate is `no_std` with `alloc`; the `std` feature (on by default) links std back in. The
+//! npm package's release build turns it off: a panic then traps at once through the handler
+//! below, which is what std's handler ends in too under `panic = "abort"`, minus the message
+//! formatting (`core::fmt`) and payload machinery it would carry into the wasm for nobody to read.
+
+#![no_std]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
 
 pub mod backoff;
 pub mod batch;
@@ -26,9 +37,15 @@ use wasm_bindgen::prelude::*;
 #[global_allocator]
 static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 
+#[cfg(all(target_family = "wasm", not(feature = "std")))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    core::arch::wasm32::unreachable()
+}
+
 /// Runs when the module is instantiated: readable panic messages in debug builds only.
 #[wasm_bindgen(start)]
 pub fn start() {
-    #[cfg(debug_assertions)]
+    #[cfg(all(debug_assertions, feature = "std"))]
     console_error_panic_hook::set_once();
 }

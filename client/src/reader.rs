@@ -5,9 +5,10 @@
 //! (`Stream-Next-Offset`, or a control event), so a dropped connection never produces a gap or
 //! a duplicate: data that arrived without its control event is dropped and read again.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::rc::Rc;
+use alloc::collections::VecDeque;
+use alloc::rc::Rc;
+use alloc::{string::String, vec, vec::Vec};
+use core::cell::RefCell;
 
 use edgestream::headers::{self, ContentType};
 use edgestream::sse::Control;
@@ -98,7 +99,7 @@ struct SseConn {
     delivered: bool,
     /// Events parsed and not yet taken: one batch is taken at a time, so the reader's
     /// position is never past what the application has.
-    pending: std::vec::IntoIter<Event>,
+    pending: alloc::vec::IntoIter<Event>,
 }
 
 struct WsConn {
@@ -1092,7 +1093,7 @@ fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsV
         Some("text") => {
             let text = js::get_string(frame, "data").unwrap_or_default();
             let message = ServerMessage::parse(&text).map_err(|e| {
-                batch::parse_error(&error::msg(&["WebSocket message: ", &e.to_string()]))
+                batch::parse_error(&error::msg(&["WebSocket message: ", e.message()]))
             })?;
             let control = match message {
                 ServerMessage::Data { items, control } => {
