@@ -104,7 +104,7 @@ export async function buildClient() {
   const wasm = path.join(dist, 'edgestream_client_bg.wasm');
   const optimised = path.join(dist, 'edgestream_client_bg.opt.wasm');
   // --converge repeats the passes while they still shrink the module (about 120 bytes gzip).
-  await run(bin('wasm-opt'), ['-Oz', '--converge', ...WASM_FEATURES, '--strip-debug', '--strip-producers', wasm, '-o', optimised]);
+  await run(bin('wasm-opt'), ['-Oz', '--converge', ...WASM_FEATURES, '--strip-debug', '--strip-producers', '--strip-target-features', wasm, '-o', optimised]);
   await shortenNames(optimised, wasm, path.join(dist, 'edgestream_client.js'));
   await rm(optimised);
   await printClientSize();
