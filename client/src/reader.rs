@@ -278,47 +278,60 @@ impl Reader {
         s.finish();
     }
 
-    #[wasm_bindgen(getter)]
+    /// What JS reads of the reader, in one call (one export and one glue function instead of
+    /// a getter each, which cost the package about half a kilobyte): `offset`, `cursor`,
+    /// `upToDate`, `closed`, `status`, `retrying`, `incarnation`, `contentType`, `mode`,
+    /// `headersSent` and `paramsSent`, as the methods below give them.
+    pub fn state(&self) -> Object {
+        let o = Object::new();
+        js::set(&o, "offset", self.offset());
+        js::set(&o, "cursor", self.cursor());
+        js::set(&o, "upToDate", self.up_to_date());
+        js::set(&o, "closed", self.closed());
+        js::set(&o, "status", self.status());
+        js::set(&o, "retrying", self.retrying());
+        js::set(&o, "incarnation", self.incarnation());
+        js::set(&o, "contentType", self.content_type());
+        js::set(&o, "mode", self.mode());
+        js::set(&o, "headersSent", self.headers_sent());
+        js::set(&o, "paramsSent", self.params_sent());
+        o
+    }
+}
+
+/// The reader's state, for [`Reader::state`] and the browser tests.
+impl Reader {
     pub fn offset(&self) -> String {
         self.inner.borrow().pos.offset.clone()
     }
-    #[wasm_bindgen(getter)]
     pub fn cursor(&self) -> Option<String> {
         self.inner.borrow().pos.cursor.clone()
     }
-    #[wasm_bindgen(getter, js_name = upToDate)]
     pub fn up_to_date(&self) -> bool {
         self.inner.borrow().pos.up_to_date
     }
-    #[wasm_bindgen(getter)]
     pub fn closed(&self) -> bool {
         self.inner.borrow().pos.closed
     }
-    #[wasm_bindgen(getter)]
     pub fn done(&self) -> bool {
         self.inner.borrow().done
     }
     /// The HTTP status of the last response.
-    #[wasm_bindgen(getter)]
     pub fn status(&self) -> u16 {
         self.inner.borrow().status
     }
     /// A request or connection failed, and the reader waits to try again.
-    #[wasm_bindgen(getter)]
     pub fn retrying(&self) -> bool {
         self.inner.borrow().retrying
     }
     /// The stream's incarnation (`Stream-Incarnation`), once a response named it.
-    #[wasm_bindgen(getter)]
     pub fn incarnation(&self) -> Option<String> {
         self.inner.borrow().incarnation.clone()
     }
-    #[wasm_bindgen(getter, js_name = contentType)]
     pub fn content_type(&self) -> Option<String> {
         self.inner.borrow().content_type.clone()
     }
     /// The live transport in use: `catch-up`, `sse`, `long-poll` or `ws`.
-    #[wasm_bindgen(getter)]
     pub fn mode(&self) -> String {
         String::from(match self.inner.borrow().phase {
             Phase::CatchUp => "catch-up",
@@ -328,12 +341,10 @@ impl Reader {
         })
     }
     /// The caller's dynamic headers as sent on the last request (`{ name: value }`).
-    #[wasm_bindgen(getter, js_name = headersSent)]
     pub fn headers_sent(&self) -> Object {
         pairs_to_object(&self.inner.borrow().headers_sent)
     }
     /// The caller's dynamic query parameters as sent on the last request.
-    #[wasm_bindgen(getter, js_name = paramsSent)]
     pub fn params_sent(&self) -> Object {
         pairs_to_object(&self.inner.borrow().params_sent)
     }

@@ -227,51 +227,50 @@ export class StreamHandle {
 
   /** Where the next read starts (pass it as `offset` to resume later). */
   get offset() {
-    return this.#reader ? this.#reader.offset : (this.#options.offset ?? '-1');
+    return this.#reader ? this.#reader.state().offset : (this.#options.offset ?? '-1');
   }
   /** The reader has everything the stream held at its last response. */
   get upToDate() {
-    return this.#reader ? this.#reader.upToDate : false;
+    return this.#reader ? this.#reader.state().upToDate : false;
   }
   /** The stream is closed and the reader has reached its end. */
   get closed() {
-    return this.#reader ? this.#reader.closed : false;
+    return this.#reader ? this.#reader.state().closed : false;
   }
   /** The last cursor the server sent (echoed on live requests for CDN collapsing). */
   get cursor() {
-    return this.#reader?.cursor ?? undefined;
+    return this.#reader?.state().cursor ?? undefined;
   }
   /** The HTTP status of the last response. */
   get status() {
-    return this.#reader ? this.#reader.status : 0;
+    return this.#reader ? this.#reader.state().status : 0;
   }
   /**
    * A request or connection failed and the reader waits to try again (live readers retry
    * without limit): true from the failure until the next response or connection.
    */
   get retrying() {
-    return this.#reader ? this.#reader.retrying : this.#loadRetrying;
+    return this.#reader ? this.#reader.state().retrying : this.#loadRetrying;
   }
   /**
    * The stream's incarnation (`Stream-Incarnation`), once a response named it: save it with the
    * offset and pass both back, and a stream deleted and created again fails with STREAM_REPLACED.
    */
   get incarnation() {
-    return this.#reader ? this.#reader.incarnation : this.#options.incarnation;
+    return this.#reader ? this.#reader.state().incarnation : this.#options.incarnation;
   }
   /** The stream's content type, once known. */
   get contentType() {
-    return this.#reader?.contentType ?? undefined;
+    return this.#reader?.state().contentType ?? undefined;
   }
   /** The transport in use: `catch-up`, `sse`, `long-poll` or `ws`. */
   get mode() {
-    return this.#reader ? this.#reader.mode : 'catch-up';
+    return this.#reader ? this.#reader.state().mode : 'catch-up';
   }
   /** The dynamic headers and params sent with the last request (for diagnostics). */
   get lastRequest() {
-    return this.#reader
-      ? { headers: this.#reader.headersSent, params: this.#reader.paramsSent }
-      : { headers: {}, params: {} };
+    const state = this.#reader?.state();
+    return state ? { headers: state.headersSent, params: state.paramsSent } : { headers: {}, params: {} };
   }
   /** Settles when iteration ends: resolves when closed or cancelled, rejects on failure. */
   get finished() {
