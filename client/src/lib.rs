@@ -31,8 +31,6 @@ pub mod ops;
 pub mod reader;
 pub mod sse;
 
-use wasm_bindgen::prelude::*;
-
 #[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
 #[global_allocator]
 static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
@@ -43,9 +41,11 @@ fn panic(_: &core::panic::PanicInfo) -> ! {
     core::arch::wasm32::unreachable()
 }
 
-/// Runs when the module is instantiated: readable panic messages in debug builds only.
-#[wasm_bindgen(start)]
+/// Runs when the module is instantiated: readable panic messages in debug builds. Other
+/// builds have no start function at all (an empty one still costs an export, a glue function
+/// and a call at instantiation).
+#[cfg(all(debug_assertions, feature = "std"))]
+#[wasm_bindgen::prelude::wasm_bindgen(start)]
 pub fn start() {
-    #[cfg(all(debug_assertions, feature = "std"))]
     console_error_panic_hook::set_once();
 }
