@@ -100,7 +100,7 @@ export async function buildClient() {
   await rm(dist, { recursive: true, force: true });
   await mkdir(dist, { recursive: true });
   const raw = path.join(targetDir, 'wasm32-unknown-unknown', 'release', 'edgestream_client.wasm');
-  await run('wasm-bindgen', ['--target', 'web', '--out-dir', dist, '--out-name', 'edgestream_client', '--no-typescript', raw]);
+  await run('wasm-bindgen', ['--target', 'web', '--out-dir', dist, '--out-name', 'edgestream_client', '--no-typescript', '--omit-default-module-path', raw]);
   const wasm = path.join(dist, 'edgestream_client_bg.wasm');
   const optimised = path.join(dist, 'edgestream_client_bg.opt.wasm');
   // --converge repeats the passes while they still shrink the module (about 120 bytes gzip).
