@@ -330,7 +330,8 @@ export declare class DurableStream {
    * resolves once everything written is acknowledged, and leaves the stream open; `abort(reason)`
    * cancels the producer (what was not acknowledged may or may not land). The producer's failure
    * (a refusal, its `signal`) errors the WritableStream with its error, and so does a chunk the
-   * stream cannot take (INVALID_ARGUMENT), which cancels the producer.
+   * stream cannot take (INVALID_ARGUMENT): that write and every later one reject, and the chunks
+   * written before it are still sent (the producer is detached: flushed, then stopped).
    */
   writable(options?: WriteStreamOptions): WritableStream<unknown>;
   /**

@@ -809,7 +809,8 @@ export class DurableStream {
    * (`producerId`, random when not given, and the producer's options). A write resolves once the
    * chunk is queued and no batch waits for a request (backpressure); `close()` resolves once
    * everything written is acknowledged (the stream stays open); `abort(reason)` cancels the
-   * producer. A failure of the producer errors the stream.
+   * producer. A chunk the stream cannot take errors the stream there (the chunks written before
+   * it are still sent), and so does a failure of the producer.
    */
   writable(options = {}) {
     let controller;
@@ -825,9 +826,11 @@ export class DurableStream {
         try {
           producer.append(chunk);
         } catch (e) {
-          // The stream errors with `e` (not the ABORTED that the cancel reports to onError).
+          // The stream errors here, with `e`; the writes before this one resolved, so what they
+          // queued is still sent: the producer is detached (flushed, then stopped), not cancelled.
+          // A failure of that flush reaches onError.
           controller.error(e);
-          producer.cancel(e);
+          producer.detach().catch(() => {});
           throw e;
         }
         return producer[ROOM]();
