@@ -11,6 +11,14 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
 #[wasm_bindgen(inline_js = r#"
+// A header or param map's [name, value] pairs: an iterable's (Headers, Map, URLSearchParams, an
+// array of pairs as fetch takes), else the object's own entries; null if they are not all pairs.
+export function es_pairs(map) {
+  let iterable = false;
+  try { iterable = typeof map[Symbol.iterator] === 'function'; } catch {}
+  const pairs = iterable ? Array.from(map) : Object.entries(map);
+  return pairs.every((p) => Array.isArray(p) && p.length === 2) ? pairs : null;
+}
 export function es_fetch(url, init, ms) {
   // A page's HTTP cache keeps catch-up pages for a minute, and a stream deleted and created
   // again reuses their offsets: revalidate each read (a 304 when unchanged) instead. Only where
@@ -132,6 +140,9 @@ extern "C" {
     /// within `ms` (0: no limit).
     #[wasm_bindgen(catch)]
     pub fn es_fetch(url: &str, init: &Object, ms: f64) -> Result<Promise, JsValue>;
+    /// The `[name, value]` pairs of a header or param map (an object), or `None` when it is an
+    /// iterable that gives anything else.
+    pub fn es_pairs(map: &JsValue) -> Option<js_sys::Array>;
     /// Marks a promise we do not await as handled (its rejection after a cancel is expected).
     pub fn es_quiet(promise: &Promise);
     pub fn es_release(response: &web_sys::Response, limit: u32);
