@@ -6,8 +6,16 @@ type Scalar = string | number | boolean;
  * every request (token refresh). `undefined` or `null` leaves the header or param out.
  */
 export type DynamicValue = Scalar | null | undefined | (() => Scalar | null | undefined | Promise<Scalar | null | undefined>);
-type PlainMap = Headers | URLSearchParams | ReadonlyMap<string, DynamicValue> | Record<string, DynamicValue>;
-/** Header or query parameter map (an object, `Headers`, `Map` or `URLSearchParams`); the whole map may also be an (async) function. */
+type PlainMap =
+  | Headers
+  | URLSearchParams
+  | ReadonlyMap<string, DynamicValue>
+  | Record<string, DynamicValue>
+  | ReadonlyArray<readonly [string, DynamicValue]>;
+/**
+ * Header or query parameter map (an object, `Headers`, `Map`, `URLSearchParams`, or an array of
+ * `[name, value]` pairs, as `fetch` takes headers); the whole map may also be an (async) function.
+ */
 export type DynamicMap = PlainMap | (() => PlainMap | null | undefined | Promise<PlainMap | null | undefined>);
 
 /**
@@ -332,7 +340,8 @@ export declare class DurableStream {
    * resolves once everything written is acknowledged, and leaves the stream open; `abort(reason)`
    * cancels the producer (what was not acknowledged may or may not land). The producer's failure
    * (a refusal, its `signal`) errors the WritableStream with its error, and so does a chunk the
-   * stream cannot take (INVALID_ARGUMENT), which cancels the producer.
+   * stream cannot take (INVALID_ARGUMENT): that write and every later one reject, and the chunks
+   * written before it are still sent (the producer is detached: flushed, then stopped).
    */
   writable(options?: WriteStreamOptions): WritableStream<unknown>;
   /**

@@ -221,12 +221,19 @@ pub enum ControlError {
     MissingOffset,
 }
 
-impl core::fmt::Display for ControlError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
+impl ControlError {
+    /// What went wrong, as the Display text (without `core::fmt`, for the wasm client).
+    pub fn message(self) -> &'static str {
+        match self {
             ControlError::Syntax => "control event is not a valid JSON object",
             ControlError::MissingOffset => "control event has no streamNextOffset",
-        })
+        }
+    }
+}
+
+impl core::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.message())
     }
 }
 

@@ -61,7 +61,7 @@ impl RetryPolicy {
         let max_retries = match max_retries {
             None => d.max_retries,
             Some(f64::INFINITY) => RetryPolicy::FOREVER,
-            Some(n) if n >= 0.0 && n.fract() == 0.0 && n <= f64::from(u32::MAX) => n as u32,
+            Some(n) if js::whole_up_to(n, f64::from(u32::MAX)) => n as u32,
             Some(_) => return Err(RetryOptionError::MaxRetries),
         };
         let initial = match initial_delay_ms {
@@ -115,9 +115,7 @@ impl RetryPolicy {
     /// jitter" (half fixed, half random) so that many clients dropped at once do not return in
     /// step. `random` is in [0, 1). A server's `Retry-After` wins when it asks for longer.
     pub fn delay_ms(&self, attempt: u32, random: f64, retry_after_ms: Option<f64>) -> f64 {
-        let exp = self
-            .multiplier
-            .powi(attempt.saturating_sub(1).min(64) as i32);
+        let exp = powi(self.multiplier, attempt.saturating_sub(1).min(64));
         let base = (self.initial_delay_ms * exp).min(self.max_delay_ms);
         let jittered = base / 2.0 + base / 2.0 * random.clamp(0.0, 1.0);
         // The server's wish (Retry-After, or SSE's `retry:`) is capped as a header is.
@@ -125,6 +123,22 @@ impl RetryPolicy {
             Some(ra) if ra > jittered => ra,
             _ => jittered,
         }
+    }
+}
+
+/// `x.powi(n)` without std: the same repeated squaring as compiler-builtins' `__powidf2`, which
+/// `f64::powi` calls on wasm, so the same result to the bit.
+fn powi(mut x: f64, mut n: u32) -> f64 {
+    let mut r = 1.0;
+    loop {
+        if n & 1 != 0 {
+            r *= x;
+        }
+        n /= 2;
+        if n == 0 {
+            return r;
+        }
+        x *= x;
     }
 }
 
@@ -155,6 +169,15 @@ pub fn retry_after_ms(value: &str, now_ms: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn powi_is_std_powi() {
+        for x in [0.5, 1.0, 1.5, 2.0, 3.7, 10.0, 1e10] {
+            for n in 0..=64u32 {
+                assert_eq!(powi(x, n).to_bits(), x.powi(n as i32).to_bits(), "{x}^{n}");
+            }
+        }
+    }
 
     #[test]
     fn defaults_and_validation() {

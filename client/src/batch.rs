@@ -1,6 +1,7 @@
 //! A batch as the reader hands it out: the data of one response, SSE control event or WebSocket
 //! control frame, and where the stream stands after it.
 
+use alloc::{string::String, vec::Vec};
 use js_sys::{Array, Object, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsValue;

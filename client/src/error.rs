@@ -4,6 +4,7 @@
 //! The JS layer turns codes into classes (`StaleEpochError`, `SequenceGapError`,
 //! `StreamClosedError`...) so `instanceof` works; the codes are the contract between the two.
 
+use alloc::string::String;
 use js_sys::Object;
 use wasm_bindgen::JsValue;
 

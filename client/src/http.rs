@@ -2,6 +2,7 @@
 //! functions can refresh tokens), sent with `fetch`, retried with backoff when the failure is
 //! transient, and turned into a typed error when it is not.
 
+use alloc::{string::String, vec, vec::Vec};
 use edgestream::headers;
 use js_sys::{Array, Object};
 use wasm_bindgen::{JsCast, JsValue};
@@ -47,14 +48,13 @@ pub async fn resolve_map(source: &JsValue, what: &str) -> Result<Vec<(String, St
         )));
     }
     // `Headers`, a `Map` or `URLSearchParams` (whose own properties are not its entries, so
-    // `Object.entries` would silently drop them all): its `[name, value]` pairs. An array is not
-    // taken for a list of pairs: its elements are refused as values, naming their index.
-    let iterable =
-        js_sys::Reflect::get(&value, &js_sys::Symbol::iterator()).is_ok_and(|f| f.is_function());
-    let pairs = if iterable && !Array::is_array(&value) {
-        Array::from(&value)
-    } else {
-        Object::entries(value.unchecked_ref())
+    // `Object.entries` would silently drop them all), or an array of `[name, value]` pairs (as
+    // `fetch` takes headers): its pairs. Anything else iterable must give pairs too.
+    let Some(pairs) = js::es_pairs(&value) else {
+        return Err(Failure::Fatal(error::invalid(&error::msg(&[
+            what,
+            " given as an array (or another iterable) must hold [name, value] pairs",
+        ]))));
     };
     for pair in pairs.iter() {
         let pair: Array = pair.unchecked_into();

@@ -4,12 +4,21 @@
 //! same wasm runs in a page, a web worker and Node. The WebSocket and visibility helpers are small
 //! JS shims because their callbacks are easiest to turn into promises on the JS side.
 
+use alloc::{string::String, vec::Vec};
 use js_sys::{Function, Object, Promise, Reflect};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
 #[wasm_bindgen(inline_js = r#"
+// A header or param map's [name, value] pairs: an iterable's (Headers, Map, URLSearchParams, an
+// array of pairs as fetch takes), else the object's own entries; null if they are not all pairs.
+export function es_pairs(map) {
+  let iterable = false;
+  try { iterable = typeof map[Symbol.iterator] === 'function'; } catch {}
+  const pairs = iterable ? Array.from(map) : Object.entries(map);
+  return pairs.every((p) => Array.isArray(p) && p.length === 2) ? pairs : null;
+}
 export function es_fetch(url, init, ms) {
   // A page's HTTP cache keeps catch-up pages for a minute, and a stream deleted and created
   // again reuses their offsets: revalidate each read (a 304 when unchanged) instead. Only where
@@ -136,6 +145,9 @@ extern "C" {
     /// within `ms` (0: no limit).
     #[wasm_bindgen(catch)]
     pub fn es_fetch(url: &str, init: &Object, ms: f64) -> Result<Promise, JsValue>;
+    /// The `[name, value]` pairs of a header or param map (an object), or `None` when it is an
+    /// iterable that gives anything else.
+    pub fn es_pairs(map: &JsValue) -> Option<js_sys::Array>;
     /// Marks a promise we do not await as handled (its rejection after a cancel is expected).
     pub fn es_quiet(promise: &Promise);
     pub fn es_release(response: &web_sys::Response, limit: u32);
@@ -278,9 +290,33 @@ pub fn u64_text(mut n: u64) -> String {
     digits[i..].iter().map(|&d| d as char).collect()
 }
 
+/// True when `n` is a whole number from 0 to `max` (at most 2^64): `n.fract() == 0.0` and the
+/// bounds, without `f64::fract`, which only std has.
+pub fn whole_up_to(n: f64, max: f64) -> bool {
+    n >= 0.0 && n <= max && n as u64 as f64 == n
+}
+
 #[cfg(test)]
 mod tests {
-    use super::u64_text;
+    use super::{u64_text, whole_up_to};
+
+    #[test]
+    fn whole_numbers() {
+        assert!(whole_up_to(0.0, 10.0));
+        assert!(whole_up_to(-0.0, 10.0));
+        assert!(whole_up_to(10.0, 10.0));
+        assert!(whole_up_to(
+            9_007_199_254_740_991.0,
+            9_007_199_254_740_991.0
+        ));
+        assert!(!whole_up_to(10.5, 20.0));
+        assert!(!whole_up_to(0.25, 20.0));
+        assert!(!whole_up_to(11.0, 10.0));
+        assert!(!whole_up_to(-1.0, 10.0));
+        assert!(!whole_up_to(f64::NAN, 10.0));
+        assert!(!whole_up_to(f64::INFINITY, f64::MAX));
+        assert!(!whole_up_to(f64::NEG_INFINITY, 10.0));
+    }
 
     #[test]
     fn decimal_text() {

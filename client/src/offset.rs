@@ -5,6 +5,7 @@
 //! format is `Unrecognised` by the core but still a valid offset for that server, so the client
 //! accepts it and lets the server decide.
 
+use alloc::string::String;
 use edgestream::offset::OffsetError;
 use edgestream::ReadFrom;
 

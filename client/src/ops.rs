@@ -1,6 +1,7 @@
 //! Single operations on a stream: create (PUT), head (HEAD), append and close (POST), delete.
 //! Each resolves to a plain object with what the response said, or rejects with a typed error.
 
+use alloc::{string::String, vec::Vec};
 use edgestream::channel::STREAM_CHANNEL;
 use edgestream::headers;
 use edgestream::offset::OffsetError;
@@ -156,7 +157,7 @@ pub fn create_stream(options: JsValue) -> Promise {
             hdrs.push((headers::CONTENT_TYPE, ct));
         }
         if let Some(ttl) = js::opt(&options, "ttlSeconds", "number")?.and_then(|v| v.as_f64()) {
-            if !(ttl >= 0.0 && ttl.fract() == 0.0 && ttl <= headers::MAX_TTL_SECONDS as f64) {
+            if !js::whole_up_to(ttl, headers::MAX_TTL_SECONDS as f64) {
                 return Err(error::invalid(
                     "ttlSeconds must be a whole number of seconds >= 0",
                 ));
@@ -263,9 +264,7 @@ struct ProducerTuple {
 
 fn safe_integer(value: &JsValue, what: &str) -> Result<u64, JsValue> {
     match value.as_f64() {
-        Some(n) if n >= 0.0 && n.fract() == 0.0 && n <= headers::MAX_SAFE_INTEGER as f64 => {
-            Ok(n as u64)
-        }
+        Some(n) if js::whole_up_to(n, headers::MAX_SAFE_INTEGER as f64) => Ok(n as u64),
         _ => Err(error::invalid(&error::msg(&[
             what,
             " must be an integer from 0 to 2^53-1",

@@ -3,6 +3,7 @@
 //! unknown event types are skipped (servers may add some); a malformed control event is an
 //! error, because the reader could not know where to resume.
 
+use alloc::{string::String, vec::Vec};
 use edgestream::sse::{self, Control, SseDecoder};
 use edgestream::ws::ServerMessage;
 use edgestream::SseEncoding;
@@ -108,6 +109,7 @@ pub fn encoding_of(header: Option<&str>) -> SseEncoding {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec;
 
     fn batches(reader: &mut SseReader, input: &[u8]) -> Vec<(Vec<Vec<u8>>, Control)> {
         let mut out = Vec::new();

@@ -228,51 +228,50 @@ export class StreamHandle {
 
   /** Where the next read starts (pass it as `offset` to resume later). */
   get offset() {
-    return this.#reader ? this.#reader.offset : (this.#options.offset ?? '-1');
+    return this.#reader ? this.#reader.state().offset : (this.#options.offset ?? '-1');
   }
   /** The reader has everything the stream held at its last response. */
   get upToDate() {
-    return this.#reader ? this.#reader.upToDate : false;
+    return this.#reader ? this.#reader.state().upToDate : false;
   }
   /** The stream is closed and the reader has reached its end. */
   get closed() {
-    return this.#reader ? this.#reader.closed : false;
+    return this.#reader ? this.#reader.state().closed : false;
   }
   /** The last cursor the server sent (echoed on live requests for CDN collapsing). */
   get cursor() {
-    return this.#reader?.cursor ?? undefined;
+    return this.#reader?.state().cursor ?? undefined;
   }
   /** The HTTP status of the last response. */
   get status() {
-    return this.#reader ? this.#reader.status : 0;
+    return this.#reader ? this.#reader.state().status : 0;
   }
   /**
    * A request or connection failed and the reader waits to try again (live readers retry
    * without limit): true from the failure until the next response or connection.
    */
   get retrying() {
-    return this.#reader ? this.#reader.retrying : this.#loadRetrying;
+    return this.#reader ? this.#reader.state().retrying : this.#loadRetrying;
   }
   /**
    * The stream's incarnation (`Stream-Incarnation`), once a response named it: save it with the
    * offset and pass both back, and a stream deleted and created again fails with STREAM_REPLACED.
    */
   get incarnation() {
-    return this.#reader ? this.#reader.incarnation : this.#options.incarnation;
+    return this.#reader ? this.#reader.state().incarnation : this.#options.incarnation;
   }
   /** The stream's content type, once known. */
   get contentType() {
-    return this.#reader?.contentType ?? undefined;
+    return this.#reader?.state().contentType ?? undefined;
   }
   /** The transport in use: `catch-up`, `sse`, `long-poll` or `ws`. */
   get mode() {
-    return this.#reader ? this.#reader.mode : 'catch-up';
+    return this.#reader ? this.#reader.state().mode : 'catch-up';
   }
   /** The dynamic headers and params sent with the last request (for diagnostics). */
   get lastRequest() {
-    return this.#reader
-      ? { headers: this.#reader.headersSent, params: this.#reader.paramsSent }
-      : { headers: {}, params: {} };
+    const state = this.#reader?.state();
+    return state ? { headers: state.headersSent, params: state.paramsSent } : { headers: {}, params: {} };
   }
   /** Settles when iteration ends: resolves when closed or cancelled, rejects on failure. */
   get finished() {
@@ -811,7 +810,8 @@ export class DurableStream {
    * (`producerId`, random when not given, and the producer's options). A write resolves once the
    * chunk is queued and no batch waits for a request (backpressure); `close()` resolves once
    * everything written is acknowledged (the stream stays open); `abort(reason)` cancels the
-   * producer. A failure of the producer errors the stream.
+   * producer. A chunk the stream cannot take errors the stream there (the chunks written before
+   * it are still sent), and so does a failure of the producer.
    */
   writable(options = {}) {
     let controller;
@@ -827,9 +827,11 @@ export class DurableStream {
         try {
           producer.append(chunk);
         } catch (e) {
-          // The stream errors with `e` (not the ABORTED that the cancel reports to onError).
+          // The stream errors here, with `e`; the writes before this one resolved, so what they
+          // queued is still sent: the producer is detached (flushed, then stopped), not cancelled.
+          // A failure of that flush reaches onError.
           controller.error(e);
-          producer.cancel(e);
+          producer.detach().catch(() => {});
           throw e;
         }
         return producer[ROOM]();

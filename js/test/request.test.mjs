@@ -187,6 +187,29 @@ test('headers and params given as a Map or URLSearchParams are sent, not silentl
   });
 });
 
+test('headers and params given as an array of [name, value] pairs (as fetch takes them) are sent; an array of anything else is INVALID_ARGUMENT saying so', async () => {
+  await withServer(page, async (url, seen) => {
+    const h = stream({ url, live: false, headers: [['authorization', 'Bearer t'], ['x-n', () => 2]], params: [['token', 'abc'], ['offset', '99']] });
+    assert.deepEqual(await h.items(), [1]);
+    assert.equal(seen[0].headers.authorization, 'Bearer t');
+    assert.equal(seen[0].headers['x-n'], '2');
+    assert.deepEqual([...seen[0].url.searchParams], [['offset', '-1'], ['token', 'abc']]);
+    assert.deepEqual(h.lastRequest, { headers: { authorization: 'Bearer t', 'x-n': '2' }, params: { token: 'abc' } });
+    // A flat list, a pair without its value, three elements, a Set of names: nothing is sent.
+    for (const headers of [['authorization', 'Bearer t'], [['a', 'b'], ['authorization']], [['a', 'b', 'c']], new Set(['a'])]) {
+      await assert.rejects(
+        stream({ url, live: false, headers }).items(),
+        (e) => e.code === 'INVALID_ARGUMENT' && e.message === 'headers given as an array (or another iterable) must hold [name, value] pairs',
+      );
+    }
+    await assert.rejects(
+      stream({ url, live: false, params: () => [['token']] }).items(),
+      (e) => e.code === 'INVALID_ARGUMENT' && e.message === 'params given as an array (or another iterable) must hold [name, value] pairs',
+    );
+    assert.equal(seen.length, 1);
+  });
+});
+
 test('a producer id that cannot be sent as a header as it is is INVALID_ARGUMENT at construction, not a failed first flush', async () => {
   const { IdempotentProducer } = await import('../src/node.js');
   await withServer(page, async (url, seen) => {

@@ -253,6 +253,28 @@ test('writable(): a value the stream refuses fails the write with INVALID_ARGUME
   await assert.rejects(w.closed, (e) => e.code === 'INVALID_ARGUMENT');
 });
 
+test('writable(): a chunk the stream refuses errors it there, and the chunks written before it are still appended', async () => {
+  const ds = await newStream();
+  const w = ds.writable({ lingerMs: 60_000 }).getWriter();
+  await w.write('a');
+  await w.write('b');
+  await assert.rejects(w.write({ not: 'bytes' }), (e) => e.code === 'INVALID_ARGUMENT');
+  await assert.rejects(w.write('c'), (e) => e.code === 'INVALID_ARGUMENT');
+  await assert.rejects(w.closed, (e) => e.code === 'INVALID_ARGUMENT');
+  // The writes that resolved land although the stream was never closed: a live reader sees them.
+  const reader = stream({ url: ds.url, live: 'long-poll' });
+  let text = '';
+  const seen = (async () => {
+    for await (const t of reader.textStream()) if ((text += t).length >= 2) return text;
+  })();
+  try {
+    assert.equal(await within(seen, 10_000, 'the chunks written before the refused one'), 'ab');
+  } finally {
+    reader.cancel();
+  }
+  assert.equal(await readText(ds), 'ab');
+});
+
 test('writable(): a server error mid-way errors the stream with it, and the pipe cancels its source', async () => {
   const ds = await newStream();
   const { source, cancelled } = closedMidway(ds);

@@ -17,8 +17,12 @@ stream({ url, headers: new Map([['authorization', () => 'Bearer x']]), params: n
 stream({ url, headers: new Map([['a', { b: 1 }]]) });
 // @ts-expect-error a header value is text, not an object
 stream({ url, headers: { a: { b: 1 } } });
-// @ts-expect-error nor an array of pairs
-stream({ url, params: [['a', 'b']] });
+// An array of [name, value] pairs, as fetch takes headers.
+stream({ url, headers: [['authorization', () => 'Bearer x']], params: [['a', 'b']] });
+// @ts-expect-error an array of pairs, not a flat list
+stream({ url, headers: ['authorization', 'Bearer x'] });
+// @ts-expect-error a pair's value is a header value too
+stream({ url, headers: [['a', { b: 1 }]] });
 
 // init(): URL, Response, bytes or a compiled Module.
 declare const bytes: Uint8Array;
