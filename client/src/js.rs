@@ -130,7 +130,8 @@ export function es_ws_open(url, protocols, ping, pong, quietMs) {
     if (e.data === pong) return;
     push(typeof e.data === 'string' ? { kind: 'text', data: e.data } : { kind: 'binary', data: new Uint8Array(e.data) });
   };
-  socket.onerror = () => push({ kind: 'error' });
+  // Node's WebSocket fires no close event after a refused handshake: the beat ends here too.
+  socket.onerror = () => { end(); push({ kind: 'error' }); };
   socket.onclose = (e) => { end(); push({ kind: 'close', code: e.code, reason: e.reason }); };
   return {
     get protocol() { return socket.protocol; },

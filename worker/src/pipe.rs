@@ -211,8 +211,16 @@ impl BodyWriter {
         };
         // Handed over as a plain JS function: freed once the promise is collected. (A
         // `forget`-ed `Closure` would keep its slot in wasm-bindgen's table, and with it the
-        // function and everything the callback holds, for the life of the isolate.)
-        let on_rejected = Closure::once_into_js(move |_: JsValue| gone());
+        // function and everything the callback holds, for the life of the isolate; so would
+        // `Closure::once_into_js` until it is called, which it never is when the body ends
+        // normally or the request is cancelled: two closures and ~500 bytes per response.)
+        let mut gone = Some(gone);
+        let on_rejected = Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
+            if let Some(gone) = gone.take() {
+                gone();
+            }
+        })
+        .into_js_value();
         IGNORE.with(|ignore| {
             let _ = closed
                 .unchecked_ref::<Thenable>()
