@@ -1,0 +1,116 @@
+// The npm package inside a Cloudflare Worker: tests/in-worker/worker.js imports `edgestream` as a
+// user's Worker would (wrangler bundles it with its esbuild, `workerd` conditions) and uses it
+// against edgestream's own server: wasm load, reads, live follows, appends, a producer whose
+// lingering batch is sent under ctx.waitUntil, tables, and a Durable Object that follows a stream
+// across requests.
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, expect, test } from 'vitest';
+import { startServer } from '../scripts/dev-server.mjs';
+
+let upstream: Awaited<ReturnType<typeof startServer>>;
+let worker: Awaited<ReturnType<typeof startServer>>;
+/** The same Worker at a compatibility date before 2025-05-05: no WeakRef, no FinalizationRegistry. */
+let oldWorker: Awaited<ReturnType<typeof startServer>>;
+let project: string;
+const e = encodeURIComponent;
+const streamUrl = (name: string) => `${upstream.baseUrl}/v1/stream/in-worker/${name}-${Date.now()}`;
+async function call(route: string, params: Record<string, string>, at = worker) {
+  const res = await fetch(`${at.baseUrl}${route}?${new URLSearchParams(params)}`);
+  return { status: res.status, body: (await res.json()) as any };
+}
+async function createJson(url: string, items: unknown[] = []) {
+  expect((await fetch(url, { method: 'PUT', headers: { 'content-type': 'application/json' } })).status).toBe(201);
+  for (const item of items) {
+    const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(item) });
+    expect(res.status).toBeLessThan(300);
+  }
+}
+async function readAll(url: string) {
+  return (await fetch(`${url}?offset=-1`)).json();
+}
+
+beforeAll(async () => {
+  upstream = await startServer();
+  // A user's project: the Worker and the package under node_modules (the package is js/).
+  project = mkdtempSync(path.join(tmpdir(), 'edgestream-in-worker-'));
+  mkdirSync(path.join(project, 'node_modules'));
+  symlinkSync(path.resolve('js'), path.join(project, 'node_modules', 'edgestream'));
+  for (const file of ['worker.js', 'wrangler.toml']) copyFileSync(path.join('tests', 'in-worker', file), path.join(project, file));
+  worker = await startServer({ config: path.join(project, 'wrangler.toml') });
+});
+
+afterAll(async () => {
+  await worker?.stop();
+  await oldWorker?.stop();
+  await upstream?.stop();
+  if (project) rmSync(project, { recursive: true, force: true });
+});
+
+test('the wasm loads in workerd (imported as a compiled module)', async () => {
+  expect(await call('/init', {})).toEqual({ status: 200, body: { ok: true } });
+});
+
+test('create, append and read from a request handler', async () => {
+  const url = streamUrl('append');
+  const appended = await call('/append', { url, data: JSON.stringify({ a: 1 }) });
+  expect(appended.status).toBe(200);
+  expect(typeof appended.body.offset).toBe('string');
+  expect(await readAll(url)).toEqual([{ a: 1 }]);
+  expect(await call('/read', { url })).toEqual({ status: 200, body: { items: [{ a: 1 }] } });
+});
+
+test('at a compatibility date without WeakRef and FinalizationRegistry, the package loads, reads and follows', async () => {
+  // Started here: a Worker whose global scope throws does not start at all.
+  const config = readFileSync(path.join(project, 'wrangler.toml'), 'utf8');
+  writeFileSync(path.join(project, 'old.toml'), config.replace(/^compatibility_date = .*$/m, 'compatibility_date = "2024-09-23"'));
+  oldWorker = await startServer({ config: path.join(project, 'old.toml') });
+  const url = streamUrl('old-date');
+  await createJson(url, [{ n: 1 }]);
+  expect(await call('/follow', { url, live: 'sse', data: JSON.stringify({ n: 2 }) }, oldWorker)).toEqual({
+    status: 200,
+    body: { first: [{ n: 1 }], next: [{ n: 2 }], mode: 'sse' },
+  });
+}, 120_000);
+
+for (const live of ['sse', 'long-poll', 'ws']) {
+  test(`a live follow over ${live} inside a request`, async () => {
+    const url = streamUrl(`follow-${live}`);
+    await createJson(url, [{ n: 1 }]);
+    const { status, body } = await call('/follow', { url, live, data: JSON.stringify({ n: 2 }) });
+    expect(status).toBe(200);
+    expect(body).toEqual({ first: [{ n: 1 }], next: [{ n: 2 }], mode: live });
+  });
+}
+
+test("a producer's lingering batch is sent after the response, under ctx.waitUntil", async () => {
+  const url = streamUrl('producer');
+  await createJson(url);
+  const items = [{ i: 1 }, { i: 2 }, { i: 3 }];
+  expect(await call('/produce', { url, id: 'w1', items: JSON.stringify(items) })).toEqual({ status: 200, body: { queued: true } });
+  // The response came before the batch was sent: poll until it lands.
+  let read: unknown[] = [];
+  for (let i = 0; i < 100 && read.length < items.length; i++) {
+    read = await readAll(url);
+    if (read.length < items.length) await new Promise((r) => setTimeout(r, 100));
+  }
+  expect(read).toEqual(items);
+});
+
+test('a table reads in a request; a Durable Object follows one across requests', async () => {
+  const url = streamUrl('table');
+  await createJson(url);
+  expect((await call('/change', { url, key: 'a', name: 'Ada' })).status).toBe(200);
+  expect(await call('/table', { url })).toEqual({ status: 200, body: { rows: { a: { name: 'Ada' } } } });
+  // The object's table, started by one request, follows appends made by later ones.
+  expect(await call('/do', { start: url })).toEqual({ status: 200, body: { size: 1 } });
+  expect((await call('/change', { url, key: 'b', name: 'Bob' })).status).toBe(200);
+  let state: any;
+  for (let i = 0; i < 100; i++) {
+    state = (await call('/do', {})).body;
+    if (state.rows.b) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  expect(state.rows).toEqual({ a: { name: 'Ada' }, b: { name: 'Bob' } });
+});
