@@ -48,8 +48,9 @@ afterAll(async () => {
   if (project) rmSync(project, { recursive: true, force: true });
 });
 
-test('the wasm loads in workerd (imported as a compiled module)', async () => {
-  expect(await call('/init', {})).toEqual({ status: 200, body: { ok: true } });
+test('the wasm loads in workerd (imported as a compiled module), for concurrent first requests', async () => {
+  const answers = await Promise.all(Array.from({ length: 6 }, () => call('/init', {})));
+  expect(answers).toEqual(Array(6).fill({ status: 200, body: { ok: true } }));
 });
 
 test('create, append and read from a request handler', async () => {
@@ -84,18 +85,64 @@ for (const live of ['sse', 'long-poll', 'ws']) {
   });
 }
 
+/** The stream's messages once there are `count` of them (a producer's batch lands after the response). */
+async function readUntil(url: string, count: number) {
+  let read: unknown[] = [];
+  for (let i = 0; i < 100; i++) {
+    read = await readAll(url);
+    if (read.length >= count) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return read;
+}
+
+test('a response that streams a live follow as NDJSON', async () => {
+  const url = streamUrl('ndjson');
+  await createJson(url, [{ n: 1 }]);
+  const offset = (await fetch(url, { method: 'HEAD' })).headers.get('stream-next-offset')!;
+  const res = await fetch(`${worker.baseUrl}/ndjson?${new URLSearchParams({ url, offset })}`);
+  expect(res.headers.get('content-type')).toBe('application/x-ndjson');
+  const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+  let text = '';
+  // Appended once the response is open: read live.
+  for (const n of [2, 3]) {
+    expect((await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ n }) })).status).toBeLessThan(300);
+    while (!text.endsWith(`{"n":${n}}\n`)) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`the response ended after ${JSON.stringify(text)}`);
+      text += value;
+    }
+  }
+  expect(text).toBe('{"n":2}\n{"n":3}\n');
+  await reader.cancel();
+});
+
 test("a producer's lingering batch is sent after the response, under ctx.waitUntil", async () => {
   const url = streamUrl('producer');
   await createJson(url);
-  const items = [{ i: 1 }, { i: 2 }, { i: 3 }];
-  expect(await call('/produce', { url, id: 'w1', items: JSON.stringify(items) })).toEqual({ status: 200, body: { queued: true } });
-  // The response came before the batch was sent: poll until it lands.
-  let read: unknown[] = [];
-  for (let i = 0; i < 100 && read.length < items.length; i++) {
-    read = await readAll(url);
-    if (read.length < items.length) await new Promise((r) => setTimeout(r, 100));
-  }
-  expect(read).toEqual(items);
+  const produce = (id: string, items: unknown[], wait = false) => call('/produce', { url, id, items: JSON.stringify(items), ...(wait ? { wait: '1' } : {}) });
+  expect(await produce('request-1', [{ i: 1 }, { i: 2 }])).toEqual({ status: 200, body: { queued: true } });
+  expect(await readUntil(url, 2)).toEqual([{ i: 1 }, { i: 2 }]);
+  // A request sent again with the same producer id (an idempotency key) appends nothing more;
+  // another request's producer appends after it.
+  expect((await produce('request-1', [{ i: 1 }, { i: 2 }], true)).status).toBe(200);
+  expect((await produce('request-2', [{ i: 3 }])).status).toBe(200);
+  expect(await readUntil(url, 3)).toEqual([{ i: 1 }, { i: 2 }, { i: 3 }]);
+});
+
+test("a producer made in one request fails in the next with workerd's own error; a Durable Object's serves every request", async () => {
+  const url = streamUrl('shared');
+  await createJson(url);
+  expect(await call('/shared', { url, data: '1' })).toEqual({ status: 200, body: { ok: true } });
+  const second = await call('/shared', { url, data: '2' });
+  expect(second.status).toBe(500);
+  expect(second.body.error.message).toMatch(/Cannot perform I\/O on behalf of a different request/);
+  expect(await readAll(url)).toEqual([1]);
+  // In a Durable Object, one producer serves each request to the object.
+  const inObject = streamUrl('object-producer');
+  await createJson(inObject);
+  for (const data of ['3', '4']) expect((await call('/do', { produce: inObject, data })).status).toBe(200);
+  expect(await readAll(inObject)).toEqual([3, 4]);
 });
 
 test('a table reads in a request; a Durable Object follows one across requests', async () => {

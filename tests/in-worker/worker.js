@@ -14,10 +14,21 @@ async function collect(handle, count) {
   return items;
 }
 
+/** Made by one request and used by the next: workerd refuses that in a Worker (not in an object). */
+let shared = null;
+
 export class Follower extends DurableObject {
   #table = null;
+  #producer = null;
   async fetch(request) {
     const q = new URL(request.url).searchParams;
+    if (q.has('produce')) {
+      // One producer for the object's lifetime, used by each request.
+      this.#producer ??= new IdempotentProducer(new DurableStream({ url: q.get('produce'), contentType: 'application/json' }), 'follower', { autoClaim: true });
+      this.#producer.append(JSON.parse(q.get('data')));
+      await this.#producer.flush();
+      return json({ nextSeq: this.#producer.nextSeq });
+    }
     if (q.has('start')) {
       this.#table?.cancel();
       this.#table = table({ url: q.get('start'), live: q.get('live') ?? 'sse' });
@@ -59,10 +70,12 @@ export default {
           return json({ first: first.value?.items, next: next.value?.items, mode });
         }
         case '/produce': {
-          // Answers at once; the producer's lingering batch is sent under ctx.waitUntil.
+          // Answers at once (unless `wait`); the producer's lingering batch is sent under ctx.waitUntil. detach()
+          // flushes and leaves the stream open (close() would close it).
           const producer = new IdempotentProducer(new DurableStream({ url, contentType: 'application/json' }), q.get('id'), { lingerMs: 50 });
           for (const item of JSON.parse(q.get('items'))) producer.append(item);
-          ctx.waitUntil(producer.close());
+          if (q.has('wait')) await producer.detach();
+          else ctx.waitUntil(producer.detach());
           return json({ queued: true });
         }
         case '/table': {
@@ -72,6 +85,25 @@ export default {
         }
         case '/change':
           await new DurableStream({ url, contentType: 'application/json' }).append(change.upsert('user', q.get('key'), { name: q.get('name') }));
+          return json({ ok: true });
+        case '/ndjson': {
+          // js/README.md's example: the stream's messages from `offset` on, one line each, live.
+          const feed = stream({ url, json: true, offset: q.get('offset') ?? 'now' });
+          const lines = new TextEncoder();
+          const body = new ReadableStream({
+            async pull(controller) {
+              const { value, done } = await feed.next();
+              if (done) return controller.close();
+              for (const item of value.items ?? []) controller.enqueue(lines.encode(`${JSON.stringify(item)}\n`));
+            },
+            cancel: () => feed.cancel(),
+          });
+          return new Response(body, { headers: { 'content-type': 'application/x-ndjson' } });
+        }
+        case '/shared':
+          shared ??= new IdempotentProducer(new DurableStream({ url, contentType: 'application/json' }), 'shared');
+          shared.append(JSON.parse(q.get('data')));
+          await shared.flush();
           return json({ ok: true });
         case '/do':
           return env.FOLLOWER.get(env.FOLLOWER.idFromName('one')).fetch(request);
