@@ -160,4 +160,13 @@ test('a table reads in a request; a Durable Object follows one across requests',
     await new Promise((r) => setTimeout(r, 100));
   }
   expect(state.rows).toEqual({ a: { name: 'Ada' }, b: { name: 'Bob' } });
+  // Its store saved a snapshot in the object's storage, up to the stream's end.
+  const end = (await fetch(url, { method: 'HEAD' })).headers.get('stream-next-offset');
+  let saved: any;
+  for (let i = 0; i < 100; i++) {
+    saved = (await call('/do', { saved: '1' })).body;
+    if (saved?.offset === end) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  expect(saved).toMatchObject({ version: 1, offset: end, rows: [['user', 'a', { name: 'Ada' }], ['user', 'b', { name: 'Bob' }]] });
 });

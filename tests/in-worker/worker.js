@@ -31,10 +31,14 @@ export class Follower extends DurableObject {
     }
     if (q.has('start')) {
       this.#table?.cancel();
-      this.#table = table({ url: q.get('start'), live: q.get('live') ?? 'sse' });
+      // Its snapshot is kept in the object's storage (saveEveryMs: each batch), to resume from.
+      const storage = this.ctx.storage;
+      const store = { load: () => storage.get('snapshot'), save: (snapshot) => storage.put('snapshot', snapshot) };
+      this.#table = table({ url: q.get('start'), live: q.get('live') ?? 'sse', store, saveEveryMs: 0 });
       await this.#table.ready();
       return json({ size: this.#table.size });
     }
+    if (q.has('saved')) return json((await this.ctx.storage.get('snapshot')) ?? null);
     return json({ rows: Object.fromEntries(this.#table?.entries('user') ?? []), upToDate: this.#table?.upToDate });
   }
 }
