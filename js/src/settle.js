@@ -21,17 +21,18 @@ export function deferred() {
  */
 export function cancelOnAbort(signal, owner, finished) {
   if (!signal) return;
-  const weak = typeof owner !== 'function' && new WeakRef(owner);
+  // Held strongly where there is no WeakRef (workerd before compatibility date 2025-05-05).
+  const weak = typeof owner !== 'function' && (dropped ? new WeakRef(owner) : { deref: () => owner });
   const cancel = weak ? () => weak.deref()?.cancel() : owner;
   if (signal.aborted) return cancel();
   signal.addEventListener('abort', cancel, { once: true });
   const stop = () => signal.removeEventListener('abort', cancel);
-  if (weak) dropped.register(owner, stop);
+  if (weak) dropped?.register(owner, stop);
   finished.finally(stop).catch(() => {});
 }
 
 /** Removes the abort listeners of owners collected unfinished. */
-const dropped = new FinalizationRegistry((stop) => stop());
+const dropped = typeof FinalizationRegistry == 'function' && typeof WeakRef == 'function' ? new FinalizationRegistry((stop) => stop()) : null;
 
 /**
  * Resolves after `ms` (capped where timers overflow), at once when `signal` aborts, or when the
