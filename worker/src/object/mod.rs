@@ -49,7 +49,7 @@ use worker::{
 use crate::config::Config;
 use crate::fault::Call;
 use crate::http::{self, header, now_ms};
-use crate::intake::Held;
+use crate::intake::{self, Held};
 use crate::path::StreamName;
 use crate::reply::{self, PageData, ReadReply, X_PAGE_END};
 use crate::security;
@@ -579,14 +579,14 @@ impl StreamObject {
         Ok(())
     }
 
-    /// A create's or an append's body, within the stream limits of [`http::read_body`].
+    /// A create's or an append's body, within the stream limits of [`intake::read_body`].
     async fn read_body(
         &self,
         req: &mut Request,
         held: &mut Held,
-    ) -> Result<std::result::Result<Vec<u8>, http::BodyRefusal>> {
+    ) -> Result<std::result::Result<Vec<u8>, intake::BodyRefusal>> {
         let (max, idle) = (self.config.max_append_bytes, self.config.body_idle_ms);
-        http::read_body(req, max, held, idle).await
+        intake::read_body(req, max, held, idle).await
     }
 
     async fn create(&self, mut req: Request, name: &StreamName) -> Result<Response> {
