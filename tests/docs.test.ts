@@ -256,6 +256,7 @@ describe('the docs point at what is there', () => {
       'worker/src/edge/mod.rs',
       'worker/src/object/mod.rs',
       'worker/src/subscription/mod.rs',
+      'worker/src/subscription/object/mod.rs',
       'client/src/lib.rs',
     ];
     const missing: string[] = [];

@@ -16,8 +16,19 @@
 //! until one finished). And one body at a time may go past the budget ([`Held::may_exceed`]):
 //! a producer's next append, which its producer's later appends, holding their shares, wait
 //! for.
+//!
+//! Request bodies are read here ([`read_body`]): refused past the stream's limit (413), when
+//! the budget is spent (503), or when they stop arriving (408).
 
 use std::cell::Cell;
+
+use edgestream::headers as h;
+use edgestream::ProtocolError;
+use wasm_bindgen::{JsCast, JsValue};
+use worker::worker_sys::web_sys;
+use worker::{Request, Response, Result};
+
+use crate::http::{error, header, text, unavailable, within};
 
 /// A body of at most this many bytes is small: it may take the share of the budget that large
 /// bodies leave free.
@@ -122,6 +133,191 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+/// How much of a refused streamed body is read and thrown away before the refusal is sent.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Why a request body was not read.
+#[derive(Debug)]
+pub enum BodyRefusal {
+    /// Larger than `max` (413).
+    TooLarge(ProtocolError),
+    /// The isolate holds as many bodies as it may ([`Held`]): 503 with `Retry-After`.
+    Busy,
+    /// Malformed on the wire (a bad chunked encoding) or cut off by its client: 400, since
+    /// the same request sent again fails the same way.
+    Unreadable,
+    /// Nothing arrived for the body's idle time (`BODY_IDLE_TIMEOUT_MS`): 408.
+    Stalled,
+}
+
+impl BodyRefusal {
+    /// The response that refuses the request.
+    pub fn response(&self) -> Result<Response> {
+        match self {
+            BodyRefusal::TooLarge(e) => error(e),
+            BodyRefusal::Busy => unavailable("too many large writes in progress; retry"),
+            BodyRefusal::Unreadable => text(400, "the request body could not be read"),
+            BodyRefusal::Stalled => text(408, "the request body stopped arriving"),
+        }
+    }
+}
+
+/// A declared body up to this size is reserved whole and read in one call: one wait instead
+/// of one per chunk, which matters for small appends when the event loop is busy. A larger one
+/// is counted as its bytes arrive, so a client that declares a large body and sends it slowly
+/// holds only what it has sent.
+const READ_WHOLE_BYTES: u64 = SMALL_BODY_BYTES;
+
+/// Reads a request body completely, refusing it as soon as it grows past `max` bytes, so a
+/// huge or endless body cannot exhaust the isolate's memory, or as soon as holding it would
+/// take the bodies the isolate holds past their budget (`held` keeps its share until dropped),
+/// or once nothing of it arrives for `idle_ms`, so a paused upload gives its share back.
+pub async fn read_body(
+    req: &mut Request,
+    max: u64,
+    held: &mut Held,
+    idle_ms: u64,
+) -> Result<std::result::Result<Vec<u8>, BodyRefusal>> {
+    let declared =
+        header(req.headers(), h::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(len) = declared {
+        if len > max {
+            return Ok(Err(BodyRefusal::TooLarge(ProtocolError::PayloadTooLarge {
+                limit: max,
+            })));
+        }
+        if len <= READ_WHOLE_BYTES && held.grow(len) {
+            return Ok(match whole_body(req.inner(), idle_ms).await {
+                Ok(Some(body)) => Ok(body),
+                Ok(None) => {
+                    held.release();
+                    Err(BodyRefusal::Stalled)
+                }
+                Err(e) => Err(unreadable(&e, held)),
+            });
+        }
+    }
+    let Some(stream) = req.inner().body() else {
+        // No body at all.
+        return Ok(Ok(Vec::new()));
+    };
+    let reader: web_sys::ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
+    // The chunks stay in JS until the end, so wasm memory takes one copy of the exact size.
+    let mut chunks: Vec<js_sys::Uint8Array> = Vec::new();
+    let mut total: u64 = 0;
+    loop {
+        let refusal = match within(idle_ms, next_chunk(&reader)).await {
+            Some(Ok(Some(chunk))) => {
+                let len = u64::from(chunk.length());
+                total += len;
+                if total > max {
+                    BodyRefusal::TooLarge(ProtocolError::PayloadTooLarge { limit: max })
+                } else if !held.grow(len) {
+                    BodyRefusal::Busy
+                } else {
+                    chunks.push(chunk);
+                    continue;
+                }
+            }
+            Some(Ok(None)) => break,
+            Some(Err(e)) => return Ok(Err(unreadable(&e, held))),
+            None => BodyRefusal::Stalled,
+        };
+        drop(chunks);
+        held.release();
+        if matches!(refusal, BodyRefusal::Stalled) {
+            let _ = reader.cancel();
+        } else {
+            // Answering before the body has been read leaves the upload half sent: the client
+            // may see its connection reset instead of the answer, and a proxy in front of us may
+            // wedge its keep-alive connection. Discard the rest, up to a bound, so the answer
+            // arrives.
+            discard(&reader, total, idle_ms).await;
+        }
+        return Ok(Err(refusal));
+    }
+    // `total <= max`, which a wasm allocation can hold.
+    let mut body = vec![0u8; total as usize];
+    let mut at = 0;
+    for chunk in &chunks {
+        let len = chunk.length() as usize;
+        chunk.copy_to(&mut body[at..at + len]);
+        at += len;
+    }
+    Ok(Ok(body))
+}
+
+#[wasm_bindgen::prelude::wasm_bindgen(inline_js = "export function bodyWithin(req, ms) {
+    return new Promise((resolve, reject) => {
+        const timer = setTimeout(resolve, ms, null);
+        req.arrayBuffer().then(
+            (buffer) => {
+                clearTimeout(timer);
+                resolve(new Uint8Array(buffer));
+            },
+            (e) => {
+                clearTimeout(timer);
+                reject(e);
+            },
+        );
+    });
+}")]
+extern "C" {
+    #[wasm_bindgen(catch, js_name = bodyWithin)]
+    fn body_within(
+        req: &web_sys::Request,
+        ms: f64,
+    ) -> std::result::Result<js_sys::Promise, JsValue>;
+}
+
+/// A request's whole body, or `None` if it has not all arrived within `idle_ms`. The wait, the
+/// timer and the copy out of the runtime's buffer are one call from Rust, instead of a future
+/// racing a [`worker::Delay`] (a wasm closure, a timer set and cleared through the glue, and
+/// the array buffer wrapped in a second call).
+async fn whole_body(req: &web_sys::Request, idle_ms: u64) -> Result<Option<Vec<u8>>> {
+    let read = body_within(req, idle_ms as f64)?;
+    let body = wasm_bindgen_futures::JsFuture::from(read).await?;
+    if body.is_null() {
+        return Ok(None);
+    }
+    Ok(Some(body.unchecked_into::<js_sys::Uint8Array>().to_vec()))
+}
+
+/// A body that failed to arrive: logged, and its share of the budget given back.
+fn unreadable(e: &worker::Error, held: &mut Held) -> BodyRefusal {
+    worker::console_warn!("request body unreadable: {e}");
+    held.release();
+    BodyRefusal::Unreadable
+}
+
+/// The next chunk of a body, or `None` at its end. A body cut off by its client is an error,
+/// never an end, so a part of an append is never taken for all of it.
+async fn next_chunk(
+    reader: &web_sys::ReadableStreamDefaultReader,
+) -> Result<Option<js_sys::Uint8Array>> {
+    let read = wasm_bindgen_futures::JsFuture::from(reader.read()).await?;
+    let done = js_sys::Reflect::get(&read, &JsValue::from_str("done"))?;
+    if done.as_bool() != Some(false) {
+        return Ok(None);
+    }
+    let value = js_sys::Reflect::get(&read, &JsValue::from_str("value"))?;
+    value
+        .dyn_into::<js_sys::Uint8Array>()
+        .map(Some)
+        .map_err(|_| worker::Error::RustError("request body chunk is not bytes".into()))
+}
+
+/// Reads the rest of a body and throws it away, up to [`DRAIN_LIMIT`] bytes in all, until it
+/// ends or pauses for `idle_ms`.
+async fn discard(reader: &web_sys::ReadableStreamDefaultReader, mut discarded: u64, idle_ms: u64) {
+    while discarded < DRAIN_LIMIT {
+        match within(idle_ms, next_chunk(reader)).await {
+            Some(Ok(Some(chunk))) => discarded += u64::from(chunk.length()),
+            _ => break,
+        }
     }
 }
 

@@ -1,6 +1,6 @@
-//! The object's one alarm. Its handler does all of the object's timed work: expiry, delivery
-//! to channels (`channel.rs`), the work owed to other objects (`owed.rs`) and closing client
-//! sockets whose token has expired (`clients.rs`).
+//! The object's one alarm. Its handler does all of the object's timed work: expiry
+//! (`expiry.rs`), delivery to channels (`channel.rs`), the work owed to other objects
+//! (`owed.rs`) and closing client sockets whose token has expired (`clients.rs`).
 //!
 //! Work that begins in a turn sets the alarm in that same turn: the runtime's `setAlarm` is
 //! called right there, not after an `await`, so it commits with the turn's writes, and should

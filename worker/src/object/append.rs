@@ -13,9 +13,10 @@ use edgestream::time::format_rfc3339;
 use edgestream::ProtocolError;
 use worker::{Delay, Headers, Request, Response, Result};
 
+use super::expiry::touch_due;
 use super::store::{self, Meta, Store};
 use super::EXPIRE_PRODUCERS_PER_APPEND;
-use super::{alarm, channel, gap_wait, live, subscribers, touch_due, Lookup, StreamObject};
+use super::{alarm, channel, gap_wait, live, subscribers, Lookup, StreamObject};
 use crate::http::{self, now_ms};
 use crate::intake::Held;
 use crate::reply;

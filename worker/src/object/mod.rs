@@ -14,6 +14,8 @@
 //!   frames waiting for their turn.
 //! - `fork`: calls between a fork and its source; `channel`: feeding the channels above.
 //! - `subscribers`: the registry and the subscriptions told of each new tail.
+//! - `expiry`: TTL and `Stream-Expires-At`: a sliding TTL's refresh, the expiry checked on
+//!   every request and by the alarm, and the removal of an expired stream.
 //! - `owed`: work owed to other objects after a commit; `alarm`: the timed work (expiry,
 //!   retries of channel deliveries and owed work, client sockets whose token expired).
 
@@ -21,6 +23,7 @@ mod alarm;
 mod append;
 mod channel;
 mod clients;
+mod expiry;
 mod fork;
 mod gap_wait;
 mod inbox;
@@ -34,7 +37,7 @@ use std::cell::{Cell, RefCell};
 use edgestream::headers::{self as h, ContentType, LiveMode};
 use edgestream::json::{self, Purpose};
 use edgestream::stream::{
-    self, CacheScope, CreateOutcome, CreateRequest, ExistingConfig, ExistingFork, Expiry, Standing,
+    self, CacheScope, CreateOutcome, CreateRequest, ExistingConfig, ExistingFork, Expiry,
 };
 use edgestream::time::format_rfc3339;
 use edgestream::{Offset, ProtocolError, ReadFrom};
@@ -46,12 +49,13 @@ use worker::{
 use crate::config::Config;
 use crate::fault::Call;
 use crate::http::{self, header, now_ms};
-use crate::intake::Held;
+use crate::intake::{self, Held};
 use crate::path::StreamName;
 use crate::reply::{self, PageData, ReadReply, X_PAGE_END};
 use crate::security;
 use crate::turnstile::Turnstile;
 use crate::wsproto::{self, BadFrame, ClientHello, ClientMessage, Incoming};
+use expiry::set_expiry;
 use store::{Meta, Page, ReadError, Store};
 
 /// A page read whole returns at most this much (rounded up to a whole JSON message): a fork's
@@ -63,9 +67,6 @@ pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// at a time however large it is, and fewer, larger responses save a round trip and a request's
 /// work per page.
 pub const STREAMED_PAGE_BYTES: u64 = 16 * 1024 * 1024;
-/// Sliding TTLs are refreshed at most this often (and at most every 5% of the TTL), so a busy
-/// stream is not a storage write per read, yet expiry stays accurate for short TTLs.
-const TOUCH_EVERY_MS: i64 = 1000;
 /// How many expired producers' states a new producer's append deletes: more than one, so the
 /// expired rows shrink however fast new producers come, and few enough to cost that append
 /// little.
@@ -242,25 +243,13 @@ impl DurableObject for StreamObject {
             return Response::ok("");
         }
         let now = now_ms();
-        if let Some(mut meta) = self.meta()? {
+        if let Some(meta) = self.meta()? {
             // The last fork of a deleted source went: see `fork::on_release`.
             if meta.deleted && meta.forks == 0 {
                 self.remove(meta, 0).await?;
                 return Response::ok("");
             }
-            match meta.expiry.deadline(meta.accessed_ms) {
-                Some(deadline) if now >= deadline => {
-                    if self.held_open(&mut meta, now)? {
-                        if let Some(next) = meta.expiry.deadline(meta.accessed_ms) {
-                            alarm::schedule(self, next).await?;
-                        }
-                    } else {
-                        self.expire(meta).await?;
-                    }
-                }
-                Some(deadline) => alarm::schedule(self, deadline).await?,
-                None => {}
-            }
+            self.expire_if_due(meta, now).await?;
         }
         channel::on_alarm(self).await;
         owed::on_alarm(self).await;
@@ -524,34 +513,6 @@ impl StreamObject {
         self.meta.replace(Some(Some(meta.clone())));
     }
 
-    async fn lookup(&self, now: i64) -> Result<Lookup> {
-        let Some(mut meta) = self.meta()? else {
-            return Ok(Lookup::Missing);
-        };
-        let standing =
-            match Standing::of(meta.deleted, meta.forks, meta.expiry, meta.accessed_ms, now) {
-                Standing::Expired | Standing::ExpiredWithForks
-                    if self.held_open(&mut meta, now)? =>
-                {
-                    Standing::Live
-                }
-                standing => standing,
-            };
-        Ok(match standing {
-            Standing::Live => Lookup::Live(meta),
-            Standing::Deleted => Lookup::Deleted,
-            // Reached before the expiry alarm ran: do its work now.
-            Standing::ExpiredWithForks => {
-                self.expire(meta).await?;
-                Lookup::Deleted
-            }
-            Standing::Expired => {
-                self.expire(meta).await?;
-                Lookup::Missing
-            }
-        })
-    }
-
     /// Closes the client sockets whose token has expired, idle ones included, and sets the
     /// alarm for the next expiry: with no append to prompt it, an idle socket would otherwise
     /// stay open past its token.
@@ -565,62 +526,6 @@ impl StreamObject {
     async fn expire_sockets_by(&self, at_secs: i64) {
         if let Err(e) = alarm::by(self, at_secs.saturating_mul(1000)).await {
             worker::console_error!("stream: cannot set the alarm for a token's expiry: {e:?}");
-        }
-    }
-
-    /// Refreshes a sliding TTL on a read or write.
-    fn touch(&self, meta: &mut Meta, now: i64) -> Result<()> {
-        if touch_due(meta, now) {
-            self.slide(meta, now)?;
-        }
-        Ok(())
-    }
-
-    /// Records an access at `now`, from which a sliding TTL counts.
-    fn slide(&self, meta: &mut Meta, now: i64) -> Result<()> {
-        meta.accessed_ms = now;
-        self.store()?.touch(now)?;
-        self.remember(meta);
-        Ok(())
-    }
-
-    /// An open live reader reads all the while, so it slides a TTL as a read request does:
-    /// a stream being followed does not expire under its readers, whatever their transport
-    /// (a long-poll slid it with each request, an SSE or WebSocket reader only when it
-    /// connected). Its callers ask only once a live stream's expiry has passed (the lookup's
-    /// `Standing`, the alarm's deadline), so readers cost nothing until then.
-    fn held_open(&self, meta: &mut Meta, now: i64) -> Result<bool> {
-        if !matches!(meta.expiry, Expiry::Ttl(_)) || !self.hub.has_readers() {
-            return Ok(false);
-        }
-        self.slide(meta, now)?;
-        Ok(true)
-    }
-
-    /// A live reader went: the TTL counts from now, as it would from its last read request.
-    /// Best effort: a failure here only leaves the TTL counting from the reader's last read.
-    fn reader_left(&self) {
-        let now = now_ms();
-        let slid = self.meta().and_then(|meta| match meta {
-            // It read until now, so even a TTL that ran out while it was open (the alarm not
-            // yet run) counts from here; a stream the alarm removed has no metadata.
-            Some(mut meta) if !meta.deleted => self.touch(&mut meta, now),
-            _ => Ok(()),
-        });
-        if let Err(e) = slid {
-            worker::console_warn!("stream: cannot slide the TTL as a reader leaves: {e}");
-        }
-    }
-
-    /// An expired stream goes away, unless forks still read through it.
-    async fn expire(&self, meta: Meta) -> Result<()> {
-        if meta.forks > 0 {
-            if !meta.deleted {
-                self.soft_delete(meta).await?;
-            }
-            Ok(())
-        } else {
-            self.remove(meta, 0).await
         }
     }
 
@@ -674,14 +579,14 @@ impl StreamObject {
         Ok(())
     }
 
-    /// A create's or an append's body, within the stream limits of [`http::read_body`].
+    /// A create's or an append's body, within the stream limits of [`intake::read_body`].
     async fn read_body(
         &self,
         req: &mut Request,
         held: &mut Held,
-    ) -> Result<std::result::Result<Vec<u8>, http::BodyRefusal>> {
+    ) -> Result<std::result::Result<Vec<u8>, intake::BodyRefusal>> {
         let (max, idle) = (self.config.max_append_bytes, self.config.body_idle_ms);
-        http::read_body(req, max, held, idle).await
+        intake::read_body(req, max, held, idle).await
     }
 
     async fn create(&self, mut req: Request, name: &StreamName) -> Result<Response> {
@@ -1272,17 +1177,6 @@ impl StreamObject {
     }
 }
 
-/// `Stream-TTL` or `Stream-Expires-At`, as the stream has.
-fn set_expiry(headers: &Headers, expiry: Expiry) -> Result<()> {
-    if let Some(ttl) = expiry.ttl_seconds() {
-        headers.set(h::STREAM_TTL, &ttl.to_string())?;
-    }
-    if let Some(at) = expiry.expires_at_ms() {
-        headers.set(h::STREAM_EXPIRES_AT, &format_rfc3339(at))?;
-    }
-    Ok(())
-}
-
 /// The catch-up response for `[start, end)` of the stream as `meta` describes it.
 fn catch_up_reply(
     req: &Request,
@@ -1323,16 +1217,6 @@ fn mark_cold(resp: Response) -> Result<Response> {
         return Ok(resp);
     }
     http::edit_headers(resp, |headers| headers.append(SERVER_TIMING, COLD_START))
-}
-
-/// Whether a sliding TTL's access time is due to be written at `now`: at most once per
-/// `TOUCH_EVERY_MS`, and more often for a TTL of under 20 s.
-fn touch_due(meta: &Meta, now: i64) -> bool {
-    let Expiry::Ttl(ttl_seconds) = meta.expiry else {
-        return false;
-    };
-    let every = TOUCH_EVERY_MS.min(ttl_seconds.saturating_mul(50).min(1000) as i64);
-    now - meta.accessed_ms >= every
 }
 
 /// A random id for a new incarnation of a stream.

@@ -23,6 +23,7 @@ use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Stub,
 
 use crate::config::Config;
 use crate::http::{self, header};
+use crate::intake;
 
 /// The public origin of the request, passed to objects so URLs they hand out are absolute.
 pub const X_ORIGIN: &str = "x-edgestream-origin";
@@ -240,11 +241,12 @@ async fn forward(
     config: &Config,
 ) -> Result<Response> {
     // Counted with the isolate's bodies, but never refused: these are at most 1 MiB.
-    let mut held = crate::intake::Held::new(u64::MAX);
-    let body = match http::read_body(&mut req, 1024 * 1024, &mut held, config.body_idle_ms).await? {
-        Ok(body) => body,
-        Err(refusal) => return refusal.response(),
-    };
+    let mut held = intake::Held::new(u64::MAX);
+    let body =
+        match intake::read_body(&mut req, 1024 * 1024, &mut held, config.body_idle_ms).await? {
+            Ok(body) => body,
+            Err(refusal) => return refusal.response(),
+        };
     let headers = Headers::new();
     headers.set(X_ORIGIN, origin)?;
     if let Some(id) = id {

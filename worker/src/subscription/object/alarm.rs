@@ -1,0 +1,111 @@
+//! The subscription's one alarm: it delivers owed wakes (`wake.rs`), ends expired leases, and
+//! finishes linking a new subscription's streams or unlinking a deleted one (`links.rs`).
+
+use edgestream::subscription as rules;
+use worker::Result;
+
+use super::store::{Kind, Record};
+use super::SubscriptionObject;
+use crate::http::now_ms;
+
+impl SubscriptionObject {
+    pub(super) async fn set_alarm(&self, at_ms: i64) -> Result<()> {
+        let when = js_sys::Date::new(&js_sys::Number::from(at_ms as f64));
+        self.state
+            .storage()
+            .set_alarm(worker::ScheduledTime::new(when))
+            .await
+    }
+
+    /// Sets the alarm for whatever the record owes next: a delivery, a lease expiry, or
+    /// finishing linking or unlinking.
+    pub(super) async fn schedule(&self, record: &Record) -> Result<()> {
+        if record.deleted {
+            if let Some(at) = record.link_retry_at.filter(|_| record.unlinking) {
+                self.set_alarm(at).await?;
+            }
+            return Ok(());
+        }
+        let next = rules::next_alarm(
+            record.deliver,
+            record.next_attempt_at,
+            record.lease_deadline,
+            now_ms(),
+        );
+        let linking = record.link_retry_at.filter(|_| record.linking);
+        let next = match (next, linking) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(at) = next {
+            self.set_alarm(at).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn on_alarm(&self) -> Result<()> {
+        let Some(mut record) = self.load()? else {
+            return Ok(());
+        };
+        let now = now_ms();
+        if record.deleted {
+            if record.unlinking {
+                if record.link_retry_at.is_some_and(|t| t > now) {
+                    return self.schedule(&record).await;
+                }
+                let _turn = self.changes.enter().await;
+                // Unless created again while it waited for its turn.
+                if let Some(current) = self.load()?.filter(|r| r.deleted && r.unlinking) {
+                    self.unlink(current).await?;
+                }
+            }
+            return Ok(());
+        }
+        if record.linking && record.link_retry_at.is_none_or(|t| t <= now) {
+            let turn = self.changes.enter().await;
+            // Unless deleted, or created again, while it waited for its turn. A failure is
+            // logged and rescheduled there.
+            if let Some(current) = self
+                .load()?
+                .filter(|r| !r.deleted && r.linking && r.epoch == record.epoch)
+            {
+                let _ = self.finish_links(&current).await;
+            }
+            drop(turn);
+            let Some(current) = self.load()?.filter(|r| !r.deleted) else {
+                return Ok(());
+            };
+            record = current;
+        }
+        // An expired lease frees the subscription; pending work wakes it again. (No lease runs
+        // while a delivery is owed: that is retried until it succeeds.)
+        if !record.deliver && record.lease_deadline.is_some_and(|d| d <= now) {
+            self.clear_wake(&mut record)?;
+            self.wake_if_pending(&mut record)?;
+        }
+        if record.deliver && record.next_attempt_at.is_none_or(|t| t <= now) {
+            // Saved before the delivery is awaited: other requests (a claim prompted by the
+            // wake event, a webhook's callback) may run meanwhile, and must see this state.
+            self.save(&record)?;
+            let wake = (record.wake_id.clone(), record.generation);
+            let delivered = match record.kind {
+                Kind::Webhook => self.post_webhook(&record).await,
+                // The wake event is in the wake stream; claims take it from here.
+                Kind::PullWake => self.post_wake_event(&record).await.map(|()| false),
+            };
+            // Requests that ran meanwhile (a claim, a callback, an ack, a release) win: the
+            // outcome counts only for the wake that is still owed.
+            let Some(current) = self.load()?.filter(|r| !r.deleted) else {
+                return Ok(());
+            };
+            record = current;
+            if record.deliver && (record.wake_id.clone(), record.generation) == wake {
+                self.delivery_outcome(&mut record, delivered)?;
+            } else if let Err(e) = delivered {
+                worker::console_warn!("subscription {}: delivery failed: {e}", record.id);
+            }
+        }
+        self.save(&record)?;
+        self.schedule(&record).await
+    }
+}

@@ -1,0 +1,299 @@
+//! A wake's holder: a webhook's callback or a pull-wake's ack (checked against the current wake
+//! by `fence`), a pull-wake's claim of the lease, and its release.
+
+use std::collections::HashMap;
+
+use edgestream::subscription::{self as rules, SubscriptionError};
+use edgestream::Offset;
+use serde::Deserialize;
+use serde_json::{json as j, Value};
+use worker::{Request, Response};
+
+use super::store::{Kind, Link, Record};
+use super::{Failure, SubscriptionObject};
+use crate::crypto;
+use crate::http::{header, now_ms};
+use crate::subscription::{call, json, stream_stub};
+
+/// Streams asked at once whether an acked offset is a read position.
+const ACK_CHECKS_AT_ONCE: usize = 32;
+
+#[derive(Deserialize)]
+struct AckBody {
+    wake_id: Option<String>,
+    generation: Option<u64>,
+    #[serde(default)]
+    acks: Vec<AckItem>,
+    #[serde(default)]
+    done: bool,
+}
+
+#[derive(Deserialize)]
+struct AckItem {
+    stream: Option<String>,
+    path: Option<String>,
+    offset: String,
+}
+
+#[derive(Deserialize)]
+struct ClaimBody {
+    worker: Option<String>,
+}
+
+fn bearer(req: &Request) -> Option<String> {
+    header(req.headers(), "authorization")
+        .and_then(|v| crate::auth::bearer_credentials(&v).map(str::to_string))
+}
+
+/// Constant-time comparison of secrets.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+impl SubscriptionObject {
+    /// Checks a callback, ack or release against the current wake.
+    fn fence(
+        &self,
+        record: &Record,
+        req: &Request,
+        wake_id: Option<&str>,
+        generation: Option<u64>,
+    ) -> std::result::Result<(), Failure> {
+        // No token at all is refused first, so a caller without one learns nothing of the wake.
+        // A token of a wake that has ended is not kept, so any other token is checked after
+        // the fence: its holder is told it was fenced, as the protocol says.
+        let given = bearer(req).ok_or(SubscriptionError::TokenInvalid)?;
+        // The edge has checked the MAC of a token issued with `AUTH_SECRET` set; what the
+        // subscription stores, and compares, is its random part.
+        let given = crate::auth::wake_nonce(&given);
+        let current = record.wake_id.as_deref();
+        if current.is_none() || wake_id != current || generation != Some(record.generation) {
+            return Err(SubscriptionError::Fenced.into());
+        }
+        match &record.token {
+            Some(expected) if same_secret(given, expected) => Ok(()),
+            _ => Err(SubscriptionError::TokenInvalid.into()),
+        }
+    }
+
+    /// Webhook callback or pull-wake ack: apply acks; `done` ends the wake, otherwise the
+    /// lease is extended (a heartbeat).
+    pub(super) async fn ack(
+        &self,
+        req: &Request,
+        body: &[u8],
+        kind: Kind,
+    ) -> std::result::Result<Response, Failure> {
+        let mut record = self.live()?;
+        if record.kind != kind {
+            return Err(SubscriptionError::InvalidRequest(match kind {
+                Kind::Webhook => "callbacks are for webhook subscriptions",
+                Kind::PullWake => "acks are for pull-wake subscriptions",
+            })
+            .into());
+        }
+        let input: AckBody = serde_json::from_slice(body)
+            .map_err(|_| SubscriptionError::InvalidRequest("body must be a JSON ack object"))?;
+        self.fence(&record, req, input.wake_id.as_deref(), input.generation)?;
+        if self.ack_positions(&input).await? {
+            // Awaited: the record is read again, so what follows runs in one turn.
+            record = self.live()?;
+            self.fence(&record, req, input.wake_id.as_deref(), input.generation)?;
+        }
+        // Every ack is checked before any is applied; the furthest per stream wins. Each link
+        // is read once, with its cursor as stored (`committed`).
+        let mut updated: HashMap<String, (Link, u64)> = HashMap::new();
+        for item in &input.acks {
+            let Some(path) = item.stream.as_deref().or(item.path.as_deref()) else {
+                return Err(SubscriptionError::InvalidRequest("ack needs a stream").into());
+            };
+            let (link, committed) = match updated.get(path) {
+                Some((l, committed)) => (l.clone(), *committed),
+                None => {
+                    let l = self
+                        .link(path)?
+                        .ok_or(SubscriptionError::InvalidOffset(rules::ACK_UNKNOWN_STREAM))?;
+                    let committed = l.acked;
+                    (l, committed)
+                }
+            };
+            let offset = Offset::parse(&item.offset)
+                .map_err(|_| SubscriptionError::InvalidOffset(rules::ACK_NOT_AN_OFFSET))?
+                .position();
+            if offset > link.tail {
+                return Err(SubscriptionError::InvalidOffset(rules::ACK_NOT_AN_OFFSET).into());
+            }
+            // Behind the stored cursor (acks of one stream within this request may come in any
+            // order): a worker acking what it did not mean should know.
+            if offset < committed {
+                return Err(SubscriptionError::InvalidOffset(rules::ACK_REGRESSES).into());
+            }
+            if offset > link.acked {
+                let link = Link {
+                    acked: offset,
+                    ..link
+                };
+                updated.insert(path.to_string(), (link, committed));
+            }
+        }
+        for (link, _) in updated.values() {
+            self.save_link(link)?;
+        }
+        let next_wake = if input.done {
+            self.clear_wake(&mut record)?;
+            self.wake_if_pending(&mut record)?
+        } else {
+            record.lease_deadline = Some(now_ms() + record.lease_ttl_ms as i64);
+            false
+        };
+        self.save(&record)?;
+        self.schedule(&record).await?;
+        Ok(json(200, &j!({ "ok": true, "next_wake": next_wake }))?)
+    }
+
+    /// Checks with each stream an acked offset this object cannot vouch for (past the cursor
+    /// and before the tail it was told): it must be where a read may start, so a JSON stream's
+    /// must start a message (409 `INVALID_OFFSET` otherwise). Acks up to the tail, the usual
+    /// kind, need no call. Answers whether it asked any stream.
+    async fn ack_positions(&self, input: &AckBody) -> std::result::Result<bool, Failure> {
+        let mut asks = Vec::new();
+        for item in &input.acks {
+            let (Some(path), Ok(offset)) = (
+                item.stream.as_deref().or(item.path.as_deref()),
+                Offset::parse(&item.offset),
+            ) else {
+                continue;
+            };
+            let at = offset.position();
+            if let Some(link) = self.link(path)? {
+                if at > link.acked && at < link.tail {
+                    asks.push((path.to_string(), at));
+                }
+            }
+        }
+        asks.sort_unstable();
+        asks.dedup();
+        for group in asks.chunks(ACK_CHECKS_AT_ONCE) {
+            let calls = group.iter().map(|(path, at)| async move {
+                let stub = stream_stub(&self.env, path)?;
+                call::<_, Value>(&stub, "ack-position", &j!({ "at": at })).await
+            });
+            for answer in futures_util::future::join_all(calls).await {
+                match answer?.0 {
+                    // 404: the stream is gone, and so will its link be.
+                    200 | 404 => {}
+                    400 => {
+                        return Err(
+                            SubscriptionError::InvalidOffset(rules::ACK_NOT_AN_OFFSET).into()
+                        )
+                    }
+                    status => {
+                        return Err(worker::Error::RustError(format!(
+                            "stream answered {status} to ack-position"
+                        ))
+                        .into())
+                    }
+                }
+            }
+        }
+        Ok(!asks.is_empty())
+    }
+
+    pub(super) async fn claim(&self, body: &[u8]) -> std::result::Result<Response, Failure> {
+        // The token is made before the record is read: nothing may await between reading the
+        // record and saving it, or another request could change it meanwhile.
+        let nonce = crypto::random_token(32)?;
+        let token = crate::auth::wake_token(&self.env, &self.live()?.id, &nonce).await?;
+        let mut record = self.live()?;
+        if record.kind != Kind::PullWake {
+            return Err(SubscriptionError::InvalidRequest(
+                "claims are for pull-wake subscriptions",
+            )
+            .into());
+        }
+        let input: ClaimBody = serde_json::from_slice(body).unwrap_or(ClaimBody { worker: None });
+        let worker = input
+            .worker
+            .filter(|w| !w.is_empty() && w.len() <= 200)
+            .unwrap_or_else(|| "anonymous".into());
+        let now = now_ms();
+        if let Some(holder) = &record.holder {
+            if record.lease_deadline.is_some_and(|d| d > now) {
+                return Err(Failure::Claimed {
+                    holder: holder.clone(),
+                    generation: record.generation,
+                });
+            }
+            // The previous holder's lease ran out.
+            self.clear_wake(&mut record)?;
+        }
+        if !self.has_pending()? {
+            return Err(SubscriptionError::NoPendingWork.into());
+        }
+        if record.wake_id.is_none() {
+            self.wake_if_pending(&mut record)?;
+        }
+        // Claimed: no wake event is owed (any still being retried is moot, and its failures no
+        // longer make the subscription "failed"), and the lease runs.
+        record.deliver = false;
+        record.next_attempt_at = None;
+        record.failures = 0;
+        record.holder = Some(worker);
+        record.token = Some(nonce);
+        record.lease_deadline = Some(now + record.lease_ttl_ms as i64);
+        self.take_snapshot()?;
+        self.save(&record)?;
+        self.schedule(&record).await?;
+        let streams: Vec<Value> = self.links()?.iter().map(Link::info).collect();
+        Ok(json(
+            200,
+            &j!({
+                "wake_id": record.wake_id,
+                "generation": record.generation,
+                "token": token,
+                "streams": streams,
+                "lease_ttl_ms": record.lease_ttl_ms,
+            }),
+        )?)
+    }
+
+    pub(super) async fn release(
+        &self,
+        req: &Request,
+        body: &[u8],
+    ) -> std::result::Result<Response, Failure> {
+        let mut record = self.live()?;
+        if record.kind != Kind::PullWake {
+            return Err(SubscriptionError::InvalidRequest(
+                "release is for pull-wake subscriptions",
+            )
+            .into());
+        }
+        let input: AckBody = serde_json::from_slice(body)
+            .map_err(|_| SubscriptionError::InvalidRequest("body must be a JSON release object"))?;
+        self.fence(&record, req, input.wake_id.as_deref(), input.generation)?;
+        self.clear_wake(&mut record)?;
+        // Work still pending gets a new wake event for a later claim.
+        self.wake_if_pending(&mut record)?;
+        self.save(&record)?;
+        self.schedule(&record).await?;
+        Ok(Response::empty()?.with_status(204))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "ab"));
+        assert!(!same_secret("", "a"));
+    }
+}

@@ -1,0 +1,275 @@
+//! `SubscriptionObject`: one subscription's configuration, per-stream cursors, wake generation,
+//! lease and webhook retry state, all in SQLite so an evicted object resumes where it was.
+//!
+//! Wakes are delivered from the alarm handler: a wake (or a retry) sets the alarm, and the
+//! alarm posts the signed webhook or appends the wake event. Leases expire by alarm too.
+//!
+//! The record row holds only bounded fields. Links (one row per stream), the tails a wake
+//! covers (`snapshot`) and the configuration a PUT is compared with (`config`) have rows of
+//! their own, so no save grows past SQLite's row limit however many streams are linked.
+//!
+//! Requests interleave wherever this object awaits (a registry or stream call, a webhook):
+//! decisions are taken and saved between awaits, and state is read again after each one.
+//!
+//! - `store`: the tables and every row read or written (the record, links, snapshot, config).
+//! - `configure`: the subscription's PUT, GET and DELETE; `links`: the streams it covers.
+//! - `wake`: a stream's new tail, wake generations, and their delivery (webhook or wake event).
+//! - `lease`: callbacks, acks, claims and releases of a wake; `alarm`: the timed work.
+
+mod alarm;
+mod configure;
+mod lease;
+mod links;
+mod store;
+mod wake;
+
+use std::cell::RefCell;
+
+use edgestream::subscription::SubscriptionError;
+use serde::{Deserialize, Serialize};
+use serde_json::{json as j, Value};
+use worker::{durable_object, DurableObject, Env, Request, Response, Result, SqlStorage, State};
+
+use super::registry::StreamPath;
+use super::{call, error, json, registry_stub};
+use crate::crypto::SigningKey;
+use crate::fault::Call;
+use crate::http::{self, now_ms};
+use crate::path::STREAM_PREFIX;
+use crate::turnstile::Turnstile;
+use store::{Kind, Link, Record, SCHEMA};
+
+/// What a stream reports after an append (or at creation).
+#[derive(Serialize, Deserialize)]
+pub struct Notify {
+    pub path: String,
+    pub tail: u64,
+}
+
+#[durable_object]
+pub struct SubscriptionObject {
+    state: State,
+    env: Env,
+    /// The storage; its tables are made by the first write (see [`SubscriptionObject::sql`]),
+    /// so that a request for an id with no subscription stores nothing.
+    raw_sql: SqlStorage,
+    /// The same storage, for writes that must be stored together.
+    storage: Option<crate::transaction::Transactional>,
+    /// Storage could not be opened: every request is 503.
+    broken: bool,
+    /// The tables are made: something was stored here once.
+    opened: std::cell::Cell<bool>,
+    key: RefCell<Option<SigningKey>>,
+    /// Changes that tell the registry (create, delete, adding and removing streams, and the
+    /// alarm finishing a create) take turns, so the registry hears them in the order they
+    /// were made: a delete's removal never lands after the create that followed it.
+    changes: Turnstile,
+    /// Injected faults, for tests (`FAULT_MARKER`).
+    faults: crate::fault::Faults,
+    /// Alarms in a row that failed: the next is set further off each time, so an object whose
+    /// storage or peers keep failing does not wake every second for as long as that lasts.
+    alarm_failures: std::cell::Cell<u32>,
+}
+
+impl DurableObject for SubscriptionObject {
+    fn new(state: State, env: Env) -> Self {
+        let raw = state._inner();
+        let storage = crate::transaction::Transactional::of(&raw);
+        let state = State::from(raw);
+        let sql = state.storage().sql();
+        // An object that never stored anything is left so: a request for an id with no
+        // subscription (a GET, a DELETE, an ack) must not make tables, or any admin could
+        // leave objects behind by the million.
+        let stored = crate::schema::has_table(&sql, "subscription");
+        let opened = storage
+            .as_ref()
+            .map_err(|e| worker::Error::RustError(e.to_string()))
+            .and_then(|_| match stored {
+                true => crate::schema::open(&sql, SCHEMA, &[]),
+                false => Ok(()),
+            });
+        let broken = match opened {
+            Ok(_) => false,
+            Err(e) => {
+                worker::console_error!("subscription: cannot open storage: {e}");
+                true
+            }
+        };
+        let faults = crate::fault::Faults::new(crate::config::Config::from_env(&env).fault_marker);
+        SubscriptionObject {
+            state,
+            env,
+            raw_sql: sql,
+            storage: storage.ok(),
+            broken,
+            opened: std::cell::Cell::new(stored),
+            key: RefCell::new(None),
+            changes: Turnstile::default(),
+            faults,
+            alarm_failures: std::cell::Cell::new(0),
+        }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        if self.broken {
+            return http::unavailable("subscription storage unavailable; retry");
+        }
+        match self.route(req).await {
+            Ok(resp) => Ok(resp),
+            Err(e) => {
+                worker::console_error!("subscription: {e}");
+                http::unavailable("temporary failure; retry")
+            }
+        }
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        match self.on_alarm().await {
+            Ok(()) => self.alarm_failures.set(0),
+            Err(e) => {
+                worker::console_error!("subscription alarm: {e}");
+                // Try again, sooner the first times; the state in storage says what is owed.
+                let failures = self.alarm_failures.get();
+                self.alarm_failures.set(failures.saturating_add(1));
+                self.set_alarm(now_ms() + crate::object::backoff_ms(failures))
+                    .await?;
+            }
+        }
+        Response::ok("")
+    }
+}
+
+impl SubscriptionObject {
+    async fn route(&self, mut req: Request) -> Result<Response> {
+        let url = req.url()?;
+        let op = url.path().trim_start_matches('/').to_string();
+        let body = req.bytes().await.unwrap_or_default();
+        let _turn = match op.as_str() {
+            "create" | "delete" | "add-streams" | "remove-stream" => {
+                Some(self.changes.enter().await)
+            }
+            _ => None,
+        };
+        let result = match op.as_str() {
+            "internal/notify" => {
+                let Ok(n) = serde_json::from_slice::<Notify>(&body) else {
+                    return http::text(400, "bad notify");
+                };
+                return self.notify(n).await;
+            }
+            "internal/stream-removed" => {
+                let Ok(p) = serde_json::from_slice::<StreamPath>(&body) else {
+                    return http::text(400, "bad stream-removed");
+                };
+                if let Err(e) = self.faults.check(&p.path, Call::StreamRemoved) {
+                    return http::unavailable(&e.to_string());
+                }
+                return self.stream_removed(&p.path);
+            }
+            "create" => self.create(&req, &body).await,
+            "get" => self.get().await,
+            "delete" => self.delete().await,
+            "add-streams" => self.add_streams(&body).await,
+            "remove-stream" => {
+                let path = url
+                    .query_pairs()
+                    .find(|(k, _)| k == "path")
+                    .map(|(_, v)| v.into_owned());
+                self.remove_stream(path.as_deref()).await
+            }
+            "callback" => self.ack(&req, &body, Kind::Webhook).await,
+            "ack" => self.ack(&req, &body, Kind::PullWake).await,
+            "claim" => self.claim(&body).await,
+            "release" => self.release(&req, &body).await,
+            _ => return http::text(404, "not found"),
+        };
+        match result {
+            Ok(resp) => Ok(resp),
+            Err(Failure::Protocol(e)) => error(e),
+            Err(Failure::Runtime(e)) => Err(e),
+            Err(Failure::Claimed { holder, generation }) => json(
+                409,
+                &j!({ "error": {
+                    "code": "ALREADY_CLAIMED",
+                    "message": "another worker holds the lease",
+                    "current_holder": holder,
+                    "generation": generation,
+                }}),
+            ),
+        }
+    }
+
+    fn live(&self) -> std::result::Result<Record, Failure> {
+        match self.load()? {
+            Some(r) if !r.deleted => Ok(r),
+            _ => Err(SubscriptionError::NotFound.into()),
+        }
+    }
+
+    /// The subscription as its GET, PUT and stream changes answer it. A webhook's signing key
+    /// is named whether or not this object has fetched it yet.
+    async fn describe(&self, record: &Record) -> Result<Value> {
+        let streams: Vec<Value> = self.links()?.iter().map(Link::info).collect();
+        let webhook = match &record.webhook_url {
+            Some(url) => {
+                let key = self.signing_key().await?;
+                j!({
+                    "url": url,
+                    "signing": {
+                        "alg": "ed25519",
+                        "kid": key.kid,
+                        "jwks_url": format!("{}{STREAM_PREFIX}__ds/jwks.json", record.origin),
+                    },
+                })
+            }
+            None => Value::Null,
+        };
+        Ok(j!({
+            "id": record.id,
+            "subscription_id": record.id,
+            "type": record.kind,
+            "pattern": record.pattern,
+            "streams": streams,
+            "webhook": webhook,
+            "wake_stream": record.wake_stream,
+            "lease_ttl_ms": record.lease_ttl_ms,
+            "created_at": record.created_at,
+            "status": if record.failures > 0 { "failed" } else { "active" },
+            "description": record.description,
+            "generation": record.generation,
+        }))
+    }
+
+    /// The signing key, fetched from the registry once per object lifetime.
+    async fn signing_key(&self) -> Result<SigningKey> {
+        if let Some(key) = self.key.borrow().clone() {
+            return Ok(key);
+        }
+        let (status, key) =
+            call::<_, SigningKey>(&registry_stub(&self.env)?, "key", &j!({})).await?;
+        let key = key.filter(|_| status == 200).ok_or_else(|| {
+            worker::Error::RustError(format!("registry key request failed ({status})"))
+        })?;
+        self.key.replace(Some(key.clone()));
+        Ok(key)
+    }
+}
+
+/// Why a subscription request failed.
+enum Failure {
+    Protocol(SubscriptionError),
+    Claimed { holder: String, generation: u64 },
+    Runtime(worker::Error),
+}
+
+impl From<SubscriptionError> for Failure {
+    fn from(e: SubscriptionError) -> Self {
+        Failure::Protocol(e)
+    }
+}
+
+impl From<worker::Error> for Failure {
+    fn from(e: worker::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}

@@ -1,0 +1,340 @@
+//! The subscription's SQLite tables and every row read or written: the record (configuration
+//! and delivery state), the links (one cursor per stream), the `snapshot` of tails the current
+//! wake covers and the `config` a PUT is compared with.
+
+use edgestream::subscription as rules;
+use edgestream::Offset;
+use serde::{Deserialize, Serialize};
+use serde_json::{json as j, Value};
+use worker::{Result, SqlStorage, SqlStorageValue};
+
+use super::SubscriptionObject;
+use crate::http::{now_ms, random_u32};
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS subscription (id INTEGER PRIMARY KEY CHECK (id = 1), record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS config (id INTEGER PRIMARY KEY CHECK (id = 1), canonical TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS links (
+  path TEXT PRIMARY KEY,
+  glob INTEGER NOT NULL,
+  explicit INTEGER NOT NULL,
+  acked INTEGER NOT NULL,
+  tail INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshot (path TEXT PRIMARY KEY, tail INTEGER NOT NULL);
+";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum Kind {
+    Webhook,
+    PullWake,
+}
+
+/// The subscription row: configuration and delivery state, every field of bounded size.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct Record {
+    pub(super) id: String,
+    pub(super) kind: Kind,
+    pub(super) pattern: Option<String>,
+    pub(super) webhook_url: Option<String>,
+    pub(super) wake_stream: Option<String>,
+    pub(super) lease_ttl_ms: u64,
+    pub(super) description: Option<String>,
+    pub(super) created_at: String,
+    /// The public origin, for the callback and JWKS URLs this subscription hands out.
+    pub(super) origin: String,
+    /// New at each creation: work begun for one incarnation (linking streams) stops when it
+    /// is deleted or replaced meanwhile.
+    #[serde(default)]
+    pub(super) epoch: String,
+    pub(super) generation: u64,
+    pub(super) wake_id: Option<String>,
+    pub(super) token: Option<String>,
+    pub(super) holder: Option<String>,
+    /// When the lease ends. A webhook's starts when a delivery succeeds, a pull-wake's when a
+    /// worker claims.
+    pub(super) lease_deadline: Option<i64>,
+    /// A webhook post or a wake event is owed.
+    pub(super) deliver: bool,
+    pub(super) failures: u32,
+    pub(super) next_attempt_at: Option<i64>,
+    pub(super) deleted: bool,
+    /// Linking this incarnation's streams (the registry's list, then each stream's tail) has
+    /// not yet succeeded: a PUT that finds it so finishes it, and so does the alarm.
+    #[serde(default)]
+    pub(super) linking: bool,
+    /// Deleted, and the registry has yet to forget this subscription's links: the alarm tells
+    /// it, unless a PUT creates the id again first (its links replace them).
+    #[serde(default)]
+    pub(super) unlinking: bool,
+    /// Failed attempts at linking, or, once deleted, at unlinking.
+    #[serde(default)]
+    pub(super) link_failures: u32,
+    /// When the alarm next tries to finish linking, or unlinking.
+    #[serde(default)]
+    pub(super) link_retry_at: Option<i64>,
+    /// Records saved before `config` and `snapshot` had tables kept them here: read once, and
+    /// never written again.
+    #[serde(default, skip_serializing)]
+    pub(super) canonical: String,
+    #[serde(default, skip_serializing)]
+    pub(super) snapshot: Vec<(String, u64)>,
+}
+
+impl Record {
+    /// Records an attempt at linking or unlinking: a failure is retried by the alarm with
+    /// backoff. Answers whether it succeeded.
+    pub(super) fn settle_links(&mut self, what: &str, result: &Result<()>) -> bool {
+        match result {
+            Ok(()) => {
+                self.link_failures = 0;
+                self.link_retry_at = None;
+                true
+            }
+            Err(e) => {
+                worker::console_warn!("subscription {}: {what} failed: {e}", self.id);
+                self.link_failures = self.link_failures.saturating_add(1);
+                let delay = rules::retry_delay_ms(self.link_failures, random_u32());
+                self.link_retry_at = Some(now_ms() + delay as i64);
+                false
+            }
+        }
+    }
+}
+
+/// One linked stream's cursor.
+#[derive(Clone, Debug)]
+pub(super) struct Link {
+    pub(super) path: String,
+    pub(super) glob: bool,
+    pub(super) explicit: bool,
+    pub(super) acked: u64,
+    pub(super) tail: u64,
+}
+
+impl Link {
+    pub(super) fn pending(&self) -> bool {
+        self.tail > self.acked
+    }
+
+    pub(super) fn info(&self) -> Value {
+        j!({
+            "path": self.path,
+            "link_type": if self.explicit { "explicit" } else { "glob" },
+            "acked_offset": offset_text(self.acked),
+            "tail_offset": offset_text(self.tail),
+            "has_pending": self.pending(),
+        })
+    }
+}
+
+pub(super) fn offset_text(position: u64) -> String {
+    Offset::new(position).unwrap_or(Offset::ZERO).to_string()
+}
+
+fn link_from_row(r: &[SqlStorageValue]) -> Link {
+    Link {
+        path: text(r, 0),
+        glob: int(r, 1) != 0,
+        explicit: int(r, 2) != 0,
+        acked: int(r, 3),
+        tail: int(r, 4),
+    }
+}
+
+fn text(row: &[SqlStorageValue], i: usize) -> String {
+    match row.get(i) {
+        Some(SqlStorageValue::String(s)) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+fn int(row: &[SqlStorageValue], i: usize) -> u64 {
+    match row.get(i) {
+        Some(SqlStorageValue::Integer(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(SqlStorageValue::Float(f)) => *f as u64,
+        _ => 0,
+    }
+}
+
+impl SubscriptionObject {
+    /// The storage, its tables made first if they are not yet.
+    pub(super) fn sql(&self) -> Result<&SqlStorage> {
+        if !self.opened.get() {
+            crate::schema::open(&self.raw_sql, SCHEMA, &[])?;
+            self.opened.set(true);
+        }
+        Ok(&self.raw_sql)
+    }
+
+    fn rows(&self, q: &str, b: Vec<SqlStorageValue>) -> Result<Vec<Vec<SqlStorageValue>>> {
+        self.sql()?.exec(q, b)?.raw().collect()
+    }
+
+    pub(super) fn load(&self) -> Result<Option<Record>> {
+        // No tables: no subscription, nor was there one.
+        if !self.opened.get() {
+            return Ok(None);
+        }
+        let rows = self.rows("SELECT record FROM subscription WHERE id = 1", vec![])?;
+        let Some(mut record) = rows
+            .first()
+            .and_then(|r| serde_json::from_str::<Record>(&text(r, 0)).ok())
+        else {
+            return Ok(None);
+        };
+        if !record.snapshot.is_empty() || !record.canonical.is_empty() {
+            // Written before these had tables: move them there once.
+            for (path, tail) in std::mem::take(&mut record.snapshot) {
+                self.sql()?.exec(
+                    "INSERT OR REPLACE INTO snapshot (path, tail) VALUES (?, ?)",
+                    vec![
+                        SqlStorageValue::String(path),
+                        SqlStorageValue::Integer(tail as i64),
+                    ],
+                )?;
+            }
+            let canonical = std::mem::take(&mut record.canonical);
+            if !canonical.is_empty() {
+                self.save_canonical(&canonical)?;
+            }
+            self.save(&record)?;
+        }
+        Ok(Some(record))
+    }
+
+    pub(super) fn save(&self, record: &Record) -> Result<()> {
+        let encoded =
+            serde_json::to_string(record).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        self.sql()?.exec(
+            "INSERT INTO subscription (id, record) VALUES (1, ?)
+             ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+            vec![SqlStorageValue::String(encoded)],
+        )?;
+        Ok(())
+    }
+
+    /// The normalized configuration of the current subscription: an identical PUT re-confirms
+    /// it, any other conflicts.
+    pub(super) fn canonical(&self) -> Result<Option<String>> {
+        let rows = self.rows("SELECT canonical FROM config WHERE id = 1", vec![])?;
+        Ok(rows.first().map(|r| text(r, 0)))
+    }
+
+    pub(super) fn save_canonical(&self, canonical: &str) -> Result<()> {
+        self.sql()?.exec(
+            "INSERT INTO config (id, canonical) VALUES (1, ?)
+             ON CONFLICT (id) DO UPDATE SET canonical = excluded.canonical",
+            vec![SqlStorageValue::String(canonical.to_string())],
+        )?;
+        Ok(())
+    }
+
+    /// Whether `record`'s incarnation is still the live subscription (not deleted, nor
+    /// deleted and created again).
+    pub(super) fn still(&self, record: &Record) -> Result<bool> {
+        Ok(self
+            .load()?
+            .is_some_and(|r| !r.deleted && r.epoch == record.epoch))
+    }
+
+    pub(super) fn links(&self) -> Result<Vec<Link>> {
+        let rows = self.rows(
+            "SELECT path, glob, explicit, acked, tail FROM links ORDER BY path",
+            vec![],
+        )?;
+        Ok(rows.iter().map(|r| link_from_row(r)).collect())
+    }
+
+    pub(super) fn link(&self, path: &str) -> Result<Option<Link>> {
+        let rows = self.rows(
+            "SELECT path, glob, explicit, acked, tail FROM links WHERE path = ?",
+            vec![SqlStorageValue::String(path.to_string())],
+        )?;
+        Ok(rows.first().map(|r| link_from_row(r)))
+    }
+
+    pub(super) fn has_pending(&self) -> Result<bool> {
+        Ok(!self
+            .rows("SELECT 1 FROM links WHERE tail > acked LIMIT 1", vec![])?
+            .is_empty())
+    }
+
+    pub(super) fn explicit_count(&self) -> Result<usize> {
+        let rows = self.rows("SELECT count(*) FROM links WHERE explicit = 1", vec![])?;
+        Ok(rows.first().map_or(0, |r| int(r, 0) as usize))
+    }
+
+    pub(super) fn save_link(&self, link: &Link) -> Result<()> {
+        self.sql()?.exec(
+            "INSERT INTO links (path, glob, explicit, acked, tail) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (path) DO UPDATE SET glob = excluded.glob, explicit = excluded.explicit,
+               acked = excluded.acked, tail = excluded.tail",
+            vec![
+                SqlStorageValue::String(link.path.clone()),
+                SqlStorageValue::Integer(i64::from(link.glob)),
+                SqlStorageValue::Integer(i64::from(link.explicit)),
+                SqlStorageValue::Integer(link.acked as i64),
+                SqlStorageValue::Integer(link.tail as i64),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Drops a link, and its place in the current wake.
+    pub(super) fn remove_link(&self, path: &str) -> Result<()> {
+        self.atomically(|| {
+            for q in [
+                "DELETE FROM links WHERE path = ?",
+                "DELETE FROM snapshot WHERE path = ?",
+            ] {
+                self.sql()?
+                    .exec(q, vec![SqlStorageValue::String(path.to_string())])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The current wake covers every link at its present tail.
+    pub(super) fn take_snapshot(&self) -> Result<()> {
+        self.atomically(|| {
+            self.sql()?.exec("DELETE FROM snapshot", None)?;
+            self.sql()?.exec(
+                "INSERT INTO snapshot (path, tail) SELECT path, tail FROM links",
+                None,
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The links the current wake covers, each with the tail it was woken for.
+    pub(super) fn snapshot_links(&self) -> Result<Vec<(Link, u64)>> {
+        let rows = self.rows(
+            "SELECT l.path, l.glob, l.explicit, l.acked, l.tail, s.tail FROM links l
+             JOIN snapshot s ON s.path = l.path ORDER BY l.path",
+            vec![],
+        )?;
+        Ok(rows.iter().map(|r| (link_from_row(r), int(r, 5))).collect())
+    }
+
+    /// Acks every link the current wake covers up to the tail it was woken for.
+    pub(super) fn apply_snapshot(&self) -> Result<()> {
+        self.sql()?.exec(
+            "UPDATE links SET acked = (SELECT s.tail FROM snapshot s WHERE s.path = links.path)
+             WHERE EXISTS (SELECT 1 FROM snapshot s WHERE s.path = links.path AND s.tail > links.acked)",
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Runs `f`, keeping its writes only if it succeeds.
+    pub(super) fn atomically<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        // Made before, not inside, the transaction: a rollback would take them with it.
+        self.sql()?;
+        match &self.storage {
+            Some(storage) => storage.atomically(f),
+            None => Err(worker::Error::RustError("storage unavailable".into())),
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Wakes: a stream's new tail (`notify`) or removal, a new wake generation when work is pending,
+//! and its delivery from the alarm, as a signed webhook post or events on the wake stream.
+
+use edgestream::subscription as rules;
+use futures_util::StreamExt;
+use serde_json::{json as j, Value};
+use worker::{
+    AbortController, Fetch, Headers, Method, Request, RequestInit, RequestRedirect, Response,
+    Result, SqlStorageValue, Url,
+};
+
+use super::store::{offset_text, Kind, Link, Record};
+use super::{Notify, SubscriptionObject};
+use crate::crypto;
+use crate::http::{self, header, now_ms, random_u32};
+use crate::path::STREAM_PREFIX;
+use crate::subscription::{json, stream_stub, webhook};
+
+/// A webhook's reply body, read up to [`rules::MAX_WEBHOOK_REPLY_BYTES`]; `None` when it is
+/// longer (the rest is never read: the caller aborts the exchange) or breaks off.
+async fn read_reply(resp: &mut Response) -> Option<Vec<u8>> {
+    let limit = rules::MAX_WEBHOOK_REPLY_BYTES;
+    let declared =
+        header(resp.headers(), "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return None;
+    }
+    let Ok(mut body) = resp.stream() else {
+        // No body at all.
+        return Some(Vec::new());
+    };
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.ok()?;
+        if bytes.len() + chunk.len() > limit {
+            return None;
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Some(bytes)
+}
+
+impl SubscriptionObject {
+    /// A stream's new tail. Answers whether the stream is still linked.
+    pub(super) async fn notify(&self, n: Notify) -> Result<Response> {
+        let Some(mut record) = self.load()?.filter(|r| !r.deleted) else {
+            return json(200, &j!({ "linked": false }));
+        };
+        let glob = record
+            .pattern
+            .as_deref()
+            .is_some_and(|p| rules::glob_matches(p, &n.path));
+        let link = match self.link(&n.path)? {
+            Some(l) => Link {
+                glob,
+                tail: l.tail.max(n.tail),
+                ..l
+            },
+            None if glob => {
+                // Discovered by this append: linked before it, so the append is pending.
+                Link {
+                    path: n.path,
+                    glob,
+                    explicit: false,
+                    acked: 0,
+                    tail: n.tail,
+                }
+            }
+            None => return json(200, &j!({ "linked": false })),
+        };
+        self.save_link(&link)?;
+        if self.wake_if_pending(&mut record)? {
+            self.save(&record)?;
+            self.schedule(&record).await?;
+        }
+        json(200, &j!({ "linked": true }))
+    }
+
+    /// A linked stream was deleted (or expired). Its link goes, as it would for a stream that
+    /// never existed: a pattern finds a stream created at that path later as a new stream, and
+    /// an explicit link waits for it at the start. So the new stream's data is all pending, and
+    /// acks and wakes of the old one do not apply to it.
+    pub(super) fn stream_removed(&self, path: &str) -> Result<Response> {
+        let Some(mut record) = self.load()?.filter(|r| !r.deleted) else {
+            return json(200, &j!({ "linked": false }));
+        };
+        match self.link(path)? {
+            Some(link) if link.explicit => {
+                self.save_link(&Link {
+                    acked: 0,
+                    tail: 0,
+                    ..link
+                })?;
+                self.sql()?.exec(
+                    "DELETE FROM snapshot WHERE path = ?",
+                    vec![SqlStorageValue::String(path.to_string())],
+                )?;
+            }
+            Some(_) => self.remove_link(path)?,
+            None => return json(200, &j!({ "linked": false })),
+        }
+        // A wake not yet delivered that was owed for this stream alone is owed no more.
+        if record.deliver && !self.has_pending()? {
+            self.clear_wake(&mut record)?;
+            self.save(&record)?;
+        }
+        json(200, &j!({ "linked": true }))
+    }
+
+    /// Starts a new wake generation when work is pending and nothing is in flight. A webhook's
+    /// lease starts once the wake is delivered, a pull-wake's when a worker claims it.
+    pub(super) fn wake_if_pending(&self, record: &mut Record) -> Result<bool> {
+        if record.deleted || record.wake_id.is_some() || record.holder.is_some() {
+            return Ok(false);
+        }
+        if !self.has_pending()? {
+            return Ok(false);
+        }
+        record.generation += 1;
+        record.wake_id = Some(format!("w_{}", crypto::random_token(12)?));
+        self.take_snapshot()?;
+        record.deliver = true;
+        record.next_attempt_at = None;
+        record.lease_deadline = None;
+        if record.kind == Kind::Webhook {
+            record.token = Some(crypto::random_token(32)?);
+        }
+        Ok(true)
+    }
+
+    pub(super) fn clear_wake(&self, record: &mut Record) -> Result<()> {
+        record.wake_id = None;
+        record.token = None;
+        record.holder = None;
+        record.lease_deadline = None;
+        record.deliver = false;
+        record.next_attempt_at = None;
+        self.sql()?.exec("DELETE FROM snapshot", None)?;
+        Ok(())
+    }
+
+    /// Records a delivery attempt: a failure is retried with backoff; a webhook delivered
+    /// starts its lease, and `{"done": true}` in its reply acks the wake at once.
+    pub(super) fn delivery_outcome(
+        &self,
+        record: &mut Record,
+        delivered: Result<bool>,
+    ) -> Result<()> {
+        let now = now_ms();
+        match delivered {
+            Ok(done) => {
+                record.deliver = false;
+                record.failures = 0;
+                record.next_attempt_at = None;
+                if record.kind == Kind::Webhook {
+                    record.lease_deadline = Some(now + record.lease_ttl_ms as i64);
+                    if done {
+                        self.apply_snapshot()?;
+                        self.clear_wake(record)?;
+                        self.wake_if_pending(record)?;
+                    }
+                }
+            }
+            Err(e) => {
+                worker::console_warn!("subscription {}: delivery failed: {e}", record.id);
+                record.failures = record.failures.saturating_add(1);
+                record.next_attempt_at =
+                    Some(now + rules::retry_delay_ms(record.failures, random_u32()) as i64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Posts the signed wake to the webhook; answers whether its reply said `{"done": true}`.
+    /// A redirect is a failed delivery (the signed wake goes nowhere `validate_url` did not
+    /// check), and the whole exchange must end within `WEBHOOK_TIMEOUT_MS`.
+    pub(super) async fn post_webhook(&self, record: &Record) -> Result<bool> {
+        let (Some(url), Some(wake_id), Some(token)) = (
+            record.webhook_url.clone(),
+            record.wake_id.clone(),
+            record.token.clone(),
+        ) else {
+            return Ok(false);
+        };
+        let streams: Vec<Value> = self
+            .snapshot_links()?
+            .iter()
+            .map(|(link, tail)| {
+                let mut info = link.info();
+                info["tail_offset"] = j!(offset_text(*tail));
+                info["has_pending"] = j!(*tail > link.acked);
+                info
+            })
+            .collect();
+        let body = j!({
+            "subscription_id": record.id,
+            "wake_id": wake_id,
+            "generation": record.generation,
+            "streams": streams,
+            "callback_url": format!("{}{STREAM_PREFIX}__ds/subscriptions/{}/callback", record.origin, record.id),
+            "callback_token": crate::auth::wake_token(&self.env, &record.id, &token).await?,
+        })
+        .to_string();
+        let key = self.signing_key().await?;
+        let timestamp = now_ms() / 1000;
+        let signature = key
+            .sign(&webhook::signed_message(timestamp, body.as_bytes()))
+            .await?;
+        let headers = Headers::new();
+        headers.set("content-type", "application/json")?;
+        headers.set(
+            "webhook-signature",
+            &webhook::signature_header(timestamp, &key.kid, &signature),
+        )?;
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post)
+            .with_headers(headers)
+            .with_body(Some(body.into()))
+            .with_redirect(RequestRedirect::Manual);
+        let target = Url::parse(&url)?;
+        let request = Request::new_with_init(target.as_str(), &init)?;
+        let timeout_ms = crate::config::Config::from_env(&self.env).webhook_timeout_ms;
+        let controller = AbortController::default();
+        let signal = controller.signal();
+        let exchange = async {
+            let mut resp = Fetch::Request(request).send_with_signal(&signal).await?;
+            match resp.status_code() {
+                200..=299 => Ok(read_reply(&mut resp).await),
+                status @ 300..=399 => Err(worker::Error::RustError(format!(
+                    "webhook answered {status}, a redirect, which is not followed"
+                ))),
+                status => Err(worker::Error::RustError(format!(
+                    "webhook answered {status}"
+                ))),
+            }
+        };
+        let outcome = http::within(timeout_ms, exchange).await.unwrap_or_else(|| {
+            Err(worker::Error::RustError(format!(
+                "webhook did not answer within {timeout_ms} ms"
+            )))
+        });
+        // Ends what is left: a request still waiting, or a reply past its limit.
+        controller.abort();
+        let reply = outcome?;
+        Ok(reply
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+            .is_some_and(|v| v["done"] == Value::Bool(true)))
+    }
+
+    /// Appends one wake event per pending stream to the pull-wake stream.
+    pub(super) async fn post_wake_event(&self, record: &Record) -> Result<()> {
+        let Some(wake_stream) = &record.wake_stream else {
+            return Ok(());
+        };
+        let now = now_ms();
+        let events: Vec<Value> = self
+            .links()?
+            .iter()
+            .filter(|l| l.pending())
+            .map(|l| {
+                j!({
+                    "type": "wake",
+                    "subscription_id": record.id,
+                    "stream": l.path,
+                    "generation": record.generation,
+                    "wake_id": record.wake_id,
+                    "ts": now,
+                })
+            })
+            .collect();
+        let body = Value::Array(events).to_string();
+        let headers = Headers::new();
+        headers.set("content-type", "application/json")?;
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post)
+            .with_headers(headers)
+            .with_body(Some(body.into()));
+        // The name as given, like every stream a subscription names: not %-decoded again.
+        let name = crate::path::StreamName::from_name(wake_stream.clone())
+            .map_err(|e| worker::Error::RustError(e.message().into()))?;
+        let req = Request::new_with_init(&crate::edge::object_url(&name, None), &init)?;
+        let resp = stream_stub(&self.env, name.as_str())?
+            .fetch_with_request(req)
+            .await?;
+        match resp.status_code() {
+            200 | 204 => Ok(()),
+            s => Err(worker::Error::RustError(format!(
+                "wake stream answered {s}"
+            ))),
+        }
+    }
+}
