@@ -112,6 +112,18 @@ pub fn with_query(base: &str, params: &[(String, String)]) -> String {
     url
 }
 
+/// `text` as an error message may show it: the value of a query parameter named `token` or as one
+/// of the caller's `params` is `***`, and so is any of the caller's header and param values
+/// (of 8 bytes or more) wherever it appears (an error body that echoes the request, say).
+#[inline(never)]
+pub fn redact(text: &str, params: &[(String, String)], headers: &[(String, String)]) -> String {
+    js::es_redact(
+        text,
+        &js::pairs_to_object(params),
+        &js::pairs_to_object(headers),
+    )
+}
+
 /// Whether `text` contains `word`, ignoring ASCII case (bytewise: no `str` searcher in the wasm).
 fn mentions(text: &str, word: &[u8]) -> bool {
     text.as_bytes()
@@ -192,6 +204,8 @@ pub fn unsent_error(method: &str, url: &str, cause: &JsValue) -> JsValue {
         url,
         ": a headers or params function failed: ",
         cause,
+        &[],
+        &[],
     )
     .into()
 }
@@ -236,7 +250,10 @@ pub async fn send_once(req: &Request<'_>, signal: Option<&AbortSignal>) -> Resul
     if let Some(signal) = signal {
         js::set(&init, "signal", signal.clone());
     }
-    let network = |e: JsValue| Failure::Network(network_error(req.method, req.url, &e).into());
+    let network = |e: JsValue| {
+        let e = network_error(req.method, req.url, &e, &params, &dynamic_headers);
+        Failure::Network(e.into())
+    };
     let promise = js::es_fetch(&url, &init, req.timeout_ms).map_err(network)?;
     match js::wait(promise).await {
         Ok(value) => {
@@ -286,9 +303,7 @@ pub async fn send(
             }
             Ok(sent) => {
                 if attempt >= policy.max_retries {
-                    return Err(
-                        status_error(req.method, req.url, &sent.response, sent.status).await,
-                    );
+                    return Err(status_error(req.method, req.url, &sent).await);
                 }
                 sent_before = true;
                 let ra = header(&sent.response, headers::RETRY_AFTER)
@@ -342,13 +357,27 @@ pub fn aborted() -> JsValue {
     error::new(error::ABORTED, "the operation was cancelled", None).into()
 }
 
-/// A `NETWORK_ERROR` naming what failed and why.
-pub fn network_error(method: &str, url: &str, cause: &JsValue) -> js_sys::Error {
-    failed(method, url, ": network error: ", cause)
+/// A `NETWORK_ERROR` naming what failed and why, with the caller's `params` and `headers` (as
+/// sent) hidden (see [`redact`]).
+pub fn network_error(
+    method: &str,
+    url: &str,
+    cause: &JsValue,
+    params: &[(String, String)],
+    headers: &[(String, String)],
+) -> js_sys::Error {
+    failed(method, url, ": network error: ", cause, params, headers)
 }
 
 /// A `NETWORK_ERROR` for `method url`, saying `what` and why, with `cause`.
-fn failed(method: &str, url: &str, what: &str, cause: &JsValue) -> js_sys::Error {
+fn failed(
+    method: &str,
+    url: &str,
+    what: &str,
+    cause: &JsValue,
+    params: &[(String, String)],
+    headers: &[(String, String)],
+) -> js_sys::Error {
     let why = js::get_string(cause, "message").unwrap_or_else(|| js::to_text(cause));
     let detail = js::get(cause, "cause");
     let detail = js::get_string(&detail, "message")
@@ -358,8 +387,9 @@ fn failed(method: &str, url: &str, what: &str, cause: &JsValue) -> js_sys::Error
     if !detail.is_empty() {
         parts.extend_from_slice(&[" (", detail.as_str(), ")"]);
     }
+    let text = redact(&error::msg(&parts), params, headers);
     error::with(
-        error::new(error::NETWORK_ERROR, &error::msg(&parts), None),
+        error::new(error::NETWORK_ERROR, &text, None),
         "cause",
         cause.clone(),
     )
@@ -404,7 +434,8 @@ pub async fn text(response: &Response) -> String {
 
 /// Turns an error status into a typed error. 409s are told apart by their headers: a closed
 /// stream, a producer sequence gap, or a plain conflict.
-pub async fn status_error(method: &str, url: &str, response: &Response, status: u16) -> JsValue {
+pub async fn status_error(method: &str, url: &str, sent: &Sent) -> JsValue {
+    let (response, status) = (&sent.response, sent.status);
     let body = text(response).await;
     let body = body.trim();
     let short: String = body.chars().take(200).collect();
@@ -423,7 +454,7 @@ pub async fn status_error(method: &str, url: &str, response: &Response, status: 
         if !short.is_empty() {
             parts.extend_from_slice(&[": ", short.as_str()]);
         }
-        error::msg(&parts)
+        redact(&error::msg(&parts), &sent.params_sent, &sent.headers_sent)
     };
     let err = match status {
         // A PUT creates: its 404 is a fork's source that is not there, unless the URL is not a
