@@ -145,7 +145,8 @@ pub struct Request<'a> {
     /// lost connection does: a connection can die without closing, and its request then hangs.
     pub timeout_ms: f64,
     /// Called (if a function) when an attempt failed and the request waits to be sent again,
-    /// so that a producer can say it is retrying, as a reader does.
+    /// so that a producer can say it is retrying, as a reader does; a promise it returns is
+    /// waited for instead of the backoff.
     pub on_retry: JsValue,
 }
 
@@ -310,8 +311,12 @@ pub async fn send(
                     .and_then(|v| backoff::retry_after_ms(&v, js_sys::Date::now()));
                 attempt += 1;
                 release_body(&sent.response);
-                retrying(req);
-                js::sleep(policy.delay_ms(attempt, js_sys::Math::random(), ra), signal).await;
+                retrying(
+                    req,
+                    policy.delay_ms(attempt, js_sys::Math::random(), ra),
+                    signal,
+                )
+                .await;
                 continue;
             }
             Err(f) => f,
@@ -334,22 +339,18 @@ pub async fn send(
                 }
                 sent_before |= !unsent;
                 attempt += 1;
-                retrying(req);
-                js::sleep(
-                    policy.delay_ms(attempt, js_sys::Math::random(), None),
-                    signal,
-                )
-                .await;
+                let delay_ms = policy.delay_ms(attempt, js_sys::Math::random(), None);
+                retrying(req, delay_ms, signal).await;
             }
         }
     }
 }
 
-/// Tells `req.on_retry` that `req` is to be retried.
-fn retrying(req: &Request<'_>) {
-    if let Some(f) = req.on_retry.dyn_ref::<js_sys::Function>() {
-        let _ = f.call0(&JsValue::UNDEFINED);
-    }
+/// Tells `req.on_retry` that `req` is to be retried, and waits before it is: for the promise
+/// `on_retry` returned, if it did (a producer's batch waiting for another to get through an
+/// outage), else `delay_ms`.
+async fn retrying(req: &Request<'_>, delay_ms: f64, signal: Option<&AbortSignal>) {
+    let _ = js::wait(js::es_retry(&req.on_retry, delay_ms, signal)).await;
 }
 
 /// The error for a cancelled operation.

@@ -76,6 +76,10 @@ export function es_sleep(ms, signal) {
     if (g) g.addEventListener('online', done, { once: true });
   });
 }
+export function es_retry(f, ms, signal) {
+  const gate = typeof f === 'function' && f();
+  return gate instanceof Promise ? gate : es_sleep(ms, signal);
+}
 export function es_read_within(reader, ms) {
   // A read that brings nothing for `ms` cancels the body: the connection died without closing.
   let timer;
@@ -166,6 +170,8 @@ extern "C" {
     pub fn es_text(value: &JsValue) -> String;
     /// Resolves after `ms`, or at once when `signal` aborts or the network comes back (`online`).
     pub fn es_sleep(ms: f64, signal: Option<&web_sys::AbortSignal>) -> Promise;
+    /// Calls `f` (if a function): the promise it returns, else `es_sleep(ms, signal)`.
+    pub fn es_retry(f: &JsValue, ms: f64, signal: Option<&web_sys::AbortSignal>) -> Promise;
     /// `reader.read()`, rejected (and the body cancelled) when nothing comes for `ms`.
     pub fn es_read_within(reader: &web_sys::ReadableStreamDefaultReader, ms: f64) -> Promise;
     /// Aborts `controller` after `ms`; returns the function that calls it off.
