@@ -9,7 +9,7 @@ import {
   headStream,
   validateRetryOptions,
 } from '../dist/edgestream_client.js';
-import { cancelOnAbort, deferred, eitherSignal, pageUrl, signalProblem, sleep, urlProblem } from './settle.js';
+import { cancelOnAbort, deferred, eitherSignal, pageUrl, shownUrl, signalProblem, sleep, urlProblem } from './settle.js';
 
 let loader = null;
 let ready = null;
@@ -671,7 +671,7 @@ function forkPath(source, url) {
   try {
     from = new URL(source, base);
   } catch {
-    throw invalid(`forkedFrom ${JSON.stringify(String(source))} is not a URL or path`);
+    throw invalid(`forkedFrom ${JSON.stringify(shownUrl(source))} is not a URL or path`);
   }
   if (from.origin !== base.origin) throw invalid(`forkedFrom must be on the same server as url (${base.origin}), not ${from.origin}`);
   return from.pathname;

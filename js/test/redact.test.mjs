@@ -153,8 +153,13 @@ test('a URL with credentials is refused before any request, without showing them
     }
   });
   assert.equal(requests, 0);
-  // A relative URL where there is no page is named, its token hidden.
-  const e = await failure(() => stream({ url: '/v1/stream/x?token=URLSECRET' }).text());
-  assert.match(e.message, /token=\*\*\*/);
-  assertClean(e);
+  // A relative URL where there is no page is named, its token hidden; so is a fork source that is no URL.
+  const relative = await failure(() => stream({ url: '/v1/stream/x?token=URLSECRET' }).text());
+  const source = 'http://[x/v1/stream/a?token=URLSECRET';
+  const fork = await failure(() => new DurableStream({ url: 'http://127.0.0.1:1/v1/stream/b' }).create({ forkedFrom: source }));
+  for (const e of [relative, fork]) {
+    assert.equal(e.code, 'INVALID_ARGUMENT');
+    assert.match(e.message, /token=\*\*\*/);
+    assertClean(e);
+  }
 });
