@@ -112,6 +112,18 @@ pub fn with_query(base: &str, params: &[(String, String)]) -> String {
     url
 }
 
+/// `text` as an error message may show it: the value of a query parameter named `token` or as one
+/// of the caller's `params` is `***`, and so is any of the caller's header and param values
+/// (of 8 bytes or more) wherever it appears (an error body that echoes the request, say).
+#[inline(never)]
+pub fn redact(text: &str, params: &[(String, String)], headers: &[(String, String)]) -> String {
+    js::es_redact(
+        text,
+        &js::pairs_to_object(params),
+        &js::pairs_to_object(headers),
+    )
+}
+
 /// Whether `text` contains `word`, ignoring ASCII case (bytewise: no `str` searcher in the wasm).
 fn mentions(text: &str, word: &[u8]) -> bool {
     text.as_bytes()
@@ -133,7 +145,8 @@ pub struct Request<'a> {
     /// lost connection does: a connection can die without closing, and its request then hangs.
     pub timeout_ms: f64,
     /// Called (if a function) when an attempt failed and the request waits to be sent again,
-    /// so that a producer can say it is retrying, as a reader does.
+    /// so that a producer can say it is retrying, as a reader does; a promise it returns is
+    /// waited for instead of the backoff.
     pub on_retry: JsValue,
 }
 
@@ -192,6 +205,8 @@ pub fn unsent_error(method: &str, url: &str, cause: &JsValue) -> JsValue {
         url,
         ": a headers or params function failed: ",
         cause,
+        &[],
+        &[],
     )
     .into()
 }
@@ -236,7 +251,10 @@ pub async fn send_once(req: &Request<'_>, signal: Option<&AbortSignal>) -> Resul
     if let Some(signal) = signal {
         js::set(&init, "signal", signal.clone());
     }
-    let network = |e: JsValue| Failure::Network(network_error(req.method, req.url, &e).into());
+    let network = |e: JsValue| {
+        let e = network_error(req.method, req.url, &e, &params, &dynamic_headers);
+        Failure::Network(e.into())
+    };
     let promise = js::es_fetch(&url, &init, req.timeout_ms).map_err(network)?;
     match js::wait(promise).await {
         Ok(value) => {
@@ -286,17 +304,19 @@ pub async fn send(
             }
             Ok(sent) => {
                 if attempt >= policy.max_retries {
-                    return Err(
-                        status_error(req.method, req.url, &sent.response, sent.status).await,
-                    );
+                    return Err(status_error(req.method, req.url, &sent).await);
                 }
                 sent_before = true;
                 let ra = header(&sent.response, headers::RETRY_AFTER)
                     .and_then(|v| backoff::retry_after_ms(&v, js_sys::Date::now()));
                 attempt += 1;
                 release_body(&sent.response);
-                retrying(req);
-                js::sleep(policy.delay_ms(attempt, js_sys::Math::random(), ra), signal).await;
+                retrying(
+                    req,
+                    policy.delay_ms(attempt, js_sys::Math::random(), ra),
+                    signal,
+                )
+                .await;
                 continue;
             }
             Err(f) => f,
@@ -319,22 +339,18 @@ pub async fn send(
                 }
                 sent_before |= !unsent;
                 attempt += 1;
-                retrying(req);
-                js::sleep(
-                    policy.delay_ms(attempt, js_sys::Math::random(), None),
-                    signal,
-                )
-                .await;
+                let delay_ms = policy.delay_ms(attempt, js_sys::Math::random(), None);
+                retrying(req, delay_ms, signal).await;
             }
         }
     }
 }
 
-/// Tells `req.on_retry` that `req` is to be retried.
-fn retrying(req: &Request<'_>) {
-    if let Some(f) = req.on_retry.dyn_ref::<js_sys::Function>() {
-        let _ = f.call0(&JsValue::UNDEFINED);
-    }
+/// Tells `req.on_retry` that `req` is to be retried, and waits before it is: for the promise
+/// `on_retry` returned, if it did (a producer's batch waiting for another to get through an
+/// outage), else `delay_ms`.
+async fn retrying(req: &Request<'_>, delay_ms: f64, signal: Option<&AbortSignal>) {
+    let _ = js::wait(js::es_retry(&req.on_retry, delay_ms, signal)).await;
 }
 
 /// The error for a cancelled operation.
@@ -342,13 +358,27 @@ pub fn aborted() -> JsValue {
     error::new(error::ABORTED, "the operation was cancelled", None).into()
 }
 
-/// A `NETWORK_ERROR` naming what failed and why.
-pub fn network_error(method: &str, url: &str, cause: &JsValue) -> js_sys::Error {
-    failed(method, url, ": network error: ", cause)
+/// A `NETWORK_ERROR` naming what failed and why, with the caller's `params` and `headers` (as
+/// sent) hidden (see [`redact`]).
+pub fn network_error(
+    method: &str,
+    url: &str,
+    cause: &JsValue,
+    params: &[(String, String)],
+    headers: &[(String, String)],
+) -> js_sys::Error {
+    failed(method, url, ": network error: ", cause, params, headers)
 }
 
 /// A `NETWORK_ERROR` for `method url`, saying `what` and why, with `cause`.
-fn failed(method: &str, url: &str, what: &str, cause: &JsValue) -> js_sys::Error {
+fn failed(
+    method: &str,
+    url: &str,
+    what: &str,
+    cause: &JsValue,
+    params: &[(String, String)],
+    headers: &[(String, String)],
+) -> js_sys::Error {
     let why = js::get_string(cause, "message").unwrap_or_else(|| js::to_text(cause));
     let detail = js::get(cause, "cause");
     let detail = js::get_string(&detail, "message")
@@ -358,8 +388,9 @@ fn failed(method: &str, url: &str, what: &str, cause: &JsValue) -> js_sys::Error
     if !detail.is_empty() {
         parts.extend_from_slice(&[" (", detail.as_str(), ")"]);
     }
+    let text = redact(&error::msg(&parts), params, headers);
     error::with(
-        error::new(error::NETWORK_ERROR, &error::msg(&parts), None),
+        error::new(error::NETWORK_ERROR, &text, None),
         "cause",
         cause.clone(),
     )
@@ -404,7 +435,8 @@ pub async fn text(response: &Response) -> String {
 
 /// Turns an error status into a typed error. 409s are told apart by their headers: a closed
 /// stream, a producer sequence gap, or a plain conflict.
-pub async fn status_error(method: &str, url: &str, response: &Response, status: u16) -> JsValue {
+pub async fn status_error(method: &str, url: &str, sent: &Sent) -> JsValue {
+    let (response, status) = (&sent.response, sent.status);
     let body = text(response).await;
     let body = body.trim();
     let short: String = body.chars().take(200).collect();
@@ -423,7 +455,7 @@ pub async fn status_error(method: &str, url: &str, response: &Response, status: 
         if !short.is_empty() {
             parts.extend_from_slice(&[": ", short.as_str()]);
         }
-        error::msg(&parts)
+        redact(&error::msg(&parts), &sent.params_sent, &sent.headers_sent)
     };
     let err = match status {
         // A PUT creates: its 404 is a fork's source that is not there, unless the URL is not a

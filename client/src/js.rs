@@ -41,6 +41,11 @@ function has_page() {
   // Deno's location getter throws unless it was started with --location.
   try { return typeof location !== 'undefined'; } catch { return false; }
 }
+export function es_redact(text, params, headers) {
+  // See `http::redact`.
+  for (const v of Object.values(params).concat(Object.values(headers))) if (v.length > 7) text = text.split(v).join('***');
+  return text.replace(/([?&])([^=&#\s]*)=(?:[^&#\s"'<>):]|:(?!\s|$))*/g, (all, sep, name) => (/^token$/i.test(name) || Object.hasOwn(params, name) ? sep + name + '=***' : all));
+}
 export function es_quiet(p) { if (p && typeof p.catch === 'function') p.catch(() => {}); }
 export function es_text(v) { return String(v); }
 export function es_release(res, limit) {
@@ -70,6 +75,10 @@ export function es_sleep(ms, signal) {
     if (signal) signal.addEventListener('abort', done, { once: true });
     if (g) g.addEventListener('online', done, { once: true });
   });
+}
+export function es_retry(f, ms, signal) {
+  const gate = typeof f === 'function' && f();
+  return gate instanceof Promise ? gate : es_sleep(ms, signal);
 }
 export function es_read_within(reader, ms) {
   // A read that brings nothing for `ms` cancels the body: the connection died without closing.
@@ -155,10 +164,14 @@ extern "C" {
     /// `response.arrayBuffer()` (which returns a rejected promise rather than throw), rejected
     /// when `signal` aborts, whether or not the read ends.
     pub fn es_body(response: &web_sys::Response, signal: Option<&web_sys::AbortSignal>) -> Promise;
+    /// `text` with secrets hidden (see `http::redact`).
+    pub fn es_redact(text: &str, params: &Object, headers: &Object) -> String;
     /// `String(value)`.
     pub fn es_text(value: &JsValue) -> String;
     /// Resolves after `ms`, or at once when `signal` aborts or the network comes back (`online`).
     pub fn es_sleep(ms: f64, signal: Option<&web_sys::AbortSignal>) -> Promise;
+    /// Calls `f` (if a function): the promise it returns, else `es_sleep(ms, signal)`.
+    pub fn es_retry(f: &JsValue, ms: f64, signal: Option<&web_sys::AbortSignal>) -> Promise;
     /// `reader.read()`, rejected (and the body cancelled) when nothing comes for `ms`.
     pub fn es_read_within(reader: &web_sys::ReadableStreamDefaultReader, ms: f64) -> Promise;
     /// Aborts `controller` after `ms`; returns the function that calls it off.
@@ -231,6 +244,16 @@ pub async fn settle(value: JsValue) -> Result<JsValue, JsValue> {
     } else {
         Ok(value)
     }
+}
+
+/// `[name, value]` pairs as an object.
+#[inline(never)]
+pub fn pairs_to_object(pairs: &[(String, String)]) -> Object {
+    let o = Object::new();
+    for (k, v) in pairs {
+        set(&o, k, v.as_str());
+    }
+    o
 }
 
 /// A value as text: strings as they are, everything else through `String(value)`.

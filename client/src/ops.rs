@@ -93,16 +93,8 @@ fn header_text(sent: &Sent, name: &str) -> Option<String> {
 }
 
 fn sent_info(out: &Object, sent: &Sent) {
-    let h = Object::new();
-    for (k, v) in &sent.headers_sent {
-        js::set(&h, k, v.as_str());
-    }
-    js::set(out, "headersSent", h);
-    let p = Object::new();
-    for (k, v) in &sent.params_sent {
-        js::set(&p, k, v.as_str());
-    }
-    js::set(out, "paramsSent", p);
+    js::set(out, "headersSent", js::pairs_to_object(&sent.headers_sent));
+    js::set(out, "paramsSent", js::pairs_to_object(&sent.params_sent));
 }
 
 /// The fork headers of a create: `forkedFrom` (the source's path on the server, which the JS
@@ -178,7 +170,7 @@ pub fn create_stream(options: JsValue) -> Promise {
         let body = body_of(&options)?;
         let sent = common.send("PUT", hdrs, body).await?;
         if sent.status != 200 && sent.status != 201 {
-            return Err(http::status_error("PUT", &common.url, &sent.response, sent.status).await);
+            return Err(http::status_error("PUT", &common.url, &sent).await);
         }
         let out = Object::new();
         js::set(&out, "status", sent.status);
@@ -206,7 +198,7 @@ pub fn head_stream(options: JsValue) -> Promise {
         let common = Common::from_js(&options)?;
         let sent = common.send("HEAD", Vec::new(), None).await?;
         if sent.status != 200 {
-            return Err(http::status_error("HEAD", &common.url, &sent.response, sent.status).await);
+            return Err(http::status_error("HEAD", &common.url, &sent).await);
         }
         let out = Object::new();
         js::set(&out, "status", sent.status);
@@ -244,9 +236,7 @@ pub fn delete_stream(options: JsValue) -> Promise {
         let common = Common::from_js(&options)?;
         let sent = common.send("DELETE", Vec::new(), None).await?;
         if !(200..300).contains(&sent.status) {
-            return Err(
-                http::status_error("DELETE", &common.url, &sent.response, sent.status).await,
-            );
+            return Err(http::status_error("DELETE", &common.url, &sent).await);
         }
         let out = Object::new();
         js::set(&out, "status", sent.status);
@@ -341,7 +331,7 @@ pub fn append_stream(options: JsValue) -> Promise {
         let status = sent.status;
         let closed = headers::is_true(header_text(&sent, headers::STREAM_CLOSED).as_deref());
         if !(200..300).contains(&status) {
-            return Err(http::status_error("POST", &common.url, &sent.response, status).await);
+            return Err(http::status_error("POST", &common.url, &sent).await);
         }
         let out = Object::new();
         js::set(&out, "status", status);

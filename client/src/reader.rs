@@ -343,20 +343,12 @@ impl Reader {
     }
     /// The caller's dynamic headers as sent on the last request (`{ name: value }`).
     pub fn headers_sent(&self) -> Object {
-        pairs_to_object(&self.inner.borrow().headers_sent)
+        js::pairs_to_object(&self.inner.borrow().headers_sent)
     }
     /// The caller's dynamic query parameters as sent on the last request.
     pub fn params_sent(&self) -> Object {
-        pairs_to_object(&self.inner.borrow().params_sent)
+        js::pairs_to_object(&self.inner.borrow().params_sent)
     }
-}
-
-fn pairs_to_object(pairs: &[(String, String)]) -> Object {
-    let o = Object::new();
-    for (k, v) in pairs {
-        js::set(&o, k, v.as_str());
-    }
-    o
 }
 
 /// A reader dropped without `cancel()` (its handle was collected, read partly or not to its
@@ -638,7 +630,7 @@ async fn send_live(
         };
         if *attempt > policy.max_retries {
             return Err(match failed {
-                Ok(sent) => http::status_error("GET", req.url, &sent.response, sent.status).await,
+                Ok(sent) => http::status_error("GET", req.url, &sent).await,
                 Err(e) => e,
             });
         }
@@ -692,7 +684,7 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
     // First: a refusal of an offset saved in a stream since created again says so.
     inner.borrow_mut().same_stream(&sent.response)?;
     if status != 200 && status != 204 {
-        return Err(http::status_error("GET", &url, &sent.response, status).await);
+        return Err(http::status_error("GET", &url, &sent).await);
     }
     let body = if status == 200 {
         match js::wait(js::es_body(&sent.response, signal.as_ref())).await {
@@ -705,7 +697,8 @@ async fn poll(inner: &Rc<RefCell<Inner>>, phase: Phase) -> Result<(), JsValue> {
                 }
                 attempt += 1;
                 if attempt > policy.max_retries {
-                    return Err(http::network_error("GET", &url, &e).into());
+                    let (p, h) = (&sent.params_sent, &sent.headers_sent);
+                    return Err(http::network_error("GET", &url, &e, p, h).into());
                 }
                 inner.borrow_mut().failures = attempt;
                 wait_to_retry(inner, &policy, attempt, None, signal.as_ref()).await;
@@ -768,7 +761,7 @@ async fn sse_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
             return Ok(());
         };
         if sent.status != 200 {
-            return Err(http::status_error("GET", &url, &sent.response, sent.status).await);
+            return Err(http::status_error("GET", &url, &sent).await);
         }
         inner.borrow_mut().same_stream(&sent.response)?;
         let is_sse = http::header(&sent.response, headers::CONTENT_TYPE)
@@ -911,7 +904,7 @@ fn on_sse_chunk(
         }
     }
     let cause = match chunk {
-        Err(e) => http::network_error("GET", &s.url, &e).into(),
+        Err(e) => http::network_error("GET", &s.url, &e, &s.params_sent, &s.headers_sent).into(),
         Ok(_) => error::new(error::NETWORK_ERROR, "SSE connection closed early", None).into(),
     };
     Ok(Some((cause, retry_ms.map(f64::from))))
@@ -1038,7 +1031,7 @@ async fn why_refused(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
     let status = sent.status;
     if (400..500).contains(&status) && !crate::backoff::is_retryable_status(status) {
         // Read before the connections are dropped: that aborts this request's body too.
-        let error = http::status_error("GET", &url, &sent.response, status).await;
+        let error = http::status_error("GET", &url, &sent).await;
         inner.borrow_mut().drop_connections();
         if with_headers && status == 401 {
             let text = js::get_string(&error, "message").unwrap_or_default();
@@ -1125,18 +1118,16 @@ fn on_ws_frame(inner: &Rc<RefCell<Inner>>, frame: &JsValue) -> Result<Option<JsV
             // The close code says why (1006: the connection broke; 1011: the server failed).
             let code = js::get(frame, "code").as_f64().unwrap_or(1006.0);
             let reason = js::get_string(frame, "reason").unwrap_or_default();
-            let cause = error::new(
-                error::NETWORK_ERROR,
-                &error::msg(&[
-                    "WebSocket ",
-                    &s.url,
-                    " closed (",
-                    &js::u64_text(code as u64),
-                    "): ",
-                    &reason,
-                ]),
-                None,
-            );
+            let text = error::msg(&[
+                "WebSocket ",
+                &s.url,
+                " closed (",
+                &js::u64_text(code as u64),
+                "): ",
+                &reason,
+            ]);
+            let text = http::redact(&text, &s.params_sent, &s.headers_sent);
+            let cause = error::new(error::NETWORK_ERROR, &text, None);
             Ok(Some(error::with(cause, "closeCode", code).into()))
         }
     }
@@ -1207,6 +1198,7 @@ fn stream_error(
     s.drop_connections();
     let status_text = js::u64_text(u64::from(status));
     let text = error::msg(&[transport, &s.url, ": ", message, " (", &status_text, ")"]);
+    let text = http::redact(&text, &s.params_sent, &s.headers_sent);
     let code = match status {
         404 => error::NOT_FOUND,
         410 => error::GONE,

@@ -9,7 +9,7 @@ import {
   headStream,
   validateRetryOptions,
 } from '../dist/edgestream_client.js';
-import { cancelOnAbort, deferred, eitherSignal, pageUrl, signalProblem, sleep, urlProblem } from './settle.js';
+import { cancelOnAbort, deferred, eitherSignal, pageUrl, shownUrl, signalProblem, sleep, urlProblem } from './settle.js';
 
 let loader = null;
 let ready = null;
@@ -671,7 +671,7 @@ function forkPath(source, url) {
   try {
     from = new URL(source, base);
   } catch {
-    throw invalid(`forkedFrom ${JSON.stringify(String(source))} is not a URL or path`);
+    throw invalid(`forkedFrom ${JSON.stringify(shownUrl(source))} is not a URL or path`);
   }
   if (from.origin !== base.origin) throw invalid(`forkedFrom must be on the same server as url (${base.origin}), not ${from.origin}`);
   return from.pathname;
@@ -934,6 +934,9 @@ export class IdempotentProducer {
   #timeoutMs;
   /** The last attempt of a request failed, and it waits to be sent again. */
   #retrying = false;
+  /** The batch whose requests probe an outage, and the `[n, go]` of those waiting for it (#send). */
+  #prober = null;
+  #waiting = [];
   #onError;
   #json;
   /** The stream's content type and JSON-ness, learnt once (a HEAD when the stream does not say). */
@@ -1404,13 +1407,27 @@ export class IdempotentProducer {
   }
 
   #send(batch) {
+    // One request at a time probes an outage: the first batch whose request fails (a lost
+    // connection, a 503) retries on its backoff; another that fails meanwhile waits until the
+    // prober's request gets through (or fails for good), then they all go again, in order.
+    const onRetry = () => {
+      this.#retrying = true;
+      if ((this.#prober ??= batch) !== batch) return new Promise((go) => this.#waiting.push([batch.n, go]));
+    };
     return this.#call(appendStream, {
       body: batch.body,
       contentType: batch.contentType,
       close: batch.close,
       producer: { id: this.#id, epoch: batch.epoch, seq: batch.seq },
       leaseTtl: this.#lease ? (batch.release ? 0 : this.#lease.ttlSeconds) : undefined,
-    });
+      onRetry,
+    }).finally(() => this.#prober === batch && this.#release());
+  }
+
+  /** Ends the wait of the batches waiting for the prober (see #send), in order. */
+  #release() {
+    this.#prober = null;
+    for (const [, go] of this.#waiting.sort((a, b) => a[0] - b[0]).splice(0)) go();
   }
 
   /**
@@ -1518,6 +1535,7 @@ export class IdempotentProducer {
     this.#unlisten();
     // Requests in flight and backoffs end now: nothing after this could land.
     this.#stop.abort(e);
+    this.#release();
     this.#wake?.();
     if (this.#timer !== null) clearTimeout(this.#timer);
     this.#timer = null;

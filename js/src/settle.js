@@ -62,19 +62,22 @@ export function signalProblem(signal) {
 
 /**
  * Why `url` cannot be fetched, or null. Without a page (Node, Deno without --location), there is
- * nothing to resolve a relative URL against: fetch() would fail every retry.
+ * nothing to resolve a relative URL against: fetch() would fail every retry. A URL with
+ * credentials (`user:password@`) fetch() refuses, in an error that shows them.
  */
 export function urlProblem(url) {
   const base = pageUrl();
   try {
-    new URL(url, base);
-    return null;
+    const { username, password } = new URL(url, base);
+    return username || password ? 'url must not hold credentials (user:password@): give them in headers' : null;
   } catch {
-    return base === undefined
-      ? `url must be absolute here (there is no page to resolve ${JSON.stringify(url)} against)`
-      : `url ${JSON.stringify(url)} is not a URL`;
+    url = JSON.stringify(shownUrl(url));
+    return base === undefined ? `url must be absolute here (there is no page to resolve ${url} against)` : `url ${url} is not a URL`;
   }
 }
+
+/** `url` as an error message shows it: a `token` parameter's value hidden (as the wasm's messages do). */
+export const shownUrl = (url) => String(url).replace(/([?&]token=)[^&#]*/gi, '$1***');
 
 /** The page's URL, which relative URLs are resolved against; undefined without a page. */
 export function pageUrl() {

@@ -4,7 +4,7 @@
 // The message format is the Durable Streams State Protocol's, so tables interoperate with
 // `@durable-streams/state` writers and readers.
 import { DurableStreamError, stream } from './core.js';
-import { cancelOnAbort, deferred, signalProblem, urlProblem } from './settle.js';
+import { cancelOnAbort, deferred, shownUrl, signalProblem, urlProblem } from './settle.js';
 
 const OPERATIONS = new Set(['insert', 'update', 'upsert', 'delete']);
 const CONTROLS = new Set(['snapshot-start', 'snapshot-end', 'reset']);
@@ -337,7 +337,7 @@ export class KeyedTable {
     for await (const batch of this.#handle) {
       if (first && !Array.isArray(batch.items)) {
         this.#handle.cancel();
-        throw new DurableStreamError(`${this.#streamOptions.url} is not a JSON stream`, 'PARSE_ERROR');
+        throw new DurableStreamError(`${shownUrl(this.#streamOptions.url)} is not a JSON stream`, 'PARSE_ERROR');
       }
       first = false;
       this.#restored = false;
