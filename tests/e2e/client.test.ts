@@ -323,4 +323,91 @@ describe('client in a page', () => {
       await new Promise((r) => relay.close(r));
     }
   });
+  test('a WebSocket reader on a link of 4 KB/s reads an append larger than the link carries in 40 s, on one socket', async () => {
+    // A page cannot read a WebSocket message before all of it has arrived, and the reader gives
+    // a socket up when nothing arrives for 40 s (a ping after 20 s of quiet, whose answer comes
+    // behind the message on the connection). A live append went out in messages of up to
+    // 512 KiB (and a catch-up over the socket, which a reconnect starts with, up to 1 MiB): here
+    // 250 KB, a minute on this link, so the reader gave its socket up, and again each time it
+    // came back for it, and read nothing. In messages of at most 64 KiB (16 s each) it keeps
+    // its socket.
+    // The link: a TCP relay that passes the server's bytes on WebSocket connections at 4 KB/s,
+    // in order, as a slow network does (Chromium's own throttling lets the ping's answer by).
+    const RATE = 4_000;
+    const target = Number(new URL(demo.server().baseUrl).port);
+    let sockets = 0;
+    const open = new Set<net.Socket>();
+    const relay = net.createServer((client) => {
+      const server = net.connect(target, '127.0.0.1');
+      for (const s of [client, server]) {
+        open.add(s);
+        s.on('close', () => open.delete(s));
+        s.on('error', () => {});
+      }
+      let slow: boolean | undefined;
+      const queue: Buffer[] = [];
+      const pace = setInterval(() => {
+        let budget = RATE / 10;
+        while (budget > 0 && queue.length) {
+          const head = queue[0];
+          const part = head.subarray(0, budget);
+          client.write(part);
+          budget -= part.length;
+          if (part.length === head.length) queue.shift();
+          else queue[0] = head.subarray(part.length);
+        }
+      }, 100);
+      client.on('data', (d) => {
+        if (slow === undefined) {
+          slow = /^GET \S*[?&]live=ws/.test(d.toString('latin1'));
+          if (slow) sockets++;
+        }
+        server.write(d);
+      });
+      server.on('data', (d) => (slow ? queue.push(d) : client.write(d)));
+      client.on('close', () => {
+        clearInterval(pace);
+        server.destroy();
+      });
+      server.on('close', () => {
+        if (!slow) client.destroy();
+      });
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+    const origin = `http://127.0.0.1:${(relay.address() as net.AddressInfo).port}`;
+    try {
+      const path = `ws-slow-${Date.now()}`;
+      const N = 250;
+      const items = Array.from({ length: N }, (_, i) => ({ n: i, pad: randomBytes(730).toString('base64') }));
+      await createJson(path, JSON.stringify(items.slice(0, 1)));
+      const { page, errors, close } = await clientPage(origin);
+      await page.evaluate(() => (window as any).es.init());
+      await page.evaluate((url) => {
+        const w = window as any;
+        w.got = [];
+        w.failures = [];
+        w.h = w.es.stream({ url, live: 'ws' });
+        w.h.subscribe((b: any) => w.got.push(...b.items.map((i: any) => i.n)), (e: any) => w.failures.push(String(e)));
+      }, `${origin}/v1/stream/${path}`);
+      // It catches up over HTTP, then follows over the socket.
+      await expect.poll(() => page.evaluate(() => (window as any).got), { timeout: 20_000 }).toEqual([0]);
+      await expect.poll(() => page.evaluate(() => (window as any).h.mode), { timeout: 20_000 }).toBe('ws');
+      const res = await fetch(`${demo.server().baseUrl}/v1/stream/${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(items.slice(1)),
+      });
+      expect(res.status).toBe(204);
+      await expect.poll(() => page.evaluate(() => (window as any).got.length), { timeout: 150_000, interval: 1_000 }).toBe(N);
+      expect(await page.evaluate(() => (window as any).got)).toEqual(items.map((i) => i.n));
+      expect(await page.evaluate(() => (window as any).failures)).toEqual([]);
+      expect(sockets).toBe(1);
+      await page.evaluate(() => (window as any).h.cancel());
+      expect(errors).toEqual([]);
+      await close();
+    } finally {
+      for (const s of open) s.destroy();
+      await new Promise((r) => relay.close(r));
+    }
+  }, 170_000);
 });

@@ -20,9 +20,13 @@ use crate::auth::Access;
 use crate::config::Config;
 use crate::http::header;
 
-/// Largest data message: bigger catch-up pages go out in several data messages, cut on JSON
-/// message boundaries (a single larger JSON message still goes out whole).
-pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Most stream bytes in one data message: a catch-up page or a live frame with more goes out in
+/// several data messages before its control, cut on JSON message boundaries (a single larger
+/// JSON message still goes out whole, in a message of its own). A browser reads a WebSocket
+/// message only once all of it has arrived, and the npm client gives up a socket on which
+/// nothing at all arrived for 40 s (`WS_QUIET_MS` twice): 64 KiB takes 13 s at 5 KB/s, where
+/// 1 MiB took longer than that window below about 25 KB/s, and such a reader never got past it.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Longest header of a binary append frame.
 const MAX_BINARY_HEADER: usize = 64 * 1024;
 
@@ -375,13 +379,21 @@ impl<S: Sink> Emitter<S> {
 
     pub fn send_binary_page(&self, body: &[u8]) -> Result<bool> {
         for chunk in body.chunks(MAX_MESSAGE_BYTES) {
-            if self.combined {
-                self.out.send_bytes(&binary_message(chunk, None))?;
-            } else {
-                self.out.send_bytes(chunk)?;
-            }
+            self.send_piece(chunk)?;
         }
         Ok(!body.is_empty())
+    }
+
+    /// A data message that does not end its batch: under [`combined`](ClientHello::combined),
+    /// a binary one has an empty header.
+    fn send_piece(&self, piece: &[u8]) -> Result<()> {
+        if self.json {
+            self.out.send_text(&data_message(piece, None))
+        } else if self.combined {
+            self.out.send_bytes(&binary_message(piece, None))
+        } else {
+            self.out.send_bytes(piece)
+        }
     }
 
     /// A JSON page arrives rendered as one array; it goes out as one or more data messages.
@@ -406,15 +418,17 @@ impl<S: Sink> Emitter<S> {
         }
         let mut at = 0;
         for cut in message_cuts(framed, MAX_MESSAGE_BYTES) {
-            self.out.send_text(&data_message(&framed[at..cut], None))?;
+            self.send_piece(&framed[at..cut])?;
             at = cut;
         }
         Ok(true)
     }
 
     /// A live frame: a data message (when it carries bytes), then its control message, or both
-    /// in one for a client that takes them [`combined`](ClientHello::combined). `Err` when the
-    /// client cannot be sent to; `Ok(true)` when the stream is closed.
+    /// in one for a client that takes them [`combined`](ClientHello::combined); a frame of more
+    /// than [`MAX_MESSAGE_BYTES`] sends the rest first, in data messages of their own
+    /// ([`piece_cuts`]). `Err` when the client cannot be sent to; `Ok(true)` when the stream is
+    /// closed.
     pub fn frame(
         &mut self,
         end: Offset,
@@ -423,6 +437,13 @@ impl<S: Sink> Emitter<S> {
         payload: &[u8],
     ) -> Result<bool> {
         let has_data = !payload.is_empty();
+        let cuts = piece_cuts(payload, self.json);
+        let mut at = 0;
+        for &cut in &cuts[..cuts.len() - 1] {
+            self.send_piece(&payload[at..cut])?;
+            at = cut;
+        }
+        let payload = &payload[at..];
         if has_data && self.combined {
             let control = self.control_of(end, up_to_date, closed);
             if self.json {
@@ -469,6 +490,19 @@ impl<S: Sink> Emitter<S> {
             closed,
         }
     }
+}
+
+/// End positions of the data messages that carry `payload` (log bytes of a JSON stream or of
+/// another), never none: at most [`MAX_MESSAGE_BYTES`] each, JSON only after whole messages.
+pub fn piece_cuts(payload: &[u8], json: bool) -> Vec<usize> {
+    if json {
+        return message_cuts(payload, MAX_MESSAGE_BYTES);
+    }
+    let mut cuts: Vec<usize> = (MAX_MESSAGE_BYTES..payload.len())
+        .step_by(MAX_MESSAGE_BYTES)
+        .collect();
+    cuts.push(payload.len());
+    cuts
 }
 
 /// End positions of the data messages for a framed range: each at most `max` bytes, cut only
@@ -1154,6 +1188,92 @@ mod tests {
             *sent.0.borrow(),
             vec![format!("T:{{\"type\":\"control\",\"streamNextOffset\":\"{}\",\"upToDate\":true,\"streamClosed\":true}}", at(9))]
         );
+    }
+
+    /// A live frame larger than [`MAX_MESSAGE_BYTES`] goes out in data messages of at most that
+    /// much of the stream each, the last one carrying the control fields (or followed by the
+    /// control), every byte once and in order, under every form.
+    #[test]
+    fn a_large_frame_goes_out_in_small_data_messages_before_its_control() {
+        /// Bytes, and text as bytes, of each message sent.
+        struct Raw(RefCell<Vec<(bool, Vec<u8>)>>);
+        impl Sink for &Raw {
+            fn send_text(&self, text: &str) -> Result<()> {
+                self.0.borrow_mut().push((true, text.as_bytes().to_vec()));
+                Ok(())
+            }
+            fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
+                self.0.borrow_mut().push((false, bytes.to_vec()));
+                Ok(())
+            }
+        }
+        let at = |n: u64| Offset::new(n).unwrap();
+        let bytes: Vec<u8> = (0..3 * MAX_MESSAGE_BYTES + 5)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let values: Vec<String> = (0..3000)
+            .map(|i| format!("{{\"i\":{i},\"p\":\"{}\"}}", "x".repeat(i % 200)))
+            .collect();
+        let framed: String = values.iter().map(|v| format!("{v},")).collect();
+        for json in [false, true] {
+            let payload = if json { framed.as_bytes() } else { &bytes[..] };
+            for combined in [false, true] {
+                let raw = Raw(RefCell::new(Vec::new()));
+                let end = at(payload.len() as u64);
+                let mut emit = Emitter::new(&raw, json, combined, "9".into(), ReadFrom::At(at(0)));
+                assert_eq!(emit.frame(end, false, true, payload).ok(), Some(false));
+                let sent = raw.0.into_inner();
+                assert!(
+                    sent.len() > 3,
+                    "json {json}, combined {combined}: {} messages",
+                    sent.len()
+                );
+                let mut got_bytes = Vec::new();
+                let mut got_items = Vec::new();
+                let mut controls = Vec::new();
+                for (i, (text, message)) in sent.iter().enumerate() {
+                    if *text {
+                        let value: serde_json::Value = serde_json::from_slice(message).unwrap();
+                        if value["type"] == "control" {
+                            controls.push((i, value["streamNextOffset"].clone()));
+                            continue;
+                        }
+                        let items = value["items"].as_array().unwrap();
+                        let inner = serde_json::to_string(items).unwrap();
+                        assert!(
+                            inner.len() <= MAX_MESSAGE_BYTES + 2,
+                            "a data message of {}",
+                            inner.len()
+                        );
+                        if value.get("streamNextOffset").is_some() {
+                            controls.push((i, value["streamNextOffset"].clone()));
+                        }
+                        got_items.extend(items.iter().map(|v| v.to_string()));
+                    } else if combined {
+                        let (control, piece) = edgestream::ws::parse_binary(message).ok().unwrap();
+                        assert!(piece.len() <= MAX_MESSAGE_BYTES);
+                        if let Some(control) = control {
+                            controls.push((i, control.next_offset.into()));
+                        }
+                        got_bytes.extend_from_slice(piece);
+                    } else {
+                        assert!(message.len() <= MAX_MESSAGE_BYTES);
+                        got_bytes.extend_from_slice(message);
+                    }
+                }
+                // One control, and it comes last.
+                assert_eq!(
+                    controls,
+                    vec![(sent.len() - 1, serde_json::Value::from(end.to_string()))],
+                    "json {json}, combined {combined}"
+                );
+                if json {
+                    assert_eq!(got_items, values);
+                } else {
+                    assert_eq!(got_bytes, bytes);
+                }
+            }
+        }
     }
 
     #[test]

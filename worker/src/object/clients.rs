@@ -299,7 +299,8 @@ pub fn groups(sockets: Vec<WebSocket>, receipts: &Receipts) -> Vec<Group> {
 
 /// Sends log bytes `payload` from `start` to `end` to every client: one data message (when
 /// there are bytes) and one control message, each built once, or for clients that take them
-/// combined, one data message with the control fields inside, built once per group. A client
+/// combined, one data message with the control fields inside, built once per group; a payload
+/// of more than [`wsproto::MAX_MESSAGE_BYTES`] goes first in data messages without a control. A client
 /// that would be too far behind its receipts (or, without receipts, what it was sent when it
 /// connected) is closed instead, except `appending`: the socket whose append is being applied
 /// is only marked cut, and closed once it has its ack ([`Receipts::is_cut`]). So is a client
@@ -316,10 +317,34 @@ pub fn deliver(
     closed: bool,
     up_to_date: bool,
 ) {
+    // A frame of more than `MAX_MESSAGE_BYTES` sends all but its last piece first, in data
+    // messages of their own, built once for each form (binary ones differ by their header).
+    let cuts = wsproto::piece_cuts(payload, json_stream);
+    let lead_cuts = &cuts[..cuts.len() - 1];
+    let lead_end = lead_cuts.last().copied().unwrap_or(0);
+    let mut leads: [Option<Vec<JsValue>>; 2] = [None, None];
+    let all = payload;
+    let payload = &payload[lead_end..];
     let mut data: Option<JsValue> = None;
     let next_offset = end.to_string();
     let now_secs = http::now_secs();
     for group in groups {
+        let lead = leads[usize::from(group.combined)].get_or_insert_with(|| {
+            let mut at = 0;
+            let mut pieces = Vec::with_capacity(lead_cuts.len());
+            for &cut in lead_cuts {
+                let piece = &all[at..cut];
+                pieces.push(match (json_stream, group.combined) {
+                    (true, _) => JsValue::from_str(&ws::data_message(piece, None)),
+                    (false, true) => {
+                        Uint8Array::from(ws::binary_message(piece, None).as_slice()).into()
+                    }
+                    (false, false) => Uint8Array::from(piece).into(),
+                });
+                at = cut;
+            }
+            pieces
+        });
         let control = Control {
             next_offset: next_offset.clone(),
             cursor: Some(group.cursor.clone()),
@@ -367,7 +392,7 @@ pub fn deliver(
                 }
             }
             // A socket that is closing refuses the send; its client reconnects and resumes.
-            for message in messages.iter().flatten() {
+            for message in lead.iter().chain(messages.iter().flatten()) {
                 let _ = send(&client.ws, message);
             }
         }
