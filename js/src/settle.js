@@ -22,7 +22,7 @@ export function deferred() {
 export function cancelOnAbort(signal, owner, finished) {
   if (!signal) return;
   // Held strongly where there is no WeakRef (workerd before compatibility date 2025-05-05).
-  const weak = typeof owner !== 'function' && (dropped ? new WeakRef(owner) : { deref: () => owner });
+  const weak = typeof owner !== 'function' && (dropped ? new WeakRef(owner) : held(owner));
   const cancel = weak ? () => weak.deref()?.cancel() : owner;
   if (signal.aborted) return cancel();
   signal.addEventListener('abort', cancel, { once: true });
@@ -30,6 +30,13 @@ export function cancelOnAbort(signal, owner, finished) {
   if (weak) dropped?.register(owner, stop);
   finished.finally(stop).catch(() => {});
 }
+
+/**
+ * A stand-in for a WeakRef that holds `owner` strongly. Made out here: a closure over `owner`
+ * inside cancelOnAbort would put it in the context that function's listener keeps, so the signal
+ * would hold every owner strongly, WeakRef or not.
+ */
+const held = (owner) => ({ deref: () => owner });
 
 /** Removes the abort listeners of owners collected unfinished. */
 const dropped = typeof FinalizationRegistry == 'function' && typeof WeakRef == 'function' ? new FinalizationRegistry((stop) => stop()) : null;
