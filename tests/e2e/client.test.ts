@@ -9,6 +9,35 @@ import { useDemo } from './demo-page';
 const demo = useDemo();
 
 /**
+ * Runs `body` with a TCP relay to the server between the page and it, as a network between:
+ * `wire` joins each connection the page opens (`client`) to its own to the server (`server`),
+ * passing bytes on as the test's network would. Every socket is destroyed afterwards.
+ */
+async function withRelay(
+  wire: (client: net.Socket, server: net.Socket) => void,
+  body: (origin: string) => Promise<void>,
+): Promise<void> {
+  const target = Number(new URL(demo.server().baseUrl).port);
+  const open = new Set<net.Socket>();
+  const relay = net.createServer((client) => {
+    const server = net.connect(target, '127.0.0.1');
+    for (const s of [client, server]) {
+      open.add(s);
+      s.on('close', () => open.delete(s));
+      s.on('error', () => {});
+    }
+    wire(client, server);
+  });
+  await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+  try {
+    await body(`http://127.0.0.1:${(relay.address() as net.AddressInfo).port}`);
+  } finally {
+    for (const s of open) s.destroy();
+    await new Promise((r) => relay.close(r));
+  }
+}
+
+/**
  * A page of the server's origin with the client loaded as `window.es`, and nothing else running
  * (a 404 is a document of the origin; the demo's page would follow its own streams).
  */
@@ -214,16 +243,8 @@ describe('client in a page', () => {
     // A TCP relay to the server that swallows the first catch-up read (`offset=-1`) sent through
     // it: that connection stays open and says nothing, as one that died silently (a half-open
     // socket after the network changed, a proxy that hangs) would.
-    const target = Number(new URL(demo.server().baseUrl).port);
     let swallowed = 0;
-    const open = new Set<net.Socket>();
-    const relay = net.createServer((client) => {
-      const server = net.connect(target, '127.0.0.1');
-      for (const s of [client, server]) {
-        open.add(s);
-        s.on('close', () => open.delete(s));
-        s.on('error', () => {});
-      }
+    const wire = (client: net.Socket, server: net.Socket) => {
       let dead = false;
       client.on('data', (d) => {
         if (!dead && swallowed === 0 && /^GET \/v1\/stream\/\S*[?&]offset=-1/.test(d.toString('latin1'))) {
@@ -238,10 +259,8 @@ describe('client in a page', () => {
       client.on('close', () => server.destroy());
       // Nor does it close when the server closes its side.
       server.on('close', () => dead || client.destroy());
-    });
-    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
-    const origin = `http://127.0.0.1:${(relay.address() as net.AddressInfo).port}`;
-    try {
+    };
+    await withRelay(wire, async (origin) => {
       const path = `unanswered-${Date.now()}`;
       await createJson(path, '[{"n":0}]');
       const { page, errors, close } = await clientPage(origin);
@@ -262,25 +281,15 @@ describe('client in a page', () => {
       expect(await page.evaluate(() => (window as any).h.mode)).toBe('sse');
       expect(errors).toEqual([]);
       await close();
-    } finally {
-      for (const s of open) s.destroy();
-      await new Promise((r) => relay.close(r));
-    }
+    });
   });
 
   test('an auto reader whose SSE connections the network breaks again and again, each within a second, stays on SSE and misses nothing', async () => {
     // A TCP relay to the server, as a network between: it breaks each SSE connection 100 ms
     // after the first bytes of its response (where the stream stands) got through.
-    const target = Number(new URL(demo.server().baseUrl).port);
     const BREAKS = 5;
     let breaks = 0;
-    const open = new Set<net.Socket>();
-    const relay = net.createServer((client) => {
-      const server = net.connect(target, '127.0.0.1');
-      for (const s of [client, server]) {
-        open.add(s);
-        s.on('close', () => open.delete(s));
-      }
+    const wire = (client: net.Socket, server: net.Socket) => {
       // The request on its way (a connection is reused for the next) is an SSE request.
       let sse = false;
       client.on('data', (d) => {
@@ -293,14 +302,11 @@ describe('client in a page', () => {
         breaks++;
         setTimeout(() => (client.destroy(), server.destroy()), 100);
       });
-      for (const s of [client, server]) s.on('error', () => {});
       client.on('close', () => server.destroy());
       server.on('close', () => client.destroy());
       client.pipe(server).pipe(client);
-    });
-    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
-    const origin = `http://127.0.0.1:${(relay.address() as net.AddressInfo).port}`;
-    try {
+    };
+    await withRelay(wire, async (origin) => {
       const path = `broken-${Date.now()}`;
       await createJson(path, '[{"n":0}]');
       const { page, errors, close } = await clientPage(origin);
@@ -318,10 +324,7 @@ describe('client in a page', () => {
       expect(await page.evaluate(() => (window as any).h.mode)).toBe('sse');
       expect(errors).toEqual([]);
       await close();
-    } finally {
-      for (const s of open) s.destroy();
-      await new Promise((r) => relay.close(r));
-    }
+    });
   });
   test('a WebSocket reader on a link of 4 KB/s reads an append larger than the link carries in 40 s, on one socket', async () => {
     // A page cannot read a WebSocket message before all of it has arrived, and the reader gives
@@ -334,16 +337,8 @@ describe('client in a page', () => {
     // The link: a TCP relay that passes the server's bytes on WebSocket connections at 4 KB/s,
     // in order, as a slow network does (Chromium's own throttling lets the ping's answer by).
     const RATE = 4_000;
-    const target = Number(new URL(demo.server().baseUrl).port);
     let sockets = 0;
-    const open = new Set<net.Socket>();
-    const relay = net.createServer((client) => {
-      const server = net.connect(target, '127.0.0.1');
-      for (const s of [client, server]) {
-        open.add(s);
-        s.on('close', () => open.delete(s));
-        s.on('error', () => {});
-      }
+    const wire = (client: net.Socket, server: net.Socket) => {
       let slow: boolean | undefined;
       const queue: Buffer[] = [];
       const pace = setInterval(() => {
@@ -372,10 +367,8 @@ describe('client in a page', () => {
       server.on('close', () => {
         if (!slow) client.destroy();
       });
-    });
-    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
-    const origin = `http://127.0.0.1:${(relay.address() as net.AddressInfo).port}`;
-    try {
+    };
+    await withRelay(wire, async (origin) => {
       const path = `ws-slow-${Date.now()}`;
       const N = 250;
       const items = Array.from({ length: N }, (_, i) => ({ n: i, pad: randomBytes(730).toString('base64') }));
@@ -405,9 +398,6 @@ describe('client in a page', () => {
       await page.evaluate(() => (window as any).h.cancel());
       expect(errors).toEqual([]);
       await close();
-    } finally {
-      for (const s of open) s.destroy();
-      await new Promise((r) => relay.close(r));
-    }
+    });
   }, 170_000);
 });
