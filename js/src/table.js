@@ -74,6 +74,8 @@ export class KeyedTable {
   /** A save put off by `saveEveryMs`, to come once it has passed. */
   #saveTimer = null;
   #savedOffset;
+  /** How many times the table started over: a save begun before then saved another stream. */
+  #startedOver = 0;
   /** The store's save running, if one is: one at a time. */
   #saving = null;
   /** A save was asked for while one ran: it saves the rows as they are once that one ends. */
@@ -289,6 +291,7 @@ export class KeyedTable {
           this.#incarnation = undefined;
           // What the store holds is the old stream's, even at an offset the new one reaches.
           this.#savedOffset = undefined;
+          this.#startedOver++;
           // As the reset update says: the rows are gone, and the table reads from the start.
           this.#upToDate = false;
           this.#closed = false;
@@ -455,9 +458,11 @@ export class KeyedTable {
       const snapshot = this.snapshot();
       // (Never on the first turn: `#save` checked it.)
       if (snapshot.offset === this.#savedOffset) continue;
+      const startedOver = this.#startedOver;
       try {
         await this.#store.save(snapshot);
-        this.#savedOffset = snapshot.offset;
+        // Saved rows of the stream before a start-over are not the rows at this offset now.
+        if (startedOver === this.#startedOver) this.#savedOffset = snapshot.offset;
       } catch (e) {
         // The store is a cache: a full localStorage must not stop the table. It tries again at
         // the next save.

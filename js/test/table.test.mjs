@@ -501,6 +501,37 @@ test("a slow store's saves run one at a time and the newest rows are saved last;
   assert.deepEqual(last.snapshot, t.snapshot());
 });
 
+test('a save still running when the table starts over does not count as a save of the new stream (edgestream Worker)', { timeout: 15_000 }, async () => {
+  const url = `${worker.url}/v1/stream/table-${randomUUID()}`;
+  const ds = await DurableStream.create({ url, contentType: 'application/json' });
+  await ds.append(change.insert('u', 'a', 1));
+  const store = heldStore();
+  const t = table({ url, live: 'long-poll', store, saveEveryMs: 0 });
+  // The first listener call holds the reader while the stream is replaced by one as long.
+  let release;
+  const gate = new Promise((r) => (release = r));
+  let calls = 0;
+  const holding = new Promise((resolve) => t.subscribe(() => (calls++ === 0 ? (resolve(), gate) : undefined)));
+  await holding;
+  await ds.delete();
+  const again = await DurableStream.create({ url, contentType: 'application/json' });
+  await again.append(change.insert('u', 'a', 2));
+  const caughtUp = nextUpdate(t, (u) => !u.reset && u.upToDate && t.get('u', 'a') === 2);
+  release();
+  const held = await store.nextCall(1); // the old stream's rows, left hanging
+  assert.deepEqual(held.snapshot.rows, [['u', 'a', 1]]);
+  await caughtUp; // started over, and read the new stream to the same offset
+  assert.equal(t.offset, held.snapshot.offset);
+  held.resolve();
+  const next = await Promise.race([store.nextCall(2), new Promise((r) => setTimeout(r, 2_000))]);
+  next?.resolve();
+  t.cancel();
+  await t.finished;
+  const last = store.calls.at(-1);
+  last.resolve();
+  assert.deepEqual(last.snapshot, t.snapshot(), 'the store ends with the new stream');
+});
+
 test('a store whose save never settles holds finished until cancel(), then not', { timeout: 10_000 }, async () => {
   const url = `${reference.url}/v1/stream/table-${randomUUID()}`;
   await DurableStream.create({ url, contentType: 'application/json', body: JSON.stringify([change.insert('a', 'b', 1)]) });
