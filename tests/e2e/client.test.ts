@@ -53,6 +53,23 @@ async function clientPage(origin = demo.server().baseUrl): Promise<{ page: Page;
   return { page, cdp, errors, close: () => context.close() };
 }
 
+/**
+ * Follows `url` in the page as `window.h`, with its items' `n` in `window.got`. With `failures`
+ * its errors go to `window.failures`; without, an error is unheard, as some tests want.
+ */
+function followInPage(page: Page, url: string, options: Record<string, unknown>, failures = false) {
+  return page.evaluate(
+    ({ url, options, failures }) => {
+      const w = window as any;
+      w.got = [];
+      w.failures = [];
+      w.h = w.es.stream({ url, ...options });
+      w.h.subscribe((b: any) => w.got.push(...b.items.map((i: any) => i.n)), failures ? (e: any) => w.failures.push(String(e)) : undefined);
+    },
+    { url, options, failures },
+  );
+}
+
 /** How many `visibilitychange` listeners the page's document has. */
 async function visibilityListeners(cdp: CDPSession): Promise<number> {
   const { result } = await cdp.send('Runtime.evaluate', { expression: 'document' });
@@ -118,13 +135,8 @@ describe('client in a page', () => {
     // The page went offline after loading (the wasm is not fetched offline).
     await page.evaluate(() => (window as any).es.init());
     await page.context().setOffline(true);
-    await page.evaluate((url) => {
-      const w = window as any;
-      w.got = [];
-      // At least 300 s between tries (half jitter): only the `online` event can bring it back sooner.
-      w.h = w.es.stream({ url, live: 'long-poll', retry: { initialDelayMs: 600_000, maxDelayMs: 600_000 } });
-      w.h.subscribe((b: any) => w.got.push(...b.items.map((i: any) => i.n)));
-    }, url);
+    // At least 300 s between tries (half jitter): only the `online` event can bring it back sooner.
+    await followInPage(page, url, { live: 'long-poll', retry: { initialDelayMs: 600_000, maxDelayMs: 600_000 } });
     await expect.poll(() => page.evaluate(() => (window as any).h.retrying), { timeout: 15_000 }).toBe(true);
     expect(await page.evaluate(() => (window as any).got)).toEqual([]);
     await page.context().setOffline(false);
@@ -151,12 +163,9 @@ describe('client in a page', () => {
       }
     }, url);
     expect(oneOff).toEqual({ isClientError: true, code: 'NETWORK_ERROR', cause: 'TypeError' });
+    await followInPage(page, url, { live: 'long-poll' }, true);
     await page.evaluate((url) => {
       const w = window as any;
-      w.got = [];
-      w.failures = [];
-      w.h = w.es.stream({ url, live: 'long-poll' });
-      w.h.subscribe((b: any) => w.got.push(...b.items.map((i: any) => i.n)), (e: any) => w.failures.push(String(e)));
       w.p = new w.es.IdempotentProducer(new w.es.DurableStream({ url }), 'offline-tab');
       w.p.append({ n: 1 });
       w.flushed = w.p.flush().then(() => 'flushed', (e: any) => String(e));
@@ -217,13 +226,7 @@ describe('client in a page', () => {
     // A slow link (100 KB/s down), from the reader's first request on.
     await cdp.send('Network.enable');
     await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 0, downloadThroughput: 100_000, uploadThroughput: -1 });
-    await page.evaluate((url) => {
-      const w = window as any;
-      w.got = [];
-      w.failures = [];
-      w.h = w.es.stream({ url, live: 'long-poll' });
-      w.h.subscribe((b: any) => w.got.push(...b.items.map((i: any) => i.n)), (e: any) => w.failures.push(String(e)));
-    }, url);
+    await followInPage(page, url, { live: 'long-poll' }, true);
     await expect.poll(() => page.evaluate(() => (window as any).got), { timeout: 15_000 }).toEqual([0]);
     // 700 KB that does not compress, appended while the reader polls: each answer (the server
     // sends up to about 512 KB in one) takes the link seconds, well past the watchdog.
@@ -270,12 +273,7 @@ describe('client in a page', () => {
         window.setTimeout = ((f: () => void, ms?: number, ...rest: unknown[]) => set(f, ms === 65_000 ? 2_000 : ms, ...rest)) as typeof setTimeout;
       });
       await page.evaluate(() => (window as any).es.init());
-      await page.evaluate((url) => {
-        const w = window as any;
-        w.got = [];
-        w.h = w.es.stream({ url, live: 'sse' });
-        w.h.subscribe((b: any) => w.got.push(...b.items.map((i: any) => i.n)));
-      }, `${origin}/v1/stream/${path}`);
+      await followInPage(page, `${origin}/v1/stream/${path}`, { live: 'sse' });
       await expect.poll(() => swallowed, { timeout: 10_000 }).toBe(1);
       await expect.poll(() => page.evaluate(() => (window as any).got), { timeout: 20_000 }).toEqual([0]);
       expect(await page.evaluate(() => (window as any).h.mode)).toBe('sse');
@@ -310,12 +308,7 @@ describe('client in a page', () => {
       const path = `broken-${Date.now()}`;
       await createJson(path, '[{"n":0}]');
       const { page, errors, close } = await clientPage(origin);
-      await page.evaluate((url) => {
-        const w = window as any;
-        w.got = [];
-        w.h = w.es.stream({ url, live: 'auto', retry: { initialDelayMs: 10, maxDelayMs: 100 } });
-        w.h.subscribe((b: any) => w.got.push(...b.items.map((i: any) => i.n)));
-      }, `${origin}/v1/stream/${path}`);
+      await followInPage(page, `${origin}/v1/stream/${path}`, { live: 'auto', retry: { initialDelayMs: 10, maxDelayMs: 100 } });
       await expect.poll(() => breaks, { timeout: 15_000 }).toBe(BREAKS);
       // Appended after the last break: it comes over SSE.
       const res = await fetch(`${demo.server().baseUrl}/v1/stream/${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '[{"n":1}]' });
@@ -375,13 +368,7 @@ describe('client in a page', () => {
       await createJson(path, JSON.stringify(items.slice(0, 1)));
       const { page, errors, close } = await clientPage(origin);
       await page.evaluate(() => (window as any).es.init());
-      await page.evaluate((url) => {
-        const w = window as any;
-        w.got = [];
-        w.failures = [];
-        w.h = w.es.stream({ url, live: 'ws' });
-        w.h.subscribe((b: any) => w.got.push(...b.items.map((i: any) => i.n)), (e: any) => w.failures.push(String(e)));
-      }, `${origin}/v1/stream/${path}`);
+      await followInPage(page, `${origin}/v1/stream/${path}`, { live: 'ws' }, true);
       // It catches up over HTTP, then follows over the socket.
       await expect.poll(() => page.evaluate(() => (window as any).got), { timeout: 20_000 }).toEqual([0]);
       await expect.poll(() => page.evaluate(() => (window as any).h.mode), { timeout: 20_000 }).toBe('ws');
