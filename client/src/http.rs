@@ -112,9 +112,10 @@ pub fn with_query(base: &str, params: &[(String, String)]) -> String {
     url
 }
 
-/// `text` as an error message may show it: the value of a query parameter named `token` or as one
-/// of the caller's `params` is `***`, and so is any of the caller's header and param values
-/// (of 8 bytes or more) wherever it appears (an error body that echoes the request, say).
+/// `text` as an error message may show it: the value of a query parameter named as one of the
+/// caller's `params`, or whose name looks like a credential's (`token`, `access_token`, `api_key`,
+/// `X-Amz-Signature`, `sig`, `password`, …), is `***`, and so is any of the caller's header and
+/// param values (of 8 bytes or more) wherever it appears (an error body that echoes the request).
 #[inline(never)]
 pub fn redact(text: &str, params: &[(String, String)], headers: &[(String, String)]) -> String {
     js::es_redact(

@@ -44,7 +44,7 @@ function has_page() {
 export function es_redact(text, params, headers) {
   // See `http::redact`.
   for (const v of Object.values(params).concat(Object.values(headers))) if (v.length > 7) text = text.split(v).join('***');
-  return text.replace(/([?&])([^=&#\s]*)=(?:[^&#\s"'<>):]|:(?!\s|$))*/g, (all, sep, name) => (/^token$/i.test(name) || Object.hasOwn(params, name) ? sep + name + '=***' : all));
+  return text.replace(/([?&])([^=&#\s]*)=(?:[^&#\s"'<>):]|:(?!\s|$))*/g, (all, sep, name) => (/token|key|secret|pass|sig|auth|cred|jwt|sess/i.test(name) || Object.hasOwn(params, name) ? sep + name + '=***' : all));
 }
 export function es_quiet(p) { if (p && typeof p.catch === 'function') p.catch(() => {}); }
 export function es_text(v) { return String(v); }

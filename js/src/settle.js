@@ -83,8 +83,8 @@ export function urlProblem(url) {
   }
 }
 
-/** `url` as an error message shows it: a `token` parameter's value hidden (as the wasm's messages do). */
-export const shownUrl = (url) => String(url).replace(/([?&]token=)[^&#]*/gi, '$1***');
+/** `url` as an error message shows it: the values of parameters named like credentials hidden (as the wasm's messages do). */
+export const shownUrl = (url) => String(url).replace(/([?&][^=&#]*(?:token|key|secret|pass|sig|auth|cred|jwt|sess)[^=&#]*=)[^&#]*/gi, '$1***');
 
 /** The page's URL, which relative URLs are resolved against; undefined without a page. */
 export function pageUrl() {
