@@ -172,20 +172,8 @@ pub fn create_stream(options: JsValue) -> Promise {
         if sent.status != 200 && sent.status != 201 {
             return Err(http::status_error("PUT", &common.url, &sent).await);
         }
-        let out = Object::new();
-        js::set(&out, "status", sent.status);
+        let out = described(&sent);
         js::set(&out, "created", sent.status == 201);
-        if let Some(o) = header_text(&sent, headers::STREAM_NEXT_OFFSET) {
-            js::set(&out, "offset", o);
-        }
-        if let Some(ct) = header_text(&sent, headers::CONTENT_TYPE) {
-            js::set(&out, "contentType", ct);
-        }
-        js::set(
-            &out,
-            "closed",
-            headers::is_true(header_text(&sent, headers::STREAM_CLOSED).as_deref()),
-        );
         http::release_body(&sent.response);
         Ok(out.into())
     })
@@ -200,14 +188,7 @@ pub fn head_stream(options: JsValue) -> Promise {
         if sent.status != 200 {
             return Err(http::status_error("HEAD", &common.url, &sent).await);
         }
-        let out = Object::new();
-        js::set(&out, "status", sent.status);
-        if let Some(o) = header_text(&sent, headers::STREAM_NEXT_OFFSET) {
-            js::set(&out, "offset", o);
-        }
-        if let Some(ct) = header_text(&sent, headers::CONTENT_TYPE) {
-            js::set(&out, "contentType", ct);
-        }
+        let out = described(&sent);
         if let Some(ttl) =
             header_text(&sent, headers::STREAM_TTL).and_then(|t| headers::parse_decimal(t.trim()))
         {
@@ -219,14 +200,28 @@ pub fn head_stream(options: JsValue) -> Promise {
         if let Some(etag) = header_text(&sent, headers::ETAG) {
             js::set(&out, "etag", etag);
         }
-        js::set(
-            &out,
-            "closed",
-            headers::is_true(header_text(&sent, headers::STREAM_CLOSED).as_deref()),
-        );
         http::release_body(&sent.response);
         Ok(out.into())
     })
+}
+
+/// What a PUT's or HEAD's answer says of the stream: its status, tail offset, type and whether
+/// it is closed.
+fn described(sent: &Sent) -> Object {
+    let out = Object::new();
+    js::set(&out, "status", sent.status);
+    if let Some(o) = header_text(sent, headers::STREAM_NEXT_OFFSET) {
+        js::set(&out, "offset", o);
+    }
+    if let Some(ct) = header_text(sent, headers::CONTENT_TYPE) {
+        js::set(&out, "contentType", ct);
+    }
+    js::set(
+        &out,
+        "closed",
+        headers::is_true(header_text(sent, headers::STREAM_CLOSED).as_deref()),
+    );
+    out
 }
 
 /// DELETE.
