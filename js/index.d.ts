@@ -323,7 +323,8 @@ export declare class DurableStream {
    * Appends one message or chunk. JSON streams take any JSON value as one message, an array
    * included (strings and bytes are JSON text; other values as `JSON.stringify` writes them,
    * `NaN` as `null`); others take strings or bytes. To append several
-   * JSON messages in one request, use an `IdempotentProducer`.
+   * JSON messages in one request, use an `IdempotentProducer`. Each call is a request of its own,
+   * sent at once: calls made before the one before has resolved may land in any order.
    *
    * An append stopped by its `signal` (ABORTED) may still have landed: the request may have
    * reached the server before it was aborted. To append exactly once, use an `IdempotentProducer`.

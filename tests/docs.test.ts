@@ -223,7 +223,8 @@ describe('the docs point at what is there', () => {
   it('every code name in backticks (a constant, a function, a type) is in the code', () => {
     // Names from elsewhere: Python and nginx in README's examples, the runtime and other
     // WebSocket libraries in docs/websocket.md, Vite in js/README.md. `SseFrame` is
-    // DEVELOPERS.md's example of a protocol name (the core's SSE type is `SseEvent`).
+    // DEVELOPERS.md's example of a protocol name (the core's SSE type is `SseEvent`). The rest
+    // are `@durable-streams/client`'s, which js/README.md maps for users coming from it.
     const elsewhere = new Set([
       'urlsafe_b64encode',
       'proxy_redirect',
@@ -235,6 +236,29 @@ describe('the docs point at what is there', () => {
       'optimizeDeps',
       'urlOrBytesOrModule',
       'SseFrame',
+      'FetchError',
+      'subscribeJson',
+      'subscribeBytes',
+      'subscribeText',
+      'startOffset',
+      'isLoading',
+      'onFailedAttempt',
+      'cacheControl',
+      'lastSuccessfulOffset',
+      'pendingCount',
+      'inFlightCount',
+      'FetchBackoffAbortError',
+      'MissingStreamUrlError',
+      'InvalidSignalError',
+      'CONFLICT_SEQ',
+      'CONFLICT_EXISTS',
+      'RATE_LIMITED',
+      'ALREADY_CLOSED',
+      'ALREADY_CONSUMED',
+      'SSE_NOT_SUPPORTED',
+      'asAsyncIterableReadableStream',
+      'createFetchWithBackoff',
+      'BackoffDefaults',
     ]);
     const sources = files.filter(
       (f) => /\.(rs|js|mjs|ts|toml|json|sh)$/.test(f) && !f.startsWith('tests/client-conformance/cases/'),

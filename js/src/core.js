@@ -9,7 +9,7 @@ import {
   headStream,
   validateRetryOptions,
 } from '../dist/edgestream_client.js';
-import { cancelOnAbort, deferred, eitherSignal, pageUrl, shownUrl, signalProblem, sleep, urlProblem } from './settle.js';
+import { READ_OPTIONS, cancelOnAbort, deferred, eitherSignal, optionsProblem, pageUrl, shownUrl, signalProblem, sleep, unknownOption } from './settle.js';
 
 let loader = null;
 let ready = null;
@@ -93,10 +93,22 @@ export class LeaseHeldError extends DurableStreamError {
 
 const DETAIL_KEYS = ['currentEpoch', 'expectedSeq', 'receivedSeq', 'finalOffset', 'leaseExpiresAt', 'closeCode', 'cause'];
 
-/** Throws INVALID_ARGUMENT for a `url` that cannot be fetched here, or a `signal` that is not one. */
-function checkOptions(who, options) {
-  const problem = urlProblem(String(options.url)) ?? signalProblem(options.signal);
+/**
+ * Throws INVALID_ARGUMENT for an option `known` does not list, a `url` that cannot be fetched
+ * here, or a `signal` that is not one.
+ */
+function checkOptions(who, options, known) {
+  const problem = optionsProblem(options, known);
   if (problem) throw new DurableStreamError(`${who}: ${problem}`, 'INVALID_ARGUMENT');
+}
+
+/** The options of a `DurableStream` (and of `DurableStream.create()`). */
+const HANDLE_OPTIONS = 'url headers params retry signal contentType ttlSeconds expiresAt closed channel forkedFrom forkOffset forkSubOffset body';
+
+/** Throws INVALID_ARGUMENT for an option of a call that `known` does not list. */
+function callOptions(options, known) {
+  const problem = unknownOption(options, known);
+  if (problem) throw invalid(problem);
 }
 
 /** Turns the wasm's coded errors (and host errors) into instances of the classes above. */
@@ -211,7 +223,7 @@ export class StreamHandle {
     if (!options || typeof options.url !== 'string' && !(options.url instanceof URL)) {
       throw new DurableStreamError('stream(): url is required', 'INVALID_ARGUMENT');
     }
-    checkOptions('stream()', options);
+    checkOptions('stream()', options, READ_OPTIONS);
     this.#options = { ...options, url: String(options.url) };
   }
 
@@ -684,7 +696,7 @@ export class DurableStream {
    */
   constructor(options) {
     if (!options || !options.url) throw new DurableStreamError('DurableStream: url is required', 'INVALID_ARGUMENT');
-    checkOptions('DurableStream', options);
+    checkOptions('DurableStream', options, HANDLE_OPTIONS);
     this.url = String(options.url);
     this.contentType = options.contentType;
     this.options = options;
@@ -736,6 +748,7 @@ export class DurableStream {
    * value is one message; strings and bytes are JSON text, read the same way.
    */
   async create(options = {}) {
+    callOptions(options, HANDLE_OPTIONS);
     // What the handle was made with counts, as for every other call; `options` overrides it,
     // an expiry of either kind replacing the handle's. (Its `signal` is the call's own.)
     const given = defined(options);
@@ -765,6 +778,7 @@ export class DurableStream {
 
   /** HEAD: `{ offset, contentType, closed, ttlSeconds, expiresAt, etag }`. Options: `signal`. */
   async head(options = {}) {
+    callOptions(options, 'signal');
     const res = await this.#call(headStream, {}, options.signal);
     if (res.contentType) this.contentType = res.contentType;
     return res;
@@ -782,6 +796,7 @@ export class DurableStream {
    * landed: the request may have reached the server before it was aborted.
    */
   async append(data, options = {}) {
+    callOptions(options, 'seq contentType signal');
     const contentType = options.contentType ?? (await this.#type(options.signal));
     const body = isJsonType(contentType) ? oneMessage(data) : data;
     return this.#call(appendStream, { body, contentType, seq: options.seq }, options.signal);
@@ -789,6 +804,7 @@ export class DurableStream {
 
   /** Closes the stream, optionally appending a last message (one, as `append()`) in the same request. */
   async close(options = {}) {
+    callOptions(options, 'body contentType signal');
     let body = options.body;
     let contentType = options.contentType;
     if (body !== undefined) {
@@ -800,7 +816,8 @@ export class DurableStream {
   }
 
   /** DELETE. Options: `signal`. */
-  delete(options = {}) {
+  async delete(options = {}) {
+    callOptions(options, 'signal');
     return this.#call(deleteStream, {}, options.signal);
   }
 
@@ -1569,6 +1586,8 @@ export function checkProducerOptions(producerId, options = {}) {
   if (!/^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/.test(producerId)) {
     fail(`producerId ${JSON.stringify(producerId)} must be printable ASCII, without spaces at either end (it is sent as a header)`);
   }
+  const unknown = unknownOption(options, 'epoch autoClaim lingerMs maxBatchBytes maxBatchItems maxInFlight requestTimeoutMs json onError signal lease');
+  if (unknown) fail(unknown);
   const isInt = (v, min) => Number.isSafeInteger(v) && v >= min;
   const rules = [
     ['epoch', 0, ' must be an integer from 0 to 2^53-1'],

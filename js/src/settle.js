@@ -68,6 +68,34 @@ export function signalProblem(signal) {
 }
 
 /**
+ * Why `options` cannot be taken, or null: it names an option (given, not `undefined`) that `known`
+ * (names separated by spaces) does not list. Ignored, an option would do nothing without a word:
+ * a misspelt one, or another client's (`backoffOptions`) kept when moving an app over.
+ */
+export function unknownOption(options, known, prefix = '') {
+  for (const key of Object.keys(options ?? {})) {
+    if (options[key] !== undefined && !known.split(' ').includes(key)) return `unknown option ${prefix}${key} (known: ${known})`;
+  }
+  return null;
+}
+
+/** The options of a reader (`stream()`), which a table takes too. */
+export const READ_OPTIONS = 'url headers params retry signal offset incarnation live json pauseWhenHidden';
+
+/**
+ * Why a reader's, a table's or a handle's `options` cannot be taken, or null: an option `known`
+ * does not list (in `retry` too), a `url` that cannot be fetched here, a `signal` that is not one.
+ */
+export function optionsProblem(options, known) {
+  return (
+    unknownOption(options, known) ??
+    unknownOption(options.retry, 'maxRetries initialDelayMs maxDelayMs multiplier', 'retry.') ??
+    urlProblem(String(options.url)) ??
+    signalProblem(options.signal)
+  );
+}
+
+/**
  * Why `url` cannot be fetched, or null. Without a page (Node, Deno without --location), there is
  * nothing to resolve a relative URL against: fetch() would fail every retry. A URL with
  * credentials (`user:password@`) fetch() refuses, in an error that shows them.

@@ -4,7 +4,7 @@
 // The message format is the Durable Streams State Protocol's, so tables interoperate with
 // `@durable-streams/state` writers and readers.
 import { DurableStreamError, stream } from './core.js';
-import { cancelOnAbort, deferred, shownUrl, signalProblem, urlProblem } from './settle.js';
+import { READ_OPTIONS, cancelOnAbort, deferred, optionsProblem, shownUrl } from './settle.js';
 
 const OPERATIONS = new Set(['insert', 'update', 'upsert', 'delete']);
 const CONTROLS = new Set(['snapshot-start', 'snapshot-end', 'reset']);
@@ -99,7 +99,7 @@ export class KeyedTable {
       throw invalidArgument('table(): url is required');
     }
     const { from, store, saveEveryMs = 1000, onInvalid = 'error', offset, incarnation, json, signal, ...streamOptions } = options;
-    const problem = urlProblem(String(options.url)) ?? signalProblem(signal);
+    const problem = optionsProblem(options, `${READ_OPTIONS} from store saveEveryMs onInvalid`);
     if (problem) throw invalidArgument(`table(): ${problem}`);
     if (onInvalid !== 'error' && onInvalid !== 'skip') throw invalidArgument("table(): onInvalid is 'error' or 'skip'");
     if (store !== undefined && (typeof store?.load !== 'function' || typeof store?.save !== 'function')) {
