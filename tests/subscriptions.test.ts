@@ -14,7 +14,11 @@ const url = (path: string) => `${server.baseUrl}/v1/stream/${path}`;
 beforeAll(async () => {
   // A short delivery timeout, so a webhook that never answers is given up on quickly.
   // The registry links 4 streams per call, so a pattern over 10 takes three.
-  server = await startServer({ vars: { WEBHOOK_ALLOW_LOCALHOST: 'true', WEBHOOK_TIMEOUT_MS: '2000', LINKS_PER_CALL: '4' } });
+  // FAULT_MARKER turns on the test-only headers (worker/src/fault.rs); no stream here has it in
+  // its path, so nothing is made to fail.
+  server = await startServer({
+    vars: { WEBHOOK_ALLOW_LOCALHOST: 'true', WEBHOOK_TIMEOUT_MS: '2000', LINKS_PER_CALL: '4', FAULT_MARKER: 'no-stream-is-named-this' },
+  });
 });
 
 afterAll(async () => {
@@ -319,6 +323,43 @@ describe('links', () => {
       const next = (await again.json()).streams.find((s: any) => s.path === stream);
       expect(next.acked_offset, 'acked data is handed out again').toBe(tail);
       expect(next.has_pending).toBe(true);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
+
+describe('the registry with many links', () => {
+  // The one registry is asked which subscriptions cover each stream created or removed in the
+  // deployment. It used to read every link to answer, and a subscription may name 10,000
+  // streams, existing or not: 100,000 explicit links (ten subscriptions, a hundred requests) cost
+  // every create and removal 22 ms of the registry's time, one at a time for the deployment.
+  // With FAULT_MARKER on, a PUT that registers its stream says how many rows the registry read.
+  test('finds the subscriptions of a new stream reading only the links that can match it', async () => {
+    const p = `many-${uid()}`;
+    const wake = `wake-${p}`;
+    const id = `pull-${p}`;
+    const named = (set: number) => Array.from({ length: 1000 }, (_, i) => `${p}/named/${set}/${i}`);
+    try {
+      expect((await put(wake, '[]')).status).toBe(201);
+      const created = await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/globbed/*`, streams: named(0), wake_stream: wake });
+      expect(created.status).toBe(201);
+      expect((await post(`__ds/subscriptions/${id}/streams`, { streams: named(1) })).status).toBe(204);
+
+      const rowsRead = (res: Response) => Number(res.headers.get('x-edgestream-registry-rows'));
+      const other = await put(`other-${p}`, '[]');
+      expect(other.status).toBe(201);
+      expect(rowsRead(other), 'rows the registry read for a stream no link covers').toBeLessThan(200);
+
+      // The links still find the streams they cover, by pattern and by name.
+      const globbed = await put(`${p}/globbed/a`, '[]');
+      expect(globbed.status).toBe(201);
+      expect(rowsRead(globbed)).toBeLessThan(200);
+      expect((await linkOf(id, `${p}/globbed/a`))?.link_type).toBe('glob');
+      const explicit = await put(`${p}/named/1/999`, '[]');
+      expect(explicit.status).toBe(201);
+      expect(rowsRead(explicit)).toBeLessThan(200);
+      expect((await linkOf(id, `${p}/named/1/999`))?.link_type).toBe('explicit');
     } finally {
       await fetch(sub(id), { method: 'DELETE' });
     }

@@ -12,7 +12,7 @@
 //! the failure and then the repair: what is owed is retried by the request that is told to
 //! retry, or by the alarm.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use worker::{Error, Result};
 
@@ -106,11 +106,18 @@ pub fn link_asked() {
 /// `none`: tests see which work a request left the alarm to do.
 pub const ALARM_HEADER: &str = "x-edgestream-alarm";
 
+/// With faults on, a PUT's answer says how many rows the registry read to find the
+/// subscriptions covering the stream, when this request registered it: tests see that the
+/// lookup does not grow with the links other paths have.
+pub const REGISTRY_ROWS_HEADER: &str = "x-edgestream-registry-rows";
+
 /// What one object has failed so far in this isolate.
 pub struct Faults {
     /// `FAULT_MARKER`: none in production.
     marker: Option<String>,
     tripped: RefCell<Vec<Call>>,
+    /// Rows the registry read for the last registration, until a PUT's answer shows them.
+    registry_rows: Cell<Option<u64>>,
 }
 
 impl Faults {
@@ -118,6 +125,7 @@ impl Faults {
         Faults {
             marker,
             tripped: RefCell::new(Vec::new()),
+            registry_rows: Cell::new(None),
         }
     }
 
@@ -125,6 +133,18 @@ impl Faults {
     /// stream's alarm is set for, in [`ALARM_HEADER`].
     pub fn enabled(&self) -> bool {
         self.marker.is_some()
+    }
+
+    /// The registry read `rows` to register this stream (kept only with faults on).
+    pub fn registry_read(&self, rows: u64) {
+        if self.enabled() {
+            self.registry_rows.set(Some(rows));
+        }
+    }
+
+    /// What [`Faults::registry_read`] last kept, taken.
+    pub fn take_registry_rows(&self) -> Option<u64> {
+        self.registry_rows.take()
     }
 
     /// `Err` when this call is the one to fail.

@@ -206,6 +206,7 @@ impl DurableObject for StreamObject {
         let cold = self.cold.replace(false);
         let cors = security::Cors::of(req.headers(), &self.config);
         let show_alarm = self.faults.enabled() && req.method() == Method::Head;
+        let is_put = req.method() == Method::Put;
         let result = self.route(req).await;
         self.give_back_if_gone();
         // A batching append flushes its own frame after one turn; should that turn never come
@@ -227,6 +228,12 @@ impl DurableObject for StreamObject {
             http::edit_headers(resp, |headers| headers.set(crate::fault::ALARM_HEADER, &at))?
         } else {
             resp
+        };
+        let resp = match self.faults.take_registry_rows() {
+            Some(rows) if is_put => http::edit_headers(resp, |headers| {
+                headers.set(crate::fault::REGISTRY_ROWS_HEADER, &rows.to_string())
+            })?,
+            _ => resp,
         };
         // Decorated here, where the headers are still mutable, rather than copied at the edge.
         cors.decorate(resp)

@@ -84,6 +84,7 @@ pub async fn register(obj: &StreamObject) -> Result<bool> {
             worker::console_warn!("stream {}: registry answered {status}", meta.path);
             return Ok(false);
         };
+        obj.faults.registry_read(ids.rows_read);
         if !ids.more {
             break ids;
         }
