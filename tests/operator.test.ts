@@ -1,10 +1,12 @@
-// What an operator meets running the server: settings written the way TOML allows or mistyped.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+// What an operator meets running the server: settings written the way TOML allows or mistyped,
+// and `npm start` (scripts/start.mjs) stopped by a signal or started twice on one state.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, expect, test } from 'vitest';
 import { WebSocket } from 'undici';
-import { startServer } from '../scripts/dev-server.mjs';
+import { freePort, startServer } from '../scripts/dev-server.mjs';
 
 const scratch = mkdtempSync(path.join(tmpdir(), 'edgestream-operator-'));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
@@ -49,3 +51,94 @@ test('[vars] written as TOML numbers and booleans are used, and each bad setting
     await server.stop();
   }
 }, 60_000);
+
+/** `npm start`'s script (or `npm start` itself), on its own port and state, in a process group of its own. */
+function start(port: number, state: string, npm = false) {
+  const flags = ['--port', String(port), '--persist-to', state];
+  const [command, args] = npm ? ['npm', ['start', '--', ...flags]] : [process.execPath, ['scripts/start.mjs', ...flags]];
+  const child = spawn(command, args, {
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout!.on('data', (c) => (out += c));
+  child.stderr!.on('data', (c) => (out += c));
+  const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  /** Its exit code, or 'running' after 30 s. */
+  const exited = Promise.race([exit, new Promise<'running'>((r) => setTimeout(r, 30_000, 'running').unref())]);
+  return { child, exited, out: () => out };
+}
+
+async function up(base: string, child: ChildProcess) {
+  for (let i = 0; i < 600 && child.exitCode === null; i++) {
+    try {
+      await (await fetch(`${base}/v1/stream/__health`, { method: 'HEAD' })).arrayBuffer();
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  throw new Error(`not up on ${base}`);
+}
+
+/** Pids of the processes whose command line names `text` (wrangler's names its state). */
+function running(text: string) {
+  return readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(text);
+      } catch {
+        return false;
+      }
+    });
+}
+
+test('npm start refuses a state directory another server uses, keeps data across restarts, and leaves nothing running when sent SIGTERM alone', async () => {
+  const state = path.join(scratch, 'state');
+  const [port, other] = [await freePort(), await freePort()];
+  const base = `http://127.0.0.1:${port}`;
+  const first = start(port, state);
+  const pgids: number[] = [first.child.pid!];
+  try {
+    await up(base, first.child);
+    const url = `${base}/v1/stream/operator/kept`;
+    expect((await fetch(url, { method: 'PUT', headers: { 'content-type': 'text/plain' }, body: 'kept;' })).status).toBe(201);
+
+    // Two servers on one state each served the same streams from their own memory.
+    const second = start(other, state);
+    pgids.push(second.child.pid!);
+    expect(await second.exited).toBe(1);
+    expect(second.out()).toContain(`the state directory ${state} is in use by another edgestream server (pid ${first.child.pid})`);
+    expect((await fetch(url)).status).toBe(200);
+
+    // SIGTERM to the script alone (a process manager, `kill <pid>`) used to leave wrangler and
+    // workerd running, holding the port and the state.
+    process.kill(first.child.pid!, 'SIGTERM');
+    expect(await first.exited).toBe(0);
+    for (let i = 0; i < 50 && running(state).length > 0; i++) await new Promise((r) => setTimeout(r, 100));
+    expect(running(state)).toEqual([]);
+    await expect(fetch(url)).rejects.toThrow();
+
+    // The state is free again, and what was stored is there.
+    const third = start(other, state, true);
+    pgids.push(third.child.pid!);
+    await up(`http://127.0.0.1:${other}`, third.child);
+    expect(await (await fetch(`http://127.0.0.1:${other}/v1/stream/operator/kept?offset=-1`)).text()).toBe('kept;');
+    // npm, sent SIGTERM alone, exits without passing it on: the script used to serve on.
+    process.kill(third.child.pid!, 'SIGTERM');
+    await third.exited;
+    for (let i = 0; i < 100 && running(state).length > 0; i++) await new Promise((r) => setTimeout(r, 100));
+    expect(running(state)).toEqual([]);
+    await expect(fetch(`http://127.0.0.1:${other}/`)).rejects.toThrow();
+  } finally {
+    for (const pid of [...pgids, ...running(state).map(Number)]) {
+      try {
+        process.kill(-pid, 'SIGKILL');
+      } catch {}
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {}
+    }
+  }
+}, 120_000);
