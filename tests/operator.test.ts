@@ -1,5 +1,6 @@
 // What an operator meets running the server: settings written the way TOML allows or mistyped,
-// and `npm start` (scripts/start.mjs) stopped by a signal or started twice on one state.
+// what a failed request logs, and `npm start` (scripts/start.mjs) stopped by a signal or started
+// twice on one state.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -7,6 +8,7 @@ import path from 'node:path';
 import { afterAll, expect, test } from 'vitest';
 import { WebSocket } from 'undici';
 import { freePort, startServer } from '../scripts/dev-server.mjs';
+import { mintToken } from '../scripts/token.mjs';
 
 const scratch = mkdtempSync(path.join(tmpdir(), 'edgestream-operator-'));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
@@ -47,6 +49,40 @@ test('[vars] written as TOML numbers and booleans are used, and each bad setting
     ];
     for (const line of lines) expect(log.split(line).length - 1, line).toBe(1);
     expect(log).not.toMatch(/setting (LONG_POLL_TIMEOUT_MS|WS_COMPRESSION)/);
+  } finally {
+    await server.stop();
+  }
+}, 60_000);
+
+test("a request that fails logs one line with its method and path, never its token; refusals log nothing", async () => {
+  const secret = 'operator-secret';
+  const server = await startServer({ vars: { FAULT_MARKER: 'faulty', AUTH_SECRET: secret } });
+  try {
+    const token = mintToken({ secret, prefix: '', ops: ['read', 'append', 'create'], expiresAt: Math.floor(Date.now() / 1000) + 3600 });
+    // A `torn` stream's first append fails after its rows are written, as a storage error would
+    // (worker/src/fault.rs); its first registration fails too, so the PUT is sent again.
+    const name = `faulty-torn-${Date.now()}`;
+    const url = `${server.baseUrl}/v1/stream/${name}?token=${token}`;
+    const text = { 'content-type': 'text/plain' };
+    expect((await fetch(url, { method: 'PUT', headers: text })).status).toBe(503);
+    expect((await fetch(url, { method: 'PUT', headers: text })).status).toBe(200);
+    const before = server.log();
+    const refused = [
+      await fetch(`${server.baseUrl}/v1/stream/${name}`), // no token: 401
+      await fetch(`${url}&offset=nonsense`), // 400
+      await fetch(`${server.baseUrl}/v1/stream/missing?token=${token}`), // 404
+      await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '1' }), // 409
+    ].map((r) => r.status);
+    expect(refused).toEqual([401, 400, 404, 409]);
+    expect((await fetch(url, { method: 'POST', headers: text, body: 'x' })).status).toBe(503);
+    await new Promise((r) => setTimeout(r, 500));
+    // Each used to name no stream: `stream object: <error>`, `stream: Register failed: <error>`.
+    const log = server.log();
+    expect(log.split(`stream object: POST /v1/stream/${name}: injected fault: TornWrite`).length - 1).toBe(1);
+    expect(log.split(`stream /v1/stream/${name}: Register failed: injected fault`).length - 1).toBe(1);
+    const after = log.slice(before.length).split('\n');
+    expect(after.filter((l) => /ERROR|WARNING/.test(l) && !l.includes('Register failed'))).toHaveLength(1);
+    expect(log).not.toContain(token);
   } finally {
     await server.stop();
   }
