@@ -9,7 +9,7 @@
 // CLI: node scripts/dev-server.mjs [--port N] [--var NAME:VALUE ...]
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
-import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, unlinkSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -46,6 +46,56 @@ export function freePort() {
   });
 }
 
+/** The state directories this process serves, each with its lock file. */
+const claimed = new Map();
+
+/**
+ * Claims a state directory (`--persist-to`) for this process, and returns a function that gives
+ * it back. wrangler dev does not lock it, and two servers on one directory each serve the same
+ * streams from their own memory: appends on one were refused 503 after a UNIQUE constraint
+ * failure on the other's rows, and readers on one never heard of appends on the other. Throws
+ * while a live process holds it; a claim left by a process that died is taken over.
+ */
+export function claimState(dir) {
+  const lock = path.join(dir, 'edgestream.pid');
+  if (claimed.has(lock)) throw new Error(`another server of this process already serves ${dir}`);
+  mkdirSync(dir, { recursive: true });
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const fd = openSync(lock, 'wx');
+      writeSync(fd, `${process.pid}\n`);
+      closeSync(fd);
+      break;
+    } catch (e) {
+      if (e.code !== 'EEXIST' || attempt > 0) throw e;
+      const holder = Number(readFileSync(lock, 'utf8').trim());
+      if (Number.isInteger(holder) && holder > 0 && alive(holder)) {
+        throw new Error(
+          `the state directory ${dir} is in use by another edgestream server (pid ${holder}): ` +
+            'stop it first, or give this one another directory with --persist-to',
+        );
+      }
+      unlinkSync(lock); // its holder died without giving it back
+    }
+  }
+  claimed.set(lock, dir);
+  return () => {
+    if (!claimed.delete(lock)) return;
+    try {
+      unlinkSync(lock);
+    } catch {}
+  };
+}
+
+function alive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return e.code === 'EPERM';
+  }
+}
+
 const running = new Set();
 /** State directories made here, removed when this process ends however it ends. */
 const ownDirs = new Set();
@@ -56,6 +106,12 @@ function stopAllSync() {
     } catch {}
   }
   running.clear();
+  for (const lock of claimed.keys()) {
+    try {
+      unlinkSync(lock);
+    } catch {}
+  }
+  claimed.clear();
   for (const dir of ownDirs) {
     // workerd, just killed, may still be writing into it: whatever is left stays.
     try {
@@ -64,12 +120,19 @@ function stopAllSync() {
   }
   ownDirs.clear();
 }
-process.on('exit', stopAllSync);
-for (const signal of ['SIGINT', 'SIGTERM']) {
-  process.on(signal, () => {
-    stopAllSync();
-    process.exit(130);
-  });
+/** Stops every server when this process ends: hooked by the first start, not on import
+ * (`npm start` imports this file and stops its server its own way). */
+let hooked = false;
+function hookExit() {
+  if (hooked) return;
+  hooked = true;
+  process.on('exit', stopAllSync);
+  for (const signal of ['SIGINT', 'SIGTERM']) {
+    process.on(signal, () => {
+      stopAllSync();
+      process.exit(130);
+    });
+  }
 }
 
 async function waitUntilUp(baseUrl, child, timeoutMs) {
@@ -149,11 +212,13 @@ export async function startServer(options = {}) {
 }
 
 async function startOnce(options) {
+  hookExit();
   const port = options.port ?? (await freePort());
   const inspector = options.inspector ? await freePort() : undefined;
   const ownState = !options.persistTo;
   const persistTo = options.persistTo ?? mkdtempSync(path.join(tmpdir(), 'edgestream-state-'));
   if (ownState) ownDirs.add(persistTo);
+  const release = claimState(persistTo);
   const baseUrl = `http://127.0.0.1:${port}`;
   const args = [
     'dev', '--local', '--ip', '127.0.0.1', '--port', String(port),
@@ -209,6 +274,7 @@ async function startOnce(options) {
   try {
     await launch();
   } catch (e) {
+    release();
     if (ownState) rmSync(persistTo, { recursive: true, force: true });
     throw e;
   }
@@ -233,6 +299,7 @@ async function startOnce(options) {
     },
     async stop() {
       await kill();
+      release();
       if (ownState) rmSync(persistTo, { recursive: true, force: true });
     },
   };

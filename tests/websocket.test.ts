@@ -1137,14 +1137,14 @@ describe('WebSocket append backpressure', () => {
   // everything before is answered, and nothing it sent after is applied. Meanwhile the stream
   // serves everyone else.
   describe('with a slow allowance', () => {
-    // 200 frames at once, then 50 a second: the flood passes it however fast this machine
+    // 300 frames at once, then 50 a second: the flood passes it however fast this machine
     // applies appends. At the default 500 a second, a loaded machine applied all 4,000 frames
     // as they came (the runtime hands the object a socket's next message only once the last
     // one's write is done, so no line builds up there), and the socket was never closed.
     let main: typeof server;
     beforeAll(async () => {
       main = server;
-      server = await startServer({ vars: { WS_APPEND_BURST: '200', WS_APPEND_RATE: '50' } });
+      server = await startServer({ vars: { WS_APPEND_BURST: '300', WS_APPEND_RATE: '50' } });
     });
     afterAll(async () => {
       const slow = server;

@@ -96,113 +96,200 @@ impl Config {
     pub const DEFAULT_PRODUCER_TTL_MS: u64 = 7 * 24 * 3_600_000;
 
     /// The settings, read from `env` once per isolate: `[vars]` cannot change while an isolate
-    /// lives (a new deployment starts new isolates), and reading them costs JS calls.
+    /// lives (a new deployment starts new isolates), and reading them costs JS calls. A setting
+    /// given a value it cannot take is logged once per isolate, with the value used instead.
     pub fn from_env(env: &Env) -> Config {
         thread_local! {
             static CACHED: std::cell::OnceCell<Config> = const { std::cell::OnceCell::new() };
         }
-        CACHED.with(|cell| cell.get_or_init(|| Config::read(env)).clone())
+        CACHED.with(|cell| {
+            cell.get_or_init(|| {
+                let mut vars = Vars {
+                    env,
+                    problems: Vec::new(),
+                };
+                let config = Config::read(&mut vars);
+                for problem in vars.problems {
+                    worker::console_warn!("edgestream: setting {problem}");
+                }
+                config
+            })
+            .clone()
+        })
     }
 
-    fn read(env: &Env) -> Config {
-        let number = |name: &str, default: u64, max: u64| -> u64 {
-            env.var(name)
-                .ok()
-                .and_then(|v| setting_number(&v.to_string()))
-                .map_or(default, |v| v.min(max))
-        };
-        Config {
-            long_poll_timeout_ms: number(
-                "LONG_POLL_TIMEOUT_MS",
-                Self::DEFAULT_LONG_POLL_TIMEOUT_MS,
-                600_000,
-            ),
+    fn read(vars: &mut Vars) -> Config {
+        let max_append_bytes = vars.number(
+            "MAX_APPEND_BYTES",
+            Self::DEFAULT_MAX_APPEND_BYTES,
             // SQLite rows are capped at 2 MB, but appends are split across rows; the cap here
             // bounds the memory one request may pin in the object.
-            max_append_bytes: number(
-                "MAX_APPEND_BYTES",
-                Self::DEFAULT_MAX_APPEND_BYTES,
-                64 * 1024 * 1024,
+            (1, 64 * 1024 * 1024),
+        );
+        Config {
+            // Under 100 ms, every waiting client would poll again in a tight loop.
+            long_poll_timeout_ms: vars.number(
+                "LONG_POLL_TIMEOUT_MS",
+                Self::DEFAULT_LONG_POLL_TIMEOUT_MS,
+                (100, 600_000),
             ),
+            max_append_bytes,
             // Under a second, the first catch-up page could miss the deadline, and a reader
             // be sent nothing, every time.
-            sse_connection_ms: number(
+            sse_connection_ms: vars.number(
                 "SSE_CONNECTION_MS",
                 Self::DEFAULT_SSE_CONNECTION_MS,
-                3_600_000,
-            )
-            .max(1000),
-            sse_heartbeat_ms: number(
+                (1000, 3_600_000),
+            ),
+            sse_heartbeat_ms: vars.number(
                 "SSE_HEARTBEAT_MS",
                 Self::DEFAULT_SSE_HEARTBEAT_MS,
-                3_600_000,
-            )
-            .max(100),
-            sse_backlog_bytes: number(
+                (100, 3_600_000),
+            ),
+            sse_backlog_bytes: vars.number(
                 "SSE_BACKLOG_BYTES",
                 Self::DEFAULT_SSE_BACKLOG_BYTES,
-                64 * 1024 * 1024,
+                (1, 64 * 1024 * 1024),
             ),
             // Clients send a receipt at least every 64 KiB they read: well under the floor.
-            ws_backlog_bytes: number(
+            ws_backlog_bytes: vars.number(
                 "WS_BACKLOG_BYTES",
                 Self::DEFAULT_WS_BACKLOG_BYTES,
-                256 * 1024 * 1024,
-            )
-            .max(256 * 1024),
-            ws_compression: env
-                .var("WS_COMPRESSION")
-                .map(|v| edgestream::headers::is_true(Some(v.to_string().trim())))
-                .unwrap_or(false),
+                (256 * 1024, 256 * 1024 * 1024),
+            ),
+            ws_compression: vars.flag("WS_COMPRESSION"),
             ws_append_rate: crate::wsproto::AppendRate {
-                burst: number("WS_APPEND_BURST", Self::DEFAULT_WS_APPEND_BURST, 1_000_000),
-                per_second: number("WS_APPEND_RATE", Self::DEFAULT_WS_APPEND_RATE, 1_000_000),
+                // A frame costs one more per 64 KiB: a smaller burst would refuse the largest
+                // append a socket may send every time, however long it waited.
+                burst: vars.number(
+                    "WS_APPEND_BURST",
+                    Self::DEFAULT_WS_APPEND_BURST,
+                    (1 + max_append_bytes / (64 * 1024), 1_000_000),
+                ),
+                per_second: vars.number(
+                    "WS_APPEND_RATE",
+                    Self::DEFAULT_WS_APPEND_RATE,
+                    (1, 1_000_000),
+                ),
             },
-            body_budget_bytes: number(
+            body_budget_bytes: vars.number(
                 "BODY_BUDGET_BYTES",
                 Self::DEFAULT_BODY_BUDGET_BYTES,
-                1024 * 1024 * 1024,
+                (1, 1024 * 1024 * 1024),
             ),
-            body_idle_ms: number(
+            body_idle_ms: vars.number(
                 "BODY_IDLE_TIMEOUT_MS",
                 Self::DEFAULT_BODY_IDLE_MS,
-                10 * 60 * 1000,
-            )
-            .max(100),
-            cors_origins: env
-                .var("CORS_ORIGINS")
-                .map(|v| v.to_string())
-                .ok()
+                (100, 10 * 60 * 1000),
+            ),
+            cors_origins: vars
+                .text("CORS_ORIGINS")
                 .filter(|v| !v.trim().is_empty())
                 .unwrap_or_else(|| "*".into()),
-            webhook_allow_localhost: env
-                .var("WEBHOOK_ALLOW_LOCALHOST")
-                .map(|v| edgestream::headers::is_true(Some(v.to_string().trim())))
-                .unwrap_or(false),
-            webhook_timeout_ms: number(
+            webhook_allow_localhost: vars.flag("WEBHOOK_ALLOW_LOCALHOST"),
+            webhook_timeout_ms: vars.number(
                 "WEBHOOK_TIMEOUT_MS",
                 Self::DEFAULT_WEBHOOK_TIMEOUT_MS,
-                300_000,
+                (1, 300_000),
             ),
-            links_per_call: number("LINKS_PER_CALL", Self::DEFAULT_LINKS_PER_CALL, 100_000),
+            links_per_call: vars.number(
+                "LINKS_PER_CALL",
+                Self::DEFAULT_LINKS_PER_CALL,
+                (1, 100_000),
+            ),
             // Ten years: beyond that, keeping the state is what the deployment wants.
-            producer_ttl_ms: number(
+            producer_ttl_ms: vars.number(
                 "PRODUCER_TTL_MS",
                 Self::DEFAULT_PRODUCER_TTL_MS,
-                3650 * 24 * 3_600_000,
+                (1, 3650 * 24 * 3_600_000),
             ),
-            shared_reads: !crate::auth::required(env),
-            fault_marker: env
-                .var("FAULT_MARKER")
-                .map(|v| v.to_string())
-                .ok()
-                .filter(|v| !v.trim().is_empty()),
+            shared_reads: !crate::auth::required(vars.env),
+            fault_marker: vars.text("FAULT_MARKER").filter(|v| !v.trim().is_empty()),
         }
     }
 }
 
-/// A number setting: `None` (the default) for 0 or what does not parse; digits past `u64` are
-/// as large as can be, so the setting's cap applies, as it does to any large value.
+/// The `[vars]` being read, and what was wrong with them.
+struct Vars<'a> {
+    env: &'a Env,
+    problems: Vec<String>,
+}
+
+impl Vars<'_> {
+    /// A setting's text: a `[vars]` string or `--var`, or a TOML number or boolean written
+    /// without quotes, which wrangler binds as a JSON number or boolean (`Env::var` takes only
+    /// strings, so `LONG_POLL_TIMEOUT_MS = 5000` was silently the default).
+    fn text(&self, name: &str) -> Option<String> {
+        let value = js_sys::Reflect::get(self.env, &name.into()).ok()?;
+        if value.is_undefined() || value.is_null() {
+            None
+        } else if let Some(text) = value.as_string() {
+            Some(text)
+        } else if let Some(n) = value.as_f64() {
+            Some(n.to_string())
+        } else if let Some(b) = value.as_bool() {
+            Some(b.to_string())
+        } else {
+            Some(String::from("(not text, a number or a boolean)"))
+        }
+    }
+
+    /// A number setting within `(least, most)`: see [`bounded`].
+    fn number(&mut self, name: &str, default: u64, (least, most): (u64, u64)) -> u64 {
+        let Some(text) = self.text(name) else {
+            return default;
+        };
+        let (value, problem) = bounded(&text, default, least, most);
+        if let Some(problem) = problem {
+            self.problems
+                .push(format!("{name}={} {problem}", shown(&text)));
+        }
+        value
+    }
+
+    /// A switch: only `true` (in any case) turns it on; what is neither `true` nor `false` is
+    /// logged.
+    fn flag(&mut self, name: &str) -> bool {
+        let Some(text) = self.text(name) else {
+            return false;
+        };
+        let on = edgestream::headers::is_true(Some(&text));
+        if !on && !text.trim().eq_ignore_ascii_case("false") {
+            self.problems.push(format!(
+                "{name}={} is neither true nor false; using false",
+                shown(&text)
+            ));
+        }
+        on
+    }
+}
+
+/// A setting's value as a log line shows it: quoted, and cut short.
+fn shown(text: &str) -> String {
+    let cut: String = text.chars().take(40).collect();
+    let more = if cut.len() < text.len() { "…" } else { "" };
+    format!("{cut:?}{more}")
+}
+
+/// The value a number setting takes, and why it is not the one given, if it is not: one that
+/// is 0 or does not parse falls back to `default`, and one out of `least..=most` is taken at
+/// the bound it passed (digits past `u64` count as large).
+fn bounded(text: &str, default: u64, least: u64, most: u64) -> (u64, Option<String>) {
+    match setting_number(text) {
+        None => (
+            default,
+            Some(format!(
+                "is not a whole number above 0; using the default, {default}"
+            )),
+        ),
+        Some(n) if n < least => (least, Some(format!("is under {least}; using {least}"))),
+        Some(n) if n > most => (most, Some(format!("is over {most}; using {most}"))),
+        Some(n) => (n, None),
+    }
+}
+
+/// A number setting: `None` for 0 or what does not parse; digits past `u64` are as large as can
+/// be, so the setting's cap applies, as it does to any large value.
 fn setting_number(text: &str) -> Option<u64> {
     let text = text.trim();
     let n = text.parse::<u64>().ok().or_else(|| {
@@ -214,7 +301,7 @@ fn setting_number(text: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::setting_number;
+    use super::{bounded, setting_number, shown};
 
     #[test]
     fn numbers() {
@@ -224,5 +311,31 @@ mod tests {
         for default in ["", "0", "-1", "abc", "1e3", "1.5", "+", "++1"] {
             assert_eq!(setting_number(default), None, "{default:?}");
         }
+    }
+
+    #[test]
+    fn bounds_and_what_is_logged() {
+        assert_eq!(bounded("5000", 30_000, 100, 600_000), (5000, None));
+        assert_eq!(bounded(" 5000 ", 30_000, 100, 600_000), (5000, None));
+        for bad in ["", " ", "0", "-1", "1e3", "1.5", "abc"] {
+            assert_eq!(
+                bounded(bad, 30_000, 100, 600_000),
+                (
+                    30_000,
+                    Some("is not a whole number above 0; using the default, 30000".into())
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            bounded("1", 30_000, 100, 600_000),
+            (100, Some("is under 100; using 100".into()))
+        );
+        assert_eq!(
+            bounded("99999999999999999999", 30_000, 100, 600_000),
+            (600_000, Some("is over 600000; using 600000".into()))
+        );
+        assert_eq!(shown("1e3"), "\"1e3\"");
+        assert_eq!(shown(&"9".repeat(50)), format!("{:?}…", "9".repeat(40)));
     }
 }

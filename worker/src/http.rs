@@ -139,6 +139,14 @@ pub fn stream_seq(value: Option<String>) -> Option<String> {
     value.filter(|seq| !seq.is_empty())
 }
 
+/// What a log line about a failed request names: its method and path, never its query, which
+/// may carry a token (`?token=`).
+pub fn described(req: &web_sys::Request) -> String {
+    let url = worker::Url::parse(&req.url());
+    let path = url.as_ref().map_or("(no URL)", |url| url.path());
+    format!("{} {path}", req.method())
+}
+
 /// A short plain-text response.
 pub fn text(status: u16, message: &str) -> Result<Response> {
     let mut body = message.to_string();

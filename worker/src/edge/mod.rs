@@ -36,12 +36,13 @@ enum Reply {
 pub async fn handle(req: Request, env: Env) -> Result<web_sys::Response> {
     let config = Config::from_env(&env);
     let cors = security::Cors::of(req.headers(), &config);
+    let inner = Clone::clone(req.inner()); // the handle, not `Request.clone()`
     let resp = match route(req, &env, &config).await {
         Ok(Reply::Object(resp)) if cors.decorated(&resp) => return Ok(resp),
         Ok(Reply::Object(resp)) => Response::from(resp),
         Ok(Reply::Edge(resp)) => resp,
         Err(e) => {
-            worker::console_error!("edge: {e}");
+            worker::console_error!("edge: {}: {e}", http::described(&inner));
             http::unavailable("temporary failure; retry")?
         }
     };

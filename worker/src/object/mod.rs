@@ -207,6 +207,7 @@ impl DurableObject for StreamObject {
         let cors = security::Cors::of(req.headers(), &self.config);
         let show_alarm = self.faults.enabled() && req.method() == Method::Head;
         let is_put = req.method() == Method::Put;
+        let inner = Clone::clone(req.inner()); // the handle, not `Request.clone()`
         let result = self.route(req).await;
         self.give_back_if_gone();
         // A batching append flushes its own frame after one turn; should that turn never come
@@ -216,7 +217,7 @@ impl DurableObject for StreamObject {
             Ok(resp) => resp,
             Err(e) => {
                 // Storage or runtime failure: nothing was acknowledged, so the client may retry.
-                worker::console_error!("stream object: {e}");
+                worker::console_error!("stream object: {}: {e}", http::described(&inner));
                 self.forget_cached();
                 http::unavailable("temporary storage failure; retry")?
             }

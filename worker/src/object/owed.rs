@@ -41,7 +41,9 @@ pub async fn run(obj: &StreamObject, due_only: bool, hops: u32) -> Result<Vec<Ta
             Task::Release => fork::give_back(obj, hops).await,
         };
         let done = done.unwrap_or_else(|e| {
-            worker::console_warn!("stream: {:?} failed: {e}", owed.task);
+            let meta = obj.meta().ok().flatten();
+            let path = meta.as_ref().map_or("(deleted)", |m| m.path.as_str());
+            worker::console_warn!("stream {path}: {:?} failed: {e}", owed.task);
             false
         });
         if !done {
