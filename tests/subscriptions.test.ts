@@ -534,6 +534,44 @@ describe('status', () => {
       await fetch(sub(id), { method: 'DELETE' });
     }
   });
+
+  test('a webhook that failed, then calls back before it answers, is active again', async () => {
+    const p = `recover-${uid()}`;
+    // The first attempt fails; the retry is handled as the README says: read, call back with
+    // the acks and done, then answer. The callback ends the wake before the answer arrives.
+    const callbacks: number[] = [];
+    const hook = await hookServer(async (hit, res, n) => {
+      if (n === 1) {
+        res.writeHead(500);
+        res.end('down');
+        return;
+      }
+      const w = hit.body;
+      const acks = w.streams.map((s: any) => ({ stream: s.path, offset: s.tail_offset }));
+      const cb = await fetch(w.callback_url, {
+        method: 'POST',
+        headers: { ...json, authorization: `Bearer ${w.callback_token}` },
+        body: JSON.stringify({ wake_id: w.wake_id, generation: w.generation, acks, done: true }),
+      });
+      callbacks.push(cb.status);
+      res.writeHead(200, json);
+      res.end('{}');
+    });
+    const id = `sub-${p}`;
+    try {
+      await webhookSubscription(id, p, hook.url);
+      expect((await put(`${p}/s`, { x: 1 })).status).toBe(201);
+      expect(await until(() => callbacks.length >= 1, 8_000), 'no retry after the failure').toBe(true);
+      expect(callbacks[0]).toBe(200);
+      expect(await eventually(async () => (await linkOf(id, `${p}/s`))?.has_pending === false)).toBe(true);
+      // The delivery that was called back succeeded: nothing is failing any more.
+      await sleep(300);
+      expect((await described(id)).status).toBe('active');
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
 });
 
 describe('configuration', () => {

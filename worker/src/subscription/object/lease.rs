@@ -143,6 +143,14 @@ impl SubscriptionObject {
         for (link, _) in updated.values() {
             self.save_link(link)?;
         }
+        if kind == Kind::Webhook {
+            // A callback shows the wake reached its webhook, even if the webhook's own answer
+            // has not come back yet (or never does): the delivery succeeded, so it is not
+            // retried, and earlier failures no longer make the subscription "failed".
+            record.deliver = false;
+            record.next_attempt_at = None;
+            record.failures = 0;
+        }
         let next_wake = if input.done {
             self.clear_wake(&mut record)?;
             self.wake_if_pending(&mut record)?
