@@ -574,6 +574,38 @@ describe('status', () => {
   });
 });
 
+describe('a webhook that calls back and then answers', () => {
+  test('with {"done":true} after a heartbeat, ends the wake at once', async () => {
+    const p = `beat-${uid()}`;
+    // A progress ack with "done": false, then the answer that acks the rest.
+    const beats: number[] = [];
+    const hook = await hookServer(async (hit, res) => {
+      const w = hit.body;
+      const cb = await fetch(w.callback_url, {
+        method: 'POST',
+        headers: { ...json, authorization: `Bearer ${w.callback_token}` },
+        body: JSON.stringify({ wake_id: w.wake_id, generation: w.generation, acks: [], done: false }),
+      });
+      beats.push(cb.status);
+      res.writeHead(200, json);
+      res.end('{"done":true}');
+    });
+    const id = `sub-${p}`;
+    try {
+      // A lease far longer than the wait below: only the answer can end the wake in time.
+      await webhookSubscription(id, p, hook.url, { leaseMs: 60_000 });
+      expect((await put(`${p}/s`, { x: 1 })).status).toBe(201);
+      expect(await until(() => beats.length >= 1, 5_000)).toBe(true);
+      expect(beats[0]).toBe(200);
+      expect(await eventually(async () => (await linkOf(id, `${p}/s`))?.has_pending === false, 3_000), 'the answer\'s done was ignored').toBe(true);
+      expect(hook.hits).toHaveLength(1);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+});
+
 describe('configuration', () => {
   test('a body with a field of the wrong type is 400 naming the field', async () => {
     const res = await put(`__ds/subscriptions/bad-${uid()}`, { type: 'pull-wake', pattern: 'x/*', wake_stream: 'w', lease_ttl_ms: 1.5 });
