@@ -606,6 +606,44 @@ describe('a webhook that calls back and then answers', () => {
   });
 });
 
+describe('a pull-wake subscription whose pattern covers its own wake stream', () => {
+  test('does not cover it, so its wake events do not wake it again', async () => {
+    const p = `self-${uid()}`;
+    const wake = `${p}/wake`;
+    const stream = `${p}/a`;
+    const id = `pull-${p}`;
+    try {
+      expect((await put(wake, '[]')).status).toBe(201);
+      expect((await put(stream, '[]')).status).toBe(201);
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/**`, wake_stream: wake })).status).toBe(201);
+      // Naming it is refused: a worker that does not ack its wake stream would be woken by
+      // each wake event, for ever.
+      const named = await put(`__ds/subscriptions/other-${id}`, { type: 'pull-wake', streams: [wake], wake_stream: wake });
+      expect(named.status).toBe(400);
+      expect((await post(`__ds/subscriptions/${id}/streams`, { streams: [wake] })).status).toBe(400);
+      expect((await post(stream, { n: 1 })).status).toBe(204);
+      // The wake event is written to the wake stream; the subscription does not hear of it.
+      expect(await eventually(async () => (await fetch(url(`${wake}?offset=-1`)).then((r) => r.json())).length > 0)).toBe(true);
+      const claim = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' });
+      expect(claim.status).toBe(200);
+      const claimed = await claim.json();
+      expect(claimed.streams.map((s: any) => s.path)).toEqual([stream]);
+      const tail = claimed.streams[0].tail_offset;
+      const ack = await post(
+        `__ds/subscriptions/${id}/ack`,
+        { wake_id: claimed.wake_id, generation: claimed.generation, acks: [{ stream, offset: tail }], done: true },
+        { authorization: `Bearer ${claimed.token}` },
+      );
+      expect(await ack.json()).toEqual({ ok: true, next_wake: false });
+      await sleep(300);
+      expect((await described(id)).streams.map((s) => s.path)).toEqual([stream]);
+      expect((await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' })).status).toBe(409);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
+
 describe('configuration', () => {
   test('a body with a field of the wrong type is 400 naming the field', async () => {
     const res = await put(`__ds/subscriptions/bad-${uid()}`, { type: 'pull-wake', pattern: 'x/*', wake_stream: 'w', lease_ttl_ms: 1.5 });
