@@ -106,6 +106,15 @@ async function webhookSubscription(id: string, p: string, hookUrl: string, optio
   expect((await put(`__ds/subscriptions/${id}`, body)).status).toBe(201);
 }
 
+/** Calls back the webhook wake `w` with `acks`, as its receiver would. */
+async function callBack(w: any, acks: unknown[], done: boolean) {
+  return fetch(w.callback_url, {
+    method: 'POST',
+    headers: { ...json, authorization: `Bearer ${w.callback_token}` },
+    body: JSON.stringify({ wake_id: w.wake_id, generation: w.generation, acks, done }),
+  });
+}
+
 describe('webhook delivery', () => {
   test('a redirect is a failed delivery: the signed wake is never sent to its target', async () => {
     const p = `redir-${uid()}`;
@@ -546,14 +555,8 @@ describe('status', () => {
         res.end('down');
         return;
       }
-      const w = hit.body;
-      const acks = w.streams.map((s: any) => ({ stream: s.path, offset: s.tail_offset }));
-      const cb = await fetch(w.callback_url, {
-        method: 'POST',
-        headers: { ...json, authorization: `Bearer ${w.callback_token}` },
-        body: JSON.stringify({ wake_id: w.wake_id, generation: w.generation, acks, done: true }),
-      });
-      callbacks.push(cb.status);
+      const acks = hit.body.streams.map((s: any) => ({ stream: s.path, offset: s.tail_offset }));
+      callbacks.push((await callBack(hit.body, acks, true)).status);
       res.writeHead(200, json);
       res.end('{}');
     });
@@ -580,13 +583,7 @@ describe('a webhook that calls back and then answers', () => {
     // A progress ack with "done": false, then the answer that acks the rest.
     const beats: number[] = [];
     const hook = await hookServer(async (hit, res) => {
-      const w = hit.body;
-      const cb = await fetch(w.callback_url, {
-        method: 'POST',
-        headers: { ...json, authorization: `Bearer ${w.callback_token}` },
-        body: JSON.stringify({ wake_id: w.wake_id, generation: w.generation, acks: [], done: false }),
-      });
-      beats.push(cb.status);
+      beats.push((await callBack(hit.body, [], false)).status);
       res.writeHead(200, json);
       res.end('{"done":true}');
     });
