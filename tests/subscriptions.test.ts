@@ -455,7 +455,7 @@ describe('statuses shared with the reference server', () => {
     expect((await fetch(sub(id))).status).toBe(404);
   });
 
-  test('an ack past what the subscription was told is 409 INVALID_OFFSET, and changes nothing', async () => {
+  test('an ack past the stream’s tail is 409 INVALID_OFFSET, and changes nothing', async () => {
     const p = `ack-${uid()}`;
     const wake = `wake-${p}/w`;
     const stream = `${p}/a`;
