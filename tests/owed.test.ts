@@ -620,6 +620,50 @@ describe('an append cut off before its subscriptions are told', () => {
       expect(await until(() => hook.named(stream), 15_000), 'the webhook never named the stream after its append').toBe(true);
     });
   }, 30_000);
+
+  // A worker reads a woken stream to its end and acks where the read ended, as a consumer
+  // does. The read can see an append the subscription has not heard of yet (here for a second,
+  // until the alarm tells it; on Cloudflare for the few milliseconds a notification takes).
+  it('can be acked by a worker that read it before its subscription was told', async () => {
+    const p = unique('ackahead');
+    const stream = `${p}/${MARKER}-cut`;
+    const wake = `wake-${p}`;
+    const id = `pull-${p}`;
+    const sub = `__ds/subscriptions/${id}`;
+    try {
+      expect((await request('PUT', wake, json)).status).toBe(201);
+      const body = JSON.stringify({ type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake, lease_ttl_ms: 10_000 });
+      expect((await request('PUT', sub, json, body)).status).toBe(201);
+      // Its first call to the registry fails (503); the retried PUT links it.
+      expect((await request('PUT', stream, json, '{"n":1}')).status).toBe(503);
+      expect((await request('PUT', stream, json, '{"n":1}')).status).toBe(200);
+      const pending = async () => JSON.parse((await request('GET', sub)).text).streams.some((s: any) => s.path === stream && s.has_pending);
+      for (let i = 0; i < 50 && !(await pending()); i++) await sleep(100);
+      const claim = await request('POST', `${sub}/claim`, json, '{"worker":"w"}');
+      expect(claim.status).toBe(200);
+      const claimed = JSON.parse(claim.text);
+      const link = claimed.streams.find((s: any) => s.path === stream);
+      expect(link?.has_pending).toBe(true);
+      // Stored, and the subscription not told.
+      expect((await request('POST', stream, json, '{"n":2}')).status).toBe(503);
+      const read = await request('GET', `${stream}?offset=${encodeURIComponent(link.acked_offset)}`);
+      expect(JSON.parse(read.text)).toEqual([{ n: 1 }, { n: 2 }]);
+      const end = read.headers.get('stream-next-offset')!;
+      expect(end).not.toBe(link.tail_offset);
+      const ack = await request('POST', `${sub}/ack`, { ...json, authorization: `Bearer ${claimed.token}` }, JSON.stringify({
+        wake_id: claimed.wake_id, generation: claimed.generation, acks: [{ stream, offset: end }], done: true,
+      }));
+      expect(ack.status, ack.text).toBe(200);
+      const state = JSON.parse((await request('GET', sub)).text);
+      expect(state.streams.find((s: any) => s.path === stream)?.acked_offset).toBe(end);
+      // Told later, the subscription has nothing more to wake for.
+      await sleep(1_500);
+      const after = JSON.parse((await request('GET', sub)).text);
+      expect(after.streams.find((s: any) => s.path === stream)).toMatchObject({ acked_offset: end, tail_offset: end, has_pending: false });
+    } finally {
+      await request('DELETE', sub);
+    }
+  }, 30_000);
 });
 
 describe('the alarm, once a request has done the work it was set for', () => {

@@ -110,6 +110,15 @@ async function webhookSubscription(id: string, p: string, hookUrl: string, optio
   expect((await put(`__ds/subscriptions/${id}`, body)).status).toBe(201);
 }
 
+/** Calls back the webhook wake `w` with `acks`, as its receiver would. */
+async function callBack(w: any, acks: unknown[], done: boolean) {
+  return fetch(w.callback_url, {
+    method: 'POST',
+    headers: { ...json, authorization: `Bearer ${w.callback_token}` },
+    body: JSON.stringify({ wake_id: w.wake_id, generation: w.generation, acks, done }),
+  });
+}
+
 describe('webhook delivery', () => {
   test('a redirect is a failed delivery: the signed wake is never sent to its target', async () => {
     const p = `redir-${uid()}`;
@@ -487,7 +496,7 @@ describe('statuses shared with the reference server', () => {
     expect((await fetch(sub(id))).status).toBe(404);
   });
 
-  test('an ack past what the subscription was told is 409 INVALID_OFFSET, and changes nothing', async () => {
+  test('an ack past the stream’s tail is 409 INVALID_OFFSET, and changes nothing', async () => {
     const p = `ack-${uid()}`;
     const wake = `wake-${p}/w`;
     const stream = `${p}/a`;
@@ -571,6 +580,102 @@ describe('status', () => {
       const claim = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' });
       expect(claim.status).toBe(200);
       expect((await described(id)).status).toBe('active');
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+
+  test('a webhook that failed, then calls back before it answers, is active again', async () => {
+    const p = `recover-${uid()}`;
+    // The first attempt fails; the retry is handled as the README says: read, call back with
+    // the acks and done, then answer. The callback ends the wake before the answer arrives.
+    const callbacks: number[] = [];
+    const hook = await hookServer(async (hit, res, n) => {
+      if (n === 1) {
+        res.writeHead(500);
+        res.end('down');
+        return;
+      }
+      const acks = hit.body.streams.map((s: any) => ({ stream: s.path, offset: s.tail_offset }));
+      callbacks.push((await callBack(hit.body, acks, true)).status);
+      res.writeHead(200, json);
+      res.end('{}');
+    });
+    const id = `sub-${p}`;
+    try {
+      await webhookSubscription(id, p, hook.url);
+      expect((await put(`${p}/s`, { x: 1 })).status).toBe(201);
+      expect(await until(() => callbacks.length >= 1, 8_000), 'no retry after the failure').toBe(true);
+      expect(callbacks[0]).toBe(200);
+      expect(await eventually(async () => (await linkOf(id, `${p}/s`))?.has_pending === false)).toBe(true);
+      // The delivery that was called back succeeded: nothing is failing any more.
+      await sleep(300);
+      expect((await described(id)).status).toBe('active');
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+});
+
+describe('a webhook that calls back and then answers', () => {
+  test('with {"done":true} after a heartbeat, ends the wake at once', async () => {
+    const p = `beat-${uid()}`;
+    // A progress ack with "done": false, then the answer that acks the rest.
+    const beats: number[] = [];
+    const hook = await hookServer(async (hit, res) => {
+      beats.push((await callBack(hit.body, [], false)).status);
+      res.writeHead(200, json);
+      res.end('{"done":true}');
+    });
+    const id = `sub-${p}`;
+    try {
+      // A lease far longer than the wait below: only the answer can end the wake in time.
+      await webhookSubscription(id, p, hook.url, { leaseMs: 60_000 });
+      expect((await put(`${p}/s`, { x: 1 })).status).toBe(201);
+      expect(await until(() => beats.length >= 1, 5_000)).toBe(true);
+      expect(beats[0]).toBe(200);
+      expect(await eventually(async () => (await linkOf(id, `${p}/s`))?.has_pending === false, 3_000), 'the answer\'s done was ignored').toBe(true);
+      expect(hook.hits).toHaveLength(1);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+});
+
+describe('a pull-wake subscription whose pattern covers its own wake stream', () => {
+  test('does not cover it, so its wake events do not wake it again', async () => {
+    const p = `self-${uid()}`;
+    const wake = `${p}/wake`;
+    const stream = `${p}/a`;
+    const id = `pull-${p}`;
+    try {
+      expect((await put(wake, '[]')).status).toBe(201);
+      expect((await put(stream, '[]')).status).toBe(201);
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/**`, wake_stream: wake })).status).toBe(201);
+      // Naming it is refused: a worker that does not ack its wake stream would be woken by
+      // each wake event, for ever.
+      const named = await put(`__ds/subscriptions/other-${id}`, { type: 'pull-wake', streams: [wake], wake_stream: wake });
+      expect(named.status).toBe(400);
+      expect((await post(`__ds/subscriptions/${id}/streams`, { streams: [wake] })).status).toBe(400);
+      expect((await post(stream, { n: 1 })).status).toBe(204);
+      // The wake event is written to the wake stream; the subscription does not hear of it.
+      expect(await eventually(async () => (await fetch(url(`${wake}?offset=-1`)).then((r) => r.json())).length > 0)).toBe(true);
+      const claim = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' });
+      expect(claim.status).toBe(200);
+      const claimed = await claim.json();
+      expect(claimed.streams.map((s: any) => s.path)).toEqual([stream]);
+      const tail = claimed.streams[0].tail_offset;
+      const ack = await post(
+        `__ds/subscriptions/${id}/ack`,
+        { wake_id: claimed.wake_id, generation: claimed.generation, acks: [{ stream, offset: tail }], done: true },
+        { authorization: `Bearer ${claimed.token}` },
+      );
+      expect(await ack.json()).toEqual({ ok: true, next_wake: false });
+      await sleep(300);
+      expect((await described(id)).streams.map((s) => s.path)).toEqual([stream]);
+      expect((await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' })).status).toBe(409);
     } finally {
       await fetch(sub(id), { method: 'DELETE' });
     }

@@ -94,12 +94,15 @@ impl SubscriptionObject {
                 Kind::PullWake => self.post_wake_event(&record).await.map(|()| false),
             };
             // Requests that ran meanwhile (a claim, a callback, an ack, a release) win: the
-            // outcome counts only for the wake that is still owed.
+            // outcome counts only for the wake that is still owed, or, for an answer of
+            // `{"done": true}`, still current (a callback during the delivery counted it
+            // delivered, and the answer then ends it).
             let Some(current) = self.load()?.filter(|r| !r.deleted) else {
                 return Ok(());
             };
             record = current;
-            if record.deliver && (record.wake_id.clone(), record.generation) == wake {
+            let owed = record.deliver || matches!(delivered, Ok(true));
+            if owed && (record.wake_id.clone(), record.generation) == wake {
                 self.delivery_outcome(&mut record, delivered)?;
             } else if let Err(e) = delivered {
                 worker::console_warn!("subscription {}: delivery failed: {e}", record.id);

@@ -1,7 +1,7 @@
 //! A wake's holder: a webhook's callback or a pull-wake's ack (checked against the current wake
 //! by `fence`), a pull-wake's claim of the lease, and its release.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use edgestream::subscription::{self as rules, SubscriptionError};
 use edgestream::Offset;
@@ -99,11 +99,10 @@ impl SubscriptionObject {
         let input: AckBody = serde_json::from_slice(body)
             .map_err(|_| SubscriptionError::InvalidRequest("body must be a JSON ack object"))?;
         self.fence(&record, req, input.wake_id.as_deref(), input.generation)?;
-        if self.ack_positions(&input).await? {
-            // Awaited: the record is read again, so what follows runs in one turn.
-            record = self.live()?;
-            self.fence(&record, req, input.wake_id.as_deref(), input.generation)?;
-        }
+        let vouched = self.ack_positions(&input).await?;
+        // Possibly awaited: the record is read again, so what follows runs in one turn.
+        record = self.live()?;
+        self.fence(&record, req, input.wake_id.as_deref(), input.generation)?;
         // Every ack is checked before any is applied; the furthest per stream wins. Each link
         // is read once, with its cursor as stored (`committed`).
         let mut updated: HashMap<String, (Link, u64)> = HashMap::new();
@@ -124,7 +123,9 @@ impl SubscriptionObject {
             let offset = Offset::parse(&item.offset)
                 .map_err(|_| SubscriptionError::InvalidOffset(rules::ACK_NOT_AN_OFFSET))?
                 .position();
-            if offset > link.tail {
+            // Past the tail this subscription was told, the stream itself vouched for it: the
+            // worker read an append whose notification is still on its way.
+            if offset > link.tail && !vouched.contains(&(path.to_string(), offset)) {
                 return Err(SubscriptionError::InvalidOffset(rules::ACK_NOT_AN_OFFSET).into());
             }
             // Behind the stored cursor (acks of one stream within this request may come in any
@@ -135,6 +136,7 @@ impl SubscriptionObject {
             if offset > link.acked {
                 let link = Link {
                     acked: offset,
+                    tail: link.tail.max(offset),
                     ..link
                 };
                 updated.insert(path.to_string(), (link, committed));
@@ -142,6 +144,14 @@ impl SubscriptionObject {
         }
         for (link, _) in updated.values() {
             self.save_link(link)?;
+        }
+        if kind == Kind::Webhook {
+            // A callback shows the wake reached its webhook, even if the webhook's own answer
+            // has not come back yet (or never does): the delivery succeeded, so it is not
+            // retried, and earlier failures no longer make the subscription "failed".
+            record.deliver = false;
+            record.next_attempt_at = None;
+            record.failures = 0;
         }
         let next_wake = if input.done {
             self.clear_wake(&mut record)?;
@@ -155,11 +165,16 @@ impl SubscriptionObject {
         Ok(json(200, &j!({ "ok": true, "next_wake": next_wake }))?)
     }
 
-    /// Checks with each stream an acked offset this object cannot vouch for (past the cursor
-    /// and before the tail it was told): it must be where a read may start, so a JSON stream's
-    /// must start a message (409 `INVALID_OFFSET` otherwise). Acks up to the tail, the usual
-    /// kind, need no call. Answers whether it asked any stream.
-    async fn ack_positions(&self, input: &AckBody) -> std::result::Result<bool, Failure> {
+    /// Checks with each stream an acked offset this object cannot vouch for (past the cursor,
+    /// and not the tail it was told): it must be where a read may start, so a JSON stream's
+    /// must start a message, and at most the stream's tail, which may be past the tail this
+    /// object was told while a notification is on its way (409 `INVALID_OFFSET` otherwise).
+    /// Acks up to the tail, the usual kind, need no call. Answers the positions the streams
+    /// vouched for.
+    async fn ack_positions(
+        &self,
+        input: &AckBody,
+    ) -> std::result::Result<HashSet<(String, u64)>, Failure> {
         let mut asks = Vec::new();
         for item in &input.acks {
             let (Some(path), Ok(offset)) = (
@@ -170,22 +185,28 @@ impl SubscriptionObject {
             };
             let at = offset.position();
             if let Some(link) = self.link(path)? {
-                if at > link.acked && at < link.tail {
+                if at > link.acked && at != link.tail {
                     asks.push((path.to_string(), at));
                 }
             }
         }
         asks.sort_unstable();
         asks.dedup();
+        let mut vouched = HashSet::new();
         for group in asks.chunks(ACK_CHECKS_AT_ONCE) {
             let calls = group.iter().map(|(path, at)| async move {
                 let stub = stream_stub(&self.env, path)?;
                 call::<_, Value>(&stub, "ack-position", &j!({ "at": at })).await
             });
-            for answer in futures_util::future::join_all(calls).await {
+            let answers = futures_util::future::join_all(calls).await;
+            for (asked, answer) in group.iter().zip(answers) {
                 match answer?.0 {
-                    // 404: the stream is gone, and so will its link be.
-                    200 | 404 => {}
+                    200 => {
+                        vouched.insert(asked.clone());
+                    }
+                    // The stream is gone, and so will its link be: an ack past the tail told
+                    // is refused, one before it is recorded as usual.
+                    404 => {}
                     400 => {
                         return Err(
                             SubscriptionError::InvalidOffset(rules::ACK_NOT_AN_OFFSET).into()
@@ -200,7 +221,7 @@ impl SubscriptionObject {
                 }
             }
         }
-        Ok(!asks.is_empty())
+        Ok(vouched)
     }
 
     pub(super) async fn claim(&self, body: &[u8]) -> std::result::Result<Response, Failure> {

@@ -10,7 +10,7 @@ use serde_json::Value;
 use worker::{Delay, Response, Result};
 
 use super::store::{Link, Record};
-use super::{Failure, SubscriptionObject};
+use super::{Failure, SubscriptionObject, OWN_WAKE_STREAM};
 use crate::fault::Call;
 use crate::subscription::registry::{
     Links, Matched, MatchedStreams, RemoveExplicit, StreamPath, SubLinked, SubLinks,
@@ -109,6 +109,7 @@ impl SubscriptionObject {
                 return Ok(());
             }
             for (m, answer) in group.iter().zip(answers) {
+                let glob = m.glob && record.pattern_covers(&m.path);
                 // 404: the stream is gone, and the registry forgets it. Any other answer is
                 // a failure: the link is retried.
                 let tail = match (answer.status, answer.tail) {
@@ -125,7 +126,7 @@ impl SubscriptionObject {
                 // Read now, not before the await: an append may have been notified meanwhile.
                 let link = match self.link(&m.path)? {
                     Some(l) => Link {
-                        glob: l.glob || m.glob,
+                        glob: l.glob || glob,
                         explicit: l.explicit || m.explicit,
                         acked: if fresh(&m.path) {
                             l.acked.max(tail)
@@ -135,7 +136,7 @@ impl SubscriptionObject {
                         tail: l.tail.max(tail),
                         ..l
                     },
-                    None if m.glob => Link {
+                    None if glob => Link {
                         path: m.path.clone(),
                         glob: true,
                         explicit: m.explicit,
@@ -201,6 +202,13 @@ impl SubscriptionObject {
         let input: StreamsBody = serde_json::from_slice(body)
             .map_err(|_| SubscriptionError::InvalidRequest("body must be {\"streams\": [...]}"))?;
         let paths = rules::explicit_streams(input.streams)?;
+        if record
+            .wake_stream
+            .as_ref()
+            .is_some_and(|w| paths.contains(w))
+        {
+            return Err(SubscriptionError::InvalidRequest(OWN_WAKE_STREAM).into());
+        }
         // Checked and linked here before anything is awaited: the registry is told only of
         // streams that fit, and a concurrent request counts these.
         let mut adding = Vec::new();
@@ -222,10 +230,7 @@ impl SubscriptionObject {
                     fresh.insert(path.clone());
                     Link {
                         path: path.clone(),
-                        glob: record
-                            .pattern
-                            .as_deref()
-                            .is_some_and(|p| rules::glob_matches(p, path)),
+                        glob: record.pattern_covers(path),
                         explicit: true,
                         acked: 0,
                         tail: 0,

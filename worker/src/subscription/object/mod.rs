@@ -39,6 +39,10 @@ use crate::path::STREAM_PREFIX;
 use crate::turnstile::Turnstile;
 use store::{Kind, Link, Record, SCHEMA};
 
+/// Why naming a pull-wake subscription's wake stream among its streams is refused: each wake
+/// event would be new data for it, and wake it again, for ever.
+const OWN_WAKE_STREAM: &str = "streams must not name the subscription's wake_stream";
+
 /// What a stream reports after an append (or at creation).
 #[derive(Serialize, Deserialize)]
 pub struct Notify {

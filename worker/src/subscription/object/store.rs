@@ -83,6 +83,16 @@ pub(super) struct Record {
 }
 
 impl Record {
+    /// Whether the pattern covers `path`. A pull-wake subscription's own wake stream is never
+    /// covered: each wake event would be new data for it, and wake it again, for ever.
+    pub(super) fn pattern_covers(&self, path: &str) -> bool {
+        self.wake_stream.as_deref() != Some(path)
+            && self
+                .pattern
+                .as_deref()
+                .is_some_and(|p| rules::glob_matches(p, path))
+    }
+
     /// Records an attempt at linking or unlinking: a failure is retried by the alarm with
     /// backoff. Answers whether it succeeded.
     pub(super) fn settle_links(&mut self, what: &str, result: &Result<()>) -> bool {

@@ -46,11 +46,14 @@ impl SubscriptionObject {
         let Some(mut record) = self.load()?.filter(|r| !r.deleted) else {
             return json(200, &j!({ "linked": false }));
         };
-        let glob = record
-            .pattern
-            .as_deref()
-            .is_some_and(|p| rules::glob_matches(p, &n.path));
+        let glob = record.pattern_covers(&n.path);
         let link = match self.link(&n.path)? {
+            // Linked by a pattern that no longer covers it: its own wake stream, linked
+            // before such links were refused.
+            Some(l) if !glob && !l.explicit => {
+                self.remove_link(&n.path)?;
+                return json(200, &j!({ "linked": false }));
+            }
             Some(l) => Link {
                 glob,
                 tail: l.tail.max(n.tail),
