@@ -33,7 +33,8 @@ const self = fileURLToPath(import.meta.url);
 const now = () => performance.timeOrigin + performance.now();
 
 export const CLIENTS = {
-  edgestream: { label: 'edgestream (js/src + wasm)', module: '../js/src/node.js' },
+  // CLIENT_BENCH_EDGESTREAM: another copy of the package's node.js (an older js/src and dist), to compare builds.
+  edgestream: { label: 'edgestream (js/src + wasm)', module: process.env.CLIENT_BENCH_EDGESTREAM ?? '../js/src/node.js' },
   reference: { label: '@durable-streams/client', module: '@durable-streams/client' },
 };
 
@@ -81,11 +82,13 @@ async function readAll(client, lib, url, json) {
  */
 async function follow(client, lib, url, live, total, onFirst) {
   const latencies = [];
+  latencies.batches = 0;
   let seen = 0;
   let done;
   const finished = new Promise((resolve) => (done = resolve));
   const take = (items) => {
     const t = now();
+    if (items.length > 0 && seen > 0) latencies.batches++;
     for (const m of items) {
       if (m.i >= 0) latencies.push(t - m.t);
       if (++seen === 1) onFirst();
@@ -187,6 +190,7 @@ async function child(task) {
   if (latencies) {
     latencies.sort((a, b) => a - b);
     result.p50 = latencies[Math.floor(latencies.length * 0.5)];
+    result.batches = latencies.batches;
     result.p90 = latencies[Math.floor(latencies.length * 0.9)];
     result.p99 = latencies[Math.min(latencies.length - 1, Math.ceil(latencies.length * 0.99) - 1)];
     result.max = latencies[latencies.length - 1];
@@ -290,6 +294,9 @@ function summarise(kind, runs) {
   if (kind === 'catchupJson') out.itemsPerSecond = Math.round(m((x) => x.count / (x.ms / 1000)));
   if (kind === 'sse' || kind === 'longPoll') {
     out.cpuUsPerMessage = r(m((x) => x.cpuUs / x.count));
+    // Messages per batch: a client that takes longer to ask again gets more per batch, and so
+    // spends less CPU per message; compare CPU per message with this beside it.
+    out.perBatch = r(m((x) => x.count / x.batches), 2);
     out.p50 = r(m((x) => x.p50), 2);
     out.p99 = r(m((x) => x.p99), 2);
   }
@@ -333,7 +340,7 @@ export async function measureClients({ runs = 3, catchupMb = 50, items = 200_000
             }
           }
           const x = await runChild(task, whenReady);
-          log(`   ${kind} ${client} run ${run + 1}: ${(x.ms / 1000).toFixed(2)} s, CPU ${(x.cpuUs / 1000).toFixed(0)} ms, ${x.count} counted${x.p50 === undefined ? '' : `, p50 ${x.p50.toFixed(1)} ms, p90 ${x.p90.toFixed(1)} ms, p99 ${x.p99.toFixed(1)} ms, max ${x.max.toFixed(0)} ms`}`);
+          log(`   ${kind} ${client} run ${run + 1}: ${(x.ms / 1000).toFixed(2)} s, CPU ${(x.cpuUs / 1000).toFixed(0)} ms, ${x.count} counted${x.p50 === undefined ? '' : `, ${x.batches} batches, p50 ${x.p50.toFixed(1)} ms, p90 ${x.p90.toFixed(1)} ms, p99 ${x.p99.toFixed(1)} ms, max ${x.max.toFixed(0)} ms`}`);
           runsOf[client].push(x);
         }
       }
@@ -357,9 +364,11 @@ export function clientTable(c) {
     ['catchupJson', 'peakHeapMb', 'its peak heap', 'MB', false],
     ['catchupJson', 'peakRssMb', 'its peak RSS (whole process)', 'MB', false],
     ['sse', 'cpuUsPerMessage', `SSE follow of ${c.messages.toLocaleString('en-US')} appends: CPU per message`, 'µs', false],
+    ['sse', 'perBatch', 'messages per batch received', '', null],
     ['sse', 'p50', 'append→receipt p50', 'ms', false],
     ['sse', 'p99', 'append→receipt p99', 'ms', false],
     ['longPoll', 'cpuUsPerMessage', `long-poll follow of ${c.messages.toLocaleString('en-US')} appends: CPU per message`, 'µs', false],
+    ['longPoll', 'perBatch', 'messages per batch received', '', null],
     ['longPoll', 'p50', 'append→receipt p50', 'ms', false],
     ['longPoll', 'p99', 'append→receipt p99', 'ms', false],
     ['producer', 'appendsPerSecond', `idempotent producer, ${c.appends.toLocaleString('en-US')} appends then flush`, 'appends/s', true],
@@ -371,7 +380,7 @@ export function clientTable(c) {
     const w = c.workloads[kind];
     if (!w) continue;
     const [a, b] = [w.edgestream?.[key], w.reference?.[key]];
-    const ratio = typeof a === 'number' && typeof b === 'number' && b ? `${(a / b).toFixed(2)}× ${(higher ? a >= b : a <= b) ? '(better)' : '(worse)'}` : '–';
+    const ratio = higher === null ? '' : typeof a === 'number' && typeof b === 'number' && b ? `${(a / b).toFixed(2)}× ${(higher ? a >= b : a <= b) ? '(better)' : '(worse)'}` : '–';
     lines.push(`| ${label} | ${unit}${higher ? ', higher is better' : ''} | ${fmt(a)} | ${fmt(b)} | ${ratio} |`);
   }
   return lines.join('\n');
