@@ -13,7 +13,7 @@
 // thread costs CPU too: the figures of a profiled run are not comparable.
 //
 // Workloads:
-//   catchupBytes  a 50 MB byte stream read from -1 (live: false), batch by batch
+//   catchupBytes  a 50 MB byte stream read from -1 until up to date, batch by batch (see readAll)
 //   catchupJson   a JSON stream of 200,000 small messages read from -1, batch by batch
 //   sse, longPoll a follower of a new JSON stream while the parent appends 20,000 messages
 //                 (4 writers, one message per POST): CPU per message, append→receipt latency
@@ -112,13 +112,8 @@ async function follow(client, lib, url, live, total, onFirst) {
 
 async function produce(client, lib, url, count) {
   const value = (i) => ({ i, kind: 'tick', pad: 'xxxxxxxxxxxxxxxx' });
-  let producer;
-  if (client === 'edgestream') {
-    producer = new lib.IdempotentProducer(new lib.DurableStream({ url, contentType: 'application/json' }), `bench-${process.pid}`, { autoClaim: true });
-  } else {
-    const stream = new lib.DurableStream({ url, contentType: 'application/json' });
-    producer = new lib.IdempotentProducer(stream, `bench-${process.pid}`, { autoClaim: true, onError: (e) => console.error(e) });
-  }
+  const stream = new lib.DurableStream({ url, contentType: 'application/json' });
+  const producer = new lib.IdempotentProducer(stream, `bench-${process.pid}`, { autoClaim: true, onError: (e) => console.error(e) });
   // The reference producer takes only strings and bytes.
   if (client === 'edgestream') for (let i = 0; i < count; i++) producer.append(value(i));
   else for (let i = 0; i < count; i++) producer.append(JSON.stringify(value(i)));
