@@ -1,7 +1,7 @@
 // `npm run bench`: edgestream beside the reference Node server (@durable-streams/server), on the
 // same machine, with the same load generator. Writes bench/results/latest.json and latest.md.
 //
-//   node bench/run.mjs [--quick] [--only edgestream,ref-memory,ref-file] [--skip appends,catchup,fanout,floor,syncs]
+//   node bench/run.mjs [--quick] [--only edgestream,ref-memory,ref-file] [--skip appends,catchup,fanout,floor,syncs,clients]
 //                      [--rate 50] [--sse 1000] [--ws 200] [--messages 1000] [--catchup-mb 50]
 //   node bench/run.mjs --report-only     # rewrite latest.md from latest.json
 //
@@ -19,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { startServer } from '../scripts/dev-server.mjs';
 import { startReferenceServer } from '../scripts/reference-server.mjs';
 import { CLK_TCK, readStat } from './common.mjs';
+import { clientTable, measureClients } from './client.mjs';
 import { floorTable, measureFloor } from './floor.mjs';
 import { canTrace, measureSyncs } from './syncs.mjs';
 
@@ -723,6 +724,12 @@ function markdown(report) {
     lines.push(`workerd CPU per request, in µs, for edgestream and for a plain JS Worker and Durable Object that do the least each request needs (bench/floor/: no wasm, no protocol checks). Sequential requests to each Worker's own socket; the median of ${fl.rounds} runs of ${fl.count.toLocaleString('en-US')}. The floor also calls its object with \`fetch()\` as well as RPC, and forwards the incoming request itself, to show what the way of calling costs. Then concurrent writers, on both.`, '');
     lines.push(floorTable(fl), '');
   }
+  if (report.clients) {
+    const c = report.clients;
+    lines.push('## The clients', '');
+    lines.push(`edgestream's client (js/src and its wasm) beside the reference client @durable-streams/client, in Node, on one edgestream server (bench/client.mjs). Each measurement runs in a fresh Node process that loads one client, reads a small stream of each kind to warm up, then is measured: CPU time of that process (\`process.cpuUsage\`), its peak V8 heap and peak RSS. Catch-up reads go from -1 to the end, batch by batch; the followers read a new JSON stream while the bench appends ${c.messages.toLocaleString('en-US')} messages (4 writers, one message per POST), latency from just before the POST to the batch in the reader; the producers append ${c.appends.toLocaleString('en-US')} small JSON values and flush. The median of ${c.runs} runs, the clients taking turns. The server and the appends share the machine's cores with the client: the follow rates are the server's, and CPU per message includes the client's idle costs over the run.`, '');
+    lines.push(clientTable(c), '');
+  }
   const errors = ids.flatMap((id) => Object.entries(report.servers[id].errors ?? {}).map(([w, e]) => `- ${id} / ${w}: ${e}`));
   if (errors.length) lines.push('## Failures', '', ...errors, '');
   return lines.join('\n');
@@ -878,6 +885,15 @@ async function main() {
     console.log('\n== disk syncs on the Worker\'s thread (bench/syncs.mjs, perf trace)');
     try {
       report.syncs = await measureSyncs({ writers: opt.concurrentWriters, appends: opt.quick ? 400 : 3200 });
+    } catch (e) {
+      console.log(`   FAILED: ${e.message}`);
+    }
+  }
+  if (opt.only.includes('edgestream') && !opt.skip.includes('clients')) {
+    // The two clients on one edgestream server (bench/client.mjs).
+    console.log('\n== the clients: edgestream beside @durable-streams/client (bench/client.mjs)');
+    try {
+      report.clients = await measureClients(opt.quick ? { runs: 1, catchupMb: 5, items: 20_000, messages: 1000, appends: 2000 } : {});
     } catch (e) {
       console.log(`   FAILED: ${e.message}`);
     }

@@ -22,18 +22,22 @@ const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 export function es_json_part(bytes, items) {
   let text;
   try { text = utf8.decode(bytes); } catch { return { bad: 'utf8' }; }
-  if (/^[ \t\n\f\r]*$/.test(text)) return undefined;
+  if (/^[ \t\n\f\r]*$/.test(text)) return items;
   let value;
   try { value = JSON.parse(text); } catch (e) { return { bad: 'json', why: String((e && e.message) || '') }; }
-  if (!Array.isArray(value)) items.push(value);
-  else for (let i = 0; i < value.length; i++) items.push(value[i]);
-  return undefined;
+  if (!Array.isArray(value)) value = [value];
+  if (items.length === 0) return value;
+  for (let i = 0; i < value.length; i++) items.push(value[i]);
+  return items;
 }
 "#)]
 extern "C" {
     /// Decodes and parses a JSON part on the JS side and adds its messages to `items` there:
-    /// one call per part rather than two per message. `undefined` when done (a part of only
-    /// whitespace adds nothing), else `{ bad: 'utf8' | 'json', why }`.
+    /// one call per part rather than two per message. Returns the messages so far (a part of
+    /// only whitespace adds nothing), else `{ bad: 'utf8' | 'json', why }`. Into an empty
+    /// `items` it adds none: the part's own parsed array is returned instead, so a catch-up
+    /// response of many messages is not copied into a second array as it grows (6 MB more
+    /// heap at the peak for 200,000 messages).
     fn es_json_part(bytes: &Uint8Array, items: &Array) -> JsValue;
 }
 
@@ -64,16 +68,12 @@ impl Data<'_> {
 pub fn to_js(data: Data<'_>, json: bool, pos: &Position) -> Result<Object, JsValue> {
     let out = Object::new();
     match data {
-        Data::Bytes(bytes) if json => {
-            let items = Array::new();
-            push_json(&items, &bytes)?;
-            js::set(&out, "items", items);
-        }
+        Data::Bytes(bytes) if json => js::set(&out, "items", push_json(Array::new(), &bytes)?),
         Data::Bytes(bytes) => js::set(&out, "bytes", bytes),
         Data::Parts(parts) if json => {
-            let items = Array::new();
+            let mut items = Array::new();
             for part in parts {
-                push_json(&items, &Uint8Array::from(part.as_slice()))?;
+                items = push_json(items, &Uint8Array::from(part.as_slice()))?;
             }
             js::set(&out, "items", items);
         }
@@ -95,12 +95,13 @@ pub fn to_js(data: Data<'_>, json: bool, pos: &Position) -> Result<Object, JsVal
     Ok(out)
 }
 
-/// Adds the messages of one JSON part (an array of them, or one value) to `items`: nothing for
-/// a part of whitespace only, else a `PARSE_ERROR` unless it is UTF-8 that parses.
-fn push_json(items: &Array, bytes: &Uint8Array) -> Result<(), JsValue> {
-    let refused = es_json_part(bytes, items);
-    if refused.is_undefined() {
-        return Ok(());
+/// `items` and the messages of one JSON part (an array of them, or one value) after them:
+/// nothing more for a part of whitespace only, else a `PARSE_ERROR` unless it is UTF-8 that
+/// parses.
+fn push_json(items: Array, bytes: &Uint8Array) -> Result<Array, JsValue> {
+    let refused = es_json_part(bytes, &items);
+    if Array::is_array(&refused) {
+        return Ok(refused.unchecked_into());
     }
     match js::get_string(&refused, "bad").as_deref() {
         Some("utf8") => Err(parse_error("JSON stream data is not valid UTF-8")),

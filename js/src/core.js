@@ -647,6 +647,13 @@ function byteLength(encoded) {
   return n;
 }
 
+/** A producer's value as appended, encoded for the stream's known kind (see `append()`). */
+class Encoded {
+  constructor(part) {
+    this.part = part;
+  }
+}
+
 /**
  * The size of a batch's body: its values' `bytes` and, for a JSON batch of `count` values, the
  * `[`, `,` and `]` around them (`maxBatchBytes` bounds the request as sent).
@@ -1130,13 +1137,16 @@ export class IdempotentProducer {
     // that, a value that fits neither kind (a BigInt) is refused, and the rest is checked when
     // the kind is known (see #prepare).
     const json = this.#knownJson();
-    const size = byteLength(encodeFor(json, data));
+    const part = encodeFor(json, data);
+    const size = byteLength(part);
     // A value that would take the batch past maxBatchBytes starts the next one: set to what the
     // server takes, two values that fit alone must not go out together and be refused (413).
     // Until the kind is known, the JSON framing is counted: a batch may be smaller, never over.
     const framed = json !== false;
     if (this.#items.length > 0 && bodySize(this.#bytes + size, this.#items.length + 1, framed) > this.#maxBatchBytes) this.#cut();
-    this.#items.push(data);
+    // Once the kind is known, the value is sent as encoded now (and encoded once): a value
+    // changed after append() could otherwise go out past maxBatchBytes, which counted it now.
+    this.#items.push(json === undefined ? data : new Encoded(part));
     this.#bytes += size;
     if (bodySize(this.#bytes, this.#items.length, framed) >= this.#maxBatchBytes || this.#items.length >= this.#maxBatchItems) this.#cut();
     else if (this.#timer === null) this.#timer = setTimeout(() => this.#cut(), this.#lingerMs);
@@ -1400,7 +1410,7 @@ export class IdempotentProducer {
     const parts = [];
     for (const item of batch.items) {
       try {
-        const part = encodeFor(json, item);
+        const part = item instanceof Encoded ? item.part : encodeFor(json, item);
         // An empty string or buffer appends nothing; sent, it would be a POST without a body (400).
         if (part.length > 0) parts.push(part);
       } catch (e) {

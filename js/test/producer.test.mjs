@@ -269,6 +269,21 @@ test('a value that would take the batch past maxBatchBytes starts the next batch
   assert.equal(await readText(ds), 'aaabbbctoolongd');
 });
 
+test('a value changed after append() is sent as it was appended, so maxBatchBytes, which counted it then, still bounds the body', async () => {
+  const ds = await newStream('application/json');
+  // 20 bytes: what the server takes, say. {"s":"a"} fits ([, ] and all: 11 bytes).
+  const p = new IdempotentProducer(ds, 'changed', { lingerMs: 10_000, maxBatchBytes: 20, maxInFlight: 1 });
+  const value = { s: 'a' };
+  p.append(value);
+  value.s = 'a'.repeat(100); // changed before the batch goes out
+  await p.flush();
+  assert.deepEqual(
+    posts.map(({ seq, body }) => [seq, body]),
+    [[0, '[{"s":"a"}]']],
+  );
+  assert.deepEqual(await readItems(ds), [{ s: 'a' }]);
+});
+
 test('JSON streams: a batch is one JSON array of the messages, read back as separate items', async () => {
   const ds = await newStream('application/json');
   const p = new IdempotentProducer(ds, 'json', { lingerMs: 20 });
