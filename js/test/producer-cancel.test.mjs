@@ -126,9 +126,11 @@ test('cancel() keeps what was acknowledged and is a no-op once the producer is d
 
 test('a producer holding the writer lease, cancelled while it retries: detach() and acquire() reject at once, without trying to give the lease up', async () => {
   let posts = 0;
+  let releases = 0;
   await withServer(
     (req, body, res) => {
       posts++;
+      if (req.headers['stream-lease-ttl'] === '0') releases++;
       if (posts > 1) {
         res.writeHead(503);
         res.end();
@@ -156,9 +158,10 @@ test('a producer holding the writer lease, cancelled while it retries: detach() 
       await assert.rejects(within(flushed, 1000, 'flush()'), (e) => e.code === 'ABORTED' && e.cause === 'stop');
       await assert.rejects(within(p.acquire(), 1000, 'acquire()'), (e) => e.code === 'ABORTED');
       await assert.rejects(within(p.detach(), 1000, 'detach()'), (e) => e.code === 'ABORTED');
-      const before = posts;
+      // A retry sent just before cancel() may still reach the server under load; no release may.
       await new Promise((r) => setTimeout(r, 200));
-      assert.equal(posts, before, 'no release is sent: the lease runs out on its own');
+      assert.ok(posts > 1, 'it retried');
+      assert.equal(releases, 0, 'no release is sent: the lease runs out on its own');
     },
   );
 });
