@@ -486,6 +486,72 @@ describe('a pattern over more existing streams than the registry links per call'
   });
 });
 
+describe('a stream with more subscriptions than one invocation may call', () => {
+  // Ten subscriptions over one stream, with LINKS_PER_CALL at 4: no request or alarm may call
+  // more than 4 of them, yet every one must learn the tail, and none may be starved by appends
+  // that keep coming (worker/src/object/subscribers.rs).
+  test('tells every one its tail, at most LINKS_PER_CALL at a time, with none starved by appends', { timeout: 60_000 }, async () => {
+    const p = `fan-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const stream = `${p}/s`;
+    const ids = Array.from({ length: 10 }, (_, i) => `pull-${p}-${i}`);
+    const tailOf = async () => (await fetch(url(stream), { method: 'HEAD' })).headers.get('stream-next-offset') ?? '';
+    // What each subscription was last told of the stream's tail.
+    const told = () =>
+      Promise.all(ids.map(async (id) => (await described(id)).streams.find((s) => s.path === stream)?.tail_offset as string));
+    const eventually = async (check: (tails: string[]) => boolean, ms = 15_000) => {
+      const deadline = Date.now() + ms;
+      let tails = await told();
+      while (!check(tails) && Date.now() < deadline) {
+        await sleep(100);
+        tails = await told();
+      }
+      return tails;
+    };
+    expect((await put(wake, '[]')).status).toBe(201);
+    expect((await put(stream, '[]')).status).toBe(201);
+    try {
+      for (const id of ids) {
+        expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake })).status).toBe(201);
+      }
+      expect((await post(stream, { n: 0 })).status).toBe(204);
+      const first = await tailOf();
+      expect(await eventually((tails) => tails.every((t) => t === first))).toEqual(ids.map(() => first));
+
+      // Appends one after another while the passes run: each subscription still learns a tail
+      // written after they began, however late in the order it is.
+      let going = true;
+      let appended = 0;
+      // Several appenders at once, so appends come faster than a batch of calls is made.
+      const appending = Promise.all(
+        [1, 2, 3, 4].map(async () => {
+          while (going) {
+            expect((await post(stream, { n: ++appended })).status).toBe(204);
+          }
+        }),
+      );
+      try {
+        await sleep(300);
+        const mark = await tailOf();
+        const tails = await eventually((tails) => tails.every((t) => t >= mark));
+        expect(tails.filter((t) => t < mark), `told before ${mark}, while ${appended} appends went on`).toEqual([]);
+      } finally {
+        going = false;
+        await appending;
+      }
+      // Once the appends stop, every one learns the last tail.
+      const last = await tailOf();
+      expect(await eventually((tails) => tails.every((t) => t === last))).toEqual(ids.map(() => last));
+
+      const batch = (await fetch(url(stream), { method: 'HEAD' })).headers.get('x-edgestream-notify-batch');
+      expect(Number(batch), 'the most subscriptions called at once').toBeGreaterThan(0);
+      expect(Number(batch), 'the most subscriptions called at once').toBeLessThanOrEqual(4);
+    } finally {
+      for (const id of ids) await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
+
 describe('statuses shared with the reference server', () => {
   test('deleting a subscription is idempotent: 204 whether or not it exists', async () => {
     const id = `gone-${uid()}`;

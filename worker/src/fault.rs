@@ -111,6 +111,11 @@ pub const ALARM_HEADER: &str = "x-edgestream-alarm";
 /// lookup does not grow with the links other paths have.
 pub const REGISTRY_ROWS_HEADER: &str = "x-edgestream-registry-rows";
 
+/// With faults on, a HEAD's answer says the most subscriptions the stream's object has called
+/// at once to tell them its tail, in this isolate: tests see that no invocation calls more
+/// than `LINKS_PER_CALL`.
+pub const NOTIFY_BATCH_HEADER: &str = "x-edgestream-notify-batch";
+
 /// What one object has failed so far in this isolate.
 pub struct Faults {
     /// `FAULT_MARKER`: none in production.
@@ -118,6 +123,8 @@ pub struct Faults {
     tripped: RefCell<Vec<Call>>,
     /// Rows the registry read for the last registration, until a PUT's answer shows them.
     registry_rows: Cell<Option<u64>>,
+    /// The most subscriptions one notification called at once (kept only with faults on).
+    notify_batch: Cell<usize>,
 }
 
 impl Faults {
@@ -126,6 +133,7 @@ impl Faults {
             marker,
             tripped: RefCell::new(Vec::new()),
             registry_rows: Cell::new(None),
+            notify_batch: Cell::new(0),
         }
     }
 
@@ -145,6 +153,18 @@ impl Faults {
     /// What [`Faults::registry_read`] last kept, taken.
     pub fn take_registry_rows(&self) -> Option<u64> {
         self.registry_rows.take()
+    }
+
+    /// A notification called `count` subscriptions at once.
+    pub fn notified(&self, count: usize) {
+        if self.enabled() {
+            self.notify_batch.set(self.notify_batch.get().max(count));
+        }
+    }
+
+    /// The most subscriptions one notification has called at once.
+    pub fn notify_batch(&self) -> usize {
+        self.notify_batch.get()
     }
 
     /// `Err` when this call is the one to fail.

@@ -226,7 +226,11 @@ impl DurableObject for StreamObject {
         let resp = if show_alarm {
             let at = self.state.storage().get_alarm().await?;
             let at = at.map_or_else(|| "none".to_string(), |ms| ms.to_string());
-            http::edit_headers(resp, |headers| headers.set(crate::fault::ALARM_HEADER, &at))?
+            let batch = self.faults.notify_batch().to_string();
+            http::edit_headers(resp, |headers| {
+                headers.set(crate::fault::ALARM_HEADER, &at)?;
+                headers.set(crate::fault::NOTIFY_BATCH_HEADER, &batch)
+            })?
         } else {
             resp
         };

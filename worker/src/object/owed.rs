@@ -37,7 +37,7 @@ pub async fn run(obj: &StreamObject, due_only: bool, hops: u32) -> Result<Vec<Ta
             Task::Deregister => subscribers::deregister(obj, &owed.detail).await,
             Task::ChannelsDeleted => channel::tell_deleted(obj).await,
             Task::Register => subscribers::register(obj).await,
-            Task::Notify => subscribers::notify_owed(obj).await,
+            Task::Notify => subscribers::notify_owed(obj, &owed.detail).await,
             Task::Release => fork::give_back(obj, hops).await,
         };
         let done = done.unwrap_or_else(|e| {
@@ -53,10 +53,19 @@ pub async fn run(obj: &StreamObject, due_only: bool, hops: u32) -> Result<Vec<Ta
         }
     }
     let left = obj.store()?.owed()?;
-    if let Some(due) = left.iter().map(|o| o.due_ms).min() {
-        // Not sooner than shortly: a task left in place (its stream changed while it ran) is
-        // run again then, not in a loop.
-        alarm::by(obj, due.max(now_ms() + 200)).await?;
+    let shortly = now_ms() + 200;
+    // Not sooner than shortly: a task left in place (its stream changed while it ran) is run
+    // again then, not in a loop. But a notification pass under way goes on at once: each
+    // invocation moves it on by a batch.
+    let soonest = left
+        .iter()
+        .map(|o| match o.task == Task::Notify && !o.detail.is_empty() {
+            true => o.due_ms,
+            false => o.due_ms.max(shortly),
+        })
+        .min();
+    if let Some(due) = soonest {
+        alarm::by(obj, due).await?;
     } else if obj.meta()?.is_none() {
         // All done for a stream that is gone: its storage is given back, if it holds nothing
         // else (checked there, in one turn).

@@ -1358,8 +1358,9 @@ pub struct Owed {
     pub attempts: u32,
     pub due_ms: i64,
     /// What the task needs that the stream's rows may no longer hold: for `Deregister`, the
-    /// removed stream's name; for `ChannelsDeleted`, the notices still to give, and for
-    /// `Release`, the references still to give back, as JSON.
+    /// removed stream's name; for `ChannelsDeleted`, the notices still to give, for `Release`,
+    /// the references still to give back, as JSON, and for `Notify`, where a pass over many
+    /// subscriptions is (`subscribers.rs`), as JSON, or empty for a pass not yet begun.
     pub detail: String,
 }
 
@@ -1374,6 +1375,30 @@ impl Store {
                 task.key().into(),
                 SqlStorageValue::Integer(due_ms),
                 detail.into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records `task` as owed from `due_ms`, keeping the detail (and count) of a task already
+    /// owed: a notification pass under way keeps its place.
+    pub fn owe_keeping(&self, task: Task, due_ms: i64) -> Result<()> {
+        self.sql.exec(
+            "INSERT INTO pending (task, attempts, due_ms, detail) VALUES (?, 0, ?, '')
+             ON CONFLICT (task) DO UPDATE SET due_ms = min(due_ms, excluded.due_ms)",
+            vec![task.key().into(), SqlStorageValue::Integer(due_ms)],
+        )?;
+        Ok(())
+    }
+
+    /// `task`, still owed, goes on from `detail` at `due_ms` (its count of failures kept).
+    pub fn carry_on(&self, task: Task, due_ms: i64, detail: &str) -> Result<()> {
+        self.sql.exec(
+            "UPDATE pending SET due_ms = ?, detail = ? WHERE task = ?",
+            vec![
+                SqlStorageValue::Integer(due_ms),
+                detail.into(),
+                task.key().into(),
             ],
         )?;
         Ok(())

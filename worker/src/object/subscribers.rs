@@ -7,8 +7,19 @@
 //! the channels and patterns above it. Notifications are owed in the append's own turn and
 //! awaited before it is acknowledged; one that fails stays owed, not passed to the appender,
 //! whose data is stored, and one a crash cut off is made by the alarm.
+//!
+//! Each notification is "the tail as it is now", so a later one supersedes an earlier one. A
+//! stream with more subscriptions than one invocation may call (`LINKS_PER_CALL`, since each is
+//! a call between objects, which Cloudflare limits per request) is not told inline: its append
+//! is acknowledged at once, and the alarm tells the subscriptions in passes, in id order,
+//! `LINKS_PER_CALL` per invocation, keeping its place (the last id told) in the owed row
+//! ([`Pass`]) and running again at once for the next batch. An append during a pass does not
+//! move its place, so the subscriptions late in the order are told as often as the early
+//! ones; a pass that ends with the tail moved since it began starts another from the first,
+//! and one in which a call failed starts another after the usual backoff.
 
 use edgestream::Offset;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use worker::Result;
 
@@ -100,8 +111,11 @@ pub async fn register(obj: &StreamObject) -> Result<bool> {
     }
     channel::link(obj, &meta, &ids.channels, after)?;
     store.settle(Task::Register)?;
-    if !ids.subs.is_empty() {
+    if inline(obj, ids.subs.len()) {
         notify_or_owe(obj, &meta, &ids.subs).await?;
+    } else {
+        // Too many to tell in this invocation: the alarm's passes tell them, from now.
+        store.owe_keeping(Task::Notify, now_ms())?;
     }
     channel::forward(obj).await;
     Ok(true)
@@ -110,24 +124,49 @@ pub async fn register(obj: &StreamObject) -> Result<bool> {
 /// An append owes its subscriptions the new tail: called in the turn that stores it, with the
 /// alarm, so that a crash before they are told (the append stored, its answer lost) leaves it
 /// to the alarm. [`appended`] settles it once they have it.
+///
+/// With more subscriptions than [`inline`] allows, the alarm's passes tell them, from now; a
+/// pass under way keeps its place.
 pub fn owe_notification(obj: &StreamObject, meta: &Meta) -> Result<()> {
     let store = obj.store()?;
-    if store.subscribers()?.is_empty() {
+    let count = store.subscribers()?.len();
+    if count == 0 {
         return Ok(());
     }
-    let due = now_ms() + super::SAFETY_MS;
-    store.owe(Task::Notify, due, "")?;
+    let now = now_ms();
+    let due = if inline(obj, count) {
+        now + super::SAFETY_MS
+    } else {
+        now
+    };
+    store.owe_keeping(Task::Notify, due)?;
     obj.alarm.arm(meta, due);
     Ok(())
 }
 
-/// After an append: every linked subscription learns the new tail.
+/// How many subscriptions one invocation (a request, or the alarm) may call: `LINKS_PER_CALL`.
+fn per_call(obj: &StreamObject) -> usize {
+    usize::try_from(obj.config.links_per_call)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// Whether `count` subscriptions are few enough to tell in the request that moved the tail.
+fn inline(obj: &StreamObject, count: usize) -> bool {
+    count <= per_call(obj)
+}
+
+/// After an append: every linked subscription learns the new tail, here when they are few
+/// enough, else from the alarm ([`owe_notification`] owed it due now).
 pub async fn appended(obj: &StreamObject, meta: &Meta) -> Result<()> {
     let subs = obj.store()?.subscribers()?;
     if subs.is_empty() {
         return Ok(());
     }
     obj.faults.check(&meta.path, Call::NotifyCut)?;
+    if !inline(obj, subs.len()) {
+        return Ok(());
+    }
     if notify(obj, meta, &subs).await? {
         settle_if_current(obj, meta)?;
         return Ok(());
@@ -146,7 +185,7 @@ async fn notify_or_owe(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Resu
 /// A notification failed: the alarm tries again after the first backoff.
 async fn owe_retry(obj: &StreamObject) -> Result<()> {
     let due = now_ms() + super::backoff_ms(0);
-    obj.store()?.owe(Task::Notify, due, "")?;
+    obj.store()?.owe_keeping(Task::Notify, due)?;
     alarm::by(obj, due).await
 }
 
@@ -162,19 +201,77 @@ fn settle_if_current(obj: &StreamObject, meta: &Meta) -> Result<()> {
     Ok(())
 }
 
-/// The owed notification: every linked subscription learns the tail as it is now.
-pub async fn notify_owed(obj: &StreamObject) -> Result<bool> {
+/// Where a pass of the owed notification is, kept in its owed row's detail between
+/// invocations (an empty detail: a pass not begun).
+#[derive(Default, Serialize, Deserialize)]
+struct Pass {
+    /// The last subscription told, by id: those added or removed meanwhile do not move it.
+    after: Option<String>,
+    /// The tail the pass began with, which the first subscriptions were told.
+    tail: Option<String>,
+    /// Whether a call in this pass failed.
+    #[serde(default)]
+    failed: bool,
+}
+
+/// The owed notification, from where its pass is (`detail`): the next `LINKS_PER_CALL`
+/// subscriptions learn the tail as it is now. Whether the pass may go on: `false` once a pass
+/// in which a call failed is over, so the next pass waits for the backoff.
+pub async fn notify_owed(obj: &StreamObject, detail: &str) -> Result<bool> {
     let store = obj.store()?;
     let Some(meta) = obj.meta()?.filter(|m| !m.deleted) else {
         store.settle(Task::Notify)?;
         return Ok(true);
     };
+    // A pass not begun, or a detail not understood, begins at the first subscription.
+    let pass: Pass = serde_json::from_str(detail).unwrap_or_default();
+    let began = pass.tail.unwrap_or_else(|| meta.tail.to_string());
+    let batch = batch_after(&store.subscribers()?, pass.after.as_deref(), per_call(obj)).to_vec();
+    let failed = !notify(obj, &meta, &batch).await? || pass.failed;
+    // Removed meanwhile (which settled this) and perhaps created again (which owes its own).
+    let Some(now_meta) = obj
+        .meta()?
+        .filter(|m| m.instance == meta.instance && !m.deleted)
+    else {
+        return Ok(true);
+    };
+    let store = obj.store()?;
+    let now = now_ms();
+    // Subscriptions linked meanwhile past the last one told are told in this pass; those linked
+    // before it learned the tail as they linked, and are told in the next pass, if any.
     let subs = store.subscribers()?;
-    if !notify(obj, &meta, &subs).await? {
+    if let Some(last) = batch
+        .last()
+        .filter(|last| !batch_after(&subs, Some(last), 1).is_empty())
+    {
+        let next = Pass {
+            after: Some(last.clone()),
+            tail: Some(began),
+            failed,
+        };
+        store.carry_on(Task::Notify, now, &json!(next).to_string())?;
+        return Ok(true);
+    }
+    // The pass is over: the next, if any, begins at the first subscription.
+    if failed {
+        store.carry_on(Task::Notify, now, "")?;
         return Ok(false);
     }
-    settle_if_current(obj, &meta)?;
+    match now_meta.tail.to_string() == began {
+        true => store.settle(Task::Notify)?,
+        // The tail moved since the first were told.
+        false => store.carry_on(Task::Notify, now, "")?,
+    }
     Ok(true)
+}
+
+/// The next batch of a pass: the first `per_call` of `subs` (in id order, as
+/// [`super::store::Store::subscribers`] reads them) whose ids come after `after`, the last one
+/// told. By id, not by index, so subscriptions removed or linked meanwhile move no one's place.
+fn batch_after<'a>(subs: &'a [String], after: Option<&str>, per_call: usize) -> &'a [String] {
+    let start = after.map_or(0, |after| subs.partition_point(|id| id.as_str() <= after));
+    let end = start.saturating_add(per_call).min(subs.len());
+    &subs[start..end]
 }
 
 /// Tells each of `subs` the stream's tail; whether every one of them has it. A subscription
@@ -189,6 +286,7 @@ async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<bool
     };
     let message = &message;
     let env = &obj.env;
+    obj.faults.notified(subs.len());
     // An injected fault stands for the first subscription being unreachable.
     let mut fault = obj.faults.check(&meta.path, Call::Notify).err();
     let calls = subs.iter().map(|id| {
@@ -240,4 +338,43 @@ pub async fn deregister(obj: &StreamObject, path: &str) -> Result<bool> {
     }
     obj.store()?.settle(Task::Deregister)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_after;
+
+    fn ids(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn a_pass_goes_through_every_subscription_in_batches() {
+        let subs = ids(&["a", "b", "c", "d", "e", "f", "g"]);
+        let mut told = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let batch = batch_after(&subs, after.as_deref(), 3);
+            assert!(batch.len() <= 3);
+            told.extend_from_slice(batch);
+            match batch.last() {
+                Some(last) if !batch_after(&subs, Some(last), 1).is_empty() => {
+                    after = Some(last.clone())
+                }
+                _ => break,
+            }
+        }
+        assert_eq!(told, subs);
+    }
+
+    #[test]
+    fn the_place_is_an_id_so_removals_and_links_meanwhile_move_no_one() {
+        // "c" was told last; it and "b" are removed, "a0" and "d0" linked.
+        let subs = ids(&["a", "a0", "d", "d0", "e"]);
+        assert_eq!(batch_after(&subs, Some("c"), 2), &ids(&["d", "d0"])[..]);
+        assert_eq!(batch_after(&subs, Some("d0"), 2), &ids(&["e"])[..]);
+        assert!(batch_after(&subs, Some("e"), 2).is_empty());
+        assert_eq!(batch_after(&subs, None, 2), &ids(&["a", "a0"])[..]);
+        assert!(batch_after(&[], None, 2).is_empty());
+    }
 }
