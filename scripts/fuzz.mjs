@@ -89,6 +89,14 @@ const seeds = {
     sseInput([5], '{"streamNextOffset":"a\\"b","streamCursor":42,"x":[1,{"y":"}"}],"streamClosed":true}'),
     sseInput([], 'line one\r\nline two\rthree\n'),
   ],
+  base64: [
+    'Zm9vYmFy',
+    'Zg==',
+    'AQID\nBAUG\r\nBwgJ\rCg==',
+    'eyJwcmVmaXgiOiIifQ',
+    '-_8',
+    'DD++',
+  ],
   ws: [
     '{"type":"data","items":[{"a":"]}"},2],"streamNextOffset":"0000000000000000_0000000000000012","streamCursor":"7","upToDate":true}',
     '{"type":"error","id":3,"status":409,"message":"producer sequence gap","producerExpectedSeq":1}',

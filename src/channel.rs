@@ -293,7 +293,7 @@ pub fn json_batch(stream: &str, from: u64, framed: &[u8], budget: usize) -> Batc
     };
     let mut start = 0;
     for end in MessageEnds::new(framed) {
-        if batch.framed.len() >= budget {
+        if !batch.framed.is_empty() && batch.framed.len() >= budget {
             break;
         }
         let Some(offset) = from.checked_add(end as u64).and_then(Offset::new) else {
@@ -622,6 +622,8 @@ mod tests {
         // A budget smaller than one envelope still takes one message, then stops.
         let one = json_batch("s", 100, framed, 1);
         assert_eq!(one.end, 102);
+        // Even a budget of nothing (it once gave an empty batch, which moves no source on).
+        assert_eq!(json_batch("s", 100, framed, 0), one);
         // A trailing partial message is left for the next batch.
         let partial = json_batch("s", 0, b"1,2", 1 << 20);
         assert_eq!(partial.end, 2);

@@ -161,19 +161,25 @@ pub fn covers(prefix: &str, path: &str) -> bool {
 /// Splits `<payload>.<signature>`; both parts must be non-empty base64url.
 pub fn split(token: &str) -> Result<(&str, &str), AuthError> {
     let (payload, signature) = token.split_once('.').ok_or(AuthError::Invalid)?;
-    let is_b64url = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
+    let is_b64url = |s: &str| !s.is_empty() && is_base64url(s);
     if token.len() > 4096 || !is_b64url(payload) || !is_b64url(signature) {
         return Err(AuthError::Invalid);
     }
     Ok((payload, signature))
 }
 
-/// Decodes unpadded base64url.
+/// Whether `text` keeps to the base64url alphabet (no padding).
+fn is_base64url(text: &str) -> bool {
+    text.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Decodes unpadded base64url, strictly: only its alphabet, so one byte string has one spelling
+/// (standard base64's `+`, `/`, padding and line breaks are refused, not decoded).
 pub fn base64url_decode(text: &str) -> Result<Vec<u8>, AuthError> {
+    if !is_base64url(text) {
+        return Err(AuthError::Invalid);
+    }
     let mut standard: Vec<u8> = text
         .bytes()
         .map(|b| match b {
@@ -276,6 +282,28 @@ mod tests {
         assert_eq!(split("abc."), Err(AuthError::Invalid));
         assert_eq!(split("a+c.def"), Err(AuthError::Invalid));
         assert_eq!(split("a.b.c"), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn base64url_has_one_spelling() {
+        // Standard base64's `+`, `/` and padding, and line breaks, are not base64url: the
+        // lenient decoder underneath took them, so one signature had many spellings.
+        for other in [
+            "DD++",
+            "DD//",
+            "Zg==",
+            "Zm9v\n\n\n\n",
+            "Zm9v\r\n\r\n",
+            "Zg\n\n",
+        ] {
+            assert_eq!(
+                base64url_decode(other),
+                Err(AuthError::Invalid),
+                "{other:?}"
+            );
+        }
+        assert_eq!(base64url_decode("DD--"), Ok(vec![0x0c, 0x3f, 0xbe]));
+        assert_eq!(base64url_decode(""), Ok(vec![]));
     }
 
     #[test]
