@@ -6,7 +6,7 @@ use serde_json::{json as j, Value};
 use worker::{Request, Response};
 
 use super::store::{Kind, Link, Record};
-use super::{Failure, SubscriptionObject, OWN_WAKE_STREAM};
+use super::{refuse_own_wake_stream, Failure, SubscriptionObject};
 use crate::crypto;
 use crate::http::{header, now_ms};
 use crate::subscription::{json, webhook, X_ORIGIN, X_SUBSCRIPTION};
@@ -140,9 +140,7 @@ impl SubscriptionObject {
             }
             (Kind::Webhook, _) => None,
         };
-        if wake_stream.as_ref().is_some_and(|w| explicit.contains(w)) {
-            return Err(SubscriptionError::InvalidRequest(OWN_WAKE_STREAM).into());
-        }
+        refuse_own_wake_stream(wake_stream.as_ref(), &explicit)?;
         let canonical = j!({
             "type": input.kind,
             "pattern": input.pattern,

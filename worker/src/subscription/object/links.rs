@@ -10,7 +10,7 @@ use serde_json::Value;
 use worker::{Delay, Response, Result};
 
 use super::store::{Link, Record};
-use super::{Failure, SubscriptionObject, OWN_WAKE_STREAM};
+use super::{refuse_own_wake_stream, Failure, SubscriptionObject};
 use crate::fault::Call;
 use crate::subscription::registry::{
     Links, Matched, MatchedStreams, RemoveExplicit, StreamPath, SubLinked, SubLinks,
@@ -202,13 +202,7 @@ impl SubscriptionObject {
         let input: StreamsBody = serde_json::from_slice(body)
             .map_err(|_| SubscriptionError::InvalidRequest("body must be {\"streams\": [...]}"))?;
         let paths = rules::explicit_streams(input.streams)?;
-        if record
-            .wake_stream
-            .as_ref()
-            .is_some_and(|w| paths.contains(w))
-        {
-            return Err(SubscriptionError::InvalidRequest(OWN_WAKE_STREAM).into());
-        }
+        refuse_own_wake_stream(record.wake_stream.as_ref(), &paths)?;
         // Checked and linked here before anything is awaited: the registry is told only of
         // streams that fit, and a concurrent request counts these.
         let mut adding = Vec::new();

@@ -39,9 +39,20 @@ use crate::path::STREAM_PREFIX;
 use crate::turnstile::Turnstile;
 use store::{Kind, Link, Record, SCHEMA};
 
-/// Why naming a pull-wake subscription's wake stream among its streams is refused: each wake
-/// event would be new data for it, and wake it again, for ever.
-const OWN_WAKE_STREAM: &str = "streams must not name the subscription's wake_stream";
+/// Refuses `streams` (at create, or added later) that name the pull-wake subscription's own
+/// `wake_stream`: each wake event would be new data for it, and wake it again, for ever. Its
+/// pattern passes the wake stream by ([`store::Record::pattern_covers`]).
+fn refuse_own_wake_stream(
+    wake_stream: Option<&String>,
+    streams: &[String],
+) -> std::result::Result<(), SubscriptionError> {
+    match wake_stream {
+        Some(own) if streams.contains(own) => Err(SubscriptionError::InvalidRequest(
+            "streams must not name the subscription's wake_stream",
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// What a stream reports after an append (or at creation).
 #[derive(Serialize, Deserialize)]
