@@ -464,6 +464,13 @@ export declare class IdempotentProducer {
    * the producer fails.
    */
   readonly retrying: boolean;
+  /** Values appended and not yet in a batch (the one lingering for `lingerMs`). */
+  readonly pendingCount: number;
+  /**
+   * Batches not yet acknowledged: sent, or waiting for a request (of `maxInFlight`) or to be sent
+   * again. With `pendingCount`, what to show as backpressure.
+   */
+  readonly inFlightCount: number;
   /**
    * Takes (or renews) the writer lease without appending data, after what is queued; with
    * `lease.wait`, waits until it is free. Resolves to when it ends. Needs the `lease` option.

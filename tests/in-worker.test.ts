@@ -2,8 +2,7 @@
 // user's Worker would (wrangler bundles it with its esbuild, `workerd` conditions) and uses it
 // against edgestream's own server: wasm load, reads, live follows, appends, a producer whose
 // lingering batch is sent under ctx.waitUntil, tables, a service binding as the `fetch` option,
-// and a Durable Object that follows a stream
-// across requests.
+// and a Durable Object that follows a stream across requests.
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';

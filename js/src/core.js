@@ -1107,6 +1107,14 @@ export class IdempotentProducer {
   get retrying() {
     return this.#retrying;
   }
+  /** Values appended and not yet in a batch (the one lingering for `lingerMs`). */
+  get pendingCount() {
+    return this.#items.length;
+  }
+  /** Batches not yet acknowledged: sent, or waiting for a request (of `maxInFlight`) or to be sent again. */
+  get inFlightCount() {
+    return this.#queue.length + this.#inflight.size + this.#fenced.length;
+  }
 
   /**
    * Takes (or renews) the writer lease now, without appending data, after what is queued. With

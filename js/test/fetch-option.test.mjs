@@ -2,6 +2,7 @@
 // calls and its producers goes through the caller's fetch (a Cloudflare service binding, a test
 // double, a proxy). The streams here live at a host that does not resolve: only a fetch that
 // routes them to the reference server reaches it, so a request sent with the global fetch fails.
+// Also a producer's pendingCount and inFlightCount, seen while such a fetch holds its batches.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -104,4 +105,29 @@ test('a fetch that is not a function is refused with INVALID_ARGUMENT, before an
     assert.throws(() => new IdempotentProducer(url, 'p', { fetch }), refused);
     assert.throws(() => new DurableStream({ url }).writable({ fetch }), refused);
   }
+});
+
+test('pendingCount and inFlightCount: values not yet in a batch, and batches not yet acknowledged', async () => {
+  // POSTs wait at the gate until it is opened.
+  let open;
+  const gate = new Promise((r) => (open = r));
+  const routed = router();
+  const gated = async (url, init) => (init.method === 'POST' && (await gate), routed(url, init));
+  const ds = new DurableStream({ url: unreachable(), contentType: 'application/json', fetch: routed });
+  await ds.create();
+  const producer = new IdempotentProducer(ds, 'p', { lingerMs: 60_000, maxInFlight: 1, fetch: gated });
+  assert.deepEqual([producer.pendingCount, producer.inFlightCount], [0, 0]);
+  producer.append(1);
+  producer.append(2);
+  assert.deepEqual([producer.pendingCount, producer.inFlightCount], [2, 0]);
+  const first = producer.flush();
+  assert.deepEqual([producer.pendingCount, producer.inFlightCount], [0, 1]);
+  producer.append(3);
+  const second = producer.flush();
+  // One batch sent (waiting at the gate), one waiting for the only request slot.
+  assert.deepEqual([producer.pendingCount, producer.inFlightCount], [0, 2]);
+  open();
+  await Promise.all([first, second]);
+  assert.deepEqual([producer.pendingCount, producer.inFlightCount], [0, 0]);
+  assert.deepEqual(await ds.stream({ live: false }).items(), [1, 2, 3]);
 });

@@ -48,6 +48,8 @@ async function producer(ds: DurableStream) {
   p.append({ a: 1 });
   const retrying: boolean = p.retrying;
   void retrying;
+  const backlog: number = p.pendingCount + p.inFlightCount;
+  void backlog;
   await p.flush();
   const { finalOffset, duplicate } = await p.close();
   return [finalOffset, duplicate] as const;
