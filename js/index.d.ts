@@ -33,6 +33,14 @@ export interface RetryOptions {
   multiplier?: number | undefined;
 }
 
+/**
+ * What sends the client's HTTP requests instead of the global `fetch`: a Cloudflare service
+ * binding's (`env.SERVICE.fetch.bind(env.SERVICE)`: it is called as a plain function), a test
+ * double, a proxy or an auth wrapper. One that throws or rejects is a failed connection
+ * (NETWORK_ERROR, retried as one). WebSocket follows (`live: 'ws'`) do not use it.
+ */
+export type FetchFunction = (url: string, init: RequestInit) => Promise<Response>;
+
 /** How a reader follows the stream after catching up. `true` is the same as `'auto'`. */
 export type LiveMode = 'auto' | 'sse' | 'ws' | 'long-poll' | false | true;
 
@@ -63,6 +71,7 @@ export interface StreamOptions {
   headers?: DynamicMap | undefined;
   params?: DynamicMap | undefined;
   retry?: RetryOptions | undefined;
+  fetch?: FetchFunction | undefined;
   /**
    * Aborting it cancels the reader and the request in flight: iteration ends (as on `cancel()`),
    * and `items()`, `bytes()` and `text()` reject with ABORTED if their read was not complete.
@@ -217,6 +226,8 @@ export interface StreamHandleOptions {
   params?: DynamicMap | undefined;
   retry?: RetryOptions | undefined;
   signal?: AbortSignal | undefined;
+  /** Sends every request of the handle, its producers' and its `stream()`s' (unless they give their own). */
+  fetch?: FetchFunction | undefined;
 }
 
 /** Options of one call of a `DurableStream`. */
@@ -405,6 +416,8 @@ export interface ProducerOptions {
    * signal, `cancel()` does the same.
    */
   signal?: AbortSignal | undefined;
+  /** Sends the producer's requests. Default: the `DurableStream`'s `fetch`, else the global one. */
+  fetch?: FetchFunction | undefined;
   /**
    * Make this producer the stream's only appender (an edgestream extension): each batch takes or
    * renews the stream's writer lease for `ttlSeconds` (1 to 86400), an idle producer renews it
@@ -451,6 +464,13 @@ export declare class IdempotentProducer {
    * the producer fails.
    */
   readonly retrying: boolean;
+  /** Values appended and not yet in a batch (the one lingering for `lingerMs`). */
+  readonly pendingCount: number;
+  /**
+   * Batches not yet acknowledged: sent, or waiting for a request (of `maxInFlight`) or to be sent
+   * again. With `pendingCount`, what to show as backpressure.
+   */
+  readonly inFlightCount: number;
   /**
    * Takes (or renews) the writer lease without appending data, after what is queued; with
    * `lease.wait`, waits until it is free. Resolves to when it ends. Needs the `lease` option.

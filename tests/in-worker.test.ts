@@ -1,8 +1,8 @@
 // The npm package inside a Cloudflare Worker: tests/in-worker/worker.js imports `edgestream` as a
 // user's Worker would (wrangler bundles it with its esbuild, `workerd` conditions) and uses it
 // against edgestream's own server: wasm load, reads, live follows, appends, a producer whose
-// lingering batch is sent under ctx.waitUntil, tables, and a Durable Object that follows a stream
-// across requests.
+// lingering batch is sent under ctx.waitUntil, tables, a service binding as the `fetch` option,
+// and a Durable Object that follows a stream across requests.
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -82,6 +82,17 @@ for (const live of ['sse', 'long-poll', 'ws']) {
     const { status, body } = await call('/follow', { url, live, data: JSON.stringify({ n: 2 }) });
     expect(status).toBe(200);
     expect(body).toEqual({ first: [{ n: 1 }], next: [{ n: 2 }], mode: live });
+  });
+}
+
+for (const live of ['sse', 'long-poll']) {
+  test(`the fetch option: calls, a producer and a follow over ${live} through a service binding`, async () => {
+    const url = streamUrl(`binding-${live}`);
+    expect(await call('/via-binding', { url, live })).toEqual({
+      status: 200,
+      body: { first: [{ n: 1 }, { n: 2 }], next: [{ n: 3 }], mode: live },
+    });
+    expect(await readAll(url)).toEqual([{ n: 1 }, { n: 2 }, { n: 3 }]);
   });
 }
 

@@ -13,10 +13,12 @@ use crate::{error, js};
 
 /// Caller-supplied headers and query parameters: an object whose values are strings or
 /// (async) functions, or a function returning such an object. Evaluated before every request.
+/// `fetch` is the caller's `fetch` (a service binding's, a test double, a proxy), if any.
 #[derive(Clone, Default)]
 pub struct Dynamic {
     pub headers: JsValue,
     pub params: JsValue,
+    pub fetch: JsValue,
 }
 
 impl Dynamic {
@@ -24,6 +26,7 @@ impl Dynamic {
         Dynamic {
             headers: js::get(options, "headers"),
             params: js::get(options, "params"),
+            fetch: js::get(options, "fetch"),
         }
     }
 }
@@ -256,7 +259,7 @@ pub async fn send_once(req: &Request<'_>, signal: Option<&AbortSignal>) -> Resul
         let e = network_error(req.method, req.url, &e, &params, &dynamic_headers);
         Failure::Network(e.into())
     };
-    let promise = js::es_fetch(&url, &init, req.timeout_ms).map_err(network)?;
+    let promise = js::es_fetch(&req.dynamic.fetch, &url, &init, req.timeout_ms).map_err(network)?;
     match js::wait(promise).await {
         Ok(value) => {
             let response: Response = value.unchecked_into();

@@ -19,12 +19,15 @@ export function es_pairs(map) {
   const pairs = iterable ? Array.from(map) : Object.entries(map);
   return pairs.every((p) => Array.isArray(p) && p.length === 2) ? pairs : null;
 }
-export function es_fetch(url, init, ms) {
+export function es_fetch(f, url, init, ms) {
   // A page's HTTP cache keeps catch-up pages for a minute, and a stream deleted and created
   // again reuses their offsets: revalidate each read (a 304 when unchanged) instead. Only where
   // there is a page (Cloudflare Workers refuse the option).
   if (init.method === 'GET' && has_page()) init.cache = 'no-cache';
-  if (!ms) return globalThis.fetch(url, init);
+  // The caller's fetch if given (called as a plain function: bind a service binding's), else the
+  // global one; async, so that one which throws fails as one that rejects.
+  const go = async () => (f ? f(url, init) : globalThis.fetch(url, init));
+  if (!ms) return go();
   // No response within `ms`: the connection may have died without closing. The request is
   // aborted through a signal of its own (the caller's aborts it too) and fails as a lost
   // connection does, not as a cancel, so that it is retried.
@@ -35,7 +38,7 @@ export function es_fetch(url, init, ms) {
   init.signal = own.signal;
   let timer;
   const late = new Promise((_, reject) => { timer = setTimeout(() => { reject(new Error(`no response in ${ms} ms`)); own.abort(); }, ms); });
-  return Promise.race([globalThis.fetch(url, init), late]).finally(() => { clearTimeout(timer); outer?.removeEventListener('abort', cancel); });
+  return Promise.race([go(), late]).finally(() => { clearTimeout(timer); outer?.removeEventListener('abort', cancel); });
 }
 function has_page() {
   // Deno's location getter throws unless it was started with --location.
@@ -151,10 +154,10 @@ export function es_ws_open(url, protocols, ping, pong, quietMs) {
 }
 "#)]
 extern "C" {
-    /// `globalThis.fetch(url, init)`, failed as a lost connection if there is no response
-    /// within `ms` (0: no limit).
+    /// `f(url, init)` (`globalThis.fetch` when `f` is undefined), failed as a lost connection
+    /// if there is no response within `ms` (0: no limit).
     #[wasm_bindgen(catch)]
-    pub fn es_fetch(url: &str, init: &Object, ms: f64) -> Result<Promise, JsValue>;
+    pub fn es_fetch(f: &JsValue, url: &str, init: &Object, ms: f64) -> Result<Promise, JsValue>;
     /// The `[name, value]` pairs of a header or param map (an object), or `None` when it is an
     /// iterable that gives anything else.
     pub fn es_pairs(map: &JsValue) -> Option<js_sys::Array>;

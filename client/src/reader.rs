@@ -1004,7 +1004,7 @@ async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
 /// reader's offset (then the reader ends, as over HTTP), or is there (then it reconnects).
 /// Retrying a refusal would never end while live readers retry without limit.
 async fn why_refused(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
-    let (url, query, params, with_headers, signal) = {
+    let (url, query, params, fetch, with_headers, signal) = {
         let mut s = inner.borrow_mut();
         let signal = s.new_controller();
         let with_headers = !s.dynamic.headers.is_undefined() && !s.dynamic.headers.is_null();
@@ -1012,6 +1012,7 @@ async fn why_refused(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
             s.url.clone(),
             s.query(None),
             s.dynamic.params.clone(),
+            s.dynamic.fetch.clone(),
             with_headers,
             signal,
         )
@@ -1022,6 +1023,7 @@ async fn why_refused(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
     let dynamic = Dynamic {
         headers: JsValue::UNDEFINED,
         params,
+        fetch,
     };
     let req = Request::get(&url, query, &dynamic);
     // Unreachable, or answering 5xx: the backoff that follows covers it.

@@ -9,7 +9,7 @@ import {
   headStream,
   validateRetryOptions,
 } from '../dist/edgestream_client.js';
-import { READ_OPTIONS, cancelOnAbort, deferred, eitherSignal, optionsProblem, pageUrl, shownUrl, signalProblem, sleep, unknownOption } from './settle.js';
+import { READ_OPTIONS, cancelOnAbort, deferred, eitherSignal, fetchProblem, optionsProblem, pageUrl, shownUrl, signalProblem, sleep, unknownOption } from './settle.js';
 
 let loader = null;
 let ready = null;
@@ -103,7 +103,7 @@ function checkOptions(who, options, known) {
 }
 
 /** The options of a `DurableStream` (and of `DurableStream.create()`). */
-const HANDLE_OPTIONS = 'url headers params retry signal contentType ttlSeconds expiresAt closed channel forkedFrom forkOffset forkSubOffset body';
+const HANDLE_OPTIONS = 'url headers params retry signal fetch contentType ttlSeconds expiresAt closed channel forkedFrom forkOffset forkSubOffset body';
 
 /** Throws INVALID_ARGUMENT for an option of a call that `known` does not list. */
 function callOptions(options, known) {
@@ -710,8 +710,8 @@ export class DurableStream {
   }
 
   #request(extra) {
-    const { headers, params, retry, signal } = this.options;
-    return { url: this.url, headers, params, retry, signal, ...extra };
+    const { headers, params, retry, signal, fetch } = this.options;
+    return { url: this.url, headers, params, retry, signal, fetch, ...extra };
   }
 
   /**
@@ -921,8 +921,8 @@ export class DurableStream {
    * everywhere).
    */
   stream(options = {}) {
-    const { headers, params, retry, signal } = this.options;
-    return stream({ url: this.url, headers, params, retry, signal, ...defined(options) });
+    const { headers, params, retry, signal, fetch } = this.options;
+    return stream({ url: this.url, headers, params, retry, signal, fetch, ...defined(options) });
   }
 }
 
@@ -962,6 +962,8 @@ export class IdempotentProducer {
   #prober = null;
   #waiting = [];
   #onError;
+  /** The `fetch` option: the stream's own when not given. */
+  #fetch;
   #json;
   /** The stream's content type and JSON-ness, learnt once (a HEAD when the stream does not say). */
   #format = null;
@@ -1032,6 +1034,7 @@ export class IdempotentProducer {
     // Capped where timers overflow (a longer one would fire at once).
     this.#timeoutMs = Math.min(options.requestTimeoutMs ?? 60_000, 2 ** 31 - 1);
     this.#onError = options.onError;
+    this.#fetch = options.fetch;
     this.#json = options.json;
     this.#lease = options.lease;
     this.#listen([options.signal, this.#stream.options?.signal]);
@@ -1103,6 +1106,14 @@ export class IdempotentProducer {
    */
   get retrying() {
     return this.#retrying;
+  }
+  /** Values appended and not yet in a batch (the one lingering for `lingerMs`). */
+  get pendingCount() {
+    return this.#items.length;
+  }
+  /** Batches not yet acknowledged: sent, or waiting for a request (of `maxInFlight`) or to be sent again. */
+  get inFlightCount() {
+    return this.#queue.length + this.#inflight.size + this.#fenced.length;
   }
 
   /**
@@ -1464,10 +1475,10 @@ export class IdempotentProducer {
    * (id, epoch, seq): the server deduplicates it if it landed.
    */
   async #call(fn, extra) {
-    const { headers, params } = this.#stream.options ?? {};
+    const { headers, params, fetch } = this.#stream.options ?? {};
     const onRetry = () => (this.#retrying = true);
     try {
-      return await call(fn, { url: this.#stream.url, headers, params, retry: this.#retry(), signal: this.#stop.signal, timeoutMs: this.#timeoutMs, onRetry, ...extra });
+      return await call(fn, { url: this.#stream.url, headers, params, fetch: this.#fetch ?? fetch, retry: this.#retry(), signal: this.#stop.signal, timeoutMs: this.#timeoutMs, onRetry, ...extra });
     } finally {
       this.#retrying = false;
     }
@@ -1596,7 +1607,7 @@ export function checkProducerOptions(producerId, options = {}) {
   if (!/^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/.test(producerId)) {
     fail(`producerId ${JSON.stringify(producerId)} must be printable ASCII, without spaces at either end (it is sent as a header)`);
   }
-  const unknown = unknownOption(options, 'epoch autoClaim lingerMs maxBatchBytes maxBatchItems maxInFlight requestTimeoutMs json onError signal lease');
+  const unknown = unknownOption(options, 'epoch autoClaim lingerMs maxBatchBytes maxBatchItems maxInFlight requestTimeoutMs json onError signal fetch lease');
   if (unknown) fail(unknown);
   const isInt = (v, min) => Number.isSafeInteger(v) && v >= min;
   const rules = [
@@ -1611,7 +1622,7 @@ export function checkProducerOptions(producerId, options = {}) {
     const v = options[key];
     if (v !== undefined && v !== null && !isInt(v, min)) fail(key + rule);
   }
-  const signal = signalProblem(options.signal);
+  const signal = signalProblem(options.signal) ?? fetchProblem(options.fetch);
   if (signal) fail(signal);
   const ttl = options.lease?.ttlSeconds;
   if (options.lease != null && !(isInt(ttl, 1) && ttl <= 86400)) fail('lease.ttlSeconds must be an integer from 1 to 86400');

@@ -80,20 +80,25 @@ export function unknownOption(options, known, prefix = '') {
 }
 
 /** The options of a reader (`stream()`), which a table takes too. */
-export const READ_OPTIONS = 'url headers params retry signal offset incarnation live json pauseWhenHidden';
+export const READ_OPTIONS = 'url headers params retry signal fetch offset incarnation live json pauseWhenHidden';
 
 /**
  * Why a reader's, a table's or a handle's `options` cannot be taken, or null: an option `known`
- * does not list (in `retry` too), a `url` that cannot be fetched here, a `signal` that is not one.
+ * does not list (in `retry` too), a `url` that cannot be fetched here, a `signal` or `fetch` that
+ * is not one.
  */
 export function optionsProblem(options, known) {
   return (
     unknownOption(options, known) ??
     unknownOption(options.retry, 'maxRetries initialDelayMs maxDelayMs multiplier', 'retry.') ??
     urlProblem(String(options.url)) ??
-    signalProblem(options.signal)
+    signalProblem(options.signal) ??
+    fetchProblem(options.fetch)
   );
 }
+
+/** Why `fetch` (an option) cannot be called, or null. */
+export const fetchProblem = (f) => (f == null || typeof f == 'function' ? null : 'fetch must be a function');
 
 /**
  * Why `url` cannot be fetched, or null. Without a page (Node, Deno without --location), there is

@@ -1,6 +1,6 @@
 // An option the client does not know is refused with INVALID_ARGUMENT naming it, before anything
 // is sent. Ignored, it would do nothing without a word: `lingerMs` misspelt, or an option of
-// another client (`@durable-streams/client`'s `backoffOptions`, `onError` on a read, `fetch`,
+// another client (`@durable-streams/client`'s `backoffOptions`, `onError` on a read, `warnOnHttp`,
 // `batching`) kept when moving an app over. A fake server counts what reaches it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -34,7 +34,7 @@ test('stream() and table() refuse options they do not know, at once', async () =
     for (const [options, name] of [
       [{ backoffOptions: { maxRetries: 3 } }, 'backoffOptions'],
       [{ onError: () => {} }, 'onError'],
-      [{ fetch: globalThis.fetch }, 'fetch'],
+      [{ warnOnHttp: false }, 'warnOnHttp'],
       [{ sseResilience: { maxShortConnections: 1 } }, 'sseResilience'],
       [{ livee: false }, 'livee'],
     ]) {
@@ -56,7 +56,7 @@ test('DurableStream and its calls refuse options they do not know, before sendin
   await withServer(async (url, requests) => {
     assert.throws(() => new DurableStream({ url, batching: false }), naming('batching'));
     assert.throws(() => new DurableStream({ url, warnOnHttp: false }), naming('warnOnHttp'));
-    await assert.rejects(DurableStream.create({ url, contentType: 'application/json', fetch: globalThis.fetch }), naming('fetch'));
+    await assert.rejects(DurableStream.create({ url, contentType: 'application/json', debug: true }), naming('debug'));
     await assert.rejects(DurableStream.connect({ url, backoffOptions: {} }), naming('backoffOptions'));
     const log = new DurableStream({ url, contentType: 'application/json' });
     await assert.rejects(log.create({ ttl: 60 }), naming('ttl'));
@@ -77,7 +77,7 @@ test('IdempotentProducer, writable() and appendStream() refuse options they do n
     const log = new DurableStream({ url, contentType: 'application/json' });
     for (const [options, name] of [
       [{ headers: { authorization: 'x' } }, 'headers'],
-      [{ fetch: globalThis.fetch }, 'fetch'],
+      [{ batching: false }, 'batching'],
       [{ lingerMS: 10 }, 'lingerMS'],
       [{ retry: { maxRetries: 1 } }, 'retry'],
     ]) {

@@ -45,7 +45,10 @@ export class Follower extends DurableObject {
 
 export default {
   async fetch(request, env, ctx) {
-    const { pathname, searchParams: q } = new URL(request.url);
+    const { pathname, search, searchParams: q } = new URL(request.url);
+    // A client's request sent through the SELF service binding: on to the server it names.
+    const upstream = request.headers.get('x-upstream');
+    if (upstream) return fetch(new URL(pathname + search, upstream), request);
     const url = q.get('url');
     try {
       switch (pathname) {
@@ -68,6 +71,30 @@ export default {
           const first = await handle.next();
           const pending = handle.next();
           await new DurableStream({ url, contentType: 'application/json' }).append(JSON.parse(q.get('data')));
+          const next = await pending;
+          const mode = handle.mode;
+          handle.cancel();
+          return json({ first: first.value?.items, next: next.value?.items, mode });
+        }
+        case '/via-binding': {
+          // Every request (calls, a producer's, catch-up and a live follow) goes through a service
+          // binding given as `fetch`, to a host that does not resolve: only the binding reaches it.
+          const at = new URL(url);
+          const ds = new DurableStream({
+            url: `http://upstream.invalid${at.pathname}`,
+            contentType: 'application/json',
+            headers: { 'x-upstream': at.origin },
+            fetch: env.SELF.fetch.bind(env.SELF),
+          });
+          await ds.create();
+          await ds.append({ n: 1 });
+          const producer = new IdempotentProducer(ds, 'binding', { lingerMs: 0 });
+          producer.append({ n: 2 });
+          await producer.detach();
+          const handle = ds.stream({ json: true, live: q.get('live') });
+          const first = await handle.next();
+          const pending = handle.next();
+          await ds.append({ n: 3 });
           const next = await pending;
           const mode = handle.mode;
           handle.cancel();

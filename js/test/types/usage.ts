@@ -24,6 +24,15 @@ stream({ url, headers: ['authorization', 'Bearer x'] });
 // @ts-expect-error a pair's value is a header value too
 stream({ url, headers: [['a', { b: 1 }]] });
 
+// fetch: the global one's type, a wrapper, a service binding's bound fetch.
+declare const binding: { fetch(input: RequestInfo | URL, init?: RequestInit): Promise<Response> };
+stream({ url, fetch });
+stream({ url, fetch: (u, init) => fetch(u, { ...init, keepalive: true }) });
+new DurableStream({ url, fetch: binding.fetch.bind(binding) });
+new IdempotentProducer(url, 'id', { fetch: async (u: string) => fetch(u) });
+// @ts-expect-error fetch is a function
+stream({ url, fetch: 'https://proxy' });
+
 // init(): URL, Response, bytes or a compiled Module.
 declare const bytes: Uint8Array;
 declare const compiled: WebAssembly.Module;
@@ -39,6 +48,8 @@ async function producer(ds: DurableStream) {
   p.append({ a: 1 });
   const retrying: boolean = p.retrying;
   void retrying;
+  const backlog: number = p.pendingCount + p.inFlightCount;
+  void backlog;
   await p.flush();
   const { finalOffset, duplicate } = await p.close();
   return [finalOffset, duplicate] as const;
