@@ -759,6 +759,7 @@ export class DurableStream {
     // What the handle was made with counts, as for every other call; `options` overrides it,
     // an expiry of either kind replacing the handle's. (Its `signal` is the call's own.)
     const given = defined(options);
+    if (given.url !== undefined && String(given.url) !== this.url) throw invalid('create: url differs from the handle\'s (make a handle for that url)');
     const expiry = 'ttlSeconds' in given || 'expiresAt' in given ? { ttlSeconds: undefined, expiresAt: undefined } : {};
     options = { ...this.options, ...expiry, ...given };
     const contentType = options.contentType ?? this.contentType;
@@ -776,6 +777,10 @@ export class DurableStream {
         forkOffset: options.forkOffset,
         forkSubOffset: options.forkSubOffset,
         body,
+        headers: options.headers,
+        params: options.params,
+        retry: options.retry,
+        fetch: options.fetch,
       },
       given.signal,
     );

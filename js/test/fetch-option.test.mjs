@@ -131,3 +131,17 @@ test('pendingCount and inFlightCount: values not yet in a batch, and batches not
   assert.deepEqual([producer.pendingCount, producer.inFlightCount], [0, 0]);
   assert.deepEqual(await ds.stream({ live: false }).items(), [1, 2, 3]);
 });
+
+test("create()'s own headers, params and fetch are used for that call, and a url other than the handle's is refused", async () => {
+  const routed = router();
+  const seen = [];
+  const wrapped = (url, init) => {
+    seen.push({ token: new URL(url).searchParams.get('t'), header: new Headers(init.headers).get('x-call') });
+    return routed(url, init);
+  };
+  const ds = new DurableStream({ url: unreachable(), contentType: 'application/json' });
+  await ds.create({ fetch: wrapped, headers: { 'x-call': 'yes' }, params: { t: 'p' } });
+  assert.deepEqual(seen, [{ token: 'p', header: 'yes' }]);
+  await assert.rejects(ds.create({ url: unreachable(), fetch: wrapped }), (e) => e.code === 'INVALID_ARGUMENT' && /url differs/.test(e.message));
+  await assert.doesNotReject(ds.create({ url: ds.url, fetch: wrapped }));
+});
