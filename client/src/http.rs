@@ -96,12 +96,15 @@ async fn call_given(value: &JsValue) -> Result<JsValue, Failure> {
     js::settle(called).await.map_err(Failure::Unsent)
 }
 
-/// `base` with `params` appended as a query string (keeping any query `base` already has).
-pub fn with_query(base: &str, params: &[(String, String)]) -> String {
+/// `base` with `params` appended as a query string (keeping any query `base` already has), in
+/// order of name: PROTOCOL §10.1 asks clients to, so that every client's URL for one read of a
+/// stream is the same CDN cache key. Parameters of one name keep their order.
+pub fn with_query(base: &str, params: &mut [(String, String)]) -> String {
+    sort_by_name(params);
     let (without_fragment, fragment) = base.split_once('#').unwrap_or((base, ""));
     let mut url = String::from(without_fragment);
     let mut sep = if url.contains('?') { '&' } else { '?' };
-    for (k, v) in params {
+    for (k, v) in params.iter() {
         url.push(sep);
         url.push_str(&String::from(js_sys::encode_uri_component(k)));
         url.push('=');
@@ -113,6 +116,18 @@ pub fn with_query(base: &str, params: &[(String, String)]) -> String {
     }
     url.push_str(fragment);
     url
+}
+
+/// Sorts `params` by name, stably, in place (an insertion sort: a handful of parameters, and
+/// less code in the wasm than the standard library's sort).
+fn sort_by_name(params: &mut [(String, String)]) {
+    for i in 1..params.len() {
+        let mut j = i;
+        while j > 0 && params[j - 1].0 > params[j].0 {
+            params.swap(j - 1, j);
+            j -= 1;
+        }
+    }
 }
 
 /// `text` as an error message may show it: the value of a query parameter named as one of the
@@ -233,7 +248,7 @@ pub async fn send_once(req: &Request<'_>, signal: Option<&AbortSignal>) -> Resul
     dynamic_headers.retain(|(k, _)| !req.headers.iter().any(|(p, _)| p.eq_ignore_ascii_case(k)));
     let mut query = req.query.clone();
     query.extend_from_slice(&params);
-    let url = with_query(req.url, &query);
+    let url = with_query(req.url, &mut query);
     let header_obj = web_sys::Headers::new().map_err(Failure::Fatal)?;
     for (k, v) in dynamic_headers
         .iter()
@@ -572,7 +587,36 @@ pub fn controller() -> Option<AbortController> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_int;
+    use super::{parse_int, sort_by_name};
+    use alloc::{string::String, vec::Vec};
+
+    #[test]
+    fn params_go_in_order_of_name_keeping_the_order_of_one_name() {
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(k, v)| (String::from(*k), String::from(*v)))
+                .collect()
+        };
+        let mut params = pairs(&[
+            ("offset", "o"),
+            ("live", "long-poll"),
+            ("cursor", "7"),
+            ("tag", "b"),
+            ("a", "1"),
+            ("tag", "a"),
+        ]);
+        sort_by_name(&mut params);
+        let want = pairs(&[
+            ("a", "1"),
+            ("cursor", "7"),
+            ("live", "long-poll"),
+            ("offset", "o"),
+            ("tag", "b"),
+            ("tag", "a"),
+        ]);
+        assert_eq!(params, want);
+        sort_by_name(&mut []);
+    }
 
     #[test]
     fn producer_integers() {

@@ -960,7 +960,7 @@ async fn ws_step(inner: &Rc<RefCell<Inner>>) -> Result<(), JsValue> {
             q.push((String::from(ws::INCARNATION_PARAM), incarnation));
         }
         q.extend_from_slice(&params);
-        let full = ws_url(&http::with_query(&url, &q));
+        let full = ws_url(&http::with_query(&url, &mut q));
         let offered = error::msg(&[ws::RECEIPTS, ",", ws::COMBINED]);
         let socket = js::es_ws_open(&full, &offered, ws::PING, ws::PONG, WS_QUIET_MS)?;
         if socket.is_null() || socket.is_undefined() {

@@ -76,7 +76,7 @@ test('a refusal hides the token, and the params and headers its body echoes', as
       assert.equal(read.status, status);
       assertClean(read);
       // The body is still shown, the secrets left out: every param the caller gave is one.
-      assert.match(read.message, /refused \/v1\/stream\/x\?token=\*\*\*&plain=1&offset=-1&key=\*\*\*&other=\*\*\* for \*\*\*/);
+      assert.match(read.message, /refused \/v1\/stream\/x\?token=\*\*\*&plain=1&key=\*\*\*&offset=-1&other=\*\*\* for \*\*\*/);
       const head = await failure(() => new DurableStream(secretOptions(url)).head());
       assertClean(head);
       const producer = new IdempotentProducer(new DurableStream({ ...secretOptions(url), contentType: 'text/plain' }), 'p');

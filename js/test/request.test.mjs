@@ -34,9 +34,30 @@ test('reserved params are dropped, and lastRequest.params shows only what was se
     const h = stream({ url, live: false, params, headers: { 'X-Trace': 't1' } });
     assert.deepEqual(await h.items(), [1]);
     assert.equal(seen.length, 1);
-    assert.deepEqual([...seen[0].url.searchParams], [['offset', '-1'], ['mine', 'yes']]);
+    assert.deepEqual([...seen[0].url.searchParams], [['mine', 'yes'], ['offset', '-1']]);
     assert.deepEqual(h.lastRequest, { headers: { 'X-Trace': 't1' }, params: { mine: 'yes' } });
   });
+});
+
+test('query parameters go in order of name, the caller\'s among the client\'s, so one read is one URL whichever client asks (PROTOCOL §10.1)', async () => {
+  await withServer(
+    (req, res) => {
+      const live = new URL(req.url, 'http://x').searchParams.get('live');
+      const head = { 'content-type': 'application/json', 'stream-next-offset': live ? 'o2' : 'o1', 'stream-up-to-date': 'true', 'stream-cursor': '5' };
+      res.writeHead(200, live ? { ...head, 'stream-closed': 'true' } : head);
+      res.end(live ? '[2]' : '[1]');
+    },
+    async (url, seen) => {
+      const h = stream({ url, live: 'long-poll', json: true, params: { zone: 'eu', auth: 'a', tag: () => 't' } });
+      const items = [];
+      for await (const batch of h) items.push(...batch.items);
+      assert.deepEqual(items, [1, 2]);
+      assert.deepEqual(
+        seen.map((r) => r.url.search),
+        ['?auth=a&offset=-1&tag=t&zone=eu', '?auth=a&cursor=5&live=long-poll&offset=o1&tag=t&zone=eu'],
+      );
+    },
+  );
 });
 
 test("a protocol header replaces the caller's of the same name in any case, never joined to it", async () => {

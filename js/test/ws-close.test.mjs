@@ -54,7 +54,7 @@ test('a WebSocket closed by the server fails the reader with its close code and 
     );
     assert.equal(upgrades, 2, 'one attempt and one retry');
     // The caller's reserved params are dropped from the upgrade, and not reported as sent.
-    assert.deepEqual([...upgradeUrl.searchParams], [['offset', 'o1'], ['live', 'ws'], ['mine', '1']]);
+    assert.deepEqual([...upgradeUrl.searchParams], [['live', 'ws'], ['mine', '1'], ['offset', 'o1']]);
     assert.deepEqual(h.lastRequest.params, { mine: '1' });
   } finally {
     for (const socket of upgraded) socket.destroy();

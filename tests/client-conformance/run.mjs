@@ -135,6 +135,11 @@ function check(result, expect, vars) {
   }
   if (expect.error === true && result.success) return fail('expected an error, but the operation succeeded');
   if (expect.allSucceed === true && !result.success) return fail(`expected all items to succeed: ${result.errorCode}: ${result.message}`);
+  for (const [key, want] of [['succeedIndices', true], ['failIndices', false]]) {
+    for (const i of expect[key] ?? []) {
+      if (result.itemSuccess?.[i] !== want) return fail(`expected item ${i} to ${want ? 'succeed' : 'fail'} (${key}), items: ${JSON.stringify(result.itemSuccess)}`);
+    }
+  }
   if (expect.status !== undefined && 'status' in result && result.status !== expect.status) {
     return fail(`expected status ${expect.status}, got ${result.status}${isError ? ` (${result.errorCode}: ${result.message})` : ''}`);
   }
@@ -300,9 +305,11 @@ async function runOp(op, ctx) {
       }
       const ok = results.every((r) => r.success);
       const failed = results.find((r) => !r.success);
+      // Which items succeeded, for `succeedIndices` and `failIndices`.
+      const itemSuccess = results.map((r) => r.success);
       return ok
-        ? { type: 'append', success: true, status: 200 }
-        : { type: 'error', success: false, commandType: 'append', status: failed.status, errorCode: failed.errorCode, message: failed.message };
+        ? { type: 'append', success: true, status: 200, itemSuccess }
+        : { type: 'error', success: false, commandType: 'append', status: failed.status, errorCode: failed.errorCode, message: failed.message, itemSuccess };
     }
     case 'idempotent-append': {
       const r = await send({
