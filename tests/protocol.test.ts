@@ -278,3 +278,30 @@ test('HEAD carries the ETag a GET of the same URL does, and answers its If-None-
   const closed = await same(s);
   expect(closed.headers.get('etag')).not.toBe(second.headers.get('etag'));
 });
+
+// PROTOCOL §5.1: a sliding TTL is reset by each read or write, and by a live read when the server
+// begins processing it; not by HEAD. A read refused for its offset is no read: it used to slide
+// the TTL when a catch-up GET asked past the tail (400), though the same long-poll did not.
+test('refused reads do not slide a TTL; long-polls do', async () => {
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const refused = url('refused-read-ttl');
+  const polled = url('polled-ttl');
+  for (const s of [refused, polled]) expect((await call(s, 'PUT', { ...text, 'stream-ttl': '2' }, 'abc')).status).toBe(201);
+  const tail = (await call(polled, 'HEAD')).headers.get('stream-next-offset')!;
+  const past = '0000000000000000_9999999999999999';
+  const started = Date.now();
+  while (Date.now() - started < 3_500) {
+    const [a, b, c] = await Promise.all([
+      call(`${refused}?offset=${past}`, 'GET'),
+      call(`${refused}?offset=${past}&live=long-poll`, 'GET'),
+      call(`${polled}?offset=${tail}&live=long-poll`, 'GET'),
+    ]);
+    // 400 until the refused stream expires, then 404: the long-polled one never does.
+    expect([400, 404]).toContain(a.status);
+    expect([400, 404]).toContain(b.status);
+    expect(c.status).toBe(204);
+    await sleep(300);
+  }
+  expect((await call(refused, 'HEAD')).status, 'refused reads kept the stream').toBe(404);
+  expect((await call(polled, 'HEAD')).status, 'long-polls kept the stream').toBe(200);
+}, 20_000);

@@ -883,8 +883,10 @@ impl StreamObject {
             Ok(from) => from,
             Err(e) => return http::error(&e.into()),
         };
-        self.touch(&mut meta, now)?;
+        // A read slides a sliding TTL; a read refused (its offset past the tail, or inside a
+        // JSON message) is no read, and does not, as a refused append or live read does not.
         if from == ReadFrom::Now {
+            self.touch(&mut meta, now)?;
             let resp = reply::at_now(
                 meta.content_type.as_str(),
                 meta.is_json(),
@@ -905,10 +907,12 @@ impl StreamObject {
                 Ok(range) => range,
                 Err(e) => return http::error(&e),
             };
+            self.touch(&mut meta, now)?;
             let end = range.end();
             let page = PageData::Rows(range);
             return catch_up_reply(req, &meta, page, start, end, &self.config);
         }
+        self.touch(&mut meta, now)?;
         self.page_response(req, meta, start).await
     }
 
