@@ -185,6 +185,7 @@ impl SubscriptionObject {
             generation: previous.map_or(0, |p| p.generation),
             wake_id: None,
             token: None,
+            earlier_tokens: Vec::new(),
             holder: None,
             lease_deadline: None,
             deliver: false,
