@@ -656,7 +656,10 @@ export interface TableOptions<V = unknown> extends Omit<StreamOptions, 'json'> {
   store?: TableStore<V> | undefined;
   /** At most one save per this many ms while following (default 1000); always one at the end. */
   saveEveryMs?: number | undefined;
-  /** A message that is not a State Protocol message: fail the table (default) or skip it. */
+  /**
+   * A message that is not a State Protocol message: fail the table (default) or skip it. A
+   * skip is told to `subscribe()`'s `onError` (or the console), once per batch, as `PARSE_ERROR`.
+   */
   onInvalid?: 'error' | 'skip' | undefined;
 }
 
@@ -722,7 +725,8 @@ export declare class KeyedTable<V = unknown> {
   /**
    * Called after each batch is applied; awaited before the next is read. `onError` gets the
    * error that ends the table (at once, if it has already), errors the listener throws (the listener stays subscribed and the
-   * table reads on), and errors of the store's `load` and `save` (which do not end the table). A listener
+   * table reads on), errors of the store's `load` and `save`, and invalid messages skipped with `onInvalid: 'skip'`
+   * (neither of which ends the table). A listener
    * without `onError` that throws fails the table once every listener has had that update:
    * reading stops, and `finished` (and `ready()`, before it resolved) rejects with the error,
    * which the other listeners' `onError` get, as on a stream handle. Nothing is thrown

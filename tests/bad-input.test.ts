@@ -96,6 +96,10 @@ describe('malformed and repeated headers', () => {
     ['Stream-TTL with a leading zero', { 'stream-ttl': '010' }],
     ['Stream-TTL repeated', { 'stream-ttl': ['10', '20'] }],
     ['Stream-TTL over 100 years', { 'stream-ttl': '31536000000' }],
+    // Not read as absent (as the reference servers read it): a client that meant a TTL and sent
+    // none would get a stream that never expires, and the protocol's value is an integer.
+    ['Stream-TTL empty', { 'stream-ttl': '' }],
+    ['Stream-Expires-At empty', { 'stream-expires-at': '' }],
     ['Stream-Expires-At not a timestamp', { 'stream-expires-at': 'tomorrow' }],
     ['Stream-Expires-At past year 9999 in UTC', { 'stream-expires-at': '9999-12-31T23:59:59-23:59' }],
     // RFC 3339 allows second 60 only for a leap second: at 23:59:60 UTC on a month's last day.

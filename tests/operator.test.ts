@@ -88,6 +88,38 @@ test("a request that fails logs one line with its method and path, never its tok
   }
 }, 60_000);
 
+test("a registry's or a subscription's failure logs the request's method and path, what it was about, and never a token", async () => {
+  const secret = 'operator-secret';
+  const server = await startServer({ vars: { FAULT_MARKER: 'faulty', AUTH_SECRET: secret } });
+  try {
+    const token = mintToken({ secret, prefix: '', ops: ['read', 'append', 'create', 'admin'], expiresAt: Math.floor(Date.now() / 1000) + 3600 });
+    const tag = Date.now();
+    // The stream's own first registration call fails before it leaves (as in the test above);
+    // the second reaches the registry, whose first registration of a `broken` stream fails.
+    const name = `faulty-broken-${tag}`;
+    const url = `${server.baseUrl}/v1/stream/${name}?token=${token}`;
+    const text = { 'content-type': 'text/plain' };
+    const puts = [];
+    for (let i = 0; i < 3; i++) puts.push((await fetch(url, { method: 'PUT', headers: text })).status);
+    expect(puts).toEqual([503, 503, 200]);
+    // A subscription whose id is `broken` fails its first create.
+    const id = `faulty-broken-sub-${tag}`;
+    const sub = `${server.baseUrl}/v1/stream/__ds/subscriptions/${id}?token=${token}`;
+    const body = JSON.stringify({ type: 'pull-wake', pattern: `faulty-subs-${tag}/*`, wake_stream: name });
+    const creates = [];
+    for (let i = 0; i < 2; i++) creates.push((await fetch(sub, { method: 'PUT', headers: { 'content-type': 'application/json' }, body })).status);
+    expect(creates).toEqual([503, 201]);
+    await new Promise((r) => setTimeout(r, 500));
+    // Each used to be `registry: <error>` and `subscription: <error>`, naming nothing.
+    const log = server.log();
+    expect(log.split(`registry: POST /internal/stream-created (stream ${name}): injected fault: Broken`).length - 1).toBe(1);
+    expect(log.split(`subscription: PUT /create (subscription ${id}): injected fault: Broken`).length - 1).toBe(1);
+    expect(log).not.toContain(token);
+  } finally {
+    await server.stop();
+  }
+}, 60_000);
+
 /** `npm start`'s script (or `npm start` itself), on its own port and state, in a process group of its own. */
 function start(port: number, state: string, npm = false) {
   const flags = ['--port', String(port), '--persist-to', state];

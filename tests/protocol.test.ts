@@ -235,3 +235,73 @@ test('§4.1: Stream-Closed on two field lines, each true, closes; lines that dis
   expect((await call(s, 'POST', text, 'c')).status).toBe(409);
   expect((await call(s, 'GET')).body).toBe('ab');
 });
+
+// RFC 9110 §9.3.2: a HEAD answers with the fields a GET of the same URL would, so a client (or a
+// cache) can tell with a HEAD whether a read it stored is still current. It used to carry none.
+test('HEAD carries the ETag a GET of the same URL does, and answers its If-None-Match 304', async () => {
+  const s = url('head-etag');
+  const json = { 'content-type': 'application/json' };
+  const j = url('head-etag-json');
+  expect((await call(s, 'PUT', text, 'hello ')).status).toBe(201);
+  expect((await call(j, 'PUT', json, '[1,2]')).status).toBe(201);
+  const same = async (target: string) => {
+    const [got, head] = [await call(target, 'GET'), await call(target, 'HEAD')];
+    expect(got.headers.get('etag'), target).toMatch(/^".+"$/);
+    expect(head.headers.get('etag'), target).toBe(got.headers.get('etag'));
+    return head;
+  };
+  const first = await same(s);
+  await same(j);
+  const mid = first.headers.get('stream-next-offset')!;
+  expect((await call(s, 'POST', text, 'world')).status).toBe(204);
+  expect((await call(j, 'POST', json, '3')).status).toBe(204);
+  const second = await same(s);
+  expect(second.headers.get('etag')).not.toBe(first.headers.get('etag'));
+  await same(j);
+  await same(`${s}?offset=${mid}`);
+  await same(`${s}?offset=-1`);
+  await same(`${s}?offset=${second.headers.get('stream-next-offset')}`);
+  // The tag it names is current: 304, with the stream's headers and no body.
+  const current = await call(s, 'HEAD', { 'if-none-match': second.headers.get('etag')! });
+  expect(current.status).toBe(304);
+  expect(current.headers.get('stream-next-offset')).toBe(second.headers.get('stream-next-offset'));
+  expect((await call(s, 'HEAD', { 'if-none-match': first.headers.get('etag')! })).status).toBe(200);
+  // A read from offset=now has no ETag, and neither has its HEAD.
+  expect((await call(`${s}?offset=now`, 'HEAD')).headers.get('etag')).toBeNull();
+  // A fork's inherited bytes, and a close, which changes the tag.
+  const f = url('head-etag-fork');
+  expect((await call(f, 'PUT', { ...text, 'stream-forked-from': new URL(s).pathname })).status).toBe(201);
+  expect((await call(f, 'POST', text, '!')).status).toBe(204);
+  await same(f);
+  await same(`${f}?offset=${mid}`);
+  expect((await call(s, 'POST', { ...text, 'stream-closed': 'true' })).status).toBe(204);
+  const closed = await same(s);
+  expect(closed.headers.get('etag')).not.toBe(second.headers.get('etag'));
+});
+
+// PROTOCOL §5.1: a sliding TTL is reset by each read or write, and by a live read when the server
+// begins processing it; not by HEAD. A read refused for its offset is no read: it used to slide
+// the TTL when a catch-up GET asked past the tail (400), though the same long-poll did not.
+test('refused reads do not slide a TTL; long-polls do', async () => {
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const refused = url('refused-read-ttl');
+  const polled = url('polled-ttl');
+  for (const s of [refused, polled]) expect((await call(s, 'PUT', { ...text, 'stream-ttl': '2' }, 'abc')).status).toBe(201);
+  const tail = (await call(polled, 'HEAD')).headers.get('stream-next-offset')!;
+  const past = '0000000000000000_9999999999999999';
+  const started = Date.now();
+  while (Date.now() - started < 3_500) {
+    const [a, b, c] = await Promise.all([
+      call(`${refused}?offset=${past}`, 'GET'),
+      call(`${refused}?offset=${past}&live=long-poll`, 'GET'),
+      call(`${polled}?offset=${tail}&live=long-poll`, 'GET'),
+    ]);
+    // 400 until the refused stream expires, then 404: the long-polled one never does.
+    expect([400, 404]).toContain(a.status);
+    expect([400, 404]).toContain(b.status);
+    expect(c.status).toBe(204);
+    await sleep(300);
+  }
+  expect((await call(refused, 'HEAD')).status, 'refused reads kept the stream').toBe(404);
+  expect((await call(polled, 'HEAD')).status, 'long-polls kept the stream').toBe(200);
+}, 20_000);

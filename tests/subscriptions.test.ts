@@ -909,3 +909,46 @@ describe('a webhook subscription described', () => {
     }
   }, 60_000);
 });
+
+describe('wake tokens (PROTOCOL §7.3: the token is checked first, then the wake it names)', () => {
+  // A token the subscription never issued was fenced (409) when it named an old wake, though
+  // refused (401) naming the current one; an earlier holder's token naming the current wake was
+  // refused (401) instead of fenced; and no token at all was 404 for a subscription not there.
+  test('a token the subscription never issued is 401 whatever wake it names; its earlier ones are FENCED', async () => {
+    const p = `tokens-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const stream = `${p}/a`;
+    const id = `pull-${p}`;
+    const ack = (w: { wake_id: string; generation: number }, token?: string) =>
+      post(`__ds/subscriptions/${id}/ack`, { wake_id: w.wake_id, generation: w.generation, acks: [] }, token ? { authorization: `Bearer ${token}` } : {});
+    const answer = async (res: Response) => [res.status, res.status === 200 ? 'ok' : (await res.json()).error?.code];
+    try {
+      expect((await put(wake, '[]')).status).toBe(201);
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake })).status).toBe(201);
+      expect((await put(stream, '{"a":1}')).status).toBe(201);
+      const claimFirst = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w1' });
+      expect(claimFirst.status).toBe(200);
+      const first = await claimFirst.json();
+      expect(await answer(await ack(first, 'not-a-token'))).toEqual([401, 'TOKEN_INVALID']);
+      expect(await answer(await ack({ ...first, generation: first.generation - 1 }, 'not-a-token'))).toEqual([401, 'TOKEN_INVALID']);
+      expect(await answer(await ack(first, first.token))).toEqual([200, 'ok']);
+      // Given up with work pending: a new wake, which another worker claims.
+      const released = await post(`__ds/subscriptions/${id}/release`, { wake_id: first.wake_id, generation: first.generation }, { authorization: `Bearer ${first.token}` });
+      expect(released.status).toBe(204);
+      expect(await answer(await ack(first, first.token))).toEqual([409, 'FENCED']);
+      const claimSecond = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w2' });
+      expect(claimSecond.status).toBe(200);
+      const second = await claimSecond.json();
+      expect(second.generation).toBeGreaterThan(first.generation);
+      expect(await answer(await ack(second, first.token))).toEqual([409, 'FENCED']);
+      expect(await answer(await ack(second, 'not-a-token'))).toEqual([401, 'TOKEN_INVALID']);
+      expect(await answer(await ack(second, second.token))).toEqual([200, 'ok']);
+      // No token: refused before the subscription is looked up.
+      const missing = await post(`__ds/subscriptions/missing-${p}/ack`, { wake_id: 'w', generation: 1, acks: [] });
+      expect(await answer(missing)).toEqual([401, 'TOKEN_INVALID']);
+      expect(await answer(await ack(second))).toEqual([401, 'TOKEN_INVALID']);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});

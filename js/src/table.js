@@ -271,7 +271,7 @@ export class KeyedTable {
           // A cache that cannot be read (storage blocked, a database lost): read the stream
           // from the start, as without one. After a turn, so that listeners are subscribed.
           await null;
-          this.#storeFailed(e);
+          this.#tell(e);
         }
         if (saved !== undefined && saved !== null && snapshotProblem(saved) === null) this.#restore(saved);
       }
@@ -361,15 +361,18 @@ export class KeyedTable {
   /** Applies a whole batch, or nothing of it when a message is invalid and not skipped. */
   #apply(batch) {
     const sorted = batch.items.map(classify);
-    if (!this.#skipInvalid) {
-      const bad = sorted.findIndex((m) => m.invalid);
-      if (bad !== -1) {
+    const bad = sorted.findIndex((m) => m.invalid);
+    if (bad !== -1) {
+      const e = new DurableStreamError(
+        `message ${bad + 1} of the batch before ${batch.offset}: ${sorted[bad].invalid}`,
+        'PARSE_ERROR',
+      );
+      if (!this.#skipInvalid) {
         this.#handle.cancel();
-        throw new DurableStreamError(
-          `message ${bad + 1} of the batch before ${batch.offset}: ${sorted[bad].invalid}`,
-          'PARSE_ERROR',
-        );
+        throw e;
       }
+      // Skipped, not silently: `onError` (or the console) hears of the first in each batch.
+      this.#tell(e, 'skipped');
     }
     let changes = [];
     let reset = false;
@@ -466,7 +469,7 @@ export class KeyedTable {
       } catch (e) {
         // The store is a cache: a full localStorage must not stop the table. It tries again at
         // the next save.
-        this.#storeFailed(e);
+        this.#tell(e);
         // Not done yet when save() throws at once: `#save` has yet to keep this in `#saving`.
         await null;
       }
@@ -474,8 +477,8 @@ export class KeyedTable {
     this.#saving = null;
   }
 
-  /** Tells every `onError` (or the console, with none) that the store failed. */
-  #storeFailed(e) {
+  /** Tells every `onError` (or the console, with none) of a failure the table reads on after. */
+  #tell(e, what = 'the store failed') {
     const subscribed = [...this.#listeners].filter((l) => l.onError);
     for (const { onError } of subscribed) {
       try {
@@ -486,7 +489,7 @@ export class KeyedTable {
         });
       }
     }
-    if (subscribed.length === 0) console.warn('edgestream table: the store failed:', e);
+    if (subscribed.length === 0) console.warn(`edgestream table: ${what}:`, e);
   }
 }
 

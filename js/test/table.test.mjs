@@ -247,10 +247,28 @@ for (const [name, server] of [
       assert.deepEqual(errors, [...Array(calls).fill('listener bug'), 'PARSE_ERROR']);
       assert.ok(calls >= 1);
 
-      // With onInvalid: 'skip', the same stream reads through.
+      // With onInvalid: 'skip', the same stream reads through, and onError hears of what was
+      // skipped (it used to tell no one), as the console does with no onError.
       const lenient = table({ url, live: false, onInvalid: 'skip' });
+      const skipped = [];
+      lenient.subscribe(() => {}, (e) => skipped.push(e));
       await lenient.finished;
       assert.deepEqual(sortedRows(lenient), [['k', 'x', 2]]);
+      assert.equal(skipped.length, 1);
+      assert.ok(skipped[0].code === 'PARSE_ERROR' && /^message \d+ of the batch before .*not a State Protocol message/.test(skipped[0].message), skipped[0].message);
+      const warned = [];
+      const warn = console.warn;
+      console.warn = (...args) => void warned.push(args);
+      try {
+        const quiet = table({ url, live: false, onInvalid: 'skip' });
+        await quiet.finished;
+        assert.deepEqual(sortedRows(quiet), [['k', 'x', 2]]);
+      } finally {
+        console.warn = warn;
+      }
+      assert.equal(warned.length, 1);
+      assert.equal(warned[0][0], 'edgestream table: skipped:');
+      assert.equal(warned[0][1].code, 'PARSE_ERROR');
     });
 
     test('a listener without onError that throws ends the table, after every listener has the update', async () => {

@@ -115,6 +115,14 @@ pub fn wake_nonce(presented: &str) -> &str {
         .map_or(presented, |(nonce, _)| nonce)
 }
 
+/// Whether a wake token presented to a subscription was issued by this server for it, as the
+/// edge has checked ([`wake_token_issued`]): with `AUTH_SECRET` set, any token that reaches the
+/// subscription with a MAC was. With access open, tokens carry none, and only the subscription
+/// can tell its own.
+pub fn wake_token_vouched(env: &Env, presented: &str) -> bool {
+    secret(env).is_some() && presented.contains('.')
+}
+
 /// Whether the request's bearer token is a wake token this server issued for subscription
 /// `subscription`: checked at the edge, so that a forged one reaches no object (each would
 /// otherwise start, and store, a subscription object of any id a stranger names). Always true

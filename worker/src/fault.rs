@@ -8,7 +8,9 @@
 //! give back its reference on its source reach the source, and their answers are lost. A
 //! subscription whose id carries the marker tells the registry of its first deletion a second
 //! late, and fails to tell it of the next, and fails to tell it of the first stream it drops
-//! from its explicit list. Later calls of that kind go through, so a test sees
+//! from its explicit list. The registry fails the first registration of a stream whose path
+//! also carries `broken`, and a subscription whose id does its first create, as storage that
+//! failed would. Later calls of that kind go through, so a test sees
 //! the failure and then the repair: what is owed is retried by the request that is told to
 //! retry, or by the alarm.
 
@@ -49,6 +51,10 @@ pub enum Call {
     /// Failed: removing a stream, after its rows are purged, as a storage error fails it. Only
     /// for a stream whose path also contains `torn`.
     TornRemoval,
+    /// Failed: the registry's handling of a stream's registration, or a subscription's of its
+    /// create, as a storage error fails it (the object logs it and answers 503). Only for a
+    /// stream path or subscription id that also contains `broken`.
+    Broken,
 }
 
 /// Where [`trap_if_asked`] is called from.
@@ -209,6 +215,7 @@ impl Faults {
         };
         if (matches!(call, Call::TornWrite | Call::TornRemoval) && !path.contains("torn"))
             || (call == Call::NotifyCut && !path.contains("cut"))
+            || (call == Call::Broken && !path.contains("broken"))
         {
             return false;
         }

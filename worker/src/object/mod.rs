@@ -428,7 +428,7 @@ impl StreamObject {
             Method::Post => self.in_flight(self.append(req)).await,
             Method::Get if is_upgrade(&req) => self.subscribe(&req, &req.url()?).await,
             Method::Get => self.read(&req, &req.url()?).await,
-            Method::Head => self.head().await,
+            Method::Head => self.head(&req).await,
             Method::Delete => self.delete().await,
             _ => http::error(&ProtocolError::MethodNotAllowed),
         }
@@ -761,7 +761,7 @@ impl StreamObject {
         }
     }
 
-    async fn head(&self) -> Result<Response> {
+    async fn head(&self, req: &Request) -> Result<Response> {
         let now = now_ms();
         let meta = match self.lookup(now).await? {
             Lookup::Live(meta) => meta,
@@ -772,6 +772,15 @@ impl StreamObject {
         let headers = resp.headers();
         headers.set(h::CACHE_CONTROL, "no-store")?;
         set_expiry(headers, meta.expiry)?;
+        // The ETag a GET of the same URL would carry (RFC 9110 §9.3.2: a HEAD answers with a
+        // GET's fields), so a HEAD tells whether a stored read is still current, and its
+        // `If-None-Match` is answered 304 as the GET's is (RFC 9110 §13.1.2).
+        if let Some(tag) = self.read_etag(req, &meta)? {
+            headers.set(h::ETAG, &tag)?;
+            if header(req.headers(), h::IF_NONE_MATCH).is_some_and(|v| h::if_none_match(&v, &tag)) {
+                return Ok(resp.with_status(304));
+            }
+        }
         // A closed stream takes no appends: a lease on it holds nothing.
         let lease = match meta.closed {
             true => None,
@@ -798,6 +807,42 @@ impl StreamObject {
             self.remove(meta, 0).await?;
         }
         Ok(Response::empty()?.with_status(204))
+    }
+
+    /// The ETag of a catch-up GET of `req`'s URL, when the end of its page is known without
+    /// reading the page: always for the object's own bytes, and for a fork's inherited ones
+    /// when the rest of the stream fits one page. `None` where the GET would have none
+    /// (`offset=now`) or would be refused (a bad offset).
+    fn read_etag(&self, req: &Request, meta: &Meta) -> Result<Option<String>> {
+        let url = req.url()?;
+        let offsets = http::query_values(&url, "offset");
+        let Ok(from) = ReadFrom::from_query(offsets.iter().map(String::as_str)) else {
+            return Ok(None);
+        };
+        let start = match Self::start_of(from, meta) {
+            Ok(start) if from != ReadFrom::Now => start,
+            _ => return Ok(None),
+        };
+        let end = if start >= meta.base && start < meta.tail {
+            match own_range(self.store()?, meta, start)? {
+                Ok(range) => range.end(),
+                Err(_) => return Ok(None),
+            }
+        } else if start == meta.tail
+            || (meta.tail.distance_from(start) <= PAGE_BYTES as u64
+                && (!meta.is_json() || start == Offset::ZERO))
+        {
+            meta.tail
+        } else {
+            return Ok(None);
+        };
+        let closed = meta.closed && end >= meta.tail;
+        Ok(Some(edgestream::etag::etag(
+            &meta.instance,
+            start,
+            end,
+            closed,
+        )))
     }
 
     /// Resolves a read's starting point against the stream, refusing offsets past the tail.
@@ -838,8 +883,10 @@ impl StreamObject {
             Ok(from) => from,
             Err(e) => return http::error(&e.into()),
         };
-        self.touch(&mut meta, now)?;
+        // A read slides a sliding TTL; a read refused (its offset past the tail, or inside a
+        // JSON message) is no read, and does not, as a refused append or live read does not.
         if from == ReadFrom::Now {
+            self.touch(&mut meta, now)?;
             let resp = reply::at_now(
                 meta.content_type.as_str(),
                 meta.is_json(),
@@ -856,24 +903,16 @@ impl StreamObject {
         };
         if start >= meta.base && start < meta.tail {
             // The object's own bytes, streamed to the client from the rows.
-            let store = self.store()?;
-            let range = if meta.is_json() {
-                match store.json_range(&meta.instance, start, STREAMED_PAGE_BYTES)? {
-                    Ok(range) => range,
-                    Err(e) => return http::error(&e.into_protocol()),
-                }
-            } else {
-                let len = meta.tail.distance_from(start).min(STREAMED_PAGE_BYTES);
-                store.range(
-                    &meta.instance,
-                    start,
-                    start.checked_add(len).unwrap_or(meta.tail),
-                )
+            let range = match own_range(self.store()?, &meta, start)? {
+                Ok(range) => range,
+                Err(e) => return http::error(&e),
             };
+            self.touch(&mut meta, now)?;
             let end = range.end();
             let page = PageData::Rows(range);
             return catch_up_reply(req, &meta, page, start, end, &self.config);
         }
+        self.touch(&mut meta, now)?;
         self.page_response(req, meta, start).await
     }
 
@@ -1217,6 +1256,23 @@ fn catch_up_reply(
     let resp = reply.respond(header(req.headers(), h::IF_NONE_MATCH).as_deref())?;
     channel::mark(&resp, meta)?;
     Ok(resp)
+}
+
+/// The rows a catch-up GET from `start` (in the object's own rows, before the tail) streams:
+/// up to [`STREAMED_PAGE_BYTES`], a JSON stream's in whole messages.
+fn own_range(
+    store: &Store,
+    meta: &Meta,
+    start: Offset,
+) -> Result<std::result::Result<store::RowRange, ProtocolError>> {
+    if meta.is_json() {
+        return Ok(store
+            .json_range(&meta.instance, start, STREAMED_PAGE_BYTES)?
+            .map_err(ReadError::into_protocol));
+    }
+    let len = meta.tail.distance_from(start).min(STREAMED_PAGE_BYTES);
+    let end = start.checked_add(len).unwrap_or(meta.tail);
+    Ok(Ok(store.range(&meta.instance, start, end)))
 }
 
 fn is_upgrade(req: &Request) -> bool {

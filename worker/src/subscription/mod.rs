@@ -51,6 +51,32 @@ pub fn stream_stub(env: &Env, path: &str) -> Result<Stub> {
         .get_stub()
 }
 
+/// What an internal request's JSON body says it is about (most name a stream or a
+/// subscription); the rest of the body is never read for a log line.
+#[derive(serde::Deserialize)]
+struct About {
+    id: Option<String>,
+    path: Option<String>,
+}
+
+/// What a log line about a failed request to the registry or a subscription names, as the
+/// stream object's do ([`http::described`]): its method and path, never its query, and, since
+/// that path is only an operation (`/internal/stream-created`, `/create`), the subscription it
+/// is about (`X_SUBSCRIPTION`, or the body's `id`) and the stream (the body's `path`).
+pub fn described(req: &worker::web_sys::Request, body: &[u8]) -> String {
+    let about = serde_json::from_slice::<About>(body).ok();
+    let (id, path) = about.map_or((None, None), |a| (a.id, a.path));
+    let id = req.headers().get(X_SUBSCRIPTION).ok().flatten().or(id);
+    let mut line = http::described(req);
+    if let Some(id) = id {
+        line.push_str(&format!(" (subscription {id})"));
+    }
+    if let Some(path) = path {
+        line.push_str(&format!(" (stream {path})"));
+    }
+    line
+}
+
 /// Calls an object's internal operation with a JSON body; answers the status and JSON reply.
 pub async fn call<B: Serialize, R: DeserializeOwned>(
     stub: &Stub,

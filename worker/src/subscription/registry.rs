@@ -19,6 +19,7 @@ use worker::{
 
 use super::{call, json, subscription_stub};
 use crate::crypto::SigningKey;
+use crate::fault::{Call, Faults};
 use crate::http;
 
 const SCHEMA: &str = "
@@ -151,6 +152,7 @@ pub struct RegistryObject {
     env: Env,
     sql: SqlStorage,
     ready: bool,
+    faults: Faults,
 }
 
 fn s(v: &str) -> SqlStorageValue {
@@ -174,17 +176,26 @@ impl DurableObject for RegistryObject {
                 false
             }
         };
-        RegistryObject { env, sql, ready }
+        let faults = Faults::new(crate::config::Config::from_env(&env).fault_marker);
+        RegistryObject {
+            env,
+            sql,
+            ready,
+            faults,
+        }
     }
 
-    async fn fetch(&self, req: Request) -> Result<Response> {
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
         if !self.ready {
             return http::unavailable("registry storage unavailable; retry");
         }
-        match self.route(req).await {
+        let inner = Clone::clone(req.inner()); // the handle, not `Request.clone()`
+        let body = req.bytes().await.unwrap_or_default();
+        match self.route(req, &body).await {
             Ok(resp) => Ok(resp),
             Err(e) => {
-                worker::console_error!("registry: {e}");
+                let about = super::described(&inner, &body);
+                worker::console_error!("registry: {about}: {e}");
                 http::unavailable("temporary storage failure; retry")
             }
         }
@@ -196,19 +207,19 @@ impl RegistryObject {
         self.sql.exec(q, b)?.raw().collect()
     }
 
-    async fn route(&self, mut req: Request) -> Result<Response> {
+    async fn route(&self, req: Request, body: &[u8]) -> Result<Response> {
         let url = req.url()?;
         let op = url.path().trim_start_matches('/').to_string();
         if op == "jwks" {
             return self.jwks().await;
         }
-        let body = req.bytes().await.unwrap_or_default();
         let parse_err = || http::text(400, "bad registry request");
         match op.as_str() {
             "internal/stream-created" => {
-                let Ok(p) = serde_json::from_slice::<CreatedStream>(&body) else {
+                let Ok(p) = serde_json::from_slice::<CreatedStream>(body) else {
                     return parse_err();
                 };
+                self.faults.check(&p.path, Call::Broken)?;
                 self.sql.exec(
                     "INSERT OR IGNORE INTO streams (path) VALUES (?)",
                     vec![s(&p.path)],
@@ -236,7 +247,7 @@ impl RegistryObject {
                 })
             }
             "internal/channels-above" => {
-                let Ok(p) = serde_json::from_slice::<StreamPath>(&body) else {
+                let Ok(p) = serde_json::from_slice::<StreamPath>(body) else {
                     return parse_err();
                 };
                 reply(&ChannelCount {
@@ -244,7 +255,7 @@ impl RegistryObject {
                 })
             }
             "internal/stream-removed" => {
-                let Ok(p) = serde_json::from_slice::<StreamPath>(&body) else {
+                let Ok(p) = serde_json::from_slice::<StreamPath>(body) else {
                     return parse_err();
                 };
                 self.sql
@@ -264,14 +275,14 @@ impl RegistryObject {
                 reply(&serde_json::json!({}))
             }
             "internal/links" => {
-                let Ok(links) = serde_json::from_slice::<Links>(&body) else {
+                let Ok(links) = serde_json::from_slice::<Links>(body) else {
                     return parse_err();
                 };
                 let streams = self.set_links(&links)?;
                 reply(&MatchedStreams { streams })
             }
             "internal/remove-explicit" => {
-                let Ok(r) = serde_json::from_slice::<RemoveExplicit>(&body) else {
+                let Ok(r) = serde_json::from_slice::<RemoveExplicit>(body) else {
                     return parse_err();
                 };
                 self.sql.exec(
@@ -281,7 +292,7 @@ impl RegistryObject {
                 reply(&serde_json::json!({}))
             }
             "internal/subscription-removed" => {
-                let Ok(p) = serde_json::from_slice::<StreamPath>(&body) else {
+                let Ok(p) = serde_json::from_slice::<StreamPath>(body) else {
                     return parse_err();
                 };
                 self.sql
@@ -289,7 +300,7 @@ impl RegistryObject {
                 reply(&serde_json::json!({}))
             }
             "internal/sub-link" => {
-                let Ok(links) = serde_json::from_slice::<SubLinks>(&body) else {
+                let Ok(links) = serde_json::from_slice::<SubLinks>(body) else {
                     return parse_err();
                 };
                 reply(&self.sub_link(&links).await)

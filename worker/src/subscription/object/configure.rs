@@ -8,6 +8,7 @@ use worker::{Request, Response};
 use super::store::{Kind, Link, Record};
 use super::{refuse_own_wake_stream, Failure, SubscriptionObject};
 use crate::crypto;
+use crate::fault::Call;
 use crate::http::{header, now_ms};
 use crate::subscription::{json, webhook, X_ORIGIN, X_SUBSCRIPTION};
 
@@ -92,6 +93,7 @@ impl SubscriptionObject {
                 )
             }
         };
+        self.faults.check(&id, Call::Broken)?;
         if let Some(p) = &input.pattern {
             if !rules::is_valid_pattern(p) {
                 return Err(
@@ -183,6 +185,7 @@ impl SubscriptionObject {
             generation: previous.map_or(0, |p| p.generation),
             wake_id: None,
             token: None,
+            earlier_tokens: Vec::new(),
             holder: None,
             lease_deadline: None,
             deliver: false,

@@ -63,21 +63,32 @@ impl SubscriptionObject {
         wake_id: Option<&str>,
         generation: Option<u64>,
     ) -> std::result::Result<(), Failure> {
-        // No token at all is refused first, so a caller without one learns nothing of the wake.
-        // A token of a wake that has ended is not kept, so any other token is checked after
-        // the fence: its holder is told it was fenced, as the protocol says.
-        let given = bearer(req).ok_or(SubscriptionError::TokenInvalid)?;
-        // The edge has checked the MAC of a token issued with `AUTH_SECRET` set; what the
-        // subscription stores, and compares, is its random part.
-        let given = crate::auth::wake_nonce(&given);
+        // The token first, as PROTOCOL §7.3 lists it: one this subscription never issued is
+        // refused (401), whatever wake it names; one of an earlier wake, or the current one
+        // naming another wake, is fenced (409), so a worker that lost its lease is told so.
+        let presented = bearer(req).ok_or(SubscriptionError::TokenInvalid)?;
+        // What the subscription stores, and compares, is the random part. With `AUTH_SECRET`
+        // set, the edge has checked the MAC that binds it to this subscription, so a token
+        // with one was issued here, for this wake or an earlier one, however long ago.
+        let given = crate::auth::wake_nonce(&presented);
+        let vouched = crate::auth::wake_token_vouched(&self.env, &presented);
+        let holds = record
+            .token
+            .as_deref()
+            .is_some_and(|t| same_secret(given, t));
+        let earlier = record.earlier_tokens.iter().any(|t| same_secret(given, t));
+        if !holds && !earlier && !vouched {
+            return Err(SubscriptionError::TokenInvalid.into());
+        }
         let current = record.wake_id.as_deref();
-        if current.is_none() || wake_id != current || generation != Some(record.generation) {
+        if !holds
+            || current.is_none()
+            || wake_id != current
+            || generation != Some(record.generation)
+        {
             return Err(SubscriptionError::Fenced.into());
         }
-        match &record.token {
-            Some(expected) if same_secret(given, expected) => Ok(()),
-            _ => Err(SubscriptionError::TokenInvalid.into()),
-        }
+        Ok(())
     }
 
     /// Webhook callback or pull-wake ack: apply acks; `done` ends the wake, otherwise the
@@ -88,6 +99,9 @@ impl SubscriptionObject {
         body: &[u8],
         kind: Kind,
     ) -> std::result::Result<Response, Failure> {
+        // No token at all is refused first: a caller without one learns nothing, not even
+        // whether the subscription exists.
+        bearer(req).ok_or(SubscriptionError::TokenInvalid)?;
         let mut record = self.live()?;
         if record.kind != kind {
             return Err(SubscriptionError::InvalidRequest(match kind {
@@ -264,6 +278,7 @@ impl SubscriptionObject {
         record.next_attempt_at = None;
         record.failures = 0;
         record.holder = Some(worker);
+        record.end_token();
         record.token = Some(nonce);
         record.lease_deadline = Some(now + record.lease_ttl_ms as i64);
         self.take_snapshot()?;
@@ -287,6 +302,7 @@ impl SubscriptionObject {
         req: &Request,
         body: &[u8],
     ) -> std::result::Result<Response, Failure> {
+        bearer(req).ok_or(SubscriptionError::TokenInvalid)?;
         let mut record = self.live()?;
         if record.kind != Kind::PullWake {
             return Err(SubscriptionError::InvalidRequest(

@@ -125,14 +125,17 @@ impl DurableObject for SubscriptionObject {
         }
     }
 
-    async fn fetch(&self, req: Request) -> Result<Response> {
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
         if self.broken {
             return http::unavailable("subscription storage unavailable; retry");
         }
-        match self.route(req).await {
+        let inner = Clone::clone(req.inner()); // the handle, not `Request.clone()`
+        let body = req.bytes().await.unwrap_or_default();
+        match self.route(req, &body).await {
             Ok(resp) => Ok(resp),
             Err(e) => {
-                worker::console_error!("subscription: {e}");
+                let about = super::described(&inner, &body);
+                worker::console_error!("subscription: {about}: {e}");
                 http::unavailable("temporary failure; retry")
             }
         }
@@ -155,10 +158,9 @@ impl DurableObject for SubscriptionObject {
 }
 
 impl SubscriptionObject {
-    async fn route(&self, mut req: Request) -> Result<Response> {
+    async fn route(&self, req: Request, body: &[u8]) -> Result<Response> {
         let url = req.url()?;
         let op = url.path().trim_start_matches('/').to_string();
-        let body = req.bytes().await.unwrap_or_default();
         let _turn = match op.as_str() {
             "create" | "delete" | "add-streams" | "remove-stream" => {
                 Some(self.changes.enter().await)
@@ -167,13 +169,13 @@ impl SubscriptionObject {
         };
         let result = match op.as_str() {
             "internal/notify" => {
-                let Ok(n) = serde_json::from_slice::<Notify>(&body) else {
+                let Ok(n) = serde_json::from_slice::<Notify>(body) else {
                     return http::text(400, "bad notify");
                 };
                 return self.notify(n).await;
             }
             "internal/stream-removed" => {
-                let Ok(p) = serde_json::from_slice::<StreamPath>(&body) else {
+                let Ok(p) = serde_json::from_slice::<StreamPath>(body) else {
                     return http::text(400, "bad stream-removed");
                 };
                 if let Err(e) = self.faults.check(&p.path, Call::StreamRemoved) {
@@ -181,10 +183,10 @@ impl SubscriptionObject {
                 }
                 return self.stream_removed(&p.path);
             }
-            "create" => self.create(&req, &body).await,
+            "create" => self.create(&req, body).await,
             "get" => self.get().await,
             "delete" => self.delete().await,
-            "add-streams" => self.add_streams(&body).await,
+            "add-streams" => self.add_streams(body).await,
             "remove-stream" => {
                 let path = url
                     .query_pairs()
@@ -192,10 +194,10 @@ impl SubscriptionObject {
                     .map(|(_, v)| v.into_owned());
                 self.remove_stream(path.as_deref()).await
             }
-            "callback" => self.ack(&req, &body, Kind::Webhook).await,
-            "ack" => self.ack(&req, &body, Kind::PullWake).await,
-            "claim" => self.claim(&body).await,
-            "release" => self.release(&req, &body).await,
+            "callback" => self.ack(&req, body, Kind::Webhook).await,
+            "ack" => self.ack(&req, body, Kind::PullWake).await,
+            "claim" => self.claim(body).await,
+            "release" => self.release(&req, body).await,
             _ => return http::text(404, "not found"),
         };
         match result {

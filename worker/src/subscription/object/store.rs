@@ -31,6 +31,9 @@ pub(super) enum Kind {
     PullWake,
 }
 
+/// How many ended wakes' tokens a subscription remembers (see [`Record::earlier_tokens`]).
+pub(super) const EARLIER_TOKENS: usize = 8;
+
 /// The subscription row: configuration and delivery state, every field of bounded size.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct Record {
@@ -51,6 +54,11 @@ pub(super) struct Record {
     pub(super) generation: u64,
     pub(super) wake_id: Option<String>,
     pub(super) token: Option<String>,
+    /// The tokens of the last [`EARLIER_TOKENS`] wakes before this one, newest last: a
+    /// callback, ack or release that presents one is fenced (409), one whose token this
+    /// subscription never issued is refused (401), as PROTOCOL §7.3 checks the token first.
+    #[serde(default)]
+    pub(super) earlier_tokens: Vec<String>,
     pub(super) holder: Option<String>,
     /// When the lease ends. A webhook's starts when a delivery succeeds, a pull-wake's when a
     /// worker claims.
@@ -83,6 +91,16 @@ pub(super) struct Record {
 }
 
 impl Record {
+    /// Ends the current wake's token: it is remembered as an earlier one.
+    pub(super) fn end_token(&mut self) {
+        if let Some(token) = self.token.take() {
+            if self.earlier_tokens.len() >= EARLIER_TOKENS {
+                self.earlier_tokens.remove(0);
+            }
+            self.earlier_tokens.push(token);
+        }
+    }
+
     /// Whether the pattern covers `path`. A pull-wake subscription's own wake stream is never
     /// covered: each wake event would be new data for it, and wake it again, for ever.
     pub(super) fn pattern_covers(&self, path: &str) -> bool {

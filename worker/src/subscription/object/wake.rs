@@ -133,7 +133,7 @@ impl SubscriptionObject {
 
     pub(super) fn clear_wake(&self, record: &mut Record) -> Result<()> {
         record.wake_id = None;
-        record.token = None;
+        record.end_token();
         record.holder = None;
         record.lease_deadline = None;
         record.deliver = false;
