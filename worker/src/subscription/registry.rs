@@ -73,6 +73,10 @@ pub struct SubscriptionIds {
     /// in [`crate::fault::REGISTRY_ROWS_HEADER`].
     #[serde(default)]
     pub rows_read: u64,
+    /// How many rows the registry wrote for this call (with `FAULT_MARKER`; else 0), shown in
+    /// [`crate::fault::REGISTRY_WRITTEN_HEADER`].
+    #[serde(default)]
+    pub rows_written: u64,
 }
 
 /// A channel's name and incarnation: a channel deleted and created again is a new channel.
@@ -151,6 +155,8 @@ pub struct RegistryObject {
     env: Env,
     sql: SqlStorage,
     ready: bool,
+    /// The rows each call reads and writes, for tests (`FAULT_MARKER`).
+    rows: crate::rows::RowCounter,
 }
 
 fn s(v: &str) -> SqlStorageValue {
@@ -174,7 +180,14 @@ impl DurableObject for RegistryObject {
                 false
             }
         };
-        RegistryObject { env, sql, ready }
+        let counted = crate::config::Config::from_env(&env).fault_marker.is_some();
+        let rows = crate::rows::RowCounter::install(&sql, counted);
+        RegistryObject {
+            env,
+            sql,
+            ready,
+            rows,
+        }
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
@@ -209,6 +222,8 @@ impl RegistryObject {
                 let Ok(p) = serde_json::from_slice::<CreatedStream>(&body) else {
                     return parse_err();
                 };
+                // Counted from here (with faults on): this call's rows alone.
+                self.rows.take();
                 self.sql.exec(
                     "INSERT OR IGNORE INTO streams (path) VALUES (?)",
                     vec![s(&p.path)],
@@ -228,11 +243,13 @@ impl RegistryObject {
                     },
                     None => (self.channels_above(&p.path)?, false),
                 };
+                let rows_written = self.rows.take().map_or(0, |(rows, _)| rows.written);
                 reply(&SubscriptionIds {
                     subs,
                     channels,
                     more,
                     rows_read,
+                    rows_written,
                 })
             }
             "internal/channels-above" => {
