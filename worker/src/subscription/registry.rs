@@ -22,19 +22,32 @@ use crate::crypto::SigningKey;
 use crate::http;
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS streams (path TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS streams (path TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS links (
   sub TEXT NOT NULL,
   kind TEXT NOT NULL,
   pattern TEXT NOT NULL,
   prefix TEXT NOT NULL,
   PRIMARY KEY (sub, kind, pattern)
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS links_by_prefix ON links (prefix);
-CREATE TABLE IF NOT EXISTS channels (prefix TEXT PRIMARY KEY, instance TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS channel_cursor (prefix TEXT PRIMARY KEY, instance TEXT NOT NULL, after TEXT);
-CREATE TABLE IF NOT EXISTS keys (kid TEXT PRIMARY KEY, x TEXT NOT NULL, d TEXT NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS channels (prefix TEXT PRIMARY KEY, instance TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS channel_cursor (prefix TEXT PRIMARY KEY, instance TEXT NOT NULL, after TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keys (kid TEXT PRIMARY KEY, x TEXT NOT NULL, d TEXT NOT NULL, created_ms INTEGER NOT NULL) WITHOUT ROWID;
 ";
+
+/// Changes to the tables of a registry made by an older version, in the order they were made.
+const MIGRATIONS: &[crate::schema::Migration] = &[
+    // Tables keyed by text, without a rowid (2026-12-05): a row written less per stream
+    // created and per link made.
+    crate::schema::Migration::WithoutRowid(&[
+        "streams",
+        "links",
+        "channels",
+        "channel_cursor",
+        "keys",
+    ]),
+];
 
 pub const GLOB: &str = "glob";
 pub const EXPLICIT: &str = "explicit";
@@ -172,8 +185,13 @@ fn col(row: &[SqlStorageValue], i: usize) -> String {
 
 impl DurableObject for RegistryObject {
     fn new(state: State, env: Env) -> Self {
+        let raw = state._inner();
+        let storage = crate::transaction::Transactional::of(&raw);
+        let state = State::from(raw);
         let sql = state.storage().sql();
-        let ready = match crate::schema::open(&sql, SCHEMA, &[]) {
+        let opened = storage
+            .and_then(|storage| crate::schema::open(&sql, SCHEMA, MIGRATIONS, Some(&storage)));
+        let ready = match opened {
             Ok(_) => true,
             Err(e) => {
                 worker::console_error!("registry: cannot open storage: {e}");
