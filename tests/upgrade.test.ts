@@ -27,12 +27,26 @@ describe('state stored by an older Worker', () => {
     const state = mkdtempSync(path.join(tmpdir(), 'edgestream-upgrade-'));
     cpSync(path.join(fixtures, commit, 'do'), path.join(state, 'v3', 'do'), { recursive: true });
     // The fixtures' producers must not lapse as they age (PRODUCER_TTL_MS is at most 10 years).
-    const server = await startServer({ persistTo: state, vars: { PRODUCER_TTL_MS: String(315_360_000_000) } });
+    // With FAULT_MARKER (in no fixture's path), answers count their SQLite rows.
+    const server = await startServer({
+      persistTo: state,
+      vars: { PRODUCER_TTL_MS: String(315_360_000_000), FAULT_MARKER: 'never-in-a-fixture' },
+    });
     stop = async () => {
       await server.stop();
       rmSync(state, { recursive: true, force: true });
     };
     const seen = JSON.parse(readFileSync(path.join(fixtures, commit, 'seen.json'), 'utf8'));
     await verify(server.baseUrl, seen);
+    // The tables keyed by text were made again without a rowid (worker/src/schema.rs): the
+    // producer's next append writes its log row, its state and the state's age entry, not
+    // also a second copy of its key.
+    const res = await fetch(`${server.baseUrl}/v1/stream/up/json`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'producer-id': 'up-writer', 'producer-epoch': '0', 'producer-seq': '3' },
+      body: '{"n":5}',
+    });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('x-edgestream-rows')).toMatch(/ written=3$/);
   });
 });

@@ -117,6 +117,10 @@ pub const ALARM_HEADER: &str = "x-edgestream-alarm";
 /// lookup does not grow with the links other paths have.
 pub const REGISTRY_ROWS_HEADER: &str = "x-edgestream-registry-rows";
 
+/// With faults on, a PUT's answer says how many rows the registry wrote to register the
+/// stream, when this request registered it (each a row billed, see `worker/src/rows.rs`).
+pub const REGISTRY_WRITTEN_HEADER: &str = "x-edgestream-registry-written";
+
 /// With faults on, a HEAD's answer says the most subscriptions the stream's object has called
 /// at once to tell them its tail, in this isolate: tests see that no invocation calls more
 /// than `LINKS_PER_CALL`.
@@ -128,7 +132,7 @@ pub struct Faults {
     marker: Option<String>,
     tripped: RefCell<Vec<Call>>,
     /// Rows the registry read for the last registration, until a PUT's answer shows them.
-    registry_rows: Cell<Option<u64>>,
+    registry_rows: Cell<Option<(u64, u64)>>,
     /// The most subscriptions one notification called at once (kept only with faults on).
     notify_batch: Cell<usize>,
 }
@@ -149,15 +153,16 @@ impl Faults {
         self.marker.is_some()
     }
 
-    /// The registry read `rows` to register this stream (kept only with faults on).
-    pub fn registry_read(&self, rows: u64) {
+    /// The registry read `read` rows to find this stream's subscriptions and wrote `written`
+    /// to register it (kept only with faults on).
+    pub fn registry_read(&self, read: u64, written: u64) {
         if self.enabled() {
-            self.registry_rows.set(Some(rows));
+            self.registry_rows.set(Some((read, written)));
         }
     }
 
     /// What [`Faults::registry_read`] last kept, taken.
-    pub fn take_registry_rows(&self) -> Option<u64> {
+    pub fn take_registry_rows(&self) -> Option<(u64, u64)> {
         self.registry_rows.take()
     }
 

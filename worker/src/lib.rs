@@ -13,6 +13,7 @@
 //! - [`fault`]: fault injection for tests (`FAULT_MARKER`), off by default.
 //! - [`crypto`]: WebCrypto for token MACs, random tokens and the webhook signing key.
 //! - [`schema`]: creating and upgrading each object's SQLite tables.
+//! - [`rows`]: counting each request's SQLite rows read and written, for tests.
 //! - [`transaction`]: writes stored together or not at all (`transactionSync`).
 //! - [`turnstile`]: work that awaits and must not interleave takes turns.
 //! - [`pipe`]: the SSE response body the edge writes from socket events.
@@ -31,6 +32,7 @@ pub mod object;
 pub mod path;
 pub mod pipe;
 pub mod reply;
+pub mod rows;
 pub mod schema;
 pub mod security;
 pub mod socket;

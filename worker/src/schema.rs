@@ -7,13 +7,86 @@
 
 use worker::{SqlStorage, SqlStorageValue};
 
-/// One change to a table that already exists.
-pub struct Migration {
-    /// A statement that fails only where the change is still to be made. Objects made before
-    /// `schema_version` existed may have been made with or without the change.
-    pub check: &'static str,
-    /// The change itself.
-    pub apply: &'static str,
+/// One change to tables that already exist.
+pub enum Migration {
+    Change {
+        /// A statement that fails only where the change is still to be made. Objects made
+        /// before `schema_version` existed may have been made with or without the change.
+        check: &'static str,
+        /// The change itself.
+        apply: &'static str,
+    },
+    /// These tables of the schema, keyed by text, made again as the schema now makes them:
+    /// without a rowid. A rowid table keeps a text key in an index beside the table, so each
+    /// insert wrote two rows (Cloudflare bills an object per row written); without a rowid
+    /// the table is ordered by its key, one row. Their rows are copied over; their columns
+    /// are the schema's, in its order.
+    WithoutRowid(&'static [&'static str]),
+}
+
+impl Migration {
+    /// Whether the change is still to be made.
+    fn due(&self, sql: &SqlStorage) -> bool {
+        match self {
+            Migration::Change { check, .. } => rows(sql, check, vec![]).is_err(),
+            Migration::WithoutRowid(tables) => tables.iter().any(|table| {
+                // A failure counts as due: the rebuild then fails, and its error is seen.
+                rows(
+                    sql,
+                    "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+                    vec![SqlStorageValue::String(table.to_string())],
+                )
+                .map_or(true, |found| {
+                    match found.first().and_then(|r| r.first()) {
+                        Some(SqlStorageValue::String(made)) => !made.contains("WITHOUT ROWID"),
+                        _ => false,
+                    }
+                })
+            }),
+        }
+    }
+
+    fn apply(&self, sql: &SqlStorage, schema: &str) -> worker::Result<()> {
+        match self {
+            Migration::Change { apply, .. } => {
+                sql.exec(apply, None)?;
+            }
+            Migration::WithoutRowid(tables) => {
+                for table in *tables {
+                    let made = definition(schema, table).ok_or_else(|| {
+                        worker::Error::RustError(format!("schema: no table {table}"))
+                    })?;
+                    let keyed = format!("{table}_keyed");
+                    let made = made.replacen(
+                        &format!("CREATE TABLE IF NOT EXISTS {table} "),
+                        &format!("CREATE TABLE {keyed} "),
+                        1,
+                    );
+                    sql.exec(&made, None)?;
+                    sql.exec(&format!("INSERT INTO {keyed} SELECT * FROM {table}"), None)?;
+                    sql.exec(&format!("DROP TABLE {table}"), None)?;
+                    sql.exec(&format!("ALTER TABLE {keyed} RENAME TO {table}"), None)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `CREATE TABLE IF NOT EXISTS <table> (...)` as `schema` has it, without its `;`.
+fn definition<'a>(schema: &'a str, table: &str) -> Option<&'a str> {
+    let head = format!("CREATE TABLE IF NOT EXISTS {table} ");
+    let start = schema.find(&head)?;
+    let len = schema[start..].find(';')?;
+    Some(&schema[start..start + len])
+}
+
+fn rows(
+    sql: &SqlStorage,
+    query: &str,
+    bindings: Vec<SqlStorageValue>,
+) -> worker::Result<Vec<Vec<SqlStorageValue>>> {
+    sql.exec(query, bindings)?.raw().collect()
 }
 
 const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
@@ -35,8 +108,21 @@ pub fn has_table(sql: &SqlStorage, name: &str) -> bool {
 }
 
 /// Creates the tables in `schema` that are missing and applies the `migrations` this object
-/// has not had yet.
-pub fn open(sql: &SqlStorage, schema: &str, migrations: &[Migration]) -> worker::Result<()> {
+/// has not had yet: together or not at all when `storage` is given, since a migration that
+/// rebuilds a table drops the old one before the new one takes its name.
+pub fn open(
+    sql: &SqlStorage,
+    schema: &str,
+    migrations: &[Migration],
+    storage: Option<&crate::transaction::Transactional>,
+) -> worker::Result<()> {
+    // Tables made just now are made as the schema is: no migration is checked (each check
+    // reads `sqlite_master`).
+    let first = schema
+        .split("CREATE TABLE IF NOT EXISTS ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next());
+    let fresh = first.is_some_and(|table| !has_table(sql, table));
     sql.exec(schema, None)?;
     sql.exec(VERSION_TABLE, None)?;
     let rows: Vec<Vec<SqlStorageValue>> = sql
@@ -50,15 +136,28 @@ pub fn open(sql: &SqlStorage, schema: &str, migrations: &[Migration]) -> worker:
     if had >= migrations.len() && !rows.is_empty() {
         return Ok(());
     }
-    for m in migrations.iter().skip(had) {
-        if sql.exec(m.check, None).is_err() {
-            sql.exec(m.apply, None)?;
+    let migrate = || {
+        let mut changed = false;
+        let done = if fresh { migrations.len() } else { had };
+        for m in migrations.iter().skip(done) {
+            if m.due(sql) {
+                m.apply(sql, schema)?;
+                changed = true;
+            }
         }
+        // A table made again lost its indexes: the schema makes them anew.
+        if changed {
+            sql.exec(schema, None)?;
+        }
+        sql.exec(
+            "INSERT INTO schema_version (id, version) VALUES (1, ?)
+             ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+            vec![SqlStorageValue::Integer(migrations.len() as i64)],
+        )?;
+        Ok(())
+    };
+    match storage {
+        Some(storage) => storage.atomically(migrate),
+        None => migrate(),
     }
-    sql.exec(
-        "INSERT INTO schema_version (id, version) VALUES (1, ?)
-         ON CONFLICT (id) DO UPDATE SET version = excluded.version",
-        vec![SqlStorageValue::Integer(migrations.len() as i64)],
-    )?;
-    Ok(())
 }

@@ -126,6 +126,8 @@ pub struct StreamObject {
     producer_turns: gap_wait::ProducerTurns,
     /// Injected faults, for tests (`FAULT_MARKER`).
     faults: crate::fault::Faults,
+    /// The SQLite rows each request reads and writes, for tests (`FAULT_MARKER`).
+    rows: crate::rows::RowCounter,
 }
 
 /// `Server-Timing` metric on the response to the request that started the stream's object.
@@ -167,6 +169,7 @@ impl DurableObject for StreamObject {
         let store = std::cell::OnceCell::new();
         let mut unopened = None;
         let sql = state.storage().sql();
+        let rows = crate::rows::RowCounter::install(&sql, config.fault_marker.is_some());
         if store::has_tables(&sql) {
             let transactional =
                 crate::transaction::Transactional::of(wasm_bindgen::JsCast::unchecked_ref(&own));
@@ -199,11 +202,14 @@ impl DurableObject for StreamObject {
             forks_creating: fork::Creating::default(),
             producer_turns: gap_wait::ProducerTurns::default(),
             faults,
+            rows,
         }
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
         let cold = self.cold.replace(false);
+        // Rows counted before this request: the object's start, when it is the first.
+        let start_rows = self.rows.take().map(|(since, _)| since);
         let cors = security::Cors::of(req.headers(), &self.config);
         let show_alarm = self.faults.enabled() && req.method() == Method::Head;
         let is_put = req.method() == Method::Put;
@@ -234,9 +240,23 @@ impl DurableObject for StreamObject {
         } else {
             resp
         };
+        let resp = match self.rows.take() {
+            Some((rows, total)) => http::edit_headers(resp, |headers| {
+                headers.set(crate::rows::ROWS_HEADER, &rows.header())?;
+                headers.set(crate::rows::TOTAL_ROWS_HEADER, &total.header())?;
+                match start_rows {
+                    Some(start) if cold => {
+                        headers.set(crate::rows::START_ROWS_HEADER, &start.header())
+                    }
+                    _ => Ok(()),
+                }
+            })?,
+            None => resp,
+        };
         let resp = match self.faults.take_registry_rows() {
-            Some(rows) if is_put => http::edit_headers(resp, |headers| {
-                headers.set(crate::fault::REGISTRY_ROWS_HEADER, &rows.to_string())
+            Some((read, written)) if is_put => http::edit_headers(resp, |headers| {
+                headers.set(crate::fault::REGISTRY_ROWS_HEADER, &read.to_string())?;
+                headers.set(crate::fault::REGISTRY_WRITTEN_HEADER, &written.to_string())
             })?,
             _ => resp,
         };

@@ -215,7 +215,7 @@ CREATE TABLE IF NOT EXISTS log (
 );
 CREATE TABLE IF NOT EXISTS subscribers (
   id TEXT PRIMARY KEY
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS channel (
   id INTEGER PRIMARY KEY CHECK (id = 1)
 );
@@ -225,24 +225,24 @@ CREATE TABLE IF NOT EXISTS channel_marks (
   mark INTEGER NOT NULL,
   updated_ms INTEGER NOT NULL,
   PRIMARY KEY (source, incarnation)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS channel_links (
   channel TEXT PRIMARY KEY,
   instance TEXT NOT NULL,
   forwarded INTEGER NOT NULL,
   failures INTEGER NOT NULL,
   closed_sent INTEGER NOT NULL DEFAULT 0
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS channel_announce (
   channel TEXT PRIMARY KEY,
   instance TEXT NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS producers (
   id TEXT PRIMARY KEY,
   epoch INTEGER NOT NULL,
   last_seq INTEGER NOT NULL,
   updated_ms INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS producers_by_age ON producers (updated_ms);
 CREATE TABLE IF NOT EXISTS ancestry (
   depth INTEGER PRIMARY KEY,
@@ -263,7 +263,7 @@ CREATE TABLE IF NOT EXISTS channel_backlog (
 );
 CREATE TABLE IF NOT EXISTS fork_refs (
   fork TEXT PRIMARY KEY
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS fork_inherited (
   id INTEGER PRIMARY KEY CHECK (id = 1),
   expiry_kind INTEGER NOT NULL,
@@ -282,7 +282,7 @@ CREATE TABLE IF NOT EXISTS pending (
   attempts INTEGER NOT NULL,
   due_ms INTEGER NOT NULL,
   detail TEXT NOT NULL
-);
+) WITHOUT ROWID;
 ";
 
 /// The name of every table [`SCHEMA`] makes.
@@ -294,11 +294,26 @@ fn schema_tables() -> impl Iterator<Item = &'static str> {
 }
 
 /// Changes to tables of objects made by older versions, in the order they were made.
-const MIGRATIONS: &[crate::schema::Migration] = &[crate::schema::Migration {
-    // A closed source's `closed` event (2026-12-02).
-    check: "SELECT closed_sent FROM channel_links LIMIT 0",
-    apply: "ALTER TABLE channel_links ADD COLUMN closed_sent INTEGER NOT NULL DEFAULT 0",
-}];
+const MIGRATIONS: &[crate::schema::Migration] = &[
+    crate::schema::Migration::Change {
+        // A closed source's `closed` event (2026-12-02).
+        check: "SELECT closed_sent FROM channel_links LIMIT 0",
+        apply: "ALTER TABLE channel_links ADD COLUMN closed_sent INTEGER NOT NULL DEFAULT 0",
+    },
+    // Tables keyed by text, without a rowid (2026-12-05): a row written less per producer
+    // append, per task owed and per batch a channel takes. `channel_backlog` keeps its rowid:
+    // its rows are up to 1 MiB, which SQLite keeps better in a rowid table, and it is written
+    // only when a source is deleted.
+    crate::schema::Migration::WithoutRowid(&[
+        "subscribers",
+        "channel_marks",
+        "channel_links",
+        "channel_announce",
+        "producers",
+        "fork_refs",
+        "pending",
+    ]),
+];
 
 /// The stream's metadata row.
 #[derive(Clone, Debug)]
@@ -532,7 +547,7 @@ pub fn has_tables(sql: &SqlStorage) -> bool {
 impl Store {
     /// Opens the store, creating the schema on first use.
     pub fn open(sql: SqlStorage, storage: crate::transaction::Transactional) -> Result<Store> {
-        crate::schema::open(&sql, SCHEMA, MIGRATIONS)?;
+        crate::schema::open(&sql, SCHEMA, MIGRATIONS, Some(&storage))?;
         Ok(Store {
             sql,
             storage,
@@ -1195,7 +1210,7 @@ impl Store {
     /// Makes the tables again after [`Store::delete_all`], for a new stream at the same path.
     pub fn reopen(&self) -> Result<()> {
         self.forget_cached();
-        crate::schema::open(&self.sql, SCHEMA, MIGRATIONS)
+        crate::schema::open(&self.sql, SCHEMA, MIGRATIONS, Some(&self.storage))
     }
 
     /// Deletes the stream: metadata, data, producers, lease, ancestry, subscribers and channel

@@ -95,7 +95,7 @@ pub async fn register(obj: &StreamObject) -> Result<bool> {
             worker::console_warn!("stream {}: registry answered {status}", meta.path);
             return Ok(false);
         };
-        obj.faults.registry_read(ids.rows_read);
+        obj.faults.registry_read(ids.rows_read, ids.rows_written);
         if !ids.more {
             break ids;
         }

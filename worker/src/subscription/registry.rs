@@ -23,19 +23,32 @@ use crate::fault::{Call, Faults};
 use crate::http;
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS streams (path TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS streams (path TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS links (
   sub TEXT NOT NULL,
   kind TEXT NOT NULL,
   pattern TEXT NOT NULL,
   prefix TEXT NOT NULL,
   PRIMARY KEY (sub, kind, pattern)
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS links_by_prefix ON links (prefix);
-CREATE TABLE IF NOT EXISTS channels (prefix TEXT PRIMARY KEY, instance TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS channel_cursor (prefix TEXT PRIMARY KEY, instance TEXT NOT NULL, after TEXT);
-CREATE TABLE IF NOT EXISTS keys (kid TEXT PRIMARY KEY, x TEXT NOT NULL, d TEXT NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS channels (prefix TEXT PRIMARY KEY, instance TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS channel_cursor (prefix TEXT PRIMARY KEY, instance TEXT NOT NULL, after TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keys (kid TEXT PRIMARY KEY, x TEXT NOT NULL, d TEXT NOT NULL, created_ms INTEGER NOT NULL) WITHOUT ROWID;
 ";
+
+/// Changes to the tables of a registry made by an older version, in the order they were made.
+const MIGRATIONS: &[crate::schema::Migration] = &[
+    // Tables keyed by text, without a rowid (2026-12-05): a row written less per stream
+    // created and per link made.
+    crate::schema::Migration::WithoutRowid(&[
+        "streams",
+        "links",
+        "channels",
+        "channel_cursor",
+        "keys",
+    ]),
+];
 
 pub const GLOB: &str = "glob";
 pub const EXPLICIT: &str = "explicit";
@@ -74,6 +87,10 @@ pub struct SubscriptionIds {
     /// in [`crate::fault::REGISTRY_ROWS_HEADER`].
     #[serde(default)]
     pub rows_read: u64,
+    /// How many rows the registry wrote for this call (with `FAULT_MARKER`; else 0), shown in
+    /// [`crate::fault::REGISTRY_WRITTEN_HEADER`].
+    #[serde(default)]
+    pub rows_written: u64,
 }
 
 /// A channel's name and incarnation: a channel deleted and created again is a new channel.
@@ -153,6 +170,8 @@ pub struct RegistryObject {
     sql: SqlStorage,
     ready: bool,
     faults: Faults,
+    /// The rows each call reads and writes, for tests (`FAULT_MARKER`).
+    rows: crate::rows::RowCounter,
 }
 
 fn s(v: &str) -> SqlStorageValue {
@@ -168,20 +187,28 @@ fn col(row: &[SqlStorageValue], i: usize) -> String {
 
 impl DurableObject for RegistryObject {
     fn new(state: State, env: Env) -> Self {
+        let raw = state._inner();
+        let storage = crate::transaction::Transactional::of(&raw);
+        let state = State::from(raw);
         let sql = state.storage().sql();
-        let ready = match crate::schema::open(&sql, SCHEMA, &[]) {
+        let opened = storage
+            .and_then(|storage| crate::schema::open(&sql, SCHEMA, MIGRATIONS, Some(&storage)));
+        let ready = match opened {
             Ok(_) => true,
             Err(e) => {
                 worker::console_error!("registry: cannot open storage: {e}");
                 false
             }
         };
-        let faults = Faults::new(crate::config::Config::from_env(&env).fault_marker);
+        let marker = crate::config::Config::from_env(&env).fault_marker;
+        let rows = crate::rows::RowCounter::install(&sql, marker.is_some());
+        let faults = Faults::new(marker);
         RegistryObject {
             env,
             sql,
             ready,
             faults,
+            rows,
         }
     }
 
@@ -220,6 +247,8 @@ impl RegistryObject {
                     return parse_err();
                 };
                 self.faults.check(&p.path, Call::Broken)?;
+                // Counted from here (with faults on): this call's rows alone.
+                self.rows.take();
                 self.sql.exec(
                     "INSERT OR IGNORE INTO streams (path) VALUES (?)",
                     vec![s(&p.path)],
@@ -239,11 +268,13 @@ impl RegistryObject {
                     },
                     None => (self.channels_above(&p.path)?, false),
                 };
+                let rows_written = self.rows.take().map_or(0, |(rows, _)| rows.written);
                 reply(&SubscriptionIds {
                     subs,
                     channels,
                     more,
                     rows_read,
+                    rows_written,
                 })
             }
             "internal/channels-above" => {

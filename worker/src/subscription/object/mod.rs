@@ -100,7 +100,7 @@ impl DurableObject for SubscriptionObject {
             .as_ref()
             .map_err(|e| worker::Error::RustError(e.to_string()))
             .and_then(|_| match stored {
-                true => crate::schema::open(&sql, SCHEMA, &[]),
+                true => crate::schema::open(&sql, SCHEMA, &[], None),
                 false => Ok(()),
             });
         let broken = match opened {

@@ -190,7 +190,7 @@ impl SubscriptionObject {
     /// The storage, its tables made first if they are not yet.
     pub(super) fn sql(&self) -> Result<&SqlStorage> {
         if !self.opened.get() {
-            crate::schema::open(&self.raw_sql, SCHEMA, &[])?;
+            crate::schema::open(&self.raw_sql, SCHEMA, &[], None)?;
             self.opened.set(true);
         }
         Ok(&self.raw_sql)

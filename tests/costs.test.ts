@@ -1,0 +1,112 @@
+// What operations cost in the units Cloudflare bills a SQLite-backed Durable Object for: rows
+// read and, a thousand times dearer, rows written, index entries included. The server runs
+// with FAULT_MARKER, so each stream's answer carries the rows its request read and wrote
+// (`x-edgestream-rows`, worker/src/rows.rs). Counts, not times: each is exact for this build
+// and its runtime, so a change that writes more rows per operation fails here and says where.
+// docs/benchmark.md ("What an operation costs on Cloudflare") has the whole table, from
+// bench/costs.mjs.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startServer } from '../scripts/dev-server.mjs';
+
+let server: Awaited<ReturnType<typeof startServer>>;
+
+beforeAll(async () => {
+  server = await startServer({ vars: { FAULT_MARKER: 'never-in-these-paths' } });
+});
+
+afterAll(async () => {
+  await server?.stop();
+});
+
+let counter = 0;
+const unique = (label: string) => `costs/${label}-${process.pid}-${Date.now()}-${counter++}`;
+const text = { 'content-type': 'text/plain' };
+
+async function answer(method: string, name: string, headers: Record<string, string> = {}, body?: string) {
+  const res = await fetch(`${server.baseUrl}/v1/stream/${name}`, { method, headers, body });
+  await res.arrayBuffer();
+  expect(res.status, `${method} ${name}`).toBeLessThan(300);
+  return res;
+}
+
+/** Rows as `read=R written=W` in header `name`. */
+function counted(res: Response, name: string) {
+  const found = /^read=(\d+) written=(\d+)$/.exec(res.headers.get(name) ?? '');
+  expect(found, name).not.toBeNull();
+  return { read: Number(found![1]), written: Number(found![2]) };
+}
+
+/** The rows the request read and wrote in the stream's object. */
+async function call(method: string, name: string, headers: Record<string, string> = {}, body?: string) {
+  return counted(await answer(method, name, headers, body), 'x-edgestream-rows');
+}
+
+/** The rows the stream's object has written since it started (a HEAD writes none). */
+async function writtenSoFar(name: string) {
+  return counted(await answer('HEAD', name), 'x-edgestream-rows-total').written;
+}
+
+const producer = (id: string, seq: number) => ({
+  ...text,
+  'producer-id': id,
+  'producer-epoch': '0',
+  'producer-seq': String(seq),
+});
+
+describe('rows written per operation', () => {
+  it('a plain append writes its one log row', async () => {
+    const name = unique('plain');
+    await call('PUT', name, text);
+    await call('POST', name, text, 'first');
+    expect((await call('POST', name, text, 'x'.repeat(100))).written).toBe(1);
+  });
+
+  // The producers table was keyed by text in a rowid table: each save wrote the row, the key's
+  // index beside it, and the age index: 4 rows an append. Without a rowid the key is the table.
+  it("a producer's append writes its log row, its state and the state's age entry", async () => {
+    const name = unique('producer');
+    await call('PUT', name, text);
+    expect((await call('POST', name, producer('p', 0), 'a')).written).toBe(3);
+    expect((await call('POST', name, producer('p', 1), 'b')).written).toBe(3);
+    // A retry stores nothing.
+    expect((await call('POST', name, producer('p', 1), 'b')).written).toBe(0);
+  });
+
+  // The registration a create owes is a row of `pending`, written and deleted in the create's
+  // turn: keyed by text in a rowid table, its insert wrote 2 rows (10 in all). The rest is
+  // the tables made for the new stream, its schema version and the stream's row.
+  it('a create writes its tables, its row, and its owed registration once', async () => {
+    const name = unique('create');
+    expect((await call('PUT', name, text)).written).toBe(8);
+    // The same PUT again is answered from memory.
+    expect(await call('PUT', name, text)).toEqual({ read: 1, written: 0 });
+  });
+
+  // The registry keeps every stream's path: keyed by text in a rowid table, 2 rows a create.
+  it('a create writes one row in the registry', async () => {
+    const res = await answer('PUT', unique('registered'), text);
+    expect(res.headers.get('x-edgestream-registry-written')).toBe('1');
+  });
+
+  // A channel moves its mark for the source in the turn that appends the source's batch: the
+  // marks were keyed by text in a rowid table, 3 rows a batch.
+  it('a batch a channel takes writes its log row and its mark', async () => {
+    const channel = unique('channel');
+    const json = { 'content-type': 'application/json' };
+    await answer('PUT', channel, { ...json, 'stream-channel': 'true' });
+    await answer('PUT', `${channel}/a`, json);
+    await answer('POST', `${channel}/a`, json, '{"n":1}');
+    const before = await writtenSoFar(channel);
+    // The source's append is answered once the channel has the batch.
+    await answer('POST', `${channel}/a`, json, '{"n":2}');
+    expect((await writtenSoFar(channel)) - before).toBe(2);
+  });
+
+  it('reads write nothing', async () => {
+    const name = unique('reads');
+    await call('PUT', name, text);
+    for (let i = 0; i < 3; i++) await call('POST', name, text, `m${i}`);
+    expect((await call('GET', `${name}?offset=-1`)).written).toBe(0);
+    expect(await call('HEAD', name)).toEqual({ read: 0, written: 0 });
+  });
+});
