@@ -859,7 +859,8 @@ describe('configuration', () => {
       const claim = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' });
       expect(claim.status).toBe(200);
       const claimed = await claim.json();
-      expect(claimed.streams).toHaveLength(3_001);
+      // The wake lists the one stream with news, not the 3000 quiet ones.
+      expect(claimed.streams.map((s: any) => s.path)).toEqual([`${p}/live/x`]);
       const x = claimed.streams.find((s: any) => s.path === `${p}/live/x`);
       const ack = await post(
         `__ds/subscriptions/${id}/ack`,
@@ -881,6 +882,108 @@ describe('configuration', () => {
       const state = await described(id);
       expect(state.streams.filter((s) => s.link_type === 'explicit')).toHaveLength(10_000);
       expect(state.streams.some((s) => s.path === `${p}/one-more`)).toBe(false);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
+
+// A wake listed every stream the subscription covers, with or without news: a webhook body of
+// about 1.5 MB for a subscription over 10,000 streams, at each wake. It lists only those with
+// data past their cursor, at most MAX_WAKE_STREAMS (src/subscription.rs) per wake, the next
+// wake going on from where the last list ended. A subscription whose id holds FAULT_MARKER and
+// `paged` lists 2 per wake, and reads its pattern's streams from the registry 2 at a time
+// (worker/src/fault.rs, TEST_PAGE).
+const PAGED = 'paged-no-stream-is-named-this';
+
+describe('a wake lists only the streams with news', () => {
+  test('a webhook body names the one stream appended to, not the quiet ones', async () => {
+    const p = `news-${uid()}`;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(200, json);
+      res.end('{"done":true}');
+    });
+    const id = `sub-${p}`;
+    try {
+      for (const name of ['a', 'b', 'c']) expect((await put(`${p}/${name}`, { name })).status).toBe(201);
+      await webhookSubscription(id, p, hook.url);
+      expect((await described(id)).streams).toHaveLength(3);
+      expect((await post(`${p}/b`, { more: true })).status).toBe(204);
+      expect(await until(() => hook.hits.length >= 1), 'no wake').toBe(true);
+      const streams = hook.hits[0].body.streams;
+      expect(streams.map((s: any) => s.path)).toEqual([`${p}/b`]);
+      expect(streams[0].has_pending).toBe(true);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+
+  test('more streams with news than a wake lists are listed by the wakes that follow, each once', async () => {
+    const p = `pages-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const id = `${PAGED}-${p}`;
+    const names = ['a', 'b', 'c', 'd', 'e'].map((n) => `${p}/${n}`);
+    try {
+      expect((await put(wake, '[]')).status).toBe(201);
+      for (const name of names) expect((await put(name, { name })).status).toBe(201);
+      const created = await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake });
+      expect(created.status).toBe(201);
+      // The pattern's 5 streams were read from the registry 2 at a time, and all linked.
+      expect(Number(created.headers.get('x-edgestream-registry-page'))).toBe(2);
+      expect((await described(id)).streams.map((s) => s.path).sort()).toEqual(names);
+      for (const name of names) expect((await post(name, { more: true })).status).toBe(204);
+      const listed: string[] = [];
+      for (let round = 0; round < 3; round++) {
+        const claim = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' });
+        expect(claim.status, `round ${round}`).toBe(200);
+        const claimed = await claim.json();
+        expect(claimed.streams.length, `round ${round}`).toBeLessThanOrEqual(2);
+        expect(claimed.streams.every((s: any) => s.has_pending)).toBe(true);
+        listed.push(...claimed.streams.map((s: any) => s.path));
+        const acks = claimed.streams.map((s: any) => ({ stream: s.path, offset: s.tail_offset }));
+        const ack = await post(
+          `__ds/subscriptions/${id}/ack`,
+          { wake_id: claimed.wake_id, generation: claimed.generation, acks, done: true },
+          { authorization: `Bearer ${claimed.token}` },
+        );
+        expect(ack.status).toBe(200);
+        expect((await ack.json()).next_wake, `round ${round}`).toBe(round < 2);
+      }
+      expect(listed.sort()).toEqual(names);
+      // Each wake event named a stream its wake lists.
+      const events = (await (await fetch(url(wake))).json()).filter((e: any) => e.subscription_id === id);
+      expect(events.length).toBeGreaterThan(0);
+      const byGeneration = new Map<number, number>();
+      for (const e of events) byGeneration.set(e.generation, (byGeneration.get(e.generation) ?? 0) + 1);
+      expect(Math.max(...byGeneration.values())).toBeLessThanOrEqual(2);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+
+  test('streams created while a pattern’s pages are read are all linked, their data pending', { timeout: 60_000 }, async () => {
+    const p = `racing-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const id = `${PAGED}-${p}`;
+    const before = Array.from({ length: 8 }, (_, i) => `${p}/before-${i}`);
+    const during = Array.from({ length: 8 }, (_, i) => `${p}/${i % 2 ? 'a' : 'z'}-during-${i}`);
+    try {
+      expect((await put(wake, '[]')).status).toBe(201);
+      for (const name of before) expect((await put(name, { name })).status).toBe(201);
+      const [created, ...made] = await Promise.all([
+        put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake }),
+        ...during.map((name) => put(name, { name })),
+      ]);
+      expect(created.status).toBe(201);
+      for (const res of made) expect(res.status).toBe(201);
+      for (const name of [...before, ...during]) expect((await post(name, { more: true })).status).toBe(204);
+      const all = [...before, ...during].sort();
+      const seen = await eventually(async () => {
+        const streams = (await described(id)).streams;
+        return all.every((name) => streams.some((s) => s.path === name && s.has_pending));
+      });
+      expect(seen, 'a stream created during the paging was not linked').toBe(true);
     } finally {
       await fetch(sub(id), { method: 'DELETE' });
     }

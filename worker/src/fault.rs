@@ -8,7 +8,9 @@
 //! give back its reference on its source reach the source, and their answers are lost. A
 //! subscription whose id carries the marker tells the registry of its first deletion a second
 //! late, and fails to tell it of the next, and fails to tell it of the first stream it drops
-//! from its explicit list. Later calls of that kind go through, so a test sees
+//! from its explicit list; with `paged` in its id too, it reads its pattern's streams from the
+//! registry, and lists the streams of a wake, [`TEST_PAGE`] at a time. Later calls of that
+//! kind go through, so a test sees
 //! the failure and then the repair: what is owed is retried by the request that is told to
 //! retry, or by the alarm.
 
@@ -116,6 +118,16 @@ pub const REGISTRY_ROWS_HEADER: &str = "x-edgestream-registry-rows";
 /// than `LINKS_PER_CALL`.
 pub const NOTIFY_BATCH_HEADER: &str = "x-edgestream-notify-batch";
 
+/// With faults on, a subscription PUT's answer says the most streams one page of the
+/// registry's listing held while it linked the pattern's streams: tests see that a pattern
+/// over many streams is read in pages, never all at once.
+pub const REGISTRY_PAGE_HEADER: &str = "x-edgestream-registry-page";
+
+/// The page a subscription whose id carries the marker and `paged` uses, for both the
+/// registry's listing of its pattern's streams and the streams one wake lists
+/// ([`Faults::page`]), so a test sees several pages with a handful of streams.
+pub const TEST_PAGE: usize = 2;
+
 /// What one object has failed so far in this isolate.
 pub struct Faults {
     /// `FAULT_MARKER`: none in production.
@@ -125,6 +137,8 @@ pub struct Faults {
     registry_rows: Cell<Option<u64>>,
     /// The most subscriptions one notification called at once (kept only with faults on).
     notify_batch: Cell<usize>,
+    /// The most streams one registry page held, for a subscription's PUT to show.
+    registry_page: Cell<usize>,
 }
 
 impl Faults {
@@ -134,6 +148,7 @@ impl Faults {
             tripped: RefCell::new(Vec::new()),
             registry_rows: Cell::new(None),
             notify_batch: Cell::new(0),
+            registry_page: Cell::new(0),
         }
     }
 
@@ -165,6 +180,27 @@ impl Faults {
     /// The most subscriptions one notification has called at once.
     pub fn notify_batch(&self) -> usize {
         self.notify_batch.get()
+    }
+
+    /// The page size for subscription `id`: [`TEST_PAGE`] when it carries the marker and
+    /// `paged`, else `normal`.
+    pub fn page(&self, id: &str, normal: usize) -> usize {
+        match self.marker.as_deref() {
+            Some(m) if id.contains(m) && id.contains("paged") => TEST_PAGE,
+            _ => normal,
+        }
+    }
+
+    /// A registry page held `count` streams.
+    pub fn registry_paged(&self, count: usize) {
+        if self.enabled() {
+            self.registry_page.set(self.registry_page.get().max(count));
+        }
+    }
+
+    /// The most streams one registry page has held since this was last taken.
+    pub fn take_registry_page(&self) -> usize {
+        self.registry_page.take()
     }
 
     /// `Err` when this call is the one to fail.
