@@ -552,6 +552,47 @@ describe('a stream with more subscriptions than one invocation may call', () => 
   });
 });
 
+describe('a registration finished while a notification is owed', () => {
+  // A stream whose registration's answer was lost (the registry has it; the stream still owes
+  // it) is linked by 4 subscriptions; its append's call to them fails, so that notification is
+  // owed too. The PUT that finishes the registration told the 4 of the tail, then ran the owed
+  // notification's batch: 8 subscriptions called in one invocation with LINKS_PER_CALL 4,
+  // twice the bound. They share one budget per invocation (worker/src/object/subscribers.rs,
+  // Budget); the rest stays owed, for the alarm.
+  test('tells at most LINKS_PER_CALL subscriptions in that invocation, and all of them in the end', { timeout: 30_000 }, async () => {
+    const p = `budget-${uid()}`;
+    // FAULT_MARKER and `lost` in its path: its first registration fails before the call, its
+    // second after it (worker/src/fault.rs); its first append's first call to a subscription
+    // fails, and its first request to link a subscription is answered 503.
+    const stream = `${p}/no-stream-is-named-this-lost`;
+    const wake = `wake-${p}/w`;
+    const ids = [1, 2, 3, 4].map((n) => `budget-${n}-${p}`);
+    expect((await put(wake, '[]')).status).toBe(201);
+    try {
+      expect((await put(stream, '[]')).status).toBe(503);
+      expect((await put(stream, '[]')).status, 'the registration’s answer was not lost').toBe(503);
+      for (const id of ids) {
+        const body = { type: 'pull-wake', streams: [stream], wake_stream: wake };
+        let status = (await put(`__ds/subscriptions/${id}`, body)).status;
+        if (status === 503) status = (await put(`__ds/subscriptions/${id}`, body)).status;
+        expect(status, id).toBeLessThan(300);
+      }
+      expect((await post(stream, { n: 1 })).status).toBe(204);
+      expect((await put(stream, '[]')).status).toBe(200);
+      const batch = (await fetch(url(stream), { method: 'HEAD' })).headers.get('x-edgestream-notify-batch');
+      expect(Number(batch), 'the most subscriptions called in one invocation').toBeLessThanOrEqual(4);
+      const tail = await tailOf(stream);
+      const told = await eventually(async () => {
+        const tails = await Promise.all(ids.map(async (id) => (await linkOf(id, stream))?.tail_offset));
+        return tails.every((t) => t === tail);
+      });
+      expect(told, 'a subscription never learned the tail').toBe(true);
+    } finally {
+      for (const id of ids) await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
+
 describe('statuses shared with the reference server', () => {
   test('deleting a subscription is idempotent: 204 whether or not it exists', async () => {
     const id = `gone-${uid()}`;

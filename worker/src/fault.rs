@@ -36,6 +36,11 @@ pub enum Call {
     ForkAcquire,
     /// Made, with its answer lost: a fork giving its reference back.
     ForkRelease,
+    /// Made, with its answer lost: a stream registering with the registry. Only for a stream
+    /// whose path also contains `lost`, which then fails its first registration before the
+    /// call ([`Call::RegistryCreated`]) and its second after it: the registry has the stream,
+    /// the stream still owes its registration.
+    RegistryAnswerLost,
     /// Made a second late: a deleted subscription telling the registry.
     SubscriptionRemoved,
     /// Failed: a deleted subscription telling the registry, the first time it is not late.
@@ -114,8 +119,8 @@ pub const ALARM_HEADER: &str = "x-edgestream-alarm";
 pub const REGISTRY_ROWS_HEADER: &str = "x-edgestream-registry-rows";
 
 /// With faults on, a HEAD's answer says the most subscriptions the stream's object has called
-/// at once to tell them its tail, in this isolate: tests see that no invocation calls more
-/// than `LINKS_PER_CALL`.
+/// to tell them its tail in one invocation (a request, or the alarm), in this isolate: tests see
+/// that no invocation calls more than `LINKS_PER_CALL`.
 pub const NOTIFY_BATCH_HEADER: &str = "x-edgestream-notify-batch";
 
 /// With faults on, a subscription PUT's answer says the most streams one page of the
@@ -135,7 +140,7 @@ pub struct Faults {
     tripped: RefCell<Vec<Call>>,
     /// Rows the registry read for the last registration, until a PUT's answer shows them.
     registry_rows: Cell<Option<u64>>,
-    /// The most subscriptions one notification called at once (kept only with faults on).
+    /// The most subscriptions one invocation called (kept only with faults on).
     notify_batch: Cell<usize>,
     /// The most streams one registry page held, for a subscription's PUT to show.
     registry_page: Cell<usize>,
@@ -170,14 +175,14 @@ impl Faults {
         self.registry_rows.take()
     }
 
-    /// A notification called `count` subscriptions at once.
+    /// An invocation called `count` subscriptions to tell them the tail.
     pub fn notified(&self, count: usize) {
         if self.enabled() {
             self.notify_batch.set(self.notify_batch.get().max(count));
         }
     }
 
-    /// The most subscriptions one notification has called at once.
+    /// The most subscriptions one invocation has called.
     pub fn notify_batch(&self) -> usize {
         self.notify_batch.get()
     }
@@ -245,6 +250,7 @@ impl Faults {
         };
         if (matches!(call, Call::TornWrite | Call::TornRemoval) && !path.contains("torn"))
             || (call == Call::NotifyCut && !path.contains("cut"))
+            || (call == Call::RegistryAnswerLost && !path.contains("lost"))
         {
             return false;
         }
