@@ -132,10 +132,12 @@ pub struct PatternPage {
     pub limit: usize,
 }
 
-/// A page of the streams a pattern covers, and where the next begins (`None`: the last page).
+/// A page of the streams a pattern covers, each asked to link the subscription, how each
+/// answered (in the same order), and where the next page begins (`None`: the last page).
 #[derive(Serialize, Deserialize)]
-pub struct PatternMatches {
+pub struct PatternLinked {
     pub streams: Vec<Matched>,
+    pub links: Vec<StreamLinked>,
     pub next: Option<String>,
 }
 
@@ -290,7 +292,7 @@ impl RegistryObject {
                 let Ok(page) = serde_json::from_slice::<PatternPage>(&body) else {
                     return parse_err();
                 };
-                reply(&self.pattern_page(&page)?)
+                reply(&self.pattern_page(&page).await?)
             }
             "internal/remove-explicit" => {
                 let Ok(r) = serde_json::from_slice::<RemoveExplicit>(&body) else {
@@ -588,12 +590,14 @@ impl RegistryObject {
         Ok(matched)
     }
 
-    /// One page of the streams `pattern` covers, in path order after `after`: at most `limit`
-    /// rows are read, so a pattern over millions of streams never holds them all. Every path
-    /// with the pattern's literal prefix lies in one run of the ordered paths, so the page
-    /// starts at the prefix (or past `after`) and ends at the first path without it. Streams
-    /// that subscription `id` names explicitly were answered by [`Self::set_links`].
-    fn pattern_page(&self, page: &PatternPage) -> Result<PatternMatches> {
+    /// One page of the streams `pattern` covers, in path order after `after`, each asked to
+    /// link subscription `id` (as [`Self::sub_link`] does: the calls are this request's, not
+    /// the subscription's). At most `limit` rows are read, so a pattern over millions of
+    /// streams never holds them all. Every path with the pattern's literal prefix lies in one
+    /// run of the ordered paths, so the page starts at the prefix (or past `after`) and ends
+    /// at the first path without it. Streams that `id` names explicitly were answered by
+    /// [`Self::set_links`].
+    async fn pattern_page(&self, page: &PatternPage) -> Result<PatternLinked> {
         let prefix = literal_prefix(&page.pattern);
         let limit = page.limit.clamp(1, 100_000);
         let rows = self.rows(
@@ -629,7 +633,18 @@ impl RegistryObject {
                 });
             }
         }
-        Ok(PatternMatches { streams, next })
+        let links = self
+            .sub_link(&SubLinks {
+                id: page.id.clone(),
+                paths: streams.iter().map(|m| m.path.clone()).collect(),
+            })
+            .await
+            .links;
+        Ok(PatternLinked {
+            streams,
+            links,
+            next,
+        })
     }
 
     /// The signing key, created on first use and kept.

@@ -13,8 +13,8 @@ use super::store::{Link, Record};
 use super::{refuse_own_wake_stream, Failure, SubscriptionObject};
 use crate::fault::Call;
 use crate::subscription::registry::{
-    Links, Matched, MatchedStreams, PatternMatches, PatternPage, RemoveExplicit, StreamPath,
-    SubLinked, SubLinks,
+    Links, Matched, MatchedStreams, PatternLinked, PatternPage, RemoveExplicit, StreamLinked,
+    StreamPath, SubLinked, SubLinks,
 };
 use crate::subscription::{call, registry_stub};
 
@@ -26,9 +26,9 @@ struct StreamsBody {
 impl SubscriptionObject {
     /// Links a new subscription's streams: the registry records its pattern and explicit
     /// streams and answers the explicit ones that exist, then lists the streams the pattern
-    /// covers a page at a time (`LINKS_PER_CALL` streams), and each is asked for its tail as
-    /// its page comes. So however many streams the registry knows, neither it nor this object
-    /// holds more than a page of them. A stream created while the pages are read is found by
+    /// covers a page at a time (`LINKS_PER_CALL` streams), asking each of the page's streams
+    /// for its tail before it answers: one call of this request's per page. So however many
+    /// streams the registry knows, neither it nor this object holds more than a page of them. A stream created while the pages are read is found by
     /// the pattern itself, recorded before the first page: on a page still to come, it is
     /// linked at its tail like the rest; on one already read, its creation links it, its data
     /// pending (`notify`). Every link starts at its stream's tail as of the pass that succeeds
@@ -77,11 +77,12 @@ impl SubscriptionObject {
                 after,
                 limit,
             };
+            // The registry asks the page's streams itself: one call of this request's per page.
             let page =
-                match call::<_, PatternMatches>(&registry_stub(&self.env)?, "pattern-page", &ask)
+                match call::<_, PatternLinked>(&registry_stub(&self.env)?, "pattern-page", &ask)
                     .await?
                 {
-                    (200, Some(page)) => page,
+                    (200, Some(page)) if page.links.len() == page.streams.len() => page,
                     (status, _) => {
                         return Err(worker::Error::RustError(format!(
                             "registry answered {status} to pattern-page"
@@ -93,7 +94,7 @@ impl SubscriptionObject {
                 return Ok(());
             }
             self.faults.registry_paged(page.streams.len());
-            if let Err(e) = self.link_existing(record, page.streams, |_| true).await {
+            if let Err(e) = self.save_linked(record, &page.streams, page.links, &|_: &str| true) {
                 failed.get_or_insert(e);
             }
             match page.next {
@@ -151,46 +152,63 @@ impl SubscriptionObject {
             if !self.still(record)? {
                 return Ok(());
             }
-            for (m, answer) in group.iter().zip(answers) {
-                let glob = m.glob && record.pattern_covers(&m.path);
-                // 404: the stream is gone, and the registry forgets it. Any other answer is
-                // a failure: the link is retried.
-                let tail = match (answer.status, answer.tail) {
-                    (200, Some(tail)) => tail,
-                    (404, _) => continue,
-                    (status, _) => {
-                        failed.get_or_insert(worker::Error::RustError(format!(
-                            "stream {} answered {status} to sub-link",
-                            m.path
-                        )));
-                        continue;
-                    }
-                };
-                // Read now, not before the await: an append may have been notified meanwhile.
-                let link = match self.link(&m.path)? {
-                    Some(l) => Link {
-                        glob: l.glob || glob,
-                        explicit: l.explicit || m.explicit,
-                        acked: if fresh(&m.path) {
-                            l.acked.max(tail)
-                        } else {
-                            l.acked
-                        },
-                        tail: l.tail.max(tail),
-                        ..l
-                    },
-                    None if glob => Link {
-                        path: m.path.clone(),
-                        glob: true,
-                        explicit: m.explicit,
-                        acked: tail,
-                        tail,
-                    },
-                    // An explicit link removed while the stream was asked.
-                    None => continue,
-                };
-                self.save_link(&link)?;
+            if let Err(e) = self.save_linked(record, group, answers, &fresh) {
+                failed.get_or_insert(e);
             }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Saves the links of `group` at the tails its streams answered (`answers`, in the same
+    /// order). A stream that answered neither 200 nor 404 fails the whole, after the rest are
+    /// saved.
+    fn save_linked(
+        &self,
+        record: &Record,
+        group: &[Matched],
+        answers: Vec<StreamLinked>,
+        fresh: &impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        let mut failed = None;
+        for (m, answer) in group.iter().zip(answers) {
+            let glob = m.glob && record.pattern_covers(&m.path);
+            // 404: the stream is gone, and the registry forgets it. Any other answer is
+            // a failure: the link is retried.
+            let tail = match (answer.status, answer.tail) {
+                (200, Some(tail)) => tail,
+                (404, _) => continue,
+                (status, _) => {
+                    failed.get_or_insert(worker::Error::RustError(format!(
+                        "stream {} answered {status} to sub-link",
+                        m.path
+                    )));
+                    continue;
+                }
+            };
+            // Read now, not before the await: an append may have been notified meanwhile.
+            let link = match self.link(&m.path)? {
+                Some(l) => Link {
+                    glob: l.glob || glob,
+                    explicit: l.explicit || m.explicit,
+                    acked: if fresh(&m.path) {
+                        l.acked.max(tail)
+                    } else {
+                        l.acked
+                    },
+                    tail: l.tail.max(tail),
+                    ..l
+                },
+                None if glob => Link {
+                    path: m.path.clone(),
+                    glob: true,
+                    explicit: m.explicit,
+                    acked: tail,
+                    tail,
+                },
+                // An explicit link removed while the stream was asked.
+                None => continue,
+            };
+            self.save_link(&link)?;
         }
         failed.map_or(Ok(()), Err)
     }
