@@ -1003,6 +1003,33 @@ describe('a wake lists only the streams with news', () => {
     }
   });
 
+  test('a wake not yet delivered whose listed streams were all deleted lists the others with news', { timeout: 30_000 }, async () => {
+    const p = `relist-${uid()}`;
+    let failing = true;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(failing ? 500 : 200, json);
+      res.end('{}');
+    });
+    const id = `${PAGED}-${p}`;
+    try {
+      for (const name of ['a', 'b']) expect((await put(`${p}/${name}`, { name })).status).toBe(201);
+      await webhookSubscription(id, p, hook.url);
+      // The first append makes the wake, which lists a alone; its delivery fails.
+      expect((await post(`${p}/a`, { more: true })).status).toBe(204);
+      expect(await until(() => hook.hits.length >= 1), 'no delivery').toBe(true);
+      expect(hook.hits[0].body.streams.map((s: any) => s.path)).toEqual([`${p}/a`]);
+      expect((await post(`${p}/b`, { more: true })).status).toBe(204);
+      expect((await fetch(url(`${p}/a`), { method: 'DELETE' })).status).toBe(204);
+      failing = false;
+      const seen = hook.hits.length;
+      expect(await until(() => hook.hits.length > seen, 10_000), 'no delivery after the recovery').toBe(true);
+      expect(hook.hits[seen].body.streams.map((s: any) => s.path)).toEqual([`${p}/b`]);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+
   test('streams created while a pattern’s pages are read are all linked, their data pending', { timeout: 60_000 }, async () => {
     const p = `racing-${uid()}`;
     const wake = `wake-${p}/w`;

@@ -102,9 +102,14 @@ impl SubscriptionObject {
             Some(_) => self.remove_link(path)?,
             None => return json(200, &j!({ "linked": false })),
         }
-        // A wake not yet delivered that was owed for this stream alone is owed no more.
+        // A wake not yet delivered that was owed for this stream alone is owed no more; one
+        // whose list held only removed streams lists the streams with news again.
         if record.deliver && !self.has_pending()? {
             self.clear_wake(&mut record)?;
+            self.save(&record)?;
+        } else if record.deliver && self.snapshot_links()?.is_empty() {
+            let from = record.list_from.clone();
+            self.list_streams(&mut record, from)?;
             self.save(&record)?;
         }
         json(200, &j!({ "linked": true }))
