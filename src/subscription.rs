@@ -30,6 +30,12 @@ pub const MAX_WEBHOOK_URL_BYTES: usize = 4_096;
 /// Most bytes of a webhook's reply that are read. A reply says `{"done": true}` or not; a
 /// longer one is cut off and does not end the wake.
 pub const MAX_WEBHOOK_REPLY_BYTES: usize = 8 * 1024;
+/// Most streams one wake lists (a webhook body, a claim's answer, a run of wake events). A
+/// wake lists only streams with data past their cursor; with more than this pending, the next
+/// wake (right after this one is acked) lists the next ones, from where this list ended. So a
+/// webhook body stays under about 75 KB for usual paths (600 KB with 1 KiB paths), however
+/// many streams the subscription covers.
+pub const MAX_WAKE_STREAMS: usize = 500;
 
 // Why acks are refused with `INVALID_OFFSET`, as the reference server refuses them.
 /// An ack whose offset does not parse, or that its stream would not start a read at (inside a

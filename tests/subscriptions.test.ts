@@ -552,6 +552,47 @@ describe('a stream with more subscriptions than one invocation may call', () => 
   });
 });
 
+describe('a registration finished while a notification is owed', () => {
+  // A stream whose registration's answer was lost (the registry has it; the stream still owes
+  // it) is linked by 4 subscriptions; its append's call to them fails, so that notification is
+  // owed too. The PUT that finishes the registration told the 4 of the tail, then ran the owed
+  // notification's batch: 8 subscriptions called in one invocation with LINKS_PER_CALL 4,
+  // twice the bound. They share one budget per invocation (worker/src/object/subscribers.rs,
+  // Budget); the rest stays owed, for the alarm.
+  test('tells at most LINKS_PER_CALL subscriptions in that invocation, and all of them in the end', { timeout: 30_000 }, async () => {
+    const p = `budget-${uid()}`;
+    // FAULT_MARKER and `lost` in its path: its first registration fails before the call, its
+    // second after it (worker/src/fault.rs); its first append's first call to a subscription
+    // fails, and its first request to link a subscription is answered 503.
+    const stream = `${p}/no-stream-is-named-this-lost`;
+    const wake = `wake-${p}/w`;
+    const ids = [1, 2, 3, 4].map((n) => `budget-${n}-${p}`);
+    expect((await put(wake, '[]')).status).toBe(201);
+    try {
+      expect((await put(stream, '[]')).status).toBe(503);
+      expect((await put(stream, '[]')).status, 'the registration’s answer was not lost').toBe(503);
+      for (const id of ids) {
+        const body = { type: 'pull-wake', streams: [stream], wake_stream: wake };
+        let status = (await put(`__ds/subscriptions/${id}`, body)).status;
+        if (status === 503) status = (await put(`__ds/subscriptions/${id}`, body)).status;
+        expect(status, id).toBeLessThan(300);
+      }
+      expect((await post(stream, { n: 1 })).status).toBe(204);
+      expect((await put(stream, '[]')).status).toBe(200);
+      const batch = (await fetch(url(stream), { method: 'HEAD' })).headers.get('x-edgestream-notify-batch');
+      expect(Number(batch), 'the most subscriptions called in one invocation').toBeLessThanOrEqual(4);
+      const tail = await tailOf(stream);
+      const told = await eventually(async () => {
+        const tails = await Promise.all(ids.map(async (id) => (await linkOf(id, stream))?.tail_offset));
+        return tails.every((t) => t === tail);
+      });
+      expect(told, 'a subscription never learned the tail').toBe(true);
+    } finally {
+      for (const id of ids) await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
+
 describe('statuses shared with the reference server', () => {
   test('deleting a subscription is idempotent: 204 whether or not it exists', async () => {
     const id = `gone-${uid()}`;
@@ -859,7 +900,8 @@ describe('configuration', () => {
       const claim = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' });
       expect(claim.status).toBe(200);
       const claimed = await claim.json();
-      expect(claimed.streams).toHaveLength(3_001);
+      // The wake lists the one stream with news, not the 3000 quiet ones.
+      expect(claimed.streams.map((s: any) => s.path)).toEqual([`${p}/live/x`]);
       const x = claimed.streams.find((s: any) => s.path === `${p}/live/x`);
       const ack = await post(
         `__ds/subscriptions/${id}/ack`,
@@ -881,6 +923,135 @@ describe('configuration', () => {
       const state = await described(id);
       expect(state.streams.filter((s) => s.link_type === 'explicit')).toHaveLength(10_000);
       expect(state.streams.some((s) => s.path === `${p}/one-more`)).toBe(false);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
+
+// A wake listed every stream the subscription covers, with or without news: a webhook body of
+// about 1.5 MB for a subscription over 10,000 streams, at each wake. It lists only those with
+// data past their cursor, at most MAX_WAKE_STREAMS (src/subscription.rs) per wake, the next
+// wake going on from where the last list ended. A subscription whose id holds FAULT_MARKER and
+// `paged` lists 2 per wake, and reads its pattern's streams from the registry 2 at a time
+// (worker/src/fault.rs, TEST_PAGE).
+const PAGED = 'paged-no-stream-is-named-this';
+
+describe('a wake lists only the streams with news', () => {
+  test('a webhook body names the one stream appended to, not the quiet ones', async () => {
+    const p = `news-${uid()}`;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(200, json);
+      res.end('{"done":true}');
+    });
+    const id = `sub-${p}`;
+    try {
+      for (const name of ['a', 'b', 'c']) expect((await put(`${p}/${name}`, { name })).status).toBe(201);
+      await webhookSubscription(id, p, hook.url);
+      expect((await described(id)).streams).toHaveLength(3);
+      expect((await post(`${p}/b`, { more: true })).status).toBe(204);
+      expect(await until(() => hook.hits.length >= 1), 'no wake').toBe(true);
+      const streams = hook.hits[0].body.streams;
+      expect(streams.map((s: any) => s.path)).toEqual([`${p}/b`]);
+      expect(streams[0].has_pending).toBe(true);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+
+  test('more streams with news than a wake lists are listed by the wakes that follow, each once', async () => {
+    const p = `pages-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const id = `${PAGED}-${p}`;
+    const names = ['a', 'b', 'c', 'd', 'e'].map((n) => `${p}/${n}`);
+    try {
+      expect((await put(wake, '[]')).status).toBe(201);
+      for (const name of names) expect((await put(name, { name })).status).toBe(201);
+      const created = await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake });
+      expect(created.status).toBe(201);
+      // The pattern's 5 streams were read from the registry 2 at a time, and all linked.
+      expect(Number(created.headers.get('x-edgestream-registry-page'))).toBe(2);
+      expect((await described(id)).streams.map((s) => s.path).sort()).toEqual(names);
+      for (const name of names) expect((await post(name, { more: true })).status).toBe(204);
+      const listed: string[] = [];
+      for (let round = 0; round < 3; round++) {
+        const claim = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' });
+        expect(claim.status, `round ${round}`).toBe(200);
+        const claimed = await claim.json();
+        expect(claimed.streams.length, `round ${round}`).toBeLessThanOrEqual(2);
+        expect(claimed.streams.every((s: any) => s.has_pending)).toBe(true);
+        listed.push(...claimed.streams.map((s: any) => s.path));
+        const acks = claimed.streams.map((s: any) => ({ stream: s.path, offset: s.tail_offset }));
+        const ack = await post(
+          `__ds/subscriptions/${id}/ack`,
+          { wake_id: claimed.wake_id, generation: claimed.generation, acks, done: true },
+          { authorization: `Bearer ${claimed.token}` },
+        );
+        expect(ack.status).toBe(200);
+        expect((await ack.json()).next_wake, `round ${round}`).toBe(round < 2);
+      }
+      expect(listed.sort()).toEqual(names);
+      // Each wake event named a stream its wake lists.
+      const events = (await (await fetch(url(wake))).json()).filter((e: any) => e.subscription_id === id);
+      expect(events.length).toBeGreaterThan(0);
+      const byGeneration = new Map<number, number>();
+      for (const e of events) byGeneration.set(e.generation, (byGeneration.get(e.generation) ?? 0) + 1);
+      expect(Math.max(...byGeneration.values())).toBeLessThanOrEqual(2);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+
+  test('a wake not yet delivered whose listed streams were all deleted lists the others with news', { timeout: 30_000 }, async () => {
+    const p = `relist-${uid()}`;
+    let failing = true;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(failing ? 500 : 200, json);
+      res.end('{}');
+    });
+    const id = `${PAGED}-${p}`;
+    try {
+      for (const name of ['a', 'b']) expect((await put(`${p}/${name}`, { name })).status).toBe(201);
+      await webhookSubscription(id, p, hook.url);
+      // The first append makes the wake, which lists a alone; its delivery fails.
+      expect((await post(`${p}/a`, { more: true })).status).toBe(204);
+      expect(await until(() => hook.hits.length >= 1), 'no delivery').toBe(true);
+      expect(hook.hits[0].body.streams.map((s: any) => s.path)).toEqual([`${p}/a`]);
+      expect((await post(`${p}/b`, { more: true })).status).toBe(204);
+      expect((await fetch(url(`${p}/a`), { method: 'DELETE' })).status).toBe(204);
+      failing = false;
+      const seen = hook.hits.length;
+      expect(await until(() => hook.hits.length > seen, 10_000), 'no delivery after the recovery').toBe(true);
+      expect(hook.hits[seen].body.streams.map((s: any) => s.path)).toEqual([`${p}/b`]);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+
+  test('streams created while a pattern’s pages are read are all linked, their data pending', { timeout: 60_000 }, async () => {
+    const p = `racing-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const id = `${PAGED}-${p}`;
+    const before = Array.from({ length: 8 }, (_, i) => `${p}/before-${i}`);
+    const during = Array.from({ length: 8 }, (_, i) => `${p}/${i % 2 ? 'a' : 'z'}-during-${i}`);
+    try {
+      expect((await put(wake, '[]')).status).toBe(201);
+      for (const name of before) expect((await put(name, { name })).status).toBe(201);
+      const [created, ...made] = await Promise.all([
+        put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake }),
+        ...during.map((name) => put(name, { name })),
+      ]);
+      expect(created.status).toBe(201);
+      for (const res of made) expect(res.status).toBe(201);
+      for (const name of [...before, ...during]) expect((await post(name, { more: true })).status).toBe(204);
+      const all = [...before, ...during].sort();
+      const seen = await eventually(async () => {
+        const streams = (await described(id)).streams;
+        return all.every((name) => streams.some((s) => s.path === name && s.has_pending));
+      });
+      expect(seen, 'a stream created during the paging was not linked').toBe(true);
     } finally {
       await fetch(sub(id), { method: 'DELETE' });
     }

@@ -8,9 +8,11 @@
 //! give back its reference on its source reach the source, and their answers are lost. A
 //! subscription whose id carries the marker tells the registry of its first deletion a second
 //! late, and fails to tell it of the next, and fails to tell it of the first stream it drops
-//! from its explicit list. The registry fails the first registration of a stream whose path
-//! also carries `broken`, and a subscription whose id does its first create, as storage that
-//! failed would. Later calls of that kind go through, so a test sees
+//! from its explicit list; with `paged` in its id too, it reads its pattern's streams from the
+//! registry, and lists the streams of a wake, [`TEST_PAGE`] at a time. The registry fails the
+//! first registration of a stream whose path also carries `broken`, and a subscription whose
+//! id does its first create, as storage that failed would. Later calls of that kind go
+//! through, so a test sees
 //! the failure and then the repair: what is owed is retried by the request that is told to
 //! retry, or by the alarm.
 
@@ -36,6 +38,11 @@ pub enum Call {
     ForkAcquire,
     /// Made, with its answer lost: a fork giving its reference back.
     ForkRelease,
+    /// Made, with its answer lost: a stream registering with the registry. Only for a stream
+    /// whose path also contains `lost`, which then fails its first registration before the
+    /// call ([`Call::RegistryCreated`]) and its second after it: the registry has the stream,
+    /// the stream still owes its registration.
+    RegistryAnswerLost,
     /// Made a second late: a deleted subscription telling the registry.
     SubscriptionRemoved,
     /// Failed: a deleted subscription telling the registry, the first time it is not late.
@@ -122,9 +129,19 @@ pub const REGISTRY_ROWS_HEADER: &str = "x-edgestream-registry-rows";
 pub const REGISTRY_WRITTEN_HEADER: &str = "x-edgestream-registry-written";
 
 /// With faults on, a HEAD's answer says the most subscriptions the stream's object has called
-/// at once to tell them its tail, in this isolate: tests see that no invocation calls more
-/// than `LINKS_PER_CALL`.
+/// to tell them its tail in one invocation (a request, or the alarm), in this isolate: tests see
+/// that no invocation calls more than `LINKS_PER_CALL`.
 pub const NOTIFY_BATCH_HEADER: &str = "x-edgestream-notify-batch";
+
+/// With faults on, a subscription PUT's answer says the most streams one page of the
+/// registry's listing held while it linked the pattern's streams: tests see that a pattern
+/// over many streams is read in pages, never all at once.
+pub const REGISTRY_PAGE_HEADER: &str = "x-edgestream-registry-page";
+
+/// The page a subscription whose id carries the marker and `paged` uses, for both the
+/// registry's listing of its pattern's streams and the streams one wake lists
+/// ([`Faults::page`]), so a test sees several pages with a handful of streams.
+pub const TEST_PAGE: usize = 2;
 
 /// What one object has failed so far in this isolate.
 pub struct Faults {
@@ -133,8 +150,10 @@ pub struct Faults {
     tripped: RefCell<Vec<Call>>,
     /// Rows the registry read for the last registration, until a PUT's answer shows them.
     registry_rows: Cell<Option<(u64, u64)>>,
-    /// The most subscriptions one notification called at once (kept only with faults on).
+    /// The most subscriptions one invocation called (kept only with faults on).
     notify_batch: Cell<usize>,
+    /// The most streams one registry page held, for a subscription's PUT to show.
+    registry_page: Cell<usize>,
 }
 
 impl Faults {
@@ -144,6 +163,7 @@ impl Faults {
             tripped: RefCell::new(Vec::new()),
             registry_rows: Cell::new(None),
             notify_batch: Cell::new(0),
+            registry_page: Cell::new(0),
         }
     }
 
@@ -166,16 +186,37 @@ impl Faults {
         self.registry_rows.take()
     }
 
-    /// A notification called `count` subscriptions at once.
+    /// An invocation called `count` subscriptions to tell them the tail.
     pub fn notified(&self, count: usize) {
         if self.enabled() {
             self.notify_batch.set(self.notify_batch.get().max(count));
         }
     }
 
-    /// The most subscriptions one notification has called at once.
+    /// The most subscriptions one invocation has called.
     pub fn notify_batch(&self) -> usize {
         self.notify_batch.get()
+    }
+
+    /// The page size for subscription `id`: [`TEST_PAGE`] when it carries the marker and
+    /// `paged`, else `normal`.
+    pub fn page(&self, id: &str, normal: usize) -> usize {
+        match self.marker.as_deref() {
+            Some(m) if id.contains(m) && id.contains("paged") => TEST_PAGE,
+            _ => normal,
+        }
+    }
+
+    /// A registry page held `count` streams.
+    pub fn registry_paged(&self, count: usize) {
+        if self.enabled() {
+            self.registry_page.set(self.registry_page.get().max(count));
+        }
+    }
+
+    /// The most streams one registry page has held since this was last taken.
+    pub fn take_registry_page(&self) -> usize {
+        self.registry_page.take()
     }
 
     /// `Err` when this call is the one to fail.
@@ -221,6 +262,7 @@ impl Faults {
         if (matches!(call, Call::TornWrite | Call::TornRemoval) && !path.contains("torn"))
             || (call == Call::NotifyCut && !path.contains("cut"))
             || (call == Call::Broken && !path.contains("broken"))
+            || (call == Call::RegistryAnswerLost && !path.contains("lost"))
         {
             return false;
         }

@@ -23,6 +23,8 @@ pub async fn run(obj: &StreamObject, due_only: bool, hops: u32) -> Result<Vec<Ta
         return Ok(Vec::new());
     }
     let now = now_ms();
+    // The subscriptions this run may call, shared by a registration and an owed notification.
+    let budget = subscribers::Budget::new(obj);
     // A task before is still owed: those that depend on it wait.
     let mut waiting = false;
     for owed in obj.store()?.owed()? {
@@ -36,8 +38,8 @@ pub async fn run(obj: &StreamObject, due_only: bool, hops: u32) -> Result<Vec<Ta
         let done = match owed.task {
             Task::Deregister => subscribers::deregister(obj, &owed.detail).await,
             Task::ChannelsDeleted => channel::tell_deleted(obj).await,
-            Task::Register => subscribers::register(obj).await,
-            Task::Notify => subscribers::notify_owed(obj, &owed.detail).await,
+            Task::Register => subscribers::register(obj, &budget).await,
+            Task::Notify => subscribers::notify_owed(obj, &owed.detail, &budget).await,
             Task::Release => fork::give_back(obj, hops).await,
         };
         let done = done.unwrap_or_else(|e| {
@@ -52,6 +54,7 @@ pub async fn run(obj: &StreamObject, due_only: bool, hops: u32) -> Result<Vec<Ta
             waiting = true;
         }
     }
+    obj.faults.notified(budget.spent());
     let left = obj.store()?.owed()?;
     let shortly = now_ms() + 200;
     // Not sooner than shortly: a task left in place (its stream changed while it ran) is run

@@ -18,6 +18,8 @@
 //! ones; a pass that ends with the tail moved since it began starts another from the first,
 //! and one in which a call failed starts another after the usual backoff.
 
+use std::cell::Cell;
+
 use edgestream::Offset;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -68,7 +70,7 @@ pub async fn registered(obj: &StreamObject) -> Result<bool> {
 /// Learns which subscriptions and channels cover the stream and links them, settling the task
 /// in the same turn; then tells those subscriptions where the stream is and feeds those
 /// channels from its start.
-pub async fn register(obj: &StreamObject) -> Result<bool> {
+pub async fn register(obj: &StreamObject, budget: &Budget) -> Result<bool> {
     let Some(meta) = obj.meta()? else {
         obj.store()?.settle(Task::Register)?;
         return Ok(true);
@@ -91,6 +93,7 @@ pub async fn register(obj: &StreamObject) -> Result<bool> {
         let (status, reply) =
             call::<_, SubscriptionIds>(&registry_stub(&obj.env)?, "stream-created", &created)
                 .await?;
+        obj.faults.check(&meta.path, Call::RegistryAnswerLost)?;
         let Some(ids) = reply.filter(|_| status == 200) else {
             worker::console_warn!("stream {}: registry answered {status}", meta.path);
             return Ok(false);
@@ -111,7 +114,8 @@ pub async fn register(obj: &StreamObject) -> Result<bool> {
     }
     channel::link(obj, &meta, &ids.channels, after)?;
     store.settle(Task::Register)?;
-    if inline(obj, ids.subs.len()) {
+    if ids.subs.len() <= budget.left() {
+        budget.spend(ids.subs.len());
         notify_or_owe(obj, &meta, &ids.subs).await?;
     } else {
         // Too many to tell in this invocation: the alarm's passes tell them, from now.
@@ -142,6 +146,41 @@ pub fn owe_notification(obj: &StreamObject, meta: &Meta) -> Result<()> {
     store.owe_keeping(Task::Notify, due)?;
     obj.alarm.arm(meta, due);
     Ok(())
+}
+
+/// How many more subscriptions this run of the owed work may call. A registration's
+/// notification and an owed notification's batch may both run in one invocation (a PUT that
+/// finishes a registration, or the alarm, with a notification owed since an append whose
+/// call failed): they share `LINKS_PER_CALL`, so together they stay within Cloudflare's
+/// per-invocation limit on subrequests instead of making up to twice as many. What is left
+/// over stays owed, and the alarm goes on with it at once.
+pub struct Budget {
+    left: Cell<usize>,
+    spent: Cell<usize>,
+}
+
+impl Budget {
+    /// A whole invocation's worth: `LINKS_PER_CALL`.
+    pub fn new(obj: &StreamObject) -> Budget {
+        Budget {
+            left: Cell::new(per_call(obj)),
+            spent: Cell::new(0),
+        }
+    }
+
+    fn left(&self) -> usize {
+        self.left.get()
+    }
+
+    fn spend(&self, calls: usize) {
+        self.left.set(self.left.get().saturating_sub(calls));
+        self.spent.set(self.spent.get() + calls);
+    }
+
+    /// How many subscriptions this run called.
+    pub fn spent(&self) -> usize {
+        self.spent.get()
+    }
 }
 
 /// How many subscriptions one invocation (a request, or the alarm) may call: `LINKS_PER_CALL`.
@@ -214,19 +253,26 @@ struct Pass {
     failed: bool,
 }
 
-/// The owed notification, from where its pass is (`detail`): the next `LINKS_PER_CALL`
-/// subscriptions learn the tail as it is now. Whether the pass may go on: `false` once a pass
-/// in which a call failed is over, so the next pass waits for the backoff.
-pub async fn notify_owed(obj: &StreamObject, detail: &str) -> Result<bool> {
+/// The owed notification, from where its pass is (`detail`): the next subscriptions, as many
+/// as `budget` has left (`LINKS_PER_CALL` in an invocation that told no others), learn the
+/// tail as it is now; with none left, it stays owed for the next invocation. Whether the pass
+/// may go on: `false` once a pass in which a call failed is over, so the next pass waits for
+/// the backoff.
+pub async fn notify_owed(obj: &StreamObject, detail: &str, budget: &Budget) -> Result<bool> {
     let store = obj.store()?;
     let Some(meta) = obj.meta()?.filter(|m| !m.deleted) else {
         store.settle(Task::Notify)?;
         return Ok(true);
     };
+    if budget.left() == 0 {
+        // Owed as it was: the alarm, set for when it is due, goes on.
+        return Ok(true);
+    }
     // A pass not begun, or a detail not understood, begins at the first subscription.
     let pass: Pass = serde_json::from_str(detail).unwrap_or_default();
     let began = pass.tail.unwrap_or_else(|| meta.tail.to_string());
-    let batch = batch_after(&store.subscribers()?, pass.after.as_deref(), per_call(obj)).to_vec();
+    let batch = batch_after(&store.subscribers()?, pass.after.as_deref(), budget.left()).to_vec();
+    budget.spend(batch.len());
     let failed = !notify(obj, &meta, &batch).await? || pass.failed;
     // Removed meanwhile (which settled this) and perhaps created again (which owes its own).
     let Some(now_meta) = obj

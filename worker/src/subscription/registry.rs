@@ -8,8 +8,6 @@
 //! webhook signing key, so every subscription signs with the same key and the JWKS endpoint can
 //! publish it.
 
-use std::collections::HashMap;
-
 use edgestream::subscription::{glob_matches, literal_prefix};
 use serde::{Deserialize, Serialize};
 use worker::{
@@ -139,6 +137,26 @@ pub struct Matched {
 #[derive(Serialize, Deserialize)]
 pub struct MatchedStreams {
     pub streams: Vec<Matched>,
+}
+
+/// A subscription asks for the next page of the existing streams its pattern covers.
+#[derive(Serialize, Deserialize)]
+pub struct PatternPage {
+    pub id: String,
+    pub pattern: String,
+    /// The last path of the page before (`None`: the first page).
+    pub after: Option<String>,
+    /// How many streams the registry reads for the page.
+    pub limit: usize,
+}
+
+/// A page of the streams a pattern covers, each asked to link the subscription, how each
+/// answered (in the same order), and where the next page begins (`None`: the last page).
+#[derive(Serialize, Deserialize)]
+pub struct PatternLinked {
+    pub streams: Vec<Matched>,
+    pub links: Vec<StreamLinked>,
+    pub next: Option<String>,
 }
 
 /// A subscription's request that the registry link it to some streams: the registry asks each
@@ -311,6 +329,12 @@ impl RegistryObject {
                 };
                 let streams = self.set_links(&links)?;
                 reply(&MatchedStreams { streams })
+            }
+            "internal/pattern-page" => {
+                let Ok(page) = serde_json::from_slice::<PatternPage>(body) else {
+                    return parse_err();
+                };
+                reply(&self.pattern_page(&page).await?)
             }
             "internal/remove-explicit" => {
                 let Ok(r) = serde_json::from_slice::<RemoveExplicit>(body) else {
@@ -565,40 +589,27 @@ impl RegistryObject {
         all
     }
 
-    /// Records a subscription's links and answers the existing streams they cover.
+    /// Records a subscription's links and answers the existing streams it names explicitly
+    /// (at most [`edgestream::subscription::MAX_EXPLICIT_STREAMS`]). The streams its pattern
+    /// covers, perhaps millions, are listed a page at a time by [`Self::pattern_page`]:
+    /// recorded first, the pattern finds every stream created from now on itself.
     fn set_links(&self, links: &Links) -> Result<Vec<Matched>> {
         if links.replace {
             self.sql
                 .exec("DELETE FROM links WHERE sub = ?", vec![s(&links.id)])?;
         }
-        let mut matched: Vec<Matched> = Vec::new();
-        // Where each path is in `matched`, so explicit paths find theirs in constant time.
-        let mut index: HashMap<String, usize> = HashMap::new();
         if let Some(pattern) = &links.pattern {
-            let prefix = literal_prefix(pattern);
             self.sql.exec(
                 "INSERT OR IGNORE INTO links (sub, kind, pattern, prefix) VALUES (?, ?, ?, ?)",
-                vec![s(&links.id), s(GLOB), s(pattern), s(&prefix)],
-            )?;
-            let rows = self.rows(
-                "SELECT path FROM streams WHERE substr(path, 1, ?2) = ?1 ORDER BY path",
                 vec![
-                    s(&prefix),
-                    SqlStorageValue::Integer(prefix.chars().count() as i64),
+                    s(&links.id),
+                    s(GLOB),
+                    s(pattern),
+                    s(&literal_prefix(pattern)),
                 ],
             )?;
-            for r in rows {
-                let path = col(&r, 0);
-                if glob_matches(pattern, &path) {
-                    index.insert(path.clone(), matched.len());
-                    matched.push(Matched {
-                        path,
-                        glob: true,
-                        explicit: false,
-                    });
-                }
-            }
         }
+        let mut matched = Vec::new();
         for path in &links.explicit {
             self.sql.exec(
                 "INSERT OR IGNORE INTO links (sub, kind, pattern, prefix) VALUES (?, ?, ?, ?)",
@@ -607,22 +618,75 @@ impl RegistryObject {
             let exists = !self
                 .rows("SELECT 1 FROM streams WHERE path = ?", vec![s(path)])?
                 .is_empty();
-            if !exists {
-                continue;
-            }
-            match index.get(path).and_then(|&i| matched.get_mut(i)) {
-                Some(m) => m.explicit = true,
-                None => {
-                    index.insert(path.clone(), matched.len());
-                    matched.push(Matched {
-                        path: path.clone(),
-                        glob: false,
-                        explicit: true,
-                    });
-                }
+            if exists {
+                matched.push(Matched {
+                    path: path.clone(),
+                    glob: links
+                        .pattern
+                        .as_deref()
+                        .is_some_and(|p| glob_matches(p, path)),
+                    explicit: true,
+                });
             }
         }
         Ok(matched)
+    }
+
+    /// One page of the streams `pattern` covers, in path order after `after`, each asked to
+    /// link subscription `id` (as [`Self::sub_link`] does: the calls are this request's, not
+    /// the subscription's). At most `limit` rows are read, so a pattern over millions of
+    /// streams never holds them all. Every path with the pattern's literal prefix lies in one
+    /// run of the ordered paths, so the page starts at the prefix (or past `after`) and ends
+    /// at the first path without it. Streams that `id` names explicitly were answered by
+    /// [`Self::set_links`].
+    async fn pattern_page(&self, page: &PatternPage) -> Result<PatternLinked> {
+        let prefix = literal_prefix(&page.pattern);
+        let limit = page.limit.clamp(1, 100_000);
+        let rows = self.rows(
+            "SELECT path FROM streams WHERE path >= ?1 AND path > ?2 ORDER BY path LIMIT ?3",
+            vec![
+                s(&prefix),
+                s(page.after.as_deref().unwrap_or("")),
+                SqlStorageValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)),
+            ],
+        )?;
+        let paths: Vec<String> = rows.iter().map(|r| col(r, 0)).collect();
+        let inside = paths.iter().take_while(|p| p.starts_with(&prefix)).count();
+        let next = match paths.last() {
+            Some(last) if inside == paths.len() && paths.len() >= limit => Some(last.clone()),
+            _ => None,
+        };
+        let mut streams = Vec::new();
+        for path in paths.into_iter().take(inside) {
+            if !glob_matches(&page.pattern, &path) {
+                continue;
+            }
+            let explicit = !self
+                .rows(
+                    "SELECT 1 FROM links WHERE sub = ? AND kind = ? AND pattern = ?",
+                    vec![s(&page.id), s(EXPLICIT), s(&path)],
+                )?
+                .is_empty();
+            if !explicit {
+                streams.push(Matched {
+                    path,
+                    glob: true,
+                    explicit: false,
+                });
+            }
+        }
+        let links = self
+            .sub_link(&SubLinks {
+                id: page.id.clone(),
+                paths: streams.iter().map(|m| m.path.clone()).collect(),
+            })
+            .await
+            .links;
+        Ok(PatternLinked {
+            streams,
+            links,
+            next,
+        })
     }
 
     /// The signing key, created on first use and kept.

@@ -196,6 +196,8 @@ impl SubscriptionObject {
             unlinking: false,
             link_failures: 0,
             link_retry_at: Some(now_ms() + LINK_SAFETY_MS),
+            list_from: None,
+            list_next: None,
             canonical: String::new(),
             snapshot: Vec::new(),
         };
@@ -226,8 +228,15 @@ impl SubscriptionObject {
         // In the same turn as the record and its explicit links: should this request die
         // partway through linking, the alarm finishes it.
         self.set_alarm(now_ms() + LINK_SAFETY_MS).await?;
+        self.faults.take_registry_page();
         self.finish_links(&record).await?;
-        Ok(json(201, &self.describe(&record).await?)?)
+        let resp = json(201, &self.describe(&record).await?)?;
+        if self.faults.enabled() {
+            let most = self.faults.take_registry_page().to_string();
+            resp.headers()
+                .set(crate::fault::REGISTRY_PAGE_HEADER, &most)?;
+        }
+        Ok(resp)
     }
 
     pub(super) async fn get(&self) -> std::result::Result<Response, Failure> {

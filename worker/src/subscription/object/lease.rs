@@ -281,10 +281,13 @@ impl SubscriptionObject {
         record.end_token();
         record.token = Some(nonce);
         record.lease_deadline = Some(now + record.lease_ttl_ms as i64);
-        self.take_snapshot()?;
+        // The wake's streams again, at their tails now: the same part of the list its event
+        // named (data may have come meanwhile, or been acked).
+        let from = record.list_from.clone();
+        self.list_streams(&mut record, from)?;
         self.save(&record)?;
         self.schedule(&record).await?;
-        let streams: Vec<Value> = self.links()?.iter().map(Link::info).collect();
+        let streams = self.listed()?;
         Ok(json(
             200,
             &j!({

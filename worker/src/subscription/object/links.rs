@@ -13,7 +13,8 @@ use super::store::{Link, Record};
 use super::{refuse_own_wake_stream, Failure, SubscriptionObject};
 use crate::fault::Call;
 use crate::subscription::registry::{
-    Links, Matched, MatchedStreams, RemoveExplicit, StreamPath, SubLinked, SubLinks,
+    Links, Matched, MatchedStreams, PatternLinked, PatternPage, RemoveExplicit, StreamLinked,
+    StreamPath, SubLinked, SubLinks,
 };
 use crate::subscription::{call, registry_stub};
 
@@ -24,27 +25,23 @@ struct StreamsBody {
 
 impl SubscriptionObject {
     /// Links a new subscription's streams: the registry records its pattern and explicit
-    /// streams and answers the streams they cover, then each of those is asked for its tail.
-    /// Every link starts at its stream's tail as of the pass that succeeds (including one an
-    /// append has made meanwhile): the subscription exists from the answer that says so. A
-    /// failure is retried by the alarm with backoff, or by a PUT that finds it.
+    /// streams and answers the explicit ones that exist, then lists the streams the pattern
+    /// covers a page at a time (`LINKS_PER_CALL` streams), asking each of the page's streams
+    /// for its tail before it answers: one call of this request's per page. So however many
+    /// streams the registry knows, neither it nor this object holds more than a page of them. A stream created while the pages are read is found by
+    /// the pattern itself, recorded before the first page: on a page still to come, it is
+    /// linked at its tail like the rest; on one already read, its creation links it, its data
+    /// pending (`notify`). Every link starts at its stream's tail as of the pass that succeeds
+    /// (including one an append has made meanwhile): the subscription exists from the answer
+    /// that says so. A failure is retried by the alarm with backoff, or by a PUT that finds it.
     pub(super) async fn finish_links(&self, record: &Record) -> Result<()> {
-        let explicit = self
-            .links()?
-            .into_iter()
-            .filter(|l| l.explicit)
-            .map(|l| l.path)
-            .collect();
         let links = Links {
             id: record.id.clone(),
             pattern: record.pattern.clone(),
-            explicit,
+            explicit: self.explicit_paths()?,
             replace: true,
         };
-        let result = match self.register_links(&links).await {
-            Ok(matched) => self.link_existing(record, matched, |_| true).await,
-            Err(e) => Err(e),
-        };
+        let result = self.link_all(record, &links).await;
         // Deleted, or created again, meanwhile: that incarnation links its own.
         let Some(mut current) = self
             .load()?
@@ -58,6 +55,53 @@ impl SubscriptionObject {
         self.save(&current)?;
         self.schedule(&current).await?;
         result
+    }
+
+    /// Registers `links` and links the streams they cover, page by page. A page that fails is
+    /// the answer, after the rest are linked.
+    async fn link_all(&self, record: &Record, links: &Links) -> Result<()> {
+        let matched = self.register_links(links).await?;
+        let mut failed = self.link_existing(record, matched, |_| true).await.err();
+        let Some(pattern) = &record.pattern else {
+            return failed.map_or(Ok(()), Err);
+        };
+        let per_call = crate::config::Config::from_env(&self.env).links_per_call;
+        let limit = self
+            .faults
+            .page(&record.id, usize::try_from(per_call).unwrap_or(usize::MAX));
+        let mut after = None;
+        loop {
+            let ask = PatternPage {
+                id: record.id.clone(),
+                pattern: pattern.clone(),
+                after,
+                limit,
+            };
+            // The registry asks the page's streams itself: one call of this request's per page.
+            let page =
+                match call::<_, PatternLinked>(&registry_stub(&self.env)?, "pattern-page", &ask)
+                    .await?
+                {
+                    (200, Some(page)) if page.links.len() == page.streams.len() => page,
+                    (status, _) => {
+                        return Err(worker::Error::RustError(format!(
+                            "registry answered {status} to pattern-page"
+                        )))
+                    }
+                };
+            // Deleted, or deleted and created again, meanwhile: its links are not ours to set.
+            if !self.still(record)? {
+                return Ok(());
+            }
+            self.faults.registry_paged(page.streams.len());
+            if let Err(e) = self.save_linked(record, &page.streams, page.links, &|_: &str| true) {
+                failed.get_or_insert(e);
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return failed.map_or(Ok(()), Err),
+            }
+        }
     }
 
     async fn register_links(&self, links: &Links) -> Result<Vec<Matched>> {
@@ -108,46 +152,63 @@ impl SubscriptionObject {
             if !self.still(record)? {
                 return Ok(());
             }
-            for (m, answer) in group.iter().zip(answers) {
-                let glob = m.glob && record.pattern_covers(&m.path);
-                // 404: the stream is gone, and the registry forgets it. Any other answer is
-                // a failure: the link is retried.
-                let tail = match (answer.status, answer.tail) {
-                    (200, Some(tail)) => tail,
-                    (404, _) => continue,
-                    (status, _) => {
-                        failed.get_or_insert(worker::Error::RustError(format!(
-                            "stream {} answered {status} to sub-link",
-                            m.path
-                        )));
-                        continue;
-                    }
-                };
-                // Read now, not before the await: an append may have been notified meanwhile.
-                let link = match self.link(&m.path)? {
-                    Some(l) => Link {
-                        glob: l.glob || glob,
-                        explicit: l.explicit || m.explicit,
-                        acked: if fresh(&m.path) {
-                            l.acked.max(tail)
-                        } else {
-                            l.acked
-                        },
-                        tail: l.tail.max(tail),
-                        ..l
-                    },
-                    None if glob => Link {
-                        path: m.path.clone(),
-                        glob: true,
-                        explicit: m.explicit,
-                        acked: tail,
-                        tail,
-                    },
-                    // An explicit link removed while the stream was asked.
-                    None => continue,
-                };
-                self.save_link(&link)?;
+            if let Err(e) = self.save_linked(record, group, answers, &fresh) {
+                failed.get_or_insert(e);
             }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Saves the links of `group` at the tails its streams answered (`answers`, in the same
+    /// order). A stream that answered neither 200 nor 404 fails the whole, after the rest are
+    /// saved.
+    fn save_linked(
+        &self,
+        record: &Record,
+        group: &[Matched],
+        answers: Vec<StreamLinked>,
+        fresh: &impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        let mut failed = None;
+        for (m, answer) in group.iter().zip(answers) {
+            let glob = m.glob && record.pattern_covers(&m.path);
+            // 404: the stream is gone, and the registry forgets it. Any other answer is
+            // a failure: the link is retried.
+            let tail = match (answer.status, answer.tail) {
+                (200, Some(tail)) => tail,
+                (404, _) => continue,
+                (status, _) => {
+                    failed.get_or_insert(worker::Error::RustError(format!(
+                        "stream {} answered {status} to sub-link",
+                        m.path
+                    )));
+                    continue;
+                }
+            };
+            // Read now, not before the await: an append may have been notified meanwhile.
+            let link = match self.link(&m.path)? {
+                Some(l) => Link {
+                    glob: l.glob || glob,
+                    explicit: l.explicit || m.explicit,
+                    acked: if fresh(&m.path) {
+                        l.acked.max(tail)
+                    } else {
+                        l.acked
+                    },
+                    tail: l.tail.max(tail),
+                    ..l
+                },
+                None if glob => Link {
+                    path: m.path.clone(),
+                    glob: true,
+                    explicit: m.explicit,
+                    acked: tail,
+                    tail,
+                },
+                // An explicit link removed while the stream was asked.
+                None => continue,
+            };
+            self.save_link(&link)?;
         }
         failed.map_or(Ok(()), Err)
     }

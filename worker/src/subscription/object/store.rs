@@ -82,6 +82,13 @@ pub(super) struct Record {
     /// When the alarm next tries to finish linking, or unlinking.
     #[serde(default)]
     pub(super) link_retry_at: Option<i64>,
+    /// The path the current wake's list of streams starts after (`None`: the first), so a
+    /// claim that lists them again at their tails lists the same part.
+    #[serde(default)]
+    pub(super) list_from: Option<String>,
+    /// The path the next wake's list starts after: where the current one ended.
+    #[serde(default)]
+    pub(super) list_next: Option<String>,
     /// Records saved before `config` and `snapshot` had tables kept them here: read once, and
     /// never written again.
     #[serde(default, skip_serializing)]
@@ -267,6 +274,15 @@ impl SubscriptionObject {
             .is_some_and(|r| !r.deleted && r.epoch == record.epoch))
     }
 
+    /// The streams named explicitly (at most [`rules::MAX_EXPLICIT_STREAMS`]).
+    pub(super) fn explicit_paths(&self) -> Result<Vec<String>> {
+        let rows = self.rows(
+            "SELECT path FROM links WHERE explicit = 1 ORDER BY path",
+            vec![],
+        )?;
+        Ok(rows.iter().map(|r| text(r, 0)).collect())
+    }
+
     pub(super) fn links(&self) -> Result<Vec<Link>> {
         let rows = self.rows(
             "SELECT path, glob, explicit, acked, tail FROM links ORDER BY path",
@@ -324,16 +340,53 @@ impl SubscriptionObject {
         })
     }
 
-    /// The current wake covers every link at its present tail.
-    pub(super) fn take_snapshot(&self) -> Result<()> {
+    /// The current wake covers the links with data past their cursor, at their present tails:
+    /// at most `limit` of them, in path order from just after `after` (where the last wake's
+    /// list ended), going round to the first. So a wake's size is bounded however many
+    /// streams are linked, and a stream with news is listed within a few wakes however busy
+    /// the ones before it are. Answers the last path listed.
+    pub(super) fn take_snapshot(
+        &self,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Option<String>> {
+        let page = |from: &str, to: Option<&str>, n: usize| {
+            let n = SqlStorageValue::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+            match to {
+                Some(to) => self.rows(
+                    "SELECT path, tail FROM links WHERE tail > acked AND path > ? AND path <= ?
+                     ORDER BY path LIMIT ?",
+                    vec![
+                        SqlStorageValue::String(from.into()),
+                        SqlStorageValue::String(to.into()),
+                        n,
+                    ],
+                ),
+                None => self.rows(
+                    "SELECT path, tail FROM links WHERE tail > acked AND path > ?
+                     ORDER BY path LIMIT ?",
+                    vec![SqlStorageValue::String(from.into()), n],
+                ),
+            }
+        };
+        let mut listed = page(after.unwrap_or(""), None, limit)?;
+        if let Some(after) = after.filter(|_| listed.len() < limit) {
+            listed.extend(page("", Some(after), limit - listed.len())?);
+        }
         self.atomically(|| {
             self.sql()?.exec("DELETE FROM snapshot", None)?;
-            self.sql()?.exec(
-                "INSERT INTO snapshot (path, tail) SELECT path, tail FROM links",
-                None,
-            )?;
+            for row in &listed {
+                self.sql()?.exec(
+                    "INSERT INTO snapshot (path, tail) VALUES (?, ?)",
+                    vec![
+                        SqlStorageValue::String(text(row, 0)),
+                        SqlStorageValue::Integer(int(row, 1) as i64),
+                    ],
+                )?;
+            }
             Ok(())
-        })
+        })?;
+        Ok(listed.last().map(|row| text(row, 0)))
     }
 
     /// The links the current wake covers, each with the tail it was woken for.

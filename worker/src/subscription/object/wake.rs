@@ -102,9 +102,14 @@ impl SubscriptionObject {
             Some(_) => self.remove_link(path)?,
             None => return json(200, &j!({ "linked": false })),
         }
-        // A wake not yet delivered that was owed for this stream alone is owed no more.
+        // A wake not yet delivered that was owed for this stream alone is owed no more; one
+        // whose list held only removed streams lists the streams with news again.
         if record.deliver && !self.has_pending()? {
             self.clear_wake(&mut record)?;
+            self.save(&record)?;
+        } else if record.deliver && self.snapshot_links()?.is_empty() {
+            let from = record.list_from.clone();
+            self.list_streams(&mut record, from)?;
             self.save(&record)?;
         }
         json(200, &j!({ "linked": true }))
@@ -121,7 +126,8 @@ impl SubscriptionObject {
         }
         record.generation += 1;
         record.wake_id = Some(format!("w_{}", crypto::random_token(12)?));
-        self.take_snapshot()?;
+        let from = record.list_next.clone();
+        self.list_streams(record, from)?;
         record.deliver = true;
         record.next_attempt_at = None;
         record.lease_deadline = None;
@@ -129,6 +135,33 @@ impl SubscriptionObject {
             record.token = Some(crypto::random_token(32)?);
         }
         Ok(true)
+    }
+
+    /// Takes the wake's list of streams with news, starting after `from` (the
+    /// [`rules::MAX_WAKE_STREAMS`] bound, or the test page), and notes where it began and ended.
+    pub(super) fn list_streams(&self, record: &mut Record, from: Option<String>) -> Result<()> {
+        let limit = self.faults.page(&record.id, rules::MAX_WAKE_STREAMS);
+        let last = self.take_snapshot(limit, from.as_deref())?;
+        record.list_from = from;
+        if last.is_some() {
+            record.list_next = last;
+        }
+        Ok(())
+    }
+
+    /// The current wake's streams, as a webhook body or a claim lists them: each at the tail
+    /// it was woken for.
+    pub(super) fn listed(&self) -> Result<Vec<Value>> {
+        Ok(self
+            .snapshot_links()?
+            .iter()
+            .map(|(link, tail)| {
+                let mut info = link.info();
+                info["tail_offset"] = j!(offset_text(*tail));
+                info["has_pending"] = j!(*tail > link.acked);
+                info
+            })
+            .collect())
     }
 
     pub(super) fn clear_wake(&self, record: &mut Record) -> Result<()> {
@@ -185,16 +218,7 @@ impl SubscriptionObject {
         ) else {
             return Ok(false);
         };
-        let streams: Vec<Value> = self
-            .snapshot_links()?
-            .iter()
-            .map(|(link, tail)| {
-                let mut info = link.info();
-                info["tail_offset"] = j!(offset_text(*tail));
-                info["has_pending"] = j!(*tail > link.acked);
-                info
-            })
-            .collect();
+        let streams = self.listed()?;
         let body = j!({
             "subscription_id": record.id,
             "wake_id": wake_id,
@@ -250,17 +274,18 @@ impl SubscriptionObject {
             .is_some_and(|v| v["done"] == Value::Bool(true)))
     }
 
-    /// Appends one wake event per pending stream to the pull-wake stream.
+    /// Appends one wake event per stream the wake lists (those with news, at most
+    /// [`rules::MAX_WAKE_STREAMS`]) to the pull-wake stream.
     pub(super) async fn post_wake_event(&self, record: &Record) -> Result<()> {
         let Some(wake_stream) = &record.wake_stream else {
             return Ok(());
         };
         let now = now_ms();
         let events: Vec<Value> = self
-            .links()?
+            .snapshot_links()?
             .iter()
-            .filter(|l| l.pending())
-            .map(|l| {
+            .filter(|(l, tail)| *tail > l.acked)
+            .map(|(l, _)| {
                 j!({
                     "type": "wake",
                     "subscription_id": record.id,
