@@ -23,7 +23,12 @@ export function es_fetch(f, url, init, ms) {
   // A page's HTTP cache keeps catch-up pages for a minute, and a stream deleted and created
   // again reuses their offsets: revalidate each read (a 304 when unchanged) instead. Only where
   // there is a page (Cloudflare Workers refuse the option).
-  if (init.method === 'GET' && has_page()) init.cache = 'no-cache';
+  if (init.method === 'GET' && has_page()) {
+    init.cache = 'no-cache';
+    // A live request is held, maybe for minutes: over HTTP/1.1, where a page has 6 connections
+    // to a host, one waiting for a connection must not go before an append or a catch-up.
+    if (/[?&]live=/.test(url)) init.priority = 'low';
+  }
   // The caller's fetch if given (called as a plain function: bind a service binding's), else the
   // global one; async, so that one which throws fails as one that rejects.
   const go = async () => (f ? f(url, init) : globalThis.fetch(url, init));

@@ -5,6 +5,7 @@ import type { CDPSession, Page } from 'playwright-core';
 import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { useDemo } from './demo-page';
+import { startServer } from '../../scripts/dev-server.mjs';
 
 const demo = useDemo();
 
@@ -387,4 +388,50 @@ describe('client in a page', () => {
       await close();
     });
   }, 170_000);
+
+  test("a producer's batch waiting behind live readers for one of the 6 HTTP/1.1 connections goes first, rather than time out at the back of the queue again and again", async () => {
+    // A live request waited for a connection in the browser's queue in turn with everything
+    // else, and a request the client gives up on waiting (a producer's after requestTimeoutMs, a
+    // read's after 65 s) went to the back of the queue again. In a probe, 15 SSE readers in one
+    // page, and a producer's flush and a catch-up read from the page had not ended 8 minutes on.
+    // Here connections end every 4 s and the producer waits 3 s: 18 readers hold 6 and keep 12
+    // waiting, which the batch waited behind each time. Live requests now go last.
+    const server = await startServer({ vars: { SSE_CONNECTION_MS: '4000' } });
+    try {
+      const base = server.baseUrl;
+      const tag = `queue-${Date.now()}`;
+      for (let i = 0; i < 18; i++) {
+        const res = await fetch(`${base}/v1/stream/${tag}-${i}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: '[{"n":0}]' });
+        expect(res.status).toBe(201);
+      }
+      const { page, errors, close } = await clientPage(base);
+      await page.evaluate(
+        ({ base, tag }) => {
+          const w = window as any;
+          w.got = [];
+          w.hs = Array.from({ length: 18 }, (_, i) => {
+            const h = w.es.stream({ url: `${base}/v1/stream/${tag}-${i}`, live: 'sse' });
+            h.subscribe((b: any) => i === 17 && w.got.push(...b.items.map((x: any) => x.n)));
+            return h;
+          });
+        },
+        { base, tag },
+      );
+      await expect.poll(() => page.evaluate(() => (window as any).hs.every((h: any) => h.upToDate)), { timeout: 30_000 }).toBe(true);
+      await page.evaluate((url) => {
+        const w = window as any;
+        w.p = new w.es.IdempotentProducer(new w.es.DurableStream({ url }), 'queued', { requestTimeoutMs: 3000 });
+        w.p.append({ n: 1 });
+        w.flushed = 'waiting';
+        w.p.flush().then(() => (w.flushed = 'flushed'), (e: any) => (w.flushed = String(e)));
+      }, `${base}/v1/stream/${tag}-17`);
+      await expect.poll(() => page.evaluate(() => (window as any).flushed), { timeout: 30_000 }).toBe('flushed');
+      await expect.poll(() => page.evaluate(() => (window as any).got), { timeout: 20_000 }).toEqual([0, 1]);
+      await page.evaluate(() => (window as any).hs.forEach((h: any) => h.cancel()));
+      expect(errors).toEqual([]);
+      await close();
+    } finally {
+      await server.stop();
+    }
+  }, 90_000);
 });
