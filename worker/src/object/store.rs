@@ -2,10 +2,10 @@
 //!
 //! One Durable Object holds one stream: a single `stream` row of metadata, the `log` of data rows
 //! keyed by their start position, and one `producers` row per idempotent producer (once its
-//! state has expired, `PRODUCER_TTL_MS` after its last append or up to 1/64 of it later, unless
-//! it holds the writer lease, a new producer's append deletes it, up to 16 at a time). Every
-//! call here is synchronous; writes that belong together go through [`Store::atomically`],
-//! since a failed statement undoes only itself.
+//! state has expired, `PRODUCER_TTL_MS` after its last append or up to 1/64 of it, at least 1 s,
+//! later, unless it holds the writer lease, a new producer's append deletes it, up to 16 at a
+//! time). Every call here is synchronous; writes that belong together go through
+//! [`Store::atomically`], since a failed statement undoes only itself.
 
 use std::cell::RefCell;
 
