@@ -50,11 +50,48 @@ pub enum ProducerDecision {
     NewEpochBadSeq,
 }
 
-/// The oldest last-append time (Unix milliseconds) at which a producer's state is still kept at
-/// `now_ms`, when state idle for longer than `ttl_ms` expires: state last updated before it is
-/// treated as absent, and the producer as new.
+/// The oldest age stamp (Unix milliseconds) at which a producer's state is still kept at
+/// `now_ms`, when state idle for longer than `ttl_ms` expires: state stamped before it is
+/// treated as absent, and the producer as new. A stamp is never before the producer's last
+/// append ([`restamp`]), so state is kept at least `ttl_ms` after it.
 pub fn kept_since(now_ms: i64, ttl_ms: u64) -> i64 {
     now_ms.saturating_sub(i64::try_from(ttl_ms).unwrap_or(i64::MAX))
+}
+
+/// How far past an append its producer's age stamp is set: 1/64 of the TTL, at least a
+/// second. The stamp is rewritten only once an append comes after it, so the appends in
+/// between store the state without it (and without its age index entry: one SQLite row
+/// written instead of two); state may then be kept up to this much longer than `ttl_ms`.
+pub fn stamp_step_ms(ttl_ms: u64) -> i64 {
+    i64::try_from(ttl_ms / 64).unwrap_or(i64::MAX).max(1_000)
+}
+
+/// The age stamp a producer's state is stored with (Unix milliseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stamp {
+    /// A new one: the state's row and its age index entry are written.
+    New(i64),
+    /// The stored one, kept as it is: only the state's row is written.
+    Kept(i64),
+}
+
+impl Stamp {
+    /// The stamp, new or kept.
+    pub fn ms(self) -> i64 {
+        match self {
+            Stamp::New(at) | Stamp::Kept(at) => at,
+        }
+    }
+}
+
+/// The age stamp to store with a producer's state accepted at `now_ms`, given the stored one
+/// (`stored`, if the state is kept): kept while it is at or after `now_ms`, so it is never
+/// before the producer's last append.
+pub fn restamp(stored: Option<i64>, now_ms: i64, ttl_ms: u64) -> Stamp {
+    match stored {
+        Some(stamp) if stamp >= now_ms => Stamp::Kept(stamp),
+        _ => Stamp::New(now_ms.saturating_add(stamp_step_ms(ttl_ms))),
+    }
 }
 
 /// Checks `(epoch, seq)` against the stored state of this producer, if any.
@@ -202,6 +239,42 @@ mod tests {
         assert_eq!(kept_since(i64::MIN, 1), i64::MIN);
         assert_eq!(kept_since(0, u64::MAX), -i64::MAX);
     }
+
+    /// Appends at any times keep their producer's state at least the TTL after the last one,
+    /// and at most the TTL and one step, however few of them rewrite the stamp.
+    #[test]
+    fn stamps_keep_state_for_the_ttl_after_the_last_append() {
+        for ttl in [1u64, 1_000, 64_000, 604_800_000] {
+            let step = stamp_step_ms(ttl);
+            let mut stamp = None;
+            let mut restamped = 0;
+            let mut now = 5_000_000_000i64;
+            for gap in [0, 1, 7, 300, 999, 1_000, 1_001, 5_000, 9_999_999, 3, 2] {
+                now += gap;
+                let next = restamp(stamp, now, ttl);
+                if matches!(next, Stamp::New(_)) {
+                    restamped += 1;
+                }
+                let s = next.ms();
+                stamp = Some(s);
+                assert!(
+                    s >= now && s <= now + step,
+                    "ttl {ttl}, at {now}: stamp {s}"
+                );
+                // Kept through the TTL after this append, gone once the step has passed too.
+                assert!(s >= kept_since(now + ttl as i64, ttl));
+                assert!(s < kept_since(now + ttl as i64 + step + 1, ttl));
+            }
+            assert!(restamped < 11, "ttl {ttl}: every append restamped");
+        }
+        assert_eq!(stamp_step_ms(604_800_000), 9_450_000);
+        assert_eq!(stamp_step_ms(1_000), 1_000);
+        assert_eq!(restamp(Some(10), 10, 1_000), Stamp::Kept(10));
+        assert_eq!(restamp(Some(9), 10, 1_000), Stamp::New(1_010));
+        assert_eq!(restamp(None, 10, 1_000), Stamp::New(1_010));
+        assert_eq!(restamp(None, i64::MAX, u64::MAX), Stamp::New(i64::MAX));
+    }
+
     use ProducerDecision::*;
 
     const S: fn(u64, u64) -> Option<ProducerState> =

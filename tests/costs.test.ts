@@ -63,13 +63,30 @@ describe('rows written per operation', () => {
 
   // The producers table was keyed by text in a rowid table: each save wrote the row, the key's
   // index beside it, and the age index: 4 rows an append. Without a rowid the key is the table.
-  it("a producer's append writes its log row, its state and the state's age entry", async () => {
+  // The state's age stamp (`updated_ms`, indexed to find expired states) is set a step past the
+  // append that writes it (1/64 of PRODUCER_TTL_MS) and kept by the appends that come before
+  // it, which rewrite the state's row alone: not its age entry (3 rows each, before).
+  it("a producer's first append writes its log row, its state and the state's age entry; its next, the log row and the state", async () => {
     const name = unique('producer');
     await call('PUT', name, text);
     expect((await call('POST', name, producer('p', 0), 'a')).written).toBe(3);
-    expect((await call('POST', name, producer('p', 1), 'b')).written).toBe(3);
+    expect((await call('POST', name, producer('p', 1), 'b')).written).toBe(2);
+    expect((await call('POST', name, producer('p', 2), 'c')).written).toBe(2);
     // A retry stores nothing.
-    expect((await call('POST', name, producer('p', 1), 'b')).written).toBe(0);
+    expect((await call('POST', name, producer('p', 2), 'c')).written).toBe(0);
+    // A new epoch is the same producer's state: its age stamp is kept too.
+    expect((await call('POST', name, { ...producer('p', 0), 'producer-epoch': '1' }, 'd')).written).toBe(2);
+    expect((await call('GET', `${name}?offset=-1`)).written).toBe(0);
+  });
+
+  // The lease is one row of its own, written when taken (or renewed); the holder's appends
+  // under it write what any producer's next append writes.
+  it('a producer taking the writer lease writes the lease beside its append', async () => {
+    const name = unique('lease');
+    await call('PUT', name, text);
+    expect((await call('POST', name, producer('w', 0), 'a')).written).toBe(3);
+    expect((await call('POST', name, { ...producer('w', 1), 'stream-lease-ttl': '60' }, 'b')).written).toBe(3);
+    expect((await call('POST', name, producer('w', 2), 'c')).written).toBe(2);
   });
 
   // The registration a create owes is a row of `pending`, written and deleted in the create's

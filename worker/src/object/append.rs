@@ -7,14 +7,14 @@ use std::time::Duration;
 use edgestream::headers::{self as h, ContentType, ProducerHeaders};
 use edgestream::json::{self, Purpose};
 use edgestream::lease::{Lease, LeaseChange, LeaseRequest};
-use edgestream::producer::{ClosingProducer, ProducerState};
+use edgestream::producer::ClosingProducer;
 use edgestream::stream::{self, AppendPlan, AppendRequest, AppendTarget};
 use edgestream::time::format_rfc3339;
 use edgestream::ProtocolError;
 use worker::{Delay, Headers, Request, Response, Result};
 
 use super::expiry::touch_due;
-use super::store::{self, Meta, Store};
+use super::store::{self, Meta, Store, StoredProducer};
 use super::EXPIRE_PRODUCERS_PER_APPEND;
 use super::{alarm, channel, gap_wait, live, subscribers, Lookup, StreamObject};
 use crate::http::{self, now_ms};
@@ -69,12 +69,12 @@ impl StreamObject {
         let store = self.store()?;
         let stored = self.producer_state(store, store.lease()?.as_ref(), p.id, now_ms())?;
         Ok(matches!(
-            edgestream::producer::decide(stored, p.epoch, p.seq),
+            edgestream::producer::decide(stored.map(|s| s.state), p.epoch, p.seq),
             edgestream::producer::ProducerDecision::Accept { .. }
         ))
     }
 
-    /// Producer `id`'s stored state, as its appends are decided at `now` under the stored
+    /// Producer `id`'s stored state and its age stamp, as its appends are decided at `now` under the stored
     /// `lease`: state idle past `PRODUCER_TTL_MS` counts as absent, except for the holder of an
     /// active writer lease, which keeps its state for as long as it holds the lease (which may
     /// be longer): it alone may append meanwhile.
@@ -84,7 +84,7 @@ impl StreamObject {
         lease: Option<&Lease>,
         id: &str,
         now: i64,
-    ) -> Result<Option<ProducerState>> {
+    ) -> Result<Option<StoredProducer>> {
         let held = lease.is_some_and(|l| l.is_active(now) && l.holder == id);
         let kept_since = match held {
             true => i64::MIN,
@@ -256,7 +256,7 @@ impl StreamObject {
                 now_ms: now,
             };
             match (
-                stream::plan_append(&target, request, stored),
+                stream::plan_append(&target, request, stored.map(|s| s.state)),
                 &request.producer,
             ) {
                 (Ok(plan), _) => break (meta, request, stored_lease, stored, plan),
@@ -358,7 +358,10 @@ impl StreamObject {
         let mut write = || {
             store.append(start, &data, meta.is_json())?;
             if let (Some(p), Some(state)) = (&producer, producer_state) {
-                store.save_producer(p.id, state, now)?;
+                // The stamp is rewritten only once this append comes after it.
+                let kept = stored.map(|s| s.stamp_ms);
+                let stamp = edgestream::producer::restamp(kept, now, self.config.producer_ttl_ms);
+                store.save_producer(p.id, state, stamp)?;
                 // A producer new to the stream (or whose state expired) clears out a few
                 // expired ones, so their rows stay bounded by those appended to within the TTL.
                 // A stream's closer is answered from its metadata row, so no state here is

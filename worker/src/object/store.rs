@@ -2,16 +2,16 @@
 //!
 //! One Durable Object holds one stream: a single `stream` row of metadata, the `log` of data rows
 //! keyed by their start position, and one `producers` row per idempotent producer (once its
-//! state has expired, `PRODUCER_TTL_MS` after its last append unless it holds the writer lease,
-//! a new producer's append deletes it, up to 16 at a time). Every call here is synchronous;
-//! writes that belong together go through [`Store::atomically`], since a failed statement undoes
-//! only itself.
+//! state has expired, `PRODUCER_TTL_MS` after its last append or up to 1/64 of it, at least 1 s,
+//! later, unless it holds the writer lease, a new producer's append deletes it, up to 16 at a
+//! time). Every call here is synchronous; writes that belong together go through
+//! [`Store::atomically`], since a failed statement undoes only itself.
 
 use std::cell::RefCell;
 
 use edgestream::json;
 use edgestream::lease::{Lease, LeaseChange};
-use edgestream::producer::{ClosingProducer, ProducerState};
+use edgestream::producer::{ClosingProducer, ProducerState, Stamp};
 use edgestream::stream::{Expiry, ForkRequest};
 use edgestream::{sse, ContentType, Offset, ProtocolError};
 use js_sys::Uint8Array;
@@ -314,6 +314,14 @@ const MIGRATIONS: &[crate::schema::Migration] = &[
         "pending",
     ]),
 ];
+
+/// A producer's kept state and its age stamp (the `updated_ms` column): at or after its last
+/// append, at most [`edgestream::producer::stamp_step_ms`] after it.
+#[derive(Clone, Copy, Debug)]
+pub struct StoredProducer {
+    pub state: ProducerState,
+    pub stamp_ms: i64,
+}
 
 /// The stream's metadata row.
 #[derive(Clone, Debug)]
@@ -986,34 +994,51 @@ impl Store {
         Ok(page)
     }
 
-    /// The stored state of one producer, unless it was last updated before `kept_since` (it
-    /// expired: the producer is new, whether or not its row is deleted yet).
-    pub fn producer(&self, id: &str, kept_since: i64) -> Result<Option<ProducerState>> {
+    /// The stored state of one producer and its age stamp, unless stamped before `kept_since`
+    /// (it expired: the producer is new, whether or not its row is deleted yet).
+    pub fn producer(&self, id: &str, kept_since: i64) -> Result<Option<StoredProducer>> {
         let rows = self.rows(
-            "SELECT epoch, last_seq FROM producers WHERE id = ? AND updated_ms >= ?",
+            "SELECT epoch, last_seq, updated_ms FROM producers WHERE id = ? AND updated_ms >= ?",
             vec![id.into(), SqlStorageValue::Integer(kept_since)],
         )?;
-        Ok(rows.first().map(|r| ProducerState {
-            epoch: u64::try_from(int(r.first())).unwrap_or(0),
-            last_seq: u64::try_from(int(r.get(1))).unwrap_or(0),
+        Ok(rows.first().map(|r| StoredProducer {
+            state: ProducerState {
+                epoch: u64::try_from(int(r.first())).unwrap_or(0),
+                last_seq: u64::try_from(int(r.get(1))).unwrap_or(0),
+            },
+            stamp_ms: int(r.get(2)),
         }))
     }
 
-    /// Stores a producer's state (in the same turn as the data it accepted).
-    pub fn save_producer(&self, id: &str, state: ProducerState, now_ms: i64) -> Result<()> {
+    /// Stores a producer's state (in the same turn as the data it accepted) with its age stamp:
+    /// one kept is not set again, so its `producers_by_age` entry is not rewritten, a row
+    /// written less (SQLite updates only the indexes of the columns it sets).
+    pub fn save_producer(&self, id: &str, state: ProducerState, stamp: Stamp) -> Result<()> {
+        let sql = match stamp {
+            Stamp::New(_) => {
+                "INSERT OR REPLACE INTO producers (id, epoch, last_seq, updated_ms)
+                   VALUES (?, ?, ?, ?)"
+            }
+            // An upsert, not an UPDATE: were the row gone, the state would still be stored.
+            Stamp::Kept(_) => {
+                "INSERT INTO producers (id, epoch, last_seq, updated_ms) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch,
+                     last_seq = excluded.last_seq"
+            }
+        };
         self.sql.exec(
-            "INSERT OR REPLACE INTO producers (id, epoch, last_seq, updated_ms) VALUES (?, ?, ?, ?)",
+            sql,
             vec![
                 id.into(),
                 SqlStorageValue::Integer(state.epoch as i64),
                 SqlStorageValue::Integer(state.last_seq as i64),
-                SqlStorageValue::Integer(now_ms),
+                SqlStorageValue::Integer(stamp.ms()),
             ],
         )?;
         Ok(())
     }
 
-    /// Deletes up to `limit` producers' states last updated before `kept_since`, oldest first
+    /// Deletes up to `limit` producers' states stamped before `kept_since`, oldest first
     /// (through the `updated_ms` index), so each new producer costs a bounded delete and the
     /// rows of producers gone idle do not pile up.
     pub fn expire_producers(&self, kept_since: i64, limit: u32) -> Result<()> {
