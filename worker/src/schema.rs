@@ -19,8 +19,7 @@ pub enum Migration {
     /// These tables of the schema, keyed by text, made again as the schema now makes them:
     /// without a rowid. A rowid table keeps a text key in an index beside the table, so each
     /// insert wrote two rows (Cloudflare bills an object per row written); without a rowid
-    /// the table is ordered by its key, one row. Their rows are copied over; their columns
-    /// are the schema's, in its order.
+    /// the table is ordered by its key, one row. Their rows are copied over, column by name.
     WithoutRowid(&'static [&'static str]),
 }
 
@@ -63,7 +62,16 @@ impl Migration {
                         1,
                     );
                     sql.exec(&made, None)?;
-                    sql.exec(&format!("INSERT INTO {keyed} SELECT * FROM {table}"), None)?;
+                    // By name: a column an older migration added sits last in the old table,
+                    // wherever the schema now lists it.
+                    let columns = sql
+                        .exec(&format!("SELECT * FROM {table} LIMIT 0"), None)?
+                        .column_names()
+                        .join(", ");
+                    sql.exec(
+                        &format!("INSERT INTO {keyed} ({columns}) SELECT {columns} FROM {table}"),
+                        None,
+                    )?;
                     sql.exec(&format!("DROP TABLE {table}"), None)?;
                     sql.exec(&format!("ALTER TABLE {keyed} RENAME TO {table}"), None)?;
                 }
