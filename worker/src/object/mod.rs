@@ -1042,8 +1042,10 @@ impl StreamObject {
     async fn subscribe(&self, req: &Request, url: &worker::Url) -> Result<Response> {
         let now = now_ms();
         let resp = self.follow(req, url, now).await?;
-        if let Some(instance) = self.meta()?.map(|m| m.instance) {
-            self.touch_answered(&resp, &instance, now)?;
+        if resp.status_code() < 400 {
+            if let Some(instance) = self.meta()?.map(|m| m.instance) {
+                self.touch_answered(&resp, &instance, now)?;
+            }
         }
         Ok(resp)
     }
