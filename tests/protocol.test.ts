@@ -305,3 +305,39 @@ test('refused reads do not slide a TTL; long-polls do', async () => {
   expect((await call(refused, 'HEAD')).status, 'refused reads kept the stream').toBe(404);
   expect((await call(polled, 'HEAD')).status, 'long-polls kept the stream').toBe(200);
 }, 20_000);
+
+// The same inside a JSON message: a catch-up read of a fork refused inside a message it
+// inherited (read from its source, not its own rows), and a long-poll refused inside a message,
+// are no reads either, and slid the TTL all the same.
+test('reads refused inside a JSON message, a fork\'s inherited one or by a long-poll, do not slide a TTL', async () => {
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const json = { 'content-type': 'application/json' };
+  const source = url('refused-inherited-source');
+  expect((await call(source, 'PUT', json, '[{"a":1},{"b":2}]')).status).toBe(201);
+  const fork = url('refused-inherited-fork');
+  const read = url('read-inherited-fork');
+  for (const f of [fork, read]) {
+    const made = await call(f, 'PUT', { ...json, 'stream-ttl': '2', 'stream-forked-from': new URL(source).pathname });
+    expect(made.status).toBe(201);
+  }
+  const polled = url('refused-long-poll');
+  expect((await call(polled, 'PUT', { ...json, 'stream-ttl': '2' }, '[{"a":1},{"b":2}]')).status).toBe(201);
+  const inside = '0000000000000000_0000000000000003';
+  const started = Date.now();
+  while (Date.now() - started < 3_500) {
+    const [refused, answered, poll] = await Promise.all([
+      call(`${fork}?offset=${inside}`, 'GET'),
+      call(`${read}?offset=-1`, 'GET'),
+      call(`${polled}?offset=${inside}&live=long-poll`, 'GET'),
+    ]);
+    // 400 until the stream expires, then 404; the inherited page read from the start, 200.
+    expect([400, 404]).toContain(refused.status);
+    expect(answered.status).toBe(200);
+    expect([400, 404]).toContain(poll.status);
+    await sleep(300);
+  }
+  expect((await call(fork, 'HEAD')).status, 'refused reads kept the fork').toBe(404);
+  expect((await call(polled, 'HEAD')).status, 'refused long-polls kept the stream').toBe(404);
+  expect((await call(read, 'HEAD')).status, 'reads of its inherited page kept the fork').toBe(200);
+  expect((await call(source, 'HEAD')).status).toBe(200);
+}, 20_000);

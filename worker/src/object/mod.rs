@@ -932,8 +932,26 @@ impl StreamObject {
             let page = PageData::Rows(range);
             return catch_up_reply(req, &meta, page, start, end, &self.config);
         }
-        self.touch(&mut meta, now)?;
-        self.page_response(req, meta, start).await
+        // A fork's inherited bytes are read from its source, which may refuse the offset (inside
+        // a JSON message there): the TTL slides only once the page is answered.
+        let instance = meta.instance.clone();
+        let resp = self.page_response(req, meta, start).await?;
+        self.touch_answered(&resp, &instance, now)?;
+        Ok(resp)
+    }
+
+    /// Slides the TTL of incarnation `instance` for a read answered `resp`, unless it was
+    /// refused: a refused read is no read. On the stream as it is after the read's awaits.
+    fn touch_answered(&self, resp: &Response, instance: &str, now: i64) -> Result<()> {
+        if resp.status_code() >= 400 {
+            return Ok(());
+        }
+        match self.meta()? {
+            Some(mut meta) if !meta.deleted && meta.instance == instance => {
+                self.touch(&mut meta, now)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Reads one page from `start` and answers it as a catch-up response.
@@ -1018,10 +1036,22 @@ impl StreamObject {
         }
     }
 
-    /// A live reader from the edge: long-poll, SSE or WebSocket follow.
+    /// A live reader from the edge: long-poll, SSE or WebSocket follow. It slides a sliding
+    /// TTL as the server begins it, unless refused: an offset inside a JSON message is found
+    /// only as the read goes on, so the TTL slides once it is answered.
     async fn subscribe(&self, req: &Request, url: &worker::Url) -> Result<Response> {
         let now = now_ms();
-        let mut meta = match self.lookup(now).await? {
+        let resp = self.follow(req, url, now).await?;
+        if resp.status_code() < 400 {
+            if let Some(instance) = self.meta()?.map(|m| m.instance) {
+                self.touch_answered(&resp, &instance, now)?;
+            }
+        }
+        Ok(resp)
+    }
+
+    async fn follow(&self, req: &Request, url: &worker::Url, now: i64) -> Result<Response> {
+        let meta = match self.lookup(now).await? {
             Lookup::Live(meta) => meta,
             Lookup::Deleted => return http::error(&ProtocolError::Gone),
             Lookup::Missing => return http::error(&ProtocolError::NotFound),
@@ -1054,7 +1084,6 @@ impl StreamObject {
             Ok(start) => start,
             Err(e) => return refused_offset(http::error(&e), &meta.instance),
         };
-        self.touch(&mut meta, now)?;
         let hello =
             header(req.headers(), wsproto::X_CLIENT).and_then(|v| ClientHello::from_header(&v));
         if let (LiveMode::WebSocket, Some(hello)) = (mode, hello) {
