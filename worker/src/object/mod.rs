@@ -936,18 +936,19 @@ impl StreamObject {
         // a JSON message there): the TTL slides only once the page is answered.
         let instance = meta.instance.clone();
         let resp = self.page_response(req, meta, start).await?;
-        self.touch_answered(&resp, &instance, now)?;
+        self.touch_answered(&resp, Some(&instance), now)?;
         Ok(resp)
     }
 
-    /// Slides the TTL of incarnation `instance` for a read answered `resp`, unless it was
-    /// refused: a refused read is no read. On the stream as it is after the read's awaits.
-    fn touch_answered(&self, resp: &Response, instance: &str, now: i64) -> Result<()> {
+    /// Slides the TTL for a read answered `resp`, unless it was refused: a refused read is no
+    /// read. On the stream as it is after the read's awaits, if it is still incarnation
+    /// `instance` (`None`: whichever is live).
+    fn touch_answered(&self, resp: &Response, instance: Option<&str>, now: i64) -> Result<()> {
         if resp.status_code() >= 400 {
             return Ok(());
         }
         match self.meta()? {
-            Some(mut meta) if !meta.deleted && meta.instance == instance => {
+            Some(mut meta) if !meta.deleted && instance.is_none_or(|i| meta.instance == i) => {
                 self.touch(&mut meta, now)
             }
             _ => Ok(()),
@@ -1042,11 +1043,7 @@ impl StreamObject {
     async fn subscribe(&self, req: &Request, url: &worker::Url) -> Result<Response> {
         let now = now_ms();
         let resp = self.follow(req, url, now).await?;
-        if resp.status_code() < 400 {
-            if let Some(instance) = self.meta()?.map(|m| m.instance) {
-                self.touch_answered(&resp, &instance, now)?;
-            }
-        }
+        self.touch_answered(&resp, None, now)?;
         Ok(resp)
     }
 
