@@ -28,8 +28,9 @@ impl SubscriptionObject {
     /// streams and answers the explicit ones that exist, then lists the streams the pattern
     /// covers a page at a time (`LINKS_PER_CALL` streams), asking each of the page's streams
     /// for its tail before it answers: one call of this request's per page. So however many
-    /// streams the registry knows, neither it nor this object holds more than a page of them. A stream created while the pages are read is found by
-    /// the pattern itself, recorded before the first page: on a page still to come, it is
+    /// streams the registry knows, neither it nor this object holds more than a page of them.
+    /// A stream created while the pages are read is found by the pattern itself, recorded
+    /// before the first page: on a page still to come, it is
     /// linked at its tail like the rest; on one already read, its creation links it, its data
     /// pending (`notify`). Every link starts at its stream's tail as of the pass that succeeds
     /// (including one an append has made meanwhile): the subscription exists from the answer
