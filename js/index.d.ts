@@ -334,8 +334,10 @@ export declare class DurableStream {
    * Appends one message or chunk. JSON streams take any JSON value as one message, an array
    * included (strings and bytes are JSON text; other values as `JSON.stringify` writes them,
    * `NaN` as `null`); others take strings or bytes. To append several
-   * JSON messages in one request, use an `IdempotentProducer`. Each call is a request of its own,
-   * sent at once: calls made before the one before has resolved may land in any order.
+   * JSON messages in one request, use an `IdempotentProducer`. Appends (and `close()`) land in
+   * the order they were called: one request is out at a time, and the appends made meanwhile go
+   * together in the next (up to about 1 MiB; one with `seq` goes alone), each resolving to that
+   * request's result. A request that fails rejects every append in it; the next goes on.
    *
    * An append stopped by its `signal` (ABORTED) may still have landed: the request may have
    * reached the server before it was aborted. To append exactly once, use an `IdempotentProducer`.

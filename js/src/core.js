@@ -545,21 +545,11 @@ export class StreamHandle {
   /** Reads until caught up (or closed) and returns the bytes (non-JSON streams). */
   async bytes() {
     const parts = [];
-    let n = 0;
     await this.#collect((batch) => {
       if (batch.items) this.#wrongKind('bytes() and text()', 'is JSON: use items()');
-      if (batch.bytes) {
-        parts.push(batch.bytes);
-        n += batch.bytes.length;
-      }
+      if (batch.bytes) parts.push(batch.bytes);
     });
-    const out = new Uint8Array(n);
-    let at = 0;
-    for (const p of parts) {
-      out.set(p, at);
-      at += p.length;
-    }
-    return out;
+    return concat(parts);
   }
 
   /** A helper read a stream of the other kind: stop, rather than return it as empty. */
@@ -666,11 +656,13 @@ const bodySize = (bytes, count, json) => (json ? bytes + count + 1 : bytes);
  */
 const encodeFor = (json, value) => (json ? jsonText(value) : bytesOf(value, json === undefined));
 
-/**
- * The body that appends `value` to a JSON stream as one message. The protocol takes a JSON array
- * body as a batch of messages, so the value is always wrapped: an array stays one message.
- */
-const oneMessage = (value) => `[${jsonText(value)}]`;
+/** `parts` (byte arrays) one after another, in one array. */
+function concat(parts) {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let n = 0;
+  for (const p of parts) out.set(p, n), (n += p.length);
+  return out;
+}
 
 /** `options` without the entries given as `undefined`. */
 const defined = (options) => Object.fromEntries(Object.entries(options ?? {}).filter(([, v]) => v !== undefined));
@@ -804,27 +796,91 @@ export class DurableStream {
   /**
    * Appends one message or chunk. JSON streams take any JSON value, an array included, as one
    * message (strings are taken as JSON text); other streams take strings (UTF-8) or bytes.
-   * Options: `seq` (`Stream-Seq`), `signal`. An append stopped by its signal may still have
-   * landed: the request may have reached the server before it was aborted.
+   * Options: `seq` (`Stream-Seq`), `signal`. Appends land in the order they were called (see
+   * `#drain()`). An append stopped by its signal may still have landed: the request may have
+   * reached the server before it was aborted.
    */
   async append(data, options = {}) {
     callOptions(options, 'seq contentType signal');
-    const contentType = options.contentType ?? (await this.#type(options.signal));
-    const body = isJsonType(contentType) ? oneMessage(data) : data;
-    return this.#call(appendStream, { body, contentType, seq: options.seq }, options.signal);
+    return this.#enqueue({ ...options, body: data });
   }
 
   /** Closes the stream, optionally appending a last message (one, as `append()`) in the same request. */
   async close(options = {}) {
     callOptions(options, 'body contentType signal');
-    let body = options.body;
-    let contentType = options.contentType;
-    if (body !== undefined) {
-      contentType ??= await this.#type(options.signal);
-      if (isJsonType(contentType)) body = oneMessage(body);
-    }
-    const res = await this.#call(appendStream, { body, contentType, close: true }, options.signal);
+    const res = await this.#enqueue({ ...options, close: true });
     return { ...res, finalOffset: res.offset };
+  }
+
+  /** Appends and closes not yet sent, in call order. */
+  #line = [];
+  #sending = false;
+
+  /**
+   * Puts an append (or close) in line. Its own `signal` takes it out of the line at once, or,
+   * once sent alone, stops its request.
+   */
+  #enqueue(entry) {
+    const { signal } = entry;
+    const problem = signalProblem(signal);
+    if (problem) throw invalid(problem);
+    const done = (entry.done = deferred());
+    cancelOnAbort(
+      signal,
+      () => {
+        this.#line = this.#line.filter((e) => e !== entry);
+        done.reject(abortedError('the operation was cancelled', signal));
+      },
+      done.promise,
+    );
+    if (!signal?.aborted) this.#line.push(entry), this.#drain();
+    return done.promise;
+  }
+
+  /**
+   * Sends the line one request at a time, so appends land in the order they were called. The
+   * appends waiting while a request is out go together in the next one (a JSON array of their
+   * messages, or their bytes one after another), up to about 1 MiB, each resolving to its result. One
+   * with `seq`, a close, and an empty one go alone, as does a value that cannot be sent (refused
+   * as it would be alone), and one whose `contentType` option differs from the one before it
+   * starts the next request. A request that fails rejects every append in it.
+   */
+  async #drain() {
+    if (this.#sending) return;
+    this.#sending = true;
+    for (let first; (first = this.#line.shift()); ) {
+      const batch = [first];
+      try {
+        let { body, contentType, seq, close } = first;
+        const none = close && body === undefined; // a close without a last message
+        if (!none) contentType ??= await this.#type(first.signal);
+        const json = isJsonType(contentType);
+        const encode = (v) => {
+          try {
+            return encodeFor(json, v);
+          } catch {} // Refused when its turn comes, alone.
+        };
+        const parts = [encode(body)];
+        // In UTF-16 units for JSON text (at most 3 bytes each), bytes for the rest.
+        let size = close || seq !== undefined ? 0 : parts[0]?.length;
+        for (let next; size && (next = this.#line[0]) && !next.close && next.seq === undefined && next.contentType === first.contentType; ) {
+          const part = encode(next.body);
+          const n = part?.length;
+          if (!n || (size += n) > 1 << 20) break;
+          parts.push(part);
+          batch.push(this.#line.shift());
+        }
+        // The protocol takes a JSON array body as a batch of messages, so even one value is
+        // wrapped: an array stays one message.
+        if (json && !none) body = `[${batch[1] ? parts.join() : jsonText(body)}]`;
+        else if (batch[1]) body = concat(parts);
+        const res = await this.#call(appendStream, { body, contentType, seq, close }, batch[1] ? undefined : first.signal);
+        for (const e of batch) e.done.resolve(res);
+      } catch (err) {
+        for (const e of batch) e.done.reject(err);
+      }
+    }
+    this.#sending = false;
   }
 
   /** DELETE. Options: `signal`. */
@@ -1012,7 +1068,7 @@ export class IdempotentProducer {
   /** Aborted when the producer stops for good: ends its requests and backoffs at once. */
   #stop = new AbortController();
   /** Stops listening to the caller's signals. */
-  #unlisten = () => {};
+  #unlisten;
 
   /**
    * @param {DurableStream|string} stream the stream (or its URL)
@@ -1047,21 +1103,9 @@ export class IdempotentProducer {
 
   /** Fails the producer with ABORTED (the reason as `cause`) when one of `signals` aborts. */
   #listen(signals) {
-    const live = signals.filter((s) => s !== undefined && s !== null);
-    if (live.length === 0) return;
-    const onAbort = (signal) => () => this.#abort(signal);
-    const handlers = live.map((signal) => [signal, onAbort(signal)]);
-    this.#unlisten = () => {
-      for (const [signal, handler] of handlers) signal.removeEventListener('abort', handler);
-      this.#unlisten = () => {};
-    };
-    for (const [signal, handler] of handlers) {
-      if (signal.aborted) {
-        this.#abort(signal);
-        return;
-      }
-      signal.addEventListener('abort', handler, { once: true });
-    }
+    const ended = deferred();
+    this.#unlisten = ended.resolve;
+    for (const signal of signals) cancelOnAbort(signal, () => this.#abort(signal), ended.promise);
   }
 
   #abort(signal) {
@@ -1439,13 +1483,7 @@ export class IdempotentProducer {
       batch.body = `[${parts.join(',')}]`;
       return true;
     }
-    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-    let at = 0;
-    for (const p of parts) {
-      out.set(p, at);
-      at += p.length;
-    }
-    batch.body = out;
+    batch.body = concat(parts);
     return true;
   }
 
