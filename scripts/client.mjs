@@ -7,6 +7,7 @@
 // wasm-opt from the npm package binaryen. It prints the gzip size of the wasm plus its JS glue,
 // which the issue budgets at 60 KB.
 import { execFile } from 'node:child_process';
+import { readdirSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
@@ -19,19 +20,23 @@ const dist = path.join(js, 'dist');
 const targetDir = path.join(root, 'target', 'client');
 // Size-tuned release settings for the client only, without touching the workspace profile
 // (the Worker's build keeps its own) — hence the separate target directory.
-const releaseEnv = {
+const registrySrc = path.join(process.env.CARGO_HOME ?? path.join(process.env.HOME ?? '/root', '.cargo'), 'registry', 'src');
+const releaseEnv = () => ({
   ...process.env,
-  // Panic locations name source files; short prefixes keep those strings out of the wasm.
+  // Panic locations name source files; short prefixes keep those strings out of the wasm: each
+  // registry's directory (`index.crates.io-<hash>`, 34 characters in every such string) as `c`.
+  // Read when the build starts: a fresh machine has none until cargo unpacks its first crate.
   RUSTFLAGS: [
     process.env.RUSTFLAGS ?? '',
-    `--remap-path-prefix=${path.join(process.env.CARGO_HOME ?? path.join(process.env.HOME ?? '/root', '.cargo'), 'registry', 'src')}=crates`,
+    `--remap-path-prefix=${registrySrc}=crates`,
+    ...readdirSafe(registrySrc).map((name) => `--remap-path-prefix=${path.join(registrySrc, name)}=c`),
     `--remap-path-prefix=${root}=edgestream`,
   ].join(' ').trim(),
   CARGO_PROFILE_RELEASE_OPT_LEVEL: 'z',
   CARGO_PROFILE_RELEASE_PANIC: 'abort',
   CARGO_PROFILE_RELEASE_LTO: 'true',
   CARGO_PROFILE_RELEASE_CODEGEN_UNITS: '1',
-};
+});
 const WASM_FEATURES = [
   '--enable-bulk-memory',
   '--enable-sign-ext',
@@ -40,6 +45,15 @@ const WASM_FEATURES = [
   '--enable-reference-types',
   '--enable-multivalue',
 ];
+
+/** The names in `dir`, none if it does not exist. */
+function readdirSafe(dir) {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
 
 /** Gzip size (level 9) of a file or buffer. */
 const gz = (buf) => gzipSync(buf, { level: 9 }).length;
@@ -95,7 +109,7 @@ export async function buildClient() {
   await run(
     'cargo',
     ['build', '--release', '--target', 'wasm32-unknown-unknown', '-p', 'edgestream-client', '--no-default-features', '--target-dir', targetDir],
-    { env: releaseEnv },
+    { env: releaseEnv() },
   );
   await rm(dist, { recursive: true, force: true });
   await mkdir(dist, { recursive: true });

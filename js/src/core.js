@@ -105,9 +105,9 @@ function checkOptions(who, options, known) {
 /** The options of a `DurableStream` (and of `DurableStream.create()`). */
 const HANDLE_OPTIONS = 'url headers params retry signal fetch contentType ttlSeconds expiresAt closed channel forkedFrom forkOffset forkSubOffset body';
 
-/** Throws INVALID_ARGUMENT for an option of a call that `known` does not list. */
+/** Throws INVALID_ARGUMENT for an option of a call that `known` does not list, or a bad `signal`. */
 function callOptions(options, known) {
-  const problem = unknownOption(options, known);
+  const problem = unknownOption(options, known) ?? signalProblem(options?.signal);
   if (problem) throw invalid(problem);
 }
 
@@ -711,8 +711,6 @@ export class DurableStream {
    * the handle's `signal` or the call's own `signal`, whichever aborts first.
    */
   async #call(fn, extra, signal) {
-    const problem = signalProblem(signal);
-    if (problem) throw invalid(problem);
     return eitherSignal(this.options.signal, signal, (s) => call(fn, this.#request({ ...extra, signal: s })));
   }
 
@@ -822,8 +820,6 @@ export class DurableStream {
    */
   #enqueue(entry) {
     const { signal } = entry;
-    const problem = signalProblem(signal);
-    if (problem) throw invalid(problem);
     const done = (entry.done = deferred());
     cancelOnAbort(
       signal,
