@@ -16,6 +16,8 @@ pub const MAX_LEASE_MS: u64 = 600_000;
 pub const RETRY_BASE_MS: u64 = 1_000;
 /// ...to at most a minute between tries.
 pub const RETRY_MAX_MS: u64 = 60_000;
+/// Most bytes of a failed delivery's error a subscription keeps to show in its `GET`.
+pub const MAX_LAST_ERROR_BYTES: usize = 200;
 
 /// Most explicit streams one request may name (a PUT's `streams`, or `POST .../streams`): at
 /// 1024 bytes a path, about the 1 MiB body the edge accepts.
@@ -288,6 +290,51 @@ pub fn retry_delay_ms(failures: u32, random: u32) -> u64 {
     (base as i64 + offset).max(0) as u64
 }
 
+/// What follows a failed delivery (a webhook post or a wake event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Try the delivery again then (Unix ms).
+    RetryAt(i64),
+    /// Deliveries have failed for the whole give-up window: stop retrying. The data stays
+    /// owed; new data, or the subscription's `PUT`, tries again.
+    GiveUp {
+        /// The earliest new data may try again (Unix ms): one more backoff delay on, so a busy
+        /// stream over a dead endpoint still costs at most one attempt per capped delay.
+        resume_at: i64,
+    },
+}
+
+/// After failure number `failures` (1-based) at `now`, in a run of failures that began at
+/// `failing_since`: a retry with [`retry_delay_ms`]'s backoff, never set past the end of the
+/// give-up window (`failing_since + give_up_ms`), so the last try falls at its end; or, once a
+/// failure comes at or after that end, giving up.
+pub fn after_failure(
+    failures: u32,
+    failing_since: i64,
+    now: i64,
+    give_up_ms: u64,
+    random: u32,
+) -> AfterFailure {
+    let delay = i64::try_from(retry_delay_ms(failures, random)).unwrap_or(i64::MAX);
+    let next = now.saturating_add(delay);
+    let end = failing_since.saturating_add(i64::try_from(give_up_ms).unwrap_or(i64::MAX));
+    if now >= end {
+        AfterFailure::GiveUp { resume_at: next }
+    } else {
+        AfterFailure::RetryAt(next.min(end))
+    }
+}
+
+/// A failed delivery's error as a subscription keeps it: at most [`MAX_LAST_ERROR_BYTES`],
+/// cut at a character boundary.
+pub fn last_error(error: &str) -> String {
+    let mut end = error.len().min(MAX_LAST_ERROR_BYTES);
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    String::from(&error[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,6 +453,72 @@ mod tests {
             let late = retry_delay_ms(30, random);
             assert!((48_000..=72_000).contains(&late), "{late}");
         }
+    }
+
+    /// The whole sequence for a one-minute window: 1 s, 2 s, 4 s ... (±20%), the last retry
+    /// at the window's end, and giving up on the failure that comes then.
+    #[test]
+    fn failures_back_off_until_the_window_ends_then_give_up() {
+        for random in [0, 7, 99_999, u32::MAX] {
+            let (since, window): (i64, u64) = (1_000_000, 60_000);
+            let end = since + window as i64;
+            let mut now = since;
+            let mut delays = Vec::new();
+            let mut failures = 0;
+            let resume_at = loop {
+                failures += 1;
+                match after_failure(failures, since, now, window, random) {
+                    AfterFailure::RetryAt(at) => {
+                        assert!(at > now && at <= end, "{at}");
+                        delays.push(at - now);
+                        now = at;
+                    }
+                    AfterFailure::GiveUp { resume_at } => break resume_at,
+                }
+                assert!(failures < 100, "never gave up");
+            };
+            assert_eq!(now, end, "the last try is at the window's end");
+            // Doubling, with jitter, until the window's end cuts the last delay short.
+            let bases = [1_000, 2_000, 4_000, 8_000, 16_000];
+            for (delay, base) in delays.iter().zip(bases) {
+                assert!((base * 4 / 5..=base * 6 / 5).contains(delay), "{delays:?}");
+            }
+            assert!(delays.len() <= 7, "{delays:?}");
+            // New data may try again after one more backoff delay, capped at a minute.
+            let wait = resume_at - now;
+            assert!((1..=RETRY_MAX_MS as i64 * 6 / 5).contains(&wait), "{wait}");
+        }
+    }
+
+    #[test]
+    fn a_failure_after_giving_up_gives_up_again_at_once() {
+        // The run of failures goes on (no success came): its window has long ended.
+        let outcome = after_failure(40, 0, 10_000_000, 60_000, 5);
+        let AfterFailure::GiveUp { resume_at } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!((10_000_000 + 48_000..=10_000_000 + 72_000).contains(&resume_at));
+        // A long window: plain backoff, capped at a minute with its jitter.
+        let long = after_failure(30, 0, 3_600_000, 86_400_000, 5);
+        let AfterFailure::RetryAt(at) = long else {
+            panic!("{long:?}");
+        };
+        assert!(
+            (3_600_000 + 48_000..=3_600_000 + 72_000).contains(&at),
+            "{at}"
+        );
+        // Times near the ends of i64 do not overflow.
+        let far = after_failure(1, i64::MAX - 10, i64::MAX - 5, u64::MAX, 0);
+        assert_eq!(far, AfterFailure::RetryAt(i64::MAX));
+    }
+
+    #[test]
+    fn last_errors_are_cut_short_on_a_character_boundary() {
+        assert_eq!(last_error("webhook answered 500"), "webhook answered 500");
+        let long = "é".repeat(150);
+        let cut = last_error(&long);
+        assert!(cut.len() <= MAX_LAST_ERROR_BYTES && cut.len() >= MAX_LAST_ERROR_BYTES - 1);
+        assert!(long.starts_with(&cut));
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct Config {
     /// How long one webhook delivery (the request and its reply) may take before it counts as
     /// failed and is retried with backoff.
     pub webhook_timeout_ms: u64,
+    /// How long a subscription's deliveries (webhook posts, wake events) may go on failing
+    /// before it stops retrying them; new data or a `PUT` of it tries again.
+    pub delivery_give_up_ms: u64,
     /// How many existing streams the registry links per call for a new channel or subscription:
     /// each is a call between objects, which Cloudflare counts against a per-request limit, so a larger
     /// tree is linked over several calls.
@@ -90,6 +93,9 @@ impl Config {
     pub const DEFAULT_BODY_IDLE_MS: u64 = 20_000;
     /// Ten seconds: a webhook answers at once and does its work after (or calls back).
     pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 10_000;
+    /// A day: an endpoint down for a night is still retried until it is back, and one gone for
+    /// good costs about 1,440 attempts at the capped one-minute delay, not one a minute for ever.
+    pub const DEFAULT_DELIVERY_GIVE_UP_MS: u64 = 24 * 3_600_000;
     /// Half the free plan's 1,000 calls to Cloudflare services per request.
     pub const DEFAULT_LINKS_PER_CALL: u64 = 500;
     /// Seven days, the protocol's recommendation: a producer idle for a week starts afresh.
@@ -191,6 +197,12 @@ impl Config {
                 "WEBHOOK_TIMEOUT_MS",
                 Self::DEFAULT_WEBHOOK_TIMEOUT_MS,
                 (1, 300_000),
+            ),
+            // At least a second, the first retry's delay; at most a year.
+            delivery_give_up_ms: vars.number(
+                "DELIVERY_GIVE_UP_MS",
+                Self::DEFAULT_DELIVERY_GIVE_UP_MS,
+                (1000, 365 * 24 * 3_600_000),
             ),
             links_per_call: vars.number(
                 "LINKS_PER_CALL",

@@ -116,8 +116,14 @@ pub fn link_asked() {
 }
 
 /// With faults on, a HEAD's answer says when the stream's alarm is set for (Unix ms), or
-/// `none`: tests see which work a request left the alarm to do.
+/// `none`, and a subscription's GET when the subscription's is: tests see which work a
+/// request left the alarm to do.
 pub const ALARM_HEADER: &str = "x-edgestream-alarm";
+
+/// An alarm as [`ALARM_HEADER`] shows it: Unix ms, or `none`.
+pub fn alarm_shown(at: Option<i64>) -> String {
+    at.map_or_else(|| "none".to_string(), |ms| ms.to_string())
+}
 
 /// With faults on, a PUT's answer says how many rows the registry read to find the
 /// subscriptions covering the stream, when this request registered it: tests see that the

@@ -230,8 +230,7 @@ impl DurableObject for StreamObject {
         };
         let resp = if cold { mark_cold(resp)? } else { resp };
         let resp = if show_alarm {
-            let at = self.state.storage().get_alarm().await?;
-            let at = at.map_or_else(|| "none".to_string(), |ms| ms.to_string());
+            let at = crate::fault::alarm_shown(self.state.storage().get_alarm().await?);
             let batch = self.faults.notify_batch().to_string();
             http::edit_headers(resp, |headers| {
                 headers.set(crate::fault::ALARM_HEADER, &at)?;

@@ -168,7 +168,15 @@ impl SubscriptionObject {
             if existing.linking {
                 self.finish_links(existing).await?;
             }
-            return Ok(json(200, &self.describe(existing).await?)?);
+            let current = match self
+                .load()?
+                .filter(|r| !r.deleted && r.epoch == existing.epoch)
+            {
+                Some(current) => self.try_again(current).await?,
+                // Deleted, or replaced, while linking: answered as it was found.
+                None => existing.clone(),
+            };
+            return Ok(json(200, &self.describe(&current).await?)?);
         }
         let record = Record {
             id: id.clone(),
@@ -191,6 +199,10 @@ impl SubscriptionObject {
             deliver: false,
             failures: 0,
             next_attempt_at: None,
+            failing_since: None,
+            last_error: None,
+            gave_up_at: None,
+            resume_at: None,
             deleted: false,
             linking: true,
             unlinking: false,
@@ -239,9 +251,29 @@ impl SubscriptionObject {
         Ok(resp)
     }
 
+    /// A `PUT` of a subscription whose deliveries are failing tries again at once, with the
+    /// backoff and the give-up window started afresh: its owner has fixed the endpoint (or
+    /// created the wake stream) and says so. One that gave up starts a wake for its data.
+    async fn try_again(&self, mut record: Record) -> worker::Result<Record> {
+        if record.failures == 0 && record.gave_up_at.is_none() {
+            return Ok(record);
+        }
+        record.forget_failures();
+        self.wake_if_pending(&mut record)?;
+        self.save(&record)?;
+        self.schedule(&record).await?;
+        Ok(record)
+    }
+
     pub(super) async fn get(&self) -> std::result::Result<Response, Failure> {
         let record = self.live()?;
-        Ok(json(200, &self.describe(&record).await?)?)
+        let resp = json(200, &self.describe(&record).await?)?;
+        if self.faults.enabled() {
+            // Tests see whether anything is left for the alarm to do.
+            let at = crate::fault::alarm_shown(self.state.storage().get_alarm().await?);
+            resp.headers().set(crate::fault::ALARM_HEADER, &at)?;
+        }
+        Ok(resp)
     }
 
     /// Deletes the subscription. Deleting one that does not exist is done already (204, as the

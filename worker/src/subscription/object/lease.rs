@@ -164,8 +164,7 @@ impl SubscriptionObject {
             // has not come back yet (or never does): the delivery succeeded, so it is not
             // retried, and earlier failures no longer make the subscription "failed".
             record.deliver = false;
-            record.next_attempt_at = None;
-            record.failures = 0;
+            record.forget_failures();
         }
         let next_wake = if input.done {
             self.clear_wake(&mut record)?;
@@ -275,8 +274,7 @@ impl SubscriptionObject {
         // Claimed: no wake event is owed (any still being retried is moot, and its failures no
         // longer make the subscription "failed"), and the lease runs.
         record.deliver = false;
-        record.next_attempt_at = None;
-        record.failures = 0;
+        record.forget_failures();
         record.holder = Some(worker);
         record.end_token();
         record.token = Some(nonce);

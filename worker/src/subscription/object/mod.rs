@@ -252,6 +252,7 @@ impl SubscriptionObject {
             "lease_ttl_ms": record.lease_ttl_ms,
             "created_at": record.created_at,
             "status": if record.failures > 0 { "failed" } else { "active" },
+            "delivery": delivery(record),
             "description": record.description,
             "generation": record.generation,
         }))
@@ -270,6 +271,21 @@ impl SubscriptionObject {
         self.key.replace(Some(key.clone()));
         Ok(key)
     }
+}
+
+/// How the subscription's deliveries are going, for its `GET`: the failures since the last
+/// one that succeeded, when they began, the last one's error, when the next is tried (`null`
+/// while nothing is owed, or one is being tried now), and when retries stopped (`null` unless
+/// they have: new data or a `PUT` tries again). Times are RFC 3339.
+fn delivery(record: &Record) -> Value {
+    let time = |ms: Option<i64>| ms.map(edgestream::time::format_rfc3339);
+    j!({
+        "failures": record.failures,
+        "failing_since": time(record.failing_since),
+        "last_error": record.last_error,
+        "next_attempt_at": time(record.next_attempt_at.filter(|_| record.deliver)),
+        "gave_up_at": time(record.gave_up_at),
+    })
 }
 
 /// Why a subscription request failed.

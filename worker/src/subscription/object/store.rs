@@ -65,8 +65,23 @@ pub(super) struct Record {
     pub(super) lease_deadline: Option<i64>,
     /// A webhook post or a wake event is owed.
     pub(super) deliver: bool,
+    /// Deliveries that failed since the last one that succeeded.
     pub(super) failures: u32,
     pub(super) next_attempt_at: Option<i64>,
+    /// When the first of those failures came: retries stop once they have gone on for
+    /// `DELIVERY_GIVE_UP_MS` ([`rules::after_failure`]).
+    #[serde(default)]
+    pub(super) failing_since: Option<i64>,
+    /// The last failure's error, cut short ([`rules::last_error`]), for the `GET`.
+    #[serde(default)]
+    pub(super) last_error: Option<String>,
+    /// Retries stopped then: the wake was ended, its data left owed, and no alarm is set for
+    /// it. New data starts a wake again (not before `resume_at`), and so does a `PUT`.
+    #[serde(default)]
+    pub(super) gave_up_at: Option<i64>,
+    /// The earliest the first wake after giving up is delivered.
+    #[serde(default)]
+    pub(super) resume_at: Option<i64>,
     pub(super) deleted: bool,
     /// Linking this incarnation's streams (the registry's list, then each stream's tail) has
     /// not yet succeeded: a PUT that finds it so finishes it, and so does the alarm.
@@ -106,6 +121,18 @@ impl Record {
             }
             self.earlier_tokens.push(token);
         }
+    }
+
+    /// Forgets past failed deliveries: one succeeded (a webhook answered or called back, a
+    /// wake event was written or claimed), or a `PUT` asks to try again at once. A delivery
+    /// still owed is then tried at once.
+    pub(super) fn forget_failures(&mut self) {
+        self.failures = 0;
+        self.failing_since = None;
+        self.last_error = None;
+        self.gave_up_at = None;
+        self.resume_at = None;
+        self.next_attempt_at = None;
     }
 
     /// Whether the pattern covers `path`. A pull-wake subscription's own wake stream is never

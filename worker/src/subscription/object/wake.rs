@@ -1,7 +1,7 @@
 //! Wakes: a stream's new tail (`notify`) or removal, a new wake generation when work is pending,
 //! and its delivery from the alarm, as a signed webhook post or events on the wake stream.
 
-use edgestream::subscription as rules;
+use edgestream::subscription::{self as rules, AfterFailure};
 use futures_util::StreamExt;
 use serde_json::{json as j, Value};
 use worker::{
@@ -129,7 +129,9 @@ impl SubscriptionObject {
         let from = record.list_next.clone();
         self.list_streams(record, from)?;
         record.deliver = true;
-        record.next_attempt_at = None;
+        // The first wake after retries stopped is tried again, but no sooner than the backoff
+        // allows: a busy stream over a dead endpoint costs an attempt per capped delay at most.
+        record.next_attempt_at = record.gave_up_at.take().and(record.resume_at.take());
         record.lease_deadline = None;
         if record.kind == Kind::Webhook {
             record.token = Some(crypto::random_token(32)?);
@@ -175,8 +177,9 @@ impl SubscriptionObject {
         Ok(())
     }
 
-    /// Records a delivery attempt: a failure is retried with backoff; a webhook delivered
-    /// starts its lease, and `{"done": true}` in its reply acks the wake at once.
+    /// Records a delivery attempt: a failure is retried with backoff, until failures have gone
+    /// on for `DELIVERY_GIVE_UP_MS`; a webhook delivered starts its lease, and `{"done": true}`
+    /// in its reply acks the wake at once.
     pub(super) fn delivery_outcome(
         &self,
         record: &mut Record,
@@ -186,8 +189,7 @@ impl SubscriptionObject {
         match delivered {
             Ok(done) => {
                 record.deliver = false;
-                record.failures = 0;
-                record.next_attempt_at = None;
+                record.forget_failures();
                 if record.kind == Kind::Webhook {
                     record.lease_deadline = Some(now + record.lease_ttl_ms as i64);
                     if done {
@@ -200,8 +202,25 @@ impl SubscriptionObject {
             Err(e) => {
                 worker::console_warn!("subscription {}: delivery failed: {e}", record.id);
                 record.failures = record.failures.saturating_add(1);
-                record.next_attempt_at =
-                    Some(now + rules::retry_delay_ms(record.failures, random_u32()) as i64);
+                record.last_error = Some(rules::last_error(&e.to_string()));
+                let since = *record.failing_since.get_or_insert(now);
+                let give_up_ms = crate::config::Config::from_env(&self.env).delivery_give_up_ms;
+                match rules::after_failure(record.failures, since, now, give_up_ms, random_u32()) {
+                    AfterFailure::RetryAt(at) => record.next_attempt_at = Some(at),
+                    AfterFailure::GiveUp { resume_at } => {
+                        worker::console_warn!(
+                            "subscription {}: deliveries have failed for {} ms ({} attempts); \
+                             retries stop until new data or a PUT",
+                            record.id,
+                            now - since,
+                            record.failures
+                        );
+                        // The wake ends (a late callback of it is fenced); its data stays owed.
+                        self.clear_wake(record)?;
+                        record.gave_up_at = Some(now);
+                        record.resume_at = Some(resume_at);
+                    }
+                }
             }
         }
         Ok(())

@@ -1,0 +1,194 @@
+// Deliveries that keep failing: a subscription retries them with backoff for DELIVERY_GIVE_UP_MS,
+// then stops (no alarm is left set for it) and says so in its GET; new data, or a PUT of the
+// subscription, tries again. Its cursors are untouched, so nothing owed is lost.
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { startServer } from '../scripts/dev-server.mjs';
+import { hookServer } from './support/webhook';
+
+let server: Awaited<ReturnType<typeof startServer>>;
+const url = (path: string) => `${server.baseUrl}/v1/stream/${path}`;
+const sub = (id: string) => url(`__ds/subscriptions/${id}`);
+const json = { 'content-type': 'application/json' };
+const uid = () => `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 7)}`;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+// Retries stop after 3 s of failures: the tries at about 0, 1 and 3 s. FAULT_MARKER turns on
+// the test-only header that says when a subscription's alarm is set (no id or path here has it).
+const GIVE_UP_MS = 3_000;
+
+beforeAll(async () => {
+  server = await startServer({
+    vars: {
+      WEBHOOK_ALLOW_LOCALHOST: 'true',
+      WEBHOOK_TIMEOUT_MS: '2000',
+      DELIVERY_GIVE_UP_MS: String(GIVE_UP_MS),
+      FAULT_MARKER: 'no-stream-is-named-this',
+    },
+  });
+});
+
+afterAll(async () => {
+  await server?.stop();
+});
+
+type Delivery = { failures: number; failing_since: string | null; last_error: string | null; next_attempt_at: string | null; gave_up_at: string | null };
+type Described = { status: string; delivery: Delivery; streams: any[]; alarm: string | null };
+
+async function described(id: string): Promise<Described> {
+  const res = await fetch(sub(id));
+  expect(res.status).toBe(200);
+  return { ...(await res.json()), alarm: res.headers.get('x-edgestream-alarm') };
+}
+
+async function eventually<T>(check: () => Promise<T | undefined | false>, ms: number): Promise<T | undefined> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    const value = await check();
+    if (value) return value;
+    await sleep(100);
+  }
+  return undefined;
+}
+
+/** A webhook subscription to `<p>/*` whose receiver fails while `failing.on` is true. */
+async function failingHook(p: string) {
+  const failing = { on: true };
+  const hook = await hookServer((_, res) => {
+    if (failing.on) {
+      res.writeHead(500);
+      res.end('down');
+      return;
+    }
+    res.writeHead(200, json);
+    res.end('{"done":true}');
+  });
+  const id = `sub-${p}`;
+  const body = JSON.stringify({ type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 60_000 });
+  const put = () => fetch(sub(id), { method: 'PUT', headers: json, body });
+  expect((await put()).status).toBe(201);
+  return { id, hook, failing, put };
+}
+
+/** Waits for retries to stop, and answers the GET that shows it. */
+async function gaveUp(id: string, ms = 12_000) {
+  const state = await eventually(async () => {
+    const s = await described(id);
+    return s.delivery?.gave_up_at != null && s;
+  }, ms);
+  expect(state, 'retries never stopped').toBeTruthy();
+  return state!;
+}
+
+describe('a webhook that keeps failing', () => {
+  test('stops being retried after the give-up window, with no alarm left, and new data tries it again', async () => {
+    const p = `giveup-${uid()}`;
+    const { id, hook } = await failingHook(p);
+    try {
+      expect((await fetch(url(`${p}/s`), { method: 'PUT', headers: json, body: '{"n":1}' })).status).toBe(201);
+      const stopped = await gaveUp(id);
+      expect(stopped.status).toBe('failed');
+      expect(stopped.delivery.failures).toBeGreaterThanOrEqual(2);
+      expect(stopped.delivery.last_error).toContain('500');
+      expect(stopped.delivery.next_attempt_at).toBeNull();
+      expect(Date.parse(stopped.delivery.gave_up_at!) - Date.parse(stopped.delivery.failing_since!)).toBeGreaterThanOrEqual(GIVE_UP_MS);
+      expect(stopped.alarm, 'an alarm is still set for a subscription that gave up').toBe('none');
+      // Its data is still owed: the cursor has not moved.
+      expect(stopped.streams.find((s) => s.path === `${p}/s`)?.has_pending).toBe(true);
+      const tries = hook.hits.length;
+      const generation = hook.hits[tries - 1].body.generation;
+      // Longer than the backoff's delay at this point (4 s, ±20%): nothing is tried.
+      await sleep(5_500);
+      expect(hook.hits.length, 'the webhook was called after retries stopped').toBe(tries);
+      expect((await described(id)).alarm).toBe('none');
+
+      // New data: a new wake, covering it, is tried again (at once, or once one more backoff
+      // delay has passed since retries stopped).
+      expect((await fetch(url(`${p}/s`), { method: 'POST', headers: json, body: '{"n":2}' })).status).toBe(204);
+      const tail = (await described(id)).streams.find((s) => s.path === `${p}/s`)?.tail_offset;
+      expect(tail).not.toBe(stopped.streams.find((s) => s.path === `${p}/s`)?.tail_offset);
+      expect(await eventually(async () => hook.hits.length > tries, 10_000), 'new data did not try the webhook again').toBe(true);
+      const again = hook.hits[tries].body;
+      expect(again.generation).toBeGreaterThan(generation);
+      expect(again.streams.find((s: any) => s.path === `${p}/s`)?.tail_offset).toBe(tail);
+      // That try failed too, well after the window: retries stop again at once.
+      const stoppedAgain = await gaveUp(id, 5_000);
+      expect(Date.parse(stoppedAgain.delivery.gave_up_at!)).toBeGreaterThan(Date.parse(stopped.delivery.gave_up_at!));
+      expect(stoppedAgain.delivery.failing_since).toBe(stopped.delivery.failing_since);
+      expect(stoppedAgain.delivery.failures).toBe(hook.hits.length);
+      expect(stoppedAgain.alarm).toBe('none');
+
+      // A busy stream over the dead endpoint: its appends start one wake, tried no sooner than
+      // the backoff allows (after 4 failures, 8 s ±20%), not one try per append.
+      const before = hook.hits.length;
+      for (let n = 3; n < 8; n++) {
+        expect((await fetch(url(`${p}/s`), { method: 'POST', headers: json, body: JSON.stringify({ n }) })).status).toBe(204);
+      }
+      const waiting = await described(id);
+      const next = Date.parse(waiting.delivery.next_attempt_at!);
+      const backoff = Math.min(1_000 * 2 ** (stoppedAgain.delivery.failures - 1), 60_000);
+      expect(next - Date.parse(stoppedAgain.delivery.gave_up_at!)).toBeGreaterThanOrEqual(backoff * 0.8);
+      expect(Number(waiting.alarm)).toBe(next);
+      await sleep(1_000);
+      expect(hook.hits.length, 'appends after retries stopped each tried the webhook').toBe(before);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+
+  test('a PUT of the subscription tries again at once, and a delivery that succeeds makes it active', async () => {
+    const p = `giveup-put-${uid()}`;
+    const { id, hook, failing, put } = await failingHook(p);
+    try {
+      expect((await fetch(url(`${p}/s`), { method: 'PUT', headers: json, body: '{"n":1}' })).status).toBe(201);
+      await gaveUp(id);
+      const tries = hook.hits.length;
+      // The endpoint is fixed; its owner puts the same subscription again.
+      failing.on = false;
+      const confirmed = await put();
+      expect(confirmed.status).toBe(200);
+      expect((await confirmed.json()).delivery.gave_up_at).toBeNull();
+      expect(await eventually(async () => hook.hits.length > tries, 3_000), 'the PUT did not try the webhook again').toBe(true);
+      const done = await eventually(async () => {
+        const s = await described(id);
+        return s.streams.every((l) => !l.has_pending) && s;
+      }, 5_000);
+      expect(done, 'the data was not delivered').toBeTruthy();
+      expect(done!.status).toBe('active');
+      expect(done!.delivery).toEqual({ failures: 0, failing_since: null, last_error: null, next_attempt_at: null, gave_up_at: null });
+      expect(done!.alarm).toBe('none');
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+});
+
+describe('a pull-wake subscription whose wake events cannot be written', () => {
+  test('stops retrying them, and a claim still takes the data owed', async () => {
+    const p = `giveup-pull-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const id = `pull-${p}`;
+    try {
+      expect((await fetch(url(`${p}/a`), { method: 'PUT', headers: json, body: '[]' })).status).toBe(201);
+      // No wake stream: each wake event fails.
+      const body = JSON.stringify({ type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake });
+      expect((await fetch(sub(id), { method: 'PUT', headers: json, body })).status).toBe(201);
+      expect((await fetch(url(`${p}/a`), { method: 'POST', headers: json, body: '{"n":1}' })).status).toBe(204);
+      const stopped = await gaveUp(id);
+      expect(stopped.status).toBe('failed');
+      expect(stopped.delivery.last_error).toContain('wake stream answered');
+      expect(stopped.alarm).toBe('none');
+      // A worker that starts claims without waiting for an event, and gets the data.
+      expect((await fetch(url(wake), { method: 'PUT', headers: json, body: '[]' })).status).toBe(201);
+      const claim = await fetch(sub(`${id}/claim`), { method: 'POST', headers: json, body: '{"worker":"w"}' });
+      expect(claim.status).toBe(200);
+      expect((await claim.json()).streams.some((s: any) => s.path === `${p}/a` && s.has_pending)).toBe(true);
+      const active = await described(id);
+      expect(active.status).toBe('active');
+      expect(active.delivery.gave_up_at).toBeNull();
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
