@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use edgestream::headers::LiveMode;
 use edgestream::{sse, Offset, ProtocolError};
-use wasm_bindgen::JsValue;
+use wasm_bindgen::{JsCast, JsValue};
 use worker::web_sys::WebSocket;
 use worker::worker_sys::DurableObjectState;
 use worker::{Response, Result, WebSocketPair};
@@ -123,6 +123,35 @@ impl Hub {
     fn sockets_tagged(&self, tag: &str) -> Vec<WebSocket> {
         self.state.get_websockets_with_tag(tag).unwrap_or_default()
     }
+
+    /// Whether `limit` live readers are open on this stream already, so a new one must be
+    /// refused (`MAX_LIVE_READERS`). Every socket this object accepts is a live reader's (the
+    /// edge's internal ones and clients' own), and the runtime lists them across hibernation,
+    /// so nothing is counted by hand. The list's length is one call, whatever its size; only a
+    /// list of `limit` or more is read through, since sockets this object has closed (long-polls
+    /// answered, clients cut off) stay listed until their close completes, and do not count.
+    pub fn is_full(&self, limit: u64) -> bool {
+        let Ok(all) = self.state.unchecked_ref::<AllSockets>().all() else {
+            return false;
+        };
+        if u64::from(all.length()) < limit {
+            return false;
+        }
+        let open = all
+            .iter()
+            .filter(|ws| ws.unchecked_ref::<WebSocket>().ready_state() == WebSocket::OPEN)
+            .count();
+        open as u64 >= limit
+    }
+}
+
+#[wasm_bindgen::prelude::wasm_bindgen]
+extern "C" {
+    /// The object's state seen through `getWebSockets()` as a JS array: `worker-sys` copies
+    /// it into a `Vec`, one handle per socket, where [`Hub::is_full`] mostly needs its length.
+    type AllSockets;
+    #[wasm_bindgen(method, catch, js_name = getWebSockets)]
+    fn all(this: &AllSockets) -> std::result::Result<js_sys::Array, JsValue>;
 }
 
 /// See [`Hub::appending`].
@@ -169,7 +198,7 @@ pub fn accept(
     let pair = WebSocketPair::new()?;
     if let Err(e) = hub.accept(pair.server.as_ref(), &[mode.as_str(), EDGE]) {
         worker::console_warn!("stream object: cannot accept a reader: {e:?}");
-        return http::unavailable("too many live readers on this stream; retry");
+        return too_many_readers();
     }
     if let Some(page) = backlog {
         let bytes = frame::encode_data(
@@ -187,6 +216,14 @@ pub fn accept(
     }
     Ok(resp)
 }
+
+/// The answer to a live reader past `MAX_LIVE_READERS` ([`Hub::is_full`]): 503 with
+/// `Retry-After`, as when the runtime itself refuses a socket, before anything is held.
+pub fn too_many_readers() -> Result<Response> {
+    http::unavailable(TOO_MANY_READERS)
+}
+
+const TOO_MANY_READERS: &str = "too many live readers on this stream; retry";
 
 /// Queues an append (`data` = log bytes `[start, end)`) for the live readers; [`flush`] sends
 /// it. Appends queued before one flush are merged, so a burst costs one frame per reader.
