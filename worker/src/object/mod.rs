@@ -1137,7 +1137,7 @@ impl StreamObject {
 
     /// Whether a new live reader must be refused: the stream holds `MAX_LIVE_READERS` already.
     fn readers_full(&self) -> bool {
-        self.hub.is_full(self.config.max_live_readers)
+        self.hub.is_full(self.config.max_live_readers, now_ms())
     }
 
     /// A catch-up page for an SSE or WebSocket reader the edge serves, naming the incarnation
