@@ -125,7 +125,7 @@ pub fn accept(
     let ws: &WebSocket = pair.server.as_ref();
     if let Err(e) = hub.accept(ws, &[TAG]) {
         worker::console_warn!("stream object: cannot accept a client socket: {e:?}");
-        return http::unavailable("too many live readers on this stream; retry");
+        return live::too_many_readers();
     }
     let state = ClientState {
         json: meta.is_json(),

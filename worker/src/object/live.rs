@@ -7,12 +7,12 @@
 //! messages. Client WebSockets held here directly get the same data as client messages
 //! ([`clients`](super::clients)).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use edgestream::headers::LiveMode;
 use edgestream::{sse, Offset, ProtocolError};
-use wasm_bindgen::JsValue;
+use wasm_bindgen::{JsCast, JsValue};
 use worker::web_sys::WebSocket;
 use worker::worker_sys::DurableObjectState;
 use worker::{Response, Result, WebSocketPair};
@@ -38,7 +38,27 @@ pub struct Hub {
     /// The client socket whose append is being applied: it gets its ack before any close.
     appending: RefCell<Option<WebSocket>>,
     receipts: clients::Receipts,
+    /// Live readers: at least as many as are open (see [`Hub::is_full`]).
+    readers: ReaderCount,
 }
+
+/// How many live readers the object holds, for `MAX_LIVE_READERS`. Counting the runtime's list
+/// of sockets costs about 2 ms at 5,000 of them (one JS wrapper each), more than an append, so it
+/// is done only when this bound says the limit may be reached: it is the count made then, plus
+/// one per socket accepted since, and a socket that leaves takes nothing off. So it is never
+/// under the number open, and one count lasts until as many readers came as there were places.
+#[derive(Default)]
+struct ReaderCount {
+    /// `None` until counted: after the object starts (or wakes from hibernation with its
+    /// sockets), the first reader to come counts them.
+    at_most: Cell<Option<u64>>,
+    /// When a count last found the stream full: new readers are refused without counting again
+    /// for [`RECOUNT_MS`], so a crowd of refused readers retrying costs one count a second.
+    full_at: Cell<Option<i64>>,
+}
+
+/// How long a count that found the stream full stands: the `Retry-After` of the refusal.
+const RECOUNT_MS: i64 = 1000;
 
 /// Log bytes `[start, end)` waiting to be sent as one frame (or a few, when large).
 struct Pending {
@@ -58,6 +78,7 @@ impl Hub {
             clients: RefCell::new(None),
             appending: RefCell::new(None),
             receipts: clients::Receipts::new(ws_backlog_bytes),
+            readers: ReaderCount::default(),
         }
     }
 
@@ -74,7 +95,10 @@ impl Hub {
 
     pub fn accept(&self, ws: &WebSocket, tags: &[&str]) -> std::result::Result<(), JsValue> {
         let tags = tags.iter().map(|t| JsValue::from_str(t)).collect();
-        self.state.accept_websocket_with_tags(ws, tags)
+        self.state.accept_websocket_with_tags(ws, tags)?;
+        let count = &self.readers.at_most;
+        count.set(count.get().map(|n| n + 1));
+        Ok(())
     }
 
     /// The edge's internal sockets.
@@ -123,6 +147,57 @@ impl Hub {
     fn sockets_tagged(&self, tag: &str) -> Vec<WebSocket> {
         self.state.get_websockets_with_tag(tag).unwrap_or_default()
     }
+
+    /// Whether `limit` live readers are open on this stream already, so a new one must be
+    /// refused (`MAX_LIVE_READERS`). Every socket this object accepts is a live reader's (the
+    /// edge's internal ones and clients' own), and the runtime lists them across hibernation.
+    /// Mostly one comparison: they are counted only when [`ReaderCount`]'s bound reaches the
+    /// limit, and at most once a second while they fill it.
+    pub fn is_full(&self, limit: u64, now_ms: i64) -> bool {
+        let count = &self.readers;
+        if count.at_most.get().is_some_and(|n| n < limit) {
+            return false;
+        }
+        if count
+            .full_at
+            .get()
+            .is_some_and(|at| (0..RECOUNT_MS).contains(&(now_ms - at)))
+        {
+            return true;
+        }
+        let Some(open) = self.count_open(limit) else {
+            return false;
+        };
+        count.at_most.set(Some(open));
+        let full = open >= limit;
+        count.full_at.set(full.then_some(now_ms));
+        full
+    }
+
+    /// How many sockets are open: sockets this object has closed (long-polls answered, clients
+    /// cut off) stay listed until their close completes, and do not count. The list's length
+    /// alone, when under `limit`, as it then cannot matter which of them are open.
+    fn count_open(&self, limit: u64) -> Option<u64> {
+        let all = self.state.unchecked_ref::<AllSockets>().all().ok()?;
+        let listed = u64::from(all.length());
+        if listed < limit {
+            return Some(listed);
+        }
+        let open = all
+            .iter()
+            .filter(|ws| ws.unchecked_ref::<WebSocket>().ready_state() == WebSocket::OPEN)
+            .count();
+        Some(open as u64)
+    }
+}
+
+#[wasm_bindgen::prelude::wasm_bindgen]
+extern "C" {
+    /// The object's state seen through `getWebSockets()` as a JS array: `worker-sys` copies
+    /// it into a `Vec`, one handle per socket, where [`Hub::is_full`] mostly needs its length.
+    type AllSockets;
+    #[wasm_bindgen(method, catch, js_name = getWebSockets)]
+    fn all(this: &AllSockets) -> std::result::Result<js_sys::Array, JsValue>;
 }
 
 /// See [`Hub::appending`].
@@ -169,7 +244,7 @@ pub fn accept(
     let pair = WebSocketPair::new()?;
     if let Err(e) = hub.accept(pair.server.as_ref(), &[mode.as_str(), EDGE]) {
         worker::console_warn!("stream object: cannot accept a reader: {e:?}");
-        return http::unavailable("too many live readers on this stream; retry");
+        return too_many_readers();
     }
     if let Some(page) = backlog {
         let bytes = frame::encode_data(
@@ -187,6 +262,14 @@ pub fn accept(
     }
     Ok(resp)
 }
+
+/// The answer to a live reader past `MAX_LIVE_READERS` ([`Hub::is_full`]): 503 with
+/// `Retry-After`, as when the runtime itself refuses a socket, before anything is held.
+pub fn too_many_readers() -> Result<Response> {
+    http::unavailable(TOO_MANY_READERS)
+}
+
+const TOO_MANY_READERS: &str = "too many live readers on this stream; retry";
 
 /// Queues an append (`data` = log bytes `[start, end)`) for the live readers; [`flush`] sends
 /// it. Appends queued before one flush are merged, so a burst costs one frame per reader.

@@ -1086,6 +1086,9 @@ impl StreamObject {
             // A client's own socket, handed over by the edge: held here when it starts near the
             // tail, else the edge serves it from this page on.
             if clients::serves(&meta, start) {
+                if self.readers_full() {
+                    return live::too_many_readers();
+                }
                 let expires = hello.read_until;
                 let resp = clients::accept(&self.hub, self.store()?, &meta, start, hello)?;
                 if let (101, Some(at)) = (resp.status_code(), expires) {
@@ -1108,6 +1111,9 @@ impl StreamObject {
         if long_poll && meta.closed {
             return reply::no_content(meta.tail, true, None, &meta.instance);
         }
+        if self.readers_full() {
+            return live::too_many_readers();
+        }
         let resp = refused_offset(
             live::accept(&self.hub, self.store()?, &meta, start, mode),
             &meta.instance,
@@ -1126,6 +1132,11 @@ impl StreamObject {
             headers.set(h::STREAM_CLOSED, "true")?;
         }
         Ok(resp)
+    }
+
+    /// Whether a new live reader must be refused: the stream holds `MAX_LIVE_READERS` already.
+    fn readers_full(&self) -> bool {
+        self.hub.is_full(self.config.max_live_readers, now_ms())
     }
 
     /// A catch-up page for an SSE or WebSocket reader the edge serves, naming the incarnation
