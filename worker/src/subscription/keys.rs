@@ -19,8 +19,10 @@ pub const DEFAULT_OVERLAP_MS: i64 = 600_000;
 /// The longest overlap a rotation may name: a day.
 pub const MAX_OVERLAP_MS: i64 = 86_400_000;
 /// How long a subscription keeps the schedule it fetched before it asks again: a rotation
-/// reaches every subscription this long after it was made, at the latest.
-pub const SCHEDULE_KEPT_MS: i64 = 60_000;
+/// reaches every subscription this long after it was made, at the latest. Half the default
+/// overlap, so that with it every subscription knows the fresh key before it signs; no
+/// shorter, since every subscription that delivers asks the one registry this often.
+pub const SCHEDULE_KEPT_MS: i64 = 300_000;
 /// The same, when `FAULT_MARKER` is set (tests, which rotate with overlaps of seconds).
 pub const SCHEDULE_KEPT_MS_UNDER_TEST: i64 = 1_000;
 /// The longest the key set may be cached (`max-age`, seconds).

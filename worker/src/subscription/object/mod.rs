@@ -261,7 +261,7 @@ impl SubscriptionObject {
 
     /// The key that signs now, by the schedule fetched from the registry at most
     /// [`keys::SCHEDULE_KEPT_MS`] ago: so a rotation reaches this object before the fresh key
-    /// is due to sign (a rotation's default overlap is ten times as long), and the object
+    /// is due to sign (a rotation's default overlap is twice as long), and the object
     /// switches keys when the schedule says, whenever it last asked.
     async fn signing_key(&self) -> Result<SigningKey> {
         let now = now_ms();
