@@ -3,7 +3,8 @@
 //   npm run -s token -- --prefix rooms --ops read,append --ttl 3600
 //
 // The secret comes from --secret or the AUTH_SECRET environment variable, and must equal the
-// Worker's (`wrangler secret put AUTH_SECRET`, or `--var AUTH_SECRET:...` locally).
+// Worker's (`wrangler secret put AUTH_SECRET`, or `--var AUTH_SECRET:...` locally); while the
+// secret is rotated, mint with the new one (AUTH_SECRET_PREVIOUS only verifies).
 import { createHmac } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
 

@@ -217,6 +217,14 @@ describe('scoped tokens', () => {
     const admin = token('', ['admin']);
     expect((await fetch(sub, { method: 'PUT', headers: { 'content-type': 'application/json', ...bearer(admin) }, body })).status).toBe(201);
     expect((await fetch(url('__ds/jwks.json'))).status).toBe(200);
+    // The signing keys' schedule and their rotation, likewise.
+    for (const [path, method] of [['__ds/keys', 'GET'], ['__ds/keys/rotate', 'POST']]) {
+      expect((await fetch(url(path), { method })).status, `${method} ${path}`).toBe(401);
+      expect((await fetch(url(path), { method, headers: bearer(notAdmin) })).status, `${method} ${path}`).toBe(403);
+      expect((await fetch(url(path), { method, headers: bearer(token('auth', ['admin'])) })).status, `${method} ${path}`).toBe(403);
+    }
+    expect((await fetch(url('__ds/keys'), { headers: bearer(admin) })).status).toBe(200);
+    expect((await fetch(url('__ds/keys/rotate'), { method: 'POST', headers: bearer(admin), body: '{"overlap_ms":600000}' })).status).toBe(200);
   });
 
   test('only the wake-token routes skip the admin check, not paths that end like them', async () => {

@@ -3,15 +3,18 @@
 //! With `AUTH_SECRET` set (`wrangler secret put AUTH_SECRET`), every request needs a token (see
 //! [`edgestream::token`]) as `Authorization: Bearer <token>` or `?token=<token>` (EventSource
 //! and browser WebSockets cannot set headers). Without a secret, access is open, and the Worker
-//! says so once in its log.
+//! says so once in its log. `AUTH_SECRET_PREVIOUS`, set while the secret is rotated, verifies
+//! tokens too and signs nothing.
 
+use std::cell::{OnceCell, RefCell};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use edgestream::token::{self, AuthError, Grant, Operation};
 use serde::Deserialize;
 use worker::{Env, Request, Url};
 
-use crate::crypto;
+use crate::crypto::{self, HmacKey};
 use crate::http::{header, without_ows};
 
 static WARNED_OPEN: AtomicBool = AtomicBool::new(false);
@@ -43,28 +46,107 @@ impl Access {
     }
 }
 
-/// `AUTH_SECRET`, read once per isolate as [`Config::from_env`](crate::config::Config::from_env)
-/// reads the settings: a secret cannot change while an isolate lives, and reading it cost every
-/// request several JS calls.
-fn secret(env: &Env) -> Option<String> {
-    thread_local! {
-        static CACHED: std::cell::OnceCell<Option<String>> = const { std::cell::OnceCell::new() };
+/// One secret, and its key once WebCrypto has imported it.
+struct Secret {
+    text: String,
+    key: RefCell<Option<HmacKey>>,
+}
+
+impl Secret {
+    fn new(text: String) -> Secret {
+        Secret {
+            text,
+            key: RefCell::new(None),
+        }
     }
-    CACHED.with(|cell| {
-        cell.get_or_init(|| {
-            env.secret("AUTH_SECRET")
+
+    /// The secret's HMAC key, imported on first use and kept: a secret cannot change while an
+    /// isolate lives. Two requests that both find none import it twice; either copy is right.
+    async fn key(&self) -> worker::Result<HmacKey> {
+        if let Some(key) = self.key.borrow().as_ref() {
+            return Ok(key.clone());
+        }
+        let key = HmacKey::import(self.text.as_bytes()).await?;
+        self.key.replace(Some(key.clone()));
+        Ok(key)
+    }
+}
+
+/// The secrets tokens are checked against. `current` (`AUTH_SECRET`) signs what the server
+/// issues (wake tokens) and verifies; `previous` (`AUTH_SECRET_PREVIOUS`) only verifies, so
+/// that the tokens made with the secret an operator is rotating away from keep working until
+/// they expire.
+struct Secrets {
+    current: Secret,
+    previous: Option<Secret>,
+}
+
+impl Secrets {
+    /// The secrets as `AUTH_SECRET` and `AUTH_SECRET_PREVIOUS` give them (secrets, or vars
+    /// locally; empty counts as unset). A previous secret without a current one is taken as the
+    /// current one, so that deleting `AUTH_SECRET` mid-rotation neither opens access to everyone
+    /// nor refuses the tokens made with the secret that is left; the Worker says so once.
+    fn from_env(env: &Env) -> Option<Secrets> {
+        let read = |name: &str| {
+            env.secret(name)
                 .map(|s| s.to_string())
-                .or_else(|_| env.var("AUTH_SECRET").map(|v| v.to_string()))
+                .or_else(|_| env.var(name).map(|v| v.to_string()))
                 .ok()
                 .filter(|s| !s.is_empty())
-        })
-        .clone()
+        };
+        match (read("AUTH_SECRET"), read("AUTH_SECRET_PREVIOUS")) {
+            (Some(current), previous) => Some(Secrets {
+                // The same secret twice would only verify a forged token twice.
+                previous: previous.filter(|p| *p != current).map(Secret::new),
+                current: Secret::new(current),
+            }),
+            (None, Some(previous)) => {
+                worker::console_warn!(
+                    "edgestream: AUTH_SECRET_PREVIOUS is set without AUTH_SECRET; using it as AUTH_SECRET (tokens stay required, and the server signs wake tokens with it): set AUTH_SECRET"
+                );
+                Some(Secrets {
+                    current: Secret::new(previous),
+                    previous: None,
+                })
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// Whether `mac` is the HMAC-SHA256 of `message` under the current secret or, failing that,
+    /// the previous one: a token made with the current secret costs one verification, as it
+    /// did before there was a previous one.
+    async fn verify(&self, message: &[u8], mac: &[u8]) -> worker::Result<bool> {
+        // Every HMAC-SHA256 is 32 bytes: anything else is refused without a WebCrypto call.
+        if mac.len() != 32 {
+            return Ok(false);
+        }
+        if self.current.key().await?.verify(message, mac).await? {
+            return Ok(true);
+        }
+        match &self.previous {
+            Some(previous) => previous.key().await?.verify(message, mac).await,
+            None => Ok(false),
+        }
+    }
+}
+
+/// The secrets, read once per isolate as [`Config::from_env`](crate::config::Config::from_env)
+/// reads the settings: a secret cannot change while an isolate lives, and reading it cost every
+/// request several JS calls.
+fn secrets(env: &Env) -> Option<Rc<Secrets>> {
+    thread_local! {
+        static CACHED: OnceCell<Option<Rc<Secrets>>> = const { OnceCell::new() };
+    }
+    CACHED.with(|cell| {
+        cell.get_or_init(|| Secrets::from_env(env).map(Rc::new))
+            .clone()
     })
 }
 
-/// Whether requests need a token: `AUTH_SECRET` is set.
+/// Whether requests need a token: `AUTH_SECRET` (or `AUTH_SECRET_PREVIOUS`) is set.
 pub fn required(env: &Env) -> bool {
-    secret(env).is_some()
+    secrets(env).is_some()
 }
 
 /// The token a request carries: the bearer header first, then the `token` query parameter.
@@ -100,11 +182,16 @@ fn wake_message(subscription: &str, nonce: &str) -> String {
 /// `<nonce>.<MAC>`, so that the edge can refuse a token the server never issued before any
 /// object is touched ([`wake_token_issued`]); with access open it is the nonce alone.
 pub async fn wake_token(env: &Env, subscription: &str, nonce: &str) -> worker::Result<String> {
-    let Some(secret) = secret(env) else {
+    let Some(secrets) = secrets(env) else {
         return Ok(nonce.to_string());
     };
     let message = wake_message(subscription, nonce);
-    let mac = crypto::hmac_sha256_sign(secret.as_bytes(), message.as_bytes()).await?;
+    let mac = secrets
+        .current
+        .key()
+        .await?
+        .sign(message.as_bytes())
+        .await?;
     Ok(format!("{nonce}.{}", crypto::base64url(&mac)))
 }
 
@@ -120,7 +207,7 @@ pub fn wake_nonce(presented: &str) -> &str {
 /// subscription with a MAC was. With access open, tokens carry none, and only the subscription
 /// can tell its own.
 pub fn wake_token_vouched(env: &Env, presented: &str) -> bool {
-    secret(env).is_some() && presented.contains('.')
+    secrets(env).is_some() && presented.contains('.')
 }
 
 /// Whether the request's bearer token is a wake token this server issued for subscription
@@ -132,7 +219,7 @@ pub async fn wake_token_issued(
     env: &Env,
     subscription: &str,
 ) -> worker::Result<bool> {
-    let Some(secret) = secret(env) else {
+    let Some(secrets) = secrets(env) else {
         return Ok(true);
     };
     let Some(presented) = header(req.headers(), "authorization")
@@ -147,7 +234,7 @@ pub async fn wake_token_issued(
         return Ok(false);
     };
     let message = wake_message(subscription, nonce);
-    crypto::hmac_sha256_verify(secret.as_bytes(), message.as_bytes(), &mac).await
+    secrets.verify(message.as_bytes(), &mac).await
 }
 
 /// Every claim is required: a token without `prefix` is malformed, not one for every stream
@@ -183,7 +270,7 @@ pub async fn authenticate(
     url: &Url,
     env: &Env,
 ) -> worker::Result<Result<Access, AuthError>> {
-    let Some(secret) = secret(env) else {
+    let Some(secrets) = secrets(env) else {
         if !WARNED_OPEN.swap(true, Ordering::Relaxed) {
             worker::console_warn!(
                 "edgestream: AUTH_SECRET is not set, so access is open to everyone (fine for local development)"
@@ -194,11 +281,11 @@ pub async fn authenticate(
     let Some(token) = presented(req, url) else {
         return Ok(Err(AuthError::Missing));
     };
-    Ok(verify(&secret, &token).await?.map(Access::Granted))
+    Ok(verify(&secrets, &token).await?.map(Access::Granted))
 }
 
 /// Verifies a token's signature and reads its claims.
-async fn verify(secret: &str, token: &str) -> worker::Result<Result<Grant, AuthError>> {
+async fn verify(secrets: &Secrets, token: &str) -> worker::Result<Result<Grant, AuthError>> {
     let (payload, signature) = match token::split(token) {
         Ok(parts) => parts,
         Err(e) => return Ok(Err(e)),
@@ -206,7 +293,7 @@ async fn verify(secret: &str, token: &str) -> worker::Result<Result<Grant, AuthE
     let Ok(signature) = token::base64url_decode(signature) else {
         return Ok(Err(AuthError::Invalid));
     };
-    if !crypto::hmac_sha256_verify(secret.as_bytes(), payload.as_bytes(), &signature).await? {
+    if !secrets.verify(payload.as_bytes(), &signature).await? {
         return Ok(Err(AuthError::Invalid));
     }
     let Ok(json) = token::base64url_decode(payload) else {

@@ -83,55 +83,70 @@ fn usages(names: &[&str]) -> JsValue {
         .into()
 }
 
-/// The HMAC-SHA256 algorithm as WebCrypto names it, and `secret` imported as its key for
-/// `usage` (`sign` or `verify`).
-async fn hmac_key(secret: &[u8], usage: &str) -> Result<(Object, JsValue)> {
-    let algorithm = Object::new();
-    Reflect::set(&algorithm, &"name".into(), &"HMAC".into()).map_err(|e| js_err("hmac", e))?;
-    Reflect::set(&algorithm, &"hash".into(), &"SHA-256".into()).map_err(|e| js_err("hmac", e))?;
-    let key = call_async(
-        &subtle()?,
-        "importKey",
-        &[
-            "raw".into(),
-            Uint8Array::from(secret).into(),
-            algorithm.clone().into(),
-            JsValue::FALSE,
-            usages(&[usage]),
-        ],
-    )
-    .await?;
-    Ok((algorithm, key))
+/// An HMAC-SHA256 key imported into WebCrypto once, to sign and verify with for as long as
+/// the isolate keeps it: importing the secret again for each token cost every request a
+/// WebCrypto call of its own.
+#[derive(Clone)]
+pub struct HmacKey {
+    /// The algorithm as WebCrypto names it (`{name: "HMAC", hash: "SHA-256"}`).
+    algorithm: Object,
+    /// The imported `CryptoKey`.
+    key: JsValue,
 }
 
-/// The HMAC-SHA256 of `message` under `secret`.
-pub async fn hmac_sha256_sign(secret: &[u8], message: &[u8]) -> Result<Vec<u8>> {
-    let (algorithm, key) = hmac_key(secret, "sign").await?;
-    let mac = call_async(
-        &subtle()?,
-        "sign",
-        &[algorithm.into(), key, Uint8Array::from(message).into()],
-    )
-    .await?;
-    Ok(Uint8Array::new(&mac).to_vec())
-}
+impl HmacKey {
+    /// `secret` imported as an HMAC-SHA256 key for signing and verifying.
+    pub async fn import(secret: &[u8]) -> Result<HmacKey> {
+        let algorithm = Object::new();
+        Reflect::set(&algorithm, &"name".into(), &"HMAC".into()).map_err(|e| js_err("hmac", e))?;
+        Reflect::set(&algorithm, &"hash".into(), &"SHA-256".into())
+            .map_err(|e| js_err("hmac", e))?;
+        let key = call_async(
+            &subtle()?,
+            "importKey",
+            &[
+                "raw".into(),
+                Uint8Array::from(secret).into(),
+                algorithm.clone().into(),
+                JsValue::FALSE,
+                usages(&["sign", "verify"]),
+            ],
+        )
+        .await?;
+        Ok(HmacKey { algorithm, key })
+    }
 
-/// Whether `signature` is the HMAC-SHA256 of `message` under `secret` (constant time, by
-/// WebCrypto's `verify`).
-pub async fn hmac_sha256_verify(secret: &[u8], message: &[u8], signature: &[u8]) -> Result<bool> {
-    let (algorithm, key) = hmac_key(secret, "verify").await?;
-    let valid = call_async(
-        &subtle()?,
-        "verify",
-        &[
-            algorithm.into(),
-            key,
-            Uint8Array::from(signature).into(),
-            Uint8Array::from(message).into(),
-        ],
-    )
-    .await?;
-    Ok(valid.as_bool() == Some(true))
+    /// The HMAC-SHA256 of `message`.
+    pub async fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        let mac = call_async(
+            &subtle()?,
+            "sign",
+            &[
+                self.algorithm.clone().into(),
+                self.key.clone(),
+                Uint8Array::from(message).into(),
+            ],
+        )
+        .await?;
+        Ok(Uint8Array::new(&mac).to_vec())
+    }
+
+    /// Whether `signature` is the HMAC-SHA256 of `message` (constant time, by WebCrypto's
+    /// `verify`).
+    pub async fn verify(&self, message: &[u8], signature: &[u8]) -> Result<bool> {
+        let valid = call_async(
+            &subtle()?,
+            "verify",
+            &[
+                self.algorithm.clone().into(),
+                self.key.clone(),
+                Uint8Array::from(signature).into(),
+                Uint8Array::from(message).into(),
+            ],
+        )
+        .await?;
+        Ok(valid.as_bool() == Some(true))
+    }
 }
 
 /// A webhook signing key as it is stored: the private JWK's `d` and `x`, and its `kid`.

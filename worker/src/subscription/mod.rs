@@ -5,13 +5,16 @@
 //!   generation, lease, webhook retries).
 //! - [`registry`]: `RegistryObject`, one Durable Object that lists streams and subscription
 //!   links, so patterns can be backfilled and new streams find their subscriptions; it also
-//!   holds the webhook signing key.
+//!   holds the webhook signing keys.
+//! - [`keys`]: the signing keys over time: which signs now, which are published, and what a
+//!   rotation (`POST /v1/stream/__ds/keys/rotate`) changes.
 //! - [`webhook`]: SSRF rules and the signature header; keys and tokens come from
 //!   [`crate::crypto`].
 //!
 //! Streams tell their subscriptions about appends themselves (`notify`), so appends never pass
 //! through the registry.
 
+pub mod keys;
 pub mod object;
 pub mod registry;
 pub mod webhook;
@@ -149,6 +152,19 @@ pub async fn route(
         }
         return jwks(&req, env).await;
     }
+    // The signing keys' schedule and its rotation (admin; the edge has checked the token).
+    if let ("keys", Method::Get) | ("keys/rotate", Method::Post) = (rest, req.method()) {
+        let registry = registry_stub(env)?;
+        let resp = forward(req, &registry, rest, None, &origin, None, config).await?;
+        if rest == "keys/rotate" && resp.status_code() == 200 {
+            // This isolate's copy of the key set lacks the fresh key: ask again.
+            JWKS.with(|c| c.replace(None));
+        }
+        return Ok(resp);
+    }
+    if matches!(rest, "keys" | "keys/rotate") {
+        return http::text(405, "method not allowed");
+    }
     let Some(rest) = rest.strip_prefix("subscriptions/") else {
         return http::text(404, "not found");
     };
@@ -188,25 +204,22 @@ pub async fn route(
     forward(req, &stub, op, path.as_deref(), &origin, Some(id), config).await
 }
 
-/// How long an isolate keeps the webhook key set it fetched: as long as its answer says any
-/// cache may.
-const JWKS_KEPT_MS: i64 = 300_000;
-
 thread_local! {
-    /// The key set as the registry last answered it, and when (Unix ms).
-    static JWKS: std::cell::RefCell<Option<(Vec<u8>, i64)>> = const { std::cell::RefCell::new(None) };
+    /// The key set as the registry last answered it, when (Unix ms), and its `max-age`
+    /// (seconds).
+    static JWKS: std::cell::RefCell<Option<(Vec<u8>, i64, i64)>> = const { std::cell::RefCell::new(None) };
 }
 
 /// `GET /v1/stream/__ds/jwks.json`, which anyone may ask: answered from the isolate's copy
-/// while it is fresh, so that strangers' requests do not all reach the registry, the one
-/// object every create and delete in the deployment also calls. Keys are only ever added, and
-/// the answer says `max-age=300` anyway.
+/// for as long as the registry's answer says any cache may keep it (5 minutes, or until the
+/// next retired key goes: [`keys::Schedule::max_age_s`]), so that strangers' requests do not
+/// all reach the registry, the one object every create and delete in the deployment also calls.
 async fn jwks(req: &Request, env: &Env) -> Result<Response> {
     let now = http::now_ms();
     let kept = JWKS
         .with(|c| c.borrow().clone())
-        .filter(|(_, at)| now - at < JWKS_KEPT_MS);
-    let (body, at) = match kept {
+        .filter(|(_, at, max_age)| now - at < max_age * 1000);
+    let (body, at, max_age) = match kept {
         Some(kept) => kept,
         None => {
             let mut init = RequestInit::new();
@@ -216,14 +229,20 @@ async fn jwks(req: &Request, env: &Env) -> Result<Response> {
             if resp.status_code() != 200 {
                 return Ok(resp);
             }
+            let max_age = header(resp.headers(), "cache-control")
+                .and_then(|v| {
+                    v.split(',')
+                        .find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<i64>().ok())
+                })
+                .map_or(keys::JWKS_MAX_AGE_S, |s| s.clamp(1, keys::JWKS_MAX_AGE_S));
             let body = resp.bytes().await?;
-            JWKS.with(|c| c.replace(Some((body.clone(), now))));
-            (body, now)
+            JWKS.with(|c| c.replace(Some((body.clone(), now, max_age))));
+            (body, now, max_age)
         }
     };
     let headers = Headers::new();
     headers.set("content-type", "application/jwk-set+json")?;
-    headers.set("cache-control", "public, max-age=300")?;
+    headers.set("cache-control", &format!("public, max-age={max_age}"))?;
     // A copy kept here is as old as the time since it was fetched (RFC 9111 §5.1).
     headers.set("age", &((now - at).max(0) / 1000).to_string())?;
     if req.method() == Method::Head {

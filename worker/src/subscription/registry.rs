@@ -5,8 +5,8 @@
 //! existing streams it covers, `LINKS_PER_CALL` per request of its own, so that no one request
 //! makes more calls between objects than the platform allows. When a stream is removed it tells the subscriptions that link it, so a
 //! stream created later at the same path is linked as the new stream it is. It also keeps the
-//! webhook signing key, so every subscription signs with the same key and the JWKS endpoint can
-//! publish it.
+//! webhook signing keys and their schedule ([`super::keys`]), so every subscription signs with
+//! the same key and the JWKS endpoint can publish them.
 
 use edgestream::subscription::{glob_matches, literal_prefix};
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,7 @@ use worker::{
     State,
 };
 
+use super::keys::{self, Schedule, ScheduledKey};
 use super::{call, json, subscription_stub};
 use crate::crypto::SigningKey;
 use crate::fault::{Call, Faults};
@@ -32,7 +33,7 @@ CREATE TABLE IF NOT EXISTS links (
 CREATE INDEX IF NOT EXISTS links_by_prefix ON links (prefix);
 CREATE TABLE IF NOT EXISTS channels (prefix TEXT PRIMARY KEY, instance TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS channel_cursor (prefix TEXT PRIMARY KEY, instance TEXT NOT NULL, after TEXT) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS keys (kid TEXT PRIMARY KEY, x TEXT NOT NULL, d TEXT NOT NULL, created_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keys (kid TEXT PRIMARY KEY, x TEXT NOT NULL, d TEXT NOT NULL, created_ms INTEGER NOT NULL, signs_from_ms INTEGER, retires_ms INTEGER) WITHOUT ROWID;
 ";
 
 /// Changes to the tables of a registry made by an older version, in the order they were made.
@@ -46,6 +47,16 @@ const MIGRATIONS: &[crate::schema::Migration] = &[
         "channel_cursor",
         "keys",
     ]),
+    // Signing keys that rotate (2026-12-05): when a key signs from (NULL: since it was made)
+    // and when it stops being published (NULL: not replaced yet).
+    crate::schema::Migration::Change {
+        check: "SELECT signs_from_ms FROM keys LIMIT 0",
+        apply: "ALTER TABLE keys ADD COLUMN signs_from_ms INTEGER",
+    },
+    crate::schema::Migration::Change {
+        check: "SELECT retires_ms FROM keys LIMIT 0",
+        apply: "ALTER TABLE keys ADD COLUMN retires_ms INTEGER",
+    },
 ];
 
 pub const GLOB: &str = "glob";
@@ -255,8 +266,23 @@ impl RegistryObject {
     async fn route(&self, req: Request, body: &[u8]) -> Result<Response> {
         let url = req.url()?;
         let op = url.path().trim_start_matches('/').to_string();
-        if op == "jwks" {
-            return self.jwks().await;
+        match op.as_str() {
+            "jwks" => return self.jwks().await,
+            // The admin routes `GET /v1/stream/__ds/keys` and `POST .../keys/rotate`, which the
+            // edge has authorised.
+            "keys" => return self.describe_keys(&self.schedule().await?),
+            "keys/rotate" => {
+                let overlap_ms = match keys::overlap_of(body) {
+                    Ok(overlap_ms) => overlap_ms,
+                    Err(message) => {
+                        return super::error(
+                            edgestream::subscription::SubscriptionError::InvalidRequest(message),
+                        )
+                    }
+                };
+                return self.describe_keys(&self.rotate(overlap_ms).await?);
+            }
+            _ => {}
         }
         let parse_err = || http::text(400, "bad registry request");
         match op.as_str() {
@@ -361,6 +387,7 @@ impl RegistryObject {
                 reply(&self.sub_link(&links).await)
             }
             "internal/key" => reply(&self.key().await?),
+            "internal/keys" => reply(&self.schedule().await?),
             _ => http::text(404, "unknown registry operation"),
         }
     }
@@ -689,50 +716,149 @@ impl RegistryObject {
         })
     }
 
-    /// The signing key, created on first use and kept.
+    /// The key that signs now (a key is made on first use), for a subscription object of an
+    /// older version, which asks for this one key.
     async fn key(&self) -> Result<SigningKey> {
-        if let Some(key) = self.stored_key()? {
-            return Ok(key);
+        let now = http::now_ms();
+        self.schedule()
+            .await?
+            .signing_at(now)
+            .map(|k| k.key.clone())
+            .ok_or_else(|| worker::Error::RustError("no signing key".into()))
+    }
+
+    /// The keys still published and when each signs, after the first key is made if there is
+    /// none yet and the keys whose time is up are deleted.
+    async fn schedule(&self) -> Result<Schedule> {
+        let stored = self.stored_schedule()?;
+        if !stored.keys.is_empty() {
+            return Ok(stored);
         }
         let key = SigningKey::generate().await?;
         // Another request may have made one while we awaited: keep the first.
-        if let Some(existing) = self.stored_key()? {
-            return Ok(existing);
+        let stored = self.stored_schedule()?;
+        if !stored.keys.is_empty() {
+            return Ok(stored);
         }
+        let now = http::now_ms();
         self.sql.exec(
-            "INSERT INTO keys (kid, x, d, created_ms) VALUES (?, ?, ?, ?)",
+            "INSERT INTO keys (kid, x, d, created_ms, signs_from_ms) VALUES (?, ?, ?, ?, ?)",
             vec![
                 s(&key.kid),
                 s(&key.x),
                 s(&key.d),
-                SqlStorageValue::Integer(http::now_ms()),
+                SqlStorageValue::Integer(now),
+                SqlStorageValue::Integer(now),
             ],
         )?;
-        Ok(key)
+        Ok(Schedule {
+            keys: vec![ScheduledKey {
+                key,
+                signs_from_ms: now,
+                retires_ms: None,
+            }],
+        })
     }
 
-    fn stored_key(&self) -> Result<Option<SigningKey>> {
+    fn stored_schedule(&self) -> Result<Schedule> {
+        let now = http::now_ms();
+        // Deleting nothing writes nothing: this costs a write only when a key is due to go.
+        self.sql.exec(
+            "DELETE FROM keys WHERE retires_ms IS NOT NULL AND retires_ms <= ?",
+            vec![SqlStorageValue::Integer(now)],
+        )?;
         let rows = self.rows(
-            "SELECT kid, x, d FROM keys ORDER BY created_ms DESC LIMIT 1",
+            "SELECT kid, x, d, COALESCE(signs_from_ms, created_ms), retires_ms FROM keys
+             ORDER BY COALESCE(signs_from_ms, created_ms), kid",
             vec![],
         )?;
-        Ok(rows.first().map(|r| SigningKey {
-            kid: col(r, 0),
-            x: col(r, 1),
-            d: col(r, 2),
-        }))
+        let int = |r: &[SqlStorageValue], i: usize| match r.get(i) {
+            Some(SqlStorageValue::Integer(n)) => Some(*n),
+            _ => None,
+        };
+        Ok(Schedule {
+            keys: rows
+                .iter()
+                .map(|r| ScheduledKey {
+                    key: SigningKey {
+                        kid: col(r, 0),
+                        x: col(r, 1),
+                        d: col(r, 2),
+                    },
+                    signs_from_ms: int(r, 3).unwrap_or(0),
+                    retires_ms: int(r, 4),
+                })
+                .collect(),
+        })
     }
 
+    /// Makes a fresh key that signs `overlap_ms` from now, and has the keys that signed before
+    /// it go `overlap_ms` after that ([`keys::rotate`]).
+    async fn rotate(&self, overlap_ms: i64) -> Result<Schedule> {
+        self.schedule().await?;
+        let fresh = SigningKey::generate().await?;
+        // Read after the last await: from here to the writes, no other request runs.
+        let now = http::now_ms();
+        let plan = keys::rotate(&self.stored_schedule()?, now, overlap_ms);
+        for kid in &plan.withdrawn {
+            self.sql
+                .exec("DELETE FROM keys WHERE kid = ?", vec![s(kid)])?;
+        }
+        for (kid, until) in &plan.retiring {
+            self.sql.exec(
+                "UPDATE keys SET retires_ms = ? WHERE kid = ?",
+                vec![SqlStorageValue::Integer(*until), s(kid)],
+            )?;
+        }
+        self.sql.exec(
+            "INSERT INTO keys (kid, x, d, created_ms, signs_from_ms) VALUES (?, ?, ?, ?, ?)",
+            vec![
+                s(&fresh.kid),
+                s(&fresh.x),
+                s(&fresh.d),
+                SqlStorageValue::Integer(now),
+                SqlStorageValue::Integer(plan.signs_from_ms),
+            ],
+        )?;
+        worker::console_log!(
+            "edgestream: webhook signing key {} made; it signs from {} (Unix ms)",
+            fresh.kid,
+            plan.signs_from_ms
+        );
+        self.stored_schedule()
+    }
+
+    /// The admin view of the keys: each published key's `kid`, `status` (`current`, `next`
+    /// or `retiring`), `signs_from_ms` and `retires_ms`.
+    fn describe_keys(&self, schedule: &Schedule) -> Result<Response> {
+        let now = http::now_ms();
+        let keys: Vec<serde_json::Value> = schedule
+            .statuses(now)
+            .into_iter()
+            .map(|(k, status)| {
+                serde_json::json!({
+                    "kid": k.key.kid,
+                    "status": status.name(),
+                    "signs_from_ms": k.signs_from_ms,
+                    "retires_ms": k.retires_ms,
+                })
+            })
+            .collect();
+        json(200, &serde_json::json!({ "keys": keys, "now_ms": now }))
+    }
+
+    /// The published keys (a fresh one included before it signs), cached no longer than until
+    /// the next one is due to go.
     async fn jwks(&self) -> Result<Response> {
-        self.key().await?;
-        let keys: Vec<serde_json::Value> = self
-            .rows("SELECT kid, x, d FROM keys ORDER BY created_ms", vec![])?
-            .iter()
-            .map(|r| {
+        let schedule = self.schedule().await?;
+        let now = http::now_ms();
+        let keys: Vec<serde_json::Value> = schedule
+            .statuses(now)
+            .into_iter()
+            .map(|(k, _)| {
                 SigningKey {
-                    kid: col(r, 0),
-                    x: col(r, 1),
                     d: String::new(),
+                    ..k.key.clone()
                 }
                 .public_jwk()
             })
@@ -740,7 +866,10 @@ impl RegistryObject {
         let resp = json(200, &serde_json::json!({ "keys": keys }))?;
         resp.headers()
             .set("content-type", "application/jwk-set+json")?;
-        resp.headers().set("cache-control", "public, max-age=300")?;
+        resp.headers().set(
+            "cache-control",
+            &format!("public, max-age={}", schedule.max_age_s(now)),
+        )?;
         Ok(resp)
     }
 }

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json as j, Value};
 use worker::{durable_object, DurableObject, Env, Request, Response, Result, SqlStorage, State};
 
+use super::keys::{self, Schedule};
 use super::registry::StreamPath;
 use super::{call, error, json, registry_stub};
 use crate::crypto::SigningKey;
@@ -74,7 +75,8 @@ pub struct SubscriptionObject {
     broken: bool,
     /// The tables are made: something was stored here once.
     opened: std::cell::Cell<bool>,
-    key: RefCell<Option<SigningKey>>,
+    /// The signing keys' schedule as the registry last answered it, and when (Unix ms).
+    keys: RefCell<Option<(Schedule, i64)>>,
     /// Changes that tell the registry (create, delete, adding and removing streams, and the
     /// alarm finishing a create) take turns, so the registry hears them in the order they
     /// were made: a delete's removal never lands after the create that followed it.
@@ -118,7 +120,7 @@ impl DurableObject for SubscriptionObject {
             storage: storage.ok(),
             broken,
             opened: std::cell::Cell::new(stored),
-            key: RefCell::new(None),
+            keys: RefCell::new(None),
             changes: Turnstile::default(),
             faults,
             alarm_failures: std::cell::Cell::new(0),
@@ -258,17 +260,39 @@ impl SubscriptionObject {
         }))
     }
 
-    /// The signing key, fetched from the registry once per object lifetime.
+    /// The key that signs now, by the schedule fetched from the registry at most
+    /// [`keys::SCHEDULE_KEPT_MS`] ago: so a rotation reaches this object before the fresh key
+    /// is due to sign (a rotation's default overlap is twice as long), and the object
+    /// switches keys when the schedule says, whenever it last asked.
     async fn signing_key(&self) -> Result<SigningKey> {
-        if let Some(key) = self.key.borrow().clone() {
+        let now = now_ms();
+        let kept_ms = if crate::config::Config::from_env(&self.env)
+            .fault_marker
+            .is_some()
+        {
+            keys::SCHEDULE_KEPT_MS_UNDER_TEST
+        } else {
+            keys::SCHEDULE_KEPT_MS
+        };
+        let kept = self
+            .keys
+            .borrow()
+            .as_ref()
+            .filter(|(_, at)| now - at < kept_ms)
+            .and_then(|(schedule, _)| schedule.signing_at(now).map(|k| k.key.clone()));
+        if let Some(key) = kept {
             return Ok(key);
         }
-        let (status, key) =
-            call::<_, SigningKey>(&registry_stub(&self.env)?, "key", &j!({})).await?;
-        let key = key.filter(|_| status == 200).ok_or_else(|| {
+        let (status, schedule) =
+            call::<_, Schedule>(&registry_stub(&self.env)?, "keys", &j!({})).await?;
+        let schedule = schedule.filter(|_| status == 200).ok_or_else(|| {
             worker::Error::RustError(format!("registry key request failed ({status})"))
         })?;
-        self.key.replace(Some(key.clone()));
+        let key = schedule
+            .signing_at(now_ms())
+            .map(|k| k.key.clone())
+            .ok_or_else(|| worker::Error::RustError("the registry has no signing key".into()))?;
+        self.keys.replace(Some((schedule, now)));
         Ok(key)
     }
 }

@@ -1,0 +1,201 @@
+// Rotating the webhook signing key (README, Subscriptions: "Signing keys rotate"). A rotation
+// publishes the fresh key in /v1/stream/__ds/jwks.json at once, signs with it only `overlap_ms`
+// later, and keeps the old key published for `overlap_ms` after its last signature. Every
+// delivery here is verified the way a receiver verifies it: by the `kid` its signature names,
+// against the key set the server publishes.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createPublicKey, verify } from 'node:crypto';
+import { afterAll, beforeAll, expect, test } from 'vitest';
+import { startServer } from '../scripts/dev-server.mjs';
+
+let server: Awaited<ReturnType<typeof startServer>>;
+const url = (path: string) => `${server.baseUrl}/v1/stream/${path}`;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+type Delivery = { signature: string; raw: string; body: any };
+const deliveries: Delivery[] = [];
+let hook: http.Server;
+let hookUrl: string;
+
+type Jwk = { kty: string; crv: string; kid: string; x: string; d?: string };
+type KeyState = { kid: string; status: 'current' | 'next' | 'retiring'; signs_from_ms: number; retires_ms: number | null };
+
+const jwks = async () => {
+  const res = await fetch(url('__ds/jwks.json'));
+  expect(res.status).toBe(200);
+  return { keys: ((await res.json()) as { keys: Jwk[] }).keys, cacheControl: res.headers.get('cache-control') };
+};
+const keys = async () => {
+  const res = await fetch(url('__ds/keys'));
+  expect(res.status).toBe(200);
+  return ((await res.json()) as { keys: KeyState[] }).keys;
+};
+const rotate = (body?: string) => fetch(url('__ds/keys/rotate'), { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+
+/** The `kid` a delivery's signature names, after checking it as a receiver would with `set`. */
+function verified(d: Delivery, set: Jwk[]): string {
+  const fields = Object.fromEntries(d.signature.split(',').map((f) => f.split('=', 2) as [string, string]));
+  const jwk = set.find((k) => k.kid === fields.kid);
+  expect(jwk, `kid ${fields.kid} is not in the key set ${set.map((k) => k.kid)}`).toBeDefined();
+  const key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: jwk!.x }, format: 'jwk' });
+  const ok = verify(null, Buffer.from(`${fields.t}.${d.raw}`), key, Buffer.from(fields.ed25519, 'base64url'));
+  expect(ok, 'the signature verifies with the published key').toBe(true);
+  return fields.kid;
+}
+
+const SUB = `rotation-hook-${Date.now()}`;
+const STREAM = `kr/${SUB}`;
+let appended = 0;
+
+/** Appends to the subscription's stream and waits for the delivery of that append. */
+async function deliver(): Promise<Delivery> {
+  const n = ++appended;
+  expect((await fetch(url(STREAM), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ n }) })).status).toBe(204);
+  for (let i = 0; i < 200; i++) {
+    const d = deliveries.find((d) => d.body?.subscription_id === SUB && d.body.streams?.some((s: any) => s.tail_offset !== s.acked_offset) && !(d as any).taken);
+    if (d) {
+      (d as any).taken = true;
+      return d;
+    }
+    await sleep(50);
+  }
+  throw new Error(`no delivery for append ${n}`);
+}
+
+beforeAll(async () => {
+  hook = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const raw = Buffer.concat(chunks).toString('utf8');
+      let body: any;
+      try {
+        body = JSON.parse(raw);
+      } catch {}
+      deliveries.push({ signature: String(req.headers['webhook-signature'] ?? ''), raw, body });
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{"done":true}');
+    });
+  });
+  await new Promise<void>((resolve) => hook.listen(0, '127.0.0.1', resolve));
+  hookUrl = `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook`;
+  // With FAULT_MARKER set (no path here contains it), subscriptions keep the key schedule they
+  // fetched for 1 s instead of a minute, so that overlaps of seconds can be tested.
+  server = await startServer({ vars: { WEBHOOK_ALLOW_LOCALHOST: 'true', FAULT_MARKER: 'never-in-a-path' } });
+  expect((await fetch(url(STREAM), { method: 'PUT', headers: { 'content-type': 'application/json' } })).status).toBe(201);
+  const made = await fetch(url(`__ds/subscriptions/${SUB}`), {
+    method: 'PUT',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ type: 'webhook', streams: [STREAM], webhook: { url: hookUrl } }),
+  });
+  expect(made.status).toBe(201);
+});
+
+afterAll(async () => {
+  await server?.stop();
+  hook?.closeAllConnections();
+  await new Promise((resolve) => hook?.close(resolve));
+});
+
+test('a rotation publishes the fresh key first, signs with it after the overlap, then drops the old key', async () => {
+  const before = await jwks();
+  expect(before.keys).toHaveLength(1);
+  expect(before.keys[0]).not.toHaveProperty('d');
+  const old = before.keys[0].kid;
+  expect(verified(await deliver(), before.keys)).toBe(old);
+  expect(await keys()).toEqual([expect.objectContaining({ kid: old, status: 'current', retires_ms: null })]);
+
+  const overlap = 4000;
+  const asked = Date.now();
+  const rotated = await rotate(JSON.stringify({ overlap_ms: overlap }));
+  expect(rotated.status).toBe(200);
+  const schedule = ((await rotated.json()) as { keys: KeyState[] }).keys;
+  expect(schedule.map((k) => [k.kid, k.status])).toEqual([
+    [old, 'current'],
+    [expect.not.stringMatching(old), 'next'],
+  ]);
+  const fresh = schedule[1].kid;
+  expect(fresh).toMatch(/^ds_[A-Za-z0-9_-]{22}$/);
+  const switchAt = schedule[1].signs_from_ms;
+  expect(switchAt).toBeGreaterThanOrEqual(asked + overlap);
+  expect(schedule[0].retires_ms).toBe(switchAt + overlap);
+
+  // Published at once, old key first, before the fresh one signs anything; this isolate's
+  // copy is cached no longer than until the old key goes.
+  const during = await jwks();
+  expect(during.keys.map((k) => k.kid)).toEqual([old, fresh]);
+  expect(Number(during.cacheControl?.match(/max-age=(\d+)/)?.[1])).toBeLessThanOrEqual(Math.ceil((switchAt + overlap - Date.now()) / 1000) + 1);
+  expect(Date.now()).toBeLessThan(switchAt);
+  expect(verified(await deliver(), during.keys), 'a delivery before the switch').toBe(old);
+
+  // After the switch (and the second a subscription keeps its schedule under test), the fresh
+  // key signs; the old one is still published, for deliveries in flight.
+  await sleep(switchAt + 1200 - Date.now());
+  expect(verified(await deliver(), during.keys), 'a delivery after the switch').toBe(fresh);
+  expect((await keys()).map((k) => [k.kid, k.status])).toEqual([
+    [old, 'retiring'],
+    [fresh, 'current'],
+  ]);
+  expect((await jwks()).keys.map((k) => k.kid)).toEqual([old, fresh]);
+
+  // Once the overlap after the switch is over, the old key is gone from the set.
+  await sleep(switchAt + overlap + 1100 - Date.now());
+  const after = await jwks();
+  expect(after.keys.map((k) => k.kid)).toEqual([fresh]);
+  expect(after.cacheControl).toBe('public, max-age=300');
+  expect(verified(await deliver(), after.keys)).toBe(fresh);
+  expect((await keys()).map((k) => [k.kid, k.status])).toEqual([[fresh, 'current']]);
+  // The subscription names the key that signs now.
+  const described = await (await fetch(url(`__ds/subscriptions/${SUB}`))).json();
+  expect(described.webhook.signing.kid).toBe(fresh);
+}, 60_000);
+
+test('a rotation with no overlap replaces the key at once, for a key that leaked', async () => {
+  const [leaked] = await keys();
+  const res = await rotate('{"overlap_ms":0}');
+  expect(res.status).toBe(200);
+  const [replacement, ...others] = ((await res.json()) as { keys: KeyState[] }).keys;
+  expect(others).toEqual([]);
+  expect(replacement).toMatchObject({ status: 'current', retires_ms: null });
+  expect(replacement.kid).not.toBe(leaked.kid);
+  const set = (await jwks()).keys;
+  expect(set.map((k) => k.kid)).toEqual([replacement.kid]);
+  await sleep(1200);
+  expect(verified(await deliver(), set)).toBe(replacement.kid);
+}, 30_000);
+
+test('a rotation while another is under way withdraws the key that never signed', async () => {
+  const [current] = await keys();
+  const first = ((await (await rotate('{"overlap_ms":60000}')).json()) as { keys: KeyState[] }).keys;
+  expect(first.map((k) => k.status)).toEqual(['current', 'next']);
+  const second = ((await (await rotate('{"overlap_ms":60000}')).json()) as { keys: KeyState[] }).keys;
+  expect(second.map((k) => k.status)).toEqual(['current', 'next']);
+  expect(second[0].kid).toBe(current.kid);
+  expect(second[1].kid).not.toBe(first[1].kid);
+  expect((await jwks()).keys.map((k) => k.kid)).toEqual([current.kid, second[1].kid]);
+  // The default overlap is ten minutes.
+  const third = ((await (await rotate()).json()) as { keys: KeyState[] }).keys;
+  expect(third[1].signs_from_ms - Date.now()).toBeGreaterThan(590_000);
+  expect(third[0].retires_ms! - third[1].signs_from_ms).toBe(600_000);
+  // Through all of it the key that signed before goes on signing: none retires before its
+  // successor signs (a third rotation with a longer overlap once left no key to sign with).
+  expect(third.map((k) => [k.kid, k.status])).toEqual([
+    [current.kid, 'current'],
+    [expect.any(String), 'next'],
+  ]);
+  await sleep(1200);
+  expect(verified(await deliver(), (await jwks()).keys)).toBe(current.kid);
+});
+
+test('a rotation with a bad body is 400 and changes nothing; other methods are 405', async () => {
+  const before = await keys();
+  for (const body of ['{"overlap_ms":-1}', '{"overlap_ms":86400001}', '{"overlap_ms":1.5}', '{"overlap_ms":"600000"}', '{"overlap":1}', '[]', 'x']) {
+    const res = await rotate(body);
+    expect(res.status, body).toBe(400);
+    expect(((await res.json()) as { error: { code: string } }).error.code).toBe('INVALID_REQUEST');
+  }
+  expect(await keys()).toEqual(before);
+  expect((await fetch(url('__ds/keys/rotate'))).status).toBe(405);
+  expect((await fetch(url('__ds/keys'), { method: 'POST' })).status).toBe(405);
+});
