@@ -7,11 +7,15 @@
 // bench/costs.mjs.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
+import { receiver } from './support/webhook';
 
 let server: Awaited<ReturnType<typeof startServer>>;
+const MARKER = 'never-in-these-paths';
 
 beforeAll(async () => {
-  server = await startServer({ vars: { FAULT_MARKER: 'never-in-these-paths' } });
+  // A stream whose path holds the marker fails its first call of each kind (worker/src/fault.rs):
+  // only the test of a retried notification names one.
+  server = await startServer({ vars: { FAULT_MARKER: MARKER, WEBHOOK_ALLOW_LOCALHOST: 'true' } });
 });
 
 afterAll(async () => {
@@ -125,5 +129,77 @@ describe('rows written per operation', () => {
     for (let i = 0; i < 3; i++) await call('POST', name, text, `m${i}`);
     expect((await call('GET', `${name}?offset=-1`)).written).toBe(0);
     expect(await call('HEAD', name)).toEqual({ read: 0, written: 0 });
+  });
+});
+
+// A subscription object's answers carry the same counts. What a stream's notification and the
+// subscription's alarm (its deliveries) cost shows in `x-edgestream-rows-total` between two of
+// its GETs, which write nothing.
+describe('rows a subscription writes', () => {
+  const json = { 'content-type': 'application/json' };
+  const sub = (id: string, rest = '') => `${server.baseUrl}/v1/stream/__ds/subscriptions/${id}${rest}`;
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  async function subscribe(id: string, body: unknown) {
+    // A stream with the marker in its path answers its first link with 503: the PUT is retried.
+    for (let i = 0; i < 5; i++) {
+      const res = await fetch(sub(id), { method: 'PUT', headers: json, body: JSON.stringify(body) });
+      await res.arrayBuffer();
+      if (res.status < 300) return;
+      expect(res.status).toBe(503);
+    }
+    throw new Error(`subscription ${id} was never made`);
+  }
+
+  async function subWritten(id: string) {
+    const res = await fetch(sub(id));
+    await res.arrayBuffer();
+    expect(res.status).toBe(200);
+    return counted(res, 'x-edgestream-rows-total').written;
+  }
+
+  /** The rows written once the subscription's alarm is done: the count stops moving. */
+  async function settled(id: string) {
+    let last = await subWritten(id);
+    for (;;) {
+      await sleep(400);
+      const now = await subWritten(id);
+      if (now === last) return now;
+      last = now;
+    }
+  }
+
+  async function until(check: () => boolean | Promise<boolean>, ms = 10_000) {
+    const deadline = Date.now() + ms;
+    while (!(await check())) {
+      if (Date.now() > deadline) throw new Error('timed out');
+      await sleep(50);
+    }
+  }
+
+  const webhook = (pattern: string, url: string) => ({ type: 'webhook', pattern, webhook: { url }, lease_ttl_ms: 600_000 });
+  const hits = (hook: Awaited<ReturnType<typeof receiver>>, id: string) => hook.bodies.filter((b) => b?.subscription_id === id).length;
+
+  // The stream writes its log row and its owed notification (made in the append's turn,
+  // settled once the subscriptions answer); each subscription whose wake is out (delivered, not
+  // yet called back) moves its link's tail, one row.
+  it("an append writes 3 rows in the stream, and its link's tail in each subscription with a wake out", async () => {
+    const prefix = unique('subs');
+    const stream = `${prefix}/s`;
+    const hook = await receiver();
+    const ids = [0, 1, 2].map((i) => `cost-${prefix.replaceAll('/', '-')}-${i}`);
+    try {
+      await answer('PUT', stream, json);
+      for (const id of ids) await subscribe(id, webhook(`${prefix}/*`, hook.url));
+      await answer('POST', stream, json, '{"n":0}');
+      await until(() => ids.every((id) => hits(hook, id) === 1));
+      const before = [];
+      for (const id of ids) before.push(await settled(id));
+      expect((await call('POST', stream, json, '{"n":1}')).written).toBe(3);
+      for (const [i, id] of ids.entries()) expect((await subWritten(id)) - before[i], id).toBe(1);
+    } finally {
+      for (const id of ids) await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
   });
 });

@@ -84,6 +84,10 @@ pub struct SubscriptionObject {
     /// Alarms in a row that failed: the next is set further off each time, so an object whose
     /// storage or peers keep failing does not wake every second for as long as that lasts.
     alarm_failures: std::cell::Cell<u32>,
+    /// The rows each request reads and writes, for tests (`FAULT_MARKER`): every answer says
+    /// them, and the rows since the object started, so what notifications from streams and
+    /// alarms cost is the difference between two answers (docs/benchmark.md).
+    rows: crate::rows::RowCounter,
 }
 
 impl DurableObject for SubscriptionObject {
@@ -110,7 +114,9 @@ impl DurableObject for SubscriptionObject {
                 true
             }
         };
-        let faults = crate::fault::Faults::new(crate::config::Config::from_env(&env).fault_marker);
+        let marker = crate::config::Config::from_env(&env).fault_marker;
+        let rows = crate::rows::RowCounter::install(&sql, marker.is_some());
+        let faults = crate::fault::Faults::new(marker);
         SubscriptionObject {
             state,
             env,
@@ -122,6 +128,7 @@ impl DurableObject for SubscriptionObject {
             changes: Turnstile::default(),
             faults,
             alarm_failures: std::cell::Cell::new(0),
+            rows,
         }
     }
 
@@ -131,13 +138,20 @@ impl DurableObject for SubscriptionObject {
         }
         let inner = Clone::clone(req.inner()); // the handle, not `Request.clone()`
         let body = req.bytes().await.unwrap_or_default();
-        match self.route(req, &body).await {
-            Ok(resp) => Ok(resp),
+        let resp = match self.route(req, &body).await {
+            Ok(resp) => resp,
             Err(e) => {
                 let about = super::described(&inner, &body);
                 worker::console_error!("subscription: {about}: {e}");
-                http::unavailable("temporary failure; retry")
+                http::unavailable("temporary failure; retry")?
             }
+        };
+        match self.rows.take() {
+            Some((rows, total)) => http::edit_headers(resp, |headers| {
+                headers.set(crate::rows::ROWS_HEADER, &rows.header())?;
+                headers.set(crate::rows::TOTAL_ROWS_HEADER, &total.header())
+            }),
+            None => Ok(resp),
         }
     }
 
