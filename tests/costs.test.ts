@@ -202,4 +202,93 @@ describe('rows a subscription writes', () => {
       await hook.close();
     }
   });
+
+  // The notification writes the link's tail, the wake's list of streams (one row, keyed by
+  // path without a rowid: two before) and the record; the alarm's delivery writes the record
+  // as the delivery left it. It saved the record before the delivery too, unchanged from what
+  // the notification stored: 6 rows before.
+  it('a wake, from the notification that owes it to its delivery, writes 4 rows', async () => {
+    const prefix = unique('wake');
+    const stream = `${prefix}/s`;
+    const id = `cost-${prefix.replaceAll('/', '-')}`;
+    const hook = await receiver();
+    try {
+      await answer('PUT', stream, json);
+      await subscribe(id, webhook(`${prefix}/*`, hook.url));
+      const before = await settled(id);
+      await answer('POST', stream, json, '{"n":0}');
+      await until(() => hits(hook, id) === 1);
+      expect((await settled(id)) - before).toBe(4);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+
+  // A claim lists again the streams its wake event named, at their tails now: rows whose tail
+  // has not moved are kept as they are (the list was deleted and written again, its path index
+  // beside it: 4 rows with the record).
+  it('a claim with nothing new since its wake event writes the record alone', async () => {
+    const prefix = unique('claim');
+    const stream = `${prefix}/s`;
+    const wake = `${prefix}/wake`;
+    const id = `cost-${prefix.replaceAll('/', '-')}`;
+    try {
+      await answer('PUT', stream, json);
+      await answer('PUT', wake, json);
+      await subscribe(id, { type: 'pull-wake', streams: [stream], wake_stream: wake, lease_ttl_ms: 600_000 });
+      const tail = async () => (await answer('HEAD', wake)).headers.get('stream-next-offset');
+      const empty = await tail();
+      await answer('POST', stream, json, '{"n":0}');
+      await until(async () => (await tail()) !== empty);
+      const before = await settled(id);
+      const res = await fetch(sub(id, '/claim'), { method: 'POST', headers: json, body: '{"worker":"w"}' });
+      await res.arrayBuffer();
+      expect(res.status).toBe(200);
+      expect((await subWritten(id)) - before).toBe(1);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+
+  // A stream tells its subscriptions its tail again when a call failed (here the first
+  // subscription's, an injected fault): the ones that had it store nothing (their link was
+  // written again, a row each).
+  it('a notification of a tail the subscription already has writes nothing', async () => {
+    const prefix = unique(`${MARKER}-again`);
+    const stream = `${prefix}/s`;
+    const hook = await receiver();
+    const [first, second] = ['a', 'b'].map((n) => `cost-${prefix.replaceAll('/', '-')}-${n}`);
+    try {
+      // The stream's first registration fails (503); the retried PUT finishes it.
+      for (;;) {
+        const res = await fetch(`${server.baseUrl}/v1/stream/${stream}`, { method: 'PUT', headers: json });
+        await res.arrayBuffer();
+        if (res.status < 300) break;
+        expect(res.status).toBe(503);
+      }
+      await subscribe(first, webhook(`${prefix}/*`, hook.url));
+      await subscribe(second, webhook(`${prefix}/*`, hook.url));
+      const before = await settled(second);
+      // Told at once, the first subscription's call fails; the alarm tells both again.
+      await answer('POST', stream, json, '{"n":0}');
+      await until(() => hits(hook, first) === 1 && hits(hook, second) === 1);
+      // The same 4 rows as any wake (link, list, record, delivery), and none for the retry.
+      expect((await settled(second)) - before).toBe(4);
+    } finally {
+      for (const id of [first, second]) await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+});
+
+describe('rows a channel writes', () => {
+  // A source created below a channel sends it a batch that only announces the stream: the
+  // channel's mark answers where the link already is, and the link is not written again.
+  it('a create below a channel writes 11 rows', async () => {
+    const channel = unique('chan');
+    const json = { 'content-type': 'application/json' };
+    await answer('PUT', channel, { ...json, 'stream-channel': 'true' });
+    expect((await call('PUT', `${channel}/a`, json)).written).toBe(11);
+  });
 });

@@ -37,7 +37,7 @@ use crate::fault::Call;
 use crate::http::{self, now_ms};
 use crate::path::STREAM_PREFIX;
 use crate::turnstile::Turnstile;
-use store::{Kind, Link, Record, SCHEMA};
+use store::{Kind, Link, Record, MIGRATIONS, SCHEMA};
 
 /// Refuses `streams` (at create, or added later) that name the pull-wake subscription's own
 /// `wake_stream`: each wake event would be new data for it, and wake it again, for ever. Its
@@ -103,8 +103,8 @@ impl DurableObject for SubscriptionObject {
         let opened = storage
             .as_ref()
             .map_err(|e| worker::Error::RustError(e.to_string()))
-            .and_then(|_| match stored {
-                true => crate::schema::open(&sql, SCHEMA, &[], None),
+            .and_then(|storage| match stored {
+                true => crate::schema::open(&sql, SCHEMA, MIGRATIONS, Some(storage)),
                 false => Ok(()),
             });
         let broken = match opened {
