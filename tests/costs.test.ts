@@ -225,6 +225,38 @@ describe('rows a subscription writes', () => {
     }
   });
 
+  // A callback (`done`) with more appended since the wake writes the acked cursor, the next
+  // wake's list and record, and the record once the alarm delivers it. The list names the
+  // same stream at a new tail: its row is moved, where it was deleted and written again (2
+  // rows, 3 with its index, and the record saved before the delivery: 7 rows before).
+  it('a callback that ends a wake with more pending writes 4 rows, the next delivery included', async () => {
+    const prefix = unique('callback');
+    const stream = `${prefix}/s`;
+    const id = `cost-${prefix.replaceAll('/', '-')}`;
+    const hook = await receiver();
+    try {
+      await answer('PUT', stream, json);
+      await subscribe(id, webhook(`${prefix}/*`, hook.url));
+      await answer('POST', stream, json, '{"n":0}');
+      await until(() => hits(hook, id) === 1);
+      await answer('POST', stream, json, '{"n":1}');
+      const before = await settled(id);
+      const w = hook.bodies.find((b) => b?.subscription_id === id);
+      const acks = w.streams.map((s: any) => ({ stream: s.path, offset: s.tail_offset }));
+      const res = await fetch(w.callback_url, {
+        method: 'POST',
+        headers: { ...json, authorization: `Bearer ${w.callback_token}` },
+        body: JSON.stringify({ wake_id: w.wake_id, generation: w.generation, acks, done: true }),
+      });
+      expect(await res.json()).toEqual({ ok: true, next_wake: true });
+      await until(() => hits(hook, id) === 2);
+      expect((await settled(id)) - before).toBe(4);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+
   // A claim lists again the streams its wake event named, at their tails now: rows whose tail
   // has not moved are kept as they are (the list was deleted and written again, its path index
   // beside it: 4 rows with the record).
