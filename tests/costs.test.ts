@@ -1,7 +1,7 @@
 // What operations cost in the units Cloudflare bills a SQLite-backed Durable Object for: rows
 // read and, a thousand times dearer, rows written, index entries included. The server runs
-// with FAULT_MARKER, so each stream's answer carries the rows its request read and wrote
-// (`x-edgestream-rows`, worker/src/rows.rs). Counts, not times: each is exact for this build
+// with FAULT_MARKER, so each stream's and subscription's answer carries the rows its request
+// read and wrote (`x-edgestream-rows`, worker/src/rows.rs). Counts, not times: each is exact for this build
 // and its runtime, so a change that writes more rows per operation fails here and says where.
 // docs/benchmark.md ("What an operation costs on Cloudflare") has the whole table, from
 // bench/costs.mjs.

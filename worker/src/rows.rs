@@ -13,8 +13,9 @@ use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
 
 /// With faults on, a stream's or subscription's answer says how many SQLite rows it read and
-/// wrote while handling the request, as `read=R written=W` (rows a streamed body reads after the answer
-/// is sent aside). Requests to one object that overlap share their counts.
+/// wrote while handling the request, as `read=R written=W` (rows a streamed body reads after
+/// the answer is sent aside). Requests to one object that overlap share their counts, and an
+/// alarm's rows count in the next answer's.
 pub const ROWS_HEADER: &str = "x-edgestream-rows";
 
 /// With faults on, the answer to the request that started an object also says, in the same
