@@ -6,12 +6,13 @@
 // `npm run bench`; docs/benchmark.md has its table.
 //
 //   node bench/costs.mjs [--base http://127.0.0.1:8787]   (a server started with FAULT_MARKER)
+import http from 'node:http';
 import { startServer } from '../scripts/dev-server.mjs';
 import { option } from './common.mjs';
 
 const argv = process.argv.slice(2);
 const given = option(argv, 'base', '');
-const server = given ? null : await startServer({ vars: { FAULT_MARKER: 'never-in-a-path' } });
+const server = given ? null : await startServer({ vars: { FAULT_MARKER: 'never-in-a-path', WEBHOOK_ALLOW_LOCALHOST: 'true' } });
 const base = given || server.baseUrl;
 const run = `${Date.now().toString(36)}`;
 const url = (name) => `${base}/v1/stream/cost-${run}/${name}`;
@@ -150,6 +151,145 @@ for (const mode of ['long-poll', 'sse']) {
   const r = rows(await req('chan/a', 'POST', json, '{"m":1}'));
   record('append below a channel: the source', r, '1 + channel 1');
   record('append below a channel: the channel', diff(before, await total('chan')), '');
+}
+
+// Subscriptions: what each subscription object reads and writes per append, per wake, per
+// delivery, per callback, claim and ack. Its answers carry the same headers as a stream's;
+// what notifications and alarms cost shows in `x-edgestream-rows-total` between two GETs (a
+// GET writes nothing; its own reads, `own`, are taken off).
+{
+  const hits = [];
+  const hook = http.createServer((rq, rs) => {
+    const chunks = [];
+    rq.on('data', (c) => chunks.push(c));
+    rq.on('end', () => {
+      hits.push(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+      rs.writeHead(200, json);
+      rs.end('{}');
+    });
+  });
+  await new Promise((r) => hook.listen(0, '127.0.0.1', r));
+  const hookUrl = `http://127.0.0.1:${hook.address().port}/hook`;
+  const subUrl = (id, rest = '') => `${base}/v1/stream/__ds/subscriptions/${id}${rest}`;
+  const subCall = async (id, rest, body, token) => {
+    const headers = { ...json, ...(token ? { authorization: `Bearer ${token}` } : {}) };
+    const res = await fetch(subUrl(id, rest), { method: body === undefined ? 'GET' : rest ? 'POST' : 'PUT', headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    const text = await res.text();
+    if (res.status >= 300) throw new Error(`subscription ${id}${rest}: ${res.status} ${text}`);
+    return { res, body: text ? JSON.parse(text) : null };
+  };
+  /**
+   * The subscription's rows since it started, but for the GETs that asked (which write
+   * nothing, and read `own` rows each): an answer's own count may include an alarm's rows.
+   */
+  const gets = new Map();
+  const subTotal = async (id) => {
+    const { res } = await subCall(id, '');
+    gets.set(id, (gets.get(id) ?? 0) + 1);
+    const t = rows(res, 'x-edgestream-rows-total');
+    return { read: t.read - gets.get(id) * own.read, written: t.written };
+  };
+  // Waits for the subscription's alarm (a delivery) to be done: its rows stop changing.
+  const settled = async (id) => {
+    let last = await subTotal(id);
+    for (;;) {
+      await sleep(300);
+      const now = await subTotal(id);
+      if (now.written === last.written) return now;
+      last = now;
+    }
+  };
+  const webhookSub = async (id, prefix) => {
+    await subCall(id, '', { type: 'webhook', pattern: `${prefix}/*`, webhook: { url: hookUrl }, lease_ttl_ms: 600_000 });
+  };
+  const prefix = `cost-${run}/subs`;
+  const sname = (n) => `subs/${n}`;
+  await req(sname('one/s'), 'PUT', json);
+  const id = `cost-${run}-one`;
+  await webhookSub(id, `${prefix}/one`);
+  // A GET's own reads, measured on a quiet subscription.
+  let own = { read: 0, written: 0 };
+  const quiet = async (sub) => {
+    await subCall(sub, '');
+    own = rows((await subCall(sub, '')).res);
+  };
+  await quiet(id);
+  // The first append: the link's tail, a wake (its list of streams, the record), and the
+  // alarm's delivery.
+  let before = await subTotal(id);
+  const first = rows(await req(sname('one/s'), 'POST', json, '{"n":0}'));
+  while (hits.length < 1) await sleep(20);
+  let after = await settled(id);
+  record('append, 1 webhook subscription, no wake out: the stream', first, 'stream 1, subscription 1');
+  record('... the subscription: notified, wakes, delivers', diff(before, after), '1 alarm run, 1 webhook POST');
+  // Appends while the wake is out (not yet called back): the link's tail alone.
+  before = after;
+  let stream = { read: 0, written: 0 };
+  for (let i = 1; i <= 10; i++) {
+    const r = rows(await req(sname('one/s'), 'POST', json, `{"n":${i}}`));
+    stream = { read: stream.read + r.read, written: stream.written + r.written };
+  }
+  after = await subTotal(id);
+  const per = (r, n) => ({ read: r.read / n, written: r.written / n });
+  record('append, 1 webhook subscription, wake out: the stream (per append, of 10)', per(stream, 10), 'stream 1, subscription 1');
+  record('... the subscription (per append)', per(diff(before, after), 10), '');
+  // The callback acks the wake's streams and ends it; the appends since wake it again.
+  const wake = hits.at(-1);
+  const acks = wake.streams.map((s) => ({ stream: s.path, offset: s.tail_offset }));
+  before = after;
+  await subCall(id, '/callback', { wake_id: wake.wake_id, generation: wake.generation, acks, done: true }, wake.callback_token);
+  while (hits.length < 2) await sleep(20);
+  after = await settled(id);
+  record('webhook callback (ack, done) with more pending: the next wake and its delivery', diff(before, after), 'subscription 1, 1 alarm run, 1 webhook POST');
+  const next = hits.at(-1);
+  before = after;
+  const tail = next.streams.map((s) => ({ stream: s.path, offset: s.tail_offset }));
+  await subCall(id, '/callback', { wake_id: next.wake_id, generation: next.generation, acks: tail, done: true }, next.callback_token);
+  after = await settled(id);
+  record('webhook callback (ack, done), nothing more pending', diff(before, after), 'subscription 1');
+
+  // Ten subscriptions over one stream, each with its wake out.
+  const ten = Array.from({ length: 10 }, (_, i) => `cost-${run}-ten-${i}`);
+  await req(sname('ten/s'), 'PUT', json);
+  for (const t of ten) await webhookSub(t, `${prefix}/ten`);
+  await req(sname('ten/s'), 'POST', json, '{"n":0}');
+  while (hits.length < 2 + 10) await sleep(20);
+  const tens = [];
+  for (const t of ten) tens.push(await settled(t));
+  const tenRows = rows(await req(sname('ten/s'), 'POST', json, '{"n":1}'));
+  let subs = { read: 0, written: 0 };
+  for (const [i, t] of ten.entries()) {
+    const d = diff(tens[i], await subTotal(t));
+    subs = { read: subs.read + d.read, written: subs.written + d.written };
+  }
+  record('append, 10 webhook subscriptions, wakes out: the stream', tenRows, 'stream 1, subscriptions 10');
+  record('... the 10 subscriptions together', subs, '');
+
+  // Pull-wake: the wake event is an append to the wake stream; a worker claims and acks.
+  const pid = `cost-${run}-pull`;
+  const wakeStream = `cost-${run}/wake`;
+  await req('wake', 'PUT', json);
+  await req(sname('pull'), 'PUT', json);
+  await subCall(pid, '', { type: 'pull-wake', streams: [`${prefix}/pull`], wake_stream: wakeStream, lease_ttl_ms: 600_000 });
+  await quiet(pid);
+  before = await subTotal(pid);
+  const wakeBefore = await total('wake');
+  await req(sname('pull'), 'POST', json, '{"n":0}');
+  while ((await total('wake')).written === wakeBefore.written) await sleep(50);
+  after = await settled(pid);
+  record('append, 1 pull-wake subscription: the subscription (notified, wakes, appends the event)', diff(before, after), '1 alarm run, wake stream 1');
+  record('... the wake stream (the wake event)', diff(wakeBefore, await total('wake')), '');
+  before = after;
+  const { body: claim, res: claimRes } = await subCall(pid, '/claim', { worker: 'w' });
+  after = await subTotal(pid);
+  record('pull-wake claim', { read: rows(claimRes).read, written: diff(before, after).written }, 'subscription 1');
+  before = after;
+  const pulled = claim.streams.map((s) => ({ stream: s.path, offset: s.tail_offset }));
+  await subCall(pid, '/ack', { wake_id: claim.wake_id, generation: claim.generation, acks: pulled, done: true }, claim.token);
+  after = await settled(pid);
+  record('pull-wake ack (done), nothing more pending', diff(before, after), 'subscription 1');
+  hook.closeAllConnections();
+  hook.close();
 }
 
 console.log('| operation | rows read | rows written | object requests | note |');

@@ -3,16 +3,19 @@
 //! Cloudflare bills a SQLite-backed object per row read and, a thousand times dearer, per row
 //! written (index entries included). The runtime counts both on each cursor (`rowsRead`,
 //! `rowsWritten`); with faults on, [`RowCounter::install`] wraps the object's `sql.exec` so
-//! that every cursor is kept, and [`RowCounter::take`] sums and forgets them. A stream's
-//! answer then carries its request's rows in [`ROWS_HEADER`], so tests can hold each
-//! operation to what it costs (docs/benchmark.md, "What an operation costs on Cloudflare").
+//! that every cursor is kept, and [`RowCounter::take`] sums and forgets them. A stream's or a
+//! subscription's answer then carries its request's rows in [`ROWS_HEADER`], so tests can hold
+//! each operation to what it costs (docs/benchmark.md, "What an operation costs on
+//! Cloudflare"). The registry counts the rows of a stream's registration, which the stream's
+//! answer to its create carries (`crate::fault::REGISTRY_ROWS_HEADER`).
 
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
 
-/// With faults on, an object's answer says how many SQLite rows it read and wrote while
-/// handling the request, as `read=R written=W` (rows a streamed body reads after the answer
-/// is sent aside). Requests to one object that overlap share their counts.
+/// With faults on, a stream's or subscription's answer says how many SQLite rows it read and
+/// wrote while handling the request, as `read=R written=W` (rows a streamed body reads after
+/// the answer is sent aside). Requests to one object that overlap share their counts, and an
+/// alarm's rows count in the next answer's.
 pub const ROWS_HEADER: &str = "x-edgestream-rows";
 
 /// With faults on, the answer to the request that started an object also says, in the same

@@ -1531,12 +1531,14 @@ impl Store {
     }
 
     /// Records how far a channel has been fed, its failures in a row, and whether it has the
-    /// stream's `closed` event.
+    /// stream's `closed` event. A link the same as stored is not written again (a batch that
+    /// only announces the stream moves nothing): Cloudflare bills the row either way.
     pub fn set_forwarded(&self, link: &ChannelLink) -> Result<()> {
         self.channel_links.replace(None);
         self.sql.exec(
-            "UPDATE channel_links SET forwarded = ?, failures = ?, closed_sent = ?
-             WHERE channel = ? AND instance = ?",
+            "UPDATE channel_links SET forwarded = ?1, failures = ?2, closed_sent = ?3
+             WHERE channel = ?4 AND instance = ?5
+               AND (forwarded != ?1 OR failures != ?2 OR closed_sent != ?3)",
             vec![
                 pos(link.forwarded),
                 SqlStorageValue::Integer(i64::from(link.failures)),

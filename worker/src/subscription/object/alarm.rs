@@ -80,8 +80,7 @@ impl SubscriptionObject {
         // An expired lease frees the subscription; pending work wakes it again. (No lease runs
         // while a delivery is owed: that is retried until it succeeds.)
         if !record.deliver && record.lease_deadline.is_some_and(|d| d <= now) {
-            self.clear_wake(&mut record)?;
-            self.wake_if_pending(&mut record)?;
+            self.next_wake(&mut record)?;
         }
         if record.deliver && record.next_attempt_at.is_none_or(|t| t <= now) {
             // Saved before the delivery is awaited: other requests (a claim prompted by the

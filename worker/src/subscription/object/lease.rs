@@ -167,8 +167,7 @@ impl SubscriptionObject {
             record.forget_failures();
         }
         let next_wake = if input.done {
-            self.clear_wake(&mut record)?;
-            self.wake_if_pending(&mut record)?
+            self.next_wake(&mut record)?
         } else {
             record.lease_deadline = Some(now_ms() + record.lease_ttl_ms as i64);
             false
@@ -314,9 +313,8 @@ impl SubscriptionObject {
         let input: AckBody = serde_json::from_slice(body)
             .map_err(|_| SubscriptionError::InvalidRequest("body must be a JSON release object"))?;
         self.fence(&record, req, input.wake_id.as_deref(), input.generation)?;
-        self.clear_wake(&mut record)?;
         // Work still pending gets a new wake event for a later claim.
-        self.wake_if_pending(&mut record)?;
+        self.next_wake(&mut record)?;
         self.save(&record)?;
         self.schedule(&record).await?;
         Ok(Response::empty()?.with_status(204))

@@ -38,7 +38,7 @@ use crate::fault::Call;
 use crate::http::{self, now_ms};
 use crate::path::STREAM_PREFIX;
 use crate::turnstile::Turnstile;
-use store::{Kind, Link, Record, SCHEMA};
+use store::{Kind, Link, Record, MIGRATIONS, SCHEMA};
 
 /// Refuses `streams` (at create, or added later) that name the pull-wake subscription's own
 /// `wake_stream`: each wake event would be new data for it, and wake it again, for ever. Its
@@ -86,6 +86,10 @@ pub struct SubscriptionObject {
     /// Alarms in a row that failed: the next is set further off each time, so an object whose
     /// storage or peers keep failing does not wake every second for as long as that lasts.
     alarm_failures: std::cell::Cell<u32>,
+    /// The rows each request reads and writes, for tests (`FAULT_MARKER`): every answer says
+    /// them, and the rows since the object started, so what notifications from streams and
+    /// alarms cost is the difference between two answers (docs/benchmark.md).
+    rows: crate::rows::RowCounter,
 }
 
 impl DurableObject for SubscriptionObject {
@@ -101,8 +105,8 @@ impl DurableObject for SubscriptionObject {
         let opened = storage
             .as_ref()
             .map_err(|e| worker::Error::RustError(e.to_string()))
-            .and_then(|_| match stored {
-                true => crate::schema::open(&sql, SCHEMA, &[], None),
+            .and_then(|storage| match stored {
+                true => crate::schema::open(&sql, SCHEMA, MIGRATIONS, Some(storage)),
                 false => Ok(()),
             });
         let broken = match opened {
@@ -112,7 +116,9 @@ impl DurableObject for SubscriptionObject {
                 true
             }
         };
-        let faults = crate::fault::Faults::new(crate::config::Config::from_env(&env).fault_marker);
+        let marker = crate::config::Config::from_env(&env).fault_marker;
+        let rows = crate::rows::RowCounter::install(&sql, marker.is_some());
+        let faults = crate::fault::Faults::new(marker);
         SubscriptionObject {
             state,
             env,
@@ -124,6 +130,7 @@ impl DurableObject for SubscriptionObject {
             changes: Turnstile::default(),
             faults,
             alarm_failures: std::cell::Cell::new(0),
+            rows,
         }
     }
 
@@ -133,13 +140,20 @@ impl DurableObject for SubscriptionObject {
         }
         let inner = Clone::clone(req.inner()); // the handle, not `Request.clone()`
         let body = req.bytes().await.unwrap_or_default();
-        match self.route(req, &body).await {
-            Ok(resp) => Ok(resp),
+        let resp = match self.route(req, &body).await {
+            Ok(resp) => resp,
             Err(e) => {
                 let about = super::described(&inner, &body);
                 worker::console_error!("subscription: {about}: {e}");
-                http::unavailable("temporary failure; retry")
+                http::unavailable("temporary failure; retry")?
             }
+        };
+        match self.rows.take() {
+            Some((rows, total)) => http::edit_headers(resp, |headers| {
+                headers.set(crate::rows::ROWS_HEADER, &rows.header())?;
+                headers.set(crate::rows::TOTAL_ROWS_HEADER, &total.header())
+            }),
+            None => Ok(resp),
         }
     }
 

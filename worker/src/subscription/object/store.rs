@@ -2,6 +2,8 @@
 //! and delivery state), the links (one cursor per stream), the `snapshot` of tails the current
 //! wake covers and the `config` a PUT is compared with.
 
+use std::collections::HashMap;
+
 use edgestream::subscription as rules;
 use edgestream::Offset;
 use serde::{Deserialize, Serialize};
@@ -20,9 +22,16 @@ CREATE TABLE IF NOT EXISTS links (
   explicit INTEGER NOT NULL,
   acked INTEGER NOT NULL,
   tail INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS snapshot (path TEXT PRIMARY KEY, tail INTEGER NOT NULL);
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshot (path TEXT PRIMARY KEY, tail INTEGER NOT NULL) WITHOUT ROWID;
 ";
+
+/// Changes to tables of objects made by older versions, in the order they were made.
+pub(super) const MIGRATIONS: &[crate::schema::Migration] = &[
+    // Keyed by text, without a rowid (2026-12-05): a rowid table keeps the path in an index
+    // beside the row, so each link made and each stream a wake lists wrote two rows.
+    crate::schema::Migration::WithoutRowid(&["links", "snapshot"]),
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -224,7 +233,7 @@ impl SubscriptionObject {
     /// The storage, its tables made first if they are not yet.
     pub(super) fn sql(&self) -> Result<&SqlStorage> {
         if !self.opened.get() {
-            crate::schema::open(&self.raw_sql, SCHEMA, &[], None)?;
+            crate::schema::open(&self.raw_sql, SCHEMA, MIGRATIONS, self.storage.as_ref())?;
             self.opened.set(true);
         }
         Ok(&self.raw_sql)
@@ -266,12 +275,16 @@ impl SubscriptionObject {
         Ok(Some(record))
     }
 
+    /// Stores the record. A record the same as the one stored is not written again (the alarm
+    /// saves before a delivery what the request that owed it saved already): Cloudflare bills
+    /// a row written whether or not it changed.
     pub(super) fn save(&self, record: &Record) -> Result<()> {
         let encoded =
             serde_json::to_string(record).map_err(|e| worker::Error::RustError(e.to_string()))?;
         self.sql()?.exec(
             "INSERT INTO subscription (id, record) VALUES (1, ?)
-             ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+             ON CONFLICT (id) DO UPDATE SET record = excluded.record
+             WHERE subscription.record != excluded.record",
             vec![SqlStorageValue::String(encoded)],
         )?;
         Ok(())
@@ -337,11 +350,15 @@ impl SubscriptionObject {
         Ok(rows.first().map_or(0, |r| int(r, 0) as usize))
     }
 
+    /// Stores a link's cursor; one the same as stored is not written again (a notification
+    /// of a tail the link already has, which a stream's retry or its next pass sends).
     pub(super) fn save_link(&self, link: &Link) -> Result<()> {
         self.sql()?.exec(
             "INSERT INTO links (path, glob, explicit, acked, tail) VALUES (?, ?, ?, ?, ?)
              ON CONFLICT (path) DO UPDATE SET glob = excluded.glob, explicit = excluded.explicit,
-               acked = excluded.acked, tail = excluded.tail",
+               acked = excluded.acked, tail = excluded.tail
+             WHERE links.glob != excluded.glob OR links.explicit != excluded.explicit
+               OR links.acked != excluded.acked OR links.tail != excluded.tail",
             vec![
                 SqlStorageValue::String(link.path.clone()),
                 SqlStorageValue::Integer(i64::from(link.glob)),
@@ -400,14 +417,32 @@ impl SubscriptionObject {
         if let Some(after) = after.filter(|_| listed.len() < limit) {
             listed.extend(page("", Some(after), limit - listed.len())?);
         }
+        // Only the rows that differ are written: a claim lists again the streams its wake
+        // event named, mostly at the tails they had, and Cloudflare bills each row written.
+        let listed_tails: HashMap<String, u64> =
+            listed.iter().map(|r| (text(r, 0), int(r, 1))).collect();
         self.atomically(|| {
-            self.sql()?.exec("DELETE FROM snapshot", None)?;
-            for row in &listed {
+            let kept: HashMap<String, u64> = self
+                .rows("SELECT path, tail FROM snapshot", vec![])?
+                .iter()
+                .map(|r| (text(r, 0), int(r, 1)))
+                .collect();
+            for path in kept.keys().filter(|p| !listed_tails.contains_key(*p)) {
                 self.sql()?.exec(
-                    "INSERT INTO snapshot (path, tail) VALUES (?, ?)",
+                    "DELETE FROM snapshot WHERE path = ?",
+                    vec![SqlStorageValue::String(path.clone())],
+                )?;
+            }
+            for (path, tail) in &listed_tails {
+                if kept.get(path) == Some(tail) {
+                    continue;
+                }
+                self.sql()?.exec(
+                    "INSERT INTO snapshot (path, tail) VALUES (?, ?)
+                     ON CONFLICT (path) DO UPDATE SET tail = excluded.tail",
                     vec![
-                        SqlStorageValue::String(text(row, 0)),
-                        SqlStorageValue::Integer(int(row, 1) as i64),
+                        SqlStorageValue::String(path.clone()),
+                        SqlStorageValue::Integer(*tail as i64),
                     ],
                 )?;
             }

@@ -166,15 +166,25 @@ impl SubscriptionObject {
             .collect())
     }
 
+    /// Ends the current wake: its list of streams goes with it.
     pub(super) fn clear_wake(&self, record: &mut Record) -> Result<()> {
-        record.wake_id = None;
-        record.end_token();
-        record.holder = None;
-        record.lease_deadline = None;
-        record.deliver = false;
-        record.next_attempt_at = None;
+        end_wake(record);
         self.sql()?.exec("DELETE FROM snapshot", None)?;
         Ok(())
+    }
+
+    /// Ends the current wake and begins the next if work is pending, as [`Self::clear_wake`]
+    /// then [`Self::wake_if_pending`] would, but the next wake's list is made from the
+    /// current one's rows: it mostly names the same streams, whose rows are then moved to
+    /// their tails rather than deleted and written again ([`Self::take_snapshot`]). Answers
+    /// whether a wake began.
+    pub(super) fn next_wake(&self, record: &mut Record) -> Result<bool> {
+        end_wake(record);
+        if self.wake_if_pending(record)? {
+            return Ok(true);
+        }
+        self.sql()?.exec("DELETE FROM snapshot", None)?;
+        Ok(false)
     }
 
     /// Records a delivery attempt: a failure is retried with backoff, until failures have gone
@@ -194,8 +204,7 @@ impl SubscriptionObject {
                     record.lease_deadline = Some(now + record.lease_ttl_ms as i64);
                     if done {
                         self.apply_snapshot()?;
-                        self.clear_wake(record)?;
-                        self.wake_if_pending(record)?;
+                        self.next_wake(record)?;
                     }
                 }
             }
@@ -336,4 +345,15 @@ impl SubscriptionObject {
             ))),
         }
     }
+}
+
+/// The record's side of ending a wake: no wake, token (kept as an earlier one), holder, lease
+/// or delivery.
+fn end_wake(record: &mut Record) {
+    record.wake_id = None;
+    record.end_token();
+    record.holder = None;
+    record.lease_deadline = None;
+    record.deliver = false;
+    record.next_attempt_at = None;
 }
