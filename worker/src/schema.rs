@@ -21,6 +21,16 @@ pub enum Migration {
     /// insert wrote two rows (Cloudflare bills an object per row written); without a rowid
     /// the table is ordered by its key, one row. Their rows are copied over, column by name.
     WithoutRowid(&'static [&'static str]),
+    /// A table of the schema, keyed by text, made again without a rowid as `WithoutRowid`
+    /// does, but too large to copy in one invocation (the registry's `streams`, a row per
+    /// stream in the deployment: 3 million rows took 21 s of CPU to copy locally, and Cloudflare
+    /// allows an invocation 30 s). It is renamed `aside`, which changes the schema alone however
+    /// many rows it has, and the schema makes the table anew, empty. Its owner reads both until
+    /// [`move_aside`] has moved every row back, a bounded number per call.
+    SetAside {
+        table: &'static str,
+        aside: &'static str,
+    },
 }
 
 impl Migration {
@@ -28,20 +38,8 @@ impl Migration {
     fn due(&self, sql: &SqlStorage) -> bool {
         match self {
             Migration::Change { check, .. } => rows(sql, check, vec![]).is_err(),
-            Migration::WithoutRowid(tables) => tables.iter().any(|table| {
-                // A failure counts as due: the rebuild then fails, and its error is seen.
-                rows(
-                    sql,
-                    "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
-                    vec![SqlStorageValue::String(table.to_string())],
-                )
-                .map_or(true, |found| {
-                    match found.first().and_then(|r| r.first()) {
-                        Some(SqlStorageValue::String(made)) => !made.contains("WITHOUT ROWID"),
-                        _ => false,
-                    }
-                })
-            }),
+            Migration::WithoutRowid(tables) => tables.iter().any(|table| has_rowid(sql, table)),
+            Migration::SetAside { table, .. } => has_rowid(sql, table),
         }
     }
 
@@ -76,8 +74,74 @@ impl Migration {
                     sql.exec(&format!("ALTER TABLE {keyed} RENAME TO {table}"), None)?;
                 }
             }
+            // The schema, applied again after the migrations, makes `table` anew.
+            Migration::SetAside { table, aside } => {
+                sql.exec(&format!("ALTER TABLE {table} RENAME TO {aside}"), None)?;
+            }
         }
         Ok(())
+    }
+}
+
+/// Whether `table` was made with a rowid. A failure counts as yes: the rebuild then fails, and
+/// its error is seen.
+fn has_rowid(sql: &SqlStorage, table: &str) -> bool {
+    rows(
+        sql,
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+        vec![SqlStorageValue::String(table.to_string())],
+    )
+    .map_or(true, |found| match found.first().and_then(|r| r.first()) {
+        Some(SqlStorageValue::String(made)) => !made.contains("WITHOUT ROWID"),
+        _ => false,
+    })
+}
+
+/// Moves the first `count` rows of `aside` (in the order of its first column, its key) into
+/// `table`, where [`Migration::SetAside`] put them, and drops `aside` once it is empty: whether
+/// rows are left to move. A row already in `table` (written there since) is kept as it is.
+/// Call it inside a transaction: a failure between the copy and the delete would otherwise
+/// leave rows in both, which readers of both tolerate but need not.
+pub fn move_aside(
+    sql: &SqlStorage,
+    table: &str,
+    aside: &str,
+    count: usize,
+) -> worker::Result<bool> {
+    let columns = sql
+        .exec(&format!("SELECT * FROM {aside} LIMIT 0"), None)?
+        .column_names();
+    let key = columns
+        .first()
+        .ok_or_else(|| worker::Error::RustError(format!("schema: {aside} has no columns")))?;
+    let columns = columns.join(", ");
+    let offset = i64::try_from(count.max(1) - 1).unwrap_or(i64::MAX);
+    let last = rows(
+        sql,
+        &format!("SELECT {key} FROM {aside} ORDER BY {key} LIMIT 1 OFFSET ?"),
+        vec![SqlStorageValue::Integer(offset)],
+    )?;
+    match last.into_iter().next().and_then(|r| r.into_iter().next()) {
+        Some(last) => {
+            sql.exec(
+                &format!(
+                    "INSERT OR IGNORE INTO {table} ({columns})
+                     SELECT {columns} FROM {aside} WHERE {key} <= ?"
+                ),
+                vec![last.clone()],
+            )?;
+            sql.exec(&format!("DELETE FROM {aside} WHERE {key} <= ?"), vec![last])?;
+            Ok(true)
+        }
+        // Fewer than `count` left: all of them, and the table with them.
+        None => {
+            sql.exec(
+                &format!("INSERT OR IGNORE INTO {table} ({columns}) SELECT {columns} FROM {aside}"),
+                None,
+            )?;
+            sql.exec(&format!("DROP TABLE {aside}"), None)?;
+            Ok(false)
+        }
     }
 }
 
