@@ -199,3 +199,37 @@ test('a rotation with a bad body is 400 and changes nothing; other methods are 4
   expect((await fetch(url('__ds/keys/rotate'))).status).toBe(405);
   expect((await fetch(url('__ds/keys'), { method: 'POST' })).status).toBe(405);
 });
+
+test('a subscription that cannot reach the registry when its schedule is due signs with the one it kept', async () => {
+  // Its id asks for the fault: its first fetch of the schedule after the one it made at its
+  // create fails, as when the registry cannot be reached.
+  const id = `never-in-a-path-keys-down-${Date.now()}`;
+  const stream = `kr/kept-${Date.now()}`;
+  expect((await fetch(url(stream), { method: 'PUT', headers: { 'content-type': 'application/json' } })).status).toBe(201);
+  const made = await fetch(url(`__ds/subscriptions/${id}`), {
+    method: 'PUT',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ type: 'webhook', streams: [stream], webhook: { url: hookUrl } }),
+  });
+  expect(made.status).toBe(201);
+  const kid = ((await made.json()) as any).webhook.signing.kid;
+  // Past the second a subscription keeps its schedule under test: the next request asks again.
+  await sleep(1200);
+  expect((await fetch(url(stream), { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"n":1}' })).status).toBe(204);
+  // Whichever asks first, the delivery or a GET, neither fails: the key the kept schedule says
+  // signs now still does.
+  for (let i = 0; i < 100; i++) {
+    const got = await fetch(url(`__ds/subscriptions/${id}`));
+    expect(got.status, await got.clone().text()).toBe(200);
+    const described = (await got.json()) as any;
+    expect(described.webhook.signing.kid).toBe(kid);
+    expect(described.delivery.failures, described.delivery.last_error).toBe(0);
+    const d = deliveries.find((d) => d.body?.subscription_id === id);
+    if (d) {
+      expect(verified(d, (await jwks()).keys)).toBe(kid);
+      return;
+    }
+    await sleep(50);
+  }
+  throw new Error('no delivery');
+});

@@ -826,6 +826,7 @@ export class DurableStream {
       () => {
         this.#line = this.#line.filter((e) => e !== entry);
         done.reject(abortedError('the operation was cancelled', signal));
+        entry.out?.();
       },
       done.promise,
     );
@@ -839,7 +840,8 @@ export class DurableStream {
    * messages, or their bytes one after another), up to about 1 MiB, each resolving to its result. One
    * with `seq`, a close, and an empty one go alone, as does a value that cannot be sent (refused
    * as it would be alone), and one whose `contentType` option differs from the one before it
-   * starts the next request. A request that fails rejects every append in it.
+   * starts the next request. A request that fails rejects every append in it; one whose appends
+   * have all been stopped by their own signals is stopped.
    */
   async #drain() {
     if (this.#sending) return;
@@ -870,7 +872,12 @@ export class DurableStream {
         // wrapped: an array stays one message.
         if (json && !none) body = `[${batch[1] ? parts.join() : jsonText(body)}]`;
         else if (batch[1]) body = concat(parts);
-        const res = await this.#call(appendStream, { body, contentType, seq, close }, batch[1] ? undefined : first.signal);
+        // Appends sent together are stopped by their own signals one by one (#enqueue); once
+        // every one has been, none waits for the request, and it is stopped too, so that a
+        // request that never answers does not hold up the line for ever.
+        const all = new AbortController();
+        for (const e of batch) e.out = () => batch.every((b) => b.signal?.aborted) && all.abort();
+        const res = await this.#call(appendStream, { body, contentType, seq, close }, batch[1] ? all.signal : first.signal);
         for (const e of batch) e.done.resolve(res);
       } catch (err) {
         for (const e of batch) e.done.reject(err);

@@ -116,3 +116,33 @@ test('a refused request rejects every append in it, and the next request goes on
   assert.deepEqual(await read(url, true), [0, 3]);
   assert.equal(posts, 3);
 });
+
+test('a request whose appends were all aborted by their own signals is stopped, and the line goes on', async () => {
+  const url = `${server.url}/order-${randomUUID()}`;
+  const posts = [];
+  // The first POST is held a moment; the second (the appends made meanwhile) never answers
+  // until its signal aborts, as a stalled connection would not.
+  const fn = async (input, init) => {
+    const req = new Request(input, init);
+    if (req.method === 'POST') {
+      posts.push(req);
+      if (posts.length === 1) await new Promise((r) => setTimeout(r, 50));
+      if (posts.length === 2) await new Promise((_, reject) => req.signal.addEventListener('abort', () => reject(req.signal.reason), { once: true }));
+    }
+    return fetch(req);
+  };
+  const ds = await DurableStream.create({ url, contentType: 'application/json', fetch: fn });
+  const first = ds.append(1);
+  await new Promise((r) => setTimeout(r, 10)); // the first is out
+  const acs = [new AbortController(), new AbortController()];
+  const held = acs.map((ac, i) => ds.append(2 + i, { signal: ac.signal }));
+  await first;
+  while (posts.length < 2) await new Promise((r) => setTimeout(r, 5));
+  for (const ac of acs) ac.abort(new Error('gave up waiting'));
+  for (const p of held) await assert.rejects(p, (e) => e.code === 'ABORTED');
+  // Nobody waits for the stalled request any more: it is stopped, and the next append is sent.
+  const last = await Promise.race([ds.append(4), new Promise((r) => setTimeout(() => r('stuck'), 3000))]);
+  assert.notEqual(last, 'stuck', 'the append after a stalled request whose appends all gave up never settled');
+  assert.deepEqual(await read(url, true), [1, 4]);
+  assert.equal(posts.length, 3);
+});

@@ -11,7 +11,9 @@
 //! from its explicit list; with `paged` in its id too, it reads its pattern's streams from the
 //! registry, and lists the streams of a wake, [`TEST_PAGE`] at a time. The registry fails the
 //! first registration of a stream whose path also carries `broken`, and a subscription whose
-//! id does its first create, as storage that failed would. Later calls of that kind go
+//! id does its first create, as storage that failed would. A subscription whose id carries
+//! the marker and `keys-down` cannot reach the registry the first time it asks for the signing
+//! keys' schedule again. Later calls of that kind go
 //! through, so a test sees
 //! the failure and then the repair: what is owed is retried by the request that is told to
 //! retry, or by the alarm.
@@ -62,6 +64,10 @@ pub enum Call {
     /// create, as a storage error fails it (the object logs it and answers 503). Only for a
     /// stream path or subscription id that also contains `broken`.
     Broken,
+    /// Failed: a subscription asking the registry for the signing keys' schedule again, once
+    /// the one it kept is due to be asked again, as when the registry cannot be reached. Only
+    /// for a subscription id that also contains `keys-down`.
+    KeySchedule,
 }
 
 /// Where [`trap_if_asked`] is called from.
@@ -269,6 +275,7 @@ impl Faults {
             || (call == Call::NotifyCut && !path.contains("cut"))
             || (call == Call::Broken && !path.contains("broken"))
             || (call == Call::RegistryAnswerLost && !path.contains("lost"))
+            || (call == Call::KeySchedule && !path.contains("keys-down"))
         {
             return false;
         }

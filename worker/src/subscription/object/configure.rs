@@ -156,7 +156,7 @@ impl SubscriptionObject {
         // Awaited before the record is read: from that read to the save below nothing is
         // awaited, so of two PUTs racing to create one id, exactly one finds no record.
         if kind == Kind::Webhook {
-            self.signing_key().await?;
+            self.signing_key(&id).await?;
         }
 
         let previous = self.load()?;

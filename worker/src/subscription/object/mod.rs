@@ -245,7 +245,7 @@ impl SubscriptionObject {
         let streams: Vec<Value> = self.links()?.iter().map(Link::info).collect();
         let webhook = match &record.webhook_url {
             Some(url) => {
-                let key = self.signing_key().await?;
+                let key = self.signing_key(&record.id).await?;
                 j!({
                     "url": url,
                     "signing": {
@@ -277,8 +277,11 @@ impl SubscriptionObject {
     /// The key that signs now, by the schedule fetched from the registry at most
     /// [`keys::SCHEDULE_KEPT_MS`] ago: so a rotation reaches this object before the fresh key
     /// is due to sign (a rotation's default overlap is twice as long), and the object
-    /// switches keys when the schedule says, whenever it last asked.
-    async fn signing_key(&self) -> Result<SigningKey> {
+    /// switches keys when the schedule says, whenever it last asked. When the registry cannot
+    /// be asked again, the schedule kept still says which key signs now: the delivery, `GET` or
+    /// `PUT` goes on with it, and the next one asks again. Only an object that never had a
+    /// schedule fails then.
+    async fn signing_key(&self, id: &str) -> Result<SigningKey> {
         let now = now_ms();
         let kept_ms = if crate::config::Config::from_env(&self.env)
             .fault_marker
@@ -288,26 +291,46 @@ impl SubscriptionObject {
         } else {
             keys::SCHEDULE_KEPT_MS
         };
-        let kept = self
-            .keys
-            .borrow()
+        let kept = self.keys.borrow().clone();
+        let signs = |schedule: &Schedule, at: i64| schedule.signing_at(at).map(|k| k.key.clone());
+        if let Some(key) = kept
             .as_ref()
             .filter(|(_, at)| now - at < kept_ms)
-            .and_then(|(schedule, _)| schedule.signing_at(now).map(|k| k.key.clone()));
-        if let Some(key) = kept {
+            .and_then(|(schedule, _)| signs(schedule, now))
+        {
             return Ok(key);
+        }
+        match self.fetch_schedule(id, kept.is_some()).await {
+            Ok(schedule) => {
+                let key = signs(&schedule, now_ms()).ok_or_else(|| {
+                    worker::Error::RustError("the registry has no signing key".into())
+                })?;
+                self.keys.replace(Some((schedule, now)));
+                Ok(key)
+            }
+            Err(e) => match kept.and_then(|(schedule, _)| signs(&schedule, now_ms())) {
+                Some(key) => {
+                    worker::console_warn!(
+                        "subscription {id}: cannot fetch the signing keys' schedule ({e}); signing with the one kept"
+                    );
+                    Ok(key)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// The signing keys' schedule, from the registry. `again`: this object has fetched one
+    /// before (a test's fault fails the first such fetch, [`Call::KeySchedule`]).
+    async fn fetch_schedule(&self, id: &str, again: bool) -> Result<Schedule> {
+        if again {
+            self.faults.check(id, Call::KeySchedule)?;
         }
         let (status, schedule) =
             call::<_, Schedule>(&registry_stub(&self.env)?, "keys", &j!({})).await?;
-        let schedule = schedule.filter(|_| status == 200).ok_or_else(|| {
+        schedule.filter(|_| status == 200).ok_or_else(|| {
             worker::Error::RustError(format!("registry key request failed ({status})"))
-        })?;
-        let key = schedule
-            .signing_at(now_ms())
-            .map(|k| k.key.clone())
-            .ok_or_else(|| worker::Error::RustError("the registry has no signing key".into()))?;
-        self.keys.replace(Some((schedule, now)));
-        Ok(key)
+        })
     }
 }
 

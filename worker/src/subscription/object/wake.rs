@@ -256,7 +256,7 @@ impl SubscriptionObject {
             "callback_token": crate::auth::wake_token(&self.env, &record.id, &token).await?,
         })
         .to_string();
-        let key = self.signing_key().await?;
+        let key = self.signing_key(&record.id).await?;
         let timestamp = now_ms() / 1000;
         let signature = key
             .sign(&webhook::signed_message(timestamp, body.as_bytes()))
