@@ -336,7 +336,7 @@ export declare class DurableStream {
    * `NaN` as `null`); others take strings or bytes. To append several
    * JSON messages in one request, use an `IdempotentProducer`. Appends (and `close()`) land in
    * the order they were called: one request is out at a time, and the appends made meanwhile go
-   * together in the next (up to about 1 MiB; one with `seq` goes alone), each resolving to that
+   * together in the next (up to 1 MiB; one with `seq` goes alone), each resolving to that
    * request's result. A request that fails rejects every append in it; the next goes on. A request
    * is stopped once every append in it has been stopped by its own `signal`.
    *

@@ -9,7 +9,7 @@ import {
   headStream,
   validateRetryOptions,
 } from '../dist/edgestream_client.js';
-import { READ_OPTIONS, cancelOnAbort, deferred, eitherSignal, fetchProblem, optionsProblem, pageUrl, shownUrl, signalProblem, sleep, unknownOption } from './settle.js';
+import { DurableStreamError, READ_OPTIONS, cancelOnAbort, deferred, eitherSignal, fetchProblem, invalid, optionsProblem, pageUrl, shownUrl, signalProblem, sleep, unknownOption } from './settle.js';
 
 let loader = null;
 let ready = null;
@@ -47,16 +47,7 @@ export function init(input) {
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-/** Every error the client raises. `code` is stable; `status` is the HTTP status if any. */
-export class DurableStreamError extends Error {
-  constructor(message, code, status, details) {
-    super(message);
-    this.name = 'DurableStreamError';
-    this.code = code;
-    if (status !== undefined) this.status = status;
-    if (details) Object.assign(this, details);
-  }
-}
+export { DurableStreamError };
 /** The stream is closed: no more appends. `finalOffset` is its end, when known. */
 export class StreamClosedError extends DurableStreamError {
   constructor(message = 'stream is closed', status, details) {
@@ -99,7 +90,7 @@ const DETAIL_KEYS = ['currentEpoch', 'expectedSeq', 'receivedSeq', 'finalOffset'
  */
 function checkOptions(who, options, known) {
   const problem = optionsProblem(options, known);
-  if (problem) throw new DurableStreamError(`${who}: ${problem}`, 'INVALID_ARGUMENT');
+  if (problem) throw invalid(`${who}: ${problem}`);
 }
 
 /** The options of a `DurableStream` (and of `DurableStream.create()`). */
@@ -221,7 +212,7 @@ export class StreamHandle {
 
   constructor(options) {
     if (!options || typeof options.url !== 'string' && !(options.url instanceof URL)) {
-      throw new DurableStreamError('stream(): url is required', 'INVALID_ARGUMENT');
+      throw invalid('stream(): url is required');
     }
     checkOptions('stream()', options, READ_OPTIONS);
     this.#options = { ...options, url: String(options.url) };
@@ -555,7 +546,7 @@ export class StreamHandle {
   /** A helper read a stream of the other kind: stop, rather than return it as empty. */
   #wrongKind(helper, why) {
     this.cancel();
-    throw new DurableStreamError(`${helper}: the stream ${why}`, 'INVALID_ARGUMENT');
+    throw invalid(`${helper}: the stream ${why}`);
   }
 
   /** Like `bytes()`, decoded as UTF-8. */
@@ -594,20 +585,20 @@ function jsonText(value) {
     try {
       JSON.parse(text);
     } catch {
-      throw new DurableStreamError('JSON text must be exactly one JSON value', 'INVALID_ARGUMENT');
+      throw invalid('JSON text must be exactly one JSON value');
     }
     return text;
   }
   // JSON.stringify would write a Promise as {}: one passed by mistake for its value is refused.
-  if (typeof value?.then === 'function') throw new DurableStreamError('a Promise is not a JSON value: await it first', 'INVALID_ARGUMENT');
+  if (typeof value?.then === 'function') throw invalid('a Promise is not a JSON value: await it first');
   let text;
   try {
     text = JSON.stringify(value);
   } catch (e) {
     // A BigInt, a cycle, or a toJSON() that throws.
-    throw new DurableStreamError(`the value is not JSON: ${e.message}`, 'INVALID_ARGUMENT');
+    throw invalid(`the value is not JSON: ${e.message}`);
   }
-  if (text === undefined) throw new DurableStreamError(`${typeof value} is not a JSON value`, 'INVALID_ARGUMENT');
+  if (text === undefined) throw invalid(`${typeof value} is not a JSON value`);
   return text;
 }
 
@@ -619,7 +610,7 @@ function bytesOf(value, orJson) {
   if (typeof value === 'string') return encoder.encode(value);
   if (value instanceof ArrayBuffer || ArrayBuffer.isView(value)) return new Uint8Array(value.buffer ?? value, value.byteOffset, value.byteLength);
   if (orJson) return jsonText(value);
-  throw new DurableStreamError('strings or bytes only', 'INVALID_ARGUMENT');
+  throw invalid('strings or bytes only');
 }
 
 /** The UTF-8 length of a value as encodeFor() gives it (a string is sent as UTF-8). */
@@ -667,7 +658,6 @@ function concat(parts) {
 /** `options` without the entries given as `undefined`. */
 const defined = (options) => Object.fromEntries(Object.entries(options ?? {}).filter(([, v]) => v !== undefined));
 
-const invalid = (message) => new DurableStreamError(message, 'INVALID_ARGUMENT');
 
 /**
  * The path a fork's `Stream-Forked-From` names: `source` (a URL, or a URL relative to `url` as a
@@ -694,7 +684,7 @@ export class DurableStream {
    * @param {object} options `url`, `contentType`, `headers`, `params`, `retry`, `signal`
    */
   constructor(options) {
-    if (!options || !options.url) throw new DurableStreamError('DurableStream: url is required', 'INVALID_ARGUMENT');
+    if (!options || !options.url) throw invalid('DurableStream: url is required');
     checkOptions('DurableStream', options, HANDLE_OPTIONS);
     this.url = String(options.url);
     this.contentType = options.contentType;
@@ -837,7 +827,7 @@ export class DurableStream {
   /**
    * Sends the line one request at a time, so appends land in the order they were called. The
    * appends waiting while a request is out go together in the next one (a JSON array of their
-   * messages, or their bytes one after another), up to about 1 MiB, each resolving to its result. One
+   * messages, or their bytes one after another), up to 1 MiB, each resolving to its result. One
    * with `seq`, a close, and an empty one go alone, as does a value that cannot be sent (refused
    * as it would be alone), and one whose `contentType` option differs from the one before it
    * starts the next request. A request that fails rejects every append in it; one whose appends
@@ -859,12 +849,11 @@ export class DurableStream {
           } catch {} // Refused when its turn comes, alone.
         };
         const parts = [encode(body)];
-        // In UTF-16 units for JSON text (at most 3 bytes each), bytes for the rest.
-        let size = close || seq !== undefined ? 0 : parts[0]?.length;
+        // The body's bytes with the commas between messages: at most 1 MiB, and 2 brackets.
+        let size = close || seq !== undefined ? 0 : parts[0] && byteLength(parts[0]);
         for (let next; size && (next = this.#line[0]) && !next.close && next.seq === undefined && next.contentType === first.contentType; ) {
           const part = encode(next.body);
-          const n = part?.length;
-          if (!n || (size += n) > 1 << 20) break;
+          if (!part?.length || (size += byteLength(part) + 1) > 1 << 20) break;
           parts.push(part);
           batch.push(this.#line.shift());
         }
@@ -1083,7 +1072,7 @@ export class IdempotentProducer {
    */
   constructor(stream, producerId, options = {}) {
     if (typeof producerId !== 'string' || producerId === '') {
-      throw new DurableStreamError('producerId must be a non-empty string', 'INVALID_ARGUMENT');
+      throw invalid('producerId must be a non-empty string');
     }
     checkProducerOptions(producerId, options);
     this.#stream = typeof stream === 'string' || stream instanceof URL ? new DurableStream({ url: stream }) : stream;
@@ -1173,7 +1162,7 @@ export class IdempotentProducer {
    * `lease.wait`, waits until the lease is free. Resolves to when it ends.
    */
   async acquire() {
-    if (!this.#lease || this.#state !== 'open') throw new DurableStreamError('acquire() needs an open producer with a lease', 'INVALID_ARGUMENT');
+    if (!this.#lease || this.#state !== 'open') throw invalid('acquire() needs an open producer with a lease');
     this.#leaseOnly();
     await this.flush();
     return this.#leaseUntil;
@@ -1191,7 +1180,7 @@ export class IdempotentProducer {
 
   /** Queues `data` for the next batch. Returns at once; `flush()` waits for delivery. */
   append(data) {
-    if (this.#state === 'detached') throw new DurableStreamError('producer is detached', 'INVALID_ARGUMENT');
+    if (this.#state === 'detached') throw invalid('producer is detached');
     if (this.#state !== 'open') {
       throw this.#error instanceof StreamClosedError ? this.#error : new StreamClosedError('producer is closed');
     }
@@ -1260,7 +1249,7 @@ export class IdempotentProducer {
   }
 
   async #close(data) {
-    if (this.#state === 'detached') throw new DurableStreamError('producer is detached', 'INVALID_ARGUMENT');
+    if (this.#state === 'detached') throw invalid('producer is detached');
     this.#state = 'closing';
     try {
       await this.flush();
@@ -1645,7 +1634,7 @@ export class IdempotentProducer {
  */
 export function checkProducerOptions(producerId, options = {}) {
   const fail = (m) => {
-    throw new DurableStreamError(m, 'INVALID_ARGUMENT');
+    throw invalid(m);
   };
   if (typeof producerId !== 'string' || producerId === '') fail('producerId must be a non-empty string');
   // Sent as the Producer-Id header: fetch sends other characters as Latin-1 bytes (which the

@@ -1,4 +1,19 @@
-// Promise and AbortSignal plumbing shared by stream handles (core.js) and tables (table.js).
+// Promise and AbortSignal plumbing shared by stream handles (core.js) and tables (table.js), and
+// the client's error class, which both raise.
+
+/** Every error the client raises. `code` is stable; `status` is the HTTP status if any. */
+export class DurableStreamError extends Error {
+  constructor(message, code, status, details) {
+    super(message);
+    this.name = 'DurableStreamError';
+    this.code = code;
+    if (status !== undefined) this.status = status;
+    if (details) Object.assign(this, details);
+  }
+}
+
+/** The error of an argument or option the client cannot take. */
+export const invalid = (message) => new DurableStreamError(message, 'INVALID_ARGUMENT');
 
 /** A promise with its `resolve` and `reject`; its rejection is never reported as unhandled. */
 export function deferred() {

@@ -4,7 +4,7 @@
 // The message format is the Durable Streams State Protocol's, so tables interoperate with
 // `@durable-streams/state` writers and readers.
 import { DurableStreamError, stream } from './core.js';
-import { READ_OPTIONS, cancelOnAbort, deferred, optionsProblem, shownUrl } from './settle.js';
+import { READ_OPTIONS, cancelOnAbort, deferred, invalid, optionsProblem, shownUrl } from './settle.js';
 
 const OPERATIONS = new Set(['insert', 'update', 'upsert', 'delete']);
 const CONTROLS = new Set(['snapshot-start', 'snapshot-end', 'reset']);
@@ -31,10 +31,6 @@ function classify(message) {
   if (!nonEmpty(message.type) || !nonEmpty(message.key)) return { invalid: 'type and key must be non-empty strings' };
   if (headers.operation !== 'delete' && !('value' in message)) return { invalid: `${headers.operation} without a value` };
   return { change: message };
-}
-
-function invalidArgument(message) {
-  return new DurableStreamError(message, 'INVALID_ARGUMENT');
 }
 
 /** Checks a snapshot's shape; returns an error message, or null when it can be restored. */
@@ -96,19 +92,19 @@ export class KeyedTable {
 
   constructor(options) {
     if (!options || (typeof options.url !== 'string' && !(options.url instanceof URL))) {
-      throw invalidArgument('table(): url is required');
+      throw invalid('table(): url is required');
     }
     const { from, store, saveEveryMs = 1000, onInvalid = 'error', offset, incarnation, json, signal, ...streamOptions } = options;
     const problem = optionsProblem(options, `${READ_OPTIONS} from store saveEveryMs onInvalid`);
-    if (problem) throw invalidArgument(`table(): ${problem}`);
-    if (onInvalid !== 'error' && onInvalid !== 'skip') throw invalidArgument("table(): onInvalid is 'error' or 'skip'");
+    if (problem) throw invalid(`table(): ${problem}`);
+    if (onInvalid !== 'error' && onInvalid !== 'skip') throw invalid("table(): onInvalid is 'error' or 'skip'");
     if (store !== undefined && (typeof store?.load !== 'function' || typeof store?.save !== 'function')) {
-      throw invalidArgument('table(): store needs load() and save()');
+      throw invalid('table(): store needs load() and save()');
     }
-    if (!Number.isFinite(saveEveryMs) || saveEveryMs < 0) throw invalidArgument('table(): saveEveryMs must be >= 0');
+    if (!Number.isFinite(saveEveryMs) || saveEveryMs < 0) throw invalid('table(): saveEveryMs must be >= 0');
     if (from !== undefined) {
       const problem = snapshotProblem(from);
-      if (problem) throw invalidArgument(`table(): ${problem}`);
+      if (problem) throw invalid(`table(): ${problem}`);
       this.#restore(from);
     } else {
       this.#offset = offset ?? '-1';
@@ -504,9 +500,9 @@ export function table(options) {
  */
 export function storageStore(storage, key) {
   if (typeof storage?.getItem !== 'function' || typeof storage?.setItem !== 'function') {
-    throw invalidArgument('storageStore(): storage needs getItem() and setItem()');
+    throw invalid('storageStore(): storage needs getItem() and setItem()');
   }
-  if (!nonEmpty(key)) throw invalidArgument('storageStore(): key must be a non-empty string');
+  if (!nonEmpty(key)) throw invalid('storageStore(): key must be a non-empty string');
   return {
     load() {
       const text = storage.getItem(key);
@@ -524,10 +520,10 @@ export function storageStore(storage, key) {
 }
 
 function changeMessage(operation, type, key, value, headers) {
-  if (!nonEmpty(type) || !nonEmpty(key)) throw invalidArgument(`change.${operation}(): type and key must be non-empty strings`);
-  if (headers !== undefined && !isObject(headers)) throw invalidArgument(`change.${operation}(): headers must be an object`);
-  if (headers?.control !== undefined) throw invalidArgument(`change.${operation}(): a change has no control header`);
-  if (operation !== 'delete' && value === undefined) throw invalidArgument(`change.${operation}(): value is required`);
+  if (!nonEmpty(type) || !nonEmpty(key)) throw invalid(`change.${operation}(): type and key must be non-empty strings`);
+  if (headers !== undefined && !isObject(headers)) throw invalid(`change.${operation}(): headers must be an object`);
+  if (headers?.control !== undefined) throw invalid(`change.${operation}(): a change has no control header`);
+  if (operation !== 'delete' && value === undefined) throw invalid(`change.${operation}(): value is required`);
   const message = { type, key, value, headers: { ...headers, operation } };
   if (operation === 'delete' && value === undefined) message.value = null;
   return message;

@@ -146,3 +146,25 @@ test('a request whose appends were all aborted by their own signals is stopped, 
   assert.deepEqual(await read(url, true), [1, 4]);
   assert.equal(posts.length, 3);
 });
+
+test('appends sent together take at most 1 MiB of body, counted in UTF-8 bytes', async () => {
+  const url = `${server.url}/order-${randomUUID()}`;
+  const sizes = [];
+  const fn = async (input, init) => {
+    const req = new Request(input, init);
+    if (req.method !== 'POST') return fetch(req);
+    const body = new Uint8Array(await req.arrayBuffer());
+    sizes.push(body.length);
+    await new Promise((r) => setTimeout(r, 30));
+    return fetch(req.url, { method: 'POST', headers: req.headers, body });
+  };
+  const ds = await DurableStream.create({ url, contentType: 'application/json', fetch: fn });
+  const first = ds.append(0);
+  await new Promise((r) => setTimeout(r, 10));
+  // Five of 400,008 bytes of JSON each (200,000 two-byte characters), 200,008 UTF-16 units:
+  // two to a request, where counting units would have sent all five (2 MB) together.
+  const big = { s: 'é'.repeat(200_000) };
+  await Promise.all([first, ...Array.from({ length: 5 }, () => ds.append(big))]);
+  assert.deepEqual(sizes.slice(1), [800_019, 800_019, 400_010]);
+  assert.equal((await read(url, true)).length, 6);
+});
