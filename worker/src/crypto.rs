@@ -149,14 +149,24 @@ impl HmacKey {
     }
 }
 
-/// A webhook signing key as it is stored: the private JWK's `d` and `x`, and its `kid`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// A webhook signing key as it is stored: the private JWK's `d` and `x`, and its `kid`. Its
+/// `Debug` leaves `d` out, so that no log or panic message can carry the private key.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SigningKey {
     pub kid: String,
     /// Public key, base64url.
     pub x: String,
     /// Private key, base64url.
     pub d: String,
+}
+
+impl core::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("x", &self.x)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SigningKey {
@@ -254,5 +264,20 @@ mod tests {
         assert_eq!(base64url(b"f"), "Zg");
         assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
         assert_eq!(base64url(&[0xfb, 0xff, 0xfe]), "-__-");
+    }
+
+    #[test]
+    fn a_signing_key_debugs_without_its_private_half() {
+        let key = super::SigningKey {
+            kid: "ds_kid".into(),
+            x: "public-x".into(),
+            d: "private-d".into(),
+        };
+        let shown = format!("{key:?}");
+        assert!(
+            shown.contains("ds_kid") && shown.contains("public-x"),
+            "{shown}"
+        );
+        assert!(!shown.contains("private-d"), "{shown}");
     }
 }

@@ -78,7 +78,8 @@ impl SubscriptionObject {
             record = current;
         }
         // An expired lease frees the subscription; pending work wakes it again. (No lease runs
-        // while a delivery is owed: that is retried until it succeeds.)
+        // while a delivery is owed: that is retried until it succeeds or, after
+        // `DELIVERY_GIVE_UP_MS` of failures, gives up and ends the wake.)
         if !record.deliver && record.lease_deadline.is_some_and(|d| d <= now) {
             self.next_wake(&mut record)?;
         }
