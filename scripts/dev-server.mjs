@@ -179,15 +179,19 @@ function listeningSockets(pgid) {
  * the Worker here, and the proxy apart.
  */
 async function findWorker(pgid, skip) {
-  for (const { port, pid } of listeningSockets(pgid)) {
-    if (skip.includes(port)) continue;
-    try {
-      const res = await fetch(`http://127.0.0.1:${port}/v1/stream/__health`, { method: 'HEAD' });
-      await res.arrayBuffer();
-      if (res.headers.get('access-control-expose-headers')?.includes('stream-next-offset')) return { url: `http://127.0.0.1:${port}`, pid };
-    } catch {}
+  // Looked for again for up to 10 s: on a loaded machine a look can miss it (a CI run once
+  // found no socket answering, between two looks that did).
+  for (const deadline = Date.now() + 10_000; ; await new Promise((r) => setTimeout(r, 200))) {
+    for (const { port, pid } of listeningSockets(pgid)) {
+      if (skip.includes(port)) continue;
+      try {
+        const res = await fetch(`http://127.0.0.1:${port}/v1/stream/__health`, { method: 'HEAD', signal: AbortSignal.timeout(5_000) });
+        await res.arrayBuffer();
+        if (res.headers.get('access-control-expose-headers')?.includes('stream-next-offset')) return { url: `http://127.0.0.1:${port}`, pid };
+      } catch {}
+    }
+    if (Date.now() > deadline) throw new Error('the Worker\'s own workerd socket was not found');
   }
-  throw new Error('the Worker\'s own workerd socket was not found');
 }
 
 /**
