@@ -196,8 +196,14 @@ test('a rotation with a bad body is 400 and changes nothing; other methods are 4
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe('INVALID_REQUEST');
   }
   expect(await keys()).toEqual(before);
-  expect((await fetch(url('__ds/keys/rotate'))).status).toBe(405);
-  expect((await fetch(url('__ds/keys'), { method: 'POST' })).status).toBe(405);
+  for (const [path, method, allow] of [
+    ['__ds/keys/rotate', 'GET', 'POST, OPTIONS'],
+    ['__ds/keys', 'POST', 'GET, OPTIONS'],
+  ]) {
+    const res = await fetch(url(path), { method });
+    expect(res.status, path).toBe(405);
+    expect(res.headers.get('allow'), path).toBe(allow);
+  }
 });
 
 test('a subscription that cannot reach the registry when its schedule is due signs with the one it kept', async () => {

@@ -594,6 +594,22 @@ describe('a registration finished while a notification is owed', () => {
 });
 
 describe('statuses shared with the reference server', () => {
+  test('a method a reserved route does not take is 405 with the Allow header RFC 9110 requires', async () => {
+    const id = `allow-${uid()}`;
+    for (const [path, method, allow] of [
+      [`__ds/subscriptions/${id}`, 'POST', 'PUT, GET, DELETE, OPTIONS'],
+      [`__ds/subscriptions/${id}/streams`, 'GET', 'POST, OPTIONS'],
+      [`__ds/subscriptions/${id}/claim`, 'GET', 'POST, OPTIONS'],
+      [`__ds/subscriptions/${id}/ack`, 'PUT', 'POST, OPTIONS'],
+      ['__ds/jwks.json', 'POST', 'GET, HEAD, OPTIONS'],
+    ]) {
+      const res = await fetch(url(path), { method });
+      expect(res.status, `${method} ${path}`).toBe(405);
+      expect(res.headers.get('allow'), `${method} ${path}`).toBe(allow);
+      expect(await res.text()).toBe('method not allowed\n');
+    }
+  });
+
   test('deleting a subscription is idempotent: 204 whether or not it exists', async () => {
     const id = `gone-${uid()}`;
     expect((await fetch(sub(id), { method: 'DELETE' })).status).toBe(204);

@@ -40,9 +40,7 @@ pub fn serve(req: &Request, path: &str) -> Result<Response> {
         return http::text(404, "not found");
     };
     if !matches!(req.method(), Method::Get | Method::Head) {
-        let resp = http::text(405, "method not allowed")?;
-        resp.headers().set("allow", "GET, HEAD, OPTIONS")?;
-        return Ok(resp);
+        return http::not_allowed("GET, HEAD, OPTIONS");
     }
     let headers = Headers::new();
     headers.set(h::ETAG, file.etag)?;

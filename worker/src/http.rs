@@ -148,6 +148,13 @@ pub fn described(req: &web_sys::Request) -> String {
 }
 
 /// A short plain-text response.
+/// 405 with the `Allow` header RFC 9110 §15.5.6 requires: the methods `allow` names.
+pub fn not_allowed(allow: &str) -> Result<Response> {
+    let resp = text(405, "method not allowed")?;
+    resp.headers().set("allow", allow)?;
+    Ok(resp)
+}
+
 pub fn text(status: u16, message: &str) -> Result<Response> {
     let mut body = message.to_string();
     body.push('\n');

@@ -148,7 +148,7 @@ pub async fn route(
     let origin = url.origin().ascii_serialization();
     if rest == "jwks.json" {
         if req.method() != Method::Get && req.method() != Method::Head {
-            return http::text(405, "method not allowed");
+            return http::not_allowed("GET, HEAD, OPTIONS");
         }
         return jwks(&req, env).await;
     }
@@ -162,8 +162,10 @@ pub async fn route(
         }
         return Ok(resp);
     }
-    if matches!(rest, "keys" | "keys/rotate") {
-        return http::text(405, "method not allowed");
+    match rest {
+        "keys" => return http::not_allowed("GET, OPTIONS"),
+        "keys/rotate" => return http::not_allowed("POST, OPTIONS"),
+        _ => {}
     }
     let Some(rest) = rest.strip_prefix("subscriptions/") else {
         return http::text(404, "not found");
@@ -195,8 +197,9 @@ pub async fn route(
                 }
             }
         }
-        ("" | "streams" | "callback" | "claim" | "ack" | "release", _) => {
-            return http::text(405, "method not allowed")
+        ("", _) => return http::not_allowed("PUT, GET, DELETE, OPTIONS"),
+        ("streams" | "callback" | "claim" | "ack" | "release", _) => {
+            return http::not_allowed("POST, OPTIONS")
         }
         _ => return http::text(404, "not found"),
     };
