@@ -6,7 +6,7 @@ import { createHmac } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, expect, test } from 'vitest';
+import { afterAll, beforeAll, expect, test, vi } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
 import { mintToken } from '../scripts/token.mjs';
 
@@ -126,6 +126,10 @@ test('AUTH_SECRET_PREVIOUS alone keeps access closed: it is used as AUTH_SECRET,
   const wake = await claim(s, NEW);
   expect(wake.token.split('.')[1]).toBe(wakeMac(NEW, wake.token));
   expect((await release(s, wake, wake.token)).status).toBe(204);
+  // The runtime's log reaches wrangler's output a moment after the request that wrote it (a
+  // CI run once counted 0 here): wait for the warning, then give a second one time to show.
+  await vi.waitFor(() => expect(s.log()).toContain(WARNING), { timeout: 10_000, interval: 100 });
+  await new Promise((r) => setTimeout(r, 500));
   expect(s.log().split(WARNING).length - 1, s.log()).toBe(1);
   expect(s.log()).not.toContain('access is open');
 });
