@@ -97,7 +97,13 @@ fuzz_target!(|body: &[u8]| {
 
     // Differential check against serde_json (which stops at 128 levels; we allow MAX_DEPTH).
     let depth = max_depth(body);
-    if utf8 && depth <= 100 {
+    // serde_json (with arbitrary_precision) reads an object keyed `$serde_json::private::Number`
+    // as its own number token, and refuses valid JSON such as {"$serde_json::private::Number":0}:
+    // no judge for such bodies (a CI fuzz run found one).
+    let quirk = body
+        .windows(b"$serde_json::private".len())
+        .any(|w| w == b"$serde_json::private");
+    if utf8 && depth <= 100 && !quirk {
         // serde_json refuses lone UTF-16 surrogates in `\u` escapes, with several different
         // errors; JSON's grammar (and JavaScript's JSON.parse, which clients use) allows them.
         // So serde_json judges a copy whose surrogate escapes are swapped for a plain one.
