@@ -809,16 +809,7 @@ impl RegistryObject {
             return Ok(stored);
         }
         let now = http::now_ms();
-        self.sql.exec(
-            "INSERT INTO keys (kid, x, d, created_ms, signs_from_ms) VALUES (?, ?, ?, ?, ?)",
-            vec![
-                s(&key.kid),
-                s(&key.x),
-                s(&key.d),
-                SqlStorageValue::Integer(now),
-                SqlStorageValue::Integer(now),
-            ],
-        )?;
+        self.insert_key(&key, now, now)?;
         Ok(Schedule {
             keys: vec![ScheduledKey {
                 key,
@@ -826,6 +817,21 @@ impl RegistryObject {
                 retires_ms: None,
             }],
         })
+    }
+
+    /// Stores `key`, made at `created_ms`, to sign from `signs_from_ms`.
+    fn insert_key(&self, key: &SigningKey, created_ms: i64, signs_from_ms: i64) -> Result<()> {
+        self.sql.exec(
+            "INSERT INTO keys (kid, x, d, created_ms, signs_from_ms) VALUES (?, ?, ?, ?, ?)",
+            vec![
+                s(&key.kid),
+                s(&key.x),
+                s(&key.d),
+                SqlStorageValue::Integer(created_ms),
+                SqlStorageValue::Integer(signs_from_ms),
+            ],
+        )?;
+        Ok(())
     }
 
     fn stored_schedule(&self) -> Result<Schedule> {
@@ -878,16 +884,7 @@ impl RegistryObject {
                 vec![SqlStorageValue::Integer(*until), s(kid)],
             )?;
         }
-        self.sql.exec(
-            "INSERT INTO keys (kid, x, d, created_ms, signs_from_ms) VALUES (?, ?, ?, ?, ?)",
-            vec![
-                s(&fresh.kid),
-                s(&fresh.x),
-                s(&fresh.d),
-                SqlStorageValue::Integer(now),
-                SqlStorageValue::Integer(plan.signs_from_ms),
-            ],
-        )?;
+        self.insert_key(&fresh, now, plan.signs_from_ms)?;
         worker::console_log!(
             "edgestream: webhook signing key {} made; it signs from {} (Unix ms)",
             fresh.kid,

@@ -291,16 +291,19 @@ impl SubscriptionObject {
         } else {
             keys::SCHEDULE_KEPT_MS
         };
-        let kept = self.keys.borrow().clone();
         let signs = |schedule: &Schedule, at: i64| schedule.signing_at(at).map(|k| k.key.clone());
-        if let Some(key) = kept
+        let fresh = self
+            .keys
+            .borrow()
             .as_ref()
             .filter(|(_, at)| now - at < kept_ms)
-            .and_then(|(schedule, _)| signs(schedule, now))
-        {
+            .and_then(|(schedule, _)| signs(schedule, now));
+        if let Some(key) = fresh {
             return Ok(key);
         }
-        match self.fetch_schedule(id, kept.is_some()).await {
+        // Not borrowed across the await: another request may replace the schedule meanwhile.
+        let had = self.keys.borrow().is_some();
+        match self.fetch_schedule(id, had).await {
             Ok(schedule) => {
                 let key = signs(&schedule, now_ms()).ok_or_else(|| {
                     worker::Error::RustError("the registry has no signing key".into())
@@ -308,7 +311,12 @@ impl SubscriptionObject {
                 self.keys.replace(Some((schedule, now)));
                 Ok(key)
             }
-            Err(e) => match kept.and_then(|(schedule, _)| signs(&schedule, now_ms())) {
+            Err(e) => match self
+                .keys
+                .borrow()
+                .as_ref()
+                .and_then(|(schedule, _)| signs(schedule, now_ms()))
+            {
                 Some(key) => {
                     worker::console_warn!(
                         "subscription {id}: cannot fetch the signing keys' schedule ({e}); signing with the one kept"
