@@ -91,6 +91,11 @@ pub(super) struct Record {
     /// The earliest the first wake after giving up is delivered.
     #[serde(default)]
     pub(super) resume_at: Option<i64>,
+    /// How many of `failures` were leases that lapsed with data still owed: a wake taken (a
+    /// webhook's 2xx, a worker's claim) and not acked within `lease_ttl_ms`. While any are
+    /// counted, a delivery that succeeds does not end the run of failures; only an ack does.
+    #[serde(default)]
+    pub(super) lapses: u32,
     pub(super) deleted: bool,
     /// Linking this incarnation's streams (the registry's list, then each stream's tail) has
     /// not yet succeeded: a PUT that finds it so finishes it, and so does the alarm.
@@ -137,11 +142,24 @@ impl Record {
     /// still owed is then tried at once.
     pub(super) fn forget_failures(&mut self) {
         self.failures = 0;
+        self.lapses = 0;
         self.failing_since = None;
         self.last_error = None;
         self.gave_up_at = None;
         self.resume_at = None;
         self.next_attempt_at = None;
+    }
+
+    /// A delivery succeeded (a webhook answered 2xx, a wake event was written, a worker
+    /// claimed): the failures before it are forgotten, unless leases lapsed among them. A
+    /// receiver that takes wakes and never acks them answers every delivery, so only an ack
+    /// (a callback, `{"done": true}` in the reply, a pull-wake ack) shows it has recovered.
+    pub(super) fn delivered(&mut self) {
+        if self.lapses == 0 {
+            self.forget_failures();
+        } else {
+            self.next_attempt_at = None;
+        }
     }
 
     /// Whether the pattern covers `path`. A pull-wake subscription's own wake stream is never
