@@ -309,3 +309,61 @@ describe('a claimed pull-wake whose lease lapses without an ack', () => {
     }
   });
 });
+
+describe('data appended while the last failing attempt is in flight', () => {
+  test('is tried once more after the backoff, not left owed until more data comes', async () => {
+    const p = `giveup-late-${uid()}`;
+    const id = `sub-${p}`;
+    // Fails every post; the last attempt (the one due at the window's end, as the GET says while
+    // it is out) is kept waiting until the test lets it fail.
+    let release: (() => void) | undefined;
+    let heldArrived: (() => void) | undefined;
+    const lastHeld = new Promise<void>((resolve) => (heldArrived = resolve));
+    const hook = await hookServer(async (_, res) => {
+      const fail = () => {
+        res.writeHead(500);
+        res.end('down');
+      };
+      const { delivery } = await described(id);
+      const since = delivery.failing_since && Date.parse(delivery.failing_since);
+      if (!release && since && delivery.next_attempt_at && Date.parse(delivery.next_attempt_at) === since + GIVE_UP_MS) {
+        release = fail;
+        heldArrived!();
+        return;
+      }
+      fail();
+    });
+    const body = JSON.stringify({ type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 60_000 });
+    try {
+      expect((await fetch(sub(id), { method: 'PUT', headers: json, body })).status).toBe(201);
+      expect((await fetch(url(`${p}/s`), { method: 'PUT', headers: json, body: '{"n":1}' })).status).toBe(201);
+      const before = (await described(id)).streams.find((s) => s.path === `${p}/s`).tail_offset;
+      await Promise.race([lastHeld, sleep(8_000)]);
+      expect(release, 'no attempt came at the end of the window').toBeTruthy();
+      const generation = hook.hits[hook.hits.length - 1].body.generation;
+      // While that attempt is out, data comes; the subscription learns the stream's new tail.
+      expect((await fetch(url(`${p}/s`), { method: 'POST', headers: json, body: '{"n":2}' })).status).toBe(204);
+      const tail = await eventually(async () => {
+        const link = (await described(id)).streams.find((s) => s.path === `${p}/s`);
+        return link.tail_offset !== before && link.tail_offset;
+      }, 1_000);
+      expect(tail, 'the append did not reach the subscription').toBeTruthy();
+      const tries = hook.hits.length;
+      release!();
+      // Retries stop, but the data that came during the last one is tried once more.
+      expect(await eventually(async () => hook.hits.length > tries, 10_000), 'the data that came during the last attempt was never tried').toBe(true);
+      const again = hook.hits[tries].body;
+      expect(again.generation).toBeGreaterThan(generation);
+      expect(again.streams.find((s: any) => s.path === `${p}/s`)?.tail_offset).toBe(tail);
+      // That fails too, with nothing new since: retries stop, and nothing is left set.
+      const stopped = await gaveUp(id, 5_000);
+      expect(stopped.alarm).toBe('none');
+      expect(stopped.delivery.failures).toBe(hook.hits.length);
+      await sleep(1_500);
+      expect(hook.hits.length).toBe(tries + 1);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+});

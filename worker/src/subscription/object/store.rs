@@ -479,6 +479,22 @@ impl SubscriptionObject {
         Ok(rows.iter().map(|r| (link_from_row(r), int(r, 5))).collect())
     }
 
+    /// Whether data came for the subscription after the current wake listed its streams: a
+    /// listed stream's tail is past the tail listed, or, when the list held every stream with
+    /// news then (it is shorter than `limit`), a stream it does not list has data pending.
+    pub(super) fn news_since_listed(&self, limit: usize) -> Result<bool> {
+        let listed = self.rows("SELECT count(*) FROM snapshot", vec![])?;
+        let complete = listed.first().map_or(0, |r| int(r, 0)) < limit as u64;
+        let query = if complete {
+            "SELECT 1 FROM links l LEFT JOIN snapshot s ON s.path = l.path
+             WHERE l.tail > l.acked AND (s.tail IS NULL OR l.tail > s.tail) LIMIT 1"
+        } else {
+            "SELECT 1 FROM links l JOIN snapshot s ON s.path = l.path
+             WHERE l.tail > l.acked AND l.tail > s.tail LIMIT 1"
+        };
+        Ok(!self.rows(query, vec![])?.is_empty())
+    }
+
     /// Acks every link the current wake covers up to the tail it was woken for.
     pub(super) fn apply_snapshot(&self) -> Result<()> {
         self.sql()?.exec(

@@ -262,18 +262,31 @@ impl SubscriptionObject {
     }
 
     /// Failures have gone on for `DELIVERY_GIVE_UP_MS`: retries stop. The wake ends (a late
-    /// callback of it is fenced), its data stays owed, and no alarm is left for it.
+    /// callback of it is fenced), its data stays owed, and no alarm is left for it. Data that
+    /// came after the wake listed its streams (during its last attempt, or its lease) was
+    /// never offered: as for data that comes after retries stopped, a new wake lists it, tried
+    /// once more at `resume_at`, rather than leaving it owed until more data or a `PUT` comes.
     fn give_up(&self, record: &mut Record, now: i64, resume_at: i64) -> Result<()> {
+        let limit = self.faults.page(&record.id, rules::MAX_WAKE_STREAMS);
+        let news = self.news_since_listed(limit)?;
         worker::console_warn!(
-            "subscription {}: deliveries have failed for {} ms ({} attempts); \
-             retries stop until new data or a PUT",
+            "subscription {}: deliveries have failed for {} ms ({} attempts); retries stop{}",
             record.id,
             now - record.failing_since.unwrap_or(now),
-            record.failures
+            record.failures,
+            if news {
+                ", but data that came meanwhile is tried once more"
+            } else {
+                " until new data or a PUT"
+            }
         );
-        self.clear_wake(record)?;
+        end_wake(record);
         record.gave_up_at = Some(now);
         record.resume_at = Some(resume_at);
+        // `wake_if_pending` takes both: its wake is the one tried at `resume_at`.
+        if !(news && self.wake_if_pending(record)?) {
+            self.sql()?.exec("DELETE FROM snapshot", None)?;
+        }
         Ok(())
     }
 
