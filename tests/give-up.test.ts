@@ -31,7 +31,15 @@ afterAll(async () => {
   await server?.stop();
 });
 
-type Delivery = { failures: number; failing_since: string | null; last_error: string | null; next_attempt_at: string | null; gave_up_at: string | null };
+type Delivery = {
+  failures: number;
+  lapsed_leases: number;
+  failing_since: string | null;
+  last_error: string | null;
+  next_attempt_at: string | null;
+  gave_up_at: string | null;
+};
+const HEALTHY: Delivery = { failures: 0, lapsed_leases: 0, failing_since: null, last_error: null, next_attempt_at: null, gave_up_at: null };
 type Described = { status: string; delivery: Delivery; streams: any[]; alarm: string | null };
 
 async function described(id: string): Promise<Described> {
@@ -155,7 +163,7 @@ describe('a webhook that keeps failing', () => {
       }, 5_000);
       expect(done, 'the data was not delivered').toBeTruthy();
       expect(done!.status).toBe('active');
-      expect(done!.delivery).toEqual({ failures: 0, failing_since: null, last_error: null, next_attempt_at: null, gave_up_at: null });
+      expect(done!.delivery).toEqual(HEALTHY);
       expect(done!.alarm).toBe('none');
     } finally {
       await fetch(sub(id), { method: 'DELETE' });
@@ -189,6 +197,173 @@ describe('a pull-wake subscription whose wake events cannot be written', () => {
       expect(active.delivery.gave_up_at).toBeNull();
     } finally {
       await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
+
+/** Calls back for the wake `w` (a webhook body, or a claim's answer with its token). */
+async function ackWake(path: string, w: any, token: string, done: boolean) {
+  const acks = w.streams.map((s: any) => ({ stream: s.path, offset: s.tail_offset }));
+  return fetch(path, {
+    method: 'POST',
+    headers: { ...json, authorization: `Bearer ${token}` },
+    body: JSON.stringify({ wake_id: w.wake_id, generation: w.generation, acks, done }),
+  });
+}
+
+describe('a webhook that answers 2xx but never acks', () => {
+  test('each lapsed lease is a failure: backed off, given up after the window, and an ack makes it active', async () => {
+    const p = `lapse-${uid()}`;
+    // Answers 200 without "done" and never calls back, until `acking.on`.
+    const acking = { on: false };
+    const hook = await hookServer((hit, res) => {
+      res.writeHead(200, json);
+      res.end('{}');
+      if (acking.on) void ackWake(hit.body.callback_url, hit.body, hit.body.callback_token, true);
+    });
+    const id = `sub-${p}`;
+    const body = JSON.stringify({ type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 1_000 });
+    try {
+      expect((await fetch(sub(id), { method: 'PUT', headers: json, body })).status).toBe(201);
+      expect((await fetch(url(`${p}/s`), { method: 'PUT', headers: json, body: '{"n":1}' })).status).toBe(201);
+      // After the first lapse the subscription says so, though every post got a 2xx.
+      const lapsed = await eventually(async () => {
+        const s = await described(id);
+        return s.delivery.lapsed_leases >= 1 && s;
+      }, 5_000);
+      expect(lapsed, 'a lapsed lease was not counted').toBeTruthy();
+      expect(lapsed!.status).toBe('failed');
+      expect(lapsed!.delivery.last_error).toContain('lease lapsed without an ack');
+      expect(lapsed!.delivery.failing_since).not.toBeNull();
+
+      const stopped = await gaveUp(id, 15_000);
+      expect(stopped.status).toBe('failed');
+      expect(stopped.delivery.last_error).toContain('lease lapsed without an ack');
+      expect(stopped.delivery.lapsed_leases).toBe(stopped.delivery.failures);
+      expect(stopped.delivery.failures).toBe(hook.hits.length);
+      expect(stopped.delivery.failures).toBeGreaterThanOrEqual(2);
+      expect(stopped.delivery.next_attempt_at).toBeNull();
+      expect(Date.parse(stopped.delivery.gave_up_at!) - Date.parse(stopped.delivery.failing_since!)).toBeGreaterThanOrEqual(GIVE_UP_MS);
+      expect(stopped.alarm, 'an alarm is still set for a subscription that gave up').toBe('none');
+      expect(stopped.streams.find((s) => s.path === `${p}/s`)?.has_pending).toBe(true);
+      // Wakes came a lease plus the backoff apart, not a lease: the first retry 1 s (±20%) after
+      // the first lapse, the next one at the window's end (3 s after that lapse), about 2 s on.
+      const gaps = hook.hits.slice(1).map((h, i) => h.at - hook.hits[i].at);
+      for (const gap of gaps) expect(gap).toBeGreaterThanOrEqual(1_000 + 800 - 100);
+      const tries = hook.hits.length;
+      await sleep(3_000);
+      expect(hook.hits.length, 'a wake was sent after retries stopped').toBe(tries);
+
+      // The receiver is fixed and calls back: new data's wake is acked, and all is well again.
+      acking.on = true;
+      expect((await fetch(url(`${p}/s`), { method: 'POST', headers: json, body: '{"n":2}' })).status).toBe(204);
+      const healthy = await eventually(async () => {
+        const s = await described(id);
+        return s.streams.every((l) => !l.has_pending) && s.status === 'active' && s;
+      }, 10_000);
+      expect(healthy, 'the acked wake did not make it active').toBeTruthy();
+      expect(healthy!.delivery).toEqual(HEALTHY);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+});
+
+describe('a claimed pull-wake whose lease lapses without an ack', () => {
+  test('counts as a failure; a new claim does not clear it, an ack does', async () => {
+    const p = `lapse-pull-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const id = `pull-${p}`;
+    try {
+      expect((await fetch(url(wake), { method: 'PUT', headers: json, body: '[]' })).status).toBe(201);
+      const body = JSON.stringify({ type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake, lease_ttl_ms: 1_000 });
+      expect((await fetch(sub(id), { method: 'PUT', headers: json, body })).status).toBe(201);
+      expect((await fetch(url(`${p}/a`), { method: 'PUT', headers: json, body: '{"n":1}' })).status).toBe(201);
+      const claim = () => fetch(sub(`${id}/claim`), { method: 'POST', headers: json, body: '{"worker":"w"}' });
+      const first = await claim();
+      expect(first.status).toBe(200);
+      const firstWake = await first.json();
+      // The worker crashes: nothing is acked, and the lease lapses.
+      const lapsed = await eventually(async () => {
+        const s = await described(id);
+        return s.delivery.lapsed_leases >= 1 && s;
+      }, 5_000);
+      expect(lapsed, 'a lapsed lease was not counted').toBeTruthy();
+      expect(lapsed!.status).toBe('failed');
+      expect(lapsed!.delivery.failures).toBe(1);
+      expect(lapsed!.delivery.last_error).toContain('lease lapsed without an ack');
+      // Another worker claims the next generation: taking it is not yet acking it.
+      const second = await claim();
+      expect(second.status).toBe(200);
+      const secondWake = await second.json();
+      expect(secondWake.generation).toBeGreaterThan(firstWake.generation);
+      expect((await described(id)).status).toBe('failed');
+      const acked = await ackWake(sub(`${id}/ack`), secondWake, secondWake.token, true);
+      expect(acked.status).toBe(200);
+      const after = await described(id);
+      expect(after.status).toBe('active');
+      expect(after.delivery).toEqual(HEALTHY);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
+
+describe('data appended while the last failing attempt is in flight', () => {
+  test('is tried once more after the backoff, not left owed until more data comes', async () => {
+    const p = `giveup-late-${uid()}`;
+    const id = `sub-${p}`;
+    // Fails every post; the last attempt (the one due at the window's end, as the GET says while
+    // it is out) is kept waiting until the test lets it fail.
+    let release: (() => void) | undefined;
+    let heldArrived: (() => void) | undefined;
+    const lastHeld = new Promise<void>((resolve) => (heldArrived = resolve));
+    const hook = await hookServer(async (_, res) => {
+      const fail = () => {
+        res.writeHead(500);
+        res.end('down');
+      };
+      const { delivery } = await described(id);
+      const since = delivery.failing_since && Date.parse(delivery.failing_since);
+      if (!release && since && delivery.next_attempt_at && Date.parse(delivery.next_attempt_at) === since + GIVE_UP_MS) {
+        release = fail;
+        heldArrived!();
+        return;
+      }
+      fail();
+    });
+    const body = JSON.stringify({ type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 60_000 });
+    try {
+      expect((await fetch(sub(id), { method: 'PUT', headers: json, body })).status).toBe(201);
+      expect((await fetch(url(`${p}/s`), { method: 'PUT', headers: json, body: '{"n":1}' })).status).toBe(201);
+      const before = (await described(id)).streams.find((s) => s.path === `${p}/s`).tail_offset;
+      await Promise.race([lastHeld, sleep(8_000)]);
+      expect(release, 'no attempt came at the end of the window').toBeTruthy();
+      const generation = hook.hits[hook.hits.length - 1].body.generation;
+      // While that attempt is out, data comes; the subscription learns the stream's new tail.
+      expect((await fetch(url(`${p}/s`), { method: 'POST', headers: json, body: '{"n":2}' })).status).toBe(204);
+      const tail = await eventually(async () => {
+        const link = (await described(id)).streams.find((s) => s.path === `${p}/s`);
+        return link.tail_offset !== before && link.tail_offset;
+      }, 1_000);
+      expect(tail, 'the append did not reach the subscription').toBeTruthy();
+      const tries = hook.hits.length;
+      release!();
+      // Retries stop, but the data that came during the last one is tried once more.
+      expect(await eventually(async () => hook.hits.length > tries, 10_000), 'the data that came during the last attempt was never tried').toBe(true);
+      const again = hook.hits[tries].body;
+      expect(again.generation).toBeGreaterThan(generation);
+      expect(again.streams.find((s: any) => s.path === `${p}/s`)?.tail_offset).toBe(tail);
+      // That fails too, with nothing new since: retries stop, and nothing is left set.
+      const stopped = await gaveUp(id, 5_000);
+      expect(stopped.alarm).toBe('none');
+      expect(stopped.delivery.failures).toBe(hook.hits.length);
+      await sleep(1_500);
+      expect(hook.hits.length).toBe(tries + 1);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
     }
   });
 });

@@ -77,11 +77,12 @@ impl SubscriptionObject {
             };
             record = current;
         }
-        // An expired lease frees the subscription; pending work wakes it again. (No lease runs
-        // while a delivery is owed: that is retried until it succeeds or, after
+        // An expired lease frees the subscription; pending work wakes it again, after the
+        // backoff, as a lapse without an ack is a failure ([`Self::lease_lapsed`]). (No lease
+        // runs while a delivery is owed: that is retried until it succeeds or, after
         // `DELIVERY_GIVE_UP_MS` of failures, gives up and ends the wake.)
         if !record.deliver && record.lease_deadline.is_some_and(|d| d <= now) {
-            self.next_wake(&mut record)?;
+            self.lease_lapsed(&mut record)?;
         }
         if record.deliver && record.next_attempt_at.is_none_or(|t| t <= now) {
             // Saved before the delivery is awaited: other requests (a claim prompted by the

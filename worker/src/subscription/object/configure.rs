@@ -203,6 +203,7 @@ impl SubscriptionObject {
             last_error: None,
             gave_up_at: None,
             resume_at: None,
+            lapses: 0,
             deleted: false,
             linking: true,
             unlinking: false,

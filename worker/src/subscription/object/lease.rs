@@ -162,10 +162,12 @@ impl SubscriptionObject {
         if kind == Kind::Webhook {
             // A callback shows the wake reached its webhook, even if the webhook's own answer
             // has not come back yet (or never does): the delivery succeeded, so it is not
-            // retried, and earlier failures no longer make the subscription "failed".
+            // retried.
             record.deliver = false;
-            record.forget_failures();
         }
+        // Any ack, `done` or not, ends a run of failures, lapsed leases included: the
+        // receiver or worker is taking its data again.
+        record.forget_failures();
         let next_wake = if input.done {
             self.next_wake(&mut record)?
         } else {
@@ -261,8 +263,9 @@ impl SubscriptionObject {
                     generation: record.generation,
                 });
             }
-            // The previous holder's lease ran out.
-            self.clear_wake(&mut record)?;
+            // The previous holder's lease ran out without an ack: a failure, as when the
+            // alarm finds it so (this claim takes the wake that follows at once).
+            self.lease_lapsed(&mut record)?;
         }
         if !self.has_pending()? {
             return Err(SubscriptionError::NoPendingWork.into());
@@ -271,9 +274,10 @@ impl SubscriptionObject {
             self.wake_if_pending(&mut record)?;
         }
         // Claimed: no wake event is owed (any still being retried is moot, and its failures no
-        // longer make the subscription "failed"), and the lease runs.
+        // longer make the subscription "failed", unless leases lapsed among them: a claim is
+        // not an ack), and the lease runs.
         record.deliver = false;
-        record.forget_failures();
+        record.delivered();
         record.holder = Some(worker);
         record.end_token();
         record.token = Some(nonce);

@@ -343,13 +343,15 @@ impl SubscriptionObject {
 }
 
 /// How the subscription's deliveries are going, for its `GET`: the failures since the last
-/// one that succeeded, when they began, the last one's error, when the next is tried (`null`
+/// one that succeeded (or, once a lease has lapsed among them, since the last ack), how many
+/// were lapsed leases, when they began, the last one's error, when the next is tried (`null`
 /// while nothing is owed, or one is being tried now), and when retries stopped (`null` unless
 /// they have: new data or a `PUT` tries again). Times are RFC 3339.
 fn delivery(record: &Record) -> Value {
     let time = |ms: Option<i64>| ms.map(edgestream::time::format_rfc3339);
     j!({
         "failures": record.failures,
+        "lapsed_leases": record.lapses,
         "failing_since": time(record.failing_since),
         "last_error": record.last_error,
         "next_attempt_at": time(record.next_attempt_at.filter(|_| record.deliver)),

@@ -91,6 +91,11 @@ pub(super) struct Record {
     /// The earliest the first wake after giving up is delivered.
     #[serde(default)]
     pub(super) resume_at: Option<i64>,
+    /// How many of `failures` were leases that lapsed with data still owed: a wake taken (a
+    /// webhook's 2xx, a worker's claim) and not acked within `lease_ttl_ms`. While any are
+    /// counted, a delivery that succeeds does not end the run of failures; only an ack does.
+    #[serde(default)]
+    pub(super) lapses: u32,
     pub(super) deleted: bool,
     /// Linking this incarnation's streams (the registry's list, then each stream's tail) has
     /// not yet succeeded: a PUT that finds it so finishes it, and so does the alarm.
@@ -137,11 +142,24 @@ impl Record {
     /// still owed is then tried at once.
     pub(super) fn forget_failures(&mut self) {
         self.failures = 0;
+        self.lapses = 0;
         self.failing_since = None;
         self.last_error = None;
         self.gave_up_at = None;
         self.resume_at = None;
         self.next_attempt_at = None;
+    }
+
+    /// A delivery succeeded (a webhook answered 2xx, a wake event was written, a worker
+    /// claimed): the failures before it are forgotten, unless leases lapsed among them. A
+    /// receiver that takes wakes and never acks them answers every delivery, so only an ack
+    /// (a callback, `{"done": true}` in the reply, a pull-wake ack) shows it has recovered.
+    pub(super) fn delivered(&mut self) {
+        if self.lapses == 0 {
+            self.forget_failures();
+        } else {
+            self.next_attempt_at = None;
+        }
     }
 
     /// Whether the pattern covers `path`. A pull-wake subscription's own wake stream is never
@@ -459,6 +477,22 @@ impl SubscriptionObject {
             vec![],
         )?;
         Ok(rows.iter().map(|r| (link_from_row(r), int(r, 5))).collect())
+    }
+
+    /// Whether data came for the subscription after the current wake listed its streams: a
+    /// listed stream's tail is past the tail listed, or, when the list held every stream with
+    /// news then (it is shorter than `limit`), a stream it does not list has data pending.
+    pub(super) fn news_since_listed(&self, limit: usize) -> Result<bool> {
+        let listed = self.rows("SELECT count(*) FROM snapshot", vec![])?;
+        let complete = listed.first().map_or(0, |r| int(r, 0)) < limit as u64;
+        let query = if complete {
+            "SELECT 1 FROM links l LEFT JOIN snapshot s ON s.path = l.path
+             WHERE l.tail > l.acked AND (s.tail IS NULL OR l.tail > s.tail) LIMIT 1"
+        } else {
+            "SELECT 1 FROM links l JOIN snapshot s ON s.path = l.path
+             WHERE l.tail > l.acked AND l.tail > s.tail LIMIT 1"
+        };
+        Ok(!self.rows(query, vec![])?.is_empty())
     }
 
     /// Acks every link the current wake covers up to the tail it was woken for.

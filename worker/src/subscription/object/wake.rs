@@ -199,7 +199,11 @@ impl SubscriptionObject {
         match delivered {
             Ok(done) => {
                 record.deliver = false;
-                record.forget_failures();
+                if done {
+                    record.forget_failures();
+                } else {
+                    record.delivered();
+                }
                 if record.kind == Kind::Webhook {
                     record.lease_deadline = Some(now + record.lease_ttl_ms as i64);
                     if done {
@@ -210,27 +214,78 @@ impl SubscriptionObject {
             }
             Err(e) => {
                 worker::console_warn!("subscription {}: delivery failed: {e}", record.id);
-                record.failures = record.failures.saturating_add(1);
-                record.last_error = Some(rules::last_error(&e.to_string()));
-                let since = *record.failing_since.get_or_insert(now);
-                let give_up_ms = crate::config::Config::from_env(&self.env).delivery_give_up_ms;
-                match rules::after_failure(record.failures, since, now, give_up_ms, random_u32()) {
+                match self.count_failure(record, now, &e.to_string()) {
                     AfterFailure::RetryAt(at) => record.next_attempt_at = Some(at),
-                    AfterFailure::GiveUp { resume_at } => {
-                        worker::console_warn!(
-                            "subscription {}: deliveries have failed for {} ms ({} attempts); \
-                             retries stop until new data or a PUT",
-                            record.id,
-                            now - since,
-                            record.failures
-                        );
-                        // The wake ends (a late callback of it is fenced); its data stays owed.
-                        self.clear_wake(record)?;
-                        record.gave_up_at = Some(now);
-                        record.resume_at = Some(resume_at);
-                    }
+                    AfterFailure::GiveUp { resume_at } => self.give_up(record, now, resume_at)?,
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The current wake's lease ended without the wake being acked (`done`). With data still
+    /// owed, that is a failure like a failed delivery: the wake was taken (a webhook's 2xx, a
+    /// worker's claim) and never acked, so the next one is sent after the backoff, and once
+    /// failures have gone on for `DELIVERY_GIVE_UP_MS`, none is (an endpoint that answers and
+    /// never calls back would otherwise be woken once a lease for ever). With nothing owed (the
+    /// worker acked everything and only never said `done`), nothing failed.
+    pub(super) fn lease_lapsed(&self, record: &mut Record) -> Result<()> {
+        if !self.has_pending()? {
+            self.next_wake(record)?;
+            return Ok(());
+        }
+        let now = now_ms();
+        let error = format!(
+            "lease lapsed without an ack: the wake was taken but not acked within lease_ttl_ms ({} ms)",
+            record.lease_ttl_ms
+        );
+        worker::console_warn!("subscription {}: {error}", record.id);
+        record.lapses = record.lapses.saturating_add(1);
+        match self.count_failure(record, now, &error) {
+            AfterFailure::RetryAt(at) => {
+                self.next_wake(record)?;
+                record.next_attempt_at = Some(at);
+            }
+            AfterFailure::GiveUp { resume_at } => self.give_up(record, now, resume_at)?,
+        }
+        Ok(())
+    }
+
+    /// Counts a failed attempt at `now` (a delivery, or a lease that lapsed) and answers what
+    /// follows it ([`rules::after_failure`]).
+    fn count_failure(&self, record: &mut Record, now: i64, error: &str) -> AfterFailure {
+        record.failures = record.failures.saturating_add(1);
+        record.last_error = Some(rules::last_error(error));
+        let since = *record.failing_since.get_or_insert(now);
+        let give_up_ms = crate::config::Config::from_env(&self.env).delivery_give_up_ms;
+        rules::after_failure(record.failures, since, now, give_up_ms, random_u32())
+    }
+
+    /// Failures have gone on for `DELIVERY_GIVE_UP_MS`: retries stop. The wake ends (a late
+    /// callback of it is fenced), its data stays owed, and no alarm is left for it. Data that
+    /// came after the wake listed its streams (during its last attempt, or its lease) was
+    /// never offered: as for data that comes after retries stopped, a new wake lists it, tried
+    /// once more at `resume_at`, rather than leaving it owed until more data or a `PUT` comes.
+    fn give_up(&self, record: &mut Record, now: i64, resume_at: i64) -> Result<()> {
+        let limit = self.faults.page(&record.id, rules::MAX_WAKE_STREAMS);
+        let news = self.news_since_listed(limit)?;
+        worker::console_warn!(
+            "subscription {}: deliveries have failed for {} ms ({} attempts); retries stop{}",
+            record.id,
+            now - record.failing_since.unwrap_or(now),
+            record.failures,
+            if news {
+                ", but data that came meanwhile is tried once more"
+            } else {
+                " until new data or a PUT"
+            }
+        );
+        end_wake(record);
+        record.gave_up_at = Some(now);
+        record.resume_at = Some(resume_at);
+        // `wake_if_pending` takes both: its wake is the one tried at `resume_at`.
+        if !(news && self.wake_if_pending(record)?) {
+            self.sql()?.exec("DELETE FROM snapshot", None)?;
         }
         Ok(())
     }
