@@ -133,10 +133,13 @@ impl Schedule {
 
     /// How long (seconds, at least 1 and at most [`JWKS_MAX_AGE_S`]) a key set published at
     /// `now` may be cached: until the next key retires, so that a key withdrawn is not handed
-    /// out from a cache after it was due to go.
-    pub fn max_age_s(&self, now: i64) -> i64 {
+    /// out from a cache after it was due to go, and until the next automatic rotation is due
+    /// (`next_rotation_ms`), so that a cache made before it has the fresh key well before it
+    /// signs, whatever the rotation's overlap.
+    pub fn max_age_s(&self, now: i64, next_rotation_ms: Option<i64>) -> i64 {
         self.published(now)
             .filter_map(|k| k.retires_ms)
+            .chain(next_rotation_ms)
             .map(|r| (r - now + 999) / 1000)
             .fold(JWKS_MAX_AGE_S, i64::min)
             .max(1)
@@ -246,10 +249,14 @@ mod tests {
         assert_eq!(kids(&s, 601_000), [("a", "retiring"), ("b", "current")]);
         assert_eq!(kids(&s, 1_201_000), [("b", "current")]);
         // Cached no longer than until the old key goes, and never past 5 minutes.
-        assert_eq!(s.max_age_s(1_000), 300);
-        assert_eq!(s.max_age_s(1_200_000), 1);
-        assert_eq!(s.max_age_s(1_100_500), 101);
-        assert_eq!(s.max_age_s(1_201_000), 300);
+        assert_eq!(s.max_age_s(1_000, None), 300);
+        assert_eq!(s.max_age_s(1_200_000, None), 1);
+        assert_eq!(s.max_age_s(1_100_500, None), 101);
+        assert_eq!(s.max_age_s(1_201_000, None), 300);
+        // Nor past the next automatic rotation, even one overdue.
+        assert_eq!(s.max_age_s(1_201_000, Some(1_261_000)), 60);
+        assert_eq!(s.max_age_s(1_000, Some(2_000_000)), 300);
+        assert_eq!(s.max_age_s(1_201_000, Some(1_000_000)), 1);
     }
 
     #[test]
