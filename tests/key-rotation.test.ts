@@ -239,3 +239,60 @@ test('a subscription that cannot reach the registry when its schedule is due sig
   }
   throw new Error('no delivery');
 });
+
+test('a subscription whose kept schedule is too old to trust while the registry is down refuses to sign, and retries', async () => {
+  // Its id asks for the fault: from the first time it asks for the schedule again, it cannot
+  // reach the registry for 6 s. Under test a kept schedule signs for at most 3 s (10 minutes
+  // otherwise): past that, a rotation it never heard of may have withdrawn its key.
+  const id = `never-in-a-path-keys-outage-${Date.now()}`;
+  const stream = `kr/outage-${Date.now()}`;
+  expect((await fetch(url(stream), { method: 'PUT', headers: { 'content-type': 'application/json' } })).status).toBe(201);
+  const made = await fetch(url(`__ds/subscriptions/${id}`), {
+    method: 'PUT',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ type: 'webhook', streams: [stream], webhook: { url: hookUrl } }),
+  });
+  expect(made.status).toBe(201);
+  const fetchedAt = Date.now();
+  const kept = ((await made.json()) as any).webhook.signing.kid;
+  // The key it kept is replaced at once, as a leaked key is, and leaves the key set.
+  const rotated = await rotate('{"overlap_ms":0}');
+  expect(rotated.status).toBe(200);
+  const [fresh] = ((await rotated.json()) as { keys: KeyState[] }).keys;
+  expect(fresh.kid).not.toBe(kept);
+  expect((await jwks()).keys.map((k) => k.kid)).toEqual([fresh.kid]);
+
+  await sleep(fetchedAt + 3500 - Date.now());
+  expect((await fetch(url(stream), { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"n":1}' })).status).toBe(204);
+  // The delivery fails, counted as any failure is, with a retry set, and nothing is signed
+  // with the withdrawn key; the subscription names no key while none may sign.
+  let failed: any;
+  for (let i = 0; i < 100 && !failed; i++) {
+    const d = deliveries.find((d) => d.body?.subscription_id === id);
+    expect(d, `a delivery signed with ${d?.signature} while the registry was down`).toBeUndefined();
+    const got = await fetch(url(`__ds/subscriptions/${id}`));
+    expect(got.status, await got.clone().text()).toBe(200);
+    const described = (await got.json()) as any;
+    if (described.delivery.failures > 0) {
+      failed = described;
+      expect(Number(got.headers.get('x-edgestream-alarm'))).toBeGreaterThan(Date.now() - 1000);
+    } else await sleep(50);
+  }
+  expect(failed, 'the delivery failed').toBeDefined();
+  expect(failed.status).toBe('failed');
+  expect(failed.delivery.last_error).toMatch(/registry cannot be reached.*schedule kept is \d+ s old.*not signing with a key that may be withdrawn/);
+  expect(failed.webhook.signing.kid).toBeNull();
+
+  // Once the registry answers again, a retry signs with the fresh key.
+  for (let i = 0; i < 300; i++) {
+    const d = deliveries.find((d) => d.body?.subscription_id === id);
+    if (d) {
+      expect(verified(d, (await jwks()).keys)).toBe(fresh.kid);
+      const described = (await (await fetch(url(`__ds/subscriptions/${id}`))).json()) as any;
+      expect(described.webhook.signing.kid).toBe(fresh.kid);
+      return;
+    }
+    await sleep(50);
+  }
+  throw new Error('no delivery once the registry answered again');
+}, 30_000);

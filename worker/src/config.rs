@@ -67,6 +67,11 @@ pub struct Config {
     /// open. With `AUTH_SECRET` set, reads are `private`, so no CDN hands one reader's data to
     /// another who may not read it.
     pub shared_reads: bool,
+    /// How often the registry rotates the webhook signing key by itself (ms; `None`: only
+    /// when an operator asks, `POST /v1/stream/__ds/keys/rotate`).
+    pub key_rotation_ms: Option<u64>,
+    /// The overlap of those rotations (see [`crate::subscription::keys::rotate`]).
+    pub key_rotation_overlap_ms: u64,
     /// Tests only: streams whose path contains this fail their first call of each kind to
     /// other objects (see [`crate::fault`]). Unset in production.
     pub fault_marker: Option<String>,
@@ -140,6 +145,26 @@ impl Config {
             // bounds the memory one request may pin in the object.
             (1, 64 * 1024 * 1024),
         );
+        let key_rotation_overlap_ms = vars.number(
+            "KEY_ROTATION_OVERLAP_MS",
+            crate::subscription::keys::DEFAULT_OVERLAP_MS as u64,
+            (1, crate::subscription::keys::MAX_OVERLAP_MS as u64),
+        );
+        // Off unless set. At least twice the overlap: each fresh key then signs before the next
+        // rotation (one sooner would withdraw it unused, and the old key would sign for ever),
+        // and at most two keys are published at once.
+        let key_rotation_ms = match vars.text("KEY_ROTATION_MS") {
+            Some(text) if !matches!(text.trim(), "" | "0") => Some(vars.number(
+                "KEY_ROTATION_MS",
+                0,
+                (
+                    (2 * key_rotation_overlap_ms).max(1000),
+                    10 * 365 * 24 * 3_600_000,
+                ),
+            ))
+            .filter(|ms| *ms > 0),
+            _ => None,
+        };
         Config {
             // Under 100 ms, every waiting client would poll again in a tight loop.
             long_poll_timeout_ms: vars.number(
@@ -228,6 +253,8 @@ impl Config {
                 Self::DEFAULT_PRODUCER_TTL_MS,
                 (1, 3650 * 24 * 3_600_000),
             ),
+            key_rotation_ms,
+            key_rotation_overlap_ms,
             shared_reads: !crate::auth::required(vars.env),
             fault_marker: vars.text("FAULT_MARKER").filter(|v| !v.trim().is_empty()),
         }

@@ -13,8 +13,8 @@
 //! first registration of a stream whose path also carries `broken`, and a subscription whose
 //! id does its first create, as storage that failed would. A subscription whose id carries
 //! the marker and `keys-down` cannot reach the registry the first time it asks for the signing
-//! keys' schedule again. Later calls of that kind go
-//! through, so a test sees
+//! keys' schedule again; with `keys-outage` instead, it cannot reach it for [`KEY_OUTAGE_MS`]
+//! from the first time it asks again. Later calls of that kind go through, so a test sees
 //! the failure and then the repair: what is owed is retried by the request that is told to
 //! retry, or by the alarm.
 
@@ -155,6 +155,12 @@ pub const REGISTRY_PAGE_HEADER: &str = "x-edgestream-registry-page";
 /// ([`Faults::page`]), so a test sees several pages with a handful of streams.
 pub const TEST_PAGE: usize = 2;
 
+/// How long a subscription whose id carries the marker and `keys-outage` cannot reach the
+/// registry for the signing keys' schedule, from the first time it asks again: longer than a
+/// kept schedule is trusted under test (`SCHEDULE_TRUSTED_MS_UNDER_TEST`), so a test sees
+/// deliveries refused, and then signed again once it is over.
+pub const KEY_OUTAGE_MS: i64 = 6_000;
+
 /// What one object has failed so far in this isolate.
 pub struct Faults {
     /// `FAULT_MARKER`: none in production.
@@ -166,6 +172,8 @@ pub struct Faults {
     notify_batch: Cell<usize>,
     /// The most streams one registry page held, for a subscription's PUT to show.
     registry_page: Cell<usize>,
+    /// When this object's registry outage began ([`Faults::key_outage`]).
+    key_outage_since: Cell<Option<i64>>,
 }
 
 impl Faults {
@@ -176,6 +184,7 @@ impl Faults {
             registry_rows: Cell::new(None),
             notify_batch: Cell::new(0),
             registry_page: Cell::new(0),
+            key_outage_since: Cell::new(None),
         }
     }
 
@@ -235,6 +244,23 @@ impl Faults {
     pub fn check(&self, path: &str, call: Call) -> Result<()> {
         if self.trips(path, call) {
             return Err(Error::RustError(format!("injected fault: {call:?}")));
+        }
+        Ok(())
+    }
+
+    /// `Err` for a subscription `id` carrying the marker and `keys-outage` asking the registry
+    /// for the signing keys' schedule again at `now`, within [`KEY_OUTAGE_MS`] of the first
+    /// time it did: a registry outage that outlasts the schedule the subscription kept.
+    pub fn key_outage(&self, id: &str, now: i64) -> Result<()> {
+        if !self.marker.as_deref().is_some_and(|m| id.contains(m)) || !id.contains("keys-outage") {
+            return Ok(());
+        }
+        let since = *self.key_outage_since.get().get_or_insert(now);
+        self.key_outage_since.set(Some(since));
+        if now - since < KEY_OUTAGE_MS {
+            return Err(Error::RustError(
+                "injected fault: the registry is unreachable".into(),
+            ));
         }
         Ok(())
     }

@@ -27,6 +27,14 @@ pub const SCHEDULE_KEPT_MS: i64 = 300_000;
 pub const SCHEDULE_KEPT_MS_UNDER_TEST: i64 = 1_000;
 /// The longest the key set may be cached (`max-age`, seconds).
 pub const JWKS_MAX_AGE_S: i64 = 300;
+/// How old a kept schedule may be and still sign when the registry cannot be reached: as long
+/// as the default overlap, so that after any rotation with that overlap or a longer one (an
+/// automatic rotation's, unless configured shorter) that this object has not heard of, the
+/// key it names is still the one the registry's schedule says signs. Past it, a key the
+/// schedule names may have been withdrawn, and the delivery fails (retried) instead.
+pub const SCHEDULE_TRUSTED_MS: i64 = DEFAULT_OVERLAP_MS;
+/// The same, when `FAULT_MARKER` is set.
+pub const SCHEDULE_TRUSTED_MS_UNDER_TEST: i64 = 3_000;
 
 /// A key and when it signs.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -82,6 +90,30 @@ impl Schedule {
             .max_by_key(|k| k.signs_from_ms)
     }
 
+    /// The key a schedule fetched at `fetched_ms` and kept since lets sign at `now`, when the
+    /// registry cannot be asked for a newer one: the one [`Schedule::signing_at`] names, as
+    /// long as the schedule is at most `trusted_ms` old. Otherwise why it may not sign, for the
+    /// delivery's `last_error`: a key withdrawn by a rotation this copy never saw must not sign.
+    pub fn signing_kept(
+        &self,
+        fetched_ms: i64,
+        now: i64,
+        trusted_ms: i64,
+    ) -> Result<&ScheduledKey, String> {
+        let age_ms = now - fetched_ms;
+        if age_ms > trusted_ms {
+            return Err(format!(
+                "the registry cannot be reached, and the signing keys' schedule kept is {} s old, \
+                 past the {} s it may be trusted: not signing with a key that may be withdrawn",
+                age_ms / 1000,
+                trusted_ms / 1000
+            ));
+        }
+        self.signing_at(now).ok_or_else(|| {
+            "the registry cannot be reached, and no key of the schedule kept signs now".to_string()
+        })
+    }
+
     /// Each published key with where it stands at `now`, oldest first.
     pub fn statuses(&self, now: i64) -> Vec<(&ScheduledKey, Status)> {
         let current = self.signing_at(now).map(|k| k.key.kid.as_str());
@@ -101,10 +133,13 @@ impl Schedule {
 
     /// How long (seconds, at least 1 and at most [`JWKS_MAX_AGE_S`]) a key set published at
     /// `now` may be cached: until the next key retires, so that a key withdrawn is not handed
-    /// out from a cache after it was due to go.
-    pub fn max_age_s(&self, now: i64) -> i64 {
+    /// out from a cache after it was due to go, and until the next automatic rotation is due
+    /// (`next_rotation_ms`), so that a cache made before it has the fresh key well before it
+    /// signs, whatever the rotation's overlap.
+    pub fn max_age_s(&self, now: i64, next_rotation_ms: Option<i64>) -> i64 {
         self.published(now)
             .filter_map(|k| k.retires_ms)
+            .chain(next_rotation_ms)
             .map(|r| (r - now + 999) / 1000)
             .fold(JWKS_MAX_AGE_S, i64::min)
             .max(1)
@@ -214,10 +249,14 @@ mod tests {
         assert_eq!(kids(&s, 601_000), [("a", "retiring"), ("b", "current")]);
         assert_eq!(kids(&s, 1_201_000), [("b", "current")]);
         // Cached no longer than until the old key goes, and never past 5 minutes.
-        assert_eq!(s.max_age_s(1_000), 300);
-        assert_eq!(s.max_age_s(1_200_000), 1);
-        assert_eq!(s.max_age_s(1_100_500), 101);
-        assert_eq!(s.max_age_s(1_201_000), 300);
+        assert_eq!(s.max_age_s(1_000, None), 300);
+        assert_eq!(s.max_age_s(1_200_000, None), 1);
+        assert_eq!(s.max_age_s(1_100_500, None), 101);
+        assert_eq!(s.max_age_s(1_201_000, None), 300);
+        // Nor past the next automatic rotation, even one overdue.
+        assert_eq!(s.max_age_s(1_201_000, Some(1_261_000)), 60);
+        assert_eq!(s.max_age_s(1_000, Some(2_000_000)), 300);
+        assert_eq!(s.max_age_s(1_201_000, Some(1_000_000)), 1);
     }
 
     #[test]
@@ -259,6 +298,31 @@ mod tests {
             keys: vec![key("a", 0, Some(5_000)), key("b", 5_000, None)],
         };
         assert_eq!(kids(&after, 5_000), [("b", "current")]);
+    }
+
+    #[test]
+    fn a_kept_schedule_signs_only_while_it_is_trusted_and_with_a_published_key() {
+        let s = Schedule {
+            keys: vec![key("a", 0, Some(1_200_000)), key("b", 600_000, None)],
+        };
+        // Fetched at 100 s: trusted for 10 minutes, and the key signing follows the clock.
+        assert_eq!(
+            s.signing_kept(100_000, 500_000, 600_000).unwrap().key.kid,
+            "a"
+        );
+        assert_eq!(
+            s.signing_kept(100_000, 700_000, 600_000).unwrap().key.kid,
+            "b"
+        );
+        // Past the bound, nothing signs: a rotation not seen may have withdrawn either key.
+        let refused = s.signing_kept(100_000, 700_001, 600_000).unwrap_err();
+        assert!(refused.contains("600 s old"), "{refused}");
+        // A schedule whose every key is past its end names none.
+        let retired = Schedule {
+            keys: vec![key("a", 0, Some(5_000))],
+        };
+        assert!(retired.signing_kept(4_000, 4_999, 600_000).is_ok());
+        assert!(retired.signing_kept(4_000, 5_000, 600_000).is_err());
     }
 
     #[test]

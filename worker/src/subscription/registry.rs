@@ -6,7 +6,8 @@
 //! makes more calls between objects than the platform allows. When a stream is removed it tells the subscriptions that link it, so a
 //! stream created later at the same path is linked as the new stream it is. It also keeps the
 //! webhook signing keys and their schedule ([`super::keys`]), so every subscription signs with
-//! the same key and the JWKS endpoint can publish them.
+//! the same key and the JWKS endpoint can publish them, and, with `KEY_ROTATION_MS` set,
+//! rotates them on its alarm (its only use of it).
 
 use edgestream::subscription::{glob_matches, literal_prefix};
 use serde::{Deserialize, Serialize};
@@ -206,6 +207,7 @@ pub struct StreamLinked {
 
 #[durable_object]
 pub struct RegistryObject {
+    state: State,
     env: Env,
     sql: SqlStorage,
     storage: Option<crate::transaction::Transactional>,
@@ -215,6 +217,9 @@ pub struct RegistryObject {
     faults: Faults,
     /// The rows each call reads and writes, for tests (`FAULT_MARKER`).
     rows: crate::rows::RowCounter,
+    /// When this instance set the alarm for the next automatic rotation (Unix ms): set once
+    /// per instance and after each rotation, not on every call.
+    rotation_armed: std::cell::Cell<Option<i64>>,
 }
 
 fn s(v: &str) -> SqlStorageValue {
@@ -253,6 +258,7 @@ impl DurableObject for RegistryObject {
         let faults = Faults::new(marker);
         let aside = std::cell::Cell::new(ready && crate::schema::has_table(&sql, ASIDE));
         RegistryObject {
+            state,
             env,
             sql,
             storage,
@@ -260,6 +266,7 @@ impl DurableObject for RegistryObject {
             aside,
             faults,
             rows,
+            rotation_armed: std::cell::Cell::new(None),
         }
     }
 
@@ -270,14 +277,41 @@ impl DurableObject for RegistryObject {
         self.move_aside();
         let inner = Clone::clone(req.inner()); // the handle, not `Request.clone()`
         let body = req.bytes().await.unwrap_or_default();
-        match self.route(req, &body).await {
-            Ok(resp) => Ok(resp),
+        let resp = match self.route(req, &body).await {
+            Ok(resp) => resp,
             Err(e) => {
                 let about = super::described(&inner, &body);
                 worker::console_error!("registry: {about}: {e}");
-                http::unavailable("temporary storage failure; retry")
+                return http::unavailable("temporary storage failure; retry");
             }
+        };
+        // After the call, so that the first key, made by it, is counted from.
+        if let Err(e) = self.arm_rotation().await {
+            worker::console_error!("registry: setting the key rotation's alarm: {e}");
         }
+        Ok(resp)
+    }
+
+    /// The automatic key rotation (`KEY_ROTATION_MS`), when due; an error is retried by the
+    /// runtime, with backoff.
+    async fn alarm(&self) -> Result<Response> {
+        if !self.ready {
+            return Err(worker::Error::RustError(
+                "registry storage unavailable".into(),
+            ));
+        }
+        let config = crate::config::Config::from_env(&self.env);
+        let Some(period_ms) = config.key_rotation_ms else {
+            // Turned off since the alarm was set: nothing more is set.
+            return Response::ok("");
+        };
+        // Unset first: should this alarm fail past the runtime's retries, the next call to the
+        // registry sets it again.
+        self.rotation_armed.set(None);
+        self.rotate_if_due(period_ms as i64, config.key_rotation_overlap_ms as i64)
+            .await?;
+        self.arm_rotation().await?;
+        Response::ok("")
     }
 }
 
@@ -333,7 +367,10 @@ impl RegistryObject {
                         )
                     }
                 };
-                return self.describe_keys(&self.rotate(overlap_ms).await?);
+                let schedule = self.rotate(overlap_ms).await?;
+                // The next automatic rotation is a period after this one.
+                self.rotation_armed.set(None);
+                return self.describe_keys(&schedule);
             }
             _ => {}
         }
@@ -871,7 +908,77 @@ impl RegistryObject {
     async fn rotate(&self, overlap_ms: i64) -> Result<Schedule> {
         self.schedule().await?;
         let fresh = SigningKey::generate().await?;
-        // Read after the last await: from here to the writes, no other request runs.
+        self.install(fresh, overlap_ms)
+    }
+
+    /// When the newest key was made (Unix ms), if there is one.
+    fn newest_key_ms(&self) -> Result<Option<i64>> {
+        let rows = self.rows("SELECT MAX(created_ms) FROM keys", vec![])?;
+        Ok(match rows.first().and_then(|r| r.first()) {
+            Some(SqlStorageValue::Integer(ms)) => Some(*ms),
+            _ => None,
+        })
+    }
+
+    /// When the next automatic rotation is due: `period_ms` after the newest key was made
+    /// (by the last rotation, automatic or asked for, or on first use). `None` without a key.
+    fn rotation_due(&self, period_ms: i64) -> Result<Option<i64>> {
+        Ok(self
+            .newest_key_ms()?
+            .map(|made| made.saturating_add(period_ms)))
+    }
+
+    /// When the next automatic rotation is due, if rotation is on and there is a key.
+    fn next_rotation_ms(&self) -> Result<Option<i64>> {
+        match crate::config::Config::from_env(&self.env).key_rotation_ms {
+            Some(period_ms) => self.rotation_due(period_ms as i64),
+            None => Ok(None),
+        }
+    }
+
+    /// Rotates the key when the newest is `period_ms` old: whoever runs it (the alarm, again
+    /// after a restart or a retry), a period has one rotation, since the check is made again
+    /// after the last await, on the stored keys, right before the writes.
+    async fn rotate_if_due(&self, period_ms: i64, overlap_ms: i64) -> Result<()> {
+        let due = |registry: &Self| -> Result<bool> {
+            Ok(registry
+                .rotation_due(period_ms)?
+                .is_some_and(|at| http::now_ms() >= at))
+        };
+        if !due(self)? {
+            return Ok(());
+        }
+        let fresh = SigningKey::generate().await?;
+        if due(self)? {
+            self.install(fresh, overlap_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the alarm for the next automatic rotation, unless this instance has already set
+    /// it (or rotation is off, or there is no key yet).
+    async fn arm_rotation(&self) -> Result<()> {
+        let Some(period_ms) = crate::config::Config::from_env(&self.env).key_rotation_ms else {
+            return Ok(());
+        };
+        if self.rotation_armed.get().is_some() {
+            return Ok(());
+        }
+        let Some(at) = self.rotation_due(period_ms as i64)? else {
+            return Ok(());
+        };
+        let when = js_sys::Date::new(&js_sys::Number::from(at as f64));
+        self.state
+            .storage()
+            .set_alarm(worker::ScheduledTime::new(when))
+            .await?;
+        self.rotation_armed.set(Some(at));
+        Ok(())
+    }
+
+    /// Stores `fresh` as the key that signs `overlap_ms` from now ([`Self::rotate`]). Nothing
+    /// here awaits: from the read of the keys to the writes, no other request runs.
+    fn install(&self, fresh: SigningKey, overlap_ms: i64) -> Result<Schedule> {
         let now = http::now_ms();
         let plan = keys::rotate(&self.stored_schedule()?, now, overlap_ms);
         for kid in &plan.withdrawn {
@@ -909,7 +1016,15 @@ impl RegistryObject {
                 })
             })
             .collect();
-        json(200, &serde_json::json!({ "keys": keys, "now_ms": now }))
+        let next_rotation_ms = self.next_rotation_ms()?;
+        json(
+            200,
+            &serde_json::json!({
+                "keys": keys,
+                "now_ms": now,
+                "next_rotation_ms": next_rotation_ms,
+            }),
+        )
     }
 
     /// The published keys (a fresh one included before it signs), cached no longer than until
@@ -917,6 +1032,7 @@ impl RegistryObject {
     async fn jwks(&self) -> Result<Response> {
         let schedule = self.schedule().await?;
         let now = http::now_ms();
+        let next_rotation_ms = self.next_rotation_ms()?;
         let keys: Vec<serde_json::Value> = schedule
             .statuses(now)
             .into_iter()
@@ -933,7 +1049,10 @@ impl RegistryObject {
             .set("content-type", "application/jwk-set+json")?;
         resp.headers().set(
             "cache-control",
-            &format!("public, max-age={}", schedule.max_age_s(now)),
+            &format!(
+                "public, max-age={}",
+                schedule.max_age_s(now, next_rotation_ms)
+            ),
         )?;
         Ok(resp)
     }

@@ -156,7 +156,9 @@ impl SubscriptionObject {
         // Awaited before the record is read: from that read to the save below nothing is
         // awaited, so of two PUTs racing to create one id, exactly one finds no record.
         if kind == Kind::Webhook {
-            self.signing_key(&id).await?;
+            // A key the schedule kept may not sign now is the deliveries' concern, not the
+            // create's: they fail and are retried until the registry answers.
+            self.signer(&id).await?;
         }
 
         let previous = self.load()?;

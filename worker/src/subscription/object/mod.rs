@@ -245,12 +245,16 @@ impl SubscriptionObject {
         let streams: Vec<Value> = self.links()?.iter().map(Link::info).collect();
         let webhook = match &record.webhook_url {
             Some(url) => {
-                let key = self.signing_key(&record.id).await?;
+                // `null` while no key may sign (the delivery's `last_error` says why).
+                let kid = match self.signer(&record.id).await? {
+                    Signer::Signs(key) => Some(key.kid),
+                    Signer::Refused(_) => None,
+                };
                 j!({
                     "url": url,
                     "signing": {
                         "alg": "ed25519",
-                        "kid": key.kid,
+                        "kid": kid,
                         "jwks_url": format!("{}{STREAM_PREFIX}__ds/jwks.json", record.origin),
                     },
                 })
@@ -277,54 +281,74 @@ impl SubscriptionObject {
     /// The key that signs now, by the schedule fetched from the registry at most
     /// [`keys::SCHEDULE_KEPT_MS`] ago: so a rotation reaches this object before the fresh key
     /// is due to sign (a rotation's default overlap is twice as long), and the object
-    /// switches keys when the schedule says, whenever it last asked. When the registry cannot
-    /// be asked again, the schedule kept still says which key signs now: the delivery, `GET` or
-    /// `PUT` goes on with it, and the next one asks again. Only an object that never had a
-    /// schedule fails then.
+    /// switches keys when the schedule says, whenever it last asked. A key the schedule kept
+    /// may not sign ([`Signer::Refused`]) is a failed delivery, retried with backoff.
     async fn signing_key(&self, id: &str) -> Result<SigningKey> {
+        match self.signer(id).await? {
+            Signer::Signs(key) => Ok(key),
+            Signer::Refused(why) => Err(worker::Error::RustError(why)),
+        }
+    }
+
+    /// The key that signs now ([`Self::signing_key`]). When the registry cannot be asked
+    /// again, the schedule kept still says which key signs now, for as long as it may be
+    /// trusted ([`keys::Schedule::signing_kept`], [`keys::SCHEDULE_TRUSTED_MS`]): the
+    /// delivery, `GET` or `PUT` goes on with it, and the next one asks again. Past that, or
+    /// when it names no key that signs now, the answer is [`Signer::Refused`]. Only an object
+    /// that never had a schedule fails then.
+    async fn signer(&self, id: &str) -> Result<Signer> {
         let now = now_ms();
-        let kept_ms = if crate::config::Config::from_env(&self.env)
+        let under_test = crate::config::Config::from_env(&self.env)
             .fault_marker
-            .is_some()
-        {
-            keys::SCHEDULE_KEPT_MS_UNDER_TEST
+            .is_some();
+        let (kept_ms, trusted_ms) = if under_test {
+            (
+                keys::SCHEDULE_KEPT_MS_UNDER_TEST,
+                keys::SCHEDULE_TRUSTED_MS_UNDER_TEST,
+            )
         } else {
-            keys::SCHEDULE_KEPT_MS
+            (keys::SCHEDULE_KEPT_MS, keys::SCHEDULE_TRUSTED_MS)
         };
-        let signs = |schedule: &Schedule, at: i64| schedule.signing_at(at).map(|k| k.key.clone());
         let fresh = self
             .keys
             .borrow()
             .as_ref()
             .filter(|(_, at)| now - at < kept_ms)
-            .and_then(|(schedule, _)| signs(schedule, now));
+            .and_then(|(schedule, _)| schedule.signing_at(now).map(|k| k.key.clone()));
         if let Some(key) = fresh {
-            return Ok(key);
+            return Ok(Signer::Signs(key));
         }
         // Not borrowed across the await: another request may replace the schedule meanwhile.
         let had = self.keys.borrow().is_some();
         match self.fetch_schedule(id, had).await {
             Ok(schedule) => {
-                let key = signs(&schedule, now_ms()).ok_or_else(|| {
-                    worker::Error::RustError("the registry has no signing key".into())
-                })?;
+                let key = schedule
+                    .signing_at(now_ms())
+                    .map(|k| k.key.clone())
+                    .ok_or_else(|| {
+                        worker::Error::RustError("the registry has no signing key".into())
+                    })?;
                 self.keys.replace(Some((schedule, now)));
-                Ok(key)
+                Ok(Signer::Signs(key))
             }
-            Err(e) => match self
-                .keys
-                .borrow()
-                .as_ref()
-                .and_then(|(schedule, _)| signs(schedule, now_ms()))
-            {
-                Some(key) => {
-                    worker::console_warn!(
-                        "subscription {id}: cannot fetch the signing keys' schedule ({e}); signing with the one kept"
-                    );
-                    Ok(key)
+            Err(e) => {
+                let kept = self.keys.borrow();
+                let Some((schedule, fetched_ms)) = kept.as_ref() else {
+                    return Err(e);
+                };
+                match schedule.signing_kept(*fetched_ms, now_ms(), trusted_ms) {
+                    Ok(key) => {
+                        worker::console_warn!(
+                            "subscription {id}: cannot fetch the signing keys' schedule ({e}); signing with the one kept"
+                        );
+                        Ok(Signer::Signs(key.key.clone()))
+                    }
+                    Err(why) => {
+                        worker::console_warn!("subscription {id}: {why} ({e})");
+                        Ok(Signer::Refused(why))
+                    }
                 }
-                None => Err(e),
-            },
+            }
         }
     }
 
@@ -333,6 +357,7 @@ impl SubscriptionObject {
     async fn fetch_schedule(&self, id: &str, again: bool) -> Result<Schedule> {
         if again {
             self.faults.check(id, Call::KeySchedule)?;
+            self.faults.key_outage(id, now_ms())?;
         }
         let (status, schedule) =
             call::<_, Schedule>(&registry_stub(&self.env)?, "keys", &j!({})).await?;
@@ -360,6 +385,14 @@ fn delivery(record: &Record) -> Value {
 }
 
 /// Why a subscription request failed.
+/// Which key signs now, or why none may ([`SubscriptionObject::signer`]).
+enum Signer {
+    Signs(SigningKey),
+    /// The registry cannot be reached and the schedule kept may not sign: why, for the
+    /// delivery's `last_error`.
+    Refused(String),
+}
+
 enum Failure {
     Protocol(SubscriptionError),
     Claimed { holder: String, generation: u64 },
