@@ -621,6 +621,19 @@ describe('an append cut off before its subscriptions are told', () => {
     });
   }, 30_000);
 
+  // No row of the stream records that the append's subscriptions are owed its tail: the alarm
+  // set in the append's turn does. The instance that starts after the crash has told them
+  // nothing, so its alarm tells them the tail (and its first call fails, as every first call of
+  // a kind does in an isolate, so a retry tells them).
+  it('is notified by the alarm after a hard restart', async () => {
+    await withSubscribedStream('cut-restart', async (stream, hook) => {
+      expect((await request('POST', stream, json, '{"n":1}')).status).toBe(503);
+      expect(hook.named(stream), 'not told before the crash').toBe(false);
+      await server.restart({ hard: true });
+      expect(await until(() => hook.named(stream), 20_000), 'the webhook never named the stream after its append').toBe(true);
+    });
+  }, 40_000);
+
   // A worker reads a woken stream to its end and acks where the read ended, as a consumer
   // does. The read can see an append the subscription has not heard of yet (here for a second,
   // until the alarm tells it; on Cloudflare for the few milliseconds a notification takes).
