@@ -123,6 +123,21 @@ describe('rows written per operation', () => {
     expect((await writtenSoFar(channel)) - before).toBe(2);
   });
 
+  // A source stores where its channel stands (`channel_links.forwarded`) once every 16 batches
+  // the channel takes, not with each (2 rows an append before): in between it keeps it in
+  // memory, and the channel's mark, moved with its rows, is what makes delivery exact
+  // (worker/src/object/channel.rs). Each of these appends is one batch.
+  it('a source below a channel stores where the channel stands once every 16 batches', async () => {
+    const channel = unique('chanfwd');
+    const json = { 'content-type': 'application/json' };
+    await answer('PUT', channel, { ...json, 'stream-channel': 'true' });
+    const source = `${channel}/a`;
+    await answer('PUT', source, json);
+    const written: number[] = [];
+    for (let i = 0; i < 16; i++) written.push((await call('POST', source, json, `{"n":${i}}`)).written);
+    expect(written).toEqual([...Array(15).fill(1), 2]);
+  });
+
   it('reads write nothing', async () => {
     const name = unique('reads');
     await call('PUT', name, text);

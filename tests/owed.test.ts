@@ -219,6 +219,26 @@ describe('a create whose registration fails', () => {
   });
 });
 
+describe('a source that restarts between the batches it stores its channel\'s position for', () => {
+  // A source stores where its channel stands once every 16 batches (worker/src/object/channel.rs),
+  // so after a hard restart it goes on from a position the channel has passed, and a DELETE then
+  // keeps, for the channel, rows it already has. The channel's mark admits none of them twice.
+  it('feeds the channel each message once, and its deleted event after them', async () => {
+    const channel = await newChannel('fwd-restart');
+    const source = `${channel}/s`;
+    const messages = [0, 1, 2, 3, 4].map((n) => ({ n }));
+    expect((await request('PUT', source, json)).status).toBe(201);
+    for (const m of messages.slice(0, 3)) expect((await request('POST', source, json, JSON.stringify(m))).status).toBe(204);
+    await server.restart({ hard: true });
+    for (const m of messages.slice(3)) expect((await request('POST', source, json, JSON.stringify(m))).status).toBe(204);
+    expect(await sourceEvents(channel, source)).toEqual(['created', ...messages]);
+    await server.restart({ hard: true });
+    expect((await request('DELETE', source)).status).toBe(204);
+    expect(await until(async () => (await sourceEvents(channel, source)).includes('deleted'), 15_000)).toBe(true);
+    expect(await sourceEvents(channel, source)).toEqual(['created', ...messages, 'deleted']);
+  }, 60_000);
+});
+
 describe('a channel whose registry cannot link a stream below it', () => {
   it('answers 503; the retried PUT links that stream, which then feeds it', async () => {
     const channel = unique('link');
