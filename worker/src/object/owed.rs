@@ -31,7 +31,11 @@ pub async fn run(obj: &StreamObject, due_only: bool, hops: u32) -> Result<Vec<Ta
     // The alarm tells the subscriptions an append's turn set it for, as far as this instance
     // knows they may not have the tail (a request's run leaves that to the alarm).
     if due_only {
-        subscribers::tell_untold(obj, &budget).await?;
+        if let Err(e) = subscribers::tell_untold(obj, &budget).await {
+            // Nothing may record it but the alarm: it comes back after the first backoff.
+            worker::console_warn!("stream: telling subscriptions the tail failed: {e}");
+            alarm::by(obj, now_ms() + super::backoff_ms(0)).await?;
+        }
     }
     // A task before is still owed: those that depend on it wait.
     let mut waiting = false;
