@@ -185,7 +185,9 @@ impl Told {
 
     /// Whether every linked subscription is known to have `meta`'s tail.
     fn has(&self, meta: &Meta) -> bool {
-        matches!(self.0.borrow().as_ref(), Some((instance, tail)) if *instance == meta.instance && *tail == meta.tail)
+        let told = self.0.borrow();
+        told.as_ref()
+            .is_some_and(|(instance, tail)| *instance == meta.instance && *tail == meta.tail)
     }
 }
 
@@ -294,11 +296,18 @@ pub async fn appended(obj: &StreamObject, meta: &Meta) -> Result<()> {
     owe_retry(obj).await
 }
 
-/// Notifies `subs`, every subscription linked to the stream; should any fail, the
-/// notification is owed and the alarm retries it.
+/// Notifies `subs`; should any fail, the notification is owed and the alarm retries it.
 async fn notify_or_owe(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<()> {
     if notify(obj, meta, subs).await? {
-        obj.told.learn(meta);
+        // Every linked subscription has the tail only if each was among those told.
+        if obj
+            .store()?
+            .subscribers()?
+            .iter()
+            .all(|id| subs.contains(id))
+        {
+            obj.told.learn(meta);
+        }
         return Ok(());
     }
     owe_retry(obj).await
