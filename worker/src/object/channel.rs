@@ -1108,3 +1108,46 @@ pub async fn on_deleted(obj: &StreamObject, url: &worker::Url) -> Result<Respons
 fn mark_reply(mark: u64) -> Result<Response> {
     crate::subscription::json(200, &serde_json::json!({ "mark": mark }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(channel: &str, forwarded: u64) -> ChannelLink {
+        ChannelLink {
+            channel: channel.to_string(),
+            instance: "c1".to_string(),
+            forwarded: Offset::new(forwarded).unwrap_or_default(),
+            failures: 0,
+            closed_sent: false,
+            announce: false,
+        }
+    }
+
+    #[test]
+    fn forwarded_is_stored_once_every_so_many_batches_and_when_more_than_it_changes() {
+        let f = Forwarder::default();
+        let stored = |f: &Forwarder, channel: &str, at: u64, changed: bool| {
+            f.took(&link(channel, at), "s1", changed)
+        };
+        for at in 1..STORE_FORWARDED_EVERY {
+            assert!(!stored(&f, "a", u64::from(at), false), "batch {at}");
+        }
+        assert_eq!(
+            f.ahead.borrow()[0].forwarded,
+            Offset::new(15).unwrap_or_default()
+        );
+        assert!(stored(&f, "a", 16, false));
+        assert!(f.ahead.borrow().is_empty());
+        // Another channel counts its own batches; a change is stored at once.
+        assert!(!stored(&f, "a", 17, false));
+        assert!(!stored(&f, "b", 1, false));
+        assert!(stored(&f, "b", 2, true));
+        assert_eq!(f.ahead.borrow().len(), 1);
+        // Another incarnation of the source is another link.
+        assert!(!f.took(&link("a", 1), "s2", false));
+        assert_eq!(f.ahead.borrow().len(), 2);
+        f.stored(&link("a", 17), "s1");
+        assert_eq!(f.ahead.borrow()[0].incarnation, "s2");
+    }
+}
