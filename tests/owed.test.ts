@@ -219,6 +219,26 @@ describe('a create whose registration fails', () => {
   });
 });
 
+describe('a source that restarts between the batches it stores its channel\'s position for', () => {
+  // A source stores where its channel stands once every 16 batches (worker/src/object/channel.rs),
+  // so after a hard restart it goes on from a position the channel has passed, and a DELETE then
+  // keeps, for the channel, rows it already has. The channel's mark admits none of them twice.
+  it('feeds the channel each message once, and its deleted event after them', async () => {
+    const channel = await newChannel('fwd-restart');
+    const source = `${channel}/s`;
+    const messages = [0, 1, 2, 3, 4].map((n) => ({ n }));
+    expect((await request('PUT', source, json)).status).toBe(201);
+    for (const m of messages.slice(0, 3)) expect((await request('POST', source, json, JSON.stringify(m))).status).toBe(204);
+    await server.restart({ hard: true });
+    for (const m of messages.slice(3)) expect((await request('POST', source, json, JSON.stringify(m))).status).toBe(204);
+    expect(await sourceEvents(channel, source)).toEqual(['created', ...messages]);
+    await server.restart({ hard: true });
+    expect((await request('DELETE', source)).status).toBe(204);
+    expect(await until(async () => (await sourceEvents(channel, source)).includes('deleted'), 15_000)).toBe(true);
+    expect(await sourceEvents(channel, source)).toEqual(['created', ...messages, 'deleted']);
+  }, 60_000);
+});
+
 describe('a channel whose registry cannot link a stream below it', () => {
   it('answers 503; the retried PUT links that stream, which then feeds it', async () => {
     const channel = unique('link');
@@ -620,6 +640,19 @@ describe('an append cut off before its subscriptions are told', () => {
       expect(await until(() => hook.named(stream), 15_000), 'the webhook never named the stream after its append').toBe(true);
     });
   }, 30_000);
+
+  // No row of the stream records that the append's subscriptions are owed its tail: the alarm
+  // set in the append's turn does. The instance that starts after the crash has told them
+  // nothing, so its alarm tells them the tail (and its first call fails, as every first call of
+  // a kind does in an isolate, so a retry tells them).
+  it('is notified by the alarm after a hard restart', async () => {
+    await withSubscribedStream('cut-restart', async (stream, hook) => {
+      expect((await request('POST', stream, json, '{"n":1}')).status).toBe(503);
+      expect(hook.named(stream), 'not told before the crash').toBe(false);
+      await server.restart({ hard: true });
+      expect(await until(() => hook.named(stream), 20_000), 'the webhook never named the stream after its append').toBe(true);
+    });
+  }, 40_000);
 
   // A worker reads a woken stream to its end and acks where the read ended, as a consumer
   // does. The read can see an append the subscription has not heard of yet (here for a second,

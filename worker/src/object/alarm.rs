@@ -118,8 +118,10 @@ enum Next {
 
 /// What the alarm handler would find to do, and when: `None` for nothing at all.
 fn next_work(obj: &StreamObject) -> Result<Option<Next>> {
-    // First: a stream removed meanwhile (by a DELETE, or found expired) owes its removal.
-    if !obj.store()?.owed()?.is_empty() {
+    // First: a stream removed meanwhile (by a DELETE, or found expired) owes its removal. An
+    // append whose subscriptions may not have its tail (another request's, whose notification
+    // is on its way) owes them, with no row: the alarm is its record.
+    if !obj.store()?.owed()?.is_empty() || super::subscribers::untold(obj)? {
         return Ok(Some(Next::Soon));
     }
     let Some(meta) = obj.meta()? else {

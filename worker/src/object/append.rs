@@ -340,9 +340,10 @@ impl StreamObject {
         // A plain append of one row writes exactly one statement below: one INSERT, with no
         // producer state, lease, close, Stream-Seq, sliding-TTL access time or owed
         // notification to store beside it (the stream's row is not rewritten; memory learns
-        // the new tail). SQLite applies a single statement whole or not at all, so it needs no
-        // transaction of its own: `transactionSync` would only cost its savepoint. (The alarm a
-        // channel link sets after it commits with the turn either way.) A torn-write fault,
+        // the new tail; subscriptions told inline are owed by the alarm alone). SQLite applies
+        // a single statement whole or not at all, so it needs no transaction of its own:
+        // `transactionSync` would only cost its savepoint. (The alarm a channel link or a
+        // subscription sets after it commits with the turn either way.) A torn-write fault,
         // which fails after the rows, keeps the transaction.
         let one_statement = producer.is_none()
             && matches!(lease, LeaseChange::Keep)
@@ -350,7 +351,7 @@ impl StreamObject {
             && !seq_changed
             && store::one_row(&data)
             && !touch_due(&meta, now)
-            && store.subscribers()?.is_empty()
+            && !subscribers::writes_row(self)?
             && !self.faults.armed(&meta.path, crate::fault::Call::TornWrite);
         // The rows, the producer's state, the lease and the metadata are stored together or
         // not at all: an append refused for a storage failure leaves nothing its retry would

@@ -9,9 +9,12 @@
 //! its envelopes reach (its mark), appends a batch only when it starts at that mark, and moves
 //! the mark in the same turn as the rows, so a batch delivered twice is appended once. The
 //! answer is the mark, from which the source goes on. Nothing is written per append beyond the
-//! append itself: the source writes `forwarded` once per batch (and sets its alarm at most once
-//! per alarm), the channel its mark once per batch. A closed source's last batch ends with a
-//! `closed` event, whose mark is one past the final offset.
+//! append itself: the channel writes its mark once per batch, and the source stores
+//! `forwarded` once every [`STORE_FORWARDED_EVERY`] batches (and sets its alarm at most once
+//! per alarm), keeping where the channel stands in memory in between ([`Forwarder`]). The mark
+//! is the truth: a source that restarted goes on from the `forwarded` it stored, which may be
+//! behind, and the channel answers a batch it has with its mark, appending nothing. A closed
+//! source's last batch ends with a `closed` event, whose mark is one past the final offset.
 //!
 //! A source deleted while a channel is behind (failing) keeps its rows from there in a backlog
 //! that outlives its log; the owed `deleted` work ([`tell_deleted`]) sends the channel the rest
@@ -42,6 +45,13 @@ use crate::subscription::{call, registry_stub};
 /// A batch sent to a channel holds about this much: source messages are read up to it, and
 /// envelopes added until they reach it (always at least one message, however large).
 const BATCH_BYTES: usize = 1024 * 1024;
+/// A source stores where a channel stands (`forwarded`) once every this many batches the channel
+/// takes, and whenever a batch changes more than that (its failures, its `closed` or `created`
+/// event). In between it is kept in memory: an instance that restarts goes on from the stored
+/// one, up to this many batches behind, and resends from there (the channel answers with its
+/// mark and appends nothing); a source deleted then keeps those batches' rows in its backlog as
+/// well, and the channel admits none of them again.
+const STORE_FORWARDED_EVERY: u32 = 16;
 /// An appender waits at most this long for a channel to answer; the alarm retries after.
 const CALL_TIMEOUT_MS: u64 = 10_000;
 /// What a POST (or a socket's append frame) to a channel is told it may do instead.
@@ -56,6 +66,81 @@ pub struct Forwarder {
     /// After a failure, appends leave the failing channels to the alarm until then, rather
     /// than each waiting on a channel that is down.
     backoff_until: Cell<i64>,
+    /// Where channels stand past their stored `forwarded`, as they answered this instance.
+    ahead: RefCell<Vec<Ahead>>,
+}
+
+/// A channel's position acknowledged since its link's `forwarded` was stored.
+struct Ahead {
+    /// The channel's name and incarnation, and the source incarnation that fed it.
+    channel: String,
+    instance: String,
+    incarnation: String,
+    forwarded: Offset,
+    /// Batches taken since `forwarded` was stored.
+    batches: u32,
+}
+
+impl Forwarder {
+    /// The channel took a batch and stands at `link.forwarded`: whether to store the link now
+    /// (`changed`: more than its position moved, or [`STORE_FORWARDED_EVERY`] batches have);
+    /// else where it stands is kept here.
+    fn took(&self, link: &ChannelLink, incarnation: &str, changed: bool) -> bool {
+        let mut ahead = self.ahead.borrow_mut();
+        let found = ahead
+            .iter()
+            .position(|a| a.of(&link.channel, &link.instance, incarnation));
+        let batches = found.map_or(0, |i| ahead[i].batches) + 1;
+        if changed || batches >= STORE_FORWARDED_EVERY {
+            if let Some(i) = found {
+                ahead.swap_remove(i);
+            }
+            return true;
+        }
+        match found {
+            Some(i) => {
+                ahead[i].forwarded = link.forwarded;
+                ahead[i].batches = batches;
+            }
+            None => ahead.push(Ahead {
+                channel: link.channel.clone(),
+                instance: link.instance.clone(),
+                incarnation: incarnation.to_string(),
+                forwarded: link.forwarded,
+                batches,
+            }),
+        }
+        false
+    }
+
+    /// The link was stored as it stands: nothing of it is kept here.
+    fn stored(&self, link: &ChannelLink, incarnation: &str) {
+        self.ahead
+            .borrow_mut()
+            .retain(|a| !a.of(&link.channel, &link.instance, incarnation));
+    }
+}
+
+impl Ahead {
+    fn of(&self, channel: &str, instance: &str, incarnation: &str) -> bool {
+        self.channel == channel && self.instance == instance && self.incarnation == incarnation
+    }
+}
+
+/// The channels the stream feeds, each where it stands: its stored link, moved on to where the
+/// channel answered this instance since.
+fn links(obj: &StreamObject, meta: &Meta) -> Result<Vec<ChannelLink>> {
+    let mut links = obj.store()?.channel_links()?;
+    let ahead = obj.channels.ahead.borrow();
+    for link in &mut links {
+        if let Some(a) = ahead
+            .iter()
+            .find(|a| a.of(&link.channel, &link.instance, &meta.instance))
+        {
+            link.forwarded = link.forwarded.max(a.forwarded);
+        }
+    }
+    Ok(links)
 }
 
 /// The rules a PUT with `Stream-Channel: true` must meet; `Ok(true)` for a channel. A channel
@@ -390,7 +475,7 @@ async fn round(obj: &StreamObject) -> Result<Round> {
     let store = obj.store()?;
     let backing_off = now_ms() < obj.channels.backoff_until.get();
     let mut due: Vec<ChannelLink> = Vec::new();
-    for l in store.channel_links()? {
+    for l in links(obj, &meta)? {
         // A link to a channel deeper than the limit, made before there was one, goes.
         if !ch::covers(&l.channel, meta.name()) {
             store.unlink_channel(&l.channel, &l.instance)?;
@@ -434,9 +519,13 @@ async fn round(obj: &StreamObject) -> Result<Round> {
             Ok(Delivery::Mark(mark)) => {
                 let to = ch::advance(link.forwarded.position(), mark, now.tail.position());
                 link.forwarded = Offset::new(to).unwrap_or(link.forwarded);
-                link.closed_sent = now.closed && mark >= ch::closed_mark(now.tail.position());
+                let closed_sent = now.closed && mark >= ch::closed_mark(now.tail.position());
+                let changed = link.failures > 0 || link.closed_sent != closed_sent || link.announce;
+                link.closed_sent = closed_sent;
                 link.failures = 0;
-                store.set_forwarded(&link)?;
+                if obj.channels.took(&link, &now.instance, changed) {
+                    store.set_forwarded(&link)?;
+                }
                 // Any mark means the channel has the first batch, which carried the event.
                 if link.announce {
                     store.announced(&link.channel)?;
@@ -446,7 +535,10 @@ async fn round(obj: &StreamObject) -> Result<Round> {
                     outcome = Round::More;
                 }
             }
-            Ok(Delivery::Gone) => store.unlink_channel(&link.channel, &link.instance)?,
+            Ok(Delivery::Gone) => {
+                store.unlink_channel(&link.channel, &link.instance)?;
+                obj.channels.stored(&link, &now.instance);
+            }
             Err(e) => {
                 worker::console_warn!(
                     "channels: {} to {} failed ({} in a row): {e}",
@@ -456,6 +548,7 @@ async fn round(obj: &StreamObject) -> Result<Round> {
                 );
                 link.failures = link.failures.saturating_add(1);
                 store.set_forwarded(&link)?;
+                obj.channels.stored(&link, &now.instance);
                 let backoff = super::backoff_ms(link.failures);
                 retry_in = Some(retry_in.map_or(backoff, |r| r.min(backoff)));
                 outcome = Round::Failed;
@@ -479,11 +572,7 @@ pub fn any_behind(obj: &StreamObject, meta: &Meta) -> Result<bool> {
     if meta.channel {
         return Ok(false);
     }
-    Ok(obj
-        .store()?
-        .channel_links()?
-        .iter()
-        .any(|l| behind(l, meta)))
+    Ok(links(obj, meta)?.iter().any(|l| behind(l, meta)))
 }
 
 /// Whether the channel has yet to take something of the stream: messages, its `closed` event
@@ -670,6 +759,7 @@ async fn channel_here(obj: &StreamObject, instance: &str, now: i64) -> Result<Op
 /// The stream was removed: what this forwarder knew of it is forgotten.
 pub fn forget(obj: &StreamObject) {
     obj.channels.backoff_until.set(0);
+    obj.channels.ahead.borrow_mut().clear();
 }
 
 /// The alarm fired: whatever is still undelivered goes now.
@@ -794,7 +884,9 @@ pub fn owe_deleted(obj: &StreamObject, meta: &Meta) -> Result<()> {
         return Ok(());
     }
     let store = obj.store()?;
-    let links = store.channel_links()?;
+    // Where each channel stands as this instance knows it: one it knows nothing of (it
+    // restarted since) may be told again what it has, and admits none of it.
+    let links = links(obj, meta)?;
     if links.is_empty() {
         return Ok(());
     }
@@ -1015,4 +1107,47 @@ pub async fn on_deleted(obj: &StreamObject, url: &worker::Url) -> Result<Respons
 
 fn mark_reply(mark: u64) -> Result<Response> {
     crate::subscription::json(200, &serde_json::json!({ "mark": mark }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(channel: &str, forwarded: u64) -> ChannelLink {
+        ChannelLink {
+            channel: channel.to_string(),
+            instance: "c1".to_string(),
+            forwarded: Offset::new(forwarded).unwrap_or_default(),
+            failures: 0,
+            closed_sent: false,
+            announce: false,
+        }
+    }
+
+    #[test]
+    fn forwarded_is_stored_once_every_so_many_batches_and_when_more_than_it_changes() {
+        let f = Forwarder::default();
+        let stored = |f: &Forwarder, channel: &str, at: u64, changed: bool| {
+            f.took(&link(channel, at), "s1", changed)
+        };
+        for at in 1..STORE_FORWARDED_EVERY {
+            assert!(!stored(&f, "a", u64::from(at), false), "batch {at}");
+        }
+        assert_eq!(
+            f.ahead.borrow()[0].forwarded,
+            Offset::new(15).unwrap_or_default()
+        );
+        assert!(stored(&f, "a", 16, false));
+        assert!(f.ahead.borrow().is_empty());
+        // Another channel counts its own batches; a change is stored at once.
+        assert!(!stored(&f, "a", 17, false));
+        assert!(!stored(&f, "b", 1, false));
+        assert!(stored(&f, "b", 2, true));
+        assert_eq!(f.ahead.borrow().len(), 1);
+        // Another incarnation of the source is another link.
+        assert!(!f.took(&link("a", 1), "s2", false));
+        assert_eq!(f.ahead.borrow().len(), 2);
+        f.stored(&link("a", 17), "s1");
+        assert_eq!(f.ahead.borrow()[0].incarnation, "s2");
+    }
 }

@@ -120,6 +120,8 @@ pub struct StreamObject {
     alarm: alarm::Alarm,
     /// Work owed to other objects runs one round at a time.
     owed_turn: Turnstile,
+    /// The tail this instance last told every linked subscription (see `subscribers.rs`).
+    told: subscribers::Told,
     /// Forks being created here, whose references on their sources the owed work leaves alone.
     forks_creating: fork::Creating,
     /// Producer appends that came before their predecessors, waiting for them.
@@ -199,6 +201,7 @@ impl DurableObject for StreamObject {
             channels: channel::Forwarder::default(),
             alarm,
             owed_turn: Turnstile::default(),
+            told: subscribers::Told::default(),
             forks_creating: fork::Creating::default(),
             producer_turns: gap_wait::ProducerTurns::default(),
             faults,

@@ -4,7 +4,10 @@
 //!
 //! Each piece is a `pending` row ([`Task`]) written in the turn that makes it owed, with the
 //! alarm set in that same turn (`alarm.rs`): should the isolate die before the other object
-//! answers, the alarm finishes the work. Failures are retried with backoff.
+//! answers, the alarm finishes the work. Failures are retried with backoff. An append's
+//! notification of its subscriptions is the exception: the alarm alone records it, and the
+//! alarm finds it owed when the subscriptions may not have the stream's tail
+//! ([`subscribers::tell_untold`]).
 
 use worker::Result;
 
@@ -25,6 +28,15 @@ pub async fn run(obj: &StreamObject, due_only: bool, hops: u32) -> Result<Vec<Ta
     let now = now_ms();
     // The subscriptions this run may call, shared by a registration and an owed notification.
     let budget = subscribers::Budget::new(obj);
+    // The alarm tells the subscriptions an append's turn set it for, as far as this instance
+    // knows they may not have the tail (a request's run leaves that to the alarm).
+    if due_only {
+        if let Err(e) = subscribers::tell_untold(obj, &budget).await {
+            // Nothing may record it but the alarm: it comes back after the first backoff.
+            worker::console_warn!("stream: telling subscriptions the tail failed: {e}");
+            alarm::by(obj, now_ms() + super::backoff_ms(0)).await?;
+        }
+    }
     // A task before is still owed: those that depend on it wait.
     let mut waiting = false;
     for owed in obj.store()?.owed()? {

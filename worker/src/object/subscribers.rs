@@ -4,21 +4,31 @@
 //!
 //! Each of these is owed work (`owed.rs`). A create is answered 201 only once the registry has
 //! the stream (else 503, and the retried PUT finishes it), so a stream is never left unknown to
-//! the channels and patterns above it. Notifications are owed in the append's own turn and
-//! awaited before it is acknowledged; one that fails stays owed, not passed to the appender,
-//! whose data is stored, and one a crash cut off is made by the alarm.
+//! the channels and patterns above it. Notifications are awaited before an append is
+//! acknowledged; one that fails stays owed (a `pending` row), not passed to the appender, whose
+//! data is stored, and one a crash cut off is made by the alarm.
 //!
-//! Each notification is "the tail as it is now", so a later one supersedes an earlier one. A
-//! stream with more subscriptions than one invocation may call (`LINKS_PER_CALL`, since each is
-//! a call between objects, which Cloudflare limits per request) is not told inline: its append
-//! is acknowledged at once, and the alarm tells the subscriptions in passes, in id order,
-//! `LINKS_PER_CALL` per invocation, keeping its place (the last id told) in the owed row
-//! ([`Pass`]) and running again at once for the next batch. An append during a pass does not
-//! move its place, so the subscriptions late in the order are told as often as the early
-//! ones; a pass that ends with the tail moved since it began starts another from the first,
-//! and one in which a call failed starts another after the usual backoff.
+//! Each notification is "the tail as it is now", so a later one supersedes an earlier one, and
+//! telling a subscription a tail it has costs it nothing. So an append that tells its
+//! subscriptions inline writes no row for it: the alarm its turn sets (committed with the
+//! append's row) is the record that a notification may be outstanding. This instance knows
+//! the tail it last told every subscription ([`Told`]); the alarm tells them again when the
+//! stream's tail is not that one, which in an instance that has told them nothing (the object
+//! restarted, after a crash or an eviction) is any tail. `alarm::stand_down` leaves the alarm
+//! set while a tail is untold, so a request that finishes first does not clear it under an
+//! append whose notification is still on its way.
+//!
+//! A stream with more subscriptions than one invocation may call (`LINKS_PER_CALL`, since each
+//! is a call between objects, which Cloudflare limits per request) is not told inline: its
+//! append owes the notification in a `pending` row in its own turn and is acknowledged at once,
+//! and the alarm tells the subscriptions in passes, in id order, `LINKS_PER_CALL` per
+//! invocation, keeping its place (the last id told) in the owed row ([`Pass`]) and running again
+//! at once for the next batch. An append during a pass does not move its place, so the
+//! subscriptions late in the order are told as often as the early ones; a pass that ends with
+//! the tail moved since it began starts another from the first, and one in which a call failed
+//! starts another after the usual backoff.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use edgestream::Offset;
 use serde::{Deserialize, Serialize};
@@ -125,12 +135,12 @@ pub async fn register(obj: &StreamObject, budget: &Budget) -> Result<bool> {
     Ok(true)
 }
 
-/// An append owes its subscriptions the new tail: called in the turn that stores it, with the
-/// alarm, so that a crash before they are told (the append stored, its answer lost) leaves it
-/// to the alarm. [`appended`] settles it once they have it.
+/// An append owes its subscriptions the new tail: called in the turn that stores it. It sets
+/// the alarm in that turn, so that a crash before they are told (the append stored, its answer
+/// lost) leaves it to the alarm ([`tell_untold`]); [`appended`] tells them.
 ///
-/// With more subscriptions than [`inline`] allows, the alarm's passes tell them, from now; a
-/// pass under way keeps its place.
+/// With more subscriptions than [`inline`] allows, the alarm's passes tell them, from now: that
+/// is owed in a `pending` row ([`writes_row`]), and a pass under way keeps its place.
 pub fn owe_notification(obj: &StreamObject, meta: &Meta) -> Result<()> {
     let store = obj.store()?;
     let count = store.subscribers()?.len();
@@ -138,14 +148,86 @@ pub fn owe_notification(obj: &StreamObject, meta: &Meta) -> Result<()> {
         return Ok(());
     }
     let now = now_ms();
-    let due = if inline(obj, count) {
-        now + super::SAFETY_MS
-    } else {
-        now
-    };
-    store.owe_keeping(Task::Notify, due)?;
-    obj.alarm.arm(meta, due);
+    if inline(obj, count) {
+        obj.alarm.arm(meta, now + super::SAFETY_MS);
+        return Ok(());
+    }
+    store.owe_keeping(Task::Notify, now)?;
+    obj.alarm.arm(meta, now);
     Ok(())
+}
+
+/// Whether [`owe_notification`] writes a row: the stream has more subscriptions than an
+/// append tells inline.
+pub fn writes_row(obj: &StreamObject) -> Result<bool> {
+    let count = obj.store()?.subscribers()?.len();
+    Ok(count > 0 && !inline(obj, count))
+}
+
+/// The tail this instance last told every subscription linked to the stream, and the
+/// incarnation it is of. A subscription linked since learned the tail as it linked (or from
+/// the registration that linked it), so it has that tail too.
+#[derive(Default)]
+pub struct Told(RefCell<Option<(String, Offset)>>);
+
+impl Told {
+    /// Every linked subscription has `meta`'s tail: kept unless a later tail of the same
+    /// incarnation was told already (notifications may finish out of order).
+    fn learn(&self, meta: &Meta) {
+        let mut told = self.0.borrow_mut();
+        if let Some((instance, tail)) = told.as_ref() {
+            if *instance == meta.instance && *tail >= meta.tail {
+                return;
+            }
+        }
+        *told = Some((meta.instance.clone(), meta.tail));
+    }
+
+    /// Whether every linked subscription is known to have `meta`'s tail.
+    fn has(&self, meta: &Meta) -> bool {
+        let told = self.0.borrow();
+        told.as_ref()
+            .is_some_and(|(instance, tail)| *instance == meta.instance && *tail == meta.tail)
+    }
+}
+
+/// Whether the stream has subscriptions that may not have its tail: this instance has not
+/// told them that tail (an append's notification on its way or cut off, one owed in a
+/// `pending` row, or an instance that has told them nothing yet).
+pub fn untold(obj: &StreamObject) -> Result<bool> {
+    let Some(meta) = obj.meta()?.filter(|m| !m.deleted) else {
+        return Ok(false);
+    };
+    Ok(!obj.told.has(&meta) && !obj.store()?.subscribers()?.is_empty())
+}
+
+/// From the alarm, before the owed work: subscriptions that may not have the tail
+/// ([`untold`]) are told it, here when they are few enough and nothing else is owed before
+/// them; else the notification is owed, and the owed work runs it as any other. Telling a
+/// subscription a tail it already has writes nothing there.
+pub async fn tell_untold(obj: &StreamObject, budget: &Budget) -> Result<()> {
+    if !untold(obj)? {
+        return Ok(());
+    }
+    let store = obj.store()?;
+    let owed = store.owed()?;
+    // Owed already: run in its turn, after its backoff.
+    if owed.iter().any(|o| o.task == Task::Notify) {
+        return Ok(());
+    }
+    let subs = store.subscribers()?;
+    if !owed.is_empty() || !inline(obj, subs.len()) || subs.len() > budget.left() {
+        return store.owe_keeping(Task::Notify, now_ms());
+    }
+    let Some(meta) = obj.meta()? else {
+        return Ok(());
+    };
+    budget.spend(subs.len());
+    if notify(obj, &meta, &subs).await? {
+        obj.told.learn(&meta);
+        return Ok(());
+    }
+    owe_retry(obj).await
 }
 
 /// How many more subscriptions this run of the owed work may call. A registration's
@@ -207,6 +289,7 @@ pub async fn appended(obj: &StreamObject, meta: &Meta) -> Result<()> {
         return Ok(());
     }
     if notify(obj, meta, &subs).await? {
+        obj.told.learn(meta);
         settle_if_current(obj, meta)?;
         return Ok(());
     }
@@ -216,6 +299,15 @@ pub async fn appended(obj: &StreamObject, meta: &Meta) -> Result<()> {
 /// Notifies `subs`; should any fail, the notification is owed and the alarm retries it.
 async fn notify_or_owe(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<()> {
     if notify(obj, meta, subs).await? {
+        // Every linked subscription has the tail only if each was among those told.
+        if obj
+            .store()?
+            .subscribers()?
+            .iter()
+            .all(|id| subs.contains(id))
+        {
+            obj.told.learn(meta);
+        }
         return Ok(());
     }
     owe_retry(obj).await
@@ -304,7 +396,10 @@ pub async fn notify_owed(obj: &StreamObject, detail: &str, budget: &Budget) -> R
         return Ok(false);
     }
     match now_meta.tail.to_string() == began {
-        true => store.settle(Task::Notify)?,
+        true => {
+            store.settle(Task::Notify)?;
+            obj.told.learn(&now_meta);
+        }
         // The tail moved since the first were told.
         false => store.carry_on(Task::Notify, now, "")?,
     }
