@@ -60,6 +60,12 @@ fn refuse_own_wake_stream(
 pub struct Notify {
     pub path: String,
     pub tail: u64,
+    /// Sent by the stream's registration: it was created after the registry had the
+    /// subscription's pattern, so a subscription whose linking has not yet reached it covers
+    /// it from its start, not from where linking finds its tail (a stream of an older version
+    /// never says so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub created: bool,
 }
 
 #[durable_object]
