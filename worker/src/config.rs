@@ -60,6 +60,11 @@ pub struct Config {
     /// each is a call between objects, which Cloudflare counts against a per-request limit, so a larger
     /// tree is linked over several calls.
     pub links_per_call: u64,
+    /// How many pages of a new subscription's pattern (`links_per_call` streams each, one
+    /// call to the registry per page) one invocation of the subscription links: its PUT, then
+    /// each alarm, each going on from where the last stopped. So linking any number of
+    /// streams stays within Cloudflare's per-invocation subrequest limit.
+    pub link_pages_per_invocation: u64,
     /// How long an idempotent producer's state is kept after its last append: past it, the
     /// producer is treated as new, as the protocol allows.
     pub producer_ttl_ms: u64,
@@ -111,6 +116,9 @@ impl Config {
     pub const DEFAULT_DELIVERY_GIVE_UP_MS: u64 = 24 * 3_600_000;
     /// Half the free plan's 1,000 calls to Cloudflare services per request.
     pub const DEFAULT_LINKS_PER_CALL: u64 = 500;
+    /// 100 pages, 50,000 streams at the default page: a tenth of the free plan's 1,000 calls
+    /// per invocation, and a PUT answered within a few hundred calls' time.
+    pub const DEFAULT_LINK_PAGES_PER_INVOCATION: u64 = 100;
     /// Seven days, the protocol's recommendation: a producer idle for a week starts afresh.
     pub const DEFAULT_PRODUCER_TTL_MS: u64 = 7 * 24 * 3_600_000;
 
@@ -246,6 +254,12 @@ impl Config {
                 "LINKS_PER_CALL",
                 Self::DEFAULT_LINKS_PER_CALL,
                 (1, 100_000),
+            ),
+            // Below the paid plan's 10,000 calls per invocation, with room for the rest.
+            link_pages_per_invocation: vars.number(
+                "LINK_PAGES_PER_INVOCATION",
+                Self::DEFAULT_LINK_PAGES_PER_INVOCATION,
+                (1, 9_000),
             ),
             // Ten years: beyond that, keeping the state is what the deployment wants.
             producer_ttl_ms: vars.number(

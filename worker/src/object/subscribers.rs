@@ -126,7 +126,7 @@ pub async fn register(obj: &StreamObject, budget: &Budget) -> Result<bool> {
     store.settle(Task::Register)?;
     if ids.subs.len() <= budget.left() {
         budget.spend(ids.subs.len());
-        notify_or_owe(obj, &meta, &ids.subs).await?;
+        notify_or_owe(obj, &meta, &ids.subs, true).await?;
     } else {
         // Too many to tell in this invocation: the alarm's passes tell them, from now.
         store.owe_keeping(Task::Notify, now_ms())?;
@@ -223,7 +223,7 @@ pub async fn tell_untold(obj: &StreamObject, budget: &Budget) -> Result<()> {
         return Ok(());
     };
     budget.spend(subs.len());
-    if notify(obj, &meta, &subs).await? {
+    if notify(obj, &meta, &subs, false).await? {
         obj.told.learn(&meta);
         return Ok(());
     }
@@ -288,7 +288,7 @@ pub async fn appended(obj: &StreamObject, meta: &Meta) -> Result<()> {
     if !inline(obj, subs.len()) {
         return Ok(());
     }
-    if notify(obj, meta, &subs).await? {
+    if notify(obj, meta, &subs, false).await? {
         obj.told.learn(meta);
         settle_if_current(obj, meta)?;
         return Ok(());
@@ -297,8 +297,14 @@ pub async fn appended(obj: &StreamObject, meta: &Meta) -> Result<()> {
 }
 
 /// Notifies `subs`; should any fail, the notification is owed and the alarm retries it.
-async fn notify_or_owe(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<()> {
-    if notify(obj, meta, subs).await? {
+/// `created`: the stream was just registered, and `subs` are the subscriptions that cover it.
+async fn notify_or_owe(
+    obj: &StreamObject,
+    meta: &Meta,
+    subs: &[String],
+    created: bool,
+) -> Result<()> {
+    if notify(obj, meta, subs, created).await? {
         // Every linked subscription has the tail only if each was among those told.
         if obj
             .store()?
@@ -365,7 +371,7 @@ pub async fn notify_owed(obj: &StreamObject, detail: &str, budget: &Budget) -> R
     let began = pass.tail.unwrap_or_else(|| meta.tail.to_string());
     let batch = batch_after(&store.subscribers()?, pass.after.as_deref(), budget.left()).to_vec();
     budget.spend(batch.len());
-    let failed = !notify(obj, &meta, &batch).await? || pass.failed;
+    let failed = !notify(obj, &meta, &batch, false).await? || pass.failed;
     // Removed meanwhile (which settled this) and perhaps created again (which owes its own).
     let Some(now_meta) = obj
         .meta()?
@@ -416,14 +422,16 @@ fn batch_after<'a>(subs: &'a [String], after: Option<&str>, per_call: usize) -> 
 }
 
 /// Tells each of `subs` the stream's tail; whether every one of them has it. A subscription
-/// that no longer links the stream is dropped.
-async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<bool> {
+/// that no longer links the stream is dropped. `created`: this is the stream's registration,
+/// so a subscription still linking its pattern's streams covers it from its start.
+async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String], created: bool) -> Result<bool> {
     if subs.is_empty() {
         return Ok(true);
     }
     let message = Notify {
         path: meta.name().to_string(),
         tail: meta.tail.position(),
+        created,
     };
     let message = &message;
     let env = &obj.env;

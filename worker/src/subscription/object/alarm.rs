@@ -1,5 +1,7 @@
 //! The subscription's one alarm: it delivers owed wakes (`wake.rs`), ends expired leases, and
-//! finishes linking a new subscription's streams or unlinking a deleted one (`links.rs`).
+//! goes on linking a new subscription's streams (`LINK_PAGES_PER_INVOCATION` pages each time,
+//! set again at once while pages are left) or unlinking a deleted one (`links.rs`). One
+//! invocation may do both: the linking, then the delivery.
 
 use edgestream::subscription as rules;
 use worker::Result;

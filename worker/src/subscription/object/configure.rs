@@ -12,8 +12,9 @@ use crate::fault::Call;
 use crate::http::{header, now_ms};
 use crate::subscription::{json, webhook, X_ORIGIN, X_SUBSCRIPTION};
 
-/// Should a create die partway through linking its streams, the alarm finishes it this long
-/// after: longer than linking takes, so it rarely runs beside the create itself.
+/// Should a create die partway through linking its streams, the alarm goes on with it this
+/// long after: longer than one invocation's linking takes, so it rarely runs beside the create
+/// itself. A create that links all it may and leaves pages sets the alarm for at once.
 const LINK_SAFETY_MS: i64 = 10_000;
 
 /// PUT body.
@@ -166,7 +167,8 @@ impl SubscriptionObject {
             if self.canonical()?.as_deref() != Some(canonical.as_str()) {
                 return Err(SubscriptionError::AlreadyExists.into());
             }
-            // A create answered 503 partway through linking is finished by its retry.
+            // A create answered 503 partway through linking, or answered before linking was
+            // done, goes on from where linking stopped (not from the first page).
             if existing.linking {
                 self.finish_links(existing).await?;
             }
@@ -208,6 +210,9 @@ impl SubscriptionObject {
             lapses: 0,
             deleted: false,
             linking: true,
+            links_registered: false,
+            link_after: None,
+            linked: Some(0),
             unlinking: false,
             link_failures: 0,
             link_retry_at: Some(now_ms() + LINK_SAFETY_MS),
@@ -227,6 +232,7 @@ impl SubscriptionObject {
         self.atomically(|| {
             self.sql()?.exec("DELETE FROM links", None)?;
             self.sql()?.exec("DELETE FROM snapshot", None)?;
+            self.forget_provisional()?;
             self.save(&record)?;
             self.save_canonical(&canonical)?;
             for path in &explicit {
@@ -245,7 +251,12 @@ impl SubscriptionObject {
         self.set_alarm(now_ms() + LINK_SAFETY_MS).await?;
         self.faults.take_registry_page();
         self.finish_links(&record).await?;
-        let resp = json(201, &self.describe(&record).await?)?;
+        // As far as linking got in this invocation (deleted, or replaced, meanwhile: as made).
+        let current = self
+            .load()?
+            .filter(|r| !r.deleted && r.epoch == record.epoch)
+            .unwrap_or(record);
+        let resp = json(201, &self.describe(&current).await?)?;
         if self.faults.enabled() {
             let most = self.faults.take_registry_page().to_string();
             resp.headers()
@@ -303,6 +314,7 @@ impl SubscriptionObject {
                 "DELETE FROM links",
                 "DELETE FROM snapshot",
                 "DELETE FROM config",
+                "DELETE FROM provisional",
             ] {
                 self.sql()?.exec(q, None)?;
             }

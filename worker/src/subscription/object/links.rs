@@ -12,6 +12,7 @@ use worker::{Delay, Response, Result};
 use super::store::{Link, Record};
 use super::{refuse_own_wake_stream, Failure, SubscriptionObject};
 use crate::fault::Call;
+use crate::http::now_ms;
 use crate::subscription::registry::{
     Links, Matched, MatchedStreams, PatternLinked, PatternPage, RemoveExplicit, StreamLinked,
     StreamPath, SubLinked, SubLinks,
@@ -24,61 +25,95 @@ struct StreamsBody {
 }
 
 impl SubscriptionObject {
-    /// Links a new subscription's streams: the registry records its pattern and explicit
-    /// streams and answers the explicit ones that exist, then lists the streams the pattern
-    /// covers a page at a time (`LINKS_PER_CALL` streams), asking each of the page's streams
-    /// for its tail before it answers: one call of this request's per page. So however many
-    /// streams the registry knows, neither it nor this object holds more than a page of them.
-    /// A stream created while the pages are read is found by the pattern itself, recorded
-    /// before the first page: on a page still to come, it is
-    /// linked at its tail like the rest; on one already read, its creation links it, its data
-    /// pending (`notify`). Every link starts at its stream's tail as of the pass that succeeds
-    /// (including one an append has made meanwhile): the subscription exists from the answer
-    /// that says so. A failure is retried by the alarm with backoff, or by a PUT that finds it.
+    /// Links a new subscription's streams, as many as one invocation may, going on from where
+    /// the last invocation stopped: the registry records its pattern and explicit streams and
+    /// answers the explicit ones that exist, then lists the streams the pattern covers a page
+    /// at a time (`LINKS_PER_CALL` streams), asking each of the page's streams for its tail
+    /// before it answers: one call of this invocation's per page, at most
+    /// `LINK_PAGES_PER_INVOCATION` pages. Each page's links are stored with the place after it,
+    /// so no page is read twice and none skipped; the alarm links the next pages at once, and
+    /// a PUT of the same configuration does too. So however many streams the registry knows,
+    /// neither it nor this object holds more than a page of them, and no invocation makes
+    /// more calls than Cloudflare allows.
+    ///
+    /// An existing stream is linked at its tail as its page finds it: its data from then on is
+    /// delivered. A stream created while linking runs is found by the pattern itself, recorded
+    /// before the first page: its registration links it (`notify`), its data from its start
+    /// pending, and a page that reaches it later keeps that cursor. A failure is retried by
+    /// the alarm with backoff, or by a PUT that finds it, from the page that failed.
     pub(super) async fn finish_links(&self, record: &Record) -> Result<()> {
-        let links = Links {
-            id: record.id.clone(),
-            pattern: record.pattern.clone(),
-            explicit: self.explicit_paths()?,
-            replace: true,
-        };
-        let result = self.link_all(record, &links).await;
+        let result = self.link_some(record).await;
         // Deleted, or created again, meanwhile: that incarnation links its own.
-        let Some(mut current) = self
-            .load()?
-            .filter(|r| !r.deleted && r.epoch == record.epoch)
-        else {
-            return result;
+        let Some(mut current) = self.current(record)? else {
+            return result.map(drop);
         };
-        if current.settle_links("linking", &result) {
-            current.linking = false;
+        let settled = match &result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(worker::Error::RustError(e.to_string())),
+        };
+        current.settle_links("linking", &settled);
+        match result {
+            Ok(true) => {
+                current.linking = false;
+                self.forget_provisional()?;
+            }
+            // More pages: the alarm goes on with them at once.
+            Ok(false) => current.link_retry_at = Some(now_ms()),
+            Err(_) => {}
         }
+        // A provisional link its page has now placed may have data pending.
+        self.wake_if_pending(&mut current)?;
         self.save(&current)?;
         self.schedule(&current).await?;
-        result
+        settled
     }
 
-    /// Registers `links` and links the streams they cover, page by page. A page that fails is
-    /// the answer, after the rest are linked.
-    async fn link_all(&self, record: &Record, links: &Links) -> Result<()> {
-        let matched = self.register_links(links).await?;
-        let mut failed = self.link_existing(record, matched, |_| true).await.err();
+    /// `record`'s incarnation as stored now, unless it was deleted (or created again).
+    fn current(&self, record: &Record) -> Result<Option<Record>> {
+        Ok(self
+            .load()?
+            .filter(|r| !r.deleted && r.epoch == record.epoch))
+    }
+
+    /// Registers the links with the registry (once), then links the pattern's pages from the
+    /// one after the last linked, at most `LINK_PAGES_PER_INVOCATION` of them. Whether every
+    /// stream is linked.
+    async fn link_some(&self, record: &Record) -> Result<bool> {
+        let config = crate::config::Config::from_env(&self.env);
+        if !record.links_registered {
+            let links = Links {
+                id: record.id.clone(),
+                pattern: record.pattern.clone(),
+                explicit: self.explicit_paths()?,
+                replace: true,
+            };
+            let matched = self.register_links(&links).await?;
+            let linked = self.link_existing(record, matched, |_| true).await?;
+            let Some(mut current) = self.current(record)? else {
+                return Ok(true);
+            };
+            current.links_registered = true;
+            current.linked = Some(current.linked.unwrap_or(0) + linked);
+            self.save(&current)?;
+        }
         let Some(pattern) = &record.pattern else {
-            return failed.map_or(Ok(()), Err);
+            return Ok(true);
         };
-        let per_call = crate::config::Config::from_env(&self.env).links_per_call;
-        let limit = self
-            .faults
-            .page(&record.id, usize::try_from(per_call).unwrap_or(usize::MAX));
-        let mut after = None;
-        loop {
+        let limit = self.faults.page(
+            &record.id,
+            usize::try_from(config.links_per_call).unwrap_or(usize::MAX),
+        );
+        for _ in 0..config.link_pages_per_invocation {
+            let Some(before) = self.current(record)? else {
+                return Ok(true);
+            };
             let ask = PatternPage {
                 id: record.id.clone(),
                 pattern: pattern.clone(),
-                after,
+                after: before.link_after.clone(),
                 limit,
             };
-            // The registry asks the page's streams itself: one call of this request's per page.
+            // The registry asks the page's streams itself: one call of this invocation's.
             let page =
                 match call::<_, PatternLinked>(&registry_stub(&self.env)?, "pattern-page", &ask)
                     .await?
@@ -91,18 +126,46 @@ impl SubscriptionObject {
                     }
                 };
             // Deleted, or deleted and created again, meanwhile: its links are not ours to set.
-            if !self.still(record)? {
-                return Ok(());
+            let Some(mut current) = self.current(record)? else {
+                return Ok(true);
+            };
+            // Passes take turns (`changes`), so none has moved on meanwhile; should one have,
+            // this page is its to store, and the next is read from where it got.
+            if current.link_after != ask.after {
+                continue;
             }
             self.faults.registry_paged(page.streams.len());
-            if let Err(e) = self.save_linked(record, &page.streams, page.links, &|_: &str| true) {
-                failed.get_or_insert(e);
+            let mut provisional = HashSet::new();
+            for m in &page.streams {
+                if self.provisional(&m.path)? {
+                    provisional.insert(m.path.clone());
+                }
             }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return failed.map_or(Ok(()), Err),
+            // A link stored already keeps its cursor: a stream created since linking began
+            // (its data from its start), or one this page linked before it failed. A
+            // provisional one starts where the stream answered, or where it was acked since.
+            let cursor = |l: &Link, tail: u64| match provisional.contains(&l.path) {
+                true => l.acked.min(tail),
+                false => l.acked,
+            };
+            let failed = self.atomically(|| {
+                let (linked, failed) =
+                    self.save_linked(&current, &page.streams, page.links, &cursor)?;
+                if failed.is_none() {
+                    current.link_after = page.next.clone();
+                    current.linked = Some(current.linked.unwrap_or(0) + linked);
+                    self.save(&current)?;
+                }
+                Ok(failed)
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if current.link_after.is_none() {
+                return Ok(true);
             }
         }
+        Ok(false)
     }
 
     async fn register_links(&self, links: &Links) -> Result<Vec<Matched>> {
@@ -121,15 +184,21 @@ impl SubscriptionObject {
     /// append notified meanwhile) moves to the tail too; others keep their cursor. A stream
     /// that cannot be asked fails the request, after every other one is linked. The registry
     /// asks them, `LINKS_PER_CALL` per call: each call between objects counts against a
-    /// per-request limit, and each of the registry's calls is a request of its own.
+    /// per-request limit, and each of the registry's calls is a request of its own. Answers
+    /// how many were linked.
     async fn link_existing(
         &self,
         record: &Record,
         matched: Vec<Matched>,
         fresh: impl Fn(&str) -> bool,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let per_call = crate::config::Config::from_env(&self.env).links_per_call;
+        let cursor = |l: &Link, tail: u64| match fresh(&l.path) {
+            true => l.acked.max(tail),
+            false => l.acked,
+        };
         let mut failed = None;
+        let mut linked = 0;
         for group in matched.chunks(usize::try_from(per_call).unwrap_or(usize::MAX)) {
             let ask = SubLinks {
                 id: record.id.clone(),
@@ -151,26 +220,30 @@ impl SubscriptionObject {
                 };
             // Deleted, or deleted and created again, meanwhile: its links are not ours to set.
             if !self.still(record)? {
-                return Ok(());
+                return Ok(linked);
             }
-            if let Err(e) = self.save_linked(record, group, answers, &fresh) {
+            let (count, failure) = self.save_linked(record, group, answers, &cursor)?;
+            linked += count;
+            if let Some(e) = failure {
                 failed.get_or_insert(e);
             }
         }
-        failed.map_or(Ok(()), Err)
+        failed.map_or(Ok(linked), Err)
     }
 
     /// Saves the links of `group` at the tails its streams answered (`answers`, in the same
-    /// order). A stream that answered neither 200 nor 404 fails the whole, after the rest are
-    /// saved.
+    /// order): a new link at its stream's tail, one stored already where `cursor` puts it
+    /// (given the link and the tail). Answers how many streams were linked, and a failure of
+    /// one that answered neither 200 nor 404, after the rest are saved.
     fn save_linked(
         &self,
         record: &Record,
         group: &[Matched],
         answers: Vec<StreamLinked>,
-        fresh: &impl Fn(&str) -> bool,
-    ) -> Result<()> {
+        cursor: &impl Fn(&Link, u64) -> u64,
+    ) -> Result<(u64, Option<worker::Error>)> {
         let mut failed = None;
+        let mut linked = 0;
         for (m, answer) in group.iter().zip(answers) {
             let glob = m.glob && record.pattern_covers(&m.path);
             // 404: the stream is gone, and the registry forgets it. Any other answer is
@@ -191,11 +264,7 @@ impl SubscriptionObject {
                 Some(l) => Link {
                     glob: l.glob || glob,
                     explicit: l.explicit || m.explicit,
-                    acked: if fresh(&m.path) {
-                        l.acked.max(tail)
-                    } else {
-                        l.acked
-                    },
+                    acked: cursor(&l, tail),
                     tail: l.tail.max(tail),
                     ..l
                 },
@@ -210,8 +279,9 @@ impl SubscriptionObject {
                 None => continue,
             };
             self.save_link(&link)?;
+            linked += 1;
         }
-        failed.map_or(Ok(()), Err)
+        Ok((linked, failed))
     }
 
     /// Tells the registry to forget a deleted subscription's links; streams drop their

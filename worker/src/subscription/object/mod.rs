@@ -60,6 +60,12 @@ fn refuse_own_wake_stream(
 pub struct Notify {
     pub path: String,
     pub tail: u64,
+    /// Sent by the stream's registration: it was created after the registry had the
+    /// subscription's pattern, so a subscription whose linking has not yet reached it covers
+    /// it from its start, not from where linking finds its tail (a stream of an older version
+    /// never says so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub created: bool,
 }
 
 #[durable_object]
@@ -273,6 +279,7 @@ impl SubscriptionObject {
             "created_at": record.created_at,
             "status": if record.failures > 0 { "failed" } else { "active" },
             "delivery": delivery(record),
+            "linking": linking(record),
             "description": record.description,
             "generation": record.generation,
         }))
@@ -365,6 +372,19 @@ impl SubscriptionObject {
             worker::Error::RustError(format!("registry key request failed ({status})"))
         })
     }
+}
+
+/// How linking the subscription's existing streams is going, for its `GET`: whether it is
+/// done, how many existing streams it has linked (`null` for a subscription made before they
+/// were counted), and the failures since its last step that succeeded (retried with backoff).
+/// Until it is done, a stream its pages have not yet reached is not covered: its appends are
+/// not delivered (a stream created meanwhile is, from its start).
+fn linking(record: &Record) -> Value {
+    j!({
+        "done": !record.linking,
+        "linked": record.linked,
+        "failures": if record.linking { record.link_failures } else { 0 },
+    })
 }
 
 /// How the subscription's deliveries are going, for its `GET`: the failures since the last

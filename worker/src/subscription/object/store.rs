@@ -1,6 +1,6 @@
 //! The subscription's SQLite tables and every row read or written: the record (configuration
 //! and delivery state), the links (one cursor per stream), the `snapshot` of tails the current
-//! wake covers and the `config` a PUT is compared with.
+//! wake covers, the `config` a PUT is compared with, and and the `provisional` links an append made while linking ran.
 
 use std::collections::HashMap;
 
@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS links (
   tail INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshot (path TEXT PRIMARY KEY, tail INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS provisional (path TEXT PRIMARY KEY) WITHOUT ROWID;
 ";
 
 /// Changes to tables of objects made by older versions, in the order they were made.
@@ -101,6 +102,18 @@ pub(super) struct Record {
     /// not yet succeeded: a PUT that finds it so finishes it, and so does the alarm.
     #[serde(default)]
     pub(super) linking: bool,
+    /// Linking has registered this incarnation's links with the registry and linked its
+    /// explicit streams that exist: what is left is the pattern's pages.
+    #[serde(default)]
+    pub(super) links_registered: bool,
+    /// The last path of the last page of the pattern's streams linked (`None`: no page yet),
+    /// so the next invocation reads the page after it: none twice, none skipped.
+    #[serde(default)]
+    pub(super) link_after: Option<String>,
+    /// How many existing streams linking has linked so far (`None`: made by a version that
+    /// did not count them).
+    #[serde(default)]
+    pub(super) linked: Option<u64>,
     /// Deleted, and the registry has yet to forget this subscription's links: the alarm tells
     /// it, unless a PUT creates the id again first (its links replace them).
     #[serde(default)]
@@ -385,6 +398,34 @@ impl SubscriptionObject {
                 SqlStorageValue::Integer(link.tail as i64),
             ],
         )?;
+        Ok(())
+    }
+
+    /// Notes that the link of `path` was made by an append's notification while linking ran,
+    /// before linking's pages reached it: the stream existed before (a new one's registration
+    /// says so) and had just been asked to link this subscription, so its page's answer, not
+    /// this guess, says where its cursor starts.
+    pub(super) fn mark_provisional(&self, path: &str) -> Result<()> {
+        self.sql()?.exec(
+            "INSERT OR IGNORE INTO provisional (path) VALUES (?)",
+            vec![SqlStorageValue::String(path.to_string())],
+        )?;
+        Ok(())
+    }
+
+    /// Whether [`Self::mark_provisional`] noted `path`.
+    pub(super) fn provisional(&self, path: &str) -> Result<bool> {
+        Ok(!self
+            .rows(
+                "SELECT 1 FROM provisional WHERE path = ?",
+                vec![SqlStorageValue::String(path.to_string())],
+            )?
+            .is_empty())
+    }
+
+    /// Forgets the provisional links: linking is over, or starts again.
+    pub(super) fn forget_provisional(&self) -> Result<()> {
+        self.sql()?.exec("DELETE FROM provisional", None)?;
         Ok(())
     }
 

@@ -47,6 +47,10 @@ impl SubscriptionObject {
             return json(200, &j!({ "linked": false }));
         };
         let glob = record.pattern_covers(&n.path);
+        // While linking runs, a stream not yet linked that is not new (its registration says
+        // so) was just asked to link this subscription by a page still being read: the page's
+        // answer says where its cursor starts. Until then it is linked with nothing pending.
+        let provisional = record.linking && !n.created;
         let link = match self.link(&n.path)? {
             // Linked by a pattern that no longer covers it: its own wake stream, linked
             // before such links were refused.
@@ -59,6 +63,16 @@ impl SubscriptionObject {
                 tail: l.tail.max(n.tail),
                 ..l
             },
+            None if glob && provisional => {
+                self.mark_provisional(&n.path)?;
+                Link {
+                    path: n.path,
+                    glob,
+                    explicit: false,
+                    acked: n.tail,
+                    tail: n.tail,
+                }
+            }
             None if glob => {
                 // Discovered by this append: linked before it, so the append is pending.
                 Link {

@@ -1,0 +1,210 @@
+// A subscription whose pattern covers more existing streams than one invocation may link.
+// Its PUT used to link every page of them before answering: past the per-invocation
+// subrequest limit (about 5 million streams on Cloudflare's paid plan, 500,000 on the free
+// one) it failed with 503, and each retry started again at the first page and failed at the
+// same place, so the subscription could never be made. Linking now goes
+// `LINK_PAGES_PER_INVOCATION` pages at a time, the rest in the subscription's alarm, from
+// where the last invocation stopped; GET shows how far it got.
+//
+// This server links 2 streams per page (LINKS_PER_CALL) and 2 pages per invocation; streams
+// whose path holds FAULT_MARKER answer their first request to link a subscription with 503
+// (worker/src/fault.rs), which stops linking at that page until the alarm retries it.
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { startServer } from '../scripts/dev-server.mjs';
+import { hookServer } from './support/webhook';
+
+const MARKER = 'flaky-link-marker';
+let server: Awaited<ReturnType<typeof startServer>>;
+const url = (path: string) => `${server.baseUrl}/v1/stream/${path}`;
+const sub = (id: string) => url(`__ds/subscriptions/${id}`);
+const json = { 'content-type': 'application/json' };
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const uid = () => `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 7)}`;
+
+beforeAll(async () => {
+  server = await startServer({
+    vars: {
+      WEBHOOK_ALLOW_LOCALHOST: 'true',
+      WEBHOOK_TIMEOUT_MS: '2000',
+      LINKS_PER_CALL: '2',
+      LINK_PAGES_PER_INVOCATION: '2',
+      FAULT_MARKER: MARKER,
+    },
+  });
+});
+
+afterAll(async () => {
+  await server?.stop();
+});
+
+async function put(path: string, body: unknown) {
+  return fetch(url(path), { method: 'PUT', headers: json, body: JSON.stringify(body) });
+}
+
+async function tailOf(path: string) {
+  const head = await fetch(url(path), { method: 'HEAD' });
+  expect(head.status).toBe(200);
+  return head.headers.get('stream-next-offset') as string;
+}
+
+type Linking = { done: boolean; linked: number | null; failures: number };
+
+async function described(id: string) {
+  const res = await fetch(sub(id));
+  expect(res.status).toBe(200);
+  return (await res.json()) as { linking: Linking; streams: any[] };
+}
+
+async function eventually(check: () => Promise<boolean>, ms = 20_000) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await check()) return true;
+    await sleep(50);
+  }
+  return false;
+}
+
+describe('linking a pattern over more streams than one invocation links', () => {
+  test('the PUT answers after its budget, GET shows progress, the alarm links the rest, and every append is delivered once', { timeout: 90_000 }, async () => {
+    const p = `linking-${uid()}`;
+    const existing = Array.from({ length: 25 }, (_, i) => `${p}/s${String(i).padStart(2, '0')}`);
+    // Sorts between s12 and s13: its page fails once, so linking waits there for a retry.
+    const flaky = `${p}/s12-${MARKER}`;
+    // Created while linking waits: one on a page read already, one on a page still to come.
+    const early = `${p}/a-born`;
+    const late = `${p}/z-born`;
+    // Deliveries fail until linking is done, so what a wake owes waits through the pages.
+    let failing = true;
+    const acked: any[] = [];
+    const hook = await hookServer((hit, res) => {
+      if (failing) {
+        res.writeHead(500, json);
+        res.end('{}');
+        return;
+      }
+      acked.push(hit.body);
+      res.writeHead(200, json);
+      res.end('{"done":true}');
+    });
+    const id = `sub-${p}`;
+    const config = { type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 1_000 };
+    try {
+      const zero = await (async () => {
+        expect((await put(`${p}-empty`, [])).status).toBe(201);
+        return tailOf(`${p}-empty`);
+      })();
+      for (const name of existing) expect((await put(name, [{ name }])).status).toBe(201);
+      // Its first registration fails too (503): the retried PUT finishes it.
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(503);
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(200);
+      const linkedAt = new Map<string, string>();
+      for (const name of [...existing, flaky]) linkedAt.set(name, await tailOf(name));
+
+      const created = await put(`__ds/subscriptions/${id}`, config);
+      expect(created.status).toBe(201);
+      const first = (await created.json()).linking as Linking;
+      // Two pages of two: the rest is left to the alarm.
+      expect(first.done).toBe(false);
+      expect(first.linked).toBeLessThanOrEqual(4);
+
+      // The same PUT again goes on from there; another pattern is refused.
+      const again = await put(`__ds/subscriptions/${id}`, config);
+      expect(again.status).toBe(200);
+      const second = (await again.json()).linking as Linking;
+      expect(second.linked).toBeGreaterThan(first.linked ?? 0);
+      expect((await put(`__ds/subscriptions/${id}`, { ...config, pattern: `${p}/s*` })).status).toBe(409);
+
+      // Linking reaches the flaky stream's page, fails it, and waits to try it again.
+      const stalled = await eventually(async () => {
+        const { linking } = await described(id);
+        return linking.failures > 0 && !linking.done;
+      });
+      expect(stalled, 'linking did not stop at the failing page').toBe(true);
+      for (const name of [early, late]) expect((await put(name, [{ name, born: true }])).status).toBe(201);
+
+      const done = await eventually(async () => (await described(id)).linking.done);
+      expect(done, 'linking never finished').toBe(true);
+      failing = false;
+      const state = await described(id);
+      // Every page linked once: the 26 existing streams and the one created ahead of them.
+      expect(state.linking).toEqual({ done: true, linked: 27, failures: 0 });
+      const all = [...existing, flaky, early, late];
+      expect(state.streams.map((s) => s.path).sort()).toEqual([...all].sort());
+      // An existing stream is covered from when it was linked (nothing appended since), a
+      // stream created while linking ran from its start, wherever its page was.
+      linkedAt.set(early, zero);
+      linkedAt.set(late, zero);
+
+      for (const name of all) expect((await fetch(url(name), { method: 'POST', headers: json, body: JSON.stringify({ more: name }) })).status).toBe(204);
+      const finalTail = new Map<string, string>();
+      for (const name of all) finalTail.set(name, await tailOf(name));
+
+      // Each stream's data is delivered once: the wakes' ranges for it chain from where it
+      // was linked to its tail, no range twice.
+      const covered = () => {
+        const ranges = new Map<string, [string, string][]>();
+        for (const body of acked) {
+          for (const s of body?.streams ?? []) {
+            if (!s.has_pending) continue;
+            ranges.set(s.path, [...(ranges.get(s.path) ?? []), [s.acked_offset, s.tail_offset]]);
+          }
+        }
+        return ranges;
+      };
+      const delivered = await eventually(async () => all.every((name) => covered().get(name)?.at(-1)?.[1] === finalTail.get(name)), 40_000);
+      expect(delivered, 'some stream’s appends were not delivered').toBe(true);
+      await sleep(500);
+      const ranges = covered();
+      for (const name of all) {
+        const chain = ranges.get(name) ?? [];
+        expect(chain[0]?.[0], `${name} starts where it was linked`).toBe(linkedAt.get(name));
+        for (let i = 1; i < chain.length; i++) expect(chain[i][0], `${name} delivered twice or with a gap`).toBe(chain[i - 1][1]);
+        expect(chain.at(-1)?.[1]).toBe(finalTail.get(name));
+      }
+      expect([...ranges.keys()].sort()).toEqual([...all].sort());
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+
+  // A stream that already knows the subscription (here one that named it explicitly before it
+  // was deleted and made again with a pattern) tells it of an append before linking's pages
+  // reach it. It existed before: its link starts where its page finds it, as every existing
+  // stream's does, so that append is not delivered; it was delivered from the stream's start.
+  test('an existing stream that appends before its page is linked is delivered from where its page finds it', { timeout: 60_000 }, async () => {
+    const p = `stale-${uid()}`;
+    const flaky = `${p}/m-${MARKER}`;
+    const known = `${p}/t-known`;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(200, json);
+      res.end('{"done":true}');
+    });
+    const id = `sub-${p}`;
+    try {
+      // The PUT links [a, b] and [c, d]; the alarm fails [m-…, n] once; [t-known] comes after.
+      for (const name of [`${p}/a`, `${p}/b`, `${p}/c`, `${p}/d`, `${p}/n`, known]) expect((await put(name, [{ name }])).status).toBe(201);
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(503);
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(200);
+      const explicit = { type: 'webhook', streams: [known], webhook: { url: hook.url }, lease_ttl_ms: 1_000 };
+      expect((await put(`__ds/subscriptions/${id}`, explicit)).status).toBe(201);
+      expect((await fetch(sub(id), { method: 'DELETE' })).status).toBe(204);
+      const created = await put(`__ds/subscriptions/${id}`, { ...explicit, streams: undefined, pattern: `${p}/*` });
+      expect(created.status).toBe(201);
+      const stalled = await eventually(async () => (await described(id)).linking.failures > 0);
+      expect(stalled, 'linking did not stop at the failing page').toBe(true);
+      expect((await fetch(url(known), { method: 'POST', headers: json, body: '{"during":true}' })).status).toBe(204);
+      const from = await tailOf(known);
+      expect(await eventually(async () => (await described(id)).linking.done), 'linking never finished').toBe(true);
+      expect((await fetch(url(known), { method: 'POST', headers: json, body: '{"after":true}' })).status).toBe(204);
+      const to = await tailOf(known);
+      const delivered = () => hook.hits.flatMap((h) => (h.body?.streams ?? []).filter((s: any) => s.path === known && s.has_pending));
+      expect(await eventually(async () => delivered().some((s: any) => s.tail_offset === to)), 'the append after linking was not delivered').toBe(true);
+      await sleep(300);
+      expect(delivered().map((s: any) => [s.acked_offset, s.tail_offset])).toEqual([[from, to]]);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+});
