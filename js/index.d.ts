@@ -337,7 +337,9 @@ export declare class DurableStream {
    * JSON messages in one request, use an `IdempotentProducer`. Appends (and `close()`) land in
    * the order they were called: one request is out at a time, and the appends made meanwhile go
    * together in the next (up to 1 MiB; one with `seq` goes alone), each resolving to that
-   * request's result. A request that fails rejects every append in it; the next goes on. A request
+   * request's result. Appends sent together and refused as too large (413) go again in parts of
+   * at most half that size (and later requests stay under it), down to one append a request; one
+   * refused alone rejects. A request that fails rejects every append in it; the next goes on. A request
    * is stopped once every append in it has been stopped by its own `signal`.
    *
    * An append stopped by its `signal` (ABORTED) may still have landed: the request may have

@@ -803,6 +803,8 @@ export class DurableStream {
   /** Appends and closes not yet sent, in call order. */
   #line = [];
   #sending = false;
+  /** The most bytes appends sent together may take (see `#drain()`): 1 MiB, less once the server refused a batch. */
+  #most = 1 << 20;
 
   /**
    * Puts an append (or close) in line. Its own `signal` takes it out of the line at once, or,
@@ -831,12 +833,14 @@ export class DurableStream {
    * with `seq`, a close, and an empty one go alone, as does a value that cannot be sent (refused
    * as it would be alone), and one whose `contentType` option differs from the one before it
    * starts the next request. A request that fails rejects every append in it; one whose appends
-   * have all been stopped by their own signals is stopped.
+   * have all been stopped by their own signals is stopped. A server that takes less than 1 MiB
+   * at once refuses a batch (413) whose appends may each fit: its appends go back to the front of
+   * the line, and batches take at most half as much from then on, down to one append a request.
    */
   async #drain() {
     if (this.#sending) return;
     this.#sending = true;
-    for (let first; (first = this.#line.shift()); ) {
+    for (let first, size; (first = this.#line.shift()); ) {
       const batch = [first];
       try {
         let { body, contentType, seq, close } = first;
@@ -849,14 +853,16 @@ export class DurableStream {
           } catch {} // Refused when its turn comes, alone.
         };
         const parts = [encode(body)];
-        // The body's bytes with the commas between messages: at most 1 MiB, and 2 brackets.
-        let size = close || seq !== undefined ? 0 : parts[0] && byteLength(parts[0]);
-        for (let next; size && (next = this.#line[0]) && !next.close && next.seq === undefined && next.contentType === first.contentType; ) {
-          const part = encode(next.body);
-          if (!part?.length || (size += byteLength(part) + 1) > 1 << 20) break;
+        // The body's bytes with the commas between messages: at most #most, and 2 brackets.
+        size = close || seq !== undefined ? 0 : parts[0] && byteLength(parts[0]);
+        for (let next, part, more; size && (next = this.#line[batch.length - 1]) && !next.close && next.seq === undefined && next.contentType === first.contentType; size = more) {
+          part = encode(next.body);
+          if (!part?.length || (more = size + byteLength(part) + 1) > this.#most) break;
           parts.push(part);
-          batch.push(this.#line.shift());
+          batch.push(next);
         }
+        // Taken from the line at once: one shift() each costs a copy of the line when it is long.
+        this.#line.splice(0, batch.length - 1);
         // The protocol takes a JSON array body as a batch of messages, so even one value is
         // wrapped: an array stays one message.
         if (json && !none) body = `[${batch[1] ? parts.join() : jsonText(body)}]`;
@@ -869,7 +875,11 @@ export class DurableStream {
         const res = await this.#call(appendStream, { body, contentType, seq, close }, batch[1] ? all.signal : first.signal);
         for (const e of batch) e.done.resolve(res);
       } catch (err) {
-        for (const e of batch) e.done.reject(err);
+        // Appends sent together and refused as too large go again (those not yet stopped by their
+        // own signals), in at most half as many bytes; one refused alone is refused. (Not
+        // unshift(...batch): a batch can hold more appends than a call takes arguments.)
+        if (err.status === 413 && batch[1]) (this.#most = size / 2), (this.#line = batch.filter((e) => !e.signal?.aborted).concat(this.#line));
+        else for (const e of batch) e.done.reject(err);
       }
     }
     this.#sending = false;

@@ -1,10 +1,11 @@
 // A stream's append() calls land in the order they were made, as @durable-streams/client's do:
 // one request at a time, the appends made while one is out going together in the next.
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { DurableStream, stream } from '../src/node.js';
 import { useReferenceServer } from '../test-support/reference-server.mjs';
+import { startServer } from '../../scripts/dev-server.mjs';
 
 const server = useReferenceServer();
 
@@ -167,4 +168,123 @@ test('appends sent together take at most 1 MiB of body, counted in UTF-8 bytes',
   await Promise.all([first, ...Array.from({ length: 5 }, () => ds.append(big))]);
   assert.deepEqual(sizes.slice(1), [800_019, 800_019, 400_010]);
   assert.equal((await read(url, true)).length, 6);
+});
+
+// Our Worker with MAX_APPEND_BYTES far under the 1 MiB a batch may take: a batch its appends would
+// each fit is refused (413) as a whole, and is sent again in parts.
+const LIMIT = 1000;
+let worker;
+before(async () => {
+  worker = await startServer({ vars: { MAX_APPEND_BYTES: String(LIMIT) } });
+});
+after(async () => {
+  await worker?.stop();
+});
+
+/** A fetch that notes each POST's body size and status, holding the first a moment so that appends wait behind it. */
+function notingFetch() {
+  const posts = [];
+  const fn = async (input, init) => {
+    const req = new Request(input, init);
+    if (req.method !== 'POST') return fetch(req);
+    const body = new Uint8Array(await req.arrayBuffer());
+    if (!posts.length) await new Promise((r) => setTimeout(r, 50));
+    const res = await fetch(req.url, { method: 'POST', headers: req.headers, body, signal: req.signal });
+    posts.push({ size: body.length, status: res.status, text: new TextDecoder().decode(body) });
+    return res;
+  };
+  return { fn, posts };
+}
+
+test('a batch the server refuses as too large (413) goes again in parts; an append too large alone is refused alone', { timeout: 30_000 }, async () => {
+  const url = `${worker.baseUrl}/v1/stream/split-${randomUUID()}`;
+  const { fn, posts } = notingFetch();
+  const ds = await DurableStream.create({ url, contentType: 'application/json', fetch: fn });
+  const first = ds.append({ i: 0 });
+  await new Promise((r) => setTimeout(r, 10)); // the first is out
+  // 40 messages of about 100 bytes (4 KB together, each under the limit), one of 2 KB among them.
+  const message = (i) => ({ i, pad: 'x'.repeat(90) });
+  const calls = [];
+  for (let i = 1; i <= 40; i++) calls.push(ds.append(message(i)));
+  const large = { pad: 'y'.repeat(2 * LIMIT) };
+  const tooLarge = ds.append(large);
+  for (let i = 41; i <= 80; i++) calls.push(ds.append(message(i)));
+  await assert.rejects(tooLarge, (e) => e.status === 413 && e.code === 'PAYLOAD_TOO_LARGE');
+  const results = [await first, ...(await Promise.all(calls))];
+  assert.deepEqual(await read(url, true), [{ i: 0 }, ...Array.from({ length: 80 }, (_, i) => message(i + 1))]);
+  // Each append resolves to its own request's result: offsets never go back, and the last is the tail.
+  for (let i = 1; i < results.length; i++) assert.ok(results[i].offset >= results[i - 1].offset, `offset ${i} went back`);
+  assert.equal(results.at(-1).offset, (await ds.head()).offset);
+  // Every request that landed fits the limit; the ones refused were batches, or the large one alone.
+  assert.ok(posts.every((p) => p.status !== 200 && p.status !== 204 || p.size <= LIMIT), JSON.stringify(posts));
+  const alone = posts.filter((p) => p.text === JSON.stringify([large]));
+  assert.deepEqual(alone.map((p) => p.status), [413], 'the large append is sent alone once, and refused');
+});
+
+test('concatenated bytes refused as too large (413) go again in parts, in call order', { timeout: 30_000 }, async () => {
+  const url = `${worker.baseUrl}/v1/stream/split-${randomUUID()}`;
+  const { fn, posts } = notingFetch();
+  const ds = await DurableStream.create({ url, contentType: 'text/plain', fetch: fn });
+  const first = ds.append('start;');
+  await new Promise((r) => setTimeout(r, 10));
+  const chunk = (i) => `${i}:${'z'.repeat(300)};`;
+  const calls = Array.from({ length: 12 }, (_, i) => ds.append(i % 2 ? chunk(i) : new TextEncoder().encode(chunk(i))));
+  await Promise.all([first, ...calls]);
+  assert.equal(await read(url, false), 'start;' + Array.from({ length: 12 }, (_, i) => chunk(i)).join(''));
+  assert.ok(posts.some((p) => p.status === 413), 'the whole batch was tried first');
+  assert.ok(posts.filter((p) => p.status !== 413).length < 13, 'the parts are batches, not one append each');
+});
+
+test('an append aborted while its batch is out is not sent again when the batch is refused as too large', { timeout: 30_000 }, async () => {
+  const url = `${worker.baseUrl}/v1/stream/split-${randomUUID()}`;
+  const bodies = [];
+  let release;
+  const held = new Promise((r) => (release = r));
+  const fn = async (input, init) => {
+    const req = new Request(input, init);
+    if (req.method !== 'POST') return fetch(req);
+    const body = await req.text();
+    bodies.push(body);
+    // The first is held so that the rest wait behind it; the second (their batch) until told.
+    await (bodies.length === 1 ? new Promise((r) => setTimeout(r, 50)) : bodies.length === 2 ? held : undefined);
+    return fetch(req.url, { method: 'POST', headers: req.headers, body });
+  };
+  const ds = await DurableStream.create({ url, contentType: 'application/json', fetch: fn });
+  const first = ds.append({ s: 'first' });
+  await new Promise((r) => setTimeout(r, 10));
+  const ac = new AbortController();
+  // Five of about 260 bytes: over the limit together, each under it alone, two to a request
+  // once it has been refused.
+  const values = ['a', 'b', 'c', 'd', 'e'].map((k) => ({ s: k + 'p'.repeat(250) }));
+  const [a, b, ...rest] = values.map((v, i) => ds.append(v, i === 1 ? { signal: ac.signal } : {}));
+  await first;
+  while (bodies.length < 2) await new Promise((r) => setTimeout(r, 5));
+  assert.equal(JSON.parse(bodies[1]).length, 5, 'the five went together');
+  ac.abort(new Error('no longer wanted'));
+  await assert.rejects(b, (e) => e.code === 'ABORTED');
+  release();
+  await Promise.all([a, ...rest]);
+  assert.deepEqual(await read(url, true), [{ s: 'first' }, values[0], ...values.slice(2)]);
+  assert.ok(bodies.slice(2).every((body) => !body.includes(values[1].s)), 'the aborted append was sent again');
+});
+
+test('a refused batch of 200,000 appends goes again whole, past the most arguments a call takes', { timeout: 120_000 }, async () => {
+  // A server in the test's own fetch, refusing bodies over the limit as the Worker does: over
+  // the network, a socket left idle while the test's event loop is busy with 200,000 appends can
+  // be closed under the client by the server's keep-alive timeout.
+  const stored = [];
+  const fn = async (input, init) => {
+    const body = await new Request(input, init).text();
+    if (body.length > LIMIT) return new Response(`body is larger than ${LIMIT} bytes`, { status: 413 });
+    stored.push(...JSON.parse(body));
+    return new Response(null, { status: 204, headers: { 'Stream-Next-Offset': String(stored.length).padStart(16, '0') } });
+  };
+  const ds = new DurableStream({ url: 'http://127.0.0.1:9/v1/stream/x', contentType: 'application/json', fetch: fn });
+  const count = 200_000;
+  const first = ds.append(-1);
+  const calls = Array.from({ length: count }, (_, i) => ds.append(i % 10));
+  const results = await Promise.all([first, ...calls]);
+  assert.equal(stored.length, count + 1);
+  assert.ok(stored.every((v, i) => v === (i ? (i - 1) % 10 : -1)), 'out of order');
+  assert.equal(results.at(-1).offset, String(count + 1).padStart(16, '0'));
 });
