@@ -68,8 +68,10 @@ describe('linking a pattern over more streams than one invocation links', () => 
   test('the PUT answers after its budget, GET shows progress, the alarm links the rest, and every append is delivered once', { timeout: 90_000 }, async () => {
     const p = `linking-${uid()}`;
     const existing = Array.from({ length: 25 }, (_, i) => `${p}/s${String(i).padStart(2, '0')}`);
-    // Sorts between s12 and s13: its page fails once, so linking waits there for a retry.
-    const flaky = `${p}/s12-${MARKER}`;
+    // Sorts after s24, on the last page of the existing streams: that page fails once, so
+    // linking waits there for a retry. Last, so the alarm, which links on at once after the
+    // PUT, cannot reach it before the repeated PUT below (6 of its invocations away).
+    const flaky = `${p}/s99-${MARKER}`;
     // Created while linking waits: one on a page read already, one on a page still to come.
     const early = `${p}/a-born`;
     const late = `${p}/z-born`;
