@@ -209,38 +209,22 @@ impl BodyWriter {
         let Ok(closed) = self.writer.closed() else {
             return gone();
         };
-        then_call(&closed, None, Some(once(gone)));
+        // Handed over as a plain JS function: freed once the promise is collected. (A
+        // `forget`-ed `Closure` would keep its slot in wasm-bindgen's table, and with it the
+        // function and everything the callback holds, for the life of the isolate; so would
+        // `Closure::once_into_js` until it is called, which it never is when the body ends
+        // normally or the request is cancelled: two closures and ~500 bytes per response.)
+        let mut gone = Some(gone);
+        let on_rejected = Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
+            if let Some(gone) = gone.take() {
+                gone();
+            }
+        })
+        .into_js_value();
+        IGNORE.with(|ignore| {
+            let _ = closed
+                .unchecked_ref::<Thenable>()
+                .then_functions(ignore.as_ref().unchecked_ref(), on_rejected.unchecked_ref());
+        });
     }
-}
-
-/// Calls `f` once `promise` resolves.
-pub fn on_settled(promise: &Promise, f: impl FnOnce() + 'static) {
-    then_call(promise, Some(once(f)), None);
-}
-
-/// `f` as a JS function that calls it once. Handed over as a plain JS function: freed once the
-/// promise holding it is collected. (A `forget`-ed `Closure` would keep its slot in
-/// wasm-bindgen's table, and with it the function and everything the callback holds, for the
-/// life of the isolate; so would `Closure::once_into_js` until it is called, which it never is
-/// when the body ends normally or the request is cancelled: two closures and ~500 bytes per
-/// response.)
-fn once(f: impl FnOnce() + 'static) -> JsValue {
-    let mut f = Some(f);
-    Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
-        if let Some(f) = f.take() {
-            f();
-        }
-    })
-    .into_js_value()
-}
-
-/// `promise.then(resolved, rejected)`, either one ignored when `None`.
-fn then_call(promise: &Promise, resolved: Option<JsValue>, rejected: Option<JsValue>) {
-    IGNORE.with(|ignore| {
-        let ignore: &JsValue = ignore.as_ref();
-        let _ = promise.unchecked_ref::<Thenable>().then_functions(
-            resolved.as_ref().unwrap_or(ignore).unchecked_ref(),
-            rejected.as_ref().unwrap_or(ignore).unchecked_ref(),
-        );
-    });
 }

@@ -25,9 +25,9 @@ use crate::config::Config;
 use crate::frame::{self, Frame};
 use crate::http::{self, header, now_ms, random_u32};
 use crate::path::StreamName;
-use crate::pipe::{self, body_pipe, BodyWriter};
+use crate::pipe::{body_pipe, BodyWriter};
 use crate::reply::{self, ReadReply, X_AT_TAIL, X_CONTENT_TYPE, X_INSTANCE};
-use crate::socket::{Socket, SocketEvent};
+use crate::socket::{self, Socket, SocketEvent};
 use crate::wsproto;
 
 /// How the object answered a subscription.
@@ -209,33 +209,6 @@ pub(super) fn ms_left(read_until: i64) -> i64 {
     read_until.saturating_mul(1000).saturating_sub(now_ms())
 }
 
-/// A promise that resolves once the runtime says the client went away: the request's `signal`
-/// aborts (workerd's `enable_request_signal` compatibility flag, set in wrangler.toml). Its
-/// `resolve` is the abort listener itself, so no Rust closure is kept for it.
-fn hang_up_promise(signal: &web_sys::AbortSignal) -> js_sys::Promise {
-    if signal.aborted() {
-        return js_sys::Promise::resolve(&wasm_bindgen::JsValue::UNDEFINED);
-    }
-    js_sys::Promise::new(&mut |resolve, _| {
-        let _ = signal.add_event_listener_with_callback("abort", &resolve);
-    })
-}
-
-/// Resolves once the client went away ([`hang_up_promise`]); never without a signal.
-pub(super) fn hung_up(
-    signal: Option<web_sys::AbortSignal>,
-) -> impl std::future::Future<Output = ()> {
-    let promise = signal.as_ref().map(hang_up_promise);
-    async move {
-        match promise {
-            Some(promise) => {
-                let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
-            }
-            None => std::future::pending().await,
-        }
-    }
-}
-
 /// `live=long-poll`: data at once if there is any, else wait for the next append or time out.
 pub async fn long_poll(
     stub: &Stub,
@@ -244,7 +217,7 @@ pub async fn long_poll(
     asked: Asked<'_>,
     config: &Config,
     read_until: Option<i64>,
-    signal: Option<web_sys::AbortSignal>,
+    signal: &web_sys::AbortSignal,
 ) -> Result<Response> {
     let cursor = cursor::next_cursor(now_ms(), asked.cursor, random_u32());
     let extra: Vec<(&str, &str)> = asked
@@ -256,19 +229,18 @@ pub async fn long_poll(
         Subscription::Page(resp) => return with_cursor(resp, &cursor),
         Subscription::Live(live) => live,
     };
-    let timeout = Delay::from(Duration::from_millis(until_expiry(
+    // Nothing is written to a waiting long-poll, so only the runtime can tell that its client
+    // left: the internal socket then closes at once, which frees the reader's place under
+    // MAX_LIVE_READERS rather than holding it until the next append or the timeout.
+    live.socket.close_on_abort(signal);
+    let mut timeout = Delay::from(Duration::from_millis(until_expiry(
         staggered(config.long_poll_timeout_ms),
         read_until,
     )));
-    // Nothing is written to a waiting long-poll, so only the runtime can tell that its client
-    // left: then the internal socket is closed (dropped) at once, which frees the reader's
-    // place under MAX_LIVE_READERS rather than holding it until the next append or timeout.
-    let mut stop = select(timeout, Box::pin(hung_up(signal)));
     let json_stream = ContentType::parse_stored(&live.content_type).is_ok_and(|c| c.is_json());
     loop {
-        let event = match select(Box::pin(live.socket.next()), &mut stop).await {
+        let event = match select(Box::pin(live.socket.next()), &mut timeout).await {
             Either::Left((event, _)) => event,
-            // Timed out, or the client left (nobody reads this answer then).
             Either::Right(_) => {
                 let resp =
                     reply::no_content(live.start, live.closed, Some(&cursor), &live.instance);
@@ -313,7 +285,8 @@ pub async fn long_poll(
                 None => return http::unavailable("bad frame from the stream object"),
             },
             SocketEvent::Text(_) | SocketEvent::Overflow => continue,
-            // The object went away (restart, eviction): nothing new arrived, the client polls again.
+            // The object went away (restart, eviction): nothing new arrived, the client polls
+            // again. Or the client went away (`close_on_abort`), and nobody reads this.
             SocketEvent::Closed => {
                 let resp = reply::no_content(live.start, false, Some(&cursor), &live.instance);
                 return mark_channel(resp, live.channel);
@@ -358,7 +331,7 @@ pub async fn sse(
     client_cursor: Option<String>,
     config: &Config,
     read_until: Option<i64>,
-    signal: Option<web_sys::AbortSignal>,
+    signal: web_sys::AbortSignal,
 ) -> Result<Response> {
     // The first answer decides the status: a missing stream is a 404, not an empty event stream.
     let first = subscribe(&stub, &name, from, LiveMode::Sse, &[]).await?;
@@ -420,8 +393,8 @@ struct SseSource {
     deadline_ms: i64,
     /// See [`crate::config::Config::sse_heartbeat_ms`].
     heartbeat_ms: u64,
-    /// The request's, which aborts when the client goes away ([`hang_up_promise`]).
-    signal: Option<web_sys::AbortSignal>,
+    /// The request's, which aborts when the client goes away ([`socket::close_on_abort`]).
+    signal: web_sys::AbortSignal,
 }
 
 impl SseSource {
@@ -623,6 +596,10 @@ impl SseFollower {
             let listener = Closure::wrap(f).into_js_value();
             let _ = ws.add_event_listener_with_callback(name, listener.unchecked_ref());
         };
+        // A client that leaves between messages would otherwise be noticed only at the next
+        // write (a heartbeat at the latest), and hold its place under MAX_LIVE_READERS until
+        // then. The socket's close ends the follower.
+        socket::close_on_abort(&ws, &follower.borrow().source.signal);
         let f = follower.clone();
         listen(
             "message",
@@ -651,14 +628,6 @@ impl SseFollower {
         this.arm();
         if let Some(body) = &this.body {
             body.on_gone(move || SseFollower::finish_weak(&f));
-        }
-        // A client that leaves between messages is otherwise noticed only at the next write
-        // (a heartbeat at the latest), and holds its place under MAX_LIVE_READERS until then.
-        if let Some(signal) = &this.source.signal {
-            let f = Rc::downgrade(&follower);
-            pipe::on_settled(&hang_up_promise(signal), move || {
-                SseFollower::finish_weak(&f)
-            });
         }
     }
 

@@ -308,11 +308,11 @@ async fn get(
                 cursor: cursor.as_deref(),
                 if_none_match: if_none_match.as_deref(),
             };
-            let signal = Some(req.inner().signal());
-            live::long_poll(&stub, name, from, asked, config, read_until, signal).await
+            let signal = req.inner().signal();
+            live::long_poll(&stub, name, from, asked, config, read_until, &signal).await
         }
         LiveMode::Sse => {
-            let signal = Some(req.inner().signal());
+            let signal = req.inner().signal();
             live::sse(stub, name.clone(), from, cursor, config, read_until, signal).await
         }
         LiveMode::WebSocket => {
