@@ -208,6 +208,46 @@ describe('a reader whose client hangs up', () => {
   }, 30_000);
 });
 
+describe('SSE readers at exactly the limit', () => {
+  // Each response ends after about a second, and its reader comes back at once: the edge closes
+  // the old internal socket when it ends the response, so the object has let go of it by the
+  // time the reconnect arrives, and the reconnect is never refused.
+  let brief: Awaited<ReturnType<typeof startServer>>;
+  beforeAll(async () => {
+    brief = await startServer({
+      vars: { MAX_LIVE_READERS: String(LIMIT), SSE_CONNECTION_MS: '1000', SSE_HEARTBEAT_MS: '60000' },
+    });
+  });
+  afterAll(async () => {
+    await brief?.stop();
+  });
+
+  test('reconnecting at SSE_CONNECTION_MS are let in again, not refused while their old socket closes', async () => {
+    const s = `${brief.baseUrl}/v1/stream/live-readers/reconnect-${Date.now().toString(36)}`;
+    await fetch(s, { method: 'PUT', headers: text });
+    const until = Date.now() + 6_000;
+    const refusals: number[] = [];
+    let connections = 0;
+    const reader = async () => {
+      while (Date.now() < until) {
+        const res = await fetch(`${s}?offset=now&live=sse`);
+        if (res.status !== 200) {
+          refusals.push(res.status);
+          await res.text();
+          await sleep(1_000);
+          continue;
+        }
+        connections++;
+        const body = res.body!.getReader();
+        while (!(await body.read()).done);
+      }
+    };
+    await Promise.all(Array.from({ length: LIMIT }, reader));
+    expect(refusals).toEqual([]);
+    expect(connections).toBeGreaterThanOrEqual(LIMIT * 4);
+  }, 30_000);
+});
+
 test('the count holds after the object is evicted with its sockets open', async () => {
   const s = url('evicted');
   await fetch(s, { method: 'PUT', headers: text });

@@ -762,7 +762,9 @@ impl SseFollower {
         });
     }
 
-    /// Ends the response and closes the internal socket, once.
+    /// Ends the response and closes the internal socket, once. The socket's close frame goes
+    /// out in the same turn as the body's end, so it reaches the object well before the reader
+    /// can have come back: a reader reconnecting at a full stream finds its place free.
     fn finish(follower: &SharedFollower) {
         let Ok(mut this) = follower.try_borrow_mut() else {
             return;
