@@ -1,8 +1,12 @@
 // Compares the workerd CPU per request of two or more builds of the Worker, precisely enough to
 // see a change of 10–20 µs on a noisy machine. Not part of `npm run bench`.
 //
-//   node bench/ab.mjs --builds OLD_BUILD,NEW_BUILD[,…] [--kind append|producer|head]
-//                     [--rounds 4] [--batches 4] [--count 800]
+//   node bench/ab.mjs --builds OLD_BUILD,NEW_BUILD[,…] [--kind append|producer|head|long-poll]
+//                     [--configs OLD_TOML,NEW_TOML[,…]] [--rounds 4] [--batches 4] [--count 800]
+//
+// `long-poll`: each request is a long-poll parked at the tail and the append that answers it.
+// `--configs` gives each build its own wrangler.toml (a change of compatibility flags, say);
+// by default every build runs with this checkout's.
 //
 // Each build is a copy of a `worker/build` directory (keep one of the old build before
 // rebuilding). Give the first build twice (`--builds old,old,new`) for an A/A control: the
@@ -31,7 +35,11 @@ const rounds = Number(option(argv, 'rounds', 4));
 const batches = Number(option(argv, 'batches', 4));
 const count = Number(option(argv, 'count', 800));
 if (builds.length < 2) throw new Error('--builds OLD,NEW: at least two build directories');
-if (!['append', 'producer', 'head'].includes(kind)) throw new Error(`--kind ${kind}: expected append, producer or head`);
+if (!['append', 'producer', 'head', 'long-poll'].includes(kind)) {
+  throw new Error(`--kind ${kind}: expected append, producer, head or long-poll`);
+}
+const configs = (option(argv, 'configs') ?? '').split(',').filter(Boolean).map((c) => path.resolve(c));
+if (configs.length > 0 && configs.length !== builds.length) throw new Error('--configs: one wrangler.toml per build');
 
 /** One measured request; anything but a success would measure something else. */
 async function measured(s, method, body, extra) {
@@ -42,17 +50,46 @@ async function measured(s, method, body, extra) {
 const message = (i) => JSON.stringify({ i, pad: 'x'.repeat(80) });
 function one(s, i) {
   if (kind === 'head') return measured(s, 'HEAD');
+  if (kind === 'long-poll') return parkedPoll(s, i);
   if (kind === 'producer') {
     return measured(s, 'POST', message(i), { 'producer-id': 'ab', 'producer-epoch': '0', 'producer-seq': String(s.seq++) });
   }
   return measured(s, 'POST', message(i));
 }
 
+/**
+ * A long-poll at the tail (on its own connection), given time to park, then the append that
+ * answers it. It names the tail the previous append reported, so one that parks late still
+ * gets that append, at once.
+ */
+async function parkedPoll(s, i) {
+  const poll = request(s.pollAgent, 'GET', `${s.url}?offset=${s.tail ?? 'now'}&live=long-poll`);
+  await new Promise((r) => setTimeout(r, 5));
+  const append = await request(s.agent, 'POST', s.url, message(i));
+  if (append.status >= 300) throw new Error(`POST ${s.url}: ${append.status}`);
+  s.tail = append.headers['stream-next-offset'];
+  const { status } = await poll;
+  if (status !== 200) throw new Error(`long-poll: ${status}, not answered by the append`);
+}
+
+/** `send`, resolving to the status and headers. */
+function request(agent, method, url, body) {
+  return new Promise((resolve, reject) => {
+    const headers = body === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) };
+    const req = http.request(url, { method, agent, headers }, (res) => {
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
 const median = (a) => {
   const s = [...a].sort((x, y) => x - y);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
-const dirs = builds.map((build) => servedCopy(build, 'ab'));
+const dirs = builds.map((build, b) => servedCopy(build, 'ab', configs[b]));
 const perBatch = builds.map(() => []);
 try {
   for (let r = 0; r < rounds; r++) {
@@ -61,7 +98,8 @@ try {
       for (let k = 0; k < builds.length; k++) {
         const b = (k + r) % builds.length;
         const server = await startServer({ config: path.join(dirs[b], 'wrangler.toml') });
-        servers[b] = { server, pid: await server.workerPid(), agent: new http.Agent({ keepAlive: true, maxSockets: 1 }), seq: 0 };
+        const agent = () => new http.Agent({ keepAlive: true, maxSockets: 1 });
+        servers[b] = { server, pid: await server.workerPid(), agent: agent(), pollAgent: agent(), seq: 0 };
         servers[b].url = `${await server.workerUrl()}/v1/stream/ab-${Date.now().toString(36)}-${b}`;
         await send(servers[b].agent, 'PUT', servers[b].url, '[]');
       }
@@ -79,6 +117,7 @@ try {
       for (const s of servers) {
         if (!s) continue;
         s.agent.destroy();
+        s.pollAgent.destroy();
         await s.server.stop();
       }
     }

@@ -97,12 +97,13 @@ export function receiptSender() {
 
 /**
  * A temporary directory holding a copy of `build` (a `worker/build` directory) and a
- * wrangler.toml that serves it, for `startServer({ config })`. The caller removes it.
+ * wrangler.toml that serves it (this checkout's, or `toml`), for `startServer({ config })`. The
+ * caller removes it.
  */
-export function servedCopy(build, label) {
+export function servedCopy(build, label, toml = path.join(root, 'wrangler.toml')) {
   const dir = mkdtempSync(path.join(tmpdir(), `edgestream-${label}-`));
   cpSync(build, path.join(dir, 'build'), { recursive: true });
-  const config = readFileSync(path.join(root, 'wrangler.toml'), 'utf8').replace(/^main = .*$/m, 'main = "build/index.js"');
+  const config = readFileSync(toml, 'utf8').replace(/^main = .*$/m, 'main = "build/index.js"');
   writeFileSync(path.join(dir, 'wrangler.toml'), config);
   return dir;
 }

@@ -3,6 +3,7 @@
 // object holds), counted together. One more is refused with 503 and Retry-After before anything
 // is held; catch-up reads are not counted; a reader that leaves frees its place, and the count
 // holds after the object is evicted from memory with its sockets open.
+import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
@@ -121,8 +122,9 @@ describe.each(['sse', 'long-poll', 'ws'] as Mode[])('%s readers', (mode) => {
       await fetch(other, { method: 'PUT', headers: text });
       const elsewhere = await open(other, mode);
       elsewhere.close();
-      // One reader leaves: its place goes to the next. (A long-poll leaves once answered: the
-      // edge cannot tell that its client hung up while it writes nothing.)
+      // One reader leaves: its place goes to the next. (Here a long-poll leaves once answered:
+      // wrangler dev's proxy does not tell the Worker that its client hung up; see "a reader
+      // whose client hangs up".)
       if (mode === 'long-poll') {
         expect((await fetch(s, { method: 'POST', headers: text, body: 'd' })).status).toBe(204);
         readers.length = 0;
@@ -149,6 +151,102 @@ test('readers of every kind count together, and an append that answers the long-
     for (const r of readers) r.close();
   }
 }, 30_000);
+
+/**
+ * A live reader of `mode` at the tail over a bare TCP connection to `base`, held once its
+ * request has reached the object (an SSE reader: once its first event came); `hangUp` resets
+ * the connection, as a client that goes away does.
+ */
+async function rawReader(base: string, stream: string, mode: 'sse' | 'long-poll') {
+  const { hostname, port, host } = new URL(base);
+  const socket: Socket = connect(Number(port), hostname);
+  await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+  let answer = '';
+  socket.on('data', (chunk) => (answer += chunk));
+  socket.on('error', () => {});
+  socket.write(`GET ${new URL(stream).pathname}?offset=now&live=${mode} HTTP/1.1\r\nHost: ${host}\r\n\r\n`);
+  const deadline = Date.now() + 5_000;
+  if (mode === 'sse') while (!answer.includes('event: control') && Date.now() < deadline) await sleep(20);
+  else await sleep(500);
+  return { answer: () => answer, hangUp: () => socket.resetAndDestroy() };
+}
+
+describe('a reader whose client hangs up', () => {
+  // A server where nothing is written to an idle reader for a minute: no long-poll timeout,
+  // and no SSE heartbeat (whose failed write would tell the edge too).
+  let quiet: Awaited<ReturnType<typeof startServer>>;
+  beforeAll(async () => {
+    quiet = await startServer({
+      vars: { MAX_LIVE_READERS: String(LIMIT), SSE_HEARTBEAT_MS: '60000', LONG_POLL_TIMEOUT_MS: '60000' },
+    });
+  });
+  afterAll(async () => {
+    await quiet?.stop();
+  });
+
+  test.each(['long-poll', 'sse'] as const)('%s: frees its place at once, not at the next write', async (mode) => {
+    // Straight to the Worker's own socket: wrangler dev's proxy in front of it does not pass a
+    // client's disconnect on, and workerd's HTTP server notices one when the connection is
+    // reset (Cloudflare's front line tells the Worker of any).
+    const direct = await quiet.workerUrl();
+    const s = `${quiet.baseUrl}/v1/stream/live-readers/hangup-${mode}-${Date.now().toString(36)}`;
+    await fetch(s, { method: 'PUT', headers: text });
+    const readers = [];
+    for (let i = 0; i < LIMIT - 1; i++) readers.push(await open(s, 'ws'));
+    try {
+      const reader = await rawReader(direct, s, mode);
+      expect(reader.answer()).toMatch(mode === 'sse' ? /^HTTP\/1.1 200/ : /^$/);
+      expectRefused(await attempt(s, 'ws'));
+      reader.hangUp();
+      // A refusal stands for a second (Retry-After: 1) before the readers are counted again.
+      const hungUp = Date.now();
+      expect(await admittedWithin(s, 'ws', 2_500)).toBe(101);
+      expect(Date.now() - hungUp).toBeLessThan(3_000);
+    } finally {
+      for (const r of readers) r.close();
+    }
+  }, 30_000);
+});
+
+describe('SSE readers at exactly the limit', () => {
+  // Each response ends after about a second, and its reader comes back at once: the edge closes
+  // the old internal socket when it ends the response, so the object has let go of it by the
+  // time the reconnect arrives, and the reconnect is never refused.
+  let brief: Awaited<ReturnType<typeof startServer>>;
+  beforeAll(async () => {
+    brief = await startServer({
+      vars: { MAX_LIVE_READERS: String(LIMIT), SSE_CONNECTION_MS: '1000', SSE_HEARTBEAT_MS: '60000' },
+    });
+  });
+  afterAll(async () => {
+    await brief?.stop();
+  });
+
+  test('reconnecting at SSE_CONNECTION_MS are let in again, not refused while their old socket closes', async () => {
+    const s = `${brief.baseUrl}/v1/stream/live-readers/reconnect-${Date.now().toString(36)}`;
+    await fetch(s, { method: 'PUT', headers: text });
+    const until = Date.now() + 6_000;
+    const refusals: number[] = [];
+    let connections = 0;
+    const reader = async () => {
+      while (Date.now() < until) {
+        const res = await fetch(`${s}?offset=now&live=sse`);
+        if (res.status !== 200) {
+          refusals.push(res.status);
+          await res.text();
+          await sleep(1_000);
+          continue;
+        }
+        connections++;
+        const body = res.body!.getReader();
+        while (!(await body.read()).done);
+      }
+    };
+    await Promise.all(Array.from({ length: LIMIT }, reader));
+    expect(refusals).toEqual([]);
+    expect(connections).toBeGreaterThanOrEqual(LIMIT * 4);
+  }, 30_000);
+});
 
 test('the count holds after the object is evicted with its sockets open', async () => {
   const s = url('evicted');

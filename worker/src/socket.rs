@@ -240,6 +240,11 @@ impl Socket {
             ws.remove_event_listener_with_callback("error", self.on_error.as_ref().unchecked_ref());
     }
 
+    /// See [`close_on_abort`].
+    pub fn close_on_abort(&self, signal: &web_sys::AbortSignal) {
+        close_on_abort(&self.ws, signal);
+    }
+
     /// A handle that sends on this socket, for a task that sends while another awaits `next()`.
     pub fn sender(&self) -> SocketSender {
         SocketSender {
@@ -247,6 +252,27 @@ impl Socket {
         }
     }
 }
+
+/// Closes `ws` (1000) when `signal` aborts: the request's signal, which workerd aborts when the
+/// client goes away (the `enable_request_signal` compatibility flag, set in wrangler.toml). The
+/// listener is the socket's own `close`, bound to its arguments: no Rust closure is made or kept
+/// for it, and closing a socket twice is harmless.
+pub fn close_on_abort(ws: &web_sys::WebSocket, signal: &web_sys::AbortSignal) {
+    if signal.aborted() {
+        let _ = ws.close_with_code_and_reason(1000, CLIENT_GONE);
+        return;
+    }
+    let Ok(close) = js_sys::Reflect::get(ws, &"close".into()) else {
+        return;
+    };
+    let Some(close) = close.dyn_ref::<js_sys::Function>() else {
+        return;
+    };
+    let bound = close.bind2(ws, &1000.into(), &CLIENT_GONE.into());
+    let _ = signal.add_event_listener_with_callback("abort", bound.unchecked_ref());
+}
+
+const CLIENT_GONE: &str = "client gone";
 
 /// Sends a copy of `bytes`. The runtime may read a message after `send` returns, so it must
 /// not be a view into wasm memory that later allocations reuse.

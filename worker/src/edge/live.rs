@@ -27,7 +27,7 @@ use crate::http::{self, header, now_ms, random_u32};
 use crate::path::StreamName;
 use crate::pipe::{body_pipe, BodyWriter};
 use crate::reply::{self, ReadReply, X_AT_TAIL, X_CONTENT_TYPE, X_INSTANCE};
-use crate::socket::{Socket, SocketEvent};
+use crate::socket::{self, Socket, SocketEvent};
 use crate::wsproto;
 
 /// How the object answered a subscription.
@@ -217,6 +217,7 @@ pub async fn long_poll(
     asked: Asked<'_>,
     config: &Config,
     read_until: Option<i64>,
+    signal: &web_sys::AbortSignal,
 ) -> Result<Response> {
     let cursor = cursor::next_cursor(now_ms(), asked.cursor, random_u32());
     let extra: Vec<(&str, &str)> = asked
@@ -228,6 +229,10 @@ pub async fn long_poll(
         Subscription::Page(resp) => return with_cursor(resp, &cursor),
         Subscription::Live(live) => live,
     };
+    // Nothing is written to a waiting long-poll, so only the runtime can tell that its client
+    // left: the internal socket then closes at once, which frees the reader's place under
+    // MAX_LIVE_READERS rather than holding it until the next append or the timeout.
+    live.socket.close_on_abort(signal);
     let mut timeout = Delay::from(Duration::from_millis(until_expiry(
         staggered(config.long_poll_timeout_ms),
         read_until,
@@ -280,7 +285,8 @@ pub async fn long_poll(
                 None => return http::unavailable("bad frame from the stream object"),
             },
             SocketEvent::Text(_) | SocketEvent::Overflow => continue,
-            // The object went away (restart, eviction): nothing new arrived, the client polls again.
+            // The object went away (restart, eviction): nothing new arrived, the client polls
+            // again. Or the client went away (`close_on_abort`), and nobody reads this.
             SocketEvent::Closed => {
                 let resp = reply::no_content(live.start, false, Some(&cursor), &live.instance);
                 return mark_channel(resp, live.channel);
@@ -325,6 +331,7 @@ pub async fn sse(
     client_cursor: Option<String>,
     config: &Config,
     read_until: Option<i64>,
+    signal: web_sys::AbortSignal,
 ) -> Result<Response> {
     // The first answer decides the status: a missing stream is a 404, not an empty event stream.
     let first = subscribe(&stub, &name, from, LiveMode::Sse, &[]).await?;
@@ -363,6 +370,7 @@ pub async fn sse(
         heartbeat_ms: config.sse_heartbeat_ms,
         deadline_ms: now_ms()
             + until_expiry(staggered(config.sse_connection_ms), read_until) as i64,
+        signal,
     });
     wasm_bindgen_futures::spawn_local(catch_up(source, state, Some(first), body));
     let resp = Response::from_body(ResponseBody::Stream(readable))?;
@@ -385,6 +393,8 @@ struct SseSource {
     deadline_ms: i64,
     /// See [`crate::config::Config::sse_heartbeat_ms`].
     heartbeat_ms: u64,
+    /// The request's, which aborts when the client goes away ([`socket::close_on_abort`]).
+    signal: web_sys::AbortSignal,
 }
 
 impl SseSource {
@@ -586,6 +596,10 @@ impl SseFollower {
             let listener = Closure::wrap(f).into_js_value();
             let _ = ws.add_event_listener_with_callback(name, listener.unchecked_ref());
         };
+        // A client that leaves between messages would otherwise be noticed only at the next
+        // write (a heartbeat at the latest), and hold its place under MAX_LIVE_READERS until
+        // then. The socket's close ends the follower.
+        socket::close_on_abort(&ws, &follower.borrow().source.signal);
         let f = follower.clone();
         listen(
             "message",
@@ -748,7 +762,9 @@ impl SseFollower {
         });
     }
 
-    /// Ends the response and closes the internal socket, once.
+    /// Ends the response and closes the internal socket, once. The socket's close frame goes
+    /// out in the same turn as the body's end, so it reaches the object well before the reader
+    /// can have come back: a reader reconnecting at a full stream finds its place free.
     fn finish(follower: &SharedFollower) {
         let Ok(mut this) = follower.try_borrow_mut() else {
             return;

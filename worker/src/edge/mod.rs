@@ -308,9 +308,13 @@ async fn get(
                 cursor: cursor.as_deref(),
                 if_none_match: if_none_match.as_deref(),
             };
-            live::long_poll(&stub, name, from, asked, config, read_until).await
+            let signal = req.inner().signal();
+            live::long_poll(&stub, name, from, asked, config, read_until, &signal).await
         }
-        LiveMode::Sse => live::sse(stub, name.clone(), from, cursor, config, read_until).await,
+        LiveMode::Sse => {
+            let signal = req.inner().signal();
+            live::sse(stub, name.clone(), from, cursor, config, read_until, signal).await
+        }
         LiveMode::WebSocket => {
             ws::websocket(&req, url, env, stub, name.clone(), from, cursor, config).await
         }
