@@ -209,4 +209,48 @@ describe('linking a pattern over more streams than one invocation links', () => 
       await hook.close();
     }
   });
+  // A stream created while linking runs is covered from its start. Its registration tells the
+  // subscription so (`created`); when that call fails, the notification the stream owes is
+  // retried from its alarm, and still says so: a subscription still linking must not take it
+  // for an existing stream's append and start the new stream's link at its tail.
+  test('a stream created while linking runs, whose registration’s notification fails once, is covered from its start', { timeout: 60_000 }, async () => {
+    const p = `born-${uid()}`;
+    // The PUT links [a, b] and [c, d]; then four pages each fail once, so linking runs on for
+    // several seconds of backoff, past the stream's retry of its notification (1 s).
+    const flaky = [1, 2, 3, 4].flatMap((i) => [`${p}/m${i}-${MARKER}`, `${p}/m${i}x`]);
+    // Sorts on the first page, read already: no page links it, only its notification.
+    const born = `${p}/b-born-${MARKER}`;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(500, json);
+      res.end('{}');
+    });
+    const id = `sub-${p}`;
+    try {
+      expect((await put(`${p}-empty`, [])).status).toBe(201);
+      const zero = await tailOf(`${p}-empty`);
+      for (const name of [`${p}/a`, `${p}/b`, `${p}/c`, `${p}/d`]) expect((await put(name, [{ name }])).status).toBe(201);
+      for (const name of flaky) {
+        if (name.includes(MARKER)) expect((await put(name, [{ name }])).status).toBe(503);
+        expect([200, 201]).toContain((await put(name, [{ name }])).status);
+      }
+      const config = { type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 1_000 };
+      expect((await put(`__ds/subscriptions/${id}`, config)).status).toBe(201);
+      const stalled = await eventually(async () => (await described(id)).linking.failures > 0);
+      expect(stalled, 'linking did not stop at a failing page').toBe(true);
+      // Its registration fails once (503), then its notification of the subscription does.
+      expect((await put(born, [{ born: true }])).status).toBe(503);
+      expect((await put(born, [{ born: true }])).status).toBe(200);
+      const bornTail = await tailOf(born);
+      expect(bornTail).not.toBe(zero);
+      // The stream's alarm retries the notification while the subscription is still linking.
+      expect(await eventually(async () => (await described(id)).streams.some((s) => s.path === born)), 'the new stream was never linked').toBe(true);
+      expect((await described(id)).linking.done, 'linking finished before the retry: the test proves nothing').toBe(false);
+      expect(await eventually(async () => (await described(id)).linking.done), 'linking never finished').toBe(true);
+      const link = (await described(id)).streams.find((s) => s.path === born);
+      expect(link).toMatchObject({ acked_offset: zero, tail_offset: bornTail, has_pending: true });
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
 });

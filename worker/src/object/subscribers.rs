@@ -6,7 +6,11 @@
 //! the stream (else 503, and the retried PUT finishes it), so a stream is never left unknown to
 //! the channels and patterns above it. Notifications are awaited before an append is
 //! acknowledged; one that fails stays owed (a `pending` row), not passed to the appender, whose
-//! data is stored, and one a crash cut off is made by the alarm.
+//! data is stored, and one a crash cut off is made by the alarm. The registration's
+//! notification tells the subscriptions it found that the stream is new (`created`); should
+//! it fail, or be left to the alarm's passes, every notification says so to them until a pass
+//! tells them all ([`Pass::created`]), so that a subscription still linking its pattern covers
+//! the stream from its start, not from the tail a retry finds.
 //!
 //! Each notification is "the tail as it is now", so a later one supersedes an earlier one, and
 //! telling a subscription a tail it has costs it nothing. So an append that tells its
@@ -126,10 +130,11 @@ pub async fn register(obj: &StreamObject, budget: &Budget) -> Result<bool> {
     store.settle(Task::Register)?;
     if ids.subs.len() <= budget.left() {
         budget.spend(ids.subs.len());
-        notify_or_owe(obj, &meta, &ids.subs, true).await?;
+        notify_or_owe(obj, &meta, &ids.subs).await?;
     } else {
-        // Too many to tell in this invocation: the alarm's passes tell them, from now.
-        store.owe_keeping(Task::Notify, now_ms())?;
+        // Too many to tell in this invocation: the alarm's passes tell them, from now, that
+        // the stream is new.
+        store.owe(Task::Notify, now_ms(), &Pass::created(ids.subs).detail())?;
     }
     channel::forward(obj).await;
     Ok(true)
@@ -223,7 +228,7 @@ pub async fn tell_untold(obj: &StreamObject, budget: &Budget) -> Result<()> {
         return Ok(());
     };
     budget.spend(subs.len());
-    if notify(obj, &meta, &subs, false).await? {
+    if notify(obj, &meta, &subs, &[]).await? {
         obj.told.learn(&meta);
         return Ok(());
     }
@@ -288,7 +293,10 @@ pub async fn appended(obj: &StreamObject, meta: &Meta) -> Result<()> {
     if !inline(obj, subs.len()) {
         return Ok(());
     }
-    if notify(obj, meta, &subs, false).await? {
+    // A registration whose notification failed still owes its subscriptions `created`: this
+    // notification, which settles it, says so too.
+    let created = owed_created(obj)?;
+    if notify(obj, meta, &subs, &created).await? {
         obj.told.learn(meta);
         settle_if_current(obj, meta)?;
         return Ok(());
@@ -296,15 +304,10 @@ pub async fn appended(obj: &StreamObject, meta: &Meta) -> Result<()> {
     owe_retry(obj).await
 }
 
-/// Notifies `subs`; should any fail, the notification is owed and the alarm retries it.
-/// `created`: the stream was just registered, and `subs` are the subscriptions that cover it.
-async fn notify_or_owe(
-    obj: &StreamObject,
-    meta: &Meta,
-    subs: &[String],
-    created: bool,
-) -> Result<()> {
-    if notify(obj, meta, subs, created).await? {
+/// The stream was just registered: tells `subs`, the subscriptions that cover it, that it is
+/// new. Should any fail, the notification is owed, `created` with it, and the alarm retries it.
+async fn notify_or_owe(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<()> {
+    if notify(obj, meta, subs, subs).await? {
         // Every linked subscription has the tail only if each was among those told.
         if obj
             .store()?
@@ -316,7 +319,23 @@ async fn notify_or_owe(
         }
         return Ok(());
     }
-    owe_retry(obj).await
+    let due = now_ms() + super::backoff_ms(0);
+    obj.store()?
+        .owe(Task::Notify, due, &Pass::created(subs.to_vec()).detail())?;
+    alarm::by(obj, due).await
+}
+
+/// The subscriptions an owed notification must still tell that the stream is new (see
+/// [`Pass::created`]).
+fn owed_created(obj: &StreamObject) -> Result<Vec<String>> {
+    Ok(obj
+        .store()?
+        .owed()?
+        .into_iter()
+        .find(|o| o.task == Task::Notify && !o.detail.is_empty())
+        .and_then(|o| serde_json::from_str::<Pass>(&o.detail).ok())
+        .map(|p| p.created)
+        .unwrap_or_default())
 }
 
 /// A notification failed: the alarm tries again after the first backoff.
@@ -349,6 +368,31 @@ struct Pass {
     /// Whether a call in this pass failed.
     #[serde(default)]
     failed: bool,
+    /// The subscriptions the stream's registration found, while they may not all have been
+    /// told that it is new (`created`): its notification to them failed, or was left to the
+    /// alarm's passes. Each notification tells them so until a pass tells every subscription
+    /// without a failure, so that one still linking its pattern covers the stream from its
+    /// start rather than from the tail a retry finds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    created: Vec<String>,
+}
+
+impl Pass {
+    /// A pass not begun that owes `subs` the registration's `created`.
+    fn created(subs: Vec<String>) -> Pass {
+        Pass {
+            created: subs,
+            ..Pass::default()
+        }
+    }
+
+    /// The owed row's detail: empty for a pass not begun that owes nothing more.
+    fn detail(&self) -> String {
+        if self.after.is_none() && self.tail.is_none() && !self.failed && self.created.is_empty() {
+            return String::new();
+        }
+        json!(self).to_string()
+    }
 }
 
 /// The owed notification, from where its pass is (`detail`): the next subscriptions, as many
@@ -371,7 +415,7 @@ pub async fn notify_owed(obj: &StreamObject, detail: &str, budget: &Budget) -> R
     let began = pass.tail.unwrap_or_else(|| meta.tail.to_string());
     let batch = batch_after(&store.subscribers()?, pass.after.as_deref(), budget.left()).to_vec();
     budget.spend(batch.len());
-    let failed = !notify(obj, &meta, &batch, false).await? || pass.failed;
+    let failed = !notify(obj, &meta, &batch, &pass.created).await? || pass.failed;
     // Removed meanwhile (which settled this) and perhaps created again (which owes its own).
     let Some(now_meta) = obj
         .meta()?
@@ -392,13 +436,15 @@ pub async fn notify_owed(obj: &StreamObject, detail: &str, budget: &Budget) -> R
             after: Some(last.clone()),
             tail: Some(began),
             failed,
+            created: pass.created,
         };
-        store.carry_on(Task::Notify, now, &json!(next).to_string())?;
+        store.carry_on(Task::Notify, now, &next.detail())?;
         return Ok(true);
     }
-    // The pass is over: the next, if any, begins at the first subscription.
+    // The pass is over: the next, if any, begins at the first subscription. One that failed
+    // still owes `created` to those the registration found; one that did not told them all.
     if failed {
-        store.carry_on(Task::Notify, now, "")?;
+        store.carry_on(Task::Notify, now, &Pass::created(pass.created).detail())?;
         return Ok(false);
     }
     match now_meta.tail.to_string() == began {
@@ -422,24 +468,31 @@ fn batch_after<'a>(subs: &'a [String], after: Option<&str>, per_call: usize) -> 
 }
 
 /// Tells each of `subs` the stream's tail; whether every one of them has it. A subscription
-/// that no longer links the stream is dropped. `created`: this is the stream's registration,
-/// so a subscription still linking its pattern's streams covers it from its start.
-async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String], created: bool) -> Result<bool> {
+/// that no longer links the stream is dropped. Those in `created` are told the stream is new
+/// (its registration found them), so one still linking its pattern's streams covers it from
+/// its start.
+async fn notify(
+    obj: &StreamObject,
+    meta: &Meta,
+    subs: &[String],
+    created: &[String],
+) -> Result<bool> {
     if subs.is_empty() {
         return Ok(true);
     }
-    let message = Notify {
-        path: meta.name().to_string(),
-        tail: meta.tail.position(),
-        created,
-    };
-    let message = &message;
+    let path = meta.name();
+    let tail = meta.tail.position();
     let env = &obj.env;
     obj.faults.notified(subs.len());
     // An injected fault stands for the first subscription being unreachable.
     let mut fault = obj.faults.check(&meta.path, Call::Notify).err();
     let calls = subs.iter().map(|id| {
         let fault = fault.take();
+        let message = Notify {
+            path: path.to_string(),
+            tail,
+            created: created.contains(id),
+        };
         async move {
             let result = match (fault, subscription_stub(env, id)) {
                 (Some(e), _) | (None, Err(e)) => Err(e),
@@ -491,7 +544,7 @@ pub async fn deregister(obj: &StreamObject, path: &str) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    use super::batch_after;
+    use super::{batch_after, Pass};
 
     fn ids(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| n.to_string()).collect()
@@ -525,5 +578,19 @@ mod tests {
         assert!(batch_after(&subs, Some("e"), 2).is_empty());
         assert_eq!(batch_after(&subs, None, 2), &ids(&["a", "a0"])[..]);
         assert!(batch_after(&[], None, 2).is_empty());
+    }
+
+    #[test]
+    fn a_pass_owing_created_keeps_it_in_its_detail_and_one_owing_nothing_has_none() {
+        assert_eq!(Pass::default().detail(), "");
+        assert_eq!(Pass::created(Vec::new()).detail(), "");
+        let owed = Pass::created(ids(&["s1", "s2"])).detail();
+        let back: Pass = serde_json::from_str(&owed).unwrap_or_default();
+        assert_eq!(back.created, ids(&["s1", "s2"]));
+        assert!(back.after.is_none() && back.tail.is_none() && !back.failed);
+        // A detail written before `created` was kept reads as owing none.
+        let old: Pass =
+            serde_json::from_str(r#"{"after":"a","tail":"t","failed":true}"#).unwrap_or_default();
+        assert!(old.created.is_empty() && old.failed);
     }
 }
