@@ -16,6 +16,11 @@ use crate::{base64, Offset, ProtocolError};
 /// GET, long-poll and SSE responses.
 pub const STREAM_CHANNEL: &str = "stream-channel";
 
+/// Response header of a channel's PUT and HEAD while the registry is still linking the streams
+/// that existed below it when it was created: how many it has linked so far. Absent once every
+/// one is linked.
+pub const STREAM_CHANNEL_LINKING: &str = "stream-channel-linking";
+
 /// `Stream-Channel`: absent or `false` for a plain stream, `true` for a channel (ASCII case and
 /// surrounding whitespace ignored). Anything else is refused rather than guessed.
 pub fn parse_header(value: Option<&str>) -> Result<bool, ProtocolError> {

@@ -78,7 +78,7 @@ stream-channel";
 pub const CORS_EXPOSE_HEADERS: &str = "stream-next-offset, stream-up-to-date, stream-closed, \
 stream-cursor, stream-ttl, stream-expires-at, stream-sse-data-encoding, producer-epoch, \
 producer-seq, producer-expected-seq, producer-received-seq, etag, location, content-type, \
-retry-after, stream-lease-expires-at, stream-channel, stream-incarnation";
+retry-after, stream-lease-expires-at, stream-channel, stream-channel-linking, stream-incarnation";
 
 /// The largest integer the protocol allows in producer headers (JavaScript's safe integers).
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;

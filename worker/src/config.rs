@@ -60,9 +60,10 @@ pub struct Config {
     /// each is a call between objects, which Cloudflare counts against a per-request limit, so a larger
     /// tree is linked over several calls.
     pub links_per_call: u64,
-    /// How many pages of a new subscription's pattern (`links_per_call` streams each, one
-    /// call to the registry per page) one invocation of the subscription links: its PUT, then
-    /// each alarm, each going on from where the last stopped. So linking any number of
+    /// How many pages of a new subscription's pattern, or of the streams below a new channel
+    /// (`links_per_call` streams each, one call to the registry per page), one invocation of
+    /// the subscription or channel links: its PUT, then each alarm, each going on from where
+    /// the last stopped. So linking any number of
     /// streams stays within Cloudflare's per-invocation subrequest limit.
     pub link_pages_per_invocation: u64,
     /// How long an idempotent producer's state is kept after its last append: past it, the

@@ -286,6 +286,16 @@ pub fn mark(resp: &Response, meta: &Meta) -> Result<()> {
     Ok(())
 }
 
+/// Marks a channel's PUT or HEAD answer with how far linking the streams that existed below it
+/// has got (`Stream-Channel-Linking`), while it is still under way.
+pub fn mark_linking(obj: &StreamObject, resp: &Response, meta: &Meta) -> Result<()> {
+    if let Some(linked) = super::subscribers::linking(obj, meta)? {
+        resp.headers()
+            .set(ch::STREAM_CHANNEL_LINKING, &linked.to_string())?;
+    }
+    Ok(())
+}
+
 /// A new stream: links the channels the registry found above it, from its start, each owed
 /// the stream's `created` event (in the caller's turn, with the alarm that delivers to them).
 /// [`forward`] then delivers. `after`, for a stream whose initial body was too large for a

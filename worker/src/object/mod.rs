@@ -735,7 +735,9 @@ impl StreamObject {
             return http::unavailable(UNREGISTERED);
         }
         alarm::stand_down(self);
-        described(201, &meta)
+        let resp = described(201, &meta)?;
+        channel::mark_linking(self, &resp, &meta)?;
+        Ok(resp)
     }
 
     /// PUT on a stream that exists: 200 when the configuration matches (once the stream is
@@ -754,13 +756,21 @@ impl StreamObject {
                 None => None,
             },
         };
-        match request.compare(&config) {
-            CreateOutcome::Conflict => http::error(&ProtocolError::ConfigMismatch),
-            CreateOutcome::Matches if !subscribers::registered(self).await? => {
-                http::unavailable(UNREGISTERED)
-            }
-            CreateOutcome::Matches => described(200, meta),
+        if request.compare(&config) == CreateOutcome::Conflict {
+            return http::error(&ProtocolError::ConfigMismatch);
         }
+        // A channel still linking the streams below it goes on with its next pages here, as
+        // its alarm would; not after finishing its registration, which linked as many.
+        if subscribers::owes_registration(self)? {
+            if !subscribers::registered(self).await? {
+                return http::unavailable(UNREGISTERED);
+            }
+        } else if subscribers::linking(self, meta)?.is_some() {
+            subscribers::link_more(self).await?;
+        }
+        let resp = described(200, meta)?;
+        channel::mark_linking(self, &resp, meta)?;
+        Ok(resp)
     }
 
     /// Whether this is a channel, which clients do not append to.
@@ -791,6 +801,7 @@ impl StreamObject {
             Lookup::Missing => return http::error(&ProtocolError::NotFound),
         };
         let resp = described(200, &meta)?;
+        channel::mark_linking(self, &resp, &meta)?;
         let headers = resp.headers();
         headers.set(h::CACHE_CONTROL, "no-store")?;
         set_expiry(headers, meta.expiry)?;

@@ -53,6 +53,7 @@ pub async fn run(obj: &StreamObject, due_only: bool, hops: u32) -> Result<Vec<Ta
             Task::Register => subscribers::register(obj, &budget).await,
             Task::Notify => subscribers::notify_owed(obj, &owed.detail, &budget).await,
             Task::Release => fork::give_back(obj, hops).await,
+            Task::LinkBelow => subscribers::link_below(obj).await,
         };
         let done = done.unwrap_or_else(|e| {
             let meta = obj.meta().ok().flatten();
@@ -70,13 +71,15 @@ pub async fn run(obj: &StreamObject, due_only: bool, hops: u32) -> Result<Vec<Ta
     let left = obj.store()?.owed()?;
     let shortly = now_ms() + 200;
     // Not sooner than shortly: a task left in place (its stream changed while it ran) is run
-    // again then, not in a loop. But a notification pass under way goes on at once: each
-    // invocation moves it on by a batch.
+    // again then, not in a loop. But a notification pass under way, and a channel's linking,
+    // go on at once: each invocation moves them on by a batch of calls.
     let soonest = left
         .iter()
-        .map(|o| match o.task == Task::Notify && !o.detail.is_empty() {
-            true => o.due_ms,
-            false => o.due_ms.max(shortly),
+        .map(|o| {
+            match (o.task == Task::Notify && !o.detail.is_empty()) || o.task == Task::LinkBelow {
+                true => o.due_ms,
+                false => o.due_ms.max(shortly),
+            }
         })
         .min();
     if let Some(due) = soonest {

@@ -1362,22 +1362,28 @@ pub enum Task {
     Notify,
     /// Give back the references this object's forks took on their sources.
     Release,
+    /// A channel whose registration linked `LINK_PAGES_PER_INVOCATION` pages of the streams
+    /// below it and left the rest: call the registry for the next pages.
+    LinkBelow,
 }
 
 impl Task {
     /// In the order they must run: a removed incarnation leaves the registry, and its channels
     /// hear it was deleted, before a new one joins.
-    pub const ALL: [Task; 5] = [
+    /// `LinkBelow` is owed only once `Register` is settled (in the same turn), and last, so
+    /// its pages, however many are left, never hold up the others.
+    pub const ALL: [Task; 6] = [
         Task::Deregister,
         Task::ChannelsDeleted,
         Task::Register,
         Task::Notify,
         Task::Release,
+        Task::LinkBelow,
     ];
 
     /// Whether it runs even when a task before it failed: it does not depend on them.
     pub fn independent(self) -> bool {
-        self == Task::Release
+        matches!(self, Task::Release | Task::LinkBelow)
     }
 
     fn key(self) -> &'static str {
@@ -1387,6 +1393,7 @@ impl Task {
             Task::Register => "register",
             Task::Notify => "notify",
             Task::Release => "release",
+            Task::LinkBelow => "link-below",
         }
     }
 }
@@ -1399,8 +1406,9 @@ pub struct Owed {
     pub due_ms: i64,
     /// What the task needs that the stream's rows may no longer hold: for `Deregister`, the
     /// removed stream's name; for `ChannelsDeleted`, the notices still to give, for `Release`,
-    /// the references still to give back, as JSON, and for `Notify`, where a pass over many
-    /// subscriptions is (`subscribers.rs`), as JSON, or empty for a pass not yet begun.
+    /// the references still to give back, as JSON, for `Notify`, where a pass over many
+    /// subscriptions is (`subscribers.rs`), as JSON, or empty for a pass not yet begun, and
+    /// for `LinkBelow`, how many streams below the channel are linked so far.
     pub detail: String,
 }
 

@@ -64,6 +64,7 @@ pub fn owe_deregistration(obj: &StreamObject, meta: &Meta) -> Result<()> {
     let store = obj.store()?;
     store.settle(Task::Register)?;
     store.settle(Task::Notify)?;
+    store.settle(Task::LinkBelow)?;
     let now = now_ms();
     store.owe(Task::Deregister, now, meta.name())?;
     obj.alarm.set(now + super::SAFETY_MS);
@@ -73,12 +74,24 @@ pub fn owe_deregistration(obj: &StreamObject, meta: &Meta) -> Result<()> {
 /// Whether the stream is registered, finishing what is owed first if its registration is (a
 /// create, or a PUT that finds a create answered 503).
 pub async fn registered(obj: &StreamObject) -> Result<bool> {
-    let owes = obj
+    Ok(!owes_registration(obj)? || !owed::run(obj, false, 0).await?.contains(&Task::Register))
+}
+
+/// Whether the stream's registration is still owed.
+pub fn owes_registration(obj: &StreamObject) -> Result<bool> {
+    Ok(obj
         .store()?
         .owed()?
         .iter()
-        .any(|o| o.task == Task::Register);
-    Ok(!owes || !owed::run(obj, false, 0).await?.contains(&Task::Register))
+        .any(|o| o.task == Task::Register))
+}
+
+/// A PUT of a channel still linking the streams below it: what is owed runs now, its linking
+/// `LINK_PAGES_PER_INVOCATION` pages on from where it stands (one run at a time: the alarm's
+/// run, if under way, finishes first, and this one goes on from there). A failure stays owed,
+/// retried by the alarm; the channel itself exists, so the PUT is answered all the same.
+pub async fn link_more(obj: &StreamObject) -> Result<()> {
+    owed::run(obj, false, 0).await.map(drop)
 }
 
 /// Learns which subscriptions and channels cover the stream and links them, settling the task
@@ -102,20 +115,10 @@ pub async fn register(obj: &StreamObject, budget: &Budget) -> Result<bool> {
         channel: meta.channel.then(|| meta.instance.clone()),
     };
     // A channel over many streams is linked to them over several calls, each of them a
-    // request of the registry's own, so no one request makes too many calls between objects.
-    let ids = loop {
-        let (status, reply) =
-            call::<_, SubscriptionIds>(&registry_stub(&obj.env)?, "stream-created", &created)
-                .await?;
-        obj.faults.check(&meta.path, Call::RegistryAnswerLost)?;
-        let Some(ids) = reply.filter(|_| status == 200) else {
-            worker::console_warn!("stream {}: registry answered {status}", meta.path);
-            return Ok(false);
-        };
-        obj.faults.registry_read(ids.rows_read, ids.rows_written);
-        if !ids.more {
-            break ids;
-        }
+    // request of the registry's own, so no one request makes too many calls between objects;
+    // and at most `LINK_PAGES_PER_INVOCATION` of them here, the rest owed ([`link_below`]).
+    let Some(ids) = created_pages(obj, &meta.path, &created).await? else {
+        return Ok(false);
     };
     // Removed, or created again, while the registry answered: that incarnation's own tasks
     // are in the table instead.
@@ -128,6 +131,11 @@ pub async fn register(obj: &StreamObject, budget: &Budget) -> Result<bool> {
     }
     channel::link(obj, &meta, &ids.channels, after)?;
     store.settle(Task::Register)?;
+    if ids.more {
+        // In the turn that settles the registration: the channel is answered 201, and its
+        // alarm (set by `owed::run` after this) links the next pages at once.
+        store.owe(Task::LinkBelow, now_ms(), &ids.linked.to_string())?;
+    }
     if ids.subs.len() <= budget.left() {
         budget.spend(ids.subs.len());
         notify_or_owe(obj, &meta, &ids.subs).await?;
@@ -138,6 +146,83 @@ pub async fn register(obj: &StreamObject, budget: &Budget) -> Result<bool> {
     }
     channel::forward(obj).await;
     Ok(true)
+}
+
+/// Calls the registry's `stream-created` for `created`: once for a plain stream; for a
+/// channel, again while it answers `more` (each call links a page of `LINKS_PER_CALL` streams
+/// below it, going on from the place the registry keeps), at most
+/// `LINK_PAGES_PER_INVOCATION` times. Its last answer, `more` if pages are left; `None` when
+/// the registry failed (the page it was on is linked again by the next call).
+async fn created_pages(
+    obj: &StreamObject,
+    path: &str,
+    created: &CreatedStream,
+) -> Result<Option<SubscriptionIds>> {
+    let pages = obj.config.link_pages_per_invocation.max(1);
+    let mut called = 0;
+    loop {
+        let (status, reply) =
+            call::<_, SubscriptionIds>(&registry_stub(&obj.env)?, "stream-created", created)
+                .await?;
+        called += 1;
+        obj.faults.check(path, Call::RegistryAnswerLost)?;
+        let Some(ids) = reply.filter(|_| status == 200) else {
+            worker::console_warn!("stream {path}: registry answered {status}");
+            return Ok(None);
+        };
+        obj.faults.registry_read(ids.rows_read, ids.rows_written);
+        if !ids.more || called >= pages {
+            return Ok(Some(ids));
+        }
+    }
+}
+
+/// A channel's owed linking of the streams below it (`Task::LinkBelow`): the next
+/// `LINK_PAGES_PER_INVOCATION` pages, from where the registry's place for this incarnation
+/// is. Settled when the registry has no more; else the count linked so far is kept in the
+/// row, due at once, so the alarm goes on with the next pages. Whether it did not fail.
+pub async fn link_below(obj: &StreamObject) -> Result<bool> {
+    let store = obj.store()?;
+    let Some(meta) = obj.meta()?.filter(|m| m.channel && !m.deleted) else {
+        store.settle(Task::LinkBelow)?;
+        return Ok(true);
+    };
+    let created = CreatedStream {
+        path: meta.name().to_string(),
+        channel: Some(meta.instance.clone()),
+    };
+    let Some(ids) = created_pages(obj, &meta.path, &created).await? else {
+        return Ok(false);
+    };
+    // Deleted, or created again, meanwhile: deleting it settled the task, and a new
+    // incarnation's registration starts its own.
+    if !obj
+        .meta()?
+        .is_some_and(|m| m.instance == meta.instance && !m.deleted)
+    {
+        return Ok(true);
+    }
+    let store = obj.store()?;
+    // Settled, and owed again if pages are left, in one turn: the next pages are due at once,
+    // and their backoff, should one fail, starts again from the first.
+    store.settle(Task::LinkBelow)?;
+    if ids.more {
+        store.owe(Task::LinkBelow, now_ms(), &ids.linked.to_string())?;
+    }
+    Ok(true)
+}
+
+/// While a channel is still linking the streams below it: how many are linked so far.
+pub fn linking(obj: &StreamObject, meta: &Meta) -> Result<Option<u64>> {
+    if !meta.channel {
+        return Ok(None);
+    }
+    Ok(obj
+        .store()?
+        .owed()?
+        .into_iter()
+        .find(|o| o.task == Task::LinkBelow)
+        .map(|o| o.detail.parse().unwrap_or(0)))
 }
 
 /// An append owes its subscriptions the new tail: called in the turn that stores it. It sets

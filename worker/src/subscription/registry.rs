@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS links (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS links_by_prefix ON links (prefix);
 CREATE TABLE IF NOT EXISTS channels (prefix TEXT PRIMARY KEY, instance TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS channel_cursor (prefix TEXT PRIMARY KEY, instance TEXT NOT NULL, after TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS channel_cursor (prefix TEXT PRIMARY KEY, instance TEXT NOT NULL, after TEXT, linked INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS keys (kid TEXT PRIMARY KEY, x TEXT NOT NULL, d TEXT NOT NULL, created_ms INTEGER NOT NULL, signs_from_ms INTEGER, retires_ms INTEGER) WITHOUT ROWID;
 ";
 
@@ -58,6 +58,12 @@ const MIGRATIONS: &[crate::schema::Migration] = &[
     crate::schema::Migration::Change {
         check: "SELECT retires_ms FROM keys LIMIT 0",
         apply: "ALTER TABLE keys ADD COLUMN retires_ms INTEGER",
+    },
+    // How many streams a channel's pages have linked so far (2026-12-06): shown on the
+    // channel's HEAD while linking goes on.
+    crate::schema::Migration::Change {
+        check: "SELECT linked FROM channel_cursor LIMIT 0",
+        apply: "ALTER TABLE channel_cursor ADD COLUMN linked INTEGER NOT NULL DEFAULT 0",
     },
 ];
 
@@ -104,6 +110,9 @@ pub struct SubscriptionIds {
     /// call links at most `LINKS_PER_CALL` of them).
     #[serde(default)]
     pub more: bool,
+    /// For a new channel: how many existing streams below it its calls have linked so far.
+    #[serde(default)]
+    pub linked: u64,
     /// How many rows the registry read to find `subs`: shown to tests (with `FAULT_MARKER`)
     /// in [`crate::fault::REGISTRY_ROWS_HEADER`].
     #[serde(default)]
@@ -125,10 +134,11 @@ pub struct ChannelRef {
 const LINK_BATCH: usize = 32;
 
 /// How far a call linking a new channel's streams got.
+/// `Done` and `More` carry how many streams this channel incarnation's calls have linked.
 enum Linking {
-    Done,
+    Done(u64),
     /// Linked as many as one call may: the channel calls again for the rest.
-    More,
+    More(u64),
     /// Some stream did not answer: the channel's creation is retried.
     Failed,
 }
@@ -389,7 +399,7 @@ impl RegistryObject {
                 )?;
                 let (subs, rows_read) = self.subscriptions_of(&p.path)?;
                 // A channel feeds no channel; a plain stream feeds every channel above it.
-                let (channels, more) = match &p.channel {
+                let (channels, more, linked) = match &p.channel {
                     Some(instance) => match self.channel_created(&p.path, instance).await? {
                         // The channel's creation stays owed: its retry links them again.
                         Linking::Failed => {
@@ -397,16 +407,17 @@ impl RegistryObject {
                                 "some streams below the channel could not be linked; retry",
                             )
                         }
-                        Linking::More => (Vec::new(), true),
-                        Linking::Done => (Vec::new(), false),
+                        Linking::More(linked) => (Vec::new(), true, linked),
+                        Linking::Done(linked) => (Vec::new(), false, linked),
                     },
-                    None => (self.channels_above(&p.path)?, false),
+                    None => (self.channels_above(&p.path)?, false, 0),
                 };
                 let rows_written = self.rows.take().map_or(0, |(rows, _)| rows.written);
                 reply(&SubscriptionIds {
                     subs,
                     channels,
                     more,
+                    linked,
                     rows_read,
                     rows_written,
                 })
@@ -552,21 +563,26 @@ impl RegistryObject {
         )?;
         // A new incarnation starts from the first stream below it.
         self.sql.exec(
-            "INSERT INTO channel_cursor (prefix, instance, after) VALUES (?1, ?2, ?1 || '/')
-             ON CONFLICT (prefix) DO UPDATE SET instance = excluded.instance, after = excluded.after
+            "INSERT INTO channel_cursor (prefix, instance, after, linked) VALUES (?1, ?2, ?1 || '/', 0)
+             ON CONFLICT (prefix) DO UPDATE SET instance = excluded.instance, after = excluded.after,
+               linked = 0
              WHERE channel_cursor.instance != excluded.instance",
             vec![s(prefix), s(instance)],
         )?;
         let cursor = self.rows(
-            "SELECT after FROM channel_cursor WHERE prefix = ?",
+            "SELECT after, linked FROM channel_cursor WHERE prefix = ?",
             vec![s(prefix)],
         )?;
+        let before = match cursor.first().and_then(|r| r.get(1)) {
+            Some(SqlStorageValue::Integer(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => 0,
+        };
         // No cursor left: every stream below it is linked.
         let Some(after) = cursor.first().and_then(|r| match r.first() {
             Some(SqlStorageValue::String(after)) => Some(after.clone()),
             _ => None,
         }) else {
-            return Ok(Linking::Done);
+            return Ok(Linking::Done(before));
         };
         let per_call = crate::config::Config::from_env(&self.env).links_per_call;
         // Every path that starts with `prefix/` sorts between `prefix/` and `prefix0`.
@@ -593,9 +609,15 @@ impl RegistryObject {
         };
         let results = self.call_streams(&below, "channel-link", &link).await;
         let mut all = true;
+        let mut linked = 0u64;
         for (path, result) in below.iter().zip(results) {
             match result {
-                Ok((200 | 404, _)) => {}
+                Ok((200, reply)) => {
+                    if reply.is_some_and(|r| r["linked"].as_bool() == Some(true)) {
+                        linked += 1;
+                    }
+                }
+                Ok((404, _)) => {}
                 Ok((status, _)) => {
                     all = false;
                     worker::console_warn!(
@@ -616,18 +638,33 @@ impl RegistryObject {
             Some(last) if paths.len() as u64 >= per_call => Some(last.clone()),
             _ => None,
         };
+        // The place and the count move together, once per page whose every stream answered:
+        // a page that failed is linked again whole (a stream keeps a link it has), and
+        // counted once, when it succeeds.
         self.sql.exec(
-            "UPDATE channel_cursor SET after = ? WHERE prefix = ? AND instance = ?",
+            "UPDATE channel_cursor SET after = ?, linked = linked + ? WHERE prefix = ? AND instance = ?",
             vec![
                 next.as_deref().map_or(SqlStorageValue::Null, s),
+                SqlStorageValue::Integer(i64::try_from(linked).unwrap_or(i64::MAX)),
                 s(prefix),
                 s(instance),
             ],
         )?;
+        let total = match self
+            .rows(
+                "SELECT linked FROM channel_cursor WHERE prefix = ? AND instance = ?",
+                vec![s(prefix), s(instance)],
+            )?
+            .first()
+            .and_then(|r| r.first())
+        {
+            Some(SqlStorageValue::Integer(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => before.saturating_add(linked),
+        };
         Ok(if next.is_some() {
-            Linking::More
+            Linking::More(total)
         } else {
-            Linking::Done
+            Linking::Done(total)
         })
     }
 
