@@ -209,4 +209,44 @@ describe('linking a pattern over more streams than one invocation links', () => 
       await hook.close();
     }
   });
+  // A subscription's explicit streams are linked in one step; when one of them cannot be asked
+  // (here the flaky stream answers its first link with 503), the step is retried. The retry
+  // used to move the links the first attempt made to their stream's tail again, so what was
+  // appended between the two was never delivered.
+  test('a retried link of explicit streams keeps the cursor of those it linked', { timeout: 60_000 }, async () => {
+    const p = `explicit-${uid()}`;
+    const good = `${p}/a`;
+    const flaky = `${p}/b-${MARKER}`;
+    // Deliveries fail until linking is done, so the append stays pending through the retry.
+    let failing = true;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(failing ? 500 : 200, json);
+      res.end(failing ? '{}' : '{"done":true}');
+    });
+    const id = `sub-${p}`;
+    try {
+      expect((await put(good, [{ name: good }])).status).toBe(201);
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(503);
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(200);
+      const config = { type: 'webhook', streams: [good, flaky], webhook: { url: hook.url }, lease_ttl_ms: 1_000 };
+      // The good stream is linked at its tail; the flaky one fails, and with it the PUT.
+      expect((await put(`__ds/subscriptions/${id}`, config)).status).toBe(503);
+      const from = await tailOf(good);
+      expect((await fetch(url(good), { method: 'POST', headers: json, body: '{"between":true}' })).status).toBe(204);
+      const to = await tailOf(good);
+      // The repeated PUT (or the alarm, whichever comes first) links the flaky stream.
+      expect([200, 201]).toContain((await put(`__ds/subscriptions/${id}`, config)).status);
+      expect(await eventually(async () => (await described(id)).linking.done), 'linking never finished').toBe(true);
+      const link = (await described(id)).streams.find((s) => s.path === good);
+      expect([link?.acked_offset, link?.tail_offset], 'the retry moved the link made before it').toEqual([from, to]);
+      failing = false;
+      const okHits = hook.hits.length;
+      const delivered = () => hook.hits.slice(okHits).flatMap((h) => (h.body?.streams ?? []).filter((s: any) => s.path === good && s.has_pending));
+      expect(await eventually(async () => delivered().length > 0, 30_000), 'the append between the attempts was not delivered').toBe(true);
+      expect(delivered().map((s: any) => [s.acked_offset, s.tail_offset])).toEqual([[from, to]]);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
 });

@@ -88,7 +88,7 @@ impl SubscriptionObject {
                 replace: true,
             };
             let matched = self.register_links(&links).await?;
-            let linked = self.link_existing(record, matched, |_| true).await?;
+            let linked = self.link_existing(record, matched).await?;
             let Some(mut current) = self.current(record)? else {
                 return Ok(true);
             };
@@ -180,22 +180,19 @@ impl SubscriptionObject {
     }
 
     /// Subscribes to existing streams and links each at its current tail (no replay). A link
-    /// that is `fresh` (made by this request before the stream was known to exist, or by an
-    /// append notified meanwhile) moves to the tail too; others keep their cursor. A stream
-    /// that cannot be asked fails the request, after every other one is linked. The registry
+    /// not yet placed (made before the stream was known to exist, perhaps moved by an append
+    /// notified meanwhile) moves to the tail too; others keep their cursor, so a retry after
+    /// a failure leaves the links it made where they were, and their appends since are
+    /// delivered. A stream that cannot be asked fails the request, after every other one is
+    /// linked. The registry
     /// asks them, `LINKS_PER_CALL` per call: each call between objects counts against a
     /// per-request limit, and each of the registry's calls is a request of its own. Answers
     /// how many were linked.
-    async fn link_existing(
-        &self,
-        record: &Record,
-        matched: Vec<Matched>,
-        fresh: impl Fn(&str) -> bool,
-    ) -> Result<u64> {
+    async fn link_existing(&self, record: &Record, matched: Vec<Matched>) -> Result<u64> {
         let per_call = crate::config::Config::from_env(&self.env).links_per_call;
-        let cursor = |l: &Link, tail: u64| match fresh(&l.path) {
-            true => l.acked.max(tail),
-            false => l.acked,
+        let cursor = |l: &Link, tail: u64| match l.placed {
+            true => l.acked,
+            false => l.acked.max(tail),
         };
         let mut failed = None;
         let mut linked = 0;
@@ -266,6 +263,7 @@ impl SubscriptionObject {
                     explicit: l.explicit || m.explicit,
                     acked: cursor(&l, tail),
                     tail: l.tail.max(tail),
+                    placed: true,
                     ..l
                 },
                 None if glob => Link {
@@ -274,6 +272,7 @@ impl SubscriptionObject {
                     explicit: m.explicit,
                     acked: tail,
                     tail,
+                    placed: true,
                 },
                 // An explicit link removed while the stream was asked.
                 None => continue,
@@ -345,23 +344,20 @@ impl SubscriptionObject {
             }
         }
         rules::check_explicit_total(self.explicit_count()?, adding.len())?;
-        let mut fresh = HashSet::new();
         for (path, existing) in adding {
             let link = match existing {
                 Some(l) => Link {
                     explicit: true,
                     ..l
                 },
-                None => {
-                    fresh.insert(path.clone());
-                    Link {
-                        path: path.clone(),
-                        glob: record.pattern_covers(path),
-                        explicit: true,
-                        acked: 0,
-                        tail: 0,
-                    }
-                }
+                None => Link {
+                    path: path.clone(),
+                    glob: record.pattern_covers(path),
+                    explicit: true,
+                    acked: 0,
+                    tail: 0,
+                    placed: false,
+                },
             };
             self.save_link(&link)?;
         }
@@ -372,8 +368,7 @@ impl SubscriptionObject {
             replace: false,
         };
         let matched = self.register_links(&links).await?;
-        self.link_existing(&record, matched, |path| fresh.contains(path))
-            .await?;
+        self.link_existing(&record, matched).await?;
         Ok(Response::empty()?.with_status(204))
     }
 

@@ -58,9 +58,12 @@ impl SubscriptionObject {
                 self.remove_link(&n.path)?;
                 return json(200, &j!({ "linked": false }));
             }
+            // A new stream named explicitly is covered from its start: linking, should it ask
+            // the stream later, leaves the cursor there.
             Some(l) => Link {
                 glob,
                 tail: l.tail.max(n.tail),
+                placed: l.placed || n.created,
                 ..l
             },
             None if glob && provisional => {
@@ -71,6 +74,7 @@ impl SubscriptionObject {
                     explicit: false,
                     acked: n.tail,
                     tail: n.tail,
+                    placed: true,
                 }
             }
             None if glob => {
@@ -81,6 +85,7 @@ impl SubscriptionObject {
                     explicit: false,
                     acked: 0,
                     tail: n.tail,
+                    placed: true,
                 }
             }
             None => return json(200, &j!({ "linked": false })),
@@ -103,9 +108,11 @@ impl SubscriptionObject {
         };
         match self.link(path)? {
             Some(link) if link.explicit => {
+                // A stream made again at the path is new: covered from its start.
                 self.save_link(&Link {
                     acked: 0,
                     tail: 0,
+                    placed: true,
                     ..link
                 })?;
                 self.sql()?.exec(
