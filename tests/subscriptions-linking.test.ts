@@ -249,4 +249,45 @@ describe('linking a pattern over more streams than one invocation links', () => 
       await hook.close();
     }
   });
+  // A stream created while linking runs is covered from its start: its registration tells the
+  // subscription it is new. When that notification failed (here the flaky stream's first call
+  // to a subscription fails), its retry no longer said so, and the page that reached the
+  // stream later linked it at its tail: its first data was never delivered.
+  test('a new stream whose first notification is retried is still covered from its start', { timeout: 60_000 }, async () => {
+    const p = `born-${uid()}`;
+    const flaky = `${p}/m-${MARKER}`;
+    const born = `${p}/z-${MARKER}`;
+    let failing = true;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(failing ? 500 : 200, json);
+      res.end(failing ? '{}' : '{"done":true}');
+    });
+    const id = `sub-${p}`;
+    try {
+      expect((await put(`${p}-empty`, [])).status).toBe(201);
+      const zero = await tailOf(`${p}-empty`);
+      // The PUT links [a, b] and [c, d]; the alarm fails [m-…, n] once.
+      for (const name of [`${p}/a`, `${p}/b`, `${p}/c`, `${p}/d`, `${p}/n`]) expect((await put(name, [{ name }])).status).toBe(201);
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(503);
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(200);
+      const config = { type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 1_000 };
+      expect((await put(`__ds/subscriptions/${id}`, config)).status).toBe(201);
+      expect(await eventually(async () => (await described(id)).linking.failures > 0), 'linking did not stop at the failing page').toBe(true);
+      // Its registration fails first (503), then its notification to the subscription.
+      expect((await put(born, [{ first: true }])).status).toBe(503);
+      expect((await put(born, [{ first: true }])).status).toBe(200);
+      const bornTail = await tailOf(born);
+      expect(await eventually(async () => (await described(id)).linking.done), 'linking never finished').toBe(true);
+      const link = (await described(id)).streams.find((s) => s.path === born);
+      expect([link?.acked_offset, link?.tail_offset], 'the new stream is not covered from its start').toEqual([zero, bornTail]);
+      failing = false;
+      const okHits = hook.hits.length;
+      const delivered = () => hook.hits.slice(okHits).flatMap((h) => (h.body?.streams ?? []).filter((s: any) => s.path === born && s.has_pending));
+      expect(await eventually(async () => delivered().length > 0, 30_000), 'the new stream\'s first data was not delivered').toBe(true);
+      expect(delivered().map((s: any) => [s.acked_offset, s.tail_offset])).toEqual([[zero, bornTail]]);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
 });

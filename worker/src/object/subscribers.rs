@@ -119,14 +119,16 @@ pub async fn register(obj: &StreamObject, budget: &Budget) -> Result<bool> {
         return Ok(true);
     };
     let store = obj.store()?;
+    // In the turn that settles the registration: each is told the stream is new until it
+    // has taken that, by this call or a retry (after a restart too).
     for id in &ids.subs {
-        store.add_subscriber(id)?;
+        store.add_created_subscriber(id)?;
     }
     channel::link(obj, &meta, &ids.channels, after)?;
     store.settle(Task::Register)?;
     if ids.subs.len() <= budget.left() {
         budget.spend(ids.subs.len());
-        notify_or_owe(obj, &meta, &ids.subs, true).await?;
+        notify_or_owe(obj, &meta, &ids.subs).await?;
     } else {
         // Too many to tell in this invocation: the alarm's passes tell them, from now.
         store.owe_keeping(Task::Notify, now_ms())?;
@@ -223,7 +225,7 @@ pub async fn tell_untold(obj: &StreamObject, budget: &Budget) -> Result<()> {
         return Ok(());
     };
     budget.spend(subs.len());
-    if notify(obj, &meta, &subs, false).await? {
+    if notify(obj, &meta, &subs).await? {
         obj.told.learn(&meta);
         return Ok(());
     }
@@ -288,7 +290,7 @@ pub async fn appended(obj: &StreamObject, meta: &Meta) -> Result<()> {
     if !inline(obj, subs.len()) {
         return Ok(());
     }
-    if notify(obj, meta, &subs, false).await? {
+    if notify(obj, meta, &subs).await? {
         obj.told.learn(meta);
         settle_if_current(obj, meta)?;
         return Ok(());
@@ -296,15 +298,10 @@ pub async fn appended(obj: &StreamObject, meta: &Meta) -> Result<()> {
     owe_retry(obj).await
 }
 
-/// Notifies `subs`; should any fail, the notification is owed and the alarm retries it.
-/// `created`: the stream was just registered, and `subs` are the subscriptions that cover it.
-async fn notify_or_owe(
-    obj: &StreamObject,
-    meta: &Meta,
-    subs: &[String],
-    created: bool,
-) -> Result<()> {
-    if notify(obj, meta, subs, created).await? {
+/// Notifies `subs` (the subscriptions the stream's registration found); should any fail, the
+/// notification is owed and the alarm retries it.
+async fn notify_or_owe(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<()> {
+    if notify(obj, meta, subs).await? {
         // Every linked subscription has the tail only if each was among those told.
         if obj
             .store()?
@@ -371,7 +368,7 @@ pub async fn notify_owed(obj: &StreamObject, detail: &str, budget: &Budget) -> R
     let began = pass.tail.unwrap_or_else(|| meta.tail.to_string());
     let batch = batch_after(&store.subscribers()?, pass.after.as_deref(), budget.left()).to_vec();
     budget.spend(batch.len());
-    let failed = !notify(obj, &meta, &batch, false).await? || pass.failed;
+    let failed = !notify(obj, &meta, &batch).await? || pass.failed;
     // Removed meanwhile (which settled this) and perhaps created again (which owes its own).
     let Some(now_meta) = obj
         .meta()?
@@ -422,18 +419,22 @@ fn batch_after<'a>(subs: &'a [String], after: Option<&str>, per_call: usize) -> 
 }
 
 /// Tells each of `subs` the stream's tail; whether every one of them has it. A subscription
-/// that no longer links the stream is dropped. `created`: this is the stream's registration,
-/// so a subscription still linking its pattern's streams covers it from its start.
-async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String], created: bool) -> Result<bool> {
+/// that no longer links the stream is dropped. One the stream's registration found that has
+/// not yet taken it is told the stream is new (`created`), so while it is still linking its
+/// pattern's streams it covers this one from its start: the first notification, or any retry
+/// of it, whenever it comes.
+async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<bool> {
     if subs.is_empty() {
         return Ok(true);
     }
-    let message = Notify {
+    let unannounced = obj.store()?.unannounced()?;
+    let message = |created| Notify {
         path: meta.name().to_string(),
         tail: meta.tail.position(),
         created,
     };
-    let message = &message;
+    let (plain, new) = (&message(false), &message(true));
+    let unannounced = &unannounced;
     let env = &obj.env;
     obj.faults.notified(subs.len());
     // An injected fault stands for the first subscription being unreachable.
@@ -441,9 +442,13 @@ async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String], created: bool)
     let calls = subs.iter().map(|id| {
         let fault = fault.take();
         async move {
+            let message = match unannounced.contains(id) {
+                true => new,
+                false => plain,
+            };
             let result = match (fault, subscription_stub(env, id)) {
                 (Some(e), _) | (None, Err(e)) => Err(e),
-                (None, Ok(stub)) => call::<_, Value>(&stub, "notify", &message).await,
+                (None, Ok(stub)) => call::<_, Value>(&stub, "notify", message).await,
             };
             (id, result)
         }
@@ -456,6 +461,7 @@ async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String], created: bool)
             Ok((200, Some(reply))) if reply["linked"] == json!(false) => {
                 store.remove_subscriber(id)?
             }
+            Ok((200, _)) if unannounced.contains(id) => store.told_created(id)?,
             Ok((200, _)) => {}
             Ok((status, _)) => {
                 all = false;

@@ -230,7 +230,9 @@ impl SubscriptionObject {
 
     /// Saves the links of `group` at the tails its streams answered (`answers`, in the same
     /// order): a new link at its stream's tail, one stored already where `cursor` puts it
-    /// (given the link and the tail). Answers how many streams were linked, and a failure of
+    /// (given the link and the tail). A stream new to the subscription (its registration found
+    /// it, and its notification saying so has not been taken yet) counts as answering its
+    /// start: it is covered from there. Answers how many streams were linked, and a failure of
     /// one that answered neither 200 nor 404, after the rest are saved.
     fn save_linked(
         &self,
@@ -245,8 +247,8 @@ impl SubscriptionObject {
             let glob = m.glob && record.pattern_covers(&m.path);
             // 404: the stream is gone, and the registry forgets it. Any other answer is
             // a failure: the link is retried.
-            let tail = match (answer.status, answer.tail) {
-                (200, Some(tail)) => tail,
+            let (tail, start) = match (answer.status, answer.tail) {
+                (200, Some(tail)) => (tail, if answer.created { 0 } else { tail }),
                 (404, _) => continue,
                 (status, _) => {
                     failed.get_or_insert(worker::Error::RustError(format!(
@@ -261,7 +263,7 @@ impl SubscriptionObject {
                 Some(l) => Link {
                     glob: l.glob || glob,
                     explicit: l.explicit || m.explicit,
-                    acked: cursor(&l, tail),
+                    acked: cursor(&l, start),
                     tail: l.tail.max(tail),
                     placed: true,
                     ..l
@@ -270,7 +272,7 @@ impl SubscriptionObject {
                     path: m.path.clone(),
                     glob: true,
                     explicit: m.explicit,
-                    acked: tail,
+                    acked: start,
                     tail,
                     placed: true,
                 },

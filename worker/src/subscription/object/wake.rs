@@ -60,10 +60,15 @@ impl SubscriptionObject {
             }
             // A new stream named explicitly is covered from its start: linking, should it ask
             // the stream later, leaves the cursor there.
+            Some(l) if !l.placed && n.created => Link {
+                glob,
+                tail: l.tail.max(n.tail),
+                placed: true,
+                ..l
+            },
             Some(l) => Link {
                 glob,
                 tail: l.tail.max(n.tail),
-                placed: l.placed || n.created,
                 ..l
             },
             None if glob && provisional => {
