@@ -290,4 +290,48 @@ describe('linking a pattern over more streams than one invocation links', () => 
       await hook.close();
     }
   });
+  // A subscription deleted and created again under its id is a new subscription: it covers a
+  // stream from when it links it. A stream that linked the deleted one keeps its entry (it is
+  // dropped at the stream's next notification) and tells the new one its appends. Named
+  // explicitly once linking was done (the stream answers the first request to link it with
+  // 503, so the link waits for the retried request), it was counted from offset 0 at its
+  // first append, and its whole history was delivered.
+  test('a stream holding a deleted subscription\'s entry is covered by the one created again from when it links it', { timeout: 60_000 }, async () => {
+    const p = `again-${uid()}`;
+    const known = `${p}/x-${MARKER}`;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(200, json);
+      res.end('{"done":true}');
+    });
+    const id = `sub-${p}`;
+    const webhook = { url: hook.url };
+    try {
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'webhook', pattern: `${p}/*`, webhook, lease_ttl_ms: 1_000 })).status).toBe(201);
+      // Its registration links the subscription (its first try fails: 503, the PUT retried).
+      expect((await put(known, [{ before: true }])).status).toBe(503);
+      expect((await put(known, [{ before: true }])).status).toBe(200);
+      const linked = async () => (await described(id)).streams.some((s) => s.path === known);
+      expect(await eventually(linked), 'the stream never linked the first subscription').toBe(true);
+      expect((await fetch(sub(id), { method: 'DELETE' })).status).toBe(204);
+      const again = { type: 'webhook', pattern: `${p}-other/*`, webhook, lease_ttl_ms: 1_000 };
+      const seen = hook.hits.length;
+      expect((await put(`__ds/subscriptions/${id}`, again)).status).toBe(201);
+      expect((await described(id)).linking.done).toBe(true);
+      const add = () => fetch(sub(`${id}/streams`), { method: 'POST', headers: json, body: JSON.stringify({ streams: [known] }) });
+      expect((await add()).status).toBe(503);
+      expect((await fetch(url(known), { method: 'POST', headers: json, body: '{"while":true}' })).status).toBe(204);
+      await sleep(300);
+      expect((await add()).status).toBe(204);
+      const from = await tailOf(known);
+      expect((await fetch(url(known), { method: 'POST', headers: json, body: '{"after":true}' })).status).toBe(204);
+      const to = await tailOf(known);
+      const delivered = () => hook.hits.slice(seen).flatMap((h) => (h.body?.streams ?? []).filter((s: any) => s.path === known && s.has_pending));
+      expect(await eventually(async () => delivered().some((s: any) => s.tail_offset === to)), 'the append after linking was not delivered').toBe(true);
+      await sleep(300);
+      expect(delivered().map((s: any) => [s.acked_offset, s.tail_offset])).toEqual([[from, to]]);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
 });

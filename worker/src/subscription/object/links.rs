@@ -180,19 +180,21 @@ impl SubscriptionObject {
     }
 
     /// Subscribes to existing streams and links each at its current tail (no replay). A link
-    /// not yet placed (made before the stream was known to exist, perhaps moved by an append
-    /// notified meanwhile) moves to the tail too; others keep their cursor, so a retry after
-    /// a failure leaves the links it made where they were, and their appends since are
-    /// delivered. A stream that cannot be asked fails the request, after every other one is
+    /// not yet placed (made before the stream was known to exist) moves to the tail too, or
+    /// stays where a tail the stream told meanwhile put it, if earlier; placed links keep
+    /// their cursor, so a retry after a failure leaves the links it made where they were, and
+    /// their appends since are delivered. A stream that cannot be asked fails the request, after every other one is
     /// linked. The registry
     /// asks them, `LINKS_PER_CALL` per call: each call between objects counts against a
     /// per-request limit, and each of the registry's calls is a request of its own. Answers
     /// how many were linked.
     async fn link_existing(&self, record: &Record, matched: Vec<Matched>) -> Result<u64> {
         let per_call = crate::config::Config::from_env(&self.env).links_per_call;
-        let cursor = |l: &Link, tail: u64| match l.placed {
-            true => l.acked,
-            false => l.acked.max(tail),
+        // An unplaced link told a tail already starts where that was, if earlier.
+        let cursor = |l: &Link, tail: u64| match (l.placed, l.tail) {
+            (true, _) => l.acked,
+            (false, 0) => tail,
+            (false, _) => l.acked.min(tail),
         };
         let mut failed = None;
         let mut linked = 0;

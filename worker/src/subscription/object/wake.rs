@@ -66,6 +66,17 @@ impl SubscriptionObject {
                 placed: true,
                 ..l
             },
+            // One not new, named explicitly and not yet placed, that tells its tail before
+            // linking has: one that kept a deleted subscription's entry (this id's, created
+            // again), or one asked already whose answer is on its way. It existed before, so
+            // nothing it held then is pending; linking places the cursor where the stream
+            // answers, or here if that is earlier (as a pattern's provisional link).
+            Some(l) if !l.placed => Link {
+                glob,
+                acked: if l.tail == 0 { n.tail } else { l.acked },
+                tail: l.tail.max(n.tail),
+                ..l
+            },
             Some(l) => Link {
                 glob,
                 tail: l.tail.max(n.tail),
