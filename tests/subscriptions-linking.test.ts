@@ -253,4 +253,129 @@ describe('linking a pattern over more streams than one invocation links', () => 
       await hook.close();
     }
   });
+  // A subscription's explicit streams are linked in one step; when one of them cannot be asked
+  // (here the flaky stream answers its first link with 503), the step is retried. The retry
+  // used to move the links the first attempt made to their stream's tail again, so what was
+  // appended between the two was never delivered.
+  test('a retried link of explicit streams keeps the cursor of those it linked', { timeout: 60_000 }, async () => {
+    const p = `explicit-${uid()}`;
+    const good = `${p}/a`;
+    const flaky = `${p}/b-${MARKER}`;
+    // Deliveries fail until linking is done, so the append stays pending through the retry.
+    let failing = true;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(failing ? 500 : 200, json);
+      res.end(failing ? '{}' : '{"done":true}');
+    });
+    const id = `sub-${p}`;
+    try {
+      expect((await put(good, [{ name: good }])).status).toBe(201);
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(503);
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(200);
+      const config = { type: 'webhook', streams: [good, flaky], webhook: { url: hook.url }, lease_ttl_ms: 1_000 };
+      // The good stream is linked at its tail; the flaky one fails, and with it the PUT.
+      expect((await put(`__ds/subscriptions/${id}`, config)).status).toBe(503);
+      const from = await tailOf(good);
+      expect((await fetch(url(good), { method: 'POST', headers: json, body: '{"between":true}' })).status).toBe(204);
+      const to = await tailOf(good);
+      // The repeated PUT (or the alarm, whichever comes first) links the flaky stream.
+      expect([200, 201]).toContain((await put(`__ds/subscriptions/${id}`, config)).status);
+      expect(await eventually(async () => (await described(id)).linking.done), 'linking never finished').toBe(true);
+      const link = (await described(id)).streams.find((s) => s.path === good);
+      expect([link?.acked_offset, link?.tail_offset], 'the retry moved the link made before it').toEqual([from, to]);
+      failing = false;
+      const okHits = hook.hits.length;
+      const delivered = () => hook.hits.slice(okHits).flatMap((h) => (h.body?.streams ?? []).filter((s: any) => s.path === good && s.has_pending));
+      expect(await eventually(async () => delivered().length > 0, 30_000), 'the append between the attempts was not delivered').toBe(true);
+      expect(delivered().map((s: any) => [s.acked_offset, s.tail_offset])).toEqual([[from, to]]);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+  // A stream created while linking runs is covered from its start: its registration tells the
+  // subscription it is new. When that notification failed (here the flaky stream's first call
+  // to a subscription fails), its retry no longer said so, and the page that reached the
+  // stream later linked it at its tail: its first data was never delivered.
+  test('a new stream whose first notification is retried is still covered from its start', { timeout: 60_000 }, async () => {
+    const p = `born-${uid()}`;
+    const flaky = `${p}/m-${MARKER}`;
+    const born = `${p}/z-${MARKER}`;
+    let failing = true;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(failing ? 500 : 200, json);
+      res.end(failing ? '{}' : '{"done":true}');
+    });
+    const id = `sub-${p}`;
+    try {
+      expect((await put(`${p}-empty`, [])).status).toBe(201);
+      const zero = await tailOf(`${p}-empty`);
+      // The PUT links [a, b] and [c, d]; the alarm fails [m-…, n] once.
+      for (const name of [`${p}/a`, `${p}/b`, `${p}/c`, `${p}/d`, `${p}/n`]) expect((await put(name, [{ name }])).status).toBe(201);
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(503);
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(200);
+      const config = { type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 1_000 };
+      expect((await put(`__ds/subscriptions/${id}`, config)).status).toBe(201);
+      expect(await eventually(async () => (await described(id)).linking.failures > 0), 'linking did not stop at the failing page').toBe(true);
+      // Its registration fails first (503), then its notification to the subscription.
+      expect((await put(born, [{ first: true }])).status).toBe(503);
+      expect((await put(born, [{ first: true }])).status).toBe(200);
+      const bornTail = await tailOf(born);
+      expect(await eventually(async () => (await described(id)).linking.done), 'linking never finished').toBe(true);
+      const link = (await described(id)).streams.find((s) => s.path === born);
+      expect([link?.acked_offset, link?.tail_offset], 'the new stream is not covered from its start').toEqual([zero, bornTail]);
+      failing = false;
+      const okHits = hook.hits.length;
+      const delivered = () => hook.hits.slice(okHits).flatMap((h) => (h.body?.streams ?? []).filter((s: any) => s.path === born && s.has_pending));
+      expect(await eventually(async () => delivered().length > 0, 30_000), 'the new stream\'s first data was not delivered').toBe(true);
+      expect(delivered().map((s: any) => [s.acked_offset, s.tail_offset])).toEqual([[zero, bornTail]]);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+  // A subscription deleted and created again under its id is a new subscription: it covers a
+  // stream from when it links it. A stream that linked the deleted one keeps its entry (it is
+  // dropped at the stream's next notification) and tells the new one its appends. Named
+  // explicitly once linking was done (the stream answers the first request to link it with
+  // 503, so the link waits for the retried request), it was counted from offset 0 at its
+  // first append, and its whole history was delivered.
+  test('a stream holding a deleted subscription\'s entry is covered by the one created again from when it links it', { timeout: 60_000 }, async () => {
+    const p = `again-${uid()}`;
+    const known = `${p}/x-${MARKER}`;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(200, json);
+      res.end('{"done":true}');
+    });
+    const id = `sub-${p}`;
+    const webhook = { url: hook.url };
+    try {
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'webhook', pattern: `${p}/*`, webhook, lease_ttl_ms: 1_000 })).status).toBe(201);
+      // Its registration links the subscription (its first try fails: 503, the PUT retried).
+      expect((await put(known, [{ before: true }])).status).toBe(503);
+      expect((await put(known, [{ before: true }])).status).toBe(200);
+      const linked = async () => (await described(id)).streams.some((s) => s.path === known);
+      expect(await eventually(linked), 'the stream never linked the first subscription').toBe(true);
+      expect((await fetch(sub(id), { method: 'DELETE' })).status).toBe(204);
+      const again = { type: 'webhook', pattern: `${p}-other/*`, webhook, lease_ttl_ms: 1_000 };
+      const seen = hook.hits.length;
+      expect((await put(`__ds/subscriptions/${id}`, again)).status).toBe(201);
+      expect((await described(id)).linking.done).toBe(true);
+      const add = () => fetch(sub(`${id}/streams`), { method: 'POST', headers: json, body: JSON.stringify({ streams: [known] }) });
+      expect((await add()).status).toBe(503);
+      expect((await fetch(url(known), { method: 'POST', headers: json, body: '{"while":true}' })).status).toBe(204);
+      await sleep(300);
+      expect((await add()).status).toBe(204);
+      const from = await tailOf(known);
+      expect((await fetch(url(known), { method: 'POST', headers: json, body: '{"after":true}' })).status).toBe(204);
+      const to = await tailOf(known);
+      const delivered = () => hook.hits.slice(seen).flatMap((h) => (h.body?.streams ?? []).filter((s: any) => s.path === known && s.has_pending));
+      expect(await eventually(async () => delivered().some((s: any) => s.tail_offset === to)), 'the append after linking was not delivered').toBe(true);
+      await sleep(300);
+      expect(delivered().map((s: any) => [s.acked_offset, s.tail_offset])).toEqual([[from, to]]);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
 });

@@ -1290,8 +1290,15 @@ impl StreamObject {
                 if let Err(e) = self.faults.check(&meta.path, Call::SubLink) {
                     return http::unavailable(&e.to_string());
                 }
-                self.store()?.add_subscriber(&id)?;
-                crate::subscription::json(200, &serde_json::json!({ "tail": meta.tail.position() }))
+                let store = self.store()?;
+                store.add_subscriber(&id)?;
+                // A subscription this stream's registration found, and has not yet told the
+                // stream is new, links it from its start.
+                let created = store.unannounced()?.contains(&id);
+                crate::subscription::json(
+                    200,
+                    &serde_json::json!({ "tail": meta.tail.position(), "created": created }),
+                )
             }
             _ => http::text(404, "unknown internal operation"),
         }

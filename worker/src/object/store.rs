@@ -214,7 +214,8 @@ CREATE TABLE IF NOT EXISTS log (
   flags INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS subscribers (
-  id TEXT PRIMARY KEY
+  id TEXT PRIMARY KEY,
+  created INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS channel (
   id INTEGER PRIMARY KEY CHECK (id = 1)
@@ -313,6 +314,12 @@ const MIGRATIONS: &[crate::schema::Migration] = &[
         "fork_refs",
         "pending",
     ]),
+    // A subscription the stream's registration linked, still to be told the stream is new
+    // (2026-12-06): a notification retried after that one failed said it no longer.
+    crate::schema::Migration::Change {
+        check: "SELECT created FROM subscribers LIMIT 0",
+        apply: "ALTER TABLE subscribers ADD COLUMN created INTEGER NOT NULL DEFAULT 0",
+    },
 ];
 
 /// A producer's kept state and its age stamp (the `updated_ms` column): at or after its last
@@ -472,12 +479,21 @@ impl ReadError {
     }
 }
 
+/// The subscribers table, as [`Store`] caches it.
+#[derive(Clone, Default)]
+struct Subscribers {
+    /// Every subscription, in id order.
+    ids: Vec<String>,
+    /// Those still owed the notification that the stream is new, in id order.
+    created: Vec<String>,
+}
+
 pub struct Store {
     sql: SqlStorage,
     /// The same storage, for writes that must be stored together ([`Store::atomically`]).
     storage: crate::transaction::Transactional,
     /// The subscribers table, read once rather than on every append; any change clears it.
-    subscribers: RefCell<Option<Vec<String>>>,
+    subscribers: RefCell<Option<Subscribers>>,
     /// The writer lease, likewise read once (`Some(None)`: none is stored).
     lease: RefCell<Option<Option<Lease>>>,
     /// The channel links, read once rather than on every append; any change clears it.
@@ -1092,22 +1108,58 @@ impl Store {
 
     /// Subscriptions to notify after each append.
     pub fn subscribers(&self) -> Result<Vec<String>> {
+        Ok(self.read_subscribers()?.ids)
+    }
+
+    /// Of the subscriptions, those the stream's registration linked that have not yet taken
+    /// its notification that the stream is new ([`Self::add_created_subscriber`]).
+    pub fn unannounced(&self) -> Result<Vec<String>> {
+        Ok(self.read_subscribers()?.created)
+    }
+
+    fn read_subscribers(&self) -> Result<Subscribers> {
         if let Some(cached) = self.subscribers.borrow().as_ref() {
             return Ok(cached.clone());
         }
-        let ids: Vec<String> = self
-            .rows("SELECT id FROM subscribers ORDER BY id", vec![])?
-            .iter()
-            .filter_map(|r| text(r.first()))
-            .collect();
-        self.subscribers.replace(Some(ids.clone()));
-        Ok(ids)
+        let mut read = Subscribers::default();
+        for r in self.rows("SELECT id, created FROM subscribers ORDER BY id", vec![])? {
+            let Some(id) = text(r.first()) else { continue };
+            if int(r.get(1)) != 0 {
+                read.created.push(id.clone());
+            }
+            read.ids.push(id);
+        }
+        self.subscribers.replace(Some(read.clone()));
+        Ok(read)
     }
 
     pub fn add_subscriber(&self, id: &str) -> Result<()> {
         self.forget_cached();
         self.sql.exec(
             "INSERT OR IGNORE INTO subscribers (id) VALUES (?)",
+            vec![SqlStorageValue::String(id.to_string())],
+        )?;
+        Ok(())
+    }
+
+    /// Adds a subscription the stream's registration found covering it: created after the
+    /// registry had the subscription's links, so the subscription covers it from its start.
+    /// It is owed the notification that says so until it takes one ([`Self::told_created`]),
+    /// however often that is retried, across restarts; and a link it asks for says so too.
+    pub fn add_created_subscriber(&self, id: &str) -> Result<()> {
+        self.forget_cached();
+        self.sql.exec(
+            "INSERT OR IGNORE INTO subscribers (id, created) VALUES (?, 1)",
+            vec![SqlStorageValue::String(id.to_string())],
+        )?;
+        Ok(())
+    }
+
+    /// Subscription `id` took the notification that the stream is new.
+    pub fn told_created(&self, id: &str) -> Result<()> {
+        self.forget_cached();
+        self.sql.exec(
+            "UPDATE subscribers SET created = 0 WHERE id = ? AND created = 1",
             vec![SqlStorageValue::String(id.to_string())],
         )?;
         Ok(())

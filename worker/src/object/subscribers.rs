@@ -6,11 +6,7 @@
 //! the stream (else 503, and the retried PUT finishes it), so a stream is never left unknown to
 //! the channels and patterns above it. Notifications are awaited before an append is
 //! acknowledged; one that fails stays owed (a `pending` row), not passed to the appender, whose
-//! data is stored, and one a crash cut off is made by the alarm. The registration's
-//! notification tells the subscriptions it found that the stream is new (`created`); should
-//! it fail, or be left to the alarm's passes, every notification says so to them until a pass
-//! tells them all ([`Pass::created`]), so that a subscription still linking its pattern covers
-//! the stream from its start, not from the tail a retry finds.
+//! data is stored, and one a crash cut off is made by the alarm.
 //!
 //! Each notification is "the tail as it is now", so a later one supersedes an earlier one, and
 //! telling a subscription a tail it has costs it nothing. So an append that tells its
@@ -126,8 +122,10 @@ pub async fn register(obj: &StreamObject, budget: &Budget) -> Result<bool> {
         return Ok(true);
     };
     let store = obj.store()?;
+    // In the turn that settles the registration: each is told the stream is new until it
+    // has taken that, by this call or a retry (after a restart too).
     for id in &ids.subs {
-        store.add_subscriber(id)?;
+        store.add_created_subscriber(id)?;
     }
     channel::link(obj, &meta, &ids.channels, after)?;
     store.settle(Task::Register)?;
@@ -140,9 +138,8 @@ pub async fn register(obj: &StreamObject, budget: &Budget) -> Result<bool> {
         budget.spend(ids.subs.len());
         notify_or_owe(obj, &meta, &ids.subs).await?;
     } else {
-        // Too many to tell in this invocation: the alarm's passes tell them, from now, that
-        // the stream is new.
-        store.owe(Task::Notify, now_ms(), &Pass::created(ids.subs).detail())?;
+        // Too many to tell in this invocation: the alarm's passes tell them, from now.
+        store.owe_keeping(Task::Notify, now_ms())?;
     }
     channel::forward(obj).await;
     Ok(true)
@@ -313,7 +310,7 @@ pub async fn tell_untold(obj: &StreamObject, budget: &Budget) -> Result<()> {
         return Ok(());
     };
     budget.spend(subs.len());
-    if notify(obj, &meta, &subs, &[]).await? {
+    if notify(obj, &meta, &subs).await? {
         obj.told.learn(&meta);
         return Ok(());
     }
@@ -378,10 +375,7 @@ pub async fn appended(obj: &StreamObject, meta: &Meta) -> Result<()> {
     if !inline(obj, subs.len()) {
         return Ok(());
     }
-    // A registration whose notification failed still owes its subscriptions `created`: this
-    // notification, which settles it, says so too.
-    let created = owed_created(obj)?;
-    if notify(obj, meta, &subs, &created).await? {
+    if notify(obj, meta, &subs).await? {
         obj.told.learn(meta);
         settle_if_current(obj, meta)?;
         return Ok(());
@@ -389,10 +383,10 @@ pub async fn appended(obj: &StreamObject, meta: &Meta) -> Result<()> {
     owe_retry(obj).await
 }
 
-/// The stream was just registered: tells `subs`, the subscriptions that cover it, that it is
-/// new. Should any fail, the notification is owed, `created` with it, and the alarm retries it.
+/// Notifies `subs` (the subscriptions the stream's registration found); should any fail, the
+/// notification is owed and the alarm retries it.
 async fn notify_or_owe(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<()> {
-    if notify(obj, meta, subs, subs).await? {
+    if notify(obj, meta, subs).await? {
         // Every linked subscription has the tail only if each was among those told.
         if obj
             .store()?
@@ -404,23 +398,7 @@ async fn notify_or_owe(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Resu
         }
         return Ok(());
     }
-    let due = now_ms() + super::backoff_ms(0);
-    obj.store()?
-        .owe(Task::Notify, due, &Pass::created(subs.to_vec()).detail())?;
-    alarm::by(obj, due).await
-}
-
-/// The subscriptions an owed notification must still tell that the stream is new (see
-/// [`Pass::created`]).
-fn owed_created(obj: &StreamObject) -> Result<Vec<String>> {
-    Ok(obj
-        .store()?
-        .owed()?
-        .into_iter()
-        .find(|o| o.task == Task::Notify && !o.detail.is_empty())
-        .and_then(|o| serde_json::from_str::<Pass>(&o.detail).ok())
-        .map(|p| p.created)
-        .unwrap_or_default())
+    owe_retry(obj).await
 }
 
 /// A notification failed: the alarm tries again after the first backoff.
@@ -453,31 +431,6 @@ struct Pass {
     /// Whether a call in this pass failed.
     #[serde(default)]
     failed: bool,
-    /// The subscriptions the stream's registration found, while they may not all have been
-    /// told that it is new (`created`): its notification to them failed, or was left to the
-    /// alarm's passes. Each notification tells them so until a pass tells every subscription
-    /// without a failure, so that one still linking its pattern covers the stream from its
-    /// start rather than from the tail a retry finds.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    created: Vec<String>,
-}
-
-impl Pass {
-    /// A pass not begun that owes `subs` the registration's `created`.
-    fn created(subs: Vec<String>) -> Pass {
-        Pass {
-            created: subs,
-            ..Pass::default()
-        }
-    }
-
-    /// The owed row's detail: empty for a pass not begun that owes nothing more.
-    fn detail(&self) -> String {
-        if self.after.is_none() && self.tail.is_none() && !self.failed && self.created.is_empty() {
-            return String::new();
-        }
-        json!(self).to_string()
-    }
 }
 
 /// The owed notification, from where its pass is (`detail`): the next subscriptions, as many
@@ -500,7 +453,7 @@ pub async fn notify_owed(obj: &StreamObject, detail: &str, budget: &Budget) -> R
     let began = pass.tail.unwrap_or_else(|| meta.tail.to_string());
     let batch = batch_after(&store.subscribers()?, pass.after.as_deref(), budget.left()).to_vec();
     budget.spend(batch.len());
-    let failed = !notify(obj, &meta, &batch, &pass.created).await? || pass.failed;
+    let failed = !notify(obj, &meta, &batch).await? || pass.failed;
     // Removed meanwhile (which settled this) and perhaps created again (which owes its own).
     let Some(now_meta) = obj
         .meta()?
@@ -521,15 +474,13 @@ pub async fn notify_owed(obj: &StreamObject, detail: &str, budget: &Budget) -> R
             after: Some(last.clone()),
             tail: Some(began),
             failed,
-            created: pass.created,
         };
-        store.carry_on(Task::Notify, now, &next.detail())?;
+        store.carry_on(Task::Notify, now, &json!(next).to_string())?;
         return Ok(true);
     }
-    // The pass is over: the next, if any, begins at the first subscription. One that failed
-    // still owes `created` to those the registration found; one that did not told them all.
+    // The pass is over: the next, if any, begins at the first subscription.
     if failed {
-        store.carry_on(Task::Notify, now, &Pass::created(pass.created).detail())?;
+        store.carry_on(Task::Notify, now, "")?;
         return Ok(false);
     }
     match now_meta.tail.to_string() == began {
@@ -553,35 +504,36 @@ fn batch_after<'a>(subs: &'a [String], after: Option<&str>, per_call: usize) -> 
 }
 
 /// Tells each of `subs` the stream's tail; whether every one of them has it. A subscription
-/// that no longer links the stream is dropped. Those in `created` are told the stream is new
-/// (its registration found them), so one still linking its pattern's streams covers it from
-/// its start.
-async fn notify(
-    obj: &StreamObject,
-    meta: &Meta,
-    subs: &[String],
-    created: &[String],
-) -> Result<bool> {
+/// that no longer links the stream is dropped. One the stream's registration found that has
+/// not yet taken it is told the stream is new (`created`), so while it is still linking its
+/// pattern's streams it covers this one from its start: the first notification, or any retry
+/// of it, whenever it comes.
+async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<bool> {
     if subs.is_empty() {
         return Ok(true);
     }
-    let path = meta.name();
-    let tail = meta.tail.position();
+    let unannounced = obj.store()?.unannounced()?;
+    let message = |created| Notify {
+        path: meta.name().to_string(),
+        tail: meta.tail.position(),
+        created,
+    };
+    let (plain, new) = (&message(false), &message(true));
+    let unannounced = &unannounced;
     let env = &obj.env;
     obj.faults.notified(subs.len());
     // An injected fault stands for the first subscription being unreachable.
     let mut fault = obj.faults.check(&meta.path, Call::Notify).err();
     let calls = subs.iter().map(|id| {
         let fault = fault.take();
-        let message = Notify {
-            path: path.to_string(),
-            tail,
-            created: created.contains(id),
-        };
         async move {
+            let message = match unannounced.contains(id) {
+                true => new,
+                false => plain,
+            };
             let result = match (fault, subscription_stub(env, id)) {
                 (Some(e), _) | (None, Err(e)) => Err(e),
-                (None, Ok(stub)) => call::<_, Value>(&stub, "notify", &message).await,
+                (None, Ok(stub)) => call::<_, Value>(&stub, "notify", message).await,
             };
             (id, result)
         }
@@ -594,6 +546,7 @@ async fn notify(
             Ok((200, Some(reply))) if reply["linked"] == json!(false) => {
                 store.remove_subscriber(id)?
             }
+            Ok((200, _)) if unannounced.contains(id) => store.told_created(id)?,
             Ok((200, _)) => {}
             Ok((status, _)) => {
                 all = false;
@@ -629,7 +582,7 @@ pub async fn deregister(obj: &StreamObject, path: &str) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    use super::{batch_after, Pass};
+    use super::batch_after;
 
     fn ids(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| n.to_string()).collect()
@@ -663,19 +616,5 @@ mod tests {
         assert!(batch_after(&subs, Some("e"), 2).is_empty());
         assert_eq!(batch_after(&subs, None, 2), &ids(&["a", "a0"])[..]);
         assert!(batch_after(&[], None, 2).is_empty());
-    }
-
-    #[test]
-    fn a_pass_owing_created_keeps_it_in_its_detail_and_one_owing_nothing_has_none() {
-        assert_eq!(Pass::default().detail(), "");
-        assert_eq!(Pass::created(Vec::new()).detail(), "");
-        let owed = Pass::created(ids(&["s1", "s2"])).detail();
-        let back: Pass = serde_json::from_str(&owed).unwrap_or_default();
-        assert_eq!(back.created, ids(&["s1", "s2"]));
-        assert!(back.after.is_none() && back.tail.is_none() && !back.failed);
-        // A detail written before `created` was kept reads as owing none.
-        let old: Pass =
-            serde_json::from_str(r#"{"after":"a","tail":"t","failed":true}"#).unwrap_or_default();
-        assert!(old.created.is_empty() && old.failed);
     }
 }

@@ -213,6 +213,10 @@ pub struct StreamLinked {
     pub status: u16,
     /// Its tail, when linked.
     pub tail: Option<u64>,
+    /// The stream is new to the subscription: its registration found the subscription, and
+    /// has not yet told it so. It is linked from its start, not its tail.
+    #[serde(default)]
+    pub created: bool,
 }
 
 #[durable_object]
@@ -679,13 +683,15 @@ impl RegistryObject {
             .map(|(path, result)| match result {
                 Ok((status, reply)) => StreamLinked {
                     status,
-                    tail: reply.and_then(|r| r["tail"].as_u64()),
+                    tail: reply.as_ref().and_then(|r| r["tail"].as_u64()),
+                    created: reply.is_some_and(|r| r["created"] == serde_json::json!(true)),
                 },
                 Err(e) => {
                     worker::console_warn!("registry: stream {path}: sub-link failed: {e}");
                     StreamLinked {
                         status: 0,
                         tail: None,
+                        created: false,
                     }
                 }
             })

@@ -222,7 +222,8 @@ impl SubscriptionObject {
             snapshot: Vec::new(),
         };
         // Explicit streams are linked at once, so a stream that appends while the registry is
-        // asked already counts as linked; those that exist are moved to their tail below.
+        // asked already counts as linked; those that exist are moved to their tail below, each
+        // once (a retry of linking leaves those placed where they are).
         let glob = |path: &str| {
             record
                 .pattern
@@ -242,6 +243,7 @@ impl SubscriptionObject {
                     explicit: true,
                     acked: 0,
                     tail: 0,
+                    placed: false,
                 })?;
             }
             Ok(())

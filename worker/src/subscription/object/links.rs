@@ -88,7 +88,7 @@ impl SubscriptionObject {
                 replace: true,
             };
             let matched = self.register_links(&links).await?;
-            let linked = self.link_existing(record, matched, |_| true).await?;
+            let linked = self.link_existing(record, matched).await?;
             let Some(mut current) = self.current(record)? else {
                 return Ok(true);
             };
@@ -180,22 +180,21 @@ impl SubscriptionObject {
     }
 
     /// Subscribes to existing streams and links each at its current tail (no replay). A link
-    /// that is `fresh` (made by this request before the stream was known to exist, or by an
-    /// append notified meanwhile) moves to the tail too; others keep their cursor. A stream
-    /// that cannot be asked fails the request, after every other one is linked. The registry
+    /// not yet placed (made before the stream was known to exist) moves to the tail too, or
+    /// stays where a tail the stream told meanwhile put it, if earlier; placed links keep
+    /// their cursor, so a retry after a failure leaves the links it made where they were, and
+    /// their appends since are delivered. A stream that cannot be asked fails the request, after every other one is
+    /// linked. The registry
     /// asks them, `LINKS_PER_CALL` per call: each call between objects counts against a
     /// per-request limit, and each of the registry's calls is a request of its own. Answers
     /// how many were linked.
-    async fn link_existing(
-        &self,
-        record: &Record,
-        matched: Vec<Matched>,
-        fresh: impl Fn(&str) -> bool,
-    ) -> Result<u64> {
+    async fn link_existing(&self, record: &Record, matched: Vec<Matched>) -> Result<u64> {
         let per_call = crate::config::Config::from_env(&self.env).links_per_call;
-        let cursor = |l: &Link, tail: u64| match fresh(&l.path) {
-            true => l.acked.max(tail),
-            false => l.acked,
+        // An unplaced link told a tail already starts where that was, if earlier.
+        let cursor = |l: &Link, tail: u64| match (l.placed, l.tail) {
+            (true, _) => l.acked,
+            (false, 0) => tail,
+            (false, _) => l.acked.min(tail),
         };
         let mut failed = None;
         let mut linked = 0;
@@ -233,7 +232,9 @@ impl SubscriptionObject {
 
     /// Saves the links of `group` at the tails its streams answered (`answers`, in the same
     /// order): a new link at its stream's tail, one stored already where `cursor` puts it
-    /// (given the link and the tail). Answers how many streams were linked, and a failure of
+    /// (given the link and the tail). A stream new to the subscription (its registration found
+    /// it, and its notification saying so has not been taken yet) counts as answering its
+    /// start: it is covered from there. Answers how many streams were linked, and a failure of
     /// one that answered neither 200 nor 404, after the rest are saved.
     fn save_linked(
         &self,
@@ -248,8 +249,8 @@ impl SubscriptionObject {
             let glob = m.glob && record.pattern_covers(&m.path);
             // 404: the stream is gone, and the registry forgets it. Any other answer is
             // a failure: the link is retried.
-            let tail = match (answer.status, answer.tail) {
-                (200, Some(tail)) => tail,
+            let (tail, start) = match (answer.status, answer.tail) {
+                (200, Some(tail)) => (tail, if answer.created { 0 } else { tail }),
                 (404, _) => continue,
                 (status, _) => {
                     failed.get_or_insert(worker::Error::RustError(format!(
@@ -264,16 +265,18 @@ impl SubscriptionObject {
                 Some(l) => Link {
                     glob: l.glob || glob,
                     explicit: l.explicit || m.explicit,
-                    acked: cursor(&l, tail),
+                    acked: cursor(&l, start),
                     tail: l.tail.max(tail),
+                    placed: true,
                     ..l
                 },
                 None if glob => Link {
                     path: m.path.clone(),
                     glob: true,
                     explicit: m.explicit,
-                    acked: tail,
+                    acked: start,
                     tail,
+                    placed: true,
                 },
                 // An explicit link removed while the stream was asked.
                 None => continue,
@@ -345,23 +348,20 @@ impl SubscriptionObject {
             }
         }
         rules::check_explicit_total(self.explicit_count()?, adding.len())?;
-        let mut fresh = HashSet::new();
         for (path, existing) in adding {
             let link = match existing {
                 Some(l) => Link {
                     explicit: true,
                     ..l
                 },
-                None => {
-                    fresh.insert(path.clone());
-                    Link {
-                        path: path.clone(),
-                        glob: record.pattern_covers(path),
-                        explicit: true,
-                        acked: 0,
-                        tail: 0,
-                    }
-                }
+                None => Link {
+                    path: path.clone(),
+                    glob: record.pattern_covers(path),
+                    explicit: true,
+                    acked: 0,
+                    tail: 0,
+                    placed: false,
+                },
             };
             self.save_link(&link)?;
         }
@@ -372,8 +372,7 @@ impl SubscriptionObject {
             replace: false,
         };
         let matched = self.register_links(&links).await?;
-        self.link_existing(&record, matched, |path| fresh.contains(path))
-            .await?;
+        self.link_existing(&record, matched).await?;
         Ok(Response::empty()?.with_status(204))
     }
 

@@ -60,9 +60,10 @@ fn refuse_own_wake_stream(
 pub struct Notify {
     pub path: String,
     pub tail: u64,
-    /// Sent by the stream's registration: it was created after the registry had the
-    /// subscription's pattern, so a subscription whose linking has not yet reached it covers
-    /// it from its start, not from where linking finds its tail (a stream of an older version
+    /// Sent by the stream's registration, and by every notification after it until the
+    /// subscription has taken one: the stream was created after the registry had the
+    /// subscription's links, so a subscription whose linking has not yet reached it covers it
+    /// from its start, not from where linking finds its tail (a stream of an older version
     /// never says so).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub created: bool,

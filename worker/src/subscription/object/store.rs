@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS links (
   glob INTEGER NOT NULL,
   explicit INTEGER NOT NULL,
   acked INTEGER NOT NULL,
-  tail INTEGER NOT NULL
+  tail INTEGER NOT NULL,
+  placed INTEGER NOT NULL DEFAULT 1
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshot (path TEXT PRIMARY KEY, tail INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS provisional (path TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -32,6 +33,13 @@ pub(super) const MIGRATIONS: &[crate::schema::Migration] = &[
     // Keyed by text, without a rowid (2026-12-05): a rowid table keeps the path in an index
     // beside the row, so each link made and each stream a wake lists wrote two rows.
     crate::schema::Migration::WithoutRowid(&["links", "snapshot"]),
+    // Whether an explicit link's cursor is placed (2026-12-06): linking that failed partway
+    // moved the links it had made to their stream's tail again when retried. Links made
+    // before were placed, or are moved to the tail as they were.
+    crate::schema::Migration::Change {
+        check: "SELECT placed FROM links LIMIT 0",
+        apply: "ALTER TABLE links ADD COLUMN placed INTEGER NOT NULL DEFAULT 1",
+    },
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +221,11 @@ pub(super) struct Link {
     pub(super) explicit: bool,
     pub(super) acked: u64,
     pub(super) tail: u64,
+    /// Whether the cursor is where it belongs: `false` for a stream named explicitly before
+    /// the stream answered where its tail is, which linking moves there; `true` once it has
+    /// (a retry of linking leaves it, so appends since are delivered), or for a stream
+    /// created since, covered from its start.
+    pub(super) placed: bool,
 }
 
 impl Link {
@@ -242,6 +255,7 @@ fn link_from_row(r: &[SqlStorageValue]) -> Link {
         explicit: int(r, 2) != 0,
         acked: int(r, 3),
         tail: int(r, 4),
+        placed: int(r, 5) != 0,
     }
 }
 
@@ -356,7 +370,7 @@ impl SubscriptionObject {
 
     pub(super) fn links(&self) -> Result<Vec<Link>> {
         let rows = self.rows(
-            "SELECT path, glob, explicit, acked, tail FROM links ORDER BY path",
+            "SELECT path, glob, explicit, acked, tail, placed FROM links ORDER BY path",
             vec![],
         )?;
         Ok(rows.iter().map(|r| link_from_row(r)).collect())
@@ -364,7 +378,7 @@ impl SubscriptionObject {
 
     pub(super) fn link(&self, path: &str) -> Result<Option<Link>> {
         let rows = self.rows(
-            "SELECT path, glob, explicit, acked, tail FROM links WHERE path = ?",
+            "SELECT path, glob, explicit, acked, tail, placed FROM links WHERE path = ?",
             vec![SqlStorageValue::String(path.to_string())],
         )?;
         Ok(rows.first().map(|r| link_from_row(r)))
@@ -385,17 +399,19 @@ impl SubscriptionObject {
     /// of a tail the link already has, which a stream's retry or its next pass sends).
     pub(super) fn save_link(&self, link: &Link) -> Result<()> {
         self.sql()?.exec(
-            "INSERT INTO links (path, glob, explicit, acked, tail) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO links (path, glob, explicit, acked, tail, placed) VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT (path) DO UPDATE SET glob = excluded.glob, explicit = excluded.explicit,
-               acked = excluded.acked, tail = excluded.tail
+               acked = excluded.acked, tail = excluded.tail, placed = excluded.placed
              WHERE links.glob != excluded.glob OR links.explicit != excluded.explicit
-               OR links.acked != excluded.acked OR links.tail != excluded.tail",
+               OR links.acked != excluded.acked OR links.tail != excluded.tail
+               OR links.placed != excluded.placed",
             vec![
                 SqlStorageValue::String(link.path.clone()),
                 SqlStorageValue::Integer(i64::from(link.glob)),
                 SqlStorageValue::Integer(i64::from(link.explicit)),
                 SqlStorageValue::Integer(link.acked as i64),
                 SqlStorageValue::Integer(link.tail as i64),
+                SqlStorageValue::Integer(i64::from(link.placed)),
             ],
         )?;
         Ok(())
@@ -513,11 +529,11 @@ impl SubscriptionObject {
     /// The links the current wake covers, each with the tail it was woken for.
     pub(super) fn snapshot_links(&self) -> Result<Vec<(Link, u64)>> {
         let rows = self.rows(
-            "SELECT l.path, l.glob, l.explicit, l.acked, l.tail, s.tail FROM links l
+            "SELECT l.path, l.glob, l.explicit, l.acked, l.tail, l.placed, s.tail FROM links l
              JOIN snapshot s ON s.path = l.path ORDER BY l.path",
             vec![],
         )?;
-        Ok(rows.iter().map(|r| (link_from_row(r), int(r, 5))).collect())
+        Ok(rows.iter().map(|r| (link_from_row(r), int(r, 6))).collect())
     }
 
     /// Whether data came for the subscription after the current wake listed its streams: a

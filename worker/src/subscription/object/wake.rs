@@ -58,6 +58,25 @@ impl SubscriptionObject {
                 self.remove_link(&n.path)?;
                 return json(200, &j!({ "linked": false }));
             }
+            // A new stream named explicitly is covered from its start: linking, should it ask
+            // the stream later, leaves the cursor there.
+            Some(l) if !l.placed && n.created => Link {
+                glob,
+                tail: l.tail.max(n.tail),
+                placed: true,
+                ..l
+            },
+            // One not new, named explicitly and not yet placed, that tells its tail before
+            // linking has: one that kept a deleted subscription's entry (this id's, created
+            // again), or one asked already whose answer is on its way. It existed before, so
+            // nothing it held then is pending; linking places the cursor where the stream
+            // answers, or here if that is earlier (as a pattern's provisional link).
+            Some(l) if !l.placed => Link {
+                glob,
+                acked: if l.tail == 0 { n.tail } else { l.acked },
+                tail: l.tail.max(n.tail),
+                ..l
+            },
             Some(l) => Link {
                 glob,
                 tail: l.tail.max(n.tail),
@@ -71,6 +90,7 @@ impl SubscriptionObject {
                     explicit: false,
                     acked: n.tail,
                     tail: n.tail,
+                    placed: true,
                 }
             }
             None if glob => {
@@ -81,6 +101,7 @@ impl SubscriptionObject {
                     explicit: false,
                     acked: 0,
                     tail: n.tail,
+                    placed: true,
                 }
             }
             None => return json(200, &j!({ "linked": false })),
@@ -103,9 +124,11 @@ impl SubscriptionObject {
         };
         match self.link(path)? {
             Some(link) if link.explicit => {
+                // A stream made again at the path is new: covered from its start.
                 self.save_link(&Link {
                     acked: 0,
                     tail: 0,
+                    placed: true,
                     ..link
                 })?;
                 self.sql()?.exec(
