@@ -1390,9 +1390,10 @@ export class IdempotentProducer {
       if (this.#inflight.size > 0) return;
       this.#claim();
     }
-    // One batch at a time until the epoch is confirmed (autoClaim) and the lease is held.
+    // One batch at a time until the epoch is confirmed (autoClaim) and the lease is held, and
+    // while the parts of a batch refused as too large are out (see #deliver).
     const probing = (this.#autoClaim && !this.#confirmed) || (this.#lease && !this.#leaseUntil);
-    const limit = probing ? 1 : this.#maxInFlight;
+    const limit = probing || [...this.#inflight].some((b) => b.d) ? 1 : this.#maxInFlight;
     while (this.#inflight.size < limit && this.#queue.length > 0) {
       const batch = this.#queue.shift();
       this.#merge(batch);
@@ -1481,12 +1482,14 @@ export class IdempotentProducer {
     }
     // Nothing left to send: a close goes out without data, a batch of data not at all.
     if (parts.length === 0) return batch.close;
-    if (json) {
-      batch.body = `[${parts.join(',')}]`;
-      return true;
-    }
-    batch.body = concat(parts);
+    this.#body(batch, parts);
     return true;
+  }
+
+  /** Sets a batch's body to `parts` (kept, to split the batch if it is refused as too large). */
+  #body(batch, parts) {
+    batch.parts = parts;
+    batch.body = this.#kind.json ? `[${parts.join(',')}]` : concat(parts);
   }
 
   #send(batch) {
@@ -1495,6 +1498,7 @@ export class IdempotentProducer {
     // prober's request gets through (or fails for good), then they all go again, in order.
     const onRetry = () => {
       this.#retrying = true;
+      batch.unsure = true; // an attempt may have landed
       if ((this.#prober ??= batch) !== batch) return new Promise((go) => this.#waiting.push([batch.n, go]));
     };
     return this.#call(appendStream, {
@@ -1587,6 +1591,19 @@ export class IdempotentProducer {
             this.#fencedAt = Math.max(this.#fencedAt, e.currentEpoch ?? batch.epoch);
             this.#fenced.push(batch);
             return;
+          }
+          // Refused as too large (413), so not stored, by its only attempt: nothing landed at its
+          // (epoch, seq), and no later seq is out. Its first half goes again at that seq, the
+          // rest next (at the following seq), and batches take at most half as many bytes.
+          const { parts } = batch;
+          if (e.status === 413 && parts?.[1] && !batch.unsure && !batch.close && ![...this.#inflight].some((b) => b.seq > batch.seq)) {
+            this.#maxBatchBytes = byteLength(batch.body) >> 1;
+            const rest = { n: batch.n + (batch.d = (batch.d ?? 1) / 2), d: batch.d, items: [], prepared: true, contentType: batch.contentType };
+            this.#body(rest, parts.splice(parts.length >> 1));
+            this.#body(batch, parts);
+            this.#queue.unshift(rest);
+            attempt = -1;
+            continue;
           }
           if (e instanceof SequenceGapError && attempt < 10 && !(e.expectedSeq >= batch.seq)) {
             // Pipelined batches arrived out of order: once the earlier ones have landed, resend.

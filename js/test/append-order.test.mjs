@@ -3,7 +3,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { DurableStream, stream } from '../src/node.js';
+import { DurableStream, IdempotentProducer, stream } from '../src/node.js';
 import { useReferenceServer } from '../test-support/reference-server.mjs';
 import { startServer } from '../../scripts/dev-server.mjs';
 
@@ -287,4 +287,46 @@ test('a refused batch of 200,000 appends goes again whole, past the most argumen
   assert.equal(stored.length, count + 1);
   assert.ok(stored.every((v, i) => v === (i ? (i - 1) % 10 : -1)), 'out of order');
   assert.equal(results.at(-1).offset, String(count + 1).padStart(16, '0'));
+});
+
+test('a producer batch refused as too large (413) goes again in parts, each value once and in order; one too large alone fails the producer', { timeout: 60_000 }, async () => {
+  for (const [kind, contentType, maxInFlight] of [['json', 'application/json', 5], ['bytes', 'text/plain', 1]]) {
+    const url = `${worker.baseUrl}/v1/stream/psplit-${randomUUID()}`;
+    const { fn, posts } = notingFetch();
+    const ds = await DurableStream.create({ url, contentType });
+    // maxBatchBytes at its default (1 MiB), far over the server's 1000 bytes.
+    const p = new IdempotentProducer(ds, `split-${kind}`, { lingerMs: 50, maxInFlight, fetch: fn });
+    const value = (i) => (kind === 'json' ? { i, pad: 'x'.repeat(90) } : `${i}:${'z'.repeat(95)};`);
+    for (let i = 0; i < 30; i++) p.append(value(i));
+    await p.flush();
+    // More after the split: batches now take at most half the refused size.
+    for (let i = 30; i < 60; i++) p.append(value(i));
+    await p.flush();
+    const all = Array.from({ length: 60 }, (_, i) => value(i));
+    assert.deepEqual(await read(url, kind === 'json'), kind === 'json' ? all : all.join(''));
+    assert.ok(posts.some((q) => q.status === 413), 'the whole batch was tried first');
+    assert.ok(posts.every((q) => q.status === 413 || q.size <= LIMIT), JSON.stringify(posts.map((q) => [q.size, q.status])));
+    assert.ok(posts.filter((q) => q.status !== 413).length < 30, 'the parts are batches, not one value each');
+    // A value too large alone is refused, and fails the producer as before.
+    p.append(kind === 'json' ? { pad: 'y'.repeat(2 * LIMIT) } : 'y'.repeat(2 * LIMIT));
+    await assert.rejects(p.flush(), (e) => e.status === 413);
+  }
+});
+
+test('a producer batch refused as too large after an attempt that may have landed is not split: the producer fails', { timeout: 30_000 }, async () => {
+  const url = `${worker.baseUrl}/v1/stream/psplit-${randomUUID()}`;
+  const ds = await DurableStream.create({ url, contentType: 'application/json' });
+  let posts = 0;
+  // The first attempt's connection fails after the request went out: it may have been stored,
+  // so its (epoch, seq) must not carry other data.
+  const fn = async (input, init) => {
+    const req = new Request(input, init);
+    if (req.method === 'POST' && posts++ === 0) throw new TypeError('fetch failed');
+    return fetch(req);
+  };
+  const p = new IdempotentProducer(ds, 'unsure', { lingerMs: 20, fetch: fn, onError: () => {} });
+  for (let i = 0; i < 30; i++) p.append({ i, pad: 'x'.repeat(90) });
+  await assert.rejects(p.flush(), (e) => e.status === 413);
+  assert.equal(posts, 2, 'sent once more, then refused');
+  assert.deepEqual(await read(url, true), []);
 });
