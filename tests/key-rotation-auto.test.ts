@@ -2,14 +2,12 @@
 // with KEY_ROTATION_MS set, the registry rotates the key on its alarm every period, with the
 // overlap KEY_ROTATION_OVERLAP_MS, once per period however it is woken or restarted. Every
 // delivery is verified the way a receiver verifies it, by the `kid` its signature names.
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { createPublicKey, verify } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
+import { hookServer, verifiedKid, type Hit, type Jwk } from './support/webhook';
 
 const PERIOD = 4000;
 const OVERLAP = 1500;
@@ -18,7 +16,6 @@ let server: Awaited<ReturnType<typeof startServer>>;
 const url = (path: string) => `${server.baseUrl}/v1/stream/${path}`;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
-type Jwk = { kid: string; x: string };
 type KeyState = { kid: string; status: string; signs_from_ms: number; retires_ms: number | null };
 type Keys = { keys: KeyState[]; now_ms: number; next_rotation_ms: number | null };
 
@@ -29,36 +26,18 @@ const keys = async (): Promise<Keys> => {
 };
 const jwks = async () => ((await (await fetch(url('__ds/jwks.json'))).json()) as { keys: Jwk[] }).keys;
 
-const deliveries: { signature: string; raw: string; body: any }[] = [];
-let hook: http.Server;
+let deliveries: Hit[] = [];
+let hook: Awaited<ReturnType<typeof hookServer>>;
 let hookUrl: string;
 
-function verifiedKid(d: { signature: string; raw: string }, set: Jwk[]): string {
-  const fields = Object.fromEntries(d.signature.split(',').map((f) => f.split('=', 2) as [string, string]));
-  const jwk = set.find((k) => k.kid === fields.kid);
-  expect(jwk, `kid ${fields.kid} is not in the key set ${set.map((k) => k.kid)}`).toBeDefined();
-  const key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: jwk!.x }, format: 'jwk' });
-  expect(verify(null, Buffer.from(`${fields.t}.${d.raw}`), key, Buffer.from(fields.ed25519, 'base64url'))).toBe(true);
-  return fields.kid;
-}
 
 beforeAll(async () => {
-  hook = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c) => chunks.push(c));
-    req.on('end', () => {
-      const raw = Buffer.concat(chunks).toString('utf8');
-      let body: any;
-      try {
-        body = JSON.parse(raw);
-      } catch {}
-      deliveries.push({ signature: String(req.headers['webhook-signature'] ?? ''), raw, body });
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end('{"done":true}');
-    });
+  hook = await hookServer((_, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end('{"done":true}');
   });
-  await new Promise<void>((resolve) => hook.listen(0, '127.0.0.1', resolve));
-  hookUrl = `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook`;
+  deliveries = hook.hits;
+  hookUrl = hook.url;
   // FAULT_MARKER (in no path here): subscriptions keep the schedule for 1 s, not 5 minutes.
   server = await startServer({
     vars: {
@@ -72,8 +51,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await server?.stop();
-  hook?.closeAllConnections();
-  await new Promise((resolve) => hook?.close(resolve));
+  await hook?.close();
 });
 
 test('the registry rotates the key by itself every period, once per period across a restart, and deliveries verify throughout', async () => {

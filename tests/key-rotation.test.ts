@@ -3,22 +3,18 @@
 // later, and keeps the old key published for `overlap_ms` after its last signature. Every
 // delivery here is verified the way a receiver verifies it: by the `kid` its signature names,
 // against the key set the server publishes.
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { createPublicKey, verify } from 'node:crypto';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
+import { hookServer, verifiedKid, type Hit, type Jwk } from './support/webhook';
 
 let server: Awaited<ReturnType<typeof startServer>>;
 const url = (path: string) => `${server.baseUrl}/v1/stream/${path}`;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-type Delivery = { signature: string; raw: string; body: any };
-const deliveries: Delivery[] = [];
-let hook: http.Server;
+let deliveries: Hit[] = [];
+let hook: Awaited<ReturnType<typeof hookServer>>;
 let hookUrl: string;
 
-type Jwk = { kty: string; crv: string; kid: string; x: string; d?: string };
 type KeyState = { kid: string; status: 'current' | 'next' | 'retiring'; signs_from_ms: number; retires_ms: number | null };
 
 const jwks = async () => {
@@ -33,23 +29,13 @@ const keys = async () => {
 };
 const rotate = (body?: string) => fetch(url('__ds/keys/rotate'), { method: 'POST', headers: { 'content-type': 'application/json' }, body });
 
-/** The `kid` a delivery's signature names, after checking it as a receiver would with `set`. */
-function verified(d: Delivery, set: Jwk[]): string {
-  const fields = Object.fromEntries(d.signature.split(',').map((f) => f.split('=', 2) as [string, string]));
-  const jwk = set.find((k) => k.kid === fields.kid);
-  expect(jwk, `kid ${fields.kid} is not in the key set ${set.map((k) => k.kid)}`).toBeDefined();
-  const key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: jwk!.x }, format: 'jwk' });
-  const ok = verify(null, Buffer.from(`${fields.t}.${d.raw}`), key, Buffer.from(fields.ed25519, 'base64url'));
-  expect(ok, 'the signature verifies with the published key').toBe(true);
-  return fields.kid;
-}
 
 const SUB = `rotation-hook-${Date.now()}`;
 const STREAM = `kr/${SUB}`;
 let appended = 0;
 
 /** Appends to the subscription's stream and waits for the delivery of that append. */
-async function deliver(): Promise<Delivery> {
+async function deliver(): Promise<Hit> {
   const n = ++appended;
   expect((await fetch(url(STREAM), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ n }) })).status).toBe(204);
   for (let i = 0; i < 200; i++) {
@@ -64,22 +50,12 @@ async function deliver(): Promise<Delivery> {
 }
 
 beforeAll(async () => {
-  hook = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c) => chunks.push(c));
-    req.on('end', () => {
-      const raw = Buffer.concat(chunks).toString('utf8');
-      let body: any;
-      try {
-        body = JSON.parse(raw);
-      } catch {}
-      deliveries.push({ signature: String(req.headers['webhook-signature'] ?? ''), raw, body });
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end('{"done":true}');
-    });
+  hook = await hookServer((_, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end('{"done":true}');
   });
-  await new Promise<void>((resolve) => hook.listen(0, '127.0.0.1', resolve));
-  hookUrl = `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook`;
+  deliveries = hook.hits;
+  hookUrl = hook.url;
   // With FAULT_MARKER set (no path here contains it), subscriptions keep the key schedule they
   // fetched for 1 s instead of a minute, so that overlaps of seconds can be tested.
   server = await startServer({ vars: { WEBHOOK_ALLOW_LOCALHOST: 'true', FAULT_MARKER: 'never-in-a-path' } });
@@ -94,8 +70,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await server?.stop();
-  hook?.closeAllConnections();
-  await new Promise((resolve) => hook?.close(resolve));
+  await hook?.close();
 });
 
 test('a rotation publishes the fresh key first, signs with it after the overlap, then drops the old key', async () => {
@@ -103,7 +78,7 @@ test('a rotation publishes the fresh key first, signs with it after the overlap,
   expect(before.keys).toHaveLength(1);
   expect(before.keys[0]).not.toHaveProperty('d');
   const old = before.keys[0].kid;
-  expect(verified(await deliver(), before.keys)).toBe(old);
+  expect(verifiedKid(await deliver(), before.keys)).toBe(old);
   expect(await keys()).toEqual([expect.objectContaining({ kid: old, status: 'current', retires_ms: null })]);
 
   const overlap = 4000;
@@ -127,12 +102,12 @@ test('a rotation publishes the fresh key first, signs with it after the overlap,
   expect(during.keys.map((k) => k.kid)).toEqual([old, fresh]);
   expect(Number(during.cacheControl?.match(/max-age=(\d+)/)?.[1])).toBeLessThanOrEqual(Math.ceil((switchAt + overlap - Date.now()) / 1000) + 1);
   expect(Date.now()).toBeLessThan(switchAt);
-  expect(verified(await deliver(), during.keys), 'a delivery before the switch').toBe(old);
+  expect(verifiedKid(await deliver(), during.keys), 'a delivery before the switch').toBe(old);
 
   // After the switch (and the second a subscription keeps its schedule under test), the fresh
   // key signs; the old one is still published, for deliveries in flight.
   await sleep(switchAt + 1200 - Date.now());
-  expect(verified(await deliver(), during.keys), 'a delivery after the switch').toBe(fresh);
+  expect(verifiedKid(await deliver(), during.keys), 'a delivery after the switch').toBe(fresh);
   expect((await keys()).map((k) => [k.kid, k.status])).toEqual([
     [old, 'retiring'],
     [fresh, 'current'],
@@ -144,7 +119,7 @@ test('a rotation publishes the fresh key first, signs with it after the overlap,
   const after = await jwks();
   expect(after.keys.map((k) => k.kid)).toEqual([fresh]);
   expect(after.cacheControl).toBe('public, max-age=300');
-  expect(verified(await deliver(), after.keys)).toBe(fresh);
+  expect(verifiedKid(await deliver(), after.keys)).toBe(fresh);
   expect((await keys()).map((k) => [k.kid, k.status])).toEqual([[fresh, 'current']]);
   // The subscription names the key that signs now.
   const described = await (await fetch(url(`__ds/subscriptions/${SUB}`))).json();
@@ -162,7 +137,7 @@ test('a rotation with no overlap replaces the key at once, for a key that leaked
   const set = (await jwks()).keys;
   expect(set.map((k) => k.kid)).toEqual([replacement.kid]);
   await sleep(1200);
-  expect(verified(await deliver(), set)).toBe(replacement.kid);
+  expect(verifiedKid(await deliver(), set)).toBe(replacement.kid);
 }, 30_000);
 
 test('a rotation while another is under way withdraws the key that never signed', async () => {
@@ -185,7 +160,7 @@ test('a rotation while another is under way withdraws the key that never signed'
     [expect.any(String), 'next'],
   ]);
   await sleep(1200);
-  expect(verified(await deliver(), (await jwks()).keys)).toBe(current.kid);
+  expect(verifiedKid(await deliver(), (await jwks()).keys)).toBe(current.kid);
 });
 
 test('a rotation with a bad body is 400 and changes nothing; other methods are 405', async () => {
@@ -232,7 +207,7 @@ test('a subscription that cannot reach the registry when its schedule is due sig
     expect(described.delivery.failures, described.delivery.last_error).toBe(0);
     const d = deliveries.find((d) => d.body?.subscription_id === id);
     if (d) {
-      expect(verified(d, (await jwks()).keys)).toBe(kid);
+      expect(verifiedKid(d, (await jwks()).keys)).toBe(kid);
       return;
     }
     await sleep(50);
@@ -287,7 +262,7 @@ test('a subscription whose kept schedule is too old to trust while the registry 
   for (let i = 0; i < 300; i++) {
     const d = deliveries.find((d) => d.body?.subscription_id === id);
     if (d) {
-      expect(verified(d, (await jwks()).keys)).toBe(fresh.kid);
+      expect(verifiedKid(d, (await jwks()).keys)).toBe(fresh.kid);
       const described = (await (await fetch(url(`__ds/subscriptions/${id}`))).json()) as any;
       expect(described.webhook.signing.kid).toBe(fresh.kid);
       return;
