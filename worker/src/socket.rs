@@ -241,8 +241,9 @@ impl Socket {
     }
 
     /// See [`close_on_abort`].
-    pub fn close_on_abort(&self, signal: &web_sys::AbortSignal) {
-        close_on_abort(&self.ws, signal);
+    #[must_use = "dropping the watch stops it"]
+    pub fn close_on_abort(&self, signal: &web_sys::AbortSignal) -> Option<AbortWatch> {
+        close_on_abort(&self.ws, signal)
     }
 
     /// A handle that sends on this socket, for a task that sends while another awaits `next()`.
@@ -255,21 +256,43 @@ impl Socket {
 
 /// Closes `ws` (1000) when `signal` aborts: the request's signal, which workerd aborts when the
 /// client goes away (the `enable_request_signal` compatibility flag, set in wrangler.toml). The
-/// listener is the socket's own `close`, bound to its arguments: no Rust closure is made or kept
-/// for it, and closing a socket twice is harmless.
-pub fn close_on_abort(ws: &web_sys::WebSocket, signal: &web_sys::AbortSignal) {
+/// listener is the socket's own `close`, bound to its arguments: no Rust closure is made for it,
+/// and closing a socket twice is harmless. The listener stays on the signal until the
+/// [`AbortWatch`] answered is dropped: drop it once the reader is done, or the signal, which
+/// the runtime may keep past the request, keeps the socket and its listeners alive.
+#[must_use = "dropping the watch stops it"]
+pub fn close_on_abort(
+    ws: &web_sys::WebSocket,
+    signal: &web_sys::AbortSignal,
+) -> Option<AbortWatch> {
     if signal.aborted() {
         let _ = ws.close_with_code_and_reason(1000, CLIENT_GONE);
-        return;
+        return None;
     }
-    let Ok(close) = js_sys::Reflect::get(ws, &"close".into()) else {
-        return;
-    };
-    let Some(close) = close.dyn_ref::<js_sys::Function>() else {
-        return;
-    };
-    let bound = close.bind2(ws, &1000.into(), &CLIENT_GONE.into());
-    let _ = signal.add_event_listener_with_callback("abort", bound.unchecked_ref());
+    let close = js_sys::Reflect::get(ws, &"close".into()).ok()?;
+    let close = close.dyn_ref::<js_sys::Function>()?;
+    let listener: wasm_bindgen::JsValue = close.bind2(ws, &1000.into(), &CLIENT_GONE.into()).into();
+    signal
+        .add_event_listener_with_callback("abort", listener.unchecked_ref())
+        .ok()?;
+    Some(AbortWatch {
+        signal: signal.clone(),
+        listener,
+    })
+}
+
+/// The abort listener [`close_on_abort`] added; dropping it removes the listener.
+pub struct AbortWatch {
+    signal: web_sys::AbortSignal,
+    listener: wasm_bindgen::JsValue,
+}
+
+impl Drop for AbortWatch {
+    fn drop(&mut self) {
+        let _ = self
+            .signal
+            .remove_event_listener_with_callback("abort", self.listener.unchecked_ref());
+    }
 }
 
 const CLIENT_GONE: &str = "client gone";

@@ -232,7 +232,7 @@ pub async fn long_poll(
     // Nothing is written to a waiting long-poll, so only the runtime can tell that its client
     // left: the internal socket then closes at once, which frees the reader's place under
     // MAX_LIVE_READERS rather than holding it until the next append or the timeout.
-    live.socket.close_on_abort(signal);
+    let _watch = live.socket.close_on_abort(signal);
     let mut timeout = Delay::from(Duration::from_millis(until_expiry(
         staggered(config.long_poll_timeout_ms),
         read_until,
@@ -522,6 +522,8 @@ struct SseFollower {
     written_ms: i64,
     /// To go back to catch-up when the reader falls behind.
     source: Rc<SseSource>,
+    /// Closes the socket should the reader go away between messages; dropped when finished.
+    abort_watch: Option<socket::AbortWatch>,
 }
 
 type SharedFollower = Rc<RefCell<SseFollower>>;
@@ -558,6 +560,7 @@ fn track(follower: &SharedFollower, deadline_ms: i64) {
                 f.body = None;
                 f.timeout_id = None;
                 f.on_tick = None;
+                f.abort_watch = None;
             }
             false
         });
@@ -581,6 +584,7 @@ impl SseFollower {
             on_tick: None,
             written_ms: now_ms(),
             source,
+            abort_watch: None,
         }));
         track(&follower, deadline_ms);
         for event in queued {
@@ -599,7 +603,8 @@ impl SseFollower {
         // A client that leaves between messages would otherwise be noticed only at the next
         // write (a heartbeat at the latest), and hold its place under MAX_LIVE_READERS until
         // then. The socket's close ends the follower.
-        socket::close_on_abort(&ws, &follower.borrow().source.signal);
+        let watch = socket::close_on_abort(&ws, &follower.borrow().source.signal);
+        follower.borrow_mut().abort_watch = watch;
         let f = follower.clone();
         listen(
             "message",
@@ -781,6 +786,7 @@ impl SseFollower {
             global.clear_timeout_with_handle(id);
         }
         this.on_tick = None;
+        this.abort_watch = None;
     }
 }
 
