@@ -11,7 +11,7 @@
 // (worker/src/fault.rs), which stops linking at that page until the alarm retries it.
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
-import { hookServer } from './support/webhook';
+import { hookServer, type Hit } from './support/webhook';
 
 const MARKER = 'flaky-link-marker';
 let server: Awaited<ReturnType<typeof startServer>>;
@@ -20,6 +20,9 @@ const sub = (id: string) => url(`__ds/subscriptions/${id}`);
 const json = { 'content-type': 'application/json' };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const uid = () => `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 7)}`;
+/** The entries of `hits` (from the `since`th on) that deliver data pending on `path`. */
+const pendingOn = (hits: Hit[], path: string, since = 0) =>
+  hits.slice(since).flatMap((h) => (h.body?.streams ?? []).filter((s: any) => s.path === path && s.has_pending));
 
 beforeAll(async () => {
   server = await startServer({
@@ -200,7 +203,7 @@ describe('linking a pattern over more streams than one invocation links', () => 
       expect(await eventually(async () => (await described(id)).linking.done), 'linking never finished').toBe(true);
       expect((await fetch(url(known), { method: 'POST', headers: json, body: '{"after":true}' })).status).toBe(204);
       const to = await tailOf(known);
-      const delivered = () => hook.hits.flatMap((h) => (h.body?.streams ?? []).filter((s: any) => s.path === known && s.has_pending));
+      const delivered = () => pendingOn(hook.hits, known);
       expect(await eventually(async () => delivered().some((s: any) => s.tail_offset === to)), 'the append after linking was not delivered').toBe(true);
       await sleep(300);
       expect(delivered().map((s: any) => [s.acked_offset, s.tail_offset])).toEqual([[from, to]]);
@@ -285,7 +288,7 @@ describe('linking a pattern over more streams than one invocation links', () => 
       expect([link?.acked_offset, link?.tail_offset], 'the retry moved the link made before it').toEqual([from, to]);
       failing = false;
       const okHits = hook.hits.length;
-      const delivered = () => hook.hits.slice(okHits).flatMap((h) => (h.body?.streams ?? []).filter((s: any) => s.path === good && s.has_pending));
+      const delivered = () => pendingOn(hook.hits, good, okHits);
       expect(await eventually(async () => delivered().length > 0, 30_000), 'the append between the attempts was not delivered').toBe(true);
       expect(delivered().map((s: any) => [s.acked_offset, s.tail_offset])).toEqual([[from, to]]);
     } finally {
@@ -326,7 +329,7 @@ describe('linking a pattern over more streams than one invocation links', () => 
       expect([link?.acked_offset, link?.tail_offset], 'the new stream is not covered from its start').toEqual([zero, bornTail]);
       failing = false;
       const okHits = hook.hits.length;
-      const delivered = () => hook.hits.slice(okHits).flatMap((h) => (h.body?.streams ?? []).filter((s: any) => s.path === born && s.has_pending));
+      const delivered = () => pendingOn(hook.hits, born, okHits);
       expect(await eventually(async () => delivered().length > 0, 30_000), 'the new stream\'s first data was not delivered').toBe(true);
       expect(delivered().map((s: any) => [s.acked_offset, s.tail_offset])).toEqual([[zero, bornTail]]);
     } finally {
@@ -369,7 +372,7 @@ describe('linking a pattern over more streams than one invocation links', () => 
       const from = await tailOf(known);
       expect((await fetch(url(known), { method: 'POST', headers: json, body: '{"after":true}' })).status).toBe(204);
       const to = await tailOf(known);
-      const delivered = () => hook.hits.slice(seen).flatMap((h) => (h.body?.streams ?? []).filter((s: any) => s.path === known && s.has_pending));
+      const delivered = () => pendingOn(hook.hits, known, seen);
       expect(await eventually(async () => delivered().some((s: any) => s.tail_offset === to)), 'the append after linking was not delivered').toBe(true);
       await sleep(300);
       expect(delivered().map((s: any) => [s.acked_offset, s.tail_offset])).toEqual([[from, to]]);
