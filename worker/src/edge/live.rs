@@ -554,7 +554,9 @@ fn track(follower: &SharedFollower, deadline_ms: i64) {
                 return true;
             }
             if let Ok(mut f) = f.try_borrow_mut() {
-                // No method calls: the objects belong to a request that no longer runs.
+                // No method calls on the socket or body: they belong to a request that no longer
+                // runs. Dropping the abort watch takes its listener off that request's signal
+                // (a failure to is ignored), which would otherwise keep the socket alive.
                 f.state.done = true;
                 f.socket = None;
                 f.body = None;
