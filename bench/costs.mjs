@@ -265,6 +265,22 @@ for (const mode of ['long-poll', 'sse']) {
   record('append, 10 webhook subscriptions, wakes out: the stream', tenRows, 'stream 1, subscriptions 10');
   record('... the 10 subscriptions together', subs, '');
 
+  // A create that subscriptions cover: the stream stores an entry per subscription, flagged
+  // `created` until that subscription has taken the notification saying the stream is new,
+  // and clears the flag as it answers; each subscription links the (empty) stream.
+  for (const [label, ids, dir] of [['1 webhook subscription', [id], 'one'], ['10 webhook subscriptions', ten, 'ten']]) {
+    const subsBefore = [];
+    for (const t of ids) subsBefore.push(await settled(t));
+    const created = rows(await req(sname(`${dir}/new`), 'PUT', json));
+    let linked = { read: 0, written: 0 };
+    for (const [i, t] of ids.entries()) {
+      const d = diff(subsBefore[i], await settled(t));
+      linked = { read: linked.read + d.read, written: linked.written + d.written };
+    }
+    record(`create (PUT, empty) covered by ${label}: the stream`, created, `stream 1, registry 1, subscriptions ${ids.length}`);
+    record(`... the ${ids.length === 1 ? 'subscription' : `${ids.length} subscriptions together`}`, linked, '');
+  }
+
   // Pull-wake: the wake event is an append to the wake stream; a worker claims and acks.
   const pid = `cost-${run}-pull`;
   const wakeStream = `cost-${run}/wake`;

@@ -39,6 +39,84 @@ pub const MAX_WEBHOOK_REPLY_BYTES: usize = 8 * 1024;
 /// many streams the subscription covers.
 pub const MAX_WAKE_STREAMS: usize = 500;
 
+/// How many linked streams a subscription's `GET` (and its `PUT`'s answer) lists when the
+/// request names no `limit`, and the most it may name. A pattern may link millions of streams;
+/// one answer listing them all would pass a Worker's memory and CPU limits and be of no use to
+/// its reader. At most about 1.2 MB with 1 KiB paths, 200 KB for usual ones.
+pub const STREAMS_PAGE_MAX: usize = 1_000;
+
+/// Which page of a subscription's linked streams a `GET` asks for: at most `limit` of them, in
+/// path order (bytewise), the first after `after` (the last path of the page before), or from
+/// the first. A cursor that is a path, not a position, so streams linked or dropped while a
+/// reader pages through move no other stream: each stream linked throughout is listed exactly
+/// once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamsPage {
+    /// Most streams listed.
+    pub limit: usize,
+    /// The path the page starts after (`None`: the first stream).
+    pub after: Option<String>,
+}
+
+impl Default for StreamsPage {
+    fn default() -> Self {
+        StreamsPage {
+            limit: STREAMS_PAGE_MAX,
+            after: None,
+        }
+    }
+}
+
+impl StreamsPage {
+    /// Reads the page from a request's decoded query parameters: `limit` (a whole number from
+    /// 1 to [`STREAMS_PAGE_MAX`]) and `streams_after` (a stream path), each at most once.
+    /// Other parameters (an access `token`, say) are not this page's concern.
+    pub fn from_query<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<StreamsPage, SubscriptionError> {
+        let mut limit = None;
+        let mut after = None;
+        for (name, value) in pairs {
+            match name {
+                "limit" if limit.is_some() => {
+                    return Err(SubscriptionError::InvalidRequest("limit may be given once"))
+                }
+                "limit" => limit = Some(value),
+                "streams_after" if after.is_some() => {
+                    return Err(SubscriptionError::InvalidRequest(
+                        "streams_after may be given once",
+                    ))
+                }
+                "streams_after" => after = Some(value),
+                _ => {}
+            }
+        }
+        let limit = match limit {
+            None => STREAMS_PAGE_MAX,
+            // Digits only: `parse` would also take a sign.
+            Some(v) => v
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| v.parse::<usize>().ok())
+                .flatten()
+                .filter(|n| (1..=STREAMS_PAGE_MAX).contains(n))
+                .ok_or(SubscriptionError::InvalidRequest(
+                    "limit must be a whole number from 1 to 1000",
+                ))?,
+        };
+        let after = match after {
+            None => None,
+            Some(path) if is_valid_path(path) => Some(String::from(path)),
+            Some(_) => {
+                return Err(SubscriptionError::InvalidRequest(
+                    "streams_after must be a stream path",
+                ))
+            }
+        };
+        Ok(StreamsPage { limit, after })
+    }
+}
+
 // Why acks are refused with `INVALID_OFFSET`, as the reference server refuses them.
 /// An ack whose offset does not parse, or that its stream would not start a read at (inside a
 /// JSON message).
@@ -338,6 +416,65 @@ pub fn last_error(error: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streams_page_reads_limit_and_cursor_and_refuses_bad_values() {
+        fn page(q: &[(&str, &str)]) -> Result<StreamsPage, SubscriptionError> {
+            StreamsPage::from_query(q.iter().copied())
+        }
+        assert_eq!(page(&[]), Ok(StreamsPage::default()));
+        assert_eq!(StreamsPage::default().limit, STREAMS_PAGE_MAX);
+        assert_eq!(
+            page(&[
+                ("limit", "5"),
+                ("streams_after", "events/a"),
+                ("token", "t")
+            ]),
+            Ok(StreamsPage {
+                limit: 5,
+                after: Some(String::from("events/a"))
+            })
+        );
+        assert_eq!(page(&[("limit", "1000")]).map(|p| p.limit), Ok(1000));
+        assert_eq!(page(&[("limit", "007")]).map(|p| p.limit), Ok(7));
+        let limit = Err(SubscriptionError::InvalidRequest(
+            "limit must be a whole number from 1 to 1000",
+        ));
+        for bad in [
+            "0",
+            "1001",
+            "",
+            "-1",
+            "+5",
+            " 5",
+            "5 ",
+            "1.5",
+            "x",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(page(&[("limit", bad)]), limit, "{bad:?}");
+        }
+        let after = Err(SubscriptionError::InvalidRequest(
+            "streams_after must be a stream path",
+        ));
+        for bad in [
+            "", "a//b", "/a", "a/", "__ds/x", "a/../b", "a\\b", "a\u{7}b",
+        ] {
+            assert_eq!(page(&[("streams_after", bad)]), after, "{bad:?}");
+        }
+        let long = "x".repeat(1025);
+        assert_eq!(page(&[("streams_after", &long)]), after);
+        assert_eq!(
+            page(&[("limit", "1"), ("limit", "1")]),
+            Err(SubscriptionError::InvalidRequest("limit may be given once"))
+        );
+        assert_eq!(
+            page(&[("streams_after", "a"), ("streams_after", "b")]),
+            Err(SubscriptionError::InvalidRequest(
+                "streams_after may be given once"
+            ))
+        );
+    }
 
     #[test]
     fn single_star_matches_one_segment() {

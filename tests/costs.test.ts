@@ -300,6 +300,45 @@ describe('rows a subscription writes', () => {
     }
   });
 
+  // A stream that subscriptions cover is told so by its registration, in the turn that settles
+  // it: a `subscribers` entry per subscription (keyed by id, without a rowid), flagged `created`
+  // so that every notification says the stream is new until that subscription has taken one,
+  // across retries and restarts (worker/src/object/subscribers.rs). The registration's
+  // notification clears each flag as its subscription answers: a row more per subscription.
+  // So a create writes the 8 rows of one that nothing covers, and 2 per subscription; nothing
+  // after it (its alarm stands down). Each subscription writes the new stream's link, nothing
+  // pending (the stream is empty); the registry its one row.
+  it('a create that subscriptions cover writes 2 rows per subscription in the stream, and its link in each', async () => {
+    const prefix = unique('covered');
+    const hook = await receiver();
+    const ids = [0, 1, 2].map((i) => `cost-${prefix.replaceAll('/', '-')}-${i}`);
+    const solo = `cost-${prefix.replaceAll('/', '-')}-solo`;
+    try {
+      for (const id of ids) await subscribe(id, webhook(`${prefix}/*`, hook.url));
+      await subscribe(solo, { type: 'webhook', streams: [`${prefix}/x/solo`], webhook: { url: hook.url }, lease_ttl_ms: 600_000 });
+      const all = [...ids, solo];
+      const before = [];
+      for (const id of all) before.push(await settled(id));
+
+      const three = await answer('PUT', `${prefix}/s`, json);
+      expect(counted(three, 'x-edgestream-rows').written).toBe(8 + 2 * 3);
+      expect(three.headers.get('x-edgestream-registry-written')).toBe('1');
+      const one = await answer('PUT', `${prefix}/x/solo`, json);
+      expect(counted(one, 'x-edgestream-rows').written).toBe(8 + 2 * 1);
+      expect(one.headers.get('x-edgestream-registry-written')).toBe('1');
+
+      for (const [i, id] of all.entries()) expect((await settled(id)) - before[i], id).toBe(1);
+      // The streams' objects wrote nothing after their answers (whose totals also hold the
+      // rows of the object's start): no retry, no owed row.
+      expect(await writtenSoFar(`${prefix}/s`)).toBe(counted(three, 'x-edgestream-rows-total').written);
+      expect(await writtenSoFar(`${prefix}/x/solo`)).toBe(counted(one, 'x-edgestream-rows-total').written);
+      expect(hits(hook, solo) + ids.reduce((n, id) => n + hits(hook, id), 0)).toBe(0);
+    } finally {
+      for (const id of [...ids, solo]) await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+
   // A stream tells its subscriptions its tail again when a call failed (here the first
   // subscription's, an injected fault): the ones that had it store nothing (their link was
   // written again, a row each).

@@ -79,10 +79,24 @@ async function post(path: string, body: unknown, headers: Record<string, string>
   return fetch(url(path), { method: 'POST', headers: { ...json, ...headers }, body: JSON.stringify(body) });
 }
 
-async function described(id: string) {
-  const res = await fetch(sub(id));
+/** A page of the subscription's description: at most `limit` streams, after `after`. */
+async function streamsPage(id: string, query: { limit?: number; after?: string } = {}) {
+  const q = new URLSearchParams();
+  if (query.limit !== undefined) q.set('limit', String(query.limit));
+  if (query.after !== undefined) q.set('streams_after', query.after);
+  const res = await fetch(`${sub(id)}${q.size ? `?${q}` : ''}`);
   expect(res.status).toBe(200);
-  return (await res.json()) as { status: string; pattern: string; streams: any[] };
+  return (await res.json()) as { status: string; pattern: string; streams: any[]; streams_has_more: boolean; streams_next: string | null };
+}
+
+/** The subscription's description with every stream it links, read a page at a time. */
+async function described(id: string) {
+  const first = await streamsPage(id);
+  for (let page = first; page.streams_has_more; ) {
+    page = await streamsPage(id, { after: page.streams_next! });
+    first.streams.push(...page.streams);
+  }
+  return first;
 }
 
 async function linkOf(id: string, path: string) {
@@ -1068,6 +1082,140 @@ describe('a wake lists only the streams with news', () => {
         return all.every((name) => streams.some((s) => s.path === name && s.has_pending));
       });
       expect(seen, 'a stream created during the paging was not linked').toBe(true);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
+
+// A pattern may link millions of streams (linking goes on in pages, by alarm): a GET that
+// listed them all would pass a Worker's memory and CPU limits. It lists a page of them, in path
+// order, `limit` at most (default and most: 1000, STREAMS_PAGE_MAX in src/subscription.rs), and
+// the next page starts after the last path listed (`streams_after`).
+describe("a subscription's streams, a page at a time", () => {
+  test('paging through lists every stream once, in path order; streams linked meanwhile after the cursor are listed too', async () => {
+    const p = `pages-${uid()}`;
+    const wake = `wake-${p}`;
+    const id = `pull-${p}`;
+    // Byte order, not locale order: upper case before lower case, '-' before '.' before digits.
+    const globbed = ['B', 'a', 'a-1', 'a.1', 'a0', 'b', 'c'].map((n) => `${p}/${n}`);
+    const named = [`${p}/a/x`, `${p}/n/1`, `${p}/n/2`];
+    const sorted = [...globbed, ...named].sort();
+    try {
+      expect((await put(wake, '[]')).status).toBe(201);
+      for (const name of globbed) expect((await put(name, '[]')).status).toBe(201);
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', pattern: `${p}/*`, streams: named, wake_stream: wake })).status).toBe(201);
+
+      const seen: string[] = [];
+      let page = await streamsPage(id, { limit: 3 });
+      let pages = 1;
+      for (;;) {
+        const paths = page.streams.map((s) => s.path);
+        expect(paths.length).toBeLessThanOrEqual(3);
+        seen.push(...paths);
+        if (!page.streams_has_more) {
+          expect(page.streams_next).toBeNull();
+          break;
+        }
+        expect(paths).toHaveLength(3);
+        expect(page.streams_next).toBe(paths[2]);
+        if (pages === 1) {
+          // Linked between two pages: one before the cursor (not listed in this pass) and one
+          // after it (listed once). Those linked throughout stay exactly where they were.
+          expect((await put(`${p}/0-before`, '[]')).status).toBe(201);
+          expect((await put(`${p}/zz-after`, '[]')).status).toBe(201);
+        }
+        page = await streamsPage(id, { limit: 3, after: page.streams_next! });
+        pages += 1;
+        expect(pages).toBeLessThan(10);
+      }
+      const expected = [...sorted, `${p}/zz-after`];
+      expect(seen).toEqual(expected);
+      expect(pages).toBe(4);
+      // Unpaged, the same list with the stream linked before the cursor: the whole list fits
+      // in the default page.
+      const whole = await streamsPage(id);
+      expect(whole.streams.map((s) => s.path)).toEqual([...expected, `${p}/0-before`].sort());
+      expect(whole.streams_has_more).toBe(false);
+      expect(whole.streams_next).toBeNull();
+      // A page of exactly the streams left says no more follow; a cursor at or past the last
+      // stream answers an empty page; a cursor need not be a linked path.
+      const last = await streamsPage(id, { limit: 2, after: `${p}/c` });
+      expect(last.streams.map((s) => s.path)).toEqual([`${p}/n/1`, `${p}/n/2`]);
+      expect(last).toMatchObject({ streams_has_more: true, streams_next: `${p}/n/2` });
+      const end = await streamsPage(id, { limit: 2, after: `${p}/n/2` });
+      expect(end.streams.map((s) => s.path)).toEqual([`${p}/zz-after`]);
+      expect(end).toMatchObject({ streams_has_more: false, streams_next: null });
+      expect(await streamsPage(id, { after: `${p}/zz-after` })).toMatchObject({ streams: [], streams_has_more: false, streams_next: null });
+      expect((await streamsPage(id, { limit: 1, after: `${p}/a.` })).streams.map((s) => s.path)).toEqual([`${p}/a.1`]);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+
+  test('a GET, and the PUT that creates it, list at most 1000 streams unless asked for fewer', async () => {
+    const p = `bigpage-${uid()}`;
+    const id = `pull-${p}`;
+    const names = Array.from({ length: 1001 }, (_, i) => `${p}/n${String(i).padStart(4, '0')}`);
+    const body = { type: 'pull-wake', streams: names.slice(0, 1000), wake_stream: `wake-${p}` };
+    try {
+      const created = await put(`__ds/subscriptions/${id}`, body);
+      expect(created.status).toBe(201);
+      expect(await created.json()).toMatchObject({ streams_has_more: false, streams_next: null });
+      expect((await post(`__ds/subscriptions/${id}/streams`, { streams: [names[1000]] })).status).toBe(204);
+      const first = await streamsPage(id);
+      expect(first.streams.map((s) => s.path)).toEqual(names.slice(0, 1000));
+      expect(first).toMatchObject({ streams_has_more: true, streams_next: names[999] });
+      const second = await streamsPage(id, { after: first.streams_next! });
+      expect(second.streams.map((s) => s.path)).toEqual([names[1000]]);
+      expect(second).toMatchObject({ streams_has_more: false, streams_next: null });
+      // The PUT's answer (here a repeated one, 200) is the first page.
+      const again = await put(`__ds/subscriptions/${id}`, body);
+      expect(again.status).toBe(200);
+      const confirmed = await again.json();
+      expect(confirmed.streams).toHaveLength(1000);
+      expect(confirmed).toMatchObject({ streams_has_more: true, streams_next: names[999] });
+      expect((await streamsPage(id, { limit: 1000 })).streams).toHaveLength(1000);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+
+  test('a bad limit or cursor is 400 INVALID_REQUEST saying which; other parameters are let be', async () => {
+    const id = `badpage-${uid()}`;
+    try {
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', streams: [`${id}/a`, `${id}/b`], wake_stream: `wake-${id}` })).status).toBe(201);
+      const refusals: [string, RegExp][] = [
+        ['limit=0', /limit must be a whole number from 1 to 1000/],
+        ['limit=1001', /limit must be a whole number from 1 to 1000/],
+        ['limit=', /limit must be a whole number from 1 to 1000/],
+        ['limit=-1', /limit must be a whole number from 1 to 1000/],
+        ['limit=%2B5', /limit must be a whole number from 1 to 1000/],
+        ['limit=2.5', /limit must be a whole number from 1 to 1000/],
+        ['limit=ten', /limit must be a whole number from 1 to 1000/],
+        ['limit=99999999999999999999999', /limit must be a whole number from 1 to 1000/],
+        ['limit=1&limit=2', /limit may be given once/],
+        ['streams_after=', /streams_after must be a stream path/],
+        ['streams_after=a%2F%2Fb', /streams_after must be a stream path/],
+        ['streams_after=__ds%2Fx', /streams_after must be a stream path/],
+        ['streams_after=a%2F..%2Fb', /streams_after must be a stream path/],
+        ['streams_after=a%07b', /streams_after must be a stream path/],
+        [`streams_after=${'x'.repeat(1025)}`, /streams_after must be a stream path/],
+        ['streams_after=a&streams_after=b', /streams_after may be given once/],
+      ];
+      for (const [query, why] of refusals) {
+        const res = await fetch(`${sub(id)}?${query}`);
+        expect(res.status, query).toBe(400);
+        const error = (await res.json()).error;
+        expect(error.code, query).toBe('INVALID_REQUEST');
+        expect(error.message, query).toMatch(why);
+      }
+      // Refused whether or not the subscription exists: the edge checks before asking it.
+      expect((await fetch(`${sub(`none-${id}`)}?limit=0`)).status).toBe(400);
+      expect((await fetch(`${sub(`none-${id}`)}?limit=1`)).status).toBe(404);
+      const ok = await fetch(`${sub(id)}?limit=1&unknown=1`);
+      expect(ok.status).toBe(200);
+      expect(await ok.json()).toMatchObject({ streams: [{ path: `${id}/a` }], streams_has_more: true, streams_next: `${id}/a` });
     } finally {
       await fetch(sub(id), { method: 'DELETE' });
     }

@@ -19,7 +19,7 @@ pub mod object;
 pub mod registry;
 pub mod webhook;
 
-use edgestream::subscription::SubscriptionError;
+use edgestream::subscription::{StreamsPage, SubscriptionError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Stub, Url};
@@ -155,7 +155,7 @@ pub async fn route(
     // The signing keys' schedule and its rotation (admin; the edge has checked the token).
     if let ("keys", Method::Get) | ("keys/rotate", Method::Post) = (rest, req.method()) {
         let registry = registry_stub(env)?;
-        let resp = forward(req, &registry, rest, None, &origin, None, config).await?;
+        let resp = forward(req, &registry, rest, &[], &origin, None, config).await?;
         if rest == "keys/rotate" && resp.status_code() == 200 {
             // This isolate's copy of the key set lacks the fresh key: ask again.
             JWKS.with(|c| c.replace(None));
@@ -179,7 +179,18 @@ pub async fn route(
     let method = req.method();
     let (op, path) = match (action, &method) {
         ("", Method::Put) => ("create", None),
-        ("", Method::Get) => ("get", None),
+        ("", Method::Get) => {
+            // Refused here, before any object is asked, and passed on as checked.
+            let pairs: Vec<_> = url.query_pairs().collect();
+            let page = match StreamsPage::from_query(pairs.iter().map(|(k, v)| (&**k, &**v))) {
+                Ok(page) => page,
+                Err(e) => return error(e),
+            };
+            let stub = subscription_stub(env, id)?;
+            let mut query = vec![("limit", page.limit.to_string())];
+            query.extend(page.after.map(|after| ("streams_after", after)));
+            return forward(req, &stub, "get", &query, &origin, Some(id), config).await;
+        }
         ("", Method::Delete) => ("delete", None),
         ("streams", Method::Post) => ("add-streams", None),
         ("callback", Method::Post) => ("callback", None),
@@ -204,7 +215,8 @@ pub async fn route(
         _ => return http::text(404, "not found"),
     };
     let stub = subscription_stub(env, id)?;
-    forward(req, &stub, op, path.as_deref(), &origin, Some(id), config).await
+    let query: Vec<_> = path.into_iter().map(|path| ("path", path)).collect();
+    forward(req, &stub, op, &query, &origin, Some(id), config).await
 }
 
 thread_local! {
@@ -278,12 +290,13 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Passes a client request to an object's operation, with the origin and id as headers.
+/// Passes a client request to an object's operation, with the origin and id as headers and
+/// the operation's own `query` (what the edge has checked, never the client's query as sent).
 async fn forward(
     mut req: Request,
     stub: &Stub,
     op: &str,
-    path: Option<&str>,
+    query: &[(&str, String)],
     origin: &str,
     id: Option<&str>,
     config: &Config,
@@ -304,8 +317,8 @@ async fn forward(
         headers.set("authorization", &auth)?;
     }
     let mut target = Url::parse(&format!("https://edgestream/{op}"))?;
-    if let Some(path) = path {
-        target.query_pairs_mut().append_pair("path", path);
+    if !query.is_empty() {
+        target.query_pairs_mut().extend_pairs(query);
     }
     let mut init = RequestInit::new();
     init.with_method(req.method()).with_headers(headers);

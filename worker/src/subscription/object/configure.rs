@@ -3,7 +3,7 @@
 use edgestream::subscription::{self as rules, SubscriptionError};
 use edgestream::time::format_rfc3339;
 use serde_json::{json as j, Value};
-use worker::{Request, Response};
+use worker::{Request, Response, Url};
 
 use super::store::{Kind, Link, Record};
 use super::{refuse_own_wake_stream, Failure, SubscriptionObject};
@@ -83,6 +83,8 @@ impl SubscriptionObject {
         body: &[u8],
     ) -> std::result::Result<Response, Failure> {
         let input = CreateBody::parse(body).map_err(SubscriptionError::InvalidRequest)?;
+        // The answer lists the first page of the streams linked; `GET` pages through the rest.
+        let first = rules::StreamsPage::default();
         let id = header(req.headers(), X_SUBSCRIPTION).unwrap_or_default();
         let origin = header(req.headers(), X_ORIGIN).unwrap_or_default();
         let kind = match input.kind.as_str() {
@@ -180,7 +182,7 @@ impl SubscriptionObject {
                 // Deleted, or replaced, while linking: answered as it was found.
                 None => existing.clone(),
             };
-            return Ok(json(200, &self.describe(&current).await?)?);
+            return Ok(json(200, &self.describe(&current, &first).await?)?);
         }
         let record = Record {
             id: id.clone(),
@@ -258,7 +260,7 @@ impl SubscriptionObject {
             .load()?
             .filter(|r| !r.deleted && r.epoch == record.epoch)
             .unwrap_or(record);
-        let resp = json(201, &self.describe(&current).await?)?;
+        let resp = json(201, &self.describe(&current, &first).await?)?;
         if self.faults.enabled() {
             let most = self.faults.take_registry_page().to_string();
             resp.headers()
@@ -281,9 +283,13 @@ impl SubscriptionObject {
         Ok(record)
     }
 
-    pub(super) async fn get(&self) -> std::result::Result<Response, Failure> {
+    /// The subscription, with the page of its streams that the query names (the edge has
+    /// checked it: `limit`, `streams_after`).
+    pub(super) async fn get(&self, url: &Url) -> std::result::Result<Response, Failure> {
+        let pairs: Vec<_> = url.query_pairs().collect();
+        let page = rules::StreamsPage::from_query(pairs.iter().map(|(k, v)| (&**k, &**v)))?;
         let record = self.live()?;
-        let resp = json(200, &self.describe(&record).await?)?;
+        let resp = json(200, &self.describe(&record, &page).await?)?;
         if self.faults.enabled() {
             // Tests see whether anything is left for the alarm to do.
             let at = crate::fault::alarm_shown(self.state.storage().get_alarm().await?);

@@ -25,7 +25,7 @@ mod wake;
 
 use std::cell::RefCell;
 
-use edgestream::subscription::SubscriptionError;
+use edgestream::subscription::{self as rules, SubscriptionError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json as j, Value};
 use worker::{durable_object, DurableObject, Env, Request, Response, Result, SqlStorage, State};
@@ -207,7 +207,7 @@ impl SubscriptionObject {
                 return self.stream_removed(&p.path);
             }
             "create" => self.create(&req, body).await,
-            "get" => self.get().await,
+            "get" => self.get(&url).await,
             "delete" => self.delete().await,
             "add-streams" => self.add_streams(body).await,
             "remove-stream" => {
@@ -246,10 +246,13 @@ impl SubscriptionObject {
         }
     }
 
-    /// The subscription as its GET, PUT and stream changes answer it. A webhook's signing key
-    /// is named whether or not this object has fetched it yet.
-    async fn describe(&self, record: &Record) -> Result<Value> {
-        let streams: Vec<Value> = self.links()?.iter().map(Link::info).collect();
+    /// The subscription as its GET and PUT answer it, with `page` of its linked streams
+    /// (`streams_has_more`, and `streams_next`, the `streams_after` of the next page). A
+    /// webhook's signing key is named whether or not this object has fetched it yet.
+    async fn describe(&self, record: &Record, page: &rules::StreamsPage) -> Result<Value> {
+        let (links, more) = self.links_page(page)?;
+        let next = links.last().filter(|_| more).map(|l| l.path.clone());
+        let streams: Vec<Value> = links.iter().map(Link::info).collect();
         let webhook = match &record.webhook_url {
             Some(url) => {
                 // `null` while no key may sign (the delivery's `last_error` says why).
@@ -274,6 +277,8 @@ impl SubscriptionObject {
             "type": record.kind,
             "pattern": record.pattern,
             "streams": streams,
+            "streams_has_more": more,
+            "streams_next": next,
             "webhook": webhook,
             "wake_stream": record.wake_stream,
             "lease_ttl_ms": record.lease_ttl_ms,

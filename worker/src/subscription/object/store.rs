@@ -368,12 +368,27 @@ impl SubscriptionObject {
         Ok(rows.iter().map(|r| text(r, 0)).collect())
     }
 
-    pub(super) fn links(&self) -> Result<Vec<Link>> {
+    /// A page of the links, for the subscription's `GET`: at most `page.limit` of them, in path
+    /// order, the first after `page.after`; and whether more follow. One row more than the page
+    /// is read to tell, never the whole table.
+    pub(super) fn links_page(&self, page: &rules::StreamsPage) -> Result<(Vec<Link>, bool)> {
+        let limit = i64::try_from(page.limit.saturating_add(1)).unwrap_or(i64::MAX);
         let rows = self.rows(
-            "SELECT path, glob, explicit, acked, tail, placed FROM links ORDER BY path",
-            vec![],
+            "SELECT path, glob, explicit, acked, tail, placed FROM links WHERE path > ?
+             ORDER BY path LIMIT ?",
+            vec![
+                SqlStorageValue::String(page.after.clone().unwrap_or_default()),
+                SqlStorageValue::Integer(limit),
+            ],
         )?;
-        Ok(rows.iter().map(|r| link_from_row(r)).collect())
+        let more = rows.len() > page.limit;
+        Ok((
+            rows.iter()
+                .take(page.limit)
+                .map(|r| link_from_row(r))
+                .collect(),
+            more,
+        ))
     }
 
     pub(super) fn link(&self, path: &str) -> Result<Option<Link>> {
