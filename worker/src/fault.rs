@@ -111,6 +111,22 @@ pub async fn trap_after_await() {
 thread_local! {
     /// Channel links this isolate's streams were asked for, for [`Faults::hold_link`].
     static LINKS_ANSWERED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Subscription links this isolate's held streams were asked for, for
+    /// [`Faults::hold_registration`].
+    static SUB_LINKS_ASKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The stream at `path` was asked to link a subscription: counted, before it answers or
+/// waits, when `path` holds its registration ([`Faults::hold_registration`]).
+pub fn sub_link_asked(path: &str) {
+    if path.contains("hold-reg") {
+        SUB_LINKS_ASKED.with(|n| n.set(n.get() + 1));
+    }
+}
+
+/// How many subscription links this isolate's held streams have been asked for, so far.
+pub fn sub_links_asked() -> u64 {
+    SUB_LINKS_ASKED.with(std::cell::Cell::get)
 }
 
 /// How many other streams' channel links a held one waits for ([`Faults::hold_link`]).
@@ -292,6 +308,24 @@ impl Faults {
         ))
     }
 
+    /// A stream whose path carries the marker and `hold-reg` keeps the registry's answer to
+    /// its registration unread until such a stream of the isolate is asked to link a
+    /// subscription after `asked` (a count from [`sub_links_asked`] taken before the call), or
+    /// 10 s pass: as if that answer were slow to come back, so a subscription's linking page
+    /// finds the stream in the registry before the stream has taken in what its registration
+    /// found. Such a stream's own first subscription link is not failed ([`Call::SubLink`]).
+    pub async fn hold_registration(&self, path: &str, asked: u64) {
+        if !self.marker.as_deref().is_some_and(|m| path.contains(m)) || !path.contains("hold-reg") {
+            return;
+        }
+        for _ in 0..1000 {
+            if sub_links_asked() > asked {
+                return;
+            }
+            worker::Delay::from(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Whether this call would be the one to fail, without counting it as made.
     pub fn armed(&self, path: &str, call: Call) -> bool {
         if !self.marker.as_deref().is_some_and(|m| path.contains(m)) {
@@ -302,6 +336,7 @@ impl Faults {
             || (call == Call::Broken && !path.contains("broken"))
             || (call == Call::RegistryAnswerLost && !path.contains("lost"))
             || (call == Call::KeySchedule && !path.contains("keys-down"))
+            || (call == Call::SubLink && path.contains("hold-reg"))
         {
             return false;
         }
