@@ -267,7 +267,7 @@ describe('linking a pattern over more streams than one invocation links', () => 
     const flaky = `${p}/m-${MARKER}`;
     // Its page is [m-…, n-…]: the retry asks it while its registration's answer is held
     // (worker/src/fault.rs, \`hold_registration\`).
-    const born = `${p}/n-${MARKER}-hold-reg`;
+    const born = `${p}/n-${MARKER}-slowreg`;
     const hook = await hookServer((_, res) => {
       res.writeHead(500, json);
       res.end('{}');

@@ -1288,7 +1288,7 @@ impl StreamObject {
                     return http::error(&ProtocolError::NotFound);
                 };
                 if self.faults.enabled() {
-                    crate::fault::sub_link_asked(&meta.path);
+                    crate::fault::asked_to_link(&meta.path);
                 }
                 if let Err(e) = self.faults.check(&meta.path, Call::SubLink) {
                     return http::unavailable(&e.to_string());

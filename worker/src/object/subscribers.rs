@@ -158,7 +158,7 @@ async fn created_pages(
     let pages = obj.config.link_pages_per_invocation.max(1);
     let mut called = 0;
     loop {
-        let asked = crate::fault::sub_links_asked();
+        let asked = crate::fault::links_asked_of_slowreg();
         let (status, reply) =
             call::<_, SubscriptionIds>(&registry_stub(&obj.env)?, "stream-created", created)
                 .await?;
