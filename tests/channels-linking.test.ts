@@ -157,3 +157,39 @@ describe('creating a channel over more streams than one invocation links', () =>
     expect(new Set(got.map((e) => e.stream))).toEqual(new Set(all));
   });
 });
+
+describe('a stream created while its channel links, asked by a page before its registration is in', () => {
+  // A new stream is in the registry as soon as its registration reaches it, before the stream
+  // has taken in the answer (the channels above it, each fed from its start). A channel's
+  // linking page that asks it in between must not link it at its tail: its registration then
+  // finds the channel linked already, and its first messages and its `created` event never
+  // reached the channel.
+  test('is fed to the channel from its start, announced', { timeout: 60_000 }, async () => {
+    const p = `chanreg-${uid()}`;
+    // The PUT links [a, b] and [c, d]; the alarm's page [m-…] fails once and waits a backoff.
+    const flaky = `${p}/m-${MARKER}`;
+    // Its page is then [m-…, n-…]: the retry asks it while its registration's answer is held
+    // (worker/src/fault.rs, `hold_registration`).
+    const born = `${p}/n-${MARKER}-slowreg`;
+    for (const name of [`${p}/a`, `${p}/b`, `${p}/c`, `${p}/d`]) expect((await put(name, [{ name, phase: 'before' }])).status).toBe(201);
+    expect((await put(flaky, [{ name: flaky, phase: 'before' }])).status).toBe(503);
+    expect((await put(flaky, [{ name: flaky, phase: 'before' }])).status).toBe(200);
+    const created = await putChannel(p);
+    expect(created.status).toBe(201);
+    expect(linking(created), 'the PUT linked every page itself').not.toBeNull();
+    // The alarm reaches the failing page at once, and waits a second before trying it again.
+    await sleep(300);
+    // Its first registration fails before the registry hears of it (503); the retry's answer
+    // is held until the page's retry has asked the stream to link the channel.
+    expect((await put(born, [{ name: born, phase: 'born' }])).status).toBe(503);
+    const retried = put(born, [{ name: born, phase: 'born' }]);
+    const done = await eventually(async () => linking(await fetch(url(p), { method: 'HEAD' })) === null);
+    expect(done, 'linking never finished').toBe(true);
+    expect([200, 503]).toContain((await retried).status);
+    expect((await append(born, { name: born, phase: 'after' })).status).toBe(204);
+    const mine = async () => (await readAll<Envelope>(p)).filter((e) => e.stream === born);
+    expect(await eventually(async () => (await mine()).some((e) => e.data?.phase === 'after')), 'the append after linking did not reach the channel').toBe(true);
+    await sleep(500);
+    expect((await mine()).map((e) => e.event ?? e.data?.phase)).toEqual(['created', 'born', 'after']);
+  });
+});

@@ -256,6 +256,51 @@ describe('linking a pattern over more streams than one invocation links', () => 
       await hook.close();
     }
   });
+  // A stream created while linking runs is in the registry from the moment its registration
+  // reaches it, before the stream has taken in the registry's answer (which says the
+  // subscription covers it, new). A linking page that asks the stream to link the subscription
+  // in between must not be answered as by an existing stream, at its tail: that left the new
+  // stream's first data (here its initial body) out of the subscription for good.
+  test('a stream a page asks to link while its registration is on its way is covered from its start', { timeout: 60_000 }, async () => {
+    const p = `midreg-${uid()}`;
+    // The PUT links [a, b] and [c, d]; the alarm then fails [m-…] once and waits a backoff.
+    const flaky = `${p}/m-${MARKER}`;
+    // Its page is [m-…, n-…]: the retry asks it while its registration's answer is held
+    // (worker/src/fault.rs, \`hold_registration\`).
+    const born = `${p}/n-${MARKER}-slowreg`;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(500, json);
+      res.end('{}');
+    });
+    const id = `sub-${p}`;
+    try {
+      expect((await put(`${p}-empty`, [])).status).toBe(201);
+      const zero = await tailOf(`${p}-empty`);
+      for (const name of [`${p}/a`, `${p}/b`, `${p}/c`, `${p}/d`]) expect((await put(name, [{ name }])).status).toBe(201);
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(503);
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(200);
+      const config = { type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 1_000 };
+      expect((await put(`__ds/subscriptions/${id}`, config)).status).toBe(201);
+      const stalled = await eventually(async () => (await described(id)).linking.failures > 0);
+      expect(stalled, 'linking did not stop at the failing page').toBe(true);
+      // Its first registration fails before the registry hears of it (503); the retry's
+      // answer is held until the page's retry has asked the stream to link the subscription.
+      expect((await put(born, [{ born: true }])).status).toBe(503);
+      const retried = put(born, [{ born: true }]);
+      expect(await eventually(async () => (await described(id)).linking.done), 'linking never finished').toBe(true);
+      expect([200, 503]).toContain((await retried).status);
+      const bornTail = await tailOf(born);
+      expect(bornTail).not.toBe(zero);
+      expect(await eventually(async () => (await described(id)).streams.some((s) => s.path === born)), 'the new stream was never linked').toBe(true);
+      // Its registration, and the notification it owes, have had their time.
+      await sleep(2_500);
+      const link = (await described(id)).streams.find((s) => s.path === born);
+      expect(link).toMatchObject({ acked_offset: zero, tail_offset: bornTail, has_pending: true });
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
   // A subscription's explicit streams are linked in one step; when one of them cannot be asked
   // (here the flaky stream answers its first link with 503), the step is retried. The retry
   // used to move the links the first attempt made to their stream's tail again, so what was

@@ -111,6 +111,22 @@ pub async fn trap_after_await() {
 thread_local! {
     /// Channel links this isolate's streams were asked for, for [`Faults::hold_link`].
     static LINKS_ANSWERED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Subscription and channel links this isolate's `slowreg` streams were asked for, for
+    /// [`Faults::hold_registration`].
+    static SLOWREG_LINKS_ASKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The stream at `path` was asked to link a subscription or a channel: counted, before it
+/// answers or waits, when `path` holds its registration ([`Faults::hold_registration`]).
+pub fn asked_to_link(path: &str) {
+    if path.contains("slowreg") {
+        SLOWREG_LINKS_ASKED.with(|n| n.set(n.get() + 1));
+    }
+}
+
+/// How many links this isolate's `slowreg` streams have been asked for, so far.
+pub fn links_asked_of_slowreg() -> u64 {
+    SLOWREG_LINKS_ASKED.with(std::cell::Cell::get)
 }
 
 /// How many other streams' channel links a held one waits for ([`Faults::hold_link`]).
@@ -292,6 +308,25 @@ impl Faults {
         ))
     }
 
+    /// A stream whose path carries the marker and `slowreg` keeps the registry's answer to
+    /// its registration unread until such a stream of the isolate is asked to link a
+    /// subscription or a channel after `asked` (a count from [`links_asked_of_slowreg`] taken
+    /// before the call), or 10 s pass: as if that answer were slow to come back, so a linking
+    /// page (a subscription's, or a new channel's) finds the stream in the registry before the
+    /// stream has taken in what its registration found. Such a stream's own first link is not
+    /// failed ([`Call::SubLink`], [`Call::ChannelLink`]).
+    pub async fn hold_registration(&self, path: &str, asked: u64) {
+        if !self.marker.as_deref().is_some_and(|m| path.contains(m)) || !path.contains("slowreg") {
+            return;
+        }
+        for _ in 0..1000 {
+            if links_asked_of_slowreg() > asked {
+                return;
+            }
+            worker::Delay::from(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Whether this call would be the one to fail, without counting it as made.
     pub fn armed(&self, path: &str, call: Call) -> bool {
         if !self.marker.as_deref().is_some_and(|m| path.contains(m)) {
@@ -302,6 +337,7 @@ impl Faults {
             || (call == Call::Broken && !path.contains("broken"))
             || (call == Call::RegistryAnswerLost && !path.contains("lost"))
             || (call == Call::KeySchedule && !path.contains("keys-down"))
+            || (matches!(call, Call::SubLink | Call::ChannelLink) && path.contains("slowreg"))
         {
             return false;
         }

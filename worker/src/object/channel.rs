@@ -353,6 +353,7 @@ pub async fn on_link(obj: &StreamObject, body: &[u8]) -> Result<Response> {
     };
     if obj.faults.enabled() {
         crate::fault::link_asked();
+        crate::fault::asked_to_link(&path);
         let held = match obj.faults.hold_link(&path).await {
             Ok(held) => held,
             Err(e) => return http::unavailable(&e.to_string()),
@@ -363,7 +364,15 @@ pub async fn on_link(obj: &StreamObject, body: &[u8]) -> Result<Response> {
             }
         }
     }
-    // Read again after the wait.
+    // A stream whose registration is on its way (or failed, and is owed) is in the registry
+    // already, so a new channel's page can find it; but its registration links the channels
+    // above it from its start, announced, and one linked here first would be left at the tail.
+    // That registration is finished first, as a PUT would; unfinished, the page is refused
+    // and retried.
+    if super::subscribers::owes_registration(obj)? && !super::subscribers::registered(obj).await? {
+        return http::unavailable("stream not yet registered; retry");
+    }
+    // Read again after the waits.
     let Some(meta) = obj.meta()?.filter(|m| !m.deleted) else {
         return http::error(&ProtocolError::NotFound);
     };

@@ -1287,9 +1287,29 @@ impl StreamObject {
                 let Some(meta) = self.meta()?.filter(|m| !m.deleted) else {
                     return http::error(&ProtocolError::NotFound);
                 };
+                if self.faults.enabled() {
+                    crate::fault::asked_to_link(&meta.path);
+                }
                 if let Err(e) = self.faults.check(&meta.path, Call::SubLink) {
                     return http::unavailable(&e.to_string());
                 }
+                // A stream whose registration is on its way (or failed, and is owed) is in the
+                // registry already, so a subscription's linking page can find it; but only the
+                // registry's answer says whether the subscription covers it as a new stream
+                // (from its start) or an existing one (from its tail). That registration is
+                // finished first, as a PUT would (one run of the owed work at a time: one under
+                // way finishes first); unfinished, the page is refused and retried.
+                if subscribers::owes_registration(self)? && !subscribers::registered(self).await? {
+                    return http::unavailable("stream not yet registered; retry");
+                }
+                // Removed while its registration ran; or created again, which is asked again.
+                let meta = match self.meta()?.filter(|m| !m.deleted) {
+                    None => return http::error(&ProtocolError::NotFound),
+                    Some(now) if now.instance != meta.instance => {
+                        return http::unavailable("stream created again; retry")
+                    }
+                    Some(now) => now,
+                };
                 let store = self.store()?;
                 store.add_subscriber(&id)?;
                 // A subscription this stream's registration found, and has not yet told the

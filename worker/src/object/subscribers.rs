@@ -158,11 +158,13 @@ async fn created_pages(
     let pages = obj.config.link_pages_per_invocation.max(1);
     let mut called = 0;
     loop {
+        let asked = crate::fault::links_asked_of_slowreg();
         let (status, reply) =
             call::<_, SubscriptionIds>(&registry_stub(&obj.env)?, "stream-created", created)
                 .await?;
         called += 1;
         obj.faults.check(path, Call::RegistryAnswerLost)?;
+        obj.faults.hold_registration(path, asked).await;
         let Some(ids) = reply.filter(|_| status == 200) else {
             worker::console_warn!("stream {path}: registry answered {status}");
             return Ok(None);

@@ -410,7 +410,6 @@ fn delivery(record: &Record) -> Value {
     })
 }
 
-/// Why a subscription request failed.
 /// Which key signs now, or why none may ([`SubscriptionObject::signer`]).
 enum Signer {
     Signs(SigningKey),
@@ -419,6 +418,7 @@ enum Signer {
     Refused(String),
 }
 
+/// Why a subscription request failed.
 enum Failure {
     Protocol(SubscriptionError),
     Claimed { holder: String, generation: u64 },

@@ -1,6 +1,7 @@
 //! The subscription's SQLite tables and every row read or written: the record (configuration
 //! and delivery state), the links (one cursor per stream), the `snapshot` of tails the current
-//! wake covers, the `config` a PUT is compared with, and and the `provisional` links an append made while linking ran.
+//! wake covers, the `config` a PUT is compared with, and the `provisional` links an append
+//! made while linking ran.
 
 use std::collections::HashMap;
 
