@@ -355,7 +355,7 @@ pub async fn send(
                     || req.method != "POST"
                     || has(headers::PRODUCER_ID)
                     || (req.body.is_none() && has(headers::STREAM_CLOSED));
-                // The first attempt's connection failing before any answer goes again once, at
+                // The request's first connection to fail before any answer goes again once, at
                 // once, counted as no retry: a keep-alive connection that the server closed as
                 // the request went out fails so (workerd closes an idle one after 5 s, Node's
                 // `fetch` reuses one for 4 s), though the server never saw the request.
