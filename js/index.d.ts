@@ -397,8 +397,9 @@ export interface ProducerOptions {
    * is sent once full: an integer > 0. Default 1 MiB. Exact, so it can be the server's limit:
    * the values' UTF-8 bytes and, on a JSON stream, the `[`, `,` and `]` around them. (Until a
    * producer made from a URL has learnt the stream's kind, the framing is counted either way.)
-   * A batch of several values refused with 413 on its first attempt, while no later batch is
-   * out, goes again in halves (the first at its own seq), and this becomes half its size.
+   * A batch of several values refused with 413 on its first attempt goes again in halves (the
+   * first at its own seq; while later batches are out, only with `autoClaim`, at a new epoch,
+   * the later batches after them), and this becomes half its size.
    */
   maxBatchBytes?: number | undefined;
   /** A batch is sent once it holds this many items: an integer > 0. Default unlimited. */

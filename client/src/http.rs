@@ -308,6 +308,8 @@ pub async fn send(
     // Whether an earlier attempt went out (a retryable status, a failed connection): not after
     // a headers function failed, when nothing did.
     let mut sent_before = false;
+    // Whether a first failed connection may still go again at once (see below).
+    let mut quick = true;
     loop {
         // Checked before every attempt, a retry after a status as after a failed connection:
         // a `fetch` that does not watch the signal must not keep a cancelled request going.
@@ -353,12 +355,25 @@ pub async fn send(
                     || req.method != "POST"
                     || has(headers::PRODUCER_ID)
                     || (req.body.is_none() && has(headers::STREAM_CLOSED));
-                if !replayable || attempt >= policy.max_retries {
+                // The request's first connection to fail before any answer goes again once, at
+                // once, counted as no retry: a keep-alive connection that the server closed as
+                // the request went out fails so (workerd closes an idle one after 5 s, Node's
+                // `fetch` reuses one for 4 s), though the server never saw the request.
+                // `on_retry` is told, so that a producer knows the batch may have landed. Not an
+                // attempt unanswered for `timeout_ms`: that one waits its backoff.
+                let fresh = !unsent
+                    && js::get(&js::get(&e, "cause"), "late").is_undefined()
+                    && core::mem::take(&mut quick);
+                if !replayable || (attempt >= policy.max_retries && !fresh) {
                     return Err(e);
                 }
                 sent_before |= !unsent;
-                attempt += 1;
-                let delay_ms = policy.delay_ms(attempt, js_sys::Math::random(), None);
+                let delay_ms = if fresh {
+                    0.0
+                } else {
+                    attempt += 1;
+                    policy.delay_ms(attempt, js_sys::Math::random(), None)
+                };
                 retrying(req, delay_ms, signal).await;
             }
         }

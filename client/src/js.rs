@@ -42,7 +42,7 @@ export function es_fetch(f, url, init, ms) {
   outer?.aborted ? cancel() : outer?.addEventListener('abort', cancel);
   init.signal = own.signal;
   let timer;
-  const late = new Promise((_, reject) => { timer = setTimeout(() => { reject(new Error(`no response in ${ms} ms`)); own.abort(); }, ms); });
+  const late = new Promise((_, reject) => { timer = setTimeout(() => { reject(Object.assign(new Error(`no response in ${ms} ms`), { late: 1 })); own.abort(); }, ms); });
   return Promise.race([go(), late]).finally(() => { clearTimeout(timer); outer?.removeEventListener('abort', cancel); });
 }
 function has_page() {

@@ -606,6 +606,8 @@ async fn send_live(
     signal: Option<&web_sys::AbortSignal>,
     attempt: &mut u32,
 ) -> Result<Option<http::Sent>, JsValue> {
+    // A first failed connection goes again at once, counted as no retry (see `http::send`).
+    let mut quick = *attempt == 0;
     loop {
         let failed = match http::send_once(req, signal).await {
             Ok(sent) => {
@@ -620,6 +622,10 @@ async fn send_live(
             }
             Err(Failure::Aborted) => return Ok(None),
             Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Network(_)) if quick => {
+                quick = false;
+                continue;
+            }
             Err(Failure::Network(e) | Failure::Unsent(e)) => Err(e),
         };
         *attempt += 1;

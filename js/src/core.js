@@ -1593,14 +1593,23 @@ export class IdempotentProducer {
             return;
           }
           // Refused as too large (413), so not stored, by its only attempt: nothing landed at its
-          // (epoch, seq), and no later seq is out. Its first half goes again at that seq, the
-          // rest next (at the following seq), and batches take at most half as many bytes.
+          // (epoch, seq). Its first half goes again at that seq, the rest next (at the following
+          // seq), and batches take at most half as many bytes. While later seqs are out, an
+          // attempt of theirs that is still on its way would land once this seq is stored, before
+          // the rest: with autoClaim the parts go to a new epoch, as when fenced, and the later
+          // batches after them (at this epoch, nothing can land after this seq, never stored).
           const { parts } = batch;
-          if (e.status === 413 && parts?.[1] && !batch.unsure && !batch.close && ![...this.#inflight].some((b) => b.seq > batch.seq)) {
+          const later = [...this.#inflight].some((b) => b.seq > batch.seq);
+          if (e.status === 413 && parts?.[1] && !batch.unsure && !batch.close && (!later || this.#autoClaim)) {
             this.#maxBatchBytes = byteLength(batch.body) >> 1;
             const rest = { n: batch.n + (batch.d = (batch.d ?? 1) / 2), d: batch.d, items: [], prepared: true, contentType: batch.contentType };
             this.#body(rest, parts.splice(parts.length >> 1));
             this.#body(batch, parts);
+            if (later) {
+              this.#fencedAt = Math.max(this.#fencedAt, batch.epoch);
+              this.#fenced.push(batch, rest);
+              return;
+            }
             this.#queue.unshift(rest);
             attempt = -1;
             continue;

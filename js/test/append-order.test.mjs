@@ -330,3 +330,40 @@ test('a producer batch refused as too large after an attempt that may have lande
   assert.equal(posts, 2, 'sent once more, then refused');
   assert.deepEqual(await read(url, true), []);
 });
+
+test('a producer batch refused as too large while a later batch is out: with autoClaim, its parts and the later batch go again in order at a new epoch; without, the producer fails', { timeout: 60_000 }, async () => {
+  for (const autoClaim of [true, false]) {
+    const url = `${worker.baseUrl}/v1/stream/psplit-${randomUUID()}`;
+    const ds = await DurableStream.create({ url, contentType: 'application/json' });
+    const seen = [];
+    let bigOut;
+    const big = new Promise((r) => (bigOut = r));
+    // The 413 is held until a later batch has been answered, so that one is out meanwhile.
+    const fn = async (input, init) => {
+      const req = new Request(input, init);
+      const body = req.method === 'POST' ? await req.text() : undefined;
+      if (body?.length > LIMIT) bigOut();
+      const res = await fetch(req.url, { method: req.method, headers: req.headers, body, signal: req.signal });
+      seen.push([res.status, body?.length]);
+      if (res.status === 413) while (!seen.some(([status]) => status === 409)) await new Promise((r) => setTimeout(r, 10));
+      return res;
+    };
+    const p = new IdempotentProducer(ds, `later-${autoClaim}`, { autoClaim, lingerMs: 20, maxInFlight: 5, fetch: fn, onError: () => {} });
+    p.append({ first: true });
+    await p.flush();
+    const value = (i) => ({ i, pad: 'x'.repeat(90) });
+    for (let i = 0; i < 30; i++) p.append(value(i));
+    await big;
+    p.append({ last: true });
+    if (!autoClaim) {
+      await assert.rejects(p.flush(), (e) => e.status === 413);
+      assert.deepEqual(await read(url, true), [{ first: true }]);
+      continue;
+    }
+    await p.flush();
+    assert.deepEqual(await read(url, true), [{ first: true }, ...Array.from({ length: 30 }, (_, i) => value(i)), { last: true }]);
+    assert.ok(seen.some(([status]) => status === 409), 'the later batch was out');
+    // A part refused again while the later batch is out moves on to one more epoch.
+    assert.ok(p.epoch >= 1, `epoch ${p.epoch}`);
+  }
+});

@@ -1,0 +1,119 @@
+// A keep-alive connection the server has already closed: workerd closes an idle one after 5 s,
+// Node's fetch (undici) reuses one for 4 s, and a request that goes out on it as it closes fails
+// with a network error (`other side closed`, ECONNRESET) though the server never saw it. A
+// request that is safe to repeat goes again once, at once, without a retry of the caller's
+// `retry` budget or its backoff; a plain append, which could be stored twice, is not repeated.
+//
+// Made deterministic by a TCP proxy in front of the reference server that closes a client's
+// connection, instead of passing the next request on, when `drops` says to (whether Node's
+// `fetch` sends that request on a kept-alive connection or a new one, it fails the same way).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { randomUUID } from 'node:crypto';
+import { DurableStream, IdempotentProducer, stream } from '../src/node.js';
+import { useReferenceServer } from '../test-support/reference-server.mjs';
+
+const reference = useReferenceServer();
+
+/** Runs `body(base, proxy)`; the next `proxy.drops` requests are cut unseen. */
+async function withStaleProxy(body) {
+  const upstream = new URL(reference.url);
+  const proxy = { drops: 0, dropped: 0, forwarded: 0 };
+  const sockets = new Set();
+  const server = net.createServer((client) => {
+    const up = net.connect(Number(upstream.port), upstream.hostname);
+    sockets.add(client).add(up);
+    // Answered, and nothing sent since (or nothing sent yet): the next bytes are a new request.
+    let idle = true;
+    client.on('data', (chunk) => {
+      if (idle && proxy.drops > 0) {
+        proxy.drops--;
+        proxy.dropped++;
+        up.destroy();
+        client.destroy();
+        return;
+      }
+      if (idle) proxy.forwarded++;
+      idle = false;
+      up.write(chunk);
+    });
+    up.on('data', (chunk) => {
+      idle = true;
+      client.write(chunk);
+    });
+    for (const [a, b] of [[client, up], [up, client]]) {
+      a.on('error', () => b.destroy());
+      a.on('close', () => b.destroy());
+    }
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  try {
+    await body(`http://127.0.0.1:${server.address().port}`, proxy);
+  } finally {
+    for (const s of sockets) s.destroy();
+    await new Promise((r) => server.close(r));
+  }
+}
+
+// `retry: { maxRetries: 0 }`: without the re-send, the first failure would reach the caller.
+const noRetry = { maxRetries: 0 };
+
+test('a request safe to repeat that meets a connection the server closed goes again at once', { timeout: 30_000 }, async () => {
+  await withStaleProxy(async (base, proxy) => {
+    const url = `${base}/v1/stream/stale-${randomUUID()}`;
+    const ds = await DurableStream.create({ url, contentType: 'application/json', retry: noRetry });
+    await ds.append({ n: 1 });
+    const cut = async (what, op) => {
+      proxy.drops = 1;
+      const before = proxy.dropped;
+      const started = Date.now();
+      const result = await op();
+      assert.equal(proxy.dropped, before + 1, `${what}: no request met a closed connection`);
+      assert.ok(Date.now() - started < 2000, `${what}: waited a backoff`);
+      return result;
+    };
+    const head = await cut('HEAD', () => ds.head());
+    assert.equal(head.status, 200);
+    const again = await cut('PUT with the same config', () => DurableStream.create({ url, contentType: 'application/json', retry: noRetry }));
+    assert.equal(again.url, url);
+    assert.deepEqual(await cut('a read', () => stream({ url, live: false, retry: noRetry }).items()), [{ n: 1 }]);
+    // A long-poll that has caught up waits on a kept-alive connection: its next poll is cut.
+    const feed = stream({ url, live: 'long-poll', retry: noRetry, offset: head.offset });
+    const [, got] = await Promise.all([
+      cut('a live read', async () => {
+        await new Promise((r) => setTimeout(r, 100));
+        await ds.append({ n: 2 });
+      }),
+      (async () => {
+        for await (const batch of feed) if (batch.items.length) return batch.items;
+      })(),
+    ]);
+    assert.deepEqual(got, [{ n: 2 }]);
+    feed.cancel();
+    const p = new IdempotentProducer(ds, `stale-${randomUUID()}`, { lingerMs: 0 });
+    p.append({ n: 3 });
+    await p.flush();
+    proxy.drops = 1;
+    p.append({ n: 4 });
+    await p.flush();
+    assert.equal(proxy.dropped, 5, 'the producer append met no closed connection');
+    assert.deepEqual(await ds.stream({ live: false }).items(), [{ n: 1 }, { n: 2 }, { n: 3 }, { n: 4 }]);
+    await cut('DELETE', () => ds.delete());
+    await assert.rejects(ds.head(), (e) => e.code === 'NOT_FOUND');
+  });
+});
+
+test('a plain append that meets a closed connection is not sent again: it rejects with NETWORK_ERROR', { timeout: 30_000 }, async () => {
+  await withStaleProxy(async (base, proxy) => {
+    const url = `${base}/v1/stream/stale-${randomUUID()}`;
+    const ds = await DurableStream.create({ url, contentType: 'application/json' });
+    await ds.append({ n: 1 });
+    proxy.drops = 1;
+    const forwarded = proxy.forwarded;
+    await assert.rejects(ds.append({ n: 2 }), (e) => e.code === 'NETWORK_ERROR');
+    assert.equal(proxy.dropped, 1);
+    assert.equal(proxy.forwarded, forwarded, 'the append was sent again');
+    assert.deepEqual(await ds.stream({ live: false }).items(), [{ n: 1 }]);
+  });
+});
