@@ -105,6 +105,13 @@ pub(super) struct Record {
     /// counted, a delivery that succeeds does not end the run of failures; only an ack does.
     #[serde(default)]
     pub(super) lapses: u32,
+    /// Wakes a worker released in a row, data still owed, since the last ack (or `PUT`). The
+    /// first hands the work back at once; each one after it is a failure, as a lapsed lease
+    /// is: a worker that claims and releases without acking, again and again, gets its wake
+    /// events a backoff apart, and after `DELIVERY_GIVE_UP_MS` none. A claim does not reset
+    /// it; only an ack does.
+    #[serde(default)]
+    pub(super) releases: u32,
     pub(super) deleted: bool,
     /// Linking this incarnation's streams (the registry's list, then each stream's tail) has
     /// not yet succeeded: a PUT that finds it so finishes it, and so does the alarm.
@@ -164,6 +171,7 @@ impl Record {
     pub(super) fn forget_failures(&mut self) {
         self.failures = 0;
         self.lapses = 0;
+        self.releases = 0;
         self.failing_since = None;
         self.last_error = None;
         self.gave_up_at = None;
@@ -172,12 +180,15 @@ impl Record {
     }
 
     /// A delivery succeeded (a webhook answered 2xx, a wake event was written, a worker
-    /// claimed): the failures before it are forgotten, unless leases lapsed among them. A
-    /// receiver that takes wakes and never acks them answers every delivery, so only an ack
-    /// (a callback, `{"done": true}` in the reply, a pull-wake ack) shows it has recovered.
+    /// claimed): the failures before it are forgotten, unless leases lapsed or wakes were
+    /// released again among them. A receiver that takes wakes and never acks them answers
+    /// every delivery, so only an ack (a callback, `{"done": true}` in the reply, a pull-wake
+    /// ack) shows it has recovered. The releases in a row are kept: a claim is not an ack.
     pub(super) fn delivered(&mut self) {
-        if self.lapses == 0 {
+        if self.lapses == 0 && self.releases <= 1 {
+            let releases = self.releases;
             self.forget_failures();
+            self.releases = releases;
         } else {
             self.next_attempt_at = None;
         }
