@@ -458,3 +458,44 @@ describe('a pull-wake worker that claims and releases in a loop, acking nothing'
     }
   });
 });
+
+describe('streams owed that a full wake list left out, when retries stop', () => {
+  // A subscription whose id carries the fault marker and `paged` lists a wake's streams 2 at a
+  // time (the 500 of MAX_WAKE_STREAMS, lowered).
+  test('each get one more wake, the lists going on in turn, then retries stop', async () => {
+    const p = `giveup-full-${uid()}`;
+    const id = `no-stream-is-named-this-paged-${uid()}`;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(500);
+      res.end('down');
+    });
+    const body = JSON.stringify({ type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 60_000 });
+    const names = ['a', 'b', 'c', 'd', 'e'].map((n) => `${p}/${n}`);
+    try {
+      expect((await fetch(sub(id), { method: 'PUT', headers: json, body })).status).toBe(201);
+      // The first append's wake lists its stream alone; the others come while it is retried.
+      for (const name of names) {
+        expect((await fetch(url(name), { method: 'PUT', headers: json, body: '{"n":1}' })).status).toBe(201);
+      }
+      // Its retries stop at the window's end (3 s); the streams it did not list, all owed, then
+      // get a wake each, two to a list: b and c one backoff after retries stopped (4 s, ±20%),
+      // then d and e one more backoff on (8 s).
+      const later = () => hook.hits.filter((h) => h.body.generation > hook.hits[0].body.generation);
+      const offered = await eventually(async () => later().length >= 2 && later(), 30_000);
+      expect(offered, 'the streams the full lists left out were not all offered').toBeTruthy();
+      const tries = hook.hits.length - 2;
+      expect(hook.hits.slice(0, tries).every((h) => h.body.streams.map((s: any) => s.path).join() === names[0])).toBe(true);
+      expect(offered!.map((h) => h.body.streams.map((s: any) => s.path))).toEqual([names.slice(1, 3), names.slice(3, 5)]);
+      // Every stream was offered once since the failures began: retries stop, nothing left set.
+      const stopped = await gaveUp(id, 5_000);
+      expect(stopped.alarm).toBe('none');
+      expect(stopped.delivery.failures).toBe(hook.hits.length);
+      await sleep(2_000);
+      expect(hook.hits.length, 'streams already offered were woken again').toBe(tries + 2);
+      expect((await described(id)).streams.filter((s) => s.has_pending).length).toBe(names.length);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  }, 60_000);
+});

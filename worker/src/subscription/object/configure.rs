@@ -209,6 +209,7 @@ impl SubscriptionObject {
             resume_at: None,
             lapses: 0,
             releases: 0,
+            offered_run: None,
             deleted: false,
             linking: true,
             links_registered: false,
@@ -317,6 +318,7 @@ impl SubscriptionObject {
             for q in [
                 "DELETE FROM links",
                 "DELETE FROM snapshot",
+                "DELETE FROM offered",
                 "DELETE FROM config",
                 "DELETE FROM provisional",
             ] {

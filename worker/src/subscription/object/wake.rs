@@ -131,10 +131,13 @@ impl SubscriptionObject {
                     placed: true,
                     ..link
                 })?;
-                self.sql()?.exec(
+                for q in [
                     "DELETE FROM snapshot WHERE path = ?",
-                    vec![SqlStorageValue::String(path.to_string())],
-                )?;
+                    "DELETE FROM offered WHERE path = ?",
+                ] {
+                    self.sql()?
+                        .exec(q, vec![SqlStorageValue::String(path.to_string())])?;
+                }
             }
             Some(_) => self.remove_link(path)?,
             None => return json(200, &j!({ "linked": false })),
@@ -330,12 +333,13 @@ impl SubscriptionObject {
 
     /// Failures have gone on for `DELIVERY_GIVE_UP_MS`: retries stop. The wake ends (a late
     /// callback of it is fenced), its data stays owed, and no alarm is left for it. Data that
-    /// came after the wake listed its streams (during its last attempt, or its lease) was
-    /// never offered: as for data that comes after retries stopped, a new wake lists it, tried
-    /// once more at `resume_at`, rather than leaving it owed until more data or a `PUT` comes.
+    /// came after the wake listed its streams (during its last attempt, or its lease), and
+    /// streams owed that a full list left out, were never offered: as for data that comes
+    /// after retries stopped, a new wake lists them, tried once more at `resume_at`, rather
+    /// than leaving them owed until more data or a `PUT` comes
+    /// ([`Self::news_since_listed`]).
     fn give_up(&self, record: &mut Record, now: i64, resume_at: i64) -> Result<()> {
-        let limit = self.faults.page(&record.id, rules::MAX_WAKE_STREAMS);
-        let news = self.news_since_listed(limit)?;
+        let news = self.news_since_listed(record)?;
         worker::console_warn!(
             "subscription {}: deliveries have failed for {} ms ({} attempts); retries stop{}",
             record.id,
