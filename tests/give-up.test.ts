@@ -403,8 +403,9 @@ describe('a pull-wake worker that claims and releases in a loop, acking nothing'
       expect((await fetch(sub(id), { method: 'PUT', headers: json, body })).status).toBe(201);
       expect((await fetch(url(`${p}/a`), { method: 'PUT', headers: json, body: '{"n":1}' })).status).toBe(201);
       // The worker: on each wake event, claim, then release without acking.
-      const seen = [await nextEvent(3_000)];
-      expect(seen[0], 'no first wake event').toBeTruthy();
+      const first = await nextEvent(3_000);
+      expect(first, 'no first wake event').toBeTruthy();
+      const seen = [first!];
       const released: number[] = [];
       for (;;) {
         await release(await claim());
