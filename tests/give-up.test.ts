@@ -482,8 +482,9 @@ describe('streams owed that a full wake list left out, when retries stop', () =>
       // get a wake each, two to a list: b and c one backoff after retries stopped (4 s, ±20%),
       // then d and e one more backoff on (8 s).
       const later = () => hook.hits.filter((h) => h.body.generation > hook.hits[0].body.generation);
-      const offered = await eventually(async () => later().length >= 2 && later(), 30_000);
-      expect(offered, 'the streams the full lists left out were not all offered').toBeTruthy();
+      const offered = await eventually(async () => later().length >= 2 && later(), 40_000);
+      const tried = hook.hits.map((h) => `${h.at - hook.hits[0].at} ms: generation ${h.body.generation} [${h.body.streams.map((s: any) => s.path)}]`);
+      expect(offered, `the streams the full lists left out were not all offered; tried: ${tried.join('; ')}`).toBeTruthy();
       const tries = hook.hits.length - 2;
       expect(hook.hits.slice(0, tries).every((h) => h.body.streams.map((s: any) => s.path).join() === names[0])).toBe(true);
       expect(offered!.map((h) => h.body.streams.map((s: any) => s.path))).toEqual([names.slice(1, 3), names.slice(3, 5)]);
@@ -498,5 +499,5 @@ describe('streams owed that a full wake list left out, when retries stop', () =>
       await fetch(sub(id), { method: 'DELETE' });
       await hook.close();
     }
-  }, 60_000);
+  }, 75_000);
 });
