@@ -34,12 +34,13 @@ afterAll(async () => {
 type Delivery = {
   failures: number;
   lapsed_leases: number;
+  releases: number;
   failing_since: string | null;
   last_error: string | null;
   next_attempt_at: string | null;
   gave_up_at: string | null;
 };
-const HEALTHY: Delivery = { failures: 0, lapsed_leases: 0, failing_since: null, last_error: null, next_attempt_at: null, gave_up_at: null };
+const HEALTHY: Delivery = { failures: 0, lapsed_leases: 0, releases: 0, failing_since: null, last_error: null, next_attempt_at: null, gave_up_at: null };
 type Described = { status: string; delivery: Delivery; streams: any[]; alarm: string | null };
 
 async function described(id: string): Promise<Described> {
@@ -366,4 +367,137 @@ describe('data appended while the last failing attempt is in flight', () => {
       await hook.close();
     }
   });
+});
+
+describe('a pull-wake worker that claims and releases in a loop, acking nothing', () => {
+  test('gets the first release back at once, then wake events a backoff apart, then none; an ack resets it', async () => {
+    const p = `release-loop-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const id = `pull-${p}`;
+    let offset = '-1';
+    /** The wake events written since the last call, each with when this test saw it. */
+    const nextEvent = async (ms: number) =>
+      eventually(async () => {
+        const res = await fetch(`${url(wake)}?offset=${offset}`);
+        const events = await res.json();
+        if (!events.length) return undefined;
+        offset = res.headers.get('stream-next-offset')!;
+        return { at: Date.now(), events };
+      }, ms);
+    const claim = async () => {
+      const res = await fetch(sub(`${id}/claim`), { method: 'POST', headers: json, body: '{"worker":"w"}' });
+      expect(res.status).toBe(200);
+      return res.json();
+    };
+    const release = async (w: any) => {
+      const res = await fetch(sub(`${id}/release`), {
+        method: 'POST',
+        headers: { ...json, authorization: `Bearer ${w.token}` },
+        body: JSON.stringify({ wake_id: w.wake_id, generation: w.generation }),
+      });
+      expect(res.status).toBe(204);
+    };
+    try {
+      expect((await fetch(url(wake), { method: 'PUT', headers: json, body: '[]' })).status).toBe(201);
+      const body = JSON.stringify({ type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake, lease_ttl_ms: 60_000 });
+      expect((await fetch(sub(id), { method: 'PUT', headers: json, body })).status).toBe(201);
+      expect((await fetch(url(`${p}/a`), { method: 'PUT', headers: json, body: '{"n":1}' })).status).toBe(201);
+      // The worker: on each wake event, claim, then release without acking.
+      const first = await nextEvent(3_000);
+      expect(first, 'no first wake event').toBeTruthy();
+      const seen = [first!];
+      const released: number[] = [];
+      for (;;) {
+        await release(await claim());
+        released.push(Date.now());
+        const next = await nextEvent(5_000);
+        if (!next) break;
+        seen.push(next);
+        expect(seen.length, 'wake events never stopped').toBeLessThan(10);
+      }
+      // The first release handed the work back at once; the second waited for the 1 s backoff
+      // (±20%), the third for 2 s or the window's end (3 s after the second), whichever came
+      // first; a release past the window stopped retries (the fourth, or, when the third's
+      // event came before the window ended, the fifth, its event at the end).
+      expect([4, 5]).toContain(seen.length);
+      expect(seen[1].at - released[0], 'the first release was not handed back at once').toBeLessThan(700);
+      expect(seen[2].at - released[1], 'the second release was not backed off').toBeGreaterThanOrEqual(800 - 100);
+      expect(seen[3].at - released[2], 'the third release was not backed off').toBeGreaterThanOrEqual(1_200);
+      const stopped = await described(id);
+      expect(stopped.status).toBe('failed');
+      expect(stopped.delivery.releases).toBe(seen.length);
+      expect(stopped.delivery.failures).toBe(seen.length - 1);
+      expect(stopped.delivery.lapsed_leases).toBe(0);
+      expect(stopped.delivery.last_error).toContain('released without an ack');
+      expect(Date.parse(stopped.delivery.gave_up_at!) - Date.parse(stopped.delivery.failing_since!)).toBeGreaterThanOrEqual(GIVE_UP_MS);
+      expect(stopped.alarm).toBe('none');
+
+      // A worker that comes back claims without waiting for an event; a claim is not an ack.
+      const w = await claim();
+      expect((await described(id)).delivery.releases).toBe(seen.length);
+      // Its ack (done: false, a heartbeat that records its progress) resets everything...
+      const acks = w.streams.map((s: any) => ({ stream: s.path, offset: s.tail_offset }));
+      const acked = await fetch(sub(`${id}/ack`), {
+        method: 'POST',
+        headers: { ...json, authorization: `Bearer ${w.token}` },
+        body: JSON.stringify({ wake_id: w.wake_id, generation: w.generation, acks, done: false }),
+      });
+      expect(acked.status).toBe(200);
+      const active = await described(id);
+      expect(active.status).toBe('active');
+      expect(active.delivery).toEqual(HEALTHY);
+      // ...so, with new data, its next release hands the work back at once again.
+      expect((await fetch(url(`${p}/a`), { method: 'POST', headers: json, body: '{"n":2}' })).status).toBe(204);
+      await release(w);
+      const back = Date.now();
+      const again = await nextEvent(3_000);
+      expect(again, 'the release after an ack was not handed back').toBeTruthy();
+      expect(again!.at - back).toBeLessThan(700);
+      expect((await described(id)).delivery.releases).toBe(1);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+});
+
+describe('streams owed that a full wake list left out, when retries stop', () => {
+  // A subscription whose id carries the fault marker and `paged` lists a wake's streams 2 at a
+  // time (the 500 of MAX_WAKE_STREAMS, lowered).
+  test('each get one more wake, the lists going on in turn, then retries stop', async () => {
+    const p = `giveup-full-${uid()}`;
+    const id = `no-stream-is-named-this-paged-${uid()}`;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(500);
+      res.end('down');
+    });
+    const body = JSON.stringify({ type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 60_000 });
+    const names = ['a', 'b', 'c', 'd', 'e'].map((n) => `${p}/${n}`);
+    try {
+      expect((await fetch(sub(id), { method: 'PUT', headers: json, body })).status).toBe(201);
+      // The first append's wake lists its stream alone; the others come while it is retried.
+      for (const name of names) {
+        expect((await fetch(url(name), { method: 'PUT', headers: json, body: '{"n":1}' })).status).toBe(201);
+      }
+      // Its retries stop at the window's end (3 s); the streams it did not list, all owed, then
+      // get a wake each, two to a list: b and c one backoff after retries stopped (4 s, ±20%),
+      // then d and e one more backoff on (8 s).
+      const later = () => hook.hits.filter((h) => h.body.generation > hook.hits[0].body.generation);
+      const offered = await eventually(async () => later().length >= 2 && later(), 40_000);
+      const tried = hook.hits.map((h) => `${h.at - hook.hits[0].at} ms: generation ${h.body.generation} [${h.body.streams.map((s: any) => s.path)}]`);
+      expect(offered, `the streams the full lists left out were not all offered; tried: ${tried.join('; ')}`).toBeTruthy();
+      const tries = hook.hits.length - 2;
+      expect(hook.hits.slice(0, tries).every((h) => h.body.streams.map((s: any) => s.path).join() === names[0])).toBe(true);
+      expect(offered!.map((h) => h.body.streams.map((s: any) => s.path))).toEqual([names.slice(1, 3), names.slice(3, 5)]);
+      // Every stream was offered once since the failures began: retries stop, nothing left set.
+      const stopped = await gaveUp(id, 5_000);
+      expect(stopped.alarm).toBe('none');
+      expect(stopped.delivery.failures).toBe(hook.hits.length);
+      await sleep(2_000);
+      expect(hook.hits.length, 'streams already offered were woken again').toBe(tries + 2);
+      expect((await described(id)).streams.filter((s) => s.has_pending).length).toBe(names.length);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  }, 75_000);
 });

@@ -45,6 +45,24 @@ impl SubscriptionObject {
         Ok(())
     }
 
+    /// As [`Self::schedule`], and with nothing owed, the alarm set before (a lease's end) is
+    /// deleted: a subscription whose retries stopped has no alarm left.
+    pub(super) async fn schedule_or_clear(&self, record: &Record) -> Result<()> {
+        let owed = record.deleted
+            || record.linking
+            || rules::next_alarm(
+                record.deliver,
+                record.next_attempt_at,
+                record.lease_deadline,
+                now_ms(),
+            )
+            .is_some();
+        if owed {
+            return self.schedule(record).await;
+        }
+        self.state.storage().delete_alarm().await
+    }
+
     pub(super) async fn on_alarm(&self) -> Result<()> {
         let Some(mut record) = self.load()? else {
             return Ok(());

@@ -210,6 +210,8 @@ impl SubscriptionObject {
             gave_up_at: None,
             resume_at: None,
             lapses: 0,
+            releases: 0,
+            offered_run: None,
             deleted: false,
             linking: true,
             links_registered: false,
@@ -271,9 +273,10 @@ impl SubscriptionObject {
 
     /// A `PUT` of a subscription whose deliveries are failing tries again at once, with the
     /// backoff and the give-up window started afresh: its owner has fixed the endpoint (or
-    /// created the wake stream) and says so. One that gave up starts a wake for its data.
+    /// created the wake stream) and says so. One that gave up starts a wake for its data. The
+    /// count of wakes released in a row goes too: the next release hands the work back at once.
     async fn try_again(&self, mut record: Record) -> worker::Result<Record> {
-        if record.failures == 0 && record.gave_up_at.is_none() {
+        if record.failures == 0 && record.gave_up_at.is_none() && record.releases == 0 {
             return Ok(record);
         }
         record.forget_failures();
@@ -321,6 +324,7 @@ impl SubscriptionObject {
             for q in [
                 "DELETE FROM links",
                 "DELETE FROM snapshot",
+                "DELETE FROM offered",
                 "DELETE FROM config",
                 "DELETE FROM provisional",
             ] {

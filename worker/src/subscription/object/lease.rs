@@ -317,10 +317,12 @@ impl SubscriptionObject {
         let input: AckBody = serde_json::from_slice(body)
             .map_err(|_| SubscriptionError::InvalidRequest("body must be a JSON release object"))?;
         self.fence(&record, req, input.wake_id.as_deref(), input.generation)?;
-        // Work still pending gets a new wake event for a later claim.
-        self.next_wake(&mut record)?;
+        // Work still pending gets a new wake event for a later claim: at once the first time
+        // since the last ack, after the backoff for each release after it.
+        self.wake_released(&mut record)?;
         self.save(&record)?;
-        self.schedule(&record).await?;
+        // The lease's alarm goes if nothing follows (retries stopped, or nothing is owed).
+        self.schedule_or_clear(&record).await?;
         Ok(Response::empty()?.with_status(204))
     }
 }

@@ -394,8 +394,9 @@ fn linking(record: &Record) -> Value {
 }
 
 /// How the subscription's deliveries are going, for its `GET`: the failures since the last
-/// one that succeeded (or, once a lease has lapsed among them, since the last ack), how many
-/// were lapsed leases, when they began, the last one's error, when the next is tried (`null`
+/// one that succeeded (or, once a lease has lapsed or a wake was released again among them,
+/// since the last ack), how many were lapsed leases, the wakes released in a row since the last
+/// ack, when they began, the last one's error, when the next is tried (`null`
 /// while nothing is owed, or one is being tried now), and when retries stopped (`null` unless
 /// they have: new data or a `PUT` tries again). Times are RFC 3339.
 fn delivery(record: &Record) -> Value {
@@ -403,6 +404,7 @@ fn delivery(record: &Record) -> Value {
     j!({
         "failures": record.failures,
         "lapsed_leases": record.lapses,
+        "releases": record.releases,
         "failing_since": time(record.failing_since),
         "last_error": record.last_error,
         "next_attempt_at": time(record.next_attempt_at.filter(|_| record.deliver)),

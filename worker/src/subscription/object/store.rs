@@ -1,7 +1,7 @@
 //! The subscription's SQLite tables and every row read or written: the record (configuration
 //! and delivery state), the links (one cursor per stream), the `snapshot` of tails the current
-//! wake covers, the `config` a PUT is compared with, and the `provisional` links an append
-//! made while linking ran.
+//! wake covers, the `config` a PUT is compared with, the `provisional` links an append made
+//! while linking ran, and the tails `offered` by wakes whose retries stopped.
 
 use std::collections::HashMap;
 
@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS links (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshot (path TEXT PRIMARY KEY, tail INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS provisional (path TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS offered (path TEXT PRIMARY KEY, tail INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
 /// Changes to tables of objects made by older versions, in the order they were made.
@@ -106,6 +107,17 @@ pub(super) struct Record {
     /// counted, a delivery that succeeds does not end the run of failures; only an ack does.
     #[serde(default)]
     pub(super) lapses: u32,
+    /// Wakes a worker released in a row, data still owed, since the last ack (or `PUT`). The
+    /// first hands the work back at once; each one after it is a failure, as a lapsed lease
+    /// is: a worker that claims and releases without acking, again and again, gets its wake
+    /// events a backoff apart, and after `DELIVERY_GIVE_UP_MS` none. A claim does not reset
+    /// it; only an ack does.
+    #[serde(default)]
+    pub(super) releases: u32,
+    /// The run of failures (its `failing_since`) whose stopped wakes the `offered` table
+    /// holds: a new run starts it afresh ([`SubscriptionObject::news_since_listed`]).
+    #[serde(default)]
+    pub(super) offered_run: Option<i64>,
     pub(super) deleted: bool,
     /// Linking this incarnation's streams (the registry's list, then each stream's tail) has
     /// not yet succeeded: a PUT that finds it so finishes it, and so does the alarm.
@@ -165,6 +177,7 @@ impl Record {
     pub(super) fn forget_failures(&mut self) {
         self.failures = 0;
         self.lapses = 0;
+        self.releases = 0;
         self.failing_since = None;
         self.last_error = None;
         self.gave_up_at = None;
@@ -173,12 +186,15 @@ impl Record {
     }
 
     /// A delivery succeeded (a webhook answered 2xx, a wake event was written, a worker
-    /// claimed): the failures before it are forgotten, unless leases lapsed among them. A
-    /// receiver that takes wakes and never acks them answers every delivery, so only an ack
-    /// (a callback, `{"done": true}` in the reply, a pull-wake ack) shows it has recovered.
+    /// claimed): the failures before it are forgotten, unless leases lapsed or wakes were
+    /// released again among them. A receiver that takes wakes and never acks them answers
+    /// every delivery, so only an ack (a callback, `{"done": true}` in the reply, a pull-wake
+    /// ack) shows it has recovered. The releases in a row are kept: a claim is not an ack.
     pub(super) fn delivered(&mut self) {
-        if self.lapses == 0 {
+        if self.lapses == 0 && self.releases <= 1 {
+            let releases = self.releases;
             self.forget_failures();
+            self.releases = releases;
         } else {
             self.next_attempt_at = None;
         }
@@ -467,6 +483,7 @@ impl SubscriptionObject {
             for q in [
                 "DELETE FROM links WHERE path = ?",
                 "DELETE FROM snapshot WHERE path = ?",
+                "DELETE FROM offered WHERE path = ?",
             ] {
                 self.sql()?
                     .exec(q, vec![SqlStorageValue::String(path.to_string())])?;
@@ -552,20 +569,33 @@ impl SubscriptionObject {
         Ok(rows.iter().map(|r| (link_from_row(r), int(r, 6))).collect())
     }
 
-    /// Whether data came for the subscription after the current wake listed its streams: a
-    /// listed stream's tail is past the tail listed, or, when the list held every stream with
-    /// news then (it is shorter than `limit`), a stream it does not list has data pending.
-    pub(super) fn news_since_listed(&self, limit: usize) -> Result<bool> {
-        let listed = self.rows("SELECT count(*) FROM snapshot", vec![])?;
-        let complete = listed.first().map_or(0, |r| int(r, 0)) < limit as u64;
-        let query = if complete {
-            "SELECT 1 FROM links l LEFT JOIN snapshot s ON s.path = l.path
-             WHERE l.tail > l.acked AND (s.tail IS NULL OR l.tail > s.tail) LIMIT 1"
-        } else {
-            "SELECT 1 FROM links l JOIN snapshot s ON s.path = l.path
-             WHERE l.tail > l.acked AND l.tail > s.tail LIMIT 1"
-        };
-        Ok(!self.rows(query, vec![])?.is_empty())
+    /// Retries of the current wake stopped: notes the tails its list offered, and answers
+    /// whether data is owed that no wake whose retries stopped in this run of failures
+    /// offered: a listed stream's tail is past the tail listed (data came during the last
+    /// attempt, or the lease), or a stream with data pending was in no such list (a list
+    /// holds at most [`rules::MAX_WAKE_STREAMS`]). Each stream is so offered once more, and
+    /// the wakes that follow a full list list the next streams in turn until none is left.
+    pub(super) fn news_since_listed(&self, record: &mut Record) -> Result<bool> {
+        let new_run = record.offered_run != record.failing_since;
+        self.atomically(|| {
+            if new_run {
+                self.sql()?.exec("DELETE FROM offered", None)?;
+            }
+            self.sql()?.exec(
+                "INSERT INTO offered (path, tail) SELECT path, tail FROM snapshot WHERE true
+                 ON CONFLICT (path) DO UPDATE SET tail = excluded.tail
+                 WHERE excluded.tail > offered.tail",
+                None,
+            )?;
+            Ok(())
+        })?;
+        record.offered_run = record.failing_since;
+        let news = self.rows(
+            "SELECT 1 FROM links l LEFT JOIN offered o ON o.path = l.path
+             WHERE l.tail > l.acked AND (o.tail IS NULL OR l.tail > o.tail) LIMIT 1",
+            vec![],
+        )?;
+        Ok(!news.is_empty())
     }
 
     /// Acks every link the current wake covers up to the tail it was woken for.

@@ -131,10 +131,13 @@ impl SubscriptionObject {
                     placed: true,
                     ..link
                 })?;
-                self.sql()?.exec(
+                for q in [
                     "DELETE FROM snapshot WHERE path = ?",
-                    vec![SqlStorageValue::String(path.to_string())],
-                )?;
+                    "DELETE FROM offered WHERE path = ?",
+                ] {
+                    self.sql()?
+                        .exec(q, vec![SqlStorageValue::String(path.to_string())])?;
+                }
             }
             Some(_) => self.remove_link(path)?,
             None => return json(200, &j!({ "linked": false })),
@@ -271,14 +274,44 @@ impl SubscriptionObject {
             self.next_wake(record)?;
             return Ok(());
         }
-        let now = now_ms();
         let error = format!(
             "lease lapsed without an ack: the wake was taken but not acked within lease_ttl_ms ({} ms)",
             record.lease_ttl_ms
         );
-        worker::console_warn!("subscription {}: {error}", record.id);
         record.lapses = record.lapses.saturating_add(1);
-        match self.count_failure(record, now, &error) {
+        self.taken_wake_failed(record, &error)
+    }
+
+    /// A worker released the current wake. With data still owed, the work goes back at once
+    /// the first time since the last ack (the next wake's event is written now, for another
+    /// worker); each release after that, with no ack between, is a failure like a lapsed
+    /// lease: the next wake event waits for the backoff, and once failures have gone on for
+    /// `DELIVERY_GIVE_UP_MS`, none is written. A worker that claims and releases in a loop
+    /// would otherwise write a wake event per release, for ever.
+    pub(super) fn wake_released(&self, record: &mut Record) -> Result<()> {
+        if !self.has_pending()? {
+            self.next_wake(record)?;
+            return Ok(());
+        }
+        record.releases = record.releases.saturating_add(1);
+        if record.releases == 1 {
+            self.next_wake(record)?;
+            return Ok(());
+        }
+        let error = format!(
+            "released without an ack: {} wakes released in a row since the last ack",
+            record.releases
+        );
+        self.taken_wake_failed(record, &error)
+    }
+
+    /// A wake was taken and given back (its lease lapsed, or it was released again) with
+    /// data owed and no ack: a failure, so the next wake is delivered after the backoff, or,
+    /// once failures have gone on for `DELIVERY_GIVE_UP_MS`, retries stop.
+    fn taken_wake_failed(&self, record: &mut Record, error: &str) -> Result<()> {
+        let now = now_ms();
+        worker::console_warn!("subscription {}: {error}", record.id);
+        match self.count_failure(record, now, error) {
             AfterFailure::RetryAt(at) => {
                 self.next_wake(record)?;
                 record.next_attempt_at = Some(at);
@@ -300,12 +333,13 @@ impl SubscriptionObject {
 
     /// Failures have gone on for `DELIVERY_GIVE_UP_MS`: retries stop. The wake ends (a late
     /// callback of it is fenced), its data stays owed, and no alarm is left for it. Data that
-    /// came after the wake listed its streams (during its last attempt, or its lease) was
-    /// never offered: as for data that comes after retries stopped, a new wake lists it, tried
-    /// once more at `resume_at`, rather than leaving it owed until more data or a `PUT` comes.
+    /// came after the wake listed its streams (during its last attempt, or its lease), and
+    /// streams owed that a full list left out, were never offered: as for data that comes
+    /// after retries stopped, a new wake lists them, tried once more at `resume_at`, rather
+    /// than leaving them owed until more data or a `PUT` comes
+    /// ([`Self::news_since_listed`]).
     fn give_up(&self, record: &mut Record, now: i64, resume_at: i64) -> Result<()> {
-        let limit = self.faults.page(&record.id, rules::MAX_WAKE_STREAMS);
-        let news = self.news_since_listed(limit)?;
+        let news = self.news_since_listed(record)?;
         worker::console_warn!(
             "subscription {}: deliveries have failed for {} ms ({} attempts); retries stop{}",
             record.id,
