@@ -522,10 +522,14 @@ async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<bool
     let unannounced = &unannounced;
     let env = &obj.env;
     obj.faults.notified(subs.len());
-    // An injected fault stands for the first subscription being unreachable.
+    // An injected fault stands for the first subscription being unreachable (or, during an
+    // injected outage, every one).
     let mut fault = obj.faults.check(&meta.path, Call::Notify).err();
+    let now = now_ms();
     let calls = subs.iter().map(|id| {
-        let fault = fault.take();
+        let fault = fault
+            .take()
+            .or_else(|| obj.faults.notify_outage(&meta.path, now).err());
         async move {
             let message = match unannounced.contains(id) {
                 true => new,

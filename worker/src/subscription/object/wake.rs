@@ -1,17 +1,20 @@
 //! Wakes: a stream's new tail (`notify`) or removal, a new wake generation when work is pending,
 //! and its delivery from the alarm, as a signed webhook post or events on the wake stream.
 
+use std::time::Duration;
+
 use edgestream::subscription::{self as rules, AfterFailure};
 use futures_util::StreamExt;
 use serde_json::{json as j, Value};
 use worker::{
-    AbortController, Fetch, Headers, Method, Request, RequestInit, RequestRedirect, Response,
-    Result, SqlStorageValue, Url,
+    AbortController, Delay, Fetch, Headers, Method, Request, RequestInit, RequestRedirect,
+    Response, Result, SqlStorageValue, Url,
 };
 
 use super::store::{offset_text, Kind, Link, Record};
 use super::{Notify, SubscriptionObject};
 use crate::crypto;
+use crate::fault::Call;
 use crate::http::{self, header, now_ms, random_u32};
 use crate::path::STREAM_PREFIX;
 use crate::subscription::{json, stream_stub, webhook};
@@ -43,8 +46,14 @@ async fn read_reply(resp: &mut Response) -> Option<Vec<u8>> {
 impl SubscriptionObject {
     /// A stream's new tail. Answers whether the stream is still linked.
     pub(super) async fn notify(&self, n: Notify) -> Result<Response> {
-        let Some(mut record) = self.load()?.filter(|r| !r.deleted) else {
-            return json(200, &j!({ "linked": false }));
+        let mut record = match self.load()? {
+            Some(record) if !record.deleted => record,
+            deleted => {
+                if deleted.is_some_and(|r| self.faults.slow(&r.id, Call::UnlinkedAnswer)) {
+                    Delay::from(Duration::from_secs(2)).await;
+                }
+                return json(200, &j!({ "linked": false }));
+            }
         };
         let glob = record.pattern_covers(&n.path);
         // While linking runs, a stream not yet linked that is not new (its registration says
