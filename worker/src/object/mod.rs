@@ -1293,11 +1293,19 @@ impl StreamObject {
                 let store = self.store()?;
                 store.add_subscriber(&id)?;
                 // A subscription this stream's registration found, and has not yet told the
-                // stream is new, links it from its start.
-                let created = store.unannounced()?.contains(&id);
+                // stream is new, links it from its start: if it is the incarnation found.
+                let found = store.unannounced()?.into_iter().find(|u| u.id == id);
+                let epoch = found
+                    .as_ref()
+                    .map(|u| u.epoch.as_str())
+                    .filter(|e| !e.is_empty());
                 crate::subscription::json(
                     200,
-                    &serde_json::json!({ "tail": meta.tail.position(), "created": created }),
+                    &serde_json::json!({
+                        "tail": meta.tail.position(),
+                        "created": found.is_some(),
+                        "epoch": epoch,
+                    }),
                 )
             }
             _ => http::text(404, "unknown internal operation"),

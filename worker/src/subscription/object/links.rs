@@ -86,6 +86,7 @@ impl SubscriptionObject {
                 pattern: record.pattern.clone(),
                 explicit: self.explicit_paths()?,
                 replace: true,
+                epoch: record.epoch.clone(),
             };
             let matched = self.register_links(&links).await?;
             let linked = self.link_existing(record, matched).await?;
@@ -233,8 +234,8 @@ impl SubscriptionObject {
     /// Saves the links of `group` at the tails its streams answered (`answers`, in the same
     /// order): a new link at its stream's tail, one stored already where `cursor` puts it
     /// (given the link and the tail). A stream new to the subscription (its registration found
-    /// it, and its notification saying so has not been taken yet) counts as answering its
-    /// start: it is covered from there. Answers how many streams were linked, and a failure of
+    /// this incarnation, and its notification saying so has not been taken yet) counts as
+    /// answering its start: it is covered from there. Answers how many streams were linked, and a failure of
     /// one that answered neither 200 nor 404, after the rest are saved.
     fn save_linked(
         &self,
@@ -250,7 +251,10 @@ impl SubscriptionObject {
             // 404: the stream is gone, and the registry forgets it. Any other answer is
             // a failure: the link is retried.
             let (tail, start) = match (answer.status, answer.tail) {
-                (200, Some(tail)) => (tail, if answer.created { 0 } else { tail }),
+                (200, Some(tail)) => {
+                    let new = record.new_to_it(answer.created, answer.epoch.as_deref());
+                    (tail, if new { 0 } else { tail })
+                }
                 (404, _) => continue,
                 (status, _) => {
                     failed.get_or_insert(worker::Error::RustError(format!(
@@ -370,6 +374,7 @@ impl SubscriptionObject {
             pattern: None,
             explicit: paths,
             replace: false,
+            epoch: record.epoch.clone(),
         };
         let matched = self.register_links(&links).await?;
         self.link_existing(&record, matched).await?;

@@ -67,6 +67,11 @@ pub struct Notify {
     /// never says so).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub created: bool,
+    /// With `created`: the incarnation of the subscription (its epoch) whose links the
+    /// registration found. One created again under the id since takes the stream as one that
+    /// existed before it (a stream of an older version names none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 #[durable_object]

@@ -193,6 +193,14 @@ impl Record {
                 .is_some_and(|p| rules::glob_matches(p, path))
     }
 
+    /// Whether a stream that says it is new (`created`) is new to this incarnation: its
+    /// registration found this one's links (`epoch`), not those of one deleted since under
+    /// the same id, which the stream may not have told yet. To this one it existed before.
+    /// A stream of an older version names no incarnation, and is taken at its word.
+    pub(super) fn new_to_it(&self, created: bool, epoch: Option<&str>) -> bool {
+        created && epoch.is_none_or(|epoch| epoch == self.epoch)
+    }
+
     /// Records an attempt at linking or unlinking: a failure is retried by the alarm with
     /// backoff. Answers whether it succeeded.
     pub(super) fn settle_links(&mut self, what: &str, result: &Result<()>) -> bool {

@@ -56,10 +56,12 @@ impl SubscriptionObject {
             }
         };
         let glob = record.pattern_covers(&n.path);
+        // New to this incarnation, not only to one deleted before it under the same id.
+        let created = record.new_to_it(n.created, n.epoch.as_deref());
         // While linking runs, a stream not yet linked that is not new (its registration says
         // so) was just asked to link this subscription by a page still being read: the page's
         // answer says where its cursor starts. Until then it is linked with nothing pending.
-        let provisional = record.linking && !n.created;
+        let provisional = record.linking && !created;
         let link = match self.link(&n.path)? {
             // Linked by a pattern that no longer covers it: its own wake stream, linked
             // before such links were refused.
@@ -69,7 +71,7 @@ impl SubscriptionObject {
             }
             // A new stream named explicitly is covered from its start: linking, should it ask
             // the stream later, leaves the cursor there.
-            Some(l) if !l.placed && n.created => Link {
+            Some(l) if !l.placed && created => Link {
                 glob,
                 tail: l.tail.max(n.tail),
                 placed: true,
