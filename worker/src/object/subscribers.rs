@@ -505,10 +505,13 @@ fn batch_after<'a>(subs: &'a [String], after: Option<&str>, per_call: usize) -> 
 }
 
 /// Tells each of `subs` the stream's tail; whether every one of them has it. A subscription
-/// that no longer links the stream is dropped. One the stream's registration found that has
-/// not yet taken it is told the stream is new (`created`), naming the incarnation found, so
-/// while it is still linking its pattern's streams it covers this one from its start: the
-/// first notification, or any retry of it, whenever it comes.
+/// that no longer links the stream is dropped, unless a subscription linked the stream while
+/// the calls were out (one deleted answers so, and one created again under its id may have
+/// linked the stream meanwhile: its entry is the same row); a later notification drops it
+/// then. One the stream's registration found that has not yet taken it is told the stream is
+/// new (`created`), naming the incarnation found, so while it is still linking its pattern's
+/// streams it covers this one from its start: the first notification, or any retry of it,
+/// whenever it comes.
 async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<bool> {
     if subs.is_empty() {
         return Ok(true);
@@ -524,6 +527,7 @@ async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<bool
     };
     let plain = &message(None);
     let env = &obj.env;
+    let linked_before = obj.sub_links.get();
     obj.faults.notified(subs.len());
     // An injected fault stands for the first subscription being unreachable (or, during an
     // injected outage, every one).
@@ -549,11 +553,14 @@ async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<bool
     });
     let results = futures_util::future::join_all(calls).await;
     let store = obj.store()?;
+    let relinked = obj.sub_links.get() != linked_before;
     let mut all = true;
     for (id, new, result) in results {
         match result {
             Ok((200, Some(reply))) if reply["linked"] == json!(false) => {
-                store.remove_subscriber(id)?
+                if !relinked {
+                    store.remove_subscriber(id)?
+                }
             }
             Ok((200, _)) if new => store.told_created(id)?,
             Ok((200, _)) => {}
