@@ -384,12 +384,14 @@ impl SubscriptionObject {
 /// done, how many existing streams it has linked (`null` for a subscription made before they
 /// were counted), and the failures since its last step that succeeded (retried with backoff).
 /// Until it is done, a stream its pages have not yet reached is not covered: its appends are
-/// not delivered (a stream created meanwhile is, from its start).
+/// not delivered (a stream created meanwhile is, from its start). Streams a failed
+/// `POST .../streams` named and the alarm has still to link count as linking not done.
 fn linking(record: &Record) -> Value {
+    let owed = record.linking || record.placing;
     j!({
-        "done": !record.linking,
+        "done": !owed,
         "linked": record.linked,
-        "failures": if record.linking { record.link_failures } else { 0 },
+        "failures": if owed { record.link_failures } else { 0 },
     })
 }
 
