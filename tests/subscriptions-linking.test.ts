@@ -426,4 +426,119 @@ describe('linking a pattern over more streams than one invocation links', () => 
       await hook.close();
     }
   });
+
+  // A new stream's registration tells each subscription covering it that the stream is new,
+  // and says so until the subscription answers. Here the stream cannot reach its subscriptions
+  // for 3 s (`notify-down`, worker/src/fault.rs), and the subscription is deleted and created
+  // again under its id meanwhile: the new one links the stream, which existed before it, so it
+  // covers it from there. The stream's answer to that link, and its retried notification, still
+  // said it was new (it was, to the deleted one), and the new subscription took it from its start.
+  test('a stream new to a deleted subscription is not new to the one created again under its id', { timeout: 60_000 }, async () => {
+    const p = `renew-${uid()}`;
+    const stream = `${p}/s-${MARKER}-notify-down`;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(200, json);
+      res.end('{"done":true}');
+    });
+    const id = `sub-${p}`;
+    const config = { type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 1_000 };
+    try {
+      expect((await put(`__ds/subscriptions/${id}`, config)).status).toBe(201);
+      // Its registration (the first fails: 503, the PUT retried) links the subscription, and its
+      // notification fails.
+      expect((await put(stream, [{ before: true }])).status).toBe(503);
+      expect((await put(stream, [{ before: true }])).status).toBe(200);
+      expect((await fetch(sub(id), { method: 'DELETE' })).status).toBe(204);
+      const seen = hook.hits.length;
+      // Its page's first link of the stream fails (503); the same PUT again links it.
+      expect((await put(`__ds/subscriptions/${id}`, config)).status).toBe(503);
+      expect([200, 201]).toContain((await put(`__ds/subscriptions/${id}`, config)).status);
+      expect(await eventually(async () => (await described(id)).linking.done), 'linking never finished').toBe(true);
+      const state = await described(id);
+      const from = await tailOf(stream);
+      expect(state.streams.find((s) => s.path === stream), 'the new subscription does not cover the stream from when it linked it').toMatchObject({ acked_offset: from, has_pending: false });
+      // Told once the outage is over: the append, and nothing before the new subscription.
+      expect((await fetch(url(stream), { method: 'POST', headers: json, body: '{"after":true}' })).status).toBe(204);
+      const to = await tailOf(stream);
+      const delivered = () => pendingOn(hook.hits, stream, seen);
+      expect(await eventually(async () => delivered().some((s: any) => s.tail_offset === to)), 'the append was not delivered').toBe(true);
+      await sleep(300);
+      expect(delivered().map((s: any) => [s.acked_offset, s.tail_offset])).toEqual([[from, to]]);
+      expect((await described(id)).streams.find((s) => s.path === stream)).toMatchObject({ acked_offset: to, tail_offset: to });
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+  // Streams a `POST .../streams` adds are linked at their tails by that request; when one cannot
+  // be asked (the flaky stream answers its first link with 503), the request is answered 503.
+  // Only the client's retry linked it: a client that did not retry left it named but never
+  // linked (the stream never heard of the subscription), and none of its appends was delivered.
+  // The subscription's alarm now finishes it, and GET shows linking not done until then.
+  test('a stream a failed POST .../streams named is linked by the alarm without a retry', { timeout: 60_000 }, async () => {
+    const p = `added-${uid()}`;
+    const good = `${p}/a`;
+    const flaky = `${p}/b-${MARKER}`;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(200, json);
+      res.end('{"done":true}');
+    });
+    const id = `sub-${p}`;
+    try {
+      expect((await put(good, [{ name: good }])).status).toBe(201);
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(503);
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(200);
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'webhook', streams: [good], webhook: { url: hook.url }, lease_ttl_ms: 1_000 })).status).toBe(201);
+      const add = await fetch(sub(`${id}/streams`), { method: 'POST', headers: json, body: JSON.stringify({ streams: [flaky] }) });
+      expect(add.status).toBe(503);
+      // Not retried: the alarm links it.
+      expect(await eventually(async () => (await described(id)).linking.done), 'linking never finished').toBe(true);
+      const from = await tailOf(flaky);
+      expect((await described(id)).streams.find((s) => s.path === flaky)).toMatchObject({ acked_offset: from, tail_offset: from });
+      expect((await fetch(url(flaky), { method: 'POST', headers: json, body: '{"after":true}' })).status).toBe(204);
+      const to = await tailOf(flaky);
+      const delivered = () => pendingOn(hook.hits, flaky);
+      expect(await eventually(async () => delivered().some((s: any) => s.tail_offset === to), 10_000), 'the append was not delivered').toBe(true);
+      expect(delivered().map((s: any) => [s.acked_offset, s.tail_offset])).toEqual([[from, to]]);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+  // A stream drops a subscription's entry when the subscription answers a notification
+  // `linked: false` (it was deleted). Here that answer comes two seconds late (`late-unlinked`,
+  // worker/src/fault.rs), and meanwhile the subscription is created again and links the stream:
+  // the stream, finding the entry there, kept it, then dropped it on the late answer, so the new
+  // subscription was never told of the stream's appends.
+  test('a late linked:false from a deleted subscription does not drop the one created again meanwhile', { timeout: 60_000 }, async () => {
+    const p = `late-${uid()}`;
+    const stream = `${p}/s`;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(200, json);
+      res.end('{"done":true}');
+    });
+    const id = `sub-${p}-${MARKER}-late-unlinked`;
+    const config = { type: 'webhook', streams: [stream], webhook: { url: hook.url }, lease_ttl_ms: 1_000 };
+    try {
+      expect((await put(stream, [{ before: true }])).status).toBe(201);
+      expect((await put(`__ds/subscriptions/${id}`, config)).status).toBe(201);
+      expect((await fetch(sub(id), { method: 'DELETE' })).status).toBe(204);
+      // The append's notification reaches the deleted subscription, whose answer is late.
+      const appended = fetch(url(stream), { method: 'POST', headers: json, body: '{"during":true}' });
+      await sleep(300);
+      const seen = hook.hits.length;
+      expect((await put(`__ds/subscriptions/${id}`, config)).status).toBe(201);
+      const from = await tailOf(stream);
+      expect((await appended).status).toBe(204);
+      expect((await described(id)).streams.find((s) => s.path === stream)).toMatchObject({ acked_offset: from, tail_offset: from });
+      expect((await fetch(url(stream), { method: 'POST', headers: json, body: '{"after":true}' })).status).toBe(204);
+      const to = await tailOf(stream);
+      const delivered = () => pendingOn(hook.hits, stream, seen);
+      expect(await eventually(async () => delivered().some((s: any) => s.tail_offset === to), 10_000), 'the append after the new subscription linked the stream was not delivered').toBe(true);
+      expect(delivered().map((s: any) => [s.acked_offset, s.tail_offset])).toEqual([[from, to]]);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
 });

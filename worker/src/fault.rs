@@ -14,9 +14,12 @@
 //! id does its first create, as storage that failed would. A subscription whose id carries
 //! the marker and `keys-down` cannot reach the registry the first time it asks for the signing
 //! keys' schedule again; with `keys-outage` instead, it cannot reach it for [`KEY_OUTAGE_MS`]
-//! from the first time it asks again. Later calls of that kind go through, so a test sees
-//! the failure and then the repair: what is owed is retried by the request that is told to
-//! retry, or by the alarm.
+//! from the first time it asks again. A stream whose path carries the marker and `notify-down`
+//! cannot reach any subscription for [`NOTIFY_OUTAGE_MS`] from its first notification; a
+//! subscription whose id carries the marker and `late-unlinked` answers the first
+//! notification it gets once deleted (`linked: false`) two seconds late. Later calls of that kind
+//! go through, so a test sees the failure and then the repair: what is owed is retried by the
+//! request that is told to retry, or by the alarm.
 
 use std::cell::{Cell, RefCell};
 
@@ -68,6 +71,9 @@ pub enum Call {
     /// the one it kept is due to be asked again, as when the registry cannot be reached. Only
     /// for a subscription id that also contains `keys-down`.
     KeySchedule,
+    /// Made two seconds late: a deleted subscription's answer to a stream's notification
+    /// (`linked: false`). Only for a subscription id that also contains `late-unlinked`.
+    UnlinkedAnswer,
 }
 
 /// Where [`trap_if_asked`] is called from.
@@ -177,6 +183,11 @@ pub const TEST_PAGE: usize = 2;
 /// deliveries refused, and then signed again once it is over.
 pub const KEY_OUTAGE_MS: i64 = 6_000;
 
+/// How long a stream whose path carries the marker and `notify-down` cannot reach its
+/// subscriptions, from its first notification ([`Faults::notify_outage`]): longer than the
+/// first retries of a failed notification, so a test can change the subscription meanwhile.
+pub const NOTIFY_OUTAGE_MS: i64 = 3_000;
+
 /// What one object has failed so far in this isolate.
 pub struct Faults {
     /// `FAULT_MARKER`: none in production.
@@ -190,6 +201,8 @@ pub struct Faults {
     registry_page: Cell<usize>,
     /// When this object's registry outage began ([`Faults::key_outage`]).
     key_outage_since: Cell<Option<i64>>,
+    /// When this stream's outage of its subscriptions began ([`Faults::notify_outage`]).
+    notify_outage_since: Cell<Option<i64>>,
 }
 
 impl Faults {
@@ -201,6 +214,7 @@ impl Faults {
             notify_batch: Cell::new(0),
             registry_page: Cell::new(0),
             key_outage_since: Cell::new(None),
+            notify_outage_since: Cell::new(None),
         }
     }
 
@@ -281,6 +295,25 @@ impl Faults {
         Ok(())
     }
 
+    /// `Err` for a stream whose path carries the marker and `notify-down` notifying its
+    /// subscriptions at `now`, within [`NOTIFY_OUTAGE_MS`] of its first notification: every
+    /// subscription is unreachable for a while.
+    pub fn notify_outage(&self, path: &str, now: i64) -> Result<()> {
+        if !self.marker.as_deref().is_some_and(|m| path.contains(m))
+            || !path.contains("notify-down")
+        {
+            return Ok(());
+        }
+        let since = *self.notify_outage_since.get().get_or_insert(now);
+        self.notify_outage_since.set(Some(since));
+        if now - since < NOTIFY_OUTAGE_MS {
+            return Err(Error::RustError(
+                "injected fault: the subscriptions are unreachable".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether this call is the one to be made late.
     pub fn slow(&self, path: &str, call: Call) -> bool {
         self.trips(path, call)
@@ -338,6 +371,7 @@ impl Faults {
             || (call == Call::RegistryAnswerLost && !path.contains("lost"))
             || (call == Call::KeySchedule && !path.contains("keys-down"))
             || (matches!(call, Call::SubLink | Call::ChannelLink) && path.contains("slowreg"))
+            || (call == Call::UnlinkedAnswer && !path.contains("late-unlinked"))
         {
             return false;
         }

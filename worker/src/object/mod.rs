@@ -122,6 +122,9 @@ pub struct StreamObject {
     owed_turn: Turnstile,
     /// The tail this instance last told every linked subscription (see `subscribers.rs`).
     told: subscribers::Told,
+    /// How many requests of subscriptions to link the stream this instance has answered: a
+    /// notification's `linked: false` drops no entry if one came while it was out.
+    sub_links: Cell<u64>,
     /// Forks being created here, whose references on their sources the owed work leaves alone.
     forks_creating: fork::Creating,
     /// Producer appends that came before their predecessors, waiting for them.
@@ -202,6 +205,7 @@ impl DurableObject for StreamObject {
             alarm,
             owed_turn: Turnstile::default(),
             told: subscribers::Told::default(),
+            sub_links: Cell::new(0),
             forks_creating: fork::Creating::default(),
             producer_turns: gap_wait::ProducerTurns::default(),
             faults,
@@ -1312,12 +1316,23 @@ impl StreamObject {
                 };
                 let store = self.store()?;
                 store.add_subscriber(&id)?;
+                // A notification out now may bring back a `linked: false` from a deleted
+                // incarnation of this subscription: it must not drop the entry this link keeps.
+                self.sub_links.set(self.sub_links.get().wrapping_add(1));
                 // A subscription this stream's registration found, and has not yet told the
-                // stream is new, links it from its start.
-                let created = store.unannounced()?.contains(&id);
+                // stream is new, links it from its start: if it is the incarnation found.
+                let found = store.unannounced()?.into_iter().find(|u| u.id == id);
+                let epoch = found
+                    .as_ref()
+                    .map(|u| u.epoch.as_str())
+                    .filter(|e| !e.is_empty());
                 crate::subscription::json(
                     200,
-                    &serde_json::json!({ "tail": meta.tail.position(), "created": created }),
+                    &serde_json::json!({
+                        "tail": meta.tail.position(),
+                        "created": found.is_some(),
+                        "epoch": epoch,
+                    }),
                 )
             }
             _ => http::text(404, "unknown internal operation"),

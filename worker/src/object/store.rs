@@ -215,7 +215,8 @@ CREATE TABLE IF NOT EXISTS log (
 );
 CREATE TABLE IF NOT EXISTS subscribers (
   id TEXT PRIMARY KEY,
-  created INTEGER NOT NULL DEFAULT 0
+  created INTEGER NOT NULL DEFAULT 0,
+  epoch TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS channel (
   id INTEGER PRIMARY KEY CHECK (id = 1)
@@ -319,6 +320,12 @@ const MIGRATIONS: &[crate::schema::Migration] = &[
     crate::schema::Migration::Change {
         check: "SELECT created FROM subscribers LIMIT 0",
         apply: "ALTER TABLE subscribers ADD COLUMN created INTEGER NOT NULL DEFAULT 0",
+    },
+    // Which incarnation of that subscription the registration found (2026-12-06): one
+    // deleted and created again under its id before it was told took the stream as new too.
+    crate::schema::Migration::Change {
+        check: "SELECT epoch FROM subscribers LIMIT 0",
+        apply: "ALTER TABLE subscribers ADD COLUMN epoch TEXT NOT NULL DEFAULT ''",
     },
 ];
 
@@ -485,7 +492,16 @@ struct Subscribers {
     /// Every subscription, in id order.
     ids: Vec<String>,
     /// Those still owed the notification that the stream is new, in id order.
-    created: Vec<String>,
+    created: Vec<Unannounced>,
+}
+
+/// A subscription still owed the notification that the stream is new, and the incarnation of
+/// it (its epoch) the stream's registration found: the stream is new to that one only ('' when
+/// an older registry named none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unannounced {
+    pub id: String,
+    pub epoch: String,
 }
 
 pub struct Store {
@@ -1113,7 +1129,7 @@ impl Store {
 
     /// Of the subscriptions, those the stream's registration linked that have not yet taken
     /// its notification that the stream is new ([`Self::add_created_subscriber`]).
-    pub fn unannounced(&self) -> Result<Vec<String>> {
+    pub fn unannounced(&self) -> Result<Vec<Unannounced>> {
         Ok(self.read_subscribers()?.created)
     }
 
@@ -1122,10 +1138,16 @@ impl Store {
             return Ok(cached.clone());
         }
         let mut read = Subscribers::default();
-        for r in self.rows("SELECT id, created FROM subscribers ORDER BY id", vec![])? {
+        for r in self.rows(
+            "SELECT id, created, epoch FROM subscribers ORDER BY id",
+            vec![],
+        )? {
             let Some(id) = text(r.first()) else { continue };
             if int(r.get(1)) != 0 {
-                read.created.push(id.clone());
+                read.created.push(Unannounced {
+                    id: id.clone(),
+                    epoch: text(r.get(2)).unwrap_or_default(),
+                });
             }
             read.ids.push(id);
         }
@@ -1143,14 +1165,18 @@ impl Store {
     }
 
     /// Adds a subscription the stream's registration found covering it: created after the
-    /// registry had the subscription's links, so the subscription covers it from its start.
-    /// It is owed the notification that says so until it takes one ([`Self::told_created`]),
-    /// however often that is retried, across restarts; and a link it asks for says so too.
-    pub fn add_created_subscriber(&self, id: &str) -> Result<()> {
+    /// registry had the links of the subscription's incarnation `epoch`, so that one covers
+    /// it from its start. It is owed the notification that says so until it takes one
+    /// ([`Self::told_created`]), however often that is retried, across restarts; and a link
+    /// it asks for says so too.
+    pub fn add_created_subscriber(&self, id: &str, epoch: &str) -> Result<()> {
         self.forget_cached();
         self.sql.exec(
-            "INSERT OR IGNORE INTO subscribers (id, created) VALUES (?, 1)",
-            vec![SqlStorageValue::String(id.to_string())],
+            "INSERT OR IGNORE INTO subscribers (id, created, epoch) VALUES (?, 1, ?)",
+            vec![
+                SqlStorageValue::String(id.to_string()),
+                SqlStorageValue::String(epoch.to_string()),
+            ],
         )?;
         Ok(())
     }

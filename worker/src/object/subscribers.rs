@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use worker::Result;
 
-use super::store::{Meta, Task};
+use super::store::{Meta, Task, Unannounced};
 use super::{alarm, channel, owed, StreamObject};
 use crate::fault::Call;
 use crate::http::now_ms;
@@ -124,8 +124,9 @@ pub async fn register(obj: &StreamObject, budget: &Budget) -> Result<bool> {
     let store = obj.store()?;
     // In the turn that settles the registration: each is told the stream is new until it
     // has taken that, by this call or a retry (after a restart too).
-    for id in &ids.subs {
-        store.add_created_subscriber(id)?;
+    for (i, id) in ids.subs.iter().enumerate() {
+        let epoch = ids.epochs.get(i).map_or("", String::as_str);
+        store.add_created_subscriber(id, epoch)?;
     }
     channel::link(obj, &meta, &ids.channels, after)?;
     store.settle(Task::Register)?;
@@ -506,49 +507,64 @@ fn batch_after<'a>(subs: &'a [String], after: Option<&str>, per_call: usize) -> 
 }
 
 /// Tells each of `subs` the stream's tail; whether every one of them has it. A subscription
-/// that no longer links the stream is dropped. One the stream's registration found that has
-/// not yet taken it is told the stream is new (`created`), so while it is still linking its
-/// pattern's streams it covers this one from its start: the first notification, or any retry
-/// of it, whenever it comes.
+/// that no longer links the stream is dropped, unless a subscription linked the stream while
+/// the calls were out (one deleted answers so, and one created again under its id may have
+/// linked the stream meanwhile: its entry is the same row); a later notification drops it
+/// then. One the stream's registration found that has not yet taken it is told the stream is
+/// new (`created`), naming the incarnation found, so while it is still linking its pattern's
+/// streams it covers this one from its start: the first notification, or any retry of it,
+/// whenever it comes.
 async fn notify(obj: &StreamObject, meta: &Meta, subs: &[String]) -> Result<bool> {
     if subs.is_empty() {
         return Ok(true);
     }
     let unannounced = obj.store()?.unannounced()?;
-    let message = |created| Notify {
+    let message = |created: Option<&Unannounced>| Notify {
         path: meta.name().to_string(),
         tail: meta.tail.position(),
-        created,
+        created: created.is_some(),
+        epoch: created
+            .map(|u| u.epoch.clone())
+            .filter(|epoch| !epoch.is_empty()),
     };
-    let (plain, new) = (&message(false), &message(true));
-    let unannounced = &unannounced;
+    let plain = &message(None);
     let env = &obj.env;
+    let linked_before = obj.sub_links.get();
     obj.faults.notified(subs.len());
-    // An injected fault stands for the first subscription being unreachable.
+    // An injected fault stands for the first subscription being unreachable (or, during an
+    // injected outage, every one).
     let mut fault = obj.faults.check(&meta.path, Call::Notify).err();
+    let now = now_ms();
     let calls = subs.iter().map(|id| {
-        let fault = fault.take();
+        let fault = fault
+            .take()
+            .or_else(|| obj.faults.notify_outage(&meta.path, now).err());
+        let new = unannounced
+            .iter()
+            .find(|u| u.id == *id)
+            .map(|u| message(Some(u)));
         async move {
-            let message = match unannounced.contains(id) {
-                true => new,
-                false => plain,
-            };
             let result = match (fault, subscription_stub(env, id)) {
                 (Some(e), _) | (None, Err(e)) => Err(e),
-                (None, Ok(stub)) => call::<_, Value>(&stub, "notify", message).await,
+                (None, Ok(stub)) => {
+                    call::<_, Value>(&stub, "notify", new.as_ref().unwrap_or(plain)).await
+                }
             };
-            (id, result)
+            (id, new.is_some(), result)
         }
     });
     let results = futures_util::future::join_all(calls).await;
     let store = obj.store()?;
+    let relinked = obj.sub_links.get() != linked_before;
     let mut all = true;
-    for (id, result) in results {
+    for (id, new, result) in results {
         match result {
             Ok((200, Some(reply))) if reply["linked"] == json!(false) => {
-                store.remove_subscriber(id)?
+                if !relinked {
+                    store.remove_subscriber(id)?
+                }
             }
-            Ok((200, _)) if unannounced.contains(id) => store.told_created(id)?,
+            Ok((200, _)) if new => store.told_created(id)?,
             Ok((200, _)) => {}
             Ok((status, _)) => {
                 all = false;

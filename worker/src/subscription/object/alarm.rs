@@ -34,7 +34,9 @@ impl SubscriptionObject {
             record.lease_deadline,
             now_ms(),
         );
-        let linking = record.link_retry_at.filter(|_| record.linking);
+        let linking = record
+            .link_retry_at
+            .filter(|_| record.linking || record.placing);
         let next = match (next, linking) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -81,13 +83,13 @@ impl SubscriptionObject {
             }
             return Ok(());
         }
-        if record.linking && record.link_retry_at.is_none_or(|t| t <= now) {
+        if (record.linking || record.placing) && record.link_retry_at.is_none_or(|t| t <= now) {
             let turn = self.changes.enter().await;
             // Unless deleted, or created again, while it waited for its turn. A failure is
             // logged and rescheduled there.
             if let Some(current) = self
                 .load()?
-                .filter(|r| !r.deleted && r.linking && r.epoch == record.epoch)
+                .filter(|r| !r.deleted && (r.linking || r.placing) && r.epoch == record.epoch)
             {
                 let _ = self.finish_links(&current).await;
             }

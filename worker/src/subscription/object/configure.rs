@@ -15,7 +15,7 @@ use crate::subscription::{json, webhook, X_ORIGIN, X_SUBSCRIPTION};
 /// Should a create die partway through linking its streams, the alarm goes on with it this
 /// long after: longer than one invocation's linking takes, so it rarely runs beside the create
 /// itself. A create that links all it may and leaves pages sets the alarm for at once.
-const LINK_SAFETY_MS: i64 = 10_000;
+pub(super) const LINK_SAFETY_MS: i64 = 10_000;
 
 /// PUT body.
 struct CreateBody {
@@ -170,8 +170,9 @@ impl SubscriptionObject {
                 return Err(SubscriptionError::AlreadyExists.into());
             }
             // A create answered 503 partway through linking, or answered before linking was
-            // done, goes on from where linking stopped (not from the first page).
-            if existing.linking {
+            // done, goes on from where linking stopped (not from the first page); and links
+            // the streams a failed `POST .../streams` named.
+            if existing.linking || existing.placing {
                 self.finish_links(existing).await?;
             }
             let current = match self
@@ -214,6 +215,7 @@ impl SubscriptionObject {
             offered_run: None,
             deleted: false,
             linking: true,
+            placing: false,
             links_registered: false,
             link_after: None,
             linked: Some(0),
@@ -316,6 +318,7 @@ impl SubscriptionObject {
         record.lease_deadline = None;
         record.deliver = false;
         record.linking = false;
+        record.placing = false;
         record.unlinking = true;
         record.link_failures = 0;
         record.link_retry_at = None;

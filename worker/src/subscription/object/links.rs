@@ -40,7 +40,8 @@ impl SubscriptionObject {
     /// delivered. A stream created while linking runs is found by the pattern itself, recorded
     /// before the first page: its registration links it (`notify`), its data from its start
     /// pending, and a page that reaches it later keeps that cursor. A failure is retried by
-    /// the alarm with backoff, or by a PUT that finds it, from the page that failed.
+    /// the alarm with backoff, or by a PUT that finds it, from the page that failed. Streams
+    /// a failed `POST .../streams` named (`placing`) are linked here too, first.
     pub(super) async fn finish_links(&self, record: &Record) -> Result<()> {
         let result = self.link_some(record).await;
         // Deleted, or created again, meanwhile: that incarnation links its own.
@@ -52,6 +53,10 @@ impl SubscriptionObject {
             Err(e) => Err(worker::Error::RustError(e.to_string())),
         };
         current.settle_links("linking", &settled);
+        // Each step begins with the named streams: they are linked.
+        if result.is_ok() {
+            current.placing = false;
+        }
         match result {
             Ok(true) => {
                 current.linking = false;
@@ -75,8 +80,9 @@ impl SubscriptionObject {
             .filter(|r| !r.deleted && r.epoch == record.epoch))
     }
 
-    /// Registers the links with the registry (once), then links the pattern's pages from the
-    /// one after the last linked, at most `LINK_PAGES_PER_INVOCATION` of them. Whether every
+    /// Registers the links with the registry (once), or links the named streams a failed
+    /// `POST .../streams` left, then, while linking, links the pattern's pages from the one
+    /// after the last linked, at most `LINK_PAGES_PER_INVOCATION` of them. Whether every
     /// stream is linked.
     async fn link_some(&self, record: &Record) -> Result<bool> {
         let config = crate::config::Config::from_env(&self.env);
@@ -86,6 +92,7 @@ impl SubscriptionObject {
                 pattern: record.pattern.clone(),
                 explicit: self.explicit_paths()?,
                 replace: true,
+                epoch: record.epoch.clone(),
             };
             let matched = self.register_links(&links).await?;
             let linked = self.link_existing(record, matched).await?;
@@ -95,6 +102,12 @@ impl SubscriptionObject {
             current.links_registered = true;
             current.linked = Some(current.linked.unwrap_or(0) + linked);
             self.save(&current)?;
+        } else if record.placing {
+            self.link_named(record, self.unplaced_paths()?).await?;
+        }
+        // Only named streams were owed: the pattern's pages were all linked already.
+        if !record.linking {
+            return Ok(true);
         }
         let Some(pattern) = &record.pattern else {
             return Ok(true);
@@ -233,8 +246,8 @@ impl SubscriptionObject {
     /// Saves the links of `group` at the tails its streams answered (`answers`, in the same
     /// order): a new link at its stream's tail, one stored already where `cursor` puts it
     /// (given the link and the tail). A stream new to the subscription (its registration found
-    /// it, and its notification saying so has not been taken yet) counts as answering its
-    /// start: it is covered from there. Answers how many streams were linked, and a failure of
+    /// this incarnation, and its notification saying so has not been taken yet) counts as
+    /// answering its start: it is covered from there. Answers how many streams were linked, and a failure of
     /// one that answered neither 200 nor 404, after the rest are saved.
     fn save_linked(
         &self,
@@ -250,7 +263,10 @@ impl SubscriptionObject {
             // 404: the stream is gone, and the registry forgets it. Any other answer is
             // a failure: the link is retried.
             let (tail, start) = match (answer.status, answer.tail) {
-                (200, Some(tail)) => (tail, if answer.created { 0 } else { tail }),
+                (200, Some(tail)) => {
+                    let new = record.new_to_it(answer.created, answer.epoch.as_deref());
+                    (tail, if new { 0 } else { tail })
+                }
                 (404, _) => continue,
                 (status, _) => {
                     failed.get_or_insert(worker::Error::RustError(format!(
@@ -332,6 +348,10 @@ impl SubscriptionObject {
         Ok(())
     }
 
+    /// Names more streams. Each is linked at its tail, once: the registry is told of them and
+    /// asks those that exist. Should that fail (503), or the request die, before each has
+    /// answered, the subscription owes it (`placing`, saved with the links): the alarm links
+    /// every named stream not yet placed, with backoff, whether or not the client retries.
     pub(super) async fn add_streams(&self, body: &[u8]) -> std::result::Result<Response, Failure> {
         let record = self.live()?;
         let input: StreamsBody = serde_json::from_slice(body)
@@ -348,32 +368,75 @@ impl SubscriptionObject {
             }
         }
         rules::check_explicit_total(self.explicit_count()?, adding.len())?;
-        for (path, existing) in adding {
-            let link = match existing {
-                Some(l) => Link {
-                    explicit: true,
-                    ..l
-                },
-                None => Link {
-                    path: path.clone(),
-                    glob: record.pattern_covers(path),
-                    explicit: true,
-                    acked: 0,
-                    tail: 0,
-                    placed: false,
-                },
-            };
-            self.save_link(&link)?;
+        let owed_before = record.placing;
+        let mut owing = record.clone();
+        owing.placing = true;
+        owing.link_retry_at = owing
+            .link_retry_at
+            .or(Some(now_ms() + super::configure::LINK_SAFETY_MS));
+        self.atomically(|| {
+            for (path, existing) in adding {
+                let link = match existing {
+                    Some(l) => Link {
+                        explicit: true,
+                        ..l
+                    },
+                    None => Link {
+                        path: path.clone(),
+                        glob: record.pattern_covers(path),
+                        explicit: true,
+                        acked: 0,
+                        tail: 0,
+                        placed: false,
+                    },
+                };
+                self.save_link(&link)?;
+            }
+            self.save(&owing)
+        })?;
+        self.schedule(&owing).await?;
+        let linked = self.link_named(&record, paths).await;
+        let Some(mut current) = self.current(&record)? else {
+            // Deleted, or created again, meanwhile: answered as it went.
+            linked?;
+            return Ok(Response::empty()?.with_status(204));
+        };
+        match &linked {
+            // Streams an earlier request left are the alarm's still.
+            Ok(()) if owed_before => {}
+            Ok(()) => {
+                current.placing = false;
+                // Unless the pattern's linking goes on with its own retries.
+                if !current.linking {
+                    current.settle_links("placing", &Ok(()));
+                }
+            }
+            Err(e) => {
+                current.settle_links("placing", &Err(worker::Error::RustError(e.to_string())));
+            }
+        }
+        self.save(&current)?;
+        self.schedule(&current).await?;
+        linked?;
+        Ok(Response::empty()?.with_status(204))
+    }
+
+    /// Tells the registry of the streams named in `paths` (it records them, so a stream
+    /// created at one of those paths later is linked as new) and links those that exist at
+    /// their tails, leaving the cursor of each linked already.
+    async fn link_named(&self, record: &Record, paths: Vec<String>) -> Result<()> {
+        if paths.is_empty() {
+            return Ok(());
         }
         let links = Links {
             id: record.id.clone(),
             pattern: None,
             explicit: paths,
             replace: false,
+            epoch: record.epoch.clone(),
         };
         let matched = self.register_links(&links).await?;
-        self.link_existing(&record, matched).await?;
-        Ok(Response::empty()?.with_status(204))
+        self.link_existing(record, matched).await.map(drop)
     }
 
     pub(super) async fn remove_stream(

@@ -67,6 +67,11 @@ pub struct Notify {
     /// never says so).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub created: bool,
+    /// With `created`: the incarnation of the subscription (its epoch) whose links the
+    /// registration found. One created again under the id since takes the stream as one that
+    /// existed before it (a stream of an older version names none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 #[durable_object]
@@ -384,12 +389,14 @@ impl SubscriptionObject {
 /// done, how many existing streams it has linked (`null` for a subscription made before they
 /// were counted), and the failures since its last step that succeeded (retried with backoff).
 /// Until it is done, a stream its pages have not yet reached is not covered: its appends are
-/// not delivered (a stream created meanwhile is, from its start).
+/// not delivered (a stream created meanwhile is, from its start). Streams a failed
+/// `POST .../streams` named and the alarm has still to link count as linking not done.
 fn linking(record: &Record) -> Value {
+    let owed = record.linking || record.placing;
     j!({
-        "done": !record.linking,
+        "done": !owed,
         "linked": record.linked,
-        "failures": if record.linking { record.link_failures } else { 0 },
+        "failures": if owed { record.link_failures } else { 0 },
     })
 }
 

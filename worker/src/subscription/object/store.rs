@@ -135,6 +135,12 @@ pub(super) struct Record {
     /// did not count them).
     #[serde(default)]
     pub(super) linked: Option<u64>,
+    /// Streams a `POST .../streams` named are still to be linked: that request failed, or
+    /// died, before each had answered. The alarm links every named stream whose cursor is not
+    /// yet placed ([`Link::placed`]), with linking's backoff, and a later `POST` or a `PUT` of
+    /// the same body does too; the client need not retry.
+    #[serde(default)]
+    pub(super) placing: bool,
     /// Deleted, and the registry has yet to forget this subscription's links: the alarm tells
     /// it, unless a PUT creates the id again first (its links replace them).
     #[serde(default)]
@@ -208,6 +214,14 @@ impl Record {
                 .pattern
                 .as_deref()
                 .is_some_and(|p| rules::glob_matches(p, path))
+    }
+
+    /// Whether a stream that says it is new (`created`) is new to this incarnation: its
+    /// registration found this one's links (`epoch`), not those of one deleted since under
+    /// the same id, which the stream may not have told yet. To this one it existed before.
+    /// A stream of an older version names no incarnation, and is taken at its word.
+    pub(super) fn new_to_it(&self, created: bool, epoch: Option<&str>) -> bool {
+        created && epoch.is_none_or(|epoch| epoch == self.epoch)
     }
 
     /// Records an attempt at linking or unlinking: a failure is retried by the alarm with
@@ -374,6 +388,16 @@ impl SubscriptionObject {
         Ok(self
             .load()?
             .is_some_and(|r| !r.deleted && r.epoch == record.epoch))
+    }
+
+    /// The streams named explicitly whose cursor is not yet placed: those that did not exist
+    /// when linked, and those whose linking failed.
+    pub(super) fn unplaced_paths(&self) -> Result<Vec<String>> {
+        let rows = self.rows(
+            "SELECT path FROM links WHERE explicit = 1 AND placed = 0 ORDER BY path",
+            vec![],
+        )?;
+        Ok(rows.iter().map(|r| text(r, 0)).collect())
     }
 
     /// The streams named explicitly (at most [`rules::MAX_EXPLICIT_STREAMS`]).

@@ -1,17 +1,20 @@
 //! Wakes: a stream's new tail (`notify`) or removal, a new wake generation when work is pending,
 //! and its delivery from the alarm, as a signed webhook post or events on the wake stream.
 
+use std::time::Duration;
+
 use edgestream::subscription::{self as rules, AfterFailure};
 use futures_util::StreamExt;
 use serde_json::{json as j, Value};
 use worker::{
-    AbortController, Fetch, Headers, Method, Request, RequestInit, RequestRedirect, Response,
-    Result, SqlStorageValue, Url,
+    AbortController, Delay, Fetch, Headers, Method, Request, RequestInit, RequestRedirect,
+    Response, Result, SqlStorageValue, Url,
 };
 
 use super::store::{offset_text, Kind, Link, Record};
 use super::{Notify, SubscriptionObject};
 use crate::crypto;
+use crate::fault::Call;
 use crate::http::{self, header, now_ms, random_u32};
 use crate::path::STREAM_PREFIX;
 use crate::subscription::{json, stream_stub, webhook};
@@ -43,14 +46,22 @@ async fn read_reply(resp: &mut Response) -> Option<Vec<u8>> {
 impl SubscriptionObject {
     /// A stream's new tail. Answers whether the stream is still linked.
     pub(super) async fn notify(&self, n: Notify) -> Result<Response> {
-        let Some(mut record) = self.load()?.filter(|r| !r.deleted) else {
-            return json(200, &j!({ "linked": false }));
+        let mut record = match self.load()? {
+            Some(record) if !record.deleted => record,
+            deleted => {
+                if deleted.is_some_and(|r| self.faults.slow(&r.id, Call::UnlinkedAnswer)) {
+                    Delay::from(Duration::from_secs(2)).await;
+                }
+                return json(200, &j!({ "linked": false }));
+            }
         };
         let glob = record.pattern_covers(&n.path);
+        // New to this incarnation, not only to one deleted before it under the same id.
+        let created = record.new_to_it(n.created, n.epoch.as_deref());
         // While linking runs, a stream not yet linked that is not new (its registration says
         // so) was just asked to link this subscription by a page still being read: the page's
         // answer says where its cursor starts. Until then it is linked with nothing pending.
-        let provisional = record.linking && !n.created;
+        let provisional = record.linking && !created;
         let link = match self.link(&n.path)? {
             // Linked by a pattern that no longer covers it: its own wake stream, linked
             // before such links were refused.
@@ -60,7 +71,7 @@ impl SubscriptionObject {
             }
             // A new stream named explicitly is covered from its start: linking, should it ask
             // the stream later, leaves the cursor there.
-            Some(l) if !l.placed && n.created => Link {
+            Some(l) if !l.placed && created => Link {
                 glob,
                 tail: l.tail.max(n.tail),
                 placed: true,
