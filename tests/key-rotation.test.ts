@@ -3,7 +3,7 @@
 // later, and keeps the old key published for `overlap_ms` after its last signature. Every
 // delivery here is verified the way a receiver verifies it: by the `kid` its signature names,
 // against the key set the server publishes.
-import { afterAll, beforeAll, expect, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startServer } from '../scripts/dev-server.mjs';
 import { hookServer, verifiedKid, type Hit, type Jwk } from './support/webhook';
 
@@ -271,3 +271,72 @@ test('a subscription whose kept schedule is too old to trust while the registry 
   }
   throw new Error('no delivery once the registry answered again');
 }, 30_000);
+
+describe('with KEY_ROTATION_OVERLAP_MS shorter than a kept schedule is otherwise trusted', () => {
+  // An overlap of 1 s (3 s is how long a kept schedule signs under test, 10 minutes otherwise):
+  // a rotation with it retires the key it replaces 2 s later, so a schedule kept from before the
+  // rotation may sign only while it is at most 1 s old.
+  const OVERLAP = 1000;
+  let short: Awaited<ReturnType<typeof startServer>>;
+  const at = (path: string) => `${short.baseUrl}/v1/stream/${path}`;
+  beforeAll(async () => {
+    short = await startServer({
+      vars: { WEBHOOK_ALLOW_LOCALHOST: 'true', FAULT_MARKER: 'never-in-a-path', KEY_ROTATION_OVERLAP_MS: String(OVERLAP) },
+    });
+  });
+  afterAll(async () => {
+    await short?.stop();
+  });
+  const published = async () => ((await (await fetch(at('__ds/jwks.json'))).json()) as { keys: Jwk[] }).keys;
+
+  test('a subscription that cannot reach the registry signs with no key a rotation with that overlap withdrew', async () => {
+    const id = `never-in-a-path-keys-outage-short-${Date.now()}`;
+    const stream = `kr/outage-short-${Date.now()}`;
+    expect((await fetch(at(stream), { method: 'PUT', headers: { 'content-type': 'application/json' } })).status).toBe(201);
+    const made = await fetch(at(`__ds/subscriptions/${id}`), {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ type: 'webhook', streams: [stream], webhook: { url: hookUrl } }),
+    });
+    expect(made.status).toBe(201);
+    const fetchedAt = Date.now();
+    const kept = ((await made.json()) as any).webhook.signing.kid;
+    // Rotated as an automatic rotation with this setting would: the fresh key signs 1 s later,
+    // and the one the subscription kept leaves the key set 1 s after that.
+    const rotated = await fetch(at('__ds/keys/rotate'), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ overlap_ms: OVERLAP }) });
+    expect(rotated.status).toBe(200);
+    const [old, fresh] = ((await rotated.json()) as { keys: KeyState[] }).keys;
+    expect(old.kid).toBe(kept);
+    expect(old.retires_ms).toBe(fresh.signs_from_ms + OVERLAP);
+
+    // Once the kept key is withdrawn, with the schedule kept 2.5 s old, an append: the
+    // subscription asks the registry again (it keeps a schedule 1 s under test) and cannot
+    // reach it for the next 6 s.
+    await sleep(Math.max(old.retires_ms! + 200, fetchedAt + 2500) - Date.now());
+    expect((await published()).map((k) => k.kid)).toEqual([fresh.kid]);
+    expect(Date.now() - fetchedAt).toBeLessThan(3000);
+    expect((await fetch(at(stream), { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"n":1}' })).status).toBe(204);
+    let failed: any;
+    for (let i = 0; i < 100 && !failed; i++) {
+      const d = deliveries.find((d) => d.body?.subscription_id === id);
+      expect(d, `a delivery signed with ${d?.signature} (${kept} was withdrawn) while the registry was down`).toBeUndefined();
+      const described = (await (await fetch(at(`__ds/subscriptions/${id}`))).json()) as any;
+      if (described.delivery.failures > 0) failed = described;
+      else await sleep(50);
+    }
+    expect(failed, 'the delivery failed').toBeDefined();
+    expect(failed.delivery.last_error).toMatch(/schedule kept is \d+ s old, past the 1 s it may be trusted/);
+    expect(failed.webhook.signing.kid).toBeNull();
+
+    // Once the registry answers again, a retry signs with the fresh key.
+    for (let i = 0; i < 300; i++) {
+      const d = deliveries.find((d) => d.body?.subscription_id === id);
+      if (d) {
+        expect(verifiedKid(d, await published())).toBe(fresh.kid);
+        return;
+      }
+      await sleep(50);
+    }
+    throw new Error('no delivery once the registry answered again');
+  }, 30_000);
+});

@@ -176,8 +176,9 @@ describe('a reader whose client hangs up', () => {
   // and no SSE heartbeat (whose failed write would tell the edge too).
   let quiet: Awaited<ReturnType<typeof startServer>>;
   beforeAll(async () => {
+    // FAULT_MARKER (in no path here): a HEAD says how many catch-up pages the object served.
     quiet = await startServer({
-      vars: { MAX_LIVE_READERS: String(LIMIT), SSE_HEARTBEAT_MS: '60000', LONG_POLL_TIMEOUT_MS: '60000' },
+      vars: { MAX_LIVE_READERS: String(LIMIT), SSE_HEARTBEAT_MS: '60000', LONG_POLL_TIMEOUT_MS: '60000', FAULT_MARKER: 'never-in-a-path' },
     });
   });
   afterAll(async () => {
@@ -206,6 +207,41 @@ describe('a reader whose client hangs up', () => {
       for (const r of readers) r.close();
     }
   }, 30_000);
+
+  test('sse: one that hangs up during catch-up stops the pages read for it', async () => {
+    // Ten catch-up pages (PAGE_BYTES, 4 MiB each, in worker/src/object/mod.rs). Its reader takes
+    // the start, stops reading while the edge waits for it to take the next page, and resets.
+    const direct = await quiet.workerUrl();
+    const path = `/v1/stream/live-readers/hangup-catch-up-${Date.now().toString(36)}`;
+    await fetch(`${direct}${path}`, { method: 'PUT', headers: text });
+    const mib = 'x'.repeat(1 << 20);
+    for (let i = 0; i < 40; i++) expect((await fetch(`${direct}${path}`, { method: 'POST', headers: text, body: mib })).status).toBe(204);
+    const pages = async () => Number((await fetch(`${direct}${path}`, { method: 'HEAD' })).headers.get('x-edgestream-edge-pages'));
+    expect(await pages()).toBe(0);
+    const { hostname, port, host } = new URL(direct);
+    const socket = connect(Number(port), hostname);
+    socket.on('error', () => {});
+    await new Promise<void>((resolve) => socket.once('connect', resolve));
+    let got = 0;
+    const paused = new Promise<void>((resolve) =>
+      socket.on('data', (chunk: Buffer) => {
+        got += chunk.length;
+        if (got < 65_536) return;
+        socket.pause();
+        resolve();
+      }),
+    );
+    socket.write(`GET ${path}?offset=-1&live=sse HTTP/1.1\r\nHost: ${host}\r\n\r\n`);
+    await paused;
+    await sleep(500);
+    const before = await pages();
+    expect(before).toBeGreaterThan(0);
+    expect(before).toBeLessThan(10);
+    socket.resetAndDestroy();
+    await sleep(2_000);
+    // At most the page it was reading when the client went away.
+    expect(await pages()).toBeLessThanOrEqual(before + 1);
+  }, 60_000);
 });
 
 describe('SSE readers at exactly the limit', () => {

@@ -4,6 +4,7 @@
 // if nothing outside the request keeps it. Heap counts come from snapshots of the isolate,
 // taken through wrangler dev's inspector after a full collection.
 import http from 'node:http';
+import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'undici';
 import { startServer } from '../scripts/dev-server.mjs';
@@ -16,6 +17,8 @@ const ABANDONED_AFTER_MS = SSE_MS + 10_000;
 let server: Awaited<ReturnType<typeof startServer>>;
 let session: Awaited<ReturnType<typeof inspect>>;
 const S = `/v1/stream/memory-${Date.now().toString(36)}`;
+/** A stream of three catch-up pages (PAGE_BYTES, 4 MiB, in worker/src/object/mod.rs). */
+const BIG = `${S}-big`;
 const agent = new http.Agent({ keepAlive: false });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -25,6 +28,12 @@ beforeAll(async () => {
   await session.call('Runtime.enable');
   await fetch(`${server.baseUrl}${S}`, { method: 'PUT', headers: { 'content-type': 'application/json' } });
   await fetch(`${server.baseUrl}${S}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"n":0}' });
+  await fetch(`${server.baseUrl}${BIG}`, { method: 'PUT', headers: { 'content-type': 'text/plain' } });
+  const mib = 'x'.repeat(1 << 20);
+  for (let i = 0; i < 10; i++) {
+    const res = await fetch(`${server.baseUrl}${BIG}`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: mib });
+    expect(res.status).toBe(204);
+  }
 });
 
 afterAll(async () => {
@@ -71,6 +80,36 @@ async function readToEnd(n: number) {
       }),
     ),
   );
+}
+
+/**
+ * `n` SSE readers of the large stream, straight to the Worker's own socket (wrangler dev's proxy
+ * does not pass a client's hang-up on), that take the start of its catch-up, stop reading while
+ * the edge waits for them to take the next page, and reset their connections well before the
+ * response's deadline.
+ */
+async function abandonCatchUp(n: number) {
+  const { hostname, port, host } = new URL(await server.workerUrl());
+  const readers = await Promise.all(
+    Array.from({ length: n }, () =>
+      new Promise<ReturnType<typeof connect>>((resolve, reject) => {
+        const socket = connect(Number(port), hostname);
+        socket.on('error', () => {});
+        socket.once('connect', () => socket.write(`GET ${BIG}?offset=-1&live=sse HTTP/1.1\r\nHost: ${host}\r\n\r\n`));
+        let got = 0;
+        socket.on('data', (chunk: Buffer) => {
+          got += chunk.length;
+          if (got < 65_536) return;
+          socket.pause();
+          resolve(socket);
+        });
+        setTimeout(() => reject(new Error('no catch-up page')), 5_000);
+      }),
+    ),
+  );
+  await sleep(200);
+  for (const socket of readers) socket.resetAndDestroy();
+  await sleep(1_000);
 }
 
 /** Heap counts once every follower started so far has been given up and collected. */
@@ -123,5 +162,25 @@ describe('readers that hang up', () => {
     console.log(`memory: per SSE response that ended ${perResponse('closures').toFixed(2)} closures, ${perResponse('contexts').toFixed(2)} contexts, ${perResponse('objects').toFixed(2)} objects, ${((after.usedBytes - before.usedBytes) / responses).toFixed(0)} heap bytes`);
     expect(perResponse('closures')).toBeLessThan(0.3);
     expect(perResponse('contexts')).toBeLessThan(0.3);
+  });
+
+  it('readers that hang up during catch-up leave nothing behind', { timeout: 120_000 }, async () => {
+    // Each waited for its reader to take a page when its client went away. The runtime then runs
+    // no timer or I/O callback of the request again, so its catch-up waited for good: the task,
+    // its promises' callbacks and the page queued for the reader (about 4 MiB) stayed for the
+    // life of the isolate. The request's abort now fails that wait, and the task ends.
+    await abandonCatchUp(8);
+    await sleep(1_000);
+    const before = await heapCounts(session);
+    const rounds = 4;
+    for (let i = 0; i < rounds; i++) await abandonCatchUp(16);
+    const after = await heapCounts(session);
+    const readers = rounds * 16;
+    const perReader = (key: 'closures' | 'contexts' | 'objects') => (after[key] - before[key]) / readers;
+    const bytes = (after.usedBytes - before.usedBytes) / readers;
+    console.log(`memory: per reader that hung up during catch-up ${perReader('closures').toFixed(2)} closures, ${perReader('contexts').toFixed(2)} contexts, ${perReader('objects').toFixed(2)} objects, ${bytes.toFixed(0)} heap bytes`);
+    expect(perReader('closures')).toBeLessThan(0.3);
+    expect(perReader('contexts')).toBeLessThan(0.3);
+    expect(bytes).toBeLessThan(10_000);
   });
 });

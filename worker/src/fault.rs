@@ -153,6 +153,11 @@ pub fn alarm_shown(at: Option<i64>) -> String {
     at.map_or_else(|| "none".to_string(), |ms| ms.to_string())
 }
 
+/// With faults on, a HEAD's answer says how many catch-up pages the stream's object has
+/// answered the edge's SSE and WebSocket readers in this isolate: tests see that a reader who
+/// hung up stops the pages read for it.
+pub const EDGE_PAGES_HEADER: &str = "x-edgestream-edge-pages";
+
 /// With faults on, a PUT's answer says how many rows the registry read to find the
 /// subscriptions covering the stream, when this request registered it: tests see that the
 /// lookup does not grow with the links other paths have.
@@ -203,6 +208,8 @@ pub struct Faults {
     key_outage_since: Cell<Option<i64>>,
     /// When this stream's outage of its subscriptions began ([`Faults::notify_outage`]).
     notify_outage_since: Cell<Option<i64>>,
+    /// Catch-up pages answered to the edge's SSE and WebSocket readers ([`EDGE_PAGES_HEADER`]).
+    edge_pages: Cell<u64>,
 }
 
 impl Faults {
@@ -215,6 +222,7 @@ impl Faults {
             registry_page: Cell::new(0),
             key_outage_since: Cell::new(None),
             notify_outage_since: Cell::new(None),
+            edge_pages: Cell::new(0),
         }
     }
 
@@ -242,6 +250,18 @@ impl Faults {
         if self.enabled() {
             self.notify_batch.set(self.notify_batch.get().max(count));
         }
+    }
+
+    /// A catch-up page was answered to the edge for an SSE or WebSocket reader.
+    pub fn edge_page(&self) {
+        if self.enabled() {
+            self.edge_pages.set(self.edge_pages.get() + 1);
+        }
+    }
+
+    /// The catch-up pages answered to the edge's readers so far.
+    pub fn edge_pages(&self) -> u64 {
+        self.edge_pages.get()
     }
 
     /// The most subscriptions one invocation has called.

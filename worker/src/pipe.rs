@@ -17,8 +17,13 @@ use std::time::Duration;
 use js_sys::{Promise, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
-use worker::web_sys::ReadableStream;
+use worker::web_sys::{self, ReadableStream};
 use worker::Delay;
+
+use crate::socket::{self, AbortWatch};
+
+/// Why a body is aborted when its client went away.
+const CLIENT_GONE: &str = "client gone";
 
 #[wasm_bindgen]
 extern "C" {
@@ -170,6 +175,24 @@ impl BodyWriter {
                 ignore_rejection(&p);
             }
         }
+    }
+
+    /// Aborts the body as [`BodyWriter::abort`] does when `signal` aborts (the request's, when
+    /// its client goes away), until the watch answered is dropped: a write waiting for the
+    /// reader then fails at once, inside the abort event, instead of waiting for good (the
+    /// runtime runs no timer or I/O callback of that request again).
+    #[must_use = "dropping the watch stops it"]
+    pub fn abort_on(&self, signal: &web_sys::AbortSignal) -> Option<AbortWatch> {
+        if signal.aborted() {
+            self.abort();
+            return None;
+        }
+        let abort = js_sys::Reflect::get(&self.writer, &"abort".into()).ok()?;
+        let abort = abort.dyn_ref::<js_sys::Function>()?;
+        socket::on_abort(
+            signal,
+            abort.bind1(&self.writer, &CLIENT_GONE.into()).into(),
+        )
     }
 
     /// Bytes written that the reader's connection has not taken yet.

@@ -256,10 +256,8 @@ impl Socket {
 
 /// Closes `ws` (1000) when `signal` aborts: the request's signal, which workerd aborts when the
 /// client goes away (the `enable_request_signal` compatibility flag, set in wrangler.toml). The
-/// listener is the socket's own `close`, bound to its arguments: no Rust closure is made for it,
-/// and closing a socket twice is harmless. The listener stays on the signal until the
-/// [`AbortWatch`] answered is dropped: drop it once the reader is done, or the signal, which
-/// the runtime may keep past the request, keeps the socket and its listeners alive.
+/// listener is the socket's own `close`, bound to its arguments ([`on_abort`]), and closing a
+/// socket twice is harmless.
 #[must_use = "dropping the watch stops it"]
 pub fn close_on_abort(
     ws: &web_sys::WebSocket,
@@ -271,7 +269,23 @@ pub fn close_on_abort(
     }
     let close = js_sys::Reflect::get(ws, &"close".into()).ok()?;
     let close = close.dyn_ref::<js_sys::Function>()?;
-    let listener: wasm_bindgen::JsValue = close.bind2(ws, &1000.into(), &CLIENT_GONE.into()).into();
+    on_abort(
+        signal,
+        close.bind2(ws, &1000.into(), &CLIENT_GONE.into()).into(),
+    )
+}
+
+/// Adds `listener` to `signal`'s abort event until the [`AbortWatch`] answered is dropped.
+/// Callers pass a runtime method bound to its object and arguments (`Function.bind`), so no
+/// Rust closure is made per reader: the listener runs inside the abort event itself, which is
+/// the last the runtime runs of a request whose client went away (its timers and I/O callbacks
+/// then never run). Drop the watch once the reader is done, or the signal, which the runtime
+/// may keep past the request, keeps the listener and what it is bound to alive.
+#[must_use = "dropping the watch stops it"]
+pub fn on_abort(
+    signal: &web_sys::AbortSignal,
+    listener: wasm_bindgen::JsValue,
+) -> Option<AbortWatch> {
     signal
         .add_event_listener_with_callback("abort", listener.unchecked_ref())
         .ok()?;
@@ -281,7 +295,7 @@ pub fn close_on_abort(
     })
 }
 
-/// The abort listener [`close_on_abort`] added; dropping it removes the listener.
+/// The abort listener [`on_abort`] added; dropping it removes the listener.
 pub struct AbortWatch {
     signal: web_sys::AbortSignal,
     listener: wasm_bindgen::JsValue,

@@ -71,7 +71,21 @@ pub(super) async fn subscribe(
     mode: LiveMode,
     extra: &[(&str, &str)],
 ) -> Result<Subscription> {
-    let resp = ask_object(stub, name, from, mode, extra).await?;
+    subscribe_until(stub, name, from, mode, extra, None).await
+}
+
+/// [`subscribe`], abandoned when `signal` aborts (the request's, when its client goes away):
+/// the object's page read is cancelled, and the call fails inside the abort event, since the
+/// runtime delivers no answer to a request whose client went away.
+pub(super) async fn subscribe_until(
+    stub: &Stub,
+    name: &StreamName,
+    from: ReadFrom,
+    mode: LiveMode,
+    extra: &[(&str, &str)],
+    signal: Option<&web_sys::AbortSignal>,
+) -> Result<Subscription> {
+    let resp = ask_object(stub, name, from, mode, extra, signal).await?;
     if resp.status_code() != 101 {
         return Ok(Subscription::Page(resp));
     }
@@ -105,13 +119,15 @@ pub(super) async fn subscribe(
     }))
 }
 
-/// The live request for `from` in `mode` to the stream's object, with `extra` headers.
+/// The live request for `from` in `mode` to the stream's object, with `extra` headers, given
+/// up when `signal` aborts.
 pub(super) async fn ask_object(
     stub: &Stub,
     name: &StreamName,
     from: ReadFrom,
     mode: LiveMode,
     extra: &[(&str, &str)],
+    signal: Option<&web_sys::AbortSignal>,
 ) -> Result<Response> {
     let url = object_url(
         name,
@@ -128,8 +144,20 @@ pub(super) async fn ask_object(
     }
     let mut init = RequestInit::new();
     init.with_method(Method::Get).with_headers(headers);
-    stub.fetch_with_request(Request::new_with_init(&url, &init)?)
-        .await
+    let req = Request::new_with_init(&url, &init)?;
+    let req = match signal {
+        // The request as made, with the signal: workers-rs's `RequestInit` has no field for it.
+        Some(signal) => {
+            let init = web_sys::RequestInit::new();
+            init.set_signal(Some(signal));
+            Request::from(web_sys::Request::new_with_request_and_init(
+                req.inner(),
+                &init,
+            )?)
+        }
+        None => req,
+    };
+    stub.fetch_with_request(req).await
 }
 
 pub(super) fn is_channel(headers: &Headers) -> bool {
@@ -418,6 +446,11 @@ async fn catch_up(
     first: Option<Subscription>,
     body: BodyWriter,
 ) {
+    // A client that goes away while this waits for it to take a page, or for the object's next
+    // page, must end it: the runtime resumes no timer or I/O of that request afterwards, so it
+    // would otherwise wait for good, holding its state and the page read for nobody. The abort
+    // fails the write (or the subscription) inside the abort event, and the loop ends.
+    let _watch = body.abort_on(&source.signal);
     let mut pending = first;
     loop {
         let left = source.deadline_ms - now_ms();
@@ -428,12 +461,13 @@ async fn catch_up(
             Some(sub) => sub,
             None => {
                 let followed = state.instance.header();
-                match subscribe(
+                match subscribe_until(
                     &source.stub,
                     &source.name,
                     state.offset,
                     LiveMode::Sse,
                     &followed,
+                    Some(&source.signal),
                 )
                 .await
                 {

@@ -103,7 +103,7 @@ pub async fn websocket(
     if let Some(expected) = &expected {
         extra.push((reply::X_INSTANCE, expected.as_str()));
     }
-    let first = ask_object(&stub, &name, from, LiveMode::WebSocket, &extra).await?;
+    let first = ask_object(&stub, &name, from, LiveMode::WebSocket, &extra, None).await?;
     let channel = is_channel(first.headers());
     // The object names the incarnation on its 101 and on its pages; the client hears it on ours.
     let incarnation = header(first.headers(), h::STREAM_INCARNATION).unwrap_or_default();

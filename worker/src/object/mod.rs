@@ -239,8 +239,10 @@ impl DurableObject for StreamObject {
         let resp = if show_alarm {
             let at = crate::fault::alarm_shown(self.state.storage().get_alarm().await?);
             let batch = self.faults.notify_batch().to_string();
+            let pages = self.faults.edge_pages().to_string();
             http::edit_headers(resp, |headers| {
                 headers.set(crate::fault::ALARM_HEADER, &at)?;
+                headers.set(crate::fault::EDGE_PAGES_HEADER, &pages)?;
                 headers.set(crate::fault::NOTIFY_BATCH_HEADER, &batch)
             })?
         } else {
@@ -1164,6 +1166,7 @@ impl StreamObject {
         let instance = meta.instance.clone();
         let resp = refused_offset(self.page_response(req, meta, start).await, &instance)?;
         if resp.status_code() == 200 {
+            self.faults.edge_page();
             resp.headers().set(reply::X_INSTANCE, &instance)?;
         }
         Ok(resp)

@@ -27,14 +27,23 @@ pub const SCHEDULE_KEPT_MS: i64 = 300_000;
 pub const SCHEDULE_KEPT_MS_UNDER_TEST: i64 = 1_000;
 /// The longest the key set may be cached (`max-age`, seconds).
 pub const JWKS_MAX_AGE_S: i64 = 300;
-/// How old a kept schedule may be and still sign when the registry cannot be reached: as long
-/// as the default overlap, so that after any rotation with that overlap or a longer one (an
-/// automatic rotation's, unless configured shorter) that this object has not heard of, the
-/// key it names is still the one the registry's schedule says signs. Past it, a key the
-/// schedule names may have been withdrawn, and the delivery fails (retried) instead.
+/// The longest a kept schedule may be old and still sign when the registry cannot be reached
+/// ([`trusted_ms`]): the default overlap.
 pub const SCHEDULE_TRUSTED_MS: i64 = DEFAULT_OVERLAP_MS;
 /// The same, when `FAULT_MARKER` is set.
 pub const SCHEDULE_TRUSTED_MS_UNDER_TEST: i64 = 3_000;
+
+/// How old a kept schedule may be and still sign when the registry cannot be reached: `longest`
+/// ([`SCHEDULE_TRUSTED_MS`]), but never more than `overlap_ms`, the overlap of automatic
+/// rotations (`KEY_ROTATION_OVERLAP_MS`). A rotation with that overlap (or a longer one) that
+/// this object has not heard of lets the key it replaces sign until `overlap_ms` after it, so
+/// within that bound the key the kept schedule names is still the one the registry's says
+/// signs; a longer bound would sign, after a shorter overlap, with a key withdrawn meanwhile,
+/// which receivers refuse. Past it, the delivery fails (retried) instead. There is no floor: a
+/// short overlap leaves a kept schedule no time to sign, and deliveries wait for the registry.
+pub fn trusted_ms(longest: i64, overlap_ms: i64) -> i64 {
+    longest.min(overlap_ms.max(0))
+}
 
 /// A key and when it signs.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -323,6 +332,24 @@ mod tests {
         };
         assert!(retired.signing_kept(4_000, 4_999, 600_000).is_ok());
         assert!(retired.signing_kept(4_000, 5_000, 600_000).is_err());
+    }
+
+    #[test]
+    fn a_kept_schedule_is_trusted_no_longer_than_the_overlap_of_automatic_rotations() {
+        assert_eq!(trusted_ms(SCHEDULE_TRUSTED_MS, DEFAULT_OVERLAP_MS), 600_000);
+        assert_eq!(trusted_ms(SCHEDULE_TRUSTED_MS, MAX_OVERLAP_MS), 600_000);
+        assert_eq!(trusted_ms(SCHEDULE_TRUSTED_MS, 60_000), 60_000);
+        assert_eq!(trusted_ms(SCHEDULE_TRUSTED_MS_UNDER_TEST, 1_000), 1_000);
+        // A rotation with an overlap of 60 s, 1 s after the schedule was kept: the key it kept
+        // signs until 61 s and is withdrawn at 121 s. Kept 90 s, it is still published, but no
+        // longer the key that signs; the bound refuses it from 60 s on.
+        let s = Schedule {
+            keys: vec![key("a", 0, None)],
+        };
+        let trusted = trusted_ms(SCHEDULE_TRUSTED_MS, 60_000);
+        assert!(s.signing_kept(0, 60_000, trusted).is_ok());
+        let refused = s.signing_kept(0, 60_001, trusted).unwrap_err();
+        assert!(refused.contains("past the 60 s"), "{refused}");
     }
 
     #[test]

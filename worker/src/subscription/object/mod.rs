@@ -310,16 +310,14 @@ impl SubscriptionObject {
 
     /// The key that signs now ([`Self::signing_key`]). When the registry cannot be asked
     /// again, the schedule kept still says which key signs now, for as long as it may be
-    /// trusted ([`keys::Schedule::signing_kept`], [`keys::SCHEDULE_TRUSTED_MS`]): the
-    /// delivery, `GET` or `PUT` goes on with it, and the next one asks again. Past that, or
-    /// when it names no key that signs now, the answer is [`Signer::Refused`]. Only an object
-    /// that never had a schedule fails then.
+    /// trusted ([`keys::Schedule::signing_kept`], [`keys::trusted_ms`]): the delivery, `GET`
+    /// or `PUT` goes on with it, and the next one asks again. Past that, or when it names no
+    /// key that signs now, the answer is [`Signer::Refused`]. Only an object that never had a
+    /// schedule fails then.
     async fn signer(&self, id: &str) -> Result<Signer> {
         let now = now_ms();
-        let under_test = crate::config::Config::from_env(&self.env)
-            .fault_marker
-            .is_some();
-        let (kept_ms, trusted_ms) = if under_test {
+        let config = crate::config::Config::from_env(&self.env);
+        let (kept_ms, longest_trusted_ms) = if config.fault_marker.is_some() {
             (
                 keys::SCHEDULE_KEPT_MS_UNDER_TEST,
                 keys::SCHEDULE_TRUSTED_MS_UNDER_TEST,
@@ -327,6 +325,8 @@ impl SubscriptionObject {
         } else {
             (keys::SCHEDULE_KEPT_MS, keys::SCHEDULE_TRUSTED_MS)
         };
+        let overlap_ms = i64::try_from(config.key_rotation_overlap_ms).unwrap_or(i64::MAX);
+        let trusted_ms = keys::trusted_ms(longest_trusted_ms, overlap_ms);
         let fresh = self
             .keys
             .borrow()
