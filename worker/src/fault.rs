@@ -147,6 +147,16 @@ pub fn alarm_shown(at: Option<i64>) -> String {
     at.map_or_else(|| "none".to_string(), |ms| ms.to_string())
 }
 
+/// With faults on, a HEAD's answer says how often the stream's alarm has run in this object,
+/// in this isolate: tests see that owed work waiting on a failing task does not wake it for
+/// nothing.
+pub const ALARM_RUNS_HEADER: &str = "x-edgestream-alarm-runs";
+
+/// With faults on, a HEAD's answer says how many channels' positions the stream (a source)
+/// keeps in memory, past where it stored them: tests see that a channel deleted and created
+/// again leaves none behind.
+pub const CHANNEL_POSITIONS_HEADER: &str = "x-edgestream-channel-positions";
+
 /// With faults on, a PUT's answer says how many rows the registry read to find the
 /// subscriptions covering the stream, when this request registered it: tests see that the
 /// lookup does not grow with the links other paths have.
@@ -177,6 +187,11 @@ pub const TEST_PAGE: usize = 2;
 /// deliveries refused, and then signed again once it is over.
 pub const KEY_OUTAGE_MS: i64 = 6_000;
 
+/// How long a stream whose path carries the marker and `deregister-down` cannot tell the
+/// registry it was removed, from the first time it tries: several backoffs, over which the
+/// work owed behind that call waits.
+pub const DEREGISTER_OUTAGE_MS: i64 = 5_000;
+
 /// What one object has failed so far in this isolate.
 pub struct Faults {
     /// `FAULT_MARKER`: none in production.
@@ -190,6 +205,10 @@ pub struct Faults {
     registry_page: Cell<usize>,
     /// When this object's registry outage began ([`Faults::key_outage`]).
     key_outage_since: Cell<Option<i64>>,
+    /// When this object's registry outage for its removal began ([`Faults::check`]).
+    deregister_outage_since: Cell<Option<i64>>,
+    /// How often the object's alarm has run (kept only with faults on).
+    alarm_runs: Cell<u64>,
 }
 
 impl Faults {
@@ -201,6 +220,8 @@ impl Faults {
             notify_batch: Cell::new(0),
             registry_page: Cell::new(0),
             key_outage_since: Cell::new(None),
+            deregister_outage_since: Cell::new(None),
+            alarm_runs: Cell::new(0),
         }
     }
 
@@ -256,9 +277,25 @@ impl Faults {
         self.registry_page.take()
     }
 
+    /// The object's alarm ran.
+    pub fn alarm_ran(&self) {
+        if self.enabled() {
+            self.alarm_runs.set(self.alarm_runs.get() + 1);
+        }
+    }
+
+    /// How often the object's alarm has run.
+    pub fn alarm_runs(&self) -> u64 {
+        self.alarm_runs.get()
+    }
+
     /// `Err` when this call is the one to fail.
     pub fn check(&self, path: &str, call: Call) -> Result<()> {
-        if self.trips(path, call) {
+        // Evaluated first, so the outage begins with the first call (which trips too).
+        let down = call == Call::RegistryRemoved
+            && path.contains("deregister-down")
+            && self.outage(path, &self.deregister_outage_since, DEREGISTER_OUTAGE_MS);
+        if self.trips(path, call) || down {
             return Err(Error::RustError(format!("injected fault: {call:?}")));
         }
         Ok(())
@@ -268,17 +305,29 @@ impl Faults {
     /// for the signing keys' schedule again at `now`, within [`KEY_OUTAGE_MS`] of the first
     /// time it did: a registry outage that outlasts the schedule the subscription kept.
     pub fn key_outage(&self, id: &str, now: i64) -> Result<()> {
-        if !self.marker.as_deref().is_some_and(|m| id.contains(m)) || !id.contains("keys-outage") {
-            return Ok(());
-        }
-        let since = *self.key_outage_since.get().get_or_insert(now);
-        self.key_outage_since.set(Some(since));
-        if now - since < KEY_OUTAGE_MS {
+        if id.contains("keys-outage")
+            && self.outage_at(id, &self.key_outage_since, KEY_OUTAGE_MS, now)
+        {
             return Err(Error::RustError(
                 "injected fault: the registry is unreachable".into(),
             ));
         }
         Ok(())
+    }
+
+    /// Whether `name` carries the marker and an outage of `ms`, which began the first time
+    /// this was asked (`since`), is still on now.
+    fn outage(&self, name: &str, since: &Cell<Option<i64>>, ms: i64) -> bool {
+        self.outage_at(name, since, ms, crate::http::now_ms())
+    }
+
+    fn outage_at(&self, name: &str, since: &Cell<Option<i64>>, ms: i64, now: i64) -> bool {
+        if !self.marker.as_deref().is_some_and(|m| name.contains(m)) {
+            return false;
+        }
+        let began = *since.get().get_or_insert(now);
+        since.set(Some(began));
+        now - began < ms
     }
 
     /// Whether this call is the one to be made late.
