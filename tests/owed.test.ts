@@ -747,6 +747,53 @@ describe('the alarm, once a request has done the work it was set for', () => {
   }, 30_000);
 });
 
+describe('work owed behind a call that keeps failing', () => {
+  // A stream whose path carries the marker and `deregister-down` cannot tell the registry it
+  // was removed for 5 s from its first try (worker/src/fault.rs). Created again meanwhile, its
+  // new incarnation's registration waits for that removal (a removed incarnation leaves the
+  // registry before a new one joins), which backs off 1 s, 2 s, 4 s. With FAULT_MARKER on, a
+  // HEAD says how often the stream's alarm has run (`x-edgestream-alarm-runs`).
+  const head = async (path: string) => (await request('HEAD', path)).headers;
+  const alarmRuns = async (path: string) => Number((await head(path)).get('x-edgestream-alarm-runs'));
+
+  it('wakes the object when the failing call is retried, not every 200 ms, and the alarm then finishes both in order', async () => {
+    const stream = unique(`${MARKER}-deregister-down`);
+    await createThroughFault(stream);
+    expect((await request('DELETE', stream)).status).toBe(204);
+    // Stored again, but not registered: the PUT's own try of the removal failed too.
+    expect((await request('PUT', stream, json)).status).toBe(503);
+    const before = await alarmRuns(stream);
+    await sleep(3_500);
+    // The removal is retried 2 s after the PUT's try: one alarm (an alarm per 200 ms was 15).
+    expect((await alarmRuns(stream)) - before).toBeLessThanOrEqual(2);
+    // 4 s later the registry hears of the removal, and then of the new stream: nothing is
+    // left owed, and the alarm is cleared.
+    expect(await until(async () => (await head(stream)).get('x-edgestream-alarm') === 'none', 15_000)).toBe(true);
+    expect((await alarmRuns(stream)) - before).toBeLessThanOrEqual(3);
+    expect((await request('PUT', stream, json)).status).toBe(200);
+  }, 30_000);
+});
+
+describe('a channel deleted and created again above a source', () => {
+  // A source keeps in memory where each channel stands between the batches it stores that for;
+  // with FAULT_MARKER on, a HEAD says for how many (`x-edgestream-channel-positions`).
+  it('leaves no position of its old incarnation in the source', async () => {
+    const channel = await newChannel('again');
+    const source = `${channel}/s`;
+    const kept = async () => (await request('HEAD', source)).headers.get('x-edgestream-channel-positions');
+    expect((await request('PUT', source, json)).status).toBe(201);
+    for (let n = 1; n <= 3; n++) expect((await request('POST', source, json, JSON.stringify({ n }))).status).toBe(204);
+    expect(await kept()).toBe('1');
+    // Deleted and created again before the source's next append: its new incarnation's link
+    // replaces the old one's, which is never answered "gone".
+    expect((await request('DELETE', channel)).status).toBe(204);
+    expect((await request('PUT', channel, { 'stream-channel': 'true' })).status).toBe(201);
+    expect((await request('POST', source, json, '{"n":4}')).status).toBe(204);
+    expect(await kept()).toBe('1');
+    expect(await sourceEvents(channel, source)).toEqual([{ n: 4 }]);
+  });
+});
+
 describe('a channel that fails, on a stream a client socket with an expiring token follows', () => {
   // The alarm alone closes an idle client socket at its token's expiry. A channel's delivery
   // that fails moves the alarm to its backoff, which must not put that close off.

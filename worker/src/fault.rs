@@ -157,6 +157,15 @@ pub fn alarm_shown(at: Option<i64>) -> String {
 /// answered the edge's SSE and WebSocket readers in this isolate: tests see that a reader who
 /// hung up stops the pages read for it.
 pub const EDGE_PAGES_HEADER: &str = "x-edgestream-edge-pages";
+/// With faults on, a HEAD's answer says how often the stream's alarm has run in this object,
+/// in this isolate: tests see that owed work waiting on a failing task does not wake it for
+/// nothing.
+pub const ALARM_RUNS_HEADER: &str = "x-edgestream-alarm-runs";
+
+/// With faults on, a HEAD's answer says how many channels' positions the stream (a source)
+/// keeps in memory, past where it stored them: tests see that a channel deleted and created
+/// again leaves none behind.
+pub const CHANNEL_POSITIONS_HEADER: &str = "x-edgestream-channel-positions";
 
 /// With faults on, a PUT's answer says how many rows the registry read to find the
 /// subscriptions covering the stream, when this request registered it: tests see that the
@@ -192,6 +201,10 @@ pub const KEY_OUTAGE_MS: i64 = 6_000;
 /// subscriptions, from its first notification ([`Faults::notify_outage`]): longer than the
 /// first retries of a failed notification, so a test can change the subscription meanwhile.
 pub const NOTIFY_OUTAGE_MS: i64 = 3_000;
+/// How long a stream whose path carries the marker and `deregister-down` cannot tell the
+/// registry it was removed, from the first time it tries: several backoffs, over which the
+/// work owed behind that call waits.
+pub const DEREGISTER_OUTAGE_MS: i64 = 5_000;
 
 /// What one object has failed so far in this isolate.
 pub struct Faults {
@@ -210,6 +223,10 @@ pub struct Faults {
     notify_outage_since: Cell<Option<i64>>,
     /// Catch-up pages answered to the edge's SSE and WebSocket readers ([`EDGE_PAGES_HEADER`]).
     edge_pages: Cell<u64>,
+    /// When this object's registry outage for its removal began ([`Faults::check`]).
+    deregister_outage_since: Cell<Option<i64>>,
+    /// How often the object's alarm has run (kept only with faults on).
+    alarm_runs: Cell<u64>,
 }
 
 impl Faults {
@@ -223,6 +240,8 @@ impl Faults {
             key_outage_since: Cell::new(None),
             notify_outage_since: Cell::new(None),
             edge_pages: Cell::new(0),
+            deregister_outage_since: Cell::new(None),
+            alarm_runs: Cell::new(0),
         }
     }
 
@@ -290,9 +309,25 @@ impl Faults {
         self.registry_page.take()
     }
 
+    /// The object's alarm ran.
+    pub fn alarm_ran(&self) {
+        if self.enabled() {
+            self.alarm_runs.set(self.alarm_runs.get() + 1);
+        }
+    }
+
+    /// How often the object's alarm has run.
+    pub fn alarm_runs(&self) -> u64 {
+        self.alarm_runs.get()
+    }
+
     /// `Err` when this call is the one to fail.
     pub fn check(&self, path: &str, call: Call) -> Result<()> {
-        if self.trips(path, call) {
+        // Evaluated first, so the outage begins with the first call (which trips too).
+        let down = call == Call::RegistryRemoved
+            && path.contains("deregister-down")
+            && self.outage(path, &self.deregister_outage_since, DEREGISTER_OUTAGE_MS);
+        if self.trips(path, call) || down {
             return Err(Error::RustError(format!("injected fault: {call:?}")));
         }
         Ok(())
@@ -302,12 +337,9 @@ impl Faults {
     /// for the signing keys' schedule again at `now`, within [`KEY_OUTAGE_MS`] of the first
     /// time it did: a registry outage that outlasts the schedule the subscription kept.
     pub fn key_outage(&self, id: &str, now: i64) -> Result<()> {
-        if !self.marker.as_deref().is_some_and(|m| id.contains(m)) || !id.contains("keys-outage") {
-            return Ok(());
-        }
-        let since = *self.key_outage_since.get().get_or_insert(now);
-        self.key_outage_since.set(Some(since));
-        if now - since < KEY_OUTAGE_MS {
+        if id.contains("keys-outage")
+            && self.outage_at(id, &self.key_outage_since, KEY_OUTAGE_MS, now)
+        {
             return Err(Error::RustError(
                 "injected fault: the registry is unreachable".into(),
             ));
@@ -319,19 +351,29 @@ impl Faults {
     /// subscriptions at `now`, within [`NOTIFY_OUTAGE_MS`] of its first notification: every
     /// subscription is unreachable for a while.
     pub fn notify_outage(&self, path: &str, now: i64) -> Result<()> {
-        if !self.marker.as_deref().is_some_and(|m| path.contains(m))
-            || !path.contains("notify-down")
+        if path.contains("notify-down")
+            && self.outage_at(path, &self.notify_outage_since, NOTIFY_OUTAGE_MS, now)
         {
-            return Ok(());
-        }
-        let since = *self.notify_outage_since.get().get_or_insert(now);
-        self.notify_outage_since.set(Some(since));
-        if now - since < NOTIFY_OUTAGE_MS {
             return Err(Error::RustError(
                 "injected fault: the subscriptions are unreachable".into(),
             ));
         }
         Ok(())
+    }
+
+    /// Whether `name` carries the marker and an outage of `ms`, which began the first time
+    /// this was asked (`since`), is still on now.
+    fn outage(&self, name: &str, since: &Cell<Option<i64>>, ms: i64) -> bool {
+        self.outage_at(name, since, ms, crate::http::now_ms())
+    }
+
+    fn outage_at(&self, name: &str, since: &Cell<Option<i64>>, ms: i64, now: i64) -> bool {
+        if !self.marker.as_deref().is_some_and(|m| name.contains(m)) {
+            return false;
+        }
+        let began = *since.get().get_or_insert(now);
+        since.set(Some(began));
+        now - began < ms
     }
 
     /// Whether this call is the one to be made late.

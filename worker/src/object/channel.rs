@@ -113,6 +113,34 @@ impl Forwarder {
         false
     }
 
+    /// Moves each of `links` (the stored ones of source incarnation `incarnation`) on to where
+    /// its channel stands, and forgets the positions of links no longer stored: a channel
+    /// deleted and created again (its new incarnation's link replaced the old one's, which
+    /// never answered "gone"), or one whose link went while its batch was on its way.
+    /// Forgetting one is safe in any case: its stored `forwarded` is behind, and the channel
+    /// answers a batch it has with its mark.
+    fn place(&self, links: &mut [ChannelLink], incarnation: &str) {
+        let mut ahead = self.ahead.borrow_mut();
+        ahead.retain(|a| {
+            links
+                .iter()
+                .any(|l| a.of(&l.channel, &l.instance, incarnation))
+        });
+        for link in links {
+            if let Some(a) = ahead
+                .iter()
+                .find(|a| a.of(&link.channel, &link.instance, incarnation))
+            {
+                link.forwarded = link.forwarded.max(a.forwarded);
+            }
+        }
+    }
+
+    /// How many channels' positions are kept here.
+    pub fn kept(&self) -> usize {
+        self.ahead.borrow().len()
+    }
+
     /// The link was stored as it stands: nothing of it is kept here.
     fn stored(&self, link: &ChannelLink, incarnation: &str) {
         self.ahead
@@ -131,15 +159,7 @@ impl Ahead {
 /// channel answered this instance since.
 fn links(obj: &StreamObject, meta: &Meta) -> Result<Vec<ChannelLink>> {
     let mut links = obj.store()?.channel_links()?;
-    let ahead = obj.channels.ahead.borrow();
-    for link in &mut links {
-        if let Some(a) = ahead
-            .iter()
-            .find(|a| a.of(&link.channel, &link.instance, &meta.instance))
-        {
-            link.forwarded = link.forwarded.max(a.forwarded);
-        }
-    }
+    obj.channels.place(&mut links, &meta.instance);
     Ok(links)
 }
 
@@ -1168,5 +1188,25 @@ mod tests {
         assert_eq!(f.ahead.borrow().len(), 2);
         f.stored(&link("a", 17), "s1");
         assert_eq!(f.ahead.borrow()[0].incarnation, "s2");
+    }
+
+    #[test]
+    fn positions_of_links_no_longer_stored_are_forgotten() {
+        let f = Forwarder::default();
+        assert!(!f.took(&link("a", 5), "s1", false));
+        assert!(!f.took(&link("b", 7), "s1", false));
+        // "a" was deleted and created again: its new incarnation's link replaced the old one.
+        let mut again = link("a", 3);
+        again.instance = "c2".to_string();
+        let mut links = vec![again, link("b", 2)];
+        f.place(&mut links, "s1");
+        assert_eq!(f.kept(), 1);
+        assert_eq!(links[0].forwarded, Offset::new(3).unwrap_or_default());
+        assert_eq!(links[1].forwarded, Offset::new(7).unwrap_or_default());
+        assert!(!f.took(&links[0], "s1", false));
+        assert_eq!(f.kept(), 2);
+        // A source incarnation's positions are not another's.
+        f.place(&mut links, "s2");
+        assert_eq!(f.kept(), 0);
     }
 }

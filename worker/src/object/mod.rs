@@ -240,10 +240,14 @@ impl DurableObject for StreamObject {
             let at = crate::fault::alarm_shown(self.state.storage().get_alarm().await?);
             let batch = self.faults.notify_batch().to_string();
             let pages = self.faults.edge_pages().to_string();
+            let runs = self.faults.alarm_runs().to_string();
+            let positions = self.channels.kept().to_string();
             http::edit_headers(resp, |headers| {
                 headers.set(crate::fault::ALARM_HEADER, &at)?;
                 headers.set(crate::fault::EDGE_PAGES_HEADER, &pages)?;
-                headers.set(crate::fault::NOTIFY_BATCH_HEADER, &batch)
+                headers.set(crate::fault::NOTIFY_BATCH_HEADER, &batch)?;
+                headers.set(crate::fault::ALARM_RUNS_HEADER, &runs)?;
+                headers.set(crate::fault::CHANNEL_POSITIONS_HEADER, &positions)
             })?
         } else {
             resp
@@ -276,6 +280,7 @@ impl DurableObject for StreamObject {
         // It fired: a request meanwhile that needs it sets it anew, and so does the early
         // return of a removal (a stream created there next owes its registration to it).
         self.alarm.forget();
+        self.faults.alarm_ran();
         // An object holding nothing has no timed work (it may have been emptied after this
         // alarm was due): asking would make its tables again.
         if self.never_stored() {
