@@ -114,8 +114,10 @@ export async function buildClient() {
   await rm(dist, { recursive: true, force: true });
   await mkdir(dist, { recursive: true });
   const raw = path.join(targetDir, 'wasm32-unknown-unknown', 'release', 'edgestream_client.wasm');
-  await run('wasm-bindgen', ['--target', 'web', '--out-dir', dist, '--out-name', 'edgestream_client', '--no-typescript', '--omit-default-module-path', raw]);
+  // --keep-debug keeps the function names for stubPanicFormatting; wasm-opt strips them.
+  await run('wasm-bindgen', ['--target', 'web', '--out-dir', dist, '--out-name', 'edgestream_client', '--no-typescript', '--omit-default-module-path', '--keep-debug', raw]);
   const wasm = path.join(dist, 'edgestream_client_bg.wasm');
+  await writeFile(wasm, stubPanicFormatting(await readFile(wasm)));
   const optimised = path.join(dist, 'edgestream_client_bg.opt.wasm');
   // --converge repeats the passes while they still shrink the module (about 120 bytes gzip).
   // --ignore-implicit-traps lets it drop or move loads whose value is unused, as if a load
@@ -132,6 +134,97 @@ export async function buildClient() {
   await shortenNames(optimised, wasm, path.join(dist, 'edgestream_client.js'));
   await rm(optimised);
   await printClientSize();
+}
+
+/**
+ * Replaces the body of each `Display`/`Debug` implementation left in the wasm by `unreachable`
+ * (1.5 KB gzip). They are there only because core's panics (an index out of bounds, a `RefCell`
+ * borrowed twice, an `expect`) build their message's `fmt::Arguments` before calling the panic
+ * handler: that puts pointers to them in the function table, which wasm-opt must keep whole
+ * (JS calls closures through it), and with them all of `core::fmt` they reach (padding,
+ * integer printing, char counting). The release build's panic handler (client/src/lib.rs)
+ * traps without reading the message, so none of them ever runs. Formatting anything else
+ * would need a `fmt::Write` implementation to write into (a `String` for `format!` or
+ * `to_string`); the build fails if one appears, as then these functions could run.
+ */
+export function stubPanicFormatting(wasm) {
+  const stub = /^<[^>]* as core\[[0-9a-f]+\]::fmt::(Display|Debug)>::fmt$/;
+  let at = 8;
+  const uleb = () => {
+    let value = 0;
+    for (let shift = 0; ; shift += 7) {
+      const byte = wasm[at++];
+      value += (byte & 0x7f) * 2 ** shift;
+      if (!(byte & 0x80)) return value;
+    }
+  };
+  const encode = (n) => {
+    const out = [];
+    do {
+      const byte = n & 0x7f;
+      n = Math.floor(n / 128);
+      out.push(n ? byte | 0x80 : byte);
+    } while (n);
+    return Buffer.from(out);
+  };
+  const skipName = () => {
+    const len = uleb();
+    at += len;
+  };
+  let imported = 0;
+  let code;
+  const names = new Map();
+  while (at < wasm.length) {
+    const start = at;
+    const id = wasm[at++];
+    const end = uleb() + at;
+    if (id === 2) {
+      // Imports: only the functions among them count towards the function indices.
+      for (let n = uleb(); n > 0; n--) {
+        skipName();
+        skipName();
+        const kind = wasm[at++];
+        if (kind === 0) (uleb(), imported++);
+        else if (kind === 1) (at++, wasm[at++] & 1 ? (uleb(), uleb()) : uleb());
+        else if (kind === 2) (wasm[at++] & 1 ? (uleb(), uleb()) : uleb());
+        else if (kind === 3) at += 2;
+        else throw new Error(`stubPanicFormatting: unknown import kind ${kind}`);
+      }
+    } else if (id === 10) {
+      code = { start, end, bodies: [] };
+      for (let n = uleb(); n > 0; n--) {
+        const size = uleb();
+        code.bodies.push(wasm.subarray(at, at + size));
+        at += size;
+      }
+    } else if (id === 0) {
+      const len = uleb();
+      if (wasm.toString('utf8', at, at + len) === 'name') {
+        at += len;
+        while (at < end) {
+          const sub = wasm[at++];
+          const subEnd = uleb() + at;
+          if (sub === 1) {
+            for (let n = uleb(); n > 0; n--) {
+              const index = uleb();
+              const len = uleb();
+              names.set(index, wasm.toString('utf8', at, at + len));
+              at += len;
+            }
+          }
+          at = subEnd;
+        }
+      }
+    }
+    at = end;
+  }
+  if (!code || names.size === 0) throw new Error('stubPanicFormatting: the wasm has no code or no function names');
+  const writers = [...names.values()].filter((name) => name.includes('fmt::Write'));
+  if (writers.length) throw new Error(`stubPanicFormatting: the wasm formats text (${writers.join(', ')}); its Display/Debug code may run`);
+  const unreachable = Buffer.from([0x00, 0x00, 0x0b]); // no locals; unreachable; end
+  const bodies = code.bodies.map((body, i) => (stub.test(names.get(imported + i) ?? '') ? unreachable : body));
+  const payload = Buffer.concat([encode(bodies.length), ...bodies.flatMap((body) => [encode(body.length), body])]);
+  return Buffer.concat([wasm.subarray(0, code.start), Buffer.from([10]), encode(payload.length), payload, wasm.subarray(code.end)]);
 }
 
 /**
