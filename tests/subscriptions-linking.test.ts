@@ -541,4 +541,44 @@ describe('linking a pattern over more streams than one invocation links', () => 
       await hook.close();
     }
   });
+  // A stream named before it existed is new to the subscription: its registration says so
+  // until the subscription takes a notification, which covers it from its start. Once taken,
+  // the stream is an existing one to that subscription: dropped (`DELETE .../streams/<path>`)
+  // and named again (`POST .../streams`) with no append between, so the stream still holds
+  // the subscription's entry, it is linked at its tail, as any named stream is. Were the
+  // stream to keep saying it is new (the same incarnation's flag never cleared), its answer to
+  // that link would put the cursor back at its start, and its history be delivered again.
+  test('a new stream dropped and named again once its notification was taken is linked at its tail', { timeout: 60_000 }, async () => {
+    const p = `renamed-${uid()}`;
+    const stream = `${p}/s`;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(200, json);
+      res.end('{"done":true}');
+    });
+    const id = `sub-${p}`;
+    const config = { type: 'webhook', streams: [stream], webhook: { url: hook.url }, lease_ttl_ms: 1_000 };
+    try {
+      expect((await put(`__ds/subscriptions/${id}`, config)).status).toBe(201);
+      expect((await put(stream, [{ first: true }])).status).toBe(201);
+      const tail = await tailOf(stream);
+      const link = async () => (await described(id)).streams.find((s) => s.path === stream);
+      // Covered from its start: its first data delivered, and acked.
+      expect(await eventually(async () => pendingOn(hook.hits, stream).length > 0), 'the new stream\'s data was not delivered').toBe(true);
+      expect(await eventually(async () => (await link())?.acked_offset === tail), 'the delivery was not acked').toBe(true);
+      // The stream stores that the subscription took its notification after the answer.
+      await sleep(300);
+      const drop = await fetch(sub(`${id}/streams/${encodeURIComponent(stream)}`), { method: 'DELETE' });
+      expect(drop.status).toBe(204);
+      expect(await link()).toBeUndefined();
+      const seen = hook.hits.length;
+      const add = await fetch(sub(`${id}/streams`), { method: 'POST', headers: json, body: JSON.stringify({ streams: [stream] }) });
+      expect(add.status).toBe(204);
+      expect(await link(), 'named again, the stream was not linked at its tail').toMatchObject({ acked_offset: tail, tail_offset: tail, has_pending: false });
+      await sleep(1_000);
+      expect(pendingOn(hook.hits, stream, seen), 'the stream\'s history was delivered again').toEqual([]);
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
 });
