@@ -505,6 +505,45 @@ describe('linking a pattern over more streams than one invocation links', () => 
       await hook.close();
     }
   });
+  // The same, while a pull-wake worker holds a lease: the release that ends the lease deleted the
+  // subscription's alarm when no delivery was owed (`schedule_or_clear`), though the alarm was
+  // also the one to link the streams the failed POST named. They were never linked, and GET said
+  // linking was not done, for good (until another POST or a PUT).
+  test('a release with nothing owed leaves the alarm that links the streams a failed POST .../streams named', { timeout: 60_000 }, async () => {
+    const p = `placed-${uid()}`;
+    const good = `${p}/a`;
+    const flaky = `${p}/b-${MARKER}`;
+    const wake = `${p}-wake`;
+    const id = `sub-${p}`;
+    const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
+      fetch(url(path), { method: 'POST', headers: { ...json, ...headers }, body: JSON.stringify(body) });
+    try {
+      expect((await put(good, [{ name: good }])).status).toBe(201);
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(503);
+      expect((await put(flaky, [{ name: flaky }])).status).toBe(200);
+      expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', streams: [good], wake_stream: wake, lease_ttl_ms: 30_000 })).status).toBe(201);
+      expect((await post(good, { more: true })).status).toBe(204);
+      let claimed: any;
+      expect(await eventually(async () => {
+        const res = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' });
+        if (res.status === 200) claimed = await res.json();
+        return res.status === 200;
+      })).toBe(true);
+      const auth = { authorization: `Bearer ${claimed.token}` };
+      const fence = { wake_id: claimed.wake_id, generation: claimed.generation };
+      const tail = claimed.streams.find((s: any) => s.path === good).tail_offset;
+      // Everything acked, the lease kept: nothing is owed but the lease.
+      expect((await post(`__ds/subscriptions/${id}/ack`, { ...fence, acks: [{ stream: good, offset: tail }] }, auth)).status).toBe(200);
+      expect((await post(`__ds/subscriptions/${id}/streams`, { streams: [flaky] })).status).toBe(503);
+      expect((await described(id)).linking.done).toBe(false);
+      expect((await post(`__ds/subscriptions/${id}/release`, fence, auth)).status).toBe(204);
+      expect(await eventually(async () => (await described(id)).linking.done, 15_000), 'linking never finished').toBe(true);
+      const from = await tailOf(flaky);
+      expect((await described(id)).streams.find((s) => s.path === flaky)).toMatchObject({ acked_offset: from, tail_offset: from });
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
   // A stream drops a subscription's entry when the subscription answers a notification
   // `linked: false` (it was deleted). Here that answer comes two seconds late (`late-unlinked`,
   // worker/src/fault.rs), and meanwhile the subscription is created again and links the stream:

@@ -48,10 +48,12 @@ impl SubscriptionObject {
     }
 
     /// As [`Self::schedule`], and with nothing owed, the alarm set before (a lease's end) is
-    /// deleted: a subscription whose retries stopped has no alarm left.
+    /// deleted: a subscription whose retries stopped has no alarm left. Linking not done, and
+    /// streams a failed `POST .../streams` named (`placing`), are owed: the alarm links them.
     pub(super) async fn schedule_or_clear(&self, record: &Record) -> Result<()> {
         let owed = record.deleted
             || record.linking
+            || record.placing
             || rules::next_alarm(
                 record.deliver,
                 record.next_attempt_at,
