@@ -127,17 +127,17 @@ impl SubscriptionObject {
                 limit,
             };
             // The registry asks the page's streams itself: one call of this invocation's.
-            let page =
-                match call::<_, PatternLinked>(&registry_stub(&self.env)?, "pattern-page", &ask)
-                    .await?
-                {
-                    (200, Some(page)) if page.links.len() == page.streams.len() => page,
-                    (status, _) => {
-                        return Err(worker::Error::RustError(format!(
-                            "registry answered {status} to pattern-page"
-                        )))
-                    }
-                };
+            let answer =
+                call::<_, PatternLinked>(&registry_stub(&self.env)?, "pattern-page", &ask).await;
+            self.faults.hold_page(&record.id).await;
+            let page = match answer? {
+                (200, Some(page)) if page.links.len() == page.streams.len() => page,
+                (status, _) => {
+                    return Err(worker::Error::RustError(format!(
+                        "registry answered {status} to pattern-page"
+                    )))
+                }
+            };
             // Deleted, or deleted and created again, meanwhile: its links are not ours to set.
             let Some(mut current) = self.current(record)? else {
                 return Ok(true);

@@ -130,6 +130,7 @@ impl SubscriptionObject {
     /// an explicit link waits for it at the start. So the new stream's data is all pending, and
     /// acks and wakes of the old one do not apply to it.
     pub(super) fn stream_removed(&self, path: &str) -> Result<Response> {
+        self.faults.told_removed();
         let Some(mut record) = self.load()?.filter(|r| !r.deleted) else {
             return json(200, &j!({ "linked": false }));
         };
