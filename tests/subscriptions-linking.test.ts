@@ -620,4 +620,50 @@ describe('linking a pattern over more streams than one invocation links', () => 
       await hook.close();
     }
   });
+  // A linking page asks each of its streams for its tail, and saves the links once the
+  // registry has brought every answer back. A stream deleted in between tells the
+  // subscription it is gone before the page has linked it: the subscription, finding no link,
+  // answered `linked: false`, and the page then saved a link at the old stream's tail. A
+  // stream created at that path later found that link placed, so its data before the old
+  // tail was never delivered. Here the page's answer is held until the removal is told
+  // (`slowpage`, worker/src/fault.rs).
+  test('a stream deleted while its linking page is out is not linked at its old tail, and one created there again is covered from its start', { timeout: 60_000 }, async () => {
+    const p = `gone-${uid()}`;
+    const stream = `${p}/s`;
+    const hook = await hookServer((_, res) => {
+      res.writeHead(500, json);
+      res.end('{}');
+    });
+    const id = `sub-${p}-${MARKER}-slowpage`;
+    const config = { type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 1_000 };
+    try {
+      expect((await put(`${p}-empty`, [])).status).toBe(201);
+      const zero = await tailOf(`${p}-empty`);
+      expect((await put(stream, [{ old: true }])).status).toBe(201);
+      const oldTail = await tailOf(stream);
+      const created = put(`__ds/subscriptions/${id}`, config);
+      const held = await eventually(async () => {
+        const res = await fetch(sub(id));
+        await res.body?.cancel();
+        return res.status === 200 && res.headers.get('x-edgestream-pages-held') === '1';
+      }, 10_000);
+      expect(held, 'the linking page was never held').toBe(true);
+      expect((await fetch(url(stream), { method: 'DELETE' })).status).toBe(204);
+      expect((await created).status).toBe(201);
+      expect((await described(id)).linking.done).toBe(true);
+      expect((await described(id)).streams.filter((s) => s.path === stream), 'a link was saved for the deleted stream').toEqual([]);
+      // The same body again: a new stream whose tail is where the old one's was.
+      let status = 0;
+      expect(await eventually(async () => (status = (await put(stream, [{ new: true }])).status) === 201, 10_000), `the stream was not created again (${status})`).toBe(true);
+      const newTail = await tailOf(stream);
+      expect(newTail).toBe(oldTail);
+      expect(await eventually(async () => (await described(id)).streams.some((s) => s.path === stream), 10_000), 'the new stream was never linked').toBe(true);
+      await sleep(500);
+      const link = (await described(id)).streams.find((s) => s.path === stream);
+      expect(link).toMatchObject({ acked_offset: zero, tail_offset: newTail, has_pending: true });
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
 });

@@ -17,9 +17,11 @@
 //! from the first time it asks again. A stream whose path carries the marker and `notify-down`
 //! cannot reach any subscription for [`NOTIFY_OUTAGE_MS`] from its first notification; a
 //! subscription whose id carries the marker and `late-unlinked` answers the first
-//! notification it gets once deleted (`linked: false`) two seconds late. Later calls of that kind
-//! go through, so a test sees the failure and then the repair: what is owed is retried by the
-//! request that is told to retry, or by the alarm.
+//! notification it gets once deleted (`linked: false`) two seconds late; with `slowpage`, it
+//! reads the registry's answer to its first linking page only once it is told a stream is
+//! gone (or 10 s pass). Later calls of that kind go through, so a test sees the failure and
+//! then the repair: what is owed is retried by the request that is told to retry, or by the
+//! alarm.
 
 use std::cell::{Cell, RefCell};
 
@@ -74,6 +76,10 @@ pub enum Call {
     /// Made two seconds late: a deleted subscription's answer to a stream's notification
     /// (`linked: false`). Only for a subscription id that also contains `late-unlinked`.
     UnlinkedAnswer,
+    /// Held: the registry's answer to a subscription's first linking page, until the
+    /// subscription is told a stream is gone ([`Faults::hold_page`]). Only for a subscription
+    /// id that also contains `slowpage`.
+    PageAnswer,
 }
 
 /// Where [`trap_if_asked`] is called from.
@@ -186,6 +192,13 @@ pub const NOTIFY_BATCH_HEADER: &str = "x-edgestream-notify-batch";
 /// over many streams is read in pages, never all at once.
 pub const REGISTRY_PAGE_HEADER: &str = "x-edgestream-registry-page";
 
+/// With faults on, a subscription's GET says how many of its linking pages' answers are held
+/// now ([`Faults::hold_page`]): a test removes a stream while one is.
+pub const PAGES_HELD_HEADER: &str = "x-edgestream-pages-held";
+
+/// How long [`Faults::hold_page`] holds a page's answer at most, when no stream is removed.
+pub const PAGE_HOLD_MS: u64 = 10_000;
+
 /// The page a subscription whose id carries the marker and `paged` uses, for both the
 /// registry's listing of its pattern's streams and the streams one wake lists
 /// ([`Faults::page`]), so a test sees several pages with a handful of streams.
@@ -227,6 +240,10 @@ pub struct Faults {
     deregister_outage_since: Cell<Option<i64>>,
     /// How often the object's alarm has run (kept only with faults on).
     alarm_runs: Cell<u64>,
+    /// How many removed streams a subscription has been told of (kept only with faults on).
+    removals_told: Cell<u64>,
+    /// Linking pages' answers held now ([`Faults::hold_page`]).
+    pages_held: Cell<u32>,
 }
 
 impl Faults {
@@ -242,6 +259,8 @@ impl Faults {
             edge_pages: Cell::new(0),
             deregister_outage_since: Cell::new(None),
             alarm_runs: Cell::new(0),
+            removals_told: Cell::new(0),
+            pages_held: Cell::new(0),
         }
     }
 
@@ -376,6 +395,37 @@ impl Faults {
         now - began < ms
     }
 
+    /// A subscription was told a stream is gone.
+    pub fn told_removed(&self) {
+        if self.enabled() {
+            self.removals_told.set(self.removals_told.get() + 1);
+        }
+    }
+
+    /// A subscription whose id carries the marker and `slowpage` keeps the registry's answer
+    /// to its first linking page unread until it is told a stream is gone, or
+    /// [`PAGE_HOLD_MS`] pass: as if that answer were slow to come back, so a stream the page
+    /// asked for its tail is removed before the page's links are saved.
+    pub async fn hold_page(&self, id: &str) {
+        if !self.slow(id, Call::PageAnswer) {
+            return;
+        }
+        let start = self.removals_told.get();
+        self.pages_held.set(self.pages_held.get() + 1);
+        for _ in 0..PAGE_HOLD_MS / 10 {
+            if self.removals_told.get() > start {
+                break;
+            }
+            worker::Delay::from(std::time::Duration::from_millis(10)).await;
+        }
+        self.pages_held.set(self.pages_held.get().saturating_sub(1));
+    }
+
+    /// How many linking pages' answers are held now.
+    pub fn pages_held(&self) -> u32 {
+        self.pages_held.get()
+    }
+
     /// Whether this call is the one to be made late.
     pub fn slow(&self, path: &str, call: Call) -> bool {
         self.trips(path, call)
@@ -434,6 +484,7 @@ impl Faults {
             || (call == Call::KeySchedule && !path.contains("keys-down"))
             || (matches!(call, Call::SubLink | Call::ChannelLink) && path.contains("slowreg"))
             || (call == Call::UnlinkedAnswer && !path.contains("late-unlinked"))
+            || (call == Call::PageAnswer && !path.contains("slowpage"))
         {
             return false;
         }

@@ -299,6 +299,8 @@ impl SubscriptionObject {
             // Tests see whether anything is left for the alarm to do.
             let at = crate::fault::alarm_shown(self.state.storage().get_alarm().await?);
             resp.headers().set(crate::fault::ALARM_HEADER, &at)?;
+            let held = self.faults.pages_held().to_string();
+            resp.headers().set(crate::fault::PAGES_HELD_HEADER, &held)?;
         }
         Ok(resp)
     }

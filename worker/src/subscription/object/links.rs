@@ -1,7 +1,8 @@
 //! The streams a subscription covers: linking a new one's pattern and streams at their tails,
 //! adding and removing streams, and telling the registry to forget a deleted one's links.
 
-use std::collections::HashSet;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use edgestream::subscription::{self as rules, SubscriptionError};
@@ -18,6 +19,73 @@ use crate::subscription::registry::{
     StreamPath, SubLinked, SubLinks,
 };
 use crate::subscription::{call, registry_stub};
+
+/// Streams the subscription was told are gone while one of its linking calls (a pattern's
+/// page, or asking named streams for their tails) was out. Such a call's answer may hold a
+/// stream's tail given before the stream went: the removal found no link to drop yet, so
+/// saving one at that tail would leave a link to a stream that no longer exists, and a stream
+/// created at the path later would find it placed there, its data before that tail never
+/// delivered. Kept in memory, as the calls are (an object that restarts has none out); each
+/// removal is numbered, so a call skips only the streams removed after it began, and the
+/// list is dropped once no call is out.
+#[derive(Default)]
+pub(super) struct Removals {
+    /// Removals numbered so far.
+    count: Cell<u64>,
+    /// Linking calls out now.
+    out: Cell<u32>,
+    /// Each stream removed while a call was out, with its removal's number.
+    removed: RefCell<HashMap<String, u64>>,
+}
+
+impl Removals {
+    /// The subscription was told `path` is gone.
+    pub(super) fn removed(&self, path: &str) {
+        if self.out.get() == 0 {
+            return;
+        }
+        let n = self.count.get() + 1;
+        self.count.set(n);
+        self.removed.borrow_mut().insert(path.to_string(), n);
+    }
+
+    /// A linking call goes out: held until its answers are saved.
+    fn call_out(&self) -> CallOut<'_> {
+        self.out.set(self.out.get() + 1);
+        CallOut {
+            removals: self,
+            since: self.count.get(),
+        }
+    }
+}
+
+/// A linking call out, from when it is made until its answers are saved (or dropped).
+struct CallOut<'a> {
+    removals: &'a Removals,
+    /// The removals numbered before it went out.
+    since: u64,
+}
+
+impl CallOut<'_> {
+    /// Whether `path` was removed since the call went out: its answer is not to be linked.
+    fn gone_since(&self, path: &str) -> bool {
+        self.removals
+            .removed
+            .borrow()
+            .get(path)
+            .is_some_and(|n| *n > self.since)
+    }
+}
+
+impl Drop for CallOut<'_> {
+    fn drop(&mut self) {
+        let out = self.removals.out.get().saturating_sub(1);
+        self.removals.out.set(out);
+        if out == 0 {
+            self.removals.removed.borrow_mut().clear();
+        }
+    }
+}
 
 #[derive(Deserialize)]
 struct StreamsBody {
@@ -127,17 +195,18 @@ impl SubscriptionObject {
                 limit,
             };
             // The registry asks the page's streams itself: one call of this invocation's.
-            let page =
-                match call::<_, PatternLinked>(&registry_stub(&self.env)?, "pattern-page", &ask)
-                    .await?
-                {
-                    (200, Some(page)) if page.links.len() == page.streams.len() => page,
-                    (status, _) => {
-                        return Err(worker::Error::RustError(format!(
-                            "registry answered {status} to pattern-page"
-                        )))
-                    }
-                };
+            let out = self.removals.call_out();
+            let answer =
+                call::<_, PatternLinked>(&registry_stub(&self.env)?, "pattern-page", &ask).await;
+            self.faults.hold_page(&record.id).await;
+            let page = match answer? {
+                (200, Some(page)) if page.links.len() == page.streams.len() => page,
+                (status, _) => {
+                    return Err(worker::Error::RustError(format!(
+                        "registry answered {status} to pattern-page"
+                    )))
+                }
+            };
             // Deleted, or deleted and created again, meanwhile: its links are not ours to set.
             let Some(mut current) = self.current(record)? else {
                 return Ok(true);
@@ -163,7 +232,7 @@ impl SubscriptionObject {
             };
             let failed = self.atomically(|| {
                 let (linked, failed) =
-                    self.save_linked(&current, &page.streams, page.links, &cursor)?;
+                    self.save_linked(&current, &page.streams, page.links, &out, &cursor)?;
                 if failed.is_none() {
                     current.link_after = page.next.clone();
                     current.linked = Some(current.linked.unwrap_or(0) + linked);
@@ -216,6 +285,7 @@ impl SubscriptionObject {
                 id: record.id.clone(),
                 paths: group.iter().map(|m| m.path.clone()).collect(),
             };
+            let out = self.removals.call_out();
             let answers =
                 match call::<_, SubLinked>(&registry_stub(&self.env)?, "sub-link", &ask).await {
                     Ok((200, Some(linked))) if linked.links.len() == group.len() => linked.links,
@@ -234,7 +304,7 @@ impl SubscriptionObject {
             if !self.still(record)? {
                 return Ok(linked);
             }
-            let (count, failure) = self.save_linked(record, group, answers, &cursor)?;
+            let (count, failure) = self.save_linked(record, group, answers, &out, &cursor)?;
             linked += count;
             if let Some(e) = failure {
                 failed.get_or_insert(e);
@@ -247,18 +317,26 @@ impl SubscriptionObject {
     /// order): a new link at its stream's tail, one stored already where `cursor` puts it
     /// (given the link and the tail). A stream new to the subscription (its registration found
     /// this incarnation, and its notification saying so has not been taken yet) counts as
-    /// answering its start: it is covered from there. Answers how many streams were linked, and a failure of
-    /// one that answered neither 200 nor 404, after the rest are saved.
+    /// answering its start: it is covered from there. A stream removed while the call was out
+    /// (`out`) is left as its removal left it. Answers how many streams were linked, and a
+    /// failure of one that answered neither 200 nor 404, after the rest are saved.
     fn save_linked(
         &self,
         record: &Record,
         group: &[Matched],
         answers: Vec<StreamLinked>,
+        out: &CallOut,
         cursor: &impl Fn(&Link, u64) -> u64,
     ) -> Result<(u64, Option<worker::Error>)> {
         let mut failed = None;
         let mut linked = 0;
         for (m, answer) in group.iter().zip(answers) {
+            // Removed while the call was out: its answer may be the stream's from before, and
+            // its removal has dropped (or moved to the start) whatever link it had. A stream
+            // created at the path since, or later, is new: it links itself from its start.
+            if out.gone_since(&m.path) {
+                continue;
+            }
             let glob = m.glob && record.pattern_covers(&m.path);
             // 404: the stream is gone, and the registry forgets it. Any other answer is
             // a failure: the link is retried.
@@ -489,5 +567,31 @@ impl SubscriptionObject {
             );
         }
         Ok(Response::empty()?.with_status(204))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Removals;
+
+    #[test]
+    fn a_call_skips_only_the_streams_removed_while_it_was_out() {
+        let removals = Removals::default();
+        // No call out: nothing is kept.
+        removals.removed("a");
+        let first = removals.call_out();
+        assert!(!first.gone_since("a"));
+        removals.removed("b");
+        // Began after b's removal: its answer for b is the stream's own, if any.
+        let second = removals.call_out();
+        removals.removed("c");
+        assert!(first.gone_since("b") && first.gone_since("c"));
+        assert!(!second.gone_since("b") && second.gone_since("c"));
+        drop(first);
+        assert!(second.gone_since("c"));
+        drop(second);
+        assert!(removals.removed.borrow().is_empty());
+        let third = removals.call_out();
+        assert!(!third.gone_since("c"));
     }
 }

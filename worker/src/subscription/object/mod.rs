@@ -93,6 +93,8 @@ pub struct SubscriptionObject {
     /// alarm finishing a create) take turns, so the registry hears them in the order they
     /// were made: a delete's removal never lands after the create that followed it.
     changes: Turnstile,
+    /// Streams removed while a linking call was out, which that call's answers must not link.
+    removals: links::Removals,
     /// Injected faults, for tests (`FAULT_MARKER`).
     faults: crate::fault::Faults,
     /// Alarms in a row that failed: the next is set further off each time, so an object whose
@@ -140,6 +142,7 @@ impl DurableObject for SubscriptionObject {
             opened: std::cell::Cell::new(stored),
             keys: RefCell::new(None),
             changes: Turnstile::default(),
+            removals: links::Removals::default(),
             faults,
             alarm_failures: std::cell::Cell::new(0),
             rows,

@@ -128,8 +128,12 @@ impl SubscriptionObject {
     /// A linked stream was deleted (or expired). Its link goes, as it would for a stream that
     /// never existed: a pattern finds a stream created at that path later as a new stream, and
     /// an explicit link waits for it at the start. So the new stream's data is all pending, and
-    /// acks and wakes of the old one do not apply to it.
+    /// acks and wakes of the old one do not apply to it; nor does a linking call's answer
+    /// that the stream gave before it went ([`super::links::Removals`]).
     pub(super) fn stream_removed(&self, path: &str) -> Result<Response> {
+        self.faults.told_removed();
+        // A linking call out now may bring back this stream's answer from before it went.
+        self.removals.removed(path);
         let Some(mut record) = self.load()?.filter(|r| !r.deleted) else {
             return json(200, &j!({ "linked": false }));
         };
