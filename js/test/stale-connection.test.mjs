@@ -163,5 +163,11 @@ test('a request sent again after its first attempt landed reports what that atte
     assert.deepEqual(await landed('DELETE retried', () => retried.delete(), 2), { status: 404, replayed: true });
     // A DELETE sent once that is answered 404 still rejects: the stream was not there.
     await assert.rejects(ds.delete(), (e) => e.code === 'NOT_FOUND');
+    // A source with a fork is soft-deleted: the repeat is answered 410, taken as deleted too.
+    const source = await DurableStream.create({ url: `${url}-src`, contentType: 'application/json', retry: noRetry });
+    await DurableStream.create({ url: `${url}-fork`, forkedFrom: source.url });
+    assert.deepEqual(await landed('DELETE of a source', () => source.delete()), { status: 410, replayed: true });
+    await assert.rejects(source.head(), (e) => e.code === 'GONE');
+    await assert.rejects(source.delete(), (e) => e.code === 'GONE');
   });
 });
