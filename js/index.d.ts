@@ -279,9 +279,24 @@ export interface CreateOptions {
   body?: string | Uint8Array | ArrayBuffer | unknown;
 }
 
-export interface CreateResult {
+/**
+ * `replayed: true`: the request went out more than once (its connection failed, or it was
+ * answered 429 or 5xx, and it was sent again), so an earlier attempt may have landed and this
+ * result is the repeat's answer. The client cannot tell whether it did.
+ */
+export interface Replayed {
+  replayed?: true;
+}
+
+export interface CreateResult extends Replayed {
   /** 201 created, 200 already existed with the same configuration. */
   status: number;
+  /**
+   * The server answered 201: this request created the stream. False on 200, when it already
+   * existed; with `replayed: true` it may be this call's own earlier attempt, whose answer was
+   * lost, that created it (or not: a connection the server had closed unseen is the usual
+   * cause). The client cannot tell; to create a stream with its first messages, give `body`.
+   */
   created: boolean;
   offset?: string;
   contentType?: string;
@@ -298,7 +313,7 @@ export interface HeadResult {
   closed: boolean;
 }
 
-export interface AppendResult {
+export interface AppendResult extends Replayed {
   status: number;
   offset?: string;
   closed: boolean;
@@ -316,6 +331,15 @@ export interface AppendResult {
   paramsSent: Record<string, string>;
 }
 
+/**
+ * 204 (or another 2xx). Sent more than once (`replayed: true`), a 404, or a 410 (kept for its
+ * forks), is taken as the earlier attempt's success, whose answer was lost: the client cannot
+ * tell it from a stream that was not there, so `status` is then 404 or 410 and the call resolves.
+ */
+export interface DeleteResult extends Replayed {
+  status: number;
+}
+
 export declare class DurableStream {
   constructor(options: StreamHandleOptions & CreateOptions);
   readonly url: string;
@@ -323,7 +347,7 @@ export declare class DurableStream {
   static create(options: StreamHandleOptions & CreateOptions): Promise<DurableStream>;
   static connect(options: StreamHandleOptions): Promise<DurableStream>;
   static head(options: StreamHandleOptions): Promise<HeadResult>;
-  static delete(options: StreamHandleOptions): Promise<{ status: number }>;
+  static delete(options: StreamHandleOptions): Promise<DeleteResult>;
   /**
    * PUT, with the create options the handle was made with; those given here override them.
    * Its `signal` stops this call (and so does the handle's own).
@@ -348,7 +372,7 @@ export declare class DurableStream {
   append(data: unknown, options?: { seq?: string | undefined; contentType?: string | undefined } & CallOptions): Promise<AppendResult>;
   /** Closes the stream; `body` is a last message (one, as with `append()`) sent in the same request. */
   close(options?: { body?: unknown; contentType?: string | undefined } & CallOptions): Promise<AppendResult & { finalOffset?: string }>;
-  delete(options?: CallOptions): Promise<{ status: number }>;
+  delete(options?: CallOptions): Promise<DeleteResult>;
   /**
    * A WritableStream that appends each chunk written through an `IdempotentProducer` (batched,
    * exactly once; one message per chunk on a JSON stream, as the producer's `append()` takes it),

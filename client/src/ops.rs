@@ -92,6 +92,14 @@ fn header_text(sent: &Sent, name: &str) -> Option<String> {
     http::header(&sent.response, name)
 }
 
+/// `replayed: true` when the request went out more than once: an earlier attempt may have
+/// landed, and this answer is to the repeat.
+fn replayed(out: &Object, sent: &Sent) {
+    if sent.replayed {
+        js::set(out, "replayed", true);
+    }
+}
+
 fn sent_info(out: &Object, sent: &Sent) {
     js::set(out, "headersSent", js::pairs_to_object(&sent.headers_sent));
     js::set(out, "paramsSent", js::pairs_to_object(&sent.params_sent));
@@ -173,7 +181,10 @@ pub fn create_stream(options: JsValue) -> Promise {
             return Err(http::status_error("PUT", &common.url, &sent).await);
         }
         let out = described(&sent);
+        // A 200 after an earlier attempt that may have landed cannot tell whether that attempt
+        // created the stream: `created` stays false, and `replayed` says it is not known.
         js::set(&out, "created", sent.status == 201);
+        replayed(&out, &sent);
         http::release_body(&sent.response);
         Ok(out.into())
     })
@@ -230,11 +241,16 @@ pub fn delete_stream(options: JsValue) -> Promise {
     future_to_promise(async move {
         let common = Common::from_js(&options)?;
         let sent = common.send("DELETE", Vec::new(), None).await?;
-        if !(200..300).contains(&sent.status) {
+        // Sent more than once, a 404 (or a 410: soft-deleted, as a stream with forks is) is
+        // taken as an earlier attempt's success, whose answer was lost: the client cannot tell
+        // it from a stream that was not there, and either way it is gone.
+        let gone = sent.replayed && matches!(sent.status, 404 | 410);
+        if !(200..300).contains(&sent.status) && !gone {
             return Err(http::status_error("DELETE", &common.url, &sent).await);
         }
         let out = Object::new();
         js::set(&out, "status", sent.status);
+        replayed(&out, &sent);
         http::release_body(&sent.response);
         Ok(out.into())
     })
@@ -351,9 +367,7 @@ pub fn append_stream(options: JsValue) -> Promise {
             js::set(&out, "leaseExpiresAt", at);
         }
         // Sent more than once, so a duplicate may be this request's own earlier attempt.
-        if sent.replayed {
-            js::set(&out, "replayed", true);
-        }
+        replayed(&out, &sent);
         if let Some(e) =
             header_text(&sent, headers::PRODUCER_EPOCH).and_then(|v| http::parse_int(&v))
         {

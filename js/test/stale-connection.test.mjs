@@ -7,6 +7,8 @@
 // Made deterministic by a TCP proxy in front of the reference server that closes a client's
 // connection, instead of passing the next request on, when `drops` says to (whether Node's
 // `fetch` sends that request on a kept-alive connection or a new one, it fails the same way).
+// With `loses`, it passes the next request on and closes the client's connection when the answer
+// comes instead of passing it back: the request landed, and its repeat meets what it did.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -16,16 +18,20 @@ import { useReferenceServer } from '../test-support/reference-server.mjs';
 
 const reference = useReferenceServer();
 
-/** Runs `body(base, proxy)`; the next `proxy.drops` requests are cut unseen. */
+/**
+ * Runs `body(base, proxy)`; the next `proxy.drops` requests are cut unseen, and the answers to the
+ * next `proxy.loses` requests passed on are cut.
+ */
 async function withStaleProxy(body) {
   const upstream = new URL(reference.url);
-  const proxy = { drops: 0, dropped: 0, forwarded: 0 };
+  const proxy = { drops: 0, dropped: 0, forwarded: 0, loses: 0, lost: 0 };
   const sockets = new Set();
   const server = net.createServer((client) => {
     const up = net.connect(Number(upstream.port), upstream.hostname);
     sockets.add(client).add(up);
     // Answered, and nothing sent since (or nothing sent yet): the next bytes are a new request.
     let idle = true;
+    let lose = false;
     client.on('data', (chunk) => {
       if (idle && proxy.drops > 0) {
         proxy.drops--;
@@ -34,11 +40,21 @@ async function withStaleProxy(body) {
         client.destroy();
         return;
       }
-      if (idle) proxy.forwarded++;
+      if (idle) {
+        proxy.forwarded++;
+        lose = proxy.loses > 0;
+        if (lose) proxy.loses--;
+      }
       idle = false;
       up.write(chunk);
     });
     up.on('data', (chunk) => {
+      if (lose) {
+        proxy.lost++;
+        up.destroy();
+        client.destroy();
+        return;
+      }
       idle = true;
       client.write(chunk);
     });
@@ -115,5 +131,43 @@ test('a plain append that meets a closed connection is not sent again: it reject
     assert.equal(proxy.dropped, 1);
     assert.equal(proxy.forwarded, forwarded, 'the append was sent again');
     assert.deepEqual(await ds.stream({ live: false }).items(), [{ n: 1 }]);
+  });
+});
+
+test('a request sent again after its first attempt landed reports what that attempt did', { timeout: 30_000 }, async () => {
+  await withStaleProxy(async (base, proxy) => {
+    const url = `${base}/v1/stream/landed-${randomUUID()}`;
+    const ds = new DurableStream({ url, contentType: 'application/json', retry: noRetry });
+    const landed = async (what, op, loses = 1) => {
+      proxy.loses = loses;
+      const before = proxy.lost;
+      const result = await op();
+      assert.equal(proxy.lost, before + loses, `${what}: no answer was lost`);
+      return result;
+    };
+    // The PUT created the stream; its repeat is answered 200, "exists with the same config".
+    const created = await landed('PUT', () => ds.create());
+    assert.equal(created.status, 200);
+    assert.equal(created.created, false);
+    assert.equal(created.replayed, true, 'PUT: not marked as sent again');
+    // A close without data: closing a closed stream that way is answered 204.
+    const closed = await landed('close()', () => ds.close());
+    assert.equal(closed.closed, true);
+    assert.equal(closed.replayed, true);
+    // The DELETE deleted the stream; its repeat is answered 404, taken as the first's success.
+    assert.deepEqual(await landed('DELETE', () => ds.delete()), { status: 404, replayed: true });
+    await assert.rejects(ds.head(), (e) => e.code === 'NOT_FOUND');
+    // The same through the backoff retries: the at-once repeat's answer is lost too.
+    const retried = new DurableStream({ url, contentType: 'application/json', retry: { maxRetries: 1, initialDelayMs: 10 } });
+    await retried.create();
+    assert.deepEqual(await landed('DELETE retried', () => retried.delete(), 2), { status: 404, replayed: true });
+    // A DELETE sent once that is answered 404 still rejects: the stream was not there.
+    await assert.rejects(ds.delete(), (e) => e.code === 'NOT_FOUND');
+    // A source with a fork is soft-deleted: the repeat is answered 410, taken as deleted too.
+    const source = await DurableStream.create({ url: `${url}-src`, contentType: 'application/json', retry: noRetry });
+    await DurableStream.create({ url: `${url}-fork`, forkedFrom: source.url });
+    assert.deepEqual(await landed('DELETE of a source', () => source.delete()), { status: 410, replayed: true });
+    await assert.rejects(source.head(), (e) => e.code === 'GONE');
+    await assert.rejects(source.delete(), (e) => e.code === 'GONE');
   });
 });
