@@ -129,7 +129,7 @@ impl SubscriptionObject {
     /// never existed: a pattern finds a stream created at that path later as a new stream, and
     /// an explicit link waits for it at the start. So the new stream's data is all pending, and
     /// acks and wakes of the old one do not apply to it.
-    pub(super) fn stream_removed(&self, path: &str) -> Result<Response> {
+    pub(super) async fn stream_removed(&self, path: &str) -> Result<Response> {
         let Some(mut record) = self.load()?.filter(|r| !r.deleted) else {
             return json(200, &j!({ "linked": false }));
         };
@@ -153,11 +153,13 @@ impl SubscriptionObject {
             Some(_) => self.remove_link(path)?,
             None => return json(200, &j!({ "linked": false })),
         }
-        // A wake not yet delivered that was owed for this stream alone is owed no more; one
-        // whose list held only removed streams lists the streams with news again.
+        // A wake not yet delivered that was owed for this stream alone is owed no more, nor is
+        // the alarm set for it (unless linking still is); one whose list held only removed
+        // streams lists the streams with news again.
         if record.deliver && !self.has_pending()? {
             self.clear_wake(&mut record)?;
             self.save(&record)?;
+            self.schedule(&record).await?;
         } else if record.deliver && self.snapshot_links()?.is_empty() {
             let from = record.list_from.clone();
             self.list_streams(&mut record, from)?;
