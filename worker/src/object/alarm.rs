@@ -154,8 +154,8 @@ fn timed_work(obj: &StreamObject) -> Result<Option<Next>> {
 /// a channel behind, a deleted stream's removal), that is the whole of the alarm's work, so an
 /// alarm set earlier is moved later to it: a failing task a request tried again backs off
 /// further than the alarm set for its last try (or for the request, `SAFETY_MS` on), which
-/// would otherwise fire once, find nothing due and be set again. In the caller's turn, as
-/// [`stand_down`].
+/// would otherwise fire once, find nothing due and be set again. That move is made in the
+/// caller's turn, as [`stand_down`] makes its own.
 pub async fn owed_by(obj: &StreamObject, due_ms: i64) -> Result<()> {
     match timed_work(obj)? {
         Some(Next::Soon) => by(obj, due_ms).await,
