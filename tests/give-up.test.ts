@@ -501,3 +501,81 @@ describe('streams owed that a full wake list left out, when retries stop', () =>
     }
   }, 75_000);
 });
+
+describe('a subscription with nothing owed', () => {
+  // Every alarm invocation is billed: once a subscription owes nothing (no delivery, no lease
+  // running, no linking), no alarm is left set to fire for nothing.
+  const leaseRuns = (s: Described) => s.alarm !== 'none' && Number(s.alarm) > Date.now() + 30_000 && s;
+
+  test('keeps no alarm after a done callback acks all its webhook was woken for', async () => {
+    const p = `idle-hook-${uid()}`;
+    // Answers 200 without "done": the wake's lease runs until the callback below.
+    const hook = await hookServer((_, res) => {
+      res.writeHead(200, json);
+      res.end('{}');
+    });
+    const id = `sub-${p}`;
+    const body = JSON.stringify({ type: 'webhook', pattern: `${p}/*`, webhook: { url: hook.url }, lease_ttl_ms: 60_000 });
+    try {
+      expect((await fetch(sub(id), { method: 'PUT', headers: json, body })).status).toBe(201);
+      expect((await fetch(url(`${p}/s`), { method: 'PUT', headers: json, body: '{"n":1}' })).status).toBe(201);
+      expect(await eventually(async () => hook.hits.length > 0 && leaseRuns(await described(id)), 5_000), 'no lease ran').toBeTruthy();
+      const wake = hook.hits[0].body;
+      const acked = await ackWake(wake.callback_url, wake, wake.callback_token, true);
+      expect(acked.status).toBe(200);
+      expect((await acked.json()).next_wake).toBe(false);
+      const after = await described(id);
+      expect(after.streams.every((s) => !s.has_pending)).toBe(true);
+      expect(after.alarm, 'the ended lease left its alarm set').toBe('none');
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+
+  test('keeps no alarm after a claimed pull-wake is acked done with nothing left', async () => {
+    const p = `idle-pull-${uid()}`;
+    const wake = `wake-${p}/w`;
+    const id = `pull-${p}`;
+    try {
+      expect((await fetch(url(wake), { method: 'PUT', headers: json, body: '[]' })).status).toBe(201);
+      const body = JSON.stringify({ type: 'pull-wake', pattern: `${p}/*`, wake_stream: wake, lease_ttl_ms: 60_000 });
+      expect((await fetch(sub(id), { method: 'PUT', headers: json, body })).status).toBe(201);
+      expect((await fetch(url(`${p}/a`), { method: 'PUT', headers: json, body: '{"n":1}' })).status).toBe(201);
+      const claim = await fetch(sub(`${id}/claim`), { method: 'POST', headers: json, body: '{"worker":"w"}' });
+      expect(claim.status).toBe(200);
+      const claimed = await claim.json();
+      expect(leaseRuns(await described(id)), 'the claim started no lease').toBeTruthy();
+      const acked = await ackWake(sub(`${id}/ack`), claimed, claimed.token, true);
+      expect(acked.status).toBe(200);
+      expect((await acked.json()).next_wake).toBe(false);
+      expect((await described(id)).alarm, 'the ended lease left its alarm set').toBe('none');
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+    }
+  });
+
+  test('keeps no alarm for a failing delivery once the only stream it was for is deleted', async () => {
+    const p = `idle-gone-${uid()}`;
+    const { id, hook } = await failingHook(p);
+    try {
+      expect((await fetch(url(`${p}/s`), { method: 'PUT', headers: json, body: '{"n":1}' })).status).toBe(201);
+      // The first try failed: the next is due about 1 s on, the alarm set for it.
+      const failing = await eventually(async () => {
+        const s = await described(id);
+        return s.delivery.failures >= 1 && s.delivery.next_attempt_at != null && s;
+      }, 5_000);
+      expect(failing, 'the delivery did not fail').toBeTruthy();
+      expect(Number(failing!.alarm)).toBe(Date.parse(failing!.delivery.next_attempt_at!));
+      // The stream goes, and with it all the wake was owed for.
+      expect((await fetch(url(`${p}/s`), { method: 'DELETE' })).status).toBe(204);
+      const after = await described(id);
+      expect(after.streams).toEqual([]);
+      expect(after.delivery.next_attempt_at).toBeNull();
+      expect(after.alarm, 'the retry of a wake no longer owed left its alarm set').toBe('none');
+    } finally {
+      await fetch(sub(id), { method: 'DELETE' });
+      await hook.close();
+    }
+  });
+});

@@ -505,41 +505,40 @@ describe('linking a pattern over more streams than one invocation links', () => 
       await hook.close();
     }
   });
-  // The same, while a pull-wake worker holds a lease: the release that ends the lease deleted the
-  // subscription's alarm when no delivery was owed (`schedule_or_clear`), though the alarm was
-  // also the one to link the streams the failed POST named. They were never linked, and GET said
-  // linking was not done, for good (until another POST or a PUT).
-  test('a release with nothing owed leaves the alarm that links the streams a failed POST .../streams named', { timeout: 60_000 }, async () => {
-    const p = `placed-${uid()}`;
+  // A release that leaves nothing owed deletes the wake's lease alarm, but the subscription's
+  // one alarm also links the streams a failed `POST .../streams` named: the release deleted it
+  // all the same (it went by the wake alone), and the stream was never linked without a retry.
+  // With FAULT_MARKER on, a subscription's GET says when its alarm is set (`x-edgestream-alarm`).
+  test('a release with nothing left keeps the alarm a failed POST .../streams owes', { timeout: 60_000 }, async () => {
+    const p = `released-${uid()}`;
+    const wake = `wake-${p}/w`;
     const good = `${p}/a`;
     const flaky = `${p}/b-${MARKER}`;
-    const wake = `${p}-wake`;
-    const id = `sub-${p}`;
-    const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
-      fetch(url(path), { method: 'POST', headers: { ...json, ...headers }, body: JSON.stringify(body) });
+    const id = `pull-${p}`;
     try {
-      expect((await put(good, [{ name: good }])).status).toBe(201);
+      expect((await put(wake, [])).status).toBe(201);
+      expect((await put(good, [{ n: 0 }])).status).toBe(201);
       expect((await put(flaky, [{ name: flaky }])).status).toBe(503);
       expect((await put(flaky, [{ name: flaky }])).status).toBe(200);
-      expect((await put(`__ds/subscriptions/${id}`, { type: 'pull-wake', streams: [good], wake_stream: wake, lease_ttl_ms: 30_000 })).status).toBe(201);
-      expect((await post(good, { more: true })).status).toBe(204);
-      let claimed: any;
-      expect(await eventually(async () => {
-        const res = await post(`__ds/subscriptions/${id}/claim`, { worker: 'w' });
-        if (res.status === 200) claimed = await res.json();
-        return res.status === 200;
-      })).toBe(true);
-      const auth = { authorization: `Bearer ${claimed.token}` };
-      const fence = { wake_id: claimed.wake_id, generation: claimed.generation };
-      const tail = claimed.streams.find((s: any) => s.path === good).tail_offset;
-      // Everything acked, the lease kept: nothing is owed but the lease.
-      expect((await post(`__ds/subscriptions/${id}/ack`, { ...fence, acks: [{ stream: good, offset: tail }] }, auth)).status).toBe(200);
-      expect((await post(`__ds/subscriptions/${id}/streams`, { streams: [flaky] })).status).toBe(503);
-      expect((await described(id)).linking.done).toBe(false);
-      expect((await post(`__ds/subscriptions/${id}/release`, fence, auth)).status).toBe(204);
-      expect(await eventually(async () => (await described(id)).linking.done, 15_000), 'linking never finished').toBe(true);
-      const from = await tailOf(flaky);
-      expect((await described(id)).streams.find((s) => s.path === flaky)).toMatchObject({ acked_offset: from, tail_offset: from });
+      const config = { type: 'pull-wake', streams: [good], wake_stream: wake, lease_ttl_ms: 60_000 };
+      expect((await put(`__ds/subscriptions/${id}`, config)).status).toBe(201);
+      expect((await fetch(url(good), { method: 'POST', headers: json, body: '{"n":1}' })).status).toBe(204);
+      const claim = await fetch(sub(`${id}/claim`), { method: 'POST', headers: json, body: '{"worker":"w"}' });
+      expect(claim.status).toBe(200);
+      const w = await claim.json();
+      const auth = { ...json, authorization: `Bearer ${w.token}` };
+      const fence = { wake_id: w.wake_id, generation: w.generation };
+      // The worker acks all it took, and keeps the wake.
+      const acks = w.streams.map((s: any) => ({ stream: s.path, offset: s.tail_offset }));
+      expect((await fetch(sub(`${id}/ack`), { method: 'POST', headers: auth, body: JSON.stringify({ ...fence, acks }) })).status).toBe(200);
+      const add = await fetch(sub(`${id}/streams`), { method: 'POST', headers: json, body: JSON.stringify({ streams: [flaky] }) });
+      expect(add.status).toBe(503);
+      expect((await fetch(sub(`${id}/release`), { method: 'POST', headers: auth, body: JSON.stringify(fence) })).status).toBe(204);
+      const after = await fetch(sub(id));
+      expect((await after.json()).linking.done).toBe(false);
+      expect(after.headers.get('x-edgestream-alarm'), 'the release deleted the alarm linking owes').not.toBe('none');
+      expect(await eventually(async () => (await described(id)).linking.done, 10_000), 'linking never finished').toBe(true);
+      expect((await described(id)).streams.map((s) => s.path).sort()).toEqual([good, flaky].sort());
     } finally {
       await fetch(sub(id), { method: 'DELETE' });
     }

@@ -118,10 +118,19 @@ enum Next {
 
 /// What the alarm handler would find to do, and when: `None` for nothing at all.
 fn next_work(obj: &StreamObject) -> Result<Option<Next>> {
-    // First: a stream removed meanwhile (by a DELETE, or found expired) owes its removal. An
-    // append whose subscriptions may not have its tail (another request's, whose notification
-    // is on its way) owes them, with no row: the alarm is its record.
-    if !obj.store()?.owed()?.is_empty() || super::subscribers::untold(obj)? {
+    // First: a stream removed meanwhile (by a DELETE, or found expired) owes its removal.
+    if !obj.store()?.owed()?.is_empty() {
+        return Ok(Some(Next::Soon));
+    }
+    timed_work(obj)
+}
+
+/// As [`next_work`], leaving out the work owed in `pending` rows: the rest of the alarm's
+/// timed work, all of it.
+fn timed_work(obj: &StreamObject) -> Result<Option<Next>> {
+    // An append whose subscriptions may not have its tail (another request's, whose
+    // notification is on its way) owes them, with no row: the alarm is its record.
+    if super::subscribers::untold(obj)? {
         return Ok(Some(Next::Soon));
     }
     let Some(meta) = obj.meta()? else {
@@ -137,6 +146,28 @@ fn next_work(obj: &StreamObject) -> Result<Option<Next>> {
         .first_client_expiry()
         .map(|secs| secs.saturating_mul(1000));
     Ok(expiry.into_iter().chain(token).min().map(Next::At))
+}
+
+/// Sets the alarm for the work owed in `pending` rows, next due at `due_ms`
+/// ([`super::owed`]), or for the object's other timed work if that comes first. When nothing
+/// else is under way (what [`next_work`] calls soon: subscriptions that may not have the tail,
+/// a channel behind, a deleted stream's removal), that is the whole of the alarm's work, so an
+/// alarm set earlier is moved later to it: a failing task a request tried again backs off
+/// further than the alarm set for its last try (or for the request, `SAFETY_MS` on), which
+/// would otherwise fire once, find nothing due and be set again. That move is made in the
+/// caller's turn, as [`stand_down`] makes its own.
+pub async fn owed_by(obj: &StreamObject, due_ms: i64) -> Result<()> {
+    match timed_work(obj)? {
+        Some(Next::Soon) => by(obj, due_ms).await,
+        Some(Next::At(at_ms)) => {
+            obj.alarm.defer(Some(at_ms.min(due_ms)));
+            Ok(())
+        }
+        None => {
+            obj.alarm.defer(Some(due_ms));
+            Ok(())
+        }
+    }
 }
 
 /// The latest alarm given to the runtime: 2160-02-18. workerd refuses dates past 2189 ("This

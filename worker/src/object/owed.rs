@@ -70,11 +70,15 @@ pub async fn run(obj: &StreamObject, due_only: bool, hops: u32) -> Result<Vec<Ta
     obj.faults.notified(budget.spent());
     let left = obj.store()?.owed()?;
     if let Some(due) = next_due(&left, now_ms()) {
-        alarm::by(obj, due).await?;
+        alarm::owed_by(obj, due).await?;
     } else if obj.meta()?.is_none() {
         // All done for a stream that is gone: its storage is given back, if it holds nothing
         // else (checked there, in one turn).
         obj.give_back_storage()?;
+    } else {
+        // All done (a retried PUT finished the registration the alarm was set for): the
+        // alarm goes back to the stream's own timed work.
+        alarm::stand_down(obj);
     }
     Ok(left.into_iter().map(|o| o.task).collect())
 }

@@ -19,52 +19,19 @@ impl SubscriptionObject {
             .await
     }
 
-    /// Sets the alarm for whatever the record owes next: a delivery, a lease expiry, or
-    /// finishing linking or unlinking.
+    /// Sets the alarm for whatever the record owes next ([`alarm_due`]), and with nothing owed
+    /// deletes the one set before (for a lease that ended with an ack or a release, or a
+    /// delivery whose wake ended): every invocation is billed, and one that finds nothing to do
+    /// is waste. It is read first, so that an alarm not set is not deleted.
     pub(super) async fn schedule(&self, record: &Record) -> Result<()> {
-        if record.deleted {
-            if let Some(at) = record.link_retry_at.filter(|_| record.unlinking) {
-                self.set_alarm(at).await?;
-            }
-            return Ok(());
+        if let Some(at) = alarm_due(record, now_ms()) {
+            return self.set_alarm(at).await;
         }
-        let next = rules::next_alarm(
-            record.deliver,
-            record.next_attempt_at,
-            record.lease_deadline,
-            now_ms(),
-        );
-        let linking = record
-            .link_retry_at
-            .filter(|_| record.linking || record.placing);
-        let next = match (next, linking) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if let Some(at) = next {
-            self.set_alarm(at).await?;
+        let storage = self.state.storage();
+        if storage.get_alarm().await?.is_some() {
+            storage.delete_alarm().await?;
         }
         Ok(())
-    }
-
-    /// As [`Self::schedule`], and with nothing owed, the alarm set before (a lease's end) is
-    /// deleted: a subscription whose retries stopped has no alarm left. Linking not done, and
-    /// streams a failed `POST .../streams` named (`placing`), are owed: the alarm links them.
-    pub(super) async fn schedule_or_clear(&self, record: &Record) -> Result<()> {
-        let owed = record.deleted
-            || record.linking
-            || record.placing
-            || rules::next_alarm(
-                record.deliver,
-                record.next_attempt_at,
-                record.lease_deadline,
-                now_ms(),
-            )
-            .is_some();
-        if owed {
-            return self.schedule(record).await;
-        }
-        self.state.storage().delete_alarm().await
     }
 
     pub(super) async fn on_alarm(&self) -> Result<()> {
@@ -136,4 +103,24 @@ impl SubscriptionObject {
         self.save(&record)?;
         self.schedule(&record).await
     }
+}
+
+/// When the alarm is next needed for what `record` owes at `now`: a delivery, a lease's end, or
+/// the next try at linking (or placing named streams), or, once deleted, at unlinking. `None`
+/// when it owes none of these: a pull-wake's event written waits for a claim, and retries that
+/// stopped wait for new data or a `PUT`, neither of them the alarm's.
+fn alarm_due(record: &Record, now: i64) -> Option<i64> {
+    if record.deleted {
+        return record.link_retry_at.filter(|_| record.unlinking);
+    }
+    let wake = rules::next_alarm(
+        record.deliver,
+        record.next_attempt_at,
+        record.lease_deadline,
+        now,
+    );
+    let linking = record
+        .link_retry_at
+        .filter(|_| record.linking || record.placing);
+    wake.into_iter().chain(linking).min()
 }

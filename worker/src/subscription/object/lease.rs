@@ -322,7 +322,7 @@ impl SubscriptionObject {
         self.wake_released(&mut record)?;
         self.save(&record)?;
         // The lease's alarm goes if nothing follows (retries stopped, or nothing is owed).
-        self.schedule_or_clear(&record).await?;
+        self.schedule(&record).await?;
         Ok(Response::empty()?.with_status(204))
     }
 }

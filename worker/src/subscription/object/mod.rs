@@ -212,7 +212,7 @@ impl SubscriptionObject {
                 if let Err(e) = self.faults.check(&p.path, Call::StreamRemoved) {
                     return http::unavailable(&e.to_string());
                 }
-                return self.stream_removed(&p.path);
+                return self.stream_removed(&p.path).await;
             }
             "create" => self.create(&req, body).await,
             "get" => self.get(&url).await,

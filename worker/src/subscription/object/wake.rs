@@ -130,7 +130,7 @@ impl SubscriptionObject {
     /// an explicit link waits for it at the start. So the new stream's data is all pending, and
     /// acks and wakes of the old one do not apply to it; nor does a linking call's answer
     /// that the stream gave before it went ([`super::links::Removals`]).
-    pub(super) fn stream_removed(&self, path: &str) -> Result<Response> {
+    pub(super) async fn stream_removed(&self, path: &str) -> Result<Response> {
         self.faults.told_removed();
         // A linking call out now may bring back this stream's answer from before it went.
         self.removals.removed(path);
@@ -157,11 +157,13 @@ impl SubscriptionObject {
             Some(_) => self.remove_link(path)?,
             None => return json(200, &j!({ "linked": false })),
         }
-        // A wake not yet delivered that was owed for this stream alone is owed no more; one
-        // whose list held only removed streams lists the streams with news again.
+        // A wake not yet delivered that was owed for this stream alone is owed no more, nor is
+        // the alarm set for it (unless linking still is); one whose list held only removed
+        // streams lists the streams with news again.
         if record.deliver && !self.has_pending()? {
             self.clear_wake(&mut record)?;
             self.save(&record)?;
+            self.schedule(&record).await?;
         } else if record.deliver && self.snapshot_links()?.is_empty() {
             let from = record.list_from.clone();
             self.list_streams(&mut record, from)?;
