@@ -2,7 +2,7 @@
 // touched. Covers missing, forged, expired and malformed tokens, prefix escapes and operation
 // escalation, bearer and query-parameter tokens, and the __ds admin APIs.
 import { createHmac } from 'node:crypto';
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -505,25 +505,33 @@ describe('CORS origins restricted by CORS_ORIGINS', () => {
 });
 
 describe('npm run token', () => {
+  // Run without blocking the event loop: while a synchronous child ran, a keep-alive connection
+  // the Worker closed (after 5 s idle) stayed in fetch's pool unnoticed, and the next request
+  // on it failed with "other side closed".
   const cli = (...args: string[]) =>
-    spawnSync(process.execPath, ['scripts/token.mjs', ...args], { encoding: 'utf8', env: { ...process.env, AUTH_SECRET: secret } });
+    new Promise<{ status: number | null; stdout: string }>((resolve, reject) => {
+      const child = spawn(process.execPath, ['scripts/token.mjs', ...args], { env: { ...process.env, AUTH_SECRET: secret } });
+      let stdout = '';
+      child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+      child.on('error', reject).on('close', (status) => resolve({ status, stdout }));
+    });
   const claims = (t: string) => JSON.parse(Buffer.from(t.trim().split('.')[0], 'base64url').toString());
 
-  test('refuses a flag without its value, or no --prefix, rather than minting a token for every stream', () => {
+  test('refuses a flag without its value, or no --prefix, rather than minting a token for every stream', async () => {
     // No --prefix at all would be a token for every stream that nobody asked for.
     for (const args of [['--ops', 'read', '--prefix'], ['--prefix', '--ops', 'read'], ['--ttl'], ['--bogus', 'x'], ['--ops', 'admin']]) {
-      const run = cli(...args);
+      const run = await cli(...args);
       expect(run.status, args.join(' ')).toBe(2);
       expect(run.stdout).toBe('');
     }
   });
 
   test('mints what it was asked for: a prefix, or every stream only with --prefix \'\'', async () => {
-    const rooms = cli('--prefix', 'auth/rooms', '--ops', 'read');
+    const rooms = await cli('--prefix', 'auth/rooms', '--ops', 'read');
     expect(rooms.status).toBe(0);
     expect(claims(rooms.stdout)).toMatchObject({ prefix: 'auth/rooms', ops: ['read'] });
     expect((await fetch(url('auth/rooms/a?offset=-1'), { headers: bearer(rooms.stdout.trim()) })).status).toBe(200);
-    const every = cli('--prefix', '', '--ops', 'read');
+    const every = await cli('--prefix', '', '--ops', 'read');
     expect(every.status).toBe(0);
     expect(claims(every.stdout).prefix).toBe('');
   });
